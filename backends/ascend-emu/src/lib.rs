@@ -1,0 +1,1 @@
+//! Ascend ACL emulator (under construction).

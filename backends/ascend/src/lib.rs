@@ -1,0 +1,1 @@
+//! moehal ascend backend (under construction).

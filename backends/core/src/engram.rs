@@ -1,0 +1,1 @@
+//! Engram helpers (being written).

@@ -1,0 +1,1 @@
+//! moehal cpu backend (under construction).

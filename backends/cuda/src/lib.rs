@@ -1,0 +1,1 @@
+//! moehal cuda backend (under construction).

@@ -1,0 +1,1 @@
+//! moehal C ABI (under construction).

@@ -1,0 +1,2 @@
+//! moehal facade (being written).
+pub use moehal_core as core;
