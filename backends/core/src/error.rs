@@ -63,16 +63,28 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(op: &'static str, field: &'static str, msg: impl Into<String>) -> Self {
-        Error::InvalidArgument { op, field, msg: msg.into() }
+        Error::InvalidArgument {
+            op,
+            field,
+            msg: msg.into(),
+        }
     }
 
     /// Shorthand for [`Error::Unsupported`].
     pub fn unsupported(op: &'static str, backend: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Unsupported { op, backend: backend.into(), msg: msg.into() }
+        Error::Unsupported {
+            op,
+            backend: backend.into(),
+            msg: msg.into(),
+        }
     }
 
     /// Shorthand for [`Error::Device`].
     pub fn device(backend: impl Into<String>, code: i64, msg: impl Into<String>) -> Self {
-        Error::Device { backend: backend.into(), code, msg: msg.into() }
+        Error::Device {
+            backend: backend.into(),
+            code,
+            msg: msg.into(),
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! OPS.md §2 `router_topk`: the MoE gate (score, bias for selection, group limit, top-k, weights).
+
+use super::{check_writable, expect_dim, Checked, OpDesc};
+use crate::{DType, Error, Result, TensorMut, TensorRef};
+
+const OP: &str = "router_topk";
+
+/// Score function applied to the logits (in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scoring {
+    /// Softmax over all E experts, max-subtracted (Qwen3-MoE, Mixtral).
+    Softmax,
+    /// Logistic sigmoid (DeepSeek-V3).
+    Sigmoid,
+    /// `sqrt(softplus(x))` (DeepSeek-V4 "sqrtsoftplus").
+    SqrtSoftplus,
+}
+
+impl Scoring {
+    /// Every score function.
+    pub const ALL: [Scoring; 3] = [Scoring::Softmax, Scoring::Sigmoid, Scoring::SqrtSoftplus];
+    /// Name as configs write it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scoring::Softmax => "softmax",
+            Scoring::Sigmoid => "sigmoid",
+            Scoring::SqrtSoftplus => "sqrt_softplus",
+        }
+    }
+}
+
+/// How a group of experts is scored for group-limited routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupScore {
+    /// Sum of the two largest selection scores in the group (DeepSeek-V3 with bias).
+    Top2Sum,
+    /// The largest selection score in the group.
+    Max,
+}
+
+impl GroupScore {
+    /// Name as written in OPS.md.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GroupScore::Top2Sum => "top2_sum",
+            GroupScore::Max => "max",
+        }
+    }
+}
+
+/// Group-limited routing (DeepSeek-V3 `n_group` / `topk_group`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupLimit {
+    /// Number of groups; 0 or 1 means no group limit. Must divide E.
+    pub n_group: usize,
+    /// Groups kept per token, `1 <= topk_group <= n_group`.
+    pub topk_group: usize,
+    /// Group score rule.
+    pub score: GroupScore,
+}
+
+/// Options of `router_topk`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterConfig {
+    /// Experts per token, `1 <= k <= E`.
+    pub k: usize,
+    /// Score function.
+    pub scoring: Scoring,
+    /// Optional group limit (`None`, or `n_group <= 1`, means none).
+    pub group: Option<GroupLimit>,
+    /// Divide the selected weights by their sum (plus 1e-20).
+    pub renormalize: bool,
+    /// Multiplies the weights exactly once, renormalized or not. Finite.
+    pub routed_scaling_factor: f32,
+}
+
+impl RouterConfig {
+    /// The group limit in force (`None` when absent or `n_group <= 1`).
+    pub fn effective_group(&self) -> Option<GroupLimit> {
+        self.group.filter(|g| g.n_group > 1)
+    }
+}
+
+/// Arguments of `router_topk`.
+#[derive(Debug)]
+pub struct RouterTopk<'a> {
+    /// Options.
+    pub config: RouterConfig,
+    /// `[T, E]` f32/bf16/f16 gate logits.
+    pub logits: TensorRef<'a>,
+    /// Optional `[E]` f32 selection bias (`e_score_correction_bias`), used for selection only.
+    pub bias: Option<TensorRef<'a>>,
+    /// `[T, k]` i32 output: selected experts, selection score descending, ties by lower index.
+    pub ids: TensorMut<'a>,
+    /// `[T, k]` f32 output: weights of the selected experts.
+    pub weights: TensorMut<'a>,
+    /// Optional `[E]` i64 output: histogram of `ids` (fill slots included).
+    pub expert_counts: Option<TensorMut<'a>>,
+}
+
+impl<'a> RouterTopk<'a> {
+    /// Tokens and experts `(T, E)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.logits.shape()[0], self.logits.shape()[1])
+    }
+
+    /// The support-matrix key of this call.
+    pub fn desc(&self) -> OpDesc {
+        OpDesc::RouterTopk {
+            dtype: self.logits.dtype(),
+            scoring: self.config.scoring,
+            group: self.config.effective_group().map(|g| g.score),
+        }
+    }
+
+    /// Check every rule of OPS.md §2 (all are independent of element values).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the field at fault.
+    pub fn validate(self) -> Result<Checked<Self>> {
+        self.logits.check(OP, "logits", &DType::FLOATS, 2)?;
+        let (t, e) = self.dims();
+        let c = &self.config;
+        if e == 0 {
+            return Err(Error::invalid(OP, "logits", "E = 0 experts"));
+        }
+        if c.k == 0 || c.k > e {
+            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.k)));
+        }
+        if !c.routed_scaling_factor.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                "routed_scaling_factor",
+                format!("{} is not finite", c.routed_scaling_factor),
+            ));
+        }
+        if let Some(g) = c.effective_group() {
+            if e % g.n_group != 0 {
+                return Err(Error::invalid(
+                    OP,
+                    "n_group",
+                    format!("E = {e} is not divisible by n_group = {}", g.n_group),
+                ));
+            }
+            if g.topk_group == 0 || g.topk_group > g.n_group {
+                return Err(Error::invalid(
+                    OP,
+                    "topk_group",
+                    format!("topk_group = {} outside [1, n_group = {}]", g.topk_group, g.n_group),
+                ));
+            }
+            let per = e / g.n_group;
+            if c.k > g.topk_group * per {
+                return Err(Error::invalid(
+                    OP,
+                    "k",
+                    format!("k = {} exceeds topk_group * E / n_group = {}", c.k, g.topk_group * per),
+                ));
+            }
+            if g.score == GroupScore::Top2Sum && per < 2 {
+                return Err(Error::invalid(
+                    OP,
+                    "group.score",
+                    format!("top2_sum needs at least 2 experts per group, have {per}"),
+                ));
+            }
+        }
+        if let Some(b) = &self.bias {
+            b.check(OP, "bias", &[DType::F32], 1)?;
+            expect_dim(OP, "bias", b.shape(), 0, e, "E, from logits")?;
+        }
+        self.ids.check(OP, "ids", &[DType::I32], 2)?;
+        expect_dim(OP, "ids", self.ids.shape(), 0, t, "T, from logits")?;
+        expect_dim(OP, "ids", self.ids.shape(), 1, c.k, "k")?;
+        check_writable(OP, "ids", &self.ids)?;
+        self.weights.check(OP, "weights", &[DType::F32], 2)?;
+        expect_dim(OP, "weights", self.weights.shape(), 0, t, "T, from logits")?;
+        expect_dim(OP, "weights", self.weights.shape(), 1, c.k, "k")?;
+        check_writable(OP, "weights", &self.weights)?;
+        if let Some(ec) = &self.expert_counts {
+            ec.check(OP, "expert_counts", &[DType::I64], 1)?;
+            expect_dim(OP, "expert_counts", ec.shape(), 0, e, "E, from logits")?;
+            check_writable(OP, "expert_counts", ec)?;
+        }
+        Ok(Checked::new(self))
+    }
+}
