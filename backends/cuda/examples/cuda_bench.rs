@@ -1,0 +1,188 @@
+//! `cuda_bench`: the issue-4 target shapes on device 0, one line per case (and a JSON line).
+//! Prints "skipped: ..." and exits 0 without a device. Run by scripts/gpu/check.sh.
+
+use std::time::Instant;
+
+use moehal_core::ops::*;
+use moehal_core::{Backend, BackendExt, DType};
+use moehal_cuda::{CudaBackend, GemmPath};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const HBM: f64 = 4.8e12; // H200 HBM3e, bytes/s
+
+fn time<F: FnMut()>(be: &CudaBackend, warm: usize, iters: usize, mut f: F) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    be.synchronize().unwrap();
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    be.synchronize().unwrap();
+    t0.elapsed().as_secs_f64() / iters as f64
+}
+
+fn report(case: &str, secs: f64, extra: &str) {
+    println!("{case:<48} {:>10.1} us  {extra}", secs * 1e6);
+    println!("JSON {{\"case\":\"{case}\",\"seconds\":{secs:e},\"extra\":\"{extra}\"}}");
+}
+
+fn routing(rng: &mut ChaCha8Rng, tokens: usize, e: usize, k: usize) -> (Vec<i64>, usize) {
+    let mut counts = vec![0i64; e];
+    for _ in 0..tokens {
+        let mut chosen = Vec::new();
+        while chosen.len() < k {
+            let x = rng.gen_range(0..e);
+            if !chosen.contains(&x) {
+                chosen.push(x);
+            }
+        }
+        for x in chosen {
+            counts[x] += 1;
+        }
+    }
+    let touched = counts.iter().filter(|&&c| c > 0).count();
+    (grouped_gemm::group_end_from_counts(&counts).unwrap(), touched)
+}
+
+fn gemm(be: &CudaBackend, rng: &mut ChaCha8Rng, tokens: usize, path: GemmPath) {
+    let (g, n, kk, topk) = (256usize, 4096usize, 7168usize, 8usize);
+    let (ge, touched) = routing(rng, tokens, g, topk);
+    let m = tokens * topk;
+    let x = be.alloc(m * kk * 2).unwrap();
+    let w = be.alloc(g * n * kk * 2).unwrap();
+    let geb = be.upload_slice(&ge).unwrap();
+    let mut y = be.alloc(m * n * 2).unwrap();
+    be.set_gemm_path(path);
+    let iters = if tokens > 256 { 5 } else { 20 };
+    let secs = time(be, 2, iters, || {
+        let a = GroupedGemm {
+            x: x.view(DType::BF16, &[m, kk]),
+            w: w.view(DType::BF16, &[g, n, kk]),
+            layout: WeightLayout::NK,
+            group_end: geb.view(DType::I64, &[g]),
+            row_scale: None,
+            bias: None,
+            y: y.view_mut(DType::BF16, &[m, n]),
+        };
+        be.grouped_gemm(a.validate().unwrap()).unwrap();
+    });
+    be.set_gemm_path(GemmPath::Auto);
+    let flops = 2.0 * m as f64 * n as f64 * kk as f64;
+    let wbytes = touched as f64 * (n * kk * 2) as f64;
+    report(
+        &format!("grouped_gemm bf16 NK dsv3 gate_up T={tokens} {path:?}"),
+        secs,
+        &format!(
+            "{:.1} TFLOP/s, touched weights {:.0} GB/s = {:.0}% of HBM",
+            flops / secs / 1e12,
+            wbytes / secs / 1e9,
+            100.0 * wbytes / secs / HBM
+        ),
+    );
+}
+
+fn router(be: &CudaBackend, rng: &mut ChaCha8Rng) {
+    let (t, e) = (4096usize, 256usize);
+    let logits: Vec<f32> = (0..t * e).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
+    let lb = be.upload_slice(&logits).unwrap();
+    let bb = be.upload_slice(&bias).unwrap();
+    let mut ids = be.alloc(t * 8 * 4).unwrap();
+    let mut w = be.alloc(t * 8 * 4).unwrap();
+    let cfg = RouterConfig {
+        k: 8,
+        scoring: Scoring::Sigmoid,
+        group: Some(GroupLimit {
+            n_group: 8,
+            topk_group: 4,
+            score: GroupScore::Top2Sum,
+        }),
+        renormalize: true,
+        routed_scaling_factor: 2.5,
+    };
+    let secs = time(be, 5, 200, || {
+        let a = RouterTopk {
+            config: cfg,
+            logits: lb.view(DType::F32, &[t, e]),
+            bias: Some(bb.view(DType::F32, &[e])),
+            ids: ids.view_mut(DType::I32, &[t, 8]),
+            weights: w.view_mut(DType::F32, &[t, 8]),
+            expert_counts: None,
+        };
+        be.router_topk(a.validate().unwrap()).unwrap();
+    });
+    report(
+        "router_topk f32 dsv3 4096x256 (sigmoid+bias, 8/4 groups, k=8)",
+        secs,
+        "target <= 20 us",
+    );
+}
+
+fn gather(be: &CudaBackend, rng: &mut ChaCha8Rng, host: bool) {
+    let (r, d, t, c) = if host {
+        (1usize << 20, 256usize, 4096usize, 24usize)
+    } else {
+        (1usize << 21, 256, 16384, 24)
+    };
+    let rows: Vec<i64> = (0..t * c).map(|_| rng.gen_range(0..r as i64)).collect();
+    let table = if host {
+        moehal_core::host::zeroed_buffer(r * d * 2).unwrap()
+    } else {
+        be.alloc(r * d * 2).unwrap()
+    };
+    let rb = be.upload_slice(&rows).unwrap();
+    let mut out = be.alloc(t * c * d * 2).unwrap();
+    let secs = time(be, 2, 10, || {
+        let a = GatherRows {
+            table: table.view(DType::BF16, &[r, d]),
+            format: TableFormat::BF16,
+            rows: rb.view(DType::I64, &[t, c]),
+            out: out.view_mut(DType::BF16, &[t, c * d]),
+        };
+        be.gather_rows(a.validate().unwrap()).unwrap();
+    });
+    let bytes = (t * c * d * 2) as f64;
+    report(
+        &format!(
+            "gather_rows bf16 {} table T={t} C={c} D={d}",
+            if host { "host(pinned-mapped)" } else { "device" }
+        ),
+        secs,
+        &format!(
+            "read {:.0} GB/s; read+write {:.0} GB/s = {:.0}% of HBM",
+            bytes / secs / 1e9,
+            2.0 * bytes / secs / 1e9,
+            200.0 * bytes / secs / HBM
+        ),
+    );
+}
+
+fn main() {
+    let be = match moehal_cuda::open(0) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    println!("device: {:?}", be.device_info());
+    let t0 = Instant::now();
+    be.warm_up().unwrap();
+    println!(
+        "NVRTC compile + load of all kernels: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    router(&be, &mut rng);
+    gather(&be, &mut rng, false);
+    gather(&be, &mut rng, true);
+    for tokens in [1usize, 16] {
+        gemm(&be, &mut rng, tokens, GemmPath::Auto);
+        gemm(&be, &mut rng, tokens, GemmPath::TensorCore);
+    }
+    gemm(&be, &mut rng, 4096, GemmPath::Auto);
+    gemm(&be, &mut rng, 4096, GemmPath::Simt);
+}

@@ -1,0 +1,89 @@
+//! Every `kernels/cuda/*.cu` compiles through NVRTC for sm_90 on the CPU (no GPU needed).
+//! CI: `pip install nvidia-cuda-nvrtc==13.0.88` and put `site-packages/nvidia/cu13/lib` on
+//! `LD_LIBRARY_PATH`. Without libnvrtc the test prints "skipped: NVRTC not found" and passes.
+
+use moehal_cuda::kernels;
+
+#[test]
+fn every_kernel_file_compiles_for_sm90() {
+    let ver = match kernels::nvrtc_available() {
+        Ok(v) => v,
+        Err(why) => {
+            println!("skipped: NVRTC not found ({why})");
+            return;
+        }
+    };
+    println!("NVRTC {}.{}", ver.0, ver.1);
+    let mut failures = Vec::new();
+    for (file, _) in kernels::SOURCES {
+        match kernels::compile(file, "sm_90") {
+            Ok(cubin) => {
+                assert!(cubin.len() > 1000, "{file}: cubin of {} bytes", cubin.len());
+                // ELF magic: a real cubin, not an empty image.
+                assert_eq!(&cubin[..4], b"\x7fELF", "{file}: not an ELF cubin");
+                println!("{file}: {} bytes of sm_90 cubin", cubin.len());
+            }
+            Err(log) => failures.push(log),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "kernels failed to compile:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
+    if kernels::nvrtc_available().is_err() {
+        println!("skipped: NVRTC not found");
+        return;
+    }
+    // The kernels the backend launches by name must exist as entry points.
+    let expect: &[(&str, &[&str])] = &[
+        (
+            "grouped_gemm.cu",
+            &[
+                "gg_check",
+                "gg_tc_bf16_nk",
+                "gg_tc_f16_kn",
+                "gg_simt_f32_nk",
+                "gg_simt_bf16_kn",
+                "gg_dec_bf16_nk",
+                "gg_dec_f32_kn",
+            ],
+        ),
+        (
+            "router_topk.cu",
+            &["router_topk_f32_4", "router_topk_bf16_8", "router_topk_f16_16"],
+        ),
+        (
+            "moe_permute.cu",
+            &[
+                "perm_check",
+                "perm_count",
+                "perm_colscan",
+                "perm_scan",
+                "perm_scatter",
+                "perm_rows",
+            ],
+        ),
+        ("swiglu.cu", &["swiglu_f32", "swiglu_bf16", "swiglu_f16"]),
+        (
+            "moe_combine.cu",
+            &["combine_check", "combine_f32", "combine_bf16", "combine_f16"],
+        ),
+        ("engram_hash.cu", &["engram_check", "engram_hash"]),
+        (
+            "gather_rows.cu",
+            &["gather_check", "gather_copy", "gather_fp8_f32", "gather_fp8_bf16"],
+        ),
+    ];
+    for (file, names) in expect {
+        let ptx = kernels::compile(file, "compute_90").unwrap_or_else(|log| panic!("{log}"));
+        let text = String::from_utf8_lossy(&ptx);
+        for n in *names {
+            assert!(text.contains(&format!(".entry {n}(")), "{file}: no entry point {n}");
+        }
+    }
+}

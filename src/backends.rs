@@ -1,0 +1,25 @@
+//! Openers of the backend crates compiled into this build (features `cpu`, `cuda`, `ascend`).
+
+#[allow(unused_imports)]
+use std::sync::Arc;
+
+#[allow(unused_imports)]
+use moehal_core::{Backend, Error, Result};
+
+/// Open the CPU SIMD backend (threads: `MOEHAL_THREADS` or all cores).
+#[cfg(feature = "cpu")]
+pub fn open_cpu() -> Result<Arc<dyn Backend>> {
+    Err(Error::Unavailable { backend: "cpu".into(), reason: "being wired".into() })
+}
+
+/// Open CUDA device 0.
+#[cfg(feature = "cuda")]
+pub fn open_cuda() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(moehal_cuda::open(0)?))
+}
+
+/// Open the Ascend backend (libraries found by the search order of moehal-ascend).
+#[cfg(feature = "ascend")]
+pub fn open_ascend() -> Result<Arc<dyn Backend>> {
+    Err(Error::Unavailable { backend: "ascend".into(), reason: "being wired".into() })
+}
