@@ -9,7 +9,10 @@ use moehal_core::{Backend, Error, Result};
 /// Open the CPU SIMD backend (threads: `MOEHAL_THREADS` or all cores).
 #[cfg(feature = "cpu")]
 pub fn open_cpu() -> Result<Arc<dyn Backend>> {
-    Err(Error::Unavailable { backend: "cpu".into(), reason: "being wired".into() })
+    Err(Error::Unavailable {
+        backend: "cpu".into(),
+        reason: "being wired".into(),
+    })
 }
 
 /// Open CUDA device 0.
@@ -21,5 +24,8 @@ pub fn open_cuda() -> Result<Arc<dyn Backend>> {
 /// Open the Ascend backend (libraries found by the search order of moehal-ascend).
 #[cfg(feature = "ascend")]
 pub fn open_ascend() -> Result<Arc<dyn Backend>> {
-    Err(Error::Unavailable { backend: "ascend".into(), reason: "being wired".into() })
+    Err(Error::Unavailable {
+        backend: "ascend".into(),
+        reason: "being wired".into(),
+    })
 }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod harness;
 pub mod presets;
 pub mod registry;
 

@@ -63,7 +63,11 @@ impl Preset {
     /// machines or time budgets the full shape does not fit. Expert count, k and routing are kept.
     pub fn scaled_widths(&self, div: usize) -> Preset {
         let s = |v: usize| (v / div.max(1)).div_ceil(32).max(1) * 32;
-        Preset { hidden: s(self.hidden), expert_width: s(self.expert_width), ..*self }
+        Preset {
+            hidden: s(self.hidden),
+            expert_width: s(self.expert_width),
+            ..*self
+        }
     }
 }
 
@@ -77,7 +81,11 @@ pub const PRESETS: &[Preset] = &[
         k: 8,
         scoring: Scoring::Sigmoid,
         bias: true,
-        group: Some(GroupLimit { n_group: 8, topk_group: 4, score: GroupScore::Top2Sum }),
+        group: Some(GroupLimit {
+            n_group: 8,
+            topk_group: 4,
+            score: GroupScore::Top2Sum,
+        }),
         renormalize: true,
         scale: 2.5,
         shared_experts: 1,
@@ -112,7 +120,12 @@ pub const PRESETS: &[Preset] = &[
         scale: 1.5,
         shared_experts: 1,
         swiglu_limit: Some(10.0),
-        engram: Some(EngramPreset { layers: [1, 14], max_order: 4, heads: 8, row_dim: 256 }),
+        engram: Some(EngramPreset {
+            layers: [1, 14],
+            max_order: 4,
+            heads: 8,
+            row_dim: 256,
+        }),
     },
     Preset {
         name: "qwen3-30b-a3b",

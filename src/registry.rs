@@ -86,9 +86,12 @@ impl Registry {
     pub fn open(&self, name: &str) -> Result<Arc<dyn Backend>> {
         match self.entries.iter().find(|e| e.name == name) {
             Some(Entry { status: Ok(b), .. }) => Ok(b.clone()),
-            Some(Entry { status: Err(reason), .. }) => {
-                Err(Error::Unavailable { backend: name.to_string(), reason: reason.clone() })
-            }
+            Some(Entry {
+                status: Err(reason), ..
+            }) => Err(Error::Unavailable {
+                backend: name.to_string(),
+                reason: reason.clone(),
+            }),
             None => Err(Error::Unavailable {
                 backend: name.to_string(),
                 reason: format!("not compiled into this build (compiled: {})", compiled().join(", ")),

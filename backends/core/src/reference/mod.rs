@@ -16,7 +16,7 @@ use crate::ops::{
 };
 use crate::{Buffer, Result};
 
-pub use router_topk::route_token;
+pub use router_topk::{route_token, TokenRoute};
 
 /// The reference backend (name `"reference"`). Memory is host memory.
 #[derive(Debug, Default, Clone, Copy)]

@@ -15,6 +15,8 @@ pub struct TokenRoute {
     pub weights: Vec<f64>,
     /// Selection score `ŝ` of every expert after bias and group masking (`-inf` = not selectable).
     pub selection: Vec<f64>,
+    /// Unbiased score `s` of every expert (0 for non-finite logits).
+    pub scores: Vec<f64>,
 }
 
 fn score(scoring: Scoring, x: f64) -> f64 {
@@ -126,6 +128,7 @@ pub fn route_token(cfg: &RouterConfig, logits: &[f64], bias: Option<&[f32]>) -> 
         ids: order.iter().map(|&i| i as i32).collect(),
         weights,
         selection: sel,
+        scores: s,
     }
 }
 

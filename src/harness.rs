@@ -1,0 +1,1846 @@
+//! The validation harness: runs any backend against the reference on one case and applies the
+//! Conformance rules of OPS.md.
+//!
+//! For every case: fresh inputs from a seeded generator (the seed is printed on failure), the same
+//! inputs uploaded to the backend under test and to the [`Reference`]; every output is surrounded
+//! by guard regions and poisoned before the run (floats with NaN, integers with `0xA5` bytes), so
+//! unwritten elements and out-of-bounds writes show. The tests, `moehal check` and the C-ABI tests
+//! all use it.
+
+use std::time::Instant;
+
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::presets::Preset;
+use moehal_core::engram::{self, EngramLayer};
+use moehal_core::ops::{
+    EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
+    RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
+};
+use moehal_core::reference::route_token;
+use moehal_core::{Backend, Buffer, DType, Error, Float, OpKind, Reference, Support, TensorMut, TensorRef};
+
+/// Elements of guard region on each side of every output.
+pub const GUARD: usize = 64;
+
+/// Outcome of one case on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Matches the reference within the contract's tolerance.
+    Pass,
+    /// Differs from the reference, wrote out of bounds, or failed.
+    Fail,
+    /// The backend does not support this variant (reported, not failed, not skipped silently).
+    Unsupported,
+}
+
+impl Verdict {
+    /// Upper-case label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Unsupported => "UNSUPPORTED",
+        }
+    }
+}
+
+/// Result of [`run_case`].
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The op.
+    pub op: OpKind,
+    /// Backend name.
+    pub backend: String,
+    /// Case name.
+    pub case: String,
+    /// dtype / variant label.
+    pub dtype: String,
+    /// The error metric as printed (`"rel 3.1e-06"`, `"exact"`, `"ids equal, |dw| 2.0e-07"`).
+    pub metric: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Seconds the backend took for the op (upload and download excluded, synchronize included).
+    pub seconds: f64,
+    /// The seed of the inputs.
+    pub seed: u64,
+    /// Why it failed or is unsupported (empty on pass).
+    pub detail: String,
+}
+
+/// Which Engram layer a case hashes with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LayerChoice {
+    /// The toy layer of OPS.md (V' 50, N 3, K 2; 60 table rows).
+    Toy,
+    /// DeepSeek-V4.1-Flash layer 0 or 1 (real multipliers and primes).
+    V41(usize),
+    /// A small layer: primes derived from `vocab_n`, N, K, real V4.1 layer-1 multipliers truncated to N.
+    Small {
+        /// Base of the prime search.
+        vocab_n: u64,
+        /// Max order.
+        n: usize,
+        /// Heads.
+        k: usize,
+    },
+}
+
+impl LayerChoice {
+    fn build(self) -> EngramLayer {
+        let built = match self {
+            LayerChoice::Toy => engram::toy::layer(),
+            LayerChoice::V41(i) => engram::v41_flash::layer(i),
+            LayerChoice::Small { vocab_n, n, k } => engram::derive_primes(vocab_n, n, k, 1).and_then(|p| {
+                let m = engram::v41_flash::MULTIPLIERS[0][..n].to_vec();
+                EngramLayer::new(
+                    n,
+                    k,
+                    m,
+                    p[0].clone(),
+                    engram::v41_flash::VOCAB_SIZE,
+                    engram::v41_flash::PAD_ID,
+                )
+            }),
+        };
+        built.expect("built-in Engram layers are valid")
+    }
+}
+
+/// How router logits are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Logits {
+    /// Normal(0, 2) — distinct values, no ties.
+    Random,
+    /// Few distinct values, so exact ties are everywhere (lower index must win).
+    Ties,
+    /// Random with NaN and ±inf sprinkled in; the first row entirely NaN.
+    NonFinite,
+}
+
+/// What the backend is expected to do with a case's inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expect {
+    /// Compute the op.
+    Ok,
+    /// Reject the inputs with `InvalidArgument` on this field and write nothing.
+    Invalid(&'static str),
+}
+
+/// One conformance case: an op, its shape and options, and how its inputs are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// `grouped_gemm`: `groups` lists the rows of each group; `tail` extra rows past the last group.
+    GroupedGemm {
+        /// dtype of x, w, y.
+        dtype: DType,
+        /// Weight layout.
+        layout: WeightLayout,
+        /// Rows per group (may be 0).
+        groups: Vec<usize>,
+        /// Rows past `group_end[G-1]` (must stay untouched).
+        tail: usize,
+        /// Output features.
+        n: usize,
+        /// Input features.
+        k: usize,
+        /// With bias.
+        bias: bool,
+        /// With row_scale.
+        row_scale: bool,
+        /// Corrupt `group_end` (decreasing) to test the value check.
+        bad_group_end: bool,
+    },
+    /// `router_topk`.
+    RouterTopk {
+        /// Logits dtype.
+        dtype: DType,
+        /// Tokens.
+        t: usize,
+        /// Experts.
+        e: usize,
+        /// Options.
+        config: RouterConfig,
+        /// With selection bias; `Some(negative)` shifts it so every selection score is negative.
+        bias: Option<bool>,
+        /// Logit pattern.
+        logits: Logits,
+    },
+    /// `moe_permute`.
+    MoePermute {
+        /// Tokens.
+        t: usize,
+        /// Slots per token.
+        k: usize,
+        /// Experts.
+        e: usize,
+        /// Also permute activations of this dtype with this width.
+        x: Option<(DType, usize)>,
+        /// Fraction of slots dropped (`-1`).
+        drop: f64,
+        /// Allow the same expert twice in a token.
+        repeat: bool,
+        /// Put an out-of-range id in (value check).
+        bad_id: bool,
+    },
+    /// `swiglu`.
+    Swiglu {
+        /// dtype.
+        dtype: DType,
+        /// Rows.
+        m: usize,
+        /// Output width I.
+        i: usize,
+        /// Clamp.
+        limit: Option<f32>,
+    },
+    /// `moe_combine`.
+    MoeCombine {
+        /// dtype.
+        dtype: DType,
+        /// Tokens.
+        t: usize,
+        /// Slots.
+        k: usize,
+        /// Width.
+        h: usize,
+        /// Fraction of dropped slots.
+        drop: f64,
+        /// Put an out-of-range slot row in (value check).
+        bad_row: bool,
+    },
+    /// `engram_hash`.
+    EngramHash {
+        /// Layer.
+        layer: LayerChoice,
+        /// Tokens.
+        t: usize,
+        /// With positions (several segments).
+        positions: bool,
+        /// With an alive mask.
+        alive: bool,
+        /// History length (<= N-1).
+        history: usize,
+        /// Fixed ids instead of random ones.
+        ids: Option<Vec<i64>>,
+        /// Put an id >= V' in (value check).
+        bad_id: bool,
+    },
+    /// `gather_rows`.
+    GatherRows {
+        /// Table format.
+        format: TableFormat,
+        /// Output dtype.
+        out: DType,
+        /// Table rows.
+        r: usize,
+        /// Row width D.
+        d: usize,
+        /// Tokens.
+        t: usize,
+        /// Columns.
+        c: usize,
+        /// Put an out-of-range row in (value check).
+        bad_row: bool,
+    },
+    /// `engram_lookup` (table of exactly the layer's rows).
+    EngramLookup {
+        /// Layer.
+        layer: LayerChoice,
+        /// Table format.
+        format: TableFormat,
+        /// Output dtype.
+        out: DType,
+        /// Row width D.
+        d: usize,
+        /// Tokens.
+        t: usize,
+        /// With positions, alive mask and history.
+        extras: bool,
+    },
+}
+
+/// A named case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    name: String,
+    /// What to run.
+    pub spec: Spec,
+}
+
+impl Case {
+    /// A case with a name.
+    pub fn new(name: impl Into<String>, spec: Spec) -> Self {
+        Case {
+            name: name.into(),
+            spec,
+        }
+    }
+    /// The op.
+    pub fn op(&self) -> OpKind {
+        match &self.spec {
+            Spec::GroupedGemm { .. } => OpKind::GroupedGemm,
+            Spec::RouterTopk { .. } => OpKind::RouterTopk,
+            Spec::MoePermute { .. } => OpKind::MoePermute,
+            Spec::Swiglu { .. } => OpKind::Swiglu,
+            Spec::MoeCombine { .. } => OpKind::MoeCombine,
+            Spec::EngramHash { .. } => OpKind::EngramHash,
+            Spec::GatherRows { .. } => OpKind::GatherRows,
+            Spec::EngramLookup { .. } => OpKind::EngramLookup,
+        }
+    }
+    /// The case name.
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+    /// The dtype / variant label.
+    pub fn dtype(&self) -> String {
+        match &self.spec {
+            Spec::GroupedGemm { dtype, layout, .. } => format!("{dtype} {layout:?}"),
+            Spec::RouterTopk { dtype, .. } | Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
+                dtype.to_string()
+            }
+            Spec::MoePermute { x: Some((d, _)), .. } => format!("i32+{d}"),
+            Spec::MoePermute { x: None, .. } => "i32".into(),
+            Spec::EngramHash { .. } => "i64".into(),
+            Spec::GatherRows { format, out, .. } | Spec::EngramLookup { format, out, .. } => {
+                if format.storage_dtype() == *out {
+                    out.to_string()
+                } else {
+                    format!("{}->{out}", format.name())
+                }
+            }
+        }
+    }
+    fn expect(&self) -> Expect {
+        match &self.spec {
+            Spec::GroupedGemm {
+                bad_group_end: true, ..
+            } => Expect::Invalid("group_end"),
+            Spec::MoePermute { bad_id: true, .. } => Expect::Invalid("ids"),
+            Spec::MoeCombine { bad_row: true, .. } => Expect::Invalid("slot_row"),
+            Spec::EngramHash { bad_id: true, .. } => Expect::Invalid("ids"),
+            Spec::GatherRows { bad_row: true, .. } => Expect::Invalid("rows"),
+            _ => Expect::Ok,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host tensors: inputs and downloaded outputs
+// ------------------------------------------------------------------------------------------------
+
+/// A host copy of a tensor.
+#[derive(Debug, Clone)]
+struct HostTensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl HostTensor {
+    fn of<T: moehal_core::Element>(shape: &[usize], data: Vec<T>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor {
+            dtype: T::DTYPE,
+            shape: shape.to_vec(),
+            bytes: bytemuck::cast_slice(&data).to_vec(),
+        }
+    }
+    fn floats(dtype: DType, shape: &[usize], data: &[f32]) -> Self {
+        match dtype {
+            DType::F32 => Self::of(shape, data.to_vec()),
+            DType::BF16 => Self::of(shape, data.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DType::F16 => Self::of(shape, data.iter().map(|&v| f16::from_f32(v)).collect()),
+            _ => unreachable!("floats() takes a float dtype"),
+        }
+    }
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    fn as_f64(&self) -> Vec<f64> {
+        match self.dtype {
+            DType::F32 => typed::<f32>(&self.bytes).iter().map(|v| v.to_f64()).collect(),
+            DType::BF16 => typed::<bf16>(&self.bytes).iter().map(|v| v.to_f64()).collect(),
+            DType::F16 => typed::<f16>(&self.bytes).iter().map(|v| Float::to_f64(*v)).collect(),
+            DType::I32 => typed::<i32>(&self.bytes).iter().map(|&v| v as f64).collect(),
+            DType::I64 => typed::<i64>(&self.bytes).iter().map(|&v| v as f64).collect(),
+            DType::U8 => self.bytes.iter().map(|&v| v as f64).collect(),
+        }
+    }
+}
+
+fn typed<T: moehal_core::Element>(b: &[u8]) -> Vec<T> {
+    bytemuck::pod_collect_to_vec(b)
+}
+
+fn poison_byte(dtype: DType) -> u8 {
+    if dtype.is_float() {
+        0xFF
+    } else {
+        0xA5
+    }
+}
+
+/// Memory of one run on one backend: uploaded inputs and poisoned, guarded outputs.
+struct Run<'b> {
+    be: &'b dyn Backend,
+}
+
+impl<'b> Run<'b> {
+    fn input(&self, t: &HostTensor) -> moehal_core::Result<Buffer> {
+        let mut b = self.be.alloc(t.bytes.len().max(1))?;
+        self.be.upload(&mut b, 0, &t.bytes)?;
+        Ok(b)
+    }
+    fn output(&self, dtype: DType, n: usize) -> moehal_core::Result<Buffer> {
+        let bytes = (n + 2 * GUARD) * dtype.size();
+        let mut b = self.be.alloc(bytes)?;
+        self.be.upload(&mut b, 0, &vec![poison_byte(dtype); bytes])?;
+        Ok(b)
+    }
+    /// Download an output; `Err` names a guard that was overwritten.
+    fn fetch(&self, b: &Buffer, dtype: DType, shape: &[usize]) -> Result<HostTensor, String> {
+        let n: usize = shape.iter().product();
+        let es = dtype.size();
+        let mut all = vec![0u8; (n + 2 * GUARD) * es];
+        self.be
+            .download(b, 0, &mut all)
+            .map_err(|e| format!("download failed: {e}"))?;
+        let p = poison_byte(dtype);
+        let (lo, rest) = all.split_at(GUARD * es);
+        let (mid, hi) = rest.split_at(n * es);
+        if let Some(i) = lo.iter().chain(hi).position(|&x| x != p) {
+            return Err(format!("guard region overwritten (byte {i} of the guards)"));
+        }
+        Ok(HostTensor {
+            dtype,
+            shape: shape.to_vec(),
+            bytes: mid.to_vec(),
+        })
+    }
+}
+
+fn view<'a>(b: &'a Buffer, t: &HostTensor) -> TensorRef<'a> {
+    TensorRef::new(b, t.dtype, &t.shape)
+}
+
+fn out_view<'a>(b: &'a mut Buffer, dtype: DType, shape: &[usize]) -> TensorMut<'a> {
+    TensorMut::new(b, dtype, shape).with_offset(GUARD)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inputs
+// ------------------------------------------------------------------------------------------------
+
+/// The host inputs of one case, drawn from the seed.
+struct Inputs {
+    tensors: Vec<HostTensor>,
+    history: Vec<i64>,
+    layer: Option<EngramLayer>,
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f32 {
+    // Box-Muller: enough for test data.
+    let (u1, u2): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen());
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| normal(rng) * scale).collect()
+}
+
+fn routed_ids(rng: &mut ChaCha8Rng, t: usize, k: usize, e: usize, drop: f64, repeat: bool) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(t * k);
+    for _ in 0..t {
+        let mut row: Vec<i32> = Vec::with_capacity(k);
+        while row.len() < k {
+            let id = rng.gen_range(0..e) as i32;
+            if repeat || !row.contains(&id) || row.len() >= e {
+                row.push(id);
+            }
+        }
+        for id in row.iter_mut() {
+            if rng.gen_bool(drop) {
+                *id = -1;
+            }
+        }
+        ids.extend(row);
+    }
+    ids
+}
+
+/// Random bytes that are valid fp8 table rows, with NaN, zero, subnormal and max encodings mixed in.
+fn fp8_table(rng: &mut ChaCha8Rng, r: usize, d: usize) -> Vec<u8> {
+    let w = d + d / 32;
+    let mut v = vec![0u8; r * w];
+    for row in v.chunks_exact_mut(w) {
+        for b in &mut row[..d] {
+            *b = match rng.gen_range(0..20) {
+                0 => 0x7F,                // NaN
+                1 => 0x80,                // -0
+                2 => rng.gen_range(1..8), // subnormal
+                3 => 0x7E,                // 448
+                _ => rng.gen(),
+            };
+        }
+        for s in &mut row[d..] {
+            *s = rng.gen_range(110..140);
+        }
+    }
+    v
+}
+
+fn sequence_extras(
+    rng: &mut ChaCha8Rng,
+    t: usize,
+    positions: bool,
+    alive: bool,
+) -> (Option<Vec<i64>>, Option<Vec<u8>>) {
+    let pos = positions.then(|| {
+        let mut p = Vec::with_capacity(t);
+        let mut cur = 0i64;
+        for i in 0..t {
+            cur = if i > 0 && rng.gen_bool(0.1) {
+                rng.gen_range(0..3)
+            } else {
+                cur + 1
+            };
+            p.push(cur);
+        }
+        p
+    });
+    let al = alive.then(|| (0..t).map(|_| u8::from(!rng.gen_bool(0.15))).collect());
+    (pos, al)
+}
+
+fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut tensors = Vec::new();
+    let mut history = Vec::new();
+    let mut layer = None;
+    match spec {
+        Spec::GroupedGemm {
+            dtype,
+            layout,
+            groups,
+            tail,
+            n,
+            k,
+            bias,
+            row_scale,
+            bad_group_end,
+        } => {
+            let g = groups.len();
+            let m: usize = groups.iter().sum::<usize>() + tail;
+            let scale = 1.0 / (*k as f32).sqrt().max(1.0);
+            tensors.push(HostTensor::floats(*dtype, &[m, *k], &randn(&mut rng, m * k, 1.0)));
+            let wshape = match layout {
+                WeightLayout::NK => [g, *n, *k],
+                WeightLayout::KN => [g, *k, *n],
+            };
+            tensors.push(HostTensor::floats(*dtype, &wshape, &randn(&mut rng, g * n * k, scale)));
+            let mut ends: Vec<i64> = groups
+                .iter()
+                .scan(0i64, |acc, &c| {
+                    *acc += c as i64;
+                    Some(*acc)
+                })
+                .collect();
+            if *bad_group_end && g >= 2 {
+                ends[0] = ends[g - 1] + 1;
+            }
+            tensors.push(HostTensor::of(&[g], ends));
+            if *row_scale {
+                tensors.push(HostTensor::of(
+                    &[m],
+                    (0..m).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+                ));
+            }
+            if *bias {
+                tensors.push(HostTensor::floats(*dtype, &[g, *n], &randn(&mut rng, g * n, 0.5)));
+            }
+        }
+        Spec::RouterTopk {
+            dtype,
+            t,
+            e,
+            bias,
+            logits,
+            ..
+        } => {
+            let mut l = match logits {
+                Logits::Random | Logits::NonFinite => randn(&mut rng, t * e, 2.0),
+                Logits::Ties => (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect(),
+            };
+            if *logits == Logits::NonFinite {
+                for (i, v) in l.iter_mut().enumerate() {
+                    if i < *e {
+                        *v = f32::NAN;
+                    } else {
+                        match rng.gen_range(0..10) {
+                            0 => *v = f32::NAN,
+                            1 => *v = f32::INFINITY,
+                            2 => *v = f32::NEG_INFINITY,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            tensors.push(HostTensor::floats(*dtype, &[*t, *e], &l));
+            if let Some(negative) = bias {
+                let mut b: Vec<f32> = if *logits == Logits::Ties {
+                    (0..*e).map(|i| (i % 3) as f32 * 0.25).collect()
+                } else {
+                    randn(&mut rng, *e, 0.1)
+                };
+                if *negative {
+                    // Every selection score s + b is negative (s <= 1 for sigmoid): the group limit must
+                    // mask with -inf, never 0.
+                    b.iter_mut().for_each(|v| *v = -1.5 - v.abs());
+                }
+                tensors.push(HostTensor::of(&[*e], b));
+            }
+        }
+        Spec::MoePermute {
+            t,
+            k,
+            e,
+            x,
+            drop,
+            repeat,
+            bad_id,
+        } => {
+            let mut ids = routed_ids(&mut rng, *t, *k, *e, *drop, *repeat);
+            if *bad_id && !ids.is_empty() {
+                let i = ids.len() / 2;
+                ids[i] = *e as i32;
+            }
+            tensors.push(HostTensor::of(&[*t, *k], ids));
+            if let Some((d, h)) = x {
+                tensors.push(HostTensor::floats(*d, &[*t, *h], &randn(&mut rng, t * h, 1.0)));
+            }
+        }
+        Spec::Swiglu { dtype, m, i, limit } => {
+            let spread = if limit.is_some() { 8.0 } else { 2.0 };
+            tensors.push(HostTensor::floats(
+                *dtype,
+                &[*m, 2 * i],
+                &randn(&mut rng, m * 2 * i, spread),
+            ));
+        }
+        Spec::MoeCombine {
+            dtype,
+            t,
+            k,
+            h,
+            drop,
+            bad_row,
+        } => {
+            let rows = t * k;
+            tensors.push(HostTensor::floats(*dtype, &[rows, *h], &randn(&mut rng, rows * h, 1.0)));
+            let mut perm: Vec<i64> = (0..rows as i64).collect();
+            for i in (1..perm.len()).rev() {
+                perm.swap(i, rng.gen_range(0..=i));
+            }
+            for r in perm.iter_mut() {
+                if rng.gen_bool(*drop) {
+                    *r = -1;
+                }
+            }
+            if *bad_row && !perm.is_empty() {
+                perm[0] = rows as i64;
+            }
+            tensors.push(HostTensor::of(&[*t, *k], perm));
+            tensors.push(HostTensor::of(
+                &[*t, *k],
+                (0..rows).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+            ));
+        }
+        Spec::EngramHash {
+            layer: lc,
+            t,
+            positions,
+            alive,
+            history: hl,
+            ids,
+            bad_id,
+        } => {
+            let l = lc.build();
+            let v = l.vocab_size();
+            let mut x: Vec<i64> = ids
+                .clone()
+                .unwrap_or_else(|| (0..*t).map(|_| rng.gen_range(0..v) as i64).collect());
+            if *bad_id && !x.is_empty() {
+                let i = x.len() - 1;
+                x[i] = v as i64;
+            }
+            let t = x.len();
+            tensors.push(HostTensor::of(&[t], x));
+            let (p, a) = sequence_extras(&mut rng, t, *positions, *alive);
+            if let Some(p) = p {
+                tensors.push(HostTensor::of(&[t], p));
+            }
+            if let Some(a) = a {
+                tensors.push(HostTensor::of(&[t], a));
+            }
+            history = (0..*hl).map(|_| rng.gen_range(0..v) as i64).collect();
+            layer = Some(l);
+        }
+        Spec::GatherRows {
+            format,
+            r,
+            d,
+            t,
+            c,
+            bad_row,
+            ..
+        } => {
+            tensors.push(table(&mut rng, *format, *r, *d));
+            let mut rows: Vec<i64> = (0..t * c).map(|_| rng.gen_range(0..*r) as i64).collect();
+            if *bad_row && !rows.is_empty() {
+                rows[0] = *r as i64;
+            }
+            tensors.push(HostTensor::of(&[*t, *c], rows));
+        }
+        Spec::EngramLookup {
+            layer: lc,
+            format,
+            d,
+            t,
+            extras,
+            ..
+        } => {
+            let l = lc.build();
+            tensors.push(table(&mut rng, *format, l.rows() as usize, *d));
+            let v = l.vocab_size();
+            tensors.push(HostTensor::of(
+                &[*t],
+                (0..*t).map(|_| rng.gen_range(0..v) as i64).collect(),
+            ));
+            let (p, a) = sequence_extras(&mut rng, *t, *extras, *extras);
+            for x in [p.map(|p| HostTensor::of(&[*t], p)), a.map(|a| HostTensor::of(&[*t], a))]
+                .into_iter()
+                .flatten()
+            {
+                tensors.push(x);
+            }
+            if *extras {
+                history = (0..l.max_order() - 1).map(|_| rng.gen_range(0..v) as i64).collect();
+            }
+            layer = Some(l);
+        }
+    }
+    Inputs {
+        tensors,
+        history,
+        layer,
+    }
+}
+
+fn table(rng: &mut ChaCha8Rng, format: TableFormat, r: usize, d: usize) -> HostTensor {
+    match format {
+        TableFormat::Fp8E4m3Ue8m0 => HostTensor::of(&[r, d + d / 32], fp8_table(rng, r, d)),
+        f => HostTensor::floats(f.storage_dtype(), &[r, d], &randn(rng, r * d, 1.0)),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Execution on one backend
+// ------------------------------------------------------------------------------------------------
+
+/// What one backend produced.
+struct Outcome {
+    result: moehal_core::Result<()>,
+    outputs: Vec<HostTensor>,
+    seconds: f64,
+    guard_error: Option<String>,
+}
+
+fn timed(be: &dyn Backend, f: impl FnOnce() -> moehal_core::Result<()>) -> (moehal_core::Result<()>, f64) {
+    let t0 = Instant::now();
+    let r = f().and_then(|_| be.synchronize());
+    (r, t0.elapsed().as_secs_f64())
+}
+
+fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<Outcome> {
+    let run = Run { be };
+    let ins: Vec<Buffer> = inp.tensors.iter().map(|t| run.input(t)).collect::<Result<_, _>>()?;
+    let v = |i: usize| view(&ins[i], &inp.tensors[i]);
+    // (dtype, shape) of every output, in order.
+    let out_specs: Vec<(DType, Vec<usize>)> = output_specs(spec, inp);
+    let mut outs: Vec<Buffer> = out_specs
+        .iter()
+        .map(|(d, s)| run.output(*d, s.iter().product()))
+        .collect::<Result<_, _>>()?;
+    let (result, seconds) = {
+        let mut it = outs.iter_mut().zip(&out_specs).map(|(b, (d, s))| out_view(b, *d, s));
+        match spec {
+            Spec::GroupedGemm {
+                layout,
+                bias,
+                row_scale,
+                ..
+            } => {
+                let mut next = 3;
+                let rs = row_scale.then(|| {
+                    next += 1;
+                    v(next - 1)
+                });
+                let b = bias.then(|| v(next));
+                let args = GroupedGemm {
+                    x: v(0),
+                    w: v(1),
+                    layout: *layout,
+                    group_end: v(2),
+                    row_scale: rs,
+                    bias: b,
+                    y: it.next().expect("y"),
+                };
+                timed(be, || be.grouped_gemm(args.validate()?))
+            }
+            Spec::RouterTopk { config, bias, .. } => {
+                let args = RouterTopk {
+                    config: *config,
+                    logits: v(0),
+                    bias: bias.map(|_| v(1)),
+                    ids: it.next().expect("ids"),
+                    weights: it.next().expect("weights"),
+                    expert_counts: it.next(),
+                };
+                timed(be, || be.router_topk(args.validate()?))
+            }
+            Spec::MoePermute { e, x, .. } => {
+                let args = MoePermute {
+                    num_experts: *e,
+                    ids: v(0),
+                    x: x.map(|_| v(1)),
+                    group_end: it.next().expect("group_end"),
+                    src_token: it.next().expect("src_token"),
+                    slot_row: it.next().expect("slot_row"),
+                    x_perm: it.next(),
+                };
+                timed(be, || be.moe_permute(args.validate()?))
+            }
+            Spec::Swiglu { limit, .. } => {
+                let args = Swiglu {
+                    h: v(0),
+                    out: it.next().expect("out"),
+                    limit: *limit,
+                };
+                timed(be, || be.swiglu(args.validate()?))
+            }
+            Spec::MoeCombine { .. } => {
+                let args = MoeCombine {
+                    y_perm: v(0),
+                    slot_row: v(1),
+                    weights: v(2),
+                    out: it.next().expect("out"),
+                };
+                timed(be, || be.moe_combine(args.validate()?))
+            }
+            Spec::EngramHash { positions, alive, .. } => {
+                let mut next = 1;
+                let mut opt = |on: bool| {
+                    on.then(|| {
+                        next += 1;
+                        v(next - 1)
+                    })
+                };
+                let (p, a) = (opt(*positions), opt(*alive));
+                let args = EngramHash {
+                    layer: inp.layer.as_ref().expect("layer"),
+                    ids: v(0),
+                    positions: p,
+                    alive: a,
+                    history: &inp.history,
+                    rows: it.next().expect("rows"),
+                };
+                timed(be, || be.engram_hash(args.validate()?))
+            }
+            Spec::GatherRows { format, .. } => {
+                let args = GatherRows {
+                    table: v(0),
+                    format: *format,
+                    rows: v(1),
+                    out: it.next().expect("out"),
+                };
+                timed(be, || be.gather_rows(args.validate()?))
+            }
+            Spec::EngramLookup { format, extras, .. } => {
+                let args = EngramLookup {
+                    layer: inp.layer.as_ref().expect("layer"),
+                    table: v(0),
+                    format: *format,
+                    ids: v(1),
+                    positions: extras.then(|| v(2)),
+                    alive: extras.then(|| v(3)),
+                    history: &inp.history,
+                    out: it.next().expect("out"),
+                };
+                timed(be, || be.engram_lookup(args.validate()?))
+            }
+        }
+    };
+    let mut outputs = Vec::new();
+    let mut guard_error = None;
+    for (b, (d, s)) in outs.iter().zip(&out_specs) {
+        match run.fetch(b, *d, s) {
+            Ok(t) => outputs.push(t),
+            Err(e) => {
+                guard_error.get_or_insert(e);
+                outputs.push(HostTensor {
+                    dtype: *d,
+                    shape: s.clone(),
+                    bytes: vec![0; s.iter().product::<usize>() * d.size()],
+                });
+            }
+        }
+    }
+    Ok(Outcome {
+        result,
+        outputs,
+        seconds,
+        guard_error,
+    })
+}
+
+fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
+    match spec {
+        Spec::GroupedGemm {
+            dtype, groups, tail, n, ..
+        } => {
+            vec![(*dtype, vec![groups.iter().sum::<usize>() + tail, *n])]
+        }
+        Spec::RouterTopk { t, e, config, .. } => {
+            vec![
+                (DType::I32, vec![*t, config.k]),
+                (DType::F32, vec![*t, config.k]),
+                (DType::I64, vec![*e]),
+            ]
+        }
+        Spec::MoePermute { t, k, e, x, .. } => {
+            let mut v = vec![
+                (DType::I64, vec![*e]),
+                (DType::I64, vec![t * k]),
+                (DType::I64, vec![*t, *k]),
+            ];
+            if let Some((d, h)) = x {
+                v.push((*d, vec![t * k, *h]));
+            }
+            v
+        }
+        Spec::Swiglu { dtype, m, i, .. } => vec![(*dtype, vec![*m, *i])],
+        Spec::MoeCombine { dtype, t, h, .. } => vec![(*dtype, vec![*t, *h])],
+        Spec::EngramHash { .. } => {
+            let l = inp.layer.as_ref().expect("layer");
+            vec![(DType::I64, vec![inp.tensors[0].numel(), l.columns()])]
+        }
+        Spec::GatherRows { out, d, t, c, .. } => vec![(*out, vec![*t, c * d])],
+        Spec::EngramLookup { out, d, t, .. } => {
+            let l = inp.layer.as_ref().expect("layer");
+            vec![(*out, vec![*t, l.columns() * d])]
+        }
+    }
+}
+
+fn desc_of(spec: &Spec) -> OpDesc {
+    match spec {
+        Spec::GroupedGemm { dtype, layout, .. } => OpDesc::GroupedGemm {
+            dtype: *dtype,
+            layout: *layout,
+        },
+        Spec::RouterTopk { dtype, config, .. } => OpDesc::RouterTopk {
+            dtype: *dtype,
+            scoring: config.scoring,
+            group: config.effective_group().map(|g| g.score),
+        },
+        Spec::MoePermute { x, .. } => OpDesc::MoePermute { x: x.map(|(d, _)| d) },
+        Spec::Swiglu { dtype, .. } => OpDesc::Swiglu { dtype: *dtype },
+        Spec::MoeCombine { dtype, .. } => OpDesc::MoeCombine { dtype: *dtype },
+        Spec::EngramHash { .. } => OpDesc::EngramHash,
+        Spec::GatherRows { format, out, .. } => OpDesc::GatherRows {
+            table: *format,
+            out: *out,
+            host_table: false,
+        },
+        Spec::EngramLookup { format, out, .. } => OpDesc::EngramLookup {
+            table: *format,
+            out: *out,
+            host_table: false,
+        },
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Comparison
+// ------------------------------------------------------------------------------------------------
+
+/// Relative-error tolerance of OPS.md for arithmetic ops.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1e-2,
+    }
+}
+
+/// `‖out − ref‖ / ‖ref‖` over elements where `mask` is true; NaN in `out` where `ref` has none
+/// (or the reverse) is reported as `Err`.
+fn rel_error(out: &HostTensor, reference: &HostTensor, mask: impl Fn(usize) -> bool) -> Result<f64, String> {
+    let (o, r) = (out.as_f64(), reference.as_f64());
+    let (mut num, mut den) = (0f64, 0f64);
+    for i in 0..r.len() {
+        if !mask(i) {
+            continue;
+        }
+        match (o[i].is_nan(), r[i].is_nan()) {
+            (false, false) => {}
+            (true, false) => return Err(format!("NaN at element {i} where the reference has {}", r[i])),
+            (false, true) => return Err(format!("{} at element {i} where the reference has NaN", o[i])),
+            (true, true) => continue,
+        }
+        if r[i].is_infinite() || o[i].is_infinite() {
+            if o[i] != r[i] {
+                return Err(format!("{} at element {i}, reference {}", o[i], r[i]));
+            }
+            continue;
+        }
+        num += (o[i] - r[i]) * (o[i] - r[i]);
+        den += r[i] * r[i];
+    }
+    Ok(if den > 0.0 { (num / den).sqrt() } else { num.sqrt() })
+}
+
+fn first_diff(a: &[u8], b: &[u8], es: usize) -> Option<usize> {
+    a.chunks(es).zip(b.chunks(es)).position(|(x, y)| x != y)
+}
+
+fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (String, Result<(), String>) {
+    match spec {
+        Spec::GroupedGemm { dtype, groups, n, .. } => {
+            let routed = groups.iter().sum::<usize>() * n;
+            // Tail rows are not written: their bits must be the poison.
+            let (o, r) = (&out.outputs[0], &reference.outputs[0]);
+            let es = dtype.size();
+            if o.bytes[routed * es..] != r.bytes[routed * es..] {
+                return (
+                    "tail written".into(),
+                    Err("rows past group_end[G-1] were written".into()),
+                );
+            }
+            arithmetic(*dtype, o, r, |i| i < routed)
+        }
+        Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
+            arithmetic(*dtype, &out.outputs[0], &reference.outputs[0], |_| true)
+        }
+        Spec::RouterTopk { config, t, e, .. } => compare_router(config, *t, *e, inp, out, reference),
+        Spec::MoePermute { t, k, x, .. } => {
+            let ge = typed::<i64>(&reference.outputs[0].bytes);
+            let routed = ge.last().copied().unwrap_or(0) as usize;
+            let checks: [(&str, usize, usize); 3] = [
+                ("group_end", 0, usize::MAX),
+                ("slot_row", 2, usize::MAX),
+                ("src_token", 1, routed),
+            ];
+            for (name, i, limit) in checks {
+                let es = 8;
+                let lim = limit.min(out.outputs[i].numel()) * es;
+                if let Some(p) = first_diff(&out.outputs[i].bytes[..lim], &reference.outputs[i].bytes[..lim], es) {
+                    return (
+                        "mismatch".into(),
+                        Err(format!("{name}[{p}] differs from the reference")),
+                    );
+                }
+            }
+            if let Some((d, h)) = x {
+                let lim = routed * h * d.size();
+                if let Some(p) = first_diff(
+                    &out.outputs[3].bytes[..lim],
+                    &reference.outputs[3].bytes[..lim],
+                    d.size(),
+                ) {
+                    return ("mismatch".into(), Err(format!("x_perm element {p} differs")));
+                }
+            }
+            let _ = (t, k);
+            ("exact".into(), Ok(()))
+        }
+        Spec::EngramHash { .. } | Spec::GatherRows { .. } | Spec::EngramLookup { .. } => {
+            let (o, r) = (&out.outputs[0], &reference.outputs[0]);
+            match first_diff(&o.bytes, &r.bytes, o.dtype.size()) {
+                None => ("exact".into(), Ok(())),
+                Some(p) => (
+                    "mismatch".into(),
+                    Err(format!("element {p} differs bitwise from the reference")),
+                ),
+            }
+        }
+    }
+}
+
+fn arithmetic(
+    dtype: DType,
+    o: &HostTensor,
+    r: &HostTensor,
+    mask: impl Fn(usize) -> bool,
+) -> (String, Result<(), String>) {
+    match rel_error(o, r, mask) {
+        Ok(e) => {
+            let tol = tolerance(dtype);
+            let m = format!("rel {e:.1e}");
+            if e <= tol {
+                (m, Ok(()))
+            } else {
+                (m, Err(format!("relative error {e:.3e} > {tol:.0e}")))
+            }
+        }
+        Err(msg) => ("NaN".into(), Err(msg)),
+    }
+}
+
+fn compare_router(
+    config: &RouterConfig,
+    t: usize,
+    e: usize,
+    inp: &Inputs,
+    out: &Outcome,
+    reference: &Outcome,
+) -> (String, Result<(), String>) {
+    let k = config.k;
+    let (ids_o, ids_r) = (
+        typed::<i32>(&out.outputs[0].bytes),
+        typed::<i32>(&reference.outputs[0].bytes),
+    );
+    let (w_o, w_r) = (
+        typed::<f32>(&out.outputs[1].bytes),
+        typed::<f32>(&reference.outputs[1].bytes),
+    );
+    let logits = inp.tensors[0].as_f64();
+    let bias = inp.tensors.get(1).map(|b| typed::<f32>(&b.bytes));
+    let mut near_ties = 0usize;
+    let mut max_dw = 0f64;
+    for ti in 0..t {
+        let (io, ir) = (&ids_o[ti * k..(ti + 1) * k], &ids_r[ti * k..(ti + 1) * k]);
+        let (wo, wr) = (&w_o[ti * k..(ti + 1) * k], &w_r[ti * k..(ti + 1) * k]);
+        let mut expected_w: Vec<f64> = wr.iter().map(|&w| w as f64).collect();
+        if io != ir {
+            // Only rounding-level near-ties may differ (OPS.md, Conformance).
+            let route = route_token(config, &logits[ti * e..(ti + 1) * e], bias.as_deref());
+            let sel = &route.selection;
+            let mut distinct = io.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() != k || io.iter().any(|&i| i < 0 || i as usize >= e) {
+                return (
+                    "ids".into(),
+                    Err(format!("token {ti}: ids {io:?} not k distinct experts in [0, {e})")),
+                );
+            }
+            for j in 0..k {
+                let (a, b) = (ir[j] as usize, io[j] as usize);
+                if a == b {
+                    continue;
+                }
+                let (sa, sb) = (sel[a], sel[b]);
+                let near =
+                    sa.is_finite() && sb.is_finite() && sa != sb && (sa - sb).abs() <= 1e-6 * sa.abs().max(sb.abs());
+                if !near {
+                    return (
+                        "ids".into(),
+                        Err(format!("token {ti} slot {j}: expert {b} (score {sb}), reference {a} (score {sa}); ids {io:?} vs {ir:?}")),
+                    );
+                }
+            }
+            near_ties += 1;
+            expected_w = weights_for(config, &route, io);
+        }
+        for j in 0..k {
+            let dw = (wo[j] as f64 - expected_w[j]).abs();
+            if dw.is_nan() || dw > 1e-5 {
+                return (
+                    "weights".into(),
+                    Err(format!(
+                        "token {ti} slot {j}: weight {} vs reference {}",
+                        wo[j], expected_w[j]
+                    )),
+                );
+            }
+            max_dw = max_dw.max(dw);
+        }
+    }
+    if out.outputs[2].bytes != reference.outputs[2].bytes {
+        return (
+            "counts".into(),
+            Err("expert_counts differ from the histogram of the reference ids".into()),
+        );
+    }
+    let metric = if near_ties > 0 {
+        format!("ids ok ({near_ties} near-ties), |dw| {max_dw:.1e}")
+    } else {
+        format!("ids equal, |dw| {max_dw:.1e}")
+    };
+    (metric, Ok(()))
+}
+
+/// The weights the contract gives for an alternative (near-tie) selection `ids`.
+fn weights_for(config: &RouterConfig, route: &moehal_core::reference::TokenRoute, ids: &[i32]) -> Vec<f64> {
+    let mut w: Vec<f64> = ids
+        .iter()
+        .map(|&i| {
+            if route.selection[i as usize].is_finite() {
+                route.scores[i as usize]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if config.renormalize {
+        let s: f64 = w.iter().sum::<f64>() + 1e-20;
+        w.iter_mut().for_each(|v| *v /= s);
+    }
+    w.iter_mut().for_each(|v| *v *= config.routed_scaling_factor as f64);
+    w
+}
+
+/// Run `case` on `backend` and on the reference with inputs from `seed`, and judge the result.
+pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
+    let mut res = CaseResult {
+        op: case.op(),
+        backend: backend.name().to_string(),
+        case: case.name(),
+        dtype: case.dtype(),
+        metric: String::new(),
+        verdict: Verdict::Fail,
+        seconds: 0.0,
+        seed,
+        detail: String::new(),
+    };
+    if let Support::No { reason } = backend.supports(&desc_of(&case.spec)) {
+        res.verdict = Verdict::Unsupported;
+        res.metric = "-".into();
+        res.detail = reason;
+        return res;
+    }
+    let inputs = make_inputs(&case.spec, seed);
+    let fail = |mut r: CaseResult, metric: &str, msg: String| {
+        r.metric = metric.into();
+        r.detail = format!(
+            "{msg} (seed {seed}; rerun: moehal check --backend {} --seed {seed})",
+            r.backend
+        );
+        r
+    };
+    let reference = match execute(&Reference, &case.spec, &inputs) {
+        Ok(o) => o,
+        Err(e) => return fail(res, "setup", format!("reference setup failed: {e}")),
+    };
+    let out = match execute(backend, &case.spec, &inputs) {
+        Ok(o) => o,
+        Err(e) => return fail(res, "setup", format!("setup failed: {e}")),
+    };
+    res.seconds = out.seconds;
+    if let Some(g) = &out.guard_error {
+        return fail(res, "guard", g.clone());
+    }
+    match (case.expect(), &out.result) {
+        (_, Err(Error::Unsupported { msg, .. })) => {
+            res.verdict = Verdict::Unsupported;
+            res.metric = "-".into();
+            res.detail = msg.clone();
+            res
+        }
+        (Expect::Invalid(field), Err(Error::InvalidArgument { field: f, .. })) if *f == field => {
+            // Nothing may be written: every output still holds its poison.
+            let untouched = out
+                .outputs
+                .iter()
+                .all(|t| t.bytes.iter().all(|&b| b == poison_byte(t.dtype)));
+            if untouched {
+                res.verdict = Verdict::Pass;
+                res.metric = format!("rejected `{field}`");
+                res
+            } else {
+                fail(res, "wrote", "rejected the input but wrote outputs".into())
+            }
+        }
+        (Expect::Invalid(field), other) => fail(
+            res,
+            "no error",
+            format!("expected InvalidArgument on `{field}`, got {other:?}"),
+        ),
+        (Expect::Ok, Err(e)) => fail(res, "error", e.to_string()),
+        (Expect::Ok, Ok(())) => {
+            if let Err(e) = &reference.result {
+                return fail(res, "reference", format!("the reference failed: {e}"));
+            }
+            let (metric, verdict) = compare(&case.spec, &inputs, &out, &reference);
+            match verdict {
+                Ok(()) => {
+                    res.metric = metric;
+                    res.verdict = Verdict::Pass;
+                    res
+                }
+                Err(msg) => fail(res, &metric, msg),
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Case lists
+// ------------------------------------------------------------------------------------------------
+
+fn gemm(name: &str, dtype: DType, layout: WeightLayout, groups: &[usize], tail: usize, n: usize, k: usize) -> Case {
+    Case::new(
+        name,
+        Spec::GroupedGemm {
+            dtype,
+            layout,
+            groups: groups.to_vec(),
+            tail,
+            n,
+            k,
+            bias: false,
+            row_scale: false,
+            bad_group_end: false,
+        },
+    )
+}
+
+fn with_gemm(mut c: Case, f: impl FnOnce(&mut bool, &mut bool, &mut bool)) -> Case {
+    if let Spec::GroupedGemm {
+        bias,
+        row_scale,
+        bad_group_end,
+        ..
+    } = &mut c.spec
+    {
+        f(bias, row_scale, bad_group_end);
+    }
+    c
+}
+
+fn router(
+    name: &str,
+    dtype: DType,
+    t: usize,
+    e: usize,
+    config: RouterConfig,
+    bias: Option<bool>,
+    logits: Logits,
+) -> Case {
+    Case::new(
+        name,
+        Spec::RouterTopk {
+            dtype,
+            t,
+            e,
+            config,
+            bias,
+            logits,
+        },
+    )
+}
+
+fn rc(k: usize, scoring: Scoring, group: Option<GroupLimit>, renormalize: bool, scale: f32) -> RouterConfig {
+    RouterConfig {
+        k,
+        scoring,
+        group,
+        renormalize,
+        routed_scaling_factor: scale,
+    }
+}
+
+/// The edge cases OPS.md names, for every op (small shapes).
+pub fn edge_cases() -> Vec<Case> {
+    use DType::*;
+    use WeightLayout::*;
+    let mut v = Vec::new();
+    for dt in [F32, BF16, F16] {
+        for lay in [NK, KN] {
+            let tag = format!("{lay:?}");
+            v.push(with_gemm(
+                gemm(
+                    &format!("gemm {tag} empty groups + tail"),
+                    dt,
+                    lay,
+                    &[3, 0, 17, 0, 1, 9],
+                    5,
+                    48,
+                    40,
+                ),
+                |b, r, _| {
+                    *b = true;
+                    *r = true;
+                },
+            ));
+            v.push(gemm(&format!("gemm {tag} plain"), dt, lay, &[33, 7], 0, 33, 65));
+        }
+    }
+    v.push(with_gemm(
+        gemm("gemm K=0 (row_scale * bias)", F32, NK, &[2, 3], 1, 8, 0),
+        |b, r, _| {
+            *b = true;
+            *r = true;
+        },
+    ));
+    v.push(gemm("gemm K=0 no bias (zeros)", BF16, KN, &[4], 0, 8, 0));
+    v.push(gemm("gemm M=0", F32, NK, &[0, 0], 0, 8, 8));
+    v.push(gemm("gemm N=0", F16, NK, &[3, 2], 0, 0, 8));
+    v.push(with_gemm(
+        gemm("gemm bias only", BF16, NK, &[5, 6], 2, 24, 32),
+        |b, _, _| *b = true,
+    ));
+    v.push(with_gemm(
+        gemm("gemm bad group_end", F32, NK, &[4, 4], 0, 8, 8),
+        |_, _, bad| *bad = true,
+    ));
+
+    let ds = Some(GroupLimit {
+        n_group: 4,
+        topk_group: 2,
+        score: GroupScore::Top2Sum,
+    });
+    v.push(router(
+        "router softmax renorm",
+        F32,
+        37,
+        64,
+        rc(8, Scoring::Softmax, None, true, 1.0),
+        None,
+        Logits::Random,
+    ));
+    v.push(router(
+        "router softmax no renorm, scale",
+        BF16,
+        19,
+        32,
+        rc(4, Scoring::Softmax, None, false, 2.0),
+        None,
+        Logits::Random,
+    ));
+    v.push(router(
+        "router sigmoid+bias groups top2_sum",
+        F32,
+        33,
+        64,
+        rc(6, Scoring::Sigmoid, ds, true, 2.5),
+        Some(false),
+        Logits::Random,
+    ));
+    v.push(router(
+        "router groups, bias makes all scores negative",
+        F32,
+        17,
+        16,
+        rc(4, Scoring::Sigmoid, ds, true, 2.5),
+        Some(true),
+        Logits::Random,
+    ));
+    v.push(router(
+        "router groups max",
+        F16,
+        21,
+        48,
+        rc(
+            3,
+            Scoring::Sigmoid,
+            Some(GroupLimit {
+                n_group: 6,
+                topk_group: 3,
+                score: GroupScore::Max,
+            }),
+            false,
+            1.0,
+        ),
+        Some(false),
+        Logits::Random,
+    ));
+    v.push(router(
+        "router sqrt_softplus+bias",
+        BF16,
+        29,
+        40,
+        rc(6, Scoring::SqrtSoftplus, None, true, 1.5),
+        Some(false),
+        Logits::Random,
+    ));
+    v.push(router(
+        "router ties (lower index wins)",
+        F32,
+        25,
+        24,
+        rc(5, Scoring::Softmax, None, true, 1.0),
+        None,
+        Logits::Ties,
+    ));
+    v.push(router(
+        "router ties with groups",
+        F32,
+        25,
+        32,
+        rc(6, Scoring::Sigmoid, ds, true, 1.0),
+        Some(false),
+        Logits::Ties,
+    ));
+    v.push(router(
+        "router NaN/inf logits, all-NaN row",
+        F32,
+        23,
+        16,
+        rc(4, Scoring::Sigmoid, ds, true, 2.5),
+        Some(false),
+        Logits::NonFinite,
+    ));
+    v.push(router(
+        "router NaN softmax",
+        F16,
+        23,
+        16,
+        rc(4, Scoring::Softmax, None, true, 1.0),
+        None,
+        Logits::NonFinite,
+    ));
+    v.push(router(
+        "router k = E",
+        F32,
+        9,
+        8,
+        rc(8, Scoring::Softmax, None, true, 1.0),
+        None,
+        Logits::Random,
+    ));
+    v.push(router(
+        "router T = 1",
+        F32,
+        1,
+        64,
+        rc(8, Scoring::Sigmoid, None, true, 1.0),
+        Some(false),
+        Logits::Random,
+    ));
+    v.push(router(
+        "router T = 0",
+        F32,
+        0,
+        64,
+        rc(8, Scoring::Sigmoid, None, true, 1.0),
+        None,
+        Logits::Random,
+    ));
+
+    let perm = |name: &str, t, k, e, x, drop, repeat, bad_id| {
+        Case::new(
+            name,
+            Spec::MoePermute {
+                t,
+                k,
+                e,
+                x,
+                drop,
+                repeat,
+                bad_id,
+            },
+        )
+    };
+    v.push(perm("permute ids only", 50, 4, 16, None, 0.0, false, false));
+    for dt in [F32, BF16, F16] {
+        v.push(perm(
+            "permute with x, -1 slots, repeated expert",
+            41,
+            3,
+            8,
+            Some((dt, 24)),
+            0.2,
+            true,
+            false,
+        ));
+    }
+    v.push(perm("permute all dropped", 6, 2, 4, None, 1.0, false, false));
+    v.push(perm("permute bad id", 6, 2, 4, None, 0.0, false, true));
+
+    for dt in [F32, BF16, F16] {
+        v.push(Case::new(
+            "swiglu",
+            Spec::Swiglu {
+                dtype: dt,
+                m: 23,
+                i: 40,
+                limit: None,
+            },
+        ));
+        v.push(Case::new(
+            "swiglu limit 10",
+            Spec::Swiglu {
+                dtype: dt,
+                m: 23,
+                i: 40,
+                limit: Some(10.0),
+            },
+        ));
+        v.push(Case::new(
+            "combine -1 slots",
+            Spec::MoeCombine {
+                dtype: dt,
+                t: 31,
+                k: 4,
+                h: 40,
+                drop: 0.2,
+                bad_row: false,
+            },
+        ));
+    }
+    v.push(Case::new(
+        "swiglu M = 0",
+        Spec::Swiglu {
+            dtype: F32,
+            m: 0,
+            i: 8,
+            limit: None,
+        },
+    ));
+    v.push(Case::new(
+        "combine bad slot row",
+        Spec::MoeCombine {
+            dtype: F32,
+            t: 4,
+            k: 2,
+            h: 8,
+            drop: 0.0,
+            bad_row: true,
+        },
+    ));
+
+    let hash = |name: &str, layer, t, positions, alive, history, ids: Option<Vec<i64>>, bad_id| {
+        Case::new(
+            name,
+            Spec::EngramHash {
+                layer,
+                t,
+                positions,
+                alive,
+                history,
+                ids,
+                bad_id,
+            },
+        )
+    };
+    v.push(hash(
+        "hash OPS.md toy vector",
+        LayerChoice::Toy,
+        5,
+        false,
+        false,
+        0,
+        Some(vec![7, 3, 7, 3, 49]),
+        false,
+    ));
+    v.push(hash(
+        "hash toy positions/alive/history",
+        LayerChoice::Toy,
+        64,
+        true,
+        true,
+        2,
+        None,
+        false,
+    ));
+    v.push(hash(
+        "hash V4.1 layer 1",
+        LayerChoice::V41(0),
+        200,
+        false,
+        false,
+        0,
+        None,
+        false,
+    ));
+    v.push(hash(
+        "hash V4.1 layer 14 segments+dead+history",
+        LayerChoice::V41(1),
+        200,
+        true,
+        true,
+        3,
+        None,
+        false,
+    ));
+    v.push(hash("hash id >= V'", LayerChoice::Toy, 8, false, false, 0, None, true));
+
+    let g = |name: &str, format, out, r, d, t, c, bad_row| {
+        Case::new(
+            name,
+            Spec::GatherRows {
+                format,
+                out,
+                r,
+                d,
+                t,
+                c,
+                bad_row,
+            },
+        )
+    };
+    for (f, o) in TableFormat::PAIRS {
+        v.push(g("gather", f, o, 97, 64, 13, 3, false));
+    }
+    v.push(g(
+        "gather fp8 d=256 (264-byte rows)",
+        TableFormat::Fp8E4m3Ue8m0,
+        BF16,
+        50,
+        256,
+        7,
+        4,
+        false,
+    ));
+    v.push(g(
+        "gather row out of range",
+        TableFormat::BF16,
+        BF16,
+        10,
+        32,
+        3,
+        2,
+        true,
+    ));
+    for (f, o) in [
+        (TableFormat::BF16, BF16),
+        (TableFormat::Fp8E4m3Ue8m0, BF16),
+        (TableFormat::F32, F32),
+    ] {
+        v.push(Case::new(
+            "lookup toy layer",
+            Spec::EngramLookup {
+                layer: LayerChoice::Toy,
+                format: f,
+                out: o,
+                d: 32,
+                t: 40,
+                extras: true,
+            },
+        ));
+    }
+    v
+}
+
+/// Cases derived from one preset, scaled to run in seconds on 2 cores: real routing (E, k, scoring,
+/// groups) at 64 tokens; grouped GEMM with 8 of the experts and widths divided by 32; SwiGLU and
+/// combine at the preset's limit and k; Engram at the real V4.1 hash.
+pub fn preset_cases(p: &Preset) -> Vec<Case> {
+    let mut v = Vec::new();
+    let s = p.scaled_widths(32);
+    let t = 64;
+    v.push(router(
+        &format!("{} router (T {t})", p.name),
+        DType::BF16,
+        t,
+        p.experts,
+        p.router(),
+        p.bias.then_some(false),
+        Logits::Random,
+    ));
+    let groups = [t * p.k / 8; 8];
+    for dt in [DType::BF16, DType::F32] {
+        v.push(gemm(
+            &format!("{} gate_up (8 experts, widths/32)", p.name),
+            dt,
+            WeightLayout::NK,
+            &groups,
+            0,
+            2 * s.expert_width,
+            s.hidden,
+        ));
+        v.push(gemm(
+            &format!("{} down (8 experts, widths/32)", p.name),
+            dt,
+            WeightLayout::NK,
+            &groups,
+            0,
+            s.hidden,
+            s.expert_width,
+        ));
+    }
+    v.push(Case::new(
+        format!("{} permute", p.name),
+        Spec::MoePermute {
+            t,
+            k: p.k,
+            e: p.experts,
+            x: Some((DType::BF16, s.hidden)),
+            drop: 0.0,
+            repeat: false,
+            bad_id: false,
+        },
+    ));
+    v.push(Case::new(
+        format!("{} swiglu", p.name),
+        Spec::Swiglu {
+            dtype: DType::BF16,
+            m: t,
+            i: s.expert_width,
+            limit: p.swiglu_limit,
+        },
+    ));
+    v.push(Case::new(
+        format!("{} combine", p.name),
+        Spec::MoeCombine {
+            dtype: DType::BF16,
+            t,
+            k: p.k,
+            h: s.hidden,
+            drop: 0.0,
+            bad_row: false,
+        },
+    ));
+    if let Some(e) = p.engram {
+        for layer in 0..e.layers.len() {
+            v.push(Case::new(
+                format!("{} engram layer {} hash", p.name, e.layers[layer]),
+                Spec::EngramHash {
+                    layer: LayerChoice::V41(layer),
+                    t: 256,
+                    positions: true,
+                    alive: true,
+                    history: 3,
+                    ids: None,
+                    bad_id: false,
+                },
+            ));
+        }
+        v.push(Case::new(
+            format!("{} engram lookup (small primes, fp8 rows of {})", p.name, e.row_dim),
+            Spec::EngramLookup {
+                layer: LayerChoice::Small {
+                    vocab_n: 500,
+                    n: e.max_order,
+                    k: e.heads,
+                },
+                format: TableFormat::Fp8E4m3Ue8m0,
+                out: DType::BF16,
+                d: e.row_dim,
+                t: 32,
+                extras: true,
+            },
+        ));
+    }
+    v
+}
+
+/// The embedded default of `moehal check`: every edge case plus the cases of every preset.
+pub fn default_cases() -> Vec<Case> {
+    let mut v = edge_cases();
+    for p in crate::presets::PRESETS {
+        v.extend(preset_cases(p));
+    }
+    v
+}
+
+/// A seed for `case` derived from a base seed (so each case gets fresh inputs, reproducibly).
+pub fn case_seed(base: u64, index: usize) -> u64 {
+    base ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
