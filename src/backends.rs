@@ -21,7 +21,8 @@ pub fn open_cuda() -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(moehal_cuda::open(0)?))
 }
 
-/// Open the Ascend backend (libraries found by the search order of moehal-ascend).
+/// Open the Ascend backend: libraries from `MOEHAL_ASCEND_LIB_DIR`, `ASCEND_HOME_PATH`,
+/// `ASCEND_TOOLKIT_HOME`, `LD_LIBRARY_PATH`, then the standard install roots.
 #[cfg(feature = "ascend")]
 pub fn open_ascend() -> Result<Arc<dyn Backend>> {
     Err(Error::Unavailable {

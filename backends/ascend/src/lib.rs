@@ -1,1 +1,73 @@
-//! moehal ascend backend (under construction).
+//! moehal's Ascend backend: the ACL runtime, the aclnn meta API and the aclnn MoE ops, loaded at
+//! run time with `libloading` (nothing from CANN is needed to build).
+//!
+//! - Library search (first hit wins): `MOEHAL_ASCEND_LIB_DIR`, then `ASCEND_HOME_PATH` and
+//!   `ASCEND_TOOLKIT_HOME` (`lib64`, `<arch>-linux/lib64`, `runtime/lib64`), `LD_LIBRARY_PATH`,
+//!   then `/usr/local/Ascend/ascend-toolkit/latest` and `/usr/local/Ascend/cann`. Runtime from
+//!   `libascendcl.so` (else `libacl_rt.so`), meta from `libnnopbase.so`, ops from `libopapi.so` or
+//!   its per-domain splits.
+//! - Every runtime and meta symbol is resolved up front; if any is missing the backend is
+//!   unavailable and the reason lists the missing names. Op versions are probed (both `aclnnX` and
+//!   `aclnnXGetWorkspaceSize`): GroupedMatmul V4 else V3, MoeGatingTopK / MoeGatingTopKSoftmax,
+//!   MoeInitRouting V3 else V2, MoeFinalizeRoutingV2, Embedding / GatherV2 / IndexSelect, Cast.
+//! - [`Backend::supports`](moehal_core::Backend::supports) names, per op, the aclnn op used and
+//!   which parts run on the host (see the crate README for why).
+//!
+//! Verified against the strict emulator `moehal-ascend-emu`, not silicon.
+
+mod backend;
+pub mod emulator;
+mod ffi;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use moehal_core::{Backend, Error, Result};
+
+pub use backend::Ascend;
+
+/// Environment variable naming a directory searched first for the CANN (or emulator) libraries.
+pub const LIB_DIR_ENV: &str = "MOEHAL_ASCEND_LIB_DIR";
+
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable {
+        backend: ffi::NAME.into(),
+        reason,
+    }
+}
+
+/// Open device 0 with the libraries found by the standard search (see the crate docs).
+///
+/// # Errors
+/// [`Error::Unavailable`] with the reason (libraries absent, symbols missing, no device);
+/// [`Error::Device`] when the runtime fails to initialise.
+pub fn open() -> Result<Arc<dyn Backend>> {
+    open_in(&ffi::search_dirs(), 0)
+}
+
+/// Open `device` using only the libraries in `dir` (e.g. the emulator's build directory).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_at(dir: impl Into<PathBuf>, device: i32) -> Result<Arc<dyn Backend>> {
+    open_in(&[dir.into()], device)
+}
+
+fn open_in(dirs: &[PathBuf], device: i32) -> Result<Arc<dyn Backend>> {
+    let lib = ffi::load(dirs).map_err(unavailable)?;
+    let rt = ffi::Runtime::open(lib, device)?;
+    Ok(Arc::new(Ascend::new(rt)))
+}
+
+/// Whether the Ascend libraries can be found and resolved (does not open a device).
+///
+/// # Errors
+/// The reason they cannot: libraries absent (with the directories searched) or missing symbols.
+pub fn probe() -> std::result::Result<(), String> {
+    ffi::load(&ffi::search_dirs()).map(|_| ())
+}
+
+/// The directories [`open`] searches, in order.
+pub fn search_dirs() -> Vec<PathBuf> {
+    ffi::search_dirs()
+}

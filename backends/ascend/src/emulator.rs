@@ -1,0 +1,108 @@
+//! Locating and building the emulator library (`libascendcl.so` from `moehal-ascend-emu`) for
+//! tests, the conformance suite and `moehal check --backend ascend`, without a manual step.
+//!
+//! [`build`] runs `cargo build -p moehal-ascend-emu` in a separate target directory (so it never
+//! waits on, or deadlocks with, the cargo that runs the caller) and copies the library into its own
+//! folder per variant, so that parallel callers never see a half-written file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+/// The workspace root (this crate lives at `backends/ascend`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Build the emulator (`omit`: the name of one symbol to leave out, for which the emulator has an
+/// `omit-symbol-<name>` feature) under `<target_dir>/ascend-emu`, and return the directory holding
+/// its `libascendcl.so`. Cheap when up to date.
+///
+/// # Errors
+/// The cargo command's failure, as text.
+pub fn build(target_dir: &Path, omit: Option<&str>) -> Result<PathBuf, String> {
+    let nested = target_dir.join("ascend-emu");
+    let out = nested.join(match omit {
+        None => "lib-full".to_string(),
+        Some(s) => format!("lib-omit-{s}"),
+    });
+    std::fs::create_dir_all(&nested).map_err(|e| format!("{}: {e}", nested.display()))?;
+    let _lock = DirLock::acquire(&nested.join("build.lock"))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", "moehal-ascend-emu", "--target-dir"])
+        .arg(nested.join("target"));
+    if let Some(s) = omit {
+        cmd.args(["--features", &format!("moehal-ascend-emu/omit-symbol-{s}")]);
+    }
+    // The outer cargo's variables describe the outer build; the nested one finds its own.
+    for v in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
+        "RUSTC_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
+        cmd.env_remove(v);
+    }
+    let o = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "building the emulator failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let built = nested.join("target/debug/libascendcl.so");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let tmp = out.join("libascendcl.so.tmp");
+    std::fs::copy(&built, &tmp).map_err(|e| format!("copy {}: {e}", built.display()))?;
+    std::fs::rename(&tmp, out.join("libascendcl.so")).map_err(|e| format!("rename: {e}"))?;
+    Ok(out)
+}
+
+/// The target directory of the running test or binary (`<target>/debug/deps/x` -> `<target>`).
+pub fn target_dir_of_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut p = exe.parent()?;
+    if p.ends_with("deps") {
+        p = p.parent()?;
+    }
+    Some(p.parent()?.to_path_buf())
+}
+
+/// A cross-process lock: a directory that exists while held (stale after 15 minutes).
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn acquire(p: &Path) -> Result<DirLock, String> {
+        let start = SystemTime::now();
+        loop {
+            match std::fs::create_dir(p) {
+                Ok(()) => return Ok(DirLock(p.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(p)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| m.elapsed().ok());
+                    if age.is_some_and(|a| a > Duration::from_secs(900)) {
+                        let _ = std::fs::remove_dir(p);
+                        continue;
+                    }
+                    if start.elapsed().unwrap_or_default() > Duration::from_secs(1800) {
+                        return Err(format!("timed out waiting for {}", p.display()));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -1,0 +1,248 @@
+/*
+ * moehal_acl.h -- the subset of the Huawei CANN C API that moehal uses, written by hand
+ * from the public headers (acl/acl_base_rt.h, acl/acl_rt.h, aclnn/acl_meta.h,
+ * aclnn/aclnn_base.h, aclnnop/aclnn_*.h; see shared/reference/ascend_acl.md for sources).
+ *
+ * Every function is declared through MOEHAL_ACL_FN(ret, name, params), which yields both
+ *   - the prototype `ret name params;` (checked against a real CANN header tree when one exists)
+ *   - the function-pointer typedef `typedef ret (*nameFn) params;`
+ * bindgen turns the typedefs into Rust; the backend resolves symbols with these types and the
+ * emulator asserts that its exports have exactly these types, so the two cannot drift apart.
+ *
+ * When MOEHAL_ACL_VENDOR_TYPES is defined (vendor headers already included), the type and
+ * constant definitions are skipped and only the prototypes are re-declared, so the C compiler
+ * rejects any prototype that disagrees with the vendor's.
+ */
+#ifndef MOEHAL_ACL_H
+#define MOEHAL_ACL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOEHAL_ACL_FN(ret, name, params) \
+    typedef ret(*name##Fn) params;        \
+    ret name params;
+
+#ifndef MOEHAL_ACL_VENDOR_TYPES
+
+/* ---- acl/acl_base_rt.h ------------------------------------------------------------------ */
+typedef int aclError;
+typedef void *aclrtStream;
+typedef void *aclrtContext;
+typedef uint16_t aclFloat16;
+
+typedef enum {
+    ACL_DT_UNDEFINED = -1,
+    ACL_FLOAT = 0,
+    ACL_FLOAT16 = 1,
+    ACL_INT8 = 2,
+    ACL_INT32 = 3,
+    ACL_UINT8 = 4,
+    ACL_INT16 = 6,
+    ACL_UINT16 = 7,
+    ACL_UINT32 = 8,
+    ACL_INT64 = 9,
+    ACL_UINT64 = 10,
+    ACL_DOUBLE = 11,
+    ACL_BOOL = 12,
+    ACL_BF16 = 27
+} aclDataType;
+
+typedef enum {
+    ACL_FORMAT_UNDEFINED = -1,
+    ACL_FORMAT_NCHW = 0,
+    ACL_FORMAT_NHWC = 1,
+    ACL_FORMAT_ND = 2,
+    ACL_FORMAT_FRACTAL_NZ = 29
+} aclFormat;
+
+/* ---- acl/acl_rt.h ------------------------------------------------------------------------ */
+typedef enum aclrtMemMallocPolicy {
+    ACL_MEM_MALLOC_HUGE_FIRST = 0,
+    ACL_MEM_MALLOC_HUGE_ONLY = 1,
+    ACL_MEM_MALLOC_NORMAL_ONLY = 2
+} aclrtMemMallocPolicy;
+
+typedef enum aclrtMemcpyKind {
+    ACL_MEMCPY_HOST_TO_HOST = 0,
+    ACL_MEMCPY_HOST_TO_DEVICE = 1,
+    ACL_MEMCPY_DEVICE_TO_HOST = 2,
+    ACL_MEMCPY_DEVICE_TO_DEVICE = 3,
+    ACL_MEMCPY_DEFAULT = 4
+} aclrtMemcpyKind;
+
+typedef enum aclrtMemAttr {
+    ACL_DDR_MEM = 0,
+    ACL_HBM_MEM = 1
+} aclrtMemAttr;
+
+/* ---- aclError codes (acl_base_rt.h, error_codes/rt_error_codes.h) ------------------------ */
+#define ACL_SUCCESS 0
+#define ACL_ERROR_INVALID_PARAM 100000
+#define ACL_ERROR_UNINITIALIZE 100001
+#define ACL_ERROR_REPEAT_INITIALIZE 100002
+#define ACL_ERROR_BAD_ALLOC 200000
+#define ACL_ERROR_INVALID_DEVICE 200002
+#define ACL_ERROR_RT_PARAM_INVALID 107000
+#define ACL_ERROR_RT_INVALID_DEVICEID 107001
+#define ACL_ERROR_RT_CONTEXT_NULL 107002
+#define ACL_ERROR_RT_ADDR_UNALIGNED 107008
+#define ACL_ERROR_RT_MEMORY_ALLOCATION 207001
+#define ACL_ERROR_RT_MEMORY_FREE 207002
+
+/* ---- aclnn/acl_meta.h, aclnn_base.h --------------------------------------------------------- */
+typedef int32_t aclnnStatus;
+typedef struct aclOpExecutor aclOpExecutor;
+typedef struct aclTensor aclTensor;
+typedef struct aclIntArray aclIntArray;
+typedef struct aclTensorList aclTensorList;
+
+/* aclnnStatus codes (opdev/op_errno.h) */
+#define ACLNN_SUCCESS 0
+#define ACLNN_ERR_PARAM_NULLPTR 161001
+#define ACLNN_ERR_PARAM_INVALID 161002
+#define ACLNN_ERR_RUNTIME_ERROR 361001
+#define ACLNN_ERR_INNER 561000
+
+#endif /* MOEHAL_ACL_VENDOR_TYPES */
+
+/* ---- runtime (libascendcl.so / libacl_rt.so) ------------------------------------------------- */
+MOEHAL_ACL_FN(aclError, aclInit, (const char *configPath))
+MOEHAL_ACL_FN(aclError, aclFinalize, (void))
+MOEHAL_ACL_FN(const char *, aclGetRecentErrMsg, (void))
+MOEHAL_ACL_FN(const char *, aclrtGetSocName, (void))
+MOEHAL_ACL_FN(aclError, aclrtSetDevice, (int32_t deviceId))
+MOEHAL_ACL_FN(aclError, aclrtResetDevice, (int32_t deviceId))
+MOEHAL_ACL_FN(aclError, aclrtGetDevice, (int32_t *deviceId))
+MOEHAL_ACL_FN(aclError, aclrtGetDeviceCount, (uint32_t *count))
+MOEHAL_ACL_FN(aclError, aclrtSynchronizeDevice, (void))
+MOEHAL_ACL_FN(aclError, aclrtCreateContext, (aclrtContext *context, int32_t deviceId))
+MOEHAL_ACL_FN(aclError, aclrtDestroyContext, (aclrtContext context))
+MOEHAL_ACL_FN(aclError, aclrtSetCurrentContext, (aclrtContext context))
+MOEHAL_ACL_FN(aclError, aclrtGetCurrentContext, (aclrtContext *context))
+MOEHAL_ACL_FN(aclError, aclrtCreateStream, (aclrtStream *stream))
+MOEHAL_ACL_FN(aclError, aclrtDestroyStream, (aclrtStream stream))
+MOEHAL_ACL_FN(aclError, aclrtSynchronizeStream, (aclrtStream stream))
+MOEHAL_ACL_FN(aclError, aclrtMalloc, (void **devPtr, size_t size, aclrtMemMallocPolicy policy))
+MOEHAL_ACL_FN(aclError, aclrtFree, (void *devPtr))
+MOEHAL_ACL_FN(aclError, aclrtMemcpy,
+              (void *dst, size_t destMax, const void *src, size_t count, aclrtMemcpyKind kind))
+MOEHAL_ACL_FN(aclError, aclrtMemset, (void *devPtr, size_t maxCount, int32_t value, size_t count))
+MOEHAL_ACL_FN(aclError, aclrtGetMemInfo, (aclrtMemAttr attr, size_t *free, size_t *total))
+
+/* ---- meta (libnnopbase.so) --------------------------------------------------------------------- */
+MOEHAL_ACL_FN(aclTensor *, aclCreateTensor,
+              (const int64_t *viewDims, uint64_t viewDimsNum, aclDataType dataType,
+               const int64_t *stride, int64_t offset, aclFormat format, const int64_t *storageDims,
+               uint64_t storageDimsNum, void *tensorData))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyTensor, (const aclTensor *tensor))
+MOEHAL_ACL_FN(aclIntArray *, aclCreateIntArray, (const int64_t *value, uint64_t size))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyIntArray, (const aclIntArray *array))
+MOEHAL_ACL_FN(aclTensorList *, aclCreateTensorList, (const aclTensor *const *value, uint64_t size))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyTensorList, (const aclTensorList *array))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyAclOpExecutor, (aclOpExecutor * executor))
+
+/* ---- ops (libopapi.so or its per-domain splits) ------------------------------------------------- */
+/* Every launch has the same shape. */
+#define MOEHAL_ACLNN_LAUNCH(name)                                                            \
+    MOEHAL_ACL_FN(aclnnStatus, name,                                                         \
+                  (void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,        \
+                   aclrtStream stream))
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnGroupedMatmulV4GetWorkspaceSize,
+              (const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+               const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+               const aclTensorList *antiquantScaleOptional,
+               const aclTensorList *antiquantOffsetOptional,
+               const aclTensorList *perTokenScaleOptional, const aclTensor *groupListOptional,
+               const aclTensorList *activationInputOptional,
+               const aclTensorList *activationQuantScaleOptional,
+               const aclTensorList *activationQuantOffsetOptional, int64_t splitItem,
+               int64_t groupType, int64_t groupListType, int64_t actType, aclTensorList *out,
+               aclTensorList *activationFeatureOutOptional,
+               aclTensorList *dynQuantScaleOutOptional, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnGroupedMatmulV4)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnGroupedMatmulV3GetWorkspaceSize,
+              (const aclTensorList *x, const aclTensorList *weight, const aclTensorList *biasOptional,
+               const aclTensorList *scaleOptional, const aclTensorList *offsetOptional,
+               const aclTensorList *antiquantScaleOptional,
+               const aclTensorList *antiquantOffsetOptional, const aclTensor *groupListOptional,
+               int64_t splitItem, int64_t groupType, const aclTensorList *y,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnGroupedMatmulV3)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnMoeGatingTopKSoftmaxGetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *finishedOptional, int64_t k,
+               const aclTensor *yOut, const aclTensor *expertIdxOut, const aclTensor *rowIdxOut,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMoeGatingTopKSoftmax)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnMoeGatingTopKGetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *biasOptional, int64_t k, int64_t kGroup,
+               int64_t groupCount, int64_t groupSelectMode, int64_t renorm, int64_t normType,
+               bool outFlag, double routedScalingFactor, double eps, const aclTensor *yOut,
+               const aclTensor *expertIdxOut, const aclTensor *outOut, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMoeGatingTopK)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnMoeInitRoutingV2GetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *expertIdx, int64_t activeNum,
+               int64_t expertCapacity, int64_t expertNum, int64_t dropPadMode,
+               int64_t expertTokensCountOrCumsumFlag, bool expertTokensBeforeCapacityFlag,
+               const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut,
+               const aclTensor *expertTokensCountOrCumsumOutOptional,
+               const aclTensor *expertTokensBeforeCapacityOutOptional, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMoeInitRoutingV2)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnMoeInitRoutingV3GetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *expertIdx, const aclTensor *scaleOptional,
+               const aclTensor *offsetOptional, int64_t activeNum, int64_t expertCapacity,
+               int64_t expertNum, int64_t dropPadMode, int64_t expertTokensNumType,
+               bool expertTokensNumFlag, int64_t quantMode,
+               const aclIntArray *activeExpertRangeOptional, int64_t rowIdxType,
+               const aclTensor *expandedXOut, const aclTensor *expandedRowIdxOut,
+               const aclTensor *expertTokensCountOrCumsumOut, const aclTensor *expandedScaleOut,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMoeInitRoutingV3)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnMoeFinalizeRoutingV2GetWorkspaceSize,
+              (const aclTensor *expandedX, const aclTensor *expandedRowIdx,
+               const aclTensor *x1Optional, const aclTensor *x2Optional,
+               const aclTensor *biasOptional, const aclTensor *scalesOptional,
+               const aclTensor *expertIdxOptional, int64_t dropPadMode, const aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMoeFinalizeRoutingV2)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnEmbeddingGetWorkspaceSize,
+              (const aclTensor *weight, const aclTensor *indices, const aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnEmbedding)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnGatherV2GetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnGatherV2)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnIndexSelectGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnIndexSelect)
+
+MOEHAL_ACL_FN(aclnnStatus, aclnnCastGetWorkspaceSize,
+              (const aclTensor *self, const aclDataType dtype, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnCast)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOEHAL_ACL_H */
