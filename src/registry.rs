@@ -27,6 +27,7 @@ impl Entry {
 type Opener = fn() -> Result<Arc<dyn Backend>>;
 
 /// Every backend compiled in, in preference order (fastest first; the reference last).
+#[allow(clippy::vec_init_then_push)] // pushes are cfg-gated by features
 fn openers() -> Vec<(&'static str, Opener)> {
     #[allow(unused_mut)]
     let mut v: Vec<(&'static str, Opener)> = Vec::new();
