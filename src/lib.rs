@@ -6,7 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod bench;
+pub mod cli;
 pub mod harness;
+pub mod pipeline;
 pub mod presets;
 pub mod registry;
 

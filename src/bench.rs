@@ -1,0 +1,1083 @@
+//! Benchmark cases shared by `moehal bench` and the criterion benches (`benches/*.rs`).
+//!
+//! A [`BenchShape`] is one op on one shape and dtype. [`BenchShape::host_data`] generates its
+//! seeded inputs once in host memory; [`BenchShape::prepare`] binds them to a backend (host
+//! backends read the host buffers in place, device backends get a copy) and allocates the outputs;
+//! [`Prepared::run`] enqueues the op and synchronizes, so a timer around it measures the op.
+//! [`measure`] takes medians; [`run_table`] runs shapes × backends with the reference in the same
+//! run and computes the ratios.
+//!
+//! Default shapes are those of `shared/bench/peers.py`: the Qwen3-30B-A3B gate_up projection
+//! (K 2048, N 1536, 128 experts, top-8) at 1, 16, 128 and 1024 tokens in f32 and bf16; the
+//! DeepSeek-V3 grouped router (4096 × 256), the Qwen3 router (4096 × 128) and one DeepSeek-V3
+//! token; a 2^22 × 256 table gathered by 4096 tokens × 8 rows in bf16 and f32. The MoE glue and
+//! the Engram hash are added at the Qwen3 / V4.1 shapes.
+
+use std::time::Instant;
+
+use moehal_core::engram::{v41_flash, EngramLayer};
+use moehal_core::host::HostMemory;
+use moehal_core::ops::{
+    EngramHash, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig, RouterTopk,
+    Scoring, Swiglu, TableFormat, WeightLayout,
+};
+use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
+
+use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed, SplitMix64};
+use crate::presets::Preset;
+
+/// The shape of one benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShapeKind {
+    /// `grouped_gemm` NK: `E` experts of `[N, K]`, `T` tokens routed to `topk` distinct experts
+    /// each (uniformly at random, seeded), so `M = T * topk`.
+    Gemm {
+        /// Experts E.
+        experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+    },
+    /// `router_topk` on `[T, E]` f32 logits.
+    Router {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts E.
+        experts: usize,
+        /// Router options.
+        config: RouterConfig,
+        /// With a selection bias.
+        bias: bool,
+    },
+    /// `moe_permute` of `[T, H]` activations by `[T, k]` ids.
+    Permute {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts E.
+        experts: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Hidden H.
+        hidden: usize,
+    },
+    /// `swiglu` of `[M, 2I]`.
+    Swiglu {
+        /// Rows M.
+        rows: usize,
+        /// Width I.
+        width: usize,
+        /// Clamp.
+        limit: Option<f32>,
+    },
+    /// `moe_combine` of `[T*k, H]` into `[T, H]`.
+    Combine {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Hidden H.
+        hidden: usize,
+    },
+    /// `engram_hash` of `T` ids with the DeepSeek-V4.1-Flash layer-1 configuration.
+    Hash {
+        /// Tokens T.
+        tokens: usize,
+    },
+    /// `gather_rows` of `T * C` random rows from a `[R, D]` table (output dtype = table dtype).
+    Gather {
+        /// Table rows R.
+        table_rows: usize,
+        /// Row dim D.
+        dim: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Rows per token C.
+        cols: usize,
+    },
+}
+
+/// One op on one shape and dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchShape {
+    /// The op.
+    pub op: OpKind,
+    /// Data dtype (activations / table; router logits are f32, hash ids i64).
+    pub dtype: DType,
+    /// The shape.
+    pub kind: ShapeKind,
+    /// Where the shape comes from (`"qwen3-30b-a3b gate_up"`).
+    pub origin: String,
+    /// Notes (scaling applied), printed with the results.
+    pub notes: Vec<String>,
+}
+
+impl BenchShape {
+    fn new(op: OpKind, dtype: DType, kind: ShapeKind, origin: impl Into<String>) -> Self {
+        BenchShape {
+            op,
+            dtype,
+            kind,
+            origin: origin.into(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Short shape string for tables and JSON (`"E128 K2048 N1536 T16 top8"`).
+    pub fn shape(&self) -> String {
+        match &self.kind {
+            ShapeKind::Gemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => {
+                format!("E{experts} K{k} N{n} T{tokens} top{topk}")
+            }
+            ShapeKind::Router {
+                tokens,
+                experts,
+                config,
+                ..
+            } => {
+                let g = match config.effective_group() {
+                    Some(g) => format!(" groups {}/{} {}", g.n_group, g.topk_group, g.score.name()),
+                    None => String::new(),
+                };
+                format!("T{tokens} E{experts} top{} {}{g}", config.k, config.scoring.name())
+            }
+            ShapeKind::Permute {
+                tokens,
+                experts,
+                topk,
+                hidden,
+            } => format!("T{tokens} E{experts} top{topk} H{hidden}"),
+            ShapeKind::Swiglu { rows, width, limit } => match limit {
+                Some(l) => format!("M{rows} I{width} limit {l}"),
+                None => format!("M{rows} I{width}"),
+            },
+            ShapeKind::Combine { tokens, topk, hidden } => format!("T{tokens} top{topk} H{hidden}"),
+            ShapeKind::Hash { tokens } => format!("T{tokens} V4.1 layer 1 (N4 K8)"),
+            ShapeKind::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => {
+                format!("R{table_rows} D{dim} T{tokens} C{cols}")
+            }
+        }
+    }
+
+    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`).
+    pub fn flops(&self) -> Option<f64> {
+        match self.kind {
+            ShapeKind::Gemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
+            _ => None,
+        }
+    }
+
+    /// Bytes that define the op's bandwidth: weights of the active experts (GEMM; an upper bound
+    /// of the experts touched: `min(E, M)`), logits read (router), rows moved (glue), ids read and
+    /// rows written (hash), bytes gathered (gather).
+    pub fn bytes(&self) -> f64 {
+        let es = self.dtype.size() as f64;
+        match self.kind {
+            ShapeKind::Gemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => experts.min(tokens * topk) as f64 * n as f64 * k as f64 * es,
+            ShapeKind::Router { tokens, experts, .. } => (tokens * experts * 4) as f64,
+            ShapeKind::Permute {
+                tokens, topk, hidden, ..
+            } => 2.0 * (tokens * topk * hidden) as f64 * es,
+            ShapeKind::Swiglu { rows, width, .. } => 3.0 * (rows * width) as f64 * es,
+            ShapeKind::Combine { tokens, topk, hidden } => ((tokens * topk + tokens) * hidden) as f64 * es,
+            ShapeKind::Hash { tokens } => (tokens * 8 * (1 + 3 * v41_flash::HEADS)) as f64,
+            ShapeKind::Gather { dim, tokens, cols, .. } => (tokens * cols * dim) as f64 * es,
+        }
+    }
+
+    /// Host bytes of the inputs (what [`host_data`](Self::host_data) allocates).
+    pub fn input_bytes(&self) -> f64 {
+        let es = self.dtype.size() as f64;
+        match self.kind {
+            ShapeKind::Gemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => (experts * n * k + tokens * topk * k) as f64 * es,
+            ShapeKind::Gather { table_rows, dim, .. } => (table_rows * dim) as f64 * es,
+            _ => self.bytes(),
+        }
+    }
+
+    /// Estimated seconds of one run on the reference, from its measured multiply-add rates
+    /// (with a margin of 1.5 for shapes that leave the caches) and a copy rate of ~1 GB/s for
+    /// the data-movement ops.
+    pub fn reference_estimate(&self, rates: &RefRates) -> f64 {
+        match self.flops() {
+            Some(f) => 1.5 * f / 2.0 / rates.get(self.dtype),
+            None => {
+                self.bytes() / 1e9
+                    + match self.kind {
+                        ShapeKind::Router { tokens, experts, .. } => (tokens * experts) as f64 * 50e-9,
+                        ShapeKind::Hash { tokens } => tokens as f64 * 1e-6,
+                        _ => 0.0,
+                    }
+            }
+        }
+    }
+
+    /// Generate the seeded inputs in host memory.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] when the host allocation fails.
+    pub fn host_data(&self, seed: u64) -> Result<HostData> {
+        let s = |i: u64| stream_seed(seed, i);
+        let dt = self.dtype;
+        let mut bufs = Vec::new();
+        let mut ints = Vec::new();
+        match &self.kind {
+            ShapeKind::Gemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => {
+                let m = tokens * topk;
+                bufs.push(random_host(dt, m * k, 1.0, s(1))?);
+                bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
+                let mut rng = SplitMix64::new(s(3));
+                let mut sizes = vec![0i64; *experts];
+                for _ in 0..*tokens {
+                    for e in distinct(&mut rng, *experts, *topk) {
+                        sizes[e] += 1;
+                    }
+                }
+                let mut acc = 0i64;
+                ints.push(IntData::I64(
+                    sizes
+                        .iter()
+                        .map(|c| {
+                            acc += c;
+                            acc
+                        })
+                        .collect(),
+                ));
+            }
+            ShapeKind::Router {
+                tokens, experts, bias, ..
+            } => {
+                bufs.push(random_host(DType::F32, tokens * experts, 2.0, s(1))?);
+                if *bias {
+                    bufs.push(random_host(DType::F32, *experts, 0.1, s(2))?);
+                }
+            }
+            ShapeKind::Permute {
+                tokens,
+                experts,
+                topk,
+                hidden,
+            } => {
+                bufs.push(random_host(dt, tokens * hidden, 1.0, s(1))?);
+                let mut rng = SplitMix64::new(s(2));
+                let ids: Vec<i32> = (0..*tokens)
+                    .flat_map(|_| distinct(&mut rng, *experts, *topk))
+                    .map(|e| e as i32)
+                    .collect();
+                ints.push(IntData::I32(ids));
+            }
+            ShapeKind::Swiglu { rows, width, .. } => bufs.push(random_host(dt, rows * 2 * width, 4.0, s(1))?),
+            ShapeKind::Combine { tokens, topk, hidden } => {
+                let r = tokens * topk;
+                bufs.push(random_host(dt, r * hidden, 1.0, s(1))?);
+                bufs.push(random_host(DType::F32, r, 1.0, s(2))?);
+                // A random permutation of the rows, as moe_permute would produce.
+                let mut rows: Vec<i64> = (0..r as i64).collect();
+                let mut rng = SplitMix64::new(s(3));
+                for i in (1..r).rev() {
+                    rows.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                ints.push(IntData::I64(rows));
+            }
+            ShapeKind::Hash { tokens } => {
+                let v = v41_flash::VOCAB_SIZE;
+                let mut rng = SplitMix64::new(s(1));
+                ints.push(IntData::I64((0..*tokens).map(|_| rng.below(v) as i64).collect()));
+            }
+            ShapeKind::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => {
+                bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
+                let mut rng = SplitMix64::new(s(2));
+                ints.push(IntData::I64(
+                    (0..tokens * cols)
+                        .map(|_| rng.below(*table_rows as u64) as i64)
+                        .collect(),
+                ));
+            }
+        }
+        let mut int_bufs = Vec::new();
+        for i in &ints {
+            int_bufs.push(match i {
+                IntData::I32(v) => moehal_core::host::buffer_from_slice(v)?,
+                IntData::I64(v) => moehal_core::host::buffer_from_slice(v)?,
+            });
+        }
+        bufs.extend(int_bufs);
+        let layer = match self.kind {
+            ShapeKind::Hash { .. } => Some(v41_flash::layer(0)?),
+            _ => None,
+        };
+        Ok(HostData { bufs, layer })
+    }
+
+    /// Bind the inputs to `backend` and allocate the outputs.
+    ///
+    /// # Errors
+    /// Allocation and upload errors; [`Error::Unsupported`] when the backend does not support
+    /// the variant (checked with [`Backend::supports`] first).
+    pub fn prepare<'b>(&self, backend: &'b dyn Backend, data: &'b HostData) -> Result<Prepared<'b>> {
+        let host = is_host_backend(backend);
+        let mut inputs = Vec::with_capacity(data.bufs.len());
+        for b in &data.bufs {
+            inputs.push(if host {
+                Input::Host(b)
+            } else {
+                let bytes = moehal_core::host::bytes(b, "bench", "input")?;
+                Input::Device(crate::pipeline::upload_bytes(backend, bytes)?)
+            });
+        }
+        let dt = self.dtype;
+        let es = dt.size();
+        let kind = self.kind.clone();
+        let mut outs: Vec<Buffer> = Vec::new();
+        let out_sizes: Vec<usize> = match &kind {
+            ShapeKind::Gemm { n, tokens, topk, .. } => vec![tokens * topk * n * es],
+            ShapeKind::Router { tokens, config, .. } => vec![tokens * config.k * 4, tokens * config.k * 4],
+            ShapeKind::Permute {
+                tokens,
+                experts,
+                topk,
+                hidden,
+            } => {
+                let r = tokens * topk;
+                vec![experts * 8, r * 8, r * 8, r * hidden * es]
+            }
+            ShapeKind::Swiglu { rows, width, .. } => vec![rows * width * es],
+            ShapeKind::Combine { tokens, hidden, .. } => vec![tokens * hidden * es],
+            ShapeKind::Hash { tokens } => vec![tokens * 3 * v41_flash::HEADS * 8],
+            ShapeKind::Gather { dim, tokens, cols, .. } => vec![tokens * cols * dim * es],
+        };
+        for sz in out_sizes {
+            outs.push(backend.alloc(sz)?);
+        }
+        let layer = data.layer.as_ref();
+        let run = move || -> Result<()> {
+            let inp = |i: usize| inputs[i].get();
+            match &kind {
+                ShapeKind::Gemm {
+                    experts,
+                    k,
+                    n,
+                    tokens,
+                    topk,
+                } => {
+                    let m = tokens * topk;
+                    let args = GroupedGemm {
+                        x: inp(0).view(dt, &[m, *k]),
+                        w: inp(1).view(dt, &[*experts, *n, *k]),
+                        layout: WeightLayout::NK,
+                        group_end: inp(2).view(DType::I64, &[*experts]),
+                        row_scale: None,
+                        bias: None,
+                        y: outs[0].view_mut(dt, &[m, *n]),
+                    };
+                    backend.grouped_gemm(args.validate()?)
+                }
+                ShapeKind::Router {
+                    tokens,
+                    experts,
+                    config,
+                    bias,
+                } => {
+                    let (a, b) = outs.split_at_mut(1);
+                    let args = RouterTopk {
+                        config: *config,
+                        logits: inp(0).view(DType::F32, &[*tokens, *experts]),
+                        bias: bias.then(|| inp(1).view(DType::F32, &[*experts])),
+                        ids: a[0].view_mut(DType::I32, &[*tokens, config.k]),
+                        weights: b[0].view_mut(DType::F32, &[*tokens, config.k]),
+                        expert_counts: None,
+                    };
+                    backend.router_topk(args.validate()?)
+                }
+                ShapeKind::Permute {
+                    tokens,
+                    experts,
+                    topk,
+                    hidden,
+                } => {
+                    let r = tokens * topk;
+                    let [ge, st, sr, xp] = &mut outs[..] else {
+                        return Err(Error::invalid("bench", "outputs", "permute needs 4 outputs"));
+                    };
+                    let args = MoePermute {
+                        num_experts: *experts,
+                        ids: inp(1).view(DType::I32, &[*tokens, *topk]),
+                        x: Some(inp(0).view(dt, &[*tokens, *hidden])),
+                        group_end: ge.view_mut(DType::I64, &[*experts]),
+                        src_token: st.view_mut(DType::I64, &[r]),
+                        slot_row: sr.view_mut(DType::I64, &[*tokens, *topk]),
+                        x_perm: Some(xp.view_mut(dt, &[r, *hidden])),
+                    };
+                    backend.moe_permute(args.validate()?)
+                }
+                ShapeKind::Swiglu { rows, width, limit } => {
+                    let args = Swiglu {
+                        h: inp(0).view(dt, &[*rows, 2 * width]),
+                        out: outs[0].view_mut(dt, &[*rows, *width]),
+                        limit: *limit,
+                    };
+                    backend.swiglu(args.validate()?)
+                }
+                ShapeKind::Combine { tokens, topk, hidden } => {
+                    let args = MoeCombine {
+                        y_perm: inp(0).view(dt, &[tokens * topk, *hidden]),
+                        slot_row: inp(2).view(DType::I64, &[*tokens, *topk]),
+                        weights: inp(1).view(DType::F32, &[*tokens, *topk]),
+                        out: outs[0].view_mut(dt, &[*tokens, *hidden]),
+                    };
+                    backend.moe_combine(args.validate()?)
+                }
+                ShapeKind::Hash { tokens } => {
+                    let layer: &EngramLayer =
+                        layer.ok_or_else(|| Error::invalid("bench", "layer", "hash data without a layer"))?;
+                    let args = EngramHash {
+                        layer,
+                        ids: inp(0).view(DType::I64, &[*tokens]),
+                        positions: None,
+                        alive: None,
+                        history: &[],
+                        rows: outs[0].view_mut(DType::I64, &[*tokens, layer.columns()]),
+                    };
+                    backend.engram_hash(args.validate()?)
+                }
+                ShapeKind::Gather {
+                    table_rows,
+                    dim,
+                    tokens,
+                    cols,
+                } => {
+                    let format = match dt {
+                        DType::F32 => TableFormat::F32,
+                        DType::F16 => TableFormat::F16,
+                        _ => TableFormat::BF16,
+                    };
+                    let args = GatherRows {
+                        table: inp(0).view(dt, &[*table_rows, *dim]),
+                        format,
+                        rows: inp(1).view(DType::I64, &[*tokens, *cols]),
+                        out: outs[0].view_mut(dt, &[*tokens, cols * dim]),
+                    };
+                    backend.gather_rows(args.validate()?)
+                }
+            }?;
+            backend.synchronize()
+        };
+        Ok(Prepared { run: Box::new(run) })
+    }
+}
+
+fn random_host(dtype: DType, n: usize, scale: f32, seed: u64) -> Result<Buffer> {
+    let mut mem = HostMemory::zeroed(n * dtype.size())?;
+    fill_random(dtype, mem.bytes_mut()?, scale, seed, 0)?;
+    Ok(Buffer::new(Box::new(mem)))
+}
+
+/// `k` distinct values of `[0, n)` (partial Fisher–Yates on a small scratch list).
+fn distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
+    let mut chosen: Vec<usize> = Vec::with_capacity(k);
+    while chosen.len() < k.min(n) {
+        let c = rng.below(n as u64) as usize;
+        if !chosen.contains(&c) {
+            chosen.push(c);
+        }
+    }
+    chosen
+}
+
+enum IntData {
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+}
+
+/// Seeded inputs of one shape in host memory (shared by every backend of a run).
+pub struct HostData {
+    bufs: Vec<Buffer>,
+    layer: Option<EngramLayer>,
+}
+
+enum Input<'b> {
+    Host(&'b Buffer),
+    Device(Buffer),
+}
+
+impl Input<'_> {
+    fn get(&self) -> &Buffer {
+        match self {
+            Input::Host(b) => b,
+            Input::Device(b) => b,
+        }
+    }
+}
+
+/// One shape bound to one backend: [`run`](Self::run) enqueues the op and synchronizes.
+pub struct Prepared<'b> {
+    run: Box<dyn FnMut() -> Result<()> + 'b>,
+}
+
+impl Prepared<'_> {
+    /// Run the op once and wait for it.
+    ///
+    /// # Errors
+    /// The op's errors.
+    pub fn run(&mut self) -> Result<()> {
+        (self.run)()
+    }
+}
+
+/// Timing of one shape on one backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Median seconds per run.
+    pub median: f64,
+    /// Fastest run.
+    pub min: f64,
+    /// Runs timed (after one warm-up).
+    pub reps: usize,
+}
+
+/// One warm-up run, then `clamp(budget / warm-up, 3, 50)` timed runs (2 when a run takes more
+/// than a second); the median.
+///
+/// # Errors
+/// The op's errors.
+pub fn measure(p: &mut Prepared<'_>, budget_s: f64) -> Result<Measurement> {
+    let t0 = Instant::now();
+    p.run()?;
+    let warm = t0.elapsed().as_secs_f64();
+    let reps = if warm > 1.0 {
+        2
+    } else {
+        ((budget_s / warm.max(1e-7)) as usize).clamp(3, 50)
+    };
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        p.run()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    let median = if reps % 2 == 1 {
+        ts[reps / 2]
+    } else {
+        0.5 * (ts[reps / 2 - 1] + ts[reps / 2])
+    };
+    Ok(Measurement {
+        median,
+        min: ts[0],
+        reps,
+    })
+}
+
+/// The reference's multiply-add rates (per second) on a grouped GEMM of 8 experts × `[512, 1024]`
+/// and 64 rows, per floating dtype (f32, bf16, f16, in [`DType::FLOATS`] order), to estimate which
+/// shapes it can run in reasonable time.
+///
+/// # Errors
+/// The op's errors.
+pub fn calibrate_reference() -> Result<RefRates> {
+    let be = moehal_core::Reference::new();
+    let mut rates = [0f64; 3];
+    for (r, dt) in rates.iter_mut().zip(DType::FLOATS) {
+        let shape = BenchShape::new(
+            OpKind::GroupedGemm,
+            dt,
+            ShapeKind::Gemm {
+                experts: 8,
+                k: 1024,
+                n: 512,
+                tokens: 32,
+                topk: 2,
+            },
+            "calibration",
+        );
+        let data = shape.host_data(1)?;
+        let mut p = shape.prepare(&be, &data)?;
+        let m = measure(&mut p, 0.1)?;
+        *r = shape.flops().unwrap_or(0.0) / 2.0 / m.median;
+    }
+    Ok(RefRates(rates))
+}
+
+/// Multiply-add rates of the reference per floating dtype, from [`calibrate_reference`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefRates(pub [f64; 3]);
+
+impl RefRates {
+    /// The rate for `dtype` (the f32 rate for non-floating dtypes).
+    pub fn get(&self, dtype: DType) -> f64 {
+        DType::FLOATS
+            .iter()
+            .position(|&d| d == dtype)
+            .map_or(self.0[0], |i| self.0[i])
+    }
+}
+
+/// Token counts of the default grouped-GEMM shapes (peers.py).
+pub const GEMM_TOKENS: [usize; 4] = [1, 16, 128, 1024];
+
+fn qwen3_router() -> RouterConfig {
+    RouterConfig {
+        k: 8,
+        scoring: Scoring::Softmax,
+        group: None,
+        renormalize: true,
+        routed_scaling_factor: 1.0,
+    }
+}
+
+fn dsv3_router() -> RouterConfig {
+    RouterConfig {
+        k: 8,
+        scoring: Scoring::Sigmoid,
+        group: Some(GroupLimit {
+            n_group: 8,
+            topk_group: 4,
+            score: GroupScore::Top2Sum,
+        }),
+        renormalize: true,
+        routed_scaling_factor: 2.5,
+    }
+}
+
+/// The default shapes (peers.py plus glue and hash), for `tokens` overriding every token count
+/// when given. `mem_budget` bounds the input bytes of one shape: grouped GEMMs that do not fit
+/// keep fewer experts and gather tables are halved until they fit, each with a note.
+pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape> {
+    let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
+    let mut v = Vec::new();
+    for t in toks(&GEMM_TOKENS) {
+        for dt in [DType::F32, DType::BF16] {
+            let per_expert = (2048 * 1536 * dt.size()) as f64;
+            let e = ((mem_budget / per_expert) as usize).clamp(8, 128);
+            let mut s = BenchShape::new(
+                OpKind::GroupedGemm,
+                dt,
+                ShapeKind::Gemm {
+                    experts: e,
+                    k: 2048,
+                    n: 1536,
+                    tokens: t,
+                    topk: 8,
+                },
+                "qwen3-30b-a3b gate_up",
+            );
+            if e < 128 {
+                s.notes.push(format!(
+                    "scaled by expert count to fit memory: 128 -> {e} experts (top-8 kept)"
+                ));
+            }
+            v.push(s);
+        }
+    }
+    for t in toks(&[4096, 1]) {
+        v.push(BenchShape::new(
+            OpKind::RouterTopk,
+            DType::F32,
+            ShapeKind::Router {
+                tokens: t,
+                experts: 256,
+                config: dsv3_router(),
+                bias: true,
+            },
+            "deepseek-v3 gate",
+        ));
+        v.push(BenchShape::new(
+            OpKind::RouterTopk,
+            DType::F32,
+            ShapeKind::Router {
+                tokens: t,
+                experts: 128,
+                config: qwen3_router(),
+                bias: false,
+            },
+            "qwen3 gate",
+        ));
+    }
+    for t in toks(&[1024]) {
+        for dt in [DType::F32, DType::BF16] {
+            v.push(BenchShape::new(
+                OpKind::MoePermute,
+                dt,
+                ShapeKind::Permute {
+                    tokens: t,
+                    experts: 128,
+                    topk: 8,
+                    hidden: 2048,
+                },
+                "qwen3-30b-a3b",
+            ));
+            v.push(BenchShape::new(
+                OpKind::Swiglu,
+                dt,
+                ShapeKind::Swiglu {
+                    rows: t * 8,
+                    width: 768,
+                    limit: None,
+                },
+                "qwen3-30b-a3b",
+            ));
+            v.push(BenchShape::new(
+                OpKind::MoeCombine,
+                dt,
+                ShapeKind::Combine {
+                    tokens: t,
+                    topk: 8,
+                    hidden: 2048,
+                },
+                "qwen3-30b-a3b",
+            ));
+        }
+    }
+    for t in toks(&[4096]) {
+        v.push(BenchShape::new(
+            OpKind::EngramHash,
+            DType::I64,
+            ShapeKind::Hash { tokens: t },
+            "deepseek-v4.1-flash",
+        ));
+    }
+    for t in toks(&[4096]) {
+        for dt in [DType::BF16, DType::F32] {
+            v.push(gather_shape(1 << 22, 256, t, 8, dt, "peers.py table", mem_budget));
+        }
+    }
+    v
+}
+
+fn gather_shape(rows: usize, dim: usize, t: usize, c: usize, dt: DType, origin: &str, budget: f64) -> BenchShape {
+    let mut r = rows;
+    while r > 1024 && (r * dim * dt.size()) as f64 > budget {
+        r /= 2;
+    }
+    let mut s = BenchShape::new(
+        OpKind::GatherRows,
+        dt,
+        ShapeKind::Gather {
+            table_rows: r,
+            dim,
+            tokens: t,
+            cols: c,
+        },
+        origin,
+    );
+    if r != rows {
+        s.notes.push(format!(
+            "table scaled to fit memory: {rows} -> {r} rows ({} -> {} of {dt})",
+            human_bytes((rows * dim * dt.size()) as f64),
+            human_bytes((r * dim * dt.size()) as f64)
+        ));
+    }
+    s
+}
+
+/// Shapes derived from a preset: the gate_up and down projections (bf16, experts scaled to fit
+/// `mem_budget` with a note), its router, the glue at its widths, and the Engram hash and gather
+/// for presets with Engram. Tokens: `tokens` or 1, 16, 128, 1024 (router: 4096 and 1).
+pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape> {
+    let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
+    let dt = DType::BF16;
+    let (h, i) = (p.hidden, p.expert_width);
+    let per_expert = (2 * i * h * dt.size()) as f64;
+    let e = ((mem_budget / per_expert) as usize).clamp(p.k, p.experts);
+    let mut v = Vec::new();
+    for t in toks(&GEMM_TOKENS) {
+        for (what, n, k) in [("gate_up", 2 * i, h), ("down", h, i)] {
+            let mut s = BenchShape::new(
+                OpKind::GroupedGemm,
+                dt,
+                ShapeKind::Gemm {
+                    experts: e,
+                    k,
+                    n,
+                    tokens: t,
+                    topk: p.k,
+                },
+                format!("{} {what}", p.name),
+            );
+            if e < p.experts {
+                s.notes.push(format!(
+                    "scaled by expert count to fit memory: {} -> {e} experts (top-{} kept)",
+                    p.experts, p.k
+                ));
+            }
+            v.push(s);
+        }
+    }
+    for t in toks(&[4096, 1]) {
+        v.push(BenchShape::new(
+            OpKind::RouterTopk,
+            DType::F32,
+            ShapeKind::Router {
+                tokens: t,
+                experts: p.experts,
+                config: p.router(),
+                bias: p.bias,
+            },
+            format!("{} gate", p.name),
+        ));
+    }
+    for t in toks(&[1024]) {
+        v.push(BenchShape::new(
+            OpKind::MoePermute,
+            dt,
+            ShapeKind::Permute {
+                tokens: t,
+                experts: p.experts,
+                topk: p.k,
+                hidden: h,
+            },
+            p.name,
+        ));
+        v.push(BenchShape::new(
+            OpKind::Swiglu,
+            dt,
+            ShapeKind::Swiglu {
+                rows: t * p.k,
+                width: i,
+                limit: p.swiglu_limit,
+            },
+            p.name,
+        ));
+        v.push(BenchShape::new(
+            OpKind::MoeCombine,
+            dt,
+            ShapeKind::Combine {
+                tokens: t,
+                topk: p.k,
+                hidden: h,
+            },
+            p.name,
+        ));
+    }
+    if let Some(en) = p.engram {
+        for t in toks(&[4096]) {
+            v.push(BenchShape::new(
+                OpKind::EngramHash,
+                DType::I64,
+                ShapeKind::Hash { tokens: t },
+                p.name,
+            ));
+            let c = (en.max_order - 1) * en.heads;
+            let mut s = gather_shape(1 << 22, en.row_dim, t, c, dt, p.name, mem_budget);
+            s.notes.push(format!(
+                "the real table has {} rows of {} fp8 bytes; a bf16 table of random rows stands in",
+                v41_flash::ROWS[0],
+                en.row_dim + en.row_dim / 32
+            ));
+            v.push(s);
+        }
+    }
+    v
+}
+
+/// One result row of `moehal bench` (one JSON object each).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    /// Op name.
+    pub op: String,
+    /// Backend name.
+    pub backend: String,
+    /// Shape string.
+    pub shape: String,
+    /// Where the shape comes from.
+    pub origin: String,
+    /// dtype.
+    pub dtype: String,
+    /// Median seconds per run.
+    pub seconds: f64,
+    /// Runs timed.
+    pub reps: usize,
+    /// GFLOP/s (grouped GEMM).
+    pub gflops: Option<f64>,
+    /// GB/s of the op's defining bytes (see [`BenchShape::bytes`]).
+    pub gbs: Option<f64>,
+    /// Reference seconds / these seconds, both measured in this run (`None` when the reference
+    /// was skipped on this shape).
+    pub ratio_vs_reference: Option<f64>,
+    /// Notes: scaling, skips, errors.
+    pub note: String,
+}
+
+/// Run every shape on every backend given (the reference, when among them, is timed first on
+/// each shape unless its estimate exceeds `ref_limit_s`; then it is skipped and the row says so).
+/// `progress(i, n, label)` is called before each (shape, backend). Backends that fail or do not
+/// support a shape get a row with the reason and no timing.
+///
+/// # Errors
+/// Host allocation failures (device and op errors become rows).
+pub fn run_table(
+    shapes: &[BenchShape],
+    backends: &[&dyn Backend],
+    seed: u64,
+    ref_limit_s: f64,
+    budget_s: f64,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<BenchRow>> {
+    let has_ref = backends.iter().any(|b| b.name() == "reference");
+    let rates = if has_ref {
+        calibrate_reference()?
+    } else {
+        RefRates([1e9; 3])
+    };
+    let mut rows = Vec::new();
+    let total = shapes.len() * backends.len();
+    let mut idx = 0;
+    for s in shapes {
+        let data = s.host_data(seed)?;
+        let mut ref_secs = None;
+        // Reference first so the ratio is known for the others.
+        let mut order: Vec<&dyn Backend> = backends.iter().copied().filter(|b| b.name() == "reference").collect();
+        order.extend(backends.iter().copied().filter(|b| b.name() != "reference"));
+        for b in order {
+            progress(
+                idx,
+                total,
+                &format!("{} {} {} on {}", s.op, s.shape(), s.dtype, b.name()),
+            );
+            idx += 1;
+            let mut row = BenchRow {
+                op: s.op.name().into(),
+                backend: b.name().into(),
+                shape: s.shape(),
+                origin: s.origin.clone(),
+                dtype: s.dtype.name().into(),
+                seconds: f64::NAN,
+                reps: 0,
+                gflops: None,
+                gbs: None,
+                ratio_vs_reference: None,
+                note: s.notes.join("; "),
+            };
+            let add_note = |row: &mut BenchRow, n: String| {
+                if !row.note.is_empty() {
+                    row.note.push_str("; ");
+                }
+                row.note.push_str(&n);
+            };
+            if b.name() == "reference" {
+                let est = s.reference_estimate(&rates);
+                if est > ref_limit_s {
+                    add_note(
+                        &mut row,
+                        format!("reference skipped: estimated {est:.1} s > {ref_limit_s} s"),
+                    );
+                    rows.push(row);
+                    continue;
+                }
+            }
+            let result = s.prepare(b, &data).and_then(|mut p| measure(&mut p, budget_s));
+            match result {
+                Ok(m) => {
+                    row.seconds = m.median;
+                    row.reps = m.reps;
+                    row.gflops = s.flops().map(|f| f / m.median / 1e9);
+                    row.gbs = Some(s.bytes() / m.median / 1e9);
+                    if b.name() == "reference" {
+                        ref_secs = Some(m.median);
+                        row.ratio_vs_reference = Some(1.0);
+                    } else {
+                        row.ratio_vs_reference = ref_secs.map(|r| r / m.median);
+                    }
+                }
+                Err(Error::Unsupported { msg, .. }) => add_note(&mut row, format!("unsupported: {msg}")),
+                Err(e) => add_note(&mut row, format!("error: {e}")),
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_shape_runs_on_the_reference_when_scaled_down() {
+        let be = moehal_core::Reference::new();
+        let shapes = default_shapes(Some(&[2]), 1e6);
+        assert!(shapes.iter().any(|s| s.op == OpKind::GroupedGemm));
+        for s in shapes.iter().filter(|s| !matches!(s.kind, ShapeKind::Gemm { .. })) {
+            let data = s.host_data(5).unwrap();
+            let mut p = s.prepare(&be, &data).unwrap();
+            p.run().unwrap();
+        }
+        let g = shapes.iter().find(|s| s.op == OpKind::GatherRows).unwrap();
+        assert!(g.notes.iter().any(|n| n.contains("scaled")), "{:?}", g.notes);
+    }
+
+    #[test]
+    fn gemm_groups_cover_all_rows() {
+        let s = BenchShape::new(
+            OpKind::GroupedGemm,
+            DType::BF16,
+            ShapeKind::Gemm {
+                experts: 16,
+                k: 64,
+                n: 32,
+                tokens: 10,
+                topk: 4,
+            },
+            "t",
+        );
+        let data = s.host_data(9).unwrap();
+        let ge = moehal_core::host::bytes(&data.bufs[2], "t", "t").unwrap();
+        let last = i64::from_le_bytes(ge[ge.len() - 8..].try_into().unwrap());
+        assert_eq!(last, 40);
+        let be = moehal_core::Reference::new();
+        let rows = run_table(&[s], &[&be], 1, 5.0, 0.01, &mut |_, _, _| {}).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].ratio_vs_reference, Some(1.0));
+        assert!(rows[0].gflops.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn preset_shapes_scale_experts() {
+        let p = crate::presets::preset("deepseek-v3").unwrap();
+        let shapes = preset_shapes(p, Some(&[1]), 1e9);
+        let g = &shapes[0];
+        match g.kind {
+            ShapeKind::Gemm { experts, .. } => assert!((8..256).contains(&experts)),
+            _ => panic!("first shape is a gemm"),
+        }
+        assert!(!g.notes.is_empty());
+    }
+}

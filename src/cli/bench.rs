@@ -1,0 +1,134 @@
+//! `moehal bench`: medians per op, shape and backend, with GFLOP/s or GB/s and the ratio to the
+//! reference measured in the same run (the reference is skipped, and the row says so, on shapes
+//! where it would take more than `--ref-limit` seconds).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use moehal_core::{Backend, OpKind};
+
+use super::{progress, write_json, CliError, CliResult, Table};
+use crate::bench::{default_shapes, preset_shapes, run_table};
+use crate::pipeline::{available_memory, human_bytes, human_seconds};
+use crate::Registry;
+
+/// Options of `moehal bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Bench only this backend (the reference still runs for the ratios).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine, engram_hash,
+    /// gather_rows).
+    #[arg(long)]
+    op: Option<OpKind>,
+    /// Shapes of this preset instead of the defaults (peers.py shapes).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Also write one JSON object per row to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Token counts replacing the defaults of every op.
+    #[arg(long, num_args = 1..)]
+    tokens: Option<Vec<usize>>,
+    /// Skip the reference on shapes estimated to take longer than this (seconds per run).
+    #[arg(long, default_value_t = 5.0)]
+    ref_limit: f64,
+    /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s).
+    #[arg(long, default_value_t = 1.0)]
+    budget: f64,
+    /// Seed of the inputs.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+}
+
+pub(super) fn run(a: Args) -> CliResult {
+    let reg = Registry::discover();
+    let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
+        Some(name) => vec![reg.open(name)?],
+        None => reg.available().cloned().collect(),
+    };
+    if !backends.iter().any(|b| b.name() == "reference") {
+        backends.insert(0, reg.open("reference")?);
+    }
+    for e in reg.entries() {
+        if let Err(reason) = &e.status {
+            outln!("skipped: {} unavailable ({reason})", e.name);
+        }
+    }
+    // One shape's inputs live once in host memory (plus one copy per device backend).
+    let avail = available_memory().unwrap_or(8 << 30) as f64;
+    let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
+    let tokens = a.tokens.as_deref();
+    let mut shapes = match &a.preset {
+        Some(p) => preset_shapes(crate::presets::preset(p).map_err(CliError)?, tokens, budget),
+        None => default_shapes(tokens, budget),
+    };
+    if let Some(op) = a.op {
+        shapes.retain(|s| s.op == op);
+        if shapes.is_empty() {
+            return Err(CliError(format!("no bench shapes for op {op}")));
+        }
+    }
+    let too_big: Vec<String> = shapes
+        .iter()
+        .filter(|s| s.input_bytes() > budget)
+        .map(|s| format!("{} {} {} ({})", s.op, s.shape(), s.dtype, human_bytes(s.input_bytes())))
+        .collect();
+    if !too_big.is_empty() {
+        return Err(CliError(format!(
+            "inputs exceed the memory budget of {} (30% of available): {}",
+            human_bytes(budget),
+            too_big.join(", ")
+        )));
+    }
+    let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
+    let names: Vec<&str> = refs.iter().map(|b| b.name()).collect();
+    outln!(
+        "bench: {} shape(s) on {} (seed {})",
+        shapes.len(),
+        names.join(", "),
+        a.seed
+    );
+    let pb = progress((shapes.len() * refs.len()) as u64, "bench");
+    let rows = run_table(&shapes, &refs, a.seed, a.ref_limit, a.budget, &mut |i, _, label| {
+        pb.set_position(i as u64);
+        pb.set_message(label.to_string());
+    })?;
+    pb.finish_and_clear();
+
+    let mut t = Table::new(&[
+        "op", "shape", "dtype", "backend", ">median", ">GFLOP/s", ">GB/s", ">vs ref", "note",
+    ]);
+    let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.d$}"));
+    for r in &rows {
+        t.row(vec![
+            r.op.clone(),
+            r.shape.clone(),
+            r.dtype.clone(),
+            r.backend.clone(),
+            if r.seconds.is_finite() {
+                human_seconds(r.seconds)
+            } else {
+                "-".into()
+            },
+            opt(r.gflops, 1),
+            opt(r.gbs, 2),
+            r.ratio_vs_reference.map_or_else(|| "-".into(), |x| format!("{x:.1}x")),
+            r.note.clone(),
+        ]);
+    }
+    out!("{}", t.render());
+    outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows); vs ref = reference time / time, same run");
+    if let Some(path) = &a.json {
+        let v = serde_json::to_value(&rows)?;
+        write_json(path, &v)?;
+    }
+    let errors = rows.iter().filter(|r| r.note.contains("error:")).count();
+    Ok(if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

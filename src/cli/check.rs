@@ -1,0 +1,131 @@
+//! `moehal check`: every available backend (or `--backend B`) × the conformance cases (the
+//! embedded default, or the cases of one `--preset`) through [`harness::run_case`], which runs
+//! the same seeded inputs on the backend and on the reference.
+//!
+//! The reference is not checked against itself as a matter of course (that row proves nothing
+//! about a device): it runs only when it is the only backend available (then as a sanity check of
+//! the harness, and the output says so) or when asked for with `--backend reference`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use moehal_core::Backend;
+
+use super::{progress, write_json, CliError, CliResult, Table};
+use crate::harness::{self, Verdict};
+use crate::pipeline::human_seconds;
+use crate::Registry;
+
+/// Options of `moehal check`.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct Args {
+    /// Check only this backend (an error, with the reason, if it is unknown or unavailable).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Run the cases of this preset instead of the default set.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Also write every result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Base seed of the inputs (default: fresh from the clock; printed, and each case's seed is
+    /// in its result).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+pub(super) fn run(a: Args) -> CliResult {
+    let reg = Registry::discover();
+    let cases = match &a.preset {
+        Some(p) => harness::preset_cases(crate::presets::preset(p).map_err(CliError)?),
+        None => harness::default_cases(),
+    };
+    let backends: Vec<Arc<dyn Backend>> = match &a.backend {
+        Some(name) => vec![reg.open(name)?],
+        None => {
+            let devices: Vec<_> = reg.available().filter(|b| b.name() != "reference").cloned().collect();
+            if devices.is_empty() {
+                outln!("note: the reference is the only backend available: it is checked against itself (a sanity check of the harness, not of a device)");
+                reg.available().cloned().collect()
+            } else {
+                outln!("note: the reference is the oracle and is not checked against itself (use --backend reference for that)");
+                devices
+            }
+        }
+    };
+    for e in reg.entries() {
+        if let Err(reason) = &e.status {
+            if a.backend.is_none() {
+                outln!("skipped: {} unavailable ({reason})", e.name);
+            }
+        }
+    }
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64 & 0xffff_ffff)
+    });
+    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    outln!(
+        "checking {} case(s) on {} (seed {seed}; rerun with --seed {seed})",
+        cases.len(),
+        names.join(", ")
+    );
+    let pb = progress((cases.len() * backends.len()) as u64, "check");
+    let mut results = Vec::new();
+    for b in &backends {
+        for (i, c) in cases.iter().enumerate() {
+            pb.set_message(format!("{} {}", b.name(), c.name()));
+            results.push(harness::run_case(b.as_ref(), c, harness::case_seed(seed, i)));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+
+    let mut t = Table::new(&["op", "backend", "case", "dtype", "error", "verdict", ">time"]);
+    for r in &results {
+        t.row(vec![
+            r.op.name().into(),
+            r.backend.clone(),
+            r.case.clone(),
+            r.dtype.clone(),
+            r.metric.clone(),
+            r.verdict.label().into(),
+            human_seconds(r.seconds),
+        ]);
+    }
+    out!("{}", t.render());
+    let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
+    let (pass, fail, unsup) = (count(Verdict::Pass), count(Verdict::Fail), count(Verdict::Unsupported));
+    for r in results.iter().filter(|r| r.verdict != Verdict::Pass) {
+        let what = if r.verdict == Verdict::Fail {
+            "FAIL"
+        } else {
+            "unsupported"
+        };
+        outln!(
+            "{what}: {} / {} / {} (seed {}): {}",
+            r.backend,
+            r.op,
+            r.case,
+            r.seed,
+            r.detail
+        );
+    }
+    outln!("{pass} passed, {fail} failed, {unsup} unsupported");
+    if let Some(path) = &a.json {
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "op": r.op.name(), "backend": r.backend, "case": r.case, "dtype": r.dtype,
+                    "metric": r.metric, "verdict": r.verdict.label(), "seconds": r.seconds,
+                    "seed": r.seed, "detail": r.detail,
+                })
+            })
+            .collect();
+        write_json(path, &serde_json::Value::Array(rows))?;
+    }
+    Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,33 @@
+//! `moehal devices`: every compiled-in backend, whether this machine can run it (and why not),
+//! its device name, memory and capability.
+
+use std::process::ExitCode;
+
+use super::{CliResult, Table};
+use crate::pipeline::human_bytes;
+use crate::Registry;
+
+pub(super) fn run() -> CliResult {
+    let reg = Registry::discover();
+    let mut t = Table::new(&["backend", "status", "device", ">memory", "capability", ">units"]);
+    for e in reg.entries() {
+        match &e.status {
+            Ok(b) => {
+                let info = b.device_info();
+                t.row(vec![
+                    e.name.to_string(),
+                    "available".into(),
+                    info.name,
+                    info.memory_bytes.map_or_else(|| "-".into(), |m| human_bytes(m as f64)),
+                    info.capability,
+                    info.compute_units.map_or_else(|| "-".into(), |u| u.to_string()),
+                ]);
+            }
+            Err(reason) => t.row(vec![e.name.to_string(), format!("unavailable ({reason})")]),
+        }
+    }
+    out!("{}", t.render());
+    let n = reg.available().count();
+    outln!("{n} of {} compiled-in backends available", reg.entries().len());
+    Ok(ExitCode::SUCCESS)
+}

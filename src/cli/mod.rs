@@ -1,0 +1,246 @@
+//! The `moehal` command line (one module per subcommand).
+//!
+//! `moehal devices | kernels | check | bench | moe | engram`; with no subcommand it runs the
+//! default of `moehal check`. Progress bars are drawn on stderr only when it is a terminal;
+//! results go to stdout.
+
+/// `println!` that ignores a closed stdout (`moehal ... | head` must not panic).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod bench;
+mod check;
+mod devices;
+mod engram;
+mod kernels;
+mod moe;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use moehal_core::Backend;
+
+use crate::Registry;
+
+/// moehal: MoE / Engram kernels on every backend of this machine, checked against one reference.
+#[derive(Debug, Parser)]
+#[command(name = "moehal", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every compiled-in backend: available or not (and why), device, memory, capability.
+    Devices,
+    /// The support matrix: op × variant × backend → kernel, or why not.
+    Kernels,
+    /// Check backends against the reference on the conformance cases.
+    Check(check::Args),
+    /// Time ops per backend, with the reference in the same run for ratios.
+    Bench(bench::Args),
+    /// One full MoE layer forward of a preset, timed per stage, compared with the reference.
+    Moe(moe::Args),
+    /// Real text → cl100k BPE → canonical ids → V4.1 Engram hash → table gather.
+    Engram(engram::Args),
+}
+
+/// An error of a subcommand: printed as `error: ...`, exit status 1.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+type CliResult = Result<ExitCode, CliError>;
+
+/// Run the CLI on the process arguments and return the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => check::run(check::Args::default()),
+        Some(Command::Devices) => devices::run(),
+        Some(Command::Kernels) => kernels::run(),
+        Some(Command::Check(a)) => check::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Moe(a)) => moe::run(a),
+        Some(Command::Engram(a)) => engram::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
+pub(crate) fn progress(len: u64, msg: impl Into<String>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}") {
+        pb.set_style(style);
+    }
+    pb.set_message(msg.into());
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// A byte-count progress bar (uploads, generation).
+pub(crate) fn progress_bytes(len: u64, msg: impl Into<String>) -> ProgressBar {
+    let pb = progress(len, msg);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// A spinner for a step of unknown length (hidden when stderr is not a terminal).
+pub(crate) fn spinner(msg: impl Into<String>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
+        pb.set_style(style);
+    }
+    pb.set_message(msg.into());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// The backend a subcommand runs on: `name` if given (an error with the registry's reason when
+/// it is unknown or unavailable), else the first available non-reference backend, else the
+/// reference.
+pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> Result<Arc<dyn Backend>, CliError> {
+    match name {
+        Some(n) => reg.open(n).map_err(CliError::from),
+        None => reg
+            .available()
+            .find(|b| b.name() != "reference")
+            .or_else(|| reg.available().find(|b| b.name() == "reference"))
+            .cloned()
+            .ok_or_else(|| CliError("no backend available".into())),
+    }
+}
+
+/// A plain text table with aligned columns.
+pub(crate) struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+    right: Vec<bool>,
+}
+
+impl Table {
+    /// A table with these column headers; columns whose header starts with `>` are right-aligned.
+    pub(crate) fn new(headers: &[&str]) -> Self {
+        Table {
+            right: headers.iter().map(|h| h.starts_with('>')).collect(),
+            headers: headers.iter().map(|h| h.trim_start_matches('>').to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Add a row (missing cells are empty).
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Render with two spaces between columns.
+    pub(crate) fn render(&self) -> String {
+        let n = self.headers.len();
+        let width = |s: &str| s.chars().count();
+        let mut w: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                w[i] = w[i].max(width(c));
+            }
+        }
+        let mut out = String::new();
+        let line = |cells: &[String], out: &mut String| {
+            let mut s = String::new();
+            for (i, &wi) in w.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = wi - width(c);
+                if i > 0 {
+                    s.push_str("  ");
+                }
+                if self.right[i] {
+                    s.push_str(&" ".repeat(pad));
+                    s.push_str(c);
+                } else {
+                    s.push_str(c);
+                    if i + 1 < n {
+                        s.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        };
+        line(&self.headers, &mut out);
+        let rule: Vec<String> = w.iter().map(|&k| "-".repeat(k)).collect();
+        line(&rule, &mut out);
+        for r in &self.rows {
+            line(r, &mut out);
+        }
+        out
+    }
+}
+
+/// Write `value` as pretty JSON to `path`.
+pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, s + "\n").map_err(|e| CliError(format!("writing {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let mut t = Table::new(&["a", ">b"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        t.row(vec!["q".into(), "123".into()]);
+        let s = t.render();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "a      b");
+        assert_eq!(lines[2], "xyz    1");
+        assert_eq!(lines[3], "q    123");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["moehal", "bench", "--tokens", "1", "16", "--op", "grouped_gemm"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Bench(_))));
+        assert!(Cli::try_parse_from(["moehal", "moe", "--tokens", "4"]).is_err());
+    }
+}

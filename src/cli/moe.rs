@@ -1,0 +1,172 @@
+//! `moehal moe`: one full MoE layer forward of a preset (see [`crate::pipeline::moe`]) on a
+//! backend and on the reference: time per stage, and the relative error of the output against
+//! the reference, which must be within the OPS.md tolerance of the dtype (exit status 1 if not).
+//! Presets too big for memory are scaled by expert count, and the output says so.
+
+use std::process::ExitCode;
+
+use moehal_core::{Backend, DType};
+
+use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
+use crate::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
+use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
+use crate::Registry;
+
+/// Options of `moehal moe`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Model preset (deepseek-v3, deepseek-v4-flash, deepseek-v4.1-flash, qwen3-30b-a3b,
+    /// qwen3-235b-a22b, mixtral-8x7b).
+    #[arg(long)]
+    preset: String,
+    /// Tokens T.
+    #[arg(long)]
+    tokens: usize,
+    /// Backend (default: the first available non-reference backend, else the reference).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Activation and weight dtype (f32, bf16, f16).
+    #[arg(long, default_value = "bf16")]
+    dtype: DType,
+    /// Seed of weights and inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Divide hidden and expert widths by N (rounded up to multiples of 32), for quick runs.
+    #[arg(long, hide = true)]
+    scale_widths: Option<usize>,
+    /// Memory budget for the weights of one backend, in MiB (default: 4 GiB or less, from the
+    /// memory available).
+    #[arg(long, hide = true)]
+    budget_mib: Option<u64>,
+}
+
+pub(super) fn run(a: Args) -> CliResult {
+    if !a.dtype.is_float() {
+        return Err(CliError(format!(
+            "--dtype {} is not a float type (f32, bf16, f16)",
+            a.dtype
+        )));
+    }
+    if a.tokens == 0 {
+        return Err(CliError("--tokens must be at least 1".into()));
+    }
+    let reg = Registry::discover();
+    let backend = choose_backend(&reg, a.backend.as_deref())?;
+    let reference = reg.open("reference")?;
+    let same = backend.name() == "reference";
+    let mut p = *crate::presets::preset(&a.preset).map_err(CliError)?;
+    let mut notes = Vec::new();
+    if let Some(div) = a.scale_widths {
+        let s = p.scaled_widths(div);
+        notes.push(format!(
+            "widths scaled by 1/{div} (--scale-widths): hidden {} -> {}, expert width {} -> {}",
+            p.hidden, s.hidden, p.expert_width, s.expert_width
+        ));
+        p = s;
+    }
+    // Host copies of the weights: the reference's, plus the backend's if it lives in host memory.
+    let host_copies = if !same && is_host_backend(backend.as_ref()) {
+        2
+    } else {
+        1
+    };
+    let budget = match a.budget_mib {
+        Some(m) => m << 20,
+        None => {
+            let avail = available_memory().unwrap_or(8 << 30);
+            (4u64 << 30).min(avail * 6 / 10 / host_copies)
+        }
+    };
+    let (p, fit_notes) = fit_experts(&p, a.dtype, budget);
+    notes.extend(fit_notes);
+    let t = a.tokens;
+    outln!(
+        "preset {}: hidden {}, expert width {}, {} routed experts, top-{}, {} shared, scoring {}{}{}, scale {}",
+        p.name,
+        p.hidden,
+        p.expert_width,
+        p.experts,
+        p.k,
+        p.shared_experts,
+        p.scoring.name(),
+        p.group.map_or_else(String::new, |g| format!(
+            ", groups {}/{} {}",
+            g.n_group,
+            g.topk_group,
+            g.score.name()
+        )),
+        p.swiglu_limit
+            .map_or_else(String::new, |l| format!(", swiglu limit {l}")),
+        p.scale
+    );
+    for n in &notes {
+        outln!("note: {n}");
+    }
+    outln!(
+        "tokens {t}, dtype {}, weights {} per backend, backend {} vs reference{}",
+        a.dtype,
+        human_bytes(weight_bytes(&p, a.dtype) as f64),
+        backend.name(),
+        if same {
+            " (the reference against itself: a determinism check)"
+        } else {
+            ""
+        }
+    );
+
+    let targets: Vec<&dyn Backend> = if same {
+        vec![reference.as_ref()]
+    } else {
+        vec![backend.as_ref(), reference.as_ref()]
+    };
+    let total = weight_bytes(&p, a.dtype);
+    let pb = progress_bytes(total, "generating and uploading weights");
+    let weights = MoeWeights::upload(&targets, &p, a.dtype, a.seed, &|done| pb.set_position(done))?;
+    pb.finish_and_clear();
+    let inputs = MoeInputs::generate(&p, t, a.dtype, a.seed)?;
+
+    let pb = super::spinner(format!("forward on {}", backend.name()));
+    if !same {
+        // Warm-up: one-time costs (kernel compilation, first-touch) stay out of the stage times.
+        forward(backend.as_ref(), &p, a.dtype, &weights[0], &inputs)?;
+    }
+    let got = forward(backend.as_ref(), &p, a.dtype, &weights[0], &inputs)?;
+    pb.set_message("forward on the reference");
+    let want = forward(
+        reference.as_ref(),
+        &p,
+        a.dtype,
+        weights.last().ok_or(CliError("no weights".into()))?,
+        &inputs,
+    )?;
+    pb.finish_and_clear();
+
+    let mut tab = Table::new(&["stage", &format!(">{}", backend.name()), ">reference"]);
+    for (g, w) in got.stages.iter().zip(&want.stages) {
+        tab.row(vec![g.name.into(), human_seconds(g.seconds), human_seconds(w.seconds)]);
+    }
+    let sum = |s: &[crate::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
+    tab.row(vec![
+        "total".into(),
+        human_seconds(sum(&got.stages)),
+        human_seconds(sum(&want.stages)),
+    ]);
+    out!("{}", tab.render());
+    if got.ids != want.ids {
+        let diff = got.ids.iter().zip(&want.ids).filter(|(x, y)| x != y).count();
+        outln!(
+            "note: {diff} of {} routing slots differ from the reference",
+            got.ids.len()
+        );
+    }
+    let err = rel_error(&got.out, &want.out);
+    let tol = tolerance(a.dtype);
+    let ok = err <= tol;
+    outln!(
+        "output [{t}, {}]: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {}): {}",
+        p.hidden,
+        a.dtype,
+        if ok { "PASS" } else { "FAIL" }
+    );
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,416 @@
+//! The Engram path on real text: tokenizer → canonical ids → `engram_hash` → `gather_rows`.
+//!
+//! - Tokenizer: OpenAI's `cl100k_base` BPE from `tiktoken-rs` (bundled, no network). DeepSeek-V4.1
+//!   uses its own 129,280-id tokenizer whose compression gives `V' = 99,092`; that tokenizer is not
+//!   bundled here, so cl100k stands in for it and every consequence is reported
+//!   ([`Substitutions`]).
+//! - Canonical ids: [`moehal_core::engram::CompressionTable::build`] over every id of cl100k
+//!   (each decoded alone to bytes; ids with no token get a key of their own).
+//! - Hash: the real DeepSeek-V4.1-Flash layer-1 configuration
+//!   ([`moehal_core::engram::v41_flash::layer`]`(0)`: multipliers, primes, `V' = 99,092`, `π = 2`).
+//!   Canonical ids must be below 99,092; when cl100k's `V'` exceeds that, ids are folded with
+//!   `cid % 99_092` (reported).
+//! - Table: the real layer has 384,006,168 rows of 264 bytes (fp8 + scales, ~100 GB). Here the
+//!   table is generated with `R` rows (or memory-mapped from a safetensors file) and each hashed row
+//!   is mapped to `row % R` on the host (reported).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use moehal_core::engram::{v41_flash, CompressionTable, EngramLayer};
+use moehal_core::host::HostMemory;
+use moehal_core::ops::{EngramHash, GatherRows, TableFormat};
+use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Reference, Result};
+
+use super::{fill_random, stream_seed};
+
+const OP: &str = "engram";
+
+/// The default text, embedded so it works from any directory: meant to be this repository's
+/// README.md; the root Cargo.toml stands in until README.md exists (then point both constants at
+/// `../../README.md`).
+pub const DEFAULT_TEXT: &str = include_str!("../../Cargo.toml");
+
+/// The name of [`DEFAULT_TEXT`] as printed.
+pub const DEFAULT_TEXT_NAME: &str = "Cargo.toml (embedded; stands in for README.md, which does not exist yet)";
+
+/// Row width `D` of the DeepSeek-V4.1-Flash Engram table.
+pub const ROW_DIM: usize = v41_flash::ROW_DIM;
+
+/// Default size of a generated table (256 MiB).
+pub const DEFAULT_TABLE_BYTES: usize = 256 << 20;
+
+/// The cl100k vocabulary as seen by the compression.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    /// Ids scanned: `0..n_ids` (the largest id of the tokenizer plus one).
+    pub n_ids: u32,
+    /// Regular (BPE) ids that decode to bytes.
+    pub regular: usize,
+    /// Special ids (`<|endoftext|>`, ...).
+    pub specials: usize,
+    /// Ids in `0..n_ids` with no token; each got a key of its own.
+    pub unassigned: Vec<u32>,
+    /// Ids whose bytes are not valid UTF-8 on their own (keyed by raw bytes).
+    pub partial_utf8: usize,
+}
+
+/// The tokenizer and its compression table.
+pub struct Tokenizer {
+    bpe: tiktoken_rs::CoreBPE,
+    /// Raw id → canonical id.
+    pub compression: CompressionTable,
+    /// What the scan found.
+    pub vocab: Vocabulary,
+}
+
+/// The special tokens of cl100k_base, as tiktoken-rs defines them.
+const CL100K_SPECIALS: [&str; 5] = [
+    tiktoken_rs::ENDOFTEXT,
+    tiktoken_rs::FIM_PREFIX,
+    tiktoken_rs::FIM_MIDDLE,
+    tiktoken_rs::FIM_SUFFIX,
+    tiktoken_rs::ENDOFPROMPT,
+];
+
+impl Tokenizer {
+    /// Load cl100k_base and build the compression table over all of its ids.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (op `engram`) if the bundled tokenizer fails to load.
+    pub fn cl100k() -> Result<Self> {
+        let bpe = tiktoken_rs::cl100k_base().map_err(|e| Error::invalid(OP, "tokenizer", e.to_string()))?;
+        let special_ids: Vec<u32> = CL100K_SPECIALS
+            .iter()
+            .flat_map(|s| bpe.encode_with_special_tokens(s))
+            .collect();
+        let max_special = special_ids.iter().copied().max().unwrap_or(0);
+        // Regular ids: scan until the first id past the specials' range that does not decode.
+        let n_ids = max_special + 1;
+        let mut unassigned = Vec::new();
+        let mut partial = 0usize;
+        let mut regular = 0usize;
+        let compression = CompressionTable::build(n_ids, |id| match token_bytes(&bpe, id) {
+            TokenBytes::Text(s) => {
+                if !special_ids.contains(&id) {
+                    regular += 1;
+                }
+                s.into_bytes()
+            }
+            TokenBytes::Partial(b) => {
+                regular += 1;
+                partial += 1;
+                b
+            }
+            TokenBytes::Unassigned => {
+                unassigned.push(id);
+                // Invalid UTF-8 (so the key space is the raw-bytes one), unique per id, and no
+                // cl100k token starts with these four bytes.
+                let mut b = vec![0xff, 0xff, 0xff, 0xff];
+                b.extend_from_slice(format!("moehal-unassigned-{id}").as_bytes());
+                b
+            }
+        });
+        let vocab = Vocabulary {
+            n_ids,
+            regular,
+            specials: special_ids.len(),
+            unassigned,
+            partial_utf8: partial,
+        };
+        Ok(Tokenizer {
+            bpe,
+            compression,
+            vocab,
+        })
+    }
+
+    /// Raw ids of `text` (ordinary encoding: special-token text is encoded as plain text).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_ordinary(text)
+    }
+}
+
+enum TokenBytes {
+    Text(String),
+    Partial(Vec<u8>),
+    Unassigned,
+}
+
+/// The bytes of one token alone. `CoreBPE::decode` fails both for ids without a token and for
+/// tokens that are not valid UTF-8 alone; only the latter have bytes (read through
+/// `_decode_native_and_split`, which indexes the decoder and must only see assigned ids).
+fn token_bytes(bpe: &tiktoken_rs::CoreBPE, id: u32) -> TokenBytes {
+    match bpe.decode(vec![id]) {
+        Ok(s) => TokenBytes::Text(s),
+        Err(e) if e.to_string().contains("Invalid token") => TokenBytes::Unassigned,
+        Err(_) => match bpe._decode_native_and_split(vec![id]).next() {
+            Some(b) => TokenBytes::Partial(b),
+            None => TokenBytes::Unassigned,
+        },
+    }
+}
+
+/// Canonical ids for the V4.1 layer (`V' = 99,092`): `cid` when `V'(cl100k) <= 99,092`, else
+/// `cid % 99,092`. Returns the ids and whether they were folded.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a raw id outside the table, or (a bug) an id left out of range.
+pub fn canonical_for_layer(tok: &Tokenizer, raw: &[u32], layer: &EngramLayer) -> Result<(Vec<i64>, bool)> {
+    let mut ids = Vec::new();
+    tok.compression.map_ids(raw, &mut ids)?;
+    let v = layer.vocab_size();
+    let fold = tok.compression.vocab_size() as u64 > v;
+    if fold {
+        for id in ids.iter_mut() {
+            *id = (*id as u64 % v) as i64;
+        }
+    }
+    moehal_core::ops::engram_hash::check_canonical_ids(OP, "ids", &ids, v)?;
+    Ok((ids, fold))
+}
+
+/// Distinct hashed rows per order `n = 2..=N` (over all `K` heads of the order).
+pub fn distinct_per_order(layer: &EngramLayer, rows: &[i64]) -> Vec<usize> {
+    let (c, k) = (layer.columns(), layer.heads());
+    (2..=layer.max_order())
+        .map(|n| {
+            let lo = (n - 2) * k;
+            let set: HashSet<i64> = rows
+                .chunks_exact(c)
+                .flat_map(|r| r[lo..lo + k].iter().copied())
+                .collect();
+            set.len()
+        })
+        .collect()
+}
+
+/// A table in host memory (generated, or memory-mapped from a file).
+pub struct EngramTable {
+    /// The bytes, `[rows, width]` of `format.storage_dtype()`, host memory.
+    pub buffer: Buffer,
+    /// Storage format.
+    pub format: TableFormat,
+    /// Rows R.
+    pub rows: usize,
+    /// Stored row width (elements; bytes for fp8).
+    pub width: usize,
+    /// Row dim D of the output.
+    pub dim: usize,
+    /// Where it came from, for the report.
+    pub source: String,
+}
+
+impl EngramTable {
+    /// Bytes of the table.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.width * self.format.storage_dtype().size()
+    }
+    /// The output dtype of a gather from this table (bf16 for fp8 tables).
+    pub fn out_dtype(&self) -> DType {
+        match self.format {
+            TableFormat::Fp8E4m3Ue8m0 => DType::BF16,
+            f => f.storage_dtype(),
+        }
+    }
+}
+
+/// Rows of a generated bf16 table of about `bytes` bytes with rows of `dim` elements.
+pub fn rows_for_bytes(bytes: usize, dim: usize) -> usize {
+    (bytes / (dim * 2)).max(1)
+}
+
+/// A seeded bf16 table `[rows, dim]`, uniform in `[-1, 1)`.
+///
+/// # Errors
+/// [`Error::OutOfMemory`] when the host allocation fails; `rows == 0` is invalid.
+pub fn generate_table(rows: usize, dim: usize, seed: u64) -> Result<EngramTable> {
+    if rows == 0 || dim == 0 {
+        return Err(Error::invalid(
+            OP,
+            "rows",
+            "a table needs at least one row and one column",
+        ));
+    }
+    let bytes = rows
+        .checked_mul(dim * 2)
+        .ok_or_else(|| Error::invalid(OP, "rows", format!("{rows} rows of {dim} bf16 overflow")))?;
+    let mut mem = HostMemory::zeroed(bytes)?;
+    fill_random(DType::BF16, mem.bytes_mut()?, 1.0, stream_seed(seed, 200), 0)?;
+    Ok(EngramTable {
+        buffer: Buffer::new(Box::new(mem)),
+        format: TableFormat::BF16,
+        rows,
+        width: dim,
+        dim,
+        source: format!("generated bf16 [{rows}, {dim}], seeded uniform [-1, 1)"),
+    })
+}
+
+/// The tensor `table` of a safetensors file, memory-mapped read-only (f32, bf16, f16, or u8 /
+/// F8_E4M3 as `fp8_e4m3_ue8m0` rows of `D + D/32` bytes). Misaligned data is copied once into an
+/// aligned host buffer (reported in `source`).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the problem: unreadable file, no tensor `table`, not 2-D,
+/// unsupported dtype, bad fp8 row width.
+pub fn open_table(path: &Path) -> Result<EngramTable> {
+    let bad = |msg: String| Error::invalid(OP, "table", format!("{}: {msg}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    // SAFETY-free: memmap2's map is unsafe only if the file is changed while mapped; we map
+    // read-only through the safe wrapper below.
+    let map = map_readonly(&file).map_err(|e| bad(format!("mmap: {e}")))?;
+    let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e:?}")))?;
+    let info = meta
+        .info("table")
+        .ok_or_else(|| bad("no tensor named `table`".into()))?;
+    if info.shape.len() != 2 {
+        return Err(bad(format!(
+            "tensor `table` has shape {:?}, expected [R, W]",
+            info.shape
+        )));
+    }
+    use safetensors::Dtype as S;
+    let format = match info.dtype {
+        S::F32 => TableFormat::F32,
+        S::BF16 => TableFormat::BF16,
+        S::F16 => TableFormat::F16,
+        S::U8 | S::F8_E4M3 => TableFormat::Fp8E4m3Ue8m0,
+        other => return Err(bad(format!("dtype {other:?} (expected F32, BF16, F16, U8 or F8_E4M3)"))),
+    };
+    let (rows, width) = (info.shape[0], info.shape[1]);
+    let dim = format.row_dim(width).ok_or_else(|| {
+        bad(format!(
+            "fp8 rows of {width} bytes are not D + D/32 with D divisible by 32"
+        ))
+    })?;
+    let start = 8 + header + info.data_offsets.0;
+    let end = 8 + header + info.data_offsets.1;
+    if end > map.len() || end - start != rows * width * format.storage_dtype().size() {
+        return Err(bad("tensor data range does not match its shape".into()));
+    }
+    let align = format.storage_dtype().size();
+    let aligned = (map.as_ptr() as usize + start) % align == 0;
+    let (buffer, how) = if aligned {
+        let owner = MapSlice { map, start, end };
+        (
+            Buffer::new(Box::new(HostMemory::from_owner(owner))),
+            "memory-mapped in place",
+        )
+    } else {
+        let mut mem = HostMemory::zeroed(end - start)?;
+        mem.bytes_mut()?.copy_from_slice(&map[start..end]);
+        (
+            Buffer::new(Box::new(mem)),
+            "copied to an aligned buffer (data misaligned in the file)",
+        )
+    };
+    Ok(EngramTable {
+        buffer,
+        format,
+        rows,
+        width,
+        dim,
+        source: format!(
+            "{} tensor `table` {} [{rows}, {width}], {how}",
+            path.display(),
+            format.name()
+        ),
+    })
+}
+
+fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and private to this process; the file is a table the user
+    // named, which moehal never writes. A concurrent writer could change the bytes under us,
+    // as with any memory-mapped input, which is documented for `--table`.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+struct MapSlice {
+    map: memmap2::Mmap,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+/// `rows` mapped into a table of `r` rows: `row % r`.
+pub fn fold_rows(rows: &[i64], r: usize) -> Vec<i64> {
+    rows.iter().map(|&x| x.rem_euclid(r as i64)).collect()
+}
+
+/// `engram_hash` of `ids` on `backend`: `[T, C]` rows, downloaded.
+///
+/// # Errors
+/// The op's errors.
+pub fn hash_on(backend: &dyn Backend, layer: &EngramLayer, ids: &[i64]) -> Result<Vec<i64>> {
+    let t = ids.len();
+    let c = layer.columns();
+    let idb = backend.upload_slice(ids)?;
+    let mut rows = backend.alloc(t * c * 8)?;
+    let args = EngramHash {
+        layer,
+        ids: idb.view(DType::I64, &[t]),
+        positions: None,
+        alive: None,
+        history: &[],
+        rows: rows.view_mut(DType::I64, &[t, c]),
+    };
+    backend.engram_hash(args.validate()?)?;
+    backend.download_vec(&rows, t * c)
+}
+
+/// `gather_rows` on the reference for a subset of tokens: the expected output bytes of those
+/// tokens (`[tokens.len(), C*D]` of the table's output dtype).
+///
+/// # Errors
+/// The op's errors.
+pub fn reference_gather(table: &EngramTable, rows: &[i64], c: usize, tokens: &[usize]) -> Result<Vec<u8>> {
+    let be = Reference::new();
+    let sample: Vec<i64> = tokens
+        .iter()
+        .flat_map(|&t| rows[t * c..(t + 1) * c].iter().copied())
+        .collect();
+    let s = tokens.len();
+    let rb = be.upload_slice(&sample)?;
+    let od = table.out_dtype();
+    let mut out = be.alloc(s * c * table.dim * od.size())?;
+    let args = GatherRows {
+        table: table
+            .buffer
+            .view(table.format.storage_dtype(), &[table.rows, table.width]),
+        format: table.format,
+        rows: rb.view(DType::I64, &[s, c]),
+        out: out.view_mut(od, &[s, c * table.dim]),
+    };
+    be.gather_rows(args.validate()?)?;
+    let mut bytes = vec![0u8; out.len()];
+    be.download(&out, 0, &mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_and_distinct() {
+        assert_eq!(fold_rows(&[0, 5, 11, 384_006_167], 5), vec![0, 0, 1, 384_006_167 % 5]);
+        let layer = moehal_core::engram::toy::layer().unwrap();
+        // C = 4 columns: orders 2 (cols 0,1), 3 (cols 2,3).
+        let rows = [1i64, 2, 3, 4, 1, 5, 3, 4];
+        assert_eq!(distinct_per_order(&layer, &rows), vec![3, 2]);
+    }
+
+    #[test]
+    fn generated_table_shape() {
+        let t = generate_table(16, 32, 1).unwrap();
+        assert_eq!(t.bytes(), 16 * 32 * 2);
+        assert_eq!(t.out_dtype(), DType::BF16);
+        assert!(generate_table(0, 32, 1).is_err());
+    }
+}

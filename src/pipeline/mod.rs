@@ -1,0 +1,300 @@
+//! Pipelines built from the ops of `OPS.md`: a full MoE layer ([`moe`]) and the Engram
+//! tokenizer → hash → gather path ([`engram`]), plus the small host utilities they share
+//! (seeded random tensors, transfers of typed data, relative error, memory budget).
+//!
+//! Everything here runs on any [`Backend`]: the pipelines only allocate, upload, run ops and
+//! download through the trait, so the same code drives the reference, the CPU, CUDA and Ascend.
+
+pub mod engram;
+pub mod moe;
+
+use half::{bf16, f16};
+use moehal_core::{Backend, Buffer, DType, Error, Result};
+
+/// Step of the SplitMix64 sequence (the golden-ratio increment).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The SplitMix64 output function: a bijective 64-bit mixer.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed for the independent stream `stream` derived from `seed` (so that the weights of
+/// different matrices never share values).
+pub fn stream_seed(seed: u64, stream: u64) -> u64 {
+    mix64(seed ^ mix64(stream.wrapping_add(GOLDEN)))
+}
+
+/// The `i`-th 64-bit value of the counter-based stream `seed` (SplitMix64 at position `i`).
+///
+/// Counter-based, so a tensor can be generated in any chunking or thread split and still be the
+/// same tensor for the same seed.
+#[inline]
+pub fn random_u64_at(seed: u64, i: u64) -> u64 {
+    mix64(seed.wrapping_add(i.wrapping_add(1).wrapping_mul(GOLDEN)))
+}
+
+/// Element `i` of the uniform stream `seed`, in `[-1, 1)` (24 random bits).
+#[inline]
+pub fn uniform_at(seed: u64, i: u64) -> f32 {
+    let bits = (random_u64_at(seed, i) >> 40) as u32; // 24 bits
+    bits as f32 * (2.0 / (1u32 << 24) as f32) - 1.0
+}
+
+/// A small sequential generator (SplitMix64), for index choices (routing, rows).
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GOLDEN);
+        mix64(self.state)
+    }
+    /// Uniform integer in `[0, n)` (`n > 0`; multiply-shift, bias below 2^-32 for the sizes used).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() >> 32) * n) >> 32
+    }
+}
+
+/// Encode `n` elements `value(i)` as `dtype` bytes (little endian; `f32`, `bf16` or `f16`,
+/// rounded to nearest even), into `out` (`n * dtype.size()` bytes).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a non-floating dtype or a wrong `out` length.
+pub fn encode_floats(dtype: DType, out: &mut [u8], mut value: impl FnMut(usize) -> f32) -> Result<()> {
+    if !dtype.is_float() || out.len() % dtype.size() != 0 {
+        return Err(Error::invalid(
+            "pipeline",
+            "dtype",
+            format!("cannot encode floats as {dtype} into {} bytes", out.len()),
+        ));
+    }
+    match dtype {
+        DType::F32 => {
+            for (i, c) in out.chunks_exact_mut(4).enumerate() {
+                c.copy_from_slice(&value(i).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (i, c) in out.chunks_exact_mut(2).enumerate() {
+                c.copy_from_slice(&bf16::from_f32(value(i)).to_le_bytes());
+            }
+        }
+        _ => {
+            for (i, c) in out.chunks_exact_mut(2).enumerate() {
+                c.copy_from_slice(&f16::from_f32(value(i)).to_le_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `n` seeded uniform values in `[-scale, scale)` encoded as `dtype`, generated on all cores
+/// (deterministic: element `i` is `scale * uniform_at(seed, first + i)` whatever the split).
+///
+/// # Errors
+/// As [`encode_floats`].
+pub fn random_floats(dtype: DType, n: usize, scale: f32, seed: u64, first: u64) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; n * dtype.size()];
+    fill_random(dtype, &mut out, scale, seed, first)?;
+    Ok(out)
+}
+
+/// Fill `out` (whole elements of `dtype`) with `scale * uniform_at(seed, first + i)`, on all cores.
+///
+/// # Errors
+/// As [`encode_floats`].
+pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u64) -> Result<()> {
+    let es = dtype.size();
+    let n = out.len() / es.max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+    if threads <= 1 || n < 1 << 16 {
+        return encode_floats(dtype, out, |i| scale * uniform_at(seed, first + i as u64));
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = out
+            .chunks_mut(per * es)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let base = first + (c * per) as u64;
+                s.spawn(move || encode_floats(dtype, chunk, |i| scale * uniform_at(seed, base + i as u64)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::invalid("pipeline", "fill", "thread panicked")))
+        })
+    })
+}
+
+/// Widen `dtype` bytes (`f32`, `bf16`, `f16`) to f32.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a non-floating dtype.
+pub fn decode_floats(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::invalid(
+                "pipeline",
+                "dtype",
+                format!("{other} is not a float type"),
+            ))
+        }
+    })
+}
+
+/// Allocate a buffer on `backend` holding `bytes`.
+///
+/// # Errors
+/// As [`Backend::alloc`] / [`Backend::upload`].
+pub fn upload_bytes(backend: &dyn Backend, bytes: &[u8]) -> Result<Buffer> {
+    let mut b = backend.alloc(bytes.len())?;
+    backend.upload(&mut b, 0, bytes)?;
+    Ok(b)
+}
+
+/// Download `n` elements of the floating `dtype` from `buf`, widened to f32.
+///
+/// # Errors
+/// As [`Backend::download`] and [`decode_floats`].
+pub fn download_floats(backend: &dyn Backend, buf: &Buffer, dtype: DType, n: usize) -> Result<Vec<f32>> {
+    let mut bytes = vec![0u8; n * dtype.size()];
+    backend.download(buf, 0, &mut bytes)?;
+    decode_floats(dtype, &bytes)
+}
+
+/// Relative error `‖out − ref‖₂ / ‖ref‖₂` in f64 (OPS.md, Conformance). A NaN in `out` where the
+/// reference has none, or a length mismatch, gives infinity; `0/0` gives 0.
+pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
+    if out.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        if r.is_nan() {
+            continue;
+        }
+        if !o.is_finite() && o.to_bits() != r.to_bits() {
+            return f64::INFINITY;
+        }
+        let d = o as f64 - r as f64;
+        num += d * d;
+        den += r as f64 * r as f64;
+    }
+    if num == 0.0 {
+        0.0
+    } else if den == 0.0 {
+        f64::INFINITY
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// The relative-error tolerance of `OPS.md` for outputs of `dtype` (f32 1e-5, f16 2e-3, bf16 1e-2).
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+        _ => 1e-5,
+    }
+}
+
+/// Bytes of memory the OS reports available (`MemAvailable` of `/proc/meminfo`), if known.
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Whether the backend's buffers are host memory (reference, CPU) rather than device memory.
+pub fn is_host_backend(backend: &dyn Backend) -> bool {
+    backend
+        .alloc(64)
+        .map(|b| b.location() == moehal_core::Location::Host)
+        .unwrap_or(false)
+}
+
+/// Format a byte count with a binary unit (`"1.2 GiB"`).
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Format seconds with a fitting unit (`"12.3 ms"`).
+pub fn human_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_is_chunking_independent() {
+        let a = random_floats(DType::BF16, 200_000, 0.5, 7, 0).unwrap();
+        let mut b = vec![0u8; a.len()];
+        let (lo, hi) = b.split_at_mut(2 * 12_345);
+        encode_floats(DType::BF16, lo, |i| 0.5 * uniform_at(7, i as u64)).unwrap();
+        fill_random(DType::BF16, hi, 0.5, 7, 12_345).unwrap();
+        assert_eq!(a, b);
+        let v = decode_floats(DType::BF16, &a).unwrap();
+        assert!(v.iter().all(|x| (-0.5..=0.5).contains(x)));
+        let mean: f64 = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+    }
+
+    #[test]
+    fn rel_error_basics() {
+        assert_eq!(rel_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        let e = rel_error(&[3.0, 0.0], &[4.0, 0.0]);
+        assert!((e - 0.25).abs() < 1e-12);
+        assert!(rel_error(&[f32::NAN], &[1.0]).is_infinite());
+        assert!(rel_error(&[1.0], &[1.0, 2.0]).is_infinite());
+    }
+
+    #[test]
+    fn below_stays_in_range() {
+        let mut r = SplitMix64::new(3);
+        assert!((0..10_000).all(|_| r.below(7) < 7));
+    }
+}

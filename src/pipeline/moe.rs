@@ -1,0 +1,532 @@
+//! One full MoE layer forward built from the ops of `OPS.md` §1–§3:
+//!
+//! `router_topk → moe_permute (with x) → grouped_gemm gate_up (NK, [E, 2I, H]) → swiglu (preset
+//! limit) → grouped_gemm down (NK, [E, H, I]) → moe_combine`, plus the shared expert(s) of the
+//! preset as a dense `grouped_gemm` with one group over all `T` tokens, `swiglu` and `down`.
+//!
+//! The shared output is added inside `moe_combine`: its rows are written after the `T*k` routed
+//! rows of the same `y` buffer, and `slot_row`/`weights` are extended on the host (`T*(k+S)`
+//! small integers) with one slot per shared expert of weight 1. The sum is then one f32
+//! accumulation rounded once, on the device, exactly as the reference does it.
+//!
+//! Weights are seeded uniform values scaled by `sqrt(3 / fan_in)` (variance `1/fan_in`), so
+//! activations stay O(1) through the layer; the router logits are seeded f32 inputs shared by
+//! every backend, so routing is identical and the final outputs are comparable.
+
+use std::time::Instant;
+
+use moehal_core::ops::{GroupedGemm, MoeCombine, MoePermute, RouterTopk, Swiglu, WeightLayout};
+use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result};
+
+use super::{download_floats, fill_random, random_floats, stream_seed, uniform_at, upload_bytes};
+use crate::presets::Preset;
+
+/// Bytes of expert weights (routed + shared, gate_up + down) of `p` in `dtype`.
+pub fn weight_bytes(p: &Preset, dtype: DType) -> u64 {
+    let per_expert = 3 * p.hidden as u64 * p.expert_width as u64 * dtype.size() as u64;
+    (p.experts + p.shared_experts) as u64 * per_expert
+}
+
+/// Scale `p` by expert count so that its weights fit `budget` bytes in `dtype` (OPS.md: "presets
+/// that do not fit a machine are scaled by expert count ... and say so").
+///
+/// `k` and the routing rule are kept; `E` is lowered to the largest count that fits, then to a
+/// multiple of `n_group` when the preset limits groups, keeping `k <= topk_group * E / n_group`
+/// and at least 2 experts per group for `top2_sum` (when no group count works, the group limit is
+/// dropped, and that is said too). Returns the preset to run and one note per change.
+pub fn fit_experts(p: &Preset, dtype: DType, budget: u64) -> (Preset, Vec<String>) {
+    let mut notes = Vec::new();
+    let full = weight_bytes(p, dtype);
+    if full <= budget {
+        return (*p, notes);
+    }
+    let per_expert = 3 * p.hidden as u64 * p.expert_width as u64 * dtype.size() as u64;
+    let fits = (budget / per_expert.max(1)).saturating_sub(p.shared_experts as u64) as usize;
+    let mut e = fits.clamp(p.k, p.experts);
+    let mut out = Preset { experts: e, ..*p };
+    if let Some(g) = p.group {
+        let valid = |e: usize, n: usize| {
+            n > 1
+                && e % n == 0
+                && p.k <= g.topk_group.min(n) * (e / n)
+                && (g.score != moehal_core::ops::GroupScore::Top2Sum || e / n >= 2)
+        };
+        // Prefer keeping n_group: round E down to a multiple of it.
+        let mut chosen = None;
+        let mut e_try = e - e % g.n_group;
+        while e_try >= p.k && e_try > 0 {
+            if valid(e_try, g.n_group) {
+                chosen = Some((e_try, g.n_group));
+                break;
+            }
+            e_try -= g.n_group;
+        }
+        if chosen.is_none() {
+            chosen = (2..g.n_group).rev().find(|&n| valid(e, n)).map(|n| (e, n));
+        }
+        match chosen {
+            Some((e2, n)) => {
+                e = e2;
+                let topk_group = g.topk_group.min(n);
+                out = Preset {
+                    experts: e,
+                    group: Some(moehal_core::ops::GroupLimit {
+                        n_group: n,
+                        topk_group,
+                        score: g.score,
+                    }),
+                    ..*p
+                };
+                if n != g.n_group || topk_group != g.topk_group {
+                    notes.push(format!(
+                        "group limit adjusted to stay valid: n_group {} -> {n}, topk_group {} -> {topk_group}",
+                        g.n_group, g.topk_group
+                    ));
+                }
+            }
+            None => {
+                out = Preset {
+                    experts: e,
+                    group: None,
+                    ..*p
+                };
+                notes.push(format!(
+                    "group limit (n_group {}, topk_group {}) dropped: no valid grouping of {e} experts",
+                    g.n_group, g.topk_group
+                ));
+            }
+        }
+    }
+    notes.insert(
+        0,
+        format!(
+            "scaled by expert count to fit memory: {} -> {} routed experts (weights {} -> {} of {dtype}, budget {}); k = {} and the routing rule kept",
+            p.experts,
+            e,
+            super::human_bytes(full as f64),
+            super::human_bytes(weight_bytes(&out, dtype) as f64),
+            super::human_bytes(budget as f64),
+            p.k
+        ),
+    );
+    (out, notes)
+}
+
+/// Host inputs of one forward: activations, router logits and selection bias.
+#[derive(Debug, Clone)]
+pub struct MoeInputs {
+    /// Tokens T.
+    pub tokens: usize,
+    /// `[T, H]` activations in the layer dtype (bytes), uniform in `[-1, 1)`.
+    pub x: Vec<u8>,
+    /// `[T, E]` f32 router logits, uniform in `[-2, 2)`.
+    pub logits: Vec<f32>,
+    /// `[E]` f32 selection bias (presets with `e_score_correction_bias`), uniform in `[-0.1, 0.1)`.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl MoeInputs {
+    /// Seeded inputs for `tokens` tokens of preset `p` in `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a non-floating dtype.
+    pub fn generate(p: &Preset, tokens: usize, dtype: DType, seed: u64) -> Result<Self> {
+        let x = random_floats(dtype, tokens * p.hidden, 1.0, stream_seed(seed, 100), 0)?;
+        let ls = stream_seed(seed, 101);
+        let logits = (0..tokens * p.experts)
+            .map(|i| 2.0 * uniform_at(ls, i as u64))
+            .collect();
+        let bs = stream_seed(seed, 102);
+        let bias = p
+            .bias
+            .then(|| (0..p.experts).map(|i| 0.1 * uniform_at(bs, i as u64)).collect());
+        Ok(MoeInputs {
+            tokens,
+            x,
+            logits,
+            bias,
+        })
+    }
+}
+
+/// The expert weights of one layer on one backend.
+pub struct MoeWeights {
+    /// `[E, 2I, H]` NK gate_up (gate rows first, then up rows).
+    pub gate_up: Buffer,
+    /// `[E, H, I]` NK down.
+    pub down: Buffer,
+    /// Per shared expert: `([1, 2I, H], [1, H, I])`.
+    pub shared: Vec<(Buffer, Buffer)>,
+}
+
+impl MoeWeights {
+    /// Generate the seeded weights of `p` and upload them to every backend of `backends`, one
+    /// expert matrix at a time (no host copy of the whole layer). `progress` is called with the
+    /// bytes generated so far. Returns the weights in the order of `backends`.
+    ///
+    /// # Errors
+    /// Allocation and upload errors of the backends.
+    pub fn upload(
+        backends: &[&dyn Backend],
+        p: &Preset,
+        dtype: DType,
+        seed: u64,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<MoeWeights>> {
+        let (h, i) = (p.hidden, p.expert_width);
+        let es = dtype.size();
+        let mat = 2 * i * h; // gate_up elements per expert; down has half
+        let mut done = 0u64;
+        let mut make = |experts: usize, elems: usize, scale: f32, stream: u64| -> Result<Vec<Buffer>> {
+            let mut bufs = backends
+                .iter()
+                .map(|b| b.alloc(experts * elems * es))
+                .collect::<Result<Vec<_>>>()?;
+            let mut chunk = vec![0u8; elems * es];
+            for e in 0..experts {
+                fill_random(dtype, &mut chunk, scale, stream_seed(seed, stream), (e * elems) as u64)?;
+                for (b, buf) in backends.iter().zip(bufs.iter_mut()) {
+                    b.upload(buf, e * elems * es, &chunk)?;
+                }
+                done += chunk.len() as u64;
+                progress(done);
+            }
+            Ok(bufs)
+        };
+        let s_in = (3.0 / h as f32).sqrt();
+        let s_mid = (3.0 / i as f32).sqrt();
+        let gate_up = make(p.experts, mat, s_in, 1)?;
+        let down = make(p.experts, mat / 2, s_mid, 2)?;
+        let mut shared: Vec<Vec<(Buffer, Buffer)>> = backends.iter().map(|_| Vec::new()).collect();
+        for s in 0..p.shared_experts {
+            let gu = make(1, mat, s_in, 10 + 2 * s as u64)?;
+            let dn = make(1, mat / 2, s_mid, 11 + 2 * s as u64)?;
+            for ((v, g), d) in shared.iter_mut().zip(gu).zip(dn) {
+                v.push((g, d));
+            }
+        }
+        Ok(gate_up
+            .into_iter()
+            .zip(down)
+            .zip(shared)
+            .map(|((gate_up, down), shared)| MoeWeights { gate_up, down, shared })
+            .collect())
+    }
+}
+
+/// Time of one stage of the forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// Stage name (`"router_topk"`, `"gate_up"`, ...).
+    pub name: &'static str,
+    /// Wall seconds, from enqueue to `synchronize`.
+    pub seconds: f64,
+}
+
+/// Result of one forward.
+#[derive(Debug, Clone)]
+pub struct MoeOutput {
+    /// `[T, H]` layer output widened to f32.
+    pub out: Vec<f32>,
+    /// Per-stage times, in pipeline order.
+    pub stages: Vec<Stage>,
+    /// `[T, k]` selected experts (for reporting).
+    pub ids: Vec<i32>,
+}
+
+/// Run one MoE layer forward of preset `p` on `backend` (inputs uploaded first, untimed).
+///
+/// # Errors
+/// Any op's error ([`Error::Unsupported`] when the backend lacks a variant), allocation errors.
+pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, inp: &MoeInputs) -> Result<MoeOutput> {
+    let (t, e, k, h, i) = (inp.tokens, p.experts, p.k, p.hidden, p.expert_width);
+    let s = p.shared_experts;
+    let rows = t * k;
+    let es = dtype.size();
+    // Inputs.
+    let x = upload_bytes(backend, &inp.x)?;
+    let logits = backend.upload_slice(&inp.logits)?;
+    let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
+    // Outputs and intermediates.
+    let mut ids = backend.alloc(rows * 4)?;
+    let mut weights = backend.alloc(rows * 4)?;
+    let mut group_end = backend.alloc(e * 8)?;
+    let mut src_token = backend.alloc(rows * 8)?;
+    let mut slot_row = backend.alloc(rows * 8)?;
+    let mut x_perm = backend.alloc(rows * h * es)?;
+    let mut hbuf = backend.alloc(rows * 2 * i * es)?;
+    let mut act = backend.alloc(rows * i * es)?;
+    let mut y_all = backend.alloc((rows + s * t) * h * es)?;
+    let mut out = backend.alloc(t * h * es)?;
+    backend.synchronize()?;
+
+    let mut stages = Vec::new();
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let t0 = Instant::now();
+        f()?;
+        backend.synchronize()?;
+        stages.push(Stage {
+            name,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    };
+
+    timed("router_topk", &mut || {
+        let args = RouterTopk {
+            config: p.router(),
+            logits: logits.view(DType::F32, &[t, e]),
+            bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
+            ids: ids.view_mut(DType::I32, &[t, k]),
+            weights: weights.view_mut(DType::F32, &[t, k]),
+            expert_counts: None,
+        };
+        backend.router_topk(args.validate()?)
+    })?;
+    timed("moe_permute", &mut || {
+        let args = MoePermute {
+            num_experts: e,
+            ids: ids.view(DType::I32, &[t, k]),
+            x: Some(x.view(dtype, &[t, h])),
+            group_end: group_end.view_mut(DType::I64, &[e]),
+            src_token: src_token.view_mut(DType::I64, &[rows]),
+            slot_row: slot_row.view_mut(DType::I64, &[t, k]),
+            x_perm: Some(x_perm.view_mut(dtype, &[rows, h])),
+        };
+        backend.moe_permute(args.validate()?)
+    })?;
+    timed("gate_up", &mut || {
+        let args = GroupedGemm {
+            x: x_perm.view(dtype, &[rows, h]),
+            w: w.gate_up.view(dtype, &[e, 2 * i, h]),
+            layout: WeightLayout::NK,
+            group_end: group_end.view(DType::I64, &[e]),
+            row_scale: None,
+            bias: None,
+            y: hbuf.view_mut(dtype, &[rows, 2 * i]),
+        };
+        backend.grouped_gemm(args.validate()?)
+    })?;
+    timed("swiglu", &mut || {
+        let args = Swiglu {
+            h: hbuf.view(dtype, &[rows, 2 * i]),
+            out: act.view_mut(dtype, &[rows, i]),
+            limit: p.swiglu_limit,
+        };
+        backend.swiglu(args.validate()?)
+    })?;
+    timed("down", &mut || {
+        let args = GroupedGemm {
+            x: act.view(dtype, &[rows, i]),
+            w: w.down.view(dtype, &[e, h, i]),
+            layout: WeightLayout::NK,
+            group_end: group_end.view(DType::I64, &[e]),
+            row_scale: None,
+            bias: None,
+            y: y_all.view_mut(dtype, &[rows, h]),
+        };
+        backend.grouped_gemm(args.validate()?)
+    })?;
+    if s > 0 {
+        let dense_end = backend.upload_slice(&[t as i64])?;
+        let mut hs = backend.alloc(t * 2 * i * es)?;
+        let mut as_ = backend.alloc(t * i * es)?;
+        timed("shared_expert", &mut || {
+            for (si, (gu, dn)) in w.shared.iter().enumerate() {
+                let args = GroupedGemm {
+                    x: x.view(dtype, &[t, h]),
+                    w: gu.view(dtype, &[1, 2 * i, h]),
+                    layout: WeightLayout::NK,
+                    group_end: dense_end.view(DType::I64, &[1]),
+                    row_scale: None,
+                    bias: None,
+                    y: hs.view_mut(dtype, &[t, 2 * i]),
+                };
+                backend.grouped_gemm(args.validate()?)?;
+                let args = Swiglu {
+                    h: hs.view(dtype, &[t, 2 * i]),
+                    out: as_.view_mut(dtype, &[t, i]),
+                    limit: p.swiglu_limit,
+                };
+                backend.swiglu(args.validate()?)?;
+                let args = GroupedGemm {
+                    x: as_.view(dtype, &[t, i]),
+                    w: dn.view(dtype, &[1, h, i]),
+                    layout: WeightLayout::NK,
+                    group_end: dense_end.view(DType::I64, &[1]),
+                    row_scale: None,
+                    bias: None,
+                    y: y_all.view_mut(dtype, &[t, h]).with_offset((rows + si * t) * h),
+                };
+                backend.grouped_gemm(args.validate()?)?;
+            }
+            Ok(())
+        })?;
+    }
+    timed("moe_combine", &mut || {
+        if s == 0 {
+            let args = MoeCombine {
+                y_perm: y_all.view(dtype, &[rows, h]),
+                slot_row: slot_row.view(DType::I64, &[t, k]),
+                weights: weights.view(DType::F32, &[t, k]),
+                out: out.view_mut(dtype, &[t, h]),
+            };
+            return backend.moe_combine(args.validate()?);
+        }
+        // Extend each token's slots with its shared-expert rows (weight 1).
+        let sr: Vec<i64> = backend.download_vec(&slot_row, rows)?;
+        let wt: Vec<f32> = backend.download_vec(&weights, rows)?;
+        let kk = k + s;
+        let mut sr2 = Vec::with_capacity(t * kk);
+        let mut wt2 = Vec::with_capacity(t * kk);
+        for tok in 0..t {
+            sr2.extend_from_slice(&sr[tok * k..(tok + 1) * k]);
+            wt2.extend_from_slice(&wt[tok * k..(tok + 1) * k]);
+            for si in 0..s {
+                sr2.push((rows + si * t + tok) as i64);
+                wt2.push(1.0);
+            }
+        }
+        let sr2 = backend.upload_slice(&sr2)?;
+        let wt2 = backend.upload_slice(&wt2)?;
+        let args = MoeCombine {
+            y_perm: y_all.view(dtype, &[rows + s * t, h]),
+            slot_row: sr2.view(DType::I64, &[t, kk]),
+            weights: wt2.view(DType::F32, &[t, kk]),
+            out: out.view_mut(dtype, &[t, h]),
+        };
+        backend.moe_combine(args.validate()?)
+    })?;
+    let out = download_floats(backend, &out, dtype, t * h)?;
+    let ids: Vec<i32> = backend.download_vec(&ids, rows)?;
+    if let Some((pos, &bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= e) {
+        return Err(Error::invalid(
+            "moe",
+            "ids",
+            format!("router returned id {bad} at {pos}, outside [0, {e})"),
+        ));
+    }
+    Ok(MoeOutput { out, stages, ids })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::preset;
+
+    #[test]
+    fn fit_keeps_small_presets_and_scales_big_ones() {
+        let q = preset("qwen3-30b-a3b").unwrap();
+        let (p, notes) = fit_experts(q, DType::BF16, 4 << 30);
+        assert_eq!(p, *q);
+        assert!(notes.is_empty());
+        let d = preset("deepseek-v3").unwrap();
+        let (p, notes) = fit_experts(d, DType::BF16, 4 << 30);
+        assert!(p.experts < d.experts && p.experts >= p.k);
+        assert!(weight_bytes(&p, DType::BF16) <= 4 << 30);
+        let g = p.group.unwrap();
+        assert_eq!(p.experts % g.n_group, 0);
+        assert!(p.k <= g.topk_group * p.experts / g.n_group);
+        assert!(notes[0].contains("scaled by expert count"));
+    }
+
+    /// The pipeline against the layer written out on the host in f64 from the spec (OPS.md §3:
+    /// routed experts weighted by the router, plus the shared expert), with the same seeded
+    /// weights regenerated on the host.
+    #[test]
+    fn layer_matches_a_host_f64_computation() {
+        let base = *preset("deepseek-v4-flash").unwrap();
+        let p = Preset {
+            hidden: 64,
+            expert_width: 32,
+            experts: 8,
+            k: 3,
+            ..base
+        };
+        let (t, h, i, e, k) = (5, p.hidden, p.expert_width, p.experts, p.k);
+        let seed = 11;
+        let be = moehal_core::Reference::new();
+        let ws = MoeWeights::upload(&[&be], &p, DType::F32, seed, &|_| {}).unwrap();
+        let inp = MoeInputs::generate(&p, t, DType::F32, seed).unwrap();
+        let got = forward(&be, &p, DType::F32, &ws[0], &inp).unwrap();
+
+        let f = |stream: u64, n: usize, fan_in: usize| -> Vec<f64> {
+            let b = random_floats(
+                DType::F32,
+                n,
+                (3.0 / fan_in as f32).sqrt(),
+                stream_seed(seed, stream),
+                0,
+            )
+            .unwrap();
+            super::super::decode_floats(DType::F32, &b)
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let gu = f(1, e * 2 * i * h, h);
+        let dn = f(2, e * h * i, i);
+        let sgu = f(10, 2 * i * h, h);
+        let sdn = f(11, h * i, i);
+        let x = super::super::decode_floats(DType::F32, &inp.x).unwrap();
+        let limit = p.swiglu_limit.map(f64::from);
+        let expert = |gu: &[f64], dn: &[f64], xt: &[f32]| -> Vec<f64> {
+            let hcol = |n: usize| -> f64 { (0..h).map(|c| gu[n * h + c] * xt[c] as f64).sum() };
+            let act: Vec<f64> = (0..i)
+                .map(|j| {
+                    let (mut g, mut u) = (hcol(j), hcol(i + j));
+                    if let Some(l) = limit {
+                        g = g.min(l);
+                        u = u.clamp(-l, l);
+                    }
+                    g / (1.0 + (-g).exp()) * u
+                })
+                .collect();
+            (0..h).map(|n| (0..i).map(|j| dn[n * i + j] * act[j]).sum()).collect()
+        };
+        let mut want = vec![0f32; t * h];
+        for tok in 0..t {
+            let xt = &x[tok * h..(tok + 1) * h];
+            let logits: Vec<f64> = inp.logits[tok * e..(tok + 1) * e].iter().map(|&v| v as f64).collect();
+            let route = moehal_core::reference::route_token(&p.router(), &logits, inp.bias.as_deref());
+            assert_eq!(&route.ids[..], &got.ids[tok * k..(tok + 1) * k]);
+            let mut acc = expert(&sgu, &sdn, xt);
+            for (&id, &wgt) in route.ids.iter().zip(&route.weights) {
+                let id = id as usize;
+                let y = expert(
+                    &gu[id * 2 * i * h..(id + 1) * 2 * i * h],
+                    &dn[id * h * i..(id + 1) * h * i],
+                    xt,
+                );
+                acc.iter_mut().zip(y).for_each(|(a, v)| *a += wgt * v);
+            }
+            for (o, a) in want[tok * h..(tok + 1) * h].iter_mut().zip(acc) {
+                *o = a as f32;
+            }
+        }
+        let err = super::super::rel_error(&got.out, &want);
+        assert!(err < 1e-5, "relative error {err}");
+    }
+
+    #[test]
+    fn tiny_layer_matches_itself_on_reference() {
+        let p = preset("deepseek-v4-flash").unwrap().scaled_widths(64);
+        let p = Preset { experts: 8, ..p };
+        let be = moehal_core::Reference::new();
+        let ws = MoeWeights::upload(&[&be], &p, DType::F32, 1, &|_| {}).unwrap();
+        let inp = MoeInputs::generate(&p, 3, DType::F32, 1).unwrap();
+        let a = forward(&be, &p, DType::F32, &ws[0], &inp).unwrap();
+        assert_eq!(a.out.len(), 3 * p.hidden);
+        assert!(a.out.iter().all(|v| v.is_finite()));
+        assert!(a.out.iter().any(|&v| v != 0.0));
+        assert!(a.stages.iter().any(|s| s.name == "shared_expert"));
+        // Distinct ids per token.
+        for tok in a.ids.chunks(p.k) {
+            let mut v = tok.to_vec();
+            v.sort();
+            v.dedup();
+            assert_eq!(v.len(), p.k);
+        }
+    }
+}
