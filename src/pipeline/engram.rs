@@ -29,10 +29,10 @@ const OP: &str = "engram";
 /// The default text, embedded so it works from any directory: meant to be this repository's
 /// README.md; the root Cargo.toml stands in until README.md exists (then point both constants at
 /// `../../README.md`).
-pub const DEFAULT_TEXT: &str = include_str!("../../Cargo.toml");
+pub const DEFAULT_TEXT: &str = include_str!("../../README.md");
 
 /// The name of [`DEFAULT_TEXT`] as printed.
-pub const DEFAULT_TEXT_NAME: &str = "Cargo.toml (embedded; stands in for README.md, which does not exist yet)";
+pub const DEFAULT_TEXT_NAME: &str = "README.md (embedded)";
 
 /// Row width `D` of the DeepSeek-V4.1-Flash Engram table.
 pub const ROW_DIM: usize = v41_flash::ROW_DIM;
