@@ -15,8 +15,8 @@
 
 #define GG_CHECK_THREADS 1024
 
-extern "C" __global__ void gg_check(const i64* __restrict__ group_end, i64 G, i64 M, i64 bm,
-                                    i64* __restrict__ tile_prefix, i32* err) {
+extern "C" __global__ void __launch_bounds__(GG_CHECK_THREADS)
+    gg_check(const i64* __restrict__ group_end, i64 G, i64 M, i64 bm, i64* __restrict__ tile_prefix, i32* err) {
     // 1. validation (any thread may flag)
     for (i64 g = threadIdx.x; g < G; g += blockDim.x) {
         i64 e = group_end[g];

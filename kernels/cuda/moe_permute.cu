@@ -54,8 +54,8 @@ extern "C" __global__ void perm_colscan(i64* __restrict__ cnt, i64 nchunks, i64 
 }
 
 #define PERM_SCAN_THREADS 1024
-extern "C" __global__ void perm_scan(const i64* __restrict__ total, i64 E, i64* __restrict__ group_end,
-                                     i64* __restrict__ start, const i32* err) {
+extern "C" __global__ void __launch_bounds__(PERM_SCAN_THREADS)
+    perm_scan(const i64* __restrict__ total, i64 E, i64* __restrict__ group_end, i64* __restrict__ start, const i32* err) {
     if (*(volatile const i32*)err) return;
     __shared__ i64 s[PERM_SCAN_THREADS];
     __shared__ i64 carry;

@@ -135,6 +135,25 @@ fn grid1(n: usize, per_block: usize, cap: usize) -> u32 {
     cdiv(n, per_block).clamp(1, cap) as u32
 }
 
+/// Upper bound of the m-tile slots of `grouped_gemm` (the kernels' `tile_prefix[G]` for tiles of
+/// `bm` rows): `sum_g ceil(rows_g / bm) <= ceil(M / bm) + G`.
+fn gemm_slots(m: usize, bm: usize, g: usize) -> usize {
+    cdiv(m, bm) + g
+}
+
+/// `moe_permute` chunking of `n > 0` flat slots: `(chunk, nchunks)`; `chunk` is a multiple of 32
+/// (one warp step), at least 256, and there are at most 256 chunks.
+fn permute_chunks(n: usize) -> (usize, usize) {
+    let chunk = cdiv(cdiv(n, 256).max(256), 32) * 32;
+    (chunk, cdiv(n, chunk))
+}
+
+/// Scratch bytes `engram_launch` carves after its start (four 256-aligned regions: multipliers
+/// `[N]`, primes `[C]`, offsets `[C]`, history `[max(hl, 1)]`, all 8-byte words).
+fn engram_scratch(n: usize, c: usize, hl: usize) -> usize {
+    4 * 256 + (n + 2 * c + hl + 1) * 8
+}
+
 impl CudaBackend {
     pub(crate) fn new(ordinal: usize) -> Result<Self> {
         let n = raw::device_count().map_err(dev_err)?;
@@ -195,6 +214,8 @@ impl CudaBackend {
     /// # Errors
     /// NVRTC or module-load failures.
     pub fn warm_up(&self) -> Result<()> {
+        // Module loads need the context current on this thread (it may not be the one that opened us).
+        raw::bind(&self.ctx).map_err(dev_err)?;
         for u in [
             Unit::GroupedGemm,
             Unit::Router,
@@ -402,6 +423,17 @@ impl CudaBackend {
         }
     }
 
+    /// For a host table: the process-wide lock that spans its registration, use and
+    /// unregistration. Without it an op that finds the range already registered (by a concurrent op,
+    /// possibly of another backend on the same device) could read it after that op unregisters it.
+    fn host_table_guard(&self, t: &TensorRef<'_>) -> Result<Option<std::sync::MutexGuard<'static, ()>>> {
+        static HOST_TABLES: Mutex<()> = Mutex::new(());
+        if self.own(t.buffer()) {
+            return Ok(None);
+        }
+        self.lock(&HOST_TABLES).map(Some)
+    }
+
     /// Table address as the device sees it; registers host memory (mapped, read-only) when needed.
     /// Returns `(device address of element 0, host address to unregister)`.
     fn table_ptr(&self, t: &TensorRef<'_>, op: &'static str) -> Result<(u64, Option<u64>)> {
@@ -540,7 +572,9 @@ impl Drop for CudaBackend {
         if raw::bind(&self.ctx).is_err() {
             return;
         }
-        let _ = self.own_stream.sync();
+        // Every stream of the context, not only ours: an engine's stream (set_external_stream) may
+        // still run our kernels, and the modules and scratch are released below.
+        let _ = self.ctx.synchronize();
         if let Ok(sc) = self.scratch.get_mut() {
             if sc.ptr != 0 {
                 let _ = raw::mem_free(sc.ptr);
@@ -655,11 +689,18 @@ impl Backend for CudaBackend {
 
     unsafe fn set_external_stream(&self, stream: u64) -> Result<()> {
         let mut cur = self.lock(&self.stream)?;
-        *cur = if stream == 0 {
+        let next = if stream == 0 {
             self.own_stream
         } else {
             Stream::borrowed(stream)
         };
+        if next != *cur {
+            // Work already enqueued on the old stream (uploads still in DMA, async ops) is not
+            // ordered before work on the new one (both are non-blocking streams): drain it first.
+            raw::bind(&self.ctx).map_err(dev_err)?;
+            cur.sync().map_err(dev_err)?;
+        }
+        *cur = next;
         Ok(())
     }
 
@@ -728,7 +769,7 @@ impl Backend for CudaBackend {
                     } else {
                         (64, 0)
                     };
-                    let slots = cdiv(d.m, bm) + d.groups;
+                    let slots = gemm_slots(d.m, bm, d.groups);
                     let grid = (cdiv(d.n, bn) as u32, slots.min(65_535) as u32);
                     let args = [
                         Arg::P(x),
@@ -852,8 +893,7 @@ impl Backend for CudaBackend {
         if n == 0 {
             return raw::memset8(ge, 0, e * 8, s).map_err(dev_err);
         }
-        let chunk = cdiv(cdiv(n, 256).max(256), 32) * 32;
-        let nchunks = cdiv(n, chunk);
+        let (chunk, nchunks) = permute_chunks(n);
         let mut sc = self.lock(&self.scratch)?;
         let mut carve = Carve::new();
         let cnt_off = carve.take(nchunks * e * 8);
@@ -1036,7 +1076,7 @@ impl Backend for CudaBackend {
         let s = self.begin()?;
         let mut sc = self.lock(&self.scratch)?;
         let c = a.layer.columns();
-        let need = 256 + 4 * 256 + (a.layer.max_order() + 2 * c + a.history.len() + 1) * 8;
+        let need = 256 + engram_scratch(a.layer.max_order(), c, a.history.len());
         let base = self.ensure_scratch(&mut sc, need, s)?;
         self.flag_reset(base, s)?;
         let mut carve = Carve::new();
@@ -1062,8 +1102,9 @@ impl Backend for CudaBackend {
         if npairs == 0 {
             return Ok(());
         }
-        let (table, reg) = self.table_ptr(&a.table, OP)?;
+        let _host = self.host_table_guard(&a.table)?;
         let mut sc = self.lock(&self.scratch)?;
+        let (table, reg) = self.table_ptr(&a.table, OP)?;
         let res = (|| {
             let base = self.ensure_scratch(&mut sc, 256, s)?;
             self.flag_reset(base, s)?;
@@ -1110,12 +1151,13 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let d = a.format.row_dim(a.table.shape()[1]).unwrap_or(0);
-        let (table, reg) = self.table_ptr(&a.table, OP)?;
+        let _host = self.host_table_guard(&a.table)?;
         let mut sc = self.lock(&self.scratch)?;
+        let (table, reg) = self.table_ptr(&a.table, OP)?;
         let res = (|| {
             let mut carve = Carve::new();
             let rows_off = carve.take(t * c * 8);
-            let need = carve.next + 4 * 256 + (a.layer.max_order() + 2 * c + a.history.len() + 1) * 8;
+            let need = carve.next + engram_scratch(a.layer.max_order(), c, a.history.len());
             let base = self.ensure_scratch(&mut sc, need, s)?;
             let rows = base + rows_off as u64;
             self.flag_reset(base, s)?;
@@ -1137,5 +1179,416 @@ impl Backend for CudaBackend {
             return Err(Error::invalid(OP, "ids", format!("ids[{idx}] outside [0, V')")));
         }
         Ok(())
+    }
+}
+
+/// Host-side checks of the launch arithmetic and of the kernels' index and selection rules,
+/// transliterated from `kernels/cuda` (no GPU needed).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moehal_core::ops::{GroupLimit, RouterConfig};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn define(src: &str, name: &str) -> usize {
+        let pre = format!("#define {name} ");
+        let line = src
+            .lines()
+            .find(|l| l.starts_with(&pre))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line[pre.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn tc_shared_memory_matches_the_kernel_tiles() {
+        let src = kernels::SOURCES[Unit::GroupedGemm as usize].1;
+        let (m, n, k, st) = (
+            define(src, "TC_M"),
+            define(src, "TC_N"),
+            define(src, "TC_K"),
+            define(src, "TC_STAGES"),
+        );
+        assert!(src.contains("#define TC_LDA (TC_K + 8)") && src.contains("#define TC_LDB_KN (TC_N + 8)"));
+        let a = m * (k + 8);
+        let b = (n * (k + 8)).max(k * (n + 8));
+        assert_eq!(TC_SMEM as usize, st * (a + b) * 2);
+        const { assert!(TC_SMEM <= 227 * 1024) };
+    }
+
+    /// gg_check's tile prefix + gg_find_group + the slot -> rows rule of gg_simt / gg_tc.
+    fn schedule(group_end: &[i64], bm: i64) -> Vec<(i64, i64, i64)> {
+        let g = group_end.len();
+        let mut prefix = vec![0i64; g + 1];
+        for i in 0..g {
+            let p = if i == 0 { 0 } else { group_end[i - 1] };
+            prefix[i + 1] = prefix[i] + (group_end[i] - p + bm - 1) / bm;
+        }
+        let total = prefix[g];
+        let mut out = Vec::new();
+        for slot in 0..total {
+            let (mut lo, mut hi) = (0i64, g as i64 - 1);
+            while lo < hi {
+                let mid = (lo + hi + 1) >> 1;
+                if prefix[mid as usize] <= slot {
+                    lo = mid
+                } else {
+                    hi = mid - 1
+                }
+            }
+            let gi = lo as usize;
+            let gstart = if gi == 0 { 0 } else { group_end[gi - 1] };
+            let row0 = gstart + (slot - prefix[gi]) * bm;
+            out.push((gi as i64, row0, bm.min(group_end[gi] - row0)));
+        }
+        out
+    }
+
+    #[test]
+    fn gemm_tiles_cover_every_routed_row_once_and_nothing_past_the_last_group() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for case in 0..300 {
+            let g = rng.gen_range(1..40usize);
+            let mut ends = Vec::with_capacity(g);
+            let mut acc = 0i64;
+            for _ in 0..g {
+                // many empty groups (leading, trailing, runs), some larger than a tile
+                acc += match rng.gen_range(0..4) {
+                    0 => 0,
+                    1 => rng.gen_range(1..4),
+                    2 => rng.gen_range(1..200),
+                    _ => 128,
+                };
+                ends.push(acc);
+            }
+            let m = acc as usize + rng.gen_range(0..50usize); // guard rows past group_end[G-1]
+            for bm in [64i64, 128] {
+                let mut seen = vec![0u8; m];
+                let sched = schedule(&ends, bm);
+                assert!(
+                    sched.len() <= gemm_slots(m, bm as usize, g),
+                    "case {case}: grid too small"
+                );
+                for (gi, row0, rows) in sched {
+                    assert!(rows >= 1 && rows <= bm, "case {case}: tile of {rows} rows");
+                    let gstart = if gi == 0 { 0 } else { ends[gi as usize - 1] };
+                    assert!(row0 >= gstart && row0 + rows <= ends[gi as usize]);
+                    for r in row0..row0 + rows {
+                        seen[r as usize] += 1;
+                    }
+                }
+                let last = *ends.last().unwrap() as usize;
+                assert!(
+                    seen[..last].iter().all(|&c| c == 1),
+                    "case {case}: row not covered once"
+                );
+                assert!(seen[last..].iter().all(|&c| c == 0), "case {case}: guard row touched");
+            }
+        }
+    }
+
+    /// perm_count + perm_colscan + perm_scan + perm_scatter, warp step by warp step.
+    fn permute_sim(ids: &[i32], k: usize, e: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+        let n = ids.len();
+        let (chunk, nchunks) = permute_chunks(n);
+        let mut cnt = vec![0i64; nchunks * e];
+        for c in 0..nchunks {
+            for f in c * chunk..((c + 1) * chunk).min(n) {
+                if ids[f] >= 0 {
+                    cnt[c * e + ids[f] as usize] += 1;
+                }
+            }
+        }
+        let mut total = vec![0i64; e];
+        for x in 0..e {
+            let mut acc = 0;
+            for c in 0..nchunks {
+                let v = cnt[c * e + x];
+                cnt[c * e + x] = acc;
+                acc += v;
+            }
+            total[x] = acc;
+        }
+        let mut group_end = vec![0i64; e];
+        let mut start = vec![0i64; e];
+        let mut run = 0;
+        for x in 0..e {
+            start[x] = run;
+            run += total[x];
+            group_end[x] = run;
+        }
+        let mut slot_row = vec![-1i64; n];
+        let mut src = vec![-1i64; n];
+        for c in 0..nchunks {
+            let mut s = 0;
+            while s < chunk {
+                let lanes: Vec<i32> = (0..32)
+                    .map(|l| {
+                        let f = c * chunk + s + l;
+                        if f < n {
+                            ids[f]
+                        } else {
+                            -1
+                        }
+                    })
+                    .collect();
+                for (l, &x) in lanes.iter().enumerate() {
+                    if x >= 0 {
+                        let rank = lanes[..l].iter().filter(|&&y| y == x).count() as i64;
+                        let pos = start[x as usize] + cnt[c * e + x as usize] + rank;
+                        let f = c * chunk + s + l;
+                        slot_row[f] = pos;
+                        src[pos as usize] = (f / k) as i64;
+                    }
+                }
+                for x in 0..e {
+                    cnt[c * e + x] += lanes.iter().filter(|&&y| y == x as i32).count() as i64;
+                }
+                s += 32;
+            }
+        }
+        (group_end, slot_row, src)
+    }
+
+    #[test]
+    fn permute_chunking_and_scatter_follow_t_j_order() {
+        for n in [1usize, 31, 32, 255, 256, 257, 8191, 65_536, 65_537, 1 << 20, 10_000_003] {
+            let (chunk, nchunks) = permute_chunks(n);
+            assert!(chunk % 32 == 0 && chunk >= 256 && nchunks <= 256, "n = {n}");
+            assert!(chunk * nchunks >= n && (nchunks - 1) * chunk < n, "n = {n}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for case in 0..60 {
+            let (t, k, e) = (
+                rng.gen_range(1..3000usize),
+                rng.gen_range(1..9usize),
+                rng.gen_range(1..70usize),
+            );
+            let ids: Vec<i32> = (0..t * k)
+                .map(|_| {
+                    if rng.gen_range(0..10) == 0 {
+                        -1
+                    } else {
+                        rng.gen_range(0..e as i32)
+                    }
+                })
+                .collect();
+            let (ge, slot_row, src) = permute_sim(&ids, k, e);
+            // expected: stable sort of the routed flat slots by expert
+            let mut order: Vec<usize> = (0..ids.len()).filter(|&f| ids[f] >= 0).collect();
+            order.sort_by_key(|&f| ids[f]);
+            for (row, &f) in order.iter().enumerate() {
+                assert_eq!(slot_row[f], row as i64, "case {case}: slot {f}");
+                assert_eq!(src[row], (f / k) as i64, "case {case}: row {row}");
+            }
+            assert!(ids.iter().zip(&slot_row).all(|(&i, &r)| (i < 0) == (r < 0)));
+            for (x, &end) in ge.iter().enumerate() {
+                assert_eq!(end, ids.iter().filter(|&&i| i >= 0 && i <= x as i32).count() as i64);
+            }
+        }
+    }
+
+    #[test]
+    fn engram_scratch_bound_covers_the_carve() {
+        for n in 2..=8usize {
+            for heads in [1usize, 2, 8, 33, 100] {
+                let c = (n - 1) * heads;
+                for hl in 0..n {
+                    for rows_first in [0usize, 1, 4096 * 24 + 8] {
+                        let mut carve = Carve::new();
+                        if rows_first > 0 {
+                            carve.take(rows_first);
+                        }
+                        let start = carve.next;
+                        let ends = [
+                            carve.take(n * 8) + n * 8,
+                            carve.take(c * 8) + c * 8,
+                            carve.take(c * 8) + c * 8,
+                            carve.take(hl.max(1) * 8) + hl.max(1) * 8,
+                        ];
+                        let need = start + engram_scratch(n, c, hl);
+                        assert!(ends.iter().all(|&x| x <= need), "n {n} c {c} hl {hl}");
+                        assert!(carve.next <= need);
+                    }
+                }
+            }
+        }
+    }
+
+    // gather_rows.cu: fp8_e4m3_to_f32, ue8m0_to_f32, fp8_dequant, and common.cuh f32_to_bf16.
+    fn dev_e4m3(b: u32) -> f32 {
+        let sign = (b & 0x80) << 24;
+        let (e, m) = ((b >> 3) & 15, b & 7);
+        if e == 15 && m == 7 {
+            return f32::from_bits(0x7fc0_0000);
+        }
+        let v = if e == 0 {
+            m as f32 * 0.001_953_125
+        } else {
+            f32::from_bits(((e + 120) << 23) | (m << 20))
+        };
+        f32::from_bits(v.to_bits() | sign)
+    }
+    fn dev_ue8m0(b: u32) -> f32 {
+        match b {
+            255 => f32::from_bits(0x7fc0_0000),
+            0 => f32::from_bits(0x0040_0000),
+            _ => f32::from_bits(b << 23),
+        }
+    }
+    fn dev_bf16(f: f32) -> u16 {
+        let u = f.to_bits();
+        if u & 0x7fff_ffff > 0x7f80_0000 {
+            return ((u >> 16) | 0x40) as u16;
+        }
+        (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    }
+
+    #[test]
+    fn fp8_dequant_formula_is_bitwise_the_contract() {
+        use moehal_core::ops::gather_rows::fp8_dequant;
+        for q in 0..256u32 {
+            for s in 0..256u32 {
+                let (v, sc) = (dev_e4m3(q), dev_ue8m0(s));
+                let dev = if v.is_nan() || sc.is_nan() {
+                    f32::from_bits(0x7fc0_0000)
+                } else {
+                    v * sc
+                };
+                let want = fp8_dequant(q as u8, s as u8);
+                assert_eq!(dev.to_bits(), want.to_bits(), "q {q:#x} s {s}");
+                let bf = half::bf16::from_f64(want as f64).to_bits();
+                assert_eq!(dev_bf16(dev), bf, "bf16 of q {q:#x} s {s}");
+            }
+        }
+    }
+
+    /// router_topk.cu steps 2-5 (selection score, group limit, iterated arg-max, fill slots,
+    /// weights) on the reference's unbiased scores, in f64.
+    fn router_mirror(cfg: &RouterConfig, logits: &[f64], s: &[f64], bias: Option<&[f32]>) -> (Vec<i32>, Vec<f64>) {
+        let e = logits.len();
+        let ninf = f64::NEG_INFINITY;
+        let better = |av: f64, ai: usize, bv: f64, bi: usize| av > bv || (av == bv && ai < bi);
+        let mut sh: Vec<f64> = (0..e)
+            .map(|i| {
+                if !logits[i].is_finite() {
+                    return ninf;
+                }
+                let v = s[i] + bias.map_or(0.0, |b| b[i] as f64);
+                if v.is_finite() {
+                    v
+                } else {
+                    ninf
+                }
+            })
+            .collect();
+        if let Some(g) = cfg.effective_group() {
+            let gs = e / g.n_group;
+            let gsc: Vec<f64> = (0..g.n_group)
+                .map(|q| {
+                    let (mut b1, mut b2) = (ninf, ninf);
+                    for &v in &sh[q * gs..(q + 1) * gs] {
+                        if v > b1 {
+                            b2 = b1;
+                            b1 = v;
+                        } else if v > b2 {
+                            b2 = v;
+                        }
+                    }
+                    if g.score == GroupScore::Top2Sum {
+                        b1 + b2
+                    } else {
+                        b1
+                    }
+                })
+                .collect();
+            let mut keep = vec![false; g.n_group];
+            for _ in 0..g.topk_group {
+                let (mut cv, mut ci) = (ninf, usize::MAX);
+                for q in 0..g.n_group {
+                    if !keep[q] && better(gsc[q], q, cv, ci) {
+                        (cv, ci) = (gsc[q], q);
+                    }
+                }
+                keep[ci] = true;
+            }
+            for (i, v) in sh.iter_mut().enumerate() {
+                if !keep[i / gs] {
+                    *v = ninf;
+                }
+            }
+        }
+        let mut chosen = vec![false; e];
+        let (mut ids, mut w) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.k {
+            let (mut cv, mut ci) = (ninf, usize::MAX);
+            for i in 0..e {
+                if !chosen[i] && better(sh[i], i, cv, ci) {
+                    (cv, ci) = (sh[i], i);
+                }
+            }
+            chosen[ci] = true;
+            ids.push(ci as i32);
+            w.push(if cv == ninf { 0.0 } else { s[ci] });
+        }
+        let den = w.iter().sum::<f64>() + 1e-20;
+        for x in w.iter_mut() {
+            if cfg.renormalize {
+                *x /= den;
+            }
+            *x *= cfg.routed_scaling_factor as f64;
+        }
+        (ids, w)
+    }
+
+    #[test]
+    fn router_selection_rule_matches_the_reference_with_ties_and_non_finite_logits() {
+        use moehal_core::reference::route_token;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for case in 0..3000 {
+            let e = [4usize, 8, 16, 64, 256][rng.gen_range(0..5)];
+            let logits: Vec<f64> = (0..e)
+                .map(|_| match rng.gen_range(0..12) {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    _ => rng.gen_range(-2..3) as f64, // small set: many exact ties
+                })
+                .collect();
+            let bias: Option<Vec<f32>> = rng
+                .gen_bool(0.5)
+                .then(|| (0..e).map(|_| [0.0, 0.5, -0.5][rng.gen_range(0..3)]).collect());
+            let scoring = [Scoring::Softmax, Scoring::Sigmoid, Scoring::SqrtSoftplus][rng.gen_range(0..3)];
+            let group = if rng.gen_bool(0.5) {
+                let n_group = [2usize, 4][rng.gen_range(0..2)];
+                // top2_sum needs two experts a group (validation rejects it otherwise)
+                let score = if e / n_group >= 2 && rng.gen_bool(0.5) {
+                    GroupScore::Top2Sum
+                } else {
+                    GroupScore::Max
+                };
+                Some(GroupLimit {
+                    n_group,
+                    topk_group: rng.gen_range(1..=n_group),
+                    score,
+                })
+            } else {
+                None
+            };
+            let per_group = group.map_or(e, |g| g.topk_group * e / g.n_group);
+            let cfg = RouterConfig {
+                k: rng.gen_range(1..=per_group.min(e)),
+                scoring,
+                group,
+                renormalize: rng.gen_bool(0.5),
+                routed_scaling_factor: 2.5,
+            };
+            let r = route_token(&cfg, &logits, bias.as_deref());
+            let (ids, w) = router_mirror(&cfg, &logits, &r.scores, bias.as_deref());
+            assert_eq!(ids, r.ids, "case {case}: {cfg:?} {logits:?} {bias:?}");
+            for (a, b) in w.iter().zip(&r.weights) {
+                assert!((a - b).abs() <= 1e-12, "case {case}: weight {a} vs {b}");
+            }
+        }
     }
 }

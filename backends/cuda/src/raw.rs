@@ -331,7 +331,16 @@ pub(crate) fn host_register(ptr: u64, bytes: usize) -> CuResult<(u64, bool)> {
     let p = ptr as usize as *mut c_void;
     let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_READ_ONLY;
     // SAFETY: the caller passes a live host range of `bytes` bytes (a host Buffer it borrows for the op).
-    let r = unsafe { sys::cuMemHostRegister_v2(p, bytes, flags) };
+    let mut r = unsafe { sys::cuMemHostRegister_v2(p, bytes, flags) };
+    if r != sys::CUresult::CUDA_SUCCESS && r != sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED {
+        // READ_ONLY needs CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED; writable host memory
+        // maps without it. A read-only mapping (mmap'd file) keeps the first error.
+        // SAFETY: as above.
+        let r2 = unsafe { sys::cuMemHostRegister_v2(p, bytes, sys::CU_MEMHOSTREGISTER_DEVICEMAP) };
+        if r2 == sys::CUresult::CUDA_SUCCESS || r2 == sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED {
+            r = r2;
+        }
+    }
     let ours = match r {
         sys::CUresult::CUDA_SUCCESS => true,
         sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED => false,
