@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 #[allow(unused_imports)]
-use moehal_core::{Backend, Error, Result};
+use moehal_core::{Backend, Result};
 
-/// Open the CPU SIMD backend (threads: `MOEHAL_THREADS` or all cores).
+/// Open the CPU SIMD backend: the best instruction set of this machine, threads from the
+/// process-wide pool (`MOEHAL_CPU_THREADS`, default all cores).
 #[cfg(feature = "cpu")]
 pub fn open_cpu() -> Result<Arc<dyn Backend>> {
-    Err(Error::Unavailable {
-        backend: "cpu".into(),
-        reason: "being wired".into(),
-    })
+    Ok(Arc::new(moehal_cpu::CpuBackend::new()))
 }
 
 /// Open CUDA device 0.
@@ -25,8 +23,5 @@ pub fn open_cuda() -> Result<Arc<dyn Backend>> {
 /// `ASCEND_TOOLKIT_HOME`, `LD_LIBRARY_PATH`, then the standard install roots.
 #[cfg(feature = "ascend")]
 pub fn open_ascend() -> Result<Arc<dyn Backend>> {
-    Err(Error::Unavailable {
-        backend: "ascend".into(),
-        reason: "being wired".into(),
-    })
+    moehal_ascend::open()
 }
