@@ -10,6 +10,7 @@ use crate::Registry;
 pub(super) fn run() -> CliResult {
     let reg = Registry::discover();
     let mut t = Table::new(&["backend", "status", "device", ">memory", "capability", ">units"]);
+    let mut reasons = Vec::new();
     for e in reg.entries() {
         match &e.status {
             Ok(b) => {
@@ -23,10 +24,17 @@ pub(super) fn run() -> CliResult {
                     info.compute_units.map_or_else(|| "-".into(), |u| u.to_string()),
                 ]);
             }
-            Err(reason) => t.row(vec![e.name.to_string(), format!("unavailable ({reason})")]),
+            Err(reason) => {
+                // Reasons can be long (search paths): listed under the table, not in a column.
+                t.row(vec![e.name.to_string(), "unavailable (see below)".into()]);
+                reasons.push(format!("{}: {reason}", e.name));
+            }
         }
     }
     out!("{}", t.render());
+    for r in &reasons {
+        outln!("{r}");
+    }
     let n = reg.available().count();
     outln!("{n} of {} compiled-in backends available", reg.entries().len());
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,387 @@
+//! [`CpuBackend`]: the `moehal_core::Backend` implementation of this crate. Dtype dispatch happens
+//! here, once per op; value-dependent validation runs inside each op before anything is written.
+
+use crate::elem::Elem;
+use crate::engram::{self, GatherOut, Table};
+use crate::grouped_gemm::{self, GemmArgs, Layout, PackedWeights, Weights};
+use crate::pool::Pool;
+use crate::simd::{mem, Isa, Kernels};
+use crate::{moe_combine, moe_permute, router_topk, swiglu};
+use half::{bf16, f16};
+use moehal_core::host::{self, slice, slice_mut, HostMemory};
+use moehal_core::ops::{
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Swiglu,
+    TableFormat, WeightLayout,
+};
+use moehal_core::{Backend, Buffer, DType, DeviceInfo, Error, Result, Support, TensorMut, TensorRef};
+
+const NAME: &str = "cpu";
+
+/// The CPU backend: host memory, SIMD kernels of the best instruction set of this machine, threads
+/// from a rayon pool (by default the process-wide one, shared by every `CpuBackend::new()`).
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    kern: &'static Kernels,
+    pool: Pool,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// Best kernels, process-wide pool (all cores unless `MOEHAL_CPU_THREADS` or
+    /// [`crate::pool::set_default_threads`] say otherwise).
+    pub fn new() -> Self {
+        CpuBackend {
+            kern: Kernels::best(),
+            pool: Pool::global().clone(),
+        }
+    }
+
+    /// Best kernels on a dedicated pool of `threads` workers (0 = all cores).
+    ///
+    /// Errors: `Device` if the threads cannot be started.
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        Ok(CpuBackend {
+            kern: Kernels::best(),
+            pool: Pool::new(threads)?,
+        })
+    }
+
+    /// The kernels of a given instruction set (e.g. to test a fallback), on the shared pool.
+    ///
+    /// Errors: `Unsupported` if this machine cannot run `isa`.
+    pub fn with_isa(isa: Isa) -> Result<Self> {
+        let kern = Kernels::for_isa(isa).ok_or_else(|| {
+            Error::unsupported(
+                "new",
+                NAME,
+                format!("instruction set {} not available on this CPU", isa.name()),
+            )
+        })?;
+        Ok(CpuBackend {
+            kern,
+            pool: Pool::global().clone(),
+        })
+    }
+
+    /// The kernel table in use.
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kern
+    }
+
+    /// The thread pool in use.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `grouped_gemm` with weights prepared once by [`PackedWeights::new`] (no per-call weight
+    /// traffic beyond one streaming read). `x`, `bias`, `y` as in the op; `group_end` host i64.
+    ///
+    /// Errors: `InvalidArgument` as for the op.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grouped_gemm_packed<T: Elem>(
+        &self,
+        x: &[T],
+        m: usize,
+        group_end: &[i64],
+        w: &PackedWeights<T>,
+        row_scale: Option<&[f32]>,
+        bias: Option<&[T]>,
+        y: &mut [T],
+    ) -> Result<()> {
+        let args = GemmArgs {
+            x,
+            m,
+            k: w.k(),
+            n: w.n(),
+            group_end,
+            w: Weights::Packed(w),
+            row_scale,
+            bias,
+        };
+        grouped_gemm::grouped_gemm(self.kern, &self.pool, &args, y)
+    }
+}
+
+fn gemm_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut GroupedGemm<'_>) -> Result<()> {
+    const OP: &str = "grouped_gemm";
+    let d = a.dims();
+    let layout = match a.layout {
+        WeightLayout::NK => Layout::NK,
+        WeightLayout::KN => Layout::KN,
+    };
+    let x = slice::<T>(&a.x, OP, "x")?;
+    let w = slice::<T>(&a.w, OP, "w")?;
+    let ge = slice::<i64>(&a.group_end, OP, "group_end")?;
+    let rs = a
+        .row_scale
+        .as_ref()
+        .map(|t| slice::<f32>(t, OP, "row_scale"))
+        .transpose()?;
+    let bias = a.bias.as_ref().map(|t| slice::<T>(t, OP, "bias")).transpose()?;
+    let y = slice_mut::<T>(&mut a.y, OP, "y")?;
+    let args = GemmArgs {
+        x,
+        m: d.m,
+        k: d.k,
+        n: d.n,
+        group_end: ge,
+        w: Weights::Raw(w, layout),
+        row_scale: rs,
+        bias,
+    };
+    grouped_gemm::grouped_gemm(be.kern, &be.pool, &args, y)
+}
+
+fn router_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut RouterTopk<'_>) -> Result<()> {
+    const OP: &str = "router_topk";
+    let (t, e) = a.dims();
+    let logits = slice::<T>(&a.logits, OP, "logits")?;
+    let bias = a.bias.as_ref().map(|b| slice::<f32>(b, OP, "bias")).transpose()?;
+    let cfg = a.config;
+    // The raw op checks every length before writing; outputs are written in place.
+    let ids = slice_mut::<i32>(&mut a.ids, OP, "ids")?;
+    let w = slice_mut::<f32>(&mut a.weights, OP, "weights")?;
+    let counts = a
+        .expert_counts
+        .as_mut()
+        .map(|ec| slice_mut::<i64>(ec, OP, "expert_counts"))
+        .transpose()?;
+    router_topk::router_topk(be.kern, &be.pool, &cfg, logits, t, e, bias, ids, w, counts)
+}
+
+fn swiglu_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut Swiglu<'_>) -> Result<()> {
+    let (m, i) = a.dims();
+    let h = slice::<T>(&a.h, "swiglu", "h")?;
+    let out = slice_mut::<T>(&mut a.out, "swiglu", "out")?;
+    swiglu::swiglu(be.kern, &be.pool, h, m, i, a.limit, out)
+}
+
+fn combine_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut MoeCombine<'_>) -> Result<()> {
+    const OP: &str = "moe_combine";
+    let (t, k, h, r) = a.dims();
+    let y = slice::<T>(&a.y_perm, OP, "y_perm")?;
+    let sr = slice::<i64>(&a.slot_row, OP, "slot_row")?;
+    let w = slice::<f32>(&a.weights, OP, "weights")?;
+    let out = slice_mut::<T>(&mut a.out, OP, "out")?;
+    moe_combine::moe_combine(be.kern, &be.pool, y, r, h, sr, w, t, k, out)
+}
+
+/// Bytes of a host tensor view.
+fn view_bytes<'a>(t: &TensorRef<'a>, op: &'static str, field: &'static str) -> Result<&'a [u8]> {
+    Ok(match t.dtype() {
+        DType::F32 => bytemuck::cast_slice(slice::<f32>(t, op, field)?),
+        DType::BF16 => bytemuck::cast_slice(slice::<bf16>(t, op, field)?),
+        DType::F16 => bytemuck::cast_slice(slice::<f16>(t, op, field)?),
+        DType::I32 => bytemuck::cast_slice(slice::<i32>(t, op, field)?),
+        DType::I64 => bytemuck::cast_slice(slice::<i64>(t, op, field)?),
+        DType::U8 => slice::<u8>(t, op, field)?,
+    })
+}
+
+fn table_of<'a>(t: &TensorRef<'a>, format: TableFormat, op: &'static str) -> Result<Table<'a>> {
+    let w = t.shape()[1];
+    let data = view_bytes(t, op, "table")?;
+    Ok(match format {
+        TableFormat::Fp8E4m3Ue8m0 => Table::Fp8 {
+            data,
+            d: format.row_dim(w).unwrap_or(0),
+        },
+        _ => Table::Plain {
+            data,
+            row_bytes: w * t.dtype().size(),
+        },
+    })
+}
+
+fn out_of<'b>(out: &'b mut TensorMut<'_>, format: TableFormat, op: &'static str) -> Result<GatherOut<'b>> {
+    Ok(match (format, out.dtype()) {
+        (TableFormat::Fp8E4m3Ue8m0, DType::F32) => GatherOut::F32(slice_mut::<f32>(out, op, "out")?),
+        (TableFormat::Fp8E4m3Ue8m0, DType::BF16) => GatherOut::Bf16(slice_mut::<bf16>(out, op, "out")?),
+        (TableFormat::Fp8E4m3Ue8m0, d) => return Err(Error::unsupported(op, NAME, format!("fp8 table to {d}"))),
+        (_, DType::F32) => GatherOut::Bytes(bytemuck::cast_slice_mut(slice_mut::<f32>(out, op, "out")?)),
+        (_, DType::BF16) => GatherOut::Bytes(bytemuck::cast_slice_mut(slice_mut::<bf16>(out, op, "out")?)),
+        (_, DType::F16) => GatherOut::Bytes(bytemuck::cast_slice_mut(slice_mut::<f16>(out, op, "out")?)),
+        (_, d) => return Err(Error::unsupported(op, NAME, format!("output dtype {d}"))),
+    })
+}
+
+macro_rules! by_float {
+    ($dt:expr, $op:expr, $T:ident => $body:expr) => {
+        match $dt {
+            DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            DType::F16 => {
+                type $T = f16;
+                $body
+            }
+            d => Err(Error::unsupported($op, NAME, format!("dtype {d}"))),
+        }
+    };
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn device_info(&self) -> DeviceInfo {
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        DeviceInfo {
+            name: model,
+            memory_bytes: None,
+            capability: self.kern.isa().name().to_string(),
+            compute_units: Some(self.pool.threads()),
+        }
+    }
+
+    fn supports(&self, op: &OpDesc) -> Support {
+        let isa = self.kern.isa().name();
+        match op {
+            OpDesc::GatherRows { host_table: true, .. } | OpDesc::EngramLookup { host_table: true, .. } => {
+                Support::no("host backend: tables and outputs are both host memory")
+            }
+            OpDesc::GroupedGemm { .. } => Support::yes(format!(
+                "{isa} f32-panel {}x{} microkernel",
+                crate::simd::MR,
+                crate::simd::NR
+            )),
+            OpDesc::RouterTopk { .. } | OpDesc::Swiglu { .. } => Support::yes(format!("{isa} fused per token")),
+            OpDesc::GatherRows { .. } | OpDesc::EngramLookup { .. } => Support::yes("prefetching gather"),
+            _ => Support::yes(format!("{isa} parallel")),
+        }
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        const HUGE: usize = 2 << 20;
+        let mut m = HostMemory::zeroed_aligned(bytes, if bytes >= HUGE { HUGE } else { host::HOST_ALIGN })?;
+        if bytes >= HUGE {
+            mem::advise_huge(m.bytes_mut()?);
+        }
+        Ok(Buffer::new(Box::new(m)))
+    }
+
+    fn upload(&self, dst: &mut Buffer, offset: usize, src: &[u8]) -> Result<()> {
+        host::upload(dst, offset, src)
+    }
+
+    fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        host::download(src, offset, dst)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    unsafe fn wrap_external(&self, ptr: u64, bytes: usize) -> Result<Buffer> {
+        // SAFETY: forwarded contract of Backend::wrap_external (host memory for this backend).
+        unsafe { mem::wrap_host(ptr, bytes) }
+    }
+
+    fn grouped_gemm(&self, args: Checked<GroupedGemm<'_>>) -> Result<()> {
+        let mut a = args.into_inner();
+        by_float!(a.x.dtype(), "grouped_gemm", T => gemm_typed::<T>(self, &mut a))
+    }
+
+    fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
+        let mut a = args.into_inner();
+        by_float!(a.logits.dtype(), "router_topk", T => router_typed::<T>(self, &mut a))
+    }
+
+    fn moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {
+        const OP: &str = "moe_permute";
+        let mut a = args.into_inner();
+        let (t, k) = a.dims();
+        let ids = slice::<i32>(&a.ids, OP, "ids")?;
+        moehal_core::ops::moe_permute::check_ids(ids, a.num_experts)?;
+        let x = a.x.as_ref().map(|x| view_bytes(x, OP, "x")).transpose()?;
+        let rb = a.x.as_ref().map_or(0, |x| x.shape()[1] * x.dtype().size());
+        let xp: Option<&mut [u8]> = match a.x_perm.as_mut() {
+            Some(xp) => Some(match xp.dtype() {
+                DType::F32 => bytemuck::cast_slice_mut(slice_mut::<f32>(xp, OP, "x_perm")?),
+                DType::BF16 => bytemuck::cast_slice_mut(slice_mut::<bf16>(xp, OP, "x_perm")?),
+                DType::F16 => bytemuck::cast_slice_mut(slice_mut::<f16>(xp, OP, "x_perm")?),
+                d => return Err(Error::unsupported(OP, NAME, format!("x dtype {d}"))),
+            }),
+            None => None,
+        };
+        // Outputs come from distinct buffers (the borrow rules of TensorMut guarantee it); the raw op
+        // checks the ids before writing anything.
+        let routed_x = match (x, xp) {
+            (Some(xs), Some(xp)) => Some((xs, rb, xp)),
+            _ => None,
+        };
+        let ge = slice_mut::<i64>(&mut a.group_end, OP, "group_end")?;
+        let st = slice_mut::<i64>(&mut a.src_token, OP, "src_token")?;
+        let sr = slice_mut::<i64>(&mut a.slot_row, OP, "slot_row")?;
+        moe_permute::moe_permute(&self.pool, ids, t, k, a.num_experts, ge, st, sr, routed_x)
+    }
+
+    fn swiglu(&self, args: Checked<Swiglu<'_>>) -> Result<()> {
+        let mut a = args.into_inner();
+        by_float!(a.h.dtype(), "swiglu", T => swiglu_typed::<T>(self, &mut a))
+    }
+
+    fn moe_combine(&self, args: Checked<MoeCombine<'_>>) -> Result<()> {
+        let mut a = args.into_inner();
+        by_float!(a.y_perm.dtype(), "moe_combine", T => combine_typed::<T>(self, &mut a))
+    }
+
+    fn engram_hash(&self, args: Checked<EngramHash<'_>>) -> Result<()> {
+        const OP: &str = "engram_hash";
+        let mut a = args.into_inner();
+        let ids = slice::<i64>(&a.ids, OP, "ids")?;
+        let pos = a
+            .positions
+            .as_ref()
+            .map(|p| slice::<i64>(p, OP, "positions"))
+            .transpose()?;
+        let alive = a.alive.as_ref().map(|p| slice::<u8>(p, OP, "alive")).transpose()?;
+        let rows = slice_mut::<i64>(&mut a.rows, OP, "rows")?;
+        engram::engram_hash(&self.pool, a.layer, ids, pos, alive, a.history, rows)
+    }
+
+    fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()> {
+        const OP: &str = "gather_rows";
+        let mut a = args.into_inner();
+        let c = a.rows.shape()[1];
+        let rows = slice::<i64>(&a.rows, OP, "rows")?;
+        let table = table_of(&a.table, a.format, OP)?;
+        let out = out_of(&mut a.out, a.format, OP)?;
+        engram::gather_rows(&self.pool, table, rows, c, out)
+    }
+
+    fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()> {
+        const OP: &str = "engram_lookup";
+        let mut a = args.into_inner();
+        let ids = slice::<i64>(&a.ids, OP, "ids")?;
+        let pos = a
+            .positions
+            .as_ref()
+            .map(|p| slice::<i64>(p, OP, "positions"))
+            .transpose()?;
+        let alive = a.alive.as_ref().map(|p| slice::<u8>(p, OP, "alive")).transpose()?;
+        let table = table_of(&a.table, a.format, OP)?;
+        let out = out_of(&mut a.out, a.format, OP)?;
+        engram::engram_lookup(&self.pool, a.layer, ids, pos, alive, a.history, table, out)
+    }
+}

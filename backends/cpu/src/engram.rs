@@ -1,0 +1,380 @@
+//! `engram_hash`, `gather_rows` and `engram_lookup` (OPS.md §4, §5) on raw slices.
+//!
+//! The hash takes each token's window by core's rule ([`moehal_core::engram::window`]), multiplies
+//! and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
+//! step: one 64x64→128 multiply-high, one multiply, one conditional subtract; exact, no divide).
+//! Gathers copy rows with software prefetch a few rows ahead; fp8_e4m3_ue8m0 rows are dequantized
+//! through two 256-entry tables built from core's decoders, so values are bitwise the reference's.
+//! Tables are plain slices: a memory-mapped file works as is.
+
+use crate::elem::f32_to_bf16_bits;
+use crate::pool::Pool;
+use crate::simd::prefetch;
+use moehal_core::engram::{window, EngramLayer};
+use moehal_core::ops::engram_hash::check_canonical_ids;
+use moehal_core::ops::gather_rows::{check_rows, fp8_e4m3_to_f32, ue8m0_to_f32};
+use moehal_core::{Error, Result};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Tokens per parallel task.
+const CHUNK: usize = 64;
+/// Rows to prefetch ahead of the copy.
+const PF: usize = 8;
+
+/// `x mod p` for a fixed `p >= 1` by a precomputed reciprocal (exact for every u64 x < 2^63).
+#[derive(Clone, Copy, Debug)]
+pub struct FastMod {
+    p: u64,
+    m: u64,
+}
+
+impl FastMod {
+    /// Reciprocal of `p` (`p >= 1`).
+    pub fn new(p: u64) -> Self {
+        FastMod {
+            p: p.max(1),
+            m: u64::MAX / p.max(1),
+        }
+    }
+    /// `x mod p`.
+    #[inline(always)]
+    pub fn rem(&self, x: u64) -> u64 {
+        let q = ((x as u128 * self.m as u128) >> 64) as u64;
+        let mut r = x.wrapping_sub(q.wrapping_mul(self.p));
+        // q is at most 1 below floor(x / p) for x < 2^63 (see the module docs), so r < 2p.
+        while r >= self.p {
+            r -= self.p;
+        }
+        r
+    }
+}
+
+/// What the hash needs from a layer, precomputed once per call.
+struct Hasher<'l> {
+    layer: &'l EngramLayer,
+    fm: Vec<FastMod>,
+}
+
+impl<'l> Hasher<'l> {
+    fn new(layer: &'l EngramLayer) -> Self {
+        Hasher {
+            layer,
+            fm: layer.primes().iter().map(|&p| FastMod::new(p)).collect(),
+        }
+    }
+
+    #[inline]
+    fn rows(&self, win: &[u64], out: &mut [i64]) {
+        let kh = self.layer.heads();
+        let m = self.layer.multipliers();
+        let off = self.layer.offsets();
+        let mut h = win[0].wrapping_mul(m[0]);
+        for n in 1..win.len() {
+            h ^= win[n].wrapping_mul(m[n]);
+            let base = (n - 1) * kh;
+            for j in 0..kh {
+                out[base + j] = (self.fm[base + j].rem(h) + off[base + j]) as i64;
+            }
+        }
+    }
+}
+
+/// Validate the value-dependent hash inputs (before anything is written).
+fn check_inputs(
+    layer: &EngramLayer,
+    op: &'static str,
+    ids: &[i64],
+    positions: Option<&[i64]>,
+    alive: Option<&[u8]>,
+    history: &[i64],
+) -> Result<()> {
+    check_canonical_ids(op, "ids", ids, layer.vocab_size())?;
+    check_canonical_ids(op, "history", history, layer.vocab_size())?;
+    if history.len() > layer.max_order() - 1 {
+        return Err(Error::invalid(
+            op,
+            "history",
+            format!("{} ids, at most N-1 = {}", history.len(), layer.max_order() - 1),
+        ));
+    }
+    if positions.is_some_and(|p| p.len() != ids.len()) || alive.is_some_and(|a| a.len() != ids.len()) {
+        return Err(Error::invalid(
+            op,
+            "positions",
+            "positions / alive must have T elements",
+        ));
+    }
+    Ok(())
+}
+
+/// Hash tokens `t0..t0 + out.len()/C` into `out`.
+fn hash_range(
+    hs: &Hasher<'_>,
+    ids: &[i64],
+    positions: Option<&[i64]>,
+    alive: Option<&[u8]>,
+    history: &[i64],
+    t0: usize,
+    out: &mut [i64],
+) -> Result<()> {
+    let c = hs.layer.columns();
+    let mut win = vec![0u64; hs.layer.max_order()];
+    for (i, row) in out.chunks_exact_mut(c).enumerate() {
+        window(ids, positions, alive, history, hs.layer.pad_id(), t0 + i, &mut win)?;
+        hs.rows(&win, row);
+    }
+    Ok(())
+}
+
+/// `engram_hash`: `rows` is `[T, C]`.
+///
+/// Errors: `InvalidArgument` for an id outside `[0, V')`, a bad history or mismatched lengths.
+pub fn engram_hash(
+    pool: &Pool,
+    layer: &EngramLayer,
+    ids: &[i64],
+    positions: Option<&[i64]>,
+    alive: Option<&[u8]>,
+    history: &[i64],
+    rows: &mut [i64],
+) -> Result<()> {
+    let c = layer.columns();
+    if rows.len() != ids.len() * c {
+        return Err(Error::invalid("engram_hash", "rows", "expected T*C elements"));
+    }
+    check_inputs(layer, "engram_hash", ids, positions, alive, history)?;
+    let hs = Hasher::new(layer);
+    if ids.len() <= CHUNK || pool.threads() == 1 {
+        return hash_range(&hs, ids, positions, alive, history, 0, rows);
+    }
+    pool.install(|| {
+        rows.par_chunks_mut(CHUNK * c)
+            .enumerate()
+            .try_for_each(|(ci, oc)| hash_range(&hs, ids, positions, alive, history, ci * CHUNK, oc))
+    })
+}
+
+/// A gather table on raw bytes: `[R, W]` elements of the stored format.
+#[derive(Clone, Copy, Debug)]
+pub enum Table<'a> {
+    /// Rows of `row_bytes` bytes copied as they are (f32, bf16, f16 tables; output of the same dtype).
+    Plain {
+        /// All table bytes.
+        data: &'a [u8],
+        /// Bytes per row (`D * element size`).
+        row_bytes: usize,
+    },
+    /// fp8_e4m3_ue8m0: per row `D` e4m3 bytes then `D/32` ue8m0 scale bytes.
+    Fp8 {
+        /// All table bytes.
+        data: &'a [u8],
+        /// Row width `D` (multiple of 32).
+        d: usize,
+    },
+}
+
+impl Table<'_> {
+    fn rows(&self) -> usize {
+        match *self {
+            Table::Plain { data, row_bytes } => data.len().checked_div(row_bytes).unwrap_or(0),
+            Table::Fp8 { data, d } => data.len().checked_div(d + d / 32).unwrap_or(0),
+        }
+    }
+}
+
+/// Output of a gather: plain tables copy bytes; fp8 tables dequantize to f32 or bf16.
+pub enum GatherOut<'a> {
+    /// Bytes (plain tables).
+    Bytes(&'a mut [u8]),
+    /// f32 elements (fp8 tables).
+    F32(&'a mut [f32]),
+    /// bf16 elements (fp8 tables).
+    Bf16(&'a mut [half::bf16]),
+}
+
+struct Fp8Lut {
+    v: [f32; 256],
+    s: [f32; 256],
+    nan_bf16: u16,
+}
+
+fn lut() -> &'static Fp8Lut {
+    static L: OnceLock<Fp8Lut> = OnceLock::new();
+    L.get_or_init(|| {
+        let mut v = [0f32; 256];
+        let mut s = [0f32; 256];
+        for b in 0..256 {
+            v[b] = fp8_e4m3_to_f32(b as u8);
+            s[b] = ue8m0_to_f32(b as u8);
+        }
+        Fp8Lut {
+            v,
+            s,
+            nan_bf16: half::bf16::from_f64(f32::NAN as f64).to_bits(),
+        }
+    })
+}
+
+#[inline(always)]
+fn deq(l: &Fp8Lut, b: u8, sc: u8) -> f32 {
+    let x = l.v[b as usize] * l.s[sc as usize];
+    if x.is_nan() {
+        f32::NAN
+    } else {
+        x
+    }
+}
+
+fn prefetch_row(table: &Table<'_>, row: usize) {
+    let (data, bytes) = match *table {
+        Table::Plain { data, row_bytes } => (data, row_bytes),
+        Table::Fp8 { data, d } => (data, d + d / 32),
+    };
+    let start = row * bytes;
+    let mut off = 0;
+    while off < bytes {
+        prefetch(&data[start + off..start + off + 1]);
+        off += 64;
+    }
+}
+
+/// Gather rows for tokens `[t0, t0 + n)` (`rows` is the chunk's `[n, C]`) into the chunk's output.
+fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
+    for &r in rows.iter().take(PF) {
+        prefetch_row(table, r as usize);
+    }
+    match (table, out) {
+        (Table::Plain { data, row_bytes }, GatherOut::Bytes(o)) => {
+            let rb = *row_bytes;
+            for (i, &r) in rows.iter().enumerate() {
+                if let Some(&nr) = rows.get(i + PF) {
+                    prefetch_row(table, nr as usize);
+                }
+                let r = r as usize;
+                o[i * rb..(i + 1) * rb].copy_from_slice(&data[r * rb..(r + 1) * rb]);
+            }
+        }
+        (Table::Fp8 { data, d }, out) => {
+            let (d, w) = (*d, *d + *d / 32);
+            let l = lut();
+            let mut out = out;
+            for (i, &r) in rows.iter().enumerate() {
+                if let Some(&nr) = rows.get(i + PF) {
+                    prefetch_row(table, nr as usize);
+                }
+                let row = &data[r as usize * w..(r as usize + 1) * w];
+                let (q, sc) = row.split_at(d);
+                match &mut out {
+                    GatherOut::F32(o) => {
+                        for (e, dst) in o[i * d..(i + 1) * d].iter_mut().enumerate() {
+                            *dst = deq(l, q[e], sc[e / 32]);
+                        }
+                    }
+                    GatherOut::Bf16(o) => {
+                        let o: &mut [u16] = bytemuck::cast_slice_mut(&mut o[i * d..(i + 1) * d]);
+                        for (e, dst) in o.iter_mut().enumerate() {
+                            let x = deq(l, q[e], sc[e / 32]);
+                            *dst = if x.is_nan() { l.nan_bf16 } else { f32_to_bf16_bits(x) };
+                        }
+                    }
+                    GatherOut::Bytes(_) => {}
+                }
+            }
+        }
+        (Table::Plain { .. }, _) => {}
+    }
+}
+
+/// Output elements (of the output's own unit) per gathered row.
+fn out_row_len(table: &Table<'_>, out: &GatherOut<'_>) -> Option<usize> {
+    match (table, out) {
+        (Table::Plain { row_bytes, .. }, GatherOut::Bytes(_)) => Some(*row_bytes),
+        (Table::Fp8 { d, .. }, GatherOut::F32(_) | GatherOut::Bf16(_)) => Some(*d),
+        _ => None,
+    }
+}
+
+fn split_out<'o>(out: GatherOut<'o>, per_chunk: usize) -> Vec<GatherOut<'o>> {
+    match out {
+        GatherOut::Bytes(o) => o.chunks_mut(per_chunk.max(1)).map(GatherOut::Bytes).collect(),
+        GatherOut::F32(o) => o.chunks_mut(per_chunk.max(1)).map(GatherOut::F32).collect(),
+        GatherOut::Bf16(o) => o.chunks_mut(per_chunk.max(1)).map(GatherOut::Bf16).collect(),
+    }
+}
+
+fn out_len(out: &GatherOut<'_>) -> usize {
+    match out {
+        GatherOut::Bytes(o) => o.len(),
+        GatherOut::F32(o) => o.len(),
+        GatherOut::Bf16(o) => o.len(),
+    }
+}
+
+/// `gather_rows`: `rows` is `[T, C]` (`t * c` entries), `out` `[T, C * D]`.
+///
+/// Errors: `InvalidArgument` for a row outside `[0, R)`, a table/output mismatch or wrong lengths.
+pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: GatherOut<'_>) -> Result<()> {
+    const OP: &str = "gather_rows";
+    let per_row = out_row_len(&table, &out)
+        .ok_or_else(|| Error::invalid(OP, "out", "output type does not match the table format"))?;
+    if out_len(&out) != rows.len() * per_row || (c == 0 && !rows.is_empty()) {
+        return Err(Error::invalid(OP, "out", "expected T * C * D elements"));
+    }
+    check_rows(OP, rows, table.rows())?;
+    let chunk_rows = CHUNK * c.max(1);
+    let outs = split_out(out, chunk_rows * per_row);
+    let work = |(rc, o): (&[i64], GatherOut<'_>)| gather_chunk(&table, rc, o);
+    if rows.len() <= chunk_rows || pool.threads() == 1 {
+        rows.chunks(chunk_rows).zip(outs).for_each(work);
+    } else {
+        pool.install(|| rows.par_chunks(chunk_rows).zip(outs.into_par_iter()).for_each(work));
+    }
+    Ok(())
+}
+
+/// `engram_lookup` fused: per chunk of tokens, hash into a small buffer, then gather (with prefetch).
+///
+/// Errors: as [`engram_hash`] and [`gather_rows`]; nothing is written on error.
+#[allow(clippy::too_many_arguments)]
+pub fn engram_lookup(
+    pool: &Pool,
+    layer: &EngramLayer,
+    ids: &[i64],
+    positions: Option<&[i64]>,
+    alive: Option<&[u8]>,
+    history: &[i64],
+    table: Table<'_>,
+    out: GatherOut<'_>,
+) -> Result<()> {
+    const OP: &str = "engram_lookup";
+    let c = layer.columns();
+    let per_row = out_row_len(&table, &out)
+        .ok_or_else(|| Error::invalid(OP, "out", "output type does not match the table format"))?;
+    if out_len(&out) != ids.len() * c * per_row {
+        return Err(Error::invalid(OP, "out", "expected T * C * D elements"));
+    }
+    if table.rows() as u64 != layer.rows() {
+        return Err(Error::invalid(
+            OP,
+            "table",
+            format!("{} rows, the layer has {}", table.rows(), layer.rows()),
+        ));
+    }
+    check_inputs(layer, OP, ids, positions, alive, history)?;
+    let hs = Hasher::new(layer);
+    let outs = split_out(out, CHUNK * c * per_row);
+    let work = |(ci, o): (usize, GatherOut<'_>)| -> Result<()> {
+        let t0 = ci * CHUNK;
+        let n = CHUNK.min(ids.len() - t0);
+        let mut rows = vec![0i64; n * c];
+        hash_range(&hs, ids, positions, alive, history, t0, &mut rows)?;
+        gather_chunk(&table, &rows, o);
+        Ok(())
+    };
+    if ids.len() <= CHUNK || pool.threads() == 1 {
+        outs.into_iter().enumerate().try_for_each(work)
+    } else {
+        pool.install(|| outs.into_par_iter().enumerate().try_for_each(work))
+    }
+}

@@ -1,0 +1,101 @@
+//! `moe_permute` (OPS.md §3) on raw slices: a parallel, deterministic counting sort of the
+//! `(token, slot)` pairs by expert; within an expert rows are in `(t, j)` order.
+
+use crate::pool::Pool;
+use moehal_core::ops::moe_permute::check_ids;
+use moehal_core::{Error, Result};
+use rayon::prelude::*;
+
+const OP: &str = "moe_permute";
+/// Tokens per parallel task.
+const CHUNK: usize = 256;
+
+/// Permute `ids` (`[T, k]`, values in `[-1, E)`): writes `group_end [E]`, `src_token[..routed]`,
+/// `slot_row [T, k]` (`-1` for dropped slots) and, when `x` is given (`[T, row_bytes]` bytes),
+/// `x_perm[..routed]` rows. Entries past the routed rows are left untouched.
+///
+/// Errors: `InvalidArgument` for an id outside `[-1, E)` or mismatched lengths; nothing is written.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_permute(
+    pool: &Pool,
+    ids: &[i32],
+    t: usize,
+    k: usize,
+    e: usize,
+    group_end: &mut [i64],
+    src_token: &mut [i64],
+    slot_row: &mut [i64],
+    x: Option<(&[u8], usize, &mut [u8])>,
+) -> Result<()> {
+    if ids.len() != t * k || group_end.len() != e || src_token.len() != t * k || slot_row.len() != t * k {
+        return Err(Error::invalid(OP, "ids", "slice lengths do not match [T, k] / [E]"));
+    }
+    if let Some((xs, rb, xp)) = &x {
+        if xs.len() != t * rb || xp.len() != t * k * rb {
+            return Err(Error::invalid(
+                OP,
+                "x",
+                "x / x_perm lengths do not match [T, H] / [T*k, H]",
+            ));
+        }
+    }
+    check_ids(ids, e)?;
+    let row = CHUNK * k.max(1);
+    // Per-chunk histograms (parallel), then exclusive starts per (chunk, expert).
+    let hist: Vec<Vec<i64>> = pool.install(|| {
+        ids.par_chunks(row.max(1))
+            .map(|c| {
+                let mut h = vec![0i64; e];
+                for &id in c {
+                    if id >= 0 {
+                        h[id as usize] += 1;
+                    }
+                }
+                h
+            })
+            .collect()
+    });
+    let mut acc = 0i64;
+    let mut starts = vec![vec![0i64; e]; hist.len()];
+    for g in 0..e {
+        for (ci, h) in hist.iter().enumerate() {
+            starts[ci][g] = acc;
+            acc += h[g];
+        }
+        group_end[g] = acc;
+    }
+    pool.install(|| {
+        slot_row
+            .par_chunks_mut(row.max(1))
+            .zip(ids.par_chunks(row.max(1)))
+            .zip(starts.par_iter_mut())
+            .for_each(|((sr, idc), cur)| {
+                for (o, &id) in sr.iter_mut().zip(idc) {
+                    if id >= 0 {
+                        *o = cur[id as usize];
+                        cur[id as usize] += 1;
+                    } else {
+                        *o = -1;
+                    }
+                }
+            })
+    });
+    for (s, &r) in slot_row.iter().enumerate() {
+        if r >= 0 {
+            src_token[r as usize] = (s / k) as i64;
+        }
+    }
+    if let Some((xs, rb, xp)) = x {
+        let routed = acc as usize;
+        if rb > 0 {
+            let src_token = &*src_token;
+            pool.install(|| {
+                xp[..routed * rb].par_chunks_mut(rb).enumerate().for_each(|(r, dst)| {
+                    let tok = src_token[r] as usize;
+                    dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
+                })
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,583 @@
+//! The fenced `unsafe` part of the crate: instruction-set kernels (AVX-512, AVX2+FMA, NEON), their
+//! runtime selection, software prefetch and huge-page allocation. Everything above this module is
+//! safe code that calls the safe wrappers defined here; every wrapper checks the slice bounds its
+//! kernel relies on before calling it.
+//!
+//! Feature detection runs once per process; the chosen kernels are cached as a table of function
+//! pointers ([`Kernels`]), one table per instruction set.
+
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod mem;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+
+use std::sync::OnceLock;
+
+/// Width of a packed weight panel (columns of `N`), shared by every instruction set.
+pub const NR: usize = 64;
+/// Most rows one microkernel call handles.
+pub const MR: usize = 6;
+
+/// An instruction-set level of the CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512F (+BW/VL/DQ) with FMA.
+    Avx512,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// aarch64 Advanced SIMD.
+    Neon,
+    /// Portable Rust, no intrinsics.
+    Scalar,
+}
+
+impl Isa {
+    /// Lower-case name (`"avx512"`, `"avx2"`, `"neon"`, `"scalar"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+            Isa::Scalar => "scalar",
+        }
+    }
+
+    /// Whether this machine can run kernels of this level.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every level this machine can run, best first.
+    pub fn all_available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
+    }
+
+    /// Parse a name as printed by [`Isa::name`].
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            "neon" => Some(Isa::Neon),
+            "scalar" => Some(Isa::Scalar),
+            _ => None,
+        }
+    }
+}
+
+type MicroFn = unsafe fn(*const f32, usize, usize, usize, *const f32, *mut f32, bool);
+type TransposeFn = unsafe fn(*const f32, *mut f32, usize);
+type UnaryFn = unsafe fn(*const f32, *mut f32, usize);
+type ExpShiftFn = unsafe fn(*const f32, *mut f32, usize, f32) -> f32;
+type SiluMulFn = unsafe fn(*const f32, *const f32, *mut f32, usize, f32);
+type WidenFn = unsafe fn(*const u16, *mut f32, usize);
+type PackFn = unsafe fn(u8, bool, *const u8, usize, usize, *mut f32);
+type MicroBf16Fn = unsafe fn(*const f32, usize, usize, usize, *const u16, usize, *mut f32);
+
+/// The kernels of one instruction set, as cached function pointers.
+pub struct Kernels {
+    isa: Isa,
+    micro: MicroFn,
+    transpose: TransposeFn,
+    sigmoid: UnaryFn,
+    exp_shift: ExpShiftFn,
+    silu_mul: SiluMulFn,
+    widen_bf16: WidenFn,
+    widen_f16: WidenFn,
+    pack_b: Option<PackFn>,
+    micro_bf16: Option<MicroBf16Fn>,
+    dot_nk_bf16: Option<MicroBf16Fn>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+    }
+}
+
+static SCALAR: Kernels = Kernels {
+    isa: Isa::Scalar,
+    micro: scalar::micro,
+    transpose: scalar::transpose_nr16,
+    sigmoid: scalar::sigmoid,
+    exp_shift: scalar::exp_shift,
+    silu_mul: scalar::silu_mul,
+    widen_bf16: scalar::widen_bf16,
+    widen_f16: scalar::widen_f16,
+    pack_b: None,
+    micro_bf16: None,
+    dot_nk_bf16: None,
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = Kernels {
+    isa: Isa::Avx512,
+    micro: avx512::micro,
+    transpose: avx512::transpose_nr16,
+    sigmoid: avx512::sigmoid,
+    exp_shift: avx512::exp_shift,
+    silu_mul: avx512::silu_mul,
+    widen_bf16: avx512::widen_bf16,
+    widen_f16: avx512::widen_f16,
+    pack_b: Some(avx512::pack_b),
+    micro_bf16: Some(avx512::micro_bf16),
+    dot_nk_bf16: Some(avx512::dot_nk_bf16),
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = Kernels {
+    isa: Isa::Avx2,
+    micro: avx2::micro,
+    transpose: scalar::transpose_nr16,
+    sigmoid: avx2::sigmoid,
+    exp_shift: avx2::exp_shift,
+    silu_mul: avx2::silu_mul,
+    widen_bf16: avx2::widen_bf16,
+    widen_f16: avx2::widen_f16,
+    pack_b: None,
+    micro_bf16: None,
+    dot_nk_bf16: None,
+};
+
+#[cfg(target_arch = "aarch64")]
+static NEON: Kernels = Kernels {
+    isa: Isa::Neon,
+    micro: neon::micro,
+    transpose: scalar::transpose_nr16,
+    sigmoid: scalar::sigmoid,
+    exp_shift: scalar::exp_shift,
+    silu_mul: scalar::silu_mul,
+    widen_bf16: scalar::widen_bf16,
+    widen_f16: scalar::widen_f16,
+    pack_b: None,
+    micro_bf16: None,
+    dot_nk_bf16: None,
+};
+
+impl Kernels {
+    /// The kernel table of `isa`, or `None` where this machine cannot run it.
+    pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+        if !isa.available() {
+            return None;
+        }
+        match isa {
+            Isa::Scalar => Some(&SCALAR),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(&AVX512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(&AVX2),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&NEON),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The best table for this machine, detected once. `MOEHAL_CPU_ISA` (`avx512`, `avx2`, `neon`,
+    /// `scalar`) lowers the choice, e.g. to test a fallback; an unavailable request is ignored.
+    pub fn best() -> &'static Kernels {
+        static BEST: OnceLock<&'static Kernels> = OnceLock::new();
+        BEST.get_or_init(|| {
+            if let Some(k) = std::env::var("MOEHAL_CPU_ISA")
+                .ok()
+                .and_then(|s| Isa::parse(&s))
+                .and_then(Kernels::for_isa)
+            {
+                return k;
+            }
+            Isa::all_available()
+                .into_iter()
+                .find_map(Kernels::for_isa)
+                .unwrap_or(&SCALAR)
+        })
+    }
+
+    /// The instruction set of this table.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// GEMM microkernel on a packed f32 panel:
+    /// `c[i, 0..NR] (+)= sum_k a[i*lda + k] * b[k*NR + 0..NR]` for `i < mr`, `k < kc`; `c` has row
+    /// stride [`NR`]; with `accumulate == false` the old `c` is ignored.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn micro(&self, a: &[f32], lda: usize, mr: usize, kc: usize, b: &[f32], c: &mut [f32], accumulate: bool) {
+        assert!((1..=MR).contains(&mr));
+        assert!(kc == 0 || a.len() >= (mr - 1) * lda + kc);
+        assert!(b.len() >= kc * NR && c.len() >= mr * NR);
+        // SAFETY: the asserts above bound every read of `a` ((mr-1)*lda + kc elements), of `b`
+        // (kc*NR) and every access of `c` (mr*NR); the table only holds kernels whose instruction set
+        // `Kernels::for_isa` verified on this machine.
+        unsafe { (self.micro)(a.as_ptr(), lda, mr, kc, b.as_ptr(), c.as_mut_ptr(), accumulate) }
+    }
+
+    /// Transpose a `[NR][16]` block `src` (row `c`, 16 consecutive k) into `dst[k * NR + c]`,
+    /// `k < 16`, `c < NR`.
+    #[inline]
+    pub fn transpose_nr16(&self, src: &[f32], dst: &mut [f32]) {
+        assert!(src.len() >= NR * 16 && dst.len() >= NR * 16);
+        // SAFETY: both slices hold NR*16 elements, the kernel touches exactly those.
+        unsafe { (self.transpose)(src.as_ptr(), dst.as_mut_ptr(), 16) }
+    }
+
+    /// `dst[i] = 1 / (1 + exp(-src[i]))` (f32, within 2 ulp of the correctly rounded value).
+    #[inline]
+    pub fn sigmoid(&self, src: &[f32], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        // SAFETY: n elements of each slice exist.
+        unsafe { (self.sigmoid)(src.as_ptr(), dst.as_mut_ptr(), n) }
+    }
+
+    /// `dst[i] = exp(src[i] - shift)`; returns the sum of `dst` (added in a fixed order).
+    #[inline]
+    pub fn exp_shift(&self, src: &[f32], dst: &mut [f32], shift: f32) -> f32 {
+        let n = src.len().min(dst.len());
+        // SAFETY: n elements of each slice exist.
+        unsafe { (self.exp_shift)(src.as_ptr(), dst.as_mut_ptr(), n, shift) }
+    }
+
+    /// SwiGLU on f32: `out[i] = silu(min(g, limit)) * clamp(u, -limit, limit)` (`limit = inf` for none).
+    #[inline]
+    pub fn silu_mul(&self, gate: &[f32], up: &[f32], out: &mut [f32], limit: f32) {
+        let n = gate.len().min(up.len()).min(out.len());
+        // SAFETY: n elements of each slice exist.
+        unsafe { (self.silu_mul)(gate.as_ptr(), up.as_ptr(), out.as_mut_ptr(), n, limit) }
+    }
+}
+
+impl Kernels {
+    /// Widen bf16 (as bits) to f32: `dst[i] = f32(src[i])`, exact.
+    #[inline]
+    pub fn widen_bf16(&self, src: &[half::bf16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        // SAFETY: n elements of each slice exist; bf16 is a transparent u16.
+        unsafe { (self.widen_bf16)(src.as_ptr() as *const u16, dst.as_mut_ptr(), n) }
+    }
+
+    /// Widen f16 to f32, exact (subnormals, inf and NaN included).
+    #[inline]
+    pub fn widen_f16(&self, src: &[half::f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        // SAFETY: n elements of each slice exist; f16 is a transparent u16.
+        unsafe { (self.widen_f16)(src.as_ptr() as *const u16, dst.as_mut_ptr(), n) }
+    }
+
+    /// Widen any element type to f32 with this table's kernels.
+    #[inline]
+    pub fn widen<T: crate::elem::Elem>(&self, src: &[T], dst: &mut [f32]) {
+        match T::KIND {
+            crate::elem::ElemKind::Bf16 => self.widen_bf16(bytemuck::cast_slice(as_u16(src)), dst),
+            crate::elem::ElemKind::F16 => self.widen_f16(bytemuck::cast_slice(as_u16(src)), dst),
+            crate::elem::ElemKind::F32 => T::widen(src, dst),
+        }
+    }
+}
+
+impl Kernels {
+    /// Pack a full-width block (`NR` columns, `kc` rows of k) of weights into the f32 panel `dst`
+    /// (`dst[k*NR + c]`), if this table has a fused kernel for it; returns false otherwise (the caller
+    /// then packs with the generic code). `nk`: element (k, c) is `src[c*ld + k]` (needs
+    /// `kc % 16 == 0`), else `src[k*ld + c]`.
+    #[inline]
+    pub fn pack_b<T: crate::elem::Elem>(&self, src: &[T], ld: usize, nk: bool, kc: usize, dst: &mut [f32]) -> bool {
+        let Some(f) = self.pack_b else { return false };
+        if kc == 0 || (nk && !kc.is_multiple_of(16)) {
+            return false;
+        }
+        let need = if nk { (NR - 1) * ld + kc } else { (kc - 1) * ld + NR };
+        if src.len() < need || dst.len() < kc * NR {
+            return false;
+        }
+        let kind = match T::KIND {
+            crate::elem::ElemKind::F32 => 0,
+            crate::elem::ElemKind::Bf16 => 1,
+            crate::elem::ElemKind::F16 => 2,
+        };
+        // SAFETY: the checks above bound every element the kernel addresses (the prefetch hints may
+        // point past the slice, which never faults); the table's ISA was verified by for_isa.
+        unsafe { f(kind, nk, src.as_ptr() as *const u8, ld, kc, dst.as_mut_ptr()) };
+        true
+    }
+}
+
+impl Kernels {
+    /// Small-M microkernel on bf16 weights read in place: `c[i, 0..NR] = sum_k a[i*lda + k] *
+    /// b[k*ldb + 0..NR]` for `i < mr`, `k < kc` (`kc > 0`). Returns false (and does nothing) where this
+    /// table has no such kernel.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn micro_bf16(
+        &self,
+        a: &[f32],
+        lda: usize,
+        mr: usize,
+        kc: usize,
+        b: &[half::bf16],
+        ldb: usize,
+        c: &mut [f32],
+    ) -> bool {
+        let Some(f) = self.micro_bf16 else { return false };
+        if !(1..=MR).contains(&mr)
+            || kc == 0
+            || a.len() < (mr - 1) * lda + kc
+            || b.len() < (kc - 1) * ldb + NR
+            || c.len() < mr * NR
+        {
+            return false;
+        }
+        // SAFETY: the checks above bound every access; prefetches are hints only; the ISA was
+        // verified by for_isa.
+        unsafe { f(a.as_ptr(), lda, mr, kc, b.as_ptr() as *const u16, ldb, c.as_mut_ptr()) };
+        true
+    }
+}
+
+impl Kernels {
+    /// Small-M kernel on bf16 `NK` weights read in place: `c[i, n] = sum_k a[i*lda + k] *
+    /// w[n*ldw + k]` for `i < mr`, `n < NR`, `k < kc` (`kc > 0`). Returns false (and does nothing)
+    /// where this table has no such kernel.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot_nk_bf16(
+        &self,
+        a: &[f32],
+        lda: usize,
+        mr: usize,
+        kc: usize,
+        w: &[half::bf16],
+        ldw: usize,
+        c: &mut [f32],
+    ) -> bool {
+        let Some(f) = self.dot_nk_bf16 else { return false };
+        if !(1..=MR).contains(&mr)
+            || kc == 0
+            || a.len() < (mr - 1) * lda + kc
+            || w.len() < (NR - 1) * ldw + kc
+            || c.len() < mr * NR
+        {
+            return false;
+        }
+        // SAFETY: the checks above bound every access (masked lanes are not read); prefetches are
+        // hints only; the ISA was verified by for_isa.
+        unsafe { f(a.as_ptr(), lda, mr, kc, w.as_ptr() as *const u16, ldw, c.as_mut_ptr()) };
+        true
+    }
+}
+
+/// View a slice of a 16-bit element type as its bits.
+fn as_u16<T: crate::elem::Elem>(s: &[T]) -> &[u16] {
+    assert_eq!(std::mem::size_of::<T>(), 2);
+    // SAFETY: T is bf16 or f16 here (size 2, alignment 2, every bit pattern valid as u16).
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u16, s.len()) }
+}
+
+/// Row-major `[rows, cols]` output shared by parallel tasks that each write one tile: a tile is a
+/// (row range, column panel) pair; row ranges are checked disjoint and sorted at construction and each
+/// tile can be claimed once, so no two tasks can alias.
+pub struct Tiles<'a, T> {
+    ptr: *mut T,
+    cols: usize,
+    panel: usize,
+    row_ranges: Vec<(usize, usize)>,
+    claimed: Vec<std::sync::atomic::AtomicBool>,
+    _l: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the tiles handed out are disjoint (see `tile`), so sharing across threads is like sharing
+// disjoint &mut slices; T: Send.
+unsafe impl<T: Send> Sync for Tiles<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Tiles<'_, T> {}
+
+/// One claimed tile: `rows` rows of `width` elements with row stride `stride`.
+pub struct TileMut<'t, T> {
+    ptr: *mut T,
+    rows: usize,
+    width: usize,
+    stride: usize,
+    _l: std::marker::PhantomData<&'t mut T>,
+}
+
+impl<'a, T> Tiles<'a, T> {
+    /// Tiles over `data` (`rows * cols` elements, row-major) with column panels of `panel` columns
+    /// and the given row ranges, which must be sorted, non-empty, disjoint and within the data.
+    pub fn new(data: &'a mut [T], cols: usize, panel: usize, row_ranges: Vec<(usize, usize)>) -> Self {
+        let mut prev = 0;
+        for &(a, b) in &row_ranges {
+            assert!(a >= prev && b > a && b.checked_mul(cols).is_some_and(|e| e <= data.len()));
+            prev = b;
+        }
+        assert!(panel > 0);
+        let panels = cols.div_ceil(panel);
+        let claimed = (0..row_ranges.len() * panels)
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
+        Tiles {
+            ptr: data.as_mut_ptr(),
+            cols,
+            panel,
+            row_ranges,
+            claimed,
+            _l: std::marker::PhantomData,
+        }
+    }
+
+    /// Claim tile (row range `ri`, column panel `p`); panics if claimed twice (an internal bug).
+    pub fn tile(&self, ri: usize, p: usize) -> TileMut<'_, T> {
+        let panels = self.cols.div_ceil(self.panel);
+        assert!(p < panels);
+        let was = self.claimed[ri * panels + p].swap(true, std::sync::atomic::Ordering::AcqRel);
+        assert!(!was, "tile claimed twice");
+        let (r0, r1) = self.row_ranges[ri];
+        let c0 = p * self.panel;
+        let width = self.panel.min(self.cols - c0);
+        // SAFETY: r0*cols + c0 is inside the data (checked in new); the tile is claimed once.
+        let ptr = unsafe { self.ptr.add(r0 * self.cols + c0) };
+        TileMut {
+            ptr,
+            rows: r1 - r0,
+            width,
+            stride: self.cols,
+            _l: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> TileMut<'_, T> {
+    /// Row `i` of the tile (`width` elements).
+    pub fn row(&mut self, i: usize) -> &mut [T] {
+        assert!(i < self.rows);
+        // SAFETY: row i of this tile lies inside the data and in no other tile (rows of distinct row
+        // ranges and columns of distinct panels are disjoint); &mut self prevents two live rows.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.width) }
+    }
+
+    /// Width of the tile in columns.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+}
+
+/// Hint the CPU to start loading the cache line holding `p[0]` (no effect on correctness).
+#[inline(always)]
+pub fn prefetch<T>(p: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(first) = p.first() {
+        // SAFETY: prefetch never faults and reads nothing architecturally; the pointer is valid anyway.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(first as *const T as *const i8) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn every_isa_matches_scalar() {
+        let mut s = 7u64;
+        let kc = 37;
+        let lda = 41;
+        let a: Vec<f32> = (0..MR * lda).map(|_| lcg(&mut s)).collect();
+        let b: Vec<f32> = (0..kc * NR).map(|_| lcg(&mut s)).collect();
+        let c0: Vec<f32> = (0..MR * NR).map(|_| lcg(&mut s)).collect();
+        let xs: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 0.9 + lcg(&mut s)).collect();
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            for mr in 1..=MR {
+                for acc in [false, true] {
+                    let mut c = c0.clone();
+                    k.micro(&a, lda, mr, kc, &b, &mut c, acc);
+                    for i in 0..mr {
+                        for j in 0..NR {
+                            let mut want = if acc { c0[i * NR + j] as f64 } else { 0.0 };
+                            for kk in 0..kc {
+                                want += a[i * lda + kk] as f64 * b[kk * NR + j] as f64;
+                            }
+                            assert!((c[i * NR + j] as f64 - want).abs() < 1e-4, "{isa:?} mr={mr} {i},{j}");
+                        }
+                    }
+                    assert_eq!(&c[mr * NR..], &c0[mr * NR..], "{isa:?} wrote past mr rows");
+                }
+            }
+            let src: Vec<f32> = (0..NR * 16).map(|i| i as f32).collect();
+            let mut dst = vec![0f32; NR * 16];
+            k.transpose_nr16(&src, &mut dst);
+            for c in 0..NR {
+                for kk in 0..16 {
+                    assert_eq!(dst[kk * NR + c], src[c * 16 + kk]);
+                }
+            }
+            let mut out = vec![0f32; xs.len()];
+            k.sigmoid(&xs, &mut out);
+            for (x, o) in xs.iter().zip(&out) {
+                let want = 1.0 / (1.0 + (-(*x as f64)).exp());
+                assert!(
+                    (*o as f64 - want).abs() <= 3e-7 * want.max(1e-30) + 1e-38,
+                    "{isa:?} sigmoid {x}: {o} vs {want}"
+                );
+            }
+            let sum = k.exp_shift(&xs[..90], &mut out[..90], 3.0);
+            let mut want_sum = 0.0f64;
+            for (x, o) in xs[..90].iter().zip(&out[..90]) {
+                let want = ((*x - 3.0) as f64).exp();
+                want_sum += want;
+                assert!(
+                    (*o as f64 - want).abs() <= 3e-7 * want + 1e-38,
+                    "{isa:?} exp {x}: {o} vs {want}"
+                );
+            }
+            assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum);
+            let up: Vec<f32> = xs.iter().map(|x| x * 0.5 - 1.0).collect();
+            for limit in [f32::INFINITY, 7.0] {
+                k.silu_mul(&xs, &up, &mut out, limit);
+                for i in 0..xs.len() {
+                    let g = (xs[i] as f64).min(limit as f64);
+                    let u = (up[i] as f64).clamp(-limit as f64, limit as f64);
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    assert!(
+                        (out[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                        "{isa:?} silu {}: {} vs {want}",
+                        xs[i],
+                        out[i]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! grouped_gemm on raw slices against an f64 oracle, for every ISA table, dtype and layout.
+use half::{bf16, f16};
+use moehal_cpu::grouped_gemm::{grouped_gemm, GemmArgs, Layout, PackedWeights, Weights};
+use moehal_cpu::{Elem, Isa, Kernels, Pool};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[allow(clippy::too_many_arguments)]
+fn oracle<T: Elem>(
+    x: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    ge: &[i64],
+    w: &[T],
+    lay: Layout,
+    rs: Option<&[f32]>,
+    bias: Option<&[T]>,
+) -> Vec<f64> {
+    let mut y = vec![f64::NAN; m * n];
+    let mut r0 = 0;
+    for (g, &e) in ge.iter().enumerate() {
+        for r in r0..e as usize {
+            for j in 0..n {
+                let mut acc = 0f64;
+                for kk in 0..k {
+                    let wv = match lay {
+                        Layout::NK => w[(g * n + j) * k + kk],
+                        Layout::KN => w[(g * k + kk) * n + j],
+                    };
+                    acc += x[r * k + kk].to_f32() as f64 * wv.to_f32() as f64;
+                }
+                if let Some(b) = bias {
+                    acc += b[g * n + j].to_f32() as f64;
+                }
+                if let Some(s) = rs {
+                    acc *= s[r] as f64;
+                }
+                y[r * n + j] = acc;
+            }
+        }
+        r0 = e as usize;
+    }
+    y
+}
+
+fn check<T: Elem>(tol: f64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pool = Pool::new(2).unwrap();
+    let shapes = [
+        (0usize, 5usize, 7usize, 3usize),
+        (37, 35, 70, 5),
+        (20, 0, 65, 3),
+        (9, 130, 64, 2),
+        (200, 257, 129, 4),
+        (1, 2048, 96, 1),
+    ];
+    for &(m, k, n, g) in &shapes {
+        // random non-decreasing group ends leaving guard rows, with an empty group
+        let used = m.saturating_sub(m / 8);
+        let mut ge: Vec<i64> = (0..g).map(|_| rng.gen_range(0..=used) as i64).collect();
+        ge.sort();
+        if g > 1 {
+            ge[0] = ge[1];
+        }
+        if let Some(l) = ge.last_mut() {
+            *l = used as i64;
+        }
+        let x: Vec<T> = (0..m * k).map(|_| T::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let w: Vec<T> = (0..g * n * k).map(|_| T::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let rs: Vec<f32> = (0..m).map(|_| rng.gen_range(0.0..2.0)).collect();
+        let bias: Vec<T> = (0..g * n).map(|_| T::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        for isa in Isa::all_available() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            for lay in [Layout::NK, Layout::KN] {
+                let packed = PackedWeights::new(&pool, &w, lay, g, n, k).unwrap();
+                for use_packed in [false, true] {
+                    for opt in 0..2 {
+                        let (rs_o, b_o) = if opt == 0 {
+                            (None, None)
+                        } else {
+                            (Some(&rs[..]), Some(&bias[..]))
+                        };
+                        let want = oracle(&x, m, k, n, &ge, &w, lay, rs_o, b_o);
+                        let poison = T::from_f32(f32::NAN);
+                        let mut y = vec![poison; m * n];
+                        let args = GemmArgs {
+                            x: &x,
+                            m,
+                            k,
+                            n,
+                            group_end: &ge,
+                            w: if use_packed {
+                                Weights::Packed(&packed)
+                            } else {
+                                Weights::Raw(&w, lay)
+                            },
+                            row_scale: rs_o,
+                            bias: b_o,
+                        };
+                        grouped_gemm(kern, &pool, &args, &mut y).unwrap();
+                        let (mut num, mut den) = (0f64, 0f64);
+                        for r in 0..m {
+                            for j in 0..n {
+                                let got = y[r * n + j].to_f32();
+                                if r >= used {
+                                    assert!(got.is_nan(), "guard row {r} written");
+                                    continue;
+                                }
+                                assert!(
+                                    !got.is_nan(),
+                                    "{isa:?} {lay:?} packed={use_packed} ({m},{k},{n}) unwritten/NaN at {r},{j}"
+                                );
+                                num += (got as f64 - want[r * n + j]).powi(2);
+                                den += want[r * n + j].powi(2);
+                            }
+                        }
+                        let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+                        assert!(
+                            rel <= tol,
+                            "{isa:?} {lay:?} packed={use_packed} ({m},{k},{n},{g}) rel {rel}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_f32() {
+    check::<f32>(1e-5, 1);
+}
+#[test]
+fn gemm_bf16() {
+    check::<bf16>(1e-2, 2);
+}
+#[test]
+fn gemm_f16() {
+    check::<f16>(2e-3, 3);
+}
