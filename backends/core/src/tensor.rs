@@ -143,8 +143,16 @@ impl Layout {
         &self.strides[..self.rank as usize]
     }
     /// Number of elements (product of the shape; 1 for rank 0).
+    /// Saturates at `usize::MAX` on overflow, which no buffer can hold, so validation rejects it.
     pub fn numel(&self) -> usize {
-        self.shape().iter().product()
+        let shape = self.shape();
+        if shape.contains(&0) {
+            return 0;
+        }
+        shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
     /// Whether the view is row-major dense (strides of a contiguous layout; size-1 and empty
     /// dimensions are ignored).
@@ -157,7 +165,7 @@ impl Layout {
             if self.dims[i] != 1 && self.strides[i] != expect {
                 return false;
             }
-            expect *= self.dims[i];
+            expect = expect.saturating_mul(self.dims[i]);
         }
         true
     }
@@ -267,6 +275,17 @@ macro_rules! view_common {
                     format!(
                         "non-contiguous view {:?}: ops take row-major dense tensors",
                         self.layout
+                    ),
+                ));
+            }
+            if self.numel() > 0 && self.addr() % self.dtype.size() as u64 != 0 {
+                return Err(Error::invalid(
+                    op,
+                    field,
+                    format!(
+                        "address {:#x} is not aligned to its {}-byte elements",
+                        self.addr(),
+                        self.dtype.size()
                     ),
                 ));
             }

@@ -162,7 +162,10 @@ pub(crate) fn check_table(
     })?;
     out.check(op, "out", format.out_dtypes(), 2)?;
     expect_dim(op, "out", out.shape(), 0, t, "T, from rows")?;
-    expect_dim(op, "out", out.shape(), 1, c * d, "C*D")?;
+    let width = c
+        .checked_mul(d)
+        .ok_or_else(|| Error::invalid(op, "out", format!("C*D = {c}*{d} overflows")))?;
+    expect_dim(op, "out", out.shape(), 1, width, "C*D")?;
     check_writable(op, "out", out)?;
     Ok((r, d))
 }

@@ -166,35 +166,43 @@ pub fn counts_from_group_end(group_end: &[i64]) -> Result<Vec<i64>> {
         .collect())
 }
 
-/// Pack the masked layout (DeepGEMM "masked": `x: [G, max_m, K]`, group `g` valid in its first
-/// `valid[g]` rows) into the sorted layout `[sum(valid), K]` plus `group_end`.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] when `x.len() != G * max_m * k` or a `valid[g]` is outside `[0, max_m]`.
-pub fn pack_masked<T: Copy>(x: &[T], max_m: usize, k: usize, valid: &[i64]) -> Result<(Vec<T>, Vec<i64>)> {
+/// Check a masked-layout description: `len == G * max_m * width` and every `valid[g]` in
+/// `[0, max_m]`; returns `sum(valid)`.
+fn check_masked(field: &'static str, len: usize, max_m: usize, width: usize, valid: &[i64]) -> Result<usize> {
     let g = valid.len();
-    if x.len() != g * max_m * k {
+    let want = g.checked_mul(max_m).and_then(|v| v.checked_mul(width));
+    if want != Some(len) {
         return Err(Error::invalid(
             OP,
-            "x",
-            format!(
-                "masked x has {} elements, expected G*max_m*K = {}",
-                x.len(),
-                g * max_m * k
-            ),
+            field,
+            format!("masked {field} has {len} elements, expected G*max_m*width = {g}*{max_m}*{width}"),
         ));
     }
-    let mut out = Vec::new();
-    let mut ends = Vec::with_capacity(g);
-    let mut rows = 0i64;
+    let mut rows = 0usize;
     for (gi, &v) in valid.iter().enumerate() {
-        if v < 0 || v as usize > max_m {
+        if v < 0 || v as u64 > max_m as u64 {
             return Err(Error::invalid(
                 OP,
                 "valid",
                 format!("valid[{gi}] = {v} outside [0, {max_m}]"),
             ));
         }
+        rows += v as usize;
+    }
+    Ok(rows)
+}
+
+/// Pack the masked layout (DeepGEMM "masked": `x: [G, max_m, K]`, group `g` valid in its first
+/// `valid[g]` rows) into the sorted layout `[sum(valid), K]` plus `group_end`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `x.len() != G * max_m * k` or a `valid[g]` is outside `[0, max_m]`.
+pub fn pack_masked<T: Copy>(x: &[T], max_m: usize, k: usize, valid: &[i64]) -> Result<(Vec<T>, Vec<i64>)> {
+    let total = check_masked("x", x.len(), max_m, k, valid)?;
+    let mut out = Vec::with_capacity(total * k);
+    let mut ends = Vec::with_capacity(valid.len());
+    let mut rows = 0i64;
+    for (gi, &v) in valid.iter().enumerate() {
         let base = gi * max_m * k;
         out.extend_from_slice(&x[base..base + v as usize * k]);
         rows += v;
@@ -204,36 +212,22 @@ pub fn pack_masked<T: Copy>(x: &[T], max_m: usize, k: usize, valid: &[i64]) -> R
 }
 
 /// Scatter sorted-layout rows `[sum(valid), N]` back into the masked layout `[G, max_m, N]`
-/// (rows past `valid[g]` keep their contents).
+/// (rows past `valid[g]` keep their contents). Everything is checked before anything is written.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] on inconsistent sizes.
 pub fn unpack_masked<T: Copy>(y: &[T], n: usize, max_m: usize, valid: &[i64], out: &mut [T]) -> Result<()> {
-    let g = valid.len();
-    if out.len() != g * max_m * n {
+    let total = check_masked("out", out.len(), max_m, n, valid)?;
+    if total.checked_mul(n).is_none_or(|need| need > y.len()) {
         return Err(Error::invalid(
             OP,
-            "out",
-            format!(
-                "masked out has {} elements, expected G*max_m*N = {}",
-                out.len(),
-                g * max_m * n
-            ),
+            "y",
+            format!("{} elements, fewer than sum(valid) * N = {total}*{n}", y.len()),
         ));
     }
     let mut src = 0usize;
     for (gi, &v) in valid.iter().enumerate() {
-        if v < 0 || v as usize > max_m {
-            return Err(Error::invalid(
-                OP,
-                "valid",
-                format!("valid[{gi}] = {v} outside [0, {max_m}]"),
-            ));
-        }
         let rows = v as usize * n;
-        if src + rows > y.len() {
-            return Err(Error::invalid(OP, "y", "fewer rows than sum(valid)"));
-        }
         out[gi * max_m * n..gi * max_m * n + rows].copy_from_slice(&y[src..src + rows]);
         src += rows;
     }
