@@ -4,9 +4,9 @@
 use half::bf16;
 use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, Scoring};
 use moehal_cpu::engram::{gather_rows, GatherOut, Table};
-use moehal_cpu::grouped_gemm::{grouped_gemm, GemmArgs, Layout, PackedWeights, Weights};
+use moehal_cpu::grouped_gemm::{calibrate, grouped_gemm_with, Bf16Kernel, GemmArgs, Layout, PackedWeights, Weights};
 use moehal_cpu::router_topk::router_topk;
-use moehal_cpu::{Elem, Kernels, Pool};
+use moehal_cpu::{Elem, ElemKind, Kernels, Pool};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -68,23 +68,35 @@ fn gemm<T: Elem>(name: &str, kern: &Kernels, pool: &Pool, tokens: &[usize]) {
             ("KN raw", Weights::Raw(&w, Layout::KN)),
             ("NK raw", Weights::Raw(&w, Layout::NK)),
         ];
+        // bf16: both kernels where vdpbf16ps exists (interleaved per variant).
+        let kinds: Vec<Bf16Kernel> = if T::KIND == ElemKind::Bf16 {
+            [Bf16Kernel::Fma, Bf16Kernel::Dot]
+                .into_iter()
+                .filter(|b| b.available(kern))
+                .collect()
+        } else {
+            vec![Bf16Kernel::Fma]
+        };
         for (vn, wv) in variants {
-            let args = GemmArgs {
-                x: &x,
-                m,
-                k,
-                n,
-                group_end: &ge,
-                w: wv,
-                row_scale: None,
-                bias: None,
-            };
-            let sec = med(reps, || grouped_gemm(kern, pool, &args, &mut y).unwrap());
-            println!(
-                "{{\"op\":\"grouped_gemm\",\"T\":{t},\"M\":{m},\"dtype\":\"{name}\",\"impl\":\"moehal-cpu {vn}\",\"s\":{sec:.6},\"gflops\":{:.1},\"weight_gbs\":{:.2}}}",
+            for &bk in &kinds {
+                let args = GemmArgs {
+                    x: &x,
+                    m,
+                    k,
+                    n,
+                    group_end: &ge,
+                    w: wv,
+                    row_scale: None,
+                    bias: None,
+                };
+                let sec = med(reps, || grouped_gemm_with(kern, pool, &args, &mut y, bk).unwrap());
+                println!(
+                "{{\"op\":\"grouped_gemm\",\"T\":{t},\"M\":{m},\"dtype\":\"{name}\",\"impl\":\"moehal-cpu {vn} {}\",\"s\":{sec:.6},\"gflops\":{:.1},\"weight_gbs\":{:.2}}}",
+                bk.name(),
                 flops / sec / 1e9,
                 wbytes / sec / 1e9
             );
+            }
         }
     }
 }
@@ -198,6 +210,10 @@ fn main() {
     }
     if want("gemm") || want("gemm-f32") {
         gemm::<f32>("f32", kern, pool, &tokens);
+    }
+    if want("calib") {
+        let (f, d) = calibrate(kern);
+        println!("{{\"op\":\"bf16_calibration\",\"fma_s\":{f:.7},\"dot_s\":{d:.7},\"gflops_fma\":{:.1},\"gflops_dot\":{:.1}}}", 2.0 * 48.0 * 512.0 * 128.0 / f / 1e9, 2.0 * 48.0 * 512.0 * 128.0 / d / 1e9);
     }
     if want("router") {
         router(kern, pool);

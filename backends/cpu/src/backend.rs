@@ -3,7 +3,7 @@
 
 use crate::elem::Elem;
 use crate::engram::{self, GatherOut, Table};
-use crate::grouped_gemm::{self, GemmArgs, Layout, PackedWeights, Weights};
+use crate::grouped_gemm::{self, Bf16Kernel, GemmArgs, Layout, PackedWeights, Weights};
 use crate::pool::Pool;
 use crate::simd::{mem, Isa, Kernels};
 use crate::{moe_combine, moe_permute, router_topk, swiglu};
@@ -23,6 +23,8 @@ const NAME: &str = "cpu";
 pub struct CpuBackend {
     kern: &'static Kernels,
     pool: Pool,
+    /// Forced bf16 kernel; `None` = [`grouped_gemm::bf16_kernel_default`] (resolved at first use).
+    bf16: Option<Bf16Kernel>,
 }
 
 impl Default for CpuBackend {
@@ -38,6 +40,7 @@ impl CpuBackend {
         CpuBackend {
             kern: Kernels::best(),
             pool: Pool::global().clone(),
+            bf16: None,
         }
     }
 
@@ -48,6 +51,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             kern: Kernels::best(),
             pool: Pool::new(threads)?,
+            bf16: None,
         })
     }
 
@@ -65,7 +69,34 @@ impl CpuBackend {
         Ok(CpuBackend {
             kern,
             pool: Pool::global().clone(),
+            bf16: None,
         })
+    }
+
+    /// This backend with the bf16 `grouped_gemm` kernel forced to `k` (instead of the per-machine
+    /// default), e.g. to test both.
+    ///
+    /// Errors: `Unsupported` if this machine cannot run `k` with this backend's kernel table.
+    pub fn with_bf16_kernel(mut self, k: Bf16Kernel) -> Result<Self> {
+        if !k.available(self.kern) {
+            return Err(Error::unsupported(
+                "new",
+                NAME,
+                format!(
+                    "bf16 kernel {} needs AVX512-BF16 and the avx512 table (table: {})",
+                    k.name(),
+                    self.kern.isa().name()
+                ),
+            ));
+        }
+        self.bf16 = Some(k);
+        Ok(self)
+    }
+
+    /// The bf16 `grouped_gemm` kernel this backend uses (forced, or the per-machine default: dot on AMD, FMA elsewhere).
+    pub fn bf16_kernel(&self) -> Bf16Kernel {
+        self.bf16
+            .unwrap_or_else(|| grouped_gemm::bf16_kernel_default(self.kern))
     }
 
     /// The kernel table in use.
@@ -103,7 +134,7 @@ impl CpuBackend {
             row_scale,
             bias,
         };
-        grouped_gemm::grouped_gemm(self.kern, &self.pool, &args, y)
+        grouped_gemm::grouped_gemm_with(self.kern, &self.pool, &args, y, self.bf16_kernel())
     }
 }
 
@@ -134,7 +165,12 @@ fn gemm_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut GroupedGe
         row_scale: rs,
         bias,
     };
-    grouped_gemm::grouped_gemm(be.kern, &be.pool, &args, y)
+    let b = if T::KIND == crate::elem::ElemKind::Bf16 {
+        be.bf16_kernel()
+    } else {
+        Bf16Kernel::Fma
+    };
+    grouped_gemm::grouped_gemm_with(be.kern, &be.pool, &args, y, b)
 }
 
 fn router_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut RouterTopk<'_>) -> Result<()> {
@@ -248,7 +284,7 @@ impl Backend for CpuBackend {
         DeviceInfo {
             name: model,
             memory_bytes: None,
-            capability: self.kern.isa().name().to_string(),
+            capability: format!("{} bf16-{}", self.kern.isa().name(), self.bf16_kernel().name()),
             compute_units: Some(self.pool.threads()),
         }
     }
@@ -259,10 +295,18 @@ impl Backend for CpuBackend {
             OpDesc::GatherRows { host_table: true, .. } | OpDesc::EngramLookup { host_table: true, .. } => {
                 Support::no("host backend: tables and outputs are both host memory")
             }
+            OpDesc::GroupedGemm { dtype, .. } if *dtype == DType::BF16 && self.bf16_kernel() == Bf16Kernel::Dot => {
+                Support::yes(format!(
+                    "{isa} avx512bf16 vdpbf16ps {}x{} pair microkernel",
+                    crate::simd::MR,
+                    crate::simd::NR
+                ))
+            }
             OpDesc::GroupedGemm { .. } => Support::yes(format!(
-                "{isa} f32-panel {}x{} microkernel",
+                "{isa} f32-panel {}x{} microkernel (bf16: {})",
                 crate::simd::MR,
-                crate::simd::NR
+                crate::simd::NR,
+                self.bf16_kernel().name()
             )),
             OpDesc::RouterTopk { .. } | OpDesc::Swiglu { .. } => Support::yes(format!("{isa} fused per token")),
             OpDesc::GatherRows { .. } | OpDesc::EngramLookup { .. } => Support::yes("prefetching gather"),

@@ -14,8 +14,14 @@
 //! kernel, `NK` weights through dot products along K), where the kernel table has those kernels
 //! (AVX-512); elsewhere the staged path runs.
 //!
-//! bf16 arithmetic is f32 FMA on widened values, not `vdpbf16ps`: on the development machine
-//! `vdpbf16ps` zmm reached 54 GFLOP/s per core against 116 GFLOP/s for f32 FMA (shared/bench/fma_peak.c).
+//! bf16 prefill has two kernels ([`Bf16Kernel`]): f32 FMA on widened values (the f32 panel above), and
+//! `vdpbf16ps` on bf16 pairs (weights staged as a panel of `(w[2p], w[2p+1])` pairs along K, the
+//! activations as pairs too, f32 accumulators, the same epilogue). Where the CPU has AVX512-BF16 one
+//! is picked by a fixed per-machine rule, never by timing, so results are the same bits run after
+//! run ([`bf16_kernel_default`]: `vdpbf16ps` on AMD, FMA elsewhere; `MOEHAL_CPU_BF16=dot|fma` forces one). On the development
+//! machine (Intel Xeon, Sapphire-Rapids-class) `vdpbf16ps` zmm reaches about half the f32 FMA rate
+//! (shared/bench/fma_peak.c), so FMA usually wins there; on AMD Zen 4 the dot kernel should.
+//! The decode path below is memory-bound and uses the widening kernels under both choices.
 
 use crate::elem::{Elem, ElemKind};
 use crate::pool::Pool;
@@ -24,11 +30,114 @@ use crate::simd::{Kernels, Tiles, MR, NR};
 use moehal_core::{Error, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// K block of the packed weight panel (`KC * NR * 4` bytes = 32 KiB, L1-resident).
 pub const KC: usize = 128;
 /// Most rows one task handles (a multiple of [`MR`]).
 pub const MC: usize = 144;
+/// K block of the `vdpbf16ps` pair panel (`KC_DOT / 2 * NR * 4` bytes = 32 KiB, L1-resident).
+pub const KC_DOT: usize = 256;
+
+/// The arithmetic of bf16 `grouped_gemm` outside the decode path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Kernel {
+    /// Widen to f32, f32 FMA microkernel.
+    Fma,
+    /// `vdpbf16ps` on bf16 pairs (AVX512-BF16), f32 accumulation.
+    Dot,
+}
+
+impl Bf16Kernel {
+    /// Lower-case name (`"fma"`, `"dot"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Fma => "fma",
+            Bf16Kernel::Dot => "dot",
+        }
+    }
+
+    /// Whether `kern` can run this choice on this machine.
+    pub fn available(self, kern: &Kernels) -> bool {
+        match self {
+            Bf16Kernel::Fma => true,
+            Bf16Kernel::Dot => kern.has_dot(),
+        }
+    }
+}
+
+/// The bf16 kernel `kern` uses by default: `Fma` where `vdpbf16ps` is unavailable; otherwise
+/// `MOEHAL_CPU_BF16=dot|fma` if set, else the faster of the two on a small fixed problem, timed once
+/// per process (a few milliseconds, interleaved, best of several runs) and cached.
+///
+/// The choice is fixed for the life of the process, so results are bitwise reproducible within it;
+/// two processes may pick differently on a noisy machine (set the variable to pin it).
+pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
+    if !kern.has_dot() {
+        return Bf16Kernel::Fma;
+    }
+    static CHOICE: OnceLock<Bf16Kernel> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        match std::env::var("MOEHAL_CPU_BF16").ok().as_deref().map(str::trim) {
+            Some("dot") => return Bf16Kernel::Dot,
+            Some("fma") => return Bf16Kernel::Fma,
+            _ => {}
+        }
+        // A fixed rule per machine, not a timing: the choice changes the rounding of bf16 results,
+        // and OPS.md wants the same bits run after run. On AMD Zen 4/5 `vdpbf16ps` runs at twice
+        // the f32 FMA rate; on the Intel cores measured here it runs at half (backends/cpu/RESULTS.md).
+        if cpu_vendor_is_amd() {
+            Bf16Kernel::Dot
+        } else {
+            Bf16Kernel::Fma
+        }
+    })
+}
+
+fn cpu_vendor_is_amd() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("vendor_id") && l.contains("AuthenticAMD"))
+        })
+        .unwrap_or(false)
+}
+
+/// Seconds (best of 7, interleaved) of the two bf16 kernels (for benches; the default choice does not time) on one thread: 48 rows, K 512, N 128.
+pub fn calibrate(kern: &Kernels) -> (f64, f64) {
+    let (m, k, n) = (48usize, 512usize, 128usize);
+    let x: Vec<half::bf16> = (0..m * k)
+        .map(|i| half::bf16::from_f32(((i * 7 % 13) as f32 - 6.0) * 0.125))
+        .collect();
+    let w: Vec<half::bf16> = (0..n * k)
+        .map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) * 0.0625))
+        .collect();
+    let ge = [m as i64];
+    let args = GemmArgs {
+        x: &x,
+        m,
+        k,
+        n,
+        group_end: &ge,
+        w: Weights::Raw(&w, Layout::KN),
+        row_scale: None,
+        bias: None,
+    };
+    let mut y = vec![half::bf16::ZERO; m * n];
+    let mut best = [f64::INFINITY; 2];
+    for rep in 0..8 {
+        for (i, b) in [Bf16Kernel::Fma, Bf16Kernel::Dot].into_iter().enumerate() {
+            let t = std::time::Instant::now();
+            let _ = run(kern, None, &args, &mut y, b);
+            let dt = t.elapsed().as_secs_f64();
+            // The first round warms caches and scratch buffers.
+            if rep > 0 {
+                best[i] = best[i].min(dt);
+            }
+        }
+    }
+    (best[0], best[1])
+}
 
 const OP: &str = "grouped_gemm";
 
@@ -153,6 +262,8 @@ pub struct GemmArgs<'a, T: Elem> {
 
 #[derive(Default)]
 struct Scratch {
+    bp: Vec<u32>,
+    ap: Vec<u32>,
     b: Vec<f32>,
     a: Vec<f32>,
     c: Vec<f32>,
@@ -257,11 +368,43 @@ pub fn validate<T: Elem>(a: &GemmArgs<'_, T>, y_len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Run `grouped_gemm`; `y` is `[M, N]`. Rows at or past `group_end[G-1]` are not touched.
+/// Run `grouped_gemm`; `y` is `[M, N]`. Rows at or past `group_end[G-1]` are not touched. bf16 uses
+/// [`bf16_kernel_default`].
 ///
 /// Errors: `InvalidArgument` (see [`validate`]); nothing is written then.
 pub fn grouped_gemm<T: Elem>(kern: &Kernels, pool: &Pool, a: &GemmArgs<'_, T>, y: &mut [T]) -> Result<()> {
+    let b = if T::KIND == ElemKind::Bf16 {
+        bf16_kernel_default(kern)
+    } else {
+        Bf16Kernel::Fma
+    };
+    run(kern, Some(pool), a, y, b)
+}
+
+/// [`grouped_gemm`] with an explicit bf16 kernel (ignored for f32/f16).
+///
+/// Errors: `InvalidArgument` (see [`validate`]); `Unsupported` if `bf16` is not available on this
+/// machine with `kern` (see [`Bf16Kernel::available`]). Nothing is written then.
+pub fn grouped_gemm_with<T: Elem>(
+    kern: &Kernels,
+    pool: &Pool,
+    a: &GemmArgs<'_, T>,
+    y: &mut [T],
+    bf16: Bf16Kernel,
+) -> Result<()> {
+    if !bf16.available(kern) {
+        return Err(Error::unsupported(
+            OP,
+            "cpu",
+            format!("bf16 kernel {} needs AVX512-BF16 and the avx512 table", bf16.name()),
+        ));
+    }
+    run(kern, Some(pool), a, y, bf16)
+}
+
+fn run<T: Elem>(kern: &Kernels, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mut [T], bf16: Bf16Kernel) -> Result<()> {
     validate(a, y.len())?;
+    let dot = T::KIND == ElemKind::Bf16 && bf16 == Bf16Kernel::Dot && kern.has_dot();
     let used = a.group_end.last().copied().unwrap_or(0) as usize;
     if a.m == 0 || a.n == 0 || used == 0 {
         return Ok(());
@@ -283,19 +426,18 @@ pub fn grouped_gemm<T: Elem>(kern: &Kernels, pool: &Pool, a: &GemmArgs<'_, T>, y
     let panels = a.n.div_ceil(NR);
     let ntasks = ranges.len() * panels;
     let tiles = Tiles::new(&mut y[..used * a.n], a.n, NR, ranges.clone());
-    let run = |t: usize| {
+    let job = |t: usize| {
         let (ri, p) = (t / panels, t % panels);
         let (r0, r1) = ranges[ri];
         let mut tile = tiles.tile(ri, p);
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            task(kern, a, range_group[ri], r0, r1, p, &mut tile, &mut s);
+            task(kern, a, range_group[ri], r0, r1, p, &mut tile, &mut s, dot);
         });
     };
-    if ntasks == 1 || pool.threads() == 1 {
-        (0..ntasks).for_each(run);
-    } else {
-        pool.install(|| (0..ntasks).into_par_iter().for_each(run));
+    match pool {
+        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        _ => (0..ntasks).for_each(job),
     }
     Ok(())
 }
@@ -365,6 +507,73 @@ fn fill_b<T: Elem>(
     }
 }
 
+fn grow_u32(v: &mut Vec<u32>, n: usize) -> &mut [u32] {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+    &mut v[..n]
+}
+
+/// Stage the bf16 pair panel of weight block (group `g`, panel `p`, `k0..k0+kc`):
+/// `bs[q*NR + c] = bits(w(k0+2q, n0+c)) | bits(w(k0+2q+1, n0+c)) << 16`, zero past `kc` and past N.
+#[allow(clippy::too_many_arguments)]
+fn fill_pairs<T: Elem>(
+    kern: &Kernels,
+    w: &Weights<'_, T>,
+    g: usize,
+    p: usize,
+    n: usize,
+    k: usize,
+    k0: usize,
+    kc: usize,
+    bs: &mut [u32],
+) {
+    let n0 = p * NR;
+    let nc = NR.min(n - n0);
+    // (slice, row stride along k, column stride, nk) of element (k0 + kk, n0 + c) = base + kk*sk + c*sc.
+    let (src, base, sk, sc, nk): (&[half::bf16], usize, usize, usize, bool) = match *w {
+        Weights::Packed(pw) => (
+            bytemuck::cast_slice(pw.data.as_slice()),
+            ((g * n.div_ceil(NR) + p) * k + k0) * NR,
+            NR,
+            1,
+            false,
+        ),
+        Weights::Raw(w, Layout::KN) => (bytemuck::cast_slice(w), g * k * n + k0 * n + n0, n, 1, false),
+        Weights::Raw(w, Layout::NK) => (bytemuck::cast_slice(w), (g * n + n0) * k + k0, 1, k, true),
+    };
+    let full_w = matches!(w, Weights::Packed(_)) || nc == NR;
+    let mut q0 = 0;
+    if full_w {
+        if nk {
+            let full = kc / 32 * 32;
+            if full > 0 && kern.pack_dot(&src[base..], sc, true, full, bs) {
+                q0 = full / 2;
+            }
+        } else if kern.pack_dot(&src[base..], sk, false, kc, bs) {
+            q0 = kc.div_ceil(2);
+        }
+    }
+    let kp = kc.div_ceil(2);
+    for q in q0..kp {
+        let row = &mut bs[q * NR..(q + 1) * NR];
+        let (kk, has_hi) = (2 * q, 2 * q + 1 < kc);
+        for (c, d) in row.iter_mut().enumerate() {
+            *d = if c < nc {
+                let lo = src[base + kk * sk + c * sc].to_bits() as u32;
+                let hi = if has_hi {
+                    src[base + (kk + 1) * sk + c * sc].to_bits() as u32
+                } else {
+                    0
+                };
+                lo | hi << 16
+            } else {
+                0
+            };
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn task<T: Elem>(
     kern: &Kernels,
@@ -375,12 +584,21 @@ fn task<T: Elem>(
     p: usize,
     tile: &mut crate::simd::TileMut<'_, T>,
     s: &mut Scratch,
+    dot: bool,
 ) {
     let (k, n) = (a.k, a.n);
     let mg = r1 - r0;
     let n0 = p * NR;
     let nc = tile.width();
-    let Scratch { b, a: sa, c, t, o } = s;
+    let Scratch {
+        bp,
+        ap,
+        b,
+        a: sa,
+        c,
+        t,
+        o,
+    } = s;
     let cs = grow(c, mg * NR);
     if k == 0 {
         cs.fill(0.0);
@@ -420,6 +638,42 @@ fn task<T: Elem>(
         };
         if done {
             k0 = k;
+        }
+    }
+    // vdpbf16ps path: bf16 pairs along K for both operands.
+    if dot && k0 < k {
+        let xb: &[half::bf16] = bytemuck::cast_slice(a.x);
+        while k0 < k {
+            let kc = KC_DOT.min(k - k0);
+            let kp = kc.div_ceil(2);
+            let bs = grow_u32(bp, kp * NR);
+            fill_pairs(kern, &a.w, g, p, n, k, k0, kc, bs);
+            let asl = grow_u32(ap, mg * kp);
+            for i in 0..mg {
+                let row = &xb[(r0 + i) * k + k0..(r0 + i) * k + k0 + kc];
+                let dst = &mut asl[i * kp..(i + 1) * kp];
+                for (d, pr) in dst.iter_mut().zip(row.chunks(2)) {
+                    let lo = pr[0].to_bits() as u32;
+                    let hi = pr.get(1).map_or(0, |v| v.to_bits() as u32);
+                    *d = lo | hi << 16;
+                }
+            }
+            let mut mb = 0;
+            while mb < mg {
+                let mr = MR.min(mg - mb);
+                let ok = kern.micro_dot(
+                    &asl[mb * kp..],
+                    kp,
+                    mr,
+                    kp,
+                    bs,
+                    &mut cs[mb * NR..(mb + mr) * NR],
+                    k0 > 0,
+                );
+                debug_assert!(ok, "micro_dot refused a checked call");
+                mb += mr;
+            }
+            k0 += kc;
         }
     }
     while k0 < k {

@@ -4,10 +4,13 @@
 //! Scores are computed in f32 with the SIMD `exp` of the kernel table (softmax, sigmoid) or libm
 //! (`sqrt_softplus`); selection keeps a sorted list of the `k` best `(ŝ, index)` pairs, inserting
 //! only strictly better values while scanning experts in ascending order, which is exactly the
-//! lower-index-wins tie rule. Non-finite logits (and non-finite `ŝ`) are excluded; missing slots are
+//! lower-index-wins tie rule. With AVX-512 (and `k <= 16`) only a short list of candidates is
+//! scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a bound below the k-th
+//! largest `ŝ`, so the top `k` and all their ties are in it), gathered by masked compress stores in
+//! index order; the group top-two scores are lane-wise max/min plus two reductions per group. Non-finite logits (and non-finite `ŝ`) are excluded; missing slots are
 //! filled with the lowest unchosen indices at weight 0.
 
-use crate::elem::Elem;
+use crate::elem::{Elem, ElemKind};
 use crate::pool::Pool;
 use crate::simd::Kernels;
 use moehal_core::ops::{GroupScore, RouterConfig, Scoring};
@@ -27,6 +30,8 @@ struct Scratch {
     taken: Vec<bool>,
     gs: Vec<f32>,
     keep: Vec<bool>,
+    cv: Vec<f32>,
+    ci: Vec<u32>,
 }
 
 thread_local! {
@@ -99,114 +104,20 @@ pub fn router_topk<T: Elem>(
     Ok(())
 }
 
-fn route<T: Elem>(
-    kern: &Kernels,
-    cfg: &RouterConfig,
-    logits: &[T],
-    bias: Option<&[f32]>,
+/// The `k` largest finite `sel` values (no NaN in `sel`; `-inf` = not selectable) into `ids[..cnt]`,
+/// by value descending, ties by lower index; returns `cnt` (`< k` when fewer are selectable).
+/// `kern = None` forces the portable scan (tests compare the two). `skip`: see
+/// [`Kernels::topk_select`] (ignored by the portable scan).
+fn select_topk(
+    kern: Option<&Kernels>,
+    sel: &[f32],
+    k: usize,
+    skip: u64,
     ids: &mut [i32],
-    w: &mut [f32],
-    sc: &mut Scratch,
-) {
-    let e = logits.len();
-    let k = cfg.k;
-    let Scratch {
-        l,
-        s,
-        sel,
-        taken,
-        gs,
-        keep,
-    } = sc;
-    l.resize(e, 0.0);
-    s.resize(e, 0.0);
-    sel.resize(e, 0.0);
-    kern.widen(logits, l);
-    // Non-finite logits become -inf: they score 0 under every scoring function and add nothing to
-    // the softmax denominator; `sel` below excludes them by the original value.
-    let mut any_nonfinite = false;
-    for v in l.iter_mut() {
-        if !v.is_finite() {
-            *v = f32::NEG_INFINITY;
-            any_nonfinite = true;
-        }
-    }
-    match cfg.scoring {
-        Scoring::Softmax => {
-            let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-            if max == f32::NEG_INFINITY {
-                s.fill(0.0);
-            } else {
-                let denom = kern.exp_shift(l, s, max);
-                for v in s.iter_mut() {
-                    *v /= denom;
-                }
-            }
-        }
-        Scoring::Sigmoid => kern.sigmoid(l, s),
-        Scoring::SqrtSoftplus => {
-            for (o, &x) in s.iter_mut().zip(l.iter()) {
-                let sp = if x > 0.0 {
-                    x + (-x).exp().ln_1p()
-                } else {
-                    x.exp().ln_1p()
-                };
-                *o = sp.sqrt();
-            }
-        }
-    }
-    match bias {
-        Some(b) => {
-            for i in 0..e {
-                let v = s[i] + b[i];
-                sel[i] = if v.is_finite() { v } else { f32::NEG_INFINITY };
-            }
-        }
-        None => sel.copy_from_slice(s),
-    }
-    if any_nonfinite {
-        for i in 0..e {
-            if l[i] == f32::NEG_INFINITY {
-                sel[i] = f32::NEG_INFINITY;
-                s[i] = 0.0;
-            }
-        }
-    }
-    if let Some(g) = cfg.effective_group() {
-        let per = e / g.n_group;
-        gs.clear();
-        for gi in 0..g.n_group {
-            let part = &sel[gi * per..(gi + 1) * per];
-            let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-            for &v in part {
-                // Branch-free running top two (sel holds no NaN).
-                let lo = if v < a { v } else { a };
-                b = if lo > b { lo } else { b };
-                a = if v > a { v } else { a };
-            }
-            gs.push(match g.score {
-                GroupScore::Max => a,
-                GroupScore::Top2Sum => a + b,
-            });
-        }
-        // Keep the topk_group best groups (ties: lower group index): drop the others.
-        keep.clear();
-        keep.resize(g.n_group, false);
-        for _ in 0..g.topk_group {
-            let mut best = usize::MAX;
-            for (gi, &v) in gs.iter().enumerate() {
-                if !keep[gi] && (best == usize::MAX || v > gs[best]) {
-                    best = gi;
-                }
-            }
-            keep[best] = true;
-        }
-        for gi in 0..g.n_group {
-            if !keep[gi] {
-                sel[gi * per..(gi + 1) * per].fill(f32::NEG_INFINITY);
-            }
-        }
-    }
+    cv: &mut Vec<f32>,
+    ci: &mut Vec<u32>,
+) -> usize {
+    let e = sel.len();
     // Top-k by insertion, scanning in index order; only strictly larger values displace.
     let mut vals = [f32::NEG_INFINITY; 64];
     let mut cnt = 0usize;
@@ -218,6 +129,34 @@ fn route<T: Elem>(
         cnt = order.len();
         for (j, &i) in order.iter().enumerate() {
             ids[j] = i as i32;
+        }
+    } else if let Some(nc) = {
+        cv.resize(e + 16, 0.0);
+        ci.resize(e + 16, 0);
+        kern.and_then(|kn| kn.topk_select(sel, k, skip, cv, ci, ids))
+    } {
+        if nc <= 16 {
+            // Ranked in registers: ids[..min(nc, k)] are final.
+            cnt = nc.min(k);
+        } else {
+            // Many candidates (ties): they arrive in ascending index order and hold every element
+            // that can be selected; insertion with strict comparisons keeps the lower index first.
+            for (&v, &i) in cv[..nc].iter().zip(&ci[..nc]) {
+                if cnt == k && v <= vals[k - 1] {
+                    continue;
+                }
+                let mut pos = if cnt < k { cnt } else { k - 1 };
+                while pos > 0 && vals[pos - 1] < v {
+                    vals[pos] = vals[pos - 1];
+                    ids[pos] = ids[pos - 1];
+                    pos -= 1;
+                }
+                vals[pos] = v;
+                ids[pos] = i as i32;
+                if cnt < k {
+                    cnt += 1;
+                }
+            }
         }
     } else {
         for (ci, chunk) in sel.chunks(16).enumerate() {
@@ -250,6 +189,183 @@ fn route<T: Elem>(
             }
         }
     }
+    cnt
+}
+
+/// Largest value of `v` (no NaN in `v`; `-inf` when empty), by 16 lane-wise maxima so it vectorizes.
+fn max_of(v: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &b) in m.iter_mut().zip(c) {
+            *a = if b > *a { b } else { *a };
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    m.iter().fold(tail, |a, &b| if b > a { b } else { a })
+}
+
+/// Scores and selection scores of one token without the fused kernel (OPS.md §2 steps 1, 2, 6):
+/// `l` holds the widened logits (rewritten: non-finite become `-inf`).
+fn score_portable(
+    kern: &Kernels,
+    cfg: &RouterConfig,
+    bias: Option<&[f32]>,
+    l: &mut [f32],
+    s: &mut [f32],
+    sel: &mut [f32],
+) {
+    // Branch-free passes (they vectorize): detect first, rewrite only when needed.
+    let any_nonfinite = l.iter().fold(false, |a, v| a | !v.is_finite());
+    if any_nonfinite {
+        for v in l.iter_mut() {
+            *v = if v.is_finite() { *v } else { f32::NEG_INFINITY };
+        }
+    }
+    match cfg.scoring {
+        Scoring::Softmax => {
+            let max = max_of(l);
+            if max == f32::NEG_INFINITY {
+                s.fill(0.0);
+            } else {
+                let denom = kern.exp_shift(l, s, max);
+                for v in s.iter_mut() {
+                    *v /= denom;
+                }
+            }
+        }
+        Scoring::Sigmoid => kern.sigmoid(l, s),
+        Scoring::SqrtSoftplus => {
+            for (o, &x) in s.iter_mut().zip(l.iter()) {
+                let sp = if x > 0.0 {
+                    x + (-x).exp().ln_1p()
+                } else {
+                    x.exp().ln_1p()
+                };
+                *o = sp.sqrt();
+            }
+        }
+    }
+    match bias {
+        Some(b) => {
+            for ((o, &sv), &bv) in sel.iter_mut().zip(s.iter()).zip(b) {
+                let v = sv + bv;
+                *o = if v.is_finite() { v } else { f32::NEG_INFINITY };
+            }
+        }
+        None => sel.copy_from_slice(s),
+    }
+    if any_nonfinite {
+        for ((o, sv), &lv) in sel.iter_mut().zip(s.iter_mut()).zip(l.iter()) {
+            let dead = lv == f32::NEG_INFINITY;
+            *o = if dead { f32::NEG_INFINITY } else { *o };
+            *sv = if dead { 0.0 } else { *sv };
+        }
+    }
+}
+
+/// Group limit (OPS.md §2 step 3) on `sel` (no NaN) without SIMD: group scores (top value, or the
+/// sum of the two largest), keep the `topk_group` best (ties: lower group index), `-inf` elsewhere.
+fn group_limit_portable(
+    sel: &mut [f32],
+    n_group: usize,
+    top2sum: bool,
+    topk_group: usize,
+    gs: &mut Vec<f32>,
+    keep: &mut Vec<bool>,
+) {
+    let per = sel.len() / n_group;
+    gs.clear();
+    for gi in 0..n_group {
+        let part = &sel[gi * per..(gi + 1) * per];
+        let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &v in part {
+            // Branch-free running top two (sel holds no NaN).
+            let lo = if v < a { v } else { a };
+            b = if lo > b { lo } else { b };
+            a = if v > a { v } else { a };
+        }
+        gs.push(if top2sum { a + b } else { a });
+    }
+    // Group gi is kept iff fewer than topk_group groups precede it in the order (score descending,
+    // index ascending); gs holds no NaN.
+    keep.clear();
+    keep.extend(gs.iter().enumerate().map(|(gi, &v)| {
+        let rank: usize = gs
+            .iter()
+            .enumerate()
+            .map(|(h, &u)| usize::from(u > v) | usize::from(u == v && h < gi))
+            .sum();
+        rank < topk_group
+    }));
+    for gi in 0..n_group {
+        if !keep[gi] {
+            sel[gi * per..(gi + 1) * per].fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+fn route<T: Elem>(
+    kern: &Kernels,
+    cfg: &RouterConfig,
+    logits: &[T],
+    bias: Option<&[f32]>,
+    ids: &mut [i32],
+    w: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let e = logits.len();
+    let k = cfg.k;
+    let Scratch {
+        l,
+        s,
+        sel,
+        taken,
+        gs,
+        keep,
+        cv,
+        ci,
+    } = sc;
+    l.resize(e, 0.0);
+    s.resize(e, 0.0);
+    sel.resize(e, 0.0);
+    // Sigmoid scoring with a fused kernel: one pass from the logits (read in place when f32).
+    let fused = cfg.scoring == Scoring::Sigmoid && {
+        let src: &[f32] = if T::KIND == ElemKind::F32 {
+            bytemuck::cast_slice(logits)
+        } else {
+            kern.widen(logits, l);
+            l
+        };
+        kern.sigmoid_select(src, bias, s, sel)
+    };
+    if !fused {
+        kern.widen(logits, l);
+        score_portable(kern, cfg, bias, l, s, sel);
+    }
+    // 16-element blocks known to hold only -inf (dropped groups), skipped by the selection.
+    let mut skip = 0u64;
+    if let Some(g) = cfg.effective_group() {
+        let top2 = g.score == GroupScore::Top2Sum;
+        let per = e / g.n_group;
+        match kern.group_limit(sel, g.n_group, per, top2, g.topk_group) {
+            Some(kept) => {
+                let bpg = per / 16;
+                for gi in (0..g.n_group).filter(|&gi| kept & (1 << gi) == 0) {
+                    for b in gi * bpg..(gi + 1) * bpg {
+                        if b < 64 {
+                            skip |= 1 << b;
+                        }
+                    }
+                }
+            }
+            None => group_limit_portable(sel, g.n_group, top2, g.topk_group, gs, keep),
+        }
+    }
+    let cnt = select_topk(Some(kern), sel, k, skip, ids, cv, ci);
     if cnt < k {
         taken.clear();
         taken.resize(e, false);
@@ -276,5 +392,88 @@ fn route<T: Elem>(
     }
     for v in w.iter_mut() {
         *v *= cfg.routed_scaling_factor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::Isa;
+
+    fn lcg(s: &mut u64) -> u64 {
+        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *s >> 33
+    }
+
+    /// The vectorized selection and group scores give exactly the portable results, on inputs full
+    /// of exact ties and -inf.
+    #[test]
+    fn simd_selection_equals_scalar() {
+        let Some(kern) = Kernels::for_isa(Isa::Avx512) else {
+            println!("skipped: no AVX-512");
+            return;
+        };
+        let mut seed = 5u64;
+        let (mut cv, mut ci) = (Vec::new(), Vec::new());
+        for case in 0..3000 {
+            let e = [16usize, 32, 64, 100, 128, 256, 384, 7][case % 8];
+            let levels = [3u64, 20, 1 << 20][case % 3];
+            let sel: Vec<f32> = (0..e)
+                .map(|_| {
+                    let r = lcg(&mut seed);
+                    if r.is_multiple_of(11) || (case % 17 == 0 && !r.is_multiple_of(3)) {
+                        f32::NEG_INFINITY
+                    } else {
+                        (r % levels) as f32 * 0.125 - 1.0
+                    }
+                })
+                .collect();
+            for k in [1usize, 2, 6, 8, 16].into_iter().filter(|&k| k <= e) {
+                let (mut a, mut b) = (vec![-1i32; k], vec![-1i32; k]);
+                let na = select_topk(Some(kern), &sel, k, 0, &mut a, &mut cv, &mut ci);
+                let nb = select_topk(None, &sel, k, 0, &mut b, &mut cv, &mut ci);
+                assert_eq!((na, &a[..na]), (nb, &b[..nb]), "case {case} e={e} k={k}");
+                // The portable scan itself against a full sort.
+                let mut order: Vec<usize> = (0..e).filter(|&i| sel[i] > f32::NEG_INFINITY).collect();
+                order.sort_by(|&x, &y| sel[y].total_cmp(&sel[x]).then(x.cmp(&y)));
+                order.truncate(k);
+                let want: Vec<i32> = order.iter().map(|&i| i as i32).collect();
+                assert_eq!(&b[..nb], &want[..], "case {case} e={e} k={k}");
+            }
+            for per in [16usize, 32, 64] {
+                if !e.is_multiple_of(per) || e / per > 16 {
+                    continue;
+                }
+                let ng = e / per;
+                for top2 in [false, true] {
+                    for tg in 1..=ng {
+                        let mut a = sel.clone();
+                        let mut b = sel.clone();
+                        let mask = kern.group_limit(&mut a, ng, per, top2, tg).unwrap();
+                        let (mut gs, mut keep) = (Vec::new(), Vec::new());
+                        group_limit_portable(&mut b, ng, top2, tg, &mut gs, &mut keep);
+                        let want: u32 = keep.iter().enumerate().map(|(i, &kp)| u32::from(kp) << i).sum();
+                        assert_eq!(mask, want, "case {case} per={per} top2={top2} tg={tg}");
+                        assert_eq!(mask.count_ones() as usize, tg);
+                        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "case {case} per={per} top2={top2} tg={tg}");
+                        // Selection skipping the dropped groups' blocks = full portable scan.
+                        let bpg = per / 16;
+                        let mut skip = 0u64;
+                        for gi in (0..ng).filter(|&gi| mask & (1 << gi) == 0) {
+                            for blk in (gi * bpg..(gi + 1) * bpg).filter(|&blk| blk < 64) {
+                                skip |= 1 << blk;
+                            }
+                        }
+                        for k in [1usize, 8, 16].into_iter().filter(|&k| k <= e) {
+                            let (mut x, mut y) = (vec![-1i32; k], vec![-1i32; k]);
+                            let nx = select_topk(Some(kern), &a, k, skip, &mut x, &mut cv, &mut ci);
+                            let ny = select_topk(None, &a, k, 0, &mut y, &mut cv, &mut ci);
+                            assert_eq!((nx, &x[..nx]), (ny, &y[..ny]), "case {case} per={per} tg={tg} k={k}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

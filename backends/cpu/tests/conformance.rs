@@ -12,6 +12,7 @@ use moehal_core::ops::{
 };
 use moehal_core::reference::route_token;
 use moehal_core::{Backend, BackendExt, Buffer, DType, Element, Error, Float, Reference};
+use moehal_cpu::grouped_gemm::Bf16Kernel;
 use moehal_cpu::{CpuBackend, Isa};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +25,13 @@ fn cpus() -> Vec<CpuBackend> {
         .map(|i| CpuBackend::with_isa(i).unwrap())
         .collect();
     v.push(CpuBackend::with_threads(1).unwrap());
+    // Both bf16 grouped_gemm kernels, forced (the default is picked by a timed calibration).
+    for k in [Bf16Kernel::Fma, Bf16Kernel::Dot] {
+        match CpuBackend::new().with_bf16_kernel(k) {
+            Ok(be) => v.push(be),
+            Err(e) => println!("bf16 kernel {k:?} not tested: {e}"),
+        }
+    }
     v
 }
 
@@ -151,9 +159,10 @@ fn gemm_cases<T: Float>(seed: u64) {
                 let want = run_gemm(&r, &x, m, k, n, &ge, &w, layout, rs_o, b_o).unwrap();
                 for cpu in cpus() {
                     let ctx = format!(
-                        "seed {seed} {} {layout:?} ({m},{k},{n},{g}) opt {opt} {:?}",
+                        "seed {seed} {} {layout:?} ({m},{k},{n},{g}) opt {opt} {:?} bf16 {:?}",
                         T::DTYPE,
-                        cpu.kernels().isa()
+                        cpu.kernels().isa(),
+                        cpu.bf16_kernel()
                     );
                     let got = run_gemm(&cpu, &x, m, k, n, &ge, &w, layout, rs_o, b_o).unwrap();
                     let e = rel_err(&got, &want, &ctx);

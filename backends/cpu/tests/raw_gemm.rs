@@ -1,6 +1,6 @@
 //! grouped_gemm on raw slices against an f64 oracle, for every ISA table, dtype and layout.
 use half::{bf16, f16};
-use moehal_cpu::grouped_gemm::{grouped_gemm, GemmArgs, Layout, PackedWeights, Weights};
+use moehal_cpu::grouped_gemm::{grouped_gemm_with, Bf16Kernel, GemmArgs, Layout, PackedWeights, Weights};
 use moehal_cpu::{Elem, Isa, Kernels, Pool};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -74,7 +74,11 @@ fn check<T: Elem>(tol: f64, seed: u64) {
             let kern = Kernels::for_isa(isa).unwrap();
             for lay in [Layout::NK, Layout::KN] {
                 let packed = PackedWeights::new(&pool, &w, lay, g, n, k).unwrap();
-                for use_packed in [false, true] {
+                for (use_packed, bk) in [false, true]
+                    .into_iter()
+                    .flat_map(|u| [(u, Bf16Kernel::Fma), (u, Bf16Kernel::Dot)])
+                    .filter(|&(_, bk)| bk.available(kern))
+                {
                     for opt in 0..2 {
                         let (rs_o, b_o) = if opt == 0 {
                             (None, None)
@@ -98,7 +102,7 @@ fn check<T: Elem>(tol: f64, seed: u64) {
                             row_scale: rs_o,
                             bias: b_o,
                         };
-                        grouped_gemm(kern, &pool, &args, &mut y).unwrap();
+                        grouped_gemm_with(kern, &pool, &args, &mut y, bk).unwrap();
                         let (mut num, mut den) = (0f64, 0f64);
                         for r in 0..m {
                             for j in 0..n {
@@ -109,7 +113,7 @@ fn check<T: Elem>(tol: f64, seed: u64) {
                                 }
                                 assert!(
                                     !got.is_nan(),
-                                    "{isa:?} {lay:?} packed={use_packed} ({m},{k},{n}) unwritten/NaN at {r},{j}"
+                                    "{isa:?} {lay:?} packed={use_packed} {bk:?} ({m},{k},{n}) unwritten/NaN at {r},{j}"
                                 );
                                 num += (got as f64 - want[r * n + j]).powi(2);
                                 den += want[r * n + j].powi(2);
@@ -118,7 +122,7 @@ fn check<T: Elem>(tol: f64, seed: u64) {
                         let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
                         assert!(
                             rel <= tol,
-                            "{isa:?} {lay:?} packed={use_packed} ({m},{k},{n},{g}) rel {rel}"
+                            "{isa:?} {lay:?} packed={use_packed} {bk:?} ({m},{k},{n},{g}) rel {rel}"
                         );
                     }
                 }

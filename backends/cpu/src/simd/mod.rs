@@ -27,7 +27,7 @@ pub const MR: usize = 6;
 /// An instruction-set level of the CPU kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
-    /// AVX-512F (+BW/VL/DQ) with FMA.
+    /// AVX-512F (+BW/VL/DQ) with FMA and POPCNT.
     Avx512,
     /// AVX2 with FMA and F16C.
     Avx2,
@@ -59,6 +59,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
@@ -101,6 +102,11 @@ type SiluMulFn = unsafe fn(*const f32, *const f32, *mut f32, usize, f32);
 type WidenFn = unsafe fn(*const u16, *mut f32, usize);
 type PackFn = unsafe fn(u8, bool, *const u8, usize, usize, *mut f32);
 type MicroBf16Fn = unsafe fn(*const f32, usize, usize, usize, *const u16, usize, *mut f32);
+type MicroDotFn = unsafe fn(*const u32, usize, usize, usize, *const u32, *mut f32, bool);
+type PackDotFn = unsafe fn(bool, *const u16, usize, usize, *mut u32);
+type GroupLimitFn = unsafe fn(*mut f32, usize, usize, bool, usize) -> u32;
+type SigmoidSelectFn = unsafe fn(*const f32, *const f32, *mut f32, *mut f32, usize);
+type TopkSelectFn = unsafe fn(*const f32, usize, usize, u64, *mut f32, *mut u32, *mut i32) -> usize;
 
 /// The kernels of one instruction set, as cached function pointers.
 pub struct Kernels {
@@ -115,6 +121,12 @@ pub struct Kernels {
     pack_b: Option<PackFn>,
     micro_bf16: Option<MicroBf16Fn>,
     dot_nk_bf16: Option<MicroBf16Fn>,
+    /// `vdpbf16ps` kernels (need AVX512-BF16 on top of the table's ISA; see [`Kernels::has_dot`]).
+    micro_dot: Option<MicroDotFn>,
+    pack_dot: Option<PackDotFn>,
+    group_limit: Option<GroupLimitFn>,
+    topk_select: Option<TopkSelectFn>,
+    sigmoid_select: Option<SigmoidSelectFn>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -135,6 +147,11 @@ static SCALAR: Kernels = Kernels {
     pack_b: None,
     micro_bf16: None,
     dot_nk_bf16: None,
+    micro_dot: None,
+    pack_dot: None,
+    group_limit: None,
+    topk_select: None,
+    sigmoid_select: None,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -150,6 +167,11 @@ static AVX512: Kernels = Kernels {
     pack_b: Some(avx512::pack_b),
     micro_bf16: Some(avx512::micro_bf16),
     dot_nk_bf16: Some(avx512::dot_nk_bf16),
+    micro_dot: Some(avx512::micro_dot),
+    pack_dot: Some(avx512::pack_dot),
+    group_limit: Some(avx512::group_limit),
+    topk_select: Some(avx512::topk_select),
+    sigmoid_select: Some(avx512::sigmoid_select),
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -165,6 +187,11 @@ static AVX2: Kernels = Kernels {
     pack_b: None,
     micro_bf16: None,
     dot_nk_bf16: None,
+    micro_dot: None,
+    pack_dot: None,
+    group_limit: None,
+    topk_select: None,
+    sigmoid_select: None,
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -180,6 +207,11 @@ static NEON: Kernels = Kernels {
     pack_b: None,
     micro_bf16: None,
     dot_nk_bf16: None,
+    micro_dot: None,
+    pack_dot: None,
+    group_limit: None,
+    topk_select: None,
+    sigmoid_select: None,
 };
 
 impl Kernels {
@@ -393,6 +425,161 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// Router group limit of one token (OPS.md §2 step 3) on `sel` (no NaN), `ng` groups of `per`
+    /// values: group score = the largest value, or with `top2sum` the sum of the two largest of the
+    /// multiset; the `topk_group` best groups (ties: lower group index) are kept and every value of
+    /// the other groups is set to `-inf`. Returns the kept-group bit mask, or `None` (nothing
+    /// written) where this table has no such kernel, `per % 16 != 0`, `ng > 16`, or the lengths or
+    /// `topk_group` do not fit.
+    #[inline]
+    pub fn group_limit(&self, sel: &mut [f32], ng: usize, per: usize, top2sum: bool, topk_group: usize) -> Option<u32> {
+        let f = self.group_limit?;
+        if !(1..=16).contains(&ng)
+            || per == 0
+            || !per.is_multiple_of(16)
+            || sel.len() != ng * per
+            || !(1..=ng).contains(&topk_group)
+        {
+            return None;
+        }
+        // SAFETY: sel holds ng*per f32 with 1 <= ng <= 16; the ISA was verified by for_isa.
+        Some(unsafe { f(sel.as_mut_ptr(), ng, per, top2sum, topk_group) })
+    }
+
+    /// Fused sigmoid scoring of one router token: for finite `l[i]`, `s[i] = sigmoid(l[i])` (as
+    /// [`Kernels::sigmoid`]) and `sel[i] = s[i] + bias[i]` (`s[i]` without bias), `-inf` where not
+    /// finite; for non-finite `l[i]`, `s[i] = 0`, `sel[i] = -inf`. Returns false (and does nothing)
+    /// where this table has no such kernel or the lengths differ.
+    #[inline]
+    pub fn sigmoid_select(&self, l: &[f32], bias: Option<&[f32]>, s: &mut [f32], sel: &mut [f32]) -> bool {
+        let Some(f) = self.sigmoid_select else { return false };
+        let n = l.len();
+        if s.len() != n || sel.len() != n || bias.is_some_and(|b| b.len() != n) {
+            return false;
+        }
+        let bp = bias.map_or(std::ptr::null(), |b| b.as_ptr());
+        // SAFETY: every slice holds n f32 (bias null or n); the ISA was verified by for_isa.
+        unsafe { f(l.as_ptr(), bp, s.as_mut_ptr(), sel.as_mut_ptr(), n) };
+        true
+    }
+
+    /// Top-`k` selection (`1 <= k <= 16`) of `sel` (no NaN; `-inf` = not selectable): the candidates
+    /// are a superset of the `k` largest values holding every element at least as large as any member
+    /// of the top `k` (so all ties) and no `-inf`, in ascending index order. Returns `Some(n)`, their
+    /// count; if `n <= 16` the selection is done: `ids[..min(n, k)]` hold the winners by value
+    /// descending, ties by lower index; otherwise the candidates are in `cv[..n]` (values) and
+    /// `ci[..n]` (indices). `None` where this table has no such kernel or the arguments do not fit
+    /// (`cv`, `ci` must hold `sel.len() + 16`, `ids` at least `k`). Blocks `b < 64` of 16 elements
+    /// (`sel[16b..16b+16]`) with bit `b` of `skip` set are not read: pass a set bit only for a block
+    /// that holds nothing but `-inf` (e.g. a dropped group), else the result is wrong (never unsafe).
+    #[inline]
+    pub fn topk_select(
+        &self,
+        sel: &[f32],
+        k: usize,
+        skip: u64,
+        cv: &mut [f32],
+        ci: &mut [u32],
+        ids: &mut [i32],
+    ) -> Option<usize> {
+        let f = self.topk_select?;
+        let e = sel.len();
+        if !(1..=16).contains(&k) || cv.len() < e + 16 || ci.len() < e + 16 || ids.len() < k || e > i32::MAX as usize {
+            return None;
+        }
+        // SAFETY: sel holds e f32; cv and ci hold e + 16 (the kernel's full-vector stores end
+        // before that); ids holds k; the ISA was verified by for_isa.
+        Some(unsafe {
+            f(
+                sel.as_ptr(),
+                e,
+                k,
+                skip,
+                cv.as_mut_ptr(),
+                ci.as_mut_ptr(),
+                ids.as_mut_ptr(),
+            )
+        })
+    }
+}
+
+/// Whether this CPU has AVX512-BF16 (`vdpbf16ps`), detected once.
+fn cpu_has_avx512bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+impl Kernels {
+    /// Whether this table has a usable `vdpbf16ps` bf16 kernel on this machine (AVX-512 table and a
+    /// CPU with AVX512-BF16).
+    pub fn has_dot(&self) -> bool {
+        self.micro_dot.is_some() && self.pack_dot.is_some() && cpu_has_avx512bf16()
+    }
+
+    /// `vdpbf16ps` microkernel on bf16 pairs: `c[i, 0..NR] (+)= sum_{p < kp} (lo(a) * lo(b) + hi(a) *
+    /// hi(b))` with `a = a[i*lda + p]`, `b = b[p*NR + 0..NR]`, where each `u32` holds two bf16 bit
+    /// patterns (the even-k element in the low half). Products of bf16 values are exact in f32; sums
+    /// are f32 (the instruction flushes subnormal inputs and outputs to zero). `c` has row stride
+    /// [`NR`]; with `accumulate == false` the old `c` is ignored. Returns false (and does nothing) where
+    /// [`Kernels::has_dot`] is false or the slices are too short.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn micro_dot(
+        &self,
+        a: &[u32],
+        lda: usize,
+        mr: usize,
+        kp: usize,
+        b: &[u32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) -> bool {
+        let Some(f) = self.micro_dot else { return false };
+        if !self.has_dot()
+            || !(1..=MR).contains(&mr)
+            || (kp > 0 && a.len() < (mr - 1) * lda + kp)
+            || b.len() < kp * NR
+            || c.len() < mr * NR
+        {
+            return false;
+        }
+        // SAFETY: the checks above bound every access; AVX512-BF16 and the table's ISA were verified.
+        unsafe { f(a.as_ptr(), lda, mr, kp, b.as_ptr(), c.as_mut_ptr(), accumulate) };
+        true
+    }
+
+    /// Pack a full-width block (`NR` columns, `kc` values of k) of bf16 weights into the pair panel
+    /// `dst[p*NR + c] = bits(w(2p, c)) | bits(w(2p+1, c)) << 16`, `p < ceil(kc/2)` (a missing odd
+    /// element is 0). `nk`: element (k, c) is `src[c*ld + k]` (needs `kc % 32 == 0`), else
+    /// `src[k*ld + c]`. Returns false (the caller then packs with generic code) where this table has
+    /// no such kernel or the arguments do not fit it.
+    #[inline]
+    pub fn pack_dot(&self, src: &[half::bf16], ld: usize, nk: bool, kc: usize, dst: &mut [u32]) -> bool {
+        let Some(f) = self.pack_dot else { return false };
+        if !self.has_dot() || kc == 0 || (nk && !kc.is_multiple_of(32)) {
+            return false;
+        }
+        let need = if nk { (NR - 1) * ld + kc } else { (kc - 1) * ld + NR };
+        if src.len() < need || dst.len() < kc.div_ceil(2) * NR {
+            return false;
+        }
+        // SAFETY: the checks above bound every element the kernel addresses (prefetch hints may point
+        // past the slice, which never faults); the table's ISA was verified by for_isa.
+        unsafe { f(nk, src.as_ptr() as *const u16, ld, kc, dst.as_mut_ptr()) };
+        true
+    }
+}
+
 /// View a slice of a 16-bit element type as its bits.
 fn as_u16<T: crate::elem::Elem>(s: &[T]) -> &[u16] {
     assert_eq!(std::mem::size_of::<T>(), 2);
@@ -576,6 +763,65 @@ mod tests {
                         xs[i],
                         out[i]
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_kernels_match_definition() {
+        let Some(k) = Kernels::for_isa(Isa::Avx512).filter(|k| k.has_dot()) else {
+            println!("skipped: no AVX512-BF16 on this CPU");
+            return;
+        };
+        // Small integers: every product and partial sum is exact in f32, so any order gives the same.
+        let bf = |v: i32| half::bf16::from_f32(v as f32).to_bits() as u32;
+        let kp = 19;
+        let lda = 23;
+        let a: Vec<u32> = (0..MR * lda)
+            .map(|i| bf((i % 7) as i32 - 3) | bf((i % 5) as i32 - 2) << 16)
+            .collect();
+        let b: Vec<u32> = (0..kp * NR)
+            .map(|i| bf((i % 9) as i32 - 4) | bf((i % 4) as i32 - 1) << 16)
+            .collect();
+        let lo = |v: u32| half::bf16::from_bits(v as u16).to_f32();
+        let hi = |v: u32| half::bf16::from_bits((v >> 16) as u16).to_f32();
+        for mr in 1..=MR {
+            for acc in [false, true] {
+                let c0: Vec<f32> = (0..MR * NR).map(|i| (i % 3) as f32).collect();
+                let mut c = c0.clone();
+                assert!(k.micro_dot(&a, lda, mr, kp, &b, &mut c, acc));
+                for i in 0..mr {
+                    for j in 0..NR {
+                        let mut want = if acc { c0[i * NR + j] } else { 0.0 };
+                        for p in 0..kp {
+                            let (x, w) = (a[i * lda + p], b[p * NR + j]);
+                            want += lo(x) * lo(w) + hi(x) * hi(w);
+                        }
+                        assert_eq!(c[i * NR + j], want, "mr={mr} acc={acc} {i},{j}");
+                    }
+                }
+                assert_eq!(&c[mr * NR..], &c0[mr * NR..], "wrote past mr rows");
+            }
+        }
+        // Packing, both layouts, an odd kc for KN.
+        let ld = 77;
+        let src: Vec<half::bf16> = (0..NR * ld).map(|i| half::bf16::from_bits(i as u16 ^ 0x3c00)).collect();
+        for (nk, kc) in [(true, 64usize), (false, 33)] {
+            let mut dst = vec![0u32; kc.div_ceil(2) * NR];
+            assert!(k.pack_dot(&src, ld, nk, kc, &mut dst));
+            for q in 0..kc.div_ceil(2) {
+                for c in 0..NR {
+                    let at = |kk: usize| {
+                        if kk >= kc {
+                            0
+                        } else if nk {
+                            src[c * ld + kk].to_bits() as u32
+                        } else {
+                            src[kk * ld + c].to_bits() as u32
+                        }
+                    };
+                    assert_eq!(dst[q * NR + c], at(2 * q) | at(2 * q + 1) << 16, "nk={nk} q={q} c={c}");
                 }
             }
         }
