@@ -1708,6 +1708,16 @@ pub fn edge_cases() -> Vec<Case> {
         2,
         true,
     ));
+    v.push(g(
+        "gather D = 0 (empty rows, indices still checked)",
+        TableFormat::BF16,
+        BF16,
+        10,
+        0,
+        3,
+        2,
+        false,
+    ));
     for (f, o) in [
         (TableFormat::BF16, BF16),
         (TableFormat::Fp8E4m3Ue8m0, BF16),

@@ -58,11 +58,11 @@ impl Registry {
         let entries = openers()
             .into_iter()
             .map(|(name, open)| {
-                let status = match std::panic::catch_unwind(open) {
+                let status = match moehal_core::fence::catch_quietly(open) {
                     Ok(Ok(b)) => Ok(b),
                     Ok(Err(Error::Unavailable { reason, .. })) => Err(reason),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("panicked while opening (a bug: please report)".into()),
+                    Err(msg) => Err(format!("panicked while opening: {msg}")),
                 };
                 Entry { name, status }
             })

@@ -48,11 +48,11 @@ impl Backend for Broken {
         // SAFETY: forwarded contract.
         unsafe { Reference.wrap_external(ptr, bytes) }
     }
-    fn grouped_gemm(&self, mut a: Checked<GroupedGemm<'_>>) -> Result<()> {
+    fn grouped_gemm(&self, a: Checked<GroupedGemm<'_>>) -> Result<()> {
         let flaw = self.0;
         let (dt, n) = (a.y.dtype(), a.y.numel());
         let off = a.y.offset();
-        let a: &mut GroupedGemm<'_> = &mut a;
+        let mut a = a.into_inner();
         let again = GroupedGemm {
             x: a.x,
             w: a.w,
@@ -75,9 +75,9 @@ impl Backend for Broken {
         }
         r
     }
-    fn router_topk(&self, mut a: Checked<RouterTopk<'_>>) -> Result<()> {
+    fn router_topk(&self, a: Checked<RouterTopk<'_>>) -> Result<()> {
         let flaw = self.0;
-        let a: &mut RouterTopk<'_> = &mut a;
+        let mut a = a.into_inner();
         let again = RouterTopk {
             config: a.config,
             logits: a.logits,

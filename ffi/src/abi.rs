@@ -769,6 +769,13 @@ pub unsafe extern "C" fn moehal_engram_layer_create(
         let c = (n - 1)
             .checked_mul(k)
             .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows"))?;
+        if c > engram::MAX_DERIVED_PRIMES {
+            return Err(Error::invalid(
+                OP,
+                "heads",
+                format!("(max_order - 1) * heads = {c} columns is beyond any real layer"),
+            ));
+        }
         // SAFETY: array lengths per the caller's contract.
         let (m, p) = unsafe {
             (

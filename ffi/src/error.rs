@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use moehal_core::Error;
 
@@ -35,30 +34,18 @@ pub(crate) fn status_of(e: &Error) -> moehal_status {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
-
 /// Run the body of an entry point: errors become a status plus the last-error message, and a
 /// panic never crosses the boundary (it becomes [`MOEHAL_PANIC`]).
 pub(crate) fn guard(f: impl FnOnce() -> moehal_core::Result<()>) -> moehal_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    // The fence keeps a caught panic's message off the host program's stderr.
+    match moehal_core::fence::catch_quietly(f) {
         Ok(Ok(())) => MOEHAL_OK,
         Ok(Err(e)) => {
             set_last_error(&e.to_string());
             status_of(&e)
         }
-        Err(p) => {
-            set_last_error(&format!(
-                "panic inside moehal (a bug: please report): {}",
-                panic_message(p.as_ref())
-            ));
+        Err(msg) => {
+            set_last_error(&format!("panic inside moehal (a bug: please report): {msg}"));
             MOEHAL_PANIC
         }
     }
@@ -66,13 +53,10 @@ pub(crate) fn guard(f: impl FnOnce() -> moehal_core::Result<()>) -> moehal_statu
 
 /// As [`guard`] for entry points that return a value instead of a status: `fallback` on panic.
 pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match moehal_core::fence::catch_quietly(f) {
         Ok(v) => v,
-        Err(p) => {
-            set_last_error(&format!(
-                "panic inside moehal (a bug: please report): {}",
-                panic_message(p.as_ref())
-            ));
+        Err(msg) => {
+            set_last_error(&format!("panic inside moehal (a bug: please report): {msg}"));
             fallback
         }
     }

@@ -144,6 +144,9 @@ pub(super) fn run(a: Args) -> CliResult {
         v41_flash::ROW_DIM + v41_flash::ROW_DIM / 32,
         table.rows
     );
+    if table.rows == 0 {
+        return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
+    }
     let mapped = fold_rows(&rows, table.rows);
     let (t, c) = (ids.len(), layer.columns());
     let od = table.out_dtype();

@@ -79,7 +79,26 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     let (p, fit_notes) = fit_experts(&p, a.dtype, budget);
     notes.extend(fit_notes);
-    let t = a.tokens;
+    // Activations scale with tokens: router logits, x, the k permuted rows through gate_up, swiglu
+    // and down, the shared expert, the output; on every backend that holds a copy.
+    let es = a.dtype.size() as u64;
+    let (h, i, e, k) = (p.hidden as u64, p.expert_width as u64, p.experts as u64, p.k as u64);
+    let per_token =
+        (e * 4 + h * es * (2 + 2 * k) + k * 3 * i * es + p.shared_experts as u64 * (3 * i + h) * es + k * 24)
+            * (host_copies + 1);
+    let act_budget = available_memory().unwrap_or(8 << 30) * 3 / 10;
+    let max_tokens = (act_budget / per_token.max(1)).max(1) as usize;
+    let t = if a.tokens > max_tokens {
+        notes.push(format!(
+            "scaled by token count to fit memory: {} -> {max_tokens} tokens (activations ~{} per token, budget {})",
+            a.tokens,
+            crate::pipeline::human_bytes(per_token as f64),
+            crate::pipeline::human_bytes(act_budget as f64)
+        ));
+        max_tokens
+    } else {
+        a.tokens
+    };
     outln!(
         "preset {}: hidden {}, expert width {}, {} routed experts, top-{}, {} shared, scoring {}{}{}, scale {}",
         p.name,

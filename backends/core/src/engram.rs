@@ -29,6 +29,9 @@ pub const OP: &str = "engram_hash";
 /// Op name used in errors raised by [`CompressionTable`].
 pub const OP_COMPRESS: &str = "engram_compress";
 
+/// Upper bound on the primes one [`derive_primes`] call derives (real configs use dozens).
+pub const MAX_DERIVED_PRIMES: usize = 1 << 20;
+
 // ---------------------------------------------------------------------------------------------
 // Primality
 // ---------------------------------------------------------------------------------------------
@@ -120,6 +123,16 @@ pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize
     let columns = (max_order - 1)
         .checked_mul(heads)
         .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows usize"))?;
+    if columns
+        .checked_mul(layers)
+        .is_none_or(|total| total > MAX_DERIVED_PRIMES)
+    {
+        return Err(Error::invalid(
+            OP,
+            "layers",
+            format!("{layers} layers x {columns} columns exceeds the {MAX_DERIVED_PRIMES} primes a config can derive"),
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(layers);
     for _ in 0..layers {

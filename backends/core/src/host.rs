@@ -55,8 +55,17 @@ impl HostMemory {
     /// [`Error::OutOfMemory`] when the allocator refuses, [`Error::InvalidArgument`] for a bad
     /// alignment.
     pub fn zeroed_aligned(len: usize, align: usize) -> Result<Self> {
-        let layout = AllocLayout::from_size_align(len.max(1), align)
-            .map_err(|e| Error::invalid("alloc", "align", e.to_string()))?;
+        if !align.is_power_of_two() {
+            return Err(Error::invalid(
+                "alloc",
+                "align",
+                format!("{align} is not a power of two"),
+            ));
+        }
+        let layout = AllocLayout::from_size_align(len.max(1), align).map_err(|_| Error::OutOfMemory {
+            backend: "host".into(),
+            bytes: len as u64,
+        })?;
         // SAFETY: layout has non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(p).ok_or(Error::OutOfMemory {
@@ -73,7 +82,10 @@ impl HostMemory {
     /// Read-only memory whose bytes belong to `owner` (a `memmap2::Mmap`, a `Vec<u8>`, ...), kept
     /// alive as long as this memory. Zero copy: a memory-mapped table is read in place.
     pub fn from_owner<O: AsRef<[u8]> + Send + Sync + 'static>(owner: O) -> Self {
-        let bytes = owner.as_ref();
+        // Box first, then take the address: an owner whose bytes live inside the value itself
+        // (an array) moves into the box, and its bytes with it; the box never moves afterwards.
+        let boxed: Box<O> = Box::new(owner);
+        let bytes = (*boxed).as_ref();
         let (ptr, len) = (
             NonNull::new(bytes.as_ptr() as *mut u8).unwrap_or(NonNull::dangling()),
             bytes.len(),
@@ -82,7 +94,7 @@ impl HostMemory {
             ptr,
             len,
             storage: Storage::External {
-                _keep: Some(Box::new(owner)),
+                _keep: Some(boxed),
                 writable: false,
             },
         }

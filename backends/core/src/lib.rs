@@ -30,6 +30,7 @@ pub mod backend;
 pub mod dtype;
 pub mod engram;
 pub mod error;
+pub mod fence;
 pub mod host;
 pub mod ops;
 pub mod reference;

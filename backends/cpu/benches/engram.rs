@@ -32,6 +32,7 @@ fn benches(c: &mut Criterion) {
                 Table::Plain {
                     data: tb,
                     row_bytes: d * 2,
+                    rows: tb.len() / (d * 2),
                 },
                 &rows,
                 h,
@@ -67,6 +68,7 @@ fn benches(c: &mut Criterion) {
                 Table::Plain {
                     data: lt,
                     row_bytes: d * 2,
+                    rows: lt.len() / (d * 2),
                 },
                 GatherOut::Bytes(&mut out),
             )

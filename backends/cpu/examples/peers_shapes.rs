@@ -159,6 +159,7 @@ fn gather(pool: &Pool) {
             Table::Plain {
                 data: tb,
                 row_bytes: d * 2,
+                rows: tb.len() / (d * 2),
             },
             &rows,
             h,
@@ -185,6 +186,7 @@ fn gather(pool: &Pool) {
             Table::Plain {
                 data: lt,
                 row_bytes: d * 2,
+                rows: lt.len() / (d * 2),
             },
             GatherOut::Bytes(&mut out),
         )

@@ -226,10 +226,12 @@ fn table_of<'a>(t: &TensorRef<'a>, format: TableFormat, op: &'static str) -> Res
         TableFormat::Fp8E4m3Ue8m0 => Table::Fp8 {
             data,
             d: format.row_dim(w).unwrap_or(0),
+            rows: t.shape()[0],
         },
         _ => Table::Plain {
             data,
             row_bytes: w * t.dtype().size(),
+            rows: t.shape()[0],
         },
     })
 }

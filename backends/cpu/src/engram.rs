@@ -164,6 +164,8 @@ pub enum Table<'a> {
         data: &'a [u8],
         /// Bytes per row (`D * element size`).
         row_bytes: usize,
+        /// Rows R (kept apart: with D = 0 the bytes do not tell).
+        rows: usize,
     },
     /// fp8_e4m3_ue8m0: per row `D` e4m3 bytes then `D/32` ue8m0 scale bytes.
     Fp8 {
@@ -171,14 +173,15 @@ pub enum Table<'a> {
         data: &'a [u8],
         /// Row width `D` (multiple of 32).
         d: usize,
+        /// Rows R.
+        rows: usize,
     },
 }
 
 impl Table<'_> {
     fn rows(&self) -> usize {
         match *self {
-            Table::Plain { data, row_bytes } => data.len().checked_div(row_bytes).unwrap_or(0),
-            Table::Fp8 { data, d } => data.len().checked_div(d + d / 32).unwrap_or(0),
+            Table::Plain { rows, .. } | Table::Fp8 { rows, .. } => rows,
         }
     }
 }
@@ -228,8 +231,8 @@ fn deq(l: &Fp8Lut, b: u8, sc: u8) -> f32 {
 
 fn prefetch_row(table: &Table<'_>, row: usize) {
     let (data, bytes) = match *table {
-        Table::Plain { data, row_bytes } => (data, row_bytes),
-        Table::Fp8 { data, d } => (data, d + d / 32),
+        Table::Plain { data, row_bytes, .. } => (data, row_bytes),
+        Table::Fp8 { data, d, .. } => (data, d + d / 32),
     };
     let start = row * bytes;
     let mut off = 0;
@@ -245,7 +248,7 @@ fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
         prefetch_row(table, r as usize);
     }
     match (table, out) {
-        (Table::Plain { data, row_bytes }, GatherOut::Bytes(o)) => {
+        (Table::Plain { data, row_bytes, .. }, GatherOut::Bytes(o)) => {
             let rb = *row_bytes;
             for (i, &r) in rows.iter().enumerate() {
                 if let Some(&nr) = rows.get(i + PF) {
@@ -255,7 +258,7 @@ fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
                 o[i * rb..(i + 1) * rb].copy_from_slice(&data[r * rb..(r + 1) * rb]);
             }
         }
-        (Table::Fp8 { data, d }, out) => {
+        (Table::Fp8 { data, d, .. }, out) => {
             let (d, w) = (*d, *d + *d / 32);
             let l = lut();
             let mut out = out;

@@ -50,16 +50,9 @@ pub struct DeviceSummary {
 
 fn catch<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, String>) -> std::result::Result<T, String> {
     // cudarc panics for a missing library or symbol; we probe first, and catch as a second fence.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    match moehal_core::fence::catch_quietly(f) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            Err(format!("{what}: {msg}"))
-        }
+        Err(msg) => Err(format!("{what}: {msg}")),
     }
 }
 
@@ -109,7 +102,7 @@ pub fn open(ordinal: usize) -> Result<CudaBackend> {
         ));
     }
     kernels::nvrtc_available().map_err(unavailable)?;
-    match std::panic::catch_unwind(|| CudaBackend::new(ordinal)) {
+    match moehal_core::fence::catch_quietly(|| CudaBackend::new(ordinal)) {
         Ok(r) => r,
         Err(_) => Err(unavailable(
             "the CUDA driver library is incomplete (cudarc panicked while loading it)".into(),

@@ -8,7 +8,7 @@
 //! by every backend before it writes anything, with the shared checkers in each op module
 //! (`check_group_end`, `check_ids`, ...), so the messages are the same everywhere.
 
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 
 use crate::DType;
 
@@ -30,7 +30,8 @@ pub use moe_permute::MoePermute;
 pub use router_topk::{GroupLimit, GroupScore, RouterConfig, RouterTopk, Scoring};
 pub use swiglu::Swiglu;
 
-/// Arguments that passed core validation. Only moehal-core constructs it.
+/// Arguments that passed core validation. Only moehal-core constructs it, and it cannot be changed
+/// afterwards (read through `Deref`; a backend takes the arguments by [`Checked::into_inner`]).
 #[derive(Debug)]
 pub struct Checked<A>(A);
 
@@ -48,11 +49,6 @@ impl<A> Deref for Checked<A> {
     type Target = A;
     fn deref(&self) -> &A {
         &self.0
-    }
-}
-impl<A> DerefMut for Checked<A> {
-    fn deref_mut(&mut self) -> &mut A {
-        &mut self.0
     }
 }
 
