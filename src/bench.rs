@@ -11,15 +11,16 @@
 //! (K 2048, N 1536, 128 experts, top-8) at 1, 16, 128 and 1024 tokens in f32 and bf16; the
 //! DeepSeek-V3 grouped router (4096 × 256), the Qwen3 router (4096 × 128) and one DeepSeek-V3
 //! token; a 2^22 × 256 table gathered by 4096 tokens × 8 rows in bf16 and f32. The MoE glue and
-//! the Engram hash are added at the Qwen3 / V4.1 shapes.
+//! the Engram hash are added at the Qwen3 / V4.1 shapes, and the fused Engram lookup (hash +
+//! gather) on a bf16 table of about 2^22 × 256 by 4096 tokens × 8 columns.
 
 use std::time::Instant;
 
-use moehal_core::engram::{v41_flash, EngramLayer};
+use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    EngramHash, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig, RouterTopk,
-    Scoring, Swiglu, TableFormat, WeightLayout,
+    EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig,
+    RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
@@ -99,6 +100,43 @@ pub enum ShapeKind {
         /// Rows per token C.
         cols: usize,
     },
+    /// `engram_lookup` (hash + gather) of `T` uniform ids in `[0, V')` through a layer of order
+    /// N = 2 with K = 8 heads (so C = 8 columns), the V4.1-Flash layer-1 multipliers truncated to
+    /// N = 2, its V' and pad id, and primes derived from `vocab_n` (see [`lookup_layer`]), into a
+    /// `[R, D]` table, `R` = the sum of the primes (output dtype = table dtype).
+    Lookup {
+        /// Base of the prime search (`R` is about `8 * vocab_n`).
+        vocab_n: u64,
+        /// Table rows R = sum of the layer's primes.
+        table_rows: usize,
+        /// Row dim D.
+        dim: usize,
+        /// Tokens T.
+        tokens: usize,
+    },
+}
+
+/// Columns C of the [`ShapeKind::Lookup`] layer (N = 2, K = 8).
+pub const LOOKUP_COLUMNS: usize = 8;
+
+/// The layer of a [`ShapeKind::Lookup`] shape: `derive_primes(vocab_n, 2, 8, 1)`, the
+/// V4.1-Flash layer-1 multipliers truncated to N = 2, `V' = v41_flash::VOCAB_SIZE`,
+/// `π = v41_flash::PAD_ID`. Its table has `R = sum of the 8 primes ≈ 8 * vocab_n` rows.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] from [`derive_primes`] / [`EngramLayer::new`] (no prime search
+/// base this module uses fails).
+pub fn lookup_layer(vocab_n: u64) -> Result<EngramLayer> {
+    let mut primes = derive_primes(vocab_n, 2, LOOKUP_COLUMNS, 1)?;
+    let p = primes.pop().unwrap_or_default();
+    EngramLayer::new(
+        2,
+        LOOKUP_COLUMNS,
+        v41_flash::MULTIPLIERS[0][..2].to_vec(),
+        p,
+        v41_flash::VOCAB_SIZE,
+        v41_flash::PAD_ID,
+    )
 }
 
 /// One op on one shape and dtype.
@@ -171,6 +209,12 @@ impl BenchShape {
             } => {
                 format!("R{table_rows} D{dim} T{tokens} C{cols}")
             }
+            ShapeKind::Lookup {
+                table_rows,
+                dim,
+                tokens,
+                ..
+            } => format!("R{table_rows} D{dim} T{tokens} C{LOOKUP_COLUMNS} (N2 K8)"),
         }
     }
 
@@ -184,7 +228,7 @@ impl BenchShape {
 
     /// Bytes that define the op's bandwidth: weights of the active experts (GEMM; an upper bound
     /// of the experts touched: `min(E, M)`), logits read (router), rows moved (glue), ids read and
-    /// rows written (hash), bytes gathered (gather).
+    /// rows written (hash), bytes gathered (gather, lookup: `T * C * D * es`).
     pub fn bytes(&self) -> f64 {
         let es = self.dtype.size() as f64;
         match self.kind {
@@ -203,6 +247,7 @@ impl BenchShape {
             ShapeKind::Combine { tokens, topk, hidden } => ((tokens * topk + tokens) * hidden) as f64 * es,
             ShapeKind::Hash { tokens } => (tokens * 8 * (1 + 3 * v41_flash::HEADS)) as f64,
             ShapeKind::Gather { dim, tokens, cols, .. } => (tokens * cols * dim) as f64 * es,
+            ShapeKind::Lookup { dim, tokens, .. } => (tokens * LOOKUP_COLUMNS * dim) as f64 * es,
         }
     }
 
@@ -218,6 +263,12 @@ impl BenchShape {
                 topk,
             } => (experts * n * k + tokens * topk * k) as f64 * es,
             ShapeKind::Gather { table_rows, dim, .. } => (table_rows * dim) as f64 * es,
+            ShapeKind::Lookup {
+                table_rows,
+                dim,
+                tokens,
+                ..
+            } => (table_rows * dim) as f64 * es + (tokens * 8) as f64,
             _ => self.bytes(),
         }
     }
@@ -232,7 +283,7 @@ impl BenchShape {
                 self.bytes() / 1e9
                     + match self.kind {
                         ShapeKind::Router { tokens, experts, .. } => (tokens * experts) as f64 * 50e-9,
-                        ShapeKind::Hash { tokens } => tokens as f64 * 1e-6,
+                        ShapeKind::Hash { tokens } | ShapeKind::Lookup { tokens, .. } => tokens as f64 * 1e-6,
                         _ => 0.0,
                     }
             }
@@ -331,6 +382,17 @@ impl BenchShape {
                         .collect(),
                 ));
             }
+            ShapeKind::Lookup {
+                table_rows,
+                dim,
+                tokens,
+                ..
+            } => {
+                bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
+                let v = v41_flash::VOCAB_SIZE;
+                let mut rng = SplitMix64::new(s(2));
+                ints.push(IntData::I64((0..*tokens).map(|_| rng.below(v) as i64).collect()));
+            }
         }
         let mut int_bufs = Vec::new();
         for i in &ints {
@@ -342,6 +404,22 @@ impl BenchShape {
         bufs.extend(int_bufs);
         let layer = match self.kind {
             ShapeKind::Hash { .. } => Some(v41_flash::layer(0)?),
+            ShapeKind::Lookup {
+                vocab_n, table_rows, ..
+            } => {
+                let layer = lookup_layer(vocab_n)?;
+                if layer.rows() != table_rows as u64 {
+                    return Err(Error::invalid(
+                        "bench",
+                        "table_rows",
+                        format!(
+                            "{table_rows} rows, the layer of vocab_n {vocab_n} has R = {}",
+                            layer.rows()
+                        ),
+                    ));
+                }
+                Some(layer)
+            }
             _ => None,
         };
         Ok(HostData { bufs, layer })
@@ -383,6 +461,7 @@ impl BenchShape {
             ShapeKind::Combine { tokens, hidden, .. } => vec![tokens * hidden * es],
             ShapeKind::Hash { tokens } => vec![tokens * 3 * v41_flash::HEADS * 8],
             ShapeKind::Gather { dim, tokens, cols, .. } => vec![tokens * cols * dim * es],
+            ShapeKind::Lookup { dim, tokens, .. } => vec![tokens * LOOKUP_COLUMNS * dim * es],
         };
         for sz in out_sizes {
             outs.push(backend.alloc(sz)?);
@@ -484,23 +563,47 @@ impl BenchShape {
                     tokens,
                     cols,
                 } => {
-                    let format = match dt {
-                        DType::F32 => TableFormat::F32,
-                        DType::F16 => TableFormat::F16,
-                        _ => TableFormat::BF16,
-                    };
                     let args = GatherRows {
                         table: inp(0).view(dt, &[*table_rows, *dim]),
-                        format,
+                        format: table_format(dt),
                         rows: inp(1).view(DType::I64, &[*tokens, *cols]),
                         out: outs[0].view_mut(dt, &[*tokens, cols * dim]),
                     };
                     backend.gather_rows(args.validate()?)
                 }
+                ShapeKind::Lookup {
+                    table_rows,
+                    dim,
+                    tokens,
+                    ..
+                } => {
+                    let layer: &EngramLayer =
+                        layer.ok_or_else(|| Error::invalid("bench", "layer", "lookup data without a layer"))?;
+                    let args = EngramLookup {
+                        layer,
+                        ids: inp(1).view(DType::I64, &[*tokens]),
+                        positions: None,
+                        alive: None,
+                        history: &[],
+                        table: inp(0).view(dt, &[*table_rows, *dim]),
+                        format: table_format(dt),
+                        out: outs[0].view_mut(dt, &[*tokens, LOOKUP_COLUMNS * dim]),
+                    };
+                    backend.engram_lookup(args.validate()?)
+                }
             }?;
             backend.synchronize()
         };
         Ok(Prepared { run: Box::new(run) })
+    }
+}
+
+/// The table format whose storage dtype is `dt` (bf16 for anything not f32/f16).
+fn table_format(dt: DType) -> TableFormat {
+    match dt {
+        DType::F32 => TableFormat::F32,
+        DType::F16 => TableFormat::F16,
+        _ => TableFormat::BF16,
     }
 }
 
@@ -779,7 +882,42 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
             v.push(gather_shape(1 << 22, 256, t, 8, dt, "peers.py table", mem_budget));
         }
     }
+    for t in toks(&[4096]) {
+        v.extend(lookup_shape(1 << 19, 256, t, DType::BF16, mem_budget));
+    }
     v
+}
+
+/// The `engram_lookup` shape: the layer of [`lookup_layer`]`(vocab_n)` (R ≈ 8 * vocab_n rows of
+/// `dim`), `vocab_n` halved (and the layer rebuilt, so R stays the sum of its primes) until the
+/// table fits `budget`, with a note. `None` only if the primes cannot be derived.
+fn lookup_shape(vocab_n: u64, dim: usize, t: usize, dt: DType, budget: f64) -> Option<BenchShape> {
+    let rows_of = |vn: u64| -> Option<usize> { lookup_layer(vn).ok().map(|l| l.rows() as usize) };
+    let full = rows_of(vocab_n)?;
+    let (mut vn, mut r) = (vocab_n, full);
+    while vn > 128 && (r * dim * dt.size()) as f64 > budget {
+        vn /= 2;
+        r = rows_of(vn)?;
+    }
+    let mut s = BenchShape::new(
+        OpKind::EngramLookup,
+        dt,
+        ShapeKind::Lookup {
+            vocab_n: vn,
+            table_rows: r,
+            dim,
+            tokens: t,
+        },
+        "engram 2^22 table, v4.1 layer-1 multipliers (N2 K8)",
+    );
+    if vn != vocab_n {
+        s.notes.push(format!(
+            "table scaled to fit memory: {full} -> {r} rows ({} -> {} of {dt}); layer rebuilt with vocab_n {vocab_n} -> {vn} so R = sum of its primes",
+            human_bytes((full * dim * dt.size()) as f64),
+            human_bytes((r * dim * dt.size()) as f64)
+        ));
+    }
+    Some(s)
 }
 
 fn gather_shape(rows: usize, dim: usize, t: usize, c: usize, dt: DType, origin: &str, budget: f64) -> BenchShape {
@@ -1042,6 +1180,48 @@ mod tests {
         }
         let g = shapes.iter().find(|s| s.op == OpKind::GatherRows).unwrap();
         assert!(g.notes.iter().any(|n| n.contains("scaled")), "{:?}", g.notes);
+        let l = shapes.iter().find(|s| s.op == OpKind::EngramLookup).unwrap();
+        assert!(l.notes.iter().any(|n| n.contains("scaled")), "{:?}", l.notes);
+        assert!(l.input_bytes() <= 1e6 + 4096.0, "{}", l.input_bytes());
+    }
+
+    #[test]
+    fn lookup_shape_table_is_about_2_pow_22_rows_and_matches_its_layer() {
+        let shapes = default_shapes(None, 1e12);
+        let l = shapes.iter().find(|s| s.op == OpKind::EngramLookup).unwrap();
+        assert!(l.notes.is_empty(), "{:?}", l.notes);
+        let ShapeKind::Lookup {
+            vocab_n,
+            table_rows,
+            dim,
+            tokens,
+        } = l.kind
+        else {
+            panic!("lookup shape kind: {:?}", l.kind);
+        };
+        assert_eq!((vocab_n, dim, tokens), (1 << 19, 256, 4096));
+        // 8 distinct primes >= 2^19: R >= 2^22, and the prime gaps there are far below 1000.
+        assert!((1 << 22..(1 << 22) + 8 * 1000).contains(&table_rows), "{table_rows}");
+        let layer = lookup_layer(vocab_n).unwrap();
+        assert_eq!(layer.rows(), table_rows as u64);
+        assert_eq!(layer.columns(), LOOKUP_COLUMNS);
+        assert_eq!(l.bytes(), (4096 * 8 * 256 * 2) as f64);
+    }
+
+    #[test]
+    fn lookup_data_with_a_mismatched_table_is_rejected() {
+        let s = BenchShape::new(
+            OpKind::EngramLookup,
+            DType::BF16,
+            ShapeKind::Lookup {
+                vocab_n: 128,
+                table_rows: 1000,
+                dim: 32,
+                tokens: 4,
+            },
+            "t",
+        );
+        assert!(s.host_data(1).is_err());
     }
 
     #[test]

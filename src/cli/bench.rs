@@ -2,7 +2,8 @@
 //! reference measured in the same run (the reference is skipped, and the row says so, on shapes
 //! where it would take more than `--ref-limit` seconds).
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,13 +21,14 @@ pub(crate) struct Args {
     #[arg(long)]
     backend: Option<String>,
     /// Only this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine, engram_hash,
-    /// gather_rows).
+    /// gather_rows, engram_lookup).
     #[arg(long)]
     op: Option<OpKind>,
     /// Shapes of this preset instead of the defaults (peers.py shapes).
     #[arg(long)]
     preset: Option<String>,
-    /// Also write one JSON object per row to this file.
+    /// Also write one JSON object per row to this file (created, or checked writable, before the
+    /// run).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Token counts replacing the defaults of every op.
@@ -43,7 +45,58 @@ pub(crate) struct Args {
     seed: u64,
 }
 
+/// A `--json` output opened before the workload runs, so that a path that cannot be written fails
+/// at once instead of after minutes of work; the JSON is written by [`JsonOut::write`] at the end.
+/// An existing file is kept as it is until then; a file created here and never written (the run
+/// failed) is removed when this is dropped.
+pub(super) struct JsonOut {
+    path: PathBuf,
+    file: Option<File>,
+    created: bool,
+}
+
+impl JsonOut {
+    /// Open (creating if absent, not truncating yet) `path` for writing.
+    ///
+    /// # Errors
+    /// A [`CliError`] naming the path and the reason (missing directory, permissions, a
+    /// directory, ...).
+    pub(super) fn open(path: &Path) -> Result<Self, CliError> {
+        let created = !path.exists();
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| CliError(format!("cannot write the --json output {}: {e}", path.display())))?;
+        Ok(JsonOut {
+            path: path.to_path_buf(),
+            file: Some(file),
+            created,
+        })
+    }
+
+    /// Replace the file's contents with `value`, pretty-printed, and a newline.
+    ///
+    /// # Errors
+    /// A [`CliError`] naming the path on a serialization or I/O error.
+    pub(super) fn write(mut self, value: &serde_json::Value) -> Result<(), CliError> {
+        drop(self.file.take());
+        write_json(&self.path, value)
+    }
+}
+
+impl Drop for JsonOut {
+    fn drop(&mut self) {
+        if self.file.take().is_some() && self.created {
+            // Best effort: the run failed before writing; do not leave an empty file behind.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 pub(super) fn run(a: Args) -> CliResult {
+    let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
         Some(name) => vec![reg.open(name)?],
@@ -120,10 +173,9 @@ pub(super) fn run(a: Args) -> CliResult {
         ]);
     }
     out!("{}", t.render());
-    outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows); vs ref = reference time / time, same run");
-    if let Some(path) = &a.json {
-        let v = serde_json::to_value(&rows)?;
-        write_json(path, &v)?;
+    outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows, engram_lookup); vs ref = reference time / time, same run");
+    if let Some(out) = json {
+        out.write(&serde_json::to_value(&rows)?)?;
     }
     let errors = rows.iter().filter(|r| r.note.contains("error:")).count();
     Ok(if errors > 0 {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use moehal_core::Backend;
 
-use super::{progress, write_json, CliError, CliResult, Table};
+use super::bench::JsonOut;
+use super::{progress, CliError, CliResult, Table};
 use crate::harness::{self, Verdict};
 use crate::pipeline::human_seconds;
 use crate::Registry;
@@ -26,7 +27,8 @@ pub(crate) struct Args {
     /// Run the cases of this preset instead of the default set.
     #[arg(long)]
     preset: Option<String>,
-    /// Also write every result as JSON to this file.
+    /// Also write every result as JSON to this file (created, or checked writable, before the
+    /// run).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Base seed of the inputs (default: fresh from the clock; printed, and each case's seed is
@@ -36,6 +38,7 @@ pub(crate) struct Args {
 }
 
 pub(super) fn run(a: Args) -> CliResult {
+    let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let cases = match &a.preset {
         Some(p) => harness::preset_cases(crate::presets::preset(p).map_err(CliError)?),
@@ -114,7 +117,7 @@ pub(super) fn run(a: Args) -> CliResult {
         );
     }
     outln!("{pass} passed, {fail} failed, {unsup} unsupported");
-    if let Some(path) = &a.json {
+    if let Some(out) = json {
         let rows: Vec<serde_json::Value> = results
             .iter()
             .map(|r| {
@@ -125,7 +128,7 @@ pub(super) fn run(a: Args) -> CliResult {
                 })
             })
             .collect();
-        write_json(path, &serde_json::Value::Array(rows))?;
+        out.write(&serde_json::Value::Array(rows))?;
     }
     Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
