@@ -100,6 +100,25 @@ impl HostMemory {
         }
     }
 
+    /// Writable memory whose bytes belong to `owner` (a backend's own allocation, e.g. an
+    /// anonymous mapping advised for huge pages), kept alive — and dropped — with this memory.
+    pub fn from_owner_mut<O: AsRef<[u8]> + AsMut<[u8]> + Send + Sync + 'static>(owner: O) -> Self {
+        let mut boxed: Box<O> = Box::new(owner);
+        let bytes = (*boxed).as_mut();
+        let (ptr, len) = (
+            NonNull::new(bytes.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+            bytes.len(),
+        );
+        HostMemory {
+            ptr,
+            len,
+            storage: Storage::External {
+                _keep: Some(boxed),
+                writable: true,
+            },
+        }
+    }
+
     /// Wrap memory owned by someone else (an engine's tensor, a DLPack capsule).
     ///
     /// # Safety

@@ -318,11 +318,17 @@ impl Backend for CpuBackend {
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
         const HUGE: usize = 2 << 20;
-        let mut m = HostMemory::zeroed_aligned(bytes, if bytes >= HUGE { HUGE } else { host::HOST_ALIGN })?;
         if bytes >= HUGE {
-            mem::advise_huge(m.bytes_mut()?);
+            // A fresh anonymous mapping advised for transparent huge pages before any page is
+            // touched (zeroing first would fault in 4 KiB pages): random gathers over multi-GiB
+            // tables then miss the TLB far less.
+            let buf = mem::HugeBuf::<u8>::zeroed(bytes).ok_or(Error::OutOfMemory {
+                backend: NAME.into(),
+                bytes: bytes as u64,
+            })?;
+            return Ok(Buffer::new(Box::new(HostMemory::from_owner_mut(buf))));
         }
-        Ok(Buffer::new(Box::new(m)))
+        Ok(Buffer::new(Box::new(HostMemory::zeroed(bytes)?)))
     }
 
     fn upload(&self, dst: &mut Buffer, offset: usize, src: &[u8]) -> Result<()> {

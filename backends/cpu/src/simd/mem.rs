@@ -96,6 +96,18 @@ impl<T: bytemuck::Pod> HugeBuf<T> {
     }
 }
 
+impl AsRef<[u8]> for HugeBuf<u8> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for HugeBuf<u8> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 impl<T: bytemuck::Pod> Drop for HugeBuf<T> {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
