@@ -25,7 +25,7 @@ fn cpus() -> Vec<CpuBackend> {
         .map(|i| CpuBackend::with_isa(i).unwrap())
         .collect();
     v.push(CpuBackend::with_threads(1).unwrap());
-    // Both bf16 grouped_gemm kernels, forced (the default is picked by a timed calibration).
+    // Both bf16 grouped_gemm kernels, forced (the default is picked per machine).
     for k in [Bf16Kernel::Fma, Bf16Kernel::Dot] {
         match CpuBackend::new().with_bf16_kernel(k) {
             Ok(be) => v.push(be),
@@ -625,7 +625,8 @@ fn seqs(layer: &EngramLayer, seed: u64) -> Vec<Seq> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let v = layer.vocab_size() as i64;
     let mut out = Vec::new();
-    for &t in &[0usize, 1, 5, 200, 1000] {
+    // 20,000 tokens crosses engram_hash's parallel threshold (16 Ki tokens).
+    for &t in &[0usize, 1, 5, 200, 1000, 20_000] {
         let ids: Vec<i64> = (0..t).map(|_| rng.gen_range(0..v)).collect();
         out.push(Seq {
             ids: ids.clone(),
