@@ -129,25 +129,6 @@ impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for HugeBuf<T> {
     }
 }
 
-/// Ask for transparent huge pages over the 2 MiB-aligned part of `bytes` (advisory; Linux only).
-pub fn advise_huge(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        let start = bytes.as_ptr() as usize;
-        let a = start.div_ceil(HUGE) * HUGE;
-        let e = (start + bytes.len()) / HUGE * HUGE;
-        if e > a {
-            // SAFETY: [a, e) lies inside `bytes`, a live allocation of this process; madvise only
-            // changes paging policy and never the contents.
-            unsafe {
-                libc::madvise(a as *mut libc::c_void, e - a, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = bytes;
-}
-
 /// Wrap caller-owned host memory as a moehal buffer (see `Backend::wrap_external`).
 ///
 /// # Safety
