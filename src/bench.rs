@@ -7,7 +7,7 @@
 //! [`measure`] takes medians; [`run_table`] runs shapes × backends with the reference in the same
 //! run and computes the ratios.
 //!
-//! Default shapes are those of `shared/bench/peers.py`: the Qwen3-30B-A3B gate_up projection
+//! Default shapes are those of `benches/peers.py`: the Qwen3-30B-A3B gate_up projection
 //! (K 2048, N 1536, 128 experts, top-8) at 1, 16, 128 and 1024 tokens in f32 and bf16; the
 //! DeepSeek-V3 grouped router (4096 × 256), the Qwen3 router (4096 × 128) and one DeepSeek-V3
 //! token; a 2^22 × 256 table gathered by 4096 tokens × 8 rows in bf16 and f32. The MoE glue and

@@ -1,12 +1,13 @@
 //! moehal: a hardware-abstraction kernel toolkit for sparse (MoE / Engram) inference.
 //!
-//! One [`Backend`](moehal_core::Backend) trait, backends for CPU SIMD, CUDA and Ascend, every one
+//! One [`Backend`] trait, backends for CPU SIMD, CUDA and Ascend, every one
 //! checked against the reference. This facade adds the [`registry::Registry`] (which backends this
 //! machine has), model presets, the validation harness, and the pipelines behind the `moehal` CLI.
 #![warn(missing_docs)]
 
 pub mod backends;
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod harness;
 pub mod pipeline;
@@ -16,3 +17,8 @@ pub mod registry;
 pub use moehal_core as core;
 pub use moehal_core::{ops, Backend, BackendExt, Buffer, DType, Error, OpDesc, OpKind, Reference, Result, Support};
 pub use registry::Registry;
+
+/// The README's Rust example, compiled and run as a doctest so it cannot drift from the code.
+#[cfg(all(doctest, feature = "cpu"))]
+#[doc = include_str!("../README.md")]
+mod readme_doctest {}

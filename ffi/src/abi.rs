@@ -1,6 +1,6 @@
 //! The exported C functions (`include/moehal.h`) and every `unsafe` block of this crate.
 //!
-//! Each entry point runs inside [`guard`] (errors become a status code plus the thread-local
+//! Each entry point runs inside `guard` (errors become a status code plus the thread-local
 //! message; a panic becomes `MOEHAL_PANIC` and never unwinds into C). Raw pointers are checked for
 //! NULL and read here; the checks of tensor descriptors are safe code in [`crate::tensor`].
 

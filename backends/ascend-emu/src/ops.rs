@@ -144,7 +144,7 @@ pub struct InitParams {
     pub active: i64,
     /// 0: none, 1: cumulative sum, 2: count.
     pub count_mode: i64,
-    /// true: expandedRowIdx[original] = position (scatter); false: expandedRowIdx[position] = original.
+    /// true: `expandedRowIdx[original] = position` (scatter); false: `expandedRowIdx[position] = original`.
     pub scatter: bool,
 }
 

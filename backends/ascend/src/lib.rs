@@ -10,7 +10,7 @@
 //!   unavailable and the reason lists the missing names. Op versions are probed (both `aclnnX` and
 //!   `aclnnXGetWorkspaceSize`): GroupedMatmul V4 else V3, MoeGatingTopK / MoeGatingTopKSoftmax,
 //!   MoeInitRouting V3 else V2, MoeFinalizeRoutingV2, Embedding / GatherV2 / IndexSelect, Cast.
-//! - [`Backend::supports`](moehal_core::Backend::supports) names, per op, the aclnn op used and
+//! - `Backend::supports` names, per op, the aclnn op used and
 //!   which parts run on the host (see the crate README for why).
 //!
 //! Verified against the strict emulator `moehal-ascend-emu`, not silicon.

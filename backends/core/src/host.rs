@@ -300,7 +300,7 @@ pub fn slice<'a, T: Element>(t: &TensorRef<'a>, op: &'static str, field: &'stati
 /// The elements of a contiguous host view, writable.
 ///
 /// # Errors
-/// As [`slice`], plus read-only memory.
+/// As [`slice()`], plus read-only memory.
 pub fn slice_mut<'b, T: Element>(
     t: &'b mut TensorMut<'_>,
     op: &'static str,

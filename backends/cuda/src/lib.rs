@@ -8,8 +8,8 @@
 //!   NVRTC on first use for the device's compute capability (a cubin for `sm_XY`) and cached per
 //!   process ([`kernels`]).
 //! - Ops enqueue on the backend's stream (its own non-blocking stream, or an engine's stream via
-//!   [`Backend::set_external_stream`]); engines can wrap their device pointers with
-//!   [`Backend::wrap_external`]. Ops whose arguments need a value check (group_end, ids, rows,
+//!   `Backend::set_external_stream`); engines can wrap their device pointers with
+//!   `Backend::wrap_external`. Ops whose arguments need a value check (group_end, ids, rows,
 //!   slot rows) run a device check kernel first, gate every writing kernel on its flag, and wait
 //!   for the stream to report the flag, so nothing is written for invalid input.
 //!
