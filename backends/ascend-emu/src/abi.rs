@@ -859,7 +859,7 @@ pub extern "C" fn aclDestroyTensorList(array: *const sys::aclTensorList) -> sys:
 }
 
 /// `aclSetAclOpExecutorRepeatable`: the executor survives its launches until
-/// `aclDestroyAclOpExecutor` ([OB] aclSetAclOpExecutorRepeatable.md; [FS §3.2]).
+/// `aclDestroyAclOpExecutor` (\[OB\] aclSetAclOpExecutorRepeatable.md; \[FS §3.2\]).
 #[no_mangle]
 pub extern "C" fn aclSetAclOpExecutorRepeatable(executor: *mut sys::aclOpExecutor) -> sys::aclnnStatus {
     match lock().execs.get_mut(&(executor as usize)) {
@@ -876,7 +876,7 @@ pub extern "C" fn aclSetAclOpExecutorRepeatable(executor: *mut sys::aclOpExecuto
 
 /// `aclDestroyAclOpExecutor`: destroys a *repeatable* executor. The docs pair it with
 /// `aclSetAclOpExecutorRepeatable` ("destroys an executor set repeatable ...; must be used together
-/// with it", [HA canncommercial/800 operatorlist_00021]); what it does to a plain executor is
+/// with it", \[HA canncommercial/800 operatorlist_00021\]); what it does to a plain executor is
 /// UNDOCUMENTED, so the emulator refuses it (161002) and leaves that executor alone: the backend must
 /// not rely on destroying one (audit L1).
 #[no_mangle]
@@ -903,12 +903,12 @@ pub extern "C" fn aclDestroyAclOpExecutor(executor: *mut sys::aclOpExecutor) -> 
 
 // ============================================================================= version query
 
-/// `ACL_PKG_VERSION_MAX_SIZE` ([HA 82RC1alpha002 / 850 aclcppdevg_03_1791 aclCANNPackageVersion]).
+/// `ACL_PKG_VERSION_MAX_SIZE` (\[HA 82RC1alpha002 / 850 aclcppdevg_03_1791 aclCANNPackageVersion\]).
 pub const ACL_PKG_VERSION_MAX_SIZE: usize = 128;
 /// `ACL_PKG_VERSION_PARTS_MAX_SIZE` (same page).
 pub const ACL_PKG_VERSION_PARTS_MAX_SIZE: usize = 64;
 
-/// `aclCANNPackageVersion`, laid out as documented ([HA 850 aclcppdevg_03_1791]).
+/// `aclCANNPackageVersion`, laid out as documented (\[HA 850 aclcppdevg_03_1791\]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AclCannPackageVersion {
@@ -926,7 +926,7 @@ pub struct AclCannPackageVersion {
     pub reserved: [c_char; ACL_PKG_VERSION_MAX_SIZE],
 }
 
-/// `aclCANNPackageName` values ([HA 850 aclcppdevg_03_1790]): `ACL_PKG_NAME_CANN` = 0, RUNTIME 1,
+/// `aclCANNPackageName` values (\[HA 850 aclcppdevg_03_1790\]): `ACL_PKG_NAME_CANN` = 0, RUNTIME 1,
 /// COMPILER 2, HCCL 3, TOOLKIT 4, OPP 5, OPP_KERNEL 6, DRIVER 7.
 pub const ACL_PKG_NAME_CANN: i32 = 0;
 
@@ -937,8 +937,8 @@ fn put(dst: &mut [c_char], v: &str) {
 }
 
 /// `aclError aclsysGetCANNVersion(aclCANNPackageName name, aclCANNPackageVersion *version)`: the
-/// documented version query ([HA CANNCommunityEdition/900beta1 aclcppdevg_03_1789]; present in the
-/// 8.1.RC1 headers [FS §1.4]; deprecated in favour of 9.0's `aclsysGetVersionStr`). Reports the
+/// documented version query (\[HA CANNCommunityEdition/900beta1 aclcppdevg_03_1789\]; present in the
+/// 8.1.RC1 headers \[FS §1.4\]; deprecated in favour of 9.0's `aclsysGetVersionStr`). Reports the
 /// build profile (`8.1.RC1`, `8.2.RC1`, `8.3.RC1`, `8.5.0`) for CANN, RUNTIME, TOOLKIT, OPP and
 /// OPP_KERNEL; COMPILER, HCCL and DRIVER are "not installed" here, which the doc says is an error
 /// (100000). Needs no `aclInit` (UNDOCUMENTED: lenient).

@@ -11,11 +11,11 @@
 //!
 //! Every rule carries a source tag. Tags (full URLs in `shared/reference/ascend_audit.md`,
 //! appendix, and in `RULES.md`):
-//! - `[OT]` github hicann/ops-transformer @c29bc10 (2025-11), path given;
-//! - `[OTF]` 2026 master of cann/ops-transformer (github yuanfang-chen/ops-transformer and mirrors);
-//! - `[OP]` github Ascend/op-plugin (torch_npu) @517f2e7;  `[VA]` vllm-ascend token_dispatcher.py;
-//! - `[HA <release> <page>]` a hiascend.com page; `[C81]` the CANN 8.1.RC1 install dump;
-//! - `[FS §x]` shared/reference/ascend_acl.md (the fact sheet) section x.
+//! - `\[OT\]` github hicann/ops-transformer @c29bc10 (2025-11), path given;
+//! - `\[OTF\]` 2026 master of cann/ops-transformer (github yuanfang-chen/ops-transformer and mirrors);
+//! - `\[OP\]` github Ascend/op-plugin (torch_npu) @517f2e7;  `\[VA\]` vllm-ascend token_dispatcher.py;
+//! - `\[HA <release> <page>\]` a hiascend.com page; `\[C81\]` the CANN 8.1.RC1 install dump;
+//! - `\[FS §x\]` shared/reference/ascend_acl.md (the fact sheet) section x.
 //!
 //! `UNDOCUMENTED` marks a rule no source settles: it is lenient (the backend must not rely on it)
 //! or models the most conservative documented behaviour, as its comment says. `NOT EMULATED` marks
@@ -31,7 +31,7 @@ use crate::tensor::{dt_name, Desc, HostTensor};
 pub type Fail = (i32, String);
 
 /// `ACLNN_ERR_INNER_TILING_ERROR`: a shape or attribute outside the tiling's range
-/// ([FS §3.3] op_errno.h; the aclnn pages' return-code tables list it for "shape / attribute not in
+/// (\[FS §3.3\] op_errno.h; the aclnn pages' return-code tables list it for "shape / attribute not in
 /// the supported range").
 pub const ACLNN_ERR_INNER_TILING_ERROR: i32 = 561002;
 
@@ -204,7 +204,7 @@ impl Op {
     }
 
     /// Workspace bytes the op asks for (non-zero for some ops, so the caller's workspace path runs).
-    /// UNDOCUMENTED sizes (real ones are larger, e.g. MoeGatingTopK reserves 16 MiB: [OT]
+    /// UNDOCUMENTED sizes (real ones are larger, e.g. MoeGatingTopK reserves 16 MiB: \[OT\]
     /// moe_gating_top_k_tiling.cpp `DEFAULT_WORKSPACE_SIZE`); callers must use the returned value.
     pub fn workspace(&self) -> u64 {
         match self {
@@ -288,7 +288,7 @@ impl Op {
     /// aclnnGroupedMatmulV3/V4 phase one (non-quantised, single tensors, groupType 0).
     ///
     /// V3's group list is cumulative (pass `list_type` 0); V4's `groupListType` is 0 = cumulative,
-    /// 1 = counts ([OTF] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md §约束).
+    /// 1 = counts (\[OTF\] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md §约束).
     #[allow(clippy::too_many_arguments)]
     pub fn gmm(
         launch: &'static str,
@@ -723,8 +723,8 @@ impl Op {
     }
 
     /// aclnnMoeInitRoutingV3 phase one (exported from CANN 8.2). Every V3 profile enforces the
-    /// 2025 host code ([OT] @c29bc10): the conservative, documented envelope; the 2026 master
-    /// ([OTF]) accepts more (activeNum 0, cumsum counts, an empty range) — the backend must not
+    /// 2025 host code (\[OT\] @c29bc10): the conservative, documented envelope; the 2026 master
+    /// (\[OTF\]) accepts more (activeNum 0, cumsum counts, an empty range) — the backend must not
     /// rely on that.
     #[allow(clippy::too_many_arguments)]
     pub fn init_routing_v3(

@@ -12,16 +12,16 @@ pub const CANN: &str = env!("MOEHAL_ACL_EMU_CANN_PROFILE");
 /// A modelled CANN release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Release {
-    /// CANN 8.1.RC1: no aclnnMoeInitRoutingV3, no aclnnMoeGatingTopK ([C81] aclnnop header listing).
+    /// CANN 8.1.RC1: no aclnnMoeInitRoutingV3, no aclnnMoeGatingTopK (\[C81\] aclnnop header listing).
     V8_1,
     /// CANN 8.2.RC1: V3 and MoeGatingTopK appear; MoeGatingTopK is sigmoid + top-2-sum groups,
-    /// E = 256, kGroup = 4, k <= 32, bias mandatory ([HA] 82RC1 aclnnMoeGatingTopK.md; torch_npu 7.0.0
+    /// E = 256, kGroup = 4, k <= 32, bias mandatory (\[HA\] 82RC1 aclnnMoeGatingTopK.md; torch_npu 7.0.0
     /// ptaoplist_002365, the PyTorch adapter release for 8.2).
     V8_2,
     /// CANN 8.3.RC1: MoeGatingTopK any E (vllm-ascend #2958/#4340 "depends on 8.3.RC1"), still
-    /// sigmoid + top-2-sum only ([HA] 83RC1 aclnnMoeGatingTopK.md).
+    /// sigmoid + top-2-sum only (\[HA\] 83RC1 aclnnMoeGatingTopK.md).
     V8_3,
-    /// CANN 8.5.0: MoeGatingTopK with softmax and max-group modes ([HA] 850alpha002 aclnnMoeGatingTopK.md).
+    /// CANN 8.5.0: MoeGatingTopK with softmax and max-group modes (\[HA\] 850alpha002 aclnnMoeGatingTopK.md).
     V8_5,
 }
 

@@ -33,7 +33,7 @@ pub fn dt_name(dt: sys::aclDataType) -> &'static str {
 
 /// An aclTensor as created by `aclCreateTensor` (all counts in elements).
 ///
-/// View model ([HA canncommercial/81RC1 and 900 operatorlist_00019 aclCreateTensor]): `storage` is
+/// View model (\[HA canncommercial/81RC1 and 900 operatorlist_00019 aclCreateTensor\]): `storage` is
 /// the physical shape of the buffer that starts at the device address `data`; the view's element
 /// `idx` lives at storage element `offset + sum(idx[d] * strides[d])`, i.e. at byte address
 /// `data + (offset + ...) * elem_size`. So a row slice is "aligned base + element offset".
