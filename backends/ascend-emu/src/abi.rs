@@ -217,7 +217,8 @@ fn store(t: &HostTensor) {
 
 // ============================================================================= runtime
 
-/// `aclInit`: once per process; a second call returns `ACL_ERROR_REPEAT_INITIALIZE` (100002).
+/// `aclInit`: once per process; a second call returns `ACL_ERROR_REPEAT_INITIALIZE` (100002)
+/// (\[RT\] acl_rt.h L1091, acl.cpp L382-391; fact sheet §2).
 #[no_mangle]
 pub extern "C" fn aclInit(_config_path: *const c_char) -> sys::aclError {
     let mut s = lock();
@@ -228,7 +229,8 @@ pub extern "C" fn aclInit(_config_path: *const c_char) -> sys::aclError {
     sys::ACL_SUCCESS
 }
 
-/// `aclFinalize`.
+/// `aclFinalize`: 100001 `ACL_ERROR_UNINITIALIZE` when not initialised (UNDOCUMENTED code, emulator
+/// choice; the backend must not rely on it).
 #[no_mangle]
 pub extern "C" fn aclFinalize() -> sys::aclError {
     let mut s = lock();
@@ -247,7 +249,7 @@ pub extern "C" fn aclGetRecentErrMsg() -> *const c_char {
 
 static SOC: &[u8] = concat!("Ascend910B2-emu", "\0").as_bytes();
 
-/// `aclrtGetSocName`: NULL before `aclInit`.
+/// `aclrtGetSocName`: NULL before `aclInit` ("NULL on failure", \[RT\] acl_base_rt.h; fact sheet §2).
 #[no_mangle]
 pub extern "C" fn aclrtGetSocName() -> *const c_char {
     if lock().init {
@@ -257,7 +259,8 @@ pub extern "C" fn aclrtGetSocName() -> *const c_char {
     }
 }
 
-/// `aclrtSetDevice`: binds the device to the calling thread.
+/// `aclrtSetDevice`: binds the device to the calling thread ("per thread", \[RT\] L1549); an unknown id
+/// gives 107001 `ACL_ERROR_RT_INVALID_DEVICEID` (\[RT\] rt_error_codes.h).
 #[no_mangle]
 pub extern "C" fn aclrtSetDevice(device_id: i32) -> sys::aclError {
     if !lock().init {
@@ -409,7 +412,7 @@ pub unsafe extern "C" fn aclrtGetCurrentContext(context: *mut sys::aclrtContext)
     sys::ACL_SUCCESS
 }
 
-/// `aclrtCreateStream`: needs a current device.
+/// `aclrtCreateStream`: needs a current device/context, else 107002 (fact sheet §6 #2-3).
 ///
 /// # Safety
 /// `stream` must be NULL or writable.
@@ -467,7 +470,10 @@ pub extern "C" fn aclrtSynchronizeStream(stream: sys::aclrtStream) -> sys::aclEr
     }
 }
 
-/// `aclrtMalloc`: rounds the size up to 32 bytes; fails past `MOEHAL_ACL_EMU_MEM_CAP`.
+/// `aclrtMalloc`: size 0 refused; rounds the size up to 32 bytes (the real runtime adds another
+/// 32 B of padding: \[HA canncommercial/800 aclcppdevg_03_0095\]; the emulator is stricter); 64-byte
+/// aligned base; fails with 207001 past `MOEHAL_ACL_EMU_MEM_CAP` (emulator feature). Needs a
+/// current device (107002, fact sheet §6 #2).
 ///
 /// # Safety
 /// `dev_ptr` must be NULL or writable.
@@ -519,7 +525,8 @@ pub unsafe extern "C" fn aclrtMalloc(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtFree`: `dev_ptr` must be the start of a live allocation.
+/// `aclrtFree`: `dev_ptr` must be the start of a live allocation (UNDOCUMENTED error code 100000;
+/// freeing anything else is undefined on hardware).
 #[no_mangle]
 pub extern "C" fn aclrtFree(dev_ptr: *mut c_void) -> sys::aclError {
     if let Err(e) = need_device("aclrtFree") {
@@ -540,8 +547,10 @@ pub extern "C" fn aclrtFree(dev_ptr: *mut c_void) -> sys::aclError {
     sys::ACL_SUCCESS
 }
 
-/// `aclrtMemcpy`: checks `count <= destMax`, that each side is device or host memory as `kind`
-/// says (`ACL_MEMCPY_DEFAULT` infers it), and that device ranges are in bounds.
+/// `aclrtMemcpy`: checks `count <= destMax` (100000; inferred, fact sheet §2), that each side is
+/// device or host memory as `kind` says (`ACL_MEMCPY_DEFAULT` infers it; the real runtime treats
+/// kind as "reserved" and infers it: \[HA 800alpha002 aclcppdevg_03_0105\], so the emulator is
+/// stricter), and that device ranges are in bounds. Copies immediately, no stream sync (same page).
 ///
 /// # Safety
 /// Host-side pointers must be valid for `count` bytes.
@@ -607,7 +616,9 @@ pub unsafe extern "C" fn aclrtMemcpy(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtMemset` on device memory (not exported by the `omit-symbol-aclrtMemset` variant).
+/// `aclrtMemset` on device memory, `count <= maxCount`, immediate (\[HA canncommercial/800
+/// aclcppdevg_03_0103\]; host addresses are also documented, NOT EMULATED). Not exported by the
+/// `omit-symbol-aclrtMemset` variant.
 ///
 /// # Safety
 /// None beyond the checks (device memory only).
@@ -639,7 +650,8 @@ pub unsafe extern "C" fn aclrtMemset(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtGetMemInfo`: total = the cap (or 64 GiB), free = total - in use.
+/// `aclrtGetMemInfo`: total = the cap (or 64 GiB), free = total - in use; needs a current context
+/// (107002: llama.cpp#16628, fact sheet §6 #2).
 ///
 /// # Safety
 /// `free` and `total` must be NULL or writable.
