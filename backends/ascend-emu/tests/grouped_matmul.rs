@@ -231,3 +231,61 @@ fn decreasing_group_list_fails_at_launch() {
     assert_eq!(v4(x.t, w.t, None, g.t, 0, y.t, &mut ex, &mut ws), 0);
     assert_eq!(launch(s, ws, ex, aclnnGroupedMatmulV4), sys::ACLNN_ERR_INNER);
 }
+
+/// At most 1024 groups in single-weight mode -> 161002.
+#[test]
+fn at_most_1024_groups() {
+    let _s = setup();
+    let x = zeros(&[1, 1], sys::ACL_FLOAT);
+    let w = zeros(&[1025, 1, 1], sys::ACL_FLOAT);
+    let g = zeros(&[1025], sys::ACL_INT64);
+    let y = zeros(&[1, 1], sys::ACL_FLOAT);
+    let (mut ex, mut ws) = (ptr::null_mut(), 0u64);
+    assert_eq!(
+        v4(x.t, w.t, None, g.t, 0, y.t, &mut ex, &mut ws),
+        sys::ACLNN_ERR_PARAM_INVALID
+    );
+    assert!(msg().contains("1024"), "{}", msg());
+}
+
+/// splitItem 0/1 (multi-tensor output) with a single y -> 161002; groupListType 2 is NOT EMULATED.
+#[test]
+fn split_item_and_group_list_type_ranges() {
+    let _s = setup();
+    let (x, w, y) = (
+        zeros(&[2, 2], sys::ACL_FLOAT),
+        zeros(&[1, 2, 2], sys::ACL_FLOAT),
+        zeros(&[2, 2], sys::ACL_FLOAT),
+    );
+    let g = tensor(&i64b(&[2]), &[1], sys::ACL_INT64);
+    let (mut ex, mut ws) = (ptr::null_mut(), 0u64);
+    assert_eq!(
+        v4(x.t, w.t, None, g.t, 2, y.t, &mut ex, &mut ws),
+        sys::ACLNN_ERR_PARAM_INVALID
+    );
+    let (x, w, y) = (
+        zeros(&[2, 2], sys::ACL_FLOAT),
+        zeros(&[1, 2, 2], sys::ACL_FLOAT),
+        zeros(&[2, 2], sys::ACL_FLOAT),
+    );
+    let n = ptr::null();
+    // SAFETY: live lists/tensors; out-pointers to locals.
+    let rc = unsafe {
+        aclnnGroupedMatmulV3GetWorkspaceSize(
+            list1(x.t),
+            list1(w.t),
+            n,
+            n,
+            n,
+            n,
+            n,
+            g.t,
+            0,
+            0,
+            list1(y.t),
+            &mut ws,
+            &mut ex,
+        )
+    };
+    assert_eq!(rc, sys::ACLNN_ERR_PARAM_INVALID, "splitItem 0");
+}

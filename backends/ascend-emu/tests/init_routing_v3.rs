@@ -338,3 +338,48 @@ fn out_of_range_expert_id_fails_at_launch() {
     assert_eq!(gws(&c, ptr::null(), 1, 1, r, 0, c.scale_out.t, &mut ex, &mut ws), 0);
     assert_eq!(launch(s, ws, ex, aclnnMoeInitRoutingV3), sys::ACLNN_ERR_INNER);
 }
+
+/// rowIdxType outside {0, 1} -> 561002; quantMode != -1 and an offset with quantMode -1 -> 161002
+/// (NOT EMULATED / "非量化场景下不输入").
+#[test]
+fn row_idx_type_and_quant_mode_ranges() {
+    if !HAS_INIT_ROUTING_V3 {
+        return;
+    }
+    let _s = setup();
+    let c = call(&[0], 1, 1, 1, 2);
+    let r = ints(&[0, 1]);
+    let (mut ex, mut ws) = (ptr::null_mut(), 0u64);
+    assert_eq!(
+        gws(&c, ptr::null(), 1, 1, r, 2, c.scale_out.t, &mut ex, &mut ws),
+        TILING
+    );
+    let off = tensor(&f32b(&[0.0]), &[1], sys::ACL_FLOAT);
+    for (quant, offset) in [(1i64, ptr::null()), (-1, off.t as *const sys::aclTensor)] {
+        // SAFETY: live tensors or NULL; out-pointers to locals.
+        let rc = unsafe {
+            aclnnMoeInitRoutingV3GetWorkspaceSize(
+                c.x.t,
+                c.ids.t,
+                ptr::null(),
+                offset,
+                1,
+                0,
+                1,
+                0,
+                1,
+                true,
+                quant,
+                r,
+                0,
+                c.ex.t,
+                c.row.t,
+                c.cnt.t,
+                c.scale_out.t,
+                &mut ws,
+                &mut ex,
+            )
+        };
+        assert_eq!(rc, sys::ACLNN_ERR_PARAM_INVALID, "quantMode {quant}");
+    }
+}

@@ -276,3 +276,57 @@ fn finalize_row_index_range() {
     assert_eq!(fin(&exp, &row, Some(&sc), None, None, 2, &out, &mut ex, &mut ws), 0);
     assert_eq!(launch(s, ws, ex, aclnnMoeFinalizeRoutingV2), sys::ACLNN_ERR_INNER);
 }
+
+/// V2 drop/pad mode and the before-capacity output are NOT EMULATED -> 161002.
+#[test]
+fn v2_drop_pad_not_emulated() {
+    let _s = setup();
+    let x = zeros(&[1, 1], sys::ACL_FLOAT);
+    let ids = zeros(&[1, 1], sys::ACL_INT32);
+    let (exo, row) = (zeros(&[1, 1], sys::ACL_FLOAT), zeros(&[1], sys::ACL_INT32));
+    let (mut ex, mut ws) = (ptr::null_mut(), 0u64);
+    for (mode, before) in [(1i64, false), (0, true)] {
+        // SAFETY: live tensors; out-pointers to locals.
+        let rc = unsafe {
+            aclnnMoeInitRoutingV2GetWorkspaceSize(
+                x.t,
+                ids.t,
+                0,
+                1,
+                1,
+                mode,
+                0,
+                before,
+                exo.t,
+                row.t,
+                ptr::null(),
+                ptr::null(),
+                &mut ws,
+                &mut ex,
+            )
+        };
+        assert_eq!(
+            rc,
+            sys::ACLNN_ERR_PARAM_INVALID,
+            "dropPadMode {mode}, before-capacity {before}"
+        );
+    }
+}
+
+/// FinalizeV2 dropPadMode 1 / 3 (drop/pad layouts) are NOT EMULATED; 4 is out of range -> 161002.
+#[test]
+fn finalize_drop_pad_modes_not_emulated() {
+    let _s = setup();
+    let exp = zeros(&[2, 1], sys::ACL_FLOAT);
+    let row = tensor(&i32b(&[0, 1]), &[2], sys::ACL_INT32);
+    let sc = tensor(&f32b(&[1.0, 1.0]), &[1, 2], sys::ACL_FLOAT);
+    let out = zeros(&[1, 1], sys::ACL_FLOAT);
+    let (mut ex, mut ws) = (ptr::null_mut(), 0u64);
+    for mode in [1i64, 3, 4] {
+        assert_eq!(
+            fin(&exp, &row, Some(&sc), None, None, mode, &out, &mut ex, &mut ws),
+            sys::ACLNN_ERR_PARAM_INVALID,
+            "dropPadMode {mode}"
+        );
+    }
+}

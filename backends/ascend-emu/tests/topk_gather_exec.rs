@@ -230,3 +230,21 @@ fn repeatable_executor() {
     assert_eq!(aclDestroyAclOpExecutor(ex), 0);
     assert_eq!(launch(s, ws, ex, aclnnCast), sys::ACLNN_ERR_PARAM_INVALID, "destroyed");
 }
+
+/// finished must be BOOL [T]; x must be 2-D (3-D NOT EMULATED) -> 161002.
+#[test]
+fn topk_softmax_finished_and_rank() {
+    let _s = setup();
+    let x = zeros(&[2, 4], sys::ACL_FLOAT);
+    let (y, i, r) = (
+        zeros(&[2, 2], sys::ACL_FLOAT),
+        zeros(&[2, 2], sys::ACL_INT32),
+        zeros(&[2, 2], sys::ACL_INT32),
+    );
+    let fin32 = zeros(&[2], sys::ACL_INT32);
+    assert_eq!(topk(&x, Some(&fin32), 2, &y, &i, &r).0, sys::ACLNN_ERR_PARAM_INVALID);
+    let fin3 = zeros(&[3], sys::ACL_BOOL);
+    assert_eq!(topk(&x, Some(&fin3), 2, &y, &i, &r).0, sys::ACLNN_ERR_PARAM_INVALID);
+    let x3 = zeros(&[1, 2, 4], sys::ACL_FLOAT);
+    assert_eq!(topk(&x3, None, 2, &y, &i, &r).0, sys::ACLNN_ERR_PARAM_INVALID);
+}
