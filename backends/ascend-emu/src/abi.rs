@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{c_char, c_void, CString};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::ops::{Fail, GatingParams, InitParams, Op};
+use crate::ops::{Fail, GatingParams, Op};
 use crate::sys;
 use crate::tensor::{elem_size, Desc, HostTensor};
 
@@ -38,6 +38,8 @@ struct Alloc {
 struct Exec {
     op: Op,
     ws: u64,
+    /// Set by `aclSetAclOpExecutorRepeatable`: launches do not consume it.
+    repeatable: bool,
 }
 
 #[derive(Default)]
@@ -128,17 +130,21 @@ impl State {
     fn cap() -> Option<usize> {
         std::env::var(MEM_CAP_ENV).ok().and_then(|v| v.trim().parse().ok())
     }
-    /// Check a tensor's storage: device memory, 32-byte aligned, in bounds, view inside storage.
+    /// Check a tensor's storage: format, device memory, 32-byte aligned base, view inside storage.
     fn check_tensor(&self, d: &Desc, what: &str) -> Result<(), Fail> {
         let bad = |m: String| (sys::ACLNN_ERR_PARAM_INVALID, format!("{what}: {m}"));
         let esz = elem_size(d.dtype).ok_or_else(|| bad(format!("data type {} not supported", d.dtype)))?;
-        if d.dims.iter().any(|&x| x < 0) || d.storage.iter().any(|&x| x < 0) || d.offset < 0 {
-            return Err(bad("negative dimension or offset".into()));
+        // Every tensor of the emulated ops is "要求为ND" (each op page's parameter table). NOT
+        // EMULATED: private formats such as FRACTAL_NZ GMM weights.
+        if d.format != sys::ACL_FORMAT_ND {
+            return Err(bad(format!("format {} is not ACL_FORMAT_ND (2)", d.format)));
         }
         let n = d.storage_len() as usize;
+        // The view must lie inside the storage. UNDOCUMENTED as a check; reading past the storage is
+        // undefined on hardware, so refusing it hides nothing the backend could rely on.
         if d.numel() > 0 {
             let last = d.offset + d.dims.iter().zip(&d.strides).map(|(x, s)| (x - 1) * s).sum::<i64>();
-            if d.strides.iter().any(|&s| s < 0) || last >= n as i64 {
+            if last >= n as i64 {
                 return Err(bad(format!(
                     "view {:?} strides {:?} offset {} exceeds storage {:?}",
                     d.dims, d.strides, d.offset, d.storage
@@ -148,6 +154,10 @@ impl State {
         if n == 0 {
             return Ok(());
         }
+        // tensorData "必须32字节对齐，否则可能会出现未定义错误" ([HA canncommercial/900
+        // operatorlist_00019]): the storage BASE address. Whether the view start
+        // `data + offset * elem_size` must also be aligned is UNDOCUMENTED (audit P9): lenient, an
+        // element offset from an aligned base is accepted (scripts/ascend/probe.sh checks it).
         if d.data % 32 != 0 {
             return Err(bad(format!("tensor data {:#x} is not 32-byte aligned", d.data)));
         }
@@ -207,7 +217,8 @@ fn store(t: &HostTensor) {
 
 // ============================================================================= runtime
 
-/// `aclInit`: once per process; a second call returns `ACL_ERROR_REPEAT_INITIALIZE` (100002).
+/// `aclInit`: once per process; a second call returns `ACL_ERROR_REPEAT_INITIALIZE` (100002)
+/// (\[RT\] acl_rt.h L1091, acl.cpp L382-391; fact sheet §2).
 #[no_mangle]
 pub extern "C" fn aclInit(_config_path: *const c_char) -> sys::aclError {
     let mut s = lock();
@@ -218,7 +229,8 @@ pub extern "C" fn aclInit(_config_path: *const c_char) -> sys::aclError {
     sys::ACL_SUCCESS
 }
 
-/// `aclFinalize`.
+/// `aclFinalize`: 100001 `ACL_ERROR_UNINITIALIZE` when not initialised (UNDOCUMENTED code, emulator
+/// choice; the backend must not rely on it).
 #[no_mangle]
 pub extern "C" fn aclFinalize() -> sys::aclError {
     let mut s = lock();
@@ -237,7 +249,7 @@ pub extern "C" fn aclGetRecentErrMsg() -> *const c_char {
 
 static SOC: &[u8] = concat!("Ascend910B2-emu", "\0").as_bytes();
 
-/// `aclrtGetSocName`: NULL before `aclInit`.
+/// `aclrtGetSocName`: NULL before `aclInit` ("NULL on failure", \[RT\] acl_base_rt.h; fact sheet §2).
 #[no_mangle]
 pub extern "C" fn aclrtGetSocName() -> *const c_char {
     if lock().init {
@@ -247,7 +259,8 @@ pub extern "C" fn aclrtGetSocName() -> *const c_char {
     }
 }
 
-/// `aclrtSetDevice`: binds the device to the calling thread.
+/// `aclrtSetDevice`: binds the device to the calling thread ("per thread", \[RT\] L1549); an unknown id
+/// gives 107001 `ACL_ERROR_RT_INVALID_DEVICEID` (\[RT\] rt_error_codes.h).
 #[no_mangle]
 pub extern "C" fn aclrtSetDevice(device_id: i32) -> sys::aclError {
     if !lock().init {
@@ -399,7 +412,7 @@ pub unsafe extern "C" fn aclrtGetCurrentContext(context: *mut sys::aclrtContext)
     sys::ACL_SUCCESS
 }
 
-/// `aclrtCreateStream`: needs a current device.
+/// `aclrtCreateStream`: needs a current device/context, else 107002 (fact sheet §6 #2-3).
 ///
 /// # Safety
 /// `stream` must be NULL or writable.
@@ -457,7 +470,10 @@ pub extern "C" fn aclrtSynchronizeStream(stream: sys::aclrtStream) -> sys::aclEr
     }
 }
 
-/// `aclrtMalloc`: rounds the size up to 32 bytes; fails past `MOEHAL_ACL_EMU_MEM_CAP`.
+/// `aclrtMalloc`: size 0 refused; rounds the size up to 32 bytes (the real runtime adds another
+/// 32 B of padding: \[HA canncommercial/800 aclcppdevg_03_0095\]; the emulator is stricter); 64-byte
+/// aligned base; fails with 207001 past `MOEHAL_ACL_EMU_MEM_CAP` (emulator feature). Needs a
+/// current device (107002, fact sheet §6 #2).
 ///
 /// # Safety
 /// `dev_ptr` must be NULL or writable.
@@ -509,7 +525,8 @@ pub unsafe extern "C" fn aclrtMalloc(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtFree`: `dev_ptr` must be the start of a live allocation.
+/// `aclrtFree`: `dev_ptr` must be the start of a live allocation (UNDOCUMENTED error code 100000;
+/// freeing anything else is undefined on hardware).
 #[no_mangle]
 pub extern "C" fn aclrtFree(dev_ptr: *mut c_void) -> sys::aclError {
     if let Err(e) = need_device("aclrtFree") {
@@ -530,8 +547,10 @@ pub extern "C" fn aclrtFree(dev_ptr: *mut c_void) -> sys::aclError {
     sys::ACL_SUCCESS
 }
 
-/// `aclrtMemcpy`: checks `count <= destMax`, that each side is device or host memory as `kind`
-/// says (`ACL_MEMCPY_DEFAULT` infers it), and that device ranges are in bounds.
+/// `aclrtMemcpy`: checks `count <= destMax` (100000; inferred, fact sheet §2), that each side is
+/// device or host memory as `kind` says (`ACL_MEMCPY_DEFAULT` infers it; the real runtime treats
+/// kind as "reserved" and infers it: \[HA 800alpha002 aclcppdevg_03_0105\], so the emulator is
+/// stricter), and that device ranges are in bounds. Copies immediately, no stream sync (same page).
 ///
 /// # Safety
 /// Host-side pointers must be valid for `count` bytes.
@@ -597,7 +616,9 @@ pub unsafe extern "C" fn aclrtMemcpy(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtMemset` on device memory (not exported by the `omit-symbol-aclrtMemset` variant).
+/// `aclrtMemset` on device memory, `count <= maxCount`, immediate (\[HA canncommercial/800
+/// aclcppdevg_03_0103\]; host addresses are also documented, NOT EMULATED). Not exported by the
+/// `omit-symbol-aclrtMemset` variant.
 ///
 /// # Safety
 /// None beyond the checks (device memory only).
@@ -629,7 +650,8 @@ pub unsafe extern "C" fn aclrtMemset(
     sys::ACL_SUCCESS
 }
 
-/// `aclrtGetMemInfo`: total = the cap (or 64 GiB), free = total - in use.
+/// `aclrtGetMemInfo`: total = the cap (or 64 GiB), free = total - in use; needs a current context
+/// (107002: llama.cpp#16628, fact sheet §6 #2).
 ///
 /// # Safety
 /// `free` and `total` must be NULL or writable.
@@ -657,8 +679,12 @@ pub unsafe extern "C" fn aclrtGetMemInfo(
 
 // ============================================================================= meta objects
 
-/// `aclCreateTensor`. Counts are elements; `stride` NULL means contiguous. Returns NULL on a bad
-/// argument (message in `aclGetRecentErrMsg`).
+/// `aclCreateTensor`: records a view descriptor (see [`Desc`]). Counts are elements. Returns NULL
+/// on a bad argument ("失败则返回nullptr"), with the reason in `aclGetRecentErrMsg`:
+/// negative dims, strides, offset or storage dims ("取值不支持负数" / "为非负整数", [HA
+/// canncommercial/81RC1 and 900 operatorlist_00019]), or more than 8 dims (UNDOCUMENTED limit of
+/// this emulator, the ops here use at most 3). `stride` NULL = row-major contiguous (UNDOCUMENTED:
+/// lenient). Memory, alignment and bounds are checked when an op uses the tensor (phase one).
 ///
 /// # Safety
 /// The arrays must be valid for their lengths.
@@ -669,7 +695,7 @@ pub unsafe extern "C" fn aclCreateTensor(
     data_type: sys::aclDataType,
     stride: *const i64,
     offset: i64,
-    _format: sys::aclFormat,
+    format: sys::aclFormat,
     storage_dims: *const i64,
     storage_dims_num: u64,
     tensor_data: *mut c_void,
@@ -704,6 +730,15 @@ pub unsafe extern "C" fn aclCreateTensor(
         // SAFETY: non-null; one stride per view dim, the caller's promise.
         unsafe { std::slice::from_raw_parts(stride, dims.len()) }.to_vec()
     };
+    if dims.iter().chain(&strides).chain(&storage).any(|&v| v < 0) || offset < 0 {
+        fail(
+            sys::ACLNN_ERR_PARAM_INVALID,
+            format!(
+                "aclCreateTensor: negative value in dims {dims:?} / strides {strides:?} / offset {offset} / storage {storage:?}"
+            ),
+        );
+        return std::ptr::null_mut();
+    }
     if elem_size(data_type).is_none() {
         fail(
             sys::ACLNN_ERR_PARAM_INVALID,
@@ -716,6 +751,7 @@ pub unsafe extern "C" fn aclCreateTensor(
         strides,
         offset,
         dtype: data_type,
+        format,
         storage,
         data: tensor_data as usize,
     };
@@ -834,16 +870,127 @@ pub extern "C" fn aclDestroyTensorList(array: *const sys::aclTensorList) -> sys:
     sys::ACLNN_SUCCESS
 }
 
-/// `aclDestroyAclOpExecutor`: frees an executor that was not launched.
+/// `aclSetAclOpExecutorRepeatable`: the executor survives its launches until
+/// `aclDestroyAclOpExecutor` (\[OB\] aclSetAclOpExecutorRepeatable.md; \[FS §3.2\]).
+#[no_mangle]
+pub extern "C" fn aclSetAclOpExecutorRepeatable(executor: *mut sys::aclOpExecutor) -> sys::aclnnStatus {
+    match lock().execs.get_mut(&(executor as usize)) {
+        Some(e) => {
+            e.repeatable = true;
+            sys::ACLNN_SUCCESS
+        }
+        None => fail(
+            sys::ACLNN_ERR_PARAM_INVALID,
+            format!("aclSetAclOpExecutorRepeatable: {executor:p} is not a live executor"),
+        ),
+    }
+}
+
+/// `aclDestroyAclOpExecutor`: destroys a *repeatable* executor. The docs pair it with
+/// `aclSetAclOpExecutorRepeatable` ("destroys an executor set repeatable ...; must be used together
+/// with it", \[HA canncommercial/800 operatorlist_00021\]); what it does to a plain executor is
+/// UNDOCUMENTED, so the emulator refuses it (161002) and leaves that executor alone: the backend must
+/// not rely on destroying one (audit L1).
 #[no_mangle]
 pub extern "C" fn aclDestroyAclOpExecutor(executor: *mut sys::aclOpExecutor) -> sys::aclnnStatus {
-    if lock().execs.remove(&(executor as usize)).is_none() {
-        return fail(
+    let mut s = lock();
+    match s.execs.get(&(executor as usize)) {
+        None => fail(
             sys::ACLNN_ERR_PARAM_INVALID,
             format!("aclDestroyAclOpExecutor: {executor:p} is not a live executor"),
+        ),
+        Some(e) if !e.repeatable => fail(
+            sys::ACLNN_ERR_PARAM_INVALID,
+            format!(
+                "aclDestroyAclOpExecutor: {executor:p} was not made repeatable with \
+                 aclSetAclOpExecutorRepeatable (destroying a plain executor is undocumented)"
+            ),
+        ),
+        Some(_) => {
+            s.execs.remove(&(executor as usize));
+            sys::ACLNN_SUCCESS
+        }
+    }
+}
+
+// ============================================================================= version query
+
+/// `ACL_PKG_VERSION_MAX_SIZE` (\[HA 82RC1alpha002 / 850 aclcppdevg_03_1791 aclCANNPackageVersion\]).
+pub const ACL_PKG_VERSION_MAX_SIZE: usize = 128;
+/// `ACL_PKG_VERSION_PARTS_MAX_SIZE` (same page).
+pub const ACL_PKG_VERSION_PARTS_MAX_SIZE: usize = 64;
+
+/// `aclCANNPackageVersion`, laid out as documented (\[HA 850 aclcppdevg_03_1791\]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AclCannPackageVersion {
+    /// Full version, e.g. `8.2.RC1`.
+    pub version: [c_char; ACL_PKG_VERSION_MAX_SIZE],
+    /// Major version (`8`).
+    pub major_version: [c_char; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+    /// Minor version (`2`).
+    pub minor_version: [c_char; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+    /// Release (`RC1`, or `0` "if it cannot be found").
+    pub release_version: [c_char; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+    /// Patch (`0` "if it cannot be found").
+    pub patch_version: [c_char; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+    /// Reserved (empty).
+    pub reserved: [c_char; ACL_PKG_VERSION_MAX_SIZE],
+}
+
+/// `aclCANNPackageName` values (\[HA 850 aclcppdevg_03_1790\]): `ACL_PKG_NAME_CANN` = 0, RUNTIME 1,
+/// COMPILER 2, HCCL 3, TOOLKIT 4, OPP 5, OPP_KERNEL 6, DRIVER 7.
+pub const ACL_PKG_NAME_CANN: i32 = 0;
+
+fn put(dst: &mut [c_char], v: &str) {
+    for (d, b) in dst.iter_mut().zip(v.bytes().chain(std::iter::once(0))) {
+        *d = b as c_char;
+    }
+}
+
+/// `aclError aclsysGetCANNVersion(aclCANNPackageName name, aclCANNPackageVersion *version)`: the
+/// documented version query (\[HA CANNCommunityEdition/900beta1 aclcppdevg_03_1789\]; present in the
+/// 8.1.RC1 headers \[FS §1.4\]; deprecated in favour of 9.0's `aclsysGetVersionStr`). Reports the
+/// build profile (`8.1.RC1`, `8.2.RC1`, `8.3.RC1`, `8.5.0`) for CANN, RUNTIME, TOOLKIT, OPP and
+/// OPP_KERNEL; COMPILER, HCCL and DRIVER are "not installed" here, which the doc says is an error
+/// (100000). Needs no `aclInit` (UNDOCUMENTED: lenient).
+///
+/// # Safety
+/// `version` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclsysGetCANNVersion(name: i32, version: *mut AclCannPackageVersion) -> sys::aclError {
+    if version.is_null() {
+        return fail(sys::ACL_ERROR_INVALID_PARAM, "aclsysGetCANNVersion: null version");
+    }
+    if !matches!(name, 0 | 1 | 4 | 5 | 6) {
+        return fail(
+            sys::ACL_ERROR_INVALID_PARAM,
+            format!("aclsysGetCANNVersion: package {name} is not installed in the emulator"),
         );
     }
-    sys::ACLNN_SUCCESS
+    let full = crate::profile::version_string();
+    let mut parts = full.split('.');
+    let (major, minor, rel) = (
+        parts.next().unwrap_or("0"),
+        parts.next().unwrap_or("0"),
+        parts.next().unwrap_or("0"),
+    );
+    let mut v = AclCannPackageVersion {
+        version: [0; ACL_PKG_VERSION_MAX_SIZE],
+        major_version: [0; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+        minor_version: [0; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+        release_version: [0; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+        patch_version: [0; ACL_PKG_VERSION_PARTS_MAX_SIZE],
+        reserved: [0; ACL_PKG_VERSION_MAX_SIZE],
+    };
+    put(&mut v.version, full);
+    put(&mut v.major_version, major);
+    put(&mut v.minor_version, minor);
+    put(&mut v.release_version, rel);
+    put(&mut v.patch_version, "0");
+    // SAFETY: non-null, and the caller promises it is writable.
+    unsafe { *version = v };
+    sys::ACL_SUCCESS
 }
 
 // ============================================================================= two-phase ops
@@ -879,7 +1026,14 @@ unsafe fn phase_one(
     }
     let size = op.workspace();
     let h = s.handle();
-    s.execs.insert(h, Exec { op, ws: size });
+    s.execs.insert(
+        h,
+        Exec {
+            op,
+            ws: size,
+            repeatable: false,
+        },
+    );
     // SAFETY: both non-null, and the caller promises they are writable.
     unsafe {
         *ws = size;
@@ -918,9 +1072,18 @@ fn launch(
         }
         Some(_) => {}
     }
-    // The launch consumes the executor, whatever its outcome (single use).
-    let Some(ex) = s.execs.remove(&(executor as usize)) else {
-        return fail(sys::ACLNN_ERR_INNER, format!("{name}: executor vanished"));
+    // A launch consumes a plain executor, whatever its outcome (single use, [FS §3.2] two-phase
+    // convention); a repeatable one stays for the next launch ([OB] aclSetAclOpExecutorRepeatable.md).
+    let ex = match s.execs.get(&(executor as usize)) {
+        Some(e) if e.repeatable => Exec {
+            op: e.op.clone(),
+            ws: e.ws,
+            repeatable: true,
+        },
+        _ => match s.execs.remove(&(executor as usize)) {
+            Some(e) => e,
+            None => return fail(sys::ACLNN_ERR_INNER, format!("{name}: executor vanished")),
+        },
     };
     if ex.ws > 0 && (workspace_size < ex.ws || s.find(workspace as usize, ex.ws as usize).is_none()) {
         return fail(
@@ -961,15 +1124,35 @@ macro_rules! launcher {
 launcher!(
     aclnnGroupedMatmulV3,
     aclnnMoeGatingTopKSoftmax,
-    aclnnMoeGatingTopK,
     aclnnMoeInitRoutingV2,
-    aclnnMoeInitRoutingV3,
     aclnnMoeFinalizeRoutingV2,
     aclnnEmbedding,
     aclnnGatherV2,
     aclnnIndexSelect,
     aclnnCast
 );
+
+/// `aclnnMoeGatingTopK`: phase two. Exported from CANN 8.2 only (profile cfg `cann_has_gating_topk`).
+#[cfg_attr(cann_has_gating_topk, no_mangle)]
+pub extern "C" fn aclnnMoeGatingTopK(
+    workspace: *mut c_void,
+    workspace_size: u64,
+    executor: *mut sys::aclOpExecutor,
+    stream: sys::aclrtStream,
+) -> sys::aclnnStatus {
+    launch("aclnnMoeGatingTopK", workspace, workspace_size, executor, stream)
+}
+
+/// `aclnnMoeInitRoutingV3`: phase two. Exported from CANN 8.2 only (profile cfg `cann_has_v3`).
+#[cfg_attr(cann_has_v3, no_mangle)]
+pub extern "C" fn aclnnMoeInitRoutingV3(
+    workspace: *mut c_void,
+    workspace_size: u64,
+    executor: *mut sys::aclOpExecutor,
+    stream: sys::aclrtStream,
+) -> sys::aclnnStatus {
+    launch("aclnnMoeInitRoutingV3", workspace, workspace_size, executor, stream)
+}
 
 /// `aclnnGroupedMatmulV4`: phase two (single-use executor).
 #[cfg_attr(not(feature = "omit-symbol-aclnnGroupedMatmulV4"), no_mangle)]
@@ -1141,11 +1324,11 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
-/// `aclnnMoeGatingTopKGetWorkspaceSize`.
+/// `aclnnMoeGatingTopKGetWorkspaceSize` (exported from CANN 8.2; rules in [`Op::gating_topk`]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
-#[no_mangle]
+#[cfg_attr(cann_has_gating_topk, no_mangle)]
 pub unsafe extern "C" fn aclnnMoeGatingTopKGetWorkspaceSize(
     x: *const sys::aclTensor,
     bias: *const sys::aclTensor,
@@ -1190,7 +1373,7 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKGetWorkspaceSize(
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
-/// `aclnnMoeInitRoutingV2GetWorkspaceSize` (dropPadMode 0; counts are INT32; flag 1 = cumsum, 2 = count).
+/// `aclnnMoeInitRoutingV2GetWorkspaceSize` (dropless; rules in [`Op::init_routing_v2`]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -1207,42 +1390,37 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
     expanded_x_out: *const sys::aclTensor,
     expanded_row_idx_out: *const sys::aclTensor,
     count_out: *const sys::aclTensor,
-    _before_capacity_out: *const sys::aclTensor,
+    before_capacity_out: *const sys::aclTensor,
     workspace_size: *mut u64,
     executor: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
     let mut s = lock();
     let op = (|| {
-        if drop_pad_mode != 0 || before_capacity_flag || !(0..=2).contains(&count_flag) {
-            return Err((sys::ACLNN_ERR_PARAM_INVALID, format!("dropPadMode {drop_pad_mode} / expertTokensBeforeCapacityFlag {before_capacity_flag} / flag {count_flag}: only dropless mode 0 is emulated")));
-        }
-        let p = InitParams {
-            e: expert_num,
-            active: active_num,
-            count_mode: count_flag,
-            scatter: true,
-        };
-        Op::init_routing(
-            "aclnnMoeInitRoutingV2",
+        // expertTokensBeforeCapacityOut belongs to the drop/pad mode (NOT EMULATED).
+        s.desc(before_capacity_out, "expertTokensBeforeCapacityOut")?;
+        Op::init_routing_v2(
             s.desc(x, "x")?,
             s.desc(expert_idx, "expertIdx")?,
-            p,
+            active_num,
+            expert_num,
+            drop_pad_mode,
+            count_flag,
+            before_capacity_flag,
             s.desc(expanded_x_out, "expandedXOut")?,
             s.desc(expanded_row_idx_out, "expandedRowIdxOut")?,
             s.desc(count_out, "expertTokensCountOrCumsumOut")?,
-            sys::ACL_INT32,
         )
     })();
     // SAFETY: forwarded caller promise.
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
-/// `aclnnMoeInitRoutingV3GetWorkspaceSize` (dropless, quantMode -1, no expert range; counts INT64;
-/// expertTokensNumType 0 = cumsum, 1 = count; rowIdxType 0 = gather, 1 = scatter).
+/// `aclnnMoeInitRoutingV3GetWorkspaceSize` (exported from CANN 8.2; rules in
+/// [`Op::init_routing_v3`]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
-#[no_mangle]
+#[cfg_attr(cann_has_v3, no_mangle)]
 pub unsafe extern "C" fn aclnnMoeInitRoutingV3GetWorkspaceSize(
     x: *const sys::aclTensor,
     expert_idx: *const sys::aclTensor,
@@ -1260,40 +1438,42 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV3GetWorkspaceSize(
     expanded_x_out: *const sys::aclTensor,
     expanded_row_idx_out: *const sys::aclTensor,
     count_out: *const sys::aclTensor,
-    _expanded_scale_out: *const sys::aclTensor,
+    expanded_scale_out: *const sys::aclTensor,
     workspace_size: *mut u64,
     executor: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
     let mut s = lock();
     let op = (|| {
-        if drop_pad_mode != 0
-            || quant_mode != -1
-            || !scale.is_null()
-            || !offset.is_null()
-            || !active_expert_range.is_null()
-            || !(0..=1).contains(&num_type)
-            || !(0..=1).contains(&row_idx_type)
-        {
-            return Err((
-                sys::ACLNN_ERR_PARAM_INVALID,
-                "only dropless, unquantised routing over all experts is emulated".to_string(),
-            ));
-        }
-        let p = InitParams {
-            e: expert_num,
-            active: active_num,
-            count_mode: if num_flag { num_type + 1 } else { 0 },
-            scatter: row_idx_type == 1,
+        let range = if active_expert_range.is_null() {
+            None
+        } else {
+            match s.int_arrays.get(&(active_expert_range as usize)) {
+                Some(v) => Some(v.clone()),
+                None => {
+                    return Err((
+                        sys::ACLNN_ERR_PARAM_INVALID,
+                        format!("activeExpertRangeOptional: {active_expert_range:p} is not a live aclIntArray"),
+                    ))
+                }
+            }
         };
-        Op::init_routing(
-            "aclnnMoeInitRoutingV3",
+        Op::init_routing_v3(
             s.desc(x, "x")?,
             s.desc(expert_idx, "expertIdx")?,
-            p,
+            s.desc(scale, "scaleOptional")?,
+            s.desc(offset, "offsetOptional")?,
+            active_num,
+            expert_num,
+            drop_pad_mode,
+            num_type,
+            num_flag,
+            quant_mode,
+            range,
+            row_idx_type,
             s.desc(expanded_x_out, "expandedXOut")?,
             s.desc(expanded_row_idx_out, "expandedRowIdxOut")?,
             s.desc(count_out, "expertTokensCountOrCumsumOut")?,
-            sys::ACL_INT64,
+            s.desc(expanded_scale_out, "expandedScaleOut")?,
         )
     })();
     // SAFETY: forwarded caller promise.
@@ -1449,6 +1629,7 @@ check_sig! {
     aclCreateIntArray => aclCreateIntArrayFn, aclDestroyIntArray => aclDestroyIntArrayFn,
     aclCreateTensorList => aclCreateTensorListFn, aclDestroyTensorList => aclDestroyTensorListFn,
     aclDestroyAclOpExecutor => aclDestroyAclOpExecutorFn,
+    // aclSetAclOpExecutorRepeatable and aclsysGetCANNVersion are not in moehal_acl.h (no typedef).
     aclnnGroupedMatmulV4GetWorkspaceSize => aclnnGroupedMatmulV4GetWorkspaceSizeFn,
     aclnnGroupedMatmulV4 => aclnnGroupedMatmulV4Fn,
     aclnnGroupedMatmulV3GetWorkspaceSize => aclnnGroupedMatmulV3GetWorkspaceSizeFn,

@@ -1,26 +1,45 @@
-//! The aclnn ops, as their public documentation describes them (see
-//! `shared/reference/ascend_acl.md` §4 and the README). Written from the vendor documents, not from
-//! moehal-core: where our backend's mapping disagrees with the vendor op, the conformance tests see it.
+//! The aclnn ops, as the vendor documents and the open-sourced op host code describe them. Written
+//! from those sources only (not from moehal-core, not from the backend): where the backend's use
+//! disagrees with the vendor op, the conformance tests see it.
 //!
-//! Phase one ([`Op`] constructors) checks shapes, dtypes and attributes and returns
-//! `ACLNN_ERR_PARAM_NULLPTR` (161001) for a missing required argument and `ACLNN_ERR_PARAM_INVALID`
-//! (161002) for a bad one. Phase two ([`Op::run`]) reads device data; a bad *value* (an index out of
-//! range, a decreasing group list), which real hardware would turn into garbage or an AI-core
-//! exception, is reported as `ACLNN_ERR_INNER` (561000) here.
+//! Phase one ([`Op`] constructors) checks arguments and returns the documented status:
+//! `ACLNN_ERR_PARAM_NULLPTR` (161001) for a missing required argument, `ACLNN_ERR_PARAM_INVALID`
+//! (161002) for a dtype / shape the aclnn layer rejects, `ACLNN_ERR_INNER_TILING_ERROR` (561002)
+//! where the documented check lives in the tiling. Phase two ([`Op::run`]) reads device data; a bad
+//! *value* (an index out of range, a decreasing group list), which hardware turns into garbage or an
+//! AI-core exception, is reported as `ACLNN_ERR_INNER` (561000) here.
 //!
-//! Assumptions where the documents are silent (real hardware behaviour UNCONFIRMED): top-k ties go
-//! to the lower expert index; group ranking ties go to the lower group index.
+//! Every rule carries a source tag. Tags (full URLs in `shared/reference/ascend_audit.md`,
+//! appendix, and in `RULES.md`):
+//! - `\[OT\]` github hicann/ops-transformer @c29bc10 (2025-11), path given;
+//! - `\[OTF\]` 2026 master of cann/ops-transformer (github yuanfang-chen/ops-transformer and mirrors);
+//! - `\[OP\]` github Ascend/op-plugin (torch_npu) @517f2e7;  `\[VA\]` vllm-ascend token_dispatcher.py;
+//! - `\[HA <release> <page>\]` a hiascend.com page; `\[C81\]` the CANN 8.1.RC1 install dump;
+//! - `\[FS §x\]` shared/reference/ascend_acl.md (the fact sheet) section x.
+//!
+//! `UNDOCUMENTED` marks a rule no source settles: it is lenient (the backend must not rely on it)
+//! or models the most conservative documented behaviour, as its comment says. `NOT EMULATED` marks
+//! an input the real op accepts but this emulator refuses (the backend does not use it).
 
 #![allow(clippy::large_enum_variant, clippy::too_many_arguments)]
 
+use crate::profile::{release, Release};
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
 /// A status code and the message `aclGetRecentErrMsg` returns for it.
 pub type Fail = (i32, String);
 
+/// `ACLNN_ERR_INNER_TILING_ERROR`: a shape or attribute outside the tiling's range
+/// (\[FS §3.3\] op_errno.h; the aclnn pages' return-code tables list it for "shape / attribute not in
+/// the supported range").
+pub const ACLNN_ERR_INNER_TILING_ERROR: i32 = 561002;
+
 fn bad(msg: impl Into<String>) -> Fail {
     (sys::ACLNN_ERR_PARAM_INVALID, msg.into())
+}
+fn tiling(msg: impl Into<String>) -> Fail {
+    (ACLNN_ERR_INNER_TILING_ERROR, msg.into())
 }
 fn inner(msg: impl Into<String>) -> Fail {
     (sys::ACLNN_ERR_INNER, msg.into())
@@ -29,7 +48,7 @@ fn null(what: &str) -> Fail {
     (sys::ACLNN_ERR_PARAM_NULLPTR, format!("{what} is a null pointer"))
 }
 
-/// Requires `t`, else 161001.
+/// Requires `t`, else 161001 (every aclnn page: "161001: 计算输入和计算输出是空指针").
 pub fn req(t: Option<Desc>, what: &str) -> Result<Desc, Fail> {
     t.ok_or_else(|| null(what))
 }
@@ -53,9 +72,22 @@ fn want_dt(t: &Desc, dts: &[sys::aclDataType], what: &str) -> Result<(), Fail> {
     }
     Ok(())
 }
+/// NOT EMULATED: the real ops accept non-contiguous views of many tensors (per-parameter
+/// "非连续Tensor" column); the emulator asks for row-major contiguous ones.
+fn want_contig(t: &Desc, what: &str) -> Result<(), Fail> {
+    if !t.contiguous() {
+        return Err(bad(format!(
+            "{what}: non-contiguous {} strides {:?} (NOT EMULATED)",
+            t.show(),
+            t.strides
+        )));
+    }
+    Ok(())
+}
 const FLOATS: [sys::aclDataType; 3] = [sys::ACL_FLOAT, sys::ACL_FLOAT16, sys::ACL_BF16];
 
 /// One validated op, waiting for its launch.
+#[derive(Clone)]
 pub enum Op {
     /// aclnnGroupedMatmulV3/V4, single-tensor x/weight/y, M-axis grouping.
     Gmm {
@@ -83,17 +115,20 @@ pub enum Op {
         p: GatingParams,
         y: Desc,
         idx: Desc,
-        out: Option<Desc>,
+        out: Desc,
+        out_flag: bool,
     },
     /// aclnnMoeInitRoutingV2 / V3 (dropless).
     InitRouting {
         launch: &'static str,
         x: Desc,
         ids: Desc,
+        scale: Option<Desc>,
         p: InitParams,
         ex: Desc,
         row_idx: Desc,
         counts: Option<Desc>,
+        scale_out: Option<Desc>,
     },
     /// aclnnMoeFinalizeRoutingV2.
     Finalize {
@@ -105,6 +140,7 @@ pub enum Op {
         scales: Option<Desc>,
         eidx: Option<Desc>,
         row_major: bool,
+        k: i64,
         out: Desc,
     },
     /// aclnnEmbedding / aclnnGatherV2 / aclnnIndexSelect along dim 0.
@@ -119,6 +155,7 @@ pub enum Op {
 }
 
 /// Attributes of aclnnMoeGatingTopK.
+#[derive(Clone, Copy)]
 pub struct GatingParams {
     /// Experts to select.
     pub k: i64,
@@ -136,15 +173,17 @@ pub struct GatingParams {
     pub eps: f64,
 }
 
-/// Attributes of aclnnMoeInitRouting V2/V3.
+/// Attributes of aclnnMoeInitRouting V2/V3 (dropless).
+#[derive(Clone, Copy)]
 pub struct InitParams {
     /// Number of experts.
     pub e: i64,
-    /// activeNum (0 = all rows).
-    pub active: i64,
-    /// 0: none, 1: cumulative sum, 2: count.
+    /// Rows of expandedXOut actually written (all T*k unless V2's activeNum limits it).
+    pub rows: i64,
+    /// 0: no count output, 1: cumulative sum, 2: count.
     pub count_mode: i64,
-    /// true: `expandedRowIdx[original] = position` (scatter); false: `expandedRowIdx[position] = original`.
+    /// true: `expandedRowIdx[position] = original slot` (V3 rowIdxType 1, "scatter");
+    /// false: `expandedRowIdx[original slot] = position` (V2; V3 rowIdxType 0, "gather").
     pub scatter: bool,
 }
 
@@ -165,6 +204,8 @@ impl Op {
     }
 
     /// Workspace bytes the op asks for (non-zero for some ops, so the caller's workspace path runs).
+    /// UNDOCUMENTED sizes (real ones are larger, e.g. MoeGatingTopK reserves 16 MiB: \[OT\]
+    /// moe_gating_top_k_tiling.cpp `DEFAULT_WORKSPACE_SIZE`); callers must use the returned value.
     pub fn workspace(&self) -> u64 {
         match self {
             Op::Gmm { .. } => 16 * 1024,
@@ -201,21 +242,24 @@ impl Op {
             } => {
                 let mut i = vec![x];
                 i.extend(bias.iter());
-                let mut o = vec![y, idx];
-                o.extend(out.iter());
-                (i, o)
+                (i, vec![y, idx, out])
             }
             Op::InitRouting {
                 x,
                 ids,
+                scale,
                 ex,
                 row_idx,
                 counts,
+                scale_out,
                 ..
             } => {
+                let mut i = vec![x, ids];
+                i.extend(scale.iter());
                 let mut o = vec![ex, row_idx];
                 o.extend(counts.iter());
-                (vec![x, ids], o)
+                o.extend(scale_out.iter());
+                (i, o)
             }
             Op::Finalize {
                 ex,
@@ -242,6 +286,9 @@ impl Op {
     // ---------------------------------------------------------------- phase one
 
     /// aclnnGroupedMatmulV3/V4 phase one (non-quantised, single tensors, groupType 0).
+    ///
+    /// V3's group list is cumulative (pass `list_type` 0); V4's `groupListType` is 0 = cumulative,
+    /// 1 = counts (\[OTF\] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md §约束).
     #[allow(clippy::too_many_arguments)]
     pub fn gmm(
         launch: &'static str,
@@ -255,6 +302,7 @@ impl Op {
         act_type: i64,
         y: Vec<Desc>,
     ) -> Result<Op, Fail> {
+        // NOT EMULATED: multi-tensor lists (the MoE recipe is single x / weight / y: [FS §4.2]).
         if x.len() != 1 || w.len() != 1 || y.len() != 1 {
             return Err(bad(format!(
                 "{launch}: only single-tensor x/weight/y are emulated (got list lengths {}/{}/{})",
@@ -263,31 +311,40 @@ impl Op {
                 y.len()
             )));
         }
+        // splitItem 2/3 = single-tensor output; 0/1 = multi-tensor output ([FS §4.2]; [OT]
+        // op_api/aclnn_grouped_matmul.cpp:1819 corrects 2 to 3 for one x tensor).
         if !(split_item == 2 || split_item == 3) {
             return Err(bad(format!(
                 "{launch}: splitItem {split_item} with single-tensor y; use 2 or 3"
             )));
         }
+        // groupType: -1 none, 0 M axis, 1 N axis (unsupported), 2 K axis ([FS §4.2]); only 0 is
+        // emulated (NOT EMULATED: -1 and 2).
         if group_type != 0 {
             return Err(bad(format!(
                 "{launch}: groupType {group_type} not emulated (M-axis = 0 only)"
             )));
         }
+        // groupListType 0 cumsum, 1 counts, 2 [E,2] pairs ([OTF] V4 doc); NOT EMULATED: 2.
         if !(list_type == 0 || list_type == 1) {
             return Err(bad(format!(
                 "{launch}: groupListType {list_type} not emulated (0 or 1)"
             )));
         }
+        // actType: GMMActType NONE = 0 .. SILU = 5 ([FS §4.2]); NOT EMULATED: fused activations.
         if act_type != 0 {
             return Err(bad(format!(
                 "{launch}: actType {act_type}: fused activation not emulated"
             )));
         }
         let (x, w, y) = (x[0].clone(), w[0].clone(), y[0].clone());
+        // M-axis grouping with one weight tensor needs the group list ([OTF] V4 doc, groupType table).
         let group = req(group, "groupListOptional (required when groupType = 0)")?;
         want_rank(&x, 2, "x")?;
         want_rank(&w, 3, "weight")?;
         want_rank(&y, 2, "y")?;
+        // Non-quantised dtypes: FP16 x FP16 -> FP16, BF16 x BF16 -> BF16, FP32 x FP32 -> FP32
+        // ([OTF] V4 doc non-quant table; [FS §4.2]).
         want_dt(&x, &FLOATS, "x")?;
         if w.dtype != x.dtype || y.dtype != x.dtype {
             return Err(bad(format!(
@@ -303,18 +360,8 @@ impl Op {
             return Err(bad(format!("weight {} K != x {} K", w.show(), x.show())));
         }
         want_dims(&y, &[m, n], "y")?;
-        if k <= 0 || n <= 0 || e <= 0 || k >= 65536 || n >= 65536 {
-            return Err(bad(format!("K={k}, N={n}, E={e}: each must be in [1, 65536)")));
-        }
-        if e > 1024 {
-            return Err(bad(format!("{e} groups: at most 1024 in single-weight mode")));
-        }
-        if !x.contiguous() {
-            return Err(bad("x must be contiguous (x cannot be transposed for M-axis grouping)"));
-        }
-        if !y.contiguous() {
-            return Err(bad("y must be contiguous"));
-        }
+        // Weight [E,K,N] as stored, or transposed [E,N,K] storage expressed by strides [K*N,1,K]
+        // ("weight transposition = non-contiguous tensor", [OTF] V4 doc groupType table).
         let kn = w.strides[2] == 1 && w.strides[1] == n;
         let nk = w.strides[1] == 1 && w.strides[2] == k;
         if !(kn || nk) || w.strides[0] != k * n {
@@ -323,6 +370,29 @@ impl Op {
                 w.strides
             )));
         }
+        // "The last dim of each x / weight tensor < 65536" ([OTF] V4 doc 约束; [OT]
+        // aclnn_grouped_matmul.cpp MAX_INNER_AXIS = 65535): x's last dim is K; the weight's stored
+        // last dim is N for [E,K,N] and K for the transposed storage.
+        let w_inner = if kn { n } else { k };
+        if k <= 0 || n <= 0 || e <= 0 || k >= 65536 || w_inner >= 65536 {
+            return Err(bad(format!(
+                "K={k}, N={n}, E={e}: each >= 1, and the inner dims of x and weight < 65536"
+            )));
+        }
+        // At most 1024 groups in single-weight mode ([OT] aclnn_grouped_matmul.cpp:341-358
+        // MAX_GROUP_LIST_SIZE_TENSOR).
+        if e > 1024 {
+            return Err(bad(format!("{e} groups: at most 1024 in single-weight mode")));
+        }
+        // "x cannot be transposed for M-axis grouping" ([FS §4.2], [OTF] V4 doc).
+        if !x.contiguous() {
+            return Err(bad("x must be contiguous (x cannot be transposed for M-axis grouping)"));
+        }
+        // y: non-contiguous output not supported ("非连续 ×", [OTF] V4 doc parameter table).
+        if !y.contiguous() {
+            return Err(bad("y must be contiguous"));
+        }
+        // groupList: INT64 1-D, one entry per weight group ([OT] aclnn_grouped_matmul.cpp:341-358).
         want_rank(&group, 1, "groupList")?;
         want_dt(&group, &[sys::ACL_INT64], "groupList")?;
         want_dims(&group, &[e], "groupList (one entry per weight group)")?;
@@ -333,6 +403,7 @@ impl Op {
             Some(b) => {
                 let b = b[0].clone();
                 want_dims(&b, &[e, n], "bias")?;
+                // Bias FP16 for FP16, FP32 for BF16 and FP32 ([OTF] V4 doc non-quant table).
                 let need = if x.dtype == sys::ACL_FLOAT16 {
                     sys::ACL_FLOAT16
                 } else {
@@ -364,12 +435,16 @@ impl Op {
     ) -> Result<Op, Fail> {
         let x = req(x, "x")?;
         let (y, idx, row_idx) = (req(y, "yOut")?, req(idx, "expertIdxOut")?, req(row_idx, "rowIdxOut")?);
+        // x 2-D or 3-D FP16/BF16/FP32 ([FS §4.3]; [OT] moe_gating_top_k_softmax_tiling_base.cpp);
+        // NOT EMULATED: 3-D.
         want_rank(&x, 2, "x")?;
         want_dt(&x, &FLOATS, "x")?;
         let (t, e) = (x.dims[0], x.dims[1]);
+        // 1 <= k <= min(E, 1024), a tiling check ([OT] moe_gating_top_k_softmax_tiling_base.cpp:60-150).
         if k < 1 || k > e.min(1024) {
-            return Err((561002, format!("k = {k} must be in [1, min(E = {e}, 1024)]")));
+            return Err(tiling(format!("k = {k} must be in [1, min(E = {e}, 1024)]")));
         }
+        // Outputs [T,k]: y of x's dtype, expertIdx and rowIdx INT32 ([FS §4.3]; [C81] header doc).
         want_dims(&y, &[t, k], "yOut")?;
         want_dims(&idx, &[t, k], "expertIdxOut")?;
         want_dims(&row_idx, &[t, k], "rowIdxOut")?;
@@ -378,9 +453,13 @@ impl Op {
         }
         want_dt(&idx, &[sys::ACL_INT32], "expertIdxOut")?;
         want_dt(&row_idx, &[sys::ACL_INT32], "rowIdxOut")?;
+        // finished: BOOL, shape x[:-1] ([FS §4.3]).
         if let Some(f) = &finished {
             want_dims(f, &[t], "finishedOptional")?;
             want_dt(f, &[sys::ACL_BOOL], "finishedOptional")?;
+        }
+        for (d, w) in [(&x, "x"), (&y, "yOut"), (&idx, "expertIdxOut"), (&row_idx, "rowIdxOut")] {
+            want_contig(d, w)?;
         }
         Ok(Op::TopKSoftmax {
             x,
@@ -392,7 +471,7 @@ impl Op {
         })
     }
 
-    /// aclnnMoeGatingTopK phase one.
+    /// aclnnMoeGatingTopK phase one (exported from CANN 8.2; rules per [`release`]).
     #[allow(clippy::too_many_arguments)]
     pub fn gating_topk(
         x: Option<Desc>,
@@ -406,54 +485,136 @@ impl Op {
     ) -> Result<Op, Fail> {
         let x = req(x, "x")?;
         let (y, idx) = (req(y, "yOut")?, req(idx, "expertIdxOut")?);
+        // `out` is a REQUIRED output whatever outFlag says: op def `Output("out").ParamType(REQUIRED)`
+        // ([OT] moe/moe_gating_top_k/op_host/moe_gating_top_k_def.cpp), tiling OP_CHECK_NULL on its
+        // shape ([OT] moe_gating_top_k_tiling.cpp:253), doc "161001: 计算输入和计算输出是空指针"
+        // ([HA 850alpha002 aclnnMoeGatingTopK.md]); torch_npu always allocates it ([OP]
+        // MoeGatingTopKKernelNpuOpApi.cpp).
+        let out = req(out, "outOut (required whatever outFlag is)")?;
+        // x: 2-D FP16/BF16/FP32 ([HA 850alpha002]; [OT] tiling GetShapeAttrsInfo).
         want_rank(&x, 2, "x")?;
         want_dt(&x, &FLOATS, "x")?;
         let (t, e) = (x.dims[0], x.dims[1]);
+        // E <= 2048 ([OT] tiling MAX_EXPERT_COUNT; [HA 850alpha002] "专家数要求不大于2048").
         if e > 2048 {
-            return Err(bad(format!("E = {e} > 2048")));
-        }
-        if p.group_count < 1 || e % p.group_count != 0 {
-            return Err(bad(format!("groupCount {} must divide E = {e}", p.group_count)));
-        }
-        if p.k_group < 1 || p.k_group > p.group_count {
-            return Err(bad(format!(
-                "kGroup {} must be in [1, groupCount = {}]",
-                p.k_group, p.group_count
-            )));
-        }
-        if p.k < 1 || p.k > e / p.group_count * p.k_group {
-            return Err(bad(format!("k = {} must be in [1, E / groupCount * kGroup]", p.k)));
-        }
-        if !(p.group_mode == 0 || p.group_mode == 1) || !(p.norm == 0 || p.norm == 1) {
-            return Err(bad(format!(
-                "groupSelectMode {} / normType {}: each must be 0 or 1",
-                p.group_mode, p.norm
-            )));
-        }
-        if p.group_mode == 1 && e / p.group_count < 2 {
-            return Err(bad("groupSelectMode 1 (top-2 sum) needs at least 2 experts per group"));
-        }
-        if renorm != 0 {
-            return Err(bad(format!("renorm {renorm}: only 0 is supported")));
+            return Err(tiling(format!("E = {e} > 2048")));
         }
         if let Some(b) = &bias {
-            want_dims(b, &[e], "biasOptional")?;
-            want_dt(b, &[x.dtype, sys::ACL_FLOAT], "biasOptional")?;
+            // bias: 1-D [E] ([OT] tiling CheckInputShape) ...
+            want_rank(b, 1, "biasOptional").map_err(|f| tiling(f.1))?;
+            if b.dims[0] != e {
+                return Err(tiling(format!("biasOptional {} must be [E = {e}]", b.show())));
+            }
+            // ... of x's dtype: "biasDtype != xDtype -> fail" ([OT] tiling:268), "数据类型与x需要保持
+            // 一致" ([HA 850alpha002]), TORCH_CHECK in [OP].
+            if b.dtype != x.dtype {
+                return Err(tiling(format!(
+                    "biasOptional dtype {} must equal x dtype {}",
+                    dt_name(b.dtype),
+                    dt_name(x.dtype)
+                )));
+            }
         }
-        want_dims(&y, &[t, p.k], "yOut")?;
+        // y: x's dtype, [T,k]; expertIdx INT32 [T,k]; out FLOAT [T,E] ([OT] tiling :280-300,
+        // CheckOutShape).
         if y.dtype != x.dtype {
-            return Err(bad("yOut dtype must equal x dtype"));
+            return Err(tiling("yOut dtype must equal x dtype"));
         }
-        want_dims(&idx, &[t, p.k], "expertIdxOut")?;
-        want_dt(&idx, &[sys::ACL_INT32], "expertIdxOut")?;
-        let out = if out_flag {
-            let o = req(out, "outOut (outFlag = true)")?;
-            want_dims(&o, &[t, e], "outOut")?;
-            want_dt(&o, &[sys::ACL_FLOAT], "outOut")?;
-            Some(o)
-        } else {
-            None
-        };
+        want_dt(&idx, &[sys::ACL_INT32], "expertIdxOut").map_err(|f| tiling(f.1))?;
+        want_dt(&out, &[sys::ACL_FLOAT], "outOut").map_err(|f| tiling(f.1))?;
+        want_dims(&y, &[t, p.k], "yOut").map_err(|f| tiling(f.1))?;
+        want_dims(&idx, &[t, p.k], "expertIdxOut").map_err(|f| tiling(f.1))?;
+        want_dims(&out, &[t, e], "outOut").map_err(|f| tiling(f.1))?;
+        // Attribute ranges ([OT] moe_gating_top_k_tiling.cpp CheckAttr): k >= 1, kGroup >= 1,
+        // kGroup <= groupCount, groupCount >= 1, E % groupCount == 0, normType 0/1 (2026 adds 2 =
+        // softplus: NOT EMULATED), groupSelectMode 0/1.
+        if p.k < 1 || p.k_group < 1 || p.group_count < 1 || p.k_group > p.group_count {
+            return Err(tiling(format!(
+                "k {} / kGroup {} / groupCount {}: need k >= 1, 1 <= kGroup <= groupCount",
+                p.k, p.k_group, p.group_count
+            )));
+        }
+        if e % p.group_count != 0 {
+            return Err(tiling(format!("groupCount {} must divide E = {e}", p.group_count)));
+        }
+        if !(p.norm == 0 || p.norm == 1) || !(p.group_mode == 0 || p.group_mode == 1) {
+            return Err(tiling(format!(
+                "normType {} / groupSelectMode {}: each must be 0 or 1",
+                p.norm, p.group_mode
+            )));
+        }
+        // renorm: only 0 ("norm first, then top-k": [OT] op_graph/moe_gating_top_k_proto.h). The 2026
+        // tiling also takes 1; 0 is the conservative documented value.
+        if renorm != 0 {
+            return Err(tiling(format!("renorm {renorm}: only 0 is supported")));
+        }
+        let per = e / p.group_count;
+        // Top-2-sum group scores need >= 2 experts per group ([OT] tiling CheckAttr). The doc's
+        // "E/groupCount > 2" conflicts with the code (>= 1, and the simplified path groupCount = E);
+        // the code wins (audit method) and the doc line is listed for the hardware probe.
+        if p.group_mode == 1 && per < 2 {
+            return Err(tiling(
+                "groupSelectMode 1 (top-2 sum) needs at least 2 experts per group",
+            ));
+        }
+        if p.k > p.k_group * per {
+            return Err(tiling(format!(
+                "k = {} must be <= kGroup * E / groupCount = {}",
+                p.k,
+                p.k_group * per
+            )));
+        }
+        // Grouped case (groupCount != 1, != E, kGroup != groupCount): groupCount *
+        // align32(E / groupCount) <= 2048 ([OT] moe_gating_top_k_tiling.cpp:221-227; doc 约束说明).
+        if p.group_count != 1 && p.group_count != e && p.k_group != p.group_count {
+            let aligned = p.group_count * ((per + 31) / 32 * 32);
+            if aligned > 2048 {
+                return Err(tiling(format!(
+                    "groupCount {} * align32(E / groupCount = {per}) = {aligned} > 2048",
+                    p.group_count
+                )));
+            }
+        }
+        // Release restrictions.
+        match release() {
+            Release::V8_1 => {
+                // The symbol is not exported on 8.1 ([C81]); reached only through the Rust rlib.
+                return Err(tiling("aclnnMoeGatingTopK does not exist in CANN 8.1"));
+            }
+            Release::V8_2 | Release::V8_3 => {
+                // 8.2/8.3 pages describe a sigmoid-only op ranking groups by top-2 sum
+                // ([HA 82RC1 / 83RC1 aclnnMoeGatingTopK.md]); softmax and max appear in 8.5
+                // ([HA 850alpha002]). What an old kernel does with other values is UNDOCUMENTED:
+                // rejected (conservative).
+                if p.norm != 1 || p.group_mode != 1 {
+                    return Err(tiling(format!(
+                        "CANN {}: normType {} / groupSelectMode {}: this release documents only \
+                         sigmoid (1) with top-2-sum groups (1)",
+                        crate::profile::CANN,
+                        p.norm,
+                        p.group_mode
+                    )));
+                }
+            }
+            Release::V8_5 => {}
+        }
+        if release() == Release::V8_2 {
+            // A2/A3 on the 8.2 generation: E = 256, k in [1, 32], kGroup = 4, bias not None
+            // (torch_npu 7.0.0 npu_moe_gating_top_k, [HA Pytorch/700 ptaoplist_002365]); vllm-ascend
+            // #2958/#4340: "only the 256 pattern ... all sizes depend on CANN 8.3.RC1".
+            if e != 256 || p.k > 32 || p.k_group != 4 || bias.is_none() {
+                return Err(tiling(format!(
+                    "CANN 8.2: E = {e}, k = {}, kGroup = {}, bias {}: this release supports only \
+                     E = 256, k <= 32, kGroup = 4 with a bias",
+                    p.k,
+                    p.k_group,
+                    if bias.is_some() { "given" } else { "NULL" }
+                )));
+            }
+        }
+        for (d, w) in [(&x, "x"), (&y, "yOut"), (&idx, "expertIdxOut"), (&out, "outOut")] {
+            want_contig(d, w)?;
+        }
         Ok(Op::GatingTopK {
             x,
             bias,
@@ -461,22 +622,42 @@ impl Op {
             y,
             idx,
             out,
+            out_flag,
         })
     }
 
-    /// aclnnMoeInitRoutingV2/V3 phase one (dropless, no quantisation).
-    pub fn init_routing(
-        launch: &'static str,
+    /// aclnnMoeInitRoutingV2 phase one (dropless, dropPadMode 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_routing_v2(
         x: Option<Desc>,
         ids: Option<Desc>,
-        p: InitParams,
+        active_num: i64,
+        expert_num: i64,
+        drop_pad_mode: i64,
+        count_flag: i64,
+        before_capacity_flag: bool,
         ex: Option<Desc>,
         row_idx: Option<Desc>,
         counts: Option<Desc>,
-        count_dtype: sys::aclDataType,
     ) -> Result<Op, Fail> {
+        let launch = "aclnnMoeInitRoutingV2";
         let (x, ids) = (req(x, "x")?, req(ids, "expertIdx")?);
         let (ex, row_idx) = (req(ex, "expandedXOut")?, req(row_idx, "expandedRowIdxOut")?);
+        // dropPadMode 0 dropless, 1 drop/pad ([FS §4.3]); NOT EMULATED: 1 and the before-capacity
+        // output (documented for the drop mode only).
+        if drop_pad_mode != 0 || before_capacity_flag {
+            return Err(bad(format!(
+                "{launch}: dropPadMode {drop_pad_mode} / expertTokensBeforeCapacityFlag \
+                 {before_capacity_flag}: only dropless mode 0 is emulated"
+            )));
+        }
+        // expertTokensCountOrCumsumFlag 0 none, 1 cumsum, 2 count ([OT] op_kernel/moe_v2_common.h:49-50).
+        if !(0..=2).contains(&count_flag) {
+            return Err(tiling(format!(
+                "expertTokensCountOrCumsumFlag {count_flag} not in 0..=2"
+            )));
+        }
+        // x [rows, H] FP16/BF16/FP32; expertIdx INT32 [rows, k] ([HA 82RC1alpha003 aclnnMoeInitRoutingV2.md]).
         want_rank(&x, 2, "x")?;
         want_rank(&ids, 2, "expertIdx")?;
         want_dt(&x, &FLOATS, "x")?;
@@ -485,40 +666,227 @@ impl Op {
         if ids.dims[0] != t {
             return Err(bad(format!("expertIdx {} rows != x {} rows", ids.show(), x.show())));
         }
-        if p.e < 1 {
-            return Err(bad(format!("expertNum {} must be positive", p.e)));
+        // expertNum >= 1: UNDOCUMENTED for flag 0 (conservative).
+        if expert_num < 1 {
+            return Err(tiling(format!("expertNum {expert_num} must be positive")));
         }
-        if p.active < 0 {
-            return Err(bad("activeNum must be >= 0"));
+        // activeNum >= 0; 0 = all rows ([OT] moe_init_routing_v2_tiling.cpp:150-156); dropless
+        // expandedXOut is [min(activeNum, rows*k), H] when activeNum > 0, else [rows*k, H] ([FS §4.3]).
+        if active_num < 0 {
+            return Err(tiling("activeNum must be >= 0"));
         }
-        let n = if p.active > 0 { p.active.min(t * k) } else { t * k };
+        let n = if active_num > 0 { active_num.min(t * k) } else { t * k };
         want_dims(&ex, &[n, h], "expandedXOut")?;
         if ex.dtype != x.dtype {
             return Err(bad("expandedXOut dtype must equal x dtype"));
         }
+        // expandedRowIdxOut INT32 [rows*k] ([HA V2 doc]).
         want_dims(&row_idx, &[t * k], "expandedRowIdxOut")?;
         want_dt(&row_idx, &[sys::ACL_INT32], "expandedRowIdxOut")?;
-        for t in [&x, &ids, &ex, &row_idx] {
-            if !t.contiguous() {
-                return Err(bad(format!("{}: must be contiguous", t.show())));
-            }
-        }
-        let counts = if p.count_mode != 0 {
-            let c = req(counts, "expertTokensCountOrCumsumOut")?;
-            want_dims(&c, &[p.e], "expertTokensCountOrCumsumOut")?;
-            want_dt(&c, &[count_dtype], "expertTokensCountOrCumsumOut")?;
+        // Counts: INT32 [E] when the flag asks for them ([OT] moe_init_routing_v2_tiling.cpp
+        // CheckTokenCount); optional otherwise ("...OutOptional").
+        let counts = if count_flag != 0 {
+            let c = req(counts, "expertTokensCountOrCumsumOut (flag 1 or 2)")?;
+            want_dims(&c, &[expert_num], "expertTokensCountOrCumsumOut")?;
+            want_dt(&c, &[sys::ACL_INT32], "expertTokensCountOrCumsumOut")?;
             Some(c)
         } else {
             None
         };
+        // Outputs: "非连续 ×" ([HA V2 doc]); inputs: NOT EMULATED non-contiguous.
+        for (d, w) in [
+            (&x, "x"),
+            (&ids, "expertIdx"),
+            (&ex, "expandedXOut"),
+            (&row_idx, "expandedRowIdxOut"),
+        ] {
+            want_contig(d, w)?;
+        }
         Ok(Op::InitRouting {
             launch,
             x,
             ids,
-            p,
+            scale: None,
+            p: InitParams {
+                e: expert_num,
+                rows: n,
+                count_mode: count_flag,
+                // expandedRowIdxOut[sortedRowIdx[i]] = i ([HA V2 doc] formula; [OT]
+                // op_kernel/moe_v2_gather_out.h:98-118).
+                scatter: false,
+            },
             ex,
             row_idx,
             counts,
+            scale_out: None,
+        })
+    }
+
+    /// aclnnMoeInitRoutingV3 phase one (exported from CANN 8.2). Every V3 profile enforces the
+    /// 2025 host code (\[OT\] @c29bc10): the conservative, documented envelope; the 2026 master
+    /// (\[OTF\]) accepts more (activeNum 0, cumsum counts, an empty range) — the backend must not
+    /// rely on that.
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_routing_v3(
+        x: Option<Desc>,
+        ids: Option<Desc>,
+        scale: Option<Desc>,
+        offset: Option<Desc>,
+        active_num: i64,
+        expert_num: i64,
+        drop_pad_mode: i64,
+        num_type: i64,
+        num_flag: bool,
+        quant_mode: i64,
+        range: Option<Vec<i64>>,
+        row_idx_type: i64,
+        ex: Option<Desc>,
+        row_idx: Option<Desc>,
+        counts: Option<Desc>,
+        scale_out: Option<Desc>,
+    ) -> Result<Op, Fail> {
+        let launch = "aclnnMoeInitRoutingV3";
+        if release() == Release::V8_1 {
+            // Not exported on 8.1 ([C81]); reached only through the Rust rlib.
+            return Err(tiling("aclnnMoeInitRoutingV3 does not exist in CANN 8.1"));
+        }
+        // CheckNotNull: x, expertIdx, expandedXOut, expandedRowIdxOut, expertTokensCountOrCumsumOut,
+        // expandedScaleOut -> 161001 ([OT] op_host/op_api/aclnn_moe_init_routing_v3.cpp:55; same in
+        // [OTF]); torch_npu always allocates expandedScaleOut, f32 [T*k] ([OP]
+        // MoeInitRoutingV2KernelNpuOpApi.cpp).
+        let (x, ids) = (req(x, "x")?, req(ids, "expertIdx")?);
+        let (ex, row_idx) = (req(ex, "expandedXOut")?, req(row_idx, "expandedRowIdxOut")?);
+        let counts = req(counts, "expertTokensCountOrCumsumOut")?;
+        let scale_out = req(scale_out, "expandedScaleOut (required even unquantised)")?;
+        // The 2025 CheckShape dereferences activeExpertRangeOptional unconditionally
+        // (`(*activeExpertRangeOptional)[1]`, [OT] aclnn_moe_init_routing_v3.cpp:101): a host segfault
+        // on hardware. The emulator reports 161001 instead; every production caller passes [0, E]
+        // ([VA]; [OP] docs).
+        let range = range.ok_or_else(|| {
+            null("activeExpertRangeOptional (the 2025 host code dereferences it: segfault on hardware)")
+        })?;
+        // CheckDtypeValid -> 161002 ([OT] aclnn_moe_init_routing_v3.cpp): x FP16/BF16/FP32/INT8
+        // (NOT EMULATED: INT8), expertIdx INT32, scale/offset FLOAT, expandedRowIdx INT32, counts
+        // INT64, expandedScaleOut FLOAT.
+        want_dt(&x, &FLOATS, "x")?;
+        want_dt(&ids, &[sys::ACL_INT32], "expertIdx")?;
+        want_dt(&row_idx, &[sys::ACL_INT32], "expandedRowIdxOut")?;
+        want_dt(&counts, &[sys::ACL_INT64], "expertTokensCountOrCumsumOut")?;
+        want_dt(&scale_out, &[sys::ACL_FLOAT], "expandedScaleOut")?;
+        if let Some(s) = &scale {
+            want_dt(s, &[sys::ACL_FLOAT], "scaleOptional")?;
+        }
+        if let Some(o) = &offset {
+            want_dt(o, &[sys::ACL_FLOAT], "offsetOptional")?;
+        }
+        // Unquantised (quantMode -1): expandedXOut has x's dtype ([OTF] V3 doc expandedXOut row).
+        if ex.dtype != x.dtype {
+            return Err(bad("expandedXOut dtype must equal x dtype when quantMode = -1"));
+        }
+        // activeExpertRange: 2 values [start, end), 0 <= start < end <= expertNum ([OT]
+        // moe_init_routing_v3_tiling.cpp:235; [OTF] V3 doc).
+        if range.len() != 2 || range[0] < 0 || range[0] >= range[1] || range[1] > expert_num {
+            return Err(tiling(format!(
+                "activeExpertRange {range:?}: need [start, end) with 0 <= start < end <= expertNum = {expert_num}"
+            )));
+        }
+        // CheckShape -> 161002 ([OT] aclnn_moe_init_routing_v3.cpp): x and expertIdx 2-D with equal
+        // rows; expandedXOut [N*K, H]; expandedRowIdxOut [N*K]; counts [end - start] for type 1,
+        // [expertNum, 2] for type 2; with a scale (quantMode -1): scale [N], expandedScaleOut [N*K].
+        want_rank(&x, 2, "x")?;
+        want_rank(&ids, 2, "expertIdx")?;
+        let (t, h, k) = (x.dims[0], x.dims[1], ids.dims[1]);
+        if ids.dims[0] != t {
+            return Err(bad(format!("expertIdx {} rows != x {} rows", ids.show(), x.show())));
+        }
+        want_dims(&ex, &[t * k, h], "expandedXOut")?;
+        want_dims(&row_idx, &[t * k], "expandedRowIdxOut")?;
+        if num_type == 1 {
+            want_dims(
+                &counts,
+                &[range[1] - range[0]],
+                "expertTokensCountOrCumsumOut (count mode)",
+            )?;
+        }
+        if let Some(s) = &scale {
+            want_dims(s, &[t], "scaleOptional (quantMode -1)")?;
+            want_dims(&scale_out, &[t * k], "expandedScaleOut")?;
+        }
+        // Tiling, 2025 ([OT] moe_init_routing_v3_tiling.cpp): activeNum must be -1 or N*K
+        // (:324-327, doc "activeNum 当前未使用，校验需等于NUM_ROWS*K"); expertTokensNumType 1 or 2 only
+        // (:267-271, doc "当前只支持 1 和 2"). NOT EMULATED: type 2 (key_value).
+        if !(active_num == -1 || active_num == t * k) {
+            return Err(tiling(format!(
+                "activeNum {active_num}: must be -1 or NUM_ROWS*K = {} (2025 tiling; 0 is accepted \
+                 only from the 2026 code)",
+                t * k
+            )));
+        }
+        if !(num_type == 1 || num_type == 2) {
+            return Err(tiling(format!(
+                "expertTokensNumType {num_type}: only 1 (count) and 2 (key_value) are supported \
+                 (cumsum 0 only from the 2026 code)"
+            )));
+        }
+        if num_type == 2 {
+            return Err(bad("expertTokensNumType 2 (key_value) is NOT EMULATED"));
+        }
+        // rowIdxType 0 gather, 1 scatter ([OTF] V3 doc).
+        if !(row_idx_type == 0 || row_idx_type == 1) {
+            return Err(tiling(format!("rowIdxType {row_idx_type}: must be 0 or 1")));
+        }
+        // expertNum in [1, 10240] outside key_value mode ([OTF] V3 doc).
+        if !(1..=10240).contains(&expert_num) {
+            return Err(tiling(format!("expertNum {expert_num} not in [1, 10240]")));
+        }
+        // NOT EMULATED: drop/pad mode 1, quantised modes 0/1 (A2/A3 accept -1, 0, 1: [OTF] V3 doc),
+        // an expert range other than [0, expertNum].
+        if drop_pad_mode != 0 {
+            return Err(bad(format!("dropPadMode {drop_pad_mode}: only dropless 0 is emulated")));
+        }
+        if quant_mode != -1 {
+            return Err(bad(format!(
+                "quantMode {quant_mode}: only -1 (unquantised) is emulated"
+            )));
+        }
+        // offsetOptional: "非量化场景下不输入" ([OTF] V3 doc).
+        if offset.is_some() {
+            return Err(bad("offsetOptional must be NULL when quantMode = -1"));
+        }
+        if range != [0, expert_num] {
+            return Err(bad(format!(
+                "activeExpertRange {range:?} != [0, {expert_num}] is NOT EMULATED"
+            )));
+        }
+        for (d, w) in [
+            (&x, "x"),
+            (&ids, "expertIdx"),
+            (&ex, "expandedXOut"),
+            (&row_idx, "expandedRowIdxOut"),
+        ] {
+            want_contig(d, w)?;
+        }
+        want_contig(&counts, "expertTokensCountOrCumsumOut")?;
+        want_contig(&scale_out, "expandedScaleOut")?;
+        Ok(Op::InitRouting {
+            launch,
+            x,
+            ids,
+            scale,
+            p: InitParams {
+                e: expert_num,
+                rows: t * k,
+                // expertTokensNumFlag false: no count output ([OTF] V3 doc table).
+                count_mode: if num_flag { 2 } else { 0 },
+                // rowIdxType 1 = scatter: expandedRowIdxOut[i] = sortedRowIdx[i]; 0 = gather:
+                // expandedRowIdxOut[sortedRowIdx[i]] = i ([OTF] V3 doc formula; [OT]
+                // op_kernel/moe_v3_sort_one_core.h:129-134, moe_v3_row_idx_gather.h:153).
+                scatter: row_idx_type == 1,
+            },
+            ex,
+            row_idx,
+            counts: if num_flag { Some(counts) } else { None },
+            scale_out: Some(scale_out),
         })
     }
 
@@ -536,11 +904,15 @@ impl Op {
         out: Option<Desc>,
     ) -> Result<Op, Fail> {
         let (ex, row_idx, out) = (req(ex, "expandedX")?, req(row_idx, "expandedRowIdx")?, req(out, "out")?);
+        // dropPadMode: 0/1 row index column-major (V1 routing), 2/3 row-major (V2 routing)
+        // ([OTF] moe_finalize_routing_v2/docs/aclnnMoeFinalizeRoutingV2.md §约束 7); 1 and 3 are the
+        // drop/pad layouts: NOT EMULATED.
         if !(mode == 0 || mode == 2) {
             return Err(bad(format!(
                 "dropPadMode {mode}: only the dropless modes 0 and 2 are emulated"
             )));
         }
+        // expandedX 2-D FP16/BF16/FP32; out [NUM_ROWS, H] of expandedX's dtype ([OTF] doc).
         want_rank(&ex, 2, "expandedX")?;
         want_dt(&ex, &FLOATS, "expandedX")?;
         want_rank(&out, 2, "out")?;
@@ -552,15 +924,18 @@ impl Op {
                 ex.show()
             )));
         }
-        want_rank(&row_idx, 1, "expandedRowIdx")?;
+        // K = scales.dim(1); K = 1 when scales is NULL ([OT] moe_finalize_routing_v2_tiling_membase.cpp:200-213).
+        let k = match &scales {
+            Some(s) => {
+                want_rank(s, 2, "scalesOptional")?;
+                s.dims[1]
+            }
+            None => 1,
+        };
+        // expandedRowIdx INT32 [NUM_ROWS*K]; expandedX [NUM_ROWS*K, H] in the dropless modes ([OTF] doc).
         want_dt(&row_idx, &[sys::ACL_INT32], "expandedRowIdx")?;
-        let rk = row_idx.dims[0];
-        if t == 0 || rk % t != 0 {
-            return Err(bad(format!(
-                "expandedRowIdx length {rk} is not a multiple of out rows {t}"
-            )));
-        }
-        let k = rk / t;
+        want_dims(&row_idx, &[t * k], "expandedRowIdx")?;
+        want_dims(&ex, &[t * k, h], "expandedX")?;
         for (o, what) in [(&x1, "x1Optional"), (&x2, "x2Optional")] {
             if let Some(o) = o {
                 want_dims(o, &[t, h], what)?;
@@ -571,14 +946,18 @@ impl Op {
         }
         if let Some(s) = &scales {
             want_dims(s, &[t, k], "scalesOptional")?;
-            if s.dtype != ex.dtype {
+            // scales: expandedX's dtype, or FLOAT32 with BFLOAT16 expandedX ("混合精度模式", [OTF] doc;
+            // [OT] moe_finalize_routing_v2_def.cpp DataType lists).
+            let mixed = ex.dtype == sys::ACL_BF16 && s.dtype == sys::ACL_FLOAT;
+            if s.dtype != ex.dtype && !mixed {
                 return Err(bad(format!(
-                    "scalesOptional dtype {} must equal expandedX dtype {}",
+                    "scalesOptional dtype {} must equal expandedX dtype {} (or FLOAT with BF16 expandedX)",
                     dt_name(s.dtype),
                     dt_name(ex.dtype)
                 )));
             }
         }
+        // bias [E, H] of expandedX's dtype, with expertIdx INT32 [NUM_ROWS, K] ([OTF] doc).
         if let Some(b) = &bias {
             want_rank(b, 2, "biasOptional")?;
             if b.dims[1] != h || b.dtype != ex.dtype {
@@ -588,11 +967,9 @@ impl Op {
             want_dims(&e, &[t, k], "expertIdxOptional")?;
             want_dt(&e, &[sys::ACL_INT32], "expertIdxOptional")?;
         }
-        for t in [&ex, &out] {
-            if !t.contiguous() {
-                return Err(bad(format!("{}: must be contiguous", t.show())));
-            }
-        }
+        // out: "非连续 ×" (audit §1.2/§1.7 citing [OTF] doc); expandedX: NOT EMULATED non-contiguous.
+        want_contig(&ex, "expandedX")?;
+        want_contig(&out, "out")?;
         Ok(Op::Finalize {
             ex,
             row_idx,
@@ -602,6 +979,7 @@ impl Op {
             scales,
             eidx,
             row_major: mode == 2,
+            k,
             out,
         })
     }
@@ -615,25 +993,33 @@ impl Op {
         out: Option<Desc>,
     ) -> Result<Op, Fail> {
         let (table, index, out) = (req(table, "self/weight")?, req(index, "index")?, req(out, "out")?);
+        // NOT EMULATED: gathers along dim != 0.
         if dim != 0 {
             return Err(bad(format!("{launch}: dim {dim} not emulated (0 only)")));
         }
-        if table.dims.is_empty() || table.dims.len() > 8 {
-            return Err(bad("table must have rank 1..8"));
+        // aclnnEmbedding: weight 2-D ([HA 80RC3alpha003 aclnnEmbedding.md]); GatherV2: rank <= 8
+        // ([FS §4.4]).
+        if launch == "aclnnEmbedding" {
+            want_rank(&table, 2, "weight")?;
+        } else if table.dims.is_empty() || table.dims.len() > 8 {
+            return Err(bad("self must have rank 1..8"));
         }
+        // Index INT32 / INT64 ([FS §4.4]).
         want_dt(&index, &[sys::ACL_INT32, sys::ACL_INT64], "index")?;
-        if launch == "aclnnIndexSelect" && index.dims.len() > 1 {
-            return Err(bad("aclnnIndexSelect: index must be 0-D or 1-D"));
+        // aclnnIndexSelect: index 0-D or 1-D ([FS §4.4]); NOT EMULATED: 0-D.
+        if launch == "aclnnIndexSelect" {
+            want_rank(&index, 1, "index")?;
         }
+        // out = index.shape + self.shape[1:], self's dtype ([FS §4.4]).
         let mut shape = index.dims.clone();
         shape.extend_from_slice(&table.dims[1..]);
         want_dims(&out, &shape, "out")?;
         if out.dtype != table.dtype {
             return Err(bad("out dtype must equal the table dtype"));
         }
-        if !table.contiguous() || !out.contiguous() || !index.contiguous() {
-            return Err(bad("table, index and out must be contiguous"));
-        }
+        want_contig(&table, "self/weight")?;
+        want_contig(&index, "index")?;
+        want_contig(&out, "out")?;
         Ok(Op::Gather {
             launch,
             table,
@@ -645,6 +1031,7 @@ impl Op {
     /// aclnnCast phase one.
     pub fn cast(src: Option<Desc>, dtype: sys::aclDataType, out: Option<Desc>) -> Result<Op, Fail> {
         let (src, out) = (req(src, "self")?, req(out, "out")?);
+        // Supported pairs: all of these ([FS §4] / audit §1.8: "all supported pairs").
         let ok = [
             sys::ACL_FLOAT,
             sys::ACL_FLOAT16,
@@ -658,6 +1045,7 @@ impl Op {
         ];
         want_dt(&src, &ok, "self")?;
         want_dt(&out, &ok, "out")?;
+        // out has the requested dtype and self's shape.
         if out.dtype != dtype {
             return Err(bad(format!(
                 "out dtype {} != requested dtype {}",
@@ -682,20 +1070,22 @@ impl Op {
         match self {
             Op::Gmm { bias, list_type, .. } => run_gmm(ins, outs, bias.is_some(), *list_type),
             Op::TopKSoftmax { k, finished, .. } => run_topk_softmax(ins, outs, *k, finished.is_some()),
-            Op::GatingTopK { bias, p, .. } => run_gating(ins, outs, bias.is_some(), p),
-            Op::InitRouting { p, .. } => run_init(ins, outs, p),
+            Op::GatingTopK { bias, p, out_flag, .. } => run_gating(ins, outs, bias.is_some(), p, *out_flag),
+            Op::InitRouting { p, scale, counts, .. } => run_init(ins, outs, p, scale.is_some(), counts.is_some()),
             Op::Finalize {
                 x1,
                 x2,
                 bias,
                 scales,
                 row_major,
+                k,
                 ..
             } => run_finalize(
                 ins,
                 outs,
                 [x1.is_some(), x2.is_some(), bias.is_some(), scales.is_some()],
                 *row_major,
+                *k,
             ),
             Op::Gather { .. } => run_gather(ins, outs),
             Op::Cast { .. } => {
@@ -815,12 +1205,19 @@ fn run_topk_softmax(ins: &[HostTensor], outs: &mut [HostTensor], k: i64, has_fin
     Ok(())
 }
 
-fn run_gating(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, p: &GatingParams) -> Result<(), Fail> {
+fn run_gating(
+    ins: &[HostTensor],
+    outs: &mut [HostTensor],
+    has_bias: bool,
+    p: &GatingParams,
+    out_flag: bool,
+) -> Result<(), Fail> {
     let x = &ins[0];
     let (t, e) = (x.d.dims[0], x.d.dims[1]);
     let per = e / p.group_count;
     for r in 0..t {
         let v: Vec<f32> = (0..e).map(|c| x.get(&[r, c])).collect();
+        // normOut = softmax(x) (normType 0) or sigmoid(x) (1), in f32 ([OT] tiling NORM_TYPE_*).
         let s: Vec<f32> = if p.norm == 1 {
             v.iter().map(|a| 1.0 / (1.0 + (-a).exp())).collect()
         } else {
@@ -829,16 +1226,20 @@ fn run_gating(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, p: &G
             let sum: f32 = ex.iter().sum();
             ex.iter().map(|a| a / sum).collect()
         };
-        if let Some(o) = outs.get_mut(2) {
+        // out = normOut (FLOAT, unbiased) when outFlag; with outFlag false its contents are
+        // UNDOCUMENTED: left unwritten.
+        if out_flag {
             for c in 0..e {
-                o.set(&[r, c], s[c as usize]);
+                outs[2].set(&[r, c], s[c as usize]);
             }
         }
+        // Selection uses normOut + bias ([HA 850alpha002] formula).
         let sb: Vec<f32> = (0..e as usize)
             .map(|c| s[c] + if has_bias { ins[1].get(&[c as i64]) } else { 0.0 })
             .collect();
         let mut allowed = vec![true; e as usize];
         if p.group_count > 1 {
+            // Group score: max (groupSelectMode 0) or sum of the top two (1); keep kGroup groups.
             let gs: Vec<f32> = (0..p.group_count as usize)
                 .map(|g| {
                     let grp = &sb[g * per as usize..(g + 1) * per as usize];
@@ -852,40 +1253,55 @@ fn run_gating(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, p: &G
             }
         }
         let sel = topk_desc(&sb, &allowed, p.k as usize);
-        // Documented formula: y = topk of the bias-added scores, then y / (sum(y) + eps) * scale.
-        let sum: f32 = sel.iter().map(|&c| sb[c]).sum();
+        // y: the kernel gathers the UNBIASED normOut at the chosen ids, divides by (sum + eps) only
+        // for sigmoid, then multiplies by routedScalingFactor ([OT]
+        // op_kernel/moe_gating_top_k_without_group.h:219-250; the kernel wins over the doc formula).
+        let sum: f32 = sel.iter().map(|&c| s[c]).sum();
         for (j, &c) in sel.iter().enumerate() {
-            let yv = sb[c] / (sum + p.eps as f32) * p.scale as f32;
-            outs[0].set(&[r, j as i64], yv);
+            let base = if p.norm == 1 { s[c] / (sum + p.eps as f32) } else { s[c] };
+            outs[0].set(&[r, j as i64], base * p.scale as f32);
             outs[1].set_int(&[r, j as i64], c as i64);
         }
     }
     Ok(())
 }
 
-fn run_init(ins: &[HostTensor], outs: &mut [HostTensor], p: &InitParams) -> Result<(), Fail> {
+fn run_init(
+    ins: &[HostTensor],
+    outs: &mut [HostTensor],
+    p: &InitParams,
+    has_scale: bool,
+    has_counts: bool,
+) -> Result<(), Fail> {
     let (x, ids) = (&ins[0], &ins[1]);
     let (t, h, k) = (x.d.dims[0], x.d.dims[1], ids.d.dims[1]);
     let mut flat = Vec::with_capacity((t * k) as usize);
     for r in 0..t {
         for j in 0..k {
             let v = ids.get_int(&[r, j]);
+            // Ids in [0, expertNum) ([HA V2 doc]); out of range (including the 2026 "-1 = invalid
+            // expert") is UNDOCUMENTED on the 2025 kernels: reported, never relied on.
             if v < 0 || v >= p.e {
                 return Err(inner(format!("expertIdx[{r}][{j}] = {v} outside [0, {})", p.e)));
             }
             flat.push((v, r * k + j));
         }
     }
-    flat.sort(); // stable key-value sort: by expert, then by flat row index
-    let n = outs[0].d.dims[0];
+    // Stable key-value sort by expert, then by flat slot index (torch_npu reference model uses
+    // np.argsort(kind="stable"): [OP] torch_npu-npu_moe_init_routing_v2.md; multi-core tie order
+    // at scale is UNDOCUMENTED, audit P8).
+    flat.sort();
+    let n = p.rows;
+    let mut ci = 2usize;
     for (i, &(_, src)) in flat.iter().enumerate() {
         let i = i as i64;
         if p.scatter {
-            outs[1].set_int(&[src], i);
-        } else {
             outs[1].set_int(&[i], src);
+        } else {
+            outs[1].set_int(&[src], i);
         }
         if i < n {
+            // expandedXOut[i] = x[sortedRowIdx[i] // K] ([OTF] V2/V3 docs; [OT] moe_v2_gather_out.h).
             for c in 0..h {
                 let pos = x.d.pos(&[src / k, c]);
                 let v = x.raw(pos).to_vec();
@@ -894,18 +1310,34 @@ fn run_init(ins: &[HostTensor], outs: &mut [HostTensor], p: &InitParams) -> Resu
             }
         }
     }
-    if p.count_mode != 0 {
+    if has_counts {
         let mut acc = 0i64;
         for ex in 0..p.e {
             let cnt = flat.iter().filter(|f| f.0 == ex).count() as i64;
             acc += cnt;
             outs[2].set_int(&[ex], if p.count_mode == 1 { acc } else { cnt });
         }
+        ci = 3;
+    }
+    // V3 unquantised with scaleOptional: expandedScaleOut[i] = scale[sortedRowIdx[i] // K]
+    // ([OTF] V3 doc, expandedScaleOut row); without a scale it is not written (UNDOCUMENTED contents).
+    if has_scale {
+        let sc = &ins[2];
+        for (i, &(_, src)) in flat.iter().enumerate() {
+            let v = sc.get(&[src / k]);
+            outs[ci].set(&[i as i64], v);
+        }
     }
     Ok(())
 }
 
-fn run_finalize(ins: &[HostTensor], outs: &mut [HostTensor], has: [bool; 4], row_major: bool) -> Result<(), Fail> {
+fn run_finalize(
+    ins: &[HostTensor],
+    outs: &mut [HostTensor],
+    has: [bool; 4],
+    row_major: bool,
+    k: i64,
+) -> Result<(), Fail> {
     let (ex, ri) = (&ins[0], &ins[1]);
     let mut it = 2usize;
     let mut take = |p: bool| {
@@ -921,10 +1353,12 @@ fn run_finalize(ins: &[HostTensor], outs: &mut [HostTensor], has: [bool; 4], row
     let out = &mut outs[0];
     let (t, h) = (out.d.dims[0], out.d.dims[1]);
     let rows = ex.d.dims[0];
-    let k = ri.d.dims[0] / t;
     for i in 0..t {
         let mut src = Vec::with_capacity(k as usize);
         for j in 0..k {
+            // Modes 0/1 index `row + j*N`, modes 2/3 `row*K + j`; the value is the expandedX row
+            // ([OT] op_kernel/moe_finalize_routing_v2_fp_cuth.h:311-323). Documented range
+            // [0, N*K-1] ([OTF] doc); the kernel's skipping of -1 is UNDOCUMENTED: reported.
             let r = ri.get_int(&[if row_major { i * k + j } else { j * t + i }]);
             if r < 0 || r >= rows {
                 return Err(inner(format!(

@@ -32,19 +32,26 @@ pub fn dt_name(dt: sys::aclDataType) -> &'static str {
 }
 
 /// An aclTensor as created by `aclCreateTensor` (all counts in elements).
+///
+/// View model (\[HA canncommercial/81RC1 and 900 operatorlist_00019 aclCreateTensor\]): `storage` is
+/// the physical shape of the buffer that starts at the device address `data`; the view's element
+/// `idx` lives at storage element `offset + sum(idx[d] * strides[d])`, i.e. at byte address
+/// `data + (offset + ...) * elem_size`. So a row slice is "aligned base + element offset".
 #[derive(Clone, Debug)]
 pub struct Desc {
-    /// View shape.
+    /// View shape (non-negative).
     pub dims: Vec<i64>,
-    /// View strides.
+    /// View strides in elements (non-negative).
     pub strides: Vec<i64>,
-    /// Element offset of the view start from `data`.
+    /// Element offset of the view start from `data` ("首元素相对于storage的偏移", non-negative).
     pub offset: i64,
     /// Element type.
     pub dtype: sys::aclDataType,
-    /// Storage shape.
+    /// Data layout format (`ACL_FORMAT_ND` = 2 for every op this emulator runs).
+    pub format: sys::aclFormat,
+    /// Storage shape (non-negative).
     pub storage: Vec<i64>,
-    /// Device address of the storage.
+    /// Device address of the storage start (must be 32-byte aligned).
     pub data: usize,
 }
 
