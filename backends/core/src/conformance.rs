@@ -136,7 +136,7 @@ pub fn check_router(
     counts: Option<&[i64]>,
 ) -> Result<RouterSummary, String> {
     let k = cfg.k;
-    let t = if k == 0 { 0 } else { ids.len() / k };
+    let t = ids.len().checked_div(k).unwrap_or(0);
     if logits.len() != t * e || ids.len() != t * k || weights.len() != t * k {
         return Err(format!(
             "lengths: {} logits, {} ids, {} weights for T = {t}, E = {e}, k = {k}",
