@@ -14,12 +14,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::presets::Preset;
+use moehal_core::conformance;
 use moehal_core::engram::{self, EngramLayer};
 use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
-    RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
+    RouterConfig, RouterHash, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
-use moehal_core::reference::route_token;
 use moehal_core::{Backend, Buffer, DType, Error, Float, OpKind, Reference, Support, TensorMut, TensorRef};
 
 /// Elements of guard region on each side of every output.
@@ -118,6 +118,27 @@ pub enum Logits {
     Ties,
     /// Random with NaN and ±inf sprinkled in; the first row entirely NaN.
     NonFinite,
+    /// Exact f32 score ties (OPS.md §2 step 1), no randomness: rows cycle through sigmoid
+    /// saturation (logits >= 20 all score 1.0), underflow (5 then logits -200..-400: softmax and
+    /// sigmoid scores 0, sqrt_softplus 0 or an f32 subnormal), equal logits, and equal pairs.
+    TieClasses,
+    /// Selection scores that tie only after `fl32(s + bias)` (step 2): bias 1024 on every expert
+    /// (any bias the case asks for is replaced) and logits 0 or 1e-5 by group, so experts and whole
+    /// groups tie although their exact scores differ.
+    BiasRounding,
+    /// Group scores that tie only as f32 sums (step 3, `top2_sum`): logits -300 (sigmoid and
+    /// sqrt_softplus scores 0, so `ŝ` = bias), bias 1 on each group's first expert and 2^-24 on
+    /// the second expert of odd groups: `fl32(1 + 2^-24) = 1`.
+    GroupSumRounding,
+}
+
+/// What a hash-routing case breaks on purpose (value checks; nothing may be written).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HashBad {
+    /// One token id equals V.
+    TokenId,
+    /// One looked-up `tid2eid` entry equals E.
+    Entry,
 }
 
 /// What the backend is expected to do with a case's inputs.
@@ -167,6 +188,24 @@ pub enum Spec {
         bias: Option<bool>,
         /// Logit pattern.
         logits: Logits,
+    },
+    /// `router_topk` with hash routing (OPS.md §2 "Hash routing"): random `tid2eid` `[V, k]` (repeats
+    /// allowed) and token ids.
+    RouterHash {
+        /// Logits dtype.
+        dtype: DType,
+        /// Tokens.
+        t: usize,
+        /// Experts.
+        e: usize,
+        /// Rows of `tid2eid`.
+        vocab: usize,
+        /// Options (`group` is ignored by the op).
+        config: RouterConfig,
+        /// Logit pattern (`Random` or `NonFinite`).
+        logits: Logits,
+        /// A value error to plant.
+        bad: Option<HashBad>,
     },
     /// `moe_permute`.
     MoePermute {
@@ -282,7 +321,7 @@ impl Case {
     pub fn op(&self) -> OpKind {
         match &self.spec {
             Spec::GroupedGemm { .. } => OpKind::GroupedGemm,
-            Spec::RouterTopk { .. } => OpKind::RouterTopk,
+            Spec::RouterTopk { .. } | Spec::RouterHash { .. } => OpKind::RouterTopk,
             Spec::MoePermute { .. } => OpKind::MoePermute,
             Spec::Swiglu { .. } => OpKind::Swiglu,
             Spec::MoeCombine { .. } => OpKind::MoeCombine,
@@ -302,6 +341,7 @@ impl Case {
             Spec::RouterTopk { dtype, .. } | Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
                 dtype.to_string()
             }
+            Spec::RouterHash { dtype, .. } => format!("{dtype} hash"),
             Spec::MoePermute { x: Some((d, _)), .. } => format!("i32+{d}"),
             Spec::MoePermute { x: None, .. } => "i32".into(),
             Spec::EngramHash { .. } => "i64".into(),
@@ -320,6 +360,14 @@ impl Case {
                 bad_group_end: true, ..
             } => Expect::Invalid("group_end"),
             Spec::MoePermute { bad_id: true, .. } => Expect::Invalid("ids"),
+            Spec::RouterHash {
+                bad: Some(HashBad::TokenId),
+                ..
+            } => Expect::Invalid("token_ids"),
+            Spec::RouterHash {
+                bad: Some(HashBad::Entry),
+                ..
+            } => Expect::Invalid("tid2eid"),
             Spec::MoeCombine { bad_row: true, .. } => Expect::Invalid("slot_row"),
             Spec::EngramHash { bad_id: true, .. } => Expect::Invalid("ids"),
             Spec::GatherRows { bad_row: true, .. } => Expect::Invalid("rows"),
@@ -516,6 +564,53 @@ fn sequence_extras(
     (pos, al)
 }
 
+/// Logits of the tie-class patterns of [`Logits`] (deterministic; `[t, e]`).
+fn tie_class_logits(kind: Logits, t: usize, e: usize, config: &RouterConfig) -> Vec<f32> {
+    let per = config.effective_group().map_or(4.min(e), |g| e / g.n_group).max(1);
+    let mut l = vec![0f32; t * e];
+    for (ti, row) in l.chunks_mut(e.max(1)).enumerate().take(t) {
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = match kind {
+                Logits::TieClasses => match ti % 4 {
+                    0 => [20.5, 100.0, 30.0, 25.0, -1.5, 0.25, 40.0, 22.0][i % 8],
+                    1 if i == 0 => 5.0,
+                    1 => [-300.0, -200.0, -250.0, -400.0][i % 4],
+                    2 => 0.75,
+                    _ => ((i / 2) % 4) as f32 * 0.5,
+                },
+                Logits::BiasRounding => {
+                    let g = i / per;
+                    match ti % 3 {
+                        0 => f32::from(u8::from(g % 2 == 1)) * 1e-5,
+                        1 => f32::from(u8::from(g % 2 == 0)) * 1e-5,
+                        _ => (i % 3) as f32 * 1e-5,
+                    }
+                }
+                _ => -300.0,
+            };
+        }
+    }
+    l
+}
+
+/// The bias a tie-class pattern needs (`None`: keep the drawn bias).
+fn tie_class_bias(kind: Logits, e: usize, config: &RouterConfig) -> Option<Vec<f32>> {
+    let per = config.effective_group().map_or(e, |g| e / g.n_group).max(1);
+    match kind {
+        Logits::BiasRounding => Some(vec![1024.0; e]),
+        Logits::GroupSumRounding => Some(
+            (0..e)
+                .map(|i| match i % per {
+                    0 => 1.0,
+                    1 if (i / per) % 2 == 1 => 2f32.powi(-24),
+                    _ => 0.0,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = Vec::new();
@@ -569,11 +664,12 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
             e,
             bias,
             logits,
-            ..
+            config,
         } => {
             let mut l = match logits {
                 Logits::Random | Logits::NonFinite => randn(&mut rng, t * e, 2.0),
                 Logits::Ties => (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect(),
+                tie => tie_class_logits(*tie, *t, *e, config),
             };
             if *logits == Logits::NonFinite {
                 for (i, v) in l.iter_mut().enumerate() {
@@ -601,8 +697,43 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
                     // mask with -inf, never 0.
                     b.iter_mut().for_each(|v| *v = -1.5 - v.abs());
                 }
+                if let Some(tb) = tie_class_bias(*logits, *e, config) {
+                    b = tb;
+                }
                 tensors.push(HostTensor::of(&[*e], b));
             }
+        }
+        Spec::RouterHash {
+            dtype,
+            t,
+            e,
+            vocab,
+            config,
+            logits,
+            bad,
+        } => {
+            let k = config.k;
+            let mut l = randn(&mut rng, t * e, 2.0);
+            if *logits == Logits::NonFinite {
+                for (i, v) in l.iter_mut().enumerate() {
+                    if i < *e || rng.gen_range(0..6) == 0 {
+                        *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+                    }
+                }
+            }
+            let mut table: Vec<i32> = (0..vocab * k).map(|_| rng.gen_range(0..*e as i32)).collect();
+            let mut ids: Vec<i64> = (0..*t).map(|_| rng.gen_range(0..*vocab as i64)).collect();
+            if *t > 0 {
+                let victim = *t / 2;
+                match bad {
+                    Some(HashBad::TokenId) => ids[victim] = *vocab as i64,
+                    Some(HashBad::Entry) => table[ids[victim] as usize * k + k - 1] = *e as i32,
+                    None => {}
+                }
+            }
+            tensors.push(HostTensor::floats(*dtype, &[*t, *e], &l));
+            tensors.push(HostTensor::of(&[*vocab, k], table));
+            tensors.push(HostTensor::of(&[*t], ids));
         }
         Spec::MoePermute {
             t,
@@ -812,6 +943,18 @@ fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<O
                 };
                 timed(be, || be.router_topk(args.validate()?))
             }
+            Spec::RouterHash { config, .. } => {
+                let args = RouterHash {
+                    config: *config,
+                    logits: v(0),
+                    tid2eid: v(1),
+                    token_ids: v(2),
+                    ids: it.next().expect("ids"),
+                    weights: it.next().expect("weights"),
+                    expert_counts: it.next(),
+                };
+                timed(be, || be.router_hash(args.validate()?))
+            }
             Spec::MoePermute { e, x, .. } => {
                 let args = MoePermute {
                     num_experts: *e,
@@ -914,7 +1057,7 @@ fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
         } => {
             vec![(*dtype, vec![groups.iter().sum::<usize>() + tail, *n])]
         }
-        Spec::RouterTopk { t, e, config, .. } => {
+        Spec::RouterTopk { t, e, config, .. } | Spec::RouterHash { t, e, config, .. } => {
             vec![
                 (DType::I32, vec![*t, config.k]),
                 (DType::F32, vec![*t, config.k]),
@@ -956,6 +1099,10 @@ fn desc_of(spec: &Spec) -> OpDesc {
             dtype: *dtype,
             scoring: config.scoring,
             group: config.effective_group().map(|g| g.score),
+        },
+        Spec::RouterHash { dtype, config, .. } => OpDesc::RouterHash {
+            dtype: *dtype,
+            scoring: config.scoring,
         },
         Spec::MoePermute { x, .. } => OpDesc::MoePermute { x: x.map(|(d, _)| d) },
         Spec::Swiglu { dtype, .. } => OpDesc::Swiglu { dtype: *dtype },
@@ -1036,7 +1183,8 @@ fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (St
         Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
             arithmetic(*dtype, &out.outputs[0], &reference.outputs[0], |_| true)
         }
-        Spec::RouterTopk { config, t, e, .. } => compare_router(config, *t, *e, inp, out, reference),
+        Spec::RouterTopk { config, e, .. } => compare_router(config, *e, inp, out),
+        Spec::RouterHash { .. } => compare_router_hash(out, reference),
         Spec::MoePermute { t, k, x, .. } => {
             let ge = typed::<i64>(&reference.outputs[0].bytes);
             let routed = ge.last().copied().unwrap_or(0) as usize;
@@ -1101,108 +1249,48 @@ fn arithmetic(
     }
 }
 
-fn compare_router(
-    config: &RouterConfig,
-    t: usize,
-    e: usize,
-    inp: &Inputs,
-    out: &Outcome,
-    reference: &Outcome,
-) -> (String, Result<(), String>) {
-    let k = config.k;
-    let (ids_o, ids_r) = (
-        typed::<i32>(&out.outputs[0].bytes),
-        typed::<i32>(&reference.outputs[0].bytes),
-    );
-    let (w_o, w_r) = (
+/// OPS.md §Conformance for `router_topk`: the rule lives in [`moehal_core::conformance`] (shared
+/// with the backend test suites), which recomputes the reference routing token by token.
+fn compare_router(config: &RouterConfig, e: usize, inp: &Inputs, out: &Outcome) -> (String, Result<(), String>) {
+    let ids = typed::<i32>(&out.outputs[0].bytes);
+    let weights = typed::<f32>(&out.outputs[1].bytes);
+    let counts = typed::<i64>(&out.outputs[2].bytes);
+    let logits = inp.tensors[0].as_f64();
+    let bias = inp.tensors.get(1).map(|b| typed::<f32>(&b.bytes));
+    match conformance::check_router(config, e, &logits, bias.as_deref(), &ids, &weights, Some(&counts)) {
+        Ok(sum) if sum.near_ties > 0 => (
+            format!("ids ok ({} near-ties), |dw| {:.1e}", sum.near_ties, sum.max_weight_diff),
+            Ok(()),
+        ),
+        Ok(sum) => (format!("ids equal, |dw| {:.1e}", sum.max_weight_diff), Ok(())),
+        Err(msg) => ("mismatch".into(), Err(msg)),
+    }
+}
+
+/// Hash routing: ids and counts exact (a table lookup), weights within the router tolerance.
+fn compare_router_hash(out: &Outcome, reference: &Outcome) -> (String, Result<(), String>) {
+    for (i, name) in [(0, "ids"), (2, "expert_counts")] {
+        let (o, r) = (&out.outputs[i], &reference.outputs[i]);
+        if let Some(p) = first_diff(&o.bytes, &r.bytes, o.dtype.size()) {
+            return (
+                "mismatch".into(),
+                Err(format!("{name}[{p}] differs from the reference")),
+            );
+        }
+    }
+    let (wo, wr) = (
         typed::<f32>(&out.outputs[1].bytes),
         typed::<f32>(&reference.outputs[1].bytes),
     );
-    let logits = inp.tensors[0].as_f64();
-    let bias = inp.tensors.get(1).map(|b| typed::<f32>(&b.bytes));
-    let mut near_ties = 0usize;
     let mut max_dw = 0f64;
-    for ti in 0..t {
-        let (io, ir) = (&ids_o[ti * k..(ti + 1) * k], &ids_r[ti * k..(ti + 1) * k]);
-        let (wo, wr) = (&w_o[ti * k..(ti + 1) * k], &w_r[ti * k..(ti + 1) * k]);
-        let mut expected_w: Vec<f64> = wr.iter().map(|&w| w as f64).collect();
-        if io != ir {
-            // Only rounding-level near-ties may differ (OPS.md, Conformance).
-            let route = route_token(config, &logits[ti * e..(ti + 1) * e], bias.as_deref());
-            let sel = &route.selection;
-            let mut distinct = io.to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            if distinct.len() != k || io.iter().any(|&i| i < 0 || i as usize >= e) {
-                return (
-                    "ids".into(),
-                    Err(format!("token {ti}: ids {io:?} not k distinct experts in [0, {e})")),
-                );
-            }
-            for j in 0..k {
-                let (a, b) = (ir[j] as usize, io[j] as usize);
-                if a == b {
-                    continue;
-                }
-                let (sa, sb) = (sel[a], sel[b]);
-                let near =
-                    sa.is_finite() && sb.is_finite() && sa != sb && (sa - sb).abs() <= 1e-6 * sa.abs().max(sb.abs());
-                if !near {
-                    return (
-                        "ids".into(),
-                        Err(format!("token {ti} slot {j}: expert {b} (score {sb}), reference {a} (score {sa}); ids {io:?} vs {ir:?}")),
-                    );
-                }
-            }
-            near_ties += 1;
-            expected_w = weights_for(config, &route, io);
+    for (j, (&a, &b)) in wo.iter().zip(&wr).enumerate() {
+        let dw = (a as f64 - b as f64).abs();
+        if dw.is_nan() || dw > conformance::ROUTER_WEIGHT_ABS {
+            return ("weights".into(), Err(format!("weight {j}: {a} vs reference {b}")));
         }
-        for j in 0..k {
-            let dw = (wo[j] as f64 - expected_w[j]).abs();
-            if dw.is_nan() || dw > 1e-5 {
-                return (
-                    "weights".into(),
-                    Err(format!(
-                        "token {ti} slot {j}: weight {} vs reference {}",
-                        wo[j], expected_w[j]
-                    )),
-                );
-            }
-            max_dw = max_dw.max(dw);
-        }
+        max_dw = max_dw.max(dw);
     }
-    if out.outputs[2].bytes != reference.outputs[2].bytes {
-        return (
-            "counts".into(),
-            Err("expert_counts differ from the histogram of the reference ids".into()),
-        );
-    }
-    let metric = if near_ties > 0 {
-        format!("ids ok ({near_ties} near-ties), |dw| {max_dw:.1e}")
-    } else {
-        format!("ids equal, |dw| {max_dw:.1e}")
-    };
-    (metric, Ok(()))
-}
-
-/// The weights the contract gives for an alternative (near-tie) selection `ids`.
-fn weights_for(config: &RouterConfig, route: &moehal_core::reference::TokenRoute, ids: &[i32]) -> Vec<f64> {
-    let mut w: Vec<f64> = ids
-        .iter()
-        .map(|&i| {
-            if route.selection[i as usize].is_finite() {
-                route.scores[i as usize]
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    if config.renormalize {
-        let s: f64 = w.iter().sum::<f64>() + 1e-20;
-        w.iter_mut().for_each(|v| *v /= s);
-    }
-    w.iter_mut().for_each(|v| *v *= config.routed_scaling_factor as f64);
-    w
+    (format!("ids exact, |dw| {max_dw:.1e}"), Ok(()))
 }
 
 /// Run `case` on `backend` and on the reference with inputs from `seed`, and judge the result.
@@ -1523,6 +1611,8 @@ pub fn edge_cases() -> Vec<Case> {
         Some(false),
         Logits::Random,
     ));
+    v.extend(router_tie_cases());
+    v.extend(router_hash_cases());
     v.push(router(
         "router T = 0",
         F32,
@@ -1736,6 +1826,161 @@ pub fn edge_cases() -> Vec<Case> {
         ));
     }
     v
+}
+
+/// The tie classes OPS.md §2 steps 1–3 pin (exact f32 ties from saturation, underflow, equal
+/// logits, equal biased scores across groups, f32 group sums): every backend must follow the
+/// lower-index rule on them exactly, or differ only at near-ties (underflowed scores).
+fn router_tie_cases() -> Vec<Case> {
+    use DType::*;
+    let mut v = Vec::new();
+    let g = |n_group, topk_group, score| {
+        Some(GroupLimit {
+            n_group,
+            topk_group,
+            score,
+        })
+    };
+    for scoring in Scoring::ALL {
+        let n = scoring.name();
+        v.push(router(
+            &format!("router tie classes {n}"),
+            F32,
+            16,
+            32,
+            rc(3, scoring, None, true, 1.0),
+            None,
+            Logits::TieClasses,
+        ));
+        v.push(router(
+            &format!("router biased ties {n}"),
+            F32,
+            9,
+            32,
+            rc(2, scoring, None, true, 1.0),
+            Some(false),
+            Logits::BiasRounding,
+        ));
+        v.push(router(
+            &format!("router biased ties across groups {n}"),
+            F32,
+            9,
+            32,
+            rc(4, scoring, g(8, 2, GroupScore::Top2Sum), true, 1.0),
+            Some(false),
+            Logits::BiasRounding,
+        ));
+    }
+    v.push(router(
+        "router tie classes with groups",
+        BF16,
+        16,
+        64,
+        rc(6, Scoring::Sigmoid, g(8, 3, GroupScore::Top2Sum), true, 2.5),
+        None,
+        Logits::TieClasses,
+    ));
+    v.push(router(
+        "router biased ties across groups, max",
+        F16,
+        9,
+        32,
+        rc(4, Scoring::Sigmoid, g(4, 2, GroupScore::Max), false, 1.0),
+        Some(false),
+        Logits::BiasRounding,
+    ));
+    for scoring in [Scoring::Sigmoid, Scoring::SqrtSoftplus] {
+        v.push(router(
+            &format!("router f32 group-sum ties {}", scoring.name()),
+            F32,
+            4,
+            32,
+            rc(4, scoring, g(8, 3, GroupScore::Top2Sum), true, 1.0),
+            Some(false),
+            Logits::GroupSumRounding,
+        ));
+    }
+    v
+}
+
+/// Hash routing (OPS.md §2): DeepSeek-V4-Flash's shape, non-finite logits, ignored (invalid) group
+/// arguments, repeats, and the two value errors.
+fn router_hash_cases() -> Vec<Case> {
+    use DType::*;
+    let hash = |name: &str, dtype, t, e, vocab, config, logits, bad| {
+        Case::new(
+            name,
+            Spec::RouterHash {
+                dtype,
+                t,
+                e,
+                vocab,
+                config,
+                logits,
+                bad,
+            },
+        )
+    };
+    let v4 = rc(6, Scoring::SqrtSoftplus, None, true, 1.5);
+    // Group arguments that top-k validation would reject: hash routing ignores them.
+    let odd_groups = Some(GroupLimit {
+        n_group: 3,
+        topk_group: 0,
+        score: GroupScore::Top2Sum,
+    });
+    vec![
+        hash(
+            "router hash (V4 first layers)",
+            BF16,
+            37,
+            256,
+            1000,
+            v4,
+            Logits::Random,
+            None,
+        ),
+        hash(
+            "router hash NaN/inf logits",
+            F32,
+            23,
+            16,
+            50,
+            rc(4, Scoring::Softmax, None, true, 1.0),
+            Logits::NonFinite,
+            None,
+        ),
+        hash(
+            "router hash k = E, repeats, groups ignored",
+            F16,
+            9,
+            8,
+            5,
+            rc(8, Scoring::Sigmoid, odd_groups, false, 2.5),
+            Logits::Random,
+            None,
+        ),
+        hash("router hash T = 0", F32, 0, 16, 4, v4, Logits::Random, None),
+        hash(
+            "router hash bad token id",
+            F32,
+            8,
+            16,
+            10,
+            v4,
+            Logits::Random,
+            Some(HashBad::TokenId),
+        ),
+        hash(
+            "router hash bad table entry",
+            F32,
+            8,
+            16,
+            10,
+            v4,
+            Logits::Random,
+            Some(HashBad::Entry),
+        ),
+    ]
 }
 
 /// Cases derived from one preset, scaled to run in seconds on 2 cores: real routing (E, k, scoring,

@@ -16,6 +16,8 @@ enum Flaw {
     SkipSwiglu,
     /// Swaps the first two router ids.
     RouterOrder,
+    /// Swaps the first two hash-routing ids.
+    HashOrder,
     /// Accepts out-of-range ids in moe_permute (computes with them clamped).
     NoIdCheck,
 }
@@ -93,6 +95,24 @@ impl Backend for Broken {
         }
         r
     }
+    fn router_hash(&self, a: Checked<RouterHash<'_>>) -> Result<()> {
+        let mut a = a.into_inner();
+        let again = RouterHash {
+            config: a.config,
+            logits: a.logits,
+            tid2eid: a.tid2eid,
+            token_ids: a.token_ids,
+            ids: a.ids.reborrow(),
+            weights: a.weights.reborrow(),
+            expert_counts: a.expert_counts.as_mut().map(|e| e.reborrow()),
+        };
+        let r = Reference.router_hash(again.validate()?);
+        if self.0 == Flaw::HashOrder && a.ids.numel() >= 2 {
+            let ids = moehal_core::host::slice_mut::<i32>(&mut a.ids, "t", "ids")?;
+            ids.swap(0, 1);
+        }
+        r
+    }
     fn moe_permute(&self, a: Checked<MoePermute<'_>>) -> Result<()> {
         if self.0 == Flaw::NoIdCheck {
             let mut a = a.into_inner();
@@ -161,6 +181,19 @@ fn wrong_values_out_of_bounds_writes_and_skipped_outputs_fail() {
         .iter()
         .all(|v| *v == Verdict::Fail));
     assert!(verdicts(Flaw::RouterOrder, is("router softmax renorm"))
+        .iter()
+        .all(|v| *v == Verdict::Fail));
+    // Exact ties must go to the lower index: the first token's three tied experts, swapped.
+    for scoring in ["softmax", "sigmoid", "sqrt_softplus"] {
+        let name = format!("router tie classes {scoring}");
+        let v: Vec<Verdict> = edge_cases()
+            .iter()
+            .filter(|c| c.name() == name)
+            .map(|c| run_case(&Broken(Flaw::RouterOrder), c, 7).verdict)
+            .collect();
+        assert_eq!(v, [Verdict::Fail], "{name}");
+    }
+    assert!(verdicts(Flaw::HashOrder, is("router hash (V4 first layers)"))
         .iter()
         .all(|v| *v == Verdict::Fail));
     assert!(verdicts(Flaw::NoIdCheck, is("permute bad id"))

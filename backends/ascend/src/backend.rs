@@ -276,6 +276,7 @@ impl Backend for Ascend {
                     v.gmm
                 ))
             }
+            OpDesc::RouterHash { .. } => Support::no("hash routing (tid2eid) is not implemented for Ascend yet"),
             OpDesc::RouterTopk { scoring, group, .. } => {
                 let vendor = match (scoring, group) {
                     (Scoring::Softmax, None) if v.gating_softmax && v.gating => {

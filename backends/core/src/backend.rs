@@ -1,7 +1,8 @@
 //! The `Backend` trait: one interface for every device.
 
 use crate::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Swiglu,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
+    Swiglu,
 };
 use crate::{Buffer, Element, Error, Result};
 
@@ -118,6 +119,20 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// [`Error::Unsupported`], device errors.
     fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()>;
+    /// OPS.md §2 "Hash routing" ([`RouterHash`]). The default reports [`Error::Unsupported`]; a
+    /// backend that implements it also answers yes for [`OpDesc::RouterHash`] in `supports`.
+    ///
+    /// # Errors
+    /// Value-dependent [`Error::InvalidArgument`] (token id outside `[0, V)`, table entry outside
+    /// `[0, E)`; nothing is written then), [`Error::Unsupported`], device errors.
+    fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        let _ = args;
+        Err(Error::unsupported(
+            "router_topk",
+            self.name(),
+            "hash routing (tid2eid) is not implemented by this backend",
+        ))
+    }
     /// OPS.md §3.
     ///
     /// # Errors

@@ -27,6 +27,7 @@
 compile_error!("moehal needs a 64-bit target: every index product is 64-bit (OPS.md, Conventions)");
 
 pub mod backend;
+pub mod conformance;
 pub mod dtype;
 pub mod engram;
 pub mod error;

@@ -10,8 +10,8 @@ use crate::{moe_combine, moe_permute, router_topk, swiglu};
 use half::{bf16, f16};
 use moehal_core::host::{self, slice, slice_mut, HostMemory};
 use moehal_core::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Swiglu,
-    TableFormat, WeightLayout,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
+    Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{Backend, Buffer, DType, DeviceInfo, Error, Result, Support, TensorMut, TensorRef};
 
@@ -190,6 +190,24 @@ fn router_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut RouterT
     router_topk::router_topk(be.kern, &be.pool, &cfg, logits, t, e, bias, ids, w, counts)
 }
 
+fn router_hash_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut RouterHash<'_>) -> Result<()> {
+    const OP: &str = "router_topk";
+    let (t, e) = a.dims();
+    let logits = slice::<T>(&a.logits, OP, "logits")?;
+    let table = slice::<i32>(&a.tid2eid, OP, "tid2eid")?;
+    let tokens = slice::<i64>(&a.token_ids, OP, "token_ids")?;
+    let cfg = a.config;
+    // The raw op checks lengths and every row it reads before writing.
+    let ids = slice_mut::<i32>(&mut a.ids, OP, "ids")?;
+    let w = slice_mut::<f32>(&mut a.weights, OP, "weights")?;
+    let counts = a
+        .expert_counts
+        .as_mut()
+        .map(|ec| slice_mut::<i64>(ec, OP, "expert_counts"))
+        .transpose()?;
+    router_topk::router_hash(be.kern, &cfg, logits, t, e, table, tokens, ids, w, counts)
+}
+
 fn swiglu_typed<T: Elem + moehal_core::Element>(be: &CpuBackend, a: &mut Swiglu<'_>) -> Result<()> {
     let (m, i) = a.dims();
     let h = slice::<T>(&a.h, "swiglu", "h")?;
@@ -311,6 +329,7 @@ impl Backend for CpuBackend {
                 self.bf16_kernel().name()
             )),
             OpDesc::RouterTopk { .. } | OpDesc::Swiglu { .. } => Support::yes(format!("{isa} fused per token")),
+            OpDesc::RouterHash { .. } => Support::yes(format!("{isa} table lookup + scores per token")),
             OpDesc::GatherRows { .. } | OpDesc::EngramLookup { .. } => Support::yes("prefetching gather"),
             _ => Support::yes(format!("{isa} parallel")),
         }
@@ -357,6 +376,11 @@ impl Backend for CpuBackend {
     fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
         let mut a = args.into_inner();
         by_float!(a.logits.dtype(), "router_topk", T => router_typed::<T>(self, &mut a))
+    }
+
+    fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        let mut a = args.into_inner();
+        by_float!(a.logits.dtype(), "router_topk", T => router_hash_typed::<T>(self, &mut a))
     }
 
     fn moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {

@@ -2,7 +2,10 @@
 //! selection, weights), tokens in parallel.
 //!
 //! Scores are computed in f32 with the SIMD `exp` of the kernel table (softmax, sigmoid) or libm
-//! (`sqrt_softplus`); selection keeps a sorted list of the `k` best `(ŝ, index)` pairs, inserting
+//! (`sqrt_softplus`, as `exp(x / 2)` below x = -20 so it underflows where the exact score does);
+//! selection scores are `fl32(s + bias)` and group scores f32 (`top2_sum` = `fl32(ŝ1 + ŝ2)`), as
+//! OPS.md §2 steps 1–3 pin them, so exact f32 ties (saturation, underflow, equal logits, equal
+//! biased scores) go to the lower index exactly as in the reference; selection keeps a sorted list of the `k` best `(ŝ, index)` pairs, inserting
 //! only strictly better values while scanning experts in ascending order, which is exactly the
 //! lower-index-wins tie rule. With AVX-512 (and `k <= 16`) only a short list of candidates is
 //! scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a bound below the k-th
@@ -240,12 +243,7 @@ fn score_portable(
         Scoring::Sigmoid => kern.sigmoid(l, s),
         Scoring::SqrtSoftplus => {
             for (o, &x) in s.iter_mut().zip(l.iter()) {
-                let sp = if x > 0.0 {
-                    x + (-x).exp().ln_1p()
-                } else {
-                    x.exp().ln_1p()
-                };
-                *o = sp.sqrt();
+                *o = sqrt_softplus(x);
             }
         }
     }
@@ -264,6 +262,30 @@ fn score_portable(
             *o = if dead { f32::NEG_INFINITY } else { *o };
             *sv = if dead { 0.0 } else { *sv };
         }
+    }
+}
+
+/// Below this logit `sqrt_softplus` is computed as `exp(x / 2)`.
+const SQRT_SOFTPLUS_TAIL: f32 = -20.0;
+
+/// `sqrt(softplus(x))` in f32 (OPS.md §2 step 1, DeepSeek-V4).
+///
+/// For `x < -20` it is `exp(x / 2)`: there `softplus(x) = ln(1 + e^x) = e^x (1 - e^x / 2 + ...)`, so
+/// `sqrt(softplus(x)) = e^(x/2) (1 - e^x / 4 + ...)`, a relative error below 1e-9 (f32's half-ulp is
+/// 6e-8). The direct formula `sqrt(ln_1p(exp(x)))` loses the score where `exp(x)` leaves f32's
+/// normal range (x < -87: subnormal, then 0 below -104) although its square root is still a normal
+/// f32 down to x ≈ -175 and a subnormal down to x ≈ -207. OPS.md step 1 asks for the f32 nearest
+/// the exact score, with underflow only below f32's smallest subnormal; `exp(x / 2)` gives that
+/// (e.g. logits [5, -300, -200], k = 2 select [0, 2] as the reference does: 3.7e-44 is a subnormal,
+/// not 0), where the direct formula would give two zeros and pick [0, 1] (a difference the near-tie
+/// rule would absorb, but one we need not make).
+fn sqrt_softplus(x: f32) -> f32 {
+    if x < SQRT_SOFTPLUS_TAIL {
+        (0.5 * x).exp()
+    } else if x > 0.0 {
+        (x + (-x).exp().ln_1p()).sqrt()
+    } else {
+        x.exp().ln_1p().sqrt()
     }
 }
 
@@ -384,6 +406,70 @@ fn route<T: Elem>(
     for j in 0..k {
         w[j] = if j < cnt { s[ids[j] as usize] } else { 0.0 };
     }
+    finish_weights(cfg, w);
+}
+
+/// Hash routing (OPS.md §2 "Hash routing"): `ids[t] = tid2eid[token_ids[t]]` in table order,
+/// weights = step 5 on the token's scores (step 1, as [`router_topk`] computes them) of those ids.
+/// `tid2eid` is `[V, k]` row-major, `token_ids` `[T]`, `ids`/`weights` `[T, k]`, `counts` (optional)
+/// `[E]`, the histogram of `ids` (a repeated id counts twice). `cfg.group` is ignored.
+///
+/// Errors: `InvalidArgument` on slice lengths that do not match, a token id outside `[0, V)` or a
+/// looked-up entry outside `[0, E)` ([`moehal_core::ops::hash_rows`]); nothing is written then.
+#[allow(clippy::too_many_arguments)]
+pub fn router_hash<T: Elem>(
+    kern: &Kernels,
+    cfg: &RouterConfig,
+    logits: &[T],
+    t: usize,
+    e: usize,
+    tid2eid: &[i32],
+    token_ids: &[i64],
+    ids: &mut [i32],
+    weights: &mut [f32],
+    counts: Option<&mut [i64]>,
+) -> Result<()> {
+    let k = cfg.k;
+    if logits.len() != t * e
+        || token_ids.len() != t
+        || ids.len() != t * k
+        || weights.len() != t * k
+        || k == 0
+        || !tid2eid.len().is_multiple_of(k)
+        || counts.as_ref().is_some_and(|c| c.len() != e)
+    {
+        return Err(Error::invalid(
+            OP,
+            "logits",
+            "slice lengths do not match [T, E] / [V, k] / [T] / [T, k] / [E]",
+        ));
+    }
+    let rows = moehal_core::ops::hash_rows(token_ids, tid2eid, tid2eid.len() / k, k, e)?;
+    let (mut l, mut s, mut sel) = (vec![0f32; e], vec![0f32; e], vec![0f32; e]);
+    for (ti, &r) in rows.iter().enumerate() {
+        let row = &tid2eid[r * k..(r + 1) * k];
+        kern.widen(&logits[ti * e..(ti + 1) * e], &mut l);
+        // Step 1 only (no bias: `sel` is not used).
+        score_portable(kern, cfg, None, &mut l, &mut s, &mut sel);
+        let w = &mut weights[ti * k..(ti + 1) * k];
+        for (wj, &id) in w.iter_mut().zip(row) {
+            *wj = s[id as usize];
+        }
+        finish_weights(cfg, w);
+        ids[ti * k..(ti + 1) * k].copy_from_slice(row);
+    }
+    if let Some(c) = counts {
+        c.fill(0);
+        for &id in ids.iter() {
+            c[id as usize] += 1;
+        }
+    }
+    Ok(())
+}
+
+/// OPS.md §2 step 5 on the picked scores `w`: renormalize (sum plus 1e-20) if asked, then scale
+/// exactly once.
+fn finish_weights(cfg: &RouterConfig, w: &mut [f32]) {
     if cfg.renormalize {
         let sum = w.iter().sum::<f32>() + 1e-20;
         for v in w.iter_mut() {

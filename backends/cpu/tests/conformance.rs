@@ -5,12 +5,12 @@
 #![allow(clippy::too_many_arguments)]
 
 use half::{bf16, f16};
+use moehal_core::conformance::check_router;
 use moehal_core::engram::{derive_primes, toy, EngramLayer};
 use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig,
-    RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
+    RouterHash, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
-use moehal_core::reference::route_token;
 use moehal_core::{Backend, BackendExt, Buffer, DType, Element, Error, Float, Reference};
 use moehal_cpu::grouped_gemm::Bf16Kernel;
 use moehal_cpu::{CpuBackend, Isa};
@@ -280,37 +280,15 @@ fn router_case<T: Float>(seed: u64, cfg: RouterConfig, t: usize, e: usize, with_
             again.0 == id && again.1.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()),
             "{ctx}: not deterministic"
         );
-        let mut exact = true;
-        for ti in 0..t {
-            let k = cfg.k;
-            let (gi, wi) = (&id[ti * k..(ti + 1) * k], &rid[ti * k..(ti + 1) * k]);
-            if gi != wi {
-                exact = false;
-                // Allowed only for rounding-level near-ties of the reference's selection scores.
-                let row: Vec<f64> = logits[ti * e..(ti + 1) * e].iter().map(|v| v.to_f64()).collect();
-                let sel = route_token(&cfg, &row, b).selection;
-                for j in 0..k {
-                    let (a, bb) = (sel[gi[j] as usize], sel[wi[j] as usize]);
-                    let near = a == bb || ((a - bb).abs() <= 1e-6 * a.abs().max(bb.abs()));
-                    assert!(
-                        near,
-                        "{ctx}: token {ti} ids {gi:?} vs reference {wi:?} (slot {j}: {a} vs {bb})"
-                    );
-                }
+        // OPS.md §Conformance, the one shared implementation: ids equal or near-ties only,
+        // weights within 1e-5, counts the histogram of the ids.
+        let row: Vec<f64> = logits.iter().map(|v| v.to_f64()).collect();
+        let sum = check_router(&cfg, e, &row, b, &id, &w, Some(&c)).unwrap_or_else(|m| panic!("{ctx}: {m}"));
+        if sum.near_ties == 0 {
+            assert_eq!((&id, &c), (&rid, &rc), "{ctx}: ids / expert_counts");
+            for (a, bb) in w.iter().zip(&rw) {
+                assert!((a - bb).abs() <= 1e-5, "{ctx}: weight {a} vs {bb}");
             }
-            for j in 0..k {
-                if gi[j] == wi[j] {
-                    let (a, bb) = (w[ti * k + j], rw[ti * k + j]);
-                    assert!((a - bb).abs() <= 1e-5, "{ctx}: token {ti} slot {j} weight {a} vs {bb}");
-                }
-            }
-            let mut sorted = gi.to_vec();
-            sorted.sort();
-            sorted.dedup();
-            assert_eq!(sorted.len(), k, "{ctx}: duplicate ids {gi:?}");
-        }
-        if exact {
-            assert_eq!(c, rc, "{ctx}: expert_counts");
         }
     }
 }
@@ -887,5 +865,258 @@ fn backend_identity() {
     assert_eq!(cpu.name(), "cpu");
     for op in moehal_core::OpDesc::all(false) {
         assert!(cpu.supports(&op).is_yes(), "{op:?} should be supported");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// router_topk tie classes (OPS.md §2 steps 1–3) and hash routing
+// ------------------------------------------------------------------------------------------------
+
+/// Exact f32 ties: every CPU kernel set gives exactly the reference's ids (no near-tie latitude is
+/// needed: scores, `fl32(s + bias)` and f32 group sums are the values the reference ranks).
+/// Each row is one tie class; the comments give the f32 values that tie.
+#[test]
+fn router_tie_classes_equal_reference_exactly() {
+    let g = |n_group, topk_group, score| {
+        Some(GroupLimit {
+            n_group,
+            topk_group,
+            score,
+        })
+    };
+    let cfg = |k, scoring, group| RouterConfig {
+        k,
+        scoring,
+        group,
+        renormalize: true,
+        routed_scaling_factor: 1.0,
+    };
+    let sat = [20.5f32, 100.0, 30.0, 25.0, -1.5, 0.25, 40.0, 22.0];
+    // (name, config, logits of one token, bias, expected ids)
+    type TieCase = (&'static str, RouterConfig, Vec<f32>, Option<Vec<f32>>, Option<Vec<i32>>);
+    let cases: Vec<TieCase> = vec![
+        // sigmoid(x >= 20) rounds to 1.0: the brief's example, and 8 experts with 6 saturated.
+        (
+            "saturation",
+            cfg(1, Scoring::Sigmoid, None),
+            vec![20.5, 100.0],
+            None,
+            Some(vec![0]),
+        ),
+        (
+            "saturation 8",
+            cfg(4, Scoring::Sigmoid, None),
+            sat.to_vec(),
+            None,
+            Some(vec![0, 1, 2, 3]),
+        ),
+        // e^-200, e^-300 underflow to 0 in f32.
+        (
+            "softmax underflow",
+            cfg(2, Scoring::Softmax, None),
+            vec![0.0, -300.0, -200.0],
+            None,
+            Some(vec![0, 1]),
+        ),
+        (
+            "sigmoid underflow",
+            cfg(3, Scoring::Sigmoid, None),
+            vec![5.0, -300.0, -200.0, -250.0],
+            None,
+            Some(vec![0, 1, 2]),
+        ),
+        // sqrt_softplus(-200) = e^-100 = 3.7e-44 is a subnormal, sqrt_softplus(-300) = 0: [0, 2].
+        (
+            "sqrt_softplus underflow",
+            cfg(2, Scoring::SqrtSoftplus, None),
+            vec![5.0, -300.0, -200.0],
+            None,
+            Some(vec![0, 2]),
+        ),
+        (
+            "sqrt_softplus subnormals",
+            cfg(4, Scoring::SqrtSoftplus, None),
+            vec![-180.0, -300.0, -200.0, -190.0, -200.0, -400.0],
+            None,
+            Some(vec![0, 3, 2, 4]),
+        ),
+        // Equal logits.
+        (
+            "equal",
+            cfg(3, Scoring::Softmax, None),
+            vec![0.75; 6],
+            None,
+            Some(vec![0, 1, 2]),
+        ),
+        // fl32(s + 1024) equal for s = .5 and .5000025: experts and groups tie.
+        (
+            "bias rounding",
+            cfg(1, Scoring::Sigmoid, None),
+            vec![0.0, 1e-5],
+            Some(vec![1024.0; 2]),
+            Some(vec![0]),
+        ),
+        (
+            "bias rounding across groups",
+            cfg(2, Scoring::Sigmoid, g(2, 1, GroupScore::Top2Sum)),
+            vec![0.0, 0.0, 1e-5, 1e-5],
+            Some(vec![1024.0; 4]),
+            Some(vec![0, 1]),
+        ),
+        (
+            "bias rounding across groups, max",
+            cfg(2, Scoring::SqrtSoftplus, g(2, 1, GroupScore::Max)),
+            vec![0.0, 0.0, 1e-5, 1e-5],
+            Some(vec![1024.0; 4]),
+            Some(vec![0, 1]),
+        ),
+        // top2_sum in f32: 1 + 2^-24 rounds to 1, a group tie.
+        (
+            "f32 group sum",
+            cfg(1, Scoring::Sigmoid, g(2, 1, GroupScore::Top2Sum)),
+            vec![-300.0; 4],
+            Some(vec![1.0, 0.0, 1.0, 2f32.powi(-24)]),
+            Some(vec![0]),
+        ),
+        // The same on 16-expert groups (the AVX-512 group kernel): 4 groups, keep 2.
+        (
+            "f32 group sum, 16 per group",
+            cfg(3, Scoring::SqrtSoftplus, g(4, 2, GroupScore::Top2Sum)),
+            vec![-300.0; 64],
+            Some(
+                (0..64)
+                    .map(|i| match i % 16 {
+                        0 => 1.0,
+                        1 if (i / 16) % 2 == 1 => 2f32.powi(-24),
+                        _ => 0.0,
+                    })
+                    .collect(),
+            ),
+            Some(vec![0, 16, 17]),
+        ),
+        (
+            "saturation, 16 per group",
+            cfg(6, Scoring::Sigmoid, g(4, 1, GroupScore::Top2Sum)),
+            (0..64).map(|i| sat[i % 8] - (i / 16) as f32 * 0.125).collect(),
+            None,
+            Some(vec![0, 1, 2, 3, 6, 7]),
+        ),
+    ];
+    let r = Reference::new();
+    for (name, cfg, logits, bias, want) in cases {
+        let e = logits.len();
+        let (rid, rw, rc) = run_router(&r, cfg, &logits, 1, e, bias.as_deref());
+        if let Some(want) = want {
+            assert_eq!(rid, want, "{name}: reference");
+        }
+        for cpu in cpus() {
+            let (id, w, c) = run_router(&cpu, cfg, &logits, 1, e, bias.as_deref());
+            let isa = cpu.kernels().isa();
+            assert_eq!((&id, &c), (&rid, &rc), "{name} {isa:?}");
+            for (a, b) in w.iter().zip(&rw) {
+                assert!((a - b).abs() <= 1e-6, "{name} {isa:?}: weight {a} vs {b}");
+            }
+        }
+    }
+}
+
+/// ids, weights, expert_counts.
+type RouterOut = (Vec<i32>, Vec<f32>, Vec<i64>);
+
+fn run_router_hash(
+    be: &dyn Backend,
+    cfg: RouterConfig,
+    logits: &[f32],
+    e: usize,
+    table: &[i32],
+    tokens: &[i64],
+) -> Result<RouterOut, Error> {
+    let (t, k) = (tokens.len(), cfg.k);
+    let lb = be.upload_slice(logits).unwrap();
+    let tb = be.upload_slice(table).unwrap();
+    let xb = be.upload_slice(tokens).unwrap();
+    let mut ib = out_buf(be, t * k, -7i32);
+    let mut wb = out_buf(be, t * k, f32::NAN);
+    let mut cb = out_buf(be, e, -7i64);
+    let args = RouterHash {
+        config: cfg,
+        logits: lb.view(DType::F32, &[t, e]),
+        tid2eid: tb.view(DType::I32, &[table.len() / k, k]),
+        token_ids: xb.view(DType::I64, &[t]),
+        ids: ib.view_mut(DType::I32, &[t, k]).with_offset(GUARD),
+        weights: wb.view_mut(DType::F32, &[t, k]).with_offset(GUARD),
+        expert_counts: Some(cb.view_mut(DType::I64, &[e]).with_offset(GUARD)),
+    };
+    let res = be.router_hash(args.validate().unwrap());
+    let out = (
+        read(be, &ib, t * k, -7i32, "ids"),
+        read(be, &wb, t * k, f32::NAN, "weights"),
+        read(be, &cb, e, -7i64, "expert_counts"),
+    );
+    res.map(|_| out.clone()).inspect_err(|_| {
+        assert!(out.0.iter().all(|&v| v == -7), "ids written on error");
+        assert!(out.1.iter().all(|v| v.is_nan()), "weights written on error");
+        assert!(out.2.iter().all(|&v| v == -7), "counts written on error");
+    })
+}
+
+/// Hash routing on every CPU kernel set against the reference: random tables with repeats,
+/// non-finite logits, every score function; and the value errors write nothing.
+#[test]
+fn router_hash_matches_reference() {
+    let r = Reference::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(2020);
+    for (t, e, v, k) in [
+        (37usize, 256usize, 1000usize, 6usize),
+        (20, 16, 7, 16),
+        (5, 8, 3, 2),
+        (0, 8, 3, 2),
+    ] {
+        for scoring in Scoring::ALL {
+            let cfg = RouterConfig {
+                k,
+                scoring,
+                group: None,
+                renormalize: k != 2,
+                routed_scaling_factor: 1.5,
+            };
+            let mut logits: Vec<f32> = (0..t * e).map(|_| rng.gen_range(-6.0..6.0)).collect();
+            for i in (0..t * e).step_by(11) {
+                logits[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+            }
+            let table: Vec<i32> = (0..v * k).map(|_| rng.gen_range(0..e as i32)).collect();
+            let tokens: Vec<i64> = (0..t).map(|_| rng.gen_range(0..v as i64)).collect();
+            let (rid, rw, rc) = run_router_hash(&r, cfg, &logits, e, &table, &tokens).unwrap();
+            for (ti, &tok) in tokens.iter().enumerate() {
+                assert_eq!(
+                    rid[ti * k..(ti + 1) * k],
+                    table[tok as usize * k..(tok as usize + 1) * k]
+                );
+            }
+            for cpu in cpus() {
+                let isa = cpu.kernels().isa();
+                let (id, w, c) = run_router_hash(&cpu, cfg, &logits, e, &table, &tokens).unwrap();
+                assert_eq!((&id, &c), (&rid, &rc), "{isa:?} {cfg:?} T={t}");
+                for (j, (a, b)) in w.iter().zip(&rw).enumerate() {
+                    assert!((a - b).abs() <= 1e-5, "{isa:?} {cfg:?}: weight {j}: {a} vs {b}");
+                }
+            }
+        }
+    }
+    let cfg = RouterConfig {
+        k: 2,
+        scoring: Scoring::Sigmoid,
+        group: None,
+        renormalize: true,
+        routed_scaling_factor: 1.0,
+    };
+    for cpu in cpus() {
+        for (tokens, field) in [([0i64, 3], "token_ids"), ([-1, 0], "token_ids"), ([2, 0], "tid2eid")] {
+            let err = run_router_hash(&cpu, cfg, &[0.0; 8], 4, &[0, 1, 2, 3, 4, 0], &tokens).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
     }
 }

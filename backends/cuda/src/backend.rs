@@ -621,6 +621,7 @@ impl Backend for CudaBackend {
             } => Support::yes("decode (16-byte weight streaming) / mma.sync m16n8k16 128x128x32 / simt"),
             OpDesc::GroupedGemm { dtype, .. } => Support::no(format!("dtype {dtype}")),
             OpDesc::RouterTopk { .. } => Support::yes("fused warp-per-token (E <= 512)"),
+            OpDesc::RouterHash { .. } => Support::no("hash routing (tid2eid) has no CUDA kernel yet"),
             OpDesc::MoePermute { .. } => Support::yes("count + scan + stable scatter"),
             OpDesc::Swiglu { .. } => Support::yes("elementwise"),
             OpDesc::MoeCombine { .. } => Support::yes("per-token ordered sum"),
@@ -1464,17 +1465,18 @@ mod tests {
     }
 
     /// router_topk.cu steps 2-5 (selection score, group limit, iterated arg-max, fill slots,
-    /// weights) on the reference's unbiased scores, in f64.
+    /// weights) on the reference's unbiased scores (f32 values): `ŝ` and the group scores in f32 as
+    /// the kernel forms them, the weights in f64.
     fn router_mirror(cfg: &RouterConfig, logits: &[f64], s: &[f64], bias: Option<&[f32]>) -> (Vec<i32>, Vec<f64>) {
         let e = logits.len();
-        let ninf = f64::NEG_INFINITY;
-        let better = |av: f64, ai: usize, bv: f64, bi: usize| av > bv || (av == bv && ai < bi);
-        let mut sh: Vec<f64> = (0..e)
+        let ninf = f32::NEG_INFINITY;
+        let better = |av: f32, ai: usize, bv: f32, bi: usize| av > bv || (av == bv && ai < bi);
+        let mut sh: Vec<f32> = (0..e)
             .map(|i| {
                 if !logits[i].is_finite() {
                     return ninf;
                 }
-                let v = s[i] + bias.map_or(0.0, |b| b[i] as f64);
+                let v = s[i] as f32 + bias.map_or(0.0, |b| b[i]);
                 if v.is_finite() {
                     v
                 } else {
@@ -1484,7 +1486,7 @@ mod tests {
             .collect();
         if let Some(g) = cfg.effective_group() {
             let gs = e / g.n_group;
-            let gsc: Vec<f64> = (0..g.n_group)
+            let gsc: Vec<f32> = (0..g.n_group)
                 .map(|q| {
                     let (mut b1, mut b2) = (ninf, ninf);
                     for &v in &sh[q * gs..(q + 1) * gs] {

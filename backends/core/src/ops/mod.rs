@@ -27,7 +27,7 @@ pub use gather_rows::{GatherRows, TableFormat};
 pub use grouped_gemm::{GemmDims, GroupedGemm, WeightLayout};
 pub use moe_combine::MoeCombine;
 pub use moe_permute::MoePermute;
-pub use router_topk::{GroupLimit, GroupScore, RouterConfig, RouterTopk, Scoring};
+pub use router_topk::{hash_rows, GroupLimit, GroupScore, RouterConfig, RouterHash, RouterTopk, Scoring};
 pub use swiglu::Swiglu;
 
 /// Arguments that passed core validation. Only moehal-core constructs it, and it cannot be changed
@@ -135,6 +135,14 @@ pub enum OpDesc {
         /// Group-limit rule, if groups are used.
         group: Option<GroupScore>,
     },
+    /// `router_topk` with hash routing (OPS.md §2 "Hash routing", [`RouterHash`]) on logits of
+    /// `dtype`; its op is [`OpKind::RouterTopk`].
+    RouterHash {
+        /// Logits dtype.
+        dtype: DType,
+        /// Score function (step 1, for the weights).
+        scoring: Scoring,
+    },
     /// `moe_permute`, optionally also permuting activations of the given dtype.
     MoePermute {
         /// dtype of `x`/`x_perm` if they are given.
@@ -177,7 +185,7 @@ impl OpDesc {
     pub fn kind(&self) -> OpKind {
         match self {
             OpDesc::GroupedGemm { .. } => OpKind::GroupedGemm,
-            OpDesc::RouterTopk { .. } => OpKind::RouterTopk,
+            OpDesc::RouterTopk { .. } | OpDesc::RouterHash { .. } => OpKind::RouterTopk,
             OpDesc::MoePermute { .. } => OpKind::MoePermute,
             OpDesc::Swiglu { .. } => OpKind::Swiglu,
             OpDesc::MoeCombine { .. } => OpKind::MoeCombine,
@@ -195,6 +203,7 @@ impl OpDesc {
                 Some(g) => format!("{dtype} {} groups:{}", scoring.name(), g.name()),
                 None => format!("{dtype} {}", scoring.name()),
             },
+            OpDesc::RouterHash { dtype, scoring } => format!("{dtype} {} hash (tid2eid)", scoring.name()),
             OpDesc::MoePermute { x: Some(d) } => format!("ids + x {d}"),
             OpDesc::MoePermute { x: None } => "ids only".into(),
             OpDesc::Swiglu { dtype } | OpDesc::MoeCombine { dtype } => dtype.to_string(),
@@ -232,6 +241,12 @@ impl OpDesc {
                 dtype: DType::F32,
                 scoring: Scoring::Sigmoid,
                 group: Some(g),
+            });
+        }
+        for dtype in DType::FLOATS {
+            v.push(OpDesc::RouterHash {
+                dtype,
+                scoring: Scoring::SqrtSoftplus,
             });
         }
         v.push(OpDesc::MoePermute { x: None });

@@ -185,3 +185,129 @@ impl<'a> RouterTopk<'a> {
         Ok(Checked::new(self))
     }
 }
+
+/// Arguments of hash routing (OPS.md §2 "Hash routing", DeepSeek-V4's first `num_hash_layers`
+/// layers): `router_topk` with steps 2–4 replaced by a table lookup, `ids[t] = tid2eid[token_ids[t]]`
+/// in table order (a repeated id in a row is two independent slots).
+///
+/// Step 5 applies unchanged: the weights are the unbiased scores `s` (step 1, `config.scoring`) of
+/// the looked-up experts, renormalized over the `k` slots if `config.renormalize`, then multiplied
+/// by `config.routed_scaling_factor`; a non-finite logit scores 0, so its slot weighs 0 and its id
+/// stays. There is no bias, and `config.group` is ignored, not validated (one gate config may serve
+/// both kinds of layers).
+#[derive(Debug)]
+pub struct RouterHash<'a> {
+    /// Options: `k`, `scoring`, `renormalize`, `routed_scaling_factor` are used; `group` is ignored.
+    pub config: RouterConfig,
+    /// `[T, E]` f32/bf16/f16 gate logits.
+    pub logits: TensorRef<'a>,
+    /// `[V, k]` i32 table of expert ids per token id; every entry read must be in `[0, E)`.
+    pub tid2eid: TensorRef<'a>,
+    /// `[T]` i64 token ids, each in `[0, V)`.
+    pub token_ids: TensorRef<'a>,
+    /// `[T, k]` i32 output: `tid2eid[token_ids[t]]`.
+    pub ids: TensorMut<'a>,
+    /// `[T, k]` f32 output: weights of those slots.
+    pub weights: TensorMut<'a>,
+    /// Optional `[E]` i64 output: histogram of `ids` (repeats counted twice).
+    pub expert_counts: Option<TensorMut<'a>>,
+}
+
+impl<'a> RouterHash<'a> {
+    /// Tokens and experts `(T, E)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.logits.shape()[0], self.logits.shape()[1])
+    }
+
+    /// Rows `V` of `tid2eid`.
+    pub fn vocab(&self) -> usize {
+        self.tid2eid.shape()[0]
+    }
+
+    /// The support-matrix key of this call.
+    pub fn desc(&self) -> OpDesc {
+        OpDesc::RouterHash {
+            dtype: self.logits.dtype(),
+            scoring: self.config.scoring,
+        }
+    }
+
+    /// Check every shape and option rule of OPS.md §2 for hash routing (`1 <= k <= E`, `tid2eid`
+    /// width `k`, finite `routed_scaling_factor`; the group arguments are not looked at). The
+    /// value rules (token ids in `[0, V)`, entries in `[0, E)`) are checked by the backend with
+    /// [`hash_rows`] before it writes anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the field at fault.
+    pub fn validate(self) -> Result<Checked<Self>> {
+        self.logits.check(OP, "logits", &DType::FLOATS, 2)?;
+        let (t, e) = self.dims();
+        let c = &self.config;
+        if e == 0 {
+            return Err(Error::invalid(OP, "logits", "E = 0 experts"));
+        }
+        if c.k == 0 || c.k > e {
+            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.k)));
+        }
+        if !c.routed_scaling_factor.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                "routed_scaling_factor",
+                format!("{} is not finite", c.routed_scaling_factor),
+            ));
+        }
+        self.tid2eid.check(OP, "tid2eid", &[DType::I32], 2)?;
+        expect_dim(OP, "tid2eid", self.tid2eid.shape(), 1, c.k, "k")?;
+        self.token_ids.check(OP, "token_ids", &[DType::I64], 1)?;
+        expect_dim(OP, "token_ids", self.token_ids.shape(), 0, t, "T, from logits")?;
+        self.ids.check(OP, "ids", &[DType::I32], 2)?;
+        expect_dim(OP, "ids", self.ids.shape(), 0, t, "T, from logits")?;
+        expect_dim(OP, "ids", self.ids.shape(), 1, c.k, "k")?;
+        check_writable(OP, "ids", &self.ids)?;
+        self.weights.check(OP, "weights", &[DType::F32], 2)?;
+        expect_dim(OP, "weights", self.weights.shape(), 0, t, "T, from logits")?;
+        expect_dim(OP, "weights", self.weights.shape(), 1, c.k, "k")?;
+        check_writable(OP, "weights", &self.weights)?;
+        if let Some(ec) = &self.expert_counts {
+            ec.check(OP, "expert_counts", &[DType::I64], 1)?;
+            expect_dim(OP, "expert_counts", ec.shape(), 0, e, "E, from logits")?;
+            check_writable(OP, "expert_counts", ec)?;
+        }
+        Ok(Checked::new(self))
+    }
+}
+
+/// The value check of hash routing, shared by every backend so the messages agree: for each token
+/// the `tid2eid` row it reads (`token_ids[t]`, which must be in `[0, V)`), after checking that each
+/// of the `k` entries of that row is in `[0, E)`. `table` is `[V, k]` row-major (`V = vocab`).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] on `token_ids` (an id outside `[0, V)`) or `tid2eid` (an entry
+/// outside `[0, E)`), naming the token and the value.
+pub fn hash_rows(token_ids: &[i64], table: &[i32], vocab: usize, k: usize, e: usize) -> Result<Vec<usize>> {
+    token_ids
+        .iter()
+        .enumerate()
+        .map(|(t, &tok)| {
+            let r = usize::try_from(tok).ok().filter(|&r| r < vocab).ok_or_else(|| {
+                Error::invalid(
+                    OP,
+                    "token_ids",
+                    format!("token {t}: token id {tok} outside [0, V = {vocab})"),
+                )
+            })?;
+            if let Some((j, &id)) = table[r * k..(r + 1) * k]
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id < 0 || id as usize >= e)
+            {
+                return Err(Error::invalid(
+                    OP,
+                    "tid2eid",
+                    format!("token {t}: tid2eid[{tok}][{j}] = {id} outside [0, E = {e})"),
+                ));
+            }
+            Ok(r)
+        })
+        .collect()
+}

@@ -12,11 +12,12 @@ mod swiglu;
 use crate::backend::{Backend, DeviceInfo, Support};
 use crate::host::{self, HostMemory};
 use crate::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Swiglu,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
+    Swiglu,
 };
 use crate::{Buffer, Result};
 
-pub use router_topk::{route_token, TokenRoute};
+pub use router_topk::{hash_route_token, route_token, token_scores, TokenRoute};
 
 /// The reference backend (name `"reference"`). Memory is host memory.
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,6 +72,9 @@ impl Backend for Reference {
     }
     fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
         router_topk::run(args.into_inner())
+    }
+    fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        router_topk::run_hash(args.into_inner())
     }
     fn moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {
         moe_permute::run(args.into_inner())
