@@ -15,6 +15,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::presets::Preset;
 use moehal_core::conformance;
+
+#[path = "harness_quant.rs"]
+pub mod quant;
 use moehal_core::engram::{self, EngramLayer};
 use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
@@ -299,6 +302,8 @@ pub enum Spec {
         /// With positions, alive mask and history.
         extras: bool,
     },
+    /// OPS.md §6: quantized `grouped_gemm` and the quantize ops (see [`quant`]).
+    Quant(quant::QuantSpec),
 }
 
 /// A named case.
@@ -328,6 +333,7 @@ impl Case {
             Spec::EngramHash { .. } => OpKind::EngramHash,
             Spec::GatherRows { .. } => OpKind::GatherRows,
             Spec::EngramLookup { .. } => OpKind::EngramLookup,
+            Spec::Quant(q) => q.op(),
         }
     }
     /// The case name.
@@ -352,6 +358,7 @@ impl Case {
                     format!("{}->{out}", format.name())
                 }
             }
+            Spec::Quant(q) => q.label(),
         }
     }
     fn expect(&self) -> Expect {
@@ -416,6 +423,7 @@ impl HostTensor {
             DType::I32 => typed::<i32>(&self.bytes).iter().map(|&v| v as f64).collect(),
             DType::I64 => typed::<i64>(&self.bytes).iter().map(|&v| v as f64).collect(),
             DType::U8 => self.bytes.iter().map(|&v| v as f64).collect(),
+            DType::I8 => self.bytes.iter().map(|&v| v as i8 as f64).collect(),
         }
     }
 }
@@ -617,6 +625,7 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
     let mut history = Vec::new();
     let mut layer = None;
     match spec {
+        Spec::Quant(q) => tensors = quant::make_inputs(q, &mut rng),
         Spec::GroupedGemm {
             dtype,
             layout,
@@ -909,6 +918,7 @@ fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<O
     let (result, seconds) = {
         let mut it = outs.iter_mut().zip(&out_specs).map(|(b, (d, s))| out_view(b, *d, s));
         match spec {
+            Spec::Quant(q) => timed(be, || quant::execute(be, q, &v, &mut it)),
             Spec::GroupedGemm {
                 layout,
                 bias,
@@ -1052,6 +1062,7 @@ fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<O
 
 fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
     match spec {
+        Spec::Quant(q) => quant::output_specs(q),
         Spec::GroupedGemm {
             dtype, groups, tail, n, ..
         } => {
@@ -1091,6 +1102,7 @@ fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
 
 fn desc_of(spec: &Spec) -> OpDesc {
     match spec {
+        Spec::Quant(_) => unreachable!("§6 cases are keyed by QuantDesc (Backend::supports_quant)"),
         Spec::GroupedGemm { dtype, layout, .. } => OpDesc::GroupedGemm {
             dtype: *dtype,
             layout: *layout,
@@ -1167,6 +1179,7 @@ fn first_diff(a: &[u8], b: &[u8], es: usize) -> Option<usize> {
 
 fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (String, Result<(), String>) {
     match spec {
+        Spec::Quant(q) => quant::compare(q, out, reference),
         Spec::GroupedGemm { dtype, groups, n, .. } => {
             let routed = groups.iter().sum::<usize>() * n;
             // Tail rows are not written: their bits must be the poison.
@@ -1235,9 +1248,18 @@ fn arithmetic(
     r: &HostTensor,
     mask: impl Fn(usize) -> bool,
 ) -> (String, Result<(), String>) {
+    arithmetic_tol(tolerance(dtype), o, r, mask)
+}
+
+/// [`arithmetic`] with an explicit relative-error bound.
+fn arithmetic_tol(
+    tol: f64,
+    o: &HostTensor,
+    r: &HostTensor,
+    mask: impl Fn(usize) -> bool,
+) -> (String, Result<(), String>) {
     match rel_error(o, r, mask) {
         Ok(e) => {
-            let tol = tolerance(dtype);
             let m = format!("rel {e:.1e}");
             if e <= tol {
                 (m, Ok(()))
@@ -1306,7 +1328,11 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
         seed,
         detail: String::new(),
     };
-    if let Support::No { reason } = backend.supports(&desc_of(&case.spec)) {
+    let support = match &case.spec {
+        Spec::Quant(q) => backend.supports_quant(&q.desc()),
+        spec => backend.supports(&desc_of(spec)),
+    };
+    if let Support::No { reason } = support {
         res.verdict = Verdict::Unsupported;
         res.metric = "-".into();
         res.detail = reason;
@@ -2083,12 +2109,14 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
             },
         ));
     }
+    v.extend(quant::preset_cases(p));
     v
 }
 
 /// The embedded default of `moehal check`: every edge case plus the cases of every preset.
 pub fn default_cases() -> Vec<Case> {
     let mut v = edge_cases();
+    v.extend(quant::edge_cases());
     for p in crate::presets::PRESETS {
         v.extend(preset_cases(p));
     }

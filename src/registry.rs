@@ -112,4 +112,16 @@ impl Registry {
         }
         rows
     }
+
+    /// The OPS.md §6 support matrix (quantized `grouped_gemm` and the quantize ops): for every
+    /// available backend and every [`QuantDesc`](moehal_core::ops::QuantDesc), the kernel or the reason.
+    pub fn quant_support_matrix(&self) -> Vec<(String, moehal_core::ops::QuantDesc, Support)> {
+        let mut rows = Vec::new();
+        for b in self.available() {
+            for op in moehal_core::ops::QuantDesc::all() {
+                rows.push((b.name().to_string(), op, b.supports_quant(&op)));
+            }
+        }
+        rows
+    }
 }

@@ -14,9 +14,19 @@ pub(super) fn run() -> CliResult {
             outln!("{}: unavailable ({reason}), not in the matrix", e.name);
         }
     }
-    let matrix = reg.support_matrix();
+    // (backend, op name, variant, support): the float ops of OPS.md §1-5, then the §6 rows.
+    let mut matrix: Vec<(String, String, String, moehal_core::Support)> = reg
+        .support_matrix()
+        .into_iter()
+        .map(|(b, op, s)| (b, op.kind().name().to_string(), op.variant(), s))
+        .collect();
+    matrix.extend(
+        reg.quant_support_matrix()
+            .into_iter()
+            .map(|(b, op, s)| (b, op.kind().name().to_string(), op.variant(), s)),
+    );
     let mut backends: Vec<String> = Vec::new();
-    for (b, _, _) in &matrix {
+    for (b, _, _, _) in &matrix {
         if !backends.contains(b) {
             backends.push(b.clone());
         }
@@ -25,8 +35,8 @@ pub(super) fn run() -> CliResult {
     let mut keys: Vec<(String, String)> = Vec::new();
     let mut cells: BTreeMap<(String, String, String), String> = BTreeMap::new();
     let mut reasons: Vec<String> = Vec::new();
-    for (b, op, s) in &matrix {
-        let key = (op.kind().name().to_string(), op.variant());
+    for (b, op, variant, s) in &matrix {
+        let key = (op.clone(), variant.clone());
         if !keys.contains(&key) {
             keys.push(key.clone());
         }

@@ -1,8 +1,8 @@
 //! The `Backend` trait: one interface for every device.
 
 use crate::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
-    Swiglu,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
+    QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu,
 };
 use crate::{Buffer, Element, Error, Result};
 
@@ -163,7 +163,51 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Value-dependent [`Error::InvalidArgument`] (ids), [`Error::Unsupported`], device errors.
     fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()>;
+
+    /// Whether (and by which kernel) this backend runs the quantized variant `op` (OPS.md §6).
+    /// The default answers `No`: a backend without quantized kernels reports every §6 variant
+    /// unsupported, with this reason, until it gets them.
+    fn supports_quant(&self, op: &QuantDesc) -> Support {
+        let _ = op;
+        Support::no(QUANT_PENDING)
+    }
+    /// OPS.md §6 `grouped_gemm` with quantized operands. Default: [`Error::Unsupported`].
+    ///
+    /// # Errors
+    /// Value-dependent [`Error::InvalidArgument`] (`group_end`), [`Error::Unsupported`], device errors.
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        Err(Error::unsupported(
+            "grouped_gemm",
+            self.name(),
+            format!("{}: {QUANT_PENDING}", args.desc().variant()),
+        ))
+    }
+    /// OPS.md §6 `quantize_fp8`. Default: [`Error::Unsupported`].
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`], device errors.
+    fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
+        Err(Error::unsupported(
+            "quantize_fp8",
+            self.name(),
+            format!("{}: {QUANT_PENDING}", args.desc().variant()),
+        ))
+    }
+    /// OPS.md §6 `quantize_int8`. Default: [`Error::Unsupported`].
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`], device errors.
+    fn quantize_int8(&self, args: Checked<QuantizeInt8<'_>>) -> Result<()> {
+        Err(Error::unsupported(
+            "quantize_int8",
+            self.name(),
+            format!("{}: {QUANT_PENDING}", args.desc().variant()),
+        ))
+    }
 }
+
+/// Why a backend without §6 kernels reports them unsupported.
+pub const QUANT_PENDING: &str = "quantized formats (OPS.md §6) have no kernels on this backend yet";
 
 /// Typed conveniences over any backend (generic, so outside the object-safe trait).
 pub trait BackendExt: Backend {

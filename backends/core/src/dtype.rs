@@ -15,8 +15,10 @@ pub enum DType {
     I32,
     /// Signed 64-bit integer (offsets, rows, token ids).
     I64,
-    /// Unsigned byte (masks, fp8 tables).
+    /// Unsigned byte (masks, fp8 tables, packed quantized codes).
     U8,
+    /// Signed byte (int8 quantized weights and activations, OPS.md §6).
+    I8,
 }
 
 impl DType {
@@ -26,7 +28,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::I64 => 8,
-            DType::U8 => 1,
+            DType::U8 | DType::I8 => 1,
         }
     }
 
@@ -44,11 +46,20 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::U8 => "u8",
+            DType::I8 => "i8",
         }
     }
 
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::BF16, DType::I32, DType::I64, DType::U8];
+    pub const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::I8,
+    ];
 
     /// The three floating compute types.
     pub const FLOATS: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -66,7 +77,7 @@ impl std::str::FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| format!("unknown dtype `{s}` (expected one of f32, f16, bf16, i32, i64, u8)"))
+            .ok_or_else(|| format!("unknown dtype `{s}` (expected one of f32, f16, bf16, i32, i64, u8, i8)"))
     }
 }
 
@@ -103,6 +114,7 @@ element!(bf16, BF16);
 element!(i32, I32);
 element!(i64, I64);
 element!(u8, U8);
+element!(i8, I8);
 
 impl Float for f32 {
     fn to_f32(self) -> f32 {

@@ -1,10 +1,12 @@
 //! moehal-core: the op contract of moehal (`OPS.md`) in code.
 //!
-//! - [`DType`], [`Element`], [`Float`]: element types (f32, f16, bf16 via `half`, i32, i64, u8).
+//! - [`DType`], [`Element`], [`Float`]: element types (f32, f16, bf16 via `half`, i32, i64, u8, i8).
 //! - [`Buffer`], [`TensorRef`], [`TensorMut`]: memory owned by a backend and typed views over it
 //!   (shape, strides, offset; all 64-bit).
 //! - [`ops`]: one argument struct per op with its validation; [`ops::OpDesc`] keys the support matrix.
 //! - [`Backend`]: the trait every device implements; [`Reference`] is the oracle.
+//! - [`quant`]: the quantized formats of OPS.md §6 (E2M1, E8M0, E4M3FN codecs, quantize rules);
+//!   [`ops::GroupedGemmQ`], [`ops::QuantizeFp8`], [`ops::QuantizeInt8`] are their ops.
 //! - [`engram`]: Engram layer configs, prime derivation, the DeepSeek-V4.1-Flash data and the
 //!   tokenizer compression table.
 //!
@@ -34,6 +36,7 @@ pub mod error;
 pub mod fence;
 pub mod host;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod tensor;
 

@@ -10,8 +10,8 @@ use crate::{moe_combine, moe_permute, router_topk, swiglu};
 use half::{bf16, f16};
 use moehal_core::host::{self, slice, slice_mut, HostMemory};
 use moehal_core::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
-    Swiglu, TableFormat, WeightLayout,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
+    QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{Backend, Buffer, DType, DeviceInfo, Error, Result, Support, TensorMut, TensorRef};
 
@@ -234,6 +234,7 @@ fn view_bytes<'a>(t: &TensorRef<'a>, op: &'static str, field: &'static str) -> R
         DType::I32 => bytemuck::cast_slice(slice::<i32>(t, op, field)?),
         DType::I64 => bytemuck::cast_slice(slice::<i64>(t, op, field)?),
         DType::U8 => slice::<u8>(t, op, field)?,
+        DType::I8 => bytemuck::cast_slice(slice::<i8>(t, op, field)?),
     })
 }
 
@@ -459,5 +460,17 @@ impl Backend for CpuBackend {
         let table = table_of(&a.table, a.format, OP)?;
         let out = out_of(&mut a.out, a.format, OP)?;
         engram::engram_lookup(&self.pool, a.layer, ids, pos, alive, a.history, table, out)
+    }
+    fn supports_quant(&self, op: &QuantDesc) -> Support {
+        crate::quant::support(self.kern, op)
+    }
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        crate::quant::run_checked(self.kern, &self.pool, args.into_inner())
+    }
+    fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
+        crate::quant::quantize_fp8_checked(&self.pool, args.into_inner())
+    }
+    fn quantize_int8(&self, args: Checked<QuantizeInt8<'_>>) -> Result<()> {
+        crate::quant::quantize_int8_checked(&self.pool, args.into_inner())
     }
 }

@@ -13,6 +13,7 @@ pub mod grouped_gemm;
 pub mod moe_combine;
 pub mod moe_permute;
 pub mod pool;
+pub mod quant;
 pub mod router_topk;
 pub mod simd;
 pub mod swiglu;

@@ -18,6 +18,7 @@ pub mod gather_rows;
 pub mod grouped_gemm;
 pub mod moe_combine;
 pub mod moe_permute;
+pub mod quant;
 pub mod router_topk;
 pub mod swiglu;
 
@@ -27,6 +28,7 @@ pub use gather_rows::{GatherRows, TableFormat};
 pub use grouped_gemm::{GemmDims, GroupedGemm, WeightLayout};
 pub use moe_combine::MoeCombine;
 pub use moe_permute::MoePermute;
+pub use quant::{ActFormat, GroupedGemmQ, QuantDesc, QuantizeFp8, QuantizeInt8, WeightFormat};
 pub use router_topk::{hash_rows, GroupLimit, GroupScore, RouterConfig, RouterHash, RouterTopk, Scoring};
 pub use swiglu::Swiglu;
 
@@ -71,11 +73,15 @@ pub enum OpKind {
     GatherRows,
     /// §5 hash then gather.
     EngramLookup,
+    /// §6 per-1×128 fp8 activation quantization.
+    QuantizeFp8,
+    /// §6 per-row int8 activation quantization.
+    QuantizeInt8,
 }
 
 impl OpKind {
     /// Every op, in OPS.md order.
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::GroupedGemm,
         OpKind::RouterTopk,
         OpKind::MoePermute,
@@ -84,6 +90,8 @@ impl OpKind {
         OpKind::EngramHash,
         OpKind::GatherRows,
         OpKind::EngramLookup,
+        OpKind::QuantizeFp8,
+        OpKind::QuantizeInt8,
     ];
     /// The op's name as OPS.md writes it.
     pub const fn name(self) -> &'static str {
@@ -96,6 +104,8 @@ impl OpKind {
             OpKind::EngramHash => "engram_hash",
             OpKind::GatherRows => "gather_rows",
             OpKind::EngramLookup => "engram_lookup",
+            OpKind::QuantizeFp8 => "quantize_fp8",
+            OpKind::QuantizeInt8 => "quantize_int8",
         }
     }
 }

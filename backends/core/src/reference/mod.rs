@@ -6,14 +6,15 @@ mod gather_rows;
 mod grouped_gemm;
 mod moe_combine;
 mod moe_permute;
+pub mod quant;
 mod router_topk;
 mod swiglu;
 
 use crate::backend::{Backend, DeviceInfo, Support};
 use crate::host::{self, HostMemory};
 use crate::ops::{
-    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterHash, RouterTopk,
-    Swiglu,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
+    QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu,
 };
 use crate::{Buffer, Result};
 
@@ -93,5 +94,17 @@ impl Backend for Reference {
     }
     fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()> {
         engram::lookup(args.into_inner())
+    }
+    fn supports_quant(&self, _op: &QuantDesc) -> Support {
+        Support::yes("reference (decoded values, f64)")
+    }
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        quant::grouped_gemm(args.into_inner())
+    }
+    fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
+        quant::quantize_fp8(args.into_inner())
+    }
+    fn quantize_int8(&self, args: Checked<QuantizeInt8<'_>>) -> Result<()> {
+        quant::quantize_int8(args.into_inner())
     }
 }

@@ -15,6 +15,8 @@ mod avx512;
 pub mod mem;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+mod quant_x86;
 mod scalar;
 
 use std::sync::OnceLock;
@@ -421,6 +423,69 @@ impl Kernels {
         // SAFETY: the checks above bound every access (masked lanes are not read); prefetches are
         // hints only; the ISA was verified by for_isa.
         unsafe { f(a.as_ptr(), lda, mr, kc, w.as_ptr() as *const u16, ldw, c.as_mut_ptr()) };
+        true
+    }
+}
+
+/// Quantized-format kernels (OPS.md §6). They dispatch on the table's instruction set here rather
+/// than through the function-pointer tables, so other kernels can be added to those independently.
+impl Kernels {
+    /// Decode-shape MXFP4 dot products (see `quant_x86::dot_mxfp4`): `c[i * NR + n] = Σ_k a(i, k) ·
+    /// W(n, k)` for `i < mr`, `n < nc`, `a` in the split layout (per row, per 32-block: 16 even-k then
+    /// 16 odd-k values), `w` `nc` packed rows of `k / 2` bytes, `s` `nc` rows of `k / 32` E8M0
+    /// bytes. Returns false (nothing written) where this table has no such kernel or the sizes do
+    /// not fit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot_mxfp4(&self, a: &[f32], mr: usize, k: usize, w: &[u8], s: &[u8], nc: usize, c: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            if !(1..=MR).contains(&mr)
+                || !k.is_multiple_of(32)
+                || nc > NR
+                || a.len() < mr * k
+                || w.len() < nc * k / 2
+                || s.len() < nc * (k / 32)
+                || c.len() < mr * NR
+            {
+                return false;
+            }
+            // SAFETY: the checks above are the kernel's extents; AVX-512 verified by for_isa.
+            unsafe { quant_x86::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            return true;
+        }
+        let _ = (a, mr, k, w, s, nc, c);
+        false
+    }
+
+    /// Whether [`dot_i8`](Self::dot_i8) has a kernel here (AVX-512 table and AVX512-VNNI).
+    pub fn has_vnni(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// Exact int8 dot products: `out[i * NR + n] = Σ_k x[i * k + kk] · w[n * k + kk]` in i32 for
+    /// `i < rows`, `n < nc`. Returns false (nothing written) without VNNI or when the sizes do not
+    /// fit (`k > 131,071` included).
+    pub fn dot_i8(&self, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) -> bool {
+        if !self.has_vnni()
+            || rows == 0
+            || nc > NR
+            || k > moehal_core::quant::INT8_MAX_K
+            || x.len() < rows * k
+            || w.len() < nc * k
+            || out.len() < rows * NR
+        {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: extents checked above; AVX-512 and VNNI verified by has_vnni.
+        unsafe {
+            quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr())
+        };
         true
     }
 }

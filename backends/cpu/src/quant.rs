@@ -1,0 +1,764 @@
+//! Quantized `grouped_gemm` and the quantize ops (OPS.md §6) on raw slices.
+//!
+//! Work is split as in [`crate::grouped_gemm`]: (group, row chunk, [`NR`]-column panel) tasks on
+//! the pool. Each task walks K in blocks of [`KC`] (= 128, one fp8 block, four MXFP4 scale blocks):
+//!
+//! - weight-only (float `x`): the weight block is dequantized into the L1-resident f32 panel
+//!   (`code × scale`, one f32 rounding, as OPS.md §6 defines the dequantized weight) and the same
+//!   register-blocked f32 microkernel as the float path runs over it;
+//! - fp8 × fp8: the e4m3 codes of both operands are decoded (exactly) into f32 panels, the
+//!   microkernel forms the block's inner sums in a fresh tile, and the block is added to the
+//!   accumulators with `x_scale[r, b] · w_scale[g, n/128, b]` (DeepGEMM's promotion per 128);
+//! - int8 × int8: exact i32 dot products along K (NK rows are contiguous in K for both operands),
+//!   then `x_scale · w_scale · sum`. [`int8_dot_hook`] is the one place a faster integer kernel
+//!   (AVX512-VNNI, AMX-INT8) plugs in.
+//!
+//! Decode (at most [`MR`] rows in a group) with MXFP4 weights: each weight byte is read once and
+//! decoded in registers; see [`crate::simd::Kernels::dot_mxfp4`].
+
+use crate::elem::{Elem, ElemKind};
+use crate::pool::Pool;
+use crate::simd::{Kernels, Tiles, MR, NR};
+use moehal_core::quant::{e2m1_to_f32, e4m3_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
+use moehal_core::{Error, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+const OP: &str = "grouped_gemm";
+
+/// K block of the dequantized panel: one fp8 block (so a block never straddles two fp8 scales).
+pub const KC: usize = 128;
+const FP8_BLOCK: usize = moehal_core::quant::FP8_BLOCK;
+
+/// A scale tensor: f32 values or E8M0 bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Scales<'a> {
+    /// f32 scales.
+    F32(&'a [f32]),
+    /// E8M0 bytes (`2^(e - 127)`, 255 = NaN).
+    E8m0(&'a [u8]),
+}
+
+impl Scales<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Scales::F32(s) => s.len(),
+            Scales::E8m0(s) => s.len(),
+        }
+    }
+    #[inline]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Scales::F32(s) => s[i],
+            Scales::E8m0(s) => e8m0_to_f32(s[i]),
+        }
+    }
+}
+
+/// Quantized expert weights of one call, layout NK (OPS.md §6 table).
+#[derive(Clone, Copy, Debug)]
+pub enum QWeights<'a> {
+    /// E4M3FN codes `[G, N, K]`, scales `[G, ⌈N/128⌉, ⌈K/128⌉]`.
+    Fp8Block {
+        /// Codes.
+        w: &'a [u8],
+        /// Block scales.
+        scale: Scales<'a>,
+    },
+    /// Packed E2M1 pairs `[G, N, K/2]` (low nibble = even k), E8M0 scales `[G, N, K/32]`.
+    Mxfp4 {
+        /// Packed codes.
+        w: &'a [u8],
+        /// E8M0 scales.
+        scale: &'a [u8],
+    },
+    /// i8 `[G, N, K]`, f32 scales `[G, N]`.
+    Int8 {
+        /// Values.
+        w: &'a [i8],
+        /// Per-channel scales.
+        scale: &'a [f32],
+    },
+}
+
+/// Activations of one call.
+#[derive(Clone, Copy, Debug)]
+pub enum QAct<'a, T: Elem> {
+    /// Float `[M, K]` (weight-only pairing); `T` is also `y`'s type.
+    Float(&'a [T]),
+    /// E4M3FN `[M, K]` with scales `[M, ⌈K/128⌉]` (pairs with `Fp8Block`).
+    Fp8 {
+        /// Codes.
+        x: &'a [u8],
+        /// Per-token, per-128 scales.
+        scale: Scales<'a>,
+    },
+    /// i8 `[M, K]` with f32 scales `[M]` (pairs with `Int8`).
+    Int8 {
+        /// Values.
+        x: &'a [i8],
+        /// Per-token scales.
+        scale: &'a [f32],
+    },
+}
+
+/// One quantized `grouped_gemm` call on raw slices; `T` is the output (and float `x`) type.
+#[derive(Clone, Copy, Debug)]
+pub struct QGemmArgs<'a, T: Elem> {
+    /// Activations.
+    pub x: QAct<'a, T>,
+    /// Rows M.
+    pub m: usize,
+    /// Reduction depth K (elements).
+    pub k: usize,
+    /// Output width N.
+    pub n: usize,
+    /// `[G]` cumulative group ends.
+    pub group_end: &'a [i64],
+    /// Weights.
+    pub w: QWeights<'a>,
+    /// `[M]` optional row scale.
+    pub row_scale: Option<&'a [f32]>,
+    /// `[G, N]` optional bias.
+    pub bias: Option<&'a [T]>,
+}
+
+fn expect_len(field: &'static str, got: usize, want: Option<usize>, what: &str) -> Result<()> {
+    if want == Some(got) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            OP,
+            field,
+            format!(
+                "expected {} elements ({what}), got {got}",
+                want.map_or("an overflowing count".into(), |w| w.to_string())
+            ),
+        ))
+    }
+}
+
+/// Check every length, the pairing and `group_end` of a call; nothing is written.
+///
+/// Errors: `InvalidArgument` naming the field; `Unsupported` for a pairing OPS.md §6 does not name.
+pub fn validate<T: Elem>(a: &QGemmArgs<'_, T>, y_len: usize) -> Result<()> {
+    let g = a.group_end.len();
+    let (m, n, k) = (a.m, a.n, a.k);
+    let mk = m.checked_mul(k);
+    let gnk = g.checked_mul(n).and_then(|v| v.checked_mul(k));
+    match (&a.x, &a.w) {
+        (QAct::Float(x), _) => expect_len("x", x.len(), mk, "[M, K]")?,
+        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. }) => {
+            expect_len("x", x.len(), mk, "[M, K]")?;
+            expect_len(
+                "x_scale",
+                scale.len(),
+                m.checked_mul(k.div_ceil(FP8_BLOCK)),
+                "[M, ⌈K/128⌉]",
+            )?;
+        }
+        (QAct::Int8 { x, scale }, QWeights::Int8 { .. }) => {
+            expect_len("x", x.len(), mk, "[M, K]")?;
+            expect_len("x_scale", scale.len(), Some(m), "[M]")?;
+            if k > INT8_MAX_K {
+                return Err(Error::invalid(
+                    OP,
+                    "x",
+                    format!("K = {k} exceeds {INT8_MAX_K} (i32 sum)"),
+                ));
+            }
+        }
+        _ => {
+            return Err(Error::unsupported(
+                OP,
+                "cpu",
+                "OPS.md §6 pairs fp8 x only with fp8_block and i8 x only with int8 weights",
+            ))
+        }
+    }
+    match a.w {
+        QWeights::Fp8Block { w, scale } => {
+            expect_len("w", w.len(), gnk, "[G, N, K]")?;
+            let nb = g
+                .checked_mul(n.div_ceil(FP8_BLOCK))
+                .and_then(|v| v.checked_mul(k.div_ceil(FP8_BLOCK)));
+            expect_len("w_scale", scale.len(), nb, "[G, ⌈N/128⌉, ⌈K/128⌉]")?;
+        }
+        QWeights::Mxfp4 { w, scale } => {
+            if !k.is_multiple_of(MXFP4_BLOCK) {
+                return Err(Error::invalid(OP, "x", format!("K = {k}: mxfp4 needs K % 32 == 0")));
+            }
+            expect_len("w", w.len(), gnk.map(|v| v / 2), "[G, N, K/2]")?;
+            expect_len("w_scale", scale.len(), gnk.map(|v| v / MXFP4_BLOCK), "[G, N, K/32]")?;
+        }
+        QWeights::Int8 { w, scale } => {
+            expect_len("w", w.len(), gnk, "[G, N, K]")?;
+            expect_len("w_scale", scale.len(), g.checked_mul(n), "[G, N]")?;
+        }
+    }
+    expect_len("y", y_len, m.checked_mul(n), "[M, N]")?;
+    if let Some(s) = a.row_scale {
+        expect_len("row_scale", s.len(), Some(m), "[M]")?;
+    }
+    if let Some(b) = a.bias {
+        expect_len("bias", b.len(), g.checked_mul(n), "[G, N]")?;
+    }
+    moehal_core::ops::grouped_gemm::check_group_end(a.group_end, m)
+}
+
+#[derive(Default)]
+struct Scratch {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    c: Vec<f32>,
+    t: Vec<f32>,
+    o: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// f32 values of the 256 E4M3FN bytes.
+fn e4m3_lut() -> &'static [f32; 256] {
+    static LUT: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    LUT.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
+}
+
+/// Run a quantized `grouped_gemm`; `y` is `[M, N]`. Rows at or past `group_end[G-1]` are not touched.
+///
+/// Errors: see [`validate`]; nothing is written then.
+pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>, y: &mut [T]) -> Result<()> {
+    validate(a, y.len())?;
+    let used = a.group_end.last().copied().unwrap_or(0) as usize;
+    if a.m == 0 || a.n == 0 || used == 0 {
+        return Ok(());
+    }
+    let mc = crate::grouped_gemm::MC;
+    let mut ranges = Vec::new();
+    let mut range_group = Vec::new();
+    let mut r0 = 0usize;
+    for (g, &e) in a.group_end.iter().enumerate() {
+        let e = e as usize;
+        let mut s = r0;
+        while s < e {
+            let t = (s + mc).min(e);
+            ranges.push((s, t));
+            range_group.push(g);
+            s = t;
+        }
+        r0 = e;
+    }
+    let panels = a.n.div_ceil(NR);
+    let ntasks = ranges.len() * panels;
+    let tiles = Tiles::new(&mut y[..used * a.n], a.n, NR, ranges.clone());
+    let job = |t: usize| {
+        let (ri, p) = (t / panels, t % panels);
+        let (r0, r1) = ranges[ri];
+        let mut tile = tiles.tile(ri, p);
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            task(kern, a, range_group[ri], r0, r1, p, &mut tile, &mut s);
+        });
+    };
+    if ntasks > 1 && pool.threads() > 1 {
+        pool.install(|| (0..ntasks).into_par_iter().for_each(job));
+    } else {
+        (0..ntasks).for_each(job);
+    }
+    Ok(())
+}
+
+/// Dequantize weight block (group `g`, columns `n0..n0+nc`, `k0..k0+kc`) into `bs[kk * NR + c]`
+/// (zero past `nc`). With `scaled == false` fp8 codes are decoded without their block scale.
+#[allow(clippy::too_many_arguments)]
+fn fill_panel(
+    w: &QWeights<'_>,
+    g: usize,
+    n0: usize,
+    nc: usize,
+    n: usize,
+    k: usize,
+    k0: usize,
+    kc: usize,
+    scaled: bool,
+    bs: &mut [f32],
+    col: &mut [f32],
+) {
+    let bs = &mut bs[..kc * NR];
+    if nc < NR {
+        bs.fill(0.0);
+    }
+    for c in 0..nc {
+        let row = (g * n + n0 + c) * k;
+        let col = &mut col[..kc];
+        match *w {
+            QWeights::Fp8Block { w, scale } => {
+                let lut = e4m3_lut();
+                let s = if scaled {
+                    let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
+                    scale.get((g * nb + (n0 + c) / FP8_BLOCK) * kb + k0 / FP8_BLOCK)
+                } else {
+                    1.0
+                };
+                for (d, &b) in col.iter_mut().zip(&w[row + k0..row + k0 + kc]) {
+                    *d = if scaled { lut[b as usize] * s } else { lut[b as usize] };
+                }
+            }
+            QWeights::Mxfp4 { w, scale } => {
+                let bytes = &w[row / 2 + k0 / 2..row / 2 + (k0 + kc) / 2];
+                let srow = (g * n + n0 + c) * (k / MXFP4_BLOCK) + k0 / MXFP4_BLOCK;
+                for (sb, (chunk, dst)) in bytes
+                    .chunks(MXFP4_BLOCK / 2)
+                    .zip(col.chunks_mut(MXFP4_BLOCK))
+                    .enumerate()
+                {
+                    let s = e8m0_to_f32(scale[srow + sb]);
+                    for (pair, &b) in dst.chunks_mut(2).zip(chunk) {
+                        pair[0] = e2m1_to_f32(b & 0xF) * s;
+                        pair[1] = e2m1_to_f32(b >> 4) * s;
+                    }
+                }
+            }
+            QWeights::Int8 { w, scale } => {
+                let s = scale[g * n + n0 + c];
+                for (d, &v) in col.iter_mut().zip(&w[row + k0..row + k0 + kc]) {
+                    *d = v as f32 * s;
+                }
+            }
+        }
+        for (kk, &v) in col.iter().enumerate() {
+            bs[kk * NR + c] = v;
+        }
+    }
+}
+
+/// The integer dot products of an int8 × int8 tile: `out[i * NR + c] = Σ_k x[i][k] · w[c][k]` in
+/// i32 for `i < rows`, `c < nc`, where row `i` of `x` starts at `i * k` and row `c` of `w` at `c * k`.
+///
+/// The hook where integer kernels plug in: AVX512-VNNI ([`Kernels::dot_i8`]) where the machine has
+/// it, else a portable loop. An AMX-INT8 tile kernel goes first here; every kernel gives the same
+/// exact result (the sum is exact in i32 for `K <= 131,071`), so the choice never changes output bits.
+pub fn int8_dot_hook(kern: &Kernels, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) {
+    if kern.dot_i8(x, rows, w, nc, k, out) {
+        return;
+    }
+    for i in 0..rows {
+        let xr = &x[i * k..(i + 1) * k];
+        for c in 0..nc {
+            let wr = &w[c * k..(c + 1) * k];
+            out[i * NR + c] = xr.iter().zip(wr).map(|(&a, &b)| a as i32 * b as i32).sum();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn task<T: Elem>(
+    kern: &Kernels,
+    a: &QGemmArgs<'_, T>,
+    g: usize,
+    r0: usize,
+    r1: usize,
+    p: usize,
+    tile: &mut crate::simd::TileMut<'_, T>,
+    s: &mut Scratch,
+) {
+    let (k, n) = (a.k, a.n);
+    let mg = r1 - r0;
+    let n0 = p * NR;
+    let nc = tile.width();
+    let Scratch { b, a: sa, c, t, o } = s;
+    let cs = grow(c, mg * NR);
+    cs.fill(0.0);
+    match a.x {
+        QAct::Int8 { x, scale: xs } => {
+            let QWeights::Int8 { w, scale: ws } = a.w else {
+                unreachable!("pairing validated")
+            };
+            let mut acc = vec![0i32; mg * NR];
+            int8_dot_hook(
+                kern,
+                &x[r0 * k..r1 * k],
+                mg,
+                &w[(g * n + n0) * k..(g * n + n0 + nc) * k],
+                nc,
+                k,
+                &mut acc,
+            );
+            for i in 0..mg {
+                for cc in 0..nc {
+                    cs[i * NR + cc] = xs[r0 + i] * ws[g * n + n0 + cc] * acc[i * NR + cc] as f32;
+                }
+            }
+        }
+        QAct::Float(x) => {
+            let decode_done = mg <= MR
+                && k > 0
+                && match a.w {
+                    QWeights::Mxfp4 { w, scale } => {
+                        // Activations in the kernel's split layout: per 32-block, even k then odd k.
+                        let tmp = grow(t, k);
+                        let sa = grow(sa, mg * k);
+                        for i in 0..mg {
+                            kern.widen(&x[(r0 + i) * k..(r0 + i + 1) * k], tmp);
+                            for (dst, src) in sa[i * k..(i + 1) * k].chunks_mut(32).zip(tmp.chunks(32)) {
+                                for j in 0..16 {
+                                    dst[j] = src[2 * j];
+                                    dst[16 + j] = src[2 * j + 1];
+                                }
+                            }
+                        }
+                        let wrow = (g * n + n0) * k / 2;
+                        let srow = (g * n + n0) * (k / MXFP4_BLOCK);
+                        kern.dot_mxfp4(
+                            sa,
+                            mg,
+                            k,
+                            &w[wrow..wrow + nc * k / 2],
+                            &scale[srow..srow + nc * (k / MXFP4_BLOCK)],
+                            nc,
+                            &mut cs[..mg * NR],
+                        )
+                    }
+                    _ => false,
+                };
+            if !decode_done {
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = KC.min(k - k0);
+                    let bs = grow(b, KC * NR);
+                    fill_panel(&a.w, g, n0, nc, n, k, k0, kc, true, bs, grow(t, KC));
+                    let (av, lda): (&[f32], usize) = if T::KIND == ElemKind::F32 {
+                        (&bytemuck::cast_slice::<T, f32>(x)[r0 * k + k0..], k)
+                    } else {
+                        let sa = grow(sa, mg * kc);
+                        for i in 0..mg {
+                            let s0 = (r0 + i) * k + k0;
+                            kern.widen(&x[s0..s0 + kc], &mut sa[i * kc..(i + 1) * kc]);
+                        }
+                        (sa, kc)
+                    };
+                    let mut mb = 0;
+                    while mb < mg {
+                        let mr = MR.min(mg - mb);
+                        kern.micro(
+                            &av[mb * lda..],
+                            lda,
+                            mr,
+                            kc,
+                            bs,
+                            &mut cs[mb * NR..(mb + mr) * NR],
+                            k0 > 0,
+                        );
+                        mb += mr;
+                    }
+                    k0 += kc;
+                }
+            }
+        }
+        QAct::Fp8 { x, scale: xs } => {
+            let QWeights::Fp8Block { scale: ws, .. } = a.w else {
+                unreachable!("pairing validated")
+            };
+            let lut = e4m3_lut();
+            let kb = k.div_ceil(FP8_BLOCK);
+            let (nb, wkb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
+            // Columns n0..n0+NR share one N block (NR divides 128).
+            let wsrow = (g * nb + n0 / FP8_BLOCK) * wkb;
+            let mut blk = vec![0f32; mg * NR];
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = KC.min(k - k0);
+                let bi = k0 / FP8_BLOCK;
+                let bs = grow(b, KC * NR);
+                fill_panel(&a.w, g, n0, nc, n, k, k0, kc, false, bs, grow(t, KC));
+                let sa = grow(sa, mg * kc);
+                for i in 0..mg {
+                    let s0 = (r0 + i) * k + k0;
+                    for (d, &q) in sa[i * kc..(i + 1) * kc].iter_mut().zip(&x[s0..s0 + kc]) {
+                        *d = lut[q as usize];
+                    }
+                }
+                let mut mb = 0;
+                while mb < mg {
+                    let mr = MR.min(mg - mb);
+                    kern.micro(&sa[mb * kc..], kc, mr, kc, bs, &mut blk[mb * NR..(mb + mr) * NR], false);
+                    mb += mr;
+                }
+                let wsc = ws.get(wsrow + bi);
+                for i in 0..mg {
+                    let f = xs.get((r0 + i) * kb + bi) * wsc;
+                    for (cv, &bv) in cs[i * NR..i * NR + nc].iter_mut().zip(&blk[i * NR..i * NR + nc]) {
+                        *cv += f * bv;
+                    }
+                }
+                k0 += kc;
+            }
+        }
+    }
+    let out = grow(o, NR);
+    for i in 0..mg {
+        let r = r0 + i;
+        let row = &cs[i * NR..i * NR + nc];
+        match a.bias {
+            Some(bias) => {
+                let brow = &bias[g * n + n0..g * n + n0 + nc];
+                for j in 0..nc {
+                    out[j] = row[j] + brow[j].to_f32();
+                }
+            }
+            None => out[..nc].copy_from_slice(row),
+        }
+        if let Some(sc) = a.row_scale {
+            let sv = sc[r];
+            for v in &mut out[..nc] {
+                *v *= sv;
+            }
+        }
+        T::narrow(&out[..nc], tile.row(i));
+    }
+}
+
+/// `quantize_fp8` (OPS.md §6) of `x [m, k]` into `xq [m, k]` and scales `[m, ⌈k/128⌉]`: f32 values
+/// (`scale_f32`) or E8M0 bytes (`scale_e8m0`); exactly one of the two is given. Rows run in parallel.
+///
+/// Errors: `InvalidArgument` on inconsistent lengths; nothing is written then.
+pub fn quantize_fp8<T: Elem>(
+    pool: &Pool,
+    x: &[T],
+    m: usize,
+    k: usize,
+    xq: &mut [u8],
+    scales: ScalesMut<'_>,
+) -> Result<()> {
+    const OP: &str = "quantize_fp8";
+    let kb = k.div_ceil(FP8_BLOCK);
+    if Some(x.len()) != m.checked_mul(k) || xq.len() != x.len() {
+        return Err(Error::invalid(OP, "x", format!("x and xq must hold {m}*{k} elements")));
+    }
+    let slen = match &scales {
+        ScalesMut::F32(s) => s.len(),
+        ScalesMut::E8m0(s) => s.len(),
+    };
+    if Some(slen) != m.checked_mul(kb) {
+        return Err(Error::invalid(
+            OP,
+            "x_scale",
+            format!("expected {m}*{kb} scales, got {slen}"),
+        ));
+    }
+    if m == 0 || k == 0 {
+        return Ok(());
+    }
+    let fmt = match scales {
+        ScalesMut::F32(_) => moehal_core::quant::ScaleFormat::F32,
+        ScalesMut::E8m0(_) => moehal_core::quant::ScaleFormat::Ue8m0,
+    };
+    let mut sv = vec![(0f32, 0u8); m * kb];
+    pool.install(|| {
+        xq.par_chunks_mut(k)
+            .zip(sv.par_chunks_mut(kb))
+            .enumerate()
+            .for_each(|(r, (qrow, srow))| {
+                let mut f = vec![0f32; k];
+                T::widen(&x[r * k..(r + 1) * k], &mut f);
+                for (b, s) in srow.iter_mut().enumerate() {
+                    let (k0, k1) = (b * FP8_BLOCK, ((b + 1) * FP8_BLOCK).min(k));
+                    *s = moehal_core::quant::quantize_fp8_group(&f[k0..k1], fmt, &mut qrow[k0..k1]);
+                }
+            })
+    });
+    match scales {
+        ScalesMut::F32(s) => s.iter_mut().zip(&sv).for_each(|(d, v)| *d = v.0),
+        ScalesMut::E8m0(s) => s.iter_mut().zip(&sv).for_each(|(d, v)| *d = v.1),
+    }
+    Ok(())
+}
+
+/// Output scales of [`quantize_fp8`].
+#[derive(Debug)]
+pub enum ScalesMut<'a> {
+    /// f32 scales.
+    F32(&'a mut [f32]),
+    /// E8M0 bytes.
+    E8m0(&'a mut [u8]),
+}
+
+/// `quantize_int8` (OPS.md §6) of `x [m, k]` into `xq [m, k]` and f32 scales `[m]`.
+///
+/// Errors: `InvalidArgument` on inconsistent lengths; nothing is written then.
+pub fn quantize_int8<T: Elem>(
+    pool: &Pool,
+    x: &[T],
+    m: usize,
+    k: usize,
+    xq: &mut [i8],
+    scale: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "quantize_int8";
+    if Some(x.len()) != m.checked_mul(k) || xq.len() != x.len() || scale.len() != m {
+        return Err(Error::invalid(
+            OP,
+            "x",
+            format!("x and xq must hold {m}*{k} elements, x_scale {m}"),
+        ));
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        // An empty row has amax 0 < 2^-64: scale 1 (OPS.md §6).
+        scale.fill(1.0);
+        return Ok(());
+    }
+    pool.install(|| {
+        xq.par_chunks_mut(k)
+            .zip(scale.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (qrow, s))| {
+                let mut f = vec![0f32; k];
+                T::widen(&x[r * k..(r + 1) * k], &mut f);
+                *s = moehal_core::quant::quantize_int8_row(&f, qrow);
+            })
+    });
+    Ok(())
+}
+
+/// What the CPU backend runs for a §6 variant.
+pub fn support(kern: &Kernels, op: &moehal_core::ops::QuantDesc) -> moehal_core::Support {
+    use moehal_core::ops::{ActFormat, QuantDesc, WeightFormat};
+    use moehal_core::Support;
+    let isa = kern.isa().name();
+    match *op {
+        QuantDesc::GroupedGemm {
+            w,
+            x: ActFormat::Float(_),
+            ..
+        } => {
+            let decode = if w == WeightFormat::Mxfp4 && kern.isa() == crate::simd::Isa::Avx512 {
+                "; decode: avx512 in-register e2m1 LUT dot"
+            } else {
+                ""
+            };
+            Support::yes(format!("{isa} dequant-to-f32-panel {MR}x{NR} microkernel{decode}"))
+        }
+        QuantDesc::GroupedGemm { x: ActFormat::Fp8, .. } => {
+            Support::yes(format!("{isa} e4m3 panels, f32 block sums promoted per 128"))
+        }
+        QuantDesc::GroupedGemm { x: ActFormat::Int8, .. } => Support::yes(if kern.has_vnni() {
+            "avx512-vnni vpdpbusd exact i32".to_string()
+        } else {
+            "portable exact i32 dot".to_string()
+        }),
+        QuantDesc::QuantizeFp8 { .. } | QuantDesc::QuantizeInt8 { .. } => Support::yes("parallel rows"),
+    }
+}
+
+fn scales_of<'a>(t: &moehal_core::TensorRef<'a>, field: &'static str) -> Result<Scales<'a>> {
+    use moehal_core::host::slice;
+    Ok(match t.dtype() {
+        moehal_core::DType::U8 => Scales::E8m0(slice::<u8>(t, OP, field)?),
+        _ => Scales::F32(slice::<f32>(t, OP, field)?),
+    })
+}
+
+/// Run a validated [`moehal_core::ops::GroupedGemmQ`] on host memory.
+///
+/// Errors: as [`grouped_gemm_q`]; `InvalidArgument` if a view is not host memory.
+pub fn run_checked(kern: &Kernels, pool: &Pool, a: moehal_core::ops::GroupedGemmQ<'_>) -> Result<()> {
+    let ydt = a.y.dtype();
+    moehal_core::dispatch_float!(ydt, T => run_typed::<T>(kern, pool, a),
+        else => Err(Error::unsupported(OP, "cpu", format!("y dtype {ydt}"))))
+}
+
+fn run_typed<T: Elem + moehal_core::Element>(
+    kern: &Kernels,
+    pool: &Pool,
+    mut a: moehal_core::ops::GroupedGemmQ<'_>,
+) -> Result<()> {
+    use moehal_core::host::{slice, slice_mut};
+    use moehal_core::ops::{ActFormat, WeightFormat};
+    let d = a.dims();
+    let w = match a.w_format {
+        WeightFormat::Fp8Block => QWeights::Fp8Block {
+            w: slice::<u8>(&a.w, OP, "w")?,
+            scale: scales_of(&a.w_scale, "w_scale")?,
+        },
+        WeightFormat::Mxfp4 => QWeights::Mxfp4 {
+            w: slice::<u8>(&a.w, OP, "w")?,
+            scale: slice::<u8>(&a.w_scale, OP, "w_scale")?,
+        },
+        WeightFormat::Int8 => QWeights::Int8 {
+            w: slice::<i8>(&a.w, OP, "w")?,
+            scale: slice::<f32>(&a.w_scale, OP, "w_scale")?,
+        },
+    };
+    let missing = || Error::invalid(OP, "x_scale", "quantized activations need x_scale");
+    let x = match a.act() {
+        ActFormat::Float(_) => QAct::Float(slice::<T>(&a.x, OP, "x")?),
+        ActFormat::Fp8 => QAct::Fp8 {
+            x: slice::<u8>(&a.x, OP, "x")?,
+            scale: scales_of(a.x_scale.as_ref().ok_or_else(missing)?, "x_scale")?,
+        },
+        ActFormat::Int8 => QAct::Int8 {
+            x: slice::<i8>(&a.x, OP, "x")?,
+            scale: slice::<f32>(a.x_scale.as_ref().ok_or_else(missing)?, OP, "x_scale")?,
+        },
+    };
+    let args = QGemmArgs {
+        x,
+        m: d.m,
+        k: d.k,
+        n: d.n,
+        group_end: slice::<i64>(&a.group_end, OP, "group_end")?,
+        w,
+        row_scale: a
+            .row_scale
+            .as_ref()
+            .map(|t| slice::<f32>(t, OP, "row_scale"))
+            .transpose()?,
+        bias: a.bias.as_ref().map(|t| slice::<T>(t, OP, "bias")).transpose()?,
+    };
+    let y = slice_mut::<T>(&mut a.y, OP, "y")?;
+    grouped_gemm_q(kern, pool, &args, y)
+}
+
+/// Run a validated [`moehal_core::ops::QuantizeFp8`] on host memory.
+///
+/// Errors: `InvalidArgument` if a view is not host memory.
+pub fn quantize_fp8_checked(pool: &Pool, mut a: moehal_core::ops::QuantizeFp8<'_>) -> Result<()> {
+    use moehal_core::host::{slice, slice_mut};
+    const OP: &str = "quantize_fp8";
+    let (m, k) = (a.x.shape()[0], a.x.shape()[1]);
+    let xdt = a.x.dtype();
+    let xq = slice_mut::<u8>(&mut a.xq, OP, "xq")?;
+    let scales = match a.x_scale.dtype() {
+        moehal_core::DType::U8 => ScalesMut::E8m0(slice_mut::<u8>(&mut a.x_scale, OP, "x_scale")?),
+        _ => ScalesMut::F32(slice_mut::<f32>(&mut a.x_scale, OP, "x_scale")?),
+    };
+    moehal_core::dispatch_float!(xdt, T => quantize_fp8::<T>(pool, slice::<T>(&a.x, OP, "x")?, m, k, xq, scales),
+        else => Err(Error::unsupported(OP, "cpu", format!("x dtype {xdt}"))))
+}
+
+/// Run a validated [`moehal_core::ops::QuantizeInt8`] on host memory.
+///
+/// Errors: `InvalidArgument` if a view is not host memory.
+pub fn quantize_int8_checked(pool: &Pool, mut a: moehal_core::ops::QuantizeInt8<'_>) -> Result<()> {
+    use moehal_core::host::{slice, slice_mut};
+    const OP: &str = "quantize_int8";
+    let (m, k) = (a.x.shape()[0], a.x.shape()[1]);
+    let xdt = a.x.dtype();
+    let xq = slice_mut::<i8>(&mut a.xq, OP, "xq")?;
+    // A separate borrow of the scale view: the two outputs are distinct TensorMut.
+    let mut xs = a.x_scale;
+    let s = slice_mut::<f32>(&mut xs, OP, "x_scale")?;
+    moehal_core::dispatch_float!(xdt, T => quantize_int8::<T>(pool, slice::<T>(&a.x, OP, "x")?, m, k, xq, s),
+        else => Err(Error::unsupported(OP, "cpu", format!("x dtype {xdt}"))))
+}

@@ -1,0 +1,345 @@
+//! OPS.md §6 on the CPU backend against the reference: every format and pairing at decode and
+//! prefill shapes, on every instruction set this machine has; quantize ops bit-exact; determinism;
+//! raw-API errors.
+
+use half::bf16;
+use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, WeightFormat};
+use moehal_core::quant::{f32_to_e4m3, pack_nibbles};
+use moehal_core::{Backend, BackendExt, Buffer, DType, Reference};
+use moehal_cpu::quant::{grouped_gemm_q, QAct, QGemmArgs, QWeights};
+use moehal_cpu::{CpuBackend, Isa, Kernels, Pool};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Inputs {
+    x: Vec<u8>,
+    x_dt: DType,
+    xs: Option<(Vec<u8>, DType, Vec<usize>)>,
+    w: Vec<u8>,
+    ws: Vec<u8>,
+    ws_dt: DType,
+    ge: Vec<i64>,
+    bias: Option<Vec<u8>>,
+    rs: Option<Vec<f32>>,
+}
+
+fn bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make(
+    seed: u64,
+    wf: WeightFormat,
+    act: ActFormat,
+    y: DType,
+    groups: &[usize],
+    n: usize,
+    k: usize,
+    extras: bool,
+) -> Inputs {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let g = groups.len();
+    let m: usize = groups.iter().sum::<usize>() + 1; // one guard row
+    let (x, x_dt, xs) = match act {
+        ActFormat::Float(DType::F32) => (
+            bytes(&(0..m * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()),
+            DType::F32,
+            None,
+        ),
+        ActFormat::Float(_) => (
+            bytes(
+                &(0..m * k)
+                    .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+                    .collect::<Vec<_>>(),
+            ),
+            DType::BF16,
+            None,
+        ),
+        ActFormat::Fp8 => {
+            let kb = k.div_ceil(128);
+            (
+                (0..m * k)
+                    .map(|_| f32_to_e4m3(rng.gen_range(-448.0f32..448.0)))
+                    .collect(),
+                DType::U8,
+                Some((
+                    bytes(&(0..m * kb).map(|_| rng.gen_range(0.001f32..0.01)).collect::<Vec<_>>()),
+                    DType::F32,
+                    vec![m, kb],
+                )),
+            )
+        }
+        ActFormat::Int8 => (
+            (0..m * k).map(|_| rng.gen_range(-127i8..=127) as u8).collect(),
+            DType::I8,
+            Some((
+                bytes(&(0..m).map(|_| rng.gen_range(0.005f32..0.02)).collect::<Vec<_>>()),
+                DType::F32,
+                vec![m],
+            )),
+        ),
+    };
+    let ns: usize = wf.scale_shape(g, n, k).iter().product();
+    let amp = 1.0 / (k as f32).sqrt();
+    let (w, ws, ws_dt) = match wf {
+        WeightFormat::Fp8Block => (
+            (0..g * n * k)
+                .map(|_| f32_to_e4m3(rng.gen_range(-448.0f32..448.0)))
+                .collect(),
+            bytes(
+                &(0..ns)
+                    .map(|_| rng.gen_range(0.5f32..1.5) * amp / 256.0)
+                    .collect::<Vec<_>>(),
+            ),
+            DType::F32,
+        ),
+        WeightFormat::Mxfp4 => (
+            pack_nibbles(&(0..g * n * k).map(|_| rng.gen_range(0u8..16)).collect::<Vec<_>>()),
+            (0..ns).map(|_| rng.gen_range(118u8..124)).collect(),
+            DType::U8,
+        ),
+        WeightFormat::Int8 => (
+            (0..g * n * k).map(|_| rng.gen_range(-127i8..=127) as u8).collect(),
+            bytes(
+                &(0..ns)
+                    .map(|_| rng.gen_range(0.5f32..1.5) * amp / 64.0)
+                    .collect::<Vec<_>>(),
+            ),
+            DType::F32,
+        ),
+    };
+    let ge = groups
+        .iter()
+        .scan(0i64, |a, &c| {
+            *a += c as i64;
+            Some(*a)
+        })
+        .collect();
+    let bias = extras.then(|| match y {
+        DType::F32 => bytes(&(0..g * n).map(|_| rng.gen_range(-0.5f32..0.5)).collect::<Vec<_>>()),
+        _ => bytes(
+            &(0..g * n)
+                .map(|_| bf16::from_f32(rng.gen_range(-0.5f32..0.5)))
+                .collect::<Vec<_>>(),
+        ),
+    });
+    let rs = extras.then(|| (0..m).map(|_| rng.gen_range(0.0f32..1.0)).collect());
+    Inputs {
+        x,
+        x_dt,
+        xs,
+        w,
+        ws,
+        ws_dt,
+        ge,
+        bias,
+        rs,
+    }
+}
+
+/// Run on `be`; returns y widened to f64 (NaN poison where unwritten).
+#[allow(clippy::too_many_arguments)]
+fn run(be: &dyn Backend, inp: &Inputs, wf: WeightFormat, y: DType, m: usize, n: usize, k: usize) -> Vec<f64> {
+    let g = inp.ge.len();
+    let up = |b: &[u8]| -> Buffer {
+        let mut buf = be.alloc(b.len().max(1)).unwrap();
+        be.upload(&mut buf, 0, b).unwrap();
+        buf
+    };
+    let (x, w, ws, ge) = (up(&inp.x), up(&inp.w), up(&inp.ws), be.upload_slice(&inp.ge).unwrap());
+    let xs = inp.xs.as_ref().map(|(b, _, _)| up(b));
+    let bias = inp.bias.as_ref().map(|b| up(b));
+    let rs = inp.rs.as_ref().map(|r| be.upload_slice(r).unwrap());
+    let mut yb = up(&vec![0xFF; m * n * y.size()]);
+    let args = GroupedGemmQ {
+        x: x.view(inp.x_dt, &[m, k]),
+        x_scale: xs.as_ref().zip(inp.xs.as_ref()).map(|(b, (_, d, s))| b.view(*d, s)),
+        w_format: wf,
+        w: w.view(wf.dtype(), &wf.w_shape(g, n, k)),
+        w_scale: ws.view(inp.ws_dt, &wf.scale_shape(g, n, k)),
+        group_end: ge.view(DType::I64, &[g]),
+        row_scale: rs.as_ref().map(|b| b.view(DType::F32, &[m])),
+        bias: bias.as_ref().map(|b| b.view(y, &[g, n])),
+        y: yb.view_mut(y, &[m, n]),
+    };
+    be.grouped_gemm_quant(args.validate().unwrap()).unwrap();
+    match y {
+        DType::F32 => be
+            .download_vec::<f32>(&yb, m * n)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+        _ => be
+            .download_vec::<bf16>(&yb, m * n)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f64())
+            .collect(),
+    }
+}
+
+fn backends() -> Vec<CpuBackend> {
+    Isa::all_available()
+        .into_iter()
+        .filter_map(|i| CpuBackend::with_isa(i).ok())
+        .collect()
+}
+
+#[test]
+fn every_format_and_pairing_matches_the_reference() {
+    use ActFormat::{Float, Fp8, Int8};
+    use WeightFormat as W;
+    type Row = (W, ActFormat, DType, &'static [usize], usize, usize);
+    let cases: &[Row] = &[
+        (W::Mxfp4, Float(DType::BF16), DType::BF16, &[1, 0, 4, 6], 192, 256), // decode
+        (W::Mxfp4, Float(DType::BF16), DType::BF16, &[2], 70, 96),            // partial panel
+        (W::Mxfp4, Float(DType::F32), DType::F32, &[150, 9], 64, 128),        // prefill
+        (W::Fp8Block, Float(DType::BF16), DType::BF16, &[3, 0, 9], 130, 200), // partial blocks
+        (W::Fp8Block, Float(DType::F32), DType::F32, &[1], 256, 384),
+        (W::Int8, Float(DType::F32), DType::F32, &[5, 2], 100, 200),
+        (W::Fp8Block, Fp8, DType::F32, &[4, 0, 7], 130, 300),
+        (W::Fp8Block, Fp8, DType::BF16, &[150], 64, 256),
+        (W::Int8, Int8, DType::F32, &[3, 0, 6], 70, 200),
+        (W::Int8, Int8, DType::F32, &[1], 64, 64),
+        (W::Int8, Int8, DType::BF16, &[150, 7], 64, 130),
+    ];
+    for be in backends() {
+        for (ci, &(wf, act, y, groups, n, k)) in cases.iter().enumerate() {
+            for extras in [false, true] {
+                let seed = 1000 + ci as u64;
+                let m = groups.iter().sum::<usize>() + 1;
+                let inp = make(seed, wf, act, y, groups, n, k, extras);
+                let got = run(&be, &inp, wf, y, m, n, k);
+                let want = run(&Reference, &inp, wf, y, m, n, k);
+                let routed = (m - 1) * n;
+                assert!(got[routed..].iter().all(|v| v.is_nan()), "guard row written");
+                let (mut num, mut den) = (0f64, 0f64);
+                for (a, b) in got[..routed].iter().zip(&want[..routed]) {
+                    assert!(!a.is_nan(), "NaN output");
+                    num += (a - b) * (a - b);
+                    den += b * b;
+                }
+                let rel = (num / den.max(1e-300)).sqrt();
+                let tol = match (act, y) {
+                    (Fp8, DType::F32) => 1e-3,
+                    (_, DType::F32) => 1e-5,
+                    _ => 1e-2,
+                };
+                assert!(
+                    rel <= tol,
+                    "{} case {ci} ({wf} x {} -> {y}, extras {extras}): rel {rel:.3e} > {tol:.0e} (seed {seed})",
+                    be.kern_name(),
+                    act.name()
+                );
+                // Determinism: the same call gives the same bits.
+                let again = run(&be, &inp, wf, y, m, n, k);
+                assert!(
+                    got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "run-to-run difference"
+                );
+            }
+        }
+    }
+}
+
+trait KernName {
+    fn kern_name(&self) -> String;
+}
+impl KernName for CpuBackend {
+    fn kern_name(&self) -> String {
+        self.device_info().capability
+    }
+}
+
+#[test]
+fn quantize_ops_are_bit_exact() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (m, k) = (9usize, 300usize);
+    let mut x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+    x[5] = f32::NAN;
+    x[2 * k - 1] = f32::INFINITY;
+    x[2 * k..3 * k].fill(0.0);
+    for v in &mut x[3 * k..4 * k] {
+        *v *= 1e-30;
+    }
+    x[4 * k] = 1e30;
+    for be in backends() {
+        for dt in [DType::F32, DType::U8] {
+            let run = |b: &dyn Backend| -> (Vec<u8>, Vec<u8>) {
+                let xb = b.upload_slice(&x).unwrap();
+                let mut q = b.alloc(m * k).unwrap();
+                let mut s = b.alloc(m * 3 * dt.size()).unwrap();
+                let a = QuantizeFp8 {
+                    x: xb.view(DType::F32, &[m, k]),
+                    xq: q.view_mut(DType::U8, &[m, k]),
+                    x_scale: s.view_mut(dt, &[m, 3]),
+                };
+                b.quantize_fp8(a.validate().unwrap()).unwrap();
+                (
+                    b.download_vec(&q, m * k).unwrap(),
+                    b.download_vec(&s, m * 3 * dt.size()).unwrap(),
+                )
+            };
+            assert_eq!(run(&be), run(&Reference), "quantize_fp8 scale {dt}");
+        }
+        let run8 = |b: &dyn Backend| -> (Vec<i8>, Vec<i32>) {
+            let xb = b.upload_slice(&x).unwrap();
+            let mut q = b.alloc(m * k).unwrap();
+            let mut s = b.alloc(m * 4).unwrap();
+            let a = QuantizeInt8 {
+                x: xb.view(DType::F32, &[m, k]),
+                xq: q.view_mut(DType::I8, &[m, k]),
+                x_scale: s.view_mut(DType::F32, &[m]),
+            };
+            b.quantize_int8(a.validate().unwrap()).unwrap();
+            (b.download_vec(&q, m * k).unwrap(), b.download_vec(&s, m).unwrap())
+        };
+        assert_eq!(run8(&be), run8(&Reference), "quantize_int8");
+    }
+}
+
+#[test]
+fn raw_api_rejects_bad_lengths_and_pairings_without_writing() {
+    let kern = Kernels::best();
+    let pool = Pool::new(1).unwrap();
+    let x = vec![0f32; 64];
+    let w = vec![0u8; 32];
+    let s = vec![127u8; 2];
+    let mut y = vec![f32::NAN; 1];
+    let ge = [1i64];
+    let good = QGemmArgs {
+        x: QAct::Float(&x),
+        m: 1,
+        k: 64,
+        n: 1,
+        group_end: &ge,
+        w: QWeights::Mxfp4 { w: &w, scale: &s },
+        row_scale: None,
+        bias: None,
+    };
+    grouped_gemm_q(kern, &pool, &good, &mut y).unwrap();
+    assert_eq!(y[0], 0.0);
+    y[0] = f32::NAN;
+    let short = QGemmArgs {
+        w: QWeights::Mxfp4 { w: &w[..31], scale: &s },
+        ..good
+    };
+    assert!(grouped_gemm_q(kern, &pool, &short, &mut y).is_err());
+    let xi = vec![0i8; 64];
+    let xs = [1f32];
+    let unpaired = QGemmArgs {
+        x: QAct::Int8 { x: &xi, scale: &xs },
+        ..good
+    };
+    let e = grouped_gemm_q(kern, &pool, &unpaired, &mut y).unwrap_err();
+    assert!(matches!(e, moehal_core::Error::Unsupported { .. }), "{e}");
+    let bad_ge = [2i64];
+    let over = QGemmArgs {
+        group_end: &bad_ge,
+        ..good
+    };
+    assert!(grouped_gemm_q(kern, &pool, &over, &mut y).is_err());
+    assert!(y[0].is_nan(), "an error wrote the output");
+}

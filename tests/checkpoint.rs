@@ -1,0 +1,185 @@
+//! Checkpoint loading (OPS.md §6 layout): small synthetic safetensors files written with the
+//! `safetensors` crate; the F8_E8M0 dtype, which the crate (0.4) does not name, is written as U8
+//! and renamed in the header.
+
+use std::collections::HashMap;
+
+use moehal::checkpoint::{Checkpoint, Proj};
+use moehal::ops::WeightFormat;
+use moehal_core::{BackendExt, DType, Reference};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+/// Write `tensors` (name, dtype, shape, bytes) to a file; names in `e8m0` get dtype F8_E8M0.
+fn write(path: &std::path::Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], e8m0: &[String]) {
+    let views: HashMap<String, TensorView<'_>> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(&views, &None).unwrap();
+    // Rename U8 → F8_E8M0 for the listed tensors: rewrite the JSON header, pad to 8 bytes.
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).unwrap();
+    for n in e8m0 {
+        header[n.as_str()]["dtype"] = "F8_E8M0".into();
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + hlen..]);
+    std::fs::write(path, out).unwrap();
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("moehal-ckpt-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join("model.safetensors")
+}
+
+/// A layer with 3 routed MXFP4 experts (H = 64, I = 32) and an fp8 shared expert (I = 128).
+fn synthetic(path: &std::path::Path) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let (h, i) = (64usize, 32usize);
+    let mut t = Vec::new();
+    let mut e8 = Vec::new();
+    let byte = |seed: usize, n: usize| -> Vec<u8> { (0..n).map(|j| ((j * 31 + seed * 17) % 251) as u8).collect() };
+    for e in 0..3 {
+        for (m, n, k) in [("w1", i, h), ("w3", i, h), ("w2", h, i)] {
+            let p = format!("layers.2.ffn.experts.{e}.{m}");
+            t.push((
+                format!("{p}.weight"),
+                Dtype::I8,
+                vec![n, k / 2],
+                byte(e * 3 + n, n * k / 2),
+            ));
+            t.push((
+                format!("{p}.scale"),
+                Dtype::U8,
+                vec![n, k / 32],
+                byte(e + 7, n * k / 32),
+            ));
+            e8.push(format!("{p}.scale"));
+        }
+    }
+    let si = 128usize;
+    for (m, n, k) in [("w1", si, h), ("w3", si, h), ("w2", h, si)] {
+        let p = format!("layers.2.ffn.shared_experts.{m}");
+        t.push((format!("{p}.weight"), Dtype::F8_E4M3, vec![n, k], byte(n + 1, n * k)));
+        let ns = n.div_ceil(128) * k.div_ceil(128);
+        let s: Vec<f32> = (0..ns).map(|j| 0.5 + j as f32).collect();
+        t.push((
+            format!("{p}.scale"),
+            Dtype::F32,
+            vec![n.div_ceil(128), k.div_ceil(128)],
+            bytemuck::cast_slice(&s).to_vec(),
+        ));
+    }
+    write(path, &t, &e8);
+    t
+}
+
+fn find<'a>(t: &'a [(String, Dtype, Vec<usize>, Vec<u8>)], name: &str) -> &'a [u8] {
+    &t.iter().find(|x| x.0 == name).unwrap().3
+}
+
+#[test]
+fn routed_mxfp4_gate_up_is_w1_rows_then_w3_rows() {
+    let path = tmp("routed");
+    let t = synthetic(&path);
+    let ck = Checkpoint::open(&path).unwrap();
+    assert_eq!(ck.routed_experts(2), 3);
+    assert_eq!(ck.routed_experts(0), 0);
+    let gu = ck.experts(2, Proj::GateUp, &[2, 0]).unwrap();
+    assert_eq!(gu.format, WeightFormat::Mxfp4);
+    assert_eq!(gu.scale_dtype, DType::U8);
+    assert_eq!((gu.groups, gu.n, gu.k), (2, 64, 64));
+    assert_eq!(gu.w_shape(), [2, 64, 32]);
+    assert_eq!(gu.scale_shape(), vec![2, 64, 2]);
+    let (w, s) = gu.to_host();
+    let mut want_w = Vec::new();
+    let mut want_s = Vec::new();
+    for e in [2, 0] {
+        for m in ["w1", "w3"] {
+            want_w.extend_from_slice(find(&t, &format!("layers.2.ffn.experts.{e}.{m}.weight")));
+            want_s.extend_from_slice(find(&t, &format!("layers.2.ffn.experts.{e}.{m}.scale")));
+        }
+    }
+    assert_eq!(w, want_w);
+    assert_eq!(s, want_s);
+    // Uploading gives the same bytes on a backend.
+    let (bw, bs) = gu.upload(&Reference).unwrap();
+    assert_eq!(Reference.download_vec::<u8>(&bw, w.len()).unwrap(), want_w);
+    assert_eq!(Reference.download_vec::<u8>(&bs, s.len()).unwrap(), want_s);
+    let down = ck.experts(2, Proj::Down, &[1]).unwrap();
+    assert_eq!((down.groups, down.n, down.k), (1, 64, 32));
+}
+
+#[test]
+fn shared_fp8_block_expert() {
+    let path = tmp("shared");
+    let t = synthetic(&path);
+    let ck = Checkpoint::open(&path).unwrap();
+    let gu = ck.shared_expert(2, Proj::GateUp).unwrap();
+    assert_eq!(gu.format, WeightFormat::Fp8Block);
+    assert_eq!(gu.scale_dtype, DType::F32);
+    assert_eq!((gu.groups, gu.n, gu.k), (1, 256, 64));
+    assert_eq!(gu.scale_shape(), vec![1, 2, 1]);
+    let (_, s) = gu.to_host();
+    let mut want = find(&t, "layers.2.ffn.shared_experts.w1.scale").to_vec();
+    want.extend_from_slice(find(&t, "layers.2.ffn.shared_experts.w3.scale"));
+    assert_eq!(s, want);
+}
+
+#[test]
+fn clear_errors_name_the_tensor() {
+    let path = tmp("errors");
+    let mut t = synthetic(&path);
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = ck.experts(2, Proj::GateUp, &[5]).unwrap_err().to_string();
+    assert!(e.contains("layers.2.ffn.experts.5.w1.weight"), "{e}");
+    // Wrong dtype: an F32 weight.
+    let i = t
+        .iter()
+        .position(|x| x.0 == "layers.2.ffn.experts.1.w3.weight")
+        .unwrap();
+    t[i].1 = Dtype::F32;
+    t[i].2 = vec![8, 16];
+    t[i].3 = vec![0u8; 8 * 16 * 4];
+    let e8: Vec<String> = t
+        .iter()
+        .filter(|x| x.0.contains("experts.") && x.0.ends_with(".scale") && !x.0.contains("shared"))
+        .map(|x| x.0.clone())
+        .collect();
+    write(&path, &t, &e8);
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = ck.experts(2, Proj::GateUp, &[1]).unwrap_err().to_string();
+    assert!(
+        e.contains("layers.2.ffn.experts.1.w3.weight") && e.contains("F32"),
+        "{e}"
+    );
+    // Wrong scale shape.
+    let i = t.iter().position(|x| x.0 == "layers.2.ffn.experts.0.w2.scale").unwrap();
+    t[i].2 = vec![64, 2];
+    t[i].3 = vec![127u8; 128];
+    write(&path, &t, &e8);
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = ck.experts(2, Proj::Down, &[0]).unwrap_err().to_string();
+    assert!(
+        e.contains("layers.2.ffn.experts.0.w2.scale") && e.contains("[64, 1]"),
+        "{e}"
+    );
+    // Scales of MXFP4 weights must be F8_E8M0: leave them U8.
+    write(&path, &t, &[]);
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = ck.experts(2, Proj::Down, &[2]).unwrap_err().to_string();
+    assert!(
+        e.contains("layers.2.ffn.experts.2.w2.scale") && e.contains("F8_E8M0"),
+        "{e}"
+    );
+    // Not a safetensors file.
+    std::fs::write(&path, b"\x04\0\0\0\0\0\0\0nope").unwrap();
+    let e = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(e.contains("JSON"), "{e}");
+}
