@@ -35,6 +35,10 @@ struct Scratch {
     o: Vec<f32>,
 }
 
+/// The activation staging buffer of the NK orientation, kept between calls (the largest one seen:
+/// `M * K * 2` bytes plus padding, e.g. 32 MiB at 1024 tokens of Qwen3-30B-A3B).
+static XT_CACHE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
@@ -176,7 +180,10 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                 total += q * mg.div_ceil(16) * 16;
             }
             offs.push(total);
-            let mut xt = vec![0u32; total];
+            // Reuse the staging buffer of an earlier call (every word is rewritten by stage_xt), so
+            // prefill calls do not page-fault tens of MiB each time; a concurrent call allocates its own.
+            let mut xt = XT_CACHE.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+            xt.resize(total, 0);
             {
                 let mut parts = Vec::with_capacity(groups.len());
                 let mut rest: &mut [u32] = &mut xt;
@@ -196,7 +203,7 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                     _ => parts.iter_mut().enumerate().for_each(stage),
                 }
             }
-            let xt = &xt;
+            let xtr = &xt;
             par(&|t: usize| {
                 let (gi, nb) = (t / nblocks, t % nblocks);
                 let (g, s, mg) = groups[gi];
@@ -221,7 +228,7 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                     };
                     let c = grow(c, BLOCK * BLOCK);
                     let out = grow(o, BLOCK);
-                    let b = &xt[offs[gi]..offs[gi + 1]];
+                    let b = &xtr[offs[gi]..offs[gi + 1]];
                     for t0 in (0..mg).step_by(BLOCK) {
                         let tc = BLOCK.min(mg - t0);
                         let nt = if tc > 16 { 2 } else { 1 };
@@ -230,6 +237,11 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                     }
                 });
             });
+            if let Ok(mut c) = XT_CACHE.lock() {
+                if c.capacity() < xt.capacity() {
+                    *c = xt;
+                }
+            }
         }
         Weights::Raw(_, Layout::KN) | Weights::Packed(_) => {
             // (slice, element (k, col) index function) of the weights of group g.
