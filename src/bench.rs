@@ -44,6 +44,22 @@ pub enum ShapeKind {
         /// Experts per token.
         topk: usize,
     },
+    /// Cold decode: `grouped_gemm` NK of one token routed to `topk` experts out of `E`, where run `i`
+    /// uses expert set `i % sets` and the sets are disjoint, so between two uses of a set the other
+    /// sets' weights (`(sets - 1) * topk` experts) pass through the caches: with more bytes than the
+    /// last-level cache holds, every run reads its weights from DRAM (as peers.py `decode`).
+    DecodeCold {
+        /// Experts E.
+        experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Experts per token (rows M of one run).
+        topk: usize,
+        /// Disjoint expert sets rotated over (at most `E / topk`).
+        sets: usize,
+    },
     /// `router_topk` on `[T, E]` f32 logits.
     Router {
         /// Tokens T.
@@ -177,6 +193,13 @@ impl BenchShape {
             } => {
                 format!("E{experts} K{k} N{n} T{tokens} top{topk}")
             }
+            ShapeKind::DecodeCold {
+                experts,
+                k,
+                n,
+                topk,
+                sets,
+            } => format!("E{experts} K{k} N{n} T1 top{topk} cold ({sets} sets)"),
             ShapeKind::Router {
                 tokens,
                 experts,
@@ -222,6 +245,7 @@ impl BenchShape {
     pub fn flops(&self) -> Option<f64> {
         match self.kind {
             ShapeKind::Gemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
+            ShapeKind::DecodeCold { k, n, topk, .. } => Some(2.0 * topk as f64 * n as f64 * k as f64),
             _ => None,
         }
     }
@@ -239,6 +263,7 @@ impl BenchShape {
                 tokens,
                 topk,
             } => experts.min(tokens * topk) as f64 * n as f64 * k as f64 * es,
+            ShapeKind::DecodeCold { k, n, topk, .. } => (topk * n * k) as f64 * es,
             ShapeKind::Router { tokens, experts, .. } => (tokens * experts * 4) as f64,
             ShapeKind::Permute {
                 tokens, topk, hidden, ..
@@ -262,6 +287,9 @@ impl BenchShape {
                 tokens,
                 topk,
             } => (experts * n * k + tokens * topk * k) as f64 * es,
+            ShapeKind::DecodeCold {
+                experts, k, n, topk, ..
+            } => (experts * n * k + topk * k) as f64 * es,
             ShapeKind::Gather { table_rows, dim, .. } => (table_rows * dim) as f64 * es,
             ShapeKind::Lookup {
                 table_rows,
@@ -327,6 +355,33 @@ impl BenchShape {
                         })
                         .collect(),
                 ));
+            }
+            ShapeKind::DecodeCold {
+                experts,
+                k,
+                n,
+                topk,
+                sets,
+            } => {
+                bufs.push(random_host(dt, topk * k, 1.0, s(1))?);
+                bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
+                // A seeded permutation of the experts, cut into `sets` disjoint sets of `topk`.
+                let mut rng = SplitMix64::new(s(3));
+                let mut perm: Vec<usize> = (0..*experts).collect();
+                for i in (1..perm.len()).rev() {
+                    perm.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                for set in perm.chunks_exact(*topk).take(*sets) {
+                    let mut acc = 0i64;
+                    ints.push(IntData::I64(
+                        (0..*experts)
+                            .map(|e| {
+                                acc += set.contains(&e) as i64;
+                                acc
+                            })
+                            .collect(),
+                    ));
+                }
             }
             ShapeKind::Router {
                 tokens, experts, bias, ..
@@ -447,6 +502,7 @@ impl BenchShape {
         let mut outs: Vec<Buffer> = Vec::new();
         let out_sizes: Vec<usize> = match &kind {
             ShapeKind::Gemm { n, tokens, topk, .. } => vec![tokens * topk * n * es],
+            ShapeKind::DecodeCold { n, topk, .. } => vec![topk * n * es],
             ShapeKind::Router { tokens, config, .. } => vec![tokens * config.k * 4, tokens * config.k * 4],
             ShapeKind::Permute {
                 tokens,
@@ -467,6 +523,7 @@ impl BenchShape {
             outs.push(backend.alloc(sz)?);
         }
         let layer = data.layer.as_ref();
+        let mut step = 0usize;
         let run = move || -> Result<()> {
             let inp = |i: usize| inputs[i].get();
             match &kind {
@@ -486,6 +543,26 @@ impl BenchShape {
                         row_scale: None,
                         bias: None,
                         y: outs[0].view_mut(dt, &[m, *n]),
+                    };
+                    backend.grouped_gemm(args.validate()?)
+                }
+                ShapeKind::DecodeCold {
+                    experts,
+                    k,
+                    n,
+                    topk,
+                    sets,
+                } => {
+                    let set = step % sets;
+                    step += 1;
+                    let args = GroupedGemm {
+                        x: inp(0).view(dt, &[*topk, *k]),
+                        w: inp(1).view(dt, &[*experts, *n, *k]),
+                        layout: WeightLayout::NK,
+                        group_end: inp(2 + set).view(DType::I64, &[*experts]),
+                        row_scale: None,
+                        bias: None,
+                        y: outs[0].view_mut(dt, &[*topk, *n]),
                     };
                     backend.grouped_gemm(args.validate()?)
                 }
@@ -810,6 +887,9 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
             v.push(s);
         }
     }
+    if tokens.is_none_or(|t| t.contains(&1)) {
+        v.push(decode_cold_shape(mem_budget));
+    }
     for t in toks(&[4096, 1]) {
         v.push(BenchShape::new(
             OpKind::RouterTopk,
@@ -886,6 +966,57 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
         v.extend(lookup_shape(1 << 19, 256, t, DType::BF16, mem_budget));
     }
     v
+}
+
+/// The cold-decode shape (bf16, one token, top-8 of the Qwen3-30B-A3B gate_up experts, rotating
+/// over disjoint expert sets): as many of the 128 experts as `budget` allows (a multiple of 8, at
+/// least 16), with a note of the bytes rotated over (cold only where that exceeds the last-level cache).
+pub fn decode_cold_shape(budget: f64) -> BenchShape {
+    let dt = DType::BF16;
+    let per_expert = (2048 * 1536 * dt.size()) as f64;
+    let e = ((budget / per_expert) as usize).clamp(16, 128) / 8 * 8;
+    let mut s = BenchShape::new(
+        OpKind::GroupedGemm,
+        dt,
+        ShapeKind::DecodeCold {
+            experts: e,
+            k: 2048,
+            n: 1536,
+            topk: 8,
+            sets: e / 8,
+        },
+        "qwen3-30b-a3b gate_up decode, cold",
+    );
+    s.notes.push(format!(
+        "rotates over {:.0} MiB of expert weights",
+        e as f64 * per_expert / (1 << 20) as f64
+    ));
+    s
+}
+
+/// Read bandwidth of this host in GB/s: `threads` threads each summing its share of a `bytes` buffer
+/// of u64 words (written first, so every page is mapped), the fastest of 3 passes. With `bytes` far
+/// above the last-level cache this is the DRAM read rate that decode can at best reach.
+pub fn dram_read_gbs(bytes: usize, threads: usize) -> f64 {
+    let words = (bytes / 8).max(1);
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total = std::thread::scope(|sc| {
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| sc.spawn(move || c.iter().fold(0u64, |a, &v| a.wrapping_add(v))))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best / 1e9
 }
 
 /// The `engram_lookup` shape: the layer of [`lookup_layer`]`(vocab_n)` (R ≈ 8 * vocab_n rows of
@@ -1099,6 +1230,8 @@ pub fn run_table(
     let total = shapes.len() * backends.len();
     let mut idx = 0;
     for s in shapes {
+        // Cold decode is compared with a DRAM read measured now, in the same run (2 threads, 1 GiB).
+        let dram = matches!(s.kind, ShapeKind::DecodeCold { .. }).then(|| dram_read_gbs(1 << 30, 2));
         let data = s.host_data(seed)?;
         let mut ref_secs = None;
         // Reference first so the ratio is known for the others.
@@ -1148,6 +1281,15 @@ pub fn run_table(
                     row.reps = m.reps;
                     row.gflops = s.flops().map(|f| f / m.median / 1e9);
                     row.gbs = Some(s.bytes() / m.median / 1e9);
+                    if let (Some(d), Some(g)) = (dram, row.gbs) {
+                        add_note(
+                            &mut row,
+                            format!(
+                                "same-run DRAM read (2 threads, 1 GiB): {d:.1} GB/s; this run {:.0}% of it",
+                                100.0 * g / d
+                            ),
+                        );
+                    }
                     if b.name() == "reference" {
                         ref_secs = Some(m.median);
                         row.ratio_vs_reference = Some(1.0);
@@ -1167,6 +1309,52 @@ pub fn run_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_cold_rotates_over_disjoint_expert_sets() {
+        let shape = BenchShape::new(
+            OpKind::GroupedGemm,
+            DType::BF16,
+            ShapeKind::DecodeCold {
+                experts: 24,
+                k: 64,
+                n: 32,
+                topk: 8,
+                sets: 3,
+            },
+            "test",
+        );
+        let data = shape.host_data(7).unwrap();
+        // x, w, then one group_end buffer per set.
+        assert_eq!(data.bufs.len(), 2 + 3);
+        let mut seen = vec![0usize; 24];
+        for b in &data.bufs[2..] {
+            let ge: Vec<i64> = moehal_core::host::bytes(b, "t", "ge")
+                .unwrap()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(*ge.last().unwrap(), 8, "each set routes the token to 8 experts");
+            let mut prev = 0;
+            for (e, &v) in ge.iter().enumerate() {
+                assert!(v - prev == 0 || v - prev == 1);
+                seen[e] += (v - prev) as usize;
+                prev = v;
+            }
+        }
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "sets are disjoint and cover the experts: {seen:?}"
+        );
+        let be = moehal_core::Reference::new();
+        let mut p = shape.prepare(&be, &data).unwrap();
+        for _ in 0..4 {
+            p.run().unwrap();
+        }
+        assert_eq!(shape.bytes(), (8 * 32 * 64 * 2) as f64);
+        assert!(decode_cold_shape(1e12).shape().contains("E128"));
+        assert!(dram_read_gbs(1 << 16, 2) > 0.0);
+    }
 
     #[test]
     fn every_default_shape_runs_on_the_reference_when_scaled_down() {

@@ -83,7 +83,7 @@ impl CpuBackend {
                 "new",
                 NAME,
                 format!(
-                    "bf16 kernel {} needs AVX512-BF16 and the avx512 table (table: {})",
+                    "bf16 kernel {} not available with this table (dot needs AVX512-BF16, amx the amx table; table: {})",
                     k.name(),
                     self.kern.isa().name()
                 ),
@@ -287,6 +287,18 @@ macro_rules! by_float {
     };
 }
 
+/// Why this table does not use AMX, where that is worth saying (empty on the AMX table and on
+/// non-x86 targets): `MOEHAL_CPU_ISA` chose a lower table, or detection failed (the reason).
+fn amx_note(kern: &Kernels) -> String {
+    if kern.isa() == Isa::Amx || !cfg!(target_arch = "x86_64") {
+        return String::new();
+    }
+    match crate::simd::amx::Amx::status() {
+        Ok(()) => format!("; amx available, not used: {} table selected", kern.isa().name()),
+        Err(why) => format!("; no amx: {why}"),
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> &str {
         NAME
@@ -305,7 +317,12 @@ impl Backend for CpuBackend {
         DeviceInfo {
             name: model,
             memory_bytes: None,
-            capability: format!("{} bf16-{}", self.kern.isa().name(), self.bf16_kernel().name()),
+            capability: format!(
+                "{} bf16-{}{}",
+                self.kern.isa().name(),
+                self.bf16_kernel().name(),
+                amx_note(self.kern)
+            ),
             compute_units: Some(self.pool.threads()),
         }
     }
@@ -316,6 +333,12 @@ impl Backend for CpuBackend {
             OpDesc::GatherRows { host_table: true, .. } | OpDesc::EngramLookup { host_table: true, .. } => {
                 Support::no("host backend: tables and outputs are both host memory")
             }
+            OpDesc::GroupedGemm { dtype, .. } if *dtype == DType::BF16 && self.bf16_kernel() == Bf16Kernel::Amx => {
+                Support::yes(format!(
+                    "amx tdpbf16ps 32x32 tile blocks (groups of <= {} rows: avx512 decode kernels)",
+                    crate::simd::MR
+                ))
+            }
             OpDesc::GroupedGemm { dtype, .. } if *dtype == DType::BF16 && self.bf16_kernel() == Bf16Kernel::Dot => {
                 Support::yes(format!(
                     "{isa} avx512bf16 vdpbf16ps {}x{} pair microkernel",
@@ -324,10 +347,11 @@ impl Backend for CpuBackend {
                 ))
             }
             OpDesc::GroupedGemm { .. } => Support::yes(format!(
-                "{isa} f32-panel {}x{} microkernel (bf16: {})",
+                "{isa} f32-panel {}x{} microkernel (bf16: {}{})",
                 crate::simd::MR,
                 crate::simd::NR,
-                self.bf16_kernel().name()
+                self.bf16_kernel().name(),
+                amx_note(self.kern)
             )),
             OpDesc::RouterTopk { .. } | OpDesc::Swiglu { .. } => Support::yes(format!("{isa} fused per token")),
             OpDesc::RouterHash { .. } => Support::yes(format!("{isa} table lookup + scores per token")),

@@ -22,6 +22,11 @@
 //! machine (Intel Xeon, Sapphire-Rapids-class) `vdpbf16ps` zmm reaches about half the f32 FMA rate
 //! (shared/bench/fma_peak.c), so FMA usually wins there; on AMD Zen 4 the dot kernel should.
 //! The decode path below is memory-bound and uses the widening kernels under both choices.
+//! On the AMX table ([`crate::Isa::Amx`]) bf16 calls with a group of more than [`MR`] rows run on AMX
+//! tiles instead (`grouped_gemm/amx.rs`, [`Bf16Kernel::Amx`]).
+
+mod amx;
+pub use amx::grouped_gemm_tiles;
 
 use crate::elem::{Elem, ElemKind};
 use crate::pool::Pool;
@@ -46,6 +51,9 @@ pub enum Bf16Kernel {
     Fma,
     /// `vdpbf16ps` on bf16 pairs (AVX512-BF16), f32 accumulation.
     Dot,
+    /// AMX `tdpbf16ps` tiles, f32 accumulation (the [`crate::Isa::Amx`] table; groups of at most
+    /// [`MR`] rows only take the decode path).
+    Amx,
 }
 
 impl Bf16Kernel {
@@ -54,6 +62,7 @@ impl Bf16Kernel {
         match self {
             Bf16Kernel::Fma => "fma",
             Bf16Kernel::Dot => "dot",
+            Bf16Kernel::Amx => "amx",
         }
     }
 
@@ -62,17 +71,29 @@ impl Bf16Kernel {
         match self {
             Bf16Kernel::Fma => true,
             Bf16Kernel::Dot => kern.has_dot(),
+            Bf16Kernel::Amx => kern.amx().is_some(),
         }
     }
 }
 
-/// The bf16 kernel `kern` uses by default: `Fma` where `vdpbf16ps` is unavailable; otherwise
-/// `MOEHAL_CPU_BF16=dot|fma` if set, else the faster of the two on a small fixed problem, timed once
-/// per process (a few milliseconds, interleaved, best of several runs) and cached.
+/// The bf16 kernel `kern` uses by default: `Amx` on the [`crate::Isa::Amx`] table unless
+/// `MOEHAL_CPU_BF16=dot|fma` names another; else `Fma` where `vdpbf16ps` is unavailable; otherwise
+/// `MOEHAL_CPU_BF16=dot|fma` if set, else a fixed per-machine rule (`Dot` on AMD, `Fma` elsewhere).
 ///
-/// The choice is fixed for the life of the process, so results are bitwise reproducible within it;
-/// two processes may pick differently on a noisy machine (set the variable to pin it).
+/// The choice is fixed for the life of the process, so results are bitwise reproducible within it.
 pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
+    // AMX wherever the table has it, unless MOEHAL_CPU_BF16 names another kernel.
+    static AMX_UNLESS_FORCED: OnceLock<bool> = OnceLock::new();
+    if kern.amx().is_some()
+        && *AMX_UNLESS_FORCED.get_or_init(|| {
+            !matches!(
+                std::env::var("MOEHAL_CPU_BF16").ok().as_deref().map(str::trim),
+                Some("fma" | "dot")
+            )
+        })
+    {
+        return Bf16Kernel::Amx;
+    }
     if !kern.has_dot() {
         return Bf16Kernel::Fma;
     }
@@ -396,7 +417,11 @@ pub fn grouped_gemm_with<T: Elem>(
         return Err(Error::unsupported(
             OP,
             "cpu",
-            format!("bf16 kernel {} needs AVX512-BF16 and the avx512 table", bf16.name()),
+            format!(
+                "bf16 kernel {} is not available with the {} table (dot needs AVX512-BF16, amx the amx table)",
+                bf16.name(),
+                kern.isa().name()
+            ),
         ));
     }
     run(kern, Some(pool), a, y, bf16)
@@ -408,6 +433,12 @@ fn run<T: Elem>(kern: &Kernels, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mu
     let used = a.group_end.last().copied().unwrap_or(0) as usize;
     if a.m == 0 || a.n == 0 || used == 0 {
         return Ok(());
+    }
+    if T::KIND == ElemKind::Bf16 && bf16 == Bf16Kernel::Amx && amx::worth_it(a.group_end) {
+        if let Some(proof) = kern.amx() {
+            amx::run(crate::simd::amx::TileEngine::Hardware(proof), pool, a, y);
+            return Ok(());
+        }
     }
     let mut ranges = Vec::new();
     let mut range_group = Vec::new();

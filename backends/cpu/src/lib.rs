@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod amx_int8;
 pub mod backend;
 pub mod elem;
 pub mod engram;

@@ -25,8 +25,8 @@ fn cpus() -> Vec<CpuBackend> {
         .map(|i| CpuBackend::with_isa(i).unwrap())
         .collect();
     v.push(CpuBackend::with_threads(1).unwrap());
-    // Both bf16 grouped_gemm kernels, forced (the default is picked per machine).
-    for k in [Bf16Kernel::Fma, Bf16Kernel::Dot] {
+    // Every bf16 grouped_gemm kernel, forced (the default is picked per machine).
+    for k in [Bf16Kernel::Fma, Bf16Kernel::Dot, Bf16Kernel::Amx] {
         match CpuBackend::new().with_bf16_kernel(k) {
             Ok(be) => v.push(be),
             Err(e) => println!("bf16 kernel {k:?} not tested: {e}"),

@@ -54,6 +54,11 @@ fn check<T: Elem>(tol: f64, seed: u64) {
         (9, 130, 64, 2),
         (200, 257, 129, 4),
         (1, 2048, 96, 1),
+        // AMX edges: K a multiple of 32 (tiles read in place), groups over 32 rows with tails of
+        // <= 16 and > 16 rows, N tails of 16 and 8 columns.
+        (300, 256, 96, 3),
+        (90, 64, 80, 2),
+        (61, 96, 40, 1),
     ];
     for &(m, k, n, g) in &shapes {
         // random non-decreasing group ends leaving guard rows, with an empty group
@@ -76,7 +81,7 @@ fn check<T: Elem>(tol: f64, seed: u64) {
                 let packed = PackedWeights::new(&pool, &w, lay, g, n, k).unwrap();
                 for (use_packed, bk) in [false, true]
                     .into_iter()
-                    .flat_map(|u| [(u, Bf16Kernel::Fma), (u, Bf16Kernel::Dot)])
+                    .flat_map(|u| [(u, Bf16Kernel::Fma), (u, Bf16Kernel::Dot), (u, Bf16Kernel::Amx)])
                     .filter(|&(_, bk)| bk.available(kern))
                 {
                     for opt in 0..2 {
@@ -142,4 +147,157 @@ fn gemm_bf16() {
 #[test]
 fn gemm_f16() {
     check::<f16>(2e-3, 3);
+}
+
+/// The AMX path gives the same bits run after run and for 1 or 2 threads (each output is one fixed
+/// sequence of tile operations), for both orientations (NK in place, KN staged).
+#[test]
+fn amx_bf16_deterministic() {
+    let Some(kern) = Kernels::for_isa(Isa::Amx) else {
+        println!("AMX table unavailable here: {:?}", moehal_cpu::simd::amx::Amx::status());
+        return;
+    };
+    assert!(Bf16Kernel::Amx.available(kern));
+    assert!(!Bf16Kernel::Amx.available(Kernels::for_isa(Isa::Avx512).unwrap()));
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (m, k, n, g) = (300usize, 512usize, 160usize, 5usize);
+    let ge: Vec<i64> = vec![0, 40, 41, 250, 290];
+    let x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+    let w: Vec<bf16> = (0..g * n * k)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+        .collect();
+    let rs: Vec<f32> = (0..m).map(|_| rng.gen_range(0.0..2.0)).collect();
+    for lay in [Layout::NK, Layout::KN] {
+        let mut first: Option<Vec<u16>> = None;
+        for threads in [1, 2, 2, 1] {
+            let pool = Pool::new(threads).unwrap();
+            let args = GemmArgs {
+                x: &x,
+                m,
+                k,
+                n,
+                group_end: &ge,
+                w: Weights::Raw(&w, lay),
+                row_scale: Some(&rs),
+                bias: None,
+            };
+            let mut y = vec![bf16::from_f32(f32::NAN); m * n];
+            grouped_gemm_with(kern, &pool, &args, &mut y, Bf16Kernel::Amx).unwrap();
+            let bits: Vec<u16> = y.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(f) => assert!(f == &bits, "{lay:?}: {threads} threads gave different bits"),
+            }
+        }
+    }
+}
+
+/// The AMX-path algorithm (tile blocking, VNNI staging of activations for NK and of weights for KN /
+/// packed, zero-padded edge blocks, epilogue) against the f64 oracle on every tile engine this
+/// machine has: the portable model of the tile instructions always, the hardware where AMX runs.
+/// Shapes cover K = 0, odd K, K a multiple of 32 (tiles read in place), groups of 1..70 rows (tails
+/// of <= 16 and > 16 rows), N tails, empty groups and guard rows.
+#[test]
+fn amx_path_bf16_every_engine() {
+    use moehal_cpu::grouped_gemm::grouped_gemm_tiles;
+    use moehal_cpu::simd::amx::{Amx, TileEngine};
+    let mut engines = vec![TileEngine::Emulated];
+    match Amx::get() {
+        Some(a) => engines.push(TileEngine::Hardware(a)),
+        None => println!("AMX unavailable, hardware tiles not tested: {:?}", Amx::status()),
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let pool = Pool::new(2).unwrap();
+    for &(m, k, n, g) in &[
+        (40usize, 64usize, 32usize, 2usize),
+        (90, 35, 50, 3),
+        (75, 0, 33, 2),
+        (70, 96, 17, 1),
+        (19, 1, 7, 2),
+        (130, 128, 72, 3),
+    ] {
+        let used = m - m / 8;
+        let mut ge: Vec<i64> = (0..g).map(|_| rng.gen_range(0..=used) as i64).collect();
+        ge.sort();
+        if g > 1 {
+            ge[0] = ge[1];
+        }
+        *ge.last_mut().unwrap() = used as i64;
+        let x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let w: Vec<bf16> = (0..g * n * k)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let rs: Vec<f32> = (0..m).map(|_| rng.gen_range(0.0..2.0)).collect();
+        let bias: Vec<bf16> = (0..g * n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        for lay in [Layout::NK, Layout::KN] {
+            let packed = PackedWeights::new(&pool, &w, lay, g, n, k).unwrap();
+            let combos: Vec<(usize, usize, TileEngine)> = (0..2)
+                .flat_map(|wi| (0..2).flat_map(move |o| [wi].into_iter().map(move |wi| (wi, o))))
+                .flat_map(|(wi, o)| engines.iter().map(move |&e| (wi, o, e)))
+                .collect();
+            for (wi, opt, eng) in combos {
+                let (rs_o, b_o) = if opt == 0 {
+                    (None, None)
+                } else {
+                    (Some(&rs[..]), Some(&bias[..]))
+                };
+                let want = oracle(&x, m, k, n, &ge, &w, lay, rs_o, b_o);
+                let mut y = vec![bf16::from_f32(f32::NAN); m * n];
+                let args = GemmArgs {
+                    x: &x,
+                    m,
+                    k,
+                    n,
+                    group_end: &ge,
+                    w: if wi == 1 {
+                        Weights::Packed(&packed)
+                    } else {
+                        Weights::Raw(&w, lay)
+                    },
+                    row_scale: rs_o,
+                    bias: b_o,
+                };
+                grouped_gemm_tiles(eng, &pool, &args, &mut y).unwrap();
+                let ctx = format!("{eng:?} {lay:?} packed={} opt={opt} ({m},{k},{n},{g})", wi == 1);
+                let (mut num, mut den) = (0f64, 0f64);
+                for r in 0..m {
+                    for j in 0..n {
+                        let got = y[r * n + j].to_f32();
+                        if r >= used {
+                            assert!(got.is_nan(), "{ctx}: guard row {r} written");
+                            continue;
+                        }
+                        assert!(!got.is_nan(), "{ctx}: unwritten/NaN at {r},{j}");
+                        num += (got as f64 - want[r * n + j]).powi(2);
+                        den += want[r * n + j].powi(2);
+                    }
+                }
+                let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+                // bf16 output rounding (2^-9 relative) dominates; same bound as gemm_bf16.
+                assert!(rel <= 1e-2, "{ctx}: rel {rel}");
+                if k == 0 && opt == 0 {
+                    assert!(
+                        y[..used * n].iter().all(|v| v.to_f32() == 0.0),
+                        "{ctx}: K = 0 must give zeros"
+                    );
+                }
+            }
+        }
+    }
+    // f32 is refused without writing.
+    let x = [1f32; 4];
+    let w = [1f32; 4];
+    let mut y = [f32::NAN; 4];
+    let args = GemmArgs {
+        x: &x,
+        m: 2,
+        k: 2,
+        n: 2,
+        group_end: &[2],
+        w: Weights::Raw(&w, Layout::NK),
+        row_scale: None,
+        bias: None,
+    };
+    assert!(grouped_gemm_tiles(TileEngine::Emulated, &pool, &args, &mut y).is_err());
+    assert!(y.iter().all(|v| v.is_nan()));
 }

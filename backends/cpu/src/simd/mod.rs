@@ -8,6 +8,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -29,6 +30,9 @@ pub const MR: usize = 6;
 /// An instruction-set level of the CPU kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
+    /// The AVX-512 table plus AMX tiles (AMX-TILE/BF16/INT8 granted by the kernel, see
+    /// [`amx::Amx::status`]): bf16 `grouped_gemm` runs on `tdpbf16ps` tiles.
+    Amx,
     /// AVX-512F (+BW/VL/DQ) with FMA and POPCNT.
     Avx512,
     /// AVX2 with FMA and F16C.
@@ -43,6 +47,7 @@ impl Isa {
     /// Lower-case name (`"avx512"`, `"avx2"`, `"neon"`, `"scalar"`).
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "amx",
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
@@ -54,6 +59,7 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Scalar => true,
+            Isa::Amx => Isa::Avx512.available() && amx::Amx::get().is_some(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 std::arch::is_x86_feature_detected!("avx512f")
@@ -78,7 +84,7 @@ impl Isa {
 
     /// Every level this machine can run, best first.
     pub fn all_available() -> Vec<Isa> {
-        [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar]
+        [Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar]
             .into_iter()
             .filter(|i| i.available())
             .collect()
@@ -87,6 +93,7 @@ impl Isa {
     /// Parse a name as printed by [`Isa::name`].
     pub fn parse(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "amx" => Some(Isa::Amx),
             "avx512" => Some(Isa::Avx512),
             "avx2" => Some(Isa::Avx2),
             "neon" => Some(Isa::Neon),
@@ -157,7 +164,17 @@ static SCALAR: Kernels = Kernels {
 };
 
 #[cfg(target_arch = "x86_64")]
-static AVX512: Kernels = Kernels {
+static AVX512: Kernels = AVX512_TABLE;
+
+/// The AVX-512 table with AMX on top (handed out only where [`Isa::Amx`] is available).
+#[cfg(target_arch = "x86_64")]
+static AMX: Kernels = Kernels {
+    isa: Isa::Amx,
+    ..AVX512_TABLE
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX512_TABLE: Kernels = Kernels {
     isa: Isa::Avx512,
     micro: avx512::micro,
     transpose: avx512::transpose_nr16,
@@ -225,6 +242,8 @@ impl Kernels {
         match isa {
             Isa::Scalar => Some(&SCALAR),
             #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Some(&AMX),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&AVX512),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(&AVX2),
@@ -235,8 +254,8 @@ impl Kernels {
         }
     }
 
-    /// The best table for this machine, detected once. `MOEHAL_CPU_ISA` (`avx512`, `avx2`, `neon`,
-    /// `scalar`) lowers the choice, e.g. to test a fallback; an unavailable request is ignored.
+    /// The best table for this machine, detected once. `MOEHAL_CPU_ISA` (`amx`, `avx512`, `avx2`,
+    /// `neon`, `scalar`) lowers the choice (`avx512` turns the AMX path off), e.g. to test a fallback; an unavailable request is ignored.
     pub fn best() -> &'static Kernels {
         static BEST: OnceLock<&'static Kernels> = OnceLock::new();
         BEST.get_or_init(|| {
@@ -257,6 +276,15 @@ impl Kernels {
     /// The instruction set of this table.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The AMX proof value where this is the [`Isa::Amx`] table (only handed out where AMX may run).
+    pub fn amx(&self) -> Option<amx::Amx> {
+        if self.isa == Isa::Amx {
+            amx::Amx::get()
+        } else {
+            None
+        }
     }
 
     /// GEMM microkernel on a packed f32 panel:

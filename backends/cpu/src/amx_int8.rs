@@ -1,0 +1,289 @@
+//! int8 grouped GEMM on AMX tiles (`tdpbssd`): the integer core of a W8A8 path. Signed int8
+//! activations times signed int8 weights, exact int32 sums; the caller applies its scales (per token,
+//! per channel, per block) to the returned accumulators.
+//!
+//! Weights are packed once ([`S8TileWeights::pack`]) into the VNNI order of `tdpbssd`: per group and
+//! per block of 32 output columns, `K/4` (padded to a multiple of 16) rows of 32 `u32`, each holding the
+//! four bytes `w[4p..4p+4]` of one column. A call then reads them in place, as contiguous 2 KiB tiles.
+//! Activations are read in place where K is a multiple of 64, else through a zero-padded copy.
+//!
+//! Runs on a [`TileEngine`]: `TileEngine::Hardware(amx)` with an [`Amx`](crate::simd::amx::Amx) proof (see
+//! [`crate::simd::amx`]), or the slow portable model for tests. Where AMX is unavailable a W8A8 caller
+//! keeps its AVX-512 VNNI or scalar path.
+
+use crate::grouped_gemm::Layout;
+use crate::pool::Pool;
+use crate::simd::amx::{TileEngine, BLOCK};
+use moehal_core::{Error, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+const OP: &str = "grouped_gemm_s8";
+/// int8 elements of K per tile step.
+const KSTEP: usize = 64;
+
+/// int8 expert weights `[G, N, K]` (or `[G, K, N]`) packed once into `tdpbssd` tile order.
+#[derive(Clone, Debug)]
+pub struct S8TileWeights {
+    data: Vec<u32>,
+    groups: usize,
+    n: usize,
+    k: usize,
+}
+
+impl S8TileWeights {
+    /// Pack `w`: `[groups, n, k]` for `Layout::NK`, `[groups, k, n]` for `Layout::KN`.
+    ///
+    /// Errors: `InvalidArgument` if `w.len() != groups * n * k` (or that product overflows).
+    pub fn pack(w: &[i8], layout: Layout, groups: usize, n: usize, k: usize) -> Result<Self> {
+        if groups.checked_mul(n).and_then(|v| v.checked_mul(k)) != Some(w.len()) {
+            return Err(Error::invalid(
+                OP,
+                "w",
+                format!("expected {groups}*{n}*{k} elements, got {}", w.len()),
+            ));
+        }
+        let (nb, q) = (n.div_ceil(BLOCK), k.div_ceil(KSTEP) * KSTEP / 4);
+        let mut data = vec![0u32; groups * nb * q * BLOCK];
+        let at = |g: usize, kk: usize, c: usize| -> i8 {
+            match layout {
+                Layout::NK => w[(g * n + c) * k + kk],
+                Layout::KN => w[(g * k + kk) * n + c],
+            }
+        };
+        // K = 0 leaves nothing to pack (and no chunks).
+        for (blk, dst) in data.chunks_mut((q * BLOCK).max(1)).enumerate().filter(|_| q > 0) {
+            let (g, b) = (blk / nb, blk % nb);
+            for c in 0..BLOCK.min(n - b * BLOCK) {
+                for p in 0..k.div_ceil(4) {
+                    let mut v = 0u32;
+                    for byte in 0..4 {
+                        let kk = 4 * p + byte;
+                        if kk < k {
+                            v |= (at(g, kk, b * BLOCK + c) as u8 as u32) << (8 * byte);
+                        }
+                    }
+                    dst[p * BLOCK + c] = v;
+                }
+            }
+        }
+        Ok(S8TileWeights { data, groups, n, k })
+    }
+
+    /// Number of groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+    /// Output width N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Reduction depth K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<i8>, Vec<i32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `y[r, j] = sum_k x[r, k] * w_g[j, k]` (exact; wrapping int32 if a sum exceeds `i32`) for the rows
+/// `r` of each group `g` (`group_end` as in OPS.md §1: cumulative, non-decreasing, at most `m`). `x`
+/// is `[m, k]` int8 row-major, `y` is `[m, n]` int32; rows at or past `group_end[G-1]` are not
+/// touched. Threads from `pool` when given (results do not depend on it). `amx` says where the tile
+/// operations run.
+///
+/// Errors: `InvalidArgument` for a wrong `x`/`y` length, a `group_end` that decreases, exceeds `m` or
+/// has a length other than `w.groups()`; nothing is written then.
+pub fn grouped_gemm_s8(
+    amx: TileEngine,
+    pool: Option<&Pool>,
+    x: &[i8],
+    m: usize,
+    group_end: &[i64],
+    w: &S8TileWeights,
+    y: &mut [i32],
+) -> Result<()> {
+    let (k, n) = (w.k, w.n);
+    if m.checked_mul(k) != Some(x.len()) {
+        return Err(Error::invalid(
+            OP,
+            "x",
+            format!("expected {m}*{k} elements, got {}", x.len()),
+        ));
+    }
+    if m.checked_mul(n) != Some(y.len()) {
+        return Err(Error::invalid(
+            OP,
+            "y",
+            format!("expected {m}*{n} elements, got {}", y.len()),
+        ));
+    }
+    if group_end.len() != w.groups {
+        return Err(Error::invalid(
+            OP,
+            "group_end",
+            format!("expected {} groups, got {}", w.groups, group_end.len()),
+        ));
+    }
+    let mut prev = 0i64;
+    for (i, &e) in group_end.iter().enumerate() {
+        if e < prev || e as u64 > m as u64 {
+            return Err(Error::invalid(
+                OP,
+                "group_end",
+                format!("group_end[{i}] = {e}: must be non-decreasing and at most M = {m}"),
+            ));
+        }
+        prev = e;
+    }
+    if n == 0 || prev == 0 {
+        return Ok(());
+    }
+    let kp = k.div_ceil(KSTEP) * KSTEP;
+    let (kblocks, q, nb) = (kp / KSTEP, kp / 4, n.div_ceil(BLOCK));
+    let mut groups = Vec::new();
+    let mut r0 = 0usize;
+    for (g, &e) in group_end.iter().enumerate() {
+        if e as usize > r0 {
+            groups.push((g, r0, e as usize - r0));
+        }
+        r0 = e as usize;
+    }
+    let ranges = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
+    let tiles = crate::simd::Tiles::new(&mut y[..r0 * n], n, BLOCK, ranges);
+    let ntasks = groups.len() * nb;
+    let job = |t: usize| {
+        let (gi, b) = (t / nb, t % nb);
+        let (g, s, mg) = groups[gi];
+        let nc = BLOCK.min(n - b * BLOCK);
+        let nt = if nc > 16 { 2 } else { 1 };
+        let bs = &w.data[(g * nb + b) * q * BLOCK..(g * nb + b + 1) * q * BLOCK];
+        let mut tile = tiles.tile(gi, b);
+        SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            let (pa, c) = &mut *sc;
+            c.resize(BLOCK * BLOCK, 0);
+            for t0 in (0..mg).step_by(BLOCK) {
+                let tc = BLOCK.min(mg - t0);
+                let mt = if tc > 16 { 2 } else { 1 };
+                let r = s + t0;
+                let (asl, lda): (&[i8], usize) = if k % KSTEP == 0 && r + 16 * mt <= m {
+                    (&x[r * k..(r + 16 * mt) * k], k)
+                } else {
+                    pa.clear();
+                    pa.resize(BLOCK * kp, 0);
+                    for i in 0..tc {
+                        pa[i * kp..i * kp + k].copy_from_slice(&x[(r + i) * k..(r + i + 1) * k]);
+                    }
+                    (&pa[..], kp)
+                };
+                amx.s8_block(asl, lda, mt, bs, BLOCK, 16 * BLOCK, nt, kblocks, c);
+                for i in 0..tc {
+                    tile.row(t0 + i).copy_from_slice(&c[i * BLOCK..i * BLOCK + nc]);
+                }
+            }
+        });
+    };
+    match pool {
+        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        _ => (0..ntasks).for_each(job),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::amx::Amx;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn oracle(x: &[i8], m: usize, k: usize, n: usize, ge: &[i64], w: &[i8], lay: Layout) -> Vec<Option<i32>> {
+        let mut y = vec![None; m * n];
+        let mut r0 = 0;
+        for (g, &e) in ge.iter().enumerate() {
+            for r in r0..e as usize {
+                for j in 0..n {
+                    let mut acc = 0i64;
+                    for kk in 0..k {
+                        let wv = match lay {
+                            Layout::NK => w[(g * n + j) * k + kk],
+                            Layout::KN => w[(g * k + kk) * n + j],
+                        };
+                        acc += x[r * k + kk] as i64 * wv as i64;
+                    }
+                    y[r * n + j] = Some(acc as i32);
+                }
+            }
+            r0 = e as usize;
+        }
+        y
+    }
+
+    /// Every shape class: K a multiple of 64 or not (padded A), odd K, K = 0, N tails of 1..31 columns,
+    /// groups of 1..70 rows, empty groups, guard rows; full int8 range including -128.
+    #[test]
+    fn s8_matches_exact_oracle() {
+        let mut engines = vec![TileEngine::Emulated];
+        match Amx::get() {
+            Some(amx) => engines.push(TileEngine::Hardware(amx)),
+            None => println!("AMX unavailable, hardware int8 tiles not tested: {:?}", Amx::status()),
+        }
+        let pool = Pool::new(2).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for &(m, k, n, g) in &[
+            (40usize, 64usize, 32usize, 2usize),
+            (100, 130, 45, 3),
+            (7, 3, 17, 2),
+            (75, 0, 33, 2),
+            (200, 256, 96, 4),
+            (33, 1, 1, 1),
+        ] {
+            let used = m - m / 8;
+            let mut ge: Vec<i64> = (0..g).map(|_| rng.gen_range(0..=used) as i64).collect();
+            ge.sort();
+            if g > 1 {
+                ge[0] = ge[1];
+            }
+            *ge.last_mut().unwrap() = used as i64;
+            let x: Vec<i8> = (0..m * k).map(|_| rng.gen()).collect();
+            let w: Vec<i8> = (0..g * n * k).map(|_| rng.gen()).collect();
+            for lay in [Layout::NK, Layout::KN] {
+                let want = oracle(&x, m, k, n, &ge, &w, lay);
+                let pw = S8TileWeights::pack(&w, lay, g, n, k).unwrap();
+                for (p, amx) in [None, Some(&pool)]
+                    .into_iter()
+                    .flat_map(|p| engines.iter().map(move |&e| (p, e)))
+                {
+                    let mut y = vec![i32::MIN + 7; m * n];
+                    grouped_gemm_s8(amx, p, &x, m, &ge, &pw, &mut y).unwrap();
+                    for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+                        match want {
+                            Some(v) => assert_eq!(got, v, "({m},{k},{n},{g}) {lay:?} element {i}"),
+                            None => assert_eq!(*got, i32::MIN + 7, "guard row written at {i}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn s8_rejects_bad_arguments() {
+        let w = S8TileWeights::pack(&[1i8; 2 * 4 * 8], Layout::NK, 2, 4, 8).unwrap();
+        assert!(S8TileWeights::pack(&[0i8; 5], Layout::NK, 2, 4, 8).is_err());
+        let amx = TileEngine::best();
+        let x = [1i8; 3 * 8];
+        let mut y = [0i32; 3 * 4];
+        assert!(grouped_gemm_s8(amx, None, &x[..20], 3, &[1, 3], &w, &mut y).is_err());
+        assert!(grouped_gemm_s8(amx, None, &x, 3, &[2, 1], &w, &mut y).is_err());
+        assert!(grouped_gemm_s8(amx, None, &x, 3, &[1, 4], &w, &mut y).is_err());
+        assert!(grouped_gemm_s8(amx, None, &x, 3, &[3], &w, &mut y).is_err());
+        assert!(grouped_gemm_s8(amx, None, &x, 3, &[1, 3], &w, &mut y[..11]).is_err());
+        assert_eq!(y, [0; 12], "nothing written on error");
+        grouped_gemm_s8(amx, None, &x, 3, &[1, 3], &w, &mut y).unwrap();
+        assert_eq!(y, [8; 12]);
+    }
+}

@@ -1,0 +1,317 @@
+//! The AMX path of bf16 `grouped_gemm` (prefill): `tdpbf16ps` on 16x32 bf16 tiles, f32 accumulation,
+//! the same epilogue as the other kernels (bias, then `row_scale`, one rounding to bf16).
+//!
+//! Two orientations, chosen by the weight layout so the weights are never transposed:
+//! - `NK` weights are read in place as the A operand (each row of `W_g` is a row of A: 32 output
+//!   columns by K), and the group's activations are staged once per call as the B operand in VNNI
+//!   order (`xt[p][i] = (x[i][2p], x[i][2p+1])`, shared by all tasks of the group). The tiles hold
+//!   `yᵀ`, which the epilogue writes back row by row.
+//! - `KN` and packed weights are staged per task (32 output columns by K) into VNNI pairs
+//!   (`b[p][c] = (w[2p][c], w[2p+1][c])`, L2-resident) and the activations are read in place as A.
+//!
+//! Tasks are (group, 32 output columns); each walks all rows of its group in blocks of 32, so every
+//! weight element is read from memory once per call. Blocks at the edges (rows or columns past the
+//! end, K not a multiple of 32) go through zero-padded copies, so no tile reads past a slice and no
+//! padding lane can carry a NaN into a sum. Results are independent of the thread count: each output
+//! element is one fixed sequence of tile operations.
+
+use super::{validate, GemmArgs, Layout, Weights, OP};
+use crate::elem::{Elem, ElemKind};
+use crate::pool::Pool;
+use crate::simd::amx::{TileEngine, BLOCK};
+use crate::simd::{Tiles, NR};
+use moehal_core::{Error, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// bf16 elements of K per tile step.
+const KSTEP: usize = 32;
+
+#[derive(Default)]
+struct Scratch {
+    a: Vec<u16>,
+    b: Vec<u32>,
+    c: Vec<f32>,
+    o: Vec<f32>,
+}
+
+/// The activation staging buffer of the NK orientation, kept between calls (the largest one seen:
+/// `M * K * 2` bytes plus padding, e.g. 32 MiB at 1024 tokens of Qwen3-30B-A3B).
+static XT_CACHE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn grow<V: Copy + Default>(v: &mut Vec<V>, n: usize) -> &mut [V] {
+    if v.len() < n {
+        v.resize(n, V::default());
+    }
+    &mut v[..n]
+}
+
+#[inline]
+fn pair(lo: u16, hi: u16) -> u32 {
+    lo as u32 | (hi as u32) << 16
+}
+
+/// Whether the AMX path should run this call: some group has more rows than the decode kernels
+/// handle (fewer rows do not amortize the tile loads; the AVX-512 decode path streams the weights).
+pub(super) fn worth_it(group_end: &[i64]) -> bool {
+    let mut prev = 0i64;
+    group_end.iter().any(|&e| {
+        let big = (e - prev) as usize > crate::simd::MR;
+        prev = e;
+        big
+    })
+}
+
+/// Stage `kp x rows` of `x` (rows `s..s+mg`, K `k`) into `dst[p * mgp + i]` VNNI pairs; `dst` is
+/// `kp/2 * mgp` long and zero where nothing is written (rows past `mg`, K past `k`).
+fn stage_xt(x: &[u16], k: usize, s: usize, mg: usize, mgp: usize, dst: &mut [u32]) {
+    dst.fill(0);
+    let kh = k / 2;
+    // 16 rows at a time, so each destination row gets 16 consecutive u32 per pass.
+    for i0 in (0..mg).step_by(16) {
+        let i1 = (i0 + 16).min(mg);
+        for i in i0..i1 {
+            let row = &x[(s + i) * k..(s + i + 1) * k];
+            for (p, pr) in row.chunks_exact(2).enumerate() {
+                dst[p * mgp + i] = pair(pr[0], pr[1]);
+            }
+            if k % 2 == 1 {
+                dst[kh * mgp + i] = row[k - 1] as u32;
+            }
+        }
+    }
+}
+
+/// bf16 `grouped_gemm` through the AMX-path algorithm on the given tile engine, whatever the group
+/// sizes (the backend sends groups of at most [`crate::simd::MR`] rows to the decode kernels instead).
+/// With [`TileEngine::Emulated`] this runs on any machine (slowly): it is how the blocking, staging,
+/// padding and epilogue of the AMX path are tested where the CPU has no AMX.
+///
+/// Errors: `InvalidArgument` as [`super::validate`]; `Unsupported` for a dtype other than bf16.
+/// Nothing is written then.
+pub fn grouped_gemm_tiles<T: Elem>(engine: TileEngine, pool: &Pool, a: &GemmArgs<'_, T>, y: &mut [T]) -> Result<()> {
+    validate(a, y.len())?;
+    if T::KIND != ElemKind::Bf16 {
+        return Err(Error::unsupported(
+            OP,
+            "cpu",
+            format!("the AMX path is bf16 only, got {:?}", T::KIND),
+        ));
+    }
+    let used = a.group_end.last().copied().unwrap_or(0) as usize;
+    if a.m > 0 && a.n > 0 && used > 0 {
+        run(engine, Some(pool), a, y);
+    }
+    Ok(())
+}
+
+/// Run the AMX path. The caller has validated `a`, checked `T` is bf16, and that rows, N and the used
+/// rows are non-zero.
+pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mut [T]) {
+    let (k, n, m) = (a.k, a.n, a.m);
+    let x: &[u16] = bytemuck::cast_slice(a.x);
+    let kp = k.div_ceil(KSTEP) * KSTEP;
+    let kblocks = kp / KSTEP;
+    let q = kp / 2;
+    // Non-empty groups: (group, first row, rows).
+    let mut groups = Vec::new();
+    let mut r0 = 0usize;
+    for (g, &e) in a.group_end.iter().enumerate() {
+        let e = e as usize;
+        if e > r0 {
+            groups.push((g, r0, e - r0));
+        }
+        r0 = e;
+    }
+    let used = r0;
+    let nblocks = n.div_ceil(BLOCK);
+    let ranges: Vec<(usize, usize)> = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
+    let tiles = Tiles::new(&mut y[..used * n], n, BLOCK, ranges);
+    let ntasks = groups.len() * nblocks;
+    let par = |job: &(dyn Fn(usize) + Sync)| match pool {
+        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        _ => (0..ntasks).for_each(job),
+    };
+
+    let epilogue = |g: usize,
+                    s: usize,
+                    n0: usize,
+                    rows: std::ops::Range<usize>,
+                    nc: usize,
+                    transposed: bool,
+                    c: &[f32],
+                    out: &mut [f32],
+                    tile: &mut crate::simd::TileMut<'_, T>| {
+        for (bi, i) in rows.enumerate() {
+            for (j, o) in out[..nc].iter_mut().enumerate() {
+                *o = if transposed {
+                    c[j * BLOCK + bi]
+                } else {
+                    c[bi * BLOCK + j]
+                };
+            }
+            if let Some(bias) = a.bias {
+                for (o, b) in out[..nc].iter_mut().zip(&bias[g * n + n0..g * n + n0 + nc]) {
+                    *o += b.to_f32();
+                }
+            }
+            if let Some(rs) = a.row_scale {
+                let sv = rs[s + i];
+                for o in &mut out[..nc] {
+                    *o *= sv;
+                }
+            }
+            T::narrow(&out[..nc], tile.row(i));
+        }
+    };
+
+    match a.w {
+        Weights::Raw(w, Layout::NK) => {
+            let w: &[u16] = bytemuck::cast_slice(w);
+            // Activations of each group as the VNNI B operand, staged once.
+            let mut offs = Vec::with_capacity(groups.len() + 1);
+            let mut total = 0usize;
+            for &(_, _, mg) in &groups {
+                offs.push(total);
+                total += q * mg.div_ceil(16) * 16;
+            }
+            offs.push(total);
+            // Reuse the staging buffer of an earlier call (every word is rewritten by stage_xt), so
+            // prefill calls do not page-fault tens of MiB each time; a concurrent call allocates its own.
+            let mut xt = XT_CACHE.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+            xt.resize(total, 0);
+            {
+                let mut parts = Vec::with_capacity(groups.len());
+                let mut rest: &mut [u32] = &mut xt;
+                for gi in 0..groups.len() {
+                    let (h, t) = rest.split_at_mut(offs[gi + 1] - offs[gi]);
+                    parts.push(h);
+                    rest = t;
+                }
+                let stage = |(gi, part): (usize, &mut &mut [u32])| {
+                    let (_, s, mg) = groups[gi];
+                    stage_xt(x, k, s, mg, mg.div_ceil(16) * 16, part);
+                };
+                match pool {
+                    Some(pool) if groups.len() > 1 && pool.threads() > 1 => {
+                        pool.install(|| parts.par_iter_mut().enumerate().for_each(stage))
+                    }
+                    _ => parts.iter_mut().enumerate().for_each(stage),
+                }
+            }
+            let xtr = &xt;
+            par(&|t: usize| {
+                let (gi, nb) = (t / nblocks, t % nblocks);
+                let (g, s, mg) = groups[gi];
+                let mgp = mg.div_ceil(16) * 16;
+                let n0 = nb * BLOCK;
+                let nc = BLOCK.min(n - n0);
+                let mt = if nc > 16 { 2 } else { 1 };
+                let mut tile = tiles.tile(gi, nb);
+                SCRATCH.with(|sc| {
+                    let mut sc = sc.borrow_mut();
+                    let Scratch { a: pa, c, o, .. } = &mut *sc;
+                    let (asl, lda): (&[u16], usize) = if k % KSTEP == 0 && nc == BLOCK {
+                        (&w[(g * n + n0) * k..(g * n + n0 + BLOCK) * k], k)
+                    } else {
+                        let pa = grow(pa, BLOCK * kp);
+                        pa.fill(0);
+                        for j in 0..nc {
+                            let src = &w[(g * n + n0 + j) * k..(g * n + n0 + j + 1) * k];
+                            pa[j * kp..j * kp + k].copy_from_slice(src);
+                        }
+                        (pa, kp)
+                    };
+                    let c = grow(c, BLOCK * BLOCK);
+                    let out = grow(o, BLOCK);
+                    let b = &xtr[offs[gi]..offs[gi + 1]];
+                    for t0 in (0..mg).step_by(BLOCK) {
+                        let tc = BLOCK.min(mg - t0);
+                        let nt = if tc > 16 { 2 } else { 1 };
+                        amx.bf16_block(asl, lda, mt, &b[t0.min(b.len())..], mgp, 16 * mgp, nt, kblocks, c);
+                        epilogue(g, s, n0, t0..t0 + tc, nc, true, c, out, &mut tile);
+                    }
+                });
+            });
+            if let Ok(mut c) = XT_CACHE.lock() {
+                if c.capacity() < xt.capacity() {
+                    *c = xt;
+                }
+            }
+        }
+        Weights::Raw(_, Layout::KN) | Weights::Packed(_) => {
+            // (slice, element (k, col) index function) of the weights of group g.
+            let wsrc: &[u16] = match a.w {
+                Weights::Raw(w, _) => bytemuck::cast_slice(w),
+                Weights::Packed(pw) => bytemuck::cast_slice(pw.data.as_slice()),
+            };
+            let packed = matches!(a.w, Weights::Packed(_));
+            let panels = n.div_ceil(NR);
+            // Index of the first of the (up to 32) contiguous columns n0.. of row kk of group g.
+            let row_at = |g: usize, kk: usize, n0: usize| -> usize {
+                if packed {
+                    ((g * panels + n0 / NR) * k + kk) * NR + n0 % NR
+                } else {
+                    (g * k + kk) * n + n0
+                }
+            };
+            par(&|t: usize| {
+                let (gi, nb) = (t / nblocks, t % nblocks);
+                let (g, s, mg) = groups[gi];
+                let n0 = nb * BLOCK;
+                let nc = BLOCK.min(n - n0);
+                let nt = if nc > 16 { 2 } else { 1 };
+                let mut tile = tiles.tile(gi, nb);
+                SCRATCH.with(|sc| {
+                    let mut sc = sc.borrow_mut();
+                    let Scratch { a: pa, b, c, o } = &mut *sc;
+                    // Weights of this task as VNNI pairs: bs[p*32 + c] = (w(2p, n0+c), w(2p+1, n0+c)).
+                    let bs = grow(b, q * BLOCK);
+                    for p in 0..q {
+                        let dst = &mut bs[p * BLOCK..(p + 1) * BLOCK];
+                        let (k0, k1) = (2 * p, 2 * p + 1);
+                        if k0 >= k {
+                            dst.fill(0);
+                            continue;
+                        }
+                        let lo = &wsrc[row_at(g, k0, n0)..row_at(g, k0, n0) + nc];
+                        if k1 < k {
+                            let hi = &wsrc[row_at(g, k1, n0)..row_at(g, k1, n0) + nc];
+                            for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
+                                *d = pair(l, h);
+                            }
+                        } else {
+                            for (d, &l) in dst.iter_mut().zip(lo) {
+                                *d = l as u32;
+                            }
+                        }
+                        dst[nc..].fill(0);
+                    }
+                    let c = grow(c, BLOCK * BLOCK);
+                    let out = grow(o, BLOCK);
+                    for t0 in (0..mg).step_by(BLOCK) {
+                        let tc = BLOCK.min(mg - t0);
+                        let mt = if tc > 16 { 2 } else { 1 };
+                        let r = s + t0;
+                        let (asl, lda): (&[u16], usize) = if k % KSTEP == 0 && r + 16 * mt <= m {
+                            (&x[r * k..(r + 16 * mt) * k], k)
+                        } else {
+                            let pa = grow(pa, BLOCK * kp);
+                            pa.fill(0);
+                            for i in 0..tc {
+                                pa[i * kp..i * kp + k].copy_from_slice(&x[(r + i) * k..(r + i + 1) * k]);
+                            }
+                            (pa, kp)
+                        };
+                        amx.bf16_block(asl, lda, mt, bs, BLOCK, 16 * BLOCK, nt, kblocks, c);
+                        epilogue(g, s, n0, t0..t0 + tc, nc, false, c, out, &mut tile);
+                    }
+                });
+            });
+        }
+    }
+}
