@@ -18,6 +18,7 @@
 mod backend;
 pub mod emulator;
 mod ffi;
+mod routes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,4 +71,13 @@ pub fn probe() -> std::result::Result<(), String> {
 /// The directories [`open`] searches, in order.
 pub fn search_dirs() -> Vec<PathBuf> {
     ffi::search_dirs()
+}
+
+/// The aclnn ops (both `aclnnX` and `aclnnXGetWorkspaceSize` present) in the libraries of `dir`,
+/// by name, e.g. `aclnnMoeInitRoutingV3`. Loads the libraries, opens no device.
+///
+/// # Errors
+/// As [`probe`], for `dir` only.
+pub fn ops_at(dir: impl Into<PathBuf>) -> std::result::Result<Vec<&'static str>, String> {
+    Ok(ffi::load(&[dir.into()])?.api.ops())
 }
