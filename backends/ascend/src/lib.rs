@@ -10,8 +10,11 @@
 //!   unavailable and the reason lists the missing names. Op versions are probed (both `aclnnX` and
 //!   `aclnnXGetWorkspaceSize`): GroupedMatmul V4 else V3, MoeGatingTopK / MoeGatingTopKSoftmax,
 //!   MoeInitRouting V3 else V2, MoeFinalizeRoutingV2, Embedding / GatherV2 / IndexSelect, Cast.
-//! - [`Backend::supports`](moehal_core::Backend::supports) names, per op, the aclnn op used and
-//!   which parts run on the host (see the crate README for why).
+//! - At open, tiny complete launches probe which call patterns the installed MoeInitRouting,
+//!   MoeGatingTopK and MoeFinalizeRouting ops accept **and** compute as documented (see
+//!   `routes.rs` and `shared/reference/ascend_audit.md`); each op is routed by what they found.
+//! - [`Backend::supports`](moehal_core::Backend::supports) names, per op, the aclnn op and call
+//!   pattern used, which parts run on the host, and what the probe found (see the crate README).
 //!
 //! Verified against the strict emulator `moehal-ascend-emu`, not silicon.
 

@@ -319,10 +319,10 @@ fn probe_permute(rt: &Runtime, version: u8) -> (PermutePath, String) {
             Err(e) => notes.push(format!("V2: {e}")),
         }
     } else {
-        notes.push("no aclnnMoeInitRoutingV2".into());
+        notes.push("no aclnnMoeInitRoutingV2 in the op libraries".into());
     }
     if version == 0 {
-        notes.push("no aclnnMoeInitRouting V2/V3".into());
+        notes = vec!["no aclnnMoeInitRoutingV2/V3 in the op libraries".into()];
     }
     (PermutePath::Host, notes.join("; "))
 }
