@@ -1,6 +1,6 @@
 //! Everything unsafe of the backend: loading the CANN libraries, the resolved function table, and
 //! RAII wrappers (runtime/device/context/stream, device memory, aclTensor / aclTensorList /
-//! aclIntArray, executor) plus one safe method per aclnn op that runs the two-phase call.
+//! aclIntArray) plus one safe method per aclnn op that runs the two-phase call.
 
 use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -65,7 +65,6 @@ api! {
         aclCreateTensor: aclCreateTensorFn, aclDestroyTensor: aclDestroyTensorFn,
         aclCreateIntArray: aclCreateIntArrayFn, aclDestroyIntArray: aclDestroyIntArrayFn,
         aclCreateTensorList: aclCreateTensorListFn, aclDestroyTensorList: aclDestroyTensorListFn,
-        aclDestroyAclOpExecutor: aclDestroyAclOpExecutorFn,
     }
     optional {
         aclnnGroupedMatmulV4GetWorkspaceSize: aclnnGroupedMatmulV4GetWorkspaceSizeFn, aclnnGroupedMatmulV4: aclnnGroupedMatmulV4Fn,
@@ -734,21 +733,6 @@ impl Drop for IntArray<'_> {
     }
 }
 
-/// An executor from phase one; destroyed unless consumed by its launch.
-struct Executor<'r> {
-    rt: &'r Runtime,
-    raw: *mut sys::aclOpExecutor,
-}
-
-impl Drop for Executor<'_> {
-    fn drop(&mut self) {
-        if !self.raw.is_null() {
-            // SAFETY: an executor from phase one that was never launched.
-            unsafe { (self.rt.api().aclDestroyAclOpExecutor)(self.raw) };
-        }
-    }
-}
-
 type Launch = unsafe extern "C" fn(*mut c_void, u64, *mut sys::aclOpExecutor, sys::aclrtStream) -> sys::aclnnStatus;
 
 fn opt<T: Copy>(f: Option<T>, name: &str) -> Result<T> {
@@ -790,18 +774,20 @@ impl Runtime {
         let mut ws = 0u64;
         let mut raw: *mut sys::aclOpExecutor = ptr::null_mut();
         let st = phase1(&mut ws, &mut raw);
-        let mut exec = Executor { rt: self, raw };
         if let Err(e) = check(self.api(), st, &format!("{name}GetWorkspaceSize")) {
             return Ok(Outcome::Rejected(e));
         }
+        // If the workspace cannot be had, the executor of this successful phase one is not
+        // launched and not destroyed: it is a plain (not repeatable) executor, and the documents
+        // allow `aclDestroyAclOpExecutor` only for repeatable ones ([HA] canncommercial/800
+        // operatorlist_00021, `ascend_audit.md` L1). A host-side leak on this error path only.
         let ws_mem = if ws > 0 {
             Some(DevMem::new(self, ws as usize)?)
         } else {
             None
         };
         let ws_ptr = ws_mem.as_ref().map_or(ptr::null_mut(), |m| m.ptr as *mut c_void);
-        let raw = std::mem::replace(&mut exec.raw, ptr::null_mut()); // launch consumes it
-                                                                     // SAFETY: the executor came from phase one of this op; workspace is `ws` device bytes.
+        // SAFETY: the executor came from phase one of this op; workspace is `ws` device bytes.
         let st = unsafe { launch(ws_ptr, ws, raw, self.stream as sys::aclrtStream) };
         check(self.api(), st, name)?;
         self.sync()?;
