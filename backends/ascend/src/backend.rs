@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{
     gather_rows::check_rows, grouped_gemm::check_group_end, moe_combine::check_slot_rows, moe_permute::check_ids,
-    Checked, EngramHash, EngramLookup, GatherRows, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk,
-    Scoring, Swiglu, TableFormat, WeightLayout,
+    Checked, EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
+    RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{
     Backend, Buffer, DType, DeviceInfo, DeviceMemory, Error, Location, Reference, Result, Support, TensorMut, TensorRef,
 };
 
-use crate::ffi::{DevMem, Runtime, TDesc, Tensor, TensorList, NAME};
+use crate::ffi::{DevMem, IntArray, Outcome, Runtime, TDesc, Tensor, TensorList, NAME};
+use crate::routes::{GatingPattern, PermutePath, Routes};
 
 /// Device memory handed out as a core [`Buffer`].
 struct AscendMem {
@@ -54,6 +55,7 @@ impl Drop for AscendMem {
 pub struct Ascend {
     rt: Arc<Runtime>,
     lock: Mutex<()>,
+    routes: Routes,
 }
 
 fn acl_dt(d: DType) -> sys::aclDataType {
@@ -71,73 +73,112 @@ fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
 }
 
-/// Descriptor of a core view (strides and offset in elements, 1-D storage up to the view's end).
-fn desc_of(t: &TensorRef<'_>) -> TDesc {
-    TDesc {
+/// The alignment `aclCreateTensor` requires of `tensorData` ([HA] canncommercial/900
+/// operatorlist_00019: "must be 32-byte aligned, else undefined behaviour").
+const ACL_DATA_ALIGN: u64 = 32;
+
+/// Descriptor of a core view for argument `field` of `op`.
+///
+/// An engine may hand a row slice: a buffer (e.g. `wrap_external` of a DLTensor's `data +
+/// byte_offset`) whose element 0 is not 32-byte aligned. `tensorData` is then the address rounded
+/// down to 32 bytes and the remainder becomes the element `offset`, with a 1-D storage from that base
+/// to the end of the view: the documented view mechanism (viewDims / strides / offset /
+/// storageDims, `ascend_acl.md` §3.1). The rounded-down base stays inside the caller's allocation
+/// because `aclrtMalloc` bases are 64-byte aligned.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `field` when element 0 is not aligned to the element size
+/// (no element offset can express it) or the view's extent overflows.
+fn desc_of(t: &TensorRef<'_>, op: &'static str, field: &'static str) -> Result<TDesc> {
+    let es = t.dtype().size() as u64;
+    let start = (t.offset() as u64)
+        .checked_mul(es)
+        .and_then(|o| t.buffer().addr().checked_add(o))
+        .ok_or_else(|| Error::invalid(op, field, "address of element 0 overflows"))?;
+    if start % es != 0 {
+        return Err(Error::invalid(
+            op,
+            field,
+            format!(
+                "element 0 at device address {start:#x} is not aligned to its {es}-byte {} elements",
+                t.dtype()
+            ),
+        ));
+    }
+    let base = start - start % ACL_DATA_ALIGN;
+    let off = ((start - base) / es) as i64;
+    let span = t
+        .layout()
+        .extent()
+        .and_then(|e| e.checked_sub(t.offset()))
+        .ok_or_else(|| Error::invalid(op, field, "view extent overflows"))?;
+    Ok(TDesc {
         dims: i64s(t.shape()),
         strides: i64s(t.strides()),
-        offset: t.offset() as i64,
-        storage: t.layout().extent().unwrap_or(0) as i64,
+        offset: off,
+        storage: off + span as i64,
         dtype: acl_dt(t.dtype()),
-        addr: t.buffer().addr(),
-    }
+        addr: base,
+        name: field,
+    })
 }
 
-fn reshaped(t: &TensorRef<'_>, dims: &[usize]) -> TDesc {
-    let mut d = desc_of(t);
-    d.dims = i64s(dims);
+fn contiguous_strides(dims: &[i64]) -> Vec<i64> {
     let mut s = 1i64;
-    d.strides = d
-        .dims
+    let mut v: Vec<i64> = dims
         .iter()
         .rev()
         .map(|&x| {
-            let v = s;
+            let r = s;
             s *= x.max(1);
-            v
+            r
         })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
         .collect();
-    d
+    v.reverse();
+    v
 }
 
-fn scratch_desc(m: &DevMem<'_>, dt: sys::aclDataType, dims: &[usize]) -> TDesc {
+/// [`desc_of`] of a contiguous view, described with another shape of the same element count.
+fn reshaped(t: &TensorRef<'_>, dims: &[usize], op: &'static str, field: &'static str) -> Result<TDesc> {
+    let mut d = desc_of(t, op, field)?;
+    d.dims = i64s(dims);
+    d.strides = contiguous_strides(&d.dims);
+    Ok(d)
+}
+
+/// Descriptor of backend scratch memory (`aclrtMalloc`, so aligned), contiguous `dims`.
+pub(crate) fn scratch_desc(m: &DevMem<'_>, dt: sys::aclDataType, dims: &[usize]) -> TDesc {
     let d = i64s(dims);
     let n: i64 = d.iter().product();
-    let mut s = 1i64;
-    let strides = d
-        .iter()
-        .rev()
-        .map(|&x| {
-            let v = s;
-            s *= x.max(1);
-            v
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     TDesc {
+        strides: contiguous_strides(&d),
         dims: d,
-        strides,
         offset: 0,
         storage: n,
         dtype: dt,
         addr: m.ptr,
+        name: "scratch",
     }
 }
+
+const OP_GG: &str = "grouped_gemm";
+const OP_RT: &str = "router_topk";
+const OP_MP: &str = "moe_permute";
+const OP_MC: &str = "moe_combine";
+const OP_GR: &str = "gather_rows";
 
 fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
 impl Ascend {
+    /// Wrap an opened runtime, probing the installed ops once (see [`crate::routes`]).
     pub(crate) fn new(rt: Runtime) -> Self {
+        let routes = Routes::probe(&rt);
         Ascend {
             rt: Arc::new(rt),
             lock: Mutex::new(()),
+            routes,
         }
     }
 
@@ -240,6 +281,171 @@ impl Ascend {
     }
 }
 
+/// Which path one `router_topk` call takes.
+#[derive(Debug, Clone, Copy)]
+enum RouterRoute {
+    /// The reference on the host (staged).
+    Host,
+    /// `aclnnMoeGatingTopKSoftmax` selects, the host computes the weights.
+    Softmax,
+    /// `aclnnMoeGatingTopK` selects (pattern accepted by the open-time probe), the host computes
+    /// the weights.
+    Gating(GatingPattern),
+}
+
+/// The `aclnnMoeGatingTopK` pattern of a router config, if the op has that scoring at all.
+fn gating_pattern(cfg: &RouterConfig, bias: bool) -> Option<GatingPattern> {
+    let sigmoid = match cfg.scoring {
+        Scoring::Softmax => false,
+        Scoring::Sigmoid => true,
+        _ => return None,
+    };
+    Some(GatingPattern {
+        sigmoid,
+        top2: cfg.effective_group().map(|g| g.score == GroupScore::Top2Sum),
+        bias,
+    })
+}
+
+/// The documented shape limits of `aclnnMoeGatingTopK` ([OT] moe_gating_top_k_tiling.cpp:221-227
+/// and the doc's 约束说明, `ascend_audit.md` §1.4 and P7): E <= 2048; E divisible by groupCount;
+/// 1 <= kGroup <= groupCount; 1 <= k <= E/groupCount·kGroup; top-2-sum needs >= 2 experts per
+/// group; and, whenever grouped (groupCount not 1 or E, kGroup != groupCount),
+/// groupCount·align32(E/groupCount) <= 2048.
+///
+/// # Errors
+/// The limit broken, as text.
+pub(crate) fn gating_shape_ok(e: usize, k: usize, group: Option<GroupLimit>) -> std::result::Result<(), String> {
+    if e > 2048 {
+        return Err(format!("E = {e} > 2048"));
+    }
+    let (gc, kg) = group.map_or((1, 1), |g| (g.n_group, g.topk_group));
+    if gc == 0 || e % gc != 0 {
+        return Err(format!("E = {e} not divisible by groupCount {gc}"));
+    }
+    if kg == 0 || kg > gc {
+        return Err(format!("kGroup {kg} outside [1, {gc}]"));
+    }
+    let per = e / gc;
+    if k == 0 || k > per * kg {
+        return Err(format!("k = {k} outside [1, E/groupCount·kGroup = {}]", per * kg));
+    }
+    if group.is_some_and(|g| g.score == GroupScore::Top2Sum) && per < 2 {
+        return Err(format!("top-2-sum groups of {per} expert(s)"));
+    }
+    if gc != 1 && gc != e && kg != gc && gc * per.div_ceil(32) * 32 > 2048 {
+        return Err(format!(
+            "groupCount·align32(E/groupCount) = {} > 2048",
+            gc * per.div_ceil(32) * 32
+        ));
+    }
+    Ok(())
+}
+
+impl Ascend {
+    fn router_route(&self, cfg: &RouterConfig, e: usize, dt: DType, bias: bool) -> RouterRoute {
+        let v = self.rt.lib.versions;
+        let k = cfg.k;
+        if cfg.scoring == Scoring::Softmax
+            && cfg.effective_group().is_none()
+            && !bias
+            && v.gating_softmax
+            && k <= e.min(1024)
+        {
+            return RouterRoute::Softmax;
+        }
+        match gating_pattern(cfg, bias) {
+            Some(p)
+                if v.gating
+                    && self.routes.gating_ok(p)
+                    && (dt == DType::F32 || v.cast)
+                    && gating_shape_ok(e, k, cfg.effective_group()).is_ok() =>
+            {
+                RouterRoute::Gating(p)
+            }
+            _ => RouterRoute::Host,
+        }
+    }
+
+    /// `moe_combine` on the host (dropped slots, or no vendor path).
+    fn combine_host(&self, a: &MoeCombine<'_>) -> Result<()> {
+        let sy = self.stage(&a.y_perm)?;
+        let ss = self.stage(&a.slot_row)?;
+        let sw = self.stage(&a.weights)?;
+        let mut so = self.stage(&a.out.as_ref())?;
+        let args = MoeCombine {
+            y_perm: hv(&sy, &a.y_perm),
+            slot_row: hv(&ss, &a.slot_row),
+            weights: hv(&sw, &a.weights),
+            out: hm(&mut so, &a.out)?,
+        };
+        Reference.moe_combine(args.validate()?)?;
+        self.unstage(so.as_ref().expect("staged"), &a.out)
+    }
+
+    /// `moe_permute` on the host (no x, dropped slots, or no vendor path).
+    fn permute_host(&self, a: &MoePermute<'_>) -> Result<()> {
+        let sx = a.x.as_ref().map(|x| self.stage(x)).transpose()?;
+        let si = self.stage(&a.ids)?;
+        let mut sg = self.stage(&a.group_end.as_ref())?;
+        let mut ss = self.stage(&a.src_token.as_ref())?;
+        let mut sr = self.stage(&a.slot_row.as_ref())?;
+        let mut sp = match &a.x_perm {
+            Some(p) => Some(self.stage(&p.as_ref())?),
+            None => None,
+        };
+        let args = MoePermute {
+            num_experts: a.num_experts,
+            ids: hv(&si, &a.ids),
+            x: a.x.as_ref().zip(sx.as_ref()).map(|(r, s)| hv(s, r)),
+            group_end: hm(&mut sg, &a.group_end)?,
+            src_token: hm(&mut ss, &a.src_token)?,
+            slot_row: hm(&mut sr, &a.slot_row)?,
+            x_perm: match (&a.x_perm, sp.as_mut()) {
+                (Some(p), Some(s)) => Some(hm(s, p)?),
+                _ => None,
+            },
+        };
+        Reference.moe_permute(args.validate()?)?;
+        self.unstage(sg.as_ref().expect("staged"), &a.group_end)?;
+        self.unstage(ss.as_ref().expect("staged"), &a.src_token)?;
+        self.unstage(sr.as_ref().expect("staged"), &a.slot_row)?;
+        if let (Some(p), Some(Some(s))) = (&a.x_perm, sp.as_ref()) {
+            self.unstage(s, p)?;
+        }
+        Ok(())
+    }
+
+    /// The contract on the host: scoring, exclusion of non-finite logits and tie rules.
+    fn router_host(&self, a: &RouterTopk<'_>, lg: &Option<Buffer>) -> Result<()> {
+        let sb = a.bias.as_ref().map(|b| self.stage(b)).transpose()?;
+        let mut si = self.stage(&a.ids.as_ref())?;
+        let mut sw = self.stage(&a.weights.as_ref())?;
+        let mut sc = match &a.expert_counts {
+            Some(c) => Some(self.stage(&c.as_ref())?),
+            None => None,
+        };
+        let args = RouterTopk {
+            config: a.config,
+            logits: hv(lg, &a.logits),
+            bias: a.bias.as_ref().zip(sb.as_ref()).map(|(r, s)| hv(s, r)),
+            ids: hm(&mut si, &a.ids)?,
+            weights: hm(&mut sw, &a.weights)?,
+            expert_counts: match (&a.expert_counts, sc.as_mut()) {
+                (Some(c), Some(s)) => Some(hm(s, c)?),
+                _ => None,
+            },
+        };
+        Reference.router_topk(args.validate()?)?;
+        self.unstage(si.as_ref().expect("staged"), &a.ids)?;
+        self.unstage(sw.as_ref().expect("staged"), &a.weights)?;
+        if let (Some(c), Some(Some(s))) = (&a.expert_counts, sc.as_ref()) {
+            self.unstage(s, c)?;
+        }
+        Ok(())
+    }
+}
+
 impl Backend for Ascend {
     fn name(&self) -> &str {
         NAME
@@ -277,39 +483,101 @@ impl Backend for Ascend {
                 ))
             }
             OpDesc::RouterHash { .. } => Support::no("hash routing (tid2eid) is not implemented for Ascend yet"),
-            OpDesc::RouterTopk { scoring, group, .. } => {
-                let vendor = match (scoring, group) {
-                    (Scoring::Softmax, None) if v.gating_softmax && v.gating => {
-                        Some("aclnnMoeGatingTopKSoftmax (no bias) / aclnnMoeGatingTopK (bias)")
-                    }
-                    (Scoring::Softmax, None) if v.gating_softmax => {
-                        Some("aclnnMoeGatingTopKSoftmax (no bias; host with bias)")
-                    }
-                    (Scoring::Softmax | Scoring::Sigmoid, _) if v.gating => Some("aclnnMoeGatingTopK"),
+            OpDesc::RouterTopk { scoring, group, dtype } => {
+                let r = &self.routes;
+                let host = "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)";
+                let sig = match scoring {
+                    Scoring::Softmax => Some(false),
+                    Scoring::Sigmoid => Some(true),
                     _ => None,
                 };
-                match vendor {
-                    Some(n) => Support::yes(format!(
-                        "{n} (expert ids) + host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)"
-                    )),
-                    None => Support::yes("host (no vendor gating op with these semantics)"),
+                let cast = if dtype != DType::F32 {
+                    " on aclnnCast->f32 logits (bias dtype must equal x dtype)"
+                } else {
+                    ""
+                };
+                let gating = |bias: bool| -> std::result::Result<GatingPattern, String> {
+                    let p = sig
+                        .map(|sigmoid| GatingPattern {
+                            sigmoid,
+                            top2: group.map(|g| g == GroupScore::Top2Sum),
+                            bias,
+                        })
+                        .ok_or("no such scoring in aclnnMoeGatingTopK")?;
+                    if !v.gating {
+                        return Err("no aclnnMoeGatingTopK in the op libraries".into());
+                    }
+                    if let Some(why) = r.gating_refusal(p) {
+                        return Err(format!("open-time probe of {}: {why}", p.name()));
+                    }
+                    if dtype != DType::F32 && !v.cast {
+                        return Err("non-f32 logits and no aclnnCast".into());
+                    }
+                    Ok(p)
+                };
+                let limits = "E<=2048, groupCount*align32(E/groupCount)<=2048, k<=E/groupCount*kGroup, else host";
+                let plain = scoring == Scoring::Softmax && group.is_none() && v.gating_softmax;
+                let (nb, wb) = (gating(false), gating(true));
+                let path = |res: &std::result::Result<GatingPattern, String>| match res {
+                    Ok(_) => format!("aclnnMoeGatingTopK{cast} ({limits})"),
+                    Err(why) => format!("host ({why})"),
+                };
+                let no_bias = if plain {
+                    "aclnnMoeGatingTopKSoftmax (k<=1024)".to_string()
+                } else {
+                    path(&nb)
+                };
+                if !plain && nb.is_err() && wb.is_err() {
+                    return Support::yes(format!(
+                        "{host}; vendor: without bias {}; with bias {}",
+                        path(&nb),
+                        path(&wb)
+                    ));
                 }
+                Support::yes(format!(
+                    "without bias: {no_bias}; with bias: {}; selection only, then {host}",
+                    path(&wb)
+                ))
             }
             OpDesc::MoePermute { x } => {
-                if x.is_some() && v.init_routing > 0 && (v.init_routing == 3 || v.cast) {
-                    Support::yes(format!(
-                        "aclnnMoeInitRoutingV{} (x_perm, group_end{}) + host (slot_row, src_token; dropped slots)",
-                        v.init_routing,
-                        if v.init_routing == 2 { " via aclnnCast" } else { "" }
-                    ))
-                } else {
-                    Support::yes("host")
+                let r = &self.routes;
+                match (x, r.permute) {
+                    (None, _) => Support::yes("host (no x: nothing for the vendor op to gather)"),
+                    (Some(_), PermutePath::Host) => Support::yes(format!("host (open-time probe: {})", r.permute_why)),
+                    (Some(_), p) => {
+                        let name = match p {
+                            PermutePath::V3 { range: true } => {
+                                "aclnnMoeInitRoutingV3 (activeNum T*k, counts, activeExpertRange [0,E], rowIdxType 0 gather, expandedScaleOut)"
+                            }
+                            PermutePath::V3 { range: false } => {
+                                "aclnnMoeInitRoutingV3 (activeNum T*k, counts, activeExpertRange NULL, rowIdxType 0 gather, expandedScaleOut)"
+                            }
+                            _ => "aclnnMoeInitRoutingV2 (cumsum)",
+                        };
+                        Support::yes(format!(
+                            "{name} + host (group_end from the E counts, slot_row, src_token; dropped slots) [probe: {}]",
+                            r.permute_why
+                        ))
+                    }
                 }
             }
             OpDesc::Swiglu { .. } => Support::yes("host (aclnnSwiGlu not mapped)"),
             OpDesc::MoeCombine { dtype } => {
-                if v.finalize && (dtype == DType::F32 || v.cast) {
-                    Support::yes("aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + host (dropped slots)")
+                let mixed = dtype == DType::BF16 && self.routes.finalize_bf16_f32_scales;
+                if v.finalize && (dtype == DType::F32 || mixed) {
+                    Support::yes(format!(
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}) + host (dropped slots)",
+                        if mixed { ", bf16 mixed mode" } else { "" }
+                    ))
+                } else if v.finalize && v.cast {
+                    Support::yes(format!(
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}{} + host (dropped slots)",
+                        if dtype == DType::BF16 {
+                            " (probe: f32 scales beside bf16 refused)"
+                        } else {
+                            ""
+                        }
+                    ))
                 } else {
                     Support::yes("host")
                 }
@@ -415,23 +683,23 @@ impl Backend for Ascend {
         }
         let total = ge.last().copied().unwrap_or(0) as usize;
         // Weight as [G, K, N]: KN is contiguous, NK is expressed by transposed strides.
-        let mut wd = desc_of(&a.w);
+        let mut wd = desc_of(&a.w, OP_GG, "w")?;
         let (k, n) = (d.k as i64, d.n as i64);
         wd.dims = vec![d.groups as i64, k, n];
         wd.strides = match a.layout {
             WeightLayout::KN => vec![k * n, n, 1],
             WeightLayout::NK => vec![k * n, 1, k],
         };
-        let x = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.x))?])?;
+        let x = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.x, OP_GG, "x")?)?])?;
         let w = TensorList::new(&self.rt, vec![self.t(&wd)?])?;
-        let y = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.y.as_ref()))?])?;
-        let group = self.t(&desc_of(&a.group_end))?;
+        let y = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.y.as_ref(), OP_GG, "y")?)?])?;
+        let group = self.t(&desc_of(&a.group_end, OP_GG, "group_end")?)?;
         let mut bias_f32 = None;
         let bias = match &a.bias {
             None => None,
             Some(b) if dt == DType::BF16 => {
                 let m = DevMem::new(&self.rt, d.groups * d.n * 4)?;
-                let src = self.t(&desc_of(b))?;
+                let src = self.t(&desc_of(b, OP_GG, "bias")?)?;
                 let dst = self.t(&scratch_desc(&m, sys::ACL_FLOAT, &[d.groups, d.n]))?;
                 self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
                 let l = TensorList::new(
@@ -441,7 +709,7 @@ impl Backend for Ascend {
                 bias_f32 = Some(m);
                 Some(l)
             }
-            Some(b) => Some(TensorList::new(&self.rt, vec![self.t(&desc_of(b))?])?),
+            Some(b) => Some(TensorList::new(&self.rt, vec![self.t(&desc_of(b, OP_GG, "bias")?)?])?),
         };
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
@@ -483,13 +751,6 @@ impl Backend for Ascend {
         let (t, e) = a.dims();
         let cfg = a.config;
         let k = cfg.k;
-        let v = self.rt.lib.versions;
-        let group = cfg.effective_group();
-        let vendor = match (cfg.scoring, group) {
-            (Scoring::Softmax, None) if a.bias.is_none() && v.gating_softmax && k <= 1024 => 1,
-            (Scoring::Softmax | Scoring::Sigmoid, _) if v.gating && e <= 2048 => 2,
-            _ => 0,
-        };
         let lg = self.stage(&a.logits)?;
         let logits: Vec<f64> = {
             let h = hv(&lg, &a.logits);
@@ -510,61 +771,83 @@ impl Backend for Ascend {
             }
             out
         };
-        if vendor == 0 || logits.iter().any(|x| !x.is_finite()) || t == 0 {
-            // Host: the contract's scoring, exclusion of non-finite logits and tie rules.
-            let sb = a.bias.as_ref().map(|b| self.stage(b)).transpose()?;
-            let mut si = self.stage(&a.ids.as_ref())?;
-            let mut sw = self.stage(&a.weights.as_ref())?;
-            let mut sc = match &a.expert_counts {
-                Some(c) => Some(self.stage(&c.as_ref())?),
-                None => None,
-            };
-            let args = RouterTopk {
-                config: cfg,
-                logits: hv(&lg, &a.logits),
-                bias: a.bias.as_ref().zip(sb.as_ref()).map(|(r, s)| hv(s, r)),
-                ids: hm(&mut si, &a.ids)?,
-                weights: hm(&mut sw, &a.weights)?,
-                expert_counts: match (&a.expert_counts, sc.as_mut()) {
-                    (Some(c), Some(s)) => Some(hm(s, c)?),
-                    _ => None,
-                },
-            };
-            Reference.router_topk(args.validate()?)?;
-            self.unstage(si.as_ref().expect("staged"), &a.ids)?;
-            self.unstage(sw.as_ref().expect("staged"), &a.weights)?;
-            if let (Some(c), Some(Some(s))) = (&a.expert_counts, sc.as_ref()) {
-                self.unstage(s, c)?;
-            }
-            return Ok(());
-        }
-        // Vendor op for the selection; scratch outputs.
-        let dt = a.logits.dtype();
-        let ymem = DevMem::new(&self.rt, t * k * dt.size())?;
-        let imem = DevMem::new(&self.rt, t * k * 4)?;
-        let x = self.t(&desc_of(&a.logits))?;
-        let y = self.t(&scratch_desc(&ymem, acl_dt(dt), &[t, k]))?;
-        let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
-        if vendor == 1 {
-            let rmem = DevMem::new(&self.rt, t * k * 4)?;
-            let row = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t, k]))?;
-            self.rt.gating_topk_softmax(&x, k as i64, &y, &idx, &row)?;
+        let route = if logits.iter().any(|x| !x.is_finite()) || t == 0 {
+            RouterRoute::Host
         } else {
-            let bias = a.bias.as_ref().map(|b| self.t(&desc_of(b))).transpose()?;
-            let (gc, kg, mode) = match group {
-                Some(g) => (
-                    g.n_group as i64,
-                    g.topk_group as i64,
-                    if g.score == GroupScore::Top2Sum { 1 } else { 0 },
-                ),
-                None => (1, 1, 0),
-            };
-            let norm = if cfg.scoring == Scoring::Sigmoid { 1 } else { 0 };
-            self.rt
-                .gating_topk(&x, bias.as_ref(), k as i64, kg, gc, mode, norm, &y, &idx)?;
-        }
-        let mut ids = vec![0i32; t * k];
-        self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+            self.router_route(&cfg, e, a.logits.dtype(), a.bias.is_some())
+        };
+        // Vendor op for the selection; scratch outputs.
+        let ids = match route {
+            RouterRoute::Host => None,
+            RouterRoute::Softmax => {
+                let dt = a.logits.dtype();
+                let ymem = DevMem::new(&self.rt, t * k * dt.size())?;
+                let imem = DevMem::new(&self.rt, t * k * 4)?;
+                let rmem = DevMem::new(&self.rt, t * k * 4)?;
+                let x = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+                let y = self.t(&scratch_desc(&ymem, acl_dt(dt), &[t, k]))?;
+                let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+                let row = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t, k]))?;
+                self.rt.gating_topk_softmax(&x, k as i64, &y, &idx, &row)?;
+                let mut ids = vec![0i32; t * k];
+                self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+                Some(ids)
+            }
+            RouterRoute::Gating(p) => {
+                // x in FLOAT: the bias is f32 (core) and must have x's dtype (audit P5); the cast
+                // from bf16/f16 is exact, so the selection is unchanged.
+                let xmem;
+                let x = if a.logits.dtype() == DType::F32 {
+                    self.t(&desc_of(&a.logits, OP_RT, "logits")?)?
+                } else {
+                    xmem = DevMem::new(&self.rt, t * e * 4)?;
+                    let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+                    let dst = self.t(&scratch_desc(&xmem, sys::ACL_FLOAT, &[t, e]))?;
+                    self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
+                    dst
+                };
+                let ymem = DevMem::new(&self.rt, t * k * 4)?;
+                let imem = DevMem::new(&self.rt, t * k * 4)?;
+                let omem = DevMem::new(&self.rt, t * e * 4)?;
+                let y = self.t(&scratch_desc(&ymem, sys::ACL_FLOAT, &[t, k]))?;
+                let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+                let out = self.t(&scratch_desc(&omem, sys::ACL_FLOAT, &[t, e]))?;
+                let bias = match &a.bias {
+                    Some(b) => Some(self.t(&desc_of(b, OP_RT, "bias")?)?),
+                    None => None,
+                };
+                let (gc, kg) = match cfg.effective_group() {
+                    Some(g) => (g.n_group as i64, g.topk_group as i64),
+                    None => (1, 1),
+                };
+                let mode = matches!(p.top2, Some(true)) as i64;
+                let o = self.rt.gating_topk(
+                    &x,
+                    bias.as_ref(),
+                    k as i64,
+                    kg,
+                    gc,
+                    mode,
+                    p.sigmoid as i64,
+                    &y,
+                    &idx,
+                    &out,
+                )?;
+                match o {
+                    // A shape this release's tiling refuses beyond the documented limits checked
+                    // in `router_route`: the host computes the contract instead.
+                    Outcome::Rejected(_) => None,
+                    Outcome::Ran => {
+                        let mut ids = vec![0i32; t * k];
+                        self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+                        Some(ids)
+                    }
+                }
+            }
+        };
+        let Some(ids) = ids else {
+            return self.router_host(&a, &lg);
+        };
         // Host: unbiased scores of the chosen experts, renormalize, scale once; counts.
         let mut w = vec![0f32; t * k];
         let mut counts = vec![0i64; e];
@@ -614,41 +897,14 @@ impl Backend for Ascend {
         let e = a.num_experts;
         let ids: Vec<i32> = self.fetch(&a.ids)?;
         check_ids(&ids, e)?;
-        let v = self.rt.lib.versions;
         let dropped = ids.iter().any(|&i| i < 0);
-        let device = a.x.is_some() && !dropped && t * k > 0 && v.init_routing > 0 && (v.init_routing == 3 || v.cast);
-        if !device {
-            let sx = a.x.as_ref().map(|x| self.stage(x)).transpose()?;
-            let si = self.stage(&a.ids)?;
-            let mut sg = self.stage(&a.group_end.as_ref())?;
-            let mut ss = self.stage(&a.src_token.as_ref())?;
-            let mut sr = self.stage(&a.slot_row.as_ref())?;
-            let mut sp = match &a.x_perm {
-                Some(p) => Some(self.stage(&p.as_ref())?),
-                None => None,
-            };
-            let args = MoePermute {
-                num_experts: e,
-                ids: hv(&si, &a.ids),
-                x: a.x.as_ref().zip(sx.as_ref()).map(|(r, s)| hv(s, r)),
-                group_end: hm(&mut sg, &a.group_end)?,
-                src_token: hm(&mut ss, &a.src_token)?,
-                slot_row: hm(&mut sr, &a.slot_row)?,
-                x_perm: match (&a.x_perm, sp.as_mut()) {
-                    (Some(p), Some(s)) => Some(hm(s, p)?),
-                    _ => None,
-                },
-            };
-            Reference.moe_permute(args.validate()?)?;
-            self.unstage(sg.as_ref().expect("staged"), &a.group_end)?;
-            self.unstage(ss.as_ref().expect("staged"), &a.src_token)?;
-            self.unstage(sr.as_ref().expect("staged"), &a.slot_row)?;
-            if let (Some(p), Some(Some(s))) = (&a.x_perm, sp.as_ref()) {
-                self.unstage(s, p)?;
-            }
-            return Ok(());
-        }
-        let x = a.x.as_ref().expect("checked above");
+        let path = self.routes.permute;
+        let Some(x) =
+            a.x.as_ref()
+                .filter(|_| !dropped && t * k > 0 && path != PermutePath::Host)
+        else {
+            return self.permute_host(&a);
+        };
         let h = x.shape()[1];
         let n = t * k;
         let scratch_x = if a.x_perm.is_none() {
@@ -657,39 +913,79 @@ impl Backend for Ascend {
             None
         };
         let ex_desc = match (&a.x_perm, &scratch_x) {
-            (Some(p), _) => reshaped(&p.as_ref(), &[n, h]),
+            (Some(p), _) => reshaped(&p.as_ref(), &[n, h], OP_MP, "x_perm")?,
             (None, Some(m)) => scratch_desc(m, acl_dt(x.dtype()), &[n, h]),
             _ => return Err(Error::device(NAME, 0, "internal: no expandedX")),
         };
         let rmem = DevMem::new(&self.rt, n * 4)?;
-        let xt = self.t(&desc_of(x))?;
-        let it = self.t(&desc_of(&a.ids))?;
+        let xt = self.t(&desc_of(x, OP_MP, "x")?)?;
+        let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
         let ext = self.t(&ex_desc)?;
         let rt = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[n]))?;
-        if v.init_routing == 3 {
-            let ct = self.t(&desc_of(&a.group_end.as_ref()))?;
-            self.rt.init_routing(true, &xt, &it, e as i64, &ext, &rt, &ct)?;
-        } else {
-            let cmem = DevMem::new(&self.rt, e * 4)?;
-            let ct = self.t(&scratch_desc(&cmem, sys::ACL_INT32, &[e]))?;
-            self.rt.init_routing(false, &xt, &it, e as i64, &ext, &rt, &ct)?;
-            let ge = self.t(&desc_of(&a.group_end.as_ref()))?;
-            self.rt.cast(&ct, sys::ACL_INT64, &ge)?;
+        // group_end is cumulative (OPS.md); V3 gives counts (expertTokensNumType 1, the only
+        // portable type, audit P3), V2 gives cumulative INT32 (flag 1). Either way the E values
+        // come to the host, which reads expandedRowIdx anyway.
+        let group_end: Vec<i64> = match path {
+            PermutePath::V3 { range } => {
+                let cmem = DevMem::new(&self.rt, e * 8)?;
+                let smem = DevMem::new(&self.rt, n * 4)?;
+                let ct = self.t(&scratch_desc(&cmem, sys::ACL_INT64, &[e]))?;
+                let st = self.t(&scratch_desc(&smem, sys::ACL_FLOAT, &[n]))?;
+                let r = if range {
+                    Some(IntArray::new(&self.rt, &[0, e as i64])?)
+                } else {
+                    None
+                };
+                let o = self
+                    .rt
+                    .init_routing_v3(&xt, &it, n as i64, e as i64, r.as_ref(), &ext, &rt, &ct, &st)?;
+                if let Outcome::Rejected(_) = o {
+                    return self.permute_host(&a);
+                }
+                let mut c = vec![0i64; e];
+                self.rt.d2h(bytemuck::cast_slice_mut(&mut c), cmem.ptr)?;
+                c.iter()
+                    .scan(0i64, |acc, &v| {
+                        *acc += v;
+                        Some(*acc)
+                    })
+                    .collect()
+            }
+            _ => {
+                let cmem = DevMem::new(&self.rt, e * 4)?;
+                let ct = self.t(&scratch_desc(&cmem, sys::ACL_INT32, &[e]))?;
+                if let Outcome::Rejected(_) = self.rt.init_routing_v2(&xt, &it, e as i64, &ext, &rt, &ct)? {
+                    return self.permute_host(&a);
+                }
+                let mut c = vec![0i32; e];
+                self.rt.d2h(bytemuck::cast_slice_mut(&mut c), cmem.ptr)?;
+                c.iter().map(|&v| v as i64).collect()
+            }
+        };
+        if group_end.last().copied() != Some(n as i64) || group_end.windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::device(
+                NAME,
+                0,
+                format!("vendor routing returned expert token numbers that do not sum to {n}: {group_end:?}"),
+            ));
         }
+        // rowIdxType 0 (V3) and V2: row[t·k+j] = position of slot (t,j).
         let mut row = vec![0i32; n];
         self.rt.d2h(bytemuck::cast_slice_mut(&mut row), rmem.ptr)?;
         let slot: Vec<i64> = row.iter().map(|&r| r as i64).collect();
-        let mut src = vec![0i64; n];
+        let mut src = vec![-1i64; n];
         for (f, &r) in row.iter().enumerate() {
-            if r < 0 || r as usize >= n {
+            if r < 0 || r as usize >= n || src[r as usize] >= 0 {
                 return Err(Error::device(
                     NAME,
                     0,
-                    format!("vendor routing returned expandedRowIdx {r} outside [0, {n})"),
+                    format!("vendor routing returned expandedRowIdx {row:?}, not a permutation of [0, {n})"),
                 ));
             }
             src[r as usize] = (f / k) as i64;
         }
+        let (go, _) = a.group_end.byte_range();
+        self.put(&a.group_end, go, bytes_of(&group_end))?;
         let (so, _) = a.slot_row.byte_range();
         self.put(&a.slot_row, so, bytes_of(&slot))?;
         let (to, _) = a.src_token.byte_range();
@@ -719,41 +1015,37 @@ impl Backend for Ascend {
         check_slot_rows(&slot, rows)?;
         let v = self.rt.lib.versions;
         let dt = a.y_perm.dtype();
+        let mixed = dt == DType::BF16 && self.routes.finalize_bf16_f32_scales;
         let device = v.finalize
-            && (dt == DType::F32 || v.cast)
+            && (dt == DType::F32 || mixed || v.cast)
             && !slot.iter().any(|&s| s < 0)
             && t * k > 0
             && rows > 0
             && h > 0;
         if !device {
-            let sy = self.stage(&a.y_perm)?;
-            let ss = self.stage(&a.slot_row)?;
-            let sw = self.stage(&a.weights)?;
-            let mut so = self.stage(&a.out.as_ref())?;
-            let args = MoeCombine {
-                y_perm: hv(&sy, &a.y_perm),
-                slot_row: hv(&ss, &a.slot_row),
-                weights: hv(&sw, &a.weights),
-                out: hm(&mut so, &a.out)?,
-            };
-            Reference.moe_combine(args.validate()?)?;
-            return self.unstage(so.as_ref().expect("staged"), &a.out);
+            return self.combine_host(&a);
         }
         let rows32: Vec<i32> = slot.iter().map(|&s| s as i32).collect();
         let rmem = DevMem::new(&self.rt, rows32.len() * 4)?;
         self.rt.h2d(rmem.ptr, rmem.len, bytes_of(&rows32))?;
-        let ex = self.t(&desc_of(&a.y_perm))?;
+        let ex = self.t(&desc_of(&a.y_perm, OP_MC, "y_perm")?)?;
         let ri = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t * k]))?;
-        let out = self.t(&desc_of(&a.out.as_ref()))?;
-        let w = self.t(&desc_of(&a.weights))?;
-        if dt == DType::F32 {
-            self.rt.finalize_routing(&ex, &ri, &w, &out)
+        let out = self.t(&desc_of(&a.out.as_ref(), OP_MC, "out")?)?;
+        let w = self.t(&desc_of(&a.weights, OP_MC, "weights")?)?;
+        let o = if dt == DType::F32 || mixed {
+            // f32 scales: matching f32 y_perm, or the documented bf16 mixed mode (audit L2),
+            // which keeps the router weights' precision.
+            self.rt.finalize_routing(&ex, &ri, &w, &out)?
         } else {
-            // The vendor op takes scales in the dtype of expandedX: cast the f32 router weights.
+            // Scales in the dtype of expandedX: cast the f32 router weights.
             let smem = DevMem::new(&self.rt, t * k * dt.size())?;
             let st = self.t(&scratch_desc(&smem, acl_dt(dt), &[t, k]))?;
             self.rt.cast(&w, acl_dt(dt), &st)?;
-            self.rt.finalize_routing(&ex, &ri, &st, &out)
+            self.rt.finalize_routing(&ex, &ri, &st, &out)?
+        };
+        match o {
+            Outcome::Ran => Ok(()),
+            Outcome::Rejected(_) => self.combine_host(&a),
         }
     }
 
@@ -835,9 +1127,41 @@ impl Ascend {
             Reference.gather_rows(args.validate()?)?;
             return self.unstage(so.as_ref().expect("staged"), &a.out);
         }
-        let table = self.t(&desc_of(&a.table))?;
-        let index = self.t(&reshaped(&a.rows, &[t * c]))?;
-        let out = self.t(&reshaped(&a.out.as_ref(), &[t * c, d]))?;
+        let table = self.t(&desc_of(&a.table, OP_GR, "table")?)?;
+        let index = self.t(&reshaped(&a.rows, &[t * c], OP_GR, "rows")?)?;
+        let out = self.t(&reshaped(&a.out.as_ref(), &[t * c, d], OP_GR, "out")?)?;
         self.rt.gather(v.gather, &table, &index, &out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n_group: usize, topk_group: usize, score: GroupScore) -> Option<GroupLimit> {
+        Some(GroupLimit {
+            n_group,
+            topk_group,
+            score,
+        })
+    }
+
+    #[test]
+    fn gating_shape_limits_are_the_documented_ones() {
+        // DeepSeek-V3: 8·align32(32) = 256.
+        assert!(gating_shape_ok(256, 8, g(8, 4, GroupScore::Top2Sum)).is_ok());
+        // Audit P7: 128·align32(8) = 4096 > 2048.
+        let e = gating_shape_ok(1024, 8, g(128, 4, GroupScore::Top2Sum)).unwrap_err();
+        assert!(e.contains("4096"), "{e}");
+        // Keeping every group is not grouping: the align32 rule does not apply.
+        assert!(gating_shape_ok(1024, 8, g(128, 128, GroupScore::Max)).is_ok());
+        assert!(gating_shape_ok(2048, 8, None).is_ok());
+        assert!(gating_shape_ok(2049, 8, None).is_err());
+        assert!(gating_shape_ok(64, 0, None).is_err());
+        // k <= E/groupCount·kGroup.
+        assert!(gating_shape_ok(64, 17, g(8, 2, GroupScore::Max)).is_err());
+        assert!(gating_shape_ok(64, 16, g(8, 2, GroupScore::Max)).is_ok());
+        // top-2 sum needs two experts per group.
+        assert!(gating_shape_ok(8, 2, g(8, 2, GroupScore::Top2Sum)).is_err());
     }
 }

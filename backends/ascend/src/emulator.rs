@@ -1,9 +1,11 @@
 //! Locating and building the emulator library (`libascendcl.so` from `moehal-ascend-emu`) for
 //! tests, the conformance suite and `moehal check --backend ascend`, without a manual step.
 //!
-//! [`build`] runs `cargo build -p moehal-ascend-emu` in a separate target directory (so it never
-//! waits on, or deadlocks with, the cargo that runs the caller) and copies the library into its own
-//! folder per variant, so that parallel callers never see a half-written file.
+//! [`build_profile`] runs `MOEHAL_ACL_EMU_CANN=<profile> cargo build -p moehal-ascend-emu` in a
+//! separate target directory per CANN profile (so it never waits on, or deadlocks with, the cargo
+//! that runs the caller, and profiles never rebuild each other) and copies the library into its own
+//! folder per profile and variant, so that parallel callers never see a half-written file.
+//! [`build`] is the default profile.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,14 +16,42 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Build the emulator (`omit`: the name of one symbol to leave out, for which the emulator has an
-/// `omit-symbol-<name>` feature) under `<target_dir>/ascend-emu`, and return the directory holding
-/// its `libascendcl.so`. Cheap when up to date.
+/// The environment variable the emulator's build reads to choose the CANN release it emulates
+/// (the emulator's fixed interface: `MOEHAL_ACL_EMU_CANN=8.1|8.2|8.3|8.5 cargo build -p
+/// moehal-ascend-emu`; a profile exports only that release's aclnn symbols and enforces its
+/// restrictions).
+pub const PROFILE_ENV: &str = "MOEHAL_ACL_EMU_CANN";
+
+/// Every CANN profile the emulator can be built for, oldest first.
+pub const CANN_PROFILES: [&str; 4] = ["8.1", "8.2", "8.3", "8.5"];
+
+/// The profile the emulator builds when [`PROFILE_ENV`] is unset (and the one [`build`] uses).
+pub const DEFAULT_PROFILE: &str = "8.5";
+
+/// Build the emulator for [`DEFAULT_PROFILE`]: [`build_profile`] with that profile.
 ///
 /// # Errors
-/// The cargo command's failure, as text.
+/// As [`build_profile`].
 pub fn build(target_dir: &Path, omit: Option<&str>) -> Result<PathBuf, String> {
-    let nested = target_dir.join("ascend-emu");
+    build_profile(target_dir, DEFAULT_PROFILE, omit)
+}
+
+/// Build the emulator for CANN `profile` (one of [`CANN_PROFILES`]; `omit`: the name of one
+/// symbol to leave out, for which the emulator has an `omit-symbol-<name>` feature) under
+/// `<target_dir>/ascend-emu/cann-<profile>`, and return the directory holding its
+/// `libascendcl.so` (one directory per profile and variant). Each profile has its own nested
+/// target directory, so switching profiles never rebuilds another one. Cheap when up to date.
+///
+/// # Errors
+/// An unknown profile, or the cargo command's failure, as text.
+pub fn build_profile(target_dir: &Path, profile: &str, omit: Option<&str>) -> Result<PathBuf, String> {
+    if !CANN_PROFILES.contains(&profile) {
+        return Err(format!(
+            "unknown CANN profile {profile:?} (known: {})",
+            CANN_PROFILES.join(", ")
+        ));
+    }
+    let nested = target_dir.join("ascend-emu").join(format!("cann-{profile}"));
     let out = nested.join(match omit {
         None => "lib-full".to_string(),
         Some(s) => format!("lib-omit-{s}"),
@@ -32,7 +62,8 @@ pub fn build(target_dir: &Path, omit: Option<&str>) -> Result<PathBuf, String> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
         .args(["build", "-p", "moehal-ascend-emu", "--target-dir"])
-        .arg(nested.join("target"));
+        .arg(nested.join("target"))
+        .env(PROFILE_ENV, profile);
     if let Some(s) = omit {
         cmd.args(["--features", &format!("moehal-ascend-emu/omit-symbol-{s}")]);
     }
@@ -50,7 +81,7 @@ pub fn build(target_dir: &Path, omit: Option<&str>) -> Result<PathBuf, String> {
     let o = cmd.output().map_err(|e| format!("running cargo: {e}"))?;
     if !o.status.success() {
         return Err(format!(
-            "building the emulator failed:\n{}",
+            "building the emulator (CANN {profile}) failed:\n{}",
             String::from_utf8_lossy(&o.stderr)
         ));
     }

@@ -1,6 +1,6 @@
 //! Everything unsafe of the backend: loading the CANN libraries, the resolved function table, and
 //! RAII wrappers (runtime/device/context/stream, device memory, aclTensor / aclTensorList /
-//! aclIntArray, executor) plus one safe method per aclnn op that runs the two-phase call.
+//! aclIntArray) plus one safe method per aclnn op that runs the two-phase call.
 
 use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -65,7 +65,6 @@ api! {
         aclCreateTensor: aclCreateTensorFn, aclDestroyTensor: aclDestroyTensorFn,
         aclCreateIntArray: aclCreateIntArrayFn, aclDestroyIntArray: aclDestroyIntArrayFn,
         aclCreateTensorList: aclCreateTensorListFn, aclDestroyTensorList: aclDestroyTensorListFn,
-        aclDestroyAclOpExecutor: aclDestroyAclOpExecutorFn,
     }
     optional {
         aclnnGroupedMatmulV4GetWorkspaceSize: aclnnGroupedMatmulV4GetWorkspaceSizeFn, aclnnGroupedMatmulV4: aclnnGroupedMatmulV4Fn,
@@ -120,6 +119,72 @@ pub struct OpVersions {
 }
 
 impl Api {
+    /// The aclnn ops whose two entry points both resolved, by name.
+    pub fn ops(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut add = |name: &'static str, a: bool, b: bool| {
+            if a && b {
+                v.push(name);
+            }
+        };
+        add(
+            "aclnnGroupedMatmulV4",
+            self.aclnnGroupedMatmulV4.is_some(),
+            self.aclnnGroupedMatmulV4GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGroupedMatmulV3",
+            self.aclnnGroupedMatmulV3.is_some(),
+            self.aclnnGroupedMatmulV3GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeGatingTopKSoftmax",
+            self.aclnnMoeGatingTopKSoftmax.is_some(),
+            self.aclnnMoeGatingTopKSoftmaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeGatingTopK",
+            self.aclnnMoeGatingTopK.is_some(),
+            self.aclnnMoeGatingTopKGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeInitRoutingV2",
+            self.aclnnMoeInitRoutingV2.is_some(),
+            self.aclnnMoeInitRoutingV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeInitRoutingV3",
+            self.aclnnMoeInitRoutingV3.is_some(),
+            self.aclnnMoeInitRoutingV3GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeFinalizeRoutingV2",
+            self.aclnnMoeFinalizeRoutingV2.is_some(),
+            self.aclnnMoeFinalizeRoutingV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnEmbedding",
+            self.aclnnEmbedding.is_some(),
+            self.aclnnEmbeddingGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGatherV2",
+            self.aclnnGatherV2.is_some(),
+            self.aclnnGatherV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnIndexSelect",
+            self.aclnnIndexSelect.is_some(),
+            self.aclnnIndexSelectGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnCast",
+            self.aclnnCast.is_some(),
+            self.aclnnCastGetWorkspaceSize.is_some(),
+        );
+        v
+    }
+
     fn versions(&self) -> OpVersions {
         let both = |a: bool, b: bool| a && b;
         OpVersions {
@@ -555,8 +620,11 @@ pub struct TDesc {
     pub storage: i64,
     /// ACL data type.
     pub dtype: sys::aclDataType,
-    /// Device address of the storage.
+    /// Device address of the storage: 32-byte aligned, as `aclCreateTensor` requires of
+    /// `tensorData` ([HA] canncommercial/900 operatorlist_00019: undefined behaviour otherwise).
     pub addr: u64,
+    /// The argument this tensor carries (`x`, `table`, or a scratch name), for error messages.
+    pub name: &'static str,
 }
 
 impl<'r> Tensor<'r> {
@@ -579,7 +647,14 @@ impl<'r> Tensor<'r> {
             )
         };
         if raw.is_null() {
-            return Err(err_with(api, sys::ACLNN_ERR_PARAM_INVALID, "aclCreateTensor"));
+            return Err(err_with(
+                api,
+                sys::ACLNN_ERR_PARAM_INVALID,
+                &format!(
+                    "aclCreateTensor({}: dims {:?}, strides {:?}, offset {})",
+                    d.name, d.dims, d.strides, d.offset
+                ),
+            ));
         }
         Ok(Tensor { rt, raw })
     }
@@ -629,14 +704,13 @@ impl Drop for TensorList<'_> {
     }
 }
 
-/// An `aclIntArray` (host values, copied by the runtime); for ops with list attributes.
-#[allow(dead_code)]
+/// An `aclIntArray` (host values, copied by the runtime); for ops with list attributes
+/// (`activeExpertRangeOptional` of `aclnnMoeInitRoutingV3`).
 pub struct IntArray<'r> {
     rt: &'r Runtime,
     raw: *mut sys::aclIntArray,
 }
 
-#[allow(dead_code)]
 impl<'r> IntArray<'r> {
     /// `aclCreateIntArray`.
     pub fn new(rt: &'r Runtime, v: &[i64]) -> Result<Self> {
@@ -647,6 +721,9 @@ impl<'r> IntArray<'r> {
         }
         Ok(IntArray { rt, raw })
     }
+    fn ptr(&self) -> *const sys::aclIntArray {
+        self.raw
+    }
 }
 
 impl Drop for IntArray<'_> {
@@ -656,25 +733,19 @@ impl Drop for IntArray<'_> {
     }
 }
 
-/// An executor from phase one; destroyed unless consumed by its launch.
-struct Executor<'r> {
-    rt: &'r Runtime,
-    raw: *mut sys::aclOpExecutor,
-}
-
-impl Drop for Executor<'_> {
-    fn drop(&mut self) {
-        if !self.raw.is_null() {
-            // SAFETY: an executor from phase one that was never launched.
-            unsafe { (self.rt.api().aclDestroyAclOpExecutor)(self.raw) };
-        }
-    }
-}
-
 type Launch = unsafe extern "C" fn(*mut c_void, u64, *mut sys::aclOpExecutor, sys::aclrtStream) -> sys::aclnnStatus;
 
 fn opt<T: Copy>(f: Option<T>, name: &str) -> Result<T> {
     f.ok_or_else(|| Error::unsupported("ascend", NAME, format!("{name} is not in the loaded op libraries")))
+}
+
+/// What a two-phase call came to when its phase one may reject the call (the backend then routes
+/// the op to the host instead).
+pub enum Outcome {
+    /// Phase one accepted the call; it was launched and the stream drained.
+    Ran,
+    /// Phase one (`GetWorkspaceSize`) returned this error; nothing was enqueued.
+    Rejected(Error),
 }
 
 impl Runtime {
@@ -686,23 +757,41 @@ impl Runtime {
         phase1: impl FnOnce(*mut u64, *mut *mut sys::aclOpExecutor) -> sys::aclnnStatus,
         launch: Launch,
     ) -> Result<()> {
+        match self.two_phase_outcome(name, phase1, launch)? {
+            Outcome::Ran => Ok(()),
+            Outcome::Rejected(e) => Err(e),
+        }
+    }
+
+    /// [`Runtime::two_phase`], but a phase-one rejection comes back as [`Outcome::Rejected`].
+    fn two_phase_outcome(
+        &self,
+        name: &str,
+        phase1: impl FnOnce(*mut u64, *mut *mut sys::aclOpExecutor) -> sys::aclnnStatus,
+        launch: Launch,
+    ) -> Result<Outcome> {
         self.bind()?;
         let mut ws = 0u64;
         let mut raw: *mut sys::aclOpExecutor = ptr::null_mut();
         let st = phase1(&mut ws, &mut raw);
-        let mut exec = Executor { rt: self, raw };
-        check(self.api(), st, &format!("{name}GetWorkspaceSize"))?;
+        if let Err(e) = check(self.api(), st, &format!("{name}GetWorkspaceSize")) {
+            return Ok(Outcome::Rejected(e));
+        }
+        // If the workspace cannot be had, the executor of this successful phase one is not
+        // launched and not destroyed: it is a plain (not repeatable) executor, and the documents
+        // allow `aclDestroyAclOpExecutor` only for repeatable ones ([HA] canncommercial/800
+        // operatorlist_00021, `ascend_audit.md` L1). A host-side leak on this error path only.
         let ws_mem = if ws > 0 {
             Some(DevMem::new(self, ws as usize)?)
         } else {
             None
         };
         let ws_ptr = ws_mem.as_ref().map_or(ptr::null_mut(), |m| m.ptr as *mut c_void);
-        let raw = std::mem::replace(&mut exec.raw, ptr::null_mut()); // launch consumes it
-                                                                     // SAFETY: the executor came from phase one of this op; workspace is `ws` device bytes.
+        // SAFETY: the executor came from phase one of this op; workspace is `ws` device bytes.
         let st = unsafe { launch(ws_ptr, ws, raw, self.stream as sys::aclrtStream) };
         check(self.api(), st, name)?;
-        self.sync()
+        self.sync()?;
+        Ok(Outcome::Ran)
     }
 }
 
@@ -843,7 +932,14 @@ impl Runtime {
         )
     }
 
-    /// `aclnnMoeGatingTopK` with renorm 0, outFlag false.
+    /// `aclnnMoeGatingTopK` with renorm 0, outFlag false, routedScalingFactor 1, eps 1e-20.
+    ///
+    /// `out` (FLOAT `[T,E]`) is always passed: the op definition declares `out` REQUIRED and the
+    /// tiling null-checks its shape and requires FLOAT whatever `outFlag` says ([OT]
+    /// moe_gating_top_k_def.cpp, moe_gating_top_k_tiling.cpp; torch_npu always allocates it), see
+    /// `ascend_audit.md` P4. `bias` must have the dtype of `x` (tiling: `biasDtype != xDtype` fails;
+    /// audit P5): the caller guarantees it. A phase-one rejection is returned as
+    /// [`Outcome::Rejected`] so the caller can route the op to the host.
     #[allow(clippy::too_many_arguments)]
     pub fn gating_topk(
         &self,
@@ -856,15 +952,16 @@ impl Runtime {
         norm: i64,
         y: &Tensor<'_>,
         idx: &Tensor<'_>,
-    ) -> Result<()> {
+        out: &Tensor<'_>,
+    ) -> Result<Outcome> {
         let api = self.api();
         let p1 = opt(
             api.aclnnMoeGatingTopKGetWorkspaceSize,
             "aclnnMoeGatingTopKGetWorkspaceSize",
         )?;
         let l = opt(api.aclnnMoeGatingTopK, "aclnnMoeGatingTopK")?;
-        // SAFETY: live objects of this runtime or NULL.
-        self.two_phase(
+        // SAFETY: live objects of this runtime or NULL for the optional bias.
+        self.two_phase_outcome(
             "aclnnMoeGatingTopK",
             |ws, ex| unsafe {
                 p1(
@@ -881,7 +978,7 @@ impl Runtime {
                     1e-20,
                     y.ptr(),
                     idx.ptr(),
-                    ptr::null(),
+                    out.ptr(),
                     ws,
                     ex,
                 )
@@ -890,94 +987,121 @@ impl Runtime {
         )
     }
 
-    /// `aclnnMoeInitRoutingV3` (`v3`, rowIdxType 1 = scatter, cumulative INT64 counts) or `V2`
-    /// (cumulative INT32 counts), dropless, all rows active.
+    /// `aclnnMoeInitRoutingV3`, dropless (dropPadMode 0), unquantised (quantMode -1, no scale or
+    /// offset input), with the call pattern that the 2025 and the 2026 op code both accept
+    /// (`ascend_audit.md` P1-P3; what vLLM-Ascend's `TokenDispatcherWithAllGather` passes):
+    /// activeNum = T·k (the 2025 tiling requires -1 or N·K), expertTokensNumType 1 = per-expert
+    /// **counts** (the 2025 tiling accepts only 1 and 2), `range` = `[0, E]` (the 2025 aclnn layer
+    /// dereferences it unconditionally; `None` only where a probe showed the op rejects it), rowIdxType
+    /// 0 = GATHER, `expandedRowIdx[t·k+j]` = position of slot (t,j) ([OT] moe_v3_row_idx_gather.h;
+    /// torch_npu doc formula), and `scale_out` FLOAT `[T·k]`, which the aclnn layer null-checks
+    /// (`CheckNotNull(... expandedScaleOut)`, 161001). `counts` is INT64 `[E]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn init_routing(
+    pub fn init_routing_v3(
         &self,
-        v3: bool,
+        x: &Tensor<'_>,
+        ids: &Tensor<'_>,
+        active_num: i64,
+        e: i64,
+        range: Option<&IntArray<'_>>,
+        ex_x: &Tensor<'_>,
+        row_idx: &Tensor<'_>,
+        counts: &Tensor<'_>,
+        scale_out: &Tensor<'_>,
+    ) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(
+            api.aclnnMoeInitRoutingV3GetWorkspaceSize,
+            "aclnnMoeInitRoutingV3GetWorkspaceSize",
+        )?;
+        let l = opt(api.aclnnMoeInitRoutingV3, "aclnnMoeInitRoutingV3")?;
+        let range = range.map_or(ptr::null(), |r| r.ptr());
+        // SAFETY: live objects of this runtime or NULL for absent optionals.
+        self.two_phase_outcome(
+            "aclnnMoeInitRoutingV3",
+            |ws, exe| unsafe {
+                p1(
+                    x.ptr(),
+                    ids.ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    active_num,
+                    0,
+                    e,
+                    0,
+                    1,
+                    true,
+                    -1,
+                    range,
+                    0,
+                    ex_x.ptr(),
+                    row_idx.ptr(),
+                    counts.ptr(),
+                    scale_out.ptr(),
+                    ws,
+                    exe,
+                )
+            },
+            l,
+        )
+    }
+
+    /// `aclnnMoeInitRoutingV2`, dropless (activeNum 0 = all rows, capacity 0, dropPadMode 0),
+    /// flag 1 = cumulative INT32 `[E]` counts, no before-capacity output (OPTIONAL in the op def).
+    /// `expandedRowIdx[t·k+j]` = position of slot (t,j) ([OT] moe_v2_gather_out.h).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_routing_v2(
+        &self,
         x: &Tensor<'_>,
         ids: &Tensor<'_>,
         e: i64,
         ex_x: &Tensor<'_>,
         row_idx: &Tensor<'_>,
         counts: &Tensor<'_>,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let api = self.api();
-        if v3 {
-            let p1 = opt(
-                api.aclnnMoeInitRoutingV3GetWorkspaceSize,
-                "aclnnMoeInitRoutingV3GetWorkspaceSize",
-            )?;
-            let l = opt(api.aclnnMoeInitRoutingV3, "aclnnMoeInitRoutingV3")?;
-            // SAFETY: live objects of this runtime or NULL.
-            self.two_phase(
-                "aclnnMoeInitRoutingV3",
-                |ws, exe| unsafe {
-                    p1(
-                        x.ptr(),
-                        ids.ptr(),
-                        ptr::null(),
-                        ptr::null(),
-                        0,
-                        0,
-                        e,
-                        0,
-                        0,
-                        true,
-                        -1,
-                        ptr::null(),
-                        1,
-                        ex_x.ptr(),
-                        row_idx.ptr(),
-                        counts.ptr(),
-                        ptr::null(),
-                        ws,
-                        exe,
-                    )
-                },
-                l,
-            )
-        } else {
-            let p1 = opt(
-                api.aclnnMoeInitRoutingV2GetWorkspaceSize,
-                "aclnnMoeInitRoutingV2GetWorkspaceSize",
-            )?;
-            let l = opt(api.aclnnMoeInitRoutingV2, "aclnnMoeInitRoutingV2")?;
-            // SAFETY: live objects of this runtime or NULL.
-            self.two_phase(
-                "aclnnMoeInitRoutingV2",
-                |ws, exe| unsafe {
-                    p1(
-                        x.ptr(),
-                        ids.ptr(),
-                        0,
-                        0,
-                        e,
-                        0,
-                        1,
-                        false,
-                        ex_x.ptr(),
-                        row_idx.ptr(),
-                        counts.ptr(),
-                        ptr::null(),
-                        ws,
-                        exe,
-                    )
-                },
-                l,
-            )
-        }
+        let p1 = opt(
+            api.aclnnMoeInitRoutingV2GetWorkspaceSize,
+            "aclnnMoeInitRoutingV2GetWorkspaceSize",
+        )?;
+        let l = opt(api.aclnnMoeInitRoutingV2, "aclnnMoeInitRoutingV2")?;
+        // SAFETY: live objects of this runtime or NULL.
+        self.two_phase_outcome(
+            "aclnnMoeInitRoutingV2",
+            |ws, exe| unsafe {
+                p1(
+                    x.ptr(),
+                    ids.ptr(),
+                    0,
+                    0,
+                    e,
+                    0,
+                    1,
+                    false,
+                    ex_x.ptr(),
+                    row_idx.ptr(),
+                    counts.ptr(),
+                    ptr::null(),
+                    ws,
+                    exe,
+                )
+            },
+            l,
+        )
     }
 
     /// `aclnnMoeFinalizeRoutingV2(expandedX, expandedRowIdx, -, -, -, scales, -, dropPadMode 2, out)`.
+    ///
+    /// `scales` is `[T,k]` in the dtype of `ex_x`, or FLOAT beside BFLOAT16 `ex_x` (the 910B mixed
+    /// mode, [OTF] aclnnMoeFinalizeRoutingV2.md; audit L2). A phase-one rejection comes back as
+    /// [`Outcome::Rejected`].
     pub fn finalize_routing(
         &self,
         ex_x: &Tensor<'_>,
         row_idx: &Tensor<'_>,
         scales: &Tensor<'_>,
         out: &Tensor<'_>,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let api = self.api();
         let p1 = opt(
             api.aclnnMoeFinalizeRoutingV2GetWorkspaceSize,
@@ -986,7 +1110,7 @@ impl Runtime {
         let l = opt(api.aclnnMoeFinalizeRoutingV2, "aclnnMoeFinalizeRoutingV2")?;
         let n = ptr::null();
         // SAFETY: live objects of this runtime or NULL.
-        self.two_phase(
+        self.two_phase_outcome(
             "aclnnMoeFinalizeRoutingV2",
             |ws, exe| unsafe {
                 p1(

@@ -10,14 +10,18 @@
 //!   unavailable and the reason lists the missing names. Op versions are probed (both `aclnnX` and
 //!   `aclnnXGetWorkspaceSize`): GroupedMatmul V4 else V3, MoeGatingTopK / MoeGatingTopKSoftmax,
 //!   MoeInitRouting V3 else V2, MoeFinalizeRoutingV2, Embedding / GatherV2 / IndexSelect, Cast.
-//! - `Backend::supports` names, per op, the aclnn op used and
-//!   which parts run on the host (see the crate README for why).
+//! - At open, tiny complete launches probe which call patterns the installed MoeInitRouting,
+//!   MoeGatingTopK and MoeFinalizeRouting ops accept **and** compute as documented (see
+//!   `routes.rs` and `shared/reference/ascend_audit.md`); each op is routed by what they found.
+//! - `Backend::supports` names, per op, the aclnn op and call
+//!   pattern used, which parts run on the host, and what the probe found (see the crate README).
 //!
 //! Verified against the strict emulator `moehal-ascend-emu`, not silicon.
 
 mod backend;
 pub mod emulator;
 mod ffi;
+mod routes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,4 +74,13 @@ pub fn probe() -> std::result::Result<(), String> {
 /// The directories [`open`] searches, in order.
 pub fn search_dirs() -> Vec<PathBuf> {
     ffi::search_dirs()
+}
+
+/// The aclnn ops (both `aclnnX` and `aclnnXGetWorkspaceSize` present) in the libraries of `dir`,
+/// by name, e.g. `aclnnMoeInitRoutingV3`. Loads the libraries, opens no device.
+///
+/// # Errors
+/// As [`probe`], for `dir` only.
+pub fn ops_at(dir: impl Into<PathBuf>) -> std::result::Result<Vec<&'static str>, String> {
+    Ok(ffi::load(&[dir.into()])?.api.ops())
 }

@@ -9,6 +9,8 @@ use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
     RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
+use std::sync::Arc;
+
 use moehal_core::{Backend, BackendExt, Buffer, DType, Reference};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -101,7 +103,13 @@ fn check_floats(what: &str, dt: DType, a: &[f32], r: &[f32], n_valid: usize) {
 
 #[test]
 fn grouped_gemm_matches_reference() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        grouped_gemm_matches_reference_on(profile, asc);
+    }
+}
+
+fn grouped_gemm_matches_reference_on(_profile: &str, asc: Arc<dyn Backend>) {
     let refb = Reference::new();
     let seed = 0x5eed_0001u64;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -162,7 +170,13 @@ fn grouped_gemm_matches_reference() {
 
 #[test]
 fn grouped_gemm_rejects_bad_group_end_and_writes_nothing() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        grouped_gemm_rejects_bad_group_end_and_writes_nothing_on(profile, asc);
+    }
+}
+
+fn grouped_gemm_rejects_bad_group_end_and_writes_nothing_on(_profile: &str, asc: Arc<dyn Backend>) {
     let (m, k, n, g) = (4usize, 8usize, 8usize, 2usize);
     let x = asc.upload_slice(&vec![1.0f32; m * k]).unwrap();
     let w = asc.upload_slice(&vec![1.0f32; g * k * n]).unwrap();
@@ -242,7 +256,13 @@ fn router_case(
 
 #[test]
 fn router_topk_matches_reference() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        router_topk_matches_reference_on(profile, asc);
+    }
+}
+
+fn router_topk_matches_reference_on(_profile: &str, asc: Arc<dyn Backend>) {
     let plain = |scoring, k, renormalize, s| RouterConfig {
         k,
         scoring,
@@ -370,7 +390,13 @@ fn permute_case(asc: &dyn Backend, ids: &[i32], t: usize, k: usize, e: usize, h:
 
 #[test]
 fn moe_permute_and_combine_match_reference() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        moe_permute_and_combine_match_reference_on(profile, asc);
+    }
+}
+
+fn moe_permute_and_combine_match_reference_on(profile: &str, asc: Arc<dyn Backend>) {
     let (t, k, e, h) = (6usize, 2usize, 5usize, 3usize);
     let ids = vec![1, 3, 0, 1, 4, 4, 1, 0, 2, 3, 1, 4];
     permute_case(&*asc, &ids, t, k, e, h, true); // aclnnMoeInitRouting
@@ -412,12 +438,27 @@ fn moe_permute_and_combine_match_reference() {
     let s = asc.supports(&OpDesc::MoeCombine { dtype: DType::BF16 });
     assert!(format!("{s:?}").contains("aclnnMoeFinalizeRoutingV2"), "{s:?}");
     let s = asc.supports(&OpDesc::MoePermute { x: Some(DType::F32) });
-    assert!(format!("{s:?}").contains("aclnnMoeInitRoutingV3"), "{s:?}");
+    if ascend_common::profiles_honoured() {
+        // 8.1.RC1 has no aclnnMoeInitRoutingV3 header (ascend_acl.md §4.1); from 8.2 the documented
+        // V3 call (audit P1-P3, rowIdxType 0 gather) must pass the open-time probe.
+        let want = if profile == "8.1" {
+            "aclnnMoeInitRoutingV2"
+        } else {
+            "aclnnMoeInitRoutingV3"
+        };
+        assert!(format!("{s:?}").contains(want), "CANN {profile}: {s:?}");
+    }
 }
 
 #[test]
 fn swiglu_matches_reference() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        swiglu_matches_reference_on(profile, asc);
+    }
+}
+
+fn swiglu_matches_reference_on(_profile: &str, asc: Arc<dyn Backend>) {
     let refb = Reference::new();
     let mut rng = ChaCha8Rng::seed_from_u64(31);
     for dt in DType::FLOATS {
@@ -443,7 +484,13 @@ fn swiglu_matches_reference() {
 
 #[test]
 fn engram_hash_toy_vector_and_lookup() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        engram_hash_toy_vector_and_lookup_on(profile, asc);
+    }
+}
+
+fn engram_hash_toy_vector_and_lookup_on(_profile: &str, asc: Arc<dyn Backend>) {
     let layer = toy::layer().unwrap();
     let ids = asc.upload_slice(&[7i64, 3, 7, 3, 49]).unwrap();
     let mut rows = asc.upload_slice(&[-1i64; 20]).unwrap();
@@ -493,7 +540,13 @@ fn engram_hash_toy_vector_and_lookup() {
 
 #[test]
 fn gather_rows_matches_reference() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        gather_rows_matches_reference_on(profile, asc);
+    }
+}
+
+fn gather_rows_matches_reference_on(_profile: &str, asc: Arc<dyn Backend>) {
     let refb = Reference::new();
     let mut rng = ChaCha8Rng::seed_from_u64(41);
     let (r, t, c) = (50usize, 7usize, 3usize);
@@ -558,7 +611,13 @@ fn gather_rows_matches_reference() {
 
 #[test]
 fn device_info_reports_emulator_soc() {
-    let asc = ascend_common::open_emulated();
+    for (profile, asc) in ascend_common::open_profiles() {
+        eprintln!("CANN profile {profile}");
+        device_info_reports_emulator_soc_on(profile, asc);
+    }
+}
+
+fn device_info_reports_emulator_soc_on(_profile: &str, asc: Arc<dyn Backend>) {
     let info = asc.device_info();
     assert_eq!(info.name, "Ascend910B2-emu");
     assert!(info.memory_bytes.is_some_and(|m| m > 0));
