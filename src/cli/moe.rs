@@ -82,7 +82,26 @@ pub(super) fn run(a: Args) -> CliResult {
             (4u64 << 30).min(avail * 6 / 10 / host_copies)
         }
     };
-    let quant = if a.float_weights { None } else { shipped_formats(&p) };
+    let mut quant = if a.float_weights { None } else { shipped_formats(&p) };
+    // A backend without kernels for the shipped formats runs the float path, and says why.
+    if let Some((routed, shared)) = quant {
+        for f in [routed, shared] {
+            let desc = moehal_core::ops::QuantDesc::GroupedGemm {
+                w: f,
+                x: moehal_core::ops::ActFormat::Float(a.dtype),
+                y: a.dtype,
+            };
+            if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
+                notes.push(format!(
+                    "{} does not run {} ({reason}): float weights instead of the shipped {routed}/{shared}",
+                    backend.name(),
+                    desc.variant()
+                ));
+                quant = None;
+                break;
+            }
+        }
+    }
     // Quantized weights are budgeted at one byte per element (an upper bound: mxfp4 holds ~0.53).
     let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
     let (p, fit_notes) = fit_experts(&p, wdt, budget);
