@@ -137,6 +137,12 @@ enum moehal_table_format {
                                      per row -> float32 or bfloat16 out */
 };
 
+enum moehal_weight_format { /* OPS.md §6; weights in layout NK */
+  MOEHAL_WEIGHT_FP8_BLOCK = 0, /* w [G,N,K] uint8 e4m3fn; w_scale [G,ceil(N/128),ceil(K/128)] f32 or uint8 E8M0 */
+  MOEHAL_WEIGHT_MXFP4 = 1,     /* w [G,N,K/2] uint8 packed E2M1 (low nibble = even k); w_scale [G,N,K/32] E8M0 */
+  MOEHAL_WEIGHT_INT8 = 2       /* w [G,N,K] int8; w_scale [G,N] f32 per output channel */
+};
+
 /* ---------------------------------------------------------------------------------------------
  * Structs
  * ------------------------------------------------------------------------------------------- */
@@ -340,6 +346,24 @@ MOEHAL_API moehal_status moehal_engram_lookup(const moehal_backend* backend, con
                                               const DLTensor* ids, const DLTensor* positions, const DLTensor* alive,
                                               const int64_t* history, size_t history_len, const DLTensor* table,
                                               int32_t format, DLTensor* out);
+
+/* §6 grouped_gemm with quantized weights (format enum moehal_weight_format). x [M,K]: f32/bf16/f16
+ * (weight-only; x_scale NULL; y and bias dtype of x), uint8 e4m3fn with fp8_block (x_scale
+ * [M,ceil(K/128)] f32 or uint8 E8M0), or int8 with int8 (x_scale [M] f32, K <= 131071); y [M,N]
+ * f32/bf16/f16 (rows >= group_end[G-1] untouched); group_end, row_scale, bias as moehal_grouped_gemm. */
+MOEHAL_API moehal_status moehal_grouped_gemm_quant(const moehal_backend* backend, const DLTensor* x,
+                                                   const DLTensor* x_scale, int32_t w_format, const DLTensor* w,
+                                                   const DLTensor* w_scale, const DLTensor* group_end,
+                                                   const DLTensor* row_scale, const DLTensor* bias, DLTensor* y);
+
+/* §6 x [M,K] f32/bf16/f16 -> xq [M,K] uint8 e4m3fn, x_scale [M,ceil(K/128)] f32 or uint8 E8M0 (the
+ * scale tensor's dtype picks the format); per 1x128 group, amax/448 (E8M0: next power of two). */
+MOEHAL_API moehal_status moehal_quantize_fp8(const moehal_backend* backend, const DLTensor* x, DLTensor* xq,
+                                             DLTensor* x_scale);
+
+/* §6 x [M,K] f32/bf16/f16 -> xq [M,K] int8, x_scale [M] f32 (amax/127 per row, ties to even). */
+MOEHAL_API moehal_status moehal_quantize_int8(const moehal_backend* backend, const DLTensor* x, DLTensor* xq,
+                                              DLTensor* x_scale);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -13,8 +13,8 @@ use moehal::Registry;
 use moehal_core::engram::{self, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig,
-    RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
+    EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute,
+    QuantizeFp8, QuantizeInt8, RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat, WeightLayout,
 };
 use moehal_core::tensor::MAX_RANK;
 use moehal_core::{Backend, Buffer, DeviceInfo, Error, Location, Result, TensorMut, TensorRef};
@@ -122,6 +122,19 @@ fn parse_group_score(v: i32) -> Result<GroupScore> {
             "router_topk",
             "group_score",
             format!("unknown MOEHAL_GROUP_SCORE_* value {v}"),
+        )),
+    }
+}
+
+fn parse_weight_format(v: i32) -> Result<WeightFormat> {
+    match v {
+        MOEHAL_WEIGHT_FP8_BLOCK => Ok(WeightFormat::Fp8Block),
+        MOEHAL_WEIGHT_MXFP4 => Ok(WeightFormat::Mxfp4),
+        MOEHAL_WEIGHT_INT8 => Ok(WeightFormat::Int8),
+        _ => Err(Error::invalid(
+            "grouped_gemm",
+            "w_format",
+            format!("unknown MOEHAL_WEIGHT_* value {v}"),
         )),
     }
 }
@@ -1323,5 +1336,136 @@ pub unsafe extern "C" fn moehal_engram_lookup(
             out: view_mut(&mut bo, &mo),
         };
         c.h.be.engram_lookup(args.validate()?)
+    })
+}
+
+/// OPS.md §6 `grouped_gemm` with quantized weights.
+///
+/// # Safety
+/// As [`moehal_grouped_gemm`]; `x_scale` NULL for float `x`.
+#[no_mangle]
+pub unsafe extern "C" fn moehal_grouped_gemm_quant(
+    backend: *const moehal_backend,
+    x: *const DLTensor,
+    x_scale: *const DLTensor,
+    w_format: i32,
+    w: *const DLTensor,
+    w_scale: *const DLTensor,
+    group_end: *const DLTensor,
+    row_scale: *const DLTensor,
+    bias: *const DLTensor,
+    y: *mut DLTensor,
+) -> moehal_status {
+    guard(|| {
+        // SAFETY: header contract (live handle, valid tensor descriptors or NULL).
+        let c = unsafe { Ctx::new("grouped_gemm", backend)? };
+        let w_format = parse_weight_format(w_format)?;
+        // SAFETY: as above.
+        let (mx, mxs, mw, mws, mg, mr, mb, my) = unsafe {
+            (
+                c.t("x", x)?,
+                c.opt("x_scale", x_scale)?,
+                c.t("w", w)?,
+                c.t("w_scale", w_scale)?,
+                c.t("group_end", group_end)?,
+                c.opt("row_scale", row_scale)?,
+                c.opt("bias", bias)?,
+                c.t("y", y)?,
+            )
+        };
+        check_no_overlap(
+            c.op,
+            &refs(&[
+                Some(&mx),
+                mxs.as_ref(),
+                Some(&mw),
+                Some(&mws),
+                Some(&mg),
+                mr.as_ref(),
+                mb.as_ref(),
+            ]),
+            &[&my],
+        )?;
+        // SAFETY: tensors checked above; memory validity is the caller's contract.
+        let (bx, bxs, bw, bws, bg, br, bb, mut by) = unsafe {
+            (
+                c.wrap(&mx)?,
+                c.wrap_opt(&mxs)?,
+                c.wrap(&mw)?,
+                c.wrap(&mws)?,
+                c.wrap(&mg)?,
+                c.wrap_opt(&mr)?,
+                c.wrap_opt(&mb)?,
+                c.wrap(&my)?,
+            )
+        };
+        let args = GroupedGemmQ {
+            x: view(&bx, &mx),
+            x_scale: opt_view(&bxs, &mxs),
+            w_format,
+            w: view(&bw, &mw),
+            w_scale: view(&bws, &mws),
+            group_end: view(&bg, &mg),
+            row_scale: opt_view(&br, &mr),
+            bias: opt_view(&bb, &mb),
+            y: view_mut(&mut by, &my),
+        };
+        c.h.be.grouped_gemm_quant(args.validate()?)
+    })
+}
+
+/// OPS.md §6 `quantize_fp8`.
+///
+/// # Safety
+/// As [`moehal_grouped_gemm`].
+#[no_mangle]
+pub unsafe extern "C" fn moehal_quantize_fp8(
+    backend: *const moehal_backend,
+    x: *const DLTensor,
+    xq: *mut DLTensor,
+    x_scale: *mut DLTensor,
+) -> moehal_status {
+    guard(|| {
+        // SAFETY: header contract.
+        let c = unsafe { Ctx::new("quantize_fp8", backend)? };
+        // SAFETY: header contract.
+        let (mx, mq, ms) = unsafe { (c.t("x", x)?, c.t("xq", xq)?, c.t("x_scale", x_scale)?) };
+        check_no_overlap(c.op, &refs(&[Some(&mx)]), &[&mq, &ms])?;
+        // SAFETY: tensors checked; memory validity is the caller's contract.
+        let (bx, mut bq, mut bs) = unsafe { (c.wrap(&mx)?, c.wrap(&mq)?, c.wrap(&ms)?) };
+        let args = QuantizeFp8 {
+            x: view(&bx, &mx),
+            xq: view_mut(&mut bq, &mq),
+            x_scale: view_mut(&mut bs, &ms),
+        };
+        c.h.be.quantize_fp8(args.validate()?)
+    })
+}
+
+/// OPS.md §6 `quantize_int8`.
+///
+/// # Safety
+/// As [`moehal_grouped_gemm`].
+#[no_mangle]
+pub unsafe extern "C" fn moehal_quantize_int8(
+    backend: *const moehal_backend,
+    x: *const DLTensor,
+    xq: *mut DLTensor,
+    x_scale: *mut DLTensor,
+) -> moehal_status {
+    guard(|| {
+        // SAFETY: header contract.
+        let c = unsafe { Ctx::new("quantize_int8", backend)? };
+        // SAFETY: header contract.
+        let (mx, mq, ms) = unsafe { (c.t("x", x)?, c.t("xq", xq)?, c.t("x_scale", x_scale)?) };
+        check_no_overlap(c.op, &refs(&[Some(&mx)]), &[&mq, &ms])?;
+        // SAFETY: tensors checked; memory validity is the caller's contract.
+        let (bx, mut bq, mut bs) = unsafe { (c.wrap(&mx)?, c.wrap(&mq)?, c.wrap(&ms)?) };
+        let args = QuantizeInt8 {
+            x: view(&bx, &mx),
+            xq: view_mut(&mut bq, &mq),
+            x_scale: view_mut(&mut bs, &ms),
+        };
+        c.h.be.quantize_int8(args.validate()?)
     })
 }

@@ -78,12 +78,13 @@ pub fn dtype_of(op: &'static str, field: &'static str, t: DLDataType) -> Result<
         (dl_code::INT, 32) => DType::I32,
         (dl_code::INT, 64) => DType::I64,
         (dl_code::UINT, 8) | (dl_code::BOOL, 8) => DType::U8,
+        (dl_code::INT, 8) => DType::I8,
         (c, b) => {
             return Err(Error::invalid(
                 op,
                 field,
                 format!(
-                    "DLPack dtype code {c} bits {b} is not one of float32, float16, bfloat16, int32, int64, uint8/bool"
+                    "DLPack dtype code {c} bits {b} is not one of float32, float16, bfloat16, int32, int64, uint8/bool, int8"
                 ),
             ))
         }

@@ -54,6 +54,14 @@ pub const MOEHAL_TABLE_F16: i32 = 2;
 /// Table format: `[R, D + D/32]` u8, e4m3fn bytes then UE8M0 scale bytes per row.
 pub const MOEHAL_TABLE_FP8_E4M3_UE8M0: i32 = 3;
 
+/// Quantized weight format (OPS.md §6): u8 `[G, N, K]` e4m3fn, scale f32 or u8 E8M0
+/// `[G, ⌈N/128⌉, ⌈K/128⌉]`.
+pub const MOEHAL_WEIGHT_FP8_BLOCK: i32 = 0;
+/// Quantized weight format: u8 `[G, N, K/2]` packed E2M1 (low nibble = even k), u8 E8M0 `[G, N, K/32]`.
+pub const MOEHAL_WEIGHT_MXFP4: i32 = 1;
+/// Quantized weight format: i8 `[G, N, K]`, f32 `[G, N]` per-channel scale.
+pub const MOEHAL_WEIGHT_INT8: i32 = 2;
+
 /// DLPack device types (`DLDeviceType`, DLPack v0.8 / v1).
 pub mod dl_device {
     /// `kDLCPU`.

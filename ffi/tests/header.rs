@@ -184,6 +184,9 @@ fn rust_constants() -> BTreeMap<&'static str, i64> {
         ("MOEHAL_TABLE_BF16", MOEHAL_TABLE_BF16 as i64),
         ("MOEHAL_TABLE_F16", MOEHAL_TABLE_F16 as i64),
         ("MOEHAL_TABLE_FP8_E4M3_UE8M0", MOEHAL_TABLE_FP8_E4M3_UE8M0 as i64),
+        ("MOEHAL_WEIGHT_FP8_BLOCK", MOEHAL_WEIGHT_FP8_BLOCK as i64),
+        ("MOEHAL_WEIGHT_MXFP4", MOEHAL_WEIGHT_MXFP4 as i64),
+        ("MOEHAL_WEIGHT_INT8", MOEHAL_WEIGHT_INT8 as i64),
         ("MOEHAL_ABI_VERSION", MOEHAL_ABI_VERSION as i64),
     ]
     .into_iter()

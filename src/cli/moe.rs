@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use moehal_core::{Backend, DType};
 
 use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
-use crate::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
+use crate::pipeline::moe::{fit_experts, forward, shipped_formats, weight_bytes, MoeInputs, MoeWeights};
 use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
 use crate::Registry;
 
@@ -31,6 +31,11 @@ pub(crate) struct Args {
     /// Seed of weights and inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Float expert weights (of --dtype) even for presets whose checkpoints ship quantized ones
+    /// (deepseek-v4-flash: mxfp4 routed experts and an fp8_block shared expert; deepseek-v3:
+    /// fp8_block), which otherwise run weight-only quantized (OPS.md §6) with --dtype activations.
+    #[arg(long)]
+    float_weights: bool,
     /// Divide hidden and expert widths by N (rounded up to multiples of 32), for quick runs.
     #[arg(long, hide = true)]
     scale_widths: Option<usize>,
@@ -77,7 +82,29 @@ pub(super) fn run(a: Args) -> CliResult {
             (4u64 << 30).min(avail * 6 / 10 / host_copies)
         }
     };
-    let (p, fit_notes) = fit_experts(&p, a.dtype, budget);
+    let mut quant = if a.float_weights { None } else { shipped_formats(&p) };
+    // A backend without kernels for the shipped formats runs the float path, and says why.
+    if let Some((routed, shared)) = quant {
+        for f in [routed, shared] {
+            let desc = moehal_core::ops::QuantDesc::GroupedGemm {
+                w: f,
+                x: moehal_core::ops::ActFormat::Float(a.dtype),
+                y: a.dtype,
+            };
+            if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
+                notes.push(format!(
+                    "{} does not run {} ({reason}): float weights instead of the shipped {routed}/{shared}",
+                    backend.name(),
+                    desc.variant()
+                ));
+                quant = None;
+                break;
+            }
+        }
+    }
+    // Quantized weights are budgeted at one byte per element (an upper bound: mxfp4 holds ~0.53).
+    let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
+    let (p, fit_notes) = fit_experts(&p, wdt, budget);
     notes.extend(fit_notes);
     // Activations scale with tokens: router logits, x, the k permuted rows through gate_up, swiglu
     // and down, the shared expert, the output; on every backend that holds a copy.
@@ -124,7 +151,7 @@ pub(super) fn run(a: Args) -> CliResult {
     outln!(
         "tokens {t}, dtype {}, weights {} per backend, backend {} vs reference{}",
         a.dtype,
-        human_bytes(weight_bytes(&p, a.dtype) as f64),
+        human_bytes(weight_bytes(&p, wdt) as f64),
         backend.name(),
         if same {
             " (the reference against itself: a determinism check)"
@@ -138,9 +165,18 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         vec![backend.as_ref(), reference.as_ref()]
     };
-    let total = weight_bytes(&p, a.dtype);
+    let total = weight_bytes(&p, wdt);
     let pb = progress_bytes(total, "generating and uploading weights");
-    let weights = MoeWeights::upload(&targets, &p, a.dtype, a.seed, &|done| pb.set_position(done))?;
+    let weights = match quant {
+        Some((routed, shared)) => {
+            outln!(
+                "weights: routed experts {routed}, shared expert {shared} (weight-only, {} activations; --float-weights for float)",
+                a.dtype
+            );
+            MoeWeights::upload_quant(&targets, &p, routed, shared, a.seed, &|done| pb.set_position(done))?
+        }
+        None => MoeWeights::upload(&targets, &p, a.dtype, a.seed, &|done| pb.set_position(done))?,
+    };
     pb.finish_and_clear();
     let inputs = MoeInputs::generate(&p, t, a.dtype, a.seed)?;
 

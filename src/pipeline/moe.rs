@@ -15,8 +15,10 @@
 
 use std::time::Instant;
 
-use moehal_core::ops::{GroupedGemm, MoeCombine, MoePermute, RouterTopk, Swiglu, WeightLayout};
-use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result};
+use moehal_core::ops::{
+    GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, RouterTopk, Swiglu, WeightFormat, WeightLayout,
+};
+use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result, TensorMut, TensorRef};
 
 use super::{download_floats, fill_random, random_floats, stream_seed, uniform_at, upload_bytes};
 use crate::presets::Preset;
@@ -157,6 +159,210 @@ pub struct MoeWeights {
     pub down: Buffer,
     /// Per shared expert: `([1, 2I, H], [1, H, I])`.
     pub shared: Vec<(Buffer, Buffer)>,
+    /// Quantized weights (OPS.md §6): the formats and the scale buffers; `None` for float weights.
+    pub quant: Option<QuantScales>,
+}
+
+/// Formats and scales of a layer with quantized weights (the weight buffers above then hold the
+/// quantized codes in layout NK; activations stay in the layer dtype: weight-only `w4a16`/`w8a16`).
+pub struct QuantScales {
+    /// Format of the routed experts.
+    pub routed: WeightFormat,
+    /// Format of the shared experts.
+    pub shared: WeightFormat,
+    /// Scales of `gate_up` and `down` of the routed experts.
+    pub routed_scales: (Buffer, Buffer),
+    /// Per shared expert, scales of `gate_up` and `down`.
+    pub shared_scales: Vec<(Buffer, Buffer)>,
+}
+
+/// The formats a preset's checkpoint ships (OPS.md, Model presets): `(routed, shared)`.
+/// DeepSeek-V4-Flash: MXFP4 routed experts, fp8_block shared expert; DeepSeek-V3: fp8_block both.
+pub fn shipped_formats(p: &Preset) -> Option<(WeightFormat, WeightFormat)> {
+    match p.name {
+        "deepseek-v4-flash" => Some((WeightFormat::Mxfp4, WeightFormat::Fp8Block)),
+        "deepseek-v3" => Some((WeightFormat::Fp8Block, WeightFormat::Fp8Block)),
+        _ => None,
+    }
+}
+
+/// The dtype of generated scales of `f` (E8M0 bytes for MXFP4, f32 otherwise).
+fn scale_dtype(f: WeightFormat) -> DType {
+    match f {
+        WeightFormat::Mxfp4 => DType::U8,
+        _ => DType::F32,
+    }
+}
+
+/// splitmix64 step.
+fn mix(z: &mut u64) -> u64 {
+    *z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut x = *z;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Seeded quantized codes and scales of one expert matrix `[n, k]` in format `f`, scaled so that
+/// the dequantized weight has a standard deviation of about `1/sqrt(k)` (as the float weights).
+fn quant_matrix(f: WeightFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut z = seed;
+    let log2_sqrt_k = (k.max(1) as f64).sqrt().log2();
+    match f {
+        WeightFormat::Mxfp4 => {
+            // Uniform E2M1 codes have an RMS of about 2.9 (~2^1.5).
+            let w = (0..n * k / 2).map(|_| mix(&mut z) as u8).collect();
+            let centre = 127.0 - 1.5 - log2_sqrt_k;
+            let s = (0..n * (k / 32))
+                .map(|_| (centre + (mix(&mut z) % 3) as f64 - 1.0).round().clamp(1.0, 254.0) as u8)
+                .collect();
+            (w, s)
+        }
+        WeightFormat::Fp8Block => {
+            // Uniform bytes (NaN codes 0x7F/0xFF replaced by ±448) have an RMS of about 130.
+            let w = (0..n * k)
+                .map(|_| match mix(&mut z) as u8 {
+                    0x7F => 0x7E,
+                    0xFF => 0xFE,
+                    b => b,
+                })
+                .collect();
+            let nb = n.div_ceil(128) * k.div_ceil(128);
+            let base = 1.0 / (130.0 * (k.max(1) as f64).sqrt());
+            let s: Vec<f32> = (0..nb)
+                .map(|_| (base * (0.75 + 0.5 * (mix(&mut z) >> 11) as f64 / (1u64 << 53) as f64)) as f32)
+                .collect();
+            (w, bytemuck::cast_slice(&s).to_vec())
+        }
+        WeightFormat::Int8 => {
+            let w = (0..n * k)
+                .map(|_| (mix(&mut z) % 255) as u8 ^ 0x80)
+                .collect::<Vec<u8>>();
+            let s: Vec<f32> = (0..n)
+                .map(|_| (1.0 / (73.0 * (k.max(1) as f64).sqrt())) as f32)
+                .collect();
+            (w, bytemuck::cast_slice(&s).to_vec())
+        }
+    }
+}
+
+impl MoeWeights {
+    /// Seeded quantized weights of `p` (routed experts in `routed`, shared in `shared`) uploaded to
+    /// every backend of `backends`, one expert matrix at a time. `progress` gets the bytes so far.
+    ///
+    /// # Errors
+    /// Allocation and upload errors of the backends.
+    pub fn upload_quant(
+        backends: &[&dyn Backend],
+        p: &Preset,
+        routed: WeightFormat,
+        shared: WeightFormat,
+        seed: u64,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<MoeWeights>> {
+        let (h, i) = (p.hidden, p.expert_width);
+        let mut done = 0u64;
+        // (weights, scales) per backend for `experts` matrices [n, k] of format f.
+        let mut make =
+            |f: WeightFormat, experts: usize, n: usize, k: usize, stream: u64| -> Result<Vec<(Buffer, Buffer)>> {
+                let wlen: usize = f.w_shape(1, n, k).iter().product::<usize>() * f.dtype().size();
+                let slen: usize = f.scale_shape(1, n, k).iter().product::<usize>() * scale_dtype(f).size();
+                let mut bufs = backends
+                    .iter()
+                    .map(|b| Ok((b.alloc(experts * wlen)?, b.alloc(experts * slen)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                for e in 0..experts {
+                    let (w, s) = quant_matrix(
+                        f,
+                        n,
+                        k,
+                        stream_seed(seed, stream) ^ (e as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+                    );
+                    for (b, (bw, bs)) in backends.iter().zip(bufs.iter_mut()) {
+                        b.upload(bw, e * wlen, &w)?;
+                        b.upload(bs, e * slen, &s)?;
+                    }
+                    done += (w.len() + s.len()) as u64;
+                    progress(done);
+                }
+                Ok(bufs)
+            };
+        let gate_up = make(routed, p.experts, 2 * i, h, 31)?;
+        let down = make(routed, p.experts, h, i, 32)?;
+        // Per backend, per shared expert: ((gate_up w, scale), (down w, scale)).
+        type Pair = (Buffer, Buffer);
+        let mut sh: Vec<Vec<(Pair, Pair)>> = backends.iter().map(|_| Vec::new()).collect();
+        for si in 0..p.shared_experts {
+            let gu = make(shared, 1, 2 * i, h, 40 + 2 * si as u64)?;
+            let dn = make(shared, 1, h, i, 41 + 2 * si as u64)?;
+            for ((v, g), d) in sh.iter_mut().zip(gu).zip(dn) {
+                v.push((g, d));
+            }
+        }
+        Ok(gate_up
+            .into_iter()
+            .zip(down)
+            .zip(sh)
+            .map(|(((gw, gs), (dw, ds)), sh)| {
+                let (shared_w, shared_scales): (Vec<_>, Vec<_>) =
+                    sh.into_iter().map(|((gw, gs), (dw, ds))| ((gw, dw), (gs, ds))).unzip();
+                MoeWeights {
+                    gate_up: gw,
+                    down: dw,
+                    shared: shared_w,
+                    quant: Some(QuantScales {
+                        routed,
+                        shared,
+                        routed_scales: (gs, ds),
+                        shared_scales,
+                    }),
+                }
+            })
+            .collect())
+    }
+}
+
+/// One expert `grouped_gemm` (layout NK, no bias or row scale): float weights of `dtype`, or
+/// quantized weights `q = (format, scales)` with activations of `dtype` (weight-only).
+#[allow(clippy::too_many_arguments)]
+fn expert_gemm(
+    backend: &dyn Backend,
+    dtype: DType,
+    x: TensorRef<'_>,
+    w: &Buffer,
+    q: Option<(WeightFormat, &Buffer)>,
+    (g, n, k): (usize, usize, usize),
+    group_end: TensorRef<'_>,
+    y: TensorMut<'_>,
+) -> Result<()> {
+    match q {
+        None => {
+            let args = GroupedGemm {
+                x,
+                w: w.view(dtype, &[g, n, k]),
+                layout: WeightLayout::NK,
+                group_end,
+                row_scale: None,
+                bias: None,
+                y,
+            };
+            backend.grouped_gemm(args.validate()?)
+        }
+        Some((f, s)) => {
+            let args = GroupedGemmQ {
+                x,
+                x_scale: None,
+                w_format: f,
+                w: w.view(f.dtype(), &f.w_shape(g, n, k)),
+                w_scale: s.view(scale_dtype(f), &f.scale_shape(g, n, k)),
+                group_end,
+                row_scale: None,
+                bias: None,
+                y,
+            };
+            backend.grouped_gemm_quant(args.validate()?)
+        }
+    }
 }
 
 impl MoeWeights {
@@ -209,7 +415,12 @@ impl MoeWeights {
             .into_iter()
             .zip(down)
             .zip(shared)
-            .map(|((gate_up, down), shared)| MoeWeights { gate_up, down, shared })
+            .map(|((gate_up, down), shared)| MoeWeights {
+                gate_up,
+                down,
+                shared,
+                quant: None,
+            })
             .collect())
     }
 }
@@ -295,17 +506,22 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
         };
         backend.moe_permute(args.validate()?)
     })?;
+    let rq = |j: usize| {
+        w.quant
+            .as_ref()
+            .map(|q| (q.routed, if j == 0 { &q.routed_scales.0 } else { &q.routed_scales.1 }))
+    };
     timed("gate_up", &mut || {
-        let args = GroupedGemm {
-            x: x_perm.view(dtype, &[rows, h]),
-            w: w.gate_up.view(dtype, &[e, 2 * i, h]),
-            layout: WeightLayout::NK,
-            group_end: group_end.view(DType::I64, &[e]),
-            row_scale: None,
-            bias: None,
-            y: hbuf.view_mut(dtype, &[rows, 2 * i]),
-        };
-        backend.grouped_gemm(args.validate()?)
+        expert_gemm(
+            backend,
+            dtype,
+            x_perm.view(dtype, &[rows, h]),
+            &w.gate_up,
+            rq(0),
+            (e, 2 * i, h),
+            group_end.view(DType::I64, &[e]),
+            hbuf.view_mut(dtype, &[rows, 2 * i]),
+        )
     })?;
     timed("swiglu", &mut || {
         let args = Swiglu {
@@ -316,16 +532,16 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
         backend.swiglu(args.validate()?)
     })?;
     timed("down", &mut || {
-        let args = GroupedGemm {
-            x: act.view(dtype, &[rows, i]),
-            w: w.down.view(dtype, &[e, h, i]),
-            layout: WeightLayout::NK,
-            group_end: group_end.view(DType::I64, &[e]),
-            row_scale: None,
-            bias: None,
-            y: y_all.view_mut(dtype, &[rows, h]),
-        };
-        backend.grouped_gemm(args.validate()?)
+        expert_gemm(
+            backend,
+            dtype,
+            act.view(dtype, &[rows, i]),
+            &w.down,
+            rq(1),
+            (e, h, i),
+            group_end.view(DType::I64, &[e]),
+            y_all.view_mut(dtype, &[rows, h]),
+        )
     })?;
     if s > 0 {
         let dense_end = backend.upload_slice(&[t as i64])?;
@@ -333,32 +549,44 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
         let mut as_ = backend.alloc(t * i * es)?;
         timed("shared_expert", &mut || {
             for (si, (gu, dn)) in w.shared.iter().enumerate() {
-                let args = GroupedGemm {
-                    x: x.view(dtype, &[t, h]),
-                    w: gu.view(dtype, &[1, 2 * i, h]),
-                    layout: WeightLayout::NK,
-                    group_end: dense_end.view(DType::I64, &[1]),
-                    row_scale: None,
-                    bias: None,
-                    y: hs.view_mut(dtype, &[t, 2 * i]),
+                let sq = |j: usize| {
+                    w.quant.as_ref().map(|q| {
+                        (
+                            q.shared,
+                            if j == 0 {
+                                &q.shared_scales[si].0
+                            } else {
+                                &q.shared_scales[si].1
+                            },
+                        )
+                    })
                 };
-                backend.grouped_gemm(args.validate()?)?;
+                expert_gemm(
+                    backend,
+                    dtype,
+                    x.view(dtype, &[t, h]),
+                    gu,
+                    sq(0),
+                    (1, 2 * i, h),
+                    dense_end.view(DType::I64, &[1]),
+                    hs.view_mut(dtype, &[t, 2 * i]),
+                )?;
                 let args = Swiglu {
                     h: hs.view(dtype, &[t, 2 * i]),
                     out: as_.view_mut(dtype, &[t, i]),
                     limit: p.swiglu_limit,
                 };
                 backend.swiglu(args.validate()?)?;
-                let args = GroupedGemm {
-                    x: as_.view(dtype, &[t, i]),
-                    w: dn.view(dtype, &[1, h, i]),
-                    layout: WeightLayout::NK,
-                    group_end: dense_end.view(DType::I64, &[1]),
-                    row_scale: None,
-                    bias: None,
-                    y: y_all.view_mut(dtype, &[t, h]).with_offset((rows + si * t) * h),
-                };
-                backend.grouped_gemm(args.validate()?)?;
+                expert_gemm(
+                    backend,
+                    dtype,
+                    as_.view(dtype, &[t, i]),
+                    dn,
+                    sq(1),
+                    (1, h, i),
+                    dense_end.view(DType::I64, &[1]),
+                    y_all.view_mut(dtype, &[t, h]).with_offset((rows + si * t) * h),
+                )?;
             }
             Ok(())
         })?;
@@ -528,5 +756,33 @@ mod tests {
             v.dedup();
             assert_eq!(v.len(), p.k);
         }
+    }
+
+    /// The V4-Flash layer with its shipped formats (MXFP4 routed, fp8_block shared) on the CPU
+    /// matches the reference computed from the same quantized weights, at the bf16 tolerance.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn quantized_v4_flash_layer_matches_the_reference() {
+        let p = preset("deepseek-v4-flash").unwrap().scaled_widths(16); // hidden 256, width 128
+        let p = Preset { experts: 16, ..p };
+        let (routed, shared) = shipped_formats(&p).unwrap();
+        assert_eq!((routed, shared), (WeightFormat::Mxfp4, WeightFormat::Fp8Block));
+        let cpu = moehal_cpu::CpuBackend::new();
+        let rf = moehal_core::Reference::new();
+        let ws = MoeWeights::upload_quant(&[&cpu, &rf], &p, routed, shared, 3, &|_| {}).unwrap();
+        let inp = MoeInputs::generate(&p, 5, DType::BF16, 3).unwrap();
+        let a = forward(&cpu, &p, DType::BF16, &ws[0], &inp).unwrap();
+        let b = forward(&rf, &p, DType::BF16, &ws[1], &inp).unwrap();
+        assert_eq!(a.ids, b.ids);
+        let (mut num, mut den) = (0f64, 0f64);
+        for (x, y) in a.out.iter().zip(&b.out) {
+            num += ((x - y) as f64).powi(2);
+            den += (*y as f64).powi(2);
+        }
+        let rel = (num / den).sqrt();
+        assert!(den > 0.0 && rel <= 1e-2, "relative error {rel:.3e}");
+        // The activations stay O(1): the generated scales follow 1/sqrt(fan_in).
+        let rms = (den / b.out.len() as f64).sqrt();
+        assert!((0.05..20.0).contains(&rms), "output RMS {rms}");
     }
 }

@@ -61,6 +61,7 @@ static const DLDataType BF16 = {kDLBfloat, 16, 1};
 static const DLDataType I32 = {kDLInt, 32, 1};
 static const DLDataType I64 = {kDLInt, 64, 1};
 static const DLDataType U8 = {kDLUInt, 8, 1};
+static const DLDataType I8 = {kDLInt, 8, 1};
 
 static void tset(Tensor* t, void* data, DLDataType dt, int ndim, int64_t d0, int64_t d1, int64_t d2) {
   memset(t, 0, sizeof *t);
@@ -542,6 +543,113 @@ static uint32_t f32_bits(float f) {
   return u;
 }
 
+/* ------------------------------------------------------------------------------------------- */
+
+/* OPS.md §6: quantized grouped_gemm (mxfp4 weight-only, int8 W8A8) and the quantize ops. */
+static float e2m1(uint8_t c) {
+  static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  return (c & 8) ? -mag[c & 7] : mag[c & 7];
+}
+
+static void test_quant(const moehal_backend* be) {
+  /* mxfp4 weight-only, f32 activations: W[n,k] = e2m1(nibble) * 2^(scale - 127). */
+  {
+    enum { M = 3, K = 64, N = 2, G = 1 };
+    float x[M * K], y[M * N];
+    uint8_t w[G * N * K / 2], ws[G * N * K / 32];
+    int64_t group_end[G] = {2}; /* row 2 is past the last group: untouched */
+    for (int i = 0; i < M * K; i++) x[i] = frand(-1, 1);
+    for (int i = 0; i < G * N * K / 2; i++) w[i] = (uint8_t)(urand() * 256);
+    for (int i = 0; i < G * N * K / 32; i++) ws[i] = (uint8_t)(125 + (int)(urand() * 4));
+    for (int i = 0; i < M * N; i++) y[i] = nanf_poison();
+    Tensor tx, tw, tws, tg, ty;
+    tset(&tx, x, F32, 2, M, K, 0);
+    tset(&tw, w, U8, 3, G, N, K / 2);
+    tset(&tws, ws, U8, 3, G, N, K / 32);
+    tset(&tg, group_end, I64, 1, G, 0, 0);
+    tset(&ty, y, F32, 2, M, N, 0);
+    OK(moehal_grouped_gemm_quant(be, &tx.t, NULL, MOEHAL_WEIGHT_MXFP4, &tw.t, &tws.t, &tg.t, NULL, NULL, &ty.t));
+    for (int r = 0; r < 2; r++)
+      for (int n = 0; n < N; n++) {
+        double acc = 0;
+        for (int k = 0; k < K; k++) {
+          uint8_t b = w[(n * K + k) / 2];
+          uint8_t code = (k & 1) ? (b >> 4) : (b & 15);
+          float wv = e2m1(code) * ldexpf(1.0f, ws[n * (K / 32) + k / 32] - 127);
+          acc += (double)x[r * K + k] * wv;
+        }
+        CHECK(close_to(y[r * N + n], acc, 1e-5), "mxfp4 y[%d,%d] = %g, want %g", r, n, y[r * N + n], acc);
+      }
+    for (int n = 0; n < N; n++) CHECK(isnan(y[2 * N + n]), "mxfp4 wrote guard row 2");
+    /* Unknown weight format; int8 activations with mxfp4 weights (an unpaired format). */
+    EXPECT_ERR(moehal_grouped_gemm_quant(be, &tx.t, NULL, 9, &tw.t, &tws.t, &tg.t, NULL, NULL, &ty.t),
+               MOEHAL_INVALID_ARGUMENT, "w_format");
+    int8_t xi[M * K] = {0};
+    float xs[M] = {1, 1, 1};
+    Tensor txi, txs;
+    tset(&txi, xi, I8, 2, M, K, 0);
+    tset(&txs, xs, F32, 1, M, 0, 0);
+    EXPECT_ERR(moehal_grouped_gemm_quant(be, &txi.t, &txs.t, MOEHAL_WEIGHT_MXFP4, &tw.t, &tws.t, &tg.t, NULL, NULL,
+                                         &ty.t),
+               MOEHAL_UNSUPPORTED, "pairs");
+  }
+  /* int8 W8A8: y = x_scale[m] * w_scale[n] * sum_k x*w (exact integer sum). */
+  {
+    enum { M = 2, K = 5, N = 3, G = 1 };
+    int8_t x[M * K], w[G * N * K];
+    float xs[M] = {0.5f, 0.25f}, ws[G * N] = {1.0f, 2.0f, 0.125f}, y[M * N];
+    int64_t group_end[G] = {M};
+    for (int i = 0; i < M * K; i++) x[i] = (int8_t)((int)(urand() * 255) - 127);
+    for (int i = 0; i < G * N * K; i++) w[i] = (int8_t)((int)(urand() * 255) - 127);
+    Tensor tx, txs, tw, tws, tg, ty;
+    tset(&tx, x, I8, 2, M, K, 0);
+    tset(&txs, xs, F32, 1, M, 0, 0);
+    tset(&tw, w, I8, 3, G, N, K);
+    tset(&tws, ws, F32, 2, G, N, 0);
+    tset(&tg, group_end, I64, 1, G, 0, 0);
+    tset(&ty, y, F32, 2, M, N, 0);
+    OK(moehal_grouped_gemm_quant(be, &tx.t, &txs.t, MOEHAL_WEIGHT_INT8, &tw.t, &tws.t, &tg.t, NULL, NULL, &ty.t));
+    for (int r = 0; r < M; r++)
+      for (int n = 0; n < N; n++) {
+        long sum = 0;
+        for (int k = 0; k < K; k++) sum += (long)x[r * K + k] * w[n * K + k];
+        double want = (double)xs[r] * ws[n] * (double)sum;
+        CHECK(close_to(y[r * N + n], want, 1e-6), "int8 y[%d,%d] = %g, want %g", r, n, y[r * N + n], want);
+      }
+  }
+  /* quantize_int8: ties to even, an all-zero row gets scale 1. */
+  {
+    float x[8] = {127.0f, 2.5f, -3.5f, 0.5f, 0, 0, 0, 0}, s[2];
+    int8_t q[8];
+    Tensor tx, tq, ts;
+    tset(&tx, x, F32, 2, 2, 4, 0);
+    tset(&tq, q, I8, 2, 2, 4, 0);
+    tset(&ts, s, F32, 1, 2, 0, 0);
+    OK(moehal_quantize_int8(be, &tx.t, &tq.t, &ts.t));
+    const int8_t want[8] = {127, 2, -4, 0, 0, 0, 0, 0};
+    CHECK(memcmp(q, want, 8) == 0, "quantize_int8 codes %d %d %d %d", q[0], q[1], q[2], q[3]);
+    CHECK(s[0] == 1.0f && s[1] == 1.0f, "quantize_int8 scales %g %g", s[0], s[1]);
+  }
+  /* quantize_fp8 with E8M0 scales: 500 -> scale 2 (byte 128), 250 -> 256 (0x78); a group of ones
+   * -> scale 2^-8 (byte 119), 1 / 2^-8 = 256 (0x78). */
+  {
+    enum { K = 130 };
+    float x[K];
+    uint8_t q[K], s[2];
+    for (int i = 0; i < K; i++) x[i] = 1.0f;
+    x[0] = 500.0f;
+    Tensor tx, tq, ts;
+    tset(&tx, x, F32, 2, 1, K, 0);
+    tset(&tq, q, U8, 2, 1, K, 0);
+    tset(&ts, s, U8, 2, 1, 2, 0);
+    OK(moehal_quantize_fp8(be, &tx.t, &tq.t, &ts.t));
+    CHECK(s[0] == 128 && s[1] == 119, "quantize_fp8 scale bytes %d %d", s[0], s[1]);
+    CHECK(q[0] == 0x78 && q[1] == 0x30 && q[128] == 0x78, "quantize_fp8 codes %#x %#x %#x", q[0], q[1], q[128]);
+    CHECK(e4m3(q[1]) == 0.5f, "e4m3(%#x) = %g", q[1], e4m3(q[1]));
+  }
+}
+
+
 static void test_gather_rows(const moehal_backend* be) {
   enum { R = 7, D = 4, T = 2, C = 3 };
   int64_t rows[T * C] = {0, 6, 3, 3, 3, 1};
@@ -773,6 +881,7 @@ int main(void) {
   test_combine(be, slot_row);
   test_engram(be);
   test_gather_rows(be);
+  test_quant(be);
   test_descriptor_errors(be);
   moehal_backend_close(be);
   moehal_backend_close(NULL);
