@@ -1,6 +1,7 @@
 //! AMX (Advanced Matrix Extensions) tile microkernels: detection and the safe wrappers around the C
 //! kernels of `csrc/amx.c` (stable Rust has no AMX intrinsics; `build.rs` compiles that file with
-//! `-mamx-tile -mamx-bf16 -mamx-int8` on x86-64 targets only).
+//! `-mamx-tile -mamx-bf16 -mamx-int8` on x86-64 targets only, and sets `cfg(moehal_amx_kernels)` when
+//! it succeeds; without it no [`Amx`] value can exist).
 //!
 //! Detection, once per process ([`Amx::get`]): CPUID leaf 7 sub-leaf 0 must report AMX-TILE (EDX bit
 //! 24), AMX-BF16 (bit 22) and AMX-INT8 (bit 25) (Intel SDM vol. 2A, "CPUID"), and Linux must grant
@@ -15,20 +16,20 @@
 //! and the hardware kernels wherever AMX exists.
 
 /// An uninhabited type: on targets without AMX no [`Amx`] value can exist.
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(moehal_amx_kernels))]
 #[derive(Clone, Copy, Debug)]
 enum Never {}
 
 /// Proof that AMX-TILE/BF16/INT8 are present and granted to this process. Obtain with [`Amx::get`].
 #[derive(Clone, Copy, Debug)]
 pub struct Amx {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(moehal_amx_kernels)]
     _p: (),
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(moehal_amx_kernels))]
     _p: Never,
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(moehal_amx_kernels)]
 mod ffi {
     extern "C" {
         pub fn moehal_amx_bf16_block(
@@ -60,7 +61,7 @@ mod ffi {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(moehal_amx_kernels)]
 fn detect() -> Result<(), String> {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     // SAFETY: CPUID is present on every x86-64 CPU; leaf 7 is read only if leaf 0 reports it.
@@ -101,9 +102,13 @@ fn detect() -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(moehal_amx_kernels))]
 fn detect() -> Result<(), String> {
-    Err(format!("AMX is x86-64 only (target {})", std::env::consts::ARCH))
+    if cfg!(target_arch = "x86_64") {
+        Err("this build has no AMX kernels (the C compiler could not build csrc/amx.c with -mamx-*)".into())
+    } else {
+        Err(format!("AMX is x86-64 only (target {})", std::env::consts::ARCH))
+    }
 }
 
 impl Amx {
@@ -115,11 +120,11 @@ impl Amx {
 
     /// The proof value if AMX may run here (see [`Amx::status`]).
     pub fn get() -> Option<Amx> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(moehal_amx_kernels)]
         {
             Amx::status().as_ref().ok().map(|_| Amx { _p: () })
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(moehal_amx_kernels))]
         {
             None
         }
@@ -176,7 +181,7 @@ impl Amx {
         c: &mut [f32],
     ) {
         check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(moehal_amx_kernels)]
         // SAFETY: `self` proves AMX is present and granted; check_block bounds every tile row read
         // (A: 16*mt rows of kblocks*64 bytes, B: 16 rows of nt*64 bytes per K step) and C (32x32).
         unsafe {
@@ -194,7 +199,7 @@ impl Amx {
                 BLOCK * 4,
             )
         };
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(moehal_amx_kernels))]
         match self._p {}
     }
 
@@ -218,7 +223,7 @@ impl Amx {
         c: &mut [i32],
     ) {
         check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 64, c.len());
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(moehal_amx_kernels)]
         // SAFETY: as bf16_block; K steps are 64 bytes of A as well.
         unsafe {
             ffi::moehal_amx_s8_block(
@@ -235,7 +240,7 @@ impl Amx {
                 BLOCK * 4,
             )
         };
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(moehal_amx_kernels))]
         match self._p {}
     }
 }
