@@ -312,6 +312,17 @@ MOEHAL_API moehal_status moehal_router_topk(const moehal_backend* backend, const
                                             const DLTensor* bias, const moehal_router_config* config, DLTensor* ids,
                                             DLTensor* weights, DLTensor* expert_counts);
 
+/* §2 hash routing (DeepSeek-V4's first layers): ids[t,:] = tid2eid[token_ids[t],:], in table order
+ * (a repeated id is two slots). logits [T,E] f32/bf16/f16; tid2eid [V,k] i32, every entry read in
+ * [0,E); token_ids [T] i64 in [0,V) (else MOEHAL_INVALID_ARGUMENT, nothing written); config: k,
+ * scoring, renormalize, routed_scaling_factor are used, the group fields are ignored; ids [T,k]
+ * i32; weights [T,k] f32 = scores of those ids (0 for a non-finite logit), renormalized over the k
+ * slots if asked, scaled once; expert_counts [E] i64 histogram of ids or NULL. */
+MOEHAL_API moehal_status moehal_router_hash(const moehal_backend* backend, const DLTensor* logits,
+                                            const DLTensor* tid2eid, const DLTensor* token_ids,
+                                            const moehal_router_config* config, DLTensor* ids, DLTensor* weights,
+                                            DLTensor* expert_counts);
+
 /* §3 ids [T,k] i32 in [-1, E) (-1 = dropped) -> group_end [E] i64, src_token [T*k] i64,
  * slot_row [T,k] i64 (-1 for dropped slots), and x_perm [T*k,H] = x[src_token] when x [T,H]
  * (f32/bf16/f16) is given (x and x_perm both NULL or both given). */

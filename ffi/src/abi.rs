@@ -14,7 +14,8 @@ use moehal_core::engram::{self, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute,
-    QuantizeFp8, QuantizeInt8, RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat, WeightLayout,
+    QuantizeFp8, QuantizeInt8, RouterConfig, RouterHash, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat,
+    WeightLayout,
 };
 use moehal_core::tensor::MAX_RANK;
 use moehal_core::{Backend, Buffer, DeviceInfo, Error, Location, Result, TensorMut, TensorRef};
@@ -1067,6 +1068,76 @@ pub unsafe extern "C" fn moehal_router_topk(
             expert_counts: opt_view_mut(&mut be, &me),
         };
         c.h.be.router_topk(args.validate()?)
+    })
+}
+
+/// OPS.md §2 "Hash routing" (DeepSeek-V4's first layers): `ids[t] = tid2eid[token_ids[t]]`.
+///
+/// `config` supplies `k`, `scoring`, `renormalize` and `routed_scaling_factor`; its group fields
+/// are ignored, not validated (one gate config may serve both kinds of layers).
+///
+/// # Safety
+/// As [`moehal_grouped_gemm`]; `config` points to a valid config.
+#[no_mangle]
+pub unsafe extern "C" fn moehal_router_hash(
+    backend: *const moehal_backend,
+    logits: *const DLTensor,
+    tid2eid: *const DLTensor,
+    token_ids: *const DLTensor,
+    config: *const moehal_router_config,
+    ids: *mut DLTensor,
+    weights: *mut DLTensor,
+    expert_counts: *mut DLTensor,
+) -> moehal_status {
+    guard(|| {
+        // SAFETY: header contract.
+        let c = unsafe { Ctx::new("router_topk", backend)? };
+        // SAFETY: header contract.
+        let rc = unsafe { deref(c.op, "config", config)? };
+        let cfg = RouterConfig {
+            k: nonneg(c.op, "k", rc.k)?,
+            scoring: parse_scoring(rc.scoring)?,
+            group: None,
+            renormalize: rc.renormalize != 0,
+            routed_scaling_factor: rc.routed_scaling_factor,
+        };
+        // SAFETY: header contract.
+        let (ml, mt, mx, mi, mw, me) = unsafe {
+            (
+                c.t("logits", logits)?,
+                c.t("tid2eid", tid2eid)?,
+                c.t("token_ids", token_ids)?,
+                c.t("ids", ids)?,
+                c.t("weights", weights)?,
+                c.opt("expert_counts", expert_counts)?,
+            )
+        };
+        check_no_overlap(
+            c.op,
+            &refs(&[Some(&ml), Some(&mt), Some(&mx)]),
+            &refs(&[Some(&mi), Some(&mw), me.as_ref()]),
+        )?;
+        // SAFETY: tensors checked; memory validity is the caller's contract.
+        let (bl, bt, bx, mut bi, mut bw, mut be) = unsafe {
+            (
+                c.wrap(&ml)?,
+                c.wrap(&mt)?,
+                c.wrap(&mx)?,
+                c.wrap(&mi)?,
+                c.wrap(&mw)?,
+                c.wrap_opt(&me)?,
+            )
+        };
+        let args = RouterHash {
+            config: cfg,
+            logits: view(&bl, &ml),
+            tid2eid: view(&bt, &mt),
+            token_ids: view(&bx, &mx),
+            ids: view_mut(&mut bi, &mi),
+            weights: view_mut(&mut bw, &mw),
+            expert_counts: opt_view_mut(&mut be, &me),
+        };
+        c.h.be.router_hash(args.validate()?)
     })
 }
 

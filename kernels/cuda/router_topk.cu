@@ -9,6 +9,10 @@
 // indices (their ŝ is -inf), with weight 0. Warp reductions are xor butterflies: every lane ends
 // with the same bits, run after run. `counts` (zeroed by the host) is built from a per-block shared
 // histogram with integer atomics only.
+// Exact f32 ties (OPS.md §2 steps 1-3): scores, ŝ = s + bias and the top2_sum group score are f32
+// values (IEEE f32 add, no fast-math: NVRTC is called without --use_fast_math), so scores that round
+// to the same f32 (sigmoid saturation, underflow to 0, fl32(s + bias), fl32(ŝ1 + ŝ2)) compare
+// equal and the lower index / lower group wins, exactly as in the reference.
 
 #define RT_WARPS 8
 #define RT_MAXE 512
@@ -94,9 +98,12 @@ __device__ __forceinline__ void router_body(const typename T::S* __restrict__ lo
         } else {
 #pragma unroll
             for (int i = 0; i < EPL; i++) {
+                // Below x = -20, sqrt(softplus(x)) = e^(x/2) to 1e-9 relative; computed so it stays
+                // nonzero down to f32's smallest subnormal as OPS.md §2 step 1 asks (the direct form
+                // is 0 once expf(x) underflows, x < -104). Same formula as the CPU backend.
                 const float x = l[i];
                 const float sp = x > 0.f ? x + log1pf(expf(-x)) : log1pf(expf(x));
-                s[i] = fin[i] ? sqrtf(sp) : 0.f;
+                s[i] = fin[i] ? (x < -20.f ? expf(0.5f * x) : sqrtf(sp)) : 0.f;
             }
         }
 #pragma unroll

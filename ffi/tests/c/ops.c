@@ -288,6 +288,75 @@ static void test_router_topk(const moehal_backend* be) {
 
 /* ------------------------------------------------------------------------------------------- */
 
+/* §2 hash routing: ids are the tid2eid rows of the token ids; weights the scores of those ids
+ * (sigmoid here), renormalized over the k slots, scaled; a NaN logit weighs 0 and keeps its id.
+ * The group fields of the config are ignored even when invalid for top-k routing. */
+static void test_router_hash(const moehal_backend* be) {
+  enum { T = 4, E = 6, V = 5, K = 3 };
+  float logits[T * E];
+  for (int i = 0; i < T * E; i++) logits[i] = frand(-3, 3);
+  logits[2 * E + 1] = NAN; /* token 2 reads row 0 = {0, 1, 2}: slot 1 weighs 0, keeps id 1 */
+  int32_t table[V * K] = {0, 1, 2, 5, 5, 3, 4, 0, 1, 2, 2, 2, 3, 4, 5};
+  int64_t tokens[T] = {1, 3, 0, 2};
+  moehal_router_config c;
+  memset(&c, 0, sizeof c);
+  c.k = K;
+  c.scoring = MOEHAL_SCORING_SIGMOID;
+  c.n_group = 4; /* does not divide E: ignored */
+  c.topk_group = 0;
+  c.group_score = 99;
+  c.renormalize = 1;
+  c.routed_scaling_factor = 1.5f;
+  int32_t ids[T * K];
+  float w[T * K];
+  int64_t counts[E];
+  Tensor tl, tt, tx, ti, tw, tc;
+  tset(&tl, logits, F32, 2, T, E, 0);
+  tset(&tt, table, I32, 2, V, K, 0);
+  tset(&tx, tokens, I64, 1, T, 0, 0);
+  tset(&ti, ids, I32, 2, T, K, 0);
+  tset(&tw, w, F32, 2, T, K, 0);
+  tset(&tc, counts, I64, 1, E, 0, 0);
+  OK(moehal_router_hash(be, &tl.t, &tt.t, &tx.t, &c, &ti.t, &tw.t, &tc.t));
+  int64_t want_counts[E] = {0};
+  for (int t = 0; t < T; t++) {
+    double s[K], sum = 0;
+    for (int j = 0; j < K; j++) {
+      int id = table[tokens[t] * K + j];
+      CHECK(ids[t * K + j] == id, "hash ids[%d] = %d, want %d", t * K + j, ids[t * K + j], id);
+      double l = logits[t * E + id];
+      s[j] = isfinite(l) ? 1.0 / (1.0 + exp(-l)) : 0.0;
+      sum += s[j];
+      want_counts[id]++;
+    }
+    for (int j = 0; j < K; j++) {
+      double want = s[j] / (sum + 1e-20) * 1.5;
+      CHECK(fabs(w[t * K + j] - want) <= 1e-5, "hash weights[%d] = %g, want %g", t * K + j, w[t * K + j], want);
+    }
+  }
+  for (int e = 0; e < E; e++)
+    CHECK(counts[e] == want_counts[e], "hash counts[%d] = %ld, want %ld", e, (long)counts[e], (long)want_counts[e]);
+  /* Token 0 reads row 1 = {5, 5, 3}: a repeated id is two slots; token 2's NaN slot. */
+  CHECK(ids[0] == 5 && ids[1] == 5, "repeated id in a row is two slots");
+  CHECK(ids[2 * K + 1] == 1 && w[2 * K + 1] == 0.0f, "NaN logit: id kept, weight 0");
+  /* Value errors: token id outside [0, V), entry outside [0, E); nothing written. */
+  int64_t bad_tokens[T] = {1, 5, 0, 2};
+  tset(&tx, bad_tokens, I64, 1, T, 0, 0);
+  for (int i = 0; i < T * K; i++) ids[i] = -7;
+  EXPECT_ERR(moehal_router_hash(be, &tl.t, &tt.t, &tx.t, &c, &ti.t, &tw.t, &tc.t), MOEHAL_INVALID_ARGUMENT,
+             "token_ids");
+  CHECK(ids[0] == -7, "ids written on error");
+  table[0] = E;
+  tset(&tx, tokens, I64, 1, T, 0, 0);
+  EXPECT_ERR(moehal_router_hash(be, &tl.t, &tt.t, &tx.t, &c, &ti.t, &tw.t, &tc.t), MOEHAL_INVALID_ARGUMENT,
+             "tid2eid");
+  CHECK(ids[0] == -7, "ids written on error");
+  EXPECT_ERR(moehal_router_hash(be, &tl.t, &tt.t, &tx.t, NULL, &ti.t, &tw.t, &tc.t), MOEHAL_INVALID_ARGUMENT,
+             "config");
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
 static void test_permute_swiglu_combine(const moehal_backend* be, int64_t* out_slot_row) {
   enum { T = 4, KK = 2, E = 3, H = 3 };
   int32_t ids[T * KK] = {0, 2, 1, -1, 2, 0, 0, 0};
@@ -875,6 +944,7 @@ int main(void) {
   test_memory(be);
   test_grouped_gemm(be);
   test_router_topk(be);
+  test_router_hash(be);
   int64_t slot_row[8];
   test_permute_swiglu_combine(be, slot_row);
   test_swiglu(be);
