@@ -6,8 +6,8 @@
 //! are in [`crate::quant`]. A scale tensor's format is read from its dtype: f32 is an f32 scale,
 //! u8 is E8M0 bytes.
 //!
-//! Support is keyed by [`QuantDesc`] and asked through [`Backend::supports_quant`]
-//! (crate::Backend::supports_quant); backends without kernels answer `No` with the reason.
+//! Support is keyed by [`QuantDesc`] and asked through
+//! [`Backend::supports_quant`](crate::Backend::supports_quant); backends without kernels answer `No` with the reason.
 
 use super::{check_writable, expect_dim, Checked, GemmDims};
 use crate::quant::{ScaleFormat, FP8_BLOCK, INT8_MAX_K, MXFP4_BLOCK};
