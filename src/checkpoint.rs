@@ -115,7 +115,7 @@ impl Checkpoint {
             };
             let shape = nums("shape")?;
             let offs = nums("data_offsets")?;
-            if offs.len() != 2 || offs[0] > offs[1] || hend + offs[1] > map.len() {
+            if offs.len() != 2 || offs[0] > offs[1] || hend.checked_add(offs[1]).is_none_or(|e| e > map.len()) {
                 return Err(bad(format!("tensor `{name}`: data_offsets {offs:?} outside the file")));
             }
             if let Some(es) = dtype_size(&dtype) {

@@ -183,3 +183,22 @@ fn clear_errors_name_the_tensor() {
     let e = Checkpoint::open(&path).unwrap_err().to_string();
     assert!(e.contains("JSON"), "{e}");
 }
+
+/// A malformed header whose `data_offsets` end near `u64::MAX` is an error naming the tensor, not
+/// an arithmetic-overflow panic (debug) or a wrapped range that panics on first read (release).
+#[test]
+fn huge_data_offsets_are_an_error_not_a_panic() {
+    let path = tmp("huge-offsets");
+    for (dtype, shape) in [("U8", u64::MAX.to_string()), ("F4", "1".to_string())] {
+        let header = format!(
+            r#"{{"t":{{"dtype":"{dtype}","shape":[{shape}],"data_offsets":[0,{}]}}}}"#,
+            u64::MAX
+        );
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&[0u8; 16]);
+        std::fs::write(&path, out).unwrap();
+        let e = Checkpoint::open(&path).unwrap_err().to_string();
+        assert!(e.contains("`t`") && e.contains("outside the file"), "{e}");
+    }
+}

@@ -530,3 +530,47 @@ fn default_backend_reports_unsupported() {
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert!(e.to_string().contains("OPS.md §6"), "{e}");
 }
+
+/// OPS.md §1 (kept by §6): `K = 0` writes zeros. The reference wrote -0 (an empty f64
+/// `Iterator::sum` is -0) for weight-only and int8 x int8, where §1's reference and the CPU give +0.
+#[test]
+fn k_zero_writes_positive_zeros() {
+    for (wf, x_dt, xs) in [
+        (WeightFormat::Mxfp4, DType::F32, None),
+        (WeightFormat::Int8, DType::F32, None),
+        (WeightFormat::Int8, DType::I8, Some(buf(&[1.0f32, 1.0]))),
+        (WeightFormat::Fp8Block, DType::U8, Some(buf(&[0f32; 0]))),
+    ] {
+        let (m, n) = (2usize, 3usize);
+        let x = Reference.alloc(1).unwrap();
+        let w = Reference.alloc(1).unwrap();
+        let ws = buf(&[1.0f32; 16]);
+        let ge = buf(&[m as i64]);
+        let mut y = buf(&[f32::NAN; 6]);
+        let ws_dt = if wf == WeightFormat::Int8 {
+            DType::F32
+        } else {
+            DType::U8
+        };
+        let xs_shape: Vec<usize> = if x_dt == DType::I8 { vec![m] } else { vec![m, 0] };
+        Reference
+            .grouped_gemm_quant(
+                GroupedGemmQ {
+                    x: x.view(x_dt, &[m, 0]),
+                    x_scale: xs.as_ref().map(|b| b.view(DType::F32, &xs_shape)),
+                    w_format: wf,
+                    w: w.view(wf.dtype(), &wf.w_shape(1, n, 0)),
+                    w_scale: ws.view(ws_dt, &wf.scale_shape(1, n, 0)),
+                    group_end: ge.view(DType::I64, &[1]),
+                    row_scale: None,
+                    bias: None,
+                    y: y.view_mut(DType::F32, &[m, n]),
+                }
+                .validate()
+                .unwrap(),
+            )
+            .unwrap();
+        let got = Reference.download_vec::<f32>(&y, m * n).unwrap();
+        assert!(got.iter().all(|v| v.to_bits() == 0), "{wf} x {x_dt}: {got:?}");
+    }
+}

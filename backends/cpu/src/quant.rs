@@ -396,7 +396,10 @@ fn task<T: Elem>(
             );
             for i in 0..mg {
                 for cc in 0..nc {
-                    cs[i * NR + cc] = xs[r0 + i] * ws[g * n + n0 + cc] * acc[i * NR + cc] as f32;
+                    // The scale product in f64, as the reference forms it: in f32 two finite
+                    // scales can overflow to inf (inf · 0 = NaN for a zero sum) or underflow to 0.
+                    cs[i * NR + cc] =
+                        (f64::from(xs[r0 + i]) * f64::from(ws[g * n + n0 + cc]) * f64::from(acc[i * NR + cc])) as f32;
                 }
             }
         }
@@ -494,11 +497,13 @@ fn task<T: Elem>(
                     kern.micro(&sa[mb * kc..], kc, mr, kc, bs, &mut blk[mb * NR..(mb + mr) * NR], false);
                     mb += mr;
                 }
-                let wsc = ws.get(wsrow + bi);
+                let wsc = f64::from(ws.get(wsrow + bi));
                 for i in 0..mg {
-                    let f = xs.get((r0 + i) * kb + bi) * wsc;
+                    // Promotion in f64 (as the reference): an f32 `x_scale · w_scale` of two finite
+                    // scales can overflow (inf · 0 = NaN for an all-zero block) or underflow to 0.
+                    let f = f64::from(xs.get((r0 + i) * kb + bi)) * wsc;
                     for (cv, &bv) in cs[i * NR..i * NR + nc].iter_mut().zip(&blk[i * NR..i * NR + nc]) {
-                        *cv += f * bv;
+                        *cv += (f * f64::from(bv)) as f32;
                     }
                 }
                 k0 += kc;

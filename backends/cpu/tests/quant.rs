@@ -343,3 +343,65 @@ fn raw_api_rejects_bad_lengths_and_pairings_without_writing() {
     assert!(grouped_gemm_q(kern, &pool, &over, &mut y).is_err());
     assert!(y[0].is_nan(), "an error wrote the output");
 }
+
+/// W8A8 pairings with extreme but finite scales: the scale product is formed as the reference forms
+/// it (f64), so `x_scale · w_scale` overflowing f32 meets a zero sum as 0 (not inf · 0 = NaN), and
+/// two tiny scales times a large sum give the subnormal the reference gives (not 0).
+#[test]
+fn w8a8_scale_products_do_not_overflow_or_flush_in_f32() {
+    fn run(be: &dyn Backend, wf: WeightFormat, x: &[u8], xs: f32, w: &[u8], ws: f32) -> f32 {
+        let k = x.len();
+        let dt = wf.dtype();
+        let up = |b: &[u8]| -> Buffer {
+            let mut buf = be.alloc(b.len()).unwrap();
+            be.upload(&mut buf, 0, b).unwrap();
+            buf
+        };
+        let (xb, wb) = (up(x), up(w));
+        let (xsb, wsb) = (be.upload_slice(&[xs]).unwrap(), be.upload_slice(&[ws]).unwrap());
+        let ge = be.upload_slice(&[1i64]).unwrap();
+        let mut yb = be.alloc(4).unwrap();
+        let x_scale_shape: &[usize] = if wf == WeightFormat::Int8 { &[1] } else { &[1, 1] };
+        let a = GroupedGemmQ {
+            x: xb.view(dt, &[1, k]),
+            x_scale: Some(xsb.view(DType::F32, x_scale_shape)),
+            w_format: wf,
+            w: wb.view(dt, &[1, 1, k]),
+            w_scale: wsb.view(DType::F32, &wf.scale_shape(1, 1, k)),
+            group_end: ge.view(DType::I64, &[1]),
+            row_scale: None,
+            bias: None,
+            y: yb.view_mut(DType::F32, &[1, 1]),
+        };
+        be.grouped_gemm_quant(a.validate().unwrap()).unwrap();
+        be.download_vec::<f32>(&yb, 1).unwrap()[0]
+    }
+    type Case = (WeightFormat, Vec<u8>, f32, Vec<u8>, f32); // format, x, x_scale, w, w_scale
+    let cases: &[Case] = &[
+        // int8: sum 1 - 1 = 0 with scales 1e30 · 1e30 (inf in f32).
+        (WeightFormat::Int8, vec![1, 0xFF], 1e30, vec![1, 1], 1e30),
+        // int8: 64 · 127² with scales 1e-25 · 1e-25 (0 in f32): ~1.03e-44, an f32 subnormal.
+        (WeightFormat::Int8, vec![127; 64], 1e-25, vec![127; 64], 1e-25),
+        // fp8 x fp8: e4m3 1 and -1 against 1, 1: a zero block sum with scales 1e30 · 1e30.
+        (WeightFormat::Fp8Block, vec![0x38, 0xB8], 1e30, vec![0x38, 0x38], 1e30),
+        // fp8 x fp8: 448 · 448 · 64 with scales 1e-25 · 1e-25.
+        (WeightFormat::Fp8Block, vec![0x7E; 64], 1e-25, vec![0x7E; 64], 1e-25),
+    ];
+    let want: Vec<f32> = cases
+        .iter()
+        .map(|(wf, x, xs, w, ws)| run(&Reference::new(), *wf, x, *xs, w, *ws))
+        .collect();
+    assert_eq!(want[0], 0.0);
+    assert!(want[1] > 0.0 && want[3] > 0.0, "{want:?}");
+    for be in backends() {
+        for ((wf, x, xs, w, ws), &r) in cases.iter().zip(&want) {
+            let y = run(&be, *wf, x, *xs, w, *ws);
+            assert_eq!(
+                y.to_bits(),
+                r.to_bits(),
+                "{} {wf}: cpu {y:e}, reference {r:e}",
+                be.kern_name()
+            );
+        }
+    }
+}

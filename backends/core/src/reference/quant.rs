@@ -90,7 +90,8 @@ pub(super) fn grouped_gemm(a: GroupedGemmQ<'_>) -> Result<()> {
         else => Err(Error::unsupported(OP, "reference", format!("y dtype {ydt}"))))
 }
 
-/// `acc[r, n]` for every (r, n) of a group, by pairing.
+/// `acc[r, n]` for every (r, n) of a group, by pairing. Sums start at +0 (as §1's reference does):
+/// `Iterator::sum` of f64 starts at -0, which made `K = 0` write -0 instead of zeros.
 fn typed<Y: Float>(mut a: GroupedGemmQ<'_>, group_end: &[i64]) -> Result<()> {
     let d = a.dims();
     let (n, k) = (d.n, d.k);
@@ -124,20 +125,26 @@ fn typed<Y: Float>(mut a: GroupedGemmQ<'_>, group_end: &[i64]) -> Result<()> {
             let xr = &xv[r * k..(r + 1) * k];
             for ni in 0..n {
                 let mut acc = match act {
-                    ActFormat::Float(_) => (0..k).map(|ki| xr[ki] * wq.get(g, ni, ki) as f64).sum::<f64>(),
+                    ActFormat::Float(_) => (0..k)
+                        .map(|ki| xr[ki] * wq.get(g, ni, ki) as f64)
+                        .fold(0f64, |s, v| s + v),
                     ActFormat::Fp8 => {
                         let xs = xs.as_deref().unwrap_or(&[]);
                         let mut acc = 0f64;
                         for b in 0..kb {
                             let k1 = ((b + 1) * FP8_BLOCK).min(k);
-                            let inner: f64 = (b * FP8_BLOCK..k1).map(|ki| xr[ki] * wq.code(g, ni, ki) as f64).sum();
+                            let inner: f64 = (b * FP8_BLOCK..k1)
+                                .map(|ki| xr[ki] * wq.code(g, ni, ki) as f64)
+                                .fold(0f64, |s, v| s + v);
                             acc += xs[r * kb + b] as f64 * wq.scale(g, ni, b * FP8_BLOCK) as f64 * inner;
                         }
                         acc
                     }
                     ActFormat::Int8 => {
                         let xs = xs.as_deref().unwrap_or(&[]);
-                        let inner: f64 = (0..k).map(|ki| xr[ki] * wq.code(g, ni, ki) as f64).sum();
+                        let inner: f64 = (0..k)
+                            .map(|ki| xr[ki] * wq.code(g, ni, ki) as f64)
+                            .fold(0f64, |s, v| s + v);
                         xs[r] as f64 * wq.scale(g, ni, 0) as f64 * inner
                     }
                 };
