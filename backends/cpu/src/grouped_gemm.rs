@@ -296,11 +296,45 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+/// `v[..n]`, growing `v` (zero-filled) when it is shorter: per-thread scratch reused across calls.
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
     }
     &mut v[..n]
+}
+
+/// The epilogue of one tile (OPS.md §1): `y[r, :] = row_scale[r] · (acc[r, :] + bias)`, rounded
+/// once to `T`. `cs` holds the f32 accumulators of the tile's rows at row stride [`NR`], `r0` is
+/// the first row's index in `x`, `bias` the tile's `nc` bias values (or none); `o` is scratch.
+pub(crate) fn epilogue<T: Elem>(
+    cs: &[f32],
+    r0: usize,
+    bias: Option<&[T]>,
+    row_scale: Option<&[f32]>,
+    o: &mut Vec<f32>,
+    tile: &mut crate::simd::TileMut<'_, T>,
+) {
+    let nc = tile.width();
+    let out = grow(o, NR);
+    for i in 0..cs.len() / NR {
+        let row = &cs[i * NR..i * NR + nc];
+        match bias {
+            Some(brow) => {
+                for j in 0..nc {
+                    out[j] = row[j] + brow[j].to_f32();
+                }
+            }
+            None => out[..nc].copy_from_slice(row),
+        }
+        if let Some(sc) = row_scale {
+            let sv = sc[r0 + i];
+            for v in &mut out[..nc] {
+                *v *= sv;
+            }
+        }
+        T::narrow(&out[..nc], tile.row(i));
+    }
 }
 
 /// Check every argument of a call (shapes and data); nothing is written.
@@ -753,25 +787,6 @@ fn task<T: Elem>(
         }
         k0 += kc;
     }
-    let out = grow(o, NR);
-    for i in 0..mg {
-        let r = r0 + i;
-        let row = &cs[i * NR..i * NR + nc];
-        match a.bias {
-            Some(bias) => {
-                let brow = &bias[g * n + n0..g * n + n0 + nc];
-                for j in 0..nc {
-                    out[j] = row[j] + brow[j].to_f32();
-                }
-            }
-            None => out[..nc].copy_from_slice(row),
-        }
-        if let Some(sc) = a.row_scale {
-            let sv = sc[r];
-            for v in &mut out[..nc] {
-                *v *= sv;
-            }
-        }
-        T::narrow(&out[..nc], tile.row(i));
-    }
+    let brow = a.bias.map(|bias| &bias[g * n + n0..g * n + n0 + nc]);
+    epilogue(&cs[..mg * NR], r0, brow, a.row_scale, o, tile);
 }

@@ -17,6 +17,7 @@
 //! decoded in registers; see [`crate::simd::Kernels::dot_mxfp4`].
 
 use crate::elem::{Elem, ElemKind};
+use crate::grouped_gemm::{epilogue, grow};
 use crate::pool::Pool;
 use crate::simd::{Kernels, Tiles, MR, NR};
 use moehal_core::quant::{e2m1_to_f32, e4m3_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
@@ -217,13 +218,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
 }
 
 /// f32 values of the 256 E4M3FN bytes.
@@ -510,27 +504,8 @@ fn task<T: Elem>(
             }
         }
     }
-    let out = grow(o, NR);
-    for i in 0..mg {
-        let r = r0 + i;
-        let row = &cs[i * NR..i * NR + nc];
-        match a.bias {
-            Some(bias) => {
-                let brow = &bias[g * n + n0..g * n + n0 + nc];
-                for j in 0..nc {
-                    out[j] = row[j] + brow[j].to_f32();
-                }
-            }
-            None => out[..nc].copy_from_slice(row),
-        }
-        if let Some(sc) = a.row_scale {
-            let sv = sc[r];
-            for v in &mut out[..nc] {
-                *v *= sv;
-            }
-        }
-        T::narrow(&out[..nc], tile.row(i));
-    }
+    let brow = a.bias.map(|bias| &bias[g * n + n0..g * n + n0 + nc]);
+    epilogue(&cs[..mg * NR], r0, brow, a.row_scale, o, tile);
 }
 
 /// `quantize_fp8` (OPS.md §6) of `x [m, k]` into `xq [m, k]` and scales `[m, ⌈k/128⌉]`: f32 values
