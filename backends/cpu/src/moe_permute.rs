@@ -7,8 +7,12 @@ use moehal_core::{Error, Result};
 use rayon::prelude::*;
 
 const OP: &str = "moe_permute";
-/// Tokens per parallel task.
+/// Tokens per parallel task; up to one chunk of tokens the sort runs serially on the calling
+/// thread (waking the pool costs more than the work: issue 16 item 9).
 const CHUNK: usize = 256;
+/// Bytes of `x_perm` below which the row copy runs serially on the calling thread, and the least
+/// bytes per parallel task above it.
+const SERIAL_COPY_BYTES: usize = 4 << 20;
 
 /// Permute `ids` (`[T, k]`, values in `[-1, E)`): writes `group_end [E]`, `src_token[..routed]`,
 /// `slot_row [T, k]` (`-1` for dropped slots) and, when `x` is given (`[T, row_bytes]` bytes),
@@ -42,19 +46,21 @@ pub fn moe_permute(
     check_ids(ids, e)?;
     let row = CHUNK * k.max(1);
     // Per-chunk histograms (parallel), then exclusive starts per (chunk, expert).
-    let hist: Vec<Vec<i64>> = pool.install(|| {
-        ids.par_chunks(row.max(1))
-            .map(|c| {
-                let mut h = vec![0i64; e];
-                for &id in c {
-                    if id >= 0 {
-                        h[id as usize] += 1;
-                    }
-                }
-                h
-            })
-            .collect()
-    });
+    let serial = ids.len() <= row || pool.threads() == 1;
+    let histogram = |c: &[i32]| {
+        let mut h = vec![0i64; e];
+        for &id in c {
+            if id >= 0 {
+                h[id as usize] += 1;
+            }
+        }
+        h
+    };
+    let hist: Vec<Vec<i64>> = if serial {
+        ids.chunks(row.max(1)).map(histogram).collect()
+    } else {
+        pool.install(|| ids.par_chunks(row.max(1)).map(histogram).collect())
+    };
     let mut acc = 0i64;
     let mut starts = vec![vec![0i64; e]; hist.len()];
     for g in 0..e {
@@ -64,22 +70,31 @@ pub fn moe_permute(
         }
         group_end[g] = acc;
     }
-    pool.install(|| {
+    let place = |((sr, idc), cur): ((&mut [i64], &[i32]), &mut Vec<i64>)| {
+        for (o, &id) in sr.iter_mut().zip(idc) {
+            if id >= 0 {
+                *o = cur[id as usize];
+                cur[id as usize] += 1;
+            } else {
+                *o = -1;
+            }
+        }
+    };
+    if serial {
         slot_row
-            .par_chunks_mut(row.max(1))
-            .zip(ids.par_chunks(row.max(1)))
-            .zip(starts.par_iter_mut())
-            .for_each(|((sr, idc), cur)| {
-                for (o, &id) in sr.iter_mut().zip(idc) {
-                    if id >= 0 {
-                        *o = cur[id as usize];
-                        cur[id as usize] += 1;
-                    } else {
-                        *o = -1;
-                    }
-                }
-            })
-    });
+            .chunks_mut(row.max(1))
+            .zip(ids.chunks(row.max(1)))
+            .zip(starts.iter_mut())
+            .for_each(place);
+    } else {
+        pool.install(|| {
+            slot_row
+                .par_chunks_mut(row.max(1))
+                .zip(ids.par_chunks(row.max(1)))
+                .zip(starts.par_iter_mut())
+                .for_each(place)
+        });
+    }
     for (s, &r) in slot_row.iter().enumerate() {
         if r >= 0 {
             src_token[r as usize] = (s / k) as i64;
@@ -89,12 +104,22 @@ pub fn moe_permute(
         let routed = acc as usize;
         if rb > 0 {
             let src_token = &*src_token;
-            pool.install(|| {
-                xp[..routed * rb].par_chunks_mut(rb).enumerate().for_each(|(r, dst)| {
-                    let tok = src_token[r] as usize;
-                    dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
-                })
-            });
+            let copy = |(r, dst): (usize, &mut [u8])| {
+                let tok = src_token[r] as usize;
+                dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
+            };
+            if routed * rb <= SERIAL_COPY_BYTES || pool.threads() == 1 {
+                xp[..routed * rb].chunks_mut(rb).enumerate().for_each(copy);
+            } else {
+                let min_rows = SERIAL_COPY_BYTES.div_ceil(16 * rb).max(1);
+                pool.install(|| {
+                    xp[..routed * rb]
+                        .par_chunks_mut(rb)
+                        .enumerate()
+                        .with_min_len(min_rows)
+                        .for_each(copy)
+                });
+            }
         }
     }
     Ok(())
