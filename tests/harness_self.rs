@@ -242,7 +242,7 @@ fn rerun_command_reproduces_the_failing_case_exactly() {
     let cases = edge_cases();
     let base = 0xC0FFEE;
     let be = Broken(Flaw::GemmValue);
-    let mut checked = 0;
+    let (mut checked, mut old_differs) = (0, 0);
     for (i, c) in cases.iter().enumerate().filter(|(_, c)| c.name().starts_with("gemm ")) {
         let first = run_case(&be, c, case_seed(base, i));
         if first.verdict != Verdict::Fail || !first.metric.starts_with("rel ") {
@@ -267,17 +267,17 @@ fn rerun_command_reproduces_the_failing_case_exactly() {
         let again = run_case(&be, again_case, case_seed(seed, j));
         assert_eq!(again.verdict, Verdict::Fail);
         assert_eq!((&again.metric, &again.detail), (&first.metric, &first.detail), "{line}");
-        // The old rerun line passed the case's seed as the base: other inputs, another error.
+        // The old rerun line passed the case's seed as the base: other inputs, so (except where
+        // the flipped exponent dominates the error) another error.
         let old = run_case(&be, c, case_seed(first.seed, i));
-        assert_ne!(
-            old.metric,
-            first.metric,
-            "{} (the old rerun would have matched by chance)",
-            c.name()
-        );
+        old_differs += usize::from(old.detail != first.detail);
         checked += 1;
     }
     assert!(checked >= 2, "only {checked} failing gemm cases");
+    assert!(
+        old_differs >= 1,
+        "the old rerun line reproduced every case: the test proves nothing"
+    );
 }
 
 #[test]
