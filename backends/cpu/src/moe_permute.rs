@@ -45,8 +45,32 @@ pub fn moe_permute(
     }
     check_ids(ids, e)?;
     let row = CHUNK * k.max(1);
-    // Per-chunk histograms (parallel), then exclusive starts per (chunk, expert).
-    let serial = ids.len() <= row || pool.threads() == 1;
+    if ids.len() <= row || pool.threads() == 1 {
+        // One counting sort with one scratch vector: no per-chunk tables to allocate.
+        let mut cur = vec![0i64; e];
+        for &id in ids {
+            if id >= 0 {
+                cur[id as usize] += 1;
+            }
+        }
+        let mut acc = 0i64;
+        for (g, c) in cur.iter_mut().enumerate() {
+            let n = *c;
+            *c = acc;
+            acc += n;
+            group_end[g] = acc;
+        }
+        for (o, &id) in slot_row.iter_mut().zip(ids) {
+            if id >= 0 {
+                *o = cur[id as usize];
+                cur[id as usize] += 1;
+            } else {
+                *o = -1;
+            }
+        }
+        finish(pool, slot_row, src_token, k, acc as usize, x);
+        return Ok(());
+    }
     let histogram = |c: &[i32]| {
         let mut h = vec![0i64; e];
         for &id in c {
@@ -56,11 +80,8 @@ pub fn moe_permute(
         }
         h
     };
-    let hist: Vec<Vec<i64>> = if serial {
-        ids.chunks(row.max(1)).map(histogram).collect()
-    } else {
-        pool.install(|| ids.par_chunks(row.max(1)).map(histogram).collect())
-    };
+    // Per-chunk histograms (parallel), then exclusive starts per (chunk, expert).
+    let hist: Vec<Vec<i64>> = pool.install(|| ids.par_chunks(row.max(1)).map(histogram).collect());
     let mut acc = 0i64;
     let mut starts = vec![vec![0i64; e]; hist.len()];
     for g in 0..e {
@@ -80,28 +101,32 @@ pub fn moe_permute(
             }
         }
     };
-    if serial {
+    pool.install(|| {
         slot_row
-            .chunks_mut(row.max(1))
-            .zip(ids.chunks(row.max(1)))
-            .zip(starts.iter_mut())
-            .for_each(place);
-    } else {
-        pool.install(|| {
-            slot_row
-                .par_chunks_mut(row.max(1))
-                .zip(ids.par_chunks(row.max(1)))
-                .zip(starts.par_iter_mut())
-                .for_each(place)
-        });
-    }
+            .par_chunks_mut(row.max(1))
+            .zip(ids.par_chunks(row.max(1)))
+            .zip(starts.par_iter_mut())
+            .for_each(place)
+    });
+    finish(pool, slot_row, src_token, k, acc as usize, x);
+    Ok(())
+}
+
+/// `src_token` from `slot_row`, then the `x_perm` rows (serially up to [`SERIAL_COPY_BYTES`]).
+fn finish(
+    pool: &Pool,
+    slot_row: &[i64],
+    src_token: &mut [i64],
+    k: usize,
+    routed: usize,
+    x: Option<(&[u8], usize, &mut [u8])>,
+) {
     for (s, &r) in slot_row.iter().enumerate() {
         if r >= 0 {
             src_token[r as usize] = (s / k) as i64;
         }
     }
     if let Some((xs, rb, xp)) = x {
-        let routed = acc as usize;
         if rb > 0 {
             let src_token = &*src_token;
             let copy = |(r, dst): (usize, &mut [u8])| {
@@ -122,5 +147,4 @@ pub fn moe_permute(
             }
         }
     }
-    Ok(())
 }
