@@ -10,7 +10,43 @@ use moehal_core::{Backend, Result};
 /// process-wide pool (`MOEHAL_CPU_THREADS`, default all cores).
 #[cfg(feature = "cpu")]
 pub fn open_cpu() -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(moehal_cpu::CpuBackend::new()))
+    Ok(Arc::new(moehal_cpu::CpuBackend::open()?))
+}
+
+/// Validate every `MOEHAL_*` variable this build reads at run time (the table in README.md,
+/// "Environment variables"): the CPU backend's (`MOEHAL_CPU_THREADS`, `MOEHAL_CPU_ISA`,
+/// `MOEHAL_CPU_BF16`, see `moehal_cpu::env`), the Ascend emulator's `MOEHAL_ACL_EMU_MEM_CAP`
+/// (bytes, an integer) and `MOEHAL_ASCEND_LIB_DIR` (a directory). Returns the warnings (valid
+/// but probably unintended values, such as more CPU threads than cores) for the caller to print.
+///
+/// # Errors
+/// `InvalidArgument` (op `env`, field = the variable) naming the value and the accepted values.
+pub fn check_env() -> Result<Vec<String>> {
+    #[allow(unused_mut)]
+    let mut warnings = Vec::new();
+    #[cfg(feature = "cpu")]
+    warnings.extend(moehal_cpu::env::check()?.warnings);
+    const MEM_CAP: &str = "MOEHAL_ACL_EMU_MEM_CAP";
+    if let Some(v) = std::env::var_os(MEM_CAP) {
+        let v = v.to_string_lossy();
+        if v.trim().parse::<u64>().is_err() {
+            return Err(moehal_core::Error::invalid(
+                "env",
+                MEM_CAP,
+                format!("{MEM_CAP}={v:?} is not valid; accepted values: a byte count (a non-negative integer)"),
+            ));
+        }
+    }
+    const LIB_DIR: &str = "MOEHAL_ASCEND_LIB_DIR";
+    if let Some(v) = std::env::var_os(LIB_DIR) {
+        if !std::path::Path::new(&v).is_dir() {
+            warnings.push(format!(
+                "{LIB_DIR}={} is not a directory: the Ascend libraries are searched for in the other places",
+                v.to_string_lossy()
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// Open CUDA device 0.

@@ -69,6 +69,8 @@ pub struct CaseResult {
     pub seconds: f64,
     /// The seed of the inputs.
     pub seed: u64,
+    /// The bound the result was held to ([`tolerance_label`]: `"rel <= 1e-5"`, `"bitwise"`, ...).
+    pub tolerance: String,
     /// Why it failed or is unsupported (empty on pass).
     pub detail: String,
 }
@@ -1137,6 +1139,30 @@ fn desc_of(spec: &Spec) -> OpDesc {
 // Comparison
 // ------------------------------------------------------------------------------------------------
 
+/// The bound a case is held to, in words for the `tol` column of `moehal check`: `rel <= T`
+/// (OPS.md relative error of the dtype), `bitwise` (integer and gather outputs), the router's rule
+/// (`ids exact, |dw| <= 1e-5`), or `error on `field`` for a case that must be rejected.
+pub fn tolerance_label(case: &Case) -> String {
+    if let Expect::Invalid(field) = case.expect() {
+        return format!("error on `{field}`");
+    }
+    match &case.spec {
+        Spec::Quant(q) => quant::tolerance_label(q),
+        Spec::GroupedGemm { dtype, .. } | Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
+            format!("rel <= {:.0e}", tolerance(*dtype))
+        }
+        Spec::RouterTopk { .. } => format!(
+            "ids exact (near-ties {:.0e}), |dw| <= {:.0e}",
+            conformance::NEAR_TIE_REL,
+            conformance::ROUTER_WEIGHT_ABS
+        ),
+        Spec::RouterHash { .. } => format!("ids exact, |dw| <= {:.0e}", conformance::ROUTER_WEIGHT_ABS),
+        Spec::MoePermute { .. } | Spec::EngramHash { .. } | Spec::GatherRows { .. } | Spec::EngramLookup { .. } => {
+            "bitwise".into()
+        }
+    }
+}
+
 /// Relative-error tolerance of OPS.md for arithmetic ops.
 pub fn tolerance(dtype: DType) -> f64 {
     match dtype {
@@ -1326,6 +1352,7 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
         verdict: Verdict::Fail,
         seconds: 0.0,
         seed,
+        tolerance: tolerance_label(case),
         detail: String::new(),
     };
     let support = match &case.spec {
@@ -1341,10 +1368,9 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
     let inputs = make_inputs(&case.spec, seed);
     let fail = |mut r: CaseResult, metric: &str, msg: String| {
         r.metric = metric.into();
-        r.detail = format!(
-            "{msg} (seed {seed}; rerun: moehal check --backend {} --seed {seed})",
-            r.backend
-        );
+        // The rerun command needs the base seed and the case's place in its list, which the
+        // caller knows: see [`rerun_command`].
+        r.detail = format!("{msg} (case seed {seed})");
         r
     };
     let reference = match execute(&Reference, &case.spec, &inputs) {
@@ -2121,6 +2147,59 @@ pub fn default_cases() -> Vec<Case> {
         v.extend(preset_cases(p));
     }
     v
+}
+
+/// The cases of `cases` that `moehal check --op OP --case NAME --dtype LABEL` runs, each with its
+/// index in `cases` (the index, not the position among the selected, derives its seed with
+/// [`case_seed`], so a filtered run gives a case the same inputs as the full run with the same
+/// base seed). `op` matches [`OpKind::name`]; `case` matches the case name exactly, or, when no
+/// name is equal, every case whose name contains it; `dtype` matches [`Case::dtype`] exactly.
+pub fn select<'a>(
+    cases: &'a [Case],
+    op: Option<OpKind>,
+    case: Option<&str>,
+    dtype: Option<&str>,
+) -> Vec<(usize, &'a Case)> {
+    let by_op: Vec<(usize, &Case)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| op.is_none_or(|o| c.op() == o) && dtype.is_none_or(|d| c.dtype() == d))
+        .collect();
+    match case {
+        None => by_op,
+        Some(name) => {
+            let exact: Vec<(usize, &Case)> = by_op.iter().copied().filter(|(_, c)| c.name() == name).collect();
+            if exact.is_empty() {
+                by_op.into_iter().filter(|(_, c)| c.name().contains(name)).collect()
+            } else {
+                exact
+            }
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.,=/+:".contains(ch))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The `moehal check` command line that reruns exactly one case: same backend, same case list
+/// (`preset`), the case picked by op, exact name and dtype label, and the same base seed, so that
+/// [`select`] and [`case_seed`] give it the same inputs as the run that printed it.
+pub fn rerun_command(backend: &str, preset: Option<&str>, case: &Case, base_seed: u64) -> String {
+    format!(
+        "moehal check --backend {backend}{} --op {} --case {} --dtype {} --seed {base_seed}",
+        preset.map_or_else(String::new, |p| format!(" --preset {}", shell_quote(p))),
+        case.op().name(),
+        shell_quote(&case.name()),
+        shell_quote(&case.dtype()),
+    )
 }
 
 /// A seed for `case` derived from a base seed (so each case gets fresh inputs, reproducibly).

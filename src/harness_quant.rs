@@ -317,6 +317,20 @@ pub(super) fn execute<'a>(
     }
 }
 
+/// The bound [`compare`] holds a case to, as printed in the `tol` column of `moehal check`.
+pub(super) fn tolerance_label(q: &QuantSpec) -> String {
+    match q {
+        QuantSpec::Gemm { x, y, .. } => {
+            let tol = match x {
+                ActFormat::Fp8 => tolerance(*y).max(1e-3),
+                _ => tolerance(*y),
+            };
+            format!("rel <= {tol:.0e}")
+        }
+        QuantSpec::QuantizeFp8 { .. } | QuantSpec::QuantizeInt8 { .. } => "bitwise".into(),
+    }
+}
+
 /// Judge `out` against `reference` by the §6 conformance rule.
 pub(super) fn compare(q: &QuantSpec, out: &Outcome, reference: &Outcome) -> (String, Result<(), String>) {
     match q {

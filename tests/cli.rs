@@ -214,3 +214,301 @@ fn no_arguments_runs_the_default_check() {
     // The exit status follows the failures.
     assert_eq!(o.status.success(), summary.contains(" 0 failed"), "{summary}");
 }
+
+// ------------------------------------------------------------------------------------------------
+// Issue 16: reliability and first contact
+// ------------------------------------------------------------------------------------------------
+
+fn moehal_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moehal"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("the moehal binary runs")
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("moehal-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn invalid_environment_values_are_errors_naming_the_variable_and_accepted_values() {
+    for (var, value, accepted) in [
+        ("MOEHAL_CPU_THREADS", "abc", "an integer from 1 to"),
+        ("MOEHAL_CPU_THREADS", "-3", "an integer from 1 to"),
+        ("MOEHAL_CPU_ISA", "bogus", "amx, avx512, avx2, neon, scalar"),
+        ("MOEHAL_CPU_BF16", "fast", "dot, fma"),
+        ("MOEHAL_ACL_EMU_MEM_CAP", "lots", "a byte count"),
+    ] {
+        let o = moehal_env(&["devices"], &[(var, value)]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{var}={value} accepted:\n{out}");
+        assert!(
+            err.contains(var) && err.contains(value) && err.contains(accepted),
+            "{var}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn more_threads_than_cores_warns_and_runs() {
+    let over = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let o = moehal_env(&["devices"], &[("MOEHAL_CPU_THREADS", &over.to_string())]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("warning: MOEHAL_CPU_THREADS={over} is more than the")),
+        "{err}"
+    );
+    let o = moehal_env(&["devices"], &[("MOEHAL_CPU_THREADS", "1")]);
+    assert!(o.status.success());
+    assert!(!text(&o).1.contains("warning"), "{}", text(&o).1);
+}
+
+#[test]
+fn check_filters_by_op_case_and_dtype_and_shows_the_tolerance() {
+    let o = moehal(&[
+        "check",
+        "--backend",
+        "cpu",
+        "--op",
+        "grouped_gemm",
+        "--case",
+        "gemm NK plain",
+        "--seed",
+        "9",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    let header = out.lines().find(|l| l.starts_with("op ")).expect("a header");
+    assert!(header.contains(" tol "), "{header}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("grouped_gemm")).collect();
+    assert!(rows.len() > 1, "one row per dtype:\n{out}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("gemm NK plain") && r.contains("rel <= ")),
+        "{out}"
+    );
+    // --dtype narrows to one case.
+    let dtype = rows[0].split("gemm NK plain").nth(1).unwrap().trim();
+    let dtype: Vec<&str> = dtype.split_whitespace().take(2).collect();
+    let o = moehal(&[
+        "check",
+        "--backend",
+        "cpu",
+        "--op",
+        "grouped_gemm",
+        "--case",
+        "gemm NK plain",
+        "--dtype",
+        &dtype.join(" "),
+        "--seed",
+        "9",
+    ]);
+    let (out, _) = text(&o);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("grouped_gemm")).count(),
+        1,
+        "{out}"
+    );
+    let o = moehal(&["check", "--case", "no such case"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("no case matches"), "{}", text(&o).1);
+}
+
+/// A safetensors file: `header` JSON after its 8-byte length, then `data`.
+fn safetensors_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn bad_tables_are_described_in_words_before_tokenizing() {
+    let dir = temp_dir("tables");
+    let good_header = r#"{"table":{"dtype":"BF16","shape":[4,32],"data_offsets":[0,256]}}"#;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("short", vec![1, 2, 3], "3 bytes, shorter than the 8-byte header length"),
+        (
+            "huge",
+            u64::MAX.to_le_bytes().to_vec(),
+            "more than the 100000000-byte limit",
+        ),
+        (
+            "past",
+            {
+                let mut v = 1000u64.to_le_bytes().to_vec();
+                v.extend_from_slice(b"{}");
+                v
+            },
+            "says 1000 bytes of JSON at offsets [8, 1008), but the file has 10 bytes",
+        ),
+        (
+            "notjson",
+            {
+                let mut v = 4u64.to_le_bytes().to_vec();
+                v.extend_from_slice(b"abcd");
+                v
+            },
+            "does not start with '{'",
+        ),
+        (
+            "truncated",
+            safetensors_bytes(good_header, &[0u8; 100]),
+            "truncated: the tensors' data_offsets end at byte 256",
+        ),
+        (
+            "trailing",
+            safetensors_bytes(good_header, &[0u8; 300]),
+            "44 bytes past the end of the last tensor",
+        ),
+    ];
+    for (name, bytes, want) in &cases {
+        let path = dir.join(format!("{name}.safetensors"));
+        std::fs::write(&path, bytes).unwrap();
+        let o = moehal(&["engram", "--table", path.to_str().unwrap()]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{name}: accepted");
+        assert!(err.contains(want), "{name}: {err}");
+        for code in [
+            "InvalidHeaderLength",
+            "HeaderTooLarge",
+            "MetadataIncompleteBuffer",
+            "InvalidHeader",
+        ] {
+            assert!(!err.contains(code), "{name}: raw code in {err}");
+        }
+        // The table is opened before the tokenizer loads: nothing about the text was printed.
+        assert!(
+            !out.contains("cl100k"),
+            "{name}: tokenized before opening the table:\n{out}"
+        );
+    }
+    let o = moehal(&["engram", "--table", dir.to_str().unwrap()]);
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        err.contains("is a directory, not a safetensors file") && !err.contains("mmap"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_saved_table_is_read_back() {
+    let dir = temp_dir("save-table");
+    let text_path = dir.join("t.txt");
+    std::fs::write(&text_path, "one two three four five six seven\n").unwrap();
+    let table = dir.join("t.safetensors");
+    let o = moehal(&[
+        "engram",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--rows",
+        "128",
+        "--save-table",
+        table.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("saved the table to"), "{out}");
+    assert!(std::fs::metadata(&table).unwrap().len() > 128 * 256 * 2);
+    let o = moehal(&[
+        "engram",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--table",
+        table.to_str().unwrap(),
+    ]);
+    let (out2, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out2}\nstderr: {err}");
+    assert!(
+        out2.contains("memory-mapped in place") && out2.contains("bitwise equal"),
+        "{out2}"
+    );
+    // The same seeded table: the same distinct rows and the same gathered bytes were checked.
+    let line = |s: &str, p: &str| s.lines().find(|l| l.starts_with(p)).map(str::to_string);
+    assert_eq!(line(&out, "distinct hashed rows"), line(&out2, "distinct hashed rows"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn engram_processes_a_long_text_in_bounded_chunks() {
+    let dir = temp_dir("engram-chunks");
+    let path = dir.join("long.txt");
+    let para = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n";
+    std::fs::write(&path, para.repeat(400)).unwrap();
+    let o = moehal(&[
+        "engram",
+        "--text",
+        path.to_str().unwrap(),
+        "--rows",
+        "4096",
+        "--chunk-bytes",
+        "4096",
+        "--batch-tokens",
+        "100",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    let mem = out
+        .lines()
+        .find(|l| l.starts_with("bounded memory:"))
+        .expect("bounded memory line");
+    let chunks: usize = mem["bounded memory: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(chunks >= 8, "{mem}");
+    assert!(!mem.contains("cut inside a line"), "{mem}");
+    assert!(
+        out.contains("vs reference: exact") && out.contains("bitwise equal"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn moe_impossible_token_counts_are_errors_and_the_reference_is_bounded() {
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--tokens",
+        "1000000000000",
+        "--scale-widths",
+        "8",
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("--tokens 1000000000000") && err.contains("tokens fit"),
+        "{err}"
+    );
+    let args = [
+        "moe",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--tokens",
+        "4",
+        "--scale-widths",
+        "8",
+    ];
+    let o = moehal(&[&args[..], &["--no-reference"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("reference not run (--no-reference)") && out.contains("not checked"),
+        "{out}"
+    );
+    let o = moehal(&[&args[..], &["--ref-limit", "0"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("> --ref-limit 0 s"), "{out}");
+}

@@ -1,7 +1,7 @@
 //! The harness must be able to fail: a backend that wraps the reference but breaks one rule of the
 //! contract is caught (wrong values, out-of-bounds writes, unwritten outputs, ignored validation).
 
-use moehal::harness::{edge_cases, run_case, Case, Verdict};
+use moehal::harness::{case_seed, edge_cases, rerun_command, run_case, select, Case, Verdict};
 use moehal_core::ops::*;
 use moehal_core::{Backend, Buffer, Checked, DeviceInfo, OpDesc, Reference, Result, Support};
 
@@ -199,4 +199,118 @@ fn wrong_values_out_of_bounds_writes_and_skipped_outputs_fail() {
     assert!(verdicts(Flaw::NoIdCheck, is("permute bad id"))
         .iter()
         .all(|v| *v == Verdict::Fail));
+}
+
+/// Split a shell command line as `sh` would for the quoting [`rerun_command`] uses (words, and
+/// single-quoted words with `'\''` for a quote).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '\'' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if !quoted => {}
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Issue 16 item 2: the `rerun:` line of a failing case must give that case the inputs it failed
+/// with. The broken grouped GEMM adds 1% to one element, so its relative error depends on the
+/// inputs: the same metric proves the same inputs, and the old line (the case's own seed passed
+/// as the base seed) gives a different one.
+#[test]
+fn rerun_command_reproduces_the_failing_case_exactly() {
+    let cases = edge_cases();
+    let base = 0xC0FFEE;
+    let be = Broken(Flaw::GemmValue);
+    let (mut checked, mut old_differs) = (0, 0);
+    for (i, c) in cases.iter().enumerate().filter(|(_, c)| c.name().starts_with("gemm ")) {
+        let first = run_case(&be, c, case_seed(base, i));
+        if first.verdict != Verdict::Fail || !first.metric.starts_with("rel ") {
+            continue;
+        }
+        let line = rerun_command("broken", None, c, base);
+        let words = shell_words(&line);
+        assert_eq!(&words[..4], ["moehal", "check", "--backend", "broken"], "{line}");
+        let arg = |flag: &str| {
+            let p = words
+                .iter()
+                .position(|w| w == flag)
+                .unwrap_or_else(|| panic!("{flag} in {line}"));
+            words[p + 1].clone()
+        };
+        let op: moehal_core::OpKind = arg("--op").parse().unwrap();
+        let seed: u64 = arg("--seed").parse().unwrap();
+        let picked = select(&cases, Some(op), Some(&arg("--case")), Some(&arg("--dtype")));
+        assert_eq!(picked.len(), 1, "{line} picks {} cases", picked.len());
+        let (j, again_case) = picked[0];
+        assert_eq!((j, again_case), (i, c), "{line}");
+        let again = run_case(&be, again_case, case_seed(seed, j));
+        assert_eq!(again.verdict, Verdict::Fail);
+        assert_eq!((&again.metric, &again.detail), (&first.metric, &first.detail), "{line}");
+        // The old rerun line passed the case's seed as the base: other inputs, so (except where
+        // the flipped exponent dominates the error) another error.
+        let old = run_case(&be, c, case_seed(first.seed, i));
+        old_differs += usize::from(old.detail != first.detail);
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} failing gemm cases");
+    assert!(
+        old_differs >= 1,
+        "the old rerun line reproduced every case: the test proves nothing"
+    );
+}
+
+#[test]
+fn select_filters_by_op_and_case_and_keeps_indices() {
+    let cases = edge_cases();
+    let gemm = select(&cases, Some(moehal_core::OpKind::GroupedGemm), None, None);
+    assert!(!gemm.is_empty() && gemm.len() < cases.len());
+    assert!(gemm
+        .iter()
+        .all(|(i, c)| cases[*i] == **c && c.op() == moehal_core::OpKind::GroupedGemm));
+    let exact = select(&cases, None, Some("swiglu"), None);
+    assert!(
+        exact.iter().all(|(_, c)| c.name() == "swiglu"),
+        "exact name wins over substrings"
+    );
+    let sub = select(&cases, None, Some("gemm NK"), None);
+    assert!(sub.len() > 1 && sub.iter().all(|(_, c)| c.name().contains("gemm NK")));
+    assert!(select(&cases, None, Some("no such case"), None).is_empty());
+}
+
+/// Every case of the default list is named uniquely by (op, name, dtype), so a rerun line picks
+/// one case.
+#[test]
+fn default_cases_are_unique_by_op_name_and_dtype() {
+    let cases = moehal::harness::default_cases();
+    let mut seen = std::collections::HashSet::new();
+    for c in &cases {
+        assert!(
+            seen.insert((c.op(), c.name(), c.dtype())),
+            "two cases {} / {} / {}",
+            c.op(),
+            c.name(),
+            c.dtype()
+        );
+    }
 }

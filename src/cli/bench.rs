@@ -155,12 +155,18 @@ pub(super) fn run(a: Args) -> CliResult {
         "op", "shape", "dtype", "backend", ">median", ">GFLOP/s", ">GB/s", ">vs ref", "note",
     ]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.d$}"));
+    // Printed names: the emulator's timings are tagged (the JSON keeps the backend's name).
+    let label = |name: &str| {
+        refs.iter()
+            .find(|b| b.name() == name)
+            .map_or_else(|| name.to_string(), |b| super::backend_label(*b))
+    };
     for r in &rows {
         t.row(vec![
             r.op.clone(),
             r.shape.clone(),
             r.dtype.clone(),
-            r.backend.clone(),
+            label(&r.backend),
             if r.seconds.is_finite() {
                 human_seconds(r.seconds)
             } else {

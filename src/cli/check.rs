@@ -1,6 +1,9 @@
 //! `moehal check`: every available backend (or `--backend B`) × the conformance cases (the
 //! embedded default, or the cases of one `--preset`) through [`harness::run_case`], which runs
-//! the same seeded inputs on the backend and on the reference.
+//! the same seeded inputs on the backend and on the reference. `--op` and `--case` pick cases
+//! without changing their inputs (each case's seed comes from the base seed and its index in the
+//! full list), so the `rerun:` line printed under a failure reproduces it exactly; the `tol`
+//! column shows the bound each row was held to.
 //!
 //! The reference is not checked against itself as a matter of course (that row proves nothing
 //! about a device): it runs only when it is the only backend available (then as a sanity check of
@@ -35,15 +38,38 @@ pub(crate) struct Args {
     /// in its result).
     #[arg(long)]
     seed: Option<u64>,
+    /// Only the cases of this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine,
+    /// engram_hash, gather_rows, engram_lookup).
+    #[arg(long)]
+    op: Option<moehal_core::OpKind>,
+    /// Only the case of this name (exact), or, when no name is equal, the cases whose names
+    /// contain it. A filtered case gets the same inputs as in the full run with the same --seed.
+    #[arg(long)]
+    case: Option<String>,
+    /// Only the cases of this dtype / variant label, exactly as in the `dtype` column (e.g.
+    /// `bf16 NK`, `fp8_e4m3_ue8m0->bf16`).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
-    let cases = match &a.preset {
+    let all_cases = match &a.preset {
         Some(p) => harness::preset_cases(crate::presets::preset(p).map_err(CliError)?),
         None => harness::default_cases(),
     };
+    let cases = harness::select(&all_cases, a.op, a.case.as_deref(), a.dtype.as_deref());
+    if cases.is_empty() {
+        return Err(CliError(format!(
+            "no case matches{}{}{} (in {} cases of {})",
+            a.op.map_or_else(String::new, |o| format!(" --op {o}")),
+            a.case.as_deref().map_or_else(String::new, |c| format!(" --case {c}")),
+            a.dtype.as_deref().map_or_else(String::new, |d| format!(" --dtype {d}")),
+            all_cases.len(),
+            a.preset.as_deref().map_or("the default set", |p| p)
+        )));
+    }
     let backends: Vec<Arc<dyn Backend>> = match &a.backend {
         Some(name) => vec![reg.open(name)?],
         None => {
@@ -78,30 +104,41 @@ pub(super) fn run(a: Args) -> CliResult {
     let pb = progress((cases.len() * backends.len()) as u64, "check");
     let mut results = Vec::new();
     for b in &backends {
-        for (i, c) in cases.iter().enumerate() {
+        for &(i, c) in &cases {
             pb.set_message(format!("{} {}", b.name(), c.name()));
-            results.push(harness::run_case(b.as_ref(), c, harness::case_seed(seed, i)));
+            results.push((c, harness::run_case(b.as_ref(), c, harness::case_seed(seed, i))));
             pb.inc(1);
         }
     }
     pb.finish_and_clear();
 
-    let mut t = Table::new(&["op", "backend", "case", "dtype", "error", "verdict", ">time"]);
-    for r in &results {
+    let labels: Vec<(String, String)> = backends
+        .iter()
+        .map(|b| (b.name().to_string(), super::backend_label(b.as_ref())))
+        .collect();
+    let label = |name: &str| {
+        labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| name.to_string(), |(_, l)| l.clone())
+    };
+    let mut t = Table::new(&["op", "backend", "case", "dtype", "error", "tol", "verdict", ">time"]);
+    for (_, r) in &results {
         t.row(vec![
             r.op.name().into(),
-            r.backend.clone(),
+            label(&r.backend),
             r.case.clone(),
             r.dtype.clone(),
             r.metric.clone(),
+            r.tolerance.clone(),
             r.verdict.label().into(),
             human_seconds(r.seconds),
         ]);
     }
     out!("{}", t.render());
-    let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
+    let count = |v: Verdict| results.iter().filter(|(_, r)| r.verdict == v).count();
     let (pass, fail, unsup) = (count(Verdict::Pass), count(Verdict::Fail), count(Verdict::Unsupported));
-    for r in results.iter().filter(|r| r.verdict != Verdict::Pass) {
+    for (case, r) in results.iter().filter(|(_, r)| r.verdict != Verdict::Pass) {
         let what = if r.verdict == Verdict::Fail {
             "FAIL"
         } else {
@@ -115,16 +152,22 @@ pub(super) fn run(a: Args) -> CliResult {
             r.seed,
             r.detail
         );
+        if r.verdict == Verdict::Fail {
+            outln!(
+                "  rerun: {}",
+                harness::rerun_command(&r.backend, a.preset.as_deref(), case, seed)
+            );
+        }
     }
     outln!("{pass} passed, {fail} failed, {unsup} unsupported");
     if let Some(out) = json {
         let rows: Vec<serde_json::Value> = results
             .iter()
-            .map(|r| {
+            .map(|(_, r)| {
                 serde_json::json!({
                     "op": r.op.name(), "backend": r.backend, "case": r.case, "dtype": r.dtype,
-                    "metric": r.metric, "verdict": r.verdict.label(), "seconds": r.seconds,
-                    "seed": r.seed, "detail": r.detail,
+                    "metric": r.metric, "tolerance": r.tolerance, "verdict": r.verdict.label(),
+                    "seconds": r.seconds, "seed": r.seed, "detail": r.detail,
                 })
             })
             .collect();

@@ -3,34 +3,33 @@
 //! Every substitution for what this machine cannot hold (the tokenizer, the 100 GB table) is
 //! printed (see [`crate::pipeline::engram`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use moehal_core::engram::v41_flash;
-use moehal_core::ops::{GatherRows, OpDesc};
-use moehal_core::{BackendExt, DType};
+use moehal_core::ops::OpDesc;
 
-use super::{choose_backend, spinner, CliError, CliResult};
+use super::{backend_label, choose_backend, progress_bytes, spinner, CliError, CliResult};
 use crate::pipeline::engram::{
-    canonical_for_layer, distinct_per_order, fold_rows, generate_table, hash_on, open_table, reference_gather,
-    rows_for_bytes, Tokenizer, DEFAULT_TABLE_BYTES, DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
+    generate_table, open_table, rows_for_bytes, run_text, EngramTable, StreamOptions, Tokenizer, DEFAULT_TABLE_BYTES,
+    DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
 };
-use crate::pipeline::{human_bytes, human_seconds, is_host_backend, upload_bytes};
+use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
 use crate::Registry;
 
 /// Options of `moehal engram`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Text file to tokenize (default: this repository's README.md, embedded in the binary).
+    /// Text file to tokenize (default: this repository's README.md, embedded in the binary). Read
+    /// in chunks: memory does not grow with its length.
     #[arg(long)]
     text: Option<PathBuf>,
     /// Backend (default: the first available non-reference backend, else the reference).
     #[arg(long)]
     backend: Option<String>,
     /// A safetensors file with a 2-D tensor named `table` (f32, bf16, f16, or u8 / F8_E4M3 rows of
-    /// D + D/32 bytes), memory-mapped.
-    #[arg(long, conflicts_with = "rows")]
+    /// D + D/32 bytes), memory-mapped. Make one with `--rows R --save-table FILE`.
+    #[arg(long, conflicts_with_all = ["rows", "save_table"])]
     table: Option<PathBuf>,
     /// Rows of the generated bf16 table (default: 256 MiB worth of 256-wide rows).
     #[arg(long)]
@@ -38,31 +37,110 @@ pub(crate) struct Args {
     /// Seed of the generated table.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also write the generated table to this safetensors file (tensor `table`, bf16 [R, 256]),
+    /// for later runs with `--table`.
+    #[arg(long)]
+    save_table: Option<PathBuf>,
+    /// Tokens hashed and gathered at a time (bounds the gather output buffer).
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Bytes of text read and tokenized at a time.
+    #[arg(long, default_value_t = 256 << 10)]
+    chunk_bytes: usize,
+}
+
+/// The table: opened (`--table`) or generated (`--rows`), before any text is read, so that a bad
+/// table fails at once. A generated table larger than the memory available is an error naming
+/// the largest that fits (issue 16's rule for impossible sizes: an error, never a silent shrink).
+fn load_table(a: &Args) -> Result<EngramTable, CliError> {
+    if let Some(p) = &a.table {
+        return Ok(open_table(p)?);
+    }
+    let r = a.rows.unwrap_or_else(|| rows_for_bytes(DEFAULT_TABLE_BYTES, ROW_DIM));
+    let bytes = (r as u128) * (ROW_DIM as u128) * 2;
+    if let Some(avail) = available_memory() {
+        let limit = avail as u128 * 6 / 10;
+        if bytes > limit {
+            return Err(CliError(format!(
+                "--rows {r}: a bf16 table of {r} x {ROW_DIM} needs {}, more than 60% of the {} available; at most {} rows fit",
+                human_bytes(bytes as f64),
+                human_bytes(avail as f64),
+                limit / (ROW_DIM as u128 * 2)
+            )));
+        }
+    }
+    let sp = spinner(format!("generating a {} table", human_bytes(bytes as f64)));
+    let t = generate_table(r, ROW_DIM, a.seed)?;
+    sp.finish_and_clear();
+    if let Some(path) = &a.save_table {
+        save_table(&t, path)?;
+        outln!(
+            "saved the table to {} (safetensors, tensor `table` bf16 [{r}, {ROW_DIM}]); reuse it with --table {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(t)
+}
+
+/// Write a generated table as a safetensors file with one tensor `table`.
+fn save_table(t: &EngramTable, path: &Path) -> Result<(), CliError> {
+    let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
+    let dtype = match t.format.storage_dtype() {
+        moehal_core::DType::F32 => safetensors::Dtype::F32,
+        moehal_core::DType::F16 => safetensors::Dtype::F16,
+        moehal_core::DType::BF16 => safetensors::Dtype::BF16,
+        _ => safetensors::Dtype::U8,
+    };
+    let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
+        .map_err(|e| CliError(format!("saving the table: {e}")))?;
+    safetensors::tensor::serialize_to_file([("table", view)], &None, path)
+        .map_err(|e| CliError(format!("writing {}: {e}", path.display())))
 }
 
 pub(super) fn run(a: Args) -> CliResult {
-    let (text, source) = match &a.text {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| CliError(format!("reading {}: {e}", p.display())))?,
-            p.display().to_string(),
+    if a.batch_tokens == 0 {
+        return Err(CliError("--batch-tokens must be at least 1".into()));
+    }
+    if a.chunk_bytes < 4 {
+        return Err(CliError(
+            "--chunk-bytes must be at least 4 (the longest UTF-8 character)".into(),
+        ));
+    }
+    // Open the text (not read it) and the table first: a bad path or table fails before the
+    // tokenizer loads.
+    let (reader, total, source): (Box<dyn std::io::Read>, u64, String) = match &a.text {
+        Some(p) => {
+            let f = std::fs::File::open(p).map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
+            let md = f
+                .metadata()
+                .map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
+            if md.is_dir() {
+                return Err(CliError(format!("reading {}: is a directory", p.display())));
+            }
+            (Box::new(f), md.len(), p.display().to_string())
+        }
+        None => (
+            Box::new(DEFAULT_TEXT.as_bytes()),
+            DEFAULT_TEXT.len() as u64,
+            DEFAULT_TEXT_NAME.to_string(),
         ),
-        None => (DEFAULT_TEXT.to_string(), DEFAULT_TEXT_NAME.to_string()),
     };
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let be = backend.as_ref();
+    let label = backend_label(be);
+    let table = load_table(&a)?;
+    if table.rows == 0 {
+        return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
+    }
 
     let sp = spinner("loading cl100k_base and building the compression table");
     let tok = Tokenizer::cl100k()?;
     sp.finish_and_clear();
-    let raw = tok.encode(&text);
-    if raw.is_empty() {
-        return Err(CliError(format!("{source}: no tokens")));
-    }
     let layer = v41_flash::layer(0)?;
-    let (ids, folded) = canonical_for_layer(&tok, &raw, &layer)?;
+    let folded = tok.compression.vocab_size() as u64 > layer.vocab_size();
     let v = &tok.vocab;
-    outln!("text: {source}, {} bytes, {} tokens", text.len(), raw.len());
     outln!(
         "substitution: tokenizer cl100k_base (tiktoken-rs, bundled) stands in for DeepSeek-V4.1's own (129,280 ids, V' {})",
         v41_flash::VOCAB_SIZE
@@ -102,41 +180,6 @@ pub(super) fn run(a: Args) -> CliResult {
         layer.rows(),
         layer.pad_id()
     );
-
-    // Hash on the backend, exact against the reference.
-    let t0 = Instant::now();
-    let rows = hash_on(be, &layer, &ids)?;
-    let hash_s = t0.elapsed().as_secs_f64();
-    let want = hash_on(&moehal_core::Reference::new(), &layer, &ids)?;
-    let hash_ok = rows == want;
-    outln!(
-        "engram_hash on {}: {} tokens x {} columns in {} ({:.2e} tokens/s); vs reference: {}",
-        be.name(),
-        ids.len(),
-        layer.columns(),
-        human_seconds(hash_s),
-        ids.len() as f64 / hash_s,
-        if hash_ok { "exact" } else { "DIFFERENT" }
-    );
-    let distinct = distinct_per_order(&layer, &rows);
-    let per: Vec<String> = distinct
-        .iter()
-        .enumerate()
-        .map(|(i, d)| format!("order {}: {d} of {}", i + 2, ids.len() * layer.heads()))
-        .collect();
-    outln!("distinct hashed rows per order: {}", per.join(", "));
-
-    // The table.
-    let table = match &a.table {
-        Some(p) => open_table(p)?,
-        None => {
-            let r = a.rows.unwrap_or_else(|| rows_for_bytes(DEFAULT_TABLE_BYTES, ROW_DIM));
-            let sp = spinner(format!("generating a {} table", human_bytes((r * ROW_DIM * 2) as f64)));
-            let t = generate_table(r, ROW_DIM, a.seed)?;
-            sp.finish_and_clear();
-            t
-        }
-    };
     outln!("table: {} ({})", table.source, human_bytes(table.bytes() as f64));
     outln!(
         "substitution: the real layer-1 table has {} rows x {} B (fp8 + scales); rows scaled to fit memory: row mod R (R = {})",
@@ -144,15 +187,10 @@ pub(super) fn run(a: Args) -> CliResult {
         v41_flash::ROW_DIM + v41_flash::ROW_DIM / 32,
         table.rows
     );
-    if table.rows == 0 {
-        return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
-    }
-    let mapped = fold_rows(&rows, table.rows);
-    let (t, c) = (ids.len(), layer.columns());
-    let od = table.out_dtype();
 
     // Bind the table: host backends read it in place; device backends read host tables where they
     // support it, else get a device copy.
+    let od = table.out_dtype();
     let host = is_host_backend(be);
     let host_ok = be
         .supports(&OpDesc::GatherRows {
@@ -175,57 +213,76 @@ pub(super) fn run(a: Args) -> CliResult {
         "table copied to device memory (no host-table gather on this backend)"
     };
     let tbuf = device_copy.as_ref().unwrap_or(&table.buffer);
-    let rbuf = be.upload_slice(&mapped)?;
-    let mut out = be.alloc(t * c * table.dim * od.size())?;
-    let mut gather = || -> Result<f64, CliError> {
-        let args = GatherRows {
-            table: tbuf.view(table.format.storage_dtype(), &[table.rows, table.width]),
-            format: table.format,
-            rows: rbuf.view(DType::I64, &[t, c]),
-            out: out.view_mut(od, &[t, c * table.dim]),
-        };
-        let t0 = Instant::now();
-        be.gather_rows(args.validate()?)?;
-        be.synchronize()?;
-        Ok(t0.elapsed().as_secs_f64())
-    };
-    gather()?;
-    let mut times: Vec<f64> = (0..5).map(|_| gather()).collect::<Result<_, _>>()?;
-    times.sort_by(f64::total_cmp);
-    let med = times[times.len() / 2];
-    let gathered = (t * c * table.dim * od.size()) as f64;
-    outln!(
-        "gather_rows on {} ({placement}): {} rows of {} -> {od}, median {} of 5: {:.3e} rows/s, {:.2} GB/s gathered",
-        be.name(),
-        t * c,
-        table.dim,
-        human_seconds(med),
-        (t * c) as f64 / med,
-        gathered / med / 1e9
-    );
 
-    // Verify a sample of tokens against the reference, bitwise.
-    let step = t.div_ceil(1024).max(1);
-    let sample: Vec<usize> = (0..t).step_by(step).collect();
-    let expect = reference_gather(&table, &mapped, c, &sample)?;
-    let row_bytes = c * table.dim * od.size();
-    let mut got = vec![0u8; t * row_bytes];
-    be.download(&out, 0, &mut got)?;
-    let bad = sample
-        .iter()
-        .enumerate()
-        .filter(|(i, &tok)| got[tok * row_bytes..(tok + 1) * row_bytes] != expect[i * row_bytes..(i + 1) * row_bytes])
-        .count();
+    let opts = StreamOptions {
+        chunk_bytes: a.chunk_bytes,
+        batch_tokens: a.batch_tokens,
+        ..StreamOptions::default()
+    };
+    let pb = progress_bytes(total, "tokenizing, hashing and gathering");
+    let rep = run_text(be, &tok, &layer, &table, tbuf, reader, opts, &mut |bytes, tokens| {
+        pb.set_position(bytes);
+        pb.set_message(format!("{tokens} tokens"));
+    })?;
+    pb.finish_and_clear();
+    if rep.tokens == 0 {
+        return Err(CliError(format!("{source}: no tokens")));
+    }
+    let c = layer.columns();
+    outln!("text: {source}, {} bytes, {} tokens", rep.bytes, rep.tokens);
     outln!(
-        "gather vs reference on {} sampled tokens: {}",
-        sample.len(),
-        if bad == 0 {
-            "bitwise equal".to_string()
+        "bounded memory: {} chunk(s) of at most {} of text, {} batch(es) of at most {} tokens (gather output buffer {}, at most {} token ids held at once){}",
+        rep.chunks,
+        human_bytes(a.chunk_bytes as f64),
+        rep.batches,
+        a.batch_tokens,
+        human_bytes(rep.max_out_bytes as f64),
+        rep.max_tokens_in_flight,
+        if rep.cuts_inside_lines > 0 {
+            format!(
+                "; {} chunk(s) cut inside a line (no line break in {} of text): tokens at those cuts may differ from the whole text's",
+                rep.cuts_inside_lines,
+                human_bytes(a.chunk_bytes as f64)
+            )
         } else {
-            format!("{bad} tokens DIFFER")
+            String::new()
         }
     );
-    Ok(if hash_ok && bad == 0 {
+    outln!(
+        "engram_hash on {label}: {} tokens x {} columns in {} ({:.2e} tokens/s); vs reference: {}",
+        rep.tokens,
+        c,
+        human_seconds(rep.hash_seconds),
+        rep.tokens as f64 / rep.hash_seconds,
+        if rep.hash_exact { "exact" } else { "DIFFERENT" }
+    );
+    let per: Vec<String> = rep
+        .distinct
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("order {}: {d} of {}", i + 2, rep.tokens * layer.heads() as u64))
+        .collect();
+    outln!("distinct hashed rows per order: {}", per.join(", "));
+    let gathered = rep.gathered_rows as f64 * (table.dim * od.size()) as f64;
+    outln!(
+        "gather_rows on {label} ({placement}): {} rows of {} -> {od} in {} batches, {} in all: {:.3e} rows/s, {:.2} GB/s gathered",
+        rep.gathered_rows,
+        table.dim,
+        rep.batches,
+        human_seconds(rep.gather_seconds),
+        rep.gathered_rows as f64 / rep.gather_seconds,
+        gathered / rep.gather_seconds / 1e9
+    );
+    outln!(
+        "gather vs reference on {} sampled tokens: {}",
+        rep.sampled,
+        if rep.sample_bad == 0 {
+            "bitwise equal".to_string()
+        } else {
+            format!("{} tokens DIFFER", rep.sample_bad)
+        }
+    );
+    Ok(if rep.hash_exact && rep.sample_bad == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

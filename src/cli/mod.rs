@@ -77,6 +77,19 @@ type CliResult = Result<ExitCode, CliError>;
 /// Run the CLI on the process arguments and return the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Environment variables first: a bad value is an error before any work, a doubtful one a
+    // warning on stderr (the library itself does not print).
+    match crate::backends::check_env() {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         None => check::run(check::Args::default()),
         Some(Command::Devices) => devices::run(),
@@ -146,6 +159,22 @@ pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> Result<Arc<d
             .or_else(|| reg.available().find(|b| b.name() == "reference"))
             .cloned()
             .ok_or_else(|| CliError("no backend available".into())),
+    }
+}
+
+/// The name a backend's timings are printed under: its name, tagged ` (emulator)` when the
+/// device is the ACL emulator (`moehal-ascend-emu`, whose SoC name ends in `-emu`), so that
+/// emulator timings are never read as Ascend silicon timings.
+pub(crate) fn backend_label(b: &dyn Backend) -> String {
+    label_for(b.name(), &b.device_info().name)
+}
+
+/// [`backend_label`] from a backend name and its device name.
+pub(crate) fn label_for(name: &str, device: &str) -> String {
+    if device.ends_with("-emu") {
+        format!("{name} (emulator)")
+    } else {
+        name.to_string()
     }
 }
 
@@ -222,6 +251,13 @@ pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emulator_timings_are_tagged() {
+        assert_eq!(label_for("ascend", "Ascend910B2-emu"), "ascend (emulator)");
+        assert_eq!(label_for("ascend", "Ascend910B2"), "ascend");
+        assert_eq!(label_for("cpu", "AMD EPYC"), "cpu");
+    }
 
     #[test]
     fn table_aligns() {

@@ -30,6 +30,10 @@ const OP: &str = "engram";
 mod tokenizer;
 #[cfg(feature = "cli")]
 pub use tokenizer::{canonical_for_layer, Tokenizer, Vocabulary};
+#[cfg(feature = "cli")]
+mod stream;
+#[cfg(feature = "cli")]
+pub use stream::{hash_with_history, run_text, StreamOptions, StreamReport, TextChunks};
 
 /// The default text, embedded so it works from any directory: meant to be this repository's
 /// README.md; the root Cargo.toml stands in until README.md exists (then point both constants at
@@ -131,11 +135,24 @@ pub fn generate_table(rows: usize, dim: usize, seed: u64) -> Result<EngramTable>
 /// unsupported dtype, bad fp8 row width.
 pub fn open_table(path: &Path) -> Result<EngramTable> {
     let bad = |msg: String| Error::invalid(OP, "table", format!("{}: {msg}", path.display()));
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if md.is_dir() {
+        return Err(bad("is a directory, not a safetensors file".into()));
+    }
+    if !md.is_file() {
+        return Err(bad("is not a regular file (a safetensors file is memory-mapped)".into()));
+    }
     let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    // The header is checked here first, so that every malformed file gets a sentence with sizes
+    // and offsets instead of the safetensors crate's error code.
+    if let Some(msg) = safetensors_header_problem(&file, md.len()) {
+        return Err(bad(msg));
+    }
     // SAFETY-free: memmap2's map is unsafe only if the file is changed while mapped; we map
     // read-only through the safe wrapper below.
-    let map = map_readonly(&file).map_err(|e| bad(format!("mmap: {e}")))?;
-    let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e:?}")))?;
+    let map = map_readonly(&file).map_err(|e| bad(format!("cannot memory-map the file: {e}")))?;
+    let (header, meta) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(describe_safetensors_error(&e, &map)))?;
     let info = meta
         .info("table")
         .ok_or_else(|| bad("no tensor named `table`".into()))?;
@@ -161,8 +178,19 @@ pub fn open_table(path: &Path) -> Result<EngramTable> {
     })?;
     let start = 8 + header + info.data_offsets.0;
     let end = 8 + header + info.data_offsets.1;
-    if end > map.len() || end - start != rows * width * format.storage_dtype().size() {
-        return Err(bad("tensor data range does not match its shape".into()));
+    let want = rows
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(format.storage_dtype().size()));
+    if end > map.len() || Some(end - start) != want {
+        return Err(bad(format!(
+            "tensor `table` {:?} [{rows}, {width}] needs {} bytes, but its data_offsets [{}, {}) span {} bytes at file offsets [{start}, {end}) of a {}-byte file",
+            info.dtype,
+            want.map_or_else(|| "more than 2^64".to_string(), |w| w.to_string()),
+            info.data_offsets.0,
+            info.data_offsets.1,
+            end.saturating_sub(start),
+            map.len()
+        )));
     }
     let align = format.storage_dtype().size();
     let aligned = (map.as_ptr() as usize + start) % align == 0;
@@ -192,6 +220,100 @@ pub fn open_table(path: &Path) -> Result<EngramTable> {
             format.name()
         ),
     })
+}
+
+/// The safetensors header limit (the `safetensors` crate refuses larger headers).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// What is wrong with the first `8 + N` bytes of a safetensors file of `len` bytes (N = the
+/// little-endian u64 at offset 0), in words with sizes and offsets; `None` if they look valid.
+fn safetensors_header_problem(file: &std::fs::File, len: u64) -> Option<String> {
+    use std::io::Read;
+    if len < 8 {
+        return Some(format!(
+            "not a safetensors file: {len} bytes, shorter than the 8-byte header length that starts one"
+        ));
+    }
+    let mut n8 = [0u8; 8];
+    if let Err(e) = (&*file).read_exact(&mut n8) {
+        return Some(format!("cannot read the first 8 bytes: {e}"));
+    }
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER {
+        return Some(format!(
+            "not a safetensors file: the header length at offset 0 reads {n} bytes, more than the {MAX_HEADER}-byte limit (file of {len} bytes)"
+        ));
+    }
+    if n > len - 8 {
+        return Some(format!(
+            "truncated or not a safetensors file: the header length at offset 0 says {n} bytes of JSON at offsets [8, {}), but the file has {len} bytes",
+            8 + n
+        ));
+    }
+    let mut first = [0u8; 1];
+    if n > 0 && (&*file).read_exact(&mut first).is_ok() && first[0] != b'{' {
+        return Some(format!(
+            "not a safetensors file: the {n}-byte header at offset 8 does not start with '{{' (byte {:#04x})",
+            first[0]
+        ));
+    }
+    None
+}
+
+/// A safetensors crate error in words (the header has passed [`safetensors_header_problem`]).
+fn describe_safetensors_error(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let len = file.len();
+    match e {
+        E::InvalidHeaderLength | E::HeaderTooSmall => {
+            format!("not a safetensors file: the header length at offset 0 does not fit the {len}-byte file")
+        }
+        E::HeaderTooLarge => format!("the header is larger than the {MAX_HEADER}-byte limit"),
+        E::InvalidHeader | E::InvalidHeaderStart => "the header at offset 8 is not UTF-8 JSON".into(),
+        E::InvalidHeaderDeserialization => {
+            "the header at offset 8 is JSON but not a safetensors header (a map of name -> {dtype, shape, data_offsets})"
+                .into()
+        }
+        E::MetadataIncompleteBuffer => {
+            // The header parsed; say where its tensors end and where the file does.
+            let n = u64::from_le_bytes(file[..8].try_into().unwrap_or([0; 8])) as usize;
+            let data = len.saturating_sub(8 + n);
+            let end = std::str::from_utf8(&file[8..8 + n])
+                .ok()
+                .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
+                .and_then(|v| {
+                    v.as_object().map(|m| {
+                        m.iter()
+                            .filter(|(k, _)| k.as_str() != "__metadata__")
+                            .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+                            .max()
+                            .unwrap_or(0)
+                    })
+                });
+            match end {
+                Some(end) if (end as usize) > data => format!(
+                    "truncated: the tensors' data_offsets end at byte {end} of the data section (file offset {}), but the file has {data} data bytes after the {n}-byte header ({len} bytes in all)",
+                    8 + n as u64 + end
+                ),
+                Some(end) => format!(
+                    "{} bytes past the end of the last tensor: the tensors' data ends at file offset {}, the file at {len} (a safetensors file has no trailing bytes)",
+                    data as u64 - end,
+                    8 + n as u64 + end
+                ),
+                None => format!(
+                    "the tensors' data_offsets do not cover the {data} data bytes after the {n}-byte header exactly ({len} bytes in all)"
+                ),
+            }
+        }
+        E::InvalidOffset(name) => format!(
+            "tensor `{name}`: data_offsets are out of order or overlap another tensor's (file of {len} bytes)"
+        ),
+        E::TensorInvalidInfo => "a tensor's shape and dtype do not match its data_offsets".into(),
+        E::ValidationOverflow => "a tensor's shape overflows when its size is computed".into(),
+        E::TensorNotFound(name) => format!("no tensor named `{name}`"),
+        E::IoError(io) => format!("read error: {io}"),
+        other => format!("invalid safetensors file: {other}"),
+    }
 }
 
 fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {

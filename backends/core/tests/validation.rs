@@ -616,7 +616,7 @@ rule!(
         }
     },
     RT,
-    "group.score"
+    "group_score"
 );
 rule!(
     router_bias_dtype,

@@ -44,6 +44,19 @@ impl CpuBackend {
         }
     }
 
+    /// [`CpuBackend::new`] after validating the environment ([`crate::env::check`]): the way a
+    /// program opens the backend when it wants a bad `MOEHAL_CPU_THREADS`, `MOEHAL_CPU_ISA` or
+    /// `MOEHAL_CPU_BF16` to be an error rather than ignored. Warnings (more threads than cores, an
+    /// instruction set this CPU lacks) are not errors: [`crate::env::check`] returns them for the
+    /// caller to show.
+    ///
+    /// Errors: `InvalidArgument` (op `env`, field = the variable) naming the value and the
+    /// accepted values.
+    pub fn open() -> Result<Self> {
+        crate::env::check()?;
+        Ok(Self::new())
+    }
+
     /// Best kernels on a dedicated pool of `threads` workers (0 = all cores).
     ///
     /// Errors: `Device` if the threads cannot be started.

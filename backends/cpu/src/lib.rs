@@ -12,6 +12,7 @@ pub mod amx_int8;
 pub mod backend;
 pub mod elem;
 pub mod engram;
+pub mod env;
 pub mod grouped_gemm;
 pub mod moe_combine;
 pub mod moe_permute;

@@ -7,8 +7,12 @@ use moehal_core::{Error, Result};
 use rayon::prelude::*;
 
 const OP: &str = "moe_permute";
-/// Tokens per parallel task.
+/// Tokens per parallel task; up to one chunk of tokens the sort runs serially on the calling
+/// thread (waking the pool costs more than the work: issue 16 item 9).
 const CHUNK: usize = 256;
+/// Bytes of `x_perm` below which the row copy runs serially on the calling thread, and the least
+/// bytes per parallel task above it.
+const SERIAL_COPY_BYTES: usize = 4 << 20;
 
 /// Permute `ids` (`[T, k]`, values in `[-1, E)`): writes `group_end [E]`, `src_token[..routed]`,
 /// `slot_row [T, k]` (`-1` for dropped slots) and, when `x` is given (`[T, row_bytes]` bytes),
@@ -41,20 +45,43 @@ pub fn moe_permute(
     }
     check_ids(ids, e)?;
     let row = CHUNK * k.max(1);
+    if ids.len() <= row || pool.threads() == 1 {
+        // One counting sort with one scratch vector: no per-chunk tables to allocate.
+        let mut cur = vec![0i64; e];
+        for &id in ids {
+            if id >= 0 {
+                cur[id as usize] += 1;
+            }
+        }
+        let mut acc = 0i64;
+        for (g, c) in cur.iter_mut().enumerate() {
+            let n = *c;
+            *c = acc;
+            acc += n;
+            group_end[g] = acc;
+        }
+        for (o, &id) in slot_row.iter_mut().zip(ids) {
+            if id >= 0 {
+                *o = cur[id as usize];
+                cur[id as usize] += 1;
+            } else {
+                *o = -1;
+            }
+        }
+        finish(pool, slot_row, src_token, k, acc as usize, x);
+        return Ok(());
+    }
+    let histogram = |c: &[i32]| {
+        let mut h = vec![0i64; e];
+        for &id in c {
+            if id >= 0 {
+                h[id as usize] += 1;
+            }
+        }
+        h
+    };
     // Per-chunk histograms (parallel), then exclusive starts per (chunk, expert).
-    let hist: Vec<Vec<i64>> = pool.install(|| {
-        ids.par_chunks(row.max(1))
-            .map(|c| {
-                let mut h = vec![0i64; e];
-                for &id in c {
-                    if id >= 0 {
-                        h[id as usize] += 1;
-                    }
-                }
-                h
-            })
-            .collect()
-    });
+    let hist: Vec<Vec<i64>> = pool.install(|| ids.par_chunks(row.max(1)).map(histogram).collect());
     let mut acc = 0i64;
     let mut starts = vec![vec![0i64; e]; hist.len()];
     for g in 0..e {
@@ -64,38 +91,60 @@ pub fn moe_permute(
         }
         group_end[g] = acc;
     }
+    let place = |((sr, idc), cur): ((&mut [i64], &[i32]), &mut Vec<i64>)| {
+        for (o, &id) in sr.iter_mut().zip(idc) {
+            if id >= 0 {
+                *o = cur[id as usize];
+                cur[id as usize] += 1;
+            } else {
+                *o = -1;
+            }
+        }
+    };
     pool.install(|| {
         slot_row
             .par_chunks_mut(row.max(1))
             .zip(ids.par_chunks(row.max(1)))
             .zip(starts.par_iter_mut())
-            .for_each(|((sr, idc), cur)| {
-                for (o, &id) in sr.iter_mut().zip(idc) {
-                    if id >= 0 {
-                        *o = cur[id as usize];
-                        cur[id as usize] += 1;
-                    } else {
-                        *o = -1;
-                    }
-                }
-            })
+            .for_each(place)
     });
+    finish(pool, slot_row, src_token, k, acc as usize, x);
+    Ok(())
+}
+
+/// `src_token` from `slot_row`, then the `x_perm` rows (serially up to [`SERIAL_COPY_BYTES`]).
+fn finish(
+    pool: &Pool,
+    slot_row: &[i64],
+    src_token: &mut [i64],
+    k: usize,
+    routed: usize,
+    x: Option<(&[u8], usize, &mut [u8])>,
+) {
     for (s, &r) in slot_row.iter().enumerate() {
         if r >= 0 {
             src_token[r as usize] = (s / k) as i64;
         }
     }
     if let Some((xs, rb, xp)) = x {
-        let routed = acc as usize;
         if rb > 0 {
             let src_token = &*src_token;
-            pool.install(|| {
-                xp[..routed * rb].par_chunks_mut(rb).enumerate().for_each(|(r, dst)| {
-                    let tok = src_token[r] as usize;
-                    dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
-                })
-            });
+            let copy = |(r, dst): (usize, &mut [u8])| {
+                let tok = src_token[r] as usize;
+                dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
+            };
+            if routed * rb <= SERIAL_COPY_BYTES || pool.threads() == 1 {
+                xp[..routed * rb].chunks_mut(rb).enumerate().for_each(copy);
+            } else {
+                let min_rows = SERIAL_COPY_BYTES.div_ceil(16 * rb).max(1);
+                pool.install(|| {
+                    xp[..routed * rb]
+                        .par_chunks_mut(rb)
+                        .enumerate()
+                        .with_min_len(min_rows)
+                        .for_each(copy)
+                });
+            }
         }
     }
-    Ok(())
 }

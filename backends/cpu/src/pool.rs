@@ -41,9 +41,12 @@ impl Pool {
     pub fn global() -> &'static Pool {
         GLOBAL.get_or_init(|| {
             let req = REQUESTED.lock().map(|g| *g).unwrap_or(None);
-            let env = std::env::var("MOEHAL_CPU_THREADS")
+            // An invalid value is ignored here (this pool cannot fail); `CpuBackend::open` and
+            // `crate::env::check` report it as an error.
+            let env = std::env::var(crate::env::THREADS)
                 .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok());
+                .and_then(|s| crate::env::parse_threads(&s, num_cores()).ok())
+                .and_then(|(n, _)| n);
             let n = req.or(env).unwrap_or(0);
             Pool::new(n).unwrap_or_else(|_| {
                 // A pool of one thread needs no OS thread beyond the caller's; build() only fails when

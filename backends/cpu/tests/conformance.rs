@@ -412,6 +412,8 @@ fn permute_case<T: Float>(seed: u64) {
         (50, 4, 8, 7),
         (700, 8, 16, 4),
         (300, 6, 128, 1),
+        // x_perm over 4 MiB: the parallel row copy (smaller ones copy serially).
+        (1200, 8, 64, 256),
     ] {
         // ids in [-1, E), repeated experts in a token allowed (two independent slots)
         let ids: Vec<i32> = (0..t * k).map(|_| rng.gen_range(-1..e as i32)).collect();

@@ -160,7 +160,7 @@ impl<'a> RouterTopk<'a> {
             if g.score == GroupScore::Top2Sum && per < 2 {
                 return Err(Error::invalid(
                     OP,
-                    "group.score",
+                    "group_score",
                     format!("top2_sum needs at least 2 experts per group, have {per}"),
                 ));
             }

@@ -255,7 +255,9 @@ impl Kernels {
     }
 
     /// The best table for this machine, detected once. `MOEHAL_CPU_ISA` (`amx`, `avx512`, `avx2`,
-    /// `neon`, `scalar`) lowers the choice (`avx512` turns the AMX path off), e.g. to test a fallback; an unavailable request is ignored.
+    /// `neon`, `scalar`) lowers the choice (`avx512` turns the AMX path off), e.g. to test a fallback;
+    /// an unavailable or invalid request is ignored here ([`crate::env::check`] reports it: a
+    /// warning for an unavailable one, an error for an invalid one, which `CpuBackend::open` returns).
     pub fn best() -> &'static Kernels {
         static BEST: OnceLock<&'static Kernels> = OnceLock::new();
         BEST.get_or_init(|| {

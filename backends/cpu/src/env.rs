@@ -1,0 +1,190 @@
+//! The environment variables of the CPU backend, validated in one place.
+//!
+//! | variable | accepted values | effect |
+//! |---|---|---|
+//! | `MOEHAL_CPU_THREADS` | an integer ≥ 1 (0 or unset: all cores) | size of the process-wide pool |
+//! | `MOEHAL_CPU_ISA` | `amx`, `avx512`, `avx2`, `neon`, `scalar` | lowers the kernel table |
+//! | `MOEHAL_CPU_BF16` | `dot`, `fma` | forces the bf16 `grouped_gemm` kernel |
+//!
+//! A library does not print: [`check`] returns the first invalid value as an error
+//! ([`moehal_core::Error::InvalidArgument`] with op `env` and the variable as its field, the message
+//! naming the value and the accepted ones), and the things that are valid but probably unintended
+//! (more threads than cores, an instruction set this CPU lacks) as [`EnvReport::warnings`] for the
+//! caller to show. [`crate::CpuBackend::open`] fails on an invalid value;
+//! [`crate::CpuBackend::new`] (infallible) ignores one and uses the default, as before.
+
+use moehal_core::{Error, Result};
+
+use crate::pool::num_cores;
+use crate::simd::Isa;
+
+/// `MOEHAL_CPU_THREADS`.
+pub const THREADS: &str = "MOEHAL_CPU_THREADS";
+/// `MOEHAL_CPU_ISA`.
+pub const ISA: &str = "MOEHAL_CPU_ISA";
+/// `MOEHAL_CPU_BF16`.
+pub const BF16: &str = "MOEHAL_CPU_BF16";
+
+/// The accepted values of [`ISA`], as in the error message.
+pub const ISA_VALUES: &str = "amx, avx512, avx2, neon, scalar";
+/// The accepted values of [`BF16`], as in the error message.
+pub const BF16_VALUES: &str = "dot, fma";
+
+/// Valid settings of the CPU backend's environment, and what deserves a warning.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvReport {
+    /// `MOEHAL_CPU_THREADS` (None: unset or 0, all cores).
+    pub threads: Option<usize>,
+    /// `MOEHAL_CPU_ISA` (None: unset).
+    pub isa: Option<Isa>,
+    /// `MOEHAL_CPU_BF16` (None: unset).
+    pub bf16: Option<&'static str>,
+    /// Valid but probably unintended settings, one sentence each, naming the variable.
+    pub warnings: Vec<String>,
+}
+
+fn invalid(var: &'static str, value: &str, accepted: &str) -> Error {
+    Error::invalid(
+        "env",
+        var,
+        format!("{var}={value:?} is not valid; accepted values: {accepted}"),
+    )
+}
+
+/// Parse `MOEHAL_CPU_THREADS` (`value` as read; `cores` the core count for the warning).
+///
+/// # Errors
+/// `InvalidArgument` naming the variable and the accepted values for anything but a non-negative
+/// integer (`abc`, `-3`, `1.5`, empty).
+pub fn parse_threads(value: &str, cores: usize) -> Result<(Option<usize>, Option<String>)> {
+    let accepted = format!("an integer from 1 to {cores} (the cores of this machine; 0 means all cores)");
+    let n: usize = value.trim().parse().map_err(|_| invalid(THREADS, value, &accepted))?;
+    if n == 0 {
+        return Ok((None, None));
+    }
+    let warn = (n > cores).then(|| {
+        format!(
+            "{THREADS}={n} is more than the {cores} cores of this machine: the workers oversubscribe the cores and every op slows down (use at most {cores})"
+        )
+    });
+    Ok((Some(n), warn))
+}
+
+/// Parse `MOEHAL_CPU_ISA`; a valid name this CPU cannot run gives a warning (the best available
+/// table is used instead).
+///
+/// # Errors
+/// `InvalidArgument` naming the variable and [`ISA_VALUES`].
+pub fn parse_isa(value: &str) -> Result<(Isa, Option<String>)> {
+    let isa = Isa::parse(value).ok_or_else(|| invalid(ISA, value, ISA_VALUES))?;
+    let warn = (!isa.available()).then(|| {
+        format!(
+            "{ISA}={} is not available on this CPU (available: {}): the best available instruction set is used",
+            isa.name(),
+            Isa::all_available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    Ok((isa, warn))
+}
+
+/// Parse `MOEHAL_CPU_BF16`.
+///
+/// # Errors
+/// `InvalidArgument` naming the variable and [`BF16_VALUES`].
+pub fn parse_bf16(value: &str) -> Result<&'static str> {
+    match value.trim() {
+        "dot" => Ok("dot"),
+        "fma" => Ok("fma"),
+        _ => Err(invalid(BF16, value, BF16_VALUES)),
+    }
+}
+
+/// Read and validate every variable of this crate from the process environment.
+///
+/// # Errors
+/// The first invalid value (see [`parse_threads`], [`parse_isa`], [`parse_bf16`]); a value that is
+/// not Unicode is invalid too.
+pub fn check() -> Result<EnvReport> {
+    check_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+}
+
+/// [`check`] over any lookup (tests pass a map instead of the process environment).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_with(get: impl Fn(&str) -> Option<String>) -> Result<EnvReport> {
+    let mut r = EnvReport::default();
+    if let Some(v) = get(THREADS) {
+        let (n, w) = parse_threads(&v, num_cores())?;
+        r.threads = n;
+        r.warnings.extend(w);
+    }
+    if let Some(v) = get(ISA) {
+        let (isa, w) = parse_isa(&v)?;
+        r.isa = Some(isa);
+        r.warnings.extend(w);
+    }
+    if let Some(v) = get(BF16) {
+        r.bf16 = Some(parse_bf16(&v)?);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: &Error) -> &'static str {
+        match e {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn threads_rejects_non_integers_and_warns_above_cores() {
+        for bad in ["abc", "-3", "1.5", "", " "] {
+            let e = parse_threads(bad, 8).unwrap_err();
+            assert_eq!(field(&e), THREADS, "{bad:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(THREADS) && msg.contains("from 1 to 8"), "{msg}");
+        }
+        assert_eq!(parse_threads("4", 8).unwrap(), (Some(4), None));
+        assert_eq!(parse_threads(" 0 ", 8).unwrap(), (None, None));
+        let (n, w) = parse_threads("1000", 8).unwrap();
+        assert_eq!(n, Some(1000));
+        let w = w.expect("1000 threads on 8 cores must warn");
+        assert!(w.contains(THREADS) && w.contains("8 cores"), "{w}");
+    }
+
+    #[test]
+    fn isa_and_bf16_reject_unknown_names() {
+        let e = parse_isa("bogus").unwrap_err();
+        assert_eq!(field(&e), ISA);
+        assert!(e.to_string().contains(ISA_VALUES), "{e}");
+        assert_eq!(parse_isa("Scalar").unwrap(), (Isa::Scalar, None));
+        let e = parse_bf16("fast").unwrap_err();
+        assert_eq!(field(&e), BF16);
+        assert!(e.to_string().contains(BF16_VALUES), "{e}");
+        assert_eq!(parse_bf16("dot").unwrap(), "dot");
+    }
+
+    #[test]
+    fn check_with_reads_every_variable() {
+        let env = |k: &str| match k {
+            THREADS => Some("2".to_string()),
+            ISA => Some("scalar".to_string()),
+            BF16 => Some("fma".to_string()),
+            _ => None,
+        };
+        let r = check_with(env).unwrap();
+        assert_eq!((r.threads, r.isa, r.bf16), (Some(2), Some(Isa::Scalar), Some("fma")));
+        let e = check_with(|k| (k == ISA).then(|| "bogus".to_string())).unwrap_err();
+        assert_eq!(field(&e), ISA);
+        assert_eq!(check_with(|_| None).unwrap(), EnvReport::default());
+    }
+}
