@@ -18,10 +18,6 @@ venv="$CARGO_TARGET_DIR/pyvenv"
 t0=$SECONDS
 say() { echo "python-ci: $* (t=$((SECONDS - t0)) s)"; }
 
-say "rustfmt and clippy of ffi/python (its own Cargo workspace)"
-cargo fmt --manifest-path "$here/Cargo.toml" -- --check
-cargo clippy -q --manifest-path "$here/Cargo.toml" --all-targets -- -D warnings
-
 say "virtual environment $venv"
 if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv" || {
@@ -31,10 +27,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 vpy="$venv/bin/python"
 "$vpy" -m pip install -q --disable-pip-version-check maturin pytest numpy ml_dtypes
+# One interpreter for every build: pyo3's build script reruns (and pyo3 and this crate rebuild)
+# whenever the interpreter it is configured for changes between cargo and maturin.
+export PYO3_PYTHON="$vpy"
+
+say "rustfmt and clippy of ffi/python (its own Cargo workspace)"
+cargo fmt --manifest-path "$here/Cargo.toml" -- --check
+cargo clippy -q --manifest-path "$here/Cargo.toml" --all-targets -- -D warnings
 
 say "pip install ./ffi/python (profile ${MOEHAL_PY_PROFILE:-dev})"
 MATURIN_PEP517_ARGS="--profile ${MOEHAL_PY_PROFILE:-dev}" \
-    "$vpy" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$here"
+    "$vpy" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps --no-build-isolation "$here"
 
 say "the README's Python example"
 "$vpy" "$here/tests/readme_example.py" "$root/README.md"
