@@ -30,6 +30,8 @@ vpy="$venv/bin/python"
 # One interpreter for every build: pyo3's build script reruns (and pyo3 and this crate rebuild)
 # whenever the interpreter it is configured for changes between cargo and maturin.
 export PYO3_PYTHON="$vpy"
+# Without build isolation maturin's PEP 517 hook runs `maturin` from PATH: the venv's.
+export PATH="$venv/bin:$PATH"
 
 say "rustfmt and clippy of ffi/python (its own Cargo workspace)"
 cargo fmt --manifest-path "$here/Cargo.toml" -- --check
