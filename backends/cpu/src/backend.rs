@@ -312,6 +312,37 @@ fn amx_note(kern: &Kernels) -> String {
     }
 }
 
+/// On aarch64, the CPU features found and the kernel of each op family (issue 14: `moehal devices`
+/// names them), e.g. `; features: neon fp16 dotprod (no bf16 i8mm sve); kernels: gemm=neon 6x64
+/// ...`; empty elsewhere (the x86 tables are named by the ISA and the AMX note).
+fn aarch64_note(kern: &Kernels) -> String {
+    if !cfg!(target_arch = "aarch64") {
+        return String::new();
+    }
+    let feats = crate::simd::aarch64_features();
+    let name = |want: bool| {
+        feats
+            .iter()
+            .filter(|(_, has)| *has == want)
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (found, missing) = (name(true), name(false));
+    let kernels = kern
+        .kernel_choices()
+        .iter()
+        .map(|(family, k)| format!("{family}={k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let missing = if missing.is_empty() {
+        String::new()
+    } else {
+        format!(" (no {missing})")
+    };
+    format!("; features: {found}{missing}; kernels: {kernels}")
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> &str {
         NAME
@@ -331,10 +362,11 @@ impl Backend for CpuBackend {
             name: model,
             memory_bytes: None,
             capability: format!(
-                "{} bf16-{}{}",
+                "{} bf16-{}{}{}",
                 self.kern.isa().name(),
                 self.bf16_kernel().name(),
-                amx_note(self.kern)
+                amx_note(self.kern),
+                aarch64_note(self.kern)
             ),
             compute_units: Some(self.pool.threads()),
         }

@@ -218,19 +218,20 @@ static NEON: Kernels = Kernels {
     isa: Isa::Neon,
     micro: neon::micro,
     transpose: scalar::transpose_nr16,
-    sigmoid: scalar::sigmoid,
-    exp_shift: scalar::exp_shift,
-    silu_mul: scalar::silu_mul,
-    widen_bf16: scalar::widen_bf16,
-    widen_f16: scalar::widen_f16,
+    sigmoid: neon::sigmoid,
+    exp_shift: neon::exp_shift,
+    silu_mul: neon::silu_mul,
+    widen_bf16: neon::widen_bf16,
+    widen_f16: neon::widen_f16,
     pack_b: None,
-    micro_bf16: None,
-    dot_nk_bf16: None,
-    micro_dot: None,
+    micro_bf16: Some(neon::micro_bf16),
+    dot_nk_bf16: Some(neon::dot_nk_bf16),
+    // BFDOT; only called where the CPU reports FEAT_BF16 (`Kernels::has_dot`).
+    micro_dot: Some(neon::micro_dot),
     pack_dot: None,
-    group_limit: None,
-    topk_select: None,
-    sigmoid_select: None,
+    group_limit: Some(neon::group_limit),
+    topk_select: Some(neon::topk_select),
+    sigmoid_select: Some(neon::sigmoid_select),
 };
 
 impl Kernels {
@@ -498,10 +499,11 @@ impl Kernels {
     }
 
     /// Exact int8 dot products: `out[i * NR + n] = Σ_k x[i * k + kk] · w[n * k + kk]` in i32 for
-    /// `i < rows`, `n < nc`. Returns false (nothing written) without VNNI or when the sizes do not
-    /// fit (`k > 131,071` included).
+    /// `i < rows`, `n < nc`, on the instruction [`int8_kernel`](Self::int8_kernel) names. Returns
+    /// false (nothing written) where that is `None` or when the sizes do not fit (`k > 131,071`
+    /// included).
     pub fn dot_i8(&self, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) -> bool {
-        if !self.has_vnni()
+        if self.int8_kernel().is_none()
             || rows == 0
             || nc > NR
             || k > moehal_core::quant::INT8_MAX_K
@@ -516,7 +518,44 @@ impl Kernels {
         unsafe {
             quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr())
         };
+        #[cfg(target_arch = "aarch64")]
+        match self.int8_kernel() {
+            // SAFETY: extents checked above; the NEON table and FEAT_I8MM verified by int8_kernel.
+            Some("smmla") => unsafe { neon::dot_i8_smmla(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr()) },
+            // SAFETY: as above, FEAT_DotProd.
+            _ => unsafe { neon::dot_i8_sdot(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr()) },
+        }
         true
+    }
+
+    /// The instruction [`dot_i8`](Self::dot_i8) runs on here: `"vpdpbusd"` (AVX-512 table with
+    /// AVX512-VNNI), `"smmla"` (NEON table, FEAT_I8MM), `"sdot"` (NEON table, FEAT_DotProd), or `None`
+    /// (no int8 dot kernel: the caller's portable code runs). `MOEHAL_CPU_INT8=sdot` keeps a CPU with
+    /// FEAT_I8MM on SDOT (to test both).
+    pub fn int8_kernel(&self) -> Option<&'static str> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.has_vnni().then_some("vpdpbusd")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            static CHOICE: OnceLock<Option<&'static str>> = OnceLock::new();
+            if self.isa != Isa::Neon {
+                return None;
+            }
+            *CHOICE.get_or_init(|| {
+                let sdot_forced = std::env::var("MOEHAL_CPU_INT8").is_ok_and(|v| v.trim() == "sdot");
+                if std::arch::is_aarch64_feature_detected!("i8mm") && !sdot_forced {
+                    Some("smmla")
+                } else if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    Some("sdot")
+                } else {
+                    None
+                }
+            })
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        None
     }
 }
 
@@ -599,15 +638,20 @@ impl Kernels {
     }
 }
 
-/// Whether this CPU has AVX512-BF16 (`vdpbf16ps`), detected once.
-fn cpu_has_avx512bf16() -> bool {
+/// Whether this CPU has the bf16 pair dot product of the table's `micro_dot`, detected once:
+/// AVX512-BF16 (`vdpbf16ps`) on x86-64, FEAT_BF16 (`bfdot`) on aarch64.
+fn cpu_has_bf16_dot() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512bf16")
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("bf16")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             false
         }
@@ -615,10 +659,10 @@ fn cpu_has_avx512bf16() -> bool {
 }
 
 impl Kernels {
-    /// Whether this table has a usable `vdpbf16ps` bf16 kernel on this machine (AVX-512 table and a
-    /// CPU with AVX512-BF16).
+    /// Whether this table has a usable bf16 pair-dot kernel on this machine: the AVX-512 table on a
+    /// CPU with AVX512-BF16 (`vdpbf16ps`), or the NEON table on a CPU with FEAT_BF16 (`bfdot`).
     pub fn has_dot(&self) -> bool {
-        self.micro_dot.is_some() && self.pack_dot.is_some() && cpu_has_avx512bf16()
+        self.micro_dot.is_some() && cpu_has_bf16_dot()
     }
 
     /// `vdpbf16ps` microkernel on bf16 pairs: `c[i, 0..NR] (+)= sum_{p < kp} (lo(a) * lo(b) + hi(a) *
@@ -672,6 +716,63 @@ impl Kernels {
         // past the slice, which never faults); the table's ISA was verified by for_isa.
         unsafe { f(nk, src.as_ptr() as *const u16, ld, kc, dst.as_mut_ptr()) };
         true
+    }
+}
+
+/// The aarch64 CPU features the NEON table looks at (Arm ARM names as spelled by
+/// `std::arch::is_aarch64_feature_detected!`), each with whether this machine reports it; empty on
+/// other architectures. `neon` gates the table, `bf16` the BFDOT pair kernel ([`Kernels::has_dot`]),
+/// `dotprod` / `i8mm` the SDOT / SMMLA int8 kernels ([`Kernels::int8_kernel`]); `fp16` and `sve` are
+/// reported for information (no kernel needs them: f16 widening uses the ARMv8.0 `fcvtl`).
+pub fn aarch64_features() -> Vec<(&'static str, bool)> {
+    #[cfg(target_arch = "aarch64")]
+    {
+        vec![
+            ("neon", std::arch::is_aarch64_feature_detected!("neon")),
+            ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
+            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
+            ("bf16", std::arch::is_aarch64_feature_detected!("bf16")),
+            ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
+            ("sve", std::arch::is_aarch64_feature_detected!("sve")),
+        ]
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    Vec::new()
+}
+
+impl Kernels {
+    /// The kernel each op family runs with this table on this machine, as `(family, kernel)` pairs
+    /// for `moehal devices` and the tests that prove the runtime selection:
+    /// `gemm` (f32 panel microkernel), `bf16-decode` (small-M bf16 weights read in place), `bf16-dot`
+    /// (pair-dot kernel: `vdpbf16ps` / `bfdot`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
+    /// `portable`), `widen` (bf16/f16 to f32), `router` (top-k selection), `activation`
+    /// (sigmoid / exp / SwiGLU). A kernel named `portable` is the table-independent Rust code.
+    pub fn kernel_choices(&self) -> Vec<(&'static str, String)> {
+        let isa = self.isa.name();
+        let or_portable = |has: bool| if has { isa.to_string() } else { "portable".to_string() };
+        let bf16_dot = if !self.has_dot() {
+            "none".to_string()
+        } else if cfg!(target_arch = "aarch64") {
+            format!("{isa}-bfdot")
+        } else {
+            format!("{isa}-vdpbf16ps")
+        };
+        vec![
+            ("gemm", format!("{isa} {MR}x{NR}")),
+            (
+                "bf16-decode",
+                or_portable(self.micro_bf16.is_some() && self.dot_nk_bf16.is_some()),
+            ),
+            ("bf16-dot", bf16_dot),
+            (
+                "int8-dot",
+                self.int8_kernel()
+                    .map_or_else(|| "portable".to_string(), |k| format!("{isa}-{k}")),
+            ),
+            ("widen", or_portable(self.isa != Isa::Scalar)),
+            ("router", or_portable(self.topk_select.is_some())),
+            ("activation", or_portable(self.isa != Isa::Scalar)),
+        ]
     }
 }
 
@@ -777,7 +878,14 @@ pub fn prefetch<T>(p: &[T]) {
         // SAFETY: prefetch never faults and reads nothing architecturally; the pointer is valid anyway.
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(first as *const T as *const i8) }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    if let Some(first) = p.first() {
+        // SAFETY: `prfm` is a hint: it never faults and changes no architectural state.
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) first as *const T, options(nostack, preserves_flags, readonly))
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = p;
 }
 
@@ -865,8 +973,12 @@ mod tests {
 
     #[test]
     fn dot_kernels_match_definition() {
-        let Some(k) = Kernels::for_isa(Isa::Avx512).filter(|k| k.has_dot()) else {
-            println!("skipped: no AVX512-BF16 on this CPU");
+        let Some(k) = Isa::all_available()
+            .into_iter()
+            .filter_map(Kernels::for_isa)
+            .find(|k| k.has_dot())
+        else {
+            println!("skipped: no bf16 pair dot (AVX512-BF16 / FEAT_BF16) on this CPU");
             return;
         };
         // Small integers: every product and partial sum is exact in f32, so any order gives the same.
@@ -899,7 +1011,10 @@ mod tests {
                 assert_eq!(&c[mr * NR..], &c0[mr * NR..], "wrote past mr rows");
             }
         }
-        // Packing, both layouts, an odd kc for KN.
+        // Packing, both layouts, an odd kc for KN (tables without a packing kernel use generic code).
+        if k.pack_dot.is_none() {
+            return;
+        }
         let ld = 77;
         let src: Vec<half::bf16> = (0..NR * ld).map(|i| half::bf16::from_bits(i as u16 ^ 0x3c00)).collect();
         for (nk, kc) in [(true, 64usize), (false, 33)] {
@@ -917,6 +1032,180 @@ mod tests {
                         }
                     };
                     assert_eq!(dst[q * NR + c], at(2 * q) | at(2 * q + 1) << 16, "nk={nk} q={q} c={c}");
+                }
+            }
+        }
+    }
+
+    /// bf16 value with small-integer value `v` (exact), as bits.
+    fn bf(v: i32) -> half::bf16 {
+        half::bf16::from_f32(v as f32)
+    }
+
+    #[test]
+    fn widen_kernels_are_exact() {
+        // Every f16 and every bf16 bit pattern, an odd length so the scalar tails run too.
+        let f16s: Vec<half::f16> = (0..=u16::MAX)
+            .map(half::f16::from_bits)
+            .chain([half::f16::ONE])
+            .collect();
+        let bf16s: Vec<half::bf16> = (0..=u16::MAX)
+            .map(half::bf16::from_bits)
+            .chain([half::bf16::ONE])
+            .collect();
+        let mut out = vec![0f32; f16s.len()];
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            k.widen_f16(&f16s, &mut out);
+            for (h, o) in f16s.iter().zip(&out) {
+                let want = h.to_f32();
+                assert!(
+                    o.to_bits() == want.to_bits() || (o.is_nan() && want.is_nan()),
+                    "{isa:?} f16 {h:?}"
+                );
+            }
+            k.widen_bf16(&bf16s, &mut out);
+            for (h, o) in bf16s.iter().zip(&out) {
+                assert_eq!(o.to_bits(), (h.to_bits() as u32) << 16, "{isa:?} bf16 {h:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_bf16_kernels_match_definition() {
+        // Small integers: every product and partial sum is exact in f32, so any order gives the same.
+        let mut tested = 0;
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            for kc in [1usize, 7, 33] {
+                let (lda, ldb, ldw) = (kc + 3, NR + 5, kc + 2);
+                let a: Vec<f32> = (0..MR * lda).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+                let b: Vec<half::bf16> = (0..kc * ldb).map(|i| bf((i % 9) as i32 - 4)).collect();
+                let w: Vec<half::bf16> = (0..NR * ldw).map(|i| bf((i % 13) as i32 - 6)).collect();
+                for mr in 1..=MR {
+                    let mut c = vec![f32::NAN; MR * NR];
+                    if k.micro_bf16(&a, lda, mr, kc, &b, ldb, &mut c) {
+                        tested += 1;
+                        for i in 0..mr {
+                            for n in 0..NR {
+                                let want: f32 = (0..kc).map(|kk| a[i * lda + kk] * b[kk * ldb + n].to_f32()).sum();
+                                assert_eq!(c[i * NR + n], want, "{isa:?} micro_bf16 kc={kc} mr={mr} {i},{n}");
+                            }
+                        }
+                        assert!(c[mr * NR..].iter().all(|v| v.is_nan()), "{isa:?} wrote past mr rows");
+                    }
+                    let mut c = vec![f32::NAN; MR * NR];
+                    if k.dot_nk_bf16(&a, lda, mr, kc, &w, ldw, &mut c) {
+                        tested += 1;
+                        for i in 0..mr {
+                            for n in 0..NR {
+                                let want: f32 = (0..kc).map(|kk| a[i * lda + kk] * w[n * ldw + kk].to_f32()).sum();
+                                assert_eq!(c[i * NR + n], want, "{isa:?} dot_nk_bf16 kc={kc} mr={mr} {i},{n}");
+                            }
+                        }
+                        assert!(c[mr * NR..].iter().all(|v| v.is_nan()), "{isa:?} wrote past mr rows");
+                    }
+                }
+            }
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert!(tested > 0, "the NEON table has decode kernels; none ran");
+        }
+    }
+
+    /// `dot_i8` against the i64 definition, odd row / column counts and K tails included.
+    fn check_dot_i8(what: &str, f: &dyn Fn(&[i8], usize, &[i8], usize, usize, &mut [i32]) -> bool) -> usize {
+        let mut ran = 0;
+        for (rows, nc, k) in [
+            (1usize, 1usize, 1usize),
+            (3, 5, 7),
+            (5, NR, 40),
+            (8, 63, 131),
+            (2, 2, 16),
+        ] {
+            let x: Vec<i8> = (0..rows * k).map(|i| ((i * 37 + 11) % 256) as u8 as i8).collect();
+            let w: Vec<i8> = (0..nc * k).map(|i| ((i * 91 + 5) % 256) as u8 as i8).collect();
+            let mut out = vec![i32::MIN; rows * NR];
+            if !f(&x, rows, &w, nc, k, &mut out) {
+                continue;
+            }
+            ran += 1;
+            for i in 0..rows {
+                for n in 0..NR {
+                    let got = out[i * NR + n];
+                    if n >= nc {
+                        assert_eq!(got, i32::MIN, "{what}: wrote column {n} >= nc {nc}");
+                        continue;
+                    }
+                    let want: i64 = (0..k).map(|kk| x[i * k + kk] as i64 * w[n * k + kk] as i64).sum();
+                    assert_eq!(got as i64, want, "{what}: rows={rows} nc={nc} k={k} at {i},{n}");
+                }
+            }
+        }
+        ran
+    }
+
+    #[test]
+    fn int8_dot_kernels_match_definition() {
+        for isa in Isa::all_available() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            let ran = check_dot_i8(&format!("{isa:?} dot_i8"), &|x, r, w, nc, k, o| {
+                kern.dot_i8(x, r, w, nc, k, o)
+            });
+            assert_eq!(ran > 0, kern.int8_kernel().is_some(), "{isa:?}");
+        }
+        // Both aarch64 int8 kernels wherever the CPU has them (dot_i8 picks one per process).
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                // SAFETY: FEAT_DotProd detected; check_dot_i8 passes x: rows*k, w: nc*k, out: rows*NR.
+                let f = |x: &[i8], r, w: &[i8], nc, k, o: &mut [i32]| {
+                    unsafe { neon::dot_i8_sdot(x.as_ptr(), r, w.as_ptr(), nc, k, o.as_mut_ptr()) };
+                    true
+                };
+                assert_eq!(check_dot_i8("sdot", &f), 5);
+            }
+            if std::arch::is_aarch64_feature_detected!("i8mm") {
+                // SAFETY: FEAT_I8MM detected; extents as above.
+                let f = |x: &[i8], r, w: &[i8], nc, k, o: &mut [i32]| {
+                    unsafe { neon::dot_i8_smmla(x.as_ptr(), r, w.as_ptr(), nc, k, o.as_mut_ptr()) };
+                    true
+                };
+                assert_eq!(check_dot_i8("smmla", &f), 5);
+            }
+        }
+    }
+
+    #[test]
+    fn sigmoid_select_matches_definition() {
+        let n = 37;
+        let mut l: Vec<f32> = (0..n).map(|i| (i as f32 - 18.0) * 0.7).collect();
+        l[3] = f32::INFINITY;
+        l[7] = f32::NEG_INFINITY;
+        l[11] = f32::NAN;
+        let mut bias: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.25 - 0.5).collect();
+        bias[20] = f32::INFINITY; // a finite logit whose biased score is not finite
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            for b in [None, Some(&bias[..])] {
+                let (mut s, mut sel) = (vec![7f32; n], vec![7f32; n]);
+                if !k.sigmoid_select(&l, b, &mut s, &mut sel) {
+                    continue;
+                }
+                let mut sg = vec![0f32; n];
+                k.sigmoid(&l, &mut sg);
+                for i in 0..n {
+                    let (ws, wsel) = if l[i].is_finite() {
+                        let v = sg[i] + b.map_or(0.0, |b| b[i]);
+                        (sg[i], if v.is_finite() { v } else { f32::NEG_INFINITY })
+                    } else {
+                        (0.0, f32::NEG_INFINITY)
+                    };
+                    assert_eq!(
+                        (s[i].to_bits(), sel[i].to_bits()),
+                        (ws.to_bits(), wsel.to_bits()),
+                        "{isa:?} {i}"
+                    );
                 }
             }
         }
