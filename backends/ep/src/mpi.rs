@@ -100,6 +100,13 @@ impl Comm for MpiComm {
         check_v(self.size(), send, send_counts, recv, recv_counts)?;
         let (sc, sd) = counts(send_counts, "send_counts")?;
         let (rc, rd) = counts(recv_counts, "recv_counts")?;
+        // An empty slice's pointer is dangling (0x1 for bytes), and Open MPI defines MPI_IN_PLACE
+        // as (void *) 1: an empty buffer must point at real memory, or MPI_Alltoallv reads it as
+        // "in place" and fails with MPI_ERR_ARG.
+        let s_dummy = [0u8; 1];
+        let mut r_dummy = [0u8; 1];
+        let send: &[u8] = if send.is_empty() { &s_dummy[..0] } else { send };
+        let recv: &mut [u8] = if recv.is_empty() { &mut r_dummy[..0] } else { recv };
         let sp = Partition::new(send, sc, sd);
         let mut rp = PartitionMut::new(recv, rc, rd);
         // MPI's default error handler (MPI_ERRORS_ARE_FATAL) aborts the job on a failed call.

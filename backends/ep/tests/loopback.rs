@@ -208,11 +208,10 @@ fn seeded_problems_cover_the_edge_cases() {
 /// backend, whose rows do not depend on their neighbours.
 #[test]
 fn grouped_gemm_on_local_experts_matches_single_process() {
-    let (e_n, r_n, k, h, n) = (6, 3, 2, 8, 5);
+    let (e_n, r_n, k, h) = (6, 3, 2, 8);
     let map = ExpertMap::contiguous(e_n, r_n).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    // Expert e: [N = H, K = H] NK weights (a layer maps H to H); n is unused width for variety.
-    let _ = n;
+    // Expert e: [N = H, K = H] NK weights (a layer maps H to H).
     let w: Vec<f32> = (0..e_n * h * h).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
     let inputs: Vec<RankInput> = (0..r_n)
         .map(|r| {
