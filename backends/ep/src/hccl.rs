@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn missing_library_is_unavailable_with_a_reason() {
         let dir = std::env::temp_dir().join("moehal-ep-no-cann");
-        let e = HcclLib::load(&[dir.clone()]).err().expect("no CANN there");
+        let e = HcclLib::load(std::slice::from_ref(&dir)).err().expect("no CANN there");
         let s = e.to_string();
         assert!(matches!(e, Error::Unavailable { .. }), "{s}");
         assert!(
