@@ -50,6 +50,19 @@ pub(crate) struct Args {
     /// Do not run the reference (the output is then not checked).
     #[arg(long)]
     no_reference: bool,
+    /// Expert parallelism over MPI: run under `mpirun -n R` (needs the `mpi` feature); prints
+    /// per-stage times with dispatch/combine bytes, and checks against the single-process layer.
+    #[arg(long)]
+    ep: bool,
+    /// Expert parallelism with R ranks as threads of this process (loopback, no MPI).
+    #[arg(long, value_name = "R")]
+    ep_threads: Option<usize>,
+    /// With --ep: route every token into rank 0's experts (the other ranks receive nothing).
+    #[arg(long, hide = true)]
+    ep_skew: bool,
+    /// With --ep: fail unless the output is bitwise equal to the single-process layer.
+    #[arg(long, hide = true)]
+    ep_bitwise: bool,
 }
 
 /// Issue 16's rule for impossible sizes: tokens whose activations cannot fit the budget are an
@@ -120,7 +133,12 @@ fn input_prefix(inp: &MoeInputs, n: usize, p: &crate::presets::Preset) -> MoeInp
     }
 }
 
+mod ep;
+
 pub(super) fn run(a: Args) -> CliResult {
+    if a.ep || a.ep_threads.is_some() {
+        return ep::run(a);
+    }
     if !a.dtype.is_float() {
         return Err(CliError(format!(
             "--dtype {} is not a float type (f32, bf16, f16)",

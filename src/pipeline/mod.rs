@@ -6,6 +6,7 @@
 //! download through the trait, so the same code drives the reference, the CPU, CUDA and Ascend.
 
 pub mod engram;
+pub mod ep;
 pub mod moe;
 
 use half::{bf16, f16};

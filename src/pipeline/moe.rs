@@ -260,18 +260,37 @@ impl MoeWeights {
         seed: u64,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<MoeWeights>> {
+        let all: Vec<usize> = (0..p.experts).collect();
+        Self::upload_quant_experts(backends, p, routed, shared, seed, &all, progress)
+    }
+
+    /// [`MoeWeights::upload_quant`] for the routed experts `experts` only (global ids, in the
+    /// order of the local ids they get: `gate_up` is `[experts.len(), 2I, H]`), each generated
+    /// exactly as in the whole layer: an expert-parallel rank's slice. Shared experts in full.
+    ///
+    /// # Errors
+    /// Allocation and upload errors of the backends.
+    pub fn upload_quant_experts(
+        backends: &[&dyn Backend],
+        p: &Preset,
+        routed: WeightFormat,
+        shared: WeightFormat,
+        seed: u64,
+        experts: &[usize],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<MoeWeights>> {
         let (h, i) = (p.hidden, p.expert_width);
         let mut done = 0u64;
         // (weights, scales) per backend for `experts` matrices [n, k] of format f.
         let mut make =
-            |f: WeightFormat, experts: usize, n: usize, k: usize, stream: u64| -> Result<Vec<(Buffer, Buffer)>> {
+            |f: WeightFormat, experts: &[usize], n: usize, k: usize, stream: u64| -> Result<Vec<(Buffer, Buffer)>> {
                 let wlen: usize = f.w_shape(1, n, k).iter().product::<usize>() * f.dtype().size();
                 let slen: usize = f.scale_shape(1, n, k).iter().product::<usize>() * scale_dtype(f).size();
                 let mut bufs = backends
                     .iter()
-                    .map(|b| Ok((b.alloc(experts * wlen)?, b.alloc(experts * slen)?)))
+                    .map(|b| Ok((b.alloc(experts.len() * wlen)?, b.alloc(experts.len() * slen)?)))
                     .collect::<Result<Vec<_>>>()?;
-                for e in 0..experts {
+                for (li, &e) in experts.iter().enumerate() {
                     let (w, s) = quant_matrix(
                         f,
                         n,
@@ -279,22 +298,22 @@ impl MoeWeights {
                         stream_seed(seed, stream) ^ (e as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
                     );
                     for (b, (bw, bs)) in backends.iter().zip(bufs.iter_mut()) {
-                        b.upload(bw, e * wlen, &w)?;
-                        b.upload(bs, e * slen, &s)?;
+                        b.upload(bw, li * wlen, &w)?;
+                        b.upload(bs, li * slen, &s)?;
                     }
                     done += (w.len() + s.len()) as u64;
                     progress(done);
                 }
                 Ok(bufs)
             };
-        let gate_up = make(routed, p.experts, 2 * i, h, 31)?;
-        let down = make(routed, p.experts, h, i, 32)?;
+        let gate_up = make(routed, experts, 2 * i, h, 31)?;
+        let down = make(routed, experts, h, i, 32)?;
         // Per backend, per shared expert: ((gate_up w, scale), (down w, scale)).
         type Pair = (Buffer, Buffer);
         let mut sh: Vec<Vec<(Pair, Pair)>> = backends.iter().map(|_| Vec::new()).collect();
         for si in 0..p.shared_experts {
-            let gu = make(shared, 1, 2 * i, h, 40 + 2 * si as u64)?;
-            let dn = make(shared, 1, h, i, 41 + 2 * si as u64)?;
+            let gu = make(shared, &[0], 2 * i, h, 40 + 2 * si as u64)?;
+            let dn = make(shared, &[0], h, i, 41 + 2 * si as u64)?;
             for ((v, g), d) in sh.iter_mut().zip(gu).zip(dn) {
                 v.push((g, d));
             }
@@ -325,7 +344,7 @@ impl MoeWeights {
 /// One expert `grouped_gemm` (layout NK, no bias or row scale): float weights of `dtype`, or
 /// quantized weights `q = (format, scales)` with activations of `dtype` (weight-only).
 #[allow(clippy::too_many_arguments)]
-fn expert_gemm(
+pub(crate) fn expert_gemm(
     backend: &dyn Backend,
     dtype: DType,
     x: TensorRef<'_>,
@@ -379,20 +398,38 @@ impl MoeWeights {
         seed: u64,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<MoeWeights>> {
+        let all: Vec<usize> = (0..p.experts).collect();
+        Self::upload_experts(backends, p, dtype, seed, &all, progress)
+    }
+
+    /// [`MoeWeights::upload`] for the routed experts `experts` only (global ids, in the order of
+    /// the local ids they get: `gate_up` is `[experts.len(), 2I, H]`), each generated exactly as
+    /// in the whole layer: an expert-parallel rank's slice. Shared experts in full.
+    ///
+    /// # Errors
+    /// Allocation and upload errors of the backends.
+    pub fn upload_experts(
+        backends: &[&dyn Backend],
+        p: &Preset,
+        dtype: DType,
+        seed: u64,
+        experts: &[usize],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<MoeWeights>> {
         let (h, i) = (p.hidden, p.expert_width);
         let es = dtype.size();
         let mat = 2 * i * h; // gate_up elements per expert; down has half
         let mut done = 0u64;
-        let mut make = |experts: usize, elems: usize, scale: f32, stream: u64| -> Result<Vec<Buffer>> {
+        let mut make = |experts: &[usize], elems: usize, scale: f32, stream: u64| -> Result<Vec<Buffer>> {
             let mut bufs = backends
                 .iter()
-                .map(|b| b.alloc(experts * elems * es))
+                .map(|b| b.alloc(experts.len() * elems * es))
                 .collect::<Result<Vec<_>>>()?;
             let mut chunk = vec![0u8; elems * es];
-            for e in 0..experts {
+            for (li, &e) in experts.iter().enumerate() {
                 fill_random(dtype, &mut chunk, scale, stream_seed(seed, stream), (e * elems) as u64)?;
                 for (b, buf) in backends.iter().zip(bufs.iter_mut()) {
-                    b.upload(buf, e * elems * es, &chunk)?;
+                    b.upload(buf, li * elems * es, &chunk)?;
                 }
                 done += chunk.len() as u64;
                 progress(done);
@@ -401,12 +438,12 @@ impl MoeWeights {
         };
         let s_in = (3.0 / h as f32).sqrt();
         let s_mid = (3.0 / i as f32).sqrt();
-        let gate_up = make(p.experts, mat, s_in, 1)?;
-        let down = make(p.experts, mat / 2, s_mid, 2)?;
+        let gate_up = make(experts, mat, s_in, 1)?;
+        let down = make(experts, mat / 2, s_mid, 2)?;
         let mut shared: Vec<Vec<(Buffer, Buffer)>> = backends.iter().map(|_| Vec::new()).collect();
         for s in 0..p.shared_experts {
-            let gu = make(1, mat, s_in, 10 + 2 * s as u64)?;
-            let dn = make(1, mat / 2, s_mid, 11 + 2 * s as u64)?;
+            let gu = make(&[0], mat, s_in, 10 + 2 * s as u64)?;
+            let dn = make(&[0], mat / 2, s_mid, 11 + 2 * s as u64)?;
             for ((v, g), d) in shared.iter_mut().zip(gu).zip(dn) {
                 v.push((g, d));
             }

@@ -1,0 +1,344 @@
+//! One MoE layer forward with expert parallelism (docs/EP.md): each rank holds its slice of the
+//! routed experts (and the shared experts in full), routes its own tokens, and exchanges rows with
+//! `ep_dispatch` / `ep_combine` of `moehal-ep` over any [`Comm`]:
+//!
+//! `router_topk → ep_dispatch → grouped_gemm gate_up (local experts) → swiglu → grouped_gemm down
+//! → shared expert (own tokens) → ep_combine` (the combine runs the backend's `moe_combine` with the
+//! shared-expert rows as extra weight-1 terms, as [`super::moe::forward`] does), so the output of
+//! each token is the single-process layer's.
+
+use std::time::Instant;
+
+use moehal_core::ops::{RouterTopk, Swiglu};
+use moehal_core::{Backend, BackendExt, DType, Error, Result};
+use moehal_ep::{ep_combine, ep_dispatch, Comm, DispatchArgs, EpBytes, ExpertMap};
+
+use super::moe::{expert_gemm, MoeInputs, MoeWeights, Stage};
+use super::{decode_floats, upload_bytes};
+use crate::presets::Preset;
+
+/// Result of one expert-parallel forward on one rank.
+#[derive(Debug, Clone)]
+pub struct EpOutput {
+    /// `[T_r, H]` output of this rank's tokens, widened to f32.
+    pub out: Vec<f32>,
+    /// Per-stage wall times on this rank, in pipeline order (`dispatch` and `combine` include the
+    /// packing and the exchange, which waits for the slowest peer).
+    pub stages: Vec<Stage>,
+    /// Rows and bytes this rank moved.
+    pub bytes: EpBytes,
+    /// Rows this rank's experts computed (`M`, the local `grouped_gemm` rows).
+    pub local_rows: usize,
+}
+
+/// The tokens `[start, end)` of `inp` (rank `r` of `R` owns `[r·T/R, (r+1)·T/R)`).
+pub fn token_slice(inp: &MoeInputs, p: &Preset, start: usize, end: usize) -> MoeInputs {
+    let row = inp.x.len() / inp.tokens.max(1);
+    MoeInputs {
+        tokens: end - start,
+        x: inp.x[start * row..end * row].to_vec(),
+        logits: inp.logits[start * p.experts..end * p.experts].to_vec(),
+        bias: inp.bias.clone(),
+    }
+}
+
+/// Tokens `[start, end)` of rank `rank` of `ranks` for `tokens` tokens in all.
+pub fn rank_tokens(tokens: usize, rank: usize, ranks: usize) -> (usize, usize) {
+    (rank * tokens / ranks, (rank + 1) * tokens / ranks)
+}
+
+/// Run the layer on this rank: `inp` holds this rank's tokens, `w` the routed experts of
+/// `map.local_experts(rank)` (in local-id order, see [`MoeWeights::upload_experts`]) and the
+/// shared experts. Collective over `comm`.
+///
+/// # Errors
+/// Op, allocation and engine errors; [`Error::InvalidArgument`] when the map does not fit `p`.
+pub fn forward_ep(
+    comm: &dyn Comm,
+    backend: &dyn Backend,
+    p: &Preset,
+    dtype: DType,
+    map: &ExpertMap,
+    w: &MoeWeights,
+    inp: &MoeInputs,
+) -> Result<EpOutput> {
+    let (t, e, k, h, i) = (inp.tokens, p.experts, p.k, p.hidden, p.expert_width);
+    if map.experts() != e || map.ranks() != comm.size() {
+        return Err(Error::invalid(
+            "moe_ep",
+            "expert_map",
+            format!(
+                "map of {} experts on {} ranks for a layer of {e} experts on {} ranks",
+                map.experts(),
+                map.ranks(),
+                comm.size()
+            ),
+        ));
+    }
+    let l_n = map.local_count(comm.rank());
+    let s = p.shared_experts;
+    let es = dtype.size();
+    let mut stages = Vec::new();
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let t0 = Instant::now();
+        f()?;
+        backend.synchronize()?;
+        stages.push(Stage {
+            name,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    };
+
+    // Routing of this rank's tokens.
+    let (mut ids, mut weights) = (vec![0i32; t * k], vec![0f32; t * k]);
+    if t > 0 {
+        let logits = backend.upload_slice(&inp.logits)?;
+        let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
+        let mut idb = backend.alloc(t * k * 4)?;
+        let mut wb = backend.alloc(t * k * 4)?;
+        backend.synchronize()?;
+        timed("router_topk", &mut || {
+            let args = RouterTopk {
+                config: p.router(),
+                logits: logits.view(DType::F32, &[t, e]),
+                bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
+                ids: idb.view_mut(DType::I32, &[t, k]),
+                weights: wb.view_mut(DType::F32, &[t, k]),
+                expert_counts: None,
+            };
+            backend.router_topk(args.validate()?)
+        })?;
+        ids = backend.download_vec(&idb, t * k)?;
+        weights = backend.download_vec(&wb, t * k)?;
+    } else {
+        timed("router_topk", &mut || Ok(()))?;
+    }
+
+    let mut dispatched = None;
+    timed("dispatch", &mut || {
+        let args = DispatchArgs {
+            x: &inp.x,
+            dtype,
+            tokens: t,
+            hidden: h,
+            ids: &ids,
+            weights: &weights,
+            k,
+            map,
+        };
+        dispatched = Some(ep_dispatch(comm, &args)?);
+        Ok(())
+    })?;
+    let d = dispatched.ok_or_else(|| Error::invalid("moe_ep", "dispatch", "no result"))?;
+    let m = d.handle.local_rows();
+
+    // Local experts on the local rows (nothing to do for a rank that received no rows).
+    let mut y_local = vec![0u8; m * h * es];
+    if m > 0 && l_n > 0 {
+        let x_local = upload_bytes(backend, &d.x)?;
+        let ge = backend.upload_slice(&d.group_end)?;
+        let mut hbuf = backend.alloc(m * 2 * i * es)?;
+        let mut act = backend.alloc(m * i * es)?;
+        let mut yb = backend.alloc(m * h * es)?;
+        backend.synchronize()?;
+        let rq = |j: usize| {
+            w.quant
+                .as_ref()
+                .map(|q| (q.routed, if j == 0 { &q.routed_scales.0 } else { &q.routed_scales.1 }))
+        };
+        timed("gate_up", &mut || {
+            expert_gemm(
+                backend,
+                dtype,
+                x_local.view(dtype, &[m, h]),
+                &w.gate_up,
+                rq(0),
+                (l_n, 2 * i, h),
+                ge.view(DType::I64, &[l_n]),
+                hbuf.view_mut(dtype, &[m, 2 * i]),
+            )
+        })?;
+        timed("swiglu", &mut || {
+            let args = Swiglu {
+                h: hbuf.view(dtype, &[m, 2 * i]),
+                out: act.view_mut(dtype, &[m, i]),
+                limit: p.swiglu_limit,
+            };
+            backend.swiglu(args.validate()?)
+        })?;
+        timed("down", &mut || {
+            expert_gemm(
+                backend,
+                dtype,
+                act.view(dtype, &[m, i]),
+                &w.down,
+                rq(1),
+                (l_n, h, i),
+                ge.view(DType::I64, &[l_n]),
+                yb.view_mut(dtype, &[m, h]),
+            )
+        })?;
+        backend.download(&yb, 0, &mut y_local)?;
+    } else {
+        for name in ["gate_up", "swiglu", "down"] {
+            timed(name, &mut || Ok(()))?;
+        }
+    }
+
+    // Shared experts on this rank's own tokens: rows [S·T, H], row s·T + t.
+    let mut shared_rows = vec![0u8; s * t * h * es];
+    if s > 0 && t > 0 {
+        let x = upload_bytes(backend, &inp.x)?;
+        let dense_end = backend.upload_slice(&[t as i64])?;
+        let mut hs = backend.alloc(t * 2 * i * es)?;
+        let mut as_ = backend.alloc(t * i * es)?;
+        let mut ys = backend.alloc(s * t * h * es)?;
+        timed("shared_expert", &mut || {
+            for (si, (gu, dn)) in w.shared.iter().enumerate() {
+                let sq = |j: usize| {
+                    w.quant.as_ref().map(|q| {
+                        let sc = &q.shared_scales[si];
+                        (q.shared, if j == 0 { &sc.0 } else { &sc.1 })
+                    })
+                };
+                expert_gemm(
+                    backend,
+                    dtype,
+                    x.view(dtype, &[t, h]),
+                    gu,
+                    sq(0),
+                    (1, 2 * i, h),
+                    dense_end.view(DType::I64, &[1]),
+                    hs.view_mut(dtype, &[t, 2 * i]),
+                )?;
+                let args = Swiglu {
+                    h: hs.view(dtype, &[t, 2 * i]),
+                    out: as_.view_mut(dtype, &[t, i]),
+                    limit: p.swiglu_limit,
+                };
+                backend.swiglu(args.validate()?)?;
+                expert_gemm(
+                    backend,
+                    dtype,
+                    as_.view(dtype, &[t, i]),
+                    dn,
+                    sq(1),
+                    (1, h, i),
+                    dense_end.view(DType::I64, &[1]),
+                    ys.view_mut(dtype, &[t, h]).with_offset(si * t * h),
+                )?;
+            }
+            Ok(())
+        })?;
+        backend.download(&ys, 0, &mut shared_rows)?;
+    }
+
+    let mut combined = None;
+    timed("combine", &mut || {
+        let extra = (s > 0).then_some(shared_rows.as_slice());
+        combined = Some(ep_combine(comm, backend, &d.handle, &y_local, extra)?);
+        Ok(())
+    })?;
+    let (out, bytes) = combined.ok_or_else(|| Error::invalid("moe_ep", "combine", "no result"))?;
+    Ok(EpOutput {
+        out: decode_floats(dtype, &out)?,
+        stages,
+        bytes,
+        local_rows: m,
+    })
+}
+
+/// Gather `mine` from every rank onto rank 0 (one all-to-all-v in which only rank 0 receives).
+/// Returns `Some(per-rank bytes)` on rank 0, `None` elsewhere. Collective.
+///
+/// # Errors
+/// The engine's errors.
+pub fn gather_to_root(comm: &dyn Comm, mine: &[u8]) -> Result<Option<Vec<Vec<u8>>>> {
+    let r_n = comm.size();
+    let mut lens = vec![0u64; r_n];
+    lens[0] = mine.len() as u64;
+    let got = comm.all_to_all_u64(&lens)?;
+    let mut sc = vec![0usize; r_n];
+    sc[0] = mine.len();
+    let rc: Vec<usize> = got.iter().map(|&n| n as usize).collect();
+    let mut recv = vec![0u8; rc.iter().sum()];
+    comm.all_to_all_v(mine, &sc, &mut recv, &rc)?;
+    if comm.rank() != 0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(r_n);
+    let mut o = 0;
+    for n in rc {
+        out.push(recv[o..o + n].to_vec());
+        o += n;
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::moe::forward;
+    use crate::presets::preset;
+    use moehal_ep::LoopbackComm;
+
+    /// On the reference backend (rows computed independently, f64 sums) the EP layer over 1–4
+    /// loopback ranks gives the single-process layer's output bit for bit, shared expert included.
+    #[test]
+    fn ep_layer_equals_single_process_on_the_reference() {
+        let p = preset("deepseek-v4-flash").unwrap().scaled_widths(64);
+        let p = Preset { experts: 8, k: 3, ..p };
+        let be = moehal_core::Reference::new();
+        let t_all = 5;
+        let inputs = MoeInputs::generate(&p, t_all, DType::F32, 4).unwrap();
+        let full = MoeWeights::upload(&[&be], &p, DType::F32, 4, &|_| {}).unwrap();
+        let want = forward(&be, &p, DType::F32, &full[0], &inputs).unwrap();
+        for r_n in [1, 2, 4] {
+            let map = ExpertMap::contiguous(p.experts, r_n).unwrap();
+            let comms = LoopbackComm::group(r_n);
+            let got: Vec<f32> = std::thread::scope(|s| {
+                let hs: Vec<_> = comms
+                    .iter()
+                    .map(|c| {
+                        let (p, map, inputs) = (&p, &map, &inputs);
+                        s.spawn(move || {
+                            let be = moehal_core::Reference::new();
+                            let (a, b) = rank_tokens(t_all, c.rank(), r_n);
+                            let mine = token_slice(inputs, p, a, b);
+                            let w = MoeWeights::upload_experts(
+                                &[&be],
+                                p,
+                                DType::F32,
+                                4,
+                                &map.local_experts(c.rank()),
+                                &|_| {},
+                            )
+                            .unwrap();
+                            forward_ep(c, &be, p, DType::F32, map, &w[0], &mine).unwrap().out
+                        })
+                    })
+                    .collect();
+                hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(got.len(), want.out.len());
+            for (j, (a, b)) in got.iter().zip(&want.out).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{r_n} ranks, element {j}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn gather_collects_every_rank_on_root() {
+        let comms = LoopbackComm::group(3);
+        let res: Vec<Option<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .iter()
+                .map(|c| s.spawn(move || gather_to_root(c, &vec![c.rank() as u8; c.rank() + 1]).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(res[0], Some(vec![vec![0], vec![1, 1], vec![2, 2, 2]]));
+        assert!(res[1].is_none() && res[2].is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! `moehal moe --ep` / `--ep-threads`: the expert-parallel MoE layer of a preset equals the
+//! single-process layer (docs/EP.md). The loopback cases run in every build; the `mpirun` cases
+//! need the `mpi` feature and Open MPI (`cargo test --features mpi --test cli_ep`).
+
+use std::process::{Command, Output};
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Small layers: widths / 16, f32 float weights (the CPU GEMM's rows are then the same whatever
+/// the group size, so the comparison is bitwise), or the preset's shipped formats in bf16.
+fn args<'a>(preset: &'a str, tokens: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "moe",
+        "--preset",
+        preset,
+        "--tokens",
+        tokens,
+        "--scale-widths",
+        "16",
+        "--budget-mib",
+        "64",
+        "--backend",
+        "cpu",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn moehal(a: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moehal"))
+        .args(a)
+        .output()
+        .expect("the moehal binary runs")
+}
+
+fn check_pass(o: &Output, bitwise: bool) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(o));
+    for stage in ["router_topk", "dispatch", "gate_up", "down", "combine"] {
+        assert!(out.lines().any(|l| l.starts_with(stage)), "no {stage} stage:\n{out}");
+    }
+    assert!(out.contains("dispatch sent") && out.contains("combine recv"), "{out}");
+    let last = out.lines().last().unwrap_or("");
+    assert!(last.ends_with("PASS"), "{last}");
+    if bitwise {
+        assert!(last.contains("bitwise equal"), "{last}");
+    }
+    out
+}
+
+#[test]
+fn threads_as_ranks_equal_the_single_process_layer() {
+    for (preset, ranks) in [("qwen3-30b-a3b", "2"), ("deepseek-v3", "4")] {
+        let o = moehal(&args(
+            preset,
+            "5",
+            &[
+                "--ep-threads",
+                ranks,
+                "--dtype",
+                "f32",
+                "--float-weights",
+                "--ep-bitwise",
+            ],
+        ));
+        let out = check_pass(&o, true);
+        assert!(out.contains(&format!("{ranks} ranks over loopback")), "{out}");
+    }
+}
+
+#[test]
+fn shipped_quantized_formats_in_bf16_within_tolerance() {
+    // deepseek-v3 ships fp8_block weights: weight-only with bf16 activations.
+    let o = moehal(&args("deepseek-v3", "3", &["--ep-threads", "2"]));
+    let out = check_pass(&o, false);
+    assert!(out.contains("fp8_block"), "{out}");
+}
+
+#[test]
+fn skewed_routing_leaves_ranks_without_rows() {
+    let o = moehal(&args(
+        "qwen3-30b-a3b",
+        "3",
+        &[
+            "--ep-threads",
+            "4",
+            "--ep-skew",
+            "--dtype",
+            "f32",
+            "--float-weights",
+            "--ep-bitwise",
+        ],
+    ));
+    let out = check_pass(&o, true);
+    assert!(out.contains("3 of 4 ranks received no rows"), "{out}");
+}
+
+#[test]
+fn a_rank_count_that_does_not_divide_the_experts_is_an_error() {
+    let o = moehal(&args("qwen3-30b-a3b", "3", &["--ep-threads", "3"]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("do not split evenly over 3 ranks"), "{}", text(&o));
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn ep_without_the_mpi_feature_says_how_to_get_it() {
+    let o = moehal(&args("qwen3-30b-a3b", "3", &["--ep"]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("`mpi` feature"), "{}", text(&o));
+}
+
+/// `mpirun -n R moehal moe --ep`, as root on CI (`--allow-run-as-root --oversubscribe`).
+#[cfg(feature = "mpi")]
+fn mpirun(ranks: &str, a: &[&str]) -> Output {
+    Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-n",
+            ranks,
+            env!("CARGO_BIN_EXE_moehal"),
+        ])
+        .args(a)
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .expect("mpirun runs (Debian: apt-get install openmpi-bin)")
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpirun_2_and_4_ranks_equal_the_single_process_layer() {
+    for ranks in ["2", "4"] {
+        for preset in ["deepseek-v3", "qwen3-30b-a3b"] {
+            let o = mpirun(
+                ranks,
+                &args(
+                    preset,
+                    "6",
+                    &["--ep", "--dtype", "f32", "--float-weights", "--ep-bitwise"],
+                ),
+            );
+            let out = check_pass(&o, true);
+            assert!(out.contains(&format!("{ranks} ranks over mpi")), "{out}");
+        }
+    }
+    // Every token's experts on rank 0, the other ranks receive nothing; and the shipped formats.
+    let o = mpirun(
+        "4",
+        &args(
+            "deepseek-v3",
+            "4",
+            &["--ep", "--ep-skew", "--dtype", "f32", "--float-weights", "--ep-bitwise"],
+        ),
+    );
+    assert!(check_pass(&o, true).contains("3 of 4 ranks received no rows"));
+    let o = mpirun("2", &args("deepseek-v3", "3", &["--ep"]));
+    check_pass(&o, false);
+}
