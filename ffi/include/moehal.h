@@ -307,7 +307,8 @@ MOEHAL_API moehal_status moehal_grouped_gemm(const moehal_backend* backend, cons
                                              const DLTensor* bias, DLTensor* y);
 
 /* §2 MoE gate. logits [T,E] f32/bf16/f16; bias [E] f32 (selection only) or NULL;
- * ids [T,k] i32; weights [T,k] f32; expert_counts [E] i64 histogram of ids or NULL. */
+ * ids [T,k] i32 or i64 (i64: written through an i32 scratch, then widened; a copy);
+ * weights [T,k] f32; expert_counts [E] i64 histogram of ids or NULL. */
 MOEHAL_API moehal_status moehal_router_topk(const moehal_backend* backend, const DLTensor* logits,
                                             const DLTensor* bias, const moehal_router_config* config, DLTensor* ids,
                                             DLTensor* weights, DLTensor* expert_counts);
@@ -316,14 +317,17 @@ MOEHAL_API moehal_status moehal_router_topk(const moehal_backend* backend, const
  * (a repeated id is two slots). logits [T,E] f32/bf16/f16; tid2eid [V,k] i32, every entry read in
  * [0,E); token_ids [T] i64 in [0,V) (else MOEHAL_INVALID_ARGUMENT, nothing written); config: k,
  * scoring, renormalize, routed_scaling_factor are used, the group fields are ignored; ids [T,k]
- * i32; weights [T,k] f32 = scores of those ids (0 for a non-finite logit), renormalized over the k
+ * i32 or i64 (as moehal_router_topk); weights [T,k] f32 = scores of those ids (0 for a non-finite logit), renormalized over the k
  * slots if asked, scaled once; expert_counts [E] i64 histogram of ids or NULL. */
 MOEHAL_API moehal_status moehal_router_hash(const moehal_backend* backend, const DLTensor* logits,
                                             const DLTensor* tid2eid, const DLTensor* token_ids,
                                             const moehal_router_config* config, DLTensor* ids, DLTensor* weights,
                                             DLTensor* expert_counts);
 
-/* §3 ids [T,k] i32 in [-1, E) (-1 = dropped) -> group_end [E] i64, src_token [T*k] i64,
+/* §3 ids [T,k] i32 or i64 in [-1, E) (-1 = dropped; i64 is what torch.topk returns: each id is
+ * range-checked, so 2^32 is MOEHAL_INVALID_ARGUMENT, never expert 0, then copied to i32 scratch;
+ * on a device backend that copy goes through the host and waits for enqueued work)
+ * -> group_end [E] i64, src_token [T*k] i64,
  * slot_row [T,k] i64 (-1 for dropped slots), and x_perm [T*k,H] = x[src_token] when x [T,H]
  * (f32/bf16/f16) is given (x and x_perm both NULL or both given). */
 MOEHAL_API moehal_status moehal_moe_permute(const moehal_backend* backend, const DLTensor* ids, int64_t num_experts,

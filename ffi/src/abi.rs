@@ -355,6 +355,104 @@ impl<'b> Ctx<'b> {
     }
 }
 
+/// Expert ids as the C ABI takes them: int32 (used in place) or int64 (what `torch.topk` returns).
+///
+/// Core's `moe_permute` reads i32 ids (OPS.md §3; every backend's kernel and the Ascend vendor
+/// routes take i32). An int64 `ids` tensor is therefore narrowed here: its values are copied
+/// to the host (on a device backend this waits for enqueued work), each is checked to lie in
+/// `[-1, E)` (so an id of 2^32 is an error, never expert 0 by truncation), and the i32 copy is
+/// uploaded to a buffer of the backend. The copy costs `T*k*12` bytes of traffic, small next to
+/// the op. int32 ids take no copy.
+///
+/// # Errors
+/// `InvalidArgument` on `ids`: a dtype other than int32/int64, or an int64 id outside `[-1, E)`.
+fn narrow_ids(c: &Ctx<'_>, m: &Mapped, b: Buffer, num_experts: usize) -> Result<(Mapped, Buffer)> {
+    match m.dtype {
+        moehal_core::DType::I32 => Ok((m.clone(), b)),
+        moehal_core::DType::I64 => {
+            let n = m.bytes / 8;
+            let mut raw = vec![0u8; m.bytes];
+            c.h.be.download(&b, 0, &mut raw)?;
+            let mut narrow = Vec::with_capacity(n * 4);
+            for (p, ch) in raw.chunks_exact(8).enumerate() {
+                let v = i64::from_ne_bytes(ch.try_into().expect("chunks of 8"));
+                if v < -1 || v >= num_experts as i64 {
+                    return Err(Error::invalid(
+                        c.op,
+                        "ids",
+                        format!("ids[{p}] = {v} (int64) outside [-1, E = {num_experts})"),
+                    ));
+                }
+                narrow.extend_from_slice(&(v as i32).to_ne_bytes());
+            }
+            let mut nb = c.h.be.alloc(narrow.len())?;
+            c.h.be.upload(&mut nb, 0, &narrow)?;
+            let nm = Mapped {
+                addr: nb.addr(),
+                bytes: narrow.len(),
+                dtype: moehal_core::DType::I32,
+                ..m.clone()
+            };
+            Ok((nm, nb))
+        }
+        d => Err(Error::invalid(
+            c.op,
+            "ids",
+            format!("dtype {d}: expert ids are int32 or int64"),
+        )),
+    }
+}
+
+/// An output of expert ids that may be int64: the op writes i32 into a scratch buffer of the
+/// backend and [`widen_ids`] copies the values, sign-extended, into the caller's int64 tensor.
+struct IdsOut {
+    /// The view the op writes: the caller's tensor (int32) or the scratch (int64 requested).
+    m: Mapped,
+    scratch: Option<Buffer>,
+}
+
+/// Prepare the `ids` output of a router (see [`IdsOut`]).
+///
+/// # Errors
+/// `InvalidArgument` for a dtype other than int32/int64; allocation errors of the backend.
+fn ids_out(c: &Ctx<'_>, m: &Mapped) -> Result<IdsOut> {
+    match m.dtype {
+        moehal_core::DType::I32 => Ok(IdsOut {
+            m: m.clone(),
+            scratch: None,
+        }),
+        moehal_core::DType::I64 => {
+            let bytes = m.bytes / 2;
+            let s = c.h.be.alloc(bytes)?;
+            Ok(IdsOut {
+                m: Mapped {
+                    addr: s.addr(),
+                    bytes,
+                    dtype: moehal_core::DType::I32,
+                    ..m.clone()
+                },
+                scratch: Some(s),
+            })
+        }
+        d => Err(Error::invalid(
+            c.op,
+            "ids",
+            format!("dtype {d}: expert ids are int32 or int64"),
+        )),
+    }
+}
+
+/// Copy the i32 ids of `scratch` into the caller's int64 `out` (after the op's work).
+fn widen_ids(c: &Ctx<'_>, scratch: &Buffer, out: &mut Buffer, n: usize) -> Result<()> {
+    let mut raw = vec![0u8; n * 4];
+    c.h.be.download(scratch, 0, &mut raw)?;
+    let wide: Vec<u8> = raw
+        .chunks_exact(4)
+        .flat_map(|ch| (i32::from_ne_bytes(ch.try_into().expect("chunks of 4")) as i64).to_ne_bytes())
+        .collect();
+    c.h.be.upload(out, 0, &wide)
+}
+
 // ------------------------------------------------------------------------------------------
 // Versions and errors
 // ------------------------------------------------------------------------------------------
@@ -1049,6 +1147,7 @@ pub unsafe extern "C" fn moehal_router_topk(
             &refs(&[Some(&ml), mb.as_ref()]),
             &refs(&[Some(&mi), Some(&mw), me.as_ref()]),
         )?;
+        let io = ids_out(&c, &mi)?;
         // SAFETY: tensors checked; memory validity is the caller's contract.
         let (bl, bb, mut bi, mut bw, mut be) = unsafe {
             (
@@ -1059,15 +1158,20 @@ pub unsafe extern "C" fn moehal_router_topk(
                 c.wrap_opt(&me)?,
             )
         };
+        let mut scratch = io.scratch;
         let args = RouterTopk {
             config: cfg,
             logits: view(&bl, &ml),
             bias: opt_view(&bb, &mb),
-            ids: view_mut(&mut bi, &mi),
+            ids: view_mut(scratch.as_mut().unwrap_or(&mut bi), &io.m),
             weights: view_mut(&mut bw, &mw),
             expert_counts: opt_view_mut(&mut be, &me),
         };
-        c.h.be.router_topk(args.validate()?)
+        c.h.be.router_topk(args.validate()?)?;
+        match &scratch {
+            Some(s) => widen_ids(&c, s, &mut bi, mi.bytes / 8),
+            None => Ok(()),
+        }
     })
 }
 
@@ -1117,6 +1221,7 @@ pub unsafe extern "C" fn moehal_router_hash(
             &refs(&[Some(&ml), Some(&mt), Some(&mx)]),
             &refs(&[Some(&mi), Some(&mw), me.as_ref()]),
         )?;
+        let io = ids_out(&c, &mi)?;
         // SAFETY: tensors checked; memory validity is the caller's contract.
         let (bl, bt, bx, mut bi, mut bw, mut be) = unsafe {
             (
@@ -1128,16 +1233,21 @@ pub unsafe extern "C" fn moehal_router_hash(
                 c.wrap_opt(&me)?,
             )
         };
+        let mut scratch = io.scratch;
         let args = RouterHash {
             config: cfg,
             logits: view(&bl, &ml),
             tid2eid: view(&bt, &mt),
             token_ids: view(&bx, &mx),
-            ids: view_mut(&mut bi, &mi),
+            ids: view_mut(scratch.as_mut().unwrap_or(&mut bi), &io.m),
             weights: view_mut(&mut bw, &mw),
             expert_counts: opt_view_mut(&mut be, &me),
         };
-        c.h.be.router_hash(args.validate()?)
+        c.h.be.router_hash(args.validate()?)?;
+        match &scratch {
+            Some(s) => widen_ids(&c, s, &mut bi, mi.bytes / 8),
+            None => Ok(()),
+        }
     })
 }
 
@@ -1176,10 +1286,21 @@ pub unsafe extern "C" fn moehal_moe_permute(
             &refs(&[Some(&mi), mx.as_ref()]),
             &refs(&[Some(&mg), Some(&ms), Some(&mr), mp.as_ref()]),
         )?;
+        if e == 0 {
+            return Err(Error::invalid(c.op, "num_experts", "E = 0"));
+        }
+        if e > i32::MAX as usize {
+            return Err(Error::invalid(
+                c.op,
+                "num_experts",
+                format!("E = {e} does not fit the i32 ids"),
+            ));
+        }
         // SAFETY: tensors checked; memory validity is the caller's contract.
-        let (bi, bx, mut bg, mut bs, mut br, mut bp) = unsafe {
+        let (mi, bi) = narrow_ids(&c, &mi, unsafe { c.wrap(&mi)? }, e)?;
+        // SAFETY: tensors checked; memory validity is the caller's contract.
+        let (bx, mut bg, mut bs, mut br, mut bp) = unsafe {
             (
-                c.wrap(&mi)?,
                 c.wrap_opt(&mx)?,
                 c.wrap(&mg)?,
                 c.wrap(&ms)?,

@@ -653,3 +653,142 @@ fn gather_rows_device_and_host_tables_bitwise() {
         );
     }
 }
+
+/// Fill `n` bytes of device memory with zeros in 64 MiB uploads (alloc does not promise zeros).
+fn device_zeros(be: &dyn Backend, n: usize) -> Buffer {
+    let mut b = be.alloc(n).unwrap();
+    let chunk = vec![0u8; 64 << 20];
+    let mut off = 0;
+    while off < n {
+        let len = chunk.len().min(n - off);
+        be.upload(&mut b, off, &chunk[..len]).unwrap();
+        off += len;
+    }
+    b
+}
+
+/// 64-bit offsets (issue 16, item 7), on the device: a gather from a device table of
+/// 2^32 + 10 elements (row R-1 starts past 2^32: a u32 index would read row 4), Engram rows
+/// past 2^32 gathered from a 24 GiB device table, and a grouped GEMM whose x has 2^31 + 128
+/// elements (rows start past element 2^31). About 36 GiB of device memory; values are checked
+/// exactly. The same cases run on cpu, reference and the emulator in
+/// `ffi/tests/offsets64.rs`.
+#[test]
+fn offsets_past_2_31() {
+    let Some(cu) = cuda() else { return };
+    let p31 = 1usize << 31;
+    let val = |r: usize, j: usize| ((r % 1_000_003) * 4 + j + 1) as f32;
+    // Gather: [R, 2] f32, R = 2^31 + 5.
+    {
+        let (r, d) = (p31 + 5, 2usize);
+        let mut tb = cu.alloc(r * d * 4).unwrap();
+        let rows: Vec<i64> = vec![(r - 1) as i64, (p31 / 2) as i64, 3, (r - 2) as i64];
+        for &q in &rows {
+            let v: Vec<u8> = (0..d).flat_map(|j| val(q as usize, j).to_ne_bytes()).collect();
+            cu.upload(&mut tb, q as usize * d * 4, &v).unwrap();
+        }
+        let rb = cu.upload_slice(&rows).unwrap();
+        let mut ob = cu.filled(rows.len() * d, f32::NAN).unwrap();
+        let args = GatherRows {
+            table: tb.view(DType::F32, &[r, d]),
+            format: TableFormat::F32,
+            rows: rb.view(DType::I64, &[2, 2]),
+            out: ob.view_mut(DType::F32, &[2, 2 * d]),
+        };
+        cu.gather_rows(args.validate().unwrap()).unwrap();
+        let want: Vec<f32> = rows
+            .iter()
+            .flat_map(|&q| (0..d).map(move |j| val(q as usize, j)))
+            .collect();
+        assert_eq!(
+            cu.download_vec::<f32>(&ob, rows.len() * d).unwrap(),
+            want,
+            "gather past 2^32 elements"
+        );
+    }
+    // Engram: moduli 2^31 + 11 and 2^32 + 15, R = 6442450970 rows of one f32.
+    {
+        let layer = moehal_core::engram::EngramLayer::new(
+            3,
+            1,
+            vec![0x9E37_79B9_7F4B, 0x1234_5679, 0xDEAD_BEEF],
+            vec![2_147_483_659, 4_294_967_311],
+            1000,
+            0,
+        )
+        .unwrap();
+        let r = layer.rows() as usize;
+        let ids: Vec<i64> = vec![5, 999, 17, 400, 3, 3, 871, 42];
+        let (t, c) = (ids.len(), layer.columns());
+        let re = Reference::new();
+        let ib = re.upload_slice(&ids).unwrap();
+        let mut rb = re.filled(t * c, -1i64).unwrap();
+        let h = EngramHash {
+            layer: &layer,
+            ids: ib.view(DType::I64, &[t]),
+            positions: None,
+            alive: None,
+            history: &[],
+            rows: rb.view_mut(DType::I64, &[t, c]),
+        };
+        re.engram_hash(h.validate().unwrap()).unwrap();
+        let rows = re.download_vec::<i64>(&rb, t * c).unwrap();
+        assert!(rows.iter().filter(|&&q| q as u64 >= 1 << 32).count() >= 2, "{rows:?}");
+        let mut tb = cu.alloc(r * 4).unwrap();
+        for &q in &rows {
+            cu.upload(&mut tb, q as usize * 4, &val(q as usize, 0).to_ne_bytes())
+                .unwrap();
+        }
+        let ib = cu.upload_slice(&ids).unwrap();
+        let mut ob = cu.filled(t * c, f32::NAN).unwrap();
+        let l = EngramLookup {
+            layer: &layer,
+            ids: ib.view(DType::I64, &[t]),
+            positions: None,
+            alive: None,
+            history: &[],
+            table: tb.view(DType::F32, &[r, 1]),
+            format: TableFormat::F32,
+            out: ob.view_mut(DType::F32, &[t, c]),
+        };
+        cu.engram_lookup(l.validate().unwrap()).unwrap();
+        let want: Vec<f32> = rows.iter().map(|&q| val(q as usize, 0)).collect();
+        assert_eq!(
+            cu.download_vec::<f32>(&ob, t * c).unwrap(),
+            want,
+            "engram rows past 2^32"
+        );
+    }
+    // Grouped GEMM: x [M, 64] bf16 with M = 2^25 + 2 (2^31 + 128 elements), w [1, 1, 64].
+    {
+        let (k, m) = (64usize, (p31 >> 6) + 2);
+        let mut xb = device_zeros(&cu, m * k * 2);
+        let w: Vec<bf16> = (0..k).map(|j| bf16::from_f32((j + 1) as f32)).collect();
+        for (row, col, v) in [(m - 1, 63usize, 1.0f32), (m - 2, 0, 2.0), (1, 5, 1.0)] {
+            cu.upload(&mut xb, (row * k + col) * 2, &bf16::from_f32(v).to_ne_bytes())
+                .unwrap();
+        }
+        let wb = cu.upload_slice(&w).unwrap();
+        let ge = cu.upload_slice(&[m as i64]).unwrap();
+        let mut yb = cu.filled(m, bf16::from_f32(f32::NAN)).unwrap();
+        let a = GroupedGemm {
+            x: xb.view(DType::BF16, &[m, k]),
+            w: wb.view(DType::BF16, &[1, 1, k]),
+            layout: WeightLayout::NK,
+            group_end: ge.view(DType::I64, &[1]),
+            row_scale: None,
+            bias: None,
+            y: yb.view_mut(DType::BF16, &[m, 1]),
+        };
+        cu.grouped_gemm(a.validate().unwrap()).unwrap();
+        let y = cu.download_vec::<bf16>(&yb, m).unwrap();
+        let want = |i: usize| match i {
+            _ if i == m - 1 => 64.0,
+            _ if i == m - 2 => 2.0,
+            1 => 6.0,
+            _ => 0.0,
+        };
+        let bad: Vec<usize> = (0..m).filter(|&i| y[i].to_f32() != want(i)).take(5).collect();
+        assert!(bad.is_empty(), "grouped GEMM rows past 2^31: y differs at rows {bad:?}");
+    }
+}

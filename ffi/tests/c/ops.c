@@ -268,6 +268,16 @@ static void test_router_topk(const moehal_backend* be) {
     for (int e = 0; e < E; e++)
       CHECK(counts[e] == want_counts[e], "router config %d counts[%d] = %ld, want %ld", ci, e, (long)counts[e],
             (long)want_counts[e]);
+    /* int64 ids out (what torch.topk gives an engine): the same ids, sign-extended. */
+    int64_t ids64[T * 8];
+    for (int i = 0; i < T * 8; i++) ids64[i] = INT64_MIN;
+    Tensor ti64;
+    tset(&ti64, ids64, I64, 2, T, k, 0);
+    OK(moehal_router_topk(be, &tl.t, b ? &tb.t : NULL, c, &ti64.t, &tw.t, NULL));
+    for (int i = 0; i < T * k; i++)
+      CHECK(ids64[i] == want_ids[i], "router config %d int64 ids[%d] = %ld, want %d", ci, i, (long)ids64[i],
+            want_ids[i]);
+    CHECK(ids64[T * k] == INT64_MIN, "int64 ids: a byte past the output changed");
   }
   /* Validation: k > E, wrong dtype of logits. */
   moehal_router_config bad = cfgs[0];
@@ -393,6 +403,43 @@ static void test_permute_swiglu_combine(const moehal_backend* be, int64_t* out_s
   ids[0] = E;
   EXPECT_ERR(moehal_moe_permute(be, &ti.t, E, NULL, &tg.t, &ts.t, &tr.t, NULL), MOEHAL_INVALID_ARGUMENT, "ids");
   ids[0] = 0;
+
+  /* int64 ids (torch.topk returns int64): the same permutation as int32 ids. */
+  int64_t ids64[T * KK];
+  for (int i = 0; i < T * KK; i++) ids64[i] = ids[i];
+  int64_t group_end64[E], src_token64[T * KK], slot_row64[T * KK];
+  float x_perm64[T * KK * H];
+  Tensor ti64, tg64, ts64, tr64, tp64;
+  tset(&ti64, ids64, I64, 2, T, KK, 0);
+  tset(&tg64, group_end64, I64, 1, E, 0, 0);
+  tset(&ts64, src_token64, I64, 1, T * KK, 0, 0);
+  tset(&tr64, slot_row64, I64, 2, T, KK, 0);
+  tset(&tp64, x_perm64, F32, 2, T * KK, H, 0);
+  OK(moehal_moe_permute(be, &ti.t, E, &tx.t, &tg.t, &ts.t, &tr.t, &tp.t));
+  OK(moehal_moe_permute(be, &ti64.t, E, &tx.t, &tg64.t, &ts64.t, &tr64.t, &tp64.t));
+  CHECK(memcmp(group_end64, group_end, sizeof group_end) == 0, "int64 ids: group_end differs from int32 ids");
+  CHECK(memcmp(slot_row64, slot_row, sizeof slot_row) == 0, "int64 ids: slot_row differs from int32 ids");
+  CHECK(memcmp(src_token64, src_token, group_end[E - 1] * sizeof(int64_t)) == 0,
+        "int64 ids: src_token differs from int32 ids");
+  CHECK(memcmp(x_perm64, x_perm, group_end[E - 1] * H * sizeof(float)) == 0,
+        "int64 ids: x_perm differs from int32 ids");
+  /* An id of 2^32 is an error, never expert 0 (its low 32 bits); nothing is written. */
+  for (int i = 0; i < E; i++) group_end64[i] = -7;
+  ids64[3] = (int64_t)1 << 32;
+  EXPECT_ERR(moehal_moe_permute(be, &ti64.t, E, NULL, &tg64.t, &ts64.t, &tr64.t, NULL), MOEHAL_INVALID_ARGUMENT,
+             "ids[3] = 4294967296");
+  ids64[3] = -2;
+  EXPECT_ERR(moehal_moe_permute(be, &ti64.t, E, NULL, &tg64.t, &ts64.t, &tr64.t, NULL), MOEHAL_INVALID_ARGUMENT,
+             "ids[3] = -2");
+  ids64[3] = (int64_t)-1 - ((int64_t)1 << 32); /* low 32 bits: -1, a dropped slot */
+  EXPECT_ERR(moehal_moe_permute(be, &ti64.t, E, NULL, &tg64.t, &ts64.t, &tr64.t, NULL), MOEHAL_INVALID_ARGUMENT,
+             "ids[3]");
+  for (int i = 0; i < E; i++) CHECK(group_end64[i] == -7, "a rejected call wrote group_end[%d]", i);
+  /* Other id dtypes are named. */
+  Tensor tbad;
+  tset(&tbad, x, F32, 2, T, KK, 0);
+  EXPECT_ERR(moehal_moe_permute(be, &tbad.t, E, NULL, &tg64.t, &ts64.t, &tr64.t, NULL), MOEHAL_INVALID_ARGUMENT,
+             "int32 or int64");
 }
 
 static void test_swiglu(const moehal_backend* be) {
