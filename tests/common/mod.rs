@@ -73,9 +73,7 @@ pub fn v4_layer_file(path: &std::path::Path) -> Vec<i32> {
             ));
         }
     }
-    let tid2eid: Vec<i32> = (0..37)
-        .flat_map(|v| (0..6).map(move |j| ((v + j) % 8) as i32))
-        .collect();
+    let tid2eid: Vec<i32> = (0..37i32).flat_map(|v| (0..6).map(move |j| (v + j) % 8)).collect();
     t.push((
         "layers.0.ffn.gate.tid2eid".into(),
         Dtype::I32,
