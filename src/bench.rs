@@ -19,9 +19,10 @@ use std::time::Instant;
 use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig,
-    RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
+    ActFormat, EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute,
+    QuantDesc, RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat, WeightLayout,
 };
+use moehal_core::quant::ScaleFormat;
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
 use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed, SplitMix64};
@@ -130,6 +131,37 @@ pub enum ShapeKind {
         /// Tokens T.
         tokens: usize,
     },
+    /// Quantized `grouped_gemm` NK (OPS.md §6; see [`crate::bench_quant`]): as [`ShapeKind::Gemm`]
+    /// with `sets: None`; with `sets: Some(s)` (and one token) the cold decode of
+    /// [`ShapeKind::DecodeCold`], rotating over `s` disjoint expert sets.
+    QGemm {
+        /// Weight format.
+        w: WeightFormat,
+        /// Activation format (`Float(bf16)`: weight-only).
+        x: ActFormat,
+        /// Experts E.
+        experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Disjoint expert sets rotated over (cold decode), or `None`.
+        sets: Option<usize>,
+    },
+    /// `quantize_fp8` (`scale: Some(format)`) or `quantize_int8` (`scale: None`) of `[rows, k]`
+    /// activations of the shape's dtype.
+    Quantize {
+        /// fp8 scale format, or `None` for int8.
+        scale: Option<ScaleFormat>,
+        /// Rows M.
+        rows: usize,
+        /// Columns K.
+        k: usize,
+    },
 }
 
 /// Columns C of the [`ShapeKind::Lookup`] layer (N = 2, K = 8).
@@ -171,7 +203,7 @@ pub struct BenchShape {
 }
 
 impl BenchShape {
-    fn new(op: OpKind, dtype: DType, kind: ShapeKind, origin: impl Into<String>) -> Self {
+    pub(crate) fn new(op: OpKind, dtype: DType, kind: ShapeKind, origin: impl Into<String>) -> Self {
         BenchShape {
             op,
             dtype,
@@ -238,6 +270,39 @@ impl BenchShape {
                 tokens,
                 ..
             } => format!("R{table_rows} D{dim} T{tokens} C{LOOKUP_COLUMNS} (N2 K8)"),
+            ShapeKind::QGemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets,
+                ..
+            } => match sets {
+                Some(s) => format!("E{experts} K{k} N{n} T1 top{topk} cold ({s} sets)"),
+                None => format!("E{experts} K{k} N{n} T{tokens} top{topk}"),
+            },
+            ShapeKind::Quantize { rows, k, .. } => format!("M{rows} K{k}"),
+        }
+    }
+
+    /// The dtype column: the dtype, or for §6 shapes the pairing (`"mxfp4 x bf16 -> bf16"`) or the
+    /// quantize variant (`"bf16 -> e4m3 + ue8m0"`).
+    pub fn dtype_label(&self) -> String {
+        match self.kind {
+            ShapeKind::QGemm { w, x, .. } => QuantDesc::GroupedGemm {
+                w,
+                x,
+                y: crate::bench_quant::qgemm_y(x),
+            }
+            .variant(),
+            ShapeKind::Quantize { scale: Some(scale), .. } => QuantDesc::QuantizeFp8 {
+                dtype: self.dtype,
+                scale,
+            }
+            .variant(),
+            ShapeKind::Quantize { scale: None, .. } => QuantDesc::QuantizeInt8 { dtype: self.dtype }.variant(),
+            _ => self.dtype.name().to_string(),
         }
     }
 
@@ -246,6 +311,7 @@ impl BenchShape {
         match self.kind {
             ShapeKind::Gemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
             ShapeKind::DecodeCold { k, n, topk, .. } => Some(2.0 * topk as f64 * n as f64 * k as f64),
+            ShapeKind::QGemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
             _ => None,
         }
     }
@@ -273,6 +339,9 @@ impl BenchShape {
             ShapeKind::Hash { tokens } => (tokens * 8 * (1 + 3 * v41_flash::HEADS)) as f64,
             ShapeKind::Gather { dim, tokens, cols, .. } => (tokens * cols * dim) as f64 * es,
             ShapeKind::Lookup { dim, tokens, .. } => (tokens * LOOKUP_COLUMNS * dim) as f64 * es,
+            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
+                crate::bench_quant::bytes(&self.kind, self.dtype).unwrap_or(0.0)
+            }
         }
     }
 
@@ -297,6 +366,9 @@ impl BenchShape {
                 tokens,
                 ..
             } => (table_rows * dim) as f64 * es + (tokens * 8) as f64,
+            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
+                crate::bench_quant::input_bytes(&self.kind, self.dtype).unwrap_or(0.0)
+            }
             _ => self.bytes(),
         }
     }
@@ -338,23 +410,7 @@ impl BenchShape {
                 let m = tokens * topk;
                 bufs.push(random_host(dt, m * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                let mut rng = SplitMix64::new(s(3));
-                let mut sizes = vec![0i64; *experts];
-                for _ in 0..*tokens {
-                    for e in distinct(&mut rng, *experts, *topk) {
-                        sizes[e] += 1;
-                    }
-                }
-                let mut acc = 0i64;
-                ints.push(IntData::I64(
-                    sizes
-                        .iter()
-                        .map(|c| {
-                            acc += c;
-                            acc
-                        })
-                        .collect(),
-                ));
+                ints.push(IntData::I64(routed_group_end(s(3), *experts, *tokens, *topk)));
             }
             ShapeKind::DecodeCold {
                 experts,
@@ -365,24 +421,26 @@ impl BenchShape {
             } => {
                 bufs.push(random_host(dt, topk * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                // A seeded permutation of the experts, cut into `sets` disjoint sets of `topk`.
-                let mut rng = SplitMix64::new(s(3));
-                let mut perm: Vec<usize> = (0..*experts).collect();
-                for i in (1..perm.len()).rev() {
-                    perm.swap(i, rng.below(i as u64 + 1) as usize);
-                }
-                for set in perm.chunks_exact(*topk).take(*sets) {
-                    let mut acc = 0i64;
-                    ints.push(IntData::I64(
-                        (0..*experts)
-                            .map(|e| {
-                                acc += set.contains(&e) as i64;
-                                acc
-                            })
-                            .collect(),
-                    ));
-                }
+                ints.extend(
+                    cold_group_ends(s(3), *experts, *topk, *sets)
+                        .into_iter()
+                        .map(IntData::I64),
+                );
             }
+            ShapeKind::QGemm {
+                experts,
+                tokens,
+                topk,
+                sets,
+                ..
+            } => {
+                let ge = match sets {
+                    Some(sets) => cold_group_ends(s(3), *experts, *topk, *sets),
+                    None => vec![routed_group_end(s(3), *experts, *tokens, *topk)],
+                };
+                bufs = crate::bench_quant::qgemm_host(&self.kind, seed, ge, |n| random_host(dt, n, 1.0, s(1)))?;
+            }
+            ShapeKind::Quantize { rows, k, .. } => bufs.push(random_host(dt, rows * k, 4.0, s(1))?),
             ShapeKind::Router {
                 tokens, experts, bias, ..
             } => {
@@ -518,6 +576,9 @@ impl BenchShape {
             ShapeKind::Hash { tokens } => vec![tokens * 3 * v41_flash::HEADS * 8],
             ShapeKind::Gather { dim, tokens, cols, .. } => vec![tokens * cols * dim * es],
             ShapeKind::Lookup { dim, tokens, .. } => vec![tokens * LOOKUP_COLUMNS * dim * es],
+            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
+                crate::bench_quant::out_sizes(&kind).unwrap_or_default()
+            }
         };
         for sz in out_sizes {
             outs.push(backend.alloc(sz)?);
@@ -668,6 +729,12 @@ impl BenchShape {
                     };
                     backend.engram_lookup(args.validate()?)
                 }
+                ShapeKind::QGemm { sets, .. } => {
+                    let st = step;
+                    step += sets.is_some() as usize;
+                    crate::bench_quant::run_qgemm(backend, &kind, &inp, st, &mut outs[0])
+                }
+                ShapeKind::Quantize { .. } => crate::bench_quant::run_quantize(backend, &kind, inp(0), dt, &mut outs),
             }?;
             backend.synchronize()
         };
@@ -688,6 +755,48 @@ fn random_host(dtype: DType, n: usize, scale: f32, seed: u64) -> Result<Buffer> 
     let mut mem = HostMemory::zeroed(n * dtype.size())?;
     fill_random(dtype, mem.bytes_mut()?, scale, seed, 0)?;
     Ok(Buffer::new(Box::new(mem)))
+}
+
+/// Cumulative `group_end` of `tokens` tokens each routed to `topk` distinct experts of `experts`
+/// (uniformly at random, seeded).
+fn routed_group_end(seed: u64, experts: usize, tokens: usize, topk: usize) -> Vec<i64> {
+    let mut rng = SplitMix64::new(seed);
+    let mut sizes = vec![0i64; experts];
+    for _ in 0..tokens {
+        for e in distinct(&mut rng, experts, topk) {
+            sizes[e] += 1;
+        }
+    }
+    let mut acc = 0i64;
+    sizes
+        .iter()
+        .map(|c| {
+            acc += c;
+            acc
+        })
+        .collect()
+}
+
+/// The `group_end` of each of `sets` disjoint sets of `topk` experts: a seeded permutation of the
+/// experts, cut into sets (one token routed to the set's experts).
+fn cold_group_ends(seed: u64, experts: usize, topk: usize, sets: usize) -> Vec<Vec<i64>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut perm: Vec<usize> = (0..experts).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    perm.chunks_exact(topk)
+        .take(sets)
+        .map(|set| {
+            let mut acc = 0i64;
+            (0..experts)
+                .map(|e| {
+                    acc += set.contains(&e) as i64;
+                    acc
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `k` distinct values of `[0, n)` (partial Fisher–Yates on a small scratch list).
@@ -965,6 +1074,7 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
     for t in toks(&[4096]) {
         v.extend(lookup_shape(1 << 19, 256, t, DType::BF16, mem_budget));
     }
+    v.extend(crate::bench_quant::quant_shapes(tokens, mem_budget));
     v
 }
 
@@ -1201,6 +1311,9 @@ pub struct BenchRow {
     /// Reference seconds / these seconds, both measured in this run (`None` when the reference
     /// was skipped on this shape).
     pub ratio_vs_reference: Option<f64>,
+    /// §6 rows: moehal's bf16 seconds on the same shape and backend / these seconds, both measured
+    /// in this run (`None` elsewhere, or when the bf16 row has no timing).
+    pub ratio_vs_bf16: Option<f64>,
     /// Notes: scaling, skips, errors.
     pub note: String,
 }
@@ -1227,9 +1340,11 @@ pub fn run_table(
         RefRates([1e9; 3])
     };
     let mut rows = Vec::new();
+    // The shape index of each row (for the §6 rows' bf16 ratios).
+    let mut row_shape = Vec::new();
     let total = shapes.len() * backends.len();
     let mut idx = 0;
-    for s in shapes {
+    for (si, s) in shapes.iter().enumerate() {
         // Cold decode is compared with a DRAM read measured now, in the same run (2 threads, 1 GiB).
         let dram = matches!(s.kind, ShapeKind::DecodeCold { .. }).then(|| dram_read_gbs(1 << 30, 2));
         let data = s.host_data(seed)?;
@@ -1249,12 +1364,13 @@ pub fn run_table(
                 backend: b.name().into(),
                 shape: s.shape(),
                 origin: s.origin.clone(),
-                dtype: s.dtype.name().into(),
+                dtype: s.dtype_label(),
                 seconds: f64::NAN,
                 reps: 0,
                 gflops: None,
                 gbs: None,
                 ratio_vs_reference: None,
+                ratio_vs_bf16: None,
                 note: s.notes.join("; "),
             };
             let add_note = |row: &mut BenchRow, n: String| {
@@ -1271,6 +1387,7 @@ pub fn run_table(
                         format!("reference skipped: estimated {est:.1} s > {ref_limit_s} s"),
                     );
                     rows.push(row);
+                    row_shape.push(si);
                     continue;
                 }
             }
@@ -1301,9 +1418,43 @@ pub fn run_table(
                 Err(e) => add_note(&mut row, format!("error: {e}")),
             }
             rows.push(row);
+            row_shape.push(si);
         }
     }
+    compare_with_bf16(shapes, &row_shape, &mut rows);
     Ok(rows)
+}
+
+/// For each quantized GEMM row: the ratio to moehal's bf16 row of the same shape and backend in
+/// this run, and a note with the bytes streamed by both.
+fn compare_with_bf16(shapes: &[BenchShape], row_shape: &[usize], rows: &mut [BenchRow]) {
+    for i in 0..rows.len() {
+        let q = &shapes[row_shape[i]];
+        if !matches!(q.kind, ShapeKind::QGemm { .. }) {
+            continue;
+        }
+        let Some(j) = (0..rows.len()).find(|&j| {
+            rows[j].backend == rows[i].backend && crate::bench_quant::is_baseline(&q.kind, &shapes[row_shape[j]])
+        }) else {
+            continue;
+        };
+        let base = &shapes[row_shape[j]];
+        let (bs, qs) = (rows[j].seconds, rows[i].seconds);
+        if bs.is_finite() && qs.is_finite() {
+            rows[i].ratio_vs_bf16 = Some(bs / qs);
+        }
+        let note = format!(
+            "streams {} of weights + scales per run, bf16 {} ({:.2}x fewer)",
+            crate::pipeline::human_bytes(q.bytes()),
+            crate::pipeline::human_bytes(base.bytes()),
+            base.bytes() / q.bytes()
+        );
+        let r = &mut rows[i];
+        if !r.note.is_empty() {
+            r.note.push_str("; ");
+        }
+        r.note.push_str(&note);
+    }
 }
 
 #[cfg(test)]
@@ -1357,11 +1508,135 @@ mod tests {
     }
 
     #[test]
+    fn quant_shapes_run_on_the_reference_and_compare_with_their_bf16_rows() {
+        let be = moehal_core::Reference::new();
+        let all = default_shapes(None, 1e12);
+        let q: Vec<&BenchShape> = all
+            .iter()
+            .filter(|s| matches!(s.kind, ShapeKind::QGemm { .. }))
+            .collect();
+        // 2 models x 4 pairings x (prefill + cold decode), each with a bf16 baseline among the shapes.
+        assert_eq!(q.len(), 16);
+        for s in &q {
+            assert!(
+                all.iter().any(|b| crate::bench_quant::is_baseline(&s.kind, b)),
+                "no bf16 baseline for {} {}",
+                s.shape(),
+                s.dtype_label()
+            );
+        }
+        // The §6 byte target: mxfp4 streams >= 3.5x fewer bytes than bf16 (weights + scales).
+        let mx = q
+            .iter()
+            .find(|s| {
+                matches!(
+                    s.kind,
+                    ShapeKind::QGemm {
+                        w: WeightFormat::Mxfp4,
+                        sets: Some(_),
+                        k: 2048,
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert!(mx.notes.iter().any(|n| n.contains("rotates over")));
+        assert!(decode_cold_shape(1e12).bytes() / mx.bytes() >= 3.5);
+        for op in [OpKind::QuantizeFp8, OpKind::QuantizeInt8] {
+            assert!(all.iter().any(|s| s.op == op), "no {op} shape");
+        }
+        // Small shapes of every pairing, prefill and cold, run on the reference.
+        let mut small = Vec::new();
+        for s in &q {
+            let ShapeKind::QGemm { w, x, sets, .. } = s.kind else {
+                unreachable!()
+            };
+            small.push(BenchShape::new(
+                OpKind::GroupedGemm,
+                s.dtype,
+                ShapeKind::QGemm {
+                    w,
+                    x,
+                    experts: 6,
+                    k: 160,
+                    n: 48,
+                    tokens: if sets.is_some() { 1 } else { 5 },
+                    topk: 2,
+                    sets: sets.map(|_| 3),
+                },
+                "test",
+            ));
+        }
+        small.push(BenchShape::new(
+            OpKind::GroupedGemm,
+            DType::BF16,
+            ShapeKind::Gemm {
+                experts: 6,
+                k: 160,
+                n: 48,
+                tokens: 5,
+                topk: 2,
+            },
+            "test",
+        ));
+        for (op, scale) in [
+            (OpKind::QuantizeFp8, Some(ScaleFormat::Ue8m0)),
+            (OpKind::QuantizeFp8, Some(ScaleFormat::F32)),
+            (OpKind::QuantizeInt8, None),
+        ] {
+            small.push(BenchShape::new(
+                op,
+                DType::BF16,
+                ShapeKind::Quantize { scale, rows: 3, k: 200 },
+                "test",
+            ));
+        }
+        let mut rows = Vec::new();
+        let mut row_shape = Vec::new();
+        for (i, s) in small.iter().enumerate() {
+            let data = s.host_data(9).unwrap();
+            let mut p = s.prepare(&be, &data).unwrap();
+            let m = measure(&mut p, 0.0).unwrap();
+            rows.push(BenchRow {
+                op: s.op.name().into(),
+                backend: "reference".into(),
+                shape: s.shape(),
+                origin: s.origin.clone(),
+                dtype: s.dtype_label(),
+                seconds: m.median,
+                reps: m.reps,
+                gflops: None,
+                gbs: None,
+                ratio_vs_reference: None,
+                ratio_vs_bf16: None,
+                note: String::new(),
+            });
+            row_shape.push(i);
+        }
+        compare_with_bf16(&small, &row_shape, &mut rows);
+        // Prefill rows find the bf16 row of their shape; cold rows have none among these shapes.
+        for (r, s) in rows.iter().zip(&small) {
+            match s.kind {
+                ShapeKind::QGemm { sets: None, .. } => {
+                    assert!(r.ratio_vs_bf16.is_some_and(|x| x > 0.0), "{r:?}");
+                    assert!(r.note.contains("fewer"), "{r:?}");
+                }
+                _ => assert!(r.ratio_vs_bf16.is_none(), "{r:?}"),
+            }
+        }
+        assert!(rows.iter().any(|r| r.dtype == "mxfp4 x bf16 -> bf16"), "{rows:?}");
+    }
+
+    #[test]
     fn every_default_shape_runs_on_the_reference_when_scaled_down() {
         let be = moehal_core::Reference::new();
         let shapes = default_shapes(Some(&[2]), 1e6);
         assert!(shapes.iter().any(|s| s.op == OpKind::GroupedGemm));
-        for s in shapes.iter().filter(|s| !matches!(s.kind, ShapeKind::Gemm { .. })) {
+        // GEMMs (float and quantized) are too slow on the debug reference here; quant_shapes_run_on_the_reference runs small ones.
+        for s in shapes
+            .iter()
+            .filter(|s| !matches!(s.kind, ShapeKind::Gemm { .. } | ShapeKind::QGemm { .. }))
+        {
             let data = s.host_data(5).unwrap();
             let mut p = s.prepare(&be, &data).unwrap();
             p.run().unwrap();

@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod bench;
+pub mod bench_quant;
 pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;

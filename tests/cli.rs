@@ -511,4 +511,47 @@ fn moe_impossible_token_counts_are_errors_and_the_reference_is_bounded() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("> --ref-limit 0 s"), "{out}");
+
+mod common;
+
+/// `moe --weights F --layer L` runs a checkpoint's layer against the reference: hash-routed where
+/// the layer has `gate.tid2eid`, gated otherwise; a missing layer is an error naming the tensor.
+#[test]
+fn moe_runs_a_checkpoint_layer() {
+    let d = std::env::temp_dir().join(format!("moehal-cli-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("model.safetensors");
+    common::v4_layer_file(&path);
+    let p = path.to_str().unwrap();
+    for (layer, kind) in [("0", "hash-routed"), ("3", "gated")] {
+        let o = moehal(&[
+            "moe",
+            "--preset",
+            "deepseek-v4-flash",
+            "--tokens",
+            "5",
+            "--weights",
+            p,
+            "--layer",
+            layer,
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "layer {layer}: {out}\n{err}");
+        assert!(out.contains(kind) && out.contains("8 routed experts (mxfp4)"), "{out}");
+        assert!(out.contains("PASS"), "{out}");
+    }
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "deepseek-v4-flash",
+        "--tokens",
+        "5",
+        "--weights",
+        p,
+        "--layer",
+        "9",
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("layers.9.ffn.experts.0.w1.weight"), "{err}");
 }

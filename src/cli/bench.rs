@@ -152,7 +152,7 @@ pub(super) fn run(a: Args) -> CliResult {
     pb.finish_and_clear();
 
     let mut t = Table::new(&[
-        "op", "shape", "dtype", "backend", ">median", ">GFLOP/s", ">GB/s", ">vs ref", "note",
+        "op", "shape", "dtype", "backend", ">median", ">GFLOP/s", ">GB/s", ">vs ref", ">vs bf16", "note",
     ]);
     let opt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_string(), |x| format!("{x:.d$}"));
     // Printed names: the emulator's timings are tagged (the JSON keeps the backend's name).
@@ -175,11 +175,12 @@ pub(super) fn run(a: Args) -> CliResult {
             opt(r.gflops, 1),
             opt(r.gbs, 2),
             r.ratio_vs_reference.map_or_else(|| "-".into(), |x| format!("{x:.1}x")),
+            r.ratio_vs_bf16.map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
             r.note.clone(),
         ]);
     }
     out!("{}", t.render());
-    outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows, engram_lookup); vs ref = reference time / time, same run");
+    outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows, engram_lookup); vs ref = reference time / time, same run; quantized grouped_gemm: GB/s of weights + scales, vs bf16 = moehal's bf16 time on the same shape / time, same run");
     if let Some(out) = json {
         out.write(&serde_json::to_value(&rows)?)?;
     }

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use moehal_core::{Backend, DType};
 
 use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
-use crate::pipeline::moe::{fit_experts, forward, shipped_formats, weight_bytes, MoeInputs, MoeWeights};
+use crate::pipeline::moe::{
+    fit_experts, fit_experts_quant, forward, load_checkpoint_layer, quant_weight_bytes, shipped_formats, weight_bytes,
+    MoeInputs, MoeWeights,
+};
 use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
 use crate::Registry;
 
@@ -63,6 +66,15 @@ pub(crate) struct Args {
     /// With --ep: fail unless the output is bitwise equal to the single-process layer.
     #[arg(long, hide = true)]
     ep_bitwise: bool,
+    /// Run this safetensors checkpoint's layer (DeepSeek layout: `layers.{L}.ffn.experts.{E}.w{1,2,3}.
+    /// {weight,scale}`, optional `shared_experts`, and `gate.tid2eid` for a hash-routed layer) instead
+    /// of seeded weights; --preset gives top-k, scoring, scale and clamp, the checkpoint the widths
+    /// and expert counts. Activations, logits and token ids are seeded.
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
+    /// Layer L of --weights.
+    #[arg(long, default_value_t = 0, requires = "weights")]
+    layer: usize,
 }
 
 /// Issue 16's rule for impossible sizes: tokens whose activations cannot fit the budget are an
@@ -130,6 +142,11 @@ fn input_prefix(inp: &MoeInputs, n: usize, p: &crate::presets::Preset) -> MoeInp
         x: inp.x[..n * row].to_vec(),
         logits: inp.logits[..n * p.experts].to_vec(),
         bias: inp.bias.clone(),
+        hash: inp.hash.as_ref().map(|h| crate::pipeline::moe::HashRoute {
+            token_ids: h.token_ids[..n].to_vec(),
+            tid2eid: h.tid2eid.clone(),
+            vocab: h.vocab,
+        }),
     }
 }
 
@@ -152,6 +169,9 @@ pub(super) fn run(a: Args) -> CliResult {
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let reference = reg.open("reference")?;
     let same = backend.name() == "reference";
+    if let Some(path) = &a.weights {
+        return run_checkpoint(&a, path, backend.as_ref(), reference.as_ref());
+    }
     let mut p = *crate::presets::preset(&a.preset).map_err(CliError)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
@@ -195,9 +215,12 @@ pub(super) fn run(a: Args) -> CliResult {
             }
         }
     }
-    // Quantized weights are budgeted at one byte per element (an upper bound: mxfp4 holds ~0.53).
+    // Quantized weights are budgeted at their packed bytes (codes + scales: mxfp4 ~0.53 per element).
     let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
-    let (p, fit_notes) = fit_experts(&p, wdt, budget);
+    let (p, fit_notes) = match quant {
+        Some((routed, shared)) => fit_experts_quant(&p, routed, shared, budget),
+        None => fit_experts(&p, wdt, budget),
+    };
     notes.extend(fit_notes);
     // Activations scale with tokens: router logits, x, the k permuted rows through gate_up, swiglu
     // and down, the shared expert, the output; on every backend that holds a copy.
@@ -238,10 +261,15 @@ pub(super) fn run(a: Args) -> CliResult {
     for n in &notes {
         outln!("note: {n}");
     }
+    // Bytes uploaded per backend: packed codes + scales for quantized weights.
+    let total = match quant {
+        Some((routed, shared)) => quant_weight_bytes(&p, routed, shared),
+        None => weight_bytes(&p, wdt),
+    };
     outln!(
         "tokens {t}, dtype {}, weights {} per backend, backend {} vs reference{}",
         a.dtype,
-        human_bytes(weight_bytes(&p, wdt) as f64),
+        human_bytes(total as f64),
         backend.name(),
         if same {
             " (the reference against itself: a determinism check)"
@@ -257,7 +285,6 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         vec![backend.as_ref(), reference.as_ref()]
     };
-    let total = weight_bytes(&p, wdt);
     let pb = progress_bytes(total, "generating and uploading weights");
     let weights = match quant {
         Some((routed, shared)) => {
@@ -388,4 +415,74 @@ mod tests {
         let e = check_tokens_fit(1_000_000_000_000, 1000, 22_249_000).unwrap_err();
         assert!(e.0.contains("at most 22249 tokens fit"), "{}", e.0);
     }
+}
+
+/// `moehal moe --weights F --layer L`: the checkpoint's layer on `backend` and on the reference
+/// (weights memory-mapped, uploaded to each once), hash-routed when it has `gate.tid2eid` (token ids
+/// seeded uniform in `[0, V)`), validated as the preset run (relative error within the dtype's
+/// tolerance; exit status 1 if not).
+fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, reference: &dyn Backend) -> CliResult {
+    let base = crate::presets::preset(&a.preset).map_err(CliError)?;
+    let ck = crate::checkpoint::Checkpoint::open(path)?;
+    let same = backend.name() == "reference";
+    let targets: Vec<&dyn Backend> = if same {
+        vec![reference]
+    } else {
+        vec![backend, reference]
+    };
+    let layer = load_checkpoint_layer(&targets, &ck, a.layer, base)?;
+    let p = layer.preset;
+    let q = layer.weights[0].quant.as_ref().map(|q| (q.routed, q.shared));
+    outln!(
+        "checkpoint {} layer {}: hidden {}, expert width {}, {} routed experts ({}), {} shared, top-{}, {}",
+        path.display(),
+        a.layer,
+        p.hidden,
+        p.expert_width,
+        p.experts,
+        q.map_or("float".to_string(), |f| f.0.to_string()),
+        p.shared_experts,
+        p.k,
+        match &layer.tid2eid {
+            Some((_, v)) => format!("hash-routed (tid2eid [{v}, {}])", p.k),
+            None => format!("gated ({})", p.scoring.name()),
+        }
+    );
+    let mut inputs = MoeInputs::generate(&p, a.tokens, a.dtype, a.seed)?;
+    if let Some((tid2eid, vocab)) = layer.tid2eid {
+        let ts = crate::pipeline::stream_seed(a.seed, 103);
+        let mut rng = crate::pipeline::SplitMix64::new(ts);
+        inputs.hash = Some(crate::pipeline::moe::HashRoute {
+            token_ids: (0..a.tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
+            tid2eid,
+            vocab,
+        });
+    }
+    let got = forward(backend, &p, a.dtype, &layer.weights[0], &inputs)?;
+    let want = forward(reference, &p, a.dtype, &layer.weights[targets.len() - 1], &inputs)?;
+    let total = |s: &[crate::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
+    outln!(
+        "forward: {} {} , reference {}",
+        backend.name(),
+        human_seconds(total(&got.stages)),
+        human_seconds(total(&want.stages))
+    );
+    if got.ids != want.ids {
+        return Err(CliError(format!(
+            "routing differs from the reference in {} of {} slots",
+            got.ids.iter().zip(&want.ids).filter(|(x, y)| x != y).count(),
+            got.ids.len()
+        )));
+    }
+    let err = rel_error(&got.out, &want.out);
+    let tol = tolerance(a.dtype);
+    let ok = err <= tol;
+    outln!(
+        "output [{}, {}]: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {}): {}",
+        a.tokens,
+        p.hidden,
+        a.dtype,
+        if ok { "PASS" } else { "FAIL" }
+    );
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -39,6 +39,11 @@ pub fn token_slice(inp: &MoeInputs, p: &Preset, start: usize, end: usize) -> Moe
         x: inp.x[start * row..end * row].to_vec(),
         logits: inp.logits[start * p.experts..end * p.experts].to_vec(),
         bias: inp.bias.clone(),
+        hash: inp.hash.as_ref().map(|h| crate::pipeline::moe::HashRoute {
+            token_ids: h.token_ids[start..end].to_vec(),
+            tid2eid: h.tid2eid.clone(),
+            vocab: h.vocab,
+        }),
     }
 }
 

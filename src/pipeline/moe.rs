@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use moehal_core::ops::{
-    GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, RouterTopk, Swiglu, WeightFormat, WeightLayout,
+    GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, RouterHash, RouterTopk, Swiglu, WeightFormat, WeightLayout,
 };
 use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result, TensorMut, TensorRef};
 
@@ -29,6 +29,30 @@ pub fn weight_bytes(p: &Preset, dtype: DType) -> u64 {
     (p.experts + p.shared_experts) as u64 * per_expert
 }
 
+/// Bytes of one expert (gate_up `[2I, H]` and down `[H, I]`) of `p` stored in `w`: packed codes
+/// plus scales ([`WeightFormat::bytes`]; mxfp4 is about 0.53 bytes per element, not 1).
+pub fn quant_expert_bytes(p: &Preset, w: WeightFormat) -> u64 {
+    (w.bytes(1, 2 * p.expert_width, p.hidden) + w.bytes(1, p.hidden, p.expert_width)) as u64
+}
+
+/// Bytes of the expert weights of `p` as shipped: routed experts in `routed`, shared experts in
+/// `shared` (codes plus scales).
+pub fn quant_weight_bytes(p: &Preset, routed: WeightFormat, shared: WeightFormat) -> u64 {
+    p.experts as u64 * quant_expert_bytes(p, routed) + p.shared_experts as u64 * quant_expert_bytes(p, shared)
+}
+
+/// [`fit_experts`] for quantized weights: routed experts cost [`quant_expert_bytes`] in `routed`,
+/// shared experts in `shared`, so an mxfp4 preset keeps as many experts as its packed bytes allow.
+pub fn fit_experts_quant(p: &Preset, routed: WeightFormat, shared: WeightFormat, budget: u64) -> (Preset, Vec<String>) {
+    fit_experts_by(
+        p,
+        quant_expert_bytes(p, routed),
+        quant_expert_bytes(p, shared),
+        &format!("{routed} routed / {shared} shared"),
+        budget,
+    )
+}
+
 /// Scale `p` by expert count so that its weights fit `budget` bytes in `dtype` (OPS.md: "presets
 /// that do not fit a machine are scaled by expert count ... and say so").
 ///
@@ -37,13 +61,20 @@ pub fn weight_bytes(p: &Preset, dtype: DType) -> u64 {
 /// and at least 2 experts per group for `top2_sum` (when no group count works, the group limit is
 /// dropped, and that is said too). Returns the preset to run and one note per change.
 pub fn fit_experts(p: &Preset, dtype: DType, budget: u64) -> (Preset, Vec<String>) {
+    let per_expert = 3 * p.hidden as u64 * p.expert_width as u64 * dtype.size() as u64;
+    fit_experts_by(p, per_expert, per_expert, &dtype.to_string(), budget)
+}
+
+/// [`fit_experts`] with the bytes of one routed and one shared expert given (`what` names the
+/// storage in the note).
+fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64) -> (Preset, Vec<String>) {
     let mut notes = Vec::new();
-    let full = weight_bytes(p, dtype);
+    let bytes_of = |q: &Preset| q.experts as u64 * routed + q.shared_experts as u64 * shared;
+    let full = bytes_of(p);
     if full <= budget {
         return (*p, notes);
     }
-    let per_expert = 3 * p.hidden as u64 * p.expert_width as u64 * dtype.size() as u64;
-    let fits = (budget / per_expert.max(1)).saturating_sub(p.shared_experts as u64) as usize;
+    let fits = (budget.saturating_sub(p.shared_experts as u64 * shared) / routed.max(1)) as usize;
     let mut e = fits.clamp(p.k, p.experts);
     let mut out = Preset { experts: e, ..*p };
     if let Some(g) = p.group {
@@ -102,11 +133,11 @@ pub fn fit_experts(p: &Preset, dtype: DType, budget: u64) -> (Preset, Vec<String
     notes.insert(
         0,
         format!(
-            "scaled by expert count to fit memory: {} -> {} routed experts (weights {} -> {} of {dtype}, budget {}); k = {} and the routing rule kept",
+            "scaled by expert count to fit memory: {} -> {} routed experts (weights {} -> {} of {what}, budget {}); k = {} and the routing rule kept",
             p.experts,
             e,
             super::human_bytes(full as f64),
-            super::human_bytes(weight_bytes(&out, dtype) as f64),
+            super::human_bytes(bytes_of(&out) as f64),
             super::human_bytes(budget as f64),
             p.k
         ),
@@ -125,6 +156,20 @@ pub struct MoeInputs {
     pub logits: Vec<f32>,
     /// `[E]` f32 selection bias (presets with `e_score_correction_bias`), uniform in `[-0.1, 0.1)`.
     pub bias: Option<Vec<f32>>,
+    /// Hash routing (OPS.md §2, DeepSeek-V4's first layers): token ids and the `tid2eid` table
+    /// replace the learned top-k selection (`logits` still give the slot weights). `None`: top-k.
+    pub hash: Option<HashRoute>,
+}
+
+/// The inputs of a hash-routed layer: `[T]` token ids in `[0, V)` and the `[V, k]` `tid2eid` table.
+#[derive(Debug, Clone)]
+pub struct HashRoute {
+    /// `[T]` token ids.
+    pub token_ids: Vec<i64>,
+    /// `[V, k]` expert ids per token id, row-major.
+    pub tid2eid: Vec<i32>,
+    /// Rows V.
+    pub vocab: usize,
 }
 
 impl MoeInputs {
@@ -147,6 +192,7 @@ impl MoeInputs {
             x,
             logits,
             bias,
+            hash: None,
         })
     }
 }
@@ -495,6 +541,17 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     let x = upload_bytes(backend, &inp.x)?;
     let logits = backend.upload_slice(&inp.logits)?;
     let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
+    let hash = inp
+        .hash
+        .as_ref()
+        .map(|h| {
+            Ok::<_, Error>((
+                backend.upload_slice(&h.tid2eid)?,
+                backend.upload_slice(&h.token_ids)?,
+                h.vocab,
+            ))
+        })
+        .transpose()?;
     // Outputs and intermediates.
     let mut ids = backend.alloc(rows * 4)?;
     let mut weights = backend.alloc(rows * 4)?;
@@ -521,6 +578,18 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     };
 
     timed("router_topk", &mut || {
+        if let Some((tab, tid, v)) = &hash {
+            let args = RouterHash {
+                config: p.router(),
+                logits: logits.view(DType::F32, &[t, e]),
+                tid2eid: tab.view(DType::I32, &[*v, k]),
+                token_ids: tid.view(DType::I64, &[t]),
+                ids: ids.view_mut(DType::I32, &[t, k]),
+                weights: weights.view_mut(DType::F32, &[t, k]),
+                expert_counts: None,
+            };
+            return backend.router_hash(args.validate()?);
+        }
         let args = RouterTopk {
             config: p.router(),
             logits: logits.view(DType::F32, &[t, e]),
@@ -674,6 +743,168 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     Ok(MoeOutput { out, stages, ids })
 }
 
+/// One MoE layer read from a checkpoint (see [`load_checkpoint_layer`]).
+pub struct CheckpointLayer {
+    /// The base preset with the checkpoint's hidden size, expert width, routed and shared expert counts.
+    pub preset: Preset,
+    /// The weights, per backend in the order given.
+    pub weights: Vec<MoeWeights>,
+    /// `gate.tid2eid` `[V, k]` as i32 with V, when the layer is hash-routed.
+    pub tid2eid: Option<(Vec<i32>, usize)>,
+}
+
+/// Read layer `layer` of checkpoint `ck` (DeepSeek layout, [`crate::checkpoint`]) and upload its
+/// expert weights to every backend of `backends`, straight from the map (no host copy): routed
+/// experts `0..E` (E = those present), the shared expert if present, `gate.tid2eid` (I32 or I64
+/// `[V, k]`) if present. `base` gives everything the checkpoint does not: top-k, scoring, scale,
+/// SwiGLU clamp (its widths and expert counts are replaced by the checkpoint's).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the tensor for a missing key, a wrong dtype or shape, gate_up
+/// and down that disagree, a routed and shared format the layer cannot run (an fp8_block layer with
+/// E8M0 weight scales: `moe` runs f32 fp8 scales), a `tid2eid` of another width than `k`; the
+/// backends' allocation and upload errors.
+pub fn load_checkpoint_layer(
+    backends: &[&dyn Backend],
+    ck: &crate::checkpoint::Checkpoint,
+    layer: usize,
+    base: &Preset,
+) -> Result<CheckpointLayer> {
+    use crate::checkpoint::Proj;
+    let bad = |tensor: String, msg: String| Error::invalid("moe", "weights", format!("tensor `{tensor}`: {msg}"));
+    let e = ck.routed_experts(layer);
+    if e == 0 {
+        return Err(bad(
+            format!("layers.{layer}.ffn.experts.0.w1.weight"),
+            "missing: the layer has no routed experts".into(),
+        ));
+    }
+    let all: Vec<usize> = (0..e).collect();
+    let gu = ck.experts(layer, Proj::GateUp, &all)?;
+    let dn = ck.experts(layer, Proj::Down, &all)?;
+    let (h, i) = (gu.k, gu.n / 2);
+    let down_name = format!("layers.{layer}.ffn.experts.0.w2.weight");
+    if dn.format != gu.format {
+        return Err(bad(down_name, format!("{} while w1/w3 are {}", dn.format, gu.format)));
+    }
+    if (dn.n, dn.k) != (h, i) {
+        return Err(bad(
+            down_name,
+            format!("[N, K] = [{}, {}], expected [{h}, {i}] from w1/w3", dn.n, dn.k),
+        ));
+    }
+    let check_scales = |q: &crate::checkpoint::QuantExperts<'_>, what: &str| {
+        if q.scale_dtype != scale_dtype(q.format) {
+            return Err(bad(
+                format!("layers.{layer}.ffn.{what}.w1.scale"),
+                format!(
+                    "{} scales of {}: moe runs E8M0 scales for mxfp4, f32 for fp8_block",
+                    q.scale_dtype, q.format
+                ),
+            ));
+        }
+        Ok(())
+    };
+    check_scales(&gu, "experts.0")?;
+    check_scales(&dn, "experts.0")?;
+    let has_shared = ck
+        .tensors()
+        .contains_key(&format!("layers.{layer}.ffn.shared_experts.w1.weight"));
+    let shared = if has_shared {
+        let sg = ck.shared_expert(layer, Proj::GateUp)?;
+        let sd = ck.shared_expert(layer, Proj::Down)?;
+        let sname = format!("layers.{layer}.ffn.shared_experts.w1.weight");
+        if (sg.n, sg.k, sd.n, sd.k) != (2 * i, h, h, i) || sd.format != sg.format {
+            return Err(bad(
+                sname,
+                format!(
+                    "shared expert {} [{}, {}] / {} [{}, {}] does not match the routed experts' widths (H {h}, I {i})",
+                    sg.format, sg.n, sg.k, sd.format, sd.n, sd.k
+                ),
+            ));
+        }
+        check_scales(&sg, "shared_experts")?;
+        check_scales(&sd, "shared_experts")?;
+        Some((sg, sd))
+    } else {
+        None
+    };
+    if base.k > e {
+        return Err(bad(
+            format!("layers.{layer}.ffn.experts.{}.w1.weight", e - 1),
+            format!("{e} routed experts, fewer than top-{} of the preset", base.k),
+        ));
+    }
+    let preset = Preset {
+        hidden: h,
+        expert_width: i,
+        experts: e,
+        shared_experts: has_shared as usize,
+        ..*base
+    };
+    let tname = format!("layers.{layer}.ffn.gate.tid2eid");
+    let tid2eid = match ck.tensors().get(&tname) {
+        None => None,
+        Some(t) => {
+            if t.shape.len() != 2 || t.shape[1] != base.k {
+                return Err(bad(
+                    tname,
+                    format!("shape {:?}, expected [V, {}] (top-k)", t.shape, base.k),
+                ));
+            }
+            let raw = ck.bytes(t);
+            let ids: Vec<i32> = match t.dtype.as_str() {
+                "I32" => raw
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .collect(),
+                "I64" => raw
+                    .chunks_exact(8)
+                    .map(|c| {
+                        let v = i64::from_le_bytes(c.try_into().unwrap_or_default());
+                        // Out-of-range ids stay out of range (the router reports them).
+                        i32::try_from(v).unwrap_or(-1)
+                    })
+                    .collect(),
+                other => return Err(bad(tname, format!("dtype {other}, expected I32 or I64"))),
+            };
+            if ids.len() != t.shape[0] * base.k {
+                return Err(bad(tname, format!("{} bytes do not hold {:?} ids", raw.len(), t.shape)));
+            }
+            Some((ids, t.shape[0]))
+        }
+    };
+    let mut weights = Vec::with_capacity(backends.len());
+    for be in backends {
+        let (gw, gs) = gu.upload(*be)?;
+        let (dw, ds) = dn.upload(*be)?;
+        let (shared_w, shared_scales) = match &shared {
+            Some((sg, sd)) => {
+                let (sgw, sgs) = sg.upload(*be)?;
+                let (sdw, sds) = sd.upload(*be)?;
+                (vec![(sgw, sdw)], vec![(sgs, sds)])
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        weights.push(MoeWeights {
+            gate_up: gw,
+            down: dw,
+            shared: shared_w,
+            quant: Some(QuantScales {
+                routed: gu.format,
+                shared: shared.as_ref().map_or(gu.format, |s| s.0.format),
+                routed_scales: (gs, ds),
+                shared_scales,
+            }),
+        });
+    }
+    Ok(CheckpointLayer {
+        preset,
+        weights,
+        tid2eid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,6 +924,26 @@ mod tests {
         assert_eq!(p.experts % g.n_group, 0);
         assert!(p.k <= g.topk_group * p.experts / g.n_group);
         assert!(notes[0].contains("scaled by expert count"));
+    }
+
+    /// mxfp4 is budgeted at its packed bytes (0.5 per element + one E8M0 byte per 32), not one byte
+    /// per element: V4-Flash's 256 mxfp4 experts + the fp8_block shared expert (~3.2 GiB) fit 4 GiB
+    /// (at one byte per element it dropped to 169).
+    #[test]
+    fn fit_counts_packed_quantized_bytes() {
+        let v4 = preset("deepseek-v4-flash").unwrap();
+        let (h, i) = (v4.hidden as u64, v4.expert_width as u64);
+        let mx = 3 * h * i / 2 + 3 * h * i / 32;
+        assert_eq!(quant_expert_bytes(v4, WeightFormat::Mxfp4), mx);
+        let fp8 = 3 * h * i + 4 * ((2 * i).div_ceil(128) * h.div_ceil(128) + h.div_ceil(128) * i.div_ceil(128));
+        assert_eq!(quant_expert_bytes(v4, WeightFormat::Fp8Block), fp8);
+        let (p, notes) = fit_experts_quant(v4, WeightFormat::Mxfp4, WeightFormat::Fp8Block, 4 << 30);
+        assert_eq!(p.experts, 256, "{notes:?}");
+        assert!(notes.is_empty());
+        let (p, notes) = fit_experts_quant(v4, WeightFormat::Mxfp4, WeightFormat::Fp8Block, 2 << 30);
+        assert_eq!(p.experts as u64, ((2u64 << 30) - fp8) / mx);
+        assert!(quant_weight_bytes(&p, WeightFormat::Mxfp4, WeightFormat::Fp8Block) <= 2 << 30);
+        assert!(notes[0].contains("mxfp4 routed / fp8_block shared"), "{notes:?}");
     }
 
     /// The pipeline against the layer written out on the host in f64 from the spec (OPS.md §3:

@@ -10,15 +10,17 @@
 //!   microkernel forms the block's inner sums in a fresh tile, and the block is added to the
 //!   accumulators with `x_scale[r, b] · w_scale[g, n/128, b]` (DeepGEMM's promotion per 128);
 //! - int8 × int8: exact i32 dot products along K (NK rows are contiguous in K for both operands),
-//!   then `x_scale · w_scale · sum`. [`int8_dot_hook`] is the one place a faster integer kernel
-//!   (AVX512-VNNI, AMX-INT8) plugs in.
+//!   then `x_scale · w_scale · sum`. [`int8_dot_hook`] is the one place the integer kernels plug in
+//!   (AMX-INT8 tiles, AVX512-VNNI, AVX2 `vpmaddwd`, portable).
 //!
 //! Decode (at most [`MR`] rows in a group) with MXFP4 weights: each weight byte is read once and
 //! decoded in registers; see [`crate::simd::Kernels::dot_mxfp4`].
 
+use crate::amx_int8::{grouped_gemm_s8, S8TileWeights};
 use crate::elem::{Elem, ElemKind};
-use crate::grouped_gemm::{epilogue, grow};
+use crate::grouped_gemm::{epilogue, grow, Layout};
 use crate::pool::Pool;
+use crate::simd::amx::TileEngine;
 use crate::simd::{Kernels, Tiles, MR, NR};
 use moehal_core::quant::{e2m1_to_f32, e4m3_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
 use moehal_core::{Error, Result};
@@ -80,6 +82,154 @@ pub enum QWeights<'a> {
         /// Per-channel scales.
         scale: &'a [f32],
     },
+    /// `fp8_block` in the kernel's layout ([`PackedQWeights::pack`]): per expert, per panel of
+    /// [`NR`] columns, `[K][NR]` e4m3 codes (last panel zero-padded); scales as `Fp8Block`.
+    Fp8Panels {
+        /// Codes `[G, ⌈N/NR⌉, K, NR]`.
+        w: &'a [u8],
+        /// Block scales `[G, ⌈N/128⌉, ⌈K/128⌉]`.
+        scale: Scales<'a>,
+    },
+}
+
+/// Owned scales of [`PackedQWeights`].
+#[derive(Clone, Debug)]
+enum OwnedScales {
+    F32(Vec<f32>),
+    E8m0(Vec<u8>),
+}
+
+impl OwnedScales {
+    fn of(s: Scales<'_>) -> Self {
+        match s {
+            Scales::F32(v) => OwnedScales::F32(v.to_vec()),
+            Scales::E8m0(v) => OwnedScales::E8m0(v.to_vec()),
+        }
+    }
+    fn view(&self) -> Scales<'_> {
+        match self {
+            OwnedScales::F32(v) => Scales::F32(v),
+            OwnedScales::E8m0(v) => Scales::E8m0(v),
+        }
+    }
+}
+
+/// Quantized expert weights converted once into the CPU kernels' layout (OPS.md §6 `pack`):
+/// `fp8_block` codes are re-laid per expert in panels of [`NR`] columns, `[K][NR]` (the last panel
+/// zero-padded), so that each K block of the dequantized panel is filled from contiguous bytes
+/// with no transposition; `mxfp4` (whose decode kernel streams NK rows, and whose prefill path
+/// decodes 16 values per scale) and `int8` (whose integer kernels read NK rows of both operands)
+/// already are in the kernels' layout and are kept as they are. Scales are kept as they are.
+///
+/// A call on [`weights`](Self::weights) gives bitwise the output of the same call on the unpacked
+/// weights: the same dequantized values reach the same kernels in the same order.
+#[derive(Clone, Debug)]
+pub struct PackedQWeights {
+    format: moehal_core::ops::WeightFormat,
+    groups: usize,
+    n: usize,
+    k: usize,
+    codes: Vec<u8>,
+    scale: OwnedScales,
+}
+
+impl PackedQWeights {
+    /// Pack `w` (`[groups, n, k]`, the layout of OPS.md §6) once; threads from `pool`.
+    ///
+    /// Errors: `InvalidArgument` for lengths that do not match `groups`, `n`, `k` (as a call would
+    /// report them), or `w` already packed.
+    pub fn pack(pool: &Pool, w: QWeights<'_>, groups: usize, n: usize, k: usize) -> Result<Self> {
+        use moehal_core::ops::WeightFormat;
+        // The length rules are the op's: validate a call of one row against zero-length x.
+        let ge = vec![0i64; groups];
+        let probe = QGemmArgs::<f32> {
+            x: QAct::Float(&[]),
+            m: 0,
+            k,
+            n,
+            group_end: &ge,
+            w,
+            row_scale: None,
+            bias: None,
+        };
+        validate(&probe, 0)?;
+        let (format, codes, scale) = match w {
+            QWeights::Fp8Block { w, scale } => {
+                let panels = n.div_ceil(NR);
+                let mut codes = vec![0u8; groups * panels * k * NR];
+                if !codes.is_empty() {
+                    pool.install(|| {
+                        codes.par_chunks_mut(k * NR).enumerate().for_each(|(gp, panel)| {
+                            let (g, p) = (gp / panels, gp % panels);
+                            let n0 = p * NR;
+                            for c in 0..NR.min(n - n0) {
+                                let row = &w[(g * n + n0 + c) * k..(g * n + n0 + c + 1) * k];
+                                for (kk, &b) in row.iter().enumerate() {
+                                    panel[kk * NR + c] = b;
+                                }
+                            }
+                        })
+                    });
+                }
+                (WeightFormat::Fp8Block, codes, OwnedScales::of(scale))
+            }
+            QWeights::Mxfp4 { w, scale } => (WeightFormat::Mxfp4, w.to_vec(), OwnedScales::E8m0(scale.to_vec())),
+            QWeights::Int8 { w, scale } => (
+                WeightFormat::Int8,
+                bytemuck::cast_slice(w).to_vec(),
+                OwnedScales::F32(scale.to_vec()),
+            ),
+            QWeights::Fp8Panels { .. } => return Err(Error::invalid(OP, "w", "weights are packed already")),
+        };
+        Ok(PackedQWeights {
+            format,
+            groups,
+            n,
+            k,
+            codes,
+            scale,
+        })
+    }
+
+    /// The weights to pass in [`QGemmArgs::w`] (with this `k` and `n`, `groups` groups).
+    pub fn weights(&self) -> QWeights<'_> {
+        use moehal_core::ops::WeightFormat;
+        let scale = self.scale.view();
+        match (self.format, scale) {
+            (WeightFormat::Fp8Block, scale) => QWeights::Fp8Panels { w: &self.codes, scale },
+            (WeightFormat::Mxfp4, Scales::E8m0(scale)) => QWeights::Mxfp4 { w: &self.codes, scale },
+            (_, Scales::F32(scale)) => QWeights::Int8 {
+                w: bytemuck::cast_slice(&self.codes),
+                scale,
+            },
+            (_, Scales::E8m0(scale)) => QWeights::Mxfp4 { w: &self.codes, scale },
+        }
+    }
+
+    /// The format packed.
+    pub fn format(&self) -> moehal_core::ops::WeightFormat {
+        self.format
+    }
+    /// Experts G.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+    /// Output width N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Reduction depth K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        self.codes.len()
+            + match &self.scale {
+                OwnedScales::F32(v) => v.len() * 4,
+                OwnedScales::E8m0(v) => v.len(),
+            }
+    }
 }
 
 /// Activations of one call.
@@ -149,7 +299,7 @@ pub fn validate<T: Elem>(a: &QGemmArgs<'_, T>, y_len: usize) -> Result<()> {
     let gnk = g.checked_mul(n).and_then(|v| v.checked_mul(k));
     match (&a.x, &a.w) {
         (QAct::Float(x), _) => expect_len("x", x.len(), mk, "[M, K]")?,
-        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. }) => {
+        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. }) => {
             expect_len("x", x.len(), mk, "[M, K]")?;
             expect_len(
                 "x_scale",
@@ -178,8 +328,15 @@ pub fn validate<T: Elem>(a: &QGemmArgs<'_, T>, y_len: usize) -> Result<()> {
         }
     }
     match a.w {
-        QWeights::Fp8Block { w, scale } => {
-            expect_len("w", w.len(), gnk, "[G, N, K]")?;
+        QWeights::Fp8Block { w, scale } | QWeights::Fp8Panels { w, scale } => {
+            let want = if matches!(a.w, QWeights::Fp8Panels { .. }) {
+                g.checked_mul(n.div_ceil(NR))
+                    .and_then(|v| v.checked_mul(k))
+                    .and_then(|v| v.checked_mul(NR))
+            } else {
+                gnk
+            };
+            expect_len("w", w.len(), want, "[G, N, K] (packed: [G, ⌈N/NR⌉, K, NR])")?;
             let nb = g
                 .checked_mul(n.div_ceil(FP8_BLOCK))
                 .and_then(|v| v.checked_mul(k.div_ceil(FP8_BLOCK)));
@@ -287,6 +444,24 @@ fn fill_panel(
     col: &mut [f32],
 ) {
     let bs = &mut bs[..kc * NR];
+    if let QWeights::Fp8Panels { w, scale } = *w {
+        // The panel's NR columns share one N block (NR divides 128): one scale per K block.
+        let lut = e4m3_lut();
+        let s = if scaled {
+            let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
+            scale.get((g * nb + n0 / FP8_BLOCK) * kb + k0 / FP8_BLOCK)
+        } else {
+            1.0
+        };
+        let base = ((g * n.div_ceil(NR) + n0 / NR) * k + k0) * NR;
+        for (drow, srow) in bs.chunks_exact_mut(NR).zip(w[base..base + kc * NR].chunks_exact(NR)) {
+            for (d, &b) in drow[..nc].iter_mut().zip(&srow[..nc]) {
+                *d = if scaled { lut[b as usize] * s } else { lut[b as usize] };
+            }
+            drow[nc..].fill(0.0);
+        }
+        return;
+    }
     if nc < NR {
         bs.fill(0.0);
     }
@@ -329,6 +504,7 @@ fn fill_panel(
                     *d = v as f32 * s;
                 }
             }
+            QWeights::Fp8Panels { .. } => unreachable!("filled above"),
         }
         for (kk, &v) in col.iter().enumerate() {
             bs[kk * NR + c] = v;
@@ -339,10 +515,16 @@ fn fill_panel(
 /// The integer dot products of an int8 × int8 tile: `out[i * NR + c] = Σ_k x[i][k] · w[c][k]` in
 /// i32 for `i < rows`, `c < nc`, where row `i` of `x` starts at `i * k` and row `c` of `w` at `c * k`.
 ///
-/// The hook where integer kernels plug in: AVX512-VNNI ([`Kernels::dot_i8`]) where the machine has
-/// it, else a portable loop. An AMX-INT8 tile kernel goes first here; every kernel gives the same
-/// exact result (the sum is exact in i32 for `K <= 131,071`), so the choice never changes output bits.
+/// The one place integer kernels plug in, in this order: AMX-INT8 tiles ([`int8_dot_amx`] on
+/// [`TileEngine::Hardware`]) where the table is the AMX one; [`Kernels::dot_i8`] (AVX512-VNNI, else
+/// AVX2 `vpmaddwd`); else a portable loop. Every kernel gives the same exact result (the sum is
+/// exact in i32 for `K <= 131,071`), so the choice never changes output bits.
 pub fn int8_dot_hook(kern: &Kernels, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) {
+    if let Some(amx) = kern.amx() {
+        if int8_dot_amx(TileEngine::Hardware(amx), x, rows, w, nc, k, out).is_ok() {
+            return;
+        }
+    }
     if kern.dot_i8(x, rows, w, nc, k, out) {
         return;
     }
@@ -353,6 +535,42 @@ pub fn int8_dot_hook(kern: &Kernels, x: &[i8], rows: usize, w: &[i8], nc: usize,
             out[i * NR + c] = xr.iter().zip(wr).map(|(&a, &b)| a as i32 * b as i32).sum();
         }
     }
+}
+
+/// [`int8_dot_hook`]'s contract on AMX tiles: the `nc` weight rows are packed into `tdpbssd` order
+/// ([`S8TileWeights::pack`], per call: the tile of a task) and the `rows` rows of `x` run as one
+/// group through [`grouped_gemm_s8`] on `engine` (`TileEngine::Emulated` runs the same wiring
+/// anywhere, for tests).
+///
+/// Errors: `InvalidArgument` if `x`, `w` or `out` is shorter than the extents say (nothing written).
+pub fn int8_dot_amx(
+    engine: TileEngine,
+    x: &[i8],
+    rows: usize,
+    w: &[i8],
+    nc: usize,
+    k: usize,
+    out: &mut [i32],
+) -> Result<()> {
+    let (xl, wl) = (rows.checked_mul(k), nc.checked_mul(k));
+    if nc > NR
+        || xl.is_none_or(|l| l > x.len())
+        || wl.is_none_or(|l| l > w.len())
+        || rows.checked_mul(NR).is_none_or(|l| l > out.len())
+    {
+        return Err(Error::invalid(
+            "grouped_gemm_s8",
+            "x",
+            format!("{rows} x {k} activations, {nc} x {k} weights or {rows} x {NR} outputs do not fit"),
+        ));
+    }
+    let pw = S8TileWeights::pack(&w[..nc * k], Layout::NK, 1, nc, k)?;
+    let mut y = vec![0i32; rows * nc];
+    grouped_gemm_s8(engine, None, &x[..rows * k], rows, &[rows as i64], &pw, &mut y)?;
+    for (i, yr) in y.chunks_exact(nc.max(1)).enumerate().take(rows) {
+        out[i * NR..i * NR + nc].copy_from_slice(&yr[..nc]);
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,7 +681,7 @@ fn task<T: Elem>(
             }
         }
         QAct::Fp8 { x, scale: xs } => {
-            let QWeights::Fp8Block { scale: ws, .. } = a.w else {
+            let (QWeights::Fp8Block { scale: ws, .. } | QWeights::Fp8Panels { scale: ws, .. }) = a.w else {
                 unreachable!("pairing validated")
             };
             let lut = e4m3_lut();
@@ -624,20 +842,24 @@ pub fn support(kern: &Kernels, op: &moehal_core::ops::QuantDesc) -> moehal_core:
             x: ActFormat::Float(_),
             ..
         } => {
-            let decode = if w == WeightFormat::Mxfp4 && kern.isa() == crate::simd::Isa::Avx512 {
-                "; decode: avx512 in-register e2m1 LUT dot"
-            } else {
-                ""
+            let decode = match (w, kern.isa()) {
+                (WeightFormat::Mxfp4, crate::simd::Isa::Avx512 | crate::simd::Isa::Amx) => {
+                    "; decode: avx512 in-register e2m1 LUT dot"
+                }
+                (WeightFormat::Mxfp4, crate::simd::Isa::Avx2) => "; decode: avx2 vpshufb e2m1 LUT dot",
+                _ => "",
             };
             Support::yes(format!("{isa} dequant-to-f32-panel {MR}x{NR} microkernel{decode}"))
         }
         QuantDesc::GroupedGemm { x: ActFormat::Fp8, .. } => {
             Support::yes(format!("{isa} e4m3 panels, f32 block sums promoted per 128"))
         }
-        QuantDesc::GroupedGemm { x: ActFormat::Int8, .. } => Support::yes(if kern.has_vnni() {
-            "avx512-vnni vpdpbusd exact i32".to_string()
-        } else {
-            "portable exact i32 dot".to_string()
+        QuantDesc::GroupedGemm { x: ActFormat::Int8, .. } => Support::yes(match (kern.amx().is_some(), kern.int8_kernel()) {
+            (true, _) => "amx-int8 tdpbssd tiles exact i32".to_string(),
+            (false, Some("vpdpbusd")) => "avx512-vnni vpdpbusd exact i32".to_string(),
+            (false, Some("vpmaddwd")) => "avx2 vpmaddwd exact i32 (weights widened to i16 per 256-K block)".to_string(),
+            (false, Some(k)) => format!("neon {k} exact i32"),
+            (false, None) => "portable exact i32 dot".to_string(),
         }),
         QuantDesc::QuantizeFp8 { .. } | QuantDesc::QuantizeInt8 { .. } => Support::yes("parallel rows"),
     }
@@ -743,4 +965,170 @@ pub fn quantize_int8_checked(pool: &Pool, mut a: moehal_core::ops::QuantizeInt8<
     let s = slice_mut::<f32>(&mut xs, OP, "x_scale")?;
     moehal_core::dispatch_float!(xdt, T => quantize_int8::<T>(pool, slice::<T>(&a.x, OP, "x")?, m, k, xq, s),
         else => Err(Error::unsupported(OP, "cpu", format!("x dtype {xdt}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn oracle(x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize) -> Vec<i32> {
+        let mut out = vec![i32::MIN; rows * NR];
+        for i in 0..rows {
+            for c in 0..nc {
+                out[i * NR + c] = (0..k).map(|kk| x[i * k + kk] as i32 * w[c * k + kk] as i32).sum();
+            }
+        }
+        out
+    }
+
+    /// The int8 kernels behind the hook (AMX wiring on the emulated tile engine, and whatever
+    /// `dot_i8` runs on each available ISA: VNNI, AVX2 vpmaddwd) equal the exact sums, over the
+    /// full i8 range (-128 included), K tails of every residue mod 16 and 64, 1..=7 rows, 1..=NR columns.
+    #[test]
+    fn int8_kernels_behind_the_hook_are_exact() {
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        for &(rows, nc, k) in &[
+            (1, 1, 1),
+            (2, 64, 256),
+            (3, 5, 300),
+            (7, 63, 17),
+            (6, 64, 640),
+            (1, 7, 0),
+            (5, 33, 129),
+        ] {
+            let x: Vec<i8> = (0..rows * k).map(|_| rng.gen()).collect();
+            let mut w: Vec<i8> = (0..nc * k).map(|_| rng.gen()).collect();
+            if k > 3 {
+                // The extreme products: -128 * -128 in both operands' pairs.
+                w[..2].fill(-128);
+            }
+            let mut xx = x.clone();
+            if k > 3 {
+                xx[..2].fill(-128);
+            }
+            let want = oracle(&xx, rows, &w, nc, k);
+            let mut got = vec![i32::MIN; rows * NR];
+            int8_dot_amx(TileEngine::Emulated, &xx, rows, &w, nc, k, &mut got).unwrap();
+            assert_eq!(got, want, "amx emulated ({rows}, {nc}, {k})");
+            for isa in crate::simd::Isa::all_available() {
+                let kern = Kernels::for_isa(isa).unwrap();
+                let mut got = vec![i32::MIN; rows * NR];
+                int8_dot_hook(kern, &xx, rows, &w, nc, k, &mut got);
+                assert_eq!(got, want, "{} hook ({rows}, {nc}, {k})", isa.name());
+            }
+        }
+        let mut out = vec![0i32; NR];
+        assert!(int8_dot_amx(TileEngine::Emulated, &[1; 3], 1, &[1; 4], 1, 4, &mut out).is_err());
+        assert!(out.iter().all(|&v| v == 0), "nothing written on error");
+    }
+
+    fn call<T: Elem>(w: QWeights<'_>, x: QAct<'_, T>, ge: &[i64], m: usize, n: usize, k: usize) -> Vec<T> {
+        let pool = Pool::new(2).unwrap();
+        let mut y = vec![T::from_f32(f32::NAN); m * n];
+        let a = QGemmArgs {
+            x,
+            m,
+            k,
+            n,
+            group_end: ge,
+            w,
+            row_scale: None,
+            bias: None,
+        };
+        grouped_gemm_q(Kernels::best(), &pool, &a, &mut y).unwrap();
+        y
+    }
+
+    fn bits<T: Elem>(v: &[T]) -> Vec<u64> {
+        let mut f = vec![0f32; v.len()];
+        T::widen(v, &mut f);
+        f.iter().map(|x| x.to_bits() as u64).collect()
+    }
+
+    /// `pack` (OPS.md §6): packed weights give bitwise the output of the unpacked ones, for
+    /// fp8_block (f32 and E8M0 scales; partial last blocks and panels in N and K; weight-only f32
+    /// and bf16 x, and fp8 x), mxfp4 and int8 (kept as they are); packing packed weights is an error.
+    #[test]
+    fn packed_weights_give_bitwise_the_unpacked_output() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (n, k) = (130usize, 200usize);
+        let ge = [3i64, 3, 10];
+        let (g, m) = (3usize, 11usize);
+        let pool = Pool::new(2).unwrap();
+        let code = |r: &mut ChaCha8Rng| {
+            let b: u8 = r.gen();
+            if b & 0x7F == 0x7F {
+                b ^ 1
+            } else {
+                b
+            }
+        };
+        let w: Vec<u8> = (0..g * n * k).map(|_| code(&mut rng)).collect();
+        let nb = g * n.div_ceil(128) * k.div_ceil(128);
+        let sf: Vec<f32> = (0..nb).map(|_| rng.gen_range(1e-3..1e-2)).collect();
+        let se: Vec<u8> = (0..nb).map(|_| rng.gen_range(118..124)).collect();
+        let xf: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let xb: Vec<half::bf16> = xf.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let xq: Vec<u8> = (0..m * k).map(|_| code(&mut rng)).collect();
+        let xs: Vec<f32> = (0..m * k.div_ceil(128)).map(|_| rng.gen_range(1e-3..1e-2)).collect();
+        for scale in [Scales::F32(&sf), Scales::E8m0(&se)] {
+            let raw = QWeights::Fp8Block { w: &w, scale };
+            let packed = PackedQWeights::pack(&pool, raw, g, n, k).unwrap();
+            assert_eq!(
+                packed.bytes(),
+                g * 3 * k * NR + scale.len() * if matches!(scale, Scales::F32(_)) { 4 } else { 1 }
+            );
+            let pw = packed.weights();
+            assert!(matches!(pw, QWeights::Fp8Panels { .. }));
+            assert_eq!(
+                bits(&call(raw, QAct::Float(&xf), &ge, m, n, k)),
+                bits(&call(pw, QAct::Float(&xf), &ge, m, n, k))
+            );
+            assert_eq!(
+                bits(&call(raw, QAct::Float(&xb), &ge, m, n, k)),
+                bits(&call(pw, QAct::Float(&xb), &ge, m, n, k))
+            );
+            let x8: QAct<'_, f32> = QAct::Fp8 {
+                x: &xq,
+                scale: Scales::F32(&xs),
+            };
+            assert_eq!(bits(&call(raw, x8, &ge, m, n, k)), bits(&call(pw, x8, &ge, m, n, k)));
+            assert!(PackedQWeights::pack(&pool, pw, g, n, k).is_err(), "packed twice");
+        }
+        let wm: Vec<u8> = (0..g * n * k / 2).map(|_| rng.gen()).collect();
+        let sm: Vec<u8> = (0..g * n * k / 32).map(|_| rng.gen_range(118..124)).collect();
+        let wi: Vec<i8> = (0..g * n * k).map(|_| rng.gen()).collect();
+        let si: Vec<f32> = (0..g * n).map(|_| rng.gen_range(1e-3..1e-2)).collect();
+        let rawi = QWeights::Int8 { w: &wi, scale: &si };
+        let pi = PackedQWeights::pack(&pool, rawi, g, n, k).unwrap();
+        assert_eq!(
+            bits(&call(rawi, QAct::Float(&xf), &ge, m, n, k)),
+            bits(&call(pi.weights(), QAct::Float(&xf), &ge, m, n, k))
+        );
+        // mxfp4 needs K % 32 == 0: K = 192.
+        let k2 = 192;
+        let raw = QWeights::Mxfp4 {
+            w: &wm[..g * n * k2 / 2],
+            scale: &sm[..g * n * k2 / 32],
+        };
+        let pm = PackedQWeights::pack(&pool, raw, g, n, k2).unwrap();
+        assert_eq!(
+            bits(&call(raw, QAct::Float(&xf[..m * k2]), &ge, m, n, k2)),
+            bits(&call(pm.weights(), QAct::Float(&xf[..m * k2]), &ge, m, n, k2))
+        );
+        // Wrong lengths are the op's errors.
+        assert!(PackedQWeights::pack(
+            &pool,
+            QWeights::Fp8Block {
+                w: &w[1..],
+                scale: Scales::F32(&sf)
+            },
+            g,
+            n,
+            k
+        )
+        .is_err());
+    }
 }

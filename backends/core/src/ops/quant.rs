@@ -59,6 +59,20 @@ impl WeightFormat {
             WeightFormat::Int8 => vec![groups, n],
         }
     }
+
+    /// Bytes of `[groups, n, k]` weights in this format, codes and scales (f32 scales for
+    /// `fp8_block` and `int8`, E8M0 bytes for `mxfp4`): what a kernel streams and a host holds.
+    /// `mxfp4` with `k % 32 != 0` is not a valid shape; the count is then of `k / 32` scales.
+    pub fn bytes(self, groups: usize, n: usize, k: usize) -> usize {
+        let codes: usize = self.w_shape(groups, n, k).iter().product();
+        let scales: usize = self.scale_shape(groups, n, k).iter().product();
+        codes
+            + scales
+                * match self {
+                    WeightFormat::Mxfp4 => 1,
+                    _ => 4,
+                }
+    }
 }
 
 impl std::fmt::Display for WeightFormat {

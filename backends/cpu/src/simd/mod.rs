@@ -469,7 +469,7 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn dot_mxfp4(&self, a: &[f32], mr: usize, k: usize, w: &[u8], s: &[u8], nc: usize, c: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
+        if matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2) {
             if !(1..=MR).contains(&mr)
                 || !k.is_multiple_of(32)
                 || nc > NR
@@ -480,8 +480,13 @@ impl Kernels {
             {
                 return false;
             }
-            // SAFETY: the checks above are the kernel's extents; AVX-512 verified by for_isa.
-            unsafe { quant_x86::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            if self.isa == Isa::Avx2 {
+                // SAFETY: the checks above are the kernel's extents; AVX2+FMA verified by for_isa.
+                unsafe { quant_x86::dot_mxfp4_avx2(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            } else {
+                // SAFETY: the checks above are the kernel's extents; AVX-512 verified by for_isa.
+                unsafe { quant_x86::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            }
             return true;
         }
         let _ = (a, mr, k, w, s, nc, c);
@@ -499,9 +504,12 @@ impl Kernels {
     }
 
     /// Exact int8 dot products: `out[i * NR + n] = Σ_k x[i * k + kk] · w[n * k + kk]` in i32 for
-    /// `i < rows`, `n < nc`, on the instruction [`int8_kernel`](Self::int8_kernel) names. Returns
-    /// false (nothing written) where that is `None` or when the sizes do not fit (`k > 131,071`
-    /// included).
+    /// `i < rows`, `n < nc`, on the instruction [`int8_kernel`](Self::int8_kernel) names:
+    /// AVX512-VNNI where the machine has it, else on x86 the AVX2 `vpmaddwd` kernel (weights
+    /// sign-extended to i16 in L1-sized K blocks of [`I8_KB`], once per call, and reused by every
+    /// row), SMMLA / SDOT on aarch64. Every kernel gives the exact sum, so the choice never changes
+    /// output bits. Returns false (nothing written) where that is `None` or when the sizes do not
+    /// fit (`k > 131,071` included).
     pub fn dot_i8(&self, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) -> bool {
         if self.int8_kernel().is_none()
             || rows == 0
@@ -514,10 +522,11 @@ impl Kernels {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: extents checked above; AVX-512 and VNNI verified by has_vnni.
-        unsafe {
-            quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr())
-        };
+        match self.int8_kernel() {
+            // SAFETY: extents checked above; AVX-512 and VNNI verified by has_vnni (int8_kernel).
+            Some("vpdpbusd") => unsafe { quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr()) },
+            _ => dot_i8_avx2_blocked(x, rows, w, nc, k, out),
+        }
         #[cfg(target_arch = "aarch64")]
         match self.int8_kernel() {
             // SAFETY: extents checked above; the NEON table and FEAT_I8MM verified by int8_kernel.
@@ -529,13 +538,19 @@ impl Kernels {
     }
 
     /// The instruction [`dot_i8`](Self::dot_i8) runs on here: `"vpdpbusd"` (AVX-512 table with
-    /// AVX512-VNNI), `"smmla"` (NEON table, FEAT_I8MM), `"sdot"` (NEON table, FEAT_DotProd), or `None`
+    /// AVX512-VNNI), `"vpmaddwd"` (AVX2, AVX-512 or AMX table without VNNI), `"smmla"` (NEON table, FEAT_I8MM), `"sdot"` (NEON table, FEAT_DotProd), or `None`
     /// (no int8 dot kernel: the caller's portable code runs). `MOEHAL_CPU_INT8=sdot` keeps a CPU with
     /// FEAT_I8MM on SDOT (to test both).
     pub fn int8_kernel(&self) -> Option<&'static str> {
         #[cfg(target_arch = "x86_64")]
         {
-            self.has_vnni().then_some("vpdpbusd")
+            if self.has_vnni() {
+                Some("vpdpbusd")
+            } else if matches!(self.isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx) {
+                Some("vpmaddwd")
+            } else {
+                None
+            }
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -557,6 +572,41 @@ impl Kernels {
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         None
     }
+}
+
+/// K block of the AVX2 int8 kernel: `NR` weight rows of `I8_KB` i16 values = 32 KiB, L1-resident.
+pub const I8_KB: usize = 256;
+
+/// [`Kernels::dot_i8`] on AVX2 (sizes checked by the caller): zero `out`, then per K block of
+/// [`I8_KB`] sign-extend the `nc` weight rows to i16 once and run `quant_x86::dot_i8_avx2`.
+#[cfg(target_arch = "x86_64")]
+fn dot_i8_avx2_blocked(x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) {
+    thread_local! {
+        static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    for i in 0..rows {
+        out[i * NR..i * NR + nc].fill(0);
+    }
+    WIDE.with(|wide| {
+        let mut wide = wide.borrow_mut();
+        if wide.len() < nc * I8_KB {
+            wide.resize(nc * I8_KB, 0);
+        }
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = I8_KB.min(k - k0);
+            for (c, dst) in wide.chunks_mut(kc).take(nc).enumerate() {
+                for (d, &v) in dst.iter_mut().zip(&w[c * k + k0..c * k + k0 + kc]) {
+                    *d = i16::from(v);
+                }
+            }
+            // SAFETY: `x` holds rows * k values, so row i's block k0..k0+kc is inside; `wide` holds
+            // nc rows of kc; `out` rows * NR (checked by dot_i8); AVX2 verified by for_isa (the
+            // AVX-512 tables imply it).
+            unsafe { quant_x86::dot_i8_avx2(x.as_ptr().add(k0), k, rows, wide.as_ptr(), kc, nc, kc, out.as_mut_ptr()) };
+            k0 += kc;
+        }
+    });
 }
 
 impl Kernels {

@@ -1,0 +1,486 @@
+//! Benchmark cases of OPS.md §6 (quantized `grouped_gemm`, `quantize_fp8`, `quantize_int8`), kept
+//! apart from [`crate::bench`], which forwards its [`ShapeKind::QGemm`] and [`ShapeKind::Quantize`]
+//! steps here.
+//!
+//! Shapes ([`quant_shapes`]): the Qwen3-30B-A3B gate_up projection (K 2048, N 1536, 128 experts,
+//! top-8) and the DeepSeek-V4-Flash gate_up projection (K 4096, N 4096, 256 experts, top-6), each in
+//! `fp8_block` × bf16 (w8a16), `mxfp4` × bf16 (w4a16), `fp8_block` × fp8 and `int8` × int8 (W8A8),
+//! at 1024 tokens (prefill) and one token with cold weights (rotating over disjoint expert sets, as
+//! the bf16 [`ShapeKind::DecodeCold`] case), plus `quantize_fp8` / `quantize_int8` of 1024 and 4096
+//! bf16 rows. Every quantized GEMM row is compared with moehal's own bf16 row of the same shape and
+//! backend in the same run (`vs bf16` = bf16 seconds / these seconds): the bf16 baselines of the
+//! V4-Flash shape are added here, those of the Qwen3 shape are default shapes already.
+//!
+//! Inputs are random codes, not quantized random floats (the kernels' speed does not depend on the
+//! values): e4m3 bytes without the NaN codes, any byte for packed E2M1 pairs, E8M0 scales near 2^-5,
+//! i8 values in [-127, 127], f32 scales near 1e-3, so every output is finite.
+
+use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, WeightFormat};
+use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
+use moehal_core::{Backend, Buffer, DType, OpKind, Result};
+
+use crate::bench::{BenchShape, ShapeKind};
+use crate::pipeline::{human_bytes, stream_seed, SplitMix64};
+
+/// Bytes of one expert's weights and scales (`[N, K]` in `w`; [`WeightFormat::bytes`]).
+pub fn expert_bytes(w: WeightFormat, n: usize, k: usize) -> usize {
+    w.bytes(1, n, k)
+}
+
+/// Bytes of the activations of `m` rows of `k` in format `x` (with their scales).
+fn act_bytes(x: ActFormat, m: usize, k: usize) -> usize {
+    match x {
+        ActFormat::Float(d) => m * k * d.size(),
+        ActFormat::Fp8 => m * k + m * k.div_ceil(FP8_BLOCK) * 4,
+        ActFormat::Int8 => m * k + m * 4,
+    }
+}
+
+/// Output dtype of the quantized rows (bf16, as the float baseline).
+const Y: DType = DType::BF16;
+
+fn random_bytes(n: usize, seed: u64, map: impl Fn(u8) -> u8) -> Vec<u8> {
+    let mut rng = SplitMix64::new(seed);
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        v.extend(rng.next_u64().to_le_bytes().map(&map));
+    }
+    v.truncate(n);
+    v
+}
+
+/// An e4m3fn code that is not NaN (`0x7F` / `0xFF` become `0x7E` / `0xFE`).
+fn e4m3_code(b: u8) -> u8 {
+    if b & 0x7F == 0x7F {
+        b ^ 1
+    } else {
+        b
+    }
+}
+
+/// An i8 value in [-127, 127] (as a byte).
+fn i8_code(b: u8) -> u8 {
+    if b == 0x80 {
+        0x81
+    } else {
+        b
+    }
+}
+
+fn f32_scales(n: usize, seed: u64, base: f32) -> Result<Buffer> {
+    let mut rng = SplitMix64::new(seed);
+    let v: Vec<f32> = (0..n)
+        .map(|_| base * (0.5 + (rng.below(1 << 20) as f32) / (1 << 20) as f32))
+        .collect();
+    moehal_core::host::buffer_from_slice(&v)
+}
+
+/// The seeded inputs of a [`ShapeKind::QGemm`] in the order [`run_qgemm`] reads them: `x`, `w`,
+/// `w_scale`, `x_scale` (quantized `x` only), then the `group_end` buffers (one, or one per set).
+pub(crate) fn qgemm_host(
+    kind: &ShapeKind,
+    seed: u64,
+    group_ends: Vec<Vec<i64>>,
+    float_x: impl FnOnce(usize) -> Result<Buffer>,
+) -> Result<Vec<Buffer>> {
+    let ShapeKind::QGemm {
+        w,
+        x,
+        experts,
+        k,
+        n,
+        tokens,
+        topk,
+        ..
+    } = *kind
+    else {
+        return Ok(Vec::new());
+    };
+    let s = |i: u64| stream_seed(seed, 100 + i);
+    let m = tokens * topk;
+    let mut bufs = Vec::new();
+    bufs.push(match x {
+        ActFormat::Float(_) => float_x(m * k)?,
+        ActFormat::Fp8 => moehal_core::host::buffer_from_slice(&random_bytes(m * k, s(1), e4m3_code))?,
+        ActFormat::Int8 => moehal_core::host::buffer_from_slice(&random_bytes(m * k, s(1), i8_code))?,
+    });
+    let wlen: usize = w.w_shape(experts, n, k).iter().product();
+    let slen: usize = w.scale_shape(experts, n, k).iter().product();
+    match w {
+        WeightFormat::Fp8Block => {
+            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(
+                wlen,
+                s(2),
+                e4m3_code,
+            ))?);
+            bufs.push(f32_scales(slen, s(3), 1e-3)?);
+        }
+        WeightFormat::Mxfp4 => {
+            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(wlen, s(2), |b| b))?);
+            // E8M0 bytes 119..=126: scales 2^-8 .. 2^-1.
+            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(slen, s(3), |b| {
+                119 + (b & 7)
+            }))?);
+        }
+        WeightFormat::Int8 => {
+            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(
+                wlen,
+                s(2),
+                i8_code,
+            ))?);
+            bufs.push(f32_scales(slen, s(3), 1e-3)?);
+        }
+    }
+    match x {
+        ActFormat::Float(_) => {}
+        ActFormat::Fp8 => bufs.push(f32_scales(m * k.div_ceil(FP8_BLOCK), s(4), 1e-2)?),
+        ActFormat::Int8 => bufs.push(f32_scales(m, s(4), 1.0 / 127.0)?),
+    }
+    for ge in group_ends {
+        bufs.push(moehal_core::host::buffer_from_slice(&ge)?);
+    }
+    Ok(bufs)
+}
+
+/// Run one [`ShapeKind::QGemm`] step: `inp(i)` is input `i` of [`qgemm_host`]; cold shapes use set
+/// `step % sets`.
+pub(crate) fn run_qgemm<'b>(
+    backend: &dyn Backend,
+    kind: &ShapeKind,
+    inp: &dyn Fn(usize) -> &'b Buffer,
+    step: usize,
+    y: &mut Buffer,
+) -> Result<()> {
+    let ShapeKind::QGemm {
+        w,
+        x,
+        experts,
+        k,
+        n,
+        tokens,
+        topk,
+        sets,
+    } = *kind
+    else {
+        return Ok(());
+    };
+    let m = tokens * topk;
+    let xdt = match x {
+        ActFormat::Float(d) => d,
+        ActFormat::Fp8 => DType::U8,
+        ActFormat::Int8 => DType::I8,
+    };
+    let sdt = if w == WeightFormat::Mxfp4 {
+        DType::U8
+    } else {
+        DType::F32
+    };
+    let (x_scale, ge0) = match x {
+        ActFormat::Float(_) => (None, 3),
+        ActFormat::Fp8 => (Some(inp(3).view(DType::F32, &[m, k.div_ceil(FP8_BLOCK)])), 4),
+        ActFormat::Int8 => (Some(inp(3).view(DType::F32, &[m])), 4),
+    };
+    let set = sets.map_or(0, |s| step % s);
+    let args = GroupedGemmQ {
+        x: inp(0).view(xdt, &[m, k]),
+        x_scale,
+        w_format: w,
+        w: inp(1).view(w.dtype(), &w.w_shape(experts, n, k)),
+        w_scale: inp(2).view(sdt, &w.scale_shape(experts, n, k)),
+        group_end: inp(ge0 + set).view(DType::I64, &[experts]),
+        row_scale: None,
+        bias: None,
+        y: y.view_mut(qgemm_y(x), &[m, n]),
+    };
+    backend.grouped_gemm_quant(args.validate()?)
+}
+
+/// `y`'s dtype of a quantized GEMM row: `x`'s for float `x`, else bf16.
+pub(crate) fn qgemm_y(x: ActFormat) -> DType {
+    match x {
+        ActFormat::Float(d) => d,
+        _ => Y,
+    }
+}
+
+/// Run one [`ShapeKind::Quantize`] step on bf16 `x` (input 0) into `outs` (`xq`, `x_scale`).
+pub(crate) fn run_quantize(
+    backend: &dyn Backend,
+    kind: &ShapeKind,
+    x: &Buffer,
+    dt: DType,
+    outs: &mut [Buffer],
+) -> Result<()> {
+    let ShapeKind::Quantize { scale, rows, k } = *kind else {
+        return Ok(());
+    };
+    let [xq, xs] = outs else {
+        return Err(moehal_core::Error::invalid(
+            "bench",
+            "outputs",
+            "quantize needs 2 outputs",
+        ));
+    };
+    match scale {
+        Some(fmt) => {
+            let sdt = if fmt == ScaleFormat::Ue8m0 {
+                DType::U8
+            } else {
+                DType::F32
+            };
+            let args = QuantizeFp8 {
+                x: x.view(dt, &[rows, k]),
+                xq: xq.view_mut(DType::U8, &[rows, k]),
+                x_scale: xs.view_mut(sdt, &[rows, k.div_ceil(FP8_BLOCK)]),
+            };
+            backend.quantize_fp8(args.validate()?)
+        }
+        None => {
+            let args = QuantizeInt8 {
+                x: x.view(dt, &[rows, k]),
+                xq: xq.view_mut(DType::I8, &[rows, k]),
+                x_scale: xs.view_mut(DType::F32, &[rows]),
+            };
+            backend.quantize_int8(args.validate()?)
+        }
+    }
+}
+
+/// Output sizes in bytes of a §6 shape (`None` for other shapes).
+pub(crate) fn out_sizes(kind: &ShapeKind) -> Option<Vec<usize>> {
+    match *kind {
+        ShapeKind::QGemm { x, n, tokens, topk, .. } => Some(vec![tokens * topk * n * qgemm_y(x).size()]),
+        ShapeKind::Quantize { scale, rows, k } => Some(vec![
+            rows * k,
+            match scale {
+                Some(ScaleFormat::Ue8m0) => rows * k.div_ceil(FP8_BLOCK),
+                Some(ScaleFormat::F32) => rows * k.div_ceil(FP8_BLOCK) * 4,
+                None => rows * 4,
+            },
+        ]),
+        _ => None,
+    }
+}
+
+/// Bytes that define a §6 shape's bandwidth: the weights and scales of the experts used (GEMM;
+/// `min(E, M)` experts, `topk` for cold decode), or `x` read plus `xq` and the scales written
+/// (quantize ops). `None` for other shapes.
+pub(crate) fn bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
+    match *kind {
+        ShapeKind::QGemm {
+            w,
+            experts,
+            k,
+            n,
+            tokens,
+            topk,
+            sets,
+            ..
+        } => {
+            let used = if sets.is_some() {
+                topk
+            } else {
+                experts.min(tokens * topk)
+            };
+            Some((used * expert_bytes(w, n, k)) as f64)
+        }
+        ShapeKind::Quantize { rows, k, .. } => {
+            let out: usize = out_sizes(kind)?.iter().sum();
+            Some((rows * k * dt.size() + out) as f64)
+        }
+        _ => None,
+    }
+}
+
+/// Host bytes of a §6 shape's inputs.
+pub(crate) fn input_bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
+    match *kind {
+        ShapeKind::QGemm {
+            w,
+            x,
+            experts,
+            k,
+            n,
+            tokens,
+            topk,
+            ..
+        } => Some((experts * expert_bytes(w, n, k) + act_bytes(x, tokens * topk, k)) as f64),
+        ShapeKind::Quantize { rows, k, .. } => Some((rows * k * dt.size()) as f64),
+        _ => None,
+    }
+}
+
+/// The bf16 float shape a quantized GEMM row is compared with: same K, N, top-k; same experts and
+/// tokens for prefill; for cold decode any bf16 cold shape of the same K, N and top-k.
+pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
+    if b.dtype != DType::BF16 {
+        return false;
+    }
+    match (q, &b.kind) {
+        (
+            ShapeKind::QGemm {
+                experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets: None,
+                ..
+            },
+            ShapeKind::Gemm {
+                experts: be,
+                k: bk,
+                n: bn,
+                tokens: bt,
+                topk: btk,
+            },
+        ) => (experts, k, n, tokens, topk) == (be, bk, bn, bt, btk),
+        (
+            ShapeKind::QGemm {
+                k,
+                n,
+                topk,
+                sets: Some(_),
+                ..
+            },
+            ShapeKind::DecodeCold {
+                k: bk,
+                n: bn,
+                topk: btk,
+                ..
+            },
+        ) => (k, n, topk) == (bk, bn, btk),
+        _ => false,
+    }
+}
+
+/// The (weight, activation) pairings benched.
+const PAIRINGS: [(WeightFormat, ActFormat); 4] = [
+    (WeightFormat::Fp8Block, ActFormat::Float(DType::BF16)),
+    (WeightFormat::Mxfp4, ActFormat::Float(DType::BF16)),
+    (WeightFormat::Fp8Block, ActFormat::Fp8),
+    (WeightFormat::Int8, ActFormat::Int8),
+];
+
+/// The §6 shapes (see the module doc) for `tokens` overriding the prefill token count (counts
+/// above 1 give prefill rows; 1, or no override, gives the cold decode rows), within `mem_budget`
+/// bytes of inputs per shape (experts are dropped to fit, with a note, as for the float shapes).
+pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape> {
+    let prefill: Vec<usize> = tokens.map_or_else(|| vec![1024], |t| t.iter().copied().filter(|&t| t > 1).collect());
+    let decode = tokens.is_none_or(|t| t.contains(&1));
+    let mut v = Vec::new();
+    // Weights get 90 % of the budget: the activations and group ends need the rest.
+    let mem_budget = 0.9 * mem_budget;
+    // (origin, K, N, experts, top-k); the Qwen3 bf16 baselines are default shapes already.
+    let models = [
+        ("qwen3-30b-a3b gate_up", 2048, 1536, 128, 8, false),
+        ("deepseek-v4-flash gate_up", 4096, 4096, 256, 6, true),
+    ];
+    for (origin, k, n, experts, topk, add_baseline) in models {
+        let bf16_expert = (n * k * 2) as f64;
+        // Prefill: the bf16 baseline's expert count, so rows per expert match.
+        let e = ((mem_budget / bf16_expert) as usize).clamp(8, experts);
+        let scaled = |s: &mut BenchShape, e: usize| {
+            if e < experts {
+                s.notes.push(format!(
+                    "scaled by expert count to fit memory: {experts} -> {e} experts (top-{topk} kept)"
+                ));
+            }
+        };
+        for &t in &prefill {
+            if add_baseline {
+                let mut s = BenchShape::new(
+                    OpKind::GroupedGemm,
+                    DType::BF16,
+                    ShapeKind::Gemm {
+                        experts: e,
+                        k,
+                        n,
+                        tokens: t,
+                        topk,
+                    },
+                    origin,
+                );
+                scaled(&mut s, e);
+                v.push(s);
+            }
+            for (w, x) in PAIRINGS {
+                let mut s = BenchShape::new(
+                    OpKind::GroupedGemm,
+                    qgemm_y(x),
+                    ShapeKind::QGemm {
+                        w,
+                        x,
+                        experts: e,
+                        k,
+                        n,
+                        tokens: t,
+                        topk,
+                        sets: None,
+                    },
+                    origin,
+                );
+                scaled(&mut s, e);
+                v.push(s);
+            }
+        }
+        if decode {
+            if add_baseline {
+                let ce = ((mem_budget / bf16_expert) as usize).clamp(2 * topk, experts) / topk * topk;
+                let mut s = BenchShape::new(
+                    OpKind::GroupedGemm,
+                    DType::BF16,
+                    ShapeKind::DecodeCold {
+                        experts: ce,
+                        k,
+                        n,
+                        topk,
+                        sets: ce / topk,
+                    },
+                    format!("{origin} decode, cold"),
+                );
+                s.notes
+                    .push(format!("rotates over {}", human_bytes(ce as f64 * bf16_expert)));
+                v.push(s);
+            }
+            for (w, x) in PAIRINGS {
+                let per = expert_bytes(w, n, k) as f64;
+                let ce = ((mem_budget / per) as usize).clamp(2 * topk, experts) / topk * topk;
+                let mut s = BenchShape::new(
+                    OpKind::GroupedGemm,
+                    qgemm_y(x),
+                    ShapeKind::QGemm {
+                        w,
+                        x,
+                        experts: ce,
+                        k,
+                        n,
+                        tokens: 1,
+                        topk,
+                        sets: Some(ce / topk),
+                    },
+                    format!("{origin} decode, cold"),
+                );
+                s.notes.push(format!("rotates over {}", human_bytes(ce as f64 * per)));
+                v.push(s);
+            }
+        }
+    }
+    for t in tokens.map_or_else(|| vec![1024, 4096], |t| t.to_vec()) {
+        for (k, origin) in [(2048, "qwen3-30b-a3b hidden"), (4096, "deepseek-v4-flash hidden")] {
+            for (op, scale) in [
+                (OpKind::QuantizeFp8, Some(ScaleFormat::F32)),
+                (OpKind::QuantizeFp8, Some(ScaleFormat::Ue8m0)),
+                (OpKind::QuantizeInt8, None),
+            ] {
+                v.push(BenchShape::new(
+                    op,
+                    DType::BF16,
+                    ShapeKind::Quantize { scale, rows: t, k },
+                    origin,
+                ));
+            }
+        }
+    }
+    v
+}
