@@ -511,6 +511,7 @@ fn moe_impossible_token_counts_are_errors_and_the_reference_is_bounded() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("> --ref-limit 0 s"), "{out}");
+}
 
 mod common;
 

@@ -391,32 +391,6 @@ fn report_unchecked(got: &crate::pipeline::moe::MoeOutput, label: &str, t: usize
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reference_runs_all_tokens_within_the_limit_and_a_prefix_beyond() {
-        assert_eq!(reference_tokens(64, 0.01, 10.0, false), (64, None));
-        let (n, note) = reference_tokens(64, 1.0, 10.0, false);
-        assert_eq!(n, 10);
-        assert!(note.unwrap().contains("first 10 of 64 tokens"));
-        let (n, note) = reference_tokens(64, 20.0, 10.0, false);
-        assert_eq!(n, 0);
-        assert!(note.unwrap().contains("not checked"));
-        let (n, note) = reference_tokens(64, 0.01, 10.0, true);
-        assert_eq!(n, 0);
-        assert!(note.unwrap().contains("--no-reference"));
-    }
-
-    #[test]
-    fn tokens_that_cannot_fit_are_an_error_naming_the_most_that_fit() {
-        assert!(check_tokens_fit(100, 1000, 100_000).is_ok());
-        let e = check_tokens_fit(1_000_000_000_000, 1000, 22_249_000).unwrap_err();
-        assert!(e.0.contains("at most 22249 tokens fit"), "{}", e.0);
-    }
-}
-
 /// `moehal moe --weights F --layer L`: the checkpoint's layer on `backend` and on the reference
 /// (weights memory-mapped, uploaded to each once), hash-routed when it has `gate.tid2eid` (token ids
 /// seeded uniform in `[0, V)`), validated as the preset run (relative error within the dtype's
@@ -485,4 +459,30 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_runs_all_tokens_within_the_limit_and_a_prefix_beyond() {
+        assert_eq!(reference_tokens(64, 0.01, 10.0, false), (64, None));
+        let (n, note) = reference_tokens(64, 1.0, 10.0, false);
+        assert_eq!(n, 10);
+        assert!(note.unwrap().contains("first 10 of 64 tokens"));
+        let (n, note) = reference_tokens(64, 20.0, 10.0, false);
+        assert_eq!(n, 0);
+        assert!(note.unwrap().contains("not checked"));
+        let (n, note) = reference_tokens(64, 0.01, 10.0, true);
+        assert_eq!(n, 0);
+        assert!(note.unwrap().contains("--no-reference"));
+    }
+
+    #[test]
+    fn tokens_that_cannot_fit_are_an_error_naming_the_most_that_fit() {
+        assert!(check_tokens_fit(100, 1000, 100_000).is_ok());
+        let e = check_tokens_fit(1_000_000_000_000, 1000, 22_249_000).unwrap_err();
+        assert!(e.0.contains("at most 22249 tokens fit"), "{}", e.0);
+    }
 }

@@ -1163,8 +1163,11 @@ mod tests {
         }
     }
 
+    /// The signature of [`Kernels::dot_i8`] (x, rows, w, nc, k, out) -> ran.
+    type DotI8 = dyn Fn(&[i8], usize, &[i8], usize, usize, &mut [i32]) -> bool;
+
     /// `dot_i8` against the i64 definition, odd row / column counts and K tails included.
-    fn check_dot_i8(what: &str, f: &dyn Fn(&[i8], usize, &[i8], usize, usize, &mut [i32]) -> bool) -> usize {
+    fn check_dot_i8(what: &str, f: &DotI8) -> usize {
         let mut ran = 0;
         for (rows, nc, k) in [
             (1usize, 1usize, 1usize),
