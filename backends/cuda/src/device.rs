@@ -178,7 +178,6 @@ impl CudaBackend {
         Ok(f)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn launch(
         &self,
         s: Stream,

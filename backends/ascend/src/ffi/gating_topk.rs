@@ -39,7 +39,6 @@ impl Runtime {
     /// `ascend_audit.md` P4. `bias` must have the dtype of `x` (tiling: `biasDtype != xDtype` fails;
     /// audit P5): the caller guarantees it. A phase-one rejection is returned as
     /// [`Outcome::Rejected`] so the caller can route the op to the host.
-    #[allow(clippy::too_many_arguments)]
     pub fn gating_topk(
         &self,
         x: &Tensor<'_>,

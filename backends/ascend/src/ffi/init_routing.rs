@@ -17,7 +17,6 @@ impl Runtime {
     /// 0 = GATHER, `expandedRowIdx[t·k+j]` = position of slot (t,j) ([OT] moe_v3_row_idx_gather.h;
     /// torch_npu doc formula), and `scale_out` FLOAT `[T·k]`, which the aclnn layer null-checks
     /// (`CheckNotNull(... expandedScaleOut)`, 161001). `counts` is INT64 `[E]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn init_routing_v3(
         &self,
         x: &Tensor<'_>,
@@ -70,7 +69,6 @@ impl Runtime {
     /// `aclnnMoeInitRoutingV2`, dropless (activeNum 0 = all rows, capacity 0, dropPadMode 0),
     /// flag 1 = cumulative INT32 `[E]` counts, no before-capacity output (OPTIONAL in the op def).
     /// `expandedRowIdx[t·k+j]` = position of slot (t,j) ([OT] moe_v2_gather_out.h).
-    #[allow(clippy::too_many_arguments)]
     pub fn init_routing_v2(
         &self,
         x: &Tensor<'_>,

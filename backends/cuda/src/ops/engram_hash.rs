@@ -20,7 +20,6 @@ fn engram_scratch(n: usize, c: usize, hl: usize) -> usize {
 impl CudaBackend {
     /// Upload the layer constants and history, check ids, hash into `rows_out`. Returns nothing;
     /// the caller reads the flag.
-    #[allow(clippy::too_many_arguments)]
     fn engram_launch(
         &self,
         s: Stream,

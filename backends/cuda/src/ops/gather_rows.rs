@@ -10,7 +10,6 @@ use crate::kernels::Unit;
 use crate::raw::{self, Arg, Stream};
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn gather_launch(
         &self,
         s: Stream,

@@ -26,7 +26,6 @@ fn layout_tag(l: WeightLayout) -> &'static str {
 }
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
     fn gemm_choice(
         &self,
         dt: DType,
