@@ -268,6 +268,7 @@ impl Backend for Ascend {
             memory_bytes: self.rt.mem_info().ok().map(|m| m.1),
             capability: soc,
             compute_units: None,
+            host_memory: false,
         }
     }
 

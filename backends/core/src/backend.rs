@@ -47,6 +47,12 @@ pub struct DeviceInfo {
     pub capability: String,
     /// Threads or compute units used, where meaningful.
     pub compute_units: Option<usize>,
+    /// Whether the backend computes on the host: its [`Backend::alloc`] returns host memory
+    /// ([`Location::Host`](crate::Location::Host)), as the reference and the CPU backend do. Device
+    /// backends (CUDA, Ascend) say `false`; for them a host-resident Engram table is a separate
+    /// variant (`host_table` of [`OpDesc::GatherRows`] / [`OpDesc::EngramLookup`]). The default is
+    /// `false`.
+    pub host_memory: bool,
 }
 
 /// One device that runs the ops of OPS.md. Object safe, `Send + Sync`.

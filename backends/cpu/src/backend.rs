@@ -323,6 +323,7 @@ impl Backend for CpuBackend {
                 amx_note(self.kern)
             ),
             compute_units: Some(self.pool.threads()),
+            host_memory: true,
         }
     }
 

@@ -22,6 +22,7 @@ impl Backend for CudaBackend {
             memory_bytes: Some(self.memory),
             capability: format!("sm_{}{}", self.cc.0, self.cc.1),
             compute_units: (self.sms > 0).then_some(self.sms as usize),
+            host_memory: false,
         }
     }
 
