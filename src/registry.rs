@@ -105,7 +105,8 @@ impl Registry {
     pub fn support_matrix(&self) -> Vec<(String, OpDesc, Support)> {
         let mut rows = Vec::new();
         for b in self.available() {
-            let device = b.name() != "reference" && b.name() != "cpu";
+            // The host-table variants exist only where tables and outputs can live apart.
+            let device = !b.device_info().host_memory;
             for op in OpDesc::all(device) {
                 rows.push((b.name().to_string(), op, b.supports(&op)));
             }
@@ -123,5 +124,39 @@ impl Registry {
             }
         }
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moehal_core::Location;
+
+    /// The registry trusts `DeviceInfo::host_memory` for the device-only rows, so it must agree with
+    /// where each backend's `alloc` puts memory, and the matrix lists the host-table variants for
+    /// exactly the backends that say `false`.
+    #[test]
+    fn host_memory_agrees_with_alloc_and_picks_the_host_table_rows() {
+        let reg = Registry::discover();
+        let rows = reg.support_matrix();
+        let mut seen = 0;
+        for b in reg.available() {
+            let host = b.device_info().host_memory;
+            let loc = b.alloc(64).unwrap().location();
+            assert_eq!(host, loc == Location::Host, "{}: {loc:?}", b.name());
+            let host_table_rows = rows
+                .iter()
+                .filter(|(n, op, _)| {
+                    n == b.name()
+                        && matches!(
+                            op,
+                            OpDesc::GatherRows { host_table: true, .. } | OpDesc::EngramLookup { host_table: true, .. }
+                        )
+                })
+                .count();
+            assert_eq!(host_table_rows > 0, !host, "{}", b.name());
+            seen += 1;
+        }
+        assert!(seen >= 1, "the reference is always available");
     }
 }

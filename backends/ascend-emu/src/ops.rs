@@ -21,7 +21,7 @@
 //! or models the most conservative documented behaviour, as its comment says. `NOT EMULATED` marks
 //! an input the real op accepts but this emulator refuses (the backend does not use it).
 
-#![allow(clippy::large_enum_variant, clippy::too_many_arguments)]
+#![allow(clippy::large_enum_variant)]
 
 use crate::profile::{release, Release};
 use crate::sys;
@@ -289,7 +289,6 @@ impl Op {
     ///
     /// V3's group list is cumulative (pass `list_type` 0); V4's `groupListType` is 0 = cumulative,
     /// 1 = counts (\[OTF\] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md §约束).
-    #[allow(clippy::too_many_arguments)]
     pub fn gmm(
         launch: &'static str,
         x: Vec<Desc>,
@@ -472,7 +471,6 @@ impl Op {
     }
 
     /// aclnnMoeGatingTopK phase one (exported from CANN 8.2; rules per [`release`]).
-    #[allow(clippy::too_many_arguments)]
     pub fn gating_topk(
         x: Option<Desc>,
         bias: Option<Desc>,
@@ -627,7 +625,6 @@ impl Op {
     }
 
     /// aclnnMoeInitRoutingV2 phase one (dropless, dropPadMode 0).
-    #[allow(clippy::too_many_arguments)]
     pub fn init_routing_v2(
         x: Option<Desc>,
         ids: Option<Desc>,
@@ -726,7 +723,6 @@ impl Op {
     /// 2025 host code (\[OT\] @c29bc10): the conservative, documented envelope; the 2026 master
     /// (\[OTF\]) accepts more (activeNum 0, cumsum counts, an empty range) — the backend must not
     /// rely on that.
-    #[allow(clippy::too_many_arguments)]
     pub fn init_routing_v3(
         x: Option<Desc>,
         ids: Option<Desc>,
@@ -891,7 +887,6 @@ impl Op {
     }
 
     /// aclnnMoeFinalizeRoutingV2 phase one (dropPadMode 0 = column-major row index, 2 = row-major).
-    #[allow(clippy::too_many_arguments)]
     pub fn finalize(
         ex: Option<Desc>,
         row_idx: Option<Desc>,

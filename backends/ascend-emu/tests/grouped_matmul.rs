@@ -9,7 +9,6 @@ use ascendcl::abi::*;
 use ascendcl::sys;
 
 /// V4 phase one with single-tensor lists, splitItem 3, groupType 0, actType 0.
-#[allow(clippy::too_many_arguments)]
 fn v4(
     x: *mut sys::aclTensor,
     w: *mut sys::aclTensor,

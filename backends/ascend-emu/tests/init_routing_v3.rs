@@ -42,7 +42,6 @@ fn call(ids: &[i32], t: i64, k: i64, e: i64, h: i64) -> Call {
 
 /// Phase one with the portable argument set (activeNum T*k, count mode, range [0,E]); the
 /// closure-like parameters override one thing at a time.
-#[allow(clippy::too_many_arguments)]
 fn gws(
     c: &Call,
     scale: *const sys::aclTensor,

@@ -8,7 +8,6 @@ use std::ptr;
 use ascendcl::abi::*;
 use ascendcl::sys;
 
-#[allow(clippy::too_many_arguments)]
 fn v2(
     x: &Dev,
     ids: &Dev,
@@ -126,7 +125,6 @@ fn v2_active_num_limits_expanded_rows() {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fin(
     exp: &Dev,
     row: &Dev,

@@ -21,6 +21,7 @@
 mod backend;
 pub mod emulator;
 mod ffi;
+mod ops;
 mod routes;
 
 use std::path::PathBuf;

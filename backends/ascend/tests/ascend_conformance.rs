@@ -200,7 +200,6 @@ fn grouped_gemm_rejects_bad_group_end_and_writes_nothing_on(_profile: &str, asc:
     assert!(asc.download_vec::<f32>(&y, m * n).unwrap().iter().all(|v| v.is_nan()));
 }
 
-#[allow(clippy::too_many_arguments)]
 fn router_case(
     asc: &dyn Backend,
     cfg: RouterConfig,

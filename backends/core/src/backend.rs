@@ -4,7 +4,7 @@ use crate::ops::{
     Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
     QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu,
 };
-use crate::{Buffer, Element, Error, Result};
+use crate::{Buffer, DType, Element, Error, Result};
 
 /// What a backend says about one op variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,12 @@ pub struct DeviceInfo {
     pub capability: String,
     /// Threads or compute units used, where meaningful.
     pub compute_units: Option<usize>,
+    /// Whether the backend computes on the host: its [`Backend::alloc`] returns host memory
+    /// ([`Location::Host`](crate::Location::Host)), as the reference and the CPU backend do. Device
+    /// backends (CUDA, Ascend) say `false`; for them a host-resident Engram table is a separate
+    /// variant (`host_table` of [`OpDesc::GatherRows`] / [`OpDesc::EngramLookup`]). The default is
+    /// `false`.
+    pub host_memory: bool,
 }
 
 /// One device that runs the ops of OPS.md. Object safe, `Send + Sync`.
@@ -158,11 +164,37 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Value-dependent [`Error::InvalidArgument`] (rows), [`Error::Unsupported`], device errors.
     fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()>;
-    /// OPS.md §5.
+    /// OPS.md §5: `engram_hash` then `gather_rows` (the contract's own definition of the fused op).
+    ///
+    /// The default runs exactly that composition on this backend: it allocates the `[T, C]` i64
+    /// rows with [`Backend::alloc`] (at least 8 bytes), calls [`Backend::engram_hash`] into them,
+    /// then [`Backend::gather_rows`] from them. A backend overrides it when it fuses the two (no
+    /// rows buffer, one launch) or names this op in its errors.
     ///
     /// # Errors
-    /// Value-dependent [`Error::InvalidArgument`] (ids), [`Error::Unsupported`], device errors.
-    fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()>;
+    /// Value-dependent [`Error::InvalidArgument`] (ids; reported under `engram_hash` by the
+    /// default), [`Error::Unsupported`], out of memory for the rows, device errors.
+    fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()> {
+        let a = args.into_inner();
+        let (t, c) = (a.ids.numel(), a.layer.columns());
+        let mut rows = self.alloc((t * c * 8).max(8))?;
+        let hash = EngramHash {
+            layer: a.layer,
+            ids: a.ids,
+            positions: a.positions,
+            alive: a.alive,
+            history: a.history,
+            rows: rows.view_mut(DType::I64, &[t, c]),
+        };
+        self.engram_hash(hash.validate()?)?;
+        let gather = GatherRows {
+            table: a.table,
+            format: a.format,
+            rows: rows.view(DType::I64, &[t, c]),
+            out: a.out,
+        };
+        self.gather_rows(gather.validate()?)
+    }
 
     /// Whether (and by which kernel) this backend runs the quantized variant `op` (OPS.md §6).
     /// The default answers `No`: a backend without quantized kernels reports every §6 variant

@@ -507,12 +507,6 @@ fn default_backend_reports_unsupported() {
         fn gather_rows(&self, a: moehal_core::Checked<moehal_core::ops::GatherRows<'_>>) -> moehal_core::Result<()> {
             Reference.gather_rows(a)
         }
-        fn engram_lookup(
-            &self,
-            a: moehal_core::Checked<moehal_core::ops::EngramLookup<'_>>,
-        ) -> moehal_core::Result<()> {
-            Reference.engram_lookup(a)
-        }
     }
     for d in QuantDesc::all() {
         assert!(!Wrap.supports_quant(&d).is_yes(), "{}", d.variant());
@@ -529,6 +523,43 @@ fn default_backend_reports_unsupported() {
     let e = Wrap.quantize_int8(a.validate().unwrap()).unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
     assert!(e.to_string().contains("OPS.md §6"), "{e}");
+
+    // `engram_lookup`'s default is the contract's composition: `engram_hash`, then `gather_rows`,
+    // on the backend itself. Same output as the reference's own lookup, and a bad id is the
+    // value-dependent error with nothing written.
+    let layer = moehal_core::engram::toy::layer().unwrap();
+    let (d, c) = (3usize, layer.columns());
+    let table: Vec<f32> = (0..layer.rows() as usize * d).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let tb = buf(&table);
+    let lookup = |be: &dyn Backend, ids: &[i64]| {
+        let ib = buf(ids);
+        let mut out = buf(&vec![f32::NAN; ids.len() * c * d]);
+        let a = moehal_core::ops::EngramLookup {
+            layer: &layer,
+            ids: ib.view(DType::I64, &[ids.len()]),
+            positions: None,
+            alive: None,
+            history: &[5],
+            table: tb.view(DType::F32, &[layer.rows() as usize, d]),
+            format: moehal_core::ops::TableFormat::F32,
+            out: out.view_mut(DType::F32, &[ids.len(), c * d]),
+        };
+        let r = be.engram_lookup(a.validate().unwrap());
+        (r, be.download_vec::<f32>(&out, ids.len() * c * d).unwrap())
+    };
+    let ids = [7i64, 3, 7, 3, 49, 0];
+    let (r, got) = lookup(&Wrap, &ids);
+    r.unwrap();
+    let (r, want) = lookup(&Reference, &ids);
+    r.unwrap();
+    assert!(got.iter().all(|v| v.is_finite()));
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let (r, untouched) = lookup(&Wrap, &[7, 50]);
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    assert!(untouched.iter().all(|v| v.is_nan()));
 }
 
 /// OPS.md §1 (kept by §6): `K = 0` writes zeros. The reference wrote -0 (an empty f64

@@ -126,7 +126,6 @@ impl CpuBackend {
     /// traffic beyond one streaming read). `x`, `bias`, `y` as in the op; `group_end` host i64.
     ///
     /// Errors: `InvalidArgument` as for the op.
-    #[allow(clippy::too_many_arguments)]
     pub fn grouped_gemm_packed<T: Elem>(
         &self,
         x: &[T],
@@ -369,6 +368,7 @@ impl Backend for CpuBackend {
                 aarch64_note(self.kern)
             ),
             compute_units: Some(self.pool.threads()),
+            host_memory: true,
         }
     }
 

@@ -344,7 +344,6 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
 /// `engram_lookup` fused: per chunk of tokens, hash into a small buffer, then gather (with prefetch).
 ///
 /// Errors: as [`engram_hash`] and [`gather_rows`]; nothing is written on error.
-#[allow(clippy::too_many_arguments)]
 pub fn engram_lookup(
     pool: &Pool,
     layer: &EngramLayer,

@@ -13,7 +13,6 @@ const OP: &str = "moe_combine";
 /// `y_perm` is `[R, H]`, `slot_row` and `weights` `[T, k]`, `out` `[T, H]`.
 ///
 /// Errors: `InvalidArgument` for a slot row outside `[-1, R)` or mismatched lengths; nothing is written.
-#[allow(clippy::too_many_arguments)]
 pub fn moe_combine<T: Elem>(
     kern: &Kernels,
     pool: &Pool,

@@ -45,7 +45,6 @@ thread_local! {
 ///
 /// `cfg` must have passed core validation (`1 <= k <= E`, group rules). Errors: `InvalidArgument`
 /// on slice lengths that do not match `t`, `e`, `k`; nothing is written then.
-#[allow(clippy::too_many_arguments)]
 pub fn router_topk<T: Elem>(
     kern: &Kernels,
     pool: &Pool,
@@ -416,7 +415,6 @@ fn route<T: Elem>(
 ///
 /// Errors: `InvalidArgument` on slice lengths that do not match, a token id outside `[0, V)` or a
 /// looked-up entry outside `[0, E)` ([`moehal_core::ops::hash_rows`]); nothing is written then.
-#[allow(clippy::too_many_arguments)]
 pub fn router_hash<T: Elem>(
     kern: &Kernels,
     cfg: &RouterConfig,

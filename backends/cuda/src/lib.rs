@@ -22,10 +22,13 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod device;
 pub mod kernels;
+mod memory;
+mod ops;
 mod raw;
 
-pub use backend::{CudaBackend, GemmPath};
+pub use device::{CudaBackend, GemmPath};
 use moehal_core::{Error, Result};
 
 /// Backend name used in errors and tables.

@@ -70,7 +70,6 @@ fn to_f64<T: Float>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn gemm_case<T: Float>(
     cu: &CudaBackend,
     seed: u64,

@@ -41,6 +41,7 @@ impl Backend for Reference {
             memory_bytes: None,
             capability: "scalar".into(),
             compute_units: Some(1),
+            host_memory: true,
         }
     }
     fn supports(&self, op: &OpDesc) -> Support {

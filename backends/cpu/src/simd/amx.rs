@@ -134,7 +134,6 @@ impl Amx {
 /// Rows and columns of one output block.
 pub const BLOCK: usize = 32;
 
-#[allow(clippy::too_many_arguments)]
 fn check_block(
     a_len: usize,
     lda: usize,
@@ -167,7 +166,6 @@ impl Amx {
     ///
     /// Panics if `mt`/`nt` are not 1 or 2, `c` holds fewer than 32*32 values, or the slices are too
     /// short for the block (internal bugs: the callers size them).
-    #[allow(clippy::too_many_arguments)]
     pub fn bf16_block(
         self,
         a: &[u16],
@@ -209,7 +207,6 @@ impl Amx {
     /// VNNI layout of `tdpbssd`). Strides are in elements.
     ///
     /// Panics as [`Amx::bf16_block`].
-    #[allow(clippy::too_many_arguments)]
     pub fn s8_block(
         self,
         a: &[i8],
@@ -281,7 +278,6 @@ impl TileEngine {
     }
 
     /// [`Amx::bf16_block`] on this engine (same arguments, results and panics).
-    #[allow(clippy::too_many_arguments)]
     pub fn bf16_block(
         self,
         a: &[u16],
@@ -315,7 +311,6 @@ impl TileEngine {
     }
 
     /// [`Amx::s8_block`] on this engine (same arguments, results and panics).
-    #[allow(clippy::too_many_arguments)]
     pub fn s8_block(
         self,
         a: &[i8],

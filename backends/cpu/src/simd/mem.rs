@@ -1,24 +1,18 @@
 //! Page-aligned host buffers that ask the kernel for transparent huge pages.
 
-use std::marker::PhantomData;
-
 const HUGE: usize = 2 << 20;
 
-/// A zero-initialised, 2 MiB-aligned-when-large buffer of `len` plain-old-data elements, backed by an
-/// anonymous mapping advised `MADV_HUGEPAGE` (on Linux; elsewhere an ordinary allocation), so that a
-/// random gather over a multi-GiB table does not miss the TLB on every row.
+/// A zero-initialised buffer of `len` plain-old-data elements. From 2 MiB up it is an anonymous
+/// mapping (memmap2's `map_anon`, page aligned, length rounded up to 2 MiB) advised
+/// `MADV_HUGEPAGE` on Linux, so that a random gather over a multi-GiB table does not miss the TLB
+/// on every row; smaller (and off Linux) it is an ordinary allocation.
 pub struct HugeBuf<T: bytemuck::Pod> {
-    ptr: *mut T,
     len: usize,
-    map_len: usize,
+    /// The mapping, when large; its first `len * size_of::<T>()` bytes are the elements.
+    map: Option<memmap2::MmapMut>,
+    /// The elements, when small.
     vec: Vec<T>,
-    _p: PhantomData<T>,
 }
-
-// SAFETY: HugeBuf owns its memory exclusively (like Vec<T>); T: Pod is Send + Sync.
-unsafe impl<T: bytemuck::Pod + Send> Send for HugeBuf<T> {}
-// SAFETY: shared access only hands out &[T].
-unsafe impl<T: bytemuck::Pod + Sync> Sync for HugeBuf<T> {}
 
 impl<T: bytemuck::Pod> HugeBuf<T> {
     /// A zeroed buffer of `len` elements; `None` if the memory cannot be had.
@@ -27,43 +21,21 @@ impl<T: bytemuck::Pod> HugeBuf<T> {
         #[cfg(target_os = "linux")]
         if bytes >= HUGE {
             let map_len = bytes.div_ceil(HUGE).checked_mul(HUGE)?;
-            // SAFETY: an anonymous private mapping of map_len bytes; the result is checked below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return None;
-            }
-            // SAFETY: p..p+map_len is our mapping; madvise is advisory and its failure harmless.
-            unsafe {
-                libc::madvise(p, map_len, libc::MADV_HUGEPAGE);
-            }
+            // Anonymous private mappings are zero-filled and page aligned (so aligned for any Pod).
+            let map = memmap2::MmapOptions::new().len(map_len).map_anon().ok()?;
+            // Advisory: a kernel without transparent huge pages refuses, and small pages still work.
+            let _ = map.advise(memmap2::Advice::HugePage);
             return Some(HugeBuf {
-                ptr: p as *mut T,
                 len,
-                map_len,
+                map: Some(map),
                 vec: Vec::new(),
-                _p: PhantomData,
             });
         }
         let _ = HUGE;
         let mut vec = Vec::new();
         vec.try_reserve_exact(len).ok()?;
         vec.resize(len, T::zeroed());
-        Some(HugeBuf {
-            ptr: std::ptr::null_mut(),
-            len,
-            map_len: 0,
-            vec,
-            _p: PhantomData,
-        })
+        Some(HugeBuf { len, map: None, vec })
     }
 
     /// Number of elements.
@@ -78,21 +50,19 @@ impl<T: bytemuck::Pod> HugeBuf<T> {
 
     /// The elements.
     pub fn as_slice(&self) -> &[T] {
-        if self.map_len == 0 {
-            return &self.vec;
+        match &self.map {
+            Some(m) => bytemuck::cast_slice(&m[..self.len * std::mem::size_of::<T>()]),
+            None => &self.vec,
         }
-        // SAFETY: the mapping holds map_len >= len*size_of::<T>() zero-initialised bytes, page
-        // aligned (so aligned for T), owned by self for its lifetime; any bit pattern is a valid T.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// The elements, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [T] {
-        if self.map_len == 0 {
-            return &mut self.vec;
+        let bytes = self.len * std::mem::size_of::<T>();
+        match &mut self.map {
+            Some(m) => bytemuck::cast_slice_mut(&mut m[..bytes]),
+            None => &mut self.vec,
         }
-        // SAFETY: as in as_slice, and &mut self gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -108,23 +78,11 @@ impl AsMut<[u8]> for HugeBuf<u8> {
     }
 }
 
-impl<T: bytemuck::Pod> Drop for HugeBuf<T> {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if self.map_len != 0 {
-            // SAFETY: ptr/map_len describe the mapping made in zeroed(), unmapped exactly once.
-            unsafe {
-                libc::munmap(self.ptr as *mut libc::c_void, self.map_len);
-            }
-        }
-    }
-}
-
 impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for HugeBuf<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HugeBuf")
             .field("len", &self.len)
-            .field("huge", &(self.map_len != 0))
+            .field("huge", &self.map.is_some())
             .finish()
     }
 }
@@ -138,4 +96,29 @@ pub unsafe fn wrap_host(ptr: u64, bytes: usize) -> moehal_core::Result<moehal_co
     // SAFETY: forwarded contract.
     let mem = unsafe { moehal_core::host::HostMemory::from_raw(ptr as *mut u8, bytes, true)? };
     Ok(moehal_core::Buffer::new(Box::new(mem)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_and_huge_buffers_are_zeroed_aligned_and_writable() {
+        // One below the mapping threshold, one at it, one past it with a ragged tail.
+        for len in [HUGE / 4 - 1, HUGE / 4, HUGE / 4 * 3 + 5] {
+            let mut b = HugeBuf::<u32>::zeroed(len).expect("memory");
+            assert_eq!((b.len(), b.as_slice().len()), (len, len));
+            assert_eq!(b.as_slice().as_ptr() as usize % std::mem::align_of::<u32>(), 0);
+            assert!(b.as_slice().iter().all(|&x| x == 0));
+            #[cfg(target_os = "linux")]
+            assert_eq!(format!("{b:?}").contains("huge: true"), len * 4 >= HUGE, "len {len}");
+            for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+                *x = i as u32;
+            }
+            assert!(b.as_slice().iter().enumerate().all(|(i, &x)| x == i as u32));
+        }
+        let e = HugeBuf::<u8>::zeroed(0).expect("empty");
+        assert!(e.is_empty() && e.as_slice().is_empty());
+        assert!(HugeBuf::<u64>::zeroed(usize::MAX / 4).is_none());
+    }
 }

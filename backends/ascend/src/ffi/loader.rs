@@ -1,0 +1,345 @@
+//! Loading the CANN (or emulator) libraries: the library search, `dlopen`, and the resolved
+//! function table [`Api`] with the op versions present.
+
+use std::path::{Path, PathBuf};
+
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+use moehal_ascend_sys as sys;
+
+/// The non-`Option` function type inside a bindgen `Option<fn>` typedef.
+pub trait OptFn {
+    /// The function-pointer type.
+    type Inner: Copy;
+}
+impl<T: Copy> OptFn for Option<T> {
+    type Inner = T;
+}
+
+macro_rules! api {
+    (required { $($r:ident : $rt:ident),* $(,)? } optional { $($o:ident : $ot:ident),* $(,)? }) => {
+        /// The resolved function table. Required symbols are plain function pointers; op symbols
+        /// that are probed by version are `Option`s.
+        #[allow(non_snake_case, missing_docs)]
+        pub struct Api {
+            $(pub $r: <sys::$rt as OptFn>::Inner,)*
+            $(pub $o: Option<<sys::$ot as OptFn>::Inner>,)*
+        }
+        impl Api {
+            /// Resolve every symbol from `libs` (first library that has it wins). Fails with the
+            /// list of every missing required name.
+            fn resolve(libs: &[Library]) -> std::result::Result<Api, Vec<&'static str>> {
+                let mut missing = Vec::new();
+                $(
+                    #[allow(non_snake_case)]
+                    let $r: Option<<sys::$rt as OptFn>::Inner> = lookup::<sys::$rt>(libs, stringify!($r));
+                    if $r.is_none() { missing.push(stringify!($r)); }
+                )*
+                if !missing.is_empty() {
+                    return Err(missing);
+                }
+                Ok(Api {
+                    $($r: $r.expect("checked above"),)*
+                    $($o: lookup::<sys::$ot>(libs, stringify!($o)),)*
+                })
+            }
+        }
+    };
+}
+
+api! {
+    required {
+        aclInit: aclInitFn, aclGetRecentErrMsg: aclGetRecentErrMsgFn, aclrtGetSocName: aclrtGetSocNameFn,
+        aclrtSetDevice: aclrtSetDeviceFn, aclrtResetDevice: aclrtResetDeviceFn,
+        aclrtGetDeviceCount: aclrtGetDeviceCountFn, aclrtCreateContext: aclrtCreateContextFn,
+        aclrtDestroyContext: aclrtDestroyContextFn, aclrtSetCurrentContext: aclrtSetCurrentContextFn,
+        aclrtCreateStream: aclrtCreateStreamFn, aclrtDestroyStream: aclrtDestroyStreamFn,
+        aclrtSynchronizeStream: aclrtSynchronizeStreamFn, aclrtMalloc: aclrtMallocFn, aclrtFree: aclrtFreeFn,
+        aclrtMemcpy: aclrtMemcpyFn, aclrtMemset: aclrtMemsetFn, aclrtGetMemInfo: aclrtGetMemInfoFn,
+        aclCreateTensor: aclCreateTensorFn, aclDestroyTensor: aclDestroyTensorFn,
+        aclCreateIntArray: aclCreateIntArrayFn, aclDestroyIntArray: aclDestroyIntArrayFn,
+        aclCreateTensorList: aclCreateTensorListFn, aclDestroyTensorList: aclDestroyTensorListFn,
+    }
+    optional {
+        aclnnGroupedMatmulV4GetWorkspaceSize: aclnnGroupedMatmulV4GetWorkspaceSizeFn, aclnnGroupedMatmulV4: aclnnGroupedMatmulV4Fn,
+        aclnnGroupedMatmulV3GetWorkspaceSize: aclnnGroupedMatmulV3GetWorkspaceSizeFn, aclnnGroupedMatmulV3: aclnnGroupedMatmulV3Fn,
+        aclnnMoeGatingTopKSoftmaxGetWorkspaceSize: aclnnMoeGatingTopKSoftmaxGetWorkspaceSizeFn, aclnnMoeGatingTopKSoftmax: aclnnMoeGatingTopKSoftmaxFn,
+        aclnnMoeGatingTopKGetWorkspaceSize: aclnnMoeGatingTopKGetWorkspaceSizeFn, aclnnMoeGatingTopK: aclnnMoeGatingTopKFn,
+        aclnnMoeInitRoutingV2GetWorkspaceSize: aclnnMoeInitRoutingV2GetWorkspaceSizeFn, aclnnMoeInitRoutingV2: aclnnMoeInitRoutingV2Fn,
+        aclnnMoeInitRoutingV3GetWorkspaceSize: aclnnMoeInitRoutingV3GetWorkspaceSizeFn, aclnnMoeInitRoutingV3: aclnnMoeInitRoutingV3Fn,
+        aclnnMoeFinalizeRoutingV2GetWorkspaceSize: aclnnMoeFinalizeRoutingV2GetWorkspaceSizeFn, aclnnMoeFinalizeRoutingV2: aclnnMoeFinalizeRoutingV2Fn,
+        aclnnEmbeddingGetWorkspaceSize: aclnnEmbeddingGetWorkspaceSizeFn, aclnnEmbedding: aclnnEmbeddingFn,
+        aclnnGatherV2GetWorkspaceSize: aclnnGatherV2GetWorkspaceSizeFn, aclnnGatherV2: aclnnGatherV2Fn,
+        aclnnIndexSelectGetWorkspaceSize: aclnnIndexSelectGetWorkspaceSizeFn, aclnnIndexSelect: aclnnIndexSelectFn,
+        aclnnCastGetWorkspaceSize: aclnnCastGetWorkspaceSizeFn, aclnnCast: aclnnCastFn,
+    }
+}
+
+fn lookup<T: OptFn>(libs: &[Library], name: &str) -> Option<T::Inner> {
+    let mut cname = name.as_bytes().to_vec();
+    cname.push(0);
+    for lib in libs {
+        // SAFETY: `T` is the bindgen typedef of `name` from the hand-written header (the same one the
+        // emulator is checked against): an `Option` of an `extern "C"` fn pointer, pointer-sized.
+        if let Ok(sym) = unsafe { lib.get::<T>(&cname) } {
+            // SAFETY: `T` is `Option<fn>` (see `OptFn`), so reading it as `Option<T::Inner>` is a
+            // no-op transmute of a pointer-sized value; a null symbol reads as `None`.
+            let f: Option<T::Inner> = unsafe { std::mem::transmute_copy(&*sym) };
+            if f.is_some() {
+                return f;
+            }
+        }
+    }
+    None
+}
+
+/// Op versions present (both `aclnnX` and `aclnnXGetWorkspaceSize` resolved).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpVersions {
+    /// `aclnnGroupedMatmulV4` (4), else V3 (3), else 0.
+    pub gmm: u8,
+    /// `aclnnMoeGatingTopKSoftmax`.
+    pub gating_softmax: bool,
+    /// `aclnnMoeGatingTopK`.
+    pub gating: bool,
+    /// `aclnnMoeInitRoutingV3` (3), else V2 (2), else 0.
+    pub init_routing: u8,
+    /// `aclnnMoeFinalizeRoutingV2`.
+    pub finalize: bool,
+    /// `aclnnEmbedding` (1), `aclnnGatherV2` (2), `aclnnIndexSelect` (3), none (0).
+    pub gather: u8,
+    /// `aclnnCast`.
+    pub cast: bool,
+}
+
+impl Api {
+    /// The aclnn ops whose two entry points both resolved, by name.
+    pub fn ops(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut add = |name: &'static str, a: bool, b: bool| {
+            if a && b {
+                v.push(name);
+            }
+        };
+        add(
+            "aclnnGroupedMatmulV4",
+            self.aclnnGroupedMatmulV4.is_some(),
+            self.aclnnGroupedMatmulV4GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGroupedMatmulV3",
+            self.aclnnGroupedMatmulV3.is_some(),
+            self.aclnnGroupedMatmulV3GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeGatingTopKSoftmax",
+            self.aclnnMoeGatingTopKSoftmax.is_some(),
+            self.aclnnMoeGatingTopKSoftmaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeGatingTopK",
+            self.aclnnMoeGatingTopK.is_some(),
+            self.aclnnMoeGatingTopKGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeInitRoutingV2",
+            self.aclnnMoeInitRoutingV2.is_some(),
+            self.aclnnMoeInitRoutingV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeInitRoutingV3",
+            self.aclnnMoeInitRoutingV3.is_some(),
+            self.aclnnMoeInitRoutingV3GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMoeFinalizeRoutingV2",
+            self.aclnnMoeFinalizeRoutingV2.is_some(),
+            self.aclnnMoeFinalizeRoutingV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnEmbedding",
+            self.aclnnEmbedding.is_some(),
+            self.aclnnEmbeddingGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGatherV2",
+            self.aclnnGatherV2.is_some(),
+            self.aclnnGatherV2GetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnIndexSelect",
+            self.aclnnIndexSelect.is_some(),
+            self.aclnnIndexSelectGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnCast",
+            self.aclnnCast.is_some(),
+            self.aclnnCastGetWorkspaceSize.is_some(),
+        );
+        v
+    }
+
+    fn versions(&self) -> OpVersions {
+        let both = |a: bool, b: bool| a && b;
+        OpVersions {
+            gmm: if both(
+                self.aclnnGroupedMatmulV4.is_some(),
+                self.aclnnGroupedMatmulV4GetWorkspaceSize.is_some(),
+            ) {
+                4
+            } else if both(
+                self.aclnnGroupedMatmulV3.is_some(),
+                self.aclnnGroupedMatmulV3GetWorkspaceSize.is_some(),
+            ) {
+                3
+            } else {
+                0
+            },
+            gating_softmax: both(
+                self.aclnnMoeGatingTopKSoftmax.is_some(),
+                self.aclnnMoeGatingTopKSoftmaxGetWorkspaceSize.is_some(),
+            ),
+            gating: both(
+                self.aclnnMoeGatingTopK.is_some(),
+                self.aclnnMoeGatingTopKGetWorkspaceSize.is_some(),
+            ),
+            init_routing: if both(
+                self.aclnnMoeInitRoutingV3.is_some(),
+                self.aclnnMoeInitRoutingV3GetWorkspaceSize.is_some(),
+            ) {
+                3
+            } else if both(
+                self.aclnnMoeInitRoutingV2.is_some(),
+                self.aclnnMoeInitRoutingV2GetWorkspaceSize.is_some(),
+            ) {
+                2
+            } else {
+                0
+            },
+            finalize: both(
+                self.aclnnMoeFinalizeRoutingV2.is_some(),
+                self.aclnnMoeFinalizeRoutingV2GetWorkspaceSize.is_some(),
+            ),
+            gather: if both(
+                self.aclnnEmbedding.is_some(),
+                self.aclnnEmbeddingGetWorkspaceSize.is_some(),
+            ) {
+                1
+            } else if both(
+                self.aclnnGatherV2.is_some(),
+                self.aclnnGatherV2GetWorkspaceSize.is_some(),
+            ) {
+                2
+            } else if both(
+                self.aclnnIndexSelect.is_some(),
+                self.aclnnIndexSelectGetWorkspaceSize.is_some(),
+            ) {
+                3
+            } else {
+                0
+            },
+            cast: both(self.aclnnCast.is_some(), self.aclnnCastGetWorkspaceSize.is_some()),
+        }
+    }
+}
+
+// ================================================================================ library search
+
+/// Runtime library names, in preference order.
+pub const RUNTIME_LIBS: [&str; 2] = ["libascendcl.so", "libacl_rt.so"];
+/// Meta library.
+pub const META_LIB: &str = "libnnopbase.so";
+/// Op libraries: the monolithic one, then the per-domain splits.
+pub const OP_LIBS: [&str; 7] = [
+    "libopapi.so",
+    "libopapi_transformer.so",
+    "libopapi_nn.so",
+    "libopapi_math.so",
+    "libaclnn_ops_infer.so",
+    "libaclnn_ops_train.so",
+    "libaclnn_math.so",
+];
+
+/// Directories searched, in order: `MOEHAL_ASCEND_LIB_DIR`, then for `ASCEND_HOME_PATH` and
+/// `ASCEND_TOOLKIT_HOME` their `lib64`, `<arch>-linux/lib64` and `runtime/lib64`, then each
+/// `LD_LIBRARY_PATH` entry, then the same sub-folders of `/usr/local/Ascend/ascend-toolkit/latest`
+/// and `/usr/local/Ascend/cann`.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    let arch = std::env::consts::ARCH;
+    let under = |root: &Path, dirs: &mut Vec<PathBuf>| {
+        for sub in [
+            "lib64".to_string(),
+            format!("{arch}-linux/lib64"),
+            "runtime/lib64".to_string(),
+        ] {
+            dirs.push(root.join(sub));
+        }
+    };
+    for var in ["ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"] {
+        if let Some(r) = std::env::var_os(var) {
+            under(Path::new(&r), &mut dirs);
+        }
+    }
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
+    }
+    for root in ["/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann"] {
+        under(Path::new(root), &mut dirs);
+    }
+    dirs
+}
+
+fn open_lib(path: &Path) -> std::result::Result<Library, String> {
+    // SAFETY: loading a library runs its initialisers; these are the vendor's (or the emulator's)
+    // runtime libraries, loaded the way their documentation says (RTLD_NOW | RTLD_GLOBAL).
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The loaded libraries and the function table; the libraries stay loaded as long as this lives.
+pub struct Loaded {
+    /// Function table.
+    pub api: Api,
+    /// Versions found.
+    pub versions: OpVersions,
+    /// Paths of the libraries loaded.
+    pub paths: Vec<PathBuf>,
+    _libs: Vec<Library>,
+}
+
+/// Load the runtime from the first of `dirs` that has one, meta and op libraries from the first
+/// directory that has each, and resolve every symbol.
+pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
+    let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
+    let Some(rt_path) = RUNTIME_LIBS.iter().find_map(|n| find(n)) else {
+        let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(format!(
+            "libascendcl.so / libacl_rt.so not found (searched: {}; set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH)",
+            if shown.is_empty() {
+                "nothing".to_string()
+            } else {
+                shown.join(", ")
+            }
+        ));
+    };
+    let mut paths = vec![rt_path];
+    paths.extend(find(META_LIB));
+    paths.extend(OP_LIBS.iter().filter_map(|n| find(n)));
+    let mut libs = Vec::new();
+    for p in &paths {
+        libs.push(open_lib(p)?);
+    }
+    let api = Api::resolve(&libs).map_err(|missing| {
+        let shown: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+        format!("missing symbols: {} (in {})", missing.join(", "), shown.join(", "))
+    })?;
+    let versions = api.versions();
+    Ok(Loaded {
+        api,
+        versions,
+        paths,
+        _libs: libs,
+    })
+}

@@ -1,0 +1,11 @@
+//! One file per op family: each adds `run_<op>` to [`Ascend`](crate::Ascend), which the `Backend`
+//! impl calls after core's validation. The aclnn calls themselves are in `crate::ffi`, one file per
+//! aclnn op family.
+
+mod engram;
+mod gather_rows;
+mod grouped_gemm;
+mod moe_combine;
+mod moe_permute;
+mod router_topk;
+mod swiglu;

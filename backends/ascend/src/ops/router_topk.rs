@@ -1,0 +1,306 @@
+//! `router_topk` on `aclnnMoeGatingTopKSoftmax` / `aclnnMoeGatingTopK` (ffi/gating_topk.rs), or the
+//! host: the route per call, the documented shape limits, and the host path.
+
+use moehal_ascend_sys as sys;
+use moehal_core::ops::{Checked, GroupLimit, GroupScore, RouterConfig, RouterTopk, Scoring};
+use moehal_core::{Backend, Buffer, DType, Error, Reference, Result};
+
+use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
+use crate::ffi::{DevMem, Outcome, NAME};
+use crate::routes::GatingPattern;
+
+const OP_RT: &str = "router_topk";
+
+/// Which path one `router_topk` call takes.
+#[derive(Debug, Clone, Copy)]
+enum RouterRoute {
+    /// The reference on the host (staged).
+    Host,
+    /// `aclnnMoeGatingTopKSoftmax` selects, the host computes the weights.
+    Softmax,
+    /// `aclnnMoeGatingTopK` selects (pattern accepted by the open-time probe), the host computes
+    /// the weights.
+    Gating(GatingPattern),
+}
+
+/// The `aclnnMoeGatingTopK` pattern of a router config, if the op has that scoring at all.
+fn gating_pattern(cfg: &RouterConfig, bias: bool) -> Option<GatingPattern> {
+    let sigmoid = match cfg.scoring {
+        Scoring::Softmax => false,
+        Scoring::Sigmoid => true,
+        _ => return None,
+    };
+    Some(GatingPattern {
+        sigmoid,
+        top2: cfg.effective_group().map(|g| g.score == GroupScore::Top2Sum),
+        bias,
+    })
+}
+
+/// The documented shape limits of `aclnnMoeGatingTopK` ([OT] moe_gating_top_k_tiling.cpp:221-227
+/// and the doc's 约束说明, `ascend_audit.md` §1.4 and P7): E <= 2048; E divisible by groupCount;
+/// 1 <= kGroup <= groupCount; 1 <= k <= E/groupCount·kGroup; top-2-sum needs >= 2 experts per
+/// group; and, whenever grouped (groupCount not 1 or E, kGroup != groupCount),
+/// groupCount·align32(E/groupCount) <= 2048.
+///
+/// # Errors
+/// The limit broken, as text.
+pub(crate) fn gating_shape_ok(e: usize, k: usize, group: Option<GroupLimit>) -> std::result::Result<(), String> {
+    if e > 2048 {
+        return Err(format!("E = {e} > 2048"));
+    }
+    let (gc, kg) = group.map_or((1, 1), |g| (g.n_group, g.topk_group));
+    if gc == 0 || e % gc != 0 {
+        return Err(format!("E = {e} not divisible by groupCount {gc}"));
+    }
+    if kg == 0 || kg > gc {
+        return Err(format!("kGroup {kg} outside [1, {gc}]"));
+    }
+    let per = e / gc;
+    if k == 0 || k > per * kg {
+        return Err(format!("k = {k} outside [1, E/groupCount·kGroup = {}]", per * kg));
+    }
+    if group.is_some_and(|g| g.score == GroupScore::Top2Sum) && per < 2 {
+        return Err(format!("top-2-sum groups of {per} expert(s)"));
+    }
+    if gc != 1 && gc != e && kg != gc && gc * per.div_ceil(32) * 32 > 2048 {
+        return Err(format!(
+            "groupCount·align32(E/groupCount) = {} > 2048",
+            gc * per.div_ceil(32) * 32
+        ));
+    }
+    Ok(())
+}
+
+impl Ascend {
+    fn router_route(&self, cfg: &RouterConfig, e: usize, dt: DType, bias: bool) -> RouterRoute {
+        let v = self.rt.lib.versions;
+        let k = cfg.k;
+        if cfg.scoring == Scoring::Softmax
+            && cfg.effective_group().is_none()
+            && !bias
+            && v.gating_softmax
+            && k <= e.min(1024)
+        {
+            return RouterRoute::Softmax;
+        }
+        match gating_pattern(cfg, bias) {
+            Some(p)
+                if v.gating
+                    && self.routes.gating_ok(p)
+                    && (dt == DType::F32 || v.cast)
+                    && gating_shape_ok(e, k, cfg.effective_group()).is_ok() =>
+            {
+                RouterRoute::Gating(p)
+            }
+            _ => RouterRoute::Host,
+        }
+    }
+
+    /// The contract on the host: scoring, exclusion of non-finite logits and tie rules.
+    fn router_host(&self, a: &RouterTopk<'_>, lg: &Option<Buffer>) -> Result<()> {
+        let sb = a.bias.as_ref().map(|b| self.stage(b)).transpose()?;
+        let mut si = self.stage(&a.ids.as_ref())?;
+        let mut sw = self.stage(&a.weights.as_ref())?;
+        let mut sc = match &a.expert_counts {
+            Some(c) => Some(self.stage(&c.as_ref())?),
+            None => None,
+        };
+        let args = RouterTopk {
+            config: a.config,
+            logits: hv(lg, &a.logits),
+            bias: a.bias.as_ref().zip(sb.as_ref()).map(|(r, s)| hv(s, r)),
+            ids: hm(&mut si, &a.ids)?,
+            weights: hm(&mut sw, &a.weights)?,
+            expert_counts: match (&a.expert_counts, sc.as_mut()) {
+                (Some(c), Some(s)) => Some(hm(s, c)?),
+                _ => None,
+            },
+        };
+        Reference.router_topk(args.validate()?)?;
+        self.unstage(si.as_ref().expect("staged"), &a.ids)?;
+        self.unstage(sw.as_ref().expect("staged"), &a.weights)?;
+        if let (Some(c), Some(Some(s))) = (&a.expert_counts, sc.as_ref()) {
+            self.unstage(s, c)?;
+        }
+        Ok(())
+    }
+
+    /// `Backend::router_topk` on this device.
+    pub(crate) fn run_router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
+        let a = args.into_inner();
+        let _g = self.lock();
+        let (t, e) = a.dims();
+        let cfg = a.config;
+        let k = cfg.k;
+        let lg = self.stage(&a.logits)?;
+        let logits: Vec<f64> = {
+            let h = hv(&lg, &a.logits);
+            let n = t * e;
+            let mut out = Vec::with_capacity(n);
+            let raw: Vec<u8> = {
+                let (s, en) = h.byte_range();
+                let mut b = vec![0u8; en - s];
+                Reference.download(h.buffer(), s, &mut b)?;
+                b
+            };
+            for i in 0..n {
+                out.push(match h.dtype() {
+                    DType::F32 => f32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as f64,
+                    DType::F16 => half::f16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
+                    _ => half::bf16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
+                });
+            }
+            out
+        };
+        let route = if logits.iter().any(|x| !x.is_finite()) || t == 0 {
+            RouterRoute::Host
+        } else {
+            self.router_route(&cfg, e, a.logits.dtype(), a.bias.is_some())
+        };
+        // Vendor op for the selection; scratch outputs.
+        let ids = match route {
+            RouterRoute::Host => None,
+            RouterRoute::Softmax => {
+                let dt = a.logits.dtype();
+                let ymem = DevMem::new(&self.rt, t * k * dt.size())?;
+                let imem = DevMem::new(&self.rt, t * k * 4)?;
+                let rmem = DevMem::new(&self.rt, t * k * 4)?;
+                let x = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+                let y = self.t(&scratch_desc(&ymem, acl_dt(dt), &[t, k]))?;
+                let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+                let row = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t, k]))?;
+                self.rt.gating_topk_softmax(&x, k as i64, &y, &idx, &row)?;
+                let mut ids = vec![0i32; t * k];
+                self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+                Some(ids)
+            }
+            RouterRoute::Gating(p) => {
+                // x in FLOAT: the bias is f32 (core) and must have x's dtype (audit P5); the cast
+                // from bf16/f16 is exact, so the selection is unchanged.
+                let xmem;
+                let x = if a.logits.dtype() == DType::F32 {
+                    self.t(&desc_of(&a.logits, OP_RT, "logits")?)?
+                } else {
+                    xmem = DevMem::new(&self.rt, t * e * 4)?;
+                    let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+                    let dst = self.t(&scratch_desc(&xmem, sys::ACL_FLOAT, &[t, e]))?;
+                    self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
+                    dst
+                };
+                let ymem = DevMem::new(&self.rt, t * k * 4)?;
+                let imem = DevMem::new(&self.rt, t * k * 4)?;
+                let omem = DevMem::new(&self.rt, t * e * 4)?;
+                let y = self.t(&scratch_desc(&ymem, sys::ACL_FLOAT, &[t, k]))?;
+                let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+                let out = self.t(&scratch_desc(&omem, sys::ACL_FLOAT, &[t, e]))?;
+                let bias = match &a.bias {
+                    Some(b) => Some(self.t(&desc_of(b, OP_RT, "bias")?)?),
+                    None => None,
+                };
+                let (gc, kg) = match cfg.effective_group() {
+                    Some(g) => (g.n_group as i64, g.topk_group as i64),
+                    None => (1, 1),
+                };
+                let mode = matches!(p.top2, Some(true)) as i64;
+                let o = self.rt.gating_topk(
+                    &x,
+                    bias.as_ref(),
+                    k as i64,
+                    kg,
+                    gc,
+                    mode,
+                    p.sigmoid as i64,
+                    &y,
+                    &idx,
+                    &out,
+                )?;
+                match o {
+                    // A shape this release's tiling refuses beyond the documented limits checked
+                    // in `router_route`: the host computes the contract instead.
+                    Outcome::Rejected(_) => None,
+                    Outcome::Ran => {
+                        let mut ids = vec![0i32; t * k];
+                        self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+                        Some(ids)
+                    }
+                }
+            }
+        };
+        let Some(ids) = ids else {
+            return self.router_host(&a, &lg);
+        };
+        // Host: unbiased scores of the chosen experts, renormalize, scale once; counts.
+        let mut w = vec![0f32; t * k];
+        let mut counts = vec![0i64; e];
+        for r in 0..t {
+            let row = &logits[r * e..(r + 1) * e];
+            let s: Vec<f64> = match cfg.scoring {
+                Scoring::Softmax => {
+                    let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = row.iter().map(|x| (x - mx).exp()).sum();
+                    row.iter().map(|x| (x - mx).exp() / sum).collect()
+                }
+                _ => row.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
+            };
+            let sel = &ids[r * k..(r + 1) * k];
+            if sel.iter().any(|&i| i < 0 || i as usize >= e) {
+                return Err(Error::device(
+                    NAME,
+                    0,
+                    format!("vendor gating op returned an expert id outside [0, {e})"),
+                ));
+            }
+            let mut ws: Vec<f64> = sel.iter().map(|&i| s[i as usize]).collect();
+            if cfg.renormalize {
+                let sum: f64 = ws.iter().sum::<f64>() + 1e-20;
+                ws.iter_mut().for_each(|x| *x /= sum);
+            }
+            for j in 0..k {
+                w[r * k + j] = (ws[j] * cfg.routed_scaling_factor as f64) as f32;
+                counts[sel[j] as usize] += 1;
+            }
+        }
+        let (io, _) = a.ids.byte_range();
+        self.put(&a.ids, io, bytes_of(&ids))?;
+        let (wo, _) = a.weights.byte_range();
+        self.put(&a.weights, wo, bytes_of(&w))?;
+        if let Some(c) = &a.expert_counts {
+            let (co, _) = c.byte_range();
+            self.put(c, co, bytes_of(&counts))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n_group: usize, topk_group: usize, score: GroupScore) -> Option<GroupLimit> {
+        Some(GroupLimit {
+            n_group,
+            topk_group,
+            score,
+        })
+    }
+
+    #[test]
+    fn gating_shape_limits_are_the_documented_ones() {
+        // DeepSeek-V3: 8·align32(32) = 256.
+        assert!(gating_shape_ok(256, 8, g(8, 4, GroupScore::Top2Sum)).is_ok());
+        // Audit P7: 128·align32(8) = 4096 > 2048.
+        let e = gating_shape_ok(1024, 8, g(128, 4, GroupScore::Top2Sum)).unwrap_err();
+        assert!(e.contains("4096"), "{e}");
+        // Keeping every group is not grouping: the align32 rule does not apply.
+        assert!(gating_shape_ok(1024, 8, g(128, 128, GroupScore::Max)).is_ok());
+        assert!(gating_shape_ok(2048, 8, None).is_ok());
+        assert!(gating_shape_ok(2049, 8, None).is_err());
+        assert!(gating_shape_ok(64, 0, None).is_err());
+        // k <= E/groupCount·kGroup.
+        assert!(gating_shape_ok(64, 17, g(8, 2, GroupScore::Max)).is_err());
+        assert!(gating_shape_ok(64, 16, g(8, 2, GroupScore::Max)).is_ok());
+        // top-2 sum needs two experts per group.
+        assert!(gating_shape_ok(8, 2, g(8, 2, GroupScore::Top2Sum)).is_err());
+    }
+}
