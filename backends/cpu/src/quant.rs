@@ -854,13 +854,17 @@ pub fn support(kern: &Kernels, op: &moehal_core::ops::QuantDesc) -> moehal_core:
         QuantDesc::GroupedGemm { x: ActFormat::Fp8, .. } => {
             Support::yes(format!("{isa} e4m3 panels, f32 block sums promoted per 128"))
         }
-        QuantDesc::GroupedGemm { x: ActFormat::Int8, .. } => Support::yes(match (kern.amx().is_some(), kern.int8_kernel()) {
-            (true, _) => "amx-int8 tdpbssd tiles exact i32".to_string(),
-            (false, Some("vpdpbusd")) => "avx512-vnni vpdpbusd exact i32".to_string(),
-            (false, Some("vpmaddwd")) => "avx2 vpmaddwd exact i32 (weights widened to i16 per 256-K block)".to_string(),
-            (false, Some(k)) => format!("neon {k} exact i32"),
-            (false, None) => "portable exact i32 dot".to_string(),
-        }),
+        QuantDesc::GroupedGemm { x: ActFormat::Int8, .. } => {
+            Support::yes(match (kern.amx().is_some(), kern.int8_kernel()) {
+                (true, _) => "amx-int8 tdpbssd tiles exact i32".to_string(),
+                (false, Some("vpdpbusd")) => "avx512-vnni vpdpbusd exact i32".to_string(),
+                (false, Some("vpmaddwd")) => {
+                    "avx2 vpmaddwd exact i32 (weights widened to i16 per 256-K block)".to_string()
+                }
+                (false, Some(k)) => format!("neon {k} exact i32"),
+                (false, None) => "portable exact i32 dot".to_string(),
+            })
+        }
         QuantDesc::QuantizeFp8 { .. } | QuantDesc::QuantizeInt8 { .. } => Support::yes("parallel rows"),
     }
 }

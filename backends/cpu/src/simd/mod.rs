@@ -524,7 +524,9 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         match self.int8_kernel() {
             // SAFETY: extents checked above; AVX-512 and VNNI verified by has_vnni (int8_kernel).
-            Some("vpdpbusd") => unsafe { quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr()) },
+            Some("vpdpbusd") => unsafe {
+                quant_x86::dot_i8_vnni(x.as_ptr(), rows, w.as_ptr(), nc, k, out.as_mut_ptr())
+            },
             _ => dot_i8_avx2_blocked(x, rows, w, nc, k, out),
         }
         #[cfg(target_arch = "aarch64")]
