@@ -381,7 +381,6 @@ pub(super) fn compare(q: &QuantSpec, out: &Outcome, reference: &Outcome) -> (Str
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn gemm(
     name: &str,
     w: WeightFormat,

@@ -9,11 +9,11 @@
 
 use std::time::Instant;
 
-use moehal_core::ops::{RouterTopk, Swiglu};
+use moehal_core::ops::RouterTopk;
 use moehal_core::{Backend, BackendExt, DType, Error, Result};
 use moehal_ep::{ep_combine, ep_dispatch, Comm, DispatchArgs, EpBytes, ExpertMap};
 
-use super::moe::{expert_gemm, MoeInputs, MoeWeights, Stage};
+use super::moe::{routed_ffn, shared_ffn, MoeInputs, MoeWeights, Stage};
 use super::{decode_floats, upload_bytes};
 use crate::presets::Preset;
 
@@ -147,43 +147,18 @@ pub fn forward_ep(
         let mut act = backend.alloc(m * i * es)?;
         let mut yb = backend.alloc(m * h * es)?;
         backend.synchronize()?;
-        let rq = |j: usize| {
-            w.quant
-                .as_ref()
-                .map(|q| (q.routed, if j == 0 { &q.routed_scales.0 } else { &q.routed_scales.1 }))
-        };
-        timed("gate_up", &mut || {
-            expert_gemm(
-                backend,
-                dtype,
-                x_local.view(dtype, &[m, h]),
-                &w.gate_up,
-                rq(0),
-                (l_n, 2 * i, h),
-                ge.view(DType::I64, &[l_n]),
-                hbuf.view_mut(dtype, &[m, 2 * i]),
-            )
-        })?;
-        timed("swiglu", &mut || {
-            let args = Swiglu {
-                h: hbuf.view(dtype, &[m, 2 * i]),
-                out: act.view_mut(dtype, &[m, i]),
-                limit: p.swiglu_limit,
-            };
-            backend.swiglu(args.validate()?)
-        })?;
-        timed("down", &mut || {
-            expert_gemm(
-                backend,
-                dtype,
-                act.view(dtype, &[m, i]),
-                &w.down,
-                rq(1),
-                (l_n, h, i),
-                ge.view(DType::I64, &[l_n]),
-                yb.view_mut(dtype, &[m, h]),
-            )
-        })?;
+        routed_ffn(
+            backend,
+            dtype,
+            p,
+            w,
+            x_local.view(dtype, &[m, h]),
+            l_n,
+            ge.view(DType::I64, &[l_n]),
+            (&mut hbuf, &mut act),
+            &mut yb,
+            &mut timed,
+        )?;
         backend.download(&yb, 0, &mut y_local)?;
     } else {
         for name in ["gate_up", "swiglu", "down"] {
@@ -200,41 +175,17 @@ pub fn forward_ep(
         let mut as_ = backend.alloc(t * i * es)?;
         let mut ys = backend.alloc(s * t * h * es)?;
         timed("shared_expert", &mut || {
-            for (si, (gu, dn)) in w.shared.iter().enumerate() {
-                let sq = |j: usize| {
-                    w.quant.as_ref().map(|q| {
-                        let sc = &q.shared_scales[si];
-                        (q.shared, if j == 0 { &sc.0 } else { &sc.1 })
-                    })
-                };
-                expert_gemm(
-                    backend,
-                    dtype,
-                    x.view(dtype, &[t, h]),
-                    gu,
-                    sq(0),
-                    (1, 2 * i, h),
-                    dense_end.view(DType::I64, &[1]),
-                    hs.view_mut(dtype, &[t, 2 * i]),
-                )?;
-                let args = Swiglu {
-                    h: hs.view(dtype, &[t, 2 * i]),
-                    out: as_.view_mut(dtype, &[t, i]),
-                    limit: p.swiglu_limit,
-                };
-                backend.swiglu(args.validate()?)?;
-                expert_gemm(
-                    backend,
-                    dtype,
-                    as_.view(dtype, &[t, i]),
-                    dn,
-                    sq(1),
-                    (1, h, i),
-                    dense_end.view(DType::I64, &[1]),
-                    ys.view_mut(dtype, &[t, h]).with_offset(si * t * h),
-                )?;
-            }
-            Ok(())
+            shared_ffn(
+                backend,
+                dtype,
+                p,
+                w,
+                x.view(dtype, &[t, h]),
+                dense_end.view(DType::I64, &[1]),
+                (&mut hs, &mut as_),
+                &mut ys,
+                0,
+            )
         })?;
         backend.download(&ys, 0, &mut shared_rows)?;
     }

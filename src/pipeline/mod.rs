@@ -233,10 +233,7 @@ pub fn available_memory() -> Option<u64> {
 
 /// Whether the backend's buffers are host memory (reference, CPU) rather than device memory.
 pub fn is_host_backend(backend: &dyn Backend) -> bool {
-    backend
-        .alloc(64)
-        .map(|b| b.location() == moehal_core::Location::Host)
-        .unwrap_or(false)
+    backend.device_info().host_memory
 }
 
 /// Format a byte count with a binary unit (`"1.2 GiB"`).

@@ -387,9 +387,127 @@ impl MoeWeights {
     }
 }
 
+/// Times one pipeline stage: runs it, synchronizes the backend, records the wall time.
+pub(crate) type StageTimer<'a> = dyn FnMut(&'static str, &mut dyn FnMut() -> Result<()>) -> Result<()> + 'a;
+
+/// The routed experts on permuted rows, as three timed stages: `gate_up` (grouped GEMM
+/// `[M, H] → [M, 2I]` over `groups` experts), `swiglu` (`[M, 2I] → [M, I]`), `down` (grouped GEMM
+/// `[M, I] → [M, H]` into the first `M·H` elements of `y`). `x` is `[M, H]` in `dtype`,
+/// `group_end` `[groups]` i64; `scratch` holds the `[M, 2I]` and `[M, I]` intermediates. Quantized weights (`w.quant`) take the
+/// §6 grouped GEMM. Shared by the single-process layer and the expert-parallel one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn routed_ffn(
+    backend: &dyn Backend,
+    dtype: DType,
+    p: &Preset,
+    w: &MoeWeights,
+    x: TensorRef<'_>,
+    groups: usize,
+    group_end: TensorRef<'_>,
+    scratch: (&mut Buffer, &mut Buffer),
+    y: &mut Buffer,
+    timed: &mut StageTimer<'_>,
+) -> Result<()> {
+    let (h, i) = (p.hidden, p.expert_width);
+    let m = x.shape()[0];
+    let (hbuf, act) = scratch;
+    let rq = |j: usize| {
+        w.quant
+            .as_ref()
+            .map(|q| (q.routed, if j == 0 { &q.routed_scales.0 } else { &q.routed_scales.1 }))
+    };
+    timed("gate_up", &mut || {
+        expert_gemm(
+            backend,
+            dtype,
+            x,
+            &w.gate_up,
+            rq(0),
+            (groups, 2 * i, h),
+            group_end,
+            hbuf.view_mut(dtype, &[m, 2 * i]),
+        )
+    })?;
+    timed("swiglu", &mut || {
+        let args = Swiglu {
+            h: hbuf.view(dtype, &[m, 2 * i]),
+            out: act.view_mut(dtype, &[m, i]),
+            limit: p.swiglu_limit,
+        };
+        backend.swiglu(args.validate()?)
+    })?;
+    timed("down", &mut || {
+        expert_gemm(
+            backend,
+            dtype,
+            act.view(dtype, &[m, i]),
+            &w.down,
+            rq(1),
+            (groups, h, i),
+            group_end,
+            y.view_mut(dtype, &[m, h]),
+        )
+    })
+}
+
+/// The shared experts on a token's own rows (no routing): for each shared expert `si`, a
+/// one-group grouped GEMM `[T, H] → [T, 2I]`, swiglu, and `[T, I] → [T, H]` written at rows
+/// `y_row0 + si·T ..` of `y` (`[.., H]` in `dtype`). `dense_end` is `[1]` i64 holding `T`;
+/// `scratch` holds the `[T, 2I]` and `[T, I]` intermediates. Shared by the single-process layer
+/// and the expert-parallel one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn shared_ffn(
+    backend: &dyn Backend,
+    dtype: DType,
+    p: &Preset,
+    w: &MoeWeights,
+    x: TensorRef<'_>,
+    dense_end: TensorRef<'_>,
+    scratch: (&mut Buffer, &mut Buffer),
+    y: &mut Buffer,
+    y_row0: usize,
+) -> Result<()> {
+    let (h, i, t) = (p.hidden, p.expert_width, x.shape()[0]);
+    let (hs, as_) = scratch;
+    for (si, (gu, dn)) in w.shared.iter().enumerate() {
+        let sq = |j: usize| {
+            w.quant.as_ref().map(|q| {
+                let sc = &q.shared_scales[si];
+                (q.shared, if j == 0 { &sc.0 } else { &sc.1 })
+            })
+        };
+        expert_gemm(
+            backend,
+            dtype,
+            x,
+            gu,
+            sq(0),
+            (1, 2 * i, h),
+            dense_end,
+            hs.view_mut(dtype, &[t, 2 * i]),
+        )?;
+        let args = Swiglu {
+            h: hs.view(dtype, &[t, 2 * i]),
+            out: as_.view_mut(dtype, &[t, i]),
+            limit: p.swiglu_limit,
+        };
+        backend.swiglu(args.validate()?)?;
+        expert_gemm(
+            backend,
+            dtype,
+            as_.view(dtype, &[t, i]),
+            dn,
+            sq(1),
+            (1, h, i),
+            dense_end,
+            y.view_mut(dtype, &[t, h]).with_offset((y_row0 + si * t) * h),
+        )?;
+    }
+    Ok(())
+}
+
 /// One expert `grouped_gemm` (layout NK, no bias or row scale): float weights of `dtype`, or
 /// quantized weights `q = (format, scales)` with activations of `dtype` (weight-only).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn expert_gemm(
     backend: &dyn Backend,
     dtype: DType,
@@ -612,89 +730,34 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
         };
         backend.moe_permute(args.validate()?)
     })?;
-    let rq = |j: usize| {
-        w.quant
-            .as_ref()
-            .map(|q| (q.routed, if j == 0 { &q.routed_scales.0 } else { &q.routed_scales.1 }))
-    };
-    timed("gate_up", &mut || {
-        expert_gemm(
-            backend,
-            dtype,
-            x_perm.view(dtype, &[rows, h]),
-            &w.gate_up,
-            rq(0),
-            (e, 2 * i, h),
-            group_end.view(DType::I64, &[e]),
-            hbuf.view_mut(dtype, &[rows, 2 * i]),
-        )
-    })?;
-    timed("swiglu", &mut || {
-        let args = Swiglu {
-            h: hbuf.view(dtype, &[rows, 2 * i]),
-            out: act.view_mut(dtype, &[rows, i]),
-            limit: p.swiglu_limit,
-        };
-        backend.swiglu(args.validate()?)
-    })?;
-    timed("down", &mut || {
-        expert_gemm(
-            backend,
-            dtype,
-            act.view(dtype, &[rows, i]),
-            &w.down,
-            rq(1),
-            (e, h, i),
-            group_end.view(DType::I64, &[e]),
-            y_all.view_mut(dtype, &[rows, h]),
-        )
-    })?;
+    routed_ffn(
+        backend,
+        dtype,
+        p,
+        w,
+        x_perm.view(dtype, &[rows, h]),
+        e,
+        group_end.view(DType::I64, &[e]),
+        (&mut hbuf, &mut act),
+        &mut y_all,
+        &mut timed,
+    )?;
     if s > 0 {
         let dense_end = backend.upload_slice(&[t as i64])?;
         let mut hs = backend.alloc(t * 2 * i * es)?;
         let mut as_ = backend.alloc(t * i * es)?;
         timed("shared_expert", &mut || {
-            for (si, (gu, dn)) in w.shared.iter().enumerate() {
-                let sq = |j: usize| {
-                    w.quant.as_ref().map(|q| {
-                        (
-                            q.shared,
-                            if j == 0 {
-                                &q.shared_scales[si].0
-                            } else {
-                                &q.shared_scales[si].1
-                            },
-                        )
-                    })
-                };
-                expert_gemm(
-                    backend,
-                    dtype,
-                    x.view(dtype, &[t, h]),
-                    gu,
-                    sq(0),
-                    (1, 2 * i, h),
-                    dense_end.view(DType::I64, &[1]),
-                    hs.view_mut(dtype, &[t, 2 * i]),
-                )?;
-                let args = Swiglu {
-                    h: hs.view(dtype, &[t, 2 * i]),
-                    out: as_.view_mut(dtype, &[t, i]),
-                    limit: p.swiglu_limit,
-                };
-                backend.swiglu(args.validate()?)?;
-                expert_gemm(
-                    backend,
-                    dtype,
-                    as_.view(dtype, &[t, i]),
-                    dn,
-                    sq(1),
-                    (1, h, i),
-                    dense_end.view(DType::I64, &[1]),
-                    y_all.view_mut(dtype, &[t, h]).with_offset((rows + si * t) * h),
-                )?;
-            }
-            Ok(())
+            shared_ffn(
+                backend,
+                dtype,
+                p,
+                w,
+                x.view(dtype, &[t, h]),
+                dense_end.view(DType::I64, &[1]),
+                (&mut hs, &mut as_),
+                &mut y_all,
+                rows,
+            )
         })?;
     }
     timed("moe_combine", &mut || {

@@ -507,7 +507,6 @@ fn run<T: Elem>(kern: &Kernels, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mu
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fill_b<T: Elem>(
     kern: &Kernels,
     w: &Weights<'_, T>,
@@ -581,7 +580,6 @@ fn grow_u32(v: &mut Vec<u32>, n: usize) -> &mut [u32] {
 
 /// Stage the bf16 pair panel of weight block (group `g`, panel `p`, `k0..k0+kc`):
 /// `bs[q*NR + c] = bits(w(k0+2q, n0+c)) | bits(w(k0+2q+1, n0+c)) << 16`, zero past `kc` and past N.
-#[allow(clippy::too_many_arguments)]
 fn fill_pairs<T: Elem>(
     kern: &Kernels,
     w: &Weights<'_, T>,
@@ -639,7 +637,6 @@ fn fill_pairs<T: Elem>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn task<T: Elem>(
     kern: &Kernels,
     a: &GemmArgs<'_, T>,

@@ -19,7 +19,6 @@ const SERIAL_COPY_BYTES: usize = 4 << 20;
 /// `x_perm[..routed]` rows. Entries past the routed rows are left untouched.
 ///
 /// Errors: `InvalidArgument` for an id outside `[-1, E)` or mismatched lengths; nothing is written.
-#[allow(clippy::too_many_arguments)]
 pub fn moe_permute(
     pool: &Pool,
     ids: &[i32],

@@ -429,7 +429,6 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
 
 /// Dequantize weight block (group `g`, columns `n0..n0+nc`, `k0..k0+kc`) into `bs[kk * NR + c]`
 /// (zero past `nc`). With `scaled == false` fp8 codes are decoded without their block scale.
-#[allow(clippy::too_many_arguments)]
 fn fill_panel(
     w: &QWeights<'_>,
     g: usize,
@@ -573,7 +572,6 @@ pub fn int8_dot_amx(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn task<T: Elem>(
     kern: &Kernels,
     a: &QGemmArgs<'_, T>,

@@ -2,7 +2,6 @@
 //! table format, on seeded random inputs and the edge cases of OPS.md, for every instruction set this
 //! machine runs. Outputs are NaN/sentinel-poisoned and surrounded by guard elements; the seed is in
 //! every failure message.
-#![allow(clippy::too_many_arguments)]
 
 use half::{bf16, f16};
 use moehal_core::conformance::check_router;
@@ -89,7 +88,6 @@ fn tol(dt: DType) -> f64 {
 // grouped_gemm
 // ------------------------------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
 fn run_gemm<T: Float>(
     be: &dyn Backend,
     x: &[T],

@@ -27,7 +27,6 @@ fn bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn make(
     seed: u64,
     wf: WeightFormat,
@@ -139,7 +138,6 @@ fn make(
 }
 
 /// Run on `be`; returns y widened to f64 (NaN poison where unwritten).
-#[allow(clippy::too_many_arguments)]
 fn run(be: &dyn Backend, inp: &Inputs, wf: WeightFormat, y: DType, m: usize, n: usize, k: usize) -> Vec<f64> {
     let g = inp.ge.len();
     let up = |b: &[u8]| -> Buffer {

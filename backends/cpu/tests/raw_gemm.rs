@@ -5,7 +5,6 @@ use moehal_cpu::{Elem, Isa, Kernels, Pool};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-#[allow(clippy::too_many_arguments)]
 fn oracle<T: Elem>(
     x: &[T],
     m: usize,

@@ -219,7 +219,6 @@ impl Distinct {
 /// # Errors
 /// A text that is not UTF-8 or cannot be read (with the byte offset), a raw id outside the
 /// tokenizer's table, or the ops' errors.
-#[allow(clippy::too_many_arguments)]
 pub fn run_text(
     backend: &dyn Backend,
     tok: &Tokenizer,

@@ -294,7 +294,6 @@ impl Kernels {
     /// `c[i, 0..NR] (+)= sum_k a[i*lda + k] * b[k*NR + 0..NR]` for `i < mr`, `k < kc`; `c` has row
     /// stride [`NR`]; with `accumulate == false` the old `c` is ignored.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub fn micro(&self, a: &[f32], lda: usize, mr: usize, kc: usize, b: &[f32], c: &mut [f32], accumulate: bool) {
         assert!((1..=MR).contains(&mr));
         assert!(kc == 0 || a.len() >= (mr - 1) * lda + kc);
@@ -399,7 +398,6 @@ impl Kernels {
     /// b[k*ldb + 0..NR]` for `i < mr`, `k < kc` (`kc > 0`). Returns false (and does nothing) where this
     /// table has no such kernel.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub fn micro_bf16(
         &self,
         a: &[f32],
@@ -431,7 +429,6 @@ impl Kernels {
     /// w[n*ldw + k]` for `i < mr`, `n < NR`, `k < kc` (`kc > 0`). Returns false (and does nothing)
     /// where this table has no such kernel.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub fn dot_nk_bf16(
         &self,
         a: &[f32],
@@ -466,7 +463,6 @@ impl Kernels {
     /// 16 odd-k values), `w` `nc` packed rows of `k / 2` bytes, `s` `nc` rows of `k / 32` E8M0
     /// bytes. Returns false (nothing written) where this table has no such kernel or the sizes do
     /// not fit.
-    #[allow(clippy::too_many_arguments)]
     pub fn dot_mxfp4(&self, a: &[f32], mr: usize, k: usize, w: &[u8], s: &[u8], nc: usize, c: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2) {
@@ -724,7 +720,6 @@ impl Kernels {
     /// [`NR`]; with `accumulate == false` the old `c` is ignored. Returns false (and does nothing) where
     /// [`Kernels::has_dot`] is false or the slices are too short.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub fn micro_dot(
         &self,
         a: &[u32],

@@ -222,7 +222,6 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 /// AVX2 must be available; `x` holds `(rows − 1) * ldx + kc` values, `w` `(nc − 1) * ldw + kc`,
 /// `out` `rows * NR` (`nc <= NR`).
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn dot_i8_avx2(
     x: *const i8,
     ldx: usize,
