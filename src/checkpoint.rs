@@ -75,6 +75,14 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::invalid(OP, "weights", format!("{}: {msg}", path.display()));
         let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+        if meta.is_dir() {
+            return Err(bad("is a directory, not a safetensors file".into()));
+        }
+        // The same words, sizes and offsets as an Engram table's (issue 16 item 5).
+        if let Some(problem) = crate::pipeline::engram::safetensors_header_problem(&file, meta.len()) {
+            return Err(bad(problem));
+        }
         // SAFETY: read-only private map of a file the user named; moehal never writes it (a
         // concurrent writer could change the bytes, as with any memory-mapped input).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(format!("mmap: {e}")))?;

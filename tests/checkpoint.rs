@@ -155,10 +155,31 @@ fn clear_errors_name_the_tensor() {
         e.contains("layers.2.ffn.experts.2.w2.scale") && e.contains("F8_E8M0"),
         "{e}"
     );
-    // Not a safetensors file.
+    // Not a safetensors file: said in words with the offsets and sizes (as for an Engram table).
     std::fs::write(&path, b"\x04\0\0\0\0\0\0\0nope").unwrap();
     let e = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(e.contains("does not start with '{'") && e.contains("offset 8"), "{e}");
+    std::fs::write(&path, b"\x04\0\0\0\0\0\0\0[1,]").unwrap();
+    let e = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(e.contains("does not start with '{'"), "{e}");
+    std::fs::write(&path, b"\x05\0\0\0\0\0\0\0{nope").unwrap();
+    let e = Checkpoint::open(&path).unwrap_err().to_string();
     assert!(e.contains("JSON"), "{e}");
+    // Random bytes: the header length is named with the limit and the file size.
+    std::fs::write(&path, [0xe3u8, 0x91, 0x20, 0x7c, 0x11, 0x5a, 0xa9, 0x91, 1, 2, 3]).unwrap();
+    let e = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("offset 0") && e.contains("limit") && e.contains("11 bytes"),
+        "{e}"
+    );
+    // A directory, and an empty file.
+    let dir = path.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("is a directory"), "{e}");
+    std::fs::write(&path, b"").unwrap();
+    let e = Checkpoint::open(&path).unwrap_err().to_string();
+    assert!(e.contains("0 bytes") && e.contains("8-byte header length"), "{e}");
 }
 
 /// A malformed header whose `data_offsets` end near `u64::MAX` is an error naming the tensor, not

@@ -227,7 +227,7 @@ const MAX_HEADER: u64 = 100_000_000;
 
 /// What is wrong with the first `8 + N` bytes of a safetensors file of `len` bytes (N = the
 /// little-endian u64 at offset 0), in words with sizes and offsets; `None` if they look valid.
-fn safetensors_header_problem(file: &std::fs::File, len: u64) -> Option<String> {
+pub(crate) fn safetensors_header_problem(file: &std::fs::File, len: u64) -> Option<String> {
     use std::io::Read;
     if len < 8 {
         return Some(format!(

@@ -51,16 +51,28 @@ fn invalid(var: &'static str, value: &str, accepted: &str) -> Error {
     )
 }
 
-/// Parse `MOEHAL_CPU_THREADS` (`value` as read; `cores` the core count for the warning).
+/// Most workers `MOEHAL_CPU_THREADS` accepts per core: above the core count the pool
+/// oversubscribes (a warning); far above it, starting the workers alone takes longer than any op
+/// (100,000 threads never finished starting), so that is an error.
+pub const MAX_THREADS_PER_CORE: usize = 16;
+
+/// Parse `MOEHAL_CPU_THREADS` (`value` as read; `cores` the core count for the warning and the
+/// limit of [`MAX_THREADS_PER_CORE`] per core).
 ///
 /// # Errors
 /// `InvalidArgument` naming the variable and the accepted values for anything but a non-negative
-/// integer (`abc`, `-3`, `1.5`, empty).
+/// integer (`abc`, `-3`, `1.5`, empty) and for more than `MAX_THREADS_PER_CORE · cores`.
 pub fn parse_threads(value: &str, cores: usize) -> Result<(Option<usize>, Option<String>)> {
-    let accepted = format!("an integer from 1 to {cores} (the cores of this machine; 0 means all cores)");
+    let max = MAX_THREADS_PER_CORE * cores.max(1);
+    let accepted = format!(
+        "an integer from 1 to {max} (this machine has {cores} cores: more workers than that oversubscribe them, with a warning; 0 means all cores)"
+    );
     let n: usize = value.trim().parse().map_err(|_| invalid(THREADS, value, &accepted))?;
     if n == 0 {
         return Ok((None, None));
+    }
+    if n > max {
+        return Err(invalid(THREADS, value, &accepted));
     }
     let warn = (n > cores).then(|| {
         format!(
@@ -103,6 +115,20 @@ pub fn parse_bf16(value: &str) -> Result<&'static str> {
     }
 }
 
+/// Whether this CPU has the bf16 dot-product instruction `MOEHAL_CPU_BF16=dot` asks for.
+fn bf16_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    false
+}
+
 /// Read and validate every variable of this crate from the process environment.
 ///
 /// # Errors
@@ -129,7 +155,13 @@ pub fn check_with(get: impl Fn(&str) -> Option<String>) -> Result<EnvReport> {
         r.warnings.extend(w);
     }
     if let Some(v) = get(BF16) {
-        r.bf16 = Some(parse_bf16(&v)?);
+        let b = parse_bf16(&v)?;
+        if b == "dot" && !bf16_dot_available() {
+            r.warnings.push(format!(
+                "{BF16}=dot: this CPU has no bf16 dot-product instruction (AVX512-BF16 vdpbf16ps, Arm BFDOT): the bf16-fma kernel is used"
+            ));
+        }
+        r.bf16 = Some(b);
     }
     Ok(r)
 }
@@ -151,14 +183,20 @@ mod tests {
             let e = parse_threads(bad, 8).unwrap_err();
             assert_eq!(field(&e), THREADS, "{bad:?}");
             let msg = e.to_string();
-            assert!(msg.contains(THREADS) && msg.contains("from 1 to 8"), "{msg}");
+            assert!(msg.contains(THREADS) && msg.contains("from 1 to 128"), "{msg}");
         }
         assert_eq!(parse_threads("4", 8).unwrap(), (Some(4), None));
         assert_eq!(parse_threads(" 0 ", 8).unwrap(), (None, None));
-        let (n, w) = parse_threads("1000", 8).unwrap();
-        assert_eq!(n, Some(1000));
-        let w = w.expect("1000 threads on 8 cores must warn");
+        let (n, w) = parse_threads("100", 8).unwrap();
+        assert_eq!(n, Some(100));
+        let w = w.expect("100 threads on 8 cores must warn");
         assert!(w.contains(THREADS) && w.contains("8 cores"), "{w}");
+        // 100,000 workers never finished starting: far above the cores is an error, not a hang.
+        for big in ["129", "1000", "100000"] {
+            let e = parse_threads(big, 8).unwrap_err();
+            assert!(e.to_string().contains("from 1 to 128"), "{e}");
+        }
+        assert_eq!(parse_threads("128", 8).unwrap().0, Some(128));
     }
 
     #[test]

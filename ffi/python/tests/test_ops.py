@@ -560,3 +560,55 @@ def test_torch_gather_rows_against_index_select(be):
     out = be.gather_rows(table, rows)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, torch.index_select(table, 0, rows.flatten()).reshape(5, 24))
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a fresh user: outputs never show stale memory; dtype / format choices are checked
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grouped_gemm_rows_past_group_end_read_zero(be):
+    # The op leaves rows past group_end[-1] alone; an output allocated for the caller must not
+    # carry whatever the allocator held (a fresh user saw 7.0 from an earlier array there).
+    for _ in range(3):
+        junk = np.full((16, 8), 7.0, dtype=np.float32)
+        del junk
+        x = rng(5).standard_normal((16, 4)).astype(np.float32)
+        w = rng(6).standard_normal((2, 8, 4)).astype(np.float32)
+        ge = np.array([0, 8], dtype=np.int64)
+        y = be.grouped_gemm(x, w, ge)
+        assert np.all(y[8:] == 0.0)
+        np.testing.assert_allclose(y[:8], x[:8] @ w[1].T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["bogus", 123, "int8", "f64"])
+def test_grouped_gemm_out_dtype_is_checked(be, bad):
+    x = np.ones((4, 4), dtype=np.float32)
+    w = np.ones((1, 2, 4), dtype=np.float32)
+    ge = np.array([4], dtype=np.int64)
+    with pytest.raises(ValueError, match="out_dtype"):
+        be.grouped_gemm(x, w, ge, out_dtype=bad)
+    # A float x gives y its own dtype: asking for another one is an error, not ignored.
+    with pytest.raises(ValueError, match="out_dtype"):
+        be.grouped_gemm(x, w, ge, out_dtype="bf16")
+    assert be.grouped_gemm(x, w, ge, out_dtype="float32").dtype == np.float32
+
+
+def test_gather_rows_format_and_out_dtype_are_checked(be):
+    table = np.ones((4, 8), dtype=np.float32)
+    rows = np.array([[0, 1]], dtype=np.int64)
+    with pytest.raises(ValueError, match="format"):
+        be.gather_rows(table, rows, format="int4")
+    with pytest.raises(ValueError, match="out_dtype"):
+        be.gather_rows(table, rows, out_dtype="int8")
+
+
+def test_open_default_refuses_an_invalid_environment(monkeypatch):
+    # open(None) must not fall back to the slow reference because MOEHAL_CPU_THREADS is wrong.
+    import subprocess
+    import sys
+
+    code = "import moehal\ntry:\n    moehal.open(None)\nexcept RuntimeError as e:\n    print('RuntimeError', e)\n"
+    env = dict(__import__("os").environ, MOEHAL_CPU_THREADS="abc")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "RuntimeError" in out and "MOEHAL_CPU_THREADS" in out, out

@@ -69,12 +69,20 @@ def backends():
 def open(name=None):  # noqa: A001 - the package's entry point, as in the issue and the README
     """Open backend ``name`` (``"reference"``, ``"cpu"``, ``"cuda"``, ``"ascend"``).
 
-    With ``name=None``, the first available backend of :func:`backends`. Returns a
-    :class:`Backend`; opening the same name twice gives the same device.
+    With ``name=None``, the first available backend of :func:`backends` (but an invalid
+    ``MOEHAL_CPU_*`` variable, which makes the CPU backend unavailable, raises instead of falling
+    back to the reference). Returns a :class:`Backend`; opening the same name twice gives the
+    same device.
 
     Raises ``RuntimeError`` with the reason when the backend is unavailable on this machine or
     not compiled in.
     """
+    if name is None:
+        # The CPU backend is unavailable only when a MOEHAL_CPU_* variable is invalid: that is an
+        # error, never a silent fall back to the slow reference.
+        for b in backends():
+            if b.name == "cpu" and not b.available:
+                raise RuntimeError(f"backend {b.name} unavailable: {b.reason}")
     return Backend(_moehal.open(name))
 
 
@@ -99,6 +107,18 @@ _DTYPE_NAMES = {
     "int8": "i8",
     "bool": "u8",
 }
+
+
+_OUT_ALIASES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _choice(op, field, value, allowed):
+    """``value`` (a moehal name, or the numpy/torch spelling of a float dtype) checked against
+    ``allowed``; a ``ValueError`` naming ``op`` and ``field`` otherwise."""
+    v = _OUT_ALIASES.get(value, value) if isinstance(value, str) else value
+    if v not in allowed:
+        raise ValueError(f"{op}: invalid argument `{field}`: {value!r} is not one of {', '.join(allowed)}")
+    return v
 
 
 def _framework(t):
@@ -147,8 +167,10 @@ def _numpy_dtype(name):
 
 
 def _empty(like, shape, dtype):
-    """An uninitialized tensor of ``shape`` and moehal dtype ``dtype`` in ``like``'s framework
-    and on its device (numpy for anything that is not torch or cupy)."""
+    """A zero-filled tensor of ``shape`` and moehal dtype ``dtype`` in ``like``'s framework and
+    on its device (numpy for anything that is not torch or cupy). Zero, not uninitialized: some
+    ops leave part of their output alone (``grouped_gemm`` rows past ``group_end[-1]``), and a
+    returned tensor must not show whatever the allocator left there."""
     fw = _framework(like)
     shape = tuple(int(s) for s in shape)
     if fw == "torch":
@@ -163,15 +185,15 @@ def _empty(like, shape, dtype):
             "u8": torch.uint8,
             "i8": torch.int8,
         }[dtype]
-        return torch.empty(shape, dtype=td, device=like.device)
+        return torch.zeros(shape, dtype=td, device=like.device)
     if fw == "cupy":
         import cupy
 
         with like.device:
-            return cupy.empty(shape, dtype=_numpy_dtype(dtype))
+            return cupy.zeros(shape, dtype=_numpy_dtype(dtype))
     import numpy as np
 
-    return np.empty(shape, dtype=_numpy_dtype(dtype))
+    return np.zeros(shape, dtype=_numpy_dtype(dtype))
 
 
 def _deliver(like, t):
@@ -288,10 +310,17 @@ class Backend:
             m = _dim(x, 0)
             if quant:
                 n = _dim(w, 1)
-                dt = out_dtype or (_dtype(x) if _dtype(x) in ("f32", "bf16", "f16") else "f32")
+                if out_dtype is None:
+                    dt = _dtype(x) if _dtype(x) in ("f32", "bf16", "f16") else "f32"
+                else:
+                    dt = _choice("grouped_gemm", "out_dtype", out_dtype, ("f32", "bf16", "f16"))
             else:
                 n = _dim(w, 1 if layout == "nk" else 2)
                 dt = _dtype(x) or "f32"
+                if out_dtype is not None and _choice("grouped_gemm", "out_dtype", out_dtype, ("f32", "bf16", "f16")) != dt:
+                    raise ValueError(
+                        f"grouped_gemm: invalid argument `out_dtype`: {out_dtype!r}, but float x ({dt}) gives y its own dtype"
+                    )
             y = _empty(x, (m, n), dt)
         else:
             y = out
@@ -534,11 +563,17 @@ class Backend:
         return y if out is not None else _deliver(ids, y)
 
     @staticmethod
-    def _table(table, format, out_dtype):
-        fmt = format or {"f32": "f32", "bf16": "bf16", "f16": "f16", "u8": "fp8_e4m3_ue8m0"}.get(_dtype(table), "f32")
+    def _table(table, format, out_dtype, op="gather_rows"):
+        if format is None:
+            fmt = {"f32": "f32", "bf16": "bf16", "f16": "f16", "u8": "fp8_e4m3_ue8m0"}.get(_dtype(table), "f32")
+        else:
+            fmt = _choice(op, "format", format, ("f32", "bf16", "f16", "fp8_e4m3_ue8m0"))
         w = _dim(table, 1)
         d = (w // 33) * 32 if fmt == "fp8_e4m3_ue8m0" else w
-        dt = out_dtype or ("f32" if fmt == "fp8_e4m3_ue8m0" else fmt)
+        if out_dtype is None:
+            dt = "f32" if fmt == "fp8_e4m3_ue8m0" else fmt
+        else:
+            dt = _choice(op, "out_dtype", out_dtype, ("f32", "bf16") if fmt == "fp8_e4m3_ue8m0" else (fmt,))
         return fmt, d, dt
 
     def gather_rows(self, table, rows, *, format=None, out_dtype=None, out=None):
@@ -581,7 +616,7 @@ class Backend:
         Raises:
             ValueError: as :meth:`engram_hash` and :meth:`gather_rows`.
         """
-        fmt, d, dt = self._table(table, format, out_dtype)
+        fmt, d, dt = self._table(table, format, out_dtype, "engram_lookup")
         y = out if out is not None else _empty(ids, (_dim(ids, 0), layer.columns * d), dt)
         self._b.engram_lookup(
             layer,
