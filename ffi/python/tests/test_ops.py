@@ -612,3 +612,31 @@ def test_open_default_refuses_an_invalid_environment(monkeypatch):
     env = dict(__import__("os").environ, MOEHAL_CPU_THREADS="abc")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "RuntimeError" in out and "MOEHAL_CPU_THREADS" in out, out
+
+
+def test_moe_permute_accepts_int64_ids_range_checked(be):
+    ids32 = np.array([[2, 0], [1, -1], [2, 2]], dtype=np.int32)
+    a = be.moe_permute(ids32, 3)
+    b = be.moe_permute(ids32.astype(np.int64), 3)
+    for u, v in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(u, v)
+    for bad in (2**32, 3, -2):
+        ids = ids32.astype(np.int64)
+        ids[1, 0] = bad
+        with pytest.raises(ValueError, match="ids"):
+            be.moe_permute(ids, 3)
+
+
+def test_moe_layer_checks_its_arguments():
+    with pytest.raises(ValueError, match="experts"):
+        moehal.MoELayer("qwen3-30b-a3b", experts=0, width_div=16, backend="reference")
+    with pytest.raises(ValueError, match="width_div"):
+        moehal.MoELayer("qwen3-30b-a3b", experts=16, width_div=0, backend="reference")
+    with pytest.raises(ValueError, match="dtype"):
+        moehal.MoELayer("qwen3-30b-a3b", experts=16, width_div=16, dtype="float64", backend="reference")
+    with pytest.raises(ValueError, match="`k`"):
+        moehal.MoELayer("qwen3-30b-a3b", experts=3, width_div=16, backend="reference")
+    with pytest.raises(ValueError, match="n_group"):
+        moehal.MoELayer("deepseek-v3", experts=12, width_div=64, backend="reference")
+    with pytest.raises(TypeError, match="kk"):
+        moehal.MoELayer("qwen3-30b-a3b", experts=16, width_div=16, kk=3, backend="reference")

@@ -121,6 +121,23 @@ def _choice(op, field, value, allowed):
     return v
 
 
+def _narrow_ids(op, ids, num_experts):
+    """int64 expert ids (``torch.topk``'s dtype) as an int32 copy after checking every id is in
+    ``[-1, E)`` (an id of 2**32 is an error, never expert 0, as in the C ABI); other dtypes pass
+    through for the op to check."""
+    if _dtype(ids) != "i64" or _dim(ids, 0) * _dim(ids, 1) == 0:
+        return ids
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < -1 or hi >= int(num_experts):
+        bad = lo if lo < -1 else hi
+        raise ValueError(f"{op}: invalid argument `ids`: id {bad} (int64) outside [-1, E = {int(num_experts)})")
+    if _framework(ids) == "torch":
+        import torch
+
+        return ids.to(torch.int32)
+    return ids.astype("int32")
+
+
 def _framework(t):
     return type(t).__module__.split(".")[0]
 
@@ -453,7 +470,8 @@ class Backend:
         """Group the ``(token, slot)`` pairs by expert (OPS.md §3).
 
         Args:
-            ids: ``[T, k]`` int32 expert ids; ``-1`` marks a dropped slot, others in ``[0, E)``.
+            ids: ``[T, k]`` int32 expert ids (int64, as ``torch.topk`` returns, is range-checked
+                and narrowed to an int32 copy); ``-1`` marks a dropped slot, others in ``[0, E)``.
             num_experts: E >= 1.
             x: optional ``[T, H]`` float32 / bfloat16 / float16 activations to permute.
             out: optional ``(group_end, src_token, slot_row)`` or, with ``x``,
@@ -466,6 +484,7 @@ class Backend:
         Raises:
             ValueError: an id outside ``[-1, E)``, wrong dtypes or shapes (names the field).
         """
+        ids = _narrow_ids("moe_permute", ids, num_experts)
         n = 4 if x is not None else 3
         outs = _outs("moe_permute", out, n)
         if outs is None:

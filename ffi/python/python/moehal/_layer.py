@@ -5,6 +5,9 @@ from __future__ import annotations
 from . import Backend, _dim, open as _open, presets as _presets
 
 
+_ROUTER_KEYS = {"k", "scoring", "renormalize", "routed_scaling_factor", "n_group", "topk_group", "group_score", "swiglu_limit"}
+
+
 class MoELayer:
     """A routed-experts MoE layer built from moehal ops (OPS.md §3, "A full MoE layer"):
     ``router_topk -> moe_permute -> grouped_gemm (gate_up, nk) -> swiglu -> grouped_gemm (down)
@@ -44,6 +47,15 @@ class MoELayer:
         seed=0,
         **router,
     ):
+        unknown = set(router) - _ROUTER_KEYS
+        if unknown:
+            raise TypeError(f"MoELayer: unexpected keyword argument(s) {', '.join(sorted(unknown))} (router options: {', '.join(sorted(_ROUTER_KEYS))})")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"MoELayer: invalid argument `dtype`: {dtype!r} is not one of float32, bfloat16, float16")
+        if experts is not None and (not isinstance(experts, int) or experts < 1):
+            raise ValueError(f"MoELayer: invalid argument `experts`: {experts!r} (a positive integer, or None for the preset's)")
+        if not isinstance(width_div, int) or width_div < 1:
+            raise ValueError(f"MoELayer: invalid argument `width_div`: {width_div!r} (a positive integer)")
         self.backend = backend if isinstance(backend, Backend) else _open(backend)
         cfg = {}
         if preset is not None:
@@ -76,6 +88,12 @@ class MoELayer:
         self.down = weights["down"]
         self.bias = weights.get("bias")
         self.num_experts = _dim(self.gate_up, 0)
+        e = self.num_experts
+        if not 1 <= self.k <= e:
+            raise ValueError(f"MoELayer: invalid argument `k`: k = {self.k} outside [1, E = {e}] experts")
+        g = int(self.router.get("n_group") or 0)
+        if g > 1 and e % g:
+            raise ValueError(f"MoELayer: invalid argument `experts`: E = {e} is not a multiple of n_group = {g}")
 
     @staticmethod
     def _random(p, experts, width_div, dtype, seed):
