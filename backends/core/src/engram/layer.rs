@@ -30,7 +30,7 @@ impl EngramLayer {
     ///   product of a canonical id overflows (upstream they come from a seeded numpy generator and
     ///   are hard-coded per model here).
     /// * `primes`: `(N - 1) * K` moduli in column order, all distinct and prime (e.g. from
-    ///   [`derive_primes`]).
+    ///   [`derive_primes`](super::derive_primes)).
     /// * `vocab_size`: compressed vocabulary size `V' >= 1`.
     /// * `pad_id`: compressed pad id `π < V'`.
     ///
@@ -257,7 +257,7 @@ impl EngramLayer {
         Ok(())
     }
 
-    /// Full `engram_hash` of one sequence on the host (`OPS.md` §4): windows by [`windows`]'s rule,
+    /// Full `engram_hash` of one sequence on the host (`OPS.md` §4): windows by [`windows`](super::windows)'s rule,
     /// then [`EngramLayer::hash_window`] per token. Streaming, `O(T * (N + C))`, no allocation.
     ///
     /// * `ids`: `[T]` canonical ids, each in `[0, V')`.

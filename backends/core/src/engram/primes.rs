@@ -68,7 +68,7 @@ fn prime_at_or_above(from: u64) -> Option<u64> {
 /// layer or order (a global "seen" set). Hence all primes are distinct.
 ///
 /// Returns one `Vec` per layer of length `(max_order - 1) * heads` in column order (n-major, then
-/// head), ready for [`EngramLayer::new`].
+/// head), ready for [`EngramLayer::new`](super::EngramLayer::new).
 ///
 /// Checks: DeepSeek-V4.1-Flash (`vocab_n = 16_000_000`, `N = 4`, `K = 8`, 2 layers) sums to
 /// 384,006,168 and 384,016,682 rows; the toy (`vocab_n = 11`, `N = 3`, `K = 2`, 1 layer) gives

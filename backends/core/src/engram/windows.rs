@@ -113,7 +113,7 @@ impl WindowStream {
 ///   (nonzero = alive); `history`: up to `N - 1` ids before `ids[0]`, oldest first, all alive,
 ///   extending only the first segment; `pad`: the compressed pad id `π`.
 /// * `out`: `[N]`, receives `w_k(t) = ids[t - k]` for `k = 0..N` (ids reinterpreted as `u64`;
-///   validate them against `[0, V')` before hashing, e.g. via [`EngramLayer::hash_sequence`]).
+///   validate them against `[0, V')` before hashing, e.g. via [`EngramLayer::hash_sequence`](super::EngramLayer::hash_sequence)).
 ///
 /// Rule: a new segment starts at `t = 0` and wherever `positions[s] <= positions[s - 1]`. Going
 /// back `k = 1, 2, ..`, once `t - k` lies before the start of `t`'s segment (and, for the first
