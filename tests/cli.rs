@@ -525,6 +525,8 @@ fn moe_runs_a_checkpoint_layer() {
     common::v4_layer_file(&path);
     let p = path.to_str().unwrap();
     for (layer, kind) in [("0", "hash-routed"), ("3", "gated")] {
+        // The CPU backend by name: `cargo test` puts target/debug on the library path, where the
+        // ACL emulator (no hash routing, no §6 kernels yet) may have been built.
         let o = moehal(&[
             "moe",
             "--preset",
@@ -535,6 +537,8 @@ fn moe_runs_a_checkpoint_layer() {
             p,
             "--layer",
             layer,
+            "--backend",
+            "cpu",
         ]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "layer {layer}: {out}\n{err}");
@@ -551,6 +555,8 @@ fn moe_runs_a_checkpoint_layer() {
         p,
         "--layer",
         "9",
+        "--backend",
+        "cpu",
     ]);
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}");
