@@ -150,6 +150,35 @@ fn input_prefix(inp: &MoeInputs, n: usize, p: &crate::presets::Preset) -> MoeInp
     }
 }
 
+/// The weight formats of `p`'s checkpoints (routed, shared) when `backend` runs both for `dtype`
+/// activations, else `None` (float weights): with `--float-weights`, for presets that ship floats,
+/// or — said in `notes` — for a backend without kernels for the shipped formats.
+pub(super) fn weight_formats(
+    backend: &dyn Backend,
+    p: &crate::presets::Preset,
+    dtype: DType,
+    float_weights: bool,
+    notes: &mut Vec<String>,
+) -> Option<(moehal_core::ops::WeightFormat, moehal_core::ops::WeightFormat)> {
+    let (routed, shared) = if float_weights { None } else { shipped_formats(p) }?;
+    for f in [routed, shared] {
+        let desc = moehal_core::ops::QuantDesc::GroupedGemm {
+            w: f,
+            x: moehal_core::ops::ActFormat::Float(dtype),
+            y: dtype,
+        };
+        if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
+            notes.push(format!(
+                "{} does not run {} ({reason}): float weights instead of the shipped {routed}/{shared}",
+                backend.name(),
+                desc.variant()
+            ));
+            return None;
+        }
+    }
+    Some((routed, shared))
+}
+
 mod ep;
 
 pub(super) fn run(a: Args) -> CliResult {
@@ -195,26 +224,7 @@ pub(super) fn run(a: Args) -> CliResult {
             (4u64 << 30).min(avail * 6 / 10 / host_copies)
         }
     };
-    let mut quant = if a.float_weights { None } else { shipped_formats(&p) };
-    // A backend without kernels for the shipped formats runs the float path, and says why.
-    if let Some((routed, shared)) = quant {
-        for f in [routed, shared] {
-            let desc = moehal_core::ops::QuantDesc::GroupedGemm {
-                w: f,
-                x: moehal_core::ops::ActFormat::Float(a.dtype),
-                y: a.dtype,
-            };
-            if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
-                notes.push(format!(
-                    "{} does not run {} ({reason}): float weights instead of the shipped {routed}/{shared}",
-                    backend.name(),
-                    desc.variant()
-                ));
-                quant = None;
-                break;
-            }
-        }
-    }
+    let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
     // Quantized weights are budgeted at their packed bytes (codes + scales: mxfp4 ~0.53 per element).
     let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
     let (p, fit_notes) = match quant {

@@ -7,13 +7,11 @@
 //! shared-expert rows as extra weight-1 terms, as [`super::moe::forward`] does), so the output of
 //! each token is the single-process layer's.
 
-use std::time::Instant;
-
 use moehal_core::ops::RouterTopk;
 use moehal_core::{Backend, BackendExt, DType, Error, Result};
 use moehal_ep::{ep_combine, ep_dispatch, Comm, DispatchArgs, EpBytes, ExpertMap};
 
-use super::moe::{routed_ffn, shared_ffn, MoeInputs, MoeWeights, Stage};
+use super::moe::{routed_ffn, shared_ffn, time_stage, MoeInputs, MoeWeights, Stage};
 use super::{decode_floats, upload_bytes};
 use crate::presets::Preset;
 
@@ -84,16 +82,7 @@ pub fn forward_ep(
     let s = p.shared_experts;
     let es = dtype.size();
     let mut stages = Vec::new();
-    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-        let t0 = Instant::now();
-        f()?;
-        backend.synchronize()?;
-        stages.push(Stage {
-            name,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
-        Ok(())
-    };
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| time_stage(backend, &mut stages, name, f);
 
     // Routing of this rank's tokens.
     let (mut ids, mut weights) = (vec![0i32; t * k], vec![0f32; t * k]);

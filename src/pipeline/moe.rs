@@ -387,6 +387,24 @@ impl MoeWeights {
     }
 }
 
+/// Run one pipeline stage, synchronize `backend`, and append its wall time to `stages` (the
+/// body of every [`StageTimer`]).
+pub(crate) fn time_stage(
+    backend: &dyn Backend,
+    stages: &mut Vec<Stage>,
+    name: &'static str,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
+    let t0 = Instant::now();
+    f()?;
+    backend.synchronize()?;
+    stages.push(Stage {
+        name,
+        seconds: t0.elapsed().as_secs_f64(),
+    });
+    Ok(())
+}
+
 /// Times one pipeline stage: runs it, synchronizes the backend, records the wall time.
 pub(crate) type StageTimer<'a> = dyn FnMut(&'static str, &mut dyn FnMut() -> Result<()>) -> Result<()> + 'a;
 
@@ -684,16 +702,7 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     backend.synchronize()?;
 
     let mut stages = Vec::new();
-    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
-        let t0 = Instant::now();
-        f()?;
-        backend.synchronize()?;
-        stages.push(Stage {
-            name,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
-        Ok(())
-    };
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| time_stage(backend, &mut stages, name, f);
 
     timed("router_topk", &mut || {
         if let Some((tab, tid, v)) = &hash {

@@ -16,7 +16,7 @@ use moehal_ep::{Comm, EpBytes, ExpertMap};
 use super::super::{choose_backend, CliError, CliResult, Table};
 use super::Args;
 use crate::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
-use crate::pipeline::moe::{fit_experts, forward, shipped_formats, weight_bytes, MoeInputs, MoeWeights};
+use crate::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
 use crate::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
 use crate::Registry;
 
@@ -166,25 +166,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     // The budget is the same on every rank (not from the memory each happens to see), so that all
     // ranks scale the preset alike; it covers the whole layer, which rank 0 also holds for the check.
     let budget = a.budget_mib.map_or(2u64 << 30, |m| m << 20);
-    let mut quant = if a.float_weights { None } else { shipped_formats(&p) };
-    if let Some((routed, shared)) = quant {
-        for f in [routed, shared] {
-            let desc = moehal_core::ops::QuantDesc::GroupedGemm {
-                w: f,
-                x: moehal_core::ops::ActFormat::Float(a.dtype),
-                y: a.dtype,
-            };
-            if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
-                notes.push(format!(
-                    "{} does not run {} ({reason}): float weights",
-                    backend.name(),
-                    desc.variant()
-                ));
-                quant = None;
-                break;
-            }
-        }
-    }
+    let quant = super::weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
     let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
     let (p, fit_notes) = fit_experts(&p, wdt, budget);
     notes.extend(fit_notes);
