@@ -69,7 +69,7 @@ fn aarch64_features_match_emulated_cpu() {
     assert_eq!(neon.has_dot(), has("bf16"));
     assert_eq!(
         choice(neon, "bf16-dot"),
-        if has("bf16") { "neon-bfdot" } else { "none" }
+        if has("bf16") { "neon-bfmmla" } else { "none" }
     );
     let sdot_forced = std::env::var("MOEHAL_CPU_INT8").is_ok_and(|v| v.trim() == "sdot");
     let int8 = if has("i8mm") && !sdot_forced {

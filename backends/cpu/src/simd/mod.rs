@@ -226,8 +226,9 @@ static NEON: Kernels = Kernels {
     pack_b: None,
     micro_bf16: Some(neon::micro_bf16),
     dot_nk_bf16: Some(neon::dot_nk_bf16),
-    // BFDOT; only called where the CPU reports FEAT_BF16 (`Kernels::has_dot`).
-    micro_dot: Some(neon::micro_dot),
+    // BFMMLA (BFDOT for a single row); only called where the CPU reports FEAT_BF16
+    // (`Kernels::has_dot`).
+    micro_dot: Some(neon::micro_bfmmla),
     pack_dot: None,
     group_limit: Some(neon::group_limit),
     topk_select: Some(neon::topk_select),
@@ -687,7 +688,7 @@ impl Kernels {
 }
 
 /// Whether this CPU has the bf16 pair dot product of the table's `micro_dot`, detected once:
-/// AVX512-BF16 (`vdpbf16ps`) on x86-64, FEAT_BF16 (`bfdot`) on aarch64.
+/// AVX512-BF16 (`vdpbf16ps`) on x86-64, FEAT_BF16 (`bfmmla` / `bfdot`) on aarch64.
 fn cpu_has_bf16_dot() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -708,7 +709,7 @@ fn cpu_has_bf16_dot() -> bool {
 
 impl Kernels {
     /// Whether this table has a usable bf16 pair-dot kernel on this machine: the AVX-512 table on a
-    /// CPU with AVX512-BF16 (`vdpbf16ps`), or the NEON table on a CPU with FEAT_BF16 (`bfdot`).
+    /// CPU with AVX512-BF16 (`vdpbf16ps`), or the NEON table on a CPU with FEAT_BF16 (`bfmmla`).
     pub fn has_dot(&self) -> bool {
         self.micro_dot.is_some() && cpu_has_bf16_dot()
     }
@@ -791,7 +792,7 @@ impl Kernels {
     /// The kernel each op family runs with this table on this machine, as `(family, kernel)` pairs
     /// for `moehal devices` and the tests that prove the runtime selection:
     /// `gemm` (f32 panel microkernel), `bf16-decode` (small-M bf16 weights read in place), `bf16-dot`
-    /// (pair-dot kernel: `vdpbf16ps` / `bfdot`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
+    /// (pair-dot kernel: `vdpbf16ps` / `bfmmla`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
     /// `portable`), `widen` (bf16/f16 to f32), `router` (top-k selection), `activation`
     /// (sigmoid / exp / SwiGLU). A kernel named `portable` is the table-independent Rust code.
     pub fn kernel_choices(&self) -> Vec<(&'static str, String)> {
@@ -800,7 +801,7 @@ impl Kernels {
         let bf16_dot = if !self.has_dot() {
             "none".to_string()
         } else if cfg!(target_arch = "aarch64") {
-            format!("{isa}-bfdot")
+            format!("{isa}-bfmmla")
         } else {
             format!("{isa}-vdpbf16ps")
         };
@@ -1079,6 +1080,45 @@ mod tests {
                         }
                     };
                     assert_eq!(dst[q * NR + c], at(2 * q) | at(2 * q + 1) << 16, "nk={nk} q={q} c={c}");
+                }
+            }
+        }
+    }
+
+    /// The BFMMLA kernel (the NEON table's `micro_dot`) gives bitwise the BFDOT kernel's output on
+    /// random bf16 data of mixed signs and magnitudes (where the roundings matter), every row count,
+    /// odd and even pair counts, with and without accumulation: BFMMLA is two BFDOT steps in k order
+    /// (Arm ARM `BFMatMulAdd`), so the two kernels are one arithmetic. Runs where FEAT_BF16 is
+    /// reported (qemu `-cpu max` in scripts/aarch64-test.sh).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn bfmmla_is_bitwise_bfdot() {
+        if !std::arch::is_aarch64_feature_detected!("bf16") {
+            println!("skipped: no FEAT_BF16");
+            return;
+        }
+        let mut s = 11u64;
+        let rnd_bf = |s: &mut u64| {
+            let v = lcg(s) * 2f32.powi((lcg(s) * 20.0) as i32);
+            half::bf16::from_f32(v).to_bits() as u32
+        };
+        let lda = 29;
+        let a: Vec<u32> = (0..MR * lda).map(|_| rnd_bf(&mut s) | rnd_bf(&mut s) << 16).collect();
+        for kp in [1usize, 2, 19, 24] {
+            let b: Vec<u32> = (0..kp * NR).map(|_| rnd_bf(&mut s) | rnd_bf(&mut s) << 16).collect();
+            let c0: Vec<f32> = (0..MR * NR).map(|_| lcg(&mut s) * 100.0).collect();
+            for mr in 1..=MR {
+                for acc in [false, true] {
+                    let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                    // SAFETY: FEAT_BF16 detected above; a holds MR*lda >= (mr-1)*lda + kp (kp < lda),
+                    // b holds kp*NR, c1 and c2 MR*NR.
+                    unsafe {
+                        neon::micro_bfdot(a.as_ptr(), lda, mr, kp, b.as_ptr(), c1.as_mut_ptr(), acc);
+                        neon::micro_bfmmla(a.as_ptr(), lda, mr, kp, b.as_ptr(), c2.as_mut_ptr(), acc);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&c1), bits(&c2), "kp={kp} mr={mr} acc={acc}");
+                    assert_eq!(&c2[mr * NR..], &c0[mr * NR..], "wrote past mr rows");
                 }
             }
         }

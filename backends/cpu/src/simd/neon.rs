@@ -312,13 +312,24 @@ unsafe fn micro_dot_n<const M: usize>(
 
 /// BFDOT microkernel on bf16 pairs, the layout of `Kernels::micro_dot`: `c[i, 0..NR] (+)= sum_p
 /// (lo(a) * lo(b) + hi(a) * hi(b))`. BFDOT's own rounding applies (Arm ARM `BFDotAdd`: without
-/// FEAT_EBF16 the two products are summed with round-to-odd and subnormals flushed to zero).
+/// FEAT_EBF16, or with FPCR.EBF = 0 as Linux leaves it, the two products are rounded to f32, summed,
+/// the sum rounded, then added to the accumulator, every rounding round-to-odd, subnormal inputs
+/// and results flushed to zero). Each element of `c` is one chain of `BFDotAdd` steps, `p`
+/// ascending.
 ///
 /// # Safety
 /// NEON + FEAT_BF16; `a` holds `(mr-1)*lda + kp` u32, `b` holds `kp*NR`, `c` holds `mr*NR` f32;
 /// `1 <= mr <= 6`.
 #[target_feature(enable = "neon,bf16")]
-pub(super) unsafe fn micro_dot(a: *const u32, lda: usize, mr: usize, kp: usize, b: *const u32, c: *mut f32, acc: bool) {
+pub(super) unsafe fn micro_bfdot(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    acc: bool,
+) {
     // SAFETY: forwarded contract.
     unsafe {
         match mr {
@@ -328,6 +339,150 @@ pub(super) unsafe fn micro_dot(a: *const u32, lda: usize, mr: usize, kp: usize, 
             4 => micro_dot_n::<4>(a, lda, kp, b, c, acc),
             5 => micro_dot_n::<5>(a, lda, kp, b, c, acc),
             _ => micro_dot_n::<6>(a, lda, kp, b, c, acc),
+        }
+    }
+}
+
+/// `d += bfmmla(a, b)`: with `a` the 2x4 bf16 matrix A (row i = the four values of 64-bit half
+/// i), `b` the 2x4 matrix B, `d` (2x2 f32, row-major) += A · Bᵀ.
+///
+/// What the instruction computes (Arm ARM, `BFMMLA` → `BFMatMulAdd`): for each of the four
+/// results, `sum = d[i][j]; sum = BFDotAdd(sum, A[i][0], A[i][1], B[j][0], B[j][1]); sum =
+/// BFDotAdd(sum, A[i][2], A[i][3], B[j][2], B[j][3])`, i.e. exactly two BFDOT steps in k order,
+/// with BFDOT's rounding (see [`micro_bfdot`]). So a BFMMLA kernel that walks k in the same pair
+/// order as the BFDOT kernel gives the same bits (the test `bfmmla_is_bitwise_bfdot` checks it).
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+fn bfmmla(d: float32x4_t, a: uint32x4_t, b: uint32x4_t) -> float32x4_t {
+    let mut d = d;
+    // SAFETY: register-only arithmetic; FEAT_BF16 is enabled for this function and verified by callers.
+    unsafe {
+        std::arch::asm!("bfmmla {d:v}.4s, {a:v}.8h, {b:v}.8h", d = inout(vreg) d, a = in(vreg) a, b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags));
+    }
+    d
+}
+
+/// BFMMLA tile: `P` row pairs (rows `2r` and `min(2r + 1, mr - 1)`; a duplicated odd last row is
+/// computed and not stored) by one quarter of 16 columns at a time (8 column pairs, `8 P` of the 32
+/// registers). Accumulator `acc[r][2g + h]` holds `[c(i0, c), c(i0, c+1), c(i1, c), c(i1, c+1)]`
+/// for columns `c = 4g + 2h`. Per k quad, the pair panel's rows `p` and `p + 1` are zipped into
+/// BFMMLA's column-pair operand; an odd last pair runs as one BFDOT step on the same lanes.
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+unsafe fn micro_mmla_n<const P: usize>(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    accumulate: bool,
+) {
+    let rows: [(usize, usize); P] = std::array::from_fn(|r| (2 * r, (2 * r + 1).min(mr - 1)));
+    for q in 0..NR / 16 {
+        let mut acc = [[vdupq_n_f32(0.0); 8]; P];
+        if accumulate {
+            for (r, &(i0, i1)) in rows.iter().enumerate() {
+                for g in 0..4 {
+                    // SAFETY: rows i0, i1 < mr of c hold NR f32 each.
+                    let (r0, r1) = unsafe {
+                        (
+                            vreinterpretq_u64_f32(vld1q_f32(c.add(i0 * NR + q * 16 + g * 4))),
+                            vreinterpretq_u64_f32(vld1q_f32(c.add(i1 * NR + q * 16 + g * 4))),
+                        )
+                    };
+                    acc[r][2 * g] = vreinterpretq_f32_u64(vzip1q_u64(r0, r1));
+                    acc[r][2 * g + 1] = vreinterpretq_f32_u64(vzip2q_u64(r0, r1));
+                }
+            }
+        }
+        let mut p = 0;
+        while p + 2 <= kp {
+            // SAFETY: pairs p, p+1 < kp of rows i0, i1 < mr of a; rows p, p+1 of the b panel.
+            unsafe {
+                let av: [uint32x4_t; P] = std::array::from_fn(|r| {
+                    let (i0, i1) = rows[r];
+                    vcombine_u32(vld1_u32(a.add(i0 * lda + p)), vld1_u32(a.add(i1 * lda + p)))
+                });
+                for g in 0..4 {
+                    let b0 = vld1q_u32(b.add(p * NR + q * 16 + g * 4));
+                    let b1 = vld1q_u32(b.add((p + 1) * NR + q * 16 + g * 4));
+                    let (lo, hi) = (vzip1q_u32(b0, b1), vzip2q_u32(b0, b1));
+                    for r in 0..P {
+                        acc[r][2 * g] = bfmmla(acc[r][2 * g], av[r], lo);
+                        acc[r][2 * g + 1] = bfmmla(acc[r][2 * g + 1], av[r], hi);
+                    }
+                }
+            }
+            p += 2;
+        }
+        if p < kp {
+            // SAFETY: pair p < kp of rows i0, i1 < mr of a; row p of the b panel.
+            unsafe {
+                let av: [uint32x4_t; P] = std::array::from_fn(|r| {
+                    let (i0, i1) = rows[r];
+                    vcombine_u32(vdup_n_u32(*a.add(i0 * lda + p)), vdup_n_u32(*a.add(i1 * lda + p)))
+                });
+                for g in 0..4 {
+                    let b0 = vld1q_u32(b.add(p * NR + q * 16 + g * 4));
+                    let lo = vcombine_u32(vget_low_u32(b0), vget_low_u32(b0));
+                    let hi = vcombine_u32(vget_high_u32(b0), vget_high_u32(b0));
+                    for r in 0..P {
+                        acc[r][2 * g] = bfdot(acc[r][2 * g], av[r], lo);
+                        acc[r][2 * g + 1] = bfdot(acc[r][2 * g + 1], av[r], hi);
+                    }
+                }
+            }
+        }
+        for (r, &(i0, i1)) in rows.iter().enumerate() {
+            for g in 0..4 {
+                let (lo, hi) = (
+                    vreinterpretq_u64_f32(acc[r][2 * g]),
+                    vreinterpretq_u64_f32(acc[r][2 * g + 1]),
+                );
+                // SAFETY: rows i0, i1 < mr of c hold NR f32 each.
+                unsafe {
+                    vst1q_f32(
+                        c.add(i0 * NR + q * 16 + g * 4),
+                        vreinterpretq_f32_u64(vzip1q_u64(lo, hi)),
+                    );
+                    if i1 != i0 {
+                        vst1q_f32(
+                            c.add(i1 * NR + q * 16 + g * 4),
+                            vreinterpretq_f32_u64(vzip2q_u64(lo, hi)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The NEON table's `micro_dot` (same contract and the same bits as [`micro_bfdot`]): BFMMLA on row
+/// pairs, 2 rows × 2 columns × 4 values of k per instruction (Arm expects BFMMLA to reach at least
+/// the bf16 throughput of two BFDOTs); a single row runs on BFDOT, where BFMMLA would compute a
+/// duplicate row for nothing.
+///
+/// # Safety
+/// As [`micro_bfdot`].
+#[target_feature(enable = "neon,bf16")]
+pub(super) unsafe fn micro_bfmmla(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    acc: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match mr {
+            1 => micro_bfdot(a, lda, mr, kp, b, c, acc),
+            2 => micro_mmla_n::<1>(a, lda, mr, kp, b, c, acc),
+            3 | 4 => micro_mmla_n::<2>(a, lda, mr, kp, b, c, acc),
+            _ => micro_mmla_n::<3>(a, lda, mr, kp, b, c, acc),
         }
     }
 }
