@@ -486,8 +486,45 @@ impl Kernels {
             }
             return true;
         }
+        #[cfg(target_arch = "aarch64")]
+        if self.isa == Isa::Neon {
+            if !(1..=MR).contains(&mr)
+                || !k.is_multiple_of(32)
+                || nc > NR
+                || a.len() < mr * k
+                || w.len() < nc * k / 2
+                || s.len() < nc * (k / 32)
+                || c.len() < mr * NR
+            {
+                return false;
+            }
+            // SAFETY: the checks above are the kernel's extents; NEON verified by for_isa.
+            unsafe { neon::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            return true;
+        }
         let _ = (a, mr, k, w, s, nc, c);
         false
+    }
+
+    /// FP8 E4M3FN block dequantization: `dst[i] = fl32(e4m3(src[i]) × scale)` for `i <
+    /// min(src.len(), dst.len())`, one f32 rounding (subnormals kept), any NaN result written as
+    /// `f32::NAN` (codes `0x7F` / `0xFF`, or a NaN `scale`). NEON: the code's bits are moved into
+    /// an f32 in registers (normal codes: sign, exponent + 120, mantissa; subnormal codes:
+    /// `m × 2^-9`), 16 per step; elsewhere the 256-entry table of `moehal_core::quant::e4m3_to_f32`.
+    /// Both give bitwise the same values.
+    pub fn decode_e4m3(&self, src: &[u8], scale: f32, dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        #[cfg(target_arch = "aarch64")]
+        if self.isa == Isa::Neon {
+            // SAFETY: n bytes of src and n f32 of dst exist; NEON verified by for_isa.
+            unsafe { neon::decode_e4m3(src.as_ptr(), n, scale, dst.as_mut_ptr()) };
+            return;
+        }
+        let lut = e4m3_table();
+        for (d, &b) in dst[..n].iter_mut().zip(&src[..n]) {
+            let v = lut[b as usize] * scale;
+            *d = if v.is_nan() { f32::NAN } else { v };
+        }
     }
 
     /// Whether [`dot_i8`](Self::dot_i8) has a kernel here (AVX-512 table and AVX512-VNNI).
@@ -570,6 +607,26 @@ impl Kernels {
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         None
+    }
+}
+
+/// `2 × e2m1(code)` for the 16 MXFP4 codes, as i8 (exact: 0, ±1, ±2, ±3, ±4, ±6, ±8, ±12; the code
+/// of −0 gives +0, which changes no sum): the byte table of the AVX2 (`vpshufb`) and NEON (`tbl`)
+/// MXFP4 kernels, used with [`e8m0_half`].
+#[allow(dead_code)] // Used by the x86-64 and aarch64 kernels only.
+const E2M1_X2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// E8M0 byte `e` as the f32 `2^(e − 128)` (half the block scale; NaN for 255): [`E2M1_X2`] holds
+/// `2 × e2m1`, so `table × 2^(e − 128) = e2m1 × 2^(e − 127)`, the same real number and so the same
+/// f32 rounding as OPS.md's `fl32(e2m1 × scale)`.
+#[allow(dead_code)] // Used by the x86-64 and aarch64 kernels only.
+#[inline(always)]
+fn e8m0_half(e: u8) -> f32 {
+    match e {
+        255 => f32::NAN,
+        // 2^-128 and 2^-127: subnormal.
+        0 | 1 => f32::from_bits(1 << (21 + e as u32)),
+        _ => f32::from_bits((e as u32 - 1) << 23),
     }
 }
 
@@ -765,6 +822,12 @@ impl Kernels {
         unsafe { f(nk, src.as_ptr() as *const u16, ld, kc, dst.as_mut_ptr()) };
         true
     }
+}
+
+/// f32 values of the 256 E4M3FN bytes (`moehal_core::quant::e4m3_to_f32`).
+pub(crate) fn e4m3_table() -> &'static [f32; 256] {
+    static LUT: OnceLock<[f32; 256]> = OnceLock::new();
+    LUT.get_or_init(|| std::array::from_fn(|b| moehal_core::quant::e4m3_to_f32(b as u8)))
 }
 
 /// The aarch64 CPU features the NEON table looks at (Arm ARM names as spelled by
@@ -1121,6 +1184,121 @@ mod tests {
                     assert_eq!(&c2[mr * NR..], &c0[mr * NR..], "wrote past mr rows");
                 }
             }
+        }
+    }
+
+    /// `decode_e4m3` on every table is `fl32(e4m3_to_f32(code) × scale)` bit for bit (NaN as
+    /// `f32::NAN`) for all 256 codes and scales that are exact, rounding, subnormal (2^-127, E8M0
+    /// byte 0), overflowing and NaN; an odd length runs the kernels' tails.
+    #[test]
+    fn decode_e4m3_matches_core() {
+        let codes: Vec<u8> = (0..=255u8).chain([0x80, 0x7F, 0x01, 0x08, 0xF0, 0x77, 0x00]).collect();
+        let scales = [
+            1.0f32,
+            0.375,
+            1.1,
+            f32::from_bits(1 << 22),
+            2f32.powi(100),
+            3e38,
+            f32::NAN,
+        ];
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            for &sc in &scales {
+                let mut out = vec![0f32; codes.len() + 3];
+                k.decode_e4m3(&codes, sc, &mut out);
+                for (i, &b) in codes.iter().enumerate() {
+                    let want = moehal_core::quant::e4m3_to_f32(b) * sc;
+                    let want = if want.is_nan() { f32::NAN } else { want };
+                    assert_eq!(out[i].to_bits(), want.to_bits(), "{isa:?} code {b:#04x} scale {sc}");
+                }
+                assert_eq!(&out[codes.len()..], &[0.0; 3], "{isa:?} wrote past the codes");
+            }
+        }
+    }
+
+    /// `(2 × e2m1 as i8) × 2^(e − 128)` is OPS.md's dequantized weight `fl32(e2m1 × 2^(e − 127))`
+    /// bit for bit, for every code and every E8M0 byte (subnormal, overflowing and NaN scales
+    /// included), except that the code of −0 gives +0: the AVX2 and NEON MXFP4 kernels' rule.
+    #[test]
+    fn e2m1_table_times_half_scale_is_the_dequantized_weight() {
+        use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32};
+        for e in 0..=255u8 {
+            for (c, &t) in E2M1_X2.iter().enumerate() {
+                let got = t as f32 * e8m0_half(e);
+                let want = e2m1_to_f32(c as u8) * e8m0_to_f32(e);
+                if want.is_nan() {
+                    assert!(got.is_nan(), "code {c} e {e}");
+                } else if want == 0.0 {
+                    assert_eq!(got, 0.0, "code {c} e {e}");
+                } else {
+                    assert_eq!(got.to_bits(), want.to_bits(), "code {c} e {e}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// `dot_mxfp4` on every table that has it (AVX-512, AVX2, NEON) against the definition, on values
+    /// where every product and partial sum is exact in f32 (so any summation order gives the same
+    /// bits): small-integer activations, scales 2^-2..2^2; a NaN scale (E8M0 255) gives NaN for its
+    /// column only; columns past `nc` are not written.
+    #[test]
+    fn mxfp4_decode_kernels_match_definition() {
+        use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32};
+        let k = 96;
+        let mut ran = 0;
+        for isa in Isa::all_available() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            for nc in [1usize, 5, NR] {
+                let w: Vec<u8> = (0..nc * k / 2).map(|i| ((i * 97 + 13) % 256) as u8).collect();
+                let mut sc: Vec<u8> = (0..nc * k / 32).map(|i| 125 + (i % 5) as u8).collect();
+                if nc > 1 {
+                    sc[k / 32] = 255; // column 1, block 0: NaN
+                }
+                let x: Vec<f32> = (0..MR * k).map(|i| ((i * 5 + i / 7) % 9) as f32 - 4.0).collect();
+                // The kernels' split layout: per 32-block, the 16 even k then the 16 odd k.
+                let mut a = vec![0f32; MR * k];
+                for i in 0..MR {
+                    for b in 0..k / 32 {
+                        for j in 0..16 {
+                            a[i * k + b * 32 + j] = x[i * k + b * 32 + 2 * j];
+                            a[i * k + b * 32 + 16 + j] = x[i * k + b * 32 + 2 * j + 1];
+                        }
+                    }
+                }
+                for mr in 1..=MR {
+                    let mut c = vec![-7f32; MR * NR];
+                    if !kern.dot_mxfp4(&a, mr, k, &w, &sc, nc, &mut c) {
+                        continue;
+                    }
+                    ran += 1;
+                    for i in 0..mr {
+                        for n in 0..NR {
+                            let got = c[i * NR + n];
+                            if n >= nc {
+                                assert_eq!(got, -7.0, "{isa:?} wrote column {n} >= nc {nc}");
+                                continue;
+                            }
+                            let want: f32 = (0..k)
+                                .map(|kk| {
+                                    let byte = w[n * k / 2 + kk / 2];
+                                    let code = if kk % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                                    let wv = e2m1_to_f32(code) * e8m0_to_f32(sc[n * k / 32 + kk / 32]);
+                                    x[i * k + kk] * wv
+                                })
+                                .sum();
+                            if want.is_nan() {
+                                assert!(got.is_nan(), "{isa:?} mr={mr} nc={nc} {i},{n}: {got}");
+                            } else {
+                                assert_eq!(got, want, "{isa:?} mr={mr} nc={nc} {i},{n}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if cfg!(any(target_arch = "aarch64", target_arch = "x86_64")) && Kernels::best().isa() != Isa::Scalar {
+            assert!(ran > 0, "the best table has an MXFP4 decode kernel; none ran");
         }
     }
 
