@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the CPU backend's tests (moehal-cpu: unit, conformance, quant, raw_gemm) and the reference's
+# Lints (clippy -D warnings, all targets) and runs the CPU backend's tests (moehal-cpu:
+# unit, conformance, quant, raw_gemm) and the reference's
 # tests (moehal-core) for aarch64-unknown-linux-gnu under qemu user-mode emulation, once per emulated
 # CPU, so every runtime-selected aarch64 kernel path runs (issue 14):
 #
@@ -31,6 +32,7 @@ if ((${#need[@]})); then
         { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
 fi
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
 export CARGO_TARGET_DIR="${AARCH64_TARGET_DIR:-$PWD/target-aarch64}"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
@@ -43,8 +45,13 @@ cpus=("$@")
 ((${#cpus[@]})) || cpus=(cortex-a72 max)
 
 t0=$SECONDS
+# The aarch64 code paths (simd/neon.rs, the cfg(target_arch = "aarch64") branches) are linted only
+# here; x86 CI lints the rest.
+cargo clippy -q -p moehal-cpu -p moehal-core --target "$target" --all-targets -- -D warnings
+echo "aarch64 clippy: $((SECONDS - t0)) s"
+t1=$SECONDS
 cargo test -q --no-run -p moehal-cpu -p moehal-core --target "$target"
-echo "aarch64 test build: $((SECONDS - t0)) s"
+echo "aarch64 test build: $((SECONDS - t1)) s"
 for cpu in "${cpus[@]}"; do
     case $cpu in
         cortex-a72) expect="neon,!dotprod,!bf16,!i8mm,!sve" ;;
