@@ -856,8 +856,10 @@ impl Kernels {
     /// for `moehal devices` and the tests that prove the runtime selection:
     /// `gemm` (f32 panel microkernel), `bf16-decode` (small-M bf16 weights read in place), `bf16-dot`
     /// (pair-dot kernel: `vdpbf16ps` / `bfmmla`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
-    /// `portable`), `widen` (bf16/f16 to f32), `router` (top-k selection), `activation`
-    /// (sigmoid / exp / SwiGLU). A kernel named `portable` is the table-independent Rust code.
+    /// `portable`), `mxfp4-decode` ([`Kernels::dot_mxfp4`] or `portable`), `fp8-dequant`
+    /// ([`Kernels::decode_e4m3`]: `neon` or `portable`), `widen` (bf16/f16 to f32), `router` (top-k
+    /// selection), `activation` (sigmoid / exp / SwiGLU). A kernel named `portable` is the
+    /// table-independent Rust code.
     pub fn kernel_choices(&self) -> Vec<(&'static str, String)> {
         let isa = self.isa.name();
         let or_portable = |has: bool| if has { isa.to_string() } else { "portable".to_string() };
@@ -880,6 +882,11 @@ impl Kernels {
                 self.int8_kernel()
                     .map_or_else(|| "portable".to_string(), |k| format!("{isa}-{k}")),
             ),
+            (
+                "mxfp4-decode",
+                or_portable(matches!(self.isa, Isa::Amx | Isa::Avx512 | Isa::Avx2 | Isa::Neon)),
+            ),
+            ("fp8-dequant", or_portable(self.isa == Isa::Neon)),
             ("widen", or_portable(self.isa != Isa::Scalar)),
             ("router", or_portable(self.topk_select.is_some())),
             ("activation", or_portable(self.isa != Isa::Scalar)),
