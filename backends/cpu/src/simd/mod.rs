@@ -465,45 +465,41 @@ impl Kernels {
     /// bytes. Returns false (nothing written) where this table has no such kernel or the sizes do
     /// not fit.
     pub fn dot_mxfp4(&self, a: &[f32], mr: usize, k: usize, w: &[u8], s: &[u8], nc: usize, c: &mut [f32]) -> bool {
+        if !matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2 | Isa::Neon)
+            || !(1..=MR).contains(&mr)
+            || !k.is_multiple_of(32)
+            || nc > NR
+            || a.len() < mr * k
+            || w.len() < nc * k / 2
+            || s.len() < nc * (k / 32)
+            || c.len() < mr * NR
+        {
+            return false;
+        }
         #[cfg(target_arch = "x86_64")]
-        if matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2) {
-            if !(1..=MR).contains(&mr)
-                || !k.is_multiple_of(32)
-                || nc > NR
-                || a.len() < mr * k
-                || w.len() < nc * k / 2
-                || s.len() < nc * (k / 32)
-                || c.len() < mr * NR
-            {
-                return false;
-            }
+        {
             if self.isa == Isa::Avx2 {
                 // SAFETY: the checks above are the kernel's extents; AVX2+FMA verified by for_isa.
                 unsafe { quant_x86::dot_mxfp4_avx2(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
             } else {
-                // SAFETY: the checks above are the kernel's extents; AVX-512 verified by for_isa.
+                // SAFETY: the checks above are the kernel's extents; the table is AVX-512 or AMX
+                // (x86-64 has no NEON table), verified by for_isa.
                 unsafe { quant_x86::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
             }
-            return true;
+            true
         }
         #[cfg(target_arch = "aarch64")]
-        if self.isa == Isa::Neon {
-            if !(1..=MR).contains(&mr)
-                || !k.is_multiple_of(32)
-                || nc > NR
-                || a.len() < mr * k
-                || w.len() < nc * k / 2
-                || s.len() < nc * (k / 32)
-                || c.len() < mr * NR
-            {
-                return false;
-            }
-            // SAFETY: the checks above are the kernel's extents; NEON verified by for_isa.
+        {
+            // SAFETY: the checks above are the kernel's extents; the table is NEON (the only
+            // vector table on aarch64), verified by for_isa.
             unsafe { neon::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
-            return true;
+            true
         }
-        let _ = (a, mr, k, w, s, nc, c);
-        false
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (a, w, s, c);
+            false
+        }
     }
 
     /// FP8 E4M3FN block dequantization: `dst[i] = fl32(e4m3(src[i]) × scale)` for `i <
