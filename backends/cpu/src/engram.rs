@@ -3,16 +3,23 @@
 //! The hash takes each token's window by core's rule ([`moehal_core::engram::window`]), multiplies
 //! and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
 //! step: one 64x64→128 multiply-high, one multiply, one conditional subtract; exact, no divide).
-//! Gathers copy rows with software prefetch a few rows ahead; fp8_e4m3_ue8m0 rows are dequantized
-//! through two 256-entry tables built from core's decoders, so values are bitwise the reference's.
+//! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
+//! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
+//! decoder as a table elsewhere), bitwise the reference's values.
+//!
+//! Instruction sets: the hash stays scalar on every target: it is 64-bit multiplies, XORs and a
+//! 64×64→128 multiply-high per prime, and neither AVX2 nor NEON has a 64-bit vector multiply-high
+//! (the scalar `mulq` / `umulh` is the fast form); plain-table gathers are row copies (`memcpy`,
+//! vectorized by libc). The x86 tables have no SIMD form of either, so the NEON port has none to
+//! mirror; the fp8 dequantization is the one vector kernel here.
 //! Tables are plain slices: a memory-mapped file works as is.
 
 use crate::elem::f32_to_bf16_bits;
 use crate::pool::Pool;
-use crate::simd::prefetch;
+use crate::simd::{prefetch, Kernels};
 use moehal_core::engram::{window, EngramLayer};
 use moehal_core::ops::engram_hash::check_canonical_ids;
-use moehal_core::ops::gather_rows::{check_rows, fp8_e4m3_to_f32, ue8m0_to_f32};
+use moehal_core::ops::gather_rows::{check_rows, ue8m0_to_f32};
 use moehal_core::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -201,37 +208,21 @@ pub enum GatherOut<'a> {
     Bf16(&'a mut [half::bf16]),
 }
 
+/// The UE8M0 scale values and the bf16 NaN of the fp8 gather; the e4m3 codes themselves are
+/// decoded by [`Kernels::decode_e4m3`] (NEON on aarch64, a table of core's decoder elsewhere), which
+/// gives `fl32(e4m3 × scale)` with NaN as `f32::NAN`, bitwise core's `fp8_e4m3_to_f32(b) ×
+/// ue8m0_to_f32(s)` (conformance `gather_rows_all_formats` checks every code and the special scales).
 struct Fp8Lut {
-    v: [f32; 256],
     s: [f32; 256],
     nan_bf16: u16,
 }
 
 fn lut() -> &'static Fp8Lut {
     static L: OnceLock<Fp8Lut> = OnceLock::new();
-    L.get_or_init(|| {
-        let mut v = [0f32; 256];
-        let mut s = [0f32; 256];
-        for b in 0..256 {
-            v[b] = fp8_e4m3_to_f32(b as u8);
-            s[b] = ue8m0_to_f32(b as u8);
-        }
-        Fp8Lut {
-            v,
-            s,
-            nan_bf16: half::bf16::from_f64(f32::NAN as f64).to_bits(),
-        }
+    L.get_or_init(|| Fp8Lut {
+        s: std::array::from_fn(|b| ue8m0_to_f32(b as u8)),
+        nan_bf16: half::bf16::from_f64(f32::NAN as f64).to_bits(),
     })
-}
-
-#[inline(always)]
-fn deq(l: &Fp8Lut, b: u8, sc: u8) -> f32 {
-    let x = l.v[b as usize] * l.s[sc as usize];
-    if x.is_nan() {
-        f32::NAN
-    } else {
-        x
-    }
 }
 
 fn prefetch_row(table: &Table<'_>, row: usize) {
@@ -266,6 +257,8 @@ fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
         (Table::Fp8 { data, d, .. }, out) => {
             let (d, w) = (*d, *d + *d / 32);
             let l = lut();
+            let kern = Kernels::best();
+            let mut tmp = [0f32; 32];
             let mut out = out;
             for (i, &r) in rows.iter().enumerate() {
                 if let Some(&nr) = rows.get(i + PF) {
@@ -273,17 +266,21 @@ fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
                 }
                 let row = &data[r as usize * w..(r as usize + 1) * w];
                 let (q, sc) = row.split_at(d);
+                // One scale per 32 values (OPS.md §5).
                 match &mut out {
                     GatherOut::F32(o) => {
-                        for (e, dst) in o[i * d..(i + 1) * d].iter_mut().enumerate() {
-                            *dst = deq(l, q[e], sc[e / 32]);
+                        for (b, dst) in o[i * d..(i + 1) * d].chunks_mut(32).enumerate() {
+                            kern.decode_e4m3(&q[b * 32..b * 32 + dst.len()], l.s[sc[b] as usize], dst);
                         }
                     }
                     GatherOut::Bf16(o) => {
                         let o: &mut [u16] = bytemuck::cast_slice_mut(&mut o[i * d..(i + 1) * d]);
-                        for (e, dst) in o.iter_mut().enumerate() {
-                            let x = deq(l, q[e], sc[e / 32]);
-                            *dst = if x.is_nan() { l.nan_bf16 } else { f32_to_bf16_bits(x) };
+                        for (b, dst) in o.chunks_mut(32).enumerate() {
+                            let x = &mut tmp[..dst.len()];
+                            kern.decode_e4m3(&q[b * 32..b * 32 + dst.len()], l.s[sc[b] as usize], x);
+                            for (h, &v) in dst.iter_mut().zip(x.iter()) {
+                                *h = if v.is_nan() { l.nan_bf16 } else { f32_to_bf16_bits(v) };
+                            }
                         }
                     }
                     GatherOut::Bytes(_) => {}

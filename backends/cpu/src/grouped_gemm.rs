@@ -18,7 +18,8 @@
 //! `vdpbf16ps` on bf16 pairs (weights staged as a panel of `(w[2p], w[2p+1])` pairs along K, the
 //! activations as pairs too, f32 accumulators, the same epilogue). Where the CPU has AVX512-BF16 one
 //! is picked by a fixed per-machine rule, never by timing, so results are the same bits run after
-//! run ([`bf16_kernel_default`]: `vdpbf16ps` on AMD, FMA elsewhere; `MOEHAL_CPU_BF16=dot|fma` forces one). On the development
+//! run ([`bf16_kernel_default`]: `vdpbf16ps` on AMD, FMA elsewhere; `MOEHAL_CPU_BF16=dot|fma` forces
+//! one; on aarch64 with FEAT_BF16 `dot` runs BFMMLA, see `simd/neon.rs`). On the development
 //! machine (Intel Xeon, Sapphire-Rapids-class) `vdpbf16ps` zmm reaches about half the f32 FMA rate
 //! (shared/bench/fma_peak.c), so FMA usually wins there; on AMD Zen 4 the dot kernel should.
 //! The decode path below is memory-bound and uses the widening kernels under both choices.
@@ -78,7 +79,8 @@ impl Bf16Kernel {
 
 /// The bf16 kernel `kern` uses by default: `Amx` on the [`crate::Isa::Amx`] table unless
 /// `MOEHAL_CPU_BF16=dot|fma` names another; else `Fma` where `vdpbf16ps` is unavailable; otherwise
-/// `MOEHAL_CPU_BF16=dot|fma` if set, else a fixed per-machine rule (`Dot` on AMD, `Fma` elsewhere).
+/// `MOEHAL_CPU_BF16=dot|fma` if set, else a fixed per-machine rule (`Dot` on AMD, `Fma` elsewhere,
+/// aarch64 included, where `Dot` is BFMMLA).
 ///
 /// The choice is fixed for the life of the process, so results are bitwise reproducible within it.
 pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
@@ -107,6 +109,11 @@ pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
         // A fixed rule per machine, not a timing: the choice changes the rounding of bf16 results,
         // and OPS.md wants the same bits run after run. On AMD Zen 4/5 `vdpbf16ps` runs at twice
         // the f32 FMA rate; on the Intel cores measured here it runs at half (backends/cpu/RESULTS.md).
+        // On aarch64 with FEAT_BF16 the pair kernel is BFMMLA (`Dot`): its error (round-to-odd f32
+        // steps, subnormals flushed, Arm ARM `BFDotAdd`) is of the order of f32 rounding, inside
+        // OPS.md's bf16 bound of 1e-2 (tests/conformance.rs runs it under qemu `-cpu max`), so
+        // either path may be the default there; it stays FMA, the exact-product path, until BFMMLA
+        // is measured faster on real hardware (qemu cannot time it; benches/RESULTS.md, ARM).
         if cpu_vendor_is_amd() {
             Bf16Kernel::Dot
         } else {

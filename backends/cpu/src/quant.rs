@@ -11,7 +11,8 @@
 //!   accumulators with `x_scale[r, b] · w_scale[g, n/128, b]` (DeepGEMM's promotion per 128);
 //! - int8 × int8: exact i32 dot products along K (NK rows are contiguous in K for both operands),
 //!   then `x_scale · w_scale · sum`. [`int8_dot_hook`] is the one place the integer kernels plug in
-//!   (AMX-INT8 tiles, AVX512-VNNI, AVX2 `vpmaddwd`, portable).
+//!   (AMX-INT8 tiles, AVX512-VNNI, AVX2 `vpmaddwd`, aarch64 SMMLA / SDOT, portable), for decode-
+//!   and prefill-sized groups alike (one call per (row chunk of up to `MC` rows, panel) task).
 //!
 //! Decode (at most [`MR`] rows in a group) with MXFP4 weights: each weight byte is read once and
 //! decoded in registers; see [`crate::simd::Kernels::dot_mxfp4`].
@@ -22,7 +23,7 @@ use crate::grouped_gemm::{epilogue, grow, Layout};
 use crate::pool::Pool;
 use crate::simd::amx::TileEngine;
 use crate::simd::{Kernels, Tiles, MR, NR};
-use moehal_core::quant::{e2m1_to_f32, e4m3_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
+use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
 use moehal_core::{Error, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -377,12 +378,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// f32 values of the 256 E4M3FN bytes.
-fn e4m3_lut() -> &'static [f32; 256] {
-    static LUT: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    LUT.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
-}
-
 /// Run a quantized `grouped_gemm`; `y` is `[M, N]`. Rows at or past `group_end[G-1]` are not touched.
 ///
 /// Errors: see [`validate`]; nothing is written then.
@@ -428,8 +423,10 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
 }
 
 /// Dequantize weight block (group `g`, columns `n0..n0+nc`, `k0..k0+kc`) into `bs[kk * NR + c]`
-/// (zero past `nc`). With `scaled == false` fp8 codes are decoded without their block scale.
+/// (zero past `nc`). With `scaled == false` fp8 codes are decoded without their block scale. fp8
+/// codes go through [`Kernels::decode_e4m3`] (NEON on aarch64).
 fn fill_panel(
+    kern: &Kernels,
     w: &QWeights<'_>,
     g: usize,
     n0: usize,
@@ -445,7 +442,6 @@ fn fill_panel(
     let bs = &mut bs[..kc * NR];
     if let QWeights::Fp8Panels { w, scale } = *w {
         // The panel's NR columns share one N block (NR divides 128): one scale per K block.
-        let lut = e4m3_lut();
         let s = if scaled {
             let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
             scale.get((g * nb + n0 / FP8_BLOCK) * kb + k0 / FP8_BLOCK)
@@ -454,9 +450,7 @@ fn fill_panel(
         };
         let base = ((g * n.div_ceil(NR) + n0 / NR) * k + k0) * NR;
         for (drow, srow) in bs.chunks_exact_mut(NR).zip(w[base..base + kc * NR].chunks_exact(NR)) {
-            for (d, &b) in drow[..nc].iter_mut().zip(&srow[..nc]) {
-                *d = if scaled { lut[b as usize] * s } else { lut[b as usize] };
-            }
+            kern.decode_e4m3(&srow[..nc], s, &mut drow[..nc]);
             drow[nc..].fill(0.0);
         }
         return;
@@ -469,16 +463,13 @@ fn fill_panel(
         let col = &mut col[..kc];
         match *w {
             QWeights::Fp8Block { w, scale } => {
-                let lut = e4m3_lut();
                 let s = if scaled {
                     let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
                     scale.get((g * nb + (n0 + c) / FP8_BLOCK) * kb + k0 / FP8_BLOCK)
                 } else {
                     1.0
                 };
-                for (d, &b) in col.iter_mut().zip(&w[row + k0..row + k0 + kc]) {
-                    *d = if scaled { lut[b as usize] * s } else { lut[b as usize] };
-                }
+                kern.decode_e4m3(&w[row + k0..row + k0 + kc], s, col);
             }
             QWeights::Mxfp4 { w, scale } => {
                 let bytes = &w[row / 2 + k0 / 2..row / 2 + (k0 + kc) / 2];
@@ -516,7 +507,7 @@ fn fill_panel(
 ///
 /// The one place integer kernels plug in, in this order: AMX-INT8 tiles ([`int8_dot_amx`] on
 /// [`TileEngine::Hardware`]) where the table is the AMX one; [`Kernels::dot_i8`] (AVX512-VNNI, else
-/// AVX2 `vpmaddwd`); else a portable loop. Every kernel gives the same exact result (the sum is
+/// AVX2 `vpmaddwd`; SMMLA, else SDOT on aarch64); else a portable loop. Every kernel gives the same exact result (the sum is
 /// exact in i32 for `K <= 131,071`), so the choice never changes output bits.
 pub fn int8_dot_hook(kern: &Kernels, x: &[i8], rows: usize, w: &[i8], nc: usize, k: usize, out: &mut [i32]) {
     if let Some(amx) = kern.amx() {
@@ -649,7 +640,7 @@ fn task<T: Elem>(
                 while k0 < k {
                     let kc = KC.min(k - k0);
                     let bs = grow(b, KC * NR);
-                    fill_panel(&a.w, g, n0, nc, n, k, k0, kc, true, bs, grow(t, KC));
+                    fill_panel(kern, &a.w, g, n0, nc, n, k, k0, kc, true, bs, grow(t, KC));
                     let (av, lda): (&[f32], usize) = if T::KIND == ElemKind::F32 {
                         (&bytemuck::cast_slice::<T, f32>(x)[r0 * k + k0..], k)
                     } else {
@@ -682,7 +673,6 @@ fn task<T: Elem>(
             let (QWeights::Fp8Block { scale: ws, .. } | QWeights::Fp8Panels { scale: ws, .. }) = a.w else {
                 unreachable!("pairing validated")
             };
-            let lut = e4m3_lut();
             let kb = k.div_ceil(FP8_BLOCK);
             let (nb, wkb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
             // Columns n0..n0+NR share one N block (NR divides 128).
@@ -693,13 +683,11 @@ fn task<T: Elem>(
                 let kc = KC.min(k - k0);
                 let bi = k0 / FP8_BLOCK;
                 let bs = grow(b, KC * NR);
-                fill_panel(&a.w, g, n0, nc, n, k, k0, kc, false, bs, grow(t, KC));
+                fill_panel(kern, &a.w, g, n0, nc, n, k, k0, kc, false, bs, grow(t, KC));
                 let sa = grow(sa, mg * kc);
                 for i in 0..mg {
                     let s0 = (r0 + i) * k + k0;
-                    for (d, &q) in sa[i * kc..(i + 1) * kc].iter_mut().zip(&x[s0..s0 + kc]) {
-                        *d = lut[q as usize];
-                    }
+                    kern.decode_e4m3(&x[s0..s0 + kc], 1.0, &mut sa[i * kc..(i + 1) * kc]);
                 }
                 let mut mb = 0;
                 while mb < mg {
@@ -845,6 +833,7 @@ pub fn support(kern: &Kernels, op: &moehal_core::ops::QuantDesc) -> moehal_core:
                     "; decode: avx512 in-register e2m1 LUT dot"
                 }
                 (WeightFormat::Mxfp4, crate::simd::Isa::Avx2) => "; decode: avx2 vpshufb e2m1 LUT dot",
+                (WeightFormat::Mxfp4, crate::simd::Isa::Neon) => "; decode: neon tbl e2m1 LUT dot",
                 _ => "",
             };
             Support::yes(format!("{isa} dequant-to-f32-panel {MR}x{NR} microkernel{decode}"))
@@ -986,8 +975,9 @@ mod tests {
     }
 
     /// The int8 kernels behind the hook (AMX wiring on the emulated tile engine, and whatever
-    /// `dot_i8` runs on each available ISA: VNNI, AVX2 vpmaddwd) equal the exact sums, over the
-    /// full i8 range (-128 included), K tails of every residue mod 16 and 64, 1..=7 rows, 1..=NR columns.
+    /// `dot_i8` runs on each available ISA: VNNI, AVX2 vpmaddwd, SMMLA / SDOT) equal the exact sums,
+    /// over the full i8 range (-128 included), K tails of every residue mod 16 and 64, decode (1..=7)
+    /// and prefill (37) row counts, 1..=NR columns.
     #[test]
     fn int8_kernels_behind_the_hook_are_exact() {
         let mut rng = ChaCha8Rng::seed_from_u64(10);
@@ -999,6 +989,7 @@ mod tests {
             (6, 64, 640),
             (1, 7, 0),
             (5, 33, 129),
+            (37, 64, 136),
         ] {
             let x: Vec<i8> = (0..rows * k).map(|_| rng.gen()).collect();
             let mut w: Vec<i8> = (0..nc * k).map(|_| rng.gen()).collect();

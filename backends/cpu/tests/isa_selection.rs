@@ -28,6 +28,8 @@ fn every_table_names_its_kernels() {
                 "bf16-decode",
                 "bf16-dot",
                 "int8-dot",
+                "mxfp4-decode",
+                "fp8-dequant",
                 "widen",
                 "router",
                 "activation"
@@ -40,6 +42,8 @@ fn every_table_names_its_kernels() {
     assert_eq!(choice(scalar, "bf16-dot"), "none");
     assert_eq!(choice(scalar, "int8-dot"), "portable");
     assert_eq!(choice(scalar, "bf16-decode"), "portable");
+    assert_eq!(choice(scalar, "mxfp4-decode"), "portable");
+    assert_eq!(choice(scalar, "fp8-dequant"), "portable");
 }
 
 #[test]
@@ -66,10 +70,12 @@ fn aarch64_features_match_emulated_cpu() {
     assert_eq!(choice(neon, "widen"), "neon");
     assert_eq!(choice(neon, "activation"), "neon");
     assert_eq!(choice(neon, "router"), "neon");
+    assert_eq!(choice(neon, "mxfp4-decode"), "neon");
+    assert_eq!(choice(neon, "fp8-dequant"), "neon");
     assert_eq!(neon.has_dot(), has("bf16"));
     assert_eq!(
         choice(neon, "bf16-dot"),
-        if has("bf16") { "neon-bfdot" } else { "none" }
+        if has("bf16") { "neon-bfmmla" } else { "none" }
     );
     let sdot_forced = std::env::var("MOEHAL_CPU_INT8").is_ok_and(|v| v.trim() == "sdot");
     let int8 = if has("i8mm") && !sdot_forced {

@@ -226,8 +226,9 @@ static NEON: Kernels = Kernels {
     pack_b: None,
     micro_bf16: Some(neon::micro_bf16),
     dot_nk_bf16: Some(neon::dot_nk_bf16),
-    // BFDOT; only called where the CPU reports FEAT_BF16 (`Kernels::has_dot`).
-    micro_dot: Some(neon::micro_dot),
+    // BFMMLA (BFDOT for a single row); only called where the CPU reports FEAT_BF16
+    // (`Kernels::has_dot`).
+    micro_dot: Some(neon::micro_bfmmla),
     pack_dot: None,
     group_limit: Some(neon::group_limit),
     topk_select: Some(neon::topk_select),
@@ -464,29 +465,62 @@ impl Kernels {
     /// bytes. Returns false (nothing written) where this table has no such kernel or the sizes do
     /// not fit.
     pub fn dot_mxfp4(&self, a: &[f32], mr: usize, k: usize, w: &[u8], s: &[u8], nc: usize, c: &mut [f32]) -> bool {
+        if !matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2 | Isa::Neon)
+            || !(1..=MR).contains(&mr)
+            || !k.is_multiple_of(32)
+            || nc > NR
+            || a.len() < mr * k
+            || w.len() < nc * k / 2
+            || s.len() < nc * (k / 32)
+            || c.len() < mr * NR
+        {
+            return false;
+        }
         #[cfg(target_arch = "x86_64")]
-        if matches!(self.isa, Isa::Avx512 | Isa::Amx | Isa::Avx2) {
-            if !(1..=MR).contains(&mr)
-                || !k.is_multiple_of(32)
-                || nc > NR
-                || a.len() < mr * k
-                || w.len() < nc * k / 2
-                || s.len() < nc * (k / 32)
-                || c.len() < mr * NR
-            {
-                return false;
-            }
+        {
             if self.isa == Isa::Avx2 {
                 // SAFETY: the checks above are the kernel's extents; AVX2+FMA verified by for_isa.
                 unsafe { quant_x86::dot_mxfp4_avx2(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
             } else {
-                // SAFETY: the checks above are the kernel's extents; AVX-512 verified by for_isa.
+                // SAFETY: the checks above are the kernel's extents; the table is AVX-512 or AMX
+                // (x86-64 has no NEON table), verified by for_isa.
                 unsafe { quant_x86::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
             }
-            return true;
+            true
         }
-        let _ = (a, mr, k, w, s, nc, c);
-        false
+        #[cfg(target_arch = "aarch64")]
+        {
+            // SAFETY: the checks above are the kernel's extents; the table is NEON (the only
+            // vector table on aarch64), verified by for_isa.
+            unsafe { neon::dot_mxfp4(a.as_ptr(), mr, k, w.as_ptr(), s.as_ptr(), nc, c.as_mut_ptr()) };
+            true
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (a, w, s, c);
+            false
+        }
+    }
+
+    /// FP8 E4M3FN block dequantization: `dst[i] = fl32(e4m3(src[i]) × scale)` for `i <
+    /// min(src.len(), dst.len())`, one f32 rounding (subnormals kept), any NaN result written as
+    /// `f32::NAN` (codes `0x7F` / `0xFF`, or a NaN `scale`). NEON: the code's bits are moved into
+    /// an f32 in registers (normal codes: sign, exponent + 120, mantissa; subnormal codes:
+    /// `m × 2^-9`), 16 per step; elsewhere the 256-entry table of `moehal_core::quant::e4m3_to_f32`.
+    /// Both give bitwise the same values.
+    pub fn decode_e4m3(&self, src: &[u8], scale: f32, dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        #[cfg(target_arch = "aarch64")]
+        if self.isa == Isa::Neon {
+            // SAFETY: n bytes of src and n f32 of dst exist; NEON verified by for_isa.
+            unsafe { neon::decode_e4m3(src.as_ptr(), n, scale, dst.as_mut_ptr()) };
+            return;
+        }
+        let lut = e4m3_table();
+        for (d, &b) in dst[..n].iter_mut().zip(&src[..n]) {
+            let v = lut[b as usize] * scale;
+            *d = if v.is_nan() { f32::NAN } else { v };
+        }
     }
 
     /// Whether [`dot_i8`](Self::dot_i8) has a kernel here (AVX-512 table and AVX512-VNNI).
@@ -569,6 +603,26 @@ impl Kernels {
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         None
+    }
+}
+
+/// `2 × e2m1(code)` for the 16 MXFP4 codes, as i8 (exact: 0, ±1, ±2, ±3, ±4, ±6, ±8, ±12; the code
+/// of −0 gives +0, which changes no sum): the byte table of the AVX2 (`vpshufb`) and NEON (`tbl`)
+/// MXFP4 kernels, used with [`e8m0_half`].
+#[allow(dead_code)] // Used by the x86-64 and aarch64 kernels only.
+const E2M1_X2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// E8M0 byte `e` as the f32 `2^(e − 128)` (half the block scale; NaN for 255): [`E2M1_X2`] holds
+/// `2 × e2m1`, so `table × 2^(e − 128) = e2m1 × 2^(e − 127)`, the same real number and so the same
+/// f32 rounding as OPS.md's `fl32(e2m1 × scale)`.
+#[allow(dead_code)] // Used by the x86-64 and aarch64 kernels only.
+#[inline(always)]
+fn e8m0_half(e: u8) -> f32 {
+    match e {
+        255 => f32::NAN,
+        // 2^-128 and 2^-127: subnormal.
+        0 | 1 => f32::from_bits(1 << (21 + e as u32)),
+        _ => f32::from_bits((e as u32 - 1) << 23),
     }
 }
 
@@ -687,7 +741,7 @@ impl Kernels {
 }
 
 /// Whether this CPU has the bf16 pair dot product of the table's `micro_dot`, detected once:
-/// AVX512-BF16 (`vdpbf16ps`) on x86-64, FEAT_BF16 (`bfdot`) on aarch64.
+/// AVX512-BF16 (`vdpbf16ps`) on x86-64, FEAT_BF16 (`bfmmla` / `bfdot`) on aarch64.
 fn cpu_has_bf16_dot() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -708,7 +762,7 @@ fn cpu_has_bf16_dot() -> bool {
 
 impl Kernels {
     /// Whether this table has a usable bf16 pair-dot kernel on this machine: the AVX-512 table on a
-    /// CPU with AVX512-BF16 (`vdpbf16ps`), or the NEON table on a CPU with FEAT_BF16 (`bfdot`).
+    /// CPU with AVX512-BF16 (`vdpbf16ps`), or the NEON table on a CPU with FEAT_BF16 (`bfmmla`).
     pub fn has_dot(&self) -> bool {
         self.micro_dot.is_some() && cpu_has_bf16_dot()
     }
@@ -766,6 +820,12 @@ impl Kernels {
     }
 }
 
+/// f32 values of the 256 E4M3FN bytes (`moehal_core::quant::e4m3_to_f32`).
+pub(crate) fn e4m3_table() -> &'static [f32; 256] {
+    static LUT: OnceLock<[f32; 256]> = OnceLock::new();
+    LUT.get_or_init(|| std::array::from_fn(|b| moehal_core::quant::e4m3_to_f32(b as u8)))
+}
+
 /// The aarch64 CPU features the NEON table looks at (Arm ARM names as spelled by
 /// `std::arch::is_aarch64_feature_detected!`), each with whether this machine reports it; empty on
 /// other architectures. `neon` gates the table, `bf16` the BFDOT pair kernel ([`Kernels::has_dot`]),
@@ -791,16 +851,18 @@ impl Kernels {
     /// The kernel each op family runs with this table on this machine, as `(family, kernel)` pairs
     /// for `moehal devices` and the tests that prove the runtime selection:
     /// `gemm` (f32 panel microkernel), `bf16-decode` (small-M bf16 weights read in place), `bf16-dot`
-    /// (pair-dot kernel: `vdpbf16ps` / `bfdot`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
-    /// `portable`), `widen` (bf16/f16 to f32), `router` (top-k selection), `activation`
-    /// (sigmoid / exp / SwiGLU). A kernel named `portable` is the table-independent Rust code.
+    /// (pair-dot kernel: `vdpbf16ps` / `bfmmla`, or `none`), `int8-dot` ([`Kernels::int8_kernel`] or
+    /// `portable`), `mxfp4-decode` ([`Kernels::dot_mxfp4`] or `portable`), `fp8-dequant`
+    /// ([`Kernels::decode_e4m3`]: `neon` or `portable`), `widen` (bf16/f16 to f32), `router` (top-k
+    /// selection), `activation` (sigmoid / exp / SwiGLU). A kernel named `portable` is the
+    /// table-independent Rust code.
     pub fn kernel_choices(&self) -> Vec<(&'static str, String)> {
         let isa = self.isa.name();
         let or_portable = |has: bool| if has { isa.to_string() } else { "portable".to_string() };
         let bf16_dot = if !self.has_dot() {
             "none".to_string()
         } else if cfg!(target_arch = "aarch64") {
-            format!("{isa}-bfdot")
+            format!("{isa}-bfmmla")
         } else {
             format!("{isa}-vdpbf16ps")
         };
@@ -816,6 +878,11 @@ impl Kernels {
                 self.int8_kernel()
                     .map_or_else(|| "portable".to_string(), |k| format!("{isa}-{k}")),
             ),
+            (
+                "mxfp4-decode",
+                or_portable(matches!(self.isa, Isa::Amx | Isa::Avx512 | Isa::Avx2 | Isa::Neon)),
+            ),
+            ("fp8-dequant", or_portable(self.isa == Isa::Neon)),
             ("widen", or_portable(self.isa != Isa::Scalar)),
             ("router", or_portable(self.topk_select.is_some())),
             ("activation", or_portable(self.isa != Isa::Scalar)),
@@ -1081,6 +1148,160 @@ mod tests {
                     assert_eq!(dst[q * NR + c], at(2 * q) | at(2 * q + 1) << 16, "nk={nk} q={q} c={c}");
                 }
             }
+        }
+    }
+
+    /// The BFMMLA kernel (the NEON table's `micro_dot`) gives bitwise the BFDOT kernel's output on
+    /// random bf16 data of mixed signs and magnitudes (where the roundings matter), every row count,
+    /// odd and even pair counts, with and without accumulation: BFMMLA is two BFDOT steps in k order
+    /// (Arm ARM `BFMatMulAdd`), so the two kernels are one arithmetic. Runs where FEAT_BF16 is
+    /// reported (qemu `-cpu max` in scripts/aarch64-test.sh).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn bfmmla_is_bitwise_bfdot() {
+        if !std::arch::is_aarch64_feature_detected!("bf16") {
+            println!("skipped: no FEAT_BF16");
+            return;
+        }
+        let mut s = 11u64;
+        let rnd_bf = |s: &mut u64| {
+            let v = lcg(s) * 2f32.powi((lcg(s) * 20.0) as i32);
+            half::bf16::from_f32(v).to_bits() as u32
+        };
+        let lda = 29;
+        let a: Vec<u32> = (0..MR * lda).map(|_| rnd_bf(&mut s) | rnd_bf(&mut s) << 16).collect();
+        for kp in [1usize, 2, 19, 24] {
+            let b: Vec<u32> = (0..kp * NR).map(|_| rnd_bf(&mut s) | rnd_bf(&mut s) << 16).collect();
+            let c0: Vec<f32> = (0..MR * NR).map(|_| lcg(&mut s) * 100.0).collect();
+            for mr in 1..=MR {
+                for acc in [false, true] {
+                    let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                    // SAFETY: FEAT_BF16 detected above; a holds MR*lda >= (mr-1)*lda + kp (kp < lda),
+                    // b holds kp*NR, c1 and c2 MR*NR.
+                    unsafe {
+                        neon::micro_bfdot(a.as_ptr(), lda, mr, kp, b.as_ptr(), c1.as_mut_ptr(), acc);
+                        neon::micro_bfmmla(a.as_ptr(), lda, mr, kp, b.as_ptr(), c2.as_mut_ptr(), acc);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&c1), bits(&c2), "kp={kp} mr={mr} acc={acc}");
+                    assert_eq!(&c2[mr * NR..], &c0[mr * NR..], "wrote past mr rows");
+                }
+            }
+        }
+    }
+
+    /// `decode_e4m3` on every table is `fl32(e4m3_to_f32(code) × scale)` bit for bit (NaN as
+    /// `f32::NAN`) for all 256 codes and scales that are exact, rounding, subnormal (2^-127, E8M0
+    /// byte 0), overflowing and NaN; an odd length runs the kernels' tails.
+    #[test]
+    fn decode_e4m3_matches_core() {
+        let codes: Vec<u8> = (0..=255u8).chain([0x80, 0x7F, 0x01, 0x08, 0xF0, 0x77, 0x00]).collect();
+        let scales = [
+            1.0f32,
+            0.375,
+            1.1,
+            f32::from_bits(1 << 22),
+            2f32.powi(100),
+            3e38,
+            f32::NAN,
+        ];
+        for isa in Isa::all_available() {
+            let k = Kernels::for_isa(isa).unwrap();
+            for &sc in &scales {
+                let mut out = vec![0f32; codes.len() + 3];
+                k.decode_e4m3(&codes, sc, &mut out);
+                for (i, &b) in codes.iter().enumerate() {
+                    let want = moehal_core::quant::e4m3_to_f32(b) * sc;
+                    let want = if want.is_nan() { f32::NAN } else { want };
+                    assert_eq!(out[i].to_bits(), want.to_bits(), "{isa:?} code {b:#04x} scale {sc}");
+                }
+                assert_eq!(&out[codes.len()..], &[0.0; 3], "{isa:?} wrote past the codes");
+            }
+        }
+    }
+
+    /// `(2 × e2m1 as i8) × 2^(e − 128)` is OPS.md's dequantized weight `fl32(e2m1 × 2^(e − 127))`
+    /// bit for bit, for every code and every E8M0 byte (subnormal, overflowing and NaN scales
+    /// included), except that the code of −0 gives +0: the AVX2 and NEON MXFP4 kernels' rule.
+    #[test]
+    fn e2m1_table_times_half_scale_is_the_dequantized_weight() {
+        use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32};
+        for e in 0..=255u8 {
+            for (c, &t) in E2M1_X2.iter().enumerate() {
+                let got = t as f32 * e8m0_half(e);
+                let want = e2m1_to_f32(c as u8) * e8m0_to_f32(e);
+                if want.is_nan() {
+                    assert!(got.is_nan(), "code {c} e {e}");
+                } else if want == 0.0 {
+                    assert_eq!(got, 0.0, "code {c} e {e}");
+                } else {
+                    assert_eq!(got.to_bits(), want.to_bits(), "code {c} e {e}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// `dot_mxfp4` on every table that has it (AVX-512, AVX2, NEON) against the definition, on values
+    /// where every product and partial sum is exact in f32 (so any summation order gives the same
+    /// bits): small-integer activations, scales 2^-2..2^2; a NaN scale (E8M0 255) gives NaN for its
+    /// column only; columns past `nc` are not written.
+    #[test]
+    fn mxfp4_decode_kernels_match_definition() {
+        use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32};
+        let k = 96;
+        let mut ran = 0;
+        for isa in Isa::all_available() {
+            let kern = Kernels::for_isa(isa).unwrap();
+            for nc in [1usize, 5, NR] {
+                let w: Vec<u8> = (0..nc * k / 2).map(|i| ((i * 97 + 13) % 256) as u8).collect();
+                let mut sc: Vec<u8> = (0..nc * k / 32).map(|i| 125 + (i % 5) as u8).collect();
+                if nc > 1 {
+                    sc[k / 32] = 255; // column 1, block 0: NaN
+                }
+                let x: Vec<f32> = (0..MR * k).map(|i| ((i * 5 + i / 7) % 9) as f32 - 4.0).collect();
+                // The kernels' split layout: per 32-block, the 16 even k then the 16 odd k.
+                let mut a = vec![0f32; MR * k];
+                for i in 0..MR {
+                    for b in 0..k / 32 {
+                        for j in 0..16 {
+                            a[i * k + b * 32 + j] = x[i * k + b * 32 + 2 * j];
+                            a[i * k + b * 32 + 16 + j] = x[i * k + b * 32 + 2 * j + 1];
+                        }
+                    }
+                }
+                for mr in 1..=MR {
+                    let mut c = vec![-7f32; MR * NR];
+                    if !kern.dot_mxfp4(&a, mr, k, &w, &sc, nc, &mut c) {
+                        continue;
+                    }
+                    ran += 1;
+                    for i in 0..mr {
+                        for n in 0..NR {
+                            let got = c[i * NR + n];
+                            if n >= nc {
+                                assert_eq!(got, -7.0, "{isa:?} wrote column {n} >= nc {nc}");
+                                continue;
+                            }
+                            let want: f32 = (0..k)
+                                .map(|kk| {
+                                    let byte = w[n * k / 2 + kk / 2];
+                                    let code = if kk % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                                    let wv = e2m1_to_f32(code) * e8m0_to_f32(sc[n * k / 32 + kk / 32]);
+                                    x[i * k + kk] * wv
+                                })
+                                .sum();
+                            if want.is_nan() {
+                                assert!(got.is_nan(), "{isa:?} mr={mr} nc={nc} {i},{n}: {got}");
+                            } else {
+                                assert_eq!(got, want, "{isa:?} mr={mr} nc={nc} {i},{n}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if cfg!(any(target_arch = "aarch64", target_arch = "x86_64")) && Kernels::best().isa() != Isa::Scalar {
+            assert!(ran > 0, "the best table has an MXFP4 decode kernel; none ran");
         }
     }
 

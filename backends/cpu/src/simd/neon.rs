@@ -312,13 +312,24 @@ unsafe fn micro_dot_n<const M: usize>(
 
 /// BFDOT microkernel on bf16 pairs, the layout of `Kernels::micro_dot`: `c[i, 0..NR] (+)= sum_p
 /// (lo(a) * lo(b) + hi(a) * hi(b))`. BFDOT's own rounding applies (Arm ARM `BFDotAdd`: without
-/// FEAT_EBF16 the two products are summed with round-to-odd and subnormals flushed to zero).
+/// FEAT_EBF16, or with FPCR.EBF = 0 as Linux leaves it, the two products are rounded to f32, summed,
+/// the sum rounded, then added to the accumulator, every rounding round-to-odd, subnormal inputs
+/// and results flushed to zero). Each element of `c` is one chain of `BFDotAdd` steps, `p`
+/// ascending.
 ///
 /// # Safety
 /// NEON + FEAT_BF16; `a` holds `(mr-1)*lda + kp` u32, `b` holds `kp*NR`, `c` holds `mr*NR` f32;
 /// `1 <= mr <= 6`.
 #[target_feature(enable = "neon,bf16")]
-pub(super) unsafe fn micro_dot(a: *const u32, lda: usize, mr: usize, kp: usize, b: *const u32, c: *mut f32, acc: bool) {
+pub(super) unsafe fn micro_bfdot(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    acc: bool,
+) {
     // SAFETY: forwarded contract.
     unsafe {
         match mr {
@@ -328,6 +339,150 @@ pub(super) unsafe fn micro_dot(a: *const u32, lda: usize, mr: usize, kp: usize, 
             4 => micro_dot_n::<4>(a, lda, kp, b, c, acc),
             5 => micro_dot_n::<5>(a, lda, kp, b, c, acc),
             _ => micro_dot_n::<6>(a, lda, kp, b, c, acc),
+        }
+    }
+}
+
+/// `d += bfmmla(a, b)`: with `a` the 2x4 bf16 matrix A (row i = the four values of 64-bit half
+/// i), `b` the 2x4 matrix B, `d` (2x2 f32, row-major) += A · Bᵀ.
+///
+/// What the instruction computes (Arm ARM, `BFMMLA` → `BFMatMulAdd`): for each of the four
+/// results, `sum = d[i][j]; sum = BFDotAdd(sum, A[i][0], A[i][1], B[j][0], B[j][1]); sum =
+/// BFDotAdd(sum, A[i][2], A[i][3], B[j][2], B[j][3])`, i.e. exactly two BFDOT steps in k order,
+/// with BFDOT's rounding (see [`micro_bfdot`]). So a BFMMLA kernel that walks k in the same pair
+/// order as the BFDOT kernel gives the same bits (the test `bfmmla_is_bitwise_bfdot` checks it).
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+fn bfmmla(d: float32x4_t, a: uint32x4_t, b: uint32x4_t) -> float32x4_t {
+    let mut d = d;
+    // SAFETY: register-only arithmetic; FEAT_BF16 is enabled for this function and verified by callers.
+    unsafe {
+        std::arch::asm!("bfmmla {d:v}.4s, {a:v}.8h, {b:v}.8h", d = inout(vreg) d, a = in(vreg) a, b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags));
+    }
+    d
+}
+
+/// BFMMLA tile: `P` row pairs (rows `2r` and `min(2r + 1, mr - 1)`; a duplicated odd last row is
+/// computed and not stored) by one quarter of 16 columns at a time (8 column pairs, `8 P` of the 32
+/// registers). Accumulator `acc[r][2g + h]` holds `[c(i0, c), c(i0, c+1), c(i1, c), c(i1, c+1)]`
+/// for columns `c = 4g + 2h`. Per k quad, the pair panel's rows `p` and `p + 1` are zipped into
+/// BFMMLA's column-pair operand; an odd last pair runs as one BFDOT step on the same lanes.
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+unsafe fn micro_mmla_n<const P: usize>(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    accumulate: bool,
+) {
+    let rows: [(usize, usize); P] = std::array::from_fn(|r| (2 * r, (2 * r + 1).min(mr - 1)));
+    for q in 0..NR / 16 {
+        let mut acc = [[vdupq_n_f32(0.0); 8]; P];
+        if accumulate {
+            for (r, &(i0, i1)) in rows.iter().enumerate() {
+                for g in 0..4 {
+                    // SAFETY: rows i0, i1 < mr of c hold NR f32 each.
+                    let (r0, r1) = unsafe {
+                        (
+                            vreinterpretq_u64_f32(vld1q_f32(c.add(i0 * NR + q * 16 + g * 4))),
+                            vreinterpretq_u64_f32(vld1q_f32(c.add(i1 * NR + q * 16 + g * 4))),
+                        )
+                    };
+                    acc[r][2 * g] = vreinterpretq_f32_u64(vzip1q_u64(r0, r1));
+                    acc[r][2 * g + 1] = vreinterpretq_f32_u64(vzip2q_u64(r0, r1));
+                }
+            }
+        }
+        let mut p = 0;
+        while p + 2 <= kp {
+            // SAFETY: pairs p, p+1 < kp of rows i0, i1 < mr of a; rows p, p+1 of the b panel.
+            unsafe {
+                let av: [uint32x4_t; P] = std::array::from_fn(|r| {
+                    let (i0, i1) = rows[r];
+                    vcombine_u32(vld1_u32(a.add(i0 * lda + p)), vld1_u32(a.add(i1 * lda + p)))
+                });
+                for g in 0..4 {
+                    let b0 = vld1q_u32(b.add(p * NR + q * 16 + g * 4));
+                    let b1 = vld1q_u32(b.add((p + 1) * NR + q * 16 + g * 4));
+                    let (lo, hi) = (vzip1q_u32(b0, b1), vzip2q_u32(b0, b1));
+                    for r in 0..P {
+                        acc[r][2 * g] = bfmmla(acc[r][2 * g], av[r], lo);
+                        acc[r][2 * g + 1] = bfmmla(acc[r][2 * g + 1], av[r], hi);
+                    }
+                }
+            }
+            p += 2;
+        }
+        if p < kp {
+            // SAFETY: pair p < kp of rows i0, i1 < mr of a; row p of the b panel.
+            unsafe {
+                let av: [uint32x4_t; P] = std::array::from_fn(|r| {
+                    let (i0, i1) = rows[r];
+                    vcombine_u32(vdup_n_u32(*a.add(i0 * lda + p)), vdup_n_u32(*a.add(i1 * lda + p)))
+                });
+                for g in 0..4 {
+                    let b0 = vld1q_u32(b.add(p * NR + q * 16 + g * 4));
+                    let lo = vcombine_u32(vget_low_u32(b0), vget_low_u32(b0));
+                    let hi = vcombine_u32(vget_high_u32(b0), vget_high_u32(b0));
+                    for r in 0..P {
+                        acc[r][2 * g] = bfdot(acc[r][2 * g], av[r], lo);
+                        acc[r][2 * g + 1] = bfdot(acc[r][2 * g + 1], av[r], hi);
+                    }
+                }
+            }
+        }
+        for (r, &(i0, i1)) in rows.iter().enumerate() {
+            for g in 0..4 {
+                let (lo, hi) = (
+                    vreinterpretq_u64_f32(acc[r][2 * g]),
+                    vreinterpretq_u64_f32(acc[r][2 * g + 1]),
+                );
+                // SAFETY: rows i0, i1 < mr of c hold NR f32 each.
+                unsafe {
+                    vst1q_f32(
+                        c.add(i0 * NR + q * 16 + g * 4),
+                        vreinterpretq_f32_u64(vzip1q_u64(lo, hi)),
+                    );
+                    if i1 != i0 {
+                        vst1q_f32(
+                            c.add(i1 * NR + q * 16 + g * 4),
+                            vreinterpretq_f32_u64(vzip2q_u64(lo, hi)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The NEON table's `micro_dot` (same contract and the same bits as [`micro_bfdot`]): BFMMLA on row
+/// pairs, 2 rows × 2 columns × 4 values of k per instruction (Arm expects BFMMLA to reach at least
+/// the bf16 throughput of two BFDOTs); a single row runs on BFDOT, where BFMMLA would compute a
+/// duplicate row for nothing.
+///
+/// # Safety
+/// As [`micro_bfdot`].
+#[target_feature(enable = "neon,bf16")]
+pub(super) unsafe fn micro_bfmmla(
+    a: *const u32,
+    lda: usize,
+    mr: usize,
+    kp: usize,
+    b: *const u32,
+    c: *mut f32,
+    acc: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match mr {
+            1 => micro_bfdot(a, lda, mr, kp, b, c, acc),
+            2 => micro_mmla_n::<1>(a, lda, mr, kp, b, c, acc),
+            3 | 4 => micro_mmla_n::<2>(a, lda, mr, kp, b, c, acc),
+            _ => micro_mmla_n::<3>(a, lda, mr, kp, b, c, acc),
         }
     }
 }
@@ -445,6 +600,148 @@ pub(super) unsafe fn dot_i8_smmla(x: *const i8, rows: usize, w: *const i8, nc: u
                 }
             }
         }
+    }
+}
+
+// ---- Quantized formats (OPS.md §6): MXFP4 decode, FP8 E4M3 dequantization -----------------------
+
+/// 16 i8 lanes to four f32x4 (lanes 0-3, 4-7, 8-11, 12-15), each times `sv`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn widen_i8x16(x: int8x16_t, sv: float32x4_t) -> [float32x4_t; 4] {
+    let (l, h) = (vmovl_s8(vget_low_s8(x)), vmovl_high_s8(x));
+    [
+        vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(l))), sv),
+        vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(l)), sv),
+        vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h))), sv),
+        vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(h)), sv),
+    ]
+}
+
+/// NEON form of the decode-shape MXFP4 dot products (contract of `Kernels::dot_mxfp4`, as the AVX2
+/// kernel): per 32-block, the 16 packed bytes are split into nibbles, `tbl` maps each code to
+/// `2 × e2m1` as an i8 (`E2M1_X2`), the i8 are widened to f32 and multiplied by `2^(scale − 128)`
+/// (`e8m0_half`: one rounding, the f32 dequantized weight of OPS.md §6 bit for bit), then FMA with
+/// the split-layout activations (low nibbles = the 16 even k, high nibbles = the 16 odd k). Each
+/// weight byte is read once.
+///
+/// # Safety
+/// NEON; `a` holds `mr * k` floats, `w` `nc * k / 2` bytes, `s` `nc * k / 32` bytes, `c` `mr * NR`
+/// floats; `1 <= mr <= 6`, `k % 32 == 0`, `nc <= NR`.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn dot_mxfp4(a: *const f32, mr: usize, k: usize, w: *const u8, s: *const u8, nc: usize, c: *mut f32) {
+    // SAFETY: same extents, forwarded.
+    unsafe {
+        match mr {
+            1 => mxfp4_rows::<1>(a, k, w, s, nc, c),
+            2 => mxfp4_rows::<2>(a, k, w, s, nc, c),
+            3 => mxfp4_rows::<3>(a, k, w, s, nc, c),
+            4 => mxfp4_rows::<4>(a, k, w, s, nc, c),
+            5 => mxfp4_rows::<5>(a, k, w, s, nc, c),
+            _ => mxfp4_rows::<6>(a, k, w, s, nc, c),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn mxfp4_rows<const R: usize>(a: *const f32, k: usize, w: *const u8, s: *const u8, nc: usize, c: *mut f32) {
+    // SAFETY (whole body): every pointer offset stays within dot_mxfp4's extents (`a` R rows of k,
+    // `w` nc rows of k/2 bytes, `s` nc rows of k/32, `c` R rows of NR).
+    unsafe {
+        let table = vld1q_s8(super::E2M1_X2.as_ptr());
+        let nib = vdupq_n_u8(0x0F);
+        let blocks = k / 32;
+        for n in 0..nc {
+            let wr = w.add(n * k / 2);
+            let sr = s.add(n * blocks);
+            let mut acc0 = [vdupq_n_f32(0.0); R];
+            let mut acc1 = [vdupq_n_f32(0.0); R];
+            for b in 0..blocks {
+                if b + 32 < blocks {
+                    super::prefetch(std::slice::from_raw_parts(wr.add((b + 32) * 16), 1));
+                }
+                let sv = vdupq_n_f32(super::e8m0_half(*sr.add(b)));
+                let bytes = vld1q_u8(wr.add(b * 16));
+                let lo = widen_i8x16(vqtbl1q_s8(table, vandq_u8(bytes, nib)), sv);
+                let hi = widen_i8x16(vqtbl1q_s8(table, vshrq_n_u8::<4>(bytes)), sv);
+                for i in 0..R {
+                    let ar = a.add(i * k + b * 32);
+                    for j in 0..4 {
+                        acc0[i] = vfmaq_f32(acc0[i], lo[j], vld1q_f32(ar.add(4 * j)));
+                        acc1[i] = vfmaq_f32(acc1[i], hi[j], vld1q_f32(ar.add(16 + 4 * j)));
+                    }
+                }
+            }
+            for i in 0..R {
+                *c.add(i * NR + n) = vaddvq_f32(vaddq_f32(acc0[i], acc1[i]));
+            }
+        }
+    }
+}
+
+/// Four E4M3FN codes (one per u32 lane, `0..=255`) to `fl32(e4m3 × scale)`, NaN results as
+/// `f32::NAN`. Normal codes (exponent field `e` in 1..=15) are exact as the f32 with bits `sign <<
+/// 31 | (code & 0x7F) << 20` plus `120 << 23` (the exponent rebased from bias 7 to 127); subnormal
+/// codes (`e = 0`) are `m × 2^-9`, exact in f32; `0x7F` / `0xFF` are NaN (OCP e4m3fn).
+#[inline]
+#[target_feature(enable = "neon")]
+fn e4m3x4(code: uint32x4_t, scale: float32x4_t) -> float32x4_t {
+    let mag = vandq_u32(code, vdupq_n_u32(0x7F));
+    let sign = vshlq_n_u32::<24>(vandq_u32(code, vdupq_n_u32(0x80)));
+    let normal = vaddq_u32(vshlq_n_u32::<20>(mag), vdupq_n_u32(120 << 23));
+    let sub = vreinterpretq_u32_f32(vmulq_f32(
+        vcvtq_f32_u32(vandq_u32(code, vdupq_n_u32(7))),
+        vdupq_n_f32(1.0 / 512.0),
+    ));
+    let is_sub = vceqq_u32(vandq_u32(code, vdupq_n_u32(0x78)), vdupq_n_u32(0));
+    let v = vreinterpretq_f32_u32(vorrq_u32(vbslq_u32(is_sub, sub, normal), sign));
+    let r = vmulq_f32(v, scale);
+    let ok = vandq_u32(vceqq_f32(r, r), vmvnq_u32(vceqq_u32(mag, vdupq_n_u32(0x7F))));
+    vbslq_f32(ok, r, vdupq_n_f32(f32::NAN))
+}
+
+/// See `Kernels::decode_e4m3`: `dst[i] = fl32(e4m3(src[i]) × scale)`, NaN as `f32::NAN`, 16 codes
+/// per step, the tail four at a time through a zero-padded copy.
+///
+/// # Safety
+/// NEON; `src` holds `n` bytes, `dst` `n` floats.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn decode_e4m3(src: *const u8, n: usize, scale: f32, dst: *mut f32) {
+    let sv = vdupq_n_f32(scale);
+    let mut i = 0;
+    // SAFETY: every load reads bytes i..i+16 <= n of src, every store writes i..i+16 <= n of dst.
+    unsafe {
+        while i + 16 <= n {
+            let b = vld1q_u8(src.add(i));
+            let (h0, h1) = (vmovl_u8(vget_low_u8(b)), vmovl_high_u8(b));
+            let words = [
+                vmovl_u16(vget_low_u16(h0)),
+                vmovl_high_u16(h0),
+                vmovl_u16(vget_low_u16(h1)),
+                vmovl_high_u16(h1),
+            ];
+            for (j, w) in words.into_iter().enumerate() {
+                vst1q_f32(dst.add(i + 4 * j), e4m3x4(w, sv));
+            }
+            i += 16;
+        }
+    }
+    while i < n {
+        let m = (n - i).min(4);
+        let mut codes = [0u32; 4];
+        let mut out = [0f32; 4];
+        for (j, c) in codes.iter_mut().enumerate().take(m) {
+            // SAFETY: i + j < n.
+            *c = unsafe { *src.add(i + j) } as u32;
+        }
+        // SAFETY: both arrays hold four lanes.
+        unsafe { vst1q_f32(out.as_mut_ptr(), e4m3x4(vld1q_u32(codes.as_ptr()), sv)) };
+        for (j, o) in out.iter().enumerate().take(m) {
+            // SAFETY: i + j < n.
+            unsafe { *dst.add(i + j) = *o };
+        }
+        i += m;
     }
 }
 

@@ -110,19 +110,6 @@ pub unsafe fn dot_i8_vnni(x: *const i8, rows: usize, w: *const i8, nc: usize, k:
     }
 }
 
-/// E8M0 byte `e` as the f32 `2^(e − 128)` (half the block scale; NaN for 255): the AVX2 table
-/// holds `2 × e2m1`, so `table × 2^(e − 128) = e2m1 × 2^(e − 127)`, the same real number and so
-/// the same f32 rounding as OPS.md's `fl32(e2m1 × scale)`.
-#[inline(always)]
-fn e8m0_half(e: u8) -> f32 {
-    match e {
-        255 => f32::NAN,
-        // 2^-128 and 2^-127: subnormal.
-        0 | 1 => f32::from_bits(1 << (21 + e as u32)),
-        _ => f32::from_bits((e as u32 - 1) << 23),
-    }
-}
-
 /// AVX2 form of [`dot_mxfp4`] (same contract): per 32-block, the 16 packed bytes are split into
 /// nibbles, `vpshufb` maps each code to `2 × e2m1` as an i8 (exact: 0, ±1, ±2, ±3, ±4, ±6, ±8,
 /// ±12; the code of −0 gives +0, which changes no sum), the i8 are widened to f32 and multiplied by
@@ -151,7 +138,7 @@ unsafe fn mxfp4_rows_avx2<const R: usize>(a: *const f32, k: usize, w: *const u8,
     // SAFETY (whole body): every pointer offset stays within the extents of dot_mxfp4's contract
     // (`a` R rows of k, `w` nc rows of k/2 bytes, `s` nc rows of k/32, `c` R rows of NR).
     unsafe {
-        let table = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+        let table = _mm_loadu_si128(super::E2M1_X2.as_ptr() as *const __m128i);
         let nib = _mm_set1_epi8(0x0F);
         let blocks = k / 32;
         for n in 0..nc {
@@ -163,7 +150,7 @@ unsafe fn mxfp4_rows_avx2<const R: usize>(a: *const f32, k: usize, w: *const u8,
                 if b + 32 < blocks {
                     _mm_prefetch::<_MM_HINT_T0>(wr.add((b + 32) * 16) as *const i8);
                 }
-                let sv = _mm256_set1_ps(e8m0_half(*sr.add(b)));
+                let sv = _mm256_set1_ps(super::e8m0_half(*sr.add(b)));
                 let bytes = _mm_loadu_si128(wr.add(b * 16) as *const __m128i);
                 let lo = _mm_shuffle_epi8(table, _mm_and_si128(bytes, nib));
                 let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(bytes), nib));
@@ -298,32 +285,6 @@ unsafe fn i8_tile<const R: usize, const C: usize>(
                 }
                 let o = out.add(i * NR + j);
                 *o = (*o).wrapping_add(t);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32};
-
-    /// `(2 × e2m1 as i8) × 2^(e − 128)` is OPS.md's dequantized weight `fl32(e2m1 × 2^(e − 127))`
-    /// bit for bit, for every code and every E8M0 byte (subnormal, overflowing and NaN scales
-    /// included), except that the code of −0 gives +0.
-    #[test]
-    fn avx2_table_times_half_scale_is_the_dequantized_weight() {
-        let table: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-        for e in 0..=255u8 {
-            for (c, &t) in table.iter().enumerate() {
-                let got = t as f32 * super::e8m0_half(e);
-                let want = e2m1_to_f32(c as u8) * e8m0_to_f32(e);
-                if want.is_nan() {
-                    assert!(got.is_nan(), "code {c} e {e}");
-                } else if want == 0.0 {
-                    assert_eq!(got, 0.0, "code {c} e {e}");
-                } else {
-                    assert_eq!(got.to_bits(), want.to_bits(), "code {c} e {e}: {got} vs {want}");
-                }
             }
         }
     }
