@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::presets::Preset;
 use moehal_core::conformance;
 
+pub mod cost;
 pub mod presets;
 pub mod quant;
 use moehal_core::engram::{self, EngramLayer};
@@ -312,6 +313,9 @@ pub enum Spec {
         c: usize,
         /// Put an out-of-range row in (value check).
         bad_row: bool,
+        /// The table in host memory (`moehal_core::host`), not uploaded: a backend that gathers
+        /// from pinned or mapped host tables (OPS.md §5: "the table may live in host memory") reads it in place.
+        host_table: bool,
     },
     /// `engram_lookup` (table of exactly the layer's rows).
     EngramLookup {
@@ -386,6 +390,42 @@ impl Case {
                 }
             }
             Spec::Quant(q) => q.label(),
+        }
+    }
+    /// FLOPs of one run ([`cost`]): the float and quantized grouped GEMMs (`2 · M · N · K` over
+    /// the routed rows); `None` for the memory-bound ops.
+    pub fn flops(&self) -> Option<f64> {
+        match &self.spec {
+            Spec::GroupedGemm { groups, n, k, .. }
+            | Spec::Quant(quant::QuantSpec::Gemm { groups, n, k, .. }) => {
+                Some(cost::gemm_flops(groups.iter().sum(), *n, *k))
+            }
+            _ => None,
+        }
+    }
+    /// Bytes that define the op's bandwidth in one run ([`cost`]): weights of the groups with rows
+    /// (GEMM), logits (router), rows moved (glue), ids and rows (hash), bytes gathered.
+    pub fn bytes(&self) -> f64 {
+        let touched = |groups: &[usize]| groups.iter().filter(|&&g| g > 0).count();
+        match &self.spec {
+            Spec::GroupedGemm {
+                dtype, groups, n, k, ..
+            } => cost::gemm_bytes(touched(groups), *n, *k, dtype.size()),
+            Spec::Quant(q) => q.bytes(),
+            Spec::RouterTopk { dtype, t, e, .. } | Spec::RouterHash { dtype, t, e, .. } => {
+                cost::router_bytes(*t, *e, dtype.size())
+            }
+            Spec::RouterKnown { logits, .. } => cost::router_bytes(1, logits.len(), 4),
+            Spec::MoePermute { t, k, x, .. } => x.map_or(0.0, |(d, h)| cost::permute_bytes(*t, *k, h, d.size())),
+            Spec::Swiglu { dtype, m, i, .. } => cost::swiglu_bytes(*m, *i, dtype.size()),
+            Spec::MoeCombine { dtype, t, k, h, .. } => cost::combine_bytes(*t, *k, *h, dtype.size()),
+            Spec::EngramHash { layer, t, ids, .. } => {
+                cost::hash_bytes(ids.as_ref().map_or(*t, Vec::len), layer.build().columns())
+            }
+            Spec::GatherRows { out, d, t, c, .. } => cost::gather_bytes(*t, *c, *d, out.size()),
+            Spec::EngramLookup { layer, out, d, t, .. } => {
+                cost::gather_bytes(*t, layer.build().columns(), *d, out.size())
+            }
         }
     }
     fn expect(&self) -> Expect {
@@ -475,10 +515,15 @@ struct Run<'b> {
 impl<'b> Run<'b> {
     /// Upload an input behind a poisoned guard region of [`GUARD`] elements on each side: the
     /// view starts at element `GUARD`, so a backend that ignores view offsets reads poison.
-    fn input(&self, t: &HostTensor) -> moehal_core::Result<Buffer> {
+    /// With `host`, the buffer is host memory (`moehal_core::host`) that the backend did not
+    /// allocate.
+    fn input(&self, t: &HostTensor, host: bool) -> moehal_core::Result<Buffer> {
         let es = t.dtype.size();
         let mut bytes = vec![poison_byte(t.dtype); (t.numel() + 2 * GUARD) * es];
         bytes[GUARD * es..GUARD * es + t.bytes.len()].copy_from_slice(&t.bytes);
+        if host {
+            return moehal_core::host::buffer_from_slice(&bytes);
+        }
         let mut b = self.be.alloc(bytes.len())?;
         self.be.upload(&mut b, 0, &bytes)?;
         Ok(b)
@@ -960,7 +1005,14 @@ fn timed(be: &dyn Backend, f: impl FnOnce() -> moehal_core::Result<()>) -> (moeh
 
 fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<Outcome> {
     let run = Run { be };
-    let ins: Vec<Buffer> = inp.tensors.iter().map(|t| run.input(t)).collect::<Result<_, _>>()?;
+    // A host table is input 0 of gather_rows.
+    let host0 = matches!(spec, Spec::GatherRows { host_table: true, .. });
+    let ins: Vec<Buffer> = inp
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| run.input(t, host0 && i == 0))
+        .collect::<Result<_, _>>()?;
     let v = |i: usize| view(&ins[i], &inp.tensors[i]);
     // (dtype, shape) of every output, in order.
     let out_specs: Vec<(DType, Vec<usize>)> = output_specs(spec, inp);
@@ -1194,10 +1246,15 @@ fn desc_of(spec: &Spec) -> OpDesc {
         Spec::Swiglu { dtype, .. } => OpDesc::Swiglu { dtype: *dtype },
         Spec::MoeCombine { dtype, .. } => OpDesc::MoeCombine { dtype: *dtype },
         Spec::EngramHash { .. } => OpDesc::EngramHash,
-        Spec::GatherRows { format, out, .. } => OpDesc::GatherRows {
+        Spec::GatherRows {
+            format,
+            out,
+            host_table,
+            ..
+        } => OpDesc::GatherRows {
             table: *format,
             out: *out,
-            host_table: false,
+            host_table: *host_table,
         },
         Spec::EngramLookup { format, out, .. } => OpDesc::EngramLookup {
             table: *format,
@@ -2013,6 +2070,7 @@ pub fn edge_cases() -> Vec<Case> {
                 t,
                 c,
                 bad_row,
+                host_table: false,
             },
         )
     };
@@ -2330,8 +2388,24 @@ pub fn sweep_cases() -> Vec<Case> {
                         t,
                         c,
                         bad_row,
+                        host_table: false,
                     },
                 ));
+                if !bad_row && t > 0 {
+                    v.push(Case::new(
+                        format!("sweep gather R {r} D {d} T {t} C {c} host table"),
+                        Spec::GatherRows {
+                            format: f,
+                            out: o,
+                            r,
+                            d,
+                            t,
+                            c,
+                            bad_row,
+                            host_table: true,
+                        },
+                    ));
+                }
             }
         }
         for (t, extras) in [(0usize, false), (5, true), (200, false), (1000, true)] {
