@@ -26,8 +26,8 @@ use moehal_core::quant::ScaleFormat;
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
 use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed, SplitMix64};
-use moehal_testkit::cost;
 use crate::presets::Preset;
+use moehal_testkit::cost;
 
 /// The shape of one benchmark.
 #[derive(Debug, Clone, PartialEq)]

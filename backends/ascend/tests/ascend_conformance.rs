@@ -1,18 +1,22 @@
 //! The Ascend backend through the strict emulator, against the reference backend, for every op,
-//! through the test kit (`moehal-testkit`): the cases of `moehal check` and the shape sweep on
-//! every CANN profile the emulator builds, each passing case run again for bitwise determinism
-//! (the kit poisons and guards outputs and inputs, and prints each case's seed). The routes the
-//! backend takes (which aclnn op serves which variant) are checked by name per profile.
+//! through the test kit (`moehal-testkit`): the edge cases on every CANN profile the emulator
+//! builds, the cases of `moehal check` and the shape sweep on the default profile, each passing
+//! case run again for bitwise determinism (the kit poisons and guards outputs and inputs, and
+//! prints each case's seed). The routes the backend takes (which aclnn op serves which variant)
+//! are checked by name per profile.
 
 mod ascend_common;
 
 use moehal_core::ops::{OpDesc, TableFormat, WeightLayout};
 use moehal_core::{Backend, DType};
-use moehal_testkit::{check_backend, default_cases, sweep_cases};
+use moehal_testkit::{check_backend, default_cases, edge_cases, sweep_cases};
 
+/// The kit's edge cases (OPS.md's, and §6's) on every CANN profile; the preset cases run on the
+/// default profile (below, and in the facade's `tests/conformance.rs`).
 #[test]
 fn kit_cases_on_every_cann_profile() {
-    let cases = default_cases();
+    let mut cases = edge_cases();
+    cases.extend(moehal_testkit::quant::edge_cases());
     let mut failures = Vec::new();
     for (profile, asc) in ascend_common::open_profiles() {
         let label = format!("ascend (CANN {profile} emulator)");
@@ -22,9 +26,11 @@ fn kit_cases_on_every_cann_profile() {
 }
 
 #[test]
-fn shape_sweep_on_the_default_profile() {
+fn preset_cases_and_shape_sweep_on_the_default_profile() {
     let asc = ascend_common::open_emulated();
-    check_backend(&*asc, "ascend (emulator)", &sweep_cases(), 11, true).assert_pass();
+    let mut cases = default_cases();
+    cases.extend(sweep_cases());
+    check_backend(&*asc, "ascend (emulator)", &cases, 11, true).assert_pass();
 }
 
 /// Which aclnn op serves which variant, per CANN profile: the conformance cases above pass on

@@ -396,8 +396,7 @@ impl Case {
     /// the routed rows); `None` for the memory-bound ops.
     pub fn flops(&self) -> Option<f64> {
         match &self.spec {
-            Spec::GroupedGemm { groups, n, k, .. }
-            | Spec::Quant(quant::QuantSpec::Gemm { groups, n, k, .. }) => {
+            Spec::GroupedGemm { groups, n, k, .. } | Spec::Quant(quant::QuantSpec::Gemm { groups, n, k, .. }) => {
                 Some(cost::gemm_flops(groups.iter().sum(), *n, *k))
             }
             _ => None,
