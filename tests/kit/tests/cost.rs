@@ -56,7 +56,7 @@ fn memory_bound_ops_have_bytes_and_no_flops() {
 
 #[test]
 fn quantized_gemm_bytes_are_the_packed_weights_of_touched_experts() {
-    let c = edge_cases()
+    let c = moehal_testkit::quant::edge_cases()
         .into_iter()
         .find(|c| c.name() == "q mxfp4 w4a16 decode")
         .expect("quant edge case");
