@@ -27,6 +27,7 @@ use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
 use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed, SplitMix64};
 use crate::presets::Preset;
+use moehal_testkit::cost;
 
 /// The shape of one benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,21 +307,24 @@ impl BenchShape {
         }
     }
 
-    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`).
+    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`; the test kit's cost model,
+    /// [`moehal_testkit::cost`]).
     pub fn flops(&self) -> Option<f64> {
         match self.kind {
-            ShapeKind::Gemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
-            ShapeKind::DecodeCold { k, n, topk, .. } => Some(2.0 * topk as f64 * n as f64 * k as f64),
-            ShapeKind::QGemm { k, n, tokens, topk, .. } => Some(2.0 * (tokens * topk) as f64 * n as f64 * k as f64),
+            ShapeKind::Gemm { k, n, tokens, topk, .. } | ShapeKind::QGemm { k, n, tokens, topk, .. } => {
+                Some(cost::gemm_flops(tokens * topk, n, k))
+            }
+            ShapeKind::DecodeCold { k, n, topk, .. } => Some(cost::gemm_flops(topk, n, k)),
             _ => None,
         }
     }
 
-    /// Bytes that define the op's bandwidth: weights of the active experts (GEMM; an upper bound
-    /// of the experts touched: `min(E, M)`), logits read (router), rows moved (glue), ids read and
-    /// rows written (hash), bytes gathered (gather, lookup: `T * C * D * es`).
+    /// Bytes that define the op's bandwidth ([`moehal_testkit::cost`]): weights of the active
+    /// experts (GEMM; an upper bound of the experts touched: `min(E, M)`), logits read (router),
+    /// rows moved (glue), ids read and rows written (hash), bytes gathered (gather, lookup:
+    /// `T * C * D * es`).
     pub fn bytes(&self) -> f64 {
-        let es = self.dtype.size() as f64;
+        let es = self.dtype.size();
         match self.kind {
             ShapeKind::Gemm {
                 experts,
@@ -328,17 +332,17 @@ impl BenchShape {
                 n,
                 tokens,
                 topk,
-            } => experts.min(tokens * topk) as f64 * n as f64 * k as f64 * es,
-            ShapeKind::DecodeCold { k, n, topk, .. } => (topk * n * k) as f64 * es,
-            ShapeKind::Router { tokens, experts, .. } => (tokens * experts * 4) as f64,
+            } => cost::gemm_bytes(experts.min(tokens * topk), n, k, es),
+            ShapeKind::DecodeCold { k, n, topk, .. } => cost::gemm_bytes(topk, n, k, es),
+            ShapeKind::Router { tokens, experts, .. } => cost::router_bytes(tokens, experts, 4),
             ShapeKind::Permute {
                 tokens, topk, hidden, ..
-            } => 2.0 * (tokens * topk * hidden) as f64 * es,
-            ShapeKind::Swiglu { rows, width, .. } => 3.0 * (rows * width) as f64 * es,
-            ShapeKind::Combine { tokens, topk, hidden } => ((tokens * topk + tokens) * hidden) as f64 * es,
-            ShapeKind::Hash { tokens } => (tokens * 8 * (1 + 3 * v41_flash::HEADS)) as f64,
-            ShapeKind::Gather { dim, tokens, cols, .. } => (tokens * cols * dim) as f64 * es,
-            ShapeKind::Lookup { dim, tokens, .. } => (tokens * LOOKUP_COLUMNS * dim) as f64 * es,
+            } => cost::permute_bytes(tokens, topk, hidden, es),
+            ShapeKind::Swiglu { rows, width, .. } => cost::swiglu_bytes(rows, width, es),
+            ShapeKind::Combine { tokens, topk, hidden } => cost::combine_bytes(tokens, topk, hidden, es),
+            ShapeKind::Hash { tokens } => cost::hash_bytes(tokens, 3 * v41_flash::HEADS),
+            ShapeKind::Gather { dim, tokens, cols, .. } => cost::gather_bytes(tokens, cols, dim, es),
+            ShapeKind::Lookup { dim, tokens, .. } => cost::gather_bytes(tokens, LOOKUP_COLUMNS, dim, es),
             ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
                 crate::bench_quant::bytes(&self.kind, self.dtype).unwrap_or(0.0)
             }

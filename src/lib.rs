@@ -11,14 +11,18 @@ pub mod bench_quant;
 pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod harness;
 pub mod pipeline;
-pub mod presets;
 pub mod registry;
 
 pub use moehal_core as core;
 pub use moehal_core::{ops, Backend, BackendExt, Buffer, DType, Error, OpDesc, OpKind, Reference, Result, Support};
 pub use registry::Registry;
+
+/// The conformance harness: the test kit (`tests/kit`, crate `moehal-testkit`), which `moehal
+/// check`, `moehal bench` and every backend crate's tests share.
+pub use moehal_testkit as harness;
+/// Model presets of OPS.md (kept in the test kit, whose preset cases derive from them).
+pub use moehal_testkit::presets;
 
 /// The README's Rust example, compiled and run as a doctest so it cannot drift from the code.
 #[cfg(all(doctest, feature = "cpu"))]

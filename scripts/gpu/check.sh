@@ -20,10 +20,14 @@ cat "$OUT/device.txt"
 for exe in $D/test-*; do
   run "$(basename "$exe")" 150 "$exe" --test-threads=1 --nocapture
 done
+run moehal_check 150 $D/moehal check --backend cuda --seed 1 --json "$OUT/check.json"
+run moehal_bench 150 $D/moehal bench --backend cuda --json "$OUT/bench.json"
 run cuda_bench 120 $D/cuda_bench
 run torch_peers 90 python3 scripts/gpu/peers.py
 echo "== results (full logs in $OUT) =="
 printf '%s\n' "${summary[@]}"
 grep -h -E "^test result|FAILED|panicked|skipped" "$OUT"/test-*.log | sort | uniq -c
+tail -n 3 "$OUT/moehal_check.log"; grep -E '^(FAIL|unsupported):' "$OUT/moehal_check.log" | head -n 20
+tail -n 15 "$OUT/moehal_bench.log"
 grep -v '^JSON' "$OUT/cuda_bench.log" | tail -n 20
 grep -v '^JSON' "$OUT/torch_peers.log" | tail -n 12

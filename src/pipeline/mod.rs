@@ -214,14 +214,9 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     }
 }
 
-/// The relative-error tolerance of `OPS.md` for outputs of `dtype` (f32 1e-5, f16 2e-3, bf16 1e-2).
-pub fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-        _ => 1e-5,
-    }
-}
+/// The relative-error tolerance of `OPS.md` §Conformance for outputs of `dtype` (the test kit's
+/// one table: f32 1e-5, f16 2e-3, bf16 1e-2, integer dtypes exact).
+pub use moehal_testkit::tolerance;
 
 /// Bytes of memory the OS reports available (`MemAvailable` of `/proc/meminfo`), if known.
 pub fn available_memory() -> Option<u64> {

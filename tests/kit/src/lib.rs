@@ -16,7 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::presets::Preset;
 use moehal_core::conformance;
 
-#[path = "harness_quant.rs"]
+pub mod cost;
+pub mod presets;
 pub mod quant;
 use moehal_core::engram::{self, EngramLayer};
 use moehal_core::ops::{
@@ -25,7 +26,11 @@ use moehal_core::ops::{
 };
 use moehal_core::{Backend, Buffer, DType, Error, Float, OpKind, Reference, Support, TensorMut, TensorRef};
 
-/// Elements of guard region on each side of every output.
+/// Elements of guard region on each side of every output and every input (OPS.md §Conformance:
+/// "surround outputs with guard regions that must stay untouched"). Output guards are poisoned and
+/// must read back unchanged; inputs sit at this element offset in their buffers, behind poison, so
+/// a backend that ignores view offsets reads poison. 64 elements are 256 bytes of f32: wider than
+/// any vector store or tile row the kernels issue (AVX-512: 64 bytes; AMX rows: 64 bytes).
 pub const GUARD: usize = 64;
 
 /// Outcome of one case on one backend.
@@ -135,6 +140,10 @@ pub enum Logits {
     /// sqrt_softplus scores 0, so `ŝ` = bias), bias 1 on each group's first expert and 2^-24 on
     /// the second expert of odd groups: `fl32(1 + 2^-24) = 1`.
     GroupSumRounding,
+    /// Random logits in which rows cycle through five patterns: all equal, one NaN with +inf and
+    /// -inf, all NaN (nothing selectable), many exact ties (every third expert 1.25), and one
+    /// finite logit (the rest NaN).
+    Edge,
 }
 
 /// What a hash-routing case breaks on purpose (value checks; nothing may be written).
@@ -212,6 +221,22 @@ pub enum Spec {
         /// A value error to plant.
         bad: Option<HashBad>,
     },
+    /// `router_topk` on one token of given f32 logits (and bias) whose ids are known: the tie
+    /// classes of OPS.md §2 steps 1–3 written out. The ids must equal `want` and the reference's
+    /// exactly (no near-tie latitude), expert counts too, and the weights the reference's within
+    /// `weight_abs` (at most [`conformance::ROUTER_WEIGHT_ABS`]).
+    RouterKnown {
+        /// Options.
+        config: RouterConfig,
+        /// The token's logits `[E]`.
+        logits: Vec<f32>,
+        /// Selection bias `[E]`.
+        bias: Option<Vec<f32>>,
+        /// The ids the lower-index rule gives.
+        want: Vec<i32>,
+        /// Bound on `|w - w_ref|`.
+        weight_abs: f64,
+    },
     /// `moe_permute`.
     MoePermute {
         /// Tokens.
@@ -288,6 +313,9 @@ pub enum Spec {
         c: usize,
         /// Put an out-of-range row in (value check).
         bad_row: bool,
+        /// The table in host memory (`moehal_core::host`), not uploaded: a backend that gathers
+        /// from pinned or mapped host tables (OPS.md §5: "the table may live in host memory") reads it in place.
+        host_table: bool,
     },
     /// `engram_lookup` (table of exactly the layer's rows).
     EngramLookup {
@@ -328,7 +356,7 @@ impl Case {
     pub fn op(&self) -> OpKind {
         match &self.spec {
             Spec::GroupedGemm { .. } => OpKind::GroupedGemm,
-            Spec::RouterTopk { .. } | Spec::RouterHash { .. } => OpKind::RouterTopk,
+            Spec::RouterTopk { .. } | Spec::RouterHash { .. } | Spec::RouterKnown { .. } => OpKind::RouterTopk,
             Spec::MoePermute { .. } => OpKind::MoePermute,
             Spec::Swiglu { .. } => OpKind::Swiglu,
             Spec::MoeCombine { .. } => OpKind::MoeCombine,
@@ -350,6 +378,7 @@ impl Case {
                 dtype.to_string()
             }
             Spec::RouterHash { dtype, .. } => format!("{dtype} hash"),
+            Spec::RouterKnown { .. } => "f32 known ids".into(),
             Spec::MoePermute { x: Some((d, _)), .. } => format!("i32+{d}"),
             Spec::MoePermute { x: None, .. } => "i32".into(),
             Spec::EngramHash { .. } => "i64".into(),
@@ -361,6 +390,41 @@ impl Case {
                 }
             }
             Spec::Quant(q) => q.label(),
+        }
+    }
+    /// FLOPs of one run ([`cost`]): the float and quantized grouped GEMMs (`2 · M · N · K` over
+    /// the routed rows); `None` for the memory-bound ops.
+    pub fn flops(&self) -> Option<f64> {
+        match &self.spec {
+            Spec::GroupedGemm { groups, n, k, .. } | Spec::Quant(quant::QuantSpec::Gemm { groups, n, k, .. }) => {
+                Some(cost::gemm_flops(groups.iter().sum(), *n, *k))
+            }
+            _ => None,
+        }
+    }
+    /// Bytes that define the op's bandwidth in one run ([`cost`]): weights of the groups with rows
+    /// (GEMM), logits (router), rows moved (glue), ids and rows (hash), bytes gathered.
+    pub fn bytes(&self) -> f64 {
+        let touched = |groups: &[usize]| groups.iter().filter(|&&g| g > 0).count();
+        match &self.spec {
+            Spec::GroupedGemm {
+                dtype, groups, n, k, ..
+            } => cost::gemm_bytes(touched(groups), *n, *k, dtype.size()),
+            Spec::Quant(q) => q.bytes(),
+            Spec::RouterTopk { dtype, t, e, .. } | Spec::RouterHash { dtype, t, e, .. } => {
+                cost::router_bytes(*t, *e, dtype.size())
+            }
+            Spec::RouterKnown { logits, .. } => cost::router_bytes(1, logits.len(), 4),
+            Spec::MoePermute { t, k, x, .. } => x.map_or(0.0, |(d, h)| cost::permute_bytes(*t, *k, h, d.size())),
+            Spec::Swiglu { dtype, m, i, .. } => cost::swiglu_bytes(*m, *i, dtype.size()),
+            Spec::MoeCombine { dtype, t, k, h, .. } => cost::combine_bytes(*t, *k, *h, dtype.size()),
+            Spec::EngramHash { layer, t, ids, .. } => {
+                cost::hash_bytes(ids.as_ref().map_or(*t, Vec::len), layer.build().columns())
+            }
+            Spec::GatherRows { out, d, t, c, .. } => cost::gather_bytes(*t, *c, *d, out.size()),
+            Spec::EngramLookup { layer, out, d, t, .. } => {
+                cost::gather_bytes(*t, layer.build().columns(), *d, out.size())
+            }
         }
     }
     fn expect(&self) -> Expect {
@@ -448,9 +512,19 @@ struct Run<'b> {
 }
 
 impl<'b> Run<'b> {
-    fn input(&self, t: &HostTensor) -> moehal_core::Result<Buffer> {
-        let mut b = self.be.alloc(t.bytes.len().max(1))?;
-        self.be.upload(&mut b, 0, &t.bytes)?;
+    /// Upload an input behind a poisoned guard region of [`GUARD`] elements on each side: the
+    /// view starts at element `GUARD`, so a backend that ignores view offsets reads poison.
+    /// With `host`, the buffer is host memory (`moehal_core::host`) that the backend did not
+    /// allocate.
+    fn input(&self, t: &HostTensor, host: bool) -> moehal_core::Result<Buffer> {
+        let es = t.dtype.size();
+        let mut bytes = vec![poison_byte(t.dtype); (t.numel() + 2 * GUARD) * es];
+        bytes[GUARD * es..GUARD * es + t.bytes.len()].copy_from_slice(&t.bytes);
+        if host {
+            return moehal_core::host::buffer_from_slice(&bytes);
+        }
+        let mut b = self.be.alloc(bytes.len())?;
+        self.be.upload(&mut b, 0, &bytes)?;
         Ok(b)
     }
     fn output(&self, dtype: DType, n: usize) -> moehal_core::Result<Buffer> {
@@ -482,7 +556,7 @@ impl<'b> Run<'b> {
 }
 
 fn view<'a>(b: &'a Buffer, t: &HostTensor) -> TensorRef<'a> {
-    TensorRef::new(b, t.dtype, &t.shape)
+    TensorRef::new(b, t.dtype, &t.shape).with_offset(GUARD)
 }
 
 fn out_view<'a>(b: &'a mut Buffer, dtype: DType, shape: &[usize]) -> TensorMut<'a> {
@@ -678,10 +752,25 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
             config,
         } => {
             let mut l = match logits {
-                Logits::Random | Logits::NonFinite => randn(&mut rng, t * e, 2.0),
+                Logits::Random | Logits::NonFinite | Logits::Edge => randn(&mut rng, t * e, 2.0),
                 Logits::Ties => (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect(),
                 tie => tie_class_logits(*tie, *t, *e, config),
             };
+            if *logits == Logits::Edge && *e > 0 {
+                for (ti, row) in l.chunks_mut(*e).enumerate() {
+                    match ti % 5 {
+                        0 => row.fill(0.5),
+                        1 => {
+                            row[0] = f32::NAN;
+                            row[*e - 1] = f32::INFINITY;
+                            row[*e / 2] = f32::NEG_INFINITY;
+                        }
+                        2 => row.fill(f32::NAN),
+                        3 => row.iter_mut().step_by(3).for_each(|v| *v = 1.25),
+                        _ => row.iter_mut().skip(1).for_each(|v| *v = f32::NAN),
+                    }
+                }
+            }
             if *logits == Logits::NonFinite {
                 for (i, v) in l.iter_mut().enumerate() {
                     if i < *e {
@@ -712,6 +801,12 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
                     b = tb;
                 }
                 tensors.push(HostTensor::of(&[*e], b));
+            }
+        }
+        Spec::RouterKnown { logits, bias, .. } => {
+            tensors.push(HostTensor::of(&[1, logits.len()], logits.clone()));
+            if let Some(b) = bias {
+                tensors.push(HostTensor::of(&[b.len()], b.clone()));
             }
         }
         Spec::RouterHash {
@@ -909,7 +1004,14 @@ fn timed(be: &dyn Backend, f: impl FnOnce() -> moehal_core::Result<()>) -> (moeh
 
 fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<Outcome> {
     let run = Run { be };
-    let ins: Vec<Buffer> = inp.tensors.iter().map(|t| run.input(t)).collect::<Result<_, _>>()?;
+    // A host table is input 0 of gather_rows.
+    let host0 = matches!(spec, Spec::GatherRows { host_table: true, .. });
+    let ins: Vec<Buffer> = inp
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| run.input(t, host0 && i == 0))
+        .collect::<Result<_, _>>()?;
     let v = |i: usize| view(&ins[i], &inp.tensors[i]);
     // (dtype, shape) of every output, in order.
     let out_specs: Vec<(DType, Vec<usize>)> = output_specs(spec, inp);
@@ -949,6 +1051,17 @@ fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<O
                     config: *config,
                     logits: v(0),
                     bias: bias.map(|_| v(1)),
+                    ids: it.next().expect("ids"),
+                    weights: it.next().expect("weights"),
+                    expert_counts: it.next(),
+                };
+                timed(be, || be.router_topk(args.validate()?))
+            }
+            Spec::RouterKnown { config, bias, .. } => {
+                let args = RouterTopk {
+                    config: *config,
+                    logits: v(0),
+                    bias: bias.as_ref().map(|_| v(1)),
                     ids: it.next().expect("ids"),
                     weights: it.next().expect("weights"),
                     expert_counts: it.next(),
@@ -1070,6 +1183,11 @@ fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
         } => {
             vec![(*dtype, vec![groups.iter().sum::<usize>() + tail, *n])]
         }
+        Spec::RouterKnown { config, logits, .. } => vec![
+            (DType::I32, vec![1, config.k]),
+            (DType::F32, vec![1, config.k]),
+            (DType::I64, vec![logits.len()]),
+        ],
         Spec::RouterTopk { t, e, config, .. } | Spec::RouterHash { t, e, config, .. } => {
             vec![
                 (DType::I32, vec![*t, config.k]),
@@ -1114,6 +1232,11 @@ fn desc_of(spec: &Spec) -> OpDesc {
             scoring: config.scoring,
             group: config.effective_group().map(|g| g.score),
         },
+        Spec::RouterKnown { config, .. } => OpDesc::RouterTopk {
+            dtype: DType::F32,
+            scoring: config.scoring,
+            group: config.effective_group().map(|g| g.score),
+        },
         Spec::RouterHash { dtype, config, .. } => OpDesc::RouterHash {
             dtype: *dtype,
             scoring: config.scoring,
@@ -1122,10 +1245,15 @@ fn desc_of(spec: &Spec) -> OpDesc {
         Spec::Swiglu { dtype, .. } => OpDesc::Swiglu { dtype: *dtype },
         Spec::MoeCombine { dtype, .. } => OpDesc::MoeCombine { dtype: *dtype },
         Spec::EngramHash { .. } => OpDesc::EngramHash,
-        Spec::GatherRows { format, out, .. } => OpDesc::GatherRows {
+        Spec::GatherRows {
+            format,
+            out,
+            host_table,
+            ..
+        } => OpDesc::GatherRows {
             table: *format,
             out: *out,
-            host_table: false,
+            host_table: *host_table,
         },
         Spec::EngramLookup { format, out, .. } => OpDesc::EngramLookup {
             table: *format,
@@ -1157,18 +1285,24 @@ pub fn tolerance_label(case: &Case) -> String {
             conformance::ROUTER_WEIGHT_ABS
         ),
         Spec::RouterHash { .. } => format!("ids exact, |dw| <= {:.0e}", conformance::ROUTER_WEIGHT_ABS),
+        Spec::RouterKnown { weight_abs, .. } => format!("ids known, |dw| <= {weight_abs:.0e}"),
         Spec::MoePermute { .. } | Spec::EngramHash { .. } | Spec::GatherRows { .. } | Spec::EngramLookup { .. } => {
             "bitwise".into()
         }
     }
 }
 
-/// Relative-error tolerance of OPS.md for arithmetic ops.
+/// The relative-error bound `‖out − ref‖ / ‖ref‖` of OPS.md §Conformance for an output of
+/// `dtype`: f32 `1e-5`, f16 `2e-3`, bf16 `1e-2`. Integer outputs (ids, rows, quantized codes) are
+/// exact in the contract, so their bound is `0` — never the bf16 bound a catch-all arm would give.
+/// This is the one tolerance table of the workspace: `moehal check`, the pipelines (`moehal moe`)
+/// and every backend's tests use it.
 pub fn tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::F32 => 1e-5,
         DType::F16 => 2e-3,
-        _ => 1e-2,
+        DType::BF16 => 1e-2,
+        DType::I32 | DType::I64 | DType::U8 | DType::I8 => 0.0,
     }
 }
 
@@ -1223,7 +1357,24 @@ fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (St
             arithmetic(*dtype, &out.outputs[0], &reference.outputs[0], |_| true)
         }
         Spec::RouterTopk { config, e, .. } => compare_router(config, *e, inp, out),
-        Spec::RouterHash { .. } => compare_router_hash(out, reference),
+        Spec::RouterHash { .. } => compare_router_hash(out, reference, conformance::ROUTER_WEIGHT_ABS),
+        Spec::RouterKnown { want, weight_abs, .. } => {
+            let ids = typed::<i32>(&out.outputs[0].bytes);
+            let ref_ids = typed::<i32>(&reference.outputs[0].bytes);
+            if ref_ids != *want {
+                return (
+                    "reference".into(),
+                    Err(format!("the reference chose {ref_ids:?}, the tie rule {want:?}")),
+                );
+            }
+            if ids != *want {
+                return (
+                    "mismatch".into(),
+                    Err(format!("ids {ids:?}, the tie rule gives {want:?}")),
+                );
+            }
+            compare_router_hash(out, reference, weight_abs.min(conformance::ROUTER_WEIGHT_ABS))
+        }
         Spec::MoePermute { t, k, x, .. } => {
             let ge = typed::<i64>(&reference.outputs[0].bytes);
             let routed = ge.last().copied().unwrap_or(0) as usize;
@@ -1315,8 +1466,9 @@ fn compare_router(config: &RouterConfig, e: usize, inp: &Inputs, out: &Outcome) 
     }
 }
 
-/// Hash routing: ids and counts exact (a table lookup), weights within the router tolerance.
-fn compare_router_hash(out: &Outcome, reference: &Outcome) -> (String, Result<(), String>) {
+/// Hash routing (and known ids): ids and counts exact (a table lookup), weights within `weight_abs`
+/// (the router tolerance, or a tighter bound a case asks for).
+fn compare_router_hash(out: &Outcome, reference: &Outcome, weight_abs: f64) -> (String, Result<(), String>) {
     for (i, name) in [(0, "ids"), (2, "expert_counts")] {
         let (o, r) = (&out.outputs[i], &reference.outputs[i]);
         if let Some(p) = first_diff(&o.bytes, &r.bytes, o.dtype.size()) {
@@ -1333,7 +1485,7 @@ fn compare_router_hash(out: &Outcome, reference: &Outcome) -> (String, Result<()
     let mut max_dw = 0f64;
     for (j, (&a, &b)) in wo.iter().zip(&wr).enumerate() {
         let dw = (a as f64 - b as f64).abs();
-        if dw.is_nan() || dw > conformance::ROUTER_WEIGHT_ABS {
+        if dw.is_nan() || dw > weight_abs {
             return ("weights".into(), Err(format!("weight {j}: {a} vs reference {b}")));
         }
         max_dw = max_dw.max(dw);
@@ -1427,6 +1579,99 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
             }
         }
     }
+}
+
+/// OPS.md "Determinism": run `case` twice on `backend` with the same inputs (from `seed`) and
+/// require bitwise identical outputs, NaN payloads and untouched poison included. Two runs that
+/// both fail (a rejected case) have nothing to compare and pass; one failing and one not is an
+/// error.
+pub fn check_deterministic(backend: &dyn Backend, case: &Case, seed: u64) -> Result<(), String> {
+    let inputs = make_inputs(&case.spec, seed);
+    let run = || execute(backend, &case.spec, &inputs).map_err(|e| format!("setup failed: {e}"));
+    let (a, b) = (run()?, run()?);
+    match (&a.result, &b.result) {
+        (Err(_), Err(_)) => return Ok(()),
+        (Ok(()), Ok(())) => {}
+        (x, y) => return Err(format!("two runs on the same inputs returned {x:?} and {y:?}")),
+    }
+    for (i, (x, y)) in a.outputs.iter().zip(&b.outputs).enumerate() {
+        if let Some(p) = first_diff(&x.bytes, &y.bytes, x.dtype.size()) {
+            return Err(format!(
+                "output {i}, element {p}: two runs on the same inputs differ (not deterministic)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What [`check_backend`] found on one backend.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Backend name (with the caller's label, if any).
+    pub backend: String,
+    /// Cases that passed.
+    pub passed: usize,
+    /// One line per unsupported case (`case [dtype]: reason`); reported, never silently skipped.
+    pub unsupported: Vec<String>,
+    /// One line per failed case: case, dtype, metric, detail (with the case seed).
+    pub failures: Vec<String>,
+}
+
+impl Summary {
+    /// Panic with every failure line if any case failed: how a backend crate's test ends.
+    pub fn assert_pass(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{}: {} conformance failure(s):\n{}",
+            self.backend,
+            self.failures.len(),
+            self.failures.join("\n")
+        );
+    }
+}
+
+/// Run every case of `cases` on `backend` against the reference (case `i` with the inputs of
+/// [`case_seed`]`(base_seed, i)`), and, with `determinism`, run each passing case twice more to require bitwise identical outputs ([`check_deterministic`]). `label` names the
+/// backend variant in the messages (`"cpu Avx2"`, `"ascend (CANN 8.5)"`). Prints one line per
+/// unsupported case and a summary line; returns the [`Summary`] (call [`Summary::assert_pass`]).
+/// This is the whole conformance test of a backend crate:
+///
+/// ```no_run
+/// # fn be() -> moehal_core::Reference { moehal_core::Reference }
+/// let cases = moehal_testkit::default_cases();
+/// moehal_testkit::check_backend(&be(), "reference", &cases, 0x5EED, true).assert_pass();
+/// ```
+pub fn check_backend(backend: &dyn Backend, label: &str, cases: &[Case], base_seed: u64, determinism: bool) -> Summary {
+    let mut sum = Summary {
+        backend: label.to_string(),
+        ..Summary::default()
+    };
+    for (i, case) in cases.iter().enumerate() {
+        let seed = case_seed(base_seed, i);
+        let r = run_case(backend, case, seed);
+        let row = format!("{label}: {} / {} [{}]", r.op, r.case, r.dtype);
+        match r.verdict {
+            Verdict::Pass => match determinism.then(|| check_deterministic(backend, case, seed)) {
+                Some(Err(msg)) => sum
+                    .failures
+                    .push(format!("{row} determinism: {msg} (case seed {seed})")),
+                _ => sum.passed += 1,
+            },
+            Verdict::Unsupported => {
+                println!("{row} unsupported: {}", r.detail);
+                sum.unsupported.push(format!("{} [{}]: {}", r.case, r.dtype, r.detail));
+            }
+            Verdict::Fail => sum.failures.push(format!("{row} {}: {}", r.metric, r.detail)),
+        }
+    }
+    println!(
+        "{label}: {} passed, {} unsupported, {} failed of {} cases",
+        sum.passed,
+        sum.unsupported.len(),
+        sum.failures.len(),
+        cases.len()
+    );
+    sum
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1824,6 +2069,7 @@ pub fn edge_cases() -> Vec<Case> {
                 t,
                 c,
                 bad_row,
+                host_table: false,
             },
         )
     };
@@ -1878,6 +2124,443 @@ pub fn edge_cases() -> Vec<Case> {
         ));
     }
     v
+}
+
+/// The shape sweep the backend crates' own conformance tests ran before the kit (moved here so that
+/// every backend runs it): grouped GEMM block and panel tails in K and N, decode and prefill row
+/// counts, empty and tail groups, each option; router every scoring × k × renormalize, k = E, the
+/// [`Logits::Edge`] rows, 256 experts in groups; hash routing with k = E and tiny vocabularies;
+/// permute with dropped and repeated slots up to a 4 MiB `x_perm` (the parallel copy); SwiGLU at
+/// clamps 10 and 0.5 and widths to 3000; combine; Engram hashing up to 20,000 tokens (past the
+/// parallel threshold, 16 Ki) on the toy and a small layer; gather of every table format with
+/// empty and 256-wide rows; lookup of every format. Every float case in f32, bf16 and f16.
+pub fn sweep_cases() -> Vec<Case> {
+    use DType::*;
+    let mut v = Vec::new();
+    // grouped_gemm: (M, K, N, G); rows past M - M/5 are the tail, group 1 empty when G > 2.
+    for (m, k, n, g) in [
+        (0usize, 8usize, 8usize, 2usize),
+        (6, 0, 5, 2),
+        (5, 7, 0, 2),
+        (13, 37, 70, 4),
+        (40, 130, 64, 3),
+        (3, 300, 129, 8),
+        (150, 20, 33, 2),
+    ] {
+        let used = m - m / 5;
+        let mut groups = vec![used / g; g];
+        groups[g - 1] += used % g;
+        if g > 2 {
+            groups[2] += groups[1];
+            groups[1] = 0;
+        }
+        for dt in [F32, BF16, F16] {
+            for layout in [WeightLayout::NK, WeightLayout::KN] {
+                for (opt, rs, b) in [
+                    ("", false, false),
+                    (" row_scale", true, false),
+                    (" row_scale+bias", true, true),
+                ] {
+                    v.push(with_gemm(
+                        gemm(
+                            &format!("sweep gemm M {m} K {k} N {n} G {g}{opt}"),
+                            dt,
+                            layout,
+                            &groups,
+                            m - used,
+                            n,
+                            k,
+                        ),
+                        |bias, row_scale, _| {
+                            *bias = b;
+                            *row_scale = rs;
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    // router_topk.
+    let grouped = |k, scoring, n_group, topk_group, score, renormalize, scale| {
+        rc(
+            k,
+            scoring,
+            Some(GroupLimit {
+                n_group,
+                topk_group,
+                score,
+            }),
+            renormalize,
+            scale,
+        )
+    };
+    for dt in [F32, BF16, F16] {
+        for scoring in Scoring::ALL {
+            let sn = scoring.name();
+            for (k, renorm) in [(1, true), (4, false), (8, true)] {
+                let c = rc(k, scoring, None, renorm, 2.5);
+                let r = if renorm { " renorm" } else { "" };
+                v.push(router(
+                    &format!("sweep router {sn} k {k}{r}"),
+                    dt,
+                    37,
+                    64,
+                    c,
+                    Some(false),
+                    Logits::Random,
+                ));
+                v.push(router(
+                    &format!("sweep router {sn} k {k}{r} edge rows"),
+                    dt,
+                    25,
+                    64,
+                    c,
+                    None,
+                    Logits::Edge,
+                ));
+                v.push(router(
+                    &format!("sweep router {sn} k {k}{r} edge rows, bias, E 16"),
+                    dt,
+                    10,
+                    16,
+                    c,
+                    Some(false),
+                    Logits::Edge,
+                ));
+            }
+            v.push(router(
+                &format!("sweep router {sn} k = E edge rows"),
+                dt,
+                10,
+                16,
+                rc(16, scoring, None, true, 1.0),
+                Some(false),
+                Logits::Edge,
+            ));
+        }
+        for gs in [GroupScore::Top2Sum, GroupScore::Max] {
+            for scoring in [Scoring::Sigmoid, Scoring::Softmax] {
+                let tag = format!("{} {}", scoring.name(), gs.name());
+                let c = grouped(8, scoring, 8, 4, gs, true, 2.5);
+                v.push(router(
+                    &format!("sweep router E 256 groups 8/4 {tag}"),
+                    dt,
+                    70,
+                    256,
+                    c,
+                    Some(false),
+                    Logits::Random,
+                ));
+                v.push(router(
+                    &format!("sweep router E 256 groups 8/4 {tag} edge rows"),
+                    dt,
+                    20,
+                    256,
+                    c,
+                    Some(false),
+                    Logits::Edge,
+                ));
+                v.push(router(
+                    &format!("sweep router k = every expert of the kept groups {tag}"),
+                    dt,
+                    20,
+                    16,
+                    grouped(8, scoring, 4, 2, gs, false, 1.0),
+                    Some(false),
+                    Logits::Edge,
+                ));
+            }
+        }
+    }
+    for (t, e, vocab, k) in [
+        (37usize, 256usize, 1000usize, 6usize),
+        (20, 16, 7, 16),
+        (5, 8, 3, 2),
+        (0, 8, 3, 2),
+    ] {
+        for scoring in Scoring::ALL {
+            v.push(Case::new(
+                format!("sweep router hash T {t} E {e} V {vocab} k {k} {}", scoring.name()),
+                Spec::RouterHash {
+                    dtype: F32,
+                    t,
+                    e,
+                    vocab,
+                    config: rc(k, scoring, None, k != 2, 1.5),
+                    logits: Logits::NonFinite,
+                    bad: None,
+                },
+            ));
+        }
+    }
+    // moe_permute: ids with dropped slots and repeated experts, with and without x.
+    for (t, k, e, h) in [
+        (0usize, 2usize, 4usize, 3usize),
+        (1, 1, 1, 5),
+        (50, 4, 8, 7),
+        (700, 8, 16, 4),
+        (300, 6, 128, 1),
+        (1200, 8, 64, 256),
+    ] {
+        for x in [None, Some((F32, h)), Some((BF16, h)), Some((F16, h))] {
+            v.push(Case::new(
+                format!("sweep permute T {t} k {k} E {e} H {h}"),
+                Spec::MoePermute {
+                    t,
+                    k,
+                    e,
+                    x,
+                    drop: 1.0 / (e as f64 + 1.0),
+                    repeat: true,
+                    bad_id: false,
+                },
+            ));
+        }
+    }
+    for dt in [F32, BF16, F16] {
+        for (m, i) in [(0usize, 4usize), (3, 1), (17, 45), (64, 768), (5, 3000)] {
+            for limit in [None, Some(10.0f32), Some(0.5)] {
+                let l = limit.map_or_else(String::new, |l| format!(" limit {l}"));
+                v.push(Case::new(
+                    format!("sweep swiglu M {m} I {i}{l}"),
+                    Spec::Swiglu { dtype: dt, m, i, limit },
+                ));
+            }
+        }
+        for (t, k, h) in [(0usize, 2usize, 8usize), (1, 1, 1), (40, 8, 100), (300, 6, 64)] {
+            v.push(Case::new(
+                format!("sweep combine T {t} k {k} H {h}"),
+                Spec::MoeCombine {
+                    dtype: dt,
+                    t,
+                    k,
+                    h,
+                    drop: 0.15,
+                    bad_row: false,
+                },
+            ));
+        }
+    }
+    // Engram.
+    let small = LayerChoice::Small {
+        vocab_n: 1000,
+        n: 4,
+        k: 3,
+    };
+    for (lname, layer, max_order) in [("toy", LayerChoice::Toy, 3), ("small", small, 4)] {
+        for t in [0usize, 1, 5, 200, 1000, 20_000] {
+            for extras in [false, true] {
+                v.push(Case::new(
+                    format!(
+                        "sweep hash {lname} T {t}{}",
+                        if extras { " positions/alive/history" } else { "" }
+                    ),
+                    Spec::EngramHash {
+                        layer,
+                        t,
+                        positions: extras,
+                        alive: extras,
+                        history: if extras { max_order - 1 } else { 0 },
+                        ids: None,
+                        bad_id: false,
+                    },
+                ));
+            }
+        }
+    }
+    for (f, o) in TableFormat::PAIRS {
+        for (r, d, t, c) in [(10usize, 32usize, 0usize, 3usize), (50, 64, 7, 3), (300, 256, 150, 8)] {
+            for bad_row in [false, true] {
+                if bad_row && t == 0 {
+                    continue;
+                }
+                v.push(Case::new(
+                    format!(
+                        "sweep gather R {r} D {d} T {t} C {c}{}",
+                        if bad_row { " bad row" } else { "" }
+                    ),
+                    Spec::GatherRows {
+                        format: f,
+                        out: o,
+                        r,
+                        d,
+                        t,
+                        c,
+                        bad_row,
+                        host_table: false,
+                    },
+                ));
+                if !bad_row && t > 0 {
+                    v.push(Case::new(
+                        format!("sweep gather R {r} D {d} T {t} C {c} host table"),
+                        Spec::GatherRows {
+                            format: f,
+                            out: o,
+                            r,
+                            d,
+                            t,
+                            c,
+                            bad_row,
+                            host_table: true,
+                        },
+                    ));
+                }
+            }
+        }
+        for (t, extras) in [(0usize, false), (5, true), (200, false), (1000, true)] {
+            v.push(Case::new(
+                format!(
+                    "sweep lookup small layer T {t}{}",
+                    if extras { " positions/alive/history" } else { "" }
+                ),
+                Spec::EngramLookup {
+                    layer: small,
+                    format: f,
+                    out: o,
+                    d: 32,
+                    t,
+                    extras,
+                },
+            ));
+        }
+    }
+    v
+}
+
+/// One-token routings with known ids, from the tie classes of OPS.md §2 steps 1–3 (saturated
+/// sigmoid, exp underflow, sqrt_softplus subnormals, equal logits, `fl32(s + bias)` ties across
+/// experts and groups, f32 `top2_sum` group ties, 16-expert groups), held to exact ids and
+/// weights within 1e-6. Stricter than the contract where scores underflow (OPS.md lets scores
+/// below 1e-30 go either way): a backend that computes those scores as the reference does (the
+/// CPU backend) runs them; a device backend whose exp or sqrt flushes subnormals may not.
+pub fn router_known_ties() -> Vec<Case> {
+    let g = |n_group, topk_group, score| {
+        Some(GroupLimit {
+            n_group,
+            topk_group,
+            score,
+        })
+    };
+    let cfg = |k, scoring, group| rc(k, scoring, group, true, 1.0);
+    let sat = [20.5f32, 100.0, 30.0, 25.0, -1.5, 0.25, 40.0, 22.0];
+    let known = |name: &str, config, logits: Vec<f32>, bias: Option<Vec<f32>>, want: Vec<i32>| {
+        Case::new(
+            format!("router known ties: {name}"),
+            Spec::RouterKnown {
+                config,
+                logits,
+                bias,
+                want,
+                weight_abs: 1e-6,
+            },
+        )
+    };
+    let group_sum_16: Vec<f32> = (0..64)
+        .map(|i| match i % 16 {
+            0 => 1.0,
+            1 if (i / 16) % 2 == 1 => 2f32.powi(-24),
+            _ => 0.0,
+        })
+        .collect();
+    vec![
+        // sigmoid(x >= 20) rounds to 1.0: two experts, and 8 experts with 6 saturated.
+        known(
+            "saturation",
+            cfg(1, Scoring::Sigmoid, None),
+            vec![20.5, 100.0],
+            None,
+            vec![0],
+        ),
+        known(
+            "saturation 8",
+            cfg(4, Scoring::Sigmoid, None),
+            sat.to_vec(),
+            None,
+            vec![0, 1, 2, 3],
+        ),
+        // e^-200, e^-300 underflow to 0 in f32.
+        known(
+            "softmax underflow",
+            cfg(2, Scoring::Softmax, None),
+            vec![0.0, -300.0, -200.0],
+            None,
+            vec![0, 1],
+        ),
+        known(
+            "sigmoid underflow",
+            cfg(3, Scoring::Sigmoid, None),
+            vec![5.0, -300.0, -200.0, -250.0],
+            None,
+            vec![0, 1, 2],
+        ),
+        // sqrt_softplus(-200) = e^-100 = 3.7e-44 is a subnormal, sqrt_softplus(-300) = 0: [0, 2].
+        known(
+            "sqrt_softplus underflow",
+            cfg(2, Scoring::SqrtSoftplus, None),
+            vec![5.0, -300.0, -200.0],
+            None,
+            vec![0, 2],
+        ),
+        known(
+            "sqrt_softplus subnormals",
+            cfg(4, Scoring::SqrtSoftplus, None),
+            vec![-180.0, -300.0, -200.0, -190.0, -200.0, -400.0],
+            None,
+            vec![0, 3, 2, 4],
+        ),
+        known(
+            "equal",
+            cfg(3, Scoring::Softmax, None),
+            vec![0.75; 6],
+            None,
+            vec![0, 1, 2],
+        ),
+        // fl32(s + 1024) equal for s = .5 and .5000025: experts and groups tie.
+        known(
+            "bias rounding",
+            cfg(1, Scoring::Sigmoid, None),
+            vec![0.0, 1e-5],
+            Some(vec![1024.0; 2]),
+            vec![0],
+        ),
+        known(
+            "bias rounding across groups",
+            cfg(2, Scoring::Sigmoid, g(2, 1, GroupScore::Top2Sum)),
+            vec![0.0, 0.0, 1e-5, 1e-5],
+            Some(vec![1024.0; 4]),
+            vec![0, 1],
+        ),
+        known(
+            "bias rounding across groups, max",
+            cfg(2, Scoring::SqrtSoftplus, g(2, 1, GroupScore::Max)),
+            vec![0.0, 0.0, 1e-5, 1e-5],
+            Some(vec![1024.0; 4]),
+            vec![0, 1],
+        ),
+        // top2_sum in f32: 1 + 2^-24 rounds to 1, a group tie.
+        known(
+            "f32 group sum",
+            cfg(1, Scoring::Sigmoid, g(2, 1, GroupScore::Top2Sum)),
+            vec![-300.0; 4],
+            Some(vec![1.0, 0.0, 1.0, 2f32.powi(-24)]),
+            vec![0],
+        ),
+        // The same on 16-expert groups (the AVX-512 group kernel): 4 groups, keep 2.
+        known(
+            "f32 group sum, 16 per group",
+            cfg(3, Scoring::SqrtSoftplus, g(4, 2, GroupScore::Top2Sum)),
+            vec![-300.0; 64],
+            Some(group_sum_16),
+            vec![0, 16, 17],
+        ),
+        known(
+            "saturation, 16 per group",
+            cfg(6, Scoring::Sigmoid, g(4, 1, GroupScore::Top2Sum)),
+            (0..64).map(|i| sat[i % 8] - (i / 16) as f32 * 0.125).collect(),
+            None,
+            vec![0, 1, 2, 3, 6, 7],
+        ),
+    ]
 }
 
 /// The tie classes OPS.md §2 steps 1–3 pin (exact f32 ties from saturation, underflow, equal

@@ -98,6 +98,18 @@ impl QuantSpec {
             _ => self.desc().variant(),
         }
     }
+    /// Bandwidth bytes of one run ([`crate::cost`]): the packed weights and their scales of the
+    /// groups with rows (GEMM); input read and codes written (quantize ops).
+    pub(super) fn bytes(&self) -> f64 {
+        match self {
+            QuantSpec::Gemm { w, groups, n, k, .. } => {
+                w.bytes(groups.iter().filter(|&&r| r > 0).count(), *n, *k) as f64
+            }
+            QuantSpec::QuantizeFp8 { dtype, m, k, .. } | QuantSpec::QuantizeInt8 { dtype, m, k, .. } => {
+                ((m * k) * (dtype.size() + 1)) as f64
+            }
+        }
+    }
     fn m(&self) -> usize {
         match self {
             QuantSpec::Gemm { groups, tail, .. } => groups.iter().sum::<usize>() + tail,

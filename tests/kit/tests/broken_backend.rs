@@ -1,9 +1,9 @@
 //! The harness must be able to fail: a backend that wraps the reference but breaks one rule of the
 //! contract is caught (wrong values, out-of-bounds writes, unwritten outputs, ignored validation).
 
-use moehal::harness::{case_seed, edge_cases, rerun_command, run_case, select, Case, Verdict};
 use moehal_core::ops::*;
 use moehal_core::{Backend, Buffer, Checked, DeviceInfo, OpDesc, Reference, Result, Support};
+use moehal_testkit::{case_seed, check_backend, edge_cases, rerun_command, run_case, select, Case, Verdict};
 
 /// Which rule the broken backend breaks.
 #[derive(Clone, Copy, PartialEq)]
@@ -20,7 +20,13 @@ enum Flaw {
     HashOrder,
     /// Accepts out-of-range ids in moe_permute (computes with them clamped).
     NoIdCheck,
+    /// moe_combine flips the lowest bit of its first output element on every third call
+    /// (a result that changes from run to run, as a float atomic's would).
+    CombineNondeterministic,
 }
+
+/// Calls of moe_combine by [`Flaw::CombineNondeterministic`].
+static COMBINE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 struct Broken(Flaw);
 
@@ -129,7 +135,21 @@ impl Backend for Broken {
         Reference.swiglu(a)
     }
     fn moe_combine(&self, a: Checked<MoeCombine<'_>>) -> Result<()> {
-        Reference.moe_combine(a)
+        let mut a = a.into_inner();
+        let (off, es, n) = (a.out.offset(), a.out.dtype().size(), a.out.numel());
+        let again = MoeCombine {
+            y_perm: a.y_perm,
+            slot_row: a.slot_row,
+            weights: a.weights,
+            out: a.out.reborrow(),
+        };
+        let r = Reference.moe_combine(again.validate()?);
+        let call = COMBINE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.0 == Flaw::CombineNondeterministic && n > 0 && call % 3 == 2 {
+            let bytes = moehal_core::host::bytes_mut(a.out.buffer_mut(), "t", "out")?;
+            bytes[off * es] ^= 1;
+        }
+        r
     }
     fn engram_hash(&self, a: Checked<EngramHash<'_>>) -> Result<()> {
         Reference.engram_hash(a)
@@ -302,7 +322,7 @@ fn select_filters_by_op_and_case_and_keeps_indices() {
 /// one case.
 #[test]
 fn default_cases_are_unique_by_op_name_and_dtype() {
-    let cases = moehal::harness::default_cases();
+    let cases = moehal_testkit::default_cases();
     let mut seen = std::collections::HashSet::new();
     for c in &cases {
         assert!(
@@ -313,4 +333,38 @@ fn default_cases_are_unique_by_op_name_and_dtype() {
             c.dtype()
         );
     }
+}
+
+/// The suite runner every backend crate calls: the reference passes it (determinism included),
+/// a backend with wrong values fails it, and a backend whose combine differs from one run to the
+/// next fails only by the determinism rule (OPS.md, Conventions).
+#[test]
+fn check_backend_passes_the_reference_and_fails_broken_backends() {
+    let cases = edge_cases();
+    let sum = check_backend(&Reference, "reference", &cases, 3, true);
+    sum.assert_pass();
+    assert_eq!(sum.passed + sum.unsupported.len(), cases.len());
+    let bad = check_backend(&Broken(Flaw::GemmValue), "broken", &cases, 3, false);
+    assert!(!bad.failures.is_empty() && bad.failures.iter().all(|f| f.contains("grouped_gemm")));
+    assert!(std::panic::catch_unwind(|| bad.assert_pass()).is_err());
+    let combine: Vec<Case> = cases
+        .iter()
+        .filter(|c| c.op() == moehal_core::OpKind::MoeCombine && !c.name().contains("bad"))
+        .cloned()
+        .collect();
+    assert!(combine.len() >= 2);
+    let flaky = Broken(Flaw::CombineNondeterministic);
+    // One run per case: calls 0 and 1, both exact.
+    COMBINE_CALLS.store(0, std::sync::atomic::Ordering::Relaxed);
+    let once = check_backend(&flaky, "broken", &combine[..2], 3, false);
+    assert!(once.failures.is_empty(), "{:?}", once.failures);
+    // Three runs per case (check, then two for determinism): the third differs.
+    COMBINE_CALLS.store(0, std::sync::atomic::Ordering::Relaxed);
+    let twice = check_backend(&flaky, "broken", &combine, 3, true);
+    assert_eq!(twice.failures.len(), combine.len(), "{:?}", twice.failures);
+    assert!(
+        twice.failures.iter().all(|f| f.contains("not deterministic")),
+        "{:?}",
+        twice.failures
+    );
 }
