@@ -63,17 +63,27 @@ impl FastMod {
     }
 }
 
+/// Tokens from which a call precomputes the primes' reciprocals ([`FastMod`]): each costs a
+/// 64-bit division, one per column, which only a few tokens' worth of remainders repay (issue 16
+/// item 9: at 1 token the reciprocals were most of the call). Below it, `%` by the prime.
+const FASTMOD_MIN_TOKENS: usize = 8;
+
 /// What the hash needs from a layer, precomputed once per call.
 struct Hasher<'l> {
     layer: &'l EngramLayer,
+    /// The primes' reciprocals, or empty for a call of fewer than [`FASTMOD_MIN_TOKENS`] tokens.
     fm: Vec<FastMod>,
 }
 
 impl<'l> Hasher<'l> {
-    fn new(layer: &'l EngramLayer) -> Self {
+    fn new(layer: &'l EngramLayer, tokens: usize) -> Self {
         Hasher {
             layer,
-            fm: layer.primes().iter().map(|&p| FastMod::new(p)).collect(),
+            fm: if tokens >= FASTMOD_MIN_TOKENS {
+                layer.primes().iter().map(|&p| FastMod::new(p)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -82,12 +92,18 @@ impl<'l> Hasher<'l> {
         let kh = self.layer.heads();
         let m = self.layer.multipliers();
         let off = self.layer.offsets();
+        let primes = self.layer.primes();
         let mut h = win[0].wrapping_mul(m[0]);
         for n in 1..win.len() {
             h ^= win[n].wrapping_mul(m[n]);
             let base = (n - 1) * kh;
             for j in 0..kh {
-                out[base + j] = (self.fm[base + j].rem(h) + off[base + j]) as i64;
+                let c = base + j;
+                let r = match self.fm.get(c) {
+                    Some(f) => f.rem(h),
+                    None => h % primes[c],
+                };
+                out[c] = (r + off[c]) as i64;
             }
         }
     }
@@ -168,7 +184,7 @@ pub fn engram_hash(
         return Err(Error::invalid("engram_hash", "rows", "expected T*C elements"));
     }
     check_inputs(layer, "engram_hash", ids, positions, alive, history)?;
-    let hs = Hasher::new(layer);
+    let hs = Hasher::new(layer, ids.len());
     if !pool.worth_parallel(ids.len(), HASH_SERIAL_BELOW) {
         return hash_range(&hs, ids, positions, alive, history, 0, rows);
     }
@@ -268,8 +284,12 @@ fn prefetch_row(table: &Table<'_>, row: usize) {
 
 /// Gather rows for tokens `[t0, t0 + n)` (`rows` is the chunk's `[n, C]`) into the chunk's output.
 fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
-    for &r in rows.iter().take(PF) {
-        prefetch_row(table, r as usize);
+    // Prefetch gives a row lead time only when more than PF rows follow; a decode step's few rows
+    // are copied at once, where prefetches only add instructions before the copy (issue 16 item 9).
+    if rows.len() > PF {
+        for &r in rows.iter().take(PF) {
+            prefetch_row(table, r as usize);
+        }
     }
     match (table, out) {
         (Table::Plain { data, row_bytes, .. }, GatherOut::Bytes(o)) => {
@@ -389,7 +409,7 @@ pub fn engram_lookup(
         ));
     }
     check_inputs(layer, OP, ids, positions, alive, history)?;
-    let hs = Hasher::new(layer);
+    let hs = Hasher::new(layer, ids.len());
     if !pool.worth_parallel(ids.len(), LOOKUP_SERIAL_BELOW) {
         // Serial: hash every token once into one row list, then one gather pass (no per-chunk
         // output list or buffers).

@@ -94,7 +94,11 @@ pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize
         .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows usize"))?;
     // A count that overflows usize names no real request: a bad argument, as for `columns`.
     let total = columns.checked_mul(layers).ok_or_else(|| {
-        Error::invalid(OP, "layers", format!("{layers} layers x {columns} columns overflows usize"))
+        Error::invalid(
+            OP,
+            "layers",
+            format!("{layers} layers x {columns} columns overflows usize"),
+        )
     })?;
     if total > MAX_DERIVED_PRIMES {
         // The contract sets no limit: this is moehal's (a bounded search and allocation), so a
