@@ -539,10 +539,10 @@ impl PyBackend {
         })
     }
 
-    /// OPS.md §2 top-k routing. `group_score` is `"top2_sum"` or `"max"`; `n_group` of 0 or 1
+    /// OPS.md §2 top-k routing. `group_score` is `"top2_sum"` or `"max"`; `n_group` of None, 0 or 1
     /// means no group limit.
     #[pyo3(signature = (logits, ids, weights, k, scoring, renormalize, routed_scaling_factor,
-                        bias=None, expert_counts=None, n_group=0, topk_group=0, group_score="top2_sum"))]
+                        bias=None, expert_counts=None, n_group=None, topk_group=None, group_score="top2_sum"))]
     #[allow(clippy::too_many_arguments)]
     fn router_topk(
         &self,
@@ -556,14 +556,15 @@ impl PyBackend {
         routed_scaling_factor: f32,
         bias: Option<&Bound<'_, PyAny>>,
         expert_counts: Option<&Bound<'_, PyAny>>,
-        n_group: &Bound<'_, PyAny>,
-        topk_group: &Bound<'_, PyAny>,
+        n_group: Option<&Bound<'_, PyAny>>,
+        topk_group: Option<&Bound<'_, PyAny>>,
         group_score: &str,
     ) -> PyResult<()> {
         const OP: &str = "router_topk";
         let k: usize = unsigned(OP, "k", k)?;
-        let n_group: usize = unsigned(OP, "n_group", n_group)?;
-        let topk_group: usize = unsigned(OP, "topk_group", topk_group)?;
+        // None (the default) means 0: no group limit.
+        let n_group: usize = n_group.map_or(Ok(0), |v| unsigned(OP, "n_group", v))?;
+        let topk_group: usize = topk_group.map_or(Ok(0), |v| unsigned(OP, "topk_group", v))?;
         let score = parse(
             OP,
             "group_score",
