@@ -265,7 +265,8 @@ MOEHAL_API moehal_status moehal_download(const moehal_backend* backend, const mo
 
 /* Build a layer: order N = max_order >= 2, heads K >= 1, `multipliers` = N odd 64-bit values with
  * m * (vocab_size - 1) < 2^63, `primes` = (N-1)*K distinct primes in column order (n-major, then
- * head), compressed vocabulary size V' = vocab_size, pad id < V'. Thread-safe. */
+ * head), compressed vocabulary size V' = vocab_size, pad id < V'. More than 2^20 columns is
+ * MOEHAL_UNSUPPORTED (moehal's limit, not the contract's). Thread-safe. */
 MOEHAL_API moehal_status moehal_engram_layer_create(int64_t max_order, int64_t heads, const uint64_t* multipliers,
                                                     const uint64_t* primes, uint64_t vocab_size, uint64_t pad_id,
                                                     moehal_engram_layer** out);
@@ -288,7 +289,8 @@ MOEHAL_API moehal_status moehal_engram_layer_primes(const moehal_engram_layer* l
                                                     uint64_t* offsets, size_t capacity);
 
 /* The published prime rule: layers * (max_order-1) * heads primes, layer-major, each layer in
- * column order; `capacity` must hold them all. Thread-safe. */
+ * column order; `capacity` must hold them all. More than 2^20 primes in all is
+ * MOEHAL_UNSUPPORTED (moehal's limit, not the contract's). Thread-safe. */
 MOEHAL_API moehal_status moehal_engram_derive_primes(uint64_t vocab_n, int64_t max_order, int64_t heads,
                                                      int64_t layers, uint64_t* out, size_t capacity);
 

@@ -882,10 +882,14 @@ pub unsafe extern "C" fn moehal_engram_layer_create(
             .checked_mul(k)
             .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows"))?;
         if c > engram::MAX_DERIVED_PRIMES {
-            return Err(Error::invalid(
+            // moehal's limit on what it reads from the caller, not a rule of OPS.md: Unsupported.
+            return Err(Error::unsupported(
                 OP,
-                "heads",
-                format!("(max_order - 1) * heads = {c} columns is beyond any real layer"),
+                "any backend",
+                format!(
+                    "`heads`: (max_order - 1) * heads = {c} columns exceeds the {} moehal takes (real layers have dozens)",
+                    engram::MAX_DERIVED_PRIMES
+                ),
             ));
         }
         // SAFETY: array lengths per the caller's contract.

@@ -9,8 +9,7 @@ use moehal_core::{Backend, DType};
 
 use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
 use crate::pipeline::moe::{
-    fit_experts, fit_experts_quant, forward, load_checkpoint_layer, quant_weight_bytes, shipped_formats, weight_bytes,
-    MoeInputs, MoeWeights,
+    expert_weight_bytes, fit_experts_for, forward, load_checkpoint_layer, shipped_formats, MoeInputs, MoeWeights,
 };
 use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
 use crate::Registry;
@@ -226,11 +225,7 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
     // Quantized weights are budgeted at their packed bytes (codes + scales: mxfp4 ~0.53 per element).
-    let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
-    let (p, fit_notes) = match quant {
-        Some((routed, shared)) => fit_experts_quant(&p, routed, shared, budget),
-        None => fit_experts(&p, wdt, budget),
-    };
+    let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
     notes.extend(fit_notes);
     // Activations scale with tokens: router logits, x, the k permuted rows through gate_up, swiglu
     // and down, the shared expert, the output; on every backend that holds a copy.
@@ -272,10 +267,7 @@ pub(super) fn run(a: Args) -> CliResult {
         outln!("note: {n}");
     }
     // Bytes uploaded per backend: packed codes + scales for quantized weights.
-    let total = match quant {
-        Some((routed, shared)) => quant_weight_bytes(&p, routed, shared),
-        None => weight_bytes(&p, wdt),
-    };
+    let total = expert_weight_bytes(&p, a.dtype, quant);
     outln!(
         "tokens {t}, dtype {}, weights {} per backend, backend {} vs reference{}",
         a.dtype,

@@ -41,6 +41,31 @@ pub fn quant_weight_bytes(p: &Preset, routed: WeightFormat, shared: WeightFormat
     p.experts as u64 * quant_expert_bytes(p, routed) + p.shared_experts as u64 * quant_expert_bytes(p, shared)
 }
 
+/// The shipped weight formats of a run: `(routed, shared)` when the experts are quantized, `None`
+/// when they are float tensors of the activation dtype.
+pub type ExpertFormats = Option<(WeightFormat, WeightFormat)>;
+
+/// Bytes of the expert weights of `p` as a run stores them: [`quant_weight_bytes`] (packed codes
+/// plus scales) when `quant` names formats, else [`weight_bytes`] in the float `dtype`. The one
+/// rule for what a layer's weights cost, used by `moe` and `moe --ep` alike (issue 10).
+pub fn expert_weight_bytes(p: &Preset, dtype: DType, quant: ExpertFormats) -> u64 {
+    match quant {
+        Some((routed, shared)) => quant_weight_bytes(p, routed, shared),
+        None => weight_bytes(p, dtype),
+    }
+}
+
+/// Scale `p` by expert count so that its weights, stored as a run stores them, fit `budget` bytes:
+/// [`fit_experts_quant`] at the packed bytes when `quant` names formats, else [`fit_experts`] in
+/// the float `dtype`. The one budget rule of single-process and expert-parallel MoE (issue 10:
+/// the EP path once budgeted quantized experts at one byte per element).
+pub fn fit_experts_for(p: &Preset, dtype: DType, quant: ExpertFormats, budget: u64) -> (Preset, Vec<String>) {
+    match quant {
+        Some((routed, shared)) => fit_experts_quant(p, routed, shared, budget),
+        None => fit_experts(p, dtype, budget),
+    }
+}
+
 /// [`fit_experts`] for quantized weights: routed experts cost [`quant_expert_bytes`] in `routed`,
 /// shared experts in `shared`, so an mxfp4 preset keeps as many experts as its packed bytes allow.
 pub fn fit_experts_quant(p: &Preset, routed: WeightFormat, shared: WeightFormat, budget: u64) -> (Preset, Vec<String>) {
@@ -1016,6 +1041,35 @@ mod tests {
         assert_eq!(p.experts as u64, ((2u64 << 30) - fp8) / mx);
         assert!(quant_weight_bytes(&p, WeightFormat::Mxfp4, WeightFormat::Fp8Block) <= 2 << 30);
         assert!(notes[0].contains("mxfp4 routed / fp8_block shared"), "{notes:?}");
+    }
+
+    /// The one rule of `moe` and `moe --ep` (issue 10): quantized experts are budgeted at their
+    /// packed bytes, float experts at the dtype's size, and the bytes reported agree with the fit.
+    #[test]
+    fn fit_for_uses_packed_bytes_for_quantized_and_dtype_bytes_for_float() {
+        let v4 = preset("deepseek-v4-flash").unwrap();
+        let q = Some((WeightFormat::Mxfp4, WeightFormat::Fp8Block));
+        let budget = 2u64 << 30;
+        let (p, _) = fit_experts_for(v4, DType::BF16, q, budget);
+        assert_eq!(
+            p,
+            fit_experts_quant(v4, WeightFormat::Mxfp4, WeightFormat::Fp8Block, budget).0
+        );
+        // One byte per element (the old EP rule) keeps fewer experts than the packed bytes allow.
+        let (u8_rule, _) = fit_experts(v4, DType::U8, budget);
+        assert!(p.experts > u8_rule.experts, "{} vs {}", p.experts, u8_rule.experts);
+        assert!(expert_weight_bytes(&p, DType::BF16, q) <= budget);
+        assert_eq!(
+            expert_weight_bytes(&p, DType::BF16, q),
+            quant_weight_bytes(&p, WeightFormat::Mxfp4, WeightFormat::Fp8Block)
+        );
+        let (f, _) = fit_experts_for(v4, DType::BF16, None, budget);
+        assert_eq!(f, fit_experts(v4, DType::BF16, budget).0);
+        assert_eq!(
+            expert_weight_bytes(&f, DType::BF16, None),
+            weight_bytes(&f, DType::BF16)
+        );
+        assert!(expert_weight_bytes(&f, DType::BF16, None) <= budget);
     }
 
     /// The pipeline against the layer written out on the host in f64 from the spec (OPS.md §3:

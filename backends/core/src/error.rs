@@ -22,7 +22,10 @@ pub enum Error {
         /// What is wrong, with the offending values.
         msg: String,
     },
-    /// The backend lacks a capability (dtype, layout, device feature). Nothing was written.
+    /// The backend lacks a capability (dtype, layout, device feature), or the call exceeds a limit
+    /// of moehal's own that OPS.md does not set (a kernel's largest size, a helper's bound): the
+    /// call is legal and another backend, dtype or split may serve it. Rules OPS.md itself sets
+    /// stay [`Error::InvalidArgument`] (issue 16 item 5). Nothing was written.
     #[error("{op}: unsupported on backend `{backend}`: {msg}")]
     Unsupported {
         /// The op or API function.

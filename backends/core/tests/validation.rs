@@ -1825,3 +1825,30 @@ fn harness_snapshot_reads_back_poison() {
     assert!(!rb.writable());
     assert_eq!(snapshot(&rb), vec![POISON; 16]);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Error classes (issue 16 item 5): a rule of OPS.md broken is InvalidArgument; a limit of moehal's
+// own, which the contract does not set, is Unsupported (the caller may pick another path).
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn moehal_limits_are_unsupported_and_contract_rules_invalid() {
+    use moehal_core::engram::{derive_primes, MAX_DERIVED_PRIMES};
+    // Within the limit: fine (the toy primes).
+    assert_eq!(derive_primes(11, 3, 2, 1).unwrap(), vec![vec![11, 13, 17, 19]]);
+    // Beyond moehal's limit on derived primes (OPS.md §4 sets none): Unsupported, naming the field.
+    let heads = MAX_DERIVED_PRIMES / 2 + 1;
+    match derive_primes(11, 3, heads, 1) {
+        Err(Error::Unsupported { op, msg, .. }) => {
+            assert_eq!(op, "engram_hash");
+            assert!(
+                msg.contains("`layers`") && msg.contains(&MAX_DERIVED_PRIMES.to_string()),
+                "{msg}"
+            );
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    // OPS.md §4's own rules: InvalidArgument.
+    assert_eq!(field_of(derive_primes(11, 1, 2, 1)), ("engram_hash", "max_order"));
+    assert_eq!(field_of(derive_primes(11, 3, 0, 1)), ("engram_hash", "heads"));
+}

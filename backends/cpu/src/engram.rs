@@ -1,7 +1,7 @@
 //! `engram_hash`, `gather_rows` and `engram_lookup` (OPS.md §4, §5) on raw slices.
 //!
-//! The hash takes each token's window by core's rule ([`moehal_core::engram::window`]), multiplies
-//! and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
+//! The hash takes each token's window by core's rule (streamed:
+//! [`moehal_core::engram::WindowStream`]), multiplies and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
 //! step: one 64x64→128 multiply-high, one multiply, one conditional subtract; exact, no divide).
 //! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
@@ -17,7 +17,7 @@
 use crate::elem::f32_to_bf16_bits;
 use crate::pool::Pool;
 use crate::simd::{prefetch, Kernels};
-use moehal_core::engram::{window, EngramLayer};
+use moehal_core::engram::{EngramLayer, WindowStream};
 use moehal_core::ops::engram_hash::check_canonical_ids;
 use moehal_core::ops::gather_rows::{check_rows, ue8m0_to_f32};
 use moehal_core::{Error, Result};
@@ -26,8 +26,18 @@ use std::sync::OnceLock;
 
 /// Tokens per parallel task.
 const CHUNK: usize = 64;
-/// Tokens below which `engram_hash` runs on the calling thread.
-const HASH_PARALLEL_MIN: usize = 16 * 1024;
+/// Tokens below which `engram_hash` runs on the calling thread (~80 ns per token: below this,
+/// waking the pool costs more than it saves; measured: 4096 tokens ran slower on 2 threads than 1).
+pub const HASH_SERIAL_BELOW: usize = 16 * 1024;
+/// Rows gathered (`T * C`) below which `gather_rows` runs on the calling thread (issue 16 item 9:
+/// `moehal bench` on 2 cores had the pooled gather at 0.2x the serial reference at 2048 rows and
+/// at best even at 8192; a gather is a memory copy, which more threads speed up only on a large
+/// machine with bandwidth to spare).
+pub const GATHER_SERIAL_BELOW: usize = 16 * 1024;
+/// Tokens below which `engram_lookup` runs on the calling thread (issue 16 item 9: `moehal bench`
+/// had the pooled lookup at 0.02x the reference at 256 tokens of 8 columns, 0.7x at 1024; the
+/// same 16K gathered rows as [`GATHER_SERIAL_BELOW`] at 8 columns).
+pub const LOOKUP_SERIAL_BELOW: usize = 2048;
 /// Tokens per parallel `engram_hash` task.
 const HASH_CHUNK: usize = 1024;
 /// Rows to prefetch ahead of the copy.
@@ -60,17 +70,27 @@ impl FastMod {
     }
 }
 
+/// Tokens from which a call precomputes the primes' reciprocals ([`FastMod`]): each costs a
+/// 64-bit division, one per column, which only a few tokens' worth of remainders repay (issue 16
+/// item 9: at 1 token the reciprocals were most of the call). Below it, `%` by the prime.
+const FASTMOD_MIN_TOKENS: usize = 8;
+
 /// What the hash needs from a layer, precomputed once per call.
 struct Hasher<'l> {
     layer: &'l EngramLayer,
+    /// The primes' reciprocals, or empty for a call of fewer than [`FASTMOD_MIN_TOKENS`] tokens.
     fm: Vec<FastMod>,
 }
 
 impl<'l> Hasher<'l> {
-    fn new(layer: &'l EngramLayer) -> Self {
+    fn new(layer: &'l EngramLayer, tokens: usize) -> Self {
         Hasher {
             layer,
-            fm: layer.primes().iter().map(|&p| FastMod::new(p)).collect(),
+            fm: if tokens >= FASTMOD_MIN_TOKENS {
+                layer.primes().iter().map(|&p| FastMod::new(p)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -79,12 +99,18 @@ impl<'l> Hasher<'l> {
         let kh = self.layer.heads();
         let m = self.layer.multipliers();
         let off = self.layer.offsets();
+        let primes = self.layer.primes();
         let mut h = win[0].wrapping_mul(m[0]);
         for n in 1..win.len() {
             h ^= win[n].wrapping_mul(m[n]);
             let base = (n - 1) * kh;
             for j in 0..kh {
-                out[base + j] = (self.fm[base + j].rem(h) + off[base + j]) as i64;
+                let c = base + j;
+                let r = match self.fm.get(c) {
+                    Some(f) => f.rem(h),
+                    None => h % primes[c],
+                };
+                out[c] = (r + off[c]) as i64;
             }
         }
     }
@@ -129,10 +155,21 @@ fn hash_range(
     out: &mut [i64],
 ) -> Result<()> {
     let c = hs.layer.columns();
-    let mut win = vec![0u64; hs.layer.max_order()];
+    let n = hs.layer.max_order();
+    let mut win = [0u64; 16];
+    let mut heap;
+    let win: &mut [u64] = if n <= win.len() {
+        &mut win[..n]
+    } else {
+        heap = vec![0u64; n];
+        &mut heap
+    };
+    // Core's streaming window rule, started at this chunk's first token: O(N) per token, no
+    // look-back walk and no per-token argument checks (check_inputs validated them once).
+    let mut stream = WindowStream::at(n, ids, positions, alive, history, hs.layer.pad_id(), t0);
     for (i, row) in out.chunks_exact_mut(c).enumerate() {
-        window(ids, positions, alive, history, hs.layer.pad_id(), t0 + i, &mut win)?;
-        hs.rows(&win, row);
+        stream.next_window(ids, positions, alive, history, t0 + i, win);
+        hs.rows(win, row);
     }
     Ok(())
 }
@@ -154,10 +191,8 @@ pub fn engram_hash(
         return Err(Error::invalid("engram_hash", "rows", "expected T*C elements"));
     }
     check_inputs(layer, "engram_hash", ids, positions, alive, history)?;
-    let hs = Hasher::new(layer);
-    // ~80 ns per token: below HASH_PARALLEL_MIN tokens waking the pool costs more than it saves
-    // (measured: 4096 tokens ran slower on 2 threads than on 1).
-    if ids.len() < HASH_PARALLEL_MIN || pool.threads() == 1 {
+    let hs = Hasher::new(layer, ids.len());
+    if !pool.worth_parallel(ids.len(), HASH_SERIAL_BELOW) {
         return hash_range(&hs, ids, positions, alive, history, 0, rows);
     }
     pool.install(|| {
@@ -240,8 +275,12 @@ fn prefetch_row(table: &Table<'_>, row: usize) {
 
 /// Gather rows for tokens `[t0, t0 + n)` (`rows` is the chunk's `[n, C]`) into the chunk's output.
 fn gather_chunk(table: &Table<'_>, rows: &[i64], out: GatherOut<'_>) {
-    for &r in rows.iter().take(PF) {
-        prefetch_row(table, r as usize);
+    // Prefetch gives a row lead time only when more than PF rows follow; a decode step's few rows
+    // are copied at once, where prefetches only add instructions before the copy (issue 16 item 9).
+    if rows.len() > PF {
+        for &r in rows.iter().take(PF) {
+            prefetch_row(table, r as usize);
+        }
     }
     match (table, out) {
         (Table::Plain { data, row_bytes, .. }, GatherOut::Bytes(o)) => {
@@ -327,14 +366,15 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
         return Err(Error::invalid(OP, "out", "expected T * C * D elements"));
     }
     check_rows(OP, rows, table.rows())?;
+    if !pool.worth_parallel(rows.len(), GATHER_SERIAL_BELOW) {
+        // Serial: one pass on the caller, no per-chunk output list.
+        gather_chunk(&table, rows, out);
+        return Ok(());
+    }
     let chunk_rows = CHUNK * c.max(1);
     let outs = split_out(out, chunk_rows * per_row);
     let work = |(rc, o): (&[i64], GatherOut<'_>)| gather_chunk(&table, rc, o);
-    if rows.len() <= chunk_rows || pool.threads() == 1 {
-        rows.chunks(chunk_rows).zip(outs).for_each(work);
-    } else {
-        pool.install(|| rows.par_chunks(chunk_rows).zip(outs.into_par_iter()).for_each(work));
-    }
+    pool.install(|| rows.par_chunks(chunk_rows).zip(outs.into_par_iter()).for_each(work));
     Ok(())
 }
 
@@ -366,7 +406,15 @@ pub fn engram_lookup(
         ));
     }
     check_inputs(layer, OP, ids, positions, alive, history)?;
-    let hs = Hasher::new(layer);
+    let hs = Hasher::new(layer, ids.len());
+    if !pool.worth_parallel(ids.len(), LOOKUP_SERIAL_BELOW) {
+        // Serial: hash every token once into one row list, then one gather pass (no per-chunk
+        // output list or buffers).
+        let mut rows = vec![0i64; ids.len() * c];
+        hash_range(&hs, ids, positions, alive, history, 0, &mut rows)?;
+        gather_chunk(&table, &rows, out);
+        return Ok(());
+    }
     let outs = split_out(out, CHUNK * c * per_row);
     let work = |(ci, o): (usize, GatherOut<'_>)| -> Result<()> {
         let t0 = ci * CHUNK;
@@ -376,9 +424,5 @@ pub fn engram_lookup(
         gather_chunk(&table, &rows, o);
         Ok(())
     };
-    if ids.len() <= CHUNK || pool.threads() == 1 {
-        outs.into_iter().enumerate().try_for_each(work)
-    } else {
-        pool.install(|| outs.into_par_iter().enumerate().try_for_each(work))
-    }
+    pool.install(|| outs.into_par_iter().enumerate().try_for_each(work))
 }

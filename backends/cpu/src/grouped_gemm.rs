@@ -168,6 +168,10 @@ pub fn calibrate(kern: &Kernels) -> (f64, f64) {
 }
 
 const OP: &str = "grouped_gemm";
+/// Multiply-adds (rows routed × `N` × `K`) below which a float `grouped_gemm` runs its tiles on the
+/// calling thread (issue 16 item 9: small decode shapes, where waking the pool costs more than the
+/// work; measured with `moehal bench`).
+pub const SERIAL_BELOW: usize = 256 * 1024;
 
 /// Weight layout of raw weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -508,7 +512,9 @@ fn run<T: Elem>(kern: &Kernels, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mu
         });
     };
     match pool {
-        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        Some(pool) if ntasks > 1 && pool.worth_parallel(used * a.n * a.k.max(1), SERIAL_BELOW) => {
+            pool.install(|| (0..ntasks).into_par_iter().for_each(job))
+        }
         _ => (0..ntasks).for_each(job),
     }
     Ok(())

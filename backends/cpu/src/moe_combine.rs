@@ -9,6 +9,9 @@ use moehal_core::{Error, Result};
 use rayon::prelude::*;
 
 const OP: &str = "moe_combine";
+/// Multiply-adds (`T * k * H`) below which `moe_combine` runs on the calling thread (issue 16 item 9:
+/// waking the pool costs more than the work; measured with `moehal bench`).
+pub const SERIAL_BELOW: usize = 128 * 1024;
 
 /// `y_perm` is `[R, H]`, `slot_row` and `weights` `[T, k]`, `out` `[T, H]`.
 ///
@@ -63,7 +66,7 @@ pub fn moe_combine<T: Elem>(
             T::narrow(&acc, orow);
         }
     };
-    if t * h <= 8192 || pool.threads() == 1 {
+    if !pool.worth_parallel(t * k * h, SERIAL_BELOW) {
         out.chunks_mut(toks_per * h).enumerate().for_each(body);
     } else {
         pool.install(|| out.par_chunks_mut(toks_per * h).enumerate().for_each(body));

@@ -7,9 +7,11 @@ use moehal_core::{Error, Result};
 use rayon::prelude::*;
 
 const OP: &str = "moe_permute";
-/// Tokens per parallel task; up to one chunk of tokens the sort runs serially on the calling
-/// thread (waking the pool costs more than the work: issue 16 item 9).
+/// Tokens per parallel task of the sort.
 const CHUNK: usize = 256;
+/// Slots (`T * k`) below which the sort runs serially on the calling thread with one scratch
+/// vector (waking the pool costs more than the work: issue 16 item 9, measured with `moehal bench`).
+pub const SERIAL_BELOW: usize = 4096;
 /// Bytes of `x_perm` below which the row copy runs serially on the calling thread, and the least
 /// bytes per parallel task above it.
 const SERIAL_COPY_BYTES: usize = 4 << 20;
@@ -44,7 +46,7 @@ pub fn moe_permute(
     }
     check_ids(ids, e)?;
     let row = CHUNK * k.max(1);
-    if ids.len() <= row || pool.threads() == 1 {
+    if !pool.worth_parallel(ids.len(), SERIAL_BELOW) {
         // One counting sort with one scratch vector: no per-chunk tables to allocate.
         let mut cur = vec![0i64; e];
         for &id in ids {
@@ -132,7 +134,7 @@ fn finish(
                 let tok = src_token[r] as usize;
                 dst.copy_from_slice(&xs[tok * rb..(tok + 1) * rb]);
             };
-            if routed * rb <= SERIAL_COPY_BYTES || pool.threads() == 1 {
+            if !pool.worth_parallel(routed * rb, SERIAL_COPY_BYTES + 1) {
                 xp[..routed * rb].chunks_mut(rb).enumerate().for_each(copy);
             } else {
                 let min_rows = SERIAL_COPY_BYTES.div_ceil(16 * rb).max(1);

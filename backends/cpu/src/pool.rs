@@ -6,6 +6,7 @@
 //! the first use), the `MOEHAL_CPU_THREADS` environment variable, or all cores. A caller that wants a
 //! dedicated pool (e.g. pinning a smaller share of the machine) builds one with [`Pool::new`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 static GLOBAL: OnceLock<Pool> = OnceLock::new();
@@ -15,6 +16,8 @@ static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<rayon::ThreadPool>,
+    /// Calls of [`Pool::install`] so far (see [`Pool::dispatches`]).
+    dispatches: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -33,7 +36,10 @@ impl Pool {
             .num_threads(n)
             .thread_name(|i| format!("moehal-cpu-{i}"))
             .build()
-            .map(|p| Pool { inner: Arc::new(p) })
+            .map(|p| Pool {
+                inner: Arc::new(p),
+                dispatches: Arc::new(AtomicU64::new(0)),
+            })
             .map_err(|e| moehal_core::Error::device("cpu", -1, format!("thread pool: {e}")))
     }
 
@@ -63,7 +69,24 @@ impl Pool {
 
     /// Run `f` on this pool's workers (the caller blocks until it returns).
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
         self.inner.install(f)
+    }
+
+    /// How many times work was handed to this pool's workers ([`Pool::install`]) since it was
+    /// built, by any caller. Small shapes run on the calling thread (issue 16 item 9: waking the
+    /// workers costs more than the work), so a call below an op's serial threshold leaves this
+    /// count unchanged; tests assert that with a dedicated pool.
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// Whether an op with `work` units (the op's own measure: elements, tokens, multiply-adds)
+    /// runs on the workers: only with more than one worker and at least `serial_below` units.
+    /// Each op's `serial_below` is a constant next to the op, measured with `moehal bench`: below
+    /// it, dispatch (waking threads, splitting, joining) costs more than it saves.
+    pub fn worth_parallel(&self, work: usize, serial_below: usize) -> bool {
+        self.threads() > 1 && work >= serial_below
     }
 }
 

@@ -33,6 +33,11 @@ const OP: &str = "grouped_gemm";
 /// K block of the dequantized panel: one fp8 block (so a block never straddles two fp8 scales).
 pub const KC: usize = 128;
 const FP8_BLOCK: usize = moehal_core::quant::FP8_BLOCK;
+/// Elements (`M * K`) below which `quantize_fp8` / `quantize_int8` run on the calling thread
+/// (issue 16 item 9, measured with `moehal bench`: waking the pool costs more than quantizing).
+pub const QUANT_SERIAL_BELOW: usize = 64 * 1024;
+/// Elements per parallel quantize task (whole rows, at least one).
+const QUANT_CHUNK: usize = 16 * 1024;
 
 /// A scale tensor: f32 values or E8M0 bytes.
 #[derive(Clone, Copy, Debug)]
@@ -414,7 +419,8 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
             task(kern, a, range_group[ri], r0, r1, p, &mut tile, &mut s);
         });
     };
-    if ntasks > 1 && pool.threads() > 1 {
+    // Same rule as the float GEMM (issue 16 item 9): small decode shapes stay on the caller.
+    if ntasks > 1 && pool.worth_parallel(used * a.n * a.k.max(1), crate::grouped_gemm::SERIAL_BELOW) {
         pool.install(|| (0..ntasks).into_par_iter().for_each(job));
     } else {
         (0..ntasks).for_each(job);
@@ -747,19 +753,39 @@ pub fn quantize_fp8<T: Elem>(
         ScalesMut::F32(_) => moehal_core::quant::ScaleFormat::F32,
         ScalesMut::E8m0(_) => moehal_core::quant::ScaleFormat::Ue8m0,
     };
+    // One chunk of rows: widen each row once into `f`, quantize its 1x128 groups, and hand each
+    // group's (f32, E8M0) scale pair to `put(row, block, pair)`.
+    let rows_per = (QUANT_CHUNK / k).max(1);
+    let chunk = |c0: usize, qc: &mut [u8], put: &mut dyn FnMut(usize, usize, (f32, u8))| {
+        let mut f = vec![0f32; k];
+        for (ri, qrow) in qc.chunks_mut(k).enumerate() {
+            let r = c0 + ri;
+            T::widen(&x[r * k..(r + 1) * k], &mut f);
+            for b in 0..kb {
+                let (k0, k1) = (b * FP8_BLOCK, ((b + 1) * FP8_BLOCK).min(k));
+                put(
+                    r - c0,
+                    b,
+                    moehal_core::quant::quantize_fp8_group(&f[k0..k1], fmt, &mut qrow[k0..k1]),
+                );
+            }
+        }
+    };
+    if !pool.worth_parallel(m * k, QUANT_SERIAL_BELOW) {
+        // Serial (issue 16 item 9): no pool dispatch and no [M, K/128] scratch; scales go straight out.
+        let mut scales = scales;
+        chunk(0, xq, &mut |r, b, (sf, se)| match &mut scales {
+            ScalesMut::F32(s) => s[r * kb + b] = sf,
+            ScalesMut::E8m0(s) => s[r * kb + b] = se,
+        });
+        return Ok(());
+    }
     let mut sv = vec![(0f32, 0u8); m * kb];
     pool.install(|| {
-        xq.par_chunks_mut(k)
-            .zip(sv.par_chunks_mut(kb))
+        xq.par_chunks_mut(rows_per * k)
+            .zip(sv.par_chunks_mut(rows_per * kb))
             .enumerate()
-            .for_each(|(r, (qrow, srow))| {
-                let mut f = vec![0f32; k];
-                T::widen(&x[r * k..(r + 1) * k], &mut f);
-                for (b, s) in srow.iter_mut().enumerate() {
-                    let (k0, k1) = (b * FP8_BLOCK, ((b + 1) * FP8_BLOCK).min(k));
-                    *s = moehal_core::quant::quantize_fp8_group(&f[k0..k1], fmt, &mut qrow[k0..k1]);
-                }
-            })
+            .for_each(|(ci, (qc, sc))| chunk(ci * rows_per, qc, &mut |r, b, pair| sc[r * kb + b] = pair))
     });
     match scales {
         ScalesMut::F32(s) => s.iter_mut().zip(&sv).for_each(|(d, v)| *d = v.0),
@@ -804,16 +830,30 @@ pub fn quantize_int8<T: Elem>(
         scale.fill(1.0);
         return Ok(());
     }
-    pool.install(|| {
-        xq.par_chunks_mut(k)
-            .zip(scale.par_iter_mut())
+    // One chunk of rows: widen each row once into `f`, then quantize it.
+    let rows_per = (QUANT_CHUNK / k).max(1);
+    let chunk = |(ci, (qc, sc)): (usize, (&mut [i8], &mut [f32]))| {
+        let mut f = vec![0f32; k];
+        for (ri, (qrow, s)) in qc.chunks_mut(k).zip(sc.iter_mut()).enumerate() {
+            let r = ci * rows_per + ri;
+            T::widen(&x[r * k..(r + 1) * k], &mut f);
+            *s = moehal_core::quant::quantize_int8_row(&f, qrow);
+        }
+    };
+    if pool.worth_parallel(m * k, QUANT_SERIAL_BELOW) {
+        pool.install(|| {
+            xq.par_chunks_mut(rows_per * k)
+                .zip(scale.par_chunks_mut(rows_per))
+                .enumerate()
+                .for_each(chunk)
+        });
+    } else {
+        // Serial (issue 16 item 9): no pool dispatch below the threshold.
+        xq.chunks_mut(rows_per * k)
+            .zip(scale.chunks_mut(rows_per))
             .enumerate()
-            .for_each(|(r, (qrow, s))| {
-                let mut f = vec![0f32; k];
-                T::widen(&x[r * k..(r + 1) * k], &mut f);
-                *s = moehal_core::quant::quantize_int8_row(&f, qrow);
-            })
-    });
+            .for_each(chunk);
+    }
     Ok(())
 }
 

@@ -24,6 +24,9 @@ use std::cell::RefCell;
 const OP: &str = "router_topk";
 /// Tokens per parallel task.
 const CHUNK: usize = 32;
+/// Tokens below which `router_topk` runs on the calling thread (issue 16 item 9: two chunks, the
+/// least a split can use; measured with `moehal bench`, the pool pays off from 64 tokens).
+pub const SERIAL_BELOW: usize = 2 * CHUNK;
 
 #[derive(Default)]
 struct Scratch {
@@ -87,7 +90,7 @@ pub fn router_topk<T: Elem>(
         })
     };
     let chunks = ids.chunks_mut(CHUNK * k).zip(weights.chunks_mut(CHUNK * k)).enumerate();
-    if t <= CHUNK || pool.threads() == 1 {
+    if !pool.worth_parallel(t, SERIAL_BELOW) {
         chunks.for_each(run_chunk);
     } else {
         pool.install(|| {

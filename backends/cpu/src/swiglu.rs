@@ -8,6 +8,9 @@ use moehal_core::{Error, Result};
 use rayon::prelude::*;
 
 const OP: &str = "swiglu";
+/// Outputs (`M * I`) below which `swiglu` runs on the calling thread (issue 16 item 9: waking the
+/// pool costs more than the work; measured with `moehal bench`).
+pub const SERIAL_BELOW: usize = 16 * 1024;
 
 /// `h` is `[M, 2I]`, `out` `[M, I]`; `limit` as validated by core (finite, > 0) or none.
 ///
@@ -47,7 +50,7 @@ pub fn swiglu<T: Elem>(
             }
         }
     };
-    if m * i <= 16384 || pool.threads() == 1 {
+    if !pool.worth_parallel(m * i, SERIAL_BELOW) {
         out.chunks_mut(rows_per * i).enumerate().for_each(body);
     } else {
         pool.install(|| out.par_chunks_mut(rows_per * i).enumerate().for_each(body));

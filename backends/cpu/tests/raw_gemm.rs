@@ -300,3 +300,48 @@ fn amx_path_bf16_every_engine() {
     assert!(grouped_gemm_tiles(TileEngine::Emulated, &pool, &args, &mut y).is_err());
     assert!(y.iter().all(|v| v.is_nan()));
 }
+
+/// Issue 16 item 5: a bf16 kernel this machine's table lacks is `Unsupported` (pick another
+/// kernel), while a `group_end` breaking OPS.md §1 is `InvalidArgument`, and neither writes `y`.
+#[test]
+fn missing_kernel_is_unsupported_bad_group_end_is_invalid() {
+    use moehal_core::Error;
+    let pool = Pool::new(1).unwrap();
+    let (m, k, n) = (4usize, 8usize, 3usize);
+    let x = vec![bf16::from_f32(1.0); m * k];
+    let w = vec![bf16::from_f32(0.5); n * k];
+    let poison = bf16::from_f32(-7.0);
+    for isa in Isa::all_available() {
+        let kern = Kernels::for_isa(isa).unwrap();
+        let args = |ge: &'static [i64]| GemmArgs {
+            x: &x,
+            m,
+            k,
+            n,
+            group_end: ge,
+            w: Weights::Raw(&w, Layout::NK),
+            row_scale: None,
+            bias: None,
+        };
+        for bk in [Bf16Kernel::Fma, Bf16Kernel::Dot, Bf16Kernel::Amx] {
+            let mut y = vec![poison; m * n];
+            let r = grouped_gemm_with(kern, &pool, &args(&[4]), &mut y, bk);
+            if bk.available(kern) {
+                r.unwrap();
+                assert!(y.iter().all(|v| v.to_f32() == 4.0), "{isa:?} {bk:?}");
+                let mut y = vec![poison; m * n];
+                let e = grouped_gemm_with(kern, &pool, &args(&[5]), &mut y, bk).unwrap_err();
+                assert!(
+                    matches!(e, Error::InvalidArgument { field: "group_end", .. }),
+                    "{isa:?} {bk:?}: {e}"
+                );
+                assert!(y.iter().all(|&v| v == poison));
+            } else {
+                let e = r.unwrap_err();
+                assert!(matches!(e, Error::Unsupported { .. }), "{isa:?} {bk:?}: {e}");
+                assert!(e.to_string().contains(bk.name()), "{e}");
+                assert!(y.iter().all(|&v| v == poison));
+            }
+        }
+    }
+}

@@ -48,6 +48,36 @@ pub(crate) fn to_py(e: Error) -> PyErr {
     }
 }
 
+/// A Python int given for an unsigned parameter (a count, an index, a prime, a multiplier) as a
+/// `T`: a negative value, or one too large for `T`, is a `ValueError` naming `op` and `field` (as
+/// core's `InvalidArgument`), not PyO3's `OverflowError`; anything but an int (a float, a str) is
+/// a `TypeError`. `field` may carry an index (`primes[2]`).
+fn unsigned<T: TryFrom<i128>>(op: &'static str, field: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
+    let bad = |what: String| PyValueError::new_err(format!("{op}: invalid argument `{field}`: {what}"));
+    let too_large = || bad(format!("{v} is too large (at most {})", std::any::type_name::<T>()));
+    match v.extract::<i128>() {
+        Ok(w) if w < 0 => Err(bad(format!("{w} is negative (an unsigned parameter)"))),
+        Ok(w) => T::try_from(w).map_err(|_| too_large()),
+        // An int beyond i128 raised OverflowError; a non-int keeps its TypeError.
+        Err(_) if v.is_instance_of::<pyo3::types::PyInt>() => {
+            if v.lt(0)? {
+                Err(bad(format!("{v} is negative (an unsigned parameter)")))
+            } else {
+                Err(too_large())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`unsigned`] for every element of a list parameter (`field[i]` names the element at fault).
+fn unsigned_list<T: TryFrom<i128>>(op: &'static str, field: &str, v: &[Bound<'_, PyAny>]) -> PyResult<Vec<T>> {
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| unsigned(op, &format!("{field}[{i}]"), x))
+        .collect()
+}
+
 fn registry() -> &'static Registry {
     static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(Registry::discover)
@@ -509,10 +539,10 @@ impl PyBackend {
         })
     }
 
-    /// OPS.md §2 top-k routing. `group_score` is `"top2_sum"` or `"max"`; `n_group` of 0 or 1
+    /// OPS.md §2 top-k routing. `group_score` is `"top2_sum"` or `"max"`; `n_group` of None, 0 or 1
     /// means no group limit.
     #[pyo3(signature = (logits, ids, weights, k, scoring, renormalize, routed_scaling_factor,
-                        bias=None, expert_counts=None, n_group=0, topk_group=0, group_score="top2_sum"))]
+                        bias=None, expert_counts=None, n_group=None, topk_group=None, group_score="top2_sum"))]
     #[allow(clippy::too_many_arguments)]
     fn router_topk(
         &self,
@@ -520,17 +550,21 @@ impl PyBackend {
         logits: &Bound<'_, PyAny>,
         ids: &Bound<'_, PyAny>,
         weights: &Bound<'_, PyAny>,
-        k: usize,
+        k: &Bound<'_, PyAny>,
         scoring: &str,
         renormalize: bool,
         routed_scaling_factor: f32,
         bias: Option<&Bound<'_, PyAny>>,
         expert_counts: Option<&Bound<'_, PyAny>>,
-        n_group: usize,
-        topk_group: usize,
+        n_group: Option<&Bound<'_, PyAny>>,
+        topk_group: Option<&Bound<'_, PyAny>>,
         group_score: &str,
     ) -> PyResult<()> {
         const OP: &str = "router_topk";
+        let k: usize = unsigned(OP, "k", k)?;
+        // None (the default) means 0: no group limit.
+        let n_group: usize = n_group.map_or(Ok(0), |v| unsigned(OP, "n_group", v))?;
+        let topk_group: usize = topk_group.map_or(Ok(0), |v| unsigned(OP, "topk_group", v))?;
         let score = parse(
             OP,
             "group_score",
@@ -589,13 +623,14 @@ impl PyBackend {
         token_ids: &Bound<'_, PyAny>,
         ids: &Bound<'_, PyAny>,
         weights: &Bound<'_, PyAny>,
-        k: usize,
+        k: &Bound<'_, PyAny>,
         scoring: &str,
         renormalize: bool,
         routed_scaling_factor: f32,
         expert_counts: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         const OP: &str = "router_topk";
+        let k: usize = unsigned(OP, "k", k)?;
         let config = RouterConfig {
             k,
             scoring: self::scoring(OP, scoring).map_err(to_py)?,
@@ -642,7 +677,7 @@ impl PyBackend {
         &self,
         py: Python<'_>,
         ids: &Bound<'_, PyAny>,
-        num_experts: usize,
+        num_experts: &Bound<'_, PyAny>,
         group_end: &Bound<'_, PyAny>,
         src_token: &Bound<'_, PyAny>,
         slot_row: &Bound<'_, PyAny>,
@@ -650,6 +685,7 @@ impl PyBackend {
         x_perm: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         const OP: &str = "moe_permute";
+        let num_experts: usize = unsigned(OP, "num_experts", num_experts)?;
         let mut a = Args::new(OP, self);
         let (di, dx) = (a.input("ids", ids)?, a.opt_input("x", x)?);
         let (dg, ds, dr, dp) = (
@@ -896,13 +932,20 @@ impl PyEngramLayer {
     /// Raises `ValueError` naming the field at fault.
     #[new]
     fn new(
-        max_order: usize,
-        heads: usize,
-        multipliers: Vec<u64>,
-        primes: Vec<u64>,
-        vocab_size: u64,
-        pad_id: u64,
+        max_order: &Bound<'_, PyAny>,
+        heads: &Bound<'_, PyAny>,
+        multipliers: Vec<Bound<'_, PyAny>>,
+        primes: Vec<Bound<'_, PyAny>>,
+        vocab_size: &Bound<'_, PyAny>,
+        pad_id: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
+        const OP: &str = moehal_core::engram::OP;
+        let max_order: usize = unsigned(OP, "max_order", max_order)?;
+        let heads: usize = unsigned(OP, "heads", heads)?;
+        let multipliers: Vec<u64> = unsigned_list(OP, "multipliers", &multipliers)?;
+        let primes: Vec<u64> = unsigned_list(OP, "primes", &primes)?;
+        let vocab_size: u64 = unsigned(OP, "vocab_size", vocab_size)?;
+        let pad_id: u64 = unsigned(OP, "pad_id", pad_id)?;
         EngramLayer::new(max_order, heads, multipliers, primes, vocab_size, pad_id)
             .map(|l| PyEngramLayer(Arc::new(l)))
             .map_err(to_py)
@@ -918,7 +961,8 @@ impl PyEngramLayer {
 
     /// DeepSeek-V4.1-Flash Engram layer `index` (0 = decoder layer 1, 1 = decoder layer 14).
     #[staticmethod]
-    fn v41_flash(index: usize) -> PyResult<Self> {
+    fn v41_flash(index: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let index: usize = unsigned(moehal_core::engram::OP, "layer", index)?;
         moehal_core::engram::v41_flash::layer(index)
             .map(|l| PyEngramLayer(Arc::new(l)))
             .map_err(to_py)

@@ -126,10 +126,12 @@ fn dl_dtype(op: &'static str, field: &'static str, t: DLDataType) -> Result<DTyp
 fn typestr_dtype(op: &'static str, field: &'static str, ts: &str, dtype_name: &str) -> Result<DType> {
     let (order, kind) = ts.split_at(1.min(ts.len()));
     if order == ">" && !matches!(kind, "i1" | "u1" | "b1") {
-        return Err(Error::invalid(
+        // A valid array of a contract dtype in a byte order moehal does not read: a capability
+        // it lacks (NotImplementedError), not a bad argument.
+        return Err(Error::unsupported(
             op,
-            field,
-            format!("big-endian array (typestr {ts}); moehal takes native little-endian data"),
+            "python",
+            format!("`{field}`: big-endian array (typestr {ts}); moehal reads native little-endian data (use arr.astype(arr.dtype.newbyteorder('=')))"),
         ));
     }
     Ok(match kind {

@@ -640,3 +640,81 @@ def test_moe_layer_checks_its_arguments():
         moehal.MoELayer("deepseek-v3", experts=12, width_div=64, backend="reference")
     with pytest.raises(TypeError, match="kk"):
         moehal.MoELayer("qwen3-30b-a3b", experts=16, width_div=16, kk=3, backend="reference")
+
+
+def test_negative_unsigned_parameters_are_value_errors_naming_the_field(be):
+    # The class of fault: a negative Python int given for a parameter the native layer takes
+    # unsigned once surfaced as numpy's "negative dimensions" message or PyO3's OverflowError.
+    logits = np.zeros((3, 8), dtype=np.float32)
+    for kw, field in (({}, "k"), ({"n_group": -2}, "n_group"), ({"n_group": 2, "topk_group": -1}, "topk_group")):
+        k = -1 if field == "k" else 2
+        with pytest.raises(ValueError, match=rf"router_topk: invalid argument `{field}`: -\d+ is negative"):
+            be.router_topk(logits, k, **kw)
+    tid2eid = np.zeros((4, 2), dtype=np.int32)
+    with pytest.raises(ValueError, match=r"router_topk: invalid argument `k`: -1 is negative"):
+        be.router_hash(logits, tid2eid, np.zeros(3, np.int64), -1)
+    ids = np.zeros((2, 2), dtype=np.int32)
+    for dt in (np.int32, np.int64):
+        with pytest.raises(ValueError, match=r"moe_permute: invalid argument `num_experts`: -3 is negative"):
+            be.moe_permute(ids.astype(dt), -3)
+    # The native layer names the field too when called directly (no Python-side check before it).
+    raw = be._b
+    i32, f32, i64 = np.zeros((3, 2), np.int32), np.zeros((3, 2), np.float32), np.zeros(8, np.int64)
+    with pytest.raises(ValueError, match=r"router_topk: invalid argument `k`: -1 is negative"):
+        raw.router_topk(logits, i32, f32, -1, "softmax", False, 1.0)
+    with pytest.raises(ValueError, match=r"router_topk: invalid argument `n_group`: -1 is negative"):
+        raw.router_topk(logits, i32, f32, 2, "softmax", False, 1.0, n_group=-1)
+    with pytest.raises(ValueError, match=r"moe_permute: invalid argument `num_experts`: -1 is negative"):
+        raw.moe_permute(ids, -1, i64, np.zeros(4, np.int64), np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match=r"invalid argument `k`: .* too large"):
+        raw.router_topk(logits, i32, f32, 2**64, "softmax", False, 1.0)
+    # Not an int at all stays a TypeError.
+    with pytest.raises(TypeError, match="k"):
+        be.router_topk(logits, 2.5)
+
+
+def test_engram_layer_negative_fields_are_value_errors_naming_the_field():
+    good = dict(
+        max_order=3,
+        heads=2,
+        multipliers=[151872553228292665, 9591860036772465, 71266316989379275],
+        primes=[11, 13, 17, 19],
+        vocab_size=50,
+        pad_id=2,
+    )
+    assert moehal.EngramLayer(**good).rows == 60
+    cases = [
+        ("max_order", -3, "max_order"),
+        ("heads", -2, "heads"),
+        ("vocab_size", -50, "vocab_size"),
+        ("pad_id", -1, "pad_id"),
+        ("primes", [11, -13, 17, 19], r"primes\[1\]"),
+        ("multipliers", [1, 3, -5], r"multipliers\[2\]"),
+        ("primes", [11, 13, 17, 2**64], r"primes\[3\]"),
+        ("primes", [11, 13, 17, -(2**200)], r"primes\[3\]"),
+    ]
+    for name, value, field in cases:
+        with pytest.raises(ValueError, match=rf"engram_hash: invalid argument `{field}`"):
+            moehal.EngramLayer(**dict(good, **{name: value}))
+    with pytest.raises(ValueError, match=r"invalid argument `layer`: -1 is negative"):
+        moehal.EngramLayer.v41_flash(-1)
+
+
+def test_moe_layer_negative_unsigned_arguments():
+    for kw, field in (({"seed": -1}, "seed"), ({"n_group": -1}, "n_group"), ({"k": -2}, "`k`")):
+        with pytest.raises(ValueError, match=field):
+            moehal.MoELayer("qwen3-30b-a3b", experts=16, width_div=16, backend="reference", **kw)
+
+
+def test_capability_is_not_implemented_contract_rule_is_value_error(be):
+    # Issue 16 item 5: a float32 array moehal cannot read (big-endian bytes) is a missing
+    # capability, NotImplementedError naming the field; a dtype OPS.md does not list (float64)
+    # breaks the contract, ValueError.
+    x = np.ones((2, 4), dtype=">f4")
+    with pytest.raises(NotImplementedError, match=r"quantize_int8.*`x`.*big-endian"):
+        be.quantize_int8(x)
+    with pytest.raises(ValueError, match=r"quantize_int8: invalid argument `x`.*dtype"):
+        be.quantize_int8(np.ones((2, 4), dtype=np.float64))
+    # The same data in native byte order runs.
+    q, s = be.quantize_int8(x.astype("=f4"))
+    np.testing.assert_array_equal(q, np.full((2, 4), 127, np.int8))

@@ -642,6 +642,13 @@ static void test_engram(const moehal_backend* be) {
   CHECK(none == NULL, "failed constructor left a handle");
   uint64_t even_m[3] = {2, 3, 5};
   EXPECT_ERR(moehal_engram_layer_create(3, 2, even_m, TOY_P, 50, 2, &none), MOEHAL_INVALID_ARGUMENT, "multipliers");
+  /* Issue 16 item 5: beyond moehal's own limit (2^20 columns / primes; OPS.md sets none) is a
+   * missing capability, MOEHAL_UNSUPPORTED; a rule of OPS.md broken stays MOEHAL_INVALID_ARGUMENT. */
+  EXPECT_ERR(moehal_engram_layer_create(2, (int64_t)1 << 21, TOY_M, TOY_P, 50, 2, &none), MOEHAL_UNSUPPORTED,
+             "heads");
+  CHECK(none == NULL, "failed constructor left a handle");
+  EXPECT_ERR(moehal_engram_derive_primes(11, 3, (int64_t)1 << 20, 2, derived, 4), MOEHAL_UNSUPPORTED, "layers");
+  EXPECT_ERR(moehal_engram_derive_primes(11, 1, 2, 1, derived, 4), MOEHAL_INVALID_ARGUMENT, "max_order");
 }
 
 /* ------------------------------------------------------------------------------------------- */

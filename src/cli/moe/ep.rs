@@ -10,13 +10,13 @@
 
 use std::process::ExitCode;
 
-use moehal_core::{Backend, DType};
+use moehal_core::Backend;
 use moehal_ep::{Comm, EpBytes, ExpertMap};
 
 use super::super::{choose_backend, CliError, CliResult, Table};
 use super::Args;
 use crate::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
-use crate::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
+use crate::pipeline::moe::{expert_weight_bytes, fit_experts_for, forward, MoeInputs, MoeWeights};
 use crate::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
 use crate::Registry;
 
@@ -167,8 +167,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     // ranks scale the preset alike; it covers the whole layer, which rank 0 also holds for the check.
     let budget = a.budget_mib.map_or(2u64 << 30, |m| m << 20);
     let quant = super::weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
-    let wdt = if quant.is_some() { DType::U8 } else { a.dtype };
-    let (p, fit_notes) = fit_experts(&p, wdt, budget);
+    let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
     notes.extend(fit_notes);
     let map = ExpertMap::contiguous(p.experts, r_n).map_err(|e| {
         CliError(format!(
@@ -239,7 +238,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
             Some((r, s)) => format!("{r}/{s}"),
             None => format!("{}", a.dtype),
         },
-        format!(", {} per rank", human_bytes(weight_bytes(&p, wdt) as f64 / r_n as f64))
+        format!(", {} per rank", human_bytes(expert_weight_bytes(&p, a.dtype, quant) as f64 / r_n as f64))
     );
 
     // Single process, the same layer (`moehal moe`'s forward) on the same backend, on rank 0.

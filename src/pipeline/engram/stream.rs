@@ -181,8 +181,13 @@ struct Distinct {
 
 impl Distinct {
     fn new(layer: &EngramLayer) -> Result<Self> {
-        let words = usize::try_from(layer.rows().div_ceil(64))
-            .map_err(|_| Error::invalid(OP, "layer", "too many rows for this machine"))?;
+        let words = usize::try_from(layer.rows().div_ceil(64)).map_err(|_| {
+            Error::unsupported(
+                OP,
+                "any backend",
+                "the layer has more rows than this machine's address space holds",
+            )
+        })?;
         let orders = layer.max_order() - 1;
         Ok(Distinct {
             // Zeroed allocations: the OS backs only the pages a row falls in.

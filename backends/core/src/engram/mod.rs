@@ -30,7 +30,8 @@ pub const OP: &str = "engram_hash";
 /// Op name used in errors raised by [`CompressionTable`].
 pub const OP_COMPRESS: &str = "engram_compress";
 
-/// Upper bound on the primes one [`derive_primes`] call derives (real configs use dozens).
+/// Upper bound on the primes one [`derive_primes`] call derives (real configs use dozens). Beyond it
+/// the call is [`Error::Unsupported`]: moehal's limit, not a rule of OPS.md.
 pub const MAX_DERIVED_PRIMES: usize = 1 << 20;
 
 mod compress;
@@ -43,4 +44,4 @@ mod windows;
 pub use compress::{byte_level_string, normalize_token_text, CompressionTable};
 pub use layer::EngramLayer;
 pub use primes::{derive_primes, is_prime};
-pub use windows::{window, windows};
+pub use windows::{window, windows, WindowStream};

@@ -74,7 +74,10 @@ fn prime_at_or_above(from: u64) -> Option<u64> {
 /// 384,006,168 and 384,016,682 rows; the toy (`vocab_n = 11`, `N = 3`, `K = 2`, 1 layer) gives
 /// `[11, 13, 17, 19]`.
 ///
-/// Errors: `max_order < 2`, `heads == 0`, a count overflow, or no prime left below `u64::MAX`.
+/// Errors: `InvalidArgument` for `max_order < 2`, `heads == 0`, a count that overflows `usize`, or
+/// no prime left below `u64::MAX`; `Unsupported` for more than
+/// [`MAX_DERIVED_PRIMES`](super::MAX_DERIVED_PRIMES) primes in all (moehal's limit, not the
+/// contract's).
 pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize) -> Result<Vec<Vec<u64>>> {
     if max_order < 2 {
         return Err(Error::invalid(
@@ -89,14 +92,23 @@ pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize
     let columns = (max_order - 1)
         .checked_mul(heads)
         .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows usize"))?;
-    if columns
-        .checked_mul(layers)
-        .is_none_or(|total| total > MAX_DERIVED_PRIMES)
-    {
-        return Err(Error::invalid(
+    // A count that overflows usize names no real request: a bad argument, as for `columns`.
+    let total = columns.checked_mul(layers).ok_or_else(|| {
+        Error::invalid(
             OP,
             "layers",
-            format!("{layers} layers x {columns} columns exceeds the {MAX_DERIVED_PRIMES} primes a config can derive"),
+            format!("{layers} layers x {columns} columns overflows usize"),
+        )
+    })?;
+    if total > MAX_DERIVED_PRIMES {
+        // The contract sets no limit: this is moehal's (a bounded search and allocation), so a
+        // capability it lacks (`Unsupported`), not a bad argument (issue 16 item 5).
+        return Err(Error::unsupported(
+            OP,
+            "any backend",
+            format!(
+                "`layers`: {layers} layers x {columns} columns exceeds the {MAX_DERIVED_PRIMES} primes moehal derives in one call"
+            ),
         ));
     }
     let mut seen = std::collections::HashSet::new();

@@ -56,27 +56,73 @@ fn lookback(ids: &[i64], history: &[i64], t: usize, back: usize) -> i64 {
     }
 }
 
-/// Streaming form of the window rule: carries `reach`, the number of look-back steps available to
-/// the next token (consecutive alive tokens of its segment, history included, capped at `N - 1`).
-pub(super) struct WindowStream {
+/// Streaming form of the window rule (the same windows as [`window`], `O(N)` per token without
+/// re-walking the look-back): carries `reach`, the number of look-back steps available to the
+/// next token (consecutive alive tokens of its segment, history included, capped at `N - 1`).
+///
+/// Start it at token 0 ([`WindowStream::new`]) or at any token `t0` ([`WindowStream::at`], for a
+/// chunk of a parallel split), then call [`WindowStream::next_window`] for `t0, t0 + 1, ..` in
+/// order. The arguments must have passed validation (lengths, `history.len() <= N - 1`), as
+/// [`window`] checks them.
+#[derive(Clone, Debug)]
+pub struct WindowStream {
     n: usize,
     reach: usize,
     pad: u64,
 }
 
 impl WindowStream {
-    pub(super) fn new(n: usize, history_len: usize, pad: u64) -> Self {
+    /// The stream before token 0: `n = N >= 1`, `history_len` ids of history, pad id `pad`.
+    pub fn new(n: usize, history_len: usize, pad: u64) -> Self {
         Self {
             n,
-            reach: history_len.min(n - 1),
+            reach: history_len.min(n.max(1) - 1),
             pad,
         }
     }
 
-    /// Writes the window of token `t` (tokens must be visited in order `0, 1, ..`); arguments
-    /// were validated by [`check_window_args`].
+    /// The stream before token `t0 <= T`: the reach of `t0` depends only on the `N - 1` tokens
+    /// before it (it is capped at `N - 1`, and a segment start or dead token resets it), so this
+    /// replays at most `N - 1` tokens.
+    pub fn at(
+        n: usize,
+        ids: &[i64],
+        positions: Option<&[i64]>,
+        alive: Option<&[u8]>,
+        history: &[i64],
+        pad: u64,
+        t0: usize,
+    ) -> Self {
+        let back = n.max(1) - 1;
+        let (mut s, from) = if t0 <= back {
+            (Self::new(n, history.len(), pad), 0)
+        } else {
+            // Any start state reaches the true one within N - 1 steps (capped or reset).
+            (Self { n, reach: 0, pad }, t0 - back)
+        };
+        for t in from..t0.min(ids.len()) {
+            s.advance(positions, alive, t);
+        }
+        s
+    }
+
+    /// Move past token `t` without writing its window.
     #[inline]
-    pub(super) fn next_window(
+    fn advance(&mut self, positions: Option<&[i64]>, alive: Option<&[u8]>, t: usize) {
+        if t > 0 && positions.is_some_and(|p| p[t] <= p[t - 1]) {
+            self.reach = 0;
+        }
+        self.reach = if is_alive(alive, t) {
+            (self.reach + 1).min(self.n - 1)
+        } else {
+            0
+        };
+    }
+
+    /// Writes the window of token `t` into `out` (`[N]`); tokens must be visited in order from
+    /// the stream's start.
+    #[inline]
+    pub fn next_window(
         &mut self,
         ids: &[i64],
         positions: Option<&[i64]>,
@@ -214,6 +260,19 @@ mod tests {
     }
 
     proptest! {
+        /// A stream started at any token gives the same windows from there on.
+        #[test]
+        fn stream_started_anywhere_matches_random_access((n, ids, pos, alive, hist) in arb_case(), cut in 0usize..24) {
+            let t0 = cut.min(ids.len());
+            let mut s = WindowStream::at(n, &ids, pos.as_deref(), alive.as_deref(), &hist, 7777, t0);
+            let (mut a, mut b) = (vec![0u64; n], vec![0u64; n]);
+            for t in t0..ids.len() {
+                s.next_window(&ids, pos.as_deref(), alive.as_deref(), &hist, t, &mut a);
+                window(&ids, pos.as_deref(), alive.as_deref(), &hist, 7777, t, &mut b).unwrap();
+                prop_assert_eq!(&a, &b, "t0 = {}, t = {}", t0, t);
+            }
+        }
+
         /// The streaming form and the random-access form of the window rule agree.
         #[test]
         fn streaming_matches_random_access((n, ids, pos, alive, hist) in arb_case()) {

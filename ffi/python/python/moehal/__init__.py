@@ -25,6 +25,7 @@ released while an op runs, and a backend may be used from several threads at onc
 from __future__ import annotations
 
 import math
+import operator
 from collections import namedtuple
 
 from . import _moehal
@@ -118,6 +119,20 @@ def _choice(op, field, value, allowed):
     v = _OUT_ALIASES.get(value, value) if isinstance(value, str) else value
     if v not in allowed:
         raise ValueError(f"{op}: invalid argument `{field}`: {value!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def _uint(op, field, value):
+    """``value`` as a non-negative Python int, for a parameter the native layer takes unsigned
+    (``k``, ``num_experts``, ``n_group``, ``topk_group``, a seed): a negative value is a
+    ``ValueError`` naming ``op`` and ``field``, as the native layer's (never numpy's "negative
+    dimensions" or an ``OverflowError``); a non-integer (a float, a str) is a ``TypeError``."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: argument `{field}` must be an int, not {type(value).__name__}") from None
+    if v < 0:
+        raise ValueError(f"{op}: invalid argument `{field}`: {v} is negative (an unsigned parameter)")
     return v
 
 
@@ -414,6 +429,9 @@ class Backend:
                 a token id or table entry out of range (hash routing); names the field.
             NotImplementedError: the backend lacks this dtype / scoring (or hash routing).
         """
+        k = _uint("router_topk", "k", k)
+        n_group = _uint("router_topk", "n_group", n_group or 0)
+        topk_group = _uint("router_topk", "topk_group", topk_group or 0)
         hashed = tid2eid is not None or token_ids is not None
         counts = return_counts or (isinstance(out, (tuple, list)) and len(out) == 3)
         outs = _outs("router_topk", out, 3 if counts else 2)
@@ -432,7 +450,7 @@ class Backend:
                 _arg(token_ids),
                 outs[0],
                 outs[1],
-                int(k),
+                k,
                 scoring,
                 bool(renormalize),
                 float(routed_scaling_factor),
@@ -443,14 +461,14 @@ class Backend:
                 _arg(logits),
                 outs[0],
                 outs[1],
-                int(k),
+                k,
                 scoring,
                 bool(renormalize),
                 float(routed_scaling_factor),
                 bias=_arg(bias),
                 expert_counts=ec,
-                n_group=int(n_group or 0),
-                topk_group=int(topk_group or 0),
+                n_group=n_group,
+                topk_group=topk_group,
                 group_score=group_score,
             )
         if out is not None:
@@ -484,6 +502,7 @@ class Backend:
         Raises:
             ValueError: an id outside ``[-1, E)``, wrong dtypes or shapes (names the field).
         """
+        num_experts = _uint("moe_permute", "num_experts", num_experts)
         ids = _narrow_ids("moe_permute", ids, num_experts)
         n = 4 if x is not None else 3
         outs = _outs("moe_permute", out, n)
@@ -501,7 +520,7 @@ class Backend:
             deliver = False
         self._b.moe_permute(
             _arg(ids),
-            int(num_experts),
+            num_experts,
             outs[0],
             outs[1],
             outs[2],

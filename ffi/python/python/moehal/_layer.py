@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Backend, _dim, open as _open, presets as _presets
+from . import Backend, _dim, _uint, open as _open, presets as _presets
 
 
 _ROUTER_KEYS = {"k", "scoring", "renormalize", "routed_scaling_factor", "n_group", "topk_group", "group_score", "swiglu_limit"}
@@ -56,6 +56,10 @@ class MoELayer:
             raise ValueError(f"MoELayer: invalid argument `experts`: {experts!r} (a positive integer, or None for the preset's)")
         if not isinstance(width_div, int) or width_div < 1:
             raise ValueError(f"MoELayer: invalid argument `width_div`: {width_div!r} (a positive integer)")
+        seed = _uint("MoELayer", "seed", seed)
+        for name in ("n_group", "topk_group"):
+            if router.get(name) is not None:
+                router[name] = _uint("MoELayer", name, router[name])
         self.backend = backend if isinstance(backend, Backend) else _open(backend)
         cfg = {}
         if preset is not None:
@@ -80,7 +84,7 @@ class MoELayer:
         cfg.update(router)
         if "k" not in cfg:
             raise ValueError("MoELayer: invalid argument `k`: weights= needs k=")
-        self.k = int(cfg["k"])
+        self.k = _uint("MoELayer", "k", cfg["k"])
         self.swiglu_limit = cfg.pop("swiglu_limit", None)
         self.router = {n: v for n, v in cfg.items() if n != "k"}
         self.gate = weights["gate"]
