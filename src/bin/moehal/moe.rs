@@ -1,4 +1,4 @@
-//! `moehal moe`: one full MoE layer forward of a preset (see [`crate::pipeline::moe`]) on a
+//! `moehal moe`: one full MoE layer forward of a preset (see [`moehal::pipeline::moe`]) on a
 //! backend and on the reference: time per stage, and the relative error of the output against
 //! the reference, which must be within the OPS.md tolerance of the dtype (exit status 1 if not).
 //! Presets too big for memory are scaled by expert count, and the output says so.
@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use moehal_core::{Backend, DType};
 
 use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
-use crate::pipeline::moe::{
+use moehal::pipeline::moe::{
     fit_experts, fit_experts_quant, forward, load_checkpoint_layer, quant_weight_bytes, shipped_formats, weight_bytes,
     MoeInputs, MoeWeights,
 };
-use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
-use crate::Registry;
+use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
+use moehal::Registry;
 
 /// Options of `moehal moe`.
 #[derive(Debug, clap::Args)]
@@ -126,23 +126,23 @@ fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> (us
 
 /// The reference's estimated seconds per token of one forward of `p`: the expert GEMMs'
 /// multiply-adds (`(k + shared) * 3 * H * I` per token) at its measured rate for `dtype`
-/// ([`crate::bench::calibrate_reference`]), times 1.5 for shapes that leave the caches, times 4
+/// ([`moehal::bench::calibrate_reference`]), times 1.5 for shapes that leave the caches, times 4
 /// for weight-only quantized weights (decoded per use).
-fn reference_seconds_per_token(p: &crate::presets::Preset, dtype: DType, quantized: bool) -> Result<f64, CliError> {
-    let rates = crate::bench::calibrate_reference()?;
+fn reference_seconds_per_token(p: &moehal::presets::Preset, dtype: DType, quantized: bool) -> Result<f64, CliError> {
+    let rates = moehal::bench::calibrate_reference()?;
     let mads = ((p.k + p.shared_experts) * 3 * p.hidden * p.expert_width) as f64;
     Ok(1.5 * mads / rates.get(dtype) * if quantized { 4.0 } else { 1.0 })
 }
 
 /// The first `n` tokens of `inp`.
-fn input_prefix(inp: &MoeInputs, n: usize, p: &crate::presets::Preset) -> MoeInputs {
+fn input_prefix(inp: &MoeInputs, n: usize, p: &moehal::presets::Preset) -> MoeInputs {
     let row = inp.x.len() / inp.tokens.max(1);
     MoeInputs {
         tokens: n,
         x: inp.x[..n * row].to_vec(),
         logits: inp.logits[..n * p.experts].to_vec(),
         bias: inp.bias.clone(),
-        hash: inp.hash.as_ref().map(|h| crate::pipeline::moe::HashRoute {
+        hash: inp.hash.as_ref().map(|h| moehal::pipeline::moe::HashRoute {
             token_ids: h.token_ids[..n].to_vec(),
             tid2eid: h.tid2eid.clone(),
             vocab: h.vocab,
@@ -155,7 +155,7 @@ fn input_prefix(inp: &MoeInputs, n: usize, p: &crate::presets::Preset) -> MoeInp
 /// or — said in `notes` — for a backend without kernels for the shipped formats.
 pub(super) fn weight_formats(
     backend: &dyn Backend,
-    p: &crate::presets::Preset,
+    p: &moehal::presets::Preset,
     dtype: DType,
     float_weights: bool,
     notes: &mut Vec<String>,
@@ -201,7 +201,7 @@ pub(super) fn run(a: Args) -> CliResult {
     if let Some(path) = &a.weights {
         return run_checkpoint(&a, path, backend.as_ref(), reference.as_ref());
     }
-    let mut p = *crate::presets::preset(&a.preset).map_err(CliError)?;
+    let mut p = *moehal::presets::preset(&a.preset).map_err(CliError)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
         let s = p.scaled_widths(div);
@@ -347,7 +347,7 @@ pub(super) fn run(a: Args) -> CliResult {
     for (g, w) in got.stages.iter().zip(&want.stages) {
         tab.row(vec![g.name.into(), human_seconds(g.seconds), human_seconds(w.seconds)]);
     }
-    let sum = |s: &[crate::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
+    let sum = |s: &[moehal::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
     tab.row(vec![
         "total".into(),
         human_seconds(sum(&got.stages)),
@@ -387,7 +387,7 @@ fn backend_name_label(b: &dyn Backend) -> String {
 
 /// The stage times of a forward that was not checked against the reference (exit status 0: there
 /// is nothing to fail).
-fn report_unchecked(got: &crate::pipeline::moe::MoeOutput, label: &str, t: usize, h: usize) -> CliResult {
+fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usize, h: usize) -> CliResult {
     let mut tab = Table::new(&["stage", &format!(">{label}")]);
     for g in &got.stages {
         tab.row(vec![g.name.into(), human_seconds(g.seconds)]);
@@ -406,8 +406,8 @@ fn report_unchecked(got: &crate::pipeline::moe::MoeOutput, label: &str, t: usize
 /// seeded uniform in `[0, V)`), validated as the preset run (relative error within the dtype's
 /// tolerance; exit status 1 if not).
 fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, reference: &dyn Backend) -> CliResult {
-    let base = crate::presets::preset(&a.preset).map_err(CliError)?;
-    let ck = crate::checkpoint::Checkpoint::open(path)?;
+    let base = moehal::presets::preset(&a.preset).map_err(CliError)?;
+    let ck = moehal::checkpoint::Checkpoint::open(path)?;
     let same = backend.name() == "reference";
     let targets: Vec<&dyn Backend> = if same {
         vec![reference]
@@ -434,9 +434,9 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
     );
     let mut inputs = MoeInputs::generate(&p, a.tokens, a.dtype, a.seed)?;
     if let Some((tid2eid, vocab)) = layer.tid2eid {
-        let ts = crate::pipeline::stream_seed(a.seed, 103);
-        let mut rng = crate::pipeline::SplitMix64::new(ts);
-        inputs.hash = Some(crate::pipeline::moe::HashRoute {
+        let ts = moehal::pipeline::stream_seed(a.seed, 103);
+        let mut rng = moehal::pipeline::SplitMix64::new(ts);
+        inputs.hash = Some(moehal::pipeline::moe::HashRoute {
             token_ids: (0..a.tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
             tid2eid,
             vocab,
@@ -444,7 +444,7 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
     }
     let got = forward(backend, &p, a.dtype, &layer.weights[0], &inputs)?;
     let want = forward(reference, &p, a.dtype, &layer.weights[targets.len() - 1], &inputs)?;
-    let total = |s: &[crate::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
+    let total = |s: &[moehal::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
     outln!(
         "forward: {} {} , reference {}",
         backend.name(),

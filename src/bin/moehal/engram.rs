@@ -1,7 +1,7 @@
 //! `moehal engram`: real text → cl100k_base BPE → canonical ids → DeepSeek-V4.1-Flash layer-1
 //! `engram_hash` → `gather_rows` from a table, on a backend, checked against the reference.
 //! Every substitution for what this machine cannot hold (the tokenizer, the 100 GB table) is
-//! printed (see [`crate::pipeline::engram`]).
+//! printed (see [`moehal::pipeline::engram`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,12 +10,12 @@ use moehal_core::engram::v41_flash;
 use moehal_core::ops::OpDesc;
 
 use super::{backend_label, choose_backend, progress_bytes, spinner, CliError, CliResult};
-use crate::pipeline::engram::{
+use moehal::pipeline::engram::{
     generate_table, open_table, rows_for_bytes, run_text, EngramTable, StreamOptions, Tokenizer, DEFAULT_TABLE_BYTES,
     DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
 };
-use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
-use crate::Registry;
+use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
+use moehal::Registry;
 
 /// Options of `moehal engram`.
 #[derive(Debug, clap::Args)]

@@ -1,11 +1,11 @@
 //! `moehal kernels`: the support matrix (op × variant × backend → kernel, or the reason none
-//! serves it), from [`Registry::support_matrix`](crate::Registry::support_matrix).
+//! serves it), from [`Registry::support_matrix`](moehal::Registry::support_matrix).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use super::{CliResult, Table};
-use crate::Registry;
+use moehal::Registry;
 
 pub(super) fn run() -> CliResult {
     let reg = Registry::discover();

@@ -17,9 +17,9 @@ use moehal_core::Backend;
 
 use super::bench::JsonOut;
 use super::{progress, CliError, CliResult, Table};
-use crate::harness::{self, Verdict};
-use crate::pipeline::human_seconds;
-use crate::Registry;
+use moehal::harness::{self, Verdict};
+use moehal::pipeline::human_seconds;
+use moehal::Registry;
 
 /// Options of `moehal check`.
 #[derive(Debug, Default, clap::Args)]
@@ -56,7 +56,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let all_cases = match &a.preset {
-        Some(p) => harness::preset_cases(crate::presets::preset(p).map_err(CliError)?),
+        Some(p) => harness::preset_cases(moehal::presets::preset(p).map_err(CliError)?),
         None => harness::default_cases(),
     };
     let cases = harness::select(&all_cases, a.op, a.case.as_deref(), a.dtype.as_deref());

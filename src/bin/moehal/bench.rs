@@ -10,9 +10,9 @@ use std::sync::Arc;
 use moehal_core::{Backend, OpKind};
 
 use super::{progress, write_json, CliError, CliResult, Table};
-use crate::bench::{default_shapes, preset_shapes, run_table};
-use crate::pipeline::{available_memory, human_bytes, human_seconds};
-use crate::Registry;
+use moehal::bench::{default_shapes, preset_shapes, run_table};
+use moehal::pipeline::{available_memory, human_bytes, human_seconds};
+use moehal::Registry;
 
 /// Options of `moehal bench`.
 #[derive(Debug, clap::Args)]
@@ -115,7 +115,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
     let tokens = a.tokens.as_deref();
     let mut shapes = match &a.preset {
-        Some(p) => preset_shapes(crate::presets::preset(p).map_err(CliError)?, tokens, budget),
+        Some(p) => preset_shapes(moehal::presets::preset(p).map_err(CliError)?, tokens, budget),
         None => default_shapes(tokens, budget),
     };
     if let Some(op) = a.op {

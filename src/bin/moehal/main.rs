@@ -1,8 +1,13 @@
-//! The `moehal` command line (one module per subcommand).
+//! The `moehal` command line (one module per subcommand); see `moehal --help`.
 //!
 //! `moehal devices | kernels | check | bench | moe | engram`; with no subcommand it runs the
 //! default of `moehal check`. Progress bars are drawn on stderr only when it is a terminal;
 //! results go to stdout.
+//!
+//! The binary lives apart from the library (issue 12 item 2): clap, indicatif and the table and
+//! JSON printing are its dependencies, built only with the `cli` feature, so engines and the C ABI
+//! link `moehal` without them. What a library user needs (pipelines, checkpoint loading, the
+//! registry) stays in the library.
 
 /// `println!` that ignores a closed stdout (`moehal ... | head` must not panic).
 macro_rules! outln {
@@ -36,7 +41,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use moehal_core::Backend;
 
-use crate::Registry;
+use moehal::Registry;
 
 /// moehal: MoE / Engram kernels on every backend of this machine, checked against one reference.
 #[derive(Debug, Parser)]
@@ -75,11 +80,11 @@ impl<E: std::fmt::Display> From<E> for CliError {
 type CliResult = Result<ExitCode, CliError>;
 
 /// Run the CLI on the process arguments and return the exit status.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // Environment variables first: a bad value is an error before any work, a doubtful one a
     // warning on stderr (the library itself does not print).
-    match crate::backends::check_env() {
+    match moehal::backends::check_env() {
         Ok(warnings) => {
             for w in warnings {
                 eprintln!("warning: {w}");

@@ -15,10 +15,10 @@ use moehal_ep::{Comm, EpBytes, ExpertMap};
 
 use super::super::{choose_backend, CliError, CliResult, Table};
 use super::Args;
-use crate::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
-use crate::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
-use crate::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
-use crate::Registry;
+use moehal::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
+use moehal::pipeline::moe::{fit_experts, forward, weight_bytes, MoeInputs, MoeWeights};
+use moehal::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
+use moehal::Registry;
 
 /// Entry: pick the communicator and run this process's rank(s).
 pub(super) fn run(a: Args) -> CliResult {
@@ -157,7 +157,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
-    let mut p = *crate::presets::preset(&a.preset).map_err(CliError)?;
+    let mut p = *moehal::presets::preset(&a.preset).map_err(CliError)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
         p = p.scaled_widths(div);
