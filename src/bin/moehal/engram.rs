@@ -38,9 +38,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also write the generated table to this safetensors file (tensor `table`, bf16 [R, 256]),
-    /// for later runs with `--table`.
+    /// for later runs with `--table`. Written as soon as the table is generated, before the text
+    /// is tokenized (a later failure keeps it); an existing file is an error unless `--force`.
     #[arg(long)]
     save_table: Option<PathBuf>,
+    /// With --save-table: replace an existing file (the old one stays until the new one is
+    /// complete).
+    #[arg(long, requires = "save_table")]
+    force: bool,
     /// Tokens hashed and gathered at a time (bounds the gather output buffer).
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
@@ -52,7 +57,7 @@ pub(crate) struct Args {
 /// The table: opened (`--table`) or generated (`--rows`), before any text is read, so that a bad
 /// table fails at once. A generated table larger than the memory available is an error naming
 /// the largest that fits (issue 16's rule for impossible sizes: an error, never a silent shrink).
-fn load_table(a: &Args) -> Result<EngramTable, CliError> {
+fn load_table(a: &Args, save: Option<TableOut>) -> Result<EngramTable, CliError> {
     if let Some(p) = &a.table {
         return Ok(open_table(p)?);
     }
@@ -72,8 +77,9 @@ fn load_table(a: &Args) -> Result<EngramTable, CliError> {
     let sp = spinner(format!("generating a {} table", human_bytes(bytes as f64)));
     let t = generate_table(r, ROW_DIM, a.seed)?;
     sp.finish_and_clear();
-    if let Some(path) = &a.save_table {
-        save_table(&t, path)?;
+    if let Some(out) = save {
+        let path = out.path.clone();
+        out.write(&t)?;
         outln!(
             "saved the table to {} (safetensors, tensor `table` bf16 [{r}, {ROW_DIM}]); reuse it with --table {}",
             path.display(),
@@ -83,19 +89,95 @@ fn load_table(a: &Args) -> Result<EngramTable, CliError> {
     Ok(t)
 }
 
-/// Write a generated table as a safetensors file with one tensor `table`.
-fn save_table(t: &EngramTable, path: &Path) -> Result<(), CliError> {
-    let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
-    let dtype = match t.format.storage_dtype() {
-        moehal_core::DType::F32 => safetensors::Dtype::F32,
-        moehal_core::DType::F16 => safetensors::Dtype::F16,
-        moehal_core::DType::BF16 => safetensors::Dtype::BF16,
-        _ => safetensors::Dtype::U8,
-    };
-    let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
-        .map_err(|e| CliError(format!("saving the table: {e}")))?;
-    safetensors::tensor::serialize_to_file([("table", view)], &None, path)
-        .map_err(|e| CliError(format!("writing {}: {e}", path.display())))
+/// The `--save-table` destination, checked before the table is generated so that a path that
+/// cannot be written fails at once, not after the generation. The table is written to a
+/// `.NAME.partial-PID` file beside it and renamed over `path` when complete, so a failed write
+/// never leaves a truncated table, and `--force` replaces an old table only with a whole new
+/// one; the partial file is removed if the run fails before that.
+struct TableOut {
+    path: PathBuf,
+    partial: PathBuf,
+}
+
+impl TableOut {
+    /// Check `path` (an existing file is an error unless `force`; a directory always is) and
+    /// create the partial file beside it.
+    ///
+    /// # Errors
+    /// A [`CliError`] naming the path and the reason in words.
+    fn open(path: &Path, force: bool) -> Result<Self, CliError> {
+        let shown = path.display();
+        if path.is_dir() {
+            return Err(CliError(format!("--save-table {shown}: is a directory")));
+        }
+        if path.exists() && !force {
+            return Err(CliError(format!(
+                "--save-table {shown}: the file exists; pass --force to replace it, or choose another path"
+            )));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| CliError(format!("--save-table {shown}: not a file name")))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let partial = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        std::fs::File::create_new(&partial).map_err(|e| {
+            CliError(format!(
+                "--save-table {shown}: cannot create a file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(TableOut {
+            path: path.to_path_buf(),
+            partial,
+        })
+    }
+
+    /// Write `t` as a safetensors file with one tensor `table`, then move it to the path.
+    ///
+    /// # Errors
+    /// A [`CliError`] naming the file and the I/O error in words.
+    fn write(self, t: &EngramTable) -> Result<(), CliError> {
+        let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
+        let dtype = match t.format.storage_dtype() {
+            moehal_core::DType::F32 => safetensors::Dtype::F32,
+            moehal_core::DType::F16 => safetensors::Dtype::F16,
+            moehal_core::DType::BF16 => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::U8,
+        };
+        // safetensors' errors print as their Debug form (`IoError(Os { code: 28, .. })`): the I/O
+        // error is taken out and printed in words.
+        let words = |e: safetensors::SafeTensorError| match e {
+            safetensors::SafeTensorError::IoError(io) => io.to_string(),
+            other => format!("{other:?}"),
+        };
+        let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
+            .map_err(|e| CliError(format!("saving the table: {}", words(e))))?;
+        safetensors::tensor::serialize_to_file([("table", view)], &None, &self.partial).map_err(|e| {
+            CliError(format!(
+                "--save-table {}: writing {}: {}",
+                self.path.display(),
+                self.partial.display(),
+                words(e)
+            ))
+        })?;
+        std::fs::rename(&self.partial, &self.path).map_err(|e| {
+            CliError(format!(
+                "--save-table {}: moving the written table from {}: {e}",
+                self.path.display(),
+                self.partial.display()
+            ))
+        })
+    }
+}
+
+impl Drop for TableOut {
+    fn drop(&mut self) {
+        // Best effort, and a no-op after the rename: no partial file is left behind.
+        let _ = std::fs::remove_file(&self.partial);
+    }
 }
 
 pub(super) fn run(a: Args) -> CliResult {
@@ -130,7 +212,12 @@ pub(super) fn run(a: Args) -> CliResult {
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let be = backend.as_ref();
     let label = backend_label(be);
-    let table = load_table(&a)?;
+    let save = a
+        .save_table
+        .as_deref()
+        .map(|p| TableOut::open(p, a.force))
+        .transpose()?;
+    let table = load_table(&a, save)?;
     if table.rows == 0 {
         return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
     }
