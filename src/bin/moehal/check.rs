@@ -38,9 +38,8 @@ pub(crate) struct Args {
     /// in its result).
     #[arg(long)]
     seed: Option<u64>,
-    /// Only the cases of this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine,
-    /// engram_hash, gather_rows, engram_lookup).
-    #[arg(long)]
+    /// Only the cases of this op.
+    #[arg(long, value_parser = super::op_parser())]
     op: Option<moehal_core::OpKind>,
     /// Only the case of this name (exact), or, when no name is equal, the cases whose names
     /// contain it. A filtered case gets the same inputs as in the full run with the same --seed.

@@ -4,25 +4,71 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use super::{CliResult, Table};
+use super::{CliError, CliResult, Table};
 use moehal::Registry;
 
-pub(super) fn run() -> CliResult {
+/// Options of `moehal kernels`.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct Args {
+    /// Only the columns of these backends (repeat the flag, or separate names with commas); the
+    /// matrix of every backend is wide (issue 13: 284 columns with Ascend present). A name that is
+    /// not compiled in is an error listing the ones that are.
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<String>,
+}
+
+/// The backends of the matrix: every compiled-in one, or those of `wanted` (an error naming the
+/// compiled-in backends when one is unknown).
+fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> Result<Vec<&'a str>, CliError> {
+    if wanted.is_empty() {
+        return Ok(compiled.to_vec());
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        match compiled.iter().find(|c| **c == w.as_str()) {
+            Some(c) if !out.contains(c) => out.push(*c),
+            Some(_) => {}
+            None => {
+                return Err(CliError(format!(
+                    "--backend {w}: unknown backend (compiled into this build: {})",
+                    compiled.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn run(a: Args) -> CliResult {
     let reg = Registry::discover();
-    for e in reg.entries() {
+    let names: Vec<&str> = reg.entries().iter().map(|e| e.name).collect();
+    let wanted = selected(&names, &a.backend)?;
+    for e in reg.entries().iter().filter(|e| wanted.contains(&e.name)) {
         if let Err(reason) = &e.status {
             outln!("{}: unavailable ({reason}), not in the matrix", e.name);
         }
+    }
+    if !reg
+        .entries()
+        .iter()
+        .any(|e| e.status.is_ok() && wanted.contains(&e.name))
+    {
+        return Err(CliError(format!(
+            "no available backend among {}: the matrix would be empty",
+            wanted.join(", ")
+        )));
     }
     // (backend, op name, variant, support): the float ops of OPS.md §1-5, then the §6 rows.
     let mut matrix: Vec<(String, String, String, moehal_core::Support)> = reg
         .support_matrix()
         .into_iter()
+        .filter(|(b, _, _)| wanted.contains(&b.as_str()))
         .map(|(b, op, s)| (b, op.kind().name().to_string(), op.variant(), s))
         .collect();
     matrix.extend(
         reg.quant_support_matrix()
             .into_iter()
+            .filter(|(b, _, _)| wanted.contains(&b.as_str()))
             .map(|(b, op, s)| (b, op.kind().name().to_string(), op.variant(), s)),
     );
     let mut backends: Vec<String> = Vec::new();
@@ -75,4 +121,27 @@ pub(super) fn run() -> CliResult {
         outln!("[{}] {r}", i + 1);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_filter_keeps_the_named_backends_and_rejects_unknown_ones() {
+        let compiled = ["reference", "cpu", "cuda", "ascend"];
+        assert_eq!(selected(&compiled, &[]).unwrap(), compiled);
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(selected(&compiled, &w(&["cpu", "cpu"])).unwrap(), ["cpu"]);
+        assert_eq!(
+            selected(&compiled, &w(&["cpu", "reference"])).unwrap(),
+            ["cpu", "reference"]
+        );
+        let e = selected(&compiled, &w(&["cpu", "tpu"])).unwrap_err();
+        assert!(
+            e.0.contains("--backend tpu") && e.0.contains("reference, cpu, cuda, ascend"),
+            "{}",
+            e.0
+        );
+    }
 }

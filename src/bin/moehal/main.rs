@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use moehal_core::Backend;
+use moehal_core::{Backend, OpKind};
 
 use moehal::Registry;
 
@@ -56,7 +56,7 @@ enum Command {
     /// Every compiled-in backend: available or not (and why), device, memory, capability.
     Devices,
     /// The support matrix: op × variant × backend → kernel, or why not.
-    Kernels,
+    Kernels(kernels::Args),
     /// Check backends against the reference on the conformance cases.
     Check(check::Args),
     /// Time ops per backend, with the reference in the same run for ratios.
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => check::run(check::Args::default()),
         Some(Command::Devices) => devices::run(),
-        Some(Command::Kernels) => kernels::run(),
+        Some(Command::Kernels(a)) => kernels::run(a),
         Some(Command::Check(a)) => check::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Moe(a)) => moe::run(a),
@@ -111,6 +111,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap value parser of a count that must be at least 1 (`--tokens`). Issue 16 asked what `--tokens
+/// 0` means: nothing useful (a bench row of an empty op times the call overhead and reports 0 GB/s;
+/// a MoE layer of no tokens checks nothing), so it is a usage error naming the flag, before any work.
+pub(crate) fn count_at_least_1(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{e} (expected a whole number, at least 1)"))?;
+    if n == 0 {
+        return Err("must be at least 1 (an empty run would measure and check nothing)".into());
+    }
+    Ok(n)
+}
+
+/// clap value parser of a time limit in seconds (`--ref-limit`): finite and 0 or more. `nan`,
+/// `inf` and negative numbers parse as `f64` but have no meaning as a limit (every comparison with
+/// NaN is false, so a NaN limit silently skipped the reference), so they are rejected, naming the flag.
+pub(crate) fn seconds_limit(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{e} (expected seconds, e.g. 10 or 0.5)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("must be a finite number of seconds, 0 or more (got {s})"));
+    }
+    Ok(v)
+}
+
+/// clap value parser of a time budget in seconds that must be positive and finite (`bench --budget`).
+pub(crate) fn seconds_budget(s: &str) -> Result<f64, String> {
+    let v = seconds_limit(s)?;
+    if v == 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(v)
+}
+
+/// clap value parser of `--op`: the possible values are the names of [`OpKind::ALL`], the one list
+/// of ops, so `--help` (which prints them) cannot drift from the ops the library has again (it
+/// once listed 8 of 10, without quantize_fp8 and quantize_int8).
+pub(crate) fn op_parser() -> impl clap::builder::TypedValueParser<Value = OpKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(OpKind::ALL.map(OpKind::name)).try_map(|s| s.parse::<OpKind>())
 }
 
 /// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
@@ -283,5 +326,25 @@ mod tests {
         let c = Cli::try_parse_from(["moehal", "bench", "--tokens", "1", "16", "--op", "grouped_gemm"]).unwrap();
         assert!(matches!(c.command, Some(Command::Bench(_))));
         assert!(Cli::try_parse_from(["moehal", "moe", "--tokens", "4"]).is_err());
+    }
+
+    #[test]
+    fn counts_and_limits_are_checked_when_parsed() {
+        assert_eq!(count_at_least_1("3"), Ok(3));
+        assert!(count_at_least_1("0").unwrap_err().contains("at least 1"));
+        assert!(count_at_least_1("-2").is_err());
+        assert_eq!(seconds_limit("0"), Ok(0.0));
+        assert_eq!(seconds_limit("2.5"), Ok(2.5));
+        for bad in ["nan", "NaN", "inf", "-inf", "-0.1", "ten"] {
+            assert!(seconds_limit(bad).is_err(), "{bad}");
+        }
+        assert!(seconds_budget("0").is_err());
+        assert_eq!(seconds_budget("0.5"), Ok(0.5));
+        // --op takes every name of OpKind::ALL and nothing else.
+        for op in OpKind::ALL {
+            let c = Cli::try_parse_from(["moehal", "bench", "--op", op.name()]);
+            assert!(c.is_ok(), "{op}");
+        }
+        assert!(Cli::try_parse_from(["moehal", "bench", "--op", "matmul"]).is_err());
     }
 }

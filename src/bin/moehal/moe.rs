@@ -22,8 +22,8 @@ pub(crate) struct Args {
     /// qwen3-235b-a22b, mixtral-8x7b).
     #[arg(long)]
     preset: String,
-    /// Tokens T.
-    #[arg(long)]
+    /// Tokens T (at least 1).
+    #[arg(long, value_parser = super::count_at_least_1)]
     tokens: usize,
     /// Backend (default: the first available non-reference backend, else the reference).
     #[arg(long)]
@@ -47,8 +47,9 @@ pub(crate) struct Args {
     #[arg(long, hide = true)]
     budget_mib: Option<u64>,
     /// Run the reference on at most as many tokens as it is estimated to finish in this many
-    /// seconds (all of them when it fits; else the first tokens, and the output says how many).
-    #[arg(long, default_value_t = 10.0)]
+    /// seconds (all of them when it fits; else the first tokens, and the output says how many;
+    /// finite, 0 or more).
+    #[arg(long, default_value_t = 10.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
     ref_limit: f64,
     /// Do not run the reference (the output is then not checked).
     #[arg(long)]
@@ -93,35 +94,63 @@ fn check_tokens_fit(tokens: usize, per_token: u64, budget: u64) -> Result<(), Cl
     Ok(())
 }
 
+/// What the reference runs on: how many of the tokens, the note that says why when not all of
+/// them, and the phrase of the header line that names what the backend is compared with, so the
+/// header never says "vs reference" when no reference ran (issue 16).
+#[derive(Debug, Clone, PartialEq)]
+struct RefPlan {
+    /// Tokens the reference runs (the first ones); 0 when it does not run.
+    tokens: usize,
+    /// A `note:` line when the reference runs on fewer than all tokens.
+    note: Option<String>,
+    /// The header's comparison: `vs reference`, `vs reference on the first n of t tokens`, or why
+    /// the reference was skipped.
+    against: String,
+}
+
 /// How many of `t` tokens the reference runs: all if its estimated time is within `limit`
 /// seconds, else the most that are (0 with `--no-reference` or when one token is over the
-/// limit), and the note that says so. Tokens are independent in a MoE layer, so the reference on
-/// the first `n` tokens checks the backend's first `n` output rows exactly as a full run would.
-fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> (usize, Option<String>) {
+/// limit), with the note and the header phrase that say so. Tokens are independent in a MoE layer,
+/// so the reference on the first `n` tokens checks the backend's first `n` output rows exactly as
+/// a full run would.
+fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> RefPlan {
     if skip {
-        return (
-            0,
-            Some("reference not run (--no-reference): the output is not checked".into()),
-        );
+        return RefPlan {
+            tokens: 0,
+            note: Some("reference not run (--no-reference): the output is not checked".into()),
+            against: "reference not run (--no-reference)".into(),
+        };
     }
     let est = est_per_token * t as f64;
     if est <= limit {
-        return (t, None);
+        return RefPlan {
+            tokens: t,
+            note: None,
+            against: "vs reference".into(),
+        };
     }
     let n = ((limit / est_per_token).floor() as usize).min(t);
-    let msg = if n == 0 {
-        format!(
-            "reference not run: estimated {} for one token > --ref-limit {limit} s; the output is not checked",
+    if n == 0 {
+        let why = format!(
+            "estimated {} for one token > --ref-limit {limit} s",
             human_seconds(est_per_token)
-        )
+        );
+        RefPlan {
+            tokens: 0,
+            note: Some(format!("reference not run: {why}; the output is not checked")),
+            against: format!("reference skipped ({why})"),
+        }
     } else {
-        format!(
-            "reference on the first {n} of {t} tokens: all {t} estimated at {} > --ref-limit {limit} s ({} for {n}); tokens are independent, so their rows are checked as in a full run",
-            human_seconds(est),
-            human_seconds(est_per_token * n as f64)
-        )
-    };
-    (n, Some(msg))
+        RefPlan {
+            tokens: n,
+            note: Some(format!(
+                "reference on the first {n} of {t} tokens: all {t} estimated at {} > --ref-limit {limit} s ({} for {n}); tokens are independent, so their rows are checked as in a full run",
+                human_seconds(est),
+                human_seconds(est_per_token * n as f64)
+            )),
+            against: format!("vs reference on the first {n} of {t} tokens"),
+        }
+    }
 }
 
 /// The reference's estimated seconds per token of one forward of `p`: the expert GEMMs'
@@ -191,9 +220,6 @@ pub(super) fn run(a: Args) -> CliResult {
             a.dtype
         )));
     }
-    if a.tokens == 0 {
-        return Err(CliError("--tokens must be at least 1".into()));
-    }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let reference = reg.open("reference")?;
@@ -247,8 +273,9 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         reference_seconds_per_token(&p, a.dtype, quant.is_some())?
     };
-    let (ref_t, ref_note) = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
-    notes.extend(ref_note);
+    let plan = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
+    let ref_t = plan.tokens;
+    notes.extend(plan.note.clone());
     outln!(
         "preset {}: hidden {}, expert width {}, {} routed experts, top-{}, {} shared, scoring {}{}{}, scale {}",
         p.name,
@@ -277,10 +304,11 @@ pub(super) fn run(a: Args) -> CliResult {
         None => weight_bytes(&p, wdt),
     };
     outln!(
-        "tokens {t}, dtype {}, weights {} per backend, backend {} vs reference{}",
+        "tokens {t}, dtype {}, weights {} per backend, backend {}, {}{}",
         a.dtype,
         human_bytes(total as f64),
         backend.name(),
+        plan.against,
         if same {
             " (the reference against itself: a determinism check)"
         } else {
@@ -317,7 +345,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let got = forward(backend.as_ref(), &p, a.dtype, &weights[0], &inputs)?;
     if ref_t == 0 {
         pb.finish_and_clear();
-        return report_unchecked(&got, &backend_name_label(backend.as_ref()), t, p.hidden);
+        return report_unchecked(&got, &backend_name_label(backend.as_ref()), t, p.hidden, &plan.against);
     }
     pb.set_message("forward on the reference");
     let ref_inputs = if ref_t < t {
@@ -387,7 +415,7 @@ fn backend_name_label(b: &dyn Backend) -> String {
 
 /// The stage times of a forward that was not checked against the reference (exit status 0: there
 /// is nothing to fail).
-fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usize, h: usize) -> CliResult {
+fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usize, h: usize, why: &str) -> CliResult {
     let mut tab = Table::new(&["stage", &format!(">{label}")]);
     for g in &got.stages {
         tab.row(vec![g.name.into(), human_seconds(g.seconds)]);
@@ -397,7 +425,7 @@ fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usiz
         human_seconds(got.stages.iter().map(|x| x.seconds).sum::<f64>()),
     ]);
     out!("{}", tab.render());
-    outln!("output [{t}, {h}]: not checked (no reference run)");
+    outln!("output [{t}, {h}]: not checked: {why}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -477,16 +505,25 @@ mod tests {
 
     #[test]
     fn reference_runs_all_tokens_within_the_limit_and_a_prefix_beyond() {
-        assert_eq!(reference_tokens(64, 0.01, 10.0, false), (64, None));
-        let (n, note) = reference_tokens(64, 1.0, 10.0, false);
-        assert_eq!(n, 10);
-        assert!(note.unwrap().contains("first 10 of 64 tokens"));
-        let (n, note) = reference_tokens(64, 20.0, 10.0, false);
-        assert_eq!(n, 0);
-        assert!(note.unwrap().contains("not checked"));
-        let (n, note) = reference_tokens(64, 0.01, 10.0, true);
-        assert_eq!(n, 0);
-        assert!(note.unwrap().contains("--no-reference"));
+        let all = reference_tokens(64, 0.01, 10.0, false);
+        assert_eq!((all.tokens, all.note, all.against.as_str()), (64, None, "vs reference"));
+        let some = reference_tokens(64, 1.0, 10.0, false);
+        assert_eq!(some.tokens, 10);
+        assert!(some.note.unwrap().contains("first 10 of 64 tokens"));
+        assert_eq!(some.against, "vs reference on the first 10 of 64 tokens");
+        let none = reference_tokens(64, 20.0, 10.0, false);
+        assert_eq!(none.tokens, 0);
+        assert!(none.note.unwrap().contains("not checked"));
+        // Skipped: the header says so, with the estimate and the limit, and never "vs reference".
+        assert!(
+            none.against.starts_with("reference skipped (estimated") && none.against.contains("> --ref-limit 10 s"),
+            "{}",
+            none.against
+        );
+        let off = reference_tokens(64, 0.01, 10.0, true);
+        assert_eq!(off.tokens, 0);
+        assert!(off.note.unwrap().contains("--no-reference"));
+        assert!(!off.against.contains("vs reference"), "{}", off.against);
     }
 
     #[test]

@@ -152,9 +152,6 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
             a.dtype
         )));
     }
-    if a.tokens == 0 {
-        return Err(CliError("--tokens must be at least 1".into()));
-    }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let mut p = *moehal::presets::preset(&a.preset).map_err(CliError)?;
