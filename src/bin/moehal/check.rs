@@ -51,6 +51,39 @@ pub(crate) struct Args {
     dtype: Option<String>,
 }
 
+/// One object of `moehal check --json`: a result of [`harness::run_case`], with the op and the
+/// verdict by name. The field names are the file's format (scripts read them).
+#[derive(Debug, serde::Serialize)]
+struct JsonRow<'a> {
+    op: &'static str,
+    backend: &'a str,
+    case: &'a str,
+    dtype: &'a str,
+    metric: &'a str,
+    tolerance: &'a str,
+    verdict: &'static str,
+    seconds: f64,
+    seed: u64,
+    detail: &'a str,
+}
+
+impl<'a> JsonRow<'a> {
+    fn of(r: &'a harness::CaseResult) -> Self {
+        JsonRow {
+            op: r.op.name(),
+            backend: &r.backend,
+            case: &r.case,
+            dtype: &r.dtype,
+            metric: &r.metric,
+            tolerance: &r.tolerance,
+            verdict: r.verdict.label(),
+            seconds: r.seconds,
+            seed: r.seed,
+            detail: &r.detail,
+        }
+    }
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
@@ -160,17 +193,8 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     outln!("{pass} passed, {fail} failed, {unsup} unsupported");
     if let Some(out) = json {
-        let rows: Vec<serde_json::Value> = results
-            .iter()
-            .map(|(_, r)| {
-                serde_json::json!({
-                    "op": r.op.name(), "backend": r.backend, "case": r.case, "dtype": r.dtype,
-                    "metric": r.metric, "tolerance": r.tolerance, "verdict": r.verdict.label(),
-                    "seconds": r.seconds, "seed": r.seed, "detail": r.detail,
-                })
-            })
-            .collect();
-        out.write(&serde_json::Value::Array(rows))?;
+        let rows: Vec<JsonRow<'_>> = results.iter().map(|(_, r)| JsonRow::of(r)).collect();
+        out.write(&serde_json::to_value(rows)?)?;
     }
     Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
