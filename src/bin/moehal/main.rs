@@ -226,65 +226,47 @@ pub(crate) fn label_for(name: &str, device: &str) -> String {
     }
 }
 
-/// A plain text table with aligned columns.
+/// A plain text table with aligned columns, drawn by comfy-table: a header, a rule of dashes, no
+/// borders, two spaces between columns, no trailing spaces (so `grep` and `awk` read it).
 pub(crate) struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-    right: Vec<bool>,
+    inner: comfy_table::Table,
 }
 
 impl Table {
     /// A table with these column headers; columns whose header starts with `>` are right-aligned.
     pub(crate) fn new(headers: &[&str]) -> Self {
-        Table {
-            right: headers.iter().map(|h| h.starts_with('>')).collect(),
-            headers: headers.iter().map(|h| h.trim_start_matches('>').to_string()).collect(),
-            rows: Vec::new(),
+        use comfy_table::{CellAlignment, TableComponent};
+        let mut inner = comfy_table::Table::new();
+        inner
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_style(TableComponent::HeaderLines, '-')
+            .set_style(TableComponent::MiddleHeaderIntersections, ' ')
+            .set_style(TableComponent::VerticalLines, ' ')
+            .set_header(headers.iter().map(|h| h.trim_start_matches('>')).collect::<Vec<_>>());
+        let n = headers.len();
+        for (i, h) in headers.iter().enumerate() {
+            if let Some(c) = inner.column_mut(i) {
+                // One space of padding and the separator: two spaces between columns.
+                c.set_padding((0, u16::from(i + 1 < n)));
+                if h.starts_with('>') {
+                    c.set_cell_alignment(CellAlignment::Right);
+                }
+            }
         }
+        Table { inner }
     }
 
     /// Add a row (missing cells are empty).
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.inner.add_row(cells);
     }
 
-    /// Render with two spaces between columns.
+    /// Render, one line per row, each ending in a newline.
     pub(crate) fn render(&self) -> String {
-        let n = self.headers.len();
-        let width = |s: &str| s.chars().count();
-        let mut w: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate().take(n) {
-                w[i] = w[i].max(width(c));
-            }
-        }
         let mut out = String::new();
-        let line = |cells: &[String], out: &mut String| {
-            let mut s = String::new();
-            for (i, &wi) in w.iter().enumerate() {
-                let c = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = wi - width(c);
-                if i > 0 {
-                    s.push_str("  ");
-                }
-                if self.right[i] {
-                    s.push_str(&" ".repeat(pad));
-                    s.push_str(c);
-                } else {
-                    s.push_str(c);
-                    if i + 1 < n {
-                        s.push_str(&" ".repeat(pad));
-                    }
-                }
-            }
-            out.push_str(s.trim_end());
+        for line in self.inner.lines() {
+            out.push_str(line.trim_end());
             out.push('\n');
-        };
-        line(&self.headers, &mut out);
-        let rule: Vec<String> = w.iter().map(|&k| "-".repeat(k)).collect();
-        line(&rule, &mut out);
-        for r in &self.rows {
-            line(r, &mut out);
         }
         out
     }
@@ -315,8 +297,18 @@ mod tests {
         let s = t.render();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "a      b");
+        assert!(lines[1].chars().all(|c| c == '-' || c == ' '), "{}", lines[1]);
         assert_eq!(lines[2], "xyz    1");
         assert_eq!(lines[3], "q    123");
+        assert_eq!(lines.len(), 4);
+        // Short rows leave their last cells empty, with no trailing spaces.
+        let mut t = Table::new(&["a", "b", ">c"]);
+        t.row(vec!["long cell".into()]);
+        t.row(vec!["x".into(), "y".into(), "µs".into()]);
+        let s = t.render();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[2], "long cell");
+        assert_eq!(lines[3], "x          y  µs");
     }
 
     #[test]
