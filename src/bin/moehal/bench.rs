@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use moehal_core::{Backend, OpKind};
 
-use super::{progress, write_json, CliError, CliResult, Table};
+use super::{progress, write_json, CliResult, Table};
 use moehal::bench::{default_shapes, preset_shapes, run_table, BenchShape};
 use moehal::pipeline::{available_memory, human_bytes, human_seconds};
 use moehal::Registry;
@@ -59,16 +60,16 @@ impl JsonOut {
     /// Open (creating if absent, not truncating yet) `path` for writing.
     ///
     /// # Errors
-    /// A [`CliError`] naming the path and the reason (missing directory, permissions, a
+    /// An error naming the path and the reason (missing directory, permissions, a
     /// directory, ...).
-    pub(super) fn open(path: &Path) -> Result<Self, CliError> {
+    pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
         let created = !path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| CliError(format!("cannot write the --json output {}: {e}", path.display())))?;
+            .map_err(|e| anyhow!("cannot write the --json output {}: {e}", path.display()))?;
         Ok(JsonOut {
             path: path.to_path_buf(),
             file: Some(file),
@@ -79,8 +80,8 @@ impl JsonOut {
     /// Replace the file's contents with `value`, pretty-printed, and a newline.
     ///
     /// # Errors
-    /// A [`CliError`] naming the path on a serialization or I/O error.
-    pub(super) fn write(mut self, value: &serde_json::Value) -> Result<(), CliError> {
+    /// An error naming the path on a serialization or I/O error.
+    pub(super) fn write(mut self, value: &serde_json::Value) -> anyhow::Result<()> {
         drop(self.file.take());
         write_json(&self.path, value)
     }
@@ -136,7 +137,7 @@ pub(super) fn run(a: Args) -> CliResult {
         .as_deref()
         .map(moehal::presets::preset)
         .transpose()
-        .map_err(CliError)?;
+        .map_err(anyhow::Error::msg)?;
     // The shapes of the run for these token counts (`None`: the defaults), of `--op` only.
     let shapes_for = |tokens: Option<&[usize]>| {
         let mut v = match preset {
@@ -150,13 +151,13 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     let shapes = shapes_for(a.tokens.as_deref());
     if shapes.is_empty() {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "no bench shapes for op {}{}",
             a.op.map_or_else(String::new, |o| o.to_string()),
             a.preset
                 .as_deref()
                 .map_or_else(String::new, |p| format!(" in preset {p}"))
-        )));
+        ));
     }
     let too_big: Vec<String> = shapes
         .iter()
@@ -180,7 +181,7 @@ pub(super) fn run(a: Args) -> CliResult {
             },
             None => String::new(),
         };
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "{}inputs exceed the memory budget of {} (30% of the memory available, capped at 4.5 GiB): {}{fit}",
             a.tokens.as_deref().map_or_else(String::new, |t| format!(
                 "--tokens {}: ",
@@ -188,7 +189,7 @@ pub(super) fn run(a: Args) -> CliResult {
             )),
             human_bytes(budget),
             too_big.join(", ")
-        )));
+        ));
     }
     let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
     let names: Vec<&str> = refs.iter().map(|b| b.name()).collect();

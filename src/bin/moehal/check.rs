@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use moehal_core::Backend;
 
 use super::bench::JsonOut;
-use super::{progress, CliError, CliResult, Table};
+use super::{progress, CliResult, Table};
 use moehal::harness::{self, Verdict};
 use moehal::pipeline::human_seconds;
 use moehal::Registry;
@@ -88,19 +89,19 @@ pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let all_cases = match &a.preset {
-        Some(p) => harness::preset_cases(moehal::presets::preset(p).map_err(CliError)?),
+        Some(p) => harness::preset_cases(moehal::presets::preset(p).map_err(anyhow::Error::msg)?),
         None => harness::default_cases(),
     };
     let cases = harness::select(&all_cases, a.op, a.case.as_deref(), a.dtype.as_deref());
     if cases.is_empty() {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "no case matches{}{}{} (in {} cases of {})",
             a.op.map_or_else(String::new, |o| format!(" --op {o}")),
             a.case.as_deref().map_or_else(String::new, |c| format!(" --case {c}")),
             a.dtype.as_deref().map_or_else(String::new, |d| format!(" --dtype {d}")),
             all_cases.len(),
             a.preset.as_deref().map_or("the default set", |p| p)
-        )));
+        ));
     }
     let backends: Vec<Arc<dyn Backend>> = match &a.backend {
         Some(name) => vec![reg.open(name)?],

@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use moehal_core::engram::v41_flash;
 use moehal_core::ops::OpDesc;
 
-use super::{backend_label, choose_backend, progress_bytes, spinner, CliError, CliResult};
+use super::{backend_label, choose_backend, progress_bytes, spinner, CliResult};
 use moehal::pipeline::engram::{
     generate_table, open_table, rows_for_bytes, run_text, EngramTable, StreamOptions, Tokenizer, DEFAULT_TABLE_BYTES,
     DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
@@ -57,7 +58,7 @@ pub(crate) struct Args {
 /// The table: opened (`--table`) or generated (`--rows`), before any text is read, so that a bad
 /// table fails at once. A generated table larger than the memory available is an error naming
 /// the largest that fits (issue 16's rule for impossible sizes: an error, never a silent shrink).
-fn load_table(a: &Args, save: Option<TableOut>) -> Result<EngramTable, CliError> {
+fn load_table(a: &Args, save: Option<TableOut>) -> anyhow::Result<EngramTable> {
     if let Some(p) = &a.table {
         return Ok(open_table(p)?);
     }
@@ -66,12 +67,12 @@ fn load_table(a: &Args, save: Option<TableOut>) -> Result<EngramTable, CliError>
     if let Some(avail) = available_memory() {
         let limit = avail as u128 * 6 / 10;
         if bytes > limit {
-            return Err(CliError(format!(
+            return Err(anyhow!(
                 "--rows {r}: a bf16 table of {r} x {ROW_DIM} needs {}, more than 60% of the {} available; at most {} rows fit",
                 human_bytes(bytes as f64),
                 human_bytes(avail as f64),
                 limit / (ROW_DIM as u128 * 2)
-            )));
+            ));
         }
     }
     let sp = spinner(format!("generating a {} table", human_bytes(bytes as f64)));
@@ -104,31 +105,27 @@ impl TableOut {
     /// create the partial file beside it.
     ///
     /// # Errors
-    /// A [`CliError`] naming the path and the reason in words.
-    fn open(path: &Path, force: bool) -> Result<Self, CliError> {
+    /// An error naming the path and the reason in words.
+    fn open(path: &Path, force: bool) -> anyhow::Result<Self> {
         let shown = path.display();
         if path.is_dir() {
-            return Err(CliError(format!("--save-table {shown}: is a directory")));
+            return Err(anyhow!("--save-table {shown}: is a directory"));
         }
         if path.exists() && !force {
-            return Err(CliError(format!(
+            return Err(anyhow!(
                 "--save-table {shown}: the file exists; pass --force to replace it, or choose another path"
-            )));
+            ));
         }
         let name = path
             .file_name()
-            .ok_or_else(|| CliError(format!("--save-table {shown}: not a file name")))?;
+            .ok_or_else(|| anyhow!("--save-table {shown}: not a file name"))?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         let partial = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        std::fs::File::create_new(&partial).map_err(|e| {
-            CliError(format!(
-                "--save-table {shown}: cannot create a file in {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::File::create_new(&partial)
+            .map_err(|e| anyhow!("--save-table {shown}: cannot create a file in {}: {e}", dir.display()))?;
         Ok(TableOut {
             path: path.to_path_buf(),
             partial,
@@ -138,8 +135,8 @@ impl TableOut {
     /// Write `t` as a safetensors file with one tensor `table`, then move it to the path.
     ///
     /// # Errors
-    /// A [`CliError`] naming the file and the I/O error in words.
-    fn write(self, t: &EngramTable) -> Result<(), CliError> {
+    /// An error naming the file and the I/O error in words.
+    fn write(self, t: &EngramTable) -> anyhow::Result<()> {
         let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
         let dtype = match t.format.storage_dtype() {
             moehal_core::DType::F32 => safetensors::Dtype::F32,
@@ -154,21 +151,21 @@ impl TableOut {
             other => format!("{other:?}"),
         };
         let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
-            .map_err(|e| CliError(format!("saving the table: {}", words(e))))?;
+            .map_err(|e| anyhow!("saving the table: {}", words(e)))?;
         safetensors::tensor::serialize_to_file([("table", view)], &None, &self.partial).map_err(|e| {
-            CliError(format!(
+            anyhow!(
                 "--save-table {}: writing {}: {}",
                 self.path.display(),
                 self.partial.display(),
                 words(e)
-            ))
+            )
         })?;
         std::fs::rename(&self.partial, &self.path).map_err(|e| {
-            CliError(format!(
+            anyhow!(
                 "--save-table {}: moving the written table from {}: {e}",
                 self.path.display(),
                 self.partial.display()
-            ))
+            )
         })
     }
 }
@@ -182,23 +179,21 @@ impl Drop for TableOut {
 
 pub(super) fn run(a: Args) -> CliResult {
     if a.batch_tokens == 0 {
-        return Err(CliError("--batch-tokens must be at least 1".into()));
+        return Err(anyhow!("--batch-tokens must be at least 1"));
     }
     if a.chunk_bytes < 4 {
-        return Err(CliError(
-            "--chunk-bytes must be at least 4 (the longest UTF-8 character)".into(),
+        return Err(anyhow!(
+            "--chunk-bytes must be at least 4 (the longest UTF-8 character)"
         ));
     }
     // Open the text (not read it) and the table first: a bad path or table fails before the
     // tokenizer loads.
     let (reader, total, source): (Box<dyn std::io::Read>, u64, String) = match &a.text {
         Some(p) => {
-            let f = std::fs::File::open(p).map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
-            let md = f
-                .metadata()
-                .map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
+            let f = std::fs::File::open(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
+            let md = f.metadata().map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
             if md.is_dir() {
-                return Err(CliError(format!("reading {}: is a directory", p.display())));
+                return Err(anyhow!("reading {}: is a directory", p.display()));
             }
             (Box::new(f), md.len(), p.display().to_string())
         }
@@ -219,7 +214,10 @@ pub(super) fn run(a: Args) -> CliResult {
         .transpose()?;
     let table = load_table(&a, save)?;
     if table.rows == 0 {
-        return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
+        return Err(anyhow!(
+            "the table {} has no rows: nothing to gather from",
+            table.source
+        ));
     }
 
     let sp = spinner("loading cl100k_base and building the compression table");
@@ -313,7 +311,7 @@ pub(super) fn run(a: Args) -> CliResult {
     })?;
     pb.finish_and_clear();
     if rep.tokens == 0 {
-        return Err(CliError(format!("{source}: no tokens")));
+        return Err(anyhow!("{source}: no tokens"));
     }
     let c = layer.columns();
     outln!("text: {source}, {} bytes, {} tokens", rep.bytes, rep.tokens);

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use super::{CliError, CliResult, Table};
+use super::{CliResult, Table};
+use anyhow::anyhow;
 use moehal::Registry;
 
 /// Options of `moehal kernels`.
@@ -19,7 +20,7 @@ pub(crate) struct Args {
 
 /// The backends of the matrix: every compiled-in one, or those of `wanted` (an error naming the
 /// compiled-in backends when one is unknown).
-fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> Result<Vec<&'a str>, CliError> {
+fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> anyhow::Result<Vec<&'a str>> {
     if wanted.is_empty() {
         return Ok(compiled.to_vec());
     }
@@ -29,10 +30,10 @@ fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> Result<Vec<&'a str>,
             Some(c) if !out.contains(c) => out.push(*c),
             Some(_) => {}
             None => {
-                return Err(CliError(format!(
+                return Err(anyhow!(
                     "--backend {w}: unknown backend (compiled into this build: {})",
                     compiled.join(", ")
-                )))
+                ))
             }
         }
     }
@@ -53,10 +54,10 @@ pub(super) fn run(a: Args) -> CliResult {
         .iter()
         .any(|e| e.status.is_ok() && wanted.contains(&e.name))
     {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "no available backend among {}: the matrix would be empty",
             wanted.join(", ")
-        )));
+        ));
     }
     // (backend, op name, variant, support): the float ops of OPS.md §1-5, then the §6 rows.
     let mut matrix: Vec<(String, String, String, moehal_core::Support)> = reg
@@ -139,9 +140,8 @@ mod tests {
         );
         let e = selected(&compiled, &w(&["cpu", "tpu"])).unwrap_err();
         assert!(
-            e.0.contains("--backend tpu") && e.0.contains("reference, cpu, cuda, ascend"),
-            "{}",
-            e.0
+            e.to_string().contains("--backend tpu") && e.to_string().contains("reference, cpu, cuda, ascend"),
+            "{e}"
         );
     }
 }

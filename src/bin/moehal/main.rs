@@ -37,6 +37,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use moehal_core::{Backend, OpKind};
@@ -67,17 +68,9 @@ enum Command {
     Engram(engram::Args),
 }
 
-/// An error of a subcommand: printed as `error: ...`, exit status 1.
-#[derive(Debug)]
-pub struct CliError(pub String);
-
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(e: E) -> Self {
-        CliError(e.to_string())
-    }
-}
-
-type CliResult = Result<ExitCode, CliError>;
+/// The result of a subcommand: its exit status, or an error printed as `error: ...` (with its
+/// causes, `anyhow`'s `{:#}`), exit status 1.
+type CliResult = anyhow::Result<ExitCode>;
 
 /// Run the CLI on the process arguments and return the exit status.
 fn main() -> ExitCode {
@@ -106,8 +99,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(CliError(msg)) => {
-            eprintln!("error: {msg}");
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -198,15 +191,15 @@ pub(crate) fn spinner(msg: impl Into<String>) -> ProgressBar {
 /// The backend a subcommand runs on: `name` if given (an error with the registry's reason when
 /// it is unknown or unavailable), else the first available non-reference backend, else the
 /// reference.
-pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> Result<Arc<dyn Backend>, CliError> {
+pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
     match name {
-        Some(n) => reg.open(n).map_err(CliError::from),
+        Some(n) => reg.open(n).map_err(anyhow::Error::from),
         None => reg
             .available()
             .find(|b| b.name() != "reference")
             .or_else(|| reg.available().find(|b| b.name() == "reference"))
             .cloned()
-            .ok_or_else(|| CliError("no backend available".into())),
+            .ok_or_else(|| anyhow!("no backend available")),
     }
 }
 
@@ -273,9 +266,9 @@ impl Table {
 }
 
 /// Write `value` as pretty JSON to `path`.
-pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(), CliError> {
+pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
     let s = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, s + "\n").map_err(|e| CliError(format!("writing {}: {e}", path.display())))
+    std::fs::write(path, s + "\n").map_err(|e| anyhow!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]

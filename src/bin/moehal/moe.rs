@@ -5,9 +5,10 @@
 
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use moehal_core::{Backend, DType};
 
-use super::{choose_backend, progress_bytes, CliError, CliResult, Table};
+use super::{choose_backend, progress_bytes, CliResult, Table};
 use moehal::pipeline::moe::{
     fit_experts, fit_experts_quant, forward, load_checkpoint_layer, quant_weight_bytes, shipped_formats, weight_bytes,
     MoeInputs, MoeWeights,
@@ -81,15 +82,15 @@ pub(crate) struct Args {
 /// Issue 16's rule for impossible sizes: tokens whose activations cannot fit the budget are an
 /// error naming the largest count that fits (the weights, by contrast, are scaled by expert
 /// count, and the output says so before any work).
-fn check_tokens_fit(tokens: usize, per_token: u64, budget: u64) -> Result<(), CliError> {
+fn check_tokens_fit(tokens: usize, per_token: u64, budget: u64) -> anyhow::Result<()> {
     let max_tokens = budget / per_token.max(1);
     if tokens as u64 > max_tokens {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "--tokens {tokens}: activations need ~{} per token ({} in all), more than the {} budget (30% of the memory available): at most {max_tokens} tokens fit",
             human_bytes(per_token as f64),
             human_bytes(per_token as f64 * tokens as f64),
             human_bytes(budget as f64)
-        )));
+        ));
     }
     Ok(())
 }
@@ -157,7 +158,7 @@ fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> Ref
 /// multiply-adds (`(k + shared) * 3 * H * I` per token) at its measured rate for `dtype`
 /// ([`moehal::bench::calibrate_reference`]), times 1.5 for shapes that leave the caches, times 4
 /// for weight-only quantized weights (decoded per use).
-fn reference_seconds_per_token(p: &moehal::presets::Preset, dtype: DType, quantized: bool) -> Result<f64, CliError> {
+fn reference_seconds_per_token(p: &moehal::presets::Preset, dtype: DType, quantized: bool) -> anyhow::Result<f64> {
     let rates = moehal::bench::calibrate_reference()?;
     let mads = ((p.k + p.shared_experts) * 3 * p.hidden * p.expert_width) as f64;
     Ok(1.5 * mads / rates.get(dtype) * if quantized { 4.0 } else { 1.0 })
@@ -215,10 +216,7 @@ pub(super) fn run(a: Args) -> CliResult {
         return ep::run(a);
     }
     if !a.dtype.is_float() {
-        return Err(CliError(format!(
-            "--dtype {} is not a float type (f32, bf16, f16)",
-            a.dtype
-        )));
+        return Err(anyhow!("--dtype {} is not a float type (f32, bf16, f16)", a.dtype));
     }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
@@ -227,7 +225,7 @@ pub(super) fn run(a: Args) -> CliResult {
     if let Some(path) = &a.weights {
         return run_checkpoint(&a, path, backend.as_ref(), reference.as_ref());
     }
-    let mut p = *moehal::presets::preset(&a.preset).map_err(CliError)?;
+    let mut p = *moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
         let s = p.scaled_widths(div);
@@ -357,7 +355,7 @@ pub(super) fn run(a: Args) -> CliResult {
         reference.as_ref(),
         &p,
         a.dtype,
-        weights.last().ok_or(CliError("no weights".into()))?,
+        weights.last().ok_or_else(|| anyhow!("no weights"))?,
         &ref_inputs,
     )?;
     pb.finish_and_clear();
@@ -434,7 +432,7 @@ fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usiz
 /// seeded uniform in `[0, V)`), validated as the preset run (relative error within the dtype's
 /// tolerance; exit status 1 if not).
 fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, reference: &dyn Backend) -> CliResult {
-    let base = moehal::presets::preset(&a.preset).map_err(CliError)?;
+    let base = moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
     let ck = moehal::checkpoint::Checkpoint::open(path)?;
     let same = backend.name() == "reference";
     let targets: Vec<&dyn Backend> = if same {
@@ -480,11 +478,11 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
         human_seconds(total(&want.stages))
     );
     if got.ids != want.ids {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "routing differs from the reference in {} of {} slots",
             got.ids.iter().zip(&want.ids).filter(|(x, y)| x != y).count(),
             got.ids.len()
-        )));
+        ));
     }
     let err = rel_error(&got.out, &want.out);
     let tol = tolerance(a.dtype);
@@ -530,6 +528,6 @@ mod tests {
     fn tokens_that_cannot_fit_are_an_error_naming_the_most_that_fit() {
         assert!(check_tokens_fit(100, 1000, 100_000).is_ok());
         let e = check_tokens_fit(1_000_000_000_000, 1000, 22_249_000).unwrap_err();
-        assert!(e.0.contains("at most 22249 tokens fit"), "{}", e.0);
+        assert!(e.to_string().contains("at most 22249 tokens fit"), "{e}");
     }
 }
