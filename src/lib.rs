@@ -2,15 +2,14 @@
 //!
 //! One [`Backend`] trait, backends for CPU SIMD, CUDA and Ascend, every one
 //! checked against the reference. This facade adds the [`registry::Registry`] (which backends this
-//! machine has), model presets, the validation harness, and the pipelines behind the `moehal` CLI.
+//! machine has), model presets, the validation harness, and the pipelines behind the `moehal` CLI (whose own code is the
+//! binary, src/bin/moehal, built with the `cli` feature).
 #![warn(missing_docs)]
 
 pub mod backends;
 pub mod bench;
 pub mod bench_quant;
 pub mod checkpoint;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod pipeline;
 pub mod registry;
 

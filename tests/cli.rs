@@ -54,6 +54,108 @@ fn kernels_prints_a_matrix() {
 }
 
 #[test]
+fn kernels_can_show_only_some_backends() {
+    let o = moehal(&["kernels", "--backend", "reference"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stderr: {err}");
+    let header = out.lines().find(|l| l.starts_with("op ")).expect("a header row");
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["op", "variant", "reference"], "{header}");
+    // An unknown name is an error listing the compiled-in backends.
+    let o = moehal(&["kernels", "--backend", "tpu"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("--backend tpu") && err.contains("compiled into this build") && err.contains("reference"),
+        "{err}"
+    );
+}
+
+/// Issue 16: `--tokens 0` is a usage error (an empty run measures and checks nothing), and time
+/// limits that are not finite, non-negative seconds are rejected, each naming its flag.
+#[test]
+fn zero_tokens_and_meaningless_limits_are_usage_errors_naming_the_flag() {
+    for (args, flag, why) in [
+        (&["bench", "--tokens", "0"][..], "--tokens", "at least 1"),
+        (&["bench", "--tokens", "16", "0"][..], "--tokens", "at least 1"),
+        (
+            &["moe", "--preset", "qwen3-30b-a3b", "--tokens", "0"][..],
+            "--tokens",
+            "at least 1",
+        ),
+        (&["bench", "--ref-limit", "nan"][..], "--ref-limit", "finite"),
+        (&["bench", "--budget", "0"][..], "--budget", "more than 0"),
+        (
+            &[
+                "moe",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--tokens",
+                "4",
+                "--ref-limit",
+                "nan",
+            ][..],
+            "--ref-limit",
+            "finite",
+        ),
+        (
+            &["moe", "--preset", "qwen3-30b-a3b", "--tokens", "4", "--ref-limit", "-1"][..],
+            "--ref-limit",
+            "0 or more",
+        ),
+        (
+            &[
+                "moe",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--tokens",
+                "4",
+                "--ref-limit",
+                "inf",
+            ][..],
+            "--ref-limit",
+            "finite",
+        ),
+    ] {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{args:?} ran: {out}");
+        assert!(out.is_empty(), "{args:?} did work before failing: {out}");
+        assert!(err.contains(flag) && err.contains(why), "{args:?}: {err}");
+    }
+}
+
+/// Issue 16: a token count whose inputs cannot fit is an error naming the largest that fits.
+#[test]
+fn bench_over_the_memory_budget_names_the_largest_token_count_that_fits() {
+    let o = moehal(&["bench", "--op", "router_topk", "--tokens", "1000000000000"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("exceed the memory budget"), "{err}");
+    let n: u64 = err
+        .split("the largest token count that fits is ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest token count in: {err}"));
+    assert!(n > 0 && n < 1_000_000_000_000, "{err}");
+    assert!(err.contains(&format!("(--tokens {n})")), "{err}");
+}
+
+/// `--help` lists every op the library has (from `OpKind::ALL`, so it cannot drift again).
+#[test]
+fn help_lists_every_op() {
+    for cmd in ["bench", "check"] {
+        let o = moehal(&[cmd, "--help"]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        for op in moehal::OpKind::ALL {
+            assert!(out.contains(op.name()), "moehal {cmd} --help lacks {op}:\n{out}");
+        }
+    }
+}
+
+#[test]
 fn check_unknown_backend_fails_with_a_reason() {
     let o = moehal(&["check", "--backend", "nope"]);
     let (_, err) = text(&o);
@@ -436,6 +538,95 @@ fn a_saved_table_is_read_back() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--save-table`: an existing file is kept unless `--force`; I/O errors are words with the
+/// path; the table is written before the text is tokenized, so a failure there keeps it.
+#[test]
+fn save_table_refuses_to_overwrite_reports_io_errors_in_words_and_survives_a_failed_run() {
+    let dir = temp_dir("save-table-errors");
+    let text_path = dir.join("t.txt");
+    std::fs::write(&text_path, "one two three\n").unwrap();
+    let t = text_path.to_str().unwrap();
+    // A directory that does not exist: an error in words, naming the path, before generating.
+    let missing = dir.join("no/such/dir/t.safetensors");
+    let o = moehal(&[
+        "engram",
+        "--text",
+        t,
+        "--rows",
+        "64",
+        "--save-table",
+        missing.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains(missing.to_str().unwrap()) && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert!(!err.contains("IoError") && !err.contains("Os {"), "{err}");
+    // An existing file is not replaced without --force, and is left as it was.
+    let existing = dir.join("keep.safetensors");
+    std::fs::write(&existing, b"precious").unwrap();
+    let o = moehal(&[
+        "engram",
+        "--text",
+        t,
+        "--rows",
+        "64",
+        "--save-table",
+        existing.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("--force") && err.contains(existing.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
+    let o = moehal(&[
+        "engram",
+        "--text",
+        t,
+        "--rows",
+        "64",
+        "--save-table",
+        existing.to_str().unwrap(),
+        "--force",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(std::fs::metadata(&existing).unwrap().len() > 64 * 256 * 2);
+    // A text with no tokens fails the run after the table was generated: the table is kept whole.
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let kept = dir.join("kept.safetensors");
+    let o = moehal(&[
+        "engram",
+        "--text",
+        empty.to_str().unwrap(),
+        "--rows",
+        "64",
+        "--save-table",
+        kept.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("no tokens"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().len(),
+        std::fs::metadata(&existing).unwrap().len(),
+        "the same [64, 256] bf16 table, whole"
+    );
+    // No partial files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn engram_processes_a_long_text_in_bounded_chunks() {
     let dir = temp_dir("engram-chunks");
@@ -507,10 +698,16 @@ fn moe_impossible_token_counts_are_errors_and_the_reference_is_bounded() {
         out.contains("reference not run (--no-reference)") && out.contains("not checked"),
         "{out}"
     );
+    assert!(!out.contains("vs reference"), "{out}");
     let o = moehal(&[&args[..], &["--ref-limit", "0"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("> --ref-limit 0 s"), "{out}");
+    // Issue 16: the header says the reference was skipped and why, never "vs reference".
+    assert!(!out.contains("vs reference"), "{out}");
+    let header = out.lines().find(|l| l.starts_with("tokens 4,")).expect("a header line");
+    assert!(header.contains("reference skipped (estimated"), "{header}");
+    assert!(out.contains("not checked: reference skipped"), "{out}");
 }
 
 mod common;

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use super::{CliResult, Table};
-use crate::pipeline::human_bytes;
-use crate::Registry;
+use moehal::pipeline::human_bytes;
+use moehal::Registry;
 
 pub(super) fn run() -> CliResult {
     let reg = Registry::discover();

@@ -1,21 +1,22 @@
 //! `moehal engram`: real text → cl100k_base BPE → canonical ids → DeepSeek-V4.1-Flash layer-1
 //! `engram_hash` → `gather_rows` from a table, on a backend, checked against the reference.
 //! Every substitution for what this machine cannot hold (the tokenizer, the 100 GB table) is
-//! printed (see [`crate::pipeline::engram`]).
+//! printed (see [`moehal::pipeline::engram`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use moehal_core::engram::v41_flash;
 use moehal_core::ops::OpDesc;
 
-use super::{backend_label, choose_backend, progress_bytes, spinner, CliError, CliResult};
-use crate::pipeline::engram::{
+use super::{backend_label, choose_backend, progress_bytes, spinner, CliResult};
+use moehal::pipeline::engram::{
     generate_table, open_table, rows_for_bytes, run_text, EngramTable, StreamOptions, Tokenizer, DEFAULT_TABLE_BYTES,
     DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
 };
-use crate::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
-use crate::Registry;
+use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
+use moehal::Registry;
 
 /// Options of `moehal engram`.
 #[derive(Debug, clap::Args)]
@@ -38,9 +39,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also write the generated table to this safetensors file (tensor `table`, bf16 [R, 256]),
-    /// for later runs with `--table`.
+    /// for later runs with `--table`. Written as soon as the table is generated, before the text
+    /// is tokenized (a later failure keeps it); an existing file is an error unless `--force`.
     #[arg(long)]
     save_table: Option<PathBuf>,
+    /// With --save-table: replace an existing file (the old one stays until the new one is
+    /// complete).
+    #[arg(long, requires = "save_table")]
+    force: bool,
     /// Tokens hashed and gathered at a time (bounds the gather output buffer).
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
@@ -52,7 +58,7 @@ pub(crate) struct Args {
 /// The table: opened (`--table`) or generated (`--rows`), before any text is read, so that a bad
 /// table fails at once. A generated table larger than the memory available is an error naming
 /// the largest that fits (issue 16's rule for impossible sizes: an error, never a silent shrink).
-fn load_table(a: &Args) -> Result<EngramTable, CliError> {
+fn load_table(a: &Args, save: Option<TableOut>) -> anyhow::Result<EngramTable> {
     if let Some(p) = &a.table {
         return Ok(open_table(p)?);
     }
@@ -61,19 +67,20 @@ fn load_table(a: &Args) -> Result<EngramTable, CliError> {
     if let Some(avail) = available_memory() {
         let limit = avail as u128 * 6 / 10;
         if bytes > limit {
-            return Err(CliError(format!(
+            return Err(anyhow!(
                 "--rows {r}: a bf16 table of {r} x {ROW_DIM} needs {}, more than 60% of the {} available; at most {} rows fit",
                 human_bytes(bytes as f64),
                 human_bytes(avail as f64),
                 limit / (ROW_DIM as u128 * 2)
-            )));
+            ));
         }
     }
     let sp = spinner(format!("generating a {} table", human_bytes(bytes as f64)));
     let t = generate_table(r, ROW_DIM, a.seed)?;
     sp.finish_and_clear();
-    if let Some(path) = &a.save_table {
-        save_table(&t, path)?;
+    if let Some(out) = save {
+        let path = out.path.clone();
+        out.write(&t)?;
         outln!(
             "saved the table to {} (safetensors, tensor `table` bf16 [{r}, {ROW_DIM}]); reuse it with --table {}",
             path.display(),
@@ -83,40 +90,110 @@ fn load_table(a: &Args) -> Result<EngramTable, CliError> {
     Ok(t)
 }
 
-/// Write a generated table as a safetensors file with one tensor `table`.
-fn save_table(t: &EngramTable, path: &Path) -> Result<(), CliError> {
-    let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
-    let dtype = match t.format.storage_dtype() {
-        moehal_core::DType::F32 => safetensors::Dtype::F32,
-        moehal_core::DType::F16 => safetensors::Dtype::F16,
-        moehal_core::DType::BF16 => safetensors::Dtype::BF16,
-        _ => safetensors::Dtype::U8,
-    };
-    let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
-        .map_err(|e| CliError(format!("saving the table: {e}")))?;
-    safetensors::tensor::serialize_to_file([("table", view)], &None, path)
-        .map_err(|e| CliError(format!("writing {}: {e}", path.display())))
+/// The `--save-table` destination, checked before the table is generated so that a path that
+/// cannot be written fails at once, not after the generation. The table is written to a
+/// `.NAME.partial-PID` file beside it and renamed over `path` when complete, so a failed write
+/// never leaves a truncated table, and `--force` replaces an old table only with a whole new
+/// one; the partial file is removed if the run fails before that.
+struct TableOut {
+    path: PathBuf,
+    partial: PathBuf,
+}
+
+impl TableOut {
+    /// Check `path` (an existing file is an error unless `force`; a directory always is) and
+    /// create the partial file beside it.
+    ///
+    /// # Errors
+    /// An error naming the path and the reason in words.
+    fn open(path: &Path, force: bool) -> anyhow::Result<Self> {
+        let shown = path.display();
+        if path.is_dir() {
+            return Err(anyhow!("--save-table {shown}: is a directory"));
+        }
+        if path.exists() && !force {
+            return Err(anyhow!(
+                "--save-table {shown}: the file exists; pass --force to replace it, or choose another path"
+            ));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("--save-table {shown}: not a file name"))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let partial = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        std::fs::File::create_new(&partial)
+            .map_err(|e| anyhow!("--save-table {shown}: cannot create a file in {}: {e}", dir.display()))?;
+        Ok(TableOut {
+            path: path.to_path_buf(),
+            partial,
+        })
+    }
+
+    /// Write `t` as a safetensors file with one tensor `table`, then move it to the path.
+    ///
+    /// # Errors
+    /// An error naming the file and the I/O error in words.
+    fn write(self, t: &EngramTable) -> anyhow::Result<()> {
+        let bytes = moehal_core::host::bytes(&t.buffer, "engram", "table")?;
+        let dtype = match t.format.storage_dtype() {
+            moehal_core::DType::F32 => safetensors::Dtype::F32,
+            moehal_core::DType::F16 => safetensors::Dtype::F16,
+            moehal_core::DType::BF16 => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::U8,
+        };
+        // safetensors' errors print as their Debug form (`IoError(Os { code: 28, .. })`): the I/O
+        // error is taken out and printed in words.
+        let words = |e: safetensors::SafeTensorError| match e {
+            safetensors::SafeTensorError::IoError(io) => io.to_string(),
+            other => format!("{other:?}"),
+        };
+        let view = safetensors::tensor::TensorView::new(dtype, vec![t.rows, t.width], bytes)
+            .map_err(|e| anyhow!("saving the table: {}", words(e)))?;
+        safetensors::tensor::serialize_to_file([("table", view)], &None, &self.partial).map_err(|e| {
+            anyhow!(
+                "--save-table {}: writing {}: {}",
+                self.path.display(),
+                self.partial.display(),
+                words(e)
+            )
+        })?;
+        std::fs::rename(&self.partial, &self.path).map_err(|e| {
+            anyhow!(
+                "--save-table {}: moving the written table from {}: {e}",
+                self.path.display(),
+                self.partial.display()
+            )
+        })
+    }
+}
+
+impl Drop for TableOut {
+    fn drop(&mut self) {
+        // Best effort, and a no-op after the rename: no partial file is left behind.
+        let _ = std::fs::remove_file(&self.partial);
+    }
 }
 
 pub(super) fn run(a: Args) -> CliResult {
     if a.batch_tokens == 0 {
-        return Err(CliError("--batch-tokens must be at least 1".into()));
+        return Err(anyhow!("--batch-tokens must be at least 1"));
     }
     if a.chunk_bytes < 4 {
-        return Err(CliError(
-            "--chunk-bytes must be at least 4 (the longest UTF-8 character)".into(),
+        return Err(anyhow!(
+            "--chunk-bytes must be at least 4 (the longest UTF-8 character)"
         ));
     }
     // Open the text (not read it) and the table first: a bad path or table fails before the
     // tokenizer loads.
     let (reader, total, source): (Box<dyn std::io::Read>, u64, String) = match &a.text {
         Some(p) => {
-            let f = std::fs::File::open(p).map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
-            let md = f
-                .metadata()
-                .map_err(|e| CliError(format!("reading {}: {e}", p.display())))?;
+            let f = std::fs::File::open(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
+            let md = f.metadata().map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
             if md.is_dir() {
-                return Err(CliError(format!("reading {}: is a directory", p.display())));
+                return Err(anyhow!("reading {}: is a directory", p.display()));
             }
             (Box::new(f), md.len(), p.display().to_string())
         }
@@ -130,9 +207,17 @@ pub(super) fn run(a: Args) -> CliResult {
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let be = backend.as_ref();
     let label = backend_label(be);
-    let table = load_table(&a)?;
+    let save = a
+        .save_table
+        .as_deref()
+        .map(|p| TableOut::open(p, a.force))
+        .transpose()?;
+    let table = load_table(&a, save)?;
     if table.rows == 0 {
-        return Err(format!("the table {} has no rows: nothing to gather from", table.source).into());
+        return Err(anyhow!(
+            "the table {} has no rows: nothing to gather from",
+            table.source
+        ));
     }
 
     let sp = spinner("loading cl100k_base and building the compression table");
@@ -226,7 +311,7 @@ pub(super) fn run(a: Args) -> CliResult {
     })?;
     pb.finish_and_clear();
     if rep.tokens == 0 {
-        return Err(CliError(format!("{source}: no tokens")));
+        return Err(anyhow!("{source}: no tokens"));
     }
     let c = layer.columns();
     outln!("text: {source}, {} bytes, {} tokens", rep.bytes, rep.tokens);

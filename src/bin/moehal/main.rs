@@ -1,8 +1,13 @@
-//! The `moehal` command line (one module per subcommand).
+//! The `moehal` command line (one module per subcommand); see `moehal --help`.
 //!
 //! `moehal devices | kernels | check | bench | moe | engram`; with no subcommand it runs the
 //! default of `moehal check`. Progress bars are drawn on stderr only when it is a terminal;
 //! results go to stdout.
+//!
+//! The binary lives apart from the library (issue 12 item 2): clap, indicatif and the table and
+//! JSON printing are its dependencies, built only with the `cli` feature, so engines and the C ABI
+//! link `moehal` without them. What a library user needs (pipelines, checkpoint loading, the
+//! registry) stays in the library.
 
 /// `println!` that ignores a closed stdout (`moehal ... | head` must not panic).
 macro_rules! outln {
@@ -32,11 +37,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use moehal_core::Backend;
+use moehal_core::{Backend, OpKind};
 
-use crate::Registry;
+use moehal::Registry;
 
 /// moehal: MoE / Engram kernels on every backend of this machine, checked against one reference.
 #[derive(Debug, Parser)]
@@ -51,7 +57,7 @@ enum Command {
     /// Every compiled-in backend: available or not (and why), device, memory, capability.
     Devices,
     /// The support matrix: op × variant × backend → kernel, or why not.
-    Kernels,
+    Kernels(kernels::Args),
     /// Check backends against the reference on the conformance cases.
     Check(check::Args),
     /// Time ops per backend, with the reference in the same run for ratios.
@@ -62,24 +68,16 @@ enum Command {
     Engram(engram::Args),
 }
 
-/// An error of a subcommand: printed as `error: ...`, exit status 1.
-#[derive(Debug)]
-pub struct CliError(pub String);
-
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(e: E) -> Self {
-        CliError(e.to_string())
-    }
-}
-
-type CliResult = Result<ExitCode, CliError>;
+/// The result of a subcommand: its exit status, or an error printed as `error: ...` (with its
+/// causes, `anyhow`'s `{:#}`), exit status 1.
+type CliResult = anyhow::Result<ExitCode>;
 
 /// Run the CLI on the process arguments and return the exit status.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // Environment variables first: a bad value is an error before any work, a doubtful one a
     // warning on stderr (the library itself does not print).
-    match crate::backends::check_env() {
+    match moehal::backends::check_env() {
         Ok(warnings) => {
             for w in warnings {
                 eprintln!("warning: {w}");
@@ -93,7 +91,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         None => check::run(check::Args::default()),
         Some(Command::Devices) => devices::run(),
-        Some(Command::Kernels) => kernels::run(),
+        Some(Command::Kernels(a)) => kernels::run(a),
         Some(Command::Check(a)) => check::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Moe(a)) => moe::run(a),
@@ -101,11 +99,54 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(CliError(msg)) => {
-            eprintln!("error: {msg}");
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap value parser of a count that must be at least 1 (`--tokens`). Issue 16 asked what `--tokens
+/// 0` means: nothing useful (a bench row of an empty op times the call overhead and reports 0 GB/s;
+/// a MoE layer of no tokens checks nothing), so it is a usage error naming the flag, before any work.
+pub(crate) fn count_at_least_1(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("{e} (expected a whole number, at least 1)"))?;
+    if n == 0 {
+        return Err("must be at least 1 (an empty run would measure and check nothing)".into());
+    }
+    Ok(n)
+}
+
+/// clap value parser of a time limit in seconds (`--ref-limit`): finite and 0 or more. `nan`,
+/// `inf` and negative numbers parse as `f64` but have no meaning as a limit (every comparison with
+/// NaN is false, so a NaN limit silently skipped the reference), so they are rejected, naming the flag.
+pub(crate) fn seconds_limit(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{e} (expected seconds, e.g. 10 or 0.5)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("must be a finite number of seconds, 0 or more (got {s})"));
+    }
+    Ok(v)
+}
+
+/// clap value parser of a time budget in seconds that must be positive and finite (`bench --budget`).
+pub(crate) fn seconds_budget(s: &str) -> Result<f64, String> {
+    let v = seconds_limit(s)?;
+    if v == 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(v)
+}
+
+/// clap value parser of `--op`: the possible values are the names of [`OpKind::ALL`], the one list
+/// of ops, so `--help` (which prints them) cannot drift from the ops the library has again (it
+/// once listed 8 of 10, without quantize_fp8 and quantize_int8).
+pub(crate) fn op_parser() -> impl clap::builder::TypedValueParser<Value = OpKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(OpKind::ALL.map(OpKind::name)).try_map(|s| s.parse::<OpKind>())
 }
 
 /// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
@@ -150,15 +191,15 @@ pub(crate) fn spinner(msg: impl Into<String>) -> ProgressBar {
 /// The backend a subcommand runs on: `name` if given (an error with the registry's reason when
 /// it is unknown or unavailable), else the first available non-reference backend, else the
 /// reference.
-pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> Result<Arc<dyn Backend>, CliError> {
+pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
     match name {
-        Some(n) => reg.open(n).map_err(CliError::from),
+        Some(n) => reg.open(n).map_err(anyhow::Error::from),
         None => reg
             .available()
             .find(|b| b.name() != "reference")
             .or_else(|| reg.available().find(|b| b.name() == "reference"))
             .cloned()
-            .ok_or_else(|| CliError("no backend available".into())),
+            .ok_or_else(|| anyhow!("no backend available")),
     }
 }
 
@@ -178,74 +219,56 @@ pub(crate) fn label_for(name: &str, device: &str) -> String {
     }
 }
 
-/// A plain text table with aligned columns.
+/// A plain text table with aligned columns, drawn by comfy-table: a header, a rule of dashes, no
+/// borders, two spaces between columns, no trailing spaces (so `grep` and `awk` read it).
 pub(crate) struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-    right: Vec<bool>,
+    inner: comfy_table::Table,
 }
 
 impl Table {
     /// A table with these column headers; columns whose header starts with `>` are right-aligned.
     pub(crate) fn new(headers: &[&str]) -> Self {
-        Table {
-            right: headers.iter().map(|h| h.starts_with('>')).collect(),
-            headers: headers.iter().map(|h| h.trim_start_matches('>').to_string()).collect(),
-            rows: Vec::new(),
+        use comfy_table::{CellAlignment, TableComponent};
+        let mut inner = comfy_table::Table::new();
+        inner
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_style(TableComponent::HeaderLines, '-')
+            .set_style(TableComponent::MiddleHeaderIntersections, ' ')
+            .set_style(TableComponent::VerticalLines, ' ')
+            .set_header(headers.iter().map(|h| h.trim_start_matches('>')).collect::<Vec<_>>());
+        let n = headers.len();
+        for (i, h) in headers.iter().enumerate() {
+            if let Some(c) = inner.column_mut(i) {
+                // One space of padding and the separator: two spaces between columns.
+                c.set_padding((0, u16::from(i + 1 < n)));
+                if h.starts_with('>') {
+                    c.set_cell_alignment(CellAlignment::Right);
+                }
+            }
         }
+        Table { inner }
     }
 
     /// Add a row (missing cells are empty).
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.inner.add_row(cells);
     }
 
-    /// Render with two spaces between columns.
+    /// Render, one line per row, each ending in a newline.
     pub(crate) fn render(&self) -> String {
-        let n = self.headers.len();
-        let width = |s: &str| s.chars().count();
-        let mut w: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate().take(n) {
-                w[i] = w[i].max(width(c));
-            }
-        }
         let mut out = String::new();
-        let line = |cells: &[String], out: &mut String| {
-            let mut s = String::new();
-            for (i, &wi) in w.iter().enumerate() {
-                let c = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = wi - width(c);
-                if i > 0 {
-                    s.push_str("  ");
-                }
-                if self.right[i] {
-                    s.push_str(&" ".repeat(pad));
-                    s.push_str(c);
-                } else {
-                    s.push_str(c);
-                    if i + 1 < n {
-                        s.push_str(&" ".repeat(pad));
-                    }
-                }
-            }
-            out.push_str(s.trim_end());
+        for line in self.inner.lines() {
+            out.push_str(line.trim_end());
             out.push('\n');
-        };
-        line(&self.headers, &mut out);
-        let rule: Vec<String> = w.iter().map(|&k| "-".repeat(k)).collect();
-        line(&rule, &mut out);
-        for r in &self.rows {
-            line(r, &mut out);
         }
         out
     }
 }
 
 /// Write `value` as pretty JSON to `path`.
-pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(), CliError> {
+pub(crate) fn write_json(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
     let s = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, s + "\n").map_err(|e| CliError(format!("writing {}: {e}", path.display())))
+    std::fs::write(path, s + "\n").map_err(|e| anyhow!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -267,8 +290,18 @@ mod tests {
         let s = t.render();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "a      b");
+        assert!(lines[1].chars().all(|c| c == '-' || c == ' '), "{}", lines[1]);
         assert_eq!(lines[2], "xyz    1");
         assert_eq!(lines[3], "q    123");
+        assert_eq!(lines.len(), 4);
+        // Short rows leave their last cells empty, with no trailing spaces.
+        let mut t = Table::new(&["a", "b", ">c"]);
+        t.row(vec!["long cell".into()]);
+        t.row(vec!["x".into(), "y".into(), "µs".into()]);
+        let s = t.render();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[2], "long cell");
+        assert_eq!(lines[3], "x          y  µs");
     }
 
     #[test]
@@ -278,5 +311,25 @@ mod tests {
         let c = Cli::try_parse_from(["moehal", "bench", "--tokens", "1", "16", "--op", "grouped_gemm"]).unwrap();
         assert!(matches!(c.command, Some(Command::Bench(_))));
         assert!(Cli::try_parse_from(["moehal", "moe", "--tokens", "4"]).is_err());
+    }
+
+    #[test]
+    fn counts_and_limits_are_checked_when_parsed() {
+        assert_eq!(count_at_least_1("3"), Ok(3));
+        assert!(count_at_least_1("0").unwrap_err().contains("at least 1"));
+        assert!(count_at_least_1("-2").is_err());
+        assert_eq!(seconds_limit("0"), Ok(0.0));
+        assert_eq!(seconds_limit("2.5"), Ok(2.5));
+        for bad in ["nan", "NaN", "inf", "-inf", "-0.1", "ten"] {
+            assert!(seconds_limit(bad).is_err(), "{bad}");
+        }
+        assert!(seconds_budget("0").is_err());
+        assert_eq!(seconds_budget("0.5"), Ok(0.5));
+        // --op takes every name of OpKind::ALL and nothing else.
+        for op in OpKind::ALL {
+            let c = Cli::try_parse_from(["moehal", "bench", "--op", op.name()]);
+            assert!(c.is_ok(), "{op}");
+        }
+        assert!(Cli::try_parse_from(["moehal", "bench", "--op", "matmul"]).is_err());
     }
 }

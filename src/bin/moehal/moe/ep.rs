@@ -10,21 +10,22 @@
 
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use moehal_core::Backend;
 use moehal_ep::{Comm, EpBytes, ExpertMap};
 
-use super::super::{choose_backend, CliError, CliResult, Table};
+use super::super::{choose_backend, CliResult, Table};
 use super::Args;
-use crate::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
-use crate::pipeline::moe::{expert_weight_bytes, fit_experts_for, forward, MoeInputs, MoeWeights};
-use crate::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
-use crate::Registry;
+use moehal::pipeline::ep::{forward_ep, gather_to_root, rank_tokens, token_slice};
+use moehal::pipeline::moe::{expert_weight_bytes, fit_experts_for, forward, MoeInputs, MoeWeights};
+use moehal::pipeline::{human_bytes, human_seconds, rel_error, tolerance};
+use moehal::Registry;
 
 /// Entry: pick the communicator and run this process's rank(s).
 pub(super) fn run(a: Args) -> CliResult {
     if let Some(n) = a.ep_threads {
         if n == 0 {
-            return Err(CliError("--ep-threads must be at least 1".into()));
+            return Err(anyhow!("--ep-threads must be at least 1"));
         }
         let comms = moehal_ep::LoopbackComm::group(n);
         let results: Vec<CliResult> = std::thread::scope(|s| {
@@ -36,10 +37,7 @@ pub(super) fn run(a: Args) -> CliResult {
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(CliError("a rank thread panicked".into())))
-                })
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a rank thread panicked"))))
                 .collect()
         });
         // Rank 0 decides; any rank's error is reported.
@@ -48,7 +46,7 @@ pub(super) fn run(a: Args) -> CliResult {
             match res {
                 Ok(c) if r == 0 => code = c,
                 Ok(_) => {}
-                Err(e) => return Err(CliError(format!("rank {r}: {}", e.0))),
+                Err(e) => return Err(e.context(format!("rank {r}"))),
             }
         }
         return Ok(code);
@@ -63,7 +61,7 @@ fn run_mpi(a: &Args) -> CliResult {
         Ok(c) => Ok(c),
         Err(e) => {
             // Peers may be waiting in a collective: end the whole job.
-            eprintln!("error: rank {}: {}", comm.rank(), e.0);
+            eprintln!("error: rank {}: {e:#}", comm.rank());
             comm.abort(1)
         }
     }
@@ -71,10 +69,9 @@ fn run_mpi(a: &Args) -> CliResult {
 
 #[cfg(not(feature = "mpi"))]
 fn run_mpi(_: &Args) -> CliResult {
-    Err(CliError(
+    Err(anyhow!(
         "--ep needs MPI, and this moehal was built without the `mpi` feature (cargo build --features mpi, \
          with libopenmpi-dev installed); --ep-threads R runs R ranks as threads instead"
-            .into(),
     ))
 }
 
@@ -147,17 +144,11 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     let (me, r_n) = (comm.rank(), comm.size());
     let root = me == 0;
     if !a.dtype.is_float() {
-        return Err(CliError(format!(
-            "--dtype {} is not a float type (f32, bf16, f16)",
-            a.dtype
-        )));
-    }
-    if a.tokens == 0 {
-        return Err(CliError("--tokens must be at least 1".into()));
+        return Err(anyhow!("--dtype {} is not a float type (f32, bf16, f16)", a.dtype));
     }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
-    let mut p = *crate::presets::preset(&a.preset).map_err(CliError)?;
+    let mut p = *moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
         p = p.scaled_widths(div);
@@ -170,10 +161,11 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
     notes.extend(fit_notes);
     let map = ExpertMap::contiguous(p.experts, r_n).map_err(|e| {
-        CliError(format!(
+        anyhow!(
             "{e}: {} routed experts do not split evenly over {r_n} ranks; choose a rank count that divides {}",
-            p.experts, p.experts
-        ))
+            p.experts,
+            p.experts
+        )
     })?;
     let t = a.tokens;
     let mut inputs = MoeInputs::generate(&p, t, a.dtype, a.seed)?;
@@ -191,7 +183,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
         }
         None => MoeWeights::upload_experts(&backends, &p, a.dtype, a.seed, &local, &|_| {})?,
     };
-    let w = weights.first().ok_or(CliError("no weights".into()))?;
+    let w = weights.first().ok_or_else(|| anyhow!("no weights"))?;
     // Warm-up (first-touch, thread pool), then the timed run.
     forward_ep(comm, backend.as_ref(), &p, a.dtype, &map, w, &mine)?;
     let got = forward_ep(comm, backend.as_ref(), &p, a.dtype, &map, w, &mine)?;
@@ -246,7 +238,7 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
         Some((routed, shared)) => MoeWeights::upload_quant(&backends, &p, routed, shared, a.seed, &|_| {})?,
         None => MoeWeights::upload(&backends, &p, a.dtype, a.seed, &|_| {})?,
     };
-    let fw = full.first().ok_or(CliError("no weights".into()))?;
+    let fw = full.first().ok_or_else(|| anyhow!("no weights"))?;
     let want = forward(backend.as_ref(), &p, a.dtype, fw, &inputs)?;
 
     let mut tab = Table::new(&["stage", ">rank 0", ">slowest rank", ">single process"]);
@@ -303,11 +295,11 @@ fn rank_main(comm: &dyn Comm, a: &Args) -> CliResult {
     }
 
     if ep_out.len() != want.out.len() {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "gathered {} output values, the layer has {}",
             ep_out.len(),
             want.out.len()
-        )));
+        ));
     }
     let differ = ep_out
         .iter()

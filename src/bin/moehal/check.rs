@@ -13,13 +13,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use moehal_core::Backend;
 
 use super::bench::JsonOut;
-use super::{progress, CliError, CliResult, Table};
-use crate::harness::{self, Verdict};
-use crate::pipeline::human_seconds;
-use crate::Registry;
+use super::{progress, CliResult, Table};
+use moehal::harness::{self, Verdict};
+use moehal::pipeline::human_seconds;
+use moehal::Registry;
 
 /// Options of `moehal check`.
 #[derive(Debug, Default, clap::Args)]
@@ -38,9 +39,8 @@ pub(crate) struct Args {
     /// in its result).
     #[arg(long)]
     seed: Option<u64>,
-    /// Only the cases of this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine,
-    /// engram_hash, gather_rows, engram_lookup).
-    #[arg(long)]
+    /// Only the cases of this op.
+    #[arg(long, value_parser = super::op_parser())]
     op: Option<moehal_core::OpKind>,
     /// Only the case of this name (exact), or, when no name is equal, the cases whose names
     /// contain it. A filtered case gets the same inputs as in the full run with the same --seed.
@@ -52,23 +52,56 @@ pub(crate) struct Args {
     dtype: Option<String>,
 }
 
+/// One object of `moehal check --json`: a result of [`harness::run_case`], with the op and the
+/// verdict by name. The field names are the file's format (scripts read them).
+#[derive(Debug, serde::Serialize)]
+struct JsonRow<'a> {
+    op: &'static str,
+    backend: &'a str,
+    case: &'a str,
+    dtype: &'a str,
+    metric: &'a str,
+    tolerance: &'a str,
+    verdict: &'static str,
+    seconds: f64,
+    seed: u64,
+    detail: &'a str,
+}
+
+impl<'a> JsonRow<'a> {
+    fn of(r: &'a harness::CaseResult) -> Self {
+        JsonRow {
+            op: r.op.name(),
+            backend: &r.backend,
+            case: &r.case,
+            dtype: &r.dtype,
+            metric: &r.metric,
+            tolerance: &r.tolerance,
+            verdict: r.verdict.label(),
+            seconds: r.seconds,
+            seed: r.seed,
+            detail: &r.detail,
+        }
+    }
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let all_cases = match &a.preset {
-        Some(p) => harness::preset_cases(crate::presets::preset(p).map_err(CliError)?),
+        Some(p) => harness::preset_cases(moehal::presets::preset(p).map_err(anyhow::Error::msg)?),
         None => harness::default_cases(),
     };
     let cases = harness::select(&all_cases, a.op, a.case.as_deref(), a.dtype.as_deref());
     if cases.is_empty() {
-        return Err(CliError(format!(
+        return Err(anyhow!(
             "no case matches{}{}{} (in {} cases of {})",
             a.op.map_or_else(String::new, |o| format!(" --op {o}")),
             a.case.as_deref().map_or_else(String::new, |c| format!(" --case {c}")),
             a.dtype.as_deref().map_or_else(String::new, |d| format!(" --dtype {d}")),
             all_cases.len(),
             a.preset.as_deref().map_or("the default set", |p| p)
-        )));
+        ));
     }
     let backends: Vec<Arc<dyn Backend>> = match &a.backend {
         Some(name) => vec![reg.open(name)?],
@@ -161,17 +194,8 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     outln!("{pass} passed, {fail} failed, {unsup} unsupported");
     if let Some(out) = json {
-        let rows: Vec<serde_json::Value> = results
-            .iter()
-            .map(|(_, r)| {
-                serde_json::json!({
-                    "op": r.op.name(), "backend": r.backend, "case": r.case, "dtype": r.dtype,
-                    "metric": r.metric, "tolerance": r.tolerance, "verdict": r.verdict.label(),
-                    "seconds": r.seconds, "seed": r.seed, "detail": r.detail,
-                })
-            })
-            .collect();
-        out.write(&serde_json::Value::Array(rows))?;
+        let rows: Vec<JsonRow<'_>> = results.iter().map(|(_, r)| JsonRow::of(r)).collect();
+        out.write(&serde_json::to_value(rows)?)?;
     }
     Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

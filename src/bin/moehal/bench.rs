@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use moehal_core::{Backend, OpKind};
 
-use super::{progress, write_json, CliError, CliResult, Table};
-use crate::bench::{default_shapes, preset_shapes, run_table};
-use crate::pipeline::{available_memory, human_bytes, human_seconds};
-use crate::Registry;
+use super::{progress, write_json, CliResult, Table};
+use moehal::bench::{default_shapes, preset_shapes, run_table, BenchShape};
+use moehal::pipeline::{available_memory, human_bytes, human_seconds};
+use moehal::Registry;
 
 /// Options of `moehal bench`.
 #[derive(Debug, clap::Args)]
@@ -20,9 +21,8 @@ pub(crate) struct Args {
     /// Bench only this backend (the reference still runs for the ratios).
     #[arg(long)]
     backend: Option<String>,
-    /// Only this op (grouped_gemm, router_topk, moe_permute, swiglu, moe_combine, engram_hash,
-    /// gather_rows, engram_lookup).
-    #[arg(long)]
+    /// Only this op.
+    #[arg(long, value_parser = super::op_parser())]
     op: Option<OpKind>,
     /// Shapes of this preset instead of the defaults (peers.py shapes).
     #[arg(long)]
@@ -31,14 +31,15 @@ pub(crate) struct Args {
     /// run).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Token counts replacing the defaults of every op.
-    #[arg(long, num_args = 1..)]
+    /// Token counts replacing the defaults of every op (each at least 1).
+    #[arg(long, num_args = 1.., value_parser = super::count_at_least_1)]
     tokens: Option<Vec<usize>>,
-    /// Skip the reference on shapes estimated to take longer than this (seconds per run).
-    #[arg(long, default_value_t = 5.0)]
+    /// Skip the reference on shapes estimated to take longer than this (seconds per run; finite,
+    /// 0 or more).
+    #[arg(long, default_value_t = 5.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
     ref_limit: f64,
     /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::seconds_budget, allow_negative_numbers = true)]
     budget: f64,
     /// Seed of the inputs.
     #[arg(long, default_value_t = 0x5eed)]
@@ -59,16 +60,16 @@ impl JsonOut {
     /// Open (creating if absent, not truncating yet) `path` for writing.
     ///
     /// # Errors
-    /// A [`CliError`] naming the path and the reason (missing directory, permissions, a
+    /// An error naming the path and the reason (missing directory, permissions, a
     /// directory, ...).
-    pub(super) fn open(path: &Path) -> Result<Self, CliError> {
+    pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
         let created = !path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| CliError(format!("cannot write the --json output {}: {e}", path.display())))?;
+            .map_err(|e| anyhow!("cannot write the --json output {}: {e}", path.display()))?;
         Ok(JsonOut {
             path: path.to_path_buf(),
             file: Some(file),
@@ -79,8 +80,8 @@ impl JsonOut {
     /// Replace the file's contents with `value`, pretty-printed, and a newline.
     ///
     /// # Errors
-    /// A [`CliError`] naming the path on a serialization or I/O error.
-    pub(super) fn write(mut self, value: &serde_json::Value) -> Result<(), CliError> {
+    /// An error naming the path on a serialization or I/O error.
+    pub(super) fn write(mut self, value: &serde_json::Value) -> anyhow::Result<()> {
         drop(self.file.take());
         write_json(&self.path, value)
     }
@@ -93,6 +94,24 @@ impl Drop for JsonOut {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// The largest token count `t <= most` whose shapes (`shapes_for(t)`) all have inputs within
+/// `budget` bytes, or 0 when not even one token fits. Input bytes grow with the token count, so
+/// this is a bisection over `1..=most`.
+fn largest_fitting_tokens(most: usize, budget: f64, shapes_for: impl Fn(usize) -> Vec<BenchShape>) -> usize {
+    let fits = |t: usize| shapes_for(t).iter().all(|s| s.input_bytes() <= budget);
+    // Invariant: `lo` fits (0 vacuously), `hi + 1` does not (or is past `most`).
+    let (mut lo, mut hi) = (0usize, most);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
 }
 
 pub(super) fn run(a: Args) -> CliResult {
@@ -113,28 +132,64 @@ pub(super) fn run(a: Args) -> CliResult {
     // One shape's inputs live once in host memory (plus one copy per device backend).
     let avail = available_memory().unwrap_or(8 << 30) as f64;
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
-    let tokens = a.tokens.as_deref();
-    let mut shapes = match &a.preset {
-        Some(p) => preset_shapes(crate::presets::preset(p).map_err(CliError)?, tokens, budget),
-        None => default_shapes(tokens, budget),
-    };
-    if let Some(op) = a.op {
-        shapes.retain(|s| s.op == op);
-        if shapes.is_empty() {
-            return Err(CliError(format!("no bench shapes for op {op}")));
+    let preset = a
+        .preset
+        .as_deref()
+        .map(moehal::presets::preset)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    // The shapes of the run for these token counts (`None`: the defaults), of `--op` only.
+    let shapes_for = |tokens: Option<&[usize]>| {
+        let mut v = match preset {
+            Some(p) => preset_shapes(p, tokens, budget),
+            None => default_shapes(tokens, budget),
+        };
+        if let Some(op) = a.op {
+            v.retain(|s| s.op == op);
         }
+        v
+    };
+    let shapes = shapes_for(a.tokens.as_deref());
+    if shapes.is_empty() {
+        return Err(anyhow!(
+            "no bench shapes for op {}{}",
+            a.op.map_or_else(String::new, |o| o.to_string()),
+            a.preset
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" in preset {p}"))
+        ));
     }
     let too_big: Vec<String> = shapes
         .iter()
         .filter(|s| s.input_bytes() > budget)
-        .map(|s| format!("{} {} {} ({})", s.op, s.shape(), s.dtype, human_bytes(s.input_bytes())))
+        .map(|s| {
+            format!(
+                "{} {} {} ({})",
+                s.op,
+                s.shape(),
+                s.dtype_label(),
+                human_bytes(s.input_bytes())
+            )
+        })
         .collect();
     if !too_big.is_empty() {
-        return Err(CliError(format!(
-            "inputs exceed the memory budget of {} (30% of available): {}",
+        // Issue 16: an impossible size is an error that names the largest one that is possible.
+        let fit = match a.tokens.as_deref().and_then(|t| t.iter().max()) {
+            Some(&most) => match largest_fitting_tokens(most, budget, |t| shapes_for(Some(&[t]))) {
+                0 => "; not even 1 token fits".to_string(),
+                n => format!("; the largest token count that fits is {n} (--tokens {n})"),
+            },
+            None => String::new(),
+        };
+        return Err(anyhow!(
+            "{}inputs exceed the memory budget of {} (30% of the memory available, capped at 4.5 GiB): {}{fit}",
+            a.tokens.as_deref().map_or_else(String::new, |t| format!(
+                "--tokens {}: ",
+                t.iter().map(usize::to_string).collect::<Vec<_>>().join(" ")
+            )),
             human_bytes(budget),
             too_big.join(", ")
-        )));
+        ));
     }
     let refs: Vec<&dyn Backend> = backends.iter().map(|b| b.as_ref()).collect();
     let names: Vec<&str> = refs.iter().map(|b| b.name()).collect();
@@ -190,4 +245,42 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bisection's answer is the boundary: it fits, one more token does not.
+    #[test]
+    fn the_largest_fitting_token_count_is_the_boundary() {
+        for (op, budget) in [
+            (OpKind::RouterTopk, 1e6),
+            (OpKind::GroupedGemm, 4.5 * (1u64 << 30) as f64),
+            (OpKind::MoePermute, 3e7),
+        ] {
+            let shapes_for = |t: usize| {
+                let mut v = default_shapes(Some(&[t]), budget);
+                v.retain(|s| s.op == op);
+                v
+            };
+            let fits = |t: usize| shapes_for(t).iter().all(|s| s.input_bytes() <= budget);
+            let n = largest_fitting_tokens(1 << 40, budget, shapes_for);
+            assert!(n > 0 && fits(n) && !fits(n + 1), "{op}: {n}");
+            // A bound below the boundary is the answer itself.
+            assert_eq!(largest_fitting_tokens(n / 2, budget, shapes_for), n / 2);
+        }
+        // Not even one token: 0.
+        let none = largest_fitting_tokens(1000, 1.0, |t| default_shapes(Some(&[t]), 1.0));
+        assert_eq!(none, 0);
+    }
+
+    /// Every op that `--op` offers (OpKind::ALL) has bench shapes.
+    #[test]
+    fn every_op_in_the_help_has_bench_shapes() {
+        let shapes = default_shapes(None, 4.5 * (1u64 << 30) as f64);
+        for op in OpKind::ALL {
+            assert!(shapes.iter().any(|s| s.op == op), "no bench shape for {op}");
+        }
+    }
 }
