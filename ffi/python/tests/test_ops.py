@@ -715,6 +715,12 @@ def test_capability_is_not_implemented_contract_rule_is_value_error(be):
         be.quantize_int8(x)
     with pytest.raises(ValueError, match=r"quantize_int8: invalid argument `x`.*dtype"):
         be.quantize_int8(np.ones((2, 4), dtype=np.float64))
-    # The same data in native byte order runs.
-    q, s = be.quantize_int8(x.astype("=f4"))
+    # The same data in native byte order runs, on every backend with quantize_int8 (Ascend and CUDA
+    # report the quantized formats unsupported until their kernels land: then the reason is that,
+    # never the byte order).
+    try:
+        q, s = be.quantize_int8(x.astype("=f4"))
+    except NotImplementedError as e:
+        assert "big-endian" not in str(e) and "no kernels on this backend" in str(e), str(e)
+        return
     np.testing.assert_array_equal(q, np.full((2, 4), 127, np.int8))
