@@ -336,12 +336,76 @@ pub enum Spec {
     Quant(quant::QuantSpec),
 }
 
+/// A value error planted in a case's inputs after they are drawn: one element set to a value the
+/// op's contract (OPS.md) rejects. The backend must return `InvalidArgument` naming the field and
+/// write nothing (every output keeps its poison). Each kind is a boundary a range check can get
+/// wrong with a signed/unsigned mix-up, which the `bad_*` flags of [`Spec`] (values just past the
+/// top of the range) do not reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corrupt {
+    /// `grouped_gemm`: `group_end[G-1] = M + 1`, past the rows of `x` (OPS.md §1: `group_end[G-1] <= M`).
+    GroupEndPastRows,
+    /// `grouped_gemm`: `group_end[0] = -1` (OPS.md §1: non-decreasing from `group_end[-1] = 0`).
+    GroupEndNegative,
+    /// `moe_permute`: one id `= -2` (OPS.md §3: only `-1` marks a dropped slot).
+    PermuteIdBelowDropped,
+    /// `router_topk` hash routing: one token id `= -1` (OPS.md §2 "Hash routing": ids in `[0, V)`).
+    RouterTokenNegative,
+    /// `engram_hash`: one token id `= -1` (OPS.md §4: ids in `[0, V')`).
+    HashTokenNegative,
+}
+
+impl Corrupt {
+    /// The input field the backend must name in its `InvalidArgument`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Corrupt::GroupEndPastRows | Corrupt::GroupEndNegative => "group_end",
+            Corrupt::PermuteIdBelowDropped | Corrupt::HashTokenNegative => "ids",
+            Corrupt::RouterTokenNegative => "token_ids",
+        }
+    }
+
+    /// Plant the value in `inputs` (drawn for `spec`); `Err` if the kind does not fit the op.
+    fn apply(self, spec: &Spec, inputs: &mut Inputs) -> Result<(), String> {
+        fn set<T: moehal_core::Element>(t: &mut HostTensor, i: usize, v: T) -> Result<(), String> {
+            let n = t.numel();
+            if t.dtype != T::DTYPE || i >= n {
+                return Err(format!("cannot set element {i} of a {} tensor of {n}", t.dtype));
+            }
+            let es = std::mem::size_of::<T>();
+            t.bytes[i * es..(i + 1) * es].copy_from_slice(bytemuck::bytes_of(&v));
+            Ok(())
+        }
+        let ts = &mut inputs.tensors;
+        match (self, spec) {
+            (Corrupt::GroupEndPastRows, Spec::GroupedGemm { groups, tail, .. }) if !groups.is_empty() => {
+                let m: usize = groups.iter().sum::<usize>() + tail;
+                set(&mut ts[2], groups.len() - 1, m as i64 + 1)
+            }
+            (Corrupt::GroupEndNegative, Spec::GroupedGemm { groups, .. }) if !groups.is_empty() => {
+                set(&mut ts[2], 0, -1i64)
+            }
+            (Corrupt::PermuteIdBelowDropped, Spec::MoePermute { t, k, .. }) if t * k > 0 => {
+                set(&mut ts[0], t * k / 2, -2i32)
+            }
+            (Corrupt::RouterTokenNegative, Spec::RouterHash { t, .. }) if *t > 0 => set(&mut ts[2], t / 2, -1i64),
+            (Corrupt::HashTokenNegative, Spec::EngramHash { .. }) if ts[0].numel() > 0 => {
+                let last = ts[0].numel() - 1;
+                set(&mut ts[0], last, -1i64)
+            }
+            (c, _) => Err(format!("{c:?} does not apply to this case")),
+        }
+    }
+}
+
 /// A named case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     name: String,
     /// What to run.
     pub spec: Spec,
+    /// A value error planted in the drawn inputs (see [`Corrupt`]).
+    corrupt: Option<Corrupt>,
 }
 
 impl Case {
@@ -350,7 +414,21 @@ impl Case {
         Case {
             name: name.into(),
             spec,
+            corrupt: None,
         }
+    }
+    /// The same case with a value error planted in its inputs: the backend must reject it.
+    pub fn corrupted(mut self, c: Corrupt) -> Self {
+        self.corrupt = Some(c);
+        self
+    }
+    /// The inputs of one run: drawn from the spec with `seed`, then corrupted if asked.
+    fn inputs(&self, seed: u64) -> Result<Inputs, String> {
+        let mut inputs = make_inputs(&self.spec, seed);
+        if let Some(c) = self.corrupt {
+            c.apply(&self.spec, &mut inputs)?;
+        }
+        Ok(inputs)
     }
     /// The op.
     pub fn op(&self) -> OpKind {
@@ -428,6 +506,9 @@ impl Case {
         }
     }
     fn expect(&self) -> Expect {
+        if let Some(c) = self.corrupt {
+            return Expect::Invalid(c.field());
+        }
         match &self.spec {
             Spec::GroupedGemm {
                 bad_group_end: true, ..
@@ -1517,7 +1598,14 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
         res.detail = reason;
         return res;
     }
-    let inputs = make_inputs(&case.spec, seed);
+    let inputs = match case.inputs(seed) {
+        Ok(i) => i,
+        Err(e) => {
+            res.metric = "setup".into();
+            res.detail = format!("case setup failed: {e} (case seed {seed})");
+            return res;
+        }
+    };
     let fail = |mut r: CaseResult, metric: &str, msg: String| {
         r.metric = metric.into();
         // The rerun command needs the base seed and the case's place in its list, which the
@@ -1586,7 +1674,7 @@ pub fn run_case(backend: &dyn Backend, case: &Case, seed: u64) -> CaseResult {
 /// both fail (a rejected case) have nothing to compare and pass; one failing and one not is an
 /// error.
 pub fn check_deterministic(backend: &dyn Backend, case: &Case, seed: u64) -> Result<(), String> {
-    let inputs = make_inputs(&case.spec, seed);
+    let inputs = case.inputs(seed)?;
     let run = || execute(backend, &case.spec, &inputs).map_err(|e| format!("setup failed: {e}"));
     let (a, b) = (run()?, run()?);
     match (&a.result, &b.result) {
@@ -1784,6 +1872,8 @@ pub fn edge_cases() -> Vec<Case> {
         gemm("gemm bad group_end", F32, NK, &[4, 4], 0, 8, 8),
         |_, _, bad| *bad = true,
     ));
+    v.push(gemm("gemm group_end past M", BF16, KN, &[3, 2], 1, 8, 8).corrupted(Corrupt::GroupEndPastRows));
+    v.push(gemm("gemm group_end negative", F32, NK, &[3, 2], 0, 8, 8).corrupted(Corrupt::GroupEndNegative));
 
     let ds = Some(GroupLimit {
         n_group: 4,
@@ -1949,6 +2039,10 @@ pub fn edge_cases() -> Vec<Case> {
     }
     v.push(perm("permute all dropped", 6, 2, 4, None, 1.0, false, false));
     v.push(perm("permute bad id", 6, 2, 4, None, 0.0, false, true));
+    v.push(
+        perm("permute id -2", 6, 2, 4, Some((DType::F32, 8)), 0.0, false, false)
+            .corrupted(Corrupt::PermuteIdBelowDropped),
+    );
 
     for dt in [F32, BF16, F16] {
         v.push(Case::new(
@@ -2057,6 +2151,7 @@ pub fn edge_cases() -> Vec<Case> {
         false,
     ));
     v.push(hash("hash id >= V'", LayerChoice::Toy, 8, false, false, 0, None, true));
+    v.push(hash("hash id -1", LayerChoice::Toy, 8, true, false, 0, None, false).corrupted(Corrupt::HashTokenNegative));
 
     let g = |name: &str, format, out, r, d, t, c, bad_row| {
         Case::new(
@@ -2715,6 +2810,8 @@ fn router_hash_cases() -> Vec<Case> {
             Logits::Random,
             Some(HashBad::Entry),
         ),
+        hash("router hash token id -1", F32, 8, 16, 10, v4, Logits::Random, None)
+            .corrupted(Corrupt::RouterTokenNegative),
     ]
 }
 
