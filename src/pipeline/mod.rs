@@ -218,12 +218,12 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
 /// one table: f32 1e-5, f16 2e-3, bf16 1e-2, integer dtypes exact).
 pub use moehal_testkit::tolerance;
 
-/// Bytes of memory the OS reports available (`MemAvailable` of `/proc/meminfo`), if known.
+/// Bytes of memory the OS reports available (on Linux `MemAvailable` of `/proc/meminfo`, read by
+/// `sysinfo`), if known.
 pub fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    Some(sys.available_memory()).filter(|&b| b > 0)
 }
 
 /// Whether the backend's buffers are host memory (reference, CPU) rather than device memory.
@@ -231,20 +231,11 @@ pub fn is_host_backend(backend: &dyn Backend) -> bool {
     backend.device_info().host_memory
 }
 
-/// Format a byte count with a binary unit (`"1.2 GiB"`).
+/// Format a byte count with a binary unit (`"1.2 GiB"`, `"512 B"`; `bytesize`'s IEC form). Negative
+/// and NaN counts print as 0 B; counts past `u64::MAX` saturate.
 pub fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    // `as` saturates (NaN to 0).
+    bytesize::ByteSize::b(b.max(0.0) as u64).to_string()
 }
 
 /// Format seconds with a fitting unit (`"12.3 ms"`).
@@ -261,6 +252,16 @@ pub fn human_seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(1536.0), "1.5 KiB");
+        assert_eq!(human_bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
+        assert_eq!(human_bytes(-5.0), "0 B");
+        assert_eq!(human_bytes(f64::NAN), "0 B");
+        assert!(available_memory().is_some_and(|b| b > 1 << 20), "the OS reports available memory");
+    }
 
     #[test]
     fn random_is_chunking_independent() {
