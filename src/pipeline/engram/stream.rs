@@ -270,23 +270,19 @@ pub fn run_text(
     let c = layer.columns();
     let od = table.out_dtype();
     let row_bytes = c * table.dim * od.size();
-    let out_bytes = batch.checked_mul(row_bytes).ok_or_else(|| {
+    batch.checked_mul(row_bytes).ok_or_else(|| {
         Error::invalid(
             OP,
             "batch_tokens",
             format!("{batch} tokens of {row_bytes} output bytes each overflow the address space"),
         )
     })?;
-    let mut out = backend.alloc(out_bytes)?;
-    let mut got = Vec::new();
-    got.try_reserve_exact(out_bytes).map_err(|_| Error::OutOfMemory {
-        backend: "host".into(),
-        bytes: out_bytes as u64,
-    })?;
-    got.resize(out_bytes, 0);
+    // The gather output and its host copy are sized by the largest batch actually seen, not by
+    // the limit: a short text with a huge --batch-tokens holds only its own tokens' rows.
+    let mut out: Option<Buffer> = None;
+    let mut got: Vec<u8> = Vec::new();
     let mut rep = StreamReport {
         hash_exact: true,
-        max_out_bytes: out_bytes,
         ..StreamReport::default()
     };
     let mut distinct = Distinct::new(layer)?;
@@ -318,6 +314,21 @@ pub fn run_text(
 
             let mapped = fold_rows(&rows, table.rows);
             let rbuf = backend.upload_slice(&mapped)?;
+            let need = t * row_bytes;
+            if need > rep.max_out_bytes {
+                drop(out.take()); // free the smaller buffer first
+                out = Some(backend.alloc(need)?);
+                got.try_reserve_exact(need - got.len())
+                    .map_err(|_| Error::OutOfMemory {
+                        backend: "host".into(),
+                        bytes: need as u64,
+                    })?;
+                got.resize(need, 0);
+                rep.max_out_bytes = need;
+            }
+            let out = out
+                .as_mut()
+                .ok_or_else(|| Error::invalid(OP, "batch_tokens", "no output buffer"))?;
             let args = GatherRows {
                 table: table_buf.view(table.format.storage_dtype(), &[table.rows, table.width]),
                 format: table.format,
@@ -333,7 +344,7 @@ pub fn run_text(
             let step = t.div_ceil(opts.sample_per_batch.max(1)).max(1);
             let sample: Vec<usize> = (0..t).step_by(step).collect();
             let expect = reference_gather(table, &mapped, c, &sample)?;
-            backend.download(&out, 0, &mut got[..t * row_bytes])?;
+            backend.download(out, 0, &mut got[..t * row_bytes])?;
             rep.sample_bad += sample
                 .iter()
                 .enumerate()
