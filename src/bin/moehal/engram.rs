@@ -430,7 +430,10 @@ mod tests {
         assert_eq!(chunk_for(usize::MAX, 1000), 1000);
         assert_eq!(chunk_for(usize::MAX, 0), 4);
         assert_eq!(chunk_for(256, 1 << 40), 256);
-        assert_eq!(chunk_for(usize::MAX, u64::MAX), usize::MAX.min(u64::MAX as usize));
+        assert_eq!(
+            chunk_for(usize::MAX, u64::MAX),
+            usize::try_from(u64::MAX).unwrap_or(usize::MAX)
+        );
         let per = 12_288u128;
         let avail = 10u64 << 30;
         let max = (avail as f64 * BATCH_MEMORY_SHARE) as u128 / per;
