@@ -339,8 +339,8 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 #[test]
 fn invalid_environment_values_are_errors_naming_the_variable_and_accepted_values() {
     for (var, value, accepted) in [
-        ("MOEHAL_CPU_THREADS", "abc", "an integer from 1 to"),
-        ("MOEHAL_CPU_THREADS", "-3", "an integer from 1 to"),
+        ("MOEHAL_CPU_THREADS", "abc", "an integer from 0 to"),
+        ("MOEHAL_CPU_THREADS", "-3", "an integer from 0 to"),
         ("MOEHAL_CPU_ISA", "bogus", "amx, avx512, avx2, neon, scalar"),
         ("MOEHAL_CPU_BF16", "fast", "dot, fma"),
         ("MOEHAL_ACL_EMU_MEM_CAP", "lots", "a byte count"),
@@ -758,4 +758,195 @@ fn moe_runs_a_checkpoint_layer() {
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(err.contains("layers.9.ffn.experts.0.w1.weight"), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Issue 16, second pass: sizes, dtypes, messages and stdout errors
+// ------------------------------------------------------------------------------------------------
+
+/// `--chunk-bytes` larger than the text reads the whole text at once (never allocates the value
+/// asked for); a `--batch-tokens` that cannot fit memory is an error naming the maximum.
+#[test]
+fn engram_huge_chunk_reads_the_text_and_an_impossible_batch_names_the_maximum() {
+    let dir = temp_dir("engram-sizes");
+    let path = dir.join("t.txt");
+    let body = "alpha beta gamma delta\n".repeat(20);
+    std::fs::write(&path, &body).unwrap();
+    let p = path.to_str().unwrap();
+    let o = moehal(&[
+        "engram",
+        "--text",
+        p,
+        "--rows",
+        "256",
+        "--chunk-bytes",
+        "18446744073709551615",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains(&format!("1 chunk(s) of at most {} B of text", body.len())),
+        "the chunk is the text, not 2^64 bytes: {out}"
+    );
+    assert!(out.contains("bitwise equal"), "{out}");
+    let o = moehal(&[
+        "engram",
+        "--text",
+        p,
+        "--rows",
+        "256",
+        "--batch-tokens",
+        "1000000000000",
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "accepted: {out}");
+    assert!(
+        err.contains("--batch-tokens 1000000000000") && err.contains("the maximum allowed here is "),
+        "{err}"
+    );
+    let max: u64 = err
+        .rsplit("the maximum allowed here is ")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("a number");
+    assert!(max >= 2048, "the default batch must fit: {err}");
+    assert!(!out.contains("cl100k"), "failed after loading the tokenizer: {out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A table file may hold tensors of any safetensors dtype (an F8_E8M0 scale tensor, as DeepSeek
+/// checkpoints have); only the table's own dtype must be one the gather reads.
+#[test]
+fn a_table_file_with_an_f8_e8m0_tensor_opens_and_an_unsupported_table_dtype_is_named() {
+    let dir = temp_dir("e8m0");
+    let text_path = dir.join("t.txt");
+    std::fs::write(&text_path, "one two three four\n").unwrap();
+    let table_bytes = 64 * 32 * 2;
+    let header = format!(
+        r#"{{"__metadata__":{{"format":"pt"}},"scale":{{"dtype":"F8_E8M0","shape":[64],"data_offsets":[{table_bytes},{}]}},"table":{{"dtype":"BF16","shape":[64,32],"data_offsets":[0,{table_bytes}]}}}}"#,
+        table_bytes + 64
+    );
+    // bf16 0x3f80 = 1.0 everywhere, scales 127 (2^0).
+    let mut data: Vec<u8> = [0x80u8, 0x3f].repeat(64 * 32);
+    data.extend(std::iter::repeat_n(127u8, 64));
+    let path = dir.join("with-e8m0.safetensors");
+    std::fs::write(&path, safetensors_bytes(&header, &data)).unwrap();
+    let o = moehal(&[
+        "engram",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--table",
+        path.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("tensor `table` bf16 [64, 32]") && out.contains("bitwise equal"),
+        "{out}"
+    );
+
+    let header = r#"{"table":{"dtype":"F8_E8M0","shape":[4,33],"data_offsets":[0,132]}}"#;
+    let path = dir.join("e8m0-table.safetensors");
+    std::fs::write(&path, safetensors_bytes(header, &[127u8; 132])).unwrap();
+    let o = moehal(&["engram", "--table", path.to_str().unwrap()]);
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        err.contains("tensor `table` has dtype F8_E8M0") && !err.contains("not a safetensors header"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The README's list of ops names only ops of the library (it once named a `router_hash` op; hash
+/// routing is a kind of `router_topk`), and every op.
+#[test]
+fn the_readme_names_the_ops_the_library_has() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("(ops: ").expect("the README lists the ops");
+    let list = &readme[start..start + readme[start..].find("). ").expect("end of the list")];
+    let names: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+    // Weight formats and DeepSeek's table name are quoted in the list too; nothing else.
+    let not_ops = ["fp8_block", "mxfp4", "int8", "tid2eid"];
+    for n in &names {
+        assert!(
+            moehal::OpKind::ALL.iter().any(|o| o.name() == *n) || not_ops.contains(n),
+            "README names `{n}`, which is not an op: {list}"
+        );
+    }
+    for o in moehal::OpKind::ALL {
+        assert!(names.contains(&o.name()), "README's list lacks {o}: {list}");
+    }
+}
+
+/// `--budget`: one rule and one message for every value outside it; seeds outside 0..2^64-1 and
+/// empty filters are usage errors in words.
+#[test]
+fn budget_seed_and_filter_values_get_one_message_each() {
+    let budget = |v: &str| {
+        let o = moehal(&["bench", "--budget", v]);
+        assert!(!o.status.success(), "--budget {v} accepted");
+        text(&o).1
+    };
+    let zero = budget("0");
+    let neg = budget("-1");
+    assert!(
+        zero.contains("must be a finite number of seconds, more than 0"),
+        "{zero}"
+    );
+    // The same sentence after clap's "invalid value 'V' for '--budget <BUDGET>': ".
+    let rule = |e: &str| {
+        e.split("': ")
+            .nth(1)
+            .map(|r| r.replace("got 0", "got X").replace("got -1", "got X"))
+    };
+    assert_eq!(rule(&zero), rule(&neg), "{zero}\n{neg}");
+    assert!(rule(&zero).is_some(), "{zero}");
+    for args in [
+        &["check", "--seed", "-1"][..],
+        &["engram", "--seed", "-1"][..],
+        &["check", "--seed", "18446744073709551616"][..],
+    ] {
+        let o = moehal(args);
+        let err = text(&o).1;
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(
+            err.contains("seeds are whole numbers from 0 to 2^64-1"),
+            "{args:?}: {err}"
+        );
+    }
+    for args in [&["check", "--case", ""][..], &["check", "--dtype", " "][..]] {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{args:?} ran: {out}");
+        assert!(err.contains("must not be empty"), "{args:?}: {err}");
+    }
+}
+
+/// Results that cannot be written to stdout are a failure with a message, not a silent success.
+#[test]
+fn a_full_stdout_is_an_error() {
+    let full = std::path::Path::new("/dev/full");
+    if !full.exists() {
+        println!("skipped: no /dev/full on this system");
+        return;
+    }
+    for args in [
+        &["devices"][..],
+        &["kernels", "--backend", "reference"][..],
+        &["check", "--backend", "reference", "--op", "swiglu", "--seed", "1"][..],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_moehal"))
+            .args(args)
+            .stdout(std::fs::OpenOptions::new().write(true).open(full).unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} exited 0 with its output lost");
+        assert!(
+            err.contains("error: writing the results to stdout") && err.contains("No space left on device"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Hardware probe of the ACL emulator's rules (backends/ascend-emu/RULES.md; the audit's §4 list,
-# shared/reference/ascend_audit.md). Run it once on a real Atlas 800 A2 / 910B with CANN installed
+# Hardware probe of the ACL emulator's rules (backends/ascend-emu/RULES.md, each with its public
+# source: the CANN API reference and the CANN operator sources it cites). Run it once on a real Atlas 800 A2 / 910B with CANN installed
 # (about two minutes: phase-one calls and tiny launches). It prints one line per probe: the rule id
 # from RULES.md, what the emulator models, and what this install did. Where they differ, correct the
 # emulator rule (and its comment) and tell the backend.

@@ -26,6 +26,7 @@ use super::{fill_random, stream_seed};
 
 const OP: &str = "engram";
 
+pub mod header;
 #[cfg(feature = "cli")]
 mod tokenizer;
 #[cfg(feature = "cli")]
@@ -35,9 +36,7 @@ mod stream;
 #[cfg(feature = "cli")]
 pub use stream::{hash_with_history, run_text, StreamOptions, StreamReport, TextChunks};
 
-/// The default text, embedded so it works from any directory: meant to be this repository's
-/// README.md; the root Cargo.toml stands in until README.md exists (then point both constants at
-/// `../../README.md`).
+/// The default text, embedded so it works from any directory: this repository's README.md.
 pub const DEFAULT_TEXT: &str = include_str!("../../README.md");
 
 /// The name of [`DEFAULT_TEXT`] as printed.
@@ -151,33 +150,51 @@ pub fn open_table(path: &Path) -> Result<EngramTable> {
     // SAFETY-free: memmap2's map is unsafe only if the file is changed while mapped; we map
     // read-only through the safe wrapper below.
     let map = map_readonly(&file).map_err(|e| bad(format!("cannot memory-map the file: {e}")))?;
-    let (header, meta) =
-        safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(describe_safetensors_error(&e, &map)))?;
-    let info = meta
-        .info("table")
-        .ok_or_else(|| bad("no tensor named `table`".into()))?;
+    // Our own header parser: it knows every dtype of the format, so another tensor's dtype
+    // (an F8_E8M0 scale tensor) never makes the table unreadable.
+    let head = header::parse(&map).map_err(bad)?;
+    let info = head.get("table").ok_or_else(|| {
+        let names: Vec<&str> = head.tensors.iter().take(8).map(|t| t.name.as_str()).collect();
+        bad(format!(
+            "no tensor named `table` (the file has {} tensor(s){}{})",
+            head.tensors.len(),
+            if names.is_empty() { "" } else { ": " },
+            names.join(", ")
+        ))
+    })?;
     if info.shape.len() != 2 {
         return Err(bad(format!(
             "tensor `table` has shape {:?}, expected [R, W]",
             info.shape
         )));
     }
-    use safetensors::Dtype as S;
-    let format = match info.dtype {
-        S::F32 => TableFormat::F32,
-        S::BF16 => TableFormat::BF16,
-        S::F16 => TableFormat::F16,
-        S::U8 | S::F8_E4M3 => TableFormat::Fp8E4m3Ue8m0,
-        other => return Err(bad(format!("dtype {other:?} (expected F32, BF16, F16, U8 or F8_E4M3)"))),
+    let format = match info.dtype.as_str() {
+        "F32" => TableFormat::F32,
+        "BF16" => TableFormat::BF16,
+        "F16" => TableFormat::F16,
+        "U8" | "F8_E4M3" => TableFormat::Fp8E4m3Ue8m0,
+        other => {
+            return Err(bad(format!(
+                "tensor `table` has dtype {other}, which the Engram gather does not read (supported: F32, BF16, F16, or U8 / F8_E4M3 rows of D + D/32 bytes)"
+            )))
+        }
     };
-    let (rows, width) = (info.shape[0], info.shape[1]);
+    let too_big = |what: &str| {
+        bad(format!(
+            "tensor `table` {:?}: {what} exceeds this machine's address space",
+            info.shape
+        ))
+    };
+    let rows = usize::try_from(info.shape[0]).map_err(|_| too_big("the row count"))?;
+    let width = usize::try_from(info.shape[1]).map_err(|_| too_big("the row width"))?;
     let dim = format.row_dim(width).ok_or_else(|| {
         bad(format!(
             "fp8 rows of {width} bytes are not D + D/32 with D divisible by 32"
         ))
     })?;
-    let start = 8 + header + info.data_offsets.0;
-    let end = 8 + header + info.data_offsets.1;
+    // The header is checked against the file: the offsets lie inside it (so they fit a usize).
+    let at = |off: u64| usize::try_from(8 + head.len + off).map_err(|_| too_big("the data offset"));
+    let (start, end) = (at(info.data_offsets.0)?, at(info.data_offsets.1)?);
     let want = rows
         .checked_mul(width)
         .and_then(|n| n.checked_mul(format.storage_dtype().size()));
@@ -258,62 +275,6 @@ pub(crate) fn safetensors_header_problem(file: &std::fs::File, len: u64) -> Opti
         ));
     }
     None
-}
-
-/// A safetensors crate error in words (the header has passed [`safetensors_header_problem`]).
-fn describe_safetensors_error(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
-    use safetensors::SafeTensorError as E;
-    let len = file.len();
-    match e {
-        E::InvalidHeaderLength | E::HeaderTooSmall => {
-            format!("not a safetensors file: the header length at offset 0 does not fit the {len}-byte file")
-        }
-        E::HeaderTooLarge => format!("the header is larger than the {MAX_HEADER}-byte limit"),
-        E::InvalidHeader | E::InvalidHeaderStart => "the header at offset 8 is not UTF-8 JSON".into(),
-        E::InvalidHeaderDeserialization => {
-            "the header at offset 8 is JSON but not a safetensors header (a map of name -> {dtype, shape, data_offsets})"
-                .into()
-        }
-        E::MetadataIncompleteBuffer => {
-            // The header parsed; say where its tensors end and where the file does.
-            let n = u64::from_le_bytes(file[..8].try_into().unwrap_or([0; 8])) as usize;
-            let data = len.saturating_sub(8 + n);
-            let end = std::str::from_utf8(&file[8..8 + n])
-                .ok()
-                .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
-                .and_then(|v| {
-                    v.as_object().map(|m| {
-                        m.iter()
-                            .filter(|(k, _)| k.as_str() != "__metadata__")
-                            .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
-                            .max()
-                            .unwrap_or(0)
-                    })
-                });
-            match end {
-                Some(end) if (end as usize) > data => format!(
-                    "truncated: the tensors' data_offsets end at byte {end} of the data section (file offset {}), but the file has {data} data bytes after the {n}-byte header ({len} bytes in all)",
-                    8 + n as u64 + end
-                ),
-                Some(end) => format!(
-                    "{} bytes past the end of the last tensor: the tensors' data ends at file offset {}, the file at {len} (a safetensors file has no trailing bytes)",
-                    data as u64 - end,
-                    8 + n as u64 + end
-                ),
-                None => format!(
-                    "the tensors' data_offsets do not cover the {data} data bytes after the {n}-byte header exactly ({len} bytes in all)"
-                ),
-            }
-        }
-        E::InvalidOffset(name) => format!(
-            "tensor `{name}`: data_offsets are out of order or overlap another tensor's (file of {len} bytes)"
-        ),
-        E::TensorInvalidInfo => "a tensor's shape and dtype do not match its data_offsets".into(),
-        E::ValidationOverflow => "a tensor's shape overflows when its size is computed".into(),
-        E::TensorNotFound(name) => format!("no tensor named `{name}`"),
-        E::IoError(io) => format!("read error: {io}"),
-        other => format!("invalid safetensors file: {other}"),
-    }
 }
 
 fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {

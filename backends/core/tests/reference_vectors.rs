@@ -1,5 +1,5 @@
-//! Reference backend against hand-computed vectors (OPS.md §1–§5, fact sheet
-//! `shared/reference/engram_and_routing.md` Part 2). Every expected number is derived in the
+//! Reference backend against hand-computed vectors (docs/OPS.md §1–§5 and the models' published
+//! reference code it cites). Every expected number is derived in the
 //! comments from the formulas; none comes from running the code under test.
 
 use half::{bf16, f16};

@@ -1,4 +1,4 @@
-//! Engram on the shapes of shared/bench/peers.py: gather of 4096 tokens x 8 rows from a 2^22 x 256
+//! Engram on the shapes of the repository's benches/peers.py: gather of 4096 tokens x 8 rows from a 2^22 x 256
 //! bf16 table (2 GiB, huge-page advised), the DeepSeek-V4.1-Flash hash of 4096 tokens, and the fused
 //! lookup (hash + gather) of an N=2, K=8 layer whose table has ~2^22 rows of 256 bf16.
 

@@ -1,4 +1,4 @@
-//! grouped_gemm on the shapes of shared/bench/peers.py (Qwen3-30B-A3B gate_up: K 2048, N 1536,
+//! grouped_gemm on the shapes of the repository's benches/peers.py (Qwen3-30B-A3B gate_up: K 2048, N 1536,
 //! 128 experts, top-8), bf16 and f32, 1/16/128/1024 tokens; packed weights and raw KN / NK.
 //! `MOEHAL_BENCH_QUICK=1` keeps only the decode shapes.
 

@@ -1,4 +1,4 @@
-//! router_topk on the shapes of shared/bench/peers.py: DeepSeek-V3 (4096 x 256, sigmoid + bias,
+//! router_topk on the shapes of the repository's benches/peers.py: DeepSeek-V3 (4096 x 256, sigmoid + bias,
 //! 8 groups keep 4, top-8), Qwen3 (4096 x 128 softmax top-8), and one DeepSeek-V3 token.
 
 use criterion::{criterion_group, criterion_main, Criterion};

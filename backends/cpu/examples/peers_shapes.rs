@@ -1,4 +1,4 @@
-//! moehal-cpu on the shapes of `shared/bench/peers.py`, one JSON line per case (median seconds).
+//! moehal-cpu on the shapes of the repository's `benches/peers.py`, one JSON line per case (median seconds).
 //! Run: `cargo run --release -p moehal-cpu --example peers_shapes -- [gemm|router|gather]...`
 
 use half::bf16;

@@ -2,7 +2,7 @@
 //!
 //! | variable | accepted values | effect |
 //! |---|---|---|
-//! | `MOEHAL_CPU_THREADS` | an integer ≥ 1 (0 or unset: all cores) | size of the process-wide pool |
+//! | `MOEHAL_CPU_THREADS` | an integer from 0 to 16 × cores (0 or unset: all cores) | size of the process-wide pool |
 //! | `MOEHAL_CPU_ISA` | `amx`, `avx512`, `avx2`, `neon`, `scalar` | lowers the kernel table |
 //! | `MOEHAL_CPU_BF16` | `dot`, `fma` | forces the bf16 `grouped_gemm` kernel |
 //!
@@ -64,8 +64,9 @@ pub const MAX_THREADS_PER_CORE: usize = 16;
 /// integer (`abc`, `-3`, `1.5`, empty) and for more than `MAX_THREADS_PER_CORE · cores`.
 pub fn parse_threads(value: &str, cores: usize) -> Result<(Option<usize>, Option<String>)> {
     let max = MAX_THREADS_PER_CORE * cores.max(1);
+    // The same rule as the README's table: 0 to 16 × cores, 0 = all cores.
     let accepted = format!(
-        "an integer from 1 to {max} (this machine has {cores} cores: more workers than that oversubscribe them, with a warning; 0 means all cores)"
+        "an integer from 0 to {max} ({MAX_THREADS_PER_CORE} × the {cores} cores of this machine): 0 uses all cores (as when unset), more than {cores} oversubscribes them (a warning)"
     );
     let n: usize = value.trim().parse().map_err(|_| invalid(THREADS, value, &accepted))?;
     if n == 0 {
@@ -183,7 +184,8 @@ mod tests {
             let e = parse_threads(bad, 8).unwrap_err();
             assert_eq!(field(&e), THREADS, "{bad:?}");
             let msg = e.to_string();
-            assert!(msg.contains(THREADS) && msg.contains("from 1 to 128"), "{msg}");
+            assert!(msg.contains(THREADS) && msg.contains("from 0 to 128"), "{msg}");
+            assert!(msg.contains("0 uses all cores"), "{msg}");
         }
         assert_eq!(parse_threads("4", 8).unwrap(), (Some(4), None));
         assert_eq!(parse_threads(" 0 ", 8).unwrap(), (None, None));
@@ -194,9 +196,27 @@ mod tests {
         // 100,000 workers never finished starting: far above the cores is an error, not a hang.
         for big in ["129", "1000", "100000"] {
             let e = parse_threads(big, 8).unwrap_err();
-            assert!(e.to_string().contains("from 1 to 128"), "{e}");
+            assert!(e.to_string().contains("from 0 to 128"), "{e}");
         }
         assert_eq!(parse_threads("128", 8).unwrap().0, Some(128));
+    }
+
+    /// The error message and the README's table state one rule (they once disagreed: "from 1
+    /// to 32 ... 0 means all cores" against the README's "0 to 16 × cores").
+    #[test]
+    fn the_readme_states_the_rule_the_parser_applies() {
+        let readme = include_str!("../../../README.md");
+        let row = format!("| `{THREADS}` | integer 0 to {MAX_THREADS_PER_CORE} × cores (0 or unset: all cores) |");
+        assert!(readme.contains(&row), "README lacks {row}");
+        let msg = parse_threads("x", 2).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("from 0 to {}", 2 * MAX_THREADS_PER_CORE)) && msg.contains("0 uses all cores"),
+            "{msg}"
+        );
+        // What the message says is accepted, is: both ends, and nothing past them.
+        assert_eq!(parse_threads("0", 2).unwrap().0, None);
+        assert_eq!(parse_threads("32", 2).unwrap().0, Some(32));
+        assert!(parse_threads("33", 2).is_err());
     }
 
     #[test]

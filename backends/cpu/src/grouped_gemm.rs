@@ -21,7 +21,7 @@
 //! run ([`bf16_kernel_default`]: `vdpbf16ps` on AMD, FMA elsewhere; `MOEHAL_CPU_BF16=dot|fma` forces
 //! one; on aarch64 with FEAT_BF16 `dot` runs BFMMLA, see `simd/neon.rs`). On the development
 //! machine (Intel Xeon, Sapphire-Rapids-class) `vdpbf16ps` zmm reaches about half the f32 FMA rate
-//! (shared/bench/fma_peak.c), so FMA usually wins there; on AMD Zen 4 the dot kernel should.
+//! (benches/fma_peak.c), so FMA usually wins there; on AMD Zen 4 the dot kernel should.
 //! The decode path below is memory-bound and uses the widening kernels under both choices.
 //! On the AMX table ([`crate::Isa::Amx`]) bf16 calls with a group of more than [`MR`] rows run on AMX
 //! tiles instead (`grouped_gemm/amx.rs`, [`Bf16Kernel::Amx`]).

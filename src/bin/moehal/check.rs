@@ -37,18 +37,19 @@ pub(crate) struct Args {
     json: Option<PathBuf>,
     /// Base seed of the inputs (default: fresh from the clock; printed, and each case's seed is
     /// in its result).
-    #[arg(long)]
+    #[arg(long, value_parser = super::seed_parser, allow_negative_numbers = true)]
     seed: Option<u64>,
     /// Only the cases of this op.
     #[arg(long, value_parser = super::op_parser())]
     op: Option<moehal_core::OpKind>,
     /// Only the case of this name (exact), or, when no name is equal, the cases whose names
     /// contain it. A filtered case gets the same inputs as in the full run with the same --seed.
-    #[arg(long)]
+    /// An empty name is an error (it would match every case).
+    #[arg(long, value_parser = super::non_empty_filter)]
     case: Option<String>,
     /// Only the cases of this dtype / variant label, exactly as in the `dtype` column (e.g.
-    /// `bf16 NK`, `fp8_e4m3_ue8m0->bf16`).
-    #[arg(long)]
+    /// `bf16 NK`, `fp8_e4m3_ue8m0->bf16`). An empty label is an error.
+    #[arg(long, value_parser = super::non_empty_filter)]
     dtype: Option<String>,
 }
 

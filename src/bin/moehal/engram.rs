@@ -35,8 +35,8 @@ pub(crate) struct Args {
     /// Rows of the generated bf16 table (default: 256 MiB worth of 256-wide rows).
     #[arg(long)]
     rows: Option<usize>,
-    /// Seed of the generated table.
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the generated table (0 to 2^64-1).
+    #[arg(long, default_value_t = 1, value_parser = super::seed_parser, allow_negative_numbers = true)]
     seed: u64,
     /// Also write the generated table to this safetensors file (tensor `table`, bf16 [R, 256]),
     /// for later runs with `--table`. Written as soon as the table is generated, before the text
@@ -47,10 +47,12 @@ pub(crate) struct Args {
     /// complete).
     #[arg(long, requires = "save_table")]
     force: bool,
-    /// Tokens hashed and gathered at a time (bounds the gather output buffer).
+    /// Tokens hashed and gathered at a time (bounds the gather output buffer). More than the
+    /// memory allows is an error naming the most that fits.
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
-    /// Bytes of text read and tokenized at a time.
+    /// Bytes of text read and tokenized at a time (at least 4; a value above the text's size
+    /// reads the whole text at once, never more).
     #[arg(long, default_value_t = 256 << 10)]
     chunk_bytes: usize,
 }
@@ -177,6 +179,45 @@ impl Drop for TableOut {
     }
 }
 
+/// The bytes of text read at a time: `--chunk-bytes`, but never more than the text has (at least
+/// 4, the longest UTF-8 character), so a huge value reads the whole text at once instead of
+/// asking for that much memory.
+fn chunk_for(chunk_bytes: usize, text_bytes: u64) -> usize {
+    let text = usize::try_from(text_bytes.max(4)).unwrap_or(usize::MAX);
+    chunk_bytes.min(text)
+}
+
+/// Host and backend bytes one token of a batch holds: its gathered rows on the backend and their
+/// host copy (`2 · C · D` elements of the output dtype), and its `C` hashed row ids (i64) on the
+/// backend, on the host and from the reference.
+fn batch_bytes_per_token(t: &EngramTable) -> u128 {
+    let c = v41_flash::layer(0).map_or(0, |l| l.columns()) as u128;
+    2 * c * t.dim as u128 * t.out_dtype().size() as u128 + 3 * 8 * c
+}
+
+/// The share of the available memory one batch may take.
+const BATCH_MEMORY_SHARE: f64 = 0.2;
+
+/// `--batch-tokens n` must fit [`BATCH_MEMORY_SHARE`] of `avail` bytes at `per_token` bytes a
+/// token.
+///
+/// # Errors
+/// An error naming the flag, the bytes needed, the memory available and the most tokens allowed.
+fn check_batch_fits(n: usize, per_token: u128, avail: u64) -> anyhow::Result<()> {
+    let limit = (avail as f64 * BATCH_MEMORY_SHARE) as u128;
+    let max = limit / per_token.max(1);
+    if n as u128 > max {
+        return Err(anyhow!(
+            "--batch-tokens {n}: a batch holds {} per token ({} in all), more than {:.0}% of the {} available: the maximum allowed here is {max}",
+            human_bytes(per_token as f64),
+            human_bytes(n as f64 * per_token as f64),
+            BATCH_MEMORY_SHARE * 100.0,
+            human_bytes(avail as f64)
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     if a.batch_tokens == 0 {
         return Err(anyhow!("--batch-tokens must be at least 1"));
@@ -219,6 +260,12 @@ pub(super) fn run(a: Args) -> CliResult {
             table.source
         ));
     }
+    // A chunk never needs more bytes than the text has; the batch must fit memory (issue 16's
+    // rule for impossible sizes: an error naming the largest that fits).
+    let chunk_bytes = chunk_for(a.chunk_bytes, total);
+    let per_token = batch_bytes_per_token(&table);
+    let avail = available_memory().unwrap_or(8 << 30);
+    check_batch_fits(a.batch_tokens, per_token, avail)?;
 
     let sp = spinner("loading cl100k_base and building the compression table");
     let tok = Tokenizer::cl100k()?;
@@ -300,7 +347,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let tbuf = device_copy.as_ref().unwrap_or(&table.buffer);
 
     let opts = StreamOptions {
-        chunk_bytes: a.chunk_bytes,
+        chunk_bytes,
         batch_tokens: a.batch_tokens,
         ..StreamOptions::default()
     };
@@ -318,7 +365,7 @@ pub(super) fn run(a: Args) -> CliResult {
     outln!(
         "bounded memory: {} chunk(s) of at most {} of text, {} batch(es) of at most {} tokens (gather output buffer {}, at most {} token ids held at once){}",
         rep.chunks,
-        human_bytes(a.chunk_bytes as f64),
+        human_bytes(chunk_bytes as f64),
         rep.batches,
         a.batch_tokens,
         human_bytes(rep.max_out_bytes as f64),
@@ -327,7 +374,7 @@ pub(super) fn run(a: Args) -> CliResult {
             format!(
                 "; {} chunk(s) cut inside a line (no line break in {} of text): tokens at those cuts may differ from the whole text's",
                 rep.cuts_inside_lines,
-                human_bytes(a.chunk_bytes as f64)
+                human_bytes(chunk_bytes as f64)
             )
         } else {
             String::new()
@@ -372,4 +419,28 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_never_exceed_the_text_and_batches_must_fit_memory() {
+        assert_eq!(chunk_for(usize::MAX, 1000), 1000);
+        assert_eq!(chunk_for(usize::MAX, 0), 4);
+        assert_eq!(chunk_for(256, 1 << 40), 256);
+        assert_eq!(
+            chunk_for(usize::MAX, u64::MAX),
+            usize::try_from(u64::MAX).unwrap_or(usize::MAX)
+        );
+        let per = 12_288u128;
+        let avail = 10u64 << 30;
+        let max = (avail as f64 * BATCH_MEMORY_SHARE) as u128 / per;
+        assert!(check_batch_fits(max as usize, per, avail).is_ok());
+        let e = check_batch_fits(max as usize + 1, per, avail).unwrap_err().to_string();
+        assert!(e.contains(&format!("the maximum allowed here is {max}")), "{e}");
+        let e = check_batch_fits(usize::MAX, per, avail).unwrap_err().to_string();
+        assert!(e.contains("--batch-tokens 18446744073709551615"), "{e}");
+    }
 }

@@ -12,8 +12,8 @@ use moehal::Registry;
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct Args {
     /// Only the columns of these backends (repeat the flag, or separate names with commas); the
-    /// matrix of every backend is wide (issue 13: 284 columns with Ascend present). A name that is
-    /// not compiled in is an error listing the ones that are.
+    /// matrix of every backend is wide (hundreds of characters with Ascend present). A name that
+    /// is not compiled in is an error listing the ones that are.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
 }

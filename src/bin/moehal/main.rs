@@ -9,19 +9,18 @@
 //! link `moehal` without them. What a library user needs (pipelines, checkpoint loading, the
 //! registry) stays in the library.
 
-/// `println!` that ignores a closed stdout (`moehal ... | head` must not panic).
+/// `println!` to stdout through [`stdout_write`]: a write error (a full disk, a closed pipe) does
+/// not panic; the first one is kept and reported when the command ends ([`finish_stdout`]).
 macro_rules! outln {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        $crate::stdout_write(format_args!("{}\n", format_args!($($arg)*)));
     }};
 }
 
-/// `print!` that ignores a closed stdout.
+/// `print!` to stdout through [`stdout_write`].
 macro_rules! out {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
+        $crate::stdout_write(format_args!($($arg)*));
     }};
 }
 
@@ -97,13 +96,52 @@ fn main() -> ExitCode {
         Some(Command::Moe(a)) => moe::run(a),
         Some(Command::Engram(a)) => engram::run(a),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Results that never reached stdout are a failure, whatever the command found.
+    match finish_stdout() {
+        Ok(()) => code,
+        Err(e) => {
+            eprintln!("error: writing the results to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The first error of a write to stdout (`None`: every write so far succeeded).
+static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// Write `args` to stdout (the body of `outln!` and `out!`). Never panics: the first write error
+/// is kept for [`finish_stdout`] and later writes are skipped (a full disk or a closed pipe does
+/// not get better), so `moehal check > /dev/full` and `moehal kernels | head -1` end with an error
+/// and a non-zero exit status instead of a panic or a silent success.
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = STDOUT_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if err.is_none() {
+        if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+            *err = Some(e);
+        }
+    }
+}
+
+/// Flush stdout and return the first error of any write to it ([`stdout_write`]), or of the flush.
+///
+/// # Errors
+/// That I/O error (e.g. `No space left on device` for `> /dev/full`, `Broken pipe` after the
+/// reader of a pipe exited).
+fn finish_stdout() -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut err = STDOUT_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = err.take() {
+        return Err(e);
+    }
+    std::io::stdout().lock().flush()
 }
 
 /// clap value parser of a count that must be at least 1 (`--tokens`). Issue 16 asked what `--tokens
@@ -132,13 +170,33 @@ pub(crate) fn seconds_limit(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// clap value parser of a time budget in seconds that must be positive and finite (`bench --budget`).
+/// clap value parser of a time budget in seconds (`bench --budget`): finite and more than 0. One
+/// rule and one message for every value outside it (`-1`, `0`, `nan`, `inf` once got two
+/// different messages, one of which said 0 was allowed).
 pub(crate) fn seconds_budget(s: &str) -> Result<f64, String> {
-    let v = seconds_limit(s)?;
-    if v == 0.0 {
-        return Err("must be more than 0 seconds".into());
+    const RULE: &str = "must be a finite number of seconds, more than 0 (e.g. 1 or 0.5)";
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("{RULE}; got {s}")),
+        Err(e) => Err(format!("{e}; {RULE}")),
     }
-    Ok(v)
+}
+
+/// clap value parser of a seed (`--seed`): a whole number from 0 to 2^64-1. clap's own parser
+/// says only "invalid digit found in string" for `-1`.
+pub(crate) fn seed_parser(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("seeds are whole numbers from 0 to 2^64-1 = {} (got {s})", u64::MAX))
+}
+
+/// clap value parser of a name filter (`check --case`, `--dtype`): an empty filter would match
+/// every name (each contains the empty string), which is never what was meant.
+pub(crate) fn non_empty_filter(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty (an empty filter would match every case)".into());
+    }
+    Ok(s.to_string())
 }
 
 /// clap value parser of `--op`: the possible values are the names of [`OpKind::ALL`], the one list
@@ -323,8 +381,26 @@ mod tests {
         for bad in ["nan", "NaN", "inf", "-inf", "-0.1", "ten"] {
             assert!(seconds_limit(bad).is_err(), "{bad}");
         }
-        assert!(seconds_budget("0").is_err());
         assert_eq!(seconds_budget("0.5"), Ok(0.5));
+        // One rule, one message, for every value outside it.
+        let rule = seconds_budget("0").unwrap_err();
+        for bad in ["-1", "0", "-0", "nan", "inf", "ten"] {
+            let e = seconds_budget(bad).unwrap_err();
+            assert!(
+                e.contains("must be a finite number of seconds, more than 0"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(rule.ends_with("got 0"), "{rule}");
+        // Seeds: every u64, and words for anything else.
+        assert_eq!(seed_parser("0"), Ok(0));
+        assert_eq!(seed_parser("18446744073709551615"), Ok(u64::MAX));
+        for bad in ["-1", "18446744073709551616", "x", ""] {
+            let e = seed_parser(bad).unwrap_err();
+            assert!(e.contains("from 0 to 2^64-1"), "{bad}: {e}");
+        }
+        assert!(non_empty_filter("").is_err() && non_empty_filter("  ").is_err());
+        assert_eq!(non_empty_filter("bf16").as_deref(), Ok("bf16"));
         // --op takes every name of OpKind::ALL and nothing else.
         for op in OpKind::ALL {
             let c = Cli::try_parse_from(["moehal", "bench", "--op", op.name()]);

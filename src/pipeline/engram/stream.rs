@@ -102,18 +102,48 @@ impl<R: Read> TextChunks<R> {
     /// `InvalidArgument` (field `text`) for a read error or bytes that are not UTF-8 (with the byte
     /// offset).
     pub fn next_chunk(&mut self) -> Result<Option<(String, bool)>> {
+        // The window grows by at most READ_STEP bytes per read, so memory follows the text
+        // actually read, never `max` itself (`--chunk-bytes 18446744073709551615` once tried to
+        // allocate that many bytes up front).
+        const READ_STEP: usize = 1 << 20;
         while !self.eof && self.carry.len() < self.max {
             let have = self.carry.len();
-            self.carry.resize(self.max, 0);
+            let want = (self.max - have).min(READ_STEP);
+            self.carry.try_reserve(want).map_err(|_| Error::OutOfMemory {
+                backend: "host".into(),
+                bytes: have.saturating_add(want) as u64,
+            })?;
+            self.carry.resize(have + want, 0);
             let n = loop {
                 match self.reader.read(&mut self.carry[have..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.carry.truncate(have);
+                        return Err(Error::invalid(OP, "text", format!("read error: {e}")));
+                    }
+                }
+            };
+            self.carry.truncate(have + n);
+            self.eof = n == 0;
+        }
+        // A full window: one byte more says whether the text ends there (a window exactly the
+        // size of the text is then one clean chunk, not a cut inside its last line) and what
+        // follows a line break at the window's end. Cuts stay at or below `max`.
+        if !self.eof && self.carry.len() == self.max {
+            let mut one = [0u8; 1];
+            let n = loop {
+                match self.reader.read(&mut one) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(Error::invalid(OP, "text", format!("read error: {e}"))),
                 }
             };
-            self.carry.truncate(have + n);
-            self.eof = n == 0;
+            if n == 0 {
+                self.eof = true;
+            } else {
+                self.carry.push(one[0]);
+            }
         }
         if self.carry.is_empty() {
             return Ok(None);
@@ -234,18 +264,25 @@ pub fn run_text(
     opts: StreamOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<StreamReport> {
-    let batch = opts.batch_tokens.max(1);
+    // A chunk of `chunk_bytes` bytes has at most that many tokens (a token has at least one
+    // byte), and batches never span chunks: no batch holds more tokens than that.
+    let batch = opts.batch_tokens.max(1).min(opts.chunk_bytes.max(4));
     let c = layer.columns();
     let od = table.out_dtype();
     let row_bytes = c * table.dim * od.size();
-    let out_bytes = batch
-        .checked_mul(row_bytes)
-        .ok_or_else(|| Error::invalid(OP, "batch_tokens", "batch output size overflows"))?;
-    let mut out = backend.alloc(out_bytes)?;
-    let mut got = vec![0u8; out_bytes];
+    batch.checked_mul(row_bytes).ok_or_else(|| {
+        Error::invalid(
+            OP,
+            "batch_tokens",
+            format!("{batch} tokens of {row_bytes} output bytes each overflow the address space"),
+        )
+    })?;
+    // The gather output and its host copy are sized by the largest batch actually seen, not by
+    // the limit: a short text with a huge --batch-tokens holds only its own tokens' rows.
+    let mut out: Option<Buffer> = None;
+    let mut got: Vec<u8> = Vec::new();
     let mut rep = StreamReport {
         hash_exact: true,
-        max_out_bytes: out_bytes,
         ..StreamReport::default()
     };
     let mut distinct = Distinct::new(layer)?;
@@ -277,6 +314,21 @@ pub fn run_text(
 
             let mapped = fold_rows(&rows, table.rows);
             let rbuf = backend.upload_slice(&mapped)?;
+            let need = t * row_bytes;
+            if need > rep.max_out_bytes {
+                drop(out.take()); // free the smaller buffer first
+                out = Some(backend.alloc(need)?);
+                got.try_reserve_exact(need - got.len())
+                    .map_err(|_| Error::OutOfMemory {
+                        backend: "host".into(),
+                        bytes: need as u64,
+                    })?;
+                got.resize(need, 0);
+                rep.max_out_bytes = need;
+            }
+            let out = out
+                .as_mut()
+                .ok_or_else(|| Error::invalid(OP, "batch_tokens", "no output buffer"))?;
             let args = GatherRows {
                 table: table_buf.view(table.format.storage_dtype(), &[table.rows, table.width]),
                 format: table.format,
@@ -292,7 +344,7 @@ pub fn run_text(
             let step = t.div_ceil(opts.sample_per_batch.max(1)).max(1);
             let sample: Vec<usize> = (0..t).step_by(step).collect();
             let expect = reference_gather(table, &mapped, c, &sample)?;
-            backend.download(&out, 0, &mut got[..t * row_bytes])?;
+            backend.download(out, 0, &mut got[..t * row_bytes])?;
             rep.sample_bad += sample
                 .iter()
                 .enumerate()
@@ -354,6 +406,20 @@ mod tests {
         let (chunks, inside) = chunks_of(s.as_bytes(), 5).unwrap();
         assert_eq!(chunks.concat(), s);
         assert_eq!(inside, chunks.len() - 1);
+    }
+
+    #[test]
+    fn a_window_the_size_of_the_text_is_one_clean_chunk() {
+        let text = b"alpha beta\ngamma\n";
+        let (chunks, inside) = chunks_of(text, text.len()).unwrap();
+        assert_eq!((chunks.len(), inside), (1, 0), "{chunks:?}");
+        // A line break at the very end of a full window is a clean cut when a letter follows.
+        let (chunks, inside) = chunks_of(text, 11).unwrap();
+        assert_eq!(chunks, ["alpha beta\n", "gamma\n"]);
+        assert_eq!(inside, 0);
+        // A huge window asks for memory as the text arrives, not for the window.
+        let (chunks, _) = chunks_of(text, usize::MAX).unwrap();
+        assert_eq!(chunks.concat().as_bytes(), text);
     }
 
     #[test]

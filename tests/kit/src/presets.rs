@@ -1,5 +1,6 @@
-//! Model presets from published configs (OPS.md, "Model presets"; sources in
-//! `shared/reference/engram_and_routing.md` Part 2).
+//! Model presets from published configs (docs/OPS.md, "Model presets"; sources: the models'
+//! `config.json` files and reference code, e.g. deepseek-ai/DeepSeek-V3 `inference/configs/`,
+//! huggingface/transformers `models/{deepseek_v3,deepseek_v4,qwen3_moe,mixtral}`).
 
 use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, Scoring};
 

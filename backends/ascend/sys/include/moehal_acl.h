@@ -1,7 +1,9 @@
 /*
  * moehal_acl.h -- the subset of the Huawei CANN C API that moehal uses, written by hand
  * from the public headers (acl/acl_base_rt.h, acl/acl_rt.h, aclnn/acl_meta.h,
- * aclnn/aclnn_base.h, aclnnop/aclnn_*.h; see shared/reference/ascend_acl.md for sources).
+ * aclnn/aclnn_base.h, aclnnop/aclnn_*.h; sources: the CANN API reference,
+ * https://www.hiascend.com/document/detail/zh/canncommercial/800/apiref/appdevgapi/aclcppdevg_03_0095.html,
+ * and the pages listed in backends/ascend-emu/RULES.md).
  *
  * Every function is declared through MOEHAL_ACL_FN(ret, name, params), which yields both
  *   - the prototype `ret name params;` (checked against a real CANN header tree when one exists)

@@ -16,7 +16,7 @@
 //! * [`v41_flash`] and [`toy`]: model data (DeepSeek-V4.1-Flash and the hand-checked toy layer).
 //! * [`normalize_token_text`] and [`CompressionTable`]: the tokenizer compression to canonical ids.
 //!
-//! Sources (see `shared/reference/engram_and_routing.md` Part 1): the DeepSeek Engram demo
+//! Sources: the DeepSeek Engram demo
 //! (`deepseek-ai/Engram`, `engram_demo_v1.py`) for the hash and the compression, and the
 //! DeepSeek-V4.1 ports (vLLM `vllm/models/deepseek_v41/common/engram.py`, NeMo AutoModel
 //! `components/models/deepseek_v41/engram.py`) for sticky blocking, segments and the V4.1
