@@ -7,11 +7,15 @@
 //! OPS.md §2 steps 1–3 pin them, so exact f32 ties (saturation, underflow, equal logits, equal
 //! biased scores) go to the lower index exactly as in the reference; selection keeps a sorted list of the `k` best `(ŝ, index)` pairs, inserting
 //! only strictly better values while scanning experts in ascending order, which is exactly the
-//! lower-index-wins tie rule. With AVX-512 (and `k <= 16`) only a short list of candidates is
-//! scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a bound below the k-th
-//! largest `ŝ`, so the top `k` and all their ties are in it), gathered by masked compress stores in
-//! index order; the group top-two scores are lane-wise max/min plus two reductions per group. Non-finite logits (and non-finite `ŝ`) are excluded; missing slots are
-//! filled with the lowest unchosen indices at weight 0.
+//! lower-index-wins tie rule. With a vector table (AVX-512, AVX2, NEON; `k <= 16`) only a short
+//! list of candidates is scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a
+//! bound below the k-th largest `ŝ`, so the top `k` and all their ties are in it), gathered in index
+//! order (AVX-512 compress stores, AVX2 a `vpermps` left-pack), ranked in registers; the group
+//! top-two scores are lane-wise max/min (on AVX2 then one transposed reduction of 8 groups at once).
+//! Softmax without bias selects on the unnormalized `exp` values and divides only the `k + 1` picks
+//! (`softmax_select`: the same ids and weights bit for bit, declining to the full path where the
+//! division merges the boundary). Non-finite logits (and non-finite `ŝ`) are excluded; missing slots
+//! are filled with the lowest unchosen indices at weight 0.
 
 use crate::elem::{Elem, ElemKind};
 use crate::pool::Pool;
