@@ -571,11 +571,9 @@ mod tests {
         *s >> 33
     }
 
-    /// The vectorized selection and group scores give exactly the portable results, on inputs full
-    /// of exact ties and -inf.
-    #[test]
-    fn simd_selection_equals_scalar() {
-        // Every table with vector router kernels (AVX-512 on x86-64, NEON on aarch64).
+    /// Every table with vector router kernels (AVX-512 and AVX2 on x86-64, NEON on aarch64) this
+    /// machine runs; prints a skip note when there is none.
+    fn vector_tables() -> Vec<&'static Kernels> {
         let tables: Vec<&Kernels> = Isa::all_available()
             .into_iter()
             .filter_map(Kernels::for_isa)
@@ -587,6 +585,14 @@ mod tests {
         if tables.is_empty() {
             println!("skipped: no table with vector router kernels on this CPU");
         }
+        tables
+    }
+
+    /// The vectorized selection and group scores give exactly the portable results, on inputs full
+    /// of exact ties and -inf.
+    #[test]
+    fn simd_selection_equals_scalar() {
+        let tables = vector_tables();
         for kern in tables {
             selection_equals_scalar(kern);
         }
@@ -598,17 +604,7 @@ mod tests {
     /// one score (there the shortcut must decline or still agree).
     #[test]
     fn softmax_shortcut_equals_full_path() {
-        let tables: Vec<&Kernels> = Isa::all_available()
-            .into_iter()
-            .filter_map(Kernels::for_isa)
-            .filter(|k| {
-                k.topk_select(&[0.0], 1, 0, &mut [0.0; 17], &mut [0; 17], &mut [0])
-                    .is_some()
-            })
-            .collect();
-        if tables.is_empty() {
-            println!("skipped: no table with vector router kernels on this CPU");
-        }
+        let tables = vector_tables();
         let cfg = RouterConfig {
             k: 8,
             scoring: Scoring::Softmax,
