@@ -7,11 +7,15 @@
 //! OPS.md §2 steps 1–3 pin them, so exact f32 ties (saturation, underflow, equal logits, equal
 //! biased scores) go to the lower index exactly as in the reference; selection keeps a sorted list of the `k` best `(ŝ, index)` pairs, inserting
 //! only strictly better values while scanning experts in ascending order, which is exactly the
-//! lower-index-wins tie rule. With AVX-512 (and `k <= 16`) only a short list of candidates is
-//! scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a bound below the k-th
-//! largest `ŝ`, so the top `k` and all their ties are in it), gathered by masked compress stores in
-//! index order; the group top-two scores are lane-wise max/min plus two reductions per group. Non-finite logits (and non-finite `ŝ`) are excluded; missing slots are
-//! filled with the lowest unchosen indices at weight 0.
+//! lower-index-wins tie rule. With a vector table (AVX-512, AVX2, NEON; `k <= 16`) only a short
+//! list of candidates is scanned: every `ŝ` at least the k-th largest of the 16 lane-wise maxima (a
+//! bound below the k-th largest `ŝ`, so the top `k` and all their ties are in it), gathered in index
+//! order (AVX-512 compress stores, AVX2 a `vpermps` left-pack), ranked in registers; the group
+//! top-two scores are lane-wise max/min (on AVX2 then one transposed reduction of 8 groups at once).
+//! Softmax without bias selects on the unnormalized `exp` values and divides only the `k + 1` picks
+//! (`softmax_select`: the same ids and weights bit for bit, declining to the full path where the
+//! division merges the boundary). Non-finite logits (and non-finite `ŝ`) are excluded; missing slots
+//! are filled with the lowest unchosen indices at weight 0.
 
 use crate::elem::{Elem, ElemKind};
 use crate::pool::Pool;
@@ -213,6 +217,69 @@ fn max_of(v: &[f32]) -> f32 {
     m.iter().fold(tail, |a, &b| if b > a { b } else { a })
 }
 
+/// Softmax routing of one token without bias (OPS.md §2 steps 1, 4, 5 up to renormalization),
+/// dividing only the picked scores: `ids[..k]` and `w[..k]` (the scores `s` of the picks) exactly as
+/// [`score_portable`] + [`select_topk`] give them, or `false` (`s` clobbered, `ids` / `w` not
+/// written) where this shortcut does not apply and the caller must take the full path.
+///
+/// `s_i = fl(e_i / d)` with `e_i = exp(l_i - max)` and `d = sum e` is non-decreasing in `e_i`, so the
+/// `k + 1` largest `e` (ties: lower index) are the `k + 1` largest `s` except where the division
+/// rounds two different `e` to one `s`. Such a tie inside the top `k` only reorders it (the picks are
+/// re-sorted by `(s desc, index asc)`); one across the boundary (`s` of the `(k+1)`-th equal to the
+/// `k`-th's) could change the set, and then this returns `false`. So the selection is the one on
+/// the divided scores, bit for bit, with `k + 1` divisions instead of `E`. Applies where every
+/// logit is finite, `k < 16` and the table has a vector top-k kernel.
+#[allow(clippy::too_many_arguments)]
+fn softmax_select(
+    kern: &Kernels,
+    src: &[f32],
+    k: usize,
+    s: &mut [f32],
+    ids: &mut [i32],
+    w: &mut [f32],
+    cv: &mut Vec<f32>,
+    ci: &mut Vec<u32>,
+) -> bool {
+    let e = src.len();
+    if k >= 16 || src.iter().fold(false, |a, v| a | !v.is_finite()) {
+        return false;
+    }
+    let denom = kern.exp_shift(src, s, max_of(src));
+    let kk = (k + 1).min(e);
+    let mut pick = [0i32; 16];
+    cv.resize(e + 16, 0.0);
+    ci.resize(e + 16, 0);
+    // Every e is finite and >= 0, so at least kk candidates exist; more than 16 (many ties) or no
+    // kernel: the full path.
+    match kern.topk_select(s, kk, 0, cv, ci, &mut pick) {
+        Some(n) if n <= 16 => {}
+        _ => return false,
+    }
+    let mut q = [0f32; 16];
+    for (qj, &id) in q.iter_mut().zip(&pick[..kk]) {
+        *qj = s[id as usize] / denom;
+    }
+    if kk > k && q[k] == q[k - 1] {
+        return false;
+    }
+    // Insertion by (q desc, id asc): e-order already is q-order up to equal q, so this only moves
+    // an id past equal scores.
+    for j in 1..k {
+        let (v, id) = (q[j], pick[j]);
+        let mut p = j;
+        while p > 0 && (q[p - 1] < v || (q[p - 1] == v && pick[p - 1] > id)) {
+            q[p] = q[p - 1];
+            pick[p] = pick[p - 1];
+            p -= 1;
+        }
+        q[p] = v;
+        pick[p] = id;
+    }
+    ids[..k].copy_from_slice(&pick[..k]);
+    w[..k].copy_from_slice(&q[..k]);
+    true
+}
+
 /// Scores and selection scores of one token without the fused kernel (OPS.md §2 steps 1, 2, 6):
 /// `l` holds the widened logits (rewritten: non-finite become `-inf`).
 fn score_portable(
@@ -366,6 +433,18 @@ fn route<T: Elem>(
         };
         kern.sigmoid_select(src, bias, s, sel)
     };
+    if !fused && cfg.scoring == Scoring::Softmax && bias.is_none() {
+        let src: &[f32] = if T::KIND == ElemKind::F32 {
+            bytemuck::cast_slice(logits)
+        } else {
+            kern.widen(logits, l);
+            l
+        };
+        if softmax_select(kern, src, k, s, ids, w, cv, ci) {
+            finish_weights(cfg, w);
+            return;
+        }
+    }
     if !fused {
         kern.widen(logits, l);
         score_portable(kern, cfg, bias, l, s, sel);
@@ -492,11 +571,9 @@ mod tests {
         *s >> 33
     }
 
-    /// The vectorized selection and group scores give exactly the portable results, on inputs full
-    /// of exact ties and -inf.
-    #[test]
-    fn simd_selection_equals_scalar() {
-        // Every table with vector router kernels (AVX-512 on x86-64, NEON on aarch64).
+    /// Every table with vector router kernels (AVX-512 and AVX2 on x86-64, NEON on aarch64) this
+    /// machine runs; prints a skip note when there is none.
+    fn vector_tables() -> Vec<&'static Kernels> {
         let tables: Vec<&Kernels> = Isa::all_available()
             .into_iter()
             .filter_map(Kernels::for_isa)
@@ -508,8 +585,89 @@ mod tests {
         if tables.is_empty() {
             println!("skipped: no table with vector router kernels on this CPU");
         }
+        tables
+    }
+
+    /// The vectorized selection and group scores give exactly the portable results, on inputs full
+    /// of exact ties and -inf.
+    #[test]
+    fn simd_selection_equals_scalar() {
+        let tables = vector_tables();
         for kern in tables {
             selection_equals_scalar(kern);
+        }
+    }
+
+    /// The softmax shortcut (select on `exp`, divide only the picks) gives exactly the ids and
+    /// weights of the full path (divide all, portable selection), on every table with a vector
+    /// top-k kernel, including inputs built so that the division rounds neighbouring `exp` values to
+    /// one score (there the shortcut must decline or still agree).
+    #[test]
+    fn softmax_shortcut_equals_full_path() {
+        let tables = vector_tables();
+        let cfg = RouterConfig {
+            k: 8,
+            scoring: Scoring::Softmax,
+            group: None,
+            renormalize: false,
+            routed_scaling_factor: 1.0,
+        };
+        for kern in tables {
+            let mut seed = 11u64;
+            let (mut taken, mut declined) = (0usize, 0usize);
+            let (mut cv, mut ci) = (Vec::new(), Vec::new());
+            for case in 0..4000 {
+                let e = [8usize, 9, 16, 60, 128, 256, 384, 100][case % 8];
+                let class = case % 5;
+                let mut l: Vec<f32> = (0..e)
+                    .map(|_| {
+                        let r = lcg(&mut seed);
+                        match class {
+                            // Plain random logits.
+                            0 => (r % 100_000) as f32 * 1e-4 - 5.0,
+                            // Few levels: exact ties everywhere.
+                            1 => (r % 4) as f32 * 0.5,
+                            // Neighbouring logits a few ulp apart: exp values one or two ulp apart,
+                            // which the division may merge.
+                            2 => 1.0 + (r % 6) as f32 * f32::EPSILON,
+                            // Wide range: scores that underflow (and tie at 0) after the division.
+                            3 => (r % 300) as f32 - 250.0,
+                            // Values near a power of two where the ulp changes.
+                            _ => 2.0 - (r % 8) as f32 * f32::EPSILON,
+                        }
+                    })
+                    .collect();
+                if class == 3 && case % 3 == 0 {
+                    l[(case * 7) % e] = 40.0;
+                }
+                for k in [1usize, 2, 6, 8, 15].into_iter().filter(|&k| k <= e) {
+                    let mut s = vec![0f32; e];
+                    let (mut ia, mut wa) = (vec![-1i32; k], vec![f32::NAN; k]);
+                    let fast = softmax_select(kern, &l, k, &mut s, &mut ia, &mut wa, &mut cv, &mut ci);
+                    // The full path: scores for all, portable selection.
+                    let mut lw = l.clone();
+                    let (mut s2, mut sel) = (vec![0f32; e], vec![0f32; e]);
+                    score_portable(kern, &RouterConfig { k, ..cfg }, None, &mut lw, &mut s2, &mut sel);
+                    let mut ib = vec![-1i32; k];
+                    let nb = select_topk(None, &sel, k, 0, &mut ib, &mut cv, &mut ci);
+                    assert_eq!(nb, k);
+                    if fast {
+                        taken += 1;
+                        assert_eq!(ia, ib, "case {case} e={e} k={k}");
+                        let wb: Vec<u32> = ib.iter().map(|&i| s2[i as usize].to_bits()).collect();
+                        let wa: Vec<u32> = wa.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(wa, wb, "case {case} e={e} k={k}");
+                    } else {
+                        declined += 1;
+                    }
+                }
+            }
+            // Both branches ran: the shortcut on most inputs, the decline on merged boundaries.
+            println!("{:?}: shortcut {taken}, declined {declined}", kern.isa());
+            assert!(
+                taken > (taken + declined) / 3 && declined > 0,
+                "taken {taken}, declined {declined}"
+            );
         }
     }
 

@@ -642,39 +642,6 @@ pub(super) unsafe fn group_limit(sel: *mut f32, ng: usize, per: usize, top2sum: 
     keep as u32
 }
 
-/// Ascending 16-element block indices `< nb`, leaving out the blocks `b < 64` whose bit is set in
-/// `skip` (by set-bit iteration when `nb <= 64`, so no per-block branch).
-struct Blocks {
-    bits: u64,
-    next: usize,
-    nb: usize,
-}
-
-impl Blocks {
-    fn new(nb: usize, skip: u64) -> Self {
-        let all = if nb >= 64 { u64::MAX } else { (1u64 << nb) - 1 };
-        Blocks {
-            bits: all & !skip,
-            next: 64,
-            nb,
-        }
-    }
-
-    #[inline(always)]
-    fn next(&mut self) -> Option<usize> {
-        if self.bits != 0 {
-            let b = self.bits.trailing_zeros() as usize;
-            self.bits &= self.bits - 1;
-            return Some(b);
-        }
-        if self.next < self.nb {
-            self.next += 1;
-            return Some(self.next - 1);
-        }
-        None
-    }
-}
-
 /// Top-`k` selection (`1 <= k <= 16`) over `sel[0..e]` (no NaN; `-inf` = not selectable).
 ///
 /// With `tau` the k-th largest of the 16 lane-wise maxima (at least `k` distinct elements are
@@ -700,7 +667,7 @@ pub(super) unsafe fn topk_select(
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     let nb = e.div_ceil(16);
     let mut mx = ninf;
-    let mut blocks = Blocks::new(nb, skip);
+    let mut blocks = super::Blocks::new(nb, skip);
     while let Some(b) = blocks.next() {
         let i = b * 16;
         let m = tail_mask(e - i);
@@ -723,7 +690,7 @@ pub(super) unsafe fn topk_select(
     let tv = _mm512_set1_ps(tau);
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let mut n = 0usize;
-    let mut blocks = Blocks::new(nb, skip);
+    let mut blocks = super::Blocks::new(nb, skip);
     while let Some(b) = blocks.next() {
         let i = b * 16;
         let m = tail_mask(e - i);

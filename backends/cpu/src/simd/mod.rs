@@ -35,7 +35,7 @@ pub enum Isa {
     Amx,
     /// AVX-512F (+BW/VL/DQ) with FMA and POPCNT.
     Avx512,
-    /// AVX2 with FMA and F16C.
+    /// AVX2 with FMA, F16C and POPCNT.
     Avx2,
     /// aarch64 Advanced SIMD.
     Neon,
@@ -74,6 +74,7 @@ impl Isa {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
+                    && std::arch::is_x86_feature_detected!("popcnt")
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
@@ -208,9 +209,9 @@ static AVX2: Kernels = Kernels {
     dot_nk_bf16: None,
     micro_dot: None,
     pack_dot: None,
-    group_limit: None,
-    topk_select: None,
-    sigmoid_select: None,
+    group_limit: Some(avx2::group_limit),
+    topk_select: Some(avx2::topk_select),
+    sigmoid_select: Some(avx2::sigmoid_select),
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -737,6 +738,39 @@ impl Kernels {
                 ids.as_mut_ptr(),
             )
         })
+    }
+}
+
+/// Ascending 16-element block indices `< nb`, leaving out the blocks `b < 64` whose bit is set in
+/// `skip`: the block walk of the router's top-k kernels (see [`Kernels::topk_select`]).
+pub(super) struct Blocks {
+    bits: u64,
+    next: usize,
+    nb: usize,
+}
+
+impl Blocks {
+    pub(super) fn new(nb: usize, skip: u64) -> Self {
+        let all = if nb >= 64 { u64::MAX } else { (1u64 << nb) - 1 };
+        Blocks {
+            bits: all & !skip,
+            next: 64,
+            nb,
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn next(&mut self) -> Option<usize> {
+        if self.bits != 0 {
+            let b = self.bits.trailing_zeros() as usize;
+            self.bits &= self.bits - 1;
+            return Some(b);
+        }
+        if self.next < self.nb {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
     }
 }
 

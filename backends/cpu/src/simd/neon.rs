@@ -986,10 +986,10 @@ pub(super) unsafe fn topk_select(
     ids: *mut i32,
 ) -> usize {
     let nb = e.div_ceil(16);
-    let skipped = |b: usize| b < 64 && skip & (1u64 << b) != 0;
     let ninf = vdupq_n_f32(f32::NEG_INFINITY);
     let mut mx = [ninf; 4];
-    for b in (0..nb).filter(|&b| !skipped(b)) {
+    let mut blocks = super::Blocks::new(nb, skip);
+    while let Some(b) = blocks.next() {
         let i = b * 16;
         if i + 16 <= e {
             for (q, m) in mx.iter_mut().enumerate() {
@@ -1018,7 +1018,8 @@ pub(super) unsafe fn topk_select(
         .fold(f32::INFINITY, f32::min);
     let tv = vdupq_n_f32(tau);
     let mut n = 0usize;
-    for b in (0..nb).filter(|&b| !skipped(b)) {
+    let mut blocks = super::Blocks::new(nb, skip);
+    while let Some(b) = blocks.next() {
         let i0 = b * 16;
         let end = (i0 + 16).min(e);
         let mut i = i0;
