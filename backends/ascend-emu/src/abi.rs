@@ -1265,7 +1265,9 @@ launcher!(
     aclnnEmbedding,
     aclnnGatherV2,
     aclnnIndexSelect,
-    aclnnCast
+    aclnnCast,
+    aclnnSwiGlu,
+    aclnnInplaceMul
 );
 
 /// `aclnnMoeGatingTopK`: phase two. Exported from CANN 8.2 only (profile cfg `cann_has_gating_topk`).
@@ -1750,6 +1752,42 @@ pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
+/// `aclnnSwiGluGetWorkspaceSize` (\[HA canncommercial/800 aclnnSwiGlu.md\]; rules in [`Op::swiglu`]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSwiGluGetWorkspaceSize(
+    x: *const sys::aclTensor,
+    dim: i64,
+    out: *const sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let mut s = lock();
+    let op = (|| Op::swiglu(s.desc(x, "x")?, dim, s.desc(out, "out")?))();
+    // SAFETY: forwarded caller promise.
+    unsafe { phase_one(&mut s, op, workspace_size, executor) }
+}
+
+/// `aclnnInplaceMulGetWorkspaceSize` (\[HA canncommercial/800 aclnnMul&aclnnInplaceMul.md\]; rules in
+/// [`Op::inplace_mul`]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceMulGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let mut s = lock();
+    let op = (|| Op::inplace_mul(s.desc(self_ref, "selfRef")?, s.desc(other, "other")?))();
+    // SAFETY: forwarded caller promise.
+    unsafe { phase_one(&mut s, op, workspace_size, executor) }
+}
+
 check_sig! {
     aclInit => aclInitFn, aclFinalize => aclFinalizeFn, aclGetRecentErrMsg => aclGetRecentErrMsgFn,
     aclrtGetSocName => aclrtGetSocNameFn, aclrtSetDevice => aclrtSetDeviceFn,
@@ -1784,4 +1822,6 @@ check_sig! {
     aclnnGatherV2GetWorkspaceSize => aclnnGatherV2GetWorkspaceSizeFn, aclnnGatherV2 => aclnnGatherV2Fn,
     aclnnIndexSelectGetWorkspaceSize => aclnnIndexSelectGetWorkspaceSizeFn, aclnnIndexSelect => aclnnIndexSelectFn,
     aclnnCastGetWorkspaceSize => aclnnCastGetWorkspaceSizeFn, aclnnCast => aclnnCastFn,
+    aclnnSwiGluGetWorkspaceSize => aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu => aclnnSwiGluFn,
+    aclnnInplaceMulGetWorkspaceSize => aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul => aclnnInplaceMulFn,
 }
