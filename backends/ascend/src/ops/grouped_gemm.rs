@@ -85,8 +85,23 @@ impl Ascend {
         };
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
-        if let (Some(rs), true) = (&a.row_scale, total > 0) {
-            // Router weights scale the whole expert output: applied on the host to the routed rows.
+        let scale_on_device = v.inplace_mul
+            && a.row_scale
+                .as_ref()
+                .is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
+        if let (Some(rs), true, true) = (&a.row_scale, total > 0, scale_on_device) {
+            // Router weights scale the whole expert output: `y[:total] *= row_scale[:total, None]`
+            // with aclnnInplaceMul (f32 other beside an f16/bf16 y is computed in the promoted f32
+            // and stored in y's dtype, [HA canncommercial/800 aclnnMul&aclnnInplaceMul.md]). Rows
+            // past the group-list total stay unwritten, as GroupedMatmul leaves them.
+            let mut yd = desc_of(&a.y.as_ref(), OP_GG, "y")?;
+            yd.dims[0] = total as i64;
+            let mut sd = desc_of(rs, OP_GG, "row_scale")?;
+            sd.dims = vec![total as i64, 1];
+            sd.strides = vec![1, 1];
+            self.rt.inplace_mul(&self.t(&yd)?, &self.t(&sd)?)?;
+        } else if let (Some(rs), true) = (&a.row_scale, total > 0) {
+            // No aclnnInplaceMul: applied on the host to the routed rows.
             let s: Vec<f32> = self.fetch(rs)?;
             let es = dt.size();
             let (off, _) = a.y.byte_range();
