@@ -294,7 +294,7 @@ impl Backend for Ascend {
                     "row_scale on host"
                 };
                 Support::yes(format!(
-                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; group_end read on host to check it",
+                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; group_end read on host to check it",
                     v.gmm
                 ))
             }

@@ -44,10 +44,10 @@ const ROUND_TRIPS: &[&str] = &[
     // group_end is read on the host to check it (value errors write nothing).
     "grouped_gemm d2h",
     "grouped_gemm+row_scale d2h",
-    // K = 0 (y = row_scale * bias, or zeros): on the host, GroupedMatmul has no empty K.
     "grouped_gemm+k0 d2h",
-    "grouped_gemm+k0 h2d",
     "grouped_gemm+row_scale+k0 d2h",
+    // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
+    // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
     "grouped_gemm+row_scale+k0 h2d",
     // weights (unbiased scores, renormalise, scale), counts, sqrt_softplus on the host.
     "router_topk d2h",

@@ -44,6 +44,23 @@ impl Ascend {
         }
         let v = self.rt.lib.versions;
         let dt = a.x.dtype();
+        let total = ge.last().copied().unwrap_or(0) as usize;
+        if d.k == 0 && a.bias.is_none() {
+            // OPS.md §1: K = 0 writes `row_scale * bias`, here without bias: zeros, then the row
+            // scale (so a non-finite scale gives NaN as `scale * 0` does), on the routed rows only.
+            // GroupedMatmul refuses an empty K; aclrtMemset is a device operation, not a copy.
+            if total > 0 {
+                let (off, _) = a.y.byte_range();
+                let b = a.y.buffer();
+                self.rt.memset(
+                    b.addr() + off as u64,
+                    b.len() - off,
+                    0,
+                    total * d.n * a.y.dtype().size(),
+                )?;
+            }
+            return self.apply_row_scale(&a, total);
+        }
         if v.gmm == 0
             || d.k == 0
             || d.k >= 65536
@@ -53,7 +70,6 @@ impl Ascend {
         {
             return self.gmm_host(&a);
         }
-        let total = ge.last().copied().unwrap_or(0) as usize;
         // Weight as [G, K, N]: KN is contiguous, NK is expressed by transposed strides.
         let mut wd = desc_of(&a.w, OP_GG, "w")?;
         let (k, n) = (d.k as i64, d.n as i64);
@@ -85,6 +101,15 @@ impl Ascend {
         };
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
+        self.apply_row_scale(&a, total)
+    }
+
+    /// `y[:total] *= row_scale[:total]` after the matmul (or the K = 0 zeros): on the device with
+    /// aclnnInplaceMul when present and `row_scale` is device memory, else on the host.
+    fn apply_row_scale(&self, a: &GroupedGemm<'_>, total: usize) -> Result<()> {
+        let v = self.rt.lib.versions;
+        let d = a.dims();
+        let dt = a.y.dtype();
         let scale_on_device = v.inplace_mul
             && a.row_scale
                 .as_ref()
