@@ -60,6 +60,139 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+// ============================================================================= copy accounting
+
+/// Totals of the bytes `aclrtMemcpy` moved, by direction, since load or the last
+/// [`moehalEmuCopyStatsReset`] (an emulator feature, no vendor API: the backend's tests read it to
+/// prove that an op moves no tensor data between host and device; RULES.md I1-I3).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoehalEmuCopyStats {
+    /// Bytes copied host -> device.
+    pub h2d_bytes: u64,
+    /// Bytes copied device -> host.
+    pub d2h_bytes: u64,
+    /// Bytes copied device -> device.
+    pub d2d_bytes: u64,
+    /// Bytes copied host -> host through `aclrtMemcpy`.
+    pub h2h_bytes: u64,
+    /// Successful `aclrtMemcpy` calls host -> device (count > 0).
+    pub h2d_calls: u64,
+    /// Successful `aclrtMemcpy` calls device -> host (count > 0).
+    pub d2h_calls: u64,
+    /// aclnn launches (phase two) past the executor and workspace checks, successful or not.
+    pub launches: u64,
+}
+
+/// One aclnn launch and the host<->device bytes copied since the previous launch (or the last
+/// reset): the copies that fed this call. Copies after the last launch are in the totals only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MoehalEmuLaunchCopies {
+    /// The launch function's name, NUL-terminated (e.g. `aclnnCast`).
+    pub name: [c_char; 64],
+    /// Bytes host -> device before this launch.
+    pub h2d_bytes: u64,
+    /// Bytes device -> host before this launch.
+    pub d2h_bytes: u64,
+}
+
+/// At most this many launches are kept in the per-launch log (the totals keep counting).
+pub const COPY_LOG_CAP: usize = 1 << 16;
+
+#[derive(Default)]
+struct CopyLog {
+    totals: MoehalEmuCopyStats,
+    /// h2d, d2h bytes since the previous launch.
+    pending: (u64, u64),
+    launches: Vec<(&'static str, u64, u64)>,
+}
+
+static COPIES: Mutex<Option<CopyLog>> = Mutex::new(None);
+
+fn with_copies<R>(f: impl FnOnce(&mut CopyLog) -> R) -> R {
+    let mut g = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(CopyLog::default))
+}
+
+fn count_copy(dst_dev: bool, src_dev: bool, n: usize) {
+    let n = n as u64;
+    with_copies(|c| match (dst_dev, src_dev) {
+        (true, false) => {
+            c.totals.h2d_bytes += n;
+            c.totals.h2d_calls += 1;
+            c.pending.0 += n;
+        }
+        (false, true) => {
+            c.totals.d2h_bytes += n;
+            c.totals.d2h_calls += 1;
+            c.pending.1 += n;
+        }
+        (true, true) => c.totals.d2d_bytes += n,
+        (false, false) => c.totals.h2h_bytes += n,
+    });
+}
+
+fn count_launch(name: &'static str) {
+    with_copies(|c| {
+        c.totals.launches += 1;
+        let (h, d) = std::mem::take(&mut c.pending);
+        if c.launches.len() < COPY_LOG_CAP {
+            c.launches.push((name, h, d));
+        }
+    });
+}
+
+/// Copy totals since load or the last reset (emulator extension, not a vendor symbol).
+///
+/// Returns 0, or `ACL_ERROR_INVALID_PARAM` when `out` is NULL.
+///
+/// # Safety
+/// `out` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn moehalEmuCopyStats(out: *mut MoehalEmuCopyStats) -> sys::aclError {
+    if out.is_null() {
+        return fail(sys::ACL_ERROR_INVALID_PARAM, "moehalEmuCopyStats: out is NULL");
+    }
+    let t = with_copies(|c| c.totals);
+    // SAFETY: non-null, and the caller promises it is writable.
+    unsafe { *out = t };
+    sys::ACL_SUCCESS
+}
+
+/// Zero the copy totals and the per-launch log (emulator extension, not a vendor symbol).
+#[no_mangle]
+pub extern "C" fn moehalEmuCopyStatsReset() {
+    with_copies(|c| *c = CopyLog::default());
+}
+
+/// The per-launch log since the last reset, oldest first: writes up to `cap` entries to `out`
+/// (NULL with `cap` 0 to ask for the count) and returns how many entries the log holds (at most
+/// [`COPY_LOG_CAP`]). Emulator extension, not a vendor symbol.
+///
+/// # Safety
+/// `out` must be NULL or valid for `cap` writes.
+#[no_mangle]
+pub unsafe extern "C" fn moehalEmuLaunchCopies(out: *mut MoehalEmuLaunchCopies, cap: usize) -> usize {
+    with_copies(|c| {
+        if !out.is_null() {
+            for (i, &(name, h, d)) in c.launches.iter().take(cap).enumerate() {
+                let mut e = MoehalEmuLaunchCopies {
+                    name: [0; 64],
+                    h2d_bytes: h,
+                    d2h_bytes: d,
+                };
+                for (dst, b) in e.name.iter_mut().zip(name.bytes().take(63)) {
+                    *dst = b as c_char;
+                }
+                // SAFETY: i < cap, and the caller promises `cap` writable entries.
+                unsafe { out.add(i).write(e) };
+            }
+        }
+        c.launches.len()
+    })
+}
+
 thread_local! {
     static CUR_DEV: Cell<Option<i32>> = const { Cell::new(None) };
     static LAST_MSG: RefCell<Option<CString>> = const { RefCell::new(None) };
@@ -613,6 +746,8 @@ pub unsafe extern "C" fn aclrtMemcpy(
     // SAFETY: device ranges were checked against the registry (lock held); host ranges are the
     // caller's promise. `copy` tolerates overlap.
     unsafe { std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), count) };
+    drop(s);
+    count_copy(d_dev, s_dev, count);
     sys::ACL_SUCCESS
 }
 
@@ -1044,7 +1179,7 @@ unsafe fn phase_one(
 
 /// Phase two: consume the executor (single use), check workspace and stream, run on the host.
 fn launch(
-    name: &str,
+    name: &'static str,
     workspace: *mut c_void,
     workspace_size: u64,
     executor: *mut sys::aclOpExecutor,
@@ -1094,6 +1229,7 @@ fn launch(
             ),
         );
     }
+    count_launch(name);
     let (ins, outs) = ex.op.tensors();
     // Memory may have been freed since phase one: check again.
     for d in ins.iter().chain(outs.iter()) {
@@ -1129,7 +1265,9 @@ launcher!(
     aclnnEmbedding,
     aclnnGatherV2,
     aclnnIndexSelect,
-    aclnnCast
+    aclnnCast,
+    aclnnSwiGlu,
+    aclnnInplaceMul
 );
 
 /// `aclnnMoeGatingTopK`: phase two. Exported from CANN 8.2 only (profile cfg `cann_has_gating_topk`).
@@ -1614,6 +1752,42 @@ pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
+/// `aclnnSwiGluGetWorkspaceSize` (\[HA canncommercial/800 aclnnSwiGlu.md\]; rules in [`Op::swiglu`]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSwiGluGetWorkspaceSize(
+    x: *const sys::aclTensor,
+    dim: i64,
+    out: *const sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let mut s = lock();
+    let op = (|| Op::swiglu(s.desc(x, "x")?, dim, s.desc(out, "out")?))();
+    // SAFETY: forwarded caller promise.
+    unsafe { phase_one(&mut s, op, workspace_size, executor) }
+}
+
+/// `aclnnInplaceMulGetWorkspaceSize` (\[HA canncommercial/800 aclnnMul&aclnnInplaceMul.md\]; rules in
+/// [`Op::inplace_mul`]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceMulGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let mut s = lock();
+    let op = (|| Op::inplace_mul(s.desc(self_ref, "selfRef")?, s.desc(other, "other")?))();
+    // SAFETY: forwarded caller promise.
+    unsafe { phase_one(&mut s, op, workspace_size, executor) }
+}
+
 check_sig! {
     aclInit => aclInitFn, aclFinalize => aclFinalizeFn, aclGetRecentErrMsg => aclGetRecentErrMsgFn,
     aclrtGetSocName => aclrtGetSocNameFn, aclrtSetDevice => aclrtSetDeviceFn,
@@ -1648,4 +1822,6 @@ check_sig! {
     aclnnGatherV2GetWorkspaceSize => aclnnGatherV2GetWorkspaceSizeFn, aclnnGatherV2 => aclnnGatherV2Fn,
     aclnnIndexSelectGetWorkspaceSize => aclnnIndexSelectGetWorkspaceSizeFn, aclnnIndexSelect => aclnnIndexSelectFn,
     aclnnCastGetWorkspaceSize => aclnnCastGetWorkspaceSizeFn, aclnnCast => aclnnCastFn,
+    aclnnSwiGluGetWorkspaceSize => aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu => aclnnSwiGluFn,
+    aclnnInplaceMulGetWorkspaceSize => aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul => aclnnInplaceMulFn,
 }

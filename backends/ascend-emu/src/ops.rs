@@ -152,6 +152,10 @@ pub enum Op {
     },
     /// aclnnCast.
     Cast { src: Desc, out: Desc },
+    /// aclnnSwiGlu: `out = Swish(A) * B`, A / B the halves of x along `dim` (non-negative here).
+    SwiGlu { x: Desc, dim: usize, out: Desc },
+    /// aclnnInplaceMul: `selfRef *= other` (other broadcast to selfRef's shape).
+    InplaceMul { self_ref: Desc, other: Desc },
 }
 
 /// Attributes of aclnnMoeGatingTopK.
@@ -200,6 +204,8 @@ impl Op {
             Op::GatingTopK { .. } => "aclnnMoeGatingTopK",
             Op::Finalize { .. } => "aclnnMoeFinalizeRoutingV2",
             Op::Cast { .. } => "aclnnCast",
+            Op::SwiGlu { .. } => "aclnnSwiGlu",
+            Op::InplaceMul { .. } => "aclnnInplaceMul",
         }
     }
 
@@ -280,6 +286,8 @@ impl Op {
             }
             Op::Gather { table, index, out, .. } => (vec![table, index], vec![out]),
             Op::Cast { src, out } => (vec![src], vec![out]),
+            Op::SwiGlu { x, out, .. } => (vec![x], vec![out]),
+            Op::InplaceMul { self_ref, other } => (vec![self_ref, other], vec![self_ref]),
         }
     }
 
@@ -1058,6 +1066,75 @@ impl Op {
         Ok(Op::Cast { src, out })
     }
 
+    /// aclnnSwiGlu phase one, as the A2 (910B) rows of \[HA canncommercial/800 aclnnSwiGlu.md\]
+    /// (same text on 81RC1alpha002, 82RC1alpha002, 850alpha002) state them:
+    /// - x, out required (161001);
+    /// - x BFLOAT16 / FLOAT16 / FLOAT32, out "数据类型与计算输入x的类型一致" (161002);
+    /// - x "维度必须大于0", dim in `[-x.dim(), x.dim()-1]`, x's size along dim "可以整除2" (161002);
+    /// - out has x's shape with the dim halved (the formula's A·B shape; 161002);
+    /// - x and out "不支持非连续的Tensor", x "不支持空Tensor" (161002).
+    pub fn swiglu(x: Option<Desc>, dim: i64, out: Option<Desc>) -> Result<Op, Fail> {
+        let (x, out) = (req(x, "x")?, req(out, "out")?);
+        want_dt(&x, &FLOATS, "x")?;
+        if out.dtype != x.dtype {
+            return Err(bad(format!(
+                "out dtype {} != x dtype {}",
+                dt_name(out.dtype),
+                dt_name(x.dtype)
+            )));
+        }
+        let rank = x.dims.len() as i64;
+        if rank == 0 {
+            return Err(bad("x: rank 0 (the dimension count must be greater than 0)"));
+        }
+        if dim < -rank || dim >= rank {
+            return Err(bad(format!("dim {dim} outside [-{rank}, {}]", rank - 1)));
+        }
+        let d = dim.rem_euclid(rank) as usize;
+        if x.dims[d] % 2 != 0 {
+            return Err(bad(format!("x: size {} along dim {dim} is odd", x.dims[d])));
+        }
+        if x.numel() == 0 {
+            return Err(bad(format!("x: empty tensor {} is not supported", x.show())));
+        }
+        let mut want = x.dims.clone();
+        want[d] /= 2;
+        want_dims(&out, &want, "out")?;
+        want_contig(&x, "x")?;
+        want_contig(&out, "out")?;
+        Ok(Op::SwiGlu { x, dim: d, out })
+    }
+
+    /// aclnnInplaceMul phase one (\[HA canncommercial/800 aclnnMul&aclnnInplaceMul.md\], A2 rows;
+    /// same on 81RC1beta1 and 82RC1):
+    /// - selfRef, other required (161001);
+    /// - floating dtypes FLOAT / FLOAT16 / BFLOAT16 (NOT EMULATED: DOUBLE, the integer, BOOL and
+    ///   COMPLEX types the page also lists); selfRef must be a type the promoted type of (selfRef,
+    ///   other) converts to ("推导之后可转换的数据类型": every floating type here) (161002);
+    /// - other's shape broadcasts to selfRef's shape, which it keeps (in-place) (161002);
+    /// - non-contiguous tensors are supported ("支持非连续的Tensor").
+    pub fn inplace_mul(self_ref: Option<Desc>, other: Option<Desc>) -> Result<Op, Fail> {
+        let (self_ref, other) = (req(self_ref, "selfRef")?, req(other, "other")?);
+        want_dt(&self_ref, &FLOATS, "selfRef")?;
+        want_dt(&other, &FLOATS, "other")?;
+        let (sr, or) = (self_ref.dims.len(), other.dims.len());
+        let fits = or <= sr
+            && other
+                .dims
+                .iter()
+                .rev()
+                .zip(self_ref.dims.iter().rev())
+                .all(|(o, s)| o == s || *o == 1);
+        if !fits {
+            return Err(bad(format!(
+                "other {} does not broadcast to selfRef {} (an in-place result keeps selfRef's shape)",
+                other.show(),
+                self_ref.show()
+            )));
+        }
+        Ok(Op::InplaceMul { self_ref, other })
+    }
+
     // ---------------------------------------------------------------- phase two
 
     /// Run on host copies of the tensors (in the order of [`Op::tensors`]).
@@ -1083,6 +1160,14 @@ impl Op {
                 *k,
             ),
             Op::Gather { .. } => run_gather(ins, outs),
+            Op::SwiGlu { dim, .. } => {
+                run_swiglu(&ins[0], &mut outs[0], *dim);
+                Ok(())
+            }
+            Op::InplaceMul { .. } => {
+                run_inplace_mul(&ins[0], &ins[1], &mut outs[0]);
+                Ok(())
+            }
             Op::Cast { .. } => {
                 let (s, o) = (&ins[0], &mut outs[0]);
                 let n = s.d.numel();
@@ -1114,6 +1199,50 @@ fn incr(idx: &mut [i64], dims: &[i64]) {
             return;
         }
         idx[i] = 0;
+    }
+}
+
+/// `out = Swish(A) * B` with `Swish(a) = a / (1 + e^-a)` (\[HA canncommercial/800 aclnnSwiGlu.md\]
+/// formula), A = the first half of x along `dim`, B = the second. Evaluated in f32 and rounded once
+/// to out's dtype: the internal precision for FLOAT16 / BFLOAT16 is UNDOCUMENTED (the page gives
+/// only the formula); f32 is the conservative model.
+fn run_swiglu(x: &HostTensor, out: &mut HostTensor, dim: usize) {
+    let outer: i64 = x.d.dims[..dim].iter().product();
+    let half = x.d.dims[dim] / 2;
+    let inner: i64 = x.d.dims[dim + 1..].iter().product();
+    // Both tensors are contiguous (phase one), so positions are offset + linear index.
+    for o in 0..outer {
+        for h in 0..half {
+            for i in 0..inner {
+                let a = x.get_pos(x.d.offset + (o * 2 * half + h) * inner + i) as f32;
+                let b = x.get_pos(x.d.offset + (o * 2 * half + half + h) * inner + i) as f32;
+                let swish = a / (1.0 + (-a).exp());
+                out.set_pos(out.d.offset + (o * half + h) * inner + i, (swish * b) as f64);
+            }
+        }
+    }
+}
+
+/// `selfRef[i] = selfRef[i] × other[broadcast(i)]` (\[HA canncommercial/800
+/// aclnnMul&aclnnInplaceMul.md\] formula). The product of two FLOAT / FLOAT16 / BFLOAT16 values is
+/// exact in f32 for the 16-bit types, so computing in f32 and rounding once to selfRef's dtype is
+/// the correctly rounded result in the promoted type (f32 when either side is FLOAT or the two
+/// 16-bit types differ) converted to selfRef's type.
+fn run_inplace_mul(s: &HostTensor, other: &HostTensor, out: &mut HostTensor) {
+    let rank = s.d.dims.len();
+    let lead = rank - other.d.dims.len();
+    let mut idx = vec![0i64; rank];
+    for _ in 0..s.d.numel() {
+        let oidx: Vec<i64> = other
+            .d
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| if n == 1 { 0 } else { idx[lead + j] })
+            .collect();
+        let v = s.get(&idx) * other.get(&oidx);
+        out.set_pos(out.d.pos(&idx), v as f64);
+        incr(&mut idx, &s.d.dims);
     }
 }
 

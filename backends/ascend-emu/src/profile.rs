@@ -66,6 +66,10 @@ pub fn exported_aclnn_ops() -> Vec<&'static str> {
         "aclnnGatherV2",
         "aclnnIndexSelect",
         "aclnnCast",
+        // Documented from the 8.0 pages on ([HA canncommercial/800 aclnnSwiGlu.md],
+        // [HA canncommercial/800 aclnnMul&aclnnInplaceMul.md]): every profile.
+        "aclnnSwiGlu",
+        "aclnnInplaceMul",
     ]);
     if HAS_GATING_TOPK {
         v.push("aclnnMoeGatingTopK");

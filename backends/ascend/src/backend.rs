@@ -288,8 +288,13 @@ impl Backend for Ascend {
                 } else {
                     ""
                 };
+                let scale = if v.inplace_mul {
+                    "row_scale: aclnnInplaceMul"
+                } else {
+                    "row_scale on host"
+                };
                 Support::yes(format!(
-                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; row_scale on host",
+                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; group_end read on host to check it",
                     v.gmm
                 ))
             }
@@ -372,17 +377,24 @@ impl Backend for Ascend {
                     }
                 }
             }
-            OpDesc::Swiglu { .. } => Support::yes("host (aclnnSwiGlu not mapped)"),
+            OpDesc::Swiglu { .. } => {
+                if v.swiglu {
+                    Support::yes("aclnnSwiGlu (dim 1); with limit or non-contiguous views: host")
+                } else {
+                    Support::yes("host (no aclnnSwiGlu in the op libraries)")
+                }
+            }
             OpDesc::MoeCombine { dtype } => {
                 let mixed = dtype == DType::BF16 && self.routes.finalize_bf16_f32_scales;
                 if v.finalize && (dtype == DType::F32 || mixed) {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}) + host (dropped slots)",
-                        if mixed { ", bf16 mixed mode" } else { "" }
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}){} + host (slot_row check; dropped slots)",
+                        if mixed { ", bf16 mixed mode" } else { "" },
+                        if v.cast { " + aclnnCast slot_row->INT32" } else { "" }
                     ))
                 } else if v.finalize && v.cast {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}{} + host (dropped slots)",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{} + host (slot_row check; dropped slots)",
                         if dtype == DType::BF16 {
                             " (probe: f32 scales beside bf16 refused)"
                         } else {

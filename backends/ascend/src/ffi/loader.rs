@@ -71,6 +71,8 @@ api! {
         aclnnGatherV2GetWorkspaceSize: aclnnGatherV2GetWorkspaceSizeFn, aclnnGatherV2: aclnnGatherV2Fn,
         aclnnIndexSelectGetWorkspaceSize: aclnnIndexSelectGetWorkspaceSizeFn, aclnnIndexSelect: aclnnIndexSelectFn,
         aclnnCastGetWorkspaceSize: aclnnCastGetWorkspaceSizeFn, aclnnCast: aclnnCastFn,
+        aclnnSwiGluGetWorkspaceSize: aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu: aclnnSwiGluFn,
+        aclnnInplaceMulGetWorkspaceSize: aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul: aclnnInplaceMulFn,
     }
 }
 
@@ -109,6 +111,10 @@ pub struct OpVersions {
     pub gather: u8,
     /// `aclnnCast`.
     pub cast: bool,
+    /// `aclnnSwiGlu`.
+    pub swiglu: bool,
+    /// `aclnnInplaceMul`.
+    pub inplace_mul: bool,
 }
 
 impl Api {
@@ -175,6 +181,16 @@ impl Api {
             self.aclnnCast.is_some(),
             self.aclnnCastGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnSwiGlu",
+            self.aclnnSwiGlu.is_some(),
+            self.aclnnSwiGluGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnInplaceMul",
+            self.aclnnInplaceMul.is_some(),
+            self.aclnnInplaceMulGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -238,6 +254,11 @@ impl Api {
                 0
             },
             cast: both(self.aclnnCast.is_some(), self.aclnnCastGetWorkspaceSize.is_some()),
+            swiglu: both(self.aclnnSwiGlu.is_some(), self.aclnnSwiGluGetWorkspaceSize.is_some()),
+            inplace_mul: both(
+                self.aclnnInplaceMul.is_some(),
+                self.aclnnInplaceMulGetWorkspaceSize.is_some(),
+            ),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod aclnn;
 mod cast;
+mod elementwise;
 mod finalize_routing;
 mod gather;
 mod gating_topk;

@@ -44,6 +44,23 @@ impl Ascend {
         }
         let v = self.rt.lib.versions;
         let dt = a.x.dtype();
+        let total = ge.last().copied().unwrap_or(0) as usize;
+        if d.k == 0 && a.bias.is_none() {
+            // OPS.md §1: K = 0 writes `row_scale * bias`, here without bias: zeros, then the row
+            // scale (so a non-finite scale gives NaN as `scale * 0` does), on the routed rows only.
+            // GroupedMatmul refuses an empty K; aclrtMemset is a device operation, not a copy.
+            if total > 0 {
+                let (off, _) = a.y.byte_range();
+                let b = a.y.buffer();
+                self.rt.memset(
+                    b.addr() + off as u64,
+                    b.len() - off,
+                    0,
+                    total * d.n * a.y.dtype().size(),
+                )?;
+            }
+            return self.apply_row_scale(&a, total);
+        }
         if v.gmm == 0
             || d.k == 0
             || d.k >= 65536
@@ -53,7 +70,6 @@ impl Ascend {
         {
             return self.gmm_host(&a);
         }
-        let total = ge.last().copied().unwrap_or(0) as usize;
         // Weight as [G, K, N]: KN is contiguous, NK is expressed by transposed strides.
         let mut wd = desc_of(&a.w, OP_GG, "w")?;
         let (k, n) = (d.k as i64, d.n as i64);
@@ -85,8 +101,32 @@ impl Ascend {
         };
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
-        if let (Some(rs), true) = (&a.row_scale, total > 0) {
-            // Router weights scale the whole expert output: applied on the host to the routed rows.
+        self.apply_row_scale(&a, total)
+    }
+
+    /// `y[:total] *= row_scale[:total]` after the matmul (or the K = 0 zeros): on the device with
+    /// aclnnInplaceMul when present and `row_scale` is device memory, else on the host.
+    fn apply_row_scale(&self, a: &GroupedGemm<'_>, total: usize) -> Result<()> {
+        let v = self.rt.lib.versions;
+        let d = a.dims();
+        let dt = a.y.dtype();
+        let scale_on_device = v.inplace_mul
+            && a.row_scale
+                .as_ref()
+                .is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
+        if let (Some(rs), true, true) = (&a.row_scale, total > 0, scale_on_device) {
+            // Router weights scale the whole expert output: `y[:total] *= row_scale[:total, None]`
+            // with aclnnInplaceMul (f32 other beside an f16/bf16 y is computed in the promoted f32
+            // and stored in y's dtype, [HA canncommercial/800 aclnnMul&aclnnInplaceMul.md]). Rows
+            // past the group-list total stay unwritten, as GroupedMatmul leaves them.
+            let mut yd = desc_of(&a.y.as_ref(), OP_GG, "y")?;
+            yd.dims[0] = total as i64;
+            let mut sd = desc_of(rs, OP_GG, "row_scale")?;
+            sd.dims = vec![total as i64, 1];
+            sd.strides = vec![1, 1];
+            self.rt.inplace_mul(&self.t(&yd)?, &self.t(&sd)?)?;
+        } else if let (Some(rs), true) = (&a.row_scale, total > 0) {
+            // No aclnnInplaceMul: applied on the host to the routed rows.
             let s: Vec<f32> = self.fetch(rs)?;
             let es = dt.size();
             let (off, _) = a.y.byte_range();

@@ -5,7 +5,7 @@ use moehal_ascend_sys as sys;
 use moehal_core::ops::{moe_combine::check_slot_rows, Checked, MoeCombine};
 use moehal_core::{Backend, DType, Reference, Result};
 
-use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
+use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, reshaped, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome};
 
 const OP_MC: &str = "moe_combine";
@@ -46,9 +46,17 @@ impl Ascend {
         if !device {
             return self.combine_host(&a);
         }
-        let rows32: Vec<i32> = slot.iter().map(|&s| s as i32).collect();
-        let rmem = DevMem::new(&self.rt, rows32.len() * 4)?;
-        self.rt.h2d(rmem.ptr, rmem.len, bytes_of(&rows32))?;
+        // The vendor's row index is INT32: slot_row (i64, each in [0, T*k) as just checked) is
+        // converted on the device with aclnnCast when present, else on the host and uploaded.
+        let rmem = DevMem::new(&self.rt, t * k * 4)?;
+        if v.cast && self.mine(a.slot_row.buffer(), "slot_row").is_ok() {
+            let src = self.t(&reshaped(&a.slot_row, &[t * k], OP_MC, "slot_row")?)?;
+            let dst = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t * k]))?;
+            self.rt.cast(&src, sys::ACL_INT32, &dst)?;
+        } else {
+            let rows32: Vec<i32> = slot.iter().map(|&s| s as i32).collect();
+            self.rt.h2d(rmem.ptr, rmem.len, bytes_of(&rows32))?;
+        }
         let ex = self.t(&desc_of(&a.y_perm, OP_MC, "y_perm")?)?;
         let ri = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t * k]))?;
         let out = self.t(&desc_of(&a.out.as_ref(), OP_MC, "out")?)?;

@@ -243,6 +243,20 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnCastGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnCast)
 
+/* aclnnSwiGlu: out = Swish(A) * B, A / B the first / second half of x along dim
+ * ([HA canncommercial/800 aclnnSwiGlu.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSwiGluGetWorkspaceSize,
+              (const aclTensor *x, int64_t dim, const aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSwiGlu)
+
+/* aclnnInplaceMul: selfRef = selfRef * other, other broadcast to selfRef
+ * ([HA canncommercial/800 aclnnMul&aclnnInplaceMul.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceMulGetWorkspaceSize,
+              (aclTensor *selfRef, const aclTensor *other, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceMul)
+
 #ifdef __cplusplus
 }
 #endif

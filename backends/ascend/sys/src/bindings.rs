@@ -445,3 +445,36 @@ pub type aclnnCastFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnSwiGluGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        x: *const aclTensor,
+        dim: i64,
+        out: *const aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnSwiGluFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceMulGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *mut aclTensor,
+        other: *const aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceMulFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;

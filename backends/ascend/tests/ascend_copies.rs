@@ -1,0 +1,331 @@
+//! Which ops move tensor data between host and device *inside the op* (issue 13): every op of the
+//! test kit's edge cases runs on the backend through the emulator, and the emulator's own copy
+//! accounting (`moehalEmuCopyStats`, an export of the emulator library, RULES.md I1-I3; the backend
+//! takes no part) is read before and after each op call.
+//!
+//! The backend's API is device-in / device-out: an op receives device buffers and writes device
+//! buffers; uploading inputs and downloading results are separate calls (`Backend::upload` /
+//! `download`) that the caller makes. So every byte `aclrtMemcpy` moves between host and device
+//! while an op runs is a host part of that op. Two are host parts by design (OPS.md, issue 13):
+//! the Engram hash (`engram_hash`, and the hash inside `engram_lookup`), and gathers from a table
+//! that lives in host memory (the gathered rows are uploaded). Everything else that copies is a
+//! fallback still to be moved to the device: it must be listed in [`ROUND_TRIPS`] (and in
+//! `backends/ascend/README.md`, "Host round trips"), so a new fallback fails this test and removing
+//! one forces the list to shrink.
+//!
+//! One `#[test]` in this file: the counters are per process (per loaded emulator library).
+
+mod ascend_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{c_char, CStr};
+use std::sync::Mutex;
+
+use moehal_core::ops::{
+    Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
+    QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu, TableFormat,
+};
+use moehal_core::{Backend, Buffer, DeviceInfo, Location, Result, Support};
+
+/// Host parts by design, allowed whether or not the cases reach them: the Engram hash (ids to the
+/// host, rows back), and gathers from a host-resident table (indices to the host, rows uploaded).
+const BY_DESIGN: &[&str] = &[
+    "engram_hash d2h",
+    "engram_hash h2d",
+    "engram_lookup d2h",
+    "engram_lookup h2d",
+    "gather_rows+host_table d2h",
+    "gather_rows+host_table h2d",
+];
+
+/// Fallbacks that still copy tensor data inside the op (work remaining; README "Host round trips").
+/// `d2h` alone is a host read (validation or control data), `d2h` + `h2d` a full round trip.
+const ROUND_TRIPS: &[&str] = &[
+    // group_end is read on the host to check it (value errors write nothing).
+    "grouped_gemm d2h",
+    "grouped_gemm+row_scale d2h",
+    "grouped_gemm+k0 d2h",
+    "grouped_gemm+row_scale+k0 d2h",
+    // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
+    // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
+    "grouped_gemm+row_scale+k0 h2d",
+    // weights (unbiased scores, renormalise, scale), counts, sqrt_softplus on the host.
+    "router_topk d2h",
+    "router_topk h2d",
+    // group_end / slot_row / src_token from the row index on the host; dropped slots; no x.
+    "moe_permute d2h",
+    "moe_permute h2d",
+    // swiglu with a clamp on the host (aclnnSwiGlu has none).
+    "swiglu+limit d2h",
+    "swiglu+limit h2d",
+    // slot_row read to check it and find dropped slots; dropped slots run on the host.
+    "moe_combine d2h",
+    "moe_combine h2d",
+    // fp8 tables dequantised on the host.
+    "gather_rows+fp8 d2h",
+    "gather_rows+fp8 h2d",
+    // row indices range-checked on the host.
+    "gather_rows d2h",
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct CopyStats {
+    h2d_bytes: u64,
+    d2h_bytes: u64,
+    d2d_bytes: u64,
+    h2h_bytes: u64,
+    h2d_calls: u64,
+    d2h_calls: u64,
+    launches: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LaunchCopies {
+    name: [c_char; 64],
+    h2d_bytes: u64,
+    d2h_bytes: u64,
+}
+
+/// The emulator's accounting exports (the same library the backend loaded: `dlopen` of the same
+/// file returns the same handle, so the counters are shared).
+struct Counters {
+    _lib: libloading::Library,
+    stats: unsafe extern "C" fn(*mut CopyStats) -> i32,
+    reset: unsafe extern "C" fn(),
+    launches: unsafe extern "C" fn(*mut LaunchCopies, usize) -> usize,
+}
+
+impl Counters {
+    fn open(dir: &std::path::Path) -> Counters {
+        let path = dir.join("libascendcl.so");
+        // SAFETY: the emulator library; its initialisers have no preconditions.
+        let lib = unsafe { libloading::Library::new(&path) }.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: the signatures are those of the emulator's exports (ascend-emu src/abi.rs).
+        unsafe {
+            let stats = *lib.get(b"moehalEmuCopyStats\0").expect("moehalEmuCopyStats");
+            let reset = *lib.get(b"moehalEmuCopyStatsReset\0").expect("moehalEmuCopyStatsReset");
+            let launches = *lib.get(b"moehalEmuLaunchCopies\0").expect("moehalEmuLaunchCopies");
+            Counters {
+                _lib: lib,
+                stats,
+                reset,
+                launches,
+            }
+        }
+    }
+    fn stats(&self) -> CopyStats {
+        let mut s = CopyStats::default();
+        // SAFETY: out-pointer to a local.
+        assert_eq!(unsafe { (self.stats)(&mut s) }, 0);
+        s
+    }
+    fn reset(&self) {
+        // SAFETY: no arguments.
+        unsafe { (self.reset)() }
+    }
+    /// Names of the aclnn launches since the last reset.
+    fn launch_names(&self) -> Vec<String> {
+        // SAFETY: NULL with cap 0 asks for the count only.
+        let n = unsafe { (self.launches)(std::ptr::null_mut(), 0) };
+        let mut v = vec![
+            LaunchCopies {
+                name: [0; 64],
+                h2d_bytes: 0,
+                d2h_bytes: 0
+            };
+            n
+        ];
+        // SAFETY: `v` has `n` writable entries.
+        let n = unsafe { (self.launches)(v.as_mut_ptr(), n) }.min(v.len());
+        v[..n]
+            .iter()
+            .map(|e| {
+                // SAFETY: the emulator NUL-terminates each name inside its array.
+                unsafe { CStr::from_ptr(e.name.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    /// "op[+variant] dir" -> bytes, over all calls.
+    copies: BTreeMap<String, u64>,
+    /// "op[+variant]" -> the aclnn launch sequences seen.
+    launches: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The backend under test, with every op call bracketed by reads of the emulator's counters.
+struct Counting {
+    inner: std::sync::Arc<dyn Backend>,
+    counters: Counters,
+    seen: Mutex<Seen>,
+}
+
+impl Counting {
+    fn op<R>(&self, key: String, f: impl FnOnce() -> R) -> R {
+        self.counters.reset();
+        let r = f();
+        let s = self.counters.stats();
+        let names = self.counters.launch_names();
+        let mut seen = self.seen.lock().unwrap();
+        for (dir, n) in [("d2h", s.d2h_bytes), ("h2d", s.h2d_bytes)] {
+            if n > 0 {
+                *seen.copies.entry(format!("{key} {dir}")).or_default() += n;
+            }
+        }
+        seen.launches.entry(key).or_default().insert(names.join(" -> "));
+        r
+    }
+}
+
+fn on_host(b: &Buffer) -> bool {
+    b.location() == Location::Host
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn device_info(&self) -> DeviceInfo {
+        self.inner.device_info()
+    }
+    fn supports(&self, op: &OpDesc) -> Support {
+        self.inner.supports(op)
+    }
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        self.inner.alloc(bytes)
+    }
+    fn upload(&self, dst: &mut Buffer, offset: usize, src: &[u8]) -> Result<()> {
+        self.inner.upload(dst, offset, src)
+    }
+    fn download(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.inner.download(src, offset, dst)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    unsafe fn wrap_external(&self, ptr: u64, bytes: usize) -> Result<Buffer> {
+        // SAFETY: forwarded caller promise.
+        unsafe { self.inner.wrap_external(ptr, bytes) }
+    }
+    unsafe fn set_external_stream(&self, stream: u64) -> Result<()> {
+        // SAFETY: forwarded caller promise.
+        unsafe { self.inner.set_external_stream(stream) }
+    }
+    fn grouped_gemm(&self, args: Checked<GroupedGemm<'_>>) -> Result<()> {
+        let mut key = String::from("grouped_gemm");
+        if args.row_scale.is_some() {
+            key.push_str("+row_scale");
+        }
+        if args.dims().k == 0 {
+            key.push_str("+k0");
+        }
+        self.op(key, || self.inner.grouped_gemm(args))
+    }
+    fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
+        self.op("router_topk".into(), || self.inner.router_topk(args))
+    }
+    fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        self.op("router_hash".into(), || self.inner.router_hash(args))
+    }
+    fn moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {
+        self.op("moe_permute".into(), || self.inner.moe_permute(args))
+    }
+    fn swiglu(&self, args: Checked<Swiglu<'_>>) -> Result<()> {
+        let key = if args.limit.is_some() { "swiglu+limit" } else { "swiglu" };
+        self.op(key.into(), || self.inner.swiglu(args))
+    }
+    fn moe_combine(&self, args: Checked<MoeCombine<'_>>) -> Result<()> {
+        self.op("moe_combine".into(), || self.inner.moe_combine(args))
+    }
+    fn engram_hash(&self, args: Checked<EngramHash<'_>>) -> Result<()> {
+        self.op("engram_hash".into(), || self.inner.engram_hash(args))
+    }
+    fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()> {
+        let key = if on_host(args.table.buffer()) {
+            "gather_rows+host_table"
+        } else if args.format == TableFormat::Fp8E4m3Ue8m0 {
+            "gather_rows+fp8"
+        } else {
+            "gather_rows"
+        };
+        self.op(key.into(), || self.inner.gather_rows(args))
+    }
+    fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()> {
+        self.op("engram_lookup".into(), || self.inner.engram_lookup(args))
+    }
+    fn supports_quant(&self, op: &QuantDesc) -> Support {
+        self.inner.supports_quant(op)
+    }
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        self.op("grouped_gemm_quant".into(), || self.inner.grouped_gemm_quant(args))
+    }
+    fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
+        self.op("quantize_fp8".into(), || self.inner.quantize_fp8(args))
+    }
+    fn quantize_int8(&self, args: Checked<QuantizeInt8<'_>>) -> Result<()> {
+        self.op("quantize_int8".into(), || self.inner.quantize_int8(args))
+    }
+}
+
+#[test]
+fn host_copies_inside_ops_are_exactly_the_listed_ones() {
+    let dir = ascend_common::emulator_dir(None);
+    let inner = ascend_common::open_emulated();
+    let be = Counting {
+        inner,
+        counters: Counters::open(&dir),
+        seen: Mutex::new(Seen::default()),
+    };
+    let mut cases = moehal_testkit::edge_cases();
+    cases.extend(moehal_testkit::quant::edge_cases());
+    let sum = moehal_testkit::check_backend(&be, "ascend (emulator, counted)", &cases, 0xC0B1, false);
+    assert!(
+        sum.failures.is_empty(),
+        "conformance failures:\n{}",
+        sum.failures.join("\n")
+    );
+
+    let seen = be.seen.into_inner().unwrap();
+    println!("aclnn launches per op (as seen):");
+    for (k, seqs) in &seen.launches {
+        for s in seqs {
+            println!("  {k}: {}", if s.is_empty() { "(none)" } else { s });
+        }
+    }
+    println!("host<->device bytes inside ops:");
+    for (k, n) in &seen.copies {
+        println!("  {k}: {n}");
+    }
+    // Every op family ran (the bracket saw it), so an op that stops copying is noticed.
+    for op in [
+        "grouped_gemm",
+        "router_topk",
+        "moe_permute",
+        "swiglu",
+        "moe_combine",
+        "gather_rows",
+    ] {
+        assert!(seen.launches.contains_key(op), "the edge cases never called {op}");
+    }
+    let got: BTreeSet<&str> = seen
+        .copies
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !BY_DESIGN.contains(k))
+        .collect();
+    let want: BTreeSet<&str> = ROUND_TRIPS.iter().copied().collect();
+    let new: Vec<_> = got.difference(&want).collect();
+    let gone: Vec<_> = want.difference(&got).collect();
+    assert!(
+        new.is_empty() && gone.is_empty(),
+        "host copies inside ops differ from the list: new (a fallback; move it to the device, or list it \
+         with its reason here and in the README): {new:?}; no longer copying (remove from ROUND_TRIPS and \
+         the README): {gone:?}"
+    );
+}
