@@ -9,13 +9,14 @@
 //! *value* (an index out of range, a decreasing group list), which hardware turns into garbage or an
 //! AI-core exception, is reported as `ACLNN_ERR_INNER` (561000) here.
 //!
-//! Every rule carries a source tag. Tags (full URLs in `shared/reference/ascend_audit.md`,
-//! appendix, and in `RULES.md`):
+//! Every rule carries a source tag. Tags (full sources in `RULES.md`,
+//! last section):
 //! - `\[OT\]` github hicann/ops-transformer @c29bc10 (2025-11), path given;
 //! - `\[OTF\]` 2026 master of cann/ops-transformer (github yuanfang-chen/ops-transformer and mirrors);
 //! - `\[OP\]` github Ascend/op-plugin (torch_npu) @517f2e7;  `\[VA\]` vllm-ascend token_dispatcher.py;
 //! - `\[HA <release> <page>\]` a hiascend.com page; `\[C81\]` the CANN 8.1.RC1 install dump;
-//! - `\[FS §x\]` shared/reference/ascend_acl.md (the fact sheet) section x.
+//! - `\[FS §x\]` the project's research notes on the ACL API, section x (not in this repository;
+//!   every rule citing them also carries a public source above).
 //!
 //! `UNDOCUMENTED` marks a rule no source settles: it is lenient (the backend must not rely on it)
 //! or models the most conservative documented behaviour, as its comment says. `NOT EMULATED` marks

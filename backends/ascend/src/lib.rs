@@ -12,7 +12,7 @@
 //!   MoeInitRouting V3 else V2, MoeFinalizeRoutingV2, Embedding / GatherV2 / IndexSelect, Cast.
 //! - At open, tiny complete launches probe which call patterns the installed MoeInitRouting,
 //!   MoeGatingTopK and MoeFinalizeRouting ops accept **and** compute as documented (see
-//!   `routes.rs` and `shared/reference/ascend_audit.md`); each op is routed by what they found.
+//!   `routes.rs` and `backends/ascend-emu/RULES.md`); each op is routed by what they found.
 //! - `Backend::supports` names, per op, the aclnn op and call
 //!   pattern used, which parts run on the host, and what the probe found (see the crate README).
 //!

@@ -10,7 +10,8 @@
 //! `normType`, audit P6). A probe that fails only takes the device path away; it never makes
 //! `open` fail.
 //!
-//! Sources (tags as in `shared/reference/ascend_audit.md`):
+//! Sources (tags as in `backends/ascend-emu/RULES.md`; P1-P7 are the audit faults the route table of
+//! backends/ascend/README.md cites):
 //! - `aclnnMoeInitRoutingV3`: P1 expandedScaleOut required, P2 rowIdxType 0 = gather
 //!   (`expandedRowIdx[slot] = position`), P3 activeNum = N·K, expertTokensNumType 1 (count),
 //!   activeExpertRange `[0, E]` (2025 code; the 2026 code also accepts NULL).

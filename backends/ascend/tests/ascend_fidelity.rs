@@ -1,5 +1,5 @@
 //! Issue 19 ("Ascend fidelity"), backend half: the smallest call of each documented fault of
-//! `shared/reference/ascend_audit.md` (P1-P7), on every emulator CANN profile, checked against
+//! the project's audit of the CANN documents (P1-P7, as the route table of backends/ascend/README.md cites them), on every emulator CANN profile, checked against
 //! the reference; the per-release routes the documents imply; and views whose element 0 is not
 //! 32-byte aligned (an engine's row slice, e.g. a DLTensor with byte_offset 16).
 
