@@ -232,6 +232,26 @@ fn bench_dedupes_token_counts_and_writes_a_json_array() {
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+    // --filter keeps the shapes whose origin, shape or dtype contains the text; none is an error.
+    let args = [
+        "bench",
+        "--op",
+        "swiglu",
+        "--budget",
+        "0.01",
+        "--backend",
+        "reference",
+        "--tokens",
+        "2",
+    ];
+    let o = moehal(&[&args[..], &["--filter", "bf16"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("swiglu ")).collect();
+    assert!(rows.len() == 1 && rows[0].contains("bf16"), "{out}");
+    let o = moehal(&[&args[..], &["--filter", "no such shape"]].concat());
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("matching --filter"), "{err}");
     let o = moehal(&["bench", "--help"]);
     let (help, _) = text(&o);
     assert!(help.contains("one JSON array with one object per row"), "{help}");

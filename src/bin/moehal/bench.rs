@@ -17,6 +17,7 @@ use moehal::Registry;
 
 /// Options of `moehal bench`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct Args {
     /// Bench only this backend (the reference still runs for the ratios).
     #[arg(long)]
@@ -27,6 +28,10 @@ pub(crate) struct Args {
     /// Shapes of this preset instead of the defaults (peers.py shapes).
     #[arg(long)]
     preset: Option<String>,
+    /// Only shapes whose origin, shape or dtype column contains this text (`--filter cold`,
+    /// `--filter mxfp4`).
+    #[arg(long)]
+    filter: Option<String>,
     /// Also write the rows to this file as one JSON array with one object per row (the file is
     /// created, or checked writable, before the run).
     #[arg(long)]
@@ -46,6 +51,19 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
 }
+
+/// Printed after the options of `moehal bench --help`.
+const AFTER_HELP: &str = "\
+Cold decode: the row `grouped_gemm ... T1 top8 cold (N sets)` (no --tokens, or one that includes 1)
+runs one bf16 token through N disjoint sets of 8 experts in turn, N chosen so the sets hold at least
+4 x the L3 (read from /sys/devices/system/cpu/cpu0/cache/index3/size, else 32 MiB assumed): every run
+reads its weights from DRAM. Its note gives a 2-thread read of a 16 x L3 buffer (256 MiB to 1 GiB)
+measured in the same run, and the run's GB/s as a share of it.
+
+Memory: a shape's inputs, one backend's outputs and (with a device backend) an upload copy must fit
+30% of the available memory, at most 4.5 GiB. A --tokens value that does not fit is an error that
+names the largest token count that does; preset sizes (experts, tables) are scaled down instead,
+with a note.";
 
 /// A `--json` output opened before the workload runs, so that a path that cannot be written fails
 /// at once instead of after minutes of work; the JSON is written by [`JsonOut::write`] at the end.
@@ -163,6 +181,11 @@ pub(super) fn run(a: Args) -> CliResult {
         if let Some(op) = a.op {
             v.retain(|s| s.op == op);
         }
+        if let Some(f) = &a.filter {
+            v.retain(|s| {
+                s.origin.contains(f.as_str()) || s.shape().contains(f.as_str()) || s.dtype_label().contains(f.as_str())
+            });
+        }
         Ok::<_, moehal::Error>(v)
     };
     // A count given twice runs once (first order kept).
@@ -201,11 +224,14 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     if shapes.is_empty() && too_big.is_empty() {
         return Err(anyhow!(
-            "no bench shapes for op {}{}",
-            a.op.map_or_else(String::new, |o| o.to_string()),
+            "no bench shapes for op {}{}{}",
+            a.op.map_or_else(|| "(any)".to_string(), |o| o.to_string()),
             a.preset
                 .as_deref()
-                .map_or_else(String::new, |p| format!(" in preset {p}"))
+                .map_or_else(String::new, |p| format!(" in preset {p}")),
+            a.filter
+                .as_deref()
+                .map_or_else(String::new, |f| format!(" matching --filter {f:?}"))
         ));
     }
     if !too_big.is_empty() {
