@@ -397,6 +397,8 @@ fn engram_on_a_small_text() {
     assert!(out.contains("rows scaled to fit memory: row mod R (R = 4096)"), "{out}");
     assert!(out.contains("vs reference: exact"), "{out}");
     assert!(out.contains("bitwise equal"), "{out}");
+    // One batch is not "1 batches" (bench5).
+    assert!(out.contains("in 1 batch(es)") && !out.contains(" batches"), "{out}");
     // " quick brown fox" appears twice, so its bigrams hash to the same rows: fewer distinct
     // order-2 rows than tokens * heads.
     let d = out
