@@ -200,19 +200,12 @@ fn bench_gather_counts_ids_and_output_in_its_memory_estimate() {
 fn bench_dedupes_token_counts_and_writes_a_json_array() {
     let dir = std::env::temp_dir().join(format!("moehal-bench-json-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let base = ["bench", "--op", "swiglu", "--budget", "0.01", "--backend", "reference"];
     for (i, tokens) in [&["2,2"][..], &["2", "2"][..]].into_iter().enumerate() {
         let json = dir.join(format!("rows{i}.json"));
-        let mut args = vec![
-            "bench",
-            "--op",
-            "swiglu",
-            "--budget",
-            "0.01",
-            "--backend",
-            "reference",
-            "--json",
-        ];
         let path = json.to_str().unwrap().to_string();
+        let mut args = base.to_vec();
+        args.push("--json");
         args.push(&path);
         args.push("--tokens");
         args.extend(tokens);
@@ -233,17 +226,7 @@ fn bench_dedupes_token_counts_and_writes_a_json_array() {
     }
     std::fs::remove_dir_all(&dir).ok();
     // --filter keeps the shapes whose origin, shape or dtype contains the text; none is an error.
-    let args = [
-        "bench",
-        "--op",
-        "swiglu",
-        "--budget",
-        "0.01",
-        "--backend",
-        "reference",
-        "--tokens",
-        "2",
-    ];
+    let args = [&base[..], &["--tokens", "2"]].concat();
     let o = moehal(&[&args[..], &["--filter", "bf16"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
