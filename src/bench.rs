@@ -61,6 +61,9 @@ pub enum ShapeKind {
         topk: usize,
         /// Disjoint expert sets rotated over (at most `E / topk`).
         sets: usize,
+        /// Bytes of the last-level cache the rotation was sized for ([`l3_cache`]); the same-run
+        /// DRAM read streams [`dram_read_bytes`]`(l3)`.
+        l3: usize,
     },
     /// `router_topk` on `[T, E]` f32 logits.
     Router {
@@ -232,6 +235,7 @@ impl BenchShape {
                 n,
                 topk,
                 sets,
+                ..
             } => format!("E{experts} K{k} N{n} T1 top{topk} cold ({sets} sets)"),
             ShapeKind::Router {
                 tokens,
@@ -311,8 +315,9 @@ impl BenchShape {
     /// [`moehal_testkit::cost`]).
     pub fn flops(&self) -> Option<f64> {
         match self.kind {
+            // Saturating: a shape whose rows overflow never passes `mem_bytes`, so never runs.
             ShapeKind::Gemm { k, n, tokens, topk, .. } | ShapeKind::QGemm { k, n, tokens, topk, .. } => {
-                Some(cost::gemm_flops(tokens * topk, n, k))
+                Some(cost::gemm_flops(tokens.saturating_mul(topk), n, k))
             }
             ShapeKind::DecodeCold { k, n, topk, .. } => Some(cost::gemm_flops(topk, n, k)),
             _ => None,
@@ -332,7 +337,7 @@ impl BenchShape {
                 n,
                 tokens,
                 topk,
-            } => cost::gemm_bytes(experts.min(tokens * topk), n, k, es),
+            } => cost::gemm_bytes(experts.min(tokens.saturating_mul(topk)), n, k, es),
             ShapeKind::DecodeCold { k, n, topk, .. } => cost::gemm_bytes(topk, n, k, es),
             ShapeKind::Router { tokens, experts, .. } => cost::router_bytes(tokens, experts, 4),
             ShapeKind::Permute {
@@ -349,32 +354,147 @@ impl BenchShape {
         }
     }
 
-    /// Host bytes of the inputs (what [`host_data`](Self::host_data) allocates).
-    pub fn input_bytes(&self) -> f64 {
-        let es = self.dtype.size() as f64;
-        match self.kind {
+    /// Byte sizes of the host input buffers [`host_data`](Self::host_data) allocates, in its order
+    /// (data buffers, then integer buffers: ids, rows, one `group_end` per expert set).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a size overflows `usize` (a token count no machine holds).
+    pub fn input_sizes(&self) -> Result<Vec<usize>> {
+        let es = self.dtype.size();
+        Ok(match self.kind {
             ShapeKind::Gemm {
                 experts,
                 k,
                 n,
                 tokens,
                 topk,
-            } => (experts * n * k + tokens * topk * k) as f64 * es,
+            } => vec![
+                size("x", &[tokens, topk, k, es])?,
+                size("w", &[experts, n, k, es])?,
+                size("group_end", &[experts, 8])?,
+            ],
             ShapeKind::DecodeCold {
-                experts, k, n, topk, ..
-            } => (experts * n * k + topk * k) as f64 * es,
-            ShapeKind::Gather { table_rows, dim, .. } => (table_rows * dim) as f64 * es,
+                experts,
+                k,
+                n,
+                topk,
+                sets,
+                ..
+            } => {
+                let mut v = vec![size("x", &[topk, k, es])?, size("w", &[experts, n, k, es])?];
+                v.extend(std::iter::repeat_n(size("group_end", &[experts, 8])?, sets));
+                v
+            }
+            ShapeKind::Router {
+                tokens, experts, bias, ..
+            } => {
+                let mut v = vec![size("logits", &[tokens, experts, 4])?];
+                if bias {
+                    v.push(size("bias", &[experts, 4])?);
+                }
+                v
+            }
+            ShapeKind::Permute {
+                tokens, topk, hidden, ..
+            } => vec![size("x", &[tokens, hidden, es])?, size("ids", &[tokens, topk, 4])?],
+            ShapeKind::Swiglu { rows, width, .. } => vec![size("h", &[rows, 2, width, es])?],
+            ShapeKind::Combine { tokens, topk, hidden } => vec![
+                size("y_perm", &[tokens, topk, hidden, es])?,
+                size("weights", &[tokens, topk, 4])?,
+                size("slot_row", &[tokens, topk, 8])?,
+            ],
+            ShapeKind::Hash { tokens } => vec![size("ids", &[tokens, 8])?],
+            ShapeKind::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => vec![
+                size("table", &[table_rows, dim, es])?,
+                size("rows", &[tokens, cols, 8])?,
+            ],
             ShapeKind::Lookup {
                 table_rows,
                 dim,
                 tokens,
                 ..
-            } => (table_rows * dim) as f64 * es + (tokens * 8) as f64,
+            } => vec![size("table", &[table_rows, dim, es])?, size("ids", &[tokens, 8])?],
             ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
-                crate::bench_quant::input_bytes(&self.kind, self.dtype).unwrap_or(0.0)
+                crate::bench_quant::input_sizes(&self.kind, self.dtype)?
             }
-            _ => self.bytes(),
-        }
+        })
+    }
+
+    /// Byte sizes of the outputs [`prepare`](Self::prepare) allocates on a backend, in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a size overflows `usize`.
+    pub fn output_sizes(&self) -> Result<Vec<usize>> {
+        let es = self.dtype.size();
+        Ok(match self.kind {
+            ShapeKind::Gemm { n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, es])?],
+            ShapeKind::DecodeCold { n, topk, .. } => vec![size("y", &[topk, n, es])?],
+            ShapeKind::Router { tokens, config, .. } => {
+                let b = size("ids", &[tokens, config.k, 4])?;
+                vec![b, b]
+            }
+            ShapeKind::Permute {
+                tokens,
+                experts,
+                topk,
+                hidden,
+            } => vec![
+                size("group_end", &[experts, 8])?,
+                size("src_token", &[tokens, topk, 8])?,
+                size("slot_row", &[tokens, topk, 8])?,
+                size("x_perm", &[tokens, topk, hidden, es])?,
+            ],
+            ShapeKind::Swiglu { rows, width, .. } => vec![size("out", &[rows, width, es])?],
+            ShapeKind::Combine { tokens, hidden, .. } => vec![size("out", &[tokens, hidden, es])?],
+            ShapeKind::Hash { tokens } => vec![size("rows", &[tokens, 3 * v41_flash::HEADS, 8])?],
+            ShapeKind::Gather { dim, tokens, cols, .. } => vec![size("out", &[tokens, cols, dim, es])?],
+            ShapeKind::Lookup { dim, tokens, .. } => vec![size("out", &[tokens, LOOKUP_COLUMNS, dim, es])?],
+            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => crate::bench_quant::output_sizes(&self.kind)?,
+        })
+    }
+
+    /// Peak host bytes one shape takes in `moehal bench`: its inputs ([`input_sizes`](Self::input_sizes),
+    /// held for the whole shape), the outputs of one backend at a time
+    /// ([`output_sizes`](Self::output_sizes)), with `device_copy` a second copy of the inputs (a
+    /// device backend's upload, which the Ascend emulator keeps in host memory), the `group_end`
+    /// lists built before they are copied into buffers, and for cold decode the buffer of the
+    /// same-run DRAM read when that is larger (it is freed before the inputs are made), plus 64 KiB
+    /// for bookkeeping (the lists of buffers, a token's expert choice). Backends' internal scratch
+    /// is not counted (the ops here need none beyond their outputs). tests/bench_mem.rs checks the
+    /// estimate against the peak a counting allocator sees.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a size overflows `usize`: the shape cannot exist.
+    pub fn mem_bytes(&self, device_copy: bool) -> Result<usize> {
+        let overflow = || Error::invalid("bench", "memory", "the shape's bytes overflow usize");
+        let inputs = checked_sum(&self.input_sizes()?).ok_or_else(overflow)?;
+        let outputs = checked_sum(&self.output_sizes()?).ok_or_else(overflow)?;
+        // The group_end lists (E i64 each) exist as Vecs while they are copied into buffers.
+        // (Counted generously: the counts, the running sums or the permutation, one list per set.)
+        let lists = match self.kind {
+            ShapeKind::Gemm { experts, .. }
+            | ShapeKind::QGemm {
+                experts, sets: None, ..
+            } => size("group_end", &[experts, 3, 8])?,
+            ShapeKind::DecodeCold { experts, sets, .. }
+            | ShapeKind::QGemm {
+                experts,
+                sets: Some(sets),
+                ..
+            } => size("group_end", &[experts, sets.saturating_add(2), 8])?,
+            _ => 0,
+        };
+        let copy = if device_copy { inputs } else { 0 };
+        let total = checked_sum(&[inputs, outputs, lists, copy, BOOKKEEPING]).ok_or_else(overflow)?;
+        Ok(match self.kind {
+            ShapeKind::DecodeCold { l3, .. } => total.max(dram_read_bytes(l3)),
+            _ => total,
+        })
     }
 
     /// Estimated seconds of one run on the reference, from its measured multiply-add rates
@@ -386,7 +506,7 @@ impl BenchShape {
             None => {
                 self.bytes() / 1e9
                     + match self.kind {
-                        ShapeKind::Router { tokens, experts, .. } => (tokens * experts) as f64 * 50e-9,
+                        ShapeKind::Router { tokens, experts, .. } => tokens as f64 * experts as f64 * 50e-9,
                         ShapeKind::Hash { tokens } | ShapeKind::Lookup { tokens, .. } => tokens as f64 * 1e-6,
                         _ => 0.0,
                     }
@@ -401,7 +521,9 @@ impl BenchShape {
     pub fn host_data(&self, seed: u64) -> Result<HostData> {
         let s = |i: u64| stream_seed(seed, i);
         let dt = self.dtype;
-        let mut bufs = Vec::new();
+        // Checked sizes first: every product below fits in usize when these do.
+        let sizes = self.input_sizes()?;
+        let mut bufs = Vec::with_capacity(sizes.len());
         let mut ints = Vec::new();
         match &self.kind {
             ShapeKind::Gemm {
@@ -414,7 +536,12 @@ impl BenchShape {
                 let m = tokens * topk;
                 bufs.push(random_host(dt, m * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                ints.push(IntData::I64(routed_group_end(s(3), *experts, *tokens, *topk)));
+                ints.push(moehal_core::host::buffer_from_slice(&routed_group_end(
+                    s(3),
+                    *experts,
+                    *tokens,
+                    *topk,
+                ))?);
             }
             ShapeKind::DecodeCold {
                 experts,
@@ -422,14 +549,13 @@ impl BenchShape {
                 n,
                 topk,
                 sets,
+                ..
             } => {
                 bufs.push(random_host(dt, topk * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                ints.extend(
-                    cold_group_ends(s(3), *experts, *topk, *sets)
-                        .into_iter()
-                        .map(IntData::I64),
-                );
+                for ge in cold_group_ends(s(3), *experts, *topk, *sets) {
+                    ints.push(moehal_core::host::buffer_from_slice(&ge)?);
+                }
             }
             ShapeKind::QGemm {
                 experts,
@@ -461,29 +587,30 @@ impl BenchShape {
             } => {
                 bufs.push(random_host(dt, tokens * hidden, 1.0, s(1))?);
                 let mut rng = SplitMix64::new(s(2));
-                let ids: Vec<i32> = (0..*tokens)
+                let ids = (0..*tokens)
                     .flat_map(|_| distinct(&mut rng, *experts, *topk))
-                    .map(|e| e as i32)
-                    .collect();
-                ints.push(IntData::I32(ids));
+                    .map(|e| e as i32);
+                ints.push(int_buffer(tokens * topk, ids)?);
             }
             ShapeKind::Swiglu { rows, width, .. } => bufs.push(random_host(dt, rows * 2 * width, 4.0, s(1))?),
             ShapeKind::Combine { tokens, topk, hidden } => {
                 let r = tokens * topk;
                 bufs.push(random_host(dt, r * hidden, 1.0, s(1))?);
                 bufs.push(random_host(DType::F32, r, 1.0, s(2))?);
-                // A random permutation of the rows, as moe_permute would produce.
-                let mut rows: Vec<i64> = (0..r as i64).collect();
+                // A random permutation of the rows, as moe_permute would produce (shuffled in place).
+                let mut buf = int_buffer(r, 0..r as i64)?;
+                let rows: &mut [i64] =
+                    bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "slot_row")?);
                 let mut rng = SplitMix64::new(s(3));
                 for i in (1..r).rev() {
                     rows.swap(i, rng.below(i as u64 + 1) as usize);
                 }
-                ints.push(IntData::I64(rows));
+                ints.push(buf);
             }
             ShapeKind::Hash { tokens } => {
                 let v = v41_flash::VOCAB_SIZE;
                 let mut rng = SplitMix64::new(s(1));
-                ints.push(IntData::I64((0..*tokens).map(|_| rng.below(v) as i64).collect()));
+                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.below(v) as i64))?);
             }
             ShapeKind::Gather {
                 table_rows,
@@ -493,11 +620,8 @@ impl BenchShape {
             } => {
                 bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
                 let mut rng = SplitMix64::new(s(2));
-                ints.push(IntData::I64(
-                    (0..tokens * cols)
-                        .map(|_| rng.below(*table_rows as u64) as i64)
-                        .collect(),
-                ));
+                let n = tokens * cols;
+                ints.push(int_buffer(n, (0..n).map(|_| rng.below(*table_rows as u64) as i64))?);
             }
             ShapeKind::Lookup {
                 table_rows,
@@ -508,17 +632,11 @@ impl BenchShape {
                 bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
                 let v = v41_flash::VOCAB_SIZE;
                 let mut rng = SplitMix64::new(s(2));
-                ints.push(IntData::I64((0..*tokens).map(|_| rng.below(v) as i64).collect()));
+                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.below(v) as i64))?);
             }
         }
-        let mut int_bufs = Vec::new();
-        for i in &ints {
-            int_bufs.push(match i {
-                IntData::I32(v) => moehal_core::host::buffer_from_slice(v)?,
-                IntData::I64(v) => moehal_core::host::buffer_from_slice(v)?,
-            });
-        }
-        bufs.extend(int_bufs);
+        bufs.extend(ints);
+        debug_assert_eq!(bufs.iter().map(Buffer::len).collect::<Vec<_>>(), sizes);
         let layer = match self.kind {
             ShapeKind::Hash { .. } => Some(v41_flash::layer(0)?),
             ShapeKind::Lookup {
@@ -559,31 +677,9 @@ impl BenchShape {
             });
         }
         let dt = self.dtype;
-        let es = dt.size();
         let kind = self.kind.clone();
         let mut outs: Vec<Buffer> = Vec::new();
-        let out_sizes: Vec<usize> = match &kind {
-            ShapeKind::Gemm { n, tokens, topk, .. } => vec![tokens * topk * n * es],
-            ShapeKind::DecodeCold { n, topk, .. } => vec![topk * n * es],
-            ShapeKind::Router { tokens, config, .. } => vec![tokens * config.k * 4, tokens * config.k * 4],
-            ShapeKind::Permute {
-                tokens,
-                experts,
-                topk,
-                hidden,
-            } => {
-                let r = tokens * topk;
-                vec![experts * 8, r * 8, r * 8, r * hidden * es]
-            }
-            ShapeKind::Swiglu { rows, width, .. } => vec![rows * width * es],
-            ShapeKind::Combine { tokens, hidden, .. } => vec![tokens * hidden * es],
-            ShapeKind::Hash { tokens } => vec![tokens * 3 * v41_flash::HEADS * 8],
-            ShapeKind::Gather { dim, tokens, cols, .. } => vec![tokens * cols * dim * es],
-            ShapeKind::Lookup { dim, tokens, .. } => vec![tokens * LOOKUP_COLUMNS * dim * es],
-            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
-                crate::bench_quant::out_sizes(&kind).unwrap_or_default()
-            }
-        };
+        let out_sizes = self.output_sizes()?;
         for sz in out_sizes {
             outs.push(backend.alloc(sz)?);
         }
@@ -617,6 +713,7 @@ impl BenchShape {
                     n,
                     topk,
                     sets,
+                    ..
                 } => {
                     let set = step % sets;
                     step += 1;
@@ -756,8 +853,38 @@ fn table_format(dt: DType) -> TableFormat {
 }
 
 fn random_host(dtype: DType, n: usize, scale: f32, seed: u64) -> Result<Buffer> {
-    let mut mem = HostMemory::zeroed(n * dtype.size())?;
+    let mut mem = HostMemory::zeroed(size("data", &[n, dtype.size()])?)?;
     fill_random(dtype, mem.bytes_mut()?, scale, seed, 0)?;
+    Ok(Buffer::new(Box::new(mem)))
+}
+
+/// Bytes [`BenchShape::mem_bytes`] allows for the small allocations beside the buffers.
+const BOOKKEEPING: usize = 64 << 10;
+
+/// `a · b · …` in `usize`, or [`Error::InvalidArgument`] naming `what` when the product overflows
+/// (sizes come from user input such as `--tokens`).
+pub(crate) fn size(what: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+            Error::invalid("bench", what, format!("{} bytes overflow usize", dims.join(" x ")))
+        })
+}
+
+/// The sum of `v`, `None` on overflow.
+fn checked_sum(v: &[usize]) -> Option<usize> {
+    v.iter().try_fold(0usize, |acc, &x| acc.checked_add(x))
+}
+
+/// A host buffer of `n` integers taken from `values`, written in place (no intermediate `Vec`, so
+/// the ids take their bytes once).
+fn int_buffer<T: bytemuck::Pod>(n: usize, values: impl Iterator<Item = T>) -> Result<Buffer> {
+    let mut mem = HostMemory::zeroed(size("ids", &[n, std::mem::size_of::<T>()])?)?;
+    let dst: &mut [T] = bytemuck::cast_slice_mut(mem.bytes_mut()?);
+    for (d, v) in dst.iter_mut().zip(values) {
+        *d = v;
+    }
     Ok(Buffer::new(Box::new(mem)))
 }
 
@@ -815,15 +942,17 @@ fn distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
     chosen
 }
 
-enum IntData {
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-}
-
 /// Seeded inputs of one shape in host memory (shared by every backend of a run).
 pub struct HostData {
     bufs: Vec<Buffer>,
     layer: Option<EngramLayer>,
+}
+
+impl HostData {
+    /// Byte length of each input buffer ([`BenchShape::input_sizes`] of its shape).
+    pub fn sizes(&self) -> Vec<usize> {
+        self.bufs.iter().map(Buffer::len).collect()
+    }
 }
 
 enum Input<'b> {
@@ -973,7 +1102,11 @@ fn dsv3_router() -> RouterConfig {
 /// The default shapes (peers.py plus glue and hash), for `tokens` overriding every token count
 /// when given. `mem_budget` bounds the input bytes of one shape: grouped GEMMs that do not fit
 /// keep fewer experts and gather tables are halved until they fit, each with a note.
-pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape> {
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when a token count times the top-k overflows `usize` (the routed
+/// rows of a shape cannot be counted, let alone held).
+pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<BenchShape>> {
     let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
     let mut v = Vec::new();
     for t in toks(&GEMM_TOKENS) {
@@ -1001,7 +1134,7 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
         }
     }
     if tokens.is_none_or(|t| t.contains(&1)) {
-        v.push(decode_cold_shape(mem_budget));
+        v.push(decode_cold_shape(mem_budget, l3_cache().0));
     }
     for t in toks(&[4096, 1]) {
         v.push(BenchShape::new(
@@ -1044,7 +1177,7 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
                 OpKind::Swiglu,
                 dt,
                 ShapeKind::Swiglu {
-                    rows: t * 8,
+                    rows: rows_of(t, 8)?,
                     width: 768,
                     limit: None,
                 },
@@ -1079,16 +1212,58 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchSha
         v.extend(lookup_shape(1 << 19, 256, t, DType::BF16, mem_budget));
     }
     v.extend(crate::bench_quant::quant_shapes(tokens, mem_budget));
-    v
+    Ok(v)
+}
+
+/// `tokens × topk` routed rows, or [`Error::InvalidArgument`] when that overflows `usize`.
+fn rows_of(tokens: usize, topk: usize) -> Result<usize> {
+    tokens.checked_mul(topk).ok_or_else(|| {
+        Error::invalid(
+            "bench",
+            "tokens",
+            format!("{tokens} tokens x top-{topk} routed rows overflow usize"),
+        )
+    })
+}
+
+/// The last-level (L3) cache of this host in bytes and where the figure comes from: sysfs
+/// `/sys/devices/system/cpu/cpu0/cache/index3/size` (`"32768K"`), else 32 MiB (`"assumed"`).
+pub fn l3_cache() -> (usize, &'static str) {
+    std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size")
+        .ok()
+        .and_then(|t| parse_cache_size(&t))
+        .map_or((32 << 20, "assumed"), |b| (b, "sysfs"))
+}
+
+/// A sysfs cache size (`"32768K"`, `"1M"`, `"512"`) in bytes; `None` for anything else or 0.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let (num, mult) = match t.as_bytes().last()? {
+        b'K' | b'k' => (&t[..t.len() - 1], 1usize << 10),
+        b'M' | b'm' => (&t[..t.len() - 1], 1 << 20),
+        b'G' | b'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult).filter(|&b| b > 0)
+}
+
+/// Bytes of the same-run DRAM read beside cold decode: 16 × the L3 (far beyond it), within
+/// 256 MiB ..= 1 GiB.
+pub fn dram_read_bytes(l3: usize) -> usize {
+    l3.saturating_mul(16).clamp(256 << 20, 1 << 30)
 }
 
 /// The cold-decode shape (bf16, one token, top-8 of the Qwen3-30B-A3B gate_up experts, rotating
-/// over disjoint expert sets): as many of the 128 experts as `budget` allows (a multiple of 8, at
-/// least 16), with a note of the bytes rotated over (cold only where that exceeds the last-level cache).
-pub fn decode_cold_shape(budget: f64) -> BenchShape {
+/// over disjoint expert sets, as benches/peers.py `decode`): the fewest experts (a multiple of 8,
+/// at least 16 so at least 2 sets) whose weights are at least 4 × `l3` bytes, so every run reads
+/// its weights from DRAM; at most the model's 128 experts and what `budget` bytes hold. When that
+/// falls short of 4 × `l3` a note says the case is not cold.
+pub fn decode_cold_shape(budget: f64, l3: usize) -> BenchShape {
     let dt = DType::BF16;
-    let per_expert = (2048 * 1536 * dt.size()) as f64;
-    let e = ((budget / per_expert) as usize).clamp(16, 128) / 8 * 8;
+    let per_expert = 2048 * 1536 * dt.size();
+    let need = l3.saturating_mul(4).div_ceil(per_expert).div_ceil(8).saturating_mul(8);
+    let fit = ((budget / per_expert as f64) as usize) / 8 * 8;
+    let e = need.clamp(16, 128).min(fit).max(16);
     let mut s = BenchShape::new(
         OpKind::GroupedGemm,
         dt,
@@ -1098,13 +1273,23 @@ pub fn decode_cold_shape(budget: f64) -> BenchShape {
             n: 1536,
             topk: 8,
             sets: e / 8,
+            l3,
         },
         "qwen3-30b-a3b gate_up decode, cold",
     );
+    let rot = (e * per_expert) as f64;
     s.notes.push(format!(
-        "rotates over {:.0} MiB of expert weights",
-        e as f64 * per_expert / (1 << 20) as f64
+        "rotates over {} of expert weights ({:.1} x the L3 of {})",
+        human_bytes(rot),
+        rot / l3 as f64,
+        human_bytes(l3 as f64)
     ));
+    if e * per_expert < l3.saturating_mul(4) {
+        s.notes.push(format!(
+            "not fully cold: {} experts fit (memory or the model's 128), fewer than 4 x L3",
+            e
+        ));
+    }
     s
 }
 
@@ -1194,7 +1379,10 @@ fn gather_shape(rows: usize, dim: usize, t: usize, c: usize, dt: DType, origin: 
 /// Shapes derived from a preset: the gate_up and down projections (bf16, experts scaled to fit
 /// `mem_budget` with a note), its router, the glue at its widths, and the Engram hash and gather
 /// for presets with Engram. Tokens: `tokens` or 1, 16, 128, 1024 (router: 4096 and 1).
-pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape> {
+///
+/// # Errors
+/// As [`default_shapes`]: a token count whose routed rows overflow `usize`.
+pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<BenchShape>> {
     let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
     let dt = DType::BF16;
     let (h, i) = (p.hidden, p.expert_width);
@@ -1253,7 +1441,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> V
             OpKind::Swiglu,
             dt,
             ShapeKind::Swiglu {
-                rows: t * p.k,
+                rows: rows_of(t, p.k)?,
                 width: i,
                 limit: p.swiglu_limit,
             },
@@ -1288,7 +1476,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> V
             v.push(s);
         }
     }
-    v
+    Ok(v)
 }
 
 /// One result row of `moehal bench` (one JSON object each).
@@ -1349,8 +1537,12 @@ pub fn run_table(
     let total = shapes.len() * backends.len();
     let mut idx = 0;
     for (si, s) in shapes.iter().enumerate() {
-        // Cold decode is compared with a DRAM read measured now, in the same run (2 threads, 1 GiB).
-        let dram = matches!(s.kind, ShapeKind::DecodeCold { .. }).then(|| dram_read_gbs(1 << 30, 2));
+        // Cold decode is compared with a DRAM read measured now, in the same run (2 threads, a
+        // buffer of 16 x L3), before its inputs are made (the two are not held at once).
+        let dram = match s.kind {
+            ShapeKind::DecodeCold { l3, .. } => Some((dram_read_gbs(dram_read_bytes(l3), 2), dram_read_bytes(l3))),
+            _ => None,
+        };
         let data = s.host_data(seed)?;
         let mut ref_secs = None;
         // Reference first so the ratio is known for the others.
@@ -1402,11 +1594,12 @@ pub fn run_table(
                     row.reps = m.reps;
                     row.gflops = s.flops().map(|f| f / m.median / 1e9);
                     row.gbs = Some(s.bytes() / m.median / 1e9);
-                    if let (Some(d), Some(g)) = (dram, row.gbs) {
+                    if let (Some((d, db)), Some(g)) = (dram, row.gbs) {
                         add_note(
                             &mut row,
                             format!(
-                                "same-run DRAM read (2 threads, 1 GiB): {d:.1} GB/s; this run {:.0}% of it",
+                                "same-run DRAM read (2 threads, {}): {d:.1} GB/s; this run {:.0}% of it",
+                                human_bytes(db as f64),
                                 100.0 * g / d
                             ),
                         );
@@ -1476,6 +1669,7 @@ mod tests {
                 n: 32,
                 topk: 8,
                 sets: 3,
+                l3: 1 << 20,
             },
             "test",
         );
@@ -1507,14 +1701,59 @@ mod tests {
             p.run().unwrap();
         }
         assert_eq!(shape.bytes(), (8 * 32 * 64 * 2) as f64);
-        assert!(decode_cold_shape(1e12).shape().contains("E128"));
+        // 4 x 32 MiB = 128 MiB of 6 MiB experts: 22, rounded up to 3 sets of 8.
+        assert!(decode_cold_shape(1e12, 32 << 20).shape().contains("E24 "));
         assert!(dram_read_gbs(1 << 16, 2) > 0.0);
+    }
+
+    #[test]
+    fn cold_decode_rotates_over_at_least_four_times_the_l3() {
+        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        for bad in ["", "K", "0K", "abc", "-1K", "12Q"] {
+            assert_eq!(parse_cache_size(bad), None, "{bad:?}");
+        }
+        let (l3, from) = l3_cache();
+        assert!(l3 >= 1 << 10 && (from == "sysfs" || l3 == 32 << 20), "{l3} {from}");
+        let per = 2048 * 1536 * 2;
+        for l3 in [1 << 20, 8 << 20, 32 << 20, 96 << 20, 160 << 20, 256 << 20] {
+            let s = decode_cold_shape(1e12, l3);
+            let ShapeKind::DecodeCold {
+                experts, topk, sets, ..
+            } = s.kind
+            else {
+                panic!("{:?}", s.kind)
+            };
+            assert_eq!((experts % 8, sets * topk), (0, experts), "{l3}");
+            assert!(sets >= 2, "{l3}");
+            let rot = experts * per;
+            if 4 * l3 <= 128 * per {
+                assert!(rot >= 4 * l3, "{l3}: {rot}");
+                // The fewest sets that do it (or the minimum of 2 sets).
+                assert!(experts == 16 || (experts - 8) * per < 4 * l3, "{l3}: {experts}");
+                assert!(!s.notes.iter().any(|n| n.contains("not fully cold")), "{:?}", s.notes);
+            } else {
+                assert_eq!(experts, 128);
+                assert!(s.notes.iter().any(|n| n.contains("not fully cold")), "{:?}", s.notes);
+            }
+            // The DRAM read streams far more than the L3 (16x, within 256 MiB ..= 1 GiB).
+            let d = dram_read_bytes(l3);
+            assert!(
+                (256 << 20..=1 << 30).contains(&d) && (d >= 16 * l3 || d == 1 << 30),
+                "{l3}: {d}"
+            );
+        }
+        // A memory budget below 4 x L3 keeps 2 sets and says the case is not cold.
+        let s = decode_cold_shape(50e6, 32 << 20);
+        assert!(s.shape().contains("E16 "), "{}", s.shape());
+        assert!(s.notes.iter().any(|n| n.contains("not fully cold")), "{:?}", s.notes);
     }
 
     #[test]
     fn quant_shapes_run_on_the_reference_and_compare_with_their_bf16_rows() {
         let be = moehal_core::Reference::new();
-        let all = default_shapes(None, 1e12);
+        let all = default_shapes(None, 1e12).unwrap();
         let q: Vec<&BenchShape> = all
             .iter()
             .filter(|s| matches!(s.kind, ShapeKind::QGemm { .. }))
@@ -1545,7 +1784,7 @@ mod tests {
             })
             .unwrap();
         assert!(mx.notes.iter().any(|n| n.contains("rotates over")));
-        assert!(decode_cold_shape(1e12).bytes() / mx.bytes() >= 3.5);
+        assert!(decode_cold_shape(1e12, 32 << 20).bytes() / mx.bytes() >= 3.5);
         for op in [OpKind::QuantizeFp8, OpKind::QuantizeInt8] {
             assert!(all.iter().any(|s| s.op == op), "no {op} shape");
         }
@@ -1634,7 +1873,7 @@ mod tests {
     #[test]
     fn every_default_shape_runs_on_the_reference_when_scaled_down() {
         let be = moehal_core::Reference::new();
-        let shapes = default_shapes(Some(&[2]), 1e6);
+        let shapes = default_shapes(Some(&[2]), 1e6).unwrap();
         assert!(shapes.iter().any(|s| s.op == OpKind::GroupedGemm));
         // GEMMs (float and quantized) are too slow on the debug reference here; quant_shapes_run_on_the_reference runs small ones.
         for s in shapes
@@ -1649,12 +1888,13 @@ mod tests {
         assert!(g.notes.iter().any(|n| n.contains("scaled")), "{:?}", g.notes);
         let l = shapes.iter().find(|s| s.op == OpKind::EngramLookup).unwrap();
         assert!(l.notes.iter().any(|n| n.contains("scaled")), "{:?}", l.notes);
-        assert!(l.input_bytes() <= 1e6 + 4096.0, "{}", l.input_bytes());
+        let table = l.input_sizes().unwrap()[0];
+        assert!(table as f64 <= 1e6, "{table}");
     }
 
     #[test]
     fn lookup_shape_table_is_about_2_pow_22_rows_and_matches_its_layer() {
-        let shapes = default_shapes(None, 1e12);
+        let shapes = default_shapes(None, 1e12).unwrap();
         let l = shapes.iter().find(|s| s.op == OpKind::EngramLookup).unwrap();
         assert!(l.notes.is_empty(), "{:?}", l.notes);
         let ShapeKind::Lookup {
@@ -1719,7 +1959,7 @@ mod tests {
     #[test]
     fn preset_shapes_scale_experts() {
         let p = crate::presets::preset("deepseek-v3").unwrap();
-        let shapes = preset_shapes(p, Some(&[1]), 1e9);
+        let shapes = preset_shapes(p, Some(&[1]), 1e9).unwrap();
         let g = &shapes[0];
         match g.kind {
             ShapeKind::Gemm { experts, .. } => assert!((8..256).contains(&experts)),

@@ -19,7 +19,7 @@ use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, Weigh
 use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{Backend, Buffer, DType, OpKind, Result};
 
-use crate::bench::{BenchShape, ShapeKind};
+use crate::bench::{size, BenchShape, ShapeKind};
 use crate::pipeline::{human_bytes, stream_seed, SplitMix64};
 
 /// Bytes of one expert's weights and scales (`[N, K]` in `w`; [`WeightFormat::bytes`]).
@@ -27,26 +27,29 @@ pub fn expert_bytes(w: WeightFormat, n: usize, k: usize) -> usize {
     w.bytes(1, n, k)
 }
 
-/// Bytes of the activations of `m` rows of `k` in format `x` (with their scales).
-fn act_bytes(x: ActFormat, m: usize, k: usize) -> usize {
-    match x {
-        ActFormat::Float(d) => m * k * d.size(),
-        ActFormat::Fp8 => m * k + m * k.div_ceil(FP8_BLOCK) * 4,
-        ActFormat::Int8 => m * k + m * 4,
-    }
+/// Byte sizes of the activation buffers of `m` rows of `k` in format `x`: the values, then the
+/// scales for quantized `x` (checked: `m` comes from `--tokens`).
+fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
+    Ok(match x {
+        ActFormat::Float(d) => vec![size("x", &[m, k, d.size()])?],
+        ActFormat::Fp8 => vec![size("x", &[m, k])?, size("x_scale", &[m, k.div_ceil(FP8_BLOCK), 4])?],
+        ActFormat::Int8 => vec![size("x", &[m, k])?, size("x_scale", &[m, 4])?],
+    })
 }
 
 /// Output dtype of the quantized rows (bf16, as the float baseline).
 const Y: DType = DType::BF16;
 
-fn random_bytes(n: usize, seed: u64, map: impl Fn(u8) -> u8) -> Vec<u8> {
+/// A host buffer of `n` random bytes passed through `map`, written in place (no intermediate
+/// `Vec`, so the weights take their bytes once).
+fn random_bytes(n: usize, seed: u64, map: impl Fn(u8) -> u8) -> Result<Buffer> {
     let mut rng = SplitMix64::new(seed);
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        v.extend(rng.next_u64().to_le_bytes().map(&map));
+    let mut buf = moehal_core::host::zeroed_buffer(n)?;
+    for c in moehal_core::host::bytes_mut(&mut buf, "bench", "data")?.chunks_mut(8) {
+        let r = rng.next_u64().to_le_bytes().map(&map);
+        c.copy_from_slice(&r[..c.len()]);
     }
-    v.truncate(n);
-    v
+    Ok(buf)
 }
 
 /// An e4m3fn code that is not NaN (`0x7F` / `0xFF` become `0x7E` / `0xFE`).
@@ -69,10 +72,12 @@ fn i8_code(b: u8) -> u8 {
 
 fn f32_scales(n: usize, seed: u64, base: f32) -> Result<Buffer> {
     let mut rng = SplitMix64::new(seed);
-    let v: Vec<f32> = (0..n)
-        .map(|_| base * (0.5 + (rng.below(1 << 20) as f32) / (1 << 20) as f32))
-        .collect();
-    moehal_core::host::buffer_from_slice(&v)
+    let mut buf = moehal_core::host::zeroed_buffer(size("scales", &[n, 4])?)?;
+    let dst: &mut [f32] = bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "scales")?);
+    for d in dst {
+        *d = base * (0.5 + (rng.below(1 << 20) as f32) / (1 << 20) as f32);
+    }
+    Ok(buf)
 }
 
 /// The seeded inputs of a [`ShapeKind::QGemm`] in the order [`run_qgemm`] reads them: `x`, `w`,
@@ -101,33 +106,23 @@ pub(crate) fn qgemm_host(
     let mut bufs = Vec::new();
     bufs.push(match x {
         ActFormat::Float(_) => float_x(m * k)?,
-        ActFormat::Fp8 => moehal_core::host::buffer_from_slice(&random_bytes(m * k, s(1), e4m3_code))?,
-        ActFormat::Int8 => moehal_core::host::buffer_from_slice(&random_bytes(m * k, s(1), i8_code))?,
+        ActFormat::Fp8 => random_bytes(m * k, s(1), e4m3_code)?,
+        ActFormat::Int8 => random_bytes(m * k, s(1), i8_code)?,
     });
     let wlen: usize = w.w_shape(experts, n, k).iter().product();
     let slen: usize = w.scale_shape(experts, n, k).iter().product();
     match w {
         WeightFormat::Fp8Block => {
-            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(
-                wlen,
-                s(2),
-                e4m3_code,
-            ))?);
+            bufs.push(random_bytes(wlen, s(2), e4m3_code)?);
             bufs.push(f32_scales(slen, s(3), 1e-3)?);
         }
         WeightFormat::Mxfp4 => {
-            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(wlen, s(2), |b| b))?);
+            bufs.push(random_bytes(wlen, s(2), |b| b)?);
             // E8M0 bytes 119..=126: scales 2^-8 .. 2^-1.
-            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(slen, s(3), |b| {
-                119 + (b & 7)
-            }))?);
+            bufs.push(random_bytes(slen, s(3), |b| 119 + (b & 7))?);
         }
         WeightFormat::Int8 => {
-            bufs.push(moehal_core::host::buffer_from_slice(&random_bytes(
-                wlen,
-                s(2),
-                i8_code,
-            ))?);
+            bufs.push(random_bytes(wlen, s(2), i8_code)?);
             bufs.push(f32_scales(slen, s(3), 1e-3)?);
         }
     }
@@ -246,20 +241,23 @@ pub(crate) fn run_quantize(
     }
 }
 
-/// Output sizes in bytes of a §6 shape (`None` for other shapes).
-pub(crate) fn out_sizes(kind: &ShapeKind) -> Option<Vec<usize>> {
-    match *kind {
-        ShapeKind::QGemm { x, n, tokens, topk, .. } => Some(vec![tokens * topk * n * qgemm_y(x).size()]),
-        ShapeKind::Quantize { scale, rows, k } => Some(vec![
-            rows * k,
+/// Output sizes in bytes of a §6 shape (empty for other shapes): `y`, or `xq` and `x_scale`.
+///
+/// # Errors
+/// [`moehal_core::Error::InvalidArgument`] when a size overflows `usize`.
+pub(crate) fn output_sizes(kind: &ShapeKind) -> Result<Vec<usize>> {
+    Ok(match *kind {
+        ShapeKind::QGemm { x, n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, qgemm_y(x).size()])?],
+        ShapeKind::Quantize { scale, rows, k } => vec![
+            size("xq", &[rows, k])?,
             match scale {
-                Some(ScaleFormat::Ue8m0) => rows * k.div_ceil(FP8_BLOCK),
-                Some(ScaleFormat::F32) => rows * k.div_ceil(FP8_BLOCK) * 4,
-                None => rows * 4,
+                Some(ScaleFormat::Ue8m0) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK)])?,
+                Some(ScaleFormat::F32) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK), 4])?,
+                None => size("x_scale", &[rows, 4])?,
             },
-        ]),
-        _ => None,
-    }
+        ],
+        _ => Vec::new(),
+    })
 }
 
 /// Bytes that define a §6 shape's bandwidth: the weights and scales of the experts used (GEMM;
@@ -285,16 +283,20 @@ pub(crate) fn bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
             Some((used * expert_bytes(w, n, k)) as f64)
         }
         ShapeKind::Quantize { rows, k, .. } => {
-            let out: usize = out_sizes(kind)?.iter().sum();
-            Some((rows * k * dt.size() + out) as f64)
+            let out: f64 = output_sizes(kind).ok()?.iter().map(|&b| b as f64).sum();
+            Some(rows as f64 * k as f64 * dt.size() as f64 + out)
         }
         _ => None,
     }
 }
 
-/// Host bytes of a §6 shape's inputs.
-pub(crate) fn input_bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
-    match *kind {
+/// Byte sizes of a §6 shape's host inputs in [`qgemm_host`]'s order (`x`, `w`, `w_scale`,
+/// `x_scale` for quantized `x`, one `group_end` per set), or `x` of a quantize shape.
+///
+/// # Errors
+/// [`moehal_core::Error::InvalidArgument`] when a size overflows `usize`.
+pub(crate) fn input_sizes(kind: &ShapeKind, dt: DType) -> Result<Vec<usize>> {
+    Ok(match *kind {
         ShapeKind::QGemm {
             w,
             x,
@@ -303,11 +305,29 @@ pub(crate) fn input_bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
             n,
             tokens,
             topk,
-            ..
-        } => Some((experts * expert_bytes(w, n, k) + act_bytes(x, tokens * topk, k)) as f64),
-        ShapeKind::Quantize { rows, k, .. } => Some((rows * k * dt.size()) as f64),
-        _ => None,
-    }
+            sets,
+        } => {
+            let mut acts = act_sizes(x, size("rows", &[tokens, topk])?, k)?;
+            let mut v = vec![acts.remove(0)];
+            v.push(size(
+                "w",
+                &[w.w_shape(experts, n, k).iter().product::<usize>(), w.dtype().size()],
+            )?);
+            let sdt = if w == WeightFormat::Mxfp4 { 1 } else { 4 };
+            v.push(size(
+                "w_scale",
+                &[w.scale_shape(experts, n, k).iter().product::<usize>(), sdt],
+            )?);
+            v.extend(acts);
+            v.extend(std::iter::repeat_n(
+                size("group_end", &[experts, 8])?,
+                sets.unwrap_or(1),
+            ));
+            v
+        }
+        ShapeKind::Quantize { rows, k, .. } => vec![size("x", &[rows, k, dt.size()])?],
+        _ => Vec::new(),
+    })
 }
 
 /// The bf16 float shape a quantized GEMM row is compared with: same K, N, top-k; same experts and
@@ -436,6 +456,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                         n,
                         topk,
                         sets: ce / topk,
+                        l3: crate::bench::l3_cache().0,
                     },
                     format!("{origin} decode, cold"),
                 );

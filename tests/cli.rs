@@ -142,6 +142,104 @@ fn bench_over_the_memory_budget_names_the_largest_token_count_that_fits() {
     assert!(err.contains(&format!("(--tokens {n})")), "{err}");
 }
 
+/// The largest token count an over-budget error names (`the largest token count that fits is N`).
+fn largest_fitting(err: &str) -> u64 {
+    err.split("the largest token count that fits is ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest token count in: {err}"))
+}
+
+/// Issue 16 / bench5: a token count whose sizes overflow usize (`u64::MAX` tokens × top-8 rows)
+/// is the same clear error as any impossible size, for every op at once and for a preset, never an
+/// arithmetic-overflow panic.
+#[test]
+fn bench_with_a_token_count_that_overflows_is_an_error_not_a_panic() {
+    for args in [
+        &["bench", "--tokens", "18446744073709551615"][..],
+        &["bench", "--preset", "deepseek-v3", "--tokens", "18446744073709551615"][..],
+        &["bench", "--op", "quantize_fp8", "--tokens", "18446744073709551615"][..],
+        &["bench", "--op", "engram_hash", "--tokens", "2305843009213693952"][..],
+    ] {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("exceed the memory budget"), "{args:?}: {err}");
+        let n = largest_fitting(&err);
+        assert!(n > 0 && n < 1 << 40, "{args:?}: {err}");
+    }
+}
+
+/// Issue 16 / bench5: the memory estimate counts every buffer, not only the table: gathering
+/// 10^8 tokens × 8 rows of 256 bf16 needs T·C·8 bytes of ids and T·C·D·2 of output (≈ 381 GiB),
+/// far beyond the 2 GiB table, and is refused before anything is allocated.
+#[test]
+fn bench_gather_counts_ids_and_output_in_its_memory_estimate() {
+    let o = moehal(&["bench", "--op", "gather_rows", "--tokens", "100000000"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(!err.contains("memory allocation"), "{err}");
+    let gib: f64 = err
+        .split("T100000000 C8 bf16 (")
+        .nth(1)
+        .and_then(|r| r.split(" GiB").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bf16 gather size in: {err}"));
+    let (t, c, d) = (1e8, 8.0, 256.0);
+    let need = (t * c * 8.0 + t * c * d * 2.0) / (1u64 << 30) as f64;
+    assert!(gib >= need, "estimate {gib} GiB < ids + output {need} GiB: {err}");
+    let n = largest_fitting(&err);
+    assert!(n > 0 && n < 100_000_000, "{err}");
+}
+
+/// bench5: a token count given twice runs once (`--tokens 2,2` and `--tokens 2 2`), and `--json`
+/// writes what its help says: one JSON array with one object per printed row.
+#[test]
+fn bench_dedupes_token_counts_and_writes_a_json_array() {
+    let dir = std::env::temp_dir().join(format!("moehal-bench-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = ["bench", "--op", "swiglu", "--budget", "0.01", "--backend", "reference"];
+    for (i, tokens) in [&["2,2"][..], &["2", "2"][..]].into_iter().enumerate() {
+        let json = dir.join(format!("rows{i}.json"));
+        let path = json.to_str().unwrap().to_string();
+        let mut args = base.to_vec();
+        args.push("--json");
+        args.push(&path);
+        args.push("--tokens");
+        args.extend(tokens);
+        let o = moehal(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("swiglu ")).collect();
+        // f32 and bf16, on the reference only: 2 rows, not 4.
+        assert_eq!(rows.len(), 2, "{tokens:?}: {out}");
+        assert!(out.contains("bench: 2 shape(s)"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let arr = v.as_array().expect("--json writes one array");
+        assert_eq!(arr.len(), rows.len());
+        assert!(
+            arr.iter().all(|r| r["op"] == "swiglu" && r["shape"] == "M16 I768"),
+            "{v}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    // --filter keeps the shapes whose origin, shape or dtype contains the text; none is an error.
+    let args = [&base[..], &["--tokens", "2"]].concat();
+    let o = moehal(&[&args[..], &["--filter", "bf16"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("swiglu ")).collect();
+    assert!(rows.len() == 1 && rows[0].contains("bf16"), "{out}");
+    let o = moehal(&[&args[..], &["--filter", "no such shape"]].concat());
+    let (_, err) = text(&o);
+    assert!(!o.status.success() && err.contains("matching --filter"), "{err}");
+    let o = moehal(&["bench", "--help"]);
+    let (help, _) = text(&o);
+    assert!(help.contains("one JSON array with one object per row"), "{help}");
+}
+
 /// `--help` lists every op the library has (from `OpKind::ALL`, so it cannot drift again).
 #[test]
 fn help_lists_every_op() {
@@ -282,6 +380,8 @@ fn engram_on_a_small_text() {
     assert!(out.contains("rows scaled to fit memory: row mod R (R = 4096)"), "{out}");
     assert!(out.contains("vs reference: exact"), "{out}");
     assert!(out.contains("bitwise equal"), "{out}");
+    // One batch is not "1 batches" (bench5).
+    assert!(out.contains("in 1 batch(es)") && !out.contains(" batches"), "{out}");
     // " quick brown fox" appears twice, so its bigrams hash to the same rows: fewer distinct
     // order-2 rows than tokens * heads.
     let d = out

@@ -28,10 +28,14 @@ pub fn bench_ops(c: &mut Criterion, ops: &[OpKind]) {
         .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect());
     let budget = available_memory().unwrap_or(8 << 30) as f64 * 0.3;
     let rates = calibrate_reference().unwrap_or(RefRates([1e9; 3]));
-    for s in default_shapes(tokens.as_deref(), budget)
-        .into_iter()
-        .filter(|s| ops.contains(&s.op))
-    {
+    let shapes = match default_shapes(tokens.as_deref(), budget) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("skipped: no shapes for MOEHAL_BENCH_TOKENS: {e}");
+            return;
+        }
+    };
+    for s in shapes.into_iter().filter(|s| ops.contains(&s.op)) {
         for n in &s.notes {
             eprintln!("note: {} {}: {n}", s.op, s.shape());
         }

@@ -17,6 +17,7 @@ use moehal::Registry;
 
 /// Options of `moehal bench`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct Args {
     /// Bench only this backend (the reference still runs for the ratios).
     #[arg(long)]
@@ -27,12 +28,17 @@ pub(crate) struct Args {
     /// Shapes of this preset instead of the defaults (peers.py shapes).
     #[arg(long)]
     preset: Option<String>,
-    /// Also write one JSON object per row to this file (created, or checked writable, before the
-    /// run).
+    /// Only shapes whose origin, shape or dtype column contains this text (`--filter cold`,
+    /// `--filter mxfp4`).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Also write the rows to this file as one JSON array with one object per row (the file is
+    /// created, or checked writable, before the run).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Token counts replacing the defaults of every op (each at least 1).
-    #[arg(long, num_args = 1.., value_parser = super::count_at_least_1)]
+    /// Token counts replacing the defaults of every op (each at least 1; `--tokens 1 16` or
+    /// `--tokens 1,16`; a count given twice runs once).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_parser = super::count_at_least_1)]
     tokens: Option<Vec<usize>>,
     /// Skip the reference on shapes estimated to take longer than this (seconds per run; finite,
     /// 0 or more).
@@ -45,6 +51,19 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
 }
+
+/// Printed after the options of `moehal bench --help`.
+const AFTER_HELP: &str = "\
+Cold decode: the row `grouped_gemm ... T1 top8 cold (N sets)` (no --tokens, or one that includes 1)
+runs one bf16 token through N disjoint sets of 8 experts in turn, N chosen so the sets hold at least
+4 x the L3 (read from /sys/devices/system/cpu/cpu0/cache/index3/size, else 32 MiB assumed): every run
+reads its weights from DRAM. Its note gives a 2-thread read of a 16 x L3 buffer (256 MiB to 1 GiB)
+measured in the same run, and the run's GB/s as a share of it.
+
+Memory: a shape's inputs, one backend's outputs and (with a device backend) an upload copy must fit
+30% of the available memory, at most 4.5 GiB. A --tokens value that does not fit is an error that
+names the largest token count that does; preset sizes (experts, tables) are scaled down instead,
+with a note.";
 
 /// A `--json` output opened before the workload runs, so that a path that cannot be written fails
 /// at once instead of after minutes of work; the JSON is written by [`JsonOut::write`] at the end.
@@ -96,16 +115,27 @@ impl Drop for JsonOut {
     }
 }
 
-/// The largest token count `t <= most` whose shapes (`shapes_for(t)`) all have inputs within
-/// `budget` bytes, or 0 when not even one token fits. Input bytes grow with the token count, so
-/// this is a bisection over `1..=most`.
-fn largest_fitting_tokens(most: usize, budget: f64, shapes_for: impl Fn(usize) -> Vec<BenchShape>) -> usize {
-    let fits = |t: usize| shapes_for(t).iter().all(|s| s.input_bytes() <= budget);
+/// Whether `s` fits `budget` bytes of host memory ([`BenchShape::mem_bytes`]; a shape whose size
+/// overflows does not).
+fn fits(s: &BenchShape, device_copy: bool, budget: f64) -> bool {
+    s.mem_bytes(device_copy).is_ok_and(|b| b as f64 <= budget)
+}
+
+/// The largest token count `t <= most` whose shapes (`shapes_for(t)`; an error: they cannot exist)
+/// all fit `budget` bytes ([`fits`]), or 0 when not even one token fits. Memory grows with the
+/// token count, so this is a bisection over `1..=most`.
+fn largest_fitting_tokens(
+    most: usize,
+    budget: f64,
+    device_copy: bool,
+    shapes_for: impl Fn(usize) -> moehal::Result<Vec<BenchShape>>,
+) -> usize {
+    let all_fit = |t: usize| shapes_for(t).is_ok_and(|v| v.iter().all(|s| fits(s, device_copy, budget)));
     // Invariant: `lo` fits (0 vacuously), `hi + 1` does not (or is past `most`).
     let (mut lo, mut hi) = (0usize, most);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if fits(mid) {
+        if all_fit(mid) {
             lo = mid;
         } else {
             hi = mid - 1;
@@ -129,7 +159,9 @@ pub(super) fn run(a: Args) -> CliResult {
             outln!("skipped: {} unavailable ({reason})", e.name);
         }
     }
-    // One shape's inputs live once in host memory (plus one copy per device backend).
+    // One shape's inputs live once in host memory, plus one backend's outputs at a time, plus an
+    // upload copy while a device backend runs it (the Ascend emulator's device memory is host memory).
+    let device_copy = backends.iter().any(|b| !moehal::pipeline::is_host_backend(b.as_ref()));
     let avail = available_memory().unwrap_or(8 << 30) as f64;
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
     let preset = a
@@ -138,52 +170,82 @@ pub(super) fn run(a: Args) -> CliResult {
         .map(moehal::presets::preset)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    // The shapes of the run for these token counts (`None`: the defaults), of `--op` only.
+    // The shapes of the run for these token counts (`None`: the defaults), of `--op` only. Big
+    // tables and expert sets are scaled to half the budget when an upload copy doubles them.
+    let scale_to = if device_copy { budget / 2.0 } else { budget };
     let shapes_for = |tokens: Option<&[usize]>| {
         let mut v = match preset {
-            Some(p) => preset_shapes(p, tokens, budget),
-            None => default_shapes(tokens, budget),
-        };
+            Some(p) => preset_shapes(p, tokens, scale_to),
+            None => default_shapes(tokens, scale_to),
+        }?;
         if let Some(op) = a.op {
             v.retain(|s| s.op == op);
         }
-        v
+        if let Some(f) = &a.filter {
+            v.retain(|s| {
+                s.origin.contains(f.as_str()) || s.shape().contains(f.as_str()) || s.dtype_label().contains(f.as_str())
+            });
+        }
+        Ok::<_, moehal::Error>(v)
     };
-    let shapes = shapes_for(a.tokens.as_deref());
-    if shapes.is_empty() {
+    // A count given twice runs once (first order kept).
+    let tokens: Option<Vec<usize>> = a.tokens.as_ref().map(|t| {
+        let mut seen = Vec::with_capacity(t.len());
+        for &x in t {
+            if !seen.contains(&x) {
+                seen.push(x);
+            }
+        }
+        seen
+    });
+    let describe = |s: &BenchShape| {
+        format!(
+            "{} {} {} ({})",
+            s.op,
+            s.shape(),
+            s.dtype_label(),
+            s.mem_bytes(device_copy).map_or_else(
+                |_| "more bytes than usize counts".to_string(),
+                |b| human_bytes(b as f64)
+            )
+        )
+    };
+    // Shapes that cannot exist (sizes overflow) are over the budget like those that do not fit.
+    let (shapes, too_big): (Vec<BenchShape>, Vec<String>) = match shapes_for(tokens.as_deref()) {
+        Ok(v) => {
+            let big = v
+                .iter()
+                .filter(|s| !fits(s, device_copy, budget))
+                .map(describe)
+                .collect();
+            (v, big)
+        }
+        Err(e) => (Vec::new(), vec![format!("shapes that cannot exist ({e})")]),
+    };
+    if shapes.is_empty() && too_big.is_empty() {
         return Err(anyhow!(
-            "no bench shapes for op {}{}",
-            a.op.map_or_else(String::new, |o| o.to_string()),
+            "no bench shapes for op {}{}{}",
+            a.op.map_or_else(|| "(any)".to_string(), |o| o.to_string()),
             a.preset
                 .as_deref()
-                .map_or_else(String::new, |p| format!(" in preset {p}"))
+                .map_or_else(String::new, |p| format!(" in preset {p}")),
+            a.filter
+                .as_deref()
+                .map_or_else(String::new, |f| format!(" matching --filter {f:?}"))
         ));
     }
-    let too_big: Vec<String> = shapes
-        .iter()
-        .filter(|s| s.input_bytes() > budget)
-        .map(|s| {
-            format!(
-                "{} {} {} ({})",
-                s.op,
-                s.shape(),
-                s.dtype_label(),
-                human_bytes(s.input_bytes())
-            )
-        })
-        .collect();
     if !too_big.is_empty() {
         // Issue 16: an impossible size is an error that names the largest one that is possible.
-        let fit = match a.tokens.as_deref().and_then(|t| t.iter().max()) {
-            Some(&most) => match largest_fitting_tokens(most, budget, |t| shapes_for(Some(&[t]))) {
+        let fit = match tokens.as_deref().and_then(|t| t.iter().max()) {
+            Some(&most) => match largest_fitting_tokens(most, budget, device_copy, |t| shapes_for(Some(&[t]))) {
                 0 => "; not even 1 token fits".to_string(),
                 n => format!("; the largest token count that fits is {n} (--tokens {n})"),
             },
             None => String::new(),
         };
         return Err(anyhow!(
-            "{}inputs exceed the memory budget of {} (30% of the memory available, capped at 4.5 GiB): {}{fit}",
-            a.tokens.as_deref().map_or_else(String::new, |t| format!(
+            "{}shapes exceed the memory budget of {} (30% of the memory available, capped at 4.5 GiB; inputs, outputs and copies): {}{fit}",
+            tokens.as_deref().map_or_else(String::new, |t| format!(
                 "--tokens {}: ",
                 t.iter().map(usize::to_string).collect::<Vec<_>>().join(" ")
             )),
@@ -260,25 +322,31 @@ mod tests {
             (OpKind::MoePermute, 3e7),
         ] {
             let shapes_for = |t: usize| {
-                let mut v = default_shapes(Some(&[t]), budget);
+                let mut v = default_shapes(Some(&[t]), budget)?;
                 v.retain(|s| s.op == op);
-                v
+                Ok(v)
             };
-            let fits = |t: usize| shapes_for(t).iter().all(|s| s.input_bytes() <= budget);
-            let n = largest_fitting_tokens(1 << 40, budget, shapes_for);
-            assert!(n > 0 && fits(n) && !fits(n + 1), "{op}: {n}");
+            let all_fit =
+                |t: usize| shapes_for(t).is_ok_and(|v: Vec<BenchShape>| v.iter().all(|s| fits(s, false, budget)));
+            let n = largest_fitting_tokens(1 << 40, budget, false, shapes_for);
+            assert!(n > 0 && all_fit(n) && !all_fit(n + 1), "{op}: {n}");
             // A bound below the boundary is the answer itself.
-            assert_eq!(largest_fitting_tokens(n / 2, budget, shapes_for), n / 2);
+            assert_eq!(largest_fitting_tokens(n / 2, budget, false, shapes_for), n / 2);
+            // Token counts whose sizes overflow usize cannot fit, and the bisection still answers.
+            assert!(!all_fit(usize::MAX));
+            assert_eq!(largest_fitting_tokens(usize::MAX, budget, false, shapes_for), n);
+            // An upload copy halves the room for inputs: fewer tokens fit.
+            assert!(largest_fitting_tokens(1 << 40, budget, true, shapes_for) < n);
         }
         // Not even one token: 0.
-        let none = largest_fitting_tokens(1000, 1.0, |t| default_shapes(Some(&[t]), 1.0));
+        let none = largest_fitting_tokens(1000, 1.0, false, |t| default_shapes(Some(&[t]), 1.0));
         assert_eq!(none, 0);
     }
 
     /// Every op that `--op` offers (OpKind::ALL) has bench shapes.
     #[test]
     fn every_op_in_the_help_has_bench_shapes() {
-        let shapes = default_shapes(None, 4.5 * (1u64 << 30) as f64);
+        let shapes = default_shapes(None, 4.5 * (1u64 << 30) as f64).unwrap();
         for op in OpKind::ALL {
             assert!(shapes.iter().any(|s| s.op == op), "no bench shape for {op}");
         }

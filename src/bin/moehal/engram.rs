@@ -397,7 +397,7 @@ pub(super) fn run(a: Args) -> CliResult {
     outln!("distinct hashed rows per order: {}", per.join(", "));
     let gathered = rep.gathered_rows as f64 * (table.dim * od.size()) as f64;
     outln!(
-        "gather_rows on {label} ({placement}): {} rows of {} -> {od} in {} batches, {} in all: {:.3e} rows/s, {:.2} GB/s gathered",
+        "gather_rows on {label} ({placement}): {} rows of {} -> {od} in {} batch(es), {} in all: {:.3e} rows/s, {:.2} GB/s gathered",
         rep.gathered_rows,
         table.dim,
         rep.batches,
