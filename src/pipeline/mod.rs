@@ -260,7 +260,10 @@ mod tests {
         assert_eq!(human_bytes(3.0 * 1024.0 * 1024.0 * 1024.0), "3.0 GiB");
         assert_eq!(human_bytes(-5.0), "0 B");
         assert_eq!(human_bytes(f64::NAN), "0 B");
-        assert!(available_memory().is_some_and(|b| b > 1 << 20), "the OS reports available memory");
+        assert!(
+            available_memory().is_some_and(|b| b > 1 << 20),
+            "the OS reports available memory"
+        );
     }
 
     #[test]
