@@ -191,24 +191,29 @@ fn ep_threads_run_the_checkpoint_experts() {
     let path = d.join("model.safetensors");
     common::v4_layer_file(&path);
     let p = path.to_str().unwrap();
+    // `moe --weights F --layer L --ep-threads R` on the CPU, 7 tokens.
+    let run = |layer: &str, ranks: &str, extra: &[&str]| {
+        let mut v = vec![
+            "moe",
+            "--preset",
+            "deepseek-v4-flash",
+            "--tokens",
+            "7",
+            "--weights",
+            p,
+            "--layer",
+            layer,
+            "--backend",
+            "cpu",
+            "--ep-threads",
+            ranks,
+        ];
+        v.extend_from_slice(extra);
+        moehal(&v)
+    };
     for (layer, kind) in [("0", "hash-routed"), ("3", "gated")] {
         for ranks in ["2", "4"] {
-            let o = moehal(&[
-                "moe",
-                "--preset",
-                "deepseek-v4-flash",
-                "--tokens",
-                "7",
-                "--weights",
-                p,
-                "--layer",
-                layer,
-                "--backend",
-                "cpu",
-                "--ep-threads",
-                ranks,
-            ]);
-            let out = check_pass(&o, false);
+            let out = check_pass(&run(layer, ranks, &[]), false);
             assert!(
                 out.contains(&format!("checkpoint {p} layer {layer}"))
                     && out.contains("8 routed experts (mxfp4)")
@@ -220,22 +225,7 @@ fn ep_threads_run_the_checkpoint_experts() {
         }
     }
     // Skewing the logits cannot move a hash-routed layer's tokens: an error, not a silent no-op.
-    let o = moehal(&[
-        "moe",
-        "--preset",
-        "deepseek-v4-flash",
-        "--tokens",
-        "7",
-        "--weights",
-        p,
-        "--layer",
-        "0",
-        "--backend",
-        "cpu",
-        "--ep-threads",
-        "2",
-        "--ep-skew",
-    ]);
+    let o = run("0", "2", &["--ep-skew"]);
     assert!(!o.status.success());
     assert!(
         text(&o).contains("--ep-skew cannot apply") && text(&o).contains("hash-routed"),

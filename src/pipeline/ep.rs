@@ -7,11 +7,10 @@
 //! shared-expert rows as extra weight-1 terms, as [`super::moe::forward`] does), so the output of
 //! each token is the single-process layer's.
 
-use moehal_core::ops::{RouterHash, RouterTopk};
 use moehal_core::{Backend, BackendExt, DType, Error, Result};
 use moehal_ep::{ep_combine, ep_dispatch, Comm, DispatchArgs, EpBytes, ExpertMap};
 
-use super::moe::{routed_ffn, shared_ffn, time_stage, MoeInputs, MoeWeights, Stage};
+use super::moe::{routed_ffn, shared_ffn, time_stage, MoeInputs, MoeWeights, RouterInputs, Stage};
 use super::{decode_floats, upload_bytes};
 use crate::presets::Preset;
 
@@ -116,46 +115,12 @@ pub fn forward_ep(
     // Routing of this rank's tokens.
     let (mut ids, mut weights) = (vec![0i32; t * k], vec![0f32; t * k]);
     if t > 0 {
-        let logits = backend.upload_slice(&inp.logits)?;
-        let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
+        // A hash-routed layer (a checkpoint's `gate.tid2eid`) routes by token id, as `forward`.
+        let router = RouterInputs::upload(backend, inp)?;
         let mut idb = backend.alloc(t * k * 4)?;
         let mut wb = backend.alloc(t * k * 4)?;
         backend.synchronize()?;
-        // A hash-routed layer (a checkpoint's `gate.tid2eid`) routes by token id, as `forward`.
-        let hash = inp
-            .hash
-            .as_ref()
-            .map(|h| {
-                Ok::<_, Error>((
-                    backend.upload_slice(&h.tid2eid)?,
-                    backend.upload_slice(&h.token_ids)?,
-                    h.vocab,
-                ))
-            })
-            .transpose()?;
-        timed("router_topk", &mut || {
-            if let Some((tab, tid, v)) = &hash {
-                let args = RouterHash {
-                    config: p.router(),
-                    logits: logits.view(DType::F32, &[t, e]),
-                    tid2eid: tab.view(DType::I32, &[*v, k]),
-                    token_ids: tid.view(DType::I64, &[t]),
-                    ids: idb.view_mut(DType::I32, &[t, k]),
-                    weights: wb.view_mut(DType::F32, &[t, k]),
-                    expert_counts: None,
-                };
-                return backend.router_hash(args.validate()?);
-            }
-            let args = RouterTopk {
-                config: p.router(),
-                logits: logits.view(DType::F32, &[t, e]),
-                bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
-                ids: idb.view_mut(DType::I32, &[t, k]),
-                weights: wb.view_mut(DType::F32, &[t, k]),
-                expert_counts: None,
-            };
-            backend.router_topk(args.validate()?)
-        })?;
+        timed("router_topk", &mut || router.route(backend, p, t, &mut idb, &mut wb))?;
         ids = backend.download_vec(&idb, t * k)?;
         weights = backend.download_vec(&wb, t * k)?;
     } else {

@@ -725,6 +725,77 @@ pub struct MoeOutput {
     pub ids: Vec<i32>,
 }
 
+/// The router's inputs of one forward, uploaded to its backend: `[T, E]` f32 logits, the `[E]`
+/// f32 selection bias if any, and a hash-routed layer's `[V, k]` i32 `tid2eid` table with `[T]`
+/// i64 token ids and V.
+pub(crate) struct RouterInputs {
+    logits: Buffer,
+    bias: Option<Buffer>,
+    hash: Option<(Buffer, Buffer, usize)>,
+}
+
+impl RouterInputs {
+    /// Upload the router inputs of `inp` to `backend`.
+    ///
+    /// # Errors
+    /// The backend's allocation and upload errors.
+    pub(crate) fn upload(backend: &dyn Backend, inp: &MoeInputs) -> Result<Self> {
+        Ok(RouterInputs {
+            logits: backend.upload_slice(&inp.logits)?,
+            bias: inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?,
+            hash: inp
+                .hash
+                .as_ref()
+                .map(|h| {
+                    Ok::<_, Error>((
+                        backend.upload_slice(&h.tid2eid)?,
+                        backend.upload_slice(&h.token_ids)?,
+                        h.vocab,
+                    ))
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Route `t` tokens of layer `p` into `ids` (`[T, k]` i32) and `weights` (`[T, k]` f32):
+    /// `router_hash` for a hash-routed layer (OPS.md §2: the table picks the experts, the logits
+    /// weigh them), else `router_topk` with the bias.
+    ///
+    /// # Errors
+    /// The op's errors.
+    pub(crate) fn route(
+        &self,
+        backend: &dyn Backend,
+        p: &Preset,
+        t: usize,
+        ids: &mut Buffer,
+        weights: &mut Buffer,
+    ) -> Result<()> {
+        let (e, k) = (p.experts, p.k);
+        if let Some((tab, tid, v)) = &self.hash {
+            let args = RouterHash {
+                config: p.router(),
+                logits: self.logits.view(DType::F32, &[t, e]),
+                tid2eid: tab.view(DType::I32, &[*v, k]),
+                token_ids: tid.view(DType::I64, &[t]),
+                ids: ids.view_mut(DType::I32, &[t, k]),
+                weights: weights.view_mut(DType::F32, &[t, k]),
+                expert_counts: None,
+            };
+            return backend.router_hash(args.validate()?);
+        }
+        let args = RouterTopk {
+            config: p.router(),
+            logits: self.logits.view(DType::F32, &[t, e]),
+            bias: self.bias.as_ref().map(|b| b.view(DType::F32, &[e])),
+            ids: ids.view_mut(DType::I32, &[t, k]),
+            weights: weights.view_mut(DType::F32, &[t, k]),
+            expert_counts: None,
+        };
+        backend.router_topk(args.validate()?)
+    }
+}
+
 /// Run one MoE layer forward of preset `p` on `backend` (inputs uploaded first, untimed).
 ///
 /// # Errors
@@ -736,19 +807,7 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     let es = dtype.size();
     // Inputs.
     let x = upload_bytes(backend, &inp.x)?;
-    let logits = backend.upload_slice(&inp.logits)?;
-    let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
-    let hash = inp
-        .hash
-        .as_ref()
-        .map(|h| {
-            Ok::<_, Error>((
-                backend.upload_slice(&h.tid2eid)?,
-                backend.upload_slice(&h.token_ids)?,
-                h.vocab,
-            ))
-        })
-        .transpose()?;
+    let router = RouterInputs::upload(backend, inp)?;
     // Outputs and intermediates.
     let mut ids = backend.alloc(rows * 4)?;
     let mut weights = backend.alloc(rows * 4)?;
@@ -766,27 +825,7 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| time_stage(backend, &mut stages, name, f);
 
     timed("router_topk", &mut || {
-        if let Some((tab, tid, v)) = &hash {
-            let args = RouterHash {
-                config: p.router(),
-                logits: logits.view(DType::F32, &[t, e]),
-                tid2eid: tab.view(DType::I32, &[*v, k]),
-                token_ids: tid.view(DType::I64, &[t]),
-                ids: ids.view_mut(DType::I32, &[t, k]),
-                weights: weights.view_mut(DType::F32, &[t, k]),
-                expert_counts: None,
-            };
-            return backend.router_hash(args.validate()?);
-        }
-        let args = RouterTopk {
-            config: p.router(),
-            logits: logits.view(DType::F32, &[t, e]),
-            bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
-            ids: ids.view_mut(DType::I32, &[t, k]),
-            weights: weights.view_mut(DType::F32, &[t, k]),
-            expert_counts: None,
-        };
-        backend.router_topk(args.validate()?)
+        router.route(backend, p, t, &mut ids, &mut weights)
     })?;
     timed("moe_permute", &mut || {
         let args = MoePermute {
