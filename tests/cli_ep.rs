@@ -166,6 +166,43 @@ fn mpirun_2_and_4_ranks_equal_the_single_process_layer() {
     check_pass(&o, false);
 }
 
+/// `mpirun -n 2 moehal moe --weights F --ep`: each process loads its experts of the checkpoint
+/// (the hash-routed layer 0 and the gated layer 3), checked against the single-process layer.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpirun_runs_the_checkpoint_experts() {
+    let d = std::env::temp_dir().join(format!("moehal-cli-mpi-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("model.safetensors");
+    common::v4_layer_file(&path);
+    let p = path.to_str().unwrap();
+    for layer in ["0", "3"] {
+        let o = mpirun(
+            "2",
+            &[
+                "moe",
+                "--preset",
+                "deepseek-v4-flash",
+                "--tokens",
+                "6",
+                "--weights",
+                p,
+                "--layer",
+                layer,
+                "--backend",
+                "cpu",
+                "--ep",
+            ],
+        );
+        let out = check_pass(&o, false);
+        assert!(
+            out.contains(&format!("checkpoint {p} layer {layer}")) && out.contains("2 ranks over mpi"),
+            "{out}"
+        );
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
 /// Issue 16 item 1: `--ep-threads` has `moe`'s memory rule: an impossible token count is an error
 /// naming the most that fit, before any rank starts (it aborted on allocation failure).
 #[test]
