@@ -202,38 +202,57 @@ impl Checkpoint {
         self.stack(&[format!("layers.{layer}.ffn.shared_experts")], proj)
     }
 
+    /// Stack the matrices `mats` of every expert `prefixes`: every weight and scale tensor must
+    /// have the dtype and shape of the first expert's `w1` (for `gate_up`: `w1` and `w3` both
+    /// `[N, K]`, so the fused `[2N, K]` splits at `N` for every expert) or `w2` (for `down`).
     fn stack(&self, prefixes: &[String], proj: Proj) -> Result<QuantExperts<'_>> {
         let mats: &[&str] = match proj {
             Proj::GateUp => &["w1", "w3"],
             Proj::Down => &["w2"],
         };
         let mut parts = Vec::new();
-        let mut first: Option<(WeightFormat, DType, usize, usize)> = None;
+        // The first matrix: its weight and scale entries (with names) and what they describe.
+        let mut first: Option<(String, &TensorEntry, &TensorEntry, WeightFormat, DType, usize, usize)> = None;
         for p in prefixes {
-            let mut n_total = 0;
             for m in mats {
                 let (wn, sn) = (format!("{p}.{m}.weight"), format!("{p}.{m}.scale"));
                 let (w, s) = (self.tensor(&wn)?, self.tensor(&sn)?);
-                let (fmt, sdt, n, k) = self.describe(&wn, w, &sn, s, proj == Proj::GateUp)?;
-                n_total += n;
-                if let Some((f0, s0, _, k0)) = first {
-                    if (f0, s0, k0) != (fmt, sdt, k) {
-                        return Err(self.bad(
-                            &wn,
-                            format!("{fmt} K {k} scale {sdt} differs from the first expert ({f0} K {k0} scale {s0})"),
-                        ));
+                match &first {
+                    Some((n0, w0, s0, ..)) => {
+                        // Same dtype and shape as the first expert's first matrix, weight and scale.
+                        if (&w.dtype, &w.shape) != (&w0.dtype, &w0.shape) {
+                            return Err(self.bad(
+                                &wn,
+                                format!(
+                                    "{} {:?}, expected {} {:?} (as `{n0}`: every expert's {} has one shape)",
+                                    w.dtype,
+                                    w.shape,
+                                    w0.dtype,
+                                    w0.shape,
+                                    mats.join(" and ")
+                                ),
+                            ));
+                        }
+                        if (&s.dtype, &s.shape) != (&s0.dtype, &s0.shape) {
+                            let s0n = n0.replace(".weight", ".scale");
+                            return Err(self.bad(
+                                &sn,
+                                format!(
+                                    "{} {:?}, expected {} {:?} (as `{s0n}`)",
+                                    s.dtype, s.shape, s0.dtype, s0.shape
+                                ),
+                            ));
+                        }
                     }
-                } else {
-                    first = Some((fmt, sdt, n, k));
+                    None => {
+                        let (fmt, sdt, n, k) = self.describe(&wn, w, &sn, s, proj == Proj::GateUp)?;
+                        first = Some((wn.clone(), w, s, fmt, sdt, n, k));
+                    }
                 }
                 parts.push((self.bytes(w), self.bytes(s)));
             }
-            let want = first.map(|f| f.2 * mats.len()).unwrap_or(0);
-            if n_total != want {
-                return Err(self.bad(p, format!("N = {n_total}, expected {want} (as the first expert)")));
-            }
         }
-        let (format, scale_dtype, n1, k) =
+        let (_, _, _, format, scale_dtype, n1, k) =
             first.ok_or_else(|| Error::invalid(OP, "experts", "no experts requested"))?;
         Ok(QuantExperts {
             format,
@@ -269,6 +288,13 @@ impl Checkpoint {
             return Err(self.bad(sn, format!("shape {:?}, expected 2-D", s.shape)));
         }
         let n = w.shape[0];
+        if w.shape.contains(&0) {
+            // An empty expert computes nothing; a layer of them would "pass" any comparison.
+            return Err(self.bad(
+                wn,
+                format!("shape {:?} has a zero size: N and K must be at least 1", w.shape),
+            ));
+        }
         let (fmt, k, want_scale, sdt) = match w.dtype.as_str() {
             "I8" => {
                 let k = w.shape[1] * 2;
@@ -356,6 +382,11 @@ impl QuantExperts<'_> {
             so += ps.len();
         }
         Ok((w, s))
+    }
+
+    /// Bytes of the stacked weights plus scales (what [`upload`](Self::upload) allocates).
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.0.len() + p.1.len()).sum()
     }
 
     /// The stacked weight and scale bytes on the host (a copy; for tests and tools).

@@ -261,3 +261,119 @@ fn checkpoint_layers_run_hash_routed_and_gated_against_the_reference() {
         .to_string();
     assert!(e.contains("layers.9.ffn.experts.0.w1.weight"), "{e}");
 }
+
+/// Layer 2 of 3 routed MXFP4 experts whose matrix `m` (`w1`, `w3`, `w2`) of expert `e` is
+/// `[N, K]` = `shape(e, m)` (weights `[N, K/2]` I8, E8M0 scales `[N, K/32]`, so every scale agrees
+/// with its weight and only the weight shapes can be wrong).
+fn mx_layer(path: &std::path::Path, shape: impl Fn(usize, &str) -> (usize, usize)) {
+    let mut t = Vec::new();
+    let mut e8 = Vec::new();
+    for e in 0..3 {
+        for m in ["w1", "w3", "w2"] {
+            let (n, k) = shape(e, m);
+            let p = format!("layers.2.ffn.experts.{e}.{m}");
+            t.push((
+                format!("{p}.weight"),
+                Dtype::I8,
+                vec![n, k / 2],
+                vec![0x22u8; n * k / 2],
+            ));
+            t.push((
+                format!("{p}.scale"),
+                Dtype::U8,
+                vec![n, k / 32],
+                vec![127u8; n * k / 32],
+            ));
+            e8.push(format!("{p}.scale"));
+        }
+    }
+    write(path, &t, &e8);
+}
+
+/// Issue 16: experts whose w1/w3 split `2I` differently (their sum agreeing), experts that
+/// disagree with expert 0, w1 and w3 that disagree, and a w2 that is not `[H, I]` were accepted or
+/// reported vaguely: each is an error naming the tensor, its shape and the expected shape. w1 and
+/// w3 are `[I, H]` (N = I outputs of K = H inputs), w2 `[H, I]` (OPS.md §6, DeepSeek's layout).
+#[test]
+fn every_expert_tensor_shape_is_checked_against_expert_0_and_the_layout() {
+    use moehal::pipeline::moe::plan_checkpoint_layer;
+    let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
+    let base = moehal::presets::Preset { k: 2, ..*base };
+    let (h, i) = (64usize, 32usize);
+    let good = move |_: usize, m: &str| if m == "w2" { (h, i) } else { (i, h) };
+    let path = tmp("shapes");
+    // The valid layer loads: H 64, I 32, 3 experts.
+    mx_layer(&path, good);
+    let ck = Checkpoint::open(&path).unwrap();
+    let l = plan_checkpoint_layer(&ck, 2, &base).unwrap();
+    assert_eq!((l.preset.hidden, l.preset.expert_width, l.preset.experts), (h, i, 3));
+    let all = [0, 1, 2];
+    assert_eq!(ck.experts(2, Proj::GateUp, &all).unwrap().n, 2 * i);
+    type Shape = Box<dyn Fn(usize, &str) -> (usize, usize)>;
+    let cases: Vec<(Shape, &str, &str)> = vec![
+        // Expert 1 splits 2I = 64 as 16 + 48: the sum agrees, the split does not.
+        (
+            Box::new(move |e, m| match (e, m) {
+                (1, "w1") => (16, h),
+                (1, "w3") => (48, h),
+                _ => good(e, m),
+            }),
+            "layers.2.ffn.experts.1.w1.weight",
+            "I8 [16, 32], expected I8 [32, 32]",
+        ),
+        // Expert 0's w3 disagrees with its w1.
+        (
+            Box::new(move |e, m| if (e, m) == (0, "w3") { (64, h) } else { good(e, m) }),
+            "layers.2.ffn.experts.0.w3.weight",
+            "I8 [64, 32], expected I8 [32, 32]",
+        ),
+        // Expert 2's K differs.
+        (
+            Box::new(move |e, m| if (e, m) == (2, "w1") { (i, 128) } else { good(e, m) }),
+            "layers.2.ffn.experts.2.w1.weight",
+            "I8 [32, 64], expected I8 [32, 32]",
+        ),
+        // Expert 2's w2 differs from expert 0's.
+        (
+            Box::new(move |e, m| if (e, m) == (2, "w2") { (h, 64) } else { good(e, m) }),
+            "layers.2.ffn.experts.2.w2.weight",
+            "I8 [64, 32], expected I8 [64, 16]",
+        ),
+        // Every w2 stored as [I, H] (w1's orientation) instead of [H, I].
+        (
+            Box::new(move |e, m| if m == "w2" { (i, h) } else { good(e, m) }),
+            "layers.2.ffn.experts.0.w2.weight",
+            "expected [64, 32]",
+        ),
+    ];
+    for (shape, tensor, want) in cases {
+        mx_layer(&path, shape);
+        let ck = Checkpoint::open(&path).unwrap();
+        let e = plan_checkpoint_layer(&ck, 2, &base).err().unwrap().to_string();
+        assert!(e.contains(&format!("`{tensor}`")) && e.contains(want), "{tensor}: {e}");
+    }
+}
+
+/// Issue 16: a checkpoint whose experts have N = 0 or K = 0 computed nothing and "PASS"ed: a zero
+/// size is an error naming the tensor and its shape.
+#[test]
+fn zero_width_experts_are_rejected() {
+    use moehal::pipeline::moe::plan_checkpoint_layer;
+    let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
+    let base = moehal::presets::Preset { k: 2, ..*base };
+    let path = tmp("zero");
+    for (n_i, h, shape) in [(0usize, 64usize, "[0, 32]"), (32, 0, "[32, 0]")] {
+        mx_layer(&path, |_, m| if m == "w2" { (h, n_i) } else { (n_i, h) });
+        let ck = Checkpoint::open(&path).unwrap();
+        let e = plan_checkpoint_layer(&ck, 2, &base).err().unwrap().to_string();
+        assert!(
+            e.contains("layers.2.ffn.experts.0.w1.weight") && e.contains(shape) && e.contains("zero size"),
+            "{e}"
+        );
+        let e = ck.experts(2, Proj::Down, &[1]).unwrap_err().to_string();
+        assert!(
+            e.contains("layers.2.ffn.experts.1.w2.weight") && e.contains("zero size"),
+            "{e}"
+        );
+    }
+}

@@ -1050,3 +1050,95 @@ fn a_full_stdout_is_an_error() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Issue 16 (items 1 and 3): `moe --weights` follows the seeded layer's rules: the one memory rule
+/// (an impossible token count is an error naming the most that fit, before any output), the
+/// reference bounds (`--no-reference`, `--ref-limit`), the same stage table; flags that cannot apply
+/// to a checkpoint are errors naming them; no stray space before a comma.
+#[test]
+fn moe_weights_honours_the_flags_of_the_seeded_layer() {
+    let d = std::env::temp_dir().join(format!("moehal-cli-ckpt-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("model.safetensors");
+    common::v4_layer_file(&path);
+    let p = path.to_str().unwrap();
+    let base = [
+        "moe",
+        "--preset",
+        "deepseek-v4-flash",
+        "--weights",
+        p,
+        "--layer",
+        "3",
+        "--backend",
+        "cpu",
+    ];
+    let run = |extra: &[&str]| moehal(&[&base[..], extra].concat());
+    // Memory: 10^8 tokens of this layer need hundreds of GB.
+    let o = run(&["--tokens", "100000000"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.is_empty(), "work before the error: {out}");
+    assert!(
+        err.contains("--tokens 100000000") && err.contains("tokens fit") && err.contains("per token"),
+        "{err}"
+    );
+    // The stage table of the seeded layer, checked against the reference.
+    let o = run(&["--tokens", "5"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    for stage in [
+        "router_topk",
+        "moe_permute",
+        "gate_up",
+        "swiglu",
+        "down",
+        "shared_expert",
+        "moe_combine",
+        "total",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(stage)), "no {stage} stage:\n{out}");
+    }
+    assert!(out.contains("vs reference") && !out.contains(" ,"), "{out}");
+    let last = out.lines().last().unwrap_or("");
+    assert!(
+        last.contains("relative error vs reference") && last.ends_with("PASS"),
+        "{last}"
+    );
+    // --no-reference and --ref-limit 0: not checked, said so, the stage table still printed.
+    for (flag, says) in [
+        (&["--no-reference"][..], "reference not run (--no-reference)"),
+        (&["--ref-limit", "0"][..], "> --ref-limit 0 s"),
+    ] {
+        let o = run(&[&["--tokens", "5"][..], flag].concat());
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{flag:?}: {out}\n{err}");
+        assert!(out.contains(says) && out.contains("not checked"), "{flag:?}: {out}");
+        assert!(!out.contains("vs reference"), "{flag:?}: {out}");
+        assert!(out.lines().any(|l| l.starts_with("gate_up")), "{flag:?}: {out}");
+    }
+    // Flags that cannot apply to a checkpoint's layer.
+    for (flag, name) in [
+        (&["--float-weights"][..], "--float-weights"),
+        (&["--scale-widths", "2"][..], "--scale-widths"),
+        (&["--budget-mib", "64"][..], "--budget-mib"),
+    ] {
+        let o = run(&[&["--tokens", "5"][..], flag].concat());
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{flag:?} ran: {out}");
+        assert!(
+            err.contains("--weights cannot be combined with") && err.contains(name),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `moe --help` names the tensors without a stray space (`w{1,2,3}.{weight,scale}`).
+#[test]
+fn moe_help_names_the_checkpoint_tensors_in_one_piece() {
+    let o = moehal(&["moe", "--help"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.contains("w{1,2,3}.{weight,scale}"), "{out}");
+}

@@ -4,6 +4,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 fn text(o: &Output) -> String {
     format!(
         "stdout:\n{}\nstderr:\n{}",
@@ -162,4 +164,110 @@ fn mpirun_2_and_4_ranks_equal_the_single_process_layer() {
     assert!(check_pass(&o, true).contains("3 of 4 ranks received no rows"));
     let o = mpirun("2", &args("deepseek-v3", "3", &["--ep"]));
     check_pass(&o, false);
+}
+
+/// `mpirun -n 2 moehal moe --weights F --ep`: each process loads its experts of the checkpoint
+/// (the hash-routed layer 0 and the gated layer 3), checked against the single-process layer.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpirun_runs_the_checkpoint_experts() {
+    let d = std::env::temp_dir().join(format!("moehal-cli-mpi-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("model.safetensors");
+    common::v4_layer_file(&path);
+    let p = path.to_str().unwrap();
+    for layer in ["0", "3"] {
+        let o = mpirun(
+            "2",
+            &[
+                "moe",
+                "--preset",
+                "deepseek-v4-flash",
+                "--tokens",
+                "6",
+                "--weights",
+                p,
+                "--layer",
+                layer,
+                "--backend",
+                "cpu",
+                "--ep",
+            ],
+        );
+        let out = check_pass(&o, false);
+        assert!(
+            out.contains(&format!("checkpoint {p} layer {layer}")) && out.contains("2 ranks over mpi"),
+            "{out}"
+        );
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Issue 16 item 1: `--ep-threads` has `moe`'s memory rule: an impossible token count is an error
+/// naming the most that fit, before any rank starts (it aborted on allocation failure).
+#[test]
+fn ep_threads_over_the_memory_budget_name_the_largest_token_count_that_fits() {
+    let o = moehal(&args("qwen3-30b-a3b", "100000000", &["--ep-threads", "2"]));
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--tokens 100000000") && err.contains("tokens fit"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Issue 16 item 2: `--weights` with `--ep-threads` runs the checkpoint's experts (it ran seeded
+/// ones, ignoring the file): each rank loads its slice, rank 0 the whole layer for the check, the
+/// hash-routed layer routes by `gate.tid2eid` on every rank.
+#[test]
+fn ep_threads_run_the_checkpoint_experts() {
+    let d = std::env::temp_dir().join(format!("moehal-cli-ep-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let path = d.join("model.safetensors");
+    common::v4_layer_file(&path);
+    let p = path.to_str().unwrap();
+    // `moe --weights F --layer L --ep-threads R` on the CPU, 7 tokens.
+    let run = |layer: &str, ranks: &str, extra: &[&str]| {
+        let mut v = vec![
+            "moe",
+            "--preset",
+            "deepseek-v4-flash",
+            "--tokens",
+            "7",
+            "--weights",
+            p,
+            "--layer",
+            layer,
+            "--backend",
+            "cpu",
+            "--ep-threads",
+            ranks,
+        ];
+        v.extend_from_slice(extra);
+        moehal(&v)
+    };
+    for (layer, kind) in [("0", "hash-routed"), ("3", "gated")] {
+        for ranks in ["2", "4"] {
+            let out = check_pass(&run(layer, ranks, &[]), false);
+            assert!(
+                out.contains(&format!("checkpoint {p} layer {layer}"))
+                    && out.contains("8 routed experts (mxfp4)")
+                    && out.contains(kind)
+                    && out.contains(&format!("{ranks} ranks over loopback"))
+                    && out.contains("2 experts per rank") == (ranks == "4"),
+                "{out}"
+            );
+        }
+    }
+    // Skewing the logits cannot move a hash-routed layer's tokens: an error, not a silent no-op.
+    let o = run("0", "2", &["--ep-skew"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--ep-skew cannot apply") && text(&o).contains("hash-routed"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&d).ok();
 }

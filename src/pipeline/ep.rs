@@ -7,11 +7,10 @@
 //! shared-expert rows as extra weight-1 terms, as [`super::moe::forward`] does), so the output of
 //! each token is the single-process layer's.
 
-use moehal_core::ops::RouterTopk;
 use moehal_core::{Backend, BackendExt, DType, Error, Result};
 use moehal_ep::{ep_combine, ep_dispatch, Comm, DispatchArgs, EpBytes, ExpertMap};
 
-use super::moe::{routed_ffn, shared_ffn, time_stage, MoeInputs, MoeWeights, Stage};
+use super::moe::{routed_ffn, shared_ffn, time_stage, MoeInputs, MoeWeights, RouterInputs, Stage};
 use super::{decode_floats, upload_bytes};
 use crate::presets::Preset;
 
@@ -43,6 +42,35 @@ pub fn token_slice(inp: &MoeInputs, p: &Preset, start: usize, end: usize) -> Moe
             vocab: h.vocab,
         }),
     }
+}
+
+/// Bytes per token, summed over all ranks, of every buffer [`forward_ep`] allocates on the
+/// backend and the host, plus [`gather_to_root`]'s copies of the output (`es` bytes an element of
+/// `dtype`; `k` slots, `S` shared experts a token; rows received sum to `T·k` over the ranks):
+/// the rank's input slice ([`super::moe::input_bytes_per_token`]); uploaded logits `[E]` f32;
+/// ids and weights `[k]` on the device and the host; dispatch's packed send and receive rows
+/// `[k, H]` with 24 bytes of routing data each; the local expert rows `x`, gate_up out, swiglu
+/// out, `y` on the device and `y` on the host (`[k, H + 2I + I + H + H]`); the shared expert's
+/// uploaded `x` `[H]`, `[2I]`, `[I]` and its rows `[S, H]` on the device and the host; combine's
+/// send and receive rows `[k, H]`, its output `[H]` and the f32 output `[H]`; the gathered f32
+/// output sent, received and decoded on rank 0 (`3·H·4`). Weights are not counted.
+pub fn ep_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
+    let es = dtype.size() as u64;
+    let (h, i, e, k, s) = (
+        p.hidden as u64,
+        p.expert_width as u64,
+        p.experts as u64,
+        p.k as u64,
+        p.shared_experts as u64,
+    );
+    let inputs = super::moe::input_bytes_per_token(p, dtype);
+    let routing = e * 4 + 2 * k * 8;
+    let dispatch = 2 * k * (h * es + 24);
+    let local = k * (h + 2 * i + i + h + h) * es;
+    let shared = if s > 0 { (h + 3 * i) * es + 2 * s * h * es } else { 0 };
+    let combine = 2 * k * h * es + h * es + h * 4;
+    let gather = 3 * h * 4;
+    inputs + routing + dispatch + local + shared + combine + gather
 }
 
 /// Tokens `[start, end)` of rank `rank` of `ranks` for `tokens` tokens in all.
@@ -87,22 +115,12 @@ pub fn forward_ep(
     // Routing of this rank's tokens.
     let (mut ids, mut weights) = (vec![0i32; t * k], vec![0f32; t * k]);
     if t > 0 {
-        let logits = backend.upload_slice(&inp.logits)?;
-        let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
+        // A hash-routed layer (a checkpoint's `gate.tid2eid`) routes by token id, as `forward`.
+        let router = RouterInputs::upload(backend, inp)?;
         let mut idb = backend.alloc(t * k * 4)?;
         let mut wb = backend.alloc(t * k * 4)?;
         backend.synchronize()?;
-        timed("router_topk", &mut || {
-            let args = RouterTopk {
-                config: p.router(),
-                logits: logits.view(DType::F32, &[t, e]),
-                bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
-                ids: idb.view_mut(DType::I32, &[t, k]),
-                weights: wb.view_mut(DType::F32, &[t, k]),
-                expert_counts: None,
-            };
-            backend.router_topk(args.validate()?)
-        })?;
+        timed("router_topk", &mut || router.route(backend, p, t, &mut idb, &mut wb))?;
         ids = backend.download_vec(&idb, t * k)?;
         weights = backend.download_vec(&wb, t * k)?;
     } else {

@@ -170,6 +170,42 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
     (out, notes)
 }
 
+/// Bytes per token of the host inputs of one run ([`MoeInputs`]): `x` `[H]` in `dtype`, router
+/// logits `[E]` f32, and a hash-routed layer's token id (i64, counted always).
+pub fn input_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
+    let es = dtype.size() as u64;
+    p.hidden as u64 * es + p.experts as u64 * 4 + 8
+}
+
+/// Bytes per token of every buffer one [`forward`] of `p` allocates on its backend and on the
+/// host (in `dtype`, `es` bytes an element; `k` slots and `S` shared experts a token):
+/// uploaded `x` `[H]` and logits `[E]` f32 and token id; `ids`, `weights` `[k]` 4 bytes each,
+/// `src_token`, `slot_row` `[k]` 8 each; `x_perm` `[k, H]`, gate_up out `[k, 2I]`, swiglu out
+/// `[k, I]`, `y` `[k + S, H]`, `out` `[H]`; the shared expert's `[2I]` and `[I]`; the shared
+/// combine's slot lists (`[k]` downloaded, `[k + S]` built on the host and uploaded, 12 bytes a
+/// slot); the downloaded f32 output `[H]` and ids `[k]`. Buffers of the weights are not counted
+/// (see [`expert_weight_bytes`]).
+pub fn forward_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
+    let es = dtype.size() as u64;
+    let (h, i, e, k, s) = (
+        p.hidden as u64,
+        p.expert_width as u64,
+        p.experts as u64,
+        p.k as u64,
+        p.shared_experts as u64,
+    );
+    let inputs = h * es + e * 4 + 8;
+    let routing = k * (4 + 4 + 8 + 8);
+    let rows = k * (h + 2 * i + i) * es + (k + s) * h * es + h * es;
+    let shared = if s > 0 {
+        (2 * i + i) * es + k * 12 + 2 * (k + s) * 12
+    } else {
+        0
+    };
+    let downloads = h * 4 + k * 4;
+    inputs + routing + rows + shared + downloads
+}
+
 /// Host inputs of one forward: activations, router logits and selection bias.
 #[derive(Debug, Clone)]
 pub struct MoeInputs {
@@ -689,6 +725,77 @@ pub struct MoeOutput {
     pub ids: Vec<i32>,
 }
 
+/// The router's inputs of one forward, uploaded to its backend: `[T, E]` f32 logits, the `[E]`
+/// f32 selection bias if any, and a hash-routed layer's `[V, k]` i32 `tid2eid` table with `[T]`
+/// i64 token ids and V.
+pub(crate) struct RouterInputs {
+    logits: Buffer,
+    bias: Option<Buffer>,
+    hash: Option<(Buffer, Buffer, usize)>,
+}
+
+impl RouterInputs {
+    /// Upload the router inputs of `inp` to `backend`.
+    ///
+    /// # Errors
+    /// The backend's allocation and upload errors.
+    pub(crate) fn upload(backend: &dyn Backend, inp: &MoeInputs) -> Result<Self> {
+        Ok(RouterInputs {
+            logits: backend.upload_slice(&inp.logits)?,
+            bias: inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?,
+            hash: inp
+                .hash
+                .as_ref()
+                .map(|h| {
+                    Ok::<_, Error>((
+                        backend.upload_slice(&h.tid2eid)?,
+                        backend.upload_slice(&h.token_ids)?,
+                        h.vocab,
+                    ))
+                })
+                .transpose()?,
+        })
+    }
+
+    /// Route `t` tokens of layer `p` into `ids` (`[T, k]` i32) and `weights` (`[T, k]` f32):
+    /// `router_hash` for a hash-routed layer (OPS.md §2: the table picks the experts, the logits
+    /// weigh them), else `router_topk` with the bias.
+    ///
+    /// # Errors
+    /// The op's errors.
+    pub(crate) fn route(
+        &self,
+        backend: &dyn Backend,
+        p: &Preset,
+        t: usize,
+        ids: &mut Buffer,
+        weights: &mut Buffer,
+    ) -> Result<()> {
+        let (e, k) = (p.experts, p.k);
+        if let Some((tab, tid, v)) = &self.hash {
+            let args = RouterHash {
+                config: p.router(),
+                logits: self.logits.view(DType::F32, &[t, e]),
+                tid2eid: tab.view(DType::I32, &[*v, k]),
+                token_ids: tid.view(DType::I64, &[t]),
+                ids: ids.view_mut(DType::I32, &[t, k]),
+                weights: weights.view_mut(DType::F32, &[t, k]),
+                expert_counts: None,
+            };
+            return backend.router_hash(args.validate()?);
+        }
+        let args = RouterTopk {
+            config: p.router(),
+            logits: self.logits.view(DType::F32, &[t, e]),
+            bias: self.bias.as_ref().map(|b| b.view(DType::F32, &[e])),
+            ids: ids.view_mut(DType::I32, &[t, k]),
+            weights: weights.view_mut(DType::F32, &[t, k]),
+            expert_counts: None,
+        };
+        backend.router_topk(args.validate()?)
+    }
+}
+
 /// Run one MoE layer forward of preset `p` on `backend` (inputs uploaded first, untimed).
 ///
 /// # Errors
@@ -700,19 +807,7 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     let es = dtype.size();
     // Inputs.
     let x = upload_bytes(backend, &inp.x)?;
-    let logits = backend.upload_slice(&inp.logits)?;
-    let bias = inp.bias.as_ref().map(|b| backend.upload_slice(b)).transpose()?;
-    let hash = inp
-        .hash
-        .as_ref()
-        .map(|h| {
-            Ok::<_, Error>((
-                backend.upload_slice(&h.tid2eid)?,
-                backend.upload_slice(&h.token_ids)?,
-                h.vocab,
-            ))
-        })
-        .transpose()?;
+    let router = RouterInputs::upload(backend, inp)?;
     // Outputs and intermediates.
     let mut ids = backend.alloc(rows * 4)?;
     let mut weights = backend.alloc(rows * 4)?;
@@ -730,27 +825,7 @@ pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, 
     let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| time_stage(backend, &mut stages, name, f);
 
     timed("router_topk", &mut || {
-        if let Some((tab, tid, v)) = &hash {
-            let args = RouterHash {
-                config: p.router(),
-                logits: logits.view(DType::F32, &[t, e]),
-                tid2eid: tab.view(DType::I32, &[*v, k]),
-                token_ids: tid.view(DType::I64, &[t]),
-                ids: ids.view_mut(DType::I32, &[t, k]),
-                weights: weights.view_mut(DType::F32, &[t, k]),
-                expert_counts: None,
-            };
-            return backend.router_hash(args.validate()?);
-        }
-        let args = RouterTopk {
-            config: p.router(),
-            logits: logits.view(DType::F32, &[t, e]),
-            bias: bias.as_ref().map(|b| b.view(DType::F32, &[e])),
-            ids: ids.view_mut(DType::I32, &[t, k]),
-            weights: weights.view_mut(DType::F32, &[t, k]),
-            expert_counts: None,
-        };
-        backend.router_topk(args.validate()?)
+        router.route(backend, p, t, &mut ids, &mut weights)
     })?;
     timed("moe_permute", &mut || {
         let args = MoePermute {
@@ -850,23 +925,130 @@ pub struct CheckpointLayer {
     pub tid2eid: Option<(Vec<i32>, usize)>,
 }
 
-/// Read layer `layer` of checkpoint `ck` (DeepSeek layout, [`crate::checkpoint`]) and upload its
-/// expert weights to every backend of `backends`, straight from the map (no host copy): routed
-/// experts `0..E` (E = those present), the shared expert if present, `gate.tid2eid` (I32 or I64
-/// `[V, k]`) if present. `base` gives everything the checkpoint does not: top-k, scoring, scale,
-/// SwiGLU clamp (its widths and expert counts are replaced by the checkpoint's).
+/// Layer `layer` of checkpoint `ck`, validated but not yet uploaded (see
+/// [`plan_checkpoint_layer`]): the preset it makes, its hash-routing table, and the expert
+/// tensors still in the map, so that a run can size itself (bytes, reference time) before any
+/// copy.
+pub struct CheckpointPlan<'a> {
+    ck: &'a crate::checkpoint::Checkpoint,
+    layer: usize,
+    /// The base preset with the checkpoint's hidden size, expert width, routed and shared expert counts.
+    pub preset: Preset,
+    /// `gate.tid2eid` `[V, k]` as i32 with V, when the layer is hash-routed.
+    pub tid2eid: Option<(Vec<i32>, usize)>,
+    gate_up: crate::checkpoint::QuantExperts<'a>,
+    down: crate::checkpoint::QuantExperts<'a>,
+    shared: Option<(crate::checkpoint::QuantExperts<'a>, crate::checkpoint::QuantExperts<'a>)>,
+}
+
+impl CheckpointPlan<'_> {
+    /// The formats `(routed, shared)` of the layer's weights (the routed format twice when the
+    /// layer has no shared expert).
+    pub fn formats(&self) -> (WeightFormat, WeightFormat) {
+        (
+            self.gate_up.format,
+            self.shared.as_ref().map_or(self.gate_up.format, |s| s.0.format),
+        )
+    }
+
+    /// Bytes of the layer's expert weights and scales as one backend holds them (all routed
+    /// experts and the shared expert).
+    pub fn weight_bytes(&self) -> u64 {
+        let mut n = self.gate_up.bytes() + self.down.bytes();
+        if let Some((g, d)) = &self.shared {
+            n += g.bytes() + d.bytes();
+        }
+        n as u64
+    }
+
+    /// Bytes of the shared expert's weights and scales (0 without one).
+    pub fn shared_weight_bytes(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |(g, d)| (g.bytes() + d.bytes()) as u64)
+    }
+
+    /// Upload every routed expert and the shared expert to each backend of `backends`, straight
+    /// from the map; the weights in the order of `backends`.
+    ///
+    /// # Errors
+    /// The backends' allocation and upload errors.
+    pub fn upload(&self, backends: &[&dyn Backend]) -> Result<Vec<MoeWeights>> {
+        self.upload_parts(backends, &self.gate_up, &self.down)
+    }
+
+    /// [`upload`](Self::upload) for the routed experts `experts` only (global ids, in the order of
+    /// the local ids they get): an expert-parallel rank's slice. The shared expert in full.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an expert id outside the layer; the backends' errors.
+    pub fn upload_experts(&self, backends: &[&dyn Backend], experts: &[usize]) -> Result<Vec<MoeWeights>> {
+        use crate::checkpoint::Proj;
+        if let Some(&bad) = experts.iter().find(|&&e| e >= self.preset.experts) {
+            return Err(Error::invalid(
+                "moe",
+                "experts",
+                format!("expert {bad} outside the layer's {}", self.preset.experts),
+            ));
+        }
+        if experts.is_empty() {
+            return Err(Error::invalid("moe", "experts", "no routed experts requested"));
+        }
+        let gu = self.ck.experts(self.layer, Proj::GateUp, experts)?;
+        let dn = self.ck.experts(self.layer, Proj::Down, experts)?;
+        self.upload_parts(backends, &gu, &dn)
+    }
+
+    fn upload_parts(
+        &self,
+        backends: &[&dyn Backend],
+        gu: &crate::checkpoint::QuantExperts<'_>,
+        dn: &crate::checkpoint::QuantExperts<'_>,
+    ) -> Result<Vec<MoeWeights>> {
+        let (routed, shared_format) = self.formats();
+        let mut weights = Vec::with_capacity(backends.len());
+        for be in backends {
+            let (gw, gs) = gu.upload(*be)?;
+            let (dw, ds) = dn.upload(*be)?;
+            let (shared_w, shared_scales) = match &self.shared {
+                Some((sg, sd)) => {
+                    let (sgw, sgs) = sg.upload(*be)?;
+                    let (sdw, sds) = sd.upload(*be)?;
+                    (vec![(sgw, sdw)], vec![(sgs, sds)])
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            weights.push(MoeWeights {
+                gate_up: gw,
+                down: dw,
+                shared: shared_w,
+                quant: Some(QuantScales {
+                    routed,
+                    shared: shared_format,
+                    routed_scales: (gs, ds),
+                    shared_scales,
+                }),
+            });
+        }
+        Ok(weights)
+    }
+}
+
+/// Read and validate layer `layer` of checkpoint `ck` (DeepSeek layout, [`crate::checkpoint`])
+/// without copying anything: routed experts `0..E` (E = those present; every expert's tensors of
+/// the dtype and shape of expert 0's, w1/w3 `[I, H]`, w2 `[H, I]`), the shared expert if present
+/// (of the same widths), `gate.tid2eid` (I32 or I64 `[V, k]`) if present. `base` gives everything
+/// the checkpoint does not: top-k, scoring, scale, SwiGLU clamp (its widths and expert counts are
+/// replaced by the checkpoint's).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] naming the tensor for a missing key, a wrong dtype or shape, gate_up
-/// and down that disagree, a routed and shared format the layer cannot run (an fp8_block layer with
-/// E8M0 weight scales: `moe` runs f32 fp8 scales), a `tid2eid` of another width than `k`; the
-/// backends' allocation and upload errors.
-pub fn load_checkpoint_layer(
-    backends: &[&dyn Backend],
-    ck: &crate::checkpoint::Checkpoint,
+/// [`Error::InvalidArgument`] naming the tensor for a missing key, a wrong dtype or shape (with
+/// the expected one), a zero size, gate_up and down that disagree, a routed and shared format the
+/// layer cannot run (an fp8_block layer with E8M0 weight scales: `moe` runs f32 fp8 scales), a
+/// `tid2eid` of another width than `k`.
+pub fn plan_checkpoint_layer<'a>(
+    ck: &'a crate::checkpoint::Checkpoint,
     layer: usize,
     base: &Preset,
-) -> Result<CheckpointLayer> {
+) -> Result<CheckpointPlan<'a>> {
     use crate::checkpoint::Proj;
     let bad = |tensor: String, msg: String| Error::invalid("moe", "weights", format!("tensor `{tensor}`: {msg}"));
     let e = ck.routed_experts(layer);
@@ -885,9 +1067,14 @@ pub fn load_checkpoint_layer(
         return Err(bad(down_name, format!("{} while w1/w3 are {}", dn.format, gu.format)));
     }
     if (dn.n, dn.k) != (h, i) {
+        // w1/w3 are [I, H] (N = I outputs of K = H inputs), w2 is [H, I]: the transpose.
+        let shape = &ck.tensor(&down_name)?.shape;
         return Err(bad(
             down_name,
-            format!("[N, K] = [{}, {}], expected [{h}, {i}] from w1/w3", dn.n, dn.k),
+            format!(
+                "shape {shape:?} holds [N, K] = [{}, {}], expected [{h}, {i}] (w2 is [H, I] where w1/w3 are [I, H] = [{i}, {h}])",
+                dn.n, dn.k
+            ),
         ));
     }
     let check_scales = |q: &crate::checkpoint::QuantExperts<'_>, what: &str| {
@@ -971,34 +1158,34 @@ pub fn load_checkpoint_layer(
             Some((ids, t.shape[0]))
         }
     };
-    let mut weights = Vec::with_capacity(backends.len());
-    for be in backends {
-        let (gw, gs) = gu.upload(*be)?;
-        let (dw, ds) = dn.upload(*be)?;
-        let (shared_w, shared_scales) = match &shared {
-            Some((sg, sd)) => {
-                let (sgw, sgs) = sg.upload(*be)?;
-                let (sdw, sds) = sd.upload(*be)?;
-                (vec![(sgw, sdw)], vec![(sgs, sds)])
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        weights.push(MoeWeights {
-            gate_up: gw,
-            down: dw,
-            shared: shared_w,
-            quant: Some(QuantScales {
-                routed: gu.format,
-                shared: shared.as_ref().map_or(gu.format, |s| s.0.format),
-                routed_scales: (gs, ds),
-                shared_scales,
-            }),
-        });
-    }
-    Ok(CheckpointLayer {
+    Ok(CheckpointPlan {
+        ck,
+        layer,
         preset,
-        weights,
         tid2eid,
+        gate_up: gu,
+        down: dn,
+        shared,
+    })
+}
+
+/// Read layer `layer` of checkpoint `ck` ([`plan_checkpoint_layer`]) and upload its expert
+/// weights to every backend of `backends`, straight from the map (no host copy).
+///
+/// # Errors
+/// Those of [`plan_checkpoint_layer`]; the backends' allocation and upload errors.
+pub fn load_checkpoint_layer(
+    backends: &[&dyn Backend],
+    ck: &crate::checkpoint::Checkpoint,
+    layer: usize,
+    base: &Preset,
+) -> Result<CheckpointLayer> {
+    let plan = plan_checkpoint_layer(ck, layer, base)?;
+    let weights = plan.upload(backends)?;
+    Ok(CheckpointLayer {
+        preset: plan.preset,
+        weights,
+        tid2eid: plan.tid2eid,
     })
 }
 

@@ -10,7 +10,8 @@ use moehal_core::{Backend, DType};
 
 use super::{choose_backend, progress_bytes, CliResult, Table};
 use moehal::pipeline::moe::{
-    expert_weight_bytes, fit_experts_for, forward, load_checkpoint_layer, shipped_formats, MoeInputs, MoeWeights,
+    expert_weight_bytes, fit_experts_for, forward, forward_bytes_per_token, input_bytes_per_token,
+    plan_checkpoint_layer, shipped_formats, CheckpointPlan, MoeInputs, MoeWeights,
 };
 use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
 use moehal::Registry;
@@ -67,10 +68,12 @@ pub(crate) struct Args {
     /// With --ep: fail unless the output is bitwise equal to the single-process layer.
     #[arg(long, hide = true)]
     ep_bitwise: bool,
-    /// Run this safetensors checkpoint's layer (DeepSeek layout: `layers.{L}.ffn.experts.{E}.w{1,2,3}.
-    /// {weight,scale}`, optional `shared_experts`, and `gate.tid2eid` for a hash-routed layer) instead
-    /// of seeded weights; --preset gives top-k, scoring, scale and clamp, the checkpoint the widths
-    /// and expert counts. Activations, logits and token ids are seeded.
+    /// Run this safetensors checkpoint's layer instead of seeded weights (DeepSeek layout:
+    /// `layers.{L}.ffn.experts.{E}.w{1,2,3}.{weight,scale}`, optional `shared_experts`, and
+    /// `gate.tid2eid` for a hash-routed layer); --preset gives top-k, scoring, scale and clamp, the
+    /// checkpoint the widths and expert counts; with --ep / --ep-threads each rank loads its
+    /// experts. Activations, logits and token ids are seeded. Not with --float-weights (the
+    /// experts run in the formats the file stores).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
     /// Layer L of --weights.
@@ -78,20 +81,51 @@ pub(crate) struct Args {
     layer: usize,
 }
 
-/// Issue 16's rule for impossible sizes: tokens whose activations cannot fit the budget are an
-/// error naming the largest count that fits (the weights, by contrast, are scaled by expert
-/// count, and the output says so before any work).
-fn check_tokens_fit(tokens: usize, per_token: u64, budget: u64) -> anyhow::Result<()> {
-    let max_tokens = budget / per_token.max(1);
+/// Bytes a run holds: `fixed` (the weights in host memory) plus `per_token` for every token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct MemoryNeed {
+    /// Bytes independent of the token count (weights and scales, each host copy).
+    pub fixed: u64,
+    /// Bytes per token (inputs, activations, outputs: every buffer of the run).
+    pub per_token: u64,
+}
+
+/// Issue 16's rule for impossible sizes, the one rule of every `moe` path (seeded, `--weights`,
+/// `--ep-threads`, `--ep`): the run's bytes ([`MemoryNeed`]) must fit 90% of the memory available
+/// (`available` bytes; the seeded weights are scaled to at most 60% of it beforehand, and the
+/// output says so), else an error naming the largest token count that fits — never a silent
+/// shrink, never an allocation abort.
+pub(super) fn check_memory(tokens: usize, need: &MemoryNeed, available: u64) -> anyhow::Result<()> {
+    let budget = available / 10 * 9;
+    let room = budget.saturating_sub(need.fixed);
+    let max_tokens = room / need.per_token.max(1);
     if tokens as u64 > max_tokens {
+        let weights = if need.fixed > 0 {
+            format!(" after {} of weights", human_bytes(need.fixed as f64))
+        } else {
+            String::new()
+        };
         return Err(anyhow!(
-            "--tokens {tokens}: activations need ~{} per token ({} in all), more than the {} budget (30% of the memory available): at most {max_tokens} tokens fit",
-            human_bytes(per_token as f64),
-            human_bytes(per_token as f64 * tokens as f64),
-            human_bytes(budget as f64)
+            "--tokens {tokens}: the run needs ~{} per token ({} in all){weights}, more than the {} budget (90% of the {} available): {}",
+            human_bytes(need.per_token as f64),
+            human_bytes(need.per_token as f64 * tokens as f64),
+            human_bytes(budget as f64),
+            human_bytes(available as f64),
+            if max_tokens == 0 {
+                "no token fits (the weights alone take the budget)".to_string()
+            } else {
+                format!("at most {max_tokens} tokens fit")
+            }
         ));
     }
     Ok(())
+}
+
+/// Bytes per token of a single-process run: the inputs and the reference's copy of them (or of
+/// their prefix), every buffer of one forward ([`forward_bytes_per_token`]; the forwards run one
+/// after another), and the outputs and ids of the other forward held for the comparison.
+pub(super) fn single_process_bytes_per_token(p: &moehal::presets::Preset, dtype: DType) -> u64 {
+    2 * input_bytes_per_token(p, dtype) + forward_bytes_per_token(p, dtype) + p.hidden as u64 * 4 + p.k as u64 * 4
 }
 
 /// What the reference runs on: how many of the tokens, the note that says why when not all of
@@ -211,19 +245,22 @@ pub(super) fn weight_formats(
 mod ep;
 
 pub(super) fn run(a: Args) -> CliResult {
-    if a.ep || a.ep_threads.is_some() {
-        return ep::run(a);
-    }
     if !a.dtype.is_float() {
         return Err(anyhow!("--dtype {} is not a float type (f32, bf16, f16)", a.dtype));
+    }
+    if a.weights.is_some() {
+        reject_with_weights(&a)?;
+    }
+    if a.ep || a.ep_threads.is_some() {
+        return ep::run(a);
     }
     let reg = Registry::discover();
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let reference = reg.open("reference")?;
-    let same = backend.name() == "reference";
     if let Some(path) = &a.weights {
         return run_checkpoint(&a, path, backend.as_ref(), reference.as_ref());
     }
+    let same = backend.name() == "reference";
     let mut p = *moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
@@ -234,32 +271,26 @@ pub(super) fn run(a: Args) -> CliResult {
         ));
         p = s;
     }
-    // Host copies of the weights: the reference's, plus the backend's if it lives in host memory.
-    let host_copies = if !same && is_host_backend(backend.as_ref()) {
-        2
-    } else {
-        1
-    };
+    let host_copies = weight_host_copies(backend.as_ref(), same);
+    let avail = available_memory().unwrap_or(8 << 30);
     let budget = match a.budget_mib {
         Some(m) => m << 20,
-        None => {
-            let avail = available_memory().unwrap_or(8 << 30);
-            (4u64 << 30).min(avail * 6 / 10 / host_copies)
-        }
+        None => (4u64 << 30).min(avail * 6 / 10 / host_copies.max(1)),
     };
     let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
     // Quantized weights are budgeted at their packed bytes (codes + scales: mxfp4 ~0.53 per element).
     let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
     notes.extend(fit_notes);
-    // Activations scale with tokens: router logits, x, the k permuted rows through gate_up, swiglu
-    // and down, the shared expert, the output; on every backend that holds a copy.
-    let es = a.dtype.size() as u64;
-    let (h, i, e, k) = (p.hidden as u64, p.expert_width as u64, p.experts as u64, p.k as u64);
-    let per_token =
-        (e * 4 + h * es * (2 + 2 * k) + k * 3 * i * es + p.shared_experts as u64 * (3 * i + h) * es + k * 24)
-            * (host_copies + 1);
-    let act_budget = available_memory().unwrap_or(8 << 30) * 3 / 10;
-    check_tokens_fit(a.tokens, per_token, act_budget)?;
+    // Bytes uploaded per backend: packed codes + scales for quantized weights.
+    let total = expert_weight_bytes(&p, a.dtype, quant);
+    check_memory(
+        a.tokens,
+        &MemoryNeed {
+            fixed: total * host_copies,
+            per_token: single_process_bytes_per_token(&p, a.dtype),
+        },
+        avail,
+    )?;
     let t = a.tokens;
     let est_per_token = if a.no_reference || same {
         0.0
@@ -267,7 +298,6 @@ pub(super) fn run(a: Args) -> CliResult {
         reference_seconds_per_token(&p, a.dtype, quant.is_some())?
     };
     let plan = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
-    let ref_t = plan.tokens;
     notes.extend(plan.note.clone());
     outln!(
         "preset {}: hidden {}, expert width {}, {} routed experts, top-{}, {} shared, scoring {}{}{}, scale {}",
@@ -291,28 +321,8 @@ pub(super) fn run(a: Args) -> CliResult {
     for n in &notes {
         outln!("note: {n}");
     }
-    // Bytes uploaded per backend: packed codes + scales for quantized weights.
-    let total = expert_weight_bytes(&p, a.dtype, quant);
-    outln!(
-        "tokens {t}, dtype {}, weights {} per backend, backend {}, {}{}",
-        a.dtype,
-        human_bytes(total as f64),
-        backend.name(),
-        plan.against,
-        if same {
-            " (the reference against itself: a determinism check)"
-        } else {
-            ""
-        }
-    );
-
-    let targets: Vec<&dyn Backend> = if same {
-        vec![reference.as_ref()]
-    } else if ref_t == 0 {
-        vec![backend.as_ref()]
-    } else {
-        vec![backend.as_ref(), reference.as_ref()]
-    };
+    print_run_line(t, a.dtype, total, backend.as_ref(), &plan, same);
+    let targets = targets(backend.as_ref(), reference.as_ref(), same, plan.tokens);
     let pb = progress_bytes(total, "generating and uploading weights");
     let weights = match quant {
         Some((routed, shared)) => {
@@ -326,27 +336,104 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     pb.finish_and_clear();
     let inputs = MoeInputs::generate(&p, t, a.dtype, a.seed)?;
+    run_and_report(
+        &p,
+        a.dtype,
+        backend.as_ref(),
+        reference.as_ref(),
+        &weights,
+        &inputs,
+        &plan,
+    )
+}
 
+/// Flags that cannot apply to a checkpoint's layer are errors, never silently ignored: its
+/// widths and expert count are the file's (no `--scale-widths`, no `--budget-mib` scaling), its
+/// experts run in the formats it stores (no `--float-weights`).
+fn reject_with_weights(a: &Args) -> anyhow::Result<()> {
+    let why = if a.float_weights {
+        "--float-weights: the checkpoint's experts run in the formats the file stores (weight-only quantized, --dtype activations)"
+    } else if a.scale_widths.is_some() {
+        "--scale-widths: the checkpoint's widths are the file's"
+    } else if a.budget_mib.is_some() {
+        "--budget-mib: the checkpoint's experts are all loaded (a layer is not scaled by expert count)"
+    } else {
+        return Ok(());
+    };
+    Err(anyhow!("--weights cannot be combined with {why}"))
+}
+
+/// Host-memory copies of the weights a single-process run holds: the reference's, plus the
+/// backend's if it lives in host memory (one when the backend is the reference).
+fn weight_host_copies(backend: &dyn Backend, same: bool) -> u64 {
+    if !same && is_host_backend(backend) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The backends that get weights: the backend, and the reference when it runs on any token.
+fn targets<'b>(backend: &'b dyn Backend, reference: &'b dyn Backend, same: bool, ref_t: usize) -> Vec<&'b dyn Backend> {
+    if same {
+        vec![reference]
+    } else if ref_t == 0 {
+        vec![backend]
+    } else {
+        vec![backend, reference]
+    }
+}
+
+/// The `tokens ..., dtype ..., weights ... per backend, backend ..., vs ...` line.
+fn print_run_line(t: usize, dtype: DType, weight_bytes: u64, backend: &dyn Backend, plan: &RefPlan, same: bool) {
+    outln!(
+        "tokens {t}, dtype {dtype}, weights {} per backend, backend {}, {}{}",
+        human_bytes(weight_bytes as f64),
+        backend.name(),
+        plan.against,
+        if same {
+            " (the reference against itself: a determinism check)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Run the layer on `backend` (a warm-up, then the timed forward) and on the reference for the
+/// tokens `plan` says, print the stage table and the verdict (relative error of the checked rows
+/// within the OPS.md tolerance of `dtype`; exit status 1 if not). `weights` are in the order of
+/// [`targets`]. Shared by the seeded and the checkpoint layer.
+fn run_and_report(
+    p: &moehal::presets::Preset,
+    dtype: DType,
+    backend: &dyn Backend,
+    reference: &dyn Backend,
+    weights: &[MoeWeights],
+    inputs: &MoeInputs,
+    plan: &RefPlan,
+) -> CliResult {
+    let same = backend.name() == "reference";
+    let (t, ref_t) = (inputs.tokens, plan.tokens);
     let pb = super::spinner(format!("forward on {}", backend.name()));
     if !same {
         // Warm-up: one-time costs (kernel compilation, first-touch) stay out of the stage times.
-        forward(backend.as_ref(), &p, a.dtype, &weights[0], &inputs)?;
+        forward(backend, p, dtype, &weights[0], inputs)?;
     }
-    let got = forward(backend.as_ref(), &p, a.dtype, &weights[0], &inputs)?;
+    let got = forward(backend, p, dtype, &weights[0], inputs)?;
     if ref_t == 0 {
         pb.finish_and_clear();
-        return report_unchecked(&got, &backend_name_label(backend.as_ref()), t, p.hidden, &plan.against);
+        return report_unchecked(&got, &backend_name_label(backend), t, p.hidden, &plan.against);
     }
     pb.set_message("forward on the reference");
     let ref_inputs = if ref_t < t {
-        input_prefix(&inputs, ref_t, &p)
+        input_prefix(inputs, ref_t, p)
     } else {
         inputs.clone()
     };
     let want = forward(
-        reference.as_ref(),
-        &p,
-        a.dtype,
+        reference,
+        p,
+        dtype,
         weights.last().ok_or_else(|| anyhow!("no weights"))?,
         &ref_inputs,
     )?;
@@ -357,11 +444,7 @@ pub(super) fn run(a: Args) -> CliResult {
         ">reference".to_string()
     };
 
-    let mut tab = Table::new(&[
-        "stage",
-        &format!(">{}", backend_name_label(backend.as_ref())),
-        &ref_header,
-    ]);
+    let mut tab = Table::new(&["stage", &format!(">{}", backend_name_label(backend)), &ref_header]);
     for (g, w) in got.stages.iter().zip(&want.stages) {
         tab.row(vec![g.name.into(), human_seconds(g.seconds), human_seconds(w.seconds)]);
     }
@@ -382,17 +465,16 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     let checked = &got.out[..(ref_t * p.hidden).min(got.out.len())];
     let err = rel_error(checked, &want.out);
-    let tol = tolerance(a.dtype);
+    let tol = tolerance(dtype);
     let ok = err <= tol;
     outln!(
-        "output [{t}, {}]{}: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {}): {}",
+        "output [{t}, {}]{}: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {dtype}): {}",
         p.hidden,
         if ref_t < t {
             format!(", first {ref_t} rows")
         } else {
             String::new()
         },
-        a.dtype,
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -421,72 +503,86 @@ fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usiz
 
 /// `moehal moe --weights F --layer L`: the checkpoint's layer on `backend` and on the reference
 /// (weights memory-mapped, uploaded to each once), hash-routed when it has `gate.tid2eid` (token ids
-/// seeded uniform in `[0, V)`), validated as the preset run (relative error within the dtype's
-/// tolerance; exit status 1 if not).
+/// seeded uniform in `[0, V)`), run and reported as the seeded layer ([`run_and_report`]: the same
+/// memory rule, `--ref-limit` / `--no-reference`, stage table and verdict).
 fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, reference: &dyn Backend) -> CliResult {
     let base = moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
     let ck = moehal::checkpoint::Checkpoint::open(path)?;
+    let layer = plan_checkpoint_layer(&ck, a.layer, base)?;
     let same = backend.name() == "reference";
-    let targets: Vec<&dyn Backend> = if same {
-        vec![reference]
-    } else {
-        vec![backend, reference]
-    };
-    let layer = load_checkpoint_layer(&targets, &ck, a.layer, base)?;
     let p = layer.preset;
-    let q = layer.weights[0].quant.as_ref().map(|q| (q.routed, q.shared));
-    outln!(
-        "checkpoint {} layer {}: hidden {}, expert width {}, {} routed experts ({}), {} shared, top-{}, {}",
+    let total = layer.weight_bytes();
+    check_memory(
+        a.tokens,
+        &MemoryNeed {
+            fixed: total * weight_host_copies(backend, same),
+            per_token: single_process_bytes_per_token(&p, a.dtype),
+        },
+        available_memory().unwrap_or(8 << 30),
+    )?;
+    let t = a.tokens;
+    let est_per_token = if a.no_reference || same {
+        0.0
+    } else {
+        reference_seconds_per_token(&p, a.dtype, true)?
+    };
+    let plan = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
+    outln!("{}", checkpoint_header(path, a.layer, &layer));
+    if let Some(n) = &plan.note {
+        outln!("note: {n}");
+    }
+    print_run_line(t, a.dtype, total, backend, &plan, same);
+    let targets = targets(backend, reference, same, plan.tokens);
+    let weights = layer.upload(&targets)?;
+    let inputs = checkpoint_inputs(&p, layer.tid2eid.clone(), t, a.dtype, a.seed)?;
+    run_and_report(&p, a.dtype, backend, reference, &weights, &inputs, &plan)
+}
+
+/// The first line of a checkpoint run: file, layer, widths, expert counts and formats, routing.
+pub(super) fn checkpoint_header(path: &std::path::Path, layer_index: usize, layer: &CheckpointPlan<'_>) -> String {
+    let p = &layer.preset;
+    let (routed, shared) = layer.formats();
+    format!(
+        "checkpoint {} layer {}: hidden {}, expert width {}, {} routed experts ({routed}), {} shared{}, top-{}, {}",
         path.display(),
-        a.layer,
+        layer_index,
         p.hidden,
         p.expert_width,
         p.experts,
-        q.map_or("float".to_string(), |f| f.0.to_string()),
         p.shared_experts,
+        if p.shared_experts > 0 {
+            format!(" ({shared})")
+        } else {
+            String::new()
+        },
         p.k,
         match &layer.tid2eid {
             Some((_, v)) => format!("hash-routed (tid2eid [{v}, {}])", p.k),
             None => format!("gated ({})", p.scoring.name()),
         }
-    );
-    let mut inputs = MoeInputs::generate(&p, a.tokens, a.dtype, a.seed)?;
-    if let Some((tid2eid, vocab)) = layer.tid2eid {
-        let ts = moehal::pipeline::stream_seed(a.seed, 103);
+    )
+}
+
+/// Seeded inputs of a checkpoint's layer: activations and logits as [`MoeInputs::generate`], and
+/// for a hash-routed layer (`tid2eid` `[V, k]` with V) token ids uniform in `[0, V)`.
+pub(super) fn checkpoint_inputs(
+    p: &moehal::presets::Preset,
+    tid2eid: Option<(Vec<i32>, usize)>,
+    tokens: usize,
+    dtype: DType,
+    seed: u64,
+) -> anyhow::Result<MoeInputs> {
+    let mut inputs = MoeInputs::generate(p, tokens, dtype, seed)?;
+    if let Some((tid2eid, vocab)) = tid2eid {
+        let ts = moehal::pipeline::stream_seed(seed, 103);
         let mut rng = moehal::pipeline::SplitMix64::new(ts);
         inputs.hash = Some(moehal::pipeline::moe::HashRoute {
-            token_ids: (0..a.tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
+            token_ids: (0..tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
             tid2eid,
             vocab,
         });
     }
-    let got = forward(backend, &p, a.dtype, &layer.weights[0], &inputs)?;
-    let want = forward(reference, &p, a.dtype, &layer.weights[targets.len() - 1], &inputs)?;
-    let total = |s: &[moehal::pipeline::moe::Stage]| s.iter().map(|x| x.seconds).sum::<f64>();
-    outln!(
-        "forward: {} {} , reference {}",
-        backend.name(),
-        human_seconds(total(&got.stages)),
-        human_seconds(total(&want.stages))
-    );
-    if got.ids != want.ids {
-        return Err(anyhow!(
-            "routing differs from the reference in {} of {} slots",
-            got.ids.iter().zip(&want.ids).filter(|(x, y)| x != y).count(),
-            got.ids.len()
-        ));
-    }
-    let err = rel_error(&got.out, &want.out);
-    let tol = tolerance(a.dtype);
-    let ok = err <= tol;
-    outln!(
-        "output [{}, {}]: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {}): {}",
-        a.tokens,
-        p.hidden,
-        a.dtype,
-        if ok { "PASS" } else { "FAIL" }
-    );
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(inputs)
 }
 
 #[cfg(test)]
@@ -518,8 +614,64 @@ mod tests {
 
     #[test]
     fn tokens_that_cannot_fit_are_an_error_naming_the_most_that_fit() {
-        assert!(check_tokens_fit(100, 1000, 100_000).is_ok());
-        let e = check_tokens_fit(1_000_000_000_000, 1000, 22_249_000).unwrap_err();
+        let need = MemoryNeed {
+            fixed: 0,
+            per_token: 1000,
+        };
+        assert!(check_memory(100, &need, 1_000_000).is_ok());
+        // 90% of 24,721,120 bytes is 22,249,008: 22,249 tokens of 1000 bytes.
+        let e = check_memory(1_000_000_000_000, &need, 24_721_120).unwrap_err();
         assert!(e.to_string().contains("at most 22249 tokens fit"), "{e}");
+        assert!(check_memory(22_249, &need, 24_721_120).is_ok());
+        assert!(check_memory(22_250, &need, 24_721_120).is_err());
+        // The weights come off the budget first.
+        let with_weights = MemoryNeed {
+            fixed: 12_249_008,
+            per_token: 1000,
+        };
+        let e = check_memory(10_001, &with_weights, 24_721_120).unwrap_err();
+        assert!(e.to_string().contains("at most 10000 tokens fit"), "{e}");
+        let e = check_memory(
+            1,
+            &MemoryNeed {
+                fixed: 30_000_000,
+                per_token: 1,
+            },
+            24_721_120,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no token fits"), "{e}");
+    }
+
+    /// Every buffer counts: the per-token bytes grow with each width and count of the layer.
+    #[test]
+    fn per_token_bytes_grow_with_every_dimension() {
+        let p = *moehal::presets::preset("deepseek-v3").unwrap();
+        let base = single_process_bytes_per_token(&p, DType::BF16);
+        for q in [
+            moehal::presets::Preset {
+                hidden: p.hidden + 1,
+                ..p
+            },
+            moehal::presets::Preset {
+                expert_width: p.expert_width + 1,
+                ..p
+            },
+            moehal::presets::Preset {
+                experts: p.experts + 1,
+                ..p
+            },
+            moehal::presets::Preset { k: p.k + 1, ..p },
+            moehal::presets::Preset {
+                shared_experts: p.shared_experts + 1,
+                ..p
+            },
+        ] {
+            assert!(single_process_bytes_per_token(&q, DType::BF16) > base, "{q:?}");
+        }
+        assert!(single_process_bytes_per_token(&p, DType::F32) > base);
+        // At least the permuted rows through gate_up, swiglu and down.
+        let (h, i, k) = (p.hidden as u64, p.expert_width as u64, p.k as u64);
+        assert!(base >= k * (h + 3 * i + h) * 2);
     }
 }
