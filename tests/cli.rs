@@ -1142,3 +1142,26 @@ fn moe_help_names_the_checkpoint_tensors_in_one_piece() {
     assert!(o.status.success());
     assert!(out.contains("w{1,2,3}.{weight,scale}"), "{out}");
 }
+
+/// `moe` and `bench` number flags: `--seed -1`, `--scale-widths 0`, `--budget-mib -1`,
+/// `--ep-threads 0` are usage errors that say what is accepted (not clap's "unexpected argument" or
+/// "invalid digit", not "scaled by 1/0"), and `--ep` with `--ep-threads` is refused instead of one
+/// being silently ignored.
+#[test]
+fn moe_and_bench_number_flags_say_what_is_accepted() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["moe", "--seed", "-1"], "seeds are whole numbers from 0 to 2^64-1"),
+        (&["bench", "--seed", "-1"], "seeds are whole numbers from 0 to 2^64-1"),
+        (&["moe", "--scale-widths", "0"], "must be a whole number, at least 1"),
+        (&["moe", "--budget-mib", "-1"], "must be a whole number, at least 1"),
+        (&["moe", "--ep-threads", "0"], "must be a whole number, at least 1"),
+        (&["moe", "--ep", "--ep-threads", "2"], "cannot be used with"),
+    ];
+    for (args, want) in cases {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.contains("scaled by 1/0"), "{args:?}: {out}");
+    }
+}

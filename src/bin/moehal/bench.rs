@@ -48,7 +48,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1.0, value_parser = super::seconds_budget, allow_negative_numbers = true)]
     budget: f64,
     /// Seed of the inputs.
-    #[arg(long, default_value_t = 0x5eed)]
+    #[arg(long, default_value_t = 0x5eed, value_parser = super::seed_parser, allow_negative_numbers = true)]
     seed: u64,
 }
 

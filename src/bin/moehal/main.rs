@@ -190,6 +190,16 @@ pub(crate) fn seed_parser(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("seeds are whole numbers from 0 to 2^64-1 = {} (got {s})", u64::MAX))
 }
 
+/// clap value parser of a whole number that must be at least 1 (`moe --scale-widths`, `--budget-mib`,
+/// `--ep-threads`): 0 would divide by zero, budget nothing or run no rank, and clap's own parser
+/// answers `-1` with "unexpected argument" as if it were a flag.
+pub(crate) fn positive_whole<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(v) if v != T::from(0u8) => Ok(v),
+        _ => Err(format!("must be a whole number, at least 1 (got {s})")),
+    }
+}
+
 /// clap value parser of a name filter (`check --case`, `--dtype`): an empty filter would match
 /// every name (each contains the empty string), which is never what was meant.
 pub(crate) fn non_empty_filter(s: &str) -> Result<String, String> {

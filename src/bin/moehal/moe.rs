@@ -33,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "bf16")]
     dtype: DType,
     /// Seed of weights and inputs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::seed_parser, allow_negative_numbers = true)]
     seed: u64,
     /// Float expert weights (of --dtype) even for presets whose checkpoints ship quantized ones
     /// (deepseek-v4-flash: mxfp4 routed experts and an fp8_block shared expert; deepseek-v3:
@@ -41,11 +41,11 @@ pub(crate) struct Args {
     #[arg(long)]
     float_weights: bool,
     /// Divide hidden and expert widths by N (rounded up to multiples of 32), for quick runs.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = super::positive_whole::<usize>, allow_negative_numbers = true)]
     scale_widths: Option<usize>,
     /// Memory budget for the weights of one backend, in MiB (default: 4 GiB or less, from the
     /// memory available).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = super::positive_whole::<u64>, allow_negative_numbers = true)]
     budget_mib: Option<u64>,
     /// Run the reference on at most as many tokens as it is estimated to finish in this many
     /// seconds (all of them when it fits; else the first tokens, and the output says how many;
@@ -60,7 +60,7 @@ pub(crate) struct Args {
     #[arg(long)]
     ep: bool,
     /// Expert parallelism with R ranks as threads of this process (loopback, no MPI).
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", conflicts_with = "ep", value_parser = super::positive_whole::<usize>)]
     ep_threads: Option<usize>,
     /// With --ep: route every token into rank 0's experts (the other ranks receive nothing).
     #[arg(long, hide = true)]
