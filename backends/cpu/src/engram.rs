@@ -16,6 +16,7 @@
 
 use crate::elem::f32_to_bf16_bits;
 use crate::pool::Pool;
+use crate::simd::hash::{HashPlan, HASH_ORDERS};
 use crate::simd::{prefetch, Kernels};
 use moehal_core::engram::{EngramLayer, WindowStream};
 use moehal_core::ops::engram_hash::check_canonical_ids;
@@ -75,25 +76,38 @@ impl FastMod {
 /// item 9: at 1 token the reciprocals were most of the call). Below it, `%` by the prime.
 const FASTMOD_MIN_TOKENS: usize = 8;
 
+/// Tokens hashed per call of the vector reduction ([`Kernels::engram_rows`]): their per-order
+/// hashes wait in a stack buffer of `4 * HASH_BLOCK` values (8 KiB).
+const HASH_BLOCK: usize = 256;
+
 /// What the hash needs from a layer, precomputed once per call.
 struct Hasher<'l> {
     layer: &'l EngramLayer,
-    /// The primes' reciprocals, or empty for a call of fewer than [`FASTMOD_MIN_TOKENS`] tokens.
+    kern: &'l Kernels,
+    /// The vector reduction's constants, where the table has one and the layer is in its range
+    /// (and the call has at least [`FASTMOD_MIN_TOKENS`] tokens).
+    plan: Option<HashPlan>,
+    /// The primes' reciprocals for the scalar path, or empty (fewer than [`FASTMOD_MIN_TOKENS`]
+    /// tokens, or the vector path is taken).
     fm: Vec<FastMod>,
 }
 
 impl<'l> Hasher<'l> {
-    fn new(layer: &'l EngramLayer, tokens: usize) -> Self {
-        Hasher {
-            layer,
-            fm: if tokens >= FASTMOD_MIN_TOKENS {
-                layer.primes().iter().map(|&p| FastMod::new(p)).collect()
-            } else {
-                Vec::new()
-            },
-        }
+    fn new(kern: &'l Kernels, layer: &'l EngramLayer, tokens: usize) -> Self {
+        let plan = if tokens >= FASTMOD_MIN_TOKENS && kern.has_engram_rows() {
+            HashPlan::new(layer.heads(), layer.primes(), layer.offsets())
+        } else {
+            None
+        };
+        let fm = if tokens >= FASTMOD_MIN_TOKENS && plan.is_none() {
+            layer.primes().iter().map(|&p| FastMod::new(p)).collect()
+        } else {
+            Vec::new()
+        };
+        Hasher { layer, kern, plan, fm }
     }
 
+    /// Scalar path: one token's rows from its window.
     #[inline]
     fn rows(&self, win: &[u64], out: &mut [i64]) {
         let kh = self.layer.heads();
@@ -167,17 +181,39 @@ fn hash_range(
     // Core's streaming window rule, started at this chunk's first token: O(N) per token, no
     // look-back walk and no per-token argument checks (check_inputs validated them once).
     let mut stream = WindowStream::at(n, ids, positions, alive, history, hs.layer.pad_id(), t0);
-    for (i, row) in out.chunks_exact_mut(c).enumerate() {
-        stream.next_window(ids, positions, alive, history, t0 + i, win);
-        hs.rows(win, row);
+    let Some(plan) = &hs.plan else {
+        for (i, row) in out.chunks_exact_mut(c).enumerate() {
+            stream.next_window(ids, positions, alive, history, t0 + i, win);
+            hs.rows(win, row);
+        }
+        return Ok(());
+    };
+    // Vector path (N - 1 <= HASH_ORDERS, see HashPlan::new): per block, the scalar multiply-XOR
+    // gives each token's N - 1 order hashes, then one kernel call reduces all C columns.
+    let m = hs.layer.multipliers();
+    let mut hbuf = [0u64; HASH_ORDERS * HASH_BLOCK];
+    for (b, block) in out.chunks_mut(HASH_BLOCK * c).enumerate() {
+        let tb = block.len() / c;
+        for (i, hrow) in hbuf.chunks_exact_mut(HASH_ORDERS).take(tb).enumerate() {
+            stream.next_window(ids, positions, alive, history, t0 + b * HASH_BLOCK + i, win);
+            let mut h = win[0].wrapping_mul(m[0]);
+            for (k, slot) in hrow.iter_mut().enumerate().take(n - 1) {
+                h ^= win[k + 1].wrapping_mul(m[k + 1]);
+                *slot = h;
+            }
+        }
+        let done = hs.kern.engram_rows(plan, &hbuf[..tb * HASH_ORDERS], block);
+        debug_assert!(done, "the plan exists only for tables with a vector kernel");
     }
     Ok(())
 }
 
-/// `engram_hash`: `rows` is `[T, C]`.
+/// `engram_hash`: `rows` is `[T, C]`, with the reduction of `kern` (its vector kernel where it has
+/// one and the layer is in its range, [`HashPlan::new`]; else the scalar reciprocal).
 ///
 /// Errors: `InvalidArgument` for an id outside `[0, V')`, a bad history or mismatched lengths.
 pub fn engram_hash(
+    kern: &Kernels,
     pool: &Pool,
     layer: &EngramLayer,
     ids: &[i64],
@@ -191,7 +227,7 @@ pub fn engram_hash(
         return Err(Error::invalid("engram_hash", "rows", "expected T*C elements"));
     }
     check_inputs(layer, "engram_hash", ids, positions, alive, history)?;
-    let hs = Hasher::new(layer, ids.len());
+    let hs = Hasher::new(kern, layer, ids.len());
     if !pool.worth_parallel(ids.len(), HASH_SERIAL_BELOW) {
         return hash_range(&hs, ids, positions, alive, history, 0, rows);
     }
@@ -382,6 +418,7 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
 ///
 /// Errors: as [`engram_hash`] and [`gather_rows`]; nothing is written on error.
 pub fn engram_lookup(
+    kern: &Kernels,
     pool: &Pool,
     layer: &EngramLayer,
     ids: &[i64],
@@ -406,7 +443,7 @@ pub fn engram_lookup(
         ));
     }
     check_inputs(layer, OP, ids, positions, alive, history)?;
-    let hs = Hasher::new(layer, ids.len());
+    let hs = Hasher::new(kern, layer, ids.len());
     if !pool.worth_parallel(ids.len(), LOOKUP_SERIAL_BELOW) {
         // Serial: hash every token once into one row list, then one gather pass (no per-chunk
         // output list or buffers).
