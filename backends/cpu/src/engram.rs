@@ -1,17 +1,18 @@
 //! `engram_hash`, `gather_rows` and `engram_lookup` (OPS.md §4, §5) on raw slices.
 //!
 //! The hash takes each token's window by core's rule (streamed:
-//! [`moehal_core::engram::WindowStream`]), multiplies and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
-//! step: one 64x64→128 multiply-high, one multiply, one conditional subtract; exact, no divide).
+//! [`moehal_core::engram::WindowStream`]; without positions or an alive mask a token's window is
+//! read straight from `ids`), multiplies and XORs in 64 bits (scalar: N multiplies per token, shared
+//! by the K heads of each order), and reduces modulo each prime: with the table's vector kernel
+//! ([`Kernels::engram_rows`], `simd::hash`: an exact f64-FMA remainder, 4 columns per AVX2 vector, 2
+//! per NEON vector) where the table has one and the layer is in its range ([`HashPlan::new`]: N <= 5,
+//! primes < 2^51), else with a precomputed reciprocal ([`FastMod`]: one 64x64→128 multiply-high, one
+//! multiply, one conditional subtract; the portable path). Both are exact (conformance compares every
+//! case bitwise).
 //! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
-//! decoder as a table elsewhere), bitwise the reference's values.
-//!
-//! Instruction sets: the hash stays scalar on every target: it is 64-bit multiplies, XORs and a
-//! 64×64→128 multiply-high per prime, and neither AVX2 nor NEON has a 64-bit vector multiply-high
-//! (the scalar `mulq` / `umulh` is the fast form); plain-table gathers are row copies (`memcpy`,
-//! vectorized by libc). The x86 tables have no SIMD form of either, so the NEON port has none to
-//! mirror; the fp8 dequantization is the one vector kernel here.
+//! decoder as a table elsewhere), bitwise the reference's values; plain-table gathers are row
+//! copies (`memcpy`, vectorized by libc).
 //! Tables are plain slices: a memory-mapped file works as is.
 
 use crate::elem::f32_to_bf16_bits;
@@ -191,14 +192,26 @@ fn hash_range(
     // Vector path (N - 1 <= HASH_ORDERS, see HashPlan::new): per block, the scalar multiply-XOR
     // gives each token's N - 1 order hashes, then one kernel call reduces all C columns.
     let m = hs.layer.multipliers();
+    let plain = positions.is_none() && alive.is_none();
     let mut hbuf = [0u64; HASH_ORDERS * HASH_BLOCK];
     for (b, block) in out.chunks_mut(HASH_BLOCK * c).enumerate() {
         let tb = block.len() / c;
         for (i, hrow) in hbuf.chunks_exact_mut(HASH_ORDERS).take(tb).enumerate() {
-            stream.next_window(ids, positions, alive, history, t0 + b * HASH_BLOCK + i, win);
-            let mut h = win[0].wrapping_mul(m[0]);
+            let t = t0 + b * HASH_BLOCK + i;
+            // Without positions or an alive mask, a token with N - 1 ids before it has the plain
+            // window ids[t], ids[t-1], ..: no stream state is needed (the stream, used only for
+            // the first N - 1 tokens of the sequence, then sees them in order).
+            let w: &[u64] = if plain && t + 1 >= n {
+                bytemuck::cast_slice(&ids[t + 1 - n..=t])
+            } else {
+                stream.next_window(ids, positions, alive, history, t, win);
+                win
+            };
+            let plain_order = plain && t + 1 >= n;
+            let at = |k: usize| if plain_order { w[n - 1 - k] } else { w[k] };
+            let mut h = at(0).wrapping_mul(m[0]);
             for (k, slot) in hrow.iter_mut().enumerate().take(n - 1) {
-                h ^= win[k + 1].wrapping_mul(m[k + 1]);
+                h ^= at(k + 1).wrapping_mul(m[k + 1]);
                 *slot = h;
             }
         }

@@ -75,6 +75,11 @@ struct ColVec {
 #[derive(Clone, Debug)]
 pub struct HashPlan {
     cols: usize,
+    /// Heads per order `K`.
+    heads: usize,
+    /// `K % 4 == 0` and every prime `>= 2^21` (so `c = 2^32` everywhere): each vector's lanes share
+    /// one order and `X = hi · 2^32`, `s = X + lo` are computed once per order, not per vector.
+    uniform: bool,
     vecs: Vec<ColVec>,
 }
 
@@ -124,7 +129,13 @@ impl HashPlan {
                 cv
             })
             .collect();
-        Some(HashPlan { cols, vecs })
+        let uniform = heads.is_multiple_of(4) && primes.iter().all(|&p| p >= C32_FROM);
+        Some(HashPlan {
+            cols,
+            heads,
+            uniform,
+            vecs,
+        })
     }
 
     /// Columns `C`.
@@ -211,10 +222,50 @@ fn reduce_avx2(
             _mm256_set1_pd(-0.5),
         ));
         let r = _mm256_add_pd(_mm256_fnmadd_pd(q, p, x), lo);
-        let ge = _mm256_cmp_pd::<_CMP_GE_OQ>(r, p);
-        let r = _mm256_sub_pd(r, _mm256_and_pd(ge, p));
-        let bits = _mm256_castpd_si256(_mm256_add_pd(r, _mm256_set1_pd(4_503_599_627_370_496.0)));
-        _mm256_add_epi64(bits, _mm256_load_si256(cv.off.as_ptr() as *const __m256i))
+        finish_avx2(cv, r, p)
+    }
+}
+
+/// The tail of the reduction: `r` in `[0, 2p)` (exact integers) → `r mod p + off` as `u64` lanes.
+/// `r − p` is exact; its sign picks `r` (when `r < p`) or `r − p` (`r == p` gives `+0`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn finish_avx2(
+    cv: &ColVec,
+    r: std::arch::x86_64::__m256d,
+    p: std::arch::x86_64::__m256d,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let d = _mm256_sub_pd(r, p);
+    let r = _mm256_blendv_pd(d, r, d);
+    let bits = _mm256_castpd_si256(_mm256_add_pd(r, _mm256_set1_pd(4_503_599_627_370_496.0)));
+    // SAFETY: `cv.off` is a 32-byte aligned field of 4 u64.
+    _mm256_add_epi64(bits, unsafe { _mm256_load_si256(cv.off.as_ptr() as *const __m256i) })
+}
+
+/// One vector of 4 columns of a uniform plan ([`HashPlan`]): all lanes share one order, whose
+/// `X = hi · 2^32`, `lo` and `s = X + lo` come broadcast.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_uniform_avx2(
+    cv: &ColVec,
+    x: std::arch::x86_64::__m256d,
+    lo: std::arch::x86_64::__m256d,
+    s: std::arch::x86_64::__m256d,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads read 32-byte aligned fields of `cv`; AVX2 + FMA are enabled here.
+    unsafe {
+        let p = _mm256_load_pd(cv.p.as_ptr());
+        let q = _mm256_floor_pd(_mm256_fmadd_pd(
+            s,
+            _mm256_load_pd(cv.pinv.as_ptr()),
+            _mm256_set1_pd(-0.5),
+        ));
+        let r = _mm256_add_pd(_mm256_fnmadd_pd(q, p, x), lo);
+        finish_avx2(cv, r, p)
     }
 }
 
@@ -249,8 +300,29 @@ unsafe fn rows_avx2(plan: &HashPlan, h: *const u64, t: usize, rows: *mut i64) {
                 _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(hv, low32), magic)),
                 two52,
             );
-            let (hif, lof) = (_mm256_castpd_ps(hif), _mm256_castpd_ps(lof));
             let out = rows.add(i * c);
+            if plan.uniform {
+                // c = 2^32 in every lane and K % 4 == 0 (so rem == 0): per order, broadcast
+                // X = hi · 2^32, lo and s = X + lo, then K / 4 vectors of that order.
+                let x = _mm256_mul_pd(hif, _mm256_set1_pd(4_294_967_296.0));
+                let s = _mm256_add_pd(x, lof);
+                let (mut xa, mut la, mut sa) = ([0f64; 4], [0f64; 4], [0f64; 4]);
+                _mm256_storeu_pd(xa.as_mut_ptr(), x);
+                _mm256_storeu_pd(la.as_mut_ptr(), lof);
+                _mm256_storeu_pd(sa.as_mut_ptr(), s);
+                let per = plan.heads / 4;
+                for o in 0..full / per {
+                    let xb = _mm256_broadcast_sd(&xa[o]);
+                    let lb = _mm256_broadcast_sd(&la[o]);
+                    let sb = _mm256_broadcast_sd(&sa[o]);
+                    for v in o * per..(o + 1) * per {
+                        let r = reduce_uniform_avx2(&plan.vecs[v], xb, lb, sb);
+                        _mm256_storeu_si256(out.add(v * 4) as *mut __m256i, r);
+                    }
+                }
+                continue;
+            }
+            let (hif, lof) = (_mm256_castpd_ps(hif), _mm256_castpd_ps(lof));
             for v in 0..full {
                 let r = reduce_avx2(&plan.vecs[v], hif, lof);
                 _mm256_storeu_si256(out.add(v * 4) as *mut __m256i, r);
@@ -441,6 +513,9 @@ mod tests {
         // All primes as the columns of one call: 2 orders x 7 heads.
         let all: Vec<u64> = PRIMES.iter().flat_map(|&p| edge_hashes(p)).collect();
         check(&all, &PRIMES, 7);
+        // Uniform plans (K % 4 == 0, every prime >= 2^21): the per-order broadcast path.
+        check(&all, &PRIMES[5..13], 4);
+        check(&all, &PRIMES[6..14], 8);
     }
 
     #[test]
@@ -460,19 +535,21 @@ mod tests {
             check(&hashes, &PRIMES, 7);
             check(&hashes, &PRIMES[..12], 3);
             check(&hashes, &PRIMES[4..9], 5);
+            check(&hashes, &PRIMES[5..13], 4);
+            check(&hashes, &PRIMES[6..14], 8);
         }
     }
 
     #[test]
     fn every_column_count_and_order_layout() {
-        // C = 1..=13 with 1..=4 orders: partial last vectors and orders straddling vectors.
+        // C = 1..=32 with 1..=4 orders: partial last vectors, orders straddling vectors, uniform plans.
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let hashes: Vec<u64> = (0..64).map(|_| rng.gen::<u64>() >> 1).collect();
         let pool: Vec<u64> = (16_000_000u64..)
             .filter(|&p| moehal_core::engram::is_prime(p))
-            .take(16)
+            .take(32)
             .collect();
-        for heads in 1..=4 {
+        for heads in [1, 2, 3, 4, 5, 8] {
             for orders in 1..=4 {
                 check(&hashes, &pool[..heads * orders], heads);
             }
@@ -493,7 +570,12 @@ mod tests {
         );
         assert!(HashPlan::new(0, &[3], &[0]).is_none());
         assert!(HashPlan::new(1, &[3], &[]).is_none());
-        assert!(HashPlan::new(4, &[3, 5, 7, 11, 13, 17, 19, 23], &[0; 8]).is_some());
+        let small = HashPlan::new(4, &[3, 5, 7, 11, 13, 17, 19, 23], &[0; 8]).unwrap();
+        assert!(!small.uniform, "primes below 2^21 take c = 2^32 mod p");
+        let big = &PRIMES[5..13];
+        assert!(HashPlan::new(4, big, &[0; 8]).unwrap().uniform);
+        assert!(HashPlan::new(8, big, &[0; 8]).unwrap().uniform);
+        assert!(!HashPlan::new(2, big, &[0; 8]).unwrap().uniform, "K % 4 != 0");
     }
 
     #[test]
