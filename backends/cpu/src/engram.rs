@@ -30,6 +30,8 @@ use std::sync::OnceLock;
 const CHUNK: usize = 64;
 /// Tokens below which `engram_hash` runs on the calling thread (~80 ns per token: below this,
 /// waking the pool costs more than it saves; measured: 4096 tokens ran slower on 2 threads than 1).
+/// With the vector reduction a token costs ≈ 22 ns (Zen 3 VM, RESULTS.md), so a split would pay
+/// off only later than before; the threshold was kept, not re-measured.
 pub const HASH_SERIAL_BELOW: usize = 16 * 1024;
 /// Rows gathered (`T * C`) below which `gather_rows` runs on the calling thread (issue 16 item 9:
 /// `moehal bench` on 2 cores had the pooled gather at 0.2x the serial reference at 2048 rows and
@@ -159,6 +161,23 @@ fn check_inputs(
     Ok(())
 }
 
+/// Order hashes of the tokens `from..` (one `[HASH_ORDERS]` row of `hb` each) whose window is
+/// plain: `w_k = ids[t - k]` (no positions, no alive mask, `t >= N - 1`); `N` as a constant so the
+/// loop unrolls without bounds checks.
+#[inline]
+fn plain_hashes<const N: usize>(ids: &[i64], m: &[u64], from: usize, hb: &mut [u64]) {
+    let m: &[u64; N] = m.try_into().expect("N multipliers");
+    for (i, hrow) in hb.chunks_exact_mut(HASH_ORDERS).enumerate() {
+        let t = from + i;
+        let w: &[i64; N] = ids[t + 1 - N..=t].try_into().expect("N ids");
+        let mut h = (w[N - 1] as u64).wrapping_mul(m[0]);
+        for k in 1..N {
+            h ^= (w[N - 1 - k] as u64).wrapping_mul(m[k]);
+            hrow[k - 1] = h;
+        }
+    }
+}
+
 /// Hash tokens `t0..t0 + out.len()/C` into `out`.
 fn hash_range(
     hs: &Hasher<'_>,
@@ -196,23 +215,28 @@ fn hash_range(
     let mut hbuf = [0u64; HASH_ORDERS * HASH_BLOCK];
     for (b, block) in out.chunks_mut(HASH_BLOCK * c).enumerate() {
         let tb = block.len() / c;
-        for (i, hrow) in hbuf.chunks_exact_mut(HASH_ORDERS).take(tb).enumerate() {
-            let t = t0 + b * HASH_BLOCK + i;
-            // Without positions or an alive mask, a token with N - 1 ids before it has the plain
-            // window ids[t], ids[t-1], ..: no stream state is needed (the stream, used only for
-            // the first N - 1 tokens of the sequence, then sees them in order).
-            let w: &[u64] = if plain && t + 1 >= n {
-                bytemuck::cast_slice(&ids[t + 1 - n..=t])
-            } else {
-                stream.next_window(ids, positions, alive, history, t, win);
-                win
-            };
-            let plain_order = plain && t + 1 >= n;
-            let at = |k: usize| if plain_order { w[n - 1 - k] } else { w[k] };
-            let mut h = at(0).wrapping_mul(m[0]);
+        let tb0 = t0 + b * HASH_BLOCK;
+        // Without positions or an alive mask, a token with N - 1 ids before it has the plain
+        // window ids[t], ids[t-1], ..: no stream state is needed (the stream, used only for the
+        // first N - 1 tokens of the sequence, then sees them in order).
+        let first_plain = if plain { (n - 1).clamp(tb0, tb0 + tb) - tb0 } else { tb };
+        for (i, hrow) in hbuf.chunks_exact_mut(HASH_ORDERS).take(first_plain).enumerate() {
+            stream.next_window(ids, positions, alive, history, tb0 + i, win);
+            let mut h = win[0].wrapping_mul(m[0]);
             for (k, slot) in hrow.iter_mut().enumerate().take(n - 1) {
-                h ^= at(k + 1).wrapping_mul(m[k + 1]);
+                h ^= win[k + 1].wrapping_mul(m[k + 1]);
                 *slot = h;
+            }
+        }
+        if first_plain < tb {
+            let hb = &mut hbuf[first_plain * HASH_ORDERS..tb * HASH_ORDERS];
+            let from = tb0 + first_plain;
+            // N <= HASH_ORDERS + 1 (HashPlan::new), so one of these.
+            match n {
+                2 => plain_hashes::<2>(ids, m, from, hb),
+                3 => plain_hashes::<3>(ids, m, from, hb),
+                4 => plain_hashes::<4>(ids, m, from, hb),
+                _ => plain_hashes::<5>(ids, m, from, hb),
             }
         }
         let done = hs.kern.engram_rows(plan, &hbuf[..tb * HASH_ORDERS], block);
