@@ -76,9 +76,12 @@ struct ColVec {
 pub struct HashPlan {
     cols: usize,
     /// Heads per order `K`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     heads: usize,
     /// `K % 4 == 0` and every prime `>= 2^21` (so `c = 2^32` everywhere): each vector's lanes share
-    /// one order and `X = hi · 2^32`, `s = X + lo` are computed once per order, not per vector.
+    /// one order and `X = hi · 2^32`, `s = X + lo` are computed once per order, not per vector
+    /// (the AVX2 kernel's fast form; NEON builds its 2-lane vectors per pair anyway).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     uniform: bool,
     vecs: Vec<ColVec>,
 }
@@ -329,7 +332,7 @@ unsafe fn rows_avx2(plan: &HashPlan, h: *const u64, t: usize, rows: *mut i64) {
             }
             if rem > 0 {
                 let r = reduce_avx2(&plan.vecs[full], hif, lof);
-                _mm256_maskstore_epi64(out.add(full * 4) as *mut i64, tail_mask, r);
+                _mm256_maskstore_epi64(out.add(full * 4), tail_mask, r);
             }
         }
     }
@@ -349,15 +352,10 @@ unsafe fn rows_neon(plan: &HashPlan, h: *const u64, t: usize, rows: *mut i64) {
         // SAFETY: token i's 4 hashes and C row ids are in bounds (caller's contract); column
         // pairs past C are skipped and a lone last column is stored as one lane.
         unsafe {
-            let hp = h.add(i * 4);
+            let hs = std::slice::from_raw_parts(h.add(i * 4), 4);
             // hi, lo < 2^32: exact in f64 (scalar conversions, then lanes picked by order).
-            let mut hif = [0f64; 4];
-            let mut lof = [0f64; 4];
-            for o in 0..4 {
-                let v = *hp.add(o);
-                hif[o] = (v >> 32) as f64;
-                lof[o] = (v & 0xFFFF_FFFF) as f64;
-            }
+            let hif: [f64; 4] = std::array::from_fn(|o| (hs[o] >> 32) as f64);
+            let lof: [f64; 4] = std::array::from_fn(|o| (hs[o] & 0xFFFF_FFFF) as f64);
             let out = rows.add(i * c) as *mut u64;
             for (v, cv) in plan.vecs.iter().enumerate() {
                 for pair in 0..2 {
