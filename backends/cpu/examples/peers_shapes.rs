@@ -177,6 +177,7 @@ fn gather(pool: &Pool) {
     let ids: Vec<i64> = (0..t).map(|_| rng.gen_range(0..99_092)).collect();
     let sec2 = med(9, || {
         moehal_cpu::engram::engram_lookup(
+            moehal_cpu::Kernels::best(),
             pool,
             &layer,
             &ids,

@@ -503,7 +503,7 @@ impl Backend for CpuBackend {
             .transpose()?;
         let alive = a.alive.as_ref().map(|p| slice::<u8>(p, OP, "alive")).transpose()?;
         let rows = slice_mut::<i64>(&mut a.rows, OP, "rows")?;
-        engram::engram_hash(&self.pool, a.layer, ids, pos, alive, a.history, rows)
+        engram::engram_hash(self.kern, &self.pool, a.layer, ids, pos, alive, a.history, rows)
     }
 
     fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()> {
@@ -528,7 +528,7 @@ impl Backend for CpuBackend {
         let alive = a.alive.as_ref().map(|p| slice::<u8>(p, OP, "alive")).transpose()?;
         let table = table_of(&a.table, a.format, OP)?;
         let out = out_of(&mut a.out, a.format, OP)?;
-        engram::engram_lookup(&self.pool, a.layer, ids, pos, alive, a.history, table, out)
+        engram::engram_lookup(self.kern, &self.pool, a.layer, ids, pos, alive, a.history, table, out)
     }
     fn supports_quant(&self, op: &QuantDesc) -> Support {
         crate::quant::support(self.kern, op)

@@ -1,21 +1,23 @@
 //! `engram_hash`, `gather_rows` and `engram_lookup` (OPS.md §4, §5) on raw slices.
 //!
 //! The hash takes each token's window by core's rule (streamed:
-//! [`moehal_core::engram::WindowStream`]), multiplies and XORs in 64 bits, and reduces modulo each prime with a precomputed reciprocal (a Barrett
-//! step: one 64x64→128 multiply-high, one multiply, one conditional subtract; exact, no divide).
+//! [`moehal_core::engram::WindowStream`]; without positions or an alive mask a token's window is
+//! read straight from `ids`), multiplies and XORs in 64 bits (scalar: N multiplies per token, shared
+//! by the K heads of each order), and reduces modulo each prime: with the table's vector kernel
+//! ([`Kernels::engram_rows`], `simd::hash`: an exact f64-FMA remainder, 4 columns per AVX2 vector, 2
+//! per NEON vector) where the table has one and the layer is in its range ([`HashPlan::new`]: N <= 5,
+//! primes < 2^51), else with a precomputed reciprocal ([`FastMod`]: one 64x64→128 multiply-high, one
+//! multiply, one conditional subtract; the portable path). Both are exact (conformance compares every
+//! case bitwise).
 //! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
-//! decoder as a table elsewhere), bitwise the reference's values.
-//!
-//! Instruction sets: the hash stays scalar on every target: it is 64-bit multiplies, XORs and a
-//! 64×64→128 multiply-high per prime, and neither AVX2 nor NEON has a 64-bit vector multiply-high
-//! (the scalar `mulq` / `umulh` is the fast form); plain-table gathers are row copies (`memcpy`,
-//! vectorized by libc). The x86 tables have no SIMD form of either, so the NEON port has none to
-//! mirror; the fp8 dequantization is the one vector kernel here.
+//! decoder as a table elsewhere), bitwise the reference's values; plain-table gathers are row
+//! copies (`memcpy`, vectorized by libc).
 //! Tables are plain slices: a memory-mapped file works as is.
 
 use crate::elem::f32_to_bf16_bits;
 use crate::pool::Pool;
+use crate::simd::hash::{HashPlan, HASH_ORDERS};
 use crate::simd::{prefetch, Kernels};
 use moehal_core::engram::{EngramLayer, WindowStream};
 use moehal_core::ops::engram_hash::check_canonical_ids;
@@ -28,6 +30,8 @@ use std::sync::OnceLock;
 const CHUNK: usize = 64;
 /// Tokens below which `engram_hash` runs on the calling thread (~80 ns per token: below this,
 /// waking the pool costs more than it saves; measured: 4096 tokens ran slower on 2 threads than 1).
+/// With the vector reduction a token costs ≈ 22 ns (Zen 3 VM, RESULTS.md), so a split would pay
+/// off only later than before; the threshold was kept, not re-measured.
 pub const HASH_SERIAL_BELOW: usize = 16 * 1024;
 /// Rows gathered (`T * C`) below which `gather_rows` runs on the calling thread (issue 16 item 9:
 /// `moehal bench` on 2 cores had the pooled gather at 0.2x the serial reference at 2048 rows and
@@ -75,25 +79,38 @@ impl FastMod {
 /// item 9: at 1 token the reciprocals were most of the call). Below it, `%` by the prime.
 const FASTMOD_MIN_TOKENS: usize = 8;
 
+/// Tokens hashed per call of the vector reduction ([`Kernels::engram_rows`]): their per-order
+/// hashes wait in a stack buffer of `4 * HASH_BLOCK` values (8 KiB).
+const HASH_BLOCK: usize = 256;
+
 /// What the hash needs from a layer, precomputed once per call.
 struct Hasher<'l> {
     layer: &'l EngramLayer,
-    /// The primes' reciprocals, or empty for a call of fewer than [`FASTMOD_MIN_TOKENS`] tokens.
+    kern: &'l Kernels,
+    /// The vector reduction's constants, where the table has one and the layer is in its range
+    /// (and the call has at least [`FASTMOD_MIN_TOKENS`] tokens).
+    plan: Option<HashPlan>,
+    /// The primes' reciprocals for the scalar path, or empty (fewer than [`FASTMOD_MIN_TOKENS`]
+    /// tokens, or the vector path is taken).
     fm: Vec<FastMod>,
 }
 
 impl<'l> Hasher<'l> {
-    fn new(layer: &'l EngramLayer, tokens: usize) -> Self {
-        Hasher {
-            layer,
-            fm: if tokens >= FASTMOD_MIN_TOKENS {
-                layer.primes().iter().map(|&p| FastMod::new(p)).collect()
-            } else {
-                Vec::new()
-            },
-        }
+    fn new(kern: &'l Kernels, layer: &'l EngramLayer, tokens: usize) -> Self {
+        let plan = if tokens >= FASTMOD_MIN_TOKENS && kern.has_engram_rows() {
+            HashPlan::new(layer.heads(), layer.primes(), layer.offsets())
+        } else {
+            None
+        };
+        let fm = if tokens >= FASTMOD_MIN_TOKENS && plan.is_none() {
+            layer.primes().iter().map(|&p| FastMod::new(p)).collect()
+        } else {
+            Vec::new()
+        };
+        Hasher { layer, kern, plan, fm }
     }
 
+    /// Scalar path: one token's rows from its window.
     #[inline]
     fn rows(&self, win: &[u64], out: &mut [i64]) {
         let kh = self.layer.heads();
@@ -144,6 +161,23 @@ fn check_inputs(
     Ok(())
 }
 
+/// Order hashes of the tokens `from..` (one `[HASH_ORDERS]` row of `hb` each) whose window is
+/// plain: `w_k = ids[t - k]` (no positions, no alive mask, `t >= N - 1`); `N` as a constant so the
+/// loop unrolls without bounds checks.
+#[inline]
+fn plain_hashes<const N: usize>(ids: &[i64], m: &[u64], from: usize, hb: &mut [u64]) {
+    let m: &[u64; N] = m.try_into().expect("N multipliers");
+    for (i, hrow) in hb.chunks_exact_mut(HASH_ORDERS).enumerate() {
+        let t = from + i;
+        let w: &[i64; N] = ids[t + 1 - N..=t].try_into().expect("N ids");
+        let mut h = (w[N - 1] as u64).wrapping_mul(m[0]);
+        for k in 1..N {
+            h ^= (w[N - 1 - k] as u64).wrapping_mul(m[k]);
+            hrow[k - 1] = h;
+        }
+    }
+}
+
 /// Hash tokens `t0..t0 + out.len()/C` into `out`.
 fn hash_range(
     hs: &Hasher<'_>,
@@ -167,17 +201,56 @@ fn hash_range(
     // Core's streaming window rule, started at this chunk's first token: O(N) per token, no
     // look-back walk and no per-token argument checks (check_inputs validated them once).
     let mut stream = WindowStream::at(n, ids, positions, alive, history, hs.layer.pad_id(), t0);
-    for (i, row) in out.chunks_exact_mut(c).enumerate() {
-        stream.next_window(ids, positions, alive, history, t0 + i, win);
-        hs.rows(win, row);
+    let Some(plan) = &hs.plan else {
+        for (i, row) in out.chunks_exact_mut(c).enumerate() {
+            stream.next_window(ids, positions, alive, history, t0 + i, win);
+            hs.rows(win, row);
+        }
+        return Ok(());
+    };
+    // Vector path (N - 1 <= HASH_ORDERS, see HashPlan::new): per block, the scalar multiply-XOR
+    // gives each token's N - 1 order hashes, then one kernel call reduces all C columns.
+    let m = hs.layer.multipliers();
+    let plain = positions.is_none() && alive.is_none();
+    let mut hbuf = [0u64; HASH_ORDERS * HASH_BLOCK];
+    for (b, block) in out.chunks_mut(HASH_BLOCK * c).enumerate() {
+        let tb = block.len() / c;
+        let tb0 = t0 + b * HASH_BLOCK;
+        // Without positions or an alive mask, a token with N - 1 ids before it has the plain
+        // window ids[t], ids[t-1], ..: no stream state is needed (the stream, used only for the
+        // first N - 1 tokens of the sequence, then sees them in order).
+        let first_plain = if plain { (n - 1).clamp(tb0, tb0 + tb) - tb0 } else { tb };
+        for (i, hrow) in hbuf.chunks_exact_mut(HASH_ORDERS).take(first_plain).enumerate() {
+            stream.next_window(ids, positions, alive, history, tb0 + i, win);
+            let mut h = win[0].wrapping_mul(m[0]);
+            for (k, slot) in hrow.iter_mut().enumerate().take(n - 1) {
+                h ^= win[k + 1].wrapping_mul(m[k + 1]);
+                *slot = h;
+            }
+        }
+        if first_plain < tb {
+            let hb = &mut hbuf[first_plain * HASH_ORDERS..tb * HASH_ORDERS];
+            let from = tb0 + first_plain;
+            // N <= HASH_ORDERS + 1 (HashPlan::new), so one of these.
+            match n {
+                2 => plain_hashes::<2>(ids, m, from, hb),
+                3 => plain_hashes::<3>(ids, m, from, hb),
+                4 => plain_hashes::<4>(ids, m, from, hb),
+                _ => plain_hashes::<5>(ids, m, from, hb),
+            }
+        }
+        let done = hs.kern.engram_rows(plan, &hbuf[..tb * HASH_ORDERS], block);
+        debug_assert!(done, "the plan exists only for tables with a vector kernel");
     }
     Ok(())
 }
 
-/// `engram_hash`: `rows` is `[T, C]`.
+/// `engram_hash`: `rows` is `[T, C]`, with the reduction of `kern` (its vector kernel where it has
+/// one and the layer is in its range, [`HashPlan::new`]; else the scalar reciprocal).
 ///
 /// Errors: `InvalidArgument` for an id outside `[0, V')`, a bad history or mismatched lengths.
 pub fn engram_hash(
+    kern: &Kernels,
     pool: &Pool,
     layer: &EngramLayer,
     ids: &[i64],
@@ -191,7 +264,7 @@ pub fn engram_hash(
         return Err(Error::invalid("engram_hash", "rows", "expected T*C elements"));
     }
     check_inputs(layer, "engram_hash", ids, positions, alive, history)?;
-    let hs = Hasher::new(layer, ids.len());
+    let hs = Hasher::new(kern, layer, ids.len());
     if !pool.worth_parallel(ids.len(), HASH_SERIAL_BELOW) {
         return hash_range(&hs, ids, positions, alive, history, 0, rows);
     }
@@ -382,6 +455,7 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
 ///
 /// Errors: as [`engram_hash`] and [`gather_rows`]; nothing is written on error.
 pub fn engram_lookup(
+    kern: &Kernels,
     pool: &Pool,
     layer: &EngramLayer,
     ids: &[i64],
@@ -406,7 +480,7 @@ pub fn engram_lookup(
         ));
     }
     check_inputs(layer, OP, ids, positions, alive, history)?;
-    let hs = Hasher::new(layer, ids.len());
+    let hs = Hasher::new(kern, layer, ids.len());
     if !pool.worth_parallel(ids.len(), LOOKUP_SERIAL_BELOW) {
         // Serial: hash every token once into one row list, then one gather pass (no per-chunk
         // output list or buffers).

@@ -144,10 +144,20 @@ fn engram_hash_gather_lookup_small_are_serial() {
         let ids: Vec<i64> = (0..t as i64).map(|x| x * 7 % 50).collect();
         let (mut a, mut b) = (vec![0i64; t * c], vec![0i64; t * c]);
         let n = dispatches(&p, || {
-            engram::engram_hash(&p, &layer, &ids, None, None, &[], &mut a).unwrap()
+            engram::engram_hash(Kernels::best(), &p, &layer, &ids, None, None, &[], &mut a).unwrap()
         });
         assert_eq!(n > 0, pooled, "hash T = {t}");
-        engram::engram_hash(&Pool::new(1).unwrap(), &layer, &ids, None, None, &[], &mut b).unwrap();
+        engram::engram_hash(
+            Kernels::best(),
+            &Pool::new(1).unwrap(),
+            &layer,
+            &ids,
+            None,
+            None,
+            &[],
+            &mut b,
+        )
+        .unwrap();
         assert_eq!(a, b);
     }
     let gather_below = engram::GATHER_SERIAL_BELOW / c;
@@ -168,10 +178,22 @@ fn engram_hash_gather_lookup_small_are_serial() {
         let ids: Vec<i64> = (0..t as i64).map(|x| x * 11 % 50).collect();
         let (mut a, mut b) = (vec![0u8; t * c * d * 4], vec![0u8; t * c * d * 4]);
         let n = dispatches(&p, || {
-            engram::engram_lookup(&p, &layer, &ids, None, None, &[], tab, GatherOut::Bytes(&mut a)).unwrap()
+            engram::engram_lookup(
+                Kernels::best(),
+                &p,
+                &layer,
+                &ids,
+                None,
+                None,
+                &[],
+                tab,
+                GatherOut::Bytes(&mut a),
+            )
+            .unwrap()
         });
         assert_eq!(n > 0, pooled, "lookup T = {t}");
         engram::engram_lookup(
+            Kernels::best(),
             &Pool::new(1).unwrap(),
             &layer,
             &ids,

@@ -13,6 +13,7 @@ pub mod amx;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod hash;
 pub mod mem;
 #[cfg(target_arch = "aarch64")]
 mod neon;
