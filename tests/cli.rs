@@ -1165,3 +1165,126 @@ fn moe_and_bench_number_flags_say_what_is_accepted() {
         assert!(!out.contains("scaled by 1/0"), "{args:?}: {out}");
     }
 }
+
+/// A fresh user's third pass (issue 16): a text read from a pipe (size unknown, metadata says 0)
+/// is chunked as asked, not in 4-byte pieces (which re-tokenized it and changed the hashes); the
+/// token count equals the same text read from a file.
+#[test]
+fn engram_text_from_a_pipe_tokenizes_like_the_file() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("moehal-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.txt");
+    let body = "hello world, this is a small text for the pipe test.\n".repeat(40);
+    std::fs::write(&path, &body).unwrap();
+    let tokens = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("text: "))
+            .and_then(|l| l.rsplit(", ").next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no text line in {out}"))
+    };
+    let file = moehal(&["engram", "--rows", "10", "--text", path.to_str().unwrap()]);
+    let (fout, ferr) = text(&file);
+    assert!(file.status.success(), "{fout}{ferr}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_moehal"))
+        .args(["engram", "--rows", "10", "--text", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    let (pout, perr) = text(&piped);
+    assert!(piped.status.success(), "{pout}{perr}");
+    assert_eq!(tokens(&pout), tokens(&fout), "pipe:\n{pout}\nfile:\n{fout}");
+    assert!(pout.contains("1 chunk(s)"), "{pout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--save-table --force` replaces only a regular file: a symlink (or FIFO, device) at the path
+/// is refused and left as it was, and so is its target.
+#[test]
+fn engram_save_table_refuses_what_is_not_a_regular_file() {
+    let dir = std::env::temp_dir().join(format!("moehal-cli-savelink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("target.st");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.join("link.st");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = moehal(&[
+        "engram",
+        "--rows",
+        "10",
+        "--save-table",
+        link.to_str().unwrap(),
+        "--force",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A rank count is checked before anything is sized from it: `--ep-threads` far above the expert
+/// count (or 2^64-1) is an error naming the rule, never an allocation abort or overflow panic;
+/// `--ep-threads` with `--no-reference` / `--ref-limit` (which it does not use: it compares with
+/// the single-process layer) is a usage error; negative counts say what is accepted.
+#[test]
+fn moe_rank_counts_and_flags_ep_does_not_use() {
+    for r in ["1000000", "18446744073709551615"] {
+        let o = moehal(&["moe", "--preset", "qwen3-30b-a3b", "--tokens", "2", "--ep-threads", r]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{r}: {out}{err}");
+        assert!(
+            err.contains("do not split evenly") && err.contains("at most 128"),
+            "{r}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{r}: {err}"
+        );
+    }
+    for extra in [&["--no-reference"][..], &["--ref-limit", "1"][..]] {
+        let mut args = vec!["moe", "--preset", "qwen3-30b-a3b", "--tokens", "2", "--ep-threads", "2"];
+        args.extend_from_slice(extra);
+        let o = moehal(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {out}{err}");
+        assert!(err.contains("cannot be used with"), "{extra:?}: {err}");
+    }
+    let cases: [(&[&str], &str); 4] = [
+        (&["moe", "--tokens", "-1"], "expected a whole number, at least 1"),
+        (&["bench", "--tokens", "-1"], "expected a whole number, at least 1"),
+        (&["engram", "--rows", "-5"], "must be a whole number from 1"),
+        (&["engram", "--chunk-bytes", "2"], "must be a whole number from 4"),
+    ];
+    for (args, want) in cases {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// `--help` written to a full disk is an error (exit 1), like every command's output.
+#[test]
+fn help_to_a_full_disk_is_an_error() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        println!("skipped: no /dev/full here");
+        return;
+    };
+    for args in [&["--help"][..], &["bench", "--help"][..]] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_moehal"))
+            .args(args)
+            .stdout(full.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("No space left on device"), "{args:?}: {err}");
+    }
+}

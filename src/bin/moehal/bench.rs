@@ -38,7 +38,7 @@ pub(crate) struct Args {
     json: Option<PathBuf>,
     /// Token counts replacing the defaults of every op (each at least 1; `--tokens 1 16` or
     /// `--tokens 1,16`; a count given twice runs once).
-    #[arg(long, num_args = 1.., value_delimiter = ',', value_parser = super::count_at_least_1)]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_parser = super::count_at_least_1, allow_negative_numbers = true)]
     tokens: Option<Vec<usize>>,
     /// Skip the reference on shapes estimated to take longer than this (seconds per run; finite,
     /// 0 or more).

@@ -33,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, conflicts_with_all = ["rows", "save_table"])]
     table: Option<PathBuf>,
     /// Rows of the generated bf16 table (default: 256 MiB worth of 256-wide rows).
-    #[arg(long)]
+    #[arg(long, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
     rows: Option<usize>,
     /// Seed of the generated table (0 to 2^64-1).
     #[arg(long, default_value_t = 1, value_parser = super::seed_parser, allow_negative_numbers = true)]
@@ -49,11 +49,11 @@ pub(crate) struct Args {
     force: bool,
     /// Tokens hashed and gathered at a time (bounds the gather output buffer). More than the
     /// memory allows is an error naming the most that fits.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
     batch_tokens: usize,
     /// Bytes of text read and tokenized at a time (at least 4; a value above the text's size
     /// reads the whole text at once, never more).
-    #[arg(long, default_value_t = 256 << 10)]
+    #[arg(long, default_value_t = 256 << 10, value_parser = super::whole_at_least::<4>, allow_negative_numbers = true)]
     chunk_bytes: usize,
 }
 
@@ -112,6 +112,15 @@ impl TableOut {
         let shown = path.display();
         if path.is_dir() {
             return Err(anyhow!("--save-table {shown}: is a directory"));
+        }
+        // The new table replaces the path by a rename: only a regular file may be replaced (a FIFO,
+        // a device node or a symlink would silently become a plain file; --force does not change that).
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            if !md.file_type().is_file() {
+                return Err(anyhow!(
+                    "--save-table {shown}: exists and is not a regular file (a symlink, FIFO or device); choose another path"
+                ));
+            }
         }
         if path.exists() && !force {
             return Err(anyhow!(
@@ -181,10 +190,14 @@ impl Drop for TableOut {
 
 /// The bytes of text read at a time: `--chunk-bytes`, but never more than the text has (at least
 /// 4, the longest UTF-8 character), so a huge value reads the whole text at once instead of
-/// asking for that much memory.
-fn chunk_for(chunk_bytes: usize, text_bytes: u64) -> usize {
-    let text = usize::try_from(text_bytes.max(4)).unwrap_or(usize::MAX);
-    chunk_bytes.min(text)
+/// asking for that much memory. `text_bytes` is `None` where the size is not known in advance (a
+/// pipe, a FIFO, a character device report 0): the chunk stays as asked (the reader grows its
+/// buffer as text arrives, so a huge value still allocates only what is read).
+fn chunk_for(chunk_bytes: usize, text_bytes: Option<u64>) -> usize {
+    match text_bytes {
+        Some(n) => chunk_bytes.min(usize::try_from(n.max(4)).unwrap_or(usize::MAX)),
+        None => chunk_bytes,
+    }
 }
 
 /// Host and backend bytes one token of a batch holds: its gathered rows on the backend and their
@@ -229,18 +242,19 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     // Open the text (not read it) and the table first: a bad path or table fails before the
     // tokenizer loads.
-    let (reader, total, source): (Box<dyn std::io::Read>, u64, String) = match &a.text {
+    let (reader, total, source): (Box<dyn std::io::Read>, Option<u64>, String) = match &a.text {
         Some(p) => {
             let f = std::fs::File::open(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
             let md = f.metadata().map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
             if md.is_dir() {
                 return Err(anyhow!("reading {}: is a directory", p.display()));
             }
-            (Box::new(f), md.len(), p.display().to_string())
+            // Only a regular file's length is its text's size.
+            (Box::new(f), md.is_file().then(|| md.len()), p.display().to_string())
         }
         None => (
             Box::new(DEFAULT_TEXT.as_bytes()),
-            DEFAULT_TEXT.len() as u64,
+            Some(DEFAULT_TEXT.len() as u64),
             DEFAULT_TEXT_NAME.to_string(),
         ),
     };
@@ -351,7 +365,7 @@ pub(super) fn run(a: Args) -> CliResult {
         batch_tokens: a.batch_tokens,
         ..StreamOptions::default()
     };
-    let pb = progress_bytes(total, "tokenizing, hashing and gathering");
+    let pb = progress_bytes(total.unwrap_or(0), "tokenizing, hashing and gathering");
     let rep = run_text(be, &tok, &layer, &table, tbuf, reader, opts, &mut |bytes, tokens| {
         pb.set_position(bytes);
         pb.set_message(format!("{tokens} tokens"));
@@ -427,11 +441,14 @@ mod tests {
 
     #[test]
     fn chunks_never_exceed_the_text_and_batches_must_fit_memory() {
-        assert_eq!(chunk_for(usize::MAX, 1000), 1000);
-        assert_eq!(chunk_for(usize::MAX, 0), 4);
-        assert_eq!(chunk_for(256, 1 << 40), 256);
+        assert_eq!(chunk_for(usize::MAX, Some(1000)), 1000);
+        assert_eq!(chunk_for(usize::MAX, Some(0)), 4);
+        assert_eq!(chunk_for(256, Some(1 << 40)), 256);
+        // A pipe's size is unknown: the chunk stays as asked (it once became 4 bytes, which
+        // re-tokenized the text in 4-byte pieces).
+        assert_eq!(chunk_for(256 << 10, None), 256 << 10);
         assert_eq!(
-            chunk_for(usize::MAX, u64::MAX),
+            chunk_for(usize::MAX, Some(u64::MAX)),
             usize::try_from(u64::MAX).unwrap_or(usize::MAX)
         );
         let per = 12_288u128;

@@ -73,7 +73,10 @@ type CliResult = anyhow::Result<ExitCode>;
 
 /// Run the CLI on the process arguments and return the exit status.
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_exit(&e),
+    };
     // Environment variables first: a bad value is an error before any work, a doubtful one a
     // warning on stderr (the library itself does not print).
     match moehal::backends::check_env() {
@@ -197,6 +200,36 @@ pub(crate) fn positive_whole<T: std::str::FromStr + PartialEq + From<u8>>(s: &st
     match s.trim().parse::<T>() {
         Ok(v) if v != T::from(0u8) => Ok(v),
         _ => Err(format!("must be a whole number, at least 1 (got {s})")),
+    }
+}
+
+/// What clap's `exit()` does for a parse result that is not a command (help, version, usage
+/// error), except that a failed write of help or version text to stdout (`--help > /dev/full`)
+/// is an error with exit status 1 like every other command's output, not a silent 0.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    use std::io::Write;
+    if !e.use_stderr() {
+        let text = e.render().to_string();
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: writing the help to stdout: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// clap value parser of a whole number of at least `MIN` (`engram --chunk-bytes` 4, `--batch-tokens`
+/// and `--rows` 1, `moe --layer` 0), saying the accepted range for `-1`, `1.5` or a value past
+/// `usize::MAX` instead of clap's "invalid digit" or "unexpected argument".
+pub(crate) fn whole_at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if v >= MIN => Ok(v),
+        _ => Err(format!("must be a whole number from {MIN} to {} (got {s})", usize::MAX)),
     }
 }
 

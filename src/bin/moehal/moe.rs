@@ -24,7 +24,7 @@ pub(crate) struct Args {
     #[arg(long)]
     preset: String,
     /// Tokens T (at least 1).
-    #[arg(long, value_parser = super::count_at_least_1)]
+    #[arg(long, value_parser = super::count_at_least_1, allow_negative_numbers = true)]
     tokens: usize,
     /// Backend (default: the first available non-reference backend, else the reference).
     #[arg(long)]
@@ -50,17 +50,29 @@ pub(crate) struct Args {
     /// Run the reference on at most as many tokens as it is estimated to finish in this many
     /// seconds (all of them when it fits; else the first tokens, and the output says how many;
     /// finite, 0 or more).
-    #[arg(long, default_value_t = 10.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_parser = super::seconds_limit,
+        allow_negative_numbers = true,
+        conflicts_with_all = ["ep", "ep_threads"]
+    )]
     ref_limit: f64,
     /// Do not run the reference (the output is then not checked).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["ep", "ep_threads"])]
     no_reference: bool,
     /// Expert parallelism over MPI: run under `mpirun -n R` (needs the `mpi` feature); prints
     /// per-stage times with dispatch/combine bytes, and checks against the single-process layer.
     #[arg(long)]
     ep: bool,
     /// Expert parallelism with R ranks as threads of this process (loopback, no MPI).
-    #[arg(long, value_name = "R", conflicts_with = "ep", value_parser = super::positive_whole::<usize>)]
+    #[arg(
+        long,
+        value_name = "R",
+        conflicts_with = "ep",
+        value_parser = super::positive_whole::<usize>,
+        allow_negative_numbers = true
+    )]
     ep_threads: Option<usize>,
     /// With --ep: route every token into rank 0's experts (the other ranks receive nothing).
     #[arg(long, hide = true)]
@@ -77,7 +89,7 @@ pub(crate) struct Args {
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
     /// Layer L of --weights.
-    #[arg(long, default_value_t = 0, requires = "weights")]
+    #[arg(long, default_value_t = 0, requires = "weights", value_parser = super::whole_at_least::<0>, allow_negative_numbers = true)]
     layer: usize,
 }
 
@@ -274,7 +286,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let host_copies = weight_host_copies(backend.as_ref(), same);
     let avail = available_memory().unwrap_or(8 << 30);
     let budget = match a.budget_mib {
-        Some(m) => m << 20,
+        Some(m) => m.saturating_mul(1 << 20),
         None => (4u64 << 30).min(avail * 6 / 10 / host_copies.max(1)),
     };
     let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);

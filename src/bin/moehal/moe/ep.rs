@@ -139,13 +139,23 @@ fn make_plan<'c>(
             }
             // The budget is the same on every rank (not from the memory each happens to see), so that all
             // ranks scale the preset alike; it covers the whole layer, which rank 0 also holds for the check.
-            let budget = a.budget_mib.map_or(2u64 << 30, |m| m << 20);
+            let budget = a.budget_mib.map_or(2u64 << 30, |m| m.saturating_mul(1 << 20));
             let quant = super::weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
             let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
             notes.extend(fit_notes);
             (p, Source::Seeded(quant))
         }
     };
+    // The rank count is checked before anything is sized from it: a count that does not divide the
+    // routed experts (or exceeds them) cannot run, and sizing per-rank copies from it overflowed.
+    if ranks == 0 || ranks > p.experts || p.experts % ranks != 0 {
+        return Err(anyhow!(
+            "{} routed experts do not split evenly over {ranks} ranks; choose a rank count that divides {} (at most {})",
+            p.experts,
+            p.experts,
+            p.experts
+        ));
+    }
     let plan = Plan { p, notes, source };
     let (layer, shared) = plan.weight_bytes(a.dtype);
     let fixed = if is_host_backend(backend.as_ref()) {
