@@ -250,7 +250,7 @@ pub(super) fn run(a: Args) -> CliResult {
                 return Err(anyhow!("reading {}: is a directory", p.display()));
             }
             // Only a regular file's length is its text's size.
-            (Box::new(f), md.is_file().then(|| md.len()), p.display().to_string())
+            (Box::new(f), md.is_file().then_some(md.len()), p.display().to_string())
         }
         None => (
             Box::new(DEFAULT_TEXT.as_bytes()),
