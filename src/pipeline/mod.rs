@@ -187,8 +187,11 @@ pub fn download_floats(backend: &dyn Backend, buf: &Buffer, dtype: DType, n: usi
     decode_floats(dtype, &bytes)
 }
 
-/// Relative error `‖out − ref‖₂ / ‖ref‖₂` in f64 (OPS.md, Conformance). A NaN in `out` where the
-/// reference has none, or a length mismatch, gives infinity; `0/0` gives 0.
+/// Relative error `‖out − ref‖₂ / ‖ref‖₂` in f64 (OPS.md, Conformance) over the elements where the
+/// reference is not NaN. A NaN in `out` where the reference has none, a non-NaN where the reference
+/// has NaN (NaN must stay NaN), or a length mismatch gives infinity; `0/0` gives 0. How many
+/// outputs are NaN is [`nan_count`]'s to say: an all-NaN output equal to an all-NaN reference is
+/// 0 here.
 pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     if out.len() != reference.len() {
         return f64::INFINITY;
@@ -196,6 +199,9 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     let (mut num, mut den) = (0f64, 0f64);
     for (&o, &r) in out.iter().zip(reference) {
         if r.is_nan() {
+            if !o.is_nan() {
+                return f64::INFINITY;
+            }
             continue;
         }
         if !o.is_finite() && o.to_bits() != r.to_bits() {
@@ -212,6 +218,11 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     } else {
         (num / den).sqrt()
     }
+}
+
+/// NaN elements of an output (reported beside [`rel_error`], which compares only the others).
+pub fn nan_count(v: &[f32]) -> usize {
+    v.iter().filter(|x| x.is_nan()).count()
 }
 
 /// The relative-error tolerance of `OPS.md` §Conformance for outputs of `dtype` (the test kit's
@@ -286,6 +297,9 @@ mod tests {
         let e = rel_error(&[3.0, 0.0], &[4.0, 0.0]);
         assert!((e - 0.25).abs() < 1e-12);
         assert!(rel_error(&[f32::NAN], &[1.0]).is_infinite());
+        assert!(rel_error(&[1.0], &[f32::NAN]).is_infinite(), "NaN must stay NaN");
+        assert_eq!(rel_error(&[f32::NAN, 2.0], &[f32::NAN, 2.0]), 0.0);
+        assert_eq!(nan_count(&[f32::NAN, 2.0, f32::NAN]), 2);
         assert!(rel_error(&[1.0], &[1.0, 2.0]).is_infinite());
     }
 

@@ -479,6 +479,16 @@ fn run_and_report(
     let err = rel_error(checked, &want.out);
     let tol = tolerance(dtype);
     let ok = err <= tol;
+    // A relative error over no finite values says nothing: say how many outputs are NaN (an all-NaN
+    // checkpoint, e.g. E8M0 scales of 255, once read as an exact PASS with no word).
+    let nans = moehal::pipeline::nan_count(&want.out);
+    if nans > 0 {
+        outln!(
+            "note: {nans} of {} checked outputs are NaN in the reference (and in this backend's output, or the check fails); the error below is over the other {}",
+            want.out.len(),
+            want.out.len() - nans
+        );
+    }
     outln!(
         "output [{t}, {}]{}: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {dtype}): {}",
         p.hidden,
