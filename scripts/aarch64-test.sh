@@ -29,10 +29,11 @@
 #   very slowly; the tests' arithmetic is unchanged;
 # - moehal-core's tests still run under both CPUs: they take ~4 s, and testing one package alone
 #   resolves the dependencies' features differently, which rebuilt crates for ~200 s here.
-# - `MOEHAL_TEST_TIER=emulated`: the conformance's ~600-case shape sweep runs on the default
-#   configuration of each emulated CPU (its best ISA, all threads, the default bf16 kernel) instead of
-#   on every ISA, thread count and bf16 kernel; the edge cases (OPS.md's, the presets'), the router
-#   ties, the quantized formats, raw_gemm and isa_selection still run on every configuration. The
+# - `MOEHAL_TEST_TIER=emulated`: the conformance's ~600-case shape sweep and the preset cases run on
+#   the default configuration of each emulated CPU (its best ISA, all threads, the default bf16
+#   kernel) instead of on every ISA, thread count and bf16 kernel (the scalar reference, re-run for
+#   every configuration, was most of the ~30 min this step took); OPS.md's edge cases, the quantized
+#   formats' edge cases, the router ties, raw_gemm and isa_selection still run on every configuration. The
 #   full sweep on every configuration is `MOEHAL_TEST_TIER=full scripts/aarch64-test.sh` (~30 min on
 #   2 cores), and runs natively on x86 in `cargo test`.
 #

@@ -26,9 +26,10 @@ fn cpus() -> Vec<(String, CpuBackend)> {
 }
 
 /// The test tier: `MOEHAL_TEST_TIER=emulated` (set by scripts/aarch64-test.sh, where every test runs
-/// under qemu at ~1/30 of native speed) runs the ~600-case shape sweep on the default configuration
-/// only (the best ISA the emulated CPU reports, all threads, the default bf16 kernel); the edge
-/// cases and the router ties still run on every ISA, thread count and kernel. Unset or `full`: every
+/// under qemu at ~1/30 of native speed) runs the ~600-case shape sweep and the preset cases on the
+/// default configuration only (the best ISA the emulated CPU reports, all threads, the default bf16
+/// kernel); the edge cases (OPS.md's and the quantized formats') and the router ties still run on
+/// every ISA, thread count and kernel. Unset or `full`: every
 /// case on every configuration. Any other value is an error, so a typo cannot silently shrink a run.
 fn emulated_tier() -> bool {
     match std::env::var("MOEHAL_TEST_TIER") {
@@ -53,7 +54,23 @@ fn check_every_cpu(cases: &[Case], seed: u64) {
 
 #[test]
 fn default_cases_on_every_isa_and_kernel() {
-    check_every_cpu(&default_cases(), 0x5EED);
+    if emulated_tier() {
+        // Under qemu the scalar reference (run again for every configuration) is most of the time,
+        // and the preset cases are most of the reference's work: OPS.md's edge cases and the
+        // quantized formats' edge cases run on every configuration, the preset cases on the
+        // default one. Same base seed and case order as the full tier, so a failing case's seed
+        // reproduces with `MOEHAL_TEST_TIER=full`.
+        let all = default_cases();
+        let edge = moehal_testkit::edge_cases().len() + moehal_testkit::quant::edge_cases().len();
+        println!(
+            "MOEHAL_TEST_TIER=emulated: {edge} edge cases on every configuration, the {} preset cases on the default one",
+            all.len() - edge
+        );
+        check_every_cpu(&all[..edge], 0x5EED);
+        check_cpus(vec![("cpu default".into(), CpuBackend::new())], &all, 0x5EED);
+    } else {
+        check_every_cpu(&default_cases(), 0x5EED);
+    }
 }
 
 #[test]
