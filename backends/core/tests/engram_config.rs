@@ -8,7 +8,17 @@ use moehal_core::Error;
 fn field_of(e: Error) -> &'static str {
     match e {
         Error::InvalidArgument { op, field, .. } => {
-            assert!(op == "engram_hash" || op == "engram_compress", "op {op}");
+            assert!(
+                [
+                    "engram_hash",
+                    "engram_layer",
+                    "engram_derive_primes",
+                    "engram_layer_v41_flash",
+                    "engram_compress"
+                ]
+                .contains(&op),
+                "op {op}"
+            );
             field
         }
         other => panic!("expected InvalidArgument, got {other:?}"),

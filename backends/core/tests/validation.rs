@@ -1840,7 +1840,7 @@ fn moehal_limits_are_unsupported_and_contract_rules_invalid() {
     let heads = MAX_DERIVED_PRIMES / 2 + 1;
     match derive_primes(11, 3, heads, 1) {
         Err(Error::Unsupported { op, msg, .. }) => {
-            assert_eq!(op, "engram_hash");
+            assert_eq!(op, "engram_derive_primes");
             assert!(
                 msg.contains("`layers`") && msg.contains(&MAX_DERIVED_PRIMES.to_string()),
                 "{msg}"
@@ -1849,6 +1849,9 @@ fn moehal_limits_are_unsupported_and_contract_rules_invalid() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     // OPS.md §4's own rules: InvalidArgument.
-    assert_eq!(field_of(derive_primes(11, 1, 2, 1)), ("engram_hash", "max_order"));
-    assert_eq!(field_of(derive_primes(11, 3, 0, 1)), ("engram_hash", "heads"));
+    assert_eq!(
+        field_of(derive_primes(11, 1, 2, 1)),
+        ("engram_derive_primes", "max_order")
+    );
+    assert_eq!(field_of(derive_primes(11, 3, 0, 1)), ("engram_derive_primes", "heads"));
 }

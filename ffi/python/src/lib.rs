@@ -939,7 +939,7 @@ impl PyEngramLayer {
         vocab_size: &Bound<'_, PyAny>,
         pad_id: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        const OP: &str = moehal_core::engram::OP;
+        const OP: &str = "engram_layer";
         let max_order: usize = unsigned(OP, "max_order", max_order)?;
         let heads: usize = unsigned(OP, "heads", heads)?;
         let multipliers: Vec<u64> = unsigned_list(OP, "multipliers", &multipliers)?;

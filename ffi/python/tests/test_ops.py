@@ -694,7 +694,7 @@ def test_engram_layer_negative_fields_are_value_errors_naming_the_field():
         ("primes", [11, 13, 17, -(2**200)], r"primes\[3\]"),
     ]
     for name, value, field in cases:
-        with pytest.raises(ValueError, match=rf"engram_hash: invalid argument `{field}`"):
+        with pytest.raises(ValueError, match=rf"engram_layer: invalid argument `{field}`"):
             moehal.EngramLayer(**dict(good, **{name: value}))
     with pytest.raises(ValueError, match=r"invalid argument `layer`: -1 is negative"):
         moehal.EngramLayer.v41_flash(-1)

@@ -4,6 +4,10 @@
 use super::windows::{check_window_args, WindowStream};
 use super::{is_prime, Error, Result, OP};
 
+/// Op name in errors about a layer's configuration ([`EngramLayer::new`]): the layer is built
+/// before any hash runs, so its errors do not name `engram_hash`.
+const OP_LAYER: &str = "engram_layer";
+
 /// One Engram layer's hash configuration (`OPS.md` §4), validated at construction.
 ///
 /// Columns are numbered in n-major, then head order: `col(n, j) = (n - 2) * K + j` for
@@ -35,7 +39,7 @@ impl EngramLayer {
     /// * `pad_id`: compressed pad id `π < V'`.
     ///
     /// The total row count `sum(primes)` must fit `i64` (rows are written as `i64`).
-    /// Errors: [`Error::InvalidArgument`] with op `"engram_hash"` naming the offending field.
+    /// Errors: [`Error::InvalidArgument`] with op `"engram_layer"` naming the offending field.
     pub fn new(
         max_order: usize,
         heads: usize,
@@ -46,27 +50,27 @@ impl EngramLayer {
     ) -> Result<Self> {
         if max_order < 2 {
             return Err(Error::invalid(
-                OP,
+                OP_LAYER,
                 "max_order",
                 format!("must be >= 2, got {max_order}"),
             ));
         }
         if heads == 0 {
-            return Err(Error::invalid(OP, "heads", "must be >= 1, got 0"));
+            return Err(Error::invalid(OP_LAYER, "heads", "must be >= 1, got 0"));
         }
         if vocab_size == 0 {
-            return Err(Error::invalid(OP, "vocab_size", "must be >= 1, got 0"));
+            return Err(Error::invalid(OP_LAYER, "vocab_size", "must be >= 1, got 0"));
         }
         if pad_id >= vocab_size {
             return Err(Error::invalid(
-                OP,
+                OP_LAYER,
                 "pad_id",
                 format!("pad id {pad_id} is not below vocab_size {vocab_size}"),
             ));
         }
         if multipliers.len() != max_order {
             return Err(Error::invalid(
-                OP,
+                OP_LAYER,
                 "multipliers",
                 format!(
                     "expected max_order = {max_order} multipliers, got {}",
@@ -77,14 +81,14 @@ impl EngramLayer {
         for (k, &m) in multipliers.iter().enumerate() {
             if m % 2 == 0 {
                 return Err(Error::invalid(
-                    OP,
+                    OP_LAYER,
                     "multipliers",
                     format!("multiplier {k} = {m} is even (must be odd)"),
                 ));
             }
             if (m as u128) * ((vocab_size - 1) as u128) >= 1u128 << 63 {
                 return Err(Error::invalid(
-                    OP,
+                    OP_LAYER,
                     "multipliers",
                     format!(
                         "multiplier {k} = {m} times (vocab_size - 1) = {} reaches 2^63",
@@ -95,10 +99,10 @@ impl EngramLayer {
         }
         let columns = (max_order - 1)
             .checked_mul(heads)
-            .ok_or_else(|| Error::invalid(OP, "heads", "column count (max_order - 1) * heads overflows"))?;
+            .ok_or_else(|| Error::invalid(OP_LAYER, "heads", "column count (max_order - 1) * heads overflows"))?;
         if primes.len() != columns {
             return Err(Error::invalid(
-                OP,
+                OP_LAYER,
                 "primes",
                 format!(
                     "expected (max_order - 1) * heads = {columns} primes, got {}",
@@ -109,12 +113,16 @@ impl EngramLayer {
         let mut sorted = primes.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::invalid(OP, "primes", format!("prime {} appears twice", w[0])));
+            return Err(Error::invalid(
+                OP_LAYER,
+                "primes",
+                format!("prime {} appears twice", w[0]),
+            ));
         }
         for (c, &p) in primes.iter().enumerate() {
             if !is_prime(p) {
                 return Err(Error::invalid(
-                    OP,
+                    OP_LAYER,
                     "primes",
                     format!("modulus {p} of column {c} is not a prime"),
                 ));
@@ -127,7 +135,7 @@ impl EngramLayer {
             total = total
                 .checked_add(p)
                 .filter(|&t| t <= i64::MAX as u64)
-                .ok_or_else(|| Error::invalid(OP, "primes", "total row count overflows i64"))?;
+                .ok_or_else(|| Error::invalid(OP_LAYER, "primes", "total row count overflows i64"))?;
         }
         Ok(Self {
             max_order,

@@ -1,6 +1,9 @@
 //! Primality and the published prime-layout rule of the Engram tables.
 
-use super::{Error, Result, MAX_DERIVED_PRIMES, OP};
+use super::{Error, Result, MAX_DERIVED_PRIMES};
+
+/// Op name in [`derive_primes`]'s errors.
+const OP_PRIMES: &str = "engram_derive_primes";
 
 fn mul_mod(a: u64, b: u64, m: u64) -> u64 {
     ((a as u128 * b as u128) % m as u128) as u64
@@ -81,21 +84,21 @@ fn prime_at_or_above(from: u64) -> Option<u64> {
 pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize) -> Result<Vec<Vec<u64>>> {
     if max_order < 2 {
         return Err(Error::invalid(
-            OP,
+            OP_PRIMES,
             "max_order",
             format!("must be >= 2, got {max_order}"),
         ));
     }
     if heads == 0 {
-        return Err(Error::invalid(OP, "heads", "must be >= 1, got 0"));
+        return Err(Error::invalid(OP_PRIMES, "heads", "must be >= 1, got 0"));
     }
     let columns = (max_order - 1)
         .checked_mul(heads)
-        .ok_or_else(|| Error::invalid(OP, "heads", "(max_order - 1) * heads overflows usize"))?;
+        .ok_or_else(|| Error::invalid(OP_PRIMES, "heads", "(max_order - 1) * heads overflows usize"))?;
     // A count that overflows usize names no real request: a bad argument, as for `columns`.
     let total = columns.checked_mul(layers).ok_or_else(|| {
         Error::invalid(
-            OP,
+            OP_PRIMES,
             "layers",
             format!("{layers} layers x {columns} columns overflows usize"),
         )
@@ -104,7 +107,7 @@ pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize
         // The contract sets no limit: this is moehal's (a bounded search and allocation), so a
         // capability it lacks (`Unsupported`), not a bad argument (issue 16 item 5).
         return Err(Error::unsupported(
-            OP,
+            OP_PRIMES,
             "any backend",
             format!(
                 "`layers`: {layers} layers x {columns} columns exceeds the {MAX_DERIVED_PRIMES} primes moehal derives in one call"
@@ -121,10 +124,10 @@ pub fn derive_primes(vocab_n: u64, max_order: usize, heads: usize, layers: usize
             for _j in 0..heads {
                 let p = loop {
                     let p = prime_at_or_above(from)
-                        .ok_or_else(|| Error::invalid(OP, "vocab_n", "ran out of primes below 2^64"))?;
+                        .ok_or_else(|| Error::invalid(OP_PRIMES, "vocab_n", "ran out of primes below 2^64"))?;
                     from = p
                         .checked_add(1)
-                        .ok_or_else(|| Error::invalid(OP, "vocab_n", "ran out of primes below 2^64"))?;
+                        .ok_or_else(|| Error::invalid(OP_PRIMES, "vocab_n", "ran out of primes below 2^64"))?;
                     if seen.insert(p) {
                         break p;
                     }

@@ -32,7 +32,7 @@ pub const ROWS: [u64; 2] = [384_006_168, 384_016_682];
 pub fn layer(index: usize) -> Result<EngramLayer> {
     let m = MULTIPLIERS.get(index).ok_or_else(|| {
         Error::invalid(
-            super::OP,
+            "engram_layer_v41_flash",
             "layer",
             format!("V4.1-Flash has 2 Engram layers, got index {index}"),
         )
