@@ -264,7 +264,7 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
 }
 
 /// `aclnnDivGetWorkspaceSize(const aclTensor *self, const aclTensor *other, aclTensor *out,
-/// uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800 aclnnDiv.md]).
+/// uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800 aclnnDiv&aclnnInplaceDiv.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -289,7 +289,7 @@ pub unsafe extern "C" fn aclnnDivGetWorkspaceSize(
 }
 
 /// `aclnnSigmoidGetWorkspaceSize(const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSigmoid.md]).
+/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSigmoid&aclnnInplaceSigmoid.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -306,7 +306,7 @@ pub unsafe extern "C" fn aclnnSigmoidGetWorkspaceSize(
 }
 
 /// `aclnnSqrtGetWorkspaceSize(const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSqrt.md]).
+/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSqrt&aclnnInplaceSqrt.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.

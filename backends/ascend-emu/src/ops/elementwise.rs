@@ -172,7 +172,7 @@ impl Prim {
     }
 
     /// aclnnMul / aclnnDiv phase one ([HA canncommercial/800 aclnnMul&aclnnInplaceMul.md],
-    /// [HA canncommercial/800 aclnnDiv.md]):
+    /// [HA canncommercial/800 aclnnDiv&aclnnInplaceDiv.md]):
     /// - self, other, out required (161001);
     /// - FLOAT / FLOAT16 / BFLOAT16 operands (NOT EMULATED: the integer, DOUBLE, BOOL, COMPLEX types);
     ///   out floating (161002);
@@ -194,8 +194,8 @@ impl Prim {
         Ok(Prim::Binary { f, a, b, out })
     }
 
-    /// aclnnSigmoid / aclnnSqrt phase one ([HA canncommercial/800 aclnnSigmoid.md], [HA
-    /// canncommercial/800 aclnnSqrt.md]): self, out required (161001); FLOAT / FLOAT16 / BFLOAT16
+    /// aclnnSigmoid / aclnnSqrt phase one ([HA canncommercial/800 aclnnSigmoid&aclnnInplaceSigmoid.md], [HA
+    /// canncommercial/800 aclnnSqrt&aclnnInplaceSqrt.md]): self, out required (161001); FLOAT / FLOAT16 / BFLOAT16
     /// (NOT EMULATED: DOUBLE, COMPLEX, integer inputs); out of self's dtype and shape (161002; the
     /// pages let out differ where the result converts — strict, UNDOCUMENTED which conversions).
     pub fn unary(f: Unary, x: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
