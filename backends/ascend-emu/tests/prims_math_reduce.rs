@@ -365,3 +365,71 @@ fn gather_is_torch_gather() {
         );
     }
 }
+
+#[test]
+fn divs_and_the_inplace_forms() {
+    let stream = setup();
+    // Divs: f16 self / 3 rounded once (not self * (1/3)).
+    let xv = [1.0f32, 2.0, -7.0, 100.0];
+    let x = tensor(&f16b(&xv), &[4], sys::ACL_FLOAT16);
+    let out = zeros(&[4], sys::ACL_FLOAT16);
+    let three = scalar_f32(3.0);
+    // SAFETY: live objects; out-pointers to locals (here and below).
+    let (rc, ws, ex) = p1(|w, e| unsafe { aclnnDivsGetWorkspaceSize(x.t, three, out.t, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnDivs), 0);
+    let want: Vec<f32> = xv.iter().map(|v| f16::from_f32(v / 3.0).to_f32()).collect();
+    assert_eq!(as_f16(&read(&out)), want);
+    // InplaceDivs on f32.
+    let y = tensor(&f32b(&[3.0, -6.0]), &[2], sys::ACL_FLOAT);
+    let (rc, ws, ex) = p1(|w, e| unsafe { aclnnInplaceDivsGetWorkspaceSize(y.t, three, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnInplaceDivs), 0);
+    assert_eq!(as_f32(&read(&y)), [1.0, -2.0]);
+    // InplaceDiv: [2, 2] /= [2, 1] (row sums: the renormalisation pattern).
+    let m = tensor(&f32b(&[1.0, 3.0, 2.0, 6.0]), &[2, 2], sys::ACL_FLOAT);
+    let sums = tensor(&f32b(&[4.0, 8.0]), &[2, 1], sys::ACL_FLOAT);
+    let (rc, ws, ex) = p1(|w, e| unsafe { aclnnInplaceDivGetWorkspaceSize(m.t, sums.t, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnInplaceDiv), 0);
+    assert_eq!(as_f32(&read(&m)), [0.25, 0.75, 0.25, 0.75]);
+    assert_eq!(
+        launch(stream, ws, ex, aclnnInplaceDiv),
+        sys::ACLNN_ERR_PARAM_INVALID,
+        "single use"
+    );
+    // In place, other may not grow selfRef.
+    let wide = zeros(&[2, 2, 2], sys::ACL_FLOAT);
+    // InplaceSigmoid / InplaceSqrt.
+    let s = tensor(&f32b(&[0.0, 2.0]), &[2], sys::ACL_FLOAT);
+    let (rc, ws, ex) = p1(|w, e| unsafe { aclnnInplaceSigmoidGetWorkspaceSize(s.t, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnInplaceSigmoid), 0);
+    assert_eq!(as_f32(&read(&s)), [0.5, 1.0 / (1.0 + (-2.0f32).exp())]);
+    let q = tensor(&bf16b(&[4.0, 2.0]), &[2], sys::ACL_BF16);
+    let (rc, ws, ex) = p1(|w, e| unsafe { aclnnInplaceSqrtGetWorkspaceSize(q.t, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    // The executor belongs to aclnnInplaceSqrt, not aclnnSqrt.
+    assert_eq!(launch(stream, ws, ex, aclnnSqrt), sys::ACLNN_ERR_PARAM_INVALID);
+    assert_eq!(launch(stream, ws, ex, aclnnInplaceSqrt), 0);
+    assert_eq!(as_bf16(&read(&q)), [2.0, half::bf16::from_f32(2.0f32.sqrt()).to_f32()]);
+    unsafe {
+        assert_eq!(
+            p1(|w, e| aclnnInplaceDivGetWorkspaceSize(m.t, wide.t, w, e)).0,
+            sys::ACLNN_ERR_PARAM_INVALID
+        );
+        assert_eq!(
+            p1(|w, e| aclnnDivsGetWorkspaceSize(x.t, ptr::null(), out.t, w, e)).0,
+            sys::ACLNN_ERR_PARAM_NULLPTR
+        );
+        assert_eq!(
+            p1(|w, e| aclnnInplaceSigmoidGetWorkspaceSize(ptr::null_mut(), w, e)).0,
+            sys::ACLNN_ERR_PARAM_NULLPTR
+        );
+        let i = zeros(&[2], sys::ACL_INT32);
+        assert_eq!(
+            p1(|w, e| aclnnInplaceSqrtGetWorkspaceSize(i.t, w, e)).0,
+            sys::ACLNN_ERR_PARAM_INVALID
+        );
+    }
+}

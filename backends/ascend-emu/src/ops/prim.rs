@@ -146,21 +146,26 @@ pub enum Prim {
         /// Output (self's dtype and shape).
         out: Desc,
     },
-    /// aclnnMuls (`out = x * k`) / aclnnInplaceMuls (`out` is `x`).
+    /// aclnnMuls / aclnnInplaceMuls (`out = x * k`) and aclnnDivs / aclnnInplaceDivs
+    /// (`out = x / k`); in place, `out` is `x`.
     Muls {
         /// The launch function.
         launch: &'static str,
         /// Input (selfRef for the in-place form).
         x: Desc,
-        /// The scalar factor as f32.
+        /// The scalar as f32.
         k: f32,
+        /// Divide by `k` instead of multiplying.
+        div: bool,
         /// Output (the same descriptor as `x` in place).
         out: Desc,
     },
-    /// aclnnMul / aclnnDiv with broadcasting.
+    /// aclnnMul / aclnnDiv with broadcasting (aclnnInplaceDiv: `out` is `a`).
     Binary {
         /// Which function.
         f: Binary,
+        /// The in-place form (aclnnInplaceDiv).
+        inplace: bool,
         /// self.
         a: Desc,
         /// other.
@@ -168,10 +173,12 @@ pub enum Prim {
         /// out, of the broadcast shape.
         out: Desc,
     },
-    /// aclnnSigmoid / aclnnSqrt.
+    /// aclnnSigmoid / aclnnSqrt (and their in-place forms: `out` is `x`).
     Unary {
         /// Which function.
         f: Unary,
+        /// The in-place form.
+        inplace: bool,
         /// Input.
         x: Desc,
         /// Output, same dtype and shape.
@@ -257,9 +264,23 @@ impl Prim {
         match self {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } => launch,
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
-            Prim::Binary { f: Binary::Div, .. } => "aclnnDiv",
-            Prim::Unary { f: Unary::Sigmoid, .. } => "aclnnSigmoid",
-            Prim::Unary { f: Unary::Sqrt, .. } => "aclnnSqrt",
+            Prim::Binary {
+                f: Binary::Div,
+                inplace,
+                ..
+            } => {
+                if *inplace {
+                    "aclnnInplaceDiv"
+                } else {
+                    "aclnnDiv"
+                }
+            }
+            Prim::Unary { f, inplace, .. } => match (f, inplace) {
+                (Unary::Sigmoid, false) => "aclnnSigmoid",
+                (Unary::Sigmoid, true) => "aclnnInplaceSigmoid",
+                (Unary::Sqrt, false) => "aclnnSqrt",
+                (Unary::Sqrt, true) => "aclnnInplaceSqrt",
+            },
             Prim::Softplus { .. } => "aclnnSoftplus",
             Prim::Softmax { .. } => "aclnnSoftmax",
             Prim::ReduceSum { .. } => "aclnnReduceSum",
@@ -306,9 +327,9 @@ impl Prim {
                 map1(&ins[0], &mut outs[0], |v| super::elementwise::clamp(v, lo, hi));
                 Ok(())
             }
-            Prim::Muls { k, .. } => {
-                let k = *k;
-                map1(&ins[0], &mut outs[0], |v| v * k);
+            Prim::Muls { k, div, .. } => {
+                let (k, div) = (*k, *div);
+                map1(&ins[0], &mut outs[0], |v| if div { v / k } else { v * k });
                 Ok(())
             }
             Prim::Unary { f, .. } => {
