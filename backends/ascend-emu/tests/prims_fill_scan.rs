@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::ffi::c_void;
 use std::ptr;
 
 use ascendcl::abi::*;
 use ascendcl::sys;
 use common::*;
 use half::f16;
-
-type Exec = *mut sys::aclOpExecutor;
-
-fn scalar<T>(mut v: T, dt: sys::aclDataType) -> *mut aclScalar {
-    // SAFETY: points at a live value of `dt`'s size.
-    let s = unsafe { aclCreateScalar((&mut v as *mut T).cast::<c_void>(), dt) };
-    assert!(!s.is_null(), "{}", msg());
-    s
-}
-
-fn p1(f: impl FnOnce(*mut u64, *mut Exec) -> i32) -> (i32, u64, Exec) {
-    let (mut ws, mut ex) = (0u64, ptr::null_mut());
-    let rc = f(&mut ws, &mut ex);
-    (rc, ws, ex)
-}
 
 #[test]
 fn masked_fill_broadcasts_the_mask() {

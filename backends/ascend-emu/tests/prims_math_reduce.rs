@@ -4,29 +4,12 @@
 
 mod common;
 
-use std::ffi::c_void;
 use std::ptr;
 
 use ascendcl::abi::*;
 use ascendcl::sys;
 use common::*;
 use half::f16;
-
-type Exec = *mut sys::aclOpExecutor;
-
-fn scalar_f32(v: f32) -> *mut aclScalar {
-    let mut x = v;
-    // SAFETY: points at a live f32.
-    let s = unsafe { aclCreateScalar((&mut x as *mut f32).cast::<c_void>(), sys::ACL_FLOAT) };
-    assert!(!s.is_null(), "{}", msg());
-    s
-}
-
-fn p1(f: impl FnOnce(*mut u64, *mut Exec) -> i32) -> (i32, u64, Exec) {
-    let (mut ws, mut ex) = (0u64, ptr::null_mut());
-    let rc = f(&mut ws, &mut ex);
-    (rc, ws, ex)
-}
 
 #[test]
 fn sigmoid_and_sqrt() {

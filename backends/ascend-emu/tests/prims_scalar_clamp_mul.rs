@@ -4,32 +4,12 @@
 
 mod common;
 
-use std::ffi::c_void;
 use std::ptr;
 
 use ascendcl::abi::*;
 use ascendcl::sys;
 use common::*;
 use half::{bf16, f16};
-
-type Exec = *mut sys::aclOpExecutor;
-
-fn scalar_f32(v: f32) -> *mut aclScalar {
-    let mut x = v;
-    // SAFETY: points at a live f32.
-    let s = unsafe { aclCreateScalar((&mut x as *mut f32).cast::<c_void>(), sys::ACL_FLOAT) };
-    assert!(!s.is_null(), "{}", msg());
-    s
-}
-
-fn none() -> Dev {
-    Dev {
-        ptr: ptr::null_mut(),
-        bytes: 0,
-        t: ptr::null_mut(),
-        dt: sys::ACL_FLOAT,
-    }
-}
 
 fn clamp_p1(x: &Dev, lo: *const aclScalar, hi: *const aclScalar, out: &Dev) -> (i32, u64, Exec) {
     let (mut ws, mut ex) = (0u64, ptr::null_mut());

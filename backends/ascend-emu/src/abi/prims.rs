@@ -31,7 +31,8 @@ impl State {
             )),
         }
     }
-    fn int_array(&self, a: *const sys::aclIntArray, what: &str) -> Result<Option<Vec<i64>>, Fail> {
+    /// A live aclIntArray's values, `None` for NULL, 161002 for anything else.
+    pub(super) fn int_array(&self, a: *const sys::aclIntArray, what: &str) -> Result<Option<Vec<i64>>, Fail> {
         if a.is_null() {
             return Ok(None);
         }
