@@ -416,3 +416,40 @@ fn divs_and_the_inplace_forms() {
         );
     }
 }
+
+#[test]
+fn empty_tensors_only_where_the_page_allows_them() {
+    let stream = setup();
+    // ReduceSum "支持空Tensor": summing an empty axis gives zeros.
+    let x = zeros(&[2, 0], sys::ACL_FLOAT);
+    let out = filled(&[2], sys::ACL_FLOAT, 0x7F);
+    let dims = ints(&[1]);
+    // SAFETY: live objects; out-pointers to locals (here and below).
+    let (rc, ws, ex) =
+        p1(|w, e| unsafe { aclnnReduceSumGetWorkspaceSize(x.t, dims, false, sys::ACL_FLOAT, out.t, w, e) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnReduceSum), 0);
+    assert_eq!(as_f32(&read(&out)), [0.0, 0.0]);
+    // Sigmoid allows them too (nothing to do).
+    let e = zeros(&[0, 3], sys::ACL_FLOAT);
+    let (rc, ws, ex) = p1(|w, x| unsafe { aclnnSigmoidGetWorkspaceSize(e.t, e.t, w, x) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnSigmoid), 0);
+    // The silent pages: refused.
+    let eo = zeros(&[0, 3], sys::ACL_FLOAT);
+    let k = scalar_f32(2.0);
+    unsafe {
+        assert_eq!(
+            p1(|w, x| aclnnSqrtGetWorkspaceSize(e.t, eo.t, w, x)).0,
+            sys::ACLNN_ERR_PARAM_INVALID
+        );
+        assert_eq!(
+            p1(|w, x| aclnnMulsGetWorkspaceSize(e.t, k, eo.t, w, x)).0,
+            sys::ACLNN_ERR_PARAM_INVALID
+        );
+        assert_eq!(
+            p1(|w, x| aclnnSoftmaxGetWorkspaceSize(e.t, 1, eo.t, w, x)).0,
+            sys::ACLNN_ERR_PARAM_INVALID
+        );
+    }
+}

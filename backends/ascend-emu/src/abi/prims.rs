@@ -105,7 +105,7 @@ unsafe fn prim_one(
     exec: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
     let mut s = lock();
-    let op = build(&s).map(Op::Prim);
+    let op = build(&s).and_then(Prim::check_empty).map(Op::Prim);
     // SAFETY: forwarded caller promise.
     unsafe { phase_one(&mut s, op, ws, exec) }
 }
@@ -139,8 +139,8 @@ pub unsafe extern "C" fn aclnnClampGetWorkspaceSize(
 }
 
 /// `aclnnClampMinGetWorkspaceSize(const aclTensor *self, const aclScalar *clipValueMin, aclTensor
-/// *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800
-/// aclnnClampMin.md]).
+/// *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA CANNCommunityEdition/81RC1beta1
+/// aclnnClampMin.md]; return codes [HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0251]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.

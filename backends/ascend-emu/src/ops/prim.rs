@@ -292,6 +292,28 @@ impl Prim {
         }
     }
 
+    /// Empty tensors (a zero in some shape) are accepted only where the page says "支持空Tensor":
+    /// Sigmoid ([HA 850alpha002 aclnnSigmoid&aclnnInplaceSigmoid.md]), Softplus ([HA 83RC1alpha001
+    /// aclnnSoftplus.md]), ReduceSum ([OM math/reduce_sum/docs/aclnnReduceSum.md]). The other pages
+    /// are silent: UNDOCUMENTED, refused (161002; RULES.md PR7).
+    pub fn check_empty(self) -> Result<Prim, Fail> {
+        if matches!(
+            self,
+            Prim::Unary { f: Unary::Sigmoid, .. } | Prim::Softplus { .. } | Prim::ReduceSum { .. }
+        ) {
+            return Ok(self);
+        }
+        let (ins, outs) = self.tensors();
+        if let Some(t) = ins.iter().chain(outs.iter()).find(|t| t.numel() == 0) {
+            return Err(bad(format!(
+                "{}: empty tensor {} (the page does not say it supports empty tensors: UNDOCUMENTED, refused)",
+                self.launch_name(),
+                t.show()
+            )));
+        }
+        Ok(self)
+    }
+
     /// Workspace bytes: UNDOCUMENTED sizes (RULES.md R20). Reductions and scans ask for some, so a
     /// caller that ignores the returned size fails.
     pub fn workspace(&self) -> u64 {
