@@ -1107,6 +1107,16 @@ fn dsv3_router() -> RouterConfig {
 /// [`Error::InvalidArgument`] when a token count times the top-k overflows `usize` (the routed
 /// rows of a shape cannot be counted, let alone held).
 pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<BenchShape>> {
+    default_shapes_of(None, tokens, mem_budget)
+}
+
+/// [`default_shapes`] of `op` only (`None`: every op). Only the shapes of `op` are built, so a
+/// size error names that op (issue 16: `--op engram_hash --tokens 2^64-1` blamed the swiglu shape).
+///
+/// # Errors
+/// As [`default_shapes`], for the shapes of `op`.
+pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<BenchShape>> {
+    let want = |o: OpKind| op.is_none_or(|x| x == o);
     let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
     let mut v = Vec::new();
     for t in toks(&GEMM_TOKENS) {
@@ -1173,16 +1183,18 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<B
                 },
                 "qwen3-30b-a3b",
             ));
-            v.push(BenchShape::new(
-                OpKind::Swiglu,
-                dt,
-                ShapeKind::Swiglu {
-                    rows: rows_of(t, 8)?,
-                    width: 768,
-                    limit: None,
-                },
-                "qwen3-30b-a3b",
-            ));
+            if want(OpKind::Swiglu) {
+                v.push(BenchShape::new(
+                    OpKind::Swiglu,
+                    dt,
+                    ShapeKind::Swiglu {
+                        rows: rows_of(t, 8)?,
+                        width: 768,
+                        limit: None,
+                    },
+                    "qwen3-30b-a3b",
+                ));
+            }
             v.push(BenchShape::new(
                 OpKind::MoeCombine,
                 dt,
@@ -1212,14 +1224,16 @@ pub fn default_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<B
         v.extend(lookup_shape(1 << 19, 256, t, DType::BF16, mem_budget));
     }
     v.extend(crate::bench_quant::quant_shapes(tokens, mem_budget));
+    v.retain(|s| want(s.op));
     Ok(v)
 }
 
-/// `tokens × topk` routed rows, or [`Error::InvalidArgument`] when that overflows `usize`.
+/// `tokens × topk` routed rows (of the `swiglu` shapes), or [`Error::InvalidArgument`] naming
+/// `swiglu` when that overflows `usize`.
 fn rows_of(tokens: usize, topk: usize) -> Result<usize> {
     tokens.checked_mul(topk).ok_or_else(|| {
         Error::invalid(
-            "bench",
+            "swiglu",
             "tokens",
             format!("{tokens} tokens x top-{topk} routed rows overflow usize"),
         )
@@ -1254,28 +1268,50 @@ pub fn dram_read_bytes(l3: usize) -> usize {
 }
 
 /// The cold-decode shape (bf16, one token, top-8 of the Qwen3-30B-A3B gate_up experts, rotating
-/// over disjoint expert sets, as benches/peers.py `decode`): the fewest experts (a multiple of 8,
-/// at least 16 so at least 2 sets) whose weights are at least 4 × `l3` bytes, so every run reads
-/// its weights from DRAM; at most the model's 128 experts and what `budget` bytes hold. When that
-/// falls short of 4 × `l3` a note says the case is not cold.
+/// over disjoint expert sets, as benches/peers.py `decode`): [`cold_shape`] of `[1536, 2048]`
+/// experts, at most the model's 128.
 pub fn decode_cold_shape(budget: f64, l3: usize) -> BenchShape {
+    cold_shape("qwen3-30b-a3b gate_up decode, cold", 128, 2048, 1536, 8, budget, l3)
+}
+
+/// A bf16 cold-decode shape of `[n, k]` experts of a model with `model_experts` experts and
+/// top-`topk`: the fewest experts (a multiple of `topk`, at least 2 sets) whose weights are at least
+/// 4 × `l3` bytes, so every run reads its weights from DRAM; at most the model's experts and what
+/// `budget` bytes hold. Its notes say what it rotates over, when it has fewer experts than 4 × `l3`
+/// needs because memory or the model cut it ("not fully cold"), and when memory cut it below the
+/// model's expert count while that count would have been needed.
+pub fn cold_shape(
+    origin: &str,
+    model_experts: usize,
+    k: usize,
+    n: usize,
+    topk: usize,
+    budget: f64,
+    l3: usize,
+) -> BenchShape {
     let dt = DType::BF16;
-    let per_expert = 2048 * 1536 * dt.size();
-    let need = l3.saturating_mul(4).div_ceil(per_expert).div_ceil(8).saturating_mul(8);
-    let fit = ((budget / per_expert as f64) as usize) / 8 * 8;
-    let e = need.clamp(16, 128).min(fit).max(16);
+    let topk = topk.max(1);
+    let per_expert = n * k * dt.size();
+    let need = l3
+        .saturating_mul(4)
+        .div_ceil(per_expert.max(1))
+        .div_ceil(topk)
+        .saturating_mul(topk);
+    let most = (model_experts / topk * topk).max(2 * topk);
+    let fit = ((budget / per_expert.max(1) as f64) as usize) / topk * topk;
+    let e = need.clamp(2 * topk, most).min(fit).max(2 * topk);
     let mut s = BenchShape::new(
         OpKind::GroupedGemm,
         dt,
         ShapeKind::DecodeCold {
             experts: e,
-            k: 2048,
-            n: 1536,
-            topk: 8,
-            sets: e / 8,
+            k,
+            n,
+            topk,
+            sets: e / topk,
             l3,
         },
-        "qwen3-30b-a3b gate_up decode, cold",
+        origin,
     );
     let rot = (e * per_expert) as f64;
     s.notes.push(format!(
@@ -1284,9 +1320,15 @@ pub fn decode_cold_shape(budget: f64, l3: usize) -> BenchShape {
         rot / l3 as f64,
         human_bytes(l3 as f64)
     ));
+    if e < need.min(most) {
+        s.notes.push(format!(
+            "cut to fit memory: {e} of the {} experts 4 x L3 needs",
+            need.min(most)
+        ));
+    }
     if e * per_expert < l3.saturating_mul(4) {
         s.notes.push(format!(
-            "not fully cold: {} experts fit (memory or the model's 128), fewer than 4 x L3",
+            "not fully cold: {} experts fit (memory or the model's {model_experts}), fewer than 4 x L3",
             e
         ));
     }
@@ -1383,6 +1425,20 @@ fn gather_shape(rows: usize, dim: usize, t: usize, c: usize, dt: DType, origin: 
 /// # Errors
 /// As [`default_shapes`]: a token count whose routed rows overflow `usize`.
 pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> Result<Vec<BenchShape>> {
+    preset_shapes_of(p, None, tokens, mem_budget)
+}
+
+/// [`preset_shapes`] of `op` only (`None`: every op); see [`default_shapes_of`].
+///
+/// # Errors
+/// As [`preset_shapes`], for the shapes of `op`.
+pub fn preset_shapes_of(
+    p: &Preset,
+    op: Option<OpKind>,
+    tokens: Option<&[usize]>,
+    mem_budget: f64,
+) -> Result<Vec<BenchShape>> {
+    let want = |o: OpKind| op.is_none_or(|x| x == o);
     let toks = |d: &[usize]| -> Vec<usize> { tokens.map_or_else(|| d.to_vec(), |t| t.to_vec()) };
     let dt = DType::BF16;
     let (h, i) = (p.hidden, p.expert_width);
@@ -1412,6 +1468,19 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             v.push(s);
         }
     }
+    // Cold decode of the preset's gate_up, as the default set's Qwen3 row (issue 16: `--preset P
+    // --filter cold` found nothing).
+    if tokens.is_none_or(|t| t.contains(&1)) {
+        v.push(cold_shape(
+            &format!("{} gate_up decode, cold", p.name),
+            p.experts,
+            h,
+            2 * i,
+            p.k,
+            mem_budget,
+            l3_cache().0,
+        ));
+    }
     for t in toks(&[4096, 1]) {
         v.push(BenchShape::new(
             OpKind::RouterTopk,
@@ -1437,16 +1506,18 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             },
             p.name,
         ));
-        v.push(BenchShape::new(
-            OpKind::Swiglu,
-            dt,
-            ShapeKind::Swiglu {
-                rows: rows_of(t, p.k)?,
-                width: i,
-                limit: p.swiglu_limit,
-            },
-            p.name,
-        ));
+        if want(OpKind::Swiglu) {
+            v.push(BenchShape::new(
+                OpKind::Swiglu,
+                dt,
+                ShapeKind::Swiglu {
+                    rows: rows_of(t, p.k)?,
+                    width: i,
+                    limit: p.swiglu_limit,
+                },
+                p.name,
+            ));
+        }
         v.push(BenchShape::new(
             OpKind::MoeCombine,
             dt,
@@ -1476,6 +1547,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             v.push(s);
         }
     }
+    v.retain(|s| want(s.op));
     Ok(v)
 }
 

@@ -382,6 +382,27 @@ const PAIRINGS: [(WeightFormat, ActFormat); 4] = [
     (WeightFormat::Int8, ActFormat::Int8),
 ];
 
+/// The notes of a quantized (or V4-Flash bf16) cold-decode row of `ce` of the model's `experts`
+/// experts, top-`topk`, rotating over `bytes` of weights: what it rotates over (and how many times
+/// the L3 that is), and, whenever the memory budget cut it below the model's experts, by how much
+/// (issue 16: a row cut to 126 of 256 experts said nothing). These rows take as many experts as
+/// the budget holds, not the fewest over 4 × L3 as the Qwen3 bf16 row does.
+fn cold_notes(s: &mut BenchShape, ce: usize, experts: usize, topk: usize, bytes: f64) {
+    let l3 = crate::bench::l3_cache().0;
+    s.notes.push(format!(
+        "rotates over {} ({:.1} x the L3 of {})",
+        human_bytes(bytes),
+        bytes / l3 as f64,
+        human_bytes(l3 as f64)
+    ));
+    if ce < experts {
+        s.notes.push(format!(
+            "cut to fit memory: {experts} -> {ce} experts ({} sets of top-{topk})",
+            ce / topk
+        ));
+    }
+}
+
 /// The §6 shapes (see the module doc) for `tokens` overriding the prefill token count (counts
 /// above 1 give prefill rows; 1, or no override, gives the cold decode rows), within `mem_budget`
 /// bytes of inputs per shape (experts are dropped to fit, with a note, as for the float shapes).
@@ -460,8 +481,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     },
                     format!("{origin} decode, cold"),
                 );
-                s.notes
-                    .push(format!("rotates over {}", human_bytes(ce as f64 * bf16_expert)));
+                cold_notes(&mut s, ce, experts, topk, ce as f64 * bf16_expert);
                 v.push(s);
             }
             for (w, x) in PAIRINGS {
@@ -482,7 +502,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     },
                     format!("{origin} decode, cold"),
                 );
-                s.notes.push(format!("rotates over {}", human_bytes(ce as f64 * per)));
+                cold_notes(&mut s, ce, experts, topk, ce as f64 * per);
                 v.push(s);
             }
         }

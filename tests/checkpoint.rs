@@ -377,3 +377,158 @@ fn zero_width_experts_are_rejected() {
         );
     }
 }
+
+/// Layer 0 of `experts` routed MXFP4 experts (H = 64, I = 32) numbered as `ids` (so a gap can be
+/// left), and a `gate.tid2eid` I64 table `[rows.len(), 6]` when `tid2eid` is given.
+fn gapped_layer(path: &std::path::Path, ids: &[usize], tid2eid: Option<&[[i64; 6]]>) {
+    let (h, i) = (64usize, 32usize);
+    let mut t = Vec::new();
+    let mut e8 = Vec::new();
+    for &e in ids {
+        for (m, n, k) in [("w1", i, h), ("w3", i, h), ("w2", h, i)] {
+            let p = format!("layers.0.ffn.experts.{e}.{m}");
+            t.push((
+                format!("{p}.weight"),
+                Dtype::I8,
+                vec![n, k / 2],
+                vec![0x22u8; n * k / 2],
+            ));
+            t.push((
+                format!("{p}.scale"),
+                Dtype::U8,
+                vec![n, k / 32],
+                vec![127u8; n * k / 32],
+            ));
+            e8.push(format!("{p}.scale"));
+        }
+    }
+    if let Some(rows) = tid2eid {
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        t.push((
+            "layers.0.ffn.gate.tid2eid".into(),
+            Dtype::I64,
+            vec![rows.len(), 6],
+            bytemuck::cast_slice(&flat).to_vec(),
+        ));
+    }
+    write(path, &t, &e8);
+}
+
+/// Issue 16 item 8: a `gate.tid2eid` entry outside the layer's experts is an error at load naming
+/// the tensor, the entry and its value (it failed late, in the router); an expert missing between
+/// present ones is an error naming it (expert 9 was ignored, the layer silently 8 experts).
+#[test]
+fn bad_expert_ids_and_gaps_are_errors_at_load() {
+    use moehal::pipeline::moe::plan_checkpoint_layer;
+    let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
+    let path = tmp("gaps");
+    let all: Vec<usize> = (0..8).collect();
+    // A good table loads.
+    gapped_layer(&path, &all, Some(&[[0, 1, 2, 3, 4, 5], [7, 6, 5, 4, 3, 2]]));
+    let ck = Checkpoint::open(&path).unwrap();
+    let plan = plan_checkpoint_layer(&ck, 0, base).unwrap();
+    assert_eq!(plan.tid2eid.as_ref().map(|t| t.1), Some(2));
+    for (bad, at, value) in [
+        (8i64, "[1, 2]", "8"),
+        (-1, "[1, 2]", "-1"),
+        (1 << 40, "[1, 2]", "1099511627776"),
+    ] {
+        gapped_layer(&path, &all, Some(&[[0, 1, 2, 3, 4, 5], [7, 6, bad, 4, 3, 2]]));
+        let ck = Checkpoint::open(&path).unwrap();
+        let e = plan_checkpoint_layer(&ck, 0, base).err().expect("accepted").to_string();
+        assert!(
+            e.contains("layers.0.ffn.gate.tid2eid")
+                && e.contains(&format!("entry {at} is expert {value}"))
+                && e.contains("outside 0..8"),
+            "{bad}: {e}"
+        );
+    }
+    // Experts 0..7 and 9: expert 8 is missing.
+    let gap: Vec<usize> = (0..8).chain([9]).collect();
+    gapped_layer(&path, &gap, None);
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = plan_checkpoint_layer(&ck, 0, base).err().expect("accepted").to_string();
+    assert!(
+        e.contains("layers.0.ffn.experts.8.w1.weight") && e.contains("expert 9 is present"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+/// A backend with the reference's float kernels and no quantized ones (the trait's default
+/// `supports_quant`: every §6 variant `No`), as the Ascend backend without MXFP4 kernels.
+struct NoQuant(Reference);
+
+impl moehal_core::Backend for NoQuant {
+    fn name(&self) -> &str {
+        "noquant"
+    }
+    fn device_info(&self) -> moehal_core::DeviceInfo {
+        self.0.device_info()
+    }
+    fn supports(&self, op: &moehal_core::OpDesc) -> moehal_core::Support {
+        self.0.supports(op)
+    }
+    fn alloc(&self, bytes: usize) -> moehal_core::Result<moehal_core::Buffer> {
+        self.0.alloc(bytes)
+    }
+    fn upload(&self, dst: &mut moehal_core::Buffer, offset: usize, src: &[u8]) -> moehal_core::Result<()> {
+        self.0.upload(dst, offset, src)
+    }
+    fn download(&self, src: &moehal_core::Buffer, offset: usize, dst: &mut [u8]) -> moehal_core::Result<()> {
+        self.0.download(src, offset, dst)
+    }
+    fn synchronize(&self) -> moehal_core::Result<()> {
+        self.0.synchronize()
+    }
+    unsafe fn wrap_external(&self, _ptr: u64, _bytes: usize) -> moehal_core::Result<moehal_core::Buffer> {
+        Err(moehal_core::Error::unsupported(
+            "wrap_external",
+            "noquant",
+            "a test backend",
+        ))
+    }
+    fn grouped_gemm(&self, a: moehal_core::Checked<moehal_core::ops::GroupedGemm<'_>>) -> moehal_core::Result<()> {
+        self.0.grouped_gemm(a)
+    }
+    fn router_topk(&self, a: moehal_core::Checked<moehal_core::ops::RouterTopk<'_>>) -> moehal_core::Result<()> {
+        self.0.router_topk(a)
+    }
+    fn moe_permute(&self, a: moehal_core::Checked<moehal_core::ops::MoePermute<'_>>) -> moehal_core::Result<()> {
+        self.0.moe_permute(a)
+    }
+    fn swiglu(&self, a: moehal_core::Checked<moehal_core::ops::Swiglu<'_>>) -> moehal_core::Result<()> {
+        self.0.swiglu(a)
+    }
+    fn moe_combine(&self, a: moehal_core::Checked<moehal_core::ops::MoeCombine<'_>>) -> moehal_core::Result<()> {
+        self.0.moe_combine(a)
+    }
+    fn engram_hash(&self, a: moehal_core::Checked<moehal_core::ops::EngramHash<'_>>) -> moehal_core::Result<()> {
+        self.0.engram_hash(a)
+    }
+    fn gather_rows(&self, a: moehal_core::Checked<moehal_core::ops::GatherRows<'_>>) -> moehal_core::Result<()> {
+        self.0.gather_rows(a)
+    }
+}
+
+/// Issue 16 item 8: a checkpoint layer on a backend without its weight format's kernels is an
+/// `Unsupported` error before any upload, naming the backend and the format (no float fallback:
+/// the checkpoint runs in the formats it stores).
+#[test]
+fn a_backend_without_the_checkpoint_format_is_unsupported_naming_both() {
+    use moehal::pipeline::moe::plan_checkpoint_layer;
+    let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
+    let path = tmp("noquant");
+    gapped_layer(&path, &(0..8).collect::<Vec<_>>(), None);
+    let ck = Checkpoint::open(&path).unwrap();
+    let plan = plan_checkpoint_layer(&ck, 0, base).unwrap();
+    assert!(plan.check_backend(&Reference::new(), DType::BF16).is_ok());
+    let e = plan.check_backend(&NoQuant(Reference::new()), DType::BF16).unwrap_err();
+    assert!(matches!(e, moehal_core::Error::Unsupported { .. }), "{e:?}");
+    let s = e.to_string();
+    assert!(
+        s.contains("noquant") && s.contains("mxfp4") && s.contains("no float fallback"),
+        "{s}"
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}

@@ -358,9 +358,14 @@ fn moe_rejects_bad_arguments() {
     let o = moehal(&["moe", "--preset", "nope", "--tokens", "4"]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("unknown preset"));
+    // Issue 16: only the float dtypes are listed and accepted (a usage error, exit status 2).
     let o = moehal(&["moe", "--preset", "qwen3-30b-a3b", "--tokens", "4", "--dtype", "i32"]);
-    assert!(!o.status.success());
-    assert!(text(&o).1.contains("not a float type"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("[possible values: f32, bf16, f16]"),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[test]
@@ -1152,9 +1157,9 @@ fn moe_and_bench_number_flags_say_what_is_accepted() {
     let cases: [(&[&str], &str); 6] = [
         (&["moe", "--seed", "-1"], "seeds are whole numbers from 0 to 2^64-1"),
         (&["bench", "--seed", "-1"], "seeds are whole numbers from 0 to 2^64-1"),
-        (&["moe", "--scale-widths", "0"], "must be a whole number, at least 1"),
-        (&["moe", "--budget-mib", "-1"], "must be a whole number, at least 1"),
-        (&["moe", "--ep-threads", "0"], "must be a whole number, at least 1"),
+        (&["moe", "--scale-widths", "0"], "must be a whole number from 1 to"),
+        (&["moe", "--budget-mib", "-1"], "must be a whole number from 1 to"),
+        (&["moe", "--ep-threads", "0"], "must be a whole number from 1 to"),
         (&["moe", "--ep", "--ep-threads", "2"], "cannot be used with"),
     ];
     for (args, want) in cases {
@@ -1238,7 +1243,9 @@ fn moe_rank_counts_and_flags_ep_does_not_use() {
     for r in ["1000000", "18446744073709551615"] {
         let o = moehal(&["moe", "--preset", "qwen3-30b-a3b", "--tokens", "2", "--ep-threads", r]);
         let (out, err) = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{r}: {out}{err}");
+        // A flag value bad for the preset: a usage error naming the flag (issue 16 item 2).
+        assert_eq!(o.status.code(), Some(2), "{r}: {out}{err}");
+        assert!(err.contains(&format!("--ep-threads {r}")), "{r}: {err}");
         assert!(
             err.contains("do not split evenly") && err.contains("at most 128"),
             "{r}: {err}"

@@ -192,6 +192,14 @@ pub fn open_table(path: &Path) -> Result<EngramTable> {
             "fp8 rows of {width} bytes are not D + D/32 with D divisible by 32"
         ))
     })?;
+    // An empty table has nothing to gather: one rule for 0 rows and 0 columns, naming the table
+    // and its shape (0 columns once passed here and was blamed on `--batch-tokens` later).
+    if rows == 0 || dim == 0 {
+        return Err(bad(format!(
+            "tensor `table` has shape {:?} ({} rows of {} values): an empty table, nothing to gather (a table needs at least 1 row and 1 column)",
+            info.shape, rows, dim
+        )));
+    }
     // The header is checked against the file: the offsets lie inside it (so they fit a usize).
     let at = |off: u64| usize::try_from(8 + head.len + off).map_err(|_| too_big("the data offset"));
     let (start, end) = (at(info.data_offsets.0)?, at(info.data_offsets.1)?);

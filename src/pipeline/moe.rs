@@ -942,6 +942,38 @@ pub struct CheckpointPlan<'a> {
 }
 
 impl CheckpointPlan<'_> {
+    /// Whether `backend` runs this layer's weight formats with `dtype` activations
+    /// ([`Backend::supports_quant`] of each format's `grouped_gemm`), checked before anything is
+    /// uploaded. A checkpoint's experts run in the formats the file stores: there is no float
+    /// fallback as for a seeded preset (that would not run the checkpoint), so a backend without
+    /// the kernel is an error.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the backend, the format (e.g. `mxfp4`), the activations and the
+    /// backend's reason.
+    pub fn check_backend(&self, backend: &dyn Backend, dtype: DType) -> Result<()> {
+        let (routed, shared) = self.formats();
+        for (what, f) in [("routed", routed), ("shared", shared)] {
+            let desc = moehal_core::ops::QuantDesc::GroupedGemm {
+                w: f,
+                x: moehal_core::ops::ActFormat::Float(dtype),
+                y: dtype,
+            };
+            if let moehal_core::Support::No { reason } = backend.supports_quant(&desc) {
+                return Err(Error::unsupported(
+                    "moe",
+                    backend.name(),
+                    format!(
+                        "--weights layer {}: the {what} experts are {f} weights ({}), which this backend does not run ({reason}); a checkpoint runs in the formats it stores (no float fallback): choose a backend that runs {f}, e.g. --backend cpu",
+                        self.layer,
+                        desc.variant()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The formats `(routed, shared)` of the layer's weights (the routed format twice when the
     /// layer has no shared expert).
     pub fn formats(&self) -> (WeightFormat, WeightFormat) {
@@ -1043,7 +1075,8 @@ impl CheckpointPlan<'_> {
 /// [`Error::InvalidArgument`] naming the tensor for a missing key, a wrong dtype or shape (with
 /// the expected one), a zero size, gate_up and down that disagree, a routed and shared format the
 /// layer cannot run (an fp8_block layer with E8M0 weight scales: `moe` runs f32 fp8 scales), a
-/// `tid2eid` of another width than `k`.
+/// `tid2eid` of another width than `k` or with an entry outside `0..E` (naming its index and
+/// value), an expert missing between present ones (`experts.8` absent, `experts.9` present).
 pub fn plan_checkpoint_layer<'a>(
     ck: &'a crate::checkpoint::Checkpoint,
     layer: usize,
@@ -1056,6 +1089,20 @@ pub fn plan_checkpoint_layer<'a>(
         return Err(bad(
             format!("layers.{layer}.ffn.experts.0.w1.weight"),
             "missing: the layer has no routed experts".into(),
+        ));
+    }
+    // Experts are 0..E with none missing: an expert index present past a missing one (8 missing,
+    // 9 present) is an error naming the missing one, not a layer that silently ends before it.
+    let prefix = format!("layers.{layer}.ffn.experts.");
+    let last_present = ck
+        .tensors()
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max();
+    if let Some(last) = last_present.filter(|&m| m >= e) {
+        return Err(bad(
+            format!("{prefix}{e}.w1.weight"),
+            format!("missing, while expert {last} is present: experts must be numbered 0..E without gaps"),
         ));
     }
     let all: Vec<usize> = (0..e).collect();
@@ -1137,24 +1184,34 @@ pub fn plan_checkpoint_layer<'a>(
                 ));
             }
             let raw = ck.bytes(t);
-            let ids: Vec<i32> = match t.dtype.as_str() {
+            let wide: Vec<i64> = match t.dtype.as_str() {
                 "I32" => raw
                     .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or_default())))
                     .collect(),
                 "I64" => raw
                     .chunks_exact(8)
-                    .map(|c| {
-                        let v = i64::from_le_bytes(c.try_into().unwrap_or_default());
-                        // Out-of-range ids stay out of range (the router reports them).
-                        i32::try_from(v).unwrap_or(-1)
-                    })
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
                     .collect(),
                 other => return Err(bad(tname, format!("dtype {other}, expected I32 or I64"))),
             };
-            if ids.len() != t.shape[0] * base.k {
+            if wide.len() != t.shape[0] * base.k {
                 return Err(bad(tname, format!("{} bytes do not hold {:?} ids", raw.len(), t.shape)));
             }
+            // Every id names one of the layer's experts, checked at load (it failed late, in the
+            // router, without naming the tensor): the first bad one by index and value.
+            if let Some((at, &v)) = wide.iter().enumerate().find(|(_, &v)| v < 0 || v >= e as i64) {
+                return Err(bad(
+                    tname,
+                    format!(
+                        "entry [{}, {}] is expert {v}, outside 0..{e} (the layer's {e} routed experts)",
+                        at / base.k,
+                        at % base.k
+                    ),
+                ));
+            }
+            // In range of 0..e, so every id fits i32.
+            let ids: Vec<i32> = wide.iter().map(|&v| v as i32).collect();
             Some((ids, t.shape[0]))
         }
     };

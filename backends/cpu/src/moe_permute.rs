@@ -47,29 +47,7 @@ pub fn moe_permute(
     check_ids(ids, e)?;
     let row = CHUNK * k.max(1);
     if !pool.worth_parallel(ids.len(), SERIAL_BELOW) {
-        // One counting sort with one scratch vector: no per-chunk tables to allocate.
-        let mut cur = vec![0i64; e];
-        for &id in ids {
-            if id >= 0 {
-                cur[id as usize] += 1;
-            }
-        }
-        let mut acc = 0i64;
-        for (g, c) in cur.iter_mut().enumerate() {
-            let n = *c;
-            *c = acc;
-            acc += n;
-            group_end[g] = acc;
-        }
-        for (o, &id) in slot_row.iter_mut().zip(ids) {
-            if id >= 0 {
-                *o = cur[id as usize];
-                cur[id as usize] += 1;
-            } else {
-                *o = -1;
-            }
-        }
-        finish(pool, slot_row, src_token, k, acc as usize, x);
+        serial(ids, k, group_end, src_token, slot_row, x);
         return Ok(());
     }
     let histogram = |c: &[i32]| {
@@ -111,6 +89,55 @@ pub fn moe_permute(
     });
     finish(pool, slot_row, src_token, k, acc as usize, x);
     Ok(())
+}
+
+/// The serial path (small shapes, or one worker): one counting sort with one scratch vector (no
+/// per-chunk tables), `slot_row` and `src_token` written in the same pass, and the rows copied in
+/// slot order, so each token's row is read `k` times in a row while it is in L1 (in destination
+/// order the reads jump between tokens). Never more work than the reference, which this path
+/// matches at small shapes (issue 16 item 9: `moehal bench --tokens 1,4,16,64` had it at 0.6-0.9x).
+fn serial(
+    ids: &[i32],
+    k: usize,
+    group_end: &mut [i64],
+    src_token: &mut [i64],
+    slot_row: &mut [i64],
+    x: Option<(&[u8], usize, &mut [u8])>,
+) {
+    let mut cur = vec![0i64; group_end.len()];
+    for &id in ids {
+        if id >= 0 {
+            cur[id as usize] += 1;
+        }
+    }
+    let mut acc = 0i64;
+    for (g, c) in cur.iter_mut().enumerate() {
+        let n = *c;
+        *c = acc;
+        acc += n;
+        group_end[g] = acc;
+    }
+    let k = k.max(1);
+    for (s, (o, &id)) in slot_row.iter_mut().zip(ids).enumerate() {
+        if id >= 0 {
+            let r = cur[id as usize];
+            cur[id as usize] += 1;
+            *o = r;
+            src_token[r as usize] = (s / k) as i64;
+        } else {
+            *o = -1;
+        }
+    }
+    if let Some((xs, rb, xp)) = x {
+        if rb > 0 {
+            for (s, &r) in slot_row.iter().enumerate() {
+                if r >= 0 {
+                    let tok = s / k;
+                    xp[r as usize * rb..][..rb].copy_from_slice(&xs[tok * rb..][..rb]);
+                }
+            }
+        }
+    }
 }
 
 /// `src_token` from `slot_row`, then the `x_perm` rows (serially up to [`SERIAL_COPY_BYTES`]).

@@ -276,3 +276,50 @@ fn grouped_gemm_decode_small_is_serial() {
         assert_eq!(y1, y2);
     }
 }
+
+/// The serial path of `moe_permute` (small shapes) against the definition (OPS.md §3): rows
+/// grouped by expert, within an expert in `(t, j)` order, dropped slots (`-1`) get no row, and
+/// each routed row is its token's `x` row; for shapes with drops and every token count up to the
+/// threshold's neighbourhood the pooled and serial paths agree too.
+#[test]
+fn moe_permute_serial_matches_the_definition() {
+    let (k, e, rb) = (4usize, 6usize, 12usize);
+    for t in [1usize, 3, 17, moe_permute::SERIAL_BELOW / k + 5] {
+        let ids: Vec<i32> = (0..t * k)
+            .map(|s| {
+                let v = (s * 5 + s / 7) % (e + 1);
+                if v == e {
+                    -1
+                } else {
+                    v as i32
+                }
+            })
+            .collect();
+        let x: Vec<u8> = (0..t * rb).map(|i| (i * 31 % 251) as u8).collect();
+        // The definition.
+        let mut want_sr = vec![-1i64; t * k];
+        let mut want_st = Vec::new();
+        let mut want_ge = vec![0i64; e];
+        let mut want_xp = Vec::new();
+        for (g, end) in want_ge.iter_mut().enumerate() {
+            for (s, &id) in ids.iter().enumerate() {
+                if id == g as i32 {
+                    want_sr[s] = want_st.len() as i64;
+                    want_st.push((s / k) as i64);
+                    want_xp.extend_from_slice(&x[s / k * rb..][..rb]);
+                }
+            }
+            *end = want_st.len() as i64;
+        }
+        let routed = want_st.len();
+        for p in [Pool::new(1).unwrap(), pool()] {
+            let (mut ge, mut st, mut sr) = (vec![0i64; e], vec![7i64; t * k], vec![0i64; t * k]);
+            let mut xp = vec![0u8; t * k * rb];
+            moe_permute::moe_permute(&p, &ids, t, k, e, &mut ge, &mut st, &mut sr, Some((&x, rb, &mut xp))).unwrap();
+            assert_eq!(ge, want_ge, "T = {t}");
+            assert_eq!(sr, want_sr, "T = {t}");
+            assert_eq!(&st[..routed], &want_st[..], "T = {t}");
+            assert_eq!(&xp[..routed * rb], &want_xp[..], "T = {t}");
+        }
+    }
+}

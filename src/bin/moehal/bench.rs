@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use moehal_core::{Backend, OpKind};
 
 use super::{progress, write_json, CliResult, Table};
-use moehal::bench::{default_shapes, preset_shapes, run_table, BenchShape};
+use moehal::bench::{default_shapes_of, preset_shapes_of, run_table, BenchShape};
 use moehal::pipeline::{available_memory, human_bytes, human_seconds};
 use moehal::Registry;
 
@@ -28,9 +28,9 @@ pub(crate) struct Args {
     /// Shapes of this preset instead of the defaults (peers.py shapes).
     #[arg(long)]
     preset: Option<String>,
-    /// Only shapes whose origin, shape or dtype column contains this text (`--filter cold`,
-    /// `--filter mxfp4`).
-    #[arg(long)]
+    /// Only shapes whose op, shape or dtype column (as printed) contains this text, ignoring case
+    /// (`--filter cold`, `--filter mxfp4`, `--filter e256`); not empty.
+    #[arg(long, value_parser = super::non_empty_filter)]
     filter: Option<String>,
     /// Also write the rows to this file as one JSON array with one object per row (the file is
     /// created, or checked writable, before the run).
@@ -54,16 +54,23 @@ pub(crate) struct Args {
 
 /// Printed after the options of `moehal bench --help`.
 const AFTER_HELP: &str = "\
-Cold decode: the row `grouped_gemm ... T1 top8 cold (N sets)` (no --tokens, or one that includes 1)
-runs one bf16 token through N disjoint sets of 8 experts in turn, N chosen so the sets hold at least
-4 x the L3 (read from /sys/devices/system/cpu/cpu0/cache/index3/size, else 32 MiB assumed): every run
-reads its weights from DRAM. Its note gives a 2-thread read of a 16 x L3 buffer (256 MiB to 1 GiB)
-measured in the same run, and the run's GB/s as a share of it.
+Cold decode: the rows `grouped_gemm ... T1 topK cold (N sets)` (no --tokens, or one that includes
+1) run one token through N disjoint sets of top-K experts in turn, so that every run reads its
+weights from DRAM. The bf16 rows of the default set (Qwen3-30B-A3B gate_up) and of a --preset (its
+gate_up) take the fewest sets whose weights hold at least 4 x the L3 (read from
+/sys/devices/system/cpu/cpu0/cache/index3/size, else 32 MiB assumed), within the model's experts
+and the memory budget below. The quantized rows and the DeepSeek-V4-Flash bf16 baseline take as
+many of the model's experts as the memory budget holds (their `vs bf16` compares like with like),
+so they rotate over far more than 4 x L3. Every cold row's note says what it rotates over (and how
+many times the L3 that is); a row cut below the model's experts by memory says so ('cut to fit
+memory: 256 -> 126 experts'), and one under 4 x L3 says it is not fully cold. The bf16 rows' notes
+also give a 2-thread read of a 16 x L3 buffer (256 MiB to 1 GiB) measured in the same run, and the
+run's GB/s as a share of it.
 
 Memory: a shape's inputs, one backend's outputs and (with a device backend) an upload copy must fit
-30% of the available memory, at most 4.5 GiB. A --tokens value that does not fit is an error that
-names the largest token count that does; preset sizes (experts, tables) are scaled down instead,
-with a note.";
+30% of the available memory, at most 4.5 GiB. A --tokens value that does not fit (or whose sizes
+overflow) is an error (exit status 1) that names the op, the shape and the largest token count that
+does; preset sizes (experts, tables) are scaled down instead, with a note.";
 
 /// A `--json` output opened before the workload runs, so that a path that cannot be written fails
 /// at once instead of after minutes of work; the JSON is written by [`JsonOut::write`] at the end.
@@ -144,19 +151,43 @@ fn largest_fitting_tokens(
     lo
 }
 
+/// Whether `--filter f` keeps `s`: its op, shape or dtype column, as printed, contains `f`,
+/// ignoring case (issue 16: the filter matched the origin, which is not printed, and was
+/// case-sensitive).
+fn filter_matches(s: &BenchShape, f: &str) -> bool {
+    let f = f.to_lowercase();
+    [s.op.name().to_string(), s.shape(), s.dtype_label()]
+        .iter()
+        .any(|c| c.to_lowercase().contains(&f))
+}
+
+/// Why a filter found nothing, when a reason is known: cold rows need one token.
+fn no_shape_hint(filter: Option<&str>, tokens: Option<&[usize]>) -> String {
+    match (filter, tokens) {
+        (Some(f), Some(t)) if f.to_lowercase().contains("cold") && !t.contains(&1) => {
+            "; cold-decode rows are one-token rows: they exist only without --tokens or with a --tokens list that includes 1".into()
+        }
+        _ => String::new(),
+    }
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
-        Some(name) => vec![reg.open(name)?],
+        Some(name) => vec![reg.open(name).map_err(|e| super::backend_error(name, e))?],
         None => reg.available().cloned().collect(),
     };
     if !backends.iter().any(|b| b.name() == "reference") {
         backends.insert(0, reg.open("reference")?);
     }
-    for e in reg.entries() {
-        if let Err(reason) = &e.status {
-            outln!("skipped: {} unavailable ({reason})", e.name);
+    // Skips only of what was asked for: every backend when none was named (a named one that is
+    // unavailable is an error above), so `--backend cpu` prints no "skipped: cuda" (issue 16).
+    if a.backend.is_none() {
+        for e in reg.entries() {
+            if let Err(reason) = &e.status {
+                outln!("skipped: {} unavailable ({reason})", e.name);
+            }
         }
     }
     // One shape's inputs live once in host memory, plus one backend's outputs at a time, plus an
@@ -164,27 +195,18 @@ pub(super) fn run(a: Args) -> CliResult {
     let device_copy = backends.iter().any(|b| !moehal::pipeline::is_host_backend(b.as_ref()));
     let avail = available_memory().unwrap_or(8 << 30) as f64;
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
-    let preset = a
-        .preset
-        .as_deref()
-        .map(moehal::presets::preset)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     // The shapes of the run for these token counts (`None`: the defaults), of `--op` only. Big
     // tables and expert sets are scaled to half the budget when an upload copy doubles them.
     let scale_to = if device_copy { budget / 2.0 } else { budget };
     let shapes_for = |tokens: Option<&[usize]>| {
+        // Only the shapes of --op are built, so that a size error names that op.
         let mut v = match preset {
-            Some(p) => preset_shapes(p, tokens, scale_to),
-            None => default_shapes(tokens, scale_to),
+            Some(p) => preset_shapes_of(p, a.op, tokens, scale_to),
+            None => default_shapes_of(a.op, tokens, scale_to),
         }?;
-        if let Some(op) = a.op {
-            v.retain(|s| s.op == op);
-        }
         if let Some(f) = &a.filter {
-            v.retain(|s| {
-                s.origin.contains(f.as_str()) || s.shape().contains(f.as_str()) || s.dtype_label().contains(f.as_str())
-            });
+            v.retain(|s| filter_matches(s, f));
         }
         Ok::<_, moehal::Error>(v)
     };
@@ -223,16 +245,18 @@ pub(super) fn run(a: Args) -> CliResult {
         Err(e) => (Vec::new(), vec![format!("shapes that cannot exist ({e})")]),
     };
     if shapes.is_empty() && too_big.is_empty() {
-        return Err(anyhow!(
-            "no bench shapes for op {}{}{}",
+        // A combination of flags that selects nothing: a usage error.
+        return Err(super::usage(format!(
+            "no bench shapes for op {}{}{}{}",
             a.op.map_or_else(|| "(any)".to_string(), |o| o.to_string()),
             a.preset
                 .as_deref()
                 .map_or_else(String::new, |p| format!(" in preset {p}")),
-            a.filter
-                .as_deref()
-                .map_or_else(String::new, |f| format!(" matching --filter {f:?}"))
-        ));
+            a.filter.as_deref().map_or_else(String::new, |f| format!(
+                " matching --filter {f:?} (op, shape or dtype column, ignoring case)"
+            )),
+            no_shape_hint(a.filter.as_deref(), tokens.as_deref())
+        )));
     }
     if !too_big.is_empty() {
         // Issue 16: an impossible size is an error that names the largest one that is possible.
@@ -312,6 +336,7 @@ pub(super) fn run(a: Args) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moehal::bench::default_shapes;
 
     /// The bisection's answer is the boundary: it fits, one more token does not.
     #[test]

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::anyhow;
 use moehal_core::Backend;
 
 use super::bench::JsonOut;
@@ -86,26 +85,44 @@ impl<'a> JsonRow<'a> {
     }
 }
 
+/// The `MOEHAL_*` variables among `vars` (the environment), sorted, as `NAME=VALUE ` words quoted
+/// for a POSIX shell, to put before a `rerun:` command: they shape the run (the Ascend library
+/// directory, the emulator's memory cap, thread counts), so a rerun without them is another run
+/// (issue 16). Empty when none is set.
+fn env_prefix(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> String {
+    let mut set: Vec<(String, String)> = vars
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with("MOEHAL_").then(|| (k, v.to_string_lossy().into_owned()))
+        })
+        .collect();
+    set.sort();
+    set.iter()
+        .map(|(k, v)| format!("{k}={} ", harness::shell_quote(v)))
+        .collect()
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let all_cases = match &a.preset {
-        Some(p) => harness::preset_cases(moehal::presets::preset(p).map_err(anyhow::Error::msg)?),
+        Some(p) => harness::preset_cases(super::preset_arg(p)?),
         None => harness::default_cases(),
     };
     let cases = harness::select(&all_cases, a.op, a.case.as_deref(), a.dtype.as_deref());
     if cases.is_empty() {
-        return Err(anyhow!(
+        // A combination of flags that selects nothing: a usage error.
+        return Err(super::usage(format!(
             "no case matches{}{}{} (in {} cases of {})",
             a.op.map_or_else(String::new, |o| format!(" --op {o}")),
             a.case.as_deref().map_or_else(String::new, |c| format!(" --case {c}")),
             a.dtype.as_deref().map_or_else(String::new, |d| format!(" --dtype {d}")),
             all_cases.len(),
             a.preset.as_deref().map_or("the default set", |p| p)
-        ));
+        )));
     }
     let backends: Vec<Arc<dyn Backend>> = match &a.backend {
-        Some(name) => vec![reg.open(name)?],
+        Some(name) => vec![reg.open(name).map_err(|e| super::backend_error(name, e))?],
         None => {
             let devices: Vec<_> = reg.available().filter(|b| b.name() != "reference").cloned().collect();
             if devices.is_empty() {
@@ -188,7 +205,8 @@ pub(super) fn run(a: Args) -> CliResult {
         );
         if r.verdict == Verdict::Fail {
             outln!(
-                "  rerun: {}",
+                "  rerun: {}{}",
+                env_prefix(std::env::vars_os()),
                 harness::rerun_command(&r.backend, a.preset.as_deref(), case, seed)
             );
         }
@@ -199,4 +217,26 @@ pub(super) fn run(a: Args) -> CliResult {
         out.write(&serde_json::to_value(rows)?)?;
     }
     Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rerun_line_keeps_the_moehal_environment_quoted() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("MOEHAL_THREADS", "2"),
+            ("MOEHAL_ASCEND_LIB_DIR", "/opt/my lib"),
+            ("MOEHAL_X", "it's"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(
+            env_prefix(vars.into_iter()),
+            "MOEHAL_ASCEND_LIB_DIR='/opt/my lib' MOEHAL_THREADS=2 MOEHAL_X='it'\\''s' "
+        );
+        assert_eq!(env_prefix(std::iter::empty()), "");
+    }
 }

@@ -232,12 +232,13 @@ fn check_batch_fits(n: usize, per_token: u128, avail: u64) -> anyhow::Result<()>
 }
 
 pub(super) fn run(a: Args) -> CliResult {
+    // The parsers enforce these; kept for callers that build `Args` directly, as usage errors.
     if a.batch_tokens == 0 {
-        return Err(anyhow!("--batch-tokens must be at least 1"));
+        return Err(super::usage("--batch-tokens must be at least 1"));
     }
     if a.chunk_bytes < 4 {
-        return Err(anyhow!(
-            "--chunk-bytes must be at least 4 (the longest UTF-8 character)"
+        return Err(super::usage(
+            "--chunk-bytes must be at least 4 (the longest UTF-8 character)",
         ));
     }
     // Open the text (not read it) and the table first: a bad path or table fails before the

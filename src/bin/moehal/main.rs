@@ -45,7 +45,7 @@ use moehal::Registry;
 
 /// moehal: MoE / Engram kernels on every backend of this machine, checked against one reference.
 #[derive(Debug, Parser)]
-#[command(name = "moehal", version, about, long_about = None)]
+#[command(name = "moehal", version, about, long_about = None, after_help = EXIT_STATUS)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -65,6 +65,59 @@ enum Command {
     Moe(moe::Args),
     /// Real text → cl100k BPE → canonical ids → V4.1 Engram hash → table gather.
     Engram(engram::Args),
+}
+
+/// Printed after `moehal --help`: the one rule of exit statuses (issue 16).
+const EXIT_STATUS: &str = "\
+Exit status: 0 when the command did its work and everything it checked matched; 1 when a check
+failed or the work could not be done (a file, a device, the memory of this machine, stdout);
+2 on a usage error: an unknown flag, or a flag value that is bad alone or with the other flags
+(out of range for the preset, op or dtype chosen; an unknown preset or backend name); the message
+names the flag.";
+
+/// A usage error found after parsing: a flag value that is bad alone or in combination with the
+/// other flags (an unknown preset, a flag that cannot apply to another). It exits with status 2,
+/// as clap's own usage errors do, and its message names the flag (issue 16: one rule for every
+/// bad flag value, whether clap or the command finds it).
+#[derive(Debug)]
+pub(crate) struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error with this message (it should start with the flag, e.g. `--preset x: ...`).
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(msg.into()))
+}
+
+/// The exit status of a subcommand's error: 2 for a [`Usage`] error, 1 for anything else.
+fn error_status(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<Usage>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A registry error for `--backend NAME` as the CLI reports it: an unknown name (not compiled
+/// into this build) is a usage error naming the flag; an unavailable backend a runtime error.
+pub(crate) fn backend_error(name: &str, e: moehal::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    if msg.contains("not compiled into this build") {
+        usage(format!("--backend {name}: {msg}"))
+    } else {
+        anyhow::Error::from(e)
+    }
+}
+
+/// A preset by name, or a usage error naming `--preset` and the presets there are.
+pub(crate) fn preset_arg(name: &str) -> anyhow::Result<&'static moehal::presets::Preset> {
+    moehal::presets::preset(name).map_err(|e| usage(format!("--preset {name}: {e}")))
 }
 
 /// The result of a subcommand: its exit status, or an error printed as `error: ...` (with its
@@ -103,7 +156,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            error_status(&e)
         }
     };
     // Results that never reached stdout are a failure, whatever the command found.
@@ -170,7 +223,8 @@ pub(crate) fn seconds_limit(s: &str) -> Result<f64, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("must be a finite number of seconds, 0 or more (got {s})"));
     }
-    Ok(v)
+    // `-0` is zero: normalised, so that no output says "-0 s" (issue 16).
+    Ok(if v == 0.0 { 0.0 } else { v })
 }
 
 /// clap value parser of a time budget in seconds (`bench --budget`): finite and more than 0. One
@@ -191,16 +245,6 @@ pub(crate) fn seed_parser(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<u64>()
         .map_err(|_| format!("seeds are whole numbers from 0 to 2^64-1 = {} (got {s})", u64::MAX))
-}
-
-/// clap value parser of a whole number that must be at least 1 (`moe --scale-widths`, `--budget-mib`,
-/// `--ep-threads`): 0 would divide by zero, budget nothing or run no rank, and clap's own parser
-/// answers `-1` with "unexpected argument" as if it were a flag.
-pub(crate) fn positive_whole<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {
-    match s.trim().parse::<T>() {
-        Ok(v) if v != T::from(0u8) => Ok(v),
-        _ => Err(format!("must be a whole number, at least 1 (got {s})")),
-    }
 }
 
 /// What clap's `exit()` does for a parse result that is not a command (help, version, usage
@@ -224,8 +268,11 @@ fn clap_exit(e: &clap::Error) -> ExitCode {
 }
 
 /// clap value parser of a whole number of at least `MIN` (`engram --chunk-bytes` 4, `--batch-tokens`
-/// and `--rows` 1, `moe --layer` 0), saying the accepted range for `-1`, `1.5` or a value past
-/// `usize::MAX` instead of clap's "invalid digit" or "unexpected argument".
+/// and `--rows` 1, `moe --layer` 0, `moe --scale-widths`, `--budget-mib` and `--ep-threads` 1: 0
+/// would divide by zero, budget nothing or run no rank), saying the accepted range for `-1`, `1.5`
+/// or a value past `usize::MAX` instead of clap's "invalid digit" or "unexpected argument". The
+/// one parser of such counts (issue 16 item 12: a second one, `positive_whole`, said the same
+/// rule in other words).
 pub(crate) fn whole_at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(v) if v >= MIN => Ok(v),
@@ -233,11 +280,11 @@ pub(crate) fn whole_at_least<const MIN: usize>(s: &str) -> Result<usize, String>
     }
 }
 
-/// clap value parser of a name filter (`check --case`, `--dtype`): an empty filter would match
+/// clap value parser of a name filter (`check --case`, `--dtype`, `bench --filter`): an empty filter would match
 /// every name (each contains the empty string), which is never what was meant.
 pub(crate) fn non_empty_filter(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
-        return Err("must not be empty (an empty filter would match every case)".into());
+        return Err("must not be empty (an empty filter would match everything)".into());
     }
     Ok(s.to_string())
 }
@@ -248,6 +295,13 @@ pub(crate) fn non_empty_filter(s: &str) -> Result<String, String> {
 pub(crate) fn op_parser() -> impl clap::builder::TypedValueParser<Value = OpKind> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(OpKind::ALL.map(OpKind::name)).try_map(|s| s.parse::<OpKind>())
+}
+
+/// clap value parser of an activation dtype (`moe --dtype`): the float dtypes, and only those, are
+/// listed and accepted (issue 16: `i32` was listed by the dtype parser's error and then rejected).
+pub(crate) fn float_dtype_parser() -> impl clap::builder::TypedValueParser<Value = moehal_core::DType> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["f32", "bf16", "f16"]).try_map(|s| s.parse::<moehal_core::DType>())
 }
 
 /// A progress bar of `len` steps on stderr (hidden when stderr is not a terminal).
@@ -294,7 +348,7 @@ pub(crate) fn spinner(msg: impl Into<String>) -> ProgressBar {
 /// reference.
 pub(crate) fn choose_backend(reg: &Registry, name: Option<&str>) -> anyhow::Result<Arc<dyn Backend>> {
     match name {
-        Some(n) => reg.open(n).map_err(anyhow::Error::from),
+        Some(n) => reg.open(n).map_err(|e| backend_error(n, e)),
         None => reg
             .available()
             .find(|b| b.name() != "reference")
@@ -423,6 +477,11 @@ mod tests {
         assert_eq!(seconds_limit("2.5"), Ok(2.5));
         for bad in ["nan", "NaN", "inf", "-inf", "-0.1", "ten"] {
             assert!(seconds_limit(bad).is_err(), "{bad}");
+        }
+        // Negative zero is zero, with a positive sign (it printed as "-0 s").
+        for zero in ["-0", "-0.0", "0.0"] {
+            let v = seconds_limit(zero).unwrap();
+            assert!(v == 0.0 && v.is_sign_positive(), "{zero}: {v}");
         }
         assert_eq!(seconds_budget("0.5"), Ok(0.5));
         // One rule, one message, for every value outside it.

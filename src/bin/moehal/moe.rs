@@ -29,8 +29,8 @@ pub(crate) struct Args {
     /// Backend (default: the first available non-reference backend, else the reference).
     #[arg(long)]
     backend: Option<String>,
-    /// Activation and weight dtype (f32, bf16, f16).
-    #[arg(long, default_value = "bf16")]
+    /// Activation and weight dtype.
+    #[arg(long, default_value = "bf16", value_parser = super::float_dtype_parser())]
     dtype: DType,
     /// Seed of weights and inputs.
     #[arg(long, default_value_t = 1, value_parser = super::seed_parser, allow_negative_numbers = true)]
@@ -41,12 +41,12 @@ pub(crate) struct Args {
     #[arg(long)]
     float_weights: bool,
     /// Divide hidden and expert widths by N (rounded up to multiples of 32), for quick runs.
-    #[arg(long, hide = true, value_parser = super::positive_whole::<usize>, allow_negative_numbers = true)]
+    #[arg(long, hide = true, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
     scale_widths: Option<usize>,
     /// Memory budget for the weights of one backend, in MiB (default: 4 GiB or less, from the
     /// memory available).
-    #[arg(long, hide = true, value_parser = super::positive_whole::<u64>, allow_negative_numbers = true)]
-    budget_mib: Option<u64>,
+    #[arg(long, hide = true, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
+    budget_mib: Option<usize>,
     /// Run the reference on at most as many tokens as it is estimated to finish in this many
     /// seconds (all of them when it fits; else the first tokens, and the output says how many;
     /// finite, 0 or more).
@@ -70,7 +70,7 @@ pub(crate) struct Args {
         long,
         value_name = "R",
         conflicts_with = "ep",
-        value_parser = super::positive_whole::<usize>,
+        value_parser = super::whole_at_least::<1>,
         allow_negative_numbers = true
     )]
     ep_threads: Option<usize>,
@@ -199,6 +199,23 @@ fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> Ref
     }
 }
 
+/// [`reference_tokens`] for a run on `backend`; with `--backend reference --no-reference` (`same`
+/// and `skip`) the reference runs once, as the backend, and nothing is compared (issue 16: it ran
+/// twice, as if checked against itself, while the flag said it would not run), and the output says
+/// so once.
+fn reference_plan(t: usize, est_per_token: f64, limit: f64, skip: bool, same: bool) -> RefPlan {
+    if same && skip {
+        return RefPlan {
+            tokens: 0,
+            note: Some(
+                "--backend reference with --no-reference: the reference runs once, as the backend, and its output is not checked (without --no-reference it is compared with a second run of itself)".into(),
+            ),
+            against: "the reference ran once, as the backend (--no-reference)".into(),
+        };
+    }
+    reference_tokens(t, est_per_token, limit, skip)
+}
+
 /// The reference's estimated seconds per token of one forward of `p`: the expert GEMMs'
 /// multiply-adds (`(k + shared) * 3 * H * I` per token) at its measured rate for `dtype`
 /// ([`moehal::bench::calibrate_reference`]), times 1.5 for shapes that leave the caches, times 4
@@ -257,9 +274,6 @@ pub(super) fn weight_formats(
 mod ep;
 
 pub(super) fn run(a: Args) -> CliResult {
-    if !a.dtype.is_float() {
-        return Err(anyhow!("--dtype {} is not a float type (f32, bf16, f16)", a.dtype));
-    }
     if a.weights.is_some() {
         reject_with_weights(&a)?;
     }
@@ -273,7 +287,7 @@ pub(super) fn run(a: Args) -> CliResult {
         return run_checkpoint(&a, path, backend.as_ref(), reference.as_ref());
     }
     let same = backend.name() == "reference";
-    let mut p = *moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
+    let mut p = *super::preset_arg(&a.preset)?;
     let mut notes = Vec::new();
     if let Some(div) = a.scale_widths {
         let s = p.scaled_widths(div);
@@ -286,7 +300,7 @@ pub(super) fn run(a: Args) -> CliResult {
     let host_copies = weight_host_copies(backend.as_ref(), same);
     let avail = available_memory().unwrap_or(8 << 30);
     let budget = match a.budget_mib {
-        Some(m) => m.saturating_mul(1 << 20),
+        Some(m) => (m as u64).saturating_mul(1 << 20),
         None => (4u64 << 30).min(avail * 6 / 10 / host_copies.max(1)),
     };
     let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
@@ -309,7 +323,7 @@ pub(super) fn run(a: Args) -> CliResult {
     } else {
         reference_seconds_per_token(&p, a.dtype, quant.is_some())?
     };
-    let plan = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
+    let plan = reference_plan(t, est_per_token, a.ref_limit, a.no_reference, same);
     notes.extend(plan.note.clone());
     outln!(
         "preset {}: hidden {}, expert width {}, {} routed experts, top-{}, {} shared, scoring {}{}{}, scale {}",
@@ -372,7 +386,7 @@ fn reject_with_weights(a: &Args) -> anyhow::Result<()> {
     } else {
         return Ok(());
     };
-    Err(anyhow!("--weights cannot be combined with {why}"))
+    Err(super::usage(format!("--weights cannot be combined with {why}")))
 }
 
 /// Host-memory copies of the weights a single-process run holds: the reference's, plus the
@@ -403,7 +417,7 @@ fn print_run_line(t: usize, dtype: DType, weight_bytes: u64, backend: &dyn Backe
         human_bytes(weight_bytes as f64),
         backend.name(),
         plan.against,
-        if same {
+        if same && plan.tokens > 0 {
             " (the reference against itself: a determinism check)"
         } else {
             ""
@@ -528,9 +542,10 @@ fn report_unchecked(got: &moehal::pipeline::moe::MoeOutput, label: &str, t: usiz
 /// seeded uniform in `[0, V)`), run and reported as the seeded layer ([`run_and_report`]: the same
 /// memory rule, `--ref-limit` / `--no-reference`, stage table and verdict).
 fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, reference: &dyn Backend) -> CliResult {
-    let base = moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
+    let base = super::preset_arg(&a.preset)?;
     let ck = moehal::checkpoint::Checkpoint::open(path)?;
     let layer = plan_checkpoint_layer(&ck, a.layer, base)?;
+    layer.check_backend(backend, a.dtype)?;
     let same = backend.name() == "reference";
     let p = layer.preset;
     let total = layer.weight_bytes();
@@ -548,7 +563,7 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
     } else {
         reference_seconds_per_token(&p, a.dtype, true)?
     };
-    let plan = reference_tokens(t, est_per_token, a.ref_limit, a.no_reference && !same);
+    let plan = reference_plan(t, est_per_token, a.ref_limit, a.no_reference, same);
     outln!("{}", checkpoint_header(path, a.layer, &layer));
     if let Some(n) = &plan.note {
         outln!("note: {n}");
@@ -632,6 +647,23 @@ mod tests {
         assert_eq!(off.tokens, 0);
         assert!(off.note.unwrap().contains("--no-reference"));
         assert!(!off.against.contains("vs reference"), "{}", off.against);
+    }
+
+    /// `--backend reference --no-reference`: one run, unchecked, said once; without
+    /// `--no-reference` the reference is compared with itself on every token.
+    #[test]
+    fn the_reference_as_backend_with_no_reference_runs_once() {
+        let once = reference_plan(8, 0.0, 10.0, true, true);
+        assert_eq!(once.tokens, 0);
+        assert!(once.note.unwrap().contains("runs once"));
+        assert!(!once.against.contains("vs reference"), "{}", once.against);
+        let twice = reference_plan(8, 0.0, 10.0, false, true);
+        assert_eq!((twice.tokens, twice.note), (8, None));
+        // Another backend: --no-reference skips the reference as before.
+        assert_eq!(
+            reference_plan(8, 0.0, 10.0, true, false),
+            reference_tokens(8, 0.0, 10.0, true)
+        );
     }
 
     #[test]

@@ -2958,7 +2958,9 @@ pub fn select<'a>(
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one word of a POSIX shell: as it is when it holds only safe characters, else in single
+/// quotes (a `'` inside written as `'\''`). Used by [`rerun_command`] and the CLI's `rerun:` line.
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "-_.,=/+:".contains(ch))

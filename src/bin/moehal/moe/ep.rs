@@ -121,25 +121,26 @@ fn make_plan<'c>(
     let mut notes = Vec::new();
     let (p, source) = match ck {
         Some(ck) => {
-            let base = moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
+            let base = super::super::preset_arg(&a.preset)?;
             let layer = plan_checkpoint_layer(ck, a.layer, base)?;
+            layer.check_backend(backend.as_ref(), a.dtype)?;
             if a.ep_skew && layer.tid2eid.is_some() {
-                return Err(anyhow!(
+                return Err(super::super::usage(format!(
                     "--ep-skew cannot apply to layer {} of --weights: it is hash-routed (gate.tid2eid picks the experts, not the logits --ep-skew pushes)",
                     a.layer
-                ));
+                )));
             }
             (layer.preset, Source::Checkpoint(Box::new(layer)))
         }
         None => {
-            let mut p = *moehal::presets::preset(&a.preset).map_err(anyhow::Error::msg)?;
+            let mut p = *super::super::preset_arg(&a.preset)?;
             if let Some(div) = a.scale_widths {
                 p = p.scaled_widths(div);
                 notes.push(format!("widths scaled by 1/{div} (--scale-widths)"));
             }
             // The budget is the same on every rank (not from the memory each happens to see), so that all
             // ranks scale the preset alike; it covers the whole layer, which rank 0 also holds for the check.
-            let budget = a.budget_mib.map_or(2u64 << 30, |m| m.saturating_mul(1 << 20));
+            let budget = a.budget_mib.map_or(2u64 << 30, |m| (m as u64).saturating_mul(1 << 20));
             let quant = super::weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
             let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
             notes.extend(fit_notes);
@@ -149,12 +150,16 @@ fn make_plan<'c>(
     // The rank count is checked before anything is sized from it: a count that does not divide the
     // routed experts (or exceeds them) cannot run, and sizing per-rank copies from it overflowed.
     if ranks == 0 || ranks > p.experts || p.experts % ranks != 0 {
-        return Err(anyhow!(
+        let msg = format!(
             "{} routed experts do not split evenly over {ranks} ranks; choose a rank count that divides {} (at most {})",
-            p.experts,
-            p.experts,
-            p.experts
-        ));
+            p.experts, p.experts, p.experts
+        );
+        // With --ep-threads the rank count is a flag value, bad for this preset: a usage error.
+        return Err(if threads {
+            super::super::usage(format!("--ep-threads {ranks}: {msg}"))
+        } else {
+            anyhow!(msg)
+        });
     }
     let plan = Plan { p, notes, source };
     let (layer, shared) = plan.weight_bytes(a.dtype);

@@ -1,0 +1,288 @@
+//! Issue 16, a fresh user's third pass: each fault kind of the CLI with its example as a test
+//! (exit statuses and message text of the `moehal` binary; no timing assertions).
+
+use std::process::{Command, Output};
+
+use moehal_core::OpKind;
+
+fn moehal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moehal"))
+        .args(args)
+        .output()
+        .expect("the moehal binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("moehal-faults-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A safetensors file of one header and no data.
+fn header_only(header: &str) -> Vec<u8> {
+    let mut h = header.as_bytes().to_vec();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut v = (h.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(&h);
+    v
+}
+
+/// Item 1: a table of 0 columns (or 0 rows) is an error naming the table and its shape, not
+/// `--batch-tokens`.
+#[test]
+fn an_empty_table_is_named_with_its_shape() {
+    let dir = temp_dir("empty-table");
+    for (name, shape) in [("cols", "[4,0]"), ("rows", "[0,32]")] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let header = format!(r#"{{"table":{{"dtype":"BF16","shape":{shape},"data_offsets":[0,0]}}}}"#);
+        std::fs::write(&path, header_only(&header)).unwrap();
+        let o = moehal(&["engram", "--table", path.to_str().unwrap()]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {out}{err}");
+        let shown = shape.replace(',', ", ");
+        assert!(
+            err.contains(&format!("{name}.safetensors")) && err.contains(&shown) && err.contains("empty table"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("batch"), "{name}: blames the batch: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Item 2: a bad flag value found after parsing (alone or with other flags) is a usage error,
+/// exit status 2, naming the flag, like clap's own; and `--help` says what the statuses mean.
+#[test]
+fn bad_flag_values_found_after_parsing_exit_2_naming_the_flag() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["moe", "--preset", "nope", "--tokens", "1"], "--preset nope"),
+        (&["bench", "--preset", "nope"], "--preset nope"),
+        (&["check", "--preset", "nope"], "--preset nope"),
+        (
+            &["moe", "--preset", "qwen3-30b-a3b", "--tokens", "1", "--backend", "tpu"],
+            "--backend tpu",
+        ),
+        (&["bench", "--backend", "tpu"], "--backend tpu"),
+        (
+            &[
+                "moe",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--tokens",
+                "1",
+                "--weights",
+                "x",
+                "--float-weights",
+            ],
+            "--weights cannot be combined with --float-weights",
+        ),
+        (
+            &["check", "--op", "swiglu", "--case", "no such case"],
+            "--case no such case",
+        ),
+        (
+            &[
+                "moe",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--tokens",
+                "1",
+                "--ep-threads",
+                "5",
+                "--scale-widths",
+                "16",
+            ],
+            "--ep-threads 5",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let o = moehal(&["--help"]);
+    let (help, _) = text(&o);
+    assert!(o.status.success());
+    assert!(
+        help.contains("Exit status") && help.contains("2 on a usage error"),
+        "{help}"
+    );
+}
+
+/// Item 3: `moe --dtype` lists and accepts the float dtypes only.
+#[test]
+fn moe_dtype_lists_only_what_it_accepts() {
+    let o = moehal(&["moe", "--preset", "qwen3-30b-a3b", "--tokens", "1", "--dtype", "i32"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("f32") && err.contains("bf16") && err.contains("f16"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("i64") && !err.contains("u8"),
+        "lists what it rejects: {err}"
+    );
+    let (help, _) = text(&moehal(&["moe", "--help"]));
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--dtype"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(line.contains("f32, bf16, f16") && !line.contains("i32"), "{line}");
+}
+
+/// Item 4: `bench --help` says how each cold row is sized and that a cut row says so; a preset has
+/// a cold row (`--filter cold` finds it); a filter for cold rows with token counts that exclude 1
+/// says why there is none.
+#[test]
+fn cold_rows_are_described_as_they_are_sized() {
+    let (help, _) = text(&moehal(&["bench", "--help"]));
+    assert!(
+        help.contains("memory budget holds") && help.contains("cut to fit") && help.contains("not fully cold"),
+        "{help}"
+    );
+    let o = moehal(&[
+        "bench",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--filter",
+        "cold",
+        "--tokens",
+        "16",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("cold-decode rows are one-token rows"), "{err}");
+    let p = moehal::presets::preset("deepseek-v4-flash").unwrap();
+    for budget in [4.5 * (1u64 << 30) as f64, 64e6] {
+        let shapes = moehal::bench::preset_shapes(p, Some(&[1]), budget).unwrap();
+        let cold: Vec<_> = shapes.iter().filter(|s| s.shape().contains("cold")).collect();
+        assert_eq!(cold.len(), 1, "{budget}");
+        assert!(cold[0].shape().contains("top6"), "{}", cold[0].shape());
+    }
+    // The quantized cold rows of V4-Flash (256 experts) cut by a small budget say so.
+    let shapes = moehal::bench::default_shapes(Some(&[1]), 300e6).unwrap();
+    let cut: Vec<_> = shapes
+        .iter()
+        .filter(|s| s.shape().starts_with("E") && s.shape().contains("cold") && s.origin.contains("v4"))
+        .collect();
+    assert!(!cut.is_empty());
+    for s in cut {
+        assert!(
+            s.notes.iter().any(|n| n.starts_with("cut to fit memory: 256 -> ")),
+            "{}: {:?}",
+            s.shape(),
+            s.notes
+        );
+    }
+}
+
+/// Item 5: `--filter` matches the printed op, shape and dtype columns, ignoring case, not the
+/// unprinted origin; an empty filter is a usage error.
+#[test]
+fn bench_filter_matches_what_is_printed_ignoring_case() {
+    let base = [
+        "bench",
+        "--op",
+        "swiglu",
+        "--tokens",
+        "2",
+        "--budget",
+        "0.01",
+        "--backend",
+        "reference",
+    ];
+    let o = moehal(&[&base[..], &["--filter", "BF16"]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("swiglu ")).collect();
+    assert!(rows.len() == 1 && rows[0].contains("bf16"), "{out}");
+    // Item 10: the user asked for the reference only: no skip lines for other backends.
+    assert!(!out.contains("skipped:"), "{out}");
+    // The origin (qwen3-30b-a3b) is not printed, so it does not match.
+    let o = moehal(&[&base[..], &["--filter", "qwen3"]].concat());
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("--filter \"qwen3\""), "{err}");
+    let o = moehal(&[&base[..], &["--filter", ""]].concat());
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("--filter") && err.contains("must not be empty"), "{err}");
+}
+
+/// Item 6: a size error names the op and the flag, for every op, at the largest token count.
+#[test]
+fn every_op_near_overflow_names_itself_and_the_flag() {
+    let max = u64::MAX.to_string();
+    for op in OpKind::ALL {
+        let o = moehal(&["bench", "--op", op.name(), "--tokens", &max]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{op}: {out}{err}");
+        assert!(!err.contains("panicked"), "{op}: {err}");
+        assert!(err.contains(&format!("--tokens {max}")), "{op}: {err}");
+        let after = err.split("): ").skip(1).collect::<Vec<_>>().join("): ");
+        assert!(after.contains(op.name()), "{op}: the error names another op: {err}");
+        if op != OpKind::Swiglu {
+            assert!(!err.contains("swiglu"), "{op}: blames swiglu: {err}");
+        }
+    }
+}
+
+/// Item 7: `--ref-limit -0` is zero, printed without a sign.
+#[test]
+fn negative_zero_limits_print_as_zero() {
+    let o = moehal(&[
+        "bench",
+        "--op",
+        "swiglu",
+        "--tokens",
+        "2",
+        "--budget",
+        "0.01",
+        "--backend",
+        "reference",
+        "--ref-limit",
+        "-0",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(!out.contains("-0 s") && !out.contains("-0s"), "{out}");
+}
+
+/// Item 11: `--backend reference --no-reference` runs the layer once, unchecked, and says so once.
+#[test]
+fn the_reference_as_backend_with_no_reference_runs_once() {
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--tokens",
+        "2",
+        "--scale-widths",
+        "16",
+        "--budget-mib",
+        "64",
+        "--backend",
+        "reference",
+        "--no-reference",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(out.matches("runs once").count(), 1, "{out}");
+    assert!(!out.contains("determinism"), "{out}");
+    assert!(out.contains("not checked"), "{out}");
+    // One column of stage times: the reference did not run a second time.
+    let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
+    assert_eq!(header.split_whitespace().count(), 2, "{header}");
+}
