@@ -379,7 +379,21 @@ impl Backend for Ascend {
             }
             OpDesc::Swiglu { .. } => {
                 if v.swiglu {
-                    Support::yes("aclnnSwiGlu (dim 1); with limit or non-contiguous views: host")
+                    let limit = if v.scalar && v.clamp && v.clamp_max {
+                        format!(
+                            "with limit: aclnnClampMax(gate) + aclnnClamp(up, -limit, limit) into a scratch, then aclnnSwiGlu{} (host if a clamp refuses the strided halves)",
+                            if v.cast {
+                                " (in f32 via aclnnCast where limit is not exact in the dtype)"
+                            } else {
+                                "; limit not exact in the dtype: host"
+                            }
+                        )
+                    } else {
+                        "with limit: host (no aclCreateScalar / aclnnClamp / aclnnClampMax)".to_string()
+                    };
+                    Support::yes(format!(
+                        "aclnnSwiGlu (dim 1); {limit}; non-contiguous out, or h without limit: host"
+                    ))
                 } else {
                     Support::yes("host (no aclnnSwiGlu in the op libraries)")
                 }

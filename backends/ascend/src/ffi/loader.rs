@@ -73,6 +73,9 @@ api! {
         aclnnCastGetWorkspaceSize: aclnnCastGetWorkspaceSizeFn, aclnnCast: aclnnCastFn,
         aclnnSwiGluGetWorkspaceSize: aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu: aclnnSwiGluFn,
         aclnnInplaceMulGetWorkspaceSize: aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul: aclnnInplaceMulFn,
+        aclCreateScalar: aclCreateScalarFn, aclDestroyScalar: aclDestroyScalarFn,
+        aclnnClampGetWorkspaceSize: aclnnClampGetWorkspaceSizeFn, aclnnClamp: aclnnClampFn,
+        aclnnClampMaxGetWorkspaceSize: aclnnClampMaxGetWorkspaceSizeFn, aclnnClampMax: aclnnClampMaxFn,
     }
 }
 
@@ -115,6 +118,13 @@ pub struct OpVersions {
     pub swiglu: bool,
     /// `aclnnInplaceMul`.
     pub inplace_mul: bool,
+    /// `aclCreateScalar` and `aclDestroyScalar` (meta API; optional here because only the
+    /// scalar-taking ops need them).
+    pub scalar: bool,
+    /// `aclnnClamp`.
+    pub clamp: bool,
+    /// `aclnnClampMax`.
+    pub clamp_max: bool,
 }
 
 impl Api {
@@ -191,6 +201,16 @@ impl Api {
             self.aclnnInplaceMul.is_some(),
             self.aclnnInplaceMulGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnClamp",
+            self.aclnnClamp.is_some(),
+            self.aclnnClampGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnClampMax",
+            self.aclnnClampMax.is_some(),
+            self.aclnnClampMaxGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -258,6 +278,12 @@ impl Api {
             inplace_mul: both(
                 self.aclnnInplaceMul.is_some(),
                 self.aclnnInplaceMulGetWorkspaceSize.is_some(),
+            ),
+            scalar: both(self.aclCreateScalar.is_some(), self.aclDestroyScalar.is_some()),
+            clamp: both(self.aclnnClamp.is_some(), self.aclnnClampGetWorkspaceSize.is_some()),
+            clamp_max: both(
+                self.aclnnClampMax.is_some(),
+                self.aclnnClampMaxGetWorkspaceSize.is_some(),
             ),
         }
     }

@@ -103,6 +103,7 @@ typedef struct aclOpExecutor aclOpExecutor;
 typedef struct aclTensor aclTensor;
 typedef struct aclIntArray aclIntArray;
 typedef struct aclTensorList aclTensorList;
+typedef struct aclScalar aclScalar;
 
 /* aclnnStatus codes (opdev/op_errno.h) */
 #define ACLNN_SUCCESS 0
@@ -148,6 +149,10 @@ MOEHAL_ACL_FN(aclnnStatus, aclDestroyIntArray, (const aclIntArray *array))
 MOEHAL_ACL_FN(aclTensorList *, aclCreateTensorList, (const aclTensor *const *value, uint64_t size))
 MOEHAL_ACL_FN(aclnnStatus, aclDestroyTensorList, (const aclTensorList *array))
 MOEHAL_ACL_FN(aclnnStatus, aclDestroyAclOpExecutor, (aclOpExecutor * executor))
+/* aclCreateScalar: a host scalar the runtime copies (value read as dataType), for the aclScalar
+ * arguments of aclnnClamp / aclnnMuls ([HA canncommercial/800 aclCreateScalar, acl_meta.h]). */
+MOEHAL_ACL_FN(aclScalar *, aclCreateScalar, (void *value, aclDataType dataType))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyScalar, (const aclScalar *scalar))
 
 /* ---- ops (libopapi.so or its per-domain splits) ------------------------------------------------- */
 /* Every launch has the same shape. */
@@ -256,6 +261,20 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceMulGetWorkspaceSize,
               (aclTensor *selfRef, const aclTensor *other, uint64_t *workspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnInplaceMul)
+
+/* aclnnClamp: out = max(min(self, clipValueMax), clipValueMin), a NULL bound is no bound
+ * ([HA canncommercial/800 aclnnClamp.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnClampGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *clipValueMin, const aclScalar *clipValueMax,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnClamp)
+
+/* aclnnClampMax: out = min(self, clipValueMax)
+ * ([HA canncommercial/800 aclnnClampMax&aclnnInplaceClampMax.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnClampMaxGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *clipValueMax, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnClampMax)
 
 #ifdef __cplusplus
 }
