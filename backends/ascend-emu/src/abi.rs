@@ -54,6 +54,8 @@ struct State {
     owned: HashSet<usize>,
     lists: HashMap<usize, Vec<usize>>,
     int_arrays: HashMap<usize, Vec<i64>>,
+    /// Live `aclScalar`s (value copied at creation).
+    scalars: HashMap<usize, crate::ops::Scalar>,
     execs: HashMap<usize, Exec>,
     next_handle: usize,
 }
@@ -1825,3 +1827,6 @@ check_sig! {
     aclnnSwiGluGetWorkspaceSize => aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu => aclnnSwiGluFn,
     aclnnInplaceMulGetWorkspaceSize => aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul => aclnnInplaceMulFn,
 }
+
+pub mod prims;
+pub use prims::*;

@@ -28,6 +28,13 @@ use crate::profile::{release, Release};
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
+mod elementwise;
+mod index;
+pub mod prim;
+mod reduce;
+
+pub use prim::{Binary, Prim, Scalar, Unary};
+
 /// A status code and the message `aclGetRecentErrMsg` returns for it.
 pub type Fail = (i32, String);
 
@@ -157,6 +164,8 @@ pub enum Op {
     SwiGlu { x: Desc, dim: usize, out: Desc },
     /// aclnnInplaceMul: `selfRef *= other` (other broadcast to selfRef's shape).
     InplaceMul { self_ref: Desc, other: Desc },
+    /// A general primitive of issue 13 (elementwise, reduction, scan, gather): see [`prim`].
+    Prim(Prim),
 }
 
 /// Attributes of aclnnMoeGatingTopK.
@@ -207,6 +216,7 @@ impl Op {
             Op::Cast { .. } => "aclnnCast",
             Op::SwiGlu { .. } => "aclnnSwiGlu",
             Op::InplaceMul { .. } => "aclnnInplaceMul",
+            Op::Prim(p) => p.launch_name(),
         }
     }
 
@@ -218,6 +228,7 @@ impl Op {
             Op::Gmm { .. } => 16 * 1024,
             Op::TopKSoftmax { .. } | Op::GatingTopK { .. } => 4096,
             Op::InitRouting { ids, .. } => 64 + 8 * elems(ids) as u64,
+            Op::Prim(p) => p.workspace(),
             _ => 0,
         }
     }
@@ -289,6 +300,7 @@ impl Op {
             Op::Cast { src, out } => (vec![src], vec![out]),
             Op::SwiGlu { x, out, .. } => (vec![x], vec![out]),
             Op::InplaceMul { self_ref, other } => (vec![self_ref, other], vec![self_ref]),
+            Op::Prim(p) => p.tensors(),
         }
     }
 
@@ -1169,6 +1181,7 @@ impl Op {
                 run_inplace_mul(&ins[0], &ins[1], &mut outs[0]);
                 Ok(())
             }
+            Op::Prim(p) => p.run(ins, outs),
             Op::Cast { .. } => {
                 let (s, o) = (&ins[0], &mut outs[0]);
                 let n = s.d.numel();
