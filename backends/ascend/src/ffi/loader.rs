@@ -76,6 +76,14 @@ api! {
         aclCreateScalar: aclCreateScalarFn, aclDestroyScalar: aclDestroyScalarFn,
         aclnnClampGetWorkspaceSize: aclnnClampGetWorkspaceSizeFn, aclnnClamp: aclnnClampFn,
         aclnnClampMaxGetWorkspaceSize: aclnnClampMaxGetWorkspaceSizeFn, aclnnClampMax: aclnnClampMaxFn,
+        aclnnEqScalarGetWorkspaceSize: aclnnEqScalarGetWorkspaceSizeFn, aclnnEqScalar: aclnnEqScalarFn,
+        aclnnInplaceMaskedFillScalarGetWorkspaceSize: aclnnInplaceMaskedFillScalarGetWorkspaceSizeFn, aclnnInplaceMaskedFillScalar: aclnnInplaceMaskedFillScalarFn,
+        aclnnSoftmaxGetWorkspaceSize: aclnnSoftmaxGetWorkspaceSizeFn, aclnnSoftmax: aclnnSoftmaxFn,
+        aclnnSigmoidGetWorkspaceSize: aclnnSigmoidGetWorkspaceSizeFn, aclnnSigmoid: aclnnSigmoidFn,
+        aclnnGatherGetWorkspaceSize: aclnnGatherGetWorkspaceSizeFn, aclnnGather: aclnnGatherFn,
+        aclnnReduceSumGetWorkspaceSize: aclnnReduceSumGetWorkspaceSizeFn, aclnnReduceSum: aclnnReduceSumFn,
+        aclnnDivGetWorkspaceSize: aclnnDivGetWorkspaceSizeFn, aclnnDiv: aclnnDivFn,
+        aclnnMulsGetWorkspaceSize: aclnnMulsGetWorkspaceSizeFn, aclnnMuls: aclnnMulsFn,
     }
 }
 
@@ -125,6 +133,22 @@ pub struct OpVersions {
     pub clamp: bool,
     /// `aclnnClampMax`.
     pub clamp_max: bool,
+    /// `aclnnEqScalar`.
+    pub eq_scalar: bool,
+    /// `aclnnInplaceMaskedFillScalar`.
+    pub masked_fill: bool,
+    /// `aclnnSoftmax`.
+    pub softmax: bool,
+    /// `aclnnSigmoid`.
+    pub sigmoid: bool,
+    /// `aclnnGather`.
+    pub gather_dim: bool,
+    /// `aclnnReduceSum`.
+    pub reduce_sum: bool,
+    /// `aclnnDiv`.
+    pub div: bool,
+    /// `aclnnMuls`.
+    pub muls: bool,
 }
 
 impl Api {
@@ -211,6 +235,46 @@ impl Api {
             self.aclnnClampMax.is_some(),
             self.aclnnClampMaxGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnEqScalar",
+            self.aclnnEqScalar.is_some(),
+            self.aclnnEqScalarGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnInplaceMaskedFillScalar",
+            self.aclnnInplaceMaskedFillScalar.is_some(),
+            self.aclnnInplaceMaskedFillScalarGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSoftmax",
+            self.aclnnSoftmax.is_some(),
+            self.aclnnSoftmaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSigmoid",
+            self.aclnnSigmoid.is_some(),
+            self.aclnnSigmoidGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGather",
+            self.aclnnGather.is_some(),
+            self.aclnnGatherGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnReduceSum",
+            self.aclnnReduceSum.is_some(),
+            self.aclnnReduceSumGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnDiv",
+            self.aclnnDiv.is_some(),
+            self.aclnnDivGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMuls",
+            self.aclnnMuls.is_some(),
+            self.aclnnMulsGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -285,6 +349,23 @@ impl Api {
                 self.aclnnClampMax.is_some(),
                 self.aclnnClampMaxGetWorkspaceSize.is_some(),
             ),
+            eq_scalar: both(
+                self.aclnnEqScalar.is_some(),
+                self.aclnnEqScalarGetWorkspaceSize.is_some(),
+            ),
+            masked_fill: both(
+                self.aclnnInplaceMaskedFillScalar.is_some(),
+                self.aclnnInplaceMaskedFillScalarGetWorkspaceSize.is_some(),
+            ),
+            softmax: both(self.aclnnSoftmax.is_some(), self.aclnnSoftmaxGetWorkspaceSize.is_some()),
+            sigmoid: both(self.aclnnSigmoid.is_some(), self.aclnnSigmoidGetWorkspaceSize.is_some()),
+            gather_dim: both(self.aclnnGather.is_some(), self.aclnnGatherGetWorkspaceSize.is_some()),
+            reduce_sum: both(
+                self.aclnnReduceSum.is_some(),
+                self.aclnnReduceSumGetWorkspaceSize.is_some(),
+            ),
+            div: both(self.aclnnDiv.is_some(), self.aclnnDivGetWorkspaceSize.is_some()),
+            muls: both(self.aclnnMuls.is_some(), self.aclnnMulsGetWorkspaceSize.is_some()),
         }
     }
 }

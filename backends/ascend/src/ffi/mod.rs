@@ -13,6 +13,8 @@ mod gating_topk;
 mod grouped_matmul;
 mod init_routing;
 mod loader;
+mod mask;
+mod math;
 mod objects;
 mod runtime;
 

@@ -170,6 +170,23 @@ impl<'r> Scalar<'r> {
         }
         Ok(Scalar { _rt: rt, raw, destroy })
     }
+    /// `aclCreateScalar(&v, ACL_INT64)`: an integer scalar (row indices, `-1` markers).
+    pub fn i64(rt: &'r Runtime, v: i64) -> Result<Self> {
+        let api = rt.api();
+        let create = super::aclnn::opt(api.aclCreateScalar, "aclCreateScalar")?;
+        let destroy = super::aclnn::opt(api.aclDestroyScalar, "aclDestroyScalar")?;
+        let mut value = v;
+        // SAFETY: `value` is a live i64 for the duration of the call; the runtime copies it.
+        let raw = unsafe { create((&mut value as *mut i64).cast(), sys::ACL_INT64) };
+        if raw.is_null() {
+            return Err(err_with(
+                api,
+                sys::ACLNN_ERR_PARAM_INVALID,
+                "aclCreateScalar(ACL_INT64)",
+            ));
+        }
+        Ok(Scalar { _rt: rt, raw, destroy })
+    }
     pub(super) fn ptr(&self) -> *const sys::aclScalar {
         self.raw
     }

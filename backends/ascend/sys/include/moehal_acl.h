@@ -276,6 +276,58 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnClampMaxGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnClampMax)
 
+/* aclnnEqScalar: out = (self == other) elementwise, out BOOL
+ * ([HA canncommercial/800 aclnnEqScalar&aclnnInplaceEqScalar.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnEqScalarGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnEqScalar)
+
+/* aclnnInplaceMaskedFillScalar: selfRef[i] = value where mask[i] (BOOL, broadcast to selfRef)
+ * ([HA canncommercial/800 aclnnInplaceMaskedFillScalar.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceMaskedFillScalarGetWorkspaceSize,
+              (aclTensor *selfRef, const aclTensor *mask, const aclScalar *value,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceMaskedFillScalar)
+
+/* aclnnSoftmax: out = softmax(self) along dim ([HA canncommercial/800 aclnnSoftmax.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSoftmaxGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSoftmax)
+
+/* aclnnSigmoid: out = 1 / (1 + exp(-self)) ([HA canncommercial/800 aclnnSigmoid.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSigmoidGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSigmoid)
+
+/* aclnnGather: out[i][j] = self[i][index[i][j]] for dim 1 (torch.gather)
+ * ([HA canncommercial/800 aclnnGather.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnGatherGetWorkspaceSize,
+              (const aclTensor *self, const int64_t dim, const aclTensor *index, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnGather)
+
+/* aclnnReduceSum: out = sum of self over dim (an aclIntArray), in dtype
+ * ([HA canncommercial/800 aclnnReduceSum.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnReduceSumGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclDataType dtype,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnReduceSum)
+
+/* aclnnDiv: out = self / other, broadcast ([HA canncommercial/800 aclnnDiv.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnDivGetWorkspaceSize,
+              (const aclTensor *self, const aclTensor *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnDiv)
+
+/* aclnnMuls: out = self * other (a scalar) ([HA canncommercial/800 aclnnMuls&aclnnInplaceMuls.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnMulsGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMuls)
+
 #ifdef __cplusplus
 }
 #endif
