@@ -1584,19 +1584,7 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV3GetWorkspaceSize(
 ) -> sys::aclnnStatus {
     let mut s = lock();
     let op = (|| {
-        let range = if active_expert_range.is_null() {
-            None
-        } else {
-            match s.int_arrays.get(&(active_expert_range as usize)) {
-                Some(v) => Some(v.clone()),
-                None => {
-                    return Err((
-                        sys::ACLNN_ERR_PARAM_INVALID,
-                        format!("activeExpertRangeOptional: {active_expert_range:p} is not a live aclIntArray"),
-                    ))
-                }
-            }
-        };
+        let range = s.int_array(active_expert_range, "activeExpertRangeOptional")?;
         Op::init_routing_v3(
             s.desc(x, "x")?,
             s.desc(expert_idx, "expertIdx")?,

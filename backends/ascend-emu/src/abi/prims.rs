@@ -31,7 +31,8 @@ impl State {
             )),
         }
     }
-    fn int_array(&self, a: *const sys::aclIntArray, what: &str) -> Result<Option<Vec<i64>>, Fail> {
+    /// A live aclIntArray's values, `None` for NULL, 161002 for anything else.
+    pub(super) fn int_array(&self, a: *const sys::aclIntArray, what: &str) -> Result<Option<Vec<i64>>, Fail> {
         if a.is_null() {
             return Ok(None);
         }
@@ -104,7 +105,7 @@ unsafe fn prim_one(
     exec: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
     let mut s = lock();
-    let op = build(&s).map(Op::Prim);
+    let op = build(&s).and_then(Prim::check_empty).map(Op::Prim);
     // SAFETY: forwarded caller promise.
     unsafe { phase_one(&mut s, op, ws, exec) }
 }
@@ -138,8 +139,8 @@ pub unsafe extern "C" fn aclnnClampGetWorkspaceSize(
 }
 
 /// `aclnnClampMinGetWorkspaceSize(const aclTensor *self, const aclScalar *clipValueMin, aclTensor
-/// *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800
-/// aclnnClampMin.md]).
+/// *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA CANNCommunityEdition/81RC1beta1
+/// aclnnClampMin.md]; return codes [HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0251]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -254,6 +255,7 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
     let build = |s: &State| {
         Prim::binary(
             Binary::Mul,
+            false,
             s.desc(self_, "self")?,
             s.desc(other, "other")?,
             s.desc(out, "out")?,
@@ -264,7 +266,7 @@ pub unsafe extern "C" fn aclnnMulGetWorkspaceSize(
 }
 
 /// `aclnnDivGetWorkspaceSize(const aclTensor *self, const aclTensor *other, aclTensor *out,
-/// uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800 aclnnDiv.md]).
+/// uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800 aclnnDiv&aclnnInplaceDiv.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -279,6 +281,7 @@ pub unsafe extern "C" fn aclnnDivGetWorkspaceSize(
     let build = |s: &State| {
         Prim::binary(
             Binary::Div,
+            false,
             s.desc(self_, "self")?,
             s.desc(other, "other")?,
             s.desc(out, "out")?,
@@ -289,7 +292,7 @@ pub unsafe extern "C" fn aclnnDivGetWorkspaceSize(
 }
 
 /// `aclnnSigmoidGetWorkspaceSize(const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSigmoid.md]).
+/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSigmoid&aclnnInplaceSigmoid.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -300,13 +303,13 @@ pub unsafe extern "C" fn aclnnSigmoidGetWorkspaceSize(
     workspace_size: *mut u64,
     executor: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
-    let build = |s: &State| Prim::unary(Unary::Sigmoid, s.desc(self_, "self")?, s.desc(out, "out")?);
+    let build = |s: &State| Prim::unary(Unary::Sigmoid, false, s.desc(self_, "self")?, s.desc(out, "out")?);
     // SAFETY: forwarded caller promise.
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
 /// `aclnnSqrtGetWorkspaceSize(const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSqrt.md]).
+/// aclOpExecutor **executor)` ([HA canncommercial/800 aclnnSqrt&aclnnInplaceSqrt.md]).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -317,7 +320,7 @@ pub unsafe extern "C" fn aclnnSqrtGetWorkspaceSize(
     workspace_size: *mut u64,
     executor: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
-    let build = |s: &State| Prim::unary(Unary::Sqrt, s.desc(self_, "self")?, s.desc(out, "out")?);
+    let build = |s: &State| Prim::unary(Unary::Sqrt, false, s.desc(self_, "self")?, s.desc(out, "out")?);
     // SAFETY: forwarded caller promise.
     unsafe { prim_one(build, workspace_size, executor) }
 }
@@ -503,6 +506,110 @@ pub unsafe extern "C" fn aclnnInplaceZeroGetWorkspaceSize(
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
+/// `aclnnDivsGetWorkspaceSize(const aclTensor *self, const aclScalar *other, aclTensor *out,
+/// uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800
+/// aclnnDivs&aclnnInplaceDivs.md]; rules in [`Prim::muls`]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnDivsGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    other: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::muls(
+            "aclnnDivs",
+            s.desc(self_, "self")?,
+            s.scalar(other, "other")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnInplaceDivsGetWorkspaceSize(aclTensor *selfRef, const aclScalar *other, uint64_t
+/// *workspaceSize, aclOpExecutor **executor)` (same page).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceDivsGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const aclScalar,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::muls("aclnnInplaceDivs", x.clone(), s.scalar(other, "other")?, x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnInplaceDivGetWorkspaceSize(aclTensor *selfRef, const aclTensor *other, uint64_t
+/// *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800 aclnnDiv&aclnnInplaceDiv.md]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceDivGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::binary(Binary::Div, true, x.clone(), s.desc(other, "other")?, x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnInplaceSigmoidGetWorkspaceSize(aclTensor *selfRef, uint64_t *workspaceSize, aclOpExecutor
+/// **executor)` ([HA canncommercial/800 aclnnSigmoid&aclnnInplaceSigmoid.md]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceSigmoidGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::unary(Unary::Sigmoid, true, x.clone(), x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnInplaceSqrtGetWorkspaceSize(aclTensor *self, uint64_t *workspaceSize, aclOpExecutor
+/// **executor)` ([HA canncommercial/800 aclnnSqrt&aclnnInplaceSqrt.md]).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceSqrtGetWorkspaceSize(
+    self_: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_, "self")?;
+        Prim::unary(Unary::Sqrt, true, x.clone(), x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
 launcher!(
     aclnnClamp,
     aclnnClampMin,
@@ -520,5 +627,10 @@ launcher!(
     aclnnInplaceMaskedFillScalar,
     aclnnCumsum,
     aclnnEqScalar,
-    aclnnInplaceZero
+    aclnnInplaceZero,
+    aclnnDivs,
+    aclnnInplaceDivs,
+    aclnnInplaceDiv,
+    aclnnInplaceSigmoid,
+    aclnnInplaceSqrt
 );

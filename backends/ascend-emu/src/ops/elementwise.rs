@@ -163,22 +163,29 @@ impl Prim {
     /// - self FLOAT / FLOAT16 / BFLOAT16 (NOT EMULATED: DOUBLE, integer, BOOL, COMPLEX); other a
     ///   numeric scalar; out a floating type (the promoted type of a floating tensor and a scalar is
     ///   the tensor's, which converts to every floating out), self's shape (161002).
+    ///
+    /// aclnnDivs / aclnnInplaceDivs ([HA canncommercial/800 aclnnDivs&aclnnInplaceDivs.md]) take the
+    /// same arguments with `out_i = self_i / other` (`launch` names the form; x/0 as IEEE).
     pub fn muls(launch: &'static str, x: Option<Desc>, other: Option<Scalar>, out: Option<Desc>) -> Result<Prim, Fail> {
         let x = req(x, "self")?;
         let out = req(out, "out")?;
         let k = float_scalar(&req_scalar(other, "other")?, "other")?;
         unary_pair(&x, &out, false)?;
-        Ok(Prim::Muls { launch, x, k, out })
+        let div = launch.contains("Divs");
+        Ok(Prim::Muls { launch, x, k, div, out })
     }
 
     /// aclnnMul / aclnnDiv phase one ([HA canncommercial/800 aclnnMul&aclnnInplaceMul.md],
-    /// [HA canncommercial/800 aclnnDiv.md]):
+    /// [HA canncommercial/800 aclnnDiv&aclnnInplaceDiv.md]):
     /// - self, other, out required (161001);
     /// - FLOAT / FLOAT16 / BFLOAT16 operands (NOT EMULATED: the integer, DOUBLE, BOOL, COMPLEX types);
     ///   out floating (161002);
     /// - self and other broadcast (right-aligned, each pair equal or 1); out has the broadcast shape
     ///   (161002).
-    pub fn binary(f: Binary, a: Option<Desc>, b: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
+    ///
+    /// aclnnInplaceDiv (same page; `inplace`): out is selfRef, so other must broadcast to selfRef's
+    /// shape, which does not grow (161002).
+    pub fn binary(f: Binary, inplace: bool, a: Option<Desc>, b: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
         let (a, b, out) = (req(a, "self")?, req(b, "other")?, req(out, "out")?);
         want_float(&a, "self")?;
         want_float(&b, "other")?;
@@ -191,17 +198,19 @@ impl Prim {
             )));
         };
         want_dims(&out, &shape, "out (broadcast shape)")?;
-        Ok(Prim::Binary { f, a, b, out })
+        Ok(Prim::Binary { f, inplace, a, b, out })
     }
 
-    /// aclnnSigmoid / aclnnSqrt phase one ([HA canncommercial/800 aclnnSigmoid.md], [HA
-    /// canncommercial/800 aclnnSqrt.md]): self, out required (161001); FLOAT / FLOAT16 / BFLOAT16
+    /// aclnnSigmoid / aclnnSqrt phase one ([HA canncommercial/800 aclnnSigmoid&aclnnInplaceSigmoid.md], [HA
+    /// canncommercial/800 aclnnSqrt&aclnnInplaceSqrt.md]): self, out required (161001); FLOAT / FLOAT16 / BFLOAT16
     /// (NOT EMULATED: DOUBLE, COMPLEX, integer inputs); out of self's dtype and shape (161002; the
     /// pages let out differ where the result converts — strict, UNDOCUMENTED which conversions).
-    pub fn unary(f: Unary, x: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
+    /// The in-place forms (aclnnInplaceSigmoid(selfRef), aclnnInplaceSqrt(self), same pages) pass
+    /// `inplace` and the same tensor as `out`.
+    pub fn unary(f: Unary, inplace: bool, x: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
         let (x, out) = (req(x, "self")?, req(out, "out")?);
         unary_pair(&x, &out, true)?;
-        Ok(Prim::Unary { f, x, out })
+        Ok(Prim::Unary { f, inplace, x, out })
     }
 
     /// aclnnSoftplus phase one ([HA 850alpha002 aclnnSoftplus.md]; return codes [HA Atlas200IDKA2

@@ -146,21 +146,26 @@ pub enum Prim {
         /// Output (self's dtype and shape).
         out: Desc,
     },
-    /// aclnnMuls (`out = x * k`) / aclnnInplaceMuls (`out` is `x`).
+    /// aclnnMuls / aclnnInplaceMuls (`out = x * k`) and aclnnDivs / aclnnInplaceDivs
+    /// (`out = x / k`); in place, `out` is `x`.
     Muls {
         /// The launch function.
         launch: &'static str,
         /// Input (selfRef for the in-place form).
         x: Desc,
-        /// The scalar factor as f32.
+        /// The scalar as f32.
         k: f32,
+        /// Divide by `k` instead of multiplying.
+        div: bool,
         /// Output (the same descriptor as `x` in place).
         out: Desc,
     },
-    /// aclnnMul / aclnnDiv with broadcasting.
+    /// aclnnMul / aclnnDiv with broadcasting (aclnnInplaceDiv: `out` is `a`).
     Binary {
         /// Which function.
         f: Binary,
+        /// The in-place form (aclnnInplaceDiv).
+        inplace: bool,
         /// self.
         a: Desc,
         /// other.
@@ -168,10 +173,12 @@ pub enum Prim {
         /// out, of the broadcast shape.
         out: Desc,
     },
-    /// aclnnSigmoid / aclnnSqrt.
+    /// aclnnSigmoid / aclnnSqrt (and their in-place forms: `out` is `x`).
     Unary {
         /// Which function.
         f: Unary,
+        /// The in-place form.
+        inplace: bool,
         /// Input.
         x: Desc,
         /// Output, same dtype and shape.
@@ -257,9 +264,23 @@ impl Prim {
         match self {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } => launch,
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
-            Prim::Binary { f: Binary::Div, .. } => "aclnnDiv",
-            Prim::Unary { f: Unary::Sigmoid, .. } => "aclnnSigmoid",
-            Prim::Unary { f: Unary::Sqrt, .. } => "aclnnSqrt",
+            Prim::Binary {
+                f: Binary::Div,
+                inplace,
+                ..
+            } => {
+                if *inplace {
+                    "aclnnInplaceDiv"
+                } else {
+                    "aclnnDiv"
+                }
+            }
+            Prim::Unary { f, inplace, .. } => match (f, inplace) {
+                (Unary::Sigmoid, false) => "aclnnSigmoid",
+                (Unary::Sigmoid, true) => "aclnnInplaceSigmoid",
+                (Unary::Sqrt, false) => "aclnnSqrt",
+                (Unary::Sqrt, true) => "aclnnInplaceSqrt",
+            },
             Prim::Softplus { .. } => "aclnnSoftplus",
             Prim::Softmax { .. } => "aclnnSoftmax",
             Prim::ReduceSum { .. } => "aclnnReduceSum",
@@ -269,6 +290,28 @@ impl Prim {
             Prim::EqScalar { .. } => "aclnnEqScalar",
             Prim::Zero { .. } => "aclnnInplaceZero",
         }
+    }
+
+    /// Empty tensors (a zero in some shape) are accepted only where the page says "支持空Tensor":
+    /// Sigmoid ([HA 850alpha002 aclnnSigmoid&aclnnInplaceSigmoid.md]), Softplus ([HA 83RC1alpha001
+    /// aclnnSoftplus.md]), ReduceSum ([OM math/reduce_sum/docs/aclnnReduceSum.md]). The other pages
+    /// are silent: UNDOCUMENTED, refused (161002; RULES.md PR7).
+    pub fn check_empty(self) -> Result<Prim, Fail> {
+        if matches!(
+            self,
+            Prim::Unary { f: Unary::Sigmoid, .. } | Prim::Softplus { .. } | Prim::ReduceSum { .. }
+        ) {
+            return Ok(self);
+        }
+        let (ins, outs) = self.tensors();
+        if let Some(t) = ins.iter().chain(outs.iter()).find(|t| t.numel() == 0) {
+            return Err(bad(format!(
+                "{}: empty tensor {} (the page does not say it supports empty tensors: UNDOCUMENTED, refused)",
+                self.launch_name(),
+                t.show()
+            )));
+        }
+        Ok(self)
     }
 
     /// Workspace bytes: UNDOCUMENTED sizes (RULES.md R20). Reductions and scans ask for some, so a
@@ -306,9 +349,9 @@ impl Prim {
                 map1(&ins[0], &mut outs[0], |v| super::elementwise::clamp(v, lo, hi));
                 Ok(())
             }
-            Prim::Muls { k, .. } => {
-                let k = *k;
-                map1(&ins[0], &mut outs[0], |v| v * k);
+            Prim::Muls { k, div, .. } => {
+                let (k, div) = (*k, *div);
+                map1(&ins[0], &mut outs[0], |v| if div { v / k } else { v * k });
                 Ok(())
             }
             Prim::Unary { f, .. } => {

@@ -216,3 +216,36 @@ pub fn ints(v: &[i64]) -> *mut sys::aclIntArray {
 pub fn rel() -> ascendcl::profile::Release {
     ascendcl::profile::release()
 }
+
+/// An executor handle.
+pub type Exec = *mut sys::aclOpExecutor;
+
+/// A host scalar of `dt` holding `v` (whose size must be `dt`'s), through `aclCreateScalar`.
+pub fn scalar<T>(mut v: T, dt: sys::aclDataType) -> *mut aclScalar {
+    // SAFETY: points at a live value of `dt`'s size (the caller's promise).
+    let s = unsafe { aclCreateScalar((&mut v as *mut T).cast::<c_void>(), dt) };
+    assert!(!s.is_null(), "{}", msg());
+    s
+}
+
+/// A FLOAT scalar.
+pub fn scalar_f32(v: f32) -> *mut aclScalar {
+    scalar(v, sys::ACL_FLOAT)
+}
+
+/// Run a phase one that writes the workspace size and the executor: (status, size, executor).
+pub fn p1(f: impl FnOnce(*mut u64, *mut Exec) -> i32) -> (i32, u64, Exec) {
+    let (mut ws, mut ex) = (0u64, ptr::null_mut());
+    let rc = f(&mut ws, &mut ex);
+    (rc, ws, ex)
+}
+
+/// No tensor: a NULL aclTensor (for the 161001 checks).
+pub fn none() -> Dev {
+    Dev {
+        ptr: ptr::null_mut(),
+        bytes: 0,
+        t: ptr::null_mut(),
+        dt: sys::ACL_FLOAT,
+    }
+}
