@@ -71,8 +71,8 @@ mkdir -p "$OUT" || exit 2
 # ------------------------------------------------------------------------------ CANN version, SoC
 cann_version() {
     local f
-    for f in "$ROOT/version.cfg" "$ROOT/ascend_toolkit_install.info" "$ROOT/../ascend_toolkit_install.info" \
-        "$ROOT/compiler/version.info" "$ROOT/runtime/version.info"; do
+    for f in "$ROOT/version.cfg" "$ROOT/ascend_toolkit_install.info" "$ROOT/$(uname -m)-linux/ascend_toolkit_install.info" \
+        "$ROOT/../ascend_toolkit_install.info" "$ROOT/compiler/version.info" "$ROOT/runtime/version.info"; do
         if [ -n "$ROOT" ] && [ -r "$f" ]; then
             echo "$f:"
             grep -i -E 'version' "$f" | head -n 3 | sed 's/^/    /'
