@@ -155,35 +155,42 @@ impl<'r> Scalar<'r> {
     /// `aclCreateScalar(&v, ACL_FLOAT)`: an f32 scalar ([HA] canncommercial/800 acl_meta.h
     /// `aclCreateScalar(void *value, aclDataType dataType)`; the value is read at creation).
     pub fn f32(rt: &'r Runtime, v: f32) -> Result<Self> {
-        let api = rt.api();
-        let create = super::aclnn::opt(api.aclCreateScalar, "aclCreateScalar")?;
-        let destroy = super::aclnn::opt(api.aclDestroyScalar, "aclDestroyScalar")?;
         let mut value = v;
-        // SAFETY: `value` is a live f32 for the duration of the call; the runtime copies it.
-        let raw = unsafe { create((&mut value as *mut f32).cast(), sys::ACL_FLOAT) };
-        if raw.is_null() {
-            return Err(err_with(
-                api,
-                sys::ACLNN_ERR_PARAM_INVALID,
+        // SAFETY: `value` is a live f32 for the duration of the call.
+        unsafe {
+            Self::create(
+                rt,
+                (&mut value as *mut f32).cast(),
+                sys::ACL_FLOAT,
                 "aclCreateScalar(ACL_FLOAT)",
-            ));
+            )
         }
-        Ok(Scalar { _rt: rt, raw, destroy })
     }
+
     /// `aclCreateScalar(&v, ACL_INT64)`: an integer scalar (row indices, `-1` markers).
     pub fn i64(rt: &'r Runtime, v: i64) -> Result<Self> {
+        let mut value = v;
+        // SAFETY: `value` is a live i64 for the duration of the call.
+        unsafe {
+            Self::create(
+                rt,
+                (&mut value as *mut i64).cast(),
+                sys::ACL_INT64,
+                "aclCreateScalar(ACL_INT64)",
+            )
+        }
+    }
+
+    /// # Safety
+    /// `value` must point at a live value of `dt` for the duration of the call.
+    unsafe fn create(rt: &'r Runtime, value: *mut std::ffi::c_void, dt: sys::aclDataType, what: &str) -> Result<Self> {
         let api = rt.api();
         let create = super::aclnn::opt(api.aclCreateScalar, "aclCreateScalar")?;
         let destroy = super::aclnn::opt(api.aclDestroyScalar, "aclDestroyScalar")?;
-        let mut value = v;
-        // SAFETY: `value` is a live i64 for the duration of the call; the runtime copies it.
-        let raw = unsafe { create((&mut value as *mut i64).cast(), sys::ACL_INT64) };
+        // SAFETY: `value` points at a live value of `dt` (this fn's contract); the runtime copies it.
+        let raw = unsafe { create(value, dt) };
         if raw.is_null() {
-            return Err(err_with(
-                api,
-                sys::ACLNN_ERR_PARAM_INVALID,
-                "aclCreateScalar(ACL_INT64)",
-            ));
+            return Err(err_with(api, sys::ACLNN_ERR_PARAM_INVALID, what));
         }
         Ok(Scalar { _rt: rt, raw, destroy })
     }
