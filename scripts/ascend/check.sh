@@ -2,6 +2,8 @@
 # Ascend check for moehal-ascend, for people who own an Atlas 800 A2 / 910B with CANN installed.
 # It has only been run against the emulator (backends/ascend-emu, with MOEHAL_ASCEND_LIB_DIR
 # pointing at its library directory), never on an NPU: tell the maintainers what it prints.
+# Against the emulator (a debug moehal) `devices`, `kernels` and `check` take a few minutes and
+# `bench` more than 15; on an NPU with a release build they should take far less.
 #
 # What to set first (the toolkit script sets the first three):
 #   source /usr/local/Ascend/ascend-toolkit/set_env.sh    (or .../cann/set_env.sh)
