@@ -301,7 +301,24 @@ impl Backend for Ascend {
             OpDesc::RouterHash { .. } => Support::no("hash routing (tid2eid) is not implemented for Ascend yet"),
             OpDesc::RouterTopk { scoring, group, dtype } => {
                 let r = &self.routes;
-                let host = "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)";
+                let dev_w = match scoring {
+                    Scoring::Softmax => v.softmax,
+                    Scoring::Sigmoid => v.sigmoid,
+                    _ => false,
+                } && v.scalar
+                    && v.gather_dim
+                    && v.muls
+                    && v.reduce_sum
+                    && v.div;
+                let host = if dev_w {
+                    format!(
+                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits, renormalized rows whose k smallest scores sum below 1e-6",
+                        if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
+                        if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" }
+                    )
+                } else {
+                    "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)".to_string()
+                };
                 let sig = match scoring {
                     Scoring::Softmax => Some(false),
                     Scoring::Sigmoid => Some(true),
@@ -345,7 +362,7 @@ impl Backend for Ascend {
                 };
                 if !plain && nb.is_err() && wb.is_err() {
                     return Support::yes(format!(
-                        "{host}; vendor: without bias {}; with bias {}",
+                        "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits); vendor: without bias {}; with bias {}",
                         path(&nb),
                         path(&wb)
                     ));
@@ -379,22 +396,41 @@ impl Backend for Ascend {
             }
             OpDesc::Swiglu { .. } => {
                 if v.swiglu {
-                    Support::yes("aclnnSwiGlu (dim 1); with limit or non-contiguous views: host")
+                    let limit = if v.scalar && v.clamp && v.clamp_max {
+                        format!(
+                            "with limit: aclnnClampMax(gate) + aclnnClamp(up, -limit, limit) into a scratch, then aclnnSwiGlu{} (host if a clamp refuses the strided halves)",
+                            if v.cast {
+                                " (in f32 via aclnnCast where limit is not exact in the dtype)"
+                            } else {
+                                "; limit not exact in the dtype: host"
+                            }
+                        )
+                    } else {
+                        "with limit: host (no aclCreateScalar / aclnnClamp / aclnnClampMax)".to_string()
+                    };
+                    Support::yes(format!(
+                        "aclnnSwiGlu (dim 1); {limit}; non-contiguous out, or h without limit: host"
+                    ))
                 } else {
                     Support::yes("host (no aclnnSwiGlu in the op libraries)")
                 }
             }
             OpDesc::MoeCombine { dtype } => {
                 let mixed = dtype == DType::BF16 && self.routes.finalize_bf16_f32_scales;
+                let drops = if v.cast && v.scalar && v.eq_scalar && v.masked_fill {
+                    "dropped slots: aclrtMemcpy d2d of y_perm + aclrtMemset zero row, aclnnEqScalar(slot_row, -1), aclnnInplaceMaskedFillScalar on row index and scales"
+                } else {
+                    "dropped slots on host"
+                };
                 if v.finalize && (dtype == DType::F32 || mixed) {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}){} + host (slot_row check; dropped slots)",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}){}; {drops}; slot_row range check on host",
                         if mixed { ", bf16 mixed mode" } else { "" },
                         if v.cast { " + aclnnCast slot_row->INT32" } else { "" }
                     ))
                 } else if v.finalize && v.cast {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{} + host (slot_row check; dropped slots)",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{}; {drops}; slot_row range check on host",
                         if dtype == DType::BF16 {
                             " (probe: f32 scales beside bf16 refused)"
                         } else {

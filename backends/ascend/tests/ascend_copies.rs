@@ -49,18 +49,16 @@ const ROUND_TRIPS: &[&str] = &[
     // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
     // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
     "grouped_gemm+row_scale+k0 h2d",
-    // weights (unbiased scores, renormalise, scale), counts, sqrt_softplus on the host.
+    // logits read to find non-finite rows (those, sqrt_softplus and tiny renormalised rows run on
+    // the host); expert_counts from the ids on the host. Weights are on the device.
     "router_topk d2h",
     "router_topk h2d",
     // group_end / slot_row / src_token from the row index on the host; dropped slots; no x.
     "moe_permute d2h",
     "moe_permute h2d",
-    // swiglu with a clamp on the host (aclnnSwiGlu has none).
-    "swiglu+limit d2h",
-    "swiglu+limit h2d",
-    // slot_row read to check it and find dropped slots; dropped slots run on the host.
+    // slot_row read to check its range (the vendor op does not) and to pick the zero row for
+    // dropped slots (those then run on the device: aclnnEqScalar + aclnnInplaceMaskedFillScalar).
     "moe_combine d2h",
-    "moe_combine h2d",
     // fp8 tables dequantised on the host.
     "gather_rows+fp8 d2h",
     "gather_rows+fp8 h2d",

@@ -73,6 +73,17 @@ api! {
         aclnnCastGetWorkspaceSize: aclnnCastGetWorkspaceSizeFn, aclnnCast: aclnnCastFn,
         aclnnSwiGluGetWorkspaceSize: aclnnSwiGluGetWorkspaceSizeFn, aclnnSwiGlu: aclnnSwiGluFn,
         aclnnInplaceMulGetWorkspaceSize: aclnnInplaceMulGetWorkspaceSizeFn, aclnnInplaceMul: aclnnInplaceMulFn,
+        aclCreateScalar: aclCreateScalarFn, aclDestroyScalar: aclDestroyScalarFn,
+        aclnnClampGetWorkspaceSize: aclnnClampGetWorkspaceSizeFn, aclnnClamp: aclnnClampFn,
+        aclnnClampMaxGetWorkspaceSize: aclnnClampMaxGetWorkspaceSizeFn, aclnnClampMax: aclnnClampMaxFn,
+        aclnnEqScalarGetWorkspaceSize: aclnnEqScalarGetWorkspaceSizeFn, aclnnEqScalar: aclnnEqScalarFn,
+        aclnnInplaceMaskedFillScalarGetWorkspaceSize: aclnnInplaceMaskedFillScalarGetWorkspaceSizeFn, aclnnInplaceMaskedFillScalar: aclnnInplaceMaskedFillScalarFn,
+        aclnnSoftmaxGetWorkspaceSize: aclnnSoftmaxGetWorkspaceSizeFn, aclnnSoftmax: aclnnSoftmaxFn,
+        aclnnSigmoidGetWorkspaceSize: aclnnSigmoidGetWorkspaceSizeFn, aclnnSigmoid: aclnnSigmoidFn,
+        aclnnGatherGetWorkspaceSize: aclnnGatherGetWorkspaceSizeFn, aclnnGather: aclnnGatherFn,
+        aclnnReduceSumGetWorkspaceSize: aclnnReduceSumGetWorkspaceSizeFn, aclnnReduceSum: aclnnReduceSumFn,
+        aclnnDivGetWorkspaceSize: aclnnDivGetWorkspaceSizeFn, aclnnDiv: aclnnDivFn,
+        aclnnMulsGetWorkspaceSize: aclnnMulsGetWorkspaceSizeFn, aclnnMuls: aclnnMulsFn,
     }
 }
 
@@ -115,6 +126,29 @@ pub struct OpVersions {
     pub swiglu: bool,
     /// `aclnnInplaceMul`.
     pub inplace_mul: bool,
+    /// `aclCreateScalar` and `aclDestroyScalar` (meta API; optional here because only the
+    /// scalar-taking ops need them).
+    pub scalar: bool,
+    /// `aclnnClamp`.
+    pub clamp: bool,
+    /// `aclnnClampMax`.
+    pub clamp_max: bool,
+    /// `aclnnEqScalar`.
+    pub eq_scalar: bool,
+    /// `aclnnInplaceMaskedFillScalar`.
+    pub masked_fill: bool,
+    /// `aclnnSoftmax`.
+    pub softmax: bool,
+    /// `aclnnSigmoid`.
+    pub sigmoid: bool,
+    /// `aclnnGather`.
+    pub gather_dim: bool,
+    /// `aclnnReduceSum`.
+    pub reduce_sum: bool,
+    /// `aclnnDiv`.
+    pub div: bool,
+    /// `aclnnMuls`.
+    pub muls: bool,
 }
 
 impl Api {
@@ -191,6 +225,56 @@ impl Api {
             self.aclnnInplaceMul.is_some(),
             self.aclnnInplaceMulGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnClamp",
+            self.aclnnClamp.is_some(),
+            self.aclnnClampGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnClampMax",
+            self.aclnnClampMax.is_some(),
+            self.aclnnClampMaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnEqScalar",
+            self.aclnnEqScalar.is_some(),
+            self.aclnnEqScalarGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnInplaceMaskedFillScalar",
+            self.aclnnInplaceMaskedFillScalar.is_some(),
+            self.aclnnInplaceMaskedFillScalarGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSoftmax",
+            self.aclnnSoftmax.is_some(),
+            self.aclnnSoftmaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSigmoid",
+            self.aclnnSigmoid.is_some(),
+            self.aclnnSigmoidGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnGather",
+            self.aclnnGather.is_some(),
+            self.aclnnGatherGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnReduceSum",
+            self.aclnnReduceSum.is_some(),
+            self.aclnnReduceSumGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnDiv",
+            self.aclnnDiv.is_some(),
+            self.aclnnDivGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnMuls",
+            self.aclnnMuls.is_some(),
+            self.aclnnMulsGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -259,6 +343,29 @@ impl Api {
                 self.aclnnInplaceMul.is_some(),
                 self.aclnnInplaceMulGetWorkspaceSize.is_some(),
             ),
+            scalar: both(self.aclCreateScalar.is_some(), self.aclDestroyScalar.is_some()),
+            clamp: both(self.aclnnClamp.is_some(), self.aclnnClampGetWorkspaceSize.is_some()),
+            clamp_max: both(
+                self.aclnnClampMax.is_some(),
+                self.aclnnClampMaxGetWorkspaceSize.is_some(),
+            ),
+            eq_scalar: both(
+                self.aclnnEqScalar.is_some(),
+                self.aclnnEqScalarGetWorkspaceSize.is_some(),
+            ),
+            masked_fill: both(
+                self.aclnnInplaceMaskedFillScalar.is_some(),
+                self.aclnnInplaceMaskedFillScalarGetWorkspaceSize.is_some(),
+            ),
+            softmax: both(self.aclnnSoftmax.is_some(), self.aclnnSoftmaxGetWorkspaceSize.is_some()),
+            sigmoid: both(self.aclnnSigmoid.is_some(), self.aclnnSigmoidGetWorkspaceSize.is_some()),
+            gather_dim: both(self.aclnnGather.is_some(), self.aclnnGatherGetWorkspaceSize.is_some()),
+            reduce_sum: both(
+                self.aclnnReduceSum.is_some(),
+                self.aclnnReduceSumGetWorkspaceSize.is_some(),
+            ),
+            div: both(self.aclnnDiv.is_some(), self.aclnnDivGetWorkspaceSize.is_some()),
+            muls: both(self.aclnnMuls.is_some(), self.aclnnMulsGetWorkspaceSize.is_some()),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Everything unsafe of the backend, fenced in this module: loading the CANN libraries and the
 //! resolved function table (`loader`), RAII wrappers (`runtime`: device/context/stream and memory;
-//! `objects`: aclTensor / aclTensorList / aclIntArray, device memory), the two-phase call
+//! `objects`: aclTensor / aclTensorList / aclIntArray / aclScalar, device memory), the two-phase call
 //! (`aclnn`), and one file per aclnn op family with one safe method per op.
 
 mod aclnn;
 mod cast;
+mod clamp;
 mod elementwise;
 mod finalize_routing;
 mod gather;
@@ -12,12 +13,14 @@ mod gating_topk;
 mod grouped_matmul;
 mod init_routing;
 mod loader;
+mod mask;
+mod math;
 mod objects;
 mod runtime;
 
 pub use aclnn::Outcome;
 pub use loader::{load, search_dirs, Api, Loaded};
-pub use objects::{DevMem, IntArray, TDesc, Tensor, TensorList};
+pub use objects::{DevMem, IntArray, Scalar, TDesc, Tensor, TensorList};
 pub use runtime::Runtime;
 
 /// Backend name used in errors.

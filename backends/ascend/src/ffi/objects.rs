@@ -1,5 +1,5 @@
-//! RAII wrappers over the aclnn objects: `aclTensor`, `aclTensorList`, `aclIntArray`, and device
-//! memory the backend owns; each is destroyed (freed) exactly once, on drop.
+//! RAII wrappers over the aclnn objects: `aclTensor`, `aclTensorList`, `aclIntArray`, `aclScalar`,
+//! and device memory the backend owns; each is destroyed (freed) exactly once, on drop.
 
 use std::ffi::c_void;
 
@@ -138,6 +138,71 @@ impl Drop for IntArray<'_> {
     fn drop(&mut self) {
         // SAFETY: created by aclCreateIntArray.
         unsafe { (self.rt.api().aclDestroyIntArray)(self.raw) };
+    }
+}
+
+/// An `aclScalar`: a host value the runtime copies at creation, for the scalar arguments of
+/// aclnn ops (`aclnnClamp`'s bounds, `aclnnMuls`'s factor). `aclCreateScalar` /
+/// `aclDestroyScalar` are resolved as optional symbols: a library without them makes
+/// [`Scalar::f32`] an `Unsupported` error and the ops that need a scalar run on the host.
+pub struct Scalar<'r> {
+    _rt: &'r Runtime,
+    raw: *mut sys::aclScalar,
+    destroy: <sys::aclDestroyScalarFn as super::loader::OptFn>::Inner,
+}
+
+impl<'r> Scalar<'r> {
+    /// `aclCreateScalar(&v, ACL_FLOAT)`: an f32 scalar ([HA] canncommercial/800 acl_meta.h
+    /// `aclCreateScalar(void *value, aclDataType dataType)`; the value is read at creation).
+    pub fn f32(rt: &'r Runtime, v: f32) -> Result<Self> {
+        let mut value = v;
+        // SAFETY: `value` is a live f32 for the duration of the call.
+        unsafe {
+            Self::create(
+                rt,
+                (&mut value as *mut f32).cast(),
+                sys::ACL_FLOAT,
+                "aclCreateScalar(ACL_FLOAT)",
+            )
+        }
+    }
+
+    /// `aclCreateScalar(&v, ACL_INT64)`: an integer scalar (row indices, `-1` markers).
+    pub fn i64(rt: &'r Runtime, v: i64) -> Result<Self> {
+        let mut value = v;
+        // SAFETY: `value` is a live i64 for the duration of the call.
+        unsafe {
+            Self::create(
+                rt,
+                (&mut value as *mut i64).cast(),
+                sys::ACL_INT64,
+                "aclCreateScalar(ACL_INT64)",
+            )
+        }
+    }
+
+    /// # Safety
+    /// `value` must point at a live value of `dt` for the duration of the call.
+    unsafe fn create(rt: &'r Runtime, value: *mut std::ffi::c_void, dt: sys::aclDataType, what: &str) -> Result<Self> {
+        let api = rt.api();
+        let create = super::aclnn::opt(api.aclCreateScalar, "aclCreateScalar")?;
+        let destroy = super::aclnn::opt(api.aclDestroyScalar, "aclDestroyScalar")?;
+        // SAFETY: `value` points at a live value of `dt` (this fn's contract); the runtime copies it.
+        let raw = unsafe { create(value, dt) };
+        if raw.is_null() {
+            return Err(err_with(api, sys::ACLNN_ERR_PARAM_INVALID, what));
+        }
+        Ok(Scalar { _rt: rt, raw, destroy })
+    }
+    pub(super) fn ptr(&self) -> *const sys::aclScalar {
+        self.raw
+    }
+}
+
+impl Drop for Scalar<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by aclCreateScalar, destroyed once here.
+        unsafe { (self.destroy)(self.raw) };
     }
 }
 

@@ -193,6 +193,26 @@ impl Runtime {
         check(self.api(), st, "aclrtMemcpy(device to host)")
     }
 
+    /// Device -> device copy of `len` bytes (`aclrtMemcpy` DEVICE_TO_DEVICE) after all enqueued
+    /// work; no tensor data crosses to the host.
+    pub fn d2d(&self, dst: u64, dst_cap: usize, src: u64, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.sync()?;
+        // SAFETY: device addresses; the runtime checks both ranges.
+        let st = unsafe {
+            (self.api().aclrtMemcpy)(
+                dst as *mut c_void,
+                dst_cap,
+                src as *const c_void,
+                len,
+                sys::ACL_MEMCPY_DEVICE_TO_DEVICE,
+            )
+        };
+        check(self.api(), st, "aclrtMemcpy(device to device)")
+    }
+
     /// `aclrtMemset` of device memory.
     pub fn memset(&self, dst: u64, cap: usize, value: u8, count: usize) -> Result<()> {
         self.bind()?;

@@ -6,7 +6,7 @@ use moehal_core::ops::{Checked, GroupLimit, GroupScore, RouterConfig, RouterTopk
 use moehal_core::{Backend, Buffer, DType, Error, Reference, Result};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
-use crate::ffi::{DevMem, Outcome, NAME};
+use crate::ffi::{DevMem, Outcome, Scalar, NAME};
 use crate::routes::GatingPattern;
 
 const OP_RT: &str = "router_topk";
@@ -126,6 +126,106 @@ impl Ascend {
         Ok(())
     }
 
+    /// OPS.md §2 step 5 on the device, from the vendor op's ids `imem` (INT32 `[T, k]`):
+    ///
+    /// 1. f32 logits (`aclnnCast` from bf16/f16, exact), scores `s` = `aclnnSoftmax(dim 1)` or
+    ///    `aclnnSigmoid` (the **unbiased** scores: the bias only selected),
+    /// 2. `aclnnGather(s, dim 1, ids)` -> `[T, k]`,
+    /// 3. with `renormalize`: `aclnnReduceSum(dim 1, keepDim, FLOAT)` and `aclnnDiv`,
+    /// 4. `aclnnMuls(routed_scaling_factor)` into `weights` (once, renormalised or not).
+    ///
+    /// OPS.md divides by `sum + 1e-20`; there is no add among these primitives, so the device path
+    /// is taken only where that term cannot change the f32 result: every row's `k` smallest scores
+    /// (a lower bound of the selected sum, computed here from the logits already read) sum to at
+    /// least `1e-6`, where `1e-20` is far below half an f32 ulp. Other rows, and releases without
+    /// these ops, keep the host weights. The host already holds the logits (they are read to
+    /// route rows with non-finite values to the host). Returns whether the weights were written.
+    fn router_weights_device(&self, a: &RouterTopk<'_>, logits: &[f64], imem: &DevMem<'_>) -> Result<bool> {
+        let (t, e) = a.dims();
+        let cfg = a.config;
+        let k = cfg.k;
+        let v = self.rt.lib.versions;
+        let scoring_op = match cfg.scoring {
+            Scoring::Softmax => v.softmax,
+            Scoring::Sigmoid => v.sigmoid,
+            _ => false,
+        };
+        let ops = scoring_op
+            && v.scalar
+            && v.gather_dim
+            && v.muls
+            && (!cfg.renormalize || (v.reduce_sum && v.div))
+            && (a.logits.dtype() == DType::F32 || v.cast)
+            && self.mine(a.weights.buffer(), "weights").is_ok();
+        if !ops {
+            return Ok(false);
+        }
+        if cfg.renormalize {
+            for r in 0..t {
+                let row = &logits[r * e..(r + 1) * e];
+                let mut s: Vec<f64> = match cfg.scoring {
+                    Scoring::Softmax => {
+                        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = row.iter().map(|x| (x - mx).exp()).sum();
+                        row.iter().map(|x| (x - mx).exp() / sum).collect()
+                    }
+                    _ => row.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
+                };
+                s.sort_by(f64::total_cmp);
+                if s[..k].iter().sum::<f64>() < 1e-6 {
+                    return Ok(false);
+                }
+            }
+        }
+        let xmem;
+        let x = if a.logits.dtype() == DType::F32 {
+            self.t(&desc_of(&a.logits, OP_RT, "logits")?)?
+        } else {
+            xmem = DevMem::new(&self.rt, t * e * 4)?;
+            let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+            let dst = self.t(&scratch_desc(&xmem, sys::ACL_FLOAT, &[t, e]))?;
+            self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
+            dst
+        };
+        let smem = DevMem::new(&self.rt, t * e * 4)?;
+        let st = self.t(&scratch_desc(&smem, sys::ACL_FLOAT, &[t, e]))?;
+        let o = match cfg.scoring {
+            Scoring::Softmax => self.rt.softmax(&x, 1, &st)?,
+            _ => self.rt.sigmoid(&x, &st)?,
+        };
+        if let Outcome::Rejected(_) = o {
+            return Ok(false);
+        }
+        let gmem = DevMem::new(&self.rt, t * k * 4)?;
+        let gt = self.t(&scratch_desc(&gmem, sys::ACL_FLOAT, &[t, k]))?;
+        let it = self.t(&scratch_desc(imem, sys::ACL_INT32, &[t, k]))?;
+        if let Outcome::Rejected(_) = self.rt.gather_dim(&st, 1, &it, &gt)? {
+            return Ok(false);
+        }
+        let nmem;
+        let w = if cfg.renormalize {
+            let sum = DevMem::new(&self.rt, t * 4)?;
+            let sumt = self.t(&scratch_desc(&sum, sys::ACL_FLOAT, &[t, 1]))?;
+            if let Outcome::Rejected(_) = self.rt.reduce_sum(&gt, &[1], true, sys::ACL_FLOAT, &sumt)? {
+                return Ok(false);
+            }
+            nmem = DevMem::new(&self.rt, t * k * 4)?;
+            let nt = self.t(&scratch_desc(&nmem, sys::ACL_FLOAT, &[t, k]))?;
+            if let Outcome::Rejected(_) = self.rt.div(&gt, &sumt, &nt)? {
+                return Ok(false);
+            }
+            nt
+        } else {
+            gt
+        };
+        let out = self.t(&desc_of(&a.weights.as_ref(), OP_RT, "weights")?)?;
+        let f = Scalar::f32(&self.rt, cfg.routed_scaling_factor)?;
+        match self.rt.muls(&w, &f, &out)? {
+            Outcome::Ran => Ok(true),
+            Outcome::Rejected(_) => Ok(false),
+        }
+    }
+
     /// `Backend::router_topk` on this device.
     pub(crate) fn run_router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
         let a = args.into_inner();
@@ -171,9 +271,7 @@ impl Ascend {
                 let idx = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
                 let row = self.t(&scratch_desc(&rmem, sys::ACL_INT32, &[t, k]))?;
                 self.rt.gating_topk_softmax(&x, k as i64, &y, &idx, &row)?;
-                let mut ids = vec![0i32; t * k];
-                self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
-                Some(ids)
+                Some(imem)
             }
             RouterRoute::Gating(p) => {
                 // x in FLOAT: the bias is f32 (core) and must have x's dtype (audit P5); the cast
@@ -219,17 +317,48 @@ impl Ascend {
                     // A shape this release's tiling refuses beyond the documented limits checked
                     // in `router_route`: the host computes the contract instead.
                     Outcome::Rejected(_) => None,
-                    Outcome::Ran => {
-                        let mut ids = vec![0i32; t * k];
-                        self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
-                        Some(ids)
-                    }
+                    Outcome::Ran => Some(imem),
                 }
             }
         };
-        let Some(ids) = ids else {
+        let Some(imem) = ids else {
             return self.router_host(&a, &lg);
         };
+        if self.router_weights_device(&a, &logits, &imem)? {
+            // ids: device to device into `ids` when it is one contiguous i32 block.
+            let ids_contig = a.ids.as_ref().layout().is_contiguous() && self.mine(a.ids.buffer(), "ids").is_ok();
+            let need_host_ids = !ids_contig || a.expert_counts.is_some();
+            let mut ids = vec![0i32; t * k];
+            if need_host_ids {
+                self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+            }
+            if ids_contig {
+                let dst = a.ids.buffer().addr() + (a.ids.offset() * 4) as u64;
+                self.rt.d2d(dst, t * k * 4, imem.ptr, t * k * 4)?;
+            } else {
+                let (io, _) = a.ids.byte_range();
+                self.put(&a.ids, io, bytes_of(&ids))?;
+            }
+            if let Some(c) = &a.expert_counts {
+                // The histogram on the host (no device scatter-add among the primitives used).
+                let mut counts = vec![0i64; e];
+                for &i in &ids {
+                    if i < 0 || i as usize >= e {
+                        return Err(Error::device(
+                            NAME,
+                            0,
+                            format!("vendor gating op returned an expert id outside [0, {e})"),
+                        ));
+                    }
+                    counts[i as usize] += 1;
+                }
+                let (co, _) = c.byte_range();
+                self.put(c, co, bytes_of(&counts))?;
+            }
+            return Ok(());
+        }
+        let mut ids = vec![0i32; t * k];
+        self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
         // Host: unbiased scores of the chosen experts, renormalize, scale once; counts.
         let mut w = vec![0f32; t * k];
         let mut counts = vec![0i64; e];

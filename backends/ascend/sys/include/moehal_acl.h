@@ -103,6 +103,7 @@ typedef struct aclOpExecutor aclOpExecutor;
 typedef struct aclTensor aclTensor;
 typedef struct aclIntArray aclIntArray;
 typedef struct aclTensorList aclTensorList;
+typedef struct aclScalar aclScalar;
 
 /* aclnnStatus codes (opdev/op_errno.h) */
 #define ACLNN_SUCCESS 0
@@ -148,6 +149,10 @@ MOEHAL_ACL_FN(aclnnStatus, aclDestroyIntArray, (const aclIntArray *array))
 MOEHAL_ACL_FN(aclTensorList *, aclCreateTensorList, (const aclTensor *const *value, uint64_t size))
 MOEHAL_ACL_FN(aclnnStatus, aclDestroyTensorList, (const aclTensorList *array))
 MOEHAL_ACL_FN(aclnnStatus, aclDestroyAclOpExecutor, (aclOpExecutor * executor))
+/* aclCreateScalar: a host scalar the runtime copies (value read as dataType), for the aclScalar
+ * arguments of aclnnClamp / aclnnMuls ([HA canncommercial/800 aclCreateScalar, acl_meta.h]). */
+MOEHAL_ACL_FN(aclScalar *, aclCreateScalar, (void *value, aclDataType dataType))
+MOEHAL_ACL_FN(aclnnStatus, aclDestroyScalar, (const aclScalar *scalar))
 
 /* ---- ops (libopapi.so or its per-domain splits) ------------------------------------------------- */
 /* Every launch has the same shape. */
@@ -256,6 +261,72 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceMulGetWorkspaceSize,
               (aclTensor *selfRef, const aclTensor *other, uint64_t *workspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnInplaceMul)
+
+/* aclnnClamp: out = max(min(self, clipValueMax), clipValueMin), a NULL bound is no bound
+ * ([HA canncommercial/800 aclnnClamp.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnClampGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *clipValueMin, const aclScalar *clipValueMax,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnClamp)
+
+/* aclnnClampMax: out = min(self, clipValueMax)
+ * ([HA canncommercial/800 aclnnClampMax&aclnnInplaceClampMax.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnClampMaxGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *clipValueMax, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnClampMax)
+
+/* aclnnEqScalar: out = (self == other) elementwise, out BOOL
+ * ([HA canncommercial/800 aclnnEqScalar&aclnnInplaceEqScalar.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnEqScalarGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnEqScalar)
+
+/* aclnnInplaceMaskedFillScalar: selfRef[i] = value where mask[i] (BOOL, broadcast to selfRef)
+ * ([HA canncommercial/800 aclnnInplaceMaskedFillScalar.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceMaskedFillScalarGetWorkspaceSize,
+              (aclTensor *selfRef, const aclTensor *mask, const aclScalar *value,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceMaskedFillScalar)
+
+/* aclnnSoftmax: out = softmax(self) along dim ([HA canncommercial/800 aclnnSoftmax.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSoftmaxGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSoftmax)
+
+/* aclnnSigmoid: out = 1 / (1 + exp(-self)) ([HA canncommercial/800 aclnnSigmoid.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSigmoidGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSigmoid)
+
+/* aclnnGather: out[i][j] = self[i][index[i][j]] for dim 1 (torch.gather)
+ * ([HA canncommercial/800 aclnnGather.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnGatherGetWorkspaceSize,
+              (const aclTensor *self, const int64_t dim, const aclTensor *index, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnGather)
+
+/* aclnnReduceSum: out = sum of self over dim (an aclIntArray), in dtype
+ * ([HA canncommercial/800 aclnnReduceSum.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnReduceSumGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclDataType dtype,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnReduceSum)
+
+/* aclnnDiv: out = self / other, broadcast ([HA canncommercial/800 aclnnDiv.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnDivGetWorkspaceSize,
+              (const aclTensor *self, const aclTensor *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnDiv)
+
+/* aclnnMuls: out = self * other (a scalar) ([HA canncommercial/800 aclnnMuls&aclnnInplaceMuls.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnMulsGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMuls)
 
 #ifdef __cplusplus
 }

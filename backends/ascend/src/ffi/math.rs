@@ -1,0 +1,98 @@
+//! Math primitives for compositions on the device: `aclnnSoftmax`, `aclnnSigmoid`, `aclnnGather`,
+//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`.
+
+use moehal_ascend_sys as sys;
+use moehal_core::Result;
+
+use super::aclnn::{opt, Outcome};
+use super::{IntArray, Runtime, Scalar, Tensor};
+
+impl Runtime {
+    /// `aclnnSoftmax(self, dim, out)`: `out = exp(x - max) / sum(exp(x - max))` along `dim`, out of
+    /// self's shape ([HA canncommercial/800 aclnnSoftmax.md]).
+    pub fn softmax(&self, x: &Tensor<'_>, dim: i64, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnSoftmaxGetWorkspaceSize, "aclnnSoftmaxGetWorkspaceSize")?;
+        let l = opt(api.aclnnSoftmax, "aclnnSoftmax")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnSoftmax",
+            |ws, ex| unsafe { p1(x.ptr(), dim, out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnSigmoid(self, out)`: `out = 1 / (1 + exp(-x))` ([HA canncommercial/800 aclnnSigmoid.md]).
+    pub fn sigmoid(&self, x: &Tensor<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnSigmoidGetWorkspaceSize, "aclnnSigmoidGetWorkspaceSize")?;
+        let l = opt(api.aclnnSigmoid, "aclnnSigmoid")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome("aclnnSigmoid", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+    }
+
+    /// `aclnnGather(self, dim, index, out)`: torch.gather, `out[i][j] = self[i][index[i][j]]` for
+    /// `dim = 1`; index INT32 / INT64 of self's rank, out of index's shape and self's dtype ([HA
+    /// canncommercial/800 aclnnGather.md]).
+    pub fn gather_dim(&self, x: &Tensor<'_>, dim: i64, index: &Tensor<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnGatherGetWorkspaceSize, "aclnnGatherGetWorkspaceSize")?;
+        let l = opt(api.aclnnGather, "aclnnGather")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnGather",
+            |ws, ex| unsafe { p1(x.ptr(), dim, index.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnReduceSum(self, dims, keepDim, dtype, out)`: the sum over `dims`, in `dtype` ([HA
+    /// canncommercial/800 aclnnReduceSum.md]).
+    pub fn reduce_sum(
+        &self,
+        x: &Tensor<'_>,
+        dims: &[i64],
+        keep_dim: bool,
+        dtype: sys::aclDataType,
+        out: &Tensor<'_>,
+    ) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnReduceSumGetWorkspaceSize, "aclnnReduceSumGetWorkspaceSize")?;
+        let l = opt(api.aclnnReduceSum, "aclnnReduceSum")?;
+        let d = IntArray::new(self, dims)?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnReduceSum",
+            |ws, ex| unsafe { p1(x.ptr(), d.ptr(), keep_dim, dtype, out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnDiv(self, other, out)`: `out = self / other`, broadcast ([HA canncommercial/800
+    /// aclnnDiv.md]).
+    pub fn div(&self, a: &Tensor<'_>, b: &Tensor<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnDivGetWorkspaceSize, "aclnnDivGetWorkspaceSize")?;
+        let l = opt(api.aclnnDiv, "aclnnDiv")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnDiv",
+            |ws, ex| unsafe { p1(a.ptr(), b.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnMuls(self, other, out)`: `out = self * other` for a scalar `other` ([HA
+    /// canncommercial/800 aclnnMuls&aclnnInplaceMuls.md]).
+    pub fn muls(&self, x: &Tensor<'_>, other: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnMulsGetWorkspaceSize, "aclnnMulsGetWorkspaceSize")?;
+        let l = opt(api.aclnnMuls, "aclnnMuls")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnMuls",
+            |ws, ex| unsafe { p1(x.ptr(), other.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+}

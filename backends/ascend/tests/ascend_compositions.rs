@@ -1,0 +1,141 @@
+//! The aclnn compositions of issue 13 through the strict emulator, on inputs the kit's drawn cases
+//! do not reach: `swiglu` with a `limit` that is not exact in bf16/f16 (the f32 route through
+//! aclnnCast), NaN / ±inf around the clamps, and `moe_combine` with dropped slots whose weights and
+//! unrouted `y_perm` rows hold NaN (each dropped slot must add nothing).
+
+mod ascend_common;
+
+use moehal_core::ops::{MoeCombine, OpDesc, Swiglu};
+use moehal_core::{Backend, BackendExt, DType, Reference};
+use moehal_testkit::{check_backend, Case, Spec};
+
+#[test]
+fn swiglu_limit_not_exact_in_the_dtype_matches_the_reference() {
+    let asc = ascend_common::open_emulated();
+    let s = format!("{:?}", asc.supports(&OpDesc::Swiglu { dtype: DType::BF16 }));
+    assert!(s.contains("aclnnClampMax") && s.contains("aclnnClamp("), "{s}");
+    let mut cases = Vec::new();
+    for dtype in DType::FLOATS {
+        for limit in [7.3f32, 0.1, 10.0] {
+            cases.push(Case::new(
+                format!("swiglu {dtype} limit {limit}"),
+                Spec::Swiglu {
+                    dtype,
+                    m: 9,
+                    i: 37,
+                    limit: Some(limit),
+                },
+            ));
+        }
+    }
+    check_backend(&*asc, "ascend (emulator)", &cases, 0x13, true).assert_pass();
+}
+
+#[test]
+fn swiglu_limit_keeps_nan_and_clamps_infinities() {
+    let asc = ascend_common::open_emulated();
+    let (m, i) = (2usize, 4usize);
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    // gate | up, per row.
+    #[rustfmt::skip]
+    let h: Vec<f32> = vec![
+        nan, 12.0, -12.0, inf,    1.0, nan, -inf, 20.0,
+        -inf, 3.0, 0.5, -30.0,    inf, -inf, 2.0, -0.25,
+    ];
+    let limit = Some(10.0f32);
+    let hb = asc.upload_slice(&h).unwrap();
+    let mut ob = asc.upload_slice(&vec![0f32; m * i]).unwrap();
+    let args = Swiglu {
+        h: hb.view(DType::F32, &[m, 2 * i]),
+        out: ob.view_mut(DType::F32, &[m, i]),
+        limit,
+    };
+    asc.swiglu(args.validate().unwrap()).unwrap();
+    let got: Vec<f32> = asc.download_vec(&ob, m * i).unwrap();
+
+    let r = Reference;
+    let hr = r.upload_slice(&h).unwrap();
+    let mut or = r.upload_slice(&vec![0f32; m * i]).unwrap();
+    let args = Swiglu {
+        h: hr.view(DType::F32, &[m, 2 * i]),
+        out: or.view_mut(DType::F32, &[m, i]),
+        limit,
+    };
+    r.swiglu(args.validate().unwrap()).unwrap();
+    let want: Vec<f32> = r.download_vec(&or, m * i).unwrap();
+    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "out[{j}]: {g}, reference NaN");
+        } else {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "out[{j}]: {g}, reference {w}");
+        }
+    }
+    // The clamps did act: gate +inf and up 20 under limit 10 give silu(10)·10, finite; a NaN gate
+    // (out[0]) and a NaN up (out[1]) stay NaN.
+    assert!(want[3].is_finite() && got[3].is_finite(), "{got:?}");
+    assert!(got[0].is_nan() && got[1].is_nan(), "{got:?}");
+}
+
+#[test]
+fn router_weights_are_composed_on_the_device() {
+    use moehal_core::ops::Scoring;
+    let asc = ascend_common::open_emulated();
+    for scoring in [Scoring::Softmax, Scoring::Sigmoid] {
+        let s = format!(
+            "{:?}",
+            asc.supports(&OpDesc::RouterTopk {
+                dtype: DType::BF16,
+                scoring,
+                group: None,
+            })
+        );
+        assert!(
+            s.contains("aclnnGather(ids)") && s.contains("aclnnMuls") && s.contains("aclnnCast->f32"),
+            "{scoring:?}: {s}"
+        );
+    }
+}
+
+#[test]
+fn combine_dropped_slots_add_nothing_whatever_the_unrouted_rows_hold() {
+    let asc = ascend_common::open_emulated();
+    let s = format!("{:?}", asc.supports(&OpDesc::MoeCombine { dtype: DType::F32 }));
+    assert!(s.contains("aclnnEqScalar"), "{s}");
+    let (t, k, h) = (3usize, 2usize, 4usize);
+    let rows = t * k;
+    let slot: Vec<i64> = vec![0, -1, 2, 1, -1, 3];
+    let nan = f32::NAN;
+    // Rows 4 and 5 are read by no valid slot: NaN, as an engine's unrouted rows may be.
+    let mut y: Vec<f32> = (0..rows * h).map(|v| v as f32 * 0.5 - 3.0).collect();
+    y[4 * h..].iter_mut().for_each(|v| *v = nan);
+    let w: Vec<f32> = vec![0.75, nan, 0.5, -1.25, nan, 2.0];
+    let yb = asc.upload_slice(&y).unwrap();
+    let sb = asc.upload_slice(&slot).unwrap();
+    let wb = asc.upload_slice(&w).unwrap();
+    let mut ob = asc.upload_slice(&vec![nan; t * h]).unwrap();
+    let args = MoeCombine {
+        y_perm: yb.view(DType::F32, &[rows, h]),
+        slot_row: sb.view(DType::I64, &[t, k]),
+        weights: wb.view(DType::F32, &[t, k]),
+        out: ob.view_mut(DType::F32, &[t, h]),
+    };
+    asc.moe_combine(args.validate().unwrap()).unwrap();
+    let got: Vec<f32> = asc.download_vec(&ob, t * h).unwrap();
+    // OPS.md §3: sum_j w[t,j]·y[slot_row[t,j]] in f32, j ascending, dropped slots skipped.
+    for tt in 0..t {
+        for c in 0..h {
+            let mut acc = 0f32;
+            for j in 0..k {
+                let r = slot[tt * k + j];
+                if r >= 0 {
+                    acc += w[tt * k + j] * y[r as usize * h + c];
+                }
+            }
+            assert_eq!(got[tt * h + c], acc, "out[{tt}, {c}]");
+        }
+    }
+    // The inputs are untouched (the masks work on scratch copies).
+    assert_eq!(asc.download_vec::<f32>(&wb, rows).unwrap()[0], 0.75);
+    assert!(asc.download_vec::<f32>(&yb, rows * h).unwrap()[4 * h].is_nan());
+}
