@@ -44,7 +44,8 @@ pub(crate) struct Args {
     /// 0 or more).
     #[arg(long, default_value_t = 5.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
     ref_limit: f64,
-    /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s).
+    /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s;
+    /// at most 50 runs, so a fast shape may take less than this: its row's note says so).
     #[arg(long, default_value_t = 1.0, value_parser = super::seconds_budget, allow_negative_numbers = true)]
     budget: f64,
     /// Seed of the inputs.
@@ -172,6 +173,9 @@ fn no_shape_hint(filter: Option<&str>, tokens: Option<&[usize]>) -> String {
 }
 
 pub(super) fn run(a: Args) -> CliResult {
+    // Flags first: a bad --preset is a usage error before any backend is probed or "skipped:"
+    // printed (issue 16).
+    let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
@@ -195,7 +199,6 @@ pub(super) fn run(a: Args) -> CliResult {
     let device_copy = backends.iter().any(|b| !moehal::pipeline::is_host_backend(b.as_ref()));
     let avail = available_memory().unwrap_or(8 << 30) as f64;
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
-    let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     // The shapes of the run for these token counts (`None`: the defaults), of `--op` only. Big
     // tables and expert sets are scaled to half the budget when an upload copy doubles them.
     let scale_to = if device_copy { budget / 2.0 } else { budget };
