@@ -261,30 +261,35 @@ fn negative_zero_limits_print_as_zero() {
 }
 
 /// Item 11: `--backend reference --no-reference` runs the layer once, unchecked, and says so once.
+/// Fourth pass, item 5: `--ref-limit 0` (no reference time allowed) is the same rule.
 #[test]
 fn the_reference_as_backend_with_no_reference_runs_once() {
-    let o = moehal(&[
-        "moe",
-        "--preset",
-        "qwen3-30b-a3b",
-        "--tokens",
-        "2",
-        "--scale-widths",
-        "16",
-        "--budget-mib",
-        "64",
-        "--backend",
-        "reference",
-        "--no-reference",
-    ]);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}{err}");
-    assert_eq!(out.matches("runs once").count(), 1, "{out}");
-    assert!(!out.contains("determinism"), "{out}");
-    assert!(out.contains("not checked"), "{out}");
-    // One column of stage times: the reference did not run a second time.
-    let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
-    assert_eq!(header.split_whitespace().count(), 2, "{header}");
+    for flags in [&["--no-reference"][..], &["--ref-limit", "0"]] {
+        let mut args = vec![
+            "moe",
+            "--preset",
+            "qwen3-30b-a3b",
+            "--tokens",
+            "2",
+            "--scale-widths",
+            "16",
+            "--budget-mib",
+            "64",
+            "--backend",
+            "reference",
+        ];
+        args.extend_from_slice(flags);
+        let o = moehal(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{flags:?}: {out}{err}");
+        assert_eq!(out.matches("runs once").count(), 1, "{out}");
+        assert!(out.contains(&flags.join(" ")), "{out}");
+        assert!(!out.contains("determinism"), "{out}");
+        assert!(out.contains("not checked"), "{out}");
+        // One column of stage times: the reference did not run a second time.
+        let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
+        assert_eq!(header.split_whitespace().count(), 2, "{header}");
+    }
 }
 
 // ---- Issue 16, a fresh user's fourth pass ----
@@ -469,33 +474,6 @@ fn more_bad_flag_values_exit_2_before_work() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}{err}");
     assert!(!out.contains("skipped:"), "probed before the flag was checked: {out}");
-}
-
-/// Item 5: `--ref-limit 0` with `--backend reference` is the rule of --no-reference: one run,
-/// unchecked, said once.
-#[test]
-fn ref_limit_zero_on_the_reference_runs_once() {
-    let o = moehal(&[
-        "moe",
-        "--preset",
-        "qwen3-30b-a3b",
-        "--tokens",
-        "2",
-        "--scale-widths",
-        "16",
-        "--budget-mib",
-        "64",
-        "--backend",
-        "reference",
-        "--ref-limit",
-        "0",
-    ]);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}{err}");
-    assert!(out.contains("--ref-limit 0") && out.contains("runs once"), "{out}");
-    assert!(!out.contains("determinism"), "{out}");
-    let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
-    assert_eq!(header.split_whitespace().count(), 2, "{header}");
 }
 
 /// Item 6: bench's cap on timed runs is in --help.
