@@ -1588,6 +1588,10 @@ pub struct BenchRow {
     pub ratio_vs_bf16: Option<f64>,
     /// Notes: scaling, skips, errors.
     pub note: String,
+    /// Whether [`MAX_TIMED_RUNS`] cut the runs the budget allowed ([`Measurement::capped`]);
+    /// `moehal bench` says how many rows it cut, under the table (not in the JSON).
+    #[serde(skip)]
+    pub capped: bool,
 }
 
 /// Run every shape on every backend given (the reference, when among them, is timed first on
@@ -1648,6 +1652,7 @@ pub fn run_table(
                 ratio_vs_reference: None,
                 ratio_vs_bf16: None,
                 note: s.notes.join("; "),
+                capped: false,
             };
             let add_note = |row: &mut BenchRow, n: String| {
                 if !row.note.is_empty() {
@@ -1672,12 +1677,7 @@ pub fn run_table(
                 Ok(m) => {
                     row.seconds = m.median;
                     row.reps = m.reps;
-                    if m.capped {
-                        add_note(
-                            &mut row,
-                            format!("{MAX_TIMED_RUNS} timed runs (the cap): the budget allowed more"),
-                        );
-                    }
+                    row.capped = m.capped;
                     row.gflops = s.flops().map(|f| f / m.median / 1e9);
                     row.gbs = Some(s.bytes() / m.median / 1e9);
                     if let (Some((d, db)), Some(g)) = (dram, row.gbs) {
@@ -1939,6 +1939,7 @@ mod tests {
                 ratio_vs_reference: None,
                 ratio_vs_bf16: None,
                 note: String::new(),
+                capped: m.capped,
             });
             row_shape.push(i);
         }

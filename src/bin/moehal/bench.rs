@@ -45,7 +45,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
     ref_limit: f64,
     /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s;
-    /// at most 50 runs, so a fast shape may take less than this: its row's note says so).
+    /// at most 50 runs, so a fast shape may take less than this: a note under the table says how
+    /// many rows the cap cut).
     #[arg(long, default_value_t = 1.0, value_parser = super::seconds_budget, allow_negative_numbers = true)]
     budget: f64,
     /// Seed of the inputs.
@@ -324,6 +325,16 @@ pub(super) fn run(a: Args) -> CliResult {
         ]);
     }
     out!("{}", t.render());
+    // Issue 16: the run cap is said, not silent.
+    let capped = rows.iter().filter(|r| r.capped).count();
+    if capped > 0 {
+        outln!(
+            "note: {capped} of {} rows reached the cap of {} timed runs before their --budget of {} s: they took less time than the budget",
+            rows.len(),
+            moehal::bench::MAX_TIMED_RUNS,
+            a.budget
+        );
+    }
     outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows, engram_lookup); vs ref = reference time / time, same run; quantized grouped_gemm: GB/s of weights + scales, vs bf16 = moehal's bf16 time on the same shape / time, same run");
     if let Some(out) = json {
         out.write(&serde_json::to_value(&rows)?)?;
