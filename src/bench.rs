@@ -993,10 +993,16 @@ pub struct Measurement {
     pub min: f64,
     /// Runs timed (after one warm-up).
     pub reps: usize,
+    /// Whether [`MAX_TIMED_RUNS`] cut the runs the budget allowed (the row used less time than
+    /// its budget; `moehal bench` notes it).
+    pub capped: bool,
 }
 
-/// One warm-up run, then `clamp(budget / warm-up, 3, 50)` timed runs (2 when a run takes more
-/// than a second); the median.
+/// The most timed runs of one shape and backend, whatever the budget ([`measure`]).
+pub const MAX_TIMED_RUNS: usize = 50;
+
+/// One warm-up run, then `clamp(budget / warm-up, 3, MAX_TIMED_RUNS)` timed runs (2 when a run
+/// takes more than a second); the median.
 ///
 /// # Errors
 /// The op's errors.
@@ -1004,10 +1010,11 @@ pub fn measure(p: &mut Prepared<'_>, budget_s: f64) -> Result<Measurement> {
     let t0 = Instant::now();
     p.run()?;
     let warm = t0.elapsed().as_secs_f64();
+    let allowed = (budget_s / warm.max(1e-7)) as usize;
     let reps = if warm > 1.0 {
         2
     } else {
-        ((budget_s / warm.max(1e-7)) as usize).clamp(3, 50)
+        allowed.clamp(3, MAX_TIMED_RUNS)
     };
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -1025,6 +1032,7 @@ pub fn measure(p: &mut Prepared<'_>, budget_s: f64) -> Result<Measurement> {
         median,
         min: ts[0],
         reps,
+        capped: warm <= 1.0 && allowed > MAX_TIMED_RUNS,
     })
 }
 
@@ -1580,6 +1588,10 @@ pub struct BenchRow {
     pub ratio_vs_bf16: Option<f64>,
     /// Notes: scaling, skips, errors.
     pub note: String,
+    /// Whether [`MAX_TIMED_RUNS`] cut the runs the budget allowed ([`Measurement::capped`]);
+    /// `moehal bench` says how many rows it cut, under the table (not in the JSON).
+    #[serde(skip)]
+    pub capped: bool,
 }
 
 /// Run every shape on every backend given (the reference, when among them, is timed first on
@@ -1640,6 +1652,7 @@ pub fn run_table(
                 ratio_vs_reference: None,
                 ratio_vs_bf16: None,
                 note: s.notes.join("; "),
+                capped: false,
             };
             let add_note = |row: &mut BenchRow, n: String| {
                 if !row.note.is_empty() {
@@ -1664,6 +1677,7 @@ pub fn run_table(
                 Ok(m) => {
                     row.seconds = m.median;
                     row.reps = m.reps;
+                    row.capped = m.capped;
                     row.gflops = s.flops().map(|f| f / m.median / 1e9);
                     row.gbs = Some(s.bytes() / m.median / 1e9);
                     if let (Some((d, db)), Some(g)) = (dram, row.gbs) {
@@ -1925,6 +1939,7 @@ mod tests {
                 ratio_vs_reference: None,
                 ratio_vs_bf16: None,
                 note: String::new(),
+                capped: m.capped,
             });
             row_shape.push(i);
         }

@@ -382,7 +382,7 @@ fn engram_on_a_small_text() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
     assert!(out.contains("cl100k_base"), "{out}");
-    assert!(out.contains("rows scaled to fit memory: row mod R (R = 4096)"), "{out}");
+    assert!(out.contains("rows as given by --rows: row mod R (R = 4096)"), "{out}");
     assert!(out.contains("vs reference: exact"), "{out}");
     assert!(out.contains("bitwise equal"), "{out}");
     // One batch is not "1 batches" (bench5).

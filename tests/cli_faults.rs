@@ -261,28 +261,241 @@ fn negative_zero_limits_print_as_zero() {
 }
 
 /// Item 11: `--backend reference --no-reference` runs the layer once, unchecked, and says so once.
+/// Fourth pass, item 5: `--ref-limit 0` (no reference time allowed) is the same rule.
 #[test]
 fn the_reference_as_backend_with_no_reference_runs_once() {
-    let o = moehal(&[
+    for flags in [&["--no-reference"][..], &["--ref-limit", "0"]] {
+        let mut args = vec![
+            "moe",
+            "--preset",
+            "qwen3-30b-a3b",
+            "--tokens",
+            "2",
+            "--scale-widths",
+            "16",
+            "--budget-mib",
+            "64",
+            "--backend",
+            "reference",
+        ];
+        args.extend_from_slice(flags);
+        let o = moehal(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{flags:?}: {out}{err}");
+        assert_eq!(out.matches("runs once").count(), 1, "{out}");
+        assert!(out.contains(&flags.join(" ")), "{out}");
+        assert!(!out.contains("determinism"), "{out}");
+        assert!(out.contains("not checked"), "{out}");
+        // One column of stage times: the reference did not run a second time.
+        let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
+        assert_eq!(header.split_whitespace().count(), 2, "{header}");
+    }
+}
+
+// ---- Issue 16, a fresh user's fourth pass ----
+
+mod common;
+
+fn moehal_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moehal"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("the moehal binary runs")
+}
+
+/// The directory of the Ascend emulator's `libascendcl.so` (`cargo build -p moehal-ascend-emu`
+/// puts it next to the binary), or `None` when it is not built.
+fn emulator_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_moehal"))
+        .parent()?
+        .to_path_buf();
+    dir.join("libascendcl.so").is_file().then_some(dir)
+}
+
+/// Item 1: a device backend's memory (DeviceInfo) is in `moe`'s sizing rule: on a 1000-byte
+/// Ascend emulator the run fails up front naming the device memory and what the weights need, not
+/// "out of memory allocating ..." mid-upload. Item 9: the unavailable hint says what
+/// MOEHAL_ASCEND_LIB_DIR searched when it is set, not to set it.
+#[test]
+fn moe_sizes_weights_against_device_memory() {
+    let empty = temp_dir("no-acl");
+    let e = empty.to_str().unwrap();
+    // Every other place the loader searches is emptied too (cargo's LD_LIBRARY_PATH holds the
+    // emulator); a machine with a real CANN under /usr/local/Ascend finds that instead.
+    let o = moehal_env(
+        &["devices"],
+        &[
+            ("MOEHAL_ASCEND_LIB_DIR", e),
+            ("LD_LIBRARY_PATH", e),
+            ("ASCEND_HOME_PATH", e),
+            ("ASCEND_TOOLKIT_HOME", e),
+        ],
+    );
+    let (out, err) = text(&o);
+    if !std::path::Path::new("/usr/local/Ascend").exists() {
+        assert!(
+            out.contains(&format!("MOEHAL_ASCEND_LIB_DIR={e} was searched first"))
+                && !out.contains("set MOEHAL_ASCEND_LIB_DIR"),
+            "{out}{err}"
+        );
+    }
+    std::fs::remove_dir_all(&empty).ok();
+    let Some(dir) = emulator_dir() else {
+        println!("the Ascend emulator is not built (cargo build -p moehal-ascend-emu): skipped");
+        return;
+    };
+    let env = [
+        ("MOEHAL_ACL_EMU_MEM_CAP", "1000"),
+        ("MOEHAL_ASCEND_LIB_DIR", dir.to_str().unwrap()),
+    ];
+    let args = [
         "moe",
         "--preset",
         "qwen3-30b-a3b",
         "--tokens",
         "2",
-        "--scale-widths",
-        "16",
-        "--budget-mib",
-        "64",
         "--backend",
-        "reference",
-        "--no-reference",
+        "ascend",
+    ];
+    let o = moehal_env(&args, &env);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("ascend's device memory is 1000 B") && err.contains("nothing of this layer fits"),
+        "{err}"
+    );
+    assert!(!err.contains("out of memory allocating"), "{err}");
+    assert!(!out.contains("tokens 2,"), "started before failing: {out}");
+    // An explicit --budget-mib over the device's memory is a usage error naming the flag.
+    let mut explicit = args.to_vec();
+    explicit.extend(["--budget-mib", "64"]);
+    let o = moehal_env(&explicit, &env);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("--budget-mib 64") && err.contains("device memory"),
+        "{err}"
+    );
+}
+
+/// Item 2: a preset whose group limit cannot route the checkpoint's experts (deepseek-v3: n_group
+/// 8, topk_group 4, top-8 over 8 experts) fails before any work, naming both.
+#[test]
+fn a_preset_that_cannot_route_the_checkpoint_fails_before_work() {
+    let dir = temp_dir("route");
+    let path = dir.join("ok.safetensors");
+    common::v4_layer_file(&path);
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "deepseek-v3",
+        "--tokens",
+        "8",
+        "--weights",
+        path.to_str().unwrap(),
+        "--layer",
+        "3",
     ]);
     let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    for want in ["n_group 8", "topk_group 4", "top-8", "8 routed experts"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("router_topk"), "failed in the router: {err}");
+    assert!(!out.contains("tokens 8,"), "started before failing: {out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Rewrite every F8_E8M0 tensor of the safetensors file at `path` to `byte`.
+fn set_e8m0(path: &std::path::Path, byte: u8) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let mut hit = 0;
+    for (_, t) in header.as_object().unwrap() {
+        if t.get("dtype").and_then(|d| d.as_str()) == Some("F8_E8M0") {
+            let off = t["data_offsets"].as_array().unwrap();
+            let (s, e) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+            b[8 + n + s..8 + n + e].fill(byte);
+            hit += 1;
+        }
+    }
+    assert!(hit > 0, "no F8_E8M0 tensor");
+    std::fs::write(path, b).unwrap();
+}
+
+/// Item 3: an all-NaN output (every E8M0 scale 255 = NaN) compares no value: the verdict is NOT
+/// CHECKED with exit status 1, never "relative error 0: PASS".
+#[test]
+fn an_all_nan_output_is_not_a_pass() {
+    let dir = temp_dir("nan");
+    let path = dir.join("nan.safetensors");
+    common::v4_layer_file(&path);
+    set_e8m0(&path, 255);
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "deepseek-v4-flash",
+        "--tokens",
+        "8",
+        "--weights",
+        path.to_str().unwrap(),
+        "--layer",
+        "3",
+        "--backend",
+        "reference",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("NOT CHECKED: every output is NaN"), "{out}");
+    assert!(!out.contains("PASS"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Item 4: usage errors found after parsing exit 2 naming the flag, before any backend is probed;
+/// an empty --backend is said to be empty.
+#[test]
+fn more_bad_flag_values_exit_2_before_work() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["check", "--backend", "foo"], "--backend foo"),
+        (&["kernels", "--backend", "foo"], "--backend foo"),
+        (&["kernels", "--backend", ""], "--backend: the value is empty"),
+        (&["check", "--backend", ""], "--backend: the value is empty"),
+    ];
+    for (args, want) in cases {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let o = moehal(&["bench", "--preset", "foo"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(!out.contains("skipped:"), "probed before the flag was checked: {out}");
+}
+
+/// Item 6: bench's cap on timed runs is in --help.
+#[test]
+fn bench_help_says_the_run_cap() {
+    let o = moehal(&["bench", "--help"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.contains("at most 50 runs"), "{out}");
+}
+
+/// Items 7 and 8: engram says a size the user chose is the user's (--rows), and on the reference
+/// that the check is a determinism check, not "vs reference".
+#[test]
+fn engram_words_sizes_and_self_checks_as_they_are() {
+    let o = moehal(&["engram", "--rows", "1000", "--backend", "reference"]);
+    let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
-    assert_eq!(out.matches("runs once").count(), 1, "{out}");
-    assert!(!out.contains("determinism"), "{out}");
-    assert!(out.contains("not checked"), "{out}");
-    // One column of stage times: the reference did not run a second time.
-    let header = out.lines().find(|l| l.starts_with("stage")).expect("a stage table");
-    assert_eq!(header.split_whitespace().count(), 2, "{header}");
+    assert!(out.contains("rows as given by --rows: row mod R (R = 1000)"), "{out}");
+    assert!(!out.contains("scaled to fit memory"), "{out}");
+    assert!(
+        out.contains("determinism check") && !out.contains("vs reference:"),
+        "{out}"
+    );
 }

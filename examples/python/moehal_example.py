@@ -5,8 +5,9 @@ torch tensors through DLPack when torch is importable), compared with the framew
     python3 examples/python/moehal_example.py            # numpy, then torch if installed
     python3 examples/python/moehal_example.py --numpy-only
 
-Environment: MOEHAL_LIB (path of libmoehal_ffi.so), MOEHAL_BACKEND (host backend to use;
-default "cpu", else "reference").
+Environment: MOEHAL_LIB (path of libmoehal_ffi.so), MOEHAL_BACKEND (host backend to use: "cpu"
+or "reference"; default "cpu", else "reference"; a device backend exits with a message, since the
+arrays here are host memory).
 """
 
 import os
@@ -16,10 +17,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import moehal  # noqa: E402
 
 
+# Backends whose buffers are host memory: this example hands them numpy / CPU torch arrays as is
+# (DLPack kDLCPU). A device backend (cuda, ascend) would need its arrays uploaded first, which this
+# example does not do.
+HOST_BACKENDS = ("cpu", "reference")
+
+
 def host_backend(lib):
     want = os.environ.get("MOEHAL_BACKEND")
-    avail = {name for name, ok, _ in lib.backends() if ok}
-    name = want or ("cpu" if "cpu" in avail else "reference")
+    avail = {name: (ok, reason) for name, ok, reason in lib.backends()}
+    name = want or ("cpu" if avail.get("cpu", (False, ""))[0] else "reference")
+    if name not in HOST_BACKENDS:
+        sys.exit(f"MOEHAL_BACKEND={name}: this example passes host (numpy / CPU torch) arrays, so it runs "
+                 f"on a host backend only: {', '.join(HOST_BACKENDS)}")
+    ok, reason = avail.get(name, (False, "not compiled into this library"))
+    if not ok:
+        sys.exit(f"MOEHAL_BACKEND={name}: backend unavailable ({reason})")
     return lib.open(name)
 
 

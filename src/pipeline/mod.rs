@@ -220,6 +220,24 @@ pub fn rel_error(out: &[f32], reference: &[f32]) -> f64 {
     }
 }
 
+/// Why a verdict over `reference` would compare no value, or `None` when at least one value is
+/// compared: an empty output, or one whose every element is NaN in the reference ([`rel_error`]
+/// skips those). Issue 16: such a verdict is not a PASS; the CLI prints `NOT CHECKED: <why>` and
+/// exits with status 1 (check, engram, moe).
+pub fn nothing_compared(reference: &[f32]) -> Option<String> {
+    if reference.is_empty() {
+        Some("no output values to compare".into())
+    } else if reference.iter().all(|x| x.is_nan()) {
+        Some(format!(
+            "every output is NaN ({} of {} in the reference)",
+            reference.len(),
+            reference.len()
+        ))
+    } else {
+        None
+    }
+}
+
 /// NaN elements of an output (reported beside [`rel_error`], which compares only the others).
 pub fn nan_count(v: &[f32]) -> usize {
     v.iter().filter(|x| x.is_nan()).count()
@@ -300,6 +318,10 @@ mod tests {
         assert!(rel_error(&[1.0], &[f32::NAN]).is_infinite(), "NaN must stay NaN");
         assert_eq!(rel_error(&[f32::NAN, 2.0], &[f32::NAN, 2.0]), 0.0);
         assert_eq!(nan_count(&[f32::NAN, 2.0, f32::NAN]), 2);
+        // A verdict over no compared value is not a pass (issue 16).
+        assert!(nothing_compared(&[f32::NAN, f32::NAN]).is_some_and(|w| w.contains("every output is NaN")));
+        assert!(nothing_compared(&[]).is_some());
+        assert_eq!(nothing_compared(&[f32::NAN, 0.0]), None);
         assert!(rel_error(&[1.0], &[1.0, 2.0]).is_infinite());
     }
 

@@ -1076,7 +1076,8 @@ impl CheckpointPlan<'_> {
 /// the expected one), a zero size, gate_up and down that disagree, a routed and shared format the
 /// layer cannot run (an fp8_block layer with E8M0 weight scales: `moe` runs f32 fp8 scales), a
 /// `tid2eid` of another width than `k` or with an entry outside `0..E` (naming its index and
-/// value), an expert missing between present ones (`experts.8` absent, `experts.9` present).
+/// value), an expert missing between present ones (`experts.8` absent, `experts.9` present), a
+/// gated layer whose experts `base`'s group limit cannot route (OPS.md §2: n_group dividing E, k within topk_group groups).
 pub fn plan_checkpoint_layer<'a>(
     ck: &'a crate::checkpoint::Checkpoint,
     layer: usize,
@@ -1215,6 +1216,9 @@ pub fn plan_checkpoint_layer<'a>(
             Some((ids, t.shape[0]))
         }
     };
+    if tid2eid.is_none() {
+        check_group_routing(base, e, layer)?;
+    }
     Ok(CheckpointPlan {
         ck,
         layer,
@@ -1224,6 +1228,48 @@ pub fn plan_checkpoint_layer<'a>(
         down: dn,
         shared,
     })
+}
+
+/// Whether a gated layer of `e` routed experts can be routed by `base`'s group limit (the rules of
+/// `router_topk`, OPS.md §2: `n_group` divides E, `k <= topk_group * E / n_group`, top2_sum
+/// groups of at least 2 experts), checked before any upload (issue 16: a deepseek-v3 preset on an
+/// 8-expert checkpoint printed its header and failed in the router). Hash-routed layers
+/// (`gate.tid2eid`) have no group limit.
+fn check_group_routing(base: &Preset, e: usize, layer: usize) -> Result<()> {
+    let Some(g) = base.group.filter(|g| g.n_group > 1) else {
+        return Ok(());
+    };
+    let what = format!(
+        "preset {} (n_group {}, topk_group {}, top-{}) cannot route layer {layer}'s {e} routed experts",
+        base.name, g.n_group, g.topk_group, base.k
+    );
+    let why = if e % g.n_group != 0 {
+        Some(format!("n_group {} does not divide {e} experts", g.n_group))
+    } else if base.k > g.topk_group * (e / g.n_group) {
+        Some(format!(
+            "top-{} exceeds topk_group * E / n_group = {} * {e} / {} = {}",
+            base.k,
+            g.topk_group,
+            g.n_group,
+            g.topk_group * (e / g.n_group)
+        ))
+    } else if g.score == moehal_core::ops::GroupScore::Top2Sum && e / g.n_group < 2 {
+        Some(format!(
+            "top2_sum group scores need 2 experts per group, {e} / {} = {}",
+            g.n_group,
+            e / g.n_group
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::invalid(
+            "moe",
+            "weights",
+            format!("{what}: {why} (a preset whose routing fits these experts, or a checkpoint of the preset's)"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Read layer `layer` of checkpoint `ck` ([`plan_checkpoint_layer`]) and upload its expert

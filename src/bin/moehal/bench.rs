@@ -44,7 +44,9 @@ pub(crate) struct Args {
     /// 0 or more).
     #[arg(long, default_value_t = 5.0, value_parser = super::seconds_limit, allow_negative_numbers = true)]
     ref_limit: f64,
-    /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s).
+    /// Target seconds of timed runs per shape and backend (at least 3 runs; 2 if a run takes > 1 s;
+    /// at most 50 runs, so a fast shape may take less than this: a note under the table says how
+    /// many rows the cap cut).
     #[arg(long, default_value_t = 1.0, value_parser = super::seconds_budget, allow_negative_numbers = true)]
     budget: f64,
     /// Seed of the inputs.
@@ -172,6 +174,9 @@ fn no_shape_hint(filter: Option<&str>, tokens: Option<&[usize]>) -> String {
 }
 
 pub(super) fn run(a: Args) -> CliResult {
+    // Flags first: a bad --preset is a usage error before any backend is probed or "skipped:"
+    // printed (issue 16).
+    let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
     let reg = Registry::discover();
     let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
@@ -195,7 +200,6 @@ pub(super) fn run(a: Args) -> CliResult {
     let device_copy = backends.iter().any(|b| !moehal::pipeline::is_host_backend(b.as_ref()));
     let avail = available_memory().unwrap_or(8 << 30) as f64;
     let budget = (avail * 0.3).min(4.5 * (1u64 << 30) as f64);
-    let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     // The shapes of the run for these token counts (`None`: the defaults), of `--op` only. Big
     // tables and expert sets are scaled to half the budget when an upload copy doubles them.
     let scale_to = if device_copy { budget / 2.0 } else { budget };
@@ -321,6 +325,16 @@ pub(super) fn run(a: Args) -> CliResult {
         ]);
     }
     out!("{}", t.render());
+    // Issue 16: the run cap is said, not silent.
+    let capped = rows.iter().filter(|r| r.capped).count();
+    if capped > 0 {
+        outln!(
+            "note: {capped} of {} rows reached the cap of {} timed runs before their --budget of {} s: they took less time than the budget",
+            rows.len(),
+            moehal::bench::MAX_TIMED_RUNS,
+            a.budget
+        );
+    }
     outln!("GB/s: weights of the experts used (grouped_gemm), logits read (router_topk), rows moved (glue), ids + rows (engram_hash), bytes gathered (gather_rows, engram_lookup); vs ref = reference time / time, same run; quantized grouped_gemm: GB/s of weights + scales, vs bf16 = moehal's bf16 time on the same shape / time, same run");
     if let Some(out) = json {
         out.write(&serde_json::to_value(&rows)?)?;

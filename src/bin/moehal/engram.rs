@@ -47,10 +47,11 @@ pub(crate) struct Args {
     /// complete).
     #[arg(long, requires = "save_table")]
     force: bool,
-    /// Tokens hashed and gathered at a time (bounds the gather output buffer). More than the
-    /// memory allows is an error naming the most that fits.
-    #[arg(long, default_value_t = 2048, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
-    batch_tokens: usize,
+    /// Tokens hashed and gathered at a time (bounds the gather output buffer); default 2048. An
+    /// explicit value over what memory allows is an error naming the most that fits; the implied
+    /// default is scaled down to that, with a note (README: implied sizes are scaled to fit).
+    #[arg(long, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
+    batch_tokens: Option<usize>,
     /// Bytes of text read and tokenized at a time (at least 4; a value above the text's size
     /// reads the whole text at once, never more).
     #[arg(long, default_value_t = 256 << 10, value_parser = super::whole_at_least::<4>, allow_negative_numbers = true)]
@@ -231,9 +232,32 @@ fn check_batch_fits(n: usize, per_token: u128, avail: u64) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The implied `--batch-tokens` (2048), scaled down to the most that fit memory, with the note
+/// that says so; an error when not even one token fits.
+fn default_batch_tokens(per_token: u128, avail: u64) -> anyhow::Result<(usize, Option<String>)> {
+    const DEFAULT: usize = 2048;
+    let max = (avail as f64 * BATCH_MEMORY_SHARE) as u128 / per_token.max(1);
+    if max >= DEFAULT as u128 {
+        return Ok((DEFAULT, None));
+    }
+    if max == 0 {
+        // One token over the share: the same error an explicit --batch-tokens 1 gets.
+        check_batch_fits(1, per_token, avail)?;
+    }
+    Ok((
+        max as usize,
+        Some(format!(
+            "batch of {max} tokens (the default 2048 scaled to fit memory: {} per token, at most {:.0}% of the {} available)",
+            human_bytes(per_token as f64),
+            BATCH_MEMORY_SHARE * 100.0,
+            human_bytes(avail as f64)
+        )),
+    ))
+}
+
 pub(super) fn run(a: Args) -> CliResult {
     // The parsers enforce these; kept for callers that build `Args` directly, as usage errors.
-    if a.batch_tokens == 0 {
+    if a.batch_tokens == Some(0) {
         return Err(super::usage("--batch-tokens must be at least 1"));
     }
     if a.chunk_bytes < 4 {
@@ -280,7 +304,13 @@ pub(super) fn run(a: Args) -> CliResult {
     let chunk_bytes = chunk_for(a.chunk_bytes, total);
     let per_token = batch_bytes_per_token(&table);
     let avail = available_memory().unwrap_or(8 << 30);
-    check_batch_fits(a.batch_tokens, per_token, avail)?;
+    let batch_tokens = match a.batch_tokens {
+        Some(n) => {
+            check_batch_fits(n, per_token, avail)?;
+            (n, None)
+        }
+        None => default_batch_tokens(per_token, avail)?,
+    };
 
     let sp = spinner("loading cl100k_base and building the compression table");
     let tok = Tokenizer::cl100k()?;
@@ -328,12 +358,23 @@ pub(super) fn run(a: Args) -> CliResult {
         layer.pad_id()
     );
     outln!("table: {} ({})", table.source, human_bytes(table.bytes() as f64));
+    // Issue 16: only the implied size is chosen by memory; --rows and --table are the user's.
+    let why_rows = if a.table.is_some() {
+        "the table file's rows"
+    } else if a.rows.is_some() {
+        "rows as given by --rows"
+    } else {
+        "rows scaled to fit memory (the default table is 256 MiB; --rows to choose)"
+    };
     outln!(
-        "substitution: the real layer-1 table has {} rows x {} B (fp8 + scales); rows scaled to fit memory: row mod R (R = {})",
+        "substitution: the real layer-1 table has {} rows x {} B (fp8 + scales); {why_rows}: row mod R (R = {})",
         v41_flash::ROWS[0],
         v41_flash::ROW_DIM + v41_flash::ROW_DIM / 32,
         table.rows
     );
+    if let Some(n) = &batch_tokens.1 {
+        outln!("note: {n}");
+    }
 
     // Bind the table: host backends read it in place; device backends read host tables where they
     // support it, else get a device copy.
@@ -363,7 +404,7 @@ pub(super) fn run(a: Args) -> CliResult {
 
     let opts = StreamOptions {
         chunk_bytes,
-        batch_tokens: a.batch_tokens,
+        batch_tokens: batch_tokens.0,
         ..StreamOptions::default()
     };
     let pb = progress_bytes(total.unwrap_or(0), "tokenizing, hashing and gathering");
@@ -382,7 +423,7 @@ pub(super) fn run(a: Args) -> CliResult {
         rep.chunks,
         human_bytes(chunk_bytes as f64),
         rep.batches,
-        a.batch_tokens,
+        batch_tokens.0,
         human_bytes(rep.max_out_bytes as f64),
         rep.max_tokens_in_flight,
         if rep.cuts_inside_lines > 0 {
@@ -395,8 +436,16 @@ pub(super) fn run(a: Args) -> CliResult {
             String::new()
         }
     );
+    // Issue 16: on the reference itself the comparisons are a determinism check, said as `moe`
+    // says it, not "vs reference: exact".
+    let same = be.name() == "reference";
+    let vs = if same {
+        "vs a second run of the reference (the reference against itself: a determinism check)"
+    } else {
+        "vs reference"
+    };
     outln!(
-        "engram_hash on {label}: {} tokens x {} columns in {} ({:.2e} tokens/s); vs reference: {}",
+        "engram_hash on {label}: {} tokens x {} columns in {} ({:.2e} tokens/s); {vs}: {}",
         rep.tokens,
         c,
         human_seconds(rep.hash_seconds),
@@ -420,8 +469,17 @@ pub(super) fn run(a: Args) -> CliResult {
         rep.gathered_rows as f64 / rep.gather_seconds,
         gathered / rep.gather_seconds / 1e9
     );
+    // Issue 16: a verdict over no compared value is not a pass.
+    if rep.tokens == 0 || rep.sampled == 0 {
+        outln!(
+            "gather {vs}: NOT CHECKED: no token was {} (the text gave {} tokens); an equality over nothing is not a pass",
+            if rep.tokens == 0 { "hashed" } else { "sampled" },
+            rep.tokens
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     outln!(
-        "gather vs reference on {} sampled tokens: {}",
+        "gather {vs} on {} sampled tokens: {}",
         rep.sampled,
         if rep.sample_bad == 0 {
             "bitwise equal".to_string()
@@ -439,6 +497,31 @@ pub(super) fn run(a: Args) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16: the implied --batch-tokens (2048) is scaled to what fits, with a note; 2048 when
+    /// it fits (no note); an error only when not one token fits. (An explicit value over the limit
+    /// is [`check_batch_fits`]'s error.)
+    #[test]
+    fn the_default_batch_is_scaled_to_fit_with_a_note() {
+        let per_token = 96u128 << 20;
+        let avail = 22u64 << 30;
+        let (n, note) = default_batch_tokens(per_token, avail).unwrap();
+        let max = (avail as f64 * BATCH_MEMORY_SHARE) as u128 / per_token;
+        assert_eq!(n as u128, max);
+        assert!(n < 2048 && n > 0);
+        let note = note.expect("a note when scaled");
+        assert!(
+            note.contains("default 2048 scaled to fit memory") && !note.contains("--batch-tokens"),
+            "{note}"
+        );
+        assert!(check_batch_fits(n, per_token, avail).is_ok());
+        assert!(check_batch_fits(2048, per_token, avail)
+            .unwrap_err()
+            .to_string()
+            .contains("--batch-tokens 2048"));
+        assert_eq!(default_batch_tokens(1024, avail).unwrap(), (2048, None));
+        assert!(default_batch_tokens(per_token, 1 << 20).is_err());
+    }
 
     #[test]
     fn chunks_never_exceed_the_text_and_batches_must_fit_memory() {

@@ -29,11 +29,19 @@ fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> anyhow::Result<Vec<&
         match compiled.iter().find(|c| **c == w.as_str()) {
             Some(c) if !out.contains(c) => out.push(*c),
             Some(_) => {}
+            // A usage error (exit 2), and an empty value is said to be empty (issue 16: it read
+            // "--backend : unknown backend" with exit status 1).
+            None if w.trim().is_empty() => {
+                return Err(super::usage(format!(
+                    "--backend: the value is empty: name a backend (compiled into this build: {})",
+                    compiled.join(", ")
+                )))
+            }
             None => {
-                return Err(anyhow!(
+                return Err(super::usage(format!(
                     "--backend {w}: unknown backend (compiled into this build: {})",
                     compiled.join(", ")
-                ))
+                )))
             }
         }
     }

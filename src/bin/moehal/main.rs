@@ -70,7 +70,9 @@ enum Command {
 /// Printed after `moehal --help`: the one rule of exit statuses (issue 16).
 const EXIT_STATUS: &str = "\
 Exit status: 0 when the command did its work and everything it checked matched; 1 when a check
-failed or the work could not be done (a file, a device, the memory of this machine, stdout);
+failed or compared no value (NOT CHECKED: every output NaN) or the work could not be done (a
+file, a checkpoint its --preset cannot route, a device, the memory of this machine or device,
+stdout);
 2 on a usage error: an unknown flag, or a flag value that is bad alone or with the other flags
 (out of range for the preset, op or dtype chosen; an unknown preset or backend name); the message
 names the flag.";
@@ -108,7 +110,9 @@ fn error_status(e: &anyhow::Error) -> ExitCode {
 /// into this build) is a usage error naming the flag; an unavailable backend a runtime error.
 pub(crate) fn backend_error(name: &str, e: moehal::Error) -> anyhow::Error {
     let msg = e.to_string();
-    if msg.contains("not compiled into this build") {
+    if name.trim().is_empty() {
+        usage(format!("--backend: the value is empty: name a backend ({msg})"))
+    } else if msg.contains("not compiled into this build") {
         usage(format!("--backend {name}: {msg}"))
     } else {
         anyhow::Error::from(e)

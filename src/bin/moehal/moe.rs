@@ -85,7 +85,10 @@ pub(crate) struct Args {
     /// `gate.tid2eid` for a hash-routed layer); --preset gives top-k, scoring, scale and clamp, the
     /// checkpoint the widths and expert counts; with --ep / --ep-threads each rank loads its
     /// experts. Activations, logits and token ids are seeded. Not with --float-weights (the
-    /// experts run in the formats the file stores).
+    /// experts run in the formats the file stores). A preset that cannot route the file's
+    /// experts (top-k over E; group limit: n_group not dividing E, top-k over topk_group * E /
+    /// n_group) fails before any work with exit status 1: the file's expert count is data, like a
+    /// wrong tensor shape, and the message names the preset's routing and the file's experts.
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
     /// Layer L of --weights.
@@ -203,14 +206,18 @@ fn reference_tokens(t: usize, est_per_token: f64, limit: f64, skip: bool) -> Ref
 /// and `skip`) the reference runs once, as the backend, and nothing is compared (issue 16: it ran
 /// twice, as if checked against itself, while the flag said it would not run), and the output says
 /// so once.
+///
+/// `--ref-limit 0` allows no reference time, so it is the same rule as `--no-reference` on the
+/// reference too (issue 16: the second run was estimated at 0 s and ran anyway).
 fn reference_plan(t: usize, est_per_token: f64, limit: f64, skip: bool, same: bool) -> RefPlan {
-    if same && skip {
+    if same && (skip || limit <= 0.0) {
+        let flag = if skip { "--no-reference" } else { "--ref-limit 0" };
         return RefPlan {
             tokens: 0,
-            note: Some(
-                "--backend reference with --no-reference: the reference runs once, as the backend, and its output is not checked (without --no-reference it is compared with a second run of itself)".into(),
-            ),
-            against: "the reference ran once, as the backend (--no-reference)".into(),
+            note: Some(format!(
+                "--backend reference with {flag}: the reference runs once, as the backend, and its output is not checked (otherwise it is compared with a second run of itself)"
+            )),
+            against: format!("the reference ran once, as the backend ({flag})"),
         };
     }
     reference_tokens(t, est_per_token, limit, skip)
@@ -299,10 +306,32 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     let host_copies = weight_host_copies(backend.as_ref(), same);
     let avail = available_memory().unwrap_or(8 << 30);
-    let budget = match a.budget_mib {
+    let mut budget = match a.budget_mib {
         Some(m) => (m as u64).saturating_mul(1 << 20),
         None => (4u64 << 30).min(avail * 6 / 10 / host_copies.max(1)),
     };
+    // Issue 16: a device backend holds its copy of the weights in device memory (DeviceInfo), so
+    // the implied expert count is scaled to 60% of it as of host memory, and an explicit
+    // --budget-mib over it is a usage error.
+    if let Some(dev) = device_memory(backend.as_ref()) {
+        if let Some(mib) = a.budget_mib {
+            if budget > dev / 10 * 9 {
+                return Err(super::usage(format!(
+                    "--budget-mib {mib}: more than 90% of the {} of device memory {} reports",
+                    human_bytes(dev as f64),
+                    backend.name()
+                )));
+            }
+        } else if dev / 10 * 6 < budget {
+            budget = dev / 10 * 6;
+            notes.push(format!(
+                "expert budget {}: 60% of the {} of device memory {} reports",
+                human_bytes(budget as f64),
+                human_bytes(dev as f64),
+                backend.name()
+            ));
+        }
+    }
     let quant = weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
     // Quantized weights are budgeted at their packed bytes (codes + scales: mxfp4 ~0.53 per element).
     let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
@@ -316,6 +345,13 @@ pub(super) fn run(a: Args) -> CliResult {
             per_token: single_process_bytes_per_token(&p, a.dtype),
         },
         avail,
+    )?;
+    check_device_memory(
+        backend.as_ref(),
+        a.tokens,
+        total,
+        single_process_bytes_per_token(&p, a.dtype),
+        &p,
     )?;
     let t = a.tokens;
     let est_per_token = if a.no_reference || same {
@@ -387,6 +423,55 @@ fn reject_with_weights(a: &Args) -> anyhow::Result<()> {
         return Ok(());
     };
     Err(super::usage(format!("--weights cannot be combined with {why}")))
+}
+
+/// The device memory of a device backend, where it reports one (`None` for host backends, whose
+/// memory is [`available_memory`]'s).
+fn device_memory(backend: &dyn Backend) -> Option<u64> {
+    if is_host_backend(backend) {
+        None
+    } else {
+        backend.device_info().memory_bytes
+    }
+}
+
+/// [`check_memory`] on a device backend's own memory ([`device_memory`]): its copy of the weights
+/// (`weights` bytes) and its per-token buffers (at most `per_token`) must fit 90% of it. When the
+/// smallest layer `moe` would plan (`p`: experts already scaled to fit) does not, the error says
+/// what the weights need and what the device has, before anything is allocated (issue 16: a
+/// 1000-byte Ascend emulator failed late, "out of memory allocating 805306368 bytes").
+fn check_device_memory(
+    backend: &dyn Backend,
+    tokens: usize,
+    weights: u64,
+    per_token: u64,
+    p: &moehal::presets::Preset,
+) -> anyhow::Result<()> {
+    let Some(dev) = device_memory(backend) else {
+        return Ok(());
+    };
+    if weights > dev / 10 * 9 {
+        return Err(anyhow!(
+            "{}'s device memory is {}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (--scale-widths to narrow a preset's experts, or another backend)",
+            backend.name(),
+            human_bytes(dev as f64),
+            p.experts,
+            p.shared_experts,
+            p.hidden,
+            p.expert_width,
+            p.k,
+            human_bytes(weights as f64)
+        ));
+    }
+    check_memory(
+        tokens,
+        &MemoryNeed {
+            fixed: weights,
+            per_token,
+        },
+        dev,
+    )
+    .map_err(|e| anyhow!("on {}'s device memory: {e}", backend.name()))
 }
 
 /// Host-memory copies of the weights a single-process run holds: the reference's, plus the
@@ -492,7 +577,6 @@ fn run_and_report(
     let checked = &got.out[..(ref_t * p.hidden).min(got.out.len())];
     let err = rel_error(checked, &want.out);
     let tol = tolerance(dtype);
-    let ok = err <= tol;
     // A relative error over no finite values says nothing: say how many outputs are NaN (an all-NaN
     // checkpoint, e.g. E8M0 scales of 255, once read as an exact PASS with no word).
     let nans = moehal::pipeline::nan_count(&want.out);
@@ -503,14 +587,24 @@ fn run_and_report(
             want.out.len() - nans
         );
     }
+    let rows = if ref_t < t {
+        format!(", first {ref_t} rows")
+    } else {
+        String::new()
+    };
+    // Issue 16: a verdict over zero compared values is not a pass (an all-NaN layer read as
+    // "relative error 0.000e0: PASS", exit 0). It is its own verdict, exit status 1.
+    if let Some(why) = moehal::pipeline::nothing_compared(&want.out) {
+        outln!(
+            "output [{t}, {}]{rows}: NOT CHECKED: {why}; an error over no compared value is not a pass",
+            p.hidden
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let ok = err <= tol;
     outln!(
-        "output [{t}, {}]{}: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {dtype}): {}",
+        "output [{t}, {}]{rows}: relative error vs reference {err:.3e} (tolerance {tol:.0e} for {dtype}): {}",
         p.hidden,
-        if ref_t < t {
-            format!(", first {ref_t} rows")
-        } else {
-            String::new()
-        },
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -556,6 +650,13 @@ fn run_checkpoint(a: &Args, path: &std::path::Path, backend: &dyn Backend, refer
             per_token: single_process_bytes_per_token(&p, a.dtype),
         },
         available_memory().unwrap_or(8 << 30),
+    )?;
+    check_device_memory(
+        backend,
+        a.tokens,
+        total,
+        single_process_bytes_per_token(&p, a.dtype),
+        &p,
     )?;
     let t = a.tokens;
     let est_per_token = if a.no_reference || same {
@@ -657,6 +758,10 @@ mod tests {
         assert_eq!(once.tokens, 0);
         assert!(once.note.unwrap().contains("runs once"));
         assert!(!once.against.contains("vs reference"), "{}", once.against);
+        // --ref-limit 0 allows no reference time: the same rule (issue 16: it ran twice).
+        let zero = reference_plan(8, 0.0, 0.0, false, true);
+        assert_eq!(zero.tokens, 0);
+        assert!(zero.note.unwrap().contains("--ref-limit 0"));
         let twice = reference_plan(8, 0.0, 10.0, false, true);
         assert_eq!((twice.tokens, twice.note), (8, None));
         // Another backend: --no-reference skips the reference as before.

@@ -443,8 +443,16 @@ pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
     let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
     let Some(rt_path) = RUNTIME_LIBS.iter().find_map(|n| find(n)) else {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+        // Issue 16: when MOEHAL_ASCEND_LIB_DIR is set, say that it was searched, not to set it.
+        let hint = match std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
+            Some(d) => format!(
+                "MOEHAL_ASCEND_LIB_DIR={} was searched first and has neither library",
+                Path::new(&d).display()
+            ),
+            None => "set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH".to_string(),
+        };
         return Err(format!(
-            "libascendcl.so / libacl_rt.so not found (searched: {}; set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH)",
+            "libascendcl.so / libacl_rt.so not found (searched: {}; {hint})",
             if shown.is_empty() {
                 "nothing".to_string()
             } else {
