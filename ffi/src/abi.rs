@@ -5,6 +5,9 @@
 //! NULL and read here; the checks of tensor descriptors are safe code in [`crate::tensor`].
 
 #![allow(non_camel_case_types)]
+// The `///` comments of the exported functions are the C header's documentation (cbindgen copies
+// them into include/moehal.h), written for C readers: `x [M,K]` is a shape, not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::{Arc, OnceLock};

@@ -3,6 +3,9 @@
 //! when the committed header is not current, and checks sizes, offsets and values in C).
 
 #![allow(non_camel_case_types)]
+// The `///` comments of the exported items are the C header's documentation (cbindgen copies
+// them into include/moehal.h), written for C readers: `w [G,N,K]` is a shape, not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::ffi::{c_char, c_void};
 

@@ -65,7 +65,11 @@ fn describe_difference(committed: &str, generated: &str) -> String {
             let lines: Vec<&str> = text.lines().collect();
             let shown = lines.len().min(80);
             let more = if lines.len() > shown {
-                format!("\n... ({} more lines; generated header: {})", lines.len() - shown, new.display())
+                format!(
+                    "\n... ({} more lines; generated header: {})",
+                    lines.len() - shown,
+                    new.display()
+                )
             } else {
                 String::new()
             };
