@@ -5,6 +5,9 @@
 //! NULL and read here; the checks of tensor descriptors are safe code in [`crate::tensor`].
 
 #![allow(non_camel_case_types)]
+// The `///` comments of the exported functions are the C header's documentation (cbindgen copies
+// them into include/moehal.h), written for C readers: `x [M,K]` is a shape, not a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::{Arc, OnceLock};
@@ -24,7 +27,7 @@ use crate::error::{guard, guard_value, last_error_ptr};
 use crate::tensor::{check, check_no_overlap, BackendSpace, Mapped, Space, TensorDesc};
 use crate::types::*;
 
-/// An open backend (`moehal_backend*` in C).
+/// Opaque handle: an open backend (`moehal_backend*` in C).
 pub struct moehal_backend {
     be: Arc<dyn Backend>,
     name: CString,
@@ -34,13 +37,13 @@ pub struct moehal_backend {
     space: BackendSpace,
 }
 
-/// A block of backend memory (`moehal_buffer*` in C): allocated by `moehal_alloc` (freed by
+/// Opaque handle: a block of backend memory (`moehal_buffer*` in C): allocated by `moehal_alloc` (freed by
 /// `moehal_buffer_free`) or wrapped by `moehal_wrap_external` (never freed by moehal).
 pub struct moehal_buffer {
     buf: Buffer,
 }
 
-/// An Engram layer's hash configuration (`moehal_engram_layer*` in C).
+/// Opaque handle: an Engram layer's hash configuration (`moehal_engram_layer*` in C).
 pub struct moehal_engram_layer {
     layer: EngramLayer,
 }
@@ -457,13 +460,13 @@ fn widen_ids(c: &Ctx<'_>, scratch: &Buffer, out: &mut Buffer, n: usize) -> Resul
 // Versions and errors
 // ------------------------------------------------------------------------------------------
 
-/// ABI version of the library (compare with `MOEHAL_ABI_VERSION` of the header).
+/// ABI version of the library (MOEHAL_ABI_VERSION it was built with). Thread-safe.
 #[no_mangle]
 pub extern "C" fn moehal_abi_version() -> u32 {
     MOEHAL_ABI_VERSION
 }
 
-/// Library version string (`"0.1.0"`), static.
+/// Library version, e.g. "0.1.0"; static storage. Thread-safe.
 #[no_mangle]
 pub extern "C" fn moehal_version() -> *const c_char {
     static V: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
@@ -473,13 +476,14 @@ pub extern "C" fn moehal_version() -> *const c_char {
     V.as_ptr()
 }
 
-/// This thread's last error message.
+/// The message of the last failing call on this thread ("" if none). The pointer stays valid
+/// until the next failing call on this thread. Thread-safe (per-thread state).
 #[no_mangle]
 pub extern "C" fn moehal_last_error() -> *const c_char {
     guard_value(c"".as_ptr(), last_error_ptr)
 }
 
-/// Name of a status code, static.
+/// "MOEHAL_OK", "MOEHAL_INVALID_ARGUMENT", ...; static storage. Thread-safe.
 #[no_mangle]
 pub extern "C" fn moehal_status_name(status: moehal_status) -> *const c_char {
     let s: &'static CStr = match status {
@@ -499,7 +503,8 @@ pub extern "C" fn moehal_status_name(status: moehal_status) -> *const c_char {
 // Backends
 // ------------------------------------------------------------------------------------------
 
-/// Number of backends compiled into this build.
+/// Number of backends compiled into this library (available or not). The first call probes the
+/// machine (opens every backend once); the list is then fixed. Thread-safe.
 ///
 /// # Safety
 /// `count` is NULL or valid for a write.
@@ -512,7 +517,9 @@ pub unsafe extern "C" fn moehal_backend_count(count: *mut usize) -> moehal_statu
     })
 }
 
-/// Entry `index` of the backend list.
+/// Entry `index` (0-based, fastest first, "reference" last): its name, whether this machine can
+/// run it (1/0), and if not, why ("libcuda.so.1 not found"); "" when available. Strings have static
+/// storage. Any out pointer may be NULL. Thread-safe.
 ///
 /// # Safety
 /// Each out pointer is NULL (skipped) or valid for a write.
@@ -548,7 +555,9 @@ pub unsafe extern "C" fn moehal_backend_entry(
     })
 }
 
-/// Open a backend by name (NULL or `""`: the first available, fastest first).
+/// Open a backend by name ("cpu", "cuda", "ascend", "reference"); NULL or "" opens the first
+/// available one. An absent backend is MOEHAL_UNAVAILABLE with the reason. *out is NULL on
+/// failure. Thread-safe; handles to the same backend share it.
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `out` is valid for a write.
@@ -593,7 +602,8 @@ pub unsafe extern "C" fn moehal_backend_open(name: *const c_char, out: *mut *mut
     })
 }
 
-/// Close a backend handle (NULL: no-op).
+/// Close a handle (NULL: no-op). Buffers allocated through it stay valid. Not thread-safe with
+/// respect to other calls on the same handle.
 ///
 /// # Safety
 /// `backend` is NULL or a handle from `moehal_backend_open`, not used afterwards.
@@ -607,7 +617,7 @@ pub unsafe extern "C" fn moehal_backend_close(backend: *mut moehal_backend) {
     })
 }
 
-/// The backend's name (`"cpu"`, ...), owned by the handle; NULL for a NULL handle.
+/// The backend's name, owned by the handle; NULL for a NULL handle. Thread-safe.
 ///
 /// # Safety
 /// `backend` is NULL or a live handle.
@@ -620,7 +630,7 @@ pub unsafe extern "C" fn moehal_backend_name(backend: *const moehal_backend) -> 
     })
 }
 
-/// Describe the backend's device.
+/// Describe the backend's device. Thread-safe.
 ///
 /// # Safety
 /// `backend` is NULL or a live handle; `out` is NULL or valid for a write.
@@ -645,7 +655,9 @@ pub unsafe extern "C" fn moehal_backend_device_info(
     })
 }
 
-/// Enqueue subsequent work of this backend on an engine's stream.
+/// Enqueue this backend's subsequent work on an engine's stream (cudaStream_t, aclrtStream);
+/// MOEHAL_UNSUPPORTED on backends without streams (reference, cpu). The stream must stay alive
+/// while used. Affects every thread using the backend: do not race it with op calls.
 ///
 /// # Safety
 /// `stream` is a live stream of the backend's device and context (see `Backend::set_external_stream`).
@@ -659,7 +671,7 @@ pub unsafe extern "C" fn moehal_set_stream(backend: *const moehal_backend, strea
     })
 }
 
-/// Wait for all work enqueued on the backend.
+/// Wait for all work enqueued on the backend. Thread-safe.
 ///
 /// # Safety
 /// `backend` is NULL or a live handle.
@@ -676,7 +688,7 @@ pub unsafe extern "C" fn moehal_synchronize(backend: *const moehal_backend) -> m
 // Memory
 // ------------------------------------------------------------------------------------------
 
-/// Allocate `bytes` bytes of backend memory.
+/// Allocate `bytes` bytes (contents unspecified; zeroed on host backends). Thread-safe.
 ///
 /// # Safety
 /// `backend` is NULL or a live handle; `out` is valid for a write.
@@ -702,8 +714,9 @@ pub unsafe extern "C" fn moehal_alloc(
     })
 }
 
-/// Wrap memory the caller owns (device memory on device backends, host memory on host backends)
-/// as a buffer, without copying; freeing the buffer does not free the memory.
+/// Wrap `bytes` bytes at `ptr` that the caller owns (device memory on device backends, host
+/// memory on host backends) as a buffer, without copying. moehal_buffer_free releases the handle
+/// only; the memory must outlive it. Thread-safe.
 ///
 /// # Safety
 /// `ptr` addresses `bytes` bytes of the backend's memory that outlive the buffer; `out` is valid
@@ -735,7 +748,7 @@ pub unsafe extern "C" fn moehal_wrap_external(
     })
 }
 
-/// Free a buffer (NULL: no-op).
+/// Free a buffer (NULL: no-op). Not thread-safe with respect to other uses of the buffer.
 ///
 /// # Safety
 /// `buffer` is NULL or from `moehal_alloc` / `moehal_wrap_external`, not used afterwards.
@@ -749,7 +762,8 @@ pub unsafe extern "C" fn moehal_buffer_free(buffer: *mut moehal_buffer) {
     })
 }
 
-/// Device address and size of a buffer.
+/// Address (in the backend's address space) and size of a buffer; either out pointer may be
+/// NULL. Thread-safe.
 ///
 /// # Safety
 /// `buffer` is NULL or a live buffer; `data` and `bytes` are NULL (skipped) or valid for a write.
@@ -775,7 +789,8 @@ pub unsafe extern "C" fn moehal_buffer_data(
     })
 }
 
-/// Copy `bytes` host bytes from `src` into `buffer` at byte `offset`.
+/// Copy `bytes` bytes from host `src` into `buffer` at byte `offset`. Not thread-safe per
+/// buffer (no concurrent use of the same buffer).
 ///
 /// # Safety
 /// Handles live; `src` valid for `bytes` reads; no other thread uses `buffer` meanwhile.
@@ -801,7 +816,8 @@ pub unsafe extern "C" fn moehal_upload(
     })
 }
 
-/// Copy `bytes` bytes of `buffer` from byte `offset` to host `dst`, after all enqueued work.
+/// Copy `bytes` bytes of `buffer` from byte `offset` into host `dst`, after all enqueued work.
+/// Thread-safe (concurrent downloads of one buffer are fine; not concurrent with writes).
 ///
 /// # Safety
 /// Handles live; `dst` valid for `bytes` writes.
@@ -850,7 +866,10 @@ unsafe fn layer_out(op: &'static str, out: *mut *mut moehal_engram_layer, layer:
     }
 }
 
-/// Build an Engram layer from its hash configuration.
+/// Build a layer: order N = max_order >= 2, heads K >= 1, `multipliers` = N odd 64-bit values with
+/// m * (vocab_size - 1) < 2^63, `primes` = (N-1)*K distinct primes in column order (n-major, then
+/// head), compressed vocabulary size V' = vocab_size, pad id < V'. More than 2^20 columns is
+/// MOEHAL_UNSUPPORTED (moehal's limit, not the contract's). Thread-safe.
 ///
 /// # Safety
 /// `multipliers` holds `max_order` values, `primes` `(max_order-1)*heads`; `out` valid for a write.
@@ -910,7 +929,8 @@ pub unsafe extern "C" fn moehal_engram_layer_create(
     })
 }
 
-/// One of the two DeepSeek-V4.1-Flash Engram layers (0: decoder layer 1, 1: decoder layer 14).
+/// DeepSeek-V4.1-Flash Engram layer `index` (0: decoder layer 1, 1: decoder layer 14): N = 4,
+/// K = 8, V' = 99,092, pad 2, primes derived from vocab_n 16,000,000. Thread-safe.
 ///
 /// # Safety
 /// `out` valid for a write.
@@ -932,7 +952,7 @@ pub unsafe extern "C" fn moehal_engram_layer_v41_flash(
     })
 }
 
-/// Destroy a layer (NULL: no-op).
+/// Destroy a layer (NULL: no-op). Not thread-safe with respect to other uses of the layer.
 ///
 /// # Safety
 /// `layer` is NULL or from a `moehal_engram_layer_*` constructor, not used afterwards.
@@ -946,7 +966,8 @@ pub unsafe extern "C" fn moehal_engram_layer_destroy(layer: *mut moehal_engram_l
     })
 }
 
-/// Sizes of a layer.
+/// Sizes: N, K, columns C = (N-1)*K, table rows R = sum of primes. Out pointers may be NULL.
+/// Thread-safe.
 ///
 /// # Safety
 /// `layer` live; each out pointer NULL (skipped) or valid for a write.
@@ -980,7 +1001,8 @@ pub unsafe extern "C" fn moehal_engram_layer_info(
     })
 }
 
-/// Primes and column offsets of a layer, `columns` of each.
+/// The C primes and their row offsets (exclusive prefix sums) in column order; `capacity` >= C.
+/// Either array may be NULL. Thread-safe.
 ///
 /// # Safety
 /// `layer` live; `primes` and `offsets` NULL (skipped) or valid for `capacity` writes.
@@ -1012,8 +1034,9 @@ pub unsafe extern "C" fn moehal_engram_layer_primes(
     })
 }
 
-/// The published prime layout: `layers * (max_order-1) * heads` primes, layer-major then column
-/// order.
+/// The published prime rule: layers * (max_order-1) * heads primes, layer-major, each layer in
+/// column order; `capacity` must hold them all. More than 2^20 primes in all is
+/// MOEHAL_UNSUPPORTED (moehal's limit, not the contract's). Thread-safe.
 ///
 /// # Safety
 /// `out` valid for `capacity` writes.
@@ -1057,7 +1080,10 @@ pub unsafe extern "C" fn moehal_engram_derive_primes(
 // Ops
 // ------------------------------------------------------------------------------------------
 
-/// OPS.md §1.
+/// §1 y[r,:] = row_scale[r] * (x[r,:] @ W_g + bias[g,:]) for the rows r of group g.
+/// x [M,K] f32/bf16/f16; w [G,N,K] (MOEHAL_LAYOUT_NK) or [G,K,N] (MOEHAL_LAYOUT_KN), dtype of x;
+/// group_end [G] i64 cumulative ends (non-decreasing, last <= M); row_scale [M] f32 or NULL;
+/// bias [G,N] dtype of x or NULL; y [M,N] dtype of x (rows >= group_end[G-1] untouched).
 ///
 /// # Safety
 /// See the header: live handle, valid DLTensors (NULL for absent optionals), memory valid until
@@ -1117,10 +1143,12 @@ pub unsafe extern "C" fn moehal_grouped_gemm(
     })
 }
 
-/// OPS.md §2.
+/// §2 MoE gate. logits [T,E] f32/bf16/f16; bias [E] f32 (selection only) or NULL;
+/// ids [T,k] i32 or i64 (i64: written through an i32 scratch, then widened; a copy);
+/// weights [T,k] f32; expert_counts [E] i64 histogram of ids or NULL.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`]; `config` points to a valid config.
+/// As `moehal_grouped_gemm`; `config` points to a valid config.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_router_topk(
     backend: *const moehal_backend,
@@ -1179,13 +1207,17 @@ pub unsafe extern "C" fn moehal_router_topk(
     })
 }
 
-/// OPS.md §2 "Hash routing" (DeepSeek-V4's first layers): `ids[t] = tid2eid[token_ids[t]]`.
+/// §2 hash routing (DeepSeek-V4's first layers): ids[t,:] = tid2eid[token_ids[t],:], in table order
+/// (a repeated id is two slots). logits [T,E] f32/bf16/f16; tid2eid [V,k] i32, every entry read in
+/// [0,E); token_ids [T] i64 in [0,V) (else MOEHAL_INVALID_ARGUMENT, nothing written); config: k,
+/// scoring, renormalize, routed_scaling_factor are used, the group fields are ignored; ids [T,k]
+/// i32 or i64 (as moehal_router_topk); weights [T,k] f32 = scores of those ids (0 for a non-finite logit), renormalized over the k
+/// slots if asked, scaled once; expert_counts [E] i64 histogram of ids or NULL.
 ///
-/// `config` supplies `k`, `scoring`, `renormalize` and `routed_scaling_factor`; its group fields
-/// are ignored, not validated (one gate config may serve both kinds of layers).
+/// The group fields are not validated either (one gate config may serve both kinds of layers).
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`]; `config` points to a valid config.
+/// As `moehal_grouped_gemm`; `config` points to a valid config.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_router_hash(
     backend: *const moehal_backend,
@@ -1255,10 +1287,15 @@ pub unsafe extern "C" fn moehal_router_hash(
     })
 }
 
-/// OPS.md §3 `moe_permute`.
+/// §3 ids [T,k] i32 or i64 in [-1, E) (-1 = dropped; i64 is what torch.topk returns: each id is
+/// range-checked, so 2^32 is MOEHAL_INVALID_ARGUMENT, never expert 0, then copied to i32 scratch;
+/// on a device backend that copy goes through the host and waits for enqueued work)
+/// -> group_end [E] i64, src_token [T*k] i64,
+/// slot_row [T,k] i64 (-1 for dropped slots), and x_perm [T*k,H] = x[src_token] when x [T,H]
+/// (f32/bf16/f16) is given (x and x_perm both NULL or both given).
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`].
+/// As `moehal_grouped_gemm`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_moe_permute(
     backend: *const moehal_backend,
@@ -1325,10 +1362,11 @@ pub unsafe extern "C" fn moehal_moe_permute(
     })
 }
 
-/// OPS.md §3 `swiglu`.
+/// §3 out [M,I] = silu(gate) * up with gate = h[:, :I], up = h[:, I:] of h [M,2I] (f32/bf16/f16);
+/// `limit` NULL or -> a finite value > 0: gate <= limit and up in [-limit, limit] first.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`]; `limit` is NULL or points to a float.
+/// As `moehal_grouped_gemm`; `limit` is NULL or points to a float.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_swiglu(
     backend: *const moehal_backend,
@@ -1355,10 +1393,11 @@ pub unsafe extern "C" fn moehal_swiglu(
     })
 }
 
-/// OPS.md §3 `moe_combine`.
+/// §3 out [T,H] = sum_j weights[t,j] * y_perm[slot_row[t,j]] (j ascending, f32 sums; -1 adds
+/// nothing). y_perm [R,H] f32/bf16/f16; slot_row [T,k] i64; weights [T,k] f32; out dtype of y_perm.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`].
+/// As `moehal_grouped_gemm`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_moe_combine(
     backend: *const moehal_backend,
@@ -1392,10 +1431,12 @@ pub unsafe extern "C" fn moehal_moe_combine(
     })
 }
 
-/// OPS.md §4 `engram_hash`.
+/// §4 ids [T] i64 canonical ids in [0, V'); positions [T] i64 or NULL (a new segment starts where
+/// positions[t] <= positions[t-1]); alive [T] u8/bool or NULL; history: history_len <= N-1 host
+/// ids before ids[0], oldest first (NULL when 0) -> rows [T, (N-1)*K] i64.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`]; `layer` live; `history` valid for `history_len` reads.
+/// As `moehal_grouped_gemm`; `layer` live; `history` valid for `history_len` reads.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_engram_hash(
     backend: *const moehal_backend,
@@ -1441,10 +1482,11 @@ pub unsafe extern "C" fn moehal_engram_hash(
     })
 }
 
-/// OPS.md §5 `gather_rows`.
+/// §5 out [T, C*D] = the C table rows of each token (rows [T,C] i64 in [0,R)), concatenated;
+/// table [R,D] (f32/bf16/f16) or [R, D + D/32] u8 (fp8), format enum moehal_table_format.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`].
+/// As `moehal_grouped_gemm`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_gather_rows(
     backend: *const moehal_backend,
@@ -1472,10 +1514,10 @@ pub unsafe extern "C" fn moehal_gather_rows(
     })
 }
 
-/// OPS.md §5 `engram_lookup`.
+/// §5 engram_hash then gather_rows, fused where the backend can; table has R = the layer's rows.
 ///
 /// # Safety
-/// As [`moehal_engram_hash`].
+/// As `moehal_engram_hash`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_engram_lookup(
     backend: *const moehal_backend,
@@ -1535,10 +1577,13 @@ pub unsafe extern "C" fn moehal_engram_lookup(
     })
 }
 
-/// OPS.md §6 `grouped_gemm` with quantized weights.
+/// §6 grouped_gemm with quantized weights (format enum moehal_weight_format). x [M,K]: f32/bf16/f16
+/// (weight-only; x_scale NULL; y and bias dtype of x), uint8 e4m3fn with fp8_block (x_scale
+/// [M,ceil(K/128)] f32 or uint8 E8M0), or int8 with int8 (x_scale [M] f32, K <= 131071); y [M,N]
+/// f32/bf16/f16 (rows >= group_end[G-1] untouched); group_end, row_scale, bias as moehal_grouped_gemm.
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`]; `x_scale` NULL for float `x`.
+/// As `moehal_grouped_gemm`; `x_scale` NULL for float `x`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_grouped_gemm_quant(
     backend: *const moehal_backend,
@@ -1610,10 +1655,11 @@ pub unsafe extern "C" fn moehal_grouped_gemm_quant(
     })
 }
 
-/// OPS.md §6 `quantize_fp8`.
+/// §6 x [M,K] f32/bf16/f16 -> xq [M,K] uint8 e4m3fn, x_scale [M,ceil(K/128)] f32 or uint8 E8M0 (the
+/// scale tensor's dtype picks the format); per 1x128 group, amax/448 (E8M0: next power of two).
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`].
+/// As `moehal_grouped_gemm`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_quantize_fp8(
     backend: *const moehal_backend,
@@ -1638,10 +1684,10 @@ pub unsafe extern "C" fn moehal_quantize_fp8(
     })
 }
 
-/// OPS.md §6 `quantize_int8`.
+/// §6 x [M,K] f32/bf16/f16 -> xq [M,K] int8, x_scale [M] f32 (amax/127 per row, ties to even).
 ///
 /// # Safety
-/// As [`moehal_grouped_gemm`].
+/// As `moehal_grouped_gemm`.
 #[no_mangle]
 pub unsafe extern "C" fn moehal_quantize_int8(
     backend: *const moehal_backend,
