@@ -399,8 +399,9 @@ moehal_status moehal_backend_device_info(const struct moehal_backend *backend,
                                          struct moehal_device_info *out);
 
 /**
- * Enqueue this backend's subsequent work on an engine's stream (cudaStream_t, aclrtStream);
- * MOEHAL_UNSUPPORTED on backends without streams (reference, cpu). The stream must stay alive
+ * Enqueue this backend's subsequent work on an engine's stream (cudaStream_t on cuda);
+ * MOEHAL_UNSUPPORTED on backends without streams (reference, cpu) and on ascend, which does not
+ * take an engine's aclrtStream yet (it runs each op on its own stream). The stream must stay alive
  * while used. Affects every thread using the backend: do not race it with op calls.
  *
  * # Safety

@@ -516,6 +516,18 @@ impl Backend for Ascend {
         })))
     }
 
+    /// Not taken yet: every op runs on the backend's own `aclrtStream`; an engine orders its own
+    /// stream after moehal's work with [`Backend::synchronize`] (`moehal_synchronize`).
+    /// [`Error::Unsupported`] saying so (the core default said "no streams", wrong for Ascend).
+    unsafe fn set_external_stream(&self, stream: u64) -> Result<()> {
+        let _ = stream;
+        Err(Error::unsupported(
+            "set_external_stream",
+            NAME,
+            "an engine's aclrtStream is not taken yet: moehal's Ascend backend runs every op on its own stream",
+        ))
+    }
+
     fn grouped_gemm(&self, args: Checked<GroupedGemm<'_>>) -> Result<()> {
         self.run_grouped_gemm(args)
     }

@@ -80,3 +80,17 @@ fn out_of_range_download_is_rejected_before_the_runtime() {
         Err(Error::InvalidArgument { .. })
     ));
 }
+
+#[test]
+fn engine_stream_is_unsupported_and_says_why() {
+    let asc = ascend_common::open_emulated();
+    // SAFETY: the backend refuses before it would use the (dangling) stream handle.
+    let r = unsafe { asc.set_external_stream(0x1000) };
+    match r {
+        Err(Error::Unsupported { msg, .. }) => {
+            assert!(msg.contains("aclrtStream"), "{msg}");
+            assert!(!msg.contains("no streams"), "{msg}");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
