@@ -20,7 +20,7 @@ use moehal_core::ops::{
 };
 use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result, TensorMut, TensorRef};
 
-use super::{download_floats, fill_random, random_floats, stream_seed, uniform_at, upload_bytes};
+use super::{download_floats, fill_random, random_floats, stream_seed, upload_bytes, UniformStream};
 use crate::presets::Preset;
 
 /// Bytes of expert weights (routed + shared, gate_up + down) of `p` in `dtype`.
@@ -240,14 +240,10 @@ impl MoeInputs {
     /// [`Error::InvalidArgument`] for a non-floating dtype.
     pub fn generate(p: &Preset, tokens: usize, dtype: DType, seed: u64) -> Result<Self> {
         let x = random_floats(dtype, tokens * p.hidden, 1.0, stream_seed(seed, 100), 0)?;
-        let ls = stream_seed(seed, 101);
-        let logits = (0..tokens * p.experts)
-            .map(|i| 2.0 * uniform_at(ls, i as u64))
-            .collect();
-        let bs = stream_seed(seed, 102);
-        let bias = p
-            .bias
-            .then(|| (0..p.experts).map(|i| 0.1 * uniform_at(bs, i as u64)).collect());
+        let mut ls = UniformStream::at(stream_seed(seed, 101), 0);
+        let logits = (0..tokens * p.experts).map(|_| 2.0 * ls.next_f32()).collect();
+        let mut bs = UniformStream::at(stream_seed(seed, 102), 0);
+        let bias = p.bias.then(|| (0..p.experts).map(|_| 0.1 * bs.next_f32()).collect());
         Ok(MoeInputs {
             tokens,
             x,
@@ -301,34 +297,26 @@ fn scale_dtype(f: WeightFormat) -> DType {
     }
 }
 
-/// splitmix64 step.
-fn mix(z: &mut u64) -> u64 {
-    *z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut x = *z;
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// Seeded quantized codes and scales of one expert matrix `[n, k]` in format `f`, scaled so that
 /// the dequantized weight has a standard deviation of about `1/sqrt(k)` (as the float weights).
 fn quant_matrix(f: WeightFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut z = seed;
+    use rand::RngCore;
+    let mut rng = moehal_testkit::rng::seeded(seed);
     let log2_sqrt_k = (k.max(1) as f64).sqrt().log2();
     match f {
         WeightFormat::Mxfp4 => {
             // Uniform E2M1 codes have an RMS of about 2.9 (~2^1.5).
-            let w = (0..n * k / 2).map(|_| mix(&mut z) as u8).collect();
+            let w = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
             let centre = 127.0 - 1.5 - log2_sqrt_k;
             let s = (0..n * (k / 32))
-                .map(|_| (centre + (mix(&mut z) % 3) as f64 - 1.0).round().clamp(1.0, 254.0) as u8)
+                .map(|_| (centre + (rng.next_u64() % 3) as f64 - 1.0).round().clamp(1.0, 254.0) as u8)
                 .collect();
             (w, s)
         }
         WeightFormat::Fp8Block => {
             // Uniform bytes (NaN codes 0x7F/0xFF replaced by ±448) have an RMS of about 130.
             let w = (0..n * k)
-                .map(|_| match mix(&mut z) as u8 {
+                .map(|_| match rng.next_u64() as u8 {
                     0x7F => 0x7E,
                     0xFF => 0xFE,
                     b => b,
@@ -337,13 +325,13 @@ fn quant_matrix(f: WeightFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec
             let nb = n.div_ceil(128) * k.div_ceil(128);
             let base = 1.0 / (130.0 * (k.max(1) as f64).sqrt());
             let s: Vec<f32> = (0..nb)
-                .map(|_| (base * (0.75 + 0.5 * (mix(&mut z) >> 11) as f64 / (1u64 << 53) as f64)) as f32)
+                .map(|_| (base * (0.75 + 0.5 * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)) as f32)
                 .collect();
             (w, bytemuck::cast_slice(&s).to_vec())
         }
         WeightFormat::Int8 => {
             let w = (0..n * k)
-                .map(|_| (mix(&mut z) % 255) as u8 ^ 0x80)
+                .map(|_| (rng.next_u64() % 255) as u8 ^ 0x80)
                 .collect::<Vec<u8>>();
             let s: Vec<f32> = (0..n)
                 .map(|_| (1.0 / (73.0 * (k.max(1) as f64).sqrt())) as f32)

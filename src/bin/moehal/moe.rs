@@ -596,10 +596,10 @@ pub(super) fn checkpoint_inputs(
 ) -> anyhow::Result<MoeInputs> {
     let mut inputs = MoeInputs::generate(p, tokens, dtype, seed)?;
     if let Some((tid2eid, vocab)) = tid2eid {
-        let ts = moehal::pipeline::stream_seed(seed, 103);
-        let mut rng = moehal::pipeline::SplitMix64::new(ts);
+        use rand::Rng;
+        let mut rng = moehal_testkit::rng::seeded(moehal::pipeline::stream_seed(seed, 103));
         inputs.hash = Some(moehal::pipeline::moe::HashRoute {
-            token_ids: (0..tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
+            token_ids: (0..tokens).map(|_| rng.gen_range(0..vocab.max(1)) as i64).collect(),
             tid2eid,
             vocab,
         });
