@@ -1335,7 +1335,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
     let dt = DType::BF16;
     let (h, i) = (p.hidden, p.expert_width);
     let per_expert = (2 * i * h * dt.size()) as f64;
-    let e = ((mem_budget / per_expert) as usize).clamp(p.k, p.experts);
+    let e = ((mem_budget / per_expert) as usize).clamp(p.topk, p.num_experts);
     let mut v = Vec::new();
     for t in toks(&GEMM_TOKENS) {
         for (what, n, k) in [("gate_up", 2 * i, h), ("down", h, i)] {
@@ -1347,14 +1347,14 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
                     k,
                     n,
                     tokens: t,
-                    topk: p.k,
+                    topk: p.topk,
                 },
                 format!("{} {what}", p.name),
             );
-            if e < p.experts {
+            if e < p.num_experts {
                 s.notes.push(format!(
                     "scaled by expert count to fit memory: {} -> {e} experts (top-{} kept)",
-                    p.experts, p.k
+                    p.num_experts, p.topk
                 ));
             }
             v.push(s);
@@ -1366,7 +1366,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: p.experts,
+                experts: p.num_experts,
                 config: p.router(),
                 bias: p.bias,
             },
@@ -1379,8 +1379,8 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             dt,
             ShapeKind::Permute {
                 tokens: t,
-                experts: p.experts,
-                topk: p.k,
+                experts: p.num_experts,
+                topk: p.topk,
                 hidden: h,
             },
             p.name,
@@ -1389,7 +1389,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             OpKind::Swiglu,
             dt,
             ShapeKind::Swiglu {
-                rows: rows_of(t, p.k)?,
+                rows: rows_of(t, p.topk)?,
                 width: i,
                 limit: p.swiglu_limit,
             },
@@ -1400,7 +1400,7 @@ pub fn preset_shapes(p: &Preset, tokens: Option<&[usize]>, mem_budget: f64) -> R
             dt,
             ShapeKind::Combine {
                 tokens: t,
-                topk: p.k,
+                topk: p.topk,
                 hidden: h,
             },
             p.name,

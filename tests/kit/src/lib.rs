@@ -2807,12 +2807,12 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         &format!("{} router (T {t})", p.name),
         DType::BF16,
         t,
-        p.experts,
+        p.num_experts,
         p.router(),
         p.bias.then_some(false),
         Logits::Random,
     ));
-    let groups = [t * p.k / 8; 8];
+    let groups = [t * p.topk / 8; 8];
     for dt in [DType::BF16, DType::F32] {
         v.push(gemm(
             &format!("{} gate_up (8 experts, widths/32)", p.name),
@@ -2837,8 +2837,8 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         format!("{} permute", p.name),
         Spec::MoePermute {
             t,
-            k: p.k,
-            e: p.experts,
+            k: p.topk,
+            e: p.num_experts,
             x: Some((DType::BF16, s.hidden)),
             drop: 0.0,
             repeat: false,
@@ -2859,7 +2859,7 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         Spec::MoeCombine {
             dtype: DType::BF16,
             t,
-            k: p.k,
+            k: p.topk,
             h: s.hidden,
             drop: 0.0,
             bad_row: false,
