@@ -19,8 +19,8 @@ use std::time::Instant;
 use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    ActFormat, EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute,
-    QuantDesc, RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat, WeightLayout,
+    ActFormat, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, QuantDesc, RouterConfig,
+    RouterTopk, Swiglu, TableFormat, WeightFormat, WeightLayout,
 };
 use moehal_core::quant::ScaleFormat;
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
@@ -1023,28 +1023,19 @@ impl RefRates {
 /// Token counts of the default grouped-GEMM shapes (peers.py).
 pub const GEMM_TOKENS: [usize; 4] = [1, 16, 128, 1024];
 
+/// The router of the preset `name` (one definition of each model's routing: the test kit's).
+fn preset_router(name: &str) -> RouterConfig {
+    crate::presets::preset(name)
+        .map(Preset::router)
+        .expect("a preset of OPS.md")
+}
+
 fn qwen3_router() -> RouterConfig {
-    RouterConfig {
-        k: 8,
-        scoring: Scoring::Softmax,
-        group: None,
-        renormalize: true,
-        routed_scaling_factor: 1.0,
-    }
+    preset_router("qwen3-30b-a3b")
 }
 
 fn dsv3_router() -> RouterConfig {
-    RouterConfig {
-        k: 8,
-        scoring: Scoring::Sigmoid,
-        group: Some(GroupLimit {
-            n_group: 8,
-            topk_group: 4,
-            score: GroupScore::Top2Sum,
-        }),
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-    }
+    preset_router("deepseek-v3")
 }
 
 /// The default shapes (peers.py plus glue and hash), for `tokens` overriding every token count
