@@ -19,15 +19,17 @@ use std::time::Instant;
 use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    ActFormat, EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute,
-    QuantDesc, RouterConfig, RouterTopk, Scoring, Swiglu, TableFormat, WeightFormat, WeightLayout,
+    ActFormat, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, QuantDesc, RouterConfig,
+    RouterTopk, Swiglu, TableFormat, WeightFormat, WeightLayout,
 };
 use moehal_core::quant::ScaleFormat;
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
-use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed, SplitMix64};
+use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed};
 use crate::presets::Preset;
 use moehal_testkit::cost;
+use moehal_testkit::rng::{cold_group_ends, routed_group_end, routed_ids_into, seeded};
+use rand::Rng;
 
 /// The shape of one benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -537,7 +539,7 @@ impl BenchShape {
                 bufs.push(random_host(dt, m * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
                 ints.push(moehal_core::host::buffer_from_slice(&routed_group_end(
-                    s(3),
+                    &mut seeded(s(3)),
                     *experts,
                     *tokens,
                     *topk,
@@ -553,7 +555,7 @@ impl BenchShape {
             } => {
                 bufs.push(random_host(dt, topk * k, 1.0, s(1))?);
                 bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                for ge in cold_group_ends(s(3), *experts, *topk, *sets) {
+                for ge in cold_group_ends(&mut seeded(s(3)), *experts, *topk, *sets) {
                     ints.push(moehal_core::host::buffer_from_slice(&ge)?);
                 }
             }
@@ -565,8 +567,8 @@ impl BenchShape {
                 ..
             } => {
                 let ge = match sets {
-                    Some(sets) => cold_group_ends(s(3), *experts, *topk, *sets),
-                    None => vec![routed_group_end(s(3), *experts, *tokens, *topk)],
+                    Some(sets) => cold_group_ends(&mut seeded(s(3)), *experts, *topk, *sets),
+                    None => vec![routed_group_end(&mut seeded(s(3)), *experts, *tokens, *topk)],
                 };
                 bufs = crate::bench_quant::qgemm_host(&self.kind, seed, ge, |n| random_host(dt, n, 1.0, s(1)))?;
             }
@@ -586,11 +588,11 @@ impl BenchShape {
                 hidden,
             } => {
                 bufs.push(random_host(dt, tokens * hidden, 1.0, s(1))?);
-                let mut rng = SplitMix64::new(s(2));
-                let ids = (0..*tokens)
-                    .flat_map(|_| distinct(&mut rng, *experts, *topk))
-                    .map(|e| e as i32);
-                ints.push(int_buffer(tokens * topk, ids)?);
+                // Distinct experts per token, as a router gives them (written in place).
+                let mut buf = int_buffer(tokens * topk, std::iter::empty::<i32>())?;
+                let ids: &mut [i32] = bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "ids")?);
+                routed_ids_into(&mut seeded(s(2)), ids, *topk, *experts, 0.0, false);
+                ints.push(buf);
             }
             ShapeKind::Swiglu { rows, width, .. } => bufs.push(random_host(dt, rows * 2 * width, 4.0, s(1))?),
             ShapeKind::Combine { tokens, topk, hidden } => {
@@ -601,16 +603,13 @@ impl BenchShape {
                 let mut buf = int_buffer(r, 0..r as i64)?;
                 let rows: &mut [i64] =
                     bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "slot_row")?);
-                let mut rng = SplitMix64::new(s(3));
-                for i in (1..r).rev() {
-                    rows.swap(i, rng.below(i as u64 + 1) as usize);
-                }
+                rand::seq::SliceRandom::shuffle(rows, &mut seeded(s(3)));
                 ints.push(buf);
             }
             ShapeKind::Hash { tokens } => {
                 let v = v41_flash::VOCAB_SIZE;
-                let mut rng = SplitMix64::new(s(1));
-                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.below(v) as i64))?);
+                let mut rng = seeded(s(1));
+                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.gen_range(0..v) as i64))?);
             }
             ShapeKind::Gather {
                 table_rows,
@@ -619,9 +618,12 @@ impl BenchShape {
                 cols,
             } => {
                 bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
-                let mut rng = SplitMix64::new(s(2));
+                let mut rng = seeded(s(2));
                 let n = tokens * cols;
-                ints.push(int_buffer(n, (0..n).map(|_| rng.below(*table_rows as u64) as i64))?);
+                ints.push(int_buffer(
+                    n,
+                    (0..n).map(|_| rng.gen_range(0..(*table_rows).max(1)) as i64),
+                )?);
             }
             ShapeKind::Lookup {
                 table_rows,
@@ -631,8 +633,8 @@ impl BenchShape {
             } => {
                 bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
                 let v = v41_flash::VOCAB_SIZE;
-                let mut rng = SplitMix64::new(s(2));
-                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.below(v) as i64))?);
+                let mut rng = seeded(s(2));
+                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.gen_range(0..v) as i64))?);
             }
         }
         bufs.extend(ints);
@@ -888,60 +890,6 @@ fn int_buffer<T: bytemuck::Pod>(n: usize, values: impl Iterator<Item = T>) -> Re
     Ok(Buffer::new(Box::new(mem)))
 }
 
-/// Cumulative `group_end` of `tokens` tokens each routed to `topk` distinct experts of `experts`
-/// (uniformly at random, seeded).
-fn routed_group_end(seed: u64, experts: usize, tokens: usize, topk: usize) -> Vec<i64> {
-    let mut rng = SplitMix64::new(seed);
-    let mut sizes = vec![0i64; experts];
-    for _ in 0..tokens {
-        for e in distinct(&mut rng, experts, topk) {
-            sizes[e] += 1;
-        }
-    }
-    let mut acc = 0i64;
-    sizes
-        .iter()
-        .map(|c| {
-            acc += c;
-            acc
-        })
-        .collect()
-}
-
-/// The `group_end` of each of `sets` disjoint sets of `topk` experts: a seeded permutation of the
-/// experts, cut into sets (one token routed to the set's experts).
-fn cold_group_ends(seed: u64, experts: usize, topk: usize, sets: usize) -> Vec<Vec<i64>> {
-    let mut rng = SplitMix64::new(seed);
-    let mut perm: Vec<usize> = (0..experts).collect();
-    for i in (1..perm.len()).rev() {
-        perm.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    perm.chunks_exact(topk)
-        .take(sets)
-        .map(|set| {
-            let mut acc = 0i64;
-            (0..experts)
-                .map(|e| {
-                    acc += set.contains(&e) as i64;
-                    acc
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// `k` distinct values of `[0, n)` (partial Fisher–Yates on a small scratch list).
-fn distinct(rng: &mut SplitMix64, n: usize, k: usize) -> Vec<usize> {
-    let mut chosen: Vec<usize> = Vec::with_capacity(k);
-    while chosen.len() < k.min(n) {
-        let c = rng.below(n as u64) as usize;
-        if !chosen.contains(&c) {
-            chosen.push(c);
-        }
-    }
-    chosen
-}
-
 /// Seeded inputs of one shape in host memory (shared by every backend of a run).
 pub struct HostData {
     bufs: Vec<Buffer>,
@@ -1083,28 +1031,19 @@ impl RefRates {
 /// Token counts of the default grouped-GEMM shapes (peers.py).
 pub const GEMM_TOKENS: [usize; 4] = [1, 16, 128, 1024];
 
+/// The router of the preset `name` (one definition of each model's routing: the test kit's).
+fn preset_router(name: &str) -> RouterConfig {
+    crate::presets::preset(name)
+        .map(Preset::router)
+        .expect("a preset of OPS.md")
+}
+
 fn qwen3_router() -> RouterConfig {
-    RouterConfig {
-        k: 8,
-        scoring: Scoring::Softmax,
-        group: None,
-        renormalize: true,
-        routed_scaling_factor: 1.0,
-    }
+    preset_router("qwen3-30b-a3b")
 }
 
 fn dsv3_router() -> RouterConfig {
-    RouterConfig {
-        k: 8,
-        scoring: Scoring::Sigmoid,
-        group: Some(GroupLimit {
-            n_group: 8,
-            topk_group: 4,
-            score: GroupScore::Top2Sum,
-        }),
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-    }
+    preset_router("deepseek-v3")
 }
 
 /// The default shapes (peers.py plus glue and hash), for `tokens` overriding every token count
@@ -1451,7 +1390,7 @@ pub fn preset_shapes_of(
     let dt = DType::BF16;
     let (h, i) = (p.hidden, p.expert_width);
     let per_expert = (2 * i * h * dt.size()) as f64;
-    let e = ((mem_budget / per_expert) as usize).clamp(p.k, p.experts);
+    let e = ((mem_budget / per_expert) as usize).clamp(p.topk, p.num_experts);
     let mut v = Vec::new();
     for t in toks(&GEMM_TOKENS) {
         for (what, n, k) in [("gate_up", 2 * i, h), ("down", h, i)] {
@@ -1463,14 +1402,14 @@ pub fn preset_shapes_of(
                     k,
                     n,
                     tokens: t,
-                    topk: p.k,
+                    topk: p.topk,
                 },
                 format!("{} {what}", p.name),
             );
-            if e < p.experts {
+            if e < p.num_experts {
                 s.notes.push(format!(
                     "scaled by expert count to fit memory: {} -> {e} experts (top-{} kept)",
-                    p.experts, p.k
+                    p.num_experts, p.topk
                 ));
             }
             v.push(s);
@@ -1481,10 +1420,10 @@ pub fn preset_shapes_of(
     if tokens.is_none_or(|t| t.contains(&1)) {
         v.push(cold_shape(
             &format!("{} gate_up decode, cold", p.name),
-            p.experts,
+            p.num_experts,
             h,
             2 * i,
-            p.k,
+            p.topk,
             mem_budget,
             l3_cache().0,
         ));
@@ -1495,7 +1434,7 @@ pub fn preset_shapes_of(
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: p.experts,
+                experts: p.num_experts,
                 config: p.router(),
                 bias: p.bias,
             },
@@ -1508,8 +1447,8 @@ pub fn preset_shapes_of(
             dt,
             ShapeKind::Permute {
                 tokens: t,
-                experts: p.experts,
-                topk: p.k,
+                experts: p.num_experts,
+                topk: p.topk,
                 hidden: h,
             },
             p.name,
@@ -1519,7 +1458,7 @@ pub fn preset_shapes_of(
                 OpKind::Swiglu,
                 dt,
                 ShapeKind::Swiglu {
-                    rows: rows_of(t, p.k)?,
+                    rows: rows_of(t, p.topk)?,
                     width: i,
                     limit: p.swiglu_limit,
                 },
@@ -1531,7 +1470,7 @@ pub fn preset_shapes_of(
             dt,
             ShapeKind::Combine {
                 tokens: t,
-                topk: p.k,
+                topk: p.topk,
                 hidden: h,
             },
             p.name,

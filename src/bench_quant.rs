@@ -20,7 +20,9 @@ use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{Backend, Buffer, DType, OpKind, Result};
 
 use crate::bench::{size, BenchShape, ShapeKind};
-use crate::pipeline::{human_bytes, stream_seed, SplitMix64};
+use crate::pipeline::{human_bytes, stream_seed};
+use moehal_testkit::rng::seeded;
+use rand::{Rng, RngCore};
 
 /// Bytes of one expert's weights and scales (`[N, K]` in `w`; [`WeightFormat::bytes`]).
 pub fn expert_bytes(w: WeightFormat, n: usize, k: usize) -> usize {
@@ -43,11 +45,11 @@ const Y: DType = DType::BF16;
 /// A host buffer of `n` random bytes passed through `map`, written in place (no intermediate
 /// `Vec`, so the weights take their bytes once).
 fn random_bytes(n: usize, seed: u64, map: impl Fn(u8) -> u8) -> Result<Buffer> {
-    let mut rng = SplitMix64::new(seed);
     let mut buf = moehal_core::host::zeroed_buffer(n)?;
-    for c in moehal_core::host::bytes_mut(&mut buf, "bench", "data")?.chunks_mut(8) {
-        let r = rng.next_u64().to_le_bytes().map(&map);
-        c.copy_from_slice(&r[..c.len()]);
+    let dst = moehal_core::host::bytes_mut(&mut buf, "bench", "data")?;
+    seeded(seed).fill_bytes(dst);
+    for b in dst {
+        *b = map(*b);
     }
     Ok(buf)
 }
@@ -71,11 +73,11 @@ fn i8_code(b: u8) -> u8 {
 }
 
 fn f32_scales(n: usize, seed: u64, base: f32) -> Result<Buffer> {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = seeded(seed);
     let mut buf = moehal_core::host::zeroed_buffer(size("scales", &[n, 4])?)?;
     let dst: &mut [f32] = bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "scales")?);
     for d in dst {
-        *d = base * (0.5 + (rng.below(1 << 20) as f32) / (1 << 20) as f32);
+        *d = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
     }
     Ok(buf)
 }

@@ -8,8 +8,9 @@
 //! `[N, K/32]`; `F8_E4M3` weights `[N, K]` are `fp8_block` with `F32` (or `F8_E8M0`) scales
 //! `[⌈N/128⌉, ⌈K/128⌉]`. The file is memory-mapped; nothing is copied until [`QuantExperts::upload`]
 //! writes each expert's bytes into the backend's buffer at its offset (the fused `gate_up` is
-//! assembled there). The header is parsed here (not by the `safetensors` crate) so that dtypes the
-//! crate does not name yet (`F8_E8M0`) are read.
+//! assembled there). The header is read by [`crate::pipeline::engram::header`] (not by the
+//! `safetensors` crate, so that dtypes the crate does not name yet, `F8_E8M0`, are read): one
+//! reader, with the same words, offsets and sizes as an Engram table's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,16 +49,6 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-fn dtype_size(d: &str) -> Option<usize> {
-    Some(match d {
-        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "F32" | "I32" | "U32" => 4,
-        "F64" | "I64" | "U64" => 8,
-        _ => return None,
-    })
-}
-
 /// Which projection of an expert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proj {
@@ -86,61 +77,23 @@ impl Checkpoint {
         // SAFETY: read-only private map of a file the user named; moehal never writes it (a
         // concurrent writer could change the bytes, as with any memory-mapped input).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(format!("mmap: {e}")))?;
-        if map.len() < 8 {
-            return Err(bad("shorter than the 8-byte header length".into()));
-        }
-        let hlen = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
-        let hend = 8usize
-            .checked_add(hlen)
-            .filter(|&e| e <= map.len())
-            .ok_or_else(|| bad(format!("header length {hlen} exceeds the file")))?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&map[8..hend]).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-        let obj = header
-            .as_object()
-            .ok_or_else(|| bad("header is not a JSON object".into()))?;
+        // The one safetensors header reader (an Engram table's too): fields, sizes against shapes,
+        // and data_offsets that tile the data section, in words with offsets.
+        let head = crate::pipeline::engram::header::parse(&map).map_err(bad)?;
+        let hend = 8 + head.len;
         let mut tensors = BTreeMap::new();
-        for (name, v) in obj {
-            if name == "__metadata__" {
-                continue;
-            }
-            let field = |k: &str| v.get(k).ok_or_else(|| bad(format!("tensor `{name}` has no `{k}`")));
-            let dtype = field("dtype")?
-                .as_str()
-                .ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?
-                .to_string();
-            let nums = |k: &str| -> Result<Vec<usize>> {
-                field(k)?
-                    .as_array()
-                    .ok_or_else(|| bad(format!("tensor `{name}`: `{k}` is not an array")))?
-                    .iter()
-                    .map(|x| {
-                        x.as_u64()
-                            .map(|u| u as usize)
-                            .ok_or_else(|| bad(format!("tensor `{name}`: `{k}` holds a non-integer")))
-                    })
-                    .collect()
-            };
-            let shape = nums("shape")?;
-            let offs = nums("data_offsets")?;
-            if offs.len() != 2 || offs[0] > offs[1] || hend.checked_add(offs[1]).is_none_or(|e| e > map.len()) {
-                return Err(bad(format!("tensor `{name}`: data_offsets {offs:?} outside the file")));
-            }
-            if let Some(es) = dtype_size(&dtype) {
-                let want = shape.iter().try_fold(es, |a, &d| a.checked_mul(d));
-                if want != Some(offs[1] - offs[0]) {
-                    return Err(bad(format!(
-                        "tensor `{name}`: {} bytes do not hold {dtype} {shape:?}",
-                        offs[1] - offs[0]
-                    )));
-                }
-            }
+        for t in head.tensors {
+            // `parse` checked every range against the mapped file, so these fit in usize.
+            let to_usize =
+                |x: u64| usize::try_from(x).map_err(|_| bad(format!("tensor `{}`: {x} does not fit in usize", t.name)));
+            let shape = t.shape.iter().map(|&d| to_usize(d)).collect::<Result<Vec<_>>>()?;
+            let range = (to_usize(hend + t.data_offsets.0)?, to_usize(hend + t.data_offsets.1)?);
             tensors.insert(
-                name.clone(),
+                t.name.clone(),
                 TensorEntry {
-                    dtype,
+                    dtype: t.dtype.clone(),
                     shape,
-                    range: (hend + offs[0], hend + offs[1]),
+                    range,
                 },
             );
         }

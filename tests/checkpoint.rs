@@ -220,7 +220,10 @@ fn checkpoint_layers_run_hash_routed_and_gated_against_the_reference() {
     for layer in [0usize, 3] {
         let l = load_checkpoint_layer(&[cpu.as_ref(), &reference], &ck, layer, base).unwrap();
         let p = l.preset;
-        assert_eq!((p.hidden, p.expert_width, p.experts, p.shared_experts), (64, 128, 8, 1));
+        assert_eq!(
+            (p.hidden, p.expert_width, p.num_experts, p.shared_experts),
+            (64, 128, 8, 1)
+        );
         let q = l.weights[0].quant.as_ref().unwrap();
         assert_eq!((q.routed, q.shared), (WeightFormat::Mxfp4, WeightFormat::Fp8Block));
         let t = 11;
@@ -298,7 +301,7 @@ fn mx_layer(path: &std::path::Path, shape: impl Fn(usize, &str) -> (usize, usize
 fn every_expert_tensor_shape_is_checked_against_expert_0_and_the_layout() {
     use moehal::pipeline::moe::plan_checkpoint_layer;
     let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
-    let base = moehal::presets::Preset { k: 2, ..*base };
+    let base = moehal::presets::Preset { topk: 2, ..*base };
     let (h, i) = (64usize, 32usize);
     let good = move |_: usize, m: &str| if m == "w2" { (h, i) } else { (i, h) };
     let path = tmp("shapes");
@@ -306,7 +309,10 @@ fn every_expert_tensor_shape_is_checked_against_expert_0_and_the_layout() {
     mx_layer(&path, good);
     let ck = Checkpoint::open(&path).unwrap();
     let l = plan_checkpoint_layer(&ck, 2, &base).unwrap();
-    assert_eq!((l.preset.hidden, l.preset.expert_width, l.preset.experts), (h, i, 3));
+    assert_eq!(
+        (l.preset.hidden, l.preset.expert_width, l.preset.num_experts),
+        (h, i, 3)
+    );
     let all = [0, 1, 2];
     assert_eq!(ck.experts(2, Proj::GateUp, &all).unwrap().n, 2 * i);
     type Shape = Box<dyn Fn(usize, &str) -> (usize, usize)>;
@@ -360,7 +366,7 @@ fn every_expert_tensor_shape_is_checked_against_expert_0_and_the_layout() {
 fn zero_width_experts_are_rejected() {
     use moehal::pipeline::moe::plan_checkpoint_layer;
     let base = moehal::presets::preset("deepseek-v4-flash").unwrap();
-    let base = moehal::presets::Preset { k: 2, ..*base };
+    let base = moehal::presets::Preset { topk: 2, ..*base };
     let path = tmp("zero");
     for (n_i, h, shape) in [(0usize, 64usize, "[0, 32]"), (32, 0, "[32, 0]")] {
         mx_layer(&path, |_, m| if m == "w2" { (h, n_i) } else { (n_i, h) });

@@ -4,7 +4,7 @@
 //!   uses its own 129,280-id tokenizer whose compression gives `V' = 99,092`; that tokenizer is not
 //!   bundled here, so cl100k stands in for it and every consequence is reported
 //!   (`Substitutions` in the CLI).
-//! - Canonical ids: [`moehal_core::engram::CompressionTable::build`] over every id of cl100k
+//! - Canonical ids: [`compress::CompressionTable::build`] over every id of cl100k
 //!   (each decoded alone to bytes; ids with no token get a key of their own).
 //! - Hash: the real DeepSeek-V4.1-Flash layer-1 configuration
 //!   ([`moehal_core::engram::v41_flash::layer`]`(0)`: multipliers, primes, `V' = 99,092`, `π = 2`).
@@ -26,6 +26,7 @@ use super::{fill_random, stream_seed};
 
 const OP: &str = "engram";
 
+pub mod compress;
 pub mod header;
 #[cfg(feature = "cli")]
 mod tokenizer;

@@ -34,7 +34,7 @@ pub fn token_slice(inp: &MoeInputs, p: &Preset, start: usize, end: usize) -> Moe
     MoeInputs {
         tokens: end - start,
         x: inp.x[start * row..end * row].to_vec(),
-        logits: inp.logits[start * p.experts..end * p.experts].to_vec(),
+        logits: inp.logits[start * p.num_experts..end * p.num_experts].to_vec(),
         bias: inp.bias.clone(),
         hash: inp.hash.as_ref().map(|h| crate::pipeline::moe::HashRoute {
             token_ids: h.token_ids[start..end].to_vec(),
@@ -59,8 +59,8 @@ pub fn ep_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
     let (h, i, e, k, s) = (
         p.hidden as u64,
         p.expert_width as u64,
-        p.experts as u64,
-        p.k as u64,
+        p.num_experts as u64,
+        p.topk as u64,
         p.shared_experts as u64,
     );
     let inputs = super::moe::input_bytes_per_token(p, dtype);
@@ -93,7 +93,7 @@ pub fn forward_ep(
     w: &MoeWeights,
     inp: &MoeInputs,
 ) -> Result<EpOutput> {
-    let (t, e, k, h, i) = (inp.tokens, p.experts, p.k, p.hidden, p.expert_width);
+    let (t, e, k, h, i) = (inp.tokens, p.num_experts, p.topk, p.hidden, p.expert_width);
     if map.experts() != e || map.ranks() != comm.size() {
         return Err(Error::invalid(
             "moe_ep",
@@ -136,7 +136,7 @@ pub fn forward_ep(
             hidden: h,
             ids: &ids,
             weights: &weights,
-            k,
+            topk: k,
             map,
         };
         dispatched = Some(ep_dispatch(comm, &args)?);
@@ -251,14 +251,18 @@ mod tests {
     #[test]
     fn ep_layer_equals_single_process_on_the_reference() {
         let p = preset("deepseek-v4-flash").unwrap().scaled_widths(64);
-        let p = Preset { experts: 8, k: 3, ..p };
+        let p = Preset {
+            num_experts: 8,
+            topk: 3,
+            ..p
+        };
         let be = moehal_core::Reference::new();
         let t_all = 5;
         let inputs = MoeInputs::generate(&p, t_all, DType::F32, 4).unwrap();
         let full = MoeWeights::upload(&[&be], &p, DType::F32, 4, &|_| {}).unwrap();
         let want = forward(&be, &p, DType::F32, &full[0], &inputs).unwrap();
         for r_n in [1, 2, 4] {
-            let map = ExpertMap::contiguous(p.experts, r_n).unwrap();
+            let map = ExpertMap::contiguous(p.num_experts, r_n).unwrap();
             let comms = LoopbackComm::group(r_n);
             let got: Vec<f32> = std::thread::scope(|s| {
                 let hs: Vec<_> = comms

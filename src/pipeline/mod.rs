@@ -12,60 +12,9 @@ pub mod moe;
 use half::{bf16, f16};
 use moehal_core::{Backend, Buffer, DType, Error, Result};
 
-/// Step of the SplitMix64 sequence (the golden-ratio increment).
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The SplitMix64 output function: a bijective 64-bit mixer.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seed for the independent stream `stream` derived from `seed` (so that the weights of
-/// different matrices never share values).
-pub fn stream_seed(seed: u64, stream: u64) -> u64 {
-    mix64(seed ^ mix64(stream.wrapping_add(GOLDEN)))
-}
-
-/// The `i`-th 64-bit value of the counter-based stream `seed` (SplitMix64 at position `i`).
-///
-/// Counter-based, so a tensor can be generated in any chunking or thread split and still be the
-/// same tensor for the same seed.
-#[inline]
-pub fn random_u64_at(seed: u64, i: u64) -> u64 {
-    mix64(seed.wrapping_add(i.wrapping_add(1).wrapping_mul(GOLDEN)))
-}
-
-/// Element `i` of the uniform stream `seed`, in `[-1, 1)` (24 random bits).
-#[inline]
-pub fn uniform_at(seed: u64, i: u64) -> f32 {
-    let bits = (random_u64_at(seed, i) >> 40) as u32; // 24 bits
-    bits as f32 * (2.0 / (1u32 << 24) as f32) - 1.0
-}
-
-/// A small sequential generator (SplitMix64), for index choices (routing, rows).
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GOLDEN);
-        mix64(self.state)
-    }
-    /// Uniform integer in `[0, n)` (`n > 0`; multiply-shift, bias below 2^-32 for the sizes used).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() >> 32) * n) >> 32
-    }
-}
+/// A seed for the independent stream `stream` of `seed` (the test kit's one generator,
+/// [`moehal_testkit::rng`]: ChaCha8, also behind every conformance case's inputs).
+pub use moehal_testkit::rng::{stream_seed, UniformStream};
 
 /// Encode `n` elements `value(i)` as `dtype` bytes (little endian; `f32`, `bf16` or `f16`,
 /// rounded to nearest even), into `out` (`n * dtype.size()` bytes).
@@ -101,7 +50,8 @@ pub fn encode_floats(dtype: DType, out: &mut [u8], mut value: impl FnMut(usize) 
 }
 
 /// `n` seeded uniform values in `[-scale, scale)` encoded as `dtype`, generated on all cores
-/// (deterministic: element `i` is `scale * uniform_at(seed, first + i)` whatever the split).
+/// (deterministic: element `i` is `scale` times element `first + i` of [`UniformStream`] `seed`,
+/// whatever the split).
 ///
 /// # Errors
 /// As [`encode_floats`].
@@ -111,7 +61,8 @@ pub fn random_floats(dtype: DType, n: usize, scale: f32, seed: u64, first: u64) 
     Ok(out)
 }
 
-/// Fill `out` (whole elements of `dtype`) with `scale * uniform_at(seed, first + i)`, on all cores.
+/// Fill `out` (whole elements of `dtype`) with `scale` times elements `first..` of
+/// [`UniformStream`] `seed`, on all cores.
 ///
 /// # Errors
 /// As [`encode_floats`].
@@ -120,7 +71,8 @@ pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u
     let n = out.len() / es.max(1);
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
     if threads <= 1 || n < 1 << 16 {
-        return encode_floats(dtype, out, |i| scale * uniform_at(seed, first + i as u64));
+        let mut u = UniformStream::at(seed, first);
+        return encode_floats(dtype, out, |_| scale * u.next_f32());
     }
     let per = n.div_ceil(threads);
     std::thread::scope(|s| {
@@ -129,7 +81,10 @@ pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u
             .enumerate()
             .map(|(c, chunk)| {
                 let base = first + (c * per) as u64;
-                s.spawn(move || encode_floats(dtype, chunk, |i| scale * uniform_at(seed, base + i as u64)))
+                s.spawn(move || {
+                    let mut u = UniformStream::at(seed, base);
+                    encode_floats(dtype, chunk, |_| scale * u.next_f32())
+                })
             })
             .collect();
         handles.into_iter().try_for_each(|h| {
@@ -300,7 +255,8 @@ mod tests {
         let a = random_floats(DType::BF16, 200_000, 0.5, 7, 0).unwrap();
         let mut b = vec![0u8; a.len()];
         let (lo, hi) = b.split_at_mut(2 * 12_345);
-        encode_floats(DType::BF16, lo, |i| 0.5 * uniform_at(7, i as u64)).unwrap();
+        let mut u = UniformStream::at(7, 0);
+        encode_floats(DType::BF16, lo, |_| 0.5 * u.next_f32()).unwrap();
         fill_random(DType::BF16, hi, 0.5, 7, 12_345).unwrap();
         assert_eq!(a, b);
         let v = decode_floats(DType::BF16, &a).unwrap();
@@ -323,11 +279,5 @@ mod tests {
         assert!(nothing_compared(&[]).is_some());
         assert_eq!(nothing_compared(&[f32::NAN, 0.0]), None);
         assert!(rel_error(&[1.0], &[1.0, 2.0]).is_infinite());
-    }
-
-    #[test]
-    fn below_stays_in_range() {
-        let mut r = SplitMix64::new(3);
-        assert!((0..10_000).all(|_| r.below(7) < 7));
     }
 }

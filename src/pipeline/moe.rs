@@ -20,13 +20,13 @@ use moehal_core::ops::{
 };
 use moehal_core::{Backend, BackendExt, Buffer, DType, Error, Result, TensorMut, TensorRef};
 
-use super::{download_floats, fill_random, random_floats, stream_seed, uniform_at, upload_bytes};
+use super::{download_floats, fill_random, random_floats, stream_seed, upload_bytes, UniformStream};
 use crate::presets::Preset;
 
 /// Bytes of expert weights (routed + shared, gate_up + down) of `p` in `dtype`.
 pub fn weight_bytes(p: &Preset, dtype: DType) -> u64 {
     let per_expert = 3 * p.hidden as u64 * p.expert_width as u64 * dtype.size() as u64;
-    (p.experts + p.shared_experts) as u64 * per_expert
+    (p.num_experts + p.shared_experts) as u64 * per_expert
 }
 
 /// Bytes of one expert (gate_up `[2I, H]` and down `[H, I]`) of `p` stored in `w`: packed codes
@@ -38,7 +38,7 @@ pub fn quant_expert_bytes(p: &Preset, w: WeightFormat) -> u64 {
 /// Bytes of the expert weights of `p` as shipped: routed experts in `routed`, shared experts in
 /// `shared` (codes plus scales).
 pub fn quant_weight_bytes(p: &Preset, routed: WeightFormat, shared: WeightFormat) -> u64 {
-    p.experts as u64 * quant_expert_bytes(p, routed) + p.shared_experts as u64 * quant_expert_bytes(p, shared)
+    p.num_experts as u64 * quant_expert_bytes(p, routed) + p.shared_experts as u64 * quant_expert_bytes(p, shared)
 }
 
 /// The shipped weight formats of a run: `(routed, shared)` when the experts are quantized, `None`
@@ -94,25 +94,25 @@ pub fn fit_experts(p: &Preset, dtype: DType, budget: u64) -> (Preset, Vec<String
 /// storage in the note).
 fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64) -> (Preset, Vec<String>) {
     let mut notes = Vec::new();
-    let bytes_of = |q: &Preset| q.experts as u64 * routed + q.shared_experts as u64 * shared;
+    let bytes_of = |q: &Preset| q.num_experts as u64 * routed + q.shared_experts as u64 * shared;
     let full = bytes_of(p);
     if full <= budget {
         return (*p, notes);
     }
     let fits = (budget.saturating_sub(p.shared_experts as u64 * shared) / routed.max(1)) as usize;
-    let mut e = fits.clamp(p.k, p.experts);
-    let mut out = Preset { experts: e, ..*p };
+    let mut e = fits.clamp(p.topk, p.num_experts);
+    let mut out = Preset { num_experts: e, ..*p };
     if let Some(g) = p.group {
         let valid = |e: usize, n: usize| {
             n > 1
                 && e % n == 0
-                && p.k <= g.topk_group.min(n) * (e / n)
+                && p.topk <= g.topk_group.min(n) * (e / n)
                 && (g.score != moehal_core::ops::GroupScore::Top2Sum || e / n >= 2)
         };
         // Prefer keeping n_group: round E down to a multiple of it.
         let mut chosen = None;
         let mut e_try = e - e % g.n_group;
-        while e_try >= p.k && e_try > 0 {
+        while e_try >= p.topk && e_try > 0 {
             if valid(e_try, g.n_group) {
                 chosen = Some((e_try, g.n_group));
                 break;
@@ -127,7 +127,7 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
                 e = e2;
                 let topk_group = g.topk_group.min(n);
                 out = Preset {
-                    experts: e,
+                    num_experts: e,
                     group: Some(moehal_core::ops::GroupLimit {
                         n_group: n,
                         topk_group,
@@ -144,7 +144,7 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
             }
             None => {
                 out = Preset {
-                    experts: e,
+                    num_experts: e,
                     group: None,
                     ..*p
                 };
@@ -159,12 +159,12 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
         0,
         format!(
             "scaled by expert count to fit memory: {} -> {} routed experts (weights {} -> {} of {what}, budget {}); k = {} and the routing rule kept",
-            p.experts,
+            p.num_experts,
             e,
             super::human_bytes(full as f64),
             super::human_bytes(bytes_of(&out) as f64),
             super::human_bytes(budget as f64),
-            p.k
+            p.topk
         ),
     );
     (out, notes)
@@ -174,7 +174,7 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
 /// logits `[E]` f32, and a hash-routed layer's token id (i64, counted always).
 pub fn input_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
     let es = dtype.size() as u64;
-    p.hidden as u64 * es + p.experts as u64 * 4 + 8
+    p.hidden as u64 * es + p.num_experts as u64 * 4 + 8
 }
 
 /// Bytes per token of every buffer one [`forward`] of `p` allocates on its backend and on the
@@ -190,8 +190,8 @@ pub fn forward_bytes_per_token(p: &Preset, dtype: DType) -> u64 {
     let (h, i, e, k, s) = (
         p.hidden as u64,
         p.expert_width as u64,
-        p.experts as u64,
-        p.k as u64,
+        p.num_experts as u64,
+        p.topk as u64,
         p.shared_experts as u64,
     );
     let inputs = h * es + e * 4 + 8;
@@ -240,14 +240,12 @@ impl MoeInputs {
     /// [`Error::InvalidArgument`] for a non-floating dtype.
     pub fn generate(p: &Preset, tokens: usize, dtype: DType, seed: u64) -> Result<Self> {
         let x = random_floats(dtype, tokens * p.hidden, 1.0, stream_seed(seed, 100), 0)?;
-        let ls = stream_seed(seed, 101);
-        let logits = (0..tokens * p.experts)
-            .map(|i| 2.0 * uniform_at(ls, i as u64))
-            .collect();
-        let bs = stream_seed(seed, 102);
+        let mut ls = UniformStream::at(stream_seed(seed, 101), 0);
+        let logits = (0..tokens * p.num_experts).map(|_| 2.0 * ls.next_f32()).collect();
+        let mut bs = UniformStream::at(stream_seed(seed, 102), 0);
         let bias = p
             .bias
-            .then(|| (0..p.experts).map(|i| 0.1 * uniform_at(bs, i as u64)).collect());
+            .then(|| (0..p.num_experts).map(|_| 0.1 * bs.next_f32()).collect());
         Ok(MoeInputs {
             tokens,
             x,
@@ -301,34 +299,26 @@ fn scale_dtype(f: WeightFormat) -> DType {
     }
 }
 
-/// splitmix64 step.
-fn mix(z: &mut u64) -> u64 {
-    *z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut x = *z;
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// Seeded quantized codes and scales of one expert matrix `[n, k]` in format `f`, scaled so that
 /// the dequantized weight has a standard deviation of about `1/sqrt(k)` (as the float weights).
 fn quant_matrix(f: WeightFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut z = seed;
+    use rand::RngCore;
+    let mut rng = moehal_testkit::rng::seeded(seed);
     let log2_sqrt_k = (k.max(1) as f64).sqrt().log2();
     match f {
         WeightFormat::Mxfp4 => {
             // Uniform E2M1 codes have an RMS of about 2.9 (~2^1.5).
-            let w = (0..n * k / 2).map(|_| mix(&mut z) as u8).collect();
+            let w = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
             let centre = 127.0 - 1.5 - log2_sqrt_k;
             let s = (0..n * (k / 32))
-                .map(|_| (centre + (mix(&mut z) % 3) as f64 - 1.0).round().clamp(1.0, 254.0) as u8)
+                .map(|_| (centre + (rng.next_u64() % 3) as f64 - 1.0).round().clamp(1.0, 254.0) as u8)
                 .collect();
             (w, s)
         }
         WeightFormat::Fp8Block => {
             // Uniform bytes (NaN codes 0x7F/0xFF replaced by ±448) have an RMS of about 130.
             let w = (0..n * k)
-                .map(|_| match mix(&mut z) as u8 {
+                .map(|_| match rng.next_u64() as u8 {
                     0x7F => 0x7E,
                     0xFF => 0xFE,
                     b => b,
@@ -337,13 +327,13 @@ fn quant_matrix(f: WeightFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec
             let nb = n.div_ceil(128) * k.div_ceil(128);
             let base = 1.0 / (130.0 * (k.max(1) as f64).sqrt());
             let s: Vec<f32> = (0..nb)
-                .map(|_| (base * (0.75 + 0.5 * (mix(&mut z) >> 11) as f64 / (1u64 << 53) as f64)) as f32)
+                .map(|_| (base * (0.75 + 0.5 * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)) as f32)
                 .collect();
             (w, bytemuck::cast_slice(&s).to_vec())
         }
         WeightFormat::Int8 => {
             let w = (0..n * k)
-                .map(|_| (mix(&mut z) % 255) as u8 ^ 0x80)
+                .map(|_| (rng.next_u64() % 255) as u8 ^ 0x80)
                 .collect::<Vec<u8>>();
             let s: Vec<f32> = (0..n)
                 .map(|_| (1.0 / (73.0 * (k.max(1) as f64).sqrt())) as f32)
@@ -367,7 +357,7 @@ impl MoeWeights {
         seed: u64,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<MoeWeights>> {
-        let all: Vec<usize> = (0..p.experts).collect();
+        let all: Vec<usize> = (0..p.num_experts).collect();
         Self::upload_quant_experts(backends, p, routed, shared, seed, &all, progress)
     }
 
@@ -641,7 +631,7 @@ impl MoeWeights {
         seed: u64,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<MoeWeights>> {
-        let all: Vec<usize> = (0..p.experts).collect();
+        let all: Vec<usize> = (0..p.num_experts).collect();
         Self::upload_experts(backends, p, dtype, seed, &all, progress)
     }
 
@@ -771,7 +761,7 @@ impl RouterInputs {
         ids: &mut Buffer,
         weights: &mut Buffer,
     ) -> Result<()> {
-        let (e, k) = (p.experts, p.k);
+        let (e, k) = (p.num_experts, p.topk);
         if let Some((tab, tid, v)) = &self.hash {
             let args = RouterHash {
                 config: p.router(),
@@ -801,7 +791,7 @@ impl RouterInputs {
 /// # Errors
 /// Any op's error ([`Error::Unsupported`] when the backend lacks a variant), allocation errors.
 pub fn forward(backend: &dyn Backend, p: &Preset, dtype: DType, w: &MoeWeights, inp: &MoeInputs) -> Result<MoeOutput> {
-    let (t, e, k, h, i) = (inp.tokens, p.experts, p.k, p.hidden, p.expert_width);
+    let (t, e, k, h, i) = (inp.tokens, p.num_experts, p.topk, p.hidden, p.expert_width);
     let s = p.shared_experts;
     let rows = t * k;
     let es = dtype.size();
@@ -1014,11 +1004,11 @@ impl CheckpointPlan<'_> {
     /// [`Error::InvalidArgument`] for an expert id outside the layer; the backends' errors.
     pub fn upload_experts(&self, backends: &[&dyn Backend], experts: &[usize]) -> Result<Vec<MoeWeights>> {
         use crate::checkpoint::Proj;
-        if let Some(&bad) = experts.iter().find(|&&e| e >= self.preset.experts) {
+        if let Some(&bad) = experts.iter().find(|&&e| e >= self.preset.num_experts) {
             return Err(Error::invalid(
                 "moe",
                 "experts",
-                format!("expert {bad} outside the layer's {}", self.preset.experts),
+                format!("expert {bad} outside the layer's {}", self.preset.num_experts),
             ));
         }
         if experts.is_empty() {
@@ -1161,16 +1151,16 @@ pub fn plan_checkpoint_layer<'a>(
     } else {
         None
     };
-    if base.k > e {
+    if base.topk > e {
         return Err(bad(
             format!("layers.{layer}.ffn.experts.{}.w1.weight", e - 1),
-            format!("{e} routed experts, fewer than top-{} of the preset", base.k),
+            format!("{e} routed experts, fewer than top-{} of the preset", base.topk),
         ));
     }
     let preset = Preset {
         hidden: h,
         expert_width: i,
-        experts: e,
+        num_experts: e,
         shared_experts: has_shared as usize,
         ..*base
     };
@@ -1178,10 +1168,10 @@ pub fn plan_checkpoint_layer<'a>(
     let tid2eid = match ck.tensors().get(&tname) {
         None => None,
         Some(t) => {
-            if t.shape.len() != 2 || t.shape[1] != base.k {
+            if t.shape.len() != 2 || t.shape[1] != base.topk {
                 return Err(bad(
                     tname,
-                    format!("shape {:?}, expected [V, {}] (top-k)", t.shape, base.k),
+                    format!("shape {:?}, expected [V, {}] (top-k)", t.shape, base.topk),
                 ));
             }
             let raw = ck.bytes(t);
@@ -1196,7 +1186,7 @@ pub fn plan_checkpoint_layer<'a>(
                     .collect(),
                 other => return Err(bad(tname, format!("dtype {other}, expected I32 or I64"))),
             };
-            if wide.len() != t.shape[0] * base.k {
+            if wide.len() != t.shape[0] * base.topk {
                 return Err(bad(tname, format!("{} bytes do not hold {:?} ids", raw.len(), t.shape)));
             }
             // Every id names one of the layer's experts, checked at load (it failed late, in the
@@ -1206,8 +1196,8 @@ pub fn plan_checkpoint_layer<'a>(
                     tname,
                     format!(
                         "entry [{}, {}] is expert {v}, outside 0..{e} (the layer's {e} routed experts)",
-                        at / base.k,
-                        at % base.k
+                        at / base.topk,
+                        at % base.topk
                     ),
                 ));
             }
@@ -1241,14 +1231,14 @@ fn check_group_routing(base: &Preset, e: usize, layer: usize) -> Result<()> {
     };
     let what = format!(
         "preset {} (n_group {}, topk_group {}, top-{}) cannot route layer {layer}'s {e} routed experts",
-        base.name, g.n_group, g.topk_group, base.k
+        base.name, g.n_group, g.topk_group, base.topk
     );
     let why = if e % g.n_group != 0 {
         Some(format!("n_group {} does not divide {e} experts", g.n_group))
-    } else if base.k > g.topk_group * (e / g.n_group) {
+    } else if base.topk > g.topk_group * (e / g.n_group) {
         Some(format!(
             "top-{} exceeds topk_group * E / n_group = {} * {e} / {} = {}",
-            base.k,
+            base.topk,
             g.topk_group,
             g.n_group,
             g.topk_group * (e / g.n_group)
@@ -1305,11 +1295,11 @@ mod tests {
         assert!(notes.is_empty());
         let d = preset("deepseek-v3").unwrap();
         let (p, notes) = fit_experts(d, DType::BF16, 4 << 30);
-        assert!(p.experts < d.experts && p.experts >= p.k);
+        assert!(p.num_experts < d.num_experts && p.num_experts >= p.topk);
         assert!(weight_bytes(&p, DType::BF16) <= 4 << 30);
         let g = p.group.unwrap();
-        assert_eq!(p.experts % g.n_group, 0);
-        assert!(p.k <= g.topk_group * p.experts / g.n_group);
+        assert_eq!(p.num_experts % g.n_group, 0);
+        assert!(p.topk <= g.topk_group * p.num_experts / g.n_group);
         assert!(notes[0].contains("scaled by expert count"));
     }
 
@@ -1325,10 +1315,10 @@ mod tests {
         let fp8 = 3 * h * i + 4 * ((2 * i).div_ceil(128) * h.div_ceil(128) + h.div_ceil(128) * i.div_ceil(128));
         assert_eq!(quant_expert_bytes(v4, WeightFormat::Fp8Block), fp8);
         let (p, notes) = fit_experts_quant(v4, WeightFormat::Mxfp4, WeightFormat::Fp8Block, 4 << 30);
-        assert_eq!(p.experts, 256, "{notes:?}");
+        assert_eq!(p.num_experts, 256, "{notes:?}");
         assert!(notes.is_empty());
         let (p, notes) = fit_experts_quant(v4, WeightFormat::Mxfp4, WeightFormat::Fp8Block, 2 << 30);
-        assert_eq!(p.experts as u64, ((2u64 << 30) - fp8) / mx);
+        assert_eq!(p.num_experts as u64, ((2u64 << 30) - fp8) / mx);
         assert!(quant_weight_bytes(&p, WeightFormat::Mxfp4, WeightFormat::Fp8Block) <= 2 << 30);
         assert!(notes[0].contains("mxfp4 routed / fp8_block shared"), "{notes:?}");
     }
@@ -1347,7 +1337,12 @@ mod tests {
         );
         // One byte per element (the old EP rule) keeps fewer experts than the packed bytes allow.
         let (u8_rule, _) = fit_experts(v4, DType::U8, budget);
-        assert!(p.experts > u8_rule.experts, "{} vs {}", p.experts, u8_rule.experts);
+        assert!(
+            p.num_experts > u8_rule.num_experts,
+            "{} vs {}",
+            p.num_experts,
+            u8_rule.num_experts
+        );
         assert!(expert_weight_bytes(&p, DType::BF16, q) <= budget);
         assert_eq!(
             expert_weight_bytes(&p, DType::BF16, q),
@@ -1371,11 +1366,11 @@ mod tests {
         let p = Preset {
             hidden: 64,
             expert_width: 32,
-            experts: 8,
-            k: 3,
+            num_experts: 8,
+            topk: 3,
             ..base
         };
-        let (t, h, i, e, k) = (5, p.hidden, p.expert_width, p.experts, p.k);
+        let (t, h, i, e, k) = (5, p.hidden, p.expert_width, p.num_experts, p.topk);
         let seed = 11;
         let be = moehal_core::Reference::new();
         let ws = MoeWeights::upload(&[&be], &p, DType::F32, seed, &|_| {}).unwrap();
@@ -1444,7 +1439,7 @@ mod tests {
     #[test]
     fn tiny_layer_matches_itself_on_reference() {
         let p = preset("deepseek-v4-flash").unwrap().scaled_widths(64);
-        let p = Preset { experts: 8, ..p };
+        let p = Preset { num_experts: 8, ..p };
         let be = moehal_core::Reference::new();
         let ws = MoeWeights::upload(&[&be], &p, DType::F32, 1, &|_| {}).unwrap();
         let inp = MoeInputs::generate(&p, 3, DType::F32, 1).unwrap();
@@ -1454,11 +1449,11 @@ mod tests {
         assert!(a.out.iter().any(|&v| v != 0.0));
         assert!(a.stages.iter().any(|s| s.name == "shared_expert"));
         // Distinct ids per token.
-        for tok in a.ids.chunks(p.k) {
+        for tok in a.ids.chunks(p.topk) {
             let mut v = tok.to_vec();
             v.sort();
             v.dedup();
-            assert_eq!(v.len(), p.k);
+            assert_eq!(v.len(), p.topk);
         }
     }
 
@@ -1468,7 +1463,7 @@ mod tests {
     #[test]
     fn quantized_v4_flash_layer_matches_the_reference() {
         let p = preset("deepseek-v4-flash").unwrap().scaled_widths(16); // hidden 256, width 128
-        let p = Preset { experts: 16, ..p };
+        let p = Preset { num_experts: 16, ..p };
         let (routed, shared) = shipped_formats(&p).unwrap();
         assert_eq!((routed, shared), (WeightFormat::Mxfp4, WeightFormat::Fp8Block));
         let cpu = moehal_cpu::CpuBackend::new();

@@ -7,8 +7,7 @@
 //! - [`Backend`]: the trait every device implements; [`Reference`] is the oracle.
 //! - [`quant`]: the quantized formats of OPS.md §6 (E2M1, E8M0, E4M3FN codecs, quantize rules);
 //!   [`ops::GroupedGemmQ`], [`ops::QuantizeFp8`], [`ops::QuantizeInt8`] are their ops.
-//! - [`engram`]: Engram layer configs, prime derivation, the DeepSeek-V4.1-Flash data and the
-//!   tokenizer compression table.
+//! - [`engram`]: Engram layer configs, prime derivation and the DeepSeek-V4.1-Flash data.
 //!
 //! ```
 //! use moehal_core::{Backend, BackendExt, DType, Reference};

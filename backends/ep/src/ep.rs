@@ -23,8 +23,8 @@ pub struct DispatchArgs<'a> {
     pub ids: &'a [i32],
     /// `[T, k]` f32 router weights, applied at combine on this rank.
     pub weights: &'a [f32],
-    /// Slots per token `k` (the same on every rank).
-    pub k: usize,
+    /// Slots per token `k` (top-k; the same on every rank).
+    pub topk: usize,
     /// Where each expert lives (the same on every rank).
     pub map: &'a ExpertMap,
 }
@@ -123,11 +123,11 @@ fn validate(comm: &dyn Comm, a: &DispatchArgs<'_>) -> Result<()> {
             format!("map for {} ranks, communicator of {}", a.map.ranks(), comm.size()),
         ));
     }
-    if a.k == 0 || a.hidden == 0 {
+    if a.topk == 0 || a.hidden == 0 {
         return Err(Error::invalid(
             "ep_dispatch",
             "k",
-            format!("k = {} and H = {} must be at least 1", a.k, a.hidden),
+            format!("k = {} and H = {} must be at least 1", a.topk, a.hidden),
         ));
     }
     let want = a.tokens.checked_mul(a.hidden).and_then(|n| n.checked_mul(es));
@@ -144,7 +144,7 @@ fn validate(comm: &dyn Comm, a: &DispatchArgs<'_>) -> Result<()> {
             ),
         ));
     }
-    if a.ids.len() != a.tokens * a.k || a.weights.len() != a.tokens * a.k {
+    if a.ids.len() != a.tokens * a.topk || a.weights.len() != a.tokens * a.topk {
         return Err(Error::invalid(
             "ep_dispatch",
             "ids",
@@ -153,7 +153,7 @@ fn validate(comm: &dyn Comm, a: &DispatchArgs<'_>) -> Result<()> {
                 a.ids.len(),
                 a.weights.len(),
                 a.tokens,
-                a.k
+                a.topk
             ),
         ));
     }
@@ -179,7 +179,7 @@ fn validate(comm: &dyn Comm, a: &DispatchArgs<'_>) -> Result<()> {
 /// metadata from a peer that disagrees with `map`; the engine's errors.
 pub fn ep_dispatch(comm: &dyn Comm, a: &DispatchArgs<'_>) -> Result<Dispatched> {
     validate(comm, a)?;
-    let (r_n, me, k, h) = (comm.size(), comm.rank(), a.k, a.hidden);
+    let (r_n, me, k, h) = (comm.size(), comm.rank(), a.topk, a.hidden);
     let row = h * a.dtype.size();
     // Source side: which tokens go where, and each sent row's local ids (-1: not on that rank).
     let mut slot_dest = vec![-1i32; a.tokens * k];

@@ -139,7 +139,7 @@ pub fn run_rank(
             hidden: h,
             ids: &mine.ids,
             weights: &mine.weights,
-            k,
+            topk: k,
             map,
         },
     )?;

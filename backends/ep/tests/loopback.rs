@@ -65,7 +65,7 @@ fn expert_parallel(inputs: &[RankInput], map: &ExpertMap, k: usize, h: usize) ->
                             hidden: h,
                             ids: &inp.ids,
                             weights: &inp.weights,
-                            k,
+                            topk: k,
                             map,
                         },
                     )
@@ -303,7 +303,7 @@ fn grouped_gemm_on_local_experts_matches_single_process() {
                             hidden: h,
                             ids: &inp.ids,
                             weights: &inp.weights,
-                            k,
+                            topk: k,
                             map,
                         },
                     )
@@ -338,7 +338,7 @@ fn bad_arguments_are_errors() {
         hidden: 4,
         ids: &[0, 4],
         weights: &[1.0, 1.0],
-        k: 1,
+        topk: 1,
         map: &map,
     };
     let e = ep_dispatch(&comms[0], &args).unwrap_err().to_string();

@@ -1036,15 +1036,15 @@ fn presets(py: Python<'_>) -> PyResult<Vec<PyObject>> {
             d.set_item("name", p.name)?;
             d.set_item("hidden", p.hidden)?;
             d.set_item("expert_width", p.expert_width)?;
-            d.set_item("experts", p.experts)?;
-            d.set_item("k", p.k)?;
+            d.set_item("experts", p.num_experts)?;
+            d.set_item("k", p.topk)?;
             d.set_item("scoring", p.scoring.name())?;
             d.set_item("bias", p.bias)?;
             d.set_item("n_group", p.group.map_or(0, |g| g.n_group))?;
             d.set_item("topk_group", p.group.map_or(0, |g| g.topk_group))?;
             d.set_item("group_score", p.group.map_or("top2_sum", |g| g.score.name()))?;
             d.set_item("renormalize", p.renormalize)?;
-            d.set_item("scale", p.scale)?;
+            d.set_item("scale", p.routed_scaling_factor)?;
             d.set_item("shared_experts", p.shared_experts)?;
             d.set_item("swiglu_limit", p.swiglu_limit)?;
             Ok(d.into_any().unbind())

@@ -140,7 +140,7 @@ pub(super) fn check_memory(tokens: usize, need: &MemoryNeed, available: u64) -> 
 /// their prefix), every buffer of one forward ([`forward_bytes_per_token`]; the forwards run one
 /// after another), and the outputs and ids of the other forward held for the comparison.
 pub(super) fn single_process_bytes_per_token(p: &moehal::presets::Preset, dtype: DType) -> u64 {
-    2 * input_bytes_per_token(p, dtype) + forward_bytes_per_token(p, dtype) + p.hidden as u64 * 4 + p.k as u64 * 4
+    2 * input_bytes_per_token(p, dtype) + forward_bytes_per_token(p, dtype) + p.hidden as u64 * 4 + p.topk as u64 * 4
 }
 
 /// What the reference runs on: how many of the tokens, the note that says why when not all of
@@ -229,7 +229,7 @@ fn reference_plan(t: usize, est_per_token: f64, limit: f64, skip: bool, same: bo
 /// for weight-only quantized weights (decoded per use).
 fn reference_seconds_per_token(p: &moehal::presets::Preset, dtype: DType, quantized: bool) -> anyhow::Result<f64> {
     let rates = moehal::bench::calibrate_reference()?;
-    let mads = ((p.k + p.shared_experts) * 3 * p.hidden * p.expert_width) as f64;
+    let mads = ((p.topk + p.shared_experts) * 3 * p.hidden * p.expert_width) as f64;
     Ok(1.5 * mads / rates.get(dtype) * if quantized { 4.0 } else { 1.0 })
 }
 
@@ -239,7 +239,7 @@ fn input_prefix(inp: &MoeInputs, n: usize, p: &moehal::presets::Preset) -> MoeIn
     MoeInputs {
         tokens: n,
         x: inp.x[..n * row].to_vec(),
-        logits: inp.logits[..n * p.experts].to_vec(),
+        logits: inp.logits[..n * p.num_experts].to_vec(),
         bias: inp.bias.clone(),
         hash: inp.hash.as_ref().map(|h| moehal::pipeline::moe::HashRoute {
             token_ids: h.token_ids[..n].to_vec(),
@@ -366,8 +366,8 @@ pub(super) fn run(a: Args) -> CliResult {
         p.name,
         p.hidden,
         p.expert_width,
-        p.experts,
-        p.k,
+        p.num_experts,
+        p.topk,
         p.shared_experts,
         p.scoring.name(),
         p.group.map_or_else(String::new, |g| format!(
@@ -378,7 +378,7 @@ pub(super) fn run(a: Args) -> CliResult {
         )),
         p.swiglu_limit
             .map_or_else(String::new, |l| format!(", swiglu limit {l}")),
-        p.scale
+        p.routed_scaling_factor
     );
     for n in &notes {
         outln!("note: {n}");
@@ -455,11 +455,11 @@ fn check_device_memory(
             "{}'s device memory is {}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (--scale-widths to narrow a preset's experts, or another backend)",
             backend.name(),
             human_bytes(dev as f64),
-            p.experts,
+            p.num_experts,
             p.shared_experts,
             p.hidden,
             p.expert_width,
-            p.k,
+            p.topk,
             human_bytes(weights as f64)
         ));
     }
@@ -686,16 +686,16 @@ pub(super) fn checkpoint_header(path: &std::path::Path, layer_index: usize, laye
         layer_index,
         p.hidden,
         p.expert_width,
-        p.experts,
+        p.num_experts,
         p.shared_experts,
         if p.shared_experts > 0 {
             format!(" ({shared})")
         } else {
             String::new()
         },
-        p.k,
+        p.topk,
         match &layer.tid2eid {
-            Some((_, v)) => format!("hash-routed (tid2eid [{v}, {}])", p.k),
+            Some((_, v)) => format!("hash-routed (tid2eid [{v}, {}])", p.topk),
             None => format!("gated ({})", p.scoring.name()),
         }
     )
@@ -712,10 +712,10 @@ pub(super) fn checkpoint_inputs(
 ) -> anyhow::Result<MoeInputs> {
     let mut inputs = MoeInputs::generate(p, tokens, dtype, seed)?;
     if let Some((tid2eid, vocab)) = tid2eid {
-        let ts = moehal::pipeline::stream_seed(seed, 103);
-        let mut rng = moehal::pipeline::SplitMix64::new(ts);
+        use rand::Rng;
+        let mut rng = moehal_testkit::rng::seeded(moehal::pipeline::stream_seed(seed, 103));
         inputs.hash = Some(moehal::pipeline::moe::HashRoute {
-            token_ids: (0..tokens).map(|_| rng.below(vocab as u64) as i64).collect(),
+            token_ids: (0..tokens).map(|_| rng.gen_range(0..vocab.max(1)) as i64).collect(),
             tid2eid,
             vocab,
         });
@@ -817,10 +817,10 @@ mod tests {
                 ..p
             },
             moehal::presets::Preset {
-                experts: p.experts + 1,
+                num_experts: p.num_experts + 1,
                 ..p
             },
-            moehal::presets::Preset { k: p.k + 1, ..p },
+            moehal::presets::Preset { topk: p.topk + 1, ..p },
             moehal::presets::Preset {
                 shared_experts: p.shared_experts + 1,
                 ..p
@@ -830,7 +830,7 @@ mod tests {
         }
         assert!(single_process_bytes_per_token(&p, DType::F32) > base);
         // At least the permuted rows through gate_up, swiglu and down.
-        let (h, i, k) = (p.hidden as u64, p.expert_width as u64, p.k as u64);
+        let (h, i, k) = (p.hidden as u64, p.expert_width as u64, p.topk as u64);
         assert!(base >= k * (h + 3 * i + h) * 2);
     }
 }

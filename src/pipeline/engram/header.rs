@@ -141,8 +141,9 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
     }
     if at > data {
         return Err(format!(
-            "truncated: the tensors' data_offsets end at byte {at} of the data section (file offset {}), but the file has {data} data bytes after the {n}-byte header ({len} bytes in all)",
-            hend.saturating_add(at)
+            "truncated: the tensors' data_offsets end at byte {at} of the data section (file offset {}), but the file has {data} data bytes after the {n}-byte header ({len} bytes in all): tensor `{}` lies outside the file",
+            hend.saturating_add(at),
+            prev.unwrap_or("")
         ));
     }
     if at < data {
@@ -152,10 +153,14 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
             hend + at
         ));
     }
+    for t in &tensors {
+        check_size(t)?;
+    }
     Ok(Header { len: n, tensors })
 }
 
-/// One tensor's entry, checked on its own (fields, types, size against its offsets).
+/// One tensor's entry, checked on its own (fields, types, `begin <= end`; the size against the
+/// shape is [`check_size`]'s, after the ranges).
 fn entry(name: &str, v: &serde_json::Value) -> Result<TensorEntry, String> {
     let field = |k: &str| {
         v.get(k)
@@ -180,7 +185,20 @@ fn entry(name: &str, v: &serde_json::Value) -> Result<TensorEntry, String> {
             "tensor `{name}`: data_offsets [{b}, {e}) end before they begin"
         ));
     }
-    if let Some(bits) = dtype_bits(&dtype) {
+    Ok(TensorEntry {
+        name: name.to_string(),
+        dtype,
+        shape,
+        data_offsets: (b, e),
+    })
+}
+
+/// A tensor's byte size against its shape and dtype (checked after the ranges: a range outside
+/// the file is named as such first, whatever its size).
+fn check_size(t: &TensorEntry) -> Result<(), String> {
+    let (name, dtype, shape) = (&t.name, &t.dtype, &t.shape);
+    let (b, e) = t.data_offsets;
+    if let Some(bits) = dtype_bits(dtype) {
         let total = shape
             .iter()
             .try_fold(bits, |acc, &d| acc.checked_mul(d))
@@ -198,12 +216,7 @@ fn entry(name: &str, v: &serde_json::Value) -> Result<TensorEntry, String> {
             ));
         }
     }
-    Ok(TensorEntry {
-        name: name.to_string(),
-        dtype,
-        shape,
-        data_offsets: (b, e),
-    })
+    Ok(())
 }
 
 #[cfg(test)]

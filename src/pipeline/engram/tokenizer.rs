@@ -1,7 +1,8 @@
 //! The tokenizer half of the Engram text pipeline (feature `cli`): cl100k BPE from
 //! `tiktoken-rs`, the compression table over its vocabulary, and canonical ids for a layer.
 
-use moehal_core::engram::{CompressionTable, EngramLayer};
+use super::compress::CompressionTable;
+use moehal_core::engram::EngramLayer;
 use moehal_core::{Error, Result};
 
 use super::OP;

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use half::{bf16, f16};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::presets::Preset;
@@ -19,6 +19,7 @@ use moehal_core::conformance;
 pub mod cost;
 pub mod presets;
 pub mod quant;
+pub mod rng;
 use moehal_core::engram::{self, EngramLayer};
 use moehal_core::ops::{
     EngramHash, EngramLookup, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc,
@@ -665,26 +666,6 @@ fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| normal(rng) * scale).collect()
 }
 
-fn routed_ids(rng: &mut ChaCha8Rng, t: usize, k: usize, e: usize, drop: f64, repeat: bool) -> Vec<i32> {
-    let mut ids = Vec::with_capacity(t * k);
-    for _ in 0..t {
-        let mut row: Vec<i32> = Vec::with_capacity(k);
-        while row.len() < k {
-            let id = rng.gen_range(0..e) as i32;
-            if repeat || !row.contains(&id) || row.len() >= e {
-                row.push(id);
-            }
-        }
-        for id in row.iter_mut() {
-            if rng.gen_bool(drop) {
-                *id = -1;
-            }
-        }
-        ids.extend(row);
-    }
-    ids
-}
-
 /// Random bytes that are valid fp8 table rows, with NaN, zero, subnormal and max encodings mixed in.
 fn fp8_table(rng: &mut ChaCha8Rng, r: usize, d: usize) -> Vec<u8> {
     let w = d + d / 32;
@@ -777,7 +758,7 @@ fn tie_class_bias(kind: Logits, e: usize, config: &RouterConfig) -> Option<Vec<f
 }
 
 fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = rng::seeded(seed);
     let mut tensors = Vec::new();
     let mut history = Vec::new();
     let mut layer = None;
@@ -931,7 +912,7 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
             repeat,
             bad_id,
         } => {
-            let mut ids = routed_ids(&mut rng, *t, *k, *e, *drop, *repeat);
+            let mut ids = rng::routed_ids(&mut rng, *t, *k, *e, *drop, *repeat);
             if *bad_id && !ids.is_empty() {
                 let i = ids.len() / 2;
                 ids[i] = *e as i32;
@@ -2826,12 +2807,12 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         &format!("{} router (T {t})", p.name),
         DType::BF16,
         t,
-        p.experts,
+        p.num_experts,
         p.router(),
         p.bias.then_some(false),
         Logits::Random,
     ));
-    let groups = [t * p.k / 8; 8];
+    let groups = [t * p.topk / 8; 8];
     for dt in [DType::BF16, DType::F32] {
         v.push(gemm(
             &format!("{} gate_up (8 experts, widths/32)", p.name),
@@ -2856,8 +2837,8 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         format!("{} permute", p.name),
         Spec::MoePermute {
             t,
-            k: p.k,
-            e: p.experts,
+            k: p.topk,
+            e: p.num_experts,
             x: Some((DType::BF16, s.hidden)),
             drop: 0.0,
             repeat: false,
@@ -2878,7 +2859,7 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         Spec::MoeCombine {
             dtype: DType::BF16,
             t,
-            k: p.k,
+            k: p.topk,
             h: s.hidden,
             drop: 0.0,
             bad_row: false,

@@ -27,9 +27,9 @@ pub struct Preset {
     /// Expert intermediate width I (gate_up is `[H -> 2I]`, down is `[I -> H]`).
     pub expert_width: usize,
     /// Routed experts E.
-    pub experts: usize,
+    pub num_experts: usize,
     /// Experts per token k.
-    pub k: usize,
+    pub topk: usize,
     /// Router scoring.
     pub scoring: Scoring,
     /// Whether the router uses a selection bias (`e_score_correction_bias`).
@@ -38,8 +38,8 @@ pub struct Preset {
     pub group: Option<GroupLimit>,
     /// Renormalize the selected weights.
     pub renormalize: bool,
-    /// Routed scaling factor.
-    pub scale: f32,
+    /// Routed scaling factor (`routed_scaling_factor` of the model's config).
+    pub routed_scaling_factor: f32,
     /// Shared experts (each of width `expert_width`).
     pub shared_experts: usize,
     /// SwiGLU clamp.
@@ -52,11 +52,11 @@ impl Preset {
     /// The router options of this model.
     pub fn router(&self) -> RouterConfig {
         RouterConfig {
-            k: self.k,
+            k: self.topk,
             scoring: self.scoring,
             group: self.group,
             renormalize: self.renormalize,
-            routed_scaling_factor: self.scale,
+            routed_scaling_factor: self.routed_scaling_factor,
         }
     }
 
@@ -78,8 +78,8 @@ pub const PRESETS: &[Preset] = &[
         name: "deepseek-v3",
         hidden: 7168,
         expert_width: 2048,
-        experts: 256,
-        k: 8,
+        num_experts: 256,
+        topk: 8,
         scoring: Scoring::Sigmoid,
         bias: true,
         group: Some(GroupLimit {
@@ -88,7 +88,7 @@ pub const PRESETS: &[Preset] = &[
             score: GroupScore::Top2Sum,
         }),
         renormalize: true,
-        scale: 2.5,
+        routed_scaling_factor: 2.5,
         shared_experts: 1,
         swiglu_limit: None,
         engram: None,
@@ -97,13 +97,13 @@ pub const PRESETS: &[Preset] = &[
         name: "deepseek-v4-flash",
         hidden: 4096,
         expert_width: 2048,
-        experts: 256,
-        k: 6,
+        num_experts: 256,
+        topk: 6,
         scoring: Scoring::SqrtSoftplus,
         bias: true,
         group: None,
         renormalize: true,
-        scale: 1.5,
+        routed_scaling_factor: 1.5,
         shared_experts: 1,
         swiglu_limit: Some(10.0),
         engram: None,
@@ -112,13 +112,13 @@ pub const PRESETS: &[Preset] = &[
         name: "deepseek-v4.1-flash",
         hidden: 5120,
         expert_width: 2304,
-        experts: 384,
-        k: 6,
+        num_experts: 384,
+        topk: 6,
         scoring: Scoring::SqrtSoftplus,
         bias: true,
         group: None,
         renormalize: true,
-        scale: 1.5,
+        routed_scaling_factor: 1.5,
         shared_experts: 1,
         swiglu_limit: Some(10.0),
         engram: Some(EngramPreset {
@@ -132,13 +132,13 @@ pub const PRESETS: &[Preset] = &[
         name: "qwen3-30b-a3b",
         hidden: 2048,
         expert_width: 768,
-        experts: 128,
-        k: 8,
+        num_experts: 128,
+        topk: 8,
         scoring: Scoring::Softmax,
         bias: false,
         group: None,
         renormalize: true,
-        scale: 1.0,
+        routed_scaling_factor: 1.0,
         shared_experts: 0,
         swiglu_limit: None,
         engram: None,
@@ -147,13 +147,13 @@ pub const PRESETS: &[Preset] = &[
         name: "qwen3-235b-a22b",
         hidden: 4096,
         expert_width: 1536,
-        experts: 128,
-        k: 8,
+        num_experts: 128,
+        topk: 8,
         scoring: Scoring::Softmax,
         bias: false,
         group: None,
         renormalize: true,
-        scale: 1.0,
+        routed_scaling_factor: 1.0,
         shared_experts: 0,
         swiglu_limit: None,
         engram: None,
@@ -162,13 +162,13 @@ pub const PRESETS: &[Preset] = &[
         name: "mixtral-8x7b",
         hidden: 4096,
         expert_width: 14336,
-        experts: 8,
-        k: 2,
+        num_experts: 8,
+        topk: 2,
         scoring: Scoring::Softmax,
         bias: false,
         group: None,
         renormalize: true,
-        scale: 1.0,
+        routed_scaling_factor: 1.0,
         shared_experts: 0,
         swiglu_limit: None,
         engram: None,

@@ -1,5 +1,5 @@
 //! Engram configuration and host-side hashing helpers (`OPS.md` §4, `engram_hash`), one file per
-//! part: `primes`, `layer`, `windows`, model data (`v41_flash`, `toy`), `compress`.
+//! part: `primes`, `layer`, `windows`, model data (`v41_flash`, `toy`).
 //!
 //! DeepSeek's Engram ("conditional memory", arXiv 2601.07372) looks up, for every token, one
 //! embedding row per (order `n`, head `j`) in a large table. The row index depends only on the
@@ -14,7 +14,9 @@
 //!   sticky blocking, in random-access (`O(N)` per token) and streaming form.
 //! * [`derive_primes`]: the published prime-layout rule.
 //! * [`v41_flash`] and [`toy`]: model data (DeepSeek-V4.1-Flash and the hand-checked toy layer).
-//! * [`normalize_token_text`] and [`CompressionTable`]: the tokenizer compression to canonical ids.
+//!
+//! The tokenizer compression to canonical ids (normalizing token texts, the compression table) is
+//! no op's business: it lives with the Engram text pipeline (`moehal::pipeline::engram::compress`).
 //!
 //! Sources: the DeepSeek Engram demo
 //! (`deepseek-ai/Engram`, `engram_demo_v1.py`) for the hash and the compression, and the
@@ -27,21 +29,16 @@ use crate::{Error, Result};
 /// Op name used in errors about the Engram layer configuration and the hash inputs.
 pub const OP: &str = "engram_hash";
 
-/// Op name used in errors raised by [`CompressionTable`].
-pub const OP_COMPRESS: &str = "engram_compress";
-
 /// Upper bound on the primes one [`derive_primes`] call derives (real configs use dozens). Beyond it
 /// the call is [`Error::Unsupported`]: moehal's limit, not a rule of OPS.md.
 pub const MAX_DERIVED_PRIMES: usize = 1 << 20;
 
-mod compress;
 mod layer;
 mod primes;
 pub mod toy;
 pub mod v41_flash;
 mod windows;
 
-pub use compress::{byte_level_string, normalize_token_text, CompressionTable};
 pub use layer::EngramLayer;
 pub use primes::{derive_primes, is_prime};
 pub use windows::{window, windows, WindowStream};

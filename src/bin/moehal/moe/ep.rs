@@ -97,7 +97,14 @@ impl Plan<'_> {
         match &self.source {
             Source::Seeded(q) => (
                 expert_weight_bytes(&self.p, dtype, *q),
-                expert_weight_bytes(&Preset { experts: 0, ..self.p }, dtype, *q),
+                expert_weight_bytes(
+                    &Preset {
+                        num_experts: 0,
+                        ..self.p
+                    },
+                    dtype,
+                    *q,
+                ),
             ),
             Source::Checkpoint(l) => (l.weight_bytes(), l.shared_weight_bytes()),
         }
@@ -149,10 +156,10 @@ fn make_plan<'c>(
     };
     // The rank count is checked before anything is sized from it: a count that does not divide the
     // routed experts (or exceeds them) cannot run, and sizing per-rank copies from it overflowed.
-    if ranks == 0 || ranks > p.experts || p.experts % ranks != 0 {
+    if ranks == 0 || ranks > p.num_experts || p.num_experts % ranks != 0 {
         let msg = format!(
             "{} routed experts do not split evenly over {ranks} ranks; choose a rank count that divides {} (at most {})",
-            p.experts, p.experts, p.experts
+            p.num_experts, p.num_experts, p.num_experts
         );
         // With --ep-threads the rank count is a flag value, bad for this preset: a usage error.
         return Err(if threads {
@@ -279,11 +286,11 @@ fn rank_main(comm: &dyn Comm, a: &Args, plan: &Plan<'_>) -> CliResult {
     let p = plan.p;
     let quant = plan.quant();
     let mut notes = plan.notes.clone();
-    let map = ExpertMap::contiguous(p.experts, r_n).map_err(|e| {
+    let map = ExpertMap::contiguous(p.num_experts, r_n).map_err(|e| {
         anyhow!(
             "{e}: {} routed experts do not split evenly over {r_n} ranks; choose a rank count that divides {}",
-            p.experts,
-            p.experts
+            p.num_experts,
+            p.num_experts
         )
     })?;
     let t = a.tokens;
@@ -292,7 +299,7 @@ fn rank_main(comm: &dyn Comm, a: &Args, plan: &Plan<'_>) -> CliResult {
         Source::Checkpoint(l) => super::checkpoint_inputs(&p, l.tid2eid.clone(), t, a.dtype, a.seed)?,
     };
     if a.ep_skew {
-        skew_to_rank0(&mut inputs, p.experts, &map);
+        skew_to_rank0(&mut inputs, p.num_experts, &map);
         notes.push("--ep-skew: every token routed into rank 0's experts (the other ranks receive nothing)".into());
     }
     let (t0, t1) = rank_tokens(t, me, r_n);
@@ -336,8 +343,8 @@ fn rank_main(comm: &dyn Comm, a: &Args, plan: &Plan<'_>) -> CliResult {
             p.name,
             p.hidden,
             p.expert_width,
-            p.experts,
-            p.k,
+            p.num_experts,
+            p.topk,
             p.shared_experts,
             p.scoring.name()
         ),
@@ -349,7 +356,7 @@ fn rank_main(comm: &dyn Comm, a: &Args, plan: &Plan<'_>) -> CliResult {
         "expert parallelism: {r_n} ranks over {} ({}), {} experts per rank, tokens {t}, dtype {}, backend {}, weights {}{}",
         comm.name(),
         if comm.name() == "loopback" { "threads of one process" } else { "one process per rank" },
-        p.experts / r_n,
+        p.num_experts / r_n,
         a.dtype,
         backend.name(),
         match quant {

@@ -1,7 +1,15 @@
-//! The tokenizer compression to canonical ids (fact sheet §1.1): [`normalize_token_text`],
-//! [`byte_level_string`] and [`CompressionTable`].
+//! The tokenizer compression to canonical ids (fact sheet §1.1, `reference/engram_and_routing.md`
+//! of the shared documents): [`normalize_token_text`], [`byte_level_string`] and
+//! [`CompressionTable`].
+//!
+//! Canonical ids are what `engram_hash` takes (OPS.md §4), but making them is the engine's
+//! tokenizer side, not an op: this lives with the Engram text pipeline, and `moehal-core` keeps
+//! only the hash, the layer and the check that ids are below `V'`.
 
-use super::{Error, Result, OP_COMPRESS};
+use moehal_core::{Error, Result};
+
+/// Op name used in errors raised by [`CompressionTable`].
+pub const OP_COMPRESS: &str = "engram_compress";
 
 /// Normalizes the decoded text of one token into its compression key (fact sheet §1.1).
 ///

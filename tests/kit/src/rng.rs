@@ -1,0 +1,185 @@
+//! The workspace's one seeded random generator and the draws built on it.
+//!
+//! Every seeded input in the workspace comes from here: the conformance cases ([`crate::Case`]),
+//! `moehal check`, `moehal bench` (its shapes' inputs, `moehal::bench`), the MoE and Engram
+//! pipelines (`moehal::pipeline`: weights, activations, token ids) and the criterion benches. The
+//! generator is ChaCha8 (`rand_chacha`), seeded with [`seeded`]; independent streams of one seed
+//! come from [`stream_seed`]. ChaCha is counter-based, so [`UniformStream::at`] can start at any
+//! element: a tensor filled in chunks (on several threads) is the same tensor whatever the split.
+//!
+//! The integer draws ([`distinct`], [`routed_ids_into`], [`routed_group_end`],
+//! [`cold_group_ends`]) write routing decisions the way an engine's router would produce them
+//! (distinct experts per token unless repeats are asked for); those that fill a slice write in
+//! place, so a benchmark of 10^6 tokens allocates its ids once.
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The seeded generator of the workspace (ChaCha8; `rand` 0.8 traits).
+pub type SeededRng = ChaCha8Rng;
+
+/// The generator for `seed` (`ChaCha8Rng::seed_from_u64`; the conformance cases' case seeds,
+/// [`crate::case_seed`], go through this).
+pub fn seeded(seed: u64) -> SeededRng {
+    SeededRng::seed_from_u64(seed)
+}
+
+/// A seed for the independent stream `stream` of `seed` (so that two tensors drawn from one
+/// seed never share values): the first word of ChaCha8 stream `stream` under key `seed`.
+pub fn stream_seed(seed: u64, stream: u64) -> u64 {
+    let mut r = seeded(seed);
+    r.set_stream(stream);
+    r.next_u64()
+}
+
+/// Uniform floats in `[-1, 1)` with 24 random bits each: element `i` of stream `seed` is made
+/// from 32-bit word `i` of [`seeded`]`(seed)`, so the stream can be entered at any element.
+#[derive(Debug, Clone)]
+pub struct UniformStream {
+    rng: SeededRng,
+}
+
+impl UniformStream {
+    /// The stream `seed`, positioned at element `first`.
+    pub fn at(seed: u64, first: u64) -> Self {
+        let mut rng = seeded(seed);
+        rng.set_word_pos(u128::from(first));
+        UniformStream { rng }
+    }
+    /// The next element, in `[-1, 1)`.
+    #[inline]
+    pub fn next_f32(&mut self) -> f32 {
+        let bits = self.rng.next_u32() >> 8; // 24 bits
+        bits as f32 * (2.0 / (1u32 << 24) as f32) - 1.0
+    }
+}
+
+/// `k` distinct values of `[0, n)` in draw order (all of `[0, n)`, shuffled, when `k >= n`).
+pub fn distinct(rng: &mut SeededRng, n: usize, k: usize) -> Vec<usize> {
+    let mut chosen: Vec<usize> = Vec::with_capacity(k.min(n));
+    while chosen.len() < k.min(n) {
+        let c = rng.gen_range(0..n);
+        if !chosen.contains(&c) {
+            chosen.push(c);
+        }
+    }
+    chosen
+}
+
+/// Router ids `[T, k]` (`ids.len() = T·k`) written in place: each token's `k` ids drawn from
+/// `[0, e)`, distinct within the token unless `repeat` (or `k > e`, where repeats are
+/// unavoidable), then each slot dropped (set to `-1`) with probability `drop`.
+///
+/// With `k = 0` or `e = 0` (no id to draw) `ids` is left as it is.
+pub fn routed_ids_into(rng: &mut SeededRng, ids: &mut [i32], k: usize, e: usize, drop: f64, repeat: bool) {
+    if k == 0 || e == 0 {
+        return;
+    }
+    for row in ids.chunks_mut(k) {
+        let mut len = 0;
+        while len < row.len() {
+            let id = rng.gen_range(0..e) as i32;
+            if repeat || !row[..len].contains(&id) || len >= e {
+                row[len] = id;
+                len += 1;
+            }
+        }
+        for id in row.iter_mut() {
+            if rng.gen_bool(drop) {
+                *id = -1;
+            }
+        }
+    }
+}
+
+/// Router ids `[t, k]` as [`routed_ids_into`] does, in a new vector.
+pub fn routed_ids(rng: &mut SeededRng, t: usize, k: usize, e: usize, drop: f64, repeat: bool) -> Vec<i32> {
+    let mut ids = vec![0i32; t * k];
+    routed_ids_into(rng, &mut ids, k, e, drop, repeat);
+    ids
+}
+
+/// Cumulative `group_end` `[E]` of `tokens` tokens each routed to `topk` distinct experts of
+/// `experts` (uniformly at random, [`distinct`]): the grouped GEMM's groups after `moe_permute`.
+pub fn routed_group_end(rng: &mut SeededRng, experts: usize, tokens: usize, topk: usize) -> Vec<i64> {
+    let mut sizes = vec![0i64; experts];
+    for _ in 0..tokens {
+        for e in distinct(rng, experts, topk) {
+            sizes[e] += 1;
+        }
+    }
+    running_sum(sizes)
+}
+
+/// The `group_end` `[E]` of each of `sets` disjoint sets of `topk` experts (one token routed to
+/// each set's experts): a seeded permutation of the experts, cut into sets. At most
+/// `experts / topk` sets come back. Used for cold decode, where run `i` uses set `i % sets` so
+/// that the other sets' weights pass through the caches between two uses of a set.
+pub fn cold_group_ends(rng: &mut SeededRng, experts: usize, topk: usize, sets: usize) -> Vec<Vec<i64>> {
+    let mut perm: Vec<usize> = (0..experts).collect();
+    rand::seq::SliceRandom::shuffle(&mut perm[..], rng);
+    if topk == 0 {
+        return vec![vec![0; experts]; sets];
+    }
+    perm.chunks_exact(topk)
+        .take(sets)
+        .map(|set| running_sum((0..experts).map(|e| set.contains(&e) as i64).collect()))
+        .collect()
+}
+
+fn running_sum(mut v: Vec<i64>) -> Vec<i64> {
+    let mut acc = 0i64;
+    for x in &mut v {
+        acc += *x;
+        *x = acc;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_stream_is_split_independent_and_in_range() {
+        let mut whole = UniformStream::at(7, 0);
+        let a: Vec<f32> = (0..10_000).map(|_| whole.next_f32()).collect();
+        let mut tail = UniformStream::at(7, 4321);
+        assert!(a[4321..].iter().all(|&x| x == tail.next_f32()));
+        assert!(a.iter().all(|x| (-1.0..1.0).contains(x)));
+        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        let mut other = UniformStream::at(stream_seed(7, 1), 0);
+        assert!(a[..100].iter().any(|&x| x != other.next_f32()));
+        assert_ne!(stream_seed(7, 1), stream_seed(7, 2));
+    }
+
+    #[test]
+    fn routed_draws_keep_their_rules() {
+        let mut rng = seeded(3);
+        let ids = routed_ids(&mut rng, 50, 8, 16, 0.0, false);
+        for row in ids.chunks(8) {
+            let mut r = row.to_vec();
+            r.sort_unstable();
+            r.dedup();
+            assert_eq!(r.len(), 8, "distinct per token: {row:?}");
+            assert!(row.iter().all(|&i| (0..16).contains(&i)));
+        }
+        let ge = routed_group_end(&mut rng, 16, 50, 8);
+        assert_eq!(ge.last(), Some(&400));
+        assert!(ge.windows(2).all(|w| w[0] <= w[1]));
+        let sets = cold_group_ends(&mut rng, 16, 4, 4);
+        assert_eq!(sets.len(), 4);
+        let mut used = [0; 16];
+        for ge in &sets {
+            assert_eq!(ge[15], 4);
+            let mut prev = 0;
+            for (e, &x) in ge.iter().enumerate() {
+                used[e] += x - prev;
+                prev = x;
+            }
+        }
+        assert_eq!(used, [1; 16], "the sets are disjoint and cover the experts");
+        assert_eq!(distinct(&mut rng, 3, 5).len(), 3);
+    }
+}
