@@ -24,5 +24,12 @@ fn out_of_memory_is_an_error_and_nothing_is_lost() {
     drop(small);
     let again = asc.alloc(512 * 1024).unwrap();
     assert_eq!(again.len(), 512 * 1024);
+    // A size no device holds (SIZE_MAX: the runtime's alignment overflows it) is out of memory too,
+    // as on cpu and reference, not a device error.
+    let huge = asc.alloc(usize::MAX).unwrap_err();
+    assert!(
+        matches!(huge, Error::OutOfMemory { bytes, .. } if bytes == u64::MAX),
+        "{huge}"
+    );
     assert_eq!(asc.download_vec::<i32>(&keep, data.len()).unwrap(), data);
 }

@@ -126,6 +126,14 @@ impl Runtime {
 
     /// `aclrtMalloc`; out-of-memory codes map to [`Error::OutOfMemory`].
     pub fn malloc(&self, bytes: usize) -> Result<u64> {
+        // No device holds more than isize::MAX bytes: out of memory, as on every other backend
+        // (the runtime's answer to a size its alignment overflows is a parameter error).
+        if bytes > isize::MAX as usize {
+            return Err(Error::OutOfMemory {
+                backend: NAME.into(),
+                bytes: bytes as u64,
+            });
+        }
         self.bind()?;
         let mut p: *mut c_void = ptr::null_mut();
         // SAFETY: out-pointer to a local.
