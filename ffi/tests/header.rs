@@ -109,6 +109,44 @@ fn header_is_current() {
     );
 }
 
+/// The values engines compiled against ABI version 1 hold (copied from the hand-written header
+/// published before the header was generated, 83a94a1): the header and the Rust constants now come
+/// from the same enums, so only this literal table catches a changed discriminant.
+const PUBLISHED_ABI_1: [(&str, i64); 22] = [
+    ("MOEHAL_OK", 0),
+    ("MOEHAL_INVALID_ARGUMENT", 1),
+    ("MOEHAL_UNSUPPORTED", 2),
+    ("MOEHAL_UNAVAILABLE", 3),
+    ("MOEHAL_OUT_OF_MEMORY", 4),
+    ("MOEHAL_DEVICE_ERROR", 5),
+    ("MOEHAL_PANIC", 6),
+    ("MOEHAL_SCORING_SOFTMAX", 0),
+    ("MOEHAL_SCORING_SIGMOID", 1),
+    ("MOEHAL_SCORING_SQRT_SOFTPLUS", 2),
+    ("MOEHAL_GROUP_SCORE_TOP2_SUM", 0),
+    ("MOEHAL_GROUP_SCORE_MAX", 1),
+    ("MOEHAL_LAYOUT_NK", 0),
+    ("MOEHAL_LAYOUT_KN", 1),
+    ("MOEHAL_TABLE_F32", 0),
+    ("MOEHAL_TABLE_BF16", 1),
+    ("MOEHAL_TABLE_F16", 2),
+    ("MOEHAL_TABLE_FP8_E4M3_UE8M0", 3),
+    ("MOEHAL_WEIGHT_FP8_BLOCK", 0),
+    ("MOEHAL_WEIGHT_MXFP4", 1),
+    ("MOEHAL_WEIGHT_INT8", 2),
+    ("MOEHAL_ABI_VERSION", 1),
+];
+
+#[test]
+fn constants_keep_their_published_values() {
+    let rust = rust_constants();
+    let published: BTreeMap<&str, i64> = PUBLISHED_ABI_1.into_iter().collect();
+    assert_eq!(
+        rust, published,
+        "a MOEHAL_* value changed or was added: existing engines would misread it (a new value needs a new entry here and, if it breaks callers, MOEHAL_ABI_VERSION + 1)"
+    );
+}
+
 /// `NAME -> value` of the `MOEHAL_*` constants of the Rust side.
 fn rust_constants() -> BTreeMap<&'static str, i64> {
     [

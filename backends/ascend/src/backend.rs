@@ -312,7 +312,7 @@ impl Backend for Ascend {
                     && v.div;
                 let host = if dev_w {
                     format!(
-                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits, renormalized rows whose k smallest scores sum below 1e-6",
+                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits, every weight of a renormalized call with a row whose k smallest scores sum below 1e-6",
                         if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
                         if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" }
                     )

@@ -4,24 +4,21 @@
 use moehal_core::engram::{derive_primes, toy, v41_flash, window, windows, EngramLayer};
 use moehal_core::Error;
 
-fn field_of(e: Error) -> &'static str {
+/// The field of an `InvalidArgument` raised by op `op` (each call names itself: the hash
+/// `engram_hash`, a layer's configuration `engram_layer`, `derive_primes` `engram_derive_primes`,
+/// the V4.1 table `engram_layer_v41_flash`).
+fn field_in(op: &str, e: Error) -> &'static str {
     match e {
-        Error::InvalidArgument { op, field, .. } => {
-            assert!(
-                [
-                    "engram_hash",
-                    "engram_layer",
-                    "engram_derive_primes",
-                    "engram_layer_v41_flash",
-                    "engram_compress"
-                ]
-                .contains(&op),
-                "op {op}"
-            );
+        Error::InvalidArgument { op: got, field, .. } => {
+            assert_eq!(got, op, "field {field}");
             field
         }
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
+}
+
+fn field_of(e: Error) -> &'static str {
+    field_in("engram_hash", e)
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -250,8 +247,14 @@ fn sticky_blocking_hashes_by_hand() {
 #[test]
 fn derive_primes_toy() {
     assert_eq!(derive_primes(11, 3, 2, 1).unwrap(), vec![vec![11, 13, 17, 19]]);
-    assert_eq!(field_of(derive_primes(11, 1, 2, 1).unwrap_err()), "max_order");
-    assert_eq!(field_of(derive_primes(11, 3, 0, 1).unwrap_err()), "heads");
+    assert_eq!(
+        field_in("engram_derive_primes", derive_primes(11, 1, 2, 1).unwrap_err()),
+        "max_order"
+    );
+    assert_eq!(
+        field_in("engram_derive_primes", derive_primes(11, 3, 0, 1).unwrap_err()),
+        "heads"
+    );
     assert!(derive_primes(11, 3, 2, 0).unwrap().is_empty());
 }
 
@@ -291,7 +294,10 @@ fn v41_flash_primes_and_sums() {
             assert!(r >= off && r < off + l.prime(c).unwrap() as i64);
         }
     }
-    assert_eq!(field_of(v41_flash::layer(2).unwrap_err()), "layer");
+    assert_eq!(
+        field_in("engram_layer_v41_flash", v41_flash::layer(2).unwrap_err()),
+        "layer"
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -305,20 +311,23 @@ fn toy_new(n: usize, k: usize, m: Vec<u64>, p: Vec<u64>, v: u64, pad: u64) -> Re
 #[test]
 fn rejects_max_order_below_two() {
     assert_eq!(
-        field_of(toy_new(1, 1, vec![1], vec![], 50, 2).unwrap_err()),
+        field_in("engram_layer", toy_new(1, 1, vec![1], vec![], 50, 2).unwrap_err()),
         "max_order"
     );
 }
 
 #[test]
 fn rejects_zero_heads() {
-    assert_eq!(field_of(toy_new(2, 0, vec![1, 1], vec![], 50, 2).unwrap_err()), "heads");
+    assert_eq!(
+        field_in("engram_layer", toy_new(2, 0, vec![1, 1], vec![], 50, 2).unwrap_err()),
+        "heads"
+    );
 }
 
 #[test]
 fn rejects_zero_vocab() {
     assert_eq!(
-        field_of(toy_new(2, 1, vec![1, 1], vec![11], 0, 0).unwrap_err()),
+        field_in("engram_layer", toy_new(2, 1, vec![1, 1], vec![11], 0, 0).unwrap_err()),
         "vocab_size"
     );
 }
@@ -326,7 +335,7 @@ fn rejects_zero_vocab() {
 #[test]
 fn rejects_pad_not_below_vocab() {
     assert_eq!(
-        field_of(toy_new(2, 1, vec![1, 1], vec![11], 50, 50).unwrap_err()),
+        field_in("engram_layer", toy_new(2, 1, vec![1, 1], vec![11], 50, 50).unwrap_err()),
         "pad_id"
     );
     assert!(toy_new(2, 1, vec![1, 1], vec![11], 50, 49).is_ok());
@@ -335,7 +344,10 @@ fn rejects_pad_not_below_vocab() {
 #[test]
 fn rejects_wrong_multiplier_count() {
     assert_eq!(
-        field_of(toy_new(3, 1, vec![1, 1], vec![11, 13], 50, 2).unwrap_err()),
+        field_in(
+            "engram_layer",
+            toy_new(3, 1, vec![1, 1], vec![11, 13], 50, 2).unwrap_err()
+        ),
         "multipliers"
     );
 }
@@ -343,7 +355,7 @@ fn rejects_wrong_multiplier_count() {
 #[test]
 fn rejects_even_multiplier() {
     assert_eq!(
-        field_of(toy_new(2, 1, vec![1, 4], vec![11], 50, 2).unwrap_err()),
+        field_in("engram_layer", toy_new(2, 1, vec![1, 4], vec![11], 50, 2).unwrap_err()),
         "multipliers"
     );
 }
@@ -355,7 +367,10 @@ fn rejects_multiplier_overflowing_products() {
     assert!(toy_new(2, 1, vec![1, ok], vec![11], 50, 2).is_ok());
     let bad = ok + 2; // * 49 > 2^63
     assert_eq!(
-        field_of(toy_new(2, 1, vec![1, bad], vec![11], 50, 2).unwrap_err()),
+        field_in(
+            "engram_layer",
+            toy_new(2, 1, vec![1, bad], vec![11], 50, 2).unwrap_err()
+        ),
         "multipliers"
     );
     // V' = 1: every product is 0, so any odd multiplier is fine.
@@ -365,7 +380,10 @@ fn rejects_multiplier_overflowing_products() {
 #[test]
 fn rejects_wrong_prime_count() {
     assert_eq!(
-        field_of(toy_new(3, 2, vec![1, 1, 1], vec![11, 13, 17], 50, 2).unwrap_err()),
+        field_in(
+            "engram_layer",
+            toy_new(3, 2, vec![1, 1, 1], vec![11, 13, 17], 50, 2).unwrap_err()
+        ),
         "primes"
     );
 }
@@ -373,7 +391,10 @@ fn rejects_wrong_prime_count() {
 #[test]
 fn rejects_duplicate_primes() {
     assert_eq!(
-        field_of(toy_new(3, 2, vec![1, 1, 1], vec![11, 13, 17, 11], 50, 2).unwrap_err()),
+        field_in(
+            "engram_layer",
+            toy_new(3, 2, vec![1, 1, 1], vec![11, 13, 17, 11], 50, 2).unwrap_err()
+        ),
         "primes"
     );
 }
@@ -382,7 +403,7 @@ fn rejects_duplicate_primes() {
 fn rejects_non_prime_moduli() {
     for bad in [0u64, 1, 15, 3_215_031_751] {
         assert_eq!(
-            field_of(toy_new(2, 1, vec![1, 1], vec![bad], 50, 2).unwrap_err()),
+            field_in("engram_layer", toy_new(2, 1, vec![1, 1], vec![bad], 50, 2).unwrap_err()),
             "primes"
         );
     }
@@ -396,7 +417,10 @@ fn rejects_row_count_overflowing_i64() {
     assert!(moehal_core::engram::is_prime(p1) && moehal_core::engram::is_prime(p2));
     assert!(toy_new(2, 1, vec![1, 1], vec![p1], 50, 2).is_ok());
     assert_eq!(
-        field_of(toy_new(2, 2, vec![1, 1], vec![p1, p2], 50, 2).unwrap_err()),
+        field_in(
+            "engram_layer",
+            toy_new(2, 2, vec![1, 1], vec![p1, p2], 50, 2).unwrap_err()
+        ),
         "primes"
     );
 }

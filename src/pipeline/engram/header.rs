@@ -131,8 +131,8 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
         if b > at {
             return Err(format!(
                 "bytes [{at}, {b}) of the data section (file offsets [{}, {})) belong to no tensor: tensor `{}` starts at {b}",
-                hend + at,
-                hend + b,
+                hend.saturating_add(at),
+                hend.saturating_add(b),
                 t.name
             ));
         }
@@ -271,6 +271,16 @@ mod tests {
         // A dtype the format does not define: the tensor is kept, its size unchecked.
         let h = r#"{"q":{"dtype":"Q4_K","shape":[7],"data_offsets":[0,3]}}"#;
         assert_eq!(parse(&file(h, 3)).unwrap().tensors[0].dtype, "Q4_K");
+    }
+
+    #[test]
+    fn a_gap_near_u64_max_is_described_not_an_overflow() {
+        // A tensor starting near 2^64 leaves a gap before it: the message's file offsets saturate
+        // (debug builds panicked adding the header length).
+        let b = u64::MAX - 4;
+        let h = format!(r#"{{"x":{{"dtype":"U8","shape":[4],"data_offsets":[{b},{}]}}}}"#, b + 4);
+        let e = parse(&file(&h, 4)).unwrap_err();
+        assert!(e.contains(&format!("bytes [0, {b}) of the data section")), "{e}");
     }
 
     #[test]

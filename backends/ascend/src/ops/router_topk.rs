@@ -137,8 +137,9 @@ impl Ascend {
     /// OPS.md divides by `sum + 1e-20`; there is no add among these primitives, so the device path
     /// is taken only where that term cannot change the f32 result: every row's `k` smallest scores
     /// (a lower bound of the selected sum, computed here from the logits already read) sum to at
-    /// least `1e-6`, where `1e-20` is far below half an f32 ulp. Other rows, and releases without
-    /// these ops, keep the host weights. The host already holds the logits (they are read to
+    /// least `1e-6`, where `1e-20` is far below half an f32 ulp. A call with any other row (the
+    /// whole call, not that row: softmax over many experts with a wide logit spread often has one),
+    /// and releases without these ops, keep the host weights. The host already holds the logits (they are read to
     /// route rows with non-finite values to the host). Returns whether the weights were written.
     fn router_weights_device(&self, a: &RouterTopk<'_>, logits: &[f64], imem: &DevMem<'_>) -> Result<bool> {
         let (t, e) = a.dims();

@@ -26,7 +26,8 @@
 
 use crate::{Error, Result};
 
-/// Op name used in errors about the Engram layer configuration and the hash inputs.
+/// Op name used in errors about the hash inputs (a layer's configuration errors say `engram_layer`,
+/// [`derive_primes`]'s `engram_derive_primes`).
 pub const OP: &str = "engram_hash";
 
 /// Upper bound on the primes one [`derive_primes`] call derives (real configs use dozens). Beyond it
