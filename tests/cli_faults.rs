@@ -378,6 +378,26 @@ fn moe_sizes_weights_against_device_memory() {
         err.contains("--budget-mib 64") && err.contains("device memory"),
         "{err}"
     );
+    // The same rule on the expert-parallel path (every rank's slice and rank 0's layer on one
+    // device): an error before any upload, and an explicit budget over it a usage error.
+    let mut ep = args.to_vec();
+    ep.extend(["--ep-threads", "2"]);
+    let o = moehal_env(&ep, &env);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("ascend's device memory is 1000 B") && err.contains("nothing of this layer fits"),
+        "{err}"
+    );
+    assert!(!err.contains("out of memory allocating"), "{err}");
+    ep.extend(["--budget-mib", "64"]);
+    let o = moehal_env(&ep, &env);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("--budget-mib 64") && err.contains("device memory"),
+        "{err}"
+    );
 }
 
 /// Item 2: a preset whose group limit cannot route the checkpoint's experts (deepseek-v3: n_group

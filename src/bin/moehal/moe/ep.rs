@@ -147,7 +147,28 @@ fn make_plan<'c>(
             }
             // The budget is the same on every rank (not from the memory each happens to see), so that all
             // ranks scale the preset alike; it covers the whole layer, which rank 0 also holds for the check.
-            let budget = a.budget_mib.map_or(2u64 << 30, |m| (m as u64).saturating_mul(1 << 20));
+            let mut budget = a.budget_mib.map_or(2u64 << 30, |m| (m as u64).saturating_mul(1 << 20));
+            // A device backend holds every rank's slice and rank 0's whole layer (two layers' worth)
+            // in its own memory: the rule of the single-process path (issue 16), at half the share.
+            if let Some(dev) = super::device_memory(backend.as_ref()) {
+                if let Some(mib) = a.budget_mib {
+                    if budget > dev / 10 * 9 / 2 {
+                        return Err(super::super::usage(format!(
+                            "--budget-mib {mib}: the ranks' slices and rank 0's whole layer need twice it, more than 90% of the {} of device memory {} reports",
+                            human_bytes(dev as f64),
+                            backend.name()
+                        )));
+                    }
+                } else if dev / 10 * 3 < budget {
+                    budget = dev / 10 * 3;
+                    notes.push(format!(
+                        "expert budget {}: 30% of the {} of device memory {} reports (the ranks' slices and rank 0's whole layer: two copies)",
+                        human_bytes(budget as f64),
+                        human_bytes(dev as f64),
+                        backend.name()
+                    ));
+                }
+            }
             let quant = super::weight_formats(backend.as_ref(), &p, a.dtype, a.float_weights, &mut notes);
             let (p, fit_notes) = fit_experts_for(&p, a.dtype, quant, budget);
             notes.extend(fit_notes);
@@ -170,12 +191,13 @@ fn make_plan<'c>(
     }
     let plan = Plan { p, notes, source };
     let (layer, shared) = plan.weight_bytes(a.dtype);
+    // Every rank's slice (the threads share one process) and rank 0's whole layer for the check.
+    let slices = if threads {
+        layer + (ranks as u64 - 1) * shared
+    } else {
+        layer
+    };
     let fixed = if is_host_backend(backend.as_ref()) {
-        let slices = if threads {
-            layer + (ranks as u64 - 1) * shared
-        } else {
-            layer
-        };
         slices + layer
     } else {
         0
@@ -184,6 +206,9 @@ fn make_plan<'c>(
     let per_token = copies * input_bytes_per_token(&p, a.dtype)
         + ep_bytes_per_token(&p, a.dtype)
         + super::single_process_bytes_per_token(&p, a.dtype);
+    // A device backend: the same weights and per-token buffers must fit its own memory, checked
+    // before anything is uploaded.
+    super::check_device_memory(backend.as_ref(), a.tokens, slices + layer, per_token, &p)?;
     super::check_memory(
         a.tokens,
         &super::MemoryNeed { fixed, per_token },
