@@ -452,7 +452,7 @@ fn check_device_memory(
     };
     if weights > dev / 10 * 9 {
         return Err(anyhow!(
-            "{}'s device memory is {}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (--scale-widths to narrow a preset's experts, or another backend)",
+            "{}'s device memory is {}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (another backend; for a preset's seeded weights, --scale-widths narrows the experts)",
             backend.name(),
             human_bytes(dev as f64),
             p.num_experts,
