@@ -188,21 +188,24 @@ fn cold_rows_are_described_as_they_are_sized() {
     }
 }
 
+/// A bench run that takes well under a second: swiglu at 2 tokens on the reference.
+const SMALL_SWIGLU_BENCH: [&str; 9] = [
+    "bench",
+    "--op",
+    "swiglu",
+    "--tokens",
+    "2",
+    "--budget",
+    "0.01",
+    "--backend",
+    "reference",
+];
+
 /// Item 5: `--filter` matches the printed op, shape and dtype columns, ignoring case, not the
 /// unprinted origin; an empty filter is a usage error.
 #[test]
 fn bench_filter_matches_what_is_printed_ignoring_case() {
-    let base = [
-        "bench",
-        "--op",
-        "swiglu",
-        "--tokens",
-        "2",
-        "--budget",
-        "0.01",
-        "--backend",
-        "reference",
-    ];
+    let base = SMALL_SWIGLU_BENCH;
     let o = moehal(&[&base[..], &["--filter", "BF16"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
@@ -242,19 +245,7 @@ fn every_op_near_overflow_names_itself_and_the_flag() {
 /// Item 7: `--ref-limit -0` is zero, printed without a sign.
 #[test]
 fn negative_zero_limits_print_as_zero() {
-    let o = moehal(&[
-        "bench",
-        "--op",
-        "swiglu",
-        "--tokens",
-        "2",
-        "--budget",
-        "0.01",
-        "--backend",
-        "reference",
-        "--ref-limit",
-        "-0",
-    ]);
+    let o = moehal(&[&SMALL_SWIGLU_BENCH[..], &["--ref-limit", "-0"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(!out.contains("-0 s") && !out.contains("-0s"), "{out}");
