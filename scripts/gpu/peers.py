@@ -6,7 +6,12 @@ def bench(f, warm=3, iters=10):
     torch.cuda.synchronize(); t = time.perf_counter()
     for _ in range(iters): f()
     torch.cuda.synchronize(); return (time.perf_counter() - t) / iters
-def line(case, s, extra=""): print(f"{case:<48} {s*1e6:>10.1} us  {extra}", flush=True)
+def us(s):
+    """Microseconds with at least 3 significant digits and no exponent (0.0123, 1.23, 1234.5)."""
+    v = s * 1e6
+    digits = 1 if v >= 100 else 2 if v >= 10 else 3 if v >= 1 else 4 if v >= 0.1 else 6
+    return f"{v:.{digits}f}"
+def line(case, s, extra=""): print(f"{case:<48} {us(s):>10} us  {extra}", flush=True)
 print("torch", torch.__version__, torch.cuda.get_device_name())
 g, n, k, topk = 256, 4096, 7168, 8
 w = torch.randn(g, k, n, device=dev, dtype=torch.bfloat16)  # KN, as _grouped_mm takes it

@@ -34,6 +34,34 @@ use moehal_core::{Error, Result};
 /// Backend name used in errors and tables.
 pub const NAME: &str = "cuda";
 
+/// Environment variable that turns "CUDA unavailable" from a skip into a failure: set it to `1`
+/// on a machine that must have a GPU (scripts/gpu/check.sh does), so that a missing libcuda or
+/// libnvrtc fails the GPU tests and `cuda_bench` instead of letting them pass having tested
+/// nothing. Unset (CI, machines without a GPU), they print `skipped: <reason>` and pass.
+pub const REQUIRE_ENV: &str = "MOEHAL_REQUIRE_CUDA";
+
+/// Whether [`REQUIRE_ENV`] asks for a GPU: set to anything but empty or `0`.
+pub fn cuda_required() -> bool {
+    std::env::var_os(REQUIRE_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What a test or benchmark does when CUDA is unavailable for `reason`: `Err` with the message to
+/// fail with when [`cuda_required`], else `Ok` with the `skipped: ...` line to print.
+///
+/// # Errors
+/// The failure message (it names [`REQUIRE_ENV`] and the reason) when a GPU is required.
+pub fn skip_or_fail(what: &str, reason: &str) -> std::result::Result<String, String> {
+    if cuda_required() {
+        Err(format!(
+            "{REQUIRE_ENV}=1 but {what} is unavailable: {reason} (on a GPU machine: is libcuda.so.1 \
+             on the loader path, and is NVRTC's folder on LD_LIBRARY_PATH? scripts/gpu/check.sh \
+             adds pip's nvidia/cu13/lib or nvidia/cuda_nvrtc/lib)"
+        ))
+    } else {
+        Ok(format!("skipped: {what} unavailable ({reason})"))
+    }
+}
+
 /// What [`probe`] finds on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSummary {

@@ -1,5 +1,6 @@
 //! Device memory: buffers this backend owns or wraps, the growable scratch with its error flag,
-//! and how an op's tensors become device addresses (including host tables mapped in place).
+//! and how an op's tensors become device addresses (including host tables mapped in place: once,
+//! for a table wrapped by [`CudaBackend::pin_host_table`], or per call for a plain host buffer).
 
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +44,77 @@ impl Drop for CudaMemory {
             let _ = raw::mem_free(self.ptr);
         }
     }
+}
+
+/// The process-wide lock over host-range registrations: held by an op that registers a plain host
+/// table for the call (across registration, use and unregistration), by
+/// [`CudaBackend::pin_host_table`] while it registers, and by [`PinnedHost`]'s drop while it
+/// unregisters. Without it an op that finds a range already registered (by a concurrent op,
+/// possibly of another backend on the same device) could read it after the owner unregisters it.
+fn host_tables() -> std::sync::MutexGuard<'static, ()> {
+    static HOST_TABLES: Mutex<()> = Mutex::new(());
+    // The guarded state is the driver's; a panic elsewhere leaves nothing inconsistent here.
+    HOST_TABLES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A host table registered with the driver once (`cuMemHostRegister`, device-mapped, read-only
+/// where the device supports it) and read in place by every op that takes it; the registration
+/// is released when this memory drops (before the host bytes are freed). Made by
+/// [`CudaBackend::pin_host_table`]; its location stays [`Location::Host`].
+pub(crate) struct PinnedHost {
+    /// The host buffer (a `moehal_core::host::HostMemory`, a memory map, ...); dropped after the
+    /// release runs (fields drop after `Drop::drop`).
+    inner: Buffer,
+    /// Device address of `inner`'s byte 0.
+    dptr: u64,
+    /// Unregisters (and first waits for the device); `None` where the range was registered by
+    /// someone else before us (then the owner of that registration releases it).
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl PinnedHost {
+    pub(crate) fn new(inner: Buffer, dptr: u64, release: Option<Box<dyn FnOnce() + Send + Sync>>) -> Self {
+        PinnedHost { inner, dptr, release }
+    }
+
+    /// The device address of host address `host` inside this table.
+    fn device_addr(&self, host: u64) -> u64 {
+        self.dptr + (host - self.inner.addr())
+    }
+}
+
+impl DeviceMemory for PinnedHost {
+    fn addr(&self) -> u64 {
+        self.inner.addr()
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn location(&self) -> Location {
+        Location::Host
+    }
+    fn writable(&self) -> bool {
+        // Registered read-only for the device, and no backend's host helpers reach the bytes
+        // through this wrapper: ops never write a table.
+        false
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for PinnedHost {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _g = host_tables();
+            release();
+        }
+    }
+}
+
+/// The device address of a table view when its buffer is a [`PinnedHost`] (no registration needed).
+pub(crate) fn pinned_table_addr(t: &TensorRef<'_>) -> Option<u64> {
+    t.buffer().downcast_ref::<PinnedHost>().map(|p| p.device_addr(t.addr()))
 }
 
 /// Growable device scratch (error flag, prefixes, counters); used under its mutex only, and every
@@ -178,22 +250,24 @@ impl CudaBackend {
         }
     }
 
-    /// For a host table: the process-wide lock that spans its registration, use and
-    /// unregistration. Without it an op that finds the range already registered (by a concurrent op,
-    /// possibly of another backend on the same device) could read it after that op unregisters it.
+    /// For a plain host table (registered per call): the process-wide registration lock
+    /// ([`host_tables`]) spanning its registration, use and unregistration. `None` for device
+    /// tables and for [`PinnedHost`] tables (registered once; nothing changes during the op).
     pub(crate) fn host_table_guard(&self, t: &TensorRef<'_>) -> Result<Option<std::sync::MutexGuard<'static, ()>>> {
-        static HOST_TABLES: Mutex<()> = Mutex::new(());
-        if self.own(t.buffer()) {
+        if self.own(t.buffer()) || pinned_table_addr(t).is_some() {
             return Ok(None);
         }
-        self.lock(&HOST_TABLES).map(Some)
+        Ok(Some(host_tables()))
     }
 
-    /// Table address as the device sees it; registers host memory (mapped, read-only) when needed.
-    /// Returns `(device address of element 0, host address to unregister)`.
+    /// Table address as the device sees it; registers a plain host table (mapped, read-only) for
+    /// this call. Returns `(device address of element 0, host address to unregister)`.
     pub(crate) fn table_ptr(&self, t: &TensorRef<'_>, op: &'static str) -> Result<(u64, Option<u64>)> {
         if self.own(t.buffer()) {
             return Ok((t.addr(), None));
+        }
+        if let Some(d) = pinned_table_addr(t) {
+            return Ok((d, None));
         }
         if t.buffer().location() != Location::Host {
             return Err(Error::invalid(
@@ -205,5 +279,98 @@ impl CudaBackend {
         let base = t.buffer().addr();
         let (d, ours) = raw::host_register(base, t.buffer().len()).map_err(dev_err)?;
         Ok((d + (t.addr() - base), ours.then_some(base)))
+    }
+}
+
+impl CudaBackend {
+    /// Register a host table with the device once, for every later op that reads it in place
+    /// (`gather_rows`, `engram_lookup` with a [`Location::Host`] table): the returned buffer wraps
+    /// `table` (same address, length and location; read-only) and stays registered until it
+    /// drops, which first waits for the device, then unregisters, then frees `table`. A plain
+    /// host table is instead registered and unregistered around every call, which for a large
+    /// table (the driver pins every page: ~0.1 s per GiB) dominates each step.
+    ///
+    /// The bytes are read through the device mapping (`cuMemHostRegister` with `DEVICEMAP`, and
+    /// `READ_ONLY` where the device supports it), so the host must not change them while an op
+    /// that reads them runs. Other backends' host helpers do not see through the wrapper: keep
+    /// the original buffer for them, or use this one with this backend only.
+    ///
+    /// # Errors
+    /// `Err((error, table))`, giving the table back: [`Error::InvalidArgument`] when `table` is
+    /// not host memory; [`Error::Device`] when the driver refuses the registration (e.g. pinning
+    /// not permitted in a VM), in which case plain per-call use still works.
+    pub fn pin_host_table(&self, table: Buffer) -> std::result::Result<Buffer, (Error, Buffer)> {
+        if table.location() != Location::Host || table.downcast_ref::<PinnedHost>().is_some() {
+            let why = if table.location() == Location::Host {
+                "already pinned by pin_host_table".to_string()
+            } else {
+                format!("not host memory (location {:?})", table.location())
+            };
+            return Err((Error::invalid("pin_host_table", "table", why), table));
+        }
+        if let Err(e) = raw::bind(&self.ctx) {
+            return Err((dev_err(e), table));
+        }
+        let _g = host_tables();
+        let base = table.addr();
+        let (dptr, ours) = match raw::host_register(base, table.len()) {
+            Ok(r) => r,
+            Err(e) => return Err((dev_err(e), table)),
+        };
+        let release: Option<Box<dyn FnOnce() + Send + Sync>> = ours.then(|| {
+            let ctx = self.ctx.clone();
+            Box::new(move || {
+                if raw::bind(&ctx).is_ok() {
+                    // No op may still read the range when it is unregistered.
+                    let _ = ctx.synchronize();
+                    raw::host_unregister(base);
+                }
+            }) as Box<dyn FnOnce() + Send + Sync>
+        });
+        Ok(Buffer::new(Box::new(PinnedHost::new(table, dptr, release))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moehal_core::DType;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The bookkeeping of a pinned table without a GPU: views map to `dptr + offset`, the
+    /// wrapper reports the host buffer's address, length and location, its release runs exactly
+    /// once and only when the buffer drops, and a borrowed registration (`release: None`) is never
+    /// released by us.
+    #[test]
+    fn pinned_table_maps_views_and_releases_once_on_drop() {
+        static RELEASED: AtomicUsize = AtomicUsize::new(0);
+        let host = moehal_core::host::zeroed_buffer(4096).unwrap();
+        let haddr = host.addr();
+        let dptr = 0x7f00_0000_0000u64;
+        let release: Box<dyn FnOnce() + Send + Sync> = Box::new(|| {
+            RELEASED.fetch_add(1, Ordering::SeqCst);
+        });
+        let buf = Buffer::new(Box::new(PinnedHost::new(host, dptr, Some(release))));
+        assert_eq!((buf.addr(), buf.len(), buf.location()), (haddr, 4096, Location::Host));
+        assert!(!buf.writable());
+        // Two "calls" reuse the same mapping; nothing is released by using it.
+        for _ in 0..2 {
+            let whole = buf.view(DType::F32, &[16, 64]);
+            assert_eq!(pinned_table_addr(&whole), Some(dptr));
+            let row5 = buf.view(DType::F32, &[1, 64]).with_offset(5 * 64);
+            assert_eq!(pinned_table_addr(&row5), Some(dptr + 5 * 64 * 4));
+        }
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 0);
+        drop(buf);
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+
+        // A range someone else registered: no release of ours.
+        let host = moehal_core::host::zeroed_buffer(64).unwrap();
+        drop(Buffer::new(Box::new(PinnedHost::new(host, dptr, None))));
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+
+        // A plain host buffer is not pinned: ops register it per call.
+        let plain = moehal_core::host::zeroed_buffer(64).unwrap();
+        assert_eq!(pinned_table_addr(&plain.view(DType::F32, &[16])), None);
     }
 }

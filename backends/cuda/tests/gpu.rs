@@ -1,8 +1,9 @@
 //! CUDA backend vs the reference backend, every op, through the test kit (`moehal-testkit`): the
 //! cases of `moehal check` and the shape sweep on every grouped GEMM path, each passing case run
 //! again for bitwise determinism (the kit poisons and guards outputs and inputs, and prints each
-//! case's seed); and 64-bit offsets on tables past 2^32 elements. Prints "skipped: no CUDA device"
-//! and passes where the backend is unavailable.
+//! case's seed); and 64-bit offsets on tables past 2^32 elements. Prints "skipped: ..." and passes
+//! where the backend is unavailable, unless `MOEHAL_REQUIRE_CUDA=1` (then it fails: a GPU run must
+//! not pass having tested nothing).
 
 use half::bf16;
 use moehal_core::ops::*;
@@ -13,10 +14,13 @@ use moehal_testkit::{check_backend, default_cases, sweep_cases, Case};
 fn cuda() -> Option<CudaBackend> {
     match moehal_cuda::open(0) {
         Ok(b) => Some(b),
-        Err(Error::Unavailable { reason, .. }) => {
-            println!("skipped: no CUDA device ({reason})");
-            None
-        }
+        Err(Error::Unavailable { reason, .. }) => match moehal_cuda::skip_or_fail("the CUDA backend", &reason) {
+            Ok(line) => {
+                println!("{line}");
+                None
+            }
+            Err(msg) => panic!("{msg}"),
+        },
         Err(e) => panic!("CUDA present but open failed: {e}"),
     }
 }
@@ -41,6 +45,75 @@ fn kit_cases_on_every_gemm_path() {
     }
     cu.set_gemm_path(GemmPath::Auto);
     assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+}
+
+/// A host table registered once (`pin_host_table`) serves several gathers in place, bitwise the
+/// table's rows each time, rejects bad rows as before, and releases its registration when dropped
+/// (a new table, possibly at the same address, then pins and reads its own bytes).
+#[test]
+fn pinned_host_table_serves_repeated_gathers() {
+    let Some(cu) = cuda() else { return };
+    let (r, d) = (1000usize, 8usize);
+    let vals: Vec<f32> = (0..r * d).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let host = moehal_core::host::buffer_from_slice(&vals).unwrap();
+    let haddr = host.addr();
+    let table = cu.pin_host_table(host).map_err(|(e, _)| e).unwrap();
+    assert_eq!(table.addr(), haddr);
+    let rows: Vec<i64> = vec![999, 0, 512, 3, 3, 700];
+    let rb = cu.upload_slice(&rows).unwrap();
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&q| vals[q as usize * d..(q as usize + 1) * d].to_vec())
+        .collect();
+    for call in 0..3 {
+        let mut ob = cu.filled(rows.len() * d, f32::NAN).unwrap();
+        let args = GatherRows {
+            table: table.view(DType::F32, &[r, d]),
+            format: TableFormat::F32,
+            rows: rb.view(DType::I64, &[3, 2]),
+            out: ob.view_mut(DType::F32, &[3, 2 * d]),
+        };
+        cu.gather_rows(args.validate().unwrap()).unwrap();
+        assert_eq!(
+            cu.download_vec::<f32>(&ob, rows.len() * d).unwrap(),
+            want,
+            "call {call}"
+        );
+    }
+    // Invalid rows are still rejected before any write.
+    let bad = cu.upload_slice(&[1000i64]).unwrap();
+    let mut ob = cu.filled(d, f32::NAN).unwrap();
+    let args = GatherRows {
+        table: table.view(DType::F32, &[r, d]),
+        format: TableFormat::F32,
+        rows: bad.view(DType::I64, &[1, 1]),
+        out: ob.view_mut(DType::F32, &[1, d]),
+    };
+    assert!(matches!(
+        cu.gather_rows(args.validate().unwrap()),
+        Err(Error::InvalidArgument { .. })
+    ));
+    drop(table);
+    // Released: a fresh buffer (possibly at the same address) pins and reads its own bytes.
+    let again = cu
+        .pin_host_table(moehal_core::host::buffer_from_slice(&vals).unwrap())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let mut ob = cu.filled(d, f32::NAN).unwrap();
+    let one = cu.upload_slice(&[7i64]).unwrap();
+    let args = GatherRows {
+        table: again.view(DType::F32, &[r, d]),
+        format: TableFormat::F32,
+        rows: one.view(DType::I64, &[1, 1]),
+        out: ob.view_mut(DType::F32, &[1, d]),
+    };
+    cu.gather_rows(args.validate().unwrap()).unwrap();
+    assert_eq!(cu.download_vec::<f32>(&ob, d).unwrap(), vals[7 * d..8 * d].to_vec());
+    // A device buffer is refused, and handed back.
+    let dev = cu.alloc(64).unwrap();
+    let (e, back) = cu.pin_host_table(dev).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert_eq!(back.len(), 64);
 }
 
 /// Fill `n` bytes of device memory with zeros in 64 MiB uploads (alloc does not promise zeros).
