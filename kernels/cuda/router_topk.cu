@@ -52,6 +52,16 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ bool is_finite_f(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
+// Elementwise scores (OPS.md §2 step 1) of a finite logit x: 1 sigmoid, 2 sqrt_softplus.
+__device__ __forceinline__ float rt_score(int score, float x) {
+    if (score == 1) return 1.f / (1.f + expf(-x));
+    // Below x = -20, sqrt(softplus(x)) = e^(x/2) to 1e-9 relative; computed so it stays nonzero
+    // down to f32's smallest subnormal as OPS.md §2 step 1 asks (the direct form is 0 once expf(x)
+    // underflows, x < -104). Same formula as the CPU backend.
+    const float sp = x > 0.f ? x + log1pf(expf(-x)) : log1pf(expf(x));
+    return x < -20.f ? expf(0.5f * x) : sqrtf(sp);
+}
+
 template <class T, int EPL>
 __device__ __forceinline__ void router_body(const typename T::S* __restrict__ logits, i64 T_, int E, int k, int score,
                                             const float* __restrict__ bias, int n_group, int topk_group,
@@ -92,19 +102,9 @@ __device__ __forceinline__ void router_body(const typename T::S* __restrict__ lo
             sum = warp_sum(sum);
 #pragma unroll
             for (int i = 0; i < EPL; i++) s[i] = fin[i] ? s[i] / sum : 0.f;
-        } else if (score == 1) {
-#pragma unroll
-            for (int i = 0; i < EPL; i++) s[i] = fin[i] ? 1.f / (1.f + expf(-l[i])) : 0.f;
         } else {
 #pragma unroll
-            for (int i = 0; i < EPL; i++) {
-                // Below x = -20, sqrt(softplus(x)) = e^(x/2) to 1e-9 relative; computed so it stays
-                // nonzero down to f32's smallest subnormal as OPS.md §2 step 1 asks (the direct form
-                // is 0 once expf(x) underflows, x < -104). Same formula as the CPU backend.
-                const float x = l[i];
-                const float sp = x > 0.f ? x + log1pf(expf(-x)) : log1pf(expf(x));
-                s[i] = fin[i] ? (x < -20.f ? expf(0.5f * x) : sqrtf(sp)) : 0.f;
-            }
+            for (int i = 0; i < EPL; i++) s[i] = fin[i] ? rt_score(score, l[i]) : 0.f;
         }
 #pragma unroll
         for (int i = 0; i < EPL; i++) {
@@ -225,3 +225,82 @@ RT(router_topk_bf16_16, TBF16, 16)
 RT(router_topk_f16_4, TF16, 4)
 RT(router_topk_f16_8, TF16, 8)
 RT(router_topk_f16_16, TF16, 16)
+
+// Hash routing (OPS.md §2 "Hash routing", DeepSeek-V4's first layers): ids[t] = tid2eid[token_ids[t]]
+// in table order (repeats kept); weights = step 5 on the unbiased scores of those ids (softmax over
+// all E finite logits; a non-finite logit scores 0). Launched only after router_hash_check passed
+// (the host reads its flag first), so every row and entry read here is in range.
+// router_hash_check: thread per token; code 1 = token id outside [0, V), 2 = an entry of its row
+// outside [0, E); err_idx = the smallest offending token (the host words the message with core's
+// hash_rows, which reports the first token in order).
+extern "C" __global__ void __launch_bounds__(256) router_hash_check(const i32* tid2eid, const i64* token_ids, i64 T_,
+                                                                   i64 V, int k, int E, i32* err) {
+    for (i64 t = gtid(); t < T_; t += gstride()) {
+        const i64 tok = token_ids[t];
+        if (tok < 0 || tok >= V) {
+            moehal_flag(err, 1, t);
+            continue;
+        }
+        for (int j = 0; j < k; j++) {
+            const i32 id = tid2eid[tok * k + j];
+            if (id < 0 || id >= E) {
+                moehal_flag(err, 2, t);
+                break;
+            }
+        }
+    }
+}
+
+// Warp per token, 8 tokens per 256-thread block; `counts` zeroed by the host.
+template <class T>
+__device__ __forceinline__ void router_hash_body(const typename T::S* __restrict__ logits, i64 T_, int E, int k,
+                                                 int score, const i32* __restrict__ tid2eid,
+                                                 const i64* __restrict__ token_ids, int renorm, float scale,
+                                                 i32* __restrict__ ids, float* __restrict__ weights,
+                                                 i64* __restrict__ counts) {
+    const int lane = threadIdx.x & 31;
+    const i64 t = (i64)blockIdx.x * RT_WARPS + (threadIdx.x >> 5);
+    if (t >= T_) return;  // warp-uniform; no block barrier below
+    const typename T::S* row = logits + t * (i64)E;
+    float mx = MOEHAL_NINF, sum = 0.f;
+    if (score == 0) {
+        for (int e = lane; e < E; e += 32) {
+            const float l = T::ld(row[e]);
+            if (is_finite_f(l)) mx = fmaxf(mx, l);
+        }
+        mx = warp_max(mx);
+        for (int e = lane; e < E; e += 32) {
+            const float l = T::ld(row[e]);
+            if (is_finite_f(l)) sum += expf(l - mx);
+        }
+        sum = warp_sum(sum);
+    }
+    if (lane != 0) return;
+    const i32* r = tid2eid + token_ids[t] * k;
+    float wsum = 0.f;
+    for (int j = 0; j < k; j++) {
+        const i32 id = r[j];
+        const float l = T::ld(row[id]);
+        const float sj = !is_finite_f(l) ? 0.f : score == 0 ? expf(l - mx) / sum : rt_score(score, l);
+        ids[t * k + j] = id;
+        weights[t * k + j] = sj;
+        wsum += sj;
+        if (counts) atomicAdd((u64*)(counts + id), (u64)1);
+    }
+    const float den = wsum + 1e-20f;
+    for (int j = 0; j < k; j++) {
+        float wj = weights[t * k + j];
+        if (renorm) wj = wj / den;
+        weights[t * k + j] = wj * scale;
+    }
+}
+
+#define RH(name, T)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) name(const T::S* logits, i64 T_, int E, int k, int score,   \
+                                                         const i32* tid2eid, const i64* token_ids, int renorm,  \
+                                                         float scale, i32* ids, float* weights, i64* counts) {  \
+        router_hash_body<T>(logits, T_, E, k, score, tid2eid, token_ids, renorm, scale, ids, weights, counts);  \
+    }
+RH(router_hash_f32, TF32)
+RH(router_hash_bf16, TBF16)
+RH(router_hash_f16, TF16)

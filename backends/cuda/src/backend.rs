@@ -2,7 +2,8 @@
 //! forwards to its file in `crate::ops`.
 
 use moehal_core::ops::{
-    EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Swiglu,
+    EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, QuantDesc, QuantizeFp8,
+    QuantizeInt8, RouterHash, RouterTopk, Swiglu,
 };
 use moehal_core::{Backend, Buffer, Checked, DType, DeviceInfo, Error, Result, Support};
 
@@ -37,7 +38,7 @@ impl Backend for CudaBackend {
             } => Support::yes("decode (16-byte weight streaming) / mma.sync m16n8k16 128x128x32 / simt"),
             OpDesc::GroupedGemm { dtype, .. } => Support::no(format!("dtype {dtype}")),
             OpDesc::RouterTopk { .. } => Support::yes("fused warp-per-token (E <= 512)"),
-            OpDesc::RouterHash { .. } => Support::no("hash routing (tid2eid) has no CUDA kernel yet"),
+            OpDesc::RouterHash { .. } => Support::yes("check kernel, then warp per token (any E)"),
             OpDesc::MoePermute { .. } => Support::yes("count + scan + stable scatter"),
             OpDesc::Swiglu { .. } => Support::yes("elementwise"),
             OpDesc::MoeCombine { .. } => Support::yes("per-token ordered sum"),
@@ -129,6 +130,10 @@ impl Backend for CudaBackend {
         self.run_router_topk(args)
     }
 
+    fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        self.run_router_hash(args)
+    }
+
     fn moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {
         self.run_moe_permute(args)
     }
@@ -151,5 +156,31 @@ impl Backend for CudaBackend {
 
     fn engram_lookup(&self, args: Checked<EngramLookup<'_>>) -> Result<()> {
         self.run_engram_lookup(args)
+    }
+
+    fn supports_quant(&self, op: &QuantDesc) -> Support {
+        match *op {
+            QuantDesc::QuantizeFp8 {
+                dtype: DType::F32 | DType::BF16 | DType::F16,
+                ..
+            } => Support::yes("warp per 1x128 group (quantize.cu)"),
+            QuantDesc::QuantizeInt8 {
+                dtype: DType::F32 | DType::BF16 | DType::F16,
+            } => Support::yes("block per row (quantize.cu)"),
+            QuantDesc::QuantizeFp8 { dtype, .. } | QuantDesc::QuantizeInt8 { dtype } => {
+                Support::no(format!("x dtype {dtype}"))
+            }
+            QuantDesc::GroupedGemm { .. } => Support::no(
+                "quantized grouped GEMM (fp8_block, mxfp4, int8 weights) has no CUDA kernel yet (issue 17 item 1)",
+            ),
+        }
+    }
+
+    fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
+        self.run_quantize_fp8(args)
+    }
+
+    fn quantize_int8(&self, args: Checked<QuantizeInt8<'_>>) -> Result<()> {
+        self.run_quantize_int8(args)
     }
 }

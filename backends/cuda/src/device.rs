@@ -136,6 +136,7 @@ impl CudaBackend {
             Unit::Combine,
             Unit::Engram,
             Unit::Gather,
+            Unit::Quantize,
         ] {
             self.module(u)?;
         }

@@ -10,7 +10,7 @@ use crate::raw;
 pub const COMMON: &str = include_str!("../../../kernels/cuda/common.cuh");
 
 /// One `.cu` file per op: `(file name, source)`.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("grouped_gemm.cu", include_str!("../../../kernels/cuda/grouped_gemm.cu")),
     ("router_topk.cu", include_str!("../../../kernels/cuda/router_topk.cu")),
     ("moe_permute.cu", include_str!("../../../kernels/cuda/moe_permute.cu")),
@@ -18,6 +18,7 @@ pub const SOURCES: [(&str, &str); 7] = [
     ("moe_combine.cu", include_str!("../../../kernels/cuda/moe_combine.cu")),
     ("engram_hash.cu", include_str!("../../../kernels/cuda/engram_hash.cu")),
     ("gather_rows.cu", include_str!("../../../kernels/cuda/gather_rows.cu")),
+    ("quantize.cu", include_str!("../../../kernels/cuda/quantize.cu")),
 ];
 
 /// The op files, by index into [`SOURCES`].
@@ -30,6 +31,7 @@ pub(crate) enum Unit {
     Combine = 4,
     Engram = 5,
     Gather = 6,
+    Quantize = 7,
 }
 
 impl Unit {

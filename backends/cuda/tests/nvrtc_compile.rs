@@ -1,19 +1,29 @@
 //! Every `kernels/cuda/*.cu` compiles through NVRTC for sm_90 on the CPU (no GPU needed).
 //! CI: `scripts/setup.sh` finds a CUDA 13 libnvrtc already installed (e.g. by torch) or installs the
 //! `nvidia-cuda-nvrtc` wheel (any 13.x) and prints its folder for `LD_LIBRARY_PATH`. Without
-//! libnvrtc the test prints "skipped: NVRTC not found" and passes. No NVRTC release is assumed.
+//! libnvrtc the test prints "skipped: NVRTC unavailable (...)" and passes, unless
+//! `MOEHAL_REQUIRE_CUDA=1` (then it fails). No NVRTC release is assumed.
 
 use moehal_cuda::kernels;
 
+/// NVRTC's version, or `None` after printing why the test skips (a panic under
+/// `MOEHAL_REQUIRE_CUDA=1`).
+fn nvrtc() -> Option<(i32, i32)> {
+    match kernels::nvrtc_available() {
+        Ok(v) => Some(v),
+        Err(why) => match moehal_cuda::skip_or_fail("NVRTC", &why) {
+            Ok(line) => {
+                println!("{line}");
+                None
+            }
+            Err(msg) => panic!("{msg}"),
+        },
+    }
+}
+
 #[test]
 fn every_kernel_file_compiles_for_sm90() {
-    let ver = match kernels::nvrtc_available() {
-        Ok(v) => v,
-        Err(why) => {
-            println!("skipped: NVRTC not found ({why})");
-            return;
-        }
-    };
+    let Some(ver) = nvrtc() else { return };
     println!("NVRTC {}.{}", ver.0, ver.1);
     let mut failures = Vec::new();
     for (file, _) in kernels::SOURCES {
@@ -36,8 +46,7 @@ fn every_kernel_file_compiles_for_sm90() {
 
 #[test]
 fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
-    if kernels::nvrtc_available().is_err() {
-        println!("skipped: NVRTC not found");
+    if nvrtc().is_none() {
         return;
     }
     // The kernels the backend launches by name must exist as entry points.
@@ -56,7 +65,15 @@ fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
         ),
         (
             "router_topk.cu",
-            &["router_topk_f32_4", "router_topk_bf16_8", "router_topk_f16_16"],
+            &[
+                "router_topk_f32_4",
+                "router_topk_bf16_8",
+                "router_topk_f16_16",
+                "router_hash_check",
+                "router_hash_f32",
+                "router_hash_bf16",
+                "router_hash_f16",
+            ],
         ),
         (
             "moe_permute.cu",
@@ -78,6 +95,17 @@ fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
         (
             "gather_rows.cu",
             &["gather_check", "gather_copy", "gather_fp8_f32", "gather_fp8_bf16"],
+        ),
+        (
+            "quantize.cu",
+            &[
+                "quantize_fp8_f32_f32",
+                "quantize_fp8_bf16_ue8m0",
+                "quantize_fp8_f16_f32",
+                "quantize_int8_f32",
+                "quantize_int8_bf16",
+                "quantize_int8_f16",
+            ],
         ),
     ];
     for (file, names) in expect {

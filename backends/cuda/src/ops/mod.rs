@@ -6,6 +6,7 @@ mod gather_rows;
 mod grouped_gemm;
 mod moe_combine;
 mod moe_permute;
+mod quantize;
 mod router_topk;
 mod swiglu;
 

@@ -1,9 +1,10 @@
-//! `router_topk` (kernels/cuda/router_topk.cu): the fused warp-per-token router.
+//! `router_topk` (kernels/cuda/router_topk.cu): the fused warp-per-token router, and hash routing
+//! (`router_hash`: a check kernel, then a warp per token).
 
-use moehal_core::ops::{GroupScore, RouterTopk, Scoring};
+use moehal_core::ops::{hash_rows, GroupScore, RouterHash, RouterTopk, Scoring};
 use moehal_core::{Checked, Error, Result};
 
-use super::cdiv;
+use super::{cdiv, grid1};
 use crate::device::{dev_err, CudaBackend};
 use crate::kernels::Unit;
 use crate::raw::{self, Arg};
@@ -48,11 +49,7 @@ impl CudaBackend {
             16
         };
         let name = format!("router_topk_{}_{epl}", a.logits.dtype().name());
-        let score = match cfg.scoring {
-            Scoring::Softmax => 0,
-            Scoring::Sigmoid => 1,
-            Scoring::SqrtSoftplus => 2,
-        };
+        let score = score_code(cfg.scoring);
         let (ng, tg, gk) = match cfg.effective_group() {
             Some(g) => (
                 g.n_group as i32,
@@ -79,6 +76,101 @@ impl CudaBackend {
         ];
         self.launch(s, Unit::Router, &name, (cdiv(t, 8) as u32, 1), 256, 0, &args)
     }
+
+    /// `Backend::router_hash` on this device: `router_hash_check` over every token's row, the
+    /// flag read back (a sync), then, only for valid input, the counts zeroed and
+    /// `router_hash_<dtype>` (warp per token). Invalid input writes nothing and is worded by core's
+    /// [`hash_rows`], as on every backend.
+    pub(crate) fn run_router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
+        const OP: &str = "router_topk";
+        let a = args.into_inner();
+        let (t, e) = a.dims();
+        let (v, k) = (a.vocab(), a.config.k);
+        let logits = self.dptr(&a.logits, OP, "logits")?;
+        let table = self.dptr(&a.tid2eid, OP, "tid2eid")?;
+        let tokens = self.dptr(&a.token_ids, OP, "token_ids")?;
+        let ids = self.dptr_mut(&a.ids, OP, "ids")?;
+        let weights = self.dptr_mut(&a.weights, OP, "weights")?;
+        let counts = a
+            .expert_counts
+            .as_ref()
+            .map(|c| self.dptr_mut(c, OP, "expert_counts"))
+            .transpose()?
+            .unwrap_or(0);
+        let s = self.begin()?;
+        if t > 0 {
+            let mut sc = self.lock(&self.scratch)?;
+            let base = self.ensure_scratch(&mut sc, 256, s)?;
+            self.flag_reset(base, s)?;
+            let cargs = [
+                Arg::P(table),
+                Arg::P(tokens),
+                Arg::I64(t as i64),
+                Arg::I64(v as i64),
+                Arg::I32(k as i32),
+                Arg::I32(e as i32),
+                Arg::P(base),
+            ];
+            self.launch(
+                s,
+                Unit::Router,
+                "router_hash_check",
+                (grid1(t, 256, 4096), 1),
+                256,
+                0,
+                &cargs,
+            )?;
+            let (code, _) = self.flag_read(base, s)?;
+            drop(sc);
+            if code != 0 {
+                let tok: Vec<i64> = self.download_typed(&a.token_ids, s)?;
+                let tab: Vec<i32> = self.download_typed(&a.tid2eid, s)?;
+                hash_rows(&tok, &tab, v, k, e)?;
+                return Err(Error::device(
+                    NAME,
+                    -1,
+                    "router_hash_check flagged input that hash_rows accepts",
+                ));
+            }
+        }
+        if counts != 0 {
+            raw::memset8(counts, 0, e * 8, s).map_err(dev_err)?;
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let cfg = a.config;
+        let name = format!("router_hash_{}", a.logits.dtype().name());
+        let args = [
+            Arg::P(logits),
+            Arg::I64(t as i64),
+            Arg::I32(e as i32),
+            Arg::I32(k as i32),
+            Arg::I32(score_code(cfg.scoring)),
+            Arg::P(table),
+            Arg::P(tokens),
+            Arg::I32(cfg.renormalize as i32),
+            Arg::F32(cfg.routed_scaling_factor),
+            Arg::P(ids),
+            Arg::P(weights),
+            Arg::P(counts),
+        ];
+        self.launch(s, Unit::Router, &name, (hash_grid(t), 1), 256, 0, &args)
+    }
+}
+
+/// The kernels' `score` argument: 0 softmax, 1 sigmoid, 2 sqrt_softplus.
+fn score_code(s: Scoring) -> i32 {
+    match s {
+        Scoring::Softmax => 0,
+        Scoring::Sigmoid => 1,
+        Scoring::SqrtSoftplus => 2,
+    }
+}
+
+/// Blocks of `router_hash_<dtype>`: 8 tokens (warps) per 256-thread block.
+fn hash_grid(t: usize) -> u32 {
+    cdiv(t, 8) as u32
 }
 
 #[cfg(test)]
@@ -215,6 +307,95 @@ mod tests {
             for (a, b) in w.iter().zip(&r.weights) {
                 assert!((a - b).abs() <= 1e-12, "case {case}: weight {a} vs {b}");
             }
+        }
+    }
+
+    /// router_hash_<dtype> in f32 as the kernel computes it (softmax max and sum over the finite
+    /// logits, `rt_score` for sigmoid / sqrt_softplus, renormalize over the k slots with 1e-20,
+    /// then the scaling factor), lane 0's loop over the table row.
+    fn hash_mirror(cfg: &RouterConfig, logits: &[f32], row: &[i32]) -> Vec<f32> {
+        let fin = |x: f32| x.is_finite();
+        let (mut mx, mut sum) = (f32::NEG_INFINITY, 0f32);
+        if cfg.scoring == Scoring::Softmax {
+            mx = logits
+                .iter()
+                .copied()
+                .filter(|&l| fin(l))
+                .fold(f32::NEG_INFINITY, f32::max);
+            sum = logits.iter().filter(|&&l| fin(l)).map(|&l| (l - mx).exp()).sum();
+        }
+        let score = |x: f32| match cfg.scoring {
+            Scoring::Softmax => (x - mx).exp() / sum,
+            Scoring::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Scoring::SqrtSoftplus => {
+                let sp = if x > 0.0 {
+                    x + (-x).exp().ln_1p()
+                } else {
+                    x.exp().ln_1p()
+                };
+                if x < -20.0 {
+                    (0.5 * x).exp()
+                } else {
+                    sp.sqrt()
+                }
+            }
+        };
+        let w: Vec<f32> = row
+            .iter()
+            .map(|&id| {
+                let l = logits[id as usize];
+                if fin(l) {
+                    score(l)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let den = w.iter().sum::<f32>() + 1e-20;
+        w.iter()
+            .map(|&x| if cfg.renormalize { x / den } else { x } * cfg.routed_scaling_factor)
+            .collect()
+    }
+
+    /// Hash routing: the kernel's f32 weights are the reference's (f64) within OPS.md's 1e-5
+    /// (repeats, non-finite logits, every scoring), and the launch covers every token once
+    /// (token t: block t/8, warp t%8).
+    #[test]
+    fn router_hash_weights_and_grid_match_the_reference() {
+        use moehal_core::reference::hash_route_token;
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for case in 0..2000 {
+            let e = [2usize, 8, 37, 256, 600][rng.gen_range(0..5)];
+            let logits: Vec<f32> = (0..e)
+                .map(|_| match rng.gen_range(0..15) {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    _ => rng.gen_range(-30.0f32..12.0),
+                })
+                .collect();
+            let k = rng.gen_range(1..=e.min(8));
+            let row: Vec<i32> = (0..k).map(|_| rng.gen_range(0..e as i32)).collect();
+            let cfg = RouterConfig {
+                k,
+                scoring: [Scoring::Softmax, Scoring::Sigmoid, Scoring::SqrtSoftplus][rng.gen_range(0..3)],
+                group: None,
+                renormalize: rng.gen_bool(0.5),
+                routed_scaling_factor: [1.0, 2.5][rng.gen_range(0..2)],
+            };
+            let l64: Vec<f64> = logits.iter().map(|&x| x as f64).collect();
+            let want = hash_route_token(&cfg, &l64, &row);
+            let got = hash_mirror(&cfg, &logits, &row);
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5,
+                    "case {case} slot {j}: {g} vs {w} ({cfg:?})"
+                );
+            }
+        }
+        for t in [1usize, 7, 8, 9, 4096, 100_003] {
+            let g = hash_grid(t) as usize;
+            assert!(g * 8 >= t && (g - 1) * 8 < t, "T {t}: {g} blocks");
         }
     }
 }
