@@ -92,3 +92,21 @@ __device__ __forceinline__ void copy_bytes(u8* dst, const u8* src, i64 bytes, in
         for (i64 i = lane; i < bytes; i += nl) dst[i] = src[i];
     }
 }
+
+// OCP 8-bit formats (OPS.md §5, §6), exact in f32: E4M3FN (0x7F/0xFF NaN) and E8M0 (2^(b-127);
+// 255 NaN, 0 the subnormal 2^-127).
+__device__ __forceinline__ float fp8_e4m3_to_f32(u32 b) {
+    const u32 sign = (b & 0x80u) << 24;
+    const u32 e = (b >> 3) & 15u, m = b & 7u;
+    if (e == 15u && m == 7u) return __uint_as_float(0x7fc00000u);
+    float v;
+    if (e == 0) v = (float)m * 0.001953125f;  // m * 2^-9, exact
+    else v = __uint_as_float(((e + 120u) << 23) | (m << 20));  // (1 + m/8) * 2^(e-7)
+    return __uint_as_float(__float_as_uint(v) | sign);
+}
+
+__device__ __forceinline__ float ue8m0_to_f32(u32 b) {
+    if (b == 255u) return __uint_as_float(0x7fc00000u);
+    if (b == 0u) return __uint_as_float(0x00400000u);  // 2^-127 (subnormal)
+    return __uint_as_float(b << 23);
+}

@@ -24,22 +24,6 @@ extern "C" __global__ void gather_copy(const u8* __restrict__ table, i64 row_byt
     for (i64 p = w0; p < npairs; p += nw) copy_bytes(out + p * row_bytes, table + rows[p] * row_bytes, row_bytes, lane, 32);
 }
 
-__device__ __forceinline__ float fp8_e4m3_to_f32(u32 b) {
-    const u32 sign = (b & 0x80u) << 24;
-    const u32 e = (b >> 3) & 15u, m = b & 7u;
-    if (e == 15u && m == 7u) return __uint_as_float(0x7fc00000u);
-    float v;
-    if (e == 0) v = (float)m * 0.001953125f;  // m * 2^-9, exact
-    else v = __uint_as_float(((e + 120u) << 23) | (m << 20));  // (1 + m/8) * 2^(e-7)
-    return __uint_as_float(__float_as_uint(v) | sign);
-}
-
-__device__ __forceinline__ float ue8m0_to_f32(u32 b) {
-    if (b == 255u) return __uint_as_float(0x7fc00000u);
-    if (b == 0u) return __uint_as_float(0x00400000u);  // 2^-127 (subnormal)
-    return __uint_as_float(b << 23);
-}
-
 __device__ __forceinline__ float fp8_dequant(u32 q, u32 s) {
     const float v = fp8_e4m3_to_f32(q), sc = ue8m0_to_f32(s);
     if (v != v || sc != sc) return __uint_as_float(0x7fc00000u);

@@ -50,12 +50,6 @@ __device__ __forceinline__ u8 q_ue8m0_ceil(float s) {
     return e >= 255 ? (u8)255 : (u8)e;
 }
 
-__device__ __forceinline__ float q_e8m0_to_f32(u8 e) {
-    if (e == 255) return __uint_as_float(Q_NAN_BITS);
-    if (e == 0) return __uint_as_float(1u << 22);
-    return __uint_as_float((u32)e << 23);
-}
-
 // One warp per (row m, group b): x[m, 128b .. min(128b + 128, K)).
 template <class T, int UE8M0>
 __device__ __forceinline__ void qfp8_body(const typename T::S* __restrict__ x, u8* __restrict__ xq,
@@ -91,7 +85,7 @@ __device__ __forceinline__ void qfp8_body(const typename T::S* __restrict__ x, u
         float sc = s;
         if (UE8M0) {
             byte = q_ue8m0_ceil(s);
-            sc = q_e8m0_to_f32(byte);
+            sc = ue8m0_to_f32(byte);  // common.cuh
         }
         for (i64 k = k0 + lane; k < k1; k += 32) qr[k] = q_f32_to_e4m3(T::ld(xr[k]) / sc);
         if (lane == 0) {

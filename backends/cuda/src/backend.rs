@@ -2,8 +2,8 @@
 //! forwards to its file in `crate::ops`.
 
 use moehal_core::ops::{
-    EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, OpDesc, QuantDesc, QuantizeFp8,
-    QuantizeInt8, RouterHash, RouterTopk, Swiglu,
+    EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc, QuantDesc,
+    QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu,
 };
 use moehal_core::{Backend, Buffer, Checked, DType, DeviceInfo, Error, Result, Support};
 
@@ -170,10 +170,15 @@ impl Backend for CudaBackend {
             QuantDesc::QuantizeFp8 { dtype, .. } | QuantDesc::QuantizeInt8 { dtype } => {
                 Support::no(format!("x dtype {dtype}"))
             }
-            QuantDesc::GroupedGemm { .. } => Support::no(
-                "quantized grouped GEMM (fp8_block, mxfp4, int8 weights) has no CUDA kernel yet (issue 17 item 1)",
-            ),
+            QuantDesc::GroupedGemm { .. } => match crate::ops::gq_kernel(op) {
+                Some(_) => Support::yes("SIMT, column per thread (grouped_gemm_q.cu; tensor-core paths owed)"),
+                None => Support::no("not an OPS.md §6 pairing (weight format, activation, output dtype)"),
+            },
         }
+    }
+
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        self.run_grouped_gemm_quant(args)
     }
 
     fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {

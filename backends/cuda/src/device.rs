@@ -137,6 +137,7 @@ impl CudaBackend {
             Unit::Engram,
             Unit::Gather,
             Unit::Quantize,
+            Unit::GemmQuant,
         ] {
             self.module(u)?;
         }

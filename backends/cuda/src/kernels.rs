@@ -10,7 +10,7 @@ use crate::raw;
 pub const COMMON: &str = include_str!("../../../kernels/cuda/common.cuh");
 
 /// One `.cu` file per op: `(file name, source)`.
-pub const SOURCES: [(&str, &str); 8] = [
+pub const SOURCES: [(&str, &str); 9] = [
     ("grouped_gemm.cu", include_str!("../../../kernels/cuda/grouped_gemm.cu")),
     ("router_topk.cu", include_str!("../../../kernels/cuda/router_topk.cu")),
     ("moe_permute.cu", include_str!("../../../kernels/cuda/moe_permute.cu")),
@@ -19,6 +19,10 @@ pub const SOURCES: [(&str, &str); 8] = [
     ("engram_hash.cu", include_str!("../../../kernels/cuda/engram_hash.cu")),
     ("gather_rows.cu", include_str!("../../../kernels/cuda/gather_rows.cu")),
     ("quantize.cu", include_str!("../../../kernels/cuda/quantize.cu")),
+    (
+        "grouped_gemm_q.cu",
+        include_str!("../../../kernels/cuda/grouped_gemm_q.cu"),
+    ),
 ];
 
 /// The op files, by index into [`SOURCES`].
@@ -32,6 +36,7 @@ pub(crate) enum Unit {
     Engram = 5,
     Gather = 6,
     Quantize = 7,
+    GemmQuant = 8,
 }
 
 impl Unit {

@@ -97,6 +97,16 @@ fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
             &["gather_check", "gather_copy", "gather_fp8_f32", "gather_fp8_bf16"],
         ),
         (
+            "grouped_gemm_q.cu",
+            &[
+                "gq_fp8_block_bf16_bf16",
+                "gq_mxfp4_bf16_bf16",
+                "gq_int8_f16_f16",
+                "gq_fp8_block_fp8_bf16",
+                "gq_int8_int8_f32",
+            ],
+        ),
+        (
             "quantize.cu",
             &[
                 "quantize_fp8_f32_f32",

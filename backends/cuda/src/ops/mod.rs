@@ -4,11 +4,14 @@
 mod engram_hash;
 mod gather_rows;
 mod grouped_gemm;
+mod grouped_gemm_quant;
 mod moe_combine;
 mod moe_permute;
 mod quantize;
 mod router_topk;
 mod swiglu;
+
+pub(crate) use grouped_gemm_quant::gq_kernel;
 
 pub(crate) fn cdiv(a: usize, b: usize) -> usize {
     a.div_ceil(b)

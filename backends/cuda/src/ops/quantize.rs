@@ -208,7 +208,7 @@ mod tests {
             assert_eq!(kernel_e4m3(v), f32_to_e4m3(v), "{v}");
             assert_eq!(kernel_ue8m0(v), ue8m0_ceil(v), "{v}");
         }
-        // q_e8m0_to_f32: 255 NaN (0x7fc00000), 0 the subnormal 2^-127, else e << 23.
+        // common.cuh ue8m0_to_f32: 255 NaN (0x7fc00000), 0 the subnormal 2^-127, else e << 23.
         assert_eq!(e8m0_to_f32(255).to_bits(), 0x7fc0_0000);
         assert_eq!(e8m0_to_f32(0).to_bits(), 1 << 22);
         for e in 1u8..255 {
