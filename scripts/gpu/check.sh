@@ -15,11 +15,15 @@
 #   ~4.5-5 min (NVRTC compiles the kernels once per process, ~20 s each; test-gpu ~60 s, check ~45 s,
 #   bench ~80 s (not measured: the default shapes at --budget 0.3 s; the quantized GEMM rows run the SIMT §6 kernel,
 #   ~0.05-0.2 s a call by arithmetic at the 1024-token prefill shapes); cuda_bench ~60 s; peers ~30 s).
-# - Logs: $OUT/<step>.log for every step, $OUT/device.txt, $OUT/check.json, $OUT/bench.json,
-#   $OUT/summary.txt (the table and the verdict, also printed last). $OUT defaults to ./gpu-out.
+# - Files in $OUT (the device tool brings back at most 8): <step>.log, written as the step runs
+#   (test-gpu, moehal_check, moehal_bench, cuda_bench, torch_peers: a run cut short keeps them),
+#   summary.txt (device, details, the table and the VERDICT line, also printed last) and extra.tgz
+#   (device.txt, check.json, bench.json): 7 files. A new test binary adds one. $OUT defaults to
+#   ./gpu-out.
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/gpu-out}"; mkdir -p "$OUT"
+L=$(mktemp -d) # device.txt and the JSON files, packed into $OUT/extra.tgz at the end
 D=.device
 if [ ! -x "$D/moehal" ] && [ ! -f "$D/moehal" ]; then
     echo "check.sh: $D/moehal missing: run scripts/gpu/prepare.sh on the dev machine and carry .device" >&2
@@ -52,8 +56,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-lin
     echo "commit: $(cat $D/commit 2>/dev/null)"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     echo "libnvrtc found:"; for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libnvrtc.so* 2>/dev/null; done
-} > "$OUT/device.txt" 2>&1
-cat "$OUT/device.txt"
+} > "$L/device.txt" 2>&1
+cat "$L/device.txt"
 
 summary=()
 failed=()
@@ -85,12 +89,13 @@ for exe in "$D"/test-*; do
     case "$exe" in "$D/test-gpu" | "$D/test-nvrtc_compile") continue ;; esac
     run "$(basename "$exe")" 60 1 "$exe" --test-threads=1 --nocapture
 done
-run moehal_check 90 1 "$D/moehal" check --backend cuda --seed 1 --json "$OUT/check.json"
-run moehal_bench 110 1 "$D/moehal" bench --backend cuda --budget 0.3 --ref-limit 0.5 --json "$OUT/bench.json"
+run moehal_check 90 1 "$D/moehal" check --backend cuda --seed 1 --json "$L/check.json"
+run moehal_bench 110 1 "$D/moehal" bench --backend cuda --budget 0.3 --ref-limit 0.5 --json "$L/bench.json"
 run cuda_bench 90 1 "$D/cuda_bench"
 run torch_peers 60 "${PEERS_REQUIRED:-0}" python3 scripts/gpu/peers.py
 
 {
+    echo "== device"; cat "$L/device.txt"
     echo "== details (full logs in $OUT)"
     grep -h -E "^test result|FAILED|panicked|^skipped" "$OUT"/test-*.log | sort | uniq -c
     tail -n 3 "$OUT/moehal_check.log"; grep -E '^(FAIL|unsupported):' "$OUT/moehal_check.log" | head -n 20
@@ -105,4 +110,6 @@ run torch_peers 60 "${PEERS_REQUIRED:-0}" python3 scripts/gpu/peers.py
         echo "VERDICT: FAIL (${failed[*]})"
     fi
 } | tee "$OUT/summary.txt"
+tar czf "$OUT/extra.tgz" -C "$L" device.txt $(cd "$L" && ls check.json bench.json 2>/dev/null)
+rm -rf "$L"
 [ ${#failed[@]} -eq 0 ]
