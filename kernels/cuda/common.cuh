@@ -110,3 +110,16 @@ __device__ __forceinline__ float ue8m0_to_f32(u32 b) {
     if (b == 0u) return __uint_as_float(0x00400000u);  // 2^-127 (subnormal)
     return __uint_as_float(b << 23);
 }
+
+// grouped_gemm m-slots (gg_check's tile_prefix, grouped_gemm.cu): group of m-slot `slot`, the
+// largest g with tile_prefix[g] <= slot (empty groups are skipped because they share their prefix
+// with the next group). Caller guarantees slot < tile_prefix[G].
+__device__ __forceinline__ i64 gg_find_group(const i64* tile_prefix, i64 G, i64 slot) {
+    i64 lo = 0, hi = G - 1;
+    while (lo < hi) {
+        i64 mid = (lo + hi + 1) >> 1;
+        if (tile_prefix[mid] <= slot) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}

@@ -56,18 +56,6 @@ extern "C" __global__ void __launch_bounds__(GG_CHECK_THREADS)
     if (threadIdx.x == 0) tile_prefix[0] = 0;
 }
 
-// Group of m-slot `slot`: the largest g with tile_prefix[g] <= slot (empty groups are skipped
-// because they share their prefix with the next group). Caller guarantees slot < tile_prefix[G].
-__device__ __forceinline__ i64 gg_find_group(const i64* tile_prefix, i64 G, i64 slot) {
-    i64 lo = 0, hi = G - 1;
-    while (lo < hi) {
-        i64 mid = (lo + hi + 1) >> 1;
-        if (tile_prefix[mid] <= slot) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
 // ------------------------------------------------------------------------------------------------
 // SIMT kernel (all dtypes, any alignment).
 #define SB_M 64

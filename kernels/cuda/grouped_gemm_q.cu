@@ -1,5 +1,6 @@
-// grouped_gemm with quantized operands (OPS.md §6), a SIMT kernel for every pairing: correctness
-// first (the tensor-core paths — e4m3 / s8 mma.sync, wgmma — are owed; see backends/cuda/README.md).
+// grouped_gemm with quantized operands (OPS.md §6): a SIMT kernel for every pairing (correctness
+// first), and for W8A8 int8 a tensor-core kernel (mma.sync m16n8k32 s8 -> s32, `gq_int8_int8_<y>_mma`,
+// at the end). The e4m3 mma.sync / wgmma paths are owed; see backends/cuda/README.md.
 //
 // gq_<wfmt>_<act>_<y>(x, x_scale, xs_e8m0, w, w_scale, ws_e8m0, group_end, row_scale, bias, y, M, N, K,
 // G, err): thread per output column n (256 per block, grid.x = ceil(N/256)), block-stride over rows m
@@ -119,3 +120,98 @@ GQ(gq_fp8_block_fp8_f16, TF32, TF16, 0, 1)
 GQ(gq_int8_int8_f32, TF32, TF32, 2, 2)
 GQ(gq_int8_int8_bf16, TF32, TBF16, 2, 2)
 GQ(gq_int8_int8_f16, TF32, TF16, 2, 2)
+
+// ------------------------------------------------------------------------------------------------
+// W8A8 int8 on tensor cores: mma.sync.m16n8k32.row.col.s32.s8.s8.s32 (sm_80+). Needs K % 32 == 0 and
+// 16-byte aligned x and w (the host checks; else the SIMT kernel). One block = 4 warps over one
+// 16-row m-slot (gg_check's tile_prefix for bm = 16: a slot never straddles two groups) and 128
+// columns, each warp 32 columns (4 n8 sub-tiles sharing the A fragment). Fragments (PTX ISA, "Matrix
+// Fragments for mma.m16n8k32", .s8), lane = 4·gid + tig:
+//   A (row-major [16, 32] slice of x): a[0] = row gid, k 4·tig..+3; a[1] = row gid+8, same k;
+//     a[2], a[3] = the same rows, k + 16 (4 consecutive s8 per 32-bit register, lowest k lowest byte).
+//   B (col-major [32, 8] = rows n of w[g] in layout NK): b[0] = column n = gid, k 4·tig..+3;
+//     b[1] = k + 16.
+//   C/D (s32): c[0], c[1] = row gid, columns 2·tig, 2·tig+1; c[2], c[3] = row gid+8.
+// Rows past the slot's group end and columns past N load zeros and are not stored. The s32 sum is
+// exact (K <= 131,071 validated), as in the SIMT kernel, and the epilogue is the same formula:
+// (float)s · (x_scale[m] · w_scale[g, n]), + bias, · row_scale.
+#define GQM_WARPS 4
+#define GQM_N (GQM_WARPS * 32)
+
+__device__ __forceinline__ void gqm_mma(int* d, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <class TY>
+__device__ __forceinline__ void gqm_body(const signed char* __restrict__ x, const float* __restrict__ xs,
+                                         const signed char* __restrict__ w, const float* __restrict__ ws,
+                                         const i64* __restrict__ group_end, const float* __restrict__ rs,
+                                         const typename TY::S* __restrict__ bias, typename TY::S* __restrict__ y,
+                                         i64 M, i64 N, i64 K, i64 G, const i64* __restrict__ tile_prefix,
+                                         const i32* err) {
+    if (*(volatile const i32*)err) return;  // uniform: every thread reads the same flag
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const i64 nw0 = (i64)blockIdx.x * GQM_N + warp * 32;  // this warp's first column
+    if (nw0 >= N) return;                                 // warp-uniform; no block barrier below
+    const i64 total = tile_prefix[G];
+    for (i64 slot = blockIdx.y; slot < total; slot += gridDim.y) {
+        const i64 g = gg_find_group(tile_prefix, G, slot);
+        const i64 gstart = g == 0 ? 0 : group_end[g - 1];
+        const i64 row0 = gstart + (slot - tile_prefix[g]) * 16;
+        const i64 rend = group_end[g];
+        const i64 ra = row0 + gid, rb = row0 + gid + 8;
+        const bool va = ra < rend, vb = rb < rend;
+        const signed char* xa = x + (va ? ra : 0) * K;
+        const signed char* xb = x + (vb ? rb : 0) * K;
+        const signed char* wg = w + g * N * K;
+        int acc[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[j][c] = 0;
+        for (i64 k0 = 0; k0 < K; k0 += 32) {
+            const i64 ka = k0 + 4 * tig;
+            u32 a[4];
+            a[0] = va ? *(const u32*)(xa + ka) : 0u;
+            a[1] = vb ? *(const u32*)(xb + ka) : 0u;
+            a[2] = va ? *(const u32*)(xa + ka + 16) : 0u;
+            a[3] = vb ? *(const u32*)(xb + ka + 16) : 0u;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const i64 n = nw0 + j * 8 + gid;
+                u32 b[2];
+                b[0] = n < N ? *(const u32*)(wg + n * K + ka) : 0u;
+                b[1] = n < N ? *(const u32*)(wg + n * K + ka + 16) : 0u;
+                gqm_mma(acc[j], a, b);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const i64 m = (c < 2) ? ra : rb;
+                const i64 n = nw0 + j * 8 + 2 * tig + (c & 1);
+                if (m >= rend || n >= N) continue;
+                float v = (float)acc[j][c] * (xs[m] * ws[g * N + n]);
+                if (bias) v += TY::ld(bias[g * N + n]);
+                if (rs) v *= rs[m];
+                y[m * N + n] = TY::st(v);
+            }
+    }
+}
+
+#define GQM(name, TY)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(GQM_WARPS * 32)                                       \
+        name(const signed char* x, const float* xs, const signed char* w, const float* ws,             \
+             const i64* group_end, const float* rs, const TY::S* bias, TY::S* y, i64 M, i64 N, i64 K,  \
+             i64 G, const i64* tile_prefix, const i32* err) {                                          \
+        gqm_body<TY>(x, xs, w, ws, group_end, rs, bias, y, M, N, K, G, tile_prefix, err);               \
+    }
+GQM(gq_int8_int8_f32_mma, TF32)
+GQM(gq_int8_int8_bf16_mma, TBF16)
+GQM(gq_int8_int8_f16_mma, TF16)

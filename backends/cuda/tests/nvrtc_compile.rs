@@ -104,6 +104,8 @@ fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
                 "gq_int8_f16_f16",
                 "gq_fp8_block_fp8_bf16",
                 "gq_int8_int8_f32",
+                "gq_int8_int8_bf16_mma",
+                "gq_int8_int8_f16_mma",
             ],
         ),
         (

@@ -1,13 +1,14 @@
 //! `grouped_gemm` with quantized operands (kernels/cuda/grouped_gemm_q.cu, OPS.md §6): `gg_check`
 //! (grouped_gemm.cu) validates `group_end`, then one SIMT kernel per (weight format, activation,
-//! output dtype) pairing. Correct for every §6 pairing; the tensor-core paths are owed.
+//! output dtype) pairing, or for W8A8 int8 (K % 32 == 0, 16-byte aligned operands) the
+//! `mma.sync` s8 kernel. The e4m3 tensor-core paths are owed.
 
 use moehal_core::ops::{grouped_gemm::check_group_end, ActFormat, GroupedGemmQ, QuantDesc, WeightFormat};
 use moehal_core::quant::ScaleFormat;
 use moehal_core::{Checked, DType, Error, Result};
 
 use super::cdiv;
-use crate::device::CudaBackend;
+use crate::device::{CudaBackend, GemmPath};
 use crate::kernels::Unit;
 use crate::memory::Carve;
 use crate::raw::Arg;
@@ -31,6 +32,37 @@ pub(crate) fn gq_kernel(desc: &QuantDesc) -> Option<String> {
             ActFormat::Int8 => w == WeightFormat::Int8,
         };
     ok.then(|| format!("gq_{}_{}_{}", w.name(), x.name(), y.name()))
+}
+
+/// Rows of one m-slot of the `mma.sync` int8 kernel (gg_check's tile height).
+pub(crate) const MMA_M: usize = 16;
+/// Warps of one block of the `mma.sync` int8 kernel: `GQM_WARPS`.
+pub(crate) const MMA_WARPS: usize = 4;
+/// Columns of one block of the `mma.sync` int8 kernel (32 per warp): `GQM_N`.
+pub(crate) const MMA_N: usize = MMA_WARPS * 32;
+
+/// Whether W8A8 int8 may take the `mma.sync` kernel: K a multiple of the instruction's 32, x and w
+/// 16-byte aligned (each lane loads 4 bytes at k = 4·tig), and not forced to SIMT.
+pub(crate) fn int8_mma_ok(desc: &QuantDesc, k: usize, x: u64, w: u64, path: GemmPath) -> bool {
+    matches!(
+        desc,
+        QuantDesc::GroupedGemm {
+            w: WeightFormat::Int8,
+            x: ActFormat::Int8,
+            ..
+        }
+    ) && k % 32 == 0
+        && (x | w) % 16 == 0
+        && path != GemmPath::Simt
+}
+
+/// `mma.sync` int8 grid: `(ceil(N / 128), min(slots, 65535))` with `slots = ceil(M / 16) + G`
+/// (the bound of gg_check's tile prefix for bm = 16); the kernel slot-strides over grid.y.
+pub(crate) fn mma_grid(m: usize, n: usize, g: usize) -> (u32, u32) {
+    (
+        cdiv(n, MMA_N).max(1) as u32,
+        (cdiv(m, MMA_M) + g).clamp(1, 65_535) as u32,
+    )
 }
 
 /// Launch grid: `(ceil(N / 256), min(M, 65535))`; the kernel block-strides over rows.
@@ -64,22 +96,45 @@ impl CudaBackend {
             return Ok(());
         }
         let e8 = |f: Option<ScaleFormat>| i32::from(f == Some(ScaleFormat::Ue8m0));
+        let forced = self.gemm_path.lock().map(|p| *p).unwrap_or_default();
+        let mma = int8_mma_ok(&desc, d.k, x, w, forced);
         let s = self.begin()?;
         let mut sc = self.lock(&self.scratch)?;
         let mut carve = Carve::new();
         let prefix_off = carve.take((d.groups + 1) * 8);
         let base = self.ensure_scratch(&mut sc, carve.next, s)?;
+        let prefix = base + prefix_off as u64;
         self.flag_reset(base, s)?;
         let check = [
             Arg::P(ge),
             Arg::I64(d.groups as i64),
             Arg::I64(d.m as i64),
-            Arg::I64(64),
-            Arg::P(base + prefix_off as u64),
+            Arg::I64(MMA_M as i64),
+            Arg::P(prefix),
             Arg::P(base),
         ];
         self.launch(s, Unit::GroupedGemm, "gg_check", (1, 1), 1024, 0, &check)?;
-        if d.m > 0 && d.n > 0 {
+        if d.m > 0 && d.n > 0 && mma {
+            let args = [
+                Arg::P(x),
+                Arg::P(xs),
+                Arg::P(w),
+                Arg::P(ws),
+                Arg::P(ge),
+                Arg::P(rs),
+                Arg::P(bias),
+                Arg::P(y),
+                Arg::I64(d.m as i64),
+                Arg::I64(d.n as i64),
+                Arg::I64(d.k as i64),
+                Arg::I64(d.groups as i64),
+                Arg::P(prefix),
+                Arg::P(base),
+            ];
+            let name = format!("{name}_mma");
+            let grid = mma_grid(d.m, d.n, d.groups);
+            self.launch(s, Unit::GemmQuant, &name, grid, (MMA_WARPS * 32) as u32, 0, &args)?;
+        } else if d.m > 0 && d.n > 0 {
             let args = [
                 Arg::P(x),
                 Arg::P(xs),
@@ -199,5 +254,167 @@ mod tests {
             }
             assert!(seen.iter().all(|&c| c == 1), "{ge:?}");
         }
+    }
+
+    /// gg_check's tile prefix for tile height `bm` (grouped_gemm.rs mirrors it too).
+    fn tile_prefix(ge: &[i64], bm: i64) -> Vec<i64> {
+        let mut p = vec![0i64];
+        let mut prev = 0;
+        for &e in ge {
+            let last = *p.last().unwrap();
+            p.push(last + (e - prev + bm - 1) / bm);
+            prev = e;
+        }
+        p
+    }
+
+    /// The `mma.sync` int8 kernel emulated lane by lane: each lane's 32-bit loads as the kernel
+    /// forms them, `mma.m16n8k32` applied to the tiles those registers hold under the PTX ISA
+    /// fragment layouts (A row gid / gid+8, k 4·tig..+3 / +16; B column gid, same k; C row gid /
+    /// gid+8, columns 2·tig, 2·tig+1), and the epilogue's stores. Reproduces the exact i32
+    /// `x @ W_g^T` on every routed row, writes each (row, column) once, nothing past the last
+    /// group or past N; partial m-slots, empty groups, N not a multiple of 8 or 128, several K steps.
+    #[test]
+    #[allow(clippy::needless_range_loop)] // indices mirror the kernel's lanes, registers and sub-tiles
+    fn int8_mma_fragments_and_tiles_reproduce_the_matmul() {
+        let cases: &[(&[i64], usize, usize, usize)] = &[
+            (&[3, 3, 20, 37], 40, 136, 64), // empty group, partial slots, 2 column blocks, guard rows
+            (&[16], 16, 8, 32),
+            (&[5, 40], 41, 13, 96),
+        ];
+        for &(ge, m_total, n, k) in cases {
+            let g = ge.len();
+            let xv: Vec<i8> = (0..m_total * k).map(|i| ((i * 37 + 11) % 255) as i8).collect();
+            let wv: Vec<i8> = (0..g * n * k).map(|i| ((i * 53 + 7) % 251) as i8).collect();
+            let ld = |v: &[i8], at: usize| -> [i8; 4] { [v[at], v[at + 1], v[at + 2], v[at + 3]] };
+            let prefix = tile_prefix(ge, MMA_M as i64);
+            let total = prefix[g];
+            let (gx, gy) = mma_grid(m_total, n, g);
+            let mut y: Vec<Option<i64>> = vec![None; m_total * n];
+            let mut writes = vec![0u32; m_total * n];
+            for bx in 0..gx as usize {
+                for by in 0..gy as i64 {
+                    for warp in 0..MMA_WARPS {
+                        let nw0 = bx * MMA_N + warp * 32;
+                        if nw0 >= n {
+                            continue;
+                        }
+                        let mut slot = by;
+                        while slot < total {
+                            // gg_find_group: the largest g with prefix[g] <= slot
+                            let gi = (0..g).rev().find(|&q| prefix[q] <= slot).unwrap();
+                            let gstart = if gi == 0 { 0 } else { ge[gi - 1] };
+                            let row0 = gstart + (slot - prefix[gi]) * MMA_M as i64;
+                            let rend = ge[gi];
+                            let mut acc = vec![[0i64; 4]; 32 * 4]; // [lane][j]
+                            for k0 in (0..k).step_by(32) {
+                                // Registers per lane, as the kernel loads them.
+                                let mut a = [[[0i8; 4]; 4]; 32];
+                                let mut b = [[[[0i8; 4]; 2]; 4]; 32];
+                                for lane in 0..32 {
+                                    let (gid, tig) = (lane / 4, lane % 4);
+                                    let (ra, rb) = (row0 + gid as i64, row0 + gid as i64 + 8);
+                                    let ka = k0 + 4 * tig;
+                                    if ra < rend {
+                                        a[lane][0] = ld(&xv, ra as usize * k + ka);
+                                        a[lane][2] = ld(&xv, ra as usize * k + ka + 16);
+                                    }
+                                    if rb < rend {
+                                        a[lane][1] = ld(&xv, rb as usize * k + ka);
+                                        a[lane][3] = ld(&xv, rb as usize * k + ka + 16);
+                                    }
+                                    for j in 0..4 {
+                                        let nn = nw0 + j * 8 + gid;
+                                        if nn < n {
+                                            b[lane][j][0] = ld(&wv, (gi * n + nn) * k + ka);
+                                            b[lane][j][1] = ld(&wv, (gi * n + nn) * k + ka + 16);
+                                        }
+                                    }
+                                }
+                                // The tiles those registers hold (PTX ISA m16n8k32 .s8 layouts).
+                                let mut at = [[0i64; 32]; 16];
+                                let mut bt = [[[0i64; 8]; 32]; 4];
+                                for lane in 0..32 {
+                                    let (gid, tig) = (lane / 4, lane % 4);
+                                    for (r, (row, kof)) in [(gid, 0), (gid + 8, 0), (gid, 16), (gid + 8, 16)]
+                                        .into_iter()
+                                        .enumerate()
+                                    {
+                                        for e in 0..4 {
+                                            at[row][kof + 4 * tig + e] = a[lane][r][e] as i64;
+                                        }
+                                    }
+                                    for j in 0..4 {
+                                        for (r, kof) in [0usize, 16].into_iter().enumerate() {
+                                            for e in 0..4 {
+                                                bt[j][kof + 4 * tig + e][gid] = b[lane][j][r][e] as i64;
+                                            }
+                                        }
+                                    }
+                                }
+                                for lane in 0..32 {
+                                    let (gid, tig) = (lane / 4, lane % 4);
+                                    for j in 0..4 {
+                                        for c in 0..4 {
+                                            let row = if c < 2 { gid } else { gid + 8 };
+                                            let col = 2 * tig + (c & 1);
+                                            acc[lane * 4 + j][c] +=
+                                                (0..32).map(|kk| at[row][kk] * bt[j][kk][col]).sum::<i64>();
+                                        }
+                                    }
+                                }
+                            }
+                            for lane in 0..32 {
+                                let (gid, tig) = (lane / 4, lane % 4);
+                                for j in 0..4 {
+                                    for c in 0..4 {
+                                        let m = row0 + gid as i64 + if c < 2 { 0 } else { 8 };
+                                        let nn = nw0 + j * 8 + 2 * tig + (c & 1);
+                                        if m >= rend || nn >= n {
+                                            continue;
+                                        }
+                                        y[m as usize * n + nn] = Some(acc[lane * 4 + j][c]);
+                                        writes[m as usize * n + nn] += 1;
+                                    }
+                                }
+                            }
+                            slot += gy as i64;
+                        }
+                    }
+                }
+            }
+            let routed = *ge.last().unwrap() as usize;
+            for m in 0..m_total {
+                let gi = ge.iter().position(|&e| e > m as i64);
+                for nn in 0..n {
+                    match gi {
+                        Some(gi) if m < routed => {
+                            let want: i64 = (0..k)
+                                .map(|kk| xv[m * k + kk] as i64 * wv[(gi * n + nn) * k + kk] as i64)
+                                .sum();
+                            assert_eq!(y[m * n + nn], Some(want), "{ge:?}: y[{m}][{nn}]");
+                            assert_eq!(writes[m * n + nn], 1, "{ge:?}: y[{m}][{nn}] written twice");
+                        }
+                        _ => assert_eq!(writes[m * n + nn], 0, "{ge:?}: guard row {m} written"),
+                    }
+                }
+            }
+        }
+        // The path choice: K % 32, 16-byte alignment, not forced to SIMT, int8 x int8 only.
+        let d = QuantDesc::GroupedGemm {
+            w: WeightFormat::Int8,
+            x: ActFormat::Int8,
+            y: DType::BF16,
+        };
+        assert!(int8_mma_ok(&d, 64, 256, 512, GemmPath::Auto));
+        assert!(!int8_mma_ok(&d, 48, 256, 512, GemmPath::Auto));
+        assert!(!int8_mma_ok(&d, 64, 260, 512, GemmPath::Auto));
+        assert!(!int8_mma_ok(&d, 64, 256, 512, GemmPath::Simt));
+        let wo = QuantDesc::GroupedGemm {
+            w: WeightFormat::Int8,
+            x: ActFormat::Float(DType::BF16),
+            y: DType::BF16,
+        };
+        assert!(!int8_mma_ok(&wo, 64, 256, 512, GemmPath::Auto));
     }
 }
