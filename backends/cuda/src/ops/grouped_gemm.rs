@@ -2,13 +2,13 @@
 //! device check of `group_end` and the launch.
 
 use moehal_core::ops::{grouped_gemm::check_group_end, GroupedGemm, WeightLayout};
-use moehal_core::{Checked, DType, Error, Result};
+use moehal_core::{Checked, DType, Error, Result, TensorRef};
 
 use super::cdiv;
 use crate::device::{CudaBackend, GemmPath};
 use crate::kernels::Unit;
 use crate::memory::Carve;
-use crate::raw::Arg;
+use crate::raw::{Arg, Stream};
 
 const TC_SMEM: u32 = 61_440; // grouped_gemm.cu: TC_STAGES * (TC_A_STAGE + TC_B_STAGE) * 2
 
@@ -148,15 +148,29 @@ impl CudaBackend {
                 }
             }
         }
+        self.gg_check_result(sc, base, s, &a.group_end, d.m)
+    }
+
+    /// The end of a grouped GEMM (float or quantized) after `gg_check` and its kernels were
+    /// enqueued: wait for the stream and read gg_check's flag (holding the scratch `sc` until
+    /// then), and for invalid `group_end` return core's own message (nothing was written).
+    pub(crate) fn gg_check_result(
+        &self,
+        sc: std::sync::MutexGuard<'_, crate::memory::Scratch>,
+        base: u64,
+        s: Stream,
+        group_end: &TensorRef<'_>,
+        m: usize,
+    ) -> Result<()> {
         let (code, idx) = self.flag_read(base, s)?;
         drop(sc);
         if code != 0 {
-            let v: Vec<i64> = self.download_typed(&a.group_end, s)?;
-            check_group_end(&v, d.m)?;
+            let v: Vec<i64> = self.download_typed(group_end, s)?;
+            check_group_end(&v, m)?;
             return Err(Error::invalid(
-                OP,
+                "grouped_gemm",
                 "group_end",
-                format!("group_end[{idx}] is out of order or outside [0, M = {}]", d.m),
+                format!("group_end[{idx}] is out of order or outside [0, M = {m}]"),
             ));
         }
         Ok(())

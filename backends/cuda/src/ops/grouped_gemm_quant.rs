@@ -3,7 +3,7 @@
 //! output dtype) pairing, or for W8A8 int8 (K % 32 == 0, 16-byte aligned operands) the
 //! `mma.sync` s8 kernel. The e4m3 tensor-core paths are owed.
 
-use moehal_core::ops::{grouped_gemm::check_group_end, ActFormat, GroupedGemmQ, QuantDesc, WeightFormat};
+use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantDesc, WeightFormat};
 use moehal_core::quant::ScaleFormat;
 use moehal_core::{Checked, DType, Error, Result};
 
@@ -162,18 +162,7 @@ impl CudaBackend {
                 &args,
             )?;
         }
-        let (code, idx) = self.flag_read(base, s)?;
-        drop(sc);
-        if code != 0 {
-            let v: Vec<i64> = self.download_typed(&a.group_end, s)?;
-            check_group_end(&v, d.m)?;
-            return Err(Error::invalid(
-                OP,
-                "group_end",
-                format!("group_end[{idx}] is out of order or outside [0, M = {}]", d.m),
-            ));
-        }
-        Ok(())
+        self.gg_check_result(sc, base, s, &a.group_end, d.m)
     }
 }
 
