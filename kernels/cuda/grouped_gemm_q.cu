@@ -1,6 +1,7 @@
 // grouped_gemm with quantized operands (OPS.md §6): a SIMT kernel for every pairing (correctness
-// first), and for W8A8 int8 a tensor-core kernel (mma.sync m16n8k32 s8 -> s32, `gq_int8_int8_<y>_mma`,
-// at the end). The e4m3 mma.sync / wgmma paths are owed; see backends/cuda/README.md.
+// first), and tensor-core kernels for W8A8 (mma.sync m16n8k32, at the end): int8 (s8 -> s32,
+// `gq_int8_int8_<y>_mma`, sm_80+) and fp8_block (e4m3 -> f32, `gq_fp8_block_fp8_<y>_mma`, sm_89+).
+// The wgmma (sm_90) paths and the weight-only tensor-core paths are owed; see backends/cuda/README.md.
 //
 // gq_<wfmt>_<act>_<y>(x, x_scale, xs_e8m0, w, w_scale, ws_e8m0, group_end, row_scale, bias, y, M, N, K,
 // G, err): thread per output column n (256 per block, grid.x = ceil(N/256)), block-stride over rows m
@@ -135,6 +136,9 @@ GQ(gq_int8_int8_f16, TF32, TF16, 2, 2)
 // Rows past the slot's group end and columns past N load zeros and are not stored. The s32 sum is
 // exact (K <= 131,071 validated), as in the SIMT kernel, and the epilogue is the same formula:
 // (float)s · (x_scale[m] · w_scale[g, n]), + bias, · row_scale.
+// FP8 (fp8_block x e4m3, sm_89+; the host launches it only there): the same tiles and fragments
+// (8-bit types share the m16n8k32 layout) with f32 accumulators restarted every 128-wide K block
+// b, then acc += (x_scale[m, b] · w_scale[g, n/128, b]) · partial, as the SIMT kernel does.
 #define GQM_WARPS 4
 #define GQM_N (GQM_WARPS * 32)
 
@@ -146,14 +150,73 @@ __device__ __forceinline__ void gqm_mma(int* d, const u32* a, const u32* b) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-template <class TY>
-__device__ __forceinline__ void gqm_body(const signed char* __restrict__ x, const float* __restrict__ xs,
-                                         const signed char* __restrict__ w, const float* __restrict__ ws,
+__device__ __forceinline__ void gqm_mma_e4m3(float* d, const u32* a, const u32* b) {
+#if __CUDA_ARCH__ >= 890
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // never launched below sm_89 (host check)
+#endif
+}
+
+// One 16 x 32 warp tile of W8A8 fp8_block: per 128-wide K block, 4 n8 sub-tiles of f32 partials.
+__device__ __forceinline__ void gqm_fp8_tile(float (&acc)[4][4], const u8* xa, const u8* xb, bool va, bool vb,
+                                             const u8* wg, i64 nw0, int gid, int tig, i64 N, i64 K,
+                                             const void* xs, int xs_e8, const void* ws, int ws_e8, i64 g,
+                                             i64 ra, i64 rb) {
+    const i64 KB = (K + 127) / 128, NB = (N + 127) / 128;
+    for (i64 b = 0; b < KB; b++) {
+        float part[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) part[j][c] = 0.f;
+        const i64 kend = (b + 1) * 128 < K ? (b + 1) * 128 : K;
+        for (i64 k0 = b * 128; k0 < kend; k0 += 32) {
+            const i64 ka = k0 + 4 * tig;
+            u32 a[4];
+            a[0] = va ? *(const u32*)(xa + ka) : 0u;
+            a[1] = vb ? *(const u32*)(xb + ka) : 0u;
+            a[2] = va ? *(const u32*)(xa + ka + 16) : 0u;
+            a[3] = vb ? *(const u32*)(xb + ka + 16) : 0u;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const i64 n = nw0 + j * 8 + gid;
+                u32 bb[2];
+                bb[0] = n < N ? *(const u32*)(wg + n * K + ka) : 0u;
+                bb[1] = n < N ? *(const u32*)(wg + n * K + ka + 16) : 0u;
+                gqm_mma_e4m3(part[j], a, bb);
+            }
+        }
+        const float sa = va ? gq_scale(xs, xs_e8, ra * KB + b) : 0.f;
+        const float sb = vb ? gq_scale(xs, xs_e8, rb * KB + b) : 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const i64 n = nw0 + j * 8 + 2 * tig + (c & 1);
+                if (n >= N) continue;
+                const float sc = (c < 2 ? sa : sb) * gq_scale(ws, ws_e8, (g * NB + n / 128) * KB + b);
+                acc[j][c] = fmaf(sc, part[j][c], acc[j][c]);
+            }
+    }
+}
+
+template <class TY, int FP8>
+__device__ __forceinline__ void gqm_body(const void* __restrict__ xv, const void* __restrict__ xsv, int xs_e8,
+                                         const void* __restrict__ wv, const void* __restrict__ wsv, int ws_e8,
                                          const i64* __restrict__ group_end, const float* __restrict__ rs,
                                          const typename TY::S* __restrict__ bias, typename TY::S* __restrict__ y,
                                          i64 M, i64 N, i64 K, i64 G, const i64* __restrict__ tile_prefix,
                                          const i32* err) {
     if (*(volatile const i32*)err) return;  // uniform: every thread reads the same flag
+    const signed char* x = (const signed char*)xv;
+    const signed char* w = (const signed char*)wv;
+    const float* xs = (const float*)xsv;
+    const float* ws = (const float*)wsv;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
     const i64 nw0 = (i64)blockIdx.x * GQM_N + warp * 32;  // this warp's first column
@@ -170,11 +233,18 @@ __device__ __forceinline__ void gqm_body(const signed char* __restrict__ x, cons
         const signed char* xb = x + (vb ? rb : 0) * K;
         const signed char* wg = w + g * N * K;
         int acc[4][4];
+        float facc[4][4];
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int c = 0; c < 4; c++) acc[j][c] = 0;
-        for (i64 k0 = 0; k0 < K; k0 += 32) {
+            for (int c = 0; c < 4; c++) {
+                acc[j][c] = 0;
+                facc[j][c] = 0.f;
+            }
+        if (FP8)
+            gqm_fp8_tile(facc, (const u8*)xa, (const u8*)xb, va, vb, (const u8*)wg, nw0, gid, tig, N, K, xsv, xs_e8,
+                         wsv, ws_e8, g, ra, rb);
+        for (i64 k0 = 0; !FP8 && k0 < K; k0 += 32) {
             const i64 ka = k0 + 4 * tig;
             u32 a[4];
             a[0] = va ? *(const u32*)(xa + ka) : 0u;
@@ -197,7 +267,7 @@ __device__ __forceinline__ void gqm_body(const signed char* __restrict__ x, cons
                 const i64 m = (c < 2) ? ra : rb;
                 const i64 n = nw0 + j * 8 + 2 * tig + (c & 1);
                 if (m >= rend || n >= N) continue;
-                float v = (float)acc[j][c] * (xs[m] * ws[g * N + n]);
+                float v = FP8 ? facc[j][c] : (float)acc[j][c] * (xs[m] * ws[g * N + n]);
                 if (bias) v += TY::ld(bias[g * N + n]);
                 if (rs) v *= rs[m];
                 y[m * N + n] = TY::st(v);
@@ -205,13 +275,16 @@ __device__ __forceinline__ void gqm_body(const signed char* __restrict__ x, cons
     }
 }
 
-#define GQM(name, TY)                                                                                  \
+#define GQM(name, TY, FP8)                                                                             \
     extern "C" __global__ void __launch_bounds__(GQM_WARPS * 32)                                       \
-        name(const signed char* x, const float* xs, const signed char* w, const float* ws,             \
+        name(const void* x, const void* xs, int xs_e8, const void* w, const void* ws, int ws_e8,       \
              const i64* group_end, const float* rs, const TY::S* bias, TY::S* y, i64 M, i64 N, i64 K,  \
              i64 G, const i64* tile_prefix, const i32* err) {                                          \
-        gqm_body<TY>(x, xs, w, ws, group_end, rs, bias, y, M, N, K, G, tile_prefix, err);               \
+        gqm_body<TY, FP8>(x, xs, xs_e8, w, ws, ws_e8, group_end, rs, bias, y, M, N, K, G, tile_prefix, err); \
     }
-GQM(gq_int8_int8_f32_mma, TF32)
-GQM(gq_int8_int8_bf16_mma, TBF16)
-GQM(gq_int8_int8_f16_mma, TF16)
+GQM(gq_int8_int8_f32_mma, TF32, 0)
+GQM(gq_int8_int8_bf16_mma, TBF16, 0)
+GQM(gq_int8_int8_f16_mma, TF16, 0)
+GQM(gq_fp8_block_fp8_f32_mma, TF32, 1)
+GQM(gq_fp8_block_fp8_bf16_mma, TBF16, 1)
+GQM(gq_fp8_block_fp8_f16_mma, TF16, 1)

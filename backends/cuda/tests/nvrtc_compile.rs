@@ -44,6 +44,25 @@ fn every_kernel_file_compiles_for_sm90() {
     );
 }
 
+/// The file whose code differs by architecture (grouped_gemm_q.cu: the e4m3 `mma.sync` exists
+/// from sm_89, guarded by `__CUDA_ARCH__ >= 890`) also compiles for sm_89 (Ada, the first e4m3
+/// tensor cores) and sm_80 (the oldest the backend opens, without them). The other files use
+/// nothing newer than sm_80.
+#[test]
+fn arch_dependent_kernel_file_compiles_for_sm89_and_sm80() {
+    if nvrtc().is_none() {
+        return;
+    }
+    for arch in ["sm_89", "sm_80"] {
+        let cubin = kernels::compile("grouped_gemm_q.cu", arch).unwrap_or_else(|log| panic!("{arch}: {log}"));
+        assert_eq!(
+            &cubin[..4],
+            b"\x7fELF",
+            "grouped_gemm_q.cu for {arch}: not an ELF cubin"
+        );
+    }
+}
+
 #[test]
 fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
     if nvrtc().is_none() {
@@ -106,6 +125,7 @@ fn every_kernel_file_compiles_to_ptx_and_names_its_kernels() {
                 "gq_int8_int8_f32",
                 "gq_int8_int8_bf16_mma",
                 "gq_int8_int8_f16_mma",
+                "gq_fp8_block_fp8_bf16_mma",
             ],
         ),
         (

@@ -1,7 +1,8 @@
 //! `grouped_gemm` with quantized operands (kernels/cuda/grouped_gemm_q.cu, OPS.md §6): `gg_check`
 //! (grouped_gemm.cu) validates `group_end`, then one SIMT kernel per (weight format, activation,
-//! output dtype) pairing, or for W8A8 int8 (K % 32 == 0, 16-byte aligned operands) the
-//! `mma.sync` s8 kernel. The e4m3 tensor-core paths are owed.
+//! output dtype) pairing, or for W8A8 (K % 32 == 0, 16-byte aligned operands) the `mma.sync`
+//! m16n8k32 kernels: int8 (s8 -> s32, sm_80+) and fp8_block (e4m3 -> f32, sm_89+). The wgmma and
+//! weight-only tensor-core paths are owed.
 
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantDesc, WeightFormat};
 use moehal_core::quant::ScaleFormat;
@@ -41,19 +42,25 @@ pub(crate) const MMA_WARPS: usize = 4;
 /// Columns of one block of the `mma.sync` int8 kernel (32 per warp): `GQM_N`.
 pub(crate) const MMA_N: usize = MMA_WARPS * 32;
 
-/// Whether W8A8 int8 may take the `mma.sync` kernel: K a multiple of the instruction's 32, x and w
-/// 16-byte aligned (each lane loads 4 bytes at k = 4·tig), and not forced to SIMT.
-pub(crate) fn int8_mma_ok(desc: &QuantDesc, k: usize, x: u64, w: u64, path: GemmPath) -> bool {
-    matches!(
-        desc,
+/// Whether a W8A8 call may take the `mma.sync` kernel (`<SIMT name>_mma`): int8 x int8, or
+/// fp8_block x e4m3 on compute capability 8.9+ (e4m3 `mma.sync` needs sm_89); K a multiple of the
+/// instruction's 32, x and w 16-byte aligned (each lane loads 4 bytes at k = 4·tig), and not forced
+/// to SIMT.
+pub(crate) fn mma_ok(desc: &QuantDesc, k: usize, x: u64, w: u64, path: GemmPath, cc: (i32, i32)) -> bool {
+    let pairing = match desc {
         QuantDesc::GroupedGemm {
             w: WeightFormat::Int8,
             x: ActFormat::Int8,
             ..
-        }
-    ) && k % 32 == 0
-        && (x | w) % 16 == 0
-        && path != GemmPath::Simt
+        } => true,
+        QuantDesc::GroupedGemm {
+            w: WeightFormat::Fp8Block,
+            x: ActFormat::Fp8,
+            ..
+        } => cc >= (8, 9),
+        _ => false,
+    };
+    pairing && k % 32 == 0 && (x | w) % 16 == 0 && path != GemmPath::Simt
 }
 
 /// `mma.sync` int8 grid: `(ceil(N / 128), min(slots, 65535))` with `slots = ceil(M / 16) + G`
@@ -97,7 +104,7 @@ impl CudaBackend {
         }
         let e8 = |f: Option<ScaleFormat>| i32::from(f == Some(ScaleFormat::Ue8m0));
         let forced = self.gemm_path.lock().map(|p| *p).unwrap_or_default();
-        let mma = int8_mma_ok(&desc, d.k, x, w, forced);
+        let mma = mma_ok(&desc, d.k, x, w, forced, self.cc);
         let s = self.begin()?;
         let mut sc = self.lock(&self.scratch)?;
         let mut carve = Carve::new();
@@ -118,8 +125,10 @@ impl CudaBackend {
             let args = [
                 Arg::P(x),
                 Arg::P(xs),
+                Arg::I32(e8(a.x_scale_format())),
                 Arg::P(w),
                 Arg::P(ws),
+                Arg::I32(e8(Some(a.w_scale_format()))),
                 Arg::P(ge),
                 Arg::P(rs),
                 Arg::P(bias),
@@ -257,7 +266,8 @@ mod tests {
         p
     }
 
-    /// The `mma.sync` int8 kernel emulated lane by lane: each lane's 32-bit loads as the kernel
+    /// The `mma.sync` int8 kernel emulated lane by lane (the fp8 kernel shares its tiles, loads
+    /// and stores; 8-bit types share the m16n8k32 fragment layout): each lane's 32-bit loads as the kernel
     /// forms them, `mma.m16n8k32` applied to the tiles those registers hold under the PTX ISA
     /// fragment layouts (A row gid / gid+8, k 4·tig..+3 / +16; B column gid, same k; C row gid /
     /// gid+8, columns 2·tig, 2·tig+1), and the epilogue's stores. Reproduces the exact i32
@@ -395,15 +405,28 @@ mod tests {
             x: ActFormat::Int8,
             y: DType::BF16,
         };
-        assert!(int8_mma_ok(&d, 64, 256, 512, GemmPath::Auto));
-        assert!(!int8_mma_ok(&d, 48, 256, 512, GemmPath::Auto));
-        assert!(!int8_mma_ok(&d, 64, 260, 512, GemmPath::Auto));
-        assert!(!int8_mma_ok(&d, 64, 256, 512, GemmPath::Simt));
+        let h200 = (9, 0);
+        assert!(mma_ok(&d, 64, 256, 512, GemmPath::Auto, h200));
+        assert!(mma_ok(&d, 64, 256, 512, GemmPath::Auto, (8, 0)));
+        assert!(!mma_ok(&d, 48, 256, 512, GemmPath::Auto, h200));
+        assert!(!mma_ok(&d, 64, 260, 512, GemmPath::Auto, h200));
+        assert!(!mma_ok(&d, 64, 256, 512, GemmPath::Simt, h200));
+        let f8 = QuantDesc::GroupedGemm {
+            w: WeightFormat::Fp8Block,
+            x: ActFormat::Fp8,
+            y: DType::F32,
+        };
+        assert!(mma_ok(&f8, 96, 0, 4096, GemmPath::Auto, h200));
+        assert!(mma_ok(&f8, 96, 0, 4096, GemmPath::TensorCore, (8, 9)));
+        assert!(
+            !mma_ok(&f8, 96, 0, 4096, GemmPath::Auto, (8, 6)),
+            "e4m3 mma.sync needs sm_89"
+        );
         let wo = QuantDesc::GroupedGemm {
             w: WeightFormat::Int8,
             x: ActFormat::Float(DType::BF16),
             y: DType::BF16,
         };
-        assert!(!int8_mma_ok(&wo, 64, 256, 512, GemmPath::Auto));
+        assert!(!mma_ok(&wo, 64, 256, 512, GemmPath::Auto, h200));
     }
 }
