@@ -12,9 +12,10 @@
 #   and the verdict line but does not change the exit status (set PEERS_REQUIRED=1 to make it count).
 # - Per-step timeouts: test-gpu 150 s, any other test binary 60 s (none today), moehal check 90 s,
 #   moehal bench 110 s, cuda_bench 90 s, peers 60 s: 500 s (8.3 min) at most. Expected on an H200:
-#   ~4.5-5 min (NVRTC compiles the kernels once per process, ~20 s each; test-gpu ~60 s, check ~45 s,
-#   bench ~80 s (not measured: the default shapes at --budget 0.3 s; the quantized GEMM rows run the SIMT §6 kernel,
-#   ~0.05-0.2 s a call by arithmetic at the 1024-token prefill shapes); cuda_bench ~60 s; peers ~30 s).
+#   ~4 min (NVRTC compiles the kernels once, ~25 s in test-gpu; the later processes load the images
+#   from MOEHAL_CUDA_KERNEL_CACHE, a folder of this run; test-gpu ~60 s, check ~30 s,
+#   bench ~60 s (not measured: the default shapes at --budget 0.3 s; weight-only quantized rows run the SIMT §6 kernel,
+#   ~0.05-0.2 s a call by arithmetic at the 1024-token prefill shapes); cuda_bench ~40 s; peers ~30 s).
 # - Files in $OUT (the device tool brings back at most 8): <step>.log, written as the step runs
 #   (test-gpu, moehal_check, moehal_bench, cuda_bench, torch_peers: a run cut short keeps them),
 #   summary.txt (device, details, the table and the VERDICT line, also printed last) and extra.tgz
@@ -31,6 +32,9 @@ if [ ! -x "$D/moehal" ] && [ ! -f "$D/moehal" ]; then
 fi
 chmod +x "$D"/test-* "$D"/moehal "$D"/cuda_bench 2>/dev/null
 export MOEHAL_REQUIRE_CUDA=1
+# Compiled kernels shared by this run's processes (moehal_cuda::kernels::CACHE_ENV).
+MOEHAL_CUDA_KERNEL_CACHE=$(mktemp -d)
+export MOEHAL_CUDA_KERNEL_CACHE
 
 # NVRTC: the toolkit's folders, and where pip's wheels put libnvrtc.so.13 (nvidia/cu13/lib in the
 # CUDA 13 wheels, nvidia/cuda_nvrtc/lib in older ones) in this python's site-packages. cudarc
@@ -111,5 +115,5 @@ run torch_peers 60 "${PEERS_REQUIRED:-0}" python3 scripts/gpu/peers.py
     fi
 } | tee "$OUT/summary.txt"
 tar czf "$OUT/extra.tgz" -C "$L" device.txt $(cd "$L" && ls check.json bench.json 2>/dev/null)
-rm -rf "$L"
+rm -rf "$L" "$MOEHAL_CUDA_KERNEL_CACHE"
 [ ${#failed[@]} -eq 0 ]

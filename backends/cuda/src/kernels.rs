@@ -75,6 +75,57 @@ pub fn nvrtc_available() -> Result<(i32, i32), String> {
     raw::nvrtc_version().map_err(|e| format!("nvrtcVersion failed: {}", e.msg))
 }
 
+/// Environment variable naming a folder where compiled kernel images persist across processes
+/// (`scripts/gpu/check.sh` sets it, so that its processes compile each file once instead of
+/// ~20 s of NVRTC each). Unset or empty: images are cached per process only. An image is keyed by
+/// the full source, the target arch and the NVRTC version, so an edited kernel or another NVRTC
+/// never reuses a stale image; unreadable or unwritable entries are ignored (compiled again).
+pub const CACHE_ENV: &str = "MOEHAL_CUDA_KERNEL_CACHE";
+
+/// FNV-1a, 64 bit: a stable key across builds and processes (std's hasher promises neither).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(&[0xffu8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The image for `(file, arch)` of source `src`: read from `dir` when an entry for exactly this
+/// source, arch and `nvrtc` version is there, else `compile()`d and written (to a temporary name,
+/// then renamed, so a concurrent reader never sees half a file).
+fn disk_cached(
+    dir: Option<&std::path::Path>,
+    file: &str,
+    arch: &str,
+    src: &str,
+    nvrtc: (i32, i32),
+    compile: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    let Some(dir) = dir else { return compile() };
+    let ver = format!("{}.{}", nvrtc.0, nvrtc.1);
+    let key = fnv1a(&[src.as_bytes(), arch.as_bytes(), ver.as_bytes()]);
+    let stem = file.trim_end_matches(".cu");
+    let path = dir.join(format!("{stem}-{arch}-{key:016x}.bin"));
+    if let Ok(img) = std::fs::read(&path) {
+        if !img.is_empty() {
+            return Ok(img);
+        }
+    }
+    let img = compile()?;
+    let tmp = dir.join(format!(".{stem}-{arch}-{key:016x}.{}.tmp", std::process::id()));
+    if std::fs::create_dir_all(dir).is_ok()
+        && std::fs::write(&tmp, &img).is_ok()
+        && std::fs::rename(&tmp, &path).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(img)
+}
+
 type ImageKey = (&'static str, String);
 
 /// Process-wide cache of compiled images, keyed by (file, arch).
@@ -85,7 +136,7 @@ fn image_cache() -> &'static Mutex<HashMap<ImageKey, Arc<Vec<u8>>>> {
 
 /// The image of `unit` for compute capability `(major, minor)`: a cubin for `sm_XY`, else (when
 /// this NVRTC does not know the GPU) PTX for the newest virtual arch it accepts, JIT-compiled by
-/// the driver. Compiled once per process.
+/// the driver. Compiled once per process, or once per [`CACHE_ENV`] folder.
 pub(crate) fn image(unit: Unit, cc: (i32, i32)) -> Result<Arc<Vec<u8>>, String> {
     let arch = format!("sm_{}{}", cc.0, cc.1);
     let key = (unit.file(), arch.clone());
@@ -96,14 +147,108 @@ pub(crate) fn image(unit: Unit, cc: (i32, i32)) -> Result<Arc<Vec<u8>>, String> 
     {
         return Ok(img.clone());
     }
-    let img = match compile(unit.file(), &arch) {
-        Ok(i) => i,
-        Err(first) => compile(unit.file(), "compute_90").map_err(|_| first)?,
-    };
+    let dir = std::env::var_os(CACHE_ENV)
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    let src = full_source(unit.file()).ok_or_else(|| format!("unknown kernel file {}", unit.file()))?;
+    let nvrtc = nvrtc_available()?;
+    let img = disk_cached(dir.as_deref(), unit.file(), &arch, &src, nvrtc, || {
+        match compile(unit.file(), &arch) {
+            Ok(i) => Ok(i),
+            Err(first) => compile(unit.file(), "compute_90").map_err(|_| first),
+        }
+    })?;
     let img = Arc::new(img);
     image_cache()
         .lock()
         .map_err(|_| "kernel cache poisoned".to_string())?
         .insert(key, img.clone());
     Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// The disk cache: a first process compiles and writes, a second reads without compiling; a
+    /// changed source, arch or NVRTC version compiles again; an empty (truncated) entry is
+    /// ignored; without a folder every call compiles.
+    #[test]
+    fn disk_cache_reuses_only_an_identical_key() {
+        let dir = std::env::temp_dir().join(format!("moehal-kcache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let calls = Cell::new(0);
+        let compile = |img: &'static [u8]| {
+            let calls = &calls;
+            move || {
+                calls.set(calls.get() + 1);
+                Ok(img.to_vec())
+            }
+        };
+        let d = Some(dir.as_path());
+        let v = (13, 0);
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_90", "src1", v, compile(b"one")).unwrap(),
+            b"one"
+        );
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_90", "src1", v, compile(b"two")).unwrap(),
+            b"one"
+        );
+        assert_eq!(calls.get(), 1);
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_90", "src2", v, compile(b"three")).unwrap(),
+            b"three"
+        );
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_89", "src1", v, compile(b"four")).unwrap(),
+            b"four"
+        );
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_90", "src1", (13, 1), compile(b"five")).unwrap(),
+            b"five"
+        );
+        assert_eq!(calls.get(), 4);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            std::fs::write(e.unwrap().path(), b"").unwrap();
+        }
+        assert_eq!(
+            disk_cached(d, "a.cu", "sm_90", "src1", v, compile(b"six")).unwrap(),
+            b"six"
+        );
+        assert_eq!(
+            disk_cached(None, "a.cu", "sm_90", "src1", v, compile(b"seven")).unwrap(),
+            b"seven"
+        );
+        assert_eq!(calls.get(), 6);
+        // Only the entries, no temporary files left behind.
+        assert!(std::fs::read_dir(&dir)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `image` with [`CACHE_ENV`] set writes the compiled image into the folder (needs NVRTC only;
+    /// skipped without it): the entry is the cubin that `image` returned.
+    #[test]
+    fn image_writes_the_cache_folder() {
+        if nvrtc_available().is_err() {
+            println!("skipped: NVRTC unavailable");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("moehal-kcache-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Only this test reads CACHE_ENV in this test binary.
+        std::env::set_var(CACHE_ENV, &dir);
+        let img = image(Unit::Swiglu, (9, 0));
+        std::env::remove_var(CACHE_ENV);
+        let img = img.unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(entries[0].to_string_lossy().contains("swiglu-sm_90-"));
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), *img);
+        assert_eq!(&img[..4], b"\x7fELF");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
