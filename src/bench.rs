@@ -38,7 +38,7 @@ pub enum ShapeKind {
     /// each (uniformly at random, seeded), so `M = T * topk`.
     Gemm {
         /// Experts E.
-        experts: usize,
+        num_experts: usize,
         /// Input features K.
         k: usize,
         /// Output features N.
@@ -54,7 +54,7 @@ pub enum ShapeKind {
     /// last-level cache holds, every run reads its weights from DRAM (as peers.py `decode`).
     DecodeCold {
         /// Experts E.
-        experts: usize,
+        num_experts: usize,
         /// Input features K.
         k: usize,
         /// Output features N.
@@ -72,7 +72,7 @@ pub enum ShapeKind {
         /// Tokens T.
         tokens: usize,
         /// Experts E.
-        experts: usize,
+        num_experts: usize,
         /// Router options.
         config: RouterConfig,
         /// With a selection bias.
@@ -83,7 +83,7 @@ pub enum ShapeKind {
         /// Tokens T.
         tokens: usize,
         /// Experts E.
-        experts: usize,
+        num_experts: usize,
         /// Experts per token.
         topk: usize,
         /// Hidden H.
@@ -146,7 +146,7 @@ pub enum ShapeKind {
         /// Activation format (`Float(bf16)`: weight-only).
         x: ActFormat,
         /// Experts E.
-        experts: usize,
+        num_experts: usize,
         /// Input features K.
         k: usize,
         /// Output features N.
@@ -223,7 +223,7 @@ impl BenchShape {
     pub fn shape(&self) -> String {
         match &self.kind {
             ShapeKind::Gemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -232,7 +232,7 @@ impl BenchShape {
                 format!("E{experts} K{k} N{n} T{tokens} top{topk}")
             }
             ShapeKind::DecodeCold {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 topk,
@@ -241,7 +241,7 @@ impl BenchShape {
             } => format!("E{experts} K{k} N{n} T1 top{topk} cold ({sets} sets)"),
             ShapeKind::Router {
                 tokens,
-                experts,
+                num_experts: experts,
                 config,
                 ..
             } => {
@@ -249,11 +249,11 @@ impl BenchShape {
                     Some(g) => format!(" groups {}/{} {}", g.n_group, g.topk_group, g.score.name()),
                     None => String::new(),
                 };
-                format!("T{tokens} E{experts} top{} {}{g}", config.k, config.scoring.name())
+                format!("T{tokens} E{experts} top{} {}{g}", config.topk, config.scoring.name())
             }
             ShapeKind::Permute {
                 tokens,
-                experts,
+                num_experts: experts,
                 topk,
                 hidden,
             } => format!("T{tokens} E{experts} top{topk} H{hidden}"),
@@ -278,7 +278,7 @@ impl BenchShape {
                 ..
             } => format!("R{table_rows} D{dim} T{tokens} C{LOOKUP_COLUMNS} (N2 K8)"),
             ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -334,14 +334,18 @@ impl BenchShape {
         let es = self.dtype.size();
         match self.kind {
             ShapeKind::Gemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
                 topk,
             } => cost::gemm_bytes(experts.min(tokens.saturating_mul(topk)), n, k, es),
             ShapeKind::DecodeCold { k, n, topk, .. } => cost::gemm_bytes(topk, n, k, es),
-            ShapeKind::Router { tokens, experts, .. } => cost::router_bytes(tokens, experts, 4),
+            ShapeKind::Router {
+                tokens,
+                num_experts: experts,
+                ..
+            } => cost::router_bytes(tokens, experts, 4),
             ShapeKind::Permute {
                 tokens, topk, hidden, ..
             } => cost::permute_bytes(tokens, topk, hidden, es),
@@ -365,7 +369,7 @@ impl BenchShape {
         let es = self.dtype.size();
         Ok(match self.kind {
             ShapeKind::Gemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -376,7 +380,7 @@ impl BenchShape {
                 size("group_end", &[experts, 8])?,
             ],
             ShapeKind::DecodeCold {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 topk,
@@ -388,7 +392,10 @@ impl BenchShape {
                 v
             }
             ShapeKind::Router {
-                tokens, experts, bias, ..
+                tokens,
+                num_experts: experts,
+                bias,
+                ..
             } => {
                 let mut v = vec![size("logits", &[tokens, experts, 4])?];
                 if bias {
@@ -437,12 +444,12 @@ impl BenchShape {
             ShapeKind::Gemm { n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, es])?],
             ShapeKind::DecodeCold { n, topk, .. } => vec![size("y", &[topk, n, es])?],
             ShapeKind::Router { tokens, config, .. } => {
-                let b = size("ids", &[tokens, config.k, 4])?;
+                let b = size("ids", &[tokens, config.topk, 4])?;
                 vec![b, b]
             }
             ShapeKind::Permute {
                 tokens,
-                experts,
+                num_experts: experts,
                 topk,
                 hidden,
             } => vec![
@@ -479,13 +486,21 @@ impl BenchShape {
         // The group_end lists (E i64 each) exist as Vecs while they are copied into buffers.
         // (Counted generously: the counts, the running sums or the permutation, one list per set.)
         let lists = match self.kind {
-            ShapeKind::Gemm { experts, .. }
+            ShapeKind::Gemm {
+                num_experts: experts, ..
+            }
             | ShapeKind::QGemm {
-                experts, sets: None, ..
+                num_experts: experts,
+                sets: None,
+                ..
             } => size("group_end", &[experts, 3, 8])?,
-            ShapeKind::DecodeCold { experts, sets, .. }
+            ShapeKind::DecodeCold {
+                num_experts: experts,
+                sets,
+                ..
+            }
             | ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 sets: Some(sets),
                 ..
             } => size("group_end", &[experts, sets.saturating_add(2), 8])?,
@@ -508,7 +523,11 @@ impl BenchShape {
             None => {
                 self.bytes() / 1e9
                     + match self.kind {
-                        ShapeKind::Router { tokens, experts, .. } => tokens as f64 * experts as f64 * 50e-9,
+                        ShapeKind::Router {
+                            tokens,
+                            num_experts: experts,
+                            ..
+                        } => tokens as f64 * experts as f64 * 50e-9,
                         ShapeKind::Hash { tokens } | ShapeKind::Lookup { tokens, .. } => tokens as f64 * 1e-6,
                         _ => 0.0,
                     }
@@ -529,7 +548,7 @@ impl BenchShape {
         let mut ints = Vec::new();
         match &self.kind {
             ShapeKind::Gemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -546,7 +565,7 @@ impl BenchShape {
                 ))?);
             }
             ShapeKind::DecodeCold {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 topk,
@@ -560,7 +579,7 @@ impl BenchShape {
                 }
             }
             ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 tokens,
                 topk,
                 sets,
@@ -574,7 +593,10 @@ impl BenchShape {
             }
             ShapeKind::Quantize { rows, k, .. } => bufs.push(random_host(dt, rows * k, 4.0, s(1))?),
             ShapeKind::Router {
-                tokens, experts, bias, ..
+                tokens,
+                num_experts: experts,
+                bias,
+                ..
             } => {
                 bufs.push(random_host(DType::F32, tokens * experts, 2.0, s(1))?);
                 if *bias {
@@ -583,7 +605,7 @@ impl BenchShape {
             }
             ShapeKind::Permute {
                 tokens,
-                experts,
+                num_experts: experts,
                 topk,
                 hidden,
             } => {
@@ -691,7 +713,7 @@ impl BenchShape {
             let inp = |i: usize| inputs[i].get();
             match &kind {
                 ShapeKind::Gemm {
-                    experts,
+                    num_experts: experts,
                     k,
                     n,
                     tokens,
@@ -710,7 +732,7 @@ impl BenchShape {
                     backend.grouped_gemm(args.validate()?)
                 }
                 ShapeKind::DecodeCold {
-                    experts,
+                    num_experts: experts,
                     k,
                     n,
                     topk,
@@ -732,7 +754,7 @@ impl BenchShape {
                 }
                 ShapeKind::Router {
                     tokens,
-                    experts,
+                    num_experts: experts,
                     config,
                     bias,
                 } => {
@@ -741,15 +763,15 @@ impl BenchShape {
                         config: *config,
                         logits: inp(0).view(DType::F32, &[*tokens, *experts]),
                         bias: bias.then(|| inp(1).view(DType::F32, &[*experts])),
-                        ids: a[0].view_mut(DType::I32, &[*tokens, config.k]),
-                        weights: b[0].view_mut(DType::F32, &[*tokens, config.k]),
+                        ids: a[0].view_mut(DType::I32, &[*tokens, config.topk]),
+                        weights: b[0].view_mut(DType::F32, &[*tokens, config.topk]),
                         expert_counts: None,
                     };
                     backend.router_topk(args.validate()?)
                 }
                 ShapeKind::Permute {
                     tokens,
-                    experts,
+                    num_experts: experts,
                     topk,
                     hidden,
                 } => {
@@ -998,7 +1020,7 @@ pub fn calibrate_reference() -> Result<RefRates> {
             OpKind::GroupedGemm,
             dt,
             ShapeKind::Gemm {
-                experts: 8,
+                num_experts: 8,
                 k: 1024,
                 n: 512,
                 tokens: 32,
@@ -1074,7 +1096,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
                 OpKind::GroupedGemm,
                 dt,
                 ShapeKind::Gemm {
-                    experts: e,
+                    num_experts: e,
                     k: 2048,
                     n: 1536,
                     tokens: t,
@@ -1099,7 +1121,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: 256,
+                num_experts: 256,
                 config: dsv3_router(),
                 bias: true,
             },
@@ -1110,7 +1132,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: 128,
+                num_experts: 128,
                 config: qwen3_router(),
                 bias: false,
             },
@@ -1124,7 +1146,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
                 dt,
                 ShapeKind::Permute {
                     tokens: t,
-                    experts: 128,
+                    num_experts: 128,
                     topk: 8,
                     hidden: 2048,
                 },
@@ -1251,7 +1273,7 @@ pub fn cold_shape(
         OpKind::GroupedGemm,
         dt,
         ShapeKind::DecodeCold {
-            experts: e,
+            num_experts: e,
             k,
             n,
             topk,
@@ -1398,7 +1420,7 @@ pub fn preset_shapes_of(
                 OpKind::GroupedGemm,
                 dt,
                 ShapeKind::Gemm {
-                    experts: e,
+                    num_experts: e,
                     k,
                     n,
                     tokens: t,
@@ -1434,7 +1456,7 @@ pub fn preset_shapes_of(
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: p.num_experts,
+                num_experts: p.num_experts,
                 config: p.router(),
                 bias: p.bias,
             },
@@ -1447,7 +1469,7 @@ pub fn preset_shapes_of(
             dt,
             ShapeKind::Permute {
                 tokens: t,
-                experts: p.num_experts,
+                num_experts: p.num_experts,
                 topk: p.topk,
                 hidden: h,
             },
@@ -1689,7 +1711,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::DecodeCold {
-                experts: 24,
+                num_experts: 24,
                 k: 64,
                 n: 32,
                 topk: 8,
@@ -1745,7 +1767,10 @@ mod tests {
         for l3 in [1 << 20, 8 << 20, 32 << 20, 96 << 20, 160 << 20, 256 << 20] {
             let s = decode_cold_shape(1e12, l3);
             let ShapeKind::DecodeCold {
-                experts, topk, sets, ..
+                num_experts: experts,
+                topk,
+                sets,
+                ..
             } = s.kind
             else {
                 panic!("{:?}", s.kind)
@@ -1825,7 +1850,7 @@ mod tests {
                 ShapeKind::QGemm {
                     w,
                     x,
-                    experts: 6,
+                    num_experts: 6,
                     k: 160,
                     n: 48,
                     tokens: if sets.is_some() { 1 } else { 5 },
@@ -1839,7 +1864,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::Gemm {
-                experts: 6,
+                num_experts: 6,
                 k: 160,
                 n: 48,
                 tokens: 5,
@@ -1963,7 +1988,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::Gemm {
-                experts: 16,
+                num_experts: 16,
                 k: 64,
                 n: 32,
                 tokens: 10,
@@ -1988,7 +2013,9 @@ mod tests {
         let shapes = preset_shapes(p, Some(&[1]), 1e9).unwrap();
         let g = &shapes[0];
         match g.kind {
-            ShapeKind::Gemm { experts, .. } => assert!((8..256).contains(&experts)),
+            ShapeKind::Gemm {
+                num_experts: experts, ..
+            } => assert!((8..256).contains(&experts)),
             _ => panic!("first shape is a gemm"),
         }
         assert!(!g.notes.is_empty());

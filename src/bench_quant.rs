@@ -93,7 +93,7 @@ pub(crate) fn qgemm_host(
     let ShapeKind::QGemm {
         w,
         x,
-        experts,
+        num_experts: experts,
         k,
         n,
         tokens,
@@ -151,7 +151,7 @@ pub(crate) fn run_qgemm<'b>(
     let ShapeKind::QGemm {
         w,
         x,
-        experts,
+        num_experts: experts,
         k,
         n,
         tokens,
@@ -269,7 +269,7 @@ pub(crate) fn bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
     match *kind {
         ShapeKind::QGemm {
             w,
-            experts,
+            num_experts: experts,
             k,
             n,
             tokens,
@@ -302,7 +302,7 @@ pub(crate) fn input_sizes(kind: &ShapeKind, dt: DType) -> Result<Vec<usize>> {
         ShapeKind::QGemm {
             w,
             x,
-            experts,
+            num_experts: experts,
             k,
             n,
             tokens,
@@ -341,7 +341,7 @@ pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
     match (q, &b.kind) {
         (
             ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -350,7 +350,7 @@ pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
                 ..
             },
             ShapeKind::Gemm {
-                experts: be,
+                num_experts: be,
                 k: bk,
                 n: bn,
                 tokens: bt,
@@ -436,7 +436,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     OpKind::GroupedGemm,
                     DType::BF16,
                     ShapeKind::Gemm {
-                        experts: e,
+                        num_experts: e,
                         k,
                         n,
                         tokens: t,
@@ -454,7 +454,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     ShapeKind::QGemm {
                         w,
                         x,
-                        experts: e,
+                        num_experts: e,
                         k,
                         n,
                         tokens: t,
@@ -474,7 +474,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     OpKind::GroupedGemm,
                     DType::BF16,
                     ShapeKind::DecodeCold {
-                        experts: ce,
+                        num_experts: ce,
                         k,
                         n,
                         topk,
@@ -495,7 +495,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     ShapeKind::QGemm {
                         w,
                         x,
-                        experts: ce,
+                        num_experts: ce,
                         k,
                         n,
                         tokens: 1,
