@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::presets::Preset;
 use moehal_core::conformance;
 
+pub mod bench;
 pub mod cost;
 pub mod presets;
 pub mod quant;
