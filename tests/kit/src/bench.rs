@@ -784,8 +784,8 @@ mod tests {
             width: 8,
             limit: None,
         };
-        let mut a = vec![0u8; 4 * 16 * 2];
-        let mut short = vec![0u8; 10];
+        let mut a = [0u8; 4 * 16 * 2];
+        let mut short = [0u8; 10];
         for bufs in [vec![&mut short[..]], vec![]] {
             let mut bufs = bufs;
             let e = s.fill_inputs(DType::BF16, 1, &mut bufs).unwrap_err();
