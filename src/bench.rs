@@ -1,11 +1,13 @@
 //! Benchmark cases shared by `moehal bench` and the criterion benches (`benches/*.rs`).
 //!
-//! A [`BenchShape`] is one op on one shape and dtype. [`BenchShape::host_data`] generates its
-//! seeded inputs once in host memory; [`BenchShape::prepare`] binds them to a backend (host
-//! backends read the host buffers in place, device backends get a copy) and allocates the outputs;
-//! [`Prepared::run`] enqueues the op and synchronizes, so a timer around it measures the op.
-//! [`measure`] takes medians; [`run_table`] runs shapes × backends with the reference in the same
-//! run and computes the ratios.
+//! A [`BenchShape`] is one op on one shape and dtype; its shape is the test kit's bench case
+//! ([`ShapeKind`] = [`moehal_testkit::bench::Shape`]: label, FLOPs, bytes, sizes and the in-place
+//! filler of its inputs, beside the conformance cases of `moehal check`). [`BenchShape::host_data`]
+//! allocates its inputs once in host memory and has the kit fill them in place;
+//! [`BenchShape::prepare`] binds them to a backend (host backends read the host buffers in place,
+//! device backends get a copy) and allocates the outputs; [`Prepared::run`] enqueues the op and
+//! synchronizes, so a timer around it measures the op. [`measure`] takes medians; [`run_table`]
+//! runs shapes × backends with the reference in the same run and computes the ratios.
 //!
 //! Default shapes are those of `benches/peers.py`: the Qwen3-30B-A3B gate_up projection
 //! (K 2048, N 1536, 128 experts, top-8) at 1, 16, 128 and 1024 tokens in f32 and bf16; the
@@ -16,182 +18,21 @@
 
 use std::time::Instant;
 
-use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
+use moehal_core::engram::{v41_flash, EngramLayer};
 use moehal_core::host::HostMemory;
 use moehal_core::ops::{
-    ActFormat, EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, QuantDesc, RouterConfig,
-    RouterTopk, Swiglu, TableFormat, WeightFormat, WeightLayout,
+    EngramHash, EngramLookup, GatherRows, GroupedGemm, MoeCombine, MoePermute, RouterConfig, RouterTopk, Swiglu,
+    TableFormat, WeightLayout,
 };
-use moehal_core::quant::ScaleFormat;
 use moehal_core::{Backend, Buffer, DType, Error, OpKind, Result};
 
-use crate::pipeline::{fill_random, human_bytes, is_host_backend, stream_seed};
+use crate::pipeline::{human_bytes, is_host_backend};
 use crate::presets::Preset;
-use moehal_testkit::cost;
-use moehal_testkit::rng::{cold_group_ends, routed_group_end, routed_ids_into, seeded};
-use rand::Rng;
 
-/// The shape of one benchmark.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ShapeKind {
-    /// `grouped_gemm` NK: `E` experts of `[N, K]`, `T` tokens routed to `topk` distinct experts
-    /// each (uniformly at random, seeded), so `M = T * topk`.
-    Gemm {
-        /// Experts E.
-        experts: usize,
-        /// Input features K.
-        k: usize,
-        /// Output features N.
-        n: usize,
-        /// Tokens T.
-        tokens: usize,
-        /// Experts per token.
-        topk: usize,
-    },
-    /// Cold decode: `grouped_gemm` NK of one token routed to `topk` experts out of `E`, where run `i`
-    /// uses expert set `i % sets` and the sets are disjoint, so between two uses of a set the other
-    /// sets' weights (`(sets - 1) * topk` experts) pass through the caches: with more bytes than the
-    /// last-level cache holds, every run reads its weights from DRAM (as peers.py `decode`).
-    DecodeCold {
-        /// Experts E.
-        experts: usize,
-        /// Input features K.
-        k: usize,
-        /// Output features N.
-        n: usize,
-        /// Experts per token (rows M of one run).
-        topk: usize,
-        /// Disjoint expert sets rotated over (at most `E / topk`).
-        sets: usize,
-        /// Bytes of the last-level cache the rotation was sized for ([`l3_cache`]); the same-run
-        /// DRAM read streams [`dram_read_bytes`]`(l3)`.
-        l3: usize,
-    },
-    /// `router_topk` on `[T, E]` f32 logits.
-    Router {
-        /// Tokens T.
-        tokens: usize,
-        /// Experts E.
-        experts: usize,
-        /// Router options.
-        config: RouterConfig,
-        /// With a selection bias.
-        bias: bool,
-    },
-    /// `moe_permute` of `[T, H]` activations by `[T, k]` ids.
-    Permute {
-        /// Tokens T.
-        tokens: usize,
-        /// Experts E.
-        experts: usize,
-        /// Experts per token.
-        topk: usize,
-        /// Hidden H.
-        hidden: usize,
-    },
-    /// `swiglu` of `[M, 2I]`.
-    Swiglu {
-        /// Rows M.
-        rows: usize,
-        /// Width I.
-        width: usize,
-        /// Clamp.
-        limit: Option<f32>,
-    },
-    /// `moe_combine` of `[T*k, H]` into `[T, H]`.
-    Combine {
-        /// Tokens T.
-        tokens: usize,
-        /// Experts per token.
-        topk: usize,
-        /// Hidden H.
-        hidden: usize,
-    },
-    /// `engram_hash` of `T` ids with the DeepSeek-V4.1-Flash layer-1 configuration.
-    Hash {
-        /// Tokens T.
-        tokens: usize,
-    },
-    /// `gather_rows` of `T * C` random rows from a `[R, D]` table (output dtype = table dtype).
-    Gather {
-        /// Table rows R.
-        table_rows: usize,
-        /// Row dim D.
-        dim: usize,
-        /// Tokens T.
-        tokens: usize,
-        /// Rows per token C.
-        cols: usize,
-    },
-    /// `engram_lookup` (hash + gather) of `T` uniform ids in `[0, V')` through a layer of order
-    /// N = 2 with K = 8 heads (so C = 8 columns), the V4.1-Flash layer-1 multipliers truncated to
-    /// N = 2, its V' and pad id, and primes derived from `vocab_n` (see [`lookup_layer`]), into a
-    /// `[R, D]` table, `R` = the sum of the primes (output dtype = table dtype).
-    Lookup {
-        /// Base of the prime search (`R` is about `8 * vocab_n`).
-        vocab_n: u64,
-        /// Table rows R = sum of the layer's primes.
-        table_rows: usize,
-        /// Row dim D.
-        dim: usize,
-        /// Tokens T.
-        tokens: usize,
-    },
-    /// Quantized `grouped_gemm` NK (OPS.md §6; see [`crate::bench_quant`]): as [`ShapeKind::Gemm`]
-    /// with `sets: None`; with `sets: Some(s)` (and one token) the cold decode of
-    /// [`ShapeKind::DecodeCold`], rotating over `s` disjoint expert sets.
-    QGemm {
-        /// Weight format.
-        w: WeightFormat,
-        /// Activation format (`Float(bf16)`: weight-only).
-        x: ActFormat,
-        /// Experts E.
-        experts: usize,
-        /// Input features K.
-        k: usize,
-        /// Output features N.
-        n: usize,
-        /// Tokens T.
-        tokens: usize,
-        /// Experts per token.
-        topk: usize,
-        /// Disjoint expert sets rotated over (cold decode), or `None`.
-        sets: Option<usize>,
-    },
-    /// `quantize_fp8` (`scale: Some(format)`) or `quantize_int8` (`scale: None`) of `[rows, k]`
-    /// activations of the shape's dtype.
-    Quantize {
-        /// fp8 scale format, or `None` for int8.
-        scale: Option<ScaleFormat>,
-        /// Rows M.
-        rows: usize,
-        /// Columns K.
-        k: usize,
-    },
-}
-
-/// Columns C of the [`ShapeKind::Lookup`] layer (N = 2, K = 8).
-pub const LOOKUP_COLUMNS: usize = 8;
-
-/// The layer of a [`ShapeKind::Lookup`] shape: `derive_primes(vocab_n, 2, 8, 1)`, the
-/// V4.1-Flash layer-1 multipliers truncated to N = 2, `V' = v41_flash::VOCAB_SIZE`,
-/// `π = v41_flash::PAD_ID`. Its table has `R = sum of the 8 primes ≈ 8 * vocab_n` rows.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] from [`derive_primes`] / [`EngramLayer::new`] (no prime search
-/// base this module uses fails).
-pub fn lookup_layer(vocab_n: u64) -> Result<EngramLayer> {
-    let mut primes = derive_primes(vocab_n, 2, LOOKUP_COLUMNS, 1)?;
-    let p = primes.pop().unwrap_or_default();
-    EngramLayer::new(
-        2,
-        LOOKUP_COLUMNS,
-        v41_flash::MULTIPLIERS[0][..2].to_vec(),
-        p,
-        v41_flash::VOCAB_SIZE,
-        v41_flash::PAD_ID,
-    )
-}
+/// The shape of one benchmark: the test kit's bench case ([`moehal_testkit::bench::Shape`]),
+/// which knows its label, FLOPs, bytes and sizes and fills its inputs in place.
+pub use moehal_testkit::bench::Shape as ShapeKind;
+pub use moehal_testkit::bench::{lookup_layer, LOOKUP_COLUMNS};
 
 /// One op on one shape and dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,109 +62,19 @@ impl BenchShape {
 
     /// Short shape string for tables and JSON (`"E128 K2048 N1536 T16 top8"`).
     pub fn shape(&self) -> String {
-        match &self.kind {
-            ShapeKind::Gemm {
-                experts,
-                k,
-                n,
-                tokens,
-                topk,
-            } => {
-                format!("E{experts} K{k} N{n} T{tokens} top{topk}")
-            }
-            ShapeKind::DecodeCold {
-                experts,
-                k,
-                n,
-                topk,
-                sets,
-                ..
-            } => format!("E{experts} K{k} N{n} T1 top{topk} cold ({sets} sets)"),
-            ShapeKind::Router {
-                tokens,
-                experts,
-                config,
-                ..
-            } => {
-                let g = match config.effective_group() {
-                    Some(g) => format!(" groups {}/{} {}", g.n_group, g.topk_group, g.score.name()),
-                    None => String::new(),
-                };
-                format!("T{tokens} E{experts} top{} {}{g}", config.k, config.scoring.name())
-            }
-            ShapeKind::Permute {
-                tokens,
-                experts,
-                topk,
-                hidden,
-            } => format!("T{tokens} E{experts} top{topk} H{hidden}"),
-            ShapeKind::Swiglu { rows, width, limit } => match limit {
-                Some(l) => format!("M{rows} I{width} limit {l}"),
-                None => format!("M{rows} I{width}"),
-            },
-            ShapeKind::Combine { tokens, topk, hidden } => format!("T{tokens} top{topk} H{hidden}"),
-            ShapeKind::Hash { tokens } => format!("T{tokens} V4.1 layer 1 (N4 K8)"),
-            ShapeKind::Gather {
-                table_rows,
-                dim,
-                tokens,
-                cols,
-            } => {
-                format!("R{table_rows} D{dim} T{tokens} C{cols}")
-            }
-            ShapeKind::Lookup {
-                table_rows,
-                dim,
-                tokens,
-                ..
-            } => format!("R{table_rows} D{dim} T{tokens} C{LOOKUP_COLUMNS} (N2 K8)"),
-            ShapeKind::QGemm {
-                experts,
-                k,
-                n,
-                tokens,
-                topk,
-                sets,
-                ..
-            } => match sets {
-                Some(s) => format!("E{experts} K{k} N{n} T1 top{topk} cold ({s} sets)"),
-                None => format!("E{experts} K{k} N{n} T{tokens} top{topk}"),
-            },
-            ShapeKind::Quantize { rows, k, .. } => format!("M{rows} K{k}"),
-        }
+        self.kind.label()
     }
 
     /// The dtype column: the dtype, or for §6 shapes the pairing (`"mxfp4 x bf16 -> bf16"`) or the
     /// quantize variant (`"bf16 -> e4m3 + ue8m0"`).
     pub fn dtype_label(&self) -> String {
-        match self.kind {
-            ShapeKind::QGemm { w, x, .. } => QuantDesc::GroupedGemm {
-                w,
-                x,
-                y: crate::bench_quant::qgemm_y(x),
-            }
-            .variant(),
-            ShapeKind::Quantize { scale: Some(scale), .. } => QuantDesc::QuantizeFp8 {
-                dtype: self.dtype,
-                scale,
-            }
-            .variant(),
-            ShapeKind::Quantize { scale: None, .. } => QuantDesc::QuantizeInt8 { dtype: self.dtype }.variant(),
-            _ => self.dtype.name().to_string(),
-        }
+        self.kind.dtype_label(self.dtype)
     }
 
-    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`; the test kit's cost model,
-    /// [`moehal_testkit::cost`]).
+    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`; [`ShapeKind::flops`], the
+    /// test kit's cost model [`moehal_testkit::cost`]).
     pub fn flops(&self) -> Option<f64> {
-        match self.kind {
-            // Saturating: a shape whose rows overflow never passes `mem_bytes`, so never runs.
-            ShapeKind::Gemm { k, n, tokens, topk, .. } | ShapeKind::QGemm { k, n, tokens, topk, .. } => {
-                Some(cost::gemm_flops(tokens.saturating_mul(topk), n, k))
-            }
-            ShapeKind::DecodeCold { k, n, topk, .. } => Some(cost::gemm_flops(topk, n, k)),
-            _ => None,
-        }
+        self.kind.flops()
     }
 
     /// Bytes that define the op's bandwidth ([`moehal_testkit::cost`]): weights of the active
@@ -331,29 +82,7 @@ impl BenchShape {
     /// rows moved (glue), ids read and rows written (hash), bytes gathered (gather, lookup:
     /// `T * C * D * es`).
     pub fn bytes(&self) -> f64 {
-        let es = self.dtype.size();
-        match self.kind {
-            ShapeKind::Gemm {
-                experts,
-                k,
-                n,
-                tokens,
-                topk,
-            } => cost::gemm_bytes(experts.min(tokens.saturating_mul(topk)), n, k, es),
-            ShapeKind::DecodeCold { k, n, topk, .. } => cost::gemm_bytes(topk, n, k, es),
-            ShapeKind::Router { tokens, experts, .. } => cost::router_bytes(tokens, experts, 4),
-            ShapeKind::Permute {
-                tokens, topk, hidden, ..
-            } => cost::permute_bytes(tokens, topk, hidden, es),
-            ShapeKind::Swiglu { rows, width, .. } => cost::swiglu_bytes(rows, width, es),
-            ShapeKind::Combine { tokens, topk, hidden } => cost::combine_bytes(tokens, topk, hidden, es),
-            ShapeKind::Hash { tokens } => cost::hash_bytes(tokens, 3 * v41_flash::HEADS),
-            ShapeKind::Gather { dim, tokens, cols, .. } => cost::gather_bytes(tokens, cols, dim, es),
-            ShapeKind::Lookup { dim, tokens, .. } => cost::gather_bytes(tokens, LOOKUP_COLUMNS, dim, es),
-            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
-                crate::bench_quant::bytes(&self.kind, self.dtype).unwrap_or(0.0)
-            }
-        }
+        self.kind.bytes(self.dtype)
     }
 
     /// Byte sizes of the host input buffers [`host_data`](Self::host_data) allocates, in its order
@@ -362,69 +91,7 @@ impl BenchShape {
     /// # Errors
     /// [`Error::InvalidArgument`] when a size overflows `usize` (a token count no machine holds).
     pub fn input_sizes(&self) -> Result<Vec<usize>> {
-        let es = self.dtype.size();
-        Ok(match self.kind {
-            ShapeKind::Gemm {
-                experts,
-                k,
-                n,
-                tokens,
-                topk,
-            } => vec![
-                size("x", &[tokens, topk, k, es])?,
-                size("w", &[experts, n, k, es])?,
-                size("group_end", &[experts, 8])?,
-            ],
-            ShapeKind::DecodeCold {
-                experts,
-                k,
-                n,
-                topk,
-                sets,
-                ..
-            } => {
-                let mut v = vec![size("x", &[topk, k, es])?, size("w", &[experts, n, k, es])?];
-                v.extend(std::iter::repeat_n(size("group_end", &[experts, 8])?, sets));
-                v
-            }
-            ShapeKind::Router {
-                tokens, experts, bias, ..
-            } => {
-                let mut v = vec![size("logits", &[tokens, experts, 4])?];
-                if bias {
-                    v.push(size("bias", &[experts, 4])?);
-                }
-                v
-            }
-            ShapeKind::Permute {
-                tokens, topk, hidden, ..
-            } => vec![size("x", &[tokens, hidden, es])?, size("ids", &[tokens, topk, 4])?],
-            ShapeKind::Swiglu { rows, width, .. } => vec![size("h", &[rows, 2, width, es])?],
-            ShapeKind::Combine { tokens, topk, hidden } => vec![
-                size("y_perm", &[tokens, topk, hidden, es])?,
-                size("weights", &[tokens, topk, 4])?,
-                size("slot_row", &[tokens, topk, 8])?,
-            ],
-            ShapeKind::Hash { tokens } => vec![size("ids", &[tokens, 8])?],
-            ShapeKind::Gather {
-                table_rows,
-                dim,
-                tokens,
-                cols,
-            } => vec![
-                size("table", &[table_rows, dim, es])?,
-                size("rows", &[tokens, cols, 8])?,
-            ],
-            ShapeKind::Lookup {
-                table_rows,
-                dim,
-                tokens,
-                ..
-            } => vec![size("table", &[table_rows, dim, es])?, size("ids", &[tokens, 8])?],
-            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => {
-                crate::bench_quant::input_sizes(&self.kind, self.dtype)?
-            }
-        })
+        self.kind.input_sizes(self.dtype)
     }
 
     /// Byte sizes of the outputs [`prepare`](Self::prepare) allocates on a backend, in order.
@@ -432,32 +99,7 @@ impl BenchShape {
     /// # Errors
     /// [`Error::InvalidArgument`] when a size overflows `usize`.
     pub fn output_sizes(&self) -> Result<Vec<usize>> {
-        let es = self.dtype.size();
-        Ok(match self.kind {
-            ShapeKind::Gemm { n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, es])?],
-            ShapeKind::DecodeCold { n, topk, .. } => vec![size("y", &[topk, n, es])?],
-            ShapeKind::Router { tokens, config, .. } => {
-                let b = size("ids", &[tokens, config.k, 4])?;
-                vec![b, b]
-            }
-            ShapeKind::Permute {
-                tokens,
-                experts,
-                topk,
-                hidden,
-            } => vec![
-                size("group_end", &[experts, 8])?,
-                size("src_token", &[tokens, topk, 8])?,
-                size("slot_row", &[tokens, topk, 8])?,
-                size("x_perm", &[tokens, topk, hidden, es])?,
-            ],
-            ShapeKind::Swiglu { rows, width, .. } => vec![size("out", &[rows, width, es])?],
-            ShapeKind::Combine { tokens, hidden, .. } => vec![size("out", &[tokens, hidden, es])?],
-            ShapeKind::Hash { tokens } => vec![size("rows", &[tokens, 3 * v41_flash::HEADS, 8])?],
-            ShapeKind::Gather { dim, tokens, cols, .. } => vec![size("out", &[tokens, cols, dim, es])?],
-            ShapeKind::Lookup { dim, tokens, .. } => vec![size("out", &[tokens, LOOKUP_COLUMNS, dim, es])?],
-            ShapeKind::QGemm { .. } | ShapeKind::Quantize { .. } => crate::bench_quant::output_sizes(&self.kind)?,
-        })
+        self.kind.output_sizes(self.dtype)
     }
 
     /// Peak host bytes one shape takes in `moehal bench`: its inputs ([`input_sizes`](Self::input_sizes),
@@ -479,13 +121,21 @@ impl BenchShape {
         // The group_end lists (E i64 each) exist as Vecs while they are copied into buffers.
         // (Counted generously: the counts, the running sums or the permutation, one list per set.)
         let lists = match self.kind {
-            ShapeKind::Gemm { experts, .. }
+            ShapeKind::Gemm {
+                num_experts: experts, ..
+            }
             | ShapeKind::QGemm {
-                experts, sets: None, ..
+                num_experts: experts,
+                sets: None,
+                ..
             } => size("group_end", &[experts, 3, 8])?,
-            ShapeKind::DecodeCold { experts, sets, .. }
+            ShapeKind::DecodeCold {
+                num_experts: experts,
+                sets,
+                ..
+            }
             | ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 sets: Some(sets),
                 ..
             } => size("group_end", &[experts, sets.saturating_add(2), 8])?,
@@ -508,7 +158,11 @@ impl BenchShape {
             None => {
                 self.bytes() / 1e9
                     + match self.kind {
-                        ShapeKind::Router { tokens, experts, .. } => tokens as f64 * experts as f64 * 50e-9,
+                        ShapeKind::Router {
+                            tokens,
+                            num_experts: experts,
+                            ..
+                        } => tokens as f64 * experts as f64 * 50e-9,
                         ShapeKind::Hash { tokens } | ShapeKind::Lookup { tokens, .. } => tokens as f64 * 1e-6,
                         _ => 0.0,
                     }
@@ -521,145 +175,22 @@ impl BenchShape {
     /// # Errors
     /// [`Error::OutOfMemory`] when the host allocation fails.
     pub fn host_data(&self, seed: u64) -> Result<HostData> {
-        let s = |i: u64| stream_seed(seed, i);
-        let dt = self.dtype;
-        // Checked sizes first: every product below fits in usize when these do.
+        // Checked sizes first; each buffer is allocated once and filled in place (no
+        // intermediate Vec: a 2 GiB table takes its bytes once).
         let sizes = self.input_sizes()?;
-        let mut bufs = Vec::with_capacity(sizes.len());
-        let mut ints = Vec::new();
-        match &self.kind {
-            ShapeKind::Gemm {
-                experts,
-                k,
-                n,
-                tokens,
-                topk,
-            } => {
-                let m = tokens * topk;
-                bufs.push(random_host(dt, m * k, 1.0, s(1))?);
-                bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                ints.push(moehal_core::host::buffer_from_slice(&routed_group_end(
-                    &mut seeded(s(3)),
-                    *experts,
-                    *tokens,
-                    *topk,
-                ))?);
-            }
-            ShapeKind::DecodeCold {
-                experts,
-                k,
-                n,
-                topk,
-                sets,
-                ..
-            } => {
-                bufs.push(random_host(dt, topk * k, 1.0, s(1))?);
-                bufs.push(random_host(dt, experts * n * k, (3.0 / *k as f32).sqrt(), s(2))?);
-                for ge in cold_group_ends(&mut seeded(s(3)), *experts, *topk, *sets) {
-                    ints.push(moehal_core::host::buffer_from_slice(&ge)?);
-                }
-            }
-            ShapeKind::QGemm {
-                experts,
-                tokens,
-                topk,
-                sets,
-                ..
-            } => {
-                let ge = match sets {
-                    Some(sets) => cold_group_ends(&mut seeded(s(3)), *experts, *topk, *sets),
-                    None => vec![routed_group_end(&mut seeded(s(3)), *experts, *tokens, *topk)],
-                };
-                bufs = crate::bench_quant::qgemm_host(&self.kind, seed, ge, |n| random_host(dt, n, 1.0, s(1)))?;
-            }
-            ShapeKind::Quantize { rows, k, .. } => bufs.push(random_host(dt, rows * k, 4.0, s(1))?),
-            ShapeKind::Router {
-                tokens, experts, bias, ..
-            } => {
-                bufs.push(random_host(DType::F32, tokens * experts, 2.0, s(1))?);
-                if *bias {
-                    bufs.push(random_host(DType::F32, *experts, 0.1, s(2))?);
-                }
-            }
-            ShapeKind::Permute {
-                tokens,
-                experts,
-                topk,
-                hidden,
-            } => {
-                bufs.push(random_host(dt, tokens * hidden, 1.0, s(1))?);
-                // Distinct experts per token, as a router gives them (written in place).
-                let mut buf = int_buffer(tokens * topk, std::iter::empty::<i32>())?;
-                let ids: &mut [i32] = bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "ids")?);
-                routed_ids_into(&mut seeded(s(2)), ids, *topk, *experts, 0.0, false);
-                ints.push(buf);
-            }
-            ShapeKind::Swiglu { rows, width, .. } => bufs.push(random_host(dt, rows * 2 * width, 4.0, s(1))?),
-            ShapeKind::Combine { tokens, topk, hidden } => {
-                let r = tokens * topk;
-                bufs.push(random_host(dt, r * hidden, 1.0, s(1))?);
-                bufs.push(random_host(DType::F32, r, 1.0, s(2))?);
-                // A random permutation of the rows, as moe_permute would produce (shuffled in place).
-                let mut buf = int_buffer(r, 0..r as i64)?;
-                let rows: &mut [i64] =
-                    bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "slot_row")?);
-                rand::seq::SliceRandom::shuffle(rows, &mut seeded(s(3)));
-                ints.push(buf);
-            }
-            ShapeKind::Hash { tokens } => {
-                let v = v41_flash::VOCAB_SIZE;
-                let mut rng = seeded(s(1));
-                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.gen_range(0..v) as i64))?);
-            }
-            ShapeKind::Gather {
-                table_rows,
-                dim,
-                tokens,
-                cols,
-            } => {
-                bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
-                let mut rng = seeded(s(2));
-                let n = tokens * cols;
-                ints.push(int_buffer(
-                    n,
-                    (0..n).map(|_| rng.gen_range(0..(*table_rows).max(1)) as i64),
-                )?);
-            }
-            ShapeKind::Lookup {
-                table_rows,
-                dim,
-                tokens,
-                ..
-            } => {
-                bufs.push(random_host(dt, table_rows * dim, 1.0, s(1))?);
-                let v = v41_flash::VOCAB_SIZE;
-                let mut rng = seeded(s(2));
-                ints.push(int_buffer(*tokens, (0..*tokens).map(|_| rng.gen_range(0..v) as i64))?);
-            }
+        let mut mems = sizes
+            .iter()
+            .map(|&n| HostMemory::zeroed(n))
+            .collect::<Result<Vec<_>>>()?;
+        {
+            let mut slices = mems.iter_mut().map(HostMemory::bytes_mut).collect::<Result<Vec<_>>>()?;
+            self.kind.fill_inputs(self.dtype, seed, &mut slices)?;
         }
-        bufs.extend(ints);
-        debug_assert_eq!(bufs.iter().map(Buffer::len).collect::<Vec<_>>(), sizes);
-        let layer = match self.kind {
-            ShapeKind::Hash { .. } => Some(v41_flash::layer(0)?),
-            ShapeKind::Lookup {
-                vocab_n, table_rows, ..
-            } => {
-                let layer = lookup_layer(vocab_n)?;
-                if layer.rows() != table_rows as u64 {
-                    return Err(Error::invalid(
-                        "bench",
-                        "table_rows",
-                        format!(
-                            "{table_rows} rows, the layer of vocab_n {vocab_n} has R = {}",
-                            layer.rows()
-                        ),
-                    ));
-                }
-                Some(layer)
-            }
-            _ => None,
-        };
-        Ok(HostData { bufs, layer })
+        let bufs = mems.into_iter().map(|m| Buffer::new(Box::new(m))).collect();
+        Ok(HostData {
+            bufs,
+            layer: self.kind.layer()?,
+        })
     }
 
     /// Bind the inputs to `backend` and allocate the outputs.
@@ -691,7 +222,7 @@ impl BenchShape {
             let inp = |i: usize| inputs[i].get();
             match &kind {
                 ShapeKind::Gemm {
-                    experts,
+                    num_experts: experts,
                     k,
                     n,
                     tokens,
@@ -710,7 +241,7 @@ impl BenchShape {
                     backend.grouped_gemm(args.validate()?)
                 }
                 ShapeKind::DecodeCold {
-                    experts,
+                    num_experts: experts,
                     k,
                     n,
                     topk,
@@ -732,7 +263,7 @@ impl BenchShape {
                 }
                 ShapeKind::Router {
                     tokens,
-                    experts,
+                    num_experts: experts,
                     config,
                     bias,
                 } => {
@@ -741,15 +272,15 @@ impl BenchShape {
                         config: *config,
                         logits: inp(0).view(DType::F32, &[*tokens, *experts]),
                         bias: bias.then(|| inp(1).view(DType::F32, &[*experts])),
-                        ids: a[0].view_mut(DType::I32, &[*tokens, config.k]),
-                        weights: b[0].view_mut(DType::F32, &[*tokens, config.k]),
+                        ids: a[0].view_mut(DType::I32, &[*tokens, config.topk]),
+                        weights: b[0].view_mut(DType::F32, &[*tokens, config.topk]),
                         expert_counts: None,
                     };
                     backend.router_topk(args.validate()?)
                 }
                 ShapeKind::Permute {
                     tokens,
-                    experts,
+                    num_experts: experts,
                     topk,
                     hidden,
                 } => {
@@ -854,40 +385,14 @@ fn table_format(dt: DType) -> TableFormat {
     }
 }
 
-fn random_host(dtype: DType, n: usize, scale: f32, seed: u64) -> Result<Buffer> {
-    let mut mem = HostMemory::zeroed(size("data", &[n, dtype.size()])?)?;
-    fill_random(dtype, mem.bytes_mut()?, scale, seed, 0)?;
-    Ok(Buffer::new(Box::new(mem)))
-}
-
 /// Bytes [`BenchShape::mem_bytes`] allows for the small allocations beside the buffers.
 const BOOKKEEPING: usize = 64 << 10;
 
-/// `a · b · …` in `usize`, or [`Error::InvalidArgument`] naming `what` when the product overflows
-/// (sizes come from user input such as `--tokens`).
-pub(crate) fn size(what: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
-            Error::invalid("bench", what, format!("{} bytes overflow usize", dims.join(" x ")))
-        })
-}
+pub(crate) use moehal_testkit::bench::size;
 
 /// The sum of `v`, `None` on overflow.
 fn checked_sum(v: &[usize]) -> Option<usize> {
     v.iter().try_fold(0usize, |acc, &x| acc.checked_add(x))
-}
-
-/// A host buffer of `n` integers taken from `values`, written in place (no intermediate `Vec`, so
-/// the ids take their bytes once).
-fn int_buffer<T: bytemuck::Pod>(n: usize, values: impl Iterator<Item = T>) -> Result<Buffer> {
-    let mut mem = HostMemory::zeroed(size("ids", &[n, std::mem::size_of::<T>()])?)?;
-    let dst: &mut [T] = bytemuck::cast_slice_mut(mem.bytes_mut()?);
-    for (d, v) in dst.iter_mut().zip(values) {
-        *d = v;
-    }
-    Ok(Buffer::new(Box::new(mem)))
 }
 
 /// Seeded inputs of one shape in host memory (shared by every backend of a run).
@@ -998,7 +503,7 @@ pub fn calibrate_reference() -> Result<RefRates> {
             OpKind::GroupedGemm,
             dt,
             ShapeKind::Gemm {
-                experts: 8,
+                num_experts: 8,
                 k: 1024,
                 n: 512,
                 tokens: 32,
@@ -1074,7 +579,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
                 OpKind::GroupedGemm,
                 dt,
                 ShapeKind::Gemm {
-                    experts: e,
+                    num_experts: e,
                     k: 2048,
                     n: 1536,
                     tokens: t,
@@ -1099,7 +604,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: 256,
+                num_experts: 256,
                 config: dsv3_router(),
                 bias: true,
             },
@@ -1110,7 +615,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: 128,
+                num_experts: 128,
                 config: qwen3_router(),
                 bias: false,
             },
@@ -1124,7 +629,7 @@ pub fn default_shapes_of(op: Option<OpKind>, tokens: Option<&[usize]>, mem_budge
                 dt,
                 ShapeKind::Permute {
                     tokens: t,
-                    experts: 128,
+                    num_experts: 128,
                     topk: 8,
                     hidden: 2048,
                 },
@@ -1251,7 +756,7 @@ pub fn cold_shape(
         OpKind::GroupedGemm,
         dt,
         ShapeKind::DecodeCold {
-            experts: e,
+            num_experts: e,
             k,
             n,
             topk,
@@ -1398,7 +903,7 @@ pub fn preset_shapes_of(
                 OpKind::GroupedGemm,
                 dt,
                 ShapeKind::Gemm {
-                    experts: e,
+                    num_experts: e,
                     k,
                     n,
                     tokens: t,
@@ -1434,7 +939,7 @@ pub fn preset_shapes_of(
             DType::F32,
             ShapeKind::Router {
                 tokens: t,
-                experts: p.num_experts,
+                num_experts: p.num_experts,
                 config: p.router(),
                 bias: p.bias,
             },
@@ -1447,7 +952,7 @@ pub fn preset_shapes_of(
             dt,
             ShapeKind::Permute {
                 tokens: t,
-                experts: p.num_experts,
+                num_experts: p.num_experts,
                 topk: p.topk,
                 hidden: h,
             },
@@ -1682,6 +1187,8 @@ fn compare_with_bf16(shapes: &[BenchShape], row_shape: &[usize], rows: &mut [Ben
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moehal_core::ops::WeightFormat;
+    use moehal_core::quant::ScaleFormat;
 
     #[test]
     fn decode_cold_rotates_over_disjoint_expert_sets() {
@@ -1689,7 +1196,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::DecodeCold {
-                experts: 24,
+                num_experts: 24,
                 k: 64,
                 n: 32,
                 topk: 8,
@@ -1745,7 +1252,10 @@ mod tests {
         for l3 in [1 << 20, 8 << 20, 32 << 20, 96 << 20, 160 << 20, 256 << 20] {
             let s = decode_cold_shape(1e12, l3);
             let ShapeKind::DecodeCold {
-                experts, topk, sets, ..
+                num_experts: experts,
+                topk,
+                sets,
+                ..
             } = s.kind
             else {
                 panic!("{:?}", s.kind)
@@ -1825,7 +1335,7 @@ mod tests {
                 ShapeKind::QGemm {
                     w,
                     x,
-                    experts: 6,
+                    num_experts: 6,
                     k: 160,
                     n: 48,
                     tokens: if sets.is_some() { 1 } else { 5 },
@@ -1839,7 +1349,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::Gemm {
-                experts: 6,
+                num_experts: 6,
                 k: 160,
                 n: 48,
                 tokens: 5,
@@ -1963,7 +1473,7 @@ mod tests {
             OpKind::GroupedGemm,
             DType::BF16,
             ShapeKind::Gemm {
-                experts: 16,
+                num_experts: 16,
                 k: 64,
                 n: 32,
                 tokens: 10,
@@ -1988,7 +1498,9 @@ mod tests {
         let shapes = preset_shapes(p, Some(&[1]), 1e9).unwrap();
         let g = &shapes[0];
         match g.kind {
-            ShapeKind::Gemm { experts, .. } => assert!((8..256).contains(&experts)),
+            ShapeKind::Gemm {
+                num_experts: experts, ..
+            } => assert!((8..256).contains(&experts)),
             _ => panic!("first shape is a gemm"),
         }
         assert!(!g.notes.is_empty());

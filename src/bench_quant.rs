@@ -19,127 +19,12 @@ use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, Weigh
 use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{Backend, Buffer, DType, OpKind, Result};
 
-use crate::bench::{size, BenchShape, ShapeKind};
-use crate::pipeline::{human_bytes, stream_seed};
-use moehal_testkit::rng::seeded;
-use rand::{Rng, RngCore};
+use crate::bench::{BenchShape, ShapeKind};
+use crate::pipeline::human_bytes;
 
-/// Bytes of one expert's weights and scales (`[N, K]` in `w`; [`WeightFormat::bytes`]).
-pub fn expert_bytes(w: WeightFormat, n: usize, k: usize) -> usize {
-    w.bytes(1, n, k)
-}
+pub use moehal_testkit::bench::{expert_bytes, qgemm_y};
 
-/// Byte sizes of the activation buffers of `m` rows of `k` in format `x`: the values, then the
-/// scales for quantized `x` (checked: `m` comes from `--tokens`).
-fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
-    Ok(match x {
-        ActFormat::Float(d) => vec![size("x", &[m, k, d.size()])?],
-        ActFormat::Fp8 => vec![size("x", &[m, k])?, size("x_scale", &[m, k.div_ceil(FP8_BLOCK), 4])?],
-        ActFormat::Int8 => vec![size("x", &[m, k])?, size("x_scale", &[m, 4])?],
-    })
-}
-
-/// Output dtype of the quantized rows (bf16, as the float baseline).
-const Y: DType = DType::BF16;
-
-/// A host buffer of `n` random bytes passed through `map`, written in place (no intermediate
-/// `Vec`, so the weights take their bytes once).
-fn random_bytes(n: usize, seed: u64, map: impl Fn(u8) -> u8) -> Result<Buffer> {
-    let mut buf = moehal_core::host::zeroed_buffer(n)?;
-    let dst = moehal_core::host::bytes_mut(&mut buf, "bench", "data")?;
-    seeded(seed).fill_bytes(dst);
-    for b in dst {
-        *b = map(*b);
-    }
-    Ok(buf)
-}
-
-/// An e4m3fn code that is not NaN (`0x7F` / `0xFF` become `0x7E` / `0xFE`).
-fn e4m3_code(b: u8) -> u8 {
-    if b & 0x7F == 0x7F {
-        b ^ 1
-    } else {
-        b
-    }
-}
-
-/// An i8 value in [-127, 127] (as a byte).
-fn i8_code(b: u8) -> u8 {
-    if b == 0x80 {
-        0x81
-    } else {
-        b
-    }
-}
-
-fn f32_scales(n: usize, seed: u64, base: f32) -> Result<Buffer> {
-    let mut rng = seeded(seed);
-    let mut buf = moehal_core::host::zeroed_buffer(size("scales", &[n, 4])?)?;
-    let dst: &mut [f32] = bytemuck::cast_slice_mut(moehal_core::host::bytes_mut(&mut buf, "bench", "scales")?);
-    for d in dst {
-        *d = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
-    }
-    Ok(buf)
-}
-
-/// The seeded inputs of a [`ShapeKind::QGemm`] in the order [`run_qgemm`] reads them: `x`, `w`,
-/// `w_scale`, `x_scale` (quantized `x` only), then the `group_end` buffers (one, or one per set).
-pub(crate) fn qgemm_host(
-    kind: &ShapeKind,
-    seed: u64,
-    group_ends: Vec<Vec<i64>>,
-    float_x: impl FnOnce(usize) -> Result<Buffer>,
-) -> Result<Vec<Buffer>> {
-    let ShapeKind::QGemm {
-        w,
-        x,
-        experts,
-        k,
-        n,
-        tokens,
-        topk,
-        ..
-    } = *kind
-    else {
-        return Ok(Vec::new());
-    };
-    let s = |i: u64| stream_seed(seed, 100 + i);
-    let m = tokens * topk;
-    let mut bufs = Vec::new();
-    bufs.push(match x {
-        ActFormat::Float(_) => float_x(m * k)?,
-        ActFormat::Fp8 => random_bytes(m * k, s(1), e4m3_code)?,
-        ActFormat::Int8 => random_bytes(m * k, s(1), i8_code)?,
-    });
-    let wlen: usize = w.w_shape(experts, n, k).iter().product();
-    let slen: usize = w.scale_shape(experts, n, k).iter().product();
-    match w {
-        WeightFormat::Fp8Block => {
-            bufs.push(random_bytes(wlen, s(2), e4m3_code)?);
-            bufs.push(f32_scales(slen, s(3), 1e-3)?);
-        }
-        WeightFormat::Mxfp4 => {
-            bufs.push(random_bytes(wlen, s(2), |b| b)?);
-            // E8M0 bytes 119..=126: scales 2^-8 .. 2^-1.
-            bufs.push(random_bytes(slen, s(3), |b| 119 + (b & 7))?);
-        }
-        WeightFormat::Int8 => {
-            bufs.push(random_bytes(wlen, s(2), i8_code)?);
-            bufs.push(f32_scales(slen, s(3), 1e-3)?);
-        }
-    }
-    match x {
-        ActFormat::Float(_) => {}
-        ActFormat::Fp8 => bufs.push(f32_scales(m * k.div_ceil(FP8_BLOCK), s(4), 1e-2)?),
-        ActFormat::Int8 => bufs.push(f32_scales(m, s(4), 1.0 / 127.0)?),
-    }
-    for ge in group_ends {
-        bufs.push(moehal_core::host::buffer_from_slice(&ge)?);
-    }
-    Ok(bufs)
-}
-
-/// Run one [`ShapeKind::QGemm`] step: `inp(i)` is input `i` of [`qgemm_host`]; cold shapes use set
+/// Run one [`ShapeKind::QGemm`] step: `inp(i)` is input `i` of [`ShapeKind::fill_inputs`]; cold shapes use set
 /// `step % sets`.
 pub(crate) fn run_qgemm<'b>(
     backend: &dyn Backend,
@@ -151,7 +36,7 @@ pub(crate) fn run_qgemm<'b>(
     let ShapeKind::QGemm {
         w,
         x,
-        experts,
+        num_experts: experts,
         k,
         n,
         tokens,
@@ -190,14 +75,6 @@ pub(crate) fn run_qgemm<'b>(
         y: y.view_mut(qgemm_y(x), &[m, n]),
     };
     backend.grouped_gemm_quant(args.validate()?)
-}
-
-/// `y`'s dtype of a quantized GEMM row: `x`'s for float `x`, else bf16.
-pub(crate) fn qgemm_y(x: ActFormat) -> DType {
-    match x {
-        ActFormat::Float(d) => d,
-        _ => Y,
-    }
 }
 
 /// Run one [`ShapeKind::Quantize`] step on bf16 `x` (input 0) into `outs` (`xq`, `x_scale`).
@@ -243,95 +120,6 @@ pub(crate) fn run_quantize(
     }
 }
 
-/// Output sizes in bytes of a §6 shape (empty for other shapes): `y`, or `xq` and `x_scale`.
-///
-/// # Errors
-/// [`moehal_core::Error::InvalidArgument`] when a size overflows `usize`.
-pub(crate) fn output_sizes(kind: &ShapeKind) -> Result<Vec<usize>> {
-    Ok(match *kind {
-        ShapeKind::QGemm { x, n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, qgemm_y(x).size()])?],
-        ShapeKind::Quantize { scale, rows, k } => vec![
-            size("xq", &[rows, k])?,
-            match scale {
-                Some(ScaleFormat::Ue8m0) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK)])?,
-                Some(ScaleFormat::F32) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK), 4])?,
-                None => size("x_scale", &[rows, 4])?,
-            },
-        ],
-        _ => Vec::new(),
-    })
-}
-
-/// Bytes that define a §6 shape's bandwidth: the weights and scales of the experts used (GEMM;
-/// `min(E, M)` experts, `topk` for cold decode), or `x` read plus `xq` and the scales written
-/// (quantize ops). `None` for other shapes.
-pub(crate) fn bytes(kind: &ShapeKind, dt: DType) -> Option<f64> {
-    match *kind {
-        ShapeKind::QGemm {
-            w,
-            experts,
-            k,
-            n,
-            tokens,
-            topk,
-            sets,
-            ..
-        } => {
-            let used = if sets.is_some() {
-                topk
-            } else {
-                experts.min(tokens * topk)
-            };
-            Some((used * expert_bytes(w, n, k)) as f64)
-        }
-        ShapeKind::Quantize { rows, k, .. } => {
-            let out: f64 = output_sizes(kind).ok()?.iter().map(|&b| b as f64).sum();
-            Some(rows as f64 * k as f64 * dt.size() as f64 + out)
-        }
-        _ => None,
-    }
-}
-
-/// Byte sizes of a §6 shape's host inputs in [`qgemm_host`]'s order (`x`, `w`, `w_scale`,
-/// `x_scale` for quantized `x`, one `group_end` per set), or `x` of a quantize shape.
-///
-/// # Errors
-/// [`moehal_core::Error::InvalidArgument`] when a size overflows `usize`.
-pub(crate) fn input_sizes(kind: &ShapeKind, dt: DType) -> Result<Vec<usize>> {
-    Ok(match *kind {
-        ShapeKind::QGemm {
-            w,
-            x,
-            experts,
-            k,
-            n,
-            tokens,
-            topk,
-            sets,
-        } => {
-            let mut acts = act_sizes(x, size("rows", &[tokens, topk])?, k)?;
-            let mut v = vec![acts.remove(0)];
-            v.push(size(
-                "w",
-                &[w.w_shape(experts, n, k).iter().product::<usize>(), w.dtype().size()],
-            )?);
-            let sdt = if w == WeightFormat::Mxfp4 { 1 } else { 4 };
-            v.push(size(
-                "w_scale",
-                &[w.scale_shape(experts, n, k).iter().product::<usize>(), sdt],
-            )?);
-            v.extend(acts);
-            v.extend(std::iter::repeat_n(
-                size("group_end", &[experts, 8])?,
-                sets.unwrap_or(1),
-            ));
-            v
-        }
-        ShapeKind::Quantize { rows, k, .. } => vec![size("x", &[rows, k, dt.size()])?],
-        _ => Vec::new(),
-    })
-}
-
 /// The bf16 float shape a quantized GEMM row is compared with: same K, N, top-k; same experts and
 /// tokens for prefill; for cold decode any bf16 cold shape of the same K, N and top-k.
 pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
@@ -341,7 +129,7 @@ pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
     match (q, &b.kind) {
         (
             ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 tokens,
@@ -350,7 +138,7 @@ pub(crate) fn is_baseline(q: &ShapeKind, b: &BenchShape) -> bool {
                 ..
             },
             ShapeKind::Gemm {
-                experts: be,
+                num_experts: be,
                 k: bk,
                 n: bn,
                 tokens: bt,
@@ -436,7 +224,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     OpKind::GroupedGemm,
                     DType::BF16,
                     ShapeKind::Gemm {
-                        experts: e,
+                        num_experts: e,
                         k,
                         n,
                         tokens: t,
@@ -454,7 +242,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     ShapeKind::QGemm {
                         w,
                         x,
-                        experts: e,
+                        num_experts: e,
                         k,
                         n,
                         tokens: t,
@@ -474,7 +262,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     OpKind::GroupedGemm,
                     DType::BF16,
                     ShapeKind::DecodeCold {
-                        experts: ce,
+                        num_experts: ce,
                         k,
                         n,
                         topk,
@@ -495,7 +283,7 @@ pub fn quant_shapes(tokens: Option<&[usize]>, mem_budget: f64) -> Vec<BenchShape
                     ShapeKind::QGemm {
                         w,
                         x,
-                        experts: ce,
+                        num_experts: ce,
                         k,
                         n,
                         tokens: 1,

@@ -78,9 +78,14 @@ fn the_memory_estimate_covers_every_buffer_a_shape_allocates() {
     // count (every other field, and the estimate's formula, stay as they are) to keep the test quick.
     for s in &mut shapes {
         match &mut s.kind {
-            ShapeKind::Gemm { experts, k, n, .. } => (*experts, *k, *n) = (16, 256, 128),
+            ShapeKind::Gemm {
+                num_experts: experts,
+                k,
+                n,
+                ..
+            } => (*experts, *k, *n) = (16, 256, 128),
             ShapeKind::DecodeCold {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 topk,
@@ -88,7 +93,7 @@ fn the_memory_estimate_covers_every_buffer_a_shape_allocates() {
                 ..
             } => (*experts, *k, *n, *sets) = (2 * *topk, 256, 128, 2),
             ShapeKind::QGemm {
-                experts,
+                num_experts: experts,
                 k,
                 n,
                 topk,

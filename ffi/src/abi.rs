@@ -186,7 +186,7 @@ fn router_config(c: &moehal_router_config) -> Result<RouterConfig> {
         None
     };
     Ok(RouterConfig {
-        k: nonneg(op, "k", c.k)?,
+        topk: nonneg(op, "k", c.k)?,
         scoring: parse_scoring(c.scoring)?,
         group,
         renormalize: c.renormalize != 0,
@@ -1236,7 +1236,7 @@ pub unsafe extern "C" fn moehal_router_hash(
         // SAFETY: header contract.
         let rc = unsafe { deref(c.op, "config", config)? };
         let cfg = RouterConfig {
-            k: nonneg(c.op, "k", rc.k)?,
+            topk: nonneg(c.op, "k", rc.k)?,
             scoring: parse_scoring(rc.scoring)?,
             group: None,
             renormalize: rc.renormalize != 0,

@@ -12,42 +12,12 @@ pub mod moe;
 use half::{bf16, f16};
 use moehal_core::{Backend, Buffer, DType, Error, Result};
 
+/// The kit's float encoder and seeded in-place filler (one generator for check, bench and the
+/// pipelines).
+pub use moehal_testkit::rng::{encode_floats, fill_random};
 /// A seed for the independent stream `stream` of `seed` (the test kit's one generator,
 /// [`moehal_testkit::rng`]: ChaCha8, also behind every conformance case's inputs).
 pub use moehal_testkit::rng::{stream_seed, UniformStream};
-
-/// Encode `n` elements `value(i)` as `dtype` bytes (little endian; `f32`, `bf16` or `f16`,
-/// rounded to nearest even), into `out` (`n * dtype.size()` bytes).
-///
-/// # Errors
-/// [`Error::InvalidArgument`] for a non-floating dtype or a wrong `out` length.
-pub fn encode_floats(dtype: DType, out: &mut [u8], mut value: impl FnMut(usize) -> f32) -> Result<()> {
-    if !dtype.is_float() || out.len() % dtype.size() != 0 {
-        return Err(Error::invalid(
-            "pipeline",
-            "dtype",
-            format!("cannot encode floats as {dtype} into {} bytes", out.len()),
-        ));
-    }
-    match dtype {
-        DType::F32 => {
-            for (i, c) in out.chunks_exact_mut(4).enumerate() {
-                c.copy_from_slice(&value(i).to_le_bytes());
-            }
-        }
-        DType::BF16 => {
-            for (i, c) in out.chunks_exact_mut(2).enumerate() {
-                c.copy_from_slice(&bf16::from_f32(value(i)).to_le_bytes());
-            }
-        }
-        _ => {
-            for (i, c) in out.chunks_exact_mut(2).enumerate() {
-                c.copy_from_slice(&f16::from_f32(value(i)).to_le_bytes());
-            }
-        }
-    }
-    Ok(())
-}
 
 /// `n` seeded uniform values in `[-scale, scale)` encoded as `dtype`, generated on all cores
 /// (deterministic: element `i` is `scale` times element `first + i` of [`UniformStream`] `seed`,
@@ -59,39 +29,6 @@ pub fn random_floats(dtype: DType, n: usize, scale: f32, seed: u64, first: u64) 
     let mut out = vec![0u8; n * dtype.size()];
     fill_random(dtype, &mut out, scale, seed, first)?;
     Ok(out)
-}
-
-/// Fill `out` (whole elements of `dtype`) with `scale` times elements `first..` of
-/// [`UniformStream`] `seed`, on all cores.
-///
-/// # Errors
-/// As [`encode_floats`].
-pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u64) -> Result<()> {
-    let es = dtype.size();
-    let n = out.len() / es.max(1);
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
-    if threads <= 1 || n < 1 << 16 {
-        let mut u = UniformStream::at(seed, first);
-        return encode_floats(dtype, out, |_| scale * u.next_f32());
-    }
-    let per = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = out
-            .chunks_mut(per * es)
-            .enumerate()
-            .map(|(c, chunk)| {
-                let base = first + (c * per) as u64;
-                s.spawn(move || {
-                    let mut u = UniformStream::at(seed, base);
-                    encode_floats(dtype, chunk, |_| scale * u.next_f32())
-                })
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(Error::invalid("pipeline", "fill", "thread panicked")))
-        })
-    })
 }
 
 /// Widen `dtype` bytes (`f32`, `bf16`, `f16`) to f32.

@@ -359,7 +359,7 @@ pub(crate) fn gating_bias() -> Vec<f32> {
 /// The contract's config for a pattern at the probe shape.
 pub(crate) fn gating_config(p: GatingPattern) -> RouterConfig {
     RouterConfig {
-        k: GK,
+        topk: GK,
         scoring: if p.sigmoid { Scoring::Sigmoid } else { Scoring::Softmax },
         group: p.top2.map(|top2| GroupLimit {
             n_group: G_GROUPS,

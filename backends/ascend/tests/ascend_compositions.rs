@@ -21,8 +21,8 @@ fn swiglu_limit_not_exact_in_the_dtype_matches_the_reference() {
                 format!("swiglu {dtype} limit {limit}"),
                 Spec::Swiglu {
                     dtype,
-                    m: 9,
-                    i: 37,
+                    rows: 9,
+                    intermediate: 37,
                     limit: Some(limit),
                 },
             ));

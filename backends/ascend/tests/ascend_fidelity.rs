@@ -116,7 +116,7 @@ fn grouped_gemm_x_view_at_byte_offset_16() {
 fn router_logits_view_at_byte_offset_16() {
     let refb = Reference::new();
     let cfg = RouterConfig {
-        k: 2,
+        topk: 2,
         scoring: Scoring::Softmax,
         group: None,
         renormalize: true,
@@ -267,7 +267,7 @@ fn router_run(
     t: usize,
     e: usize,
 ) -> (Vec<i32>, Vec<f32>, Vec<i64>) {
-    let k = cfg.k;
+    let k = cfg.topk;
     let lb = match dt {
         DType::BF16 => be
             .upload_slice(&logits.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
@@ -328,7 +328,7 @@ fn router_check(asc: &dyn Backend, profile: &str, cfg: RouterConfig, dt: DType, 
 
 fn plain(scoring: Scoring, k: usize) -> RouterConfig {
     RouterConfig {
-        k,
+        topk: k,
         scoring,
         group: None,
         renormalize: true,
@@ -338,7 +338,7 @@ fn plain(scoring: Scoring, k: usize) -> RouterConfig {
 
 fn grouped(k: usize, n_group: usize, topk_group: usize, score: GroupScore) -> RouterConfig {
     RouterConfig {
-        k,
+        topk: k,
         scoring: Scoring::Sigmoid,
         group: Some(GroupLimit {
             n_group,

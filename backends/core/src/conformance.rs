@@ -61,7 +61,7 @@ pub fn check_router_token(
     weights: &[f32],
 ) -> Result<(RouterMatch, f64), String> {
     let e = logits.len();
-    let k = cfg.k;
+    let k = cfg.topk;
     if ids.len() != k || weights.len() != k {
         return Err(format!(
             "{} ids / {} weights, expected k = {k}",
@@ -135,7 +135,7 @@ pub fn check_router(
     weights: &[f32],
     counts: Option<&[i64]>,
 ) -> Result<RouterSummary, String> {
-    let k = cfg.k;
+    let k = cfg.topk;
     let t = ids.len().checked_div(k).unwrap_or(0);
     if logits.len() != t * e || ids.len() != t * k || weights.len() != t * k {
         return Err(format!(
@@ -216,7 +216,7 @@ mod tests {
 
     fn cfg(k: usize, scoring: Scoring) -> RouterConfig {
         RouterConfig {
-            k,
+            topk: k,
             scoring,
             group: None,
             renormalize: true,

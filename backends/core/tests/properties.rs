@@ -171,7 +171,7 @@ fn arb_router() -> impl Strategy<Value = RouterCase> {
                 .prop_flat_map(move |(topk_group, k)| {
                     (
                         Just(RouterConfig {
-                            k,
+                            topk: k,
                             scoring,
                             group: use_groups.then_some(GroupLimit {
                                 n_group,
@@ -196,7 +196,7 @@ fn arb_router() -> impl Strategy<Value = RouterCase> {
 }
 
 fn run_router(c: &RouterCase) -> (Vec<i32>, Vec<f32>, Vec<i64>) {
-    let (t, e, k) = (c.t, c.e, c.cfg.k);
+    let (t, e, k) = (c.t, c.e, c.cfg.topk);
     let lb = BE.upload_slice(&c.logits).unwrap();
     let bb = c.bias.as_ref().map(|b| BE.upload_slice(b).unwrap());
     let mut ids = BE.filled(t * k, i32::MIN).unwrap();
@@ -226,7 +226,7 @@ proptest! {
     #[test]
     fn router_ids_distinct_in_range_and_counts(c in arb_router()) {
         let (ids, w, counts) = run_router(&c);
-        let (e, k) = (c.e, c.cfg.k);
+        let (e, k) = (c.e, c.cfg.topk);
         let mut hist = vec![0i64; e];
         for row in ids.chunks(k) {
             let mut seen = vec![false; e];
@@ -251,7 +251,7 @@ proptest! {
     #[test]
     fn router_renormalized_weights_sum_to_scale(c in arb_router()) {
         let (_, w, _) = run_router(&c);
-        let (e, k) = (c.e, c.cfg.k);
+        let (e, k) = (c.e, c.cfg.topk);
         let scale = c.cfg.routed_scaling_factor as f64;
         for ti in 0..c.t {
             let row = &c.logits[ti * e..(ti + 1) * e];

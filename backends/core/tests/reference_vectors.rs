@@ -23,7 +23,7 @@ struct Routed {
 
 fn route(cfg: RouterConfig, e: usize, logits: &[f32], bias: Option<&[f32]>) -> Routed {
     let t = logits.len() / e;
-    let k = cfg.k;
+    let k = cfg.topk;
     let lb = BE.upload_slice(logits).unwrap();
     let bb = bias.map(|b| BE.upload_slice(b).unwrap());
     let mut ids = BE.filled(t * k, i32::MIN).unwrap();
@@ -47,7 +47,7 @@ fn route(cfg: RouterConfig, e: usize, logits: &[f32], bias: Option<&[f32]>) -> R
 
 fn cfg(k: usize, scoring: Scoring, renormalize: bool, scale: f32) -> RouterConfig {
     RouterConfig {
-        k,
+        topk: k,
         scoring,
         group: None,
         renormalize,

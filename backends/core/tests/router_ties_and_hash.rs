@@ -9,7 +9,7 @@ const BE: Reference = Reference;
 
 fn cfg(k: usize, scoring: Scoring, group: Option<GroupLimit>) -> RouterConfig {
     RouterConfig {
-        k,
+        topk: k,
         scoring,
         group,
         renormalize: true,
@@ -20,7 +20,7 @@ fn cfg(k: usize, scoring: Scoring, group: Option<GroupLimit>) -> RouterConfig {
 /// Route `logits` (`[T, E]` f32) on the reference: (ids, weights, counts).
 fn route(cfg: RouterConfig, e: usize, logits: &[f32], bias: Option<&[f32]>) -> (Vec<i32>, Vec<f32>, Vec<i64>) {
     let t = logits.len() / e;
-    let k = cfg.k;
+    let k = cfg.topk;
     let lb = BE.upload_slice(logits).unwrap();
     let bb = bias.map(|b| BE.upload_slice(b).unwrap());
     let mut ids = BE.filled(t * k, i32::MIN).unwrap();
@@ -149,7 +149,7 @@ type HashOut = (Vec<i32>, Vec<f32>, Vec<i64>);
 /// untouched.
 fn hash(cfg: RouterConfig, e: usize, logits: &[f32], table: &[i32], tokens: &[i64]) -> Result<HashOut, (Error, bool)> {
     let t = tokens.len();
-    let k = cfg.k;
+    let k = cfg.topk;
     let lb = BE.upload_slice(logits).unwrap();
     let tb = BE.upload_slice(table).unwrap();
     let xb = BE.upload_slice(tokens).unwrap();

@@ -430,7 +430,7 @@ fn router() -> Router {
     let logits: Vec<f32> = (0..24).map(|i| (i % 7) as f32 * 0.3 - 1.0).collect();
     Router {
         config: RouterConfig {
-            k: 2,
+            topk: 2,
             scoring: Scoring::Sigmoid,
             group: Some(GroupLimit {
                 n_group: 4,
@@ -500,7 +500,7 @@ fn router_n_group_0_or_1_is_no_group_limit() {
             topk_group: 0,
             score: GroupScore::Top2Sum,
         };
-        c.config.k = 8; // k = E is legal without groups
+        c.config.topk = 8; // k = E is legal without groups
         c.ids.shape[1] = 8;
         c.weights.shape[1] = 8;
         expect_ok_and_written(c.run());
@@ -541,12 +541,12 @@ rule!(
     RT,
     "logits"
 );
-rule!(router_k_zero, router(), |c| c.config.k = 0, RT, "k");
+rule!(router_k_zero, router(), |c| c.config.topk = 0, RT, "k");
 rule!(
     router_k_above_e,
     router(),
     |c| {
-        c.config.k = 9;
+        c.config.topk = 9;
         c.config.group = None
     },
     RT,
@@ -600,7 +600,7 @@ rule!(
     router(),
     |c| {
         c.group().topk_group = 1;
-        c.config.k = 3
+        c.config.topk = 3
     },
     RT,
     "k"

@@ -13,7 +13,7 @@ fn benches(c: &mut Criterion) {
     let pool = Pool::global();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let ds = RouterConfig {
-        k: 8,
+        topk: 8,
         scoring: Scoring::Sigmoid,
         group: Some(GroupLimit {
             n_group: 8,
@@ -24,7 +24,7 @@ fn benches(c: &mut Criterion) {
         routed_scaling_factor: 2.5,
     };
     let qw = RouterConfig {
-        k: 8,
+        topk: 8,
         scoring: Scoring::Softmax,
         group: None,
         renormalize: true,
@@ -38,8 +38,8 @@ fn benches(c: &mut Criterion) {
     ] {
         let logits: Vec<f32> = (0..t * e).map(|_| rng.gen_range(-3.0..3.0)).collect();
         let b: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.1..0.1)).collect();
-        let mut ids = vec![0i32; t * cfg.k];
-        let mut w = vec![0f32; t * cfg.k];
+        let mut ids = vec![0i32; t * cfg.topk];
+        let mut w = vec![0f32; t * cfg.topk];
         let mut counts = vec![0i64; e];
         g.bench_function(name, |bn| {
             bn.iter(|| {

@@ -112,7 +112,7 @@ fn router(kern: &Kernels, pool: &Pool) {
         let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.1..0.1)).collect();
         let cfg = if grouped {
             RouterConfig {
-                k,
+                topk: k,
                 scoring: Scoring::Sigmoid,
                 group: Some(GroupLimit {
                     n_group: 8,
@@ -124,7 +124,7 @@ fn router(kern: &Kernels, pool: &Pool) {
             }
         } else {
             RouterConfig {
-                k,
+                topk: k,
                 scoring: Scoring::Softmax,
                 group: None,
                 renormalize: true,

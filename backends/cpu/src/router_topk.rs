@@ -64,7 +64,7 @@ pub fn router_topk<T: Elem>(
     weights: &mut [f32],
     counts: Option<&mut [i64]>,
 ) -> Result<()> {
-    let k = cfg.k;
+    let k = cfg.topk;
     if logits.len() != t * e || ids.len() != t * k || weights.len() != t * k || k == 0 || k > e {
         return Err(Error::invalid(
             OP,
@@ -409,7 +409,7 @@ fn route<T: Elem>(
     sc: &mut Scratch,
 ) {
     let e = logits.len();
-    let k = cfg.k;
+    let k = cfg.topk;
     let Scratch {
         l,
         s,
@@ -509,7 +509,7 @@ pub fn router_hash<T: Elem>(
     weights: &mut [f32],
     counts: Option<&mut [i64]>,
 ) -> Result<()> {
-    let k = cfg.k;
+    let k = cfg.topk;
     if logits.len() != t * e
         || token_ids.len() != t
         || ids.len() != t * k
@@ -606,7 +606,7 @@ mod tests {
     fn softmax_shortcut_equals_full_path() {
         let tables = vector_tables();
         let cfg = RouterConfig {
-            k: 8,
+            topk: 8,
             scoring: Scoring::Softmax,
             group: None,
             renormalize: false,
@@ -647,7 +647,7 @@ mod tests {
                     // The full path: scores for all, portable selection.
                     let mut lw = l.clone();
                     let (mut s2, mut sel) = (vec![0f32; e], vec![0f32; e]);
-                    score_portable(kern, &RouterConfig { k, ..cfg }, None, &mut lw, &mut s2, &mut sel);
+                    score_portable(kern, &RouterConfig { topk: k, ..cfg }, None, &mut lw, &mut s2, &mut sel);
                     let mut ib = vec![-1i32; k];
                     let nb = select_topk(None, &sel, k, 0, &mut ib, &mut cv, &mut ci);
                     assert_eq!(nb, k);

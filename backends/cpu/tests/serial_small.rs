@@ -104,7 +104,7 @@ fn router_topk_small_is_serial() {
     let kern = Kernels::best();
     let (e, k) = (64, 4);
     let cfg = RouterConfig {
-        k,
+        topk: k,
         scoring: Scoring::Softmax,
         group: None,
         renormalize: true,

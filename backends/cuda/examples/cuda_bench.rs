@@ -109,7 +109,7 @@ fn router(be: &CudaBackend, rng: &mut ChaCha8Rng) {
     let mut ids = be.alloc(t * 8 * 4).unwrap();
     let mut w = be.alloc(t * 8 * 4).unwrap();
     let cfg = RouterConfig {
-        k: 8,
+        topk: 8,
         scoring: Scoring::Sigmoid,
         group: Some(GroupLimit {
             n_group: 8,

@@ -573,7 +573,7 @@ impl PyBackend {
         )
         .map_err(to_py)?;
         let config = RouterConfig {
-            k,
+            topk: k,
             scoring: self::scoring(OP, scoring).map_err(to_py)?,
             group: (n_group > 1).then_some(GroupLimit {
                 n_group,
@@ -632,7 +632,7 @@ impl PyBackend {
         const OP: &str = "router_topk";
         let k: usize = unsigned(OP, "k", k)?;
         let config = RouterConfig {
-            k,
+            topk: k,
             scoring: self::scoring(OP, scoring).map_err(to_py)?,
             group: None,
             renormalize,

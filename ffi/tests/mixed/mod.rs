@@ -71,7 +71,7 @@ pub fn run_rust(be: &dyn Backend, seed: u64) -> Vec<u8> {
             let mut w = be.filled(T * KS, 0f32).unwrap();
             let a = RouterTopk {
                 config: RouterConfig {
-                    k: KS,
+                    topk: KS,
                     scoring: Scoring::Softmax,
                     group: None,
                     renormalize: true,

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::presets::Preset;
 use moehal_core::conformance;
 
+pub mod bench;
 pub mod cost;
 pub mod presets;
 pub mod quant;
@@ -194,9 +195,9 @@ pub enum Spec {
         /// Logits dtype.
         dtype: DType,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// Experts.
-        e: usize,
+        num_experts: usize,
         /// Options.
         config: RouterConfig,
         /// With selection bias; `Some(negative)` shifts it so every selection score is negative.
@@ -210,9 +211,9 @@ pub enum Spec {
         /// Logits dtype.
         dtype: DType,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// Experts.
-        e: usize,
+        num_experts: usize,
         /// Rows of `tid2eid`.
         vocab: usize,
         /// Options (`group` is ignored by the op).
@@ -241,11 +242,11 @@ pub enum Spec {
     /// `moe_permute`.
     MoePermute {
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// Slots per token.
-        k: usize,
+        topk: usize,
         /// Experts.
-        e: usize,
+        num_experts: usize,
         /// Also permute activations of this dtype with this width.
         x: Option<(DType, usize)>,
         /// Fraction of slots dropped (`-1`).
@@ -260,9 +261,9 @@ pub enum Spec {
         /// dtype.
         dtype: DType,
         /// Rows.
-        m: usize,
+        rows: usize,
         /// Output width I.
-        i: usize,
+        intermediate: usize,
         /// Clamp.
         limit: Option<f32>,
     },
@@ -271,11 +272,11 @@ pub enum Spec {
         /// dtype.
         dtype: DType,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// Slots.
-        k: usize,
+        topk: usize,
         /// Width.
-        h: usize,
+        hidden: usize,
         /// Fraction of dropped slots.
         drop: f64,
         /// Put an out-of-range slot row in (value check).
@@ -286,7 +287,7 @@ pub enum Spec {
         /// Layer.
         layer: LayerChoice,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// With positions (several segments).
         positions: bool,
         /// With an alive mask.
@@ -305,13 +306,13 @@ pub enum Spec {
         /// Output dtype.
         out: DType,
         /// Table rows.
-        r: usize,
+        table_rows: usize,
         /// Row width D.
-        d: usize,
+        dim: usize,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// Columns.
-        c: usize,
+        cols: usize,
         /// Put an out-of-range row in (value check).
         bad_row: bool,
         /// The table in host memory (`moehal_core::host`), not uploaded: a backend that gathers
@@ -327,9 +328,9 @@ pub enum Spec {
         /// Output dtype.
         out: DType,
         /// Row width D.
-        d: usize,
+        dim: usize,
         /// Tokens.
-        t: usize,
+        tokens: usize,
         /// With positions, alive mask and history.
         extras: bool,
     },
@@ -386,10 +387,12 @@ impl Corrupt {
             (Corrupt::GroupEndNegative, Spec::GroupedGemm { groups, .. }) if !groups.is_empty() => {
                 set(&mut ts[2], 0, -1i64)
             }
-            (Corrupt::PermuteIdBelowDropped, Spec::MoePermute { t, k, .. }) if t * k > 0 => {
+            (Corrupt::PermuteIdBelowDropped, Spec::MoePermute { tokens: t, topk: k, .. }) if t * k > 0 => {
                 set(&mut ts[0], t * k / 2, -2i32)
             }
-            (Corrupt::RouterTokenNegative, Spec::RouterHash { t, .. }) if *t > 0 => set(&mut ts[2], t / 2, -1i64),
+            (Corrupt::RouterTokenNegative, Spec::RouterHash { tokens: t, .. }) if *t > 0 => {
+                set(&mut ts[2], t / 2, -1i64)
+            }
             (Corrupt::HashTokenNegative, Spec::EngramHash { .. }) if ts[0].numel() > 0 => {
                 let last = ts[0].numel() - 1;
                 set(&mut ts[0], last, -1i64)
@@ -490,20 +493,52 @@ impl Case {
                 dtype, groups, n, k, ..
             } => cost::gemm_bytes(touched(groups), *n, *k, dtype.size()),
             Spec::Quant(q) => q.bytes(),
-            Spec::RouterTopk { dtype, t, e, .. } | Spec::RouterHash { dtype, t, e, .. } => {
-                cost::router_bytes(*t, *e, dtype.size())
+            Spec::RouterTopk {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                ..
             }
+            | Spec::RouterHash {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                ..
+            } => cost::router_bytes(*t, *e, dtype.size()),
             Spec::RouterKnown { logits, .. } => cost::router_bytes(1, logits.len(), 4),
-            Spec::MoePermute { t, k, x, .. } => x.map_or(0.0, |(d, h)| cost::permute_bytes(*t, *k, h, d.size())),
-            Spec::Swiglu { dtype, m, i, .. } => cost::swiglu_bytes(*m, *i, dtype.size()),
-            Spec::MoeCombine { dtype, t, k, h, .. } => cost::combine_bytes(*t, *k, *h, dtype.size()),
-            Spec::EngramHash { layer, t, ids, .. } => {
-                cost::hash_bytes(ids.as_ref().map_or(*t, Vec::len), layer.build().columns())
-            }
-            Spec::GatherRows { out, d, t, c, .. } => cost::gather_bytes(*t, *c, *d, out.size()),
-            Spec::EngramLookup { layer, out, d, t, .. } => {
-                cost::gather_bytes(*t, layer.build().columns(), *d, out.size())
-            }
+            Spec::MoePermute {
+                tokens: t, topk: k, x, ..
+            } => x.map_or(0.0, |(d, h)| cost::permute_bytes(*t, *k, h, d.size())),
+            Spec::Swiglu {
+                dtype,
+                rows: m,
+                intermediate: i,
+                ..
+            } => cost::swiglu_bytes(*m, *i, dtype.size()),
+            Spec::MoeCombine {
+                dtype,
+                tokens: t,
+                topk: k,
+                hidden: h,
+                ..
+            } => cost::combine_bytes(*t, *k, *h, dtype.size()),
+            Spec::EngramHash {
+                layer, tokens: t, ids, ..
+            } => cost::hash_bytes(ids.as_ref().map_or(*t, Vec::len), layer.build().columns()),
+            Spec::GatherRows {
+                out,
+                dim: d,
+                tokens: t,
+                cols: c,
+                ..
+            } => cost::gather_bytes(*t, *c, *d, out.size()),
+            Spec::EngramLookup {
+                layer,
+                out,
+                dim: d,
+                tokens: t,
+                ..
+            } => cost::gather_bytes(*t, layer.build().columns(), *d, out.size()),
         }
     }
     fn expect(&self) -> Expect {
@@ -807,8 +842,8 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         }
         Spec::RouterTopk {
             dtype,
-            t,
-            e,
+            tokens: t,
+            num_experts: e,
             bias,
             logits,
             config,
@@ -873,14 +908,14 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         }
         Spec::RouterHash {
             dtype,
-            t,
-            e,
+            tokens: t,
+            num_experts: e,
             vocab,
             config,
             logits,
             bad,
         } => {
-            let k = config.k;
+            let k = config.topk;
             let mut l = randn(&mut rng, t * e, 2.0);
             if *logits == Logits::NonFinite {
                 for (i, v) in l.iter_mut().enumerate() {
@@ -904,9 +939,9 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
             tensors.push(HostTensor::of(&[*t], ids));
         }
         Spec::MoePermute {
-            t,
-            k,
-            e,
+            tokens: t,
+            topk: k,
+            num_experts: e,
             x,
             drop,
             repeat,
@@ -922,7 +957,12 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
                 tensors.push(HostTensor::floats(*d, &[*t, *h], &randn(&mut rng, t * h, 1.0)));
             }
         }
-        Spec::Swiglu { dtype, m, i, limit } => {
+        Spec::Swiglu {
+            dtype,
+            rows: m,
+            intermediate: i,
+            limit,
+        } => {
             let spread = if limit.is_some() { 8.0 } else { 2.0 };
             tensors.push(HostTensor::floats(
                 *dtype,
@@ -932,9 +972,9 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         }
         Spec::MoeCombine {
             dtype,
-            t,
-            k,
-            h,
+            tokens: t,
+            topk: k,
+            hidden: h,
             drop,
             bad_row,
         } => {
@@ -960,7 +1000,7 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         }
         Spec::EngramHash {
             layer: lc,
-            t,
+            tokens: t,
             positions,
             alive,
             history: hl,
@@ -990,10 +1030,10 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         }
         Spec::GatherRows {
             format,
-            r,
-            d,
-            t,
-            c,
+            table_rows: r,
+            dim: d,
+            tokens: t,
+            cols: c,
             bad_row,
             ..
         } => {
@@ -1007,8 +1047,8 @@ fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
         Spec::EngramLookup {
             layer: lc,
             format,
-            d,
-            t,
+            dim: d,
+            tokens: t,
             extras,
             ..
         } => {
@@ -1142,7 +1182,7 @@ fn execute(be: &dyn Backend, spec: &Spec, inp: &Inputs) -> moehal_core::Result<O
                 };
                 timed(be, || be.router_hash(args.validate()?))
             }
-            Spec::MoePermute { e, x, .. } => {
+            Spec::MoePermute { num_experts: e, x, .. } => {
                 let args = MoePermute {
                     num_experts: *e,
                     ids: v(0),
@@ -1246,18 +1286,35 @@ fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
             vec![(*dtype, vec![groups.iter().sum::<usize>() + tail, *n])]
         }
         Spec::RouterKnown { config, logits, .. } => vec![
-            (DType::I32, vec![1, config.k]),
-            (DType::F32, vec![1, config.k]),
+            (DType::I32, vec![1, config.topk]),
+            (DType::F32, vec![1, config.topk]),
             (DType::I64, vec![logits.len()]),
         ],
-        Spec::RouterTopk { t, e, config, .. } | Spec::RouterHash { t, e, config, .. } => {
+        Spec::RouterTopk {
+            tokens: t,
+            num_experts: e,
+            config,
+            ..
+        }
+        | Spec::RouterHash {
+            tokens: t,
+            num_experts: e,
+            config,
+            ..
+        } => {
             vec![
-                (DType::I32, vec![*t, config.k]),
-                (DType::F32, vec![*t, config.k]),
+                (DType::I32, vec![*t, config.topk]),
+                (DType::F32, vec![*t, config.topk]),
                 (DType::I64, vec![*e]),
             ]
         }
-        Spec::MoePermute { t, k, e, x, .. } => {
+        Spec::MoePermute {
+            tokens: t,
+            topk: k,
+            num_experts: e,
+            x,
+            ..
+        } => {
             let mut v = vec![
                 (DType::I64, vec![*e]),
                 (DType::I64, vec![t * k]),
@@ -1268,14 +1325,32 @@ fn output_specs(spec: &Spec, inp: &Inputs) -> Vec<(DType, Vec<usize>)> {
             }
             v
         }
-        Spec::Swiglu { dtype, m, i, .. } => vec![(*dtype, vec![*m, *i])],
-        Spec::MoeCombine { dtype, t, h, .. } => vec![(*dtype, vec![*t, *h])],
+        Spec::Swiglu {
+            dtype,
+            rows: m,
+            intermediate: i,
+            ..
+        } => vec![(*dtype, vec![*m, *i])],
+        Spec::MoeCombine {
+            dtype,
+            tokens: t,
+            hidden: h,
+            ..
+        } => vec![(*dtype, vec![*t, *h])],
         Spec::EngramHash { .. } => {
             let l = inp.layer.as_ref().expect("layer");
             vec![(DType::I64, vec![inp.tensors[0].numel(), l.columns()])]
         }
-        Spec::GatherRows { out, d, t, c, .. } => vec![(*out, vec![*t, c * d])],
-        Spec::EngramLookup { out, d, t, .. } => {
+        Spec::GatherRows {
+            out,
+            dim: d,
+            tokens: t,
+            cols: c,
+            ..
+        } => vec![(*out, vec![*t, c * d])],
+        Spec::EngramLookup {
+            out, dim: d, tokens: t, ..
+        } => {
             let l = inp.layer.as_ref().expect("layer");
             vec![(*out, vec![*t, l.columns() * d])]
         }
@@ -1418,7 +1493,9 @@ fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (St
         Spec::Swiglu { dtype, .. } | Spec::MoeCombine { dtype, .. } => {
             arithmetic(*dtype, &out.outputs[0], &reference.outputs[0], |_| true)
         }
-        Spec::RouterTopk { config, e, .. } => compare_router(config, *e, inp, out),
+        Spec::RouterTopk {
+            config, num_experts: e, ..
+        } => compare_router(config, *e, inp, out),
         Spec::RouterHash { .. } => compare_router_hash(out, reference, conformance::ROUTER_WEIGHT_ABS),
         Spec::RouterKnown { want, weight_abs, .. } => {
             let ids = typed::<i32>(&out.outputs[0].bytes);
@@ -1437,7 +1514,9 @@ fn compare(spec: &Spec, inp: &Inputs, out: &Outcome, reference: &Outcome) -> (St
             }
             compare_router_hash(out, reference, weight_abs.min(conformance::ROUTER_WEIGHT_ABS))
         }
-        Spec::MoePermute { t, k, x, .. } => {
+        Spec::MoePermute {
+            tokens: t, topk: k, x, ..
+        } => {
             let ge = typed::<i64>(&reference.outputs[0].bytes);
             let routed = ge.last().copied().unwrap_or(0) as usize;
             let checks: [(&str, usize, usize); 3] = [
@@ -1790,8 +1869,8 @@ fn router(
         name,
         Spec::RouterTopk {
             dtype,
-            t,
-            e,
+            tokens: t,
+            num_experts: e,
             config,
             bias,
             logits,
@@ -1801,7 +1880,7 @@ fn router(
 
 fn rc(k: usize, scoring: Scoring, group: Option<GroupLimit>, renormalize: bool, scale: f32) -> RouterConfig {
     RouterConfig {
-        k,
+        topk: k,
         scoring,
         group,
         renormalize,
@@ -1995,9 +2074,9 @@ pub fn edge_cases() -> Vec<Case> {
         Case::new(
             name,
             Spec::MoePermute {
-                t,
-                k,
-                e,
+                tokens: t,
+                topk: k,
+                num_experts: e,
                 x,
                 drop,
                 repeat,
@@ -2030,8 +2109,8 @@ pub fn edge_cases() -> Vec<Case> {
             "swiglu",
             Spec::Swiglu {
                 dtype: dt,
-                m: 23,
-                i: 40,
+                rows: 23,
+                intermediate: 40,
                 limit: None,
             },
         ));
@@ -2039,8 +2118,8 @@ pub fn edge_cases() -> Vec<Case> {
             "swiglu limit 10",
             Spec::Swiglu {
                 dtype: dt,
-                m: 23,
-                i: 40,
+                rows: 23,
+                intermediate: 40,
                 limit: Some(10.0),
             },
         ));
@@ -2048,9 +2127,9 @@ pub fn edge_cases() -> Vec<Case> {
             "combine -1 slots",
             Spec::MoeCombine {
                 dtype: dt,
-                t: 31,
-                k: 4,
-                h: 40,
+                tokens: 31,
+                topk: 4,
+                hidden: 40,
                 drop: 0.2,
                 bad_row: false,
             },
@@ -2060,8 +2139,8 @@ pub fn edge_cases() -> Vec<Case> {
         "swiglu M = 0",
         Spec::Swiglu {
             dtype: F32,
-            m: 0,
-            i: 8,
+            rows: 0,
+            intermediate: 8,
             limit: None,
         },
     ));
@@ -2069,9 +2148,9 @@ pub fn edge_cases() -> Vec<Case> {
         "combine bad slot row",
         Spec::MoeCombine {
             dtype: F32,
-            t: 4,
-            k: 2,
-            h: 8,
+            tokens: 4,
+            topk: 2,
+            hidden: 8,
             drop: 0.0,
             bad_row: true,
         },
@@ -2082,7 +2161,7 @@ pub fn edge_cases() -> Vec<Case> {
             name,
             Spec::EngramHash {
                 layer,
-                t,
+                tokens: t,
                 positions,
                 alive,
                 history,
@@ -2140,10 +2219,10 @@ pub fn edge_cases() -> Vec<Case> {
             Spec::GatherRows {
                 format,
                 out,
-                r,
-                d,
-                t,
-                c,
+                table_rows: r,
+                dim: d,
+                tokens: t,
+                cols: c,
                 bad_row,
                 host_table: false,
             },
@@ -2193,8 +2272,8 @@ pub fn edge_cases() -> Vec<Case> {
                 layer: LayerChoice::Toy,
                 format: f,
                 out: o,
-                d: 32,
-                t: 40,
+                dim: 32,
+                tokens: 40,
                 extras: true,
             },
         ));
@@ -2359,8 +2438,8 @@ pub fn sweep_cases() -> Vec<Case> {
                 format!("sweep router hash T {t} E {e} V {vocab} k {k} {}", scoring.name()),
                 Spec::RouterHash {
                     dtype: F32,
-                    t,
-                    e,
+                    tokens: t,
+                    num_experts: e,
                     vocab,
                     config: rc(k, scoring, None, k != 2, 1.5),
                     logits: Logits::NonFinite,
@@ -2382,9 +2461,9 @@ pub fn sweep_cases() -> Vec<Case> {
             v.push(Case::new(
                 format!("sweep permute T {t} k {k} E {e} H {h}"),
                 Spec::MoePermute {
-                    t,
-                    k,
-                    e,
+                    tokens: t,
+                    topk: k,
+                    num_experts: e,
                     x,
                     drop: 1.0 / (e as f64 + 1.0),
                     repeat: true,
@@ -2399,7 +2478,12 @@ pub fn sweep_cases() -> Vec<Case> {
                 let l = limit.map_or_else(String::new, |l| format!(" limit {l}"));
                 v.push(Case::new(
                     format!("sweep swiglu M {m} I {i}{l}"),
-                    Spec::Swiglu { dtype: dt, m, i, limit },
+                    Spec::Swiglu {
+                        dtype: dt,
+                        rows: m,
+                        intermediate: i,
+                        limit,
+                    },
                 ));
             }
         }
@@ -2408,9 +2492,9 @@ pub fn sweep_cases() -> Vec<Case> {
                 format!("sweep combine T {t} k {k} H {h}"),
                 Spec::MoeCombine {
                     dtype: dt,
-                    t,
-                    k,
-                    h,
+                    tokens: t,
+                    topk: k,
+                    hidden: h,
                     drop: 0.15,
                     bad_row: false,
                 },
@@ -2433,7 +2517,7 @@ pub fn sweep_cases() -> Vec<Case> {
                     ),
                     Spec::EngramHash {
                         layer,
-                        t,
+                        tokens: t,
                         positions: extras,
                         alive: extras,
                         history: if extras { max_order - 1 } else { 0 },
@@ -2458,10 +2542,10 @@ pub fn sweep_cases() -> Vec<Case> {
                     Spec::GatherRows {
                         format: f,
                         out: o,
-                        r,
-                        d,
-                        t,
-                        c,
+                        table_rows: r,
+                        dim: d,
+                        tokens: t,
+                        cols: c,
                         bad_row,
                         host_table: false,
                     },
@@ -2472,10 +2556,10 @@ pub fn sweep_cases() -> Vec<Case> {
                         Spec::GatherRows {
                             format: f,
                             out: o,
-                            r,
-                            d,
-                            t,
-                            c,
+                            table_rows: r,
+                            dim: d,
+                            tokens: t,
+                            cols: c,
                             bad_row,
                             host_table: true,
                         },
@@ -2493,8 +2577,8 @@ pub fn sweep_cases() -> Vec<Case> {
                     layer: small,
                     format: f,
                     out: o,
-                    d: 32,
-                    t,
+                    dim: 32,
+                    tokens: t,
                     extras,
                 },
             ));
@@ -2723,8 +2807,8 @@ fn router_hash_cases() -> Vec<Case> {
             name,
             Spec::RouterHash {
                 dtype,
-                t,
-                e,
+                tokens: t,
+                num_experts: e,
                 vocab,
                 config,
                 logits,
@@ -2836,9 +2920,9 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
     v.push(Case::new(
         format!("{} permute", p.name),
         Spec::MoePermute {
-            t,
-            k: p.topk,
-            e: p.num_experts,
+            tokens: t,
+            topk: p.topk,
+            num_experts: p.num_experts,
             x: Some((DType::BF16, s.hidden)),
             drop: 0.0,
             repeat: false,
@@ -2849,8 +2933,8 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         format!("{} swiglu", p.name),
         Spec::Swiglu {
             dtype: DType::BF16,
-            m: t,
-            i: s.expert_width,
+            rows: t,
+            intermediate: s.expert_width,
             limit: p.swiglu_limit,
         },
     ));
@@ -2858,9 +2942,9 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
         format!("{} combine", p.name),
         Spec::MoeCombine {
             dtype: DType::BF16,
-            t,
-            k: p.topk,
-            h: s.hidden,
+            tokens: t,
+            topk: p.topk,
+            hidden: s.hidden,
             drop: 0.0,
             bad_row: false,
         },
@@ -2871,7 +2955,7 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
                 format!("{} engram layer {} hash", p.name, e.layers[layer]),
                 Spec::EngramHash {
                     layer: LayerChoice::V41(layer),
-                    t: 256,
+                    tokens: 256,
                     positions: true,
                     alive: true,
                     history: 3,
@@ -2890,8 +2974,8 @@ pub fn preset_cases(p: &Preset) -> Vec<Case> {
                 },
                 format: TableFormat::Fp8E4m3Ue8m0,
                 out: DType::BF16,
-                d: e.row_dim,
-                t: 32,
+                dim: e.row_dim,
+                tokens: 32,
                 extras: true,
             },
         ));

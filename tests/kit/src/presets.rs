@@ -52,7 +52,7 @@ impl Preset {
     /// The router options of this model.
     pub fn router(&self) -> RouterConfig {
         RouterConfig {
-            k: self.topk,
+            topk: self.topk,
             scoring: self.scoring,
             group: self.group,
             renormalize: self.renormalize,

@@ -48,7 +48,7 @@ pub enum QuantSpec {
         /// Input dtype.
         dtype: DType,
         /// Rows.
-        m: usize,
+        rows: usize,
         /// Columns.
         k: usize,
         /// E8M0 scales (else f32).
@@ -61,7 +61,7 @@ pub enum QuantSpec {
         /// Input dtype.
         dtype: DType,
         /// Rows.
-        m: usize,
+        rows: usize,
         /// Columns.
         k: usize,
         /// Plant non-finite, all-zero and tiny rows.
@@ -105,7 +105,7 @@ impl QuantSpec {
             QuantSpec::Gemm { w, groups, n, k, .. } => {
                 w.bytes(groups.iter().filter(|&&r| r > 0).count(), *n, *k) as f64
             }
-            QuantSpec::QuantizeFp8 { dtype, m, k, .. } | QuantSpec::QuantizeInt8 { dtype, m, k, .. } => {
+            QuantSpec::QuantizeFp8 { dtype, rows: m, k, .. } | QuantSpec::QuantizeInt8 { dtype, rows: m, k, .. } => {
                 ((m * k) * (dtype.size() + 1)) as f64
             }
         }
@@ -113,7 +113,7 @@ impl QuantSpec {
     fn m(&self) -> usize {
         match self {
             QuantSpec::Gemm { groups, tail, .. } => groups.iter().sum::<usize>() + tail,
-            QuantSpec::QuantizeFp8 { m, .. } | QuantSpec::QuantizeInt8 { m, .. } => *m,
+            QuantSpec::QuantizeFp8 { rows: m, .. } | QuantSpec::QuantizeInt8 { rows: m, .. } => *m,
         }
     }
 }
@@ -532,7 +532,7 @@ pub fn edge_cases() -> Vec<Case> {
             format!("quantize_fp8 {dtype}{}", if ue8m0 { " ue8m0" } else { "" }),
             Spec::Quant(QuantSpec::QuantizeFp8 {
                 dtype,
-                m: 7,
+                rows: 7,
                 k: 300,
                 ue8m0,
                 specials: true,
@@ -543,7 +543,7 @@ pub fn edge_cases() -> Vec<Case> {
         "quantize_fp8 prefill",
         Spec::Quant(QuantSpec::QuantizeFp8 {
             dtype: bf,
-            m: 64,
+            rows: 64,
             k: 512,
             ue8m0: true,
             specials: false,
@@ -554,7 +554,7 @@ pub fn edge_cases() -> Vec<Case> {
             format!("quantize_int8 {dtype}"),
             Spec::Quant(QuantSpec::QuantizeInt8 {
                 dtype,
-                m: 6,
+                rows: 6,
                 k: 200,
                 specials: true,
             }),

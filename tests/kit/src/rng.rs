@@ -12,6 +12,8 @@
 //! (distinct experts per token unless repeats are asked for); those that fill a slice write in
 //! place, so a benchmark of 10^6 tokens allocates its ids once.
 
+use half::{bf16, f16};
+use moehal_core::{DType, Error, Result};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -134,6 +136,72 @@ fn running_sum(mut v: Vec<i64>) -> Vec<i64> {
         *x = acc;
     }
     v
+}
+
+/// Encode `n` elements `value(i)` as `dtype` bytes (little endian; `f32`, `bf16` or `f16`,
+/// rounded to nearest even), into `out` (`n * dtype.size()` bytes).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a non-floating dtype or a wrong `out` length.
+pub fn encode_floats(dtype: DType, out: &mut [u8], mut value: impl FnMut(usize) -> f32) -> Result<()> {
+    if !dtype.is_float() || out.len() % dtype.size() != 0 {
+        return Err(Error::invalid(
+            "pipeline",
+            "dtype",
+            format!("cannot encode floats as {dtype} into {} bytes", out.len()),
+        ));
+    }
+    match dtype {
+        DType::F32 => {
+            for (i, c) in out.chunks_exact_mut(4).enumerate() {
+                c.copy_from_slice(&value(i).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (i, c) in out.chunks_exact_mut(2).enumerate() {
+                c.copy_from_slice(&bf16::from_f32(value(i)).to_le_bytes());
+            }
+        }
+        _ => {
+            for (i, c) in out.chunks_exact_mut(2).enumerate() {
+                c.copy_from_slice(&f16::from_f32(value(i)).to_le_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fill `out` (whole elements of `dtype`) with `scale` times elements `first..` of
+/// [`UniformStream`] `seed`, on all cores.
+///
+/// # Errors
+/// As [`encode_floats`].
+pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u64) -> Result<()> {
+    let es = dtype.size();
+    let n = out.len() / es.max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
+    if threads <= 1 || n < 1 << 16 {
+        let mut u = UniformStream::at(seed, first);
+        return encode_floats(dtype, out, |_| scale * u.next_f32());
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = out
+            .chunks_mut(per * es)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let base = first + (c * per) as u64;
+                s.spawn(move || {
+                    let mut u = UniformStream::at(seed, base);
+                    encode_floats(dtype, chunk, |_| scale * u.next_f32())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::invalid("pipeline", "fill", "thread panicked")))
+        })
+    })
 }
 
 #[cfg(test)]

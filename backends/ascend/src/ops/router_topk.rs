@@ -75,7 +75,7 @@ pub(crate) fn gating_shape_ok(e: usize, k: usize, group: Option<GroupLimit>) -> 
 impl Ascend {
     fn router_route(&self, cfg: &RouterConfig, e: usize, dt: DType, bias: bool) -> RouterRoute {
         let v = self.rt.lib.versions;
-        let k = cfg.k;
+        let k = cfg.topk;
         if cfg.scoring == Scoring::Softmax
             && cfg.effective_group().is_none()
             && !bias
@@ -144,7 +144,7 @@ impl Ascend {
     fn router_weights_device(&self, a: &RouterTopk<'_>, logits: &[f64], imem: &DevMem<'_>) -> Result<bool> {
         let (t, e) = a.dims();
         let cfg = a.config;
-        let k = cfg.k;
+        let k = cfg.topk;
         let v = self.rt.lib.versions;
         let scoring_op = match cfg.scoring {
             Scoring::Softmax => v.softmax,
@@ -233,7 +233,7 @@ impl Ascend {
         let _g = self.lock();
         let (t, e) = a.dims();
         let cfg = a.config;
-        let k = cfg.k;
+        let k = cfg.topk;
         let lg = self.stage(&a.logits)?;
         let logits: Vec<f64> = {
             let h = hv(&lg, &a.logits);

@@ -62,8 +62,9 @@ pub struct GroupLimit {
 /// Options of `router_topk`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouterConfig {
-    /// Experts per token, `1 <= k <= E`.
-    pub k: usize,
+    /// Experts per token (OPS.md §2's `k`), `1 <= topk <= E`. Errors about it name the field `k`,
+    /// as OPS.md and the C ABI (`moehal_router_config.k`) do.
+    pub topk: usize,
     /// Score function.
     pub scoring: Scoring,
     /// Optional group limit (`None`, or `n_group <= 1`, means none).
@@ -124,8 +125,8 @@ impl<'a> RouterTopk<'a> {
         if e == 0 {
             return Err(Error::invalid(OP, "logits", "E = 0 experts"));
         }
-        if c.k == 0 || c.k > e {
-            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.k)));
+        if c.topk == 0 || c.topk > e {
+            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.topk)));
         }
         if !c.routed_scaling_factor.is_finite() {
             return Err(Error::invalid(
@@ -150,11 +151,15 @@ impl<'a> RouterTopk<'a> {
                 ));
             }
             let per = e / g.n_group;
-            if c.k > g.topk_group * per {
+            if c.topk > g.topk_group * per {
                 return Err(Error::invalid(
                     OP,
                     "k",
-                    format!("k = {} exceeds topk_group * E / n_group = {}", c.k, g.topk_group * per),
+                    format!(
+                        "k = {} exceeds topk_group * E / n_group = {}",
+                        c.topk,
+                        g.topk_group * per
+                    ),
                 ));
             }
             if g.score == GroupScore::Top2Sum && per < 2 {
@@ -171,11 +176,11 @@ impl<'a> RouterTopk<'a> {
         }
         self.ids.check(OP, "ids", &[DType::I32], 2)?;
         expect_dim(OP, "ids", self.ids.shape(), 0, t, "T, from logits")?;
-        expect_dim(OP, "ids", self.ids.shape(), 1, c.k, "k")?;
+        expect_dim(OP, "ids", self.ids.shape(), 1, c.topk, "k")?;
         check_writable(OP, "ids", &self.ids)?;
         self.weights.check(OP, "weights", &[DType::F32], 2)?;
         expect_dim(OP, "weights", self.weights.shape(), 0, t, "T, from logits")?;
-        expect_dim(OP, "weights", self.weights.shape(), 1, c.k, "k")?;
+        expect_dim(OP, "weights", self.weights.shape(), 1, c.topk, "k")?;
         check_writable(OP, "weights", &self.weights)?;
         if let Some(ec) = &self.expert_counts {
             ec.check(OP, "expert_counts", &[DType::I64], 1)?;
@@ -246,8 +251,8 @@ impl<'a> RouterHash<'a> {
         if e == 0 {
             return Err(Error::invalid(OP, "logits", "E = 0 experts"));
         }
-        if c.k == 0 || c.k > e {
-            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.k)));
+        if c.topk == 0 || c.topk > e {
+            return Err(Error::invalid(OP, "k", format!("k = {} outside [1, E = {e}]", c.topk)));
         }
         if !c.routed_scaling_factor.is_finite() {
             return Err(Error::invalid(
@@ -257,16 +262,16 @@ impl<'a> RouterHash<'a> {
             ));
         }
         self.tid2eid.check(OP, "tid2eid", &[DType::I32], 2)?;
-        expect_dim(OP, "tid2eid", self.tid2eid.shape(), 1, c.k, "k")?;
+        expect_dim(OP, "tid2eid", self.tid2eid.shape(), 1, c.topk, "k")?;
         self.token_ids.check(OP, "token_ids", &[DType::I64], 1)?;
         expect_dim(OP, "token_ids", self.token_ids.shape(), 0, t, "T, from logits")?;
         self.ids.check(OP, "ids", &[DType::I32], 2)?;
         expect_dim(OP, "ids", self.ids.shape(), 0, t, "T, from logits")?;
-        expect_dim(OP, "ids", self.ids.shape(), 1, c.k, "k")?;
+        expect_dim(OP, "ids", self.ids.shape(), 1, c.topk, "k")?;
         check_writable(OP, "ids", &self.ids)?;
         self.weights.check(OP, "weights", &[DType::F32], 2)?;
         expect_dim(OP, "weights", self.weights.shape(), 0, t, "T, from logits")?;
-        expect_dim(OP, "weights", self.weights.shape(), 1, c.k, "k")?;
+        expect_dim(OP, "weights", self.weights.shape(), 1, c.topk, "k")?;
         check_writable(OP, "weights", &self.weights)?;
         if let Some(ec) = &self.expert_counts {
             ec.check(OP, "expert_counts", &[DType::I64], 1)?;

@@ -127,14 +127,14 @@ pub fn route_token(cfg: &RouterConfig, logits: &[f64], bias: Option<&[f32]>) -> 
     // 4. The k largest selectable scores, ties to the lower index; then fill slots.
     let mut order: Vec<usize> = (0..e).filter(|&i| sel[i] > f32::NEG_INFINITY).collect();
     order.sort_by(|&a, &b| sel[b].total_cmp(&sel[a]).then(a.cmp(&b)));
-    order.truncate(cfg.k);
+    order.truncate(cfg.topk);
     let chosen = order.len();
     let mut taken = vec![false; e];
     for &i in &order {
         taken[i] = true;
     }
     let mut fill = (0..e).filter(|&i| !taken[i]);
-    while order.len() < cfg.k {
+    while order.len() < cfg.topk {
         order.push(fill.next().expect("k <= E"));
     }
     // 5. Weights: unbiased scores of the selected experts (fill slots weigh 0).
@@ -177,7 +177,7 @@ pub(super) fn run(mut a: RouterTopk<'_>) -> Result<()> {
 
 fn typed<T: Float>(a: &mut RouterTopk<'_>) -> Result<()> {
     let (t, e) = a.dims();
-    let k = a.config.k;
+    let k = a.config.topk;
     let logits = slice::<T>(&a.logits, OP, "logits")?;
     let bias = a.bias.as_ref().map(|b| slice::<f32>(b, OP, "bias")).transpose()?;
     let mut counts = vec![0i64; e];
@@ -210,7 +210,7 @@ pub(super) fn run_hash(mut a: RouterHash<'_>) -> Result<()> {
 
 fn typed_hash<T: Float>(a: &mut RouterHash<'_>) -> Result<()> {
     let (t, e) = a.dims();
-    let k = a.config.k;
+    let k = a.config.topk;
     let logits = slice::<T>(&a.logits, OP, "logits")?;
     let table = slice::<i32>(&a.tid2eid, OP, "tid2eid")?;
     let tokens = slice::<i64>(&a.token_ids, OP, "token_ids")?;

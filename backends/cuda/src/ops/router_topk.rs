@@ -62,7 +62,7 @@ impl CudaBackend {
             Arg::P(logits),
             Arg::I64(t as i64),
             Arg::I32(e as i32),
-            Arg::I32(cfg.k as i32),
+            Arg::I32(cfg.topk as i32),
             Arg::I32(score),
             Arg::P(bias),
             Arg::I32(ng),
@@ -238,7 +238,7 @@ mod tests {
         }
         let mut chosen = vec![false; e];
         let (mut ids, mut w) = (Vec::new(), Vec::new());
-        for _ in 0..cfg.k {
+        for _ in 0..cfg.topk {
             let (mut cv, mut ci) = (ninf, usize::MAX);
             for i in 0..e {
                 if !chosen[i] && better(sh[i], i, cv, ci) {
@@ -295,7 +295,7 @@ mod tests {
             };
             let per_group = group.map_or(e, |g| g.topk_group * e / g.n_group);
             let cfg = RouterConfig {
-                k: rng.gen_range(1..=per_group.min(e)),
+                topk: rng.gen_range(1..=per_group.min(e)),
                 scoring,
                 group,
                 renormalize: rng.gen_bool(0.5),

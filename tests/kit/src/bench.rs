@@ -1,0 +1,911 @@
+//! The benchmark cases of `moehal bench` and the criterion benches: one op on one shape
+//! ([`Shape`]), which knows its label, FLOPs and bytes ([`crate::cost`]), the byte sizes of its
+//! inputs and outputs, and fills its seeded inputs in place ([`Shape::fill_inputs`]).
+//!
+//! Bench tensors can be 2 GiB (a gather table of 2^22 × 256), so nothing here materialises an
+//! input: the caller allocates one buffer per [`Shape::input_sizes`] entry (host memory that a
+//! host backend reads in place, or a staging buffer of a device upload) and the filler writes the
+//! values into it. Only the `group_end` lists (E integers each) exist as `Vec`s on the way.
+//! `moehal::bench` binds a filled shape to a backend and times it.
+
+use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
+use moehal_core::ops::{ActFormat, QuantDesc, RouterConfig, WeightFormat};
+use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
+use moehal_core::{DType, Error, Result};
+use rand::{Rng, RngCore};
+
+use crate::cost;
+use crate::rng::{cold_group_ends, fill_random, routed_group_end, routed_ids_into, seeded, stream_seed};
+
+/// The shape of one benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// `grouped_gemm` NK: `E` experts of `[N, K]`, `T` tokens routed to `topk` distinct experts
+    /// each (uniformly at random, seeded), so `M = T * topk`.
+    Gemm {
+        /// Experts E.
+        num_experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+    },
+    /// Cold decode: `grouped_gemm` NK of one token routed to `topk` experts out of `E`, where run `i`
+    /// uses expert set `i % sets` and the sets are disjoint, so between two uses of a set the other
+    /// sets' weights (`(sets - 1) * topk` experts) pass through the caches: with more bytes than the
+    /// last-level cache holds, every run reads its weights from DRAM (as peers.py `decode`).
+    DecodeCold {
+        /// Experts E.
+        num_experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Experts per token (rows M of one run).
+        topk: usize,
+        /// Disjoint expert sets rotated over (at most `E / topk`).
+        sets: usize,
+        /// Bytes of the last-level cache the rotation was sized for (`moehal::bench::l3_cache`);
+        /// the same-run DRAM read streams `moehal::bench::dram_read_bytes(l3)`.
+        l3: usize,
+    },
+    /// `router_topk` on `[T, E]` f32 logits.
+    Router {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts E.
+        num_experts: usize,
+        /// Router options.
+        config: RouterConfig,
+        /// With a selection bias.
+        bias: bool,
+    },
+    /// `moe_permute` of `[T, H]` activations by `[T, k]` ids.
+    Permute {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts E.
+        num_experts: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Hidden H.
+        hidden: usize,
+    },
+    /// `swiglu` of `[M, 2I]`.
+    Swiglu {
+        /// Rows M.
+        rows: usize,
+        /// Width I.
+        width: usize,
+        /// Clamp.
+        limit: Option<f32>,
+    },
+    /// `moe_combine` of `[T*k, H]` into `[T, H]`.
+    Combine {
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Hidden H.
+        hidden: usize,
+    },
+    /// `engram_hash` of `T` ids with the DeepSeek-V4.1-Flash layer-1 configuration.
+    Hash {
+        /// Tokens T.
+        tokens: usize,
+    },
+    /// `gather_rows` of `T * C` random rows from a `[R, D]` table (output dtype = table dtype).
+    Gather {
+        /// Table rows R.
+        table_rows: usize,
+        /// Row dim D.
+        dim: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Rows per token C.
+        cols: usize,
+    },
+    /// `engram_lookup` (hash + gather) of `T` uniform ids in `[0, V')` through a layer of order
+    /// N = 2 with K = 8 heads (so C = 8 columns), the V4.1-Flash layer-1 multipliers truncated to
+    /// N = 2, its V' and pad id, and primes derived from `vocab_n` (see [`lookup_layer`]), into a
+    /// `[R, D]` table, `R` = the sum of the primes (output dtype = table dtype).
+    Lookup {
+        /// Base of the prime search (`R` is about `8 * vocab_n`).
+        vocab_n: u64,
+        /// Table rows R = sum of the layer's primes.
+        table_rows: usize,
+        /// Row dim D.
+        dim: usize,
+        /// Tokens T.
+        tokens: usize,
+    },
+    /// Quantized `grouped_gemm` NK (OPS.md §6): as [`Shape::Gemm`] with `sets: None`; with
+    /// `sets: Some(s)` (and one token) the cold decode of [`Shape::DecodeCold`], rotating over `s`
+    /// disjoint expert sets.
+    QGemm {
+        /// Weight format.
+        w: WeightFormat,
+        /// Activation format (`Float(bf16)`: weight-only).
+        x: ActFormat,
+        /// Experts E.
+        num_experts: usize,
+        /// Input features K.
+        k: usize,
+        /// Output features N.
+        n: usize,
+        /// Tokens T.
+        tokens: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Disjoint expert sets rotated over (cold decode), or `None`.
+        sets: Option<usize>,
+    },
+    /// `quantize_fp8` (`scale: Some(format)`) or `quantize_int8` (`scale: None`) of `[rows, k]`
+    /// activations of the shape's dtype.
+    Quantize {
+        /// fp8 scale format, or `None` for int8.
+        scale: Option<ScaleFormat>,
+        /// Rows M.
+        rows: usize,
+        /// Columns K.
+        k: usize,
+    },
+}
+
+/// Columns C of the [`Shape::Lookup`] layer (N = 2, K = 8).
+pub const LOOKUP_COLUMNS: usize = 8;
+
+/// Output dtype of the quantized GEMM rows with quantized activations (bf16, as the float
+/// baseline).
+const QGEMM_Y: DType = DType::BF16;
+
+/// The layer of a [`Shape::Lookup`] shape: `derive_primes(vocab_n, 2, 8, 1)`, the
+/// V4.1-Flash layer-1 multipliers truncated to N = 2, `V' = v41_flash::VOCAB_SIZE`,
+/// `π = v41_flash::PAD_ID`. Its table has `R = sum of the 8 primes ≈ 8 * vocab_n` rows.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] from [`derive_primes`] / [`EngramLayer::new`] (no prime search
+/// base the bench uses fails).
+pub fn lookup_layer(vocab_n: u64) -> Result<EngramLayer> {
+    let mut primes = derive_primes(vocab_n, 2, LOOKUP_COLUMNS, 1)?;
+    let p = primes.pop().unwrap_or_default();
+    EngramLayer::new(
+        2,
+        LOOKUP_COLUMNS,
+        v41_flash::MULTIPLIERS[0][..2].to_vec(),
+        p,
+        v41_flash::VOCAB_SIZE,
+        v41_flash::PAD_ID,
+    )
+}
+
+/// `a · b · …` in `usize`, or [`Error::InvalidArgument`] (op `bench`) naming `what` when the
+/// product overflows (sizes come from user input such as `--tokens`).
+///
+/// # Errors
+/// As above.
+pub fn size(what: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+            Error::invalid("bench", what, format!("{} bytes overflow usize", dims.join(" x ")))
+        })
+}
+
+/// `y`'s dtype of a quantized GEMM row: `x`'s for float `x`, else bf16.
+pub fn qgemm_y(x: ActFormat) -> DType {
+    match x {
+        ActFormat::Float(d) => d,
+        _ => QGEMM_Y,
+    }
+}
+
+/// Bytes of one expert's weights and scales (`[N, K]` in `w`; [`WeightFormat::bytes`]).
+pub fn expert_bytes(w: WeightFormat, n: usize, k: usize) -> usize {
+    w.bytes(1, n, k)
+}
+
+/// Byte sizes of the activation buffers of `m` rows of `k` in format `x`: the values, then the
+/// scales for quantized `x` (checked: `m` comes from `--tokens`).
+fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
+    Ok(match x {
+        ActFormat::Float(d) => vec![size("x", &[m, k, d.size()])?],
+        ActFormat::Fp8 => vec![size("x", &[m, k])?, size("x_scale", &[m, k.div_ceil(FP8_BLOCK), 4])?],
+        ActFormat::Int8 => vec![size("x", &[m, k])?, size("x_scale", &[m, 4])?],
+    })
+}
+
+impl Shape {
+    /// Short shape string for tables and JSON (`"E128 K2048 N1536 T16 top8"`).
+    pub fn label(&self) -> String {
+        match self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => {
+                format!("E{num_experts} K{k} N{n} T{tokens} top{topk}")
+            }
+            Shape::DecodeCold {
+                num_experts,
+                k,
+                n,
+                topk,
+                sets,
+                ..
+            } => format!("E{num_experts} K{k} N{n} T1 top{topk} cold ({sets} sets)"),
+            Shape::Router {
+                tokens,
+                num_experts,
+                config,
+                ..
+            } => {
+                let g = match config.effective_group() {
+                    Some(g) => format!(" groups {}/{} {}", g.n_group, g.topk_group, g.score.name()),
+                    None => String::new(),
+                };
+                format!(
+                    "T{tokens} E{num_experts} top{} {}{g}",
+                    config.topk,
+                    config.scoring.name()
+                )
+            }
+            Shape::Permute {
+                tokens,
+                num_experts,
+                topk,
+                hidden,
+            } => format!("T{tokens} E{num_experts} top{topk} H{hidden}"),
+            Shape::Swiglu { rows, width, limit } => match limit {
+                Some(l) => format!("M{rows} I{width} limit {l}"),
+                None => format!("M{rows} I{width}"),
+            },
+            Shape::Combine { tokens, topk, hidden } => format!("T{tokens} top{topk} H{hidden}"),
+            Shape::Hash { tokens } => format!("T{tokens} V4.1 layer 1 (N4 K8)"),
+            Shape::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => {
+                format!("R{table_rows} D{dim} T{tokens} C{cols}")
+            }
+            Shape::Lookup {
+                table_rows,
+                dim,
+                tokens,
+                ..
+            } => format!("R{table_rows} D{dim} T{tokens} C{LOOKUP_COLUMNS} (N2 K8)"),
+            Shape::QGemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets,
+                ..
+            } => match sets {
+                Some(s) => format!("E{num_experts} K{k} N{n} T1 top{topk} cold ({s} sets)"),
+                None => format!("E{num_experts} K{k} N{n} T{tokens} top{topk}"),
+            },
+            Shape::Quantize { rows, k, .. } => format!("M{rows} K{k}"),
+        }
+    }
+
+    /// The dtype column for data dtype `dtype`: the dtype, or for §6 shapes the pairing
+    /// (`"mxfp4 x bf16 -> bf16"`) or the quantize variant (`"bf16 -> e4m3 + ue8m0"`).
+    pub fn dtype_label(&self, dtype: DType) -> String {
+        match *self {
+            Shape::QGemm { w, x, .. } => QuantDesc::GroupedGemm { w, x, y: qgemm_y(x) }.variant(),
+            Shape::Quantize { scale: Some(scale), .. } => QuantDesc::QuantizeFp8 { dtype, scale }.variant(),
+            Shape::Quantize { scale: None, .. } => QuantDesc::QuantizeInt8 { dtype }.variant(),
+            _ => dtype.name().to_string(),
+        }
+    }
+
+    /// Floating-point operations of one run (grouped GEMM: `2*M*N*K`, [`cost::gemm_flops`]);
+    /// `None` for the data-movement ops.
+    pub fn flops(&self) -> Option<f64> {
+        match *self {
+            // Saturating: a shape whose rows overflow never passes a memory check, so never runs.
+            Shape::Gemm { k, n, tokens, topk, .. } | Shape::QGemm { k, n, tokens, topk, .. } => {
+                Some(cost::gemm_flops(tokens.saturating_mul(topk), n, k))
+            }
+            Shape::DecodeCold { k, n, topk, .. } => Some(cost::gemm_flops(topk, n, k)),
+            _ => None,
+        }
+    }
+
+    /// Bytes that define the op's bandwidth for data dtype `dtype` ([`crate::cost`]): weights of
+    /// the active experts (GEMM; an upper bound of the experts touched: `min(E, M)`; `topk` for
+    /// cold decode), logits read (router), rows moved (glue), ids read and rows written (hash),
+    /// bytes gathered (gather, lookup: `T * C * D * es`), `x` read plus `xq` and the scales
+    /// written (quantize).
+    pub fn bytes(&self, dtype: DType) -> f64 {
+        let es = dtype.size();
+        match *self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => cost::gemm_bytes(num_experts.min(tokens.saturating_mul(topk)), n, k, es),
+            Shape::DecodeCold { k, n, topk, .. } => cost::gemm_bytes(topk, n, k, es),
+            Shape::Router {
+                tokens, num_experts, ..
+            } => cost::router_bytes(tokens, num_experts, 4),
+            Shape::Permute {
+                tokens, topk, hidden, ..
+            } => cost::permute_bytes(tokens, topk, hidden, es),
+            Shape::Swiglu { rows, width, .. } => cost::swiglu_bytes(rows, width, es),
+            Shape::Combine { tokens, topk, hidden } => cost::combine_bytes(tokens, topk, hidden, es),
+            Shape::Hash { tokens } => cost::hash_bytes(tokens, 3 * v41_flash::HEADS),
+            Shape::Gather { dim, tokens, cols, .. } => cost::gather_bytes(tokens, cols, dim, es),
+            Shape::Lookup { dim, tokens, .. } => cost::gather_bytes(tokens, LOOKUP_COLUMNS, dim, es),
+            Shape::QGemm {
+                w,
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets,
+                ..
+            } => {
+                let used = if sets.is_some() {
+                    topk
+                } else {
+                    num_experts.min(tokens.saturating_mul(topk))
+                };
+                (used * expert_bytes(w, n, k)) as f64
+            }
+            Shape::Quantize { rows, k, .. } => {
+                let out: f64 = self
+                    .output_sizes(dtype)
+                    .map_or(0.0, |v| v.iter().map(|&b| b as f64).sum());
+                rows as f64 * k as f64 * es as f64 + out
+            }
+        }
+    }
+
+    /// Byte sizes of the input buffers [`fill_inputs`](Self::fill_inputs) writes, in its order
+    /// (data buffers, then integer buffers: ids, rows, one `group_end` per expert set; §6 GEMMs:
+    /// `x`, `w`, `w_scale`, `x_scale` for quantized `x`, then the `group_end`s).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a size overflows `usize` (a token count no machine holds).
+    pub fn input_sizes(&self, dtype: DType) -> Result<Vec<usize>> {
+        let es = dtype.size();
+        Ok(match *self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => vec![
+                size("x", &[tokens, topk, k, es])?,
+                size("w", &[num_experts, n, k, es])?,
+                size("group_end", &[num_experts, 8])?,
+            ],
+            Shape::DecodeCold {
+                num_experts,
+                k,
+                n,
+                topk,
+                sets,
+                ..
+            } => {
+                let mut v = vec![size("x", &[topk, k, es])?, size("w", &[num_experts, n, k, es])?];
+                v.extend(std::iter::repeat_n(size("group_end", &[num_experts, 8])?, sets));
+                v
+            }
+            Shape::Router {
+                tokens,
+                num_experts,
+                bias,
+                ..
+            } => {
+                let mut v = vec![size("logits", &[tokens, num_experts, 4])?];
+                if bias {
+                    v.push(size("bias", &[num_experts, 4])?);
+                }
+                v
+            }
+            Shape::Permute {
+                tokens, topk, hidden, ..
+            } => vec![size("x", &[tokens, hidden, es])?, size("ids", &[tokens, topk, 4])?],
+            Shape::Swiglu { rows, width, .. } => vec![size("h", &[rows, 2, width, es])?],
+            Shape::Combine { tokens, topk, hidden } => vec![
+                size("y_perm", &[tokens, topk, hidden, es])?,
+                size("weights", &[tokens, topk, 4])?,
+                size("slot_row", &[tokens, topk, 8])?,
+            ],
+            Shape::Hash { tokens } => vec![size("ids", &[tokens, 8])?],
+            Shape::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => vec![
+                size("table", &[table_rows, dim, es])?,
+                size("rows", &[tokens, cols, 8])?,
+            ],
+            Shape::Lookup {
+                table_rows,
+                dim,
+                tokens,
+                ..
+            } => vec![size("table", &[table_rows, dim, es])?, size("ids", &[tokens, 8])?],
+            Shape::QGemm {
+                w,
+                x,
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets,
+            } => {
+                let mut acts = act_sizes(x, size("rows", &[tokens, topk])?, k)?;
+                let mut v = vec![acts.remove(0)];
+                v.push(size(
+                    "w",
+                    &[w.w_shape(num_experts, n, k).iter().product::<usize>(), w.dtype().size()],
+                )?);
+                let sdt = if w == WeightFormat::Mxfp4 { 1 } else { 4 };
+                v.push(size(
+                    "w_scale",
+                    &[w.scale_shape(num_experts, n, k).iter().product::<usize>(), sdt],
+                )?);
+                v.extend(acts);
+                v.extend(std::iter::repeat_n(
+                    size("group_end", &[num_experts, 8])?,
+                    sets.unwrap_or(1),
+                ));
+                v
+            }
+            Shape::Quantize { rows, k, .. } => vec![size("x", &[rows, k, es])?],
+        })
+    }
+
+    /// Byte sizes of the outputs of one run for data dtype `dtype`, in the order the op takes them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a size overflows `usize`.
+    pub fn output_sizes(&self, dtype: DType) -> Result<Vec<usize>> {
+        let es = dtype.size();
+        Ok(match *self {
+            Shape::Gemm { n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, es])?],
+            Shape::DecodeCold { n, topk, .. } => vec![size("y", &[topk, n, es])?],
+            Shape::Router { tokens, config, .. } => {
+                let b = size("ids", &[tokens, config.topk, 4])?;
+                vec![b, b]
+            }
+            Shape::Permute {
+                tokens,
+                num_experts,
+                topk,
+                hidden,
+            } => vec![
+                size("group_end", &[num_experts, 8])?,
+                size("src_token", &[tokens, topk, 8])?,
+                size("slot_row", &[tokens, topk, 8])?,
+                size("x_perm", &[tokens, topk, hidden, es])?,
+            ],
+            Shape::Swiglu { rows, width, .. } => vec![size("out", &[rows, width, es])?],
+            Shape::Combine { tokens, hidden, .. } => vec![size("out", &[tokens, hidden, es])?],
+            Shape::Hash { tokens } => vec![size("rows", &[tokens, 3 * v41_flash::HEADS, 8])?],
+            Shape::Gather { dim, tokens, cols, .. } => vec![size("out", &[tokens, cols, dim, es])?],
+            Shape::Lookup { dim, tokens, .. } => vec![size("out", &[tokens, LOOKUP_COLUMNS, dim, es])?],
+            Shape::QGemm { x, n, tokens, topk, .. } => vec![size("y", &[tokens, topk, n, qgemm_y(x).size()])?],
+            Shape::Quantize { scale, rows, k } => vec![
+                size("xq", &[rows, k])?,
+                match scale {
+                    Some(ScaleFormat::Ue8m0) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK)])?,
+                    Some(ScaleFormat::F32) => size("x_scale", &[rows, k.div_ceil(FP8_BLOCK), 4])?,
+                    None => size("x_scale", &[rows, 4])?,
+                },
+            ],
+        })
+    }
+
+    /// The Engram layer of a hash or lookup shape (`None` for the other ops).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a [`Shape::Lookup`]'s `table_rows` is not the `R` of its
+    /// `vocab_n`'s layer.
+    pub fn layer(&self) -> Result<Option<EngramLayer>> {
+        Ok(match *self {
+            Shape::Hash { .. } => Some(v41_flash::layer(0)?),
+            Shape::Lookup {
+                vocab_n, table_rows, ..
+            } => {
+                let layer = lookup_layer(vocab_n)?;
+                if layer.rows() != table_rows as u64 {
+                    return Err(Error::invalid(
+                        "bench",
+                        "table_rows",
+                        format!(
+                            "{table_rows} rows, the layer of vocab_n {vocab_n} has R = {}",
+                            layer.rows()
+                        ),
+                    ));
+                }
+                Some(layer)
+            }
+            _ => None,
+        })
+    }
+
+    /// Write the seeded inputs of the shape for data dtype `dtype` into `bufs`, one slice per
+    /// [`input_sizes`](Self::input_sizes) entry, each of exactly that length (zeroed or not:
+    /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
+    /// alignment (host memory of `moehal_core::host` has it). Values: floats uniform in
+    /// `[-s, s)` ([`fill_random`]; `s` = 1, `sqrt(3/K)` for weights, 2 for router logits, 0.1
+    /// for its bias, 4 for swiglu and quantize inputs), routed ids and `group_end`s as a router
+    /// gives them ([`crate::rng`]), uniform table rows and token ids; fp8/int8 codes that are
+    /// never NaN / -128.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
+    /// [`input_sizes`](Self::input_sizes), an integer buffer is misaligned, or a size overflows.
+    pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let sizes = self.input_sizes(dtype)?;
+        let got: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+        if got != sizes {
+            return Err(Error::invalid(
+                "bench",
+                "inputs",
+                format!("buffers of {got:?} bytes, the shape takes {sizes:?}"),
+            ));
+        }
+        let s = |i: u64| stream_seed(seed, i);
+        let dt = dtype;
+        match *self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                tokens,
+                topk,
+                ..
+            } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
+                let ge = routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk);
+                write_i64(bufs[2], &ge)?;
+            }
+            Shape::DecodeCold {
+                num_experts,
+                k,
+                topk,
+                sets,
+                ..
+            } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
+                let ges = cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets);
+                for (b, ge) in bufs[2..].iter_mut().zip(&ges) {
+                    write_i64(b, ge)?;
+                }
+            }
+            Shape::QGemm {
+                num_experts,
+                tokens,
+                topk,
+                sets,
+                ..
+            } => {
+                let ge = match sets {
+                    Some(sets) => cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets),
+                    None => vec![routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk)],
+                };
+                self.fill_qgemm(dt, seed, &ge, bufs)?;
+            }
+            Shape::Quantize { .. } => fill_random(dt, bufs[0], 4.0, s(1), 0)?,
+            Shape::Router { bias, .. } => {
+                fill_random(DType::F32, bufs[0], 2.0, s(1), 0)?;
+                if bias {
+                    fill_random(DType::F32, bufs[1], 0.1, s(2), 0)?;
+                }
+            }
+            Shape::Permute { num_experts, topk, .. } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                // Distinct experts per token, as a router gives them.
+                let ids: &mut [i32] = typed(bufs[1], "ids")?;
+                routed_ids_into(&mut seeded(s(2)), ids, topk, num_experts, 0.0, false);
+            }
+            Shape::Swiglu { .. } => fill_random(dt, bufs[0], 4.0, s(1), 0)?,
+            Shape::Combine { .. } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                fill_random(DType::F32, bufs[1], 1.0, s(2), 0)?;
+                // A random permutation of the rows, as moe_permute would produce.
+                let rows: &mut [i64] = typed(bufs[2], "slot_row")?;
+                for (i, r) in rows.iter_mut().enumerate() {
+                    *r = i as i64;
+                }
+                rand::seq::SliceRandom::shuffle(rows, &mut seeded(s(3)));
+            }
+            Shape::Hash { .. } => {
+                let v = v41_flash::VOCAB_SIZE;
+                let mut rng = seeded(s(1));
+                for d in typed::<i64>(bufs[0], "ids")? {
+                    *d = rng.gen_range(0..v) as i64;
+                }
+            }
+            Shape::Gather { table_rows, .. } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                let mut rng = seeded(s(2));
+                for d in typed::<i64>(bufs[1], "rows")? {
+                    *d = rng.gen_range(0..table_rows.max(1)) as i64;
+                }
+            }
+            Shape::Lookup { .. } => {
+                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
+                let v = v41_flash::VOCAB_SIZE;
+                let mut rng = seeded(s(2));
+                for d in typed::<i64>(bufs[1], "ids")? {
+                    *d = rng.gen_range(0..v) as i64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The §6 GEMM's inputs in [`input_sizes`](Self::input_sizes) order: `x` (floats as the float
+    /// GEMM's, or e4m3 / i8 codes), `w` (codes), `w_scale` (f32 near 1e-3, or E8M0 bytes
+    /// 119..=126 for mxfp4), `x_scale` (quantized `x`), then the `group_end`s `ge`.
+    fn fill_qgemm(&self, dt: DType, seed: u64, ge: &[Vec<i64>], bufs: &mut [&mut [u8]]) -> Result<()> {
+        let Shape::QGemm { w, x, .. } = *self else {
+            return Ok(());
+        };
+        let s = |i: u64| stream_seed(seed, 100 + i);
+        match x {
+            ActFormat::Float(_) => fill_random(dt, bufs[0], 1.0, stream_seed(seed, 1), 0)?,
+            ActFormat::Fp8 => random_bytes(bufs[0], s(1), e4m3_code),
+            ActFormat::Int8 => random_bytes(bufs[0], s(1), i8_code),
+        }
+        match w {
+            WeightFormat::Fp8Block => {
+                random_bytes(bufs[1], s(2), e4m3_code);
+                f32_scales(bufs[2], s(3), 1e-3)?;
+            }
+            WeightFormat::Mxfp4 => {
+                random_bytes(bufs[1], s(2), |b| b);
+                // E8M0 bytes 119..=126: scales 2^-8 .. 2^-1.
+                random_bytes(bufs[2], s(3), |b| 119 + (b & 7));
+            }
+            WeightFormat::Int8 => {
+                random_bytes(bufs[1], s(2), i8_code);
+                f32_scales(bufs[2], s(3), 1e-3)?;
+            }
+        }
+        let first_ge = match x {
+            ActFormat::Float(_) => 3,
+            ActFormat::Fp8 | ActFormat::Int8 => {
+                let base = if x == ActFormat::Fp8 { 1e-2 } else { 1.0 / 127.0 };
+                f32_scales(bufs[3], s(4), base)?;
+                4
+            }
+        };
+        for (b, g) in bufs[first_ge..].iter_mut().zip(ge) {
+            write_i64(b, g)?;
+        }
+        Ok(())
+    }
+}
+
+/// `buf` as a slice of `T` ([`Error::InvalidArgument`] naming `what` when misaligned).
+fn typed<'a, T: bytemuck::Pod>(buf: &'a mut [u8], what: &'static str) -> Result<&'a mut [T]> {
+    if buf.is_empty() {
+        return Ok(&mut []);
+    }
+    bytemuck::try_cast_slice_mut(buf)
+        .map_err(|e| Error::invalid("bench", what, format!("input buffer not usable as integers: {e:?}")))
+}
+
+/// Copy `values` into `buf` (little-endian i64).
+fn write_i64(buf: &mut [u8], values: &[i64]) -> Result<()> {
+    typed::<i64>(buf, "group_end")?.copy_from_slice(values);
+    Ok(())
+}
+
+/// Random bytes from `seed` passed through `map`.
+fn random_bytes(dst: &mut [u8], seed: u64, map: impl Fn(u8) -> u8) {
+    seeded(seed).fill_bytes(dst);
+    for b in dst {
+        *b = map(*b);
+    }
+}
+
+/// An e4m3fn code that is not NaN (`0x7F` / `0xFF` become `0x7E` / `0xFE`).
+fn e4m3_code(b: u8) -> u8 {
+    if b & 0x7F == 0x7F {
+        b ^ 1
+    } else {
+        b
+    }
+}
+
+/// An i8 value in [-127, 127] (as a byte).
+fn i8_code(b: u8) -> u8 {
+    if b == 0x80 {
+        0x81
+    } else {
+        b
+    }
+}
+
+/// f32 scales `base * [0.5, 1.5)` (20 random bits each) from `seed`.
+fn f32_scales(dst: &mut [u8], seed: u64, base: f32) -> Result<()> {
+    let mut rng = seeded(seed);
+    for d in typed::<f32>(dst, "scales")? {
+        *d = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buffers of `shape`'s input sizes, 8-byte aligned (as host memory is), filled with `seed`.
+    fn filled(shape: &Shape, dtype: DType, seed: u64) -> Vec<Vec<u64>> {
+        let sizes = shape.input_sizes(dtype).unwrap();
+        let mut words: Vec<Vec<u64>> = sizes
+            .iter()
+            .map(|&n| vec![0xA5A5_A5A5_A5A5_A5A5; n.div_ceil(8)])
+            .collect();
+        let mut slices: Vec<&mut [u8]> = words
+            .iter_mut()
+            .zip(&sizes)
+            .map(|(w, &n)| &mut bytemuck::cast_slice_mut::<u64, u8>(w)[..n])
+            .collect();
+        shape.fill_inputs(dtype, seed, &mut slices).unwrap();
+        words
+    }
+
+    fn i64s(w: &[u64]) -> Vec<i64> {
+        w.iter().map(|&x| x as i64).collect()
+    }
+
+    #[test]
+    fn wrong_buffers_are_an_error_naming_the_inputs() {
+        let s = Shape::Swiglu {
+            rows: 4,
+            width: 8,
+            limit: None,
+        };
+        let mut a = [0u8; 4 * 16 * 2];
+        let mut short = [0u8; 10];
+        for bufs in [vec![&mut short[..]], vec![]] {
+            let mut bufs = bufs;
+            let e = s.fill_inputs(DType::BF16, 1, &mut bufs).unwrap_err();
+            assert!(e.to_string().contains("inputs"), "{e}");
+        }
+        s.fill_inputs(DType::BF16, 1, &mut [&mut a[..]]).unwrap();
+        assert!(a.iter().any(|&b| b != 0));
+    }
+
+    #[test]
+    fn routing_inputs_are_what_a_router_gives() {
+        // grouped GEMM: group_end is non-decreasing and ends at T * topk.
+        let g = Shape::Gemm {
+            num_experts: 8,
+            k: 32,
+            n: 16,
+            tokens: 5,
+            topk: 3,
+        };
+        let w = filled(&g, DType::F32, 9);
+        let ge = i64s(&w[2]);
+        assert!(
+            ge.windows(2).all(|p| p[0] <= p[1]) && *ge.last().unwrap() == 15,
+            "{ge:?}"
+        );
+        // Same seed, same inputs; another seed, other inputs.
+        assert_eq!(filled(&g, DType::F32, 9), w);
+        assert_ne!(filled(&g, DType::F32, 10)[0], w[0]);
+        // moe_permute: distinct ids in [0, E) per token.
+        let p = Shape::Permute {
+            tokens: 6,
+            num_experts: 5,
+            topk: 4,
+            hidden: 8,
+        };
+        let ids: Vec<i32> = bytemuck::cast_slice::<u64, i32>(&filled(&p, DType::BF16, 3)[1])[..24].to_vec();
+        for t in ids.chunks(4) {
+            let mut s = t.to_vec();
+            s.sort();
+            s.dedup();
+            assert!(s.len() == 4 && t.iter().all(|&e| (0..5).contains(&e)), "{t:?}");
+        }
+        // moe_combine: slot_row is a permutation of the T * k rows.
+        let c = Shape::Combine {
+            tokens: 7,
+            topk: 2,
+            hidden: 4,
+        };
+        let mut rows = i64s(&filled(&c, DType::F32, 4)[2]);
+        rows.sort();
+        assert_eq!(rows, (0..14).collect::<Vec<i64>>());
+        // cold decode: one group_end per set, each routing exactly topk rows.
+        let d = Shape::DecodeCold {
+            num_experts: 12,
+            k: 32,
+            n: 16,
+            topk: 3,
+            sets: 4,
+            l3: 0,
+        };
+        let w = filled(&d, DType::BF16, 5);
+        assert_eq!(w.len(), 2 + 4);
+        for ge in &w[2..] {
+            assert_eq!(*i64s(ge).last().unwrap(), 3);
+        }
+    }
+
+    #[test]
+    fn table_rows_and_codes_stay_in_range() {
+        let g = Shape::Gather {
+            table_rows: 37,
+            dim: 8,
+            tokens: 9,
+            cols: 4,
+        };
+        assert!(i64s(&filled(&g, DType::BF16, 2)[1]).iter().all(|r| (0..37).contains(r)));
+        // fp8 x fp8: no e4m3 NaN code in x or w; int8: no -128.
+        for (w, x) in [
+            (WeightFormat::Fp8Block, ActFormat::Fp8),
+            (WeightFormat::Int8, ActFormat::Int8),
+        ] {
+            let q = Shape::QGemm {
+                w,
+                x,
+                num_experts: 4,
+                k: 128,
+                n: 128,
+                tokens: 3,
+                topk: 2,
+                sets: None,
+            };
+            let sizes = q.input_sizes(DType::BF16).unwrap();
+            let bufs = filled(&q, DType::BF16, 6);
+            for (i, (buf, &n)) in bufs.iter().zip(&sizes).take(2).enumerate() {
+                let b = &bytemuck::cast_slice::<u64, u8>(buf)[..n];
+                let bad = |c: &u8| {
+                    if x == ActFormat::Fp8 {
+                        c & 0x7F == 0x7F
+                    } else {
+                        *c == 0x80
+                    }
+                };
+                assert!(!b.iter().any(bad), "input {i} of {w:?}");
+            }
+        }
+        // A lookup whose table_rows is not its layer's R is an error naming table_rows.
+        let r = lookup_layer(1000).unwrap().rows() as usize;
+        let bad = Shape::Lookup {
+            vocab_n: 1000,
+            table_rows: r + 1,
+            dim: 8,
+            tokens: 2,
+        };
+        assert!(bad.layer().unwrap_err().to_string().contains("table_rows"));
+        let good = Shape::Lookup {
+            vocab_n: 1000,
+            table_rows: r,
+            dim: 8,
+            tokens: 2,
+        };
+        assert_eq!(good.layer().unwrap().unwrap().rows() as usize, r);
+    }
+}
