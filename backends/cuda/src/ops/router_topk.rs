@@ -85,7 +85,7 @@ impl CudaBackend {
         const OP: &str = "router_topk";
         let a = args.into_inner();
         let (t, e) = a.dims();
-        let (v, k) = (a.vocab(), a.config.k);
+        let (v, k) = (a.vocab(), a.config.topk);
         let logits = self.dptr(&a.logits, OP, "logits")?;
         let table = self.dptr(&a.tid2eid, OP, "tid2eid")?;
         let tokens = self.dptr(&a.token_ids, OP, "token_ids")?;
@@ -377,7 +377,7 @@ mod tests {
             let k = rng.gen_range(1..=e.min(8));
             let row: Vec<i32> = (0..k).map(|_| rng.gen_range(0..e as i32)).collect();
             let cfg = RouterConfig {
-                k,
+                topk: k,
                 scoring: [Scoring::Softmax, Scoring::Sigmoid, Scoring::SqrtSoftplus][rng.gen_range(0..3)],
                 group: None,
                 renormalize: rng.gen_bool(0.5),
