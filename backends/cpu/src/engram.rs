@@ -7,8 +7,11 @@
 //! ([`Kernels::engram_rows`], `simd::hash`: an exact f64-FMA remainder, 4 columns per AVX2 vector, 2
 //! per NEON vector) where the table has one and the layer is in its range ([`HashPlan::new`]: N <= 5,
 //! primes < 2^51), else with a precomputed reciprocal ([`FastMod`]: one 64x64→128 multiply-high, one
-//! multiply, one conditional subtract; the portable path). Both are exact (conformance compares every
-//! case bitwise).
+//! multiply, one conditional subtract; the portable path). Tokens with a plain window (no positions,
+//! no alive mask, `t >= N - 1`) of a layer the AVX2 table's fused kernel takes (K % 4 == 0, primes
+//! in [2^21, 2^31): every published layer) are hashed and reduced in one call,
+//! [`Kernels::engram_plain_rows`]: the multiply-XOR 4 tokens per vector, a cheaper integer
+//! correction. All are exact (conformance compares every case bitwise).
 //! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
 //! decoder as a table elsewhere), bitwise the reference's values; plain-table gathers are row
@@ -208,10 +211,23 @@ fn hash_range(
         }
         return Ok(());
     };
-    // Vector path (N - 1 <= HASH_ORDERS, see HashPlan::new): per block, the scalar multiply-XOR
-    // gives each token's N - 1 order hashes, then one kernel call reduces all C columns.
+    // Vector path (N - 1 <= HASH_ORDERS, see HashPlan::new).
     let m = hs.layer.multipliers();
     let plain = positions.is_none() && alive.is_none();
+    // Without positions or an alive mask, every token from N - 1 on has the plain window ids[t],
+    // ids[t-1], ..: where the table has the fused kernel, one call hashes them (4 tokens per
+    // vector) and reduces them all, leaving only the sequence's first N - 1 tokens to the blocks
+    // below (a declined call leaves them everything).
+    let lead = (n - 1).clamp(t0, t0 + out.len() / c) - t0;
+    let fused = plain
+        && hs.kern.has_engram_plain(plan, n)
+        && (lead * c == out.len()
+            || hs
+                .kern
+                .engram_plain_rows(plan, m, hs.layer.vocab_size(), ids, t0 + lead, &mut out[lead * c..]));
+    let out = if fused { &mut out[..lead * c] } else { out };
+    // Per block: the scalar multiply-XOR gives each token's N - 1 order hashes, then one kernel
+    // call reduces all C columns.
     let mut hbuf = [0u64; HASH_ORDERS * HASH_BLOCK];
     for (b, block) in out.chunks_mut(HASH_BLOCK * c).enumerate() {
         let tb = block.len() / c;
@@ -499,4 +515,75 @@ pub fn engram_lookup(
         Ok(())
     };
     pool.install(|| outs.into_par_iter().enumerate().try_for_each(work))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::Isa;
+    use moehal_core::engram::{derive_primes, v41_flash};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// `engram_hash` equals core's `hash_sequence` on every table for layers the fused kernel
+    /// takes (V4.1 layer 1; N = 2..5 with K = 4 and primes above 16 M, V' below and above 2^32),
+    /// plain windows with and without history, and windows with positions (the unfused path), for
+    /// token counts around the 4-token groups and the first N - 1 tokens.
+    #[test]
+    fn fused_layers_equal_reference() {
+        let pool = Pool::new(1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut layers = vec![v41_flash::layer(0).unwrap()];
+        for n in 2..=5 {
+            let primes = derive_primes(16_000_000, n, 4, 1).unwrap().remove(0);
+            for vocab in [129_280u64, 1 << 40] {
+                // m · (V' - 1) < 2^63 (EngramLayer::new checks it).
+                let mults = (0..n)
+                    .map(|_| (rng.gen::<u64>() % ((1u64 << 63) / vocab)) | 1)
+                    .collect();
+                layers.push(EngramLayer::new(n, 4, mults, primes.clone(), vocab, 2).unwrap());
+            }
+        }
+        let kerns: Vec<&Kernels> = Isa::all_available().into_iter().filter_map(Kernels::for_isa).collect();
+        let mut fused = 0;
+        for layer in &layers {
+            let (n, c, v) = (layer.max_order(), layer.columns(), layer.vocab_size());
+            let plan = HashPlan::new(layer.heads(), layer.primes(), layer.offsets()).unwrap();
+            fused += kerns.iter().filter(|k| k.has_engram_plain(&plan, n)).count();
+            for t in [0usize, 1, 3, 4, 5, 7, 8, 9, 12, 31, 300] {
+                let ids: Vec<i64> = (0..t).map(|_| rng.gen_range(0..v) as i64).collect();
+                let history: Vec<i64> = (0..n - 1).map(|_| rng.gen_range(0..v) as i64).collect();
+                // A new segment at t / 2.
+                let positions: Vec<i64> = (0..t as i64).map(|i| i % (t as i64 / 2).max(1)).collect();
+                for (hist, pos) in [
+                    (&[][..], None),
+                    (&history[..], None),
+                    (&history[..], Some(&positions[..])),
+                ] {
+                    let mut want = vec![0i64; t * c];
+                    layer.hash_sequence(&ids, pos, None, hist, &mut want).unwrap();
+                    for k in &kerns {
+                        let mut got = vec![-1i64; t * c];
+                        engram_hash(k, &pool, layer, &ids, pos, None, hist, &mut got).unwrap();
+                        assert_eq!(
+                            got,
+                            want,
+                            "{:?}: N {n} V' {v} T {t} history {} positions {}",
+                            k.isa(),
+                            hist.len(),
+                            pos.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        let has = kerns
+            .iter()
+            .any(|k| cfg!(target_arch = "x86_64") && k.has_engram_rows());
+        assert_eq!(
+            fused > 0,
+            has,
+            "the fused kernel was exercised wherever this machine has it"
+        );
+    }
 }

@@ -36,6 +36,23 @@
 //! `h % p` on edge values (0, `p − 1`, `k·p − 1`, `k·p`, around `2^32`, `2^53`, `2^63`, `u64::MAX`)
 //! and random ones, for primes on both sides of `2^21` and up to the `2^51` bound.
 //!
+//! # The fused kernel (plain windows)
+//!
+//! [`Kernels::engram_plain_rows`] (AVX2) takes the tokens whose window is plain (no positions, no
+//! alive mask, `t >= N − 1`) of a uniform plan with every prime below [`FUSED_PRIME_LIMIT`] = 2^31
+//! (every published layer), and hashes 4 tokens per vector: `w · m mod 2^64` from `vpmuludq`
+//! pieces (`lo(w)·lo(m) + (lo(w)·hi(m) + hi(w)·lo(m))·2^32`, the last term omitted when every id
+//! is below 2^32), XOR per order, then the halves `X = hi·2^32` (bits `bits(2^84) | hi`, minus
+//! `2^84`, exact for `hi < 2^52`), `lo` and `s = fl(X + lo)` as above. Its reduction differs only
+//! in the last steps: with `L = 2^52 + lo` (bits `MAGIC | lo`), `a = fl(X − q·P) + L` is the exact
+//! `2^52 + v`, `v = y − q·p` in `[0, 2p)` (the FMA's value is exact as above, and `2^52 + v < 2^53`
+//! is representable, so the add is exact), whose bits are `MAGIC + v`: for `p < 2^31`, `v < 2^32`
+//! is the low 32-bit half. Then `vpminud(a, a − p)` (32-bit lanes) is `v mod p` in the low half:
+//! for `v < p`, `v − p` wraps to `2^32 − p + v > v`; for `v >= p` it is `v − p < v`; the high
+//! halves (`MAGIC >> 32`, `p`'s high half is 0) are unchanged, so one 64-bit add of `off − MAGIC`
+//! gives `v mod p + off`. Four integer steps instead of five, off the FMA ports; the unit tests
+//! compare it with the scalar hash and `%`.
+//!
 //! Layers with a prime `>= 2^51` or more than 4 orders (`N > 5`; every published layer has `N <= 4`)
 //! get no [`HashPlan`]; `crate::engram` then reduces with its scalar reciprocal, as on a machine
 //! without AVX2 or NEON.
@@ -48,6 +65,9 @@ pub const HASH_ORDERS: usize = 4;
 const C32_FROM: u64 = 1 << 21;
 /// Primes must be below this for the f64 reduction (`2p` and the FMA's value stay below `2^52`).
 pub const HASH_PRIME_LIMIT: u64 = 1 << 51;
+/// Primes must be below this for [`Kernels::engram_plain_rows`]: its remainder before the
+/// correction, `v = y − q·p` in `[0, 2p)`, must fit 32 bits (module docs, "The fused kernel").
+pub const FUSED_PRIME_LIMIT: u64 = 1 << 31;
 /// The bits of `2^52` as f64: `bits(2^52 + r) = MAGIC + r` for an integer `0 <= r < 2^52`.
 const MAGIC: u64 = 0x4330_0000_0000_0000;
 
@@ -64,6 +84,8 @@ struct ColVec {
     c: [f64; 4],
     /// `off − MAGIC` (wrapping) per lane.
     off: [u64; 4],
+    /// `p` per lane as an integer (the fused kernel's `vpminud` correction).
+    pi: [u64; 4],
     /// `vpermps` indices selecting each lane's order from the token's 4 hashes (2 per lane).
     idx: [u32; 8],
     /// The order slot (`n − 2`) of each lane.
@@ -83,6 +105,9 @@ pub struct HashPlan {
     /// (the AVX2 kernel's fast form; NEON builds its 2-lane vectors per pair anyway).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     uniform: bool,
+    /// Every prime below [`FUSED_PRIME_LIMIT`] (the fused kernel's 32-bit correction).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    small: bool,
     vecs: Vec<ColVec>,
 }
 
@@ -106,6 +131,7 @@ impl HashPlan {
                     pinv: [0.0; 4],
                     c: [0.0; 4],
                     off: [0; 4],
+                    pi: [0; 4],
                     idx: [0; 8],
                     ord: [0; 4],
                 };
@@ -125,6 +151,7 @@ impl HashPlan {
                         4_294_967_296.0
                     };
                     cv.off[l] = off.wrapping_sub(MAGIC);
+                    cv.pi[l] = p;
                     cv.idx[2 * l] = 2 * ord;
                     cv.idx[2 * l + 1] = 2 * ord + 1;
                     cv.ord[l] = ord;
@@ -133,10 +160,12 @@ impl HashPlan {
             })
             .collect();
         let uniform = heads.is_multiple_of(4) && primes.iter().all(|&p| p >= C32_FROM);
+        let small = primes.iter().all(|&p| p < FUSED_PRIME_LIMIT);
         Some(HashPlan {
             cols,
             heads,
             uniform,
+            small,
             vecs,
         })
     }
@@ -195,6 +224,245 @@ impl Kernels {
             let _ = (h, t);
             false
         }
+    }
+}
+
+/// Largest `V'` (ids below it) for which [`Kernels::engram_plain_rows`] forms the 64-bit products
+/// from two 32×32→64 multiplies (`w < 2^32`, so `w · m = w · lo(m) + (w · hi(m)) << 32` mod 2^64);
+/// a larger vocabulary takes the three-multiply form.
+pub const NARROW_VOCAB: u64 = 1 << 32;
+
+impl Kernels {
+    /// Whether [`Kernels::engram_plain_rows`] takes a layer with this plan and `n` multipliers:
+    /// the AVX2 table (x86-64), a uniform plan ([`HashPlan`]: `K % 4 == 0`, every prime `>= 2^21`)
+    /// whose primes are below [`FUSED_PRIME_LIMIT`] (every published layer: primes ≈ 16 M), and
+    /// `n = N` with `N - 1` the plan's orders, `2 <= N <= 5`.
+    pub fn has_engram_plain(&self, plan: &HashPlan, n: usize) -> bool {
+        cfg!(target_arch = "x86_64")
+            && self.has_engram_rows()
+            && plan.uniform
+            && plan.small
+            && (2..=HASH_ORDERS + 1).contains(&n)
+            && plan.cols == (n - 1) * plan.heads
+    }
+
+    /// `engram_hash` rows of the tokens `from..from + T` whose windows are plain (OPS.md §4 with no
+    /// positions, no alive mask and `from >= N - 1`: `w_k(t) = ids[t - k]`), hash and reduction fused:
+    /// 4 tokens per vector for the multiply-XOR (64-bit products from `vpmuludq` pieces, exact mod
+    /// 2^64), their order hashes split once into the f64 halves of the module docs, then per token
+    /// the uniform reduction (bitwise the values of [`Kernels::engram_rows`]). `mults` are the
+    /// layer's `N` multipliers, `vocab` its `V'` (every id must lie in `[0, V')`, which the caller has
+    /// validated: below [`NARROW_VOCAB`] the products take two multiplies, else three), `rows` is
+    /// `[T, C]`.
+    ///
+    /// Returns false, writing nothing, when the table or layer is not one
+    /// [`Kernels::has_engram_plain`] takes, `from < N - 1`, or the lengths disagree (`ids` must hold
+    /// token `from + T - 1`).
+    pub fn engram_plain_rows(
+        &self,
+        plan: &HashPlan,
+        mults: &[u64],
+        vocab: u64,
+        ids: &[i64],
+        from: usize,
+        rows: &mut [i64],
+    ) -> bool {
+        let n = mults.len();
+        if !self.has_engram_plain(plan, n) || from < n - 1 || !rows.len().is_multiple_of(plan.cols) {
+            return false;
+        }
+        let t = rows.len() / plan.cols;
+        if from.checked_add(t).is_none_or(|end| end > ids.len()) {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let narrow = vocab <= NARROW_VOCAB;
+            // SAFETY: has_engram_plain() holds only for x86-64 tables that include AVX2 and FMA
+            // (verified by `Kernels::for_isa`); the kernel reads ids[from + 1 - N .. from + t] (in
+            // bounds: from >= N - 1, from + t <= ids.len()) and writes t * C row ids; the plan has
+            // (N - 1) * K / 4 column vectors (uniform: C = (N - 1) K with K % 4 == 0).
+            unsafe {
+                let (ids, rows) = (ids.as_ptr(), rows.as_mut_ptr());
+                match (n, narrow) {
+                    (2, true) => plain_avx2::<2, false>(plan, mults, ids, from, t, rows),
+                    (3, true) => plain_avx2::<3, false>(plan, mults, ids, from, t, rows),
+                    (4, true) => plain_avx2::<4, false>(plan, mults, ids, from, t, rows),
+                    (5, true) => plain_avx2::<5, false>(plan, mults, ids, from, t, rows),
+                    (2, false) => plain_avx2::<2, true>(plan, mults, ids, from, t, rows),
+                    (3, false) => plain_avx2::<3, true>(plan, mults, ids, from, t, rows),
+                    (4, false) => plain_avx2::<4, true>(plan, mults, ids, from, t, rows),
+                    _ => plain_avx2::<5, true>(plan, mults, ids, from, t, rows),
+                }
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (vocab, ids, from, t);
+            false
+        }
+    }
+}
+
+/// Per order and token of a 4-token group: the f64 halves of the order hash (`X = hi · 2^32`,
+/// `L = 2^52 + lo`, `s = fl(X + lo)`, module docs), laid out for broadcast loads.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Halves {
+    x: [f64; 4],
+    lo52: [f64; 4],
+    s: [f64; 4],
+}
+
+/// One vector of 4 columns of the fused kernel (module docs, "The fused kernel"): `x`, `lo52`,
+/// `s` broadcast from one order hash; returns the 4 row ids.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_fused_avx2(
+    cv: &ColVec,
+    x: std::arch::x86_64::__m256d,
+    lo52: std::arch::x86_64::__m256d,
+    s: std::arch::x86_64::__m256d,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads read 32-byte aligned fields of `cv`; AVX2 + FMA are enabled here.
+    unsafe {
+        let q = _mm256_floor_pd(_mm256_fmadd_pd(
+            s,
+            _mm256_load_pd(cv.pinv.as_ptr()),
+            _mm256_set1_pd(-0.5),
+        ));
+        // 2^52 + v, v = y − q·p in [0, 2p): bits MAGIC + v, so the low 32 bits are v (p < 2^31).
+        let a = _mm256_castpd_si256(_mm256_add_pd(
+            _mm256_fnmadd_pd(q, _mm256_load_pd(cv.p.as_ptr()), x),
+            lo52,
+        ));
+        // v − p wraps above v where v < p: the unsigned minimum is v mod p (high halves unchanged).
+        let pi = _mm256_load_si256(cv.pi.as_ptr() as *const __m256i);
+        let m = _mm256_min_epu32(a, _mm256_sub_epi32(a, pi));
+        _mm256_add_epi64(m, _mm256_load_si256(cv.off.as_ptr() as *const __m256i))
+    }
+}
+
+/// `w · m` mod 2^64 per u64 lane from 32×32→64 multiplies: `mv` holds `m`, `mh` holds `m >> 32`;
+/// with `WIDE` false every `w` must be below 2^32 (its high half is not multiplied).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mul64_avx2<const WIDE: bool>(
+    w: std::arch::x86_64::__m256i,
+    mv: std::arch::x86_64::__m256i,
+    mh: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // w·m = lo(w)lo(m) + (lo(w)hi(m) + hi(w)lo(m)) 2^32 (mod 2^64); vpmuludq multiplies the low
+    // 32 bits of each lane.
+    let ll = _mm256_mul_epu32(w, mv);
+    let mut cross = _mm256_mul_epu32(w, mh);
+    if WIDE {
+        cross = _mm256_add_epi64(cross, _mm256_mul_epu32(_mm256_srli_epi64::<32>(w), mv));
+    }
+    _mm256_add_epi64(ll, _mm256_slli_epi64::<32>(cross))
+}
+
+/// The fused kernel of [`Kernels::engram_plain_rows`] for `N` multipliers.
+///
+/// # Safety
+/// AVX2 and FMA available; `plan` uniform with `N - 1` orders; `mults.len() == N`;
+/// `ids[from + 1 - N .. from + t]` readable (`from >= N - 1`); `rows` holds `t * plan.cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plain_avx2<const N: usize, const WIDE: bool>(
+    plan: &HashPlan,
+    mults: &[u64],
+    ids: *const i64,
+    from: usize,
+    t: usize,
+    rows: *mut i64,
+) {
+    use std::arch::x86_64::*;
+    let c = plan.cols;
+    let per = plan.heads / 4;
+    let mut mv = [_mm256_setzero_si256(); N];
+    let mut mh = [_mm256_setzero_si256(); N];
+    for k in 0..N {
+        mv[k] = _mm256_set1_epi64x(mults[k] as i64);
+        mh[k] = _mm256_set1_epi64x((mults[k] >> 32) as i64);
+    }
+    let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
+    let magic = _mm256_set1_epi64x(MAGIC as i64);
+    let two52 = _mm256_set1_pd(4_503_599_627_370_496.0);
+    // bits(2^84 + hi·2^32) = bits(2^84) | hi for hi < 2^52 (the ulp of 2^84 is 2^32).
+    let magic84 = _mm256_set1_epi64x(0x4530_0000_0000_0000);
+    let two84 = _mm256_set1_pd(19_342_813_113_834_066_795_298_816.0);
+    let mut halves = [Halves {
+        x: [0.0; 4],
+        lo52: [0.0; 4],
+        s: [0.0; 4],
+    }; HASH_ORDERS];
+    let mut i = 0;
+    while i < t {
+        let g = (t - i).min(4);
+        let t0 = from + i;
+        if g == 4 {
+            // SAFETY: tokens t0..t0 + 4 lie below from + t, and t0 - k >= from - (N - 1) >= 0.
+            unsafe {
+                let mut h = _mm256_setzero_si256();
+                for k in 0..N {
+                    let w = _mm256_loadu_si256(ids.add(t0 - k) as *const __m256i);
+                    h = _mm256_xor_si256(h, mul64_avx2::<WIDE>(w, mv[k], mh[k]));
+                    if k >= 1 {
+                        let hi = _mm256_srli_epi64::<32>(h);
+                        let x = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(hi, magic84)), two84);
+                        // L = 2^52 + lo (bits MAGIC | lo), lo exact as L − 2^52.
+                        let lo52 = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(h, low32), magic));
+                        let lo = _mm256_sub_pd(lo52, two52);
+                        let hv = &mut halves[k - 1];
+                        _mm256_store_pd(hv.x.as_mut_ptr(), x);
+                        _mm256_store_pd(hv.lo52.as_mut_ptr(), lo52);
+                        _mm256_store_pd(hv.s.as_mut_ptr(), _mm256_add_pd(x, lo));
+                    }
+                }
+            }
+        } else {
+            // The last 1-3 tokens: the same values from scalar code (exact u64 → f64 conversions
+            // of halves below 2^32, the same rounding of X + lo).
+            for l in 0..g {
+                let tt = t0 + l;
+                // SAFETY: tt - k >= from - (N - 1) >= 0 and tt < from + t.
+                let mut h = unsafe { *ids.add(tt) } as u64;
+                h = h.wrapping_mul(mults[0]);
+                for k in 1..N {
+                    // SAFETY: as above.
+                    h ^= (unsafe { *ids.add(tt - k) } as u64).wrapping_mul(mults[k]);
+                    let hv = &mut halves[k - 1];
+                    let lo = (h & 0xFFFF_FFFF) as f64;
+                    hv.x[l] = ((h >> 32) as f64) * 4_294_967_296.0;
+                    hv.lo52[l] = lo + 4_503_599_627_370_496.0;
+                    hv.s[l] = hv.x[l] + lo;
+                }
+            }
+        }
+        for l in 0..g {
+            // SAFETY: token i + l < t, so its C row ids are in bounds; the plan has (N - 1) * per
+            // column vectors (uniform plan, C = (N - 1) K).
+            unsafe {
+                let out = rows.add((i + l) * c);
+                for (o, hv) in halves.iter().enumerate().take(N - 1) {
+                    let xb = _mm256_broadcast_sd(&hv.x[l]);
+                    let lb = _mm256_broadcast_sd(&hv.lo52[l]);
+                    let sb = _mm256_broadcast_sd(&hv.s[l]);
+                    for v in o * per..(o + 1) * per {
+                        let r = reduce_fused_avx2(plan.vecs.get_unchecked(v), xb, lb, sb);
+                        _mm256_storeu_si256(out.add(v * 4) as *mut __m256i, r);
+                    }
+                }
+            }
+        }
+        i += g;
     }
 }
 
@@ -574,6 +842,143 @@ mod tests {
         assert!(HashPlan::new(4, big, &[0; 8]).unwrap().uniform);
         assert!(HashPlan::new(8, big, &[0; 8]).unwrap().uniform);
         assert!(!HashPlan::new(2, big, &[0; 8]).unwrap().uniform, "K % 4 != 0");
+    }
+
+    /// `(h mod p) + off` of OPS.md §4 for the plain window of token `t`, scalar.
+    fn scalar_rows(ids: &[i64], mults: &[u64], primes: &[u64], offsets: &[u64], heads: usize, t: usize) -> Vec<i64> {
+        let mut h = (ids[t] as u64).wrapping_mul(mults[0]);
+        let mut row = Vec::new();
+        for (k, &m) in mults.iter().enumerate().skip(1) {
+            h ^= (ids[t - k] as u64).wrapping_mul(m);
+            for j in 0..heads {
+                let col = (k - 1) * heads + j;
+                row.push((h % primes[col] + offsets[col]) as i64);
+            }
+        }
+        row
+    }
+
+    /// The fused plain-window kernel equals the scalar hash and `%` for every N, both product
+    /// forms (ids below 2^32 and full 63-bit ids with random 64-bit multipliers, so products wrap),
+    /// 4-token groups with 0-3 tokens left over and starts past N - 1.
+    #[test]
+    fn fused_plain_kernel_equals_scalar() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0xF05E);
+        let pool: Vec<u64> = (16_000_000u64..)
+            .filter(|&p| moehal_core::engram::is_prime(p))
+            .take(32)
+            // The ends of the fused kernel's range: the smallest prime above 2^21, the largest
+            // below 2^31 (2^31 - 1) and one just below it.
+            .chain([(1 << 21) + 17, (1 << 31) - 1, (1 << 31) - 19])
+            .collect();
+        assert!(pool
+            .iter()
+            .all(|&p| moehal_core::engram::is_prime(p) && p < FUSED_PRIME_LIMIT));
+        let mut ran = 0;
+        for n in 2..=5usize {
+            for heads in [4usize, 8] {
+                let cols = (n - 1) * heads;
+                let mut primes: Vec<u64> = pool[..cols - 1].to_vec();
+                // One prime from the ends of the uniform range in every layer.
+                primes.push(pool[32 + n % 3]);
+                let offsets: Vec<u64> = primes
+                    .iter()
+                    .scan(0u64, |a, &p| {
+                        let o = *a;
+                        *a += p;
+                        Some(o)
+                    })
+                    .collect();
+                let plan = HashPlan::new(heads, &primes, &offsets).unwrap();
+                assert!(plan.uniform);
+                for (vocab, wide) in [(129_280u64, false), (NARROW_VOCAB, false), (1 << 62, true)] {
+                    let mults: Vec<u64> = (0..n)
+                        .map(|_| {
+                            if wide {
+                                rng.gen::<u64>() | 1
+                            } else {
+                                rng.gen::<u64>() >> 13 | 1
+                            }
+                        })
+                        .collect();
+                    let len = 40;
+                    let mut ids: Vec<i64> = (0..len).map(|_| rng.gen_range(0..vocab) as i64).collect();
+                    // Edge ids: 0, V' - 1, and (wide) the largest i64.
+                    ids[n] = 0;
+                    ids[n + 1] = (vocab - 1) as i64;
+                    if wide {
+                        ids[n + 2] = i64::MAX;
+                    }
+                    for k in Isa::all_available().into_iter().filter_map(Kernels::for_isa) {
+                        if !k.has_engram_plain(&plan, n) {
+                            continue;
+                        }
+                        ran += 1;
+                        for from in [n - 1, n, n + 3] {
+                            for t in 0..=13usize {
+                                let mut rows = vec![-1i64; t * cols];
+                                assert!(k.engram_plain_rows(&plan, &mults, vocab, &ids, from, &mut rows));
+                                for i in 0..t {
+                                    assert_eq!(
+                                        rows[i * cols..(i + 1) * cols],
+                                        scalar_rows(&ids, &mults, &primes, &offsets, heads, from + i)[..],
+                                        "{:?} N {n} K {heads} V' {vocab} from {from} T {t} token {i}",
+                                        k.isa()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let x86_avx2 = Isa::all_available()
+            .into_iter()
+            .filter_map(Kernels::for_isa)
+            .any(|k| cfg!(target_arch = "x86_64") && k.has_engram_rows());
+        assert_eq!(ran > 0, x86_avx2, "the kernel ran wherever this machine has it");
+    }
+
+    #[test]
+    fn fused_plain_kernel_declines_what_it_does_not_take() {
+        let primes: Vec<u64> = (16_000_000u64..)
+            .filter(|&p| moehal_core::engram::is_prime(p))
+            .take(8)
+            .collect();
+        let offsets = vec![0u64; 8];
+        let ids = vec![1i64; 16];
+        let uniform = HashPlan::new(4, &primes, &offsets).unwrap();
+        let mixed = HashPlan::new(2, &primes, &offsets).unwrap();
+        let mut big_primes = primes.clone();
+        big_primes[7] = FUSED_PRIME_LIMIT + 11; // 2^31 + 11, a prime
+        assert!(moehal_core::engram::is_prime(big_primes[7]));
+        let big = HashPlan::new(4, &big_primes, &offsets).unwrap();
+        for k in Isa::all_available().into_iter().filter_map(Kernels::for_isa) {
+            let mut rows = vec![-7i64; 8 * 2];
+            assert!(!k.has_engram_plain(&mixed, 5), "K % 4 != 0");
+            assert!(!k.has_engram_plain(&big, 3), "a prime >= 2^31");
+            assert!(!k.engram_plain_rows(&big, &[1; 3], 99, &ids, 4, &mut rows));
+            assert!(!k.engram_plain_rows(&mixed, &[1; 5], 99, &ids, 4, &mut rows));
+            assert!(
+                !k.engram_plain_rows(&uniform, &[1; 4], 99, &ids, 3, &mut rows),
+                "N - 1 != orders"
+            );
+            assert!(
+                !k.engram_plain_rows(&uniform, &[1; 3], 99, &ids, 1, &mut rows),
+                "from < N - 1"
+            );
+            assert!(
+                !k.engram_plain_rows(&uniform, &[1; 3], 99, &ids, 15, &mut rows),
+                "ids end at 16"
+            );
+            assert!(
+                !k.engram_plain_rows(&uniform, &[1; 3], 99, &ids, 2, &mut rows[..9]),
+                "9 % C != 0"
+            );
+            assert!(rows.iter().all(|&r| r == -7));
+            let took = k.engram_plain_rows(&uniform, &[1; 3], 99, &ids, 14, &mut rows);
+            assert_eq!(took, cfg!(target_arch = "x86_64") && k.has_engram_rows());
+        }
     }
 
     #[test]
