@@ -1,5 +1,5 @@
 //! Math primitives for compositions on the device: `aclnnSoftmax`, `aclnnSigmoid`, `aclnnGather`,
-//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`.
+//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnFloorDivides`, `aclnnMax`, `aclnnMin`.
 
 use moehal_ascend_sys as sys;
 use moehal_core::Result;
@@ -94,5 +94,54 @@ impl Runtime {
             |ws, ex| unsafe { p1(x.ptr(), other.ptr(), out.ptr(), ws, ex) },
             l,
         )
+    }
+
+    /// `aclnnAdds(self, other, alpha, out)`: `out = self + alpha·other` for scalars ([HA
+    /// canncommercial/800 aclnnAdds.md]).
+    pub fn adds(&self, x: &Tensor<'_>, other: &Scalar<'_>, alpha: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnAddsGetWorkspaceSize, "aclnnAddsGetWorkspaceSize")?;
+        let l = opt(api.aclnnAdds, "aclnnAdds")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnAdds",
+            |ws, ex| unsafe { p1(x.ptr(), other.ptr(), alpha.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnFloorDivides(self, other, out)`: `out = floor(self / other)` for a scalar `other`
+    /// ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]).
+    pub fn floor_divides(&self, x: &Tensor<'_>, other: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(
+            api.aclnnFloorDividesGetWorkspaceSize,
+            "aclnnFloorDividesGetWorkspaceSize",
+        )?;
+        let l = opt(api.aclnnFloorDivides, "aclnnFloorDivides")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnFloorDivides",
+            |ws, ex| unsafe { p1(x.ptr(), other.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnMax(self, out)` (`max = true`) or `aclnnMin(self, out)`: the largest / smallest
+    /// element of `x` into `out` of shape `[1]` and x's dtype ([HA canncommercial/800 aclnnMax.md,
+    /// aclnnMin.md]).
+    pub fn extremum(&self, x: &Tensor<'_>, max: bool, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        if max {
+            let p1 = opt(api.aclnnMaxGetWorkspaceSize, "aclnnMaxGetWorkspaceSize")?;
+            let l = opt(api.aclnnMax, "aclnnMax")?;
+            // SAFETY: live objects of this runtime.
+            self.two_phase_outcome("aclnnMax", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+        } else {
+            let p1 = opt(api.aclnnMinGetWorkspaceSize, "aclnnMinGetWorkspaceSize")?;
+            let l = opt(api.aclnnMin, "aclnnMin")?;
+            // SAFETY: live objects of this runtime.
+            self.two_phase_outcome("aclnnMin", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+        }
     }
 }

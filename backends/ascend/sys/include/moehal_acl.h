@@ -328,6 +328,64 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnMulsGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnMuls)
 
+/* ---- issue 13: primitives of moe_permute on the device and of the router's exact weights ---- */
+
+/* aclnnSort: valuesOut / indicesOut (INT64) = self sorted along dim, stable when asked
+ * ([HA canncommercial/800 aclnnSort.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSortGetWorkspaceSize,
+              (const aclTensor *self, bool stable, int64_t dim, bool descending,
+               aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSort)
+
+/* aclnnArange: out = start, start + step, ... over [start, end) ([HA canncommercial/800
+ * aclnnArange.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnArangeGetWorkspaceSize,
+              (const aclScalar *start, const aclScalar *end, const aclScalar *step, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnArange)
+
+/* aclnnScatter: out = self with out[index[i]] = src[i] along dim (reduce 0 = replace)
+ * ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnScatterGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnScatter)
+
+/* aclnnFloorDivides: out = floor(self / other) for a scalar other
+ * ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnFloorDividesGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnFloorDivides)
+
+/* aclnnSearchSorted: out[i] = insertion point of self[i] in sortedSequence (right: after equal
+ * values), INT64 unless outInt32 ([HA canncommercial/800 aclnnSearchSorted.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSearchSortedGetWorkspaceSize,
+              (const aclTensor *sortedSequence, const aclTensor *self, const bool outInt32,
+               const bool right, const aclTensor *sorter, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSearchSorted)
+
+/* aclnnAdds: out = self + alpha * other for scalars other, alpha
+ * ([HA canncommercial/800 aclnnAdds.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAddsGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, const aclScalar *alpha, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAdds)
+
+/* aclnnMax: out (shape [1]) = the largest element of self ([HA canncommercial/800 aclnnMax.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnMaxGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMax)
+
+/* aclnnMin: out (shape [1]) = the smallest element of self ([HA canncommercial/800 aclnnMin.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnMinGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnMin)
+
 #ifdef __cplusplus
 }
 #endif
