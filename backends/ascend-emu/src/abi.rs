@@ -1818,3 +1818,5 @@ check_sig! {
 
 pub mod prims;
 pub use prims::*;
+pub mod prims_sort;
+pub use prims_sort::*;

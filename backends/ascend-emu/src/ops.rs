@@ -28,10 +28,12 @@ use crate::profile::{release, Release};
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
+mod arith;
 mod elementwise;
 mod index;
 pub mod prim;
 mod reduce;
+mod sort;
 
 pub use prim::{Binary, Prim, Scalar, Unary};
 

@@ -256,13 +256,46 @@ pub enum Prim {
         /// selfRef.
         self_ref: Desc,
     },
+    /// aclnnSort (values and indices) / aclnnArgsort (indices only) along `dim`.
+    Sort {
+        /// "aclnnSort" or "aclnnArgsort".
+        launch: &'static str,
+        /// Input.
+        x: Desc,
+        /// Axis (non-negative).
+        dim: usize,
+        /// Descending order.
+        descending: bool,
+        /// Equal keys keep their order.
+        stable: bool,
+        /// valuesOut (aclnnSort only).
+        values: Option<Desc>,
+        /// INT64 positions along `dim`.
+        indices: Desc,
+    },
+    /// aclnnArange: `out[i] = start + i * step`.
+    Arange {
+        /// start (as f64).
+        start: f64,
+        /// step (as f64).
+        step: f64,
+        /// start, for integer scalars.
+        istart: i64,
+        /// step, for integer scalars.
+        istep: i64,
+        /// All three scalars are integers (exact arithmetic).
+        ints: bool,
+        /// 1-D output.
+        out: Desc,
+    },
 }
 
 impl Prim {
     /// The launch function that may consume this executor.
     pub fn launch_name(&self) -> &'static str {
         match self {
-            Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } => launch,
+            Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
+            Prim::Arange { .. } => "aclnnArange",
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
             Prim::Binary {
                 f: Binary::Div,
@@ -299,7 +332,10 @@ impl Prim {
     pub fn check_empty(self) -> Result<Prim, Fail> {
         if matches!(
             self,
-            Prim::Unary { f: Unary::Sigmoid, .. } | Prim::Softplus { .. } | Prim::ReduceSum { .. }
+            Prim::Unary { f: Unary::Sigmoid, .. }
+                | Prim::Softplus { .. }
+                | Prim::ReduceSum { .. }
+                | Prim::Sort { values: Some(_), .. }
         ) {
             return Ok(self);
         }
@@ -318,7 +354,7 @@ impl Prim {
     /// caller that ignores the returned size fails.
     pub fn workspace(&self) -> u64 {
         match self {
-            Prim::Softmax { .. } | Prim::ReduceSum { .. } | Prim::Cumsum { .. } => 1024,
+            Prim::Softmax { .. } | Prim::ReduceSum { .. } | Prim::Cumsum { .. } | Prim::Sort { .. } => 1024,
             _ => 0,
         }
     }
@@ -338,6 +374,8 @@ impl Prim {
             Prim::Gather { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
             Prim::Zero { self_ref } => (vec![], vec![self_ref]),
+            Prim::Sort { x, values, indices, .. } => (vec![x], values.iter().chain(std::iter::once(indices)).collect()),
+            Prim::Arange { out, .. } => (vec![], vec![out]),
         }
     }
 
@@ -398,6 +436,24 @@ impl Prim {
             }
             Prim::Cumsum { dim, .. } => super::reduce::run_cumsum(&ins[0], &mut outs[0], *dim),
             Prim::Gather { dim, .. } => super::index::run_gather(&ins[0], &ins[1], &mut outs[0], *dim),
+            Prim::Sort {
+                launch,
+                dim,
+                descending,
+                stable,
+                ..
+            } => super::sort::run_sort(&ins[0], outs, *dim, *descending, *stable, launch),
+            Prim::Arange {
+                start,
+                step,
+                istart,
+                istep,
+                ints,
+                ..
+            } => {
+                super::arith::run_arange(&mut outs[0], *start, *step, *istart, *istep, *ints);
+                Ok(())
+            }
         }
     }
 }

@@ -328,22 +328,33 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnMulsGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnMuls)
 
-/* ---- issue 13: primitives of moe_permute on the device and of the router's exact weights ---- */
+/* Issue 13, second group (emulator branch emu13b): sorting and ranges for a device-side
+ * moe_permute. */
 
-/* aclnnSort: valuesOut / indicesOut (INT64) = self sorted along dim, stable when asked
- * ([HA canncommercial/800 aclnnSort.md]). */
+/* aclnnSort: valuesOut / indicesOut (INT64) = self sorted along dim
+ * ([OM math/sort/docs/aclnnSort.md]; [HA 82RC1alpha002 aclnnSort.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnSortGetWorkspaceSize,
               (const aclTensor *self, bool stable, int64_t dim, bool descending,
                aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnSort)
 
-/* aclnnArange: out = start, start + step, ... over [start, end) ([HA canncommercial/800
- * aclnnArange.md]). */
+/* aclnnArgsort: out (INT64) = the sorting indices of self along dim
+ * ([HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0214]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnArgsortGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, bool descending, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnArgsort)
+
+/* aclnnArange: out[i] = start + i * step over [start, end), 1-D of ceil((end - start) / step)
+ * ([HA canncommercial/800 aclnnArange.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnArangeGetWorkspaceSize,
               (const aclScalar *start, const aclScalar *end, const aclScalar *step, aclTensor *out,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnArange)
+
+/* Issue 13 (backend branch asc13b): the remaining primitives of moe_permute on the device and of
+ * the router's exact 1e-20 denominator, as the CANN pages print them. */
 
 /* aclnnScatter: out = self with out[index[i]] = src[i] along dim (reduce 0 = replace)
  * ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */

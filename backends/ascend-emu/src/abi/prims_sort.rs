@@ -1,0 +1,100 @@
+//! The C ABI of the second group of aclnn primitives of issue 13 (sorting, ranges, scatters,
+//! integer arithmetic: the pieces of a device-side moe_permute). Signatures exactly as the CANN
+//! pages print them (cited per function); the rules live in `crate::ops::{sort, arith, index}`
+//! and RULES.md §Primitives (SO*, AS*, AR*, ...). Their prototypes are in `moehal_acl.h` too, so
+//! `check_sig!` pins each one to the header's typedef.
+
+use super::prims::{aclScalar, prim_one};
+use std::ffi::c_void;
+
+use super::{launch, State};
+use crate::ops::Prim;
+use crate::sys;
+
+/// `aclnnStatus aclnnSortGetWorkspaceSize(const aclTensor *self, bool stable, int64_t dim, bool
+/// descending, aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize, aclOpExecutor
+/// **executor)` ([OM math/sort/docs/aclnnSort.md]; [HA 82RC1alpha002 aclnnSort.md]; rules in
+/// `Prim::sort`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSortGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    stable: bool,
+    dim: i64,
+    descending: bool,
+    values_out: *mut sys::aclTensor,
+    indices_out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::sort(
+            s.desc(self_, "self")?,
+            stable,
+            dim,
+            descending,
+            s.desc(values_out, "valuesOut")?,
+            s.desc(indices_out, "indicesOut")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnArgsortGetWorkspaceSize(const aclTensor *self, int64_t dim, bool descending,
+/// aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA Atlas200IDKA2
+/// 23.0.RC2 aclcppdevg_03_0214]; [OM math/sort/op_api/aclnn_argsort.h]; rules in `Prim::argsort`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnArgsortGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    dim: i64,
+    descending: bool,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| Prim::argsort(s.desc(self_, "self")?, dim, descending, s.desc(out, "out")?);
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnArangeGetWorkspaceSize(const aclScalar *start, const aclScalar *end, const
+/// aclScalar *step, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA
+/// canncommercial/800 aclnnArange.md]; [OM math/range/docs/aclnnArange.md]; rules in
+/// `Prim::arange`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnArangeGetWorkspaceSize(
+    start: *const aclScalar,
+    end: *const aclScalar,
+    step: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::arange(
+            s.scalar(start, "start")?,
+            s.scalar(end, "end")?,
+            s.scalar(step, "step")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+launcher!(aclnnSort, aclnnArgsort, aclnnArange);
+
+check_sig! {
+    aclnnSortGetWorkspaceSize => aclnnSortGetWorkspaceSizeFn, aclnnSort => aclnnSortFn,
+    aclnnArgsortGetWorkspaceSize => aclnnArgsortGetWorkspaceSizeFn, aclnnArgsort => aclnnArgsortFn,
+    aclnnArangeGetWorkspaceSize => aclnnArangeGetWorkspaceSizeFn, aclnnArange => aclnnArangeFn,
+}

@@ -1,0 +1,134 @@
+//! Scalar-driven arithmetic primitives: aclnnArange. Sources in RULES.md §Primitives (AR*).
+
+use crate::sys;
+use crate::tensor::{dt_name, Desc, HostTensor};
+
+use super::prim::{req_scalar, Prim, Scalar};
+use super::{bad, req, want_dims, Fail, FLOATS};
+
+/// Scalar types a start / end / step may have (the pages' list minus BOOL, which "is calculated
+/// independently" by rules the page leaves to a constraints section: NOT EMULATED, refused).
+const RANGE_SCALARS: [sys::aclDataType; 9] = [
+    sys::ACL_FLOAT,
+    sys::ACL_FLOAT16,
+    sys::ACL_BF16,
+    sys::ACL_DOUBLE,
+    sys::ACL_INT8,
+    sys::ACL_UINT8,
+    sys::ACL_INT16,
+    sys::ACL_INT32,
+    sys::ACL_INT64,
+];
+
+fn range_scalar(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
+    let s = req_scalar(s, what)?;
+    if !RANGE_SCALARS.contains(&s.dtype) {
+        return Err(bad(format!(
+            "{what}: scalar dtype {} (BOOL ranges are NOT EMULATED)",
+            dt_name(s.dtype)
+        )));
+    }
+    if s.is_float() && !s.f.is_finite() {
+        return Err(bad(format!("{what}: {} is not finite", s.f)));
+    }
+    Ok(s)
+}
+
+impl Prim {
+    /// aclnnArange phase one ([HA canncommercial/800 aclnnArange.md]; [OM
+    /// math/range/docs/aclnnArange.md] and `aclnnArange_en.md`, return codes and example):
+    /// - start, end, step, out required (161001);
+    /// - scalars FLOAT16 / FLOAT / DOUBLE / UINT8 / INT8 / INT16 / INT32 / INT64 / BFLOAT16 (NOT
+    ///   EMULATED: BOOL); out FLOAT16 / FLOAT / INT32 / INT64 / BFLOAT16 (NOT EMULATED: DOUBLE) (161002);
+    /// - step != 0; step > 0 needs start < end and step < 0 needs start > end (161002: "do not
+    ///   satisfy the range operation logic"; an empty range is therefore refused);
+    /// - out 1-D of `ceil((end - start) / step)` elements, the size the page's example computes;
+    ///   "when the input data type is float, use float to calculate the output size": f32 when a
+    ///   scalar is a 16/32-bit float, f64 with a DOUBLE one, exact with integer scalars (161002);
+    /// - an integer out with a fractional start or step: UNDOCUMENTED (truncation?), refused (161002).
+    pub fn arange(
+        start: Option<Scalar>,
+        end: Option<Scalar>,
+        step: Option<Scalar>,
+        out: Option<Desc>,
+    ) -> Result<Prim, Fail> {
+        let start = range_scalar(start, "start")?;
+        let end = range_scalar(end, "end")?;
+        let step = range_scalar(step, "step")?;
+        let out = req(out, "out")?;
+        super::want_dt(
+            &out,
+            &[
+                sys::ACL_FLOAT,
+                sys::ACL_FLOAT16,
+                sys::ACL_BF16,
+                sys::ACL_INT32,
+                sys::ACL_INT64,
+            ],
+            "out",
+        )?;
+        let (a, b, s) = (start.f, end.f, step.f);
+        if s == 0.0 {
+            return Err(bad("step is 0"));
+        }
+        if (s > 0.0 && a >= b) || (s < 0.0 && a <= b) {
+            return Err(bad(format!(
+                "start {a}, end {b}, step {s} do not satisfy the range logic (step > 0 needs start < end, step < 0 start > end)"
+            )));
+        }
+        let ints = [start, end, step].iter().all(|v| !v.is_float());
+        let n: i64 = if ints {
+            let (a, b, s) = (start.i as i128, end.i as i128, step.i as i128);
+            // ceil((b - a) / s) with (b - a) and s of the same sign.
+            let (num, den) = if s > 0 { (b - a, s) } else { (a - b, -s) };
+            ((num + den - 1) / den) as i64
+        } else if [start, end, step].iter().any(|v| v.dtype == sys::ACL_DOUBLE) {
+            ((b - a) / s).ceil() as i64
+        } else {
+            ((b as f32 - a as f32) / s as f32).ceil() as i64
+        };
+        if !FLOATS.contains(&out.dtype) && (start.f.fract() != 0.0 || step.f.fract() != 0.0) {
+            return Err(bad(format!(
+                "integer out {} with a fractional start {a} or step {s} (UNDOCUMENTED, refused)",
+                out.show()
+            )));
+        }
+        want_dims(&out, &[n], "out (1-D, ceil((end - start) / step) elements)")?;
+        let last = a + (n - 1) as f64 * s;
+        if out.dtype == sys::ACL_INT32 && [a, last].iter().any(|v| *v < i32::MIN as f64 || *v > i32::MAX as f64) {
+            return Err(bad(format!(
+                "values {a}..{last} do not fit INT32 out (UNDOCUMENTED, refused)"
+            )));
+        }
+        Ok(Prim::Arange {
+            start: start.f,
+            step: s,
+            istart: start.i,
+            istep: step.i,
+            ints,
+            out,
+        })
+    }
+}
+
+/// aclnnArange launch: `out_i = start + i·step` (the page's recurrence `out_{i+1} = out_i + step`
+/// in closed form: no accumulated rounding), exact for integers, otherwise evaluated in f64 and
+/// rounded once to out's dtype.
+pub(super) fn run_arange(out: &mut HostTensor, start: f64, step: f64, istart: i64, istep: i64, ints: bool) {
+    let n = out.d.dims[0];
+    let int_out = !FLOATS.contains(&out.d.dtype);
+    for i in 0..n {
+        if ints {
+            let v = istart + i * istep;
+            if int_out {
+                out.set_int(&[i], v);
+            } else {
+                let p = out.d.pos(&[i]);
+                out.set_pos(p, v as f64);
+            }
+        } else {
+            let p = out.d.pos(&[i]);
+            out.set_pos(p, start + i as f64 * step);
+        }
+    }
+}
