@@ -53,9 +53,9 @@ const ROUND_TRIPS: &[&str] = &[
     // the host); expert_counts from the ids on the host. Weights are on the device.
     "router_topk d2h",
     "router_topk h2d",
-    // group_end / slot_row / src_token from the row index on the host; dropped slots; no x.
+    // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
+    // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
-    "moe_permute h2d",
     // slot_row read to check its range (the vendor op does not) and to pick the zero row for
     // dropped slots (those then run on the device: aclnnEqScalar + aclnnInplaceMaskedFillScalar).
     "moe_combine d2h",
@@ -65,6 +65,11 @@ const ROUND_TRIPS: &[&str] = &[
     // row indices range-checked on the host.
     "gather_rows d2h",
 ];
+
+/// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
+/// copy in that direction. `moe_permute`: the two scalars of `aclnnMin` / `aclnnMax` over the ids
+/// (the range check of OPS.md §3, whose error must reach the caller before anything is written).
+const CONTROL_READS: &[(&str, u64)] = &[("moe_permute d2h", 8)];
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -153,6 +158,8 @@ impl Counters {
 struct Seen {
     /// "op[+variant] dir" -> bytes, over all calls.
     copies: BTreeMap<String, u64>,
+    /// "op[+variant] dir" -> the most bytes of one call.
+    per_call: BTreeMap<String, u64>,
     /// "op[+variant]" -> the aclnn launch sequences seen.
     launches: BTreeMap<String, BTreeSet<String>>,
 }
@@ -174,6 +181,8 @@ impl Counting {
         for (dir, n) in [("d2h", s.d2h_bytes), ("h2d", s.h2d_bytes)] {
             if n > 0 {
                 *seen.copies.entry(format!("{key} {dir}")).or_default() += n;
+                let m = seen.per_call.entry(format!("{key} {dir}")).or_default();
+                *m = (*m).max(n);
             }
         }
         seen.launches.entry(key).or_default().insert(names.join(" -> "));
@@ -349,6 +358,14 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
                 .keys()
                 .any(|k| k == op || k.starts_with(&format!("{op}+"))),
             "the edge cases never called {op}"
+        );
+    }
+    for &(k, most) in CONTROL_READS {
+        assert!(ROUND_TRIPS.contains(&k), "control read {k} is not in ROUND_TRIPS");
+        let n = seen.per_call.get(k).copied().unwrap_or(0);
+        assert!(
+            n <= most,
+            "{k}: one call copied {n} bytes; a control read may copy at most {most} (tensor data must stay on the device)"
         );
     }
     let got: BTreeSet<&str> = seen
