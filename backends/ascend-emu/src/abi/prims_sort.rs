@@ -91,10 +91,119 @@ pub unsafe extern "C" fn aclnnArangeGetWorkspaceSize(
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
-launcher!(aclnnSort, aclnnArgsort, aclnnArange);
+/// `aclnnStatus aclnnSearchSortedGetWorkspaceSize(const aclTensor *sortedSequence, const aclTensor
+/// *self, bool outInt32, bool right, const aclTensor *sorter, aclTensor *out, uint64_t
+/// *workspaceSize, aclOpExecutor **executor)` ([OM math/search_sorted/docs/aclnnSearchSorted.md];
+/// [HA 83RC1 aclnnSearchSorted.md]; rules in `Prim::search_sorted`). sorter may be NULL.
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSearchSortedGetWorkspaceSize(
+    sorted_sequence: *const sys::aclTensor,
+    self_: *const sys::aclTensor,
+    out_int32: bool,
+    right: bool,
+    sorter: *const sys::aclTensor,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::search_sorted(
+            s.desc(sorted_sequence, "sortedSequence")?,
+            s.desc(self_, "self")?,
+            out_int32,
+            right,
+            s.desc(sorter, "sorter")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnScatterGetWorkspaceSize(const aclTensor* self, int64_t dim, const aclTensor*
+/// index, const aclTensor* src, int64_t reduce, aclTensor* out, uint64_t* workspaceSize,
+/// aclOpExecutor** executor)` ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]; rules
+/// in `Prim::scatter`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnScatterGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    dim: i64,
+    index: *const sys::aclTensor,
+    src: *const sys::aclTensor,
+    reduce: i64,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scatter(
+            false,
+            s.desc(self_, "self")?,
+            dim,
+            s.desc(index, "index")?,
+            s.desc(src, "src")?,
+            reduce,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceScatterGetWorkspaceSize(aclTensor* selfRef, int64_t dim, const
+/// aclTensor* index, const aclTensor* src, int64_t reduce, uint64_t* workspaceSize, aclOpExecutor**
+/// executor)` (same page): selfRef is the output.
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceScatterGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    dim: i64,
+    index: *const sys::aclTensor,
+    src: *const sys::aclTensor,
+    reduce: i64,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scatter(
+            true,
+            x.clone(),
+            dim,
+            s.desc(index, "index")?,
+            s.desc(src, "src")?,
+            reduce,
+            x,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+launcher!(
+    aclnnSort,
+    aclnnArgsort,
+    aclnnArange,
+    aclnnSearchSorted,
+    aclnnScatter,
+    aclnnInplaceScatter
+);
 
 check_sig! {
     aclnnSortGetWorkspaceSize => aclnnSortGetWorkspaceSizeFn, aclnnSort => aclnnSortFn,
     aclnnArgsortGetWorkspaceSize => aclnnArgsortGetWorkspaceSizeFn, aclnnArgsort => aclnnArgsortFn,
     aclnnArangeGetWorkspaceSize => aclnnArangeGetWorkspaceSizeFn, aclnnArange => aclnnArangeFn,
+    aclnnSearchSortedGetWorkspaceSize => aclnnSearchSortedGetWorkspaceSizeFn,
+    aclnnSearchSorted => aclnnSearchSortedFn,
+    aclnnScatterGetWorkspaceSize => aclnnScatterGetWorkspaceSizeFn, aclnnScatter => aclnnScatterFn,
+    aclnnInplaceScatterGetWorkspaceSize => aclnnInplaceScatterGetWorkspaceSizeFn,
+    aclnnInplaceScatter => aclnnInplaceScatterFn,
 }

@@ -353,6 +353,26 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnArangeGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnArange)
 
+/* aclnnSearchSorted: out[i] = left (right) insertion point of self[i] in the sorted last axis of
+ * sortedSequence, through sorter (INT64, may be NULL); out INT32 when outInt32 else INT64
+ * ([OM math/search_sorted/docs/aclnnSearchSorted.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSearchSortedGetWorkspaceSize,
+              (const aclTensor *sortedSequence, const aclTensor *self, bool outInt32, bool right,
+               const aclTensor *sorter, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSearchSorted)
+
+/* aclnnScatter / aclnnInplaceScatter: torch.scatter along dim, reduce 0 replace / 1 add /
+ * 2 multiply ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnScatterGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnScatter)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceScatterGetWorkspaceSize,
+              (aclTensor *selfRef, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceScatter)
+
 #ifdef __cplusplus
 }
 #endif
