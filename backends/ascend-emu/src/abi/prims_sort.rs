@@ -8,7 +8,7 @@ use super::prims::{aclScalar, prim_one};
 use std::ffi::c_void;
 
 use super::{launch, State};
-use crate::ops::Prim;
+use crate::ops::{Prim, ScalarOp};
 use crate::sys;
 
 /// `aclnnStatus aclnnSortGetWorkspaceSize(const aclTensor *self, bool stable, int64_t dim, bool
@@ -188,7 +188,117 @@ pub unsafe extern "C" fn aclnnInplaceScatterGetWorkspaceSize(
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
+/// `aclnnStatus aclnnFloorDividesGetWorkspaceSize(const aclTensor *self, const aclScalar *other,
+/// aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800
+/// aclnnFloorDivides&aclnnInplaceFloorDivides.md]; rules in `Prim::scalar_arith`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnFloorDividesGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    other: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scalar_arith(
+            ScalarOp::FloorDiv,
+            false,
+            s.desc(self_, "self")?,
+            s.scalar(other, "other")?,
+            None,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceFloorDividesGetWorkspaceSize(aclTensor *selfRef, const aclScalar
+/// *other, uint64_t *workspaceSize, aclOpExecutor **executor)` (same page).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceFloorDividesGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const aclScalar,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scalar_arith(ScalarOp::FloorDiv, true, x.clone(), s.scalar(other, "other")?, None, x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnAddsGetWorkspaceSize(const aclTensor* self, const aclScalar* other, const
+/// aclScalar* alpha, aclTensor* out, uint64_t* workspaceSize, aclOpExecutor** executor)` ([HA
+/// canncommercial/800 aclnnAdds.md]; rules in `Prim::scalar_arith`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnAddsGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    other: *const aclScalar,
+    alpha: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scalar_arith(
+            ScalarOp::Add,
+            false,
+            s.desc(self_, "self")?,
+            s.scalar(other, "other")?,
+            s.scalar(alpha, "alpha")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceAddsGetWorkspaceSize(const aclTensor *selfRef, const aclScalar *other,
+/// const aclScalar *alpha, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA
+/// canncommercial/800 aclnnInplaceAdds.md]; the page prints selfRef `const`, kept as printed).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceAddsGetWorkspaceSize(
+    self_ref: *const sys::aclTensor,
+    other: *const aclScalar,
+    alpha: *const aclScalar,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scalar_arith(
+            ScalarOp::Add,
+            true,
+            x.clone(),
+            s.scalar(other, "other")?,
+            s.scalar(alpha, "alpha")?,
+            x,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
 launcher!(
+    aclnnFloorDivides,
+    aclnnInplaceFloorDivides,
+    aclnnAdds,
+    aclnnInplaceAdds,
     aclnnSort,
     aclnnArgsort,
     aclnnArange,
@@ -206,4 +316,11 @@ check_sig! {
     aclnnScatterGetWorkspaceSize => aclnnScatterGetWorkspaceSizeFn, aclnnScatter => aclnnScatterFn,
     aclnnInplaceScatterGetWorkspaceSize => aclnnInplaceScatterGetWorkspaceSizeFn,
     aclnnInplaceScatter => aclnnInplaceScatterFn,
+    aclnnFloorDividesGetWorkspaceSize => aclnnFloorDividesGetWorkspaceSizeFn,
+    aclnnFloorDivides => aclnnFloorDividesFn,
+    aclnnInplaceFloorDividesGetWorkspaceSize => aclnnInplaceFloorDividesGetWorkspaceSizeFn,
+    aclnnInplaceFloorDivides => aclnnInplaceFloorDividesFn,
+    aclnnAddsGetWorkspaceSize => aclnnAddsGetWorkspaceSizeFn, aclnnAdds => aclnnAddsFn,
+    aclnnInplaceAddsGetWorkspaceSize => aclnnInplaceAddsGetWorkspaceSizeFn,
+    aclnnInplaceAdds => aclnnInplaceAddsFn,
 }

@@ -303,6 +303,21 @@ pub enum Prim {
         /// Output (self's dtype and shape).
         out: Desc,
     },
+    /// aclnnFloorDivides / aclnnAdds and their in-place forms (`out` is `x` in place).
+    ScalarArith {
+        /// Which function.
+        op: super::arith::ScalarOp,
+        /// The in-place form.
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// The scalar operand.
+        other: Scalar,
+        /// Adds' alpha (1 for FloorDivides).
+        alpha: Scalar,
+        /// Output (the promoted type = self's; self's shape).
+        out: Desc,
+    },
     /// aclnnArange: `out[i] = start + i * step`.
     Arange {
         /// start (as f64).
@@ -327,6 +342,12 @@ impl Prim {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
             Prim::SearchSorted { .. } => "aclnnSearchSorted",
+            Prim::ScalarArith { op, inplace, .. } => match (op, inplace) {
+                (super::arith::ScalarOp::FloorDiv, false) => "aclnnFloorDivides",
+                (super::arith::ScalarOp::FloorDiv, true) => "aclnnInplaceFloorDivides",
+                (super::arith::ScalarOp::Add, false) => "aclnnAdds",
+                (super::arith::ScalarOp::Add, true) => "aclnnInplaceAdds",
+            },
             Prim::Scatter { inplace: false, .. } => "aclnnScatter",
             Prim::Scatter { inplace: true, .. } => "aclnnInplaceScatter",
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
@@ -402,7 +423,8 @@ impl Prim {
             | Prim::Softmax { x, out, .. }
             | Prim::ReduceSum { x, out, .. }
             | Prim::Cumsum { x, out, .. }
-            | Prim::EqScalar { x, out, .. } => (vec![x], vec![out]),
+            | Prim::EqScalar { x, out, .. }
+            | Prim::ScalarArith { x, out, .. } => (vec![x], vec![out]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
             Prim::Gather { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
@@ -480,6 +502,9 @@ impl Prim {
                 stable,
                 ..
             } => super::sort::run_sort(&ins[0], outs, *dim, *descending, *stable, launch),
+            Prim::ScalarArith { op, other, alpha, .. } => {
+                super::arith::run_scalar_arith(&ins[0], &mut outs[0], *op, other, alpha)
+            }
             Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
             Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
             Prim::Arange {

@@ -373,6 +373,28 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceScatterGetWorkspaceSize,
                int64_t reduce, uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnInplaceScatter)
 
+/* aclnnFloorDivides / aclnnInplaceFloorDivides: out = floor(self / other), other a host scalar
+ * ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnFloorDividesGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnFloorDivides)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceFloorDividesGetWorkspaceSize,
+              (aclTensor *selfRef, const aclScalar *other, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceFloorDivides)
+
+/* aclnnAdds: out = self + alpha * other ([HA canncommercial/800 aclnnAdds.md]); aclnnInplaceAdds:
+ * selfRef += alpha * other ([HA canncommercial/800 aclnnInplaceAdds.md], selfRef const as printed). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAddsGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, const aclScalar *alpha,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAdds)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddsGetWorkspaceSize,
+              (const aclTensor *selfRef, const aclScalar *other, const aclScalar *alpha,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdds)
+
 #ifdef __cplusplus
 }
 #endif
