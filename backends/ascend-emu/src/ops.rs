@@ -28,13 +28,14 @@ use crate::profile::{release, Release};
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-mod arith;
+pub mod arith;
 mod elementwise;
 mod index;
 pub mod prim;
 mod reduce;
 mod sort;
 
+pub use arith::ScalarOp;
 pub use prim::{Binary, Prim, Scalar, Unary};
 
 /// A status code and the message `aclGetRecentErrMsg` returns for it.

@@ -8,7 +8,7 @@ use super::prims::{aclScalar, prim_one};
 use std::ffi::c_void;
 
 use super::{launch, State};
-use crate::ops::Prim;
+use crate::ops::{Prim, ScalarOp};
 use crate::sys;
 
 /// `aclnnStatus aclnnSortGetWorkspaceSize(const aclTensor *self, bool stable, int64_t dim, bool
@@ -91,10 +91,236 @@ pub unsafe extern "C" fn aclnnArangeGetWorkspaceSize(
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
-launcher!(aclnnSort, aclnnArgsort, aclnnArange);
+/// `aclnnStatus aclnnSearchSortedGetWorkspaceSize(const aclTensor *sortedSequence, const aclTensor
+/// *self, bool outInt32, bool right, const aclTensor *sorter, aclTensor *out, uint64_t
+/// *workspaceSize, aclOpExecutor **executor)` ([OM math/search_sorted/docs/aclnnSearchSorted.md];
+/// [HA 83RC1 aclnnSearchSorted.md]; rules in `Prim::search_sorted`). sorter may be NULL.
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnSearchSortedGetWorkspaceSize(
+    sorted_sequence: *const sys::aclTensor,
+    self_: *const sys::aclTensor,
+    out_int32: bool,
+    right: bool,
+    sorter: *const sys::aclTensor,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::search_sorted(
+            s.desc(sorted_sequence, "sortedSequence")?,
+            s.desc(self_, "self")?,
+            out_int32,
+            right,
+            s.desc(sorter, "sorter")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnScatterGetWorkspaceSize(const aclTensor* self, int64_t dim, const aclTensor*
+/// index, const aclTensor* src, int64_t reduce, aclTensor* out, uint64_t* workspaceSize,
+/// aclOpExecutor** executor)` ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]; rules
+/// in `Prim::scatter`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnScatterGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    dim: i64,
+    index: *const sys::aclTensor,
+    src: *const sys::aclTensor,
+    reduce: i64,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scatter(
+            false,
+            s.desc(self_, "self")?,
+            dim,
+            s.desc(index, "index")?,
+            s.desc(src, "src")?,
+            reduce,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceScatterGetWorkspaceSize(aclTensor* selfRef, int64_t dim, const
+/// aclTensor* index, const aclTensor* src, int64_t reduce, uint64_t* workspaceSize, aclOpExecutor**
+/// executor)` (same page): selfRef is the output.
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceScatterGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    dim: i64,
+    index: *const sys::aclTensor,
+    src: *const sys::aclTensor,
+    reduce: i64,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scatter(
+            true,
+            x.clone(),
+            dim,
+            s.desc(index, "index")?,
+            s.desc(src, "src")?,
+            reduce,
+            x,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnFloorDividesGetWorkspaceSize(const aclTensor *self, const aclScalar *other,
+/// aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA canncommercial/800
+/// aclnnFloorDivides&aclnnInplaceFloorDivides.md]; rules in `Prim::scalar_arith`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnFloorDividesGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    other: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scalar_arith(
+            ScalarOp::FloorDiv,
+            false,
+            s.desc(self_, "self")?,
+            s.scalar(other, "other")?,
+            None,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceFloorDividesGetWorkspaceSize(aclTensor *selfRef, const aclScalar
+/// *other, uint64_t *workspaceSize, aclOpExecutor **executor)` (same page).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceFloorDividesGetWorkspaceSize(
+    self_ref: *mut sys::aclTensor,
+    other: *const aclScalar,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scalar_arith(ScalarOp::FloorDiv, true, x.clone(), s.scalar(other, "other")?, None, x)
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnAddsGetWorkspaceSize(const aclTensor* self, const aclScalar* other, const
+/// aclScalar* alpha, aclTensor* out, uint64_t* workspaceSize, aclOpExecutor** executor)` ([HA
+/// canncommercial/800 aclnnAdds.md]; rules in `Prim::scalar_arith`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnAddsGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    other: *const aclScalar,
+    alpha: *const aclScalar,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::scalar_arith(
+            ScalarOp::Add,
+            false,
+            s.desc(self_, "self")?,
+            s.scalar(other, "other")?,
+            s.scalar(alpha, "alpha")?,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnInplaceAddsGetWorkspaceSize(const aclTensor *selfRef, const aclScalar *other,
+/// const aclScalar *alpha, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA
+/// canncommercial/800 aclnnInplaceAdds.md]; the page prints selfRef `const`, kept as printed).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnInplaceAddsGetWorkspaceSize(
+    self_ref: *const sys::aclTensor,
+    other: *const aclScalar,
+    alpha: *const aclScalar,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        let x = s.desc(self_ref, "selfRef")?;
+        Prim::scalar_arith(
+            ScalarOp::Add,
+            true,
+            x.clone(),
+            s.scalar(other, "other")?,
+            s.scalar(alpha, "alpha")?,
+            x,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+launcher!(
+    aclnnFloorDivides,
+    aclnnInplaceFloorDivides,
+    aclnnAdds,
+    aclnnInplaceAdds,
+    aclnnSort,
+    aclnnArgsort,
+    aclnnArange,
+    aclnnSearchSorted,
+    aclnnScatter,
+    aclnnInplaceScatter
+);
 
 check_sig! {
     aclnnSortGetWorkspaceSize => aclnnSortGetWorkspaceSizeFn, aclnnSort => aclnnSortFn,
     aclnnArgsortGetWorkspaceSize => aclnnArgsortGetWorkspaceSizeFn, aclnnArgsort => aclnnArgsortFn,
     aclnnArangeGetWorkspaceSize => aclnnArangeGetWorkspaceSizeFn, aclnnArange => aclnnArangeFn,
+    aclnnSearchSortedGetWorkspaceSize => aclnnSearchSortedGetWorkspaceSizeFn,
+    aclnnSearchSorted => aclnnSearchSortedFn,
+    aclnnScatterGetWorkspaceSize => aclnnScatterGetWorkspaceSizeFn, aclnnScatter => aclnnScatterFn,
+    aclnnInplaceScatterGetWorkspaceSize => aclnnInplaceScatterGetWorkspaceSizeFn,
+    aclnnInplaceScatter => aclnnInplaceScatterFn,
+    aclnnFloorDividesGetWorkspaceSize => aclnnFloorDividesGetWorkspaceSizeFn,
+    aclnnFloorDivides => aclnnFloorDividesFn,
+    aclnnInplaceFloorDividesGetWorkspaceSize => aclnnInplaceFloorDividesGetWorkspaceSizeFn,
+    aclnnInplaceFloorDivides => aclnnInplaceFloorDividesFn,
+    aclnnAddsGetWorkspaceSize => aclnnAddsGetWorkspaceSizeFn, aclnnAdds => aclnnAddsFn,
+    aclnnInplaceAddsGetWorkspaceSize => aclnnInplaceAddsGetWorkspaceSizeFn,
+    aclnnInplaceAdds => aclnnInplaceAddsFn,
 }

@@ -1,10 +1,11 @@
-//! Scalar-driven arithmetic primitives: aclnnArange. Sources in RULES.md §Primitives (AR*).
+//! Scalar-driven arithmetic primitives: aclnnArange, aclnnFloorDivides / aclnnInplaceFloorDivides,
+//! aclnnAdds / aclnnInplaceAdds. Sources in RULES.md §Primitives (AR*, FD*, AD*).
 
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-use super::prim::{req_scalar, Prim, Scalar};
-use super::{bad, req, want_dims, Fail, FLOATS};
+use super::prim::{for_each, req_scalar, Prim, Scalar};
+use super::{bad, inner, req, want_dims, Fail, FLOATS};
 
 /// Scalar types a start / end / step may have (the pages' list minus BOOL, which "is calculated
 /// independently" by rules the page leaves to a constraints section: NOT EMULATED, refused).
@@ -131,4 +132,146 @@ pub(super) fn run_arange(out: &mut HostTensor, start: f64, step: f64, istart: i6
             out.set_pos(p, start + i as f64 * step);
         }
     }
+}
+
+/// Which tensor-scalar function a [`Prim::ScalarArith`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScalarOp {
+    /// `out = floor(self / other)` (aclnnFloorDivides).
+    FloorDiv,
+    /// `out = self + alpha × other` (aclnnAdds).
+    Add,
+}
+
+/// Tensor types of the family (PR3: DOUBLE, INT16, INT8, UINT8, BOOL, COMPLEX NOT EMULATED).
+const ARITH: [sys::aclDataType; 5] = [
+    sys::ACL_FLOAT,
+    sys::ACL_FLOAT16,
+    sys::ACL_BF16,
+    sys::ACL_INT32,
+    sys::ACL_INT64,
+];
+
+/// A numeric scalar (161002 for BOOL and the unmodelled types): the pages' "互推导关系" with the
+/// tensor's type.
+fn numeric(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
+    let s = req_scalar(s, what)?;
+    if !RANGE_SCALARS.contains(&s.dtype) {
+        return Err(bad(format!(
+            "{what}: scalar dtype {} (NOT EMULATED or not numeric)",
+            dt_name(s.dtype)
+        )));
+    }
+    Ok(s)
+}
+
+impl Prim {
+    /// aclnnFloorDivides / aclnnInplaceFloorDivides and aclnnAdds / aclnnInplaceAdds phase one
+    /// ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]; [HA canncommercial/800
+    /// aclnnAdds.md], [HA canncommercial/800 aclnnInplaceAdds.md]):
+    /// - self (selfRef), other, out, and for Adds alpha required (161001: "selfRef、other或alpha是空指针");
+    /// - self FLOAT / FLOAT16 / BFLOAT16 / INT32 / INT64; other (alpha) a numeric scalar;
+    /// - the promoted type (互推导关系): a scalar does not promote a tensor of its own category, so a
+    ///   floating self keeps its type and an integer self with an integer scalar keeps its type; an
+    ///   integer self with a floating scalar promotes to a floating type the pages do not name:
+    ///   NOT EMULATED, refused; alpha "需要可转换成推导后的数据类型": a floating alpha with an integer
+    ///   self is refused; out has the promoted type (the pages allow "可转换" out types without listing
+    ///   the conversions: strict) and self's shape (161002);
+    /// - FloorDivides by an integer 0: the page is silent (torch raises) — refused (161002).
+    pub fn scalar_arith(
+        op: ScalarOp,
+        inplace: bool,
+        x: Option<Desc>,
+        other: Option<Scalar>,
+        alpha: Option<Scalar>,
+        out: Option<Desc>,
+    ) -> Result<Prim, Fail> {
+        let x = req(x, if inplace { "selfRef" } else { "self" })?;
+        let other = numeric(other, "other")?;
+        let alpha = match op {
+            ScalarOp::Add => numeric(alpha, "alpha")?,
+            ScalarOp::FloorDiv => Scalar {
+                dtype: sys::ACL_INT64,
+                f: 1.0,
+                i: 1,
+            },
+        };
+        let out = req(out, "out")?;
+        super::want_dt(&x, &ARITH, "self")?;
+        let float = FLOATS.contains(&x.dtype);
+        if !float && (other.is_float() || alpha.is_float()) {
+            return Err(bad(format!(
+                "integer self {} with a floating other / alpha: the promoted floating type is not named (NOT EMULATED)",
+                x.show()
+            )));
+        }
+        if out.dtype != x.dtype {
+            return Err(bad(format!(
+                "out dtype {} is not the promoted type {}",
+                dt_name(out.dtype),
+                dt_name(x.dtype)
+            )));
+        }
+        want_dims(&out, &x.dims, "out (shape of self)")?;
+        if op == ScalarOp::FloorDiv && !float && other.i == 0 {
+            return Err(bad("integer division by 0 (UNDOCUMENTED, refused)"));
+        }
+        Ok(Prim::ScalarArith {
+            op,
+            inplace,
+            x,
+            other,
+            alpha,
+            out,
+        })
+    }
+}
+
+/// `floor(a / b)` for integers (b != 0), `None` on overflow (`MIN / -1`).
+fn floor_div(a: i64, b: i64) -> Option<i64> {
+    let q = a.checked_div(b)?;
+    Some(if a % b != 0 && ((a < 0) != (b < 0)) { q - 1 } else { q })
+}
+
+/// aclnnFloorDivides / aclnnAdds launch. Floating: `floor(x / k)` or `x + alpha·k` in f32 (alpha·k
+/// formed in f32 first), rounded once to out's dtype; x / 0 as IEEE. Integer: exact; a result
+/// outside out's type (overflow: wrap or saturate is UNDOCUMENTED) → 561000.
+pub(super) fn run_scalar_arith(
+    x: &HostTensor,
+    out: &mut HostTensor,
+    op: ScalarOp,
+    other: &Scalar,
+    alpha: &Scalar,
+) -> Result<(), Fail> {
+    let float = FLOATS.contains(&x.d.dtype);
+    let name = match op {
+        ScalarOp::FloorDiv => "aclnnFloorDivides",
+        ScalarOp::Add => "aclnnAdds",
+    };
+    let mut err = None;
+    for_each(&x.d.dims.clone(), |idx| {
+        if err.is_some() {
+            return;
+        }
+        if float {
+            let v = x.get(idx);
+            let k = other.f as f32;
+            let r = match op {
+                ScalarOp::FloorDiv => (v / k).floor(),
+                ScalarOp::Add => v + alpha.f as f32 * k,
+            };
+            out.set(idx, r);
+        } else {
+            let v = x.get_int(idx);
+            let r = match op {
+                ScalarOp::FloorDiv => floor_div(v, other.i),
+                ScalarOp::Add => alpha.i.checked_mul(other.i).and_then(|k| v.checked_add(k)),
+            };
+            match r {
+                Some(r) if x.d.dtype == sys::ACL_INT64 || i32::try_from(r).is_ok() => out.set_int(idx, r),
+                _ => err = Some(inner(format!("{name}: integer overflow at {idx:?} (UNDOCUMENTED)"))),
+            }
+        }
+    });
+    err.map_or(Ok(()), Err)
 }

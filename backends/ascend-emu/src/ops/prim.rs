@@ -273,6 +273,51 @@ pub enum Prim {
         /// INT64 positions along `dim`.
         indices: Desc,
     },
+    /// aclnnSearchSorted: insertion points of self in the sorted last axis of `seq`.
+    SearchSorted {
+        /// sortedSequence.
+        seq: Desc,
+        /// Values to place.
+        x: Desc,
+        /// Right insertion points (`seq_j > x`) instead of left (`seq_j >= x`).
+        right: bool,
+        /// Optional INT64 order of `seq`'s last axis.
+        sorter: Option<Desc>,
+        /// INT32 / INT64 out, self's shape.
+        out: Desc,
+    },
+    /// aclnnScatter / aclnnInplaceScatter (torch.scatter, reduce 0 / 1 / 2).
+    Scatter {
+        /// The in-place form (out is self).
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// Axis.
+        dim: usize,
+        /// INT32 / INT64 targets along `dim`.
+        index: Desc,
+        /// Values.
+        src: Desc,
+        /// 0 replace, 1 add, 2 multiply.
+        reduce: i64,
+        /// Output (self's dtype and shape).
+        out: Desc,
+    },
+    /// aclnnFloorDivides / aclnnAdds and their in-place forms (`out` is `x` in place).
+    ScalarArith {
+        /// Which function.
+        op: super::arith::ScalarOp,
+        /// The in-place form.
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// The scalar operand.
+        other: Scalar,
+        /// Adds' alpha (1 for FloorDivides).
+        alpha: Scalar,
+        /// Output (the promoted type = self's; self's shape).
+        out: Desc,
+    },
     /// aclnnArange: `out[i] = start + i * step`.
     Arange {
         /// start (as f64).
@@ -296,6 +341,15 @@ impl Prim {
         match self {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
+            Prim::SearchSorted { .. } => "aclnnSearchSorted",
+            Prim::ScalarArith { op, inplace, .. } => match (op, inplace) {
+                (super::arith::ScalarOp::FloorDiv, false) => "aclnnFloorDivides",
+                (super::arith::ScalarOp::FloorDiv, true) => "aclnnInplaceFloorDivides",
+                (super::arith::ScalarOp::Add, false) => "aclnnAdds",
+                (super::arith::ScalarOp::Add, true) => "aclnnInplaceAdds",
+            },
+            Prim::Scatter { inplace: false, .. } => "aclnnScatter",
+            Prim::Scatter { inplace: true, .. } => "aclnnInplaceScatter",
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
             Prim::Binary {
                 f: Binary::Div,
@@ -369,13 +423,18 @@ impl Prim {
             | Prim::Softmax { x, out, .. }
             | Prim::ReduceSum { x, out, .. }
             | Prim::Cumsum { x, out, .. }
-            | Prim::EqScalar { x, out, .. } => (vec![x], vec![out]),
+            | Prim::EqScalar { x, out, .. }
+            | Prim::ScalarArith { x, out, .. } => (vec![x], vec![out]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
             Prim::Gather { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
             Prim::Zero { self_ref } => (vec![], vec![self_ref]),
             Prim::Sort { x, values, indices, .. } => (vec![x], values.iter().chain(std::iter::once(indices)).collect()),
             Prim::Arange { out, .. } => (vec![], vec![out]),
+            Prim::SearchSorted {
+                seq, x, sorter, out, ..
+            } => ([seq, x].into_iter().chain(sorter.iter()).collect(), vec![out]),
+            Prim::Scatter { x, index, src, out, .. } => (vec![x, index, src], vec![out]),
         }
     }
 
@@ -443,6 +502,11 @@ impl Prim {
                 stable,
                 ..
             } => super::sort::run_sort(&ins[0], outs, *dim, *descending, *stable, launch),
+            Prim::ScalarArith { op, other, alpha, .. } => {
+                super::arith::run_scalar_arith(&ins[0], &mut outs[0], *op, other, alpha)
+            }
+            Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
+            Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
             Prim::Arange {
                 start,
                 step,

@@ -196,3 +196,150 @@ pub(super) fn run_sort(
     });
     err.map_or(Ok(()), Err)
 }
+
+/// Types sortedSequence / self may have (the page's list; NOT EMULATED: DOUBLE, UINT8, INT8, INT16).
+const SEARCHABLE: [sys::aclDataType; 4] = [sys::ACL_FLOAT, sys::ACL_FLOAT16, sys::ACL_INT32, sys::ACL_INT64];
+
+impl Prim {
+    /// aclnnSearchSorted phase one ([OM math/search_sorted/docs/aclnnSearchSorted.md]; [HA 83RC1
+    /// aclnnSearchSorted.md]):
+    /// - sortedSequence, self, out required; sorter optional (161001);
+    /// - sortedSequence, self FLOAT / FLOAT16 / INT32 / INT64 (NOT EMULATED: DOUBLE, UINT8, INT8,
+    ///   INT16), rank <= 8; two different types must promote ("互推导关系": any pair of these does,
+    ///   integers with floats compare as floats); sorter INT64 of sortedSequence's shape; out INT32
+    ///   when outInt32 else INT64 ("out的数据类型与outInt32值含义相违背" → 161002), self's shape;
+    /// - sortedSequence of rank > 1: self has its rank and the same sizes on every axis but the last
+    ///   (161002); of rank 1: any self.
+    pub fn search_sorted(
+        seq: Option<Desc>,
+        x: Option<Desc>,
+        out_int32: bool,
+        right: bool,
+        sorter: Option<Desc>,
+        out: Option<Desc>,
+    ) -> Result<Prim, Fail> {
+        let (seq, x, out) = (req(seq, "sortedSequence")?, req(x, "self")?, req(out, "out")?);
+        super::want_dt(&seq, &SEARCHABLE, "sortedSequence")?;
+        super::want_dt(&x, &SEARCHABLE, "self")?;
+        if seq.dims.is_empty() || seq.dims.len() > 8 || x.dims.len() > 8 {
+            return Err(bad(format!(
+                "sortedSequence {} must have rank 1..8, self {} rank <= 8",
+                seq.show(),
+                x.show()
+            )));
+        }
+        let want_out = if out_int32 { sys::ACL_INT32 } else { sys::ACL_INT64 };
+        super::want_dt(&out, &[want_out], "out (outInt32 says)")?;
+        want_dims(&out, &x.dims, "out (shape of self)")?;
+        if let Some(s) = &sorter {
+            super::want_dt(s, &[sys::ACL_INT64], "sorter")?;
+            want_dims(s, &seq.dims, "sorter (shape of sortedSequence)")?;
+        }
+        let r = seq.dims.len();
+        if r > 1 && (x.dims.len() != r || x.dims[..r - 1] != seq.dims[..r - 1]) {
+            return Err(bad(format!(
+                "self {} must match sortedSequence {} on every axis but the last",
+                x.show(),
+                seq.show()
+            )));
+        }
+        Ok(Prim::SearchSorted {
+            seq,
+            x,
+            right,
+            sorter,
+            out,
+        })
+    }
+}
+
+/// A key as f64 or i64: integers compare exactly with integers, everything else as f64.
+fn key_of(t: &HostTensor, idx: &[i64], float: bool) -> Key {
+    if float {
+        Key::F(t.get_pos(t.d.pos(idx)))
+    } else {
+        Key::I(t.get_int(idx))
+    }
+}
+
+/// aclnnSearchSorted launch: `out_i = min{j in [0, N] | seq_j >= x}` (right: `seq_j > x`), N if
+/// none. The sequence (through sorter, when given) must be non-decreasing: the page's precondition,
+/// which the device does not check — the emulator refuses a violation (561000), as it does a
+/// sorter entry outside `[0, N)` or a repeated one, and a NaN (RULES.md SS3).
+pub(super) fn run_search_sorted(ins: &[HostTensor], out: &mut HostTensor, right: bool) -> Result<(), Fail> {
+    let (seq, x) = (&ins[0], &ins[1]);
+    let sorter = ins.get(2);
+    let float = FLOATS.contains(&seq.d.dtype) || FLOATS.contains(&x.d.dtype);
+    let r = seq.d.dims.len();
+    let n = seq.d.dims[r - 1];
+    let mut rows = seq.d.dims.clone();
+    rows[r - 1] = 1;
+    let mut err = None;
+    for_each(&rows, |row| {
+        if err.is_some() {
+            return;
+        }
+        let mut idx = row.to_vec();
+        let mut line = Vec::with_capacity(n as usize);
+        let mut seen = vec![false; n as usize];
+        for j in 0..n {
+            idx[r - 1] = j;
+            let k = match sorter {
+                Some(s) => s.get_int(&idx),
+                None => j,
+            };
+            if k < 0 || k >= n || seen[k as usize] {
+                err = Some(inner(format!(
+                    "aclnnSearchSorted: sorter entry {k} at {idx:?} is outside [0, {n}) or repeated"
+                )));
+                return;
+            }
+            seen[k as usize] = true;
+            idx[r - 1] = k;
+            let v = key_of(seq, &idx, float);
+            if matches!(v, Key::F(f) if f.is_nan()) {
+                err = Some(inner(
+                    "aclnnSearchSorted: NaN in sortedSequence (UNDOCUMENTED, refused)",
+                ));
+                return;
+            }
+            if line.last().is_some_and(|p: &Key| cmp(p, &v) == Ordering::Greater) {
+                err = Some(inner(format!(
+                    "aclnnSearchSorted: sortedSequence is not sorted at {idx:?} (the page's precondition; the device would return garbage)"
+                )));
+                return;
+            }
+            line.push(v);
+        }
+        // The self elements this row serves: all of self for a 1-D sequence, else self's row.
+        let mut sub = x.d.dims.clone();
+        if r > 1 {
+            sub.iter_mut().take(r - 1).for_each(|s| *s = 1);
+        }
+        for_each(&sub, |e| {
+            if err.is_some() {
+                return;
+            }
+            let full: Vec<i64> = if r > 1 {
+                e.iter().zip(row).map(|(a, b)| a + b).collect()
+            } else {
+                e.to_vec()
+            };
+            let v = key_of(x, &full, float);
+            if matches!(v, Key::F(f) if f.is_nan()) {
+                err = Some(inner("aclnnSearchSorted: NaN in self (UNDOCUMENTED, refused)"));
+                return;
+            }
+            let pos = line
+                .iter()
+                .position(|s| match cmp(s, &v) {
+                    Ordering::Greater => true,
+                    Ordering::Equal => !right,
+                    Ordering::Less => false,
+                })
+                .unwrap_or(line.len());
+            out.set_int(&full, pos as i64);
+        });
+    });
+    err.map_or(Ok(()), Err)
+}

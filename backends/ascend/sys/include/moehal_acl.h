@@ -353,37 +353,50 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnArangeGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnArange)
 
-/* Issue 13 (backend branch asc13b): the remaining primitives of moe_permute on the device and of
- * the router's exact 1e-20 denominator, as the CANN pages print them. */
+/* aclnnSearchSorted: out[i] = left (right) insertion point of self[i] in the sorted last axis of
+ * sortedSequence, through sorter (INT64, may be NULL); out INT32 when outInt32 else INT64
+ * ([OM math/search_sorted/docs/aclnnSearchSorted.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSearchSortedGetWorkspaceSize,
+              (const aclTensor *sortedSequence, const aclTensor *self, bool outInt32, bool right,
+               const aclTensor *sorter, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSearchSorted)
 
-/* aclnnScatter: out = self with out[index[i]] = src[i] along dim (reduce 0 = replace)
- * ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */
+/* aclnnScatter / aclnnInplaceScatter: torch.scatter along dim, reduce 0 replace / 1 add /
+ * 2 multiply ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnScatterGetWorkspaceSize,
               (const aclTensor *self, int64_t dim, const aclTensor *index, const aclTensor *src,
                int64_t reduce, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnScatter)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceScatterGetWorkspaceSize,
+              (aclTensor *selfRef, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceScatter)
 
-/* aclnnFloorDivides: out = floor(self / other) for a scalar other
+/* aclnnFloorDivides / aclnnInplaceFloorDivides: out = floor(self / other), other a host scalar
  * ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnFloorDividesGetWorkspaceSize,
               (const aclTensor *self, const aclScalar *other, aclTensor *out,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnFloorDivides)
-
-/* aclnnSearchSorted: out[i] = insertion point of self[i] in sortedSequence (right: after equal
- * values), INT64 unless outInt32 ([HA canncommercial/800 aclnnSearchSorted.md]). */
-MOEHAL_ACL_FN(aclnnStatus, aclnnSearchSortedGetWorkspaceSize,
-              (const aclTensor *sortedSequence, const aclTensor *self, const bool outInt32,
-               const bool right, const aclTensor *sorter, aclTensor *out, uint64_t *workspaceSize,
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceFloorDividesGetWorkspaceSize,
+              (aclTensor *selfRef, const aclScalar *other, uint64_t *workspaceSize,
                aclOpExecutor **executor))
-MOEHAL_ACLNN_LAUNCH(aclnnSearchSorted)
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceFloorDivides)
 
-/* aclnnAdds: out = self + alpha * other for scalars other, alpha
- * ([HA canncommercial/800 aclnnAdds.md]). */
+/* aclnnAdds: out = self + alpha * other ([HA canncommercial/800 aclnnAdds.md]); aclnnInplaceAdds:
+ * selfRef += alpha * other ([HA canncommercial/800 aclnnInplaceAdds.md], selfRef const as printed). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnAddsGetWorkspaceSize,
-              (const aclTensor *self, const aclScalar *other, const aclScalar *alpha, aclTensor *out,
-               uint64_t *workspaceSize, aclOpExecutor **executor))
+              (const aclTensor *self, const aclScalar *other, const aclScalar *alpha,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnAdds)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddsGetWorkspaceSize,
+              (const aclTensor *selfRef, const aclScalar *other, const aclScalar *alpha,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdds)
+
+/* Issue 13 (backend branch asc13b): the backend's other primitives, as the CANN pages print
+ * them (moe_permute on the device, the router's exact 1e-20 denominator). */
 
 /* aclnnMax: out (shape [1]) = the largest element of self ([HA canncommercial/800 aclnnMax.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnMaxGetWorkspaceSize,

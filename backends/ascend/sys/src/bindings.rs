@@ -721,6 +721,26 @@ pub type aclnnArangeFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnSearchSortedGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        sortedSequence: *const aclTensor,
+        self_: *const aclTensor,
+        outInt32: bool,
+        right: bool,
+        sorter: *const aclTensor,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnSearchSortedFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
 pub type aclnnScatterGetWorkspaceSizeFn = ::std::option::Option<
     unsafe extern "C" fn(
         self_: *const aclTensor,
@@ -734,6 +754,25 @@ pub type aclnnScatterGetWorkspaceSizeFn = ::std::option::Option<
     ) -> aclnnStatus,
 >;
 pub type aclnnScatterFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceScatterGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *mut aclTensor,
+        dim: i64,
+        index: *const aclTensor,
+        src: *const aclTensor,
+        reduce: i64,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceScatterFn = ::std::option::Option<
     unsafe extern "C" fn(
         workspace: *mut ::std::os::raw::c_void,
         workspaceSize: u64,
@@ -758,19 +797,15 @@ pub type aclnnFloorDividesFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
-pub type aclnnSearchSortedGetWorkspaceSizeFn = ::std::option::Option<
+pub type aclnnInplaceFloorDividesGetWorkspaceSizeFn = ::std::option::Option<
     unsafe extern "C" fn(
-        sortedSequence: *const aclTensor,
-        self_: *const aclTensor,
-        outInt32: bool,
-        right: bool,
-        sorter: *const aclTensor,
-        out: *mut aclTensor,
+        selfRef: *mut aclTensor,
+        other: *const aclScalar,
         workspaceSize: *mut u64,
         executor: *mut *mut aclOpExecutor,
     ) -> aclnnStatus,
 >;
-pub type aclnnSearchSortedFn = ::std::option::Option<
+pub type aclnnInplaceFloorDividesFn = ::std::option::Option<
     unsafe extern "C" fn(
         workspace: *mut ::std::os::raw::c_void,
         workspaceSize: u64,
@@ -789,6 +824,23 @@ pub type aclnnAddsGetWorkspaceSizeFn = ::std::option::Option<
     ) -> aclnnStatus,
 >;
 pub type aclnnAddsFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceAddsGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *const aclTensor,
+        other: *const aclScalar,
+        alpha: *const aclScalar,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceAddsFn = ::std::option::Option<
     unsafe extern "C" fn(
         workspace: *mut ::std::os::raw::c_void,
         workspaceSize: u64,
