@@ -203,10 +203,13 @@ impl Ascend {
             return Ok(false);
         }
         // 6. x_perm = x[src_token].
+        // (H = 0: nothing to gather; IndexSelect refuses empty tensors.)
         if let (Some(x), Some(xp)) = (&a.x, &a.x_perm) {
-            let xt = self.t(&desc_of(x, OP_MP, "x")?)?;
-            let xpt = self.t(&desc_of(&xp.as_ref(), OP_MP, "x_perm")?)?;
-            self.rt.gather(3, &xt, &src_t, &xpt)?;
+            if x.shape()[1] > 0 {
+                let xt = self.t(&desc_of(x, OP_MP, "x")?)?;
+                let xpt = self.t(&desc_of(&xp.as_ref(), OP_MP, "x_perm")?)?;
+                self.rt.gather(3, &xt, &src_t, &xpt)?;
+            }
         }
         Ok(true)
     }
