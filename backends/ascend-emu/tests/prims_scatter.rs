@@ -219,3 +219,80 @@ fn scatter_refusals() {
     assert_eq!(launch(stream, ws, ex, aclnnScatter), INNER);
     assert!(msg().contains("reduce 0"), "{}", msg());
 }
+
+fn is_p1(x: &Dev, dim: i64, idx: &Dev, out: &Dev) -> (i32, u64, Exec) {
+    // SAFETY: live objects or NULL; out-pointers to locals.
+    p1(|ws, ex| unsafe { aclnnIndexSelectGetWorkspaceSize(x.t, dim, idx.t, out.t, ws, ex) })
+}
+
+#[test]
+fn index_select_takes_any_dim_and_views() {
+    let stream = setup();
+    // The page's example: x = [[1,2,3],[4,5,6],[7,8,9]], idx = [1, 0]: dim 0 -> [[4,5,6],[1,2,3]],
+    // dim 1 -> [[2,1],[5,4],[8,7]].
+    let x = tensor(&i64b(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), &[3, 3], sys::ACL_INT64);
+    let idx = tensor(&i32b(&[1, 0]), &[2], sys::ACL_INT32);
+    for (dim, shape, want) in [
+        (0i64, [2i64, 3i64], vec![4i64, 5, 6, 1, 2, 3]),
+        (1, [3, 2], vec![2, 1, 5, 4, 8, 7]),
+        (-1, [3, 2], vec![2, 1, 5, 4, 8, 7]),
+    ] {
+        let out = filled(&shape, sys::ACL_INT64, 0x3C);
+        let (rc, ws, ex) = is_p1(&x, dim, &idx, &out);
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnIndexSelect), 0, "{}", msg());
+        assert_eq!(as_i64(&read(&out)), want, "dim {dim}");
+    }
+    // A transposed BF16 view of a 2 x 3 (so the view is 3 x 2), selecting along dim 1.
+    let xb = tensor(&bf16b(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), &[2, 3], sys::ACL_BF16);
+    let xt = view(
+        xb.ptr,
+        sys::ACL_BF16,
+        &[3, 2],
+        Some(&[1, 3]),
+        0,
+        &[6],
+        sys::ACL_FORMAT_ND,
+    );
+    let xt = Dev { t: xt, ..none() };
+    let i1 = tensor(&i64b(&[1, 1, 0]), &[3], sys::ACL_INT64);
+    let out = zeros(&[3, 3], sys::ACL_BF16);
+    let (rc, ws, ex) = is_p1(&xt, 1, &i1, &out);
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnIndexSelect), 0, "{}", msg());
+    // view[r][c] = base[c][r] = 3c + r + 1; out[r][j] = view[r][i1[j]].
+    let want: Vec<f32> = (0..3)
+        .flat_map(|r| [1i64, 1, 0].map(|c| (3 * c + r + 1) as f32))
+        .collect();
+    assert_eq!(as_bf16(&read(&out)), want);
+}
+
+#[test]
+fn index_select_refusals() {
+    let stream = setup();
+    let x = zeros(&[2, 3], sys::ACL_FLOAT);
+    let idx = tensor(&i64b(&[2, 0]), &[2], sys::ACL_INT64);
+    let out = zeros(&[2, 2], sys::ACL_FLOAT);
+    assert_eq!(is_p1(&none(), 1, &idx, &out).0, NULLPTR);
+    assert_eq!(is_p1(&x, 1, &none(), &out).0, NULLPTR);
+    assert_eq!(is_p1(&x, 1, &idx, &none()).0, NULLPTR);
+    assert_eq!(is_p1(&x, 2, &idx, &out).0, INVALID, "dim out of range");
+    assert_eq!(is_p1(&x, -3, &idx, &out).0, INVALID, "dim out of range");
+    assert_eq!(is_p1(&x, 0, &idx, &out).0, INVALID, "out is [2, 3] for dim 0");
+    let i2 = tensor(&i64b(&[0, 1]), &[1, 2], sys::ACL_INT64);
+    assert_eq!(is_p1(&x, 1, &i2, &out).0, INVALID, "2-D index");
+    let fi = tensor(&f32b(&[0.0, 1.0]), &[2], sys::ACL_FLOAT);
+    assert_eq!(is_p1(&x, 1, &fi, &out).0, INVALID, "FLOAT index");
+    assert_eq!(
+        is_p1(&x, 1, &idx, &zeros(&[2, 2], sys::ACL_FLOAT16)).0,
+        INVALID,
+        "out dtype"
+    );
+    // Negative and too-large indices at launch.
+    for bad in [[-1i64, 0], [0, 3]] {
+        let ib = tensor(&i64b(&bad), &[2], sys::ACL_INT64);
+        let (rc, ws, ex) = is_p1(&x, 1, &ib, &out);
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnIndexSelect), INNER, "{bad:?}");
+    }
+}

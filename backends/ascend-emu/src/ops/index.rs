@@ -1,4 +1,5 @@
-//! Index primitives: aclnnGather (torch.gather semantics). Sources in RULES.md §Primitives (GA*).
+//! Index primitives: aclnnGather (torch.gather semantics), aclnnIndexSelect (any dim),
+//! aclnnScatter / aclnnInplaceScatter. Sources in RULES.md §Primitives (GA*, IS*, ST*).
 
 use crate::sys;
 use crate::tensor::{Desc, HostTensor};
@@ -227,4 +228,65 @@ pub(super) fn run_scatter(ins: &[HostTensor], out: &mut HostTensor, dim: usize, 
         out.set_int(&t, v);
     }
     Ok(())
+}
+
+impl Prim {
+    /// aclnnIndexSelect phase one ([HA canncommercial/800 aclnnIndexSelect.md] formula; parameters
+    /// [HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0326]):
+    /// - self, index, out required (161001);
+    /// - self of rank 1..8 ("维度不大于8"), any element type the emulator stores (NOT EMULATED:
+    ///   COMPLEX); index INT32 / INT64, 1-D (the page also takes 0-D "当成是size为1的一维": NOT
+    ///   EMULATED, E5); out of self's dtype (161002);
+    /// - dim in `[-self.dim(), self.dim())`; out = self's shape with `out.size(dim) = index.size(0)`
+    ///   (the formula `out[l][j][n] = self[l][index[j]][n]`) (161002).
+    pub fn index_select(x: Option<Desc>, dim: i64, index: Option<Desc>, out: Option<Desc>) -> Result<Prim, Fail> {
+        let (x, index, out) = (req(x, "self")?, req(index, "index")?, req(out, "out")?);
+        if crate::tensor::elem_size(x.dtype).is_none() {
+            return Err(bad(format!("self {}: dtype NOT EMULATED", x.show())));
+        }
+        if x.dims.is_empty() || x.dims.len() > 8 {
+            return Err(bad(format!("self {} must have rank 1..8", x.show())));
+        }
+        super::want_dt(&index, &[sys::ACL_INT32, sys::ACL_INT64], "index")?;
+        if index.dims.len() != 1 {
+            return Err(bad(format!("index {} must be 1-D (0-D NOT EMULATED)", index.show())));
+        }
+        same_dtype(&x, &out, "out")?;
+        let dim = axis(dim, x.dims.len(), "dim")?;
+        let mut want = x.dims.clone();
+        want[dim] = index.dims[0];
+        super::want_dims(&out, &want, "out (self's shape, index's length at dim)")?;
+        Ok(Prim::IndexSelect { x, dim, index, out })
+    }
+}
+
+/// aclnnIndexSelect launch: `out[i] = self[i with i[dim] = index[i[dim]]]`, copied bytewise. An
+/// index outside `[0, self.size(dim))` → 561000 ("不支持负索引"; out of range: E7).
+pub(super) fn run_index_select(
+    x: &HostTensor,
+    index: &HostTensor,
+    out: &mut HostTensor,
+    dim: usize,
+) -> Result<(), Fail> {
+    let n = x.d.dims[dim];
+    let mut err = None;
+    for_each(&out.d.dims.clone(), |idx| {
+        if err.is_some() {
+            return;
+        }
+        let k = index.get_int(&[idx[dim]]);
+        if k < 0 || k >= n {
+            err = Some(inner(format!(
+                "aclnnIndexSelect: index {k} at {} outside [0, {n})",
+                idx[dim]
+            )));
+            return;
+        }
+        let mut src = idx.to_vec();
+        src[dim] = k;
+        let v = x.raw(x.d.pos(&src)).to_vec();
+        let p = out.d.pos(idx);
+        out.set_raw(p, &v);
+    });
+    err.map_or(Ok(()), Err)
 }

@@ -273,6 +273,17 @@ pub enum Prim {
         /// INT64 positions along `dim`.
         indices: Desc,
     },
+    /// aclnnIndexSelect along `dim` (1-D index).
+    IndexSelect {
+        /// Input.
+        x: Desc,
+        /// Axis.
+        dim: usize,
+        /// INT32 / INT64 1-D indices.
+        index: Desc,
+        /// Output.
+        out: Desc,
+    },
     /// aclnnSearchSorted: insertion points of self in the sorted last axis of `seq`.
     SearchSorted {
         /// sortedSequence.
@@ -342,6 +353,7 @@ impl Prim {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
             Prim::SearchSorted { .. } => "aclnnSearchSorted",
+            Prim::IndexSelect { .. } => "aclnnIndexSelect",
             Prim::ScalarArith { op, inplace, .. } => match (op, inplace) {
                 (super::arith::ScalarOp::FloorDiv, false) => "aclnnFloorDivides",
                 (super::arith::ScalarOp::FloorDiv, true) => "aclnnInplaceFloorDivides",
@@ -426,7 +438,7 @@ impl Prim {
             | Prim::EqScalar { x, out, .. }
             | Prim::ScalarArith { x, out, .. } => (vec![x], vec![out]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
-            Prim::Gather { x, index, out, .. } => (vec![x, index], vec![out]),
+            Prim::Gather { x, index, out, .. } | Prim::IndexSelect { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
             Prim::Zero { self_ref } => (vec![], vec![self_ref]),
             Prim::Sort { x, values, indices, .. } => (vec![x], values.iter().chain(std::iter::once(indices)).collect()),
@@ -505,6 +517,7 @@ impl Prim {
             Prim::ScalarArith { op, other, alpha, .. } => {
                 super::arith::run_scalar_arith(&ins[0], &mut outs[0], *op, other, alpha)
             }
+            Prim::IndexSelect { dim, .. } => super::index::run_index_select(&ins[0], &ins[1], &mut outs[0], *dim),
             Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
             Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
             Prim::Arange {
