@@ -395,6 +395,17 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddsGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdds)
 
+/* aclnnAmax / aclnnAmin: the largest / smallest element over the dims (an aclIntArray), keepDim
+ * keeps them as 1 ([HA 82RC1alpha002 aclnnAmax.md], [HA 82RC1alpha001 aclnnAmin.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAmaxGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmax)
+MOEHAL_ACL_FN(aclnnStatus, aclnnAminGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmin)
+
 #ifdef __cplusplus
 }
 #endif
