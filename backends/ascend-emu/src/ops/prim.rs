@@ -96,6 +96,16 @@ pub(super) const NUM_SCALARS: [sys::aclDataType; 9] = [
     sys::ACL_INT64,
 ];
 
+/// The tensor types the second group of primitives emulates (FLOAT / FLOAT16 / BFLOAT16 / INT32 /
+/// INT64; the pages' other types are NOT EMULATED, RULES.md PR3).
+pub(super) const NUMERIC: [sys::aclDataType; 5] = [
+    sys::ACL_FLOAT,
+    sys::ACL_FLOAT16,
+    sys::ACL_BF16,
+    sys::ACL_INT32,
+    sys::ACL_INT64,
+];
+
 pub(super) fn req_scalar(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
     s.ok_or_else(|| null(what))
 }

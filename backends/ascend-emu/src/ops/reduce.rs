@@ -4,7 +4,7 @@
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-use super::prim::{axis, for_each, same_dtype, want_float, Prim};
+use super::prim::{axis, for_each, same_dtype, want_float, Prim, NUMERIC};
 use super::{bad, inner, req, want_dims, Fail, FLOATS};
 
 impl Prim {
@@ -52,27 +52,7 @@ impl Prim {
                 dt_name(dtype)
             )));
         }
-        if dims.is_empty() {
-            return Err(bad("dims is empty (reduce-all is UNDOCUMENTED, refused)"));
-        }
-        let mut reduce = vec![false; x.dims.len()];
-        for &d in &dims {
-            let a = axis(d, x.dims.len(), "dims entry")?;
-            if reduce[a] {
-                return Err(bad(format!("dims {dims:?} repeats axis {a}")));
-            }
-            reduce[a] = true;
-        }
-        let want: Vec<i64> = x
-            .dims
-            .iter()
-            .zip(&reduce)
-            .filter_map(|(&n, &r)| match (r, keep) {
-                (false, _) => Some(n),
-                (true, true) => Some(1),
-                (true, false) => None,
-            })
-            .collect();
+        let (reduce, want) = reduced(&x, &dims, keep, false)?;
         want_dims(&out, &want, "out (reduced shape)")?;
         Ok(Prim::ReduceSum { x, reduce, out })
     }
@@ -113,6 +93,38 @@ impl Prim {
         want_dims(&out, &x.dims, "out (shape of self)")?;
         Ok(Prim::Cumsum { x, dim, out })
     }
+}
+
+/// The axes a reduction names (flags per axis of `x`) and the out shape it implies: each entry in
+/// `[-rank, rank-1]`, none repeated, the list not empty (reduce-all is UNDOCUMENTED for the pages
+/// that take a list: refused), and with `no_empty_axis` no axis of size 0 (Amax/Amin's "dim指定的轴
+/// 为空轴"); reduced axes dropped, or kept as 1 with `keep` (161002 for each).
+fn reduced(x: &Desc, dims: &[i64], keep: bool, no_empty_axis: bool) -> Result<(Vec<bool>, Vec<i64>), Fail> {
+    if dims.is_empty() {
+        return Err(bad("the dim list is empty (reduce-all is UNDOCUMENTED, refused)"));
+    }
+    let mut reduce = vec![false; x.dims.len()];
+    for &d in dims {
+        let a = axis(d, x.dims.len(), "dim entry")?;
+        if reduce[a] {
+            return Err(bad(format!("dims {dims:?} repeat axis {a}")));
+        }
+        if no_empty_axis && x.dims[a] == 0 {
+            return Err(bad(format!("dim {d} names an empty axis")));
+        }
+        reduce[a] = true;
+    }
+    let want = x
+        .dims
+        .iter()
+        .zip(&reduce)
+        .filter_map(|(&n, &r)| match (r, keep) {
+            (false, _) => Some(n),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    Ok((reduce, want))
 }
 
 /// The multi-indices of the lines along `dim`: every index of `dims` with `idx[dim] = 0`.
@@ -230,45 +242,12 @@ impl Prim {
         let x = req(x, "self")?;
         let dims = dims.ok_or_else(|| super::null("dim"))?;
         let out = req(out, "out")?;
-        super::want_dt(
-            &x,
-            &[
-                sys::ACL_FLOAT,
-                sys::ACL_FLOAT16,
-                sys::ACL_BF16,
-                sys::ACL_INT32,
-                sys::ACL_INT64,
-            ],
-            "self",
-        )?;
+        super::want_dt(&x, &NUMERIC, "self")?;
         same_dtype(&x, &out, "out")?;
         if x.dims.is_empty() || x.dims.len() > 8 {
             return Err(bad(format!("self {} must have rank 1..8", x.show())));
         }
-        if dims.is_empty() {
-            return Err(bad("dim is empty (reduce-all is UNDOCUMENTED, refused)"));
-        }
-        let mut reduce = vec![false; x.dims.len()];
-        for &d in &dims {
-            let a = axis(d, x.dims.len(), "dim entry")?;
-            if reduce[a] {
-                return Err(bad(format!("dim {dims:?} repeats axis {a}")));
-            }
-            if x.dims[a] == 0 {
-                return Err(bad(format!("dim {d} names an empty axis")));
-            }
-            reduce[a] = true;
-        }
-        let want: Vec<i64> = x
-            .dims
-            .iter()
-            .zip(&reduce)
-            .filter_map(|(&n, &r)| match (r, keep) {
-                (false, _) => Some(n),
-                (true, true) => Some(1),
-                (true, false) => None,
-            })
-            .collect();
+        let (reduce, want) = reduced(&x, &dims, keep, true)?;
         want_dims(&out, &want, "out (reduced shape)")?;
         Ok(Prim::Amax { max, x, reduce, out })
     }
