@@ -1,7 +1,7 @@
 //! aclnnFloorDivides / aclnnInplaceFloorDivides and aclnnAdds / aclnnInplaceAdds through the
 //! exported C ABI: the pages' formulas (floor for negatives, alpha × other), computed here, and the
 //! documented refusals (NULL, dtype promotion, shape, integer division by 0, executor reuse).
-//! RULES.md FD*, AD*.
+//! aclnnAmax / aclnnAmin too. RULES.md FD*, AD*, AM*.
 
 mod common;
 
@@ -151,4 +151,75 @@ fn adds_refusals() {
     let (rc, ws, ex) = adds(&xm, k, k, &om);
     assert_eq!(rc, 0);
     assert_eq!(launch(stream, ws, ex, aclnnAdds), sys::ACLNN_ERR_INNER);
+}
+
+type Reduce = unsafe extern "C" fn(
+    *const sys::aclTensor,
+    *const sys::aclIntArray,
+    bool,
+    *mut sys::aclTensor,
+    *mut u64,
+    *mut Exec,
+) -> i32;
+
+#[test]
+fn amax_and_amin_reduce_the_named_axes() {
+    let stream = setup();
+    // 2 x 3 x 2 INT64 (with negatives and ties).
+    let xv: Vec<i64> = vec![3, -1, 7, 7, 0, -8, -2, 5, 9, 4, 9, -8];
+    let x = tensor(&i64b(&xv), &[2, 3, 2], sys::ACL_INT64);
+    let at = |a: usize, b: usize, c: usize| xv[a * 6 + b * 2 + c];
+    let cases: [(Reduce, Launch, bool); 2] = [
+        (aclnnAmaxGetWorkspaceSize, aclnnAmax, true),
+        (aclnnAminGetWorkspaceSize, aclnnAmin, false),
+    ];
+    for (p, l, max) in cases {
+        let pick = |it: &mut dyn Iterator<Item = i64>| if max { it.max().unwrap() } else { it.min().unwrap() };
+        // dims [1] (keepDim false) -> [2, 2]; dims [0, -1] (keepDim true) -> [1, 3, 1].
+        let out = zeros(&[2, 2], sys::ACL_INT64);
+        // SAFETY: live objects; out-pointers to locals.
+        let (rc, ws, ex) = p1(|ws, ex| unsafe { p(x.t, ints(&[1]), false, out.t, ws, ex) });
+        assert_eq!(rc, 0, "{}", msg());
+        assert!(ws > 0);
+        assert_eq!(launch(stream, ws, ex, l), 0, "{}", msg());
+        let want: Vec<i64> = (0..2)
+            .flat_map(|a| (0..2).map(move |c| (a, c)))
+            .map(|(a, c)| pick(&mut (0..3).map(|b| at(a, b, c))))
+            .collect();
+        assert_eq!(as_i64(&read(&out)), want, "max {max}");
+        let out = zeros(&[1, 3, 1], sys::ACL_INT64);
+        // SAFETY: as above.
+        let (rc, ws, ex) = p1(|ws, ex| unsafe { p(x.t, ints(&[0, -1]), true, out.t, ws, ex) });
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, l), 0, "{}", msg());
+        let want: Vec<i64> = (0..3)
+            .map(|b| {
+                pick(
+                    &mut (0..2)
+                        .flat_map(|a| (0..2).map(move |c| (a, c)))
+                        .map(|(a, c)| at(a, b, c)),
+                )
+            })
+            .collect();
+        assert_eq!(as_i64(&read(&out)), want, "max {max}");
+        assert_eq!(launch(stream, ws, ex, l), INVALID, "executor reused");
+    }
+    // Refusals: NULL dim, repeated / out-of-range / empty dims, out dtype or shape, NaN at launch.
+    let out = zeros(&[2, 2], sys::ACL_INT64);
+    // SAFETY (each): live objects or NULL; out-pointers to locals.
+    let call = |d: *const sys::aclIntArray, keep: bool, o: &Dev| {
+        p1(|ws, ex| unsafe { aclnnAmaxGetWorkspaceSize(x.t, d, keep, o.t, ws, ex) }).0
+    };
+    assert_eq!(call(ptr::null(), false, &out), NULLPTR);
+    assert_eq!(call(ints(&[1, 1]), false, &out), INVALID);
+    assert_eq!(call(ints(&[3]), false, &out), INVALID);
+    assert_eq!(call(ints(&[]), false, &out), INVALID);
+    assert_eq!(call(ints(&[1]), false, &zeros(&[2, 2], sys::ACL_INT32)), INVALID);
+    assert_eq!(call(ints(&[1]), true, &out), INVALID, "keepDim keeps a 1");
+    let xf = tensor(&f32b(&[1.0, f32::NAN]), &[2], sys::ACL_FLOAT);
+    let of = zeros(&[], sys::ACL_FLOAT);
+    // SAFETY: as above.
+    let (rc, ws, ex) = p1(|ws, ex| unsafe { aclnnAminGetWorkspaceSize(xf.t, ints(&[0]), false, of.t, ws, ex) });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnAmin), sys::ACLNN_ERR_INNER);
 }

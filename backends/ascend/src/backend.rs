@@ -382,9 +382,9 @@ impl Backend for Ascend {
                 let r = &self.routes;
                 if self.permute_composable() {
                     let check = if self.permute_range_on_device() {
-                        "id range: aclnnMin + aclnnMax, 8-byte control read"
+                        "id range: aclnnAmin + aclnnAmax, 8-byte control read"
                     } else {
-                        "id range: ids read on the host (no aclnnMax/aclnnMin)"
+                        "id range: ids read on the host (no aclnnAmax/aclnnAmin)"
                     };
                     return Support::yes(format!(
                         "device composition: aclnnCast(ids->INT64) + aclnnEqScalar(ids, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host",

@@ -78,7 +78,7 @@ const ROUND_TRIPS: &[&str] = &[
 ];
 
 /// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
-/// copy in that direction. `moe_permute`: the two scalars of `aclnnMin` / `aclnnMax` over the ids
+/// copy in that direction. `moe_permute`: the two scalars of `aclnnAmin` / `aclnnAmax` over the ids
 /// (the range check of OPS.md §3, whose error must reach the caller before anything is written).
 const CONTROL_READS: &[(&str, u64)] = &[("moe_permute d2h", 8)];
 
@@ -377,10 +377,10 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
             "the edge cases never called {op}"
         );
     }
-    // The 8-byte bound holds where the library computes the id extremes (aclnnMin / aclnnMax);
+    // The 8-byte bound holds where the library computes the id extremes (aclnnAmin / aclnnAmax);
     // without them the backend reads the ids themselves (README, "Host round trips").
     let ops = moehal_ascend::ops_at(&dir).expect("emulator ops");
-    let extremes = ops.contains(&"aclnnMax") && ops.contains(&"aclnnMin");
+    let extremes = ops.contains(&"aclnnAmax") && ops.contains(&"aclnnAmin");
     for &(k, most) in CONTROL_READS.iter().filter(|_| extremes) {
         assert!(ROUND_TRIPS.contains(&k), "control read {k} is not in ROUND_TRIPS");
         let n = seen.per_call.get(k).copied().unwrap_or(0);

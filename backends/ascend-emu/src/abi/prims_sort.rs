@@ -294,7 +294,65 @@ pub unsafe extern "C" fn aclnnInplaceAddsGetWorkspaceSize(
     unsafe { prim_one(build, workspace_size, executor) }
 }
 
+/// `aclnnStatus aclnnAmaxGetWorkspaceSize(const aclTensor *self, const aclIntArray *dim, bool
+/// keepDim, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA 82RC1alpha002
+/// aclnnAmax.md]; rules in `Prim::amax`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnAmaxGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    dim: *const sys::aclIntArray,
+    keep_dim: bool,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::amax(
+            true,
+            s.desc(self_, "self")?,
+            s.int_array(dim, "dim")?,
+            keep_dim,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
+/// `aclnnStatus aclnnAminGetWorkspaceSize(const aclTensor *self, const aclIntArray *dim, bool
+/// keepDim, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA 82RC1alpha001
+/// aclnnAmin.md]; rules in `Prim::amax`).
+///
+/// # Safety
+/// Pointers must be NULL or valid objects from this library; outputs writable.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnAminGetWorkspaceSize(
+    self_: *const sys::aclTensor,
+    dim: *const sys::aclIntArray,
+    keep_dim: bool,
+    out: *mut sys::aclTensor,
+    workspace_size: *mut u64,
+    executor: *mut *mut sys::aclOpExecutor,
+) -> sys::aclnnStatus {
+    let build = |s: &State| {
+        Prim::amax(
+            false,
+            s.desc(self_, "self")?,
+            s.int_array(dim, "dim")?,
+            keep_dim,
+            s.desc(out, "out")?,
+        )
+    };
+    // SAFETY: forwarded caller promise.
+    unsafe { prim_one(build, workspace_size, executor) }
+}
+
 launcher!(
+    aclnnAmax,
+    aclnnAmin,
     aclnnFloorDivides,
     aclnnInplaceFloorDivides,
     aclnnAdds,
@@ -323,4 +381,6 @@ check_sig! {
     aclnnAddsGetWorkspaceSize => aclnnAddsGetWorkspaceSizeFn, aclnnAdds => aclnnAddsFn,
     aclnnInplaceAddsGetWorkspaceSize => aclnnInplaceAddsGetWorkspaceSizeFn,
     aclnnInplaceAdds => aclnnInplaceAddsFn,
+    aclnnAmaxGetWorkspaceSize => aclnnAmaxGetWorkspaceSizeFn, aclnnAmax => aclnnAmaxFn,
+    aclnnAminGetWorkspaceSize => aclnnAminGetWorkspaceSizeFn, aclnnAmin => aclnnAminFn,
 }

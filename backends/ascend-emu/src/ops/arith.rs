@@ -4,26 +4,12 @@
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-use super::prim::{for_each, req_scalar, Prim, Scalar};
+use super::prim::{for_each, req_scalar, Prim, Scalar, NUMERIC, NUM_SCALARS};
 use super::{bad, inner, req, want_dims, Fail, FLOATS};
-
-/// Scalar types a start / end / step may have (the pages' list minus BOOL, which "is calculated
-/// independently" by rules the page leaves to a constraints section: NOT EMULATED, refused).
-const RANGE_SCALARS: [sys::aclDataType; 9] = [
-    sys::ACL_FLOAT,
-    sys::ACL_FLOAT16,
-    sys::ACL_BF16,
-    sys::ACL_DOUBLE,
-    sys::ACL_INT8,
-    sys::ACL_UINT8,
-    sys::ACL_INT16,
-    sys::ACL_INT32,
-    sys::ACL_INT64,
-];
 
 fn range_scalar(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
     let s = req_scalar(s, what)?;
-    if !RANGE_SCALARS.contains(&s.dtype) {
+    if !NUM_SCALARS.contains(&s.dtype) {
         return Err(bad(format!(
             "{what}: scalar dtype {} (BOOL ranges are NOT EMULATED)",
             dt_name(s.dtype)
@@ -143,20 +129,11 @@ pub enum ScalarOp {
     Add,
 }
 
-/// Tensor types of the family (PR3: DOUBLE, INT16, INT8, UINT8, BOOL, COMPLEX NOT EMULATED).
-const ARITH: [sys::aclDataType; 5] = [
-    sys::ACL_FLOAT,
-    sys::ACL_FLOAT16,
-    sys::ACL_BF16,
-    sys::ACL_INT32,
-    sys::ACL_INT64,
-];
-
 /// A numeric scalar (161002 for BOOL and the unmodelled types): the pages' "互推导关系" with the
 /// tensor's type.
 fn numeric(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
     let s = req_scalar(s, what)?;
-    if !RANGE_SCALARS.contains(&s.dtype) {
+    if !NUM_SCALARS.contains(&s.dtype) {
         return Err(bad(format!(
             "{what}: scalar dtype {} (NOT EMULATED or not numeric)",
             dt_name(s.dtype)
@@ -197,7 +174,7 @@ impl Prim {
             },
         };
         let out = req(out, "out")?;
-        super::want_dt(&x, &ARITH, "self")?;
+        super::want_dt(&x, &NUMERIC, "self")?;
         let float = FLOATS.contains(&x.dtype);
         if !float && (other.is_float() || alpha.is_float()) {
             return Err(bad(format!(

@@ -4,7 +4,7 @@
 use crate::sys;
 use crate::tensor::{Desc, HostTensor};
 
-use super::prim::{axis, for_each, same_dtype, Prim};
+use super::prim::{axis, for_each, same_dtype, Prim, NUMERIC};
 use super::{bad, inner, req, Fail};
 
 impl Prim {
@@ -77,16 +77,6 @@ pub(super) fn run_gather(x: &HostTensor, index: &HostTensor, out: &mut HostTenso
     err.map_or(Ok(()), Err)
 }
 
-/// Element types the emulator scatters (NOT EMULATED: UINT8 / INT8 / INT16 / BOOL / DOUBLE /
-/// COMPLEX the page also lists, RULES.md PR3).
-const SCATTERABLE: [sys::aclDataType; 5] = [
-    sys::ACL_FLOAT,
-    sys::ACL_FLOAT16,
-    sys::ACL_BF16,
-    sys::ACL_INT32,
-    sys::ACL_INT64,
-];
-
 impl Prim {
     /// aclnnScatter / aclnnInplaceScatter phase one ([HA canncommercial/800
     /// aclnnScatter&aclnnInplaceScatter.md]; [HA 81RC1alpha001] and [HA 850alpha002] pages of the same
@@ -114,7 +104,7 @@ impl Prim {
             req(src, "src")?,
             req(out, "out")?,
         );
-        super::want_dt(&x, &SCATTERABLE, "self")?;
+        super::want_dt(&x, &NUMERIC, "self")?;
         same_dtype(&x, &src, "src")?;
         same_dtype(&x, &out, "out")?;
         super::want_dt(&index, &[sys::ACL_INT32, sys::ACL_INT64], "index")?;

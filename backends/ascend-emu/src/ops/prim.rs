@@ -96,6 +96,16 @@ pub(super) const NUM_SCALARS: [sys::aclDataType; 9] = [
     sys::ACL_INT64,
 ];
 
+/// The tensor types the second group of primitives emulates (FLOAT / FLOAT16 / BFLOAT16 / INT32 /
+/// INT64; the pages' other types are NOT EMULATED, RULES.md PR3).
+pub(super) const NUMERIC: [sys::aclDataType; 5] = [
+    sys::ACL_FLOAT,
+    sys::ACL_FLOAT16,
+    sys::ACL_BF16,
+    sys::ACL_INT32,
+    sys::ACL_INT64,
+];
+
 pub(super) fn req_scalar(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
     s.ok_or_else(|| null(what))
 }
@@ -284,6 +294,17 @@ pub enum Prim {
         /// Output.
         out: Desc,
     },
+    /// aclnnAmax / aclnnAmin over the flagged axes.
+    Amax {
+        /// Maximum (aclnnAmax) or minimum (aclnnAmin).
+        max: bool,
+        /// Input.
+        x: Desc,
+        /// Reduced axes (flags per input axis).
+        reduce: Vec<bool>,
+        /// Output (self's dtype).
+        out: Desc,
+    },
     /// aclnnSearchSorted: insertion points of self in the sorted last axis of `seq`.
     SearchSorted {
         /// sortedSequence.
@@ -353,6 +374,8 @@ impl Prim {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
             Prim::SearchSorted { .. } => "aclnnSearchSorted",
+            Prim::Amax { max: true, .. } => "aclnnAmax",
+            Prim::Amax { max: false, .. } => "aclnnAmin",
             Prim::IndexSelect { .. } => "aclnnIndexSelect",
             Prim::ScalarArith { op, inplace, .. } => match (op, inplace) {
                 (super::arith::ScalarOp::FloorDiv, false) => "aclnnFloorDivides",
@@ -420,7 +443,11 @@ impl Prim {
     /// caller that ignores the returned size fails.
     pub fn workspace(&self) -> u64 {
         match self {
-            Prim::Softmax { .. } | Prim::ReduceSum { .. } | Prim::Cumsum { .. } | Prim::Sort { .. } => 1024,
+            Prim::Softmax { .. }
+            | Prim::ReduceSum { .. }
+            | Prim::Cumsum { .. }
+            | Prim::Sort { .. }
+            | Prim::Amax { .. } => 1024,
             _ => 0,
         }
     }
@@ -436,7 +463,8 @@ impl Prim {
             | Prim::ReduceSum { x, out, .. }
             | Prim::Cumsum { x, out, .. }
             | Prim::EqScalar { x, out, .. }
-            | Prim::ScalarArith { x, out, .. } => (vec![x], vec![out]),
+            | Prim::ScalarArith { x, out, .. }
+            | Prim::Amax { x, out, .. } => (vec![x], vec![out]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
             Prim::Gather { x, index, out, .. } | Prim::IndexSelect { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
@@ -518,6 +546,7 @@ impl Prim {
                 super::arith::run_scalar_arith(&ins[0], &mut outs[0], *op, other, alpha)
             }
             Prim::IndexSelect { dim, .. } => super::index::run_index_select(&ins[0], &ins[1], &mut outs[0], *dim),
+            Prim::Amax { max, reduce, .. } => super::reduce::run_amax(&ins[0], &mut outs[0], reduce, *max),
             Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
             Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
             Prim::Arange {

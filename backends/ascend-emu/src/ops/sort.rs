@@ -6,18 +6,8 @@ use std::cmp::Ordering;
 use crate::sys;
 use crate::tensor::{Desc, HostTensor};
 
-use super::prim::{axis, for_each, same_dtype, Prim};
+use super::prim::{axis, for_each, same_dtype, Prim, NUMERIC};
 use super::{bad, inner, req, want_dims, Fail, FLOATS};
-
-/// Element types the emulator sorts (NOT EMULATED: INT8 / INT16 / UINT8 the pages also list, RULES.md
-/// PR3).
-const SORTABLE: [sys::aclDataType; 5] = [
-    sys::ACL_FLOAT,
-    sys::ACL_FLOAT16,
-    sys::ACL_BF16,
-    sys::ACL_INT32,
-    sys::ACL_INT64,
-];
 
 impl Prim {
     /// aclnnSort phase one ([OM math/sort/docs/aclnnSort.md] and `aclnnSort_en.md`; [HA 82RC1alpha002
@@ -40,7 +30,7 @@ impl Prim {
         indices: Option<Desc>,
     ) -> Result<Prim, Fail> {
         let (x, values, indices) = (req(x, "self")?, req(values, "valuesOut")?, req(indices, "indicesOut")?);
-        super::want_dt(&x, &SORTABLE, "self")?;
+        super::want_dt(&x, &NUMERIC, "self")?;
         same_dtype(&x, &values, "valuesOut")?;
         super::want_dt(&indices, &[sys::ACL_INT64], "indicesOut")?;
         if x.dims.is_empty() || x.dims.len() > 8 {

@@ -90,8 +90,8 @@ api! {
         aclnnFloorDividesGetWorkspaceSize: aclnnFloorDividesGetWorkspaceSizeFn, aclnnFloorDivides: aclnnFloorDividesFn,
         aclnnSearchSortedGetWorkspaceSize: aclnnSearchSortedGetWorkspaceSizeFn, aclnnSearchSorted: aclnnSearchSortedFn,
         aclnnAddsGetWorkspaceSize: aclnnAddsGetWorkspaceSizeFn, aclnnAdds: aclnnAddsFn,
-        aclnnMaxGetWorkspaceSize: aclnnMaxGetWorkspaceSizeFn, aclnnMax: aclnnMaxFn,
-        aclnnMinGetWorkspaceSize: aclnnMinGetWorkspaceSizeFn, aclnnMin: aclnnMinFn,
+        aclnnAmaxGetWorkspaceSize: aclnnAmaxGetWorkspaceSizeFn, aclnnAmax: aclnnAmaxFn,
+        aclnnAminGetWorkspaceSize: aclnnAminGetWorkspaceSizeFn, aclnnAmin: aclnnAminFn,
     }
 }
 
@@ -171,10 +171,10 @@ pub struct OpVersions {
     pub search_sorted: bool,
     /// `aclnnAdds`.
     pub adds: bool,
-    /// `aclnnMax`.
-    pub max: bool,
-    /// `aclnnMin`.
-    pub min: bool,
+    /// `aclnnAmax`.
+    pub amax: bool,
+    /// `aclnnAmin`.
+    pub amin: bool,
 }
 
 impl Api {
@@ -332,14 +332,14 @@ impl Api {
             self.aclnnAddsGetWorkspaceSize.is_some(),
         );
         add(
-            "aclnnMax",
-            self.aclnnMax.is_some(),
-            self.aclnnMaxGetWorkspaceSize.is_some(),
+            "aclnnAmax",
+            self.aclnnAmax.is_some(),
+            self.aclnnAmaxGetWorkspaceSize.is_some(),
         );
         add(
-            "aclnnMin",
-            self.aclnnMin.is_some(),
-            self.aclnnMinGetWorkspaceSize.is_some(),
+            "aclnnAmin",
+            self.aclnnAmin.is_some(),
+            self.aclnnAminGetWorkspaceSize.is_some(),
         );
         v
     }
@@ -448,8 +448,8 @@ impl Api {
                 self.aclnnSearchSortedGetWorkspaceSize.is_some(),
             ),
             adds: both(self.aclnnAdds.is_some(), self.aclnnAddsGetWorkspaceSize.is_some()),
-            max: both(self.aclnnMax.is_some(), self.aclnnMaxGetWorkspaceSize.is_some()),
-            min: both(self.aclnnMin.is_some(), self.aclnnMinGetWorkspaceSize.is_some()),
+            amax: both(self.aclnnAmax.is_some(), self.aclnnAmaxGetWorkspaceSize.is_some()),
+            amin: both(self.aclnnAmin.is_some(), self.aclnnAminGetWorkspaceSize.is_some()),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Math primitives for compositions on the device: `aclnnSoftmax`, `aclnnSigmoid`, `aclnnGather`,
-//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnFloorDivides`, `aclnnMax`, `aclnnMin`.
+//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnFloorDivides`, `aclnnAmax`, `aclnnAmin`.
 
 use moehal_ascend_sys as sys;
 use moehal_core::Result;
@@ -127,21 +127,31 @@ impl Runtime {
         )
     }
 
-    /// `aclnnMax(self, out)` (`max = true`) or `aclnnMin(self, out)`: the largest / smallest
-    /// element of `x` into `out` of shape `[1]` and x's dtype ([HA canncommercial/800 aclnnMax.md,
-    /// aclnnMin.md]).
-    pub fn extremum(&self, x: &Tensor<'_>, max: bool, out: &Tensor<'_>) -> Result<Outcome> {
+    /// `aclnnAmax(self, dim, keepDim, out)` (`max = true`) or `aclnnAmin`: the largest /
+    /// smallest element of `x` over every dimension, kept as size-1 dimensions (`out` of x's rank,
+    /// all dims 1, x's dtype) ([HA 82RC1alpha002 aclnnAmax.md, 82RC1alpha001 aclnnAmin.md]).
+    pub fn extremum(&self, x: &Tensor<'_>, rank: usize, max: bool, out: &Tensor<'_>) -> Result<Outcome> {
         let api = self.api();
+        let dims: Vec<i64> = (0..rank as i64).collect();
+        let d = IntArray::new(self, &dims)?;
         if max {
-            let p1 = opt(api.aclnnMaxGetWorkspaceSize, "aclnnMaxGetWorkspaceSize")?;
-            let l = opt(api.aclnnMax, "aclnnMax")?;
+            let p1 = opt(api.aclnnAmaxGetWorkspaceSize, "aclnnAmaxGetWorkspaceSize")?;
+            let l = opt(api.aclnnAmax, "aclnnAmax")?;
             // SAFETY: live objects of this runtime.
-            self.two_phase_outcome("aclnnMax", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+            self.two_phase_outcome(
+                "aclnnAmax",
+                |ws, ex| unsafe { p1(x.ptr(), d.ptr(), true, out.ptr(), ws, ex) },
+                l,
+            )
         } else {
-            let p1 = opt(api.aclnnMinGetWorkspaceSize, "aclnnMinGetWorkspaceSize")?;
-            let l = opt(api.aclnnMin, "aclnnMin")?;
+            let p1 = opt(api.aclnnAminGetWorkspaceSize, "aclnnAminGetWorkspaceSize")?;
+            let l = opt(api.aclnnAmin, "aclnnAmin")?;
             // SAFETY: live objects of this runtime.
-            self.two_phase_outcome("aclnnMin", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+            self.two_phase_outcome(
+                "aclnnAmin",
+                |ws, ex| unsafe { p1(x.ptr(), d.ptr(), true, out.ptr(), ws, ex) },
+                l,
+            )
         }
     }
 }

@@ -60,15 +60,15 @@ impl Ascend {
             && v.index_select
     }
 
-    /// Whether the id range check runs on the device (`aclnnMax` / `aclnnMin`, a control read of
+    /// Whether the id range check runs on the device (`aclnnAmax` / `aclnnAmin`, a control read of
     /// two scalars) rather than reading all ids.
     pub(crate) fn permute_range_on_device(&self) -> bool {
         let v = self.rt.lib.versions;
-        v.max && v.min
+        v.amax && v.amin
     }
 
     /// The id range check of OPS.md §3 (`ids` in `[-1, E)`), before anything is written: with
-    /// `aclnnMax` / `aclnnMin` the two extremes are computed on the device and only those 8 bytes
+    /// `aclnnAmax` / `aclnnAmin` the two extremes are computed on the device and only those 8 bytes
     /// are read (a control read, as a CUDA engine reads a flag); without them all ids are read.
     fn permute_check_ids(&self, a: &MoePermute<'_>) -> Result<()> {
         let e = a.num_experts;
@@ -76,27 +76,30 @@ impl Ascend {
             let ids: Vec<i32> = self.fetch(&a.ids)?;
             return check_ids(&ids, e);
         }
+        if a.ids.numel() == 0 {
+            return Ok(()); // no ids (T = 0); the reductions refuse an empty axis
+        }
         let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
-        let (lo, hi) = self.id_extremes(&it)?;
+        let (lo, hi) = self.id_extremes(&it, 2)?;
         if lo < -1 || hi as i64 >= e as i64 {
             let bad = if lo < -1 { lo } else { hi };
             return Err(Error::invalid(
                 OP_MP,
                 "ids",
-                format!("an id {bad} is outside [-1, E = {e}) (aclnnMin/aclnnMax of ids: {lo}, {hi})"),
+                format!("an id {bad} is outside [-1, E = {e}) (aclnnAmin/aclnnAmax of ids: {lo}, {hi})"),
             ));
         }
         Ok(())
     }
 
     /// The smallest and largest element of the INT32 tensor `ids`, computed on the device
-    /// (`aclnnMin`, `aclnnMax`; shape `[1]` each) and read back: a control read of 8 bytes.
-    pub(crate) fn id_extremes(&self, ids: &Tensor<'_>) -> Result<(i32, i32)> {
+    /// (`aclnnAmin`, `aclnnAmax` over every dim, keepDim) and read back: a control read of 8 bytes.
+    pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<(i32, i32)> {
         let mut ext = [0i32; 2];
         for (i, max) in [false, true].into_iter().enumerate() {
             let m = DevMem::new(&self.rt, 4)?;
-            let mt = self.t(&scratch_desc(&m, sys::ACL_INT32, &[1]))?;
-            if let Outcome::Rejected(err) = self.rt.extremum(ids, max, &mt)? {
+            let mt = self.t(&scratch_desc(&m, sys::ACL_INT32, &vec![1; rank]))?;
+            if let Outcome::Rejected(err) = self.rt.extremum(ids, rank, max, &mt)? {
                 return Err(err);
             }
             self.rt.d2h(bytemuck::cast_slice_mut(&mut ext[i..i + 1]), m.ptr)?;

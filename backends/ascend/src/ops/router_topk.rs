@@ -342,11 +342,11 @@ impl Ascend {
         };
         // The vendor op's ids are checked before they index anything (aclnnGather below; the
         // emulator refuses an out-of-range index, hardware would read garbage): on the device
-        // with aclnnMin/aclnnMax (an 8-byte control read) where the library has them.
+        // with aclnnAmin/aclnnAmax (an 8-byte control read) where the library has them.
         let v = self.rt.lib.versions;
-        if v.max && v.min && t * k > 0 {
+        if v.amax && v.amin && t * k > 0 {
             let it = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
-            let (lo, hi) = self.id_extremes(&it)?;
+            let (lo, hi) = self.id_extremes(&it, 2)?;
             if lo < 0 || hi as i64 >= e as i64 {
                 return Err(Error::device(
                     NAME,

@@ -395,20 +395,16 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddsGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdds)
 
-/* Issue 13 (backend branch asc13b): the backend's other primitives, as the CANN pages print
- * them (moe_permute on the device, the router's exact 1e-20 denominator). */
-
-/* aclnnMax: out (shape [1]) = the largest element of self ([HA canncommercial/800 aclnnMax.md]). */
-MOEHAL_ACL_FN(aclnnStatus, aclnnMaxGetWorkspaceSize,
-              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-               aclOpExecutor **executor))
-MOEHAL_ACLNN_LAUNCH(aclnnMax)
-
-/* aclnnMin: out (shape [1]) = the smallest element of self ([HA canncommercial/800 aclnnMin.md]). */
-MOEHAL_ACL_FN(aclnnStatus, aclnnMinGetWorkspaceSize,
-              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
-               aclOpExecutor **executor))
-MOEHAL_ACLNN_LAUNCH(aclnnMin)
+/* aclnnAmax / aclnnAmin: the largest / smallest element over the dims (an aclIntArray), keepDim
+ * keeps them as 1 ([HA 82RC1alpha002 aclnnAmax.md], [HA 82RC1alpha001 aclnnAmin.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAmaxGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmax)
+MOEHAL_ACL_FN(aclnnStatus, aclnnAminGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmin)
 
 #ifdef __cplusplus
 }

@@ -848,15 +848,17 @@ pub type aclnnInplaceAddsFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
-pub type aclnnMaxGetWorkspaceSizeFn = ::std::option::Option<
+pub type aclnnAmaxGetWorkspaceSizeFn = ::std::option::Option<
     unsafe extern "C" fn(
         self_: *const aclTensor,
+        dim: *const aclIntArray,
+        keepDim: bool,
         out: *mut aclTensor,
         workspaceSize: *mut u64,
         executor: *mut *mut aclOpExecutor,
     ) -> aclnnStatus,
 >;
-pub type aclnnMaxFn = ::std::option::Option<
+pub type aclnnAmaxFn = ::std::option::Option<
     unsafe extern "C" fn(
         workspace: *mut ::std::os::raw::c_void,
         workspaceSize: u64,
@@ -864,15 +866,17 @@ pub type aclnnMaxFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
-pub type aclnnMinGetWorkspaceSizeFn = ::std::option::Option<
+pub type aclnnAminGetWorkspaceSizeFn = ::std::option::Option<
     unsafe extern "C" fn(
         self_: *const aclTensor,
+        dim: *const aclIntArray,
+        keepDim: bool,
         out: *mut aclTensor,
         workspaceSize: *mut u64,
         executor: *mut *mut aclOpExecutor,
     ) -> aclnnStatus,
 >;
-pub type aclnnMinFn = ::std::option::Option<
+pub type aclnnAminFn = ::std::option::Option<
     unsafe extern "C" fn(
         workspace: *mut ::std::os::raw::c_void,
         workspaceSize: u64,
