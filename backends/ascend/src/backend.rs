@@ -387,7 +387,7 @@ impl Backend for Ascend {
                         "id range: ids read on the host (no aclnnAmax/aclnnAmin)"
                     };
                     return Support::yes(format!(
-                        "device composition: aclnnCast(ids->INT64) + aclnnEqScalar(ids, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host",
+                        "device composition: aclnnCast(ids->INT64) = key + aclnnEqScalar(key, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host",
                         if x.is_some() { " -> aclnnIndexSelect(x, 0, src_token) = x_perm" } else { "" }
                     ));
                 }
