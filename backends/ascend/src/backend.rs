@@ -386,8 +386,15 @@ impl Backend for Ascend {
                     } else {
                         "id range: ids read on the host (no aclnnAmax/aclnnAmin)"
                     };
+                    // The vendor op the probe accepted stays named: it is what a library without
+                    // these primitives would use.
+                    let vendor = match r.permute {
+                        PermutePath::V3 { .. } => "aclnnMoeInitRoutingV3",
+                        PermutePath::V2 => "aclnnMoeInitRoutingV2",
+                        PermutePath::Host => "none",
+                    };
                     return Support::yes(format!(
-                        "device composition: aclnnCast(ids->INT64) = key + aclnnEqScalar(key, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host",
+                        "device composition: aclnnCast(ids->INT64) = key + aclnnEqScalar(key, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host [vendor op the probe accepted, unused: {vendor}]",
                         if x.is_some() { " -> aclnnIndexSelect(x, 0, src_token) = x_perm" } else { "" }
                     ));
                 }
