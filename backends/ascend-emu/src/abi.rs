@@ -1697,7 +1697,10 @@ pub unsafe extern "C" fn aclnnGatherV2GetWorkspaceSize(
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
 }
 
-/// `aclnnIndexSelectGetWorkspaceSize` (dim 0).
+/// `aclnnStatus aclnnIndexSelectGetWorkspaceSize(const aclTensor *self, int64_t dim, const aclTensor
+/// *index, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor)` ([HA
+/// canncommercial/800 aclnnIndexSelect.md]): any dim, views accepted; rules in
+/// [`crate::ops::Prim::index_select`] (RULES.md IS*).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -1710,18 +1713,16 @@ pub unsafe extern "C" fn aclnnIndexSelectGetWorkspaceSize(
     workspace_size: *mut u64,
     executor: *mut *mut sys::aclOpExecutor,
 ) -> sys::aclnnStatus {
-    let mut s = lock();
-    let op = (|| {
-        Op::gather(
-            "aclnnIndexSelect",
+    let build = |s: &State| {
+        crate::ops::Prim::index_select(
             s.desc(self_, "self")?,
             dim,
             s.desc(index, "index")?,
             s.desc(out, "out")?,
         )
-    })();
+    };
     // SAFETY: forwarded caller promise.
-    unsafe { phase_one(&mut s, op, workspace_size, executor) }
+    unsafe { prims::prim_one(build, workspace_size, executor) }
 }
 
 /// `aclnnCastGetWorkspaceSize`.
@@ -1818,3 +1819,5 @@ check_sig! {
 
 pub mod prims;
 pub use prims::*;
+pub mod prims_sort;
+pub use prims_sort::*;

@@ -28,11 +28,14 @@ use crate::profile::{release, Release};
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
+pub mod arith;
 mod elementwise;
 mod index;
 pub mod prim;
 mod reduce;
+mod sort;
 
+pub use arith::ScalarOp;
 pub use prim::{Binary, Prim, Scalar, Unary};
 
 /// A status code and the message `aclGetRecentErrMsg` returns for it.
@@ -151,7 +154,7 @@ pub enum Op {
         k: i64,
         out: Desc,
     },
-    /// aclnnEmbedding / aclnnGatherV2 / aclnnIndexSelect along dim 0.
+    /// aclnnEmbedding / aclnnGatherV2 along dim 0.
     Gather {
         launch: &'static str,
         table: Desc,
@@ -1000,7 +1003,8 @@ impl Op {
         })
     }
 
-    /// aclnnEmbedding (dim 0), aclnnGatherV2 / aclnnIndexSelect (dim must be 0 here) phase one.
+    /// aclnnEmbedding (dim 0), aclnnGatherV2 (dim must be 0 here) phase one. (aclnnIndexSelect is a
+    /// primitive of any dim: [`Prim::index_select`].)
     pub fn gather(
         launch: &'static str,
         table: Option<Desc>,
@@ -1022,10 +1026,6 @@ impl Op {
         }
         // Index INT32 / INT64 ([FS §4.4]).
         want_dt(&index, &[sys::ACL_INT32, sys::ACL_INT64], "index")?;
-        // aclnnIndexSelect: index 0-D or 1-D ([FS §4.4]); NOT EMULATED: 0-D.
-        if launch == "aclnnIndexSelect" {
-            want_rank(&index, 1, "index")?;
-        }
         // out = index.shape + self.shape[1:], self's dtype ([FS §4.4]).
         let mut shape = index.dims.clone();
         shape.extend_from_slice(&table.dims[1..]);

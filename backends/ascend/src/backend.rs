@@ -312,9 +312,15 @@ impl Backend for Ascend {
                     && v.div;
                 let host = if dev_w {
                     format!(
-                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits, every weight of a renormalized call with a row whose k smallest scores sum below 1e-6",
+                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits{}",
                         if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
-                        if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" }
+                        if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" },
+                        if v.adds { "aclnnAdds(1e-20) + " } else { "" },
+                        if v.adds {
+                            ""
+                        } else {
+                            ", every weight of a renormalized call with a row whose k smallest scores sum below 1e-6 (no aclnnAdds)"
+                        }
                     )
                 } else {
                     "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)".to_string()
@@ -374,6 +380,24 @@ impl Backend for Ascend {
             }
             OpDesc::MoePermute { x } => {
                 let r = &self.routes;
+                if self.permute_composable() {
+                    let check = if self.permute_range_on_device() {
+                        "id range: aclnnAmin + aclnnAmax, 8-byte control read"
+                    } else {
+                        "id range: ids read on the host (no aclnnAmax/aclnnAmin)"
+                    };
+                    // The vendor op the probe accepted stays named: it is what a library without
+                    // these primitives would use.
+                    let vendor = match r.permute {
+                        PermutePath::V3 { .. } => "aclnnMoeInitRoutingV3",
+                        PermutePath::V2 => "aclnnMoeInitRoutingV2",
+                        PermutePath::Host => "none",
+                    };
+                    return Support::yes(format!(
+                        "device composition: aclnnCast(ids->INT64) = key + aclnnEqScalar(key, -1) + aclnnInplaceMaskedFillScalar(key, E) -> aclnnSort(stable, ascending) -> aclnnFloorDivides(perm, k) = src_token -> aclnnArange + aclnnScatter(perm) + aclnnInplaceMaskedFillScalar(-1) = slot_row -> aclnnArange(E) + aclnnSearchSorted(right) = group_end{}; {check}; T*k = 0: aclrtMemset; strided slot_row or a phase-one refusal: host [vendor op the probe accepted, unused: {vendor}]",
+                        if x.is_some() { " -> aclnnIndexSelect(x, 0, src_token) = x_perm" } else { "" }
+                    ));
+                }
                 match (x, r.permute) {
                     (None, _) => Support::yes("host (no x: nothing for the vendor op to gather)"),
                     (Some(_), PermutePath::Host) => Support::yes(format!("host (open-time probe: {})", r.permute_why)),

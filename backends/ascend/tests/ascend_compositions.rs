@@ -1,7 +1,8 @@
 //! The aclnn compositions of issue 13 through the strict emulator, on inputs the kit's drawn cases
 //! do not reach: `swiglu` with a `limit` that is not exact in bf16/f16 (the f32 route through
 //! aclnnCast), NaN / ±inf around the clamps, and `moe_combine` with dropped slots whose weights and
-//! unrouted `y_perm` rows hold NaN (each dropped slot must add nothing).
+//! unrouted `y_perm` rows hold NaN (each dropped slot must add nothing); `moe_permute` composed on
+//! the device (every slot dropped, one expert, repeats, no x, T = 0, out-of-range ids).
 
 mod ascend_common;
 
@@ -138,4 +139,46 @@ fn combine_dropped_slots_add_nothing_whatever_the_unrouted_rows_hold() {
     // The inputs are untouched (the masks work on scratch copies).
     assert_eq!(asc.download_vec::<f32>(&wb, rows).unwrap()[0], 0.75);
     assert!(asc.download_vec::<f32>(&yb, rows * h).unwrap()[4 * h].is_nan());
+}
+
+#[test]
+fn permute_is_composed_on_the_device_and_matches_the_reference() {
+    let asc = ascend_common::open_emulated();
+    for x in [None, Some(DType::BF16)] {
+        let s = format!("{:?}", asc.supports(&OpDesc::MoePermute { x }));
+        assert!(
+            s.contains("aclnnSort(stable") && s.contains("aclnnSearchSorted") && s.contains("aclnnScatter"),
+            "{s}"
+        );
+        assert_eq!(s.contains("aclnnIndexSelect"), x.is_some(), "{s}");
+    }
+    // Shapes the kit's edge cases do not all reach: every slot dropped, one expert, repeated
+    // experts in a token, no x, T = 0, and an id out of range (an error, nothing written).
+    let mut cases = Vec::new();
+    for (t, k, e, drop, repeat) in [
+        (7, 3, 5, 0.0, false),
+        (7, 3, 5, 0.4, true),
+        (5, 2, 1, 0.3, true),
+        (4, 4, 9, 1.0, false),
+        (0, 2, 3, 0.0, false),
+        (33, 8, 16, 0.1, true),
+    ] {
+        for x in [None, Some((DType::F32, 5)), Some((DType::BF16, 16))] {
+            for bad_id in [false, true].into_iter().filter(|&b| !b || t > 0) {
+                cases.push(Case::new(
+                    format!("moe_permute t{t} k{k} e{e} drop{drop} repeat{repeat} x{x:?} bad{bad_id}"),
+                    Spec::MoePermute {
+                        t,
+                        k,
+                        e,
+                        x,
+                        drop,
+                        repeat,
+                        bad_id,
+                    },
+                ));
+            }
+        }
+    }
+    check_backend(&*asc, "ascend (emulator)", &cases, 0x13_03, true).assert_pass();
 }

@@ -79,8 +79,21 @@ fn routes_name_the_aclnn_ops() {
             } else {
                 "aclnnMoeInitRoutingV3"
             };
+            // Where the release has the primitives, moe_permute is composed on the device (issue
+            // 13) and the probed vendor op is only named.
             let s = route(asc, OpDesc::MoePermute { x: Some(DType::F32) });
             assert!(s.contains(want), "CANN {profile}: {s}");
+            let ops = moehal_ascend::ops_at(ascend_common::profile_dir(profile, None)).expect("ops");
+            let composable = [
+                "aclnnSort",
+                "aclnnArange",
+                "aclnnScatter",
+                "aclnnFloorDivides",
+                "aclnnSearchSorted",
+            ]
+            .iter()
+            .all(|o| ops.contains(o));
+            assert_eq!(s.contains("device composition"), composable, "CANN {profile}: {s}");
         }
     }
 }

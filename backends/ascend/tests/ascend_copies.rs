@@ -23,9 +23,11 @@ use std::sync::Mutex;
 
 use moehal_core::ops::{
     Checked, EngramHash, EngramLookup, GatherRows, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc,
-    QuantDesc, QuantizeFp8, QuantizeInt8, RouterHash, RouterTopk, Swiglu, TableFormat,
+    QuantDesc, QuantizeFp8, QuantizeInt8, RouterConfig, RouterHash, RouterTopk, Scoring, Swiglu, TableFormat,
 };
-use moehal_core::{Backend, Buffer, DeviceInfo, Location, Result, Support};
+use moehal_core::{
+    half, Backend, BackendExt, Buffer, DType, DeviceInfo, Location, Reference, Result, Support, TensorRef,
+};
 
 /// Host parts by design, allowed whether or not the cases reach them: the Engram hash (ids to the
 /// host, rows back), and gathers from a host-resident table (indices to the host, rows uploaded).
@@ -49,13 +51,22 @@ const ROUND_TRIPS: &[&str] = &[
     // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
     // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
     "grouped_gemm+row_scale+k0 h2d",
-    // logits read to find non-finite rows (those, sqrt_softplus and tiny renormalised rows run on
-    // the host); expert_counts from the ids on the host. Weights are on the device.
+    // Router calls keyed per variant. Every call reads the logits to find non-finite rows (d2h).
+    // A plain call (softmax/sigmoid, finite logits, no expert_counts) copies nothing else: ids
+    // device to device, weights composed on the device (renormalised with aclnnAdds(1e-20)), so
+    // "router_topk h2d" must not appear. expert_counts: the histogram is counted on the host and
+    // uploaded (no device scatter-add used yet); T = 0 and patterns/shapes the vendor op refuses
+    // also run on the host. Non-finite rows and sqrt_softplus scoring run fully on the host.
     "router_topk d2h",
-    "router_topk h2d",
-    // group_end / slot_row / src_token from the row index on the host; dropped slots; no x.
+    "router_topk+expert_counts d2h",
+    "router_topk+expert_counts h2d",
+    "router_topk+expert_counts+nonfinite d2h",
+    "router_topk+expert_counts+nonfinite h2d",
+    "router_topk+sqrt_softplus+expert_counts d2h",
+    "router_topk+sqrt_softplus+expert_counts h2d",
+    // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
+    // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
-    "moe_permute h2d",
     // slot_row read to check its range (the vendor op does not) and to pick the zero row for
     // dropped slots (those then run on the device: aclnnEqScalar + aclnnInplaceMaskedFillScalar).
     "moe_combine d2h",
@@ -65,6 +76,11 @@ const ROUND_TRIPS: &[&str] = &[
     // row indices range-checked on the host.
     "gather_rows d2h",
 ];
+
+/// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
+/// copy in that direction. `moe_permute`: the two scalars of `aclnnAmin` / `aclnnAmax` over the ids
+/// (the range check of OPS.md §3, whose error must reach the caller before anything is written).
+const CONTROL_READS: &[(&str, u64)] = &[("moe_permute d2h", 8)];
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -153,6 +169,8 @@ impl Counters {
 struct Seen {
     /// "op[+variant] dir" -> bytes, over all calls.
     copies: BTreeMap<String, u64>,
+    /// "op[+variant] dir" -> the most bytes of one call.
+    per_call: BTreeMap<String, u64>,
     /// "op[+variant]" -> the aclnn launch sequences seen.
     launches: BTreeMap<String, BTreeSet<String>>,
 }
@@ -174,10 +192,34 @@ impl Counting {
         for (dir, n) in [("d2h", s.d2h_bytes), ("h2d", s.h2d_bytes)] {
             if n > 0 {
                 *seen.copies.entry(format!("{key} {dir}")).or_default() += n;
+                let m = seen.per_call.entry(format!("{key} {dir}")).or_default();
+                *m = (*m).max(n);
             }
         }
         seen.launches.entry(key).or_default().insert(names.join(" -> "));
         r
+    }
+}
+
+impl Counting {
+    /// Whether any element in the byte range of `t`'s view is NaN or infinite (for a strided view
+    /// the gaps are read too: a gap can only add a `+nonfinite` key, never hide one).
+    fn any_non_finite(&self, t: &TensorRef<'_>) -> bool {
+        let (s, e) = t.byte_range();
+        let mut bytes = vec![0u8; e - s];
+        self.inner.download(t.buffer(), s, &mut bytes).expect("download logits");
+        match t.dtype() {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+            DType::BF16 => bytes
+                .chunks_exact(2)
+                .any(|c| !half::bf16::from_le_bytes([c[0], c[1]]).is_finite()),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .any(|c| !half::f16::from_le_bytes([c[0], c[1]]).is_finite()),
+            _ => false,
+        }
     }
 }
 
@@ -226,7 +268,20 @@ impl Backend for Counting {
         self.op(key, || self.inner.grouped_gemm(args))
     }
     fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
-        self.op("router_topk".into(), || self.inner.router_topk(args))
+        // Keyed per variant, so a call that must take the device path is pinned on its own:
+        // sqrt_softplus scoring (no vendor op), expert_counts (a histogram), non-finite logits.
+        // The logits are read here, before the counters are reset (not counted as the op's).
+        let mut key = String::from("router_topk");
+        if args.config.scoring == Scoring::SqrtSoftplus {
+            key.push_str("+sqrt_softplus");
+        }
+        if args.expert_counts.is_some() {
+            key.push_str("+expert_counts");
+        }
+        if self.any_non_finite(&args.logits) {
+            key.push_str("+nonfinite");
+        }
+        self.op(key, || self.inner.router_topk(args))
     }
     fn router_hash(&self, args: Checked<RouterHash<'_>>) -> Result<()> {
         self.op("router_hash".into(), || self.inner.router_hash(args))
@@ -289,6 +344,12 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
         sum.failures.join("\n")
     );
 
+    // The kit's router cases all ask for expert_counts; these plain calls must take the device
+    // path and copy no tensor data to the device. Rows whose selected scores sum far below 1e-6
+    // (once sent to the host for the 1e-20 term) are among them, and the weights must equal the
+    // reference's.
+    plain_router_calls_stay_on_the_device(&be);
+
     let seen = be.seen.into_inner().unwrap();
     println!("aclnn launches per op (as seen):");
     for (k, seqs) in &seen.launches {
@@ -309,7 +370,24 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
         "moe_combine",
         "gather_rows",
     ] {
-        assert!(seen.launches.contains_key(op), "the edge cases never called {op}");
+        assert!(
+            seen.launches
+                .keys()
+                .any(|k| k == op || k.starts_with(&format!("{op}+"))),
+            "the edge cases never called {op}"
+        );
+    }
+    // The 8-byte bound holds where the library computes the id extremes (aclnnAmin / aclnnAmax);
+    // without them the backend reads the ids themselves (README, "Host round trips").
+    let ops = moehal_ascend::ops_at(&dir).expect("emulator ops");
+    let extremes = ops.contains(&"aclnnAmax") && ops.contains(&"aclnnAmin");
+    for &(k, most) in CONTROL_READS.iter().filter(|_| extremes) {
+        assert!(ROUND_TRIPS.contains(&k), "control read {k} is not in ROUND_TRIPS");
+        let n = seen.per_call.get(k).copied().unwrap_or(0);
+        assert!(
+            n <= most,
+            "{k}: one call copied {n} bytes; a control read may copy at most {most} (tensor data must stay on the device)"
+        );
     }
     let got: BTreeSet<&str> = seen
         .copies
@@ -326,4 +404,53 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
          with its reason here and in the README): {new:?}; no longer copying (remove from ROUND_TRIPS and \
          the README): {gone:?}"
     );
+}
+
+/// Router calls without expert_counts, softmax and sigmoid, renormalised, with rows whose
+/// selected scores are tiny (softmax: one logit far above the rest; sigmoid: all logits very
+/// negative) and one all-ordinary row, compared with the reference.
+fn plain_router_calls_stay_on_the_device(be: &Counting) {
+    let (t, e, k) = (3usize, 16usize, 4usize);
+    #[rustfmt::skip]
+    let rows: [[f32; 16]; 3] = [
+        // softmax: the k smallest scores sum to ~1e-13 (normal f32, not subnormal).
+        [30.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0, -10.0, -11.0, -12.0, -13.0, -14.0],
+        // sigmoid: every score below 1e-20.
+        [-50.0, -51.0, -52.0, -53.0, -54.0, -55.0, -56.0, -57.0, -58.0, -59.0, -60.0, -61.0, -62.0, -63.0, -64.0, -65.0],
+        [0.5, -0.25, 1.5, 0.0, 2.0, -1.0, 0.75, 0.1, -0.5, 1.0, 0.3, -2.0, 0.2, 0.6, -0.1, 0.9],
+    ];
+    let logits: Vec<f32> = rows.iter().flatten().copied().collect();
+    for scoring in [Scoring::Softmax, Scoring::Sigmoid] {
+        let cfg = RouterConfig {
+            k,
+            scoring,
+            group: None,
+            renormalize: true,
+            routed_scaling_factor: 2.5,
+        };
+        let run = |b: &dyn Backend| -> (Vec<i32>, Vec<f32>) {
+            let lb = b.upload_slice(&logits).unwrap();
+            let mut ib = b.upload_slice(&vec![0i32; t * k]).unwrap();
+            let mut wb = b.upload_slice(&vec![0f32; t * k]).unwrap();
+            let args = RouterTopk {
+                config: cfg,
+                logits: lb.view(DType::F32, &[t, e]),
+                bias: None,
+                ids: ib.view_mut(DType::I32, &[t, k]),
+                weights: wb.view_mut(DType::F32, &[t, k]),
+                expert_counts: None,
+            };
+            b.router_topk(args.validate().unwrap()).unwrap();
+            (b.download_vec(&ib, t * k).unwrap(), b.download_vec(&wb, t * k).unwrap())
+        };
+        let (gi, gw) = run(be);
+        let (ri, rw) = run(&Reference);
+        assert_eq!(gi, ri, "{scoring:?}: ids");
+        for (j, (g, r)) in gw.iter().zip(&rw).enumerate() {
+            assert!(
+                (g - r).abs() <= 1e-6 * r.abs().max(1e-30),
+                "{scoring:?}: weight {j}: device {g:e}, reference {r:e}"
+            );
+        }
+    }
 }

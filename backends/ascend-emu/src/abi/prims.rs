@@ -1,8 +1,7 @@
 //! The C ABI of the general aclnn primitives (issue 13): `aclCreateScalar` / `aclDestroyScalar`
 //! and each primitive's two phases. Signatures exactly as the CANN pages print them (cited per
-//! function); the rules live in [`crate::ops::prim`] and RULES.md §Primitives. No `moehal_acl.h`
-//! typedef exists for these yet, so there is no `check_sig!` line: the integrator adds them when
-//! the backend's header declares the same functions.
+//! function); the rules live in [`crate::ops::prim`] and RULES.md §Primitives. Those the backend's
+//! `moehal_acl.h` declares are pinned to its typedefs by `check_sig!` (end of this file).
 
 use std::ffi::c_void;
 
@@ -12,14 +11,11 @@ use crate::sys;
 use crate::tensor::elem_size;
 
 /// The opaque `aclScalar` of `acl_meta.h` / aclnn's `aclnn/acl_meta.h` (a handle; its layout is
-/// private to the library).
-#[repr(C)]
-pub struct aclScalar {
-    _private: [u8; 0],
-}
+/// private to the library): the header's type, so `check_sig!` can pin the scalar-taking functions.
+pub use crate::sys::aclScalar;
 
 impl State {
-    fn scalar(&self, s: *const aclScalar, what: &str) -> Result<Option<Scalar>, Fail> {
+    pub(super) fn scalar(&self, s: *const aclScalar, what: &str) -> Result<Option<Scalar>, Fail> {
         if s.is_null() {
             return Ok(None);
         }
@@ -99,7 +95,7 @@ pub extern "C" fn aclDestroyScalar(scalar: *const aclScalar) -> sys::aclnnStatus
 ///
 /// # Safety
 /// `ws` and `exec` must be NULL or writable.
-unsafe fn prim_one(
+pub(super) unsafe fn prim_one(
     build: impl FnOnce(&State) -> Result<Prim, Fail>,
     ws: *mut u64,
     exec: *mut *mut sys::aclOpExecutor,
@@ -634,3 +630,17 @@ launcher!(
     aclnnInplaceSigmoid,
     aclnnInplaceSqrt
 );
+
+// The primitives the backend's header declares: each export has the header's signature.
+check_sig! {
+    aclnnClampGetWorkspaceSize => aclnnClampGetWorkspaceSizeFn, aclnnClamp => aclnnClampFn,
+    aclnnClampMaxGetWorkspaceSize => aclnnClampMaxGetWorkspaceSizeFn, aclnnClampMax => aclnnClampMaxFn,
+    aclnnEqScalarGetWorkspaceSize => aclnnEqScalarGetWorkspaceSizeFn, aclnnEqScalar => aclnnEqScalarFn,
+    aclnnInplaceMaskedFillScalarGetWorkspaceSize => aclnnInplaceMaskedFillScalarGetWorkspaceSizeFn, aclnnInplaceMaskedFillScalar => aclnnInplaceMaskedFillScalarFn,
+    aclnnSoftmaxGetWorkspaceSize => aclnnSoftmaxGetWorkspaceSizeFn, aclnnSoftmax => aclnnSoftmaxFn,
+    aclnnSigmoidGetWorkspaceSize => aclnnSigmoidGetWorkspaceSizeFn, aclnnSigmoid => aclnnSigmoidFn,
+    aclnnGatherGetWorkspaceSize => aclnnGatherGetWorkspaceSizeFn, aclnnGather => aclnnGatherFn,
+    aclnnReduceSumGetWorkspaceSize => aclnnReduceSumGetWorkspaceSizeFn, aclnnReduceSum => aclnnReduceSumFn,
+    aclnnDivGetWorkspaceSize => aclnnDivGetWorkspaceSizeFn, aclnnDiv => aclnnDivFn,
+    aclnnMulsGetWorkspaceSize => aclnnMulsGetWorkspaceSizeFn, aclnnMuls => aclnnMulsFn,
+}

@@ -96,6 +96,16 @@ pub(super) const NUM_SCALARS: [sys::aclDataType; 9] = [
     sys::ACL_INT64,
 ];
 
+/// The tensor types the second group of primitives emulates (FLOAT / FLOAT16 / BFLOAT16 / INT32 /
+/// INT64; the pages' other types are NOT EMULATED, RULES.md PR3).
+pub(super) const NUMERIC: [sys::aclDataType; 5] = [
+    sys::ACL_FLOAT,
+    sys::ACL_FLOAT16,
+    sys::ACL_BF16,
+    sys::ACL_INT32,
+    sys::ACL_INT64,
+];
+
 pub(super) fn req_scalar(s: Option<Scalar>, what: &str) -> Result<Scalar, Fail> {
     s.ok_or_else(|| null(what))
 }
@@ -256,13 +266,125 @@ pub enum Prim {
         /// selfRef.
         self_ref: Desc,
     },
+    /// aclnnSort (values and indices) / aclnnArgsort (indices only) along `dim`.
+    Sort {
+        /// "aclnnSort" or "aclnnArgsort".
+        launch: &'static str,
+        /// Input.
+        x: Desc,
+        /// Axis (non-negative).
+        dim: usize,
+        /// Descending order.
+        descending: bool,
+        /// Equal keys keep their order.
+        stable: bool,
+        /// valuesOut (aclnnSort only).
+        values: Option<Desc>,
+        /// INT64 positions along `dim`.
+        indices: Desc,
+    },
+    /// aclnnIndexSelect along `dim` (1-D index).
+    IndexSelect {
+        /// Input.
+        x: Desc,
+        /// Axis.
+        dim: usize,
+        /// INT32 / INT64 1-D indices.
+        index: Desc,
+        /// Output.
+        out: Desc,
+    },
+    /// aclnnAmax / aclnnAmin over the flagged axes.
+    Amax {
+        /// Maximum (aclnnAmax) or minimum (aclnnAmin).
+        max: bool,
+        /// Input.
+        x: Desc,
+        /// Reduced axes (flags per input axis).
+        reduce: Vec<bool>,
+        /// Output (self's dtype).
+        out: Desc,
+    },
+    /// aclnnSearchSorted: insertion points of self in the sorted last axis of `seq`.
+    SearchSorted {
+        /// sortedSequence.
+        seq: Desc,
+        /// Values to place.
+        x: Desc,
+        /// Right insertion points (`seq_j > x`) instead of left (`seq_j >= x`).
+        right: bool,
+        /// Optional INT64 order of `seq`'s last axis.
+        sorter: Option<Desc>,
+        /// INT32 / INT64 out, self's shape.
+        out: Desc,
+    },
+    /// aclnnScatter / aclnnInplaceScatter (torch.scatter, reduce 0 / 1 / 2).
+    Scatter {
+        /// The in-place form (out is self).
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// Axis.
+        dim: usize,
+        /// INT32 / INT64 targets along `dim`.
+        index: Desc,
+        /// Values.
+        src: Desc,
+        /// 0 replace, 1 add, 2 multiply.
+        reduce: i64,
+        /// Output (self's dtype and shape).
+        out: Desc,
+    },
+    /// aclnnFloorDivides / aclnnAdds and their in-place forms (`out` is `x` in place).
+    ScalarArith {
+        /// Which function.
+        op: super::arith::ScalarOp,
+        /// The in-place form.
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// The scalar operand.
+        other: Scalar,
+        /// Adds' alpha (1 for FloorDivides).
+        alpha: Scalar,
+        /// Output (the promoted type = self's; self's shape).
+        out: Desc,
+    },
+    /// aclnnArange: `out[i] = start + i * step`.
+    Arange {
+        /// start (as f64).
+        start: f64,
+        /// step (as f64).
+        step: f64,
+        /// start, for integer scalars.
+        istart: i64,
+        /// step, for integer scalars.
+        istep: i64,
+        /// All three scalars are integers (exact arithmetic).
+        ints: bool,
+        /// 1-D output.
+        out: Desc,
+    },
 }
 
 impl Prim {
     /// The launch function that may consume this executor.
     pub fn launch_name(&self) -> &'static str {
         match self {
-            Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } => launch,
+            Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
+            Prim::Arange { .. } => "aclnnArange",
+            Prim::SearchSorted { .. } => "aclnnSearchSorted",
+            Prim::Amax { max: true, .. } => "aclnnAmax",
+            Prim::Amax { max: false, .. } => "aclnnAmin",
+            Prim::IndexSelect { .. } => "aclnnIndexSelect",
+            Prim::ScalarArith { op, inplace, .. } => match (op, inplace) {
+                (super::arith::ScalarOp::FloorDiv, false) => "aclnnFloorDivides",
+                (super::arith::ScalarOp::FloorDiv, true) => "aclnnInplaceFloorDivides",
+                (super::arith::ScalarOp::Add, false) => "aclnnAdds",
+                (super::arith::ScalarOp::Add, true) => "aclnnInplaceAdds",
+            },
+            Prim::Scatter { inplace: false, .. } => "aclnnScatter",
+            Prim::Scatter { inplace: true, .. } => "aclnnInplaceScatter",
             Prim::Binary { f: Binary::Mul, .. } => "aclnnMul",
             Prim::Binary {
                 f: Binary::Div,
@@ -299,7 +421,10 @@ impl Prim {
     pub fn check_empty(self) -> Result<Prim, Fail> {
         if matches!(
             self,
-            Prim::Unary { f: Unary::Sigmoid, .. } | Prim::Softplus { .. } | Prim::ReduceSum { .. }
+            Prim::Unary { f: Unary::Sigmoid, .. }
+                | Prim::Softplus { .. }
+                | Prim::ReduceSum { .. }
+                | Prim::Sort { values: Some(_), .. }
         ) {
             return Ok(self);
         }
@@ -318,7 +443,11 @@ impl Prim {
     /// caller that ignores the returned size fails.
     pub fn workspace(&self) -> u64 {
         match self {
-            Prim::Softmax { .. } | Prim::ReduceSum { .. } | Prim::Cumsum { .. } => 1024,
+            Prim::Softmax { .. }
+            | Prim::ReduceSum { .. }
+            | Prim::Cumsum { .. }
+            | Prim::Sort { .. }
+            | Prim::Amax { .. } => 1024,
             _ => 0,
         }
     }
@@ -333,11 +462,19 @@ impl Prim {
             | Prim::Softmax { x, out, .. }
             | Prim::ReduceSum { x, out, .. }
             | Prim::Cumsum { x, out, .. }
-            | Prim::EqScalar { x, out, .. } => (vec![x], vec![out]),
+            | Prim::EqScalar { x, out, .. }
+            | Prim::ScalarArith { x, out, .. }
+            | Prim::Amax { x, out, .. } => (vec![x], vec![out]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
-            Prim::Gather { x, index, out, .. } => (vec![x, index], vec![out]),
+            Prim::Gather { x, index, out, .. } | Prim::IndexSelect { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
             Prim::Zero { self_ref } => (vec![], vec![self_ref]),
+            Prim::Sort { x, values, indices, .. } => (vec![x], values.iter().chain(std::iter::once(indices)).collect()),
+            Prim::Arange { out, .. } => (vec![], vec![out]),
+            Prim::SearchSorted {
+                seq, x, sorter, out, ..
+            } => ([seq, x].into_iter().chain(sorter.iter()).collect(), vec![out]),
+            Prim::Scatter { x, index, src, out, .. } => (vec![x, index, src], vec![out]),
         }
     }
 
@@ -398,6 +535,31 @@ impl Prim {
             }
             Prim::Cumsum { dim, .. } => super::reduce::run_cumsum(&ins[0], &mut outs[0], *dim),
             Prim::Gather { dim, .. } => super::index::run_gather(&ins[0], &ins[1], &mut outs[0], *dim),
+            Prim::Sort {
+                launch,
+                dim,
+                descending,
+                stable,
+                ..
+            } => super::sort::run_sort(&ins[0], outs, *dim, *descending, *stable, launch),
+            Prim::ScalarArith { op, other, alpha, .. } => {
+                super::arith::run_scalar_arith(&ins[0], &mut outs[0], *op, other, alpha)
+            }
+            Prim::IndexSelect { dim, .. } => super::index::run_index_select(&ins[0], &ins[1], &mut outs[0], *dim),
+            Prim::Amax { max, reduce, .. } => super::reduce::run_amax(&ins[0], &mut outs[0], reduce, *max),
+            Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
+            Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
+            Prim::Arange {
+                start,
+                step,
+                istart,
+                istep,
+                ints,
+                ..
+            } => {
+                super::arith::run_arange(&mut outs[0], *start, *step, *istart, *istep, *ints);
+                Ok(())
+            }
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Reductions and scans: aclnnSoftmax, aclnnReduceSum, aclnnCumsum. Sources in RULES.md
-//! §Primitives (SM*, RS*, CS*).
+//! Reductions and scans: aclnnSoftmax, aclnnReduceSum, aclnnCumsum, aclnnAmax / aclnnAmin. Sources
+//! in RULES.md §Primitives (SM*, RS*, CS*, AM*).
 
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-use super::prim::{axis, for_each, same_dtype, want_float, Prim};
+use super::prim::{axis, for_each, same_dtype, want_float, Prim, NUMERIC};
 use super::{bad, inner, req, want_dims, Fail, FLOATS};
 
 impl Prim {
@@ -52,27 +52,7 @@ impl Prim {
                 dt_name(dtype)
             )));
         }
-        if dims.is_empty() {
-            return Err(bad("dims is empty (reduce-all is UNDOCUMENTED, refused)"));
-        }
-        let mut reduce = vec![false; x.dims.len()];
-        for &d in &dims {
-            let a = axis(d, x.dims.len(), "dims entry")?;
-            if reduce[a] {
-                return Err(bad(format!("dims {dims:?} repeats axis {a}")));
-            }
-            reduce[a] = true;
-        }
-        let want: Vec<i64> = x
-            .dims
-            .iter()
-            .zip(&reduce)
-            .filter_map(|(&n, &r)| match (r, keep) {
-                (false, _) => Some(n),
-                (true, true) => Some(1),
-                (true, false) => None,
-            })
-            .collect();
+        let (reduce, want) = reduced(&x, &dims, keep, false)?;
         want_dims(&out, &want, "out (reduced shape)")?;
         Ok(Prim::ReduceSum { x, reduce, out })
     }
@@ -113,6 +93,38 @@ impl Prim {
         want_dims(&out, &x.dims, "out (shape of self)")?;
         Ok(Prim::Cumsum { x, dim, out })
     }
+}
+
+/// The axes a reduction names (flags per axis of `x`) and the out shape it implies: each entry in
+/// `[-rank, rank-1]`, none repeated, the list not empty (reduce-all is UNDOCUMENTED for the pages
+/// that take a list: refused), and with `no_empty_axis` no axis of size 0 (Amax/Amin's "dim指定的轴
+/// 为空轴"); reduced axes dropped, or kept as 1 with `keep` (161002 for each).
+fn reduced(x: &Desc, dims: &[i64], keep: bool, no_empty_axis: bool) -> Result<(Vec<bool>, Vec<i64>), Fail> {
+    if dims.is_empty() {
+        return Err(bad("the dim list is empty (reduce-all is UNDOCUMENTED, refused)"));
+    }
+    let mut reduce = vec![false; x.dims.len()];
+    for &d in dims {
+        let a = axis(d, x.dims.len(), "dim entry")?;
+        if reduce[a] {
+            return Err(bad(format!("dims {dims:?} repeat axis {a}")));
+        }
+        if no_empty_axis && x.dims[a] == 0 {
+            return Err(bad(format!("dim {d} names an empty axis")));
+        }
+        reduce[a] = true;
+    }
+    let want = x
+        .dims
+        .iter()
+        .zip(&reduce)
+        .filter_map(|(&n, &r)| match (r, keep) {
+            (false, _) => Some(n),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect();
+    Ok((reduce, want))
 }
 
 /// The multi-indices of the lines along `dim`: every index of `dims` with `idx[dim] = 0`.
@@ -205,6 +217,105 @@ pub(super) fn run_cumsum(x: &HostTensor, out: &mut HostTensor, dim: usize) -> Re
                 sf += if int_in { x.get_int(idx) as f32 } else { x.get(idx) };
                 out.set(idx, sf);
             }
+        }
+    });
+    err.map_or(Ok(()), Err)
+}
+
+impl Prim {
+    /// aclnnAmax / aclnnAmin phase one ([HA canncommercial/800 aclnnAmax.md], [HA canncommercial/800
+    /// aclnnAmin.md]; return codes [HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0206] (Amin) and
+    /// aclcppdevg_03_0205 (Amax); [HA 850alpha002 aclnnAmax.md] "dim中的元素不能重复"):
+    /// - self, dim, out required (161001: "self、dim或out是空指针");
+    /// - self FLOAT / FLOAT16 / BFLOAT16 / INT32 / INT64 of rank 1..8 (NOT EMULATED: DOUBLE, INT8,
+    ///   INT16, UINT8, BOOL); out "需要与self数据类型相同" (161002);
+    /// - each dim in `[-self.dim(), self.dim()-1]`, no repeats, no empty axis ("dim指定的轴为空轴");
+    ///   an empty dim list is UNDOCUMENTED (torch: reduce all) — refused (161002);
+    /// - out = self's shape with the reduced axes removed, or kept as 1 with keepDim (161002).
+    pub fn amax(
+        max: bool,
+        x: Option<Desc>,
+        dims: Option<Vec<i64>>,
+        keep: bool,
+        out: Option<Desc>,
+    ) -> Result<Prim, Fail> {
+        let x = req(x, "self")?;
+        let dims = dims.ok_or_else(|| super::null("dim"))?;
+        let out = req(out, "out")?;
+        super::want_dt(&x, &NUMERIC, "self")?;
+        same_dtype(&x, &out, "out")?;
+        if x.dims.is_empty() || x.dims.len() > 8 {
+            return Err(bad(format!("self {} must have rank 1..8", x.show())));
+        }
+        let (reduce, want) = reduced(&x, &dims, keep, true)?;
+        want_dims(&out, &want, "out (reduced shape)")?;
+        Ok(Prim::Amax { max, x, reduce, out })
+    }
+}
+
+/// aclnnAmax / aclnnAmin launch: the largest (smallest) element over the reduced axes, copied
+/// exactly (no arithmetic). A NaN: whether it propagates (torch) is UNDOCUMENTED → 561000.
+pub(super) fn run_amax(x: &HostTensor, out: &mut HostTensor, reduce: &[bool], max: bool) -> Result<(), Fail> {
+    let float = FLOATS.contains(&x.d.dtype);
+    let kept: Vec<i64> =
+        x.d.dims
+            .iter()
+            .zip(reduce)
+            .map(|(&n, &r)| if r { 1 } else { n })
+            .collect();
+    let inner_dims: Vec<i64> =
+        x.d.dims
+            .iter()
+            .zip(reduce)
+            .map(|(&n, &r)| if r { n } else { 1 })
+            .collect();
+    let out_rank = out.d.dims.len();
+    let mut err = None;
+    for_each(&kept, |k| {
+        if err.is_some() {
+            return;
+        }
+        let mut best: Option<(f64, i64, Vec<i64>)> = None;
+        for_each(&inner_dims, |r| {
+            let full: Vec<i64> = k.iter().zip(r).map(|(a, b)| a + b).collect();
+            let (f, i) = if float {
+                (x.get_pos(x.d.pos(&full)), 0)
+            } else {
+                (0.0, x.get_int(&full))
+            };
+            if f.is_nan() {
+                err = Some(inner(format!("NaN at {full:?} (propagation UNDOCUMENTED, refused)")));
+                return;
+            }
+            let better = match &best {
+                None => true,
+                Some((bf, bi, _)) => {
+                    if float {
+                        if max {
+                            f > *bf
+                        } else {
+                            f < *bf
+                        }
+                    } else if max {
+                        i > *bi
+                    } else {
+                        i < *bi
+                    }
+                }
+            };
+            if better {
+                best = Some((f, i, full));
+            }
+        });
+        if let Some((_, _, at)) = best {
+            let v = x.raw(x.d.pos(&at)).to_vec();
+            let oidx: Vec<i64> = if out_rank == k.len() {
+                k.to_vec()
+            } else {
+                k.iter().zip(reduce).filter(|(_, &r)| !r).map(|(v, _)| *v).collect()
+            };
+            let p = out.d.pos(&oidx);
+            out.set_raw(p, &v);
         }
     });
     err.map_or(Ok(()), Err)

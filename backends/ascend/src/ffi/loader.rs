@@ -84,6 +84,14 @@ api! {
         aclnnReduceSumGetWorkspaceSize: aclnnReduceSumGetWorkspaceSizeFn, aclnnReduceSum: aclnnReduceSumFn,
         aclnnDivGetWorkspaceSize: aclnnDivGetWorkspaceSizeFn, aclnnDiv: aclnnDivFn,
         aclnnMulsGetWorkspaceSize: aclnnMulsGetWorkspaceSizeFn, aclnnMuls: aclnnMulsFn,
+        aclnnSortGetWorkspaceSize: aclnnSortGetWorkspaceSizeFn, aclnnSort: aclnnSortFn,
+        aclnnArangeGetWorkspaceSize: aclnnArangeGetWorkspaceSizeFn, aclnnArange: aclnnArangeFn,
+        aclnnScatterGetWorkspaceSize: aclnnScatterGetWorkspaceSizeFn, aclnnScatter: aclnnScatterFn,
+        aclnnFloorDividesGetWorkspaceSize: aclnnFloorDividesGetWorkspaceSizeFn, aclnnFloorDivides: aclnnFloorDividesFn,
+        aclnnSearchSortedGetWorkspaceSize: aclnnSearchSortedGetWorkspaceSizeFn, aclnnSearchSorted: aclnnSearchSortedFn,
+        aclnnAddsGetWorkspaceSize: aclnnAddsGetWorkspaceSizeFn, aclnnAdds: aclnnAddsFn,
+        aclnnAmaxGetWorkspaceSize: aclnnAmaxGetWorkspaceSizeFn, aclnnAmax: aclnnAmaxFn,
+        aclnnAminGetWorkspaceSize: aclnnAminGetWorkspaceSizeFn, aclnnAmin: aclnnAminFn,
     }
 }
 
@@ -149,6 +157,24 @@ pub struct OpVersions {
     pub div: bool,
     /// `aclnnMuls`.
     pub muls: bool,
+    /// `aclnnIndexSelect` (whatever `gather` prefers).
+    pub index_select: bool,
+    /// `aclnnSort`.
+    pub sort: bool,
+    /// `aclnnArange`.
+    pub arange: bool,
+    /// `aclnnScatter`.
+    pub scatter: bool,
+    /// `aclnnFloorDivides`.
+    pub floor_divides: bool,
+    /// `aclnnSearchSorted`.
+    pub search_sorted: bool,
+    /// `aclnnAdds`.
+    pub adds: bool,
+    /// `aclnnAmax`.
+    pub amax: bool,
+    /// `aclnnAmin`.
+    pub amin: bool,
 }
 
 impl Api {
@@ -275,6 +301,46 @@ impl Api {
             self.aclnnMuls.is_some(),
             self.aclnnMulsGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnSort",
+            self.aclnnSort.is_some(),
+            self.aclnnSortGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnArange",
+            self.aclnnArange.is_some(),
+            self.aclnnArangeGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnScatter",
+            self.aclnnScatter.is_some(),
+            self.aclnnScatterGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnFloorDivides",
+            self.aclnnFloorDivides.is_some(),
+            self.aclnnFloorDividesGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSearchSorted",
+            self.aclnnSearchSorted.is_some(),
+            self.aclnnSearchSortedGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnAdds",
+            self.aclnnAdds.is_some(),
+            self.aclnnAddsGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnAmax",
+            self.aclnnAmax.is_some(),
+            self.aclnnAmaxGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnAmin",
+            self.aclnnAmin.is_some(),
+            self.aclnnAminGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -366,6 +432,24 @@ impl Api {
             ),
             div: both(self.aclnnDiv.is_some(), self.aclnnDivGetWorkspaceSize.is_some()),
             muls: both(self.aclnnMuls.is_some(), self.aclnnMulsGetWorkspaceSize.is_some()),
+            index_select: both(
+                self.aclnnIndexSelect.is_some(),
+                self.aclnnIndexSelectGetWorkspaceSize.is_some(),
+            ),
+            sort: both(self.aclnnSort.is_some(), self.aclnnSortGetWorkspaceSize.is_some()),
+            arange: both(self.aclnnArange.is_some(), self.aclnnArangeGetWorkspaceSize.is_some()),
+            scatter: both(self.aclnnScatter.is_some(), self.aclnnScatterGetWorkspaceSize.is_some()),
+            floor_divides: both(
+                self.aclnnFloorDivides.is_some(),
+                self.aclnnFloorDividesGetWorkspaceSize.is_some(),
+            ),
+            search_sorted: both(
+                self.aclnnSearchSorted.is_some(),
+                self.aclnnSearchSortedGetWorkspaceSize.is_some(),
+            ),
+            adds: both(self.aclnnAdds.is_some(), self.aclnnAddsGetWorkspaceSize.is_some()),
+            amax: both(self.aclnnAmax.is_some(), self.aclnnAmaxGetWorkspaceSize.is_some()),
+            amin: both(self.aclnnAmin.is_some(), self.aclnnAminGetWorkspaceSize.is_some()),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Math primitives for compositions on the device: `aclnnSoftmax`, `aclnnSigmoid`, `aclnnGather`,
-//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`.
+//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnFloorDivides`, `aclnnAmax`, `aclnnAmin`.
 
 use moehal_ascend_sys as sys;
 use moehal_core::Result;
@@ -94,5 +94,64 @@ impl Runtime {
             |ws, ex| unsafe { p1(x.ptr(), other.ptr(), out.ptr(), ws, ex) },
             l,
         )
+    }
+
+    /// `aclnnAdds(self, other, alpha, out)`: `out = self + alpha·other` for scalars ([HA
+    /// canncommercial/800 aclnnAdds.md]).
+    pub fn adds(&self, x: &Tensor<'_>, other: &Scalar<'_>, alpha: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnAddsGetWorkspaceSize, "aclnnAddsGetWorkspaceSize")?;
+        let l = opt(api.aclnnAdds, "aclnnAdds")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnAdds",
+            |ws, ex| unsafe { p1(x.ptr(), other.ptr(), alpha.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnFloorDivides(self, other, out)`: `out = floor(self / other)` for a scalar `other`
+    /// ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]).
+    pub fn floor_divides(&self, x: &Tensor<'_>, other: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(
+            api.aclnnFloorDividesGetWorkspaceSize,
+            "aclnnFloorDividesGetWorkspaceSize",
+        )?;
+        let l = opt(api.aclnnFloorDivides, "aclnnFloorDivides")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnFloorDivides",
+            |ws, ex| unsafe { p1(x.ptr(), other.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnAmax(self, dim, keepDim, out)` (`max = true`) or `aclnnAmin`: the largest /
+    /// smallest element of `x` over every dimension, kept as size-1 dimensions (`out` of x's rank,
+    /// all dims 1, x's dtype) ([HA 82RC1alpha002 aclnnAmax.md, 82RC1alpha001 aclnnAmin.md]).
+    pub fn extremum(&self, x: &Tensor<'_>, rank: usize, max: bool, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let dims: Vec<i64> = (0..rank as i64).collect();
+        let d = IntArray::new(self, &dims)?;
+        if max {
+            let p1 = opt(api.aclnnAmaxGetWorkspaceSize, "aclnnAmaxGetWorkspaceSize")?;
+            let l = opt(api.aclnnAmax, "aclnnAmax")?;
+            // SAFETY: live objects of this runtime.
+            self.two_phase_outcome(
+                "aclnnAmax",
+                |ws, ex| unsafe { p1(x.ptr(), d.ptr(), true, out.ptr(), ws, ex) },
+                l,
+            )
+        } else {
+            let p1 = opt(api.aclnnAminGetWorkspaceSize, "aclnnAminGetWorkspaceSize")?;
+            let l = opt(api.aclnnAmin, "aclnnAmin")?;
+            // SAFETY: live objects of this runtime.
+            self.two_phase_outcome(
+                "aclnnAmin",
+                |ws, ex| unsafe { p1(x.ptr(), d.ptr(), true, out.ptr(), ws, ex) },
+                l,
+            )
+        }
     }
 }

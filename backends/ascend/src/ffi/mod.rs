@@ -17,6 +17,8 @@ mod mask;
 mod math;
 mod objects;
 mod runtime;
+mod scatter;
+mod sort;
 
 pub use aclnn::Outcome;
 pub use loader::{load, search_dirs, Api, Loaded};

@@ -1,11 +1,12 @@
-//! `moe_permute` on `aclnnMoeInitRoutingV3` / `V2` (ffi/init_routing.rs), or the host.
+//! `moe_permute` composed on the device from aclnn primitives (issue 13), else on
+//! `aclnnMoeInitRoutingV3` / `V2` (ffi/init_routing.rs), else the host.
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{moe_permute::check_ids, Checked, MoePermute};
 use moehal_core::{Backend, Error, Reference, Result};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, reshaped, scratch_desc, Ascend};
-use crate::ffi::{DevMem, IntArray, Outcome, NAME};
+use crate::ffi::{DevMem, IntArray, Outcome, Scalar, Tensor, NAME};
 use crate::routes::PermutePath;
 
 const OP_MP: &str = "moe_permute";
@@ -44,10 +45,197 @@ impl Ascend {
         Ok(())
     }
 
+    /// Whether the loaded libraries hold every primitive of [`Ascend::permute_composed`].
+    pub(crate) fn permute_composable(&self) -> bool {
+        let v = self.rt.lib.versions;
+        v.scalar
+            && v.cast
+            && v.eq_scalar
+            && v.masked_fill
+            && v.sort
+            && v.arange
+            && v.scatter
+            && v.floor_divides
+            && v.search_sorted
+            && v.index_select
+    }
+
+    /// Whether the id range check runs on the device (`aclnnAmax` / `aclnnAmin`, a control read of
+    /// two scalars) rather than reading all ids.
+    pub(crate) fn permute_range_on_device(&self) -> bool {
+        let v = self.rt.lib.versions;
+        v.amax && v.amin
+    }
+
+    /// The id range check of OPS.md §3 (`ids` in `[-1, E)`), before anything is written: with
+    /// `aclnnAmax` / `aclnnAmin` the two extremes are computed on the device and only those 8 bytes
+    /// are read (a control read, as a CUDA engine reads a flag); without them all ids are read.
+    fn permute_check_ids(&self, a: &MoePermute<'_>) -> Result<()> {
+        let e = a.num_experts;
+        if !self.permute_range_on_device() {
+            let ids: Vec<i32> = self.fetch(&a.ids)?;
+            return check_ids(&ids, e);
+        }
+        if a.ids.numel() == 0 {
+            return Ok(()); // no ids (T = 0); the reductions refuse an empty axis
+        }
+        let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
+        let (lo, hi) = self.id_extremes(&it, 2)?;
+        if lo < -1 || hi as i64 >= e as i64 {
+            let bad = if lo < -1 { lo } else { hi };
+            return Err(Error::invalid(
+                OP_MP,
+                "ids",
+                format!("an id {bad} is outside [-1, E = {e}) (aclnnAmin/aclnnAmax of ids: {lo}, {hi})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The smallest and largest element of the INT32 tensor `ids`, computed on the device
+    /// (`aclnnAmin`, `aclnnAmax` over every dim, keepDim) and read back: a control read of 8 bytes.
+    pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<(i32, i32)> {
+        let mut ext = [0i32; 2];
+        for (i, max) in [false, true].into_iter().enumerate() {
+            let m = DevMem::new(&self.rt, 4)?;
+            let mt = self.t(&scratch_desc(&m, sys::ACL_INT32, &vec![1; rank]))?;
+            if let Outcome::Rejected(err) = self.rt.extremum(ids, rank, max, &mt)? {
+                return Err(err);
+            }
+            self.rt.d2h(bytemuck::cast_slice_mut(&mut ext[i..i + 1]), m.ptr)?;
+        }
+        Ok((ext[0], ext[1]))
+    }
+
+    /// `moe_permute` composed on the device (OPS.md §3), no tensor data to or from the host:
+    ///
+    /// 1. `key = aclnnCast(ids -> INT64)`, `mask = aclnnEqScalar(ids, -1)`,
+    ///    `aclnnInplaceMaskedFillScalar(key, mask, E)`: dropped slots get the key `E`, past every
+    ///    expert, so they sort last;
+    /// 2. `aclnnSort(key, stable, dim 0, ascending)` -> `sorted`, `perm` (INT64, row -> flat slot
+    ///    `t·k + j`): stable, so inside one expert rows keep `(t, j)` order, as OPS.md requires;
+    /// 3. `src_token = aclnnFloorDivides(perm, k)` (the token of each row);
+    /// 4. `slot_row = aclnnScatter(arange, dim 0, index = perm, src = arange)` with `arange =
+    ///    aclnnArange(0, T·k)` (`slot_row[perm[r]] = r`; `perm` is a permutation, so every slot is
+    ///    written once), then `aclnnInplaceMaskedFillScalar(slot_row, mask, -1)` for dropped slots;
+    /// 5. `group_end = aclnnSearchSorted(sorted, aclnnArange(0, E), right)`: the number of rows
+    ///    whose key is `<= e`, i.e. the cumulative count of experts `0..=e` (dropped keys `E` are
+    ///    never counted);
+    /// 6. `x_perm = aclnnIndexSelect(x, 0, src_token)` (rows past the routed ones gather the
+    ///    token of a dropped slot; OPS.md leaves them unspecified).
+    ///
+    /// Returns `Ok(false)` when a primitive refused the call at phase one before this op wrote
+    /// anything it would not rewrite (the caller then runs the host path, which writes every
+    /// output).
+    fn permute_composed(&self, a: &MoePermute<'_>) -> Result<bool> {
+        let (t, k) = a.dims();
+        let e = a.num_experts;
+        let n = t * k;
+        if n == 0 {
+            // No slots: every group is empty (src_token and slot_row have no elements). A
+            // contiguous group_end is zeroed with aclrtMemset; a strided one goes to the host.
+            if !a.group_end.layout().is_contiguous() {
+                return Ok(false);
+            }
+            let (go, _) = a.group_end.byte_range();
+            self.rt.memset(
+                a.group_end.buffer().addr() + go as u64,
+                a.group_end.buffer().len() - go,
+                0,
+                e * 8,
+            )?;
+            return Ok(true);
+        }
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
+        // 1. keys, dropped slots last.
+        let key = DevMem::new(&self.rt, n * 8)?;
+        let key_tk = self.t(&scratch_desc(&key, sys::ACL_INT64, &[t, k]))?;
+        let key_n = self.t(&scratch_desc(&key, sys::ACL_INT64, &[n]))?;
+        self.rt.cast(&it, sys::ACL_INT64, &key_tk)?;
+        let mask = DevMem::new(&self.rt, n)?;
+        let mask_t = self.t(&scratch_desc(&mask, sys::ACL_BOOL, &[t, k]))?;
+        let minus1 = Scalar::i64(&self.rt, -1)?;
+        if !ran(self.rt.eq_scalar(&key_tk, &minus1, &mask_t)?) {
+            return Ok(false);
+        }
+        let big = Scalar::i64(&self.rt, e as i64)?;
+        if !ran(self.rt.masked_fill(&key_tk, &mask_t, &big)?) {
+            return Ok(false);
+        }
+        // 2. stable ascending sort.
+        let sorted = DevMem::new(&self.rt, n * 8)?;
+        let perm = DevMem::new(&self.rt, n * 8)?;
+        let sorted_t = self.t(&scratch_desc(&sorted, sys::ACL_INT64, &[n]))?;
+        let perm_t = self.t(&scratch_desc(&perm, sys::ACL_INT64, &[n]))?;
+        if !ran(self.rt.sort(&key_n, true, 0, false, &sorted_t, &perm_t)?) {
+            return Ok(false);
+        }
+        // 3. src_token = perm / k.
+        let src_t = self.t(&desc_of(&a.src_token.as_ref(), OP_MP, "src_token")?)?;
+        let kk = Scalar::i64(&self.rt, k as i64)?;
+        if !ran(self.rt.floor_divides(&perm_t, &kk, &src_t)?) {
+            return Ok(false);
+        }
+        // 4. slot_row[perm[r]] = r, then -1 for dropped slots.
+        let zero = Scalar::i64(&self.rt, 0)?;
+        let one = Scalar::i64(&self.rt, 1)?;
+        let ramp = DevMem::new(&self.rt, n * 8)?;
+        let ramp_t = self.t(&scratch_desc(&ramp, sys::ACL_INT64, &[n]))?;
+        let nn = Scalar::i64(&self.rt, n as i64)?;
+        if !ran(self.rt.arange(&zero, &nn, &one, &ramp_t)?) {
+            return Ok(false);
+        }
+        let slot_n = self.t(&reshaped(&a.slot_row.as_ref(), &[n], OP_MP, "slot_row")?)?;
+        if !ran(self.rt.scatter(&ramp_t, 0, &perm_t, &ramp_t, &slot_n)?) {
+            return Ok(false);
+        }
+        let slot_tk = self.t(&desc_of(&a.slot_row.as_ref(), OP_MP, "slot_row")?)?;
+        if !ran(self.rt.masked_fill(&slot_tk, &mask_t, &minus1)?) {
+            return Ok(false);
+        }
+        // 5. group_end[e] = #{rows: key <= e}.
+        let experts = DevMem::new(&self.rt, e * 8)?;
+        let experts_t = self.t(&scratch_desc(&experts, sys::ACL_INT64, &[e]))?;
+        let ee = Scalar::i64(&self.rt, e as i64)?;
+        if !ran(self.rt.arange(&zero, &ee, &one, &experts_t)?) {
+            return Ok(false);
+        }
+        let ge_t = self.t(&desc_of(&a.group_end.as_ref(), OP_MP, "group_end")?)?;
+        if !ran(self.rt.search_sorted(&sorted_t, &experts_t, true, &ge_t)?) {
+            return Ok(false);
+        }
+        // 6. x_perm = x[src_token].
+        // (H = 0: nothing to gather; IndexSelect refuses empty tensors.)
+        if let (Some(x), Some(xp)) = (&a.x, &a.x_perm) {
+            if x.shape()[1] > 0 {
+                let xt = self.t(&desc_of(x, OP_MP, "x")?)?;
+                let xpt = self.t(&desc_of(&xp.as_ref(), OP_MP, "x_perm")?)?;
+                self.rt.gather(3, &xt, &src_t, &xpt)?;
+            }
+        }
+        Ok(true)
+    }
+
     /// `Backend::moe_permute` on this device.
     pub(crate) fn run_moe_permute(&self, args: Checked<MoePermute<'_>>) -> Result<()> {
         let a = args.into_inner();
         let _g = self.lock();
+        let on_device = self.mine(a.ids.buffer(), "ids").is_ok()
+            && self.mine(a.group_end.buffer(), "group_end").is_ok()
+            && self.mine(a.src_token.buffer(), "src_token").is_ok()
+            && self.mine(a.slot_row.buffer(), "slot_row").is_ok()
+            && a.x.as_ref().is_none_or(|x| self.mine(x.buffer(), "x").is_ok())
+            && a.x_perm
+                .as_ref()
+                .is_none_or(|x| self.mine(x.buffer(), "x_perm").is_ok());
+        if self.permute_composable() && on_device && a.slot_row.layout().is_contiguous() {
+            self.permute_check_ids(&a)?;
+            if self.permute_composed(&a)? {
+                return Ok(());
+            }
+            return self.permute_host(&a);
+        }
         let (t, k) = a.dims();
         let e = a.num_experts;
         let ids: Vec<i32> = self.fetch(&a.ids)?;

@@ -131,16 +131,18 @@ impl Ascend {
     /// 1. f32 logits (`aclnnCast` from bf16/f16, exact), scores `s` = `aclnnSoftmax(dim 1)` or
     ///    `aclnnSigmoid` (the **unbiased** scores: the bias only selected),
     /// 2. `aclnnGather(s, dim 1, ids)` -> `[T, k]`,
-    /// 3. with `renormalize`: `aclnnReduceSum(dim 1, keepDim, FLOAT)` and `aclnnDiv`,
+    /// 3. with `renormalize`: `aclnnReduceSum(dim 1, keepDim, FLOAT)`, `aclnnAdds(sum, 1e-20,
+    ///    alpha 1)` and `aclnnDiv`,
     /// 4. `aclnnMuls(routed_scaling_factor)` into `weights` (once, renormalised or not).
     ///
-    /// OPS.md divides by `sum + 1e-20`; there is no add among these primitives, so the device path
-    /// is taken only where that term cannot change the f32 result: every row's `k` smallest scores
-    /// (a lower bound of the selected sum, computed here from the logits already read) sum to at
-    /// least `1e-6`, where `1e-20` is far below half an f32 ulp. A call with any other row (the
-    /// whole call, not that row: softmax over many experts with a wide logit spread often has one),
-    /// and releases without these ops, keep the host weights. The host already holds the logits (they are read to
-    /// route rows with non-finite values to the host). Returns whether the weights were written.
+    /// OPS.md divides by `sum + 1e-20`. `aclnnAdds` computes that denominator in f32: `1e-20` is a
+    /// normal f32 (the smallest is about `1.2e-38`), so `fl32(sum + 1e-20)` is `sum` wherever the
+    /// term is below half an ulp of the sum and the rounded exact denominator elsewhere (an all-zero
+    /// row divides `0` by `1e-20`: weight 0, as on the host). Every row takes the device path.
+    /// Without `aclnnAdds` (a release that lacks it) the device path is taken only where the term
+    /// cannot change the f32 result: every row's `k` smallest scores (a lower bound of the selected
+    /// sum, computed here from the logits already read) sum to at least `1e-6`; a call with any
+    /// other row keeps the host weights (the whole call). Returns whether the weights were written.
     fn router_weights_device(&self, a: &RouterTopk<'_>, logits: &[f64], imem: &DevMem<'_>) -> Result<bool> {
         let (t, e) = a.dims();
         let cfg = a.config;
@@ -161,7 +163,7 @@ impl Ascend {
         if !ops {
             return Ok(false);
         }
-        if cfg.renormalize {
+        if cfg.renormalize && !v.adds {
             for r in 0..t {
                 let row = &logits[r * e..(r + 1) * e];
                 let mut s: Vec<f64> = match cfg.scoring {
@@ -210,9 +212,22 @@ impl Ascend {
             if let Outcome::Rejected(_) = self.rt.reduce_sum(&gt, &[1], true, sys::ACL_FLOAT, &sumt)? {
                 return Ok(false);
             }
+            let den_mem;
+            let den = if v.adds {
+                den_mem = DevMem::new(&self.rt, t * 4)?;
+                let dt = self.t(&scratch_desc(&den_mem, sys::ACL_FLOAT, &[t, 1]))?;
+                let tiny = Scalar::f32(&self.rt, 1e-20)?;
+                let one = Scalar::f32(&self.rt, 1.0)?;
+                if let Outcome::Rejected(_) = self.rt.adds(&sumt, &tiny, &one, &dt)? {
+                    return Ok(false);
+                }
+                dt
+            } else {
+                sumt
+            };
             nmem = DevMem::new(&self.rt, t * k * 4)?;
             let nt = self.t(&scratch_desc(&nmem, sys::ACL_FLOAT, &[t, k]))?;
-            if let Outcome::Rejected(_) = self.rt.div(&gt, &sumt, &nt)? {
+            if let Outcome::Rejected(_) = self.rt.div(&gt, &den, &nt)? {
                 return Ok(false);
             }
             nt
@@ -325,6 +340,21 @@ impl Ascend {
         let Some(imem) = ids else {
             return self.router_host(&a, &lg);
         };
+        // The vendor op's ids are checked before they index anything (aclnnGather below; the
+        // emulator refuses an out-of-range index, hardware would read garbage): on the device
+        // with aclnnAmin/aclnnAmax (an 8-byte control read) where the library has them.
+        let v = self.rt.lib.versions;
+        if v.amax && v.amin && t * k > 0 {
+            let it = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+            let (lo, hi) = self.id_extremes(&it, 2)?;
+            if lo < 0 || hi as i64 >= e as i64 {
+                return Err(Error::device(
+                    NAME,
+                    0,
+                    format!("vendor gating op returned an expert id outside [0, {e}) (min {lo}, max {hi})"),
+                ));
+            }
+        }
         if self.router_weights_device(&a, &logits, &imem)? {
             // ids: device to device into `ids` when it is one contiguous i32 block.
             let ids_contig = a.ids.as_ref().layout().is_contiguous() && self.mine(a.ids.buffer(), "ids").is_ok();

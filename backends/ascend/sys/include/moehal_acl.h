@@ -328,6 +328,84 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnMulsGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnMuls)
 
+/* Issue 13, second group (emulator branch emu13b): sorting and ranges for a device-side
+ * moe_permute. */
+
+/* aclnnSort: valuesOut / indicesOut (INT64) = self sorted along dim
+ * ([OM math/sort/docs/aclnnSort.md]; [HA 82RC1alpha002 aclnnSort.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSortGetWorkspaceSize,
+              (const aclTensor *self, bool stable, int64_t dim, bool descending,
+               aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSort)
+
+/* aclnnArgsort: out (INT64) = the sorting indices of self along dim
+ * ([HA Atlas200IDKA2 23.0.RC2 aclcppdevg_03_0214]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnArgsortGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, bool descending, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnArgsort)
+
+/* aclnnArange: out[i] = start + i * step over [start, end), 1-D of ceil((end - start) / step)
+ * ([HA canncommercial/800 aclnnArange.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnArangeGetWorkspaceSize,
+              (const aclScalar *start, const aclScalar *end, const aclScalar *step, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnArange)
+
+/* aclnnSearchSorted: out[i] = left (right) insertion point of self[i] in the sorted last axis of
+ * sortedSequence, through sorter (INT64, may be NULL); out INT32 when outInt32 else INT64
+ * ([OM math/search_sorted/docs/aclnnSearchSorted.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSearchSortedGetWorkspaceSize,
+              (const aclTensor *sortedSequence, const aclTensor *self, bool outInt32, bool right,
+               const aclTensor *sorter, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSearchSorted)
+
+/* aclnnScatter / aclnnInplaceScatter: torch.scatter along dim, reduce 0 replace / 1 add /
+ * 2 multiply ([HA canncommercial/800 aclnnScatter&aclnnInplaceScatter.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnScatterGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnScatter)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceScatterGetWorkspaceSize,
+              (aclTensor *selfRef, int64_t dim, const aclTensor *index, const aclTensor *src,
+               int64_t reduce, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceScatter)
+
+/* aclnnFloorDivides / aclnnInplaceFloorDivides: out = floor(self / other), other a host scalar
+ * ([HA canncommercial/800 aclnnFloorDivides&aclnnInplaceFloorDivides.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnFloorDividesGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnFloorDivides)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceFloorDividesGetWorkspaceSize,
+              (aclTensor *selfRef, const aclScalar *other, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceFloorDivides)
+
+/* aclnnAdds: out = self + alpha * other ([HA canncommercial/800 aclnnAdds.md]); aclnnInplaceAdds:
+ * selfRef += alpha * other ([HA canncommercial/800 aclnnInplaceAdds.md], selfRef const as printed). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAddsGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *other, const aclScalar *alpha,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAdds)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddsGetWorkspaceSize,
+              (const aclTensor *selfRef, const aclScalar *other, const aclScalar *alpha,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdds)
+
+/* aclnnAmax / aclnnAmin: the largest / smallest element over the dims (an aclIntArray), keepDim
+ * keeps them as 1 ([HA 82RC1alpha002 aclnnAmax.md], [HA 82RC1alpha001 aclnnAmin.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAmaxGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmax)
+MOEHAL_ACL_FN(aclnnStatus, aclnnAminGetWorkspaceSize,
+              (const aclTensor *self, const aclIntArray *dim, bool keepDim, aclTensor *out,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAmin)
+
 #ifdef __cplusplus
 }
 #endif

@@ -665,3 +665,222 @@ pub type aclnnMulsFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnSortGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        stable: bool,
+        dim: i64,
+        descending: bool,
+        valuesOut: *mut aclTensor,
+        indicesOut: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnSortFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnArgsortGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        dim: i64,
+        descending: bool,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnArgsortFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnArangeGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        start: *const aclScalar,
+        end: *const aclScalar,
+        step: *const aclScalar,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnArangeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnSearchSortedGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        sortedSequence: *const aclTensor,
+        self_: *const aclTensor,
+        outInt32: bool,
+        right: bool,
+        sorter: *const aclTensor,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnSearchSortedFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnScatterGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        dim: i64,
+        index: *const aclTensor,
+        src: *const aclTensor,
+        reduce: i64,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnScatterFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceScatterGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *mut aclTensor,
+        dim: i64,
+        index: *const aclTensor,
+        src: *const aclTensor,
+        reduce: i64,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceScatterFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnFloorDividesGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        other: *const aclScalar,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnFloorDividesFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceFloorDividesGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *mut aclTensor,
+        other: *const aclScalar,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceFloorDividesFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAddsGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        other: *const aclScalar,
+        alpha: *const aclScalar,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAddsFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceAddsGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        selfRef: *const aclTensor,
+        other: *const aclScalar,
+        alpha: *const aclScalar,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnInplaceAddsFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAmaxGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        dim: *const aclIntArray,
+        keepDim: bool,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAmaxFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAminGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        self_: *const aclTensor,
+        dim: *const aclIntArray,
+        keepDim: bool,
+        out: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnAminFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;

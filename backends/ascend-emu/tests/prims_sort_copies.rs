@@ -1,0 +1,102 @@
+//! Issue 13, second group: a device-side moe_permute chain of the new primitives (Arange, Sort,
+//! Scatter, FloorDivides, Adds, SearchSorted, Argsort) moves no bytes between host and device
+//! (RULES.md I1-I2, PR5). One test: the copy counters are per process.
+
+mod common;
+
+use std::ffi::CStr;
+use std::ptr;
+
+use ascendcl::abi::*;
+use ascendcl::sys;
+use common::*;
+
+#[test]
+fn second_group_launches_copy_nothing() {
+    let stream = setup();
+    // Expert ids of 6 routed slots (top-2 of 3 tokens) over 4 experts.
+    let ids = tensor(&i64b(&[2, 0, 3, 2, 0, 1]), &[6], sys::ACL_INT64);
+    let sorted = zeros(&[6], sys::ACL_INT64);
+    let order = zeros(&[6], sys::ACL_INT64);
+    let slots = zeros(&[6], sys::ACL_INT64);
+    let inv0 = zeros(&[6], sys::ACL_INT64);
+    let inv = zeros(&[6], sys::ACL_INT64);
+    let tok0 = zeros(&[6], sys::ACL_INT64);
+    let tok = zeros(&[6], sys::ACL_INT64);
+    let bounds = zeros(&[5], sys::ACL_INT64);
+    let args = zeros(&[6], sys::ACL_INT64);
+    let experts = zeros(&[5], sys::ACL_INT64);
+    let s = |v: i64| scalar(v, sys::ACL_INT64);
+    moehalEmuCopyStatsReset();
+    let names = [
+        "aclnnArange",
+        "aclnnSort",
+        "aclnnScatter",
+        "aclnnFloorDivides",
+        "aclnnAdds",
+        "aclnnArange",
+        "aclnnSearchSorted",
+        "aclnnArgsort",
+    ];
+    // SAFETY: live objects; out-pointers to locals.
+    unsafe {
+        let (rc, ws, ex) = p1(|ws, ex| aclnnArangeGetWorkspaceSize(s(0), s(6), s(1), slots.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnArange), 0, "{}", msg());
+        let (rc, ws, ex) = p1(|ws, ex| aclnnSortGetWorkspaceSize(ids.t, true, 0, false, sorted.t, order.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnSort), 0, "{}", msg());
+        // inverse permutation: inv[order[i]] = i.
+        let (rc, ws, ex) = p1(|ws, ex| aclnnScatterGetWorkspaceSize(inv0.t, 0, order.t, slots.t, 0, inv.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnScatter), 0, "{}", msg());
+        // token of each sorted slot: order // topk.
+        let (rc, ws, ex) = p1(|ws, ex| aclnnFloorDividesGetWorkspaceSize(order.t, s(2), tok0.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnFloorDivides), 0, "{}", msg());
+        let (rc, ws, ex) = p1(|ws, ex| aclnnAddsGetWorkspaceSize(tok0.t, s(1), s(1), tok.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnAdds), 0, "{}", msg());
+        // expert group bounds: searchsorted(sorted ids, 0..=4).
+        let (rc, ws, ex) = p1(|ws, ex| aclnnArangeGetWorkspaceSize(s(0), s(5), s(1), experts.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnArange), 0, "{}", msg());
+        let (rc, ws, ex) = p1(|ws, ex| {
+            aclnnSearchSortedGetWorkspaceSize(sorted.t, experts.t, false, false, ptr::null(), bounds.t, ws, ex)
+        });
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnSearchSorted), 0, "{}", msg());
+        let (rc, ws, ex) = p1(|ws, ex| aclnnArgsortGetWorkspaceSize(inv.t, 0, false, args.t, ws, ex));
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnArgsort), 0, "{}", msg());
+    }
+    let mut st = MoehalEmuCopyStats::default();
+    // SAFETY: out-pointer to a local.
+    assert_eq!(unsafe { moehalEmuCopyStats(&mut st) }, 0);
+    assert_eq!((st.h2d_bytes, st.d2h_bytes, st.launches), (0, 0, 8), "{st:?}");
+    let mut log = vec![
+        MoehalEmuLaunchCopies {
+            name: [0; 64],
+            h2d_bytes: 0,
+            d2h_bytes: 0
+        };
+        8
+    ];
+    // SAFETY: 8 writable entries.
+    assert_eq!(unsafe { moehalEmuLaunchCopies(log.as_mut_ptr(), 8) }, 8);
+    for (e, want) in log.iter().zip(names) {
+        // SAFETY: NUL-terminated by the emulator.
+        let name = unsafe { CStr::from_ptr(e.name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!((name.as_str(), e.h2d_bytes, e.d2h_bytes), (want, 0, 0));
+    }
+    // The chain's results (read after the counters): ids sorted stably, the inverse permutation
+    // undoes the sort (argsort of the inverse is the sort order), tokens (+1), group bounds.
+    let ord = as_i64(&read(&order));
+    assert_eq!(as_i64(&read(&sorted)), [0, 0, 1, 2, 2, 3]);
+    assert_eq!(ord, [1, 4, 5, 0, 3, 2]);
+    assert_eq!(as_i64(&read(&args)), ord);
+    assert_eq!(as_i64(&read(&tok)), ord.iter().map(|o| o / 2 + 1).collect::<Vec<_>>());
+    assert_eq!(as_i64(&read(&bounds)), [0, 2, 3, 5, 6]);
+}
