@@ -168,9 +168,9 @@ fn permute_is_composed_on_the_device_and_matches_the_reference() {
                 cases.push(Case::new(
                     format!("moe_permute t{t} k{k} e{e} drop{drop} repeat{repeat} x{x:?} bad{bad_id}"),
                     Spec::MoePermute {
-                        t,
-                        k,
-                        e,
+                        tokens: t,
+                        topk: k,
+                        num_experts: e,
                         x,
                         drop,
                         repeat,

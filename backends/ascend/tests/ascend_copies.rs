@@ -422,7 +422,7 @@ fn plain_router_calls_stay_on_the_device(be: &Counting) {
     let logits: Vec<f32> = rows.iter().flatten().copied().collect();
     for scoring in [Scoring::Softmax, Scoring::Sigmoid] {
         let cfg = RouterConfig {
-            k,
+            topk: k,
             scoring,
             group: None,
             renormalize: true,
