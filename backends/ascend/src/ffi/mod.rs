@@ -19,7 +19,7 @@ mod objects;
 mod runtime;
 
 pub use aclnn::Outcome;
-pub use loader::{load, search_dirs, Api, Loaded};
+pub use loader::{load, search_dirs, Api, Loaded, OpVersions};
 pub use objects::{DevMem, IntArray, Scalar, TDesc, Tensor, TensorList};
 pub use runtime::Runtime;
 
