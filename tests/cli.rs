@@ -449,6 +449,19 @@ fn invalid_environment_values_are_errors_naming_the_variable_and_accepted_values
         ("MOEHAL_CPU_ISA", "bogus", "amx, avx512, avx2, neon, scalar"),
         ("MOEHAL_CPU_BF16", "fast", "dot, fma"),
         ("MOEHAL_ACL_EMU_MEM_CAP", "lots", "a byte count"),
+        // Names ignore case, but a stray space or a number is not a name (issue 16).
+        (
+            "MOEHAL_CPU_ISA",
+            " avx2",
+            "(surrounding spaces are not stripped); accepted values: amx",
+        ),
+        ("MOEHAL_CPU_ISA", "2", "amx, avx512, avx2, neon, scalar"),
+        ("MOEHAL_CPU_THREADS", " 2", "surrounding spaces are not stripped"),
+        (
+            "MOEHAL_CPU_THREADS",
+            "",
+            "MOEHAL_CPU_THREADS is set but empty (unset it for the default)",
+        ),
     ] {
         let o = moehal_env(&["devices"], &[(var, value)]);
         let (out, err) = text(&o);
@@ -458,6 +471,13 @@ fn invalid_environment_values_are_errors_naming_the_variable_and_accepted_values
             "{var}={value}: {err}"
         );
     }
+}
+
+#[test]
+fn isa_names_ignore_case() {
+    let o = moehal_env(&["devices"], &[("MOEHAL_CPU_ISA", "SCALAR")]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
 }
 
 #[test]

@@ -356,6 +356,14 @@ fn store(t: &HostTensor) {
 /// (\[RT\] acl_rt.h L1091, acl.cpp L382-391; fact sheet §2).
 #[no_mangle]
 pub extern "C" fn aclInit(_config_path: *const c_char) -> sys::aclError {
+    // A run-time MOEHAL_ACL_EMU_CANN is a build-time variable: say so once instead of ignoring it.
+    static NOTE: std::sync::Once = std::sync::Once::new();
+    NOTE.call_once(|| {
+        let v = std::env::var(crate::profile::ENV).ok();
+        if let Some(note) = crate::profile::runtime_profile_note(v.as_deref()) {
+            eprintln!("{note}");
+        }
+    });
     let mut s = lock();
     if s.init {
         return fail(sys::ACL_ERROR_REPEAT_INITIALIZE, "aclInit: already initialised");

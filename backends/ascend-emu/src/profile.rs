@@ -6,6 +6,9 @@
 //! the documented version query `aclsysGetCANNVersion` (exported by every profile, see
 //! [`crate::abi::aclsysGetCANNVersion`]).
 
+/// The build-time variable that chooses the profile (`build.rs`).
+pub const ENV: &str = "MOEHAL_ACL_EMU_CANN";
+
 /// The profile name, exactly as given in `MOEHAL_ACL_EMU_CANN` (`"8.1"`, `"8.2"`, `"8.3"`, `"8.5"`).
 pub const CANN: &str = env!("MOEHAL_ACL_EMU_CANN_PROFILE");
 
@@ -78,4 +81,17 @@ pub fn exported_aclnn_ops() -> Vec<&'static str> {
         v.push("aclnnMoeInitRoutingV3");
     }
     v
+}
+
+/// The note `aclInit` prints (once per process, on stderr) when `MOEHAL_ACL_EMU_CANN` is set at
+/// run time to another release than this build's: the variable is read by `build.rs` only, so a
+/// run-time value would otherwise be ignored silently (issue 16). `runtime` is the variable's value
+/// at run time (None: unset); None when there is nothing to say (unset, or the same release).
+pub fn runtime_profile_note(runtime: Option<&str>) -> Option<String> {
+    let v = runtime?;
+    (v != CANN).then(|| {
+        format!(
+            "moehal-ascend-emu: MOEHAL_ACL_EMU_CANN={v:?} at run time is ignored: the variable is read when the emulator is built, and this library models CANN {CANN} (rebuild: MOEHAL_ACL_EMU_CANN={v} cargo build -p moehal-ascend-emu --target-dir target/emu-{v})"
+        )
+    })
 }

@@ -119,3 +119,19 @@ fn cdylib_exports_the_profile_symbols() {
     assert!(has("aclsysGetCANNVersion"));
     assert!(has("aclSetAclOpExecutorRepeatable"));
 }
+
+/// `MOEHAL_ACL_EMU_CANN` is read at build time; set at run time to another release, `aclInit`
+/// prints this note once instead of ignoring it silently (issue 16).
+#[test]
+fn a_run_time_profile_variable_is_named_as_ignored() {
+    assert_eq!(profile::runtime_profile_note(None), None);
+    assert_eq!(profile::runtime_profile_note(Some(profile::CANN)), None);
+    let other = if profile::CANN == "8.1" { "8.5" } else { "8.1" };
+    let note = profile::runtime_profile_note(Some(other)).expect("another release must be noted");
+    assert!(
+        note.contains(&format!("MOEHAL_ACL_EMU_CANN=\"{other}\" at run time is ignored")),
+        "{note}"
+    );
+    assert!(note.contains(&format!("models CANN {}", profile::CANN)), "{note}");
+    assert!(profile::runtime_profile_note(Some("9.9")).is_some());
+}

@@ -256,6 +256,36 @@ pub(crate) fn hm<'a>(staged: &'a mut Option<Buffer>, t: &TensorMut<'_>) -> Resul
     }
 }
 
+/// The `capability` of [`DeviceInfo`] on Ascend: the fused MoE kernels the loaded op libraries
+/// provide, by their aclnn names (the SoC, which it repeated before, is the `name`; `moehal
+/// devices` showed it twice). Ops absent from the libraries run on host fallbacks
+/// (`moehal kernels` tells which), so this is what differs between CANN releases.
+fn capability(v: &crate::ffi::OpVersions) -> String {
+    let mut parts = vec!["aclnn".to_string()];
+    if v.gmm > 0 {
+        parts.push(format!("GroupedMatmulV{}", v.gmm));
+    }
+    if v.init_routing > 0 {
+        parts.push(format!("MoeInitRoutingV{}", v.init_routing));
+    }
+    if v.finalize {
+        parts.push("MoeFinalizeRoutingV2".into());
+    }
+    if v.gating_softmax {
+        parts.push("MoeGatingTopKSoftmax".into());
+    }
+    if v.gating {
+        parts.push("MoeGatingTopK".into());
+    }
+    if v.swiglu {
+        parts.push("SwiGlu".into());
+    }
+    if parts.len() == 1 {
+        parts.push("(no fused MoE ops: host fallbacks)".into());
+    }
+    parts.join(" ")
+}
+
 impl Backend for Ascend {
     fn name(&self) -> &str {
         NAME
@@ -266,7 +296,7 @@ impl Backend for Ascend {
         DeviceInfo {
             name: soc.clone(),
             memory_bytes: self.rt.mem_info().ok().map(|m| m.1),
-            capability: soc,
+            capability: capability(&self.rt.lib.versions),
             compute_units: None,
             host_memory: false,
         }

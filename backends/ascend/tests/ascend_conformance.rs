@@ -103,6 +103,13 @@ fn device_info_reports_emulator_soc() {
     for (profile, asc) in ascend_common::open_profiles() {
         let info = asc.device_info();
         assert_eq!(info.name, "Ascend910B2-emu", "CANN {profile}");
+        // The capability column says what the op libraries offer; it once repeated the SoC name.
+        assert_ne!(info.capability, info.name, "CANN {profile}");
+        assert!(
+            info.capability.starts_with("aclnn ") && info.capability.contains("GroupedMatmulV"),
+            "CANN {profile}: {}",
+            info.capability
+        );
         assert!(info.memory_bytes.is_some_and(|m| m > 0), "CANN {profile}");
         assert_eq!(asc.name(), "ascend");
     }

@@ -43,7 +43,8 @@ pub struct DeviceInfo {
     pub name: String,
     /// Device memory in bytes, where known.
     pub memory_bytes: Option<u64>,
-    /// Compute capability / instruction sets (`"sm_90"`, `"avx512f avx512bf16"`, `"Ascend910B1"`).
+    /// Compute capability / instruction sets / kernel libraries (`"sm_90"`, `"avx512f avx512bf16"`,
+    /// `"aclnn GroupedMatmulV4 MoeInitRoutingV3 …"`); the device's own name is [`DeviceInfo::name`].
     pub capability: String,
     /// Threads or compute units used, where meaningful.
     pub compute_units: Option<usize>,

@@ -187,7 +187,13 @@ pub fn grouped_gemm_s8(
         });
     };
     match pool {
-        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        // The float path's rule (one rule for every op, `Pool::worth_parallel`): multiply-adds
+        // (rows used x N x K) below `grouped_gemm::SERIAL_BELOW` stay on the caller. Not measured
+        // on AMX hardware (none here); tiles are faster than FMA, so the float threshold errs
+        // towards the pool.
+        Some(pool) if ntasks > 1 && pool.worth_parallel(r0 * n * k.max(1), crate::grouped_gemm::SERIAL_BELOW) => {
+            pool.install(|| (0..ntasks).into_par_iter().for_each(job))
+        }
         _ => (0..ntasks).for_each(job),
     }
     Ok(())

@@ -12,7 +12,8 @@
 //! in [2^21, 2^31): every published layer) are hashed and reduced in one call,
 //! [`Kernels::engram_plain_rows`]: the multiply-XOR 4 tokens per vector, a cheaper integer
 //! correction. All are exact (conformance compares every case bitwise).
-//! Gathers copy rows with software prefetch a few rows ahead (`prfm` on aarch64); fp8_e4m3_ue8m0
+//! Gathers copy rows with software prefetch of each row's first and last cache line a few rows
+//! ahead (`prfm` on aarch64; the rule and its figures at [`PF`]); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
 //! decoder as a table elsewhere), bitwise the reference's values; plain-table gathers are row
 //! copies (`memcpy`, vectorized by libc).
@@ -47,7 +48,16 @@ pub const GATHER_SERIAL_BELOW: usize = 16 * 1024;
 pub const LOOKUP_SERIAL_BELOW: usize = 2048;
 /// Tokens per parallel `engram_hash` task.
 const HASH_CHUNK: usize = 1024;
-/// Rows to prefetch ahead of the copy.
+/// Rows to prefetch ahead of the copy; of each row, the first and the last cache line only
+/// ([`prefetch_row`]; the copy's own loads and the hardware prefetchers bring the lines between).
+///
+/// Decided by measurement (issue 16 item 9; benches/RESULTS.md "Gather prefetch"): gathers of
+/// 16..32768 rows of 512 B (bf16 D = 256) and 1 KiB (f32) from a 2 GiB table, cold (each call
+/// new random rows from DRAM) and warm (one row list repeated), thread CPU time, on the shared
+/// 2-core Zen VM under load 12-14. Prefetching every line of a row (the rule before) cost
+/// 0.7-0.9x of no prefetch on warm rows, which is what `moehal bench` times, and gained no
+/// more cold than the cheap variants; first + last line at 8 rows ahead was within the noise of
+/// no prefetch warm (0.84-1.36x) and kept the cold gain (1.1-1.5x at 16-1024 rows).
 const PF: usize = 8;
 
 /// `x mod p` for a fixed `p >= 1` by a precomputed reciprocal (exact for every u64 x < 2^63).
@@ -349,16 +359,26 @@ fn lut() -> &'static Fp8Lut {
     })
 }
 
+/// Prefetch the first and the last cache line of `row` (not every line: see [`PF`]).
+#[inline(always)]
 fn prefetch_row(table: &Table<'_>, row: usize) {
     let (data, bytes) = match *table {
         Table::Plain { data, row_bytes, .. } => (data, row_bytes),
         Table::Fp8 { data, d, .. } => (data, d + d / 32),
     };
+    if bytes == 0 {
+        return;
+    }
     let start = row * bytes;
-    let mut off = 0;
-    while off < bytes {
-        prefetch(&data[start + off..start + off + 1]);
-        off += 64;
+    // The rows were checked against R ([`check_rows`]), so both bytes exist; `get` keeps this
+    // free of a panic path all the same.
+    if let Some(b) = data.get(start) {
+        prefetch(std::slice::from_ref(b));
+    }
+    if bytes > 64 {
+        if let Some(b) = data.get(start + bytes - 1) {
+            prefetch(std::slice::from_ref(b));
+        }
     }
 }
 

@@ -6,6 +6,11 @@
 //! | `MOEHAL_CPU_ISA` | `amx`, `avx512`, `avx2`, `neon`, `scalar` | lowers the kernel table |
 //! | `MOEHAL_CPU_BF16` | `dot`, `fma` | forces the bf16 `grouped_gemm` kernel |
 //!
+//! Values are taken as they are: names ignore ASCII case (`AVX2` is `avx2`, as `Isa::name` prints
+//! it lower-case), but surrounding spaces, signs (`+2`) and empty values are errors — a stray
+//! space in a launch script is more likely a mistake than a request, and the error says which
+//! variable and what it accepts.
+//!
 //! A library does not print: [`check`] returns the first invalid value as an error
 //! ([`moehal_core::Error::InvalidArgument`] with op `env` and the variable as its field, the message
 //! naming the value and the accepted ones), and the things that are valid but probably unintended
@@ -44,11 +49,14 @@ pub struct EnvReport {
 }
 
 fn invalid(var: &'static str, value: &str, accepted: &str) -> Error {
-    Error::invalid(
-        "env",
-        var,
-        format!("{var}={value:?} is not valid; accepted values: {accepted}"),
-    )
+    let why = if value.is_empty() {
+        format!("{var} is set but empty (unset it for the default)")
+    } else if value.trim() != value {
+        format!("{var}={value:?} is not valid (surrounding spaces are not stripped)")
+    } else {
+        format!("{var}={value:?} is not valid")
+    };
+    Error::invalid("env", var, format!("{why}; accepted values: {accepted}"))
 }
 
 /// Most workers `MOEHAL_CPU_THREADS` accepts per core: above the core count the pool
@@ -60,15 +68,20 @@ pub const MAX_THREADS_PER_CORE: usize = 16;
 /// limit of [`MAX_THREADS_PER_CORE`] per core).
 ///
 /// # Errors
-/// `InvalidArgument` naming the variable and the accepted values for anything but a non-negative
-/// integer (`abc`, `-3`, `1.5`, empty) and for more than `MAX_THREADS_PER_CORE · cores`.
+/// `InvalidArgument` naming the variable and the accepted values for anything but decimal digits
+/// (`abc`, `-3`, `+3`, `1.5`, `" 2"`, empty) and for more than `MAX_THREADS_PER_CORE · cores`.
 pub fn parse_threads(value: &str, cores: usize) -> Result<(Option<usize>, Option<String>)> {
     let max = MAX_THREADS_PER_CORE * cores.max(1);
     // The same rule as the README's table: 0 to 16 × cores, 0 = all cores.
     let accepted = format!(
         "an integer from 0 to {max} ({MAX_THREADS_PER_CORE} × the {cores} cores of this machine): 0 uses all cores (as when unset), more than {cores} oversubscribes them (a warning)"
     );
-    let n: usize = value.trim().parse().map_err(|_| invalid(THREADS, value, &accepted))?;
+    // Digits only: `usize::from_str` would also take a leading `+`.
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    let n: usize = digits
+        .then(|| value.parse().ok())
+        .flatten()
+        .ok_or_else(|| invalid(THREADS, value, &accepted))?;
     if n == 0 {
         return Ok((None, None));
     }
@@ -83,8 +96,8 @@ pub fn parse_threads(value: &str, cores: usize) -> Result<(Option<usize>, Option
     Ok((Some(n), warn))
 }
 
-/// Parse `MOEHAL_CPU_ISA`; a valid name this CPU cannot run gives a warning (the best available
-/// table is used instead).
+/// Parse `MOEHAL_CPU_ISA` (ASCII case ignored: `AVX2` is `avx2`; see [`Isa::parse`]); a valid
+/// name this CPU cannot run gives a warning (the best available table is used instead).
 ///
 /// # Errors
 /// `InvalidArgument` naming the variable and [`ISA_VALUES`].
@@ -104,12 +117,12 @@ pub fn parse_isa(value: &str) -> Result<(Isa, Option<String>)> {
     Ok((isa, warn))
 }
 
-/// Parse `MOEHAL_CPU_BF16`.
+/// Parse `MOEHAL_CPU_BF16` (ASCII case ignored, as [`parse_isa`]).
 ///
 /// # Errors
-/// `InvalidArgument` naming the variable and [`BF16_VALUES`].
+/// `InvalidArgument` naming the variable and [`BF16_VALUES`] (surrounding spaces included).
 pub fn parse_bf16(value: &str) -> Result<&'static str> {
-    match value.trim() {
+    match value.to_ascii_lowercase().as_str() {
         "dot" => Ok("dot"),
         "fma" => Ok("fma"),
         _ => Err(invalid(BF16, value, BF16_VALUES)),
@@ -180,7 +193,7 @@ mod tests {
 
     #[test]
     fn threads_rejects_non_integers_and_warns_above_cores() {
-        for bad in ["abc", "-3", "1.5", "", " "] {
+        for bad in ["abc", "-3", "+3", "1.5", "", " ", " 2", "2 ", "0x2"] {
             let e = parse_threads(bad, 8).unwrap_err();
             assert_eq!(field(&e), THREADS, "{bad:?}");
             let msg = e.to_string();
@@ -188,7 +201,15 @@ mod tests {
             assert!(msg.contains("0 uses all cores"), "{msg}");
         }
         assert_eq!(parse_threads("4", 8).unwrap(), (Some(4), None));
-        assert_eq!(parse_threads(" 0 ", 8).unwrap(), (None, None));
+        assert_eq!(parse_threads("0", 8).unwrap(), (None, None));
+        // The empty value and the stray space each say what is wrong.
+        let msg = parse_threads("", 8).unwrap_err().to_string();
+        assert!(
+            msg.contains("MOEHAL_CPU_THREADS is set but empty (unset it for the default)"),
+            "{msg}"
+        );
+        let msg = parse_threads(" 2", 8).unwrap_err().to_string();
+        assert!(msg.contains("surrounding spaces are not stripped"), "{msg}");
         let (n, w) = parse_threads("100", 8).unwrap();
         assert_eq!(n, Some(100));
         let w = w.expect("100 threads on 8 cores must warn");
@@ -225,6 +246,16 @@ mod tests {
         assert_eq!(field(&e), ISA);
         assert!(e.to_string().contains(ISA_VALUES), "{e}");
         assert_eq!(parse_isa("Scalar").unwrap(), (Isa::Scalar, None));
+        assert_eq!(parse_isa("AVX2").unwrap().0, Isa::Avx2);
+        // Case is ignored (documented); spaces and numbers are not names.
+        for bad in [" avx2", "avx2 ", " 2", "2", "512", "", "avx-2"] {
+            let e = parse_isa(bad).unwrap_err();
+            assert_eq!(field(&e), ISA, "{bad:?}");
+            assert!(e.to_string().contains(ISA_VALUES), "{bad:?}: {e}");
+        }
+        assert!(parse_isa("").unwrap_err().to_string().contains("set but empty"));
+        assert_eq!(parse_bf16("FMA").unwrap(), "fma");
+        assert!(parse_bf16(" dot").is_err());
         let e = parse_bf16("fast").unwrap_err();
         assert_eq!(field(&e), BF16);
         assert!(e.to_string().contains(BF16_VALUES), "{e}");

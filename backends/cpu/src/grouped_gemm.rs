@@ -89,7 +89,9 @@ pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
     if kern.amx().is_some()
         && *AMX_UNLESS_FORCED.get_or_init(|| {
             !matches!(
-                std::env::var("MOEHAL_CPU_BF16").ok().as_deref().map(str::trim),
+                std::env::var(crate::env::BF16)
+                    .ok()
+                    .and_then(|v| crate::env::parse_bf16(&v).ok()),
                 Some("fma" | "dot")
             )
         })
@@ -101,7 +103,10 @@ pub fn bf16_kernel_default(kern: &Kernels) -> Bf16Kernel {
     }
     static CHOICE: OnceLock<Bf16Kernel> = OnceLock::new();
     *CHOICE.get_or_init(|| {
-        match std::env::var("MOEHAL_CPU_BF16").ok().as_deref().map(str::trim) {
+        match std::env::var(crate::env::BF16)
+            .ok()
+            .and_then(|v| crate::env::parse_bf16(&v).ok())
+        {
             Some("dot") => return Bf16Kernel::Dot,
             Some("fma") => return Bf16Kernel::Fma,
             _ => {}
@@ -650,6 +655,30 @@ fn fill_pairs<T: Elem>(
     }
 }
 
+/// `sum_k a[k] * b[k]` over equal-length f32 slices, in 16 independent lanes (vectorized by the
+/// compiler without `unsafe`; the lanes are summed pairwise at the end). Summation order differs
+/// from the reference's sequential sum, within OPS.md's f32 tolerance.
+#[inline]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + tail
+}
+
 fn task<T: Elem>(
     kern: &Kernels,
     a: &GemmArgs<'_, T>,
@@ -712,6 +741,24 @@ fn task<T: Elem>(
             ),
         };
         if done {
+            k0 = k;
+        }
+    }
+    // Decode path for f32 `NK` weights read in place: a few rows (at most MR), each weight row
+    // read once and dotted with every row of the group. Packing the panel (a strided transpose of
+    // NR weight rows) costs more than the products at this M: `moehal bench` had the packed path
+    // at 0.4x the scalar reference at 1-4 tokens on one thread (issue 16 item 9, benches/RESULTS.md
+    // "grouped_gemm small shapes").
+    if T::KIND == ElemKind::F32 && k0 == 0 && mg <= MR && k > 0 {
+        if let Weights::Raw(w, Layout::NK) = a.w {
+            let x: &[f32] = bytemuck::cast_slice(a.x);
+            let w: &[f32] = bytemuck::cast_slice(w);
+            for j in 0..nc {
+                let wr = &w[(g * n + n0 + j) * k..][..k];
+                for i in 0..mg {
+                    cs[i * NR + j] = dot_f32(&x[(r0 + i) * k..][..k], wr);
+                }
+            }
             k0 = k;
         }
     }

@@ -53,6 +53,9 @@ fn check<T: Elem>(tol: f64, seed: u64) {
         (9, 130, 64, 2),
         (200, 257, 129, 4),
         (1, 2048, 96, 1),
+        // Decode (f32 NK read in place, at most MR = 6 rows per group): K and N tails.
+        (6, 37, 65, 1),
+        (5, 19, 7, 2),
         // AMX edges: K a multiple of 32 (tiles read in place), groups over 32 rows with tails of
         // <= 16 and > 16 rows, N tails of 16 and 8 columns.
         (300, 256, 96, 3),

@@ -277,6 +277,51 @@ fn grouped_gemm_decode_small_is_serial() {
     }
 }
 
+/// The AMX tile paths (bf16 `grouped_gemm_tiles`, int8 `grouped_gemm_s8`) follow the float path's
+/// rule: multiply-adds below `grouped_gemm::SERIAL_BELOW` stay on the caller (they dispatched
+/// whenever the pool had two threads). Run on the emulated tile engine, so on any machine.
+#[test]
+fn amx_tile_paths_small_are_serial() {
+    use moehal_cpu::amx_int8::{self, S8TileWeights};
+    use moehal_cpu::simd::amx::TileEngine;
+    let (k, g, n) = (256, 2, 64);
+    let below = grouped_gemm::SERIAL_BELOW / (n * k);
+    for (m, pooled) in [(2, false), (below - 1, false), (below + 1, true)] {
+        let ge = [(m / 2) as i64, m as i64];
+        let x: Vec<bf16> = floats(m * k, 8).into_iter().map(bf16::from_f32).collect();
+        let w: Vec<bf16> = floats(g * n * k, 9).into_iter().map(bf16::from_f32).collect();
+        let a = GemmArgs {
+            x: &x,
+            m,
+            k,
+            n,
+            group_end: &ge,
+            w: Weights::Raw(&w, Layout::NK),
+            row_scale: None,
+            bias: None,
+        };
+        let p = pool();
+        let (mut y1, mut y2) = (vec![bf16::ZERO; m * n], vec![bf16::ZERO; m * n]);
+        let c = dispatches(&p, || {
+            grouped_gemm::grouped_gemm_tiles(TileEngine::Emulated, &p, &a, &mut y1).unwrap()
+        });
+        assert_eq!(c > 0, pooled, "bf16 tiles M = {m}");
+        grouped_gemm::grouped_gemm_tiles(TileEngine::Emulated, &Pool::new(1).unwrap(), &a, &mut y2).unwrap();
+        assert_eq!(y1, y2);
+
+        let xi: Vec<i8> = (0..m * k).map(|i| (i * 37 % 255) as u8 as i8).collect();
+        let wi: Vec<i8> = (0..g * n * k).map(|i| (i * 53 % 253) as u8 as i8).collect();
+        let tw = S8TileWeights::pack(&wi, Layout::NK, g, n, k).unwrap();
+        let (mut z1, mut z2) = (vec![0i32; m * n], vec![0i32; m * n]);
+        let c = dispatches(&p, || {
+            amx_int8::grouped_gemm_s8(TileEngine::Emulated, Some(&p), &xi, m, &ge, &tw, &mut z1).unwrap()
+        });
+        assert_eq!(c > 0, pooled, "int8 tiles M = {m}");
+        amx_int8::grouped_gemm_s8(TileEngine::Emulated, None, &xi, m, &ge, &tw, &mut z2).unwrap();
+        assert_eq!(z1, z2);
+    }
+}
+
 /// The serial path of `moe_permute` (small shapes) against the definition (OPS.md §3): rows
 /// grouped by expert, within an expert in `(t, j)` order, dropped slots (`-1`) get no row, and
 /// each routed row is its token's `x` row; for shapes with drops and every token count up to the

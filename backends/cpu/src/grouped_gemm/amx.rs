@@ -132,8 +132,11 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
     let ranges: Vec<(usize, usize)> = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
     let tiles = Tiles::new(&mut y[..used * n], n, BLOCK, ranges);
     let ntasks = groups.len() * nblocks;
+    // The float path's rule (one rule for every op, `Pool::worth_parallel`): multiply-adds below
+    // `grouped_gemm::SERIAL_BELOW` stay on the caller (not measured on AMX hardware, none here).
+    let pool = pool.filter(|p| p.worth_parallel(used * n * k.max(1), super::SERIAL_BELOW));
     let par = |job: &(dyn Fn(usize) + Sync)| match pool {
-        Some(pool) if ntasks > 1 && pool.threads() > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        Some(pool) if ntasks > 1 => pool.install(|| (0..ntasks).into_par_iter().for_each(job)),
         _ => (0..ntasks).for_each(job),
     };
 
@@ -197,9 +200,7 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                     stage_xt(x, k, s, mg, mg.div_ceil(16) * 16, part);
                 };
                 match pool {
-                    Some(pool) if groups.len() > 1 && pool.threads() > 1 => {
-                        pool.install(|| parts.par_iter_mut().enumerate().for_each(stage))
-                    }
+                    Some(pool) if groups.len() > 1 => pool.install(|| parts.par_iter_mut().enumerate().for_each(stage)),
                     _ => parts.iter_mut().enumerate().for_each(stage),
                 }
             }

@@ -92,9 +92,10 @@ impl Isa {
             .collect()
     }
 
-    /// Parse a name as printed by [`Isa::name`].
+    /// Parse a name as printed by [`Isa::name`], ignoring ASCII case (`AVX2` is `avx2`); anything
+    /// else, surrounding spaces included (`" avx2"`), is `None` (README "Environment variables").
     pub fn parse(s: &str) -> Option<Isa> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        match s.to_ascii_lowercase().as_str() {
             "amx" => Some(Isa::Amx),
             "avx512" => Some(Isa::Avx512),
             "avx2" => Some(Isa::Avx2),
