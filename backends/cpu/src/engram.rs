@@ -13,7 +13,7 @@
 //! [`Kernels::engram_plain_rows`]: the multiply-XOR 4 tokens per vector, a cheaper integer
 //! correction. All are exact (conformance compares every case bitwise).
 //! Gathers copy rows with software prefetch of each row's first and last cache line a few rows
-//! ahead (`prfm` on aarch64; the rule and its figures at [`PF`]); fp8_e4m3_ue8m0
+//! ahead (`prfm` on aarch64; the rule and its figures at `PF`); fp8_e4m3_ue8m0
 //! rows are dequantized 32 values per scale by [`Kernels::decode_e4m3`] (NEON on aarch64, core's
 //! decoder as a table elsewhere), bitwise the reference's values; plain-table gathers are row
 //! copies (`memcpy`, vectorized by libc).
