@@ -227,7 +227,7 @@ fn max_of(v: &[f32]) -> f32 {
 /// rounds two different `e` to one `s`. Such a tie inside the top `k` only reorders it (the picks are
 /// re-sorted by `(s desc, index asc)`); one across the boundary (`s` of the `(k+1)`-th equal to the
 /// `k`-th's) could change the set, and then this returns `false`. So the selection is the one on
-/// the divided scores, bit for bit, with `k + 1` divisions instead of `E`. Applies where every
+/// the divided scores, bit for bit, with `k + 1` divisions instead of `E`. Applies without a group limit, where every
 /// logit is finite, `k < 16` and the table has a vector top-k kernel.
 #[allow(clippy::too_many_arguments)]
 fn softmax_select(
@@ -433,7 +433,10 @@ fn route<T: Elem>(
         };
         kern.sigmoid_select(src, bias, s, sel)
     };
-    if !fused && cfg.scoring == Scoring::Softmax && bias.is_none() {
+    // The shortcut selects the global top-k: only without a group limit (OPS.md §2 step 3 applies
+    // the group limit to every scoring; a fresh user found softmax + groups returning the global
+    // top-k here).
+    if !fused && cfg.scoring == Scoring::Softmax && bias.is_none() && cfg.effective_group().is_none() {
         let src: &[f32] = if T::KIND == ElemKind::F32 {
             bytemuck::cast_slice(logits)
         } else {

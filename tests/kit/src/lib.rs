@@ -1958,6 +1958,38 @@ pub fn edge_cases() -> Vec<Case> {
         None,
         Logits::Random,
     ));
+    // Softmax with a group limit and no selection bias (OPS.md §2 step 3 applies the limit to every
+    // scoring): a CPU shortcut once returned the global top-k for exactly this combination.
+    for (name, dt, score, keep) in [
+        (
+            "router softmax groups 4/1 top2_sum, no bias",
+            F32,
+            GroupScore::Top2Sum,
+            1,
+        ),
+        ("router softmax groups 8/3 max, no bias", BF16, GroupScore::Max, 3),
+    ] {
+        let n_group = if keep == 1 { 4 } else { 8 };
+        v.push(router(
+            name,
+            dt,
+            29,
+            64,
+            rc(
+                4,
+                Scoring::Softmax,
+                Some(GroupLimit {
+                    n_group,
+                    topk_group: keep,
+                    score,
+                }),
+                true,
+                1.0,
+            ),
+            None,
+            Logits::Random,
+        ));
+    }
     v.push(router(
         "router sigmoid+bias groups top2_sum",
         F32,
