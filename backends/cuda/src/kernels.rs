@@ -150,20 +150,25 @@ pub(crate) fn image(unit: Unit, cc: (i32, i32)) -> Result<Arc<Vec<u8>>, String> 
     let dir = std::env::var_os(CACHE_ENV)
         .filter(|d| !d.is_empty())
         .map(std::path::PathBuf::from);
-    let src = full_source(unit.file()).ok_or_else(|| format!("unknown kernel file {}", unit.file()))?;
-    let nvrtc = nvrtc_available()?;
-    let img = disk_cached(dir.as_deref(), unit.file(), &arch, &src, nvrtc, || {
-        match compile(unit.file(), &arch) {
-            Ok(i) => Ok(i),
-            Err(first) => compile(unit.file(), "compute_90").map_err(|_| first),
-        }
-    })?;
-    let img = Arc::new(img);
+    let img = Arc::new(compile_image(unit, &arch, dir.as_deref())?);
     image_cache()
         .lock()
         .map_err(|_| "kernel cache poisoned".to_string())?
         .insert(key, img.clone());
     Ok(img)
+}
+
+/// The image of `unit` for `arch` through the disk cache in `dir` (if any): the cubin, or PTX for
+/// `compute_90` when this NVRTC does not know `arch`.
+fn compile_image(unit: Unit, arch: &str, dir: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    let src = full_source(unit.file()).ok_or_else(|| format!("unknown kernel file {}", unit.file()))?;
+    let nvrtc = nvrtc_available()?;
+    disk_cached(dir, unit.file(), arch, &src, nvrtc, || {
+        match compile(unit.file(), arch) {
+            Ok(i) => Ok(i),
+            Err(first) => compile(unit.file(), "compute_90").map_err(|_| first),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -229,8 +234,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// `image` with [`CACHE_ENV`] set writes the compiled image into the folder (needs NVRTC only;
-    /// skipped without it): the entry is the cubin that `image` returned.
+    /// The compile step `image` uses, given a cache folder (as [`CACHE_ENV`] names one), writes the
+    /// compiled image into it (needs NVRTC only; skipped without it): the entry is the cubin it
+    /// returned. (The folder is passed, not set in the environment: other tests of this binary run
+    /// on other threads, and the process-wide cache could already hold the image.)
     #[test]
     fn image_writes_the_cache_folder() {
         if nvrtc_available().is_err() {
@@ -239,15 +246,11 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("moehal-kcache-image-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        // Only this test reads CACHE_ENV in this test binary.
-        std::env::set_var(CACHE_ENV, &dir);
-        let img = image(Unit::Swiglu, (9, 0));
-        std::env::remove_var(CACHE_ENV);
-        let img = img.unwrap();
+        let img = compile_image(Unit::Swiglu, "sm_90", Some(&dir)).unwrap();
         let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(entries.len(), 1, "{entries:?}");
         assert!(entries[0].to_string_lossy().contains("swiglu-sm_90-"));
-        assert_eq!(std::fs::read(&entries[0]).unwrap(), *img);
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), img);
         assert_eq!(&img[..4], b"\x7fELF");
         std::fs::remove_dir_all(&dir).unwrap();
     }

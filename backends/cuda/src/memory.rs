@@ -67,14 +67,28 @@ pub(crate) struct PinnedHost {
     inner: Buffer,
     /// Device address of `inner`'s byte 0.
     dptr: u64,
+    /// Ordinal of the device whose (primary) context registered the range: the mapping
+    /// (`DEVICEMAP` without `PORTABLE`) is valid in that context only, so a backend of another
+    /// device must not read through `dptr`.
+    ordinal: usize,
     /// Unregisters (and first waits for the device); `None` where the range was registered by
     /// someone else before us (then the owner of that registration releases it).
     release: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl PinnedHost {
-    pub(crate) fn new(inner: Buffer, dptr: u64, release: Option<Box<dyn FnOnce() + Send + Sync>>) -> Self {
-        PinnedHost { inner, dptr, release }
+    pub(crate) fn new(
+        inner: Buffer,
+        dptr: u64,
+        ordinal: usize,
+        release: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ) -> Self {
+        PinnedHost {
+            inner,
+            dptr,
+            ordinal,
+            release,
+        }
     }
 
     /// The device address of host address `host` inside this table.
@@ -113,8 +127,11 @@ impl Drop for PinnedHost {
 }
 
 /// The device address of a table view when its buffer is a [`PinnedHost`] (no registration needed).
-pub(crate) fn pinned_table_addr(t: &TensorRef<'_>) -> Option<u64> {
-    t.buffer().downcast_ref::<PinnedHost>().map(|p| p.device_addr(t.addr()))
+/// `(device address, ordinal of the registering device)`.
+pub(crate) fn pinned_table_addr(t: &TensorRef<'_>) -> Option<(u64, usize)> {
+    t.buffer()
+        .downcast_ref::<PinnedHost>()
+        .map(|p| (p.device_addr(t.addr()), p.ordinal))
 }
 
 /// Growable device scratch (error flag, prefixes, counters); used under its mutex only, and every
@@ -266,7 +283,20 @@ impl CudaBackend {
         if self.own(t.buffer()) {
             return Ok((t.addr(), None));
         }
-        if let Some(d) = pinned_table_addr(t) {
+        if let Some((d, o)) = pinned_table_addr(t) {
+            if o != self.ordinal {
+                // The registration's mapping belongs to the other device's context, and its
+                // release waits for that context only.
+                return Err(Error::invalid(
+                    op,
+                    "table",
+                    format!(
+                        "pinned by pin_host_table on cuda:{o}; this backend is cuda:{}: pin the table on this \
+                         backend (or pass the plain host buffer)",
+                        self.ordinal
+                    ),
+                ));
+            }
             return Ok((d, None));
         }
         if t.buffer().location() != Location::Host {
@@ -327,7 +357,12 @@ impl CudaBackend {
                 }
             }) as Box<dyn FnOnce() + Send + Sync>
         });
-        Ok(Buffer::new(Box::new(PinnedHost::new(table, dptr, release))))
+        Ok(Buffer::new(Box::new(PinnedHost::new(
+            table,
+            dptr,
+            self.ordinal,
+            release,
+        ))))
     }
 }
 
@@ -350,15 +385,15 @@ mod tests {
         let release: Box<dyn FnOnce() + Send + Sync> = Box::new(|| {
             RELEASED.fetch_add(1, Ordering::SeqCst);
         });
-        let buf = Buffer::new(Box::new(PinnedHost::new(host, dptr, Some(release))));
+        let buf = Buffer::new(Box::new(PinnedHost::new(host, dptr, 0, Some(release))));
         assert_eq!((buf.addr(), buf.len(), buf.location()), (haddr, 4096, Location::Host));
         assert!(!buf.writable());
         // Two "calls" reuse the same mapping; nothing is released by using it.
         for _ in 0..2 {
             let whole = buf.view(DType::F32, &[16, 64]);
-            assert_eq!(pinned_table_addr(&whole), Some(dptr));
+            assert_eq!(pinned_table_addr(&whole), Some((dptr, 0)));
             let row5 = buf.view(DType::F32, &[1, 64]).with_offset(5 * 64);
-            assert_eq!(pinned_table_addr(&row5), Some(dptr + 5 * 64 * 4));
+            assert_eq!(pinned_table_addr(&row5), Some((dptr + 5 * 64 * 4, 0)));
         }
         assert_eq!(RELEASED.load(Ordering::SeqCst), 0);
         drop(buf);
@@ -366,7 +401,7 @@ mod tests {
 
         // A range someone else registered: no release of ours.
         let host = moehal_core::host::zeroed_buffer(64).unwrap();
-        drop(Buffer::new(Box::new(PinnedHost::new(host, dptr, None))));
+        drop(Buffer::new(Box::new(PinnedHost::new(host, dptr, 0, None))));
         assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
 
         // A plain host buffer is not pinned: ops register it per call.
