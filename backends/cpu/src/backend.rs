@@ -255,9 +255,10 @@ fn view_bytes<'a>(t: &TensorRef<'a>, op: &'static str, field: &'static str) -> R
 ///
 /// Issue 16 item 9: `gather_rows` of 8 rows went through [`slice()`] / [`slice_mut()`] for the
 /// table and the output, whose dtype, contiguity, alignment and bounds checks repeat `validate`'s;
-/// measured (`cargo run --release -p moehal --example gather_gap`, `perf record`), those repeats
-/// were most of the ~50 ns per call by which the CPU backend trailed the reference (which takes
-/// the same two views with [`host::bytes`]). Still no panic path: the range is taken with `get`.
+/// in a `perf record` of 8-row calls (`examples/gather_gap.rs`, benches/RESULTS.md) those repeats
+/// were ~8% of the call, part of the 0.1 us by which the CPU backend trailed the reference (which
+/// takes the table and output with [`host::bytes`]). Still no panic path: the range is taken
+/// with `get`.
 #[inline]
 fn checked_bytes<'a>(t: &TensorRef<'a>, op: &'static str, field: &'static str) -> Result<&'a [u8]> {
     let es = t.dtype().size();
