@@ -449,6 +449,12 @@ fn bad_expert_ids_and_gaps_are_errors_at_load() {
             "{bad}: {e}"
         );
     }
+    // A table of no rows (V = 0) routes no token: an error at load naming the tensor (it failed
+    // in the router, blaming `token_ids`).
+    gapped_layer(&path, &all, Some(&[]));
+    let ck = Checkpoint::open(&path).unwrap();
+    let e = plan_checkpoint_layer(&ck, 0, base).err().expect("accepted").to_string();
+    assert!(e.contains("layers.0.ffn.gate.tid2eid") && e.contains("V = 0"), "{e}");
     // Experts 0..7 and 9: expert 8 is missing.
     let gap: Vec<usize> = (0..8).chain([9]).collect();
     gapped_layer(&path, &gap, None);

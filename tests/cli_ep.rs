@@ -14,8 +14,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Small layers: widths / 16, f32 float weights (the CPU GEMM's rows are then the same whatever
-/// the group size, so the comparison is bitwise), or the preset's shipped formats in bf16.
+/// Small layers: widths / 16, f32 float weights (a CPU GEMM row then depends only on its own
+/// expert's group: tiles of at most 6 rows take the decode dot order, larger ones the packed
+/// micro-kernel's; EP gives every expert the same rows as one process, so the comparison is
+/// bitwise), or the preset's shipped formats in bf16.
 fn args<'a>(preset: &'a str, tokens: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "moe",

@@ -77,7 +77,9 @@ run() { # name timeout required(1/0) cmd...
         verdict=TIMEOUT
     elif [ "$rc" != 0 ]; then
         verdict=FAIL
-    elif grep -q '^skipped:' "$OUT/$name.log"; then
+    elif grep -q 'skipped:' "$OUT/$name.log"; then
+        # Anywhere on a line: with --nocapture a test's "skipped: ..." follows libtest's
+        # "test name ... " on the same line.
         verdict=SKIPPED
     fi
     summary+=("$(printf '%-24s %-8s rc=%-4s %4ss' "$name" "$verdict" "$rc" "$(( $(date +%s) - t0 ))")")
@@ -88,7 +90,12 @@ run() { # name timeout required(1/0) cmd...
 }
 
 # test-gpu first, so that a later timeout cannot hide it.
-[ -e "$D/test-gpu" ] && run test-gpu 150 1 "$D/test-gpu" --test-threads=1 --nocapture
+if [ -e "$D/test-gpu" ]; then
+    run test-gpu 150 1 "$D/test-gpu" --test-threads=1 --nocapture
+else
+    summary+=("$(printf '%-24s %-8s' test-gpu MISSING)")
+    failed+=("test-gpu:MISSING")
+fi
 for exe in "$D"/test-*; do
     case "$exe" in "$D/test-gpu" | "$D/test-nvrtc_compile") continue ;; esac
     run "$(basename "$exe")" 60 1 "$exe" --test-threads=1 --nocapture
@@ -101,7 +108,7 @@ run torch_peers 60 "${PEERS_REQUIRED:-0}" python3 scripts/gpu/peers.py
 {
     echo "== device"; cat "$L/device.txt"
     echo "== details (full logs in $OUT)"
-    grep -h -E "^test result|FAILED|panicked|^skipped" "$OUT"/test-*.log | sort | uniq -c
+    grep -h -E "^test result|FAILED|panicked|skipped:" "$OUT"/test-*.log | sort | uniq -c
     tail -n 3 "$OUT/moehal_check.log"; grep -E '^(FAIL|unsupported):' "$OUT/moehal_check.log" | head -n 20
     tail -n 15 "$OUT/moehal_bench.log"
     grep -v '^JSON' "$OUT/cuda_bench.log" | tail -n 20

@@ -1174,6 +1174,14 @@ pub fn plan_checkpoint_layer<'a>(
                     format!("shape {:?}, expected [V, {}] (top-k)", t.shape, base.topk),
                 ));
             }
+            // V = 0 routes no token id at all: every token would fail later, in the router,
+            // without naming the tensor.
+            if t.shape[0] == 0 {
+                return Err(bad(
+                    tname,
+                    format!("shape {:?}: no rows (V = 0), so no token id can be routed", t.shape),
+                ));
+            }
             let raw = ck.bytes(t);
             let wide: Vec<i64> = match t.dtype.as_str() {
                 "I32" => raw

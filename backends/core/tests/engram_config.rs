@@ -296,7 +296,7 @@ fn v41_flash_primes_and_sums() {
     }
     assert_eq!(
         field_in("engram_layer_v41_flash", v41_flash::layer(2).unwrap_err()),
-        "layer"
+        "index"
     );
 }
 

@@ -748,7 +748,10 @@ fn task<T: Elem>(
     // read once and dotted with every row of the group. Packing the panel (a strided transpose of
     // NR weight rows) costs more than the products at this M: `moehal bench` had the packed path
     // at 0.4x the scalar reference at 1-4 tokens on one thread (issue 16 item 9, benches/RESULTS.md
-    // "grouped_gemm small shapes").
+    // "grouped_gemm small shapes"). Its summation order (16 lanes, then pairwise) differs from the
+    // micro-kernel's, so an f32 row's bits depend on its tile: a group of at most MR rows (or the
+    // last tile of a larger group, cut at MC) takes this order. Still deterministic, and within
+    // OPS.md's tolerance either way; the bf16 NK decode path (`dot_nk_bf16`) already did the same.
     if T::KIND == ElemKind::F32 && k0 == 0 && mg <= MR && k > 0 {
         if let Weights::Raw(w, Layout::NK) = a.w {
             let x: &[f32] = bytemuck::cast_slice(a.x);

@@ -962,7 +962,7 @@ impl PyEngramLayer {
     /// DeepSeek-V4.1-Flash Engram layer `index` (0 = decoder layer 1, 1 = decoder layer 14).
     #[staticmethod]
     fn v41_flash(index: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let index: usize = unsigned(moehal_core::engram::OP, "layer", index)?;
+        let index: usize = unsigned(moehal_core::engram::OP, "index", index)?;
         moehal_core::engram::v41_flash::layer(index)
             .map(|l| PyEngramLayer(Arc::new(l)))
             .map_err(to_py)

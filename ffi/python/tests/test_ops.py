@@ -696,7 +696,7 @@ def test_engram_layer_negative_fields_are_value_errors_naming_the_field():
     for name, value, field in cases:
         with pytest.raises(ValueError, match=rf"engram_layer: invalid argument `{field}`"):
             moehal.EngramLayer(**dict(good, **{name: value}))
-    with pytest.raises(ValueError, match=r"invalid argument `layer`: -1 is negative"):
+    with pytest.raises(ValueError, match=r"invalid argument `index`: -1 is negative"):
         moehal.EngramLayer.v41_flash(-1)
 
 

@@ -638,7 +638,7 @@ static void test_engram(const moehal_backend* be) {
     moehal_engram_layer_destroy(v41);
   }
   moehal_engram_layer* none = NULL;
-  EXPECT_ERR(moehal_engram_layer_v41_flash(2, &none), MOEHAL_INVALID_ARGUMENT, "layer");
+  EXPECT_ERR(moehal_engram_layer_v41_flash(2, &none), MOEHAL_INVALID_ARGUMENT, "index");
   CHECK(none == NULL, "failed constructor left a handle");
   uint64_t even_m[3] = {2, 3, 5};
   EXPECT_ERR(moehal_engram_layer_create(3, 2, even_m, TOY_P, 50, 2, &none), MOEHAL_INVALID_ARGUMENT, "multipliers");

@@ -33,7 +33,7 @@ pub fn layer(index: usize) -> Result<EngramLayer> {
     let m = MULTIPLIERS.get(index).ok_or_else(|| {
         Error::invalid(
             "engram_layer_v41_flash",
-            "layer",
+            "index",
             format!("V4.1-Flash has 2 Engram layers, got index {index}"),
         )
     })?;
