@@ -80,7 +80,11 @@ impl Ascend {
             return Ok(()); // no ids (T = 0); the reductions refuse an empty axis
         }
         let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
-        let (lo, hi) = self.id_extremes(&it, 2)?;
+        let Some((lo, hi)) = self.id_extremes(&it, 2)? else {
+            // A reduction refused these ids: read them (the check must run before any write).
+            let ids: Vec<i32> = self.fetch(&a.ids)?;
+            return check_ids(&ids, e);
+        };
         if lo < -1 || hi as i64 >= e as i64 {
             let bad = if lo < -1 { lo } else { hi };
             return Err(Error::invalid(
@@ -94,17 +98,18 @@ impl Ascend {
 
     /// The smallest and largest element of the INT32 tensor `ids`, computed on the device
     /// (`aclnnAmin`, `aclnnAmax` over every dim, keepDim) and read back: a control read of 8 bytes.
-    pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<(i32, i32)> {
+    /// `None` when a reduction refused the call at phase one (the caller reads the ids instead).
+    pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<Option<(i32, i32)>> {
         let mut ext = [0i32; 2];
         for (i, max) in [false, true].into_iter().enumerate() {
             let m = DevMem::new(&self.rt, 4)?;
             let mt = self.t(&scratch_desc(&m, sys::ACL_INT32, &vec![1; rank]))?;
-            if let Outcome::Rejected(err) = self.rt.extremum(ids, rank, max, &mt)? {
-                return Err(err);
+            if let Outcome::Rejected(_) = self.rt.extremum(ids, rank, max, &mt)? {
+                return Ok(None);
             }
             self.rt.d2h(bytemuck::cast_slice_mut(&mut ext[i..i + 1]), m.ptr)?;
         }
-        Ok((ext[0], ext[1]))
+        Ok(Some((ext[0], ext[1])))
     }
 
     /// `moe_permute` composed on the device (OPS.md §3), no tensor data to or from the host:
@@ -152,7 +157,9 @@ impl Ascend {
         let key = DevMem::new(&self.rt, n * 8)?;
         let key_tk = self.t(&scratch_desc(&key, sys::ACL_INT64, &[t, k]))?;
         let key_n = self.t(&scratch_desc(&key, sys::ACL_INT64, &[n]))?;
-        self.rt.cast(&it, sys::ACL_INT64, &key_tk)?;
+        if !ran(self.rt.cast_outcome(&it, sys::ACL_INT64, &key_tk)?) {
+            return Ok(false);
+        }
         let mask = DevMem::new(&self.rt, n)?;
         let mask_t = self.t(&scratch_desc(&mask, sys::ACL_BOOL, &[t, k]))?;
         let minus1 = Scalar::i64(&self.rt, -1)?;
@@ -211,7 +218,10 @@ impl Ascend {
             if x.shape()[1] > 0 {
                 let xt = self.t(&desc_of(x, OP_MP, "x")?)?;
                 let xpt = self.t(&desc_of(&xp.as_ref(), OP_MP, "x_perm")?)?;
-                self.rt.gather(3, &xt, &src_t, &xpt)?;
+                if !ran(self.rt.gather_outcome(3, &xt, &src_t, &xpt)?) {
+                    // The host path rewrites every output, x_perm included.
+                    return Ok(false);
+                }
             }
         }
         Ok(true)

@@ -346,7 +346,18 @@ impl Ascend {
         let v = self.rt.lib.versions;
         if v.amax && v.amin && t * k > 0 {
             let it = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
-            let (lo, hi) = self.id_extremes(&it, 2)?;
+            let (lo, hi) = match self.id_extremes(&it, 2)? {
+                Some(x) => x,
+                None => {
+                    // A reduction refused: read the ids (4·T·k bytes) for the same check.
+                    let mut ids = vec![0i32; t * k];
+                    self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+                    (
+                        ids.iter().copied().min().unwrap_or(0),
+                        ids.iter().copied().max().unwrap_or(0),
+                    )
+                }
+            };
             if lo < 0 || hi as i64 >= e as i64 {
                 return Err(Error::device(
                     NAME,
