@@ -1166,6 +1166,8 @@ fn moe_help_names_the_checkpoint_tensors_in_one_piece() {
     let (out, _) = text(&o);
     assert!(o.status.success());
     assert!(out.contains("w{1,2,3}.{weight,scale}"), "{out}");
+    // Error messages name --scale-widths and --budget-mib as remedies: help must show them.
+    assert!(out.contains("--scale-widths") && out.contains("--budget-mib"), "{out}");
 }
 
 /// `moe` and `bench` number flags: `--seed -1`, `--scale-widths 0`, `--budget-mib -1`,

@@ -41,11 +41,11 @@ pub(crate) struct Args {
     #[arg(long)]
     float_weights: bool,
     /// Divide hidden and expert widths by N (rounded up to multiples of 32), for quick runs.
-    #[arg(long, hide = true, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
     scale_widths: Option<usize>,
     /// Memory budget for the weights of one backend, in MiB (default: 4 GiB or less, from the
     /// memory available).
-    #[arg(long, hide = true, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
+    #[arg(long, value_parser = super::whole_at_least::<1>, allow_negative_numbers = true)]
     budget_mib: Option<usize>,
     /// Run the reference on at most as many tokens as it is estimated to finish in this many
     /// seconds (all of them when it fits; else the first tokens, and the output says how many;
