@@ -121,8 +121,9 @@ impl CudaBackend {
             Arg::P(base),
         ];
         self.launch(s, Unit::GroupedGemm, "gg_check", (1, 1), 1024, 0, &check)?;
-        if d.m > 0 && d.n > 0 && mma {
-            let args = [
+        if d.m > 0 && d.n > 0 {
+            // The two kernels take the same arguments, the mma one also the row-block prefix.
+            let mut args = vec![
                 Arg::P(x),
                 Arg::P(xs),
                 Arg::I32(e8(a.x_scale_format())),
@@ -137,39 +138,24 @@ impl CudaBackend {
                 Arg::I64(d.n as i64),
                 Arg::I64(d.k as i64),
                 Arg::I64(d.groups as i64),
-                Arg::P(prefix),
-                Arg::P(base),
             ];
-            let name = format!("{name}_mma");
-            let grid = mma_grid(d.m, d.n, d.groups);
-            self.launch(s, Unit::GemmQuant, &name, grid, (MMA_WARPS * 32) as u32, 0, &args)?;
-        } else if d.m > 0 && d.n > 0 {
-            let args = [
-                Arg::P(x),
-                Arg::P(xs),
-                Arg::I32(e8(a.x_scale_format())),
-                Arg::P(w),
-                Arg::P(ws),
-                Arg::I32(e8(Some(a.w_scale_format()))),
-                Arg::P(ge),
-                Arg::P(rs),
-                Arg::P(bias),
-                Arg::P(y),
-                Arg::I64(d.m as i64),
-                Arg::I64(d.n as i64),
-                Arg::I64(d.k as i64),
-                Arg::I64(d.groups as i64),
-                Arg::P(base),
-            ];
-            self.launch(
-                s,
-                Unit::GemmQuant,
-                &name,
-                gq_grid(d.m, d.n),
-                GQ_THREADS as u32,
-                0,
-                &args,
-            )?;
+            if mma {
+                args.extend([Arg::P(prefix), Arg::P(base)]);
+                let name = format!("{name}_mma");
+                let grid = mma_grid(d.m, d.n, d.groups);
+                self.launch(s, Unit::GemmQuant, &name, grid, (MMA_WARPS * 32) as u32, 0, &args)?;
+            } else {
+                args.push(Arg::P(base));
+                self.launch(
+                    s,
+                    Unit::GemmQuant,
+                    &name,
+                    gq_grid(d.m, d.n),
+                    GQ_THREADS as u32,
+                    0,
+                    &args,
+                )?;
+            }
         }
         self.gg_check_result(sc, base, s, &a.group_end, d.m)
     }
