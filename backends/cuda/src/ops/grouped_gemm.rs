@@ -83,21 +83,7 @@ impl CudaBackend {
             GemmPath::TensorCore => 128,
             _ => 64,
         };
-        let mut sc = self.lock(&self.scratch)?;
-        let mut carve = Carve::new();
-        let prefix_off = carve.take((d.groups + 1) * 8);
-        let base = self.ensure_scratch(&mut sc, carve.next, s)?;
-        let prefix = base + prefix_off as u64;
-        self.flag_reset(base, s)?;
-        let check = [
-            Arg::P(ge),
-            Arg::I64(d.groups as i64),
-            Arg::I64(d.m as i64),
-            Arg::I64(bm as i64),
-            Arg::P(prefix),
-            Arg::P(base),
-        ];
-        self.launch(s, Unit::GroupedGemm, "gg_check", (1, 1), 1024, 0, &check)?;
+        let (sc, base, prefix) = self.gg_check_launch(ge, d.groups, d.m, bm, s)?;
         if d.m > 0 && d.n > 0 {
             let name = format!("gg_{}_{}_{}", path.tag(), dt.name(), layout_tag(a.layout));
             match path {
@@ -154,6 +140,36 @@ impl CudaBackend {
     /// The end of a grouped GEMM (float or quantized) after `gg_check` and its kernels were
     /// enqueued: wait for the stream and read gg_check's flag (holding the scratch `sc` until
     /// then), and for invalid `group_end` return core's own message (nothing was written).
+    /// Lock the scratch, carve the error flag and the `[G + 1]` row-block prefix, and launch
+    /// `gg_check` (group_end checked, prefix of `bm`-row blocks per group) on `s`: the float and
+    /// quantized GEMMs' first step. Returns the scratch guard, its base (the flag) and the prefix
+    /// address; [`Self::gg_check_result`] ends the call.
+    pub(crate) fn gg_check_launch(
+        &self,
+        ge: u64,
+        groups: usize,
+        m: usize,
+        bm: usize,
+        s: Stream,
+    ) -> Result<(std::sync::MutexGuard<'_, crate::memory::Scratch>, u64, u64)> {
+        let mut sc = self.lock(&self.scratch)?;
+        let mut carve = Carve::new();
+        let prefix_off = carve.take((groups + 1) * 8);
+        let base = self.ensure_scratch(&mut sc, carve.next, s)?;
+        let prefix = base + prefix_off as u64;
+        self.flag_reset(base, s)?;
+        let check = [
+            Arg::P(ge),
+            Arg::I64(groups as i64),
+            Arg::I64(m as i64),
+            Arg::I64(bm as i64),
+            Arg::P(prefix),
+            Arg::P(base),
+        ];
+        self.launch(s, Unit::GroupedGemm, "gg_check", (1, 1), 1024, 0, &check)?;
+        Ok((sc, base, prefix))
+    }
+
     pub(crate) fn gg_check_result(
         &self,
         sc: std::sync::MutexGuard<'_, crate::memory::Scratch>,

@@ -11,7 +11,6 @@ use moehal_core::{Checked, DType, Error, Result};
 use super::cdiv;
 use crate::device::{CudaBackend, GemmPath};
 use crate::kernels::Unit;
-use crate::memory::Carve;
 use crate::raw::Arg;
 
 /// Threads per block (one output column each): `GQ_THREADS` in grouped_gemm_q.cu.
@@ -106,21 +105,7 @@ impl CudaBackend {
         let forced = self.gemm_path.lock().map(|p| *p).unwrap_or_default();
         let mma = mma_ok(&desc, d.k, x, w, forced, self.cc);
         let s = self.begin()?;
-        let mut sc = self.lock(&self.scratch)?;
-        let mut carve = Carve::new();
-        let prefix_off = carve.take((d.groups + 1) * 8);
-        let base = self.ensure_scratch(&mut sc, carve.next, s)?;
-        let prefix = base + prefix_off as u64;
-        self.flag_reset(base, s)?;
-        let check = [
-            Arg::P(ge),
-            Arg::I64(d.groups as i64),
-            Arg::I64(d.m as i64),
-            Arg::I64(MMA_M as i64),
-            Arg::P(prefix),
-            Arg::P(base),
-        ];
-        self.launch(s, Unit::GroupedGemm, "gg_check", (1, 1), 1024, 0, &check)?;
+        let (sc, base, prefix) = self.gg_check_launch(ge, d.groups, d.m, MMA_M, s)?;
         if d.m > 0 && d.n > 0 {
             // The two kernels take the same arguments, the mma one also the row-block prefix.
             let mut args = vec![
