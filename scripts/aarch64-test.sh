@@ -36,11 +36,13 @@
 #   formats' edge cases, the router ties, raw_gemm and isa_selection still run on every configuration. The
 #   full sweep on every configuration is `MOEHAL_TEST_TIER=full scripts/aarch64-test.sh` (~30 min on
 #   2 cores), and runs natively on x86 in `cargo test`.
-# - the shape sweep runs under `-cpu max` only (its default configuration there is the bf16/i8mm/SVE
-#   table); under cortex-a72 the plain NEON table gets the edge cases, the quantized edge cases, the
-#   router ties and the preset cases, and under `-cpu max` the same edge cases run on every ISA
-#   again, the plain NEON table included (~2 min of CI; `AARCH64_SWEEP_EVERY_CPU=1` runs the sweep
-#   under both CPUs).
+# - `-cpu cortex-a72` runs `MOEHAL_TEST_TIER=isa`: the edge cases, the quantized edge cases and the
+#   router ties on every configuration the CPU reports (plain NEON, scalar, one thread, each bf16
+#   kernel), which proves the run-time ISA choice and that no kernel executes an instruction the CPU
+#   lacks. The preset cases (~85% of that run's time, 2026-12-01) and the shape sweep run under
+#   `-cpu max` on its default table; under `-cpu max` the edge cases run on every ISA again, the plain
+#   NEON table included. Not run in CI: the preset shapes on the plain NEON table
+#   (`AARCH64_SWEEP_EVERY_CPU=1 scripts/aarch64-test.sh cortex-a72` runs presets and sweep there).
 #
 # Usage: scripts/aarch64-test.sh [cpu ...]     (default: cortex-a72 max)
 # Env:   AARCH64_TARGET_DIR (default target-aarch64), AARCH64_OPT (opt-level of the crates under
@@ -102,15 +104,15 @@ for cpu in "${cpus[@]}"; do
         *) expect="" ;;
     esac
     t1=$SECONDS
-    skip=()
-    if [ "$cpu" = cortex-a72 ] && [ "${AARCH64_SWEEP_EVERY_CPU:-0}" != 1 ] && [ "${MOEHAL_TEST_TIER:-emulated}" = emulated ]; then
-        skip=(--skip shape_sweep_on_every_isa_and_kernel)
-        echo "(the shape sweep runs under -cpu max; AARCH64_SWEEP_EVERY_CPU=1 runs it here too)"
+    tier=${MOEHAL_TEST_TIER:-emulated}
+    if [ "$cpu" = cortex-a72 ] && [ "${AARCH64_SWEEP_EVERY_CPU:-0}" != 1 ] && [ "$tier" = emulated ]; then
+        tier=isa
+        echo "(MOEHAL_TEST_TIER=isa: edge cases and router ties on every configuration; the presets and the shape sweep run under -cpu max; AARCH64_SWEEP_EVERY_CPU=1 runs them here too)"
     fi
     echo "== aarch64 tests under qemu-aarch64 -cpu $qcpu (expect: ${expect:-unchecked})"
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $qcpu" \
-        MOEHAL_EXPECT_AARCH64="$expect" MOEHAL_TEST_TIER="${MOEHAL_TEST_TIER:-emulated}" \
-        cargo test -q "${deps_opt[@]}" -p moehal-cpu -p moehal-core --target "$target" -- "${skip[@]}"
+        MOEHAL_EXPECT_AARCH64="$expect" MOEHAL_TEST_TIER="$tier" \
+        cargo test -q "${deps_opt[@]}" -p moehal-cpu -p moehal-core --target "$target"
     echo "== -cpu $cpu: passed in $((SECONDS - t1)) s"
 done
 echo "aarch64 total: $((SECONDS - t0)) s"

@@ -59,6 +59,9 @@ pub fn build_profile(target_dir: &Path, profile: &str, omit: Option<&str>) -> Re
     std::fs::create_dir_all(&nested).map_err(|e| format!("{}: {e}", nested.display()))?;
     let _lock = DirLock::acquire(&nested.join("build.lock"))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !nested.join("target").exists() {
+        seed_from_sibling(&cargo, &nested);
+    }
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
         .args(["build", "-p", "moehal-ascend-emu", "--target-dir"])
@@ -91,6 +94,58 @@ pub fn build_profile(target_dir: &Path, profile: &str, omit: Option<&str>) -> Re
     std::fs::copy(&built, &tmp).map_err(|e| format!("copy {}: {e}", built.display()))?;
     std::fs::rename(&tmp, out.join("libascendcl.so")).map_err(|e| format!("rename: {e}"))?;
     Ok(out)
+}
+
+/// Seed a profile's empty nested target directory with hard links to another profile's finished
+/// build, less the emulator crate itself: the emulator's dependencies (`half` and its derive
+/// macros, `moehal-ascend-sys`) do not depend on the profile, and building them again for each
+/// profile was most of the time of the Ascend tests on a 2-core CI machine (each from scratch:
+/// ~150 s of CPU; the emulator crate alone: ~8 s). Cargo replaces the files it rebuilds rather
+/// than writing into them, so the sibling's files are never changed through the links. Best
+/// effort: on any failure the partial copy is removed and the build starts from scratch.
+fn seed_from_sibling(cargo: &str, nested: &Path) {
+    let Some(parent) = nested.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let sibling = entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p != nested && p.join("lib-full/libascendcl.so").is_file() && p.join("target/debug").is_dir());
+    let Some(sibling) = sibling else { return };
+    let Ok(_sibling_lock) = DirLock::acquire(&sibling.join("build.lock")) else {
+        return;
+    };
+    let tmp = nested.join("target.seed");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let seeded = link_tree(&sibling.join("target"), &tmp).is_ok()
+        && Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["clean", "-q", "-p", "moehal-ascend-emu", "--target-dir"])
+            .arg(&tmp)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR")
+            .status()
+            .is_ok_and(|s| s.success())
+        && std::fs::rename(&tmp, nested.join("target")).is_ok();
+    if !seeded {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
+
+/// Recreate the tree `from` at `to` with hard links to its files (anything else, such as a
+/// symbolic link, is left out: cargo rebuilds what it misses).
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::hard_link(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// The target directory of the running test or binary (`<target>/debug/deps/x` -> `<target>`).

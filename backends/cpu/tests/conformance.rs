@@ -25,18 +25,34 @@ fn cpus() -> Vec<(String, CpuBackend)> {
     v
 }
 
-/// The test tier: `MOEHAL_TEST_TIER=emulated` (set by scripts/aarch64-test.sh, where every test runs
-/// under qemu at ~1/30 of native speed) runs the ~600-case shape sweep and the preset cases on the
-/// default configuration only (the best ISA the emulated CPU reports, all threads, the default bf16
-/// kernel); the edge cases (OPS.md's and the quantized formats') and the router ties still run on
-/// every ISA, thread count and kernel. Unset or `full`: every
-/// case on every configuration. Any other value is an error, so a typo cannot silently shrink a run.
-fn emulated_tier() -> bool {
+/// The test tier, `MOEHAL_TEST_TIER`:
+/// - unset or `full`: every case on every configuration;
+/// - `emulated` (set by scripts/aarch64-test.sh, where every test runs under qemu at ~1/30 of
+///   native speed): the ~600-case shape sweep and the preset cases run on the default configuration
+///   only (the best ISA the emulated CPU reports, all threads, the default bf16 kernel); the edge
+///   cases (OPS.md's and the quantized formats') and the router ties still run on every ISA, thread
+///   count and kernel;
+/// - `isa` (scripts/aarch64-test.sh's second emulated CPU, cortex-a72: NEON without dotprod, bf16,
+///   i8mm or SVE): only the edge cases and router ties, on every configuration. That run exists to
+///   prove the run-time ISA choice and that no kernel the CPU reports executes an instruction it
+///   lacks; the edge cases reach every kernel, and the preset cases and the sweep already ran on
+///   the same NEON and scalar kernels under `-cpu max`, whose configurations include them.
+///
+/// Any other value is an error, so a typo cannot silently shrink a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Tier {
+    Full,
+    Emulated,
+    Isa,
+}
+
+fn tier() -> Tier {
     match std::env::var("MOEHAL_TEST_TIER") {
-        Err(_) => false,
-        Ok(v) if v == "full" => false,
-        Ok(v) if v == "emulated" => true,
-        Ok(v) => panic!("MOEHAL_TEST_TIER={v:?}: expected `full` or `emulated`"),
+        Err(_) => Tier::Full,
+        Ok(v) if v == "full" => Tier::Full,
+        Ok(v) if v == "emulated" => Tier::Emulated,
+        Ok(v) if v == "isa" => Tier::Isa,
+        Ok(v) => panic!("MOEHAL_TEST_TIER={v:?}: expected `full`, `emulated` or `isa`"),
     }
 }
 
@@ -54,38 +70,48 @@ fn check_every_cpu(cases: &[Case], seed: u64) {
 
 #[test]
 fn default_cases_on_every_isa_and_kernel() {
-    if emulated_tier() {
-        // Under qemu the scalar reference (run again for every configuration) is most of the time,
-        // and the preset cases are most of the reference's work: OPS.md's edge cases and the
-        // quantized formats' edge cases run on every configuration, the preset cases on the
-        // default one. Same base seed and case order as the full tier, so a failing case's seed
-        // reproduces with `MOEHAL_TEST_TIER=full`.
-        let all = default_cases();
-        let edge = moehal_testkit::edge_cases().len() + moehal_testkit::quant::edge_cases().len();
+    let tier = tier();
+    if tier == Tier::Full {
+        check_every_cpu(&default_cases(), 0x5EED);
+        return;
+    }
+    // Under qemu the scalar reference (run again for every configuration) is most of the time,
+    // and the preset cases are most of the reference's work: OPS.md's edge cases and the
+    // quantized formats' edge cases run on every configuration, the preset cases on the default
+    // one (tier `isa`: not at all). Same base seed and case order as the full tier, so a failing
+    // case's seed reproduces with `MOEHAL_TEST_TIER=full`.
+    let all = default_cases();
+    let edge = moehal_testkit::edge_cases().len() + moehal_testkit::quant::edge_cases().len();
+    check_every_cpu(&all[..edge], 0x5EED);
+    if tier == Tier::Isa {
         println!(
-            "MOEHAL_TEST_TIER=emulated: {edge} edge cases on every configuration, the {} preset cases on the default one",
+            "MOEHAL_TEST_TIER=isa: {edge} edge cases on every configuration; the {} preset cases run in the `emulated` and `full` tiers",
             all.len() - edge
         );
-        check_every_cpu(&all[..edge], 0x5EED);
-        check_cpus(vec![("cpu default".into(), CpuBackend::new())], &all, 0x5EED);
-    } else {
-        check_every_cpu(&default_cases(), 0x5EED);
+        return;
     }
+    println!(
+        "MOEHAL_TEST_TIER=emulated: {edge} edge cases on every configuration, the {} preset cases on the default one",
+        all.len() - edge
+    );
+    check_cpus(vec![("cpu default".into(), CpuBackend::new())], &all, 0x5EED);
 }
 
 #[test]
 fn shape_sweep_on_every_isa_and_kernel() {
-    if emulated_tier() {
-        let cpu = CpuBackend::new();
-        println!(
-            "MOEHAL_TEST_TIER=emulated: shape sweep on the default configuration only ({:?}, bf16 kernel {:?}); \
-             the edge cases and router ties run on every ISA and kernel",
-            cpu.kernels().isa(),
-            cpu.bf16_kernel()
-        );
-        check_cpus(vec![("cpu default".into(), cpu)], &sweep_cases(), 11);
-    } else {
-        check_every_cpu(&sweep_cases(), 11);
+    match tier() {
+        Tier::Full => check_every_cpu(&sweep_cases(), 11),
+        Tier::Isa => println!("MOEHAL_TEST_TIER=isa: no shape sweep (it runs in the `emulated` and `full` tiers)"),
+        Tier::Emulated => {
+            let cpu = CpuBackend::new();
+            println!(
+                "MOEHAL_TEST_TIER=emulated: shape sweep on the default configuration only ({:?}, bf16 kernel {:?}); \
+                 the edge cases and router ties run on every ISA and kernel",
+                cpu.kernels().isa(),
+                cpu.bf16_kernel()
+            );
+            check_cpus(vec![("cpu default".into(), cpu)], &sweep_cases(), 11);
+        }
     }
 }
 
