@@ -510,3 +510,267 @@ fn engram_words_sizes_and_self_checks_as_they_are() {
         "{out}"
     );
 }
+
+// Issue 16, the fourth pass (the last fresh-user faults): each fault kind as a test.
+
+/// Item 1: an expert count scaled to fit memory that `--ep-threads` does not divide is named with
+/// where it came from (the preset's count, the scaling, the flags that control it), not as a bare
+/// number the user never asked for. Still a usage error: the rank count is a flag value.
+#[test]
+fn a_scaled_expert_count_the_ep_threads_do_not_divide_says_where_it_came_from() {
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "deepseek-v4-flash",
+        "--tokens",
+        "2",
+        "--ep-threads",
+        "3",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    for want in [
+        "--ep-threads 3",
+        "preset deepseek-v4-flash has 256",
+        "scaled by expert count to fit memory: 256 ->",
+        "--budget-mib",
+        "--scale-widths",
+        "do not split evenly over 3 ranks",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+/// Item 2: a checkpoint whose expert count the ranks do not divide is a data error (exit status
+/// 1, like every other fault of a file's contents), naming the file's layer and its experts.
+#[test]
+fn a_checkpoint_expert_count_the_ranks_do_not_divide_is_a_data_error() {
+    let dir = temp_dir("ep-ckpt");
+    let path = dir.join("v4.safetensors");
+    common::v4_layer_file(&path);
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "deepseek-v4-flash",
+        "--tokens",
+        "4",
+        "--weights",
+        path.to_str().unwrap(),
+        "--layer",
+        "3",
+        "--backend",
+        "cpu",
+        "--ep-threads",
+        "3",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("layer 3 of --weights has 8 routed experts") && err.contains("do not split evenly over 3 ranks"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Item 3: a safetensors header that names a tensor twice is refused, naming the key, by both
+/// readers of the header (`moe --weights` and `engram --table`); serde_json kept the last one.
+#[test]
+fn a_tensor_named_twice_in_the_header_is_refused() {
+    let dir = temp_dir("dup-key");
+    let path = dir.join("dup.safetensors");
+    let header = r#"{"table":{"dtype":"BF16","shape":[1,32],"data_offsets":[0,64]},"table":{"dtype":"BF16","shape":[1,32],"data_offsets":[64,128]}}"#;
+    let mut bytes = header_only(header);
+    bytes.resize(bytes.len() + 128, 0);
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    for args in [
+        vec!["engram", "--table", p],
+        vec!["moe", "--preset", "deepseek-v4-flash", "--tokens", "2", "--weights", p],
+    ] {
+        let o = moehal(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("dup.safetensors") && err.contains("names key `table` twice"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Item 4: a `--json` output that cannot be written fails before the run (exit status 1, naming
+/// the path), not after every case ran: `/dev/full` opens, so it is probed with a write.
+#[test]
+fn an_unwritable_json_output_fails_before_the_run() {
+    if !std::path::Path::new("/dev/full").exists() {
+        println!("skipped: no /dev/full on this system");
+        return;
+    }
+    for args in [
+        &[
+            "check",
+            "--backend",
+            "reference",
+            "--op",
+            "swiglu",
+            "--seed",
+            "1",
+            "--json",
+            "/dev/full",
+        ][..],
+        &[
+            "bench",
+            "--backend",
+            "reference",
+            "--op",
+            "swiglu",
+            "--tokens",
+            "1",
+            "--json",
+            "/dev/full",
+        ][..],
+    ] {
+        let o = moehal(args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("cannot write the --json output /dev/full") && err.contains("No space left on device"),
+            "{args:?}: {err}"
+        );
+        // Nothing ran: no table, no summary.
+        assert!(
+            !out.contains("passed") && !out.contains("swiglu"),
+            "{args:?} ran first: {out}"
+        );
+    }
+    // A stream that can be written still gets valid JSON (the probe's newline is whitespace).
+    let dir = temp_dir("json-fifo");
+    let fifo = dir.join("out.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    if made {
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        let o = moehal(&[
+            "check",
+            "--backend",
+            "reference",
+            "--op",
+            "swiglu",
+            "--seed",
+            "1",
+            "--json",
+            fifo.to_str().unwrap(),
+        ]);
+        let got = reader.join().unwrap();
+        assert!(o.status.success(), "{}", text(&o).1);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap_or_else(|e| panic!("{e}: {got:?}"));
+        assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{got}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Item 5: `--ep` in a build without the `mpi` feature is a flag this build cannot honour: a usage
+/// error (exit status 2) that says how to build with MPI, before any file is opened.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn ep_without_mpi_is_a_usage_error_that_says_how_to_build() {
+    let o = moehal(&[
+        "moe",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--tokens",
+        "2",
+        "--ep",
+        "--weights",
+        "/nonexistent/x.safetensors",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("--ep:") && err.contains("--features mpi") && err.contains("docs/EP.md"),
+        "{err}"
+    );
+    assert!(!err.contains("nonexistent"), "opened the file first: {err}");
+}
+
+/// Whether `moehal devices` lists the CUDA backend as available on this machine.
+fn cuda_available() -> bool {
+    let o = moehal_env(&["devices"], &[("MOEHAL_REQUIRE_CUDA", "0")]);
+    text(&o)
+        .0
+        .lines()
+        .any(|l| l.starts_with("cuda ") && l.contains("available") && !l.contains("unavailable"))
+}
+
+/// Item 6: `MOEHAL_REQUIRE_CUDA=1` makes an unavailable CUDA backend a failure (exit status 1 with
+/// the reason) whether or not `--backend` names it; `devices` still prints its table first.
+#[test]
+fn require_cuda_fails_every_command_when_cuda_is_unavailable() {
+    let env = [("MOEHAL_REQUIRE_CUDA", "1")];
+    let cases: [&[&str]; 4] = [
+        &["check", "--op", "swiglu", "--seed", "1"],
+        &["check", "--backend", "reference", "--op", "swiglu", "--seed", "1"],
+        &["kernels"],
+        &["devices"],
+    ];
+    let available = cuda_available();
+    for args in cases {
+        let o = moehal_env(args, &env);
+        let (out, err) = text(&o);
+        if available {
+            assert!(!err.contains("MOEHAL_REQUIRE_CUDA=1 but"), "{args:?}: {err}");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("MOEHAL_REQUIRE_CUDA=1 but the CUDA backend is unavailable:"),
+            "{args:?}: {err}"
+        );
+        if args[0] == "devices" {
+            assert!(out.contains("compiled-in backends available"), "{out}");
+        } else {
+            assert!(!out.contains("skipped: cuda"), "{args:?} skipped silently: {out}");
+        }
+    }
+    // Off (`0`): the skip line, exit status 0.
+    if !available {
+        let o = moehal_env(
+            &["check", "--op", "swiglu", "--seed", "1"],
+            &[("MOEHAL_REQUIRE_CUDA", "0")],
+        );
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}{err}");
+        assert!(out.contains("skipped: cuda unavailable"), "{out}");
+    }
+}
+
+/// Item 7: a device's memory in `moe`'s sizing rule is what is free where the backend reports it
+/// (the Ascend emulator answers `aclrtGetMemInfo`), and the message says free of what total.
+#[test]
+fn moe_sizes_against_free_device_memory() {
+    let Some(dir) = emulator_dir() else {
+        println!("the Ascend emulator is not built (cargo build -p moehal-ascend-emu): skipped");
+        return;
+    };
+    let env = [
+        ("MOEHAL_ACL_EMU_MEM_CAP", "1000"),
+        ("MOEHAL_ASCEND_LIB_DIR", dir.to_str().unwrap()),
+    ];
+    let o = moehal_env(
+        &[
+            "moe",
+            "--preset",
+            "qwen3-30b-a3b",
+            "--tokens",
+            "2",
+            "--backend",
+            "ascend",
+        ],
+        &env,
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("free of 1000 B"), "{err}");
+}

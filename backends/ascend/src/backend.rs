@@ -302,6 +302,10 @@ impl Backend for Ascend {
         }
     }
 
+    fn free_memory_bytes(&self) -> Option<u64> {
+        self.rt.mem_info().ok().map(|m| m.0)
+    }
+
     fn supports(&self, op: &OpDesc) -> Support {
         let v = self.rt.lib.versions;
         match *op {

@@ -67,6 +67,14 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
     /// The device.
     fn device_info(&self) -> DeviceInfo;
+    /// Device memory free now, in bytes, where the backend can ask its runtime (CUDA
+    /// `cuMemGetInfo`, ACL `aclrtGetMemInfo`); `None` (the default) where it cannot, or for a
+    /// backend in host memory. [`DeviceInfo::memory_bytes`] is the total; a caller that sizes a
+    /// run against the device (`moehal moe`) uses this when it is known, since other processes
+    /// and earlier allocations hold part of the total.
+    fn free_memory_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Whether (and by which kernel) this backend runs `op`.
     fn supports(&self, op: &OpDesc) -> Support;
 

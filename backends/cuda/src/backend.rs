@@ -27,6 +27,11 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn free_memory_bytes(&self) -> Option<u64> {
+        // cuMemGetInfo on this device's context (cudarc binds it to the calling thread first).
+        self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
     fn supports(&self, op: &OpDesc) -> Support {
         match *op {
             OpDesc::GroupedGemm { dtype: DType::F32, .. } => {

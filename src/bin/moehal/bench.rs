@@ -13,7 +13,6 @@ use moehal_core::{Backend, OpKind};
 use super::{progress, write_json, CliResult, Table};
 use moehal::bench::{default_shapes_of, preset_shapes_of, run_table, BenchShape};
 use moehal::pipeline::{available_memory, human_bytes, human_seconds};
-use moehal::Registry;
 
 /// Options of `moehal bench`.
 #[derive(Debug, clap::Args)]
@@ -78,40 +77,64 @@ does; preset sizes (experts, tables) are scaled down instead, with a note.";
 /// at once instead of after minutes of work; the JSON is written by [`JsonOut::write`] at the end.
 /// An existing file is kept as it is until then; a file created here and never written (the run
 /// failed) is removed when this is dropped.
+///
+/// A path that is not a regular file (a character device such as `/dev/full` or `/dev/stdout`, a
+/// FIFO) is a stream: opening it proves nothing (issue 16: `check --json /dev/full` ran every case
+/// and only then failed to write), so [`JsonOut::open`] writes one newline to it at once — JSON
+/// allows whitespace before a value — and the JSON follows through the same handle at the end.
 pub(super) struct JsonOut {
     path: PathBuf,
     file: Option<File>,
     created: bool,
+    stream: bool,
 }
 
 impl JsonOut {
-    /// Open (creating if absent, not truncating yet) `path` for writing.
+    /// Open (creating if absent, not truncating yet) `path` for writing; a stream (not a regular
+    /// file) is probed with a one-newline write.
     ///
     /// # Errors
     /// An error naming the path and the reason (missing directory, permissions, a
-    /// directory, ...).
+    /// directory, a device with no space such as `/dev/full`, ...).
     pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
+        use std::io::Write as _;
+        let cannot = |e: std::io::Error| anyhow!("cannot write the --json output {}: {e}", path.display());
         let created = !path.exists();
-        let file = OpenOptions::new()
+        let stream = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| anyhow!("cannot write the --json output {}: {e}", path.display()))?;
+            .map_err(cannot)?;
+        if stream {
+            file.write_all(b"\n").and_then(|()| file.flush()).map_err(cannot)?;
+        }
         Ok(JsonOut {
             path: path.to_path_buf(),
             file: Some(file),
             created,
+            stream,
         })
     }
 
-    /// Replace the file's contents with `value`, pretty-printed, and a newline.
+    /// Replace the file's contents with `value`, pretty-printed, and a newline (a stream gets
+    /// them after the probe's newline).
     ///
     /// # Errors
     /// An error naming the path on a serialization or I/O error.
     pub(super) fn write(mut self, value: &serde_json::Value) -> anyhow::Result<()> {
-        drop(self.file.take());
-        write_json(&self.path, value)
+        use std::io::Write as _;
+        let file = self.file.take();
+        match file {
+            Some(mut f) if self.stream => {
+                let s = serde_json::to_string_pretty(value)? + "\n";
+                f.write_all(s.as_bytes())
+                    .and_then(|()| f.flush())
+                    .map_err(|e| anyhow!("writing {}: {e}", self.path.display()))
+            }
+            _ => write_json(&self.path, value),
+        }
     }
 }
 
@@ -178,7 +201,7 @@ pub(super) fn run(a: Args) -> CliResult {
     // printed (issue 16).
     let preset = a.preset.as_deref().map(super::preset_arg).transpose()?;
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
-    let reg = Registry::discover();
+    let reg = super::discover()?;
     let mut backends: Vec<Arc<dyn Backend>> = match &a.backend {
         Some(name) => vec![reg.open(name).map_err(|e| super::backend_error(name, e))?],
         None => reg.available().cloned().collect(),

@@ -19,7 +19,6 @@ use super::bench::JsonOut;
 use super::{progress, CliResult, Table};
 use moehal::harness::{self, Verdict};
 use moehal::pipeline::human_seconds;
-use moehal::Registry;
 
 /// Options of `moehal check`.
 #[derive(Debug, Default, clap::Args)]
@@ -104,7 +103,7 @@ fn env_prefix(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString
 
 pub(super) fn run(a: Args) -> CliResult {
     let json = a.json.as_deref().map(JsonOut::open).transpose()?;
-    let reg = Registry::discover();
+    let reg = super::discover()?;
     let all_cases = match &a.preset {
         Some(p) => harness::preset_cases(super::preset_arg(p)?),
         None => harness::default_cases(),

@@ -37,5 +37,8 @@ pub(super) fn run() -> CliResult {
     }
     let n = reg.available().count();
     outln!("{n} of {} compiled-in backends available", reg.entries().len());
+    // The table is the diagnosis, so it is printed first; then `MOEHAL_REQUIRE_CUDA=1` fails here
+    // as in every other command.
+    super::require_cuda(&reg)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,6 @@ use moehal::pipeline::engram::{
     DEFAULT_TEXT, DEFAULT_TEXT_NAME, ROW_DIM,
 };
 use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, upload_bytes};
-use moehal::Registry;
 
 /// Options of `moehal engram`.
 #[derive(Debug, clap::Args)]
@@ -283,7 +282,7 @@ pub(super) fn run(a: Args) -> CliResult {
             DEFAULT_TEXT_NAME.to_string(),
         ),
     };
-    let reg = Registry::discover();
+    let reg = super::discover()?;
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let be = backend.as_ref();
     let label = backend_label(be);

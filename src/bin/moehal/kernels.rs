@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use super::{CliResult, Table};
 use anyhow::anyhow;
-use moehal::Registry;
 
 /// Options of `moehal kernels`.
 #[derive(Debug, Default, clap::Args)]
@@ -49,7 +48,7 @@ fn selected<'a>(compiled: &[&'a str], wanted: &[String]) -> anyhow::Result<Vec<&
 }
 
 pub(super) fn run(a: Args) -> CliResult {
-    let reg = Registry::discover();
+    let reg = super::discover()?;
     let names: Vec<&str> = reg.entries().iter().map(|e| e.name).collect();
     let wanted = selected(&names, &a.backend)?;
     for e in reg.entries().iter().filter(|e| wanted.contains(&e.name)) {

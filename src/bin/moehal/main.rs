@@ -71,11 +71,12 @@ enum Command {
 const EXIT_STATUS: &str = "\
 Exit status: 0 when the command did its work and everything it checked matched; 1 when a check
 failed or compared no value (NOT CHECKED: every output NaN) or the work could not be done (a
-file, a checkpoint its --preset cannot route, a device, the memory of this machine or device,
-stdout);
+file or its contents: a checkpoint its --preset cannot route or --ep-threads cannot split; a
+device; MOEHAL_REQUIRE_CUDA=1 without CUDA; the memory of this machine or device; an output
+file, probed before the work; stdout);
 2 on a usage error: an unknown flag, or a flag value that is bad alone or with the other flags
-(out of range for the preset, op or dtype chosen; an unknown preset or backend name); the message
-names the flag.";
+(out of range for the preset, op or dtype chosen; an unknown preset or backend name), or a flag
+this build cannot honour (--ep without the mpi feature); the message names the flag.";
 
 /// A usage error found after parsing: a flag value that is bad alone or in combination with the
 /// other flags (an unknown preset, a flag that cannot apply to another). It exits with status 2,
@@ -116,6 +117,55 @@ pub(crate) fn backend_error(name: &str, e: moehal::Error) -> anyhow::Error {
         usage(format!("--backend {name}: {msg}"))
     } else {
         anyhow::Error::from(e)
+    }
+}
+
+/// `MOEHAL_REQUIRE_CUDA` (the CUDA crate's `REQUIRE_ENV`): set to anything but empty or `0`,
+/// this machine must have a working CUDA backend.
+#[cfg(feature = "cuda")]
+use moehal_cuda::{cuda_required, REQUIRE_ENV as REQUIRE_CUDA};
+
+/// The name of the variable in a build without the `cuda` feature (then it can never be met).
+#[cfg(not(feature = "cuda"))]
+const REQUIRE_CUDA: &str = "MOEHAL_REQUIRE_CUDA";
+
+/// The rule of `moehal_cuda::cuda_required`, for a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+fn cuda_required() -> bool {
+    std::env::var_os(REQUIRE_CUDA).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The backends of this machine ([`Registry::discover`]), and, under `MOEHAL_REQUIRE_CUDA=1`, an
+/// error (exit status 1) with the reason when the CUDA backend is unavailable or not compiled in.
+/// Issue 16: the variable made only the CUDA tests fail, while `moehal check` without `--backend`
+/// skipped CUDA with one `skipped:` line and exited 0 on a GPU machine whose driver was missing;
+/// now every command that probes the backends fails there, whatever `--backend` names.
+///
+/// # Errors
+/// `MOEHAL_REQUIRE_CUDA=1 but the CUDA backend is unavailable: <reason>`.
+pub(crate) fn discover() -> anyhow::Result<Registry> {
+    let reg = Registry::discover();
+    require_cuda(&reg)?;
+    Ok(reg)
+}
+
+/// [`discover`]'s check of `MOEHAL_REQUIRE_CUDA` on an already probed registry.
+///
+/// # Errors
+/// As [`discover`].
+pub(crate) fn require_cuda(reg: &Registry) -> anyhow::Result<()> {
+    if !cuda_required() {
+        return Ok(());
+    }
+    match reg.open("cuda") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow!(
+            "{REQUIRE_CUDA}=1 but the CUDA backend is unavailable: {} (unset {REQUIRE_CUDA} to run on the other backends)",
+            match e {
+                moehal::Error::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            }
+        )),
     }
 }
 

@@ -14,7 +14,6 @@ use moehal::pipeline::moe::{
     plan_checkpoint_layer, shipped_formats, CheckpointPlan, MoeInputs, MoeWeights,
 };
 use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
-use moehal::Registry;
 
 /// Options of `moehal moe`.
 #[derive(Debug, clap::Args)]
@@ -287,7 +286,7 @@ pub(super) fn run(a: Args) -> CliResult {
     if a.ep || a.ep_threads.is_some() {
         return ep::run(a);
     }
-    let reg = Registry::discover();
+    let reg = super::discover()?;
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let reference = reg.open("reference")?;
     if let Some(path) = &a.weights {
@@ -313,21 +312,20 @@ pub(super) fn run(a: Args) -> CliResult {
     // Issue 16: a device backend holds its copy of the weights in device memory (DeviceInfo), so
     // the implied expert count is scaled to 60% of it as of host memory, and an explicit
     // --budget-mib over it is a usage error.
-    if let Some(dev) = device_memory(backend.as_ref()) {
+    if let Some(mem) = device_memory(backend.as_ref()) {
+        let dev = mem.bytes;
         if let Some(mib) = a.budget_mib {
             if budget > dev / 10 * 9 {
                 return Err(super::usage(format!(
-                    "--budget-mib {mib}: more than 90% of the {} of device memory {} reports",
-                    human_bytes(dev as f64),
+                    "--budget-mib {mib}: more than 90% of the device memory {} reports ({mem})",
                     backend.name()
                 )));
             }
         } else if dev / 10 * 6 < budget {
             budget = dev / 10 * 6;
             notes.push(format!(
-                "expert budget {}: 60% of the {} of device memory {} reports",
+                "expert budget {}: 60% of the device memory {} reports ({mem})",
                 human_bytes(budget as f64),
-                human_bytes(dev as f64),
                 backend.name()
             ));
         }
@@ -425,13 +423,58 @@ fn reject_with_weights(a: &Args) -> anyhow::Result<()> {
     Err(super::usage(format!("--weights cannot be combined with {why}")))
 }
 
-/// The device memory of a device backend, where it reports one (`None` for host backends, whose
-/// memory is [`available_memory`]'s).
-fn device_memory(backend: &dyn Backend) -> Option<u64> {
+/// The device memory a run on a device backend may use: what is free now where the backend
+/// reports it ([`Backend::free_memory_bytes`]: CUDA `cuMemGetInfo`, ACL `aclrtGetMemInfo`), else the
+/// total ([`moehal_core::DeviceInfo::memory_bytes`]), and which of the two it is. Issue 16: the
+/// sizing rule used the total, so a device half full of another process's buffers passed it and
+/// failed mid-upload.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeviceMemory {
+    /// The bytes the rule sizes against (free, else total).
+    pub bytes: u64,
+    /// The device's total bytes, where known.
+    pub total: Option<u64>,
+    /// Whether `bytes` is the free memory (`false`: the total; free memory not reported).
+    pub free: bool,
+}
+
+impl std::fmt::Display for DeviceMemory {
+    /// `2 GiB free of 4 GiB`, or `4 GiB in all (free memory not reported)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.free {
+            write!(f, "{} free", human_bytes(self.bytes as f64))?;
+            if let Some(t) = self.total {
+                write!(f, " of {}", human_bytes(t as f64))?;
+            }
+            Ok(())
+        } else {
+            write!(
+                f,
+                "{} in all (free memory not reported)",
+                human_bytes(self.bytes as f64)
+            )
+        }
+    }
+}
+
+/// The device memory of a device backend ([`DeviceMemory`]), where it reports one (`None` for host
+/// backends, whose memory is [`available_memory`]'s).
+pub(super) fn device_memory(backend: &dyn Backend) -> Option<DeviceMemory> {
     if is_host_backend(backend) {
-        None
-    } else {
-        backend.device_info().memory_bytes
+        return None;
+    }
+    let total = backend.device_info().memory_bytes;
+    match backend.free_memory_bytes() {
+        Some(free) => Some(DeviceMemory {
+            bytes: free,
+            total,
+            free: true,
+        }),
+        None => total.map(|bytes| DeviceMemory {
+            bytes,
+            total,
+            free: false,
+        }),
     }
 }
 
@@ -447,14 +490,14 @@ fn check_device_memory(
     per_token: u64,
     p: &moehal::presets::Preset,
 ) -> anyhow::Result<()> {
-    let Some(dev) = device_memory(backend) else {
+    let Some(mem) = device_memory(backend) else {
         return Ok(());
     };
+    let dev = mem.bytes;
     if weights > dev / 10 * 9 {
         return Err(anyhow!(
-            "{}'s device memory is {}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (another backend; for a preset's seeded weights, --scale-widths narrows the experts)",
+            "{}'s device memory is {mem}: the weights of {} routed and {} shared experts (H {}, I {}; top-{}) need {}, more than 90% of it; nothing of this layer fits there (another backend; for a preset's seeded weights, --scale-widths narrows the experts)",
             backend.name(),
-            human_bytes(dev as f64),
             p.num_experts,
             p.shared_experts,
             p.hidden,
@@ -471,7 +514,7 @@ fn check_device_memory(
         },
         dev,
     )
-    .map_err(|e| anyhow!("on {}'s device memory: {e}", backend.name()))
+    .map_err(|e| anyhow!("on {}'s device memory ({mem}): {e}", backend.name()))
 }
 
 /// Host-memory copies of the weights a single-process run holds: the reference's, plus the

@@ -74,6 +74,73 @@ impl Header {
     }
 }
 
+/// A JSON value read like `serde_json::Value`, except that a map with a key twice is an error.
+/// `serde_json` keeps the last of two equal keys; a safetensors header with a tensor named twice
+/// would then silently read one of the two tensors (issue 16: a hand-made file was accepted), and
+/// a tensor's `"dtype"` given twice would be one of the two. The format names each tensor once
+/// (the `safetensors` crate reads the header into a map, so it cannot tell either); this reader
+/// rejects it, naming the key.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+/// The visitor of [`UniqueKeys`]: every JSON kind, maps and lists read recursively.
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(UniqueKeys(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(serde_json::Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let UniqueKeys(v) = map.next_value()?;
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "names key `{k}` twice in one map (each tensor, and each field of a tensor, is named once; \
+                     a reader would silently keep one of the two)"
+                )));
+            }
+            m.insert(k, v);
+        }
+        Ok(serde_json::Value::Object(m))
+    }
+}
+
 const SHAPE: &str = "a safetensors header maps each tensor name to {\"dtype\", \"shape\", \"data_offsets\"}";
 
 /// Parse the header of `file` (the whole file) and check it against the file, in words with sizes
@@ -100,8 +167,14 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
             8 + e.valid_up_to()
         )
     })?;
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("the {n}-byte header at offset 8 is not JSON: {e}"))?;
+    let json = match serde_json::from_str::<UniqueKeys>(text) {
+        Ok(UniqueKeys(v)) => v,
+        // A `Data` error is the one [`UniqueKeys`] raises: a key that appears twice in one map.
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(format!("the {n}-byte header at offset 8 {e}"))
+        }
+        Err(e) => return Err(format!("the {n}-byte header at offset 8 is not JSON: {e}")),
+    };
     let map = json
         .as_object()
         .ok_or_else(|| format!("the header at offset 8 is JSON but not a map ({SHAPE})"))?;
@@ -281,6 +354,23 @@ mod tests {
         let h = format!(r#"{{"x":{{"dtype":"U8","shape":[4],"data_offsets":[{b},{}]}}}}"#, b + 4);
         let e = parse(&file(&h, 4)).unwrap_err();
         assert!(e.contains(&format!("bytes [0, {b}) of the data section")), "{e}");
+    }
+
+    #[test]
+    fn a_key_named_twice_is_rejected_naming_it() {
+        // Two tensors of one name: serde_json's map would keep the second silently.
+        let h = r#"{"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"w":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#;
+        let e = parse(&file(h, 4)).unwrap_err();
+        assert!(e.contains("names key `w` twice"), "{e}");
+        assert!(!e.contains("not JSON"), "{e}");
+        // A field of one tensor given twice.
+        let h = r#"{"w":{"dtype":"U8","dtype":"I8","shape":[2],"data_offsets":[0,2]}}"#;
+        let e = parse(&file(h, 2)).unwrap_err();
+        assert!(e.contains("names key `dtype` twice"), "{e}");
+        // Equal keys in different maps are not duplicates; nested values are kept as they are.
+        let h = r#"{"__metadata__":{"w":"x","n":"1.5"},"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+        let got = parse(&file(h, 2)).unwrap();
+        assert_eq!(got.get("w").map(|t| t.shape.clone()), Some(vec![2]));
     }
 
     #[test]

@@ -23,11 +23,20 @@ use moehal::pipeline::moe::{
 };
 use moehal::pipeline::{available_memory, human_bytes, human_seconds, is_host_backend, rel_error, tolerance};
 use moehal::presets::Preset;
-use moehal::Registry;
 
 /// Entry: open the checkpoint (if any), pick the communicator, plan the layer once per process
 /// (preset, formats, the memory rule) and run this process's rank(s).
 pub(super) fn run(a: Args) -> CliResult {
+    // A flag this build cannot honour is a usage error (exit status 2), found before the
+    // checkpoint is opened or any backend probed.
+    #[cfg(not(feature = "mpi"))]
+    if a.ep {
+        return Err(super::super::usage(
+            "--ep: this moehal was built without the `mpi` feature, so it cannot run MPI ranks; build it with \
+             `cargo build --features mpi` (needs libclang and libopenmpi-dev; docs/EP.md §2) and run it under \
+             `mpirun -n R`, or use --ep-threads R to run R ranks as threads of one process",
+        ));
+    }
     let ck = a
         .weights
         .as_ref()
@@ -123,7 +132,7 @@ fn make_plan<'c>(
     ranks: usize,
     threads: bool,
 ) -> anyhow::Result<Plan<'c>> {
-    let reg = Registry::discover();
+    let reg = super::super::discover()?;
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let mut notes = Vec::new();
     let (p, source) = match ck {
@@ -150,21 +159,20 @@ fn make_plan<'c>(
             let mut budget = a.budget_mib.map_or(2u64 << 30, |m| (m as u64).saturating_mul(1 << 20));
             // A device backend holds every rank's slice and rank 0's whole layer (two layers' worth)
             // in its own memory: the rule of the single-process path (issue 16), at half the share.
-            if let Some(dev) = super::device_memory(backend.as_ref()) {
+            if let Some(mem) = super::device_memory(backend.as_ref()) {
+                let dev = mem.bytes;
                 if let Some(mib) = a.budget_mib {
                     if budget > dev / 10 * 9 / 2 {
                         return Err(super::super::usage(format!(
-                            "--budget-mib {mib}: the ranks' slices and rank 0's whole layer need twice it, more than 90% of the {} of device memory {} reports",
-                            human_bytes(dev as f64),
+                            "--budget-mib {mib}: the ranks' slices and rank 0's whole layer need twice it, more than 90% of the device memory {} reports ({mem})",
                             backend.name()
                         )));
                     }
                 } else if dev / 10 * 3 < budget {
                     budget = dev / 10 * 3;
                     notes.push(format!(
-                        "expert budget {}: 30% of the {} of device memory {} reports (the ranks' slices and rank 0's whole layer: two copies)",
+                        "expert budget {}: 30% of the device memory {} reports ({mem}; the ranks' slices and rank 0's whole layer: two copies)",
                         human_bytes(budget as f64),
-                        human_bytes(dev as f64),
                         backend.name()
                     ));
                 }
@@ -178,13 +186,32 @@ fn make_plan<'c>(
     // The rank count is checked before anything is sized from it: a count that does not divide the
     // routed experts (or exceeds them) cannot run, and sizing per-rank copies from it overflowed.
     if ranks == 0 || ranks > p.num_experts || p.num_experts % ranks != 0 {
+        let e = p.num_experts;
+        let what = if ck.is_some() {
+            format!("layer {} of --weights has {e} routed experts, which", a.layer)
+        } else {
+            match super::super::preset_arg(&a.preset) {
+                // Issue 16: the scaled count once came with no word of where it came from.
+                Ok(base) if base.num_experts != e => format!(
+                    "{e} routed experts (preset {} has {}; {}; --budget-mib sets the budget, and --scale-widths N narrows \
+                     the experts so that more of them fit it)",
+                    base.name,
+                    base.num_experts,
+                    notes.join("; ")
+                ),
+                _ => format!("{e} routed experts of preset {}", p.name),
+            }
+        };
         let msg = format!(
-            "{} routed experts do not split evenly over {ranks} ranks; choose a rank count that divides {} (at most {})",
-            p.num_experts, p.num_experts, p.num_experts
+            "{what} do not split evenly over {ranks} ranks; choose a rank count that divides {e} (at most {e})"
         );
-        // With --ep-threads the rank count is a flag value, bad for this preset: a usage error.
-        return Err(if threads {
+        // With --ep-threads and a preset's seeded experts the rank count is a flag value bad for
+        // the preset: a usage error (2). A checkpoint's expert count is data, like a tensor's shape:
+        // exit status 1 (the rule of `--weights`' routing checks); so is an `mpirun -n` count.
+        return Err(if threads && ck.is_none() {
             super::super::usage(format!("--ep-threads {ranks}: {msg}"))
+        } else if threads {
+            anyhow!("--ep-threads {ranks}: {msg}")
         } else {
             anyhow!(msg)
         });
@@ -232,10 +259,8 @@ fn run_mpi(a: &Args, ck: Option<&moehal::checkpoint::Checkpoint>) -> CliResult {
 
 #[cfg(not(feature = "mpi"))]
 fn run_mpi(_: &Args, _: Option<&moehal::checkpoint::Checkpoint>) -> CliResult {
-    Err(anyhow!(
-        "--ep needs MPI, and this moehal was built without the `mpi` feature (cargo build --features mpi, \
-         with libopenmpi-dev installed); --ep-threads R runs R ranks as threads instead"
-    ))
+    // Unreachable from the CLI: `run` refuses --ep in this build before anything else.
+    Err(anyhow!("--ep needs the `mpi` feature"))
 }
 
 /// Stage seconds and bytes of one rank, as sent to rank 0.
@@ -306,7 +331,7 @@ fn skew_to_rank0(inp: &mut MoeInputs, experts: usize, map: &ExpertMap) {
 fn rank_main(comm: &dyn Comm, a: &Args, plan: &Plan<'_>) -> CliResult {
     let (me, r_n) = (comm.rank(), comm.size());
     let root = me == 0;
-    let reg = Registry::discover();
+    let reg = super::super::discover()?;
     let backend = choose_backend(&reg, a.backend.as_deref())?;
     let p = plan.p;
     let quant = plan.quant();
