@@ -323,8 +323,18 @@ impl Backend for Ascend {
                 } else {
                     "row_scale on host"
                 };
+                let check = if self.extremes_on_device() && v.cast && v.muls && v.scalar && v.reduce_sum {
+                    "group_end check: aclnnAmin + aclnnAmax (INT64), aclnnCast(group_end[1:], group_end[:-1] -> f32) + aclnnMuls(-1) + aclnnReduceSum(dim 0) + aclnnAmin of the steps, a 20-byte control read (M >= 2^24: group_end read)"
+                } else {
+                    "group_end read on host to check it"
+                };
+                let k0_bias = if v.arange && v.search_sorted && v.index_select && v.scalar {
+                    "K=0 with bias: aclnnArange(total) + aclnnSearchSorted(group_end, right) + aclnnIndexSelect(bias) then the row scale"
+                } else {
+                    "K=0 with bias: host"
+                };
                 Support::yes(format!(
-                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; group_end read on host to check it",
+                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; {k0_bias}; {check}",
                     v.gmm
                 ))
             }
@@ -471,20 +481,24 @@ impl Backend for Ascend {
             }
             OpDesc::MoeCombine { dtype } => {
                 let mixed = dtype == DType::BF16 && self.routes.finalize_bf16_f32_scales;
-                let drops = if v.cast && v.scalar && v.eq_scalar && v.masked_fill {
-                    "dropped slots: aclrtMemcpy d2d of y_perm + aclrtMemset zero row, aclnnEqScalar(slot_row, -1), aclnnInplaceMaskedFillScalar on row index and scales"
+                let drops = if v.cast && v.scalar && v.eq_scalar && v.masked_fill && v.index_select && v.arange {
+                    "dropped slots: aclnnEqScalar(slot_row, -1) = mask, aclnnInplaceMaskedFillScalar(row index, 0) -> aclnnIndexSelect(y_perm) = rows in slot order -> aclnnInplaceMaskedFillScalar(rows, scales, 0) -> aclnnArange = row index"
                 } else {
                     "dropped slots on host"
                 };
-                if v.finalize && (dtype == DType::F32 || mixed) {
+                let check = if self.extremes_on_device() {
+                    "slot_row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                } else {
+                    "slot_row range check on host"
+                };
+                if v.finalize && v.cast && (dtype == DType::F32 || mixed) {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}){}; {drops}; slot_row range check on host",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}) + aclnnCast slot_row->INT32; {drops}; {check}",
                         if mixed { ", bf16 mixed mode" } else { "" },
-                        if v.cast { " + aclnnCast slot_row->INT32" } else { "" }
                     ))
                 } else if v.finalize && v.cast {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{}; {drops}; slot_row range check on host",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{}; {drops}; {check}",
                         if dtype == DType::BF16 {
                             " (probe: f32 scales beside bf16 refused)"
                         } else {
@@ -504,7 +518,12 @@ impl Backend for Ascend {
                 };
                 if !host_table && table != TableFormat::Fp8E4m3Ue8m0 && table.storage_dtype() == out && v.gather > 0 {
                     let n = ["", "aclnnEmbedding", "aclnnGatherV2", "aclnnIndexSelect"][v.gather as usize];
-                    Support::yes(format!("{hash}{n}"))
+                    let check = if self.extremes_on_device() {
+                        "row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                    } else {
+                        "row range check on host"
+                    };
+                    Support::yes(format!("{hash}{n}; {check}"))
                 } else {
                     Support::yes(format!(
                         "{hash}host gather (fp8 dequant / host table / no gather op), staged"

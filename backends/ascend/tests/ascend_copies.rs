@@ -43,14 +43,13 @@ const BY_DESIGN: &[&str] = &[
 /// Fallbacks that still copy tensor data inside the op (work remaining; README "Host round trips").
 /// `d2h` alone is a host read (validation or control data), `d2h` + `h2d` a full round trip.
 const ROUND_TRIPS: &[&str] = &[
-    // group_end is read on the host to check it (value errors write nothing).
+    // group_end checked on the device (aclnnAmin / aclnnAmax, and aclnnAmin of the adjacent
+    // differences): a control read of 20 bytes (CONTROL_READS). K = 0 with a bias gathers the bias
+    // rows on the device (aclnnArange + aclnnSearchSorted + aclnnIndexSelect), no upload.
     "grouped_gemm d2h",
     "grouped_gemm+row_scale d2h",
     "grouped_gemm+k0 d2h",
     "grouped_gemm+row_scale+k0 d2h",
-    // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
-    // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
-    "grouped_gemm+row_scale+k0 h2d",
     // Router calls keyed per variant. Every call reads the logits to find non-finite rows (d2h).
     // A plain call (softmax/sigmoid, finite logits, no expert_counts) copies nothing else: ids
     // device to device, weights composed on the device (renormalised with aclnnAdds(1e-20)), so
@@ -67,20 +66,33 @@ const ROUND_TRIPS: &[&str] = &[
     // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
     // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
-    // slot_row read to check its range (the vendor op does not) and to pick the zero row for
-    // dropped slots (those then run on the device: aclnnEqScalar + aclnnInplaceMaskedFillScalar).
+    // slot_row range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS); dropped slots on
+    // the device (aclnnEqScalar, aclnnIndexSelect, aclnnInplaceMaskedFillScalar, aclnnArange).
     "moe_combine d2h",
     // fp8 tables dequantised on the host.
     "gather_rows+fp8 d2h",
     "gather_rows+fp8 h2d",
-    // row indices range-checked on the host.
+    // row indices range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS).
     "gather_rows d2h",
 ];
 
 /// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
-/// copy in that direction. `moe_permute`: the two scalars of `aclnnAmin` / `aclnnAmax` over the ids
-/// (the range check of OPS.md §3, whose error must reach the caller before anything is written).
-const CONTROL_READS: &[(&str, u64)] = &[("moe_permute d2h", 8)];
+/// copy in that direction. Each is a value check whose error must reach the caller before anything
+/// is written, computed on the device and read as scalars:
+/// - `moe_permute`: `aclnnAmin` / `aclnnAmax` of the INT32 ids (OPS.md §3), 2 × 4 bytes;
+/// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §4), 2 × 8 bytes;
+/// - `gather_rows`: the same of the INT64 row indices, 2 × 8 bytes;
+/// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
+///   adjacent differences (4 bytes), OPS.md §1.
+const CONTROL_READS: &[(&str, u64)] = &[
+    ("moe_permute d2h", 8),
+    ("moe_combine d2h", 16),
+    ("gather_rows d2h", 16),
+    ("grouped_gemm d2h", 20),
+    ("grouped_gemm+row_scale d2h", 20),
+    ("grouped_gemm+k0 d2h", 20),
+    ("grouped_gemm+row_scale+k0 d2h", 20),
+];
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]

@@ -1,8 +1,9 @@
-//! `gather_rows` on `aclnnEmbedding` / `aclnnGatherV2` / `aclnnIndexSelect` (ffi/gather.rs), or the
-//! host (host tables, fp8 tables, dtype conversion).
+//! `gather_rows` on `aclnnEmbedding` / `aclnnGatherV2` / `aclnnIndexSelect` (ffi/gather.rs), after
+//! an `aclnnAmin` / `aclnnAmax` range check of the indices (ops/checks.rs), or the host (host
+//! tables, fp8 tables, dtype conversion).
 
 use moehal_core::ops::{gather_rows::check_rows, Checked, GatherRows, TableFormat};
-use moehal_core::{Backend, Location, Reference, Result};
+use moehal_core::{Backend, Error, Location, Reference, Result};
 
 use crate::backend::{desc_of, hm, hv, reshaped, Ascend};
 
@@ -18,8 +19,6 @@ impl Ascend {
 
     fn gather_locked(&self, a: GatherRows<'_>) -> Result<()> {
         let (t, c, r, d) = a.dims();
-        let rows: Vec<i64> = self.fetch(&a.rows)?;
-        check_rows("gather_rows", &rows, r)?;
         let v = self.rt.lib.versions;
         let host_table = a.table.buffer().location() == Location::Host;
         let device = !host_table
@@ -28,6 +27,33 @@ impl Ascend {
             && v.gather > 0
             && t * c > 0
             && d > 0;
+        // The range check (OPS.md: rows in [0, R); aclnnEmbedding does not check, an index out of
+        // range reads garbage) runs before anything is written. For a device gather it is
+        // aclnnAmin / aclnnAmax of the indices and a control read of the two extremes (16 bytes);
+        // otherwise (host tables, fp8, or no reductions) the indices are read.
+        let extremes = if !host_table && a.format != TableFormat::Fp8E4m3Ue8m0 {
+            self.index_extremes(&a.rows, OP_GR, "rows")?
+        } else {
+            None
+        };
+        match extremes {
+            Some((lo, hi)) if lo < 0 || hi >= r as i64 => {
+                let bad = if lo < 0 { lo } else { hi };
+                return Err(Error::invalid(
+                    OP_GR,
+                    "rows",
+                    format!("a row index {bad} is outside [0, R = {r}) (aclnnAmin/aclnnAmax of rows: {lo}, {hi})"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let rows: Vec<i64> = self.fetch(&a.rows)?;
+                check_rows(OP_GR, &rows, r)?;
+            }
+        }
+        if t * c == 0 || d == 0 {
+            return Ok(()); // nothing to write (the aclnn gathers refuse empty tensors)
+        }
         if !device {
             let st = self.stage(&a.table)?;
             let sr = self.stage(&a.rows)?;
