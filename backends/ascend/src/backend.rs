@@ -350,9 +350,32 @@ impl Backend for Ascend {
                     && v.muls
                     && v.reduce_sum
                     && v.div;
+                let finite = if v.muls && v.reduce_sum && v.scalar {
+                    "aclnnMuls(logits, 0) + aclnnReduceSum = finiteness flag (4-byte control read; any non-finite logit: the call on host)"
+                } else {
+                    "logits read on host for the finiteness check"
+                };
+                let counts = if v.sort
+                    && v.arange
+                    && v.search_sorted
+                    && v.cast
+                    && v.muls
+                    && v.reduce_sum
+                    && v.amax
+                    && v.amin
+                {
+                    "expert_counts: aclnnSort(ids) -> aclnnArange(E+1) + aclnnSearchSorted -> adjacent steps (aclnnCast f32, aclnnMuls(-1), aclnnReduceSum) -> aclnnCast INT64"
+                } else {
+                    "expert_counts on host"
+                };
+                let ids_check = if self.extremes_on_device() {
+                    "ids range: aclnnAmin + aclnnAmax (8-byte control read)"
+                } else {
+                    "ids range not checked before aclnnGather (no aclnnAmin/aclnnAmax)"
+                };
                 let host = if dev_w {
                     format!(
-                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits{}",
+                        "{finite}; {ids_check}; weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); {counts}; host: rows with non-finite logits{}",
                         if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
                         if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" },
                         if v.adds { "aclnnAdds(1e-20) + " } else { "" },

@@ -50,15 +50,15 @@ const ROUND_TRIPS: &[&str] = &[
     "grouped_gemm+row_scale d2h",
     "grouped_gemm+k0 d2h",
     "grouped_gemm+row_scale+k0 d2h",
-    // Router calls keyed per variant. Every call reads the logits to find non-finite rows (d2h).
-    // A plain call (softmax/sigmoid, finite logits, no expert_counts) copies nothing else: ids
-    // device to device, weights composed on the device (renormalised with aclnnAdds(1e-20)), so
-    // "router_topk h2d" must not appear. expert_counts: the histogram is counted on the host and
-    // uploaded (no device scatter-add used yet); T = 0 and patterns/shapes the vendor op refuses
-    // also run on the host. Non-finite rows and sqrt_softplus scoring run fully on the host.
+    // Router calls keyed per variant. A call with finite logits reads 12 bytes of control data
+    // (CONTROL_READS): the finiteness flag (aclnnMuls(logits, 0) + aclnnReduceSum, 4 bytes) and
+    // the vendor ids' aclnnAmin / aclnnAmax (8 bytes). ids go device to device, weights are
+    // composed on the device (renormalised with aclnnAdds(1e-20)), expert_counts counted on the
+    // device (aclnnSort + aclnnArange + aclnnSearchSorted, adjacent differences, aclnnCast), T = 0
+    // zeroes them with aclrtMemset: so no "router_topk h2d" / "router_topk+expert_counts h2d".
+    // Non-finite rows and sqrt_softplus scoring still run fully on the host.
     "router_topk d2h",
     "router_topk+expert_counts d2h",
-    "router_topk+expert_counts h2d",
     "router_topk+expert_counts+nonfinite d2h",
     "router_topk+expert_counts+nonfinite h2d",
     "router_topk+sqrt_softplus+expert_counts d2h",
@@ -83,7 +83,9 @@ const ROUND_TRIPS: &[&str] = &[
 /// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §4), 2 × 8 bytes;
 /// - `gather_rows`: the same of the INT64 row indices, 2 × 8 bytes;
 /// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
-///   adjacent differences (4 bytes), OPS.md §1.
+///   adjacent differences (4 bytes), OPS.md §1;
+/// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes; a non-finite logit sends
+///   the call to the host, OPS.md §2) and the vendor op's ids' `aclnnAmin` / `aclnnAmax` (2 × 4).
 const CONTROL_READS: &[(&str, u64)] = &[
     ("moe_permute d2h", 8),
     ("moe_combine d2h", 16),
@@ -92,6 +94,8 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("grouped_gemm+row_scale d2h", 20),
     ("grouped_gemm+k0 d2h", 20),
     ("grouped_gemm+row_scale+k0 d2h", 20),
+    ("router_topk d2h", 12),
+    ("router_topk+expert_counts d2h", 12),
 ];
 
 #[repr(C)]

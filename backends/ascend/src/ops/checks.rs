@@ -7,7 +7,7 @@ use moehal_ascend_sys as sys;
 use moehal_core::{DType, Result, TensorRef};
 
 use crate::backend::{desc_of, scratch_desc, Ascend};
-use crate::ffi::{DevMem, Outcome, Tensor};
+use crate::ffi::{DevMem, Outcome, Scalar, TDesc, Tensor};
 
 impl Ascend {
     /// Whether the loaded libraries compute tensor extremes (`aclnnAmin` and `aclnnAmax`).
@@ -75,5 +75,48 @@ impl Ascend {
             return Ok(None);
         };
         Ok(Some((lo, hi)))
+    }
+
+    /// The adjacent differences `x[1:] - x[:-1]` of the 1-D integer view `x` (`n + 1` entries,
+    /// INT32 or INT64), as f32 `[n]` in new device memory: `aclnnReduceSum(dim 0)` of the `[2, n]`
+    /// stack `[aclnnCast(x[1:]); aclnnMuls(aclnnCast(x[:-1]), -1)]` (the primitives have no integer
+    /// subtraction on every release). Exact when every entry is an integer of magnitude below
+    /// `2^24` (the caller's precondition). `None` when a primitive refused the call at phase one
+    /// (nothing written but scratch).
+    pub(crate) fn int_steps_f32(&self, x: &TDesc, n: usize) -> Result<Option<DevMem<'_>>> {
+        let stride = x.strides[0];
+        let head = TDesc {
+            dims: vec![n as i64],
+            ..x.clone()
+        };
+        let tail = TDesc {
+            dims: vec![n as i64],
+            offset: x.offset + stride,
+            ..x.clone()
+        };
+        let stack = DevMem::new(&self.rt, 2 * n * 4)?;
+        let row = |r: usize| TDesc {
+            offset: (r * n) as i64,
+            dims: vec![n as i64],
+            strides: vec![1],
+            ..scratch_desc(&stack, sys::ACL_FLOAT, &[2 * n])
+        };
+        let neg = DevMem::new(&self.rt, n * 4)?;
+        let negt = self.t(&scratch_desc(&neg, sys::ACL_FLOAT, &[n]))?;
+        let stack_t = self.t(&scratch_desc(&stack, sys::ACL_FLOAT, &[2, n]))?;
+        let out = DevMem::new(&self.rt, n * 4)?;
+        let out_t = self.t(&scratch_desc(&out, sys::ACL_FLOAT, &[n]))?;
+        let minus1 = Scalar::f32(&self.rt, -1.0)?;
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        if !ran(self
+            .rt
+            .cast_outcome(&self.t(&tail)?, sys::ACL_FLOAT, &self.t(&row(0))?)?)
+            || !ran(self.rt.cast_outcome(&self.t(&head)?, sys::ACL_FLOAT, &negt)?)
+            || !ran(self.rt.muls(&negt, &minus1, &self.t(&row(1))?)?)
+            || !ran(self.rt.reduce_sum(&stack_t, &[0], false, sys::ACL_FLOAT, &out_t)?)
+        {
+            return Ok(None);
+        }
+        Ok(Some(out))
     }
 }

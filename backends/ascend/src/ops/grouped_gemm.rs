@@ -8,7 +8,7 @@ use moehal_core::ops::{grouped_gemm::check_group_end, Checked, GroupedGemm, Weig
 use moehal_core::{Backend, DType, Error, Reference, Result};
 
 use crate::backend::{desc_of, hm, hv, scratch_desc, Ascend};
-use crate::ffi::{DevMem, Outcome, Scalar, TDesc, TensorList};
+use crate::ffi::{DevMem, Outcome, Scalar, TensorList};
 
 const OP_GG: &str = "grouped_gemm";
 
@@ -174,48 +174,13 @@ impl Ascend {
     /// entries, in f32 (exact: the caller checked every entry is in `[0, M]`, `M < 2^24`),
     /// computed on the device and read back (4 bytes). `None` when a primitive refused the call.
     fn gmm_min_step(&self, a: &GroupedGemm<'_>, g: usize) -> Result<Option<f64>> {
-        let n = g - 1;
         let ge = desc_of(&a.group_end, OP_GG, "group_end")?;
-        let stride = ge.strides[0];
-        let head = TDesc {
-            dims: vec![n as i64],
-            ..ge.clone()
+        let Some(steps) = self.int_steps_f32(&ge, g - 1)? else {
+            return Ok(None);
         };
-        let tail = TDesc {
-            dims: vec![n as i64],
-            offset: ge.offset + stride,
-            ..ge.clone()
-        };
-        let stack = DevMem::new(&self.rt, 2 * n * 4)?;
-        let row = |r: usize| TDesc {
-            offset: (r * n) as i64,
-            dims: vec![n as i64],
-            strides: vec![1],
-            ..scratch_desc(&stack, sys::ACL_FLOAT, &[2 * n])
-        };
-        let neg = DevMem::new(&self.rt, n * 4)?;
-        let negt = self.t(&scratch_desc(&neg, sys::ACL_FLOAT, &[n]))?;
-        let stack_t = self.t(&scratch_desc(&stack, sys::ACL_FLOAT, &[2, n]))?;
-        let dmem = DevMem::new(&self.rt, n * 4)?;
-        let dt = self.t(&scratch_desc(&dmem, sys::ACL_FLOAT, &[n]))?;
-        let minus1 = Scalar::f32(&self.rt, -1.0)?;
-        if let Outcome::Rejected(_) = self
-            .rt
-            .cast_outcome(&self.t(&tail)?, sys::ACL_FLOAT, &self.t(&row(0))?)?
-        {
-            return Ok(None);
-        }
-        if let Outcome::Rejected(_) = self.rt.cast_outcome(&self.t(&head)?, sys::ACL_FLOAT, &negt)? {
-            return Ok(None);
-        }
-        if let Outcome::Rejected(_) = self.rt.muls(&negt, &minus1, &self.t(&row(1))?)? {
-            return Ok(None);
-        }
-        if let Outcome::Rejected(_) = self.rt.reduce_sum(&stack_t, &[0], false, sys::ACL_FLOAT, &dt)? {
-            return Ok(None);
-        }
+        let st = self.t(&scratch_desc(&steps, sys::ACL_FLOAT, &[g - 1]))?;
         Ok(self
-            .extreme_bits(&dt, 1, sys::ACL_FLOAT, false)?
+            .extreme_bits(&st, 1, sys::ACL_FLOAT, false)?
             .map(|b| f32::from_bits(b as u32) as f64))
     }
 
