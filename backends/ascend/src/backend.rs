@@ -57,6 +57,11 @@ pub struct Ascend {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) lock: Mutex<()>,
     pub(crate) routes: Routes,
+    /// The fp8 dequantisation tables, uploaded once when the backend opens (2 KiB, FLOAT
+    /// `[512]`): entry `i` is `fp8_e4m3_to_f32(i)`, entry `256 + i` is `ue8m0_to_f32(i)`, both
+    /// from moehal-core (so NaN is the canonical quiet NaN). `None` without the primitives of the
+    /// device fp8 gather (then it runs on the host).
+    pub(crate) fp8_lut: Option<Buffer>,
 }
 
 pub(crate) fn acl_dt(d: DType) -> sys::aclDataType {
@@ -170,11 +175,39 @@ impl Ascend {
     /// Wrap an opened runtime, probing the installed ops once (see [`crate::routes`]).
     pub(crate) fn new(rt: Runtime) -> Self {
         let routes = Routes::probe(&rt);
+        let rt = Arc::new(rt);
+        let v = rt.lib.versions;
+        let fp8_lut = if v.index_select && v.cast && v.inplace_mul {
+            // A failed upload only leaves fp8 gathers on the host.
+            Self::upload_fp8_lut(&rt).ok()
+        } else {
+            None
+        };
         Ascend {
-            rt: Arc::new(rt),
+            rt,
             lock: Mutex::new(()),
             routes,
+            fp8_lut,
         }
+    }
+
+    /// Upload the 512-entry f32 table of [`Ascend::fp8_lut`].
+    fn upload_fp8_lut(rt: &Arc<Runtime>) -> Result<Buffer> {
+        use moehal_core::ops::gather_rows::{fp8_e4m3_to_f32, ue8m0_to_f32};
+        let lut: Vec<f32> = (0..=255u8)
+            .map(fp8_e4m3_to_f32)
+            .chain((0..=255u8).map(ue8m0_to_f32))
+            .collect();
+        let bytes = lut.len() * 4;
+        let ptr = rt.malloc(bytes)?;
+        let buf = AscendMem {
+            rt: rt.clone(),
+            ptr,
+            len: bytes,
+            owned: true,
+        };
+        rt.h2d(ptr, bytes, bytes_of(&lut))?;
+        Ok(Buffer::new(Box::new(buf)))
     }
 
     /// The shared libraries this backend loaded (runtime first).
@@ -547,9 +580,19 @@ impl Backend for Ascend {
                         "row range check on host"
                     };
                     Support::yes(format!("{hash}{n}; {check}"))
+                } else if !host_table && table == TableFormat::Fp8E4m3Ue8m0 && self.fp8_lut.is_some() {
+                    let check = if self.extremes_on_device() {
+                        "row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                    } else {
+                        "row range check on host"
+                    };
+                    Support::yes(format!(
+                        "{hash}aclnnIndexSelect(rows) -> aclnnCast(code, scale bytes -> INT32) -> aclnnIndexSelect(e4m3 / ue8m0 f32 tables, uploaded at open) -> aclnnInplaceMul(block scales){}; {check}; strided out: host",
+                        if out == DType::BF16 { " -> aclnnCast bf16" } else { "" }
+                    ))
                 } else {
                     Support::yes(format!(
-                        "{hash}host gather (fp8 dequant / host table / no gather op), staged"
+                        "{hash}host gather (host table / no gather op / dtype conversion), staged"
                     ))
                 }
             }

@@ -69,9 +69,10 @@ const ROUND_TRIPS: &[&str] = &[
     // slot_row range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS); dropped slots on
     // the device (aclnnEqScalar, aclnnIndexSelect, aclnnInplaceMaskedFillScalar, aclnnArange).
     "moe_combine d2h",
-    // fp8 tables dequantised on the host.
+    // fp8 tables dequantised on the device (aclnnIndexSelect of the rows, aclnnCast of the code
+    // bytes, aclnnIndexSelect of the backend's e4m3 / ue8m0 f32 tables, aclnnInplaceMul, aclnnCast
+    // for bf16); only the row range check reads 16 bytes (CONTROL_READS).
     "gather_rows+fp8 d2h",
-    "gather_rows+fp8 h2d",
     // row indices range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS).
     "gather_rows d2h",
 ];
@@ -81,7 +82,7 @@ const ROUND_TRIPS: &[&str] = &[
 /// is written, computed on the device and read as scalars:
 /// - `moe_permute`: `aclnnAmin` / `aclnnAmax` of the INT32 ids (OPS.md §3), 2 × 4 bytes;
 /// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §4), 2 × 8 bytes;
-/// - `gather_rows`: the same of the INT64 row indices, 2 × 8 bytes;
+/// - `gather_rows` (dense and fp8): the same of the INT64 row indices, 2 × 8 bytes;
 /// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
 ///   adjacent differences (4 bytes), OPS.md §1;
 /// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes; a non-finite logit sends
@@ -90,6 +91,7 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("moe_permute d2h", 8),
     ("moe_combine d2h", 16),
     ("gather_rows d2h", 16),
+    ("gather_rows+fp8 d2h", 16),
     ("grouped_gemm d2h", 20),
     ("grouped_gemm+row_scale d2h", 20),
     ("grouped_gemm+k0 d2h", 20),
