@@ -211,33 +211,24 @@ fn fp8_gather_dequantises_on_the_device_bitwise() {
         table.extend_from_slice(&scales[r % 2]);
     }
     let rows = [3i64, 0, 2, 2, 1, 0];
-    for out_dt in [DType::F32, DType::BF16] {
-        let tb = asc.upload_slice(&table).unwrap();
-        let rb = asc.upload_slice(&rows).unwrap();
+    let run = |be: &dyn Backend, out_dt: DType| -> Vec<u8> {
+        let tb = be.upload_slice(&table).unwrap();
+        let rb = be.upload_slice(&rows).unwrap();
         let n = rows.len() * d * out_dt.size();
-        let mut ob = asc.alloc(n).unwrap();
+        let mut ob = be.alloc(n).unwrap();
         let args = GatherRows {
             table: tb.view(DType::U8, &[4, d + nb]),
             format: TableFormat::Fp8E4m3Ue8m0,
             rows: rb.view(DType::I64, &[2, 3]),
             out: ob.view_mut(out_dt, &[2, 3 * d]),
         };
-        asc.gather_rows(args.validate().unwrap()).unwrap();
+        be.gather_rows(args.validate().unwrap()).unwrap();
         let mut got = vec![0u8; n];
-        asc.download(&ob, 0, &mut got).unwrap();
-
-        let ht = Reference.upload_slice(&table).unwrap();
-        let hr = Reference.upload_slice(&rows).unwrap();
-        let mut hb = Reference.alloc(n).unwrap();
-        let args = GatherRows {
-            table: ht.view(DType::U8, &[4, d + nb]),
-            format: TableFormat::Fp8E4m3Ue8m0,
-            rows: hr.view(DType::I64, &[2, 3]),
-            out: hb.view_mut(out_dt, &[2, 3 * d]),
-        };
-        Reference.gather_rows(args.validate().unwrap()).unwrap();
-        let mut want = vec![0u8; n];
-        Reference.download(&hb, 0, &mut want).unwrap();
+        be.download(&ob, 0, &mut got).unwrap();
+        got
+    };
+    for out_dt in [DType::F32, DType::BF16] {
+        let (got, want) = (run(&*asc, out_dt), run(&Reference, out_dt));
         assert!(
             got == want,
             "{out_dt}: the device dequantisation differs from the reference"

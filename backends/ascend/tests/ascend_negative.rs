@@ -4,7 +4,7 @@
 mod ascend_common;
 
 use moehal_core::ops::{GatherRows, GroupedGemm, MoeCombine, TableFormat, WeightLayout};
-use moehal_core::{BackendExt, DType, Error};
+use moehal_core::{BackendExt, Buffer, DType, Error};
 
 #[test]
 fn libraries_absent_is_unavailable_with_reason() {
@@ -108,53 +108,38 @@ fn invalid_on(r: moehal_core::Result<()>, field: &str) -> bool {
 fn device_value_checks_reject_and_write_nothing() {
     let asc = ascend_common::open_emulated();
     let nan_y = |n: usize| asc.upload_slice(&vec![f32::NAN; n]).unwrap();
-    let untouched =
-        |b: &moehal_core::Buffer, n: usize| asc.download_vec::<f32>(b, n).unwrap().iter().all(|v| v.is_nan());
+    let untouched = |b: &Buffer, n: usize| asc.download_vec::<f32>(b, n).unwrap().iter().all(|v| v.is_nan());
 
-    // grouped_gemm: group_end [3, 2] (every entry in [0, M = 4], so only the step check sees it).
+    // grouped_gemm with M = 4, N = 8, G = 2, f32, KN, into `y`.
+    let gemm = |x: &Buffer, w: &Buffer, k: usize, ge: &Buffer, bias: Option<&Buffer>, y: &mut Buffer| {
+        let args = GroupedGemm {
+            x: x.view(DType::F32, &[4, k]),
+            w: w.view(DType::F32, &[2, k, 8]),
+            layout: WeightLayout::KN,
+            group_end: ge.view(DType::I64, &[2]),
+            row_scale: None,
+            bias: bias.map(|b| b.view(DType::F32, &[2, 8])),
+            y: y.view_mut(DType::F32, &[4, 8]),
+        };
+        asc.grouped_gemm(args.validate().unwrap())
+    };
+    // group_end [3, 2]: every entry in [0, M = 4], so only the step check sees it.
     let x = asc.upload_slice(&[1.0f32; 4 * 8]).unwrap();
     let w = asc.upload_slice(&vec![1.0f32; 2 * 8 * 8]).unwrap();
     let ge = asc.upload_slice(&[3i64, 2]).unwrap();
     let mut y = nan_y(4 * 8);
-    let args = GroupedGemm {
-        x: x.view(DType::F32, &[4, 8]),
-        w: w.view(DType::F32, &[2, 8, 8]),
-        layout: WeightLayout::KN,
-        group_end: ge.view(DType::I64, &[2]),
-        row_scale: None,
-        bias: None,
-        y: y.view_mut(DType::F32, &[4, 8]),
-    };
-    assert!(invalid_on(asc.grouped_gemm(args.validate().unwrap()), "group_end"));
+    assert!(invalid_on(gemm(&x, &w, 8, &ge, None, &mut y), "group_end"));
     assert!(untouched(&y, 32));
     // The same with K = 0 and a bias (the device bias gather would index by an unsorted list).
     let x0 = asc.upload_slice(&[0.0f32; 8]).unwrap();
     let w0 = asc.upload_slice(&[0.0f32; 8]).unwrap();
     let bias = asc.upload_slice(&[1.0f32; 2 * 8]).unwrap();
-    let args = GroupedGemm {
-        x: x0.view(DType::F32, &[4, 0]),
-        w: w0.view(DType::F32, &[2, 0, 8]),
-        layout: WeightLayout::KN,
-        group_end: ge.view(DType::I64, &[2]),
-        row_scale: None,
-        bias: Some(bias.view(DType::F32, &[2, 8])),
-        y: y.view_mut(DType::F32, &[4, 8]),
-    };
-    assert!(invalid_on(asc.grouped_gemm(args.validate().unwrap()), "group_end"));
+    assert!(invalid_on(gemm(&x0, &w0, 0, &ge, Some(&bias), &mut y), "group_end"));
     assert!(untouched(&y, 32));
     // A sorted group_end with K = 0 and a bias is served (y = bias[g] on the routed rows).
     let ge_ok = asc.upload_slice(&[1i64, 3]).unwrap();
     let bias2 = asc.upload_slice(&[[1.0f32; 8], [2.0f32; 8]].concat()).unwrap();
-    let args = GroupedGemm {
-        x: x0.view(DType::F32, &[4, 0]),
-        w: w0.view(DType::F32, &[2, 0, 8]),
-        layout: WeightLayout::KN,
-        group_end: ge_ok.view(DType::I64, &[2]),
-        row_scale: None,
-        bias: Some(bias2.view(DType::F32, &[2, 8])),
-        y: y.view_mut(DType::F32, &[4, 8]),
-    };
-    asc.grouped_gemm(args.validate().unwrap()).unwrap();
+    gemm(&x0, &w0, 0, &ge_ok, Some(&bias2), &mut y).unwrap();
     let got = asc.download_vec::<f32>(&y, 32).unwrap();
     assert!(got[..8].iter().all(|&v| v == 1.0), "{got:?}");
     assert!(got[8..24].iter().all(|&v| v == 2.0), "{got:?}");
