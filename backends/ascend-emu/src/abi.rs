@@ -1829,3 +1829,5 @@ pub mod prims;
 pub use prims::*;
 pub mod prims_sort;
 pub use prims_sort::*;
+pub mod prims3;
+pub use prims3::*;

@@ -33,7 +33,10 @@ mod elementwise;
 mod index;
 pub mod prim;
 mod reduce;
+mod select;
 mod sort;
+mod tensor_arith;
+pub mod topk;
 
 pub use arith::ScalarOp;
 pub use prim::{Binary, Prim, Scalar, Unary};

@@ -57,6 +57,11 @@ pub struct Ascend {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) lock: Mutex<()>,
     pub(crate) routes: Routes,
+    /// The fp8 dequantisation tables, uploaded once when the backend opens (2 KiB, FLOAT
+    /// `[512]`): entry `i` is `fp8_e4m3_to_f32(i)`, entry `256 + i` is `ue8m0_to_f32(i)`, both
+    /// from moehal-core (so NaN is the canonical quiet NaN). `None` without the primitives of the
+    /// device fp8 gather (then it runs on the host).
+    pub(crate) fp8_lut: Option<Buffer>,
 }
 
 pub(crate) fn acl_dt(d: DType) -> sys::aclDataType {
@@ -170,11 +175,39 @@ impl Ascend {
     /// Wrap an opened runtime, probing the installed ops once (see [`crate::routes`]).
     pub(crate) fn new(rt: Runtime) -> Self {
         let routes = Routes::probe(&rt);
+        let rt = Arc::new(rt);
+        let v = rt.lib.versions;
+        let fp8_lut = if v.index_select && v.cast && v.inplace_mul {
+            // A failed upload only leaves fp8 gathers on the host.
+            Self::upload_fp8_lut(&rt).ok()
+        } else {
+            None
+        };
         Ascend {
-            rt: Arc::new(rt),
+            rt,
             lock: Mutex::new(()),
             routes,
+            fp8_lut,
         }
+    }
+
+    /// Upload the 512-entry f32 table of [`Ascend::fp8_lut`].
+    fn upload_fp8_lut(rt: &Arc<Runtime>) -> Result<Buffer> {
+        use moehal_core::ops::gather_rows::{fp8_e4m3_to_f32, ue8m0_to_f32};
+        let lut: Vec<f32> = (0..=255u8)
+            .map(fp8_e4m3_to_f32)
+            .chain((0..=255u8).map(ue8m0_to_f32))
+            .collect();
+        let bytes = lut.len() * 4;
+        let ptr = rt.malloc(bytes)?;
+        let buf = AscendMem {
+            rt: rt.clone(),
+            ptr,
+            len: bytes,
+            owned: true,
+        };
+        rt.h2d(ptr, bytes, bytes_of(&lut))?;
+        Ok(Buffer::new(Box::new(buf)))
     }
 
     /// The shared libraries this backend loaded (runtime first).
@@ -327,8 +360,18 @@ impl Backend for Ascend {
                 } else {
                     "row_scale on host"
                 };
+                let check = if self.extremes_on_device() && v.cast && v.muls && v.scalar && v.reduce_sum {
+                    "group_end check: aclnnAmin + aclnnAmax (INT64), aclnnCast(group_end[1:], group_end[:-1] -> f32) + aclnnMuls(-1) + aclnnReduceSum(dim 0) + aclnnAmin of the steps, a 20-byte control read (M >= 2^24: group_end read)"
+                } else {
+                    "group_end read on host to check it"
+                };
+                let k0_bias = if v.arange && v.search_sorted && v.index_select && v.scalar {
+                    "K=0 with bias: aclnnArange(total) + aclnnSearchSorted(group_end, right) + aclnnIndexSelect(bias) then the row scale"
+                } else {
+                    "K=0 with bias: host"
+                };
                 Support::yes(format!(
-                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; group_end read on host to check it",
+                    "aclnnGroupedMatmulV{} (groupListType 0, {lay}){bias}; {scale}; K=0 without bias: aclrtMemset; {k0_bias}; {check}",
                     v.gmm
                 ))
             }
@@ -344,9 +387,32 @@ impl Backend for Ascend {
                     && v.muls
                     && v.reduce_sum
                     && v.div;
+                let finite = if v.muls && v.reduce_sum && v.scalar {
+                    "aclnnMuls(logits, 0) + aclnnReduceSum = finiteness flag (4-byte control read; any non-finite logit: the call on host)"
+                } else {
+                    "logits read on host for the finiteness check"
+                };
+                let counts = if v.sort
+                    && v.arange
+                    && v.search_sorted
+                    && v.cast
+                    && v.muls
+                    && v.reduce_sum
+                    && v.amax
+                    && v.amin
+                {
+                    "expert_counts: aclnnSort(ids) -> aclnnArange(E+1) + aclnnSearchSorted -> adjacent steps (aclnnCast f32, aclnnMuls(-1), aclnnReduceSum) -> aclnnCast INT64"
+                } else {
+                    "expert_counts on host"
+                };
+                let ids_check = if self.extremes_on_device() {
+                    "ids range: aclnnAmin + aclnnAmax (8-byte control read)"
+                } else {
+                    "ids range not checked before aclnnGather (no aclnnAmin/aclnnAmax)"
+                };
                 let host = if dev_w {
                     format!(
-                        "weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); host: counts, rows with non-finite logits{}",
+                        "{finite}; {ids_check}; weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); {counts}; host: rows with non-finite logits{}",
                         if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
                         if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" },
                         if v.adds { "aclnnAdds(1e-20) + " } else { "" },
@@ -475,20 +541,24 @@ impl Backend for Ascend {
             }
             OpDesc::MoeCombine { dtype } => {
                 let mixed = dtype == DType::BF16 && self.routes.finalize_bf16_f32_scales;
-                let drops = if v.cast && v.scalar && v.eq_scalar && v.masked_fill {
-                    "dropped slots: aclrtMemcpy d2d of y_perm + aclrtMemset zero row, aclnnEqScalar(slot_row, -1), aclnnInplaceMaskedFillScalar on row index and scales"
+                let drops = if v.cast && v.scalar && v.eq_scalar && v.masked_fill && v.index_select && v.arange {
+                    "dropped slots: aclnnEqScalar(slot_row, -1) = mask, aclnnInplaceMaskedFillScalar(row index, 0) -> aclnnIndexSelect(y_perm) = rows in slot order -> aclnnInplaceMaskedFillScalar(rows, scales, 0) -> aclnnArange = row index"
                 } else {
                     "dropped slots on host"
                 };
-                if v.finalize && (dtype == DType::F32 || mixed) {
+                let check = if self.extremes_on_device() {
+                    "slot_row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                } else {
+                    "slot_row range check on host"
+                };
+                if v.finalize && v.cast && (dtype == DType::F32 || mixed) {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}){}; {drops}; slot_row range check on host",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2, f32 scales{}) + aclnnCast slot_row->INT32; {drops}; {check}",
                         if mixed { ", bf16 mixed mode" } else { "" },
-                        if v.cast { " + aclnnCast slot_row->INT32" } else { "" }
                     ))
                 } else if v.finalize && v.cast {
                     Support::yes(format!(
-                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{}; {drops}; slot_row range check on host",
+                        "aclnnMoeFinalizeRoutingV2 (dropPadMode 2) + aclnnCast scales->{dtype}, slot_row->INT32{}; {drops}; {check}",
                         if dtype == DType::BF16 {
                             " (probe: f32 scales beside bf16 refused)"
                         } else {
@@ -508,10 +578,25 @@ impl Backend for Ascend {
                 };
                 if !host_table && table != TableFormat::Fp8E4m3Ue8m0 && table.storage_dtype() == out && v.gather > 0 {
                     let n = ["", "aclnnEmbedding", "aclnnGatherV2", "aclnnIndexSelect"][v.gather as usize];
-                    Support::yes(format!("{hash}{n}"))
+                    let check = if self.extremes_on_device() {
+                        "row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                    } else {
+                        "row range check on host"
+                    };
+                    Support::yes(format!("{hash}{n}; {check}"))
+                } else if !host_table && table == TableFormat::Fp8E4m3Ue8m0 && self.fp8_lut.is_some() {
+                    let check = if self.extremes_on_device() {
+                        "row range: aclnnAmin + aclnnAmax, 16-byte control read"
+                    } else {
+                        "row range check on host"
+                    };
+                    Support::yes(format!(
+                        "{hash}aclnnIndexSelect(rows) -> aclnnCast(code, scale bytes -> INT32) -> aclnnIndexSelect(e4m3 / ue8m0 f32 tables, uploaded at open) -> aclnnInplaceMul(block scales){}; {check}; strided out: host",
+                        if out == DType::BF16 { " -> aclnnCast bf16" } else { "" }
+                    ))
                 } else {
                     Support::yes(format!(
-                        "{hash}host gather (fp8 dequant / host table / no gather op), staged"
+                        "{hash}host gather (host table / no gather op / dtype conversion), staged"
                     ))
                 }
             }

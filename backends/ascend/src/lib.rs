@@ -85,3 +85,14 @@ pub fn search_dirs() -> Vec<PathBuf> {
 pub fn ops_at(dir: impl Into<PathBuf>) -> std::result::Result<Vec<&'static str>, String> {
     Ok(ffi::load(&[dir.into()])?.api.ops())
 }
+
+/// Whether the libraries of `dir` hold every aclnn primitive of the device composition of
+/// `moe_permute` (issue 13; the same predicate the backend applies when it opens, so `moehal
+/// kernels` says "device composition" exactly when this is `true`). Loads the libraries, opens no
+/// device.
+///
+/// # Errors
+/// As [`probe`], for `dir` only.
+pub fn permute_composable_at(dir: impl Into<PathBuf>) -> std::result::Result<bool, String> {
+    Ok(ops::permute_composable_with(&ffi::load(&[dir.into()])?.versions))
+}

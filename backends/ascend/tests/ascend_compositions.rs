@@ -6,7 +6,7 @@
 
 mod ascend_common;
 
-use moehal_core::ops::{MoeCombine, OpDesc, Swiglu};
+use moehal_core::ops::{GatherRows, MoeCombine, OpDesc, Swiglu, TableFormat};
 use moehal_core::{Backend, BackendExt, DType, Reference};
 use moehal_testkit::{check_backend, Case, Spec};
 
@@ -181,4 +181,57 @@ fn permute_is_composed_on_the_device_and_matches_the_reference() {
         }
     }
     check_backend(&*asc, "ascend (emulator)", &cases, 0x13_03, true).assert_pass();
+}
+
+/// fp8 e4m3 + ue8m0 tables dequantised on the device (issue 13 item 5): every one of the 256 code
+/// bytes (both NaN codes, ±0, subnormals, ±448) under the extreme scale bytes (0 = 2^-127, the
+/// subnormal scale; 127 = 1; 254 = 2^127, which overflows large codes to ±inf; 255 = NaN), to f32
+/// and bf16 `out`, bitwise equal to the reference (NaN as the canonical quiet NaN).
+#[test]
+fn fp8_gather_dequantises_on_the_device_bitwise() {
+    let asc = ascend_common::open_emulated();
+    let s = format!(
+        "{:?}",
+        asc.supports(&OpDesc::GatherRows {
+            table: TableFormat::Fp8E4m3Ue8m0,
+            out: DType::BF16,
+            host_table: false,
+        })
+    );
+    assert!(s.contains("aclnnInplaceMul") && !s.contains("host gather"), "{s}");
+    // 4 rows of D = 256 codes (all bytes) + 8 scale bytes; rows gathered out of order, repeated.
+    let (d, nb) = (256usize, 8usize);
+    let scales = [
+        [0u8, 127, 254, 255, 1, 126, 128, 200],
+        [255, 254, 0, 127, 3, 130, 250, 100],
+    ];
+    let mut table = Vec::new();
+    for r in 0..4 {
+        table.extend((0..d).map(|i| (i as u8).wrapping_add(r as u8 * 37)));
+        table.extend_from_slice(&scales[r % 2]);
+    }
+    let rows = [3i64, 0, 2, 2, 1, 0];
+    let run = |be: &dyn Backend, out_dt: DType| -> Vec<u8> {
+        let tb = be.upload_slice(&table).unwrap();
+        let rb = be.upload_slice(&rows).unwrap();
+        let n = rows.len() * d * out_dt.size();
+        let mut ob = be.alloc(n).unwrap();
+        let args = GatherRows {
+            table: tb.view(DType::U8, &[4, d + nb]),
+            format: TableFormat::Fp8E4m3Ue8m0,
+            rows: rb.view(DType::I64, &[2, 3]),
+            out: ob.view_mut(out_dt, &[2, 3 * d]),
+        };
+        be.gather_rows(args.validate().unwrap()).unwrap();
+        let mut got = vec![0u8; n];
+        be.download(&ob, 0, &mut got).unwrap();
+        got
+    };
+    for out_dt in [DType::F32, DType::BF16] {
+        let (got, want) = (run(&*asc, out_dt), run(&Reference, out_dt));
+        assert!(
+            got == want,
+            "{out_dt}: the device dequantisation differs from the reference"
+        );
+    }
 }

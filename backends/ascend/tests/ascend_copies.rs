@@ -43,23 +43,22 @@ const BY_DESIGN: &[&str] = &[
 /// Fallbacks that still copy tensor data inside the op (work remaining; README "Host round trips").
 /// `d2h` alone is a host read (validation or control data), `d2h` + `h2d` a full round trip.
 const ROUND_TRIPS: &[&str] = &[
-    // group_end is read on the host to check it (value errors write nothing).
+    // group_end checked on the device (aclnnAmin / aclnnAmax, and aclnnAmin of the adjacent
+    // differences): a control read of 20 bytes (CONTROL_READS). K = 0 with a bias gathers the bias
+    // rows on the device (aclnnArange + aclnnSearchSorted + aclnnIndexSelect), no upload.
     "grouped_gemm d2h",
     "grouped_gemm+row_scale d2h",
     "grouped_gemm+k0 d2h",
     "grouped_gemm+row_scale+k0 d2h",
-    // K = 0 with a bias (y = row_scale * bias[g]): on the host, GroupedMatmul has no empty K.
-    // (Without a bias: aclrtMemset, then aclnnInplaceMul; no copy.)
-    "grouped_gemm+row_scale+k0 h2d",
-    // Router calls keyed per variant. Every call reads the logits to find non-finite rows (d2h).
-    // A plain call (softmax/sigmoid, finite logits, no expert_counts) copies nothing else: ids
-    // device to device, weights composed on the device (renormalised with aclnnAdds(1e-20)), so
-    // "router_topk h2d" must not appear. expert_counts: the histogram is counted on the host and
-    // uploaded (no device scatter-add used yet); T = 0 and patterns/shapes the vendor op refuses
-    // also run on the host. Non-finite rows and sqrt_softplus scoring run fully on the host.
+    // Router calls keyed per variant. A call with finite logits reads 12 bytes of control data
+    // (CONTROL_READS): the finiteness flag (aclnnMuls(logits, 0) + aclnnReduceSum, 4 bytes) and
+    // the vendor ids' aclnnAmin / aclnnAmax (8 bytes). ids go device to device, weights are
+    // composed on the device (renormalised with aclnnAdds(1e-20)), expert_counts counted on the
+    // device (aclnnSort + aclnnArange + aclnnSearchSorted, adjacent differences, aclnnCast), T = 0
+    // zeroes them with aclrtMemset: so no "router_topk h2d" / "router_topk+expert_counts h2d".
+    // Non-finite rows and sqrt_softplus scoring still run fully on the host.
     "router_topk d2h",
     "router_topk+expert_counts d2h",
-    "router_topk+expert_counts h2d",
     "router_topk+expert_counts+nonfinite d2h",
     "router_topk+expert_counts+nonfinite h2d",
     "router_topk+sqrt_softplus+expert_counts d2h",
@@ -67,20 +66,39 @@ const ROUND_TRIPS: &[&str] = &[
     // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
     // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
-    // slot_row read to check its range (the vendor op does not) and to pick the zero row for
-    // dropped slots (those then run on the device: aclnnEqScalar + aclnnInplaceMaskedFillScalar).
+    // slot_row range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS); dropped slots on
+    // the device (aclnnEqScalar, aclnnIndexSelect, aclnnInplaceMaskedFillScalar, aclnnArange).
     "moe_combine d2h",
-    // fp8 tables dequantised on the host.
+    // fp8 tables dequantised on the device (aclnnIndexSelect of the rows, aclnnCast of the code
+    // bytes, aclnnIndexSelect of the backend's e4m3 / ue8m0 f32 tables, aclnnInplaceMul, aclnnCast
+    // for bf16); only the row range check reads 16 bytes (CONTROL_READS).
     "gather_rows+fp8 d2h",
-    "gather_rows+fp8 h2d",
-    // row indices range-checked on the host.
+    // row indices range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS).
     "gather_rows d2h",
 ];
 
 /// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
-/// copy in that direction. `moe_permute`: the two scalars of `aclnnAmin` / `aclnnAmax` over the ids
-/// (the range check of OPS.md §3, whose error must reach the caller before anything is written).
-const CONTROL_READS: &[(&str, u64)] = &[("moe_permute d2h", 8)];
+/// copy in that direction. Each is a value check whose error must reach the caller before anything
+/// is written, computed on the device and read as scalars:
+/// - `moe_permute`: `aclnnAmin` / `aclnnAmax` of the INT32 ids (OPS.md §3), 2 × 4 bytes;
+/// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §4), 2 × 8 bytes;
+/// - `gather_rows` (dense and fp8): the same of the INT64 row indices, 2 × 8 bytes;
+/// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
+///   adjacent differences (4 bytes), OPS.md §1;
+/// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes; a non-finite logit sends
+///   the call to the host, OPS.md §2) and the vendor op's ids' `aclnnAmin` / `aclnnAmax` (2 × 4).
+const CONTROL_READS: &[(&str, u64)] = &[
+    ("moe_permute d2h", 8),
+    ("moe_combine d2h", 16),
+    ("gather_rows d2h", 16),
+    ("gather_rows+fp8 d2h", 16),
+    ("grouped_gemm d2h", 20),
+    ("grouped_gemm+row_scale d2h", 20),
+    ("grouped_gemm+k0 d2h", 20),
+    ("grouped_gemm+row_scale+k0 d2h", 20),
+    ("router_topk d2h", 12),
+    ("router_topk+expert_counts d2h", 12),
+];
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]

@@ -3,8 +3,8 @@
 
 mod ascend_common;
 
-use moehal_core::ops::{GroupedGemm, WeightLayout};
-use moehal_core::{BackendExt, DType, Error};
+use moehal_core::ops::{GatherRows, GroupedGemm, MoeCombine, TableFormat, WeightLayout};
+use moehal_core::{BackendExt, Buffer, DType, Error};
 
 #[test]
 fn libraries_absent_is_unavailable_with_reason() {
@@ -92,5 +92,91 @@ fn engine_stream_is_unsupported_and_says_why() {
             assert!(!msg.contains("no streams"), "{msg}");
         }
         other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+/// Whether `r` is the `InvalidArgument` naming `field` that a value check must return.
+fn invalid_on(r: moehal_core::Result<()>, field: &str) -> bool {
+    matches!(r, Err(Error::InvalidArgument { field: f, .. }) if f == field)
+}
+
+/// The value checks that run on the device (issue 13: aclnnAmin / aclnnAmax and a control read)
+/// reject what the host checks rejected, before anything is written: a `group_end` that decreases
+/// inside `[0, M]` (the kit plants only a negative first end and a last end past M), also for
+/// `K = 0` with a bias; a `slot_row` entry below -1; row indices below 0 and at R.
+#[test]
+fn device_value_checks_reject_and_write_nothing() {
+    let asc = ascend_common::open_emulated();
+    let nan_y = |n: usize| asc.upload_slice(&vec![f32::NAN; n]).unwrap();
+    let untouched = |b: &Buffer, n: usize| asc.download_vec::<f32>(b, n).unwrap().iter().all(|v| v.is_nan());
+
+    // grouped_gemm with M = 4, N = 8, G = 2, f32, KN, into `y`.
+    let gemm = |x: &Buffer, w: &Buffer, k: usize, ge: &Buffer, bias: Option<&Buffer>, y: &mut Buffer| {
+        let args = GroupedGemm {
+            x: x.view(DType::F32, &[4, k]),
+            w: w.view(DType::F32, &[2, k, 8]),
+            layout: WeightLayout::KN,
+            group_end: ge.view(DType::I64, &[2]),
+            row_scale: None,
+            bias: bias.map(|b| b.view(DType::F32, &[2, 8])),
+            y: y.view_mut(DType::F32, &[4, 8]),
+        };
+        asc.grouped_gemm(args.validate().unwrap())
+    };
+    // group_end [3, 2]: every entry in [0, M = 4], so only the step check sees it.
+    let x = asc.upload_slice(&[1.0f32; 4 * 8]).unwrap();
+    let w = asc.upload_slice(&vec![1.0f32; 2 * 8 * 8]).unwrap();
+    let ge = asc.upload_slice(&[3i64, 2]).unwrap();
+    let mut y = nan_y(4 * 8);
+    assert!(invalid_on(gemm(&x, &w, 8, &ge, None, &mut y), "group_end"));
+    assert!(untouched(&y, 32));
+    // The same with K = 0 and a bias (the device bias gather would index by an unsorted list).
+    let x0 = asc.upload_slice(&[0.0f32; 8]).unwrap();
+    let w0 = asc.upload_slice(&[0.0f32; 8]).unwrap();
+    let bias = asc.upload_slice(&[1.0f32; 2 * 8]).unwrap();
+    assert!(invalid_on(gemm(&x0, &w0, 0, &ge, Some(&bias), &mut y), "group_end"));
+    assert!(untouched(&y, 32));
+    // A sorted group_end with K = 0 and a bias is served (y = bias[g] on the routed rows).
+    let ge_ok = asc.upload_slice(&[1i64, 3]).unwrap();
+    let bias2 = asc.upload_slice(&[[1.0f32; 8], [2.0f32; 8]].concat()).unwrap();
+    gemm(&x0, &w0, 0, &ge_ok, Some(&bias2), &mut y).unwrap();
+    let got = asc.download_vec::<f32>(&y, 32).unwrap();
+    assert!(got[..8].iter().all(|&v| v == 1.0), "{got:?}");
+    assert!(got[8..24].iter().all(|&v| v == 2.0), "{got:?}");
+    assert!(
+        got[24..].iter().all(|v| v.is_nan()),
+        "row 3 is past group_end[G-1]: {got:?}"
+    );
+
+    // moe_combine: slot_row entry -2 (only -1 marks a dropped slot).
+    let yp = asc.upload_slice(&[1.0f32; 4 * 8]).unwrap();
+    let sr = asc.upload_slice(&[0i64, -2, 2, 3]).unwrap();
+    let wts = asc.upload_slice(&[0.5f32; 4]).unwrap();
+    let mut out = nan_y(2 * 8);
+    let args = MoeCombine {
+        y_perm: yp.view(DType::F32, &[4, 8]),
+        slot_row: sr.view(DType::I64, &[2, 2]),
+        weights: wts.view(DType::F32, &[2, 2]),
+        out: out.view_mut(DType::F32, &[2, 8]),
+    };
+    assert!(invalid_on(asc.moe_combine(args.validate().unwrap()), "slot_row"));
+    assert!(untouched(&out, 16));
+
+    // gather_rows: an index below 0, and one at R.
+    let table = asc.upload_slice(&[1.0f32; 3 * 8]).unwrap();
+    for bad in [-1i64, 3] {
+        let rows = asc.upload_slice(&[0i64, bad]).unwrap();
+        let mut o = nan_y(2 * 8);
+        let args = GatherRows {
+            table: table.view(DType::F32, &[3, 8]),
+            format: TableFormat::F32,
+            rows: rows.view(DType::I64, &[1, 2]),
+            out: o.view_mut(DType::F32, &[1, 16]),
+        };
+        assert!(
+            invalid_on(asc.gather_rows(args.validate().unwrap()), "rows"),
+            "row {bad}"
+        );
+        assert!(untouched(&o, 16), "row {bad}");
     }
 }

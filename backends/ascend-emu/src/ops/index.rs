@@ -144,13 +144,52 @@ impl Prim {
     }
 }
 
+impl Prim {
+    /// aclnnScatterAdd phase one ([HA canncommercial/800 aclnnScatterAdd.md]; [HA 82RC1alpha002
+    /// aclnnScatterAdd.md] update rule `self[i][index[i][j][k]][k] += src[i][j][k]`): the checks of
+    /// [`Prim::scatter`] (ST1-ST2: the page lists the same three requirements — equal ranks,
+    /// `index.size(d) <= src.size(d)`, `index.size(d) <= self.size(d)` for `d != dim` — and dim in
+    /// `[-self.dim(), self.dim() - 1]`), with reduce fixed to add.
+    pub fn scatter_add(
+        x: Option<Desc>,
+        dim: i64,
+        index: Option<Desc>,
+        src: Option<Desc>,
+        out: Option<Desc>,
+    ) -> Result<Prim, Fail> {
+        match Prim::scatter(false, x, dim, index, src, 1, out)? {
+            Prim::Scatter {
+                x,
+                dim,
+                index,
+                src,
+                out,
+                ..
+            } => Ok(Prim::ScatterAdd {
+                x,
+                dim,
+                index,
+                src,
+                out,
+            }),
+            _ => Err(bad("internal: scatter built another primitive")),
+        }
+    }
+}
+
 /// aclnnScatter launch: out = self, then for every index element i: `out[i with i[dim] =
 /// index[i]] (=, +=, *=) src[i]`, in row-major order of index. An index outside `[0,
 /// self.size(dim))` → 561000 (the page's requirement, a value the device does not check). With
 /// reduce 0, two index elements naming one target leave the result to the device's write order,
 /// which the page does not give: UNDOCUMENTED, refused (561000). Add / multiply: f32 (exact i64
 /// for integers), accumulated in index order and rounded once per target.
-pub(super) fn run_scatter(ins: &[HostTensor], out: &mut HostTensor, dim: usize, reduce: i64) -> Result<(), Fail> {
+pub(super) fn run_scatter(
+    ins: &[HostTensor],
+    out: &mut HostTensor,
+    dim: usize,
+    reduce: i64,
+    name: &str,
+) -> Result<(), Fail> {
     let (x, index, src) = (&ins[0], &ins[1], &ins[2]);
     let float = super::FLOATS.contains(&x.d.dtype);
     let n = x.d.dims[dim];
@@ -169,7 +208,7 @@ pub(super) fn run_scatter(ins: &[HostTensor], out: &mut HostTensor, dim: usize, 
         }
         let k = index.get_int(idx);
         if k < 0 || k >= n {
-            err = Some(inner(format!("aclnnScatter: index {k} at {idx:?} outside [0, {n})")));
+            err = Some(inner(format!("{name}: index {k} at {idx:?} outside [0, {n})")));
             return;
         }
         let mut t = idx.to_vec();
@@ -177,7 +216,7 @@ pub(super) fn run_scatter(ins: &[HostTensor], out: &mut HostTensor, dim: usize, 
         let first = !acc_f.contains_key(&t) && !acc_i.contains_key(&t);
         if reduce == 0 && !first {
             err = Some(inner(format!(
-                "aclnnScatter: two index elements write {t:?} with reduce 0 (which one wins is UNDOCUMENTED, refused)"
+                "{name}: two index elements write {t:?} with reduce 0 (which one wins is UNDOCUMENTED, refused)"
             )));
             return;
         }
@@ -204,7 +243,7 @@ pub(super) fn run_scatter(ins: &[HostTensor], out: &mut HostTensor, dim: usize, 
                 Some(v) if x.d.dtype == sys::ACL_INT64 || i32::try_from(v).is_ok() => {
                     acc_i.insert(t, v);
                 }
-                _ => err = Some(inner(format!("aclnnScatter: integer overflow at {t:?} (UNDOCUMENTED)"))),
+                _ => err = Some(inner(format!("{name}: integer overflow at {t:?} (UNDOCUMENTED)"))),
             }
         }
     });

@@ -350,6 +350,76 @@ pub enum Prim {
         /// Output (the promoted type = self's; self's shape).
         out: Desc,
     },
+    /// aclnnIsFinite: `out[i] = self[i]` is neither ±inf nor NaN (BOOL out).
+    IsFinite {
+        /// Input.
+        x: Desc,
+        /// BOOL output, self's shape.
+        out: Desc,
+    },
+    /// aclnnLogicalNot / aclnnInplaceLogicalNot: `out[i] = !(self[i] != 0)` in out's dtype.
+    LogicalNot {
+        /// The in-place form (out is self).
+        inplace: bool,
+        /// self / selfRef.
+        x: Desc,
+        /// Output, self's shape.
+        out: Desc,
+    },
+    /// aclnnSWhere: `out[i] = condition[i] ? self[i] : other[i]` (broadcast, promoted type).
+    SWhere {
+        /// BOOL / UINT8 condition.
+        cond: Desc,
+        /// self.
+        a: Desc,
+        /// other.
+        b: Desc,
+        /// Output of the promoted type and broadcast shape.
+        out: Desc,
+    },
+    /// aclnnAdd / aclnnSub and their in-place forms: `out = self ± alpha × other`.
+    TensorArith {
+        /// Subtract instead of add.
+        sub: bool,
+        /// The in-place form (out is self).
+        inplace: bool,
+        /// self / selfRef.
+        a: Desc,
+        /// other.
+        b: Desc,
+        /// alpha.
+        alpha: Scalar,
+        /// Output of the promoted type and broadcast shape.
+        out: Desc,
+    },
+    /// aclnnScatterAdd (torch.scatter_add).
+    ScatterAdd {
+        /// self.
+        x: Desc,
+        /// Axis.
+        dim: usize,
+        /// INT32 / INT64 targets along `dim`.
+        index: Desc,
+        /// Values.
+        src: Desc,
+        /// Output (self's dtype and shape).
+        out: Desc,
+    },
+    /// aclnnTopk along `dim` (sorted output only).
+    Topk {
+        /// Input.
+        x: Desc,
+        /// Number of elements kept (1..=size along dim).
+        k: i64,
+        /// Axis.
+        dim: usize,
+        /// Largest first (else smallest first).
+        largest: bool,
+        /// valuesOut (self's dtype).
+        values: Desc,
+        /// INT64 positions along `dim`.
+        indices: Desc,
+    },
     /// aclnnArange: `out[i] = start + i * step`.
     Arange {
         /// start (as f64).
@@ -373,6 +443,18 @@ impl Prim {
         match self {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
+            Prim::IsFinite { .. } => "aclnnIsFinite",
+            Prim::LogicalNot { inplace: false, .. } => "aclnnLogicalNot",
+            Prim::LogicalNot { inplace: true, .. } => "aclnnInplaceLogicalNot",
+            Prim::SWhere { .. } => "aclnnSWhere",
+            Prim::TensorArith { sub, inplace, .. } => match (sub, inplace) {
+                (false, false) => "aclnnAdd",
+                (false, true) => "aclnnInplaceAdd",
+                (true, false) => "aclnnSub",
+                (true, true) => "aclnnInplaceSub",
+            },
+            Prim::ScatterAdd { .. } => "aclnnScatterAdd",
+            Prim::Topk { .. } => "aclnnTopk",
             Prim::SearchSorted { .. } => "aclnnSearchSorted",
             Prim::Amax { max: true, .. } => "aclnnAmax",
             Prim::Amax { max: false, .. } => "aclnnAmin",
@@ -447,7 +529,8 @@ impl Prim {
             | Prim::ReduceSum { .. }
             | Prim::Cumsum { .. }
             | Prim::Sort { .. }
-            | Prim::Amax { .. } => 1024,
+            | Prim::Amax { .. }
+            | Prim::Topk { .. } => 1024,
             _ => 0,
         }
     }
@@ -464,7 +547,13 @@ impl Prim {
             | Prim::Cumsum { x, out, .. }
             | Prim::EqScalar { x, out, .. }
             | Prim::ScalarArith { x, out, .. }
-            | Prim::Amax { x, out, .. } => (vec![x], vec![out]),
+            | Prim::Amax { x, out, .. }
+            | Prim::IsFinite { x, out }
+            | Prim::LogicalNot { x, out, .. } => (vec![x], vec![out]),
+            Prim::SWhere { cond, a, b, out } => (vec![cond, a, b], vec![out]),
+            Prim::TensorArith { a, b, out, .. } => (vec![a, b], vec![out]),
+            Prim::ScatterAdd { x, index, src, out, .. } => (vec![x, index, src], vec![out]),
+            Prim::Topk { x, values, indices, .. } => (vec![x], vec![values, indices]),
             Prim::Binary { a, b, out, .. } => (vec![a, b], vec![out]),
             Prim::Gather { x, index, out, .. } | Prim::IndexSelect { x, index, out, .. } => (vec![x, index], vec![out]),
             Prim::MaskedFill { self_ref, mask, .. } => (vec![self_ref, mask], vec![self_ref]),
@@ -548,7 +637,26 @@ impl Prim {
             Prim::IndexSelect { dim, .. } => super::index::run_index_select(&ins[0], &ins[1], &mut outs[0], *dim),
             Prim::Amax { max, reduce, .. } => super::reduce::run_amax(&ins[0], &mut outs[0], reduce, *max),
             Prim::SearchSorted { right, .. } => super::sort::run_search_sorted(ins, &mut outs[0], *right),
-            Prim::Scatter { dim, reduce, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, *reduce),
+            Prim::Scatter { dim, reduce, .. } => {
+                super::index::run_scatter(ins, &mut outs[0], *dim, *reduce, self.launch_name())
+            }
+            Prim::IsFinite { .. } => {
+                super::select::run_is_finite(&ins[0], &mut outs[0]);
+                Ok(())
+            }
+            Prim::LogicalNot { .. } => {
+                super::select::run_logical_not(&ins[0], &mut outs[0]);
+                Ok(())
+            }
+            Prim::SWhere { .. } => {
+                super::select::run_s_where(&ins[0], &ins[1], &ins[2], &mut outs[0]);
+                Ok(())
+            }
+            Prim::TensorArith { sub, alpha, .. } => {
+                super::tensor_arith::run_tensor_arith(&ins[0], &ins[1], &mut outs[0], *sub, alpha)
+            }
+            Prim::ScatterAdd { dim, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, 1, "aclnnScatterAdd"),
+            Prim::Topk { k, dim, largest, .. } => super::topk::run_topk(&ins[0], outs, *k, *dim, *largest),
             Prim::Arange {
                 start,
                 step,

@@ -1,11 +1,14 @@
-//! `grouped_gemm` on `aclnnGroupedMatmulV4` / `V3` (ffi/grouped_matmul.rs), or the host.
+//! `grouped_gemm` on `aclnnGroupedMatmulV4` / `V3` (ffi/grouped_matmul.rs), or the host. The
+//! `group_end` check runs on the device (aclnnAmin / aclnnAmax, and the adjacent differences'
+//! aclnnAmin) with a control read of the three scalars; `K = 0` with a bias gathers the bias rows
+//! by a device-built group index (aclnnArange + aclnnSearchSorted + aclnnIndexSelect).
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{grouped_gemm::check_group_end, Checked, GroupedGemm, WeightLayout};
-use moehal_core::{Backend, DType, Reference, Result};
+use moehal_core::{Backend, DType, Error, Reference, Result};
 
 use crate::backend::{desc_of, hm, hv, scratch_desc, Ascend};
-use crate::ffi::{DevMem, TensorList};
+use crate::ffi::{DevMem, Outcome, Scalar, TensorList};
 
 const OP_GG: &str = "grouped_gemm";
 
@@ -37,14 +40,18 @@ impl Ascend {
             self.mine(t.buffer(), f)?;
         }
         self.mine(a.y.buffer(), "y")?;
-        let ge: Vec<i64> = self.fetch(&a.group_end)?;
-        check_group_end(&ge, d.m)?;
+        let total = self.gmm_check_group_end(&a, d.m)?;
         if d.m == 0 || d.n == 0 {
             return Ok(());
         }
         let v = self.rt.lib.versions;
         let dt = a.x.dtype();
-        let total = ge.last().copied().unwrap_or(0) as usize;
+        if d.k == 0 && a.bias.is_some() {
+            return match self.gmm_k0_bias(&a, total)? {
+                Outcome::Ran => self.apply_row_scale(&a, total),
+                Outcome::Rejected(_) => self.gmm_host(&a),
+            };
+        }
         if d.k == 0 && a.bias.is_none() {
             // OPS.md §1: K = 0 writes `row_scale * bias`, here without bias: zeros, then the row
             // scale (so a non-finite scale gives NaN as `scale * 0` does), on the routed rows only.
@@ -102,6 +109,126 @@ impl Ascend {
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
         self.apply_row_scale(&a, total)
+    }
+
+    /// The `group_end` check of OPS.md §1 (non-decreasing from 0, last `<= M`) before anything is
+    /// written; returns the routed-row total `group_end[G-1]`.
+    ///
+    /// On the device where the libraries allow: `aclnnAmin` / `aclnnAmax` of `group_end` (INT64,
+    /// 16 bytes read: no entry below 0 or above `M`), then, for `G >= 2` and `M < 2^24` (every
+    /// entry, now in `[0, M]`, and every difference exact in f32), the adjacent differences
+    /// `group_end[1:] - group_end[:-1]` as `aclnnReduceSum(dim 0)` over a `[2, G-1]` f32 stack of
+    /// `aclnnCast(group_end[1:])` and `aclnnMuls(aclnnCast(group_end[:-1]), -1)`, whose
+    /// `aclnnAmin` (4 bytes) must be `>= 0`. Sorted, the maximum is the last entry. Otherwise
+    /// `group_end` is read.
+    fn gmm_check_group_end(&self, a: &GroupedGemm<'_>, m: usize) -> Result<usize> {
+        let read = || -> Result<usize> {
+            let ge: Vec<i64> = self.fetch(&a.group_end)?;
+            check_group_end(&ge, m)?;
+            Ok(ge.last().copied().unwrap_or(0) as usize)
+        };
+        let v = self.rt.lib.versions;
+        let g = a.group_end.numel();
+        let diffs = g < 2 || (m < (1 << 24) && v.cast && v.muls && v.scalar && v.reduce_sum);
+        if !diffs {
+            return read();
+        }
+        let Some((lo, hi)) = self.index_extremes(&a.group_end, OP_GG, "group_end")? else {
+            return read();
+        };
+        if lo < 0 {
+            return Err(Error::invalid(
+                OP_GG,
+                "group_end",
+                format!("an entry {lo} is below 0 (must be non-decreasing from 0; aclnnAmin of group_end)"),
+            ));
+        }
+        if hi as u64 > m as u64 {
+            return Err(Error::invalid(
+                OP_GG,
+                "group_end",
+                format!(
+                    "an entry {hi} exceeds M = {m} (group_end[G-1] exceeds M, or the ends decrease; aclnnAmax of group_end)"
+                ),
+            ));
+        }
+        if g >= 2 {
+            match self.gmm_min_step(a, g)? {
+                Some(step) if step < 0.0 => {
+                    return Err(Error::invalid(
+                        OP_GG,
+                        "group_end",
+                        format!(
+                            "the ends decrease somewhere (smallest step {step}, aclnnAmin of group_end[1:] - group_end[:-1]; must be non-decreasing)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => return read(),
+            }
+        }
+        Ok(hi as usize)
+    }
+
+    /// The smallest adjacent difference `min(group_end[i+1] - group_end[i])` of the `g >= 2`
+    /// entries, in f32 (exact: the caller checked every entry is in `[0, M]`, `M < 2^24`),
+    /// computed on the device and read back (4 bytes). `None` when a primitive refused the call.
+    fn gmm_min_step(&self, a: &GroupedGemm<'_>, g: usize) -> Result<Option<f64>> {
+        let ge = desc_of(&a.group_end, OP_GG, "group_end")?;
+        let Some(steps) = self.int_steps_f32(&ge, g - 1)? else {
+            return Ok(None);
+        };
+        let st = self.t(&scratch_desc(&steps, sys::ACL_FLOAT, &[g - 1]))?;
+        Ok(self
+            .extreme_bits(&st, 1, sys::ACL_FLOAT, false)?
+            .map(|b| f32::from_bits(b as u32) as f64))
+    }
+
+    /// `K = 0` with a bias (OPS.md §1: `y[r] = row_scale[r] · bias[g(r)]`, the matmul term empty):
+    /// the group of each routed row is `aclnnSearchSorted(group_end, aclnnArange(0, total),
+    /// right)` (the number of ends `<= r`; `group_end` was checked sorted), and
+    /// `aclnnIndexSelect(bias, 0, group)` writes `y[:total]`; the caller then applies the row
+    /// scale. Rows past `total` stay unwritten, as GroupedMatmul leaves them. `Rejected` when a
+    /// primitive refused the call at phase one (nothing written) or is missing.
+    fn gmm_k0_bias(&self, a: &GroupedGemm<'_>, total: usize) -> Result<Outcome> {
+        let v = self.rt.lib.versions;
+        let Some(bias) = &a.bias else {
+            return Err(Error::device(
+                crate::ffi::NAME,
+                0,
+                "internal: K = 0 bias path without a bias",
+            ));
+        };
+        if !(v.arange && v.search_sorted && v.index_select && v.scalar) {
+            return Ok(Outcome::Rejected(Error::unsupported(
+                OP_GG,
+                crate::ffi::NAME,
+                "K = 0 with a bias needs aclnnArange, aclnnSearchSorted and aclnnIndexSelect",
+            )));
+        }
+        if total == 0 {
+            return Ok(Outcome::Ran);
+        }
+        let ramp = DevMem::new(&self.rt, total * 8)?;
+        let ramp_t = self.t(&scratch_desc(&ramp, sys::ACL_INT64, &[total]))?;
+        let group = DevMem::new(&self.rt, total * 8)?;
+        let group_t = self.t(&scratch_desc(&group, sys::ACL_INT64, &[total]))?;
+        let (zero, one, end) = (
+            Scalar::i64(&self.rt, 0)?,
+            Scalar::i64(&self.rt, 1)?,
+            Scalar::i64(&self.rt, total as i64)?,
+        );
+        if let Outcome::Rejected(e) = self.rt.arange(&zero, &end, &one, &ramp_t)? {
+            return Ok(Outcome::Rejected(e));
+        }
+        let ge = self.t(&desc_of(&a.group_end, OP_GG, "group_end")?)?;
+        if let Outcome::Rejected(e) = self.rt.search_sorted(&ge, &ramp_t, true, &group_t)? {
+            return Ok(Outcome::Rejected(e));
+        }
+        let mut yd = desc_of(&a.y.as_ref(), OP_GG, "y")?;
+        yd.dims[0] = total as i64;
+        let bt = self.t(&desc_of(bias, OP_GG, "bias")?)?;
+        self.rt.gather_outcome(3, &bt, &group_t, &self.t(&yd)?)
     }
 
     /// `y[:total] *= row_scale[:total]` after the matmul (or the K = 0 zeros): on the device with

@@ -2,10 +2,13 @@
 //! impl calls after core's validation. The aclnn calls themselves are in `crate::ffi`, one file per
 //! aclnn op family.
 
+mod checks;
 mod engram;
 mod gather_rows;
 mod grouped_gemm;
 mod moe_combine;
 mod moe_permute;
+
+pub(crate) use moe_permute::permute_composable_with;
 mod router_topk;
 mod swiglu;

@@ -6,8 +6,24 @@ use moehal_core::ops::{moe_permute::check_ids, Checked, MoePermute};
 use moehal_core::{Backend, Error, Reference, Result};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, reshaped, scratch_desc, Ascend};
-use crate::ffi::{DevMem, IntArray, Outcome, Scalar, Tensor, NAME};
+use crate::ffi::{DevMem, IntArray, OpVersions, Outcome, Scalar, Tensor, NAME};
 use crate::routes::PermutePath;
+
+/// Whether libraries with these op versions hold every primitive of
+/// [`Ascend::permute_composed`] (also behind [`crate::permute_composable_at`], so the tests ask
+/// the same predicate the backend uses).
+pub(crate) fn permute_composable_with(v: &OpVersions) -> bool {
+    v.scalar
+        && v.cast
+        && v.eq_scalar
+        && v.masked_fill
+        && v.sort
+        && v.arange
+        && v.scatter
+        && v.floor_divides
+        && v.search_sorted
+        && v.index_select
+}
 
 const OP_MP: &str = "moe_permute";
 
@@ -47,24 +63,13 @@ impl Ascend {
 
     /// Whether the loaded libraries hold every primitive of [`Ascend::permute_composed`].
     pub(crate) fn permute_composable(&self) -> bool {
-        let v = self.rt.lib.versions;
-        v.scalar
-            && v.cast
-            && v.eq_scalar
-            && v.masked_fill
-            && v.sort
-            && v.arange
-            && v.scatter
-            && v.floor_divides
-            && v.search_sorted
-            && v.index_select
+        permute_composable_with(&self.rt.lib.versions)
     }
 
     /// Whether the id range check runs on the device (`aclnnAmax` / `aclnnAmin`, a control read of
     /// two scalars) rather than reading all ids.
     pub(crate) fn permute_range_on_device(&self) -> bool {
-        let v = self.rt.lib.versions;
-        v.amax && v.amin
+        self.extremes_on_device()
     }
 
     /// The id range check of OPS.md §3 (`ids` in `[-1, E)`), before anything is written: with
@@ -72,20 +77,13 @@ impl Ascend {
     /// are read (a control read, as a CUDA engine reads a flag); without them all ids are read.
     fn permute_check_ids(&self, a: &MoePermute<'_>) -> Result<()> {
         let e = a.num_experts;
-        if !self.permute_range_on_device() {
-            let ids: Vec<i32> = self.fetch(&a.ids)?;
-            return check_ids(&ids, e);
-        }
-        if a.ids.numel() == 0 {
-            return Ok(()); // no ids (T = 0); the reductions refuse an empty axis
-        }
-        let it = self.t(&desc_of(&a.ids, OP_MP, "ids")?)?;
-        let Some((lo, hi)) = self.id_extremes(&it, 2)? else {
-            // A reduction refused these ids: read them (the check must run before any write).
+        let Some((lo, hi)) = self.index_extremes(&a.ids, OP_MP, "ids")? else {
+            // No reductions, no ids, or a reduction refused them: read the ids (the check must
+            // run before any write).
             let ids: Vec<i32> = self.fetch(&a.ids)?;
             return check_ids(&ids, e);
         };
-        if lo < -1 || hi as i64 >= e as i64 {
+        if lo < -1 || hi >= e as i64 {
             let bad = if lo < -1 { lo } else { hi };
             return Err(Error::invalid(
                 OP_MP,
@@ -100,16 +98,13 @@ impl Ascend {
     /// (`aclnnAmin`, `aclnnAmax` over every dim, keepDim) and read back: a control read of 8 bytes.
     /// `None` when a reduction refused the call at phase one (the caller reads the ids instead).
     pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<Option<(i32, i32)>> {
-        let mut ext = [0i32; 2];
-        for (i, max) in [false, true].into_iter().enumerate() {
-            let m = DevMem::new(&self.rt, 4)?;
-            let mt = self.t(&scratch_desc(&m, sys::ACL_INT32, &vec![1; rank]))?;
-            if let Outcome::Rejected(_) = self.rt.extremum(ids, rank, max, &mt)? {
-                return Ok(None);
-            }
-            self.rt.d2h(bytemuck::cast_slice_mut(&mut ext[i..i + 1]), m.ptr)?;
-        }
-        Ok(Some((ext[0], ext[1])))
+        let Some(lo) = self.extreme_bits(ids, rank, sys::ACL_INT32, false)? else {
+            return Ok(None);
+        };
+        let Some(hi) = self.extreme_bits(ids, rank, sys::ACL_INT32, true)? else {
+            return Ok(None);
+        };
+        Ok(Some((lo as i32, hi as i32)))
     }
 
     /// `moe_permute` composed on the device (OPS.md §3), no tensor data to or from the host:

@@ -3,7 +3,7 @@
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{Checked, GroupLimit, GroupScore, RouterConfig, RouterTopk, Scoring};
-use moehal_core::{Backend, Buffer, DType, Error, Reference, Result};
+use moehal_core::{Backend, Buffer, DType, Error, Reference, Result, TensorRef};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, Scalar, NAME};
@@ -97,6 +97,104 @@ impl Ascend {
         }
     }
 
+    /// The logits staged on the host (`None` when they are host memory already) and as f64.
+    fn router_read_logits(&self, a: &RouterTopk<'_>) -> Result<(Option<Buffer>, Vec<f64>)> {
+        let (t, e) = a.dims();
+        let lg = self.stage(&a.logits)?;
+        let h = hv(&lg, &a.logits);
+        let raw: Vec<u8> = {
+            let (s, en) = h.byte_range();
+            let mut b = vec![0u8; en - s];
+            Reference.download(h.buffer(), s, &mut b)?;
+            b
+        };
+        let out = (0..t * e)
+            .map(|i| match h.dtype() {
+                DType::F32 => f32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as f64,
+                DType::F16 => half::f16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
+                _ => half::bf16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
+            })
+            .collect();
+        Ok((lg, out))
+    }
+
+    /// Whether every logit is finite, decided on the device: `aclnnMuls(logits, 0)` (NaN for a
+    /// NaN or infinite logit, `±0` otherwise), `aclnnReduceSum` over both dims into one FLOAT
+    /// (keepDim), and a 4-byte control read: finite exactly when the sum is zero (one NaN term
+    /// makes it NaN). `None` when the libraries lack the ops, the logits are not this device's
+    /// memory or empty, or a primitive refused the call (the caller then reads the logits).
+    fn router_logits_finite(&self, a: &RouterTopk<'_>) -> Result<Option<bool>> {
+        let (t, e) = a.dims();
+        let v = self.rt.lib.versions;
+        if !(v.muls && v.reduce_sum && v.scalar) || t * e == 0 || self.mine(a.logits.buffer(), "logits").is_err() {
+            return Ok(None);
+        }
+        let dt = a.logits.dtype();
+        let x = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+        let zmem = DevMem::new(&self.rt, t * e * dt.size())?;
+        let z = self.t(&scratch_desc(&zmem, acl_dt(dt), &[t, e]))?;
+        if let Outcome::Rejected(_) = self.rt.muls(&x, &Scalar::f32(&self.rt, 0.0)?, &z)? {
+            return Ok(None);
+        }
+        let smem = DevMem::new(&self.rt, 4)?;
+        let st = self.t(&scratch_desc(&smem, sys::ACL_FLOAT, &[1, 1]))?;
+        if let Outcome::Rejected(_) = self.rt.reduce_sum(&z, &[0, 1], true, sys::ACL_FLOAT, &st)? {
+            return Ok(None);
+        }
+        let mut b = [0u8; 4];
+        self.rt.d2h(&mut b, smem.ptr)?;
+        Ok(Some(f32::from_le_bytes(b) == 0.0))
+    }
+
+    /// `expert_counts` (OPS.md §2: the histogram of `ids`, i64 `[E]`) on the device from the
+    /// vendor op's range-checked ids `imem` (INT32, `n = T·k`): `aclnnSort` of the ids,
+    /// `c = aclnnSearchSorted(sorted, aclnnArange(0, E + 1))` (the number of ids below each
+    /// bound), the adjacent differences `c[1:] - c[:-1]` in f32 (exact: `n < 2^24`), and
+    /// `aclnnCast` to INT64 into `expert_counts`. Returns `false` (nothing written) when the
+    /// primitives are missing, `n >= 2^24`, `expert_counts` is not this device's memory, or a
+    /// primitive refused the call; the caller then counts on the host.
+    fn router_counts_device(&self, c: &TensorRef<'_>, imem: &DevMem<'_>, n: usize, e: usize) -> Result<bool> {
+        let v = self.rt.lib.versions;
+        if !(v.sort && v.arange && v.search_sorted && v.cast && v.muls && v.reduce_sum && v.scalar)
+            || n == 0
+            || n >= (1 << 24)
+            || !self.extremes_on_device() // the ids were range-checked only with Amin/Amax
+            || self.mine(c.buffer(), "expert_counts").is_err()
+        {
+            return Ok(false);
+        }
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let ids = self.t(&scratch_desc(imem, sys::ACL_INT32, &[n]))?;
+        let sorted = DevMem::new(&self.rt, n * 4)?;
+        let perm = DevMem::new(&self.rt, n * 8)?;
+        let sorted_t = self.t(&scratch_desc(&sorted, sys::ACL_INT32, &[n]))?;
+        let perm_t = self.t(&scratch_desc(&perm, sys::ACL_INT64, &[n]))?;
+        if !ran(self.rt.sort(&ids, false, 0, false, &sorted_t, &perm_t)?) {
+            return Ok(false);
+        }
+        let bounds = DevMem::new(&self.rt, (e + 1) * 4)?;
+        let bounds_t = self.t(&scratch_desc(&bounds, sys::ACL_INT32, &[e + 1]))?;
+        let (zero, one, end) = (
+            Scalar::i64(&self.rt, 0)?,
+            Scalar::i64(&self.rt, 1)?,
+            Scalar::i64(&self.rt, e as i64 + 1)?,
+        );
+        if !ran(self.rt.arange(&zero, &end, &one, &bounds_t)?) {
+            return Ok(false);
+        }
+        let below = DevMem::new(&self.rt, (e + 1) * 8)?;
+        let below_d = scratch_desc(&below, sys::ACL_INT64, &[e + 1]);
+        if !ran(self.rt.search_sorted(&sorted_t, &bounds_t, false, &self.t(&below_d)?)?) {
+            return Ok(false);
+        }
+        let Some(steps) = self.int_steps_f32(&below_d, e)? else {
+            return Ok(false);
+        };
+        let st = self.t(&scratch_desc(&steps, sys::ACL_FLOAT, &[e]))?;
+        let out = self.t(&desc_of(c, OP_RT, "expert_counts")?)?;
+        Ok(ran(self.rt.cast_outcome(&st, sys::ACL_INT64, &out)?))
+    }
+
     /// The contract on the host: scoring, exclusion of non-finite logits and tie rules.
     fn router_host(&self, a: &RouterTopk<'_>, lg: &Option<Buffer>) -> Result<()> {
         let sb = a.bias.as_ref().map(|b| self.stage(b)).transpose()?;
@@ -143,7 +241,7 @@ impl Ascend {
     /// cannot change the f32 result: every row's `k` smallest scores (a lower bound of the selected
     /// sum, computed here from the logits already read) sum to at least `1e-6`; a call with any
     /// other row keeps the host weights (the whole call). Returns whether the weights were written.
-    fn router_weights_device(&self, a: &RouterTopk<'_>, logits: &[f64], imem: &DevMem<'_>) -> Result<bool> {
+    fn router_weights_device(&self, a: &RouterTopk<'_>, logits: Option<&[f64]>, imem: &DevMem<'_>) -> Result<bool> {
         let (t, e) = a.dims();
         let cfg = a.config;
         let k = cfg.topk;
@@ -164,6 +262,14 @@ impl Ascend {
             return Ok(false);
         }
         if cfg.renormalize && !v.adds {
+            let owned;
+            let logits = match logits {
+                Some(l) => l,
+                None => {
+                    owned = self.router_read_logits(a)?.1;
+                    &owned
+                }
+            };
             for r in 0..t {
                 let row = &logits[r * e..(r + 1) * e];
                 let mut s: Vec<f64> = match cfg.scoring {
@@ -249,27 +355,31 @@ impl Ascend {
         let (t, e) = a.dims();
         let cfg = a.config;
         let k = cfg.topk;
-        let lg = self.stage(&a.logits)?;
-        let logits: Vec<f64> = {
-            let h = hv(&lg, &a.logits);
-            let n = t * e;
-            let mut out = Vec::with_capacity(n);
-            let raw: Vec<u8> = {
-                let (s, en) = h.byte_range();
-                let mut b = vec![0u8; en - s];
-                Reference.download(h.buffer(), s, &mut b)?;
-                b
-            };
-            for i in 0..n {
-                out.push(match h.dtype() {
-                    DType::F32 => f32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])) as f64,
-                    DType::F16 => half::f16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
-                    _ => half::bf16::from_le_bytes([raw[i * 2], raw[i * 2 + 1]]).to_f64(),
-                });
+        if t == 0 {
+            // No tokens: ids and weights are empty; the histogram is all zeros (aclrtMemset on a
+            // contiguous device `expert_counts`, else the host path).
+            match &a.expert_counts {
+                None => return Ok(()),
+                Some(c) if c.layout().is_contiguous() && self.mine(c.buffer(), "expert_counts").is_ok() => {
+                    let (co, _) = c.byte_range();
+                    self.rt
+                        .memset(c.buffer().addr() + co as u64, c.buffer().len() - co, 0, e * 8)?;
+                    return Ok(());
+                }
+                Some(_) => {}
             }
-            out
+        }
+        // Non-finite logits (OPS.md §2: excluded, weight 0) route the call to the host. Whether
+        // there are any is decided on the device where it can be (a 4-byte control read); the
+        // logits themselves are read only when they are needed on the host.
+        let finite = if t > 0 { self.router_logits_finite(&a)? } else { None };
+        let host = if finite == Some(true) {
+            None
+        } else {
+            Some(self.router_read_logits(&a)?)
         };
-        let route = if logits.iter().any(|x| !x.is_finite()) || t == 0 {
+        let nonfinite = host.as_ref().is_some_and(|(_, l)| l.iter().any(|x| !x.is_finite()));
+        let route = if nonfinite || t == 0 {
             RouterRoute::Host
         } else {
             self.router_route(&cfg, e, a.logits.dtype(), a.bias.is_some())
@@ -338,6 +448,10 @@ impl Ascend {
             }
         };
         let Some(imem) = ids else {
+            let (lg, _) = match host {
+                Some(h) => h,
+                None => self.router_read_logits(&a)?,
+            };
             return self.router_host(&a, &lg);
         };
         // The vendor op's ids are checked before they index anything (aclnnGather below; the
@@ -366,10 +480,15 @@ impl Ascend {
                 ));
             }
         }
-        if self.router_weights_device(&a, &logits, &imem)? {
+        let logits = host.as_ref().map(|(_, l)| l.as_slice());
+        if self.router_weights_device(&a, logits, &imem)? {
             // ids: device to device into `ids` when it is one contiguous i32 block.
             let ids_contig = a.ids.as_ref().layout().is_contiguous() && self.mine(a.ids.buffer(), "ids").is_ok();
-            let need_host_ids = !ids_contig || a.expert_counts.is_some();
+            let counts_on_device = match &a.expert_counts {
+                Some(c) => self.router_counts_device(&c.as_ref(), &imem, t * k, e)?,
+                None => true,
+            };
+            let need_host_ids = !ids_contig || !counts_on_device;
             let mut ids = vec![0i32; t * k];
             if need_host_ids {
                 self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
@@ -381,8 +500,8 @@ impl Ascend {
                 let (io, _) = a.ids.byte_range();
                 self.put(&a.ids, io, bytes_of(&ids))?;
             }
-            if let Some(c) = &a.expert_counts {
-                // The histogram on the host (no device scatter-add among the primitives used).
+            if let (Some(c), false) = (&a.expert_counts, counts_on_device) {
+                // The histogram on the host (the device primitives are missing or refused).
                 let mut counts = vec![0i64; e];
                 for &i in &ids {
                     if i < 0 || i as usize >= e {
@@ -401,6 +520,14 @@ impl Ascend {
         }
         let mut ids = vec![0i32; t * k];
         self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;
+        let owned;
+        let logits = match logits {
+            Some(l) => l,
+            None => {
+                owned = self.router_read_logits(&a)?.1;
+                &owned
+            }
+        };
         // Host: unbiased scores of the chosen experts, renormalize, scale once; counts.
         let mut w = vec![0f32; t * k];
         let mut counts = vec![0i64; e];

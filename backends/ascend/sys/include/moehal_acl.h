@@ -406,6 +406,69 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnAminGetWorkspaceSize,
                uint64_t *workspaceSize, aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnAmin)
 
+/* Issue 13, third group (emulator branch emu13c): masks, selection, tensor add/sub, scatter-add,
+ * top-k. */
+
+/* aclnnIsFinite: out (BOOL) = self is neither +-inf nor NaN ([HA 850alpha002 aclnnIsFinite.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnIsFiniteGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnIsFinite)
+
+/* aclnnLogicalNot / aclnnInplaceLogicalNot: out = !(self != 0)
+ * ([HA canncommercial/800 aclnnLogicalNot&aclnnInplaceLogicalNot.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnLogicalNotGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnLogicalNot)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceLogicalNotGetWorkspaceSize,
+              (aclTensor *selfRef, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceLogicalNot)
+
+/* aclnnSWhere: out = condition ? self : other, broadcast, promoted type
+ * ([HA 83RC1 aclnnSWhere.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSWhereGetWorkspaceSize,
+              (const aclTensor *condition, const aclTensor *self, const aclTensor *other,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSWhere)
+
+/* aclnnAdd / aclnnInplaceAdd: out = self + alpha * other, broadcast, promoted type
+ * ([HA canncommercial/800 aclnnAdd&aclnnInplaceAdd.md], selfRef const as printed). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnAddGetWorkspaceSize,
+              (const aclTensor *self, const aclTensor *other, const aclScalar *alpha,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnAdd)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceAddGetWorkspaceSize,
+              (const aclTensor *selfRef, const aclTensor *other, const aclScalar *alpha,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceAdd)
+
+/* aclnnSub / aclnnInplaceSub: out = self - alpha * other
+ * ([HA canncommercial/800 aclnnSub&aclnnInplaceSub.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSubGetWorkspaceSize,
+              (const aclTensor *self, const aclTensor *other, const aclScalar *alpha,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSub)
+MOEHAL_ACL_FN(aclnnStatus, aclnnInplaceSubGetWorkspaceSize,
+              (aclTensor *selfRef, const aclTensor *other, const aclScalar *alpha,
+               uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnInplaceSub)
+
+/* aclnnScatterAdd: torch.scatter_add along dim (duplicates accumulate)
+ * ([HA canncommercial/800 aclnnScatterAdd.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnScatterAddGetWorkspaceSize,
+              (const aclTensor *self, int64_t dim, const aclTensor *index, const aclTensor *src,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnScatterAdd)
+
+/* aclnnTopk: the k largest (smallest) of self along dim, sorted; indicesOut INT64
+ * ([HA canncommercial/800 aclnnTopk.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnTopkGetWorkspaceSize,
+              (const aclTensor *self, int64_t k, int64_t dim, bool largest, bool sorted,
+               aclTensor *valuesOut, aclTensor *indicesOut, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnTopk)
+
 #ifdef __cplusplus
 }
 #endif
