@@ -3,7 +3,7 @@
 //! page's formula or its worked example (not from moehal code), and each documented refusal (NULL,
 //! dtype, shape, dim, executor reuse) plus the emulator's refusals of undocumented behaviour (top-k
 //! ties across the k-th place, NaN keys, integer overflow). One test binary for the group; the
-//! copy-counter check is `prims3_copies.rs` (own process). RULES.md IF*, LN*, SW*, PM*, AB*, SA*,
+//! copy-counter check is in `prims_sort_copies.rs` (own process). RULES.md IF*, LN*, SW*, PM*, AB*, SA*,
 //! TK*.
 
 mod common;
