@@ -72,27 +72,7 @@ fn second_group_launches_copy_nothing() {
         assert_eq!(rc, 0, "{}", msg());
         assert_eq!(launch(stream, ws, ex, aclnnArgsort), 0, "{}", msg());
     }
-    let mut st = MoehalEmuCopyStats::default();
-    // SAFETY: out-pointer to a local.
-    assert_eq!(unsafe { moehalEmuCopyStats(&mut st) }, 0);
-    assert_eq!((st.h2d_bytes, st.d2h_bytes, st.launches), (0, 0, 8), "{st:?}");
-    let mut log = vec![
-        MoehalEmuLaunchCopies {
-            name: [0; 64],
-            h2d_bytes: 0,
-            d2h_bytes: 0
-        };
-        8
-    ];
-    // SAFETY: 8 writable entries.
-    assert_eq!(unsafe { moehalEmuLaunchCopies(log.as_mut_ptr(), 8) }, 8);
-    for (e, want) in log.iter().zip(names) {
-        // SAFETY: NUL-terminated by the emulator.
-        let name = unsafe { CStr::from_ptr(e.name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!((name.as_str(), e.h2d_bytes, e.d2h_bytes), (want, 0, 0));
-    }
+    assert_zero_copies(&names);
     // The chain's results (read after the counters): ids sorted stably, the inverse permutation
     // undoes the sort (argsort of the inverse is the sort order), tokens (+1), group bounds.
     let ord = as_i64(&read(&order));
@@ -163,27 +143,7 @@ fn third_group_launches_copy_nothing(stream: sys::aclrtStream) {
         assert_eq!(rc, 0, "{}", msg());
         assert_eq!(launch(stream, ws, ex, aclnnScatterAdd), 0, "{}", msg());
     }
-    let mut st = MoehalEmuCopyStats::default();
-    // SAFETY: out-pointer to a local.
-    assert_eq!(unsafe { moehalEmuCopyStats(&mut st) }, 0);
-    assert_eq!((st.h2d_bytes, st.d2h_bytes, st.launches), (0, 0, 7), "{st:?}");
-    let mut log = vec![
-        MoehalEmuLaunchCopies {
-            name: [0; 64],
-            h2d_bytes: 0,
-            d2h_bytes: 0
-        };
-        7
-    ];
-    // SAFETY: 7 writable entries.
-    assert_eq!(unsafe { moehalEmuLaunchCopies(log.as_mut_ptr(), 7) }, 7);
-    for (e, want) in log.iter().zip(names) {
-        // SAFETY: NUL-terminated by the emulator.
-        let name = unsafe { CStr::from_ptr(e.name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!((name.as_str(), e.h2d_bytes, e.d2h_bytes), (want, 0, 0));
-    }
+    assert_zero_copies(&names);
     // The chain's results (read after the counters): the NaN became -100, the top-2 per token,
     // and the per-expert counts of the chosen ids.
     assert_eq!(read(&bad), [0, 1, 0, 0, 0, 0, 0, 0]);
@@ -191,4 +151,29 @@ fn third_group_launches_copy_nothing(stream: sys::aclrtStream) {
     assert_eq!(as_f32(&read(&vals)), [2.0, 1.0, 4.0, 3.0]);
     assert_eq!(as_i64(&read(&ids)), [2, 3, 3, 0]);
     assert_eq!(as_i64(&read(&counts)), [1, 0, 1, 2]);
+}
+
+/// Since the last reset: exactly `names.len()` launches, logged in the order of `names`, each with
+/// 0 bytes host→device and device→host (RULES.md I1-I2).
+fn assert_zero_copies(names: &[&str]) {
+    let n = names.len();
+    let mut st = MoehalEmuCopyStats::default();
+    // SAFETY: out-pointer to a local.
+    assert_eq!(unsafe { moehalEmuCopyStats(&mut st) }, 0);
+    assert_eq!((st.h2d_bytes, st.d2h_bytes, st.launches as usize), (0, 0, n), "{st:?}");
+    let entry = MoehalEmuLaunchCopies {
+        name: [0; 64],
+        h2d_bytes: 0,
+        d2h_bytes: 0,
+    };
+    let mut log = vec![entry; n];
+    // SAFETY: `n` writable entries.
+    assert_eq!(unsafe { moehalEmuLaunchCopies(log.as_mut_ptr(), n) }, n);
+    for (e, want) in log.iter().zip(names) {
+        // SAFETY: NUL-terminated by the emulator.
+        let name = unsafe { CStr::from_ptr(e.name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!((name.as_str(), e.h2d_bytes, e.d2h_bytes), (*want, 0, 0));
+    }
 }
