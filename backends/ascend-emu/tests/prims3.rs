@@ -3,7 +3,7 @@
 //! page's formula or its worked example (not from moehal code), and each documented refusal (NULL,
 //! dtype, shape, dim, executor reuse) plus the emulator's refusals of undocumented behaviour (top-k
 //! ties across the k-th place, NaN keys, integer overflow). One test binary for the group; the
-//! copy-counter check is `prims3_copies.rs` (own process). RULES.md IF*, LN*, SW*, PM*, AB*, SA*,
+//! copy-counter check is in `prims_sort_copies.rs` (own process). RULES.md IF*, LN*, SW*, PM*, AB*, SA*,
 //! TK*.
 
 mod common;
@@ -55,6 +55,15 @@ fn is_finite_marks_inf_and_nan_and_refuses_bad_calls() {
         assert_eq!(launch(stream, ws, ex, aclnnIsFinite), INVALID, "executor reused");
     }
     assert_eq!(want, [1, 0, 1, 0, 0, 1]);
+    // The 8.0.RC3 page's example: [[-3.14, inf], [2.7183, nan]] → [[True, False], [True, False]].
+    #[allow(clippy::approx_constant)] // the page's literal values, not pi and e
+    let page = [-3.14f32, f32::INFINITY, 2.7183, f32::NAN];
+    let x = tensor(&f32b(&page), &[2, 2], sys::ACL_FLOAT);
+    let out = zeros(&[2, 2], sys::ACL_BOOL);
+    let (rc, ws, ex) = is_finite_p1(&x, &out);
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnIsFinite), 0, "{}", msg());
+    assert_eq!(bools(&out), [1, 0, 1, 0]);
     // Integers are always finite.
     let xi = tensor(&i32b(&[i32::MIN, 0, i32::MAX]), &[3], sys::ACL_INT32);
     let out = zeros(&[3], sys::ACL_BOOL);
@@ -549,6 +558,18 @@ fn topk_picks_the_k_extremes_in_order() {
     assert_eq!(launch(stream, ws, ex, aclnnTopk), 0, "{}", msg());
     assert_eq!(as_i64(&read(&vals)), [9, 8, 5, 4, -3, -1]);
     assert_eq!(as_i64(&read(&idx)), [1, 2, 0, 1, 2, 0]);
+    // BFLOAT16, smallest first, k = 1 along dim 1 of a 2 x 3 (values copied bit-exactly).
+    let bv = [0.375f32, -2.5, 8.0, 1.0, 0.5, -0.25];
+    let xb = tensor(&bf16b(&bv), &[2, 3], sys::ACL_BF16);
+    let vb = zeros(&[2, 1], sys::ACL_BF16);
+    let ib = zeros(&[2, 1], sys::ACL_INT64);
+    let (rc, ws, ex) = topk_p1(&xb, 1, 1, false, true, &vb, &ib);
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnTopk), 0, "{}", msg());
+    assert_eq!(
+        (as_bf16(&read(&vb)), as_i64(&read(&ib))),
+        (vec![-2.5, -0.25], vec![1, 2])
+    );
 }
 
 #[test]
