@@ -775,6 +775,20 @@ fn tie_class_bias(kind: Logits, e: usize, config: &RouterConfig) -> Option<Vec<f
     }
 }
 
+/// `Ok` when `bufs` are exactly `want` bytes long, one per entry, else
+/// [`Error::InvalidArgument`] of `op`, field `inputs`, giving both lists.
+pub(crate) fn check_buffers(op: &'static str, want: &[usize], bufs: &[&mut [u8]]) -> moehal_core::Result<()> {
+    let got: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+    if got != want {
+        return Err(Error::invalid(
+            op,
+            "inputs",
+            format!("buffers of {got:?} bytes, the case takes {want:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Write `values` into `buf` as little-endian `T`s, one per `size_of::<T>()` bytes (no alignment
 /// needed; the values past the end of `buf` are not drawn).
 fn put<T: bytemuck::Pod>(buf: &mut [u8], values: impl IntoIterator<Item = T>) {
@@ -783,9 +797,32 @@ fn put<T: bytemuck::Pod>(buf: &mut [u8], values: impl IntoIterator<Item = T>) {
     }
 }
 
-/// Fill `buf` (floats of `dtype`) with `scale ·` N(0, 1) draws of `rng`, in element order.
+/// 32-bit words of the generator one [`normal`] draw takes: two `u64`s (`gen_range` over
+/// `[1e-12, 1)` never rejects: its largest value rounds below 1).
+const NORMAL_WORDS: u128 = 4;
+
+/// Fill `buf` (floats of `dtype`) with `scale ·` N(0, 1) draws of `rng`, in element order, and
+/// leave `rng` after the last draw. Large buffers are filled on all cores, each thread entering
+/// the ChaCha stream at its first element's word ([`NORMAL_WORDS`] per element), so the bytes are
+/// those of the one-thread fill whatever the split (a 2 GiB bench table takes seconds, not
+/// minutes).
 fn put_randn(rng: &mut ChaCha8Rng, dtype: DType, buf: &mut [u8], scale: f32) -> moehal_core::Result<()> {
-    rng::encode_floats(dtype, buf, |_| normal(rng) * scale)
+    let base = rng.get_word_pos();
+    let start = rng.clone();
+    rng::encode_floats_split(dtype, buf, |first| {
+        let mut r = start.clone();
+        r.set_word_pos(base + NORMAL_WORDS * u128::from(first));
+        move || normal(&mut r) * scale
+    })?;
+    let n = buf.len() / dtype.size().max(1);
+    rng.set_word_pos(base + NORMAL_WORDS * n as u128);
+    Ok(())
+}
+
+/// Overwrite element `i` of `buf` (floats of `dtype`) with `v`.
+fn set_float(dtype: DType, buf: &mut [u8], i: usize, v: f32) -> moehal_core::Result<()> {
+    let es = dtype.size();
+    rng::encode_floats(dtype, &mut buf[i * es..(i + 1) * es], |_| v)
 }
 
 /// Encode the f32 values `v` as floats of `dtype` into `buf`.
@@ -968,14 +1005,7 @@ impl Spec {
             .iter()
             .map(|(d, s)| s.iter().product::<usize>() * d.size())
             .collect();
-        let got: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
-        if got != want {
-            return Err(Error::invalid(
-                "testkit",
-                "inputs",
-                format!("buffers of {got:?} bytes, the case takes {want:?}"),
-            ));
-        }
+        check_buffers("testkit", &want, bufs)?;
         let mut rng = rng::seeded(seed);
         let mut history = Vec::new();
         match self {
@@ -1023,53 +1053,62 @@ impl Spec {
                 logits,
                 config,
             } => {
-                let mut l = match logits {
-                    Logits::Random | Logits::NonFinite | Logits::Edge => randn(&mut rng, t * e, 2.0),
-                    Logits::Ties => (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect(),
-                    tie => tie_class_logits(*tie, *t, *e, config),
-                };
-                if *logits == Logits::Edge && *e > 0 {
-                    for (ti, row) in l.chunks_mut(*e).enumerate() {
-                        match ti % 5 {
-                            0 => row.fill(0.5),
-                            1 => {
-                                row[0] = f32::NAN;
-                                row[*e - 1] = f32::INFINITY;
-                                row[*e / 2] = f32::NEG_INFINITY;
-                            }
-                            2 => row.fill(f32::NAN),
-                            3 => row.iter_mut().step_by(3).for_each(|v| *v = 1.25),
-                            _ => row.iter_mut().skip(1).for_each(|v| *v = f32::NAN),
-                        }
-                    }
-                }
-                if *logits == Logits::NonFinite {
-                    for (i, v) in l.iter_mut().enumerate() {
-                        if i < *e {
-                            *v = f32::NAN;
-                        } else {
-                            match rng.gen_range(0..10) {
-                                0 => *v = f32::NAN,
-                                1 => *v = f32::INFINITY,
-                                2 => *v = f32::NEG_INFINITY,
-                                _ => {}
+                let (t, e, dt) = (*t, *e, *dtype);
+                match logits {
+                    // N(0, 4) logits written in place (bench-sized [T, E]), then the patterns.
+                    Logits::Random | Logits::NonFinite | Logits::Edge => {
+                        let l = &mut *bufs[0];
+                        put_randn(&mut rng, dt, l, 2.0)?;
+                        if *logits == Logits::Edge && e > 0 {
+                            for ti in 0..t {
+                                let r = ti * e;
+                                match ti % 5 {
+                                    0 => (r..r + e).try_for_each(|i| set_float(dt, l, i, 0.5))?,
+                                    1 => {
+                                        set_float(dt, l, r, f32::NAN)?;
+                                        set_float(dt, l, r + e - 1, f32::INFINITY)?;
+                                        set_float(dt, l, r + e / 2, f32::NEG_INFINITY)?;
+                                    }
+                                    2 => (r..r + e).try_for_each(|i| set_float(dt, l, i, f32::NAN))?,
+                                    3 => (r..r + e).step_by(3).try_for_each(|i| set_float(dt, l, i, 1.25))?,
+                                    _ => (r + 1..r + e).try_for_each(|i| set_float(dt, l, i, f32::NAN))?,
+                                }
                             }
                         }
+                        if *logits == Logits::NonFinite {
+                            for i in 0..t * e {
+                                let v = if i < e {
+                                    f32::NAN
+                                } else {
+                                    match rng.gen_range(0..10) {
+                                        0 => f32::NAN,
+                                        1 => f32::INFINITY,
+                                        2 => f32::NEG_INFINITY,
+                                        _ => continue,
+                                    }
+                                };
+                                set_float(dt, l, i, v)?;
+                            }
+                        }
                     }
+                    Logits::Ties => {
+                        let l: Vec<f32> = (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect();
+                        put_floats(dt, bufs[0], &l)?;
+                    }
+                    tie => put_floats(dt, bufs[0], &tie_class_logits(*tie, t, e, config))?,
                 }
-                put_floats(*dtype, bufs[0], &l)?;
                 if let Some(negative) = bias {
                     let mut b: Vec<f32> = if *logits == Logits::Ties {
-                        (0..*e).map(|i| (i % 3) as f32 * 0.25).collect()
+                        (0..e).map(|i| (i % 3) as f32 * 0.25).collect()
                     } else {
-                        randn(&mut rng, *e, 0.1)
+                        randn(&mut rng, e, 0.1)
                     };
                     if *negative {
                         // Every selection score s + b is negative (s <= 1 for sigmoid): the group
                         // limit must mask with -inf, never 0.
                         b.iter_mut().for_each(|v| *v = -1.5 - v.abs());
                     }
-                    if let Some(tb) = tie_class_bias(*logits, *e, config) {
+                    if let Some(tb) = tie_class_bias(*logits, e, config) {
                         b = tb;
                     }
                     put(bufs[1], b);
@@ -1122,12 +1161,17 @@ impl Spec {
                 repeat,
                 bad_id,
             } => {
-                let mut ids = rng::routed_ids(&mut rng, *t, *k, *e, *drop, *repeat);
-                if *bad_id && !ids.is_empty() {
-                    let i = ids.len() / 2;
-                    ids[i] = *e as i32;
+                // In place where the buffer is i32-aligned (host memory; bench-sized T·k).
+                match bytemuck::try_cast_slice_mut::<u8, i32>(bufs[0]) {
+                    Ok(ids) => {
+                        ids.fill(0);
+                        rng::routed_ids_into(&mut rng, ids, *k, *e, *drop, *repeat);
+                    }
+                    Err(_) => put(bufs[0], rng::routed_ids(&mut rng, *t, *k, *e, *drop, *repeat)),
                 }
-                put(bufs[0], ids);
+                if *bad_id && t * k > 0 {
+                    put(&mut bufs[0][(t * k / 2) * 4..], [*e as i32]);
+                }
                 if let Some((d, _)) = x {
                     put_randn(&mut rng, *d, bufs[1], 1.0)?;
                 }
@@ -1146,19 +1190,32 @@ impl Spec {
             } => {
                 let rows = t * k;
                 put_randn(&mut rng, *dtype, bufs[0], 1.0)?;
-                let mut perm: Vec<i64> = (0..rows as i64).collect();
-                for i in (1..perm.len()).rev() {
-                    perm.swap(i, rng.gen_range(0..=i));
-                }
-                for r in perm.iter_mut() {
-                    if rng.gen_bool(*drop) {
-                        *r = -1;
+                // A shuffled permutation of the rows with drops, in place where the buffer is
+                // i64-aligned (host memory; bench-sized T·k), else through a Vec.
+                let draw = |rng: &mut ChaCha8Rng, perm: &mut [i64]| {
+                    for (i, r) in perm.iter_mut().enumerate() {
+                        *r = i as i64;
+                    }
+                    for i in (1..perm.len()).rev() {
+                        perm.swap(i, rng.gen_range(0..=i));
+                    }
+                    for r in perm.iter_mut() {
+                        if rng.gen_bool(*drop) {
+                            *r = -1;
+                        }
+                    }
+                };
+                match bytemuck::try_cast_slice_mut::<u8, i64>(bufs[1]) {
+                    Ok(perm) => draw(&mut rng, perm),
+                    Err(_) => {
+                        let mut perm = vec![0i64; rows];
+                        draw(&mut rng, &mut perm);
+                        put(bufs[1], perm);
                     }
                 }
-                if *bad_row && !perm.is_empty() {
-                    perm[0] = rows as i64;
+                if *bad_row && rows > 0 {
+                    put(bufs[1], [rows as i64]);
                 }
-                put(bufs[1], perm);
                 put(bufs[2], (0..rows).map(|_| rng.gen_range(0.0f32..1.0)));
             }
             Spec::EngramHash {
@@ -1171,15 +1228,20 @@ impl Spec {
                 bad_id,
             } => {
                 let v = lc.build().vocab_size();
-                let mut x: Vec<i64> = ids
-                    .clone()
-                    .unwrap_or_else(|| (0..*t).map(|_| rng.gen_range(0..v) as i64).collect());
-                if *bad_id && !x.is_empty() {
-                    let i = x.len() - 1;
-                    x[i] = v as i64;
+                // Written in place (bench-sized T).
+                let t = match ids {
+                    Some(x) => {
+                        put(bufs[0], x.iter().copied());
+                        x.len()
+                    }
+                    None => {
+                        put(bufs[0], std::iter::repeat_with(|| rng.gen_range(0..v) as i64));
+                        *t
+                    }
+                };
+                if *bad_id && t > 0 {
+                    put(&mut bufs[0][(t - 1) * 8..], [v as i64]);
                 }
-                let t = x.len();
-                put(bufs[0], x);
                 let (p, a) = sequence_extras(&mut rng, t, *positions, *alive);
                 let mut next = 1;
                 if let Some(p) = p {
@@ -3256,4 +3318,31 @@ pub fn rerun_command(backend: &str, preset: Option<&str>, case: &Case, base_seed
 /// A seed for `case` derived from a base seed (so each case gets fresh inputs, reproducibly).
 pub fn case_seed(base: u64, index: usize) -> u64 {
     base ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    #[test]
+    fn the_threaded_normal_fill_is_the_one_thread_fill() {
+        // Above the threading cut, an element count no thread split divides evenly.
+        let n = (3 << 16) + 5;
+        for dtype in [DType::F32, DType::BF16] {
+            let mut one = rng::seeded(9);
+            one.next_u32(); // start off a block boundary
+            let mut many = one.clone();
+            let want: Vec<u8> = {
+                let mut b = vec![0u8; n * dtype.size()];
+                rng::encode_floats(dtype, &mut b, |_| normal(&mut one) * 0.5).unwrap();
+                b
+            };
+            let mut got = vec![0u8; n * dtype.size()];
+            put_randn(&mut many, dtype, &mut got, 0.5).unwrap();
+            assert!(got == want, "{dtype}: threaded fill differs");
+            // The generator continues where the one-thread fill left it.
+            assert_eq!(many.next_u64(), one.next_u64(), "{dtype}");
+        }
+    }
 }
