@@ -14,6 +14,7 @@ use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{DType, Error, Result};
 use rand::{Rng, RngCore};
 
+use crate::quant::QuantSpec;
 use crate::rng::{cold_group_ends, fill_random, routed_group_end, seeded, stream_seed};
 use crate::{cost, LayerChoice, Logits, Spec};
 use moehal_core::ops::TableFormat;
@@ -552,9 +553,9 @@ impl Shape {
     /// optional bias), permute (with activations; no drops), swiglu, combine (no drops), engram
     /// hash (V4.1 layer 1), gather rows and engram lookup (float tables) fill their inputs with
     /// [`Spec::fill_inputs`], the kit's one recipe, so `moehal bench` and `moehal check` draw
-    /// these ops' inputs alike. `None` for the ops that keep the bench recipe of
-    /// [`fill_inputs`](Self::fill_inputs) (the float and quantized GEMMs and quantize) and for a
-    /// gather or lookup of a non-float dtype.
+    /// these ops' inputs alike, and so do quantize_fp8 / quantize_int8 (no planted specials).
+    /// `None` for the ops that keep the bench recipe of [`fill_inputs`](Self::fill_inputs) (the
+    /// float and quantized GEMMs) and for a gather or lookup of a non-float dtype.
     pub fn spec(&self, dtype: DType) -> Option<Spec> {
         let format = match dtype {
             DType::F32 => Some(TableFormat::F32),
@@ -642,6 +643,21 @@ impl Shape {
                 tokens,
                 extras: false,
             },
+            Shape::Quantize { scale, rows, k } => Spec::Quant(match scale {
+                Some(scale) => QuantSpec::QuantizeFp8 {
+                    dtype,
+                    rows,
+                    k,
+                    ue8m0: matches!(scale, ScaleFormat::Ue8m0),
+                    specials: false,
+                },
+                None => QuantSpec::QuantizeInt8 {
+                    dtype,
+                    rows,
+                    k,
+                    specials: false,
+                },
+            }),
             _ => return None,
         })
     }
@@ -650,10 +666,10 @@ impl Shape {
     /// [`input_sizes`](Self::input_sizes) entry, each of exactly that length (zeroed or not:
     /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
     /// alignment (host memory of `moehal_core::host` has it). The ops of [`spec`](Self::spec)
-    /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, ×2 router logits and swiglu, ×0.1
-    /// bias; uniform ids and rows). The others: floats uniform in `[-s, s)` ([`fill_random`];
-    /// `s` = 1, `sqrt(3/K)` for weights, 4 for quantize inputs), routed ids and `group_end`s as
-    /// a router gives them ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
+    /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, ×2 router logits, swiglu and
+    /// quantize inputs, ×0.1 bias; uniform ids and rows). The GEMMs: floats uniform in `[-s, s)`
+    /// ([`fill_random`]; `s` = 1, `sqrt(3/K)` for weights), `group_end`s as a router gives them
+    /// ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
@@ -707,14 +723,14 @@ impl Shape {
                 };
                 self.fill_qgemm(dt, seed, &ge, bufs)?;
             }
-            Shape::Quantize { .. } => fill_random(dt, bufs[0], 4.0, s(1), 0)?,
             Shape::Router { .. }
             | Shape::Permute { .. }
             | Shape::Swiglu { .. }
             | Shape::Combine { .. }
             | Shape::Hash { .. }
             | Shape::Gather { .. }
-            | Shape::Lookup { .. } => {
+            | Shape::Lookup { .. }
+            | Shape::Quantize { .. } => {
                 return Err(Error::invalid(
                     "bench",
                     "dtype",
@@ -859,6 +875,16 @@ mod tests {
                 limit: Some(7.0),
             },
             Shape::Hash { tokens: 9 },
+            Shape::Quantize {
+                scale: Some(ScaleFormat::Ue8m0),
+                rows: 3,
+                k: 256,
+            },
+            Shape::Quantize {
+                scale: None,
+                rows: 2,
+                k: 64,
+            },
             Shape::Permute {
                 tokens: 6,
                 num_experts: 5,
