@@ -549,14 +549,17 @@ impl Shape {
         })
     }
 
-    /// The conformance spec whose inputs this shape runs: router (f32 logits, random, with an
+    /// The conformance spec whose inputs this shape runs with `seed`: the grouped GEMM NK (its
+    /// group sizes those of `T` tokens routed to `topk` distinct experts, drawn from `seed` as
+    /// a router would route them; no bias, no row scale), router (f32 logits, random, with an
     /// optional bias), permute (with activations; no drops), swiglu, combine (no drops), engram
-    /// hash (V4.1 layer 1), gather rows and engram lookup (float tables) fill their inputs with
-    /// [`Spec::fill_inputs`], the kit's one recipe, so `moehal bench` and `moehal check` draw
-    /// these ops' inputs alike, and so do quantize_fp8 / quantize_int8 (no planted specials).
-    /// `None` for the ops that keep the bench recipe of [`fill_inputs`](Self::fill_inputs) (the
-    /// float and quantized GEMMs) and for a gather or lookup of a non-float dtype.
-    pub fn spec(&self, dtype: DType) -> Option<Spec> {
+    /// hash (V4.1 layer 1), gather rows and engram lookup (float tables), quantize_fp8 /
+    /// quantize_int8 (no planted specials) fill their inputs with [`Spec::fill_inputs`], the
+    /// kit's one recipe, so `moehal bench` and `moehal check` draw these ops' inputs alike.
+    /// `None` for the shapes that keep the bench recipe of [`fill_inputs`](Self::fill_inputs)
+    /// (cold decode, whose expert sets are several `group_end`s, and the quantized GEMMs) and for
+    /// a gather or lookup of a non-float dtype.
+    pub fn spec(&self, dtype: DType, seed: u64) -> Option<Spec> {
         let format = match dtype {
             DType::F32 => Some(TableFormat::F32),
             DType::BF16 => Some(TableFormat::BF16),
@@ -564,6 +567,35 @@ impl Shape {
             _ => None,
         };
         Some(match *self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => {
+                let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
+                let mut prev = 0;
+                let groups = ends
+                    .iter()
+                    .map(|&e| {
+                        let rows = (e - prev) as usize;
+                        prev = e;
+                        rows
+                    })
+                    .collect();
+                Spec::GroupedGemm {
+                    dtype,
+                    layout: moehal_core::ops::WeightLayout::NK,
+                    groups,
+                    tail: 0,
+                    n,
+                    k,
+                    bias: false,
+                    row_scale: false,
+                    bad_group_end: false,
+                }
+            }
             Shape::Router {
                 tokens,
                 num_experts,
@@ -666,10 +698,11 @@ impl Shape {
     /// [`input_sizes`](Self::input_sizes) entry, each of exactly that length (zeroed or not:
     /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
     /// alignment (host memory of `moehal_core::host` has it). The ops of [`spec`](Self::spec)
-    /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, ×2 router logits, swiglu and
-    /// quantize inputs, ×0.1 bias; uniform ids and rows). The GEMMs: floats uniform in `[-s, s)`
-    /// ([`fill_random`]; `s` = 1, `sqrt(3/K)` for weights), `group_end`s as a router gives them
-    /// ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
+    /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, `1/√K` GEMM weights, ×2 router
+    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows). Cold decode and the
+    /// quantized GEMMs: floats uniform in `[-s, s)` ([`fill_random`]; `s` = 1, `sqrt(3/K)` for
+    /// weights), `group_end`s as a router gives them ([`crate::rng`]); fp8/int8 codes that are
+    /// never NaN / -128.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
@@ -677,25 +710,13 @@ impl Shape {
     /// dtype is not a float, or a size overflows.
     pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         crate::check_buffers("bench", &self.input_sizes(dtype)?, bufs)?;
-        if let Some(spec) = self.spec(dtype) {
+        if let Some(spec) = self.spec(dtype, seed) {
             spec.fill_inputs(seed, bufs)?;
             return Ok(());
         }
         let s = |i: u64| stream_seed(seed, i);
         let dt = dtype;
         match *self {
-            Shape::Gemm {
-                num_experts,
-                k,
-                tokens,
-                topk,
-                ..
-            } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
-                let ge = routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk);
-                write_i64(bufs[2], &ge)?;
-            }
             Shape::DecodeCold {
                 num_experts,
                 k,
@@ -723,7 +744,8 @@ impl Shape {
                 };
                 self.fill_qgemm(dt, seed, &ge, bufs)?;
             }
-            Shape::Router { .. }
+            Shape::Gemm { .. }
+            | Shape::Router { .. }
             | Shape::Permute { .. }
             | Shape::Swiglu { .. }
             | Shape::Combine { .. }
@@ -875,6 +897,13 @@ mod tests {
                 limit: Some(7.0),
             },
             Shape::Hash { tokens: 9 },
+            Shape::Gemm {
+                num_experts: 6,
+                k: 32,
+                n: 16,
+                tokens: 5,
+                topk: 2,
+            },
             Shape::Quantize {
                 scale: Some(ScaleFormat::Ue8m0),
                 rows: 3,
@@ -910,7 +939,7 @@ mod tests {
             },
         ];
         for shape in shapes {
-            let spec = shape.spec(DType::BF16).expect("on the kit's recipe");
+            let spec = shape.spec(DType::BF16, 3).expect("on the kit's recipe");
             let sizes = shape.input_sizes(DType::BF16).unwrap();
             let mut want: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
             let mut slices: Vec<&mut [u8]> = want.iter_mut().map(Vec::as_mut_slice).collect();
@@ -929,7 +958,7 @@ mod tests {
             tokens: 1,
             cols: 1,
         };
-        assert!(g.spec(DType::I32).is_none());
+        assert!(g.spec(DType::I32, 1).is_none());
         let sizes = g.input_sizes(DType::I32).unwrap();
         let mut bufs: Vec<Vec<u64>> = sizes.iter().map(|&n| vec![0; n.div_ceil(8)]).collect();
         let mut slices: Vec<&mut [u8]> = bufs
