@@ -222,6 +222,31 @@ fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
     })
 }
 
+/// The grouped GEMM NK spec of `dtype`, `[N, K]` experts, whose `group_end` is `ends` (no
+/// bias, no row scale, no tail).
+fn gemm_spec(dtype: DType, n: usize, k: usize, ends: &[i64]) -> Spec {
+    let mut prev = 0;
+    let groups = ends
+        .iter()
+        .map(|&e| {
+            let rows = (e - prev) as usize;
+            prev = e;
+            rows
+        })
+        .collect();
+    Spec::GroupedGemm {
+        dtype,
+        layout: moehal_core::ops::WeightLayout::NK,
+        groups,
+        tail: 0,
+        n,
+        k,
+        bias: false,
+        row_scale: false,
+        bad_group_end: false,
+    }
+}
+
 impl Shape {
     /// Short shape string for tables and JSON (`"E128 K2048 N1536 T16 top8"`).
     pub fn label(&self) -> String {
@@ -556,9 +581,10 @@ impl Shape {
     /// hash (V4.1 layer 1), gather rows and engram lookup (float tables), quantize_fp8 /
     /// quantize_int8 (no planted specials) fill their inputs with [`Spec::fill_inputs`], the
     /// kit's one recipe, so `moehal bench` and `moehal check` draw these ops' inputs alike.
-    /// `None` for the shapes that keep the bench recipe of [`fill_inputs`](Self::fill_inputs)
-    /// (cold decode, whose expert sets are several `group_end`s, and the quantized GEMMs) and for
-    /// a gather or lookup of a non-float dtype.
+    /// `None` for the shapes whose inputs are more than one spec's: cold decode (x, w and its
+    /// first set's `group_end` come from the GEMM spec of that set, the other sets'
+    /// `group_end`s follow, see [`fill_inputs`](Self::fill_inputs)); for the quantized GEMMs,
+    /// which keep the bench recipe; and for a gather or lookup of a non-float dtype.
     pub fn spec(&self, dtype: DType, seed: u64) -> Option<Spec> {
         let format = match dtype {
             DType::F32 => Some(TableFormat::F32),
@@ -575,26 +601,7 @@ impl Shape {
                 topk,
             } => {
                 let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
-                let mut prev = 0;
-                let groups = ends
-                    .iter()
-                    .map(|&e| {
-                        let rows = (e - prev) as usize;
-                        prev = e;
-                        rows
-                    })
-                    .collect();
-                Spec::GroupedGemm {
-                    dtype,
-                    layout: moehal_core::ops::WeightLayout::NK,
-                    groups,
-                    tail: 0,
-                    n,
-                    k,
-                    bias: false,
-                    row_scale: false,
-                    bad_group_end: false,
-                }
+                gemm_spec(dtype, n, k, &ends)
             }
             Shape::Router {
                 tokens,
@@ -699,10 +706,10 @@ impl Shape {
     /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
     /// alignment (host memory of `moehal_core::host` has it). The ops of [`spec`](Self::spec)
     /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, `1/√K` GEMM weights, ×2 router
-    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows). Cold decode and the
-    /// quantized GEMMs: floats uniform in `[-s, s)` ([`fill_random`]; `s` = 1, `sqrt(3/K)` for
-    /// weights), `group_end`s as a router gives them ([`crate::rng`]); fp8/int8 codes that are
-    /// never NaN / -128.
+    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows), and so does cold
+    /// decode (the GEMM spec of its first expert set, [`crate::rng::cold_group_ends`]). The
+    /// quantized GEMMs: floats uniform in `[-1, 1)` ([`fill_random`]), `group_end`s as a router
+    /// gives them ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
@@ -720,14 +727,24 @@ impl Shape {
             Shape::DecodeCold {
                 num_experts,
                 k,
+                n,
                 topk,
                 sets,
                 ..
             } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
+                // x, w and set 0's group_end from the kit's recipe (the GEMM spec of set 0's
+                // groups), then the other sets' group_ends.
                 let ges = cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets);
-                for (b, ge) in bufs[2..].iter_mut().zip(&ges) {
+                let Some(first) = ges.first() else {
+                    return Err(Error::invalid(
+                        "bench",
+                        "sets",
+                        format!("no set of {topk} of {num_experts} experts to rotate over ({sets} sets)"),
+                    ));
+                };
+                let (head, rest) = bufs.split_at_mut(3.min(bufs.len()));
+                gemm_spec(dt, n, k, first).fill_inputs(seed, head)?;
+                for (b, ge) in rest.iter_mut().zip(&ges[1..]) {
                     write_i64(b, ge)?;
                 }
             }
