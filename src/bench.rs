@@ -290,8 +290,8 @@ impl BenchShape {
                     };
                     let args = MoePermute {
                         num_experts: *experts,
-                        ids: inp(1).view(DType::I32, &[*tokens, *topk]),
-                        x: Some(inp(0).view(dt, &[*tokens, *hidden])),
+                        ids: inp(0).view(DType::I32, &[*tokens, *topk]),
+                        x: Some(inp(1).view(dt, &[*tokens, *hidden])),
                         group_end: ge.view_mut(DType::I64, &[*experts]),
                         src_token: st.view_mut(DType::I64, &[r]),
                         slot_row: sr.view_mut(DType::I64, &[*tokens, *topk]),
@@ -310,8 +310,8 @@ impl BenchShape {
                 ShapeKind::Combine { tokens, topk, hidden } => {
                     let args = MoeCombine {
                         y_perm: inp(0).view(dt, &[tokens * topk, *hidden]),
-                        slot_row: inp(2).view(DType::I64, &[*tokens, *topk]),
-                        weights: inp(1).view(DType::F32, &[*tokens, *topk]),
+                        slot_row: inp(1).view(DType::I64, &[*tokens, *topk]),
+                        weights: inp(2).view(DType::F32, &[*tokens, *topk]),
                         out: outs[0].view_mut(dt, &[*tokens, *hidden]),
                     };
                     backend.moe_combine(args.validate()?)

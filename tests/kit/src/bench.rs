@@ -14,8 +14,10 @@ use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{DType, Error, Result};
 use rand::{Rng, RngCore};
 
-use crate::cost;
-use crate::rng::{cold_group_ends, fill_random, routed_group_end, routed_ids_into, seeded, stream_seed};
+use crate::quant::QuantSpec;
+use crate::rng::{cold_group_ends, fill_random, routed_group_end, seeded, stream_seed};
+use crate::{cost, LayerChoice, Logits, Spec};
+use moehal_core::ops::TableFormat;
 
 /// The shape of one benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +222,31 @@ fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
     })
 }
 
+/// The grouped GEMM NK spec of `dtype`, `[N, K]` experts, whose `group_end` is `ends` (no
+/// bias, no row scale, no tail).
+fn gemm_spec(dtype: DType, n: usize, k: usize, ends: &[i64]) -> Spec {
+    let mut prev = 0;
+    let groups = ends
+        .iter()
+        .map(|&e| {
+            let rows = (e - prev) as usize;
+            prev = e;
+            rows
+        })
+        .collect();
+    Spec::GroupedGemm {
+        dtype,
+        layout: moehal_core::ops::WeightLayout::NK,
+        groups,
+        tail: 0,
+        n,
+        k,
+        bias: false,
+        row_scale: false,
+        bad_group_end: false,
+    }
+}
+
 impl Shape {
     /// Short shape string for tables and JSON (`"E128 K2048 N1536 T16 top8"`).
     pub fn label(&self) -> String {
@@ -377,7 +404,8 @@ impl Shape {
     }
 
     /// Byte sizes of the input buffers [`fill_inputs`](Self::fill_inputs) writes, in its order
-    /// (data buffers, then integer buffers: ids, rows, one `group_end` per expert set; §6 GEMMs:
+    /// (the ops of [`spec`](Self::spec): [`Spec::input_layout`]'s order; the GEMMs: data buffers,
+    /// then one `group_end` per expert set; §6 GEMMs:
     /// `x`, `w`, `w_scale`, `x_scale` for quantized `x`, then the `group_end`s).
     ///
     /// # Errors
@@ -422,12 +450,12 @@ impl Shape {
             }
             Shape::Permute {
                 tokens, topk, hidden, ..
-            } => vec![size("x", &[tokens, hidden, es])?, size("ids", &[tokens, topk, 4])?],
+            } => vec![size("ids", &[tokens, topk, 4])?, size("x", &[tokens, hidden, es])?],
             Shape::Swiglu { rows, width, .. } => vec![size("h", &[rows, 2, width, es])?],
             Shape::Combine { tokens, topk, hidden } => vec![
                 size("y_perm", &[tokens, topk, hidden, es])?,
-                size("weights", &[tokens, topk, 4])?,
                 size("slot_row", &[tokens, topk, 8])?,
+                size("weights", &[tokens, topk, 4])?,
             ],
             Shape::Hash { tokens } => vec![size("ids", &[tokens, 8])?],
             Shape::Gather {
@@ -546,54 +574,177 @@ impl Shape {
         })
     }
 
+    /// The conformance spec whose inputs this shape runs with `seed`: the grouped GEMM NK (its
+    /// group sizes those of `T` tokens routed to `topk` distinct experts, drawn from `seed` as
+    /// a router would route them; no bias, no row scale), router (f32 logits, random, with an
+    /// optional bias), permute (with activations; no drops), swiglu, combine (no drops), engram
+    /// hash (V4.1 layer 1), gather rows and engram lookup (float tables), quantize_fp8 /
+    /// quantize_int8 (no planted specials) fill their inputs with [`Spec::fill_inputs`], the
+    /// kit's one recipe, so `moehal bench` and `moehal check` draw these ops' inputs alike.
+    /// `None` for the shapes whose inputs are more than one spec's: cold decode (x, w and its
+    /// first set's `group_end` come from the GEMM spec of that set, the other sets'
+    /// `group_end`s follow, see [`fill_inputs`](Self::fill_inputs)); for the quantized GEMMs,
+    /// which keep the bench recipe; and for a gather or lookup of a non-float dtype.
+    pub fn spec(&self, dtype: DType, seed: u64) -> Option<Spec> {
+        let format = match dtype {
+            DType::F32 => Some(TableFormat::F32),
+            DType::BF16 => Some(TableFormat::BF16),
+            DType::F16 => Some(TableFormat::F16),
+            _ => None,
+        };
+        Some(match *self {
+            Shape::Gemm {
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+            } => {
+                let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
+                gemm_spec(dtype, n, k, &ends)
+            }
+            Shape::Router {
+                tokens,
+                num_experts,
+                config,
+                bias,
+            } => Spec::RouterTopk {
+                dtype: DType::F32,
+                tokens,
+                num_experts,
+                config,
+                bias: bias.then_some(false),
+                logits: Logits::Random,
+            },
+            Shape::Swiglu { rows, width, limit } => Spec::Swiglu {
+                dtype,
+                rows,
+                intermediate: width,
+                limit,
+            },
+            Shape::Permute {
+                tokens,
+                num_experts,
+                topk,
+                hidden,
+            } => Spec::MoePermute {
+                tokens,
+                topk,
+                num_experts,
+                x: Some((dtype, hidden)),
+                drop: 0.0,
+                repeat: false,
+                bad_id: false,
+            },
+            Shape::Combine { tokens, topk, hidden } => Spec::MoeCombine {
+                dtype,
+                tokens,
+                topk,
+                hidden,
+                drop: 0.0,
+                bad_row: false,
+            },
+            Shape::Hash { tokens } => Spec::EngramHash {
+                layer: LayerChoice::V41(0),
+                tokens,
+                positions: false,
+                alive: false,
+                history: 0,
+                ids: None,
+                bad_id: false,
+            },
+            Shape::Gather {
+                table_rows,
+                dim,
+                tokens,
+                cols,
+            } => Spec::GatherRows {
+                format: format?,
+                out: dtype,
+                table_rows,
+                dim,
+                tokens,
+                cols,
+                bad_row: false,
+                host_table: false,
+            },
+            Shape::Lookup {
+                vocab_n, dim, tokens, ..
+            } => Spec::EngramLookup {
+                layer: LayerChoice::Small {
+                    vocab_n,
+                    n: 2,
+                    k: LOOKUP_COLUMNS,
+                },
+                format: format?,
+                out: dtype,
+                dim,
+                tokens,
+                extras: false,
+            },
+            Shape::Quantize { scale, rows, k } => Spec::Quant(match scale {
+                Some(scale) => QuantSpec::QuantizeFp8 {
+                    dtype,
+                    rows,
+                    k,
+                    ue8m0: matches!(scale, ScaleFormat::Ue8m0),
+                    specials: false,
+                },
+                None => QuantSpec::QuantizeInt8 {
+                    dtype,
+                    rows,
+                    k,
+                    specials: false,
+                },
+            }),
+            _ => return None,
+        })
+    }
+
     /// Write the seeded inputs of the shape for data dtype `dtype` into `bufs`, one slice per
     /// [`input_sizes`](Self::input_sizes) entry, each of exactly that length (zeroed or not:
     /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
-    /// alignment (host memory of `moehal_core::host` has it). Values: floats uniform in
-    /// `[-s, s)` ([`fill_random`]; `s` = 1, `sqrt(3/K)` for weights, 2 for router logits, 0.1
-    /// for its bias, 4 for swiglu and quantize inputs), routed ids and `group_end`s as a router
-    /// gives them ([`crate::rng`]), uniform table rows and token ids; fp8/int8 codes that are
-    /// never NaN / -128.
+    /// alignment (host memory of `moehal_core::host` has it). The ops of [`spec`](Self::spec)
+    /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, `1/√K` GEMM weights, ×2 router
+    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows), and so does cold
+    /// decode (the GEMM spec of its first expert set, [`crate::rng::cold_group_ends`]). The
+    /// quantized GEMMs: floats uniform in `[-1, 1)` ([`fill_random`]), `group_end`s as a router
+    /// gives them ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
-    /// [`input_sizes`](Self::input_sizes), an integer buffer is misaligned, or a size overflows.
+    /// [`input_sizes`](Self::input_sizes), an integer buffer is misaligned, a gather or lookup
+    /// dtype is not a float, or a size overflows.
     pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-        let sizes = self.input_sizes(dtype)?;
-        let got: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
-        if got != sizes {
-            return Err(Error::invalid(
-                "bench",
-                "inputs",
-                format!("buffers of {got:?} bytes, the shape takes {sizes:?}"),
-            ));
+        crate::check_buffers("bench", &self.input_sizes(dtype)?, bufs)?;
+        if let Some(spec) = self.spec(dtype, seed) {
+            spec.fill_inputs(seed, bufs)?;
+            return Ok(());
         }
         let s = |i: u64| stream_seed(seed, i);
         let dt = dtype;
         match *self {
-            Shape::Gemm {
-                num_experts,
-                k,
-                tokens,
-                topk,
-                ..
-            } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
-                let ge = routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk);
-                write_i64(bufs[2], &ge)?;
-            }
             Shape::DecodeCold {
                 num_experts,
                 k,
+                n,
                 topk,
                 sets,
                 ..
             } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                fill_random(dt, bufs[1], (3.0 / k as f32).sqrt(), s(2), 0)?;
+                // x, w and set 0's group_end from the kit's recipe (the GEMM spec of set 0's
+                // groups), then the other sets' group_ends.
                 let ges = cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets);
-                for (b, ge) in bufs[2..].iter_mut().zip(&ges) {
+                let Some(first) = ges.first() else {
+                    return Err(Error::invalid(
+                        "bench",
+                        "sets",
+                        format!("no set of {topk} of {num_experts} experts to rotate over ({sets} sets)"),
+                    ));
+                };
+                let (head, rest) = bufs.split_at_mut(3.min(bufs.len()));
+                gemm_spec(dt, n, k, first).fill_inputs(seed, head)?;
+                for (b, ge) in rest.iter_mut().zip(&ges[1..]) {
                     write_i64(b, ge)?;
                 }
             }
@@ -610,51 +761,20 @@ impl Shape {
                 };
                 self.fill_qgemm(dt, seed, &ge, bufs)?;
             }
-            Shape::Quantize { .. } => fill_random(dt, bufs[0], 4.0, s(1), 0)?,
-            Shape::Router { bias, .. } => {
-                fill_random(DType::F32, bufs[0], 2.0, s(1), 0)?;
-                if bias {
-                    fill_random(DType::F32, bufs[1], 0.1, s(2), 0)?;
-                }
-            }
-            Shape::Permute { num_experts, topk, .. } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                // Distinct experts per token, as a router gives them.
-                let ids: &mut [i32] = typed(bufs[1], "ids")?;
-                routed_ids_into(&mut seeded(s(2)), ids, topk, num_experts, 0.0, false);
-            }
-            Shape::Swiglu { .. } => fill_random(dt, bufs[0], 4.0, s(1), 0)?,
-            Shape::Combine { .. } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                fill_random(DType::F32, bufs[1], 1.0, s(2), 0)?;
-                // A random permutation of the rows, as moe_permute would produce.
-                let rows: &mut [i64] = typed(bufs[2], "slot_row")?;
-                for (i, r) in rows.iter_mut().enumerate() {
-                    *r = i as i64;
-                }
-                rand::seq::SliceRandom::shuffle(rows, &mut seeded(s(3)));
-            }
-            Shape::Hash { .. } => {
-                let v = v41_flash::VOCAB_SIZE;
-                let mut rng = seeded(s(1));
-                for d in typed::<i64>(bufs[0], "ids")? {
-                    *d = rng.gen_range(0..v) as i64;
-                }
-            }
-            Shape::Gather { table_rows, .. } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                let mut rng = seeded(s(2));
-                for d in typed::<i64>(bufs[1], "rows")? {
-                    *d = rng.gen_range(0..table_rows.max(1)) as i64;
-                }
-            }
-            Shape::Lookup { .. } => {
-                fill_random(dt, bufs[0], 1.0, s(1), 0)?;
-                let v = v41_flash::VOCAB_SIZE;
-                let mut rng = seeded(s(2));
-                for d in typed::<i64>(bufs[1], "ids")? {
-                    *d = rng.gen_range(0..v) as i64;
-                }
+            Shape::Gemm { .. }
+            | Shape::Router { .. }
+            | Shape::Permute { .. }
+            | Shape::Swiglu { .. }
+            | Shape::Combine { .. }
+            | Shape::Hash { .. }
+            | Shape::Gather { .. }
+            | Shape::Lookup { .. }
+            | Shape::Quantize { .. } => {
+                return Err(Error::invalid(
+                    "bench",
+                    "dtype",
+                    format!("{dtype} is not a table dtype (f32, bf16, f16)"),
+                ))
             }
         }
         Ok(())
@@ -778,6 +898,96 @@ mod tests {
     }
 
     #[test]
+    fn the_ops_on_the_kits_recipe_fill_what_their_spec_fills() {
+        let cfg = crate::rc(2, moehal_core::ops::Scoring::Softmax, None, true, 1.0);
+        let r = lookup_layer(1000).unwrap().rows() as usize;
+        let shapes = [
+            Shape::Router {
+                tokens: 5,
+                num_experts: 8,
+                config: cfg,
+                bias: true,
+            },
+            Shape::Swiglu {
+                rows: 3,
+                width: 16,
+                limit: Some(7.0),
+            },
+            Shape::Hash { tokens: 9 },
+            Shape::Gemm {
+                num_experts: 6,
+                k: 32,
+                n: 16,
+                tokens: 5,
+                topk: 2,
+            },
+            Shape::Quantize {
+                scale: Some(ScaleFormat::Ue8m0),
+                rows: 3,
+                k: 256,
+            },
+            Shape::Quantize {
+                scale: None,
+                rows: 2,
+                k: 64,
+            },
+            Shape::Permute {
+                tokens: 6,
+                num_experts: 5,
+                topk: 3,
+                hidden: 8,
+            },
+            Shape::Combine {
+                tokens: 7,
+                topk: 2,
+                hidden: 4,
+            },
+            Shape::Gather {
+                table_rows: 37,
+                dim: 8,
+                tokens: 4,
+                cols: 3,
+            },
+            Shape::Lookup {
+                vocab_n: 1000,
+                table_rows: r,
+                dim: 8,
+                tokens: 6,
+            },
+        ];
+        for shape in shapes {
+            let spec = shape.spec(DType::BF16, 3).expect("on the kit's recipe");
+            let sizes = shape.input_sizes(DType::BF16).unwrap();
+            let mut want: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+            let mut slices: Vec<&mut [u8]> = want.iter_mut().map(Vec::as_mut_slice).collect();
+            spec.fill_inputs(3, &mut slices).unwrap();
+            let got: Vec<Vec<u8>> = filled(&shape, DType::BF16, 3)
+                .iter()
+                .zip(&sizes)
+                .map(|(w, &n)| bytemuck::cast_slice::<u64, u8>(w)[..n].to_vec())
+                .collect();
+            assert_eq!(got, want, "{shape:?}");
+        }
+        // A gather of a non-float table dtype has no spec and is an error, not unwritten buffers.
+        let g = Shape::Gather {
+            table_rows: 4,
+            dim: 2,
+            tokens: 1,
+            cols: 1,
+        };
+        assert!(g.spec(DType::I32, 1).is_none());
+        let sizes = g.input_sizes(DType::I32).unwrap();
+        let mut bufs: Vec<Vec<u64>> = sizes.iter().map(|&n| vec![0; n.div_ceil(8)]).collect();
+        let mut slices: Vec<&mut [u8]> = bufs
+            .iter_mut()
+            .zip(&sizes)
+            .map(|(w, &n)| &mut bytemuck::cast_slice_mut::<u64, u8>(w)[..n])
+            .collect();
+        let e = g.fill_inputs(DType::I32, 1, &mut slices).unwrap_err();
+        assert!(e.to_string().contains("dtype"), "{e}");
+    }
+
+    #[test]
     fn wrong_buffers_are_an_error_naming_the_inputs() {
         let s = Shape::Swiglu {
             rows: 4,
@@ -821,7 +1031,7 @@ mod tests {
             topk: 4,
             hidden: 8,
         };
-        let ids: Vec<i32> = bytemuck::cast_slice::<u64, i32>(&filled(&p, DType::BF16, 3)[1])[..24].to_vec();
+        let ids: Vec<i32> = bytemuck::cast_slice::<u64, i32>(&filled(&p, DType::BF16, 3)[0])[..24].to_vec();
         for t in ids.chunks(4) {
             let mut s = t.to_vec();
             s.sort();
@@ -834,7 +1044,7 @@ mod tests {
             topk: 2,
             hidden: 4,
         };
-        let mut rows = i64s(&filled(&c, DType::F32, 4)[2]);
+        let mut rows = i64s(&filled(&c, DType::F32, 4)[1]);
         rows.sort();
         assert_eq!(rows, (0..14).collect::<Vec<i64>>());
         // cold decode: one group_end per set, each routing exactly topk rows.

@@ -428,7 +428,7 @@ impl Case {
     }
     /// The inputs of one run: drawn from the spec with `seed`, then corrupted if asked.
     fn inputs(&self, seed: u64) -> Result<Inputs, String> {
-        let mut inputs = make_inputs(&self.spec, seed);
+        let mut inputs = make_inputs(&self.spec, seed)?;
         if let Some(c) = self.corrupt {
             c.apply(&self.spec, &mut inputs)?;
         }
@@ -579,22 +579,6 @@ struct HostTensor {
 }
 
 impl HostTensor {
-    fn of<T: moehal_core::Element>(shape: &[usize], data: Vec<T>) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor {
-            dtype: T::DTYPE,
-            shape: shape.to_vec(),
-            bytes: bytemuck::cast_slice(&data).to_vec(),
-        }
-    }
-    fn floats(dtype: DType, shape: &[usize], data: &[f32]) -> Self {
-        match dtype {
-            DType::F32 => Self::of(shape, data.to_vec()),
-            DType::BF16 => Self::of(shape, data.iter().map(|&v| bf16::from_f32(v)).collect()),
-            DType::F16 => Self::of(shape, data.iter().map(|&v| f16::from_f32(v)).collect()),
-            _ => unreachable!("floats() takes a float dtype"),
-        }
-    }
     fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -701,11 +685,11 @@ fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| normal(rng) * scale).collect()
 }
 
-/// Random bytes that are valid fp8 table rows, with NaN, zero, subnormal and max encodings mixed in.
-fn fp8_table(rng: &mut ChaCha8Rng, r: usize, d: usize) -> Vec<u8> {
+/// Random bytes that are valid fp8 table rows of `d` codes and `d / 32` E8M0 scales, written
+/// into `v` (whole rows), with NaN, zero, subnormal and max encodings mixed in.
+fn fp8_table(rng: &mut ChaCha8Rng, v: &mut [u8], d: usize) {
     let w = d + d / 32;
-    let mut v = vec![0u8; r * w];
-    for row in v.chunks_exact_mut(w) {
+    for row in v.chunks_exact_mut(w.max(1)) {
         for b in &mut row[..d] {
             *b = match rng.gen_range(0..20) {
                 0 => 0x7F,                // NaN
@@ -719,7 +703,6 @@ fn fp8_table(rng: &mut ChaCha8Rng, r: usize, d: usize) -> Vec<u8> {
             *s = rng.gen_range(110..140);
         }
     }
-    v
 }
 
 fn sequence_extras(
@@ -792,298 +775,549 @@ fn tie_class_bias(kind: Logits, e: usize, config: &RouterConfig) -> Option<Vec<f
     }
 }
 
-fn make_inputs(spec: &Spec, seed: u64) -> Inputs {
-    let mut rng = rng::seeded(seed);
-    let mut tensors = Vec::new();
-    let mut history = Vec::new();
-    let mut layer = None;
-    match spec {
-        Spec::Quant(q) => tensors = quant::make_inputs(q, &mut rng),
-        Spec::GroupedGemm {
-            dtype,
-            layout,
-            groups,
-            tail,
-            n,
-            k,
-            bias,
-            row_scale,
-            bad_group_end,
-        } => {
-            let g = groups.len();
-            let m: usize = groups.iter().sum::<usize>() + tail;
-            let scale = 1.0 / (*k as f32).sqrt().max(1.0);
-            tensors.push(HostTensor::floats(*dtype, &[m, *k], &randn(&mut rng, m * k, 1.0)));
-            let wshape = match layout {
-                WeightLayout::NK => [g, *n, *k],
-                WeightLayout::KN => [g, *k, *n],
-            };
-            tensors.push(HostTensor::floats(*dtype, &wshape, &randn(&mut rng, g * n * k, scale)));
-            let mut ends: Vec<i64> = groups
-                .iter()
-                .scan(0i64, |acc, &c| {
-                    *acc += c as i64;
-                    Some(*acc)
-                })
-                .collect();
-            if *bad_group_end && g >= 2 {
-                ends[0] = ends[g - 1] + 1;
-            }
-            tensors.push(HostTensor::of(&[g], ends));
-            if *row_scale {
-                tensors.push(HostTensor::of(
-                    &[m],
-                    (0..m).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
-                ));
-            }
-            if *bias {
-                tensors.push(HostTensor::floats(*dtype, &[g, *n], &randn(&mut rng, g * n, 0.5)));
-            }
-        }
-        Spec::RouterTopk {
-            dtype,
-            tokens: t,
-            num_experts: e,
-            bias,
-            logits,
-            config,
-        } => {
-            let mut l = match logits {
-                Logits::Random | Logits::NonFinite | Logits::Edge => randn(&mut rng, t * e, 2.0),
-                Logits::Ties => (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect(),
-                tie => tie_class_logits(*tie, *t, *e, config),
-            };
-            if *logits == Logits::Edge && *e > 0 {
-                for (ti, row) in l.chunks_mut(*e).enumerate() {
-                    match ti % 5 {
-                        0 => row.fill(0.5),
-                        1 => {
-                            row[0] = f32::NAN;
-                            row[*e - 1] = f32::INFINITY;
-                            row[*e / 2] = f32::NEG_INFINITY;
-                        }
-                        2 => row.fill(f32::NAN),
-                        3 => row.iter_mut().step_by(3).for_each(|v| *v = 1.25),
-                        _ => row.iter_mut().skip(1).for_each(|v| *v = f32::NAN),
-                    }
-                }
-            }
-            if *logits == Logits::NonFinite {
-                for (i, v) in l.iter_mut().enumerate() {
-                    if i < *e {
-                        *v = f32::NAN;
-                    } else {
-                        match rng.gen_range(0..10) {
-                            0 => *v = f32::NAN,
-                            1 => *v = f32::INFINITY,
-                            2 => *v = f32::NEG_INFINITY,
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            tensors.push(HostTensor::floats(*dtype, &[*t, *e], &l));
-            if let Some(negative) = bias {
-                let mut b: Vec<f32> = if *logits == Logits::Ties {
-                    (0..*e).map(|i| (i % 3) as f32 * 0.25).collect()
-                } else {
-                    randn(&mut rng, *e, 0.1)
-                };
-                if *negative {
-                    // Every selection score s + b is negative (s <= 1 for sigmoid): the group limit must
-                    // mask with -inf, never 0.
-                    b.iter_mut().for_each(|v| *v = -1.5 - v.abs());
-                }
-                if let Some(tb) = tie_class_bias(*logits, *e, config) {
-                    b = tb;
-                }
-                tensors.push(HostTensor::of(&[*e], b));
-            }
-        }
-        Spec::RouterKnown { logits, bias, .. } => {
-            tensors.push(HostTensor::of(&[1, logits.len()], logits.clone()));
-            if let Some(b) = bias {
-                tensors.push(HostTensor::of(&[b.len()], b.clone()));
-            }
-        }
-        Spec::RouterHash {
-            dtype,
-            tokens: t,
-            num_experts: e,
-            vocab,
-            config,
-            logits,
-            bad,
-        } => {
-            let k = config.topk;
-            let mut l = randn(&mut rng, t * e, 2.0);
-            if *logits == Logits::NonFinite {
-                for (i, v) in l.iter_mut().enumerate() {
-                    if i < *e || rng.gen_range(0..6) == 0 {
-                        *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
-                    }
-                }
-            }
-            let mut table: Vec<i32> = (0..vocab * k).map(|_| rng.gen_range(0..*e as i32)).collect();
-            let mut ids: Vec<i64> = (0..*t).map(|_| rng.gen_range(0..*vocab as i64)).collect();
-            if *t > 0 {
-                let victim = *t / 2;
-                match bad {
-                    Some(HashBad::TokenId) => ids[victim] = *vocab as i64,
-                    Some(HashBad::Entry) => table[ids[victim] as usize * k + k - 1] = *e as i32,
-                    None => {}
-                }
-            }
-            tensors.push(HostTensor::floats(*dtype, &[*t, *e], &l));
-            tensors.push(HostTensor::of(&[*vocab, k], table));
-            tensors.push(HostTensor::of(&[*t], ids));
-        }
-        Spec::MoePermute {
-            tokens: t,
-            topk: k,
-            num_experts: e,
-            x,
-            drop,
-            repeat,
-            bad_id,
-        } => {
-            let mut ids = rng::routed_ids(&mut rng, *t, *k, *e, *drop, *repeat);
-            if *bad_id && !ids.is_empty() {
-                let i = ids.len() / 2;
-                ids[i] = *e as i32;
-            }
-            tensors.push(HostTensor::of(&[*t, *k], ids));
-            if let Some((d, h)) = x {
-                tensors.push(HostTensor::floats(*d, &[*t, *h], &randn(&mut rng, t * h, 1.0)));
-            }
-        }
-        Spec::Swiglu {
-            dtype,
-            rows: m,
-            intermediate: i,
-            limit,
-        } => {
-            let spread = if limit.is_some() { 8.0 } else { 2.0 };
-            tensors.push(HostTensor::floats(
-                *dtype,
-                &[*m, 2 * i],
-                &randn(&mut rng, m * 2 * i, spread),
-            ));
-        }
-        Spec::MoeCombine {
-            dtype,
-            tokens: t,
-            topk: k,
-            hidden: h,
-            drop,
-            bad_row,
-        } => {
-            let rows = t * k;
-            tensors.push(HostTensor::floats(*dtype, &[rows, *h], &randn(&mut rng, rows * h, 1.0)));
-            let mut perm: Vec<i64> = (0..rows as i64).collect();
-            for i in (1..perm.len()).rev() {
-                perm.swap(i, rng.gen_range(0..=i));
-            }
-            for r in perm.iter_mut() {
-                if rng.gen_bool(*drop) {
-                    *r = -1;
-                }
-            }
-            if *bad_row && !perm.is_empty() {
-                perm[0] = rows as i64;
-            }
-            tensors.push(HostTensor::of(&[*t, *k], perm));
-            tensors.push(HostTensor::of(
-                &[*t, *k],
-                (0..rows).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
-            ));
-        }
-        Spec::EngramHash {
-            layer: lc,
-            tokens: t,
-            positions,
-            alive,
-            history: hl,
-            ids,
-            bad_id,
-        } => {
-            let l = lc.build();
-            let v = l.vocab_size();
-            let mut x: Vec<i64> = ids
-                .clone()
-                .unwrap_or_else(|| (0..*t).map(|_| rng.gen_range(0..v) as i64).collect());
-            if *bad_id && !x.is_empty() {
-                let i = x.len() - 1;
-                x[i] = v as i64;
-            }
-            let t = x.len();
-            tensors.push(HostTensor::of(&[t], x));
-            let (p, a) = sequence_extras(&mut rng, t, *positions, *alive);
-            if let Some(p) = p {
-                tensors.push(HostTensor::of(&[t], p));
-            }
-            if let Some(a) = a {
-                tensors.push(HostTensor::of(&[t], a));
-            }
-            history = (0..*hl).map(|_| rng.gen_range(0..v) as i64).collect();
-            layer = Some(l);
-        }
-        Spec::GatherRows {
-            format,
-            table_rows: r,
-            dim: d,
-            tokens: t,
-            cols: c,
-            bad_row,
-            ..
-        } => {
-            tensors.push(table(&mut rng, *format, *r, *d));
-            let mut rows: Vec<i64> = (0..t * c).map(|_| rng.gen_range(0..*r) as i64).collect();
-            if *bad_row && !rows.is_empty() {
-                rows[0] = *r as i64;
-            }
-            tensors.push(HostTensor::of(&[*t, *c], rows));
-        }
-        Spec::EngramLookup {
-            layer: lc,
-            format,
-            dim: d,
-            tokens: t,
-            extras,
-            ..
-        } => {
-            let l = lc.build();
-            tensors.push(table(&mut rng, *format, l.rows() as usize, *d));
-            let v = l.vocab_size();
-            tensors.push(HostTensor::of(
-                &[*t],
-                (0..*t).map(|_| rng.gen_range(0..v) as i64).collect(),
-            ));
-            let (p, a) = sequence_extras(&mut rng, *t, *extras, *extras);
-            for x in [p.map(|p| HostTensor::of(&[*t], p)), a.map(|a| HostTensor::of(&[*t], a))]
-                .into_iter()
-                .flatten()
-            {
-                tensors.push(x);
-            }
-            if *extras {
-                history = (0..l.max_order() - 1).map(|_| rng.gen_range(0..v) as i64).collect();
-            }
-            layer = Some(l);
-        }
+/// `Ok` when `bufs` are exactly `want` bytes long, one per entry, else
+/// [`Error::InvalidArgument`] of `op`, field `inputs`, giving both lists.
+pub(crate) fn check_buffers(op: &'static str, want: &[usize], bufs: &[&mut [u8]]) -> moehal_core::Result<()> {
+    let got: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+    if got != want {
+        return Err(Error::invalid(
+            op,
+            "inputs",
+            format!("buffers of {got:?} bytes, the case takes {want:?}"),
+        ));
     }
-    Inputs {
-        tensors,
-        history,
-        layer,
+    Ok(())
+}
+
+/// Write `values` into `buf` as little-endian `T`s, one per `size_of::<T>()` bytes (no alignment
+/// needed; the values past the end of `buf` are not drawn).
+fn put<T: bytemuck::Pod>(buf: &mut [u8], values: impl IntoIterator<Item = T>) {
+    for (c, v) in buf.chunks_exact_mut(std::mem::size_of::<T>()).zip(values) {
+        c.copy_from_slice(bytemuck::bytes_of(&v));
     }
 }
 
-fn table(rng: &mut ChaCha8Rng, format: TableFormat, r: usize, d: usize) -> HostTensor {
+/// 32-bit words of the generator one [`normal`] draw takes: two `u64`s (`gen_range` over
+/// `[1e-12, 1)` never rejects: its largest value rounds below 1).
+const NORMAL_WORDS: u128 = 4;
+
+/// Fill `buf` (floats of `dtype`) with `scale ·` N(0, 1) draws of `rng`, in element order, and
+/// leave `rng` after the last draw. Large buffers are filled on all cores, each thread entering
+/// the ChaCha stream at its first element's word ([`NORMAL_WORDS`] per element), so the bytes are
+/// those of the one-thread fill whatever the split (a 2 GiB bench table takes seconds, not
+/// minutes).
+fn put_randn(rng: &mut ChaCha8Rng, dtype: DType, buf: &mut [u8], scale: f32) -> moehal_core::Result<()> {
+    let base = rng.get_word_pos();
+    let start = rng.clone();
+    rng::encode_floats_split(dtype, buf, |first| {
+        let mut r = start.clone();
+        r.set_word_pos(base + NORMAL_WORDS * u128::from(first));
+        move || normal(&mut r) * scale
+    })?;
+    let n = buf.len() / dtype.size().max(1);
+    rng.set_word_pos(base + NORMAL_WORDS * n as u128);
+    Ok(())
+}
+
+/// Overwrite element `i` of `buf` (floats of `dtype`) with `v`.
+fn set_float(dtype: DType, buf: &mut [u8], i: usize, v: f32) -> moehal_core::Result<()> {
+    let es = dtype.size();
+    rng::encode_floats(dtype, &mut buf[i * es..(i + 1) * es], |_| v)
+}
+
+/// Encode the f32 values `v` as floats of `dtype` into `buf`.
+fn put_floats(dtype: DType, buf: &mut [u8], v: &[f32]) -> moehal_core::Result<()> {
+    rng::encode_floats(dtype, buf, |i| v[i])
+}
+
+/// dtype and shape of a gather table of `r` rows of `d` in `format`.
+fn table_layout(format: TableFormat, r: usize, d: usize) -> (DType, Vec<usize>) {
     match format {
-        TableFormat::Fp8E4m3Ue8m0 => HostTensor::of(&[r, d + d / 32], fp8_table(rng, r, d)),
-        f => HostTensor::floats(f.storage_dtype(), &[r, d], &randn(rng, r * d, 1.0)),
+        TableFormat::Fp8E4m3Ue8m0 => (DType::U8, vec![r, d + d / 32]),
+        f => (f.storage_dtype(), vec![r, d]),
     }
+}
+
+/// Fill a gather table (`buf` of [`table_layout`]): fp8 rows with specials ([`fp8_table`]), or
+/// N(0, 1) floats.
+fn fill_table(rng: &mut ChaCha8Rng, format: TableFormat, buf: &mut [u8], d: usize) -> moehal_core::Result<()> {
+    match format {
+        TableFormat::Fp8E4m3Ue8m0 => {
+            fp8_table(rng, buf, d);
+            Ok(())
+        }
+        f => put_randn(rng, f.storage_dtype(), buf, 1.0),
+    }
+}
+
+impl Spec {
+    /// dtype and shape of each input tensor, in the order [`fill_inputs`](Self::fill_inputs)
+    /// writes them (the order the op's arguments take them: data, then indices, then the
+    /// optional inputs). The Engram history is not a tensor: `fill_inputs` returns it.
+    pub fn input_layout(&self) -> Vec<(DType, Vec<usize>)> {
+        let mut v = Vec::new();
+        match self {
+            Spec::Quant(q) => v = quant::input_layout(q),
+            Spec::GroupedGemm {
+                dtype,
+                layout,
+                groups,
+                tail,
+                n,
+                k,
+                bias,
+                row_scale,
+                ..
+            } => {
+                let (g, n, k) = (groups.len(), *n, *k);
+                let m: usize = groups.iter().sum::<usize>() + tail;
+                v.push((*dtype, vec![m, k]));
+                v.push((
+                    *dtype,
+                    match layout {
+                        WeightLayout::NK => vec![g, n, k],
+                        WeightLayout::KN => vec![g, k, n],
+                    },
+                ));
+                v.push((DType::I64, vec![g]));
+                if *row_scale {
+                    v.push((DType::F32, vec![m]));
+                }
+                if *bias {
+                    v.push((*dtype, vec![g, n]));
+                }
+            }
+            Spec::RouterTopk {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                bias,
+                ..
+            } => {
+                v.push((*dtype, vec![*t, *e]));
+                if bias.is_some() {
+                    v.push((DType::F32, vec![*e]));
+                }
+            }
+            Spec::RouterKnown { logits, bias, .. } => {
+                v.push((DType::F32, vec![1, logits.len()]));
+                if let Some(b) = bias {
+                    v.push((DType::F32, vec![b.len()]));
+                }
+            }
+            Spec::RouterHash {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                vocab,
+                config,
+                ..
+            } => {
+                v.push((*dtype, vec![*t, *e]));
+                v.push((DType::I32, vec![*vocab, config.topk]));
+                v.push((DType::I64, vec![*t]));
+            }
+            Spec::MoePermute {
+                tokens: t, topk: k, x, ..
+            } => {
+                v.push((DType::I32, vec![*t, *k]));
+                if let Some((d, h)) = x {
+                    v.push((*d, vec![*t, *h]));
+                }
+            }
+            Spec::Swiglu {
+                dtype,
+                rows: m,
+                intermediate: i,
+                ..
+            } => v.push((*dtype, vec![*m, 2 * i])),
+            Spec::MoeCombine {
+                dtype,
+                tokens: t,
+                topk: k,
+                hidden: h,
+                ..
+            } => {
+                v.push((*dtype, vec![t * k, *h]));
+                v.push((DType::I64, vec![*t, *k]));
+                v.push((DType::F32, vec![*t, *k]));
+            }
+            Spec::EngramHash {
+                tokens,
+                positions,
+                alive,
+                ids,
+                ..
+            } => {
+                let t = ids.as_ref().map_or(*tokens, Vec::len);
+                v.push((DType::I64, vec![t]));
+                if *positions {
+                    v.push((DType::I64, vec![t]));
+                }
+                if *alive {
+                    v.push((DType::U8, vec![t]));
+                }
+            }
+            Spec::GatherRows {
+                format,
+                table_rows: r,
+                dim: d,
+                tokens: t,
+                cols: c,
+                ..
+            } => {
+                v.push(table_layout(*format, *r, *d));
+                v.push((DType::I64, vec![*t, *c]));
+            }
+            Spec::EngramLookup {
+                layer,
+                format,
+                dim: d,
+                tokens: t,
+                extras,
+                ..
+            } => {
+                v.push(table_layout(*format, layer.build().rows() as usize, *d));
+                v.push((DType::I64, vec![*t]));
+                if *extras {
+                    v.push((DType::I64, vec![*t]));
+                    v.push((DType::U8, vec![*t]));
+                }
+            }
+        }
+        v
+    }
+
+    /// Write the seeded inputs of this spec into `bufs`, one per [`input_layout`](Self::input_layout)
+    /// entry and of exactly its byte length (any contents: every byte is written; no alignment
+    /// needed), and return the Engram history (empty for the other ops). This is the one input
+    /// recipe of the kit: `moehal check` and every backend test allocate the buffers and call it.
+    /// Values: floats N(0, 1) (weights `1/√K`, router logits ×2, swiglu ×2 or ×8 with a clamp),
+    /// routed ids / permutations / rows uniform as an engine produces them, plus the patterns,
+    /// drops and planted value errors the spec's fields ask for.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (op `testkit`, field `inputs`) when the number or the lengths of
+    /// `bufs` do not match the layout.
+    pub fn fill_inputs(&self, seed: u64, bufs: &mut [&mut [u8]]) -> moehal_core::Result<Vec<i64>> {
+        let want: Vec<usize> = self
+            .input_layout()
+            .iter()
+            .map(|(d, s)| s.iter().product::<usize>() * d.size())
+            .collect();
+        check_buffers("testkit", &want, bufs)?;
+        let mut rng = rng::seeded(seed);
+        let mut history = Vec::new();
+        match self {
+            Spec::Quant(q) => quant::fill_inputs(q, &mut rng, bufs)?,
+            Spec::GroupedGemm {
+                dtype,
+                groups,
+                tail,
+                k,
+                bias,
+                row_scale,
+                bad_group_end,
+                ..
+            } => {
+                let g = groups.len();
+                let m: usize = groups.iter().sum::<usize>() + tail;
+                let scale = 1.0 / (*k as f32).sqrt().max(1.0);
+                put_randn(&mut rng, *dtype, bufs[0], 1.0)?;
+                put_randn(&mut rng, *dtype, bufs[1], scale)?;
+                let mut ends: Vec<i64> = groups
+                    .iter()
+                    .scan(0i64, |acc, &c| {
+                        *acc += c as i64;
+                        Some(*acc)
+                    })
+                    .collect();
+                if *bad_group_end && g >= 2 {
+                    ends[0] = ends[g - 1] + 1;
+                }
+                put(bufs[2], ends);
+                let mut next = 3;
+                if *row_scale {
+                    put(bufs[next], (0..m).map(|_| rng.gen_range(0.0f32..1.0)));
+                    next += 1;
+                }
+                if *bias {
+                    put_randn(&mut rng, *dtype, bufs[next], 0.5)?;
+                }
+            }
+            Spec::RouterTopk {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                bias,
+                logits,
+                config,
+            } => {
+                let (t, e, dt) = (*t, *e, *dtype);
+                match logits {
+                    // N(0, 4) logits written in place (bench-sized [T, E]), then the patterns.
+                    Logits::Random | Logits::NonFinite | Logits::Edge => {
+                        let l = &mut *bufs[0];
+                        put_randn(&mut rng, dt, l, 2.0)?;
+                        if *logits == Logits::Edge && e > 0 {
+                            for ti in 0..t {
+                                let r = ti * e;
+                                match ti % 5 {
+                                    0 => (r..r + e).try_for_each(|i| set_float(dt, l, i, 0.5))?,
+                                    1 => {
+                                        set_float(dt, l, r, f32::NAN)?;
+                                        set_float(dt, l, r + e - 1, f32::INFINITY)?;
+                                        set_float(dt, l, r + e / 2, f32::NEG_INFINITY)?;
+                                    }
+                                    2 => (r..r + e).try_for_each(|i| set_float(dt, l, i, f32::NAN))?,
+                                    3 => (r..r + e).step_by(3).try_for_each(|i| set_float(dt, l, i, 1.25))?,
+                                    _ => (r + 1..r + e).try_for_each(|i| set_float(dt, l, i, f32::NAN))?,
+                                }
+                            }
+                        }
+                        if *logits == Logits::NonFinite {
+                            for i in 0..t * e {
+                                let v = if i < e {
+                                    f32::NAN
+                                } else {
+                                    match rng.gen_range(0..10) {
+                                        0 => f32::NAN,
+                                        1 => f32::INFINITY,
+                                        2 => f32::NEG_INFINITY,
+                                        _ => continue,
+                                    }
+                                };
+                                set_float(dt, l, i, v)?;
+                            }
+                        }
+                    }
+                    Logits::Ties => {
+                        let l: Vec<f32> = (0..t * e).map(|_| rng.gen_range(0..3) as f32 * 0.5).collect();
+                        put_floats(dt, bufs[0], &l)?;
+                    }
+                    tie => put_floats(dt, bufs[0], &tie_class_logits(*tie, t, e, config))?,
+                }
+                if let Some(negative) = bias {
+                    let mut b: Vec<f32> = if *logits == Logits::Ties {
+                        (0..e).map(|i| (i % 3) as f32 * 0.25).collect()
+                    } else {
+                        randn(&mut rng, e, 0.1)
+                    };
+                    if *negative {
+                        // Every selection score s + b is negative (s <= 1 for sigmoid): the group
+                        // limit must mask with -inf, never 0.
+                        b.iter_mut().for_each(|v| *v = -1.5 - v.abs());
+                    }
+                    if let Some(tb) = tie_class_bias(*logits, e, config) {
+                        b = tb;
+                    }
+                    put(bufs[1], b);
+                }
+            }
+            Spec::RouterKnown { logits, bias, .. } => {
+                put(bufs[0], logits.iter().copied());
+                if let Some(b) = bias {
+                    put(bufs[1], b.iter().copied());
+                }
+            }
+            Spec::RouterHash {
+                dtype,
+                tokens: t,
+                num_experts: e,
+                vocab,
+                config,
+                logits,
+                bad,
+            } => {
+                let k = config.topk;
+                let mut l = randn(&mut rng, t * e, 2.0);
+                if *logits == Logits::NonFinite {
+                    for (i, v) in l.iter_mut().enumerate() {
+                        if i < *e || rng.gen_range(0..6) == 0 {
+                            *v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][i % 3];
+                        }
+                    }
+                }
+                let mut table: Vec<i32> = (0..vocab * k).map(|_| rng.gen_range(0..*e as i32)).collect();
+                let mut ids: Vec<i64> = (0..*t).map(|_| rng.gen_range(0..*vocab as i64)).collect();
+                if *t > 0 {
+                    let victim = *t / 2;
+                    match bad {
+                        Some(HashBad::TokenId) => ids[victim] = *vocab as i64,
+                        Some(HashBad::Entry) => table[ids[victim] as usize * k + k - 1] = *e as i32,
+                        None => {}
+                    }
+                }
+                put_floats(*dtype, bufs[0], &l)?;
+                put(bufs[1], table);
+                put(bufs[2], ids);
+            }
+            Spec::MoePermute {
+                tokens: t,
+                topk: k,
+                num_experts: e,
+                x,
+                drop,
+                repeat,
+                bad_id,
+            } => {
+                // In place where the buffer is i32-aligned (host memory; bench-sized T·k).
+                match bytemuck::try_cast_slice_mut::<u8, i32>(bufs[0]) {
+                    Ok(ids) => {
+                        ids.fill(0);
+                        rng::routed_ids_into(&mut rng, ids, *k, *e, *drop, *repeat);
+                    }
+                    Err(_) => put(bufs[0], rng::routed_ids(&mut rng, *t, *k, *e, *drop, *repeat)),
+                }
+                if *bad_id && t * k > 0 {
+                    put(&mut bufs[0][(t * k / 2) * 4..], [*e as i32]);
+                }
+                if let Some((d, _)) = x {
+                    put_randn(&mut rng, *d, bufs[1], 1.0)?;
+                }
+            }
+            Spec::Swiglu { dtype, limit, .. } => {
+                let spread = if limit.is_some() { 8.0 } else { 2.0 };
+                put_randn(&mut rng, *dtype, bufs[0], spread)?;
+            }
+            Spec::MoeCombine {
+                dtype,
+                tokens: t,
+                topk: k,
+                drop,
+                bad_row,
+                ..
+            } => {
+                let rows = t * k;
+                put_randn(&mut rng, *dtype, bufs[0], 1.0)?;
+                // A shuffled permutation of the rows with drops, in place where the buffer is
+                // i64-aligned (host memory; bench-sized T·k), else through a Vec.
+                let draw = |rng: &mut ChaCha8Rng, perm: &mut [i64]| {
+                    for (i, r) in perm.iter_mut().enumerate() {
+                        *r = i as i64;
+                    }
+                    for i in (1..perm.len()).rev() {
+                        perm.swap(i, rng.gen_range(0..=i));
+                    }
+                    for r in perm.iter_mut() {
+                        if rng.gen_bool(*drop) {
+                            *r = -1;
+                        }
+                    }
+                };
+                match bytemuck::try_cast_slice_mut::<u8, i64>(bufs[1]) {
+                    Ok(perm) => draw(&mut rng, perm),
+                    Err(_) => {
+                        let mut perm = vec![0i64; rows];
+                        draw(&mut rng, &mut perm);
+                        put(bufs[1], perm);
+                    }
+                }
+                if *bad_row && rows > 0 {
+                    put(bufs[1], [rows as i64]);
+                }
+                put(bufs[2], (0..rows).map(|_| rng.gen_range(0.0f32..1.0)));
+            }
+            Spec::EngramHash {
+                layer: lc,
+                tokens: t,
+                positions,
+                alive,
+                history: hl,
+                ids,
+                bad_id,
+            } => {
+                let v = lc.build().vocab_size();
+                // Written in place (bench-sized T).
+                let t = match ids {
+                    Some(x) => {
+                        put(bufs[0], x.iter().copied());
+                        x.len()
+                    }
+                    None => {
+                        put(bufs[0], std::iter::repeat_with(|| rng.gen_range(0..v) as i64));
+                        *t
+                    }
+                };
+                if *bad_id && t > 0 {
+                    put(&mut bufs[0][(t - 1) * 8..], [v as i64]);
+                }
+                let (p, a) = sequence_extras(&mut rng, t, *positions, *alive);
+                let mut next = 1;
+                if let Some(p) = p {
+                    put(bufs[next], p);
+                    next += 1;
+                }
+                if let Some(a) = a {
+                    put(bufs[next], a);
+                }
+                history = (0..*hl).map(|_| rng.gen_range(0..v) as i64).collect();
+            }
+            Spec::GatherRows {
+                format,
+                table_rows: r,
+                dim: d,
+                bad_row,
+                ..
+            } => {
+                fill_table(&mut rng, *format, bufs[0], *d)?;
+                put(bufs[1], std::iter::repeat_with(|| rng.gen_range(0..*r) as i64));
+                if *bad_row && !bufs[1].is_empty() {
+                    put(bufs[1], [*r as i64]);
+                }
+            }
+            Spec::EngramLookup {
+                layer: lc,
+                format,
+                dim: d,
+                tokens: t,
+                extras,
+                ..
+            } => {
+                let l = lc.build();
+                fill_table(&mut rng, *format, bufs[0], *d)?;
+                let v = l.vocab_size();
+                put(bufs[1], std::iter::repeat_with(|| rng.gen_range(0..v) as i64));
+                let (p, a) = sequence_extras(&mut rng, *t, *extras, *extras);
+                if let (Some(p), Some(a)) = (p, a) {
+                    put(bufs[2], p);
+                    put(bufs[3], a);
+                }
+                if *extras {
+                    history = (0..l.max_order() - 1).map(|_| rng.gen_range(0..v) as i64).collect();
+                }
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// The inputs of `spec` for `seed`: buffers of [`Spec::input_layout`] filled by
+/// [`Spec::fill_inputs`], and the spec's Engram layer.
+fn make_inputs(spec: &Spec, seed: u64) -> Result<Inputs, String> {
+    let layout = spec.input_layout();
+    let mut bytes: Vec<Vec<u8>> = layout
+        .iter()
+        .map(|(d, s)| vec![0u8; s.iter().product::<usize>() * d.size()])
+        .collect();
+    let history = {
+        let mut slices: Vec<&mut [u8]> = bytes.iter_mut().map(Vec::as_mut_slice).collect();
+        spec.fill_inputs(seed, &mut slices).map_err(|e| e.to_string())?
+    };
+    let tensors = layout
+        .into_iter()
+        .zip(bytes)
+        .map(|((dtype, shape), bytes)| HostTensor { dtype, shape, bytes })
+        .collect();
+    let layer = match spec {
+        Spec::EngramHash { layer, .. } | Spec::EngramLookup { layer, .. } => Some(layer.build()),
+        _ => None,
+    };
+    Ok(Inputs {
+        tensors,
+        history,
+        layer,
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -3084,4 +3318,31 @@ pub fn rerun_command(backend: &str, preset: Option<&str>, case: &Case, base_seed
 /// A seed for `case` derived from a base seed (so each case gets fresh inputs, reproducibly).
 pub fn case_seed(base: u64, index: usize) -> u64 {
     base ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    #[test]
+    fn the_threaded_normal_fill_is_the_one_thread_fill() {
+        // Above the threading cut, an element count no thread split divides evenly.
+        let n = (3 << 16) + 5;
+        for dtype in [DType::F32, DType::BF16] {
+            let mut one = rng::seeded(9);
+            one.next_u32(); // start off a block boundary
+            let mut many = one.clone();
+            let want: Vec<u8> = {
+                let mut b = vec![0u8; n * dtype.size()];
+                rng::encode_floats(dtype, &mut b, |_| normal(&mut one) * 0.5).unwrap();
+                b
+            };
+            let mut got = vec![0u8; n * dtype.size()];
+            put_randn(&mut many, dtype, &mut got, 0.5).unwrap();
+            assert!(got == want, "{dtype}: threaded fill differs");
+            // The generator continues where the one-thread fill left it.
+            assert_eq!(many.next_u64(), one.next_u64(), "{dtype}");
+        }
+    }
 }

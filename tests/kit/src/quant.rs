@@ -10,7 +10,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{arithmetic_tol, first_diff, randn, tolerance, Case, HostTensor, Outcome, Spec};
+use super::{arithmetic_tol, first_diff, normal, put, put_floats, put_randn, randn, tolerance, Case, Outcome, Spec};
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantDesc, QuantizeFp8, QuantizeInt8, WeightFormat};
 use moehal_core::quant::{f32_to_e4m3, quantize_fp8_group, ScaleFormat, FP8_BLOCK};
 use moehal_core::{Backend, DType, OpKind, TensorMut, TensorRef};
@@ -118,13 +118,67 @@ impl QuantSpec {
     }
 }
 
-fn e8m0_bytes(rng: &mut ChaCha8Rng, n: usize, lo: u8, hi: u8) -> Vec<u8> {
-    (0..n).map(|_| rng.gen_range(lo..=hi)).collect()
+/// E8M0 scale bytes uniform in `lo..=hi`, written into `out`.
+fn e8m0_bytes(rng: &mut ChaCha8Rng, out: &mut [u8], lo: u8, hi: u8) {
+    for b in out {
+        *b = rng.gen_range(lo..=hi);
+    }
 }
 
-/// The inputs, in the order `execute` reads them.
-pub(super) fn make_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng) -> Vec<HostTensor> {
-    let mut t = Vec::new();
+/// dtype and shape of each input, in the order [`fill_inputs`] writes them (the order `execute`
+/// reads them): `x` (and `x_scale` for quantized `x`), `w`, `w_scale`, `group_end`, then the
+/// optional `row_scale` and `bias`; the quantize ops' `x`.
+pub(super) fn input_layout(q: &QuantSpec) -> Vec<(DType, Vec<usize>)> {
+    let m = q.m();
+    match *q {
+        QuantSpec::Gemm {
+            w,
+            x,
+            y,
+            w_e8m0,
+            x_e8m0,
+            ref groups,
+            n,
+            k,
+            bias,
+            row_scale,
+            ..
+        } => {
+            let g = groups.len();
+            let kb = k.div_ceil(FP8_BLOCK);
+            let mut v = match x {
+                ActFormat::Float(d) => vec![(d, vec![m, k])],
+                ActFormat::Fp8 => vec![
+                    (DType::U8, vec![m, k]),
+                    (if x_e8m0 { DType::U8 } else { DType::F32 }, vec![m, kb]),
+                ],
+                ActFormat::Int8 => vec![(DType::I8, vec![m, k]), (DType::F32, vec![m])],
+            };
+            let (codes, scales) = match w {
+                WeightFormat::Fp8Block => (DType::U8, if w_e8m0 { DType::U8 } else { DType::F32 }),
+                WeightFormat::Mxfp4 => (DType::U8, DType::U8),
+                WeightFormat::Int8 => (DType::I8, DType::F32),
+            };
+            v.push((codes, w.w_shape(g, n, k).to_vec()));
+            v.push((scales, w.scale_shape(g, n, k)));
+            v.push((DType::I64, vec![g]));
+            if row_scale {
+                v.push((DType::F32, vec![m]));
+            }
+            if bias {
+                v.push((y, vec![g, n]));
+            }
+            v
+        }
+        QuantSpec::QuantizeFp8 { dtype, k, .. } | QuantSpec::QuantizeInt8 { dtype, k, .. } => {
+            vec![(dtype, vec![m, k])]
+        }
+    }
+}
+
+/// Write the inputs of `q` drawn from `rng` into `bufs` ([`input_layout`]'s entries, lengths
+/// checked by the caller, [`Spec::fill_inputs`]).
+pub(super) fn fill_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng, bufs: &mut [&mut [u8]]) -> moehal_core::Result<()> {
     let m = q.m();
     match q {
         QuantSpec::Gemm {
@@ -142,103 +196,93 @@ pub(super) fn make_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng) -> Vec<HostTensor
         } => {
             let (g, n, k) = (groups.len(), *n, *k);
             // x (and x_scale for quantized activations).
-            match x {
-                ActFormat::Float(d) => t.push(HostTensor::floats(*d, &[m, k], &randn(rng, m * k, 1.0))),
+            let mut next = match x {
+                ActFormat::Float(d) => {
+                    put_randn(rng, *d, bufs[0], 1.0)?;
+                    1
+                }
                 ActFormat::Fp8 => {
                     let f = randn(rng, m * k, 3.0);
                     let kb = k.div_ceil(FP8_BLOCK);
                     let fmt = if *x_e8m0 { ScaleFormat::Ue8m0 } else { ScaleFormat::F32 };
-                    let mut codes = vec![0u8; m * k];
-                    let (mut sf, mut sb) = (vec![0f32; m * kb], vec![0u8; m * kb]);
+                    let (codes, scales) = bufs.split_at_mut(1);
                     for r in 0..m {
                         for b in 0..kb {
                             let (k0, k1) = (r * k + b * FP8_BLOCK, r * k + ((b + 1) * FP8_BLOCK).min(k));
-                            let (s, byte) = quantize_fp8_group(&f[k0..k1], fmt, &mut codes[k0..k1]);
-                            sf[r * kb + b] = s;
-                            sb[r * kb + b] = byte;
+                            let (s, byte) = quantize_fp8_group(&f[k0..k1], fmt, &mut codes[0][k0..k1]);
+                            let i = r * kb + b;
+                            if *x_e8m0 {
+                                scales[0][i] = byte;
+                            } else {
+                                scales[0][4 * i..4 * i + 4].copy_from_slice(&s.to_le_bytes());
+                            }
                         }
                     }
-                    t.push(HostTensor::of(&[m, k], codes));
-                    t.push(if *x_e8m0 {
-                        HostTensor::of(&[m, kb], sb)
-                    } else {
-                        HostTensor::of(&[m, kb], sf)
-                    });
+                    2
                 }
                 ActFormat::Int8 => {
-                    t.push(HostTensor::of(
-                        &[m, k],
-                        (0..m * k).map(|_| rng.gen_range(-127i8..=127)).collect::<Vec<i8>>(),
-                    ));
-                    t.push(HostTensor::of(
-                        &[m],
-                        (0..m).map(|_| rng.gen_range(0.005f32..0.02)).collect::<Vec<f32>>(),
-                    ));
+                    put(bufs[0], (0..m * k).map(|_| rng.gen_range(-127i8..=127)));
+                    put(bufs[1], (0..m).map(|_| rng.gen_range(0.005f32..0.02)));
+                    2
                 }
-            }
+            };
             // w and w_scale: values scaled so that y is O(1).
-            let wshape = w.w_shape(g, n, k);
-            let sshape = w.scale_shape(g, n, k);
-            let ns: usize = sshape.iter().product();
+            let ns: usize = w.scale_shape(g, n, k).iter().product();
             let amp = 1.0 / (k as f32).sqrt().max(1.0);
+            let f32_scales = |rng: &mut ChaCha8Rng, buf: &mut [u8]| {
+                put(buf, (0..ns).map(|_| rng.gen_range(0.5f32..1.5) * amp / 64.0));
+            };
+            let (wb, rest) = bufs[next..].split_at_mut(1);
             match w {
                 WeightFormat::Fp8Block => {
-                    let codes: Vec<u8> = randn(rng, g * n * k, 64.0).into_iter().map(f32_to_e4m3).collect();
-                    t.push(HostTensor::of(&wshape, codes));
+                    for c in wb[0].iter_mut() {
+                        *c = f32_to_e4m3(normal(rng) * 64.0);
+                    }
                     // amp / 64 ≈ 2^(-6 - log2 √k): E8M0 bytes around 127 - 6 - log2 √k.
                     let centre = 127 - 6 - ((k as f32).sqrt().max(1.0).log2().round() as u8);
-                    t.push(if *w_e8m0 {
-                        HostTensor::of(&sshape, e8m0_bytes(rng, ns, centre - 1, centre + 1))
+                    if *w_e8m0 {
+                        e8m0_bytes(rng, rest[0], centre - 1, centre + 1);
                     } else {
-                        HostTensor::of(
-                            &sshape,
-                            (0..ns)
-                                .map(|_| rng.gen_range(0.5f32..1.5) * amp / 64.0)
-                                .collect::<Vec<f32>>(),
-                        )
-                    });
+                        f32_scales(rng, rest[0]);
+                    }
                 }
                 WeightFormat::Mxfp4 => {
-                    let codes: Vec<u8> = (0..g * n * k).map(|_| rng.gen_range(0u8..16)).collect();
-                    t.push(HostTensor::of(&wshape, moehal_core::quant::pack_nibbles(&codes)));
+                    // Two E2M1 codes per byte, the first in the low nibble (`pack_nibbles`).
+                    for c in wb[0].iter_mut() {
+                        let lo = rng.gen_range(0u8..16);
+                        *c = lo | rng.gen_range(0u8..16) << 4;
+                    }
                     let centre = 127 - 1 - ((k as f32).sqrt().max(1.0).log2().round() as u8);
-                    t.push(HostTensor::of(&sshape, e8m0_bytes(rng, ns, centre - 1, centre + 1)));
+                    e8m0_bytes(rng, rest[0], centre - 1, centre + 1);
                 }
                 WeightFormat::Int8 => {
-                    t.push(HostTensor::of(
-                        &wshape,
-                        (0..g * n * k).map(|_| rng.gen_range(-127i8..=127)).collect::<Vec<i8>>(),
-                    ));
-                    t.push(HostTensor::of(
-                        &sshape,
-                        (0..ns)
-                            .map(|_| rng.gen_range(0.5f32..1.5) * amp / 64.0)
-                            .collect::<Vec<f32>>(),
-                    ));
+                    put(wb[0], (0..g * n * k).map(|_| rng.gen_range(-127i8..=127)));
+                    f32_scales(rng, rest[0]);
                 }
             }
-            let ends: Vec<i64> = groups
-                .iter()
-                .scan(0i64, |acc, &c| {
-                    *acc += c as i64;
-                    Some(*acc)
-                })
-                .collect();
-            t.push(HostTensor::of(&[g], ends));
+            next += 2;
+            let ends = groups.iter().scan(0i64, |acc, &c| {
+                *acc += c as i64;
+                Some(*acc)
+            });
+            put(bufs[next], ends);
+            next += 1;
             if *row_scale {
-                t.push(HostTensor::of(
-                    &[m],
-                    (0..m).map(|_| rng.gen_range(0.0f32..1.0)).collect::<Vec<f32>>(),
-                ));
+                put(bufs[next], (0..m).map(|_| rng.gen_range(0.0f32..1.0)));
+                next += 1;
             }
             if *bias {
-                t.push(HostTensor::floats(*y, &[g, n], &randn(rng, g * n, 0.5)));
+                put_randn(rng, *y, bufs[next], 0.5)?;
             }
         }
         QuantSpec::QuantizeFp8 { dtype, k, specials, .. } | QuantSpec::QuantizeInt8 { dtype, k, specials, .. } => {
             let k = *k;
+            if !*specials {
+                // In place (bench-sized M·K): the bytes of the Vec path below without specials.
+                return put_randn(rng, *dtype, bufs[0], 2.0);
+            }
             let mut x = randn(rng, m * k, 2.0);
-            if *specials && m >= 4 && k > 0 {
+            if m >= 4 && k > 0 {
                 // Row 0: a NaN in the first group; row 1: +inf at the end; row 2: all zero;
                 // row 3: tiny values (below the fp8 amax floor and the int8 2^-64 cut).
                 x[rng.gen_range(0..k.min(FP8_BLOCK))] = f32::NAN;
@@ -252,10 +296,10 @@ pub(super) fn make_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng) -> Vec<HostTensor
                     x[4 * k] = 3.0e4;
                 }
             }
-            t.push(HostTensor::floats(*dtype, &[m, k], &x));
+            put_floats(*dtype, bufs[0], &x)?;
         }
     }
-    t
+    Ok(())
 }
 
 /// Output (dtype, shape) of each output, in order.

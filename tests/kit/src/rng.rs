@@ -172,28 +172,45 @@ pub fn encode_floats(dtype: DType, out: &mut [u8], mut value: impl FnMut(usize) 
 }
 
 /// Fill `out` (whole elements of `dtype`) with `scale` times elements `first..` of
-/// [`UniformStream`] `seed`, on all cores.
+/// [`UniformStream`] `seed`, on all cores ([`encode_floats_split`]).
 ///
 /// # Errors
 /// As [`encode_floats`].
 pub fn fill_random(dtype: DType, out: &mut [u8], scale: f32, seed: u64, first: u64) -> Result<()> {
+    encode_floats_split(dtype, out, |at| {
+        let mut u = UniformStream::at(seed, first + at);
+        move || scale * u.next_f32()
+    })
+}
+
+/// Encode `out` (whole elements of `dtype`, [`encode_floats`]) on all cores (at most 16; one
+/// below 2^16 elements): the chunk starting at element `at` takes its values, in element order,
+/// from the generator `start(at)`. With a generator that can be entered at any element (a
+/// counter-based stream) the bytes are the same whatever the split.
+///
+/// # Errors
+/// As [`encode_floats`].
+pub fn encode_floats_split<G>(dtype: DType, out: &mut [u8], start: impl Fn(u64) -> G + Sync) -> Result<()>
+where
+    G: FnMut() -> f32 + Send,
+{
     let es = dtype.size();
     let n = out.len() / es.max(1);
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(16);
     if threads <= 1 || n < 1 << 16 {
-        let mut u = UniformStream::at(seed, first);
-        return encode_floats(dtype, out, |_| scale * u.next_f32());
+        let mut g = start(0);
+        return encode_floats(dtype, out, |_| g());
     }
     let per = n.div_ceil(threads);
+    let start = &start;
     std::thread::scope(|s| {
         let handles: Vec<_> = out
             .chunks_mut(per * es)
             .enumerate()
             .map(|(c, chunk)| {
-                let base = first + (c * per) as u64;
                 s.spawn(move || {
-                    let mut u = UniformStream::at(seed, base);
-                    encode_floats(dtype, chunk, |_| scale * u.next_f32())
+                    let mut g = start((c * per) as u64);
+                    encode_floats(dtype, chunk, |_| g())
                 })
             })
             .collect();
