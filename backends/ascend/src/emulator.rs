@@ -96,13 +96,17 @@ pub fn build_profile(target_dir: &Path, profile: &str, omit: Option<&str>) -> Re
     Ok(out)
 }
 
-/// Seed a profile's empty nested target directory with hard links to another profile's finished
-/// build, less the emulator crate itself: the emulator's dependencies (`half` and its derive
-/// macros, `moehal-ascend-sys`) do not depend on the profile, and building them again for each
-/// profile was most of the time of the Ascend tests on a 2-core CI machine (each from scratch:
-/// ~150 s of CPU; the emulator crate alone: ~8 s). Cargo replaces the files it rebuilds rather
-/// than writing into them, so the sibling's files are never changed through the links. Best
-/// effort: on any failure the partial copy is removed and the build starts from scratch.
+/// Seed a profile's empty nested target directory from another profile's finished build, less
+/// the emulator crate itself: the emulator's dependencies (`half` and its derive macros,
+/// `moehal-ascend-sys`) do not depend on the profile, and building them again for each profile was
+/// most of the time of the Ascend tests on a 2-core CI machine (each from scratch: ~150 s of CPU;
+/// the emulator crate alone: ~8 s). Compiled artifacts (1 MiB or more: rlibs, shared objects,
+/// build-script executables) are hard-linked — cargo and rustc replace those files when they
+/// rebuild them, never write into them; everything smaller (fingerprints, dep-info `.d` files,
+/// build-script outputs, which cargo rewrites in place) is copied, so that a rebuild in one
+/// profile cannot change another profile's record of what it built. Rustc's incremental caches and
+/// cargo's lock file are left out. Best effort: on any failure the partial copy is removed and the
+/// build starts from scratch.
 fn seed_from_sibling(cargo: &str, nested: &Path) {
     let Some(parent) = nested.parent() else { return };
     let Ok(entries) = std::fs::read_dir(parent) else { return };
@@ -131,18 +135,28 @@ fn seed_from_sibling(cargo: &str, nested: &Path) {
     }
 }
 
-/// Recreate the tree `from` at `to` with hard links to its files (anything else, such as a
-/// symbolic link, is left out: cargo rebuilds what it misses).
+/// Recreate the tree `from` at `to`: files of 1 MiB or more as hard links, smaller files as copies;
+/// `incremental/` directories, `.cargo-lock` and anything that is neither file nor directory are
+/// left out (cargo rebuilds what it misses).
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    const LINK_FROM: u64 = 1 << 20;
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let name = e.file_name();
+        if name == "incremental" || name == ".cargo-lock" {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
         let ty = e.file_type()?;
         if ty.is_dir() {
             link_tree(&src, &dst)?;
         } else if ty.is_file() {
-            std::fs::hard_link(&src, &dst)?;
+            if e.metadata()?.len() >= LINK_FROM {
+                std::fs::hard_link(&src, &dst)?;
+            } else {
+                std::fs::copy(&src, &dst)?;
+            }
         }
     }
     Ok(())
