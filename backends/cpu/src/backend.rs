@@ -545,15 +545,49 @@ impl Backend for CpuBackend {
     fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()> {
         const OP: &str = "gather_rows";
         let mut a = args.into_inner();
-        let c = a.rows.shape()[1];
-        // Validated i64 `[T, C]` (aligned: `validate` checked the address); cast, not re-checked.
-        // An empty view is a dangling byte pointer, so it takes no cast.
-        let rb = checked_bytes(&a.rows, OP, "rows")?;
-        let rows: &[i64] = if rb.is_empty() {
+        let (t, c) = {
+            let s = a.rows.shape();
+            (s[0], s[1])
+        };
+        // Validated i64 `[T, C]`, contiguous, aligned, inside its buffer (`validate`): its bytes
+        // are taken straight from the buffer, `get` instead of a panic path; an empty view is a
+        // dangling pointer, so it takes no cast.
+        let n = t * c;
+        let rows: &[i64] = if n == 0 {
             &[]
         } else {
+            let start = a.rows.offset() * 8;
+            let rb = host::bytes(a.rows.buffer(), OP, "rows")?
+                .get(start..start + n * 8)
+                .ok_or_else(|| Error::invalid(OP, "rows", "view outside its buffer"))?;
             bytemuck::try_cast_slice(rb).map_err(|e| Error::invalid(OP, "rows", format!("{e:?}")))?
         };
+        if a.format != TableFormat::Fp8E4m3Ue8m0 && n < engram::GATHER_SERIAL_BELOW {
+            // The decode step's case (issue 16 item 9): a plain table and few rows, a copy on this
+            // thread whatever the pool's size. Straight to the copy loop: no table / output enums,
+            // no shape products (`validate` made the output `[T, C * W]` of the table's dtype);
+            // `gather_plain_serial` checks the lengths it relies on.
+            let (r, w) = {
+                let s = a.table.shape();
+                (s[0], s[1])
+            };
+            let es = a.table.dtype().size();
+            let row_bytes = w * es;
+            // The table from its offset on (an empty table's offset may be anywhere: no bytes).
+            let table = host::bytes(a.table.buffer(), OP, "table")?
+                .get(a.table.offset() * es..)
+                .unwrap_or(&[]);
+            let len = n * row_bytes;
+            let start = a.out.offset() * es;
+            let out = if len == 0 {
+                &mut []
+            } else {
+                host::bytes_mut(a.out.buffer_mut(), OP, "out")?
+                    .get_mut(start..start + len)
+                    .ok_or_else(|| Error::invalid(OP, "out", "view outside its buffer"))?
+            };
+            return engram::gather_plain_serial(table, row_bytes, r, rows, out);
+        }
         let table = table_of(&a.table, a.format, OP)?;
         let out = out_of(&mut a.out, a.format, OP)?;
         engram::gather_rows(&self.pool, table, rows, c, out)

@@ -487,6 +487,53 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
     Ok(())
 }
 
+/// `gather_rows` of a plain (f32 / bf16 / f16) table on the calling thread, in one straight
+/// function: the decode step's path (issue 16 item 9).
+///
+/// `table` is the table's `[R, W]` bytes (`R = table_rows`, `row_bytes = W * element size`),
+/// `rows` the `T * C` indices, `out` the `[T, C * W]` output's bytes. Every index is checked
+/// first (the rule of [`check_rows`], whose error a bad index gets), so on error nothing is written; then each row is one `memcpy` (the
+/// reference's copy). No prefetch (a few warm rows gain nothing from it, see [`PF`]), no pool,
+/// no per-call allocation: at 8 rows of 512 B the layers of the general path ([`gather_rows`]:
+/// the [`Table`] / [`GatherOut`] enums, the prefetch bookkeeping) cost ~10% of the call
+/// (benches/RESULTS.md "gather_rows at 8-128 rows").
+///
+/// Errors: `InvalidArgument` for a row outside `[0, R)` (field `rows`) or lengths that do not
+/// match (`table` shorter than `R * row_bytes`, `out` not `rows.len() * row_bytes` bytes).
+pub fn gather_plain_serial(
+    table: &[u8],
+    row_bytes: usize,
+    table_rows: usize,
+    rows: &[i64],
+    out: &mut [u8],
+) -> Result<()> {
+    const OP: &str = "gather_rows";
+    if table_rows.checked_mul(row_bytes).is_none_or(|n| n > table.len()) {
+        return Err(Error::invalid(OP, "table", "fewer than R * W elements"));
+    }
+    if rows.len().checked_mul(row_bytes) != Some(out.len()) {
+        return Err(Error::invalid(OP, "out", "expected T * C * D elements"));
+    }
+    // Every index in [0, R), as `check_rows` has it, in a branch-free pass (an unsigned compare
+    // also catches negative indices); only a call that fails it (or an R beyond i64, where
+    // `check_rows` has the last word) goes to `check_rows` for its error. At 8 rows `check_rows`'
+    // search was ~100 instructions of a ~1500-instruction call (callgrind, benches/RESULTS.md).
+    let bound = table_rows as u64;
+    if table_rows > i64::MAX as usize || rows.iter().fold(false, |bad, &r| bad | (r as u64 >= bound)) {
+        check_rows(OP, rows, table_rows)?;
+    }
+    if row_bytes == 0 {
+        return Ok(());
+    }
+    for (dst, &r) in out.chunks_exact_mut(row_bytes).zip(rows) {
+        // r is in [0, R) (checked above) and R * row_bytes <= table.len(): in range; the slice's
+        // own check stays (one compare, never taken).
+        let start = r as usize * row_bytes;
+        dst.copy_from_slice(&table[start..start + row_bytes]);
+    }
+    Ok(())
+}
+
 /// `engram_lookup` fused: per chunk of tokens, hash into a small buffer, then gather (with prefetch).
 ///
 /// Errors: as [`engram_hash`] and [`gather_rows`]; nothing is written on error.
