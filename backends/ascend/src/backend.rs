@@ -388,7 +388,7 @@ impl Backend for Ascend {
                     && v.reduce_sum
                     && v.div;
                 // The composed selection (router_topk.rs `router_sorted_device`): sqrt_softplus
-                // and non-finite logits, no group limit.
+                // and non-finite logits.
                 let composed = match scoring {
                     Scoring::Softmax => v.softmax,
                     Scoring::Sigmoid => v.sigmoid,
@@ -404,9 +404,11 @@ impl Backend for Ascend {
                     && v.adds
                     && v.gather_dim
                     && v.reduce_sum
-                    && v.div;
+                    && v.div
+                    && v.eq_scalar
+                    && (group.is_none() || v.floor_divides);
                 let sorted = format!(
-                    "{}aclnnIsFinite -> aclnnLogicalNot = excluded mask -> aclnnInplaceMaskedFillScalar -> {} -> s = 0 where excluded -> [bias: aclnnAdd] -> -inf where excluded -> aclnnSort(stable, descending) -> first k indices aclnnCast INT32 = ids (lower id wins ties; excluded experts fill in index order, weight 0) -> aclnnGather(s, ids) -> [renormalize: aclnnReduceSum + aclnnAdds(1e-20) + aclnnDiv] -> aclnnMuls(scaling)",
+                    "{}aclnnIsFinite -> aclnnLogicalNot = excluded mask -> aclnnInplaceMaskedFillScalar -> {} -> s = 0 where excluded -> [bias: aclnnAdd, non-finite excluded] -> -inf where excluded -> {}aclnnSort(stable, descending) -> first k indices aclnnCast INT32 = ids (lower id wins ties; excluded experts fill in index order, weight 0) -> aclnnGather(s, ids) -> [renormalize: aclnnReduceSum + aclnnAdds(1e-20) + aclnnDiv] -> aclnnMuls(scaling)",
                     if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
                     match scoring {
                         Scoring::Softmax => "aclnnSoftmax",
@@ -414,21 +416,22 @@ impl Backend for Ascend {
                         Scoring::SqrtSoftplus => {
                             "aclnnSWhere(aclnnEqScalar(aclnnClampMax(x, -40), -40), aclnnSqrt(aclnnSoftplus(x)), aclnnSoftplus(aclnnMuls(x, 0.5)))"
                         }
+                    },
+                    if group.is_some() {
+                        "group limit: aclnnSort per group -> max / aclnnAdd(top 2) -> aclnnSort of group scores -> aclnnSort of that order = ranks -> aclnnFloorDivides(topk_group) + aclnnEqScalar(0) + aclnnLogicalNot -> dropped groups -inf -> s = 0 where -inf (fill slots) -> "
+                    } else {
+                        ""
                     }
                 );
                 if scoring == Scoring::SqrtSoftplus {
-                    return if group.is_none() && composed {
+                    return if composed {
                         Support::yes(format!("composed on the device (no control read): {sorted}"))
-                    } else if group.is_some() {
-                        Support::yes("host (group-limited sqrt_softplus: the composed selection has no group limit)")
                     } else {
                         Support::yes("host (a primitive of the composed selection is missing)")
                     };
                 }
-                let nonfinite = if composed && group.is_none() {
+                let nonfinite = if composed {
                     format!("any non-finite logit: composed selection, {sorted}")
-                } else if group.is_some() {
-                    "any non-finite logit with a group limit: the call on host".to_string()
                 } else {
                     "any non-finite logit: the call on host (a primitive of the composed selection is missing)"
                         .to_string()

@@ -60,19 +60,13 @@ const ROUND_TRIPS: &[&str] = &[
     "router_topk d2h",
     "router_topk+expert_counts d2h",
     "router_topk+group+expert_counts d2h",
-    // Non-finite logits without a group limit: the selection composed on the device (aclnnIsFinite,
-    // aclnnLogicalNot, aclnnInplaceMaskedFillScalar, the scoring op, aclnnAdd of the bias, a stable
-    // descending aclnnSort and its first k indices); only the 4-byte finiteness flag is read.
-    // sqrt_softplus without a group limit takes the same composition with no read at all, so it is
-    // not listed.
+    // Non-finite logits: the selection composed on the device (aclnnIsFinite, aclnnLogicalNot,
+    // aclnnInplaceMaskedFillScalar, the scoring op, aclnnAdd of the bias, the group limit by
+    // aclnnSort / aclnnAdd / aclnnFloorDivides / aclnnEqScalar, a stable descending aclnnSort and
+    // its first k indices); only the 4-byte finiteness flag is read. sqrt_softplus (grouped or not)
+    // takes the same composition with no read at all, so it is not listed: any copy fails the test.
     "router_topk+expert_counts+nonfinite d2h",
-    // Still fully on the host (the composed selection has no group limit, and the vendor op is not
-    // documented for non-finite logits nor scores sqrt_softplus): group-limited calls with a
-    // non-finite logit, and group-limited sqrt_softplus.
     "router_topk+group+expert_counts+nonfinite d2h",
-    "router_topk+group+expert_counts+nonfinite h2d",
-    "router_topk+sqrt_softplus+group+expert_counts d2h",
-    "router_topk+sqrt_softplus+group+expert_counts h2d",
     // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
     // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
@@ -96,8 +90,8 @@ const ROUND_TRIPS: &[&str] = &[
 /// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
 ///   adjacent differences (4 bytes), OPS.md §1;
 /// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes) and the vendor op's ids'
-///   `aclnnAmin` / `aclnnAmax` (2 × 4); with a non-finite logit and no group limit the flag only
-///   (the composed selection's ids are in range by construction, OPS.md §2 step 6).
+///   `aclnnAmin` / `aclnnAmax` (2 × 4); with a non-finite logit the flag only (the composed
+///   selection's ids are in range by construction, OPS.md §2 step 6).
 const CONTROL_READS: &[(&str, u64)] = &[
     ("moe_permute d2h", 8),
     ("moe_combine d2h", 16),
@@ -111,6 +105,7 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("router_topk+expert_counts d2h", 12),
     ("router_topk+group+expert_counts d2h", 12),
     ("router_topk+expert_counts+nonfinite d2h", 4),
+    ("router_topk+group+expert_counts+nonfinite d2h", 4),
 ];
 
 #[repr(C)]

@@ -149,9 +149,8 @@ impl Ascend {
         Ok(Some(f32::from_le_bytes(b) == 0.0))
     }
 
-    /// Whether [`Self::router_sorted_device`] can serve this call: no group limit (OPS.md §2 step 3
-    /// is not composed; those calls keep the vendor op or the host), non-empty logits in this
-    /// device's memory, and the primitives present (`aclnnAdds` too with `renormalize`, so the
+    /// Whether [`Self::router_sorted_device`] can serve this call: non-empty logits in this
+    /// device's memory, and the primitives present (those of the group limit when grouped) (`aclnnAdds` too with `renormalize`, so the
     /// weights never need the logits on the host).
     fn router_sorted_ok(&self, a: &RouterTopk<'_>) -> bool {
         let (t, e) = a.dims();
@@ -162,8 +161,10 @@ impl Ascend {
             Scoring::Sigmoid => v.sigmoid,
             Scoring::SqrtSoftplus => v.softplus && v.sqrt && v.clamp_max && v.eq_scalar && v.s_where,
         };
+        let group = cfg.effective_group().is_some();
         scoring
-            && cfg.effective_group().is_none()
+            && (!group || (v.floor_divides && v.eq_scalar && v.add))
+            && (!(group || a.bias.is_some()) || v.eq_scalar)
             && t * e > 0
             && v.scalar
             && v.muls
@@ -225,9 +226,89 @@ impl Ascend {
         Ok(ran(self.rt.s_where(&condt, &rtt, &lowt, out)?))
     }
 
-    /// Selection composed of documented primitives (no vendor gating op), for calls without a
-    /// group limit whose logits hold a non-finite value or whose scoring is `sqrt_softplus`
-    /// (OPS.md §2 steps 1, 2, 4 and 6):
+    /// OPS.md §2 step 3 on the selection scores `ŝ` (FLOAT `[T, E]` in `xmem`, non-finite ones
+    /// already `-inf`), in place: viewed `[T·G, E/G]`, a stable descending `aclnnSort` per group
+    /// gives the group score as its first value (`max`) or `aclnnAdd` of its first two (`top2_sum`,
+    /// f32, rounded once; `-inf` stays `-inf`); a stable descending `aclnnSort` of the `[T, G]`
+    /// group scores ranks the groups (ties: lower group index); an ascending `aclnnSort` of that
+    /// permutation gives each group's rank (the inverse permutation), `aclnnFloorDivides` by
+    /// `topk_group` is 0 exactly for the kept ranks, `aclnnEqScalar(0)` + `aclnnLogicalNot` mark
+    /// the dropped groups, and `aclnnInplaceMaskedFillScalar` of `ŝ` viewed `[T, G, E/G]` with the
+    /// mask `[T, G, 1]` (broadcast) sets their experts to `-inf`. Returns `false` when a primitive
+    /// refused the call.
+    fn router_group_mask(&self, xmem: &DevMem<'_>, t: usize, e: usize, g: GroupLimit) -> Result<bool> {
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let (gn, kg) = (g.n_group, g.topk_group);
+        let per = e / gn;
+        let rows = t * gn;
+        let x2 = self.t(&scratch_desc(xmem, sys::ACL_FLOAT, &[rows, per]))?;
+        let gv = DevMem::new(&self.rt, rows * per * 4)?;
+        let gp = DevMem::new(&self.rt, rows * per * 8)?;
+        let gvt = self.t(&scratch_desc(&gv, sys::ACL_FLOAT, &[rows, per]))?;
+        let gpt = self.t(&scratch_desc(&gp, sys::ACL_INT64, &[rows, per]))?;
+        if !ran(self.rt.sort(&x2, true, 1, true, &gvt, &gpt)?) {
+            return Ok(false);
+        }
+        // Column `c` of the sorted groups as a `[T, G]` view.
+        let col = |c: i64| {
+            let mut d = scratch_desc(&gv, sys::ACL_FLOAT, &[rows, per]);
+            d.dims = vec![t as i64, gn as i64];
+            d.strides = vec![(gn * per) as i64, per as i64];
+            d.offset = c;
+            d
+        };
+        let gs = DevMem::new(&self.rt, rows * 4)?;
+        let gst = self.t(&scratch_desc(&gs, sys::ACL_FLOAT, &[t, gn]))?;
+        let one = Scalar::f32(&self.rt, 1.0)?;
+        let c0 = self.t(&col(0))?;
+        let o = match g.score {
+            GroupScore::Max => self.rt.muls(&c0, &one, &gst)?,
+            GroupScore::Top2Sum => self.rt.add(&c0, &self.t(&col(1))?, &one, &gst)?,
+        };
+        if !ran(o) {
+            return Ok(false);
+        }
+        let sv = DevMem::new(&self.rt, rows * 4)?;
+        let order = DevMem::new(&self.rt, rows * 8)?;
+        let svt = self.t(&scratch_desc(&sv, sys::ACL_FLOAT, &[t, gn]))?;
+        let ordert = self.t(&scratch_desc(&order, sys::ACL_INT64, &[t, gn]))?;
+        if !ran(self.rt.sort(&gst, true, 1, true, &svt, &ordert)?) {
+            return Ok(false);
+        }
+        let ov = DevMem::new(&self.rt, rows * 8)?;
+        let rank = DevMem::new(&self.rt, rows * 8)?;
+        let ovt = self.t(&scratch_desc(&ov, sys::ACL_INT64, &[t, gn]))?;
+        let rankt = self.t(&scratch_desc(&rank, sys::ACL_INT64, &[t, gn]))?;
+        if !ran(self.rt.sort(&ordert, true, 1, false, &ovt, &rankt)?) {
+            return Ok(false);
+        }
+        // `ov` is free again: it takes rank / topk_group.
+        if !ran(self
+            .rt
+            .floor_divides(&rankt, &Scalar::i64(&self.rt, kg as i64)?, &ovt)?)
+        {
+            return Ok(false);
+        }
+        let kept = DevMem::new(&self.rt, rows)?;
+        let dropped = DevMem::new(&self.rt, rows)?;
+        let keptt = self.t(&scratch_desc(&kept, sys::ACL_BOOL, &[t, gn]))?;
+        let droppedt = self.t(&scratch_desc(&dropped, sys::ACL_BOOL, &[t, gn]))?;
+        if !ran(self.rt.eq_scalar(&ovt, &Scalar::i64(&self.rt, 0)?, &keptt)?)
+            || !ran(self.rt.logical_not(&keptt, &droppedt)?)
+        {
+            return Ok(false);
+        }
+        let x3 = self.t(&scratch_desc(xmem, sys::ACL_FLOAT, &[t, gn, per]))?;
+        let m3 = self.t(&scratch_desc(&dropped, sys::ACL_BOOL, &[t, gn, 1]))?;
+        Ok(ran(self.rt.masked_fill(
+            &x3,
+            &m3,
+            &Scalar::f32(&self.rt, f32::NEG_INFINITY)?,
+        )?))
+    }
+
+    /// Selection composed of documented primitives (no vendor gating op), for calls whose logits
+    /// hold a non-finite value or whose scoring is `sqrt_softplus` (OPS.md §2 steps 1-4 and 6):
     ///
     /// 1. `x` = f32 copy of the logits (`aclnnCast`, or `aclnnMuls(1)` for f32: exact),
     /// 2. `bad = aclnnLogicalNot(aclnnIsFinite(x))` (BOOL `[T, E]`),
@@ -239,10 +320,13 @@ impl Ascend {
     ///    logit),
     /// 6. `ŝ = aclnnAdd(s, bias)` (f32, rounded once, broadcast over rows) or a copy of `s`, and
     ///    `ŝ = -inf` where `bad`,
-    /// 7. `aclnnSort(ŝ, stable, dim 1, descending)`: ties keep index order, so the lower id wins
+    /// 7. with a bias, a non-finite `ŝ` is excluded too (`-inf`); with a group limit,
+    ///    [`Self::router_group_mask`]; with either, `s = 0` wherever `ŝ` is now `-inf`
+    ///    (`aclnnEqScalar`; such an expert is chosen only as a fill slot, which weighs 0),
+    /// 8. `aclnnSort(ŝ, stable, dim 1, descending)`: ties keep index order, so the lower id wins
     ///    (step 4) and the excluded experts (all `-inf`) follow every selectable one in index
     ///    order, which is step 6's fill with the lowest-index experts not yet chosen,
-    /// 8. ids = `aclnnCast` to INT32 of the first `k` columns of the sort's INT64 indices (a
+    /// 9. ids = `aclnnCast` to INT32 of the first `k` columns of the sort's INT64 indices (a
     ///    strided view `[T, k]`, row stride `E`).
     ///
     /// Returns the ids (INT32 `[T, k]`, in `[0, E)` by construction) and `s` (FLOAT `[T, E]`, the
@@ -316,13 +400,33 @@ impl Ascend {
         if !ran(o) {
             return Ok(None);
         }
-        if !ran(self
-            .rt
-            .masked_fill(&xt, &badt, &Scalar::f32(&self.rt, f32::NEG_INFINITY)?)?)
-        {
+        let ninf = Scalar::f32(&self.rt, f32::NEG_INFINITY)?;
+        if !ran(self.rt.masked_fill(&xt, &badt, &ninf)?) {
             return Ok(None);
         }
+        if a.bias.is_some() {
+            // A non-finite ŝ (f32 overflow of s + bias, a NaN bias) is excluded too, as in the
+            // reference (and aclnnSort does not document NaN).
+            if !ran(self.rt.is_finite(&xt, &fint)?)
+                || !ran(self.rt.logical_not(&fint, &badt)?)
+                || !ran(self.rt.masked_fill(&xt, &badt, &ninf)?)
+            {
+                return Ok(None);
+            }
+        }
         // 7.
+        if let Some(g) = cfg.effective_group() {
+            if !self.router_group_mask(&xmem, t, e, g)? {
+                return Ok(None);
+            }
+        }
+        if cfg.effective_group().is_some() || a.bias.is_some() {
+            // Every expert whose ŝ is now -inf is selected only as a fill slot, which weighs 0.
+            if !ran(self.rt.eq_scalar(&xt, &ninf, &badt)?) || !ran(self.rt.masked_fill(&st, &badt, &zero)?) {
+                return Ok(None);
+            }
+        }
+        // 8.
         let vals = DevMem::new(&self.rt, t * e * 4)?;
         let perm = DevMem::new(&self.rt, t * e * 8)?;
         let valst = self.t(&f32s(&vals))?;
@@ -330,7 +434,7 @@ impl Ascend {
         if !ran(self.rt.sort(&xt, true, 1, true, &valst, &permt)?) {
             return Ok(None);
         }
-        // 8.
+        // 9.
         let mut head = scratch_desc(&perm, sys::ACL_INT64, &[t, e]);
         head.dims = vec![t as i64, k as i64];
         head.strides = vec![e as i64, 1];
