@@ -389,24 +389,7 @@ impl Backend for Ascend {
                     && v.div;
                 // The composed selection (router_topk.rs `router_sorted_device`): sqrt_softplus
                 // and non-finite logits.
-                let composed = match scoring {
-                    Scoring::Softmax => v.softmax,
-                    Scoring::Sigmoid => v.sigmoid,
-                    Scoring::SqrtSoftplus => v.softplus && v.sqrt && v.clamp_max && v.eq_scalar && v.s_where,
-                } && v.scalar
-                    && v.muls
-                    && v.cast
-                    && v.is_finite
-                    && v.logical_not
-                    && v.masked_fill
-                    && v.sort
-                    && v.add
-                    && v.adds
-                    && v.gather_dim
-                    && v.reduce_sum
-                    && v.div
-                    && v.eq_scalar
-                    && (group.is_none() || v.floor_divides);
+                let composed = crate::ops::composed_prims(&v, scoring, group.is_some(), true, true);
                 let sorted = format!(
                     "{}aclnnIsFinite -> aclnnLogicalNot = excluded mask -> aclnnInplaceMaskedFillScalar -> {} -> s = 0 where excluded -> [bias: aclnnAdd, non-finite excluded] -> -inf where excluded -> {}aclnnSort(stable, descending) -> first k indices aclnnCast INT32 = ids (lower id wins ties; excluded experts fill in index order, weight 0) -> aclnnGather(s, ids) -> [renormalize: aclnnReduceSum + aclnnAdds(1e-20) + aclnnDiv] -> aclnnMuls(scaling)",
                     if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },

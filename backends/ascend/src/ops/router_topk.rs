@@ -6,7 +6,7 @@ use moehal_core::ops::{Checked, GroupLimit, GroupScore, RouterConfig, RouterTopk
 use moehal_core::{Backend, Buffer, DType, Error, Reference, Result, TensorRef};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
-use crate::ffi::{DevMem, Outcome, Scalar, Tensor, NAME};
+use crate::ffi::{DevMem, OpVersions, Outcome, Scalar, Tensor, NAME};
 use crate::routes::GatingPattern;
 
 const OP_RT: &str = "router_topk";
@@ -73,6 +73,31 @@ pub(crate) fn gating_shape_ok(e: usize, k: usize, group: Option<GroupLimit>) -> 
         ));
     }
     Ok(())
+}
+
+/// Whether the libraries have every primitive of the composed router selection
+/// (`Ascend::router_sorted_device`, with the group limit when `group`) and of its weights
+/// (`Ascend::router_weights_device`: gather, renormalisation with `aclnnAdds` so the weights never
+/// need the logits on the host, scaling).
+pub(crate) fn composed_prims(v: &OpVersions, scoring: Scoring, group: bool, bias: bool, renormalize: bool) -> bool {
+    let scoring = match scoring {
+        Scoring::Softmax => v.softmax,
+        Scoring::Sigmoid => v.sigmoid,
+        Scoring::SqrtSoftplus => v.softplus && v.sqrt && v.clamp_max && v.eq_scalar && v.s_where,
+    };
+    scoring
+        && (!group || (v.floor_divides && v.eq_scalar && v.add))
+        && (!(group || bias) || v.eq_scalar)
+        && (!bias || v.add)
+        && (!renormalize || (v.adds && v.reduce_sum && v.div))
+        && v.scalar
+        && v.muls
+        && v.cast
+        && v.is_finite
+        && v.logical_not
+        && v.masked_fill
+        && v.sort
+        && v.gather_dim
 }
 
 impl Ascend {
@@ -150,31 +175,17 @@ impl Ascend {
     }
 
     /// Whether [`Self::router_sorted_device`] can serve this call: non-empty logits in this
-    /// device's memory, and the primitives present (those of the group limit when grouped) (`aclnnAdds` too with `renormalize`, so the
-    /// weights never need the logits on the host).
+    /// device's memory and the primitives present ([`composed_prims`]).
     fn router_sorted_ok(&self, a: &RouterTopk<'_>) -> bool {
         let (t, e) = a.dims();
         let cfg = a.config;
-        let v = self.rt.lib.versions;
-        let scoring = match cfg.scoring {
-            Scoring::Softmax => v.softmax,
-            Scoring::Sigmoid => v.sigmoid,
-            Scoring::SqrtSoftplus => v.softplus && v.sqrt && v.clamp_max && v.eq_scalar && v.s_where,
-        };
-        let group = cfg.effective_group().is_some();
-        scoring
-            && (!group || (v.floor_divides && v.eq_scalar && v.add))
-            && (!(group || a.bias.is_some()) || v.eq_scalar)
-            && t * e > 0
-            && v.scalar
-            && v.muls
-            && v.cast
-            && v.is_finite
-            && v.logical_not
-            && v.masked_fill
-            && v.sort
-            && (a.bias.is_none() || v.add)
-            && (!cfg.renormalize || v.adds)
+        composed_prims(
+            &self.rt.lib.versions,
+            cfg.scoring,
+            cfg.effective_group().is_some(),
+            a.bias.is_some(),
+            cfg.renormalize,
+        ) && t * e > 0
             && self.mine(a.logits.buffer(), "logits").is_ok()
             && a.bias.as_ref().is_none_or(|b| self.mine(b.buffer(), "bias").is_ok())
     }
