@@ -387,10 +387,44 @@ impl Backend for Ascend {
                     && v.muls
                     && v.reduce_sum
                     && v.div;
-                let finite = if v.muls && v.reduce_sum && v.scalar {
-                    "aclnnMuls(logits, 0) + aclnnReduceSum = finiteness flag (4-byte control read; any non-finite logit: the call on host)"
+                // The composed selection (router_topk.rs `router_sorted_device`): sqrt_softplus
+                // and non-finite logits.
+                let composed = crate::ops::composed_prims(&v, scoring, group.is_some(), true, true);
+                let sorted = format!(
+                    "{}aclnnIsFinite -> aclnnLogicalNot = excluded mask -> aclnnInplaceMaskedFillScalar -> {} -> s = 0 where excluded -> [bias: aclnnAdd, non-finite excluded] -> -inf where excluded -> {}aclnnSort(stable, descending) -> first k indices aclnnCast INT32 = ids (lower id wins ties; excluded experts fill in index order, weight 0) -> aclnnGather(s, ids) -> [renormalize: aclnnReduceSum + aclnnAdds(1e-20) + aclnnDiv] -> aclnnMuls(scaling)",
+                    if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
+                    match scoring {
+                        Scoring::Softmax => "aclnnSoftmax",
+                        Scoring::Sigmoid => "aclnnSigmoid",
+                        Scoring::SqrtSoftplus => {
+                            "aclnnSWhere(aclnnEqScalar(aclnnClampMax(x, -40), -40), aclnnSqrt(aclnnSoftplus(x)), aclnnSoftplus(aclnnMuls(x, 0.5)))"
+                        }
+                    },
+                    if group.is_some() {
+                        "group limit: aclnnSort per group -> max / aclnnAdd(top 2) -> aclnnSort of group scores -> aclnnSort of that order = ranks -> aclnnFloorDivides(topk_group) + aclnnEqScalar(0) + aclnnLogicalNot -> dropped groups -inf -> s = 0 where -inf (fill slots) -> "
+                    } else {
+                        ""
+                    }
+                );
+                if scoring == Scoring::SqrtSoftplus {
+                    return if composed {
+                        Support::yes(format!("composed on the device (no control read): {sorted}"))
+                    } else {
+                        Support::yes("host (a primitive of the composed selection is missing)")
+                    };
+                }
+                let nonfinite = if composed {
+                    format!("any non-finite logit: composed selection, {sorted}")
                 } else {
-                    "logits read on host for the finiteness check"
+                    "any non-finite logit: the call on host (a primitive of the composed selection is missing)"
+                        .to_string()
+                };
+                let finite = if v.muls && v.reduce_sum && v.scalar {
+                    format!(
+                        "aclnnMuls(logits, 0) + aclnnReduceSum = finiteness flag (4-byte control read; {nonfinite})"
+                    )
+                } else {
+                    "logits read on host for the finiteness check".to_string()
                 };
                 let counts = if v.sort
                     && v.arange
@@ -412,7 +446,7 @@ impl Backend for Ascend {
                 };
                 let host = if dev_w {
                     format!(
-                        "{finite}; {ids_check}; weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); {counts}; host: rows with non-finite logits{}",
+                        "{finite}; {ids_check}; weights on device: {}aclnn{} -> aclnnGather(ids) -> [renormalize: aclnnReduceSum + {}aclnnDiv] -> aclnnMuls(scaling); {counts}{}",
                         if dtype != DType::F32 { "aclnnCast->f32 -> " } else { "" },
                         if scoring == Scoring::Softmax { "Softmax" } else { "Sigmoid" },
                         if v.adds { "aclnnAdds(1e-20) + " } else { "" },
@@ -423,7 +457,7 @@ impl Backend for Ascend {
                         }
                     )
                 } else {
-                    "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits)".to_string()
+                    format!("host (unbiased weights, renormalize, scaling, counts); {finite}")
                 };
                 let sig = match scoring {
                     Scoring::Softmax => Some(false),
@@ -468,7 +502,7 @@ impl Backend for Ascend {
                 };
                 if !plain && nb.is_err() && wb.is_err() {
                     return Support::yes(format!(
-                        "host (unbiased weights, renormalize, scaling, counts; rows with non-finite logits); vendor: without bias {}; with bias {}",
+                        "host (unbiased weights, renormalize, scaling, counts); {finite}; vendor: without bias {}; with bias {}",
                         path(&nb),
                         path(&wb)
                     ));

@@ -2,7 +2,8 @@
 //! do not reach: `swiglu` with a `limit` that is not exact in bf16/f16 (the f32 route through
 //! aclnnCast), NaN / ±inf around the clamps, and `moe_combine` with dropped slots whose weights and
 //! unrouted `y_perm` rows hold NaN (each dropped slot must add nothing); `moe_permute` composed on
-//! the device (every slot dropped, one expert, repeats, no x, T = 0, out-of-range ids).
+//! the device (every slot dropped, one expert, repeats, no x, T = 0, out-of-range ids); the composed
+//! router selection (non-finite logits, fill slots under a group limit, sqrt_softplus subnormals).
 
 mod ascend_common;
 
@@ -233,5 +234,101 @@ fn fp8_gather_dequantises_on_the_device_bitwise() {
             got == want,
             "{out_dt}: the device dequantisation differs from the reference"
         );
+    }
+}
+
+/// The composed router selection (non-finite logits, `sqrt_softplus`, with and without a group
+/// limit) against the reference on rows the kit's drawn cases rarely reach: rows with fewer
+/// selectable experts than `k` (OPS.md §2 step 6: fill slots are the lowest-index experts not yet
+/// chosen, weight 0 — under a group limit they come from dropped groups, whose finite scores must
+/// not leak into the weights), a row with no finite logit, ±inf, and very negative sqrt_softplus
+/// logits (subnormal scores). ids exactly, weights within 1e-6 relative.
+#[test]
+fn router_composed_selection_matches_the_reference() {
+    use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, RouterTopk, Scoring};
+    let asc = ascend_common::open_emulated();
+    let s = format!(
+        "{:?}",
+        asc.supports(&OpDesc::RouterTopk {
+            dtype: DType::F32,
+            scoring: Scoring::SqrtSoftplus,
+            group: Some(GroupScore::Top2Sum),
+        })
+    );
+    assert!(
+        s.contains("composed on the device") && s.contains("aclnnSoftplus"),
+        "{s}"
+    );
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let (t, e, k) = (4usize, 8usize, 4usize);
+    #[rustfmt::skip]
+    let logits: Vec<f32> = vec![
+        // Two selectable experts, both in group 3 (of 4): two fill slots.
+        nan, inf, -inf, nan, nan, nan, 0.5, -0.25,
+        // No finite logit: ids 0..k, weights 0.
+        nan, nan, inf, -inf, nan, inf, nan, nan,
+        // Very negative logits (sqrt_softplus: subnormal scores) and one infinity.
+        -180.0, -300.0, -200.0, -190.0, inf, -150.0, -170.0, -400.0,
+        // Ordinary.
+        0.5, -0.25, 1.5, 0.0, 2.0, -1.0, 0.75, 0.1,
+    ];
+    let bias: Vec<f32> = vec![0.25, -0.5, 0.0, 1.0, 0.125, -0.125, 0.5, 0.0];
+    let groups = [
+        None,
+        Some(GroupLimit {
+            n_group: 4,
+            topk_group: 2,
+            score: GroupScore::Top2Sum,
+        }),
+        Some(GroupLimit {
+            n_group: 2,
+            topk_group: 1,
+            score: GroupScore::Max,
+        }),
+    ];
+    for scoring in [Scoring::Softmax, Scoring::Sigmoid, Scoring::SqrtSoftplus] {
+        for group in groups {
+            for with_bias in [false, true] {
+                let cfg = RouterConfig {
+                    topk: k,
+                    scoring,
+                    group,
+                    renormalize: true,
+                    routed_scaling_factor: 1.5,
+                };
+                let run = |b: &dyn Backend| -> (Vec<i32>, Vec<f32>, Vec<i64>) {
+                    let lb = b.upload_slice(&logits).unwrap();
+                    let bb = b.upload_slice(&bias).unwrap();
+                    let mut ib = b.upload_slice(&vec![0i32; t * k]).unwrap();
+                    let mut wb = b.upload_slice(&vec![0f32; t * k]).unwrap();
+                    let mut cb = b.upload_slice(&vec![0i64; e]).unwrap();
+                    let args = RouterTopk {
+                        config: cfg,
+                        logits: lb.view(DType::F32, &[t, e]),
+                        bias: with_bias.then(|| bb.view(DType::F32, &[e])),
+                        ids: ib.view_mut(DType::I32, &[t, k]),
+                        weights: wb.view_mut(DType::F32, &[t, k]),
+                        expert_counts: Some(cb.view_mut(DType::I64, &[e])),
+                    };
+                    b.router_topk(args.validate().unwrap()).unwrap();
+                    (
+                        b.download_vec(&ib, t * k).unwrap(),
+                        b.download_vec(&wb, t * k).unwrap(),
+                        b.download_vec(&cb, e).unwrap(),
+                    )
+                };
+                let what = format!("{scoring:?} {group:?} bias {with_bias}");
+                let (gi, gw, gc) = run(&*asc);
+                let (ri, rw, rc) = run(&Reference);
+                assert_eq!(gi, ri, "{what}: ids");
+                assert_eq!(gc, rc, "{what}: expert_counts");
+                for (j, (g, r)) in gw.iter().zip(&rw).enumerate() {
+                    assert!(
+                        (g - r).abs() <= 1e-6 * r.abs().max(1e-30),
+                        "{what}: weight {j}: device {g:e}, reference {r:e}"
+                    );
+                }
+            }
+        }
     }
 }

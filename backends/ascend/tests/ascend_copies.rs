@@ -56,13 +56,17 @@ const ROUND_TRIPS: &[&str] = &[
     // composed on the device (renormalised with aclnnAdds(1e-20)), expert_counts counted on the
     // device (aclnnSort + aclnnArange + aclnnSearchSorted, adjacent differences, aclnnCast), T = 0
     // zeroes them with aclrtMemset: so no "router_topk h2d" / "router_topk+expert_counts h2d".
-    // Non-finite rows and sqrt_softplus scoring still run fully on the host.
+    // Group-limited calls ("+group") likewise.
     "router_topk d2h",
     "router_topk+expert_counts d2h",
+    "router_topk+group+expert_counts d2h",
+    // Non-finite logits: the selection composed on the device (aclnnIsFinite, aclnnLogicalNot,
+    // aclnnInplaceMaskedFillScalar, the scoring op, aclnnAdd of the bias, the group limit by
+    // aclnnSort / aclnnAdd / aclnnFloorDivides / aclnnEqScalar, a stable descending aclnnSort and
+    // its first k indices); only the 4-byte finiteness flag is read. sqrt_softplus (grouped or not)
+    // takes the same composition with no read at all, so it is not listed: any copy fails the test.
     "router_topk+expert_counts+nonfinite d2h",
-    "router_topk+expert_counts+nonfinite h2d",
-    "router_topk+sqrt_softplus+expert_counts d2h",
-    "router_topk+sqrt_softplus+expert_counts h2d",
+    "router_topk+group+expert_counts+nonfinite d2h",
     // Composed on the device (aclnnSort, aclnnFloorDivides, aclnnArange + aclnnScatter,
     // aclnnSearchSorted, aclnnIndexSelect); only the id range check reads 8 bytes (CONTROL_READS).
     "moe_permute d2h",
@@ -85,8 +89,9 @@ const ROUND_TRIPS: &[&str] = &[
 /// - `gather_rows` (dense and fp8): the same of the INT64 row indices, 2 × 8 bytes;
 /// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
 ///   adjacent differences (4 bytes), OPS.md §1;
-/// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes; a non-finite logit sends
-///   the call to the host, OPS.md §2) and the vendor op's ids' `aclnnAmin` / `aclnnAmax` (2 × 4).
+/// - `router_topk` with finite logits: the f32 finiteness flag (4 bytes) and the vendor op's ids'
+///   `aclnnAmin` / `aclnnAmax` (2 × 4); with a non-finite logit the flag only (the composed
+///   selection's ids are in range by construction, OPS.md §2 step 6).
 const CONTROL_READS: &[(&str, u64)] = &[
     ("moe_permute d2h", 8),
     ("moe_combine d2h", 16),
@@ -98,6 +103,9 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("grouped_gemm+row_scale+k0 d2h", 20),
     ("router_topk d2h", 12),
     ("router_topk+expert_counts d2h", 12),
+    ("router_topk+group+expert_counts d2h", 12),
+    ("router_topk+expert_counts+nonfinite d2h", 4),
+    ("router_topk+group+expert_counts+nonfinite d2h", 4),
 ];
 
 #[repr(C)]
@@ -287,11 +295,15 @@ impl Backend for Counting {
     }
     fn router_topk(&self, args: Checked<RouterTopk<'_>>) -> Result<()> {
         // Keyed per variant, so a call that must take the device path is pinned on its own:
-        // sqrt_softplus scoring (no vendor op), expert_counts (a histogram), non-finite logits.
+        // sqrt_softplus scoring (no vendor op), a group limit, expert_counts (a histogram),
+        // non-finite logits.
         // The logits are read here, before the counters are reset (not counted as the op's).
         let mut key = String::from("router_topk");
         if args.config.scoring == Scoring::SqrtSoftplus {
             key.push_str("+sqrt_softplus");
+        }
+        if args.config.effective_group().is_some() {
+            key.push_str("+group");
         }
         if args.expert_counts.is_some() {
             key.push_str("+expert_counts");

@@ -92,6 +92,12 @@ api! {
         aclnnAddsGetWorkspaceSize: aclnnAddsGetWorkspaceSizeFn, aclnnAdds: aclnnAddsFn,
         aclnnAmaxGetWorkspaceSize: aclnnAmaxGetWorkspaceSizeFn, aclnnAmax: aclnnAmaxFn,
         aclnnAminGetWorkspaceSize: aclnnAminGetWorkspaceSizeFn, aclnnAmin: aclnnAminFn,
+        aclnnSqrtGetWorkspaceSize: aclnnSqrtGetWorkspaceSizeFn, aclnnSqrt: aclnnSqrtFn,
+        aclnnSoftplusGetWorkspaceSize: aclnnSoftplusGetWorkspaceSizeFn, aclnnSoftplus: aclnnSoftplusFn,
+        aclnnIsFiniteGetWorkspaceSize: aclnnIsFiniteGetWorkspaceSizeFn, aclnnIsFinite: aclnnIsFiniteFn,
+        aclnnLogicalNotGetWorkspaceSize: aclnnLogicalNotGetWorkspaceSizeFn, aclnnLogicalNot: aclnnLogicalNotFn,
+        aclnnSWhereGetWorkspaceSize: aclnnSWhereGetWorkspaceSizeFn, aclnnSWhere: aclnnSWhereFn,
+        aclnnAddGetWorkspaceSize: aclnnAddGetWorkspaceSizeFn, aclnnAdd: aclnnAddFn,
     }
 }
 
@@ -175,6 +181,18 @@ pub struct OpVersions {
     pub amax: bool,
     /// `aclnnAmin`.
     pub amin: bool,
+    /// `aclnnSqrt`.
+    pub sqrt: bool,
+    /// `aclnnSoftplus`.
+    pub softplus: bool,
+    /// `aclnnIsFinite`.
+    pub is_finite: bool,
+    /// `aclnnLogicalNot`.
+    pub logical_not: bool,
+    /// `aclnnSWhere`.
+    pub s_where: bool,
+    /// `aclnnAdd` (tensor + alpha·tensor).
+    pub add: bool,
 }
 
 impl Api {
@@ -341,6 +359,36 @@ impl Api {
             self.aclnnAmin.is_some(),
             self.aclnnAminGetWorkspaceSize.is_some(),
         );
+        add(
+            "aclnnSqrt",
+            self.aclnnSqrt.is_some(),
+            self.aclnnSqrtGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSoftplus",
+            self.aclnnSoftplus.is_some(),
+            self.aclnnSoftplusGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnIsFinite",
+            self.aclnnIsFinite.is_some(),
+            self.aclnnIsFiniteGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnLogicalNot",
+            self.aclnnLogicalNot.is_some(),
+            self.aclnnLogicalNotGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnSWhere",
+            self.aclnnSWhere.is_some(),
+            self.aclnnSWhereGetWorkspaceSize.is_some(),
+        );
+        add(
+            "aclnnAdd",
+            self.aclnnAdd.is_some(),
+            self.aclnnAddGetWorkspaceSize.is_some(),
+        );
         v
     }
 
@@ -450,6 +498,21 @@ impl Api {
             adds: both(self.aclnnAdds.is_some(), self.aclnnAddsGetWorkspaceSize.is_some()),
             amax: both(self.aclnnAmax.is_some(), self.aclnnAmaxGetWorkspaceSize.is_some()),
             amin: both(self.aclnnAmin.is_some(), self.aclnnAminGetWorkspaceSize.is_some()),
+            sqrt: both(self.aclnnSqrt.is_some(), self.aclnnSqrtGetWorkspaceSize.is_some()),
+            softplus: both(
+                self.aclnnSoftplus.is_some(),
+                self.aclnnSoftplusGetWorkspaceSize.is_some(),
+            ),
+            is_finite: both(
+                self.aclnnIsFinite.is_some(),
+                self.aclnnIsFiniteGetWorkspaceSize.is_some(),
+            ),
+            logical_not: both(
+                self.aclnnLogicalNot.is_some(),
+                self.aclnnLogicalNotGetWorkspaceSize.is_some(),
+            ),
+            s_where: both(self.aclnnSWhere.is_some(), self.aclnnSWhereGetWorkspaceSize.is_some()),
+            add: both(self.aclnnAdd.is_some(), self.aclnnAddGetWorkspaceSize.is_some()),
         }
     }
 }

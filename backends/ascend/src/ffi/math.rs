@@ -1,5 +1,6 @@
 //! Math primitives for compositions on the device: `aclnnSoftmax`, `aclnnSigmoid`, `aclnnGather`,
-//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnFloorDivides`, `aclnnAmax`, `aclnnAmin`.
+//! `aclnnReduceSum`, `aclnnDiv`, `aclnnMuls`, `aclnnAdds`, `aclnnAdd`, `aclnnSqrt`, `aclnnSoftplus`,
+//! `aclnnFloorDivides`, `aclnnAmax`, `aclnnAmin`.
 
 use moehal_ascend_sys as sys;
 use moehal_core::Result;
@@ -106,6 +107,50 @@ impl Runtime {
         self.two_phase_outcome(
             "aclnnAdds",
             |ws, ex| unsafe { p1(x.ptr(), other.ptr(), alpha.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnAdd(self, other, alpha, out)`: `out = self + alpha * other`, broadcast, out of the
+    /// promoted dtype ([HA canncommercial/800 aclnnAdd&aclnnInplaceAdd.md]).
+    pub fn add(&self, a: &Tensor<'_>, b: &Tensor<'_>, alpha: &Scalar<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnAddGetWorkspaceSize, "aclnnAddGetWorkspaceSize")?;
+        let l = opt(api.aclnnAdd, "aclnnAdd")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnAdd",
+            |ws, ex| unsafe { p1(a.ptr(), b.ptr(), alpha.ptr(), out.ptr(), ws, ex) },
+            l,
+        )
+    }
+
+    /// `aclnnSqrt(self, out)`: `out = sqrt(x)`, NaN for a negative element ([HA canncommercial/800
+    /// aclnnSqrt&aclnnInplaceSqrt.md]).
+    pub fn sqrt(&self, x: &Tensor<'_>, out: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnSqrtGetWorkspaceSize, "aclnnSqrtGetWorkspaceSize")?;
+        let l = opt(api.aclnnSqrt, "aclnnSqrt")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome("aclnnSqrt", |ws, ex| unsafe { p1(x.ptr(), out.ptr(), ws, ex) }, l)
+    }
+
+    /// `aclnnSoftplus(self, beta, threshold, out)`: `out = ln(1 + e^(beta·x)) / beta` where
+    /// `beta·x <= threshold`, else `x` ([HA canncommercial/800 aclnnSoftplus.md]).
+    pub fn softplus(
+        &self,
+        x: &Tensor<'_>,
+        beta: &Scalar<'_>,
+        threshold: &Scalar<'_>,
+        out: &Tensor<'_>,
+    ) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(api.aclnnSoftplusGetWorkspaceSize, "aclnnSoftplusGetWorkspaceSize")?;
+        let l = opt(api.aclnnSoftplus, "aclnnSoftplus")?;
+        // SAFETY: live objects of this runtime.
+        self.two_phase_outcome(
+            "aclnnSoftplus",
+            |ws, ex| unsafe { p1(x.ptr(), beta.ptr(), threshold.ptr(), out.ptr(), ws, ex) },
             l,
         )
     }

@@ -10,5 +10,6 @@ mod moe_combine;
 mod moe_permute;
 
 pub(crate) use moe_permute::permute_composable_with;
+pub(crate) use router_topk::composed_prims;
 mod router_topk;
 mod swiglu;

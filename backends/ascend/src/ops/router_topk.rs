@@ -6,7 +6,7 @@ use moehal_core::ops::{Checked, GroupLimit, GroupScore, RouterConfig, RouterTopk
 use moehal_core::{Backend, Buffer, DType, Error, Reference, Result, TensorRef};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, scratch_desc, Ascend};
-use crate::ffi::{DevMem, Outcome, Scalar, NAME};
+use crate::ffi::{DevMem, OpVersions, Outcome, Scalar, Tensor, NAME};
 use crate::routes::GatingPattern;
 
 const OP_RT: &str = "router_topk";
@@ -21,6 +21,9 @@ enum RouterRoute {
     /// `aclnnMoeGatingTopK` selects (pattern accepted by the open-time probe), the host computes
     /// the weights.
     Gating(GatingPattern),
+    /// Selection composed of primitives (`Ascend::router_sorted_device`): `sqrt_softplus` scoring
+    /// or non-finite logits, no group limit.
+    Sorted,
 }
 
 /// The `aclnnMoeGatingTopK` pattern of a router config, if the op has that scoring at all.
@@ -70,6 +73,31 @@ pub(crate) fn gating_shape_ok(e: usize, k: usize, group: Option<GroupLimit>) -> 
         ));
     }
     Ok(())
+}
+
+/// Whether the libraries have every primitive of the composed router selection
+/// (`Ascend::router_sorted_device`, with the group limit when `group`) and of its weights
+/// (`Ascend::router_weights_device`: gather, renormalisation with `aclnnAdds` so the weights never
+/// need the logits on the host, scaling).
+pub(crate) fn composed_prims(v: &OpVersions, scoring: Scoring, group: bool, bias: bool, renormalize: bool) -> bool {
+    let scoring = match scoring {
+        Scoring::Softmax => v.softmax,
+        Scoring::Sigmoid => v.sigmoid,
+        Scoring::SqrtSoftplus => v.softplus && v.sqrt && v.clamp_max && v.eq_scalar && v.s_where,
+    };
+    scoring
+        && (!group || (v.floor_divides && v.eq_scalar && v.add))
+        && (!(group || bias) || v.eq_scalar)
+        && (!bias || v.add)
+        && (!renormalize || (v.adds && v.reduce_sum && v.div))
+        && v.scalar
+        && v.muls
+        && v.cast
+        && v.is_finite
+        && v.logical_not
+        && v.masked_fill
+        && v.sort
+        && v.gather_dim
 }
 
 impl Ascend {
@@ -144,6 +172,289 @@ impl Ascend {
         let mut b = [0u8; 4];
         self.rt.d2h(&mut b, smem.ptr)?;
         Ok(Some(f32::from_le_bytes(b) == 0.0))
+    }
+
+    /// Whether [`Self::router_sorted_device`] can serve this call: non-empty logits in this
+    /// device's memory and the primitives present ([`composed_prims`]).
+    fn router_sorted_ok(&self, a: &RouterTopk<'_>) -> bool {
+        let (t, e) = a.dims();
+        let cfg = a.config;
+        composed_prims(
+            &self.rt.lib.versions,
+            cfg.scoring,
+            cfg.effective_group().is_some(),
+            a.bias.is_some(),
+            cfg.renormalize,
+        ) && t * e > 0
+            && self.mine(a.logits.buffer(), "logits").is_ok()
+            && a.bias.as_ref().is_none_or(|b| self.mine(b.buffer(), "bias").is_ok())
+    }
+
+    /// `sqrt_softplus` scores (OPS.md §2 step 1, DeepSeek-V4) of the f32 logits `x` `[T, E]` into
+    /// `out`: `aclnnSqrt(aclnnSoftplus(x, beta 1, threshold 20))` where `x >= -40`, else
+    /// `aclnnSoftplus(x / 2)` (`aclnnMuls(0.5)`), chosen by `aclnnSWhere` on the mask
+    /// `aclnnEqScalar(aclnnClampMax(x, -40), -40)`. Why two formulas: in f32, `softplus(x) ≈ e^x`
+    /// underflows below `x ≈ -103` although `sqrt(softplus(x)) ≈ e^(x/2)` is still a (subnormal)
+    /// f32 down to `x ≈ -206`, and OPS.md scores underflow only where the exact value does (the
+    /// test kit's "sqrt_softplus subnormals" case); `softplus(x/2) = e^(x/2)(1 - e^(x/2)/2 + ...)`
+    /// is within `e^(x/2)/2 < 1e-9` relative of `sqrt(softplus(x))` for `x < -40`. Threshold 20
+    /// (torch's default): `softplus(x) = x + e^-x` above it, below half an ulp of `x`.
+    /// Returns `false` when a primitive refused the call.
+    fn router_sqrt_softplus(&self, x: &Tensor<'_>, out: &Tensor<'_>, t: usize, e: usize) -> Result<bool> {
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let f32s = |m: &DevMem<'_>| scratch_desc(m, sys::ACL_FLOAT, &[t, e]);
+        let (one, twenty) = (Scalar::f32(&self.rt, 1.0)?, Scalar::f32(&self.rt, 20.0)?);
+        let sp = DevMem::new(&self.rt, t * e * 4)?;
+        let spt = self.t(&f32s(&sp))?;
+        if !ran(self.rt.softplus(x, &one, &twenty, &spt)?) {
+            return Ok(false);
+        }
+        let rt_ = DevMem::new(&self.rt, t * e * 4)?;
+        let rtt = self.t(&f32s(&rt_))?;
+        if !ran(self.rt.sqrt(&spt, &rtt)?) {
+            return Ok(false);
+        }
+        let half = DevMem::new(&self.rt, t * e * 4)?;
+        let halft = self.t(&f32s(&half))?;
+        if !ran(self.rt.muls(x, &Scalar::f32(&self.rt, 0.5)?, &halft)?) {
+            return Ok(false);
+        }
+        let low = DevMem::new(&self.rt, t * e * 4)?;
+        let lowt = self.t(&f32s(&low))?;
+        if !ran(self.rt.softplus(&halft, &one, &twenty, &lowt)?) {
+            return Ok(false);
+        }
+        // `half` is free again: it takes min(x, -40).
+        let edge = Scalar::f32(&self.rt, -40.0)?;
+        if !ran(self.rt.clamp_max(x, &edge, &halft)?) {
+            return Ok(false);
+        }
+        let cond = DevMem::new(&self.rt, t * e)?;
+        let condt = self.t(&scratch_desc(&cond, sys::ACL_BOOL, &[t, e]))?;
+        if !ran(self.rt.eq_scalar(&halft, &edge, &condt)?) {
+            return Ok(false);
+        }
+        Ok(ran(self.rt.s_where(&condt, &rtt, &lowt, out)?))
+    }
+
+    /// OPS.md §2 step 3 on the selection scores `ŝ` (FLOAT `[T, E]` in `xmem`, non-finite ones
+    /// already `-inf`), in place: viewed `[T·G, E/G]`, a stable descending `aclnnSort` per group
+    /// gives the group score as its first value (`max`) or `aclnnAdd` of its first two (`top2_sum`,
+    /// f32, rounded once; `-inf` stays `-inf`); a stable descending `aclnnSort` of the `[T, G]`
+    /// group scores ranks the groups (ties: lower group index); an ascending `aclnnSort` of that
+    /// permutation gives each group's rank (the inverse permutation), `aclnnFloorDivides` by
+    /// `topk_group` is 0 exactly for the kept ranks, `aclnnEqScalar(0)` + `aclnnLogicalNot` mark
+    /// the dropped groups, and `aclnnInplaceMaskedFillScalar` of `ŝ` viewed `[T, G, E/G]` with the
+    /// mask `[T, G, 1]` (broadcast) sets their experts to `-inf`. Returns `false` when a primitive
+    /// refused the call.
+    fn router_group_mask(&self, xmem: &DevMem<'_>, t: usize, e: usize, g: GroupLimit) -> Result<bool> {
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let (gn, kg) = (g.n_group, g.topk_group);
+        let per = e / gn;
+        let rows = t * gn;
+        let x2 = self.t(&scratch_desc(xmem, sys::ACL_FLOAT, &[rows, per]))?;
+        let gv = DevMem::new(&self.rt, rows * per * 4)?;
+        let gp = DevMem::new(&self.rt, rows * per * 8)?;
+        let gvt = self.t(&scratch_desc(&gv, sys::ACL_FLOAT, &[rows, per]))?;
+        let gpt = self.t(&scratch_desc(&gp, sys::ACL_INT64, &[rows, per]))?;
+        if !ran(self.rt.sort(&x2, true, 1, true, &gvt, &gpt)?) {
+            return Ok(false);
+        }
+        // Column `c` of the sorted groups as a `[T, G]` view.
+        let col = |c: i64| {
+            let mut d = scratch_desc(&gv, sys::ACL_FLOAT, &[rows, per]);
+            d.dims = vec![t as i64, gn as i64];
+            d.strides = vec![(gn * per) as i64, per as i64];
+            d.offset = c;
+            d
+        };
+        let gs = DevMem::new(&self.rt, rows * 4)?;
+        let gst = self.t(&scratch_desc(&gs, sys::ACL_FLOAT, &[t, gn]))?;
+        let one = Scalar::f32(&self.rt, 1.0)?;
+        let c0 = self.t(&col(0))?;
+        let o = match g.score {
+            GroupScore::Max => self.rt.muls(&c0, &one, &gst)?,
+            GroupScore::Top2Sum => self.rt.add(&c0, &self.t(&col(1))?, &one, &gst)?,
+        };
+        if !ran(o) {
+            return Ok(false);
+        }
+        let sv = DevMem::new(&self.rt, rows * 4)?;
+        let order = DevMem::new(&self.rt, rows * 8)?;
+        let svt = self.t(&scratch_desc(&sv, sys::ACL_FLOAT, &[t, gn]))?;
+        let ordert = self.t(&scratch_desc(&order, sys::ACL_INT64, &[t, gn]))?;
+        if !ran(self.rt.sort(&gst, true, 1, true, &svt, &ordert)?) {
+            return Ok(false);
+        }
+        let ov = DevMem::new(&self.rt, rows * 8)?;
+        let rank = DevMem::new(&self.rt, rows * 8)?;
+        let ovt = self.t(&scratch_desc(&ov, sys::ACL_INT64, &[t, gn]))?;
+        let rankt = self.t(&scratch_desc(&rank, sys::ACL_INT64, &[t, gn]))?;
+        if !ran(self.rt.sort(&ordert, true, 1, false, &ovt, &rankt)?) {
+            return Ok(false);
+        }
+        // `ov` is free again: it takes rank / topk_group.
+        if !ran(self
+            .rt
+            .floor_divides(&rankt, &Scalar::i64(&self.rt, kg as i64)?, &ovt)?)
+        {
+            return Ok(false);
+        }
+        let kept = DevMem::new(&self.rt, rows)?;
+        let dropped = DevMem::new(&self.rt, rows)?;
+        let keptt = self.t(&scratch_desc(&kept, sys::ACL_BOOL, &[t, gn]))?;
+        let droppedt = self.t(&scratch_desc(&dropped, sys::ACL_BOOL, &[t, gn]))?;
+        if !ran(self.rt.eq_scalar(&ovt, &Scalar::i64(&self.rt, 0)?, &keptt)?)
+            || !ran(self.rt.logical_not(&keptt, &droppedt)?)
+        {
+            return Ok(false);
+        }
+        let x3 = self.t(&scratch_desc(xmem, sys::ACL_FLOAT, &[t, gn, per]))?;
+        let m3 = self.t(&scratch_desc(&dropped, sys::ACL_BOOL, &[t, gn, 1]))?;
+        Ok(ran(self.rt.masked_fill(
+            &x3,
+            &m3,
+            &Scalar::f32(&self.rt, f32::NEG_INFINITY)?,
+        )?))
+    }
+
+    /// Selection composed of documented primitives (no vendor gating op), for calls whose logits
+    /// hold a non-finite value or whose scoring is `sqrt_softplus` (OPS.md §2 steps 1-4 and 6):
+    ///
+    /// 1. `x` = f32 copy of the logits (`aclnnCast`, or `aclnnMuls(1)` for f32: exact),
+    /// 2. `bad = aclnnLogicalNot(aclnnIsFinite(x))` (BOOL `[T, E]`),
+    /// 3. `aclnnInplaceMaskedFillScalar(x, bad, v)` with `v = -inf` for softmax (an excluded logit
+    ///    adds nothing to the denominator) and `0` otherwise (any finite value: its score is
+    ///    replaced in 5),
+    /// 4. `s` = `aclnnSoftmax(dim 1)`, `aclnnSigmoid` or [`Self::router_sqrt_softplus`],
+    /// 5. `s = 0` where `bad` (masked fill; also clears the NaN of a softmax row with no finite
+    ///    logit),
+    /// 6. `ŝ = aclnnAdd(s, bias)` (f32, rounded once, broadcast over rows) or a copy of `s`, and
+    ///    `ŝ = -inf` where `bad`,
+    /// 7. with a bias, a non-finite `ŝ` is excluded too (`-inf`); with a group limit,
+    ///    [`Self::router_group_mask`]; with either, `s = 0` wherever `ŝ` is now `-inf`
+    ///    (`aclnnEqScalar`; such an expert is chosen only as a fill slot, which weighs 0),
+    /// 8. `aclnnSort(ŝ, stable, dim 1, descending)`: ties keep index order, so the lower id wins
+    ///    (step 4) and the excluded experts (all `-inf`) follow every selectable one in index
+    ///    order, which is step 6's fill with the lowest-index experts not yet chosen,
+    /// 9. ids = `aclnnCast` to INT32 of the first `k` columns of the sort's INT64 indices (a
+    ///    strided view `[T, k]`, row stride `E`).
+    ///
+    /// Returns the ids (INT32 `[T, k]`, in `[0, E)` by construction) and `s` (FLOAT `[T, E]`, the
+    /// unbiased scores with 0 for excluded experts, from which the weights are gathered), or
+    /// `None` when a primitive refused the call (a NaN `ŝ` from a NaN bias, say: aclnnSort does not
+    /// document where NaN sorts); the caller then runs the host path. Nothing crosses to the host.
+    fn router_sorted_device(&self, a: &RouterTopk<'_>) -> Result<Option<(DevMem<'_>, DevMem<'_>)>> {
+        let (t, e) = a.dims();
+        let cfg = a.config;
+        let k = cfg.topk;
+        let ran = |o: Outcome| matches!(o, Outcome::Ran);
+        let f32s = |m: &DevMem<'_>| scratch_desc(m, sys::ACL_FLOAT, &[t, e]);
+        let bools = |m: &DevMem<'_>| scratch_desc(m, sys::ACL_BOOL, &[t, e]);
+        // 1.
+        let xmem = DevMem::new(&self.rt, t * e * 4)?;
+        let xt = self.t(&f32s(&xmem))?;
+        let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+        let one = Scalar::f32(&self.rt, 1.0)?;
+        let o = if a.logits.dtype() == DType::F32 {
+            self.rt.muls(&src, &one, &xt)?
+        } else {
+            self.rt.cast_outcome(&src, sys::ACL_FLOAT, &xt)?
+        };
+        if !ran(o) {
+            return Ok(None);
+        }
+        // 2.
+        let fin = DevMem::new(&self.rt, t * e)?;
+        let fint = self.t(&bools(&fin))?;
+        if !ran(self.rt.is_finite(&xt, &fint)?) {
+            return Ok(None);
+        }
+        let bad = DevMem::new(&self.rt, t * e)?;
+        let badt = self.t(&bools(&bad))?;
+        if !ran(self.rt.logical_not(&fint, &badt)?) {
+            return Ok(None);
+        }
+        // 3.
+        let fill = if cfg.scoring == Scoring::Softmax {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        if !ran(self.rt.masked_fill(&xt, &badt, &Scalar::f32(&self.rt, fill)?)?) {
+            return Ok(None);
+        }
+        // 4.
+        let smem = DevMem::new(&self.rt, t * e * 4)?;
+        let st = self.t(&f32s(&smem))?;
+        let scored = match cfg.scoring {
+            Scoring::Softmax => ran(self.rt.softmax(&xt, 1, &st)?),
+            Scoring::Sigmoid => ran(self.rt.sigmoid(&xt, &st)?),
+            Scoring::SqrtSoftplus => self.router_sqrt_softplus(&xt, &st, t, e)?,
+        };
+        if !scored {
+            return Ok(None);
+        }
+        // 5.
+        let zero = Scalar::f32(&self.rt, 0.0)?;
+        if !ran(self.rt.masked_fill(&st, &badt, &zero)?) {
+            return Ok(None);
+        }
+        // 6. (x is free again: it takes ŝ.)
+        let o = match &a.bias {
+            Some(b) => {
+                let bt = self.t(&desc_of(b, OP_RT, "bias")?)?;
+                self.rt.add(&st, &bt, &one, &xt)?
+            }
+            None => self.rt.muls(&st, &one, &xt)?,
+        };
+        if !ran(o) {
+            return Ok(None);
+        }
+        let ninf = Scalar::f32(&self.rt, f32::NEG_INFINITY)?;
+        if !ran(self.rt.masked_fill(&xt, &badt, &ninf)?) {
+            return Ok(None);
+        }
+        if a.bias.is_some() {
+            // A non-finite ŝ (f32 overflow of s + bias, a NaN bias) is excluded too, as in the
+            // reference (and aclnnSort does not document NaN).
+            if !ran(self.rt.is_finite(&xt, &fint)?)
+                || !ran(self.rt.logical_not(&fint, &badt)?)
+                || !ran(self.rt.masked_fill(&xt, &badt, &ninf)?)
+            {
+                return Ok(None);
+            }
+        }
+        // 7.
+        if let Some(g) = cfg.effective_group() {
+            if !self.router_group_mask(&xmem, t, e, g)? {
+                return Ok(None);
+            }
+        }
+        if cfg.effective_group().is_some() || a.bias.is_some() {
+            // Every expert whose ŝ is now -inf is selected only as a fill slot, which weighs 0.
+            if !ran(self.rt.eq_scalar(&xt, &ninf, &badt)?) || !ran(self.rt.masked_fill(&st, &badt, &zero)?) {
+                return Ok(None);
+            }
+        }
+        // 8.
+        let vals = DevMem::new(&self.rt, t * e * 4)?;
+        let perm = DevMem::new(&self.rt, t * e * 8)?;
+        let valst = self.t(&f32s(&vals))?;
+        let permt = self.t(&scratch_desc(&perm, sys::ACL_INT64, &[t, e]))?;
+        if !ran(self.rt.sort(&xt, true, 1, true, &valst, &permt)?) {
+            return Ok(None);
+        }
+        // 9.
+        let mut head = scratch_desc(&perm, sys::ACL_INT64, &[t, e]);
+        head.dims = vec![t as i64, k as i64];
+        head.strides = vec![e as i64, 1];
+        let imem = DevMem::new(&self.rt, t * k * 4)?;
+        let it = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
+        if !ran(self.rt.cast_outcome(&self.t(&head)?, sys::ACL_INT32, &it)?) {
+            return Ok(None);
+        }
+        Ok(Some((imem, smem)))
     }
 
     /// `expert_counts` (OPS.md §2: the histogram of `ids`, i64 `[E]`) on the device from the
@@ -241,16 +552,26 @@ impl Ascend {
     /// cannot change the f32 result: every row's `k` smallest scores (a lower bound of the selected
     /// sum, computed here from the logits already read) sum to at least `1e-6`; a call with any
     /// other row keeps the host weights (the whole call). Returns whether the weights were written.
-    fn router_weights_device(&self, a: &RouterTopk<'_>, logits: Option<&[f64]>, imem: &DevMem<'_>) -> Result<bool> {
+    ///
+    /// `scores`: the unbiased scores `s` (FLOAT `[T, E]`) already on the device (from
+    /// [`Self::router_sorted_device`], non-finite logits scored 0); step 1 is then skipped.
+    fn router_weights_device(
+        &self,
+        a: &RouterTopk<'_>,
+        logits: Option<&[f64]>,
+        imem: &DevMem<'_>,
+        scores: Option<&DevMem<'_>>,
+    ) -> Result<bool> {
         let (t, e) = a.dims();
         let cfg = a.config;
         let k = cfg.topk;
         let v = self.rt.lib.versions;
-        let scoring_op = match cfg.scoring {
-            Scoring::Softmax => v.softmax,
-            Scoring::Sigmoid => v.sigmoid,
-            _ => false,
-        };
+        let scoring_op = scores.is_some()
+            || match cfg.scoring {
+                Scoring::Softmax => v.softmax,
+                Scoring::Sigmoid => v.sigmoid,
+                _ => false,
+            };
         let ops = scoring_op
             && v.scalar
             && v.gather_dim
@@ -261,7 +582,7 @@ impl Ascend {
         if !ops {
             return Ok(false);
         }
-        if cfg.renormalize && !v.adds {
+        if cfg.renormalize && !v.adds && scores.is_none() {
             let owned;
             let logits = match logits {
                 Some(l) => l,
@@ -286,25 +607,33 @@ impl Ascend {
                 }
             }
         }
-        let xmem;
-        let x = if a.logits.dtype() == DType::F32 {
-            self.t(&desc_of(&a.logits, OP_RT, "logits")?)?
-        } else {
-            xmem = DevMem::new(&self.rt, t * e * 4)?;
-            let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
-            let dst = self.t(&scratch_desc(&xmem, sys::ACL_FLOAT, &[t, e]))?;
-            self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
-            dst
+        let smem_own;
+        let smem = match scores {
+            Some(m) => m,
+            None => {
+                let xmem;
+                let x = if a.logits.dtype() == DType::F32 {
+                    self.t(&desc_of(&a.logits, OP_RT, "logits")?)?
+                } else {
+                    xmem = DevMem::new(&self.rt, t * e * 4)?;
+                    let src = self.t(&desc_of(&a.logits, OP_RT, "logits")?)?;
+                    let dst = self.t(&scratch_desc(&xmem, sys::ACL_FLOAT, &[t, e]))?;
+                    self.rt.cast(&src, sys::ACL_FLOAT, &dst)?;
+                    dst
+                };
+                smem_own = DevMem::new(&self.rt, t * e * 4)?;
+                let st = self.t(&scratch_desc(&smem_own, sys::ACL_FLOAT, &[t, e]))?;
+                let o = match cfg.scoring {
+                    Scoring::Softmax => self.rt.softmax(&x, 1, &st)?,
+                    _ => self.rt.sigmoid(&x, &st)?,
+                };
+                if let Outcome::Rejected(_) = o {
+                    return Ok(false);
+                }
+                &smem_own
+            }
         };
-        let smem = DevMem::new(&self.rt, t * e * 4)?;
-        let st = self.t(&scratch_desc(&smem, sys::ACL_FLOAT, &[t, e]))?;
-        let o = match cfg.scoring {
-            Scoring::Softmax => self.rt.softmax(&x, 1, &st)?,
-            _ => self.rt.sigmoid(&x, &st)?,
-        };
-        if let Outcome::Rejected(_) = o {
-            return Ok(false);
-        }
+        let st = self.t(&scratch_desc(smem, sys::ACL_FLOAT, &[t, e]))?;
         let gmem = DevMem::new(&self.rt, t * k * 4)?;
         let gt = self.t(&scratch_desc(&gmem, sys::ACL_FLOAT, &[t, k]))?;
         let it = self.t(&scratch_desc(imem, sys::ACL_INT32, &[t, k]))?;
@@ -369,24 +698,43 @@ impl Ascend {
                 Some(_) => {}
             }
         }
-        // Non-finite logits (OPS.md §2: excluded, weight 0) route the call to the host. Whether
-        // there are any is decided on the device where it can be (a 4-byte control read); the
-        // logits themselves are read only when they are needed on the host.
-        let finite = if t > 0 { self.router_logits_finite(&a)? } else { None };
-        let host = if finite == Some(true) {
+        // Selection composed on the device (`router_sorted_device`): always for `sqrt_softplus`
+        // (no vendor op scores it), and for calls with non-finite logits (OPS.md §2 step 6: the
+        // vendor ops do not document non-finite input). Whether the logits are finite is decided
+        // on the device (a 4-byte control read) for the other scorings only.
+        let sorted_ok = t > 0 && self.router_sorted_ok(&a);
+        let finite = if t > 0 && !(sorted_ok && cfg.scoring == Scoring::SqrtSoftplus) {
+            self.router_logits_finite(&a)?
+        } else {
+            None
+        };
+        let sorted = if sorted_ok && (cfg.scoring == Scoring::SqrtSoftplus || finite == Some(false)) {
+            self.router_sorted_device(&a)?
+        } else {
+            None
+        };
+        // The logits are read only when the host needs them.
+        let host = if finite == Some(true) || sorted.is_some() {
             None
         } else {
             Some(self.router_read_logits(&a)?)
         };
         let nonfinite = host.as_ref().is_some_and(|(_, l)| l.iter().any(|x| !x.is_finite()));
-        let route = if nonfinite || t == 0 {
+        let route = if sorted.is_some() {
+            RouterRoute::Sorted
+        } else if nonfinite || t == 0 {
             RouterRoute::Host
         } else {
             self.router_route(&cfg, e, a.logits.dtype(), a.bias.is_some())
         };
+        let (sorted_ids, scores) = match sorted {
+            Some((i, s)) => (Some(i), Some(s)),
+            None => (None, None),
+        };
         // Vendor op for the selection; scratch outputs.
         let ids = match route {
             RouterRoute::Host => None,
+            RouterRoute::Sorted => sorted_ids,
             RouterRoute::Softmax => {
                 let dt = a.logits.dtype();
                 let ymem = DevMem::new(&self.rt, t * k * dt.size())?;
@@ -458,7 +806,7 @@ impl Ascend {
         // emulator refuses an out-of-range index, hardware would read garbage): on the device
         // with aclnnAmin/aclnnAmax (an 8-byte control read) where the library has them.
         let v = self.rt.lib.versions;
-        if v.amax && v.amin && t * k > 0 {
+        if v.amax && v.amin && t * k > 0 && scores.is_none() {
             let it = self.t(&scratch_desc(&imem, sys::ACL_INT32, &[t, k]))?;
             let (lo, hi) = match self.id_extremes(&it, 2)? {
                 Some(x) => x,
@@ -481,7 +829,7 @@ impl Ascend {
             }
         }
         let logits = host.as_ref().map(|(_, l)| l.as_slice());
-        if self.router_weights_device(&a, logits, &imem)? {
+        if self.router_weights_device(&a, logits, &imem, scores.as_ref())? {
             // ids: device to device into `ids` when it is one contiguous i32 block.
             let ids_contig = a.ids.as_ref().layout().is_contiguous() && self.mine(a.ids.buffer(), "ids").is_ok();
             let counts_on_device = match &a.expert_counts {
@@ -517,6 +865,12 @@ impl Ascend {
                 self.put(c, co, bytes_of(&counts))?;
             }
             return Ok(());
+        }
+        if scores.is_some() {
+            // Composed selection but the weights refused: the contract on the host (the host
+            // weights below know neither sqrt_softplus nor excluded logits).
+            let (lg, _) = self.router_read_logits(&a)?;
+            return self.router_host(&a, &lg);
         }
         let mut ids = vec![0i32; t * k];
         self.rt.d2h(bytemuck::cast_slice_mut(&mut ids), imem.ptr)?;

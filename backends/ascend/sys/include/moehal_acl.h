@@ -302,6 +302,20 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnSigmoidGetWorkspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnSigmoid)
 
+/* aclnnSqrt: out = sqrt(self), NaN for a negative element ([HA canncommercial/800
+ * aclnnSqrt&aclnnInplaceSqrt.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSqrtGetWorkspaceSize,
+              (const aclTensor *self, aclTensor *out, uint64_t *workspaceSize,
+               aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSqrt)
+
+/* aclnnSoftplus: out = ln(1 + exp(beta * self)) / beta where beta * self <= threshold, else self
+ * ([HA canncommercial/800 aclnnSoftplus.md]; [HA 850alpha002 aclnnSoftplus.md] formula). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnSoftplusGetWorkspaceSize,
+              (const aclTensor *self, const aclScalar *beta, const aclScalar *threshold,
+               aclTensor *out, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnSoftplus)
+
 /* aclnnGather: out[i][j] = self[i][index[i][j]] for dim 1 (torch.gather)
  * ([HA canncommercial/800 aclnnGather.md]). */
 MOEHAL_ACL_FN(aclnnStatus, aclnnGatherGetWorkspaceSize,
