@@ -432,8 +432,8 @@ impl Backend for Ascend {
                     && v.cast
                     && v.muls
                     && v.reduce_sum
-                    && v.amax
-                    && v.amin
+                    && v.scalar
+                    && self.extremes_on_device()
                 {
                     "expert_counts: aclnnSort(ids) -> aclnnArange(E+1) + aclnnSearchSorted -> adjacent steps (aclnnCast f32, aclnnMuls(-1), aclnnReduceSum) -> aclnnCast INT64"
                 } else {

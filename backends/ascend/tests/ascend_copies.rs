@@ -85,7 +85,7 @@ const ROUND_TRIPS: &[&str] = &[
 /// copy in that direction. Each is a value check whose error must reach the caller before anything
 /// is written, computed on the device and read as scalars:
 /// - `moe_permute`: `aclnnAmin` / `aclnnAmax` of the INT32 ids (OPS.md §3), 2 × 4 bytes;
-/// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §4), 2 × 8 bytes;
+/// - `moe_combine`: the same of the INT64 `slot_row` (OPS.md §3), 2 × 8 bytes;
 /// - `gather_rows` (dense and fp8): the same of the INT64 row indices, 2 × 8 bytes;
 /// - `grouped_gemm`: the same of the INT64 `group_end` (2 × 8 bytes) and the f32 `aclnnAmin` of its
 ///   adjacent differences (4 bytes), OPS.md §1;

@@ -3,7 +3,7 @@
 use moehal_core::Result;
 
 use super::aclnn::opt;
-use super::{Runtime, Tensor};
+use super::{Outcome, Runtime, Tensor};
 
 impl Runtime {
     /// `aclnnSwiGlu(x, dim, out)`: `out = Swish(A) * B`, A / B the first / second half of `x`
@@ -24,11 +24,21 @@ impl Runtime {
     /// shape, computed in the promoted dtype and stored in `selfRef`'s ([HA canncommercial/800
     /// aclnnMul&aclnnInplaceMul.md]).
     pub fn inplace_mul(&self, self_ref: &Tensor<'_>, other: &Tensor<'_>) -> Result<()> {
+        match self.inplace_mul_outcome(self_ref, other)? {
+            Outcome::Ran => Ok(()),
+            Outcome::Rejected(e) => Err(e),
+        }
+    }
+
+    /// [`Runtime::inplace_mul`], but a phase-one rejection (nothing enqueued, `selfRef` as it was)
+    /// comes back as [`Outcome::Rejected`], so a caller that already wrote its output can finish
+    /// on the host instead of returning an error over a half-written result.
+    pub fn inplace_mul_outcome(&self, self_ref: &Tensor<'_>, other: &Tensor<'_>) -> Result<Outcome> {
         let api = self.api();
         let p1 = opt(api.aclnnInplaceMulGetWorkspaceSize, "aclnnInplaceMulGetWorkspaceSize")?;
         let l = opt(api.aclnnInplaceMul, "aclnnInplaceMul")?;
         // SAFETY: live objects of this runtime.
-        self.two_phase(
+        self.two_phase_outcome(
             "aclnnInplaceMul",
             |ws, ex| unsafe { p1(self_ref.ptr(), other.ptr(), ws, ex) },
             l,

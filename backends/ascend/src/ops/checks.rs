@@ -4,7 +4,7 @@
 //! itself crossing to the host.
 
 use moehal_ascend_sys as sys;
-use moehal_core::{DType, Result, TensorRef};
+use moehal_core::{DType, Error, Result, TensorRef};
 
 use crate::backend::{desc_of, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, Scalar, TDesc, Tensor};
@@ -67,11 +67,27 @@ impl Ascend {
         if rank == 0 {
             return Ok(None);
         }
-        let x = self.t(&desc_of(t, op, field)?)?;
-        let Some(lo) = self.extreme_bits(&x, rank, dt, false)? else {
+        // A view the descriptor cannot express (e.g. an element offset that is not a whole
+        // element of the buffer) is checked on the host, as it was before the device check.
+        let Ok(d) = desc_of(t, op, field) else {
             return Ok(None);
         };
-        let Some(hi) = self.extreme_bits(&x, rank, dt, true)? else {
+        let x = self.t(&d)?;
+        self.tensor_extremes(&x, rank, dt)
+    }
+
+    /// `(aclnnAmin, aclnnAmax)` of the rank-`rank` integer (INT32 / INT64) tensor `x`, read back
+    /// (2 × 4 or 2 × 8 bytes); `None` when either reduction refused the call at phase one.
+    pub(crate) fn tensor_extremes(
+        &self,
+        x: &Tensor<'_>,
+        rank: usize,
+        dt: sys::aclDataType,
+    ) -> Result<Option<(i64, i64)>> {
+        let Some(lo) = self.extreme_bits(x, rank, dt, false)? else {
+            return Ok(None);
+        };
+        let Some(hi) = self.extreme_bits(x, rank, dt, true)? else {
             return Ok(None);
         };
         Ok(Some((lo, hi)))
@@ -119,4 +135,29 @@ impl Ascend {
         }
         Ok(Some(out))
     }
+}
+
+/// The range rule of an index tensor checked by its device extremes: `Err(InvalidArgument)` on
+/// `field` of `op` unless every entry is in `[min, end)`, i.e. `lo >= min` and `hi < end`, where
+/// `(lo, hi)` are the `aclnnAmin` / `aclnnAmax` of the tensor ([`Ascend::index_extremes`]). `rule`
+/// names the contract's rule and its source (e.g. "OPS.md §3"), for the message.
+pub(crate) fn check_extremes(
+    op: &'static str,
+    field: &'static str,
+    (lo, hi): (i64, i64),
+    min: i64,
+    end: i64,
+    rule: &str,
+) -> Result<()> {
+    if lo >= min && hi < end {
+        return Ok(());
+    }
+    let bad = if lo < min { lo } else { hi };
+    Err(Error::invalid(
+        op,
+        field,
+        format!(
+            "an entry {bad} of {field} is outside [{min}, {end}) ({rule}; aclnnAmin/aclnnAmax of {field}: {lo}, {hi})"
+        ),
+    ))
 }

@@ -10,6 +10,7 @@ use moehal_core::DType;
 
 use crate::backend::{desc_of, hm, hv, reshaped, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, TDesc};
+use crate::ops::checks::check_extremes;
 
 const OP_GR: &str = "gather_rows";
 
@@ -25,7 +26,12 @@ impl Ascend {
         let (t, c, r, d) = a.dims();
         let v = self.rt.lib.versions;
         let host_table = a.table.buffer().location() == Location::Host;
-        let device = !host_table
+        // Every operand an aclnn call reads or writes must be this device's memory
+        // (aclCreateTensor does not check addresses): otherwise the host path.
+        let all_mine = self.mine(a.table.buffer(), "table").is_ok()
+            && self.mine(a.rows.buffer(), "rows").is_ok()
+            && self.mine(a.out.buffer(), "out").is_ok();
+        let device = all_mine
             && a.format != TableFormat::Fp8E4m3Ue8m0
             && a.format.storage_dtype() == a.out.dtype()
             && v.gather > 0
@@ -41,15 +47,7 @@ impl Ascend {
             None
         };
         match extremes {
-            Some((lo, hi)) if lo < 0 || hi >= r as i64 => {
-                let bad = if lo < 0 { lo } else { hi };
-                return Err(Error::invalid(
-                    OP_GR,
-                    "rows",
-                    format!("a row index {bad} is outside [0, R = {r}) (aclnnAmin/aclnnAmax of rows: {lo}, {hi})"),
-                ));
-            }
-            Some(_) => {}
+            Some(lh) => check_extremes(OP_GR, "rows", lh, 0, r as i64, "OPS.md §5: rows in [0, R)")?,
             None => {
                 let rows: Vec<i64> = self.fetch(&a.rows)?;
                 check_rows(OP_GR, &rows, r)?;
@@ -58,7 +56,7 @@ impl Ascend {
         if t * c == 0 || d == 0 {
             return Ok(()); // nothing to write (the aclnn gathers refuse empty tensors)
         }
-        if !host_table && a.format == TableFormat::Fp8E4m3Ue8m0 {
+        if all_mine && a.format == TableFormat::Fp8E4m3Ue8m0 {
             if let Outcome::Ran = self.gather_fp8_device(&a)? {
                 return Ok(());
             }
@@ -114,8 +112,17 @@ impl Ascend {
         let Some(lut) = &self.fp8_lut else {
             return refuse("no fp8 tables (aclnnIndexSelect / aclnnCast / aclnnInplaceMul missing)");
         };
-        if !a.out.layout().is_contiguous() || self.mine(a.out.buffer(), "out").is_err() {
-            return refuse("strided or foreign out");
+        if !a.out.layout().is_contiguous() {
+            return refuse("strided out");
+        }
+        for (b, f) in [
+            (a.table.buffer(), "table"),
+            (a.rows.buffer(), "rows"),
+            (a.out.buffer(), "out"),
+        ] {
+            if self.mine(b, f).is_err() {
+                return refuse("an operand is not this device's memory");
+            }
         }
         let ran = |o: Outcome| matches!(o, Outcome::Ran);
         // 1. the selected rows.
@@ -192,10 +199,15 @@ impl Ascend {
             strides: vec![nb as i64, 1, 1],
             ..scratch_desc(&smem, sys::ACL_FLOAT, &[n * nb])
         };
-        self.rt.inplace_mul(&self.t(&vals3)?, &self.t(&scales3)?)?;
+        // A refusal here comes after f32 `out` took the unscaled values: the caller's host path
+        // rewrites all of it (never an error over a half-written `out`).
+        if !ran(self.rt.inplace_mul_outcome(&self.t(&vals3)?, &self.t(&scales3)?)?) {
+            return refuse("aclnnInplaceMul refused the block scales");
+        }
         // 5. bf16 out.
         if !f32_out {
             let out = self.t(&reshaped(&a.out.as_ref(), &[n * d], OP_GR, "out")?)?;
+            // Rejected: nothing written to bf16 `out`; the caller's host path writes it.
             return self.rt.cast_outcome(&self.t(&vals_d)?, sys::ACL_BF16, &out);
         }
         Ok(Outcome::Ran)

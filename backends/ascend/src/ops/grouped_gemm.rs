@@ -9,6 +9,7 @@ use moehal_core::{Backend, DType, Error, Reference, Result};
 
 use crate::backend::{desc_of, hm, hv, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, Scalar, TensorList};
+use crate::ops::checks::check_extremes;
 
 const OP_GG: &str = "grouped_gemm";
 
@@ -46,7 +47,14 @@ impl Ascend {
         }
         let v = self.rt.lib.versions;
         let dt = a.x.dtype();
+        // Every operand an aclnn call reads must be this device's memory: aclCreateTensor does
+        // not check addresses, so a host bias would be read as a device address. A bias
+        // elsewhere (host memory) takes the host path.
+        let bias_mine = a.bias.as_ref().is_none_or(|b| self.mine(b.buffer(), "bias").is_ok());
         if d.k == 0 && a.bias.is_some() {
+            if !bias_mine {
+                return self.gmm_host(&a);
+            }
             return match self.gmm_k0_bias(&a, total)? {
                 Outcome::Ran => self.apply_row_scale(&a, total),
                 Outcome::Rejected(_) => self.gmm_host(&a),
@@ -74,6 +82,7 @@ impl Ascend {
             || d.n >= 65536
             || d.groups > 1024
             || (a.bias.is_some() && dt == DType::BF16 && !v.cast)
+            || !bias_mine
         {
             return self.gmm_host(&a);
         }
@@ -136,22 +145,14 @@ impl Ascend {
         let Some((lo, hi)) = self.index_extremes(&a.group_end, OP_GG, "group_end")? else {
             return read();
         };
-        if lo < 0 {
-            return Err(Error::invalid(
-                OP_GG,
-                "group_end",
-                format!("an entry {lo} is below 0 (must be non-decreasing from 0; aclnnAmin of group_end)"),
-            ));
-        }
-        if hi as u64 > m as u64 {
-            return Err(Error::invalid(
-                OP_GG,
-                "group_end",
-                format!(
-                    "an entry {hi} exceeds M = {m} (group_end[G-1] exceeds M, or the ends decrease; aclnnAmax of group_end)"
-                ),
-            ));
-        }
+        check_extremes(
+            OP_GG,
+            "group_end",
+            (lo, hi),
+            0,
+            m as i64 + 1,
+            "OPS.md §1: non-decreasing from 0, group_end[G-1] <= M",
+        )?;
         if g >= 2 {
             match self.gmm_min_step(a, g)? {
                 Some(step) if step < 0.0 => {
@@ -232,7 +233,8 @@ impl Ascend {
     }
 
     /// `y[:total] *= row_scale[:total]` after the matmul (or the K = 0 zeros): on the device with
-    /// aclnnInplaceMul when present and `row_scale` is device memory, else on the host.
+    /// aclnnInplaceMul when present and `row_scale` is device memory, else (or when
+    /// aclnnInplaceMul refused the call at phase one) on the host.
     fn apply_row_scale(&self, a: &GroupedGemm<'_>, total: usize) -> Result<()> {
         let v = self.rt.lib.versions;
         let d = a.dims();
@@ -251,8 +253,13 @@ impl Ascend {
             let mut sd = desc_of(rs, OP_GG, "row_scale")?;
             sd.dims = vec![total as i64, 1];
             sd.strides = vec![1, 1];
-            self.rt.inplace_mul(&self.t(&yd)?, &self.t(&sd)?)?;
-        } else if let (Some(rs), true) = (&a.row_scale, total > 0) {
+            // A phase-one refusal leaves y as the matmul wrote it: scale it on the host below
+            // (never an error over a half-written y).
+            if let Outcome::Ran = self.rt.inplace_mul_outcome(&self.t(&yd)?, &self.t(&sd)?)? {
+                return Ok(());
+            }
+        }
+        if let (Some(rs), true) = (&a.row_scale, total > 0) {
             // No aclnnInplaceMul: applied on the host to the routed rows.
             let s: Vec<f32> = self.fetch(rs)?;
             let es = dt.size();

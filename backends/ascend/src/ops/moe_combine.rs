@@ -5,10 +5,11 @@
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{moe_combine::check_slot_rows, Checked, MoeCombine};
-use moehal_core::{Backend, DType, Error, Reference, Result};
+use moehal_core::{Backend, DType, Reference, Result};
 
 use crate::backend::{acl_dt, desc_of, hm, hv, reshaped, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, Scalar};
+use crate::ops::checks::check_extremes;
 
 const OP_MC: &str = "moe_combine";
 
@@ -29,7 +30,7 @@ impl Ascend {
         self.unstage(so.as_ref().expect("staged"), &a.out)
     }
 
-    /// The `slot_row` range check (OPS.md §4: each entry in `[-1, R)`; the vendor op does not
+    /// The `slot_row` range check (OPS.md §3: each entry in `[-1, R)`; the vendor op does not
     /// check, an out-of-range row index reads garbage), before anything is written. With
     /// `aclnnAmin` / `aclnnAmax` only the two extremes are read (16 bytes, a control read); without
     /// them `slot_row` itself is read. Returns whether any slot is dropped (`-1`, the minimum).
@@ -39,16 +40,14 @@ impl Ascend {
             check_slot_rows(&slot, rows)?;
             return Ok(slot.iter().any(|&s| s < 0));
         };
-        if lo < -1 || hi >= rows as i64 {
-            let bad = if lo < -1 { lo } else { hi };
-            return Err(Error::invalid(
-                OP_MC,
-                "slot_row",
-                format!(
-                    "a slot_row entry {bad} is outside [-1, R = {rows}) (aclnnAmin/aclnnAmax of slot_row: {lo}, {hi})"
-                ),
-            ));
-        }
+        check_extremes(
+            OP_MC,
+            "slot_row",
+            (lo, hi),
+            -1,
+            rows as i64,
+            "OPS.md §3: -1 marks a dropped slot, else a row of y_perm",
+        )?;
         Ok(lo == -1)
     }
 
@@ -64,7 +63,8 @@ impl Ascend {
         let f32_scales = dt == DType::F32 || mixed;
         let mine = self.mine(a.y_perm.buffer(), "y_perm").is_ok()
             && self.mine(a.slot_row.buffer(), "slot_row").is_ok()
-            && self.mine(a.weights.buffer(), "weights").is_ok();
+            && self.mine(a.weights.buffer(), "weights").is_ok()
+            && self.mine(a.out.buffer(), "out").is_ok();
         // Dropped slots on the device: the mask ops, the row gather and a ramp for the row index,
         // and (f32 scales) weights a device copy can take whole.
         let drop_ok = !dropped

@@ -7,6 +7,7 @@ use moehal_core::{Backend, Error, Reference, Result};
 
 use crate::backend::{acl_dt, bytes_of, desc_of, hm, hv, reshaped, scratch_desc, Ascend};
 use crate::ffi::{DevMem, IntArray, OpVersions, Outcome, Scalar, Tensor, NAME};
+use crate::ops::checks::check_extremes;
 use crate::routes::PermutePath;
 
 /// Whether libraries with these op versions hold every primitive of
@@ -83,28 +84,24 @@ impl Ascend {
             let ids: Vec<i32> = self.fetch(&a.ids)?;
             return check_ids(&ids, e);
         };
-        if lo < -1 || hi >= e as i64 {
-            let bad = if lo < -1 { lo } else { hi };
-            return Err(Error::invalid(
-                OP_MP,
-                "ids",
-                format!("an id {bad} is outside [-1, E = {e}) (aclnnAmin/aclnnAmax of ids: {lo}, {hi})"),
-            ));
-        }
-        Ok(())
+        check_extremes(
+            OP_MP,
+            "ids",
+            (lo, hi),
+            -1,
+            e as i64,
+            "OPS.md §3: -1 marks a dropped slot, else an expert in [0, E)",
+        )
     }
 
     /// The smallest and largest element of the INT32 tensor `ids`, computed on the device
     /// (`aclnnAmin`, `aclnnAmax` over every dim, keepDim) and read back: a control read of 8 bytes.
     /// `None` when a reduction refused the call at phase one (the caller reads the ids instead).
     pub(crate) fn id_extremes(&self, ids: &Tensor<'_>, rank: usize) -> Result<Option<(i32, i32)>> {
-        let Some(lo) = self.extreme_bits(ids, rank, sys::ACL_INT32, false)? else {
-            return Ok(None);
-        };
-        let Some(hi) = self.extreme_bits(ids, rank, sys::ACL_INT32, true)? else {
-            return Ok(None);
-        };
-        Ok(Some((lo as i32, hi as i32)))
+        // The INT32 form of Ascend::tensor_extremes (ops/checks.rs), which sign-extends.
+        Ok(self
+            .tensor_extremes(ids, rank, sys::ACL_INT32)?
+            .map(|(lo, hi)| (lo as i32, hi as i32)))
     }
 
     /// `moe_permute` composed on the device (OPS.md §3), no tensor data to or from the host:
