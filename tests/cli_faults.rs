@@ -359,18 +359,20 @@ fn moe_sizes_weights_against_device_memory() {
     );
     assert!(!err.contains("out of memory allocating"), "{err}");
     assert!(!out.contains("tokens 2,"), "started before failing: {out}");
-    // An explicit --budget-mib over the device's memory is a usage error naming the flag.
+    // An explicit --budget-mib over the device's memory is an error naming the flag, with exit
+    // status 1: the device's (free) memory is live state of this machine, not a fault of the
+    // command line (the help's exit-status rule).
     let mut explicit = args.to_vec();
     explicit.extend(["--budget-mib", "64"]);
     let o = moehal_env(&explicit, &env);
     let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(
         err.contains("--budget-mib 64") && err.contains("device memory"),
         "{err}"
     );
     // The same rule on the expert-parallel path (every rank's slice and rank 0's layer on one
-    // device): an error before any upload, and an explicit budget over it a usage error.
+    // device): an error before any upload, and an explicit budget over it one too (status 1).
     let mut ep = args.to_vec();
     ep.extend(["--ep-threads", "2"]);
     let o = moehal_env(&ep, &env);
@@ -384,7 +386,7 @@ fn moe_sizes_weights_against_device_memory() {
     ep.extend(["--budget-mib", "64"]);
     let o = moehal_env(&ep, &env);
     let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(
         err.contains("--budget-mib 64") && err.contains("device memory"),
         "{err}"
@@ -667,6 +669,43 @@ fn an_unwritable_json_output_fails_before_the_run() {
         assert!(o.status.success(), "{}", text(&o).1);
         let v: serde_json::Value = serde_json::from_str(&got).unwrap_or_else(|e| panic!("{e}: {got:?}"));
         assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{got}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 16 review: `--json /dev/stdout` with stdout redirected to a regular file names the file
+/// stdout writes: the JSON must follow the table in it, not truncate or overwrite it from the start.
+#[test]
+fn json_to_dev_stdout_redirected_to_a_file_keeps_the_table() {
+    if !std::path::Path::new("/dev/stdout").exists() {
+        println!("skipped: no /dev/stdout on this system");
+        return;
+    }
+    let dir = temp_dir("json-stdout");
+    for (cmd, table_word) in [("check", "passed"), ("bench", "swiglu")] {
+        let path = dir.join(format!("{cmd}.out"));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut args = vec![cmd, "--backend", "reference", "--op", "swiglu", "--json", "/dev/stdout"];
+        if cmd == "bench" {
+            args.extend(["--tokens", "1", "--budget", "0.01"]);
+        } else {
+            args.extend(["--seed", "1"]);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_moehal"))
+            .args(&args)
+            .stdout(file)
+            .output()
+            .expect("the moehal binary runs");
+        let got = std::fs::read_to_string(&path).unwrap();
+        assert!(o.status.success(), "{cmd}: {}{got}", text(&o).1);
+        // The table first, then the JSON array on its own lines.
+        let at = got
+            .find("\n[\n")
+            .unwrap_or_else(|| panic!("{cmd}: no JSON array after the table: {got:?}"));
+        let (table, json) = got.split_at(at + 1);
+        assert!(table.contains(table_word), "{cmd}: the table was lost: {got:?}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{cmd}: {e}: {json:?}"));
+        assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{cmd}: {json}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -82,11 +82,39 @@ does; preset sizes (experts, tables) are scaled down instead, with a note.";
 /// FIFO) is a stream: opening it proves nothing (issue 16: `check --json /dev/full` ran every case
 /// and only then failed to write), so [`JsonOut::open`] writes one newline to it at once — JSON
 /// allows whitespace before a value — and the JSON follows through the same handle at the end.
+///
+/// A regular file that is this process's stdout (`--json /dev/stdout > file`: the same device and
+/// inode as fd 1) is neither truncated nor rewritten from its start — that would wipe the table
+/// already printed there (issue 16) —: the JSON is written through stdout, after the table.
 pub(super) struct JsonOut {
     path: PathBuf,
     file: Option<File>,
     created: bool,
     stream: bool,
+    to_stdout: bool,
+}
+
+/// Whether `path` names the same file (device and inode, symlinks such as `/dev/stdout` followed)
+/// as this process's stdout. `false` when either cannot be stat'ed (a closed stdout, a missing path).
+#[cfg(unix)]
+fn is_stdout(path: &Path) -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(p) = std::fs::metadata(path) else {
+        return false;
+    };
+    // fstat of fd 1 through a duplicate of it (closed when `f` drops; fd 1 stays open).
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let f = File::from(fd);
+    f.metadata().is_ok_and(|s| s.dev() == p.dev() && s.ino() == p.ino())
+}
+
+/// Without device and inode numbers to compare, no path is taken for stdout.
+#[cfg(not(unix))]
+fn is_stdout(_path: &Path) -> bool {
+    false
 }
 
 impl JsonOut {
@@ -101,6 +129,17 @@ impl JsonOut {
         let cannot = |e: std::io::Error| anyhow!("cannot write the --json output {}: {e}", path.display());
         let created = !path.exists();
         let stream = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if !stream && is_stdout(path) {
+            // A regular file that is stdout: written through stdout at the end (its writes are
+            // probed and reported as every stdout write is).
+            return Ok(JsonOut {
+                path: path.to_path_buf(),
+                file: None,
+                created: false,
+                stream: false,
+                to_stdout: true,
+            });
+        }
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -115,16 +154,25 @@ impl JsonOut {
             file: Some(file),
             created,
             stream,
+            to_stdout: false,
         })
     }
 
     /// Replace the file's contents with `value`, pretty-printed, and a newline (a stream gets
-    /// them after the probe's newline).
+    /// them after the probe's newline; stdout's file gets them after what was printed).
     ///
     /// # Errors
     /// An error naming the path on a serialization or I/O error.
     pub(super) fn write(mut self, value: &serde_json::Value) -> anyhow::Result<()> {
         use std::io::Write as _;
+        if self.to_stdout {
+            let s = serde_json::to_string_pretty(value)? + "\n";
+            let mut o = std::io::stdout().lock();
+            return o
+                .write_all(s.as_bytes())
+                .and_then(|()| o.flush())
+                .map_err(|e| anyhow!("writing {}: {e}", self.path.display()));
+        }
         let file = self.file.take();
         match file {
             Some(mut f) if self.stream => {

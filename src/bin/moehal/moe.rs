@@ -311,15 +311,17 @@ pub(super) fn run(a: Args) -> CliResult {
     };
     // Issue 16: a device backend holds its copy of the weights in device memory (DeviceInfo), so
     // the implied expert count is scaled to 60% of it as of host memory, and an explicit
-    // --budget-mib over it is a usage error.
+    // --budget-mib over 90% of it is an error of this device (exit status 1, not a usage error:
+    // the memory it reports, free memory where it can, is live state; the same flag may run on
+    // another device or later).
     if let Some(mem) = device_memory(backend.as_ref()) {
         let dev = mem.bytes;
         if let Some(mib) = a.budget_mib {
             if budget > dev / 10 * 9 {
-                return Err(super::usage(format!(
+                anyhow::bail!(
                     "--budget-mib {mib}: more than 90% of the device memory {} reports ({mem})",
                     backend.name()
-                )));
+                );
             }
         } else if dev / 10 * 6 < budget {
             budget = dev / 10 * 6;

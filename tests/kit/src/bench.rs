@@ -703,8 +703,8 @@ impl Shape {
 
     /// Write the seeded inputs of the shape for data dtype `dtype` into `bufs`, one slice per
     /// [`input_sizes`](Self::input_sizes) entry, each of exactly that length (zeroed or not:
-    /// every byte is written). Integer inputs are little-endian `i32` / `i64` and need their
-    /// alignment (host memory of `moehal_core::host` has it). The ops of [`spec`](Self::spec)
+    /// every byte is written). Integer and f32 scale inputs are written as little-endian bytes,
+    /// so a buffer may start at any address (no alignment needed). The ops of [`spec`](Self::spec)
     /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, `1/√K` GEMM weights, ×2 router
     /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows), and so does cold
     /// decode (the GEMM spec of its first expert set, [`crate::rng::cold_group_ends`]). The
@@ -713,8 +713,8 @@ impl Shape {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
-    /// [`input_sizes`](Self::input_sizes), an integer buffer is misaligned, a gather or lookup
-    /// dtype is not a float, or a size overflows.
+    /// [`input_sizes`](Self::input_sizes), a gather or lookup dtype is not a float, or a size
+    /// overflows.
     pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         crate::check_buffers("bench", &self.input_sizes(dtype)?, bufs)?;
         if let Some(spec) = self.spec(dtype, seed) {
@@ -823,18 +823,19 @@ impl Shape {
     }
 }
 
-/// `buf` as a slice of `T` ([`Error::InvalidArgument`] naming `what` when misaligned).
-fn typed<'a, T: bytemuck::Pod>(buf: &'a mut [u8], what: &'static str) -> Result<&'a mut [T]> {
-    if buf.is_empty() {
-        return Ok(&mut []);
-    }
-    bytemuck::try_cast_slice_mut(buf)
-        .map_err(|e| Error::invalid("bench", what, format!("input buffer not usable as integers: {e:?}")))
-}
-
-/// Copy `values` into `buf` (little-endian i64).
+/// Copy `values` into `buf` as little-endian i64s, 8 bytes each (any alignment; `buf` holds
+/// exactly `values.len()` of them, as [`Shape::input_sizes`] sizes it).
 fn write_i64(buf: &mut [u8], values: &[i64]) -> Result<()> {
-    typed::<i64>(buf, "group_end")?.copy_from_slice(values);
+    if buf.len() != values.len() * 8 {
+        return Err(Error::invalid(
+            "bench",
+            "group_end",
+            format!("{} bytes for {} group ends", buf.len(), values.len()),
+        ));
+    }
+    for (c, v) in buf.chunks_exact_mut(8).zip(values) {
+        c.copy_from_slice(&v.to_le_bytes());
+    }
     Ok(())
 }
 
@@ -867,8 +868,10 @@ fn i8_code(b: u8) -> u8 {
 /// f32 scales `base * [0.5, 1.5)` (20 random bits each) from `seed`.
 fn f32_scales(dst: &mut [u8], seed: u64, base: f32) -> Result<()> {
     let mut rng = seeded(seed);
-    for d in typed::<f32>(dst, "scales")? {
-        *d = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
+    // Little-endian f32s, 4 bytes each (any alignment).
+    for d in dst.chunks_exact_mut(4) {
+        let v = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
+        d.copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
 }
@@ -897,76 +900,224 @@ mod tests {
         w.iter().map(|&x| x as i64).collect()
     }
 
+    /// `shape`'s inputs for `seed` written into buffers that start `offset` bytes past an 8-byte
+    /// boundary and hold `prefill` bytes before the fill.
+    fn filled_at(shape: &Shape, dtype: DType, seed: u64, offset: usize, prefill: u8) -> Vec<Vec<u8>> {
+        let sizes = shape.input_sizes(dtype).unwrap();
+        let mut words: Vec<Vec<u64>> = sizes
+            .iter()
+            .map(|&n| vec![u64::from_ne_bytes([prefill; 8]); (n + offset).div_ceil(8)])
+            .collect();
+        let mut slices: Vec<&mut [u8]> = words
+            .iter_mut()
+            .zip(&sizes)
+            .map(|(w, &n)| &mut bytemuck::cast_slice_mut::<u64, u8>(w)[offset..offset + n])
+            .collect();
+        shape.fill_inputs(dtype, seed, &mut slices).unwrap();
+        words
+            .iter()
+            .zip(&sizes)
+            .map(|(w, &n)| bytemuck::cast_slice::<u64, u8>(w)[offset..offset + n].to_vec())
+            .collect()
+    }
+
+    fn le_i64(b: &[u8]) -> Vec<i64> {
+        b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn le_i32(b: &[u8]) -> Vec<i32> {
+        b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    /// f32 inputs: finite, and not all one value (a buffer left as it was is not an input).
+    fn finite_f32(b: &[u8]) -> bool {
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != v[0])
+    }
+
+    /// bf16 inputs: finite (exponent not all ones), and not all one value.
+    fn finite_bf16(b: &[u8]) -> bool {
+        let v: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        v.iter().all(|x| x & 0x7F80 != 0x7F80) && v.iter().any(|&x| x != v[0])
+    }
+
+    /// Issue 12 review: every input of every shape is written whatever the buffer held and
+    /// wherever it starts (two prefills, aligned and 1 byte off: the same bytes), and holds what
+    /// the op's contract takes (OPS.md), checked against expectations independent of the recipe:
+    /// group_end non-decreasing and ending at T * topk, ids in range and distinct per token,
+    /// slot_row a permutation, rows and Engram ids in range, floats finite.
     #[test]
-    fn the_ops_on_the_kits_recipe_fill_what_their_spec_fills() {
+    fn every_shapes_inputs_are_written_anywhere_and_in_their_domain() {
         let cfg = crate::rc(2, moehal_core::ops::Scoring::Softmax, None, true, 1.0);
         let r = lookup_layer(1000).unwrap().rows() as usize;
-        let shapes = [
-            Shape::Router {
-                tokens: 5,
-                num_experts: 8,
-                config: cfg,
-                bias: true,
-            },
-            Shape::Swiglu {
-                rows: 3,
-                width: 16,
-                limit: Some(7.0),
-            },
-            Shape::Hash { tokens: 9 },
-            Shape::Gemm {
-                num_experts: 6,
-                k: 32,
-                n: 16,
-                tokens: 5,
-                topk: 2,
-            },
-            Shape::Quantize {
-                scale: Some(ScaleFormat::Ue8m0),
-                rows: 3,
-                k: 256,
-            },
-            Shape::Quantize {
-                scale: None,
-                rows: 2,
-                k: 64,
-            },
-            Shape::Permute {
-                tokens: 6,
-                num_experts: 5,
-                topk: 3,
-                hidden: 8,
-            },
-            Shape::Combine {
-                tokens: 7,
-                topk: 2,
-                hidden: 4,
-            },
-            Shape::Gather {
-                table_rows: 37,
-                dim: 8,
-                tokens: 4,
-                cols: 3,
-            },
-            Shape::Lookup {
-                vocab_n: 1000,
-                table_rows: r,
-                dim: 8,
-                tokens: 6,
-            },
+        // OPS.md: V' of DeepSeek-V4.1-Flash (the hash and lookup layers' compressed vocabulary).
+        const V: i64 = 99_092;
+        type Check = fn(&[Vec<u8>]) -> bool;
+        let shapes: [(Shape, Check); 13] = [
+            (
+                Shape::Router {
+                    tokens: 5,
+                    num_experts: 8,
+                    config: cfg,
+                    bias: true,
+                },
+                |b| b.len() == 2 && finite_f32(&b[0]) && finite_f32(&b[1]),
+            ),
+            (
+                Shape::Swiglu {
+                    rows: 3,
+                    width: 16,
+                    limit: Some(7.0),
+                },
+                |b| finite_bf16(&b[0]),
+            ),
+            (Shape::Hash { tokens: 9 }, |b| {
+                le_i64(&b[0]).iter().all(|i| (0..V).contains(i))
+            }),
+            (
+                Shape::Gemm {
+                    num_experts: 6,
+                    k: 32,
+                    n: 16,
+                    tokens: 5,
+                    topk: 2,
+                },
+                |b| {
+                    let ge = le_i64(&b[2]);
+                    finite_bf16(&b[0])
+                        && finite_bf16(&b[1])
+                        && ge.len() == 6
+                        && ge[0] >= 0
+                        && ge.windows(2).all(|p| p[0] <= p[1])
+                        && ge[5] == 10
+                },
+            ),
+            (
+                Shape::Quantize {
+                    scale: Some(ScaleFormat::Ue8m0),
+                    rows: 3,
+                    k: 256,
+                },
+                |b| finite_bf16(&b[0]),
+            ),
+            (
+                Shape::Quantize {
+                    scale: None,
+                    rows: 2,
+                    k: 64,
+                },
+                |b| finite_bf16(&b[0]),
+            ),
+            (
+                Shape::Permute {
+                    tokens: 6,
+                    num_experts: 5,
+                    topk: 3,
+                    hidden: 8,
+                },
+                |b| {
+                    le_i32(&b[0]).chunks(3).all(|t| {
+                        let mut s = t.to_vec();
+                        s.sort();
+                        s.dedup();
+                        s.len() == 3 && t.iter().all(|e| (0..5).contains(e))
+                    }) && finite_bf16(&b[1])
+                },
+            ),
+            (
+                Shape::Combine {
+                    tokens: 7,
+                    topk: 2,
+                    hidden: 4,
+                },
+                |b| {
+                    let mut rows = le_i64(&b[1]);
+                    rows.sort();
+                    finite_bf16(&b[0]) && rows == (0..14).collect::<Vec<i64>>() && finite_f32(&b[2])
+                },
+            ),
+            (
+                Shape::Gather {
+                    table_rows: 37,
+                    dim: 8,
+                    tokens: 4,
+                    cols: 3,
+                },
+                |b| finite_bf16(&b[0]) && le_i64(&b[1]).iter().all(|i| (0..37).contains(i)),
+            ),
+            (
+                Shape::Lookup {
+                    vocab_n: 1000,
+                    table_rows: r,
+                    dim: 8,
+                    tokens: 6,
+                },
+                |b| finite_bf16(&b[0]) && le_i64(&b[1]).iter().all(|i| (0..V).contains(i)),
+            ),
+            // The shapes off the kit's recipe too: cold decode (its later sets' group_ends) and
+            // the quantized GEMMs (f32 scales, group_end).
+            (
+                Shape::DecodeCold {
+                    num_experts: 12,
+                    k: 32,
+                    n: 16,
+                    topk: 3,
+                    sets: 4,
+                    l3: 0,
+                },
+                |b| {
+                    b.len() == 6
+                        && b[2..].iter().all(|g| {
+                            let ge = le_i64(g);
+                            ge.windows(2).all(|p| p[0] <= p[1]) && ge.last() == Some(&3)
+                        })
+                },
+            ),
+            (
+                Shape::QGemm {
+                    w: WeightFormat::Int8,
+                    x: ActFormat::Int8,
+                    num_experts: 4,
+                    k: 128,
+                    n: 128,
+                    tokens: 3,
+                    topk: 2,
+                    sets: None,
+                },
+                |b| {
+                    let ge = le_i64(&b[4]);
+                    finite_f32(&b[2])
+                        && finite_f32(&b[3])
+                        && ge.windows(2).all(|p| p[0] <= p[1])
+                        && ge.last() == Some(&6)
+                },
+            ),
+            (
+                Shape::QGemm {
+                    w: WeightFormat::Fp8Block,
+                    x: ActFormat::Fp8,
+                    num_experts: 4,
+                    k: 128,
+                    n: 128,
+                    tokens: 3,
+                    topk: 2,
+                    sets: Some(3),
+                },
+                |b| b.len() == 7 && finite_f32(&b[2]) && b[4..].iter().all(|g| le_i64(g).last() == Some(&2)),
+            ),
         ];
-        for shape in shapes {
-            let spec = shape.spec(DType::BF16, 3).expect("on the kit's recipe");
-            let sizes = shape.input_sizes(DType::BF16).unwrap();
-            let mut want: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
-            let mut slices: Vec<&mut [u8]> = want.iter_mut().map(Vec::as_mut_slice).collect();
-            spec.fill_inputs(3, &mut slices).unwrap();
-            let got: Vec<Vec<u8>> = filled(&shape, DType::BF16, 3)
-                .iter()
-                .zip(&sizes)
-                .map(|(w, &n)| bytemuck::cast_slice::<u64, u8>(w)[..n].to_vec())
-                .collect();
-            assert_eq!(got, want, "{shape:?}");
+        for (shape, check) in shapes {
+            let a = filled_at(&shape, DType::BF16, 3, 0, 0x00);
+            let b = filled_at(&shape, DType::BF16, 3, 1, 0xFF);
+            assert!(a == b, "{shape:?}: a byte depends on the buffer's prefill or alignment");
+            assert!(check(&a), "{shape:?}: inputs outside the op's domain");
         }
         // A gather of a non-float table dtype has no spec and is an error, not unwritten buffers.
         let g = Shape::Gather {

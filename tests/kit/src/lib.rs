@@ -561,6 +561,13 @@ impl Case {
             Spec::MoeCombine { bad_row: true, .. } => Expect::Invalid("slot_row"),
             Spec::EngramHash { bad_id: true, .. } => Expect::Invalid("ids"),
             Spec::GatherRows { bad_row: true, .. } => Expect::Invalid("rows"),
+            // A 0-row table gathered by at least one index: every index is out of range (OPS.md §5).
+            Spec::GatherRows {
+                table_rows: 0,
+                tokens,
+                cols,
+                ..
+            } if tokens * cols > 0 => Expect::Invalid("rows"),
             _ => Expect::Ok,
         }
     }
@@ -1261,7 +1268,14 @@ impl Spec {
                 ..
             } => {
                 fill_table(&mut rng, *format, bufs[0], *d)?;
-                put(bufs[1], std::iter::repeat_with(|| rng.gen_range(0..*r) as i64));
+                if *r == 0 {
+                    // OPS.md §5: every row index must be in [0, R), else an error; a 0-row table
+                    // has no valid index, so every index is R = 0 (the first one out of range) and
+                    // the case expects that error ([`Case::expect`]) instead of a panic here.
+                    put(bufs[1], std::iter::repeat(0i64));
+                } else {
+                    put(bufs[1], std::iter::repeat_with(|| rng.gen_range(0..*r) as i64));
+                }
                 if *bad_row && !bufs[1].is_empty() {
                     put(bufs[1], [*r as i64]);
                 }
@@ -3324,6 +3338,36 @@ pub fn case_seed(base: u64, index: usize) -> u64 {
 mod tests {
     use super::*;
     use rand::RngCore;
+
+    /// Review of issue 12: a gather from a 0-row table with T * C > 0 indices is built without a
+    /// panic (the recipe drew `gen_range(0..0)`); its indices are all out of range (0 = R) and the
+    /// case expects, and the reference gives, the `rows` error of OPS.md §5. With no index it is
+    /// an ordinary empty gather.
+    #[test]
+    fn a_gather_from_a_zero_row_table_is_the_rows_error_not_a_panic() {
+        let spec = |tokens| Spec::GatherRows {
+            format: TableFormat::F32,
+            out: DType::F32,
+            table_rows: 0,
+            dim: 8,
+            tokens,
+            cols: 3,
+            bad_row: false,
+            host_table: false,
+        };
+        let case = Case::new("gather R 0", spec(2));
+        assert_eq!(case.expect(), Expect::Invalid("rows"));
+        let inputs = case.inputs(5).expect("the case builds");
+        let rows: Vec<i64> = bytemuck::pod_collect_to_vec(&inputs.tensors[1].bytes);
+        assert_eq!(rows, vec![0i64; 6]);
+        let r = run_case(&Reference, &case, 5);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        assert!(r.metric.contains("rows"), "{r:?}");
+        let empty = Case::new("gather R 0 T 0", spec(0));
+        assert_eq!(empty.expect(), Expect::Ok);
+        let r = run_case(&Reference, &empty, 5);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+    }
 
     #[test]
     fn the_threaded_normal_fill_is_the_one_thread_fill() {

@@ -163,10 +163,11 @@ fn make_plan<'c>(
                 let dev = mem.bytes;
                 if let Some(mib) = a.budget_mib {
                     if budget > dev / 10 * 9 / 2 {
-                        return Err(super::super::usage(format!(
+                        // An error of this device's (live) memory, exit status 1 (as in moe.rs).
+                        anyhow::bail!(
                             "--budget-mib {mib}: the ranks' slices and rank 0's whole layer need twice it, more than 90% of the device memory {} reports ({mem})",
                             backend.name()
-                        )));
+                        );
                     }
                 } else if dev / 10 * 3 < budget {
                     budget = dev / 10 * 3;
