@@ -1831,3 +1831,5 @@ pub mod prims_sort;
 pub use prims_sort::*;
 pub mod prims3;
 pub use prims3::*;
+pub mod prims_quant;
+pub use prims_quant::*;

@@ -32,6 +32,7 @@ pub mod arith;
 mod elementwise;
 mod index;
 pub mod prim;
+mod quant;
 mod reduce;
 mod select;
 mod sort;

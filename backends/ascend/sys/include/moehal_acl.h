@@ -469,6 +469,15 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnTopkGetWorkspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnTopk)
 
+/* Issue 13, W8A8 path (emulator branch emu13d). */
+
+/* aclnnDynamicQuant: per-row symmetric INT8 quantisation, scaleOut = row_max(|x*smooth|)/127,
+ * yOut = round(x*smooth/scaleOut) ([HA canncommercial/800 aclnnDynamicQuant.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnDynamicQuantGetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *smoothScalesOptional, const aclTensor *yOut,
+               const aclTensor *scaleOut, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnDynamicQuant)
+
 #ifdef __cplusplus
 }
 #endif

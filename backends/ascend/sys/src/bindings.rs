@@ -1059,3 +1059,21 @@ pub type aclnnTopkFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnDynamicQuantGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        x: *const aclTensor,
+        smoothScalesOptional: *const aclTensor,
+        yOut: *const aclTensor,
+        scaleOut: *const aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnDynamicQuantFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
