@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::ptr;
+
 use ascendcl::abi::*;
 use ascendcl::sys;
 use common::*;
@@ -178,4 +180,472 @@ fn dynamic_quant_refusals() {
         assert_eq!(rc, 0, "{}", msg());
         assert_eq!(launch(stream, ws, ex, aclnnDynamicQuant), INNER, "{v:?}");
     }
+}
+
+// ---- aclnnGroupedMatmulV4, A8W8 -----------------------------------------------------------------
+
+/// A tensor description over device memory; each list gets a fresh aclTensor (a list owns its
+/// tensors, R15).
+#[derive(Clone)]
+struct Tv {
+    ptr: *mut std::ffi::c_void,
+    dt: sys::aclDataType,
+    dims: Vec<i64>,
+    storage: Vec<i64>,
+    fmt: sys::aclFormat,
+}
+
+impl Tv {
+    fn fresh(&self) -> *mut sys::aclTensor {
+        let t = view(self.ptr, self.dt, &self.dims, None, 0, &self.storage, self.fmt);
+        assert!(!t.is_null(), "{}", msg());
+        t
+    }
+}
+
+/// A contiguous ND description of `d`.
+fn nd(d: &Dev, dims: &[i64]) -> Tv {
+    Tv {
+        ptr: d.ptr,
+        dt: d.dt,
+        dims: dims.to_vec(),
+        storage: dims.to_vec(),
+        fmt: sys::ACL_FORMAT_ND,
+    }
+}
+
+/// V4 phase one, single-tensor lists, splitItem 3, groupType 0, actType 0, with A8W8 inputs.
+#[allow(clippy::too_many_arguments)]
+fn qv4(
+    x: &Tv,
+    w: &Tv,
+    bias: Option<&Tv>,
+    scale: Option<&Tv>,
+    pts: Option<&Tv>,
+    g: &Dev,
+    list_type: i64,
+    y: &Tv,
+) -> (i32, u64, Exec) {
+    let l = |d: Option<&Tv>| d.map_or(ptr::null_mut(), |d| list1(d.fresh()));
+    let (xl, wl, yl) = (list1(x.fresh()), list1(w.fresh()), list1(y.fresh()));
+    let (bl, sl, pl) = (l(bias), l(scale), l(pts));
+    let n = ptr::null();
+    // SAFETY: live lists/tensors from this library or NULL; out-pointers to locals.
+    p1(|ws, ex| unsafe {
+        aclnnGroupedMatmulV4GetWorkspaceSize(
+            xl,
+            wl,
+            bl,
+            sl,
+            n,
+            n,
+            n,
+            pl,
+            g.t,
+            n,
+            n,
+            n,
+            3,
+            0,
+            list_type,
+            0,
+            yl,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ws,
+            ex,
+        )
+    })
+}
+
+/// Deterministic INT8 values in [-128, 127].
+fn i8_data(n: usize, seed: u32) -> Vec<i8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 24) as u8 as i8
+        })
+        .collect()
+}
+
+fn i8b(v: &[i8]) -> Vec<u8> {
+    v.iter().map(|&b| b as u8).collect()
+}
+
+/// M=5, K=40, N=35, E=2: K and N are not multiples of the NZ fractal (16 x 32), so the NZ form pads.
+const M: usize = 5;
+const K: usize = 40;
+const N: usize = 35;
+const E: usize = 2;
+const DM: i64 = M as i64;
+const DK: i64 = K as i64;
+const DN: i64 = N as i64;
+const DE: i64 = E as i64;
+
+/// The NZ form of an INT8 [E, K, N] weight, from the documented layout: ND {b, m, n} -> NZ
+/// {b, n1, m1m0, n0} with m0 = 16, n0 = 32 for INT8 (TransdataOperation page); padding zero.
+fn pack_nz(w: &[i8]) -> (Vec<i8>, Vec<i64>) {
+    let n1 = N.div_ceil(32);
+    let kp = K.div_ceil(16) * 16;
+    let mut out = vec![0i8; E * n1 * kp * 32];
+    for e in 0..E {
+        for k in 0..K {
+            for n in 0..N {
+                out[((e * n1 + n / 32) * kp + k) * 32 + n % 32] = w[(e * K + k) * N + n];
+            }
+        }
+    }
+    (out, vec![DE, n1 as i64, kp as i64, 32])
+}
+
+/// The page's A8W8 formula: `y = (x × w) * scale * per_token_scale`; the INT8 product summed in
+/// INT32, the scaling in f32 left to right; rows past the group total are None (not written).
+fn a8w8_want(x: &[i8], w: &[i8], scale: &[f32], pts: Option<&[f32]>, ends: &[usize]) -> Vec<Option<f32>> {
+    let mut out = vec![None; M * N];
+    let mut start = 0;
+    for (e, &end) in ends.iter().enumerate() {
+        for r in start..end {
+            for c in 0..N {
+                let acc: i32 = (0..K)
+                    .map(|k| x[r * K + k] as i32 * w[(e * K + k) * N + c] as i32)
+                    .sum();
+                let mut v = acc as f32 * scale[e * N + c];
+                if let Some(p) = pts {
+                    v *= p[r];
+                }
+                out[r * N + c] = Some(v);
+            }
+        }
+        start = end;
+    }
+    out
+}
+
+struct A8w8 {
+    x: Vec<i8>,
+    w: Vec<i8>,
+    scale: Vec<f32>,
+    pts: Vec<f32>,
+}
+
+fn a8w8() -> A8w8 {
+    A8w8 {
+        x: i8_data(M * K, 7),
+        w: i8_data(E * K * N, 11),
+        scale: (0..E * N).map(|i| 0.001 * (1 + i % 7) as f32).collect(),
+        pts: (0..M).map(|r| 0.02 + 0.01 * r as f32).collect(),
+    }
+}
+
+fn round_to(dt: sys::aclDataType, v: f32) -> f32 {
+    if dt == sys::ACL_BF16 {
+        as_bf16(&bf16b(&[v]))[0]
+    } else {
+        as_f16(&f16b(&[v]))[0]
+    }
+}
+
+fn read_y(y: &Dev) -> Vec<f32> {
+    if y.dt == sys::ACL_BF16 {
+        as_bf16(&read(y))
+    } else {
+        as_f16(&read(y))
+    }
+}
+
+/// The formula rounded once to `dt`; unwritten rows keep `fill`.
+fn rounded(dt: sys::aclDataType, want: &[Option<f32>], fill: f32) -> Vec<f32> {
+    want.iter().map(|o| round_to(dt, o.unwrap_or(fill))).collect()
+}
+
+fn filled_y(dt: sys::aclDataType, fill: f32) -> Dev {
+    let v = vec![fill; M * N];
+    let b = if dt == sys::ACL_BF16 { bf16b(&v) } else { f16b(&v) };
+    tensor(&b, &[DM, DN], dt)
+}
+
+#[test]
+fn a8w8_nd_weight_bf16_and_fp16_outputs() {
+    let stream = setup();
+    let d = a8w8();
+    let xd = tensor(&i8b(&d.x), &[DM, DK], sys::ACL_INT8);
+    let wd = tensor(&i8b(&d.w), &[DE, DK, DN], sys::ACL_INT8);
+    let pd = tensor(&f32b(&d.pts), &[DM], sys::ACL_FLOAT);
+    let (x, w, pts) = (nd(&xd, &[DM, DK]), nd(&wd, &[DE, DK, DN]), nd(&pd, &[DM]));
+    // Counts [2, 2]: row 4 is past the total and keeps its fill.
+    let g = tensor(&i64b(&[2, 2]), &[DE], sys::ACL_INT64);
+    let fill = -3.0f32;
+    // BFLOAT16 scale -> BFLOAT16 out; FLOAT scale -> FLOAT16 out.
+    for (sdt, ydt) in [(sys::ACL_BF16, sys::ACL_BF16), (sys::ACL_FLOAT, sys::ACL_FLOAT16)] {
+        let (sbytes, stored) = if sdt == sys::ACL_BF16 {
+            let b = bf16b(&d.scale);
+            let s = as_bf16(&b);
+            (b, s)
+        } else {
+            (f32b(&d.scale), d.scale.clone())
+        };
+        let sd = tensor(&sbytes, &[DE, DN], sdt);
+        let scale = nd(&sd, &[DE, DN]);
+        for with_pts in [true, false] {
+            let yd = filled_y(ydt, fill);
+            let p = with_pts.then_some(&pts);
+            let (rc, ws, ex) = qv4(&x, &w, None, Some(&scale), p, &g, 1, &nd(&yd, &[DM, DN]));
+            assert_eq!(rc, 0, "{}", msg());
+            assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
+            // Without perTokenScale: y = (x × w) * scale (the same table row, perTokenScale null).
+            let pv = with_pts.then_some(&d.pts[..]);
+            let want = a8w8_want(&d.x, &d.w, &stored, pv, &[2, 4]);
+            assert_eq!(
+                read_y(&yd),
+                rounded(ydt, &want, fill),
+                "scale {sdt} out {ydt} pts {with_pts}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a8w8_fractal_nz_weight_is_read_in_the_documented_layout() {
+    let stream = setup();
+    let d = a8w8();
+    let xd = tensor(&i8b(&d.x), &[DM, DK], sys::ACL_INT8);
+    let pd = tensor(&f32b(&d.pts), &[DM], sys::ACL_FLOAT);
+    let (x, pts) = (nd(&xd, &[DM, DK]), nd(&pd, &[DM]));
+    let g = tensor(&i64b(&[2, 5]), &[DE], sys::ACL_INT64);
+    let sd = tensor(&f32b(&d.scale), &[DE, DN], sys::ACL_FLOAT);
+    let scale = nd(&sd, &[DE, DN]);
+    let want = rounded(
+        sys::ACL_BF16,
+        &a8w8_want(&d.x, &d.w, &d.scale, Some(&d.pts), &[2, 5]),
+        0.0,
+    );
+    let (nz, sdims) = pack_nz(&d.w);
+    // aclnnCalculateMatmulWeightSizeV2's INT8 count: Align(K,16) * Align(N,32) per expert.
+    assert_eq!(nz.len(), E * 48 * 64);
+    let wbuf = tensor(&i8b(&nz), &[nz.len() as i64], sys::ACL_INT8);
+    let five = vec![sdims[0], sdims[1], sdims[2] / 16, 16, 32];
+    let nzw = |ptr, storage: &[i64]| Tv {
+        ptr,
+        dt: sys::ACL_INT8,
+        dims: vec![DE, DK, DN],
+        storage: storage.to_vec(),
+        fmt: sys::ACL_FORMAT_FRACTAL_NZ,
+    };
+    for storage in [&sdims, &five] {
+        // FLOAT scale with BFLOAT16 out: the table's NZ-only row.
+        let yd = zeros(&[DM, DN], sys::ACL_BF16);
+        let (rc, ws, ex) = qv4(
+            &x,
+            &nzw(wbuf.ptr, storage),
+            None,
+            Some(&scale),
+            Some(&pts),
+            &g,
+            0,
+            &nd(&yd, &[DM, DN]),
+        );
+        assert_eq!(rc, 0, "{}", msg());
+        assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
+        assert_eq!(read_y(&yd), want, "NZ storage {storage:?}");
+    }
+    // The same bytes declared ND are a different matrix: not a silent pass.
+    let sbd = tensor(&bf16b(&d.scale), &[DE, DN], sys::ACL_BF16);
+    let sb = nd(&sbd, &[DE, DN]);
+    let wnd = Tv {
+        storage: vec![nz.len() as i64],
+        fmt: sys::ACL_FORMAT_ND,
+        ..nzw(wbuf.ptr, &sdims)
+    };
+    let yd = zeros(&[DM, DN], sys::ACL_BF16);
+    let (rc, ws, ex) = qv4(&x, &wnd, None, Some(&sb), Some(&pts), &g, 0, &nd(&yd, &[DM, DN]));
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
+    let want_b = rounded(
+        sys::ACL_BF16,
+        &a8w8_want(&d.x, &d.w, &as_bf16(&bf16b(&d.scale)), Some(&d.pts), &[2, 5]),
+        0.0,
+    );
+    assert_ne!(read_y(&yd), want_b, "NZ bytes read as ND must not give the ND result");
+    // ND bytes declared FRACTAL_NZ (in a buffer of the NZ size) are a different matrix too.
+    let mut ndpad = i8b(&d.w);
+    ndpad.resize(nz.len(), 0);
+    let wb2 = tensor(&ndpad, &[nz.len() as i64], sys::ACL_INT8);
+    let yd = zeros(&[DM, DN], sys::ACL_BF16);
+    let (rc, ws, ex) = qv4(
+        &x,
+        &nzw(wb2.ptr, &sdims),
+        None,
+        Some(&scale),
+        Some(&pts),
+        &g,
+        0,
+        &nd(&yd, &[DM, DN]),
+    );
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
+    assert_ne!(read_y(&yd), want, "ND bytes read as NZ must not give the ND result");
+}
+
+#[test]
+fn a8w8_refusals() {
+    let _stream = setup();
+    let d = a8w8();
+    let dev = |b: &[u8], dims: &[i64], dt| nd(&tensor(b, dims, dt), dims);
+    let zero = |dims: &[i64], dt| nd(&zeros(dims, dt), dims);
+    let x = dev(&i8b(&d.x), &[DM, DK], sys::ACL_INT8);
+    let w = dev(&i8b(&d.w), &[DE, DK, DN], sys::ACL_INT8);
+    let pts = dev(&f32b(&d.pts), &[DM], sys::ACL_FLOAT);
+    let g = tensor(&i64b(&[2, 5]), &[DE], sys::ACL_INT64);
+    let sb = dev(&bf16b(&d.scale), &[DE, DN], sys::ACL_BF16);
+    let sf = dev(&f32b(&d.scale), &[DE, DN], sys::ACL_FLOAT);
+    let yb = zero(&[DM, DN], sys::ACL_BF16);
+    let yh = zero(&[DM, DN], sys::ACL_FLOAT16);
+    assert_eq!(qv4(&x, &w, None, Some(&sb), Some(&pts), &g, 0, &yb).0, 0, "{}", msg());
+    let g3 = tensor(&i64b(&[1, 2, 5]), &[3], sys::ACL_INT64);
+    let cases = [
+        (
+            "scale NULL (INT32 out row NOT EMULATED)",
+            qv4(&x, &w, None, None, Some(&pts), &g, 0, &yb).0,
+        ),
+        (
+            "FLOAT scale, BF16 out, ND weight: NZ-only row",
+            qv4(&x, &w, None, Some(&sf), Some(&pts), &g, 0, &yb).0,
+        ),
+        (
+            "BF16 scale, FP16 out",
+            qv4(&x, &w, None, Some(&sb), Some(&pts), &g, 0, &yh).0,
+        ),
+        (
+            "FLOAT out",
+            qv4(
+                &x,
+                &w,
+                None,
+                Some(&sf),
+                Some(&pts),
+                &g,
+                0,
+                &zero(&[DM, DN], sys::ACL_FLOAT),
+            )
+            .0,
+        ),
+        (
+            "per-tensor scale [E]",
+            qv4(&x, &w, None, Some(&zero(&[DE], sys::ACL_BF16)), Some(&pts), &g, 0, &yb).0,
+        ),
+        (
+            "perTokenScale [M,1]",
+            qv4(
+                &x,
+                &w,
+                None,
+                Some(&sb),
+                Some(&zero(&[DM, 1], sys::ACL_FLOAT)),
+                &g,
+                0,
+                &yb,
+            )
+            .0,
+        ),
+        (
+            "perTokenScale BF16",
+            qv4(&x, &w, None, Some(&sb), Some(&zero(&[DM], sys::ACL_BF16)), &g, 0, &yb).0,
+        ),
+        (
+            "bias (NOT EMULATED)",
+            qv4(
+                &x,
+                &w,
+                Some(&zero(&[DE, DN], sys::ACL_INT32)),
+                Some(&sb),
+                Some(&pts),
+                &g,
+                0,
+                &yb,
+            )
+            .0,
+        ),
+        (
+            "FLOAT16 weight with INT8 x",
+            qv4(
+                &x,
+                &zero(&[DE, DK, DN], sys::ACL_FLOAT16),
+                None,
+                Some(&sb),
+                Some(&pts),
+                &g,
+                0,
+                &yb,
+            )
+            .0,
+        ),
+        (
+            "groupList of E+1",
+            qv4(&x, &w, None, Some(&sb), Some(&pts), &g3, 0, &yb).0,
+        ),
+    ];
+    for (what, rc) in cases {
+        assert_eq!(rc, INVALID, "{what}");
+    }
+    // FRACTAL_NZ: storage dims must be the NZ form of [E, K, N].
+    let (nz, sdims) = pack_nz(&d.w);
+    let wbuf = tensor(&i8b(&nz), &[nz.len() as i64], sys::ACL_INT8);
+    let nzw = |storage: &[i64]| Tv {
+        ptr: wbuf.ptr,
+        dt: sys::ACL_INT8,
+        dims: vec![DE, DK, DN],
+        storage: storage.to_vec(),
+        fmt: sys::ACL_FORMAT_FRACTAL_NZ,
+    };
+    let bad = nzw(&[DE, 2, 40, 32]);
+    assert_eq!(
+        qv4(&x, &bad, None, Some(&sb), Some(&pts), &g, 0, &yb).0,
+        INVALID,
+        "K not aligned to 16"
+    );
+    assert_eq!(
+        qv4(&x, &nzw(&sdims), None, Some(&sb), Some(&pts), &g, 0, &yb).0,
+        0,
+        "{}",
+        msg()
+    );
+    // NZ anywhere else: R14 (x; the float GroupedMatmul weight).
+    let xnz = Tv {
+        fmt: sys::ACL_FORMAT_FRACTAL_NZ,
+        ..x.clone()
+    };
+    assert_eq!(
+        qv4(&xnz, &w, None, Some(&sb), Some(&pts), &g, 0, &yb).0,
+        INVALID,
+        "NZ x"
+    );
+    let xf = zero(&[DM, DK], sys::ACL_BF16);
+    let wf = zeros(&[DE, 48, 48], sys::ACL_BF16);
+    let wfnz = Tv {
+        ptr: wf.ptr,
+        dt: sys::ACL_BF16,
+        dims: vec![DE, DK, DN],
+        storage: vec![DE, 3, 48, 16],
+        fmt: sys::ACL_FORMAT_FRACTAL_NZ,
+    };
+    assert_eq!(
+        qv4(&xf, &wfnz, None, None, None, &g, 0, &yb).0,
+        INVALID,
+        "NZ float weight (R14)"
+    );
+    // Quantisation lists with a float x.
+    let wb = zero(&[DE, DK, DN], sys::ACL_BF16);
+    assert_eq!(
+        qv4(&xf, &wb, None, Some(&sb), Some(&pts), &g, 0, &yb).0,
+        INVALID,
+        "scale with BF16 x"
+    );
+    // V3 takes no A8W8.
+    let (xl, wl, yl, sl) = (list1(x.fresh()), list1(w.fresh()), list1(yb.fresh()), list1(sb.fresh()));
+    let n = ptr::null();
+    // SAFETY: live objects; out-pointers to locals.
+    let rc =
+        p1(|ws, ex| unsafe { aclnnGroupedMatmulV3GetWorkspaceSize(xl, wl, n, sl, n, n, n, g.t, 3, 0, yl, ws, ex) }).0;
+    assert_eq!(rc, INVALID, "V3 A8W8");
 }
