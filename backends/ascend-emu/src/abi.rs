@@ -1259,6 +1259,13 @@ fn launch(
     for t in &host_out {
         store(t);
     }
+    // aclnnTransMatmulWeight "刷新" the caller's tensor: it now describes the NZ form (RULES.md NZ5).
+    if let Op::TransNz { handle, nz_storage, .. } = &ex.op {
+        if let Some(d) = s.tensors.get_mut(handle) {
+            d.format = sys::ACL_FORMAT_FRACTAL_NZ;
+            d.storage = nz_storage.clone();
+        }
+    }
     sys::ACLNN_SUCCESS
 }
 

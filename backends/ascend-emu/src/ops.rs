@@ -42,7 +42,7 @@ pub mod topk;
 
 pub use arith::ScalarOp;
 pub use prim::{Binary, Prim, Scalar, Unary};
-pub use qgmm::{nz_elems, nz_pos, nz_storage_dims};
+pub use qgmm::{calculate_weight_size_v2, nz_elems, nz_pos, nz_storage_dims};
 
 /// A status code and the message `aclGetRecentErrMsg` returns for it.
 pub type Fail = (i32, String);
@@ -131,6 +131,17 @@ pub enum Op {
         /// The weight is FRACTAL_NZ (else ND).
         nz: bool,
         y: Desc,
+    },
+    /// aclnnTransMatmulWeight: INT8 ND weight rewritten in place as FRACTAL_NZ (RULES.md NZ5).
+    TransNz {
+        /// The caller's aclTensor (its descriptor becomes FRACTAL_NZ after the launch).
+        handle: usize,
+        /// The ND weight.
+        src: Desc,
+        /// The same memory as raw bytes of the NZ size.
+        dst: Desc,
+        /// Storage dims of the NZ form (`[batch.., n1, m1m0, n0]`).
+        nz_storage: Vec<i64>,
     },
     /// aclnnMoeGatingTopKSoftmax.
     TopKSoftmax {
@@ -236,6 +247,7 @@ impl Op {
         match self {
             Op::Gmm { launch, .. } | Op::InitRouting { launch, .. } | Op::Gather { launch, .. } => launch,
             Op::QuantGmm { .. } => "aclnnGroupedMatmulV4",
+            Op::TransNz { .. } => "aclnnTransMatmulWeight",
             Op::TopKSoftmax { .. } => "aclnnMoeGatingTopKSoftmax",
             Op::GatingTopK { .. } => "aclnnMoeGatingTopK",
             Op::Finalize { .. } => "aclnnMoeFinalizeRoutingV2",
@@ -288,6 +300,7 @@ impl Op {
                 i.extend(per_token.iter());
                 (i, vec![y])
             }
+            Op::TransNz { src, dst, .. } => (vec![src], vec![dst]),
             Op::TopKSoftmax {
                 x,
                 finished,
@@ -1216,6 +1229,7 @@ impl Op {
                 per_token,
                 ..
             } => qgmm::run_quant_gmm(ins, outs, *list_type, *nz, per_token.is_some()),
+            Op::TransNz { .. } => qgmm::run_trans_nz(ins, outs),
             Op::TopKSoftmax { k, finished, .. } => run_topk_softmax(ins, outs, *k, finished.is_some()),
             Op::GatingTopK { bias, p, out_flag, .. } => run_gating(ins, outs, bias.is_some(), p, *out_flag),
             Op::InitRouting { p, scale, counts, .. } => run_init(ins, outs, p, scale.is_some(), counts.is_some()),

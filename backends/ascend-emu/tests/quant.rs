@@ -649,3 +649,139 @@ fn a8w8_refusals() {
         p1(|ws, ex| unsafe { aclnnGroupedMatmulV3GetWorkspaceSize(xl, wl, n, sl, n, n, n, g.t, 3, 0, yl, ws, ex) }).0;
     assert_eq!(rc, INVALID, "V3 A8W8");
 }
+
+// ---- aclnnCalculateMatmulWeightSizeV2 / aclnnTransMatmulWeight ----------------------------------
+
+fn weight_size(shape: &[i64], dt: sys::aclDataType) -> (i32, u64) {
+    let a = ints(shape);
+    let mut n = 0u64;
+    // SAFETY: a live aclIntArray; out-pointer to a local.
+    let rc = unsafe { aclnnCalculateMatmulWeightSizeV2(a, dt, &mut n) };
+    (rc, n)
+}
+
+#[test]
+fn calculate_matmul_weight_size_v2_follows_the_page() {
+    let _stream = setup();
+    // The page's examples: [510, 510] FLOAT16 -> [512, 512]; [510, 270] INT8 -> [512, 288].
+    assert_eq!(weight_size(&[510, 510], sys::ACL_FLOAT16), (0, 262_144));
+    assert_eq!(weight_size(&[510, 270], sys::ACL_INT8), (0, 147_456));
+    // Batch dims multiply: [E, K, N] = [2, 40, 35] INT8 -> 2 * 48 * 64.
+    assert_eq!(weight_size(&[DE, DK, DN], sys::ACL_INT8), (0, 6144));
+    assert_eq!(weight_size(&[7], sys::ACL_INT8).0, INVALID, "rank 1");
+    assert_eq!(weight_size(&[1, 1, 1, 1, 1, 2, 2], sys::ACL_INT8).0, INVALID, "rank 7");
+    assert_eq!(weight_size(&[0, 32], sys::ACL_INT8).0, INVALID, "empty");
+    assert_eq!(
+        weight_size(&[16, 32], sys::ACL_BF16).0,
+        INVALID,
+        "BF16: FLOAT16 / INT8 only"
+    );
+    let mut n = 0u64;
+    // SAFETY: NULL array; out-pointer to a local.
+    assert_eq!(
+        unsafe { aclnnCalculateMatmulWeightSizeV2(ptr::null(), sys::ACL_INT8, &mut n) },
+        NULLPTR
+    );
+    let a = ints(&[16, 32]);
+    // SAFETY: a live array; NULL out-pointer is refused.
+    assert_eq!(
+        unsafe { aclnnCalculateMatmulWeightSizeV2(a, sys::ACL_INT8, ptr::null_mut()) },
+        NULLPTR
+    );
+}
+
+fn trans_p1(w: *mut sys::aclTensor) -> (i32, u64, Exec) {
+    // SAFETY: a live tensor of this library or NULL; out-pointers to locals.
+    p1(|ws, ex| unsafe { aclnnTransMatmulWeightGetWorkspaceSize(w, ws, ex) })
+}
+
+#[test]
+fn trans_matmul_weight_packs_nz_in_place_for_the_a8w8_gmm() {
+    let stream = setup();
+    let d = a8w8();
+    let (nz, _) = pack_nz(&d.w);
+    // An allocation of CalculateMatmulWeightSizeV2 elements, the ND weight at its start.
+    let (rc, size) = weight_size(&[DE, DK, DN], sys::ACL_INT8);
+    assert_eq!((rc, size as usize), (0, nz.len()));
+    let mut bytes = i8b(&d.w);
+    bytes.resize(size as usize, 0x5A);
+    let buf = tensor(&bytes, &[size as i64], sys::ACL_INT8);
+    let dims = [DE, DK, DN];
+    let wt = view(buf.ptr, sys::ACL_INT8, &dims, None, 0, &dims, sys::ACL_FORMAT_ND);
+    let (rc, ws, ex) = trans_p1(wt);
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnTransMatmulWeight), 0, "{}", msg());
+    // The bytes are now the documented NZ form (padding zero).
+    assert_eq!(read(&buf), i8b(&nz));
+    // The same aclTensor now reads FRACTAL_NZ: a second conversion is refused (format)...
+    assert_eq!(trans_p1(wt).0, INVALID, "already FRACTAL_NZ");
+    // ...and the A8W8 GroupedMatmul takes it and computes the ND product.
+    let xd = tensor(&i8b(&d.x), &[DM, DK], sys::ACL_INT8);
+    let pd = tensor(&f32b(&d.pts), &[DM], sys::ACL_FLOAT);
+    let sd = tensor(&bf16b(&d.scale), &[DE, DN], sys::ACL_BF16);
+    let g = tensor(&i64b(&[2, 5]), &[DE], sys::ACL_INT64);
+    let yd = zeros(&[DM, DN], sys::ACL_BF16);
+    let (xl, wl, sl, pl, yl) = (
+        list1(nd(&xd, &[DM, DK]).fresh()),
+        list1(wt),
+        list1(nd(&sd, &[DE, DN]).fresh()),
+        list1(nd(&pd, &[DM]).fresh()),
+        list1(nd(&yd, &[DM, DN]).fresh()),
+    );
+    let n = ptr::null();
+    // SAFETY: live objects; out-pointers to locals.
+    let (rc, ws, ex) = p1(|ws, ex| unsafe {
+        aclnnGroupedMatmulV4GetWorkspaceSize(
+            xl,
+            wl,
+            n,
+            sl,
+            n,
+            n,
+            n,
+            pl,
+            g.t,
+            n,
+            n,
+            n,
+            3,
+            0,
+            0,
+            0,
+            yl,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ws,
+            ex,
+        )
+    });
+    assert_eq!(rc, 0, "{}", msg());
+    assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
+    let want = a8w8_want(&d.x, &d.w, &as_bf16(&bf16b(&d.scale)), Some(&d.pts), &[2, 5]);
+    assert_eq!(read_y(&yd), rounded(sys::ACL_BF16, &want, 0.0));
+}
+
+#[test]
+fn trans_matmul_weight_refusals() {
+    let _stream = setup();
+    let d = a8w8();
+    // An allocation of the ND size only: the NZ form does not fit.
+    let small = tensor(&i8b(&d.w), &[DE, DK, DN], sys::ACL_INT8);
+    assert_eq!(trans_p1(small.t).0, INVALID, "allocation smaller than the NZ form");
+    assert_eq!(trans_p1(ptr::null_mut()).0, NULLPTR);
+    let bf = zeros(&[64, 64], sys::ACL_BF16);
+    assert_eq!(trans_p1(bf.t).0, INVALID, "BFLOAT16 NOT EMULATED");
+    let one = zeros(&[4096], sys::ACL_INT8);
+    assert_eq!(trans_p1(one.t).0, INVALID, "1-D");
+    let big = zeros(&[4096], sys::ACL_INT8);
+    let tr = view(
+        big.ptr,
+        sys::ACL_INT8,
+        &[32, 32],
+        Some(&[1, 32]),
+        0,
+        &[4096],
+        sys::ACL_FORMAT_ND,
+    );
+    assert_eq!(trans_p1(tr).0, INVALID, "non-contiguous");
+}

@@ -218,3 +218,84 @@ pub(super) fn run_quant_gmm(
     }
     Ok(())
 }
+
+/// aclnnCalculateMatmulWeightSizeV2 ([HA 81RC1alpha002 aclnnCalculateMatmulWeightSizeV2.md];
+/// RULES.md NZ4): elements of the NZ form of a weight of `shape` (2-6 dims, `(batch.., n, k)` in
+/// the page's naming): INT8 `Align(shape[-2], 16) · Align(shape[-1], 32)`, FLOAT16
+/// `Align(shape[-2], 16) · Align(shape[-1], 16)`, times the batch dims. A rank outside 2-6, a dim
+/// < 1 ("不支持空Tensor") or another dtype → 161002.
+pub fn calculate_weight_size_v2(shape: &[i64], dtype: sys::aclDataType) -> Result<u64, Fail> {
+    if !(2..=6).contains(&shape.len()) || shape.iter().any(|&d| d < 1) {
+        return Err(bad(format!("tensorShape {shape:?}: 2 to 6 dims, each >= 1")));
+    }
+    let n0 = match dtype {
+        sys::ACL_INT8 => NZ_N0,
+        sys::ACL_FLOAT16 => 16,
+        _ => return Err(bad(format!("dataType {}: FLOAT16 or INT8", dt_name(dtype)))),
+    };
+    let r = shape.len();
+    let batch: i64 = shape[..r - 2].iter().product();
+    Ok((batch * align(shape[r - 2], NZ_M0) * align(shape[r - 1], n0)) as u64)
+}
+
+impl Op {
+    /// aclnnTransMatmulWeight phase one ([HA 81RC1alpha001 aclnnTransMatmulWeight.md]; RULES.md NZ5):
+    /// `mmWeightRef` INT8 ND, 2-6 dims, contiguous at offset 0 (161002; FLOAT16 / BFLOAT16 NOT
+    /// EMULATED); its allocation must hold the NZ form (aclnnCalculateMatmulWeightSizeV2 elements),
+    /// checked as the tensor `dst` of that many bytes at the same address (161002 otherwise).
+    pub fn trans_matmul_weight(handle: usize, w: Desc) -> Result<Op, Fail> {
+        want_dt(
+            &w,
+            &[sys::ACL_INT8],
+            "mmWeightRef (INT8; FLOAT16 / BFLOAT16 NOT EMULATED)",
+        )?;
+        if w.format != sys::ACL_FORMAT_ND {
+            return Err(bad(format!("mmWeightRef format {}: ND (already converted?)", w.format)));
+        }
+        let shape = w.dims.clone();
+        let n = calculate_weight_size_v2(&shape, sys::ACL_INT8)? as i64;
+        if !w.contiguous() || w.offset != 0 {
+            return Err(bad(format!("mmWeightRef {}: contiguous at offset 0", w.show())));
+        }
+        let r = shape.len();
+        let mut storage = shape[..r - 2].to_vec();
+        storage.extend([align(shape[r - 1], NZ_N0) / NZ_N0, align(shape[r - 2], NZ_M0), NZ_N0]);
+        let dst = Desc {
+            dims: vec![n],
+            strides: vec![1],
+            offset: 0,
+            dtype: sys::ACL_INT8,
+            format: sys::ACL_FORMAT_ND,
+            storage: vec![n],
+            data: w.data,
+        };
+        Ok(Op::TransNz {
+            handle,
+            src: w,
+            dst,
+            nz_storage: storage,
+        })
+    }
+}
+
+/// aclnnTransMatmulWeight launch (RULES.md NZ5): the ND `[.., K, N]` INT8 weight is rewritten in
+/// place as its NZ form (layout NZ2, padding zero); the caller's aclTensor then reads FRACTAL_NZ
+/// with the NZ storage dims (done by the ABI after the launch).
+pub(super) fn run_trans_nz(ins: &[HostTensor], outs: &mut [HostTensor]) -> Result<(), Fail> {
+    let src = &ins[0];
+    let dst = &mut outs[0];
+    let r = src.d.dims.len();
+    let (k, n) = (src.d.dims[r - 2], src.d.dims[r - 1]);
+    let batch: i64 = src.d.dims[..r - 2].iter().product();
+    let (n1, kp) = (align(n, NZ_N0) / NZ_N0, align(k, NZ_M0));
+    dst.bytes.iter_mut().for_each(|b| *b = 0);
+    for b in 0..batch {
+        for kk in 0..k {
+            for c in 0..n {
+                let v = src.raw((b * k + kk) * n + c)[0];
+                dst.set_raw(nz_pos(kp, n1, b, kk, c), &[v]);
+            }
+        }
+    }
+    Ok(())
+}

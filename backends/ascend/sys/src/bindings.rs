@@ -1077,3 +1077,25 @@ pub type aclnnDynamicQuantFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnCalculateMatmulWeightSizeV2Fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        tensorShape: *const aclIntArray,
+        dataType: aclDataType,
+        weightTensorSize: *mut u64,
+    ) -> aclnnStatus,
+>;
+pub type aclnnTransMatmulWeightGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        mmWeightRef: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnTransMatmulWeightFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
