@@ -1336,13 +1336,10 @@ fn run_inplace_mul(s: &HostTensor, other: &HostTensor, out: &mut HostTensor) {
     }
 }
 
-fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_type: i64) -> Result<(), Fail> {
-    let (x, w, g) = (&ins[0], &ins[1], &ins[2]);
-    let bias = if has_bias { Some(&ins[3]) } else { None };
-    let y = &mut outs[0];
-    let (m, k) = (x.d.dims[0], x.d.dims[1]);
-    let (e, n) = (w.d.dims[0], w.d.dims[2]);
-    // Resolve the group list to [start, end) row ranges.
+/// The group list of GroupedMatmul resolved to `[start, end)` row ranges, one per group:
+/// groupListType 0 = cumulative ends, 1 = counts (G4). A decreasing cumulative list, a negative
+/// count or a total past the `m` rows of x → 561000 (G14).
+fn group_ranges(g: &HostTensor, e: i64, m: i64, list_type: i64) -> Result<Vec<(i64, i64)>, Fail> {
     let mut ranges = Vec::with_capacity(e as usize);
     let mut prev = 0i64;
     for gi in 0..e {
@@ -1364,6 +1361,16 @@ fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_typ
         ranges.push((prev, end));
         prev = end;
     }
+    Ok(ranges)
+}
+
+fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_type: i64) -> Result<(), Fail> {
+    let (x, w, g) = (&ins[0], &ins[1], &ins[2]);
+    let bias = if has_bias { Some(&ins[3]) } else { None };
+    let y = &mut outs[0];
+    let (m, k) = (x.d.dims[0], x.d.dims[1]);
+    let (e, n) = (w.d.dims[0], w.d.dims[2]);
+    let ranges = group_ranges(g, e, m, list_type)?;
     // Rows at or past the total are not updated (documented: "unspecified part is not updated").
     for (gi, (s, t)) in ranges.into_iter().enumerate() {
         let gi = gi as i64;

@@ -214,21 +214,18 @@ fn nd(d: &Dev, dims: &[i64]) -> Tv {
     }
 }
 
-/// V4 phase one, single-tensor lists, splitItem 3, groupType 0, actType 0, with A8W8 inputs.
+/// V4 phase one on ready lists (NULL for an absent one): splitItem 3, groupType 0, actType 0.
 #[allow(clippy::too_many_arguments)]
-fn qv4(
-    x: &Tv,
-    w: &Tv,
-    bias: Option<&Tv>,
-    scale: Option<&Tv>,
-    pts: Option<&Tv>,
+fn v4_lists(
+    xl: *mut sys::aclTensorList,
+    wl: *mut sys::aclTensorList,
+    bl: *mut sys::aclTensorList,
+    sl: *mut sys::aclTensorList,
+    pl: *mut sys::aclTensorList,
     g: &Dev,
     list_type: i64,
-    y: &Tv,
+    yl: *mut sys::aclTensorList,
 ) -> (i32, u64, Exec) {
-    let l = |d: Option<&Tv>| d.map_or(ptr::null_mut(), |d| list1(d.fresh()));
-    let (xl, wl, yl) = (list1(x.fresh()), list1(w.fresh()), list1(y.fresh()));
-    let (bl, sl, pl) = (l(bias), l(scale), l(pts));
     let n = ptr::null();
     // SAFETY: live lists/tensors from this library or NULL; out-pointers to locals.
     p1(|ws, ex| unsafe {
@@ -256,6 +253,23 @@ fn qv4(
             ex,
         )
     })
+}
+
+/// V4 phase one with A8W8 inputs, each list holding a fresh aclTensor of its description.
+#[allow(clippy::too_many_arguments)]
+fn qv4(
+    x: &Tv,
+    w: &Tv,
+    bias: Option<&Tv>,
+    scale: Option<&Tv>,
+    pts: Option<&Tv>,
+    g: &Dev,
+    list_type: i64,
+    y: &Tv,
+) -> (i32, u64, Exec) {
+    let l = |d: Option<&Tv>| d.map_or(ptr::null_mut(), |d| list1(d.fresh()));
+    let (xl, wl, yl) = (list1(x.fresh()), list1(w.fresh()), list1(y.fresh()));
+    v4_lists(xl, wl, l(bias), l(scale), l(pts), g, list_type, yl)
 }
 
 /// Deterministic INT8 values in [-128, 127].
@@ -728,33 +742,7 @@ fn trans_matmul_weight_packs_nz_in_place_for_the_a8w8_gmm() {
         list1(nd(&pd, &[DM]).fresh()),
         list1(nd(&yd, &[DM, DN]).fresh()),
     );
-    let n = ptr::null();
-    // SAFETY: live objects; out-pointers to locals.
-    let (rc, ws, ex) = p1(|ws, ex| unsafe {
-        aclnnGroupedMatmulV4GetWorkspaceSize(
-            xl,
-            wl,
-            n,
-            sl,
-            n,
-            n,
-            n,
-            pl,
-            g.t,
-            n,
-            n,
-            n,
-            3,
-            0,
-            0,
-            0,
-            yl,
-            ptr::null_mut(),
-            ptr::null_mut(),
-            ws,
-            ex,
-        )
-    });
+    let (rc, ws, ex) = v4_lists(xl, wl, ptr::null_mut(), sl, pl, &g, 0, yl);
     assert_eq!(rc, 0, "{}", msg());
     assert_eq!(launch(stream, ws, ex, aclnnGroupedMatmulV4), 0, "{}", msg());
     let want = a8w8_want(&d.x, &d.w, &as_bf16(&bf16b(&d.scale)), Some(&d.pts), &[2, 5]);

@@ -6,7 +6,7 @@
 use crate::sys;
 use crate::tensor::{dt_name, Desc, HostTensor};
 
-use super::{bad, inner, want_dims, want_dt, want_rank, Fail, Op};
+use super::{bad, want_dims, want_dt, want_rank, Fail, Op};
 
 /// Rows and columns of one FRACTAL_NZ fractal of INT8 data: `m0 = 16`, `n0 = 32` ("int8时,n0为32,
 /// m0为16", [HA canncommercial/800 ascendtb_01_0083] TransdataOperation; the same alignments as
@@ -184,24 +184,9 @@ pub(super) fn run_quant_gmm(
             w.get_int(&[gi, kk, c])
         }
     };
-    let mut prev = 0i64;
-    for gi in 0..e {
-        let v = g.get_int(&[gi]);
-        let end = if list_type == 0 {
-            if v < prev {
-                return Err(inner(format!("groupList (cumulative) decreases at {gi}: {v} < {prev}")));
-            }
-            v
-        } else {
-            if v < 0 {
-                return Err(inner(format!("groupList (counts) entry {gi} is negative: {v}")));
-            }
-            prev + v
-        };
-        if end > m {
-            return Err(inner(format!("groupList total {end} exceeds x rows {m}")));
-        }
-        for r in prev..end {
+    for (gi, (start, end)) in super::group_ranges(g, e, m, list_type)?.into_iter().enumerate() {
+        let gi = gi as i64;
+        for r in start..end {
             for c in 0..n {
                 let mut acc = 0i32;
                 for kk in 0..k {
@@ -214,7 +199,6 @@ pub(super) fn run_quant_gmm(
                 y.set(&[r, c], v);
             }
         }
-        prev = end;
     }
     Ok(())
 }
