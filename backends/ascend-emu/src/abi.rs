@@ -266,12 +266,16 @@ impl State {
         std::env::var(MEM_CAP_ENV).ok().and_then(|v| v.trim().parse().ok())
     }
     /// Check a tensor's storage: format, device memory, 32-byte aligned base, view inside storage.
-    fn check_tensor(&self, d: &Desc, what: &str) -> Result<(), Fail> {
+    /// `nz_ok` admits `ACL_FORMAT_FRACTAL_NZ` (the A8W8 GroupedMatmul weight, RULES.md NZ1), whose
+    /// storage dims describe the NZ layout.
+    fn check_tensor(&self, d: &Desc, what: &str, nz_ok: bool) -> Result<(), Fail> {
         let bad = |m: String| (sys::ACLNN_ERR_PARAM_INVALID, format!("{what}: {m}"));
         let esz = elem_size(d.dtype).ok_or_else(|| bad(format!("data type {} not supported", d.dtype)))?;
-        // Every tensor of the emulated ops is "要求为ND" (each op page's parameter table). NOT
-        // EMULATED: private formats such as FRACTAL_NZ GMM weights.
-        if d.format != sys::ACL_FORMAT_ND {
+        // Every tensor of the emulated ops is "要求为ND" (each op page's parameter table), except the
+        // A8W8 GroupedMatmulV4 weight, which may be FRACTAL_NZ (RULES.md NZ1; the op checks its
+        // storage dims). Other private formats: NOT EMULATED.
+        let nz = nz_ok && d.format == sys::ACL_FORMAT_FRACTAL_NZ;
+        if d.format != sys::ACL_FORMAT_ND && !nz {
             return Err(bad(format!("format {} is not ACL_FORMAT_ND (2)", d.format)));
         }
         let n = d.storage_len() as usize;
@@ -1165,7 +1169,7 @@ unsafe fn phase_one(
     };
     let (ins, outs) = op.tensors();
     for (i, d) in ins.iter().chain(outs.iter()).enumerate() {
-        if let Err(f) = s.check_tensor(d, &format!("{}: tensor {i}", op.launch_name())) {
+        if let Err(f) = s.check_tensor(d, &format!("{}: tensor {i}", op.launch_name()), op.nz_allowed(d)) {
             return fail_t(f);
         }
     }
@@ -1243,7 +1247,7 @@ fn launch(
     let (ins, outs) = ex.op.tensors();
     // Memory may have been freed since phase one: check again.
     for d in ins.iter().chain(outs.iter()) {
-        if let Err(f) = s.check_tensor(d, name) {
+        if let Err(f) = s.check_tensor(d, name, ex.op.nz_allowed(d)) {
             return fail(sys::ACLNN_ERR_RUNTIME_ERROR, f.1);
         }
     }
@@ -1254,6 +1258,13 @@ fn launch(
     }
     for t in &host_out {
         store(t);
+    }
+    // aclnnTransMatmulWeight "刷新" the caller's tensor: it now describes the NZ form (RULES.md NZ5).
+    if let Op::TransNz { handle, nz_storage, .. } = &ex.op {
+        if let Some(d) = s.tensors.get_mut(handle) {
+            d.format = sys::ACL_FORMAT_FRACTAL_NZ;
+            d.storage = nz_storage.clone();
+        }
     }
     sys::ACLNN_SUCCESS
 }
@@ -1323,7 +1334,8 @@ fn reject_list(s: &State, l: *const sys::aclTensorList, what: &str) -> Result<()
     }
 }
 
-/// `aclnnGroupedMatmulV4GetWorkspaceSize` (non-quantised, single tensors, groupType 0).
+/// `aclnnGroupedMatmulV4GetWorkspaceSize` (single tensors, groupType 0): float (G*), or A8W8 with
+/// INT8 x — scaleOptional / perTokenScaleOptional taken (RULES.md QG*).
 ///
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
@@ -1354,11 +1366,9 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
     let mut s = lock();
     let op = (|| {
         for (l, w) in [
-            (scale, "scale"),
             (offset, "offset"),
             (aq_scale, "antiquantScale"),
             (aq_offset, "antiquantOffset"),
-            (per_token, "perTokenScale"),
             (act_in, "activationInput"),
             (act_qs, "activationQuantScale"),
             (act_qo, "activationQuantOffset"),
@@ -1389,6 +1399,7 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             group_list_type,
             act_type,
             ys,
+            Some((s.list(scale, "scale")?, s.list(per_token, "perTokenScale")?)),
         )
     })();
     // SAFETY: forwarded caller promise.
@@ -1436,7 +1447,19 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV3GetWorkspaceSize(
             .ok_or_else(|| (sys::ACLNN_ERR_PARAM_NULLPTR, "y is a null pointer".to_string()))?;
         let b = s.list(bias, "bias")?;
         let g = s.desc(group_list, "groupList")?;
-        Op::gmm("aclnnGroupedMatmulV3", xs, ws, b, g, split_item, group_type, 0, 0, ys)
+        Op::gmm(
+            "aclnnGroupedMatmulV3",
+            xs,
+            ws,
+            b,
+            g,
+            split_item,
+            group_type,
+            0,
+            0,
+            ys,
+            None,
+        )
     })();
     // SAFETY: forwarded caller promise.
     unsafe { phase_one(&mut s, op, workspace_size, executor) }
@@ -1831,3 +1854,5 @@ pub mod prims_sort;
 pub use prims_sort::*;
 pub mod prims3;
 pub use prims3::*;
+pub mod prims_quant;
+pub use prims_quant::*;

@@ -32,6 +32,8 @@ pub mod arith;
 mod elementwise;
 mod index;
 pub mod prim;
+mod qgmm;
+mod quant;
 mod reduce;
 mod select;
 mod sort;
@@ -40,6 +42,7 @@ pub mod topk;
 
 pub use arith::ScalarOp;
 pub use prim::{Binary, Prim, Scalar, Unary};
+pub use qgmm::{calculate_weight_size_v2, nz_elems, nz_pos, nz_storage_dims};
 
 /// A status code and the message `aclGetRecentErrMsg` returns for it.
 pub type Fail = (i32, String);
@@ -100,6 +103,9 @@ fn want_contig(t: &Desc, what: &str) -> Result<(), Fail> {
 }
 const FLOATS: [sys::aclDataType; 3] = [sys::ACL_FLOAT, sys::ACL_FLOAT16, sys::ACL_BF16];
 
+/// aclnnGroupedMatmulV4's (scaleOptional, perTokenScaleOptional) lists, NULL = `None`.
+pub type QuantLists = (Option<Vec<Desc>>, Option<Vec<Desc>>);
+
 /// One validated op, waiting for its launch.
 #[derive(Clone)]
 pub enum Op {
@@ -112,6 +118,30 @@ pub enum Op {
         group: Desc,
         list_type: i64,
         y: Desc,
+    },
+    /// aclnnGroupedMatmulV4 A8W8: INT8 x and weight (ND or FRACTAL_NZ), per-channel scale,
+    /// optional per-token scale, FLOAT16 / BFLOAT16 out (RULES.md QG*, NZ*).
+    QuantGmm {
+        x: Desc,
+        w: Desc,
+        scale: Desc,
+        per_token: Option<Desc>,
+        group: Desc,
+        list_type: i64,
+        /// The weight is FRACTAL_NZ (else ND).
+        nz: bool,
+        y: Desc,
+    },
+    /// aclnnTransMatmulWeight: INT8 ND weight rewritten in place as FRACTAL_NZ (RULES.md NZ5).
+    TransNz {
+        /// The caller's aclTensor (its descriptor becomes FRACTAL_NZ after the launch).
+        handle: usize,
+        /// The ND weight.
+        src: Desc,
+        /// The same memory as raw bytes of the NZ size.
+        dst: Desc,
+        /// Storage dims of the NZ form (`[batch.., n1, m1m0, n0]`).
+        nz_storage: Vec<i64>,
     },
     /// aclnnMoeGatingTopKSoftmax.
     TopKSoftmax {
@@ -216,6 +246,8 @@ impl Op {
     pub fn launch_name(&self) -> &'static str {
         match self {
             Op::Gmm { launch, .. } | Op::InitRouting { launch, .. } | Op::Gather { launch, .. } => launch,
+            Op::QuantGmm { .. } => "aclnnGroupedMatmulV4",
+            Op::TransNz { .. } => "aclnnTransMatmulWeight",
             Op::TopKSoftmax { .. } => "aclnnMoeGatingTopKSoftmax",
             Op::GatingTopK { .. } => "aclnnMoeGatingTopK",
             Op::Finalize { .. } => "aclnnMoeFinalizeRoutingV2",
@@ -226,12 +258,18 @@ impl Op {
         }
     }
 
+    /// Whether `d` (one of [`Op::tensors`]) may be `ACL_FORMAT_FRACTAL_NZ`: only the weight of the
+    /// A8W8 GroupedMatmul ("weight ... 格式支持ND、FRACTAL_NZ", [OTF] V4 doc; RULES.md NZ1, R14).
+    pub fn nz_allowed(&self, d: &Desc) -> bool {
+        matches!(self, Op::QuantGmm { w, nz: true, .. } if std::ptr::eq(w, d))
+    }
+
     /// Workspace bytes the op asks for (non-zero for some ops, so the caller's workspace path runs).
     /// UNDOCUMENTED sizes (real ones are larger, e.g. MoeGatingTopK reserves 16 MiB: \[OT\]
     /// moe_gating_top_k_tiling.cpp `DEFAULT_WORKSPACE_SIZE`); callers must use the returned value.
     pub fn workspace(&self) -> u64 {
         match self {
-            Op::Gmm { .. } => 16 * 1024,
+            Op::Gmm { .. } | Op::QuantGmm { .. } => 16 * 1024,
             Op::TopKSoftmax { .. } | Op::GatingTopK { .. } => 4096,
             Op::InitRouting { ids, .. } => 64 + 8 * elems(ids) as u64,
             Op::Prim(p) => p.workspace(),
@@ -249,6 +287,20 @@ impl Op {
                 i.extend(bias.iter());
                 (i, vec![y])
             }
+            Op::QuantGmm {
+                x,
+                w,
+                scale,
+                per_token,
+                group,
+                y,
+                ..
+            } => {
+                let mut i = vec![x, w, group, scale];
+                i.extend(per_token.iter());
+                (i, vec![y])
+            }
+            Op::TransNz { src, dst, .. } => (vec![src], vec![dst]),
             Op::TopKSoftmax {
                 x,
                 finished,
@@ -327,6 +379,7 @@ impl Op {
         list_type: i64,
         act_type: i64,
         y: Vec<Desc>,
+        quant: Option<QuantLists>,
     ) -> Result<Op, Fail> {
         // NOT EMULATED: multi-tensor lists (the MoE recipe is single x / weight / y: [FS §4.2]).
         if x.len() != 1 || w.len() != 1 || y.len() != 1 {
@@ -366,6 +419,19 @@ impl Op {
         let (x, w, y) = (x[0].clone(), w[0].clone(), y[0].clone());
         // M-axis grouping with one weight tensor needs the group list ([OTF] V4 doc, groupType table).
         let group = req(group, "groupListOptional (required when groupType = 0)")?;
+        // V4 with INT8 x: the A8W8 rows (RULES.md QG*); `quant` = (scaleOptional,
+        // perTokenScaleOptional). V3 passes None: quantisation not emulated there.
+        if let (sys::ACL_INT8, Some((scale, per_token))) = (x.dtype, quant.clone()) {
+            return Op::quant_gmm(x, w, bias, scale, per_token, group, list_type, y);
+        }
+        if let Some((sc, pt)) = &quant {
+            if sc.iter().chain(pt.iter()).any(|l| !l.is_empty()) {
+                return Err(bad(format!(
+                    "{launch}: scaleOptional / perTokenScaleOptional need INT8 x (A8W8); x is {}",
+                    dt_name(x.dtype)
+                )));
+            }
+        }
         want_rank(&x, 2, "x")?;
         want_rank(&w, 3, "weight")?;
         want_rank(&y, 2, "y")?;
@@ -1157,6 +1223,13 @@ impl Op {
     pub fn run(&self, ins: &[HostTensor], outs: &mut [HostTensor]) -> Result<(), Fail> {
         match self {
             Op::Gmm { bias, list_type, .. } => run_gmm(ins, outs, bias.is_some(), *list_type),
+            Op::QuantGmm {
+                list_type,
+                nz,
+                per_token,
+                ..
+            } => qgmm::run_quant_gmm(ins, outs, *list_type, *nz, per_token.is_some()),
+            Op::TransNz { .. } => qgmm::run_trans_nz(ins, outs),
             Op::TopKSoftmax { k, finished, .. } => run_topk_softmax(ins, outs, *k, finished.is_some()),
             Op::GatingTopK { bias, p, out_flag, .. } => run_gating(ins, outs, bias.is_some(), p, *out_flag),
             Op::InitRouting { p, scale, counts, .. } => run_init(ins, outs, p, scale.is_some(), counts.is_some()),
@@ -1263,13 +1336,10 @@ fn run_inplace_mul(s: &HostTensor, other: &HostTensor, out: &mut HostTensor) {
     }
 }
 
-fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_type: i64) -> Result<(), Fail> {
-    let (x, w, g) = (&ins[0], &ins[1], &ins[2]);
-    let bias = if has_bias { Some(&ins[3]) } else { None };
-    let y = &mut outs[0];
-    let (m, k) = (x.d.dims[0], x.d.dims[1]);
-    let (e, n) = (w.d.dims[0], w.d.dims[2]);
-    // Resolve the group list to [start, end) row ranges.
+/// The group list of GroupedMatmul resolved to `[start, end)` row ranges, one per group:
+/// groupListType 0 = cumulative ends, 1 = counts (G4). A decreasing cumulative list, a negative
+/// count or a total past the `m` rows of x → 561000 (G14).
+fn group_ranges(g: &HostTensor, e: i64, m: i64, list_type: i64) -> Result<Vec<(i64, i64)>, Fail> {
     let mut ranges = Vec::with_capacity(e as usize);
     let mut prev = 0i64;
     for gi in 0..e {
@@ -1291,6 +1361,16 @@ fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_typ
         ranges.push((prev, end));
         prev = end;
     }
+    Ok(ranges)
+}
+
+fn run_gmm(ins: &[HostTensor], outs: &mut [HostTensor], has_bias: bool, list_type: i64) -> Result<(), Fail> {
+    let (x, w, g) = (&ins[0], &ins[1], &ins[2]);
+    let bias = if has_bias { Some(&ins[3]) } else { None };
+    let y = &mut outs[0];
+    let (m, k) = (x.d.dims[0], x.d.dims[1]);
+    let (e, n) = (w.d.dims[0], w.d.dims[2]);
+    let ranges = group_ranges(g, e, m, list_type)?;
     // Rows at or past the total are not updated (documented: "unspecified part is not updated").
     for (gi, (s, t)) in ranges.into_iter().enumerate() {
         let gi = gi as i64;

@@ -435,6 +435,17 @@ pub enum Prim {
         /// 1-D output.
         out: Desc,
     },
+    /// aclnnDynamicQuant: per-row symmetric INT8 quantisation (RULES.md DQ1-DQ4).
+    DynamicQuant {
+        /// FLOAT16 / BFLOAT16 input, rank 2-8.
+        x: Desc,
+        /// Optional [H] factors multiplied into x first.
+        smooth: Option<Desc>,
+        /// INT8 output of x's shape.
+        y: Desc,
+        /// FLOAT per-row scale (x's shape without the last dim).
+        scale: Desc,
+    },
 }
 
 impl Prim {
@@ -443,6 +454,7 @@ impl Prim {
         match self {
             Prim::Clamp { launch, .. } | Prim::Muls { launch, .. } | Prim::Sort { launch, .. } => launch,
             Prim::Arange { .. } => "aclnnArange",
+            Prim::DynamicQuant { .. } => "aclnnDynamicQuant",
             Prim::IsFinite { .. } => "aclnnIsFinite",
             Prim::LogicalNot { inplace: false, .. } => "aclnnLogicalNot",
             Prim::LogicalNot { inplace: true, .. } => "aclnnInplaceLogicalNot",
@@ -530,7 +542,8 @@ impl Prim {
             | Prim::Cumsum { .. }
             | Prim::Sort { .. }
             | Prim::Amax { .. }
-            | Prim::Topk { .. } => 1024,
+            | Prim::Topk { .. }
+            | Prim::DynamicQuant { .. } => 1024,
             _ => 0,
         }
     }
@@ -560,6 +573,9 @@ impl Prim {
             Prim::Zero { self_ref } => (vec![], vec![self_ref]),
             Prim::Sort { x, values, indices, .. } => (vec![x], values.iter().chain(std::iter::once(indices)).collect()),
             Prim::Arange { out, .. } => (vec![], vec![out]),
+            Prim::DynamicQuant { x, smooth, y, scale } => {
+                (std::iter::once(x).chain(smooth.iter()).collect(), vec![y, scale])
+            }
             Prim::SearchSorted {
                 seq, x, sorter, out, ..
             } => ([seq, x].into_iter().chain(sorter.iter()).collect(), vec![out]),
@@ -657,6 +673,7 @@ impl Prim {
             }
             Prim::ScatterAdd { dim, .. } => super::index::run_scatter(ins, &mut outs[0], *dim, 1, "aclnnScatterAdd"),
             Prim::Topk { k, dim, largest, .. } => super::topk::run_topk(&ins[0], outs, *k, *dim, *largest),
+            Prim::DynamicQuant { .. } => super::quant::run_dynamic_quant(ins, outs),
             Prim::Arange {
                 start,
                 step,

@@ -483,6 +483,26 @@ MOEHAL_ACL_FN(aclnnStatus, aclnnTopkGetWorkspaceSize,
                aclOpExecutor **executor))
 MOEHAL_ACLNN_LAUNCH(aclnnTopk)
 
+/* Issue 13, W8A8 path (emulator branch emu13d). */
+
+/* aclnnDynamicQuant: per-row symmetric INT8 quantisation, scaleOut = row_max(|x*smooth|)/127,
+ * yOut = round(x*smooth/scaleOut) ([HA canncommercial/800 aclnnDynamicQuant.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnDynamicQuantGetWorkspaceSize,
+              (const aclTensor *x, const aclTensor *smoothScalesOptional, const aclTensor *yOut,
+               const aclTensor *scaleOut, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnDynamicQuant)
+
+/* aclnnCalculateMatmulWeightSizeV2: elements of the NZ form of a (batch.., n, k) weight,
+ * INT8 Align(n,16)*Align(k,32) ([HA 81RC1alpha002 aclnnCalculateMatmulWeightSizeV2.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnCalculateMatmulWeightSizeV2,
+              (const aclIntArray *tensorShape, aclDataType dataType, uint64_t *weightTensorSize))
+
+/* aclnnTransMatmulWeight: rewrite a Matmul weight in place into its affine (FRACTAL_NZ) format
+ * ([HA 81RC1alpha001 aclnnTransMatmulWeight.md]). */
+MOEHAL_ACL_FN(aclnnStatus, aclnnTransMatmulWeightGetWorkspaceSize,
+              (aclTensor *mmWeightRef, uint64_t *workspaceSize, aclOpExecutor **executor))
+MOEHAL_ACLNN_LAUNCH(aclnnTransMatmulWeight)
+
 #ifdef __cplusplus
 }
 #endif

@@ -1093,3 +1093,43 @@ pub type aclnnTopkFn = ::std::option::Option<
         stream: aclrtStream,
     ) -> aclnnStatus,
 >;
+pub type aclnnDynamicQuantGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        x: *const aclTensor,
+        smoothScalesOptional: *const aclTensor,
+        yOut: *const aclTensor,
+        scaleOut: *const aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnDynamicQuantFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
+pub type aclnnCalculateMatmulWeightSizeV2Fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        tensorShape: *const aclIntArray,
+        dataType: aclDataType,
+        weightTensorSize: *mut u64,
+    ) -> aclnnStatus,
+>;
+pub type aclnnTransMatmulWeightGetWorkspaceSizeFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        mmWeightRef: *mut aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus,
+>;
+pub type aclnnTransMatmulWeightFn = ::std::option::Option<
+    unsafe extern "C" fn(
+        workspace: *mut ::std::os::raw::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus,
+>;
