@@ -74,70 +74,65 @@ impl Header {
     }
 }
 
-/// A JSON value read like `serde_json::Value`, except that a map with a key twice is an error.
+/// A pass over a JSON document that keeps nothing and fails on a map with a key twice.
 /// `serde_json` keeps the last of two equal keys; a safetensors header with a tensor named twice
 /// would then silently read one of the two tensors (issue 16: a hand-made file was accepted), and
 /// a tensor's `"dtype"` given twice would be one of the two. The format names each tensor once
-/// (the `safetensors` crate reads the header into a map, so it cannot tell either); this reader
-/// rejects it, naming the key.
-struct UniqueKeys(serde_json::Value);
+/// (the `safetensors` crate reads the header into a map, so it cannot tell either); this pass
+/// rejects it, naming the key. The values themselves are read by `serde_json::Value` in a second
+/// pass, so number handling stays serde_json's whatever features the build unifies (with
+/// `arbitrary_precision` a number reaches a visitor as a one-key map, which this pass accepts).
+struct UniqueKeys;
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+        d.deserialize_any(UniqueKeysVisitor)
     }
 }
 
-/// The visitor of [`UniqueKeys`]: every JSON kind, maps and lists read recursively.
+/// The visitor of [`UniqueKeys`]: maps and lists walked recursively, every other kind accepted.
 struct UniqueKeysVisitor;
 
 impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = serde_json::Value;
+    type Value = UniqueKeys;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(v.into())
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(UniqueKeys)
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(v.into())
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(UniqueKeys)
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(v.into())
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(UniqueKeys)
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(UniqueKeys)
     }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(v.into())
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(UniqueKeys)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
+        Ok(UniqueKeys)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut v = Vec::new();
-        while let Some(UniqueKeys(x)) = seq.next_element()? {
-            v.push(x);
-        }
-        Ok(serde_json::Value::Array(v))
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut m = serde_json::Map::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
-            let UniqueKeys(v) = map.next_value()?;
-            if m.contains_key(&k) {
+            map.next_value::<UniqueKeys>()?;
+            if !seen.insert(k.clone()) {
                 return Err(serde::de::Error::custom(format!(
                     "names key `{k}` twice in one map (each tensor, and each field of a tensor, is named once; \
                      a reader would silently keep one of the two)"
                 )));
             }
-            m.insert(k, v);
         }
-        Ok(serde_json::Value::Object(m))
+        Ok(UniqueKeys)
     }
 }
 
@@ -167,8 +162,10 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
             8 + e.valid_up_to()
         )
     })?;
-    let json = match serde_json::from_str::<UniqueKeys>(text) {
-        Ok(UniqueKeys(v)) => v,
+    let json: serde_json::Value = match serde_json::from_str::<UniqueKeys>(text) {
+        Ok(UniqueKeys) => {
+            serde_json::from_str(text).map_err(|e| format!("the {n}-byte header at offset 8 is not JSON: {e}"))?
+        }
         // A `Data` error is the one [`UniqueKeys`] raises: a key that appears twice in one map.
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(format!("the {n}-byte header at offset 8 {e}"))

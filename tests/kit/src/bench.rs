@@ -734,14 +734,8 @@ impl Shape {
             } => {
                 // x, w and set 0's group_end from the kit's recipe (the GEMM spec of set 0's
                 // groups), then the other sets' group_ends.
-                let ges = cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets);
-                let Some(first) = ges.first() else {
-                    return Err(Error::invalid(
-                        "bench",
-                        "sets",
-                        format!("no set of {topk} of {num_experts} experts to rotate over ({sets} sets)"),
-                    ));
-                };
+                let ges = cold_sets(num_experts, topk, sets, s(3))?;
+                let first = &ges[0];
                 let (head, rest) = bufs.split_at_mut(3.min(bufs.len()));
                 gemm_spec(dt, n, k, first).fill_inputs(seed, head)?;
                 for (b, ge) in rest.iter_mut().zip(&ges[1..]) {
@@ -756,7 +750,7 @@ impl Shape {
                 ..
             } => {
                 let ge = match sets {
-                    Some(sets) => cold_group_ends(&mut seeded(s(3)), num_experts, topk, sets),
+                    Some(sets) => cold_sets(num_experts, topk, sets, s(3))?,
                     None => vec![routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk)],
                 };
                 self.fill_qgemm(dt, seed, &ge, bufs)?;
@@ -821,6 +815,27 @@ impl Shape {
         }
         Ok(())
     }
+}
+
+/// The `group_end`s of `sets` disjoint sets of `topk` of `experts` experts
+/// ([`cold_group_ends`]), one per set.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] on `sets` when there are no such sets (`sets` is 0, `topk` is 0 with
+/// experts to route, or `sets * topk > experts`): the rotation would leave inputs unwritten.
+fn cold_sets(experts: usize, topk: usize, sets: usize, seed: u64) -> Result<Vec<Vec<i64>>> {
+    let ges = cold_group_ends(&mut seeded(seed), experts, topk, sets);
+    if sets == 0 || ges.len() != sets {
+        return Err(Error::invalid(
+            "bench",
+            "sets",
+            format!(
+                "{sets} disjoint sets of {topk} of {experts} experts to rotate over: at most {} fit",
+                experts.checked_div(topk).unwrap_or(0)
+            ),
+        ));
+    }
+    Ok(ges)
 }
 
 /// Copy `values` into `buf` as little-endian i64s, 8 bytes each (any alignment; `buf` holds
@@ -1103,7 +1118,7 @@ mod tests {
                 Shape::QGemm {
                     w: WeightFormat::Fp8Block,
                     x: ActFormat::Fp8,
-                    num_experts: 4,
+                    num_experts: 6,
                     k: 128,
                     n: 128,
                     tokens: 3,
@@ -1116,8 +1131,43 @@ mod tests {
         for (shape, check) in shapes {
             let a = filled_at(&shape, DType::BF16, 3, 0, 0x00);
             let b = filled_at(&shape, DType::BF16, 3, 1, 0xFF);
-            assert!(a == b, "{shape:?}: a byte depends on the buffer's prefill or alignment");
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                let at = x.iter().zip(y).position(|(p, q)| p != q);
+                assert!(
+                    at.is_none() && x.len() == y.len(),
+                    "{shape:?}: input {i} byte {at:?} of {} depends on the buffer's prefill or alignment",
+                    x.len()
+                );
+            }
             assert!(check(&a), "{shape:?}: inputs outside the op's domain");
+        }
+        // More disjoint sets than the experts hold (3 sets of 2 of 4 experts) would leave a
+        // group_end unwritten: an error naming `sets`, for both cold decodes.
+        for shape in [
+            Shape::QGemm {
+                w: WeightFormat::Fp8Block,
+                x: ActFormat::Fp8,
+                num_experts: 4,
+                k: 128,
+                n: 128,
+                tokens: 1,
+                topk: 2,
+                sets: Some(3),
+            },
+            Shape::DecodeCold {
+                num_experts: 4,
+                k: 32,
+                n: 16,
+                topk: 2,
+                sets: 3,
+                l3: 0,
+            },
+        ] {
+            let sizes = shape.input_sizes(DType::BF16).unwrap();
+            let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            let e = shape.fill_inputs(DType::BF16, 3, &mut slices).unwrap_err();
+            assert!(e.to_string().contains("sets"), "{shape:?}: {e}");
         }
         // A gather of a non-float table dtype has no spec and is an error, not unwritten buffers.
         let g = Shape::Gather {
