@@ -259,7 +259,7 @@ impl Op {
     }
 
     /// Whether `d` (one of [`Op::tensors`]) may be `ACL_FORMAT_FRACTAL_NZ`: only the weight of the
-    /// A8W8 GroupedMatmul ("weight ... 格式支持ND、FRACTAL_NZ", [OTF] V4 doc; RULES.md NZ1, R14).
+    /// A8W8 GroupedMatmul ("weight ... 格式支持ND、FRACTAL_NZ", \[OTF\] V4 doc; RULES.md NZ1, R14).
     pub fn nz_allowed(&self, d: &Desc) -> bool {
         matches!(self, Op::QuantGmm { w, nz: true, .. } if std::ptr::eq(w, d))
     }

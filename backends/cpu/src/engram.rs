@@ -493,7 +493,7 @@ pub fn gather_rows(pool: &Pool, table: Table<'_>, rows: &[i64], c: usize, out: G
 /// `table` is the table's `[R, W]` bytes (`R = table_rows`, `row_bytes = W * element size`),
 /// `rows` the `T * C` indices, `out` the `[T, C * W]` output's bytes. Every index is checked
 /// first (the rule of [`check_rows`], whose error a bad index gets), so on error nothing is written; then each row is one `memcpy` (the
-/// reference's copy). No prefetch (a few warm rows gain nothing from it, see [`PF`]), no pool,
+/// reference's copy). No prefetch (a few warm rows gain nothing from it, see `PF`), no pool,
 /// no per-call allocation: at 8 rows of 512 B the layers of the general path ([`gather_rows`]:
 /// the [`Table`] / [`GatherOut`] enums, the prefetch bookkeeping) cost ~10% of the call
 /// (benches/RESULTS.md "gather_rows at 8-128 rows").

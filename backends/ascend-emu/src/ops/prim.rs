@@ -439,7 +439,7 @@ pub enum Prim {
     DynamicQuant {
         /// FLOAT16 / BFLOAT16 input, rank 2-8.
         x: Desc,
-        /// Optional [H] factors multiplied into x first.
+        /// Optional `[H]` factors multiplied into x first.
         smooth: Option<Desc>,
         /// INT8 output of x's shape.
         y: Desc,

@@ -42,7 +42,7 @@ pub fn nz_elems(batch: i64, k: i64, n: i64) -> i64 {
 }
 
 impl Op {
-    /// aclnnGroupedMatmulV4 phase one, A8W8 ([OTF] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md
+    /// aclnnGroupedMatmulV4 phase one, A8W8 (\[OTF\] gmm/grouped_matmul/docs/aclnnGroupedMatmulV4.md
     /// "A8W8场景约束" and "公共约束"; RULES.md QG1-QG8). The structural checks shared with the float
     /// path (single tensors, splitItem, groupType 0, groupListType 0/1, actType 0, group list) are
     /// done by the caller ([`Op::gmm`]'s rules G1-G7 apply unchanged).

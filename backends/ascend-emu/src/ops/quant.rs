@@ -17,7 +17,7 @@ impl Prim {
     /// aclnnDynamicQuant.md]; RULES.md DQ1-DQ4):
     /// - x, yOut, scaleOut required (161001);
     /// - x FLOAT16 / BFLOAT16, rank 2-8 ("shape维度要大于1", "维度仅支持2到8维") (161002);
-    /// - smoothScalesOptional of x's dtype, 1-D [H] ("shape维度是x的最后一维") (161002);
+    /// - smoothScalesOptional of x's dtype, 1-D `[H]` ("shape维度是x的最后一维") (161002);
     /// - yOut INT8 of x's shape (NOT EMULATED: the INT4 / INT32-packed outputs of later pages);
     ///   scaleOut FLOAT of x's shape without the last dim; both contiguous ("暂不支持非连续的Tensor"
     ///   on the 8.0 page) (161002).

@@ -22,17 +22,9 @@ impl Runtime {
 
     /// `aclnnInplaceMul(selfRef, other)`: `selfRef *= other`, `other` broadcast to `selfRef`'s
     /// shape, computed in the promoted dtype and stored in `selfRef`'s ([HA canncommercial/800
-    /// aclnnMul&aclnnInplaceMul.md]).
-    pub fn inplace_mul(&self, self_ref: &Tensor<'_>, other: &Tensor<'_>) -> Result<()> {
-        match self.inplace_mul_outcome(self_ref, other)? {
-            Outcome::Ran => Ok(()),
-            Outcome::Rejected(e) => Err(e),
-        }
-    }
-
-    /// [`Runtime::inplace_mul`], but a phase-one rejection (nothing enqueued, `selfRef` as it was)
-    /// comes back as [`Outcome::Rejected`], so a caller that already wrote its output can finish
-    /// on the host instead of returning an error over a half-written result.
+    /// aclnnMul&aclnnInplaceMul.md]). A phase-one rejection (nothing enqueued, `selfRef` as it
+    /// was) comes back as [`Outcome::Rejected`], so a caller that already wrote its output can
+    /// finish on the host instead of returning an error over a half-written result.
     pub fn inplace_mul_outcome(&self, self_ref: &Tensor<'_>, other: &Tensor<'_>) -> Result<Outcome> {
         let api = self.api();
         let p1 = opt(api.aclnnInplaceMulGetWorkspaceSize, "aclnnInplaceMulGetWorkspaceSize")?;
