@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{
-    Checked, EngramHash, GatherRows, GroupScore, GroupedGemm, MoeCombine, MoePermute, OpDesc, RouterTopk, Scoring,
+    Checked, EngramHash, GatherRows, GroupScore, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc, QuantDesc,
+    RouterTopk, Scoring,
     Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{
@@ -71,6 +72,7 @@ pub(crate) fn acl_dt(d: DType) -> sys::aclDataType {
         DType::BF16 => sys::ACL_BF16,
         DType::I32 => sys::ACL_INT32,
         DType::I64 => sys::ACL_INT64,
+        DType::I8 => sys::ACL_INT8,
         _ => sys::ACL_UINT8,
     }
 }
@@ -731,5 +733,16 @@ impl Backend for Ascend {
 
     fn gather_rows(&self, args: Checked<GatherRows<'_>>) -> Result<()> {
         self.run_gather_rows(args)
+    }
+
+    /// OPS.md §6: `int8` weights × i8 activations (W8A8) only — f16 `y` on the device
+    /// (aclnnGroupedMatmulV4 A8W8), bf16 / f32 `y` on the host; the reason names which
+    /// (ops/grouped_gemm_quant.rs). Every other variant: `No`, no kernels yet.
+    fn supports_quant(&self, op: &QuantDesc) -> Support {
+        self.quant_support(op)
+    }
+
+    fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        self.run_grouped_gemm_quant(args)
     }
 }

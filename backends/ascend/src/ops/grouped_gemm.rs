@@ -5,7 +5,7 @@
 
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{grouped_gemm::check_group_end, Checked, GroupedGemm, WeightLayout};
-use moehal_core::{Backend, DType, Error, Reference, Result};
+use moehal_core::{Backend, DType, Error, Reference, Result, TensorMut, TensorRef};
 
 use crate::backend::{desc_of, hm, hv, scratch_desc, Ascend};
 use crate::ffi::{DevMem, Outcome, Scalar, TensorList};
@@ -41,7 +41,7 @@ impl Ascend {
             self.mine(t.buffer(), f)?;
         }
         self.mine(a.y.buffer(), "y")?;
-        let total = self.gmm_check_group_end(&a, d.m)?;
+        let total = self.gmm_check_group_end(&a.group_end, d.m)?;
         if d.m == 0 || d.n == 0 {
             return Ok(());
         }
@@ -56,7 +56,7 @@ impl Ascend {
                 return self.gmm_host(&a);
             }
             return match self.gmm_k0_bias(&a, total)? {
-                Outcome::Ran => self.apply_row_scale(&a, total),
+                Outcome::Ran => self.apply_row_scale(a.row_scale.as_ref(), &a.y, total),
                 Outcome::Rejected(_) => self.gmm_host(&a),
             };
         }
@@ -74,7 +74,7 @@ impl Ascend {
                     total * d.n * a.y.dtype().size(),
                 )?;
             }
-            return self.apply_row_scale(&a, total);
+            return self.apply_row_scale(a.row_scale.as_ref(), &a.y, total);
         }
         if v.gmm == 0
             || d.k == 0
@@ -117,7 +117,7 @@ impl Ascend {
         };
         self.rt.grouped_matmul(v.gmm == 4, &x, &w, bias.as_ref(), &group, &y)?;
         drop(bias_f32);
-        self.apply_row_scale(&a, total)
+        self.apply_row_scale(a.row_scale.as_ref(), &a.y, total)
     }
 
     /// The `group_end` check of OPS.md §1 (non-decreasing from 0, last `<= M`) before anything is
@@ -130,19 +130,20 @@ impl Ascend {
     /// `aclnnCast(group_end[1:])` and `aclnnMuls(aclnnCast(group_end[:-1]), -1)`, whose
     /// `aclnnAmin` (4 bytes) must be `>= 0`. Sorted, the maximum is the last entry. Otherwise
     /// `group_end` is read.
-    fn gmm_check_group_end(&self, a: &GroupedGemm<'_>, m: usize) -> Result<usize> {
+    /// Shared with the quantized `grouped_gemm` (OPS.md §6 keeps §1's rules).
+    pub(crate) fn gmm_check_group_end(&self, group_end: &TensorRef<'_>, m: usize) -> Result<usize> {
         let read = || -> Result<usize> {
-            let ge: Vec<i64> = self.fetch(&a.group_end)?;
+            let ge: Vec<i64> = self.fetch(group_end)?;
             check_group_end(&ge, m)?;
             Ok(ge.last().copied().unwrap_or(0) as usize)
         };
         let v = self.rt.lib.versions;
-        let g = a.group_end.numel();
+        let g = group_end.numel();
         let diffs = g < 2 || (m < (1 << 24) && v.cast && v.muls && v.scalar && v.reduce_sum);
         if !diffs {
             return read();
         }
-        let Some((lo, hi)) = self.index_extremes(&a.group_end, OP_GG, "group_end")? else {
+        let Some((lo, hi)) = self.index_extremes(group_end, OP_GG, "group_end")? else {
             return read();
         };
         check_extremes(
@@ -154,7 +155,7 @@ impl Ascend {
             "OPS.md §1: non-decreasing from 0, group_end[G-1] <= M",
         )?;
         if g >= 2 {
-            match self.gmm_min_step(a, g)? {
+            match self.gmm_min_step(group_end, g)? {
                 Some(step) if step < 0.0 => {
                     return Err(Error::invalid(
                         OP_GG,
@@ -174,8 +175,8 @@ impl Ascend {
     /// The smallest adjacent difference `min(group_end[i+1] - group_end[i])` of the `g >= 2`
     /// entries, in f32 (exact: the caller checked every entry is in `[0, M]`, `M < 2^24`),
     /// computed on the device and read back (4 bytes). `None` when a primitive refused the call.
-    fn gmm_min_step(&self, a: &GroupedGemm<'_>, g: usize) -> Result<Option<f64>> {
-        let ge = desc_of(&a.group_end, OP_GG, "group_end")?;
+    fn gmm_min_step(&self, group_end: &TensorRef<'_>, g: usize) -> Result<Option<f64>> {
+        let ge = desc_of(group_end, OP_GG, "group_end")?;
         let Some(steps) = self.int_steps_f32(&ge, g - 1)? else {
             return Ok(None);
         };
@@ -234,21 +235,25 @@ impl Ascend {
 
     /// `y[:total] *= row_scale[:total]` after the matmul (or the K = 0 zeros): on the device with
     /// aclnnInplaceMul when present and `row_scale` is device memory, else (or when
-    /// aclnnInplaceMul refused the call at phase one) on the host.
-    fn apply_row_scale(&self, a: &GroupedGemm<'_>, total: usize) -> Result<()> {
+    /// aclnnInplaceMul refused the call at phase one) on the host. `y` is `[M, N]`; shared with
+    /// the quantized `grouped_gemm` (OPS.md §6: `row_scale` as in §1).
+    pub(crate) fn apply_row_scale(
+        &self,
+        row_scale: Option<&TensorRef<'_>>,
+        y: &TensorMut<'_>,
+        total: usize,
+    ) -> Result<()> {
         let v = self.rt.lib.versions;
-        let d = a.dims();
-        let dt = a.y.dtype();
-        let scale_on_device = v.inplace_mul
-            && a.row_scale
-                .as_ref()
-                .is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
-        if let (Some(rs), true, true) = (&a.row_scale, total > 0, scale_on_device) {
+        let n = y.shape()[1];
+        let dt = y.dtype();
+        let scale_on_device =
+            v.inplace_mul && row_scale.is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
+        if let (Some(rs), true, true) = (row_scale, total > 0, scale_on_device) {
             // Router weights scale the whole expert output: `y[:total] *= row_scale[:total, None]`
             // with aclnnInplaceMul (f32 other beside an f16/bf16 y is computed in the promoted f32
             // and stored in y's dtype, [HA canncommercial/800 aclnnMul&aclnnInplaceMul.md]). Rows
             // past the group-list total stay unwritten, as GroupedMatmul leaves them.
-            let mut yd = desc_of(&a.y.as_ref(), OP_GG, "y")?;
+            let mut yd = desc_of(&y.as_ref(), OP_GG, "y")?;
             yd.dims[0] = total as i64;
             let mut sd = desc_of(rs, OP_GG, "row_scale")?;
             sd.dims = vec![total as i64, 1];
@@ -259,16 +264,16 @@ impl Ascend {
                 return Ok(());
             }
         }
-        if let (Some(rs), true) = (&a.row_scale, total > 0) {
+        if let (Some(rs), true) = (row_scale, total > 0) {
             // No aclnnInplaceMul: applied on the host to the routed rows.
             let s: Vec<f32> = self.fetch(rs)?;
             let es = dt.size();
-            let (off, _) = a.y.byte_range();
-            let mut yb = vec![0u8; total * d.n * es];
-            self.rt.d2h(&mut yb, a.y.buffer().addr() + off as u64)?;
+            let (off, _) = y.byte_range();
+            let mut yb = vec![0u8; total * n * es];
+            self.rt.d2h(&mut yb, y.buffer().addr() + off as u64)?;
             for (r, &sr) in s.iter().enumerate().take(total) {
-                for c in 0..d.n {
-                    let p = (r * d.n + c) * es;
+                for c in 0..n {
+                    let p = (r * n + c) * es;
                     let b = &mut yb[p..p + es];
                     match dt {
                         DType::F32 => {
@@ -286,7 +291,7 @@ impl Ascend {
                     }
                 }
             }
-            self.put(&a.y, off, &yb)?;
+            self.put(y, off, &yb)?;
         }
         Ok(())
     }

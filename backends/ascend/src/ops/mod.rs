@@ -6,6 +6,7 @@ mod checks;
 mod engram;
 mod gather_rows;
 mod grouped_gemm;
+mod grouped_gemm_quant;
 mod moe_combine;
 mod moe_permute;
 

@@ -1,0 +1,154 @@
+//! OPS.md §6 `grouped_gemm` with quantized operands. W8A8 (`int8` weights with i8 `x` and an f32
+//! per-token `x_scale`) into an f16 `y` runs on the device through the A8W8 path of
+//! `aclnnGroupedMatmulV4` (ffi/grouped_matmul.rs; ascend-emu RULES.md QG1-QG6); everything else
+//! this backend accepts runs the reference on host copies ([`Ascend::gmmq_host`]).
+//!
+//! Why only f16 `y` on the device: the A2 "A8W8 数据类型要求" table ([OTF V4 doc], RULES.md QG3)
+//! pairs a FLOAT (f32) per-channel scale with a FLOAT16 output on an ND weight (ours: layout NK
+//! `[G, N, K]` is the transposed-strides ND view `[G, K, N]` strides `[K·N, 1, K]`, QG2). A
+//! BFLOAT16 output with a FLOAT scale needs a FRACTAL_NZ weight, i.e. a `[G, K, N]`-contiguous
+//! copy packed by aclnnTransMatmulWeight (NZ1-NZ5), and with a BFLOAT16 scale the f32 `w_scale`
+//! would be rounded (not OPS.md's product); FLOAT output and a bias are not in the table
+//! (QG3: NOT EMULATED, undocumented for A2). Those take the host path, as does any operand
+//! that is not this device's memory (an aclnn call reads every operand as a device address).
+
+use moehal_core::ops::{ActFormat, Checked, GroupedGemmQ, QuantDesc, WeightFormat};
+use moehal_core::{Backend, DType, Reference, Result, Support};
+
+use crate::backend::{desc_of, hm, hv, Ascend};
+use crate::ffi::{Outcome, TensorList};
+
+const OP_GG: &str = "grouped_gemm";
+
+/// The kernel that serves the W8A8 f16 output, as `supports_quant` names it.
+const A8W8_KERNEL: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x / weight ND transposed view, FLOAT per-channel scale, \
+                           FLOAT perTokenScale, FLOAT16 out; row_scale by aclnnInplaceMul); a bias, K = 0, \
+                           K or N >= 65536, > 1024 groups or a host operand take the host";
+
+impl Ascend {
+    /// Whether (and how) this backend runs the §6 variant `op`. Only the `int8` × i8 pairing
+    /// (W8A8, the 910B production path) is served: into f16 on the device (when the libraries
+    /// have aclnnGroupedMatmulV4), into bf16 / f32 by the reference on host copies. The other
+    /// formats and the quantize ops have no kernels here yet.
+    pub(crate) fn quant_support(&self, op: &QuantDesc) -> Support {
+        let QuantDesc::GroupedGemm {
+            w: WeightFormat::Int8,
+            x: ActFormat::Int8,
+            y,
+        } = *op
+        else {
+            return Support::no(moehal_core::backend::QUANT_PENDING);
+        };
+        let v4 = self.rt.lib.versions.gmm == 4;
+        match y {
+            DType::F16 if v4 => Support::yes(A8W8_KERNEL),
+            DType::F16 => Support::yes("host: moehal_core::Reference on host copies (no aclnnGroupedMatmulV4 in these libraries)"),
+            DType::BF16 => Support::yes(
+                "host: moehal_core::Reference on host copies (A8W8 GroupedMatmulV4 gives BFLOAT16 out with a FLOAT scale \
+                 only for a FRACTAL_NZ weight, not packed here yet; a BFLOAT16 scale would round w_scale)",
+            ),
+            _ => Support::yes(
+                "host: moehal_core::Reference on host copies (A8W8 GroupedMatmulV4 has no FLOAT output with FLOAT scales)",
+            ),
+        }
+    }
+
+    /// `Backend::grouped_gemm_quant` on this device (OPS.md §6 with §1's rules: `group_end` checked
+    /// before anything is written, rows at or past `group_end[G-1]` untouched, empty groups).
+    ///
+    /// # Errors
+    /// [`moehal_core::Error::Unsupported`] for a pairing other than `int8` × i8 (and a host `y`),
+    /// [`moehal_core::Error::InvalidArgument`] for a bad `group_end` (nothing written), device errors.
+    pub(crate) fn run_grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
+        let a = args.into_inner();
+        let desc = a.desc();
+        if let Support::No { reason } = self.quant_support(&desc) {
+            return Err(moehal_core::Error::unsupported(
+                OP_GG,
+                self.name(),
+                format!("{}: {reason}", desc.variant()),
+            ));
+        }
+        let _g = self.lock();
+        self.mine(a.y.buffer(), "y")?;
+        let d = a.dims();
+        let v = self.rt.lib.versions;
+        let mut inputs = vec![&a.x, &a.w, &a.w_scale, &a.group_end];
+        inputs.extend(a.x_scale.as_ref());
+        inputs.extend(a.row_scale.as_ref());
+        inputs.extend(a.bias.as_ref());
+        let all_mine = inputs.iter().all(|t| self.mine(t.buffer(), "operand").is_ok());
+        if a.y.dtype() != DType::F16
+            || a.bias.is_some()
+            || !all_mine
+            || v.gmm != 4
+            || d.k == 0
+            || d.k >= 65536
+            || d.n >= 65536
+            || d.groups > 1024
+        {
+            return self.gmmq_host(&a);
+        }
+        // OPS.md §1: the group_end values are checked before anything is written.
+        let total = self.gmm_check_group_end(&a.group_end, d.m)?;
+        if d.m == 0 || d.n == 0 {
+            return Ok(());
+        }
+        match self.gmmq_a8w8(&a)? {
+            Outcome::Ran => self.apply_row_scale(a.row_scale.as_ref(), &a.y, total),
+            // Phase one refused (nothing enqueued, nothing written): the host computes it.
+            Outcome::Rejected(_) => self.gmmq_host(&a),
+        }
+    }
+
+    /// The A8W8 GroupedMatmulV4 call: `y[r, n] = (Σ_k x[r,k]·w[g,n,k]) · w_scale[g,n] ·
+    /// x_scale[r]` for the routed rows (the INT8 sum exact in INT32, the scaling in f32, one
+    /// rounding to f16; RULES.md QG5). The weight `[G, N, K]` is passed as the ND view
+    /// `[G, K, N]` with strides `[K·N, 1, K]` (QG2, G11): no copy, the caller's weight unchanged.
+    fn gmmq_a8w8(&self, a: &GroupedGemmQ<'_>) -> Result<Outcome> {
+        let d = a.dims();
+        let Some(xs) = &a.x_scale else {
+            return Err(moehal_core::Error::invalid(OP_GG, "x_scale", "W8A8 needs x_scale"));
+        };
+        let mut wd = desc_of(&a.w, OP_GG, "w")?;
+        let (k, n) = (d.k as i64, d.n as i64);
+        wd.dims = vec![d.groups as i64, k, n];
+        wd.strides = vec![k * n, 1, k];
+        let x = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.x, OP_GG, "x")?)?])?;
+        let w = TensorList::new(&self.rt, vec![self.t(&wd)?])?;
+        let ws = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.w_scale, OP_GG, "w_scale")?)?])?;
+        let pt = TensorList::new(&self.rt, vec![self.t(&desc_of(xs, OP_GG, "x_scale")?)?])?;
+        let y = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.y.as_ref(), OP_GG, "y")?)?])?;
+        let group = self.t(&desc_of(&a.group_end, OP_GG, "group_end")?)?;
+        self.rt.grouped_matmul_a8w8(&x, &w, &ws, &pt, &group, &y)
+    }
+
+    /// The reference on host copies of every operand (device operands are staged, host ones read
+    /// in place); `y` is written back only when the reference succeeded, so a bad `group_end` (the
+    /// reference checks it first) leaves `y` untouched.
+    fn gmmq_host(&self, a: &GroupedGemmQ<'_>) -> Result<()> {
+        let (sx, sw, sws, sg) = (
+            self.stage(&a.x)?,
+            self.stage(&a.w)?,
+            self.stage(&a.w_scale)?,
+            self.stage(&a.group_end)?,
+        );
+        let sxs = a.x_scale.as_ref().map(|r| self.stage(r)).transpose()?;
+        let ss = a.row_scale.as_ref().map(|r| self.stage(r)).transpose()?;
+        let sb = a.bias.as_ref().map(|r| self.stage(r)).transpose()?;
+        let mut sy = self.stage(&a.y.as_ref())?;
+        let args = GroupedGemmQ {
+            x: hv(&sx, &a.x),
+            x_scale: a.x_scale.as_ref().zip(sxs.as_ref()).map(|(r, s)| hv(s, r)),
+            w_format: a.w_format,
+            w: hv(&sw, &a.w),
+            w_scale: hv(&sws, &a.w_scale),
+            group_end: hv(&sg, &a.group_end),
+            row_scale: a.row_scale.as_ref().zip(ss.as_ref()).map(|(r, s)| hv(s, r)),
+            bias: a.bias.as_ref().zip(sb.as_ref()).map(|(r, s)| hv(s, r)),
+            y: hm(&mut sy, &a.y)?,
+        };
+        Reference.grouped_gemm_quant(args.validate()?)?;
+        self.unstage(sy.as_ref().expect("device output staged"), &a.y)
+    }
+}
