@@ -79,6 +79,17 @@ const ROUND_TRIPS: &[&str] = &[
     "gather_rows+fp8 d2h",
     // row indices range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS).
     "gather_rows d2h",
+    // W8A8 (OPS.md §6 int8 × i8) into f16 on aclnnGroupedMatmulV4 A8W8; only the group_end check
+    // reads 20 bytes (CONTROL_READS), as the float grouped_gemm.
+    "grouped_gemm_quant+int8xint8+f16 d2h",
+    "grouped_gemm_quant+int8xint8+f16+row_scale d2h",
+    // W8A8 into bf16 (A8W8 GroupedMatmulV4 takes BFLOAT16 out with a FLOAT scale only for a
+    // FRACTAL_NZ weight, not packed yet) and into f32 with a bias (no such A8W8 row): the
+    // reference on host copies, a full round trip.
+    "grouped_gemm_quant+int8xint8+bf16 d2h",
+    "grouped_gemm_quant+int8xint8+bf16 h2d",
+    "grouped_gemm_quant+int8xint8+f32+row_scale+bias d2h",
+    "grouped_gemm_quant+int8xint8+f32+row_scale+bias h2d",
 ];
 
 /// Entries of [`ROUND_TRIPS`] that are control reads, not tensor data: the most bytes one call may
@@ -101,6 +112,8 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("grouped_gemm+row_scale d2h", 20),
     ("grouped_gemm+k0 d2h", 20),
     ("grouped_gemm+row_scale+k0 d2h", 20),
+    ("grouped_gemm_quant+int8xint8+f16 d2h", 20),
+    ("grouped_gemm_quant+int8xint8+f16+row_scale d2h", 20),
     ("router_topk d2h", 12),
     ("router_topk+expert_counts d2h", 12),
     ("router_topk+group+expert_counts d2h", 12),
@@ -346,7 +359,19 @@ impl Backend for Counting {
         self.inner.supports_quant(op)
     }
     fn grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
-        self.op("grouped_gemm_quant".into(), || self.inner.grouped_gemm_quant(args))
+        // Keyed per pairing and output dtype (the W8A8 f16 output runs on the device, the others
+        // on the host), and by the optional operands.
+        let mut key = String::from("grouped_gemm_quant");
+        if let QuantDesc::GroupedGemm { w, x, y } = args.desc() {
+            key.push_str(&format!("+{w}x{}+{y}", x.name()));
+        }
+        if args.row_scale.is_some() {
+            key.push_str("+row_scale");
+        }
+        if args.bias.is_some() {
+            key.push_str("+bias");
+        }
+        self.op(key, || self.inner.grouped_gemm_quant(args))
     }
     fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
         self.op("quantize_fp8".into(), || self.inner.quantize_fp8(args))
@@ -379,6 +404,9 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     // (once sent to the host for the 1e-20 term) are among them, and the weights must equal the
     // reference's.
     plain_router_calls_stay_on_the_device(&be);
+    // The kit's W8A8 f16 case has no row_scale; this one has, and checks the guard rows and
+    // a bad group_end on the device path.
+    w8a8_f16_on_the_device(&be);
 
     let seen = be.seen.into_inner().unwrap();
     println!("aclnn launches per op (as seen):");
@@ -406,6 +434,17 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
                 .any(|k| k == op || k.starts_with(&format!("{op}+"))),
             "the edge cases never called {op}"
         );
+    }
+    // The W8A8 f16 output is computed by the A8W8 GroupedMatmulV4 (not the host path, which
+    // would also pass the conformance check): every call of those keys launched it.
+    for k in ["grouped_gemm_quant+int8xint8+f16", "grouped_gemm_quant+int8xint8+f16+row_scale"] {
+        let seqs = seen.launches.get(k).unwrap_or_else(|| panic!("{k} never ran"));
+        for s in seqs {
+            assert!(s.contains("aclnnGroupedMatmulV4"), "{k}: launches {s}");
+        }
+        if k.ends_with("+row_scale") {
+            assert!(seqs.iter().all(|s| s.ends_with("aclnnInplaceMul")), "{k}: {seqs:?}");
+        }
     }
     // The 8-byte bound holds where the library computes the id extremes (aclnnAmin / aclnnAmax);
     // without them the backend reads the ids themselves (README, "Host round trips").
@@ -483,4 +522,74 @@ fn plain_router_calls_stay_on_the_device(be: &Counting) {
             );
         }
     }
+}
+
+/// W8A8 into f16 with a row scale through the counted backend (device path: aclnnGroupedMatmulV4
+/// A8W8 + aclnnInplaceMul): groups of 4, 0 and 5 rows and 2 guard rows (M = 11), N = 40, K = 72;
+/// the routed rows against the reference (OPS.md §Conformance f16 bound, 2e-3 relative norm), the
+/// guard rows still the poison; then a decreasing `group_end` is an error and `y` is unchanged.
+fn w8a8_f16_on_the_device(be: &Counting) {
+    let (g, m, n, k) = (3usize, 11usize, 40usize, 72usize);
+    let ends: Vec<i64> = vec![4, 4, 9];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let x: Vec<i8> = (0..m * k).map(|_| (next() % 255) as i8).collect();
+    let w: Vec<i8> = (0..g * n * k).map(|_| (next() % 255) as i8).collect();
+    let xs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
+    let ws: Vec<f32> = (0..g * n).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
+    let rs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 500.0 - 1.0).collect();
+    let poison = half::f16::from_bits(0x7E00);
+    let run = |b: &dyn Backend, ends: &[i64]| -> (Result<()>, Vec<half::f16>) {
+        let xb = b.upload_slice(&x).unwrap();
+        let wb = b.upload_slice(&w).unwrap();
+        let xsb = b.upload_slice(&xs).unwrap();
+        let wsb = b.upload_slice(&ws).unwrap();
+        let rsb = b.upload_slice(&rs).unwrap();
+        let gb = b.upload_slice(ends).unwrap();
+        let mut yb = b.upload_slice(&vec![poison; m * n]).unwrap();
+        let args = GroupedGemmQ {
+            x: xb.view(DType::I8, &[m, k]),
+            x_scale: Some(xsb.view(DType::F32, &[m])),
+            w_format: moehal_core::ops::WeightFormat::Int8,
+            w: wb.view(DType::I8, &[g, n, k]),
+            w_scale: wsb.view(DType::F32, &[g, n]),
+            group_end: gb.view(DType::I64, &[g]),
+            row_scale: Some(rsb.view(DType::F32, &[m])),
+            bias: None,
+            y: yb.view_mut(DType::F16, &[m, n]),
+        };
+        let r = b.grouped_gemm_quant(args.validate().unwrap());
+        (r, b.download_vec(&yb, m * n).unwrap())
+    };
+    let (r, got) = run(be, &ends);
+    r.expect("W8A8 f16 on the device");
+    let (r, want) = run(&Reference, &ends);
+    r.unwrap();
+    let total = ends[g - 1] as usize;
+    let (mut err, mut norm) = (0f64, 0f64);
+    for i in 0..total * n {
+        let (a, b) = (got[i].to_f64(), want[i].to_f64());
+        assert!(a.is_finite(), "element {i}: {a} (reference {b})");
+        err += (a - b) * (a - b);
+        norm += b * b;
+    }
+    assert!(norm > 0.0);
+    let rel = (err / norm).sqrt();
+    assert!(rel <= 2e-3, "W8A8 f16: relative error {rel:e} > 2e-3");
+    for (i, v) in got.iter().enumerate().skip(total * n) {
+        assert_eq!(v.to_bits(), poison.to_bits(), "guard element {i} written");
+    }
+    // Uncounted (the inner backend): the refused call launches no GroupedMatmulV4.
+    let (r, after) = run(&*be.inner, &[4, 3, 9]);
+    let e = r.expect_err("a decreasing group_end must be refused").to_string();
+    assert!(e.contains("group_end"), "{e}");
+    assert!(
+        after.iter().all(|v| v.to_bits() == poison.to_bits()),
+        "y written before the group_end check"
+    );
 }
