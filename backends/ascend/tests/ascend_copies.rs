@@ -79,15 +79,15 @@ const ROUND_TRIPS: &[&str] = &[
     "gather_rows+fp8 d2h",
     // row indices range-checked by aclnnAmin / aclnnAmax (16 bytes, CONTROL_READS).
     "gather_rows d2h",
-    // W8A8 (OPS.md §6 int8 × i8) into f16 on aclnnGroupedMatmulV4 A8W8; only the group_end check
-    // reads 20 bytes (CONTROL_READS), as the float grouped_gemm.
+    // W8A8 (OPS.md §6 int8 × i8) into f16 / bf16 on aclnnGroupedMatmulV4 A8W8 (bf16: the weight
+    // copied and packed FRACTAL_NZ on the device); only the group_end check reads 20 bytes
+    // (CONTROL_READS), as the float grouped_gemm.
     "grouped_gemm_quant+int8xint8+f16 d2h",
     "grouped_gemm_quant+int8xint8+f16+row_scale d2h",
-    // W8A8 into bf16 (A8W8 GroupedMatmulV4 takes BFLOAT16 out with a FLOAT scale only for a
-    // FRACTAL_NZ weight, not packed yet) and into f32 with a bias (no such A8W8 row): the
-    // reference on host copies, a full round trip.
     "grouped_gemm_quant+int8xint8+bf16 d2h",
-    "grouped_gemm_quant+int8xint8+bf16 h2d",
+    "grouped_gemm_quant+int8xint8+bf16+row_scale d2h",
+    // W8A8 into f32 with a bias (no such A8W8 row on A2): the reference on host copies, a full
+    // round trip.
     "grouped_gemm_quant+int8xint8+f32+row_scale+bias d2h",
     "grouped_gemm_quant+int8xint8+f32+row_scale+bias h2d",
 ];
@@ -114,6 +114,8 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("grouped_gemm+row_scale+k0 d2h", 20),
     ("grouped_gemm_quant+int8xint8+f16 d2h", 20),
     ("grouped_gemm_quant+int8xint8+f16+row_scale d2h", 20),
+    ("grouped_gemm_quant+int8xint8+bf16 d2h", 20),
+    ("grouped_gemm_quant+int8xint8+bf16+row_scale d2h", 20),
     ("router_topk d2h", 12),
     ("router_topk+expert_counts d2h", 12),
     ("router_topk+group+expert_counts d2h", 12),
@@ -404,9 +406,9 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     // (once sent to the host for the 1e-20 term) are among them, and the weights must equal the
     // reference's.
     plain_router_calls_stay_on_the_device(&be);
-    // The kit's W8A8 f16 case has no row_scale; this one has, and checks the guard rows and
-    // a bad group_end on the device path.
-    w8a8_f16_on_the_device(&be);
+    // The kit's W8A8 cases on the device have no row_scale; these have, and check the guard
+    // rows, the caller's weight and a bad group_end on the device path.
+    w8a8_on_the_device(&be);
 
     let seen = be.seen.into_inner().unwrap();
     println!("aclnn launches per op (as seen):");
@@ -437,10 +439,18 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     }
     // The W8A8 f16 output is computed by the A8W8 GroupedMatmulV4 (not the host path, which
     // would also pass the conformance check): every call of those keys launched it.
-    for k in ["grouped_gemm_quant+int8xint8+f16", "grouped_gemm_quant+int8xint8+f16+row_scale"] {
+    for k in [
+        "grouped_gemm_quant+int8xint8+f16",
+        "grouped_gemm_quant+int8xint8+f16+row_scale",
+        "grouped_gemm_quant+int8xint8+bf16",
+        "grouped_gemm_quant+int8xint8+bf16+row_scale",
+    ] {
         let seqs = seen.launches.get(k).unwrap_or_else(|| panic!("{k} never ran"));
         for s in seqs {
             assert!(s.contains("aclnnGroupedMatmulV4"), "{k}: launches {s}");
+            if k.contains("+bf16") {
+                assert!(s.contains("aclnnCast -> aclnnTransMatmulWeight -> aclnnGroupedMatmulV4"), "{k}: launches {s}");
+            }
         }
         if k.ends_with("+row_scale") {
             assert!(seqs.iter().all(|s| s.ends_with("aclnnInplaceMul")), "{k}: {seqs:?}");
@@ -524,11 +534,13 @@ fn plain_router_calls_stay_on_the_device(be: &Counting) {
     }
 }
 
-/// W8A8 into f16 with a row scale through the counted backend (device path: aclnnGroupedMatmulV4
-/// A8W8 + aclnnInplaceMul): groups of 4, 0 and 5 rows and 2 guard rows (M = 11), N = 40, K = 72;
-/// the routed rows against the reference (OPS.md §Conformance f16 bound, 2e-3 relative norm), the
-/// guard rows still the poison; then a decreasing `group_end` is an error and `y` is unchanged.
-fn w8a8_f16_on_the_device(be: &Counting) {
+/// W8A8 into f16 and bf16 with a row scale through the counted backend (device path:
+/// aclnnGroupedMatmulV4 A8W8 + aclnnInplaceMul; bf16 also aclnnCast + aclnnTransMatmulWeight):
+/// groups of 4, 0 and 5 rows and 2 guard rows (M = 11), N = 40, K = 72 (neither aligned to the
+/// NZ fractal's 32 / 16); the routed rows against the reference (OPS.md §Conformance: f16 2e-3,
+/// bf16 1e-2 relative norm), the guard rows still the poison, the caller's weight unchanged; then
+/// a decreasing `group_end` is an error and `y` is unchanged.
+fn w8a8_on_the_device(be: &Counting) {
     let (g, m, n, k) = (3usize, 11usize, 40usize, 72usize);
     let ends: Vec<i64> = vec![4, 4, 9];
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -543,53 +555,64 @@ fn w8a8_f16_on_the_device(be: &Counting) {
     let xs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
     let ws: Vec<f32> = (0..g * n).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
     let rs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 500.0 - 1.0).collect();
-    let poison = half::f16::from_bits(0x7E00);
-    let run = |b: &dyn Backend, ends: &[i64]| -> (Result<()>, Vec<half::f16>) {
-        let xb = b.upload_slice(&x).unwrap();
-        let wb = b.upload_slice(&w).unwrap();
-        let xsb = b.upload_slice(&xs).unwrap();
-        let wsb = b.upload_slice(&ws).unwrap();
-        let rsb = b.upload_slice(&rs).unwrap();
-        let gb = b.upload_slice(ends).unwrap();
-        let mut yb = b.upload_slice(&vec![poison; m * n]).unwrap();
-        let args = GroupedGemmQ {
-            x: xb.view(DType::I8, &[m, k]),
-            x_scale: Some(xsb.view(DType::F32, &[m])),
-            w_format: moehal_core::ops::WeightFormat::Int8,
-            w: wb.view(DType::I8, &[g, n, k]),
-            w_scale: wsb.view(DType::F32, &[g, n]),
-            group_end: gb.view(DType::I64, &[g]),
-            row_scale: Some(rsb.view(DType::F32, &[m])),
-            bias: None,
-            y: yb.view_mut(DType::F16, &[m, n]),
+    for (dt, poison, bound) in [(DType::F16, 0x7E00u16, 2e-3), (DType::BF16, 0x7FC0u16, 1e-2)] {
+        let val = |b: u16| match dt {
+            DType::F16 => half::f16::from_bits(b).to_f64(),
+            _ => half::bf16::from_bits(b).to_f64(),
         };
-        let r = b.grouped_gemm_quant(args.validate().unwrap());
-        (r, b.download_vec(&yb, m * n).unwrap())
-    };
-    let (r, got) = run(be, &ends);
-    r.expect("W8A8 f16 on the device");
-    let (r, want) = run(&Reference, &ends);
-    r.unwrap();
-    let total = ends[g - 1] as usize;
-    let (mut err, mut norm) = (0f64, 0f64);
-    for i in 0..total * n {
-        let (a, b) = (got[i].to_f64(), want[i].to_f64());
-        assert!(a.is_finite(), "element {i}: {a} (reference {b})");
-        err += (a - b) * (a - b);
-        norm += b * b;
+        let run = |b: &dyn Backend, ends: &[i64]| -> (Result<()>, Vec<u16>, Vec<i8>) {
+            let xb = b.upload_slice(&x).unwrap();
+            let wb = b.upload_slice(&w).unwrap();
+            let xsb = b.upload_slice(&xs).unwrap();
+            let wsb = b.upload_slice(&ws).unwrap();
+            let rsb = b.upload_slice(&rs).unwrap();
+            let gb = b.upload_slice(ends).unwrap();
+            let poisoned: Vec<u8> = (0..m * n).flat_map(|_| poison.to_le_bytes()).collect();
+            let mut yb = b.alloc(poisoned.len()).unwrap();
+            b.upload(&mut yb, 0, &poisoned).unwrap();
+            let args = GroupedGemmQ {
+                x: xb.view(DType::I8, &[m, k]),
+                x_scale: Some(xsb.view(DType::F32, &[m])),
+                w_format: moehal_core::ops::WeightFormat::Int8,
+                w: wb.view(DType::I8, &[g, n, k]),
+                w_scale: wsb.view(DType::F32, &[g, n]),
+                group_end: gb.view(DType::I64, &[g]),
+                row_scale: Some(rsb.view(DType::F32, &[m])),
+                bias: None,
+                y: yb.view_mut(dt, &[m, n]),
+            };
+            let r = b.grouped_gemm_quant(args.validate().unwrap());
+            let mut yv = vec![0u8; m * n * 2];
+            b.download(&yb, 0, &mut yv).unwrap();
+            let y16 = yv.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            (r, y16, b.download_vec(&wb, g * n * k).unwrap())
+        };
+        let (r, got, w_after) = run(be, &ends);
+        r.unwrap_or_else(|e| panic!("W8A8 {dt} on the device: {e}"));
+        assert_eq!(w_after, w, "{dt}: the caller's weight was modified");
+        let (r, want, _) = run(&Reference, &ends);
+        r.unwrap();
+        let total = ends[g - 1] as usize;
+        let (mut err, mut norm) = (0f64, 0f64);
+        for i in 0..total * n {
+            let (a, b) = (val(got[i]), val(want[i]));
+            assert!(a.is_finite(), "{dt} element {i}: {a} (reference {b})");
+            err += (a - b) * (a - b);
+            norm += b * b;
+        }
+        assert!(norm > 0.0);
+        let rel = (err / norm).sqrt();
+        assert!(rel <= bound, "W8A8 {dt}: relative error {rel:e} > {bound:e}");
+        for (i, v) in got.iter().enumerate().skip(total * n) {
+            assert_eq!(*v, poison, "{dt}: guard element {i} written");
+        }
+        // Uncounted (the inner backend): the refused call launches no GroupedMatmulV4.
+        let (r, after, _) = run(&*be.inner, &[4, 3, 9]);
+        let e = r.expect_err("a decreasing group_end must be refused").to_string();
+        assert!(e.contains("group_end"), "{dt}: {e}");
+        assert!(
+            after.iter().all(|v| *v == poison),
+            "{dt}: y written before the group_end check"
+        );
     }
-    assert!(norm > 0.0);
-    let rel = (err / norm).sqrt();
-    assert!(rel <= 2e-3, "W8A8 f16: relative error {rel:e} > 2e-3");
-    for (i, v) in got.iter().enumerate().skip(total * n) {
-        assert_eq!(v.to_bits(), poison.to_bits(), "guard element {i} written");
-    }
-    // Uncounted (the inner backend): the refused call launches no GroupedMatmulV4.
-    let (r, after) = run(&*be.inner, &[4, 3, 9]);
-    let e = r.expect_err("a decreasing group_end must be refused").to_string();
-    assert!(e.contains("group_end"), "{e}");
-    assert!(
-        after.iter().all(|v| v.to_bits() == poison.to_bits()),
-        "y written before the group_end check"
-    );
 }

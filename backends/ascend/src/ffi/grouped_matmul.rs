@@ -5,7 +5,10 @@ use std::ptr;
 use moehal_core::Result;
 
 use super::aclnn::{opt, tl};
-use super::{Outcome, Runtime, Tensor, TensorList};
+use moehal_ascend_sys as sys;
+
+use super::runtime::check;
+use super::{IntArray, Outcome, Runtime, Tensor, TensorList};
 
 impl Runtime {
     /// `aclnnGroupedMatmulV4` (`v4 = true`, groupListType 0) or `V3`: single-tensor x `[M,K]`,
@@ -141,6 +144,45 @@ impl Runtime {
                     ex,
                 )
             },
+            l,
+        )
+    }
+}
+
+impl Runtime {
+    /// `aclnnCalculateMatmulWeightSizeV2(shape, INT8)`: the elements the FRACTAL_NZ form of an
+    /// INT8 weight of `shape` (`[.., K, N]`, 2-6 dims) occupies, `batch · Align(K,16) ·
+    /// Align(N,32)` ([HA 81RC1alpha002 aclnnCalculateMatmulWeightSizeV2.md]; RULES.md NZ4). A
+    /// host computation: nothing is launched.
+    pub fn nz_weight_elems(&self, shape: &[i64]) -> Result<u64> {
+        let f = opt(
+            self.api().aclnnCalculateMatmulWeightSizeV2,
+            "aclnnCalculateMatmulWeightSizeV2",
+        )?;
+        let a = IntArray::new(self, shape)?;
+        let mut n = 0u64;
+        // SAFETY: a live int array of this runtime and a writable out-pointer.
+        let st = unsafe { f(a.ptr(), sys::ACL_INT8, &mut n) };
+        check(self.api(), st, "aclnnCalculateMatmulWeightSizeV2")?;
+        Ok(n)
+    }
+
+    /// `aclnnTransMatmulWeight(w)`: rewrite the contiguous INT8 ND weight `w` (offset 0, its
+    /// allocation holding [`Runtime::nz_weight_elems`] bytes) in place into FRACTAL_NZ; the runtime
+    /// then describes `w` as FRACTAL_NZ, so the same aclTensor goes to the A8W8 GroupedMatmulV4
+    /// ([HA 81RC1alpha001 aclnnTransMatmulWeight.md]; RULES.md NZ5). A phase-one refusal comes
+    /// back as [`Outcome::Rejected`] (nothing rewritten).
+    pub fn trans_matmul_weight(&self, w: &Tensor<'_>) -> Result<Outcome> {
+        let api = self.api();
+        let p1 = opt(
+            api.aclnnTransMatmulWeightGetWorkspaceSize,
+            "aclnnTransMatmulWeightGetWorkspaceSize",
+        )?;
+        let l = opt(api.aclnnTransMatmulWeight, "aclnnTransMatmulWeight")?;
+        // SAFETY: a live tensor of this runtime.
+        self.two_phase_outcome(
+            "aclnnTransMatmulWeight",
+            |ws, ex| unsafe { p1(w.ptr(), ws, ex) },
             l,
         )
     }

@@ -98,6 +98,8 @@ api! {
         aclnnLogicalNotGetWorkspaceSize: aclnnLogicalNotGetWorkspaceSizeFn, aclnnLogicalNot: aclnnLogicalNotFn,
         aclnnSWhereGetWorkspaceSize: aclnnSWhereGetWorkspaceSizeFn, aclnnSWhere: aclnnSWhereFn,
         aclnnAddGetWorkspaceSize: aclnnAddGetWorkspaceSizeFn, aclnnAdd: aclnnAddFn,
+        aclnnCalculateMatmulWeightSizeV2: aclnnCalculateMatmulWeightSizeV2Fn,
+        aclnnTransMatmulWeightGetWorkspaceSize: aclnnTransMatmulWeightGetWorkspaceSizeFn, aclnnTransMatmulWeight: aclnnTransMatmulWeightFn,
     }
 }
 
@@ -193,6 +195,9 @@ pub struct OpVersions {
     pub s_where: bool,
     /// `aclnnAdd` (tensor + alpha·tensor).
     pub add: bool,
+    /// `aclnnTransMatmulWeight` with `aclnnCalculateMatmulWeightSizeV2` (its sizing companion):
+    /// an INT8 weight packed to FRACTAL_NZ on the device (ascend-emu RULES.md NZ4-NZ5).
+    pub trans_weight: bool,
 }
 
 impl Api {
@@ -513,6 +518,11 @@ impl Api {
             ),
             s_where: both(self.aclnnSWhere.is_some(), self.aclnnSWhereGetWorkspaceSize.is_some()),
             add: both(self.aclnnAdd.is_some(), self.aclnnAddGetWorkspaceSize.is_some()),
+            trans_weight: self.aclnnCalculateMatmulWeightSizeV2.is_some()
+                && both(
+                    self.aclnnTransMatmulWeight.is_some(),
+                    self.aclnnTransMatmulWeightGetWorkspaceSize.is_some(),
+                ),
         }
     }
 }

@@ -1,34 +1,44 @@
 //! OPS.md §6 `grouped_gemm` with quantized operands. W8A8 (`int8` weights with i8 `x` and an f32
-//! per-token `x_scale`) into an f16 `y` runs on the device through the A8W8 path of
+//! per-token `x_scale`) into an f16 or bf16 `y` runs on the device through the A8W8 path of
 //! `aclnnGroupedMatmulV4` (ffi/grouped_matmul.rs; ascend-emu RULES.md QG1-QG6); everything else
 //! this backend accepts runs the reference on host copies ([`Ascend::gmmq_host`]).
 //!
-//! Why only f16 `y` on the device: the A2 "A8W8 数据类型要求" table ([OTF V4 doc], RULES.md QG3)
-//! pairs a FLOAT (f32) per-channel scale with a FLOAT16 output on an ND weight (ours: layout NK
-//! `[G, N, K]` is the transposed-strides ND view `[G, K, N]` strides `[K·N, 1, K]`, QG2). A
-//! BFLOAT16 output with a FLOAT scale needs a FRACTAL_NZ weight, i.e. a `[G, K, N]`-contiguous
-//! copy packed by aclnnTransMatmulWeight (NZ1-NZ5), and with a BFLOAT16 scale the f32 `w_scale`
-//! would be rounded (not OPS.md's product); FLOAT output and a bias are not in the table
-//! (QG3: NOT EMULATED, undocumented for A2). Those take the host path, as does any operand
-//! that is not this device's memory (an aclnn call reads every operand as a device address).
+//! Which combination, per `y` dtype (the A2 "A8W8 数据类型要求" table, [OTF V4 doc], RULES.md
+//! QG3; the FLOAT per-channel scale is taken as given, since a BFLOAT16 scale would round
+//! `w_scale` and not be OPS.md's product):
+//! - f16: FLOAT scale → FLOAT16 out on an ND weight. Ours, layout NK `[G, N, K]`, is the
+//!   transposed-strides ND view `[G, K, N]` strides `[K·N, 1, K]` (QG2): no copy.
+//! - bf16: FLOAT scale → BFLOAT16 out needs a FRACTAL_NZ weight: a `[G, K, N]`-contiguous copy
+//!   in a device scratch (aclnnCast INT8 → INT8 of the view), packed by aclnnTransMatmulWeight
+//!   (NZ1-NZ5), per call (the caller's weight is never written; no `pack` handle yet).
+//! - f32 and any bias: not in the A2 A8W8 table (QG3: NOT EMULATED): the host. So does any
+//!   operand that is not this device's memory (an aclnn call reads every operand as a device
+//!   address), K = 0, K or N >= 65536 and more than 1024 groups.
 
 use moehal_core::ops::{ActFormat, Checked, GroupedGemmQ, QuantDesc, WeightFormat};
 use moehal_core::{Backend, DType, Reference, Result, Support};
 
-use crate::backend::{desc_of, hm, hv, Ascend};
-use crate::ffi::{Outcome, TensorList};
+use moehal_ascend_sys as sys;
+
+use crate::backend::{desc_of, hm, hv, scratch_desc, Ascend};
+use crate::ffi::{DevMem, Outcome, TensorList};
 
 const OP_GG: &str = "grouped_gemm";
 
 /// The kernel that serves the W8A8 f16 output, as `supports_quant` names it.
-const A8W8_KERNEL: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x / weight ND transposed view, FLOAT per-channel scale, \
-                           FLOAT perTokenScale, FLOAT16 out; row_scale by aclnnInplaceMul); a bias, K = 0, \
-                           K or N >= 65536, > 1024 groups or a host operand take the host";
+const A8W8_F16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight as its transposed ND view, FLOAT \
+                        per-channel scale and perTokenScale, FLOAT16 out; row_scale by aclnnInplaceMul); a bias, \
+                        K = 0, K or N >= 65536, > 1024 groups or a host operand take the host";
+/// The kernel that serves the W8A8 bf16 output.
+const A8W8_BF16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight copied [G, K, N] by aclnnCast and packed \
+                         FRACTAL_NZ by aclnnTransMatmulWeight in a per-call scratch, FLOAT per-channel scale and \
+                         perTokenScale, BFLOAT16 out; row_scale by aclnnInplaceMul); a bias, K = 0, K or N >= \
+                         65536, > 1024 groups or a host operand take the host";
 
 impl Ascend {
     /// Whether (and how) this backend runs the §6 variant `op`. Only the `int8` × i8 pairing
-    /// (W8A8, the 910B production path) is served: into f16 on the device (when the libraries
-    /// have aclnnGroupedMatmulV4), into bf16 / f32 by the reference on host copies. The other
+    /// (W8A8, the 910B production path) is served: into f16 / bf16 on the device (when the
+    /// libraries have the ops), into f32 by the reference on host copies. The other
     /// formats and the quantize ops have no kernels here yet.
     pub(crate) fn quant_support(&self, op: &QuantDesc) -> Support {
         let QuantDesc::GroupedGemm {
@@ -39,13 +49,15 @@ impl Ascend {
         else {
             return Support::no(moehal_core::backend::QUANT_PENDING);
         };
-        let v4 = self.rt.lib.versions.gmm == 4;
+        let v = self.rt.lib.versions;
+        let v4 = v.gmm == 4;
         match y {
-            DType::F16 if v4 => Support::yes(A8W8_KERNEL),
+            DType::F16 if v4 => Support::yes(A8W8_F16),
+            DType::BF16 if v4 && v.trans_weight && v.cast => Support::yes(A8W8_BF16),
             DType::F16 => Support::yes("host: moehal_core::Reference on host copies (no aclnnGroupedMatmulV4 in these libraries)"),
             DType::BF16 => Support::yes(
-                "host: moehal_core::Reference on host copies (A8W8 GroupedMatmulV4 gives BFLOAT16 out with a FLOAT scale \
-                 only for a FRACTAL_NZ weight, not packed here yet; a BFLOAT16 scale would round w_scale)",
+                "host: moehal_core::Reference on host copies (BFLOAT16 out with a FLOAT scale needs a FRACTAL_NZ weight: \
+                 no aclnnGroupedMatmulV4, aclnnTransMatmulWeight or aclnnCast in these libraries)",
             ),
             _ => Support::yes(
                 "host: moehal_core::Reference on host copies (A8W8 GroupedMatmulV4 has no FLOAT output with FLOAT scales)",
@@ -78,7 +90,12 @@ impl Ascend {
         inputs.extend(a.row_scale.as_ref());
         inputs.extend(a.bias.as_ref());
         let all_mine = inputs.iter().all(|t| self.mine(t.buffer(), "operand").is_ok());
-        if a.y.dtype() != DType::F16
+        let y_on_device = match a.y.dtype() {
+            DType::F16 => true,
+            DType::BF16 => v.trans_weight && v.cast,
+            _ => false,
+        };
+        if !y_on_device
             || a.bias.is_some()
             || !all_mine
             || v.gmm != 4
@@ -103,8 +120,15 @@ impl Ascend {
 
     /// The A8W8 GroupedMatmulV4 call: `y[r, n] = (Σ_k x[r,k]·w[g,n,k]) · w_scale[g,n] ·
     /// x_scale[r]` for the routed rows (the INT8 sum exact in INT32, the scaling in f32, one
-    /// rounding to f16; RULES.md QG5). The weight `[G, N, K]` is passed as the ND view
-    /// `[G, K, N]` with strides `[K·N, 1, K]` (QG2, G11): no copy, the caller's weight unchanged.
+    /// rounding to y's dtype; RULES.md QG5).
+    ///
+    /// f16 `y`: the weight `[G, N, K]` is passed as the ND view `[G, K, N]` with strides
+    /// `[K·N, 1, K]` (QG2, G11), no copy. bf16 `y` (FLOAT scale → BFLOAT16 out needs a
+    /// FRACTAL_NZ weight, QG3): the view is copied contiguous `[G, K, N]` into a device scratch
+    /// sized by aclnnCalculateMatmulWeightSizeV2 (aclnnCast INT8 → INT8 of the strided view: a
+    /// device copy, exact), packed there by aclnnTransMatmulWeight (NZ4-NZ5) and that tensor
+    /// passed as the weight. The caller's weight is never written. `Rejected` (nothing written to
+    /// `y`) when a call refused at phase one.
     fn gmmq_a8w8(&self, a: &GroupedGemmQ<'_>) -> Result<Outcome> {
         let d = a.dims();
         let Some(xs) = &a.x_scale else {
@@ -114,8 +138,27 @@ impl Ascend {
         let (k, n) = (d.k as i64, d.n as i64);
         wd.dims = vec![d.groups as i64, k, n];
         wd.strides = vec![k * n, 1, k];
+        let mut _scratch = None;
+        let w_t = if a.y.dtype() == DType::BF16 {
+            let shape = [d.groups as i64, k, n];
+            let elems = self.rt.nz_weight_elems(&shape)? as usize;
+            let m = DevMem::new(&self.rt, elems.max(d.groups * d.n * d.k))?;
+            let mut packed = scratch_desc(&m, sys::ACL_INT8, &[d.groups, d.k, d.n]);
+            packed.storage = (m.len as i64).max(packed.storage);
+            if let Outcome::Rejected(e) = self.rt.cast_outcome(&self.t(&wd)?, sys::ACL_INT8, &self.t(&packed)?)? {
+                return Ok(Outcome::Rejected(e));
+            }
+            let t = self.t(&packed)?;
+            if let Outcome::Rejected(e) = self.rt.trans_matmul_weight(&t)? {
+                return Ok(Outcome::Rejected(e));
+            }
+            _scratch = Some(m);
+            t
+        } else {
+            self.t(&wd)?
+        };
         let x = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.x, OP_GG, "x")?)?])?;
-        let w = TensorList::new(&self.rt, vec![self.t(&wd)?])?;
+        let w = TensorList::new(&self.rt, vec![w_t])?;
         let ws = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.w_scale, OP_GG, "w_scale")?)?])?;
         let pt = TensorList::new(&self.rt, vec![self.t(&desc_of(xs, OP_GG, "x_scale")?)?])?;
         let y = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.y.as_ref(), OP_GG, "y")?)?])?;
