@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use moehal_ascend_sys as sys;
 use moehal_core::ops::{
     Checked, EngramHash, GatherRows, GroupScore, GroupedGemm, GroupedGemmQ, MoeCombine, MoePermute, OpDesc, QuantDesc,
-    RouterTopk, Scoring,
-    Swiglu, TableFormat, WeightLayout,
+    RouterTopk, Scoring, Swiglu, TableFormat, WeightLayout,
 };
 use moehal_core::{
     Backend, Buffer, DType, DeviceInfo, DeviceMemory, Error, Location, Reference, Result, Support, TensorMut, TensorRef,

@@ -51,6 +51,42 @@ fn routes_name_the_aclnn_ops() {
             );
             assert!(s.contains("aclnnGroupedMatmulV4"), "CANN {profile}: {s}");
         }
+        // OPS.md §6 W8A8: f16 and bf16 on the A8W8 GroupedMatmulV4 (bf16 through the FRACTAL_NZ
+        // pack), f32 on the host; every other §6 variant unsupported (no kernels yet).
+        {
+            use moehal_core::ops::{ActFormat, QuantDesc, WeightFormat};
+            let q = |y| {
+                let d = QuantDesc::GroupedGemm {
+                    w: WeightFormat::Int8,
+                    x: ActFormat::Int8,
+                    y,
+                };
+                format!("{:?}", asc.supports_quant(&d))
+            };
+            let s = q(DType::F16);
+            assert!(
+                s.contains("Yes") && s.contains("aclnnGroupedMatmulV4 A8W8"),
+                "CANN {profile}: {s}"
+            );
+            let s = q(DType::BF16);
+            assert!(
+                s.contains("Yes") && s.contains("aclnnTransMatmulWeight"),
+                "CANN {profile}: {s}"
+            );
+            let s = q(DType::F32);
+            assert!(s.contains("Yes") && s.contains("host"), "CANN {profile}: {s}");
+            for d in QuantDesc::all() {
+                let w8a8 = matches!(
+                    d,
+                    QuantDesc::GroupedGemm {
+                        w: WeightFormat::Int8,
+                        x: ActFormat::Int8,
+                        ..
+                    }
+                );
+                assert_eq!(asc.supports_quant(&d).is_yes(), w8a8, "CANN {profile}: {}", d.variant());
+            }
+        }
         let s = route(
             asc,
             OpDesc::RouterTopk {

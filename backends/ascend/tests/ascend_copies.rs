@@ -449,7 +449,10 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
         for s in seqs {
             assert!(s.contains("aclnnGroupedMatmulV4"), "{k}: launches {s}");
             if k.contains("+bf16") {
-                assert!(s.contains("aclnnCast -> aclnnTransMatmulWeight -> aclnnGroupedMatmulV4"), "{k}: launches {s}");
+                assert!(
+                    s.contains("aclnnCast -> aclnnTransMatmulWeight -> aclnnGroupedMatmulV4"),
+                    "{k}: launches {s}"
+                );
             }
         }
         if k.ends_with("+row_scale") {
@@ -553,7 +556,9 @@ fn w8a8_on_the_device(be: &Counting) {
     let x: Vec<i8> = (0..m * k).map(|_| (next() % 255) as i8).collect();
     let w: Vec<i8> = (0..g * n * k).map(|_| (next() % 255) as i8).collect();
     let xs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
-    let ws: Vec<f32> = (0..g * n).map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4).collect();
+    let ws: Vec<f32> = (0..g * n)
+        .map(|_| (next() % 1000) as f32 / 1000.0 / 127.0 + 1e-4)
+        .collect();
     let rs: Vec<f32> = (0..m).map(|_| (next() % 1000) as f32 / 500.0 - 1.0).collect();
     for (dt, poison, bound) in [(DType::F16, 0x7E00u16, 2e-3), (DType::BF16, 0x7FC0u16, 1e-2)] {
         let val = |b: u16| match dt {

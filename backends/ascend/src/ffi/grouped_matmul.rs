@@ -180,10 +180,6 @@ impl Runtime {
         )?;
         let l = opt(api.aclnnTransMatmulWeight, "aclnnTransMatmulWeight")?;
         // SAFETY: a live tensor of this runtime.
-        self.two_phase_outcome(
-            "aclnnTransMatmulWeight",
-            |ws, ex| unsafe { p1(w.ptr(), ws, ex) },
-            l,
-        )
+        self.two_phase_outcome("aclnnTransMatmulWeight", |ws, ex| unsafe { p1(w.ptr(), ws, ex) }, l)
     }
 }

@@ -246,8 +246,7 @@ impl Ascend {
         let v = self.rt.lib.versions;
         let n = y.shape()[1];
         let dt = y.dtype();
-        let scale_on_device =
-            v.inplace_mul && row_scale.is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
+        let scale_on_device = v.inplace_mul && row_scale.is_some_and(|r| self.mine(r.buffer(), "row_scale").is_ok());
         if let (Some(rs), true, true) = (row_scale, total > 0, scale_on_device) {
             // Router weights scale the whole expert output: `y[:total] *= row_scale[:total, None]`
             // with aclnnInplaceMul (f32 other beside an f16/bf16 y is computed in the promoted f32
