@@ -180,3 +180,53 @@ fn device_value_checks_reject_and_write_nothing() {
         assert!(untouched(&o, 16), "row {bad}");
     }
 }
+
+/// OPS.md §6 W8A8 with an operand in host memory (a `Reference` buffer): aclnn would read it as a
+/// device address, so the call takes the host path (the reference on host copies) and its f16
+/// output equals the reference's bit for bit; a host-resident `y` is an error naming `y`.
+#[test]
+fn w8a8_with_host_operands_takes_the_host_path() {
+    use moehal_core::ops::{GroupedGemmQ, WeightFormat};
+    use moehal_core::{half::f16, Backend, Reference};
+    let asc = ascend_common::open_emulated();
+    let (g, m, n, k) = (2usize, 6usize, 24usize, 40usize);
+    let x: Vec<i8> = (0..m * k).map(|i| ((i * 37 % 251) as i32 - 125) as i8).collect();
+    let w: Vec<i8> = (0..g * n * k).map(|i| ((i * 53 % 241) as i32 - 120) as i8).collect();
+    let xs: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 1e-3).collect();
+    let ws: Vec<f32> = (0..g * n).map(|i| 0.002 + i as f32 * 1e-4).collect();
+    let ends: Vec<i64> = vec![2, 5];
+    let poison = f16::from_bits(0x7E00);
+    // `w` from `w_be` (host or device), the rest from `be`; y on `y_be`.
+    let run = |be: &dyn Backend, w_be: &dyn Backend, y_be: &dyn Backend| -> moehal_core::Result<Vec<f16>> {
+        let xb = be.upload_slice(&x)?;
+        let wb = w_be.upload_slice(&w)?;
+        let xsb = be.upload_slice(&xs)?;
+        let wsb = be.upload_slice(&ws)?;
+        let gb = be.upload_slice(&ends)?;
+        let mut yb = y_be.upload_slice(&vec![poison; m * n])?;
+        let args = GroupedGemmQ {
+            x: xb.view(DType::I8, &[m, k]),
+            x_scale: Some(xsb.view(DType::F32, &[m])),
+            w_format: WeightFormat::Int8,
+            w: wb.view(DType::I8, &[g, n, k]),
+            w_scale: wsb.view(DType::F32, &[g, n]),
+            group_end: gb.view(DType::I64, &[g]),
+            row_scale: None,
+            bias: None,
+            y: yb.view_mut(DType::F16, &[m, n]),
+        };
+        be.grouped_gemm_quant(args.validate()?)?;
+        y_be.download_vec(&yb, m * n)
+    };
+    let want = run(&Reference, &Reference, &Reference).unwrap();
+    let got = run(&*asc, &Reference, &*asc).expect("host weight: host path");
+    let bits = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want));
+    // Rows past group_end[G-1] = 5 untouched.
+    assert!(got[5 * n..].iter().all(|h| h.to_bits() == poison.to_bits()));
+    let e = run(&*asc, &*asc, &Reference).expect_err("host y").to_string();
+    assert!(
+        e.contains("not memory of this Ascend backend") && e.contains("`y`"),
+        "{e}"
+    );
+}
