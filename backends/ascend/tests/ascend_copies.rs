@@ -409,6 +409,8 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     // The kit's W8A8 cases on the device have no row_scale; these have, and check the guard
     // rows, the caller's weight and a bad group_end on the device path.
     w8a8_on_the_device(&be);
+    // An f16 accumulator beyond 65504 that row_scale brings back in range must stay finite.
+    w8a8_f16_row_scale_before_rounding(&be);
 
     let seen = be.seen.into_inner().unwrap();
     println!("aclnn launches per op (as seen):");
@@ -455,8 +457,13 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
                 );
             }
         }
+        // The GMM is the last (only) write to y: row_scale is folded into the per-token scale
+        // by aclnnInplaceMul before it, never applied to y afterwards.
+        assert!(seqs.iter().all(|s| s.ends_with("aclnnGroupedMatmulV4")), "{k}: {seqs:?}");
         if k.ends_with("+row_scale") {
-            assert!(seqs.iter().all(|s| s.ends_with("aclnnInplaceMul")), "{k}: {seqs:?}");
+            assert!(seqs.iter().all(|s| s.contains("aclnnInplaceMul -> ")), "{k}: {seqs:?}");
+        } else {
+            assert!(seqs.iter().all(|s| !s.contains("aclnnInplaceMul")), "{k}: {seqs:?}");
         }
     }
     // The 8-byte bound holds where the library computes the id extremes (aclnnAmin / aclnnAmax);
@@ -486,6 +493,65 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
          with its reason here and in the README): {new:?}; no longer copying (remove from ROUND_TRIPS and \
          the README): {gone:?}"
     );
+}
+
+/// W8A8 into f16 where `Σ·w_scale·x_scale` (about 1.0e6) exceeds f16's 65504 but
+/// `row_scale` times it (about 1e4) fits: OPS.md §1 scales the f32 product and rounds once, so
+/// every routed element must be finite and match the reference (2e-3 relative norm). A `y`
+/// written by the GMM and scaled afterwards would hold inf here. Runs on the counted backend, so
+/// the launch check above pins it to the device path.
+fn w8a8_f16_row_scale_before_rounding(be: &Counting) {
+    let (m, n, k) = (5usize, 40usize, 64usize);
+    let ends: Vec<i64> = vec![2, 4];
+    let g = ends.len();
+    let x: Vec<i8> = (0..m * k).map(|i| if i % 7 == 0 { 100 } else { 127 }).collect();
+    let w: Vec<i8> = (0..g * n * k).map(|i| if i % 5 == 0 { 90 } else { 127 }).collect();
+    let xs: Vec<f32> = (0..m).map(|r| 1.0 + r as f32 * 0.25).collect();
+    let ws: Vec<f32> = (0..g * n).map(|i| 1.0 + (i % 3) as f32 * 0.5).collect();
+    let rs: Vec<f32> = (0..m).map(|r| if r % 2 == 0 { 0.01 } else { -0.005 }).collect();
+    let run = |b: &dyn Backend| -> Vec<f64> {
+        let xb = b.upload_slice(&x).unwrap();
+        let wb = b.upload_slice(&w).unwrap();
+        let xsb = b.upload_slice(&xs).unwrap();
+        let wsb = b.upload_slice(&ws).unwrap();
+        let rsb = b.upload_slice(&rs).unwrap();
+        let gb = b.upload_slice(&ends).unwrap();
+        let mut yb = b.alloc(m * n * 2).unwrap();
+        let args = GroupedGemmQ {
+            x: xb.view(DType::I8, &[m, k]),
+            x_scale: Some(xsb.view(DType::F32, &[m])),
+            w_format: moehal_core::ops::WeightFormat::Int8,
+            w: wb.view(DType::I8, &[g, n, k]),
+            w_scale: wsb.view(DType::F32, &[g, n]),
+            group_end: gb.view(DType::I64, &[g]),
+            row_scale: Some(rsb.view(DType::F32, &[m])),
+            bias: None,
+            y: yb.view_mut(DType::F16, &[m, n]),
+        };
+        b.grouped_gemm_quant(args.validate().unwrap())
+            .unwrap_or_else(|e| panic!("W8A8 f16 on {}: {e}", b.name()));
+        let mut yv = vec![0u8; m * n * 2];
+        b.download(&yb, 0, &mut yv).unwrap();
+        yv.chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+            .collect()
+    };
+    let got = run(be);
+    let want = run(&Reference);
+    let total = ends[g - 1] as usize;
+    // The product before row_scale really is past f16's range (else the test proves nothing).
+    let acc0: f64 = (0..k).map(|i| x[i] as f64 * w[i] as f64).sum::<f64>() * ws[0] as f64 * xs[0] as f64;
+    assert!(acc0 > 65504.0, "the test's accumulator {acc0} fits f16");
+    let (mut err, mut norm) = (0f64, 0f64);
+    for i in 0..total * n {
+        assert!(want[i].is_finite(), "reference element {i}: {}", want[i]);
+        assert!(got[i].is_finite(), "element {i}: {} (reference {})", got[i], want[i]);
+        err += (got[i] - want[i]) * (got[i] - want[i]);
+        norm += want[i] * want[i];
+    }
+    assert!(norm > 0.0);
+    let rel = (err / norm).sqrt();
+    assert!(rel <= 2e-3, "W8A8 f16 past 65504 before row_scale: relative error {rel:e}");
 }
 
 /// Router calls without expert_counts, softmax and sigmoid, renormalised, with rows whose

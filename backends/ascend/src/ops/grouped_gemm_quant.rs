@@ -27,12 +27,13 @@ const OP_GG: &str = "grouped_gemm";
 
 /// The kernel that serves the W8A8 f16 output, as `supports_quant` names it.
 const A8W8_F16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight as its transposed ND view, FLOAT \
-                        per-channel scale and perTokenScale, FLOAT16 out; row_scale by aclnnInplaceMul); a bias, \
-                        K = 0, K or N >= 65536, > 1024 groups or a host operand take the host";
+                        per-channel scale, perTokenScale = x_scale or x_scale * row_scale by aclnnInplaceMul in an [M] \
+                        FLOAT scratch before the GMM, FLOAT16 out rounded once); a bias, K = 0, K or N >= 65536, > 1024 groups or a host operand take the host";
 /// The kernel that serves the W8A8 bf16 output.
 const A8W8_BF16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight copied [G, K, N] by aclnnCast and packed \
                          FRACTAL_NZ by aclnnTransMatmulWeight in a per-call scratch, FLOAT per-channel scale and \
-                         perTokenScale, BFLOAT16 out; row_scale by aclnnInplaceMul); a bias, K = 0, K or N >= \
+                         perTokenScale = x_scale or x_scale * row_scale by aclnnInplaceMul in an [M] FLOAT scratch before \
+                         the GMM, BFLOAT16 out rounded once); a bias, K = 0, K or N >= \
                          65536, > 1024 groups or a host operand take the host";
 
 impl Ascend {
@@ -95,7 +96,12 @@ impl Ascend {
             DType::BF16 => v.trans_weight && v.cast,
             _ => false,
         };
+        // row_scale is folded into the per-token scale on the device: aclnnInplaceMul, and
+        // aclnnCast to copy a strided x_scale.
+        let pts_on_device = a.row_scale.is_none()
+            || (v.inplace_mul && (v.cast || a.x_scale.as_ref().is_some_and(|t| t.layout().is_contiguous())));
         if !y_on_device
+            || !pts_on_device
             || a.bias.is_some()
             || !all_mine
             || v.gmm != 4
@@ -107,20 +113,26 @@ impl Ascend {
             return self.gmmq_host(&a);
         }
         // OPS.md §1: the group_end values are checked before anything is written.
-        let total = self.gmm_check_group_end(&a.group_end, d.m)?;
+        let _total = self.gmm_check_group_end(&a.group_end, d.m)?;
         if d.m == 0 || d.n == 0 {
             return Ok(());
         }
         match self.gmmq_a8w8(&a)? {
-            Outcome::Ran => self.apply_row_scale(a.row_scale.as_ref(), &a.y, total),
-            // Phase one refused (nothing enqueued, nothing written): the host computes it.
+            // The GMM is the only write to y (row_scale was folded into its perTokenScale).
+            Outcome::Ran => Ok(()),
+            // Phase one refused (nothing enqueued, nothing written to y): the host computes it.
             Outcome::Rejected(_) => self.gmmq_host(&a),
         }
     }
 
     /// The A8W8 GroupedMatmulV4 call: `y[r, n] = (Σ_k x[r,k]·w[g,n,k]) · w_scale[g,n] ·
-    /// x_scale[r]` for the routed rows (the INT8 sum exact in INT32, the scaling in f32, one
-    /// rounding to y's dtype; RULES.md QG5).
+    /// pts[r]` for the routed rows (the INT8 sum exact in INT32, the scaling in f32, one
+    /// rounding to y's dtype; RULES.md QG5), where `pts = x_scale` or, with a `row_scale`,
+    /// `pts = x_scale ⊙ row_scale` computed first in an `[M]` f32 device scratch (a device copy
+    /// of `x_scale`, then aclnnInplaceMul by `row_scale`). So the GMM is the only write to `y`:
+    /// OPS.md §1's row scaling costs no second rounding, an accumulator beyond f16's 65504 that
+    /// `row_scale` brings back in range stays finite, and nothing after the GMM can fail over a
+    /// half-written `y`.
     ///
     /// f16 `y`: the weight `[G, N, K]` is passed as the ND view `[G, K, N]` with strides
     /// `[K·N, 1, K]` (QG2, G11), no copy. bf16 `y` (FLOAT scale → BFLOAT16 out needs a
@@ -133,6 +145,35 @@ impl Ascend {
         let d = a.dims();
         let Some(xs) = &a.x_scale else {
             return Err(moehal_core::Error::invalid(OP_GG, "x_scale", "W8A8 needs x_scale"));
+        };
+        // The per-token scale, with row_scale folded in before the GMM.
+        let mut _pts = None;
+        let pt_d = match &a.row_scale {
+            None => desc_of(xs, OP_GG, "x_scale")?,
+            Some(rs) => {
+                let m = match DevMem::new(&self.rt, d.m * 4) {
+                    Ok(m) => m,
+                    // Nothing written yet: the host computes it.
+                    Err(e) => return Ok(Outcome::Rejected(e)),
+                };
+                let pd = scratch_desc(&m, sys::ACL_FLOAT, &[d.m]);
+                if xs.layout().is_contiguous() {
+                    self.rt.d2d(m.ptr, m.len, xs.addr(), d.m * 4)?;
+                } else if let Outcome::Rejected(e) =
+                    self.rt
+                        .cast_outcome(&self.t(&desc_of(xs, OP_GG, "x_scale")?)?, sys::ACL_FLOAT, &self.t(&pd)?)?
+                {
+                    return Ok(Outcome::Rejected(e));
+                }
+                if let Outcome::Rejected(e) = self
+                    .rt
+                    .inplace_mul_outcome(&self.t(&pd)?, &self.t(&desc_of(rs, OP_GG, "row_scale")?)?)?
+                {
+                    return Ok(Outcome::Rejected(e));
+                }
+                _pts = Some(m);
+                pd
+            }
         };
         let mut wd = desc_of(&a.w, OP_GG, "w")?;
         let (k, n) = (d.k as i64, d.n as i64);
@@ -160,7 +201,7 @@ impl Ascend {
         let x = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.x, OP_GG, "x")?)?])?;
         let w = TensorList::new(&self.rt, vec![w_t])?;
         let ws = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.w_scale, OP_GG, "w_scale")?)?])?;
-        let pt = TensorList::new(&self.rt, vec![self.t(&desc_of(xs, OP_GG, "x_scale")?)?])?;
+        let pt = TensorList::new(&self.rt, vec![self.t(&pt_d)?])?;
         let y = TensorList::new(&self.rt, vec![self.t(&desc_of(&a.y.as_ref(), OP_GG, "y")?)?])?;
         let group = self.t(&desc_of(&a.group_end, OP_GG, "group_end")?)?;
         self.rt.grouped_matmul_a8w8(&x, &w, &ws, &pt, &group, &y)
