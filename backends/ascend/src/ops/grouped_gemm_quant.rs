@@ -140,7 +140,8 @@ impl Ascend {
     /// sized by aclnnCalculateMatmulWeightSizeV2 (aclnnCast INT8 → INT8 of the strided view: a
     /// device copy, exact), packed there by aclnnTransMatmulWeight (NZ4-NZ5) and that tensor
     /// passed as the weight. The caller's weight is never written. `Rejected` (nothing written to
-    /// `y`) when a call refused at phase one.
+    /// `y`) when a call refused at phase one, or when the setup before the GMM failed: the NZ size
+    /// query (aclnnCalculateMatmulWeightSizeV2) or a scratch allocation.
     fn gmmq_a8w8(&self, a: &GroupedGemmQ<'_>) -> Result<Outcome> {
         let d = a.dims();
         let Some(xs) = &a.x_scale else {
@@ -182,8 +183,15 @@ impl Ascend {
         let mut _scratch = None;
         let w_t = if a.y.dtype() == DType::BF16 {
             let shape = [d.groups as i64, k, n];
-            let elems = self.rt.nz_weight_elems(&shape)? as usize;
-            let m = DevMem::new(&self.rt, elems.max(d.groups * d.n * d.k))?;
+            // A failure here comes before anything is written to y: the host computes it.
+            let elems = match self.rt.nz_weight_elems(&shape) {
+                Ok(e) => e as usize,
+                Err(e) => return Ok(Outcome::Rejected(e)),
+            };
+            let m = match DevMem::new(&self.rt, elems.max(d.groups * d.n * d.k)) {
+                Ok(m) => m,
+                Err(e) => return Ok(Outcome::Rejected(e)),
+            };
             let mut packed = scratch_desc(&m, sys::ACL_INT8, &[d.groups, d.k, d.n]);
             packed.storage = (m.len as i64).max(packed.storage);
             if let Outcome::Rejected(e) = self.rt.cast_outcome(&self.t(&wd)?, sys::ACL_INT8, &self.t(&packed)?)? {
