@@ -86,6 +86,9 @@ const ROUND_TRIPS: &[&str] = &[
     "grouped_gemm_quant+int8xint8+f16+row_scale d2h",
     "grouped_gemm_quant+int8xint8+bf16 d2h",
     "grouped_gemm_quant+int8xint8+bf16+row_scale d2h",
+    // W8A8 with no routed row (group_end[G-1] = 0): the same check, then nothing is launched.
+    "grouped_gemm_quant+int8xint8+f16+row_scale+no_rows d2h",
+    "grouped_gemm_quant+int8xint8+bf16+row_scale+no_rows d2h",
     // W8A8 into f32 with a bias (no such A8W8 row on A2): the reference on host copies, a full
     // round trip.
     "grouped_gemm_quant+int8xint8+f32+row_scale+bias d2h",
@@ -116,6 +119,8 @@ const CONTROL_READS: &[(&str, u64)] = &[
     ("grouped_gemm_quant+int8xint8+f16+row_scale d2h", 20),
     ("grouped_gemm_quant+int8xint8+bf16 d2h", 20),
     ("grouped_gemm_quant+int8xint8+bf16+row_scale d2h", 20),
+    ("grouped_gemm_quant+int8xint8+f16+row_scale+no_rows d2h", 20),
+    ("grouped_gemm_quant+int8xint8+bf16+row_scale+no_rows d2h", 20),
     ("router_topk d2h", 12),
     ("router_topk+expert_counts d2h", 12),
     ("router_topk+group+expert_counts d2h", 12),
@@ -373,6 +378,14 @@ impl Backend for Counting {
         if args.bias.is_some() {
             key.push_str("+bias");
         }
+        // No routed row (G = 0, or group_end[G-1] = 0): read here, before the counters are reset.
+        let ge = &args.group_end;
+        let (s, e) = ge.byte_range();
+        let mut bytes = vec![0u8; e - s];
+        self.inner.download(ge.buffer(), s, &mut bytes).expect("download group_end");
+        if bytes.len() < 8 || bytes[bytes.len() - 8..].iter().all(|b| *b == 0) {
+            key.push_str("+no_rows");
+        }
         self.op(key, || self.inner.grouped_gemm_quant(args))
     }
     fn quantize_fp8(&self, args: Checked<QuantizeFp8<'_>>) -> Result<()> {
@@ -411,6 +424,9 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     w8a8_on_the_device(&be);
     // An f16 accumulator beyond 65504 that row_scale brings back in range must stay finite.
     w8a8_f16_row_scale_before_rounding(&be);
+    // No routed row (G = 0, or every row past group_end[G-1]): Ok, y untouched, and (checked
+    // below) no Cast, pack, multiply or GMM launched.
+    w8a8_no_routed_rows(&be);
 
     let seen = be.seen.into_inner().unwrap();
     println!("aclnn launches per op (as seen):");
@@ -464,6 +480,19 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
             assert!(seqs.iter().all(|s| s.contains("aclnnInplaceMul -> ")), "{k}: {seqs:?}");
         } else {
             assert!(seqs.iter().all(|s| !s.contains("aclnnInplaceMul")), "{k}: {seqs:?}");
+        }
+    }
+    for k in [
+        "grouped_gemm_quant+int8xint8+f16+row_scale+no_rows",
+        "grouped_gemm_quant+int8xint8+bf16+row_scale+no_rows",
+    ] {
+        let seqs = seen.launches.get(k).unwrap_or_else(|| panic!("{k} never ran"));
+        for s in seqs {
+            for op in ["aclnnTransMatmulWeight", "aclnnInplaceMul", "aclnnGroupedMatmul"] {
+                assert!(!s.contains(op), "{k}: launched {op}: {s}");
+            }
+            // The group_end check's two casts (of group_end[1:] and [:-1]) only: no weight copy.
+            assert!(s.matches("aclnnCast").count() <= 2, "{k}: {s}");
         }
     }
     // The 8-byte bound holds where the library computes the id extremes (aclnnAmin / aclnnAmax);
@@ -552,6 +581,49 @@ fn w8a8_f16_row_scale_before_rounding(be: &Counting) {
     assert!(norm > 0.0);
     let rel = (err / norm).sqrt();
     assert!(rel <= 2e-3, "W8A8 f16 past 65504 before row_scale: relative error {rel:e}");
+}
+
+/// W8A8 f16 / bf16 (with a row scale) with no routed row: `group_end = [0, 0]` (M = 3, every
+/// row a guard row) and `G = 0` (`group_end` empty, M = 0). Each must succeed and leave `y`
+/// as it was; the launch check above then pins that nothing past the group_end check ran.
+fn w8a8_no_routed_rows(be: &Counting) {
+    let (n, k) = (40usize, 72usize);
+    for (dt, poison) in [(DType::F16, 0x7E00u16), (DType::BF16, 0x7FC0u16)] {
+        for (g, m) in [(2usize, 3usize), (0, 0)] {
+            let ends = vec![0i64; g];
+            let x = vec![3i8; m * k];
+            let w = vec![5i8; g * n * k];
+            let xs = vec![0.5f32; m];
+            let ws = vec![0.25f32; g * n];
+            let rs = vec![2.0f32; m];
+            // Zero-length buffers still get one element, so every upload is valid.
+            let xb = be.upload_slice(&[x.clone(), vec![0]].concat()).unwrap();
+            let wb = be.upload_slice(&[w.clone(), vec![0]].concat()).unwrap();
+            let xsb = be.upload_slice(&[xs.clone(), vec![0.0]].concat()).unwrap();
+            let wsb = be.upload_slice(&[ws.clone(), vec![0.0]].concat()).unwrap();
+            let rsb = be.upload_slice(&[rs.clone(), vec![0.0]].concat()).unwrap();
+            let gb = be.upload_slice(&[ends.clone(), vec![0]].concat()).unwrap();
+            let poisoned: Vec<u8> = (0..m * n + 1).flat_map(|_| poison.to_le_bytes()).collect();
+            let mut yb = be.alloc(poisoned.len()).unwrap();
+            be.upload(&mut yb, 0, &poisoned).unwrap();
+            let args = GroupedGemmQ {
+                x: xb.view(DType::I8, &[m, k]),
+                x_scale: Some(xsb.view(DType::F32, &[m])),
+                w_format: moehal_core::ops::WeightFormat::Int8,
+                w: wb.view(DType::I8, &[g, n, k]),
+                w_scale: wsb.view(DType::F32, &[g, n]),
+                group_end: gb.view(DType::I64, &[g]),
+                row_scale: Some(rsb.view(DType::F32, &[m])),
+                bias: None,
+                y: yb.view_mut(dt, &[m, n]),
+            };
+            be.grouped_gemm_quant(args.validate().unwrap())
+                .unwrap_or_else(|e| panic!("W8A8 {dt}, G = {g}, no routed row: {e}"));
+            let mut after = vec![0u8; poisoned.len()];
+            be.download(&yb, 0, &mut after).unwrap();
+            assert_eq!(after, poisoned, "W8A8 {dt}, G = {g}: y written with no routed row");
+        }
+    }
 }
 
 /// Router calls without expert_counts, softmax and sigmoid, renormalised, with rows whose

@@ -113,8 +113,11 @@ impl Ascend {
             return self.gmmq_host(&a);
         }
         // OPS.md §1: the group_end values are checked before anything is written.
-        let _total = self.gmm_check_group_end(&a.group_end, d.m)?;
-        if d.m == 0 || d.n == 0 {
+        let total = self.gmm_check_group_end(&a.group_end, d.m)?;
+        // No routed row (every row past group_end[G-1], which covers G = 0 and M = 0) or no
+        // column: nothing to write (OPS.md §1), so no Cast / pack / GMM is issued
+        // (aclnnCalculateMatmulWeightSizeV2 refuses a 0 dim).
+        if total == 0 || d.groups == 0 || d.m == 0 || d.n == 0 {
             return Ok(());
         }
         match self.gmmq_a8w8(&a)? {
