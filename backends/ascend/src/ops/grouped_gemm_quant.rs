@@ -10,7 +10,9 @@
 //!   transposed-strides ND view `[G, K, N]` strides `[K·N, 1, K]` (QG2): no copy.
 //! - bf16: FLOAT scale → BFLOAT16 out needs a FRACTAL_NZ weight: a `[G, K, N]`-contiguous copy
 //!   in a device scratch (aclnnCast INT8 → INT8 of the view), packed by aclnnTransMatmulWeight
-//!   (NZ1-NZ5), per call (the caller's weight is never written; no `pack` handle yet).
+//!   (NZ1-NZ5), per call (the caller's weight is never written; no `pack` handle yet). Passing
+//!   TransMatmulWeight's output to the GMM is UNDOCUMENTED (the vendor page lists other
+//!   consumers; RULES.md NZ5): an emulator assumption, not probed at open.
 //! - f32 and any bias: not in the A2 A8W8 table (QG3: NOT EMULATED): the host. So does any
 //!   operand that is not this device's memory (an aclnn call reads every operand as a device
 //!   address), K = 0, K or N >= 65536 and more than 1024 groups.
@@ -34,7 +36,10 @@ const A8W8_BF16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight copied [
                          FRACTAL_NZ by aclnnTransMatmulWeight in a per-call scratch, FLOAT per-channel scale and \
                          perTokenScale = x_scale or x_scale * row_scale by aclnnInplaceMul in an [M] FLOAT scratch before \
                          the GMM, BFLOAT16 out rounded once); a bias, K = 0, K or N >= \
-                         65536, > 1024 groups or a host operand take the host";
+                         65536, > 1024 groups or a host operand take the host. Rests on an UNDOCUMENTED pairing \
+                         (emulator assumption, ascend-emu RULES.md NZ5): the vendor page names MatMul / Mm / \
+                         WeightQuantBatchMatmulV2/V3 / QuantMatmulV3, not GroupedMatmulV4, as consumers of \
+                         aclnnTransMatmulWeight's output; not probed at open";
 
 impl Ascend {
     /// Whether (and how) this backend runs the §6 variant `op`. Only the `int8` × i8 pairing
