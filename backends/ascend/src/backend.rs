@@ -734,9 +734,11 @@ impl Backend for Ascend {
         self.run_gather_rows(args)
     }
 
-    /// OPS.md §6: `int8` weights × i8 activations (W8A8) only — f16 `y` on the device
-    /// (aclnnGroupedMatmulV4 A8W8), bf16 / f32 `y` on the host; the reason names which
-    /// (ops/grouped_gemm_quant.rs). Every other variant: `No`, no kernels yet.
+    /// OPS.md §6: `int8` weights × i8 activations (W8A8) only — f16 and bf16 `y` on the device
+    /// (aclnnGroupedMatmulV4 A8W8; bf16 through a FRACTAL_NZ copy of the weight that every call
+    /// makes and packs anew, an UNDOCUMENTED pairing, ascend-emu RULES.md NZ5), f32 `y` and any
+    /// bias on the host; the reason names which (ops/grouped_gemm_quant.rs). Every other
+    /// variant: `No`, no kernels yet.
     fn supports_quant(&self, op: &QuantDesc) -> Support {
         self.quant_support(op)
     }

@@ -89,7 +89,7 @@ const ROUND_TRIPS: &[&str] = &[
     // W8A8 with no routed row (group_end[G-1] = 0): the same check, then nothing is launched.
     "grouped_gemm_quant+int8xint8+f16+row_scale+no_rows d2h",
     "grouped_gemm_quant+int8xint8+bf16+row_scale+no_rows d2h",
-    // W8A8 into f32 with a bias (no such A8W8 row on A2): the reference on host copies, a full
+    // W8A8 into f32 with a bias (no f32 A8W8 row on A2; the bias rows are documented but not emulated): the reference on host copies, a full
     // round trip.
     "grouped_gemm_quant+int8xint8+f32+row_scale+bias d2h",
     "grouped_gemm_quant+int8xint8+f32+row_scale+bias h2d",

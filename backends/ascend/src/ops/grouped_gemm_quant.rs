@@ -10,10 +10,12 @@
 //!   transposed-strides ND view `[G, K, N]` strides `[K·N, 1, K]` (QG2): no copy.
 //! - bf16: FLOAT scale → BFLOAT16 out needs a FRACTAL_NZ weight: a `[G, K, N]`-contiguous copy
 //!   in a device scratch (aclnnCast INT8 → INT8 of the view), packed by aclnnTransMatmulWeight
-//!   (NZ1-NZ5), per call (the caller's weight is never written; no `pack` handle yet). Passing
+//!   (NZ1-NZ5). Every bf16 call copies and packs the whole weight (G·K·N bytes and two
+//!   launches before the GMM; no pack-once handle yet); the caller's weight is never written. Passing
 //!   TransMatmulWeight's output to the GMM is UNDOCUMENTED (the vendor page lists other
 //!   consumers; RULES.md NZ5): an emulator assumption, not probed at open.
-//! - f32 and any bias: not in the A2 A8W8 table (QG3: NOT EMULATED): the host. So does any
+//! - f32: not in the A2 A8W8 table (QG3): the host. Any bias: the table has bias rows (INT32 /
+//!   BFLOAT16), documented but not emulated (QG3: NOT EMULATED), so the host. So does any
 //!   operand that is not this device's memory (an aclnn call reads every operand as a device
 //!   address), K = 0, K or N >= 65536 and more than 1024 groups.
 
@@ -30,12 +32,14 @@ const OP_GG: &str = "grouped_gemm";
 /// The kernel that serves the W8A8 f16 output, as `supports_quant` names it.
 const A8W8_F16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight as its transposed ND view, FLOAT \
                         per-channel scale, perTokenScale = x_scale or x_scale * row_scale by aclnnInplaceMul in an [M] \
-                        FLOAT scratch before the GMM, FLOAT16 out rounded once); a bias, K = 0, K or N >= 65536, > 1024 groups or a host operand take the host";
+                        FLOAT scratch before the GMM, FLOAT16 out rounded once); a bias (documented A8W8 rows, not emulated), K = 0, K or N >= 65536, > 1024 groups or a host \
+                        operand take the host";
 /// The kernel that serves the W8A8 bf16 output.
 const A8W8_BF16: &str = "aclnnGroupedMatmulV4 A8W8 (INT8 x, INT8 weight copied [G, K, N] by aclnnCast and packed \
-                         FRACTAL_NZ by aclnnTransMatmulWeight in a per-call scratch, FLOAT per-channel scale and \
+                         FRACTAL_NZ by aclnnTransMatmulWeight in a per-call scratch: every call copies and packs the whole weight, no pack-once handle yet; \
+                         FLOAT per-channel scale and \
                          perTokenScale = x_scale or x_scale * row_scale by aclnnInplaceMul in an [M] FLOAT scratch before \
-                         the GMM, BFLOAT16 out rounded once); a bias, K = 0, K or N >= \
+                         the GMM, BFLOAT16 out rounded once); a bias (documented A8W8 rows, not emulated), K = 0, K or N >= \
                          65536, > 1024 groups or a host operand take the host. Rests on an UNDOCUMENTED pairing \
                          (emulator assumption, ascend-emu RULES.md NZ5): the vendor page names MatMul / Mm / \
                          WeightQuantBatchMatmulV2/V3 / QuantMatmulV3, not GroupedMatmulV4, as consumers of \
@@ -75,8 +79,9 @@ impl Ascend {
     /// before anything is written, rows at or past `group_end[G-1]` untouched, empty groups).
     ///
     /// # Errors
-    /// [`moehal_core::Error::Unsupported`] for a pairing other than `int8` × i8 (and a host `y`),
-    /// [`moehal_core::Error::InvalidArgument`] for a bad `group_end` (nothing written), device errors.
+    /// [`moehal_core::Error::Unsupported`] for a pairing other than `int8` × i8;
+    /// [`moehal_core::Error::InvalidArgument`] for a `y` that is not this backend's memory (field
+    /// `y`) and for a bad `group_end` (nothing written); device errors.
     pub(crate) fn run_grouped_gemm_quant(&self, args: Checked<GroupedGemmQ<'_>>) -> Result<()> {
         let a = args.into_inner();
         let desc = a.desc();
