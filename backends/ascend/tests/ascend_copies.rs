@@ -678,11 +678,18 @@ fn plain_router_calls_stay_on_the_device(be: &Counting) {
 /// W8A8 into f16 and bf16 with a row scale through the counted backend (device path:
 /// aclnnGroupedMatmulV4 A8W8 + aclnnInplaceMul; bf16 also aclnnCast + aclnnTransMatmulWeight):
 /// groups of 4, 0 and 5 rows and 2 guard rows (M = 11), N = 40, K = 72 (neither aligned to the
-/// NZ fractal's 32 / 16); the routed rows against the reference (OPS.md §Conformance: f16 2e-3,
+/// NZ fractal's 32 / 16) and N = 64, K = 32 (both aligned); the routed rows against the reference (OPS.md §Conformance: f16 2e-3,
 /// bf16 1e-2 relative norm), the guard rows still the poison, the caller's weight unchanged; then
 /// a decreasing `group_end` is an error and `y` is unchanged.
 fn w8a8_on_the_device(be: &Counting) {
-    let (g, m, n, k) = (3usize, 11usize, 40usize, 72usize);
+    // N = 40, K = 72: neither aligned to the NZ fractal; N = 64, K = 32: both aligned (no padding).
+    for (n, k) in [(40usize, 72usize), (64, 32)] {
+        w8a8_on_the_device_at(be, n, k);
+    }
+}
+
+fn w8a8_on_the_device_at(be: &Counting, n: usize, k: usize) {
+    let (g, m) = (3usize, 11usize);
     let ends: Vec<i64> = vec![4, 4, 9];
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
@@ -732,7 +739,7 @@ fn w8a8_on_the_device(be: &Counting) {
         };
         let (r, got, w_after) = run(be, &ends);
         r.unwrap_or_else(|e| panic!("W8A8 {dt} on the device: {e}"));
-        assert_eq!(w_after, w, "{dt}: the caller's weight was modified");
+        assert_eq!(w_after, w, "{dt} N = {n} K = {k}: the caller's weight was modified");
         let (r, want, _) = run(&Reference, &ends);
         r.unwrap();
         let total = ends[g - 1] as usize;
@@ -749,7 +756,8 @@ fn w8a8_on_the_device(be: &Counting) {
         for (i, v) in got.iter().enumerate().skip(total * n) {
             assert_eq!(*v, poison, "{dt}: guard element {i} written");
         }
-        // Uncounted (the inner backend): the refused call launches no GroupedMatmulV4.
+        // On the uncounted inner backend (its launches are not recorded, so this checks the
+        // error and y, not the launches): the refused call errs naming group_end, y untouched.
         let (r, after, _) = run(&*be.inner, &[4, 3, 9]);
         let e = r.expect_err("a decreasing group_end must be refused").to_string();
         assert!(e.contains("group_end"), "{dt}: {e}");
