@@ -234,10 +234,15 @@ impl Ascend {
     /// Copy of the bytes `[0, end of view)` of a device tensor's buffer into a host buffer, or
     /// `None` when the tensor already lives in host memory.
     pub(crate) fn stage(&self, t: &TensorRef<'_>) -> Result<Option<Buffer>> {
+        self.stage_as(t, "tensor")
+    }
+
+    /// [`Ascend::stage`] whose error for memory of another backend names the operand `field`.
+    pub(crate) fn stage_as(&self, t: &TensorRef<'_>, field: &'static str) -> Result<Option<Buffer>> {
         if t.buffer().location() == Location::Host {
             return Ok(None);
         }
-        self.mine(t.buffer(), "tensor")?;
+        self.mine(t.buffer(), field)?;
         let (_, end) = t.byte_range();
         let mut hb = Reference.alloc(end)?;
         let mut tmp = vec![0u8; end];

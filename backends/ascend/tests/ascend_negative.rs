@@ -183,7 +183,8 @@ fn device_value_checks_reject_and_write_nothing() {
 
 /// OPS.md §6 W8A8 with an operand in host memory (a `Reference` buffer): aclnn would read it as a
 /// device address, so the call takes the host path (the reference on host copies) and its f16
-/// output equals the reference's bit for bit; a host-resident `y` is an error naming `y`.
+/// output equals the reference's bit for bit; a weight in another Ascend backend's memory is an
+/// error naming `w`, a host-resident `y` one naming `y`.
 #[test]
 fn w8a8_with_host_operands_takes_the_host_path() {
     use moehal_core::ops::{GroupedGemmQ, WeightFormat};
@@ -224,6 +225,14 @@ fn w8a8_with_host_operands_takes_the_host_path() {
     assert_eq!(bits(&got), bits(&want));
     // Rows past group_end[G-1] = 5 untouched.
     assert!(got[5 * n..].iter().all(|h| h.to_bits() == poison.to_bits()));
+    // A weight in another Ascend backend's memory (device memory, not this one's): the host path
+    // cannot stage it, and the error names the operand `w`.
+    let other = ascend_common::open_emulated();
+    let e = run(&*asc, &*other, &*asc).expect_err("another backend's w").to_string();
+    assert!(
+        e.contains("not memory of this Ascend backend") && e.contains("`w`"),
+        "{e}"
+    );
     let e = run(&*asc, &*asc, &Reference).expect_err("host y").to_string();
     assert!(
         e.contains("not memory of this Ascend backend") && e.contains("`y`"),

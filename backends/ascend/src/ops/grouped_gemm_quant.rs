@@ -232,16 +232,17 @@ impl Ascend {
     /// in place); `y` is written back only when the reference succeeded, so a bad `group_end` (the
     /// reference checks it first) leaves `y` untouched.
     fn gmmq_host(&self, a: &GroupedGemmQ<'_>) -> Result<()> {
+        // A staging error (memory of another backend) names the operand.
         let (sx, sw, sws, sg) = (
-            self.stage(&a.x)?,
-            self.stage(&a.w)?,
-            self.stage(&a.w_scale)?,
-            self.stage(&a.group_end)?,
+            self.stage_as(&a.x, "x")?,
+            self.stage_as(&a.w, "w")?,
+            self.stage_as(&a.w_scale, "w_scale")?,
+            self.stage_as(&a.group_end, "group_end")?,
         );
-        let sxs = a.x_scale.as_ref().map(|r| self.stage(r)).transpose()?;
-        let ss = a.row_scale.as_ref().map(|r| self.stage(r)).transpose()?;
-        let sb = a.bias.as_ref().map(|r| self.stage(r)).transpose()?;
-        let mut sy = self.stage(&a.y.as_ref())?;
+        let sxs = a.x_scale.as_ref().map(|r| self.stage_as(r, "x_scale")).transpose()?;
+        let ss = a.row_scale.as_ref().map(|r| self.stage_as(r, "row_scale")).transpose()?;
+        let sb = a.bias.as_ref().map(|r| self.stage_as(r, "bias")).transpose()?;
+        let mut sy = self.stage_as(&a.y.as_ref(), "y")?;
         let args = GroupedGemmQ {
             x: hv(&sx, &a.x),
             x_scale: a.x_scale.as_ref().zip(sxs.as_ref()).map(|(r, s)| hv(s, r)),
