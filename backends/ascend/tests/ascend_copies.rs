@@ -382,7 +382,9 @@ impl Backend for Counting {
         let ge = &args.group_end;
         let (s, e) = ge.byte_range();
         let mut bytes = vec![0u8; e - s];
-        self.inner.download(ge.buffer(), s, &mut bytes).expect("download group_end");
+        self.inner
+            .download(ge.buffer(), s, &mut bytes)
+            .expect("download group_end");
         if bytes.len() < 8 || bytes[bytes.len() - 8..].iter().all(|b| *b == 0) {
             key.push_str("+no_rows");
         }
@@ -475,7 +477,10 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
         }
         // The GMM is the last (only) write to y: row_scale is folded into the per-token scale
         // by aclnnInplaceMul before it, never applied to y afterwards.
-        assert!(seqs.iter().all(|s| s.ends_with("aclnnGroupedMatmulV4")), "{k}: {seqs:?}");
+        assert!(
+            seqs.iter().all(|s| s.ends_with("aclnnGroupedMatmulV4")),
+            "{k}: {seqs:?}"
+        );
         if k.ends_with("+row_scale") {
             assert!(seqs.iter().all(|s| s.contains("aclnnInplaceMul -> ")), "{k}: {seqs:?}");
         } else {
@@ -580,7 +585,10 @@ fn w8a8_f16_row_scale_before_rounding(be: &Counting) {
     }
     assert!(norm > 0.0);
     let rel = (err / norm).sqrt();
-    assert!(rel <= 2e-3, "W8A8 f16 past 65504 before row_scale: relative error {rel:e}");
+    assert!(
+        rel <= 2e-3,
+        "W8A8 f16 past 65504 before row_scale: relative error {rel:e}"
+    );
 }
 
 /// W8A8 f16 / bf16 (with a row scale) with no routed row: `group_end = [0, 0]` (M = 3, every

@@ -240,7 +240,11 @@ impl Ascend {
             self.stage_as(&a.group_end, "group_end")?,
         );
         let sxs = a.x_scale.as_ref().map(|r| self.stage_as(r, "x_scale")).transpose()?;
-        let ss = a.row_scale.as_ref().map(|r| self.stage_as(r, "row_scale")).transpose()?;
+        let ss = a
+            .row_scale
+            .as_ref()
+            .map(|r| self.stage_as(r, "row_scale"))
+            .transpose()?;
         let sb = a.bias.as_ref().map(|r| self.stage_as(r, "bias")).transpose()?;
         let mut sy = self.stage_as(&a.y.as_ref(), "y")?;
         let args = GroupedGemmQ {
