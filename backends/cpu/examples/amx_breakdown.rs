@@ -14,11 +14,24 @@ fn med(mut v: Vec<f64>) -> f64 {
 
 fn bf16_case(kern: &Kernels, pool: &Pool, e: usize, rows: usize, k: usize, n: usize, reps: usize) -> f64 {
     let m = e * rows;
-    let x: Vec<half::bf16> = (0..m * k).map(|i| half::bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 8.0)).collect();
-    let w: Vec<half::bf16> = (0..e * n * k).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 16.0)).collect();
+    let x: Vec<half::bf16> = (0..m * k)
+        .map(|i| half::bf16::from_f32(((i * 7 % 13) as f32 - 6.0) / 8.0))
+        .collect();
+    let w: Vec<half::bf16> = (0..e * n * k)
+        .map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) / 16.0))
+        .collect();
     let ge: Vec<i64> = (1..=e).map(|g| (g * rows) as i64).collect();
     let mut y = vec![half::bf16::ZERO; m * n];
-    let a = GemmArgs { x: &x, m, k, n, group_end: &ge, w: Weights::Raw(&w, Layout::NK), row_scale: None, bias: None };
+    let a = GemmArgs {
+        x: &x,
+        m,
+        k,
+        n,
+        group_end: &ge,
+        w: Weights::Raw(&w, Layout::NK),
+        row_scale: None,
+        bias: None,
+    };
     let mut ts = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
@@ -48,18 +61,25 @@ fn main() {
         let mut ts = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            let s: u64 = pool.install(|| buf.par_chunks(1 << 20).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum());
+            let s: u64 = pool.install(|| {
+                buf.par_chunks(1 << 20)
+                    .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                    .sum()
+            });
             std::hint::black_box(s);
             ts.push(t.elapsed().as_secs_f64());
         }
-        println!("read bandwidth 2 threads: {:.1} GB/s", (8u64 << 27) as f64 / med(ts) / 1e9);
+        println!(
+            "read bandwidth 2 threads: {:.1} GB/s",
+            (8u64 << 27) as f64 / med(ts) / 1e9
+        );
     }
-    bf16_case(&kern, &pool, 128, 64, k, n, 7);
-    bf16_case(&kern, &pool, 4, 64, k, n, 15);
-    bf16_case(&kern, &one, 4, 64, k, n, 15);
-    bf16_case(&kern, &pool, 4, 256, k, n, 15);
+    bf16_case(kern, &pool, 128, 64, k, n, 7);
+    bf16_case(kern, &pool, 4, 64, k, n, 15);
+    bf16_case(kern, &one, 4, 64, k, n, 15);
+    bf16_case(kern, &pool, 4, 256, k, n, 15);
     // K rows 4160 bytes apart instead of 4096 (no 4 KiB aliasing of the A tile rows).
-    bf16_case(&kern, &pool, 4, 64, k + 32, n, 15);
+    bf16_case(kern, &pool, 4, 64, k + 32, n, 15);
     // int8: packing one 64-column task vs the tile work of it.
     let (rows, nc) = (64usize, 64usize);
     let w8: Vec<i8> = (0..nc * k).map(|i| (i * 7 % 251) as i8).collect();
@@ -84,7 +104,10 @@ fn main() {
         moehal_cpu::quant::int8_dot_amx(TileEngine::best(), &x8, rows, &w8, nc, k, &mut out).unwrap();
     }
     let th = t.elapsed().as_secs_f64() / reps as f64;
-    println!("int8 task through quant::int8_dot_amx (pack + tiles + copy-out): {:.1} us", th * 1e6);
+    println!(
+        "int8 task through quant::int8_dot_amx (pack + tiles + copy-out): {:.1} us",
+        th * 1e6
+    );
     println!(
         "int8 task 64x64xK{k}: pack {:.1} us, tiles {:.1} us ({:.0} GOP/s); x 3072 tasks / 2 threads = {:.0} + {:.0} ms",
         tp * 1e6,
