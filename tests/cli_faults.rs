@@ -813,3 +813,31 @@ fn moe_sizes_against_free_device_memory() {
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     assert!(err.contains("free of 1000 B"), "{err}");
 }
+
+/// Fresh-user finding (session 9): an error or warning written to a stderr that cannot take it
+/// (`2>/dev/full`, or `2>&1 | head` after the reader left) panicked in `eprintln!` and exited with
+/// status 101. The documented status stands whatever stderr is: 2 for a usage error, 1 for a
+/// runtime error, 0 for a run with a warning.
+#[test]
+fn an_unwritable_stderr_keeps_the_documented_exit_status() {
+    if !std::path::Path::new("/dev/full").exists() {
+        println!("skipped: no /dev/full on this system");
+        return;
+    }
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32);
+    let cases: [Case; 3] = [
+        (&["check", "--backend", "nosuch"], &[], 2),
+        (&["engram", "--table", "/nonexistent/moehal-table.safetensors"], &[], 1),
+        (&["devices"], &[("MOEHAL_CPU_ISA", "neon")], 0),
+    ];
+    for (args, env, want) in cases {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moehal"));
+        c.args(args).stderr(full).stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("the moehal binary runs");
+        assert_eq!(o.status.code(), Some(want), "{args:?} {env:?}");
+    }
+}

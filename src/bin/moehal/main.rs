@@ -17,6 +17,17 @@ macro_rules! outln {
     }};
 }
 
+/// `eprintln!` that cannot panic: std's panics when stderr cannot be written (`2>&1 | head` after
+/// the reader left, `2>/dev/full`), which turned every error and warning into exit status 101. A
+/// message that cannot be written is dropped; the exit status stays the one the README documents.
+/// Defined before the modules, so it shadows std's `eprintln!` in all of them.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// `print!` to stdout through [`stdout_write`].
 macro_rules! out {
     ($($arg:tt)*) => {{
