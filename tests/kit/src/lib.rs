@@ -847,13 +847,21 @@ fn table_layout(format: TableFormat, r: usize, d: usize) -> (DType, Vec<usize>) 
 
 /// Fill a gather table (`buf` of [`table_layout`]): fp8 rows with specials ([`fp8_table`]), or
 /// N(0, 1) floats.
+/// Fill a gather table: fp8 rows as [`fp8_table`]; plain tables with uniform values in `[-1, 1)`
+/// of a counter-based stream seeded from `rng` ([`rng::fill_random`], on all cores). A gather is a
+/// copy, so the values only need to be varied; normal draws (Box-Muller, ~40 ns each) made the
+/// 2^22 × 256 tables of `moehal bench --op gather_rows` take minutes to fill on a loaded 2-core
+/// machine (fresh-user report, session 9).
 fn fill_table(rng: &mut ChaCha8Rng, format: TableFormat, buf: &mut [u8], d: usize) -> moehal_core::Result<()> {
     match format {
         TableFormat::Fp8E4m3Ue8m0 => {
             fp8_table(rng, buf, d);
             Ok(())
         }
-        f => put_randn(rng, f.storage_dtype(), buf, 1.0),
+        f => {
+            let seed: u64 = rng.gen();
+            rng::fill_random(f.storage_dtype(), buf, 1.0, seed, 0)
+        }
     }
 }
 
