@@ -155,14 +155,23 @@ fn fit_experts_by(p: &Preset, routed: u64, shared: u64, what: &str, budget: u64)
             }
         }
     }
+    // E never goes below top-k: at that floor the weights may still exceed the budget, and the
+    // note must not claim they fit (fresh-user report, session 9); the run's own memory check
+    // (90% of memory) still decides whether it can go on.
+    let kept = bytes_of(&out);
+    let how = if kept <= budget {
+        "to fit memory"
+    } else {
+        "toward the memory budget (top-k is the floor; the weights still exceed it)"
+    };
     notes.insert(
         0,
         format!(
-            "scaled by expert count to fit memory: {} -> {} routed experts (weights {} -> {} of {what}, budget {}); k = {} and the routing rule kept",
+            "scaled by expert count {how}: {} -> {} routed experts (weights {} -> {} of {what}, budget {}); k = {} and the routing rule kept",
             p.num_experts,
             e,
             super::human_bytes(full as f64),
-            super::human_bytes(bytes_of(&out) as f64),
+            super::human_bytes(kept as f64),
             super::human_bytes(budget as f64),
             p.topk
         ),

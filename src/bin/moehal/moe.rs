@@ -126,7 +126,9 @@ pub(super) fn check_memory(tokens: usize, need: &MemoryNeed, available: u64) -> 
             human_bytes(budget as f64),
             human_bytes(available as f64),
             if max_tokens == 0 {
-                "no token fits (the weights alone take the budget)".to_string()
+                "no token fits: the weights alone take the budget (fewer experts fit a smaller \
+                 --budget-mib; --scale-widths narrows them; a --weights file is loaded whole)"
+                    .to_string()
             } else {
                 format!("at most {max_tokens} tokens fit")
             }
@@ -844,7 +846,10 @@ mod tests {
             24_721_120,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("no token fits"), "{e}");
+        assert!(
+            e.to_string().contains("no token fits") && e.to_string().contains("--budget-mib"),
+            "{e}"
+        );
     }
 
     /// Every buffer counts: the per-token bytes grow with each width and count of the layer.
