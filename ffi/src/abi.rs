@@ -855,7 +855,13 @@ pub unsafe extern "C" fn moehal_download(
 /// # Safety
 /// `out` is NULL or valid for a write.
 unsafe fn layer_out(op: &'static str, out: *mut *mut moehal_engram_layer, layer: Result<EngramLayer>) -> Result<()> {
-    let l = layer?;
+    // The C ABI's errors name the function called (ffi/README.md): the layer's own rules come back
+    // from moehal-core as `engram_layer`, renamed here to the constructor the caller used.
+    let l = layer.map_err(|e| match e {
+        Error::InvalidArgument { field, msg, .. } => Error::InvalidArgument { op, field, msg },
+        Error::Unsupported { backend, msg, .. } => Error::Unsupported { op, backend, msg },
+        e => e,
+    })?;
     // SAFETY: forwarded contract.
     unsafe {
         put(

@@ -527,3 +527,24 @@ fn unmutated_calls_succeed() {
         }
     }
 }
+
+/// Fresh-user finding (session 9): the layer's own rules (an even multiplier, a pad id past the
+/// vocabulary) were reported as `engram_layer: ...`, not under the function the caller used.
+#[test]
+fn engram_layer_create_errors_name_the_function() {
+    let p: [u64; 4] = [11, 13, 17, 19];
+    let even: [u64; 3] = [2, 3, 5];
+    let odd: [u64; 3] = [1, 3, 5];
+    for (m, pad) in [(even, 2u64), (odd, 50)] {
+        let mut l: *mut moehal_engram_layer = ptr::null_mut();
+        // SAFETY: arrays of max_order and (max_order-1)*heads entries; valid out pointer.
+        let s = unsafe { moehal_engram_layer_create(3, 2, m.as_ptr(), p.as_ptr(), 50, pad, &mut l) };
+        assert_eq!(s, MOEHAL_INVALID_ARGUMENT, "{m:?} pad {pad}");
+        assert!(l.is_null());
+        // SAFETY: moehal_last_error returns a NUL-terminated string owned by this thread.
+        let msg = unsafe { std::ffi::CStr::from_ptr(moehal_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(msg.starts_with("engram_layer_create: "), "{msg}");
+    }
+}
