@@ -191,6 +191,15 @@ fn cold_notes(s: &mut BenchShape, ce: usize, experts: usize, topk: usize, bytes:
             ce / topk
         ));
     }
+    // The bench help's rule for every cold row: under 4 x L3 it says so (fresh-user report,
+    // session 9: a 204 MiB mxfp4 rotation sat in a 300 MiB L3 and its `vs bf16` said nothing).
+    if bytes < 4.0 * l3 as f64 {
+        s.notes.push(format!(
+            "not fully cold: {} of weights, under 4 x L3 (the model's {experts} experts{}); its `vs bf16` is not like with like",
+            human_bytes(bytes),
+            if ce < experts { ", cut by memory" } else { "" }
+        ));
+    }
 }
 
 /// The §6 shapes (see the module doc) for `tokens` overriding the prefill token count (counts

@@ -62,7 +62,8 @@ gate_up) take the fewest sets whose weights hold at least 4 x the L3 (read from
 /sys/devices/system/cpu/cpu0/cache/index3/size, else 32 MiB assumed), within the model's experts
 and the memory budget below. The quantized rows and the DeepSeek-V4-Flash bf16 baseline take as
 many of the model's experts as the memory budget holds (their `vs bf16` compares like with like),
-so they rotate over far more than 4 x L3. Every cold row's note says what it rotates over (and how
+so they usually rotate over far more than 4 x L3 (with a large L3 a small model's packed weights may
+not: that row's note then says it is not fully cold). Every cold row's note says what it rotates over (and how
 many times the L3 that is); a row cut below the model's experts by memory says so ('cut to fit
 memory: 256 -> 126 experts'), and one under 4 x L3 says it is not fully cold. The bf16 rows' notes
 also give a 2-thread read of a 16 x L3 buffer (256 MiB to 1 GiB) measured in the same run, and the
