@@ -217,18 +217,25 @@ fn main() -> ExitCode {
         Some(Command::Moe(a)) => moe::run(a),
         Some(Command::Engram(a)) => engram::run(a),
     };
+    let mut said = String::new();
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            said = format!("{e:#}");
+            eprintln!("error: {said}");
             error_status(&e)
         }
     };
-    // Results that never reached stdout are a failure, whatever the command found.
+    // Results that never reached stdout are a failure, whatever the command found. One failure,
+    // one line: when the command's own error already reported this I/O error (`--json
+    // /dev/stdout | head -c 10`: the JSON went through stdout), it is not said twice.
     match finish_stdout() {
         Ok(()) => code,
         Err(e) => {
-            eprintln!("error: writing the results to stdout: {e}");
+            let text = e.to_string();
+            if !(said.contains("stdout") && said.contains(&text)) {
+                eprintln!("error: writing the results to stdout: {text}");
+            }
             ExitCode::FAILURE
         }
     }
