@@ -249,8 +249,19 @@ pub fn check_no_overlap(op: &'static str, inputs: &[&Mapped], outputs: &[&Mapped
                 op,
                 o.field,
                 format!(
-                    "output `{}` overlaps `{}` in memory (outputs must be exclusive: use separate tensors)",
-                    o.field, x.field
+                    "output `{}` overlaps `{}` in memory ({} {:?} at bytes {:#x}..{:#x}; {} {:?} at {:#x}..{:#x}): \
+                     outputs must be exclusive, so use separate tensors (a shape larger than the buffer behind \
+                     it also reaches into its neighbour)",
+                    o.field,
+                    x.field,
+                    o.dtype,
+                    o.shape,
+                    o.addr,
+                    o.addr + o.bytes as u64,
+                    x.dtype,
+                    x.shape,
+                    x.addr,
+                    x.addr + x.bytes as u64
                 ),
             ));
         }
@@ -286,6 +297,31 @@ mod tests {
         },
         host: true,
     };
+
+    /// Fresh-user report (session 9): a wrong `ids` shape over a 4-element array was reported only
+    /// as an overlap with `logits`; the message now gives both tensors' shapes and byte ranges, so
+    /// an oversized shape shows as the cause.
+    #[test]
+    fn an_overlap_names_both_tensors_shapes_and_bytes() {
+        let m = |field, addr, shape: Vec<usize>| Mapped {
+            field,
+            addr,
+            bytes: shape.iter().product::<usize>() * 4,
+            dtype: DType::I32,
+            shape,
+            space: Space::Host,
+        };
+        let logits = m("logits", 0x1010, vec![2, 4]);
+        let ids = m("ids", 0x1000, vec![2, 3]);
+        let e = check_no_overlap("router_topk", &[&logits], &[&ids])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`ids` overlaps `logits`"), "{e}");
+        assert!(e.contains("i32 [2, 3] at bytes 0x1000..0x1018"), "{e}");
+        assert!(e.contains("i32 [2, 4] at 0x1010..0x1030"), "{e}");
+        let apart = m("ids", 0x1030, vec![2, 3]);
+        assert!(check_no_overlap("router_topk", &[&logits], &[&apart]).is_ok());
+    }
 
     #[test]
     fn contiguity_rules() {
