@@ -529,6 +529,58 @@ fn host_copies_inside_ops_are_exactly_the_listed_ones() {
     );
 }
 
+/// Host operands of a W8A8 `grouped_gemm_quant` call (OPS.md §6): i8 `x [m, k]` with per-token
+/// f32 `xs [m]`, i8 NK weights `w [g, n, k]` with per-channel f32 `ws [g, n]`, f32 `row_scale
+/// rs [m]`, `group_end` `ends [g]`, no bias.
+struct W8a8<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &'a [i8],
+    w: &'a [i8],
+    xs: &'a [f32],
+    ws: &'a [f32],
+    rs: &'a [f32],
+    ends: &'a [i64],
+}
+
+impl W8a8<'_> {
+    /// Run the call on `b` into a `dt` (f16 / bf16) `y` whose elements start as the bit pattern
+    /// `fill`: the call's result, `y`'s elements afterwards, and the weight as `b` holds it
+    /// afterwards. Every buffer gets one spare element, so zero-length operands (M = 0, G = 0)
+    /// are still valid uploads.
+    fn run(&self, b: &dyn Backend, dt: DType, fill: u16) -> (Result<()>, Vec<u16>, Vec<i8>) {
+        let (m, n, k, g) = (self.m, self.n, self.k, self.ends.len());
+        let pad = |v: &[i8]| [v, &[0][..]].concat();
+        let padf = |v: &[f32]| [v, &[0.0][..]].concat();
+        let xb = b.upload_slice(&pad(self.x)).unwrap();
+        let wb = b.upload_slice(&pad(self.w)).unwrap();
+        let xsb = b.upload_slice(&padf(self.xs)).unwrap();
+        let wsb = b.upload_slice(&padf(self.ws)).unwrap();
+        let rsb = b.upload_slice(&padf(self.rs)).unwrap();
+        let gb = b.upload_slice(&[self.ends, &[0][..]].concat()).unwrap();
+        let filled: Vec<u8> = (0..m * n + 1).flat_map(|_| fill.to_le_bytes()).collect();
+        let mut yb = b.alloc(filled.len()).unwrap();
+        b.upload(&mut yb, 0, &filled).unwrap();
+        let args = GroupedGemmQ {
+            x: xb.view(DType::I8, &[m, k]),
+            x_scale: Some(xsb.view(DType::F32, &[m])),
+            w_format: moehal_core::ops::WeightFormat::Int8,
+            w: wb.view(DType::I8, &[g, n, k]),
+            w_scale: wsb.view(DType::F32, &[g, n]),
+            group_end: gb.view(DType::I64, &[g]),
+            row_scale: Some(rsb.view(DType::F32, &[m])),
+            bias: None,
+            y: yb.view_mut(dt, &[m, n]),
+        };
+        let r = b.grouped_gemm_quant(args.validate().unwrap());
+        let mut yv = vec![0u8; m * n * 2];
+        b.download(&yb, 0, &mut yv).unwrap();
+        let y = yv.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        (r, y, b.download_vec(&wb, g * n * k).unwrap())
+    }
+}
+
 /// W8A8 into f16 where `Σ·w_scale·x_scale` (about 1.0e6) exceeds f16's 65504 but
 /// `row_scale` times it (about 1e4) fits: OPS.md §1 scales the f32 product and rounds once, so
 /// every routed element must be finite and match the reference (2e-3 relative norm). A `y`
@@ -543,32 +595,21 @@ fn w8a8_f16_row_scale_before_rounding(be: &Counting) {
     let xs: Vec<f32> = (0..m).map(|r| 1.0 + r as f32 * 0.25).collect();
     let ws: Vec<f32> = (0..g * n).map(|i| 1.0 + (i % 3) as f32 * 0.5).collect();
     let rs: Vec<f32> = (0..m).map(|r| if r % 2 == 0 { 0.01 } else { -0.005 }).collect();
+    let call = W8a8 {
+        m,
+        n,
+        k,
+        x: &x,
+        w: &w,
+        xs: &xs,
+        ws: &ws,
+        rs: &rs,
+        ends: &ends,
+    };
     let run = |b: &dyn Backend| -> Vec<f64> {
-        let xb = b.upload_slice(&x).unwrap();
-        let wb = b.upload_slice(&w).unwrap();
-        let xsb = b.upload_slice(&xs).unwrap();
-        let wsb = b.upload_slice(&ws).unwrap();
-        let rsb = b.upload_slice(&rs).unwrap();
-        let gb = b.upload_slice(&ends).unwrap();
-        let mut yb = b.alloc(m * n * 2).unwrap();
-        let args = GroupedGemmQ {
-            x: xb.view(DType::I8, &[m, k]),
-            x_scale: Some(xsb.view(DType::F32, &[m])),
-            w_format: moehal_core::ops::WeightFormat::Int8,
-            w: wb.view(DType::I8, &[g, n, k]),
-            w_scale: wsb.view(DType::F32, &[g, n]),
-            group_end: gb.view(DType::I64, &[g]),
-            row_scale: Some(rsb.view(DType::F32, &[m])),
-            bias: None,
-            y: yb.view_mut(DType::F16, &[m, n]),
-        };
-        b.grouped_gemm_quant(args.validate().unwrap())
-            .unwrap_or_else(|e| panic!("W8A8 f16 on {}: {e}", b.name()));
-        let mut yv = vec![0u8; m * n * 2];
-        b.download(&yb, 0, &mut yv).unwrap();
-        yv.chunks_exact(2)
-            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
-            .collect()
+        let (r, y, _) = call.run(b, DType::F16, 0);
+        r.unwrap_or_else(|e| panic!("W8A8 f16 on {}: {e}", b.name()));
+        y.iter().map(|&v| half::f16::from_bits(v).to_f64()).collect()
     };
     let got = run(be);
     let want = run(&Reference);
@@ -604,32 +645,23 @@ fn w8a8_no_routed_rows(be: &Counting) {
             let xs = vec![0.5f32; m];
             let ws = vec![0.25f32; g * n];
             let rs = vec![2.0f32; m];
-            // Zero-length buffers still get one element, so every upload is valid.
-            let xb = be.upload_slice(&[x.clone(), vec![0]].concat()).unwrap();
-            let wb = be.upload_slice(&[w.clone(), vec![0]].concat()).unwrap();
-            let xsb = be.upload_slice(&[xs.clone(), vec![0.0]].concat()).unwrap();
-            let wsb = be.upload_slice(&[ws.clone(), vec![0.0]].concat()).unwrap();
-            let rsb = be.upload_slice(&[rs.clone(), vec![0.0]].concat()).unwrap();
-            let gb = be.upload_slice(&[ends.clone(), vec![0]].concat()).unwrap();
-            let poisoned: Vec<u8> = (0..m * n + 1).flat_map(|_| poison.to_le_bytes()).collect();
-            let mut yb = be.alloc(poisoned.len()).unwrap();
-            be.upload(&mut yb, 0, &poisoned).unwrap();
-            let args = GroupedGemmQ {
-                x: xb.view(DType::I8, &[m, k]),
-                x_scale: Some(xsb.view(DType::F32, &[m])),
-                w_format: moehal_core::ops::WeightFormat::Int8,
-                w: wb.view(DType::I8, &[g, n, k]),
-                w_scale: wsb.view(DType::F32, &[g, n]),
-                group_end: gb.view(DType::I64, &[g]),
-                row_scale: Some(rsb.view(DType::F32, &[m])),
-                bias: None,
-                y: yb.view_mut(dt, &[m, n]),
+            let call = W8a8 {
+                m,
+                n,
+                k,
+                x: &x,
+                w: &w,
+                xs: &xs,
+                ws: &ws,
+                rs: &rs,
+                ends: &ends,
             };
-            be.grouped_gemm_quant(args.validate().unwrap())
-                .unwrap_or_else(|e| panic!("W8A8 {dt}, G = {g}, no routed row: {e}"));
-            let mut after = vec![0u8; poisoned.len()];
-            be.download(&yb, 0, &mut after).unwrap();
-            assert_eq!(after, poisoned, "W8A8 {dt}, G = {g}: y written with no routed row");
+            let (r, after, _) = call.run(be, dt, poison);
+            r.unwrap_or_else(|e| panic!("W8A8 {dt}, G = {g}, no routed row: {e}"));
+            assert!(
+                after.iter().all(|v| *v == poison),
+                "W8A8 {dt}, G = {g}: y written with no routed row"
+            );
         }
     }
 }
@@ -718,32 +750,19 @@ fn w8a8_on_the_device_at(be: &Counting, n: usize, k: usize) {
             DType::F16 => half::f16::from_bits(b).to_f64(),
             _ => half::bf16::from_bits(b).to_f64(),
         };
-        let run = |b: &dyn Backend, ends: &[i64]| -> (Result<()>, Vec<u16>, Vec<i8>) {
-            let xb = b.upload_slice(&x).unwrap();
-            let wb = b.upload_slice(&w).unwrap();
-            let xsb = b.upload_slice(&xs).unwrap();
-            let wsb = b.upload_slice(&ws).unwrap();
-            let rsb = b.upload_slice(&rs).unwrap();
-            let gb = b.upload_slice(ends).unwrap();
-            let poisoned: Vec<u8> = (0..m * n).flat_map(|_| poison.to_le_bytes()).collect();
-            let mut yb = b.alloc(poisoned.len()).unwrap();
-            b.upload(&mut yb, 0, &poisoned).unwrap();
-            let args = GroupedGemmQ {
-                x: xb.view(DType::I8, &[m, k]),
-                x_scale: Some(xsb.view(DType::F32, &[m])),
-                w_format: moehal_core::ops::WeightFormat::Int8,
-                w: wb.view(DType::I8, &[g, n, k]),
-                w_scale: wsb.view(DType::F32, &[g, n]),
-                group_end: gb.view(DType::I64, &[g]),
-                row_scale: Some(rsb.view(DType::F32, &[m])),
-                bias: None,
-                y: yb.view_mut(dt, &[m, n]),
-            };
-            let r = b.grouped_gemm_quant(args.validate().unwrap());
-            let mut yv = vec![0u8; m * n * 2];
-            b.download(&yb, 0, &mut yv).unwrap();
-            let y16 = yv.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-            (r, y16, b.download_vec(&wb, g * n * k).unwrap())
+        let run = |b: &dyn Backend, ends: &[i64]| {
+            W8a8 {
+                m,
+                n,
+                k,
+                x: &x,
+                w: &w,
+                xs: &xs,
+                ws: &ws,
+                rs: &rs,
+                ends,
+            }
+            .run(b, dt, poison)
         };
         let (r, got, w_after) = run(be, &ends);
         r.unwrap_or_else(|e| panic!("W8A8 {dt} on the device: {e}"));
