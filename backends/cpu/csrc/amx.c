@@ -8,7 +8,9 @@
 // bytes apart) and four tile dot products. `mt`/`nt` (1 or 2) say how many 16-row A tiles and 16-column
 // B tiles take part; C tiles outside them are neither computed nor stored. K step kb reads A at
 // `a + kb*64` and B tile j at `b + kb*bk + j*bj` (bytes). C (f32 or i32) is written row-major with
-// `ldc` bytes between rows; the old contents of C are ignored.
+// `ldc` bytes between rows; the old contents of C are ignored. `pfd` > 0 prefetches the A rows `pfd` K
+// steps ahead (a hint for A streamed from memory, as the in-place weights of the NK orientation are;
+// never past the last K step).
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,9 +33,18 @@ static void config(void) {
     _tile_loadconfig(&c);
 }
 
+// Prefetch the 16*mt A rows of K step kb + pfd into L1 (when pfd > 0 and that step exists).
+#define PREFETCH_A(kb)                                                                                  \
+    do {                                                                                                \
+        if (pfd && (kb) + pfd < kblocks) {                                                              \
+            const uint8_t *p_ = a + ((kb) + pfd) * 64;                                                  \
+            for (int i_ = 0; i_ < 16 * mt; i_++) _mm_prefetch((const char *)(p_ + i_ * lda), _MM_HINT_T0); \
+        }                                                                                               \
+    } while (0)
+
 #define BLOCK_KERNEL(NAME, DP)                                                                          \
     void NAME(const uint8_t *a, size_t lda, int mt, const uint8_t *b, size_t ldb, size_t bk, size_t bj, \
-              int nt, size_t kblocks, uint8_t *c, size_t ldc) {                                         \
+              int nt, size_t kblocks, uint8_t *c, size_t ldc, size_t pfd) {                             \
         config();                                                                                       \
         _tile_zero(4);                                                                                  \
         _tile_zero(5);                                                                                  \
@@ -42,6 +53,7 @@ static void config(void) {
         const uint8_t *a1 = a + 16 * lda;                                                               \
         if (mt == 2 && nt == 2) {                                                                       \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
+                PREFETCH_A(kb);                                                                         \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(1, a1 + kb * 64, lda);                                                      \
@@ -53,6 +65,7 @@ static void config(void) {
             }                                                                                           \
         } else if (mt == 2) {                                                                           \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
+                PREFETCH_A(kb);                                                                         \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(1, a1 + kb * 64, lda);                                                      \
@@ -61,6 +74,7 @@ static void config(void) {
             }                                                                                           \
         } else if (nt == 2) {                                                                           \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
+                PREFETCH_A(kb);                                                                         \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(3, b + kb * bk + bj, ldb);                                                  \
@@ -69,6 +83,7 @@ static void config(void) {
             }                                                                                           \
         } else {                                                                                        \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
+                PREFETCH_A(kb);                                                                         \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 DP(4, 0, 2);                                                                            \

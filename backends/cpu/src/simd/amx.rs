@@ -44,6 +44,7 @@ mod ffi {
             kblocks: usize,
             c: *mut u8,
             ldc: usize,
+            pfd: usize,
         );
         pub fn moehal_amx_s8_block(
             a: *const u8,
@@ -57,6 +58,7 @@ mod ffi {
             kblocks: usize,
             c: *mut u8,
             ldc: usize,
+            pfd: usize,
         );
     }
 }
@@ -178,10 +180,30 @@ impl Amx {
         kblocks: usize,
         c: &mut [f32],
     ) {
+        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0)
+    }
+
+    /// [`Amx::bf16_block`] that also prefetches the A rows `pfd` K steps (of 32 bf16) ahead into L1
+    /// (`pfd` 0: none). A hint for A read from memory once (the in-place weights of the NK
+    /// orientation); results are the same for any `pfd`.
+    pub fn bf16_block_pf(
+        self,
+        a: &[u16],
+        lda: usize,
+        mt: usize,
+        b: &[u32],
+        ldb: usize,
+        bk: usize,
+        nt: usize,
+        kblocks: usize,
+        c: &mut [f32],
+        pfd: usize,
+    ) {
         check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
         #[cfg(moehal_amx_kernels)]
         // SAFETY: `self` proves AMX is present and granted; check_block bounds every tile row read
-        // (A: 16*mt rows of kblocks*64 bytes, B: 16 rows of nt*64 bytes per K step) and C (32x32).
+        // (A: 16*mt rows of kblocks*64 bytes, B: 16 rows of nt*64 bytes per K step) and C (32x32);
+        // the kernel prefetches only A rows of K steps below `kblocks` (and a prefetch never faults).
         unsafe {
             ffi::moehal_amx_bf16_block(
                 a.as_ptr() as *const u8,
@@ -195,10 +217,14 @@ impl Amx {
                 kblocks,
                 c.as_mut_ptr() as *mut u8,
                 BLOCK * 4,
+                pfd,
             )
         };
         #[cfg(not(moehal_amx_kernels))]
-        match self._p {}
+        {
+            let _ = pfd;
+            match self._p {}
+        }
     }
 
     /// One int8 output block: `c[i*32 + j] = sum_{p < 16*kblocks} sum_{q < 4} a(i, 4p+q) * b(p,j)[q]`
@@ -235,10 +261,186 @@ impl Amx {
                 kblocks,
                 c.as_mut_ptr() as *mut u8,
                 BLOCK * 4,
+                0,
             )
         };
         #[cfg(not(moehal_amx_kernels))]
         match self._p {}
+    }
+}
+
+impl Amx {
+    /// The epilogue of one bf16 output row of a 32x32 f32 block `c` (as [`Amx::bf16_block`] writes
+    /// it): `dst[j] = bf16(( v_j + bias[j]) * scale)` for `j < dst.len()` (at most 32), where `v_j =
+    /// c[j*32 + bi]` if `transposed` (the block holds yᵀ) else `c[bi*32 + j]`; the add is skipped
+    /// without `bias`, the multiply without `scale`. f32 operations in that order, then
+    /// round-to-nearest-even with NaN kept quiet: bit for bit the scalar epilogue
+    /// ([`crate::elem::f32_to_bf16_bits`]), in AVX-512 (which an [`Amx`] value implies).
+    ///
+    /// Panics if `c` holds fewer than 32*32 values, `bi` ≥ 32, `dst` is longer than 32 or `bias`
+    /// shorter than `dst`.
+    pub fn bf16_row_out(
+        self,
+        c: &[f32],
+        transposed: bool,
+        bi: usize,
+        bias: Option<&[f32]>,
+        scale: Option<f32>,
+        dst: &mut [u16],
+    ) {
+        assert!(
+            c.len() >= BLOCK * BLOCK && bi < BLOCK && dst.len() <= BLOCK,
+            "epilogue row out of the block"
+        );
+        assert!(bias.is_none_or(|b| b.len() >= dst.len()), "bias shorter than the row");
+        #[cfg(moehal_amx_kernels)]
+        // SAFETY: an `Amx` value exists only after `detect` saw avx512f and avx512bw; the asserts
+        // above bound every read of `c` (32x32) and `bias` (masked to dst.len()) and every write.
+        unsafe {
+            avx512::row_out(
+                c.as_ptr(),
+                transposed,
+                bi,
+                bias.map(|b| b.as_ptr()),
+                scale,
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
+        #[cfg(not(moehal_amx_kernels))]
+        {
+            let _ = (transposed, scale);
+            match self._p {}
+        }
+    }
+
+    /// Stage rows `s..s+mg` of the row-major bf16 matrix `x` (`k` columns) as VNNI pairs:
+    /// `dst[p*mgp + i] = x[s+i][2p] | x[s+i][2p+1] << 16` for `p < k/2`, `i < mg`; when `k` is odd,
+    /// `dst[(k/2)*mgp + i] = x[s+i][k-1]`; every other entry of `dst` is zero. (The B operand of the
+    /// NK orientation, in AVX-512 gathers.)
+    ///
+    /// Panics if `mg > mgp`, `mgp` is not a multiple of 16, `x` lacks the rows or `dst` is shorter
+    /// than `k.div_ceil(2) * mgp`.
+    pub fn stage_pairs(self, x: &[u16], k: usize, s: usize, mg: usize, mgp: usize, dst: &mut [u32]) {
+        assert!(mg <= mgp && mgp % 16 == 0, "bad staging width");
+        assert!(
+            (s + mg) * k <= x.len() && k.div_ceil(2) * mgp <= dst.len(),
+            "staging out of bounds"
+        );
+        let kh = k / 2;
+        // Gather offsets are i32 elements from the first row of a 16-row group.
+        let fits = 16usize.checked_mul(k).is_some_and(|v| v < (i32::MAX / 2) as usize);
+        #[cfg(moehal_amx_kernels)]
+        if fits && kh > 0 {
+            for i0 in (0..mg).step_by(16) {
+                let rows = 16.min(mg - i0);
+                // SAFETY: avx512f is implied by `self`; lanes below `rows` read x[(s+i0+l)*k + 2p..+2]
+                // with p < k/2 (inside x, asserted above), the others are masked off; each store
+                // writes dst[p*mgp + i0..+16] with i0 + 16 <= mgp.
+                unsafe { avx512::stage16(x.as_ptr().add((s + i0) * k), k, rows, kh, dst.as_mut_ptr().add(i0), mgp) };
+            }
+        } else {
+            for i in 0..mg {
+                let row = &x[(s + i) * k..(s + i + 1) * k];
+                for (p, pr) in row.chunks_exact(2).enumerate() {
+                    dst[p * mgp + i] = pr[0] as u32 | (pr[1] as u32) << 16;
+                }
+            }
+            for i in mg..mgp {
+                for p in 0..kh {
+                    dst[p * mgp + i] = 0;
+                }
+            }
+        }
+        #[cfg(not(moehal_amx_kernels))]
+        {
+            let _ = fits;
+            match self._p {}
+        }
+        dst[kh * mgp..].fill(0);
+        if k % 2 == 1 {
+            for i in 0..mg {
+                dst[kh * mgp + i] = x[(s + i) * k + k - 1] as u32;
+            }
+        }
+    }
+}
+
+#[cfg(moehal_amx_kernels)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// See [`super::Amx::bf16_row_out`]; `n` ≤ 32 outputs.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn row_out(
+        c: *const f32,
+        transposed: bool,
+        bi: usize,
+        bias: Option<*const f32>,
+        scale: Option<f32>,
+        dst: *mut u16,
+        n: usize,
+    ) {
+        let (mut v0, mut v1) = if transposed {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(32),
+            );
+            (
+                _mm512_i32gather_ps::<4>(idx, c.add(bi)),
+                _mm512_i32gather_ps::<4>(idx, c.add(16 * 32 + bi)),
+            )
+        } else {
+            (_mm512_loadu_ps(c.add(bi * 32)), _mm512_loadu_ps(c.add(bi * 32 + 16)))
+        };
+        let m = if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
+        let (m0, m1) = (m as u16, (m >> 16) as u16);
+        if let Some(b) = bias {
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, b));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, b.add(16)));
+        }
+        if let Some(sv) = scale {
+            let sv = _mm512_set1_ps(sv);
+            v0 = _mm512_mul_ps(v0, sv);
+            v1 = _mm512_mul_ps(v1, sv);
+        }
+        let lo = _mm512_cvtepi32_epi16(narrow(v0));
+        let hi = _mm512_cvtepi32_epi16(narrow(v1));
+        let out = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        _mm512_mask_storeu_epi16(dst as *mut i16, m, out);
+    }
+
+    /// f32 → bf16 bits in the low half of each lane: round-to-nearest-even, NaN kept quiet with its
+    /// sign (as `elem::f32_to_bf16_bits`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn narrow(v: __m512) -> __m512i {
+        let x = _mm512_castps_si512(v);
+        let nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff)),
+            _mm512_set1_epi32(0x7f80_0000),
+        );
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(0x0040));
+        _mm512_mask_blend_epi32(nan, rounded, quiet)
+    }
+
+    /// See [`super::Amx::stage_pairs`]: `rows` (≤ 16) rows from `x` (`k` apart), pairs `p < kh`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn stage16(x: *const u16, k: usize, rows: usize, kh: usize, dst: *mut u32, mgp: usize) {
+        let mask: u16 = if rows >= 16 { u16::MAX } else { (1u16 << rows) - 1 };
+        // Offsets in u16 elements (scale 2): lane l reads row l.
+        let mut idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(k as i32),
+        );
+        let two = _mm512_set1_epi32(2);
+        for p in 0..kh {
+            let v = _mm512_mask_i32gather_epi32::<2>(_mm512_setzero_si512(), mask, idx, x as *const i32);
+            _mm512_storeu_si512(dst.add(p * mgp) as *mut __m512i, v);
+            idx = _mm512_add_epi32(idx, two);
+        }
     }
 }
 
@@ -290,8 +492,25 @@ impl TileEngine {
         kblocks: usize,
         c: &mut [f32],
     ) {
+        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0)
+    }
+
+    /// [`Amx::bf16_block_pf`] on this engine (the emulation ignores `pfd`).
+    pub fn bf16_block_pf(
+        self,
+        a: &[u16],
+        lda: usize,
+        mt: usize,
+        b: &[u32],
+        ldb: usize,
+        bk: usize,
+        nt: usize,
+        kblocks: usize,
+        c: &mut [f32],
+        pfd: usize,
+    ) {
         match self {
-            TileEngine::Hardware(amx) => amx.bf16_block(a, lda, mt, b, ldb, bk, nt, kblocks, c),
+            TileEngine::Hardware(amx) => amx.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, pfd),
             TileEngine::Emulated => {
                 check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
                 for i in 0..16 * mt {
@@ -419,6 +638,109 @@ mod tests {
                     let mut ih = vec![i32::MIN; 32 * 32];
                     amx.s8_block(&a8, 2 * lda, mt, &b, ldb, bk, nt, kb, &mut ih);
                     assert_eq!(ie, ih, "int8 hardware vs model, mt {mt} nt {nt}");
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 epilogue against the scalar rule, bit for bit: rounding ties, NaN, infinities,
+    /// subnormals, every row width, with and without bias and scale, both orientations.
+    #[test]
+    fn row_out_matches_scalar_epilogue() {
+        let Some(amx) = Amx::get() else {
+            println!("AMX unavailable ({:?}): nothing to check", Amx::status());
+            return;
+        };
+        let mut s = 7u64;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 32) as u32
+        };
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e-40,
+            f32::MAX,
+        ];
+        for case in 0..40 {
+            let c: Vec<f32> = (0..BLOCK * BLOCK)
+                .map(|i| match next() % 8 {
+                    // Exact ties of the bf16 rounding (low 16 bits 0x8000), odd and even.
+                    0 => f32::from_bits(next() & 0xffff_0000 | 0x8000),
+                    1 => specials[i % specials.len()],
+                    _ => f32::from_bits(next()),
+                })
+                .collect();
+            let bias: Vec<f32> = (0..BLOCK).map(|_| (next() % 1000) as f32 / 37.0 - 13.0).collect();
+            let nc = [1usize, 16, 17, 31, 32][case % 5];
+            let transposed = case % 2 == 0;
+            let scale = (case % 3 != 0).then(|| (next() % 100) as f32 / 7.0 - 3.0);
+            let with_bias = case % 4 < 2;
+            for bi in 0..BLOCK {
+                let mut got = vec![0xdeadu16; BLOCK];
+                amx.bf16_row_out(
+                    &c,
+                    transposed,
+                    bi,
+                    with_bias.then_some(&bias[..nc]),
+                    scale,
+                    &mut got[..nc],
+                );
+                for j in 0..nc {
+                    let mut v = if transposed {
+                        c[j * BLOCK + bi]
+                    } else {
+                        c[bi * BLOCK + j]
+                    };
+                    if with_bias {
+                        v += bias[j];
+                    }
+                    if let Some(sv) = scale {
+                        v *= sv;
+                    }
+                    assert_eq!(got[j], crate::elem::f32_to_bf16_bits(v), "case {case} row {bi} col {j}");
+                }
+                assert!(got[nc..].iter().all(|&v| v == 0xdead), "wrote past the row");
+            }
+        }
+    }
+
+    /// The AVX-512 staging against its definition, for odd and even K and partial 16-row groups.
+    #[test]
+    fn stage_pairs_matches_definition() {
+        let Some(amx) = Amx::get() else {
+            println!("AMX unavailable ({:?}): nothing to check", Amx::status());
+            return;
+        };
+        for (k, s, mg) in [
+            (64usize, 0usize, 32usize),
+            (37, 3, 5),
+            (2, 1, 17),
+            (1, 0, 3),
+            (130, 2, 16),
+            (33, 0, 40),
+        ] {
+            let rows = s + mg + 1;
+            let x: Vec<u16> = (0..rows * k).map(|i| (i as u16).wrapping_mul(40503) | 1).collect();
+            let mgp = mg.div_ceil(16) * 16;
+            let kp = k.div_ceil(32) * 32;
+            let mut dst = vec![0x5555_5555u32; kp / 2 * mgp];
+            amx.stage_pairs(&x, k, s, mg, mgp, &mut dst);
+            for p in 0..kp / 2 {
+                for i in 0..mgp {
+                    let at = |kk: usize| {
+                        if i < mg && kk < k {
+                            x[(s + i) * k + kk] as u32
+                        } else {
+                            0
+                        }
+                    };
+                    let want = at(2 * p) | at(2 * p + 1) << 16;
+                    assert_eq!(dst[p * mgp + i], want, "k {k} s {s} mg {mg}: p {p} i {i}");
                 }
             }
         }
