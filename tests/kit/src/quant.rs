@@ -10,9 +10,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{arithmetic_tol, first_diff, normal, put, put_floats, put_randn, randn, tolerance, Case, Outcome, Spec};
+use super::{arithmetic_tol, first_diff, put, put_floats, put_randn, randn, rng, tolerance, Case, Outcome, Spec};
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantDesc, QuantizeFp8, QuantizeInt8, WeightFormat};
-use moehal_core::quant::{f32_to_e4m3, quantize_fp8_group, ScaleFormat, FP8_BLOCK};
+use moehal_core::quant::{f32_to_e4m3, ue8m0_ceil, ScaleFormat, E4M3_MAX, FP8_BLOCK};
 use moehal_core::{Backend, DType, OpKind, TensorMut, TensorRef};
 
 /// One §6 case.
@@ -118,11 +118,94 @@ impl QuantSpec {
     }
 }
 
-/// E8M0 scale bytes uniform in `lo..=hi`, written into `out`.
+/// E8M0 scale bytes in `lo..=hi` (`hi < 255`: never the NaN byte), written into `out`: one
+/// random byte each, mapped by multiply-shift (`lo + b·(hi - lo + 1) / 256`; near-uniform, on all
+/// cores, [`rng::fill_bytes_split`]: bench-sized mxfp4 scales are 2^27 bytes).
 fn e8m0_bytes(rng: &mut ChaCha8Rng, out: &mut [u8], lo: u8, hi: u8) {
-    for b in out {
-        *b = rng.gen_range(lo..=hi);
+    let span = u16::from(hi - lo) + 1;
+    rng::fill_bytes_split(rng, out, |b| lo + ((u16::from(b) * span) >> 8) as u8);
+}
+
+/// An int8 code from a random byte: the byte as i8, with -128 (outside OPS.md §6's symmetric
+/// `[-127, 127]`) mapped to 0.
+fn i8_code(b: u8) -> u8 {
+    if b == 0x80 {
+        0
+    } else {
+        b
     }
+}
+
+/// Spread of the fp8 weight codes: N(0, 1)·64 (`w_scale` ≈ `1/(64√K)` makes the weights
+/// ≈ N(0, 1/K), so `y` is O(1)).
+const W_SIGMA: f32 = 64.0;
+
+/// Spread of the fp8 activation codes: `448 / 3`, the codes of N(0, 9) activations quantized per
+/// 128-block (the amax of 128 draws is ≈ 2.9σ, which the block scale maps to 448), with
+/// `x_scale` ≈ `3 / X_SIGMA` ≈ 0.02 as that quantization gives.
+const X_SIGMA: f32 = E4M3_MAX / 3.0;
+
+/// The standard normal quantile `Φ⁻¹(p)` for `p` in (0, 1) (Acklam's rational approximation,
+/// relative error below 1.2e-9).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    const P_LOW: f64 = 0.02425;
+    if p < P_LOW {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - P_LOW {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
+/// 256 e4m3fn codes whose values are the quantiles `(i + ½) / 256` of N(0, σ²), in increasing
+/// order, except that the four nearest zero are -2^-9, -0, +0 and 7·2^-9 (zeros and subnormals,
+/// which normal draws hit and kernels must decode). A random byte indexes it: one byte per code
+/// ([`rng::fill_bytes_split`]) instead of a normal draw and a conversion per code. Never a NaN
+/// code (0x7F / 0xFF): every value is at most 2.9σ, saturated to 448.
+fn e4m3_normal_codes(sigma: f32) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    for (i, c) in t.iter_mut().enumerate() {
+        *c = f32_to_e4m3((f64::from(sigma) * normal_quantile((i as f64 + 0.5) / 256.0)) as f32);
+    }
+    t[126..130].copy_from_slice(&[0x81, 0x80, 0x00, 0x07]);
+    t
 }
 
 /// dtype and shape of each input, in the order [`fill_inputs`] writes them (the order `execute`
@@ -202,26 +285,26 @@ pub(super) fn fill_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng, bufs: &mut [&mut 
                     1
                 }
                 ActFormat::Fp8 => {
-                    let f = randn(rng, m * k, 3.0);
-                    let kb = k.div_ceil(FP8_BLOCK);
-                    let fmt = if *x_e8m0 { ScaleFormat::Ue8m0 } else { ScaleFormat::F32 };
-                    let (codes, scales) = bufs.split_at_mut(1);
-                    for r in 0..m {
-                        for b in 0..kb {
-                            let (k0, k1) = (r * k + b * FP8_BLOCK, r * k + ((b + 1) * FP8_BLOCK).min(k));
-                            let (s, byte) = quantize_fp8_group(&f[k0..k1], fmt, &mut codes[0][k0..k1]);
-                            let i = r * kb + b;
-                            if *x_e8m0 {
-                                scales[0][i] = byte;
-                            } else {
-                                scales[0][4 * i..4 * i + 4].copy_from_slice(&s.to_le_bytes());
-                            }
-                        }
+                    // Codes as N(0, 9) activations quantized per 128-block give them, with block
+                    // scales around 3 / X_SIGMA; written in place (bench-sized M·K), one random
+                    // byte per code. The quantiles reach 2.9σ (416); the outermost pair becomes
+                    // ±448, the code of a block's amax.
+                    let mut table = e4m3_normal_codes(X_SIGMA);
+                    (table[0], table[255]) = (0xFE, 0x7E);
+                    rng::fill_bytes_split(rng, bufs[0], |b| table[usize::from(b)]);
+                    let nominal = 3.0 / X_SIGMA;
+                    if *x_e8m0 {
+                        // ue8m0_ceil(0.02) = 2^-5: the scales of the E8M0 quantization (2^-6, 2^-5).
+                        let hi = ue8m0_ceil(nominal);
+                        e8m0_bytes(rng, bufs[1], hi - 1, hi);
+                    } else {
+                        let kb = k.div_ceil(FP8_BLOCK);
+                        put(bufs[1], (0..m * kb).map(|_| rng.gen_range(0.5f32..1.5) * nominal));
                     }
                     2
                 }
                 ActFormat::Int8 => {
-                    put(bufs[0], (0..m * k).map(|_| rng.gen_range(-127i8..=127)));
+                    rng::fill_bytes_split(rng, bufs[0], i8_code);
                     put(bufs[1], (0..m).map(|_| rng.gen_range(0.005f32..0.02)));
                     2
                 }
@@ -235,9 +318,9 @@ pub(super) fn fill_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng, bufs: &mut [&mut 
             let (wb, rest) = bufs[next..].split_at_mut(1);
             match w {
                 WeightFormat::Fp8Block => {
-                    for c in wb[0].iter_mut() {
-                        *c = f32_to_e4m3(normal(rng) * 64.0);
-                    }
+                    // N(0, 1)·64 codes, one random byte each (4 GiB at the V4-Flash bench shape).
+                    let table = e4m3_normal_codes(W_SIGMA);
+                    rng::fill_bytes_split(rng, wb[0], |b| table[usize::from(b)]);
                     // amp / 64 ≈ 2^(-6 - log2 √k): E8M0 bytes around 127 - 6 - log2 √k.
                     let centre = 127 - 6 - ((k as f32).sqrt().max(1.0).log2().round() as u8);
                     if *w_e8m0 {
@@ -247,16 +330,14 @@ pub(super) fn fill_inputs(q: &QuantSpec, rng: &mut ChaCha8Rng, bufs: &mut [&mut 
                     }
                 }
                 WeightFormat::Mxfp4 => {
-                    // Two E2M1 codes per byte, the first in the low nibble (`pack_nibbles`).
-                    for c in wb[0].iter_mut() {
-                        let lo = rng.gen_range(0u8..16);
-                        *c = lo | rng.gen_range(0u8..16) << 4;
-                    }
+                    // Two E2M1 codes per byte, the first in the low nibble (`pack_nibbles`):
+                    // every byte is two uniform codes.
+                    rng::fill_bytes_split(rng, wb[0], |b| b);
                     let centre = 127 - 1 - ((k as f32).sqrt().max(1.0).log2().round() as u8);
                     e8m0_bytes(rng, rest[0], centre - 1, centre + 1);
                 }
                 WeightFormat::Int8 => {
-                    put(wb[0], (0..g * n * k).map(|_| rng.gen_range(-127i8..=127)));
+                    rng::fill_bytes_split(rng, wb[0], i8_code);
                     f32_scales(rng, rest[0]);
                 }
             }
@@ -639,4 +720,135 @@ pub fn preset_cases(p: &crate::presets::Preset) -> Vec<Case> {
         ));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moehal_core::quant::{e4m3_to_f32, e8m0_to_f32};
+
+    #[test]
+    fn normal_quantiles_are_the_tables_values() {
+        // Φ⁻¹ at known points (central region and both tails).
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.975, 1.959_963_985),
+            (0.841_344_746, 1.0),
+            (0.001, -3.090_232_306),
+            (0.999, 3.090_232_306),
+        ] {
+            assert!((normal_quantile(p) - z).abs() < 1e-6, "Φ⁻¹({p}) = {}", normal_quantile(p));
+        }
+        for sigma in [W_SIGMA, X_SIGMA] {
+            let t = e4m3_normal_codes(sigma);
+            let v: Vec<f64> = t.iter().map(|&c| f64::from(e4m3_to_f32(c))).collect();
+            assert!(t.iter().all(|c| c & 0x7F != 0x7F), "σ {sigma}: a NaN code");
+            assert!(v.windows(2).all(|p| p[0] <= p[1]), "σ {sigma}: not increasing");
+            // Zeros and subnormals (below 2^-6) are in; the spread is σ's (the 256 quantiles
+            // cut the tails at 2.9σ: a little under σ).
+            assert!(t.contains(&0) && t.contains(&0x80));
+            assert!(v.iter().filter(|x| x.abs() > 0.0 && x.abs() < 1.0 / 64.0).count() >= 2);
+            let mean = v.iter().sum::<f64>() / 256.0;
+            let sd = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 256.0).sqrt();
+            let s = f64::from(sigma);
+            assert!(mean.abs() < 0.02 * s && (0.9 * s..1.02 * s).contains(&sd), "σ {sigma}: mean {mean} sd {sd}");
+        }
+    }
+
+    /// The §6 GEMM's drawn inputs hold OPS.md §6's domain at every pairing: codes never NaN
+    /// (e4m3) or -128 (int8), scales finite and positive, E8M0 bytes not 255, and the weights'
+    /// and activations' spreads are those that make `y` O(1) (x ≈ 3·N(0,1) for fp8 x, w ≈ N(0,1/K)
+    /// for fp8 weights).
+    #[test]
+    fn gemm_inputs_are_in_the_ops_domain_with_o1_magnitudes() {
+        for (w, x, w_e8m0, x_e8m0) in [
+            (WeightFormat::Fp8Block, ActFormat::Fp8, false, false),
+            (WeightFormat::Fp8Block, ActFormat::Fp8, true, true),
+            (WeightFormat::Mxfp4, ActFormat::Float(DType::BF16), true, false),
+            (WeightFormat::Int8, ActFormat::Int8, false, false),
+        ] {
+            let (n, k) = (256, 512);
+            let q = QuantSpec::Gemm {
+                w,
+                x,
+                y: DType::BF16,
+                w_e8m0,
+                x_e8m0,
+                groups: vec![40, 0, 30],
+                tail: 2,
+                n,
+                k,
+                bias: false,
+                row_scale: false,
+            };
+            let layout = input_layout(&q);
+            let mut bufs: Vec<Vec<u8>> = layout
+                .iter()
+                .map(|(d, s)| vec![0x7F; s.iter().product::<usize>() * d.size()])
+                .collect();
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            fill_inputs(&q, &mut crate::rng::seeded(4), &mut slices).unwrap();
+            let (xi, wi) = if matches!(x, ActFormat::Float(_)) { (0, 1) } else { (0, 2) };
+            let tag = format!("{w:?} x {x:?} e8m0 {w_e8m0}/{x_e8m0}");
+            let f32s = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            let scales_ok = |i: usize| match layout[i].0 {
+                DType::F32 => f32s(&bufs[i]).iter().all(|s| s.is_finite() && *s > 0.0),
+                _ => bufs[i].iter().all(|&b| b != 255),
+            };
+            assert!(scales_ok(wi + 1), "{tag}: w_scale");
+            let sd = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+            match x {
+                ActFormat::Fp8 => {
+                    assert!(bufs[xi].iter().all(|c| c & 0x7F != 0x7F), "{tag}: x NaN code");
+                    assert!(scales_ok(1), "{tag}: x_scale");
+                    // Dequantized x ≈ 3·N(0, 1) (E8M0 rounds the scale up to 2^-5 or down to 2^-6).
+                    let kb = k.div_ceil(FP8_BLOCK);
+                    let xs: Vec<f32> = if x_e8m0 {
+                        bufs[1].iter().map(|&b| e8m0_to_f32(b)).collect()
+                    } else {
+                        f32s(&bufs[1])
+                    };
+                    let v: Vec<f64> = bufs[xi]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| f64::from(e4m3_to_f32(c) * xs[(i / k) * kb + (i % k) / FP8_BLOCK]))
+                        .collect();
+                    assert!((2.0..4.5).contains(&sd(&v)), "{tag}: x sd {}", sd(&v));
+                }
+                ActFormat::Int8 => {
+                    assert!(!bufs[xi].contains(&0x80), "{tag}: x -128");
+                    assert!(scales_ok(1), "{tag}: x_scale");
+                }
+                ActFormat::Float(_) => {}
+            }
+            match w {
+                WeightFormat::Fp8Block => {
+                    assert!(bufs[wi].iter().all(|c| c & 0x7F != 0x7F), "{tag}: w NaN code");
+                    let ws: Vec<f32> = if w_e8m0 {
+                        bufs[wi + 1].iter().map(|&b| e8m0_to_f32(b)).collect()
+                    } else {
+                        f32s(&bufs[wi + 1])
+                    };
+                    let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
+                    let v: Vec<f64> = bufs[wi]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| {
+                            let (g, r, col) = (i / (n * k), (i / k) % n, i % k);
+                            f64::from(e4m3_to_f32(c) * ws[(g * nb + r / FP8_BLOCK) * kb + col / FP8_BLOCK])
+                        })
+                        .collect();
+                    // w ≈ N(0, 1/K), within the scales' [0.5, 1.5) (or the E8M0 power of two).
+                    let rel = sd(&v) * (k as f64).sqrt();
+                    assert!((0.7..1.5).contains(&rel), "{tag}: w sd·√K {rel}");
+                }
+                WeightFormat::Int8 => assert!(!bufs[wi].contains(&0x80), "{tag}: w -128"),
+                WeightFormat::Mxfp4 => {}
+            }
+        }
+    }
 }
