@@ -11,9 +11,13 @@
 //! backend in the same run (`vs bf16` = bf16 seconds / these seconds): the bf16 baselines of the
 //! V4-Flash shape are added here, those of the Qwen3 shape are default shapes already.
 //!
-//! Inputs are random codes, not quantized random floats (the kernels' speed does not depend on the
-//! values): e4m3 bytes without the NaN codes, any byte for packed E2M1 pairs, E8M0 scales near 2^-5,
-//! i8 values in [-127, 127], f32 scales near 1e-3, so every output is finite.
+//! Inputs come from the testkit's one recipe, as every other shape's
+//! (`moehal_testkit::bench::Shape::fill_inputs`: the §6 GEMM spec's `Spec::fill_inputs`, the cold
+//! rows' later `group_end`s after it): e4m3 codes of normal spread (never NaN), any byte for packed
+//! E2M1 pairs, i8 values in [-127, 127], f32 scales and E8M0 bytes (never 255) sized so that `y` is
+//! O(1) and finite; drawn one random byte per code, in place and on all cores, so the 4 GiB of
+//! V4-Flash fp8 weights take seconds. The buffers are in this module's order (x, w, w_scale,
+//! [x_scale], group_end(s)), which the kit maps to the spec's.
 
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, WeightFormat};
 use moehal_core::quant::{ScaleFormat, FP8_BLOCK};

@@ -12,10 +12,9 @@ use moehal_core::engram::{derive_primes, v41_flash, EngramLayer};
 use moehal_core::ops::{ActFormat, QuantDesc, RouterConfig, WeightFormat};
 use moehal_core::quant::{ScaleFormat, FP8_BLOCK};
 use moehal_core::{DType, Error, Result};
-use rand::{Rng, RngCore};
 
 use crate::quant::QuantSpec;
-use crate::rng::{cold_group_ends, fill_random, routed_group_end, seeded, stream_seed};
+use crate::rng::{cold_group_ends, routed_group_end, seeded, stream_seed};
 use crate::{cost, LayerChoice, Logits, Spec};
 use moehal_core::ops::TableFormat;
 
@@ -222,22 +221,25 @@ fn act_sizes(x: ActFormat, m: usize, k: usize) -> Result<Vec<usize>> {
     })
 }
 
-/// The grouped GEMM NK spec of `dtype`, `[N, K]` experts, whose `group_end` is `ends` (no
-/// bias, no row scale, no tail).
-fn gemm_spec(dtype: DType, n: usize, k: usize, ends: &[i64]) -> Spec {
+/// The rows of each group of a non-decreasing `group_end` `ends`.
+fn groups_of(ends: &[i64]) -> Vec<usize> {
     let mut prev = 0;
-    let groups = ends
-        .iter()
+    ends.iter()
         .map(|&e| {
             let rows = (e - prev) as usize;
             prev = e;
             rows
         })
-        .collect();
+        .collect()
+}
+
+/// The grouped GEMM NK spec of `dtype`, `[N, K]` experts, whose `group_end` is `ends` (no
+/// bias, no row scale, no tail).
+fn gemm_spec(dtype: DType, n: usize, k: usize, ends: &[i64]) -> Spec {
     Spec::GroupedGemm {
         dtype,
         layout: moehal_core::ops::WeightLayout::NK,
-        groups,
+        groups: groups_of(ends),
         tail: 0,
         n,
         k,
@@ -245,6 +247,51 @@ fn gemm_spec(dtype: DType, n: usize, k: usize, ends: &[i64]) -> Spec {
         row_scale: false,
         bad_group_end: false,
     }
+}
+
+/// The quantized grouped GEMM NK spec (OPS.md §6) of weights `w`, activations `x`, `[N, K]`
+/// experts, whose `group_end` is `ends`: `y` of [`qgemm_y`], f32 scales except mxfp4's E8M0
+/// weight scales (the buffers [`Shape::input_sizes`] sizes), no bias, no row scale, no tail.
+fn qgemm_spec(w: WeightFormat, x: ActFormat, n: usize, k: usize, ends: &[i64]) -> Spec {
+    Spec::Quant(QuantSpec::Gemm {
+        w,
+        x,
+        y: qgemm_y(x),
+        w_e8m0: w == WeightFormat::Mxfp4,
+        x_e8m0: false,
+        groups: groups_of(ends),
+        tail: 0,
+        n,
+        k,
+        bias: false,
+        row_scale: false,
+    })
+}
+
+/// A §6 GEMM shape's buffers as its spec's inputs, and the buffers after them
+/// ([`qgemm_spec_order`]).
+type SpecOrder<'a, 'b> = (Vec<&'a mut [u8]>, &'a mut [&'b mut [u8]]);
+
+/// The buffers of a §6 GEMM shape ([`Shape::input_sizes`] order: `x`, `w`, `w_scale`, then
+/// `x_scale` for quantized `x`, then the `group_end`s) as the inputs of its spec
+/// ([`Spec::input_layout`] order: `x`, `x_scale`, `w`, `w_scale`, `group_end`, taking the first
+/// `group_end`), and the later `group_end` buffers. The one place the two orders meet (the bench
+/// executor, `moehal::bench_quant::run_qgemm`, reads the shape's order).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] (field `inputs`) when `bufs` holds fewer buffers than that.
+fn qgemm_spec_order<'a, 'b>(x: ActFormat, bufs: &'a mut [&'b mut [u8]]) -> Result<SpecOrder<'a, 'b>> {
+    let data = if matches!(x, ActFormat::Float(_)) { 3 } else { 4 };
+    if bufs.len() <= data {
+        return Err(Error::invalid("bench", "inputs", format!("{} buffers", bufs.len())));
+    }
+    let (head, later) = bufs.split_at_mut(data + 1);
+    let spec = match head {
+        [x, w, ws, ge] => vec![&mut **x, &mut **w, &mut **ws, &mut **ge],
+        [x, w, ws, xs, ge] => vec![&mut **x, &mut **xs, &mut **w, &mut **ws, &mut **ge],
+        _ => unreachable!("split at 4 or 5"),
+    };
+    Ok((spec, later))
 }
 
 impl Shape {
@@ -576,15 +623,18 @@ impl Shape {
 
     /// The conformance spec whose inputs this shape runs with `seed`: the grouped GEMM NK (its
     /// group sizes those of `T` tokens routed to `topk` distinct experts, drawn from `seed` as
-    /// a router would route them; no bias, no row scale), router (f32 logits, random, with an
-    /// optional bias), permute (with activations; no drops), swiglu, combine (no drops), engram
-    /// hash (V4.1 layer 1), gather rows and engram lookup (float tables), quantize_fp8 /
-    /// quantize_int8 (no planted specials) fill their inputs with [`Spec::fill_inputs`], the
-    /// kit's one recipe, so `moehal bench` and `moehal check` draw these ops' inputs alike.
-    /// `None` for the shapes whose inputs are more than one spec's: cold decode (x, w and its
-    /// first set's `group_end` come from the GEMM spec of that set, the other sets'
-    /// `group_end`s follow, see [`fill_inputs`](Self::fill_inputs)); for the quantized GEMMs,
-    /// which keep the bench recipe; and for a gather or lookup of a non-float dtype.
+    /// a router would route them; no bias, no row scale), the quantized grouped GEMM NK
+    /// ([`QuantSpec::Gemm`], routed alike; f32 scales except mxfp4's E8M0 weight scales, `y` of
+    /// [`qgemm_y`]; its buffers in the shape's own order, see
+    /// [`input_sizes`](Self::input_sizes)), router (f32 logits, random, with an optional bias),
+    /// permute (with activations; no drops), swiglu, combine (no drops), engram hash (V4.1
+    /// layer 1), gather rows and engram lookup (float tables), quantize_fp8 / quantize_int8 (no
+    /// planted specials) fill their inputs with [`Spec::fill_inputs`], the kit's one recipe, so
+    /// `moehal bench` and `moehal check` draw these ops' inputs alike. `None` for the shapes
+    /// whose inputs are more than one spec's, the two cold decodes ([`Shape::DecodeCold`] and
+    /// [`Shape::QGemm`] with `sets`: their data and first set's `group_end` come from the (§6)
+    /// GEMM spec of that set, the other sets' `group_end`s follow, see
+    /// [`fill_inputs`](Self::fill_inputs)), and for a gather or lookup of a non-float dtype.
     pub fn spec(&self, dtype: DType, seed: u64) -> Option<Spec> {
         let format = match dtype {
             DType::F32 => Some(TableFormat::F32),
@@ -682,6 +732,19 @@ impl Shape {
                 tokens,
                 extras: false,
             },
+            Shape::QGemm {
+                w,
+                x,
+                num_experts,
+                k,
+                n,
+                tokens,
+                topk,
+                sets: None,
+            } => {
+                let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
+                qgemm_spec(w, x, n, k, &ends)
+            }
             Shape::Quantize { scale, rows, k } => Spec::Quant(match scale {
                 Some(scale) => QuantSpec::QuantizeFp8 {
                     dtype,
@@ -706,10 +769,11 @@ impl Shape {
     /// every byte is written). Integer and f32 scale inputs are written as little-endian bytes,
     /// so a buffer may start at any address (no alignment needed). The ops of [`spec`](Self::spec)
     /// take [`Spec::fill_inputs`]'s values (N(0, 1) floats, `1/√K` GEMM weights, ×2 router
-    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows), and so does cold
-    /// decode (the GEMM spec of its first expert set, [`crate::rng::cold_group_ends`]). The
-    /// quantized GEMMs: floats uniform in `[-1, 1)` ([`fill_random`]), `group_end`s as a router
-    /// gives them ([`crate::rng`]); fp8/int8 codes that are never NaN / -128.
+    /// logits, swiglu and quantize inputs, ×0.1 bias; uniform ids and rows; the quantized GEMMs'
+    /// codes and scales of OPS.md §6's domain: e4m3 codes never NaN, int8 never -128, scales
+    /// finite and positive, E8M0 bytes never 255), and so do both cold decodes (the (§6) GEMM
+    /// spec of the first expert set, [`crate::rng::cold_group_ends`]; the other sets'
+    /// `group_end`s after it). Every shape's inputs come from that one recipe.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the number or length of `bufs` does not match
@@ -717,9 +781,17 @@ impl Shape {
     /// overflows.
     pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         crate::check_buffers("bench", &self.input_sizes(dtype)?, bufs)?;
-        if let Some(spec) = self.spec(dtype, seed) {
-            spec.fill_inputs(seed, bufs)?;
-            return Ok(());
+        match (self, self.spec(dtype, seed)) {
+            (Shape::QGemm { x, .. }, Some(spec)) => {
+                let (mut spec_bufs, _) = qgemm_spec_order(*x, bufs)?;
+                spec.fill_inputs(seed, &mut spec_bufs)?;
+                return Ok(());
+            }
+            (_, Some(spec)) => {
+                spec.fill_inputs(seed, bufs)?;
+                return Ok(());
+            }
+            (_, None) => {}
         }
         let s = |i: u64| stream_seed(seed, i);
         let dt = dtype;
@@ -743,19 +815,26 @@ impl Shape {
                 }
             }
             Shape::QGemm {
+                w,
+                x,
                 num_experts,
-                tokens,
+                k,
+                n,
                 topk,
-                sets,
+                sets: Some(sets),
                 ..
             } => {
-                let ge = match sets {
-                    Some(sets) => cold_sets(num_experts, topk, sets, s(3))?,
-                    None => vec![routed_group_end(&mut seeded(s(3)), num_experts, tokens, topk)],
-                };
-                self.fill_qgemm(dt, seed, &ge, bufs)?;
+                // As DecodeCold: x, the scales, w and set 0's group_end from the §6 GEMM spec of
+                // set 0's groups, then the other sets' group_ends.
+                let ges = cold_sets(num_experts, topk, sets, s(3))?;
+                let (mut spec_bufs, later) = qgemm_spec_order(x, bufs)?;
+                qgemm_spec(w, x, n, k, &ges[0]).fill_inputs(seed, &mut spec_bufs)?;
+                for (b, ge) in later.iter_mut().zip(&ges[1..]) {
+                    write_i64(b, ge)?;
+                }
             }
             Shape::Gemm { .. }
+            | Shape::QGemm { sets: None, .. }
             | Shape::Router { .. }
             | Shape::Permute { .. }
             | Shape::Swiglu { .. }
@@ -770,48 +849,6 @@ impl Shape {
                     format!("{dtype} is not a table dtype (f32, bf16, f16)"),
                 ))
             }
-        }
-        Ok(())
-    }
-
-    /// The §6 GEMM's inputs in [`input_sizes`](Self::input_sizes) order: `x` (floats as the float
-    /// GEMM's, or e4m3 / i8 codes), `w` (codes), `w_scale` (f32 near 1e-3, or E8M0 bytes
-    /// 119..=126 for mxfp4), `x_scale` (quantized `x`), then the `group_end`s `ge`.
-    fn fill_qgemm(&self, dt: DType, seed: u64, ge: &[Vec<i64>], bufs: &mut [&mut [u8]]) -> Result<()> {
-        let Shape::QGemm { w, x, .. } = *self else {
-            return Ok(());
-        };
-        let s = |i: u64| stream_seed(seed, 100 + i);
-        match x {
-            ActFormat::Float(_) => fill_random(dt, bufs[0], 1.0, stream_seed(seed, 1), 0)?,
-            ActFormat::Fp8 => random_bytes(bufs[0], s(1), e4m3_code),
-            ActFormat::Int8 => random_bytes(bufs[0], s(1), i8_code),
-        }
-        match w {
-            WeightFormat::Fp8Block => {
-                random_bytes(bufs[1], s(2), e4m3_code);
-                f32_scales(bufs[2], s(3), 1e-3)?;
-            }
-            WeightFormat::Mxfp4 => {
-                random_bytes(bufs[1], s(2), |b| b);
-                // E8M0 bytes 119..=126: scales 2^-8 .. 2^-1.
-                random_bytes(bufs[2], s(3), |b| 119 + (b & 7));
-            }
-            WeightFormat::Int8 => {
-                random_bytes(bufs[1], s(2), i8_code);
-                f32_scales(bufs[2], s(3), 1e-3)?;
-            }
-        }
-        let first_ge = match x {
-            ActFormat::Float(_) => 3,
-            ActFormat::Fp8 | ActFormat::Int8 => {
-                let base = if x == ActFormat::Fp8 { 1e-2 } else { 1.0 / 127.0 };
-                f32_scales(bufs[3], s(4), base)?;
-                4
-            }
-        };
-        for (b, g) in bufs[first_ge..].iter_mut().zip(ge) {
-            write_i64(b, g)?;
         }
         Ok(())
     }
@@ -850,43 +887,6 @@ fn write_i64(buf: &mut [u8], values: &[i64]) -> Result<()> {
     }
     for (c, v) in buf.chunks_exact_mut(8).zip(values) {
         c.copy_from_slice(&v.to_le_bytes());
-    }
-    Ok(())
-}
-
-/// Random bytes from `seed` passed through `map`.
-fn random_bytes(dst: &mut [u8], seed: u64, map: impl Fn(u8) -> u8) {
-    seeded(seed).fill_bytes(dst);
-    for b in dst {
-        *b = map(*b);
-    }
-}
-
-/// An e4m3fn code that is not NaN (`0x7F` / `0xFF` become `0x7E` / `0xFE`).
-fn e4m3_code(b: u8) -> u8 {
-    if b & 0x7F == 0x7F {
-        b ^ 1
-    } else {
-        b
-    }
-}
-
-/// An i8 value in [-127, 127] (as a byte).
-fn i8_code(b: u8) -> u8 {
-    if b == 0x80 {
-        0x81
-    } else {
-        b
-    }
-}
-
-/// f32 scales `base * [0.5, 1.5)` (20 random bits each) from `seed`.
-fn f32_scales(dst: &mut [u8], seed: u64, base: f32) -> Result<()> {
-    let mut rng = seeded(seed);
-    // Little-endian f32s, 4 bytes each (any alignment).
-    for d in dst.chunks_exact_mut(4) {
-        let v = base * (0.5 + (rng.gen_range(0..1u32 << 20) as f32) / (1 << 20) as f32);
-        d.copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
 }
@@ -963,6 +963,34 @@ mod tests {
         v.iter().all(|x| x & 0x7F80 != 0x7F80) && v.iter().any(|&x| x != v[0])
     }
 
+    /// f32 scales (OPS.md §6): finite and positive, and not all one value.
+    fn scales_f32(b: &[u8]) -> bool {
+        finite_f32(b)
+            && b.chunks_exact(4)
+                .all(|c| f32::from_le_bytes(c.try_into().unwrap()) > 0.0)
+    }
+
+    /// E8M0 scale bytes (OPS.md §6): never 255 (NaN), and not all one value.
+    fn scales_e8m0(b: &[u8]) -> bool {
+        !b.contains(&255) && b.iter().any(|&x| x != b[0])
+    }
+
+    /// e4m3fn codes: never NaN (0x7F / 0xFF), and not all one value.
+    fn codes_e4m3(b: &[u8]) -> bool {
+        b.iter().all(|c| c & 0x7F != 0x7F) && b.iter().any(|&x| x != b[0])
+    }
+
+    /// int8 codes: never -128 (OPS.md §6 takes [-127, 127]), and not all one value.
+    fn codes_i8(b: &[u8]) -> bool {
+        !b.contains(&0x80) && b.iter().any(|&x| x != b[0])
+    }
+
+    /// `group_end`: non-decreasing from 0, ending at `rows`.
+    fn routed(b: &[u8], rows: i64) -> bool {
+        let ge = le_i64(b);
+        ge.first().is_some_and(|&g| g >= 0) && ge.windows(2).all(|p| p[0] <= p[1]) && ge.last() == Some(&rows)
+    }
+
     /// Issue 12 review: every input of every shape is written whatever the buffer held and
     /// wherever it starts (two prefills, aligned and 1 byte off: the same bytes), and holds what
     /// the op's contract takes (OPS.md), checked against expectations independent of the recipe:
@@ -975,7 +1003,7 @@ mod tests {
         // OPS.md: V' of DeepSeek-V4.1-Flash (the hash and lookup layers' compressed vocabulary).
         const V: i64 = 99_092;
         type Check = fn(&[Vec<u8>]) -> bool;
-        let shapes: [(Shape, Check); 13] = [
+        let shapes: [(Shape, Check); 15] = [
             (
                 Shape::Router {
                     tokens: 5,
@@ -1076,8 +1104,9 @@ mod tests {
                 },
                 |b| finite_bf16(&b[0]) && le_i64(&b[1]).iter().all(|i| (0..V).contains(i)),
             ),
-            // The shapes off the kit's recipe too: cold decode (its later sets' group_ends) and
-            // the quantized GEMMs (f32 scales, group_end).
+            // The cold decodes (their later sets' group_ends too) and the quantized GEMMs
+            // (OPS.md §6: codes never NaN or -128, scales finite and positive, E8M0 bytes not 255),
+            // in the shape's buffer order: x, w, w_scale, [x_scale], group_end(s).
             (
                 Shape::DecodeCold {
                     num_experts: 12,
@@ -1087,13 +1116,7 @@ mod tests {
                     sets: 4,
                     l3: 0,
                 },
-                |b| {
-                    b.len() == 6
-                        && b[2..].iter().all(|g| {
-                            let ge = le_i64(g);
-                            ge.windows(2).all(|p| p[0] <= p[1]) && ge.last() == Some(&3)
-                        })
-                },
+                |b| b.len() == 6 && finite_bf16(&b[0]) && finite_bf16(&b[1]) && b[2..].iter().all(|g| routed(g, 3)),
             ),
             (
                 Shape::QGemm {
@@ -1107,11 +1130,12 @@ mod tests {
                     sets: None,
                 },
                 |b| {
-                    let ge = le_i64(&b[4]);
-                    finite_f32(&b[2])
-                        && finite_f32(&b[3])
-                        && ge.windows(2).all(|p| p[0] <= p[1])
-                        && ge.last() == Some(&6)
+                    b.len() == 5
+                        && codes_i8(&b[0])
+                        && codes_i8(&b[1])
+                        && scales_f32(&b[2])
+                        && scales_f32(&b[3])
+                        && routed(&b[4], 6)
                 },
             ),
             (
@@ -1119,13 +1143,52 @@ mod tests {
                     w: WeightFormat::Fp8Block,
                     x: ActFormat::Fp8,
                     num_experts: 6,
-                    k: 128,
-                    n: 128,
-                    tokens: 3,
+                    k: 256,
+                    n: 256,
+                    tokens: 1,
                     topk: 2,
                     sets: Some(3),
                 },
-                |b| b.len() == 7 && finite_f32(&b[2]) && b[4..].iter().all(|g| le_i64(g).last() == Some(&2)),
+                |b| {
+                    b.len() == 7
+                        && codes_e4m3(&b[0])
+                        && codes_e4m3(&b[1])
+                        && scales_f32(&b[2])
+                        && scales_f32(&b[3])
+                        && b[4..].iter().all(|g| routed(g, 2))
+                },
+            ),
+            (
+                Shape::QGemm {
+                    w: WeightFormat::Mxfp4,
+                    x: ActFormat::Float(DType::BF16),
+                    num_experts: 4,
+                    k: 128,
+                    n: 64,
+                    tokens: 3,
+                    topk: 2,
+                    sets: None,
+                },
+                |b| b.len() == 4 && finite_bf16(&b[0]) && scales_e8m0(&b[2]) && routed(&b[3], 6),
+            ),
+            (
+                Shape::QGemm {
+                    w: WeightFormat::Fp8Block,
+                    x: ActFormat::Float(DType::BF16),
+                    num_experts: 4,
+                    k: 256,
+                    n: 256,
+                    tokens: 1,
+                    topk: 2,
+                    sets: Some(2),
+                },
+                |b| {
+                    b.len() == 5
+                        && finite_bf16(&b[0])
+                        && codes_e4m3(&b[1])
+                        && scales_f32(&b[2])
+                        && b[3..].iter().all(|g| routed(g, 2))
+                },
             ),
         ];
         for (shape, check) in shapes {
@@ -1186,6 +1249,105 @@ mod tests {
             .collect();
         let e = g.fill_inputs(DType::I32, 1, &mut slices).unwrap_err();
         assert!(e.to_string().contains("dtype"), "{e}");
+    }
+
+    /// Issue 12: a quantized GEMM's bench inputs are its §6 spec's fill (the kit's one recipe,
+    /// [`Spec::fill_inputs`]), each buffer where the executor (`moehal::bench_quant::run_qgemm`)
+    /// reads it: x, w, w_scale, [x_scale], group_end(s). The spec is the one a router's groups
+    /// give (prefill: `routed_group_end`; cold decode: set 0 of `cold_group_ends`, whose other
+    /// sets follow), with f32 scales except mxfp4's E8M0 weight scales.
+    #[test]
+    fn qgemm_inputs_are_their_specs_fill_in_the_executors_order() {
+        use ActFormat::{Float, Fp8, Int8};
+        let seed = 21;
+        for (w, x) in [
+            (WeightFormat::Fp8Block, Float(DType::BF16)),
+            (WeightFormat::Mxfp4, Float(DType::BF16)),
+            (WeightFormat::Fp8Block, Fp8),
+            (WeightFormat::Int8, Int8),
+        ] {
+            for sets in [None, Some(3)] {
+                let (e, k, n, topk) = (6, 256, 130, 2);
+                let tokens = if sets.is_some() { 1 } else { 5 };
+                let shape = Shape::QGemm {
+                    w,
+                    x,
+                    num_experts: e,
+                    k,
+                    n,
+                    tokens,
+                    topk,
+                    sets,
+                };
+                let dtype = qgemm_y(x);
+                let mut rng = seeded(stream_seed(seed, 3));
+                let ges = match sets {
+                    None => vec![routed_group_end(&mut rng, e, tokens, topk)],
+                    Some(s) => cold_group_ends(&mut rng, e, topk, s),
+                };
+                let mut prev = 0;
+                let groups = ges[0]
+                    .iter()
+                    .map(|&g| {
+                        let r = (g - prev) as usize;
+                        prev = g;
+                        r
+                    })
+                    .collect();
+                let want = Spec::Quant(QuantSpec::Gemm {
+                    w,
+                    x,
+                    y: dtype,
+                    w_e8m0: w == WeightFormat::Mxfp4,
+                    x_e8m0: false,
+                    groups,
+                    tail: 0,
+                    n,
+                    k,
+                    bias: false,
+                    row_scale: false,
+                });
+                // The prefill shape's spec is that case; a cold decode has none (more than one
+                // spec's group_ends).
+                assert_eq!(shape.spec(dtype, seed), sets.is_none().then(|| want.clone()));
+                let mut spec_bufs: Vec<Vec<u8>> = want
+                    .input_layout()
+                    .iter()
+                    .map(|(d, s)| vec![0; s.iter().product::<usize>() * d.size()])
+                    .collect();
+                let mut slices: Vec<&mut [u8]> = spec_bufs.iter_mut().map(Vec::as_mut_slice).collect();
+                want.fill_inputs(seed, &mut slices).unwrap();
+                // Spec order: x, [x_scale], w, w_scale, group_end.
+                let quant_x = !matches!(x, Float(_));
+                let named = |name: &str| -> &Vec<u8> {
+                    let at = match (name, quant_x) {
+                        ("x", _) => 0,
+                        ("x_scale", true) => 1,
+                        ("w", q) => 1 + usize::from(q),
+                        ("w_scale", q) => 2 + usize::from(q),
+                        (_, q) => 3 + usize::from(q),
+                    };
+                    &spec_bufs[at]
+                };
+                let bench = filled_at(&shape, dtype, seed, 3, 0x5C);
+                let mut order = vec!["x", "w", "w_scale"];
+                if quant_x {
+                    order.push("x_scale");
+                }
+                order.push("group_end");
+                let tag = format!("{w:?} x {x:?} sets {sets:?}");
+                assert_eq!(bench.len(), order.len() + sets.map_or(0, |s| s - 1), "{tag}");
+                for (i, name) in order.iter().enumerate() {
+                    assert!(
+                        &bench[i] == named(name),
+                        "{tag}: bench input {i} is not the spec's {name}"
+                    );
+                }
+                for (b, ge) in bench[order.len()..].iter().zip(&ges[1..]) {
+                    assert_eq!(&le_i64(b), ge, "{tag}: a later set's group_end");
+                }
+            }
+        }
     }
 
     #[test]
