@@ -236,10 +236,14 @@ pub fn fill_bytes_split(rng: &mut SeededRng, out: &mut [u8], map: impl Fn(u8) ->
 fn fill_bytes_on(rng: &mut SeededRng, out: &mut [u8], threads: usize, map: &(impl Fn(u8) -> u8 + Sync)) {
     let base = rng.get_word_pos();
     let n = out.len();
+    // Mapped 16 KiB at a time, while the bytes are in the cache (whole words each, so the
+    // pieces draw the stream's words in order).
     let fill = |r: &mut SeededRng, chunk: &mut [u8]| {
-        r.fill_bytes(chunk);
-        for b in chunk.iter_mut() {
-            *b = map(*b);
+        for piece in chunk.chunks_mut(16 << 10) {
+            r.fill_bytes(piece);
+            for b in piece.iter_mut() {
+                *b = map(*b);
+            }
         }
     };
     if threads <= 1 || n < 1 << 16 {
