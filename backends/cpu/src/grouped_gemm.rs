@@ -26,7 +26,7 @@
 //! On the AMX table ([`crate::Isa::Amx`]) bf16 calls with a group of more than [`MR`] rows run on AMX
 //! tiles instead (`grouped_gemm/amx.rs`, [`Bf16Kernel::Amx`]).
 
-mod amx;
+pub(crate) mod amx;
 pub use amx::grouped_gemm_tiles;
 
 use crate::elem::{Elem, ElemKind};

@@ -16,6 +16,12 @@
 //!
 //! Decode (at most [`MR`] rows in a group) with MXFP4 weights: each weight byte is read once and
 //! decoded in registers; see [`crate::simd::Kernels::dot_mxfp4`].
+//!
+//! Prefill of weight-only `fp8_block` / `mxfp4` with bf16 `x` where the bf16 kernel is AMX: bf16
+//! tiles over weight rows decoded per (expert, 32 columns) task into exact bf16 (`AmxRows`: mxfp4
+//! with its scale, fp8 codes with the block scale applied to each 128-wide K block's f32 partial
+//! sum), through the NK orientation of `grouped_gemm/amx.rs`; a scale the tiles cannot hold exactly
+//! sends the call to the path above.
 
 use crate::amx_int8::{grouped_gemm_s8, S8TileWeights};
 use crate::elem::{Elem, ElemKind};
@@ -125,7 +131,9 @@ impl OwnedScales {
 /// zero-padded), so that each K block of the dequantized panel is filled from contiguous bytes
 /// with no transposition; `mxfp4` (whose decode kernel streams NK rows, and whose prefill path
 /// decodes 16 values per scale) and `int8` (whose integer kernels read NK rows of both operands)
-/// already are in the kernels' layout and are kept as they are. Scales are kept as they are.
+/// already are in the kernels' layout and are kept as they are. Scales are kept as they are. Where
+/// the bf16 prefill kernel is AMX, `fp8_block` codes are kept as NK rows too (the tile path reads
+/// rows; the f32 path reads them as unpacked weights).
 ///
 /// A call on [`weights`](Self::weights) gives bitwise the output of the same call on the unpacked
 /// weights: the same dequantized values reach the same kernels in the same order.
@@ -137,6 +145,9 @@ pub struct PackedQWeights {
     k: usize,
     codes: Vec<u8>,
     scale: OwnedScales,
+    /// fp8_block codes re-laid in panels (else kept `[G, N, K]`: where the bf16 prefill kernel is
+    /// AMX, whose weight rows are the NK rows).
+    panels: bool,
 }
 
 impl PackedQWeights {
@@ -159,7 +170,14 @@ impl PackedQWeights {
             bias: None,
         };
         validate(&probe, 0)?;
+        // With AMX tiles, prefill reads NK rows of codes (`AmxRows`): keep them (a packed call must
+        // take the same path as an unpacked one, and panels would have to be read back column-wise).
+        let keep_rows =
+            crate::grouped_gemm::bf16_kernel_default(Kernels::best()) == crate::grouped_gemm::Bf16Kernel::Amx;
         let (format, codes, scale) = match w {
+            QWeights::Fp8Block { w, scale } if keep_rows => {
+                (WeightFormat::Fp8Block, w.to_vec(), OwnedScales::of(scale))
+            }
             QWeights::Fp8Block { w, scale } => {
                 let panels = n.div_ceil(NR);
                 let mut codes = vec![0u8; groups * panels * k * NR];
@@ -194,6 +212,7 @@ impl PackedQWeights {
             k,
             codes,
             scale,
+            panels: !keep_rows,
         })
     }
 
@@ -202,7 +221,8 @@ impl PackedQWeights {
         use moehal_core::ops::WeightFormat;
         let scale = self.scale.view();
         match (self.format, scale) {
-            (WeightFormat::Fp8Block, scale) => QWeights::Fp8Panels { w: &self.codes, scale },
+            (WeightFormat::Fp8Block, scale) if self.panels => QWeights::Fp8Panels { w: &self.codes, scale },
+            (WeightFormat::Fp8Block, scale) => QWeights::Fp8Block { w: &self.codes, scale },
             (WeightFormat::Mxfp4, Scales::E8m0(scale)) => QWeights::Mxfp4 { w: &self.codes, scale },
             (_, Scales::F32(scale)) => QWeights::Int8 {
                 w: bytemuck::cast_slice(&self.codes),
@@ -392,6 +412,17 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
     if a.m == 0 || a.n == 0 || used == 0 {
         return Ok(());
     }
+    if T::KIND == ElemKind::Bf16
+        && crate::grouped_gemm::amx::worth_it(a.group_end)
+        && crate::grouped_gemm::bf16_kernel_default(kern) == crate::grouped_gemm::Bf16Kernel::Amx
+    {
+        if let Some(amx) = kern.amx() {
+            if amx_rows(TileEngine::Hardware(amx), Some(pool), a, y) == Some(true) {
+                return Ok(());
+            }
+            // A scale the tiles cannot hold exactly: the f32 path below rewrites every used row.
+        }
+    }
     let mc = crate::grouped_gemm::MC;
     let mut ranges = Vec::new();
     let mut range_group = Vec::new();
@@ -426,6 +457,130 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
         (0..ntasks).for_each(job);
     }
     Ok(())
+}
+
+/// Weight-only `fp8_block` / `mxfp4` weights as bf16 rows for the AMX tiles (OPS.md §6, float `x`):
+/// - `mxfp4`: `e2m1 × 2^(e−127)` is exact in bf16 for scale bytes 2..=252, so the rows carry the
+///   whole dequantized weight, the value OPS.md defines; a task meeting another byte refuses.
+/// - `fp8_block`: every e4m3 code is exact in bf16, so the rows hold the codes and the block scale
+///   multiplies the f32 partial sum of its 128-wide K block (`acc += s_b · Σ_{k in b} x·code`:
+///   products exact, as DeepGEMM promotes per block). Only scales that are finite, zero or at least
+///   2^-117 in magnitude and at most 2^100 take this path (below, `code × s` would be subnormal; above,
+///   it could overflow where the partial sum does not): in that range the result differs from the
+///   dequantize-then-accumulate definition only by rounding, within the bf16 tolerance.
+struct AmxRows<'a> {
+    w: QWeights<'a>,
+    n: usize,
+    k: usize,
+}
+
+fn fp8_scale_ok(s: f32) -> bool {
+    let a = s.abs();
+    s.is_finite() && (a == 0.0 || (2f32.powi(-117)..=2f32.powi(100)).contains(&a))
+}
+
+impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
+    fn kscale(&self) -> usize {
+        match self.w {
+            QWeights::Fp8Block { .. } => FP8_BLOCK,
+            _ => 0,
+        }
+    }
+
+    fn rows(
+        &self,
+        engine: TileEngine,
+        g: usize,
+        n0: usize,
+        nc: usize,
+        kp: usize,
+        dst: &mut [u16],
+        scales: &mut [f32],
+    ) -> bool {
+        use crate::simd::amx::{e4m3_to_bf16_bits, mxfp4_row_scalar};
+        let (n, k) = (self.n, self.k);
+        match self.w {
+            QWeights::Fp8Block { w, scale } => {
+                let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
+                // The task's columns share one N block (32 divides 128).
+                for (b, sv) in scales.iter_mut().enumerate() {
+                    *sv = scale.get((g * nb + n0 / FP8_BLOCK) * kb + b);
+                    if !fp8_scale_ok(*sv) {
+                        return false;
+                    }
+                }
+                for j in 0..nc {
+                    let row = &w[(g * n + n0 + j) * k..(g * n + n0 + j + 1) * k];
+                    let d = &mut dst[j * kp..j * kp + k];
+                    match engine {
+                        TileEngine::Hardware(hw) => hw.dequant_fp8_row(row, d),
+                        TileEngine::Emulated => {
+                            for (o, &c) in d.iter_mut().zip(row) {
+                                *o = e4m3_to_bf16_bits(c);
+                            }
+                        }
+                    }
+                }
+                true
+            }
+            QWeights::Mxfp4 { w, scale } => {
+                let sk = k / MXFP4_BLOCK;
+                (0..nc).all(|j| {
+                    let r = g * n + n0 + j;
+                    let (bytes, sc) = (&w[r * k / 2..(r + 1) * k / 2], &scale[r * sk..(r + 1) * sk]);
+                    let d = &mut dst[j * kp..j * kp + k];
+                    match engine {
+                        TileEngine::Hardware(hw) => hw.dequant_mxfp4_row(bytes, sc, d),
+                        TileEngine::Emulated => mxfp4_row_scalar(bytes, sc, d),
+                    }
+                })
+            }
+            // Not offered to the tiles (see `amx_rows`).
+            QWeights::Int8 { .. } | QWeights::Fp8Panels { .. } => false,
+        }
+    }
+}
+
+/// The AMX-tile path of weight-only `fp8_block` / `mxfp4` with bf16 `x` ([`AmxRows`]): `None` if
+/// the call is not of that kind (or `K` is 0), `Some(false)` if a scale refused the tiles (`y`'s used
+/// rows partly written), `Some(true)` when `y` holds the result. The caller validated `a`.
+fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, T>, y: &mut [T]) -> Option<bool> {
+    let QAct::Float(x) = a.x else { return None };
+    if T::KIND != ElemKind::Bf16 || a.k == 0 || !matches!(a.w, QWeights::Fp8Block { .. } | QWeights::Mxfp4 { .. }) {
+        return None;
+    }
+    let args = crate::grouped_gemm::GemmArgs {
+        x,
+        m: a.m,
+        k: a.k,
+        n: a.n,
+        group_end: a.group_end,
+        w: crate::grouped_gemm::Weights::Raw(&[], Layout::NK),
+        row_scale: a.row_scale,
+        bias: a.bias,
+    };
+    let src = AmxRows { w: a.w, n: a.n, k: a.k };
+    Some(crate::grouped_gemm::amx::run_with(engine, pool, &args, Some(&src), y))
+}
+
+/// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x` through the AMX-tile algorithm on
+/// `engine`, whatever the group sizes; with [`TileEngine::Emulated`] on any machine (slowly), which is
+/// how the tile path is tested where the CPU has no AMX. Returns `Ok(false)` (nothing promised about
+/// `y`) for a call the tile path does not take: another pairing or dtype, `K` = 0, or a scale outside
+/// the exact range of [`AmxRows`].
+///
+/// Errors: as [`grouped_gemm_q`].
+pub fn grouped_gemm_q_tiles<T: Elem>(
+    engine: TileEngine,
+    pool: &Pool,
+    a: &QGemmArgs<'_, T>,
+    y: &mut [T],
+) -> Result<bool> {
+    validate(a, y.len())?;
+    if a.m == 0 || a.n == 0 || a.group_end.last().copied().unwrap_or(0) == 0 {
+        return Ok(false);
+    }
+    Ok(amx_rows(engine, Some(pool), a, y) == Some(true))
 }
 
 /// Dequantize weight block (group `g`, columns `n0..n0+nc`, `k0..k0+kc`) into `bs[kk * NR + c]`
@@ -1082,7 +1237,7 @@ mod tests {
 
     /// `pack` (OPS.md §6): packed weights give bitwise the output of the unpacked ones, for
     /// fp8_block (f32 and E8M0 scales; partial last blocks and panels in N and K; weight-only f32
-    /// and bf16 x, and fp8 x), mxfp4 and int8 (kept as they are); packing packed weights is an error.
+    /// and bf16 x, and fp8 x), mxfp4 and int8 (kept as they are); packing panels again is an error.
     #[test]
     fn packed_weights_give_bitwise_the_unpacked_output() {
         let mut rng = ChaCha8Rng::seed_from_u64(12);
@@ -1109,12 +1264,15 @@ mod tests {
         for scale in [Scales::F32(&sf), Scales::E8m0(&se)] {
             let raw = QWeights::Fp8Block { w: &w, scale };
             let packed = PackedQWeights::pack(&pool, raw, g, n, k).unwrap();
+            // Panels, except where bf16 prefill runs on AMX tiles (which read the NK rows).
+            let amx = crate::grouped_gemm::bf16_kernel_default(Kernels::best()) == crate::grouped_gemm::Bf16Kernel::Amx;
+            let codes = if amx { g * n * k } else { g * 3 * k * NR };
             assert_eq!(
                 packed.bytes(),
-                g * 3 * k * NR + scale.len() * if matches!(scale, Scales::F32(_)) { 4 } else { 1 }
+                codes + scale.len() * if matches!(scale, Scales::F32(_)) { 4 } else { 1 }
             );
             let pw = packed.weights();
-            assert!(matches!(pw, QWeights::Fp8Panels { .. }));
+            assert_eq!(matches!(pw, QWeights::Fp8Panels { .. }), !amx);
             assert_eq!(
                 bits(&call(raw, QAct::Float(&xf), &ge, m, n, k)),
                 bits(&call(pw, QAct::Float(&xf), &ge, m, n, k))
@@ -1128,7 +1286,8 @@ mod tests {
                 scale: Scales::F32(&xs),
             };
             assert_eq!(bits(&call(raw, x8, &ge, m, n, k)), bits(&call(pw, x8, &ge, m, n, k)));
-            assert!(PackedQWeights::pack(&pool, pw, g, n, k).is_err(), "packed twice");
+            // Panels are recognisably packed (rows kept as they are pack again, as mxfp4 and int8 do).
+            assert_eq!(PackedQWeights::pack(&pool, pw, g, n, k).is_err(), !amx, "packed twice");
         }
         let wm: Vec<u8> = (0..g * n * k / 2).map(|_| rng.gen()).collect();
         let sm: Vec<u8> = (0..g * n * k / 32).map(|_| rng.gen_range(118..124)).collect();

@@ -6,7 +6,8 @@ use half::bf16;
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, WeightFormat};
 use moehal_core::quant::{f32_to_e4m3, pack_nibbles};
 use moehal_core::{Backend, BackendExt, Buffer, DType, Reference};
-use moehal_cpu::quant::{grouped_gemm_q, QAct, QGemmArgs, QWeights};
+use moehal_cpu::quant::{grouped_gemm_q, grouped_gemm_q_tiles, QAct, QGemmArgs, QWeights, Scales};
+use moehal_cpu::simd::amx::{Amx, TileEngine};
 use moehal_cpu::{CpuBackend, Isa, Kernels, Pool};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -195,6 +196,8 @@ fn every_format_and_pairing_matches_the_reference() {
         (W::Mxfp4, Float(DType::BF16), DType::BF16, &[2], 70, 96),            // partial panel
         (W::Mxfp4, Float(DType::F32), DType::F32, &[150, 9], 64, 128),        // prefill
         (W::Fp8Block, Float(DType::BF16), DType::BF16, &[3, 0, 9], 130, 200), // partial blocks
+        (W::Mxfp4, Float(DType::BF16), DType::BF16, &[40, 0, 7], 96, 256),    // AMX rows
+        (W::Fp8Block, Float(DType::BF16), DType::BF16, &[70, 33], 64, 384),   // AMX rows
         (W::Fp8Block, Float(DType::F32), DType::F32, &[1], 256, 384),
         (W::Int8, Float(DType::F32), DType::F32, &[5, 2], 100, 200),
         (W::Fp8Block, Fp8, DType::F32, &[4, 0, 7], 130, 300),
@@ -400,6 +403,114 @@ fn w8a8_scale_products_do_not_overflow_or_flush_in_f32() {
                 "{} {wf}: cpu {y:e}, reference {r:e}",
                 be.kern_name()
             );
+        }
+    }
+}
+
+/// The AMX-tile path of weight-only fp8_block / mxfp4 (bf16 x): on the emulated tile engine (any
+/// machine) and on the hardware where present, against the reference within bf16's tolerance, the
+/// two engines bit for bit alike; scales outside the exact range are refused (`Ok(false)`), and the
+/// backend then still answers right through its f32 path.
+#[test]
+fn tile_path_of_weight_only_formats() {
+    let pool = Pool::new(2).unwrap();
+    let engines: Vec<TileEngine> = [Some(TileEngine::Emulated), Amx::get().map(TileEngine::Hardware)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if engines.len() == 1 {
+        println!("AMX unavailable ({:?}): emulated tile engine only", Amx::status());
+    }
+    let (n, k) = (48usize, 160usize);
+    let groups: &[usize] = &[35, 0, 9];
+    let m = groups.iter().sum::<usize>() + 1;
+    for wf in [WeightFormat::Mxfp4, WeightFormat::Fp8Block] {
+        // mxfp4 needs K % 32 == 0 (160 is); fp8's last K block is partial (160 = 128 + 32).
+        for (extras, spoil) in [
+            (false, None),
+            (true, None),
+            (false, Some(0usize)),
+            (false, Some(1)),
+            (false, Some(2)),
+        ] {
+            let mut inp = make(77, wf, ActFormat::Float(DType::BF16), DType::BF16, groups, n, k, extras);
+            // Spoil one scale of group 2 (rows 35..44) with a value the tiles refuse.
+            if let Some(which) = spoil {
+                match wf {
+                    WeightFormat::Mxfp4 => {
+                        // Bytes 0 and 1 give subnormal weights (flushed by the tiles); 253..255
+                        // overflow or are NaN, which the reference turns into inf/NaN outputs.
+                        let at = (2 * n + 5 + which) * (k / 32) + 1;
+                        inp.ws[at] = [0u8, 1, 0][which];
+                    }
+                    _ => {
+                        let (nb, kb) = (n.div_ceil(128), k.div_ceil(128));
+                        let at = (2 * nb) * kb + 1;
+                        let v = [2f32.powi(101), 2f32.powi(-120), 0.3e-35][which];
+                        inp.ws[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            let want = run(&Reference, &inp, wf, DType::BF16, m, n, k);
+            let x: &[bf16] = bytemuck::cast_slice(&inp.x);
+            let f32s: Vec<f32> = bytemuck::pod_collect_to_vec(&inp.ws);
+            let w = match wf {
+                WeightFormat::Mxfp4 => QWeights::Mxfp4 {
+                    w: &inp.w,
+                    scale: &inp.ws,
+                },
+                _ => QWeights::Fp8Block {
+                    w: &inp.w,
+                    scale: Scales::F32(&f32s),
+                },
+            };
+            let bias: Option<Vec<bf16>> = inp.bias.as_ref().map(|b| bytemuck::pod_collect_to_vec(b));
+            let a = QGemmArgs {
+                x: QAct::Float(x),
+                m,
+                k,
+                n,
+                group_end: &inp.ge,
+                w,
+                row_scale: inp.rs.as_deref(),
+                bias: bias.as_deref(),
+            };
+            let mut outs = Vec::new();
+            for &eng in &engines {
+                let mut y = vec![bf16::NAN; m * n];
+                let took = grouped_gemm_q_tiles(eng, &pool, &a, &mut y).unwrap();
+                assert_eq!(took, spoil.is_none(), "{wf} spoil {spoil:?}: tile path taken {took}");
+                if !took {
+                    continue;
+                }
+                let routed = (m - 1) * n;
+                assert!(y[routed..].iter().all(|v| v.is_nan()), "guard row written");
+                let (mut num, mut den) = (0f64, 0f64);
+                for (a, b) in y[..routed].iter().zip(&want[..routed]) {
+                    let a = a.to_f64();
+                    assert!(!a.is_nan(), "NaN output");
+                    num += (a - b) * (a - b);
+                    den += b * b;
+                }
+                let rel = (num / den).sqrt();
+                assert!(rel <= 1e-2, "{wf} {eng:?} extras {extras}: rel {rel:.3e}");
+                outs.push(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            }
+            if outs.len() == 2 {
+                assert_eq!(outs[0], outs[1], "{wf}: emulated and hardware tiles differ");
+            }
+            // The backend's whole op (tiles where it has AMX, else its f32 path) answers right
+            // whatever the scales.
+            for be in backends() {
+                let got = run(&be, &inp, wf, DType::BF16, m, n, k);
+                let (mut num, mut den) = (0f64, 0f64);
+                for (a, b) in got[..(m - 1) * n].iter().zip(&want[..(m - 1) * n]) {
+                    num += (a - b) * (a - b);
+                    den += b * b;
+                }
+                let rel = (num / den).sqrt();
+                assert!(rel <= 1e-2, "{} {wf} spoil {spoil:?}: rel {rel:.3e}", be.kern_name());
+            }
         }
     }
 }

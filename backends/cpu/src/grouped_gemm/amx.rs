@@ -39,7 +39,31 @@ struct Scratch {
     a: Vec<Line>,
     b: Vec<Line>,
     c: Vec<Line>,
+    acc: Vec<Line>,
+    s: Vec<f32>,
     o: Vec<f32>,
+}
+
+/// Weights that are not bf16 in memory (the quantized formats of OPS.md §6), turned per task into the
+/// bf16 rows the NK orientation reads as its A operand.
+pub(crate) trait RowSource: Sync {
+    /// K elements per block scale applied to the f32 partial sums (a multiple of 32), or 0 when the
+    /// rows carry their whole value.
+    fn kscale(&self) -> usize;
+    /// Write output column `n0 + j`'s bf16 weights of group `g` (K values) into `dst[j * kp..]` for
+    /// `j < nc` (the caller zeroed `dst`), and with `kscale() > 0` the scale of each K block into
+    /// `scales`. Return false if a value cannot be held exactly as a bf16 tile operand (the caller
+    /// then computes the call another way).
+    fn rows(
+        &self,
+        engine: TileEngine,
+        g: usize,
+        n0: usize,
+        nc: usize,
+        kp: usize,
+        dst: &mut [u16],
+        scales: &mut [f32],
+    ) -> bool;
 }
 
 /// The activation staging buffer of the NK orientation, kept between calls (the largest one seen:
@@ -73,7 +97,7 @@ fn pair(lo: u16, hi: u16) -> u32 {
 
 /// Whether the AMX path should run this call: some group has more rows than the decode kernels
 /// handle (fewer rows do not amortize the tile loads; the AVX-512 decode path streams the weights).
-pub(super) fn worth_it(group_end: &[i64]) -> bool {
+pub(crate) fn worth_it(group_end: &[i64]) -> bool {
     let mut prev = 0i64;
     group_end.iter().any(|&e| {
         let big = (e - prev) as usize > crate::simd::MR;
@@ -128,7 +152,21 @@ pub fn grouped_gemm_tiles<T: Elem>(engine: TileEngine, pool: &Pool, a: &GemmArgs
 /// Run the AMX path. The caller has validated `a`, checked `T` is bf16, and that rows, N and the used
 /// rows are non-zero.
 pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_, T>, y: &mut [T]) {
+    run_with(amx, pool, a, None, y);
+}
+
+/// [`run`], or with `src` the NK orientation over the rows `src` gives (`a.w` is then not read).
+/// Returns false if `src` refused a task: `y`'s used rows are then partly written and the caller
+/// must compute them another way.
+pub(crate) fn run_with<T: Elem>(
+    amx: TileEngine,
+    pool: Option<&Pool>,
+    a: &GemmArgs<'_, T>,
+    src: Option<&dyn RowSource>,
+    y: &mut [T],
+) -> bool {
     let (k, n, m) = (a.k, a.n, a.m);
+    let refused = std::sync::atomic::AtomicBool::new(false);
     let x: &[u16] = bytemuck::cast_slice(a.x);
     let kp = k.div_ceil(KSTEP) * KSTEP;
     let kblocks = kp / KSTEP;
@@ -204,9 +242,13 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
         }
     };
 
-    match a.w {
-        Weights::Raw(w, Layout::NK) => {
-            let w: &[u16] = bytemuck::cast_slice(w);
+    match (src, a.w) {
+        (Some(_), _) | (None, Weights::Raw(_, Layout::NK)) => {
+            let w: &[u16] = match a.w {
+                Weights::Raw(w, _) if src.is_none() => bytemuck::cast_slice(w),
+                _ => &[],
+            };
+            let kscale = src.map_or(0, |s| s.kscale());
             // Activations of each group as the VNNI B operand, staged once.
             let mut offs = Vec::with_capacity(groups.len() + 1);
             let mut total = 0usize;
@@ -251,8 +293,25 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                 let mut tile = tiles.tile(gi, nb);
                 SCRATCH.with(|sc| {
                     let mut sc = sc.borrow_mut();
-                    let Scratch { a: pa, c, o, .. } = &mut *sc;
-                    let (asl, lda): (&[u16], usize) = if k % KSTEP == 0 && nc == BLOCK {
+                    let Scratch {
+                        a: pa,
+                        c,
+                        o,
+                        acc,
+                        s: sbuf,
+                        ..
+                    } = &mut *sc;
+                    let nsc = if kscale > 0 { k.div_ceil(kscale) } else { 0 };
+                    let scales = grow(sbuf, nsc);
+                    let (asl, lda): (&[u16], usize) = if let Some(src) = src {
+                        let pa: &mut [u16] = grow_lines(pa, BLOCK * kp);
+                        pa.fill(0);
+                        if !src.rows(amx, g, n0, nc, kp, pa, scales) {
+                            refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                        (pa, kp)
+                    } else if k % KSTEP == 0 && nc == BLOCK {
                         (&w[(g * n + n0) * k..(g * n + n0 + BLOCK) * k], k)
                     } else {
                         let pa: &mut [u16] = grow_lines(pa, BLOCK * kp);
@@ -271,9 +330,42 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                         let nt = if tc > 16 { 2 } else { 1 };
                         // The weights stream from memory on the first row block (prefetched 4 K steps
                         // ahead) and come from L2 on the others.
-                        let pfd = if t0 == 0 { 4 } else { 0 };
-                        amx.bf16_block_pf(asl, lda, mt, &b[t0.min(b.len())..], mgp, 16 * mgp, nt, kblocks, c, pfd);
-                        epilogue(g, s, n0, t0..t0 + tc, nc, true, c, out, &mut tile);
+                        let pfd = if t0 == 0 && src.is_none() { 4 } else { 0 };
+                        let bt = &b[t0.min(b.len())..];
+                        if kscale == 0 {
+                            amx.bf16_block_pf(asl, lda, mt, bt, mgp, 16 * mgp, nt, kblocks, c, pfd);
+                            epilogue(g, s, n0, t0..t0 + tc, nc, true, c, out, &mut tile);
+                        } else {
+                            // One tile pass per scale block, its partial sums scaled into `acc` in f32
+                            // (block 0 first: the same order on every engine and thread count).
+                            let accv: &mut [f32] = grow_lines(acc, BLOCK * BLOCK);
+                            accv.fill(0.0);
+                            let per = kscale / KSTEP;
+                            for (bi, &sc) in scales.iter().enumerate() {
+                                let kb0 = bi * per;
+                                let kbs = per.min(kblocks - kb0);
+                                amx.bf16_block(
+                                    &asl[kb0 * KSTEP..],
+                                    lda,
+                                    mt,
+                                    &bt[kb0 * 16 * mgp..],
+                                    mgp,
+                                    16 * mgp,
+                                    nt,
+                                    kbs,
+                                    c,
+                                );
+                                match amx {
+                                    TileEngine::Hardware(hw) => hw.scale_add(accv, c, sc),
+                                    TileEngine::Emulated => {
+                                        for (av, &cv) in accv.iter_mut().zip(c.iter()) {
+                                            *av += sc * cv;
+                                        }
+                                    }
+                                }
+                            }
+                            epilogue(g, s, n0, t0..t0 + tc, nc, true, accv, out, &mut tile);
+                        }
                     }
                 });
             });
@@ -283,7 +375,7 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                 }
             }
         }
-        Weights::Raw(_, Layout::KN) | Weights::Packed(_) => {
+        (None, Weights::Raw(_, Layout::KN) | Weights::Packed(_)) => {
             // (slice, element (k, col) index function) of the weights of group g.
             let wsrc: &[u16] = match a.w {
                 Weights::Raw(w, _) => bytemuck::cast_slice(w),
@@ -308,7 +400,7 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
                 let mut tile = tiles.tile(gi, nb);
                 SCRATCH.with(|sc| {
                     let mut sc = sc.borrow_mut();
-                    let Scratch { a: pa, b, c, o } = &mut *sc;
+                    let Scratch { a: pa, b, c, o, .. } = &mut *sc;
                     // Weights of this task as VNNI pairs: bs[p*32 + c] = (w(2p, n0+c), w(2p+1, n0+c)).
                     let bs: &mut [u32] = grow_lines(b, q * BLOCK);
                     for p in 0..q {
@@ -354,4 +446,5 @@ pub(super) fn run<T: Elem>(amx: TileEngine, pool: Option<&Pool>, a: &GemmArgs<'_
             });
         }
     }
+    !refused.load(std::sync::atomic::Ordering::Relaxed)
 }

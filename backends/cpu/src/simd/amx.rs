@@ -366,6 +366,98 @@ impl Amx {
     }
 }
 
+/// E4M3FN byte → bf16 bits, exact (every e4m3 value, subnormals included, is a normal bf16);
+/// 0x7F / 0xFF (NaN) → the quiet bf16 NaN with the code's sign.
+pub fn e4m3_to_bf16_bits(b: u8) -> u16 {
+    let v = moehal_core::quant::e4m3_to_f32(b);
+    if v.is_nan() {
+        return ((b as u16 & 0x80) << 8) | 0x7fc0;
+    }
+    (v.to_bits() >> 16) as u16
+}
+
+/// Whether an MXFP4 block scale byte gives only normal, finite bf16 weights: `e2m1 × 2^(e−127)` for
+/// every magnitude 0.5…6 is a normal bf16 for `e` in 2..=252 (byte 0/1 give subnormals, which the
+/// tiles flush; 253/254 overflow 6·2^e; 255 is NaN).
+pub fn mxfp4_scale_exact(e: u8) -> bool {
+    (2..=252).contains(&e)
+}
+
+/// MXFP4 pairs → bf16 bits: `bytes` (K/2, two E2M1 codes each, the even k in the low nibble) with one
+/// E8M0 byte per 32 values in `scales`, into `dst` (K values in k order). Every value is exact (see
+/// [`mxfp4_scale_exact`]); returns false, with `dst` partly written, if some scale is outside that
+/// range. Scalar form: the reference for [`Amx::dequant_mxfp4_row`].
+pub fn mxfp4_row_scalar(bytes: &[u8], scales: &[u8], dst: &mut [u16]) -> bool {
+    for ((blk, &e), d) in bytes.chunks(16).zip(scales).zip(dst.chunks_mut(32)) {
+        if !mxfp4_scale_exact(e) {
+            return false;
+        }
+        let s = moehal_core::quant::e8m0_to_f32(e);
+        for (pair, &b) in d.chunks_mut(2).zip(blk) {
+            pair[0] = ((moehal_core::quant::e2m1_to_f32(b & 15) * s).to_bits() >> 16) as u16;
+            pair[1] = ((moehal_core::quant::e2m1_to_f32(b >> 4) * s).to_bits() >> 16) as u16;
+        }
+    }
+    true
+}
+
+impl Amx {
+    /// [`e4m3_to_bf16_bits`] over a row in AVX-512 (`dst.len() == codes.len()`; panics otherwise).
+    pub fn dequant_fp8_row(self, codes: &[u8], dst: &mut [u16]) {
+        assert_eq!(codes.len(), dst.len(), "fp8 row lengths");
+        let whole = codes.len() / 32 * 32;
+        #[cfg(moehal_amx_kernels)]
+        for (c, d) in codes[..whole].chunks_exact(32).zip(dst[..whole].chunks_exact_mut(32)) {
+            // SAFETY: avx512f/bw are implied by `self`; 32 bytes are read and 32 u16 written.
+            unsafe { avx512::fp8_32(c.as_ptr(), d.as_mut_ptr()) };
+        }
+        #[cfg(not(moehal_amx_kernels))]
+        match self._p {}
+        for (d, &c) in dst[whole..].iter_mut().zip(&codes[whole..]) {
+            *d = e4m3_to_bf16_bits(c);
+        }
+    }
+
+    /// [`mxfp4_row_scalar`] in AVX-512 (same values and result; `bytes.len()` a multiple of 16,
+    /// `scales` one per 16 bytes, `dst` twice `bytes` long; panics otherwise).
+    pub fn dequant_mxfp4_row(self, bytes: &[u8], scales: &[u8], dst: &mut [u16]) -> bool {
+        assert!(
+            bytes.len() % 16 == 0 && scales.len() == bytes.len() / 16 && dst.len() == 2 * bytes.len(),
+            "mxfp4 row lengths"
+        );
+        if !scales.iter().all(|&e| mxfp4_scale_exact(e)) {
+            return false;
+        }
+        #[cfg(moehal_amx_kernels)]
+        for ((b, &e), d) in bytes.chunks_exact(16).zip(scales).zip(dst.chunks_exact_mut(32)) {
+            // SAFETY: avx512f/bw are implied by `self`; 16 bytes are read and 32 u16 written.
+            unsafe { avx512::mxfp4_32(b.as_ptr(), e, d.as_mut_ptr()) };
+        }
+        #[cfg(not(moehal_amx_kernels))]
+        match self._p {}
+        true
+    }
+
+    /// `acc[i] += s * c[i]` for `i < 1024` (a 32x32 block), f32 multiply then add (no fusion): bit for
+    /// bit the scalar loop. Panics if either slice is shorter than 1024.
+    pub fn scale_add(self, acc: &mut [f32], c: &[f32], s: f32) {
+        assert!(
+            acc.len() >= BLOCK * BLOCK && c.len() >= BLOCK * BLOCK,
+            "scale_add block"
+        );
+        #[cfg(moehal_amx_kernels)]
+        // SAFETY: avx512f is implied by `self`; 1024 floats of each slice (asserted).
+        unsafe {
+            avx512::scale_add(acc.as_mut_ptr(), c.as_ptr(), s)
+        };
+        #[cfg(not(moehal_amx_kernels))]
+        {
+            let _ = s;
+            match self._p {}
+        }
+    }
+}
+
 #[cfg(moehal_amx_kernels)]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -424,6 +516,81 @@ mod avx512 {
         let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
         let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(0x0040));
         _mm512_mask_blend_epi32(nan, rounded, quiet)
+    }
+
+    /// 32 E4M3FN codes → bf16 bits (see [`super::e4m3_to_bf16_bits`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn fp8_32(codes: *const u8, dst: *mut u16) {
+        let c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(codes as *const __m256i));
+        let sign = _mm512_slli_epi16::<8>(_mm512_and_si512(c, _mm512_set1_epi16(0x80)));
+        let mag = _mm512_and_si512(c, _mm512_set1_epi16(0x7f));
+        // Normal codes: exponent field e (bits 3..6) and mantissa m (0..2) move to bf16's bits 7..10
+        // and 4..6, the exponent rebiased from 7 to 127.
+        let normal = _mm512_add_epi16(_mm512_slli_epi16::<4>(mag), _mm512_set1_epi16(120 << 7));
+        // Subnormal codes (e = 0): m · 2^-9, from a table indexed by m (m = 0 gives +0).
+        const SUB: [u16; 32] = {
+            let mut t = [0u16; 32];
+            let v = [0x0000, 0x3b00, 0x3b80, 0x3bc0, 0x3c00, 0x3c20, 0x3c40, 0x3c60];
+            let mut i = 0;
+            while i < 8 {
+                t[i] = v[i];
+                i += 1;
+            }
+            t
+        };
+        let sub_table = _mm512_loadu_si512(SUB.as_ptr() as *const __m512i);
+        let sub = _mm512_permutexvar_epi16(_mm512_and_si512(mag, _mm512_set1_epi16(7)), sub_table);
+        let is_sub = _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8));
+        let is_nan = _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f));
+        let v = _mm512_mask_blend_epi16(is_sub, normal, sub);
+        let v = _mm512_mask_blend_epi16(is_nan, v, _mm512_set1_epi16(0x7fc0));
+        _mm512_storeu_si512(dst as *mut __m512i, _mm512_or_si512(v, sign));
+    }
+
+    /// 16 MXFP4 bytes (32 values) with scale byte `e` (in 2..=252) → bf16 bits in k order.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn mxfp4_32(bytes: *const u8, e: u8, dst: *mut u16) {
+        // 16 bytes → 16 u32 lanes (low nibble in the low u16, high nibble in the high u16).
+        let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes as *const __m128i));
+        let codes = _mm512_or_si512(
+            _mm512_and_si512(b, _mm512_set1_epi32(0xf)),
+            _mm512_slli_epi32::<16>(_mm512_srli_epi32::<4>(b)),
+        );
+        // E2M1 codes → bf16 bits of ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}.
+        const E2M1: [u16; 32] = {
+            let mut t = [0u16; 32];
+            let v = [
+                0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000,
+                0xc040, 0xc080, 0xc0c0,
+            ];
+            let mut i = 0;
+            while i < 16 {
+                t[i] = v[i];
+                i += 1;
+            }
+            t
+        };
+        let table = _mm512_loadu_si512(E2M1.as_ptr() as *const __m512i);
+        let v = _mm512_permutexvar_epi16(codes, table);
+        // × 2^(e−127): add to the exponent field of the non-zero values (normal results, as e is in
+        // range).
+        let nonzero = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x7fff));
+        let shift = _mm512_set1_epi16(((e as i16) - 127) << 7);
+        let v = _mm512_mask_add_epi16(v, nonzero, v, shift);
+        _mm512_storeu_si512(dst as *mut __m512i, v);
+    }
+
+    /// `acc[i] += s * c[i]` for 1024 floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scale_add(acc: *mut f32, c: *const f32, s: f32) {
+        let sv = _mm512_set1_ps(s);
+        for i in (0..1024).step_by(16) {
+            let a = _mm512_loadu_ps(acc.add(i));
+            _mm512_storeu_ps(
+                acc.add(i),
+                _mm512_add_ps(a, _mm512_mul_ps(sv, _mm512_loadu_ps(c.add(i)))),
+            );
+        }
     }
 
     /// See [`super::Amx::stage_pairs`]: `rows` (≤ 16) rows from `x` (`k` apart), pairs `p < kh`.
@@ -681,7 +848,7 @@ mod tests {
             let scale = (case % 3 != 0).then(|| (next() % 100) as f32 / 7.0 - 3.0);
             let with_bias = case % 4 < 2;
             for bi in 0..BLOCK {
-                let mut got = vec![0xdeadu16; BLOCK];
+                let mut got = [0xdeadu16; BLOCK];
                 amx.bf16_row_out(
                     &c,
                     transposed,
