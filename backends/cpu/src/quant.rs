@@ -20,8 +20,9 @@
 //! Prefill of weight-only `fp8_block` / `mxfp4` with bf16 `x` where the bf16 kernel is AMX: bf16
 //! tiles over weight rows decoded per (expert, 32 columns) task into exact bf16 (`AmxRows`: mxfp4
 //! with its scale, fp8 codes with the block scale applied to each 128-wide K block's f32 partial
-//! sum), through the NK orientation of `grouped_gemm/amx.rs`; a scale the tiles cannot hold exactly
-//! sends the call to the path above.
+//! sum), through the NK orientation of `grouped_gemm/amx.rs`; W8A8 `fp8_block` with bf16 `y` the
+//! same way, `x`'s codes decoded to bf16 and each block's partial sum scaled by `x_scale · w_scale`.
+//! A scale the tiles cannot hold exactly sends the call to the paths above.
 
 use crate::amx_int8::{grouped_gemm_s8, S8TileWeights};
 use crate::elem::{Elem, ElemKind};
@@ -468,15 +469,28 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
 ///   2^-117 in magnitude and at most 2^100 take this path (below, `code × s` would be subnormal; above,
 ///   it could overflow where the partial sum does not): in that range the result differs from the
 ///   dequantize-then-accumulate definition only by rounding, within the bf16 tolerance.
+///
+/// W8A8 `fp8_block` (e4m3 `x`, bf16 `y`): `x`'s codes are decoded to bf16 too (exact) and each K
+/// block's partial sum is multiplied by `x_scale[row, b] · w_scale` (f32), OPS.md §6's promotion per
+/// 128 with exact products; both scales must be 0 or of magnitude in [2^-60, 2^60] (their f32 product
+/// then is normal or 0; the reference forms it in f64), else the call takes the f32 path.
 struct AmxRows<'a> {
     w: QWeights<'a>,
     n: usize,
     k: usize,
+    /// W8A8: the activation scales `[M, ⌈K/128⌉]`.
+    xs: Option<Scales<'a>>,
 }
 
 fn fp8_scale_ok(s: f32) -> bool {
     let a = s.abs();
     s.is_finite() && (a == 0.0 || (2f32.powi(-117)..=2f32.powi(100)).contains(&a))
+}
+
+/// A W8A8 scale whose products with another such scale are normal f32 (or 0).
+fn w8a8_scale_ok(s: f32) -> bool {
+    let a = s.abs();
+    s.is_finite() && (a == 0.0 || (2f32.powi(-60)..=2f32.powi(60)).contains(&a))
 }
 
 impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
@@ -503,9 +517,10 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
             QWeights::Fp8Block { w, scale } => {
                 let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
                 // The task's columns share one N block (32 divides 128).
+                let ok = if self.xs.is_some() { w8a8_scale_ok } else { fp8_scale_ok };
                 for (b, sv) in scales.iter_mut().enumerate() {
                     *sv = scale.get((g * nb + n0 / FP8_BLOCK) * kb + b);
-                    if !fp8_scale_ok(*sv) {
+                    if !ok(*sv) {
                         return false;
                     }
                 }
@@ -539,16 +554,51 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
             QWeights::Int8 { .. } | QWeights::Fp8Panels { .. } => false,
         }
     }
+
+    fn row_block_scale(&self, row: usize, b: usize) -> Option<f32> {
+        self.xs.map(|xs| xs.get(row * self.k.div_ceil(FP8_BLOCK) + b))
+    }
 }
 
-/// The AMX-tile path of weight-only `fp8_block` / `mxfp4` with bf16 `x` ([`AmxRows`]): `None` if
+/// The AMX-tile path of weight-only `fp8_block` / `mxfp4` with bf16 `x` and of W8A8 `fp8_block`
+/// with bf16 `y` ([`AmxRows`]): `None` if
 /// the call is not of that kind (or `K` is 0), `Some(false)` if a scale refused the tiles (`y`'s used
 /// rows partly written), `Some(true)` when `y` holds the result. The caller validated `a`.
 fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, T>, y: &mut [T]) -> Option<bool> {
-    let QAct::Float(x) = a.x else { return None };
-    if T::KIND != ElemKind::Bf16 || a.k == 0 || !matches!(a.w, QWeights::Fp8Block { .. } | QWeights::Mxfp4 { .. }) {
+    if T::KIND != ElemKind::Bf16 || a.k == 0 {
         return None;
     }
+    let decoded: Vec<T>;
+    let (x, xs) = match (a.x, a.w) {
+        (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Mxfp4 { .. }) => (x, None),
+        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. }) => {
+            let n_xs = a.m * a.k.div_ceil(FP8_BLOCK);
+            if !(0..n_xs).all(|i| w8a8_scale_ok(scale.get(i))) {
+                return Some(false);
+            }
+            // The codes as bf16 (exact), row by row.
+            let mut d = vec![T::from_f32(0.0); a.m * a.k];
+            let decode = |(row, out): (usize, &mut [T])| {
+                let codes = &x[row * a.k..(row + 1) * a.k];
+                let out: &mut [u16] = bytemuck::cast_slice_mut(out);
+                match engine {
+                    TileEngine::Hardware(hw) => hw.dequant_fp8_row(codes, out),
+                    TileEngine::Emulated => {
+                        for (o, &c) in out.iter_mut().zip(codes) {
+                            *o = crate::simd::amx::e4m3_to_bf16_bits(c);
+                        }
+                    }
+                }
+            };
+            match pool {
+                Some(p) => p.install(|| d.par_chunks_mut(a.k).enumerate().for_each(decode)),
+                None => d.chunks_mut(a.k).enumerate().for_each(decode),
+            }
+            decoded = d;
+            (&decoded[..], Some(scale))
+        }
+        _ => return None,
+    };
     let args = crate::grouped_gemm::GemmArgs {
         x,
         m: a.m,
@@ -559,11 +609,17 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
         row_scale: a.row_scale,
         bias: a.bias,
     };
-    let src = AmxRows { w: a.w, n: a.n, k: a.k };
+    let src = AmxRows {
+        w: a.w,
+        n: a.n,
+        k: a.k,
+        xs,
+    };
     Some(crate::grouped_gemm::amx::run_with(engine, pool, &args, Some(&src), y))
 }
 
-/// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x` through the AMX-tile algorithm on
+/// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x`, and W8A8 `fp8_block` with bf16 `y`,
+/// through the AMX-tile algorithm on
 /// `engine`, whatever the group sizes; with [`TileEngine::Emulated`] on any machine (slowly), which is
 /// how the tile path is tested where the CPU has no AMX. Returns `Ok(false)` (nothing promised about
 /// `y`) for a call the tile path does not take: another pairing or dtype, `K` = 0, or a scale outside

@@ -424,7 +424,13 @@ fn tile_path_of_weight_only_formats() {
     let (n, k) = (48usize, 160usize);
     let groups: &[usize] = &[35, 0, 9];
     let m = groups.iter().sum::<usize>() + 1;
-    for wf in [WeightFormat::Mxfp4, WeightFormat::Fp8Block] {
+    let w8a8 = ActFormat::Fp8;
+    let bf = ActFormat::Float(DType::BF16);
+    for (wf, act) in [
+        (WeightFormat::Mxfp4, bf),
+        (WeightFormat::Fp8Block, bf),
+        (WeightFormat::Fp8Block, w8a8),
+    ] {
         // mxfp4 needs K % 32 == 0 (160 is); fp8's last K block is partial (160 = 128 + 32).
         for (extras, spoil) in [
             (false, None),
@@ -433,7 +439,7 @@ fn tile_path_of_weight_only_formats() {
             (false, Some(1)),
             (false, Some(2)),
         ] {
-            let mut inp = make(77, wf, ActFormat::Float(DType::BF16), DType::BF16, groups, n, k, extras);
+            let mut inp = make(77, wf, act, DType::BF16, groups, n, k, extras);
             // Spoil one scale of group 2 (rows 35..44) with a value the tiles refuse.
             if let Some(which) = spoil {
                 match wf {
@@ -442,6 +448,19 @@ fn tile_path_of_weight_only_formats() {
                         // overflow or are NaN, which the reference turns into inf/NaN outputs.
                         let at = (2 * n + 5 + which) * (k / 32) + 1;
                         inp.ws[at] = [0u8, 1, 0][which];
+                    }
+                    _ if act == w8a8 => {
+                        // W8A8 takes scales in [2^-60, 2^60]: a weight scale of 2^61 (which weight-only
+                        // takes), and activation scales of 2^-61 and 2^70.
+                        if which == 0 {
+                            let at = 2 * n.div_ceil(128) * k.div_ceil(128) + 1;
+                            inp.ws[4 * at..4 * at + 4].copy_from_slice(&2f32.powi(61).to_le_bytes());
+                        } else {
+                            let xs = &mut inp.xs.as_mut().unwrap().0;
+                            let at = 36 * k.div_ceil(128) + 1;
+                            let v = [0.0, 2f32.powi(-61), 2f32.powi(70)][which];
+                            xs[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+                        }
                     }
                     _ => {
                         let (nb, kb) = (n.div_ceil(128), k.div_ceil(128));
@@ -452,7 +471,23 @@ fn tile_path_of_weight_only_formats() {
                 }
             }
             let want = run(&Reference, &inp, wf, DType::BF16, m, n, k);
-            let x: &[bf16] = bytemuck::cast_slice(&inp.x);
+            let xb: Vec<bf16> = if act == bf {
+                bytemuck::pod_collect_to_vec(&inp.x)
+            } else {
+                Vec::new()
+            };
+            let xsf: Vec<f32> = inp
+                .xs
+                .as_ref()
+                .map_or(Vec::new(), |(b, _, _)| bytemuck::pod_collect_to_vec(b));
+            let qx = if act == bf {
+                QAct::Float(&xb[..])
+            } else {
+                QAct::Fp8 {
+                    x: &inp.x,
+                    scale: Scales::F32(&xsf),
+                }
+            };
             let f32s: Vec<f32> = bytemuck::pod_collect_to_vec(&inp.ws);
             let w = match wf {
                 WeightFormat::Mxfp4 => QWeights::Mxfp4 {
@@ -466,7 +501,7 @@ fn tile_path_of_weight_only_formats() {
             };
             let bias: Option<Vec<bf16>> = inp.bias.as_ref().map(|b| bytemuck::pod_collect_to_vec(b));
             let a = QGemmArgs {
-                x: QAct::Float(x),
+                x: qx,
                 m,
                 k,
                 n,
@@ -479,7 +514,12 @@ fn tile_path_of_weight_only_formats() {
             for &eng in &engines {
                 let mut y = vec![bf16::NAN; m * n];
                 let took = grouped_gemm_q_tiles(eng, &pool, &a, &mut y).unwrap();
-                assert_eq!(took, spoil.is_none(), "{wf} spoil {spoil:?}: tile path taken {took}");
+                assert_eq!(
+                    took,
+                    spoil.is_none(),
+                    "{wf} x {} spoil {spoil:?}: tile path taken {took}",
+                    act.name()
+                );
                 if !took {
                     continue;
                 }

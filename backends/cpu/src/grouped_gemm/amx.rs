@@ -64,6 +64,11 @@ pub(crate) trait RowSource: Sync {
         dst: &mut [u16],
         scales: &mut [f32],
     ) -> bool;
+    /// With `kscale() > 0`: a per-row factor of K block `b` multiplying the task's block scale (the
+    /// activation scale of W8A8 fp8: `x_scale[row, b]`), or `None` when there is none.
+    fn row_block_scale(&self, _row: usize, _b: usize) -> Option<f32> {
+        None
+    }
 }
 
 /// The activation staging buffer of the NK orientation, kept between calls (the largest one seen:
@@ -355,6 +360,25 @@ pub(crate) fn run_with<T: Elem>(
                                     kbs,
                                     c,
                                 );
+                                let src = src.expect("scales come from a row source");
+                                if src.row_block_scale(s + t0, bi).is_some() {
+                                    // Per token (the tile's columns): f[i] = x_scale[row, b] · w_scale.
+                                    let mut f = [0f32; BLOCK];
+                                    for (i, fv) in f.iter_mut().enumerate().take(tc) {
+                                        *fv = src.row_block_scale(s + t0 + i, bi).unwrap_or(1.0) * sc;
+                                    }
+                                    match amx {
+                                        TileEngine::Hardware(hw) => hw.scale_add_cols(accv, c, &f),
+                                        TileEngine::Emulated => {
+                                            for (ar, cr) in accv.chunks_exact_mut(BLOCK).zip(c.chunks_exact(BLOCK)) {
+                                                for ((av, &cv), &fv) in ar.iter_mut().zip(cr).zip(&f) {
+                                                    *av += fv * cv;
+                                                }
+                                            }
+                                        }
+                                    }
+                                    continue;
+                                }
                                 match amx {
                                     TileEngine::Hardware(hw) => hw.scale_add(accv, c, sc),
                                     TileEngine::Emulated => {

@@ -438,6 +438,25 @@ impl Amx {
         true
     }
 
+    /// `acc[j*32 + i] += f[i] * c[j*32 + i]` for a 32x32 block (a factor per column), f32 multiply then
+    /// add: bit for bit the scalar loop. Panics if a slice is too short.
+    pub fn scale_add_cols(self, acc: &mut [f32], c: &[f32], f: &[f32; BLOCK]) {
+        assert!(
+            acc.len() >= BLOCK * BLOCK && c.len() >= BLOCK * BLOCK,
+            "scale_add_cols block"
+        );
+        #[cfg(moehal_amx_kernels)]
+        // SAFETY: avx512f is implied by `self`; 1024 floats of acc and c, 32 of f.
+        unsafe {
+            avx512::scale_add_cols(acc.as_mut_ptr(), c.as_ptr(), f.as_ptr())
+        };
+        #[cfg(not(moehal_amx_kernels))]
+        {
+            let _ = f;
+            match self._p {}
+        }
+    }
+
     /// `acc[i] += s * c[i]` for `i < 1024` (a 32x32 block), f32 multiply then add (no fusion): bit for
     /// bit the scalar loop. Panics if either slice is shorter than 1024.
     pub fn scale_add(self, acc: &mut [f32], c: &[f32], s: f32) {
@@ -578,6 +597,26 @@ mod avx512 {
         let shift = _mm512_set1_epi16(((e as i16) - 127) << 7);
         let v = _mm512_mask_add_epi16(v, nonzero, v, shift);
         _mm512_storeu_si512(dst as *mut __m512i, v);
+    }
+
+    /// `acc[j*32 + i] += f[i] * c[j*32 + i]` for a 32x32 block.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scale_add_cols(acc: *mut f32, c: *const f32, f: *const f32) {
+        let (f0, f1) = (_mm512_loadu_ps(f), _mm512_loadu_ps(f.add(16)));
+        for j in 0..32 {
+            let (a, cc) = (acc.add(j * 32), c.add(j * 32));
+            _mm512_storeu_ps(
+                a,
+                _mm512_add_ps(_mm512_loadu_ps(a), _mm512_mul_ps(f0, _mm512_loadu_ps(cc))),
+            );
+            _mm512_storeu_ps(
+                a.add(16),
+                _mm512_add_ps(
+                    _mm512_loadu_ps(a.add(16)),
+                    _mm512_mul_ps(f1, _mm512_loadu_ps(cc.add(16))),
+                ),
+            );
+        }
     }
 
     /// `acc[i] += s * c[i]` for 1024 floats.
