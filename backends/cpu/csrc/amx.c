@@ -10,7 +10,8 @@
 // `a + kb*64` and B tile j at `b + kb*bk + j*bj` (bytes). C (f32 or i32) is written row-major with
 // `ldc` bytes between rows; the old contents of C are ignored. `pfd` > 0 prefetches the A rows `pfd` K
 // steps ahead (a hint for A streamed from memory, as the in-place weights of the NK orientation are;
-// never past the last K step).
+// never past the last K step). `nx`/`nx_lines` (0: none) name memory the caller will read next (the
+// following task's weights): its lines are prefetched into L2, spread evenly over the K steps.
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,9 +43,19 @@ static void config(void) {
         }                                                                                               \
     } while (0)
 
+// Prefetch lines [kb*nx_lines/kblocks, (kb+1)*nx_lines/kblocks) of `nx` into L2.
+#define PREFETCH_NEXT(kb)                                                                               \
+    do {                                                                                                \
+        if (nx_lines) {                                                                                 \
+            size_t l0_ = (kb) * nx_lines / kblocks, l1_ = ((kb) + 1) * nx_lines / kblocks;              \
+            for (size_t l_ = l0_; l_ < l1_; l_++) _mm_prefetch((const char *)(nx + l_ * 64), _MM_HINT_T2); \
+        }                                                                                               \
+    } while (0)
+
 #define BLOCK_KERNEL(NAME, DP)                                                                          \
     void NAME(const uint8_t *a, size_t lda, int mt, const uint8_t *b, size_t ldb, size_t bk, size_t bj, \
-              int nt, size_t kblocks, uint8_t *c, size_t ldc, size_t pfd) {                             \
+              int nt, size_t kblocks, uint8_t *c, size_t ldc, size_t pfd, const uint8_t *nx,            \
+              size_t nx_lines) {                                                                        \
         config();                                                                                       \
         _tile_zero(4);                                                                                  \
         _tile_zero(5);                                                                                  \
@@ -54,6 +65,7 @@ static void config(void) {
         if (mt == 2 && nt == 2) {                                                                       \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
                 PREFETCH_A(kb);                                                                         \
+                PREFETCH_NEXT(kb);                                                                      \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(1, a1 + kb * 64, lda);                                                      \
@@ -66,6 +78,7 @@ static void config(void) {
         } else if (mt == 2) {                                                                           \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
                 PREFETCH_A(kb);                                                                         \
+                PREFETCH_NEXT(kb);                                                                      \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(1, a1 + kb * 64, lda);                                                      \
@@ -75,6 +88,7 @@ static void config(void) {
         } else if (nt == 2) {                                                                           \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
                 PREFETCH_A(kb);                                                                         \
+                PREFETCH_NEXT(kb);                                                                      \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 _tile_loadd(3, b + kb * bk + bj, ldb);                                                  \
@@ -84,6 +98,7 @@ static void config(void) {
         } else {                                                                                        \
             for (size_t kb = 0; kb < kblocks; kb++) {                                                   \
                 PREFETCH_A(kb);                                                                         \
+                PREFETCH_NEXT(kb);                                                                      \
                 _tile_loadd(0, a + kb * 64, lda);                                                       \
                 _tile_loadd(2, b + kb * bk, ldb);                                                       \
                 DP(4, 0, 2);                                                                            \

@@ -45,6 +45,8 @@ mod ffi {
             c: *mut u8,
             ldc: usize,
             pfd: usize,
+            nx: *const u8,
+            nx_lines: usize,
         );
         pub fn moehal_amx_s8_block(
             a: *const u8,
@@ -59,6 +61,8 @@ mod ffi {
             c: *mut u8,
             ldc: usize,
             pfd: usize,
+            nx: *const u8,
+            nx_lines: usize,
         );
     }
 }
@@ -180,12 +184,14 @@ impl Amx {
         kblocks: usize,
         c: &mut [f32],
     ) {
-        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0)
+        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0, &[])
     }
 
     /// [`Amx::bf16_block`] that also prefetches the A rows `pfd` K steps (of 32 bf16) ahead into L1
     /// (`pfd` 0: none). A hint for A read from memory once (the in-place weights of the NK
-    /// orientation); results are the same for any `pfd`.
+    /// orientation); results are the same for any `pfd`. The cache lines of `next` (memory the caller
+    /// reads next, e.g. the following task's weights) are prefetched into L2, spread over the K steps
+    /// (empty: none).
     pub fn bf16_block_pf(
         self,
         a: &[u16],
@@ -198,6 +204,7 @@ impl Amx {
         kblocks: usize,
         c: &mut [f32],
         pfd: usize,
+        next: &[u16],
     ) {
         check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
         #[cfg(moehal_amx_kernels)]
@@ -218,11 +225,13 @@ impl Amx {
                 c.as_mut_ptr() as *mut u8,
                 BLOCK * 4,
                 pfd,
+                next.as_ptr() as *const u8,
+                next.len() * 2 / 64,
             )
         };
         #[cfg(not(moehal_amx_kernels))]
         {
-            let _ = pfd;
+            let _ = (pfd, next);
             match self._p {}
         }
     }
@@ -261,6 +270,8 @@ impl Amx {
                 kblocks,
                 c.as_mut_ptr() as *mut u8,
                 BLOCK * 4,
+                0,
+                std::ptr::null(),
                 0,
             )
         };
@@ -698,10 +709,10 @@ impl TileEngine {
         kblocks: usize,
         c: &mut [f32],
     ) {
-        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0)
+        self.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, 0, &[])
     }
 
-    /// [`Amx::bf16_block_pf`] on this engine (the emulation ignores `pfd`).
+    /// [`Amx::bf16_block_pf`] on this engine (the emulation ignores `pfd` and `next`).
     pub fn bf16_block_pf(
         self,
         a: &[u16],
@@ -714,9 +725,10 @@ impl TileEngine {
         kblocks: usize,
         c: &mut [f32],
         pfd: usize,
+        next: &[u16],
     ) {
         match self {
-            TileEngine::Hardware(amx) => amx.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, pfd),
+            TileEngine::Hardware(amx) => amx.bf16_block_pf(a, lda, mt, b, ldb, bk, nt, kblocks, c, pfd, next),
             TileEngine::Emulated => {
                 check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
                 for i in 0..16 * mt {
