@@ -37,16 +37,29 @@ pub fn check_env() -> Result<Vec<String>> {
             ));
         }
     }
-    const LIB_DIR: &str = "MOEHAL_ASCEND_LIB_DIR";
-    if let Some(v) = std::env::var_os(LIB_DIR) {
-        if !std::path::Path::new(&v).is_dir() {
+    if let Some(v) = std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
+        // One wording with the Ascend loader's reason (issue 16: a file was "not a directory" here
+        // and "searched first" there); the loader skips such a value.
+        if let Some(problem) = lib_dir_problem(std::path::Path::new(&v)) {
             warnings.push(format!(
-                "{LIB_DIR}={} is not a directory: the Ascend libraries are searched for in the other places",
-                v.to_string_lossy()
+                "{problem}: set it to the directory that holds libascendcl.so; the Ascend libraries are searched for in the other places"
             ));
         }
     }
     Ok(warnings)
+}
+
+/// The Ascend loader's [`moehal_ascend::lib_dir_problem`].
+#[cfg(feature = "ascend")]
+fn lib_dir_problem(dir: &std::path::Path) -> Option<String> {
+    moehal_ascend::lib_dir_problem(dir)
+}
+
+/// Without the `ascend` feature (the variable still names the CANN directory of the HCCL engine):
+/// the same wording, for a value that is not a directory.
+#[cfg(not(feature = "ascend"))]
+fn lib_dir_problem(dir: &std::path::Path) -> Option<String> {
+    (!dir.is_dir()).then(|| format!("MOEHAL_ASCEND_LIB_DIR={} is not a directory", dir.display()))
 }
 
 /// Open CUDA device 0.

@@ -841,3 +841,43 @@ fn an_unwritable_stderr_keeps_the_documented_exit_status() {
         assert_eq!(o.status.code(), Some(want), "{args:?} {env:?}");
     }
 }
+
+/// Issue 16 (first contact): `MOEHAL_ASCEND_LIB_DIR` naming a file warned that it "is not a
+/// directory" and then reported it "searched first" with neither library. Now the warning and the
+/// `ascend` reason say the one thing, that it names a file, and the file is not in the search list.
+#[test]
+fn an_ascend_lib_dir_that_is_a_file_is_said_to_be_a_file() {
+    let dir = temp_dir("lib-dir-file");
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let f = file.to_str().unwrap();
+    let empty = dir.to_str().unwrap();
+    let o = moehal_env(
+        &["devices"],
+        &[
+            ("MOEHAL_ASCEND_LIB_DIR", f),
+            ("LD_LIBRARY_PATH", empty),
+            ("ASCEND_HOME_PATH", empty),
+            ("ASCEND_TOOLKIT_HOME", empty),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    let said = format!("MOEHAL_ASCEND_LIB_DIR={f} names a file, not a directory");
+    assert!(err.contains(&format!("warning: {said}")), "{err}");
+    if !std::path::Path::new("/usr/local/Ascend").exists() {
+        let reason = out
+            .lines()
+            .find(|l| l.starts_with("ascend: "))
+            .unwrap_or_else(|| panic!("no ascend reason: {out}"));
+        assert!(reason.contains(&format!("{said}, so it was not searched")), "{reason}");
+        assert!(!reason.contains(&format!("searched: {f}")), "{reason}");
+    }
+    for both in [&out, &err] {
+        assert!(
+            !both.contains("was searched first") && !both.contains("is not a directory"),
+            "{out}{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

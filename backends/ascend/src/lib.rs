@@ -77,6 +77,13 @@ pub fn search_dirs() -> Vec<PathBuf> {
     ffi::search_dirs()
 }
 
+/// Why `dir`, a value of [`LIB_DIR_ENV`], is not searched (`"MOEHAL_ASCEND_LIB_DIR=<dir> names a
+/// file, not a directory"`, `"... does not exist"`), or `None` when it names a directory. The one
+/// wording of that fault, for the loader's reason and the CLI's warning alike (issue 16).
+pub fn lib_dir_problem(dir: &std::path::Path) -> Option<String> {
+    ffi::lib_dir_problem(dir)
+}
+
 /// The aclnn ops (both `aclnnX` and `aclnnXGetWorkspaceSize` present) in the libraries of `dir`,
 /// by name, e.g. `aclnnMoeInitRoutingV3`. Loads the libraries, opens no device.
 ///

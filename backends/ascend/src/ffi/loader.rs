@@ -548,10 +548,13 @@ pub const OP_LIBS: [&str; 7] = [
 /// `ASCEND_TOOLKIT_HOME` their `lib64`, `<arch>-linux/lib64` and `runtime/lib64`, then each
 /// `LD_LIBRARY_PATH` entry, then the same sub-folders of `/usr/local/Ascend/ascend-toolkit/latest`
 /// and `/usr/local/Ascend/cann`.
+/// `MOEHAL_ASCEND_LIB_DIR` is searched only when it names a directory ([`lib_dir_problem`]).
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
-        dirs.push(PathBuf::from(d));
+        if lib_dir_problem(Path::new(&d)).is_none() {
+            dirs.push(PathBuf::from(d));
+        }
     }
     let arch = std::env::consts::ARCH;
     let under = |root: &Path, dirs: &mut Vec<PathBuf>| {
@@ -575,6 +578,22 @@ pub fn search_dirs() -> Vec<PathBuf> {
         under(Path::new(root), &mut dirs);
     }
     dirs
+}
+
+/// Why a value of `MOEHAL_ASCEND_LIB_DIR` cannot be searched, or `None` when it names a directory:
+/// `"MOEHAL_ASCEND_LIB_DIR=<path> names a file, not a directory"` or `"... does not exist"` (or
+/// `"... is not a directory"` for anything else). Issue 16: set to a file, the CLI warned that it
+/// "is not a directory" and then reported it "searched first"; both now say this one thing, and
+/// such a value is not searched ([`search_dirs`]).
+pub fn lib_dir_problem(dir: &Path) -> Option<String> {
+    let what = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return None,
+        Ok(m) if m.is_file() => "names a file, not a directory",
+        Ok(_) => "is not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(_) => "cannot be read as a directory",
+    };
+    Some(format!("MOEHAL_ASCEND_LIB_DIR={} {what}", dir.display()))
 }
 
 fn open_lib(path: &Path) -> std::result::Result<Library, String> {
@@ -602,10 +621,13 @@ pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
         // Issue 16: when MOEHAL_ASCEND_LIB_DIR is set, say that it was searched, not to set it.
         let hint = match std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
-            Some(d) => format!(
-                "MOEHAL_ASCEND_LIB_DIR={} was searched first and has neither library",
-                Path::new(&d).display()
-            ),
+            Some(d) => match lib_dir_problem(Path::new(&d)) {
+                Some(problem) => format!("{problem}, so it was not searched: set it to the directory that holds libascendcl.so"),
+                None => format!(
+                    "MOEHAL_ASCEND_LIB_DIR={} was searched first and has neither library",
+                    Path::new(&d).display()
+                ),
+            },
             None => "set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH".to_string(),
         };
         return Err(format!(
