@@ -881,3 +881,48 @@ fn an_ascend_lib_dir_that_is_a_file_is_said_to_be_a_file() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Issue 16 (first contact): `--json` naming a FIFO that no process reads blocked in `open`,
+/// silently and before the run, forever. Now it is an error at once (status 1, naming the path and
+/// saying there is no reader), for `check` and `bench` alike. The child is killed after 60 s, so a
+/// regression fails instead of hanging the suite.
+#[test]
+fn a_json_fifo_without_a_reader_is_an_error_not_a_hang() {
+    let dir = temp_dir("json-fifo-noreader");
+    let fifo = dir.join("out.json");
+    if !Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        println!("skipped: mkfifo is not available");
+        return;
+    }
+    let f = fifo.to_str().unwrap();
+    for args in [
+        &["check", "--backend", "reference", "--op", "swiglu", "--seed", "1", "--json", f][..],
+        &["bench", "--backend", "reference", "--op", "swiglu", "--tokens", "1", "--json", f][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moehal"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the moehal binary runs");
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().ok();
+                child.wait().ok();
+                panic!("{args:?}: still blocked after 60 s on a FIFO with no reader");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("cannot write the --json output {f}: it is a FIFO with no reader")),
+            "{args:?}: {err}"
+        );
+        // Refused before the run: no table, no summary.
+        assert!(!out.contains("passed") && !out.contains("swiglu"), "{args:?} ran first: {out}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

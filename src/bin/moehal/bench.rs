@@ -118,6 +118,50 @@ fn is_stdout(_path: &Path) -> bool {
     false
 }
 
+/// A FIFO at `path` opened for writing without blocking (`O_NONBLOCK`): a blocking open would
+/// wait, silently and before the run, until some process opened the FIFO for reading (issue 16:
+/// `mkfifo f; moehal check --json f` hung). With no reader the kernel answers `ENXIO` at once, and
+/// that is an error naming the path; with one, this handle is the output (switched back to
+/// blocking writes, so the JSON is never cut short by `EAGAIN`). Not reopened: a reader such as
+/// `cat f` would see the end of the file when this handle closed. `None` when `path` is not a FIFO
+/// (a regular file, a missing path, a device): it is opened as before.
+///
+/// # Errors
+/// `cannot write the --json output PATH: it is a FIFO with no reader (start the reader first, or
+/// give a regular file)`, or the open's own error naming the path.
+#[cfg(unix)]
+fn open_fifo(path: &Path) -> anyhow::Result<Option<File>> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(None);
+    }
+    let cannot = |e: std::io::Error| anyhow!("cannot write the --json output {}: {e}", path.display());
+    let file = match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(anyhow!(
+                "cannot write the --json output {}: it is a FIFO with no reader (start the reader first, or give a regular file)",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(cannot(e)),
+    };
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL / F_SETFL on a descriptor this function owns (`file`), open for the calls.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(cannot(std::io::Error::last_os_error()));
+    }
+    Ok(Some(file))
+}
+
+/// No FIFOs to probe off Unix.
+#[cfg(not(unix))]
+fn open_fifo(_path: &Path) -> anyhow::Result<Option<File>> {
+    Ok(None)
+}
+
 impl JsonOut {
     /// Open (creating if absent, not truncating yet) `path` for writing; a stream (not a regular
     /// file) is probed with a one-newline write.
@@ -141,12 +185,15 @@ impl JsonOut {
                 to_stdout: true,
             });
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(cannot)?;
+        let mut file = match open_fifo(path)? {
+            Some(fifo) => fifo,
+            None => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(cannot)?,
+        };
         if stream {
             file.write_all(b"\n").and_then(|()| file.flush()).map_err(cannot)?;
         }
