@@ -883,7 +883,7 @@ fn an_ascend_lib_dir_that_is_a_file_is_said_to_be_a_file() {
 }
 
 /// Issue 16 (first contact): `--json` naming a FIFO that no process reads blocked in `open`,
-/// silently and before the run, forever. Now it is an error at once (status 1, naming the path and
+/// silently and before the run, forever. Now it is an error within seconds (status 1, naming the path and
 /// saying there is no reader), for `check` and `bench` alike. The child is killed after 60 s, so a
 /// regression fails instead of hanging the suite.
 #[test]

@@ -118,10 +118,14 @@ fn is_stdout(_path: &Path) -> bool {
     false
 }
 
+/// How long [`open_fifo`] waits for a FIFO's reader to appear before it is an error.
+#[cfg(unix)]
+const FIFO_READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A FIFO at `path` opened for writing without blocking (`O_NONBLOCK`): a blocking open would
 /// wait, silently and before the run, until some process opened the FIFO for reading (issue 16:
-/// `mkfifo f; moehal check --json f` hung). With no reader the kernel answers `ENXIO` at once, and
-/// that is an error naming the path; with one, this handle is the output (switched back to
+/// `mkfifo f; moehal check --json f` hung). With no reader the kernel answers `ENXIO` at once; still
+/// none after [`FIFO_READER_WAIT`] (2 s), that is an error naming the path; with one, this handle is the output (switched back to
 /// blocking writes, so the JSON is never cut short by `EAGAIN`). Not reopened: a reader such as
 /// `cat f` would see the end of the file when this handle closed. `None` when `path` is not a FIFO
 /// (a regular file, a missing path, a device): it is opened as before.
@@ -137,15 +141,23 @@ fn open_fifo(path: &Path) -> anyhow::Result<Option<File>> {
         return Ok(None);
     }
     let cannot = |e: std::io::Error| anyhow!("cannot write the --json output {}: {e}", path.display());
-    let file = match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(anyhow!(
-                "cannot write the --json output {}: it is a FIFO with no reader (start the reader first, or give a regular file)",
-                path.display()
-            ))
+    // A reader started with this process (`cat f & moehal ... --json f`) may open its end a
+    // moment later: `ENXIO` is retried for FIFO_READER_WAIT before it is an error.
+    let start = std::time::Instant::now();
+    let file = loop {
+        match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if start.elapsed() >= FIFO_READER_WAIT {
+                    return Err(anyhow!(
+                        "cannot write the --json output {}: it is a FIFO with no reader (start the reader first, or give a regular file)",
+                        path.display()
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(cannot(e)),
         }
-        Err(e) => return Err(cannot(e)),
     };
     let fd = file.as_raw_fd();
     // SAFETY: F_GETFL / F_SETFL on a descriptor this function owns (`file`), open for the calls.
