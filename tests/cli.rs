@@ -295,13 +295,17 @@ fn check_json_has_one_object_per_row() {
     ]);
     assert!(o.status.success(), "{:?}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let rows = v.as_array().unwrap();
+    // The base seed once (a decimal string), then the rows.
+    let base = v["base_seed"].as_str().unwrap_or_else(|| panic!("no base_seed string in {v}"));
+    assert!(base.parse::<u64>().is_ok(), "{base}");
+    let rows = v["results"].as_array().unwrap();
     assert!(!rows.is_empty());
     for r in rows {
         for key in ["op", "backend", "case", "dtype", "metric", "verdict", "seconds", "seed"] {
             assert!(r.get(key).is_some(), "missing {key} in {r}");
         }
         assert_eq!(r["verdict"], "PASS");
+        assert!(r["seed"].as_str().is_some_and(|s| s.parse::<u64>().is_ok()), "{r}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -668,7 +668,7 @@ fn an_unwritable_json_output_fails_before_the_run() {
         let got = reader.join().unwrap();
         assert!(o.status.success(), "{}", text(&o).1);
         let v: serde_json::Value = serde_json::from_str(&got).unwrap_or_else(|e| panic!("{e}: {got:?}"));
-        assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{got}");
+        assert!(v["results"].as_array().is_some_and(|a| !a.is_empty()), "{got}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -698,14 +698,17 @@ fn json_to_dev_stdout_redirected_to_a_file_keeps_the_table() {
             .expect("the moehal binary runs");
         let got = std::fs::read_to_string(&path).unwrap();
         assert!(o.status.success(), "{cmd}: {}{got}", text(&o).1);
-        // The table first, then the JSON array on its own lines.
+        // The table first, then the JSON on its own lines: bench's array of rows, check's object
+        // with its rows under `results`.
+        let open = if cmd == "bench" { "\n[\n" } else { "\n{\n" };
         let at = got
-            .find("\n[\n")
-            .unwrap_or_else(|| panic!("{cmd}: no JSON array after the table: {got:?}"));
+            .find(open)
+            .unwrap_or_else(|| panic!("{cmd}: no JSON after the table: {got:?}"));
         let (table, json) = got.split_at(at + 1);
         assert!(table.contains(table_word), "{cmd}: the table was lost: {got:?}");
         let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{cmd}: {e}: {json:?}"));
-        assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{cmd}: {json}");
+        let rows = if cmd == "bench" { &v } else { &v["results"] };
+        assert!(rows.as_array().is_some_and(|a| !a.is_empty()), "{cmd}: {json}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -923,6 +926,60 @@ fn a_json_fifo_without_a_reader_is_an_error_not_a_hang() {
         );
         // Refused before the run: no table, no summary.
         assert!(!out.contains("passed") && !out.contains("swiglu"), "{args:?} ran first: {out}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 16 (first contact): `check --json` wrote 64-bit case seeds as JSON numbers (rounded by
+/// readers that parse numbers as doubles, e.g. JavaScript's) and never the base seed. Now the base
+/// seed is recorded once and every seed is a decimal string, digit for digit; and `--seed` with the
+/// base seed, `--op`, `--case` and `--dtype` of a row gives that row the same seed and result.
+#[test]
+fn check_json_keeps_64_bit_seeds_and_the_base_seed() {
+    let dir = temp_dir("json-seeds");
+    let read = |name: &str, args: &[&str]| -> serde_json::Value {
+        let path = dir.join(name);
+        let mut all = vec!["check", "--backend", "reference", "--json", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = moehal(&all);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{all:?}: {out}{err}");
+        let got = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str(&got).unwrap_or_else(|e| panic!("{e}: {got}"))
+    };
+    let base = u64::MAX.to_string();
+    let full = read("full.json", &["--op", "swiglu", "--seed", &base]);
+    assert_eq!(full["base_seed"], base.as_str(), "{full}");
+    let rows = full["results"].as_array().expect("a results array");
+    assert!(rows.len() > 1, "{full}");
+    let seeds: Vec<u64> = rows
+        .iter()
+        .map(|r| {
+            let s = r["seed"].as_str().unwrap_or_else(|| panic!("seed is not a string: {r}"));
+            s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+        })
+        .collect();
+    // Seeds this large are past 2^53, where a double cannot hold every integer.
+    assert!(seeds.iter().any(|&s| s > 1 << 53), "{seeds:?}");
+    // The last row alone, from the recorded base seed: the same seed and the same error.
+    let last = rows.last().unwrap();
+    let one = read(
+        "one.json",
+        &[
+            "--op",
+            "swiglu",
+            "--case",
+            last["case"].as_str().unwrap(),
+            "--dtype",
+            last["dtype"].as_str().unwrap(),
+            "--seed",
+            full["base_seed"].as_str().unwrap(),
+        ],
+    );
+    let again = &one["results"][0];
+    assert_eq!(one["results"].as_array().map(Vec::len), Some(1), "{one}");
+    for key in ["case", "dtype", "seed", "metric"] {
+        assert_eq!(again[key], last[key], "{key}: {again} vs {last}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

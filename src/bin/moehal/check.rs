@@ -30,7 +30,11 @@ pub(crate) struct Args {
     #[arg(long)]
     preset: Option<String>,
     /// Also write every result as JSON to this file (created, or checked writable, before the
-    /// run).
+    /// run): one object, {"base_seed": "S", "results": [...]}, one result per row (op, backend,
+    /// case, dtype, metric, tolerance, verdict, seconds, seed, detail). Seeds are decimal strings:
+    /// they are 64-bit, and a JSON number above 2^53 loses digits in most readers (Python's
+    /// json.load keeps them, JavaScript's JSON.parse does not). `--seed S` with --op, --case and
+    /// --dtype of a row gives that row its seed again.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Base seed of the inputs (default: fresh from the clock; printed, and each case's seed is
@@ -51,6 +55,24 @@ pub(crate) struct Args {
     dtype: Option<String>,
 }
 
+/// The file `moehal check --json` writes: the run's base seed, once, and one [`JsonRow`] per
+/// result. The field names are the file's format (scripts read them). Issue 16: the file was a
+/// bare array of rows, without the base seed that `--seed` takes to rerun a row.
+#[derive(Debug, serde::Serialize)]
+struct JsonFile<'a> {
+    /// The base seed (`--seed`), as a decimal string (see [`JsonRow::seed`]).
+    #[serde(serialize_with = "seed_string")]
+    base_seed: u64,
+    results: Vec<JsonRow<'a>>,
+}
+
+/// A seed as a decimal string: seeds are `u64`, and a JSON number above 2^53 is rounded by readers
+/// that parse numbers as doubles (JavaScript, jq), so a seed written as a number could not be
+/// given back to `--seed` (issue 16).
+fn seed_string<S: serde::Serializer>(seed: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(seed)
+}
+
 /// One object of `moehal check --json`: a result of [`harness::run_case`], with the op and the
 /// verdict by name. The field names are the file's format (scripts read them).
 #[derive(Debug, serde::Serialize)]
@@ -63,6 +85,9 @@ struct JsonRow<'a> {
     tolerance: &'a str,
     verdict: &'static str,
     seconds: f64,
+    /// The case's own seed (`harness::case_seed` of the base seed and the case's index in the
+    /// full list), as a decimal string.
+    #[serde(serialize_with = "seed_string")]
     seed: u64,
     detail: &'a str,
 }
@@ -212,8 +237,11 @@ pub(super) fn run(a: Args) -> CliResult {
     }
     outln!("{pass} passed, {fail} failed, {unsup} unsupported");
     if let Some(out) = json {
-        let rows: Vec<JsonRow<'_>> = results.iter().map(|(_, r)| JsonRow::of(r)).collect();
-        out.write(&serde_json::to_value(rows)?)?;
+        let file = JsonFile {
+            base_seed: seed,
+            results: results.iter().map(|(_, r)| JsonRow::of(r)).collect(),
+        };
+        out.write(&serde_json::to_value(file)?)?;
     }
     Ok(if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -237,5 +265,30 @@ mod tests {
             "MOEHAL_ASCEND_LIB_DIR='/opt/my lib' MOEHAL_THREADS=2 MOEHAL_X='it'\\''s' "
         );
         assert_eq!(env_prefix(std::iter::empty()), "");
+    }
+
+    /// Seeds past 2^53 (every seed is a u64) are written as strings, digit for digit.
+    #[test]
+    fn seeds_are_written_as_decimal_strings() {
+        let r = harness::CaseResult {
+            op: moehal_core::OpKind::Swiglu,
+            backend: "cpu".into(),
+            case: "c".into(),
+            dtype: "f32".into(),
+            metric: "rel 0".into(),
+            verdict: Verdict::Pass,
+            seconds: 0.5,
+            seed: u64::MAX - 1,
+            tolerance: "bitwise".into(),
+            detail: String::new(),
+        };
+        let file = JsonFile {
+            base_seed: (1 << 53) + 1,
+            results: vec![JsonRow::of(&r)],
+        };
+        let v = serde_json::to_value(&file).unwrap();
+        assert_eq!(v["base_seed"], "9007199254740993");
+        assert_eq!(v["results"][0]["seed"], "18446744073709551614");
+        assert_eq!(v["results"][0]["seconds"], 0.5);
     }
 }
