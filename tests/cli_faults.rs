@@ -983,3 +983,37 @@ fn check_json_keeps_64_bit_seeds_and_the_base_seed() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Issue 16 (first contact): with `MOEHAL_ASCEND_LIB_DIR` at the emulator's libraries, `devices`
+/// and `kernels` printed `ascend` `available` and its kernels with no word that the emulator had
+/// answered. Now `devices` lists it as `ascend (emulator)` and both say in a note that it is the
+/// emulator (the device name its library reports), not Ascend hardware.
+#[test]
+fn devices_and_kernels_say_when_ascend_is_the_emulator() {
+    let Some(dir) = emulator_dir() else {
+        println!("the Ascend emulator is not built (cargo build -p moehal-ascend-emu): skipped");
+        return;
+    };
+    let env = [("MOEHAL_ASCEND_LIB_DIR", dir.to_str().unwrap())];
+    let note = "note: ascend is the ACL emulator moehal-ascend-emu (its library reports the device Ascend910B2-emu), not Ascend hardware";
+    let o = moehal_env(&["devices"], &env);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("ascend"))
+        .unwrap_or_else(|| panic!("no ascend row: {out}"));
+    assert!(
+        row.starts_with("ascend (emulator)") && row.contains("available"),
+        "{row}"
+    );
+    assert!(out.contains(note), "{out}");
+    let o = moehal_env(&["kernels", "--backend", "ascend"], &env);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.lines().next().is_some_and(|l| l.starts_with(note)), "{out}");
+    // The reference is not the emulator: no note for it.
+    let o = moehal_env(&["kernels", "--backend", "reference"], &env);
+    let (out, _) = text(&o);
+    assert!(!out.contains("emulator"), "{out}");
+}

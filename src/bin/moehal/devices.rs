@@ -1,5 +1,6 @@
 //! `moehal devices`: every compiled-in backend, whether this machine can run it (and why not),
-//! its device name, memory and capability.
+//! its device name, memory and capability. A backend whose device is the ACL emulator is listed as
+//! `ascend (emulator)`, with a note under the table ([`super::emulator_note`]).
 
 use std::process::ExitCode;
 
@@ -11,12 +12,14 @@ pub(super) fn run() -> CliResult {
     let reg = Registry::discover();
     let mut t = Table::new(&["backend", "status", "device", ">memory", "capability", ">units"]);
     let mut reasons = Vec::new();
+    let mut notes = Vec::new();
     for e in reg.entries() {
         match &e.status {
             Ok(b) => {
                 let info = b.device_info();
+                notes.extend(super::emulator_note(e.name, &info.name));
                 t.row(vec![
-                    e.name.to_string(),
+                    super::label_for(e.name, &info.name),
                     "available".into(),
                     info.name,
                     info.memory_bytes.map_or_else(|| "-".into(), |m| human_bytes(m as f64)),
@@ -32,7 +35,7 @@ pub(super) fn run() -> CliResult {
         }
     }
     out!("{}", t.render());
-    for r in &reasons {
+    for r in reasons.iter().chain(&notes) {
         outln!("{r}");
     }
     let n = reg.available().count();

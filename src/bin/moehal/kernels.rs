@@ -52,8 +52,15 @@ pub(super) fn run(a: Args) -> CliResult {
     let names: Vec<&str> = reg.entries().iter().map(|e| e.name).collect();
     let wanted = selected(&names, &a.backend)?;
     for e in reg.entries().iter().filter(|e| wanted.contains(&e.name)) {
-        if let Err(reason) = &e.status {
-            outln!("{}: unavailable ({reason}), not in the matrix", e.name);
+        match &e.status {
+            Err(reason) => outln!("{}: unavailable ({reason}), not in the matrix", e.name),
+            // The column keeps the backend's name (scripts split the header on spaces); the note
+            // says when its kernels are the emulator's (issue 16).
+            Ok(b) => {
+                if let Some(note) = super::emulator_note(e.name, &b.device_info().name) {
+                    outln!("{note}");
+                }
+            }
         }
     }
     if !reg

@@ -439,11 +439,29 @@ pub(crate) fn backend_label(b: &dyn Backend) -> String {
 
 /// [`backend_label`] from a backend name and its device name.
 pub(crate) fn label_for(name: &str, device: &str) -> String {
-    if device.ends_with("-emu") {
+    if is_emulator(device) {
         format!("{name} (emulator)")
     } else {
         name.to_string()
     }
+}
+
+/// Whether a device name is the one the ACL emulator reports: `aclrtGetSocName` of
+/// `moehal-ascend-emu` answers `Ascend910B2-emu` (its `SOC_NAME`), and no Ascend SoC name ends in
+/// `-emu`. The loaded library's own word, not a guess from the directory it was loaded from.
+pub(crate) fn is_emulator(device: &str) -> bool {
+    device.ends_with("-emu")
+}
+
+/// For `moehal devices` and `moehal kernels`: a line saying that backend `name` is the emulator,
+/// when its device (`device`, the name the library reports) is, else `None`. Issue 16: both
+/// printed the emulator as `ascend`, `available`, so a user could take its answers for an NPU's.
+pub(crate) fn emulator_note(name: &str, device: &str) -> Option<String> {
+    is_emulator(device).then(|| {
+        format!(
+            "note: {name} is the ACL emulator moehal-ascend-emu (its library reports the device {device}), not Ascend hardware: what it runs and times is the emulator's"
+        )
+    })
 }
 
 /// A plain text table with aligned columns, drawn by comfy-table: a header, a rule of dashes, no
@@ -507,6 +525,13 @@ mod tests {
         assert_eq!(label_for("ascend", "Ascend910B2-emu"), "ascend (emulator)");
         assert_eq!(label_for("ascend", "Ascend910B2"), "ascend");
         assert_eq!(label_for("cpu", "AMD EPYC"), "cpu");
+        let note = emulator_note("ascend", "Ascend910B2-emu").unwrap();
+        assert!(
+            note.contains("ascend is the ACL emulator") && note.contains("Ascend910B2-emu") && note.contains("not Ascend hardware"),
+            "{note}"
+        );
+        assert_eq!(emulator_note("ascend", "Ascend910B2"), None);
+        assert_eq!(emulator_note("cpu", "AMD EPYC"), None);
     }
 
     #[test]
