@@ -296,7 +296,9 @@ fn check_json_has_one_object_per_row() {
     assert!(o.status.success(), "{:?}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     // The base seed once (a decimal string), then the rows.
-    let base = v["base_seed"].as_str().unwrap_or_else(|| panic!("no base_seed string in {v}"));
+    let base = v["base_seed"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no base_seed string in {v}"));
     assert!(base.parse::<u64>().is_ok(), "{base}");
     let rows = v["results"].as_array().unwrap();
     assert!(!rows.is_empty());

@@ -899,8 +899,28 @@ fn a_json_fifo_without_a_reader_is_an_error_not_a_hang() {
     }
     let f = fifo.to_str().unwrap();
     for args in [
-        &["check", "--backend", "reference", "--op", "swiglu", "--seed", "1", "--json", f][..],
-        &["bench", "--backend", "reference", "--op", "swiglu", "--tokens", "1", "--json", f][..],
+        &[
+            "check",
+            "--backend",
+            "reference",
+            "--op",
+            "swiglu",
+            "--seed",
+            "1",
+            "--json",
+            f,
+        ][..],
+        &[
+            "bench",
+            "--backend",
+            "reference",
+            "--op",
+            "swiglu",
+            "--tokens",
+            "1",
+            "--json",
+            f,
+        ][..],
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_moehal"))
             .args(args)
@@ -921,11 +941,16 @@ fn a_json_fifo_without_a_reader_is_an_error_not_a_hang() {
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
         assert!(
-            err.contains(&format!("cannot write the --json output {f}: it is a FIFO with no reader")),
+            err.contains(&format!(
+                "cannot write the --json output {f}: it is a FIFO with no reader"
+            )),
             "{args:?}: {err}"
         );
         // Refused before the run: no table, no summary.
-        assert!(!out.contains("passed") && !out.contains("swiglu"), "{args:?} ran first: {out}");
+        assert!(
+            !out.contains("passed") && !out.contains("swiglu"),
+            "{args:?} ran first: {out}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -955,7 +980,9 @@ fn check_json_keeps_64_bit_seeds_and_the_base_seed() {
     let seeds: Vec<u64> = rows
         .iter()
         .map(|r| {
-            let s = r["seed"].as_str().unwrap_or_else(|| panic!("seed is not a string: {r}"));
+            let s = r["seed"]
+                .as_str()
+                .unwrap_or_else(|| panic!("seed is not a string: {r}"));
             s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
         })
         .collect();

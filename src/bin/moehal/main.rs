@@ -527,7 +527,9 @@ mod tests {
         assert_eq!(label_for("cpu", "AMD EPYC"), "cpu");
         let note = emulator_note("ascend", "Ascend910B2-emu").unwrap();
         assert!(
-            note.contains("ascend is the ACL emulator") && note.contains("Ascend910B2-emu") && note.contains("not Ascend hardware"),
+            note.contains("ascend is the ACL emulator")
+                && note.contains("Ascend910B2-emu")
+                && note.contains("not Ascend hardware"),
             "{note}"
         );
         assert_eq!(emulator_note("ascend", "Ascend910B2"), None);

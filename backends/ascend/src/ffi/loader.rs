@@ -622,7 +622,9 @@ pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
         // Issue 16: when MOEHAL_ASCEND_LIB_DIR is set, say that it was searched, not to set it.
         let hint = match std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
             Some(d) => match lib_dir_problem(Path::new(&d)) {
-                Some(problem) => format!("{problem}, so it was not searched: set it to the directory that holds libascendcl.so"),
+                Some(problem) => {
+                    format!("{problem}, so it was not searched: set it to the directory that holds libascendcl.so")
+                }
                 None => format!(
                     "MOEHAL_ASCEND_LIB_DIR={} was searched first and has neither library",
                     Path::new(&d).display()
