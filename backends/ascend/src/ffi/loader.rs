@@ -660,3 +660,31 @@ pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
         _libs: libs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16: a file is said to be a file, a missing path missing; a directory is searched.
+    #[test]
+    fn lib_dir_problem_names_a_file_and_a_missing_path() {
+        let dir = std::env::temp_dir().join(format!("moehal-ascend-libdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(lib_dir_problem(&dir), None);
+        assert_eq!(
+            lib_dir_problem(&file),
+            Some(format!(
+                "MOEHAL_ASCEND_LIB_DIR={} names a file, not a directory",
+                file.display()
+            ))
+        );
+        let gone = dir.join("missing");
+        assert_eq!(
+            lib_dir_problem(&gone),
+            Some(format!("MOEHAL_ASCEND_LIB_DIR={} does not exist", gone.display()))
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
