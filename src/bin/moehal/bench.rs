@@ -32,7 +32,7 @@ pub(crate) struct Args {
     #[arg(long, value_parser = super::non_empty_filter)]
     filter: Option<String>,
     /// Also write the rows to this file as one JSON array with one object per row (the file is
-    /// created, or checked writable, before the run).
+    /// created, or checked writable, before the run; a FIFO needs its reader within 2 s).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Token counts replacing the defaults of every op (each at least 1; `--tokens 1 16` or

@@ -30,15 +30,15 @@ pub(crate) struct Args {
     #[arg(long)]
     preset: Option<String>,
     /// Also write every result as JSON to this file (created, or checked writable, before the
-    /// run): one object, {"base_seed": "S", "results": [...]}, one result per row (op, backend,
+    /// run; a FIFO needs its reader within 2 s): one object, {"base_seed": "S", "results": [...]}, one result per row (op, backend,
     /// case, dtype, metric, tolerance, verdict, seconds, seed, detail). Seeds are decimal strings:
-    /// they are 64-bit, and a JSON number above 2^53 loses digits in most readers (Python's
-    /// json.load keeps them, JavaScript's JSON.parse does not). `--seed S` with --op, --case and
-    /// --dtype of a row gives that row its seed again.
+    /// they are 64-bit, and a JSON number above 2^53 loses digits in readers that parse numbers as
+    /// doubles (JavaScript's JSON.parse, jq). `--seed S` with --op, --case and --dtype of a row
+    /// gives that row its seed again.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Base seed of the inputs (default: fresh from the clock; printed, and each case's seed is
-    /// in its result).
+    /// Base seed of the inputs (default: fresh from the clock; printed, recorded as `base_seed`
+    /// by --json, and each case's seed is in its result).
     #[arg(long, value_parser = super::seed_parser, allow_negative_numbers = true)]
     seed: Option<u64>,
     /// Only the cases of this op.
