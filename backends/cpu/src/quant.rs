@@ -31,7 +31,7 @@ use crate::pool::Pool;
 use crate::simd::amx::TileEngine;
 use crate::simd::{Kernels, Tiles, MR, NR};
 use moehal_core::quant::{e2m1_to_f32, e8m0_to_f32, INT8_MAX_K, MXFP4_BLOCK};
-use moehal_core::{Error, Result};
+use moehal_core::{DType, Error, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -1073,7 +1073,34 @@ pub fn support(kern: &Kernels, op: &moehal_core::ops::QuantDesc) -> moehal_core:
     use moehal_core::ops::{ActFormat, QuantDesc, WeightFormat};
     use moehal_core::Support;
     let isa = kern.isa().name();
+    // Where `grouped_gemm_q` sends prefill to the bf16 tiles (`amx_rows`).
+    let tiles =
+        kern.amx().is_some() && crate::grouped_gemm::bf16_kernel_default(kern) == crate::grouped_gemm::Bf16Kernel::Amx;
     match *op {
+        QuantDesc::GroupedGemm {
+            w: w @ (WeightFormat::Fp8Block | WeightFormat::Mxfp4),
+            x: ActFormat::Float(DType::BF16),
+            ..
+        } if tiles => {
+            let decode = if w == WeightFormat::Mxfp4 {
+                "; decode: avx512 in-register e2m1 LUT dot"
+            } else {
+                ""
+            };
+            Support::yes(format!(
+                "amx bf16 tiles over exactly decoded weight rows (prefill; a scale outside the exact range: \
+                 {isa} dequant-to-f32-panel microkernel){decode}"
+            ))
+        }
+        QuantDesc::GroupedGemm {
+            w: WeightFormat::Fp8Block,
+            x: ActFormat::Fp8,
+            y: DType::BF16,
+        } if tiles => Support::yes(
+            "amx bf16 tiles over decoded e4m3 codes, f32 block sums scaled per 128 (prefill; other groups and \
+             scales: e4m3 f32 panels)"
+                .to_string(),
+        ),
         QuantDesc::GroupedGemm {
             w,
             x: ActFormat::Float(_),
