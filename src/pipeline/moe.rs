@@ -473,7 +473,6 @@ pub(crate) type StageTimer<'a> = dyn FnMut(&'static str, &mut dyn FnMut() -> Res
 /// `[M, I] → [M, H]` into the first `M·H` elements of `y`). `x` is `[M, H]` in `dtype`,
 /// `group_end` `[groups]` i64; `scratch` holds the `[M, 2I]` and `[M, I]` intermediates. Quantized weights (`w.quant`) take the
 /// §6 grouped GEMM. Shared by the single-process layer and the expert-parallel one.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn routed_ffn(
     backend: &dyn Backend,
     dtype: DType,
@@ -533,7 +532,6 @@ pub(crate) fn routed_ffn(
 /// `y_row0 + si·T ..` of `y` (`[.., H]` in `dtype`). `dense_end` is `[1]` i64 holding `T`;
 /// `scratch` holds the `[T, 2I]` and `[T, I]` intermediates. Shared by the single-process layer
 /// and the expert-parallel one.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn shared_ffn(
     backend: &dyn Backend,
     dtype: DType,

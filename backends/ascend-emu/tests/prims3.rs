@@ -508,7 +508,6 @@ fn scatter_add_refusals() {
 
 // ---- aclnnTopk ----------------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
 fn topk_p1(x: &Dev, k: i64, dim: i64, largest: bool, sorted: bool, v: &Dev, i: &Dev) -> (i32, u64, Exec) {
     // SAFETY: live objects of this library or NULL; out-pointers to locals.
     p1(|ws, ex| unsafe { aclnnTopkGetWorkspaceSize(x.t, k, dim, largest, sorted, v.t, i.t, ws, ex) })

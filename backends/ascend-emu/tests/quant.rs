@@ -215,7 +215,6 @@ fn nd(d: &Dev, dims: &[i64]) -> Tv {
 }
 
 /// V4 phase one on ready lists (NULL for an absent one): splitItem 3, groupType 0, actType 0.
-#[allow(clippy::too_many_arguments)]
 fn v4_lists(
     xl: *mut sys::aclTensorList,
     wl: *mut sys::aclTensorList,
@@ -256,7 +255,6 @@ fn v4_lists(
 }
 
 /// V4 phase one with A8W8 inputs, each list holding a fresh aclTensor of its description.
-#[allow(clippy::too_many_arguments)]
 fn qv4(
     x: &Tv,
     w: &Tv,

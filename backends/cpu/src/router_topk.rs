@@ -229,7 +229,6 @@ fn max_of(v: &[f32]) -> f32 {
 /// `k`-th's) could change the set, and then this returns `false`. So the selection is the one on
 /// the divided scores, bit for bit, with `k + 1` divisions instead of `E`. Applies without a group limit, where every
 /// logit is finite, `k < 16` and the table has a vector top-k kernel.
-#[allow(clippy::too_many_arguments)]
 fn softmax_select(
     kern: &Kernels,
     src: &[f32],

@@ -30,7 +30,6 @@ fn host(bytes: &[u8]) -> Buffer {
 /// One call: table `[r, d]` of `fmt` at element offset `t_off` in its buffer, `rows` as `[t, c]`,
 /// output `[t, c * d]` at element offset `o_off`; returns the call's result and the whole output
 /// buffer's bytes (poisoned before the call).
-#[allow(clippy::too_many_arguments)]
 fn call(
     be: &dyn Backend,
     fmt: TableFormat,

@@ -97,7 +97,6 @@ pub unsafe extern "C" fn aclnnSWhereGetWorkspaceSize(
 ///
 /// # Safety
 /// As the exported functions.
-#[allow(clippy::too_many_arguments)]
 unsafe fn arith_one(
     sub: bool,
     inplace: bool,
@@ -227,7 +226,6 @@ pub unsafe extern "C" fn aclnnScatterAddGetWorkspaceSize(
 /// # Safety
 /// Pointers must be NULL or valid objects from this library; outputs writable.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn aclnnTopkGetWorkspaceSize(
     self_: *const sys::aclTensor,
     k: i64,

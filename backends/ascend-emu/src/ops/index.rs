@@ -88,7 +88,6 @@ impl Prim {
     ///   src.size(d)` for every d, `index.size(d) <= self.size(d)` for `d != dim`; dim in
     ///   `[-self.dim(), self.dim()-1]` (161002);
     /// - reduce 0 (replace), 1 (add), 2 (multiply) — the page's example; any other value 161002.
-    #[allow(clippy::too_many_arguments)]
     pub fn scatter(
         inplace: bool,
         x: Option<Desc>,

@@ -46,7 +46,6 @@ impl Op {
     /// "A8W8场景约束" and "公共约束"; RULES.md QG1-QG8). The structural checks shared with the float
     /// path (single tensors, splitItem, groupType 0, groupListType 0/1, actType 0, group list) are
     /// done by the caller ([`Op::gmm`]'s rules G1-G7 apply unchanged).
-    #[allow(clippy::too_many_arguments)]
     pub fn quant_gmm(
         x: Desc,
         w: Desc,

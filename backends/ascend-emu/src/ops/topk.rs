@@ -32,7 +32,6 @@ impl Prim {
     ///   conflicting, the emulator takes the narrower `1 ≤ k ≤ self.size(dim)` (161002);
     /// - sorted: "当前该参数仅支持取True,暂不支持取False" → false refused (161002);
     /// - valuesOut / indicesOut "shape排序轴与k一致,非排序轴与self一致" (161002).
-    #[allow(clippy::too_many_arguments)]
     pub fn topk(
         x: Option<Desc>,
         k: i64,
