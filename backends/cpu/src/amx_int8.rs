@@ -319,3 +319,160 @@ mod tests {
         assert_eq!(y, [8; 12]);
     }
 }
+
+/// Scratch of [`w8a8_nk`] per worker: the padded weight copy, the i32 block, the f32 row.
+#[derive(Default)]
+struct NkScratch {
+    a: Vec<i8>,
+    c: Vec<i32>,
+    o: Vec<f32>,
+}
+
+thread_local! {
+    static NK_SCRATCH: RefCell<NkScratch> = RefCell::new(NkScratch::default());
+}
+
+/// W8A8 int8 `grouped_gemm` (OPS.md §6) on `tdpbssd` tiles with the NK weights read in place, no
+/// packing: each (expert, 32 output columns) task takes its 32 weight rows as the A operand (16 rows
+/// × 64 K bytes per tile, a zero-padded copy where K is not a multiple of 64 or fewer than 32 columns
+/// remain), the expert's activations are staged once as the B operand (`xt[p][i]` = the four bytes
+/// `x[i][4p..4p+4]`), and the tiles hold `yᵀ`. Per output: `acc` exact in i32, then
+/// `(x_scale[row] · w_scale[g, col] · acc)` formed in f64 and rounded to f32, `+ bias`, `× row_scale`,
+/// one rounding to `T` — the same operations in the same order as the other int8 kernels, so the
+/// output is bitwise theirs. Results do not depend on the thread count.
+///
+/// The caller validated the call (lengths, `K <= INT8_MAX_K`, `group_end`) and that some row was
+/// routed; `w` is `[G, N, K]`, `w_scale` `[G, N]`, `x_scale` `[M]`, `y` `[M, N]`.
+pub(crate) fn w8a8_nk<T: crate::elem::Elem>(
+    amx: TileEngine,
+    pool: Option<&Pool>,
+    x: &[i8],
+    x_scale: &[f32],
+    k: usize,
+    n: usize,
+    group_end: &[i64],
+    w: &[i8],
+    w_scale: &[f32],
+    row_scale: Option<&[f32]>,
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    let kp = k.div_ceil(KSTEP) * KSTEP;
+    let kblocks = kp / KSTEP;
+    let q = kp / 4;
+    let mut groups = Vec::new();
+    let mut r0 = 0usize;
+    for (g, &e) in group_end.iter().enumerate() {
+        let e = e as usize;
+        if e > r0 {
+            groups.push((g, r0, e - r0));
+        }
+        r0 = e;
+    }
+    let used = r0;
+    // Activations of each group as the B operand, staged once: q rows of mgp u32.
+    let mut offs = Vec::with_capacity(groups.len() + 1);
+    let mut total = 0usize;
+    for &(_, _, mg) in &groups {
+        offs.push(total);
+        total += q * mg.div_ceil(16) * 16;
+    }
+    offs.push(total);
+    let mut xt = vec![0u32; total];
+    {
+        let mut parts = Vec::with_capacity(groups.len());
+        let mut rest: &mut [u32] = &mut xt;
+        for gi in 0..groups.len() {
+            let (h, t) = rest.split_at_mut(offs[gi + 1] - offs[gi]);
+            parts.push(h);
+            rest = t;
+        }
+        let stage = |(gi, part): (usize, &mut &mut [u32])| {
+            let (_, s, mg) = groups[gi];
+            let mgp = mg.div_ceil(16) * 16;
+            for i in 0..mg {
+                let row = &x[(s + i) * k..(s + i + 1) * k];
+                for (p, quad) in row.chunks(4).enumerate() {
+                    let mut b = [0u8; 4];
+                    for (d, &v) in b.iter_mut().zip(quad) {
+                        *d = v as u8;
+                    }
+                    part[p * mgp + i] = u32::from_le_bytes(b);
+                }
+            }
+        };
+        match pool {
+            Some(p) if groups.len() > 1 => p.install(|| parts.par_iter_mut().enumerate().for_each(stage)),
+            _ => parts.iter_mut().enumerate().for_each(stage),
+        }
+    }
+    let nblocks = n.div_ceil(BLOCK);
+    let ranges: Vec<(usize, usize)> = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
+    let tiles = crate::simd::Tiles::new(&mut y[..used * n], n, BLOCK, ranges);
+    let ntasks = groups.len() * nblocks;
+    let xtr = &xt;
+    let job = |t: usize| {
+        let (gi, nb) = (t / nblocks, t % nblocks);
+        let (g, s, mg) = groups[gi];
+        let mgp = mg.div_ceil(16) * 16;
+        let n0 = nb * BLOCK;
+        let nc = BLOCK.min(n - n0);
+        let mt = if nc > 16 { 2 } else { 1 };
+        let mut tile = tiles.tile(gi, nb);
+        NK_SCRATCH.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            let NkScratch { a: pa, c, o } = &mut *sc;
+            let (asl, lda): (&[i8], usize) = if k % KSTEP == 0 && nc == BLOCK {
+                (&w[(g * n + n0) * k..(g * n + n0 + BLOCK) * k], k)
+            } else {
+                if pa.len() < BLOCK * kp {
+                    pa.resize(BLOCK * kp, 0);
+                }
+                pa[..BLOCK * kp].fill(0);
+                for j in 0..nc {
+                    pa[j * kp..j * kp + k].copy_from_slice(&w[(g * n + n0 + j) * k..(g * n + n0 + j + 1) * k]);
+                }
+                (&pa[..BLOCK * kp], kp)
+            };
+            if c.len() < BLOCK * BLOCK {
+                c.resize(BLOCK * BLOCK, 0);
+            }
+            if o.len() < BLOCK {
+                o.resize(BLOCK, 0.0);
+            }
+            let b = &xtr[offs[gi]..offs[gi + 1]];
+            let wsr = &w_scale[g * n + n0..g * n + n0 + nc];
+            let brow = bias.map(|bv| &bv[g * n + n0..g * n + n0 + nc]);
+            for t0 in (0..mg).step_by(BLOCK) {
+                let tc = BLOCK.min(mg - t0);
+                let nt = if tc > 16 { 2 } else { 1 };
+                amx.s8_block(asl, lda, mt, &b[t0.min(b.len())..], mgp, 16 * mgp, nt, kblocks, c);
+                for bi in 0..tc {
+                    let r = s + t0 + bi;
+                    let xsv = f64::from(x_scale[r]);
+                    let out = &mut o[..nc];
+                    for (j, ov) in out.iter_mut().enumerate() {
+                        *ov = (xsv * f64::from(wsr[j]) * f64::from(c[j * BLOCK + bi])) as f32;
+                    }
+                    if let Some(brow) = brow {
+                        for (ov, bv) in out.iter_mut().zip(brow) {
+                            *ov += bv.to_f32();
+                        }
+                    }
+                    if let Some(rs) = row_scale {
+                        let sv = rs[r];
+                        for ov in out.iter_mut() {
+                            *ov *= sv;
+                        }
+                    }
+                    T::narrow(out, tile.row(t0 + bi));
+                }
+            }
+        });
+    };
+    let worth = pool.filter(|p| p.worth_parallel(used * n * k.max(1), crate::grouped_gemm::SERIAL_BELOW));
+    match worth {
+        Some(p) if ntasks > 1 => p.install(|| (0..ntasks).into_par_iter().for_each(job)),
+        _ => (0..ntasks).for_each(job),
+    }
+}

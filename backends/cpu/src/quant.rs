@@ -424,6 +424,27 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
             // A scale the tiles cannot hold exactly: the f32 path below rewrites every used row.
         }
     }
+    // W8A8 int8 prefill on AMX: weights read in place (no per-call packing), bitwise the per-task
+    // int8 kernels' output (exact i32 sums, the same scale and epilogue operations).
+    if let (Some(amx), QAct::Int8 { x, scale: xs }, QWeights::Int8 { w, scale: ws }) = (kern.amx(), a.x, a.w) {
+        if crate::grouped_gemm::amx::worth_it(a.group_end) {
+            crate::amx_int8::w8a8_nk(
+                TileEngine::Hardware(amx),
+                Some(pool),
+                x,
+                xs,
+                a.k,
+                a.n,
+                a.group_end,
+                w,
+                ws,
+                a.row_scale,
+                a.bias,
+                y,
+            );
+            return Ok(());
+        }
+    }
     let mc = crate::grouped_gemm::MC;
     let mut ranges = Vec::new();
     let mut range_group = Vec::new();
@@ -618,8 +639,8 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
     Some(crate::grouped_gemm::amx::run_with(engine, pool, &args, Some(&src), y))
 }
 
-/// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x`, and W8A8 `fp8_block` with bf16 `y`,
-/// through the AMX-tile algorithm on
+/// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x`, W8A8 `fp8_block` with bf16 `y`, and
+/// W8A8 `int8` (any `y`; `amx_int8::w8a8_nk`), through the AMX-tile algorithm on
 /// `engine`, whatever the group sizes; with [`TileEngine::Emulated`] on any machine (slowly), which is
 /// how the tile path is tested where the CPU has no AMX. Returns `Ok(false)` (nothing promised about
 /// `y`) for a call the tile path does not take: another pairing or dtype, `K` = 0, or a scale outside
@@ -635,6 +656,23 @@ pub fn grouped_gemm_q_tiles<T: Elem>(
     validate(a, y.len())?;
     if a.m == 0 || a.n == 0 || a.group_end.last().copied().unwrap_or(0) == 0 {
         return Ok(false);
+    }
+    if let (QAct::Int8 { x, scale: xs }, QWeights::Int8 { w, scale: ws }) = (a.x, a.w) {
+        crate::amx_int8::w8a8_nk(
+            engine,
+            Some(pool),
+            x,
+            xs,
+            a.k,
+            a.n,
+            a.group_end,
+            w,
+            ws,
+            a.row_scale,
+            a.bias,
+            y,
+        );
+        return Ok(true);
     }
     Ok(amx_rows(engine, Some(pool), a, y) == Some(true))
 }

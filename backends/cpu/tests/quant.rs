@@ -554,3 +554,67 @@ fn tile_path_of_weight_only_formats() {
         }
     }
 }
+
+/// W8A8 int8 on AMX tiles with the NK weights read in place (`grouped_gemm_q_tiles`, emulated engine
+/// everywhere, hardware where present) gives bitwise the output of the scalar int8 kernel table (exact
+/// i32 sums, the same f64 scale product and epilogue): K multiple of 64 and not, a partial column
+/// block, empty experts, one-row experts beside large ones, bias and row_scale, f32 and bf16 y.
+#[test]
+fn int8_tile_path_is_bitwise_the_other_int8_kernels() {
+    let pool = Pool::new(2).unwrap();
+    let scalar = Kernels::for_isa(Isa::Scalar).expect("the scalar table exists everywhere");
+    let engines: Vec<TileEngine> = [Some(TileEngine::Emulated), Amx::get().map(TileEngine::Hardware)]
+        .into_iter()
+        .flatten()
+        .collect();
+    for (k, n, groups) in [
+        (200usize, 70usize, &[35usize, 0, 9, 1][..]),
+        (128, 32, &[40, 7][..]),
+        (64, 5, &[9][..]),
+    ] {
+        let m = groups.iter().sum::<usize>() + 1;
+        for y in [DType::F32, DType::BF16] {
+            for extras in [false, true] {
+                let inp = make(91, WeightFormat::Int8, ActFormat::Int8, y, groups, n, k, extras);
+                let x: Vec<i8> = bytemuck::pod_collect_to_vec(&inp.x);
+                let xs: Vec<f32> = bytemuck::pod_collect_to_vec(&inp.xs.as_ref().unwrap().0);
+                let w: Vec<i8> = bytemuck::pod_collect_to_vec(&inp.w);
+                let ws: Vec<f32> = bytemuck::pod_collect_to_vec(&inp.ws);
+                macro_rules! check {
+                    ($t:ty, $nan:expr) => {{
+                        let bias: Option<Vec<$t>> = inp.bias.as_ref().map(|b| bytemuck::pod_collect_to_vec(b));
+                        let a = QGemmArgs {
+                            x: QAct::Int8 { x: &x, scale: &xs },
+                            m,
+                            k,
+                            n,
+                            group_end: &inp.ge,
+                            w: QWeights::Int8 { w: &w, scale: &ws },
+                            row_scale: inp.rs.as_deref(),
+                            bias: bias.as_deref(),
+                        };
+                        let mut want = vec![$nan; m * n];
+                        grouped_gemm_q(scalar, &pool, &a, &mut want).unwrap();
+                        for &eng in &engines {
+                            let mut got = vec![$nan; m * n];
+                            assert!(grouped_gemm_q_tiles(eng, &pool, &a, &mut got).unwrap());
+                            let (gb, wb): (Vec<u64>, Vec<u64>) = (
+                                got.iter().map(|&v| f64::from(v).to_bits()).collect(),
+                                want.iter().map(|&v| f64::from(v).to_bits()).collect(),
+                            );
+                            assert_eq!(gb, wb, "{eng:?} k {k} n {n} y {y} extras {extras}");
+                            assert!(
+                                got[(m - 1) * n..].iter().all(|&v| f64::from(v).is_nan()),
+                                "guard row written"
+                            );
+                        }
+                    }};
+                }
+                match y {
+                    DType::F32 => check!(f32, f32::NAN),
+                    _ => check!(bf16, bf16::NAN),
+                }
+            }
+        }
+    }
+}
