@@ -17,7 +17,7 @@
 //! E2M1 pairs, i8 values in [-127, 127], f32 scales and E8M0 bytes (never 255) sized so that `y` is
 //! O(1) and finite; drawn one random byte per code, in place and on all cores, so the 4 GiB of
 //! V4-Flash fp8 weights take seconds. The buffers are in this module's order (x, w, w_scale,
-//! [x_scale], group_end(s)), which the kit maps to the spec's.
+//! \[x_scale\], group_end(s)), which the kit maps to the spec's.
 
 use moehal_core::ops::{ActFormat, GroupedGemmQ, QuantizeFp8, QuantizeInt8, WeightFormat};
 use moehal_core::quant::{ScaleFormat, FP8_BLOCK};

@@ -644,7 +644,7 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
 /// `engine`, whatever the group sizes; with [`TileEngine::Emulated`] on any machine (slowly), which is
 /// how the tile path is tested where the CPU has no AMX. Returns `Ok(false)` (nothing promised about
 /// `y`) for a call the tile path does not take: another pairing or dtype, `K` = 0, or a scale outside
-/// the exact range of [`AmxRows`].
+/// the exact range of `AmxRows` (module docs).
 ///
 /// Errors: as [`grouped_gemm_q`].
 pub fn grouped_gemm_q_tiles<T: Elem>(
