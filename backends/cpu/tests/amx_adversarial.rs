@@ -753,3 +753,188 @@ fn subnormal_activation_with_large_mxfp4_scale() {
         conforms(&got, &want, &c, &format!("subnormal x [{name}]")).unwrap();
     }
 }
+
+/// The bf16 `grouped_gemm` on AMX tiles with the new AVX-512 epilogue and staging: hardware and
+/// emulated engines (scalar epilogue, scalar staging) bit for bit, on every layout, with special
+/// values in x, bias and row_scale (NaN with a full payload, -0, negatives, inf), N below 16 and not
+/// a multiple of 32, odd K, one-row groups beside big ones, empty groups and guard rows.
+#[test]
+fn bf16_tiles_epilogue_specials_match_emulation() {
+    use moehal_cpu::grouped_gemm::{grouped_gemm_tiles, GemmArgs, Layout, PackedWeights, Weights};
+    let Some(hw) = Amx::get() else {
+        println!("AMX unavailable ({:?}): nothing to compare", Amx::status());
+        return;
+    };
+    let pool = Pool::new(2).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0xBF16);
+    for &(groups, n, k) in &[
+        (&[1usize, 9, 0, 1][..], 5usize, 33usize),
+        (&[0, 0, 17, 0, 1], 15, 1),
+        (&[40, 1, 0, 33], 70, 96),
+        (&[7], 33, 130),
+    ] {
+        let g = groups.len();
+        let used: usize = groups.iter().sum();
+        let m = used + 3;
+        let ge: Vec<i64> = groups
+            .iter()
+            .scan(0i64, |a, &c| {
+                *a += c as i64;
+                Some(*a)
+            })
+            .collect();
+        let mut x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let w: Vec<bf16> = (0..g * n * k)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect();
+        let mut rs: Vec<f32> = (0..m).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let mut bias: Vec<bf16> = (0..g * n).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        x[0] = bf16::NAN;
+        x[(used - 1) * k] = bf16::INFINITY;
+        rs[1 % used] = f32::from_bits(0x7fff_ffff);
+        rs[2 % used] = f32::from_bits(0xff80_0001);
+        rs[3 % used] = -0.0;
+        rs[4 % used] = 3e38;
+        bias[n - 1] = bf16::NEG_INFINITY;
+        for lay in [Layout::NK, Layout::KN] {
+            let packed = PackedWeights::new(&pool, &w, lay, g, n, k).unwrap();
+            for wts in [Weights::Raw(&w, lay), Weights::Packed(&packed)] {
+                for (rs_o, b_o) in [(None, None), (Some(&rs[..]), Some(&bias[..]))] {
+                    let args = GemmArgs {
+                        x: &x,
+                        m,
+                        k,
+                        n,
+                        group_end: &ge,
+                        w: wts,
+                        row_scale: rs_o,
+                        bias: b_o,
+                    };
+                    let mut ye = vec![bf16::from_bits(0xFFFF); m * n];
+                    let mut yh = ye.clone();
+                    grouped_gemm_tiles(TileEngine::Emulated, &pool, &args, &mut ye).unwrap();
+                    grouped_gemm_tiles(TileEngine::Hardware(hw), &pool, &args, &mut yh).unwrap();
+                    let (be, bh): (Vec<u16>, Vec<u16>) = (
+                        ye.iter().map(|v| v.to_bits()).collect(),
+                        yh.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    let ctx = format!("{groups:?} n {n} k {k} {lay:?} extras {}", rs_o.is_some());
+                    assert!(bh[used * n..].iter().all(|&b| b == 0xFFFF), "{ctx}: guard rows written");
+                    assert!(be == bh, "{ctx}: hardware and emulated tiles differ");
+                }
+            }
+        }
+    }
+}
+
+/// bf16 subnormal activations on the plain bf16 `grouped_gemm` (the AMX path predates this change,
+/// the same `tdpbf16ps` DAZ): x = 2^-130, w = 2^100, K = 32 gives 32 · 2^-30 = 2^-25 per output on
+/// the reference and 0 on the tiles.
+#[test]
+#[ignore = "bug: AMX bf16 grouped_gemm flushes bf16 subnormal x (tdpbf16ps DAZ): 2^-130 × 2^100 × 32 gives 0 instead of 2^-25"]
+fn bf16_gemm_subnormal_activation() {
+    use moehal_core::ops::GroupedGemm;
+    let (m, n, k) = (9usize, 16usize, 32usize);
+    let x = vec![bf16::from_f32(2f32.powi(-130)); m * k];
+    let w = vec![bf16::from_f32(2f32.powi(100)); n * k];
+    let run = |be: &dyn Backend| -> Vec<f32> {
+        let (xb, wb) = (be.upload_slice(&x).unwrap(), be.upload_slice(&w).unwrap());
+        let ge = be.upload_slice(&[8i64]).unwrap();
+        let mut yb = be.upload_slice(&vec![bf16::NAN; m * n]).unwrap();
+        let a = GroupedGemm {
+            x: xb.view(DType::BF16, &[m, k]),
+            group_end: ge.view(DType::I64, &[1]),
+            w: wb.view(DType::BF16, &[1, n, k]),
+            layout: moehal_core::ops::WeightLayout::NK,
+            row_scale: None,
+            bias: None,
+            y: yb.view_mut(DType::BF16, &[m, n]),
+        };
+        be.grouped_gemm(a.validate().unwrap()).unwrap();
+        be.download_vec::<bf16>(&yb, m * n)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect()
+    };
+    let want = run(&Reference);
+    assert_eq!(want[0], 2f32.powi(-25), "reference");
+    for (name, be) in cpu_backends() {
+        let got = run(&be);
+        assert_eq!(got[0], want[0], "[{name}]");
+    }
+}
+
+/// OPS.md §6: a call on packed weights gives bitwise the output of the same call on the unpacked
+/// ones. `PackedQWeights::pack` picks the layout from `Kernels::best()` (which `MOEHAL_CPU_ISA`
+/// lowers) while the call takes whatever kernel table it is given: packed under
+/// `MOEHAL_CPU_ISA=avx512` (panels), an AMX-table call reads the panels through the f32 path while
+/// the unpacked call runs on the tiles. Runs itself in a child process with that variable set.
+#[test]
+#[ignore = "bug: fp8_block packed under MOEHAL_CPU_ISA=avx512 then called with the AMX table is not bitwise the unpacked call (panels skip the tiles)"]
+fn packed_equals_unpacked_when_the_env_lowers_the_table() {
+    const CHILD: &str = "MOEHAL_ADVERSARIAL_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        if Amx::get().is_none() {
+            println!("AMX unavailable: nothing to check");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "packed_equals_unpacked_when_the_env_lowers_the_table",
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env("MOEHAL_CPU_ISA", "avx512")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert_eq!(
+        Kernels::best().isa(),
+        Isa::Avx512,
+        "the child runs with the AVX-512 table as best"
+    );
+    // Large enough that the two paths' f32 roundings (code·s then ×x, against Σ x·code then ×s)
+    // move some bf16 outputs across a rounding boundary.
+    let c = make(
+        0x9ACC,
+        WeightFormat::Fp8Block,
+        false,
+        DType::BF16,
+        &[40, 1, 0, 9],
+        256,
+        2048,
+        true,
+    );
+    let unpacked = run_raw(
+        &c,
+        Path::Op {
+            isa: Isa::Amx,
+            packed: false,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    let packed = run_raw(
+        &c,
+        Path::Op {
+            isa: Isa::Amx,
+            packed: true,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    assert!(
+        unpacked == packed,
+        "packed and unpacked fp8_block differ on the AMX table"
+    );
+}
