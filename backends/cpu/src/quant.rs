@@ -517,7 +517,7 @@ fn w8a8_scale_ok(s: f32) -> bool {
 impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
     fn kscale(&self) -> usize {
         match self.w {
-            QWeights::Fp8Block { .. } => FP8_BLOCK,
+            QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. } => FP8_BLOCK,
             _ => 0,
         }
     }
@@ -535,7 +535,7 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
         use crate::simd::amx::{e4m3_to_bf16_bits, mxfp4_row_scalar};
         let (n, k) = (self.n, self.k);
         match self.w {
-            QWeights::Fp8Block { w, scale } => {
+            QWeights::Fp8Block { scale, .. } | QWeights::Fp8Panels { scale, .. } => {
                 let (nb, kb) = (n.div_ceil(FP8_BLOCK), k.div_ceil(FP8_BLOCK));
                 // The task's columns share one N block (32 divides 128).
                 let ok = if self.xs.is_some() { w8a8_scale_ok } else { fp8_scale_ok };
@@ -545,6 +545,21 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
                         return false;
                     }
                 }
+                if let QWeights::Fp8Panels { w, .. } = self.w {
+                    // Packed where the process's best table was not AMX (MOEHAL_CPU_ISA): the same
+                    // codes read column-wise from their panel, so packed = unpacked bitwise.
+                    for j in 0..nc {
+                        let (p, c) = ((n0 + j) / NR, (n0 + j) % NR);
+                        let panel = &w[(g * n.div_ceil(NR) + p) * k * NR..][..k * NR];
+                        for (kk, o) in dst[j * kp..j * kp + k].iter_mut().enumerate() {
+                            *o = e4m3_to_bf16_bits(panel[kk * NR + c]);
+                        }
+                    }
+                    return true;
+                }
+                let QWeights::Fp8Block { w, .. } = self.w else {
+                    unreachable!()
+                };
                 for j in 0..nc {
                     let row = &w[(g * n + n0 + j) * k..(g * n + n0 + j + 1) * k];
                     let d = &mut dst[j * kp..j * kp + k];
@@ -572,7 +587,7 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
                 })
             }
             // Not offered to the tiles (see `amx_rows`).
-            QWeights::Int8 { .. } | QWeights::Fp8Panels { .. } => false,
+            QWeights::Int8 { .. } => false,
         }
     }
 
@@ -591,8 +606,8 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
     }
     let decoded: Vec<T>;
     let (x, xs) = match (a.x, a.w) {
-        (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Mxfp4 { .. }) => (x, None),
-        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. }) => {
+        (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. } | QWeights::Mxfp4 { .. }) => (x, None),
+        (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. }) => {
             let n_xs = a.m * a.k.div_ceil(FP8_BLOCK);
             if !(0..n_xs).all(|i| w8a8_scale_ok(scale.get(i))) {
                 return Some(false);

@@ -868,10 +868,10 @@ fn bf16_gemm_subnormal_activation() {
 /// OPS.md §6: a call on packed weights gives bitwise the output of the same call on the unpacked
 /// ones. `PackedQWeights::pack` picks the layout from `Kernels::best()` (which `MOEHAL_CPU_ISA`
 /// lowers) while the call takes whatever kernel table it is given: packed under
-/// `MOEHAL_CPU_ISA=avx512` (panels), an AMX-table call reads the panels through the f32 path while
-/// the unpacked call runs on the tiles. Runs itself in a child process with that variable set.
+/// `MOEHAL_CPU_ISA=avx512` (panels), an AMX-table call read the panels through the f32 path while
+/// the unpacked call ran on the tiles (fixed: the tiles read panels too). Runs itself in a child
+/// process with that variable set.
 #[test]
-#[ignore = "bug: fp8_block packed under MOEHAL_CPU_ISA=avx512 then called with the AMX table is not bitwise the unpacked call (panels skip the tiles)"]
 fn packed_equals_unpacked_when_the_env_lowers_the_table() {
     const CHILD: &str = "MOEHAL_ADVERSARIAL_CHILD";
     if std::env::var_os(CHILD).is_none() {
