@@ -608,11 +608,14 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
     let (x, xs) = match (a.x, a.w) {
         (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. } | QWeights::Mxfp4 { .. }) => (x, None),
         (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. }) => {
-            let n_xs = a.m * a.k.div_ceil(FP8_BLOCK);
+            // Only the routed rows: rows past group_end are not read (OPS.md §1), so a NaN scale
+            // there must not send the call off the tiles.
+            let used = a.group_end.last().map_or(0, |&e| e as usize);
+            let n_xs = used * a.k.div_ceil(FP8_BLOCK);
             if !(0..n_xs).all(|i| w8a8_scale_ok(scale.get(i))) {
                 return Some(false);
             }
-            // The codes as bf16 (exact), row by row.
+            // The codes of the routed rows as bf16 (exact), row by row; the other rows stay 0.
             let mut d = vec![T::from_f32(0.0); a.m * a.k];
             let decode = |(row, out): (usize, &mut [T])| {
                 let codes = &x[row * a.k..(row + 1) * a.k];
@@ -626,9 +629,10 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
                     }
                 }
             };
+            let routed = &mut d[..used * a.k];
             match pool {
-                Some(p) => p.install(|| d.par_chunks_mut(a.k).enumerate().for_each(decode)),
-                None => d.chunks_mut(a.k).enumerate().for_each(decode),
+                Some(p) => p.install(|| routed.par_chunks_mut(a.k).enumerate().for_each(decode)),
+                None => routed.chunks_mut(a.k).enumerate().for_each(decode),
             }
             decoded = d;
             (&decoded[..], Some(scale))

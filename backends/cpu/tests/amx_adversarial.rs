@@ -659,6 +659,36 @@ fn special_values_match_reference() {
             }
         }
     }
+    // Rows past group_end are not read: NaN / inf / NaN codes and a NaN activation scale there change
+    // nothing (and the tiles still run where the rows before them allow).
+    for (wf, w8a8) in [
+        (WeightFormat::Fp8Block, false),
+        (WeightFormat::Mxfp4, false),
+        (WeightFormat::Fp8Block, true),
+    ] {
+        let mut c = make(0x6A, wf, w8a8, DType::BF16, groups, n, k, true);
+        let used = c.used();
+        if w8a8 {
+            c.x8[used * k..].fill(0x7f);
+            let Some(Sc::F32(xs)) = &mut c.xs else { unreachable!() };
+            xs[used * 2..].fill(f32::NAN);
+        } else {
+            c.xb[used * k..].fill(bf16::NAN);
+            c.xb[(used + 1) * k] = bf16::INFINITY;
+        }
+        c.rs.as_mut().unwrap()[used..].fill(f32::NAN);
+        cases.push((format!("{wf:?} w8a8 {w8a8} poisoned guard rows of x"), c));
+    }
+    // K = 0 for fp8 (mxfp4 needs K % 32 == 0, and 0 is): y = row_scale · bias.
+    for wf in [WeightFormat::Fp8Block, WeightFormat::Mxfp4] {
+        for w8a8 in [false, true] {
+            if w8a8 && wf == WeightFormat::Mxfp4 {
+                continue;
+            }
+            let c = make(0x6B, wf, w8a8, DType::BF16, groups, n, 0, true);
+            cases.push((format!("{wf:?} w8a8 {w8a8} K = 0"), c));
+        }
+    }
     let mut took = 0;
     for (what, c) in &cases {
         took += check_case(c, what) as usize;
@@ -937,4 +967,78 @@ fn packed_equals_unpacked_when_the_env_lowers_the_table() {
         unpacked == packed,
         "packed and unpacked fp8_block differ on the AMX table"
     );
+}
+
+/// Two calls at once on one backend (the tiles share a staging cache between calls) give the bits
+/// each gives alone.
+#[test]
+fn concurrent_calls_match_sequential() {
+    let be = CpuBackend::new();
+    let a = make(
+        0x77,
+        WeightFormat::Fp8Block,
+        false,
+        DType::BF16,
+        &[70, 3, 0, 40],
+        96,
+        384,
+        true,
+    );
+    let b = make(
+        0x78,
+        WeightFormat::Mxfp4,
+        false,
+        DType::BF16,
+        &[9, 0, 150],
+        160,
+        256,
+        true,
+    );
+    let (wa, wb) = (run_be(&be, &a), run_be(&be, &b));
+    for _ in 0..4 {
+        let (ga, gb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| run_be(&be, &a));
+            let hb = s.spawn(|| run_be(&be, &b));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert!(
+            ga.iter().zip(&wa).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "call a differs when concurrent"
+        );
+        assert!(
+            gb.iter().zip(&wb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "call b differs when concurrent"
+        );
+    }
+    conforms(&wa, &run_be(&Reference, &a), &a, "a").unwrap();
+    conforms(&wb, &run_be(&Reference, &b), &b, "b").unwrap();
+}
+
+/// W8A8 on the tiles reads only the routed rows: NaN activation scales and NaN codes in the rows past
+/// group_end do not send the call to the f32 path (before the fix every one of the M rows' scales was
+/// checked, so a caller's unused tail refused the tiles), and the result still matches the reference.
+#[test]
+fn w8a8_tiles_ignore_guard_rows() {
+    let mut c = make(
+        0x6C,
+        WeightFormat::Fp8Block,
+        true,
+        DType::BF16,
+        &[9, 1, 0, 12],
+        40,
+        160,
+        true,
+    );
+    let used = c.used();
+    c.x8[used * 160..].fill(0x7f);
+    let Some(Sc::F32(xs)) = &mut c.xs else { unreachable!() };
+    xs[used * 2..].fill(f32::NAN);
+    for e in [Engine::Emulated, Engine::Hardware] {
+        if e == Engine::Hardware && Amx::get().is_none() {
+            continue;
+        }
+        let y = run_raw(&c, Path::Tiles(e)).expect("the tiles refused the call over its guard rows");
+        let got: Vec<f64> = y.iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
+        conforms(&got, &run_be(&Reference, &c), &c, &format!("{e:?}")).unwrap();
+    }
 }
