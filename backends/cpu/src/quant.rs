@@ -483,7 +483,9 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
 
 /// Weight-only `fp8_block` / `mxfp4` weights as bf16 rows for the AMX tiles (OPS.md §6, float `x`):
 /// - `mxfp4`: `e2m1 × 2^(e−127)` is exact in bf16 for scale bytes 2..=252, so the rows carry the
-///   whole dequantized weight, the value OPS.md defines; a task meeting another byte refuses.
+///   whole dequantized weight, the value OPS.md defines; a task meeting a byte outside 62..=252 refuses
+///   (below 62, `x × w` could be subnormal and flushed by the tiles, see [`tile_x_ok`]).
+/// - Both: every routed activation must pass [`tile_x_ok`], else the call takes the f32 path.
 /// - `fp8_block`: every e4m3 code is exact in bf16, so the rows hold the codes and the block scale
 ///   multiplies the f32 partial sum of its 128-wide K block (`acc += s_b · Σ_{k in b} x·code`:
 ///   products exact, as DeepGEMM promotes per block). Only scales that are finite, zero or at least
@@ -507,6 +509,22 @@ fn fp8_scale_ok(s: f32) -> bool {
     let a = s.abs();
     s.is_finite() && (a == 0.0 || (2f32.powi(-117)..=2f32.powi(100)).contains(&a))
 }
+
+/// A bf16 activation the weight-only tiles take: 0, non-finite, or of magnitude in [2^-60, 2^62)
+/// (exponent field 67..=187). `tdpbf16ps` treats subnormal inputs as 0 and flushes subnormal products,
+/// and the fp8 partial sum `Σ x·code` is formed before the block scale: a scale in range does not by
+/// itself keep `x·code` normal (x = 2^-120, code 2^-9, scale 2^100 gave 0 for 2^-22 per output) or
+/// finite (x = 2^120, code 448, scale 2^-20 gave inf for 2^115.8). With x in this range `x·code` is
+/// in [2^-69, 2^71] (128 of them stay finite), and with mxfp4 scale bytes of at least 62 `x·w` is
+/// normal; anything else takes the f32 path, which forms `x · (code · scale)` as OPS.md §6 defines.
+fn tile_x_ok(b: u16) -> bool {
+    let e = (b >> 7) & 0xff;
+    b & 0x7fff == 0 || e == 0xff || (67..=187).contains(&e)
+}
+
+/// The smallest mxfp4 scale byte the tiles take with [`tile_x_ok`] activations: `2^-60 · 0.5 ·
+/// 2^(62 − 127)` = 2^-126, the smallest normal f32 (so no product is flushed).
+const MXFP4_TILE_MIN_BYTE: u8 = 62;
 
 /// A W8A8 scale whose products with another such scale are normal f32 (or 0).
 fn w8a8_scale_ok(s: f32) -> bool {
@@ -579,6 +597,9 @@ impl crate::grouped_gemm::amx::RowSource for AmxRows<'_> {
                 (0..nc).all(|j| {
                     let r = g * n + n0 + j;
                     let (bytes, sc) = (&w[r * k / 2..(r + 1) * k / 2], &scale[r * sk..(r + 1) * sk]);
+                    if sc.iter().any(|&e| e < MXFP4_TILE_MIN_BYTE) {
+                        return false;
+                    }
                     let d = &mut dst[j * kp..j * kp + k];
                     match engine {
                         TileEngine::Hardware(hw) => hw.dequant_mxfp4_row(bytes, sc, d),
@@ -606,7 +627,14 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
     }
     let decoded: Vec<T>;
     let (x, xs) = match (a.x, a.w) {
-        (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. } | QWeights::Mxfp4 { .. }) => (x, None),
+        (QAct::Float(x), QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. } | QWeights::Mxfp4 { .. }) => {
+            let used = a.group_end.last().map_or(0, |&e| e as usize);
+            let bits: &[u16] = bytemuck::cast_slice(&x[..used * a.k]);
+            if !bits.iter().all(|&b| tile_x_ok(b)) {
+                return Some(false);
+            }
+            (x, None)
+        }
         (QAct::Fp8 { x, scale }, QWeights::Fp8Block { .. } | QWeights::Fp8Panels { .. }) => {
             // Only the routed rows: rows past group_end are not read (OPS.md §1), so a NaN scale
             // there must not send the call off the tiles.

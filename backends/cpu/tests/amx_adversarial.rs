@@ -723,9 +723,9 @@ fn uniform_fp8(xv: f32, code: u8, s: f32) -> Case {
 /// not: the partial sum `Σ x·code` is formed before the scale, so a large bf16 activation overflows
 /// it where `x · (code · s)` is finite. Reproducer: x = 2^120 everywhere, code 0x7e (448), scale
 /// 2^-20, K = 128, 8 rows: the reference gives 128·2^120·448·2^-20 ≈ 2^115.8 per output; the tiles
-/// give +inf (and NaN with scale 0, where the reference gives 0).
+/// gave +inf (and NaN with scale 0, where the reference gives 0). Fixed: such activations take the f32
+/// path (`tile_x_ok`), and OPS.md §6 now states the activation range too.
 #[test]
-#[ignore = "bug: fp8 weight-only tiles overflow Σ x·code for |x| ≳ 2^119 where the reference (x·dequant(w)) is finite; scale 0 then gives NaN instead of 0"]
 fn huge_activation_with_small_fp8_scale() {
     for (xv, s) in [(2f32.powi(120), 2f32.powi(-20)), (2f32.powi(125), 0.0)] {
         let c = uniform_fp8(xv, 0x7e, s);
@@ -740,9 +740,9 @@ fn huge_activation_with_small_fp8_scale() {
 
 /// The other side of the same rule: `x · code` is flushed to zero by the tiles when it is below
 /// 2^-126 although `x · code · s` is a normal number. Reproducer: x = 2^-120, code 0x01 (2^-9), scale
-/// 2^100, K = 128: the reference gives 128·2^-29 = 2^-22 per output, the tiles 0.
+/// 2^100, K = 128: the reference gives 128·2^-29 = 2^-22 per output, the tiles gave 0 (fixed as
+/// above).
 #[test]
-#[ignore = "bug: fp8 weight-only tiles flush x·code below 2^-126 to zero where x·code·scale (scale ≤ 2^100) is normal; output 0 instead of 2^-22"]
 fn tiny_activation_with_large_fp8_scale() {
     let c = uniform_fp8(2f32.powi(-120), 0x01, 2f32.powi(100));
     let want = run_be(&Reference, &c);
@@ -756,9 +756,8 @@ fn tiny_activation_with_large_fp8_scale() {
 /// bf16 subnormal activations (|x| < 2^-126): the reference multiplies them exactly; `tdpbf16ps`
 /// treats them as zero. With an mxfp4 scale of 2^125 (byte 252, inside the tiles' range) the
 /// products are normal: x = 2^-130, w = 6 · 2^125, K = 32 gives 32 · 6 · 2^-5 = 6 per output on the
-/// reference and 0 on the tiles.
+/// reference and 0 on the tiles (fixed: subnormal activations take the f32 path).
 #[test]
-#[ignore = "bug: AMX tiles flush bf16 subnormal x (DAZ); mxfp4 scale byte 252 × x = 2^-130 gives 0 instead of 6"]
 fn subnormal_activation_with_large_mxfp4_scale() {
     let (n, k) = (16usize, 32usize);
     let c = Case {
