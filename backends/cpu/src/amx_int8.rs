@@ -167,14 +167,7 @@ pub fn grouped_gemm_s8(
     }
     let kp = k.div_ceil(KSTEP) * KSTEP;
     let (kblocks, q, nb) = (kp / KSTEP, kp / 4, n.div_ceil(BLOCK));
-    let mut groups = Vec::new();
-    let mut r0 = 0usize;
-    for (g, &e) in group_end.iter().enumerate() {
-        if e as usize > r0 {
-            groups.push((g, r0, e as usize - r0));
-        }
-        r0 = e as usize;
-    }
+    let (groups, r0) = crate::grouped_gemm::amx::routed_groups(group_end);
     let ranges = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
     let tiles = crate::simd::Tiles::new(&mut y[..r0 * n], n, BLOCK, ranges);
     let ntasks = groups.len() * nb;
@@ -360,16 +353,7 @@ pub(crate) fn w8a8_nk<T: crate::elem::Elem>(
     let kp = k.div_ceil(KSTEP) * KSTEP;
     let kblocks = kp / KSTEP;
     let q = kp / 4;
-    let mut groups = Vec::new();
-    let mut r0 = 0usize;
-    for (g, &e) in group_end.iter().enumerate() {
-        let e = e as usize;
-        if e > r0 {
-            groups.push((g, r0, e - r0));
-        }
-        r0 = e;
-    }
-    let used = r0;
+    let (groups, used) = crate::grouped_gemm::amx::routed_groups(group_end);
     // Activations of each group as the B operand, staged once: q rows of mgp u32.
     let mut offs = Vec::with_capacity(groups.len() + 1);
     let mut total = 0usize;

@@ -426,22 +426,8 @@ pub fn grouped_gemm_q<T: Elem>(kern: &Kernels, pool: &Pool, a: &QGemmArgs<'_, T>
     }
     // W8A8 int8 prefill on AMX: weights read in place (no per-call packing), bitwise the per-task
     // int8 kernels' output (exact i32 sums, the same scale and epilogue operations).
-    if let (Some(amx), QAct::Int8 { x, scale: xs }, QWeights::Int8 { w, scale: ws }) = (kern.amx(), a.x, a.w) {
-        if crate::grouped_gemm::amx::worth_it(a.group_end) {
-            crate::amx_int8::w8a8_nk(
-                TileEngine::Hardware(amx),
-                Some(pool),
-                x,
-                xs,
-                a.k,
-                a.n,
-                a.group_end,
-                w,
-                ws,
-                a.row_scale,
-                a.bias,
-                y,
-            );
+    if let Some(amx) = kern.amx() {
+        if crate::grouped_gemm::amx::worth_it(a.group_end) && int8_tiles(TileEngine::Hardware(amx), Some(pool), a, y) {
             return Ok(());
         }
     }
@@ -698,6 +684,29 @@ fn amx_rows<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, 
     Some(crate::grouped_gemm::amx::run_with(engine, pool, &args, Some(&src), y))
 }
 
+/// W8A8 int8 through `amx_int8::w8a8_nk` on `engine`; false (nothing written) for another pairing.
+/// The caller validated `a` and that some row was routed.
+fn int8_tiles<T: Elem>(engine: TileEngine, pool: Option<&Pool>, a: &QGemmArgs<'_, T>, y: &mut [T]) -> bool {
+    let (QAct::Int8 { x, scale: xs }, QWeights::Int8 { w, scale: ws }) = (a.x, a.w) else {
+        return false;
+    };
+    crate::amx_int8::w8a8_nk(
+        engine,
+        pool,
+        x,
+        xs,
+        a.k,
+        a.n,
+        a.group_end,
+        w,
+        ws,
+        a.row_scale,
+        a.bias,
+        y,
+    );
+    true
+}
+
 /// Weight-only `fp8_block` / `mxfp4` `grouped_gemm` with bf16 `x`, W8A8 `fp8_block` with bf16 `y`, and
 /// W8A8 `int8` (any `y`; `amx_int8::w8a8_nk`), through the AMX-tile algorithm on
 /// `engine`, whatever the group sizes; with [`TileEngine::Emulated`] on any machine (slowly), which is
@@ -716,24 +725,7 @@ pub fn grouped_gemm_q_tiles<T: Elem>(
     if a.m == 0 || a.n == 0 || a.group_end.last().copied().unwrap_or(0) == 0 {
         return Ok(false);
     }
-    if let (QAct::Int8 { x, scale: xs }, QWeights::Int8 { w, scale: ws }) = (a.x, a.w) {
-        crate::amx_int8::w8a8_nk(
-            engine,
-            Some(pool),
-            x,
-            xs,
-            a.k,
-            a.n,
-            a.group_end,
-            w,
-            ws,
-            a.row_scale,
-            a.bias,
-            y,
-        );
-        return Ok(true);
-    }
-    Ok(amx_rows(engine, Some(pool), a, y) == Some(true))
+    Ok(int8_tiles(engine, Some(pool), a, y) || amx_rows(engine, Some(pool), a, y) == Some(true))
 }
 
 /// Dequantize weight block (group `g`, columns `n0..n0+nc`, `k0..k0+kc`) into `bs[kk * NR + c]`

@@ -100,6 +100,20 @@ fn pair(lo: u16, hi: u16) -> u32 {
     lo as u32 | (hi as u32) << 16
 }
 
+/// The non-empty groups of a validated `group_end` as (group, first row, rows), and the rows used.
+pub(crate) fn routed_groups(group_end: &[i64]) -> (Vec<(usize, usize, usize)>, usize) {
+    let mut groups = Vec::new();
+    let mut r0 = 0usize;
+    for (g, &e) in group_end.iter().enumerate() {
+        let e = e as usize;
+        if e > r0 {
+            groups.push((g, r0, e - r0));
+        }
+        r0 = e;
+    }
+    (groups, r0)
+}
+
 /// Whether the AMX path should run this call: some group has more rows than the decode kernels
 /// handle (fewer rows do not amortize the tile loads; the AVX-512 decode path streams the weights).
 pub(crate) fn worth_it(group_end: &[i64]) -> bool {
@@ -177,16 +191,7 @@ pub(crate) fn run_with<T: Elem>(
     let kblocks = kp / KSTEP;
     let q = kp / 2;
     // Non-empty groups: (group, first row, rows).
-    let mut groups = Vec::new();
-    let mut r0 = 0usize;
-    for (g, &e) in a.group_end.iter().enumerate() {
-        let e = e as usize;
-        if e > r0 {
-            groups.push((g, r0, e - r0));
-        }
-        r0 = e;
-    }
-    let used = r0;
+    let (groups, used) = routed_groups(a.group_end);
     let nblocks = n.div_ceil(BLOCK);
     let ranges: Vec<(usize, usize)> = groups.iter().map(|&(_, s, mg)| (s, s + mg)).collect();
     let tiles = Tiles::new(&mut y[..used * n], n, BLOCK, ranges);
