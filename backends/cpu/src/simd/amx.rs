@@ -341,8 +341,10 @@ impl Amx {
         let kh = k / 2;
         // Gather offsets are i32 elements from the first row of a 16-row group.
         let fits = 16usize.checked_mul(k).is_some_and(|v| v < (i32::MAX / 2) as usize);
-        #[cfg(moehal_amx_kernels)]
-        if fits && kh > 0 {
+        // (Without the AMX kernels no `Amx` exists; the scalar branch keeps this compiling there.)
+        let _ = self;
+        if cfg!(moehal_amx_kernels) && fits && kh > 0 {
+            #[cfg(moehal_amx_kernels)]
             for i0 in (0..mg).step_by(16) {
                 let rows = 16.min(mg - i0);
                 // SAFETY: avx512f is implied by `self`; lanes below `rows` read x[(s+i0+l)*k + 2p..+2]
@@ -362,11 +364,6 @@ impl Amx {
                     dst[p * mgp + i] = 0;
                 }
             }
-        }
-        #[cfg(not(moehal_amx_kernels))]
-        {
-            let _ = fits;
-            match self._p {}
         }
         dst[kh * mgp..].fill(0);
         if k % 2 == 1 {
@@ -416,14 +413,17 @@ impl Amx {
     /// [`e4m3_to_bf16_bits`] over a row in AVX-512 (`dst.len() == codes.len()`; panics otherwise).
     pub fn dequant_fp8_row(self, codes: &[u8], dst: &mut [u16]) {
         assert_eq!(codes.len(), dst.len(), "fp8 row lengths");
-        let whole = codes.len() / 32 * 32;
+        let _ = self;
+        let whole = if cfg!(moehal_amx_kernels) {
+            codes.len() / 32 * 32
+        } else {
+            0
+        };
         #[cfg(moehal_amx_kernels)]
         for (c, d) in codes[..whole].chunks_exact(32).zip(dst[..whole].chunks_exact_mut(32)) {
             // SAFETY: avx512f/bw are implied by `self`; 32 bytes are read and 32 u16 written.
             unsafe { avx512::fp8_32(c.as_ptr(), d.as_mut_ptr()) };
         }
-        #[cfg(not(moehal_amx_kernels))]
-        match self._p {}
         for (d, &c) in dst[whole..].iter_mut().zip(&codes[whole..]) {
             *d = e4m3_to_bf16_bits(c);
         }
@@ -439,13 +439,15 @@ impl Amx {
         if !scales.iter().all(|&e| mxfp4_scale_exact(e)) {
             return false;
         }
+        let _ = self;
+        if !cfg!(moehal_amx_kernels) {
+            return mxfp4_row_scalar(bytes, scales, dst);
+        }
         #[cfg(moehal_amx_kernels)]
         for ((b, &e), d) in bytes.chunks_exact(16).zip(scales).zip(dst.chunks_exact_mut(32)) {
             // SAFETY: avx512f/bw are implied by `self`; 16 bytes are read and 32 u16 written.
             unsafe { avx512::mxfp4_32(b.as_ptr(), e, d.as_mut_ptr()) };
         }
-        #[cfg(not(moehal_amx_kernels))]
-        match self._p {}
         true
     }
 
