@@ -125,26 +125,6 @@ pub(crate) fn worth_it(group_end: &[i64]) -> bool {
     })
 }
 
-/// Stage `kp x rows` of `x` (rows `s..s+mg`, K `k`) into `dst[p * mgp + i]` VNNI pairs; `dst` is
-/// `kp/2 * mgp` long and zero where nothing is written (rows past `mg`, K past `k`).
-fn stage_xt(x: &[u16], k: usize, s: usize, mg: usize, mgp: usize, dst: &mut [u32]) {
-    dst.fill(0);
-    let kh = k / 2;
-    // 16 rows at a time, so each destination row gets 16 consecutive u32 per pass.
-    for i0 in (0..mg).step_by(16) {
-        let i1 = (i0 + 16).min(mg);
-        for i in i0..i1 {
-            let row = &x[(s + i) * k..(s + i + 1) * k];
-            for (p, pr) in row.chunks_exact(2).enumerate() {
-                dst[p * mgp + i] = pair(pr[0], pr[1]);
-            }
-            if k % 2 == 1 {
-                dst[kh * mgp + i] = row[k - 1] as u32;
-            }
-        }
-    }
-}
-
 /// bf16 `grouped_gemm` through the AMX-path algorithm on the given tile engine, whatever the group
 /// sizes (the backend sends groups of at most [`crate::simd::MR`] rows to the decode kernels instead).
 /// With [`TileEngine::Emulated`] this runs on any machine (slowly): it is how the blocking, staging,
@@ -267,7 +247,7 @@ pub(crate) fn run_with<T: Elem>(
                 total += q * mg.div_ceil(16) * 16;
             }
             offs.push(total);
-            // Reuse the staging buffer of an earlier call (every word is rewritten by stage_xt), so
+            // Reuse the staging buffer of an earlier call (every word is rewritten by the staging), so
             // prefill calls do not page-fault tens of MiB each time; a concurrent call allocates its own.
             // Each group's part is a multiple of 16 words long, so every part starts on a line.
             let mut xt_lines = XT_CACHE.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
@@ -284,7 +264,9 @@ pub(crate) fn run_with<T: Elem>(
                     let (_, s, mg) = groups[gi];
                     match amx {
                         TileEngine::Hardware(hw) => hw.stage_pairs(x, k, s, mg, mg.div_ceil(16) * 16, part),
-                        TileEngine::Emulated => stage_xt(x, k, s, mg, mg.div_ceil(16) * 16, part),
+                        TileEngine::Emulated => {
+                            crate::simd::amx::stage_pairs_scalar(x, k, s, mg, mg.div_ceil(16) * 16, part)
+                        }
                     }
                 };
                 match pool {

@@ -353,23 +353,29 @@ impl Amx {
                 unsafe { avx512::stage16(x.as_ptr().add((s + i0) * k), k, rows, kh, dst.as_mut_ptr().add(i0), mgp) };
             }
         } else {
-            for i in 0..mg {
-                let row = &x[(s + i) * k..(s + i + 1) * k];
-                for (p, pr) in row.chunks_exact(2).enumerate() {
-                    dst[p * mgp + i] = pr[0] as u32 | (pr[1] as u32) << 16;
-                }
-            }
-            for i in mg..mgp {
-                for p in 0..kh {
-                    dst[p * mgp + i] = 0;
-                }
-            }
+            return stage_pairs_scalar(x, k, s, mg, mgp, dst);
         }
         dst[kh * mgp..].fill(0);
         if k % 2 == 1 {
             for i in 0..mg {
                 dst[kh * mgp + i] = x[(s + i) * k + k - 1] as u32;
             }
+        }
+    }
+}
+
+/// [`Amx::stage_pairs`] in scalar code (same arguments and result; every entry of `dst` written):
+/// the emulated engine's staging and the hardware's fallback for a K too large for i32 gathers.
+pub fn stage_pairs_scalar(x: &[u16], k: usize, s: usize, mg: usize, mgp: usize, dst: &mut [u32]) {
+    dst.fill(0);
+    let kh = k / 2;
+    for i in 0..mg {
+        let row = &x[(s + i) * k..(s + i + 1) * k];
+        for (p, pr) in row.chunks_exact(2).enumerate() {
+            dst[p * mgp + i] = pr[0] as u32 | (pr[1] as u32) << 16;
+        }
+        if k % 2 == 1 {
+            dst[kh * mgp + i] = row[k - 1] as u32;
         }
     }
 }
