@@ -195,6 +195,9 @@ pub struct PackedWeights<T: Elem> {
     groups: usize,
     n: usize,
     k: usize,
+    /// bf16 weights: their smallest non-zero magnitude (`simd::amx::bf16_min_magnitude_scalar`), found
+    /// once here so the AMX path can check exactness without reading the weights again; else 0.
+    pub(crate) min_mag: u16,
 }
 
 impl<T: Elem> std::fmt::Debug for PackedWeights<T> {
@@ -246,7 +249,26 @@ impl<T: Elem> PackedWeights<T> {
                     })
             });
         }
-        Ok(PackedWeights { data, groups, n, k })
+        let min_mag = if T::KIND == ElemKind::Bf16 {
+            let bits: &[u16] = bytemuck::cast_slice(w);
+            let chunk = 1usize << 20;
+            pool.install(|| {
+                bits.par_chunks(chunk)
+                    .map(crate::simd::amx::bf16_min_magnitude_scalar)
+                    .filter(|&m| m != 0)
+                    .min()
+                    .unwrap_or(0)
+            })
+        } else {
+            0
+        };
+        Ok(PackedWeights {
+            data,
+            groups,
+            n,
+            k,
+            min_mag,
+        })
     }
 
     /// Number of groups (experts).

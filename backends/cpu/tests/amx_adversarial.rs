@@ -812,7 +812,9 @@ fn bf16_tiles_epilogue_specials_match_emulation() {
                 Some(*a)
             })
             .collect();
-        let mut x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
+        let mut x: Vec<bf16> = (0..m * k)
+            .map(|_| bf16::from_f32(rng.gen_range(-8..=8) as f32 / 8.0))
+            .collect();
         let w: Vec<bf16> = (0..g * n * k)
             .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
             .collect();
@@ -856,41 +858,168 @@ fn bf16_tiles_epilogue_specials_match_emulation() {
     }
 }
 
-/// bf16 subnormal activations on the plain bf16 `grouped_gemm` (the AMX path predates this change,
-/// the same `tdpbf16ps` DAZ): x = 2^-130, w = 2^100, K = 32 gives 32 · 2^-30 = 2^-25 per output on
-/// the reference and 0 on the tiles.
+/// The plain bf16 `grouped_gemm` where `tdpbf16ps` alone would not be exact (it treats subnormal
+/// inputs as zero and flushes subnormal results, Intel SDM `TDPBF16PS`): subnormal activations,
+/// subnormal weights, and normal operands whose products fall below 2^-126, in both weight layouts,
+/// raw and packed. Each case has one group of such values beside a group of ordinary ones (so a
+/// per-call decision cannot pass by sending everything elsewhere) and is checked against the reference
+/// on every CPU kernel table, and on the raw tile path: hardware tiles = emulated tiles, packed = raw
+/// weights, bit for bit, guard rows untouched. (Subnormal activations were a known gap: 2^-130 ×
+/// 2^100 × 32 gave 0 instead of 2^-25.) The weight cases run on packed weights only: raw weights
+/// are not scanned (see the ignored test below).
 #[test]
-#[ignore = "bug: AMX bf16 grouped_gemm flushes bf16 subnormal x (tdpbf16ps DAZ): 2^-130 × 2^100 × 32 gives 0 instead of 2^-25"]
-fn bf16_gemm_subnormal_activation() {
-    use moehal_core::ops::GroupedGemm;
-    let (m, n, k) = (9usize, 16usize, 32usize);
-    let x = vec![bf16::from_f32(2f32.powi(-130)); m * k];
-    let w = vec![bf16::from_f32(2f32.powi(100)); n * k];
-    let run = |be: &dyn Backend| -> Vec<f32> {
-        let (xb, wb) = (be.upload_slice(&x).unwrap(), be.upload_slice(&w).unwrap());
-        let ge = be.upload_slice(&[8i64]).unwrap();
-        let mut yb = be.upload_slice(&vec![bf16::NAN; m * n]).unwrap();
-        let a = GroupedGemm {
-            x: xb.view(DType::BF16, &[m, k]),
-            group_end: ge.view(DType::I64, &[1]),
-            w: wb.view(DType::BF16, &[1, n, k]),
-            layout: moehal_core::ops::WeightLayout::NK,
-            row_scale: None,
-            bias: None,
-            y: yb.view_mut(DType::BF16, &[m, n]),
-        };
-        be.grouped_gemm(a.validate().unwrap()).unwrap();
-        be.download_vec::<bf16>(&yb, m * n)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_f32())
-            .collect()
-    };
-    let want = run(&Reference);
-    assert_eq!(want[0], 2f32.powi(-25), "reference");
-    for (name, be) in cpu_backends() {
-        let got = run(&be);
-        assert_eq!(got[0], want[0], "[{name}]");
+fn bf16_gemm_subnormal_and_underflowing_operands() {
+    subnormal_cases(&["subnormal x", "subnormal w", "products below 2^-126"], false);
+}
+
+/// The documented gap of the bf16 AMX path (README, "AMX tiles"): raw (unpacked) weights are not
+/// scanned per call, so a subnormal weight or a weight × activation product below 2^-126 counts as
+/// zero there (a scan costs a second read of every weight: ~12% of the NK call, ~27% of the KN one,
+/// measured at Qwen3-30B-A3B gate_up shapes); packed weights are scanned once when packed.
+#[test]
+#[ignore = "documented gap: raw bf16 weights on the AMX tiles are not checked for subnormals"]
+fn bf16_gemm_raw_subnormal_weights() {
+    subnormal_cases(&["subnormal w", "products below 2^-126"], true);
+}
+
+/// The cases named in `only`; `raw_weights`: also the raw-weight runs of the weight cases.
+fn subnormal_cases(only: &[&str], raw_weights: bool) {
+    use moehal_core::ops::{GroupedGemm, WeightLayout};
+    use moehal_cpu::grouped_gemm::{grouped_gemm_tiles, GemmArgs, Layout, Weights};
+    let (n, k) = (48usize, 64usize);
+    let groups = [19usize, 33];
+    let m = groups.iter().sum::<usize>();
+    let ge: Vec<i64> = vec![groups[0] as i64, m as i64];
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5ab);
+    // (name, x value of group 1, w value of expert 1, each output of group 1 on the reference)
+    let cases = [
+        (
+            "subnormal x",
+            2f32.powi(-130),
+            2f32.powi(100),
+            2f32.powi(-30) * k as f32,
+        ),
+        (
+            "subnormal w",
+            2f32.powi(100),
+            2f32.powi(-130),
+            2f32.powi(-30) * k as f32,
+        ),
+        (
+            "products below 2^-126",
+            2f32.powi(-64),
+            2f32.powi(-64),
+            2f32.powi(-128) * k as f32,
+        ),
+    ];
+    for (name, xv, wv, want1) in cases.into_iter().filter(|c| only.contains(&c.0)) {
+        // Group 0 / expert 0: ordinary values (multiples of 1/8, so every engine's sums are exact and
+        // the engines can be compared bit for bit); group 1 / expert 1: the case's values.
+        let mut x: Vec<bf16> = (0..m * k)
+            .map(|_| bf16::from_f32(rng.gen_range(-8..=8) as f32 / 8.0))
+            .collect();
+        x[groups[0] * k..].fill(bf16::from_f32(xv));
+        let mut w_nk: Vec<bf16> = (0..2 * n * k)
+            .map(|_| bf16::from_f32(rng.gen_range(-8..=8) as f32 / 8.0))
+            .collect();
+        w_nk[n * k..].fill(bf16::from_f32(wv));
+        let mut w_kn = vec![bf16::ZERO; 2 * k * n];
+        for g in 0..2 {
+            for r in 0..n {
+                for c in 0..k {
+                    w_kn[(g * k + c) * n + r] = w_nk[(g * n + r) * k + c];
+                }
+            }
+        }
+        for (lay, w) in [(WeightLayout::NK, &w_nk), (WeightLayout::KN, &w_kn)] {
+            let ctx = format!("{name} {lay:?}");
+            // Raw weights are not scanned by the tile path (the documented gap); packed ones are.
+            let raw = name == "subnormal x" || raw_weights;
+            let run = |be: &dyn Backend| -> Vec<bf16> {
+                let (xb, wb) = (be.upload_slice(&x).unwrap(), be.upload_slice(w).unwrap());
+                let geb = be.upload_slice(&ge).unwrap();
+                let mut yb = be.upload_slice(&vec![bf16::NAN; m * n]).unwrap();
+                let wshape = if lay == WeightLayout::NK { [2, n, k] } else { [2, k, n] };
+                let a = GroupedGemm {
+                    x: xb.view(DType::BF16, &[m, k]),
+                    group_end: geb.view(DType::I64, &[2]),
+                    w: wb.view(DType::BF16, &wshape),
+                    layout: lay,
+                    row_scale: None,
+                    bias: None,
+                    y: yb.view_mut(DType::BF16, &[m, n]),
+                };
+                be.grouped_gemm(a.validate().unwrap()).unwrap();
+                be.download_vec::<bf16>(&yb, m * n).unwrap()
+            };
+            let want = run(&Reference);
+            assert_eq!(want[groups[0] * n].to_f32(), want1, "{ctx}: reference");
+            for (isa, be) in cpu_backends().into_iter().filter(|_| raw) {
+                let got = run(&be);
+                // Group 0 under the bf16 tolerance (norm), group 1 exactly: its sums are exact.
+                let (num, den) = want[..groups[0] * n]
+                    .iter()
+                    .zip(&got)
+                    .fold((0f64, 0f64), |(nu, de), (r, o)| {
+                        let (r, o) = (r.to_f32() as f64, o.to_f32() as f64);
+                        (nu + (o - r) * (o - r), de + r * r)
+                    });
+                assert!((num / den).sqrt() <= 1e-2, "[{isa}] {ctx}: group 0 off the reference");
+                assert!(
+                    got[groups[0] * n..] == want[groups[0] * n..],
+                    "[{isa}] {ctx}: group 1 {} instead of {want1}",
+                    got[groups[0] * n].to_f32()
+                );
+            }
+            // The tile path itself, on both engines, with a guard row.
+            let pool = Pool::new(2).unwrap();
+            let layout = if lay == WeightLayout::NK {
+                Layout::NK
+            } else {
+                Layout::KN
+            };
+            // One guard row past the routed ones (x's is NaN: a read of it would show in y).
+            let mut xg = x.clone();
+            xg.extend(std::iter::repeat_n(bf16::NAN, k));
+            let args = GemmArgs {
+                x: &xg,
+                m: m + 1,
+                k,
+                n,
+                group_end: &ge,
+                w: Weights::Raw(w, layout),
+                row_scale: None,
+                bias: None,
+            };
+            let packed = moehal_cpu::PackedWeights::new(&pool, w, layout, 2, n, k).unwrap();
+            let packed_args = GemmArgs {
+                w: Weights::Packed(&packed),
+                ..args
+            };
+            let mut engines = vec![TileEngine::Emulated];
+            engines.extend(Amx::get().map(TileEngine::Hardware));
+            let mut outs = Vec::new();
+            let runs: Vec<_> = engines
+                .iter()
+                .flat_map(|&e| [(e, &args), (e, &packed_args)])
+                .filter(|(_, a)| raw || matches!(a.w, Weights::Packed(_)))
+                .collect();
+            for (e, args) in runs {
+                let mut y = vec![bf16::from_bits(0xFFFF); (m + 1) * n];
+                grouped_gemm_tiles(e, &pool, args, &mut y).unwrap();
+                assert!(
+                    y[m * n..].iter().all(|v| v.to_bits() == 0xFFFF),
+                    "{ctx} {e:?}: guard row written"
+                );
+                assert!(y[groups[0] * n..m * n] == want[groups[0] * n..], "{ctx} {e:?}: group 1");
+                outs.push(y);
+            }
+            // Emulated, emulated packed, then (with AMX) hardware and hardware packed: all alike.
+            for o in &outs[1..] {
+                let d = outs[0].iter().zip(o).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert!(d.is_none(), "{ctx}: tile runs differ at {d:?}");
+            }
+        }
     }
 }
 

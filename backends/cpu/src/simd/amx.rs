@@ -494,11 +494,71 @@ impl Amx {
             match self._p {}
         }
     }
+
+    /// The smallest non-zero magnitude (`bits & 0x7fff`) among the bf16 values `v`, or 0 when every
+    /// value is ±0 or `v` is empty; NaN and ±inf count as large. In AVX-512: the same value as
+    /// [`bf16_min_magnitude_scalar`].
+    pub fn bf16_min_magnitude(self, v: &[u16]) -> u16 {
+        let _ = self;
+        #[cfg(moehal_amx_kernels)]
+        // SAFETY: avx512f/avx512bw are implied by `self`; the kernel reads v[..v.len()] only (the
+        // tail with a masked load).
+        return unsafe { avx512::min_magnitude(v.as_ptr(), v.len()) };
+        #[cfg(not(moehal_amx_kernels))]
+        bf16_min_magnitude_scalar(v)
+    }
+}
+
+/// [`Amx::bf16_min_magnitude`] in scalar code.
+pub fn bf16_min_magnitude_scalar(v: &[u16]) -> u16 {
+    // (m - 1) wraps 0 to 0xffff, so the minimum skips zeros; the + 1 undoes it (0xffff + 1 = 0: none).
+    v.iter()
+        .fold(u16::MAX, |acc, &b| acc.min((b & 0x7fff).wrapping_sub(1)))
+        .wrapping_add(1)
+}
+
+/// Whether `tdpbf16ps` computes a block exactly as f32 arithmetic would, given the smallest non-zero
+/// magnitudes ([`Amx::bf16_min_magnitude`]; 0: all zero) of its two operands: the instruction treats
+/// subnormal inputs as zero and flushes subnormal results (Intel SDM vol. 2C, `TDPBF16PS`: "DAZ",
+/// "FTZ"), so it is exact when neither operand has a subnormal and no product of non-zero operands
+/// falls below 2^-126 (biased exponents `ex + ew >= 128`). The one case left is a partial sum that
+/// cancels into the subnormal range, which is below the output tolerance of OPS.md (bf16 outputs are
+/// compared by norm). Callers compute a block that fails this with exact f32 code instead.
+pub fn bf16_tiles_exact(mx: u16, mw: u16) -> bool {
+    let (ex, ew) = (mx >> 7, mw >> 7);
+    mx == 0 || mw == 0 || (ex >= 1 && ew >= 1 && ex + ew >= 128)
+}
+
+/// Whether values whose smallest non-zero magnitude is `m` ([`Amx::bf16_min_magnitude`]) include a
+/// subnormal (which `tdpbf16ps` would read as zero).
+pub fn bf16_has_subnormal(m: u16) -> bool {
+    m != 0 && m >> 7 == 0
 }
 
 #[cfg(moehal_amx_kernels)]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    /// See [`super::Amx::bf16_min_magnitude`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn min_magnitude(v: *const u16, n: usize) -> u16 {
+        let (mag, one) = (_mm512_set1_epi16(0x7fff), _mm512_set1_epi16(1));
+        let mut acc = _mm512_set1_epi16(-1);
+        let mut i = 0;
+        while i + 32 <= n {
+            let x = _mm512_loadu_si512(v.add(i) as *const __m512i);
+            acc = _mm512_min_epu16(acc, _mm512_sub_epi16(_mm512_and_si512(x, mag), one));
+            i += 32;
+        }
+        if i < n {
+            // Masked-off lanes load 0, whose key (0 - 1 = 0xffff) never lowers the minimum.
+            let x = _mm512_maskz_loadu_epi16((1u32 << (n - i)) - 1, v.add(i) as *const i16);
+            acc = _mm512_min_epu16(acc, _mm512_sub_epi16(_mm512_and_si512(x, mag), one));
+        }
+        let mut lanes = [0u16; 32];
+        _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, acc);
+        lanes.iter().copied().min().unwrap_or(u16::MAX).wrapping_add(1)
+    }
 
     /// See [`super::Amx::bf16_row_out`]; `n` ≤ 32 outputs.
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -702,6 +762,14 @@ impl TileEngine {
     /// The hardware engine where AMX may run here, else the emulation.
     pub fn best() -> TileEngine {
         Amx::get().map_or(TileEngine::Emulated, TileEngine::Hardware)
+    }
+
+    /// [`Amx::bf16_min_magnitude`] on this engine.
+    pub fn bf16_min_magnitude(self, v: &[u16]) -> u16 {
+        match self {
+            TileEngine::Hardware(amx) => amx.bf16_min_magnitude(v),
+            TileEngine::Emulated => bf16_min_magnitude_scalar(v),
+        }
     }
 
     /// [`Amx::bf16_block`] on this engine (same arguments, results and panics).
@@ -933,6 +1001,45 @@ mod tests {
                 assert!(got[nc..].iter().all(|&v| v == 0xdead), "wrote past the row");
             }
         }
+    }
+
+    /// The smallest non-zero magnitude: AVX-512 = scalar on every length up to 100 (tails) with zeros,
+    /// signs, subnormals, inf and NaN placed anywhere; and the exactness rule at its edges.
+    #[test]
+    fn min_magnitude_and_exactness_rule() {
+        let specials = [
+            0u16, 0x8000, 0x0001, 0x8001, 0x007f, 0x0080, 0x3f80, 0x7f80, 0xff80, 0x7fc0, 0x1234,
+        ];
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for len in 0..100 {
+            for _ in 0..20 {
+                let v: Vec<u16> = (0..len)
+                    .map(|_| match next() % 4 {
+                        0 => specials[(next() % specials.len() as u64) as usize],
+                        1 => 0,
+                        _ => next() as u16,
+                    })
+                    .collect();
+                let want = v.iter().map(|b| b & 0x7fff).filter(|&m| m != 0).min().unwrap_or(0);
+                assert_eq!(bf16_min_magnitude_scalar(&v), want, "{v:?}");
+                if let Some(hw) = Amx::get() {
+                    assert_eq!(hw.bf16_min_magnitude(&v), want, "{v:?}");
+                }
+            }
+        }
+        let e = |x: u16| x << 7; // the smallest magnitude with biased exponent x
+        assert!(bf16_tiles_exact(0, 1) && bf16_tiles_exact(1, 0));
+        assert!(bf16_tiles_exact(e(64), e(64)) && bf16_tiles_exact(e(1), e(127)));
+        assert!(!bf16_tiles_exact(e(64) - 1, e(64)) && !bf16_tiles_exact(e(63), e(64)));
+        assert!(!bf16_tiles_exact(0x7f, e(200)) && !bf16_tiles_exact(e(200), 1));
+        assert!(bf16_has_subnormal(1) && bf16_has_subnormal(0x7f));
+        assert!(!bf16_has_subnormal(0) && !bf16_has_subnormal(0x80));
     }
 
     /// The AVX-512 staging against its definition, for odd and even K and partial 16-row groups.
