@@ -630,12 +630,57 @@ impl Shape {
     /// permute (with activations; no drops), swiglu, combine (no drops), engram hash (V4.1
     /// layer 1), gather rows and engram lookup (float tables), quantize_fp8 / quantize_int8 (no
     /// planted specials) fill their inputs with [`Spec::fill_inputs`], the kit's one recipe, so
-    /// `moehal bench` and `moehal check` draw these ops' inputs alike. `None` for the shapes
-    /// whose inputs are more than one spec's, the two cold decodes ([`Shape::DecodeCold`] and
-    /// [`Shape::QGemm`] with `sets`: their data and first set's `group_end` come from the (§6)
-    /// GEMM spec of that set, the other sets' `group_end`s follow, see
-    /// [`fill_inputs`](Self::fill_inputs)), and for a gather or lookup of a non-float dtype.
+    /// `moehal bench` and `moehal check` draw these ops' inputs alike. The two cold decodes
+    /// ([`Shape::DecodeCold`] and [`Shape::QGemm`] with `sets`) run the (§6) GEMM spec of their
+    /// first expert set ([`crate::rng::cold_group_ends`]); the other sets' `group_end`s follow
+    /// its inputs (see [`fill_inputs`](Self::fill_inputs)). `None` for a gather or lookup of a
+    /// non-float dtype, and for a cold decode with no such sets (`sets` 0, or more sets of
+    /// `topk` than the experts hold).
     pub fn spec(&self, dtype: DType, seed: u64) -> Option<Spec> {
+        self.spec_of(dtype, &self.group_ends(seed).ok()?)
+    }
+
+    /// The `group_end` of each expert set a GEMM shape runs, drawn from `seed`: one for a
+    /// prefill ([`routed_group_end`]), `sets` for a cold decode ([`cold_sets`]); none for the
+    /// other ops.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] on `sets` when a cold decode has no such sets.
+    fn group_ends(&self, seed: u64) -> Result<Vec<Vec<i64>>> {
+        let rng = || seeded(stream_seed(seed, 3));
+        Ok(match *self {
+            Shape::Gemm {
+                num_experts,
+                tokens,
+                topk,
+                ..
+            }
+            | Shape::QGemm {
+                num_experts,
+                tokens,
+                topk,
+                sets: None,
+                ..
+            } => vec![routed_group_end(&mut rng(), num_experts, tokens, topk)],
+            Shape::DecodeCold {
+                num_experts,
+                topk,
+                sets,
+                ..
+            }
+            | Shape::QGemm {
+                num_experts,
+                topk,
+                sets: Some(sets),
+                ..
+            } => cold_sets(num_experts, topk, sets, stream_seed(seed, 3))?,
+            _ => Vec::new(),
+        })
+    }
+
+    /// [`spec`](Self::spec) of the GEMM shapes' [`group_ends`](Self::group_ends) `ends` (the
+    /// first set's).
+    fn spec_of(&self, dtype: DType, ends: &[Vec<i64>]) -> Option<Spec> {
         let format = match dtype {
             DType::F32 => Some(TableFormat::F32),
             DType::BF16 => Some(TableFormat::BF16),
@@ -643,16 +688,7 @@ impl Shape {
             _ => None,
         };
         Some(match *self {
-            Shape::Gemm {
-                num_experts,
-                k,
-                n,
-                tokens,
-                topk,
-            } => {
-                let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
-                gemm_spec(dtype, n, k, &ends)
-            }
+            Shape::Gemm { k, n, .. } | Shape::DecodeCold { k, n, .. } => gemm_spec(dtype, n, k, ends.first()?),
             Shape::Router {
                 tokens,
                 num_experts,
@@ -732,19 +768,7 @@ impl Shape {
                 tokens,
                 extras: false,
             },
-            Shape::QGemm {
-                w,
-                x,
-                num_experts,
-                k,
-                n,
-                tokens,
-                topk,
-                sets: None,
-            } => {
-                let ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), num_experts, tokens, topk);
-                qgemm_spec(w, x, n, k, &ends)
-            }
+            Shape::QGemm { w, x, k, n, .. } => qgemm_spec(w, x, n, k, ends.first()?),
             Shape::Quantize { scale, rows, k } => Spec::Quant(match scale {
                 Some(scale) => QuantSpec::QuantizeFp8 {
                     dtype,
@@ -760,7 +784,6 @@ impl Shape {
                     specials: false,
                 },
             }),
-            _ => return None,
         })
     }
 
@@ -781,74 +804,30 @@ impl Shape {
     /// overflows.
     pub fn fill_inputs(&self, dtype: DType, seed: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
         crate::check_buffers("bench", &self.input_sizes(dtype)?, bufs)?;
-        match (self, self.spec(dtype, seed)) {
-            (Shape::QGemm { x, .. }, Some(spec)) => {
-                let (mut spec_bufs, _) = qgemm_spec_order(*x, bufs)?;
-                spec.fill_inputs(seed, &mut spec_bufs)?;
-                return Ok(());
+        let ends = self.group_ends(seed)?;
+        let Some(spec) = self.spec_of(dtype, &ends) else {
+            return Err(Error::invalid(
+                "bench",
+                "dtype",
+                format!("{dtype} is not a table dtype (f32, bf16, f16)"),
+            ));
+        };
+        // The spec's inputs (a §6 GEMM's in the shape's order), then the later sets' group_ends.
+        let later = match *self {
+            Shape::QGemm { x, .. } => {
+                let (mut order, later) = qgemm_spec_order(x, bufs)?;
+                spec.fill_inputs(seed, &mut order)?;
+                later
             }
-            (_, Some(spec)) => {
-                spec.fill_inputs(seed, bufs)?;
-                return Ok(());
+            _ => {
+                let at = bufs.len().saturating_sub(ends.len().saturating_sub(1));
+                let (head, later) = bufs.split_at_mut(at);
+                spec.fill_inputs(seed, head)?;
+                later
             }
-            (_, None) => {}
-        }
-        let s = |i: u64| stream_seed(seed, i);
-        let dt = dtype;
-        match *self {
-            Shape::DecodeCold {
-                num_experts,
-                k,
-                n,
-                topk,
-                sets,
-                ..
-            } => {
-                // x, w and set 0's group_end from the kit's recipe (the GEMM spec of set 0's
-                // groups), then the other sets' group_ends.
-                let ges = cold_sets(num_experts, topk, sets, s(3))?;
-                let first = &ges[0];
-                let (head, rest) = bufs.split_at_mut(3.min(bufs.len()));
-                gemm_spec(dt, n, k, first).fill_inputs(seed, head)?;
-                for (b, ge) in rest.iter_mut().zip(&ges[1..]) {
-                    write_i64(b, ge)?;
-                }
-            }
-            Shape::QGemm {
-                w,
-                x,
-                num_experts,
-                k,
-                n,
-                topk,
-                sets: Some(sets),
-                ..
-            } => {
-                // As DecodeCold: x, the scales, w and set 0's group_end from the §6 GEMM spec of
-                // set 0's groups, then the other sets' group_ends.
-                let ges = cold_sets(num_experts, topk, sets, s(3))?;
-                let (mut spec_bufs, later) = qgemm_spec_order(x, bufs)?;
-                qgemm_spec(w, x, n, k, &ges[0]).fill_inputs(seed, &mut spec_bufs)?;
-                for (b, ge) in later.iter_mut().zip(&ges[1..]) {
-                    write_i64(b, ge)?;
-                }
-            }
-            Shape::Gemm { .. }
-            | Shape::QGemm { sets: None, .. }
-            | Shape::Router { .. }
-            | Shape::Permute { .. }
-            | Shape::Swiglu { .. }
-            | Shape::Combine { .. }
-            | Shape::Hash { .. }
-            | Shape::Gather { .. }
-            | Shape::Lookup { .. }
-            | Shape::Quantize { .. } => {
-                return Err(Error::invalid(
-                    "bench",
-                    "dtype",
-                    format!("{dtype} is not a table dtype (f32, bf16, f16)"),
-                ))
-            }
+        };
+        for (b, ge) in later.iter_mut().zip(ends.iter().skip(1)) {
+            write_i64(b, ge)?;
         }
         Ok(())
     }
@@ -1307,9 +1286,8 @@ mod tests {
                     bias: false,
                     row_scale: false,
                 });
-                // The prefill shape's spec is that case; a cold decode has none (more than one
-                // spec's group_ends).
-                assert_eq!(shape.spec(dtype, seed), sets.is_none().then(|| want.clone()));
+                // The shape's spec is that case (a cold decode's: its first set's).
+                assert_eq!(shape.spec(dtype, seed), Some(want.clone()));
                 let mut spec_bufs: Vec<Vec<u8>> = want
                     .input_layout()
                     .iter()
@@ -1346,6 +1324,122 @@ mod tests {
                 for (b, ge) in bench[order.len()..].iter().zip(&ges[1..]) {
                     assert_eq!(&le_i64(b), ge, "{tag}: a later set's group_end");
                 }
+            }
+        }
+    }
+
+    /// Issue 12: every other shape's bench inputs are its spec's fill (the kit's one recipe,
+    /// [`Spec::fill_inputs`], in [`Spec::input_layout`]'s order), the cold decode's too: the GEMM
+    /// spec of its first expert set, whose groups are set 0 of [`cold_group_ends`] (drawn here
+    /// apart from the shape), then the other sets' `group_end`s. The prefill GEMM's groups are
+    /// [`routed_group_end`]'s.
+    #[test]
+    fn every_shapes_inputs_are_its_specs_fill() {
+        let seed = 17;
+        let (e, k, n, topk, sets) = (12, 32, 16, 3, 4);
+        let r = lookup_layer(1000).unwrap().rows() as usize;
+        let cfg = crate::rc(2, moehal_core::ops::Scoring::Softmax, None, true, 1.0);
+        let cold = Shape::DecodeCold {
+            num_experts: e,
+            k,
+            n,
+            topk,
+            sets,
+            l3: 0,
+        };
+        let cold_ends = cold_group_ends(&mut seeded(stream_seed(seed, 3)), e, topk, sets);
+        let prefill = Shape::Gemm {
+            num_experts: e,
+            k,
+            n,
+            tokens: 5,
+            topk,
+        };
+        let prefill_ends = routed_group_end(&mut seeded(stream_seed(seed, 3)), e, 5, topk);
+        let shapes = [
+            (cold.clone(), Some(gemm_spec(DType::BF16, n, k, &cold_ends[0]))),
+            (prefill, Some(gemm_spec(DType::BF16, n, k, &prefill_ends))),
+            (
+                Shape::Router {
+                    tokens: 5,
+                    num_experts: 8,
+                    config: cfg,
+                    bias: true,
+                },
+                None,
+            ),
+            (
+                Shape::Permute {
+                    tokens: 6,
+                    num_experts: 5,
+                    topk: 3,
+                    hidden: 8,
+                },
+                None,
+            ),
+            (
+                Shape::Swiglu {
+                    rows: 3,
+                    width: 16,
+                    limit: None,
+                },
+                None,
+            ),
+            (
+                Shape::Combine {
+                    tokens: 7,
+                    topk: 2,
+                    hidden: 4,
+                },
+                None,
+            ),
+            (Shape::Hash { tokens: 9 }, None),
+            (
+                Shape::Gather {
+                    table_rows: 37,
+                    dim: 8,
+                    tokens: 4,
+                    cols: 3,
+                },
+                None,
+            ),
+            (
+                Shape::Lookup {
+                    vocab_n: 1000,
+                    table_rows: r,
+                    dim: 8,
+                    tokens: 6,
+                },
+                None,
+            ),
+            (
+                Shape::Quantize {
+                    scale: Some(ScaleFormat::F32),
+                    rows: 3,
+                    k: 256,
+                },
+                None,
+            ),
+        ];
+        for (shape, want) in shapes {
+            let spec = shape.spec(DType::BF16, seed).expect("a spec");
+            if let Some(want) = want {
+                assert_eq!(spec, want, "{shape:?}");
+            }
+            let mut spec_bufs: Vec<Vec<u8>> = spec
+                .input_layout()
+                .iter()
+                .map(|(d, s)| vec![0; s.iter().product::<usize>() * d.size()])
+                .collect();
+            let mut slices: Vec<&mut [u8]> = spec_bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            spec.fill_inputs(seed, &mut slices).unwrap();
+            let bench = filled_at(&shape, DType::BF16, seed, 3, 0x5C);
+            assert_eq!(&bench[..spec_bufs.len()], &spec_bufs[..], "{shape:?}");
+            let later: Vec<Vec<i64>> = bench[spec_bufs.len()..].iter().map(|b| le_i64(b)).collect();
+            if shape == cold {
+                assert_eq!(later, cold_ends[1..], "the later sets' group_ends");
+            } else {
+                assert!(later.is_empty(), "{shape:?}");
             }
         }
     }
