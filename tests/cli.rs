@@ -1,20 +1,10 @@
 //! Integration tests of the `moehal` binary (no timing assertions).
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn moehal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moehal"))
-        .args(args)
-        .output()
-        .expect("the moehal binary runs")
-}
+mod common;
 
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use common::cli::{moehal, moehal_env, temp_dir, text};
 
 #[test]
 fn devices_lists_the_reference() {
@@ -432,21 +422,6 @@ fn no_arguments_runs_the_default_check() {
 // Issue 16: reliability and first contact
 // ------------------------------------------------------------------------------------------------
 
-fn moehal_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_moehal"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("the moehal binary runs")
-}
-
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("moehal-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn invalid_environment_values_are_errors_naming_the_variable_and_accepted_values() {
     for (var, value, accepted) in [
@@ -840,8 +815,6 @@ fn moe_impossible_token_counts_are_errors_and_the_reference_is_bounded() {
     assert!(header.contains("reference skipped (estimated"), "{header}");
     assert!(out.contains("not checked: reference skipped"), "{out}");
 }
-
-mod common;
 
 /// `moe --weights F --layer L` runs a checkpoint's layer against the reference: hash-routed where
 /// the layer has `gate.tid2eid`, gated otherwise; a missing layer is an error naming the tensor.

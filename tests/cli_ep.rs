@@ -2,9 +2,11 @@
 //! single-process layer (docs/EP.md). The loopback cases run in every build; the `mpirun` cases
 //! need the `mpi` feature and Open MPI (`cargo test --features mpi --test cli_ep`).
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
+
+use common::cli::moehal;
 
 fn text(o: &Output) -> String {
     format!(
@@ -34,13 +36,6 @@ fn args<'a>(preset: &'a str, tokens: &'a str, extra: &[&'a str]) -> Vec<&'a str>
     ];
     v.extend_from_slice(extra);
     v
-}
-
-fn moehal(a: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moehal"))
-        .args(a)
-        .output()
-        .expect("the moehal binary runs")
 }
 
 fn check_pass(o: &Output, bitwise: bool) -> String {

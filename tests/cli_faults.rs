@@ -1,29 +1,13 @@
 //! Issue 16, a fresh user's third pass: each fault kind of the CLI with its example as a test
 //! (exit statuses and message text of the `moehal` binary; no timing assertions).
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use moehal_core::OpKind;
 
-fn moehal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moehal"))
-        .args(args)
-        .output()
-        .expect("the moehal binary runs")
-}
+mod common;
 
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("moehal-faults-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::cli::{moehal, moehal_env, temp_dir, text};
 
 /// A safetensors file of one header and no data.
 fn header_only(header: &str) -> Vec<u8> {
@@ -284,17 +268,6 @@ fn the_reference_as_backend_with_no_reference_runs_once() {
 }
 
 // ---- Issue 16, a fresh user's fourth pass ----
-
-mod common;
-
-fn moehal_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_moehal"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("the moehal binary runs")
-}
 
 /// The directory of the Ascend emulator's `libascendcl.so` (`cargo build -p moehal-ascend-emu`
 /// puts it next to the binary), or `None` when it is not built.

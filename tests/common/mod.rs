@@ -1,7 +1,11 @@
-//! Helpers shared by the integration tests: synthetic safetensors checkpoints in DeepSeek's layout.
+//! Helpers shared by the integration tests: synthetic safetensors checkpoints in DeepSeek's layout,
+//! and (feature `cli`) running the `moehal` binary ([`cli`]).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
