@@ -6,13 +6,15 @@ use moehal_core::engram::{derive_primes, EngramLayer};
 use moehal_core::ops::gather_rows::fp8_dequant;
 use moehal_core::ops::grouped_gemm::{counts_from_group_end, group_end_from_counts};
 use moehal_core::ops::{
-    EngramHash, GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig, RouterTopk,
-    Scoring, TableFormat, WeightLayout,
+    EngramHash, GatherRows, GroupLimit, GroupScore, MoeCombine, MoePermute, RouterConfig, Scoring, TableFormat,
+    WeightLayout,
 };
-use moehal_core::{Backend, BackendExt, DType, Element, Float, Reference};
+use moehal_core::{Backend, BackendExt, DType, Element, Float};
 use proptest::prelude::*;
 
-const BE: Reference = Reference;
+mod common;
+
+use common::{gemm, route, to_kn, BE};
 
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(64)
@@ -196,26 +198,7 @@ fn arb_router() -> impl Strategy<Value = RouterCase> {
 }
 
 fn run_router(c: &RouterCase) -> (Vec<i32>, Vec<f32>, Vec<i64>) {
-    let (t, e, k) = (c.t, c.e, c.cfg.topk);
-    let lb = BE.upload_slice(&c.logits).unwrap();
-    let bb = c.bias.as_ref().map(|b| BE.upload_slice(b).unwrap());
-    let mut ids = BE.filled(t * k, i32::MIN).unwrap();
-    let mut w = BE.filled(t * k, f32::NAN).unwrap();
-    let mut counts = BE.filled(e, i64::MIN).unwrap();
-    let args = RouterTopk {
-        config: c.cfg,
-        logits: lb.view(DType::F32, &[t, e]),
-        bias: bb.as_ref().map(|b| b.view(DType::F32, &[e])),
-        ids: ids.view_mut(DType::I32, &[t, k]),
-        weights: w.view_mut(DType::F32, &[t, k]),
-        expert_counts: Some(counts.view_mut(DType::I64, &[e])),
-    };
-    BE.router_topk(args.validate().unwrap()).unwrap();
-    (
-        BE.download_vec(&ids, t * k).unwrap(),
-        BE.download_vec(&w, t * k).unwrap(),
-        BE.download_vec(&counts, e).unwrap(),
-    )
+    route(c.cfg, c.e, &c.logits, c.bias.as_deref())
 }
 
 proptest! {
@@ -334,47 +317,23 @@ fn arb_gemm() -> impl Strategy<Value = GemmCase> {
 
 fn gemm_bits<T: Float>(c: &GemmCase, layout: WeightLayout) -> Vec<u32> {
     let (m, n, k, g) = (c.m, c.n, c.k, c.g);
-    let cv = |v: &[f32]| v.iter().map(|&a| T::from_f32(a)).collect::<Vec<T>>();
     let w = match layout {
         WeightLayout::NK => c.w_nk.clone(),
-        WeightLayout::KN => {
-            let mut t = vec![0.0; c.w_nk.len()];
-            for gi in 0..g {
-                for ni in 0..n {
-                    for ki in 0..k {
-                        t[(gi * k + ki) * n + ni] = c.w_nk[(gi * n + ni) * k + ki];
-                    }
-                }
-            }
-            t
-        }
+        WeightLayout::KN => to_kn(&c.w_nk, g, n, k),
     };
     let ends = group_end_from_counts(&c.counts).unwrap();
-    let xb = BE.upload_slice(&cv(&c.x)).unwrap();
-    let wb = BE.upload_slice(&cv(&w)).unwrap();
-    let eb = BE.upload_slice(&ends).unwrap();
-    let bb = c.bias.as_ref().map(|b| BE.upload_slice(&cv(b)).unwrap());
-    let sb = c.scale.as_ref().map(|s| BE.upload_slice(s).unwrap());
-    let mut y = BE.filled(m * n, T::from_f32(f32::NAN)).unwrap();
-    let ws = match layout {
-        WeightLayout::NK => [g, n, k],
-        WeightLayout::KN => [g, k, n],
-    };
-    let args = GroupedGemm {
-        x: xb.view(T::DTYPE, &[m, k]),
-        w: wb.view(T::DTYPE, &ws),
+    gemm::<T>(
+        &c.x,
+        &w,
         layout,
-        group_end: eb.view(DType::I64, &[g]),
-        row_scale: sb.as_ref().map(|b| b.view(DType::F32, &[m])),
-        bias: bb.as_ref().map(|b| b.view(T::DTYPE, &[g, n])),
-        y: y.view_mut(T::DTYPE, &[m, n]),
-    };
-    BE.grouped_gemm(args.validate().unwrap()).unwrap();
-    BE.download_vec::<T>(&y, m * n)
-        .unwrap()
-        .into_iter()
-        .map(|v| v.to_f32().to_bits())
-        .collect()
+        (m, n, k, g),
+        &ends,
+        c.bias.as_deref(),
+        c.scale.as_deref(),
+    )
+    .into_iter()
+    .map(f32::to_bits)
+    .collect()
 }
 
 proptest! {

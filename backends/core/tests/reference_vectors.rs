@@ -4,12 +4,14 @@
 
 use half::{bf16, f16};
 use moehal_core::ops::{
-    GatherRows, GroupLimit, GroupScore, GroupedGemm, MoeCombine, MoePermute, RouterConfig, RouterTopk, Scoring, Swiglu,
-    TableFormat, WeightLayout,
+    GatherRows, GroupLimit, GroupScore, MoeCombine, MoePermute, RouterConfig, Scoring, Swiglu, TableFormat,
+    WeightLayout,
 };
-use moehal_core::{Backend, BackendExt, DType, Float, Reference};
+use moehal_core::{Backend, BackendExt, DType};
 
-const BE: Reference = Reference;
+mod common;
+
+use common::{gemm, to_kn, BE};
 
 // ------------------------------------------------------------------------------------------------
 // router_topk
@@ -22,27 +24,8 @@ struct Routed {
 }
 
 fn route(cfg: RouterConfig, e: usize, logits: &[f32], bias: Option<&[f32]>) -> Routed {
-    let t = logits.len() / e;
-    let k = cfg.topk;
-    let lb = BE.upload_slice(logits).unwrap();
-    let bb = bias.map(|b| BE.upload_slice(b).unwrap());
-    let mut ids = BE.filled(t * k, i32::MIN).unwrap();
-    let mut w = BE.filled(t * k, f32::NAN).unwrap();
-    let mut counts = BE.filled(e, i64::MIN).unwrap();
-    let args = RouterTopk {
-        config: cfg,
-        logits: lb.view(DType::F32, &[t, e]),
-        bias: bb.as_ref().map(|b| b.view(DType::F32, &[e])),
-        ids: ids.view_mut(DType::I32, &[t, k]),
-        weights: w.view_mut(DType::F32, &[t, k]),
-        expert_counts: Some(counts.view_mut(DType::I64, &[e])),
-    };
-    BE.router_topk(args.validate().unwrap()).unwrap();
-    Routed {
-        ids: BE.download_vec(&ids, t * k).unwrap(),
-        weights: BE.download_vec(&w, t * k).unwrap(),
-        counts: BE.download_vec(&counts, e).unwrap(),
-    }
+    let (ids, weights, counts) = common::route(cfg, e, logits, bias);
+    Routed { ids, weights, counts }
 }
 
 fn cfg(k: usize, scoring: Scoring, renormalize: bool, scale: f32) -> RouterConfig {
@@ -271,57 +254,6 @@ const GW_NK: [f32; 12] = [1.0, 0.0, 2.0, 1.0, 5.0, 5.0, 5.0, 5.0, -1.0, 1.0, 0.5
 const GBIAS: [f32; 6] = [10.0, 20.0, 7.0, 7.0, -1.0, 1.0];
 const GSCALE: [f32; 5] = [2.0, 0.5, -1.0, 4.0, 7.0];
 const GEND: [i64; 3] = [2, 2, 4];
-
-/// NK [G, N, K] -> KN [G, K, N].
-fn to_kn(w: &[f32], g: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for gi in 0..g {
-        for ni in 0..n {
-            for ki in 0..k {
-                out[(gi * k + ki) * n + ni] = w[(gi * n + ni) * k + ki];
-            }
-        }
-    }
-    out
-}
-
-/// Run grouped_gemm in dtype T; returns y (M*N) as f32, NaN where unwritten.
-fn gemm<T: Float>(
-    x: &[f32],
-    w: &[f32],
-    layout: WeightLayout,
-    (m, n, k, g): (usize, usize, usize, usize),
-    ends: &[i64],
-    bias: Option<&[f32]>,
-    scale: Option<&[f32]>,
-) -> Vec<f32> {
-    let cv = |v: &[f32]| v.iter().map(|&a| T::from_f32(a)).collect::<Vec<T>>();
-    let xb = BE.upload_slice(&cv(x)).unwrap();
-    let wb = BE.upload_slice(&cv(w)).unwrap();
-    let eb = BE.upload_slice(ends).unwrap();
-    let bb = bias.map(|b| BE.upload_slice(&cv(b)).unwrap());
-    let sb = scale.map(|s| BE.upload_slice(s).unwrap());
-    let mut y = BE.filled(m * n, T::from_f32(f32::NAN)).unwrap();
-    let ws = match layout {
-        WeightLayout::NK => [g, n, k],
-        WeightLayout::KN => [g, k, n],
-    };
-    let args = GroupedGemm {
-        x: xb.view(T::DTYPE, &[m, k]),
-        w: wb.view(T::DTYPE, &ws),
-        layout,
-        group_end: eb.view(DType::I64, &[g]),
-        row_scale: sb.as_ref().map(|b| b.view(DType::F32, &[m])),
-        bias: bb.as_ref().map(|b| b.view(T::DTYPE, &[g, n])),
-        y: y.view_mut(T::DTYPE, &[m, n]),
-    };
-    BE.grouped_gemm(args.validate().unwrap()).unwrap();
-    BE.download_vec::<T>(&y, m * n)
-        .unwrap()
-        .into_iter()
-        .map(Float::to_f32)
-        .collect()
-}
 
 fn assert_rows(got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len());

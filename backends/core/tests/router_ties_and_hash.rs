@@ -2,10 +2,12 @@
 //! `ŝ = fl32(s + bias)`, group scores f32), and hash routing (OPS.md §2 "Hash routing"), against
 //! vectors computed by hand in the comments.
 
-use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, RouterHash, RouterTopk, Scoring};
-use moehal_core::{Backend, BackendExt, DType, Error, Reference};
+use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, RouterHash, Scoring};
+use moehal_core::{Backend, BackendExt, DType, Error};
 
-const BE: Reference = Reference;
+mod common;
+
+use common::{route, BE};
 
 fn cfg(k: usize, scoring: Scoring, group: Option<GroupLimit>) -> RouterConfig {
     RouterConfig {
@@ -15,31 +17,6 @@ fn cfg(k: usize, scoring: Scoring, group: Option<GroupLimit>) -> RouterConfig {
         renormalize: true,
         routed_scaling_factor: 1.0,
     }
-}
-
-/// Route `logits` (`[T, E]` f32) on the reference: (ids, weights, counts).
-fn route(cfg: RouterConfig, e: usize, logits: &[f32], bias: Option<&[f32]>) -> (Vec<i32>, Vec<f32>, Vec<i64>) {
-    let t = logits.len() / e;
-    let k = cfg.topk;
-    let lb = BE.upload_slice(logits).unwrap();
-    let bb = bias.map(|b| BE.upload_slice(b).unwrap());
-    let mut ids = BE.filled(t * k, i32::MIN).unwrap();
-    let mut w = BE.filled(t * k, f32::NAN).unwrap();
-    let mut counts = BE.filled(e, i64::MIN).unwrap();
-    let args = RouterTopk {
-        config: cfg,
-        logits: lb.view(DType::F32, &[t, e]),
-        bias: bb.as_ref().map(|b| b.view(DType::F32, &[e])),
-        ids: ids.view_mut(DType::I32, &[t, k]),
-        weights: w.view_mut(DType::F32, &[t, k]),
-        expert_counts: Some(counts.view_mut(DType::I64, &[e])),
-    };
-    BE.router_topk(args.validate().unwrap()).unwrap();
-    (
-        BE.download_vec(&ids, t * k).unwrap(),
-        BE.download_vec(&w, t * k).unwrap(),
-        BE.download_vec(&counts, e).unwrap(),
-    )
 }
 
 /// Saturation: sigmoid(20.5) = 1 - 1.25e-9 and sigmoid(100) = 1 - 3.7e-44 both round to 1.0 in f32
