@@ -2,9 +2,9 @@
 //! 8 groups keep 4, top-8), Qwen3 (4096 x 128 softmax top-8), and one DeepSeek-V3 token.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, Scoring};
 use moehal_cpu::router_topk::router_topk;
 use moehal_cpu::{Kernels, Pool};
+use moehal_testkit::presets::preset;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -12,24 +12,9 @@ fn benches(c: &mut Criterion) {
     let kern = Kernels::best();
     let pool = Pool::global();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let ds = RouterConfig {
-        topk: 8,
-        scoring: Scoring::Sigmoid,
-        group: Some(GroupLimit {
-            n_group: 8,
-            topk_group: 4,
-            score: GroupScore::Top2Sum,
-        }),
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-    };
-    let qw = RouterConfig {
-        topk: 8,
-        scoring: Scoring::Softmax,
-        group: None,
-        renormalize: true,
-        routed_scaling_factor: 1.0,
-    };
+    // The models' routers as the test kit's presets define them.
+    let ds = preset("deepseek-v3").unwrap().router();
+    let qw = preset("qwen3-30b-a3b").unwrap().router();
     let mut g = c.benchmark_group("router_topk");
     for (name, cfg, t, e, bias) in [
         ("deepseek_v3_T4096", ds, 4096usize, 256usize, true),

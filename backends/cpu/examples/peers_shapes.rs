@@ -2,11 +2,13 @@
 //! Run: `cargo run --release -p moehal-cpu --example peers_shapes -- [gemm|router|gather]...`
 
 use half::bf16;
-use moehal_core::ops::{GroupLimit, GroupScore, RouterConfig, Scoring};
+use moehal_core::ops::grouped_gemm::counts_from_group_end;
 use moehal_cpu::engram::{gather_rows, GatherOut, Table};
 use moehal_cpu::grouped_gemm::{calibrate, grouped_gemm_with, Bf16Kernel, GemmArgs, Layout, PackedWeights, Weights};
 use moehal_cpu::router_topk::router_topk;
 use moehal_cpu::{Elem, ElemKind, Kernels, Pool};
+use moehal_testkit::presets::preset;
+use moehal_testkit::rng::routed_group_end;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
@@ -24,23 +26,6 @@ fn med(reps: usize, mut f: impl FnMut()) -> f64 {
     ts[reps / 2]
 }
 
-fn sizes(t: usize, e: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<i64> {
-    let mut c = vec![0i64; e];
-    for _ in 0..t {
-        let mut chosen: Vec<usize> = Vec::new();
-        while chosen.len() < k {
-            let x = rng.gen_range(0..e);
-            if !chosen.contains(&x) {
-                chosen.push(x);
-            }
-        }
-        for x in chosen {
-            c[x] += 1;
-        }
-    }
-    c
-}
-
 fn gemm<T: Elem>(name: &str, kern: &Kernels, pool: &Pool, tokens: &[usize]) {
     let (e, k, n, topk) = (128usize, 2048usize, 1536usize, 8usize);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -49,15 +34,10 @@ fn gemm<T: Elem>(name: &str, kern: &Kernels, pool: &Pool, tokens: &[usize]) {
         .collect();
     let packed = PackedWeights::new(pool, &w, Layout::KN, e, n, k).unwrap();
     for &t in tokens {
-        let s = sizes(t, e, topk, &mut rng);
-        let mut ge = Vec::with_capacity(e);
-        let mut acc = 0;
-        for c in &s {
-            acc += c;
-            ge.push(acc);
-        }
-        let m = acc as usize;
-        let active = s.iter().filter(|&&c| c > 0).count();
+        // T tokens routed to topk distinct experts each: the test kit's routing (moehal bench's).
+        let ge = routed_group_end(&mut rng, e, t, topk);
+        let m = ge.last().map_or(0, |&g| g as usize);
+        let active = counts_from_group_end(&ge).unwrap().iter().filter(|&&c| c > 0).count();
         let wbytes = (active * k * n * std::mem::size_of::<T>()) as f64;
         let flops = 2.0 * (m * k * n) as f64;
         let x: Vec<T> = (0..m * k).map(|_| T::from_f32(rng.gen_range(-1.0..1.0))).collect();
@@ -110,27 +90,11 @@ fn router(kern: &Kernels, pool: &Pool) {
     ] {
         let logits: Vec<f32> = (0..t * e).map(|_| rng.gen_range(-3.0..3.0)).collect();
         let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.1..0.1)).collect();
-        let cfg = if grouped {
-            RouterConfig {
-                topk: k,
-                scoring: Scoring::Sigmoid,
-                group: Some(GroupLimit {
-                    n_group: 8,
-                    topk_group: 4,
-                    score: GroupScore::Top2Sum,
-                }),
-                renormalize: true,
-                routed_scaling_factor: 2.5,
-            }
-        } else {
-            RouterConfig {
-                topk: k,
-                scoring: Scoring::Softmax,
-                group: None,
-                renormalize: true,
-                routed_scaling_factor: 1.0,
-            }
-        };
+        // The models' routers as the test kit's presets define them.
+        let cfg = preset(if grouped { "deepseek-v3" } else { "qwen3-30b-a3b" })
+            .unwrap()
+            .router();
+        assert_eq!(cfg.topk, k);
         let b = grouped.then_some(&bias[..]);
         let mut ids = vec![0i32; t * k];
         let mut w = vec![0f32; t * k];

@@ -43,22 +43,12 @@ fn report(case: &str, secs: f64, extra: &str) {
     println!("JSON {{\"case\":\"{case}\",\"seconds\":{secs:e},\"extra\":\"{extra}\"}}");
 }
 
+/// `group_end` of `tokens` tokens routed to `k` distinct experts of `e` each (the test kit's
+/// routing, `moehal bench`'s), and how many experts it touches.
 fn routing(rng: &mut ChaCha8Rng, tokens: usize, e: usize, k: usize) -> (Vec<i64>, usize) {
-    let mut counts = vec![0i64; e];
-    for _ in 0..tokens {
-        let mut chosen = Vec::new();
-        while chosen.len() < k {
-            let x = rng.gen_range(0..e);
-            if !chosen.contains(&x) {
-                chosen.push(x);
-            }
-        }
-        for x in chosen {
-            counts[x] += 1;
-        }
-    }
-    let touched = counts.iter().filter(|&&c| c > 0).count();
-    (grouped_gemm::group_end_from_counts(&counts).unwrap(), touched)
+    let ge = moehal_testkit::rng::routed_group_end(rng, e, tokens, k);
+    let counts = grouped_gemm::counts_from_group_end(&ge).unwrap();
+    (ge, counts.iter().filter(|&&c| c > 0).count())
 }
 
 /// DeepSeek-V3 gate_up, bf16 NK: 256 experts, N 4096, K 7168, top-8. Work per call:
@@ -108,17 +98,7 @@ fn router(be: &CudaBackend, rng: &mut ChaCha8Rng) {
     let bb = be.upload_slice(&bias).unwrap();
     let mut ids = be.alloc(t * 8 * 4).unwrap();
     let mut w = be.alloc(t * 8 * 4).unwrap();
-    let cfg = RouterConfig {
-        topk: 8,
-        scoring: Scoring::Sigmoid,
-        group: Some(GroupLimit {
-            n_group: 8,
-            topk_group: 4,
-            score: GroupScore::Top2Sum,
-        }),
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-    };
+    let cfg = moehal_testkit::presets::preset("deepseek-v3").unwrap().router();
     let secs = time(be, 200, || {
         let a = RouterTopk {
             config: cfg,
