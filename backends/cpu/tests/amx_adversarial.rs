@@ -5,12 +5,14 @@
 //! has no AMX the checks still run (they then exercise the f32 path and the emulated tile engine).
 
 use half::{bf16, f16};
-use moehal_core::ops::{GroupedGemmQ, WeightFormat};
+use moehal_core::ops::{ActFormat, GroupedGemmQ, WeightFormat};
 use moehal_core::quant::{e2m1_to_f32, e4m3_to_f32, e8m0_to_f32, f32_to_e4m3, pack_nibbles};
 use moehal_core::{Backend, BackendExt, Buffer, DType, Reference};
 use moehal_cpu::quant::{grouped_gemm_q, grouped_gemm_q_tiles, PackedQWeights, QAct, QGemmArgs, QWeights, Scales};
 use moehal_cpu::simd::amx::{e4m3_to_bf16_bits, mxfp4_row_scalar, Amx, TileEngine};
 use moehal_cpu::{CpuBackend, Isa, Kernels, Pool};
+use moehal_testkit::check_rows;
+use moehal_testkit::quant::gemm_tolerance;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -296,46 +298,22 @@ fn run_raw(c: &Case, path: Path) -> Option<Vec<u16>> {
     Some(y.iter().map(|v| v.to_bits()).collect())
 }
 
+/// OPS.md §6's bound, the test kit's: the output dtype's, at least 1e-3 with fp8 activations.
 fn tol(c: &Case) -> f64 {
-    match c.y {
-        DType::F32 if c.w8a8() => 1e-3,
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        _ => 1e-2,
-    }
+    let x = if c.w8a8() {
+        ActFormat::Fp8
+    } else {
+        ActFormat::Float(DType::BF16)
+    };
+    gemm_tolerance(x, c.y)
 }
 
-/// OPS.md's conformance: guard rows untouched (still the NaN poison), no NaN where the reference has
-/// none, infinities where the reference has them, relative L2 error within `tol` over the finite
-/// reference values.
+/// OPS.md's conformance, the test kit's rule ([`check_rows`]): guard rows untouched (still the NaN
+/// poison), NaN and infinities only where the reference has them, relative error within `tol`.
 fn conforms(got: &[f64], want: &[f64], c: &Case, what: &str) -> Result<(), String> {
-    let routed = c.used() * c.n;
-    if !got[routed..].iter().all(|v| v.is_nan()) {
-        return Err(format!("{what}: guard row written"));
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (i, (&a, &b)) in got[..routed].iter().zip(&want[..routed]).enumerate() {
-        let (r, col) = (i / c.n, i % c.n);
-        if b.is_nan() {
-            continue;
-        }
-        if a.is_nan() {
-            return Err(format!("{what}: NaN at ({r}, {col}) where the reference has {b:e}"));
-        }
-        if b.is_infinite() || a.is_infinite() {
-            if a != b {
-                return Err(format!("{what}: ({r}, {col}) = {a:e}, reference {b:e}"));
-            }
-            continue;
-        }
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    let rel = if den == 0.0 { num.sqrt() } else { (num / den).sqrt() };
-    if rel > tol(c) {
-        return Err(format!("{what}: rel {rel:.3e} > {:.0e}", tol(c)));
-    }
-    Ok(())
+    check_rows(got, want, c.used() * c.n, tol(c))
+        .map(|_| ())
+        .map_err(|e| format!("{what}: {e}"))
 }
 
 fn cpu_backends() -> Vec<(String, CpuBackend)> {

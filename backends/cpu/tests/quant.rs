@@ -9,6 +9,8 @@ use moehal_core::{Backend, BackendExt, Buffer, DType, Reference};
 use moehal_cpu::quant::{grouped_gemm_q, grouped_gemm_q_tiles, QAct, QGemmArgs, QWeights, Scales};
 use moehal_cpu::simd::amx::{Amx, TileEngine};
 use moehal_cpu::{CpuBackend, Isa, Kernels, Pool};
+use moehal_testkit::quant::gemm_tolerance;
+use moehal_testkit::{check_rows, rel_error, tolerance};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -214,26 +216,14 @@ fn every_format_and_pairing_matches_the_reference() {
                 let inp = make(seed, wf, act, y, groups, n, k, extras);
                 let got = run(&be, &inp, wf, y, m, n, k);
                 let want = run(&Reference, &inp, wf, y, m, n, k);
-                let routed = (m - 1) * n;
-                assert!(got[routed..].iter().all(|v| v.is_nan()), "guard row written");
-                let (mut num, mut den) = (0f64, 0f64);
-                for (a, b) in got[..routed].iter().zip(&want[..routed]) {
-                    assert!(!a.is_nan(), "NaN output");
-                    num += (a - b) * (a - b);
-                    den += b * b;
+                // OPS.md §6 through the test kit: guard row untouched, relative error within the bound.
+                if let Err(e) = check_rows(&got, &want, (m - 1) * n, gemm_tolerance(act, y)) {
+                    panic!(
+                        "{} case {ci} ({wf} x {} -> {y}, extras {extras}): {e} (seed {seed})",
+                        be.kern_name(),
+                        act.name()
+                    );
                 }
-                let rel = (num / den.max(1e-300)).sqrt();
-                let tol = match (act, y) {
-                    (Fp8, DType::F32) => 1e-3,
-                    (_, DType::F32) => 1e-5,
-                    _ => 1e-2,
-                };
-                assert!(
-                    rel <= tol,
-                    "{} case {ci} ({wf} x {} -> {y}, extras {extras}): rel {rel:.3e} > {tol:.0e} (seed {seed})",
-                    be.kern_name(),
-                    act.name()
-                );
                 // Determinism: the same call gives the same bits.
                 let again = run(&be, &inp, wf, y, m, n, k);
                 assert!(
@@ -523,17 +513,9 @@ fn tile_path_of_weight_only_formats() {
                 if !took {
                     continue;
                 }
-                let routed = (m - 1) * n;
-                assert!(y[routed..].iter().all(|v| v.is_nan()), "guard row written");
-                let (mut num, mut den) = (0f64, 0f64);
-                for (a, b) in y[..routed].iter().zip(&want[..routed]) {
-                    let a = a.to_f64();
-                    assert!(!a.is_nan(), "NaN output");
-                    num += (a - b) * (a - b);
-                    den += b * b;
+                if let Err(e) = check_rows(&y, &want, (m - 1) * n, tolerance(DType::BF16)) {
+                    panic!("{wf} {eng:?} extras {extras}: {e}");
                 }
-                let rel = (num / den).sqrt();
-                assert!(rel <= 1e-2, "{wf} {eng:?} extras {extras}: rel {rel:.3e}");
                 outs.push(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
             }
             if outs.len() == 2 {
@@ -543,13 +525,13 @@ fn tile_path_of_weight_only_formats() {
             // whatever the scales.
             for be in backends() {
                 let got = run(&be, &inp, wf, DType::BF16, m, n, k);
-                let (mut num, mut den) = (0f64, 0f64);
-                for (a, b) in got[..(m - 1) * n].iter().zip(&want[..(m - 1) * n]) {
-                    num += (a - b) * (a - b);
-                    den += b * b;
-                }
-                let rel = (num / den).sqrt();
-                assert!(rel <= 1e-2, "{} {wf} spoil {spoil:?}: rel {rel:.3e}", be.kern_name());
+                let routed = (m - 1) * n;
+                let rel = rel_error(&got[..routed], &want[..routed], |_| true);
+                assert!(
+                    rel.as_ref().is_ok_and(|&r| r <= tolerance(DType::BF16)),
+                    "{} {wf} spoil {spoil:?}: rel {rel:?}",
+                    be.kern_name()
+                );
             }
         }
     }

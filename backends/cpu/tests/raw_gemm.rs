@@ -1,7 +1,9 @@
 //! grouped_gemm on raw slices against an f64 oracle, for every ISA table, dtype and layout.
 use half::{bf16, f16};
+use moehal_core::DType;
 use moehal_cpu::grouped_gemm::{grouped_gemm_with, Bf16Kernel, GemmArgs, Layout, PackedWeights, Weights};
 use moehal_cpu::{Elem, Isa, Kernels, Pool};
+use moehal_testkit::{check_rows, tolerance};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -110,27 +112,10 @@ fn check<T: Elem>(tol: f64, seed: u64) {
                             bias: b_o,
                         };
                         grouped_gemm_with(kern, &pool, &args, &mut y, bk).unwrap();
-                        let (mut num, mut den) = (0f64, 0f64);
-                        for r in 0..m {
-                            for j in 0..n {
-                                let got = y[r * n + j].to_f32();
-                                if r >= used {
-                                    assert!(got.is_nan(), "guard row {r} written");
-                                    continue;
-                                }
-                                assert!(
-                                    !got.is_nan(),
-                                    "{isa:?} {lay:?} packed={use_packed} {bk:?} ({m},{k},{n}) unwritten/NaN at {r},{j}"
-                                );
-                                num += (got as f64 - want[r * n + j]).powi(2);
-                                den += want[r * n + j].powi(2);
-                            }
+                        let got: Vec<f32> = y.iter().map(|v| v.to_f32()).collect();
+                        if let Err(e) = check_rows(&got, &want, used * n, tol) {
+                            panic!("{isa:?} {lay:?} packed={use_packed} {bk:?} ({m},{k},{n},{g}): {e}");
                         }
-                        let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
-                        assert!(
-                            rel <= tol,
-                            "{isa:?} {lay:?} packed={use_packed} {bk:?} ({m},{k},{n},{g}) rel {rel}"
-                        );
                     }
                 }
             }
@@ -140,15 +125,15 @@ fn check<T: Elem>(tol: f64, seed: u64) {
 
 #[test]
 fn gemm_f32() {
-    check::<f32>(1e-5, 1);
+    check::<f32>(tolerance(DType::F32), 1);
 }
 #[test]
 fn gemm_bf16() {
-    check::<bf16>(1e-2, 2);
+    check::<bf16>(tolerance(DType::BF16), 2);
 }
 #[test]
 fn gemm_f16() {
-    check::<f16>(2e-3, 3);
+    check::<f16>(tolerance(DType::F16), 3);
 }
 
 /// The AMX path gives the same bits run after run and for 1 or 2 threads (each output is one fixed
@@ -261,22 +246,10 @@ fn amx_path_bf16_every_engine() {
                 };
                 grouped_gemm_tiles(eng, &pool, &args, &mut y).unwrap();
                 let ctx = format!("{eng:?} {lay:?} packed={} opt={opt} ({m},{k},{n},{g})", wi == 1);
-                let (mut num, mut den) = (0f64, 0f64);
-                for r in 0..m {
-                    for j in 0..n {
-                        let got = y[r * n + j].to_f32();
-                        if r >= used {
-                            assert!(got.is_nan(), "{ctx}: guard row {r} written");
-                            continue;
-                        }
-                        assert!(!got.is_nan(), "{ctx}: unwritten/NaN at {r},{j}");
-                        num += (got as f64 - want[r * n + j]).powi(2);
-                        den += want[r * n + j].powi(2);
-                    }
-                }
-                let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
                 // bf16 output rounding (2^-9 relative) dominates; same bound as gemm_bf16.
-                assert!(rel <= 1e-2, "{ctx}: rel {rel}");
+                if let Err(e) = check_rows(&y, &want, used * n, tolerance(DType::BF16)) {
+                    panic!("{ctx}: {e}");
+                }
                 if k == 0 && opt == 0 {
                     assert!(
                         y[..used * n].iter().all(|v| v.to_f32() == 0.0),

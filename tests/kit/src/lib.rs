@@ -1699,31 +1699,76 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// `‖out − ref‖ / ‖ref‖` over elements where `mask` is true; NaN in `out` where `ref` has none
-/// (or the reverse) is reported as `Err`.
-fn rel_error(out: &HostTensor, reference: &HostTensor, mask: impl Fn(usize) -> bool) -> Result<f64, String> {
-    let (o, r) = (out.as_f64(), reference.as_f64());
+/// The relative error `‖out − ref‖ / ‖ref‖` of OPS.md §Conformance, in f64, over the elements `i`
+/// where `mask(i)`: elements NaN in both are skipped, an infinity must be the reference's (and is
+/// then skipped), and a NaN or infinity on one side only, or slices of two lengths, is `Err`
+/// naming the element (the lengths). With an all-zero reference it is the absolute
+/// `‖out − ref‖`. The one measure of the workspace:
+/// `moehal check` (through [`run_case`]), the pipelines (`moehal::pipeline::rel_error`) and the
+/// backends' own tests use it.
+pub fn rel_error<A: Copy + Into<f64>, B: Copy + Into<f64>>(
+    out: &[A],
+    reference: &[B],
+    mask: impl Fn(usize) -> bool,
+) -> Result<f64, String> {
+    if out.len() != reference.len() {
+        return Err(format!(
+            "{} output values for {} reference values",
+            out.len(),
+            reference.len()
+        ));
+    }
     let (mut num, mut den) = (0f64, 0f64);
-    for i in 0..r.len() {
+    let o = |i: usize| -> f64 { out[i].into() };
+    let r = |i: usize| -> f64 { reference[i].into() };
+    for i in 0..reference.len() {
         if !mask(i) {
             continue;
         }
-        match (o[i].is_nan(), r[i].is_nan()) {
+        let (o, r) = (o(i), r(i));
+        match (o.is_nan(), r.is_nan()) {
             (false, false) => {}
-            (true, false) => return Err(format!("NaN at element {i} where the reference has {}", r[i])),
-            (false, true) => return Err(format!("{} at element {i} where the reference has NaN", o[i])),
+            (true, false) => return Err(format!("NaN at element {i} where the reference has {r}")),
+            (false, true) => return Err(format!("{o} at element {i} where the reference has NaN")),
             (true, true) => continue,
         }
-        if r[i].is_infinite() || o[i].is_infinite() {
-            if o[i] != r[i] {
-                return Err(format!("{} at element {i}, reference {}", o[i], r[i]));
+        if r.is_infinite() || o.is_infinite() {
+            if o != r {
+                return Err(format!("{o} at element {i}, reference {r}"));
             }
             continue;
         }
-        num += (o[i] - r[i]) * (o[i] - r[i]);
-        den += r[i] * r[i];
+        num += (o - r) * (o - r);
+        den += r * r;
     }
     Ok(if den > 0.0 { (num / den).sqrt() } else { num.sqrt() })
+}
+
+/// OPS.md §Conformance for the `y` of a grouped GEMM run on NaN-poisoned output, as the backends'
+/// own kernel tests judge it: the values from `routed` on (the guard rows past `group_end[G-1]`)
+/// are still NaN, and the routed ones are within `tol` of `reference` by [`rel_error`]. Returns
+/// the relative error.
+///
+/// # Errors
+/// What is wrong, in words: a guard row written, a NaN or infinity the reference lacks, or the
+/// error over `tol`.
+pub fn check_rows<A: Copy + Into<f64>, B: Copy + Into<f64>>(
+    out: &[A],
+    reference: &[B],
+    routed: usize,
+    tol: f64,
+) -> Result<f64, String> {
+    if let Some(i) = out[routed..].iter().position(|&v| !v.into().is_nan()) {
+        return Err(format!(
+            "guard element {} (past the {routed} routed values) written",
+            routed + i
+        ));
+    }
+    let rel = rel_error(&out[..routed], &reference[..routed], |_| true)?;
+    if rel > tol {
+        return Err(format!("rel {rel:.3e} > {tol:.0e}"));
+    }
+    Ok(rel)
 }
 
 fn first_diff(a: &[u8], b: &[u8], es: usize) -> Option<usize> {
@@ -1832,7 +1877,7 @@ fn arithmetic_tol(
     r: &HostTensor,
     mask: impl Fn(usize) -> bool,
 ) -> (String, Result<(), String>) {
-    match rel_error(o, r, mask) {
+    match rel_error(&o.as_f64(), &r.as_f64(), mask) {
         Ok(e) => {
             let m = format!("rel {e:.1e}");
             if e <= tol {
@@ -3351,6 +3396,35 @@ mod tests {
     /// panic (the recipe drew `gen_range(0..0)`); its indices are all out of range (0 = R) and the
     /// case expects, and the reference gives, the `rows` error of OPS.md §5. With no index it is
     /// an ordinary empty gather.
+    /// The one relative-error measure and the GEMM row rule on their edges: NaN only with the
+    /// reference's, infinities only the reference's, an all-zero reference gives the absolute
+    /// norm, guard values must stay NaN.
+    #[test]
+    fn rel_error_and_check_rows_edges() {
+        let all = |_| true;
+        assert_eq!(rel_error(&[3.0f32, 0.0], &[4.0f32, 0.0], all), Ok(0.25));
+        assert_eq!(rel_error(&[f64::NAN, 2.0], &[f64::NAN, 2.0], all), Ok(0.0));
+        assert_eq!(rel_error(&[f64::INFINITY], &[f64::INFINITY], all), Ok(0.0));
+        assert_eq!(rel_error(&[0.5f32], &[0.0f64], all), Ok(0.5));
+        for (o, r) in [
+            (f64::NAN, 1.0),
+            (1.0, f64::NAN),
+            (f64::INFINITY, 1.0),
+            (1.0, f64::NEG_INFINITY),
+        ] {
+            assert!(rel_error(&[o], &[r], all).unwrap_err().contains("element 0"), "{o} {r}");
+        }
+        assert!(rel_error(&[1.0f32], &[1.0f32, 2.0], all).is_err());
+        assert_eq!(rel_error(&[9.0, 1.0], &[1.0, 1.0], |i| i == 1), Ok(0.0));
+        assert_eq!(check_rows(&[1.0f32, f32::NAN], &[1.0f64, 5.0], 1, 0.0), Ok(0.0));
+        assert!(check_rows(&[1.0f32, 0.0], &[1.0f64, 5.0], 1, 0.0)
+            .unwrap_err()
+            .contains("guard element 1"));
+        assert!(check_rows(&[1.1f32], &[1.0f64], 1, 1e-2)
+            .unwrap_err()
+            .contains("> 1e-2"));
+    }
+
     #[test]
     fn a_gather_from_a_zero_row_table_is_the_rows_error_not_a_panic() {
         let spec = |tokens| Spec::GatherRows {

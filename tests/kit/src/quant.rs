@@ -454,16 +454,19 @@ pub(super) fn execute<'a>(
     }
 }
 
+/// The relative-error bound of a §6 grouped GEMM with activations `x` and output `y` (OPS.md
+/// §6): the output dtype's [`tolerance`], and at least `1e-3` with fp8 activations.
+pub fn gemm_tolerance(x: ActFormat, y: DType) -> f64 {
+    match x {
+        ActFormat::Fp8 => tolerance(y).max(1e-3),
+        _ => tolerance(y),
+    }
+}
+
 /// The bound [`compare`] holds a case to, as printed in the `tol` column of `moehal check`.
 pub(super) fn tolerance_label(q: &QuantSpec) -> String {
     match q {
-        QuantSpec::Gemm { x, y, .. } => {
-            let tol = match x {
-                ActFormat::Fp8 => tolerance(*y).max(1e-3),
-                _ => tolerance(*y),
-            };
-            format!("rel <= {tol:.0e}")
-        }
+        QuantSpec::Gemm { x, y, .. } => format!("rel <= {:.0e}", gemm_tolerance(*x, *y)),
         QuantSpec::QuantizeFp8 { .. } | QuantSpec::QuantizeInt8 { .. } => "bitwise".into(),
     }
 }
@@ -481,11 +484,7 @@ pub(super) fn compare(q: &QuantSpec, out: &Outcome, reference: &Outcome) -> (Str
                     Err("rows past group_end[G-1] were written".into()),
                 );
             }
-            let tol = match x {
-                ActFormat::Fp8 => tolerance(*y).max(1e-3),
-                _ => tolerance(*y),
-            };
-            arithmetic_tol(tol, o, r, |i| i < routed)
+            arithmetic_tol(gemm_tolerance(*x, *y), o, r, |i| i < routed)
         }
         QuantSpec::QuantizeFp8 { .. } | QuantSpec::QuantizeInt8 { .. } => {
             for (i, name) in ["xq", "x_scale"].into_iter().enumerate() {
