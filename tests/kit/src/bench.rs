@@ -915,6 +915,18 @@ mod tests {
             .collect()
     }
 
+    /// `spec`'s inputs for `seed` as [`Spec::fill_inputs`] writes them, in its layout's order.
+    fn spec_fill(spec: &Spec, seed: u64) -> Vec<Vec<u8>> {
+        let mut bufs: Vec<Vec<u8>> = spec
+            .input_layout()
+            .iter()
+            .map(|(d, s)| vec![0; s.iter().product::<usize>() * d.size()])
+            .collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+        spec.fill_inputs(seed, &mut slices).unwrap();
+        bufs
+    }
+
     fn le_i64(b: &[u8]) -> Vec<i64> {
         b.chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
@@ -1288,13 +1300,7 @@ mod tests {
                 });
                 // The shape's spec is that case (a cold decode's: its first set's).
                 assert_eq!(shape.spec(dtype, seed), Some(want.clone()));
-                let mut spec_bufs: Vec<Vec<u8>> = want
-                    .input_layout()
-                    .iter()
-                    .map(|(d, s)| vec![0; s.iter().product::<usize>() * d.size()])
-                    .collect();
-                let mut slices: Vec<&mut [u8]> = spec_bufs.iter_mut().map(Vec::as_mut_slice).collect();
-                want.fill_inputs(seed, &mut slices).unwrap();
+                let spec_bufs = spec_fill(&want, seed);
                 // Spec order: x, [x_scale], w, w_scale, group_end.
                 let quant_x = !matches!(x, Float(_));
                 let named = |name: &str| -> &Vec<u8> {
@@ -1426,13 +1432,7 @@ mod tests {
             if let Some(want) = want {
                 assert_eq!(spec, want, "{shape:?}");
             }
-            let mut spec_bufs: Vec<Vec<u8>> = spec
-                .input_layout()
-                .iter()
-                .map(|(d, s)| vec![0; s.iter().product::<usize>() * d.size()])
-                .collect();
-            let mut slices: Vec<&mut [u8]> = spec_bufs.iter_mut().map(Vec::as_mut_slice).collect();
-            spec.fill_inputs(seed, &mut slices).unwrap();
+            let spec_bufs = spec_fill(&spec, seed);
             let bench = filled_at(&shape, DType::BF16, seed, 3, 0x5C);
             assert_eq!(&bench[..spec_bufs.len()], &spec_bufs[..], "{shape:?}");
             let later: Vec<Vec<i64>> = bench[spec_bufs.len()..].iter().map(|b| le_i64(b)).collect();
