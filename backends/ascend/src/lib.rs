@@ -84,6 +84,14 @@ pub fn lib_dir_problem(dir: &std::path::Path) -> Option<String> {
     ffi::lib_dir_problem(dir)
 }
 
+/// What a "`lib` not found (searched: ...)" message adds about [`LIB_DIR_ENV`]: to set it (or
+/// `ASCEND_HOME_PATH`) when unset; that it was searched first and has `missing` (e.g. `"no
+/// libhccl.so"`) when it names a directory; [`lib_dir_problem`]'s words and that it was not
+/// searched otherwise. The loader of this crate and `moehal-ep`'s HCCL engine say the same.
+pub fn not_found_hint(lib: &str, missing: &str) -> String {
+    ffi::not_found_hint(lib, missing)
+}
+
 /// The aclnn ops (both `aclnnX` and `aclnnXGetWorkspaceSize` present) in the libraries of `dir`,
 /// by name, e.g. `aclnnMoeInitRoutingV3`. Loads the libraries, opens no device.
 ///

@@ -1,9 +1,11 @@
 //! [`HcclComm`]: the [`Comm`] collectives over Huawei HCCL, loaded at run time (feature `hccl`).
 //!
-//! `libhccl.so` and the ACL runtime (`libascendcl.so`) are opened with libloading from
-//! `MOEHAL_ASCEND_LIB_DIR`, `ASCEND_HOME_PATH/lib64`, `ASCEND_TOOLKIT_HOME/lib64` or
-//! `/usr/local/Ascend/ascend-toolkit/latest/lib64`; a missing library or symbol is
-//! [`Error::Unavailable`] with the names. Entry points, from CANN's `hccl.h` / `hccl_types.h`:
+//! `libhccl.so` and the ACL runtime (`libascendcl.so`) are opened with libloading from the
+//! directories the Ascend backend searches ([`moehal_ascend::search_dirs`]: `MOEHAL_ASCEND_LIB_DIR`
+//! when it names a directory, then `ASCEND_HOME_PATH` / `ASCEND_TOOLKIT_HOME`, `LD_LIBRARY_PATH`,
+//! the default toolkit paths); a missing library or symbol is [`Error::Unavailable`] with the
+//! names, and a `MOEHAL_ASCEND_LIB_DIR` that is a file or missing is said to be that, in the
+//! Ascend loader's words ([`moehal_ascend::lib_dir_problem`], [`moehal_ascend::not_found_hint`]). Entry points, from CANN's `hccl.h` / `hccl_types.h`:
 //! `HcclGetRootInfo(HcclRootInfo*)` (4108 bytes), `HcclCommInitRootInfo(nRanks, rootInfo, rank,
 //! HcclComm*)`, `HcclAlltoAllV(sendBuf, sendCounts, sdispls, sendType, recvBuf, recvCounts,
 //! rdispls, recvType, comm, stream)` with `uint64` counts and displacements, `HcclCommDestroy`.
@@ -12,7 +14,7 @@
 //! Not yet run on a device or an emulator (docs/EP.md §2): the emulator has no HCCL.
 
 use std::ffi::c_void;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use libloading::Library;
@@ -73,19 +75,10 @@ pub struct HcclLib {
     _libs: Vec<Library>,
 }
 
-/// Where the CANN libraries are looked for, in order.
+/// Where the CANN libraries are looked for, in order: the Ascend backend's list
+/// ([`moehal_ascend::search_dirs`]; `MOEHAL_ASCEND_LIB_DIR` only when it names a directory).
 pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
-        dirs.push(PathBuf::from(d));
-    }
-    for var in ["ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"] {
-        if let Some(r) = std::env::var_os(var) {
-            dirs.push(Path::new(&r).join("lib64"));
-        }
-    }
-    dirs.push(PathBuf::from("/usr/local/Ascend/ascend-toolkit/latest/lib64"));
-    dirs
+    moehal_ascend::search_dirs()
 }
 
 fn unavailable(reason: String) -> Error {
@@ -117,8 +110,13 @@ impl HcclLib {
             let path = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
                 let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
                 unavailable(format!(
-                    "{name} not found (searched: {}; set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH)",
-                    shown.join(", ")
+                    "{name} not found (searched: {}; {})",
+                    if shown.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        shown.join(", ")
+                    },
+                    moehal_ascend::not_found_hint(name, &format!("no {name}"))
                 ))
             })?;
             // SAFETY: loading runs the vendor library's initialisers, as its documentation expects.
@@ -423,5 +421,35 @@ mod tests {
             s.contains("libascendcl.so not found") && s.contains(&dir.display().to_string()),
             "{s}"
         );
+    }
+
+    /// Issue 16 leftover: this engine read `MOEHAL_ASCEND_LIB_DIR` on its own, searched a file
+    /// named there and said "set MOEHAL_ASCEND_LIB_DIR" when it was set. Now it follows the
+    /// Ascend loader's rule and words: a file is not searched and is said to be a file.
+    /// (The only test of this crate that sets the variable; the other reads no part of it.)
+    #[test]
+    fn a_lib_dir_naming_a_file_is_said_to_be_one_as_the_ascend_loader_says() {
+        let dir = std::env::temp_dir().join(format!("moehal-ep-libdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        std::env::set_var(moehal_ascend::LIB_DIR_ENV, &file);
+        let dirs = search_dirs();
+        let e = HcclLib::load(&dirs).err();
+        std::env::remove_var(moehal_ascend::LIB_DIR_ENV);
+        assert_eq!(dirs, moehal_ascend::search_dirs(), "one search list");
+        assert!(!dirs.contains(&file), "a file was searched: {dirs:?}");
+        // On a machine with CANN installed the libraries load from the other directories.
+        if let Some(e) = e {
+            let s = e.to_string();
+            let problem = moehal_ascend::lib_dir_problem(&file).expect("a file is a problem");
+            assert!(
+                s.contains(&format!("{problem}, so it was not searched")),
+                "{s}"
+            );
+            assert!(s.contains("names a file, not a directory"), "{s}");
+            assert!(!s.contains("set MOEHAL_ASCEND_LIB_DIR or"), "{s}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -596,6 +596,26 @@ pub fn lib_dir_problem(dir: &Path) -> Option<String> {
     Some(format!("MOEHAL_ASCEND_LIB_DIR={} {what}", dir.display()))
 }
 
+/// What to say after "`lib` not found (searched: ...)", by the value of `MOEHAL_ASCEND_LIB_DIR`:
+/// unset, `"set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH"`; a directory, that it `"was searched
+/// first and has {missing}"` (issue 16: not to set what is set); anything else,
+/// [`lib_dir_problem`]'s words and that it was not searched. One wording for every library
+/// moehal loads from the CANN directories (the ACL runtime here, HCCL in `moehal-ep`).
+pub fn not_found_hint(lib: &str, missing: &str) -> String {
+    match std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
+        Some(d) => match lib_dir_problem(Path::new(&d)) {
+            Some(problem) => {
+                format!("{problem}, so it was not searched: set it to the directory that holds {lib}")
+            }
+            None => format!(
+                "MOEHAL_ASCEND_LIB_DIR={} was searched first and has {missing}",
+                Path::new(&d).display()
+            ),
+        },
+        None => "set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH".to_string(),
+    }
+}
+
 fn open_lib(path: &Path) -> std::result::Result<Library, String> {
     // SAFETY: loading a library runs its initialisers; these are the vendor's (or the emulator's)
     // runtime libraries, loaded the way their documentation says (RTLD_NOW | RTLD_GLOBAL).
@@ -619,19 +639,7 @@ pub fn load(dirs: &[PathBuf]) -> std::result::Result<Loaded, String> {
     let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
     let Some(rt_path) = RUNTIME_LIBS.iter().find_map(|n| find(n)) else {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
-        // Issue 16: when MOEHAL_ASCEND_LIB_DIR is set, say that it was searched, not to set it.
-        let hint = match std::env::var_os("MOEHAL_ASCEND_LIB_DIR") {
-            Some(d) => match lib_dir_problem(Path::new(&d)) {
-                Some(problem) => {
-                    format!("{problem}, so it was not searched: set it to the directory that holds libascendcl.so")
-                }
-                None => format!(
-                    "MOEHAL_ASCEND_LIB_DIR={} was searched first and has neither library",
-                    Path::new(&d).display()
-                ),
-            },
-            None => "set MOEHAL_ASCEND_LIB_DIR or ASCEND_HOME_PATH".to_string(),
-        };
+        let hint = not_found_hint("libascendcl.so", "neither library");
         return Err(format!(
             "libascendcl.so / libacl_rt.so not found (searched: {}; {hint})",
             if shown.is_empty() {

@@ -21,7 +21,7 @@ mod scatter;
 mod sort;
 
 pub use aclnn::Outcome;
-pub use loader::{lib_dir_problem, load, search_dirs, Api, Loaded, OpVersions};
+pub use loader::{lib_dir_problem, load, not_found_hint, search_dirs, Api, Loaded, OpVersions};
 pub use objects::{DevMem, IntArray, Scalar, TDesc, Tensor, TensorList};
 pub use runtime::Runtime;
 
