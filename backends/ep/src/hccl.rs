@@ -443,10 +443,7 @@ mod tests {
         if let Some(e) = e {
             let s = e.to_string();
             let problem = moehal_ascend::lib_dir_problem(&file).expect("a file is a problem");
-            assert!(
-                s.contains(&format!("{problem}, so it was not searched")),
-                "{s}"
-            );
+            assert!(s.contains(&format!("{problem}, so it was not searched")), "{s}");
             assert!(s.contains("names a file, not a directory"), "{s}");
             assert!(!s.contains("set MOEHAL_ASCEND_LIB_DIR or"), "{s}");
         }
