@@ -5,6 +5,7 @@
 //! | `MOEHAL_CPU_THREADS` | an integer from 0 to 16 × cores (0 or unset: all cores) | size of the process-wide pool |
 //! | `MOEHAL_CPU_ISA` | `amx`, `avx512`, `avx2`, `neon`, `scalar` | lowers the kernel table |
 //! | `MOEHAL_CPU_BF16` | `dot`, `fma` | forces the bf16 `grouped_gemm` kernel |
+//! | `MOEHAL_CPU_INT8` | `sdot` | keeps an Arm CPU with FEAT_I8MM on the SDOT int8 kernel |
 //!
 //! Values are taken as they are: names ignore ASCII case (`AVX2` is `avx2`, as `Isa::name` prints
 //! it lower-case), but surrounding spaces, signs (`+2`) and empty values are errors — a stray
@@ -30,10 +31,15 @@ pub const ISA: &str = "MOEHAL_CPU_ISA";
 /// `MOEHAL_CPU_BF16`.
 pub const BF16: &str = "MOEHAL_CPU_BF16";
 
+/// `MOEHAL_CPU_INT8`.
+pub const INT8: &str = "MOEHAL_CPU_INT8";
+
 /// The accepted values of [`ISA`], as in the error message.
 pub const ISA_VALUES: &str = "amx, avx512, avx2, neon, scalar";
 /// The accepted values of [`BF16`], as in the error message.
 pub const BF16_VALUES: &str = "dot, fma";
+/// The accepted values of [`INT8`], as in the error message.
+pub const INT8_VALUES: &str = "sdot (Arm only: the SDOT int8 kernel even where FEAT_I8MM offers SMMLA)";
 
 /// Valid settings of the CPU backend's environment, and what deserves a warning.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,6 +50,8 @@ pub struct EnvReport {
     pub isa: Option<Isa>,
     /// `MOEHAL_CPU_BF16` (None: unset).
     pub bf16: Option<&'static str>,
+    /// `MOEHAL_CPU_INT8` (None: unset).
+    pub int8: Option<&'static str>,
     /// Valid but probably unintended settings, one sentence each, naming the variable.
     pub warnings: Vec<String>,
 }
@@ -129,6 +137,28 @@ pub fn parse_bf16(value: &str) -> Result<&'static str> {
     }
 }
 
+/// Parse `MOEHAL_CPU_INT8` (ASCII case ignored, as [`parse_isa`]). Its one value, `sdot`, only
+/// means something on Arm; elsewhere it is valid and has no effect, which is a warning.
+///
+/// # Errors
+/// `InvalidArgument` naming the variable and [`INT8_VALUES`] for any other value (it was read as
+/// "is it `sdot`?", so a typo such as `smdot` silently kept SMMLA).
+pub fn parse_int8(value: &str) -> Result<(&'static str, Option<String>)> {
+    if !value.eq_ignore_ascii_case("sdot") {
+        return Err(invalid(INT8, value, INT8_VALUES));
+    }
+    let warn = (!cfg!(target_arch = "aarch64")).then(|| {
+        format!("{INT8}=sdot has no effect on this CPU: it chooses between the Arm int8 kernels (SDOT, SMMLA)")
+    });
+    Ok(("sdot", warn))
+}
+
+/// Whether `MOEHAL_CPU_INT8=sdot` is set (any ASCII case): the int8 kernel choice reads this; an
+/// invalid value counts as unset there and is reported by [`check`].
+pub fn int8_sdot_forced() -> bool {
+    std::env::var(INT8).is_ok_and(|v| parse_int8(&v).is_ok())
+}
+
 /// Whether this CPU has the bf16 dot-product instruction `MOEHAL_CPU_BF16=dot` asks for.
 fn bf16_dot_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -146,7 +176,8 @@ fn bf16_dot_available() -> bool {
 /// Read and validate every variable of this crate from the process environment.
 ///
 /// # Errors
-/// The first invalid value (see [`parse_threads`], [`parse_isa`], [`parse_bf16`]); a value that is
+/// The first invalid value (see [`parse_threads`], [`parse_isa`], [`parse_bf16`],
+/// [`parse_int8`]); a value that is
 /// not Unicode is invalid too.
 pub fn check() -> Result<EnvReport> {
     check_with(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
@@ -176,6 +207,11 @@ pub fn check_with(get: impl Fn(&str) -> Option<String>) -> Result<EnvReport> {
             ));
         }
         r.bf16 = Some(b);
+    }
+    if let Some(v) = get(INT8) {
+        let (i, w) = parse_int8(&v)?;
+        r.int8 = Some(i);
+        r.warnings.extend(w);
     }
     Ok(r)
 }
@@ -238,6 +274,25 @@ mod tests {
         assert_eq!(parse_threads("0", 2).unwrap().0, None);
         assert_eq!(parse_threads("32", 2).unwrap().0, Some(32));
         assert!(parse_threads("33", 2).is_err());
+    }
+
+    /// Issue 16 item 4: `MOEHAL_CPU_INT8` was compared with "sdot" after a trim, anything else
+    /// silently ignored; now it follows the other variables' rule.
+    #[test]
+    fn int8_accepts_sdot_only() {
+        for ok in ["sdot", "SDOT", "SDot"] {
+            let (v, w) = parse_int8(ok).unwrap();
+            assert_eq!(v, "sdot");
+            assert_eq!(w.is_some(), !cfg!(target_arch = "aarch64"), "{ok}: {w:?}");
+        }
+        for bad in ["", " sdot", "sdot ", "smmla", "smdot", "1", "on"] {
+            let e = parse_int8(bad).unwrap_err();
+            assert_eq!(field(&e), INT8, "{bad:?}");
+            assert!(e.to_string().contains(INT8_VALUES), "{bad:?}: {e}");
+        }
+        let r = check_with(|k| (k == INT8).then(|| "sdot".to_string())).unwrap();
+        assert_eq!(r.int8, Some("sdot"));
+        assert!(check_with(|k| (k == INT8).then(|| "bogus".to_string())).is_err());
     }
 
     #[test]

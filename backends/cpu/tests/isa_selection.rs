@@ -77,7 +77,7 @@ fn aarch64_features_match_emulated_cpu() {
         choice(neon, "bf16-dot"),
         if has("bf16") { "neon-bfmmla" } else { "none" }
     );
-    let sdot_forced = std::env::var("MOEHAL_CPU_INT8").is_ok_and(|v| v.trim() == "sdot");
+    let sdot_forced = moehal_cpu::env::int8_sdot_forced();
     let int8 = if has("i8mm") && !sdot_forced {
         "neon-smmla"
     } else if has("dotprod") {

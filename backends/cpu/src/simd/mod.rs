@@ -575,7 +575,7 @@ impl Kernels {
     /// The instruction [`dot_i8`](Self::dot_i8) runs on here: `"vpdpbusd"` (AVX-512 table with
     /// AVX512-VNNI), `"vpmaddwd"` (AVX2, AVX-512 or AMX table without VNNI), `"smmla"` (NEON table, FEAT_I8MM), `"sdot"` (NEON table, FEAT_DotProd), or `None`
     /// (no int8 dot kernel: the caller's portable code runs). `MOEHAL_CPU_INT8=sdot` keeps a CPU with
-    /// FEAT_I8MM on SDOT (to test both).
+    /// FEAT_I8MM on SDOT (to test both; validated by [`crate::env`]).
     pub fn int8_kernel(&self) -> Option<&'static str> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -594,7 +594,7 @@ impl Kernels {
                 return None;
             }
             *CHOICE.get_or_init(|| {
-                let sdot_forced = std::env::var("MOEHAL_CPU_INT8").is_ok_and(|v| v.trim() == "sdot");
+                let sdot_forced = crate::env::int8_sdot_forced();
                 if std::arch::is_aarch64_feature_detected!("i8mm") && !sdot_forced {
                     Some("smmla")
                 } else if std::arch::is_aarch64_feature_detected!("dotprod") {
