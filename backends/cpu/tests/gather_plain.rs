@@ -154,3 +154,65 @@ fn gather_plain_serial_checks_its_lengths() {
         assert!(out.iter().all(|&b| b == 0));
     }
 }
+
+/// `engram_lookup`'s serial path (below `LOOKUP_SERIAL_BELOW` tokens, the decode step's case that
+/// issue 16 item 9 measured against the reference) on plain tables, through the `Backend` trait
+/// on every instruction set and one thread: bitwise the reference for f32 / bf16 / f16 tables,
+/// token counts around the layer's order, with history, positions and an alive mask, on views at
+/// element offsets, nothing before the output view written.
+#[test]
+fn plain_lookup_equals_reference_bitwise() {
+    use moehal_core::ops::EngramLookup;
+    let layer = moehal_core::engram::toy::layer().unwrap();
+    let (r, c) = (layer.rows() as usize, layer.columns());
+    let d = 12;
+    let rf = Reference::new();
+    let run = |be: &dyn Backend, fmt: TableFormat, t: usize, with_pos: bool| -> Vec<u8> {
+        let dt = fmt.storage_dtype();
+        let es = dt.size();
+        let (t_off, o_off) = (3, 5);
+        let table_bytes: Vec<u8> = (0..(t_off + r * d) * es).map(|i| (i * 131 % 251) as u8).collect();
+        let table = host(&table_bytes);
+        let le = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let ids: Vec<i64> = (0..t as i64).map(|x| x * 7 % 50).collect();
+        let ids_buf = host(&le(&ids));
+        let pos: Vec<i64> = (0..t as i64).map(|x| x / 3 * 3).collect();
+        let pos_buf = host(&le(&pos));
+        let alive: Vec<u8> = (0..t).map(|i| (i % 4 != 2) as u8).collect();
+        let alive_buf = host(&alive);
+        let out_len = (o_off + t * c * d) * es;
+        let mut out = host(&vec![POISON; out_len]);
+        EngramLookup {
+            layer: &layer,
+            ids: ids_buf.view(DType::I64, &[t]),
+            positions: with_pos.then(|| pos_buf.view(DType::I64, &[t])),
+            alive: with_pos.then(|| alive_buf.view(DType::U8, &[t])),
+            history: &[4, 9],
+            table: table.view(dt, &[r, d]).with_offset(t_off),
+            format: fmt,
+            out: out.view_mut(dt, &[t, c * d]).with_offset(o_off),
+        }
+        .validate()
+        .and_then(|a| be.engram_lookup(a))
+        .unwrap();
+        let bytes = moehal_core::host::bytes(&out, "t", "out").unwrap()[..out_len].to_vec();
+        assert!(
+            bytes[..o_off * es].iter().all(|&b| b == POISON),
+            "written before the view"
+        );
+        bytes
+    };
+    for (label, cpu) in backends() {
+        for fmt in [TableFormat::F32, TableFormat::BF16, TableFormat::F16] {
+            for t in [0, 1, 2, 3, 4, 9] {
+                for with_pos in [false, true] {
+                    assert_eq!(
+                        run(&cpu, fmt, t, with_pos),
+                        run(&rf, fmt, t, with_pos),
+                        "{label} {fmt:?} T {t} positions {with_pos}"
+                    );
+                }
+            }
+        }
+    }
+}
