@@ -65,11 +65,13 @@ impl Checkpoint {
     /// [`Error::InvalidArgument`] naming the file for an unreadable file or a malformed header.
     pub fn open(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::invalid(OP, "weights", format!("{}: {msg}", path.display()));
-        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-        if meta.is_dir() {
-            return Err(bad("is a directory, not a safetensors file".into()));
+        // What the path is, before it is opened: opening a FIFO blocks until a writer appears,
+        // and a device (`/dev/zero`) is no file to map (the same words as an Engram table's).
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if let Some(what) = crate::pipeline::engram::not_a_regular_file(&meta) {
+            return Err(bad(what));
         }
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
         // The same words, sizes and offsets as an Engram table's (issue 16 item 5).
         if let Some(problem) = crate::pipeline::engram::safetensors_header_problem(&file, meta.len()) {
             return Err(bad(problem));

@@ -1017,3 +1017,72 @@ fn devices_and_kernels_say_when_ascend_is_the_emulator() {
     let (out, _) = text(&o);
     assert!(!out.contains("emulator"), "{out}");
 }
+
+/// `moehal ARGS` killed after `limit`, so that a command that blocks fails its test instead of
+/// hanging the suite. `None` when it had to be killed.
+fn moehal_within(args: &[&str], limit: std::time::Duration) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moehal"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the moehal binary runs");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// Issue 16 (leftover b): a safetensors input that is not a regular file — a FIFO, a character
+/// device, a directory — is an error naming the path and what it is, before it is opened. `moe
+/// --weights FIFO` blocked forever in `open` (a FIFO's open waits for a writer), silently; `/dev/zero`
+/// was "0 bytes, shorter than the 8-byte header". The child is killed after 60 s, so a regression
+/// fails instead of hanging.
+#[test]
+fn a_fifo_device_or_directory_as_table_or_weights_is_named_never_waited_on() {
+    let dir = temp_dir("special-inputs");
+    let fifo = dir.join("weights.fifo");
+    let have_fifo = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    let mut inputs = vec![(dir.to_str().unwrap().to_string(), "is a directory")];
+    if have_fifo {
+        inputs.push((fifo.to_str().unwrap().to_string(), "is a FIFO (named pipe)"));
+    } else {
+        println!("skipped the FIFO: mkfifo is not available");
+    }
+    if std::path::Path::new("/dev/zero").exists() {
+        inputs.push(("/dev/zero".to_string(), "is a character device"));
+    }
+    for (path, what) in &inputs {
+        for args in [
+            vec!["engram", "--table", path.as_str()],
+            vec![
+                "moe",
+                "--preset",
+                "mixtral-8x7b",
+                "--tokens",
+                "1",
+                "--backend",
+                "reference",
+                "--weights",
+                path.as_str(),
+            ],
+        ] {
+            let o = moehal_within(&args, std::time::Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("{args:?}: still running after 60 s (blocked on {what}?)"));
+            let (out, err) = text(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
+            assert!(
+                err.contains(&format!("{path}: {what}, not a safetensors file")),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -135,12 +135,10 @@ pub fn generate_table(rows: usize, dim: usize, seed: u64) -> Result<EngramTable>
 /// unsupported dtype, bad fp8 row width.
 pub fn open_table(path: &Path) -> Result<EngramTable> {
     let bad = |msg: String| Error::invalid(OP, "table", format!("{}: {msg}", path.display()));
+    // What the path is, before it is opened: opening a FIFO blocks until a writer appears.
     let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if md.is_dir() {
-        return Err(bad("is a directory, not a safetensors file".into()));
-    }
-    if !md.is_file() {
-        return Err(bad("is not a regular file (a safetensors file is memory-mapped)".into()));
+    if let Some(what) = not_a_regular_file(&md) {
+        return Err(bad(what));
     }
     let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     // The header is checked here first, so that every malformed file gets a sentence with sizes
@@ -246,6 +244,48 @@ pub fn open_table(path: &Path) -> Result<EngramTable> {
             format.name()
         ),
     })
+}
+
+/// Why a safetensors input (an Engram `--table`, a `--weights` checkpoint) whose metadata is `md`
+/// cannot be read, or `None` for a regular file: `"is a directory, not a safetensors file"`,
+/// `"is a FIFO (named pipe), not a safetensors file: ..."`, a character or block device, a socket.
+/// Such inputs are memory-mapped, which only a regular file can be; checked on the metadata,
+/// before the file is opened, since opening a FIFO blocks until some process writes to it and a
+/// device such as `/dev/zero` never ends (issue 16: `--weights FIFO` hung silently).
+pub(crate) fn not_a_regular_file(md: &std::fs::Metadata) -> Option<String> {
+    let ft = md.file_type();
+    if ft.is_file() {
+        return None;
+    }
+    let what = if ft.is_dir() {
+        "a directory"
+    } else {
+        special_file_kind(&ft)
+    };
+    Some(format!(
+        "is {what}, not a safetensors file (it is memory-mapped, so it must be a regular file)"
+    ))
+}
+
+#[cfg(unix)]
+fn special_file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file_kind(_ft: &std::fs::FileType) -> &'static str {
+    "not a regular file"
 }
 
 /// The safetensors header limit (the `safetensors` crate refuses larger headers).
