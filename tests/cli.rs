@@ -983,6 +983,71 @@ fn the_readme_names_the_ops_the_library_has() {
     }
 }
 
+/// Every `"MOEHAL_..."` name written as a string in the workspace's Rust sources (the way each
+/// environment variable is read: `env::var("MOEHAL_X")`, `const X: &str = "MOEHAL_X"`, `env!`)
+/// has a row in the README's tables (issue 16 item 4: `MOEHAL_CPU_INT8`, the CUDA kernel cache
+/// and the emulator's tie policy were read but documented only beside their code, or nowhere).
+/// Names of the C header (status codes, enums: `ffi/include/moehal.h`) are not variables.
+#[test]
+fn every_environment_variable_read_is_in_the_readme() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let header = std::fs::read_to_string(root.join("ffi/include/moehal.h")).unwrap();
+    // Made-up values of the rerun line's quoting test (src/bin/moehal/check.rs), and the name
+    // `moehal_status_name` gives a code outside the header's enum (ffi/src/abi.rs).
+    let not_variables = ["MOEHAL_X", "MOEHAL_THREADS", "MOEHAL_UNKNOWN_STATUS"];
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                if name != "target" && name != ".git" {
+                    rust_files(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["src", "backends", "ffi", "tests", "examples", "benches"] {
+        rust_files(&root.join(d), &mut files);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("\"MOEHAL_") {
+            let tail = &rest[i + 1..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            if tail[end..].starts_with('"') && end > "MOEHAL_".len() {
+                names.insert((tail[..end].to_string(), f.clone()));
+            }
+            rest = &tail[end..];
+        }
+    }
+    assert!(
+        names.iter().any(|(n, _)| n == "MOEHAL_CPU_THREADS"),
+        "the scan found no variable: {names:?}"
+    );
+    let undocumented: Vec<String> = names
+        .iter()
+        .filter(|(n, _)| {
+            let in_header = header
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|w| w == n);
+            !in_header && !not_variables.contains(&n.as_str()) && !readme.contains(&format!("`{n}`"))
+        })
+        .map(|(n, f)| format!("{n} ({})", f.strip_prefix(root).unwrap_or(f).display()))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "read but not in the README's environment tables: {undocumented:?}"
+    );
+}
+
 /// `--budget`: one rule and one message for every value outside it; seeds outside 0..2^64-1 and
 /// empty filters are usage errors in words.
 #[test]
