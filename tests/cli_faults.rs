@@ -1020,7 +1020,7 @@ fn devices_and_kernels_say_when_ascend_is_the_emulator() {
 
 /// `moehal ARGS` killed after `limit`, so that a command that blocks fails its test instead of
 /// hanging the suite. `None` when it had to be killed.
-fn moehal_within(args: &[&str], limit: std::time::Duration) -> Option<Output> {
+fn moehal_within(args: &[&str], limit: std::time::Duration) -> Option<std::process::Output> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_moehal"))
         .args(args)
         .stdin(std::process::Stdio::null())
