@@ -364,8 +364,9 @@ fn cancel_case() -> Case {
 
 /// One 16x16 tile block, element [0][0], on bf16 operands whose sums are exact in f32 but pass
 /// through the subnormal range: the emulated engine gives what this machine's `tdpbf16ps` gives
-/// (measured on Sapphire Rapids): products below 2^-126 are flushed, partial sums inside one
-/// instruction (32 K) are not, the accumulator written back to the tile is.
+/// (measured on Sapphire Rapids: the even and the odd K are summed in two chains, each flushed
+/// when subnormal, then added to the tile's value and flushed). The emulation used to sum all K in
+/// one chain, flushed after every product: 1.0 instead of 1.5 (×2^-126) in the cases below.
 #[test]
 fn emulated_block_matches_hardware_on_exact_sums() {
     let t = 2f32.powi(-126);
@@ -420,9 +421,27 @@ fn emulated_block_matches_hardware_on_exact_sums() {
             1.5 * t,
         ),
         (
-            "0.5t across pairs inside one instruction, then t",
+            "0.5t in the even chain (flushed), then t",
             vec![1.0; 32],
             with(32, &[(0, 1.5 * t), (2, -t), (5, t)]),
+            t,
+        ),
+        (
+            "1.5t even, -t odd, t even: no chain subnormal",
+            vec![1.0; 32],
+            with(32, &[(0, 1.5 * t), (3, -t), (4, t)]),
+            1.5 * t,
+        ),
+        (
+            "t, then a tiny product in the same chain (kept)",
+            vec![1.0, 0.0, tiny],
+            with(32, &[(0, t), (2, tiny)]),
+            1.25 * t,
+        ),
+        (
+            "tile value 1.5t, then -t and t in the odd chain",
+            vec![1.0; 64],
+            with(64, &[(0, 1.5 * t), (33, -t), (35, t)]),
             1.5 * t,
         ),
         (
@@ -439,5 +458,32 @@ fn emulated_block_matches_hardware_on_exact_sums() {
             let h = run(TileEngine::Hardware(hw), &a, &b);
             assert_eq!(h.to_bits(), want.to_bits(), "{name}: hardware {h:e}, expected {want:e}");
         }
+    }
+}
+
+/// The emulated engine = the hardware, bit for bit, on random bf16 blocks whose sums round
+/// (magnitudes over 2^16, mixed signs, K blocks 1 to 3, both tile shapes).
+#[test]
+fn emulated_block_matches_hardware_on_random_blocks() {
+    let Some(hw) = Amx::get() else {
+        println!("AMX unavailable: nothing to compare");
+        return;
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0xa3c);
+    let v =
+        |rng: &mut ChaCha8Rng| bf16::from_f32(rng.gen_range(-1.0f32..1.0) * 2f32.powi(rng.gen_range(-8..8))).to_bits();
+    for it in 0..60 {
+        let kb = 1 + it % 3;
+        let (mt, nt) = (1 + it % 2, 1 + (it / 2) % 2);
+        let lda = 32 * kb + 32;
+        let a: Vec<u16> = (0..32 * lda).map(|_| v(&mut rng)).collect();
+        let b: Vec<u32> = (0..kb * 16 * 32)
+            .map(|_| v(&mut rng) as u32 | (v(&mut rng) as u32) << 16)
+            .collect();
+        let (mut ce, mut ch) = (vec![f32::NAN; 1024], vec![f32::NAN; 1024]);
+        TileEngine::Emulated.bf16_block(&a, lda, mt, &b, 32, 16 * 32, nt, kb, &mut ce);
+        TileEngine::Hardware(hw).bf16_block(&a, lda, mt, &b, 32, 16 * 32, nt, kb, &mut ch);
+        let d = ce.iter().zip(&ch).position(|(e, h)| e.to_bits() != h.to_bits());
+        assert!(d.is_none(), "it {it} (kb {kb} mt {mt} nt {nt}): differ at {d:?}");
     }
 }

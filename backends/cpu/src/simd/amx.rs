@@ -11,8 +11,8 @@
 //!
 //! An [`Amx`] value is the proof that the tile instructions may run, so the block functions take it
 //! by value and check only slice bounds. [`TileEngine`] runs the same block operations either on the
-//! hardware or in a portable model of the instructions (Intel SDM pseudocode of `TDPBF16PS` and
-//! `TDPBSSD`), so the blocking, staging and padding code above the kernels is tested on every machine,
+//! hardware or in a portable model of the instructions (`TDPBF16PS` as measured on Sapphire Rapids,
+//! see [`TileEngine::Emulated`]; the Intel SDM pseudocode of `TDPBSSD`), so the blocking, staging and padding code above the kernels is tested on every machine,
 //! and the hardware kernels wherever AMX exists.
 
 /// An uninhabited type: on targets without AMX no [`Amx`] value can exist.
@@ -521,9 +521,11 @@ pub fn bf16_min_magnitude_scalar(v: &[u16]) -> u16 {
 /// magnitudes ([`Amx::bf16_min_magnitude`]; 0: all zero) of its two operands: the instruction treats
 /// subnormal inputs as zero and flushes subnormal results (Intel SDM vol. 2C, `TDPBF16PS`: "DAZ",
 /// "FTZ"), so it is exact when neither operand has a subnormal and no product of non-zero operands
-/// falls below 2^-126 (biased exponents `ex + ew >= 128`). The one case left is a partial sum that
-/// cancels into the subnormal range, which is below the output tolerance of OPS.md (bf16 outputs are
-/// compared by norm). Callers compute a block that fails this with exact f32 code instead.
+/// falls below 2^-126 (biased exponents `ex + ew >= 128`). The one case left is a sum that cancels
+/// into the subnormal range at the end of an instruction (32 K), which the tile write-back flushes:
+/// below the output tolerance of OPS.md only where larger outputs dominate the norm (not where every
+/// output is that small: ignored tests `*_sums_cancelling_into_subnormals` in
+/// `tests/amx_subnormal_review.rs`). Callers compute a block that fails this with exact f32 code instead.
 pub fn bf16_tiles_exact(mx: u16, mw: u16) -> bool {
     let (ex, ew) = (mx >> 7, mw >> 7);
     mx == 0 || mw == 0 || (ex >= 1 && ew >= 1 && ex + ew >= 128)
@@ -735,8 +737,12 @@ mod avx512 {
 pub enum TileEngine {
     /// `tdpbf16ps` / `tdpbssd` on this CPU.
     Hardware(Amx),
-    /// Scalar Rust following the SDM pseudocode: per K pair (bf16) `c += a[2p]*b.lo; c += a[2p+1]*b.hi`
-    /// in f32 with subnormal inputs and results flushed to zero; per K quad (int8) wrapping i32 sums.
+    /// Scalar Rust following what Sapphire Rapids' `tdpbf16ps` was measured to do (not the SDM
+    /// pseudocode's `c += a[2p]*b.lo; c += a[2p+1]*b.hi`, whose roundings and flushes differ): per
+    /// instruction (32 K), the even-K and the odd-K products summed in two f32 chains from zero
+    /// (subnormal inputs read as zero, each partial sum flushed to zero when subnormal), then
+    /// `c = ftz(c + ftz(even + odd))`; bitwise the hardware on random blocks and on sums through the
+    /// subnormal range (tests/amx_subnormal_review.rs). Per K quad (int8) wrapping i32 sums.
     Emulated,
 }
 
@@ -809,12 +815,18 @@ impl TileEngine {
                 check_block(a.len(), lda, mt, b.len(), ldb, bk, nt, kblocks, 32, c.len());
                 for i in 0..16 * mt {
                     for j in 0..16 * nt {
+                        // Per instruction (32 K): the even and the odd K in two f32 chains from 0,
+                        // each sum rounded and flushed, then added to the tile's value.
                         let mut acc = 0f32;
-                        for p in 0..16 * kblocks {
-                            let bv = b[(p / 16) * bk + (p % 16) * ldb + j];
-                            let (a0, a1) = (a[i * lda + 2 * p], a[i * lda + 2 * p + 1]);
-                            acc = ftz(acc + bf16_daz(a0) * bf16_daz(bv as u16));
-                            acc = ftz(acc + bf16_daz(a1) * bf16_daz((bv >> 16) as u16));
+                        for kb in 0..kblocks {
+                            let (mut ev, mut od) = (0f32, 0f32);
+                            for p in 16 * kb..16 * kb + 16 {
+                                let bv = b[(p / 16) * bk + (p % 16) * ldb + j];
+                                let (a0, a1) = (a[i * lda + 2 * p], a[i * lda + 2 * p + 1]);
+                                ev = ftz(ev + bf16_daz(a0) * bf16_daz(bv as u16));
+                                od = ftz(od + bf16_daz(a1) * bf16_daz((bv >> 16) as u16));
+                            }
+                            acc = ftz(acc + ftz(ev + od));
                         }
                         c[i * BLOCK + j] = acc;
                     }
