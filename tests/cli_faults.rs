@@ -895,22 +895,8 @@ fn a_json_fifo_without_a_reader_is_an_error_not_a_hang() {
             f,
         ][..],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moehal"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the moehal binary runs");
-        let start = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if start.elapsed() > std::time::Duration::from_secs(60) {
-                child.kill().ok();
-                child.wait().ok();
-                panic!("{args:?}: still blocked after 60 s on a FIFO with no reader");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let o = child.wait_with_output().unwrap();
+        let o = moehal_within(args, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{args:?}: still blocked after 60 s on a FIFO with no reader"));
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {out}{err}");
         assert!(
